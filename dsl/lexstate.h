@@ -1,0 +1,22 @@
+/* lexstate.h: state shared by the flex scanner and the bison parser. */
+#ifndef MOECC_LEXSTATE_H
+#define MOECC_LEXSTATE_H
+
+#include "ast.h"
+
+struct mc_lexstate {
+    mc_diag *diag;
+    int line, col;         /* position of the next character */
+    int depth;             /* open brackets */
+    bool fatal;            /* stop parsing: nesting limit reached */
+    mc_loc comment_start;  /* where the open block comment began */
+    int stray_line, stray_end; /* the run of stray bytes last reported */
+};
+
+/* Set loc to the token text starting at the current position, and advance. */
+void mc_lex_advance(struct mc_lexstate *ls, mc_loc *loc, const char *text, size_t len);
+/* Create a scanner over src, or NULL. */
+void *mc_lex_begin(struct mc_lexstate *ls, const mc_source *src);
+void mc_lex_end(void *scanner);
+
+#endif /* MOECC_LEXSTATE_H */

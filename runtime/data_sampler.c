@@ -1,0 +1,440 @@
+/* data_sampler.c: batches, the mixture-of-datasets sampler and the
+ * in-order evaluation iterator.
+ *
+ * Randomness is counter-based: every draw is data_hash(seed, stream, a, b)
+ * of fixed arguments, never a sequential generator, so
+ *   the source of sample i of step s  = f(seed, s, i),
+ *   its crop offsets and flip         = f(seed, s, i),
+ *   the order of source j in epoch e  = f(seed, j, e),
+ * and the only state is the step and a (epoch, cursor) pair per source. */
+#include "data_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* hash streams: one per kind of draw */
+enum {
+    STREAM_PICK = 1,  /* which source: (step, i) */
+    STREAM_CROP_Y,    /* crop row offset: (step, i) */
+    STREAM_CROP_X,    /* crop column offset: (step, i) */
+    STREAM_FLIP,      /* mirror or not: (step, i) */
+    STREAM_PERM       /* + source index: (epoch, position) */
+};
+
+#define STATE_MAGIC INT64_C(0x6d6f6572746d6978) /* "moertmix" */
+#define STATE_VERSION 1
+#define STATE_HEADER 5
+
+typedef float norm_lut[MOERT_MAX_CHANNELS][256];
+
+struct moert_mixture {
+    int k;
+    int c, h, w;
+    uint64_t seed;
+    int64_t step;
+    moert_mix_source *src;  /* (k) */
+    double *cum;            /* (k) cumulative normalized weights, cum[k-1] = 1 */
+    int64_t *epoch;         /* (k) */
+    int64_t *cursor;        /* (k) position in the epoch's permutation */
+    uint32_t **perm;        /* (k) permutation of each source for its epoch */
+    norm_lut *lut;          /* (k) pixel -> normalized value, per channel */
+};
+
+/* ------------------------------------------------------------------ */
+/* Batches                                                             */
+/* ------------------------------------------------------------------ */
+
+int moert_batch_init(moert_batch *b, int capacity, moert_shape shape, char *errbuf,
+                     size_t errlen)
+{
+    memset(b, 0, sizeof *b);
+    if (capacity < 1 || (shape.c != 1 && shape.c != 3) || shape.h < 1 || shape.w < 1 ||
+        shape.h > MOERT_IMAGE_MAX_DIM || shape.w > MOERT_IMAGE_MAX_DIM) {
+        data_errf(errbuf, errlen, "batch: bad size %d x %dx%dx%d", capacity, shape.c, shape.h,
+                  shape.w);
+        return -1;
+    }
+    size_t per = (size_t)shape.c * (size_t)shape.h * (size_t)shape.w, elems, bytes;
+    if (!data_mul(per, (size_t)capacity, &elems) || !data_mul(elems, sizeof(float), &bytes)) {
+        data_errf(errbuf, errlen, "batch: %d x %zu floats overflow memory sizes", capacity, per);
+        return -1;
+    }
+    void *x = NULL;
+    if (posix_memalign(&x, 64, bytes) != 0)
+        x = NULL;
+    b->x = x;
+    b->labels = calloc((size_t)capacity, sizeof *b->labels);
+    b->dataset = calloc((size_t)capacity, sizeof *b->dataset);
+    if (!b->x || !b->labels || !b->dataset) {
+        moert_batch_free(b);
+        data_errf(errbuf, errlen, "batch: out of memory for %d x %dx%dx%d floats", capacity,
+                  shape.c, shape.h, shape.w);
+        return -1;
+    }
+    memset(b->x, 0, bytes);
+    b->capacity = capacity;
+    b->c = shape.c;
+    b->h = shape.h;
+    b->w = shape.w;
+    b->step = -1;
+    return 0;
+}
+
+void moert_batch_free(moert_batch *b)
+{
+    if (!b)
+        return;
+    free(b->x);
+    free(b->labels);
+    free(b->dataset);
+    memset(b, 0, sizeof *b);
+}
+
+/* ------------------------------------------------------------------ */
+/* Sample assembly                                                     */
+/* ------------------------------------------------------------------ */
+
+static float normalize(int v, float mean, float std)
+{
+    return ((float)v / 255.0f - mean) / std;
+}
+
+static void build_lut(const moert_mix_source *s, int c, norm_lut lut)
+{
+    for (int ch = 0; ch < c; ch++)
+        for (int v = 0; v < 256; v++)
+            lut[ch][v] = normalize(v, s->mean[ch], s->std[ch]);
+}
+
+/* Writes image img (c x h x w) to out, normalized; the crop window starts
+ * at (dy, dx) of the image padded by pad, then mirrored if flip. */
+static void write_sample(const uint8_t *img, int c, int h, int w, const norm_lut lut, int pad,
+                         int dy, int dx, int flip, float *out)
+{
+    size_t plane = (size_t)h * (size_t)w;
+    for (int ch = 0; ch < c; ch++) {
+        const uint8_t *src = img + ch * plane;
+        const float *t = lut[ch];
+        float *o = out + ch * plane;
+        if (pad == 0 && !flip) {
+            for (size_t i = 0; i < plane; i++)
+                o[i] = t[src[i]];
+            continue;
+        }
+        for (int y = 0; y < h; y++) {
+            int sy = y + dy - pad;
+            float *orow = o + (size_t)y * w;
+            if (sy < 0 || sy >= h) {
+                for (int x = 0; x < w; x++)
+                    orow[x] = t[0];
+                continue;
+            }
+            const uint8_t *row = src + (size_t)sy * w;
+            for (int x = 0; x < w; x++) {
+                int sx = (flip ? w - 1 - x : x) + dx - pad;
+                orow[x] = (sx >= 0 && sx < w) ? t[row[sx]] : t[0];
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Mixture                                                             */
+/* ------------------------------------------------------------------ */
+
+/* perm <- the permutation of source j for epoch e (Fisher-Yates). */
+static void make_perm(const moert_mixture *m, int j)
+{
+    uint32_t *p = m->perm[j];
+    int64_t n = m->src[j].images->n;
+    for (int64_t i = 0; i < n; i++)
+        p[i] = (uint32_t)i;
+    for (int64_t i = n - 1; i > 0; i--) {
+        uint64_t h = data_hash(m->seed, STREAM_PERM + (uint64_t)j, (uint64_t)m->epoch[j],
+                               (uint64_t)i);
+        uint64_t r = data_below(h, (uint64_t)i + 1);
+        uint32_t t = p[i];
+        p[i] = p[r];
+        p[r] = t;
+    }
+}
+
+void moert_mixture_free(moert_mixture *m)
+{
+    if (!m)
+        return;
+    if (m->perm)
+        for (int j = 0; j < m->k; j++)
+            free(m->perm[j]);
+    free(m->perm);
+    free(m->src);
+    free(m->cum);
+    free(m->epoch);
+    free(m->cursor);
+    free(m->lut);
+    free(m);
+}
+
+static int check_source(const moert_mix_source *s, int j, const moert_mix_source *s0,
+                        char *errbuf, size_t errlen)
+{
+    const moert_images *im = s->images;
+    if (!im || im->n < 1 || !im->pixels || !im->labels) {
+        data_errf(errbuf, errlen, "mixture: source %d has no images", j);
+        return -1;
+    }
+    if ((im->c != 1 && im->c != 3) || im->h < 1 || im->w < 1) {
+        data_errf(errbuf, errlen, "mixture: source %d has a bad shape %dx%dx%d", j, im->c, im->h,
+                  im->w);
+        return -1;
+    }
+    const moert_images *i0 = s0->images;
+    if (im->c != i0->c || im->h != i0->h || im->w != i0->w) {
+        data_errf(errbuf, errlen,
+                  "mixture: source %d images are %dx%dx%d but source 0 images are %dx%dx%d "
+                  "(load every source at the same size)",
+                  j, im->c, im->h, im->w, i0->c, i0->h, i0->w);
+        return -1;
+    }
+    if (!(s->weight > 0.0 && isfinite(s->weight))) {
+        data_errf(errbuf, errlen, "mixture: source %d has weight %g (must be > 0)", j, s->weight);
+        return -1;
+    }
+    for (int ch = 0; ch < im->c; ch++) {
+        if (!(s->std[ch] > 0.0f && isfinite(s->std[ch])) || !isfinite(s->mean[ch])) {
+            data_errf(errbuf, errlen,
+                      "mixture: source %d channel %d: mean %g, std %g (std must be > 0)", j, ch,
+                      (double)s->mean[ch], (double)s->std[ch]);
+            return -1;
+        }
+    }
+    if (s->aug & ~(unsigned)(MOERT_AUG_CROP | MOERT_AUG_FLIP)) {
+        data_errf(errbuf, errlen, "mixture: source %d has unknown augmentation flags 0x%x", j,
+                  s->aug);
+        return -1;
+    }
+    if (s->pad < 0 || s->pad > MOERT_IMAGE_MAX_DIM) {
+        data_errf(errbuf, errlen, "mixture: source %d has crop padding %d (0..%d)", j, s->pad,
+                  MOERT_IMAGE_MAX_DIM);
+        return -1;
+    }
+    return 0;
+}
+
+moert_mixture *moert_mixture_create(const moert_mix_source *sources, int k, uint64_t seed,
+                                    char *errbuf, size_t errlen)
+{
+    if (!sources || k < 1 || k > 65536) {
+        data_errf(errbuf, errlen, "mixture: %d sources (need 1..65536)", k);
+        return NULL;
+    }
+    double total = 0.0;
+    for (int j = 0; j < k; j++) {
+        if (check_source(&sources[j], j, &sources[0], errbuf, errlen) != 0)
+            return NULL;
+        total += sources[j].weight;
+    }
+    moert_mixture *m = calloc(1, sizeof *m);
+    if (!m)
+        goto oom;
+    m->k = k;
+    m->seed = seed;
+    m->c = sources[0].images->c;
+    m->h = sources[0].images->h;
+    m->w = sources[0].images->w;
+    m->src = calloc((size_t)k, sizeof *m->src);
+    m->cum = calloc((size_t)k, sizeof *m->cum);
+    m->epoch = calloc((size_t)k, sizeof *m->epoch);
+    m->cursor = calloc((size_t)k, sizeof *m->cursor);
+    m->perm = calloc((size_t)k, sizeof *m->perm);
+    m->lut = calloc((size_t)k, sizeof *m->lut);
+    if (!m->src || !m->cum || !m->epoch || !m->cursor || !m->perm || !m->lut)
+        goto oom;
+    memcpy(m->src, sources, (size_t)k * sizeof *m->src);
+    double acc = 0.0;
+    for (int j = 0; j < k; j++) {
+        acc += sources[j].weight;
+        m->cum[j] = acc / total;
+        build_lut(&m->src[j], m->c, m->lut[j]);
+        if (!(m->perm[j] = malloc((size_t)sources[j].images->n * sizeof(uint32_t))))
+            goto oom;
+        make_perm(m, j);
+    }
+    m->cum[k - 1] = 1.0;
+    return m;
+oom:
+    moert_mixture_free(m);
+    data_errf(errbuf, errlen, "mixture: out of memory");
+    return NULL;
+}
+
+int64_t moert_mixture_step(const moert_mixture *m)
+{
+    return m->step;
+}
+
+int moert_mixture_next(moert_mixture *m, moert_batch *b)
+{
+    if (!b || !b->x || b->capacity < 1 || b->c != m->c || b->h != m->h || b->w != m->w)
+        return -1;
+    size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
+    uint64_t step = (uint64_t)m->step;
+    for (int i = 0; i < b->capacity; i++) {
+        double u = data_unit(data_hash(m->seed, STREAM_PICK, step, (uint64_t)i));
+        int j = 0;
+        if (m->k > 1) { /* first j with u < cum[j]; cum[k-1] = 1 > u */
+            int lo = 0, hi = m->k - 1;
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (u < m->cum[mid])
+                    hi = mid;
+                else
+                    lo = mid + 1;
+            }
+            j = lo;
+        }
+        const moert_mix_source *s = &m->src[j];
+        const moert_images *im = s->images;
+        uint32_t idx = m->perm[j][m->cursor[j]];
+        if (++m->cursor[j] == im->n) {
+            m->epoch[j]++;
+            m->cursor[j] = 0;
+            make_perm(m, j);
+        }
+        int pad = 0, dy = 0, dx = 0, flip = 0;
+        if (s->aug & MOERT_AUG_CROP && s->pad > 0) {
+            pad = s->pad;
+            uint64_t span = 2 * (uint64_t)pad + 1;
+            dy = (int)data_below(data_hash(m->seed, STREAM_CROP_Y, step, (uint64_t)i), span);
+            dx = (int)data_below(data_hash(m->seed, STREAM_CROP_X, step, (uint64_t)i), span);
+        }
+        if (s->aug & MOERT_AUG_FLIP)
+            flip = (int)(data_hash(m->seed, STREAM_FLIP, step, (uint64_t)i) >> 63);
+        write_sample(im->pixels + (size_t)idx * per, m->c, m->h, m->w,
+                     (const float(*)[256])m->lut[j], pad, dy, dx, flip, b->x + (size_t)i * per);
+        b->labels[i] = im->labels[idx] + s->label_offset;
+        b->dataset[i] = j;
+    }
+    b->count = b->capacity;
+    b->step = m->step;
+    m->step++;
+    return b->count;
+}
+
+size_t moert_mixture_state_len(const moert_mixture *m)
+{
+    return STATE_HEADER + 2 * (size_t)m->k;
+}
+
+int moert_mixture_state_export(const moert_mixture *m, int64_t *state, size_t len,
+                               char *errbuf, size_t errlen)
+{
+    size_t need = moert_mixture_state_len(m);
+    if (!state || len < need) {
+        data_errf(errbuf, errlen, "mixture state: buffer of %zu values, need %zu", len, need);
+        return -1;
+    }
+    state[0] = STATE_MAGIC;
+    state[1] = STATE_VERSION;
+    state[2] = m->k;
+    state[3] = (int64_t)m->seed;
+    state[4] = m->step;
+    for (int j = 0; j < m->k; j++) {
+        state[STATE_HEADER + 2 * j] = m->epoch[j];
+        state[STATE_HEADER + 2 * j + 1] = m->cursor[j];
+    }
+    return 0;
+}
+
+int moert_mixture_state_import(moert_mixture *m, const int64_t *state, size_t len,
+                               char *errbuf, size_t errlen)
+{
+    size_t need = moert_mixture_state_len(m);
+    if (!state || len < STATE_HEADER || state[0] != STATE_MAGIC) {
+        data_errf(errbuf, errlen, "mixture state: not a sampler state (bad magic)");
+        return -1;
+    }
+    if (state[1] != STATE_VERSION) {
+        data_errf(errbuf, errlen, "mixture state: version %lld, this library reads %d",
+                  (long long)state[1], STATE_VERSION);
+        return -1;
+    }
+    if (state[2] != m->k || len < need) {
+        data_errf(errbuf, errlen,
+                  "mixture state: saved for %lld sources (%zu values given), the sampler has %d",
+                  (long long)state[2], len, m->k);
+        return -1;
+    }
+    if ((uint64_t)state[3] != m->seed) {
+        data_errf(errbuf, errlen, "mixture state: saved with seed %llu, the sampler has seed %llu",
+                  (unsigned long long)state[3], (unsigned long long)m->seed);
+        return -1;
+    }
+    if (state[4] < 0) {
+        data_errf(errbuf, errlen, "mixture state: negative step %lld", (long long)state[4]);
+        return -1;
+    }
+    for (int j = 0; j < m->k; j++) {
+        int64_t e = state[STATE_HEADER + 2 * j], c = state[STATE_HEADER + 2 * j + 1];
+        if (e < 0 || c < 0 || c >= m->src[j].images->n) {
+            data_errf(errbuf, errlen,
+                      "mixture state: source %d at epoch %lld, position %lld, but it has %lld "
+                      "images (a different dataset?)",
+                      j, (long long)e, (long long)c, (long long)m->src[j].images->n);
+            return -1;
+        }
+    }
+    m->step = state[4];
+    for (int j = 0; j < m->k; j++) {
+        int64_t e = state[STATE_HEADER + 2 * j];
+        m->cursor[j] = state[STATE_HEADER + 2 * j + 1];
+        if (e != m->epoch[j]) {
+            m->epoch[j] = e;
+            make_perm(m, j);
+        }
+    }
+    return 0;
+}
+
+void data_mixture_shape(const moert_mixture *m, moert_shape *shape)
+{
+    shape->c = m->c;
+    shape->h = m->h;
+    shape->w = m->w;
+}
+
+/* ------------------------------------------------------------------ */
+/* Evaluation                                                          */
+/* ------------------------------------------------------------------ */
+
+void moert_eval_init(moert_eval_iter *it, const moert_mix_source *src, int dataset)
+{
+    memset(it, 0, sizeof *it);
+    it->src = *src;
+    it->dataset = dataset;
+}
+
+int moert_eval_next(moert_eval_iter *it, moert_batch *b)
+{
+    const moert_images *im = it->src.images;
+    if (!im || !b || !b->x || b->c != im->c || b->h != im->h || b->w != im->w ||
+        b->capacity < 1)
+        return -1;
+    int64_t left = im->n - it->next;
+    int count = left < b->capacity ? (int)(left > 0 ? left : 0) : b->capacity;
+    norm_lut lut;
+    build_lut(&it->src, im->c, lut);
+    size_t per = moert_images_stride(im);
+    for (int i = 0; i < count; i++) {
+        int64_t idx = it->next + i;
+        write_sample(im->pixels + (size_t)idx * per, im->c, im->h, im->w,
+                     (const float(*)[256])lut, 0, 0, 0, 0, b->x + (size_t)i * per);
+        b->labels[i] = im->labels[idx] + it->src.label_offset;
+        b->dataset[i] = it->dataset;
+    }
+    it->next += count;
+    b->count = count;
+    b->step = -1;
+    return count;
+}

