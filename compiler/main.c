@@ -127,17 +127,20 @@ int main(int argc, char **argv)
 
     if (tokens) {
         int rc = mc_dump_tokens(src, &d, stdout);
+        mc_diag_flush(&d);
         mc_source_free(src);
         return rc ? EXIT_INPUT : 0;
     }
     mc_program prog;
     mc_parse(src, &d, &prog);
+    mc_diag_flush(&d);
     if (ast)
         mc_ast_dump(&prog, stdout);
     int rc = 0;
     if (d.errors == 0 && !ast) {
         mc_model model;
         mc_sema(&prog, &d, &model);
+        mc_diag_flush(&d);
         if (d.errors == 0 && summary)
             mc_model_summary(&model, stdout);
         if (d.errors == 0 && output) {

@@ -21,7 +21,7 @@ typedef enum {
     FMT_CSV,          /* pixel columns then the label: scikit-learn digits */
     FMT_CIFAR10,      /* CIFAR-10 binary batches */
     FMT_IMAGE_FOLDER, /* class folders of PNG/JPEG/PPM (ImageNet style) */
-    FMT_GTSRB,        /* GTSRB: Final_Training/Images/NNNNN/*.ppm + GT-NNNNN.csv */
+    FMT_GTSRB,        /* GTSRB: Final_Training/Images/NNNNN/ *.ppm + GT-NNNNN.csv */
 } mc_format;
 
 typedef struct mc_dataset {

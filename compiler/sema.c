@@ -52,6 +52,7 @@ typedef struct sema {
     int block;              /* current block, -1 outside repeats */
     bool block_is_moe;      /* the current block's moe() layers are MoE */
     bool moe_selected_any;
+    bool shape_unknown;     /* an error left the shape unknown: check no more */
     int cap_ops;
     int downsamples;
     int total_blocks;       /* blocks in the model, counted before pass 2 */
@@ -406,11 +407,6 @@ static void missing(sema *s, const bind *b, const char *name)
     err(s, b->at, "%s needs '%s'", b->kind->name, name);
     const mc_param_spec *p = &b->kind->params[pidx(b, name)];
     mc_hint(s->d, "%s: %s", name, p->doc);
-}
-
-static double spec_default(const mc_param_spec *p)
-{
-    return p->def ? strtod(p->def, NULL) : 0;
 }
 
 /* An integer parameter; fallback when absent or wrong (reported). */
@@ -1027,6 +1023,8 @@ static void shape_text(const mc_shape *sh, char *buf, size_t n)
 /* The layer needs tokens (and maybe a grid without a class token). */
 static bool need_tokens(sema *s, mc_loc loc, const char *layer, bool grid)
 {
+    if (s->shape_unknown)
+        return false;
     if (s->shape.kind == SHAPE_TOKENS) {
         if (grid && s->shape.cls) {
             err(s, loc, "%s needs a token grid, but a class token was added", layer);
@@ -1040,7 +1038,19 @@ static bool need_tokens(sema *s, mc_loc loc, const char *layer, bool grid)
     err(s, loc, "%s needs tokens, but its input is %s", layer, buf);
     if (s->shape.kind == SHAPE_IMAGE)
         mc_hint(s->d, "turn the image into tokens first with patch_embed(patch = ..., dim = ...)");
+    s->shape_unknown = true;
     return false;
+}
+
+/* The local name of the n-th layer of a kind in a block: "attn", "attn2"...
+ * (numbered always: "norm1", "norm2"). */
+static void local_name(char *buf, size_t n, const char *base, int *counter, bool always)
+{
+    int k = ++*counter;
+    if (k == 1 && !always)
+        snprintf(buf, n, "%s", base);
+    else
+        snprintf(buf, n, "%s%d", base, k);
 }
 
 static int64_t act_flops(int64_t n)
@@ -1143,8 +1153,11 @@ static void do_layer(sema *s, const mc_stmt *st)
         int kernel = (int)get_int(s, &b, "kernel", 3);
         int stride = (int)get_int(s, &b, "stride", 2);
         int layers = (int)get_int(s, &b, "layers", 1);
+        if (s->shape_unknown)
+            return;
         if (sh->kind != SHAPE_IMAGE) {
             err(s, st->loc, "conv_stem needs an image, but patches were already embedded");
+            s->shape_unknown = true;
             return;
         }
         if (kernel % 2 == 0)
@@ -1177,8 +1190,11 @@ static void do_layer(sema *s, const mc_stmt *st)
     if (strcmp(name, "patch_embed") == 0) {
         int patch = (int)get_int(s, &b, "patch", 1);
         int dim = (int)get_int(s, &b, "dim", 64);
+        if (s->shape_unknown)
+            return;
         if (sh->kind != SHAPE_IMAGE) {
             err(s, st->loc, "patch_embed needs an image, but patches were already embedded");
+            s->shape_unknown = true;
             return;
         }
         if (sh->h % patch || sh->w % patch) {
@@ -1187,7 +1203,7 @@ static void do_layer(sema *s, const mc_stmt *st)
             while (p > 1 && (sh->h % p || sh->w % p))
                 p--;
             mc_hint(s->d, "the largest patch size up to %d that divides it is %d", patch, p);
-            return;
+            /* go on with the whole patches, to check the rest */
         }
         mc_op *op = add_op(s, OP_PATCH_EMBED, st->loc, "patch_embed");
         op->u.patch.patch = patch;
@@ -1234,15 +1250,14 @@ static void do_layer(sema *s, const mc_stmt *st)
     }
     if (strcmp(name, "layernorm") == 0) {
         double eps = get_float(s, &b, "eps", 1e-5);
+        if (s->shape_unknown)
+            return;
         if (sh->kind != SHAPE_TOKENS && sh->kind != SHAPE_VECTOR) {
             need_tokens(s, st->loc, name, false);
             return;
         }
         char local[32];
-        if (s->block >= 0)
-            snprintf(local, sizeof local, "norm%d", ++s->n_norm);
-        else
-            snprintf(local, sizeof local, s->n_norm++ ? "norm%d" : "norm", s->n_norm);
+        local_name(local, sizeof local, "norm", &s->n_norm, s->block >= 0);
         mc_op *op = add_op(s, OP_LAYERNORM, st->loc, local);
         op->u.ln.eps = eps;
         layernorm_tensors(op, "", sh->dim);
@@ -1264,7 +1279,7 @@ static void do_layer(sema *s, const mc_stmt *st)
             return;
         }
         char local[32];
-        snprintf(local, sizeof local, s->n_attn++ ? "attn%d" : "attn", s->n_attn);
+        local_name(local, sizeof local, "attn", &s->n_attn, false);
         mc_op *op = add_op(s, win ? OP_WINDOW_ATTENTION : OP_ATTENTION, st->loc, local);
         int head_dim = heads > 0 && dim % heads == 0 ? dim / heads : 1;
         int64_t T = sh->tokens;
@@ -1297,12 +1312,14 @@ static void do_layer(sema *s, const mc_stmt *st)
         int hidden = (int)get_int(s, &b, "hidden", 1);
         int act = get_word(s, &b, "act", 0);
         double dropout = get_float(s, &b, "dropout", 0);
+        if (s->shape_unknown)
+            return;
         if (sh->kind != SHAPE_TOKENS && sh->kind != SHAPE_VECTOR) {
             need_tokens(s, st->loc, name, false);
             return;
         }
         char local[32];
-        snprintf(local, sizeof local, s->n_mlp++ ? "mlp%d" : "mlp", s->n_mlp);
+        local_name(local, sizeof local, "mlp", &s->n_mlp, false);
         mc_op *op = add_op(s, OP_MLP, st->loc, local);
         op->u.mlp.hidden = hidden;
         op->u.mlp.act = (mc_act)act;
@@ -1348,8 +1365,8 @@ static void do_layer(sema *s, const mc_stmt *st)
         s->residual_depth++;
         walk(s, st->body);
         s->residual_depth--;
-        if (sh->kind != before.kind || sh->tokens != before.tokens || sh->dim != before.dim ||
-            (before.kind == SHAPE_IMAGE && (sh->c != before.c || sh->h != before.h))) {
+        if (!s->shape_unknown && (sh->kind != before.kind || sh->tokens != before.tokens || sh->dim != before.dim ||
+            (before.kind == SHAPE_IMAGE && (sh->c != before.c || sh->h != before.h)))) {
             char a[64], c[64];
             shape_text(&before, a, sizeof a);
             shape_text(sh, c, sizeof c);
@@ -1456,7 +1473,6 @@ static void do_layer(sema *s, const mc_stmt *st)
         if (kindw == POOL_CLS && !sh->cls) {
             err(s, where(&b, "kind"), "pool(kind = cls) needs a class token");
             mc_hint(s->d, "add cls_token() after patch_embed, or use pool(kind = mean)");
-            return;
         }
         mc_op *op = add_op(s, OP_POOL, st->loc, NULL);
         op->u.pool.kind = (mc_pool)kindw;
@@ -1467,6 +1483,9 @@ static void do_layer(sema *s, const mc_stmt *st)
     if (strcmp(name, "classifier") == 0) {
         int heads = get_word(s, &b, "heads", 0);
         int classes = (int)get_int(s, &b, "classes", 0);
+        s->done = true;
+        if (s->shape_unknown)
+            return;
         if (sh->kind != SHAPE_VECTOR) {
             char buf[64];
             shape_text(sh, buf, sizeof buf);
@@ -1578,6 +1597,7 @@ static void do_router(sema *s, const bind *b, mc_moe *moe, const mc_loc *moe_loc
         moe->dataset_expert = mc_xcalloc((size_t)m->ndatasets + 1, sizeof *moe->dataset_expert);
         for (int i = 0; i < m->ndatasets; i++)
             moe->dataset_expert[i] = -1;
+        bool key_errors = false;
         for (const mc_arg *a = map->u.map.entries; a; a = a->next) {
             int di = -1;
             for (int i = 0; i < m->ndatasets; i++)
@@ -1585,6 +1605,7 @@ static void do_router(sema *s, const bind *b, mc_moe *moe, const mc_loc *moe_loc
                     di = i;
             if (di < 0) {
                 err(s, a->name_loc, "unknown dataset '%s' in the routing map", a->name);
+                key_errors = true;
                 const char *cands[64];
                 int n = 0;
                 for (int i = 0; i < m->ndatasets && n < 64; i++)
@@ -1612,16 +1633,13 @@ static void do_router(sema *s, const bind *b, mc_moe *moe, const mc_loc *moe_loc
             }
             moe->dataset_expert[di] = (int)v.i;
         }
+        if (key_errors)
+            break; /* a misspelt dataset: the checks below would only repeat it */
         for (int i = 0; i < m->ndatasets; i++) {
-            if (moe->dataset_expert[i] < 0 && m->datasets[i].weight > 0) {
-                bool bad_key = false;
-                for (const mc_arg *a = map->u.map.entries; a; a = a->next)
-                    bad_key |= strcmp(a->name, m->datasets[i].name) == 0;
-                if (!bad_key) {
-                    err(s, map->loc, "dataset '%s' is not mapped to an expert", m->datasets[i].name);
-                    mc_hint(s->d, "add %s: EXPERT to the map; several datasets may share an expert",
-                            m->datasets[i].name);
-                }
+            if (moe->dataset_expert[i] < 0) {
+                err(s, map->loc, "dataset '%s' is not mapped to an expert", m->datasets[i].name);
+                mc_hint(s->d, "add %s: EXPERT to the map; several datasets may share an expert",
+                        m->datasets[i].name);
             }
         }
         for (int x = 0; x < moe->experts; x++) {
@@ -1699,7 +1717,7 @@ static void do_moe(sema *s, const mc_stmt *st, const bind *b)
     if (s->block >= 0 && !s->block_is_moe) {
         /* a dense block of a repeat: the MLP this MoE replaces elsewhere */
         char local[32];
-        snprintf(local, sizeof local, s->n_mlp++ ? "mlp%d" : "mlp", s->n_mlp);
+        local_name(local, sizeof local, "mlp", &s->n_mlp, false);
         mc_op *op = add_op(s, OP_MLP, st->loc, local);
         op->u.mlp.hidden = moe.hidden;
         op->u.mlp.act = moe.act;
@@ -1710,7 +1728,7 @@ static void do_moe(sema *s, const mc_stmt *st, const bind *b)
         return;
     }
     char local[32];
-    snprintf(local, sizeof local, s->n_moe++ ? "moe%d" : "moe", s->n_moe);
+    local_name(local, sizeof local, "moe", &s->n_moe, false);
     mc_op *op = add_op(s, OP_MOE, st->loc, local);
     op->u.moe = moe;
     s->m->moe_layers++;
@@ -1778,12 +1796,9 @@ static int count_blocks(sema *s, const mc_stmt *body)
                 break;
         if (!a)
             continue;
-        mc_diag quiet = *s->d;
-        quiet.suppressed = true; /* errors are reported when the repeat is walked */
-        mc_diag *saved = s->d;
-        s->d = &quiet;
+        s->d->quiet++; /* errors are reported when the repeat is walked */
         val v = eval(s, a->value);
-        s->d = saved;
+        s->d->quiet--;
         if (v.k == V_INT && v.i > 0 && v.i <= 4096)
             n += (int)v.i;
     }

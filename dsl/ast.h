@@ -52,22 +52,37 @@ void mc_source_free(mc_source *src);
 
 typedef enum { MC_ERROR, MC_WARNING, MC_NOTE } mc_severity;
 
+/* Reports are collected and printed by mc_diag_flush in source order, so
+ * that the phases, which walk the program in different orders, still
+ * print their findings top to bottom. */
+typedef struct mc_diag_rec {
+    mc_severity sev;
+    mc_loc loc;
+    char *msg;
+    char *hints;        /* "   = hint: ...\n" lines, or NULL */
+    int seq;            /* arrival order, to keep the sort stable */
+} mc_diag_rec;
+
 typedef struct mc_diag {
     const mc_source *src;
     void *out;          /* FILE * where diagnostics go (stderr by default) */
     int errors, warnings;
-    int max_errors;     /* stop reporting after this many (0: no limit) */
+    int max_errors;     /* print at most this many errors (0: no limit) */
     bool werror;        /* treat warnings as errors */
-    bool suppressed;    /* the limit was reached; further reports dropped */
-    bool last_printed;  /* the last report was printed: hints may follow */
+    int quiet;          /* > 0: drop reports (speculative evaluation) */
+    mc_diag_rec *recs;
+    int nrecs, cap;
+    int last;           /* the record hints attach to, or -1 */
     uint64_t seen[256]; /* reports already made, so a repeated one is dropped */
     int nseen;
 } mc_diag;
 
 void mc_diag_init(mc_diag *d, const mc_source *src, void *out);
+/* Print the collected reports in source order and forget them. */
+void mc_diag_flush(mc_diag *d);
 
 /* Report "file:line:col: error: msg", the source line, and a caret under
- * loc. Returns true when the report was printed (false once suppressed). */
+ * loc (printed by mc_diag_flush). Returns true when the report was kept. */
 #if defined(__GNUC__)
 #define MC_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else

@@ -9,6 +9,7 @@
 %define api.pure full
 %define api.location.type {mc_loc}
 %define parse.error custom
+%define parse.lac full
 %locations
 %expect 0
 
@@ -137,6 +138,13 @@ stmt:
     }
   | T_IDENT body {
         $$ = node(@1, $1, @1, NULL, false, @1, NULL, true, $2);
+    }
+  | T_IDENT '(' error ')' {
+        /* a bad argument list: resume after its ')' */
+        $$ = node(@1, $1, @1, NULL, true, @2, NULL, false, NULL);
+    }
+  | T_IDENT '(' error ')' body {
+        $$ = node(@1, $1, @1, NULL, true, @2, NULL, true, $5);
     }
   | T_IDENT T_IDENT body {
         $$ = node(@1, $1, @2, $2, false, @1, NULL, true, $3);
@@ -377,9 +385,14 @@ static int yyreport_syntax_error(const yypcontext_t *pctx, void *scanner, struct
         return 0; /* the lexer already said why it stopped */
     enum { MAX_EXP = 12 };
     yysymbol_kind_t exp[MAX_EXP];
-    int n = yypcontext_expected_tokens(pctx, exp, MAX_EXP);
-    if (n < 0)
-        n = 0;
+    yysymbol_kind_t all[MAX_EXP];
+    int nall = yypcontext_expected_tokens(pctx, all, MAX_EXP);
+    /* an operator is rarely what was meant: leave them out of the list */
+    int n = 0;
+    for (int i = 0; i < nall; i++)
+        if (!is_sym(all[i], "'+'") && !is_sym(all[i], "'-'") && !is_sym(all[i], "'*'") &&
+            !is_sym(all[i], "'/'") && !is_sym(all[i], "'%'"))
+            exp[n++] = all[i];
     yysymbol_kind_t got = yypcontext_token(pctx);
     const YYLTYPE *loc = yypcontext_location(pctx);
 
@@ -409,6 +422,8 @@ static int yyreport_syntax_error(const yypcontext_t *pctx, void *scanner, struct
         mc_hint(ctx->diag, "a layer is written with parentheses, even with no arguments: layernorm()");
     else if (is_sym(got, "':'") && expects_sym(exp, n, "'='"))
         mc_hint(ctx->diag, "arguments and settings are written name = value");
+    else if (is_sym(got, "','") && expects_sym(exp, n, "';'"))
+        mc_hint(ctx->diag, "statements are written one after another, without ','");
     else if (got == YYSYMBOL_YYEOF && ctx->ls->depth > 0)
         mc_hint(ctx->diag, "a bracket opened earlier is never closed");
     return 0;

@@ -154,6 +154,7 @@ void mc_diag_init(mc_diag *d, const mc_source *src, void *out)
     d->src = src;
     d->out = out ? out : stderr;
     d->max_errors = 20;
+    d->last = -1;
 }
 
 /* Print the source line of loc with a caret under the span. */
@@ -210,9 +211,14 @@ static uint64_t report_hash(mc_severity sev, mc_loc loc, const char *msg)
     return h;
 }
 
+/* Records kept at most; past it reports are only counted. */
+#define MAX_RECORDS 1000
+
 bool mc_report(mc_diag *d, mc_severity sev, mc_loc loc, const char *fmt, ...)
 {
-    FILE *out = d->out;
+    d->last = -1;
+    if (d->quiet > 0)
+        return false;
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -220,49 +226,95 @@ bool mc_report(mc_diag *d, mc_severity sev, mc_loc loc, const char *fmt, ...)
     va_end(ap);
     if (sev == MC_WARNING && d->werror)
         sev = MC_ERROR;
-    d->last_printed = false;
     /* the same report at the same place is made once (repeats are unrolled) */
     uint64_t h = report_hash(sev, loc, msg);
     int kept = d->nseen < 256 ? d->nseen : 256;
     for (int i = 0; i < kept; i++)
         if (d->seen[i] == h)
             return false;
-    d->seen[d->nseen++ % 256] = h;
+    d->seen[d->nseen % 256] = h;
+    if (d->nseen < 1 << 30)
+        d->nseen++;
     if (sev == MC_ERROR)
         d->errors++;
     else if (sev == MC_WARNING)
         d->warnings++;
-    if (d->suppressed)
+    if (d->nrecs >= MAX_RECORDS)
         return false;
-    if (sev == MC_ERROR && d->max_errors > 0 && d->errors > d->max_errors) {
-        fprintf(out, "%s: too many errors, stopping\n", d->src ? d->src->path : "moecc");
-        d->suppressed = true;
-        return false;
+    if (d->nrecs == d->cap) {
+        d->cap = d->cap ? 2 * d->cap : 16;
+        d->recs = mc_xrealloc(d->recs, (size_t)d->cap * sizeof *d->recs);
     }
-    static const char *const names[] = { "error", "warning", "note" };
-    if (d->src && loc.line > 0)
-        fprintf(out, "%s:%d:%d: %s: ", d->src->path, loc.line, loc.col, names[sev]);
-    else if (d->src)
-        fprintf(out, "%s: %s: ", d->src->path, names[sev]);
-    else
-        fprintf(out, "moecc: %s: ", names[sev]);
-    fputs(msg, out);
-    fputc('\n', out);
-    if (loc.line > 0)
-        show_line(out, d->src, loc);
-    d->last_printed = true;
+    mc_diag_rec *r = &d->recs[d->nrecs];
+    r->sev = sev;
+    r->loc = loc;
+    r->msg = mc_xstrdup(msg);
+    r->hints = NULL;
+    r->seq = d->nrecs;
+    d->last = d->nrecs++;
     return true;
 }
 
 void mc_hint(mc_diag *d, const char *fmt, ...)
 {
-    if (!d->last_printed || d->suppressed)
+    if (d->last < 0)
         return;
-    FILE *out = d->out;
-    fputs("   = hint: ", out);
+    char line[1024];
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(out, fmt, ap);
+    vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    fputc('\n', out);
+    mc_diag_rec *r = &d->recs[d->last];
+    size_t old = r->hints ? strlen(r->hints) : 0;
+    r->hints = mc_xrealloc(r->hints, old + strlen(line) + 16);
+    sprintf(r->hints + old, "   = hint: %s\n", line);
+}
+
+static int rec_cmp(const void *pa, const void *pb)
+{
+    const mc_diag_rec *a = pa, *b = pb;
+    /* reports with no place (a missing model) come last */
+    long la = a->loc.line > 0 ? a->loc.line : 0x7fffffffL;
+    long lb = b->loc.line > 0 ? b->loc.line : 0x7fffffffL;
+    if (la != lb)
+        return la < lb ? -1 : 1;
+    if (a->loc.col != b->loc.col)
+        return a->loc.col < b->loc.col ? -1 : 1;
+    return a->seq < b->seq ? -1 : (a->seq > b->seq);
+}
+
+void mc_diag_flush(mc_diag *d)
+{
+    FILE *out = d->out;
+    if (d->nrecs > 1)
+        qsort(d->recs, (size_t)d->nrecs, sizeof *d->recs, rec_cmp);
+    static const char *const names[] = { "error", "warning", "note" };
+    int shown = 0;
+    bool cut = false;
+    for (int i = 0; i < d->nrecs; i++) {
+        mc_diag_rec *r = &d->recs[i];
+        if (!cut && r->sev == MC_ERROR && d->max_errors > 0 && shown == d->max_errors) {
+            fprintf(out, "%s: too many errors; the first %d are shown\n",
+                    d->src ? d->src->path : "moecc", d->max_errors);
+            cut = true;
+        }
+        if (!cut) {
+            if (r->sev == MC_ERROR)
+                shown++;
+            if (d->src && r->loc.line > 0)
+                fprintf(out, "%s:%d:%d: %s: %s\n", d->src->path, r->loc.line, r->loc.col, names[r->sev], r->msg);
+            else
+                fprintf(out, "%s: %s: %s\n", d->src ? d->src->path : "moecc", names[r->sev], r->msg);
+            if (r->loc.line > 0)
+                show_line(out, d->src, r->loc);
+            if (r->hints)
+                fputs(r->hints, out);
+        }
+        free(r->msg);
+        free(r->hints);
+    }
+    free(d->recs);
+    d->recs = NULL;
+    d->nrecs = d->cap = 0;
+    d->last = -1;
 }

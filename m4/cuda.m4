@@ -7,7 +7,9 @@
 #                     yes: guess, and stop with an error when any is missing;
 #                     DIR: the toolkit under DIR, required;
 #                     no: build without CUDA.
-# The guess: the directory above `nvcc' on PATH, else /usr/local/cuda.
+# The guess: the directory above `nvcc' on PATH (following links and
+# wrapper scripts to a directory with include/cuda_runtime.h), else
+# /usr/local/cuda.
 # --with-cuda-arch=LIST  GPU architectures for the default NVCC_FLAGS
 #                     (default: 90a): "-gencode" SASS for each, PTX for the
 #                     last one (its generic form: 90a gives compute_90).
@@ -62,9 +64,25 @@ AS_IF([test "x$with_cuda" = xno], [moecc_cuda_summary="no (--without-cuda)"], [
       [CUDA_HOME=`dirname "$moecc_nvcc_path"`/..])])
   AS_IF([test -z "$CUDA_HOME"], [
     moecc_nvcc_path=`command -v nvcc 2>/dev/null`
-    AS_IF([test -n "$moecc_nvcc_path"],
-      [CUDA_HOME=`dirname "$moecc_nvcc_path"`/..],
-      [CUDA_HOME=/usr/local/cuda])])
+    AS_IF([test -n "$moecc_nvcc_path"], [
+      # nvcc on PATH may be a link or a wrapper script (/usr/local/bin/nvcc
+      # running /usr/local/cuda-X/bin/nvcc): take the first of its
+      # directory's parent, its resolved path's, and the TOP that nvcc
+      # reports, that has the headers.
+      moecc_cuda_cands=`dirname "$moecc_nvcc_path"`/..
+      moecc_nvcc_real=`readlink -f "$moecc_nvcc_path" 2>/dev/null`
+      AS_IF([test -n "$moecc_nvcc_real"],
+        [moecc_cuda_cands="$moecc_cuda_cands `dirname "$moecc_nvcc_real"`/.."])
+      moecc_nvcc_top=`"$moecc_nvcc_path" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#. TOP=//p' | sed 1q`
+      AS_IF([test -n "$moecc_nvcc_top"],
+        [moecc_cuda_cands="$moecc_cuda_cands $moecc_nvcc_top"])
+      for moecc_dir in $moecc_cuda_cands /usr/local/cuda; do
+        AS_IF([test -f "$moecc_dir/include/cuda_runtime.h"],
+          [CUDA_HOME=$moecc_dir; break])
+      done
+      AS_IF([test -z "$CUDA_HOME"],
+        [CUDA_HOME=`dirname "$moecc_nvcc_path"`/..])
+    ], [CUDA_HOME=/usr/local/cuda])])
   # Make it absolute and tidy (keeping symbolic links as they are named).
   AS_IF([test -d "$CUDA_HOME"],
     [CUDA_HOME=`cd "$CUDA_HOME" && pwd`],

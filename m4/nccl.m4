@@ -62,10 +62,14 @@ AS_IF([test "x$with_nccl" = xno], [moecc_nccl_summary="no (--without-nccl)"],
     ])
     AC_MSG_CHECKING([for nccl.h in $moecc_nccl_where])
     CPPFLAGS="$moecc_nccl_cppflags $CUDA_CPPFLAGS $moecc_save_CPPFLAGS"
-    AC_COMPILE_IFELSE([AC_LANG_PROGRAM([[#include <nccl.h>]],
-        [[int v = NCCL_VERSION_CODE; (void)v;]])],
-      [AC_MSG_RESULT([yes]); moecc_nccl_hdr_ok=yes],
-      [AC_MSG_RESULT([no]); moecc_nccl_hdr_ok=no])
+    moecc_nccl_hdr_ok=no
+    # Under a directory, the header must be that directory's (the CUDA
+    # include path may hold another one).
+    AS_IF([test "x$moecc_nccl_dir" = xsystem || test -f "$moecc_nccl_dir/include/nccl.h"], [
+      AC_COMPILE_IFELSE([AC_LANG_PROGRAM([[#include <nccl.h>]],
+          [[int v = NCCL_VERSION_CODE; (void)v;]])],
+        [moecc_nccl_hdr_ok=yes])])
+    AC_MSG_RESULT([$moecc_nccl_hdr_ok])
     test "x$moecc_nccl_hdr_ok" = xyes || continue
     moecc_nccl_hdr_found=yes
     for moecc_nccl_libdir in $moecc_nccl_libdirs; do

@@ -99,7 +99,7 @@ int moert_metrics_close(moert_metrics *m, moert_error *err)
 
 /* ---- progress line ----------------------------------------------------- */
 
-void moert_progress_init(moert_progress *p, FILE *out)
+void moert_progress_init(moert_progress_line *p, FILE *out)
 {
 	p->out = out;
 	p->tty = isatty(fileno(out)) == 1;
@@ -133,7 +133,7 @@ static size_t prefix_of_width(const char *s, size_t max)
 	return i;
 }
 
-void moert_progress(moert_progress *p, bool force, const char *fmt, ...)
+void moert_progress(moert_progress_line *p, bool force, const char *fmt, ...)
 {
 	char line[1024];
 	double now = moert_now();
@@ -165,7 +165,7 @@ void moert_progress(moert_progress *p, bool force, const char *fmt, ...)
 	fflush(p->out);
 }
 
-void moert_progress_clear(moert_progress *p)
+void moert_progress_clear(moert_progress_line *p)
 {
 	if (!p->tty || p->shown == 0)
 		return;
@@ -177,7 +177,7 @@ void moert_progress_clear(moert_progress *p)
 	p->shown = 0;
 }
 
-void moert_progress_end(moert_progress *p)
+void moert_progress_end(moert_progress_line *p)
 {
 	if (!p->tty || p->shown == 0)
 		return;
