@@ -262,6 +262,8 @@ int moert_ckpt_add(moert_ckpt_writer *w, const char *name, moert_dtype dtype,
 	wtensor *t;
 	uint64_t bytes;
 
+	if (!w)
+		return -1;
 	if (!name || !*name)
 		return writer_fail(w, "tensor with an empty name", "");
 	if (!moert_utf8_valid(name, strlen(name)))
@@ -306,6 +308,8 @@ int moert_ckpt_meta(moert_ckpt_writer *w, const char *key, const char *value)
 {
 	meta_entry *m;
 
+	if (!w)
+		return -1;
 	if (!key || !value)
 		return writer_fail(w, "NULL metadata key or value for",
 				   key ? key : "(null)");
@@ -458,6 +462,11 @@ int moert_ckpt_finish(moert_ckpt_writer *w, moert_error *err)
 	crc32c *crc = NULL;
 	wtensor **sorted = NULL;
 
+	if (!w) {
+		moert_error_set(err, "checkpoint: no writer (moert_ckpt_begin "
+				"failed)");
+		return -1;
+	}
 	moert_jw_init(&j);
 	if (w->failed) {
 		moert_error_set(err, "%s", w->err.msg);
@@ -1211,7 +1220,9 @@ static int check_layout(moert_ckpt *c, moert_error *err)
 			return -1;
 		}
 	}
-	qsort(c->tensors, c->n_tensors, sizeof *c->tensors, cmp_rtensor_offset);
+	if (c->n_tensors > 1)
+		qsort(c->tensors, c->n_tensors, sizeof *c->tensors,
+		      cmp_rtensor_offset);
 	for (size_t i = 0; i < c->n_tensors; i++) {
 		const rtensor *t = &c->tensors[i];
 		if (t->begin > at) {

@@ -178,6 +178,10 @@ static bool prefix(moert_jw *j, const char *key)
 
 	if (j->error)
 		return false;
+	if (d < 0 || d >= MOERT_JW_MAX_DEPTH) {
+		fail(j, "JSON writer: corrupted state");
+		return false;
+	}
 	if (d == 0) {
 		if (j->has_items[0]) {
 			fail(j, "JSON writer: a second value at the top level");
@@ -222,7 +226,8 @@ static void close_level(moert_jw *j, bool array)
 {
 	if (j->error)
 		return;
-	if (j->depth == 0 || j->in_array[j->depth] != array) {
+	if (j->depth <= 0 || j->depth >= MOERT_JW_MAX_DEPTH ||
+	    j->in_array[j->depth] != array) {
 		fail(j, array ? "JSON writer: array_end without an open array"
 			      : "JSON writer: object_end without an open object");
 		return;

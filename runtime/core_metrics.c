@@ -14,7 +14,7 @@ struct moert_metrics {
 	FILE *f;
 	char *path;
 	moert_jw j;
-	bool failed; /* a write failed: the file may lack lines */
+	bool in_record; /* between begin and end */
 };
 
 moert_metrics *moert_metrics_open(const char *path, bool append,
@@ -43,6 +43,7 @@ moert_jw *moert_metrics_begin(moert_metrics *m)
 {
 	moert_jw_reset(&m->j);
 	moert_jw_object_begin(&m->j, NULL);
+	m->in_record = true;
 	return &m->j;
 }
 
@@ -50,7 +51,14 @@ int moert_metrics_end(moert_metrics *m, moert_error *err)
 {
 	moert_jw *j = &m->j;
 
-	moert_jw_object_end(j);
+	if (!m->in_record) {
+		moert_error_set(err, "%s: moert_metrics_end without "
+				"moert_metrics_begin", m->path);
+		return -1;
+	}
+	m->in_record = false;
+	if (!moert_jw_error(j) && j->depth == 1)
+		moert_jw_object_end(j);
 	if (moert_jw_error(j)) {
 		moert_error_set(err, "%s: bad metrics record: %s", m->path,
 				moert_jw_error(j));
@@ -70,7 +78,6 @@ int moert_metrics_end(moert_metrics *m, moert_error *err)
 	    fflush(m->f) != 0) {
 		int e = errno;
 		j->buf[j->len] = '\0';
-		m->failed = true;
 		clearerr(m->f);
 		moert_error_set(err, "%s: cannot write metrics (%s)", m->path,
 				e ? strerror(e) : "write error");

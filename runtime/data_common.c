@@ -92,10 +92,15 @@ int data_images_reserve(moert_images *set, int64_t n, const char *path, char *er
         data_errf(errbuf, errlen, "%s: more than %d images", path, MOERT_IMAGES_MAX);
         return -1;
     }
-    int64_t cap = set->capacity ? set->capacity : 64;
+    size_t stride = moert_images_stride(set), bytes;
+    /* start at about 16 MiB (so a lying header costs little), then double */
+    int64_t cap = set->capacity;
+    if (cap == 0) {
+        size_t first = stride ? ((size_t)16 << 20) / stride : 64;
+        cap = first < 1 ? 1 : first > 64 ? 64 : (int64_t)first;
+    }
     while (cap < n)
         cap = cap > MOERT_IMAGES_MAX / 2 ? MOERT_IMAGES_MAX : cap * 2;
-    size_t stride = moert_images_stride(set), bytes;
     if (!data_mul((size_t)cap, stride, &bytes)) {
         data_errf(errbuf, errlen, "%s: %lld images of %zu bytes overflow memory sizes", path,
                   (long long)cap, stride);

@@ -102,28 +102,28 @@ static int decode_pnm(const char *path, const uint8_t *buf, size_t len, data_raw
     }
     int ch = (kind == 3 || kind == 6) ? 3 : 1;
     size_t samples = (size_t)w * h * (size_t)ch; /* <= 2^14 * 2^14 * 3: no overflow */
+    size_t bps = maxval < 256 ? 1 : 2;
+    int binary = kind == 5 || kind == 6;
+    /* check the data is there before allocating: exactly one whitespace
+     * byte then samples * bps bytes (binary), at least 2 bytes a sample (plain) */
+    size_t have = c.pos < len ? len - c.pos - 1 : 0;
+    size_t need = binary ? samples * bps : 2 * samples - 1;
+    if (binary && c.pos < len && !pnm_is_space(buf[c.pos])) {
+        data_errf(errbuf, errlen, "%s: bad PNM header: no whitespace after maxval", path);
+        return -1;
+    }
+    if (have < need) {
+        data_errf(errbuf, errlen,
+                  "%s: truncated PNM: the %ux%u raster needs %s%zu bytes, the file has %zu", path,
+                  w, h, binary ? "" : "at least ", need, have);
+        return -1;
+    }
     uint8_t *px = malloc(samples);
     if (!px) {
         data_errf(errbuf, errlen, "%s: out of memory for a %ux%u image", path, w, h);
         return -1;
     }
-    if (kind == 5 || kind == 6) {
-        /* exactly one whitespace byte separates maxval from the raster */
-        size_t bps = maxval < 256 ? 1 : 2;
-        size_t need = samples * bps;
-        if (c.pos < len && !pnm_is_space(buf[c.pos])) {
-            data_errf(errbuf, errlen, "%s: bad PNM header: no whitespace after maxval", path);
-            free(px);
-            return -1;
-        }
-        if (c.pos >= len || len - c.pos - 1 < need) {
-            size_t have = c.pos < len ? len - c.pos - 1 : 0;
-            data_errf(errbuf, errlen,
-                      "%s: truncated PNM: the %ux%u raster needs %zu bytes, the file has %zu",
-                      path, w, h, need, have);
-            free(px);
-            return -1;
-        }
+    if (binary) {
         const uint8_t *r = buf + c.pos + 1;
         for (size_t i = 0; i < samples; i++) {
             unsigned v = bps == 1 ? r[i] : (unsigned)r[2 * i] << 8 | r[2 * i + 1];

@@ -6,7 +6,6 @@
  * byte order of folder and file names, and CSV row order for GTSRB. */
 #include "data_internal.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -257,6 +256,11 @@ static int parse_gt(const char *dir, const char *gtpath, entry_list *l, char *er
     char *s = (char *)buf;
     if (len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
         s += 3; /* UTF-8 byte order mark */
+    if (s[strspn(s, " \t\r\n")] == 0) {
+        data_errf(errbuf, errlen, "%s: empty annotation file", gtpath);
+        free(buf);
+        return -1;
+    }
     int col[GT_NCOLS];
     int ncols = 0, rc = -1;
     long line = 0;
@@ -339,10 +343,6 @@ static int parse_gt(const char *dir, const char *gtpath, entry_list *l, char *er
             data_errf(errbuf, errlen, "%s: out of memory", gtpath);
             goto done;
         }
-    }
-    if (line == 0 || ncols == 0) {
-        data_errf(errbuf, errlen, "%s: empty annotation file", gtpath);
-        goto done;
     }
     rc = 0;
 done:

@@ -123,9 +123,9 @@ static int load_images(moert_images *out, const char *path, moert_shape want, ch
     uint8_t hdr[16], *img = NULL;
     data_work wk = {0};
     int rc = -1;
-    if (gz_read_exact(f, path, hdr, 16, "the IDX header", errbuf, errlen) != 0)
-        goto done;
-    if (check_magic(be32(hdr), IDX_IMAGES_MAGIC, path, "uint8 images", errbuf, errlen) != 0)
+    if (gz_read_exact(f, path, hdr, 4, "the IDX magic", errbuf, errlen) != 0 ||
+        check_magic(be32(hdr), IDX_IMAGES_MAGIC, path, "uint8 images", errbuf, errlen) != 0 ||
+        gz_read_exact(f, path, hdr + 4, 12, "the IDX header", errbuf, errlen) != 0)
         goto done;
     uint32_t n = be32(hdr + 4), rows = be32(hdr + 8), cols = be32(hdr + 12);
     if (n == 0 || n > (uint32_t)MOERT_IMAGES_MAX) {
@@ -170,9 +170,9 @@ static int load_labels(moert_images *out, const char *path, char *errbuf, size_t
         return -1;
     uint8_t hdr[8], *lab = NULL;
     int rc = -1;
-    if (gz_read_exact(f, path, hdr, 8, "the IDX header", errbuf, errlen) != 0)
-        goto done;
-    if (check_magic(be32(hdr), IDX_LABELS_MAGIC, path, "uint8 labels", errbuf, errlen) != 0)
+    if (gz_read_exact(f, path, hdr, 4, "the IDX magic", errbuf, errlen) != 0 ||
+        check_magic(be32(hdr), IDX_LABELS_MAGIC, path, "uint8 labels", errbuf, errlen) != 0 ||
+        gz_read_exact(f, path, hdr + 4, 4, "the IDX header", errbuf, errlen) != 0)
         goto done;
     uint32_t n = be32(hdr + 4);
     if ((int64_t)n != out->n) {

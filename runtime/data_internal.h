@@ -3,6 +3,12 @@
 #ifndef MOERT_DATA_INTERNAL_H
 #define MOERT_DATA_INTERNAL_H
 
+/* POSIX.1-2008 (strdup, posix_memalign, dirent, fstat...) even under a bare
+ * -std=c11; included first by every data_*.c. */
+#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
 #include "moert_data.h"
 
 #include <stdint.h>
@@ -139,10 +145,14 @@ static inline uint64_t data_hash(uint64_t seed, uint64_t stream, uint64_t a, uin
     return h;
 }
 
-/* Uniform integer in [0, n), n >= 1 (multiply-shift; bias < n / 2^64). */
+/* Uniform integer in [0, n), n >= 1: the high 64 bits of h * n (bias
+ * < n / 2^64). Portable 32-bit limbs, so every compiler draws the same. */
 static inline uint64_t data_below(uint64_t h, uint64_t n)
 {
-    return (uint64_t)(((unsigned __int128)h * n) >> 64);
+    uint64_t a0 = h & 0xffffffffu, a1 = h >> 32, b0 = n & 0xffffffffu, b1 = n >> 32;
+    uint64_t p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
+    uint64_t mid = (p00 >> 32) + (p01 & 0xffffffffu) + (p10 & 0xffffffffu);
+    return p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
 }
 
 /* Uniform double in [0, 1). */

@@ -236,7 +236,7 @@ int moert_load_mnist_json(moert_images *out, const char *dir, moert_shape want, 
     memset(&j, 0, sizeof j);
     int rc = -1;
     for (int d = 0; d < 10; d++) {
-        char name[16];
+        char name[24];
         snprintf(name, sizeof name, "%d.json", d);
         char *path = data_path_join(dir, name);
         if (!path) {

@@ -214,6 +214,11 @@ static int check_source(const moert_mix_source *s, int j, const moert_mix_source
                   s->aug);
         return -1;
     }
+    if (s->label_offset < 0 || s->label_offset > (1 << 30)) {
+        data_errf(errbuf, errlen, "mixture: source %d has label offset %d (0..2^30)", j,
+                  (int)s->label_offset);
+        return -1;
+    }
     if (s->pad < 0 || s->pad > MOERT_IMAGE_MAX_DIM) {
         data_errf(errbuf, errlen, "mixture: source %d has crop padding %d (0..%d)", j, s->pad,
                   MOERT_IMAGE_MAX_DIM);
@@ -432,6 +437,14 @@ int moert_eval_next(moert_eval_iter *it, moert_batch *b)
                      (const float(*)[256])lut, 0, 0, 0, 0, b->x + (size_t)i * per);
         b->labels[i] = im->labels[idx] + it->src.label_offset;
         b->dataset[i] = it->dataset;
+    }
+    /* unused slots of a partial batch: zeros, label and dataset -1 */
+    if (count < b->capacity) {
+        memset(b->x + (size_t)count * per, 0, (size_t)(b->capacity - count) * per * sizeof *b->x);
+        for (int i = count; i < b->capacity; i++) {
+            b->labels[i] = -1;
+            b->dataset[i] = -1;
+        }
     }
     it->next += count;
     b->count = count;

@@ -149,7 +149,8 @@ float moert_bf16_to_f32(uint16_t h);
 typedef struct moert_ckpt_writer moert_ckpt_writer;
 
 /* Starts a checkpoint that moert_ckpt_finish will write to path. Fails only
- * on an empty path or when out of memory. */
+ * on an empty path or when out of memory; the functions below accept the
+ * NULL it then returns (add and meta return -1, finish fails). */
 moert_ckpt_writer *moert_ckpt_begin(const char *path, moert_error *err);
 /* Adds a tensor. name and shape are copied; data is not: it must stay valid
  * until moert_ckpt_finish. shape has ndim entries (ndim 0: a scalar). Returns

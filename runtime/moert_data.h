@@ -255,7 +255,9 @@ typedef struct moert_eval_iter {
 void moert_eval_init(moert_eval_iter *it, const moert_mix_source *src, int dataset);
 
 /* Fills b with the next min(B, remaining) images; returns that count (the
- * last batch may be partial; 0 when done), or -1 if b does not fit. */
+ * last batch may be partial; 0 when done), or -1 if b does not fit. The
+ * unused slots of a partial batch get x = 0 and label = dataset = -1, so
+ * a fixed-shape step can run on the whole batch and ignore label -1. */
 int moert_eval_next(moert_eval_iter *it, moert_batch *b);
 
 /* ------------------------------------------------------------------ */
