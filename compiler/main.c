@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "emit.h"
 #include "model.h"
 #include "schema.h"
 
@@ -144,9 +145,16 @@ int main(int argc, char **argv)
         if (d.errors == 0 && summary)
             mc_model_summary(&model, stdout);
         if (d.errors == 0 && output) {
-            fprintf(stderr, "moecc: code generation is not implemented yet; "
-                            "--check and --summary work\n");
-            rc = EXIT_USAGE;
+            mc_emit_check(&model, &d);
+            mc_diag_flush(&d);
+        }
+        if (d.errors == 0 && output) {
+            mc_emit_opts eo = { .outdir = output, .moecc_version = PACKAGE_VERSION };
+            char errbuf[1024];
+            if (mc_emit(&model, &eo, errbuf, sizeof errbuf) != 0) {
+                fprintf(stderr, "moecc: %s\n", errbuf);
+                rc = EXIT_USAGE;
+            }
         }
         mc_model_free(&model);
     }

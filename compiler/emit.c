@@ -1,0 +1,967 @@
+/* emit.c: the CPU backend - from the checked model to model.h and model.c.
+ *
+ * The plan: every value flowing between ops gets a buffer in one float
+ * arena (activations), laid out at compile time for the compiled batch;
+ * the gradient of each value lives at the same offset of a second arena.
+ * Parameters, their gradients and the optimizer state are three more
+ * arenas with the layout of the tensor table. The forward pass is the ops
+ * in order, the backward pass the ops in reverse; a gradient buffer is
+ * overwritten by the first op that produces it and accumulated into by
+ * the others, so nothing is zeroed in the step. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "emit.h"
+
+/* ---- a growing string ---------------------------------------------------- */
+
+typedef struct sbuf {
+    char *s;
+    size_t len, cap;
+} sbuf;
+
+static void sb_printf(sbuf *b, const char *fmt, ...) MC_PRINTF(2, 3);
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        size_t room = b->cap - b->len;
+        int n = vsnprintf(b->s ? b->s + b->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if ((size_t)n < room) {
+            b->len += (size_t)n;
+            return;
+        }
+        b->cap = (b->cap + (size_t)n + 1) * 2;
+        b->s = mc_xrealloc(b->s, b->cap);
+    }
+}
+
+static void sb_free(sbuf *b)
+{
+    free(b->s);
+    memset(b, 0, sizeof *b);
+}
+
+/* ---- what the CPU backend generates ------------------------------------------ */
+
+int mc_emit_check(const mc_model *m, mc_diag *d)
+{
+    int errors = 0;
+    for (int i = 0; i < m->nops; i++) {
+        const mc_op *op = &m->ops[i];
+        const char *what = NULL;
+        switch (op->kind) {
+        case OP_CONV_STEM:
+        case OP_WINDOW_ATTENTION:
+        case OP_DOWNSAMPLE:
+            what = mc_op_name(op->kind);
+            break;
+        case OP_MOE: {
+            const mc_moe *x = &op->u.moe;
+            if (x->router != ROUTER_SOFTMAX_TOPK && x->router != ROUTER_SWITCH &&
+                x->router != ROUTER_DATASET_AWARE) {
+                mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate router = %s() yet",
+                          mc_router_name(x->router));
+                mc_hint(d, "softmax_topk, switch and dataset_aware are generated; the others are "
+                           "checked but not compiled yet");
+                errors++;
+            }
+            if (x->importance_loss > 0 || x->load_loss > 0) {
+                mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate the importance and "
+                                                "load losses yet");
+                mc_hint(d, "use balance_loss (GShard) for now");
+                errors++;
+            }
+            break;
+        }
+        default:
+            break;
+        }
+        if (what) {
+            mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate %s yet", what);
+            mc_hint(d, "the model is checked, but this layer is not compiled yet");
+            errors++;
+        }
+        if (errors)
+            break; /* one place is enough to say why */
+    }
+    const mc_train *t = &m->train;
+    if (t->cutmix_prob > 0 || t->randaugment_n > 0) {
+        mc_loc nowhere = { 0, 0, 0, 0 };
+        mc_report(d, MC_ERROR, nowhere, "the CPU trainer does not apply %s yet",
+                  t->cutmix_prob > 0 ? "cutmix" : "randaugment");
+        errors++;
+    }
+    return errors;
+}
+
+/* ---- the plan and the code ------------------------------------------------ */
+
+typedef struct gen {
+    const mc_model *m;
+    int64_t act_floats;   /* float slots of the activation arena (compiled batch) */
+    int64_t int_slots;    /* int32 slots (routing) */
+    int64_t *param_off;   /* per op: offset of its first tensor */
+    int *value;           /* per op: the value (op index) of its output */
+    int *input;           /* per op: the value of its (main) input; -1: the image */
+    int *skip;            /* RESIDUAL_END: the value at its BEGIN */
+    int *last_use;        /* per value: the last op (forward order) that reads it */
+    sbuf defs;            /* offsets of the buffers */
+    sbuf fwd;             /* forward code */
+    char **bwd;           /* backward code of each op */
+    int nmoe;
+    int *moe_index;       /* per op: its MoE layer number, or -1 */
+} gen;
+
+static int64_t alloc_act(gen *g, const char *name, int64_t floats, const char *what)
+{
+    int64_t off = g->act_floats;
+    g->act_floats += (floats + 15) & ~(int64_t)15; /* 64-byte aligned */
+    sb_printf(&g->defs, "#define %-16s %12lldL /* %s */\n", name, (long long)off, what);
+    return off;
+}
+
+static void alloc_int(gen *g, const char *name, int64_t n, const char *what)
+{
+    int64_t off = g->int_slots;
+    g->int_slots += (n + 15) & ~(int64_t)15;
+    sb_printf(&g->defs, "#define %-16s %12lldL /* int32 %s */\n", name, (long long)off, what);
+}
+
+/* the offset of tensor j of op i in the parameter arena */
+static int64_t toff(const gen *g, int i, int j)
+{
+    int64_t off = g->param_off[i];
+    for (int k = 0; k < j; k++)
+        off += g->m->ops[i].tensors[k].numel;
+    return off;
+}
+
+static int tokens_of(const mc_shape *s)
+{
+    return s->kind == SHAPE_TOKENS ? s->tokens : 1;
+}
+
+static const char *act_code(mc_act a)
+{
+    switch (a) {
+    case ACT_RELU: return "ACT_RELU";
+    case ACT_SILU: return "ACT_SILU";
+    default: return "ACT_GELU";
+    }
+}
+
+/* Tutel's capacity: k * floor(cf * ceil(N / E)), at least 1, at most N. */
+static int64_t moe_capacity(const mc_moe *x, int64_t N)
+{
+    if (x->dropless)
+        return N;
+    int64_t per = (N + x->experts - 1) / x->experts;
+    int64_t cap = (int64_t)x->top_k * (int64_t)floor(x->capacity_factor * (double)per);
+    if (cap < 1)
+        cap = 1;
+    return cap > N ? N : cap;
+}
+
+/* "A(V3)" for value v, or "x" for the image */
+static void val_ref(char *buf, size_t n, int v, bool grad)
+{
+    if (v < 0)
+        snprintf(buf, n, "x");
+    else
+        snprintf(buf, n, "%s(V%d)", grad ? "G" : "A", v);
+}
+
+/* Whether op i is the first (in backward order) to write the gradient of
+ * value v: then it overwrites, otherwise it accumulates. */
+static int acc_flag(const gen *g, int i, int v)
+{
+    return g->last_use[v] == i ? 0 : 1;
+}
+
+static void plan_values(gen *g)
+{
+    const mc_model *m = g->m;
+    int cur = -1;
+    int stack[64], sp = 0;
+    for (int i = 0; i < m->nops; i++) {
+        const mc_op *op = &m->ops[i];
+        g->input[i] = cur;
+        g->skip[i] = -1;
+        switch (op->kind) {
+        case OP_INPUT:
+            g->value[i] = -1;
+            break;
+        case OP_RESIDUAL_BEGIN:
+            stack[sp++] = cur;
+            g->value[i] = cur;
+            break;
+        case OP_RESIDUAL_END:
+            g->skip[i] = stack[--sp];
+            g->value[i] = i;
+            break;
+        default:
+            g->value[i] = i;
+            break;
+        }
+        cur = g->value[i];
+    }
+    for (int i = 0; i < m->nops; i++)
+        g->last_use[i] = -1;
+    for (int i = 0; i < m->nops; i++) {
+        if (m->ops[i].kind == OP_RESIDUAL_BEGIN || m->ops[i].kind == OP_INPUT)
+            continue;
+        if (g->input[i] >= 0)
+            g->last_use[g->input[i]] = i;
+        if (g->skip[i] >= 0)
+            g->last_use[g->skip[i]] = i;
+    }
+}
+
+static char *sb_take(sbuf *b)
+{
+    char *s = b->s ? b->s : mc_xstrdup("");
+    memset(b, 0, sizeof *b);
+    return s;
+}
+
+/* The code of op i: forward into g->fwd, backward into g->bwd[i]. */
+static void gen_op(gen *g, int i)
+{
+    const mc_model *m = g->m;
+    const mc_op *op = &m->ops[i];
+    sbuf *f = &g->fwd;
+    sbuf b = { 0 };
+    char in[32], din[32], out[32], dout[32], name[32];
+    val_ref(in, sizeof in, g->input[i], false);
+    val_ref(din, sizeof din, g->input[i], true);
+    val_ref(out, sizeof out, i, false);
+    val_ref(dout, sizeof dout, i, true);
+    const mc_shape *si = &op->in, *so = &op->out;
+    const int T = tokens_of(si), D = si->kind == SHAPE_IMAGE ? si->c : si->dim;
+    const int64_t BATCH = m->train.batch;
+    const int acc = g->input[i] >= 0 ? acc_flag(g, i, g->input[i]) : 0;
+    char what[160];
+    snprintf(what, sizeof what, "%s%s%s", mc_op_name(op->kind), op->prefix[0] ? " " : "", op->prefix);
+
+    if (op->kind == OP_INPUT || op->kind == OP_RESIDUAL_BEGIN)
+        return;
+    snprintf(name, sizeof name, "V%d", i);
+    if (op->kind != OP_CLASSIFIER) {
+        int64_t per = (int64_t)tokens_of(so) * (so->kind == SHAPE_IMAGE ? so->c * so->h * so->w : so->dim);
+        alloc_act(g, name, BATCH * per, what);
+    }
+    sb_printf(f, "    /* %d: %s -> ", i, what);
+    switch (so->kind) {
+    case SHAPE_TOKENS: sb_printf(f, "[B, %d, %d] */\n", so->tokens, so->dim); break;
+    case SHAPE_VECTOR: sb_printf(f, "[B, %d] */\n", so->dim); break;
+    case SHAPE_LOGITS: sb_printf(f, "[B, %d] logits */\n", so->dim); break;
+    case SHAPE_IMAGE: sb_printf(f, "[B, %d, %d, %d] */\n", so->c, so->h, so->w); break;
+    }
+    sb_printf(&b, "    /* %d: %s */\n", i, what);
+
+    switch (op->kind) {
+    case OP_PATCH_EMBED: {
+        const int P = op->u.patch.patch, CPP = si->c * P * P, TT = so->tokens;
+        char cols[32];
+        snprintf(cols, sizeof cols, "COLS%d", i);
+        alloc_act(g, cols, BATCH * TT * CPP, "patches (im2col)");
+        sb_printf(f, "    patch_embed_forward(%s, A(%s), x, P(%lldL), P(%lldL), B, %d, %d, %d, %d, %d);\n",
+                  out, cols, (long long)toff(g, i, 0), (long long)toff(g, i, 1), si->c, si->h, si->w, P, so->dim);
+        sb_printf(&b, "    patch_embed_backward(DP(%lldL), DP(%lldL), %s, A(%s), B, %d, %d, %d, %d, %d);\n",
+                  (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, cols, si->c, si->h, si->w, P, so->dim);
+        break;
+    }
+    case OP_CLS_TOKEN:
+        sb_printf(f, "    cls_token_forward(%s, %s, P(%lldL), B, %d, %d);\n", out, in, (long long)toff(g, i, 0), T, D);
+        sb_printf(&b, "    cls_token_backward(%s, DP(%lldL), %s, B, %d, %d, %d);\n", din, (long long)toff(g, i, 0),
+                  dout, T, D, acc);
+        break;
+    case OP_POS_EMBED:
+        if (op->u.pos.learned) {
+            sb_printf(f, "    pos_embed_forward(%s, %s, P(%lldL), B, %d, %d);\n", out, in, (long long)toff(g, i, 0), T, D);
+            sb_printf(&b, "    pos_embed_backward(%s, DP(%lldL), %s, B, %d, %d, %d);\n", din, (long long)toff(g, i, 0),
+                      dout, T, D, acc);
+        } else {
+            char tab[32];
+            snprintf(tab, sizeof tab, "POS%d", i);
+            alloc_act(g, tab, (int64_t)T * D, "fixed sine-cosine positions");
+            sb_printf(f, "    pos_embed_forward(%s, %s, A(%s), B, %d, %d);\n", out, in, tab, T, D);
+            sb_printf(&b, "    pos_embed_backward(%s, NULL, %s, B, %d, %d, %d);\n", din, dout, T, D, acc);
+        }
+        break;
+    case OP_LAYERNORM: {
+        char mean[32], rstd[32];
+        snprintf(mean, sizeof mean, "MEAN%d", i);
+        snprintf(rstd, sizeof rstd, "RSTD%d", i);
+        alloc_act(g, mean, BATCH * T, "layer norm means");
+        alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
+        sb_printf(f, "    layernorm_forward(%s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %d, %gf);\n", out, mean,
+                  rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, D, op->u.ln.eps);
+        sb_printf(&b, "    layernorm_backward(%s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d, %d);\n",
+                  din, (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), mean,
+                  rstd, T, D, acc);
+        break;
+    }
+    case OP_ATTENTION: {
+        const int NH = op->u.attn.heads;
+        const bool qb = op->u.attn.qkv_bias;
+        char qkv[32], att[32], y[32];
+        snprintf(qkv, sizeof qkv, "QKV%d", i);
+        snprintf(att, sizeof att, "ATT%d", i);
+        snprintf(y, sizeof y, "Y%d", i);
+        alloc_act(g, qkv, BATCH * T * 3 * D, "queries, keys, values");
+        alloc_act(g, att, BATCH * NH * T * T, "attention weights");
+        alloc_act(g, y, BATCH * T * D, "heads' outputs");
+        int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;
+        int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = toff(g, i, qb ? 3 : 2);
+        char bq[40], dbq[40];
+        if (qb) {
+            snprintf(bq, sizeof bq, "P(%lldL)", (long long)b_qkv);
+            snprintf(dbq, sizeof dbq, "DP(%lldL)", (long long)b_qkv);
+        } else {
+            snprintf(bq, sizeof bq, "NULL");
+            snprintf(dbq, sizeof dbq, "NULL");
+        }
+        sb_printf(f, "    linear_forward(A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, in, (long long)w_qkv, bq,
+                  T, D, 3 * D);
+        sb_printf(f, "    attention_forward(A(%s), A(%s), A(%s), B, %d, %d, %d);\n", y, att, qkv, T, D, NH);
+        sb_printf(f, "    linear_forward(%s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, y, (long long)w_proj,
+                  (long long)b_proj, T, D, D);
+        sb_printf(&b, "    linear_backward(G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", y,
+                  (long long)w_proj, (long long)b_proj, dout, y, (long long)w_proj, T, D, D);
+        sb_printf(&b, "    attention_backward(G(%s), G(%s), G(%s), A(%s), A(%s), B, %d, %d, %d);\n", qkv, att, y, qkv,
+                  att, T, D, NH);
+        sb_printf(&b, "    linear_backward(%s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
+                  (long long)w_qkv, dbq, qkv, in, (long long)w_qkv, T, D, 3 * D, acc);
+        break;
+    }
+    case OP_MLP: {
+        const int H = op->u.mlp.hidden;
+        char hh[32], aa[32];
+        snprintf(hh, sizeof hh, "H%d", i);
+        snprintf(aa, sizeof aa, "ACTV%d", i);
+        alloc_act(g, hh, BATCH * T * H, "hidden, before the activation");
+        alloc_act(g, aa, BATCH * T * H, "hidden, after the activation");
+        sb_printf(f, "    linear_forward(A(%s), %s, P(%lldL), P(%lldL), B * %d, %d, %d);\n", hh, in,
+                  (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, D, H);
+        sb_printf(f, "    act_forward(A(%s), A(%s), (size_t)B * %d, %s);\n", aa, hh, T * H, act_code(op->u.mlp.act));
+        sb_printf(f, "    linear_forward(%s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, aa,
+                  (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D);
+        sb_printf(&b, "    linear_backward(G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", aa,
+                  (long long)toff(g, i, 2), (long long)toff(g, i, 3), dout, aa, (long long)toff(g, i, 2), T, H, D);
+        sb_printf(&b, "    act_backward(G(%s), G(%s), A(%s), (size_t)B * %d, %s, 0);\n", hh, aa, hh, T * H,
+                  act_code(op->u.mlp.act));
+        sb_printf(&b, "    linear_backward(%s, DP(%lldL), DP(%lldL), G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
+                  (long long)toff(g, i, 0), (long long)toff(g, i, 1), hh, in, (long long)toff(g, i, 0), T, D, H, acc);
+        break;
+    }
+    case OP_MOE: {
+        const mc_moe *x = &op->u.moe;
+        const int E = x->experts, H = x->hidden, K = x->top_k, j = g->moe_index[i];
+        const int64_t NB = BATCH * T, CAPMAX = moe_capacity(x, NB);
+        char nm[12][32];
+        static const char *const fl[] = { "LOGITS", "PROBS", "LSE", "TOPP", "GATE", "PRIO", "XE", "HE", "AE", "YE" };
+        const int64_t fsz[] = { NB * E, NB * E, NB, NB * K, NB * K, NB, E * CAPMAX * D, E * CAPMAX * H,
+                                E * CAPMAX * H, E * CAPMAX * D };
+        static const char *const fwhat[] = { "router logits", "router probabilities", "log-sum-exp of the logits",
+                                             "top-k probabilities", "gates", "routing priority",
+                                             "expert inputs [E, CAP, D]", "expert hidden [E, CAP, H]",
+                                             "expert hidden, activated", "expert outputs [E, CAP, D]" };
+        for (int k = 0; k < 10; k++) {
+            snprintf(nm[k], sizeof nm[k], "%s%d", fl[k], i);
+            alloc_act(g, nm[k], fsz[k], fwhat[k]);
+        }
+        static const char *const il[] = { "TOPK", "SLOT", "COUNT", "TOKEN", "ORDER", "TARGET" };
+        const int64_t isz[] = { NB * K, NB * K, E, E * CAPMAX, NB, NB };
+        static const char *const iwhat[] = { "chosen experts", "slot of each choice", "tokens per expert",
+                                             "token in each slot", "routing order", "mapped expert" };
+        char in_[6][32];
+        for (int k = 0; k < 6; k++) {
+            snprintf(in_[k], sizeof in_[k], "%s%d", il[k], i);
+            alloc_int(g, in_[k], isz[k], iwhat[k]);
+        }
+        const int64_t wg = toff(g, i, 0), w1 = toff(g, i, 1), b1 = toff(g, i, 2), w2 = toff(g, i, 3),
+                      b2 = toff(g, i, 4);
+        const bool ds = x->router == ROUTER_DATASET_AWARE;
+        char routing[256];
+        snprintf(routing, sizeof routing,
+                 "        moe_routing r = { I(%s), A(%s), A(%s), I(%s), I(%s), I(%s), I(%s), A(%s) };\n", in_[0], nm[3],
+                 nm[4], in_[1], in_[2], in_[3], in_[4], nm[5]);
+        sb_printf(f, "    {\n        const int N = B * %d;\n", T);
+        sb_printf(f, "        const int cap = moe_capacity(N, %d, %d, %.17g, %d);\n", E, K, x->capacity_factor,
+                  x->dropless ? 1 : 0);
+        sb_printf(f, "%s", routing);
+        sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", nm[0], in, (long long)wg, D, E);
+        if (x->gate_noise > 0)
+            sb_printf(f, "        if (train)\n            gate_noise(A(%s), (size_t)N * %d, %.17gf, m->seed, %d, m->step);\n",
+                      nm[0], E, x->gate_noise / E, 1000 + i);
+        sb_printf(f, "        router_softmax(A(%s), A(%s), A(%s), N, %d);\n", nm[1], nm[2], nm[0], E);
+        sb_printf(f, "        moe_route(&r, A(%s), N, %d, %d, cap, %d, %d);\n", nm[1], E, K, x->normalize_gates ? 1 : 0,
+                  x->batch_priority ? 1 : 0);
+        if (ds) {
+            sb_printf(f, "        for (int n = 0; n < N; n++)\n            I(%s)[n] = MOE%d_MAP[dataset[n / %d]];\n",
+                      in_[5], j, T);
+        }
+        sb_printf(f, "        moe_experts_forward(%s, A(%s), A(%s), A(%s), A(%s), %s, &r, P(%lldL), P(%lldL), P(%lldL), "
+                     "P(%lldL),\n                            N, %d, %d, %d, %d, cap, %s);\n",
+                  out, nm[6], nm[7], nm[8], nm[9], in, (long long)w1, (long long)b1, (long long)w2, (long long)b2, D,
+                  H, E, K, act_code(x->act));
+        char target[48];
+        if (ds)
+            snprintf(target, sizeof target, "I(%s)", in_[5]);
+        else
+            snprintf(target, sizeof target, "NULL");
+        sb_printf(f, "        moe_aux_losses(m->aux[%d], A(%s), A(%s), &r, %s, N, %d, %d);\n", j, nm[1], nm[2],
+                  target, E, K);
+        sb_printf(f, "        moe_stats_add(&m->stats[%d], &r, A(%s), dataset, N, %d, %d, %d, cap);\n", j, nm[1], T, E, K);
+        sb_printf(f, "        m->cap[%d] = cap;\n    }\n", j);
+        /* backward */
+        sb_printf(&b, "    {\n        const int N = B * %d, cap = m->cap[%d];\n", T, j);
+        sb_printf(&b, "%s", routing);
+        sb_printf(&b, "        moe_experts_backward(%s, G(%s), G(%s), G(%s), G(%s), %s, A(%s), A(%s), A(%s), A(%s), &r,\n"
+                      "                             P(%lldL), P(%lldL), DP(%lldL), DP(%lldL), DP(%lldL), DP(%lldL),\n"
+                      "                             N, %d, %d, %d, %d, cap, %s, %d);\n",
+                  din, nm[4], nm[9], nm[7], nm[6], dout, nm[6], nm[7], nm[8], nm[9], (long long)w1, (long long)w2,
+                  (long long)w1, (long long)b1, (long long)w2, (long long)b2, D, H, E, K, act_code(x->act), acc);
+        sb_printf(&b, "        moe_router_backward(G(%s), G(%s), G(%s), A(%s), A(%s), &r, %s, N, %d, %d, %d,\n"
+                      "                            %.17gf, %.17gf, %.17gf);\n",
+                  nm[0], nm[1], nm[4], nm[1], nm[2], target, E, K,
+                  x->normalize_gates ? 1 : 0, x->balance_loss, x->z_loss, ds ? x->dataset_loss : 0.0);
+        sb_printf(&b, "        linear_backward(%s, DP(%lldL), NULL, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n", din,
+                  (long long)wg, nm[0], in, (long long)wg, D, E);
+        break;
+    }
+    case OP_DROPOUT: {
+        char mask[32];
+        snprintf(mask, sizeof mask, "MASK%d", i);
+        alloc_act(g, mask, BATCH * T * D, "dropout mask");
+        sb_printf(f, "    dropout_mask(A(%s), (size_t)B * %d, train ? %.17gf : 0.0f, m->seed, %d, m->step);\n", mask,
+                  T * D, op->u.drop.p, 1000 + i);
+        sb_printf(f, "    mask_forward(%s, %s, A(%s), (size_t)B * %d);\n", out, in, mask, T * D);
+        sb_printf(&b, "    mask_backward(%s, %s, A(%s), (size_t)B * %d, %d);\n", din, dout, mask, T * D, acc);
+        break;
+    }
+    case OP_DROP_PATH: {
+        char keep[32];
+        snprintf(keep, sizeof keep, "KEEP%d", i);
+        alloc_act(g, keep, BATCH, "stochastic depth: kept samples");
+        sb_printf(f, "    dropout_mask(A(%s), (size_t)B, train ? %.17gf : 0.0f, m->seed, %d, m->step);\n", keep,
+                  op->u.drop.p, 1000 + i);
+        sb_printf(f, "    rowmask_forward(%s, %s, A(%s), B, %d);\n", out, in, keep, T * D);
+        sb_printf(&b, "    rowmask_backward(%s, %s, A(%s), B, %d, %d);\n", din, dout, keep, T * D, acc);
+        break;
+    }
+    case OP_RESIDUAL_END: {
+        char skip[32], dskip[32];
+        val_ref(skip, sizeof skip, g->skip[i], false);
+        val_ref(dskip, sizeof dskip, g->skip[i], true);
+        int acc_skip = acc_flag(g, i, g->skip[i]);
+        if (g->skip[i] == g->input[i])
+            acc_skip = 1; /* an empty branch: the same value twice */
+        sb_printf(f, "    add_forward(%s, %s, %s, (size_t)B * %d);\n", out, skip, in, T * D);
+        sb_printf(&b, "    grad_pass(%s, %s, (size_t)B * %d, %d);\n", din, dout, T * D, acc);
+        sb_printf(&b, "    grad_pass(%s, %s, (size_t)B * %d, %d);\n", dskip, dout, T * D, acc_skip);
+        break;
+    }
+    case OP_POOL: {
+        const int cls = op->u.pool.kind == POOL_CLS;
+        sb_printf(f, "    pool_forward(%s, %s, B, %d, %d, %d);\n", out, in, T, D, cls);
+        sb_printf(&b, "    pool_backward(%s, %s, B, %d, %d, %d, %d);\n", din, dout, T, D, cls, acc);
+        break;
+    }
+    case OP_CLASSIFIER: {
+        const int C = op->u.cls.classes;
+        alloc_act(g, name, BATCH * C, "logits");
+        if (op->u.cls.heads == HEADS_SHARED) {
+            sb_printf(f, "    linear_forward(%s, %s, P(%lldL), P(%lldL), B, %d, %d);\n", out, in, (long long)toff(g, i, 0),
+                      (long long)toff(g, i, 1), D, C);
+            sb_printf(&b, "    linear_backward(%s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), B, %d, %d, %d);\n", din,
+                      (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), D, C, acc);
+        } else {
+            /* one head per dataset: each sample goes through its dataset's head */
+            sb_printf(f, "    for (int b = 0; b < B; b++) {\n        const int d = dataset[b];\n");
+            sb_printf(f, "        linear_forward(%s + (size_t)b * %d, %s + (size_t)b * %d, P(HEAD_W[d]), P(HEAD_B[d]), 1, "
+                         "%d, DATASET_CLASSES[d]);\n    }\n",
+                      out, C, in, D, D);
+            sb_printf(&b, "    for (int b = 0; b < B; b++) {\n        const int d = dataset[b];\n");
+            sb_printf(&b, "        linear_backward(%s + (size_t)b * %d, DP(HEAD_W[d]), DP(HEAD_B[d]), %s + (size_t)b * %d,\n"
+                          "                        %s + (size_t)b * %d, P(HEAD_W[d]), 1, %d, DATASET_CLASSES[d], %d);\n    }\n",
+                      din, D, dout, C, in, D, D, acc);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    g->bwd[i] = sb_take(&b);
+}
+
+/* ---- the files -------------------------------------------------------------------- */
+
+static void header_comment(sbuf *b, const mc_model *m, const char *file, const char *what,
+                           const mc_emit_opts *o)
+{
+    sb_printf(b, "/* %s: %s\n * Generated by moecc %s from %s. Do not edit: change the .moe file and\n"
+                 " * run moecc again. */\n",
+              file, what, o->moecc_version, m->source_path);
+}
+
+static const char *c_string(sbuf *tmp, const char *s)
+{
+    tmp->len = 0;
+    sb_printf(tmp, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            sb_printf(tmp, "\\%c", c);
+        else if (c < 0x20 || c >= 0x7f)
+            sb_printf(tmp, "\\%03o", c);
+        else
+            sb_printf(tmp, "%c", c);
+    }
+    sb_printf(tmp, "\"");
+    return tmp->s;
+}
+
+static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
+{
+    const mc_model *m = g->m;
+    const mc_train *t = &m->train;
+    int ntensors = 0, max_e = 1;
+    for (int i = 0; i < m->nops; i++) {
+        ntensors += m->ops[i].ntensors;
+        if (m->ops[i].kind == OP_MOE && m->ops[i].u.moe.experts > max_e)
+            max_e = m->ops[i].u.moe.experts;
+    }
+    sbuf tmp = { 0 };
+    header_comment(h, m, "model.h", "the shapes, tensors and settings of the model.", o);
+    sb_printf(h, "#ifndef MODEL_H\n#define MODEL_H\n\n#include <stdint.h>\n\n#include \"ops.h\"\n\n");
+    sb_printf(h, "#define MODEL_NAME %s\n", c_string(&tmp, m->name));
+    sb_printf(h, "#define MODEL_SOURCE %s\n", c_string(&tmp, m->source_path));
+    sb_printf(h, "#define MOECC_VERSION %s\n\n", c_string(&tmp, o->moecc_version));
+    sb_printf(h, "/* shapes */\n");
+    sb_printf(h, "#define BATCH %d              /* compiled batch: the most a step takes */\n", t->batch);
+    sb_printf(h, "#define IN_C %d\n#define IN_H %d\n#define IN_W %d\n", m->input_c, m->input_h, m->input_w);
+    sb_printf(h, "#define N_CLASSES %d          /* logits per sample (the largest head) */\n", m->classes);
+    sb_printf(h, "#define PER_DATASET_HEADS %d\n", m->heads == HEADS_PER_DATASET);
+    sb_printf(h, "#define N_DATASETS %d\n", m->ndatasets);
+    sb_printf(h, "#define N_MOE %d\n#define N_MOE_SLOTS %d  /* N_MOE, at least 1 for array sizes */\n",
+              m->moe_layers, m->moe_layers > 0 ? m->moe_layers : 1);
+    sb_printf(h, "#define MAX_EXPERTS %d\n", max_e);
+    sb_printf(h, "#define N_TENSORS %d\n#define N_PARAMS %lldL\n", ntensors, (long long)m->params);
+    sb_printf(h, "#define ACT_FLOATS %lldL     /* activation arena, floats */\n", (long long)g->act_floats);
+    sb_printf(h, "#define INT_SLOTS %lldL      /* routing arena, int32 */\n", (long long)(g->int_slots ? g->int_slots : 16));
+    sb_printf(h, "#define FLOPS_PER_IMAGE %.6g /* forward, routed experts only */\n\n", m->flops);
+
+    sb_printf(h, "/* training settings of the .moe file: the trainer's defaults */\n");
+    sb_printf(h, "#define TRAIN_STEPS %lldL\n#define TRAIN_EPOCHS %d\n", (long long)t->steps, t->epochs);
+    sb_printf(h, "#define OPT_ADAMW %d\n", t->optimizer == OPT_ADAMW);
+    sb_printf(h, "#define TRAIN_LR %.17g\n#define ADAM_BETA1 %.17g\n#define ADAM_BETA2 %.17g\n#define ADAM_EPS %.17g\n",
+              t->lr, t->beta1, t->beta2, t->eps);
+    sb_printf(h, "#define WEIGHT_DECAY %.17g\n#define SGD_MOMENTUM %.17g\n#define SGD_NESTEROV %d\n", t->weight_decay,
+              t->momentum, t->nesterov);
+    sb_printf(h, "#define SCHEDULE %d /* 0 constant, 1 cosine, 2 step */\n", (int)t->schedule);
+    sb_printf(h, "#define WARMUP_STEPS %lldL\n#define MIN_LR %.17g\n#define STEP_EVERY %lldL\n#define STEP_GAMMA %.17g\n",
+              (long long)t->warmup, t->min_lr, (long long)t->step_size, t->gamma);
+    sb_printf(h, "#define LABEL_SMOOTHING %.17g\n#define CLIP_GRAD %.17g\n", t->label_smoothing, t->clip_grad);
+    sb_printf(h, "#define CROP_PADDING %d\n#define FLIP %d\n", t->crop_padding, t->flip);
+    sb_printf(h, "#define EVAL_EVERY %lldL\n#define CHECKPOINT_EVERY %lldL\n#define LOG_EVERY %lldL\n",
+              (long long)t->eval_every, (long long)t->checkpoint_every, (long long)t->log_every);
+    sb_printf(h, "#define SEED %lluULL\n\n", (unsigned long long)t->seed);
+
+    sb_printf(h, "/* the learned tensors, in the order of the parameter arena */\n");
+    sb_printf(h, "typedef struct tensor_info {\n    const char *name;\n    int64_t offset, numel;\n    int ndim;\n"
+                 "    int64_t shape[4];\n    int init;     /* 0 zeros, 1 ones, 2 truncated normal */\n"
+                 "    float std;\n    int decay;    /* weight decay applies */\n    int expert;   /* first dimension: "
+                 "the expert */\n} tensor_info;\n");
+    sb_printf(h, "extern const tensor_info TENSORS[N_TENSORS];\n\n");
+    sb_printf(h, "enum { FMT_IDX, FMT_MNIST_JSON, FMT_CSV, FMT_CIFAR10, FMT_IMAGE_FOLDER, FMT_GTSRB };\n");
+    sb_printf(h, "typedef struct dataset_info {\n    const char *name;\n    int format;\n    const char *path;\n"
+                 "    const char *train_images, *train_labels, *test_images, *test_labels;\n"
+                 "    int channels, height, width;   /* as stored; 0: any */\n    int classes;\n"
+                 "    double weight, test_split, max_value, mean, std;\n    int resize;    /* 0 none, 1 bilinear, "
+                 "2 nearest */\n    const char *const *labels; /* class names or NULL */\n} dataset_info;\n");
+    sb_printf(h, "extern const dataset_info DATASETS[N_DATASETS];\n");
+    sb_printf(h, "extern const int DATASET_CLASSES[N_DATASETS];\n\n");
+    sb_printf(h, "typedef struct moe_info {\n    const char *name;\n    int experts, top_k;\n    float w_balance, w_z, "
+                 "w_dataset;\n} moe_info;\n");
+    sb_printf(h, "extern const moe_info MOE_LAYERS[N_MOE_SLOTS];\n\n");
+    sb_printf(h, "typedef struct model {\n    float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */\n"
+                 "    float *act, *dact;      /* ACT_FLOATS each: values and their gradients */\n"
+                 "    int32_t *iact;          /* INT_SLOTS: routing */\n"
+                 "    uint64_t seed;          /* random draws are a function of (seed, op, step, element) */\n"
+                 "    int64_t step;\n    int cap[N_MOE_SLOTS];    /* capacity of each MoE layer in the last forward */\n"
+                 "    float aux[N_MOE_SLOTS][3]; /* balance, z and dataset losses of each MoE layer */\n"
+                 "    moe_stats stats[N_MOE_SLOTS];\n    int64_t load[N_MOE_SLOTS][MAX_EXPERTS];\n"
+                 "    int64_t ds_expert[N_MOE_SLOTS][N_DATASETS * MAX_EXPERTS];\n} model;\n\n");
+    sb_printf(h, "/* x: the images [B, IN_C, IN_H, IN_W]; dataset: each sample's dataset */\n");
+    sb_printf(h, "void model_forward(model *m, const float *x, const int32_t *dataset, int B, int train);\n");
+    sb_printf(h, "/* after model_forward and with model_dlogits() written; parameter\n * gradients are overwritten */\n");
+    sb_printf(h, "void model_backward(model *m, const float *x, const int32_t *dataset, int B);\n");
+    sb_printf(h, "float *model_logits(const model *m);   /* [B, N_CLASSES] */\nfloat *model_dlogits(const model *m);\n");
+    sb_printf(h, "/* the weighted sum of the MoE layers' auxiliary losses of the last forward */\n");
+    sb_printf(h, "float model_aux_loss(const model *m);\n");
+    sb_printf(h, "/* fixed tables in the activation arena (sine-cosine positions) */\n");
+    sb_printf(h, "void model_init_tables(model *m);\n");
+    sb_printf(h, "void model_stats_reset(model *m);\n\n#endif /* MODEL_H */\n");
+    sb_free(&tmp);
+}
+
+static void emit_tables(sbuf *c, const gen *g)
+{
+    const mc_model *m = g->m;
+    sbuf tmp = { 0 };
+    sb_printf(c, "const tensor_info TENSORS[N_TENSORS] = {\n");
+    int64_t off = 0;
+    for (int i = 0; i < m->nops; i++)
+        for (int j = 0; j < m->ops[i].ntensors; j++) {
+            const mc_tensor *t = &m->ops[i].tensors[j];
+            sb_printf(c, "    { %s, %lldL, %lldL, %d, {", c_string(&tmp, t->name), (long long)off, (long long)t->numel,
+                      t->ndim);
+            for (int k = 0; k < t->ndim; k++)
+                sb_printf(c, "%s%lld", k ? ", " : " ", (long long)t->shape[k]);
+            sb_printf(c, " }, %d, %gf, %d, %d },\n", t->init == INIT_ZEROS ? 0 : t->init == INIT_ONES ? 1 : 2,
+                      t->init_std, !t->no_decay, t->expert);
+            off += t->numel;
+        }
+    sb_printf(c, "};\n\n");
+    for (int d = 0; d < m->ndatasets; d++) {
+        const mc_dataset *ds = &m->datasets[d];
+        if (!ds->labels)
+            continue;
+        sb_printf(c, "static const char *const LABELS_%d[] = {", d);
+        for (int k = 0; ds->labels[k]; k++)
+            sb_printf(c, "%s%s", k ? ", " : " ", c_string(&tmp, ds->labels[k]));
+        sb_printf(c, ", NULL };\n");
+    }
+    sb_printf(c, "const dataset_info DATASETS[N_DATASETS] = {\n");
+    for (int d = 0; d < m->ndatasets; d++) {
+        const mc_dataset *ds = &m->datasets[d];
+        sb_printf(c, "    { %s, %d, ", c_string(&tmp, ds->name), (int)ds->format);
+        sb_printf(c, "%s, ", c_string(&tmp, ds->path));
+        sb_printf(c, "%s, ", c_string(&tmp, ds->train_images));
+        sb_printf(c, "%s, ", c_string(&tmp, ds->train_labels));
+        sb_printf(c, "%s, ", c_string(&tmp, ds->test_images));
+        sb_printf(c, "%s,\n      ", c_string(&tmp, ds->test_labels));
+        sb_printf(c, "%d, %d, %d, %d, %.17g, %.17g, %.17g, %.17g, %.17g, %d, ", ds->channels, ds->height, ds->width,
+                  ds->classes, ds->weight, ds->test_split, ds->max_value, ds->mean, ds->std, ds->resize);
+        if (ds->labels)
+            sb_printf(c, "LABELS_%d },\n", d);
+        else
+            sb_printf(c, "NULL },\n");
+    }
+    sb_printf(c, "};\n\nconst int DATASET_CLASSES[N_DATASETS] = {");
+    for (int d = 0; d < m->ndatasets; d++)
+        sb_printf(c, "%s%d", d ? ", " : " ", m->heads == HEADS_PER_DATASET ? m->datasets[d].classes : m->classes);
+    sb_printf(c, " };\n\n");
+    sb_printf(c, "const moe_info MOE_LAYERS[N_MOE_SLOTS] = {\n");
+    if (g->nmoe == 0)
+        sb_printf(c, "    { \"\", 0, 0, 0, 0, 0 },\n");
+    for (int i = 0; i < m->nops; i++) {
+        if (m->ops[i].kind != OP_MOE)
+            continue;
+        const mc_moe *x = &m->ops[i].u.moe;
+        sb_printf(c, "    { %s, %d, %d, %gf, %gf, %gf },\n", c_string(&tmp, m->ops[i].prefix), x->experts, x->top_k,
+                  x->balance_loss, x->z_loss, x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0);
+    }
+    sb_printf(c, "};\n\n");
+    for (int i = 0; i < m->nops; i++) {
+        const mc_op *op = &m->ops[i];
+        if (op->kind == OP_MOE && op->u.moe.dataset_expert) {
+            sb_printf(c, "/* %s: each dataset's expert */\nstatic const int MOE%d_MAP[N_DATASETS] = {", op->prefix,
+                      g->moe_index[i]);
+            for (int d = 0; d < m->ndatasets; d++)
+                sb_printf(c, "%s%d", d ? ", " : " ", op->u.moe.dataset_expert[d]);
+            sb_printf(c, " };\n");
+        }
+        if (op->kind == OP_CLASSIFIER && op->u.cls.heads == HEADS_PER_DATASET) {
+            sb_printf(c, "/* the offsets of each dataset's head */\nstatic const int64_t HEAD_W[N_DATASETS] = {");
+            for (int d = 0; d < m->ndatasets; d++)
+                sb_printf(c, "%s%lldL", d ? ", " : " ", (long long)toff(g, i, 2 * d));
+            sb_printf(c, " };\nstatic const int64_t HEAD_B[N_DATASETS] = {");
+            for (int d = 0; d < m->ndatasets; d++)
+                sb_printf(c, "%s%lldL", d ? ", " : " ", (long long)toff(g, i, 2 * d + 1));
+            sb_printf(c, " };\n");
+        }
+    }
+    sb_free(&tmp);
+}
+
+static void emit_model_c(sbuf *c, gen *g, const mc_emit_opts *o)
+{
+    const mc_model *m = g->m;
+    header_comment(c, m, "model.c", "the forward and backward pass of every op, for the CPU.", o);
+    sb_printf(c, "#include <string.h>\n\n#include \"model.h\"\n\n");
+    sb_printf(c, "/* B = the batch of this step (at most BATCH); every other shape is fixed.\n"
+                 " * A(off)/G(off): a value and its gradient in the activation arenas,\n"
+                 " * P(off)/DP(off): a parameter and its gradient, I(off): routing ints. */\n");
+    sb_printf(c, "#define A(off) (m->act + (off))\n#define G(off) (m->dact + (off))\n");
+    sb_printf(c, "#define P(off) (m->param + (off))\n#define DP(off) (m->grad + (off))\n");
+    sb_printf(c, "#define I(off) (m->iact + (off))\n\n");
+    sb_printf(c, "/* ---- the activation arena, laid out for BATCH (offsets in elements) ---- */\n");
+    sb_printf(c, "%s\n", g->defs.s ? g->defs.s : "");
+    emit_tables(c, g);
+    int last = m->nops - 1;
+    sb_printf(c, "\nfloat *model_logits(const model *m)\n{\n    return A(V%d);\n}\n\n", last);
+    sb_printf(c, "float *model_dlogits(const model *m)\n{\n    return G(V%d);\n}\n\n", last);
+    sb_printf(c, "float model_aux_loss(const model *m)\n{\n    float loss = 0.0f;\n");
+    sb_printf(c, "    for (int j = 0; j < N_MOE; j++)\n        loss += MOE_LAYERS[j].w_balance * m->aux[j][0] + "
+                 "MOE_LAYERS[j].w_z * m->aux[j][1] +\n                MOE_LAYERS[j].w_dataset * m->aux[j][2];\n");
+    sb_printf(c, "    (void)m;\n    return loss;\n}\n\n");
+    sb_printf(c, "void model_stats_reset(model *m)\n{\n    for (int j = 0; j < N_MOE_SLOTS; j++) {\n"
+                 "        memset(m->load[j], 0, sizeof m->load[j]);\n        memset(m->ds_expert[j], 0, sizeof m->ds_expert[j]);\n"
+                 "        memset(&m->stats[j], 0, sizeof m->stats[j]);\n        m->stats[j].load = m->load[j];\n"
+                 "        m->stats[j].ds_expert = m->ds_expert[j];\n    }\n}\n\n");
+    sb_printf(c, "void model_init_tables(model *m)\n{\n");
+    for (int i = 0; i < m->nops; i++) {
+        const mc_op *op = &m->ops[i];
+        if (op->kind == OP_POS_EMBED && !op->u.pos.learned)
+            sb_printf(c, "    sincos_table(A(POS%d), %d, %d, %d, %d);\n", i, op->in.gh, op->in.gw, op->in.dim,
+                      op->in.cls ? 1 : 0);
+    }
+    sb_printf(c, "    model_stats_reset(m);\n}\n\n");
+    sb_printf(c, "void model_forward(model *m, const float *x, const int32_t *dataset, int B, int train)\n{\n");
+    sb_printf(c, "    (void)dataset;\n    (void)train;\n");
+    sb_printf(c, "%s", g->fwd.s ? g->fwd.s : "");
+    sb_printf(c, "}\n\nvoid model_backward(model *m, const float *x, const int32_t *dataset, int B)\n{\n");
+    sb_printf(c, "    (void)x;\n    (void)dataset;\n    memset(m->grad, 0, sizeof(float) * N_PARAMS);\n");
+    for (int i = m->nops - 1; i >= 0; i--)
+        if (g->bwd[i] && g->bwd[i][0])
+            sb_printf(c, "%s", g->bwd[i]);
+    sb_printf(c, "}\n");
+}
+
+/* ---- model.json: the ops and tensors, for tools ------------------------------------ */
+
+static void json_str(sbuf *b, const char *s)
+{
+    sb_printf(b, "\"");
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            sb_printf(b, "\\%c", ch);
+        else if (ch < 0x20)
+            sb_printf(b, "\\u%04x", ch);
+        else
+            sb_printf(b, "%c", ch);
+    }
+    sb_printf(b, "\"");
+}
+
+static void emit_json(sbuf *j, const mc_model *m)
+{
+    sb_printf(j, "{\n  \"name\": ");
+    json_str(j, m->name);
+    sb_printf(j, ",\n  \"source\": ");
+    json_str(j, m->source_path);
+    sb_printf(j, ",\n  \"input\": [%d, %d, %d],\n  \"batch\": %d,\n  \"label_smoothing\": %.17g,\n", m->input_c,
+              m->input_h, m->input_w, m->train.batch, m->train.label_smoothing);
+    sb_printf(j, "  \"datasets\": [");
+    for (int d = 0; d < m->ndatasets; d++) {
+        sb_printf(j, "%s\n    {\"name\": ", d ? "," : "");
+        json_str(j, m->datasets[d].name);
+        sb_printf(j, ", \"classes\": %d}", m->datasets[d].classes);
+    }
+    sb_printf(j, "\n  ],\n  \"ops\": [");
+    for (int i = 0; i < m->nops; i++) {
+        const mc_op *op = &m->ops[i];
+        sb_printf(j, "%s\n    {\"op\": \"%s\", \"prefix\": ", i ? "," : "", mc_op_name(op->kind));
+        json_str(j, op->prefix);
+        sb_printf(j, ", \"tokens\": %d, \"dim\": %d", op->in.kind == SHAPE_TOKENS ? op->in.tokens : 0,
+                  op->in.kind == SHAPE_IMAGE ? op->in.c : op->in.dim);
+        switch (op->kind) {
+        case OP_PATCH_EMBED: sb_printf(j, ", \"patch\": %d, \"out_dim\": %d", op->u.patch.patch, op->out.dim); break;
+        case OP_POS_EMBED: sb_printf(j, ", \"learned\": %s", op->u.pos.learned ? "true" : "false"); break;
+        case OP_LAYERNORM: sb_printf(j, ", \"eps\": %.17g", op->u.ln.eps); break;
+        case OP_ATTENTION:
+            sb_printf(j, ", \"heads\": %d, \"qkv_bias\": %s", op->u.attn.heads, op->u.attn.qkv_bias ? "true" : "false");
+            break;
+        case OP_MLP: sb_printf(j, ", \"hidden\": %d, \"act\": \"%s\"", op->u.mlp.hidden, mc_act_name(op->u.mlp.act)); break;
+        case OP_MOE: {
+            const mc_moe *x = &op->u.moe;
+            sb_printf(j, ", \"experts\": %d, \"hidden\": %d, \"act\": \"%s\", \"top_k\": %d, \"capacity\": %.17g, "
+                         "\"dropless\": %s, \"batch_priority\": %s, \"normalize_gates\": %s, \"gate_noise\": %.17g, "
+                         "\"router\": \"%s\", \"balance_loss\": %.17g, \"z_loss\": %.17g, \"dataset_loss\": %.17g",
+                      x->experts, x->hidden, mc_act_name(x->act), x->top_k, x->capacity_factor,
+                      x->dropless ? "true" : "false", x->batch_priority ? "true" : "false",
+                      x->normalize_gates ? "true" : "false", x->gate_noise, mc_router_name(x->router), x->balance_loss,
+                      x->z_loss, x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0);
+            if (x->dataset_expert) {
+                sb_printf(j, ", \"map\": [");
+                for (int d = 0; d < m->ndatasets; d++)
+                    sb_printf(j, "%s%d", d ? ", " : "", x->dataset_expert[d]);
+                sb_printf(j, "]");
+            }
+            break;
+        }
+        case OP_DROPOUT:
+        case OP_DROP_PATH: sb_printf(j, ", \"p\": %.17g", op->u.drop.p); break;
+        case OP_POOL: sb_printf(j, ", \"kind\": \"%s\"", op->u.pool.kind == POOL_CLS ? "cls" : "mean"); break;
+        case OP_CLASSIFIER:
+            sb_printf(j, ", \"heads\": \"%s\", \"classes\": %d",
+                      op->u.cls.heads == HEADS_PER_DATASET ? "per_dataset" : "shared", op->u.cls.classes);
+            break;
+        default: break;
+        }
+        sb_printf(j, ", \"tensors\": [");
+        for (int k = 0; k < op->ntensors; k++) {
+            sb_printf(j, "%s", k ? ", " : "");
+            json_str(j, op->tensors[k].name);
+        }
+        sb_printf(j, "]}");
+    }
+    sb_printf(j, "\n  ]\n}\n");
+}
+
+/* ---- writing the directory ------------------------------------------------------------ */
+
+static int write_file(const char *dir, const char *name, const char *text, size_t len, char *errbuf, size_t errlen)
+{
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        snprintf(errbuf, errlen, "%s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    size_t wrote = fwrite(text, 1, len, f);
+    int bad = wrote != len || fflush(f) != 0;
+    if (fclose(f) != 0 || bad) {
+        snprintf(errbuf, errlen, "%s: write failed: %s", tmp, strerror(errno));
+        remove(tmp);
+        return -1;
+    }
+    if (rename(tmp, path) != 0) {
+        snprintf(errbuf, errlen, "%s: %s", path, strerror(errno));
+        remove(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* A template with ${name} placeholders filled from vars (name, value pairs). */
+static char *fill_template(const char *text, const char *const *vars, int nvars)
+{
+    sbuf b = { 0 };
+    for (const char *p = text; *p;) {
+        if (p[0] == '$' && p[1] == '{') {
+            const char *end = strchr(p, '}');
+            if (end) {
+                size_t n = (size_t)(end - p - 2);
+                int k;
+                for (k = 0; k < nvars; k++)
+                    if (strlen(vars[2 * k]) == n && strncmp(vars[2 * k], p + 2, n) == 0)
+                        break;
+                if (k < nvars) {
+                    sb_printf(&b, "%s", vars[2 * k + 1]);
+                    p = end + 1;
+                    continue;
+                }
+            }
+        }
+        sb_printf(&b, "%c", *p++);
+    }
+    return sb_take(&b);
+}
+
+int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errlen)
+{
+    if (mkdir(o->outdir, 0777) != 0 && errno != EEXIST) {
+        snprintf(errbuf, errlen, "%s: %s", o->outdir, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (stat(o->outdir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(errbuf, errlen, "%s: not a directory", o->outdir);
+        return -1;
+    }
+    gen g;
+    memset(&g, 0, sizeof g);
+    g.m = m;
+    size_t n = (size_t)m->nops;
+    g.param_off = mc_xcalloc(n, sizeof *g.param_off);
+    g.value = mc_xcalloc(n, sizeof *g.value);
+    g.input = mc_xcalloc(n, sizeof *g.input);
+    g.skip = mc_xcalloc(n, sizeof *g.skip);
+    g.last_use = mc_xcalloc(n, sizeof *g.last_use);
+    g.bwd = mc_xcalloc(n, sizeof *g.bwd);
+    g.moe_index = mc_xcalloc(n, sizeof *g.moe_index);
+    int64_t off = 0;
+    for (int i = 0; i < m->nops; i++) {
+        g.param_off[i] = off;
+        for (int j = 0; j < m->ops[i].ntensors; j++)
+            off += m->ops[i].tensors[j].numel;
+        g.moe_index[i] = m->ops[i].kind == OP_MOE ? g.nmoe++ : -1;
+    }
+    plan_values(&g);
+    for (int i = 0; i < m->nops; i++)
+        gen_op(&g, i);
+
+    sbuf h = { 0 }, c = { 0 }, j = { 0 };
+    emit_model_h(&h, &g, o);
+    emit_model_c(&c, &g, o);
+    emit_json(&j, m);
+    int rc = 0;
+    rc |= write_file(o->outdir, "model.h", h.s, h.len, errbuf, errlen);
+    rc |= rc ? 0 : write_file(o->outdir, "model.c", c.s, c.len, errbuf, errlen);
+    rc |= rc ? 0 : write_file(o->outdir, "model.json", j.s, j.len, errbuf, errlen);
+
+    /* the templates, with their placeholders filled */
+    char batch[32], params[32], flops[32];
+    snprintf(batch, sizeof batch, "%d", m->train.batch);
+    snprintf(params, sizeof params, "%lld", (long long)m->params);
+    snprintf(flops, sizeof flops, "%.4f", m->flops / 1e9);
+    const char *vars[] = {
+        "model", m->name, "source", m->source_path, "version", o->moecc_version,
+        "batch", batch, "params", params, "gflops", flops,
+    };
+    static const struct { const char *tmpl, *file; } files[] = {
+        { "cpu/ops.h", "ops.h" }, { "cpu/train.c", "train.c" },
+        { "cpu/Makefile", "Makefile" }, { "cpu/README.md", "README.md" },
+    };
+    for (size_t k = 0; k < sizeof files / sizeof files[0] && rc == 0; k++) {
+        const char *text = mc_template_get(files[k].tmpl);
+        if (!text) {
+            snprintf(errbuf, errlen, "internal error: no template %s", files[k].tmpl);
+            rc = -1;
+            break;
+        }
+        char *filled = fill_template(text, vars, (int)(sizeof vars / sizeof vars[0] / 2));
+        rc |= write_file(o->outdir, files[k].file, filled, strlen(filled), errbuf, errlen);
+        free(filled);
+    }
+    sb_free(&h);
+    sb_free(&c);
+    sb_free(&j);
+    sb_free(&g.defs);
+    sb_free(&g.fwd);
+    for (size_t i = 0; i < n; i++)
+        free(g.bwd[i]);
+    free(g.bwd);
+    free(g.param_off);
+    free(g.value);
+    free(g.input);
+    free(g.skip);
+    free(g.last_use);
+    free(g.moe_index);
+    return rc ? -1 : 0;
+}
+
+const char *mc_template_get(const char *name)
+{
+    for (const mc_template *t = mc_templates; t->name; t++)
+        if (strcmp(t->name, name) == 0)
+            return t->text;
+    return NULL;
+}
