@@ -227,6 +227,26 @@ static void plan_values(gen *g)
     }
 }
 
+/* A float literal for C: 0.02f, 1e-05f, 0.0f (shortest form that reads back). */
+typedef struct flit_buf {
+    char s[48];
+} flit_buf;
+
+static flit_buf flit(double v)
+{
+    flit_buf b;
+    float f = (float)v;
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(b.s, sizeof b.s, "%.*g", prec, (double)f);
+        if ((float)strtod(b.s, NULL) == f)
+            break;
+    }
+    if (!strpbrk(b.s, ".eEn"))
+        strcat(b.s, ".0");
+    strcat(b.s, "f");
+    return b;
+}
+
 static char *sb_take(sbuf *b)
 {
     char *s = b->s ? b->s : mc_xstrdup("");
@@ -305,8 +325,8 @@ static void gen_op(gen *g, int i)
         snprintf(rstd, sizeof rstd, "RSTD%d", i);
         alloc_act(g, mean, BATCH * T, "layer norm means");
         alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
-        sb_printf(f, "    layernorm_forward(%s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %d, %gf);\n", out, mean,
-                  rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, D, op->u.ln.eps);
+        sb_printf(f, "    layernorm_forward(%s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %d, %s);\n", out, mean,
+                  rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, D, flit(op->u.ln.eps).s);
         sb_printf(&b, "    layernorm_backward(%s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d, %d);\n",
                   din, (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), mean,
                   rstd, T, D, acc);
@@ -395,7 +415,7 @@ static void gen_op(gen *g, int i)
         const bool ds = x->router == ROUTER_DATASET_AWARE;
         char routing[256];
         snprintf(routing, sizeof routing,
-                 "        moe_routing r = { I(%s), A(%s), A(%s), I(%s), I(%s), I(%s), I(%s), A(%s) };\n", in_[0], nm[3],
+                 "        moe_routing r = { IA(%s), A(%s), A(%s), IA(%s), IA(%s), IA(%s), IA(%s), A(%s) };\n", in_[0], nm[3],
                  nm[4], in_[1], in_[2], in_[3], in_[4], nm[5]);
         sb_printf(f, "    {\n        const int N = B * %d;\n", T);
         sb_printf(f, "        const int cap = moe_capacity(N, %d, %d, %.17g, %d);\n", E, K, x->capacity_factor,
@@ -403,13 +423,13 @@ static void gen_op(gen *g, int i)
         sb_printf(f, "%s", routing);
         sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", nm[0], in, (long long)wg, D, E);
         if (x->gate_noise > 0)
-            sb_printf(f, "        if (train)\n            gate_noise(A(%s), (size_t)N * %d, %.17gf, m->seed, %d, m->step);\n",
-                      nm[0], E, x->gate_noise / E, 1000 + i);
+            sb_printf(f, "        if (train)\n            gate_noise(A(%s), (size_t)N * %d, %s, m->seed, %d, m->step);\n",
+                      nm[0], E, flit(x->gate_noise / E).s, 1000 + i);
         sb_printf(f, "        router_softmax(A(%s), A(%s), A(%s), N, %d);\n", nm[1], nm[2], nm[0], E);
         sb_printf(f, "        moe_route(&r, A(%s), N, %d, %d, cap, %d, %d);\n", nm[1], E, K, x->normalize_gates ? 1 : 0,
                   x->batch_priority ? 1 : 0);
         if (ds) {
-            sb_printf(f, "        for (int n = 0; n < N; n++)\n            I(%s)[n] = MOE%d_MAP[dataset[n / %d]];\n",
+            sb_printf(f, "        for (int n = 0; n < N; n++)\n            IA(%s)[n] = MOE%d_MAP[dataset[n / %d]];\n",
                       in_[5], j, T);
         }
         sb_printf(f, "        moe_experts_forward(%s, A(%s), A(%s), A(%s), A(%s), %s, &r, P(%lldL), P(%lldL), P(%lldL), "
@@ -418,7 +438,7 @@ static void gen_op(gen *g, int i)
                   H, E, K, act_code(x->act));
         char target[48];
         if (ds)
-            snprintf(target, sizeof target, "I(%s)", in_[5]);
+            snprintf(target, sizeof target, "IA(%s)", in_[5]);
         else
             snprintf(target, sizeof target, "NULL");
         sb_printf(f, "        moe_aux_losses(m->aux[%d], A(%s), A(%s), &r, %s, N, %d, %d);\n", j, nm[1], nm[2],
@@ -434,9 +454,10 @@ static void gen_op(gen *g, int i)
                   din, nm[4], nm[9], nm[7], nm[6], dout, nm[6], nm[7], nm[8], nm[9], (long long)w1, (long long)w2,
                   (long long)w1, (long long)b1, (long long)w2, (long long)b2, D, H, E, K, act_code(x->act), acc);
         sb_printf(&b, "        moe_router_backward(G(%s), G(%s), G(%s), A(%s), A(%s), &r, %s, N, %d, %d, %d,\n"
-                      "                            %.17gf, %.17gf, %.17gf);\n",
+                      "                            %s, %s, %s);\n",
                   nm[0], nm[1], nm[4], nm[1], nm[2], target, E, K,
-                  x->normalize_gates ? 1 : 0, x->balance_loss, x->z_loss, ds ? x->dataset_loss : 0.0);
+                  x->normalize_gates ? 1 : 0, flit(x->balance_loss).s, flit(x->z_loss).s,
+                  flit(ds ? x->dataset_loss : 0.0).s);
         sb_printf(&b, "        linear_backward(%s, DP(%lldL), NULL, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n", din,
                   (long long)wg, nm[0], in, (long long)wg, D, E);
         break;
@@ -445,8 +466,8 @@ static void gen_op(gen *g, int i)
         char mask[32];
         snprintf(mask, sizeof mask, "MASK%d", i);
         alloc_act(g, mask, BATCH * T * D, "dropout mask");
-        sb_printf(f, "    dropout_mask(A(%s), (size_t)B * %d, train ? %.17gf : 0.0f, m->seed, %d, m->step);\n", mask,
-                  T * D, op->u.drop.p, 1000 + i);
+        sb_printf(f, "    dropout_mask(A(%s), (size_t)B * %d, train ? %s : 0.0f, m->seed, %d, m->step);\n", mask,
+                  T * D, flit(op->u.drop.p).s, 1000 + i);
         sb_printf(f, "    mask_forward(%s, %s, A(%s), (size_t)B * %d);\n", out, in, mask, T * D);
         sb_printf(&b, "    mask_backward(%s, %s, A(%s), (size_t)B * %d, %d);\n", din, dout, mask, T * D, acc);
         break;
@@ -455,8 +476,8 @@ static void gen_op(gen *g, int i)
         char keep[32];
         snprintf(keep, sizeof keep, "KEEP%d", i);
         alloc_act(g, keep, BATCH, "stochastic depth: kept samples");
-        sb_printf(f, "    dropout_mask(A(%s), (size_t)B, train ? %.17gf : 0.0f, m->seed, %d, m->step);\n", keep,
-                  op->u.drop.p, 1000 + i);
+        sb_printf(f, "    dropout_mask(A(%s), (size_t)B, train ? %s : 0.0f, m->seed, %d, m->step);\n", keep,
+                  flit(op->u.drop.p).s, 1000 + i);
         sb_printf(f, "    rowmask_forward(%s, %s, A(%s), B, %d);\n", out, in, keep, T * D);
         sb_printf(&b, "    rowmask_backward(%s, %s, A(%s), B, %d, %d);\n", din, dout, keep, T * D, acc);
         break;
@@ -630,8 +651,8 @@ static void emit_tables(sbuf *c, const gen *g)
                       t->ndim);
             for (int k = 0; k < t->ndim; k++)
                 sb_printf(c, "%s%lld", k ? ", " : " ", (long long)t->shape[k]);
-            sb_printf(c, " }, %d, %gf, %d, %d },\n", t->init == INIT_ZEROS ? 0 : t->init == INIT_ONES ? 1 : 2,
-                      t->init_std, !t->no_decay, t->expert);
+            sb_printf(c, " }, %d, %s, %d, %d },\n", t->init == INIT_ZEROS ? 0 : t->init == INIT_ONES ? 1 : 2,
+                      flit(t->init_std).s, !t->no_decay, t->expert);
             off += t->numel;
         }
     sb_printf(c, "};\n\n");
@@ -666,13 +687,14 @@ static void emit_tables(sbuf *c, const gen *g)
     sb_printf(c, " };\n\n");
     sb_printf(c, "const moe_info MOE_LAYERS[N_MOE_SLOTS] = {\n");
     if (g->nmoe == 0)
-        sb_printf(c, "    { \"\", 0, 0, 0, 0, 0 },\n");
+        sb_printf(c, "    { \"\", 0, 0, 0.0f, 0.0f, 0.0f },\n");
     for (int i = 0; i < m->nops; i++) {
         if (m->ops[i].kind != OP_MOE)
             continue;
         const mc_moe *x = &m->ops[i].u.moe;
-        sb_printf(c, "    { %s, %d, %d, %gf, %gf, %gf },\n", c_string(&tmp, m->ops[i].prefix), x->experts, x->top_k,
-                  x->balance_loss, x->z_loss, x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0);
+        sb_printf(c, "    { %s, %d, %d, %s, %s, %s },\n", c_string(&tmp, m->ops[i].prefix), x->experts, x->top_k,
+                  flit(x->balance_loss).s, flit(x->z_loss).s,
+                  flit(x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0).s);
     }
     sb_printf(c, "};\n\n");
     for (int i = 0; i < m->nops; i++) {
@@ -704,10 +726,10 @@ static void emit_model_c(sbuf *c, gen *g, const mc_emit_opts *o)
     sb_printf(c, "#include <string.h>\n\n#include \"model.h\"\n\n");
     sb_printf(c, "/* B = the batch of this step (at most BATCH); every other shape is fixed.\n"
                  " * A(off)/G(off): a value and its gradient in the activation arenas,\n"
-                 " * P(off)/DP(off): a parameter and its gradient, I(off): routing ints. */\n");
+                 " * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */\n");
     sb_printf(c, "#define A(off) (m->act + (off))\n#define G(off) (m->dact + (off))\n");
     sb_printf(c, "#define P(off) (m->param + (off))\n#define DP(off) (m->grad + (off))\n");
-    sb_printf(c, "#define I(off) (m->iact + (off))\n\n");
+    sb_printf(c, "#define IA(off) (m->iact + (off))\n\n");
     sb_printf(c, "/* ---- the activation arena, laid out for BATCH (offsets in elements) ---- */\n");
     sb_printf(c, "%s\n", g->defs.s ? g->defs.s : "");
     emit_tables(c, g);

@@ -356,30 +356,32 @@ int mc_param_count(const mc_kind_spec *kind)
     return n;
 }
 
+/* Edit distance counting a swap of two neighbours as one edit (optimal
+ * string alignment): "modle" is one edit from "model". */
 static int edit_distance(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
     if (la > 64 || lb > 64)
         return 1000;
-    int row[65];
+    int d[3][65]; /* rows i-2, i-1 and i, cycled */
     for (size_t j = 0; j <= lb; j++)
-        row[j] = (int)j;
+        d[0][j] = (int)j;
     for (size_t i = 1; i <= la; i++) {
-        int diag = row[0];
-        row[0] = (int)i;
+        int *cur = d[i % 3], *up = d[(i - 1) % 3], *up2 = d[(i + 1) % 3];
+        cur[0] = (int)i;
         for (size_t j = 1; j <= lb; j++) {
-            int up = row[j];
             int cost = a[i - 1] == b[j - 1] ? 0 : 1;
-            int best = diag + cost;
-            if (up + 1 < best)
-                best = up + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
+            int best = up[j - 1] + cost;
+            if (up[j] + 1 < best)
+                best = up[j] + 1;
+            if (cur[j - 1] + 1 < best)
+                best = cur[j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && up2[j - 2] + 1 < best)
+                best = up2[j - 2] + 1;
+            cur[j] = best;
         }
     }
-    return row[lb];
+    return d[la % 3][lb];
 }
 
 const char *mc_suggest(const char *word, const char *const *candidates, int n)
@@ -393,8 +395,9 @@ const char *mc_suggest(const char *word, const char *const *candidates, int n)
             best = candidates[i];
         }
     }
+    /* about one edit in three letters: 'foo1' is not a misspelt 'pool' */
     int len = (int)strlen(word);
-    int limit = len <= 3 ? 1 : (len <= 6 ? 2 : 3);
+    int limit = len <= 4 ? 1 : (len <= 8 ? 2 : 3);
     return best_d <= limit ? best : NULL;
 }
 

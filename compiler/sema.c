@@ -62,6 +62,9 @@ typedef struct sema {
     mc_loc parallel_loc;
     bool parallel_given;
     mc_loc batch_loc;
+    bool input_faked;       /* "must start with input" was reported */
+    bool no_model_said;     /* an unknown statement was taken for a misspelt model */
+    bool no_dataset_said;   /* ... for a misspelt dataset */
 } sema;
 
 /* ---- diagnostics -------------------------------------------------------- */
@@ -131,8 +134,10 @@ static void suggest_const(sema *s, const char *name)
     for (int i = 0; i < s->nconsts && n < 256; i++)
         cands[n++] = s->consts[i].name;
     const char *best = mc_suggest(name, cands, n);
-    if (best)
+    if (best) {
         mc_hint(s->d, "did you mean '%s'?", best);
+        find_const(s, best)->used = true; /* no "never used" for the misspelt one */
+    }
 }
 
 static val v_err(mc_loc loc)
@@ -292,9 +297,12 @@ typedef struct bind {
     const mc_expr *val[MAX_PARAMS];
     mc_loc name_loc[MAX_PARAMS];
     mc_loc at;           /* the node, for defaults and messages */
+    bool misspelt[MAX_PARAMS]; /* an unknown name was taken for this one */
+    bool dropped;        /* a positional argument was refused */
 } bind;
 
-static void suggest_param(sema *s, const mc_kind_spec *kind, const char *name)
+/* Returns the parameter suggested, or NULL. */
+static const char *suggest_param(sema *s, const mc_kind_spec *kind, const char *name)
 {
     const char *cands[MAX_PARAMS];
     int n = mc_param_count(kind);
@@ -312,6 +320,7 @@ static void suggest_param(sema *s, const mc_kind_spec *kind, const char *name)
     } else {
         mc_hint(s->d, "%s takes no arguments", kind->name);
     }
+    return best;
 }
 
 /* Bind one named value; false when it was refused (reported). */
@@ -320,7 +329,9 @@ static bool bind_one(sema *s, bind *b, const char *name, mc_loc name_loc, const 
     int idx;
     if (!mc_param_find(b->kind, name, &idx)) {
         err(s, name_loc, "%s has no parameter '%s'", b->kind->name, name);
-        suggest_param(s, b->kind, name);
+        const char *best = suggest_param(s, b->kind, name);
+        if (best && mc_param_find(b->kind, best, &idx))
+            b->misspelt[idx] = true;
         return false;
     }
     if (b->val[idx]) {
@@ -350,6 +361,7 @@ static void bind_args(sema *s, bind *b, const mc_kind_spec *kind, const mc_arg *
         if (named_seen) {
             err(s, a->value->loc, "positional argument after a named one");
             mc_hint(s->d, "write it as name = value");
+            b->dropped = true;
             continue;
         }
         if (pos >= nparams) {
@@ -375,6 +387,12 @@ static void bind_settings(sema *s, bind *b, const mc_kind_spec *kind, const mc_s
             err(s, st->loc, "%s { } holds settings (name = value), not '%s'", kind->name, st->kw);
             if (st->kind == STMT_NODE && mc_param_find(kind, st->kw, NULL))
                 mc_hint(s->d, "write %s = ...", st->kw);
+            else if (st->kind == STMT_NODE && mc_kind_find(st->kw, CTX_OPTIMIZER))
+                mc_hint(s->d, "write optimizer = %s(...)", st->kw);
+            else if (st->kind == STMT_NODE && mc_kind_find(st->kw, CTX_SCHEDULE))
+                mc_hint(s->d, "write schedule = %s(...)", st->kw);
+            else if (st->kind == STMT_NODE && mc_kind_find(st->kw, CTX_AUGMENT))
+                mc_hint(s->d, "write augment = [%s(...)]", st->kw);
             continue;
         }
         bind_one(s, b, st->kw, st->loc, st->value);
@@ -404,6 +422,8 @@ static mc_loc where(const bind *b, const char *name)
 
 static void missing(sema *s, const bind *b, const char *name)
 {
+    if (b->dropped || b->misspelt[pidx(b, name)])
+        return; /* the argument is there, misspelt or misplaced: reported */
     err(s, b->at, "%s needs '%s'", b->kind->name, name);
     const mc_param_spec *p = &b->kind->params[pidx(b, name)];
     mc_hint(s->d, "%s: %s", name, p->doc);
@@ -1093,6 +1113,23 @@ static void do_layer(sema *s, const mc_stmt *st)
             mc_hint(s->d, "did you mean '%s'?", best);
         return;
     }
+    if (st->name && st->name_loc.line > st->loc.line && mc_kind_find(st->name, CTX_LAYER)) {
+        /* `layernorm` alone on a line, then `pool()`: the parser read the
+         * second layer as the name of the first */
+        err(s, st->loc, "'%s' without '()': layers are written %s()", st->kw, st->kw);
+        mc_stmt first = { .kind = STMT_NODE, .loc = st->loc, .kw = st->kw, .name_loc = st->loc,
+                          .args_loc = st->loc };
+        mc_stmt second = *st;
+        second.kw = st->name;
+        second.loc = st->name_loc;
+        second.name = NULL;
+        second.next = NULL;
+        s->d->quiet++; /* the first layer's own errors would only add noise */
+        do_layer(s, &first);
+        s->d->quiet--;
+        do_layer(s, &second);
+        return;
+    }
     if (st->name) {
         err(s, st->name_loc, "layer '%s' does not take a name", st->kw);
         if (!st->has_args)
@@ -1119,7 +1156,13 @@ static void do_layer(sema *s, const mc_stmt *st)
     bool is_input = strcmp(kind->name, "input") == 0;
     if (!s->have_input && !is_input) {
         err(s, st->loc, "the model must start with input(channels = ..., height = ..., width = ...)");
+        for (const mc_stmt *t = st->next; t; t = t->next)
+            if (t->kind == STMT_NODE && strcmp(t->kw, "input") == 0) {
+                mc_hint(s->d, "move the input(...) at line %d to the top", t->loc.line);
+                break;
+            }
         /* go on as if an input were there: no second report */
+        s->input_faked = true;
         s->have_input = true;
         s->shape.kind = SHAPE_IMAGE;
         s->shape.c = 3;
@@ -1133,7 +1176,10 @@ static void do_layer(sema *s, const mc_stmt *st)
 
     if (is_input) {
         if (s->have_input) {
-            err(s, st->loc, "input(...) must be the first layer, and only one");
+            if (s->input_faked)
+                s->input_faked = false; /* reported at the first layer */
+            else
+                err(s, st->loc, "input(...) must be the first layer, and only one");
             return;
         }
         s->have_input = true;
@@ -1620,6 +1666,7 @@ static void do_router(sema *s, const bind *b, mc_moe *moe, const mc_loc *moe_loc
                 continue;
             if (v.k != V_INT) {
                 err(s, a->value->loc, "an expert index must be an integer, found %s", vkind_text(v.k));
+                key_errors = true;
                 continue;
             }
             if (moe->dataset_expert[di] >= 0) {
@@ -1629,20 +1676,23 @@ static void do_router(sema *s, const bind *b, mc_moe *moe, const mc_loc *moe_loc
             if (v.i < 0 || (moe->experts > 0 && v.i >= moe->experts)) {
                 err(s, a->value->loc, "expert %lld is out of range: this layer has experts 0 to %d",
                     (long long)v.i, moe->experts - 1);
+                key_errors = true;
                 continue;
             }
             moe->dataset_expert[di] = (int)v.i;
         }
         if (key_errors)
-            break; /* a misspelt dataset: the checks below would only repeat it */
+            break; /* a bad entry: the checks below would only repeat it */
+        bool unmapped = false;
         for (int i = 0; i < m->ndatasets; i++) {
             if (moe->dataset_expert[i] < 0) {
                 err(s, map->loc, "dataset '%s' is not mapped to an expert", m->datasets[i].name);
                 mc_hint(s->d, "add %s: EXPERT to the map; several datasets may share an expert",
                         m->datasets[i].name);
+                unmapped = true;
             }
         }
-        for (int x = 0; x < moe->experts; x++) {
+        for (int x = 0; x < moe->experts && !unmapped; x++) {
             bool used = false;
             for (int i = 0; i < m->ndatasets; i++)
                 used |= moe->dataset_expert[i] == x;
@@ -1772,7 +1822,10 @@ static void walk(sema *s, const mc_stmt *body)
             err(s, st->loc, "constants are defined at the top level, not inside a model");
             break;
         case STMT_SETTING:
-            err(s, st->loc, "'%s = ...' is a setting; layers are written %s(...)", st->kw, st->kw);
+            if (mc_kind_find(st->kw, CTX_LAYER))
+                err(s, st->loc, "'%s = ...' is a setting; layers are written %s(...)", st->kw, st->kw);
+            else
+                err(s, st->loc, "'%s = ...' is a setting; the model holds only layers", st->kw);
             if (mc_kind_find("train", CTX_TOP) && mc_param_find(mc_kind_find("train", CTX_TOP), st->kw, NULL))
                 mc_hint(s->d, "%s is a training setting: it belongs in train { }", st->kw);
             break;
@@ -1860,7 +1913,8 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
         }
         if (st->kind == STMT_SETTING) {
             err(s, st->loc, "'%s = ...' at the top level: settings belong in train { }", st->kw);
-            mc_hint(s->d, "constants are written const %s = ...", st->kw);
+            if (!mc_param_find(mc_kind_find("train", CTX_TOP), st->kw, NULL))
+                mc_hint(s->d, "constants are written const %s = ...", st->kw);
             continue;
         }
         const mc_kind_spec *k = mc_kind_find(st->kw, CTX_TOP);
@@ -1877,6 +1931,11 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
                 mc_hint(s->d, "did you mean '%s'?", best);
             else
                 mc_hint(s->d, "a file holds const, dataset, model, train and parallel statements");
+            /* a misspelt model or dataset: "no model" would only repeat it */
+            if (best && strcmp(best, "model") == 0)
+                s->no_model_said = true;
+            if (best && strcmp(best, "dataset") == 0)
+                s->no_dataset_said = true;
             continue;
         }
         if (!check_node_form(s, st, k))
@@ -1906,10 +1965,11 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
         do_train(s, &empty_train);
 
     mc_loc nowhere = { 0, 0, 0, 0 };
-    if (model->ndatasets == 0)
+    if (model->ndatasets == 0 && !s->no_dataset_said)
         err(s, nowhere, "no dataset in this file: dataset NAME(format = ..., path = ..., classes = ...)");
     if (!model_st) {
-        err(s, nowhere, "no model in this file: model NAME { input(...) ... classifier() }");
+        if (!s->no_model_said)
+            err(s, nowhere, "no model in this file: model NAME { input(...) ... classifier() }");
     } else {
         model->name = mc_xstrdup(model_st->name);
         s->total_blocks = count_blocks(s, model_st->body);
@@ -1941,8 +2001,8 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
             mc_dataset *ds = &model->datasets[i];
             if (ds->channels != model->input_c &&
                 !((ds->channels == 1 || ds->channels == 3) && (model->input_c == 1 || model->input_c == 3)))
-                err(s, ds->loc, "dataset '%s' has %d channels, the model input %d", ds->name, ds->channels,
-                    model->input_c);
+                err(s, ds->loc, "dataset '%s' has %d channels but the model input has %d", ds->name,
+                    ds->channels, model->input_c);
             if (ds->height > 0 && ds->resize == 0 &&
                 (ds->height != model->input_h || ds->width != model->input_w)) {
                 err(s, ds->loc, "dataset '%s' is %dx%d but the model input is %dx%d", ds->name, ds->height,

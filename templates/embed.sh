@@ -12,13 +12,8 @@ echo
 echo 'const mc_template mc_templates[] = {'
 for name in "$@"; do
     printf '    { "%s",\n' "$name"
-    awk '{
-        gsub(/\\/, "\\\\");
-        gsub(/"/, "\\\"");
-        gsub(/\?/, "\\?");
-        gsub(/\t/, "\\t");
-        printf "      \"%s\\n\"\n", $0
-    }' "$dir/$name"
+    sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/?/\\?/g' -e 's/	/\\t/g' \
+        -e 's/^/      "/' -e 's/$/\\n"/' "$dir/$name"
     printf '    },\n'
 done
 echo '    { NULL, NULL },'

@@ -71,10 +71,18 @@ static void *xcalloc(size_t n, size_t size)
 
 /* ---- data -------------------------------------------------------------------- */
 
-typedef struct dataset {
+typedef struct data_set {
     moert_images train, test;
     moert_mix_source src;
-} dataset;
+} data_set;
+
+/* dst = a/b; a path too long for PATH_MAX is an error, not a truncation */
+static void path_join(char *dst, size_t n, const char *a, const char *b)
+{
+    int len = snprintf(dst, n, "%s/%s", a, b);
+    if (len < 0 || (size_t)len >= n)
+        die("path too long: %s/%s", a, b);
+}
 
 static const char *install_hint(int format)
 {
@@ -86,22 +94,22 @@ static const char *install_hint(int format)
     }
 }
 
-static void load_dataset(dataset *ds, const dataset_info *info, const options *o)
+static void load_dataset(data_set *ds, const dataset_info *info, const options *o)
 {
     char path[4096], a[4096], b[4096], err[512];
     const moert_shape want = { IN_C, IN_H, IN_W };
     moert_images all;
     memset(&all, 0, sizeof all);
     int rc = 0;
-    snprintf(path, sizeof path, "%s/%s", o->data, info->path);
+    path_join(path, sizeof path, o->data, info->path);
     switch (info->format) {
     case FMT_IDX:
-        snprintf(a, sizeof a, "%s/%s", path, info->train_images);
-        snprintf(b, sizeof b, "%s/%s", path, info->train_labels);
+        path_join(a, sizeof a, path, info->train_images);
+        path_join(b, sizeof b, path, info->train_labels);
         rc = moert_load_idx(info->test_split > 0 ? &all : &ds->train, a, b, want, err, sizeof err);
         if (rc == 0 && info->test_split <= 0) {
-            snprintf(a, sizeof a, "%s/%s", path, info->test_images);
-            snprintf(b, sizeof b, "%s/%s", path, info->test_labels);
+            path_join(a, sizeof a, path, info->test_images);
+            path_join(b, sizeof b, path, info->test_labels);
             rc = moert_load_idx(&ds->test, a, b, want, err, sizeof err);
         }
         break;
@@ -122,8 +130,8 @@ static void load_dataset(dataset *ds, const dataset_info *info, const options *o
         if (info->test_split > 0) {
             rc = moert_load_image_folder(&all, path, want, err, sizeof err);
         } else {
-            snprintf(a, sizeof a, "%s/train", path);
-            snprintf(b, sizeof b, "%s/test", path);
+            path_join(a, sizeof a, path, "train");
+            path_join(b, sizeof b, path, "test");
             rc = moert_load_image_folder(&ds->train, a, want, err, sizeof err);
             if (rc == 0)
                 rc = moert_load_image_folder(&ds->test, b, want, err, sizeof err);
@@ -336,7 +344,7 @@ typedef struct eval_result {
     double loss;
 } eval_result;
 
-static void evaluate(model *m, dataset *ds, moert_batch *batch, const options *o, eval_result *r)
+static void evaluate(model *m, data_set *ds, moert_batch *batch, const options *o, eval_result *r)
 {
     memset(r, 0, sizeof *r);
     model_stats_reset(m);
@@ -508,7 +516,7 @@ int main(int argc, char **argv)
     }
 
     /* data */
-    dataset ds[N_DATASETS];
+    data_set ds[N_DATASETS];
     memset(ds, 0, sizeof ds);
     moert_mix_source sources[N_DATASETS];
     int nsources = 0;
