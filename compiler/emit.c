@@ -402,7 +402,7 @@ static void gen_op(gen *g, int i)
             alloc_act(g, nm[k], fsz[k], fwhat[k]);
         }
         static const char *const il[] = { "TOPK", "SLOT", "COUNT", "TOKEN", "ORDER", "TARGET" };
-        const int64_t isz[] = { NB * K, NB * K, E, E * CAPMAX, NB, NB };
+        const int64_t isz[] = { NB * K, NB * K, E, E * CAPMAX, 2 * NB, NB };
         static const char *const iwhat[] = { "chosen experts", "slot of each choice", "tokens per expert",
                                              "token in each slot", "routing order", "mapped expert" };
         char in_[6][32];
@@ -413,7 +413,7 @@ static void gen_op(gen *g, int i)
         const int64_t wg = toff(g, i, 0), w1 = toff(g, i, 1), b1 = toff(g, i, 2), w2 = toff(g, i, 3),
                       b2 = toff(g, i, 4);
         const bool ds = x->router == ROUTER_DATASET_AWARE;
-        char routing[256];
+        char routing[512];
         snprintf(routing, sizeof routing,
                  "        moe_routing r = { IA(%s), A(%s), A(%s), IA(%s), IA(%s), IA(%s), IA(%s), A(%s) };\n", in_[0], nm[3],
                  nm[4], in_[1], in_[2], in_[3], in_[4], nm[5]);
@@ -579,6 +579,11 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "#define N_MOE %d\n#define N_MOE_SLOTS %d  /* N_MOE, at least 1 for array sizes */\n",
               m->moe_layers, m->moe_layers > 0 ? m->moe_layers : 1);
     sb_printf(h, "#define MAX_EXPERTS %d\n", max_e);
+    int max_t = 1;
+    for (int i = 0; i < m->nops; i++)
+        if (m->ops[i].out.kind == SHAPE_TOKENS && m->ops[i].out.tokens > max_t)
+            max_t = m->ops[i].out.tokens;
+    sb_printf(h, "#define MAX_TOKENS %d\n", max_t);
     sb_printf(h, "#define N_TENSORS %d\n#define N_PARAMS %lldL\n", ntensors, (long long)m->params);
     sb_printf(h, "#define ACT_FLOATS %lldL     /* activation arena, floats */\n", (long long)g->act_floats);
     sb_printf(h, "#define INT_SLOTS %lldL      /* routing arena, int32 */\n", (long long)(g->int_slots ? g->int_slots : 16));
@@ -614,8 +619,9 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "2 nearest */\n    const char *const *labels; /* class names or NULL */\n} dataset_info;\n");
     sb_printf(h, "extern const dataset_info DATASETS[N_DATASETS];\n");
     sb_printf(h, "extern const int DATASET_CLASSES[N_DATASETS];\n\n");
-    sb_printf(h, "typedef struct moe_info {\n    const char *name;\n    int experts, top_k;\n    float w_balance, w_z, "
-                 "w_dataset;\n} moe_info;\n");
+    sb_printf(h, "typedef struct moe_info {\n    const char *name;\n    int experts, top_k, tokens;\n"
+                 "    float w_balance, w_z, w_dataset;\n    float noise_std;   /* gate noise added in training */\n"
+                 "    int stream;        /* random stream of the gate noise */\n} moe_info;\n");
     sb_printf(h, "extern const moe_info MOE_LAYERS[N_MOE_SLOTS];\n\n");
     sb_printf(h, "typedef struct model {\n    float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */\n"
                  "    float *act, *dact;      /* ACT_FLOATS each: values and their gradients */\n"
@@ -687,14 +693,15 @@ static void emit_tables(sbuf *c, const gen *g)
     sb_printf(c, " };\n\n");
     sb_printf(c, "const moe_info MOE_LAYERS[N_MOE_SLOTS] = {\n");
     if (g->nmoe == 0)
-        sb_printf(c, "    { \"\", 0, 0, 0.0f, 0.0f, 0.0f },\n");
+        sb_printf(c, "    { \"\", 0, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f, 0 },\n");
     for (int i = 0; i < m->nops; i++) {
         if (m->ops[i].kind != OP_MOE)
             continue;
         const mc_moe *x = &m->ops[i].u.moe;
-        sb_printf(c, "    { %s, %d, %d, %s, %s, %s },\n", c_string(&tmp, m->ops[i].prefix), x->experts, x->top_k,
-                  flit(x->balance_loss).s, flit(x->z_loss).s,
-                  flit(x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0).s);
+        sb_printf(c, "    { %s, %d, %d, %d, %s, %s, %s, %s, %d },\n", c_string(&tmp, m->ops[i].prefix), x->experts,
+                  x->top_k, m->ops[i].in.tokens, flit(x->balance_loss).s, flit(x->z_loss).s,
+                  flit(x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0).s, flit(x->gate_noise / x->experts).s,
+                  1000 + i);
     }
     sb_printf(c, "};\n\n");
     for (int i = 0; i < m->nops; i++) {

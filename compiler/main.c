@@ -27,7 +27,7 @@ static void usage(FILE *out)
           "      --dump-ast       print the syntax tree of FILE\n"
           "      --list           print every construct of the language and its\n"
           "                       parameters\n"
-          "      --target T       code generation target: cpu or cuda (default: both)\n"
+          "      --target T       code generation target: cpu (the default) or cuda\n"
           "  -W, --werror         treat warnings as errors\n"
           "      --max-errors N   stop after N errors (default 20; 0: no limit)\n"
           "  -h, --help           print this help and exit\n"
@@ -113,7 +113,10 @@ int main(int argc, char **argv)
         fputs("moecc: nothing to do: give -o DIR, --check or --summary\nTry 'moecc --help'.\n", stderr);
         return EXIT_USAGE;
     }
-    (void)target;
+    if (target && strcmp(target, "cuda") == 0) {
+        fputs("moecc: --target cuda: the CUDA backend is not written yet; --target cpu works\n", stderr);
+        return EXIT_USAGE;
+    }
 
     char errbuf[512];
     mc_source *src = mc_source_load(argv[optind], errbuf, sizeof errbuf);
@@ -150,9 +153,9 @@ int main(int argc, char **argv)
         }
         if (d.errors == 0 && output) {
             mc_emit_opts eo = { .outdir = output, .moecc_version = PACKAGE_VERSION };
-            char errbuf[1024];
-            if (mc_emit(&model, &eo, errbuf, sizeof errbuf) != 0) {
-                fprintf(stderr, "moecc: %s\n", errbuf);
+            char emit_err[1024];
+            if (mc_emit(&model, &eo, emit_err, sizeof emit_err) != 0) {
+                fprintf(stderr, "moecc: %s\n", emit_err);
                 rc = EXIT_USAGE;
             }
         }

@@ -1,6 +1,6 @@
 /* schema.c: the table of every construct of the .moe language.
  *
- * Keep doc/language.md in step with this file: tests/unit/test_schema
+ * Keep doc/language.md in step with this file: tests/docs.sh
  * fails when a construct or parameter here is not documented there. */
 #include <stdio.h>
 #include <string.h>
@@ -129,7 +129,7 @@ static const mc_param_spec moe_params[] = {
     { "act", PT_WORD, "gelu", 0, 0, "gelu|relu|silu", "expert activation" },
     { "top_k", PT_INT, "1", 1, 4096, NULL, "experts per token (softmax_topk, cosine, attention, dataset_aware)" },
     { "capacity", PT_FLOAT, "1.25", 0.01, 1024, NULL,
-      "capacity factor: each expert takes capacity * top_k * tokens / experts tokens" },
+      "capacity factor: each expert takes top_k * floor(capacity * ceil(tokens / experts)) tokens" },
     { "dropless", PT_BOOL, "false", 0, 0, NULL, "no capacity limit: no token is dropped" },
     { "batch_priority", PT_BOOL, "false", 0, 0, NULL,
       "batch-prioritized routing: tokens with the highest gates claim capacity first" },

@@ -62,6 +62,7 @@ typedef struct sema {
     mc_loc parallel_loc;
     bool parallel_given;
     mc_loc batch_loc;
+    const mc_program *prog; /* the whole file, to find constants defined later */
     bool input_faked;       /* "must start with input" was reported */
     bool no_model_said;     /* an unknown statement was taken for a misspelt model */
     bool no_dataset_said;   /* ... for a misspelt dataset */
@@ -140,6 +141,21 @@ static void suggest_const(sema *s, const char *name)
     }
 }
 
+/* A name that is no constant (yet): say so, and point at a later
+ * definition or a near miss. */
+static void unknown_name(sema *s, mc_loc loc, const char *name)
+{
+    for (const mc_stmt *st = s->prog ? s->prog->stmts : NULL; st; st = st->next) {
+        if (st->kind == STMT_CONST && strcmp(st->kw, name) == 0 && !find_const(s, name)) {
+            err(s, loc, "constant '%s' is used before its definition at line %d", name, st->loc.line);
+            mc_hint(s->d, "move the definition up: a constant is known from where it is defined on");
+            return;
+        }
+    }
+    err(s, loc, "unknown name '%s'", name);
+    suggest_const(s, name);
+}
+
 static val v_err(mc_loc loc)
 {
     val v = { .k = V_ERR, .loc = loc };
@@ -183,8 +199,7 @@ static val eval(sema *s, const mc_expr *e)
         if (a.k == V_ERR)
             return v_err(e->loc);
         if (a.k == V_NAME) {
-            err(s, a.loc, "unknown name '%s'", a.s);
-            suggest_const(s, a.s);
+            unknown_name(s, a.loc, a.s);
             return v_err(e->loc);
         }
         if (!is_num(a)) {
@@ -212,8 +227,7 @@ static val eval(sema *s, const mc_expr *e)
         for (int side = 0; side < 2; side++) {
             val x = side ? b : a;
             if (x.k == V_NAME) {
-                err(s, x.loc, "unknown name '%s'", x.s);
-                suggest_const(s, x.s);
+                unknown_name(s, x.loc, x.s);
                 return v_err(e->loc);
             }
             if (!is_num(x)) {
@@ -443,8 +457,7 @@ static int64_t get_int(sema *s, const bind *b, const char *name, int64_t fallbac
     if (v.k == V_ERR)
         return fallback;
     if (v.k == V_NAME) {
-        err(s, v.loc, "unknown name '%s'", v.s);
-        suggest_const(s, v.s);
+        unknown_name(s, v.loc, v.s);
         return fallback;
     }
     if (v.k != V_INT) {
@@ -478,8 +491,7 @@ static double get_float(sema *s, const bind *b, const char *name, double fallbac
     if (v.k == V_ERR)
         return fallback;
     if (v.k == V_NAME) {
-        err(s, v.loc, "unknown name '%s'", v.s);
-        suggest_const(s, v.s);
+        unknown_name(s, v.loc, v.s);
         return fallback;
     }
     if (!is_num(v)) {
@@ -529,8 +541,15 @@ static const char *get_string(sema *s, const bind *b, const char *name, const ch
     if (v.k != V_STRING) {
         err(s, v.loc, "'%s' must be a string, found %s", name,
             v.k == V_OTHER ? expr_text(b->val[i]) : vkind_text(v.k));
-        if (v.k == V_NAME)
-            mc_hint(s->d, "write it in double quotes: \"%s\"", v.s);
+        if (v.k == V_NAME) {
+            bool later = false;
+            for (const mc_stmt *st = s->prog->stmts; st; st = st->next)
+                later |= st->kind == STMT_CONST && strcmp(st->kw, v.s) == 0;
+            if (later)
+                mc_hint(s->d, "constant '%s' is defined further down; move its definition up", v.s);
+            else
+                mc_hint(s->d, "write it in double quotes: \"%s\"", v.s);
+        }
         return fallback;
     }
     return v.s;
@@ -594,7 +613,7 @@ static bool get_size(sema *s, const bind *b, const char *name, int *h, int *w)
     const mc_expr *e = b->val[i];
     if (!e)
         return false;
-    int64_t v[2];
+    int64_t v[2] = { 0, 0 };
     int n = 0;
     if (e->kind == EXPR_LIST) {
         if (e->u.list.n != 2) {
@@ -694,8 +713,7 @@ static void do_const(sema *s, const mc_stmt *st)
     }
     val v = eval(s, st->value);
     if (v.k == V_NAME) {
-        err(s, v.loc, "unknown name '%s'", v.s);
-        suggest_const(s, v.s);
+        unknown_name(s, v.loc, v.s);
         v.k = V_ERR;
     } else if (v.k == V_OTHER) {
         err(s, st->value->loc, "a constant is a number, a string or a boolean, not %s",
@@ -1000,7 +1018,9 @@ static mc_tensor *add_tensor(mc_op *op, const char *name, int ndim, const int64_
     }
     t->init = init;
     t->init_std = std;
-    t->no_decay = ndim <= 1 || init == INIT_ONES || init == INIT_ZEROS;
+    /* no weight decay on norms, biases, tokens and embeddings (timm's rule) */
+    t->no_decay = ndim <= 1 || init == INIT_ONES || init == INIT_ZEROS || strstr(name, "token") != NULL ||
+                  strstr(name, "pos_embed") != NULL || strstr(name, "expert_emb") != NULL;
     op->params += t->numel;
     return t;
 }
@@ -1469,6 +1489,8 @@ static void do_layer(sema *s, const mc_stmt *st)
         }
         s->repeat_depth++;
         s->moe_selected_any = false;
+        /* blocks number their layers afresh; the model's own count goes on after */
+        const int top_norm = s->n_norm, top_attn = s->n_attn, top_mlp = s->n_mlp, top_moe = s->n_moe;
         for (int i = 0; i < depth; i++) {
             s->block = s->m->blocks++;
             s->block_is_moe = sel[i];
@@ -1479,7 +1501,10 @@ static void do_layer(sema *s, const mc_stmt *st)
         }
         s->repeat_depth--;
         s->block = -1;
-        s->n_norm = s->n_attn = s->n_mlp = s->n_moe = 0;
+        s->n_norm = top_norm;
+        s->n_attn = top_attn;
+        s->n_mlp = top_mlp;
+        s->n_moe = top_moe;
         free(sel);
         return;
     }
@@ -1894,6 +1919,7 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
     sema *s = &S;
     s->d = d;
     s->m = model;
+    s->prog = prog;
     s->block = -1;
     model->source_path = mc_xstrdup(d->src ? d->src->path : "");
     model->parallel.data = model->parallel.expert = 1;
@@ -1986,9 +2012,14 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
     mc_parallel *p = &model->parallel;
     if (p->data > 1 && model->train.batch % p->data != 0)
         err(s, s->batch_loc, "batch %d does not split evenly over data = %d GPUs", model->train.batch, p->data);
+    bool too_many = false;
     for (int i = 0; i < model->nops; i++) {
         mc_op *op = &model->ops[i];
-        model->params += op->params;
+        if (!too_many && __builtin_add_overflow(model->params, op->params, &model->params)) {
+            err(s, op->loc, "the model has more than %lld parameters", (long long)INT64_MAX);
+            model->params = INT64_MAX;
+            too_many = true;
+        }
         model->flops += op->flops;
         if (op->kind == OP_MOE && op->u.moe.experts % p->expert != 0) {
             err(s, op->loc, "%d experts do not split over expert = %d GPUs", op->u.moe.experts, p->expert);

@@ -11,6 +11,12 @@ struct mc_lexstate {
     bool fatal;            /* stop parsing: nesting limit reached */
     mc_loc comment_start;  /* where the open block comment began */
     int stray_line, stray_end; /* the run of stray bytes last reported */
+    /* for the parser's messages (kept by yylex, see lexer.l) */
+    int ntok;              /* tokens returned so far */
+    int err_tok;           /* the last token with a lexer error on the way, or 0 */
+    mc_loc prev, last;     /* the last two tokens returned */
+    mc_loc open[MC_MAX_DEPTH]; /* where each open bracket is */
+    char open_ch[MC_MAX_DEPTH];
 };
 
 /* Set loc to the token text starting at the current position, and advance. */

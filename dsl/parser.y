@@ -149,6 +149,12 @@ stmt:
   | T_IDENT T_IDENT body {
         $$ = node(@1, $1, @2, $2, false, @1, NULL, true, $3);
     }
+  | T_IDENT T_IDENT '(' error ')' {
+        $$ = node(@1, $1, @2, $2, true, @3, NULL, false, NULL);
+    }
+  | T_IDENT T_IDENT '(' error ')' body {
+        $$ = node(@1, $1, @2, $2, true, @3, NULL, true, $6);
+    }
   ;
 
 /* body = "{" stmt* "}" */
@@ -381,8 +387,11 @@ static bool expects_sym(const yysymbol_kind_t *exp, int n, const char *name)
 static int yyreport_syntax_error(const yypcontext_t *pctx, void *scanner, struct mc_parse_ctx *ctx)
 {
     (void)scanner;
-    if (ctx->ls->fatal)
+    struct mc_lexstate *ls = ctx->ls;
+    if (ls->fatal)
         return 0; /* the lexer already said why it stopped */
+    if (ls->err_tok > 0 && ls->ntok - ls->err_tok <= 1)
+        return 0; /* at or just after a malformed token the lexer reported: its echo */
     enum { MAX_EXP = 12 };
     yysymbol_kind_t exp[MAX_EXP];
     yysymbol_kind_t all[MAX_EXP];
@@ -415,17 +424,24 @@ static int yyreport_syntax_error(const yypcontext_t *pctx, void *scanner, struct
         mc_report(ctx->diag, MC_ERROR, *loc, "unexpected %s", token_text(got));
 
     /* hints for the usual mistakes */
-    if ((got == YYSYMBOL_T_IDENT || got == YYSYMBOL_T_INT || got == YYSYMBOL_T_STRING) &&
+    char closer[4] = "";   /* "')'": what closes the innermost open bracket */
+    if (ls->depth > 0 && ls->depth <= MC_MAX_DEPTH) {
+        char open = ls->open_ch[ls->depth - 1];
+        snprintf(closer, sizeof closer, "'%c'", open == '(' ? ')' : open == '[' ? ']' : '}');
+    }
+    bool new_line = loc->line > ls->prev.end_line; /* the token starts a later line */
+    if (closer[0] && (got == YYSYMBOL_YYEOF || (new_line && expects_sym(exp, n, closer))))
+        mc_hint(ctx->diag, "the '%c' at line %d is never closed", ls->open_ch[ls->depth - 1],
+                ls->open[ls->depth - 1].line);
+    else if ((got == YYSYMBOL_T_IDENT || got == YYSYMBOL_T_INT || got == YYSYMBOL_T_STRING) &&
         expects_sym(exp, n, "','"))
         mc_hint(ctx->diag, "separate items with ','");
-    else if (got == YYSYMBOL_T_IDENT && expects_sym(exp, n, "'('"))
-        mc_hint(ctx->diag, "a layer is written with parentheses, even with no arguments: layernorm()");
+    else if (got == YYSYMBOL_T_IDENT && expects_sym(exp, n, "'('") && expects_sym(exp, n, "'{'"))
+        mc_hint(ctx->diag, "did you forget '{' after the name, or '()' after a layer?");
     else if (is_sym(got, "':'") && expects_sym(exp, n, "'='"))
         mc_hint(ctx->diag, "arguments and settings are written name = value");
     else if (is_sym(got, "','") && expects_sym(exp, n, "';'"))
         mc_hint(ctx->diag, "statements are written one after another, without ','");
-    else if (got == YYSYMBOL_YYEOF && ctx->ls->depth > 0)
-        mc_hint(ctx->diag, "a bracket opened earlier is never closed");
     return 0;
 }
 

@@ -294,8 +294,11 @@ void mc_diag_flush(mc_diag *d)
     for (int i = 0; i < d->nrecs; i++) {
         mc_diag_rec *r = &d->recs[i];
         if (!cut && r->sev == MC_ERROR && d->max_errors > 0 && shown == d->max_errors) {
-            fprintf(out, "%s: too many errors; the first %d are shown\n",
-                    d->src ? d->src->path : "moecc", d->max_errors);
+            if (d->max_errors == 1)
+                fprintf(out, "%s: too many errors; only the first is shown\n", d->src ? d->src->path : "moecc");
+            else
+                fprintf(out, "%s: too many errors; the first %d are shown\n", d->src ? d->src->path : "moecc",
+                        d->max_errors);
             cut = true;
         }
         if (!cut) {

@@ -32,83 +32,126 @@
 
 /* ---- matrix products --------------------------------------------------- */
 
+/* The matrix products run on the OpenMP threads: each thread multiplies
+ * its own block of output rows with a single-threaded BLAS (the trainer
+ * sets OpenBLAS to one thread), so BLAS and the other kernels never
+ * compete for the cores. */
+#ifdef _OPENMP
+#include <omp.h>
+#define MOE_THREAD() omp_get_thread_num()
+#define MOE_NTHREADS() omp_get_num_threads()
+#else
+#define MOE_THREAD() 0
+#define MOE_NTHREADS() 1
+#endif
+
+/* rows [*lo, *hi) of M for thread t of nt, in blocks of 8 */
+static inline void split_rows(int M, int t, int nt, int *lo, int *hi)
+{
+    int blocks = (M + 7) / 8;
+    *lo = (int)((long)blocks * t / nt) * 8;
+    *hi = (int)((long)blocks * (t + 1) / nt) * 8;
+    if (*lo > M)
+        *lo = M;
+    if (*hi > M)
+        *hi = M;
+}
+
 /* out[M,N] (+)= a[M,K] @ b[N,K]^T (+ bias[N]) : a linear layer's forward. */
 static inline void mm_nt(float *out, const float *a, const float *b, const float *bias,
-                  int M, int N, int K, int acc)
+                         int M, int N, int K, int acc)
 {
+#pragma omp parallel if ((long)M * N * K > 65536)
+    {
+        int lo, hi;
+        split_rows(M, MOE_THREAD(), MOE_NTHREADS(), &lo, &hi);
+        if (hi > lo) {
 #ifdef MOE_USE_CBLAS
-    if (bias && !acc) {
-        for (int i = 0; i < M; i++)
-            memcpy(out + (size_t)i * N, bias, (size_t)N * sizeof(float));
-        acc = 1;
-        bias = NULL;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K,
-                acc ? 1.0f : 0.0f, out, N);
-    if (bias)
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++)
-                out[(size_t)i * N + j] += bias[j];
+            float *o = out + (size_t)lo * N;
+            if (bias && !acc)
+                for (int i = lo; i < hi; i++)
+                    memcpy(out + (size_t)i * N, bias, (size_t)N * sizeof(float));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, hi - lo, N, K, 1.0f, a + (size_t)lo * K, K,
+                        b, K, (acc || bias) ? 1.0f : 0.0f, o, N);
+            if (bias && acc)
+                for (int i = lo; i < hi; i++)
+                    for (int j = 0; j < N; j++)
+                        out[(size_t)i * N + j] += bias[j];
 #else
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < M; i++) {
-        const float *ai = a + (size_t)i * K;
-        float *oi = out + (size_t)i * N;
-        for (int j = 0; j < N; j++) {
-            const float *bj = b + (size_t)j * K;
-            float s = 0.0f;
-            for (int k = 0; k < K; k++)
-                s += ai[k] * bj[k];
-            if (bias)
-                s += bias[j];
-            oi[j] = acc ? oi[j] + s : s;
+            for (int i = lo; i < hi; i++) {
+                const float *ai = a + (size_t)i * K;
+                float *oi = out + (size_t)i * N;
+                for (int j = 0; j < N; j++) {
+                    const float *bj = b + (size_t)j * K;
+                    float s = 0.0f;
+                    for (int k = 0; k < K; k++)
+                        s += ai[k] * bj[k];
+                    if (bias)
+                        s += bias[j];
+                    oi[j] = acc ? oi[j] + s : s;
+                }
+            }
+#endif
         }
     }
-#endif
 }
 
 /* out[M,K] (+)= a[M,N] @ b[N,K] : the input gradient of a linear layer. */
 static inline void mm_nn(float *out, const float *a, const float *b, int M, int N, int K, int acc)
 {
+#pragma omp parallel if ((long)M * N * K > 65536)
+    {
+        int lo, hi;
+        split_rows(M, MOE_THREAD(), MOE_NTHREADS(), &lo, &hi);
+        if (hi > lo) {
 #ifdef MOE_USE_CBLAS
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, a, N, b, K,
-                acc ? 1.0f : 0.0f, out, K);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, hi - lo, K, N, 1.0f, a + (size_t)lo * N, N,
+                        b, K, acc ? 1.0f : 0.0f, out + (size_t)lo * K, K);
 #else
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < M; i++) {
-        float *oi = out + (size_t)i * K;
-        if (!acc)
-            memset(oi, 0, (size_t)K * sizeof(float));
-        const float *ai = a + (size_t)i * N;
-        for (int j = 0; j < N; j++) {
-            const float aij = ai[j];
-            const float *bj = b + (size_t)j * K;
-            for (int k = 0; k < K; k++)
-                oi[k] += aij * bj[k];
+            for (int i = lo; i < hi; i++) {
+                float *oi = out + (size_t)i * K;
+                if (!acc)
+                    memset(oi, 0, (size_t)K * sizeof(float));
+                const float *ai = a + (size_t)i * N;
+                for (int j = 0; j < N; j++) {
+                    const float aij = ai[j];
+                    const float *bj = b + (size_t)j * K;
+                    for (int k = 0; k < K; k++)
+                        oi[k] += aij * bj[k];
+                }
+            }
+#endif
         }
     }
-#endif
 }
 
-/* out[N,K] += a[M,N]^T @ b[M,K] : the weight gradient of a linear layer. */
+/* out[N,K] += a[M,N]^T @ b[M,K] : the weight gradient of a linear layer.
+ * Threads split the N output rows (the reduction over M stays whole). */
 static inline void mm_tn(float *out, const float *a, const float *b, int M, int N, int K)
 {
+#pragma omp parallel if ((long)M * N * K > 65536)
+    {
+        int lo, hi;
+        split_rows(N, MOE_THREAD(), MOE_NTHREADS(), &lo, &hi);
+        if (hi > lo) {
 #ifdef MOE_USE_CBLAS
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, a, N, b, K, 1.0f, out, K);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, hi - lo, K, M, 1.0f, a + lo, N, b, K, 1.0f,
+                        out + (size_t)lo * K, K);
 #else
-#pragma omp parallel for schedule(static)
-    for (int j = 0; j < N; j++) {
-        float *oj = out + (size_t)j * K;
-        for (int i = 0; i < M; i++) {
-            const float aij = a[(size_t)i * N + j];
-            if (aij == 0.0f)
-                continue;
-            const float *bi = b + (size_t)i * K;
-            for (int k = 0; k < K; k++)
-                oj[k] += aij * bi[k];
+            for (int j = lo; j < hi; j++) {
+                float *oj = out + (size_t)j * K;
+                for (int i = 0; i < M; i++) {
+                    const float aij = a[(size_t)i * N + j];
+                    if (aij == 0.0f)
+                        continue;
+                    const float *bi = b + (size_t)i * K;
+                    for (int k = 0; k < K; k++)
+                        oj[k] += aij * bi[k];
+                }
+            }
+#endif
         }
     }
-#endif
 }
 
 /* db[N] += sum over rows of dout[M,N] */
@@ -363,96 +406,122 @@ static inline void layernorm_backward(float *dinp, float *dw, float *db, const f
 /* ---- multi-head self-attention (non-causal) ---------------------------------- */
 
 /* qkv[B, T, 3D] holds q, k, v of each token; att[B, NH, T, T] the softmax
- * weights (saved); out[B, T, D] the heads' outputs, concatenated. */
+ * weights (saved); out[B, T, D] the heads' outputs, concatenated. One
+ * (sample, head) per iteration, on the OpenMP threads. */
 static inline void attention_forward(float *out, float *att, const float *qkv, int B, int T, int D, int NH)
 {
-    const int HD = D / NH;
+    const int HD = D / NH, D3 = 3 * D;
     const float scale = 1.0f / sqrtf((float)HD);
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            float *a = att + ((size_t)b * NH + h) * T * T;
-            for (int t = 0; t < T; t++) {
-                const float *q = qkv + ((size_t)b * T + t) * 3 * D + h * HD;
-                float *row = a + (size_t)t * T;
-                float mx = -INFINITY;
-                for (int s2 = 0; s2 < T; s2++) {
-                    const float *k = qkv + ((size_t)b * T + s2) * 3 * D + D + h * HD;
-                    float dot = 0.0f;
-                    for (int i = 0; i < HD; i++)
-                        dot += q[i] * k[i];
-                    dot *= scale;
-                    row[s2] = dot;
-                    if (dot > mx)
-                        mx = dot;
-                }
-                float sum = 0.0f;
-                for (int s2 = 0; s2 < T; s2++) {
-                    row[s2] = expf(row[s2] - mx);
-                    sum += row[s2];
-                }
-                float inv = 1.0f / sum;
-                float *o = out + ((size_t)b * T + t) * D + h * HD;
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * NH; bh++) {
+        const int b = bh / NH, h = bh % NH;
+        float *a = att + (size_t)bh * T * T;
+        const float *q = qkv + (size_t)b * T * D3 + h * HD, *k = q + D, *v = q + 2 * D;
+        float *o = out + (size_t)b * T * D + h * HD;
+#ifdef MOE_USE_CBLAS
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HD, scale, q, D3, k, D3, 0.0f, a, T);
+#else
+        for (int t = 0; t < T; t++)
+            for (int s2 = 0; s2 < T; s2++) {
+                float dot = 0.0f;
                 for (int i = 0; i < HD; i++)
-                    o[i] = 0.0f;
-                for (int s2 = 0; s2 < T; s2++) {
-                    row[s2] *= inv;
-                    const float *v = qkv + ((size_t)b * T + s2) * 3 * D + 2 * D + h * HD;
-                    for (int i = 0; i < HD; i++)
-                        o[i] += row[s2] * v[i];
-                }
+                    dot += q[(size_t)t * D3 + i] * k[(size_t)s2 * D3 + i];
+                a[(size_t)t * T + s2] = dot * scale;
+            }
+#endif
+        for (int t = 0; t < T; t++) {
+            float *row = a + (size_t)t * T;
+            float mx = row[0];
+            for (int s2 = 1; s2 < T; s2++)
+                mx = row[s2] > mx ? row[s2] : mx;
+            float sum = 0.0f;
+            for (int s2 = 0; s2 < T; s2++) {
+                row[s2] = expf(row[s2] - mx);
+                sum += row[s2];
+            }
+            const float inv = 1.0f / sum;
+            for (int s2 = 0; s2 < T; s2++)
+                row[s2] *= inv;
+        }
+#ifdef MOE_USE_CBLAS
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HD, T, 1.0f, a, T, v, D3, 0.0f, o, D);
+#else
+        for (int t = 0; t < T; t++) {
+            float *ot = o + (size_t)t * D;
+            for (int i = 0; i < HD; i++)
+                ot[i] = 0.0f;
+            for (int s2 = 0; s2 < T; s2++) {
+                const float w = a[(size_t)t * T + s2];
+                for (int i = 0; i < HD; i++)
+                    ot[i] += w * v[(size_t)s2 * D3 + i];
             }
         }
+#endif
+    }
 }
 
-/* dqkv[B, T, 3D] (overwritten) from dout[B, T, D]; datt is scratch [T] per
- * thread-free loop (allocated by the caller as [B, NH, T, T]). */
+/* dqkv[B, T, 3D] (written whole) from dout[B, T, D]; datt [B, NH, T, T]
+ * is scratch for the weights' gradient. */
 static inline void attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                               const float *att, int B, int T, int D, int NH)
+                                      const float *att, int B, int T, int D, int NH)
 {
-    const int HD = D / NH;
+    const int HD = D / NH, D3 = 3 * D;
     const float scale = 1.0f / sqrtf((float)HD);
-    memset(dqkv, 0, (size_t)B * T * 3 * D * sizeof(float));
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *a = att + ((size_t)b * NH + h) * T * T;
-            float *da = datt + ((size_t)b * NH + h) * T * T;
-            /* dv and datt */
-            for (int t = 0; t < T; t++) {
-                const float *g = dout + ((size_t)b * T + t) * D + h * HD;
-                for (int s2 = 0; s2 < T; s2++) {
-                    const float *v = qkv + ((size_t)b * T + s2) * 3 * D + 2 * D + h * HD;
-                    float *dv = dqkv + ((size_t)b * T + s2) * 3 * D + 2 * D + h * HD;
-                    float w = a[(size_t)t * T + s2];
-                    float dot = 0.0f;
-                    for (int i = 0; i < HD; i++) {
-                        dot += g[i] * v[i];
-                        dv[i] += w * g[i];
-                    }
-                    da[(size_t)t * T + s2] = dot;
-                }
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * NH; bh++) {
+        const int b = bh / NH, h = bh % NH;
+        const float *a = att + (size_t)bh * T * T;
+        float *da = datt + (size_t)bh * T * T;
+        const float *q = qkv + (size_t)b * T * D3 + h * HD, *k = q + D, *v = q + 2 * D;
+        float *dq = dqkv + (size_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
+        const float *g = dout + (size_t)b * T * D + h * HD;
+#ifdef MOE_USE_CBLAS
+        /* datt = g v^T ; dv = att^T g */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HD, 1.0f, g, D, v, D3, 0.0f, da, T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HD, T, 1.0f, a, T, g, D, 0.0f, dv, D3);
+#else
+        for (int t = 0; t < T; t++)
+            for (int s2 = 0; s2 < T; s2++) {
+                float dot = 0.0f;
+                for (int i = 0; i < HD; i++)
+                    dot += g[(size_t)t * D + i] * v[(size_t)s2 * D3 + i];
+                da[(size_t)t * T + s2] = dot;
             }
-            /* softmax backward, then dq and dk */
-            for (int t = 0; t < T; t++) {
-                const float *arow = a + (size_t)t * T;
-                float *drow = da + (size_t)t * T;
-                float s = 0.0f;
-                for (int s2 = 0; s2 < T; s2++)
-                    s += arow[s2] * drow[s2];
-                const float *q = qkv + ((size_t)b * T + t) * 3 * D + h * HD;
-                float *dq = dqkv + ((size_t)b * T + t) * 3 * D + h * HD;
-                for (int s2 = 0; s2 < T; s2++) {
-                    float dpre = arow[s2] * (drow[s2] - s) * scale;
-                    const float *k = qkv + ((size_t)b * T + s2) * 3 * D + D + h * HD;
-                    float *dk = dqkv + ((size_t)b * T + s2) * 3 * D + D + h * HD;
-                    for (int i = 0; i < HD; i++) {
-                        dq[i] += dpre * k[i];
-                        dk[i] += dpre * q[i];
-                    }
-                }
+        for (int s2 = 0; s2 < T; s2++)
+            for (int i = 0; i < HD; i++) {
+                float acc = 0.0f;
+                for (int t = 0; t < T; t++)
+                    acc += a[(size_t)t * T + s2] * g[(size_t)t * D + i];
+                dv[(size_t)s2 * D3 + i] = acc;
             }
+#endif
+        /* through the softmax, and the scale, in place */
+        for (int t = 0; t < T; t++) {
+            const float *arow = a + (size_t)t * T;
+            float *drow = da + (size_t)t * T;
+            float sdot = 0.0f;
+            for (int s2 = 0; s2 < T; s2++)
+                sdot += arow[s2] * drow[s2];
+            for (int s2 = 0; s2 < T; s2++)
+                drow[s2] = arow[s2] * (drow[s2] - sdot) * scale;
         }
+#ifdef MOE_USE_CBLAS
+        /* dq = datt k ; dk = datt^T q */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HD, T, 1.0f, da, T, k, D3, 0.0f, dq, D3);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HD, T, 1.0f, da, T, q, D3, 0.0f, dk, D3);
+#else
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < HD; i++) {
+                float acc_q = 0.0f, acc_k = 0.0f;
+                for (int s2 = 0; s2 < T; s2++) {
+                    acc_q += da[(size_t)t * T + s2] * k[(size_t)s2 * D3 + i];
+                    acc_k += da[(size_t)s2 * T + t] * q[(size_t)s2 * D3 + i];
+                }
+                dq[(size_t)t * D3 + i] = acc_q;
+                dk[(size_t)t * D3 + i] = acc_k;
+            }
+#endif
+    }
 }
 
 /* ---- pooling --------------------------------------------------------------- */
@@ -561,9 +630,29 @@ typedef struct moe_routing {
     int *slot;        /* [N, K] position in the expert's buffer, -1: dropped */
     int *count;       /* [E] tokens kept per expert */
     int *token;       /* [E, CAP] which token fills each slot */
-    int *order;       /* [N] scratch: routing order */
+    int *order;       /* [2N] scratch: routing order */
     float *prio;      /* [N] scratch: priority of each token */
 } moe_routing;
+
+/* Sort order[0..n) by descending prio[order[i]], ties by ascending index:
+ * a merge sort (stable, O(n log n)) using order[n..2n) as scratch. */
+static inline void moe_prio_sort(int *order, const float *prio, int n)
+{
+    int *tmp = order + n;
+    for (int width = 1; width < n; width *= 2) {
+        for (int lo = 0; lo < n; lo += 2 * width) {
+            int mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            int i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                tmp[k++] = prio[order[j]] > prio[order[i]] ? order[j++] : order[i++];
+            while (i < mid)
+                tmp[k++] = order[i++];
+            while (j < hi)
+                tmp[k++] = order[j++];
+        }
+        memcpy(order, tmp, (size_t)n * sizeof *order);
+    }
+}
 
 /* probs[N, E] = softmax(logits); lse[N] = log-sum-exp of each row */
 static inline void router_softmax(float *probs, float *lse, const float *logits, int N, int E)
@@ -616,18 +705,8 @@ static inline void moe_route(moe_routing *r, const float *probs, int N, int E, i
         r->prio[n] = val[0];
     }
     if (batch_priority) {
-        /* stable insertion sort by descending top-1 probability; N is small
-         * enough on the CPU, and equal priorities keep token order */
-        for (int i = 1; i < N; i++) {
-            int t = r->order[i];
-            float pt = r->prio[t];
-            int j = i - 1;
-            while (j >= 0 && r->prio[r->order[j]] < pt) {
-                r->order[j + 1] = r->order[j];
-                j--;
-            }
-            r->order[j + 1] = t;
-        }
+        /* by descending top-1 probability; equal priorities keep token order */
+        moe_prio_sort(r->order, r->prio, N);
     }
     for (int e = 0; e < E; e++)
         r->count[e] = 0;

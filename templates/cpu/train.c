@@ -397,12 +397,24 @@ static void write_routing(moert_jw *j, const model *m)
     moert_jw_array_end(j);
 }
 
-static void print_routing(const model *m)
+/* The routing of the last evaluation, kept for the final report. */
+typedef struct routing_report {
+    int64_t ds_expert[N_MOE_SLOTS][N_DATASETS * MAX_EXPERTS];
+    moe_stats stats[N_MOE_SLOTS];
+} routing_report;
+
+static void keep_routing(routing_report *r, const model *m)
+{
+    memcpy(r->ds_expert, m->ds_expert, sizeof r->ds_expert);
+    memcpy(r->stats, m->stats, sizeof r->stats);
+}
+
+static void print_routing(const routing_report *m)
 {
     for (int l = 0; l < N_MOE; l++) {
         const int E = MOE_LAYERS[l].experts;
-        printf("routing of %s (share of each dataset's tokens by top-1 expert):\n  %-12s", MOE_LAYERS[l].name,
-               "dataset");
+        printf("routing of %s at the last evaluation (share of each dataset's tokens by top-1 expert):\n  %-12s",
+               MOE_LAYERS[l].name, "dataset");
         for (int e = 0; e < E; e++)
             printf(" expert%-3d", e);
         printf("\n");
@@ -431,10 +443,22 @@ static void dump_step(model *m, const moert_batch *batch, int B, float loss, con
     if (!w)
         die("%s", err.msg);
     char name[512];
-    static char names[N_TENSORS][300];
     for (int t = 0; t < N_TENSORS; t++) {
-        snprintf(names[t], sizeof names[t], "grad.%s", TENSORS[t].name);
-        moert_ckpt_add(w, names[t], MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape, m->grad + TENSORS[t].offset);
+        moert_ckpt_add(w, TENSORS[t].name, MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape,
+                       m->param + TENSORS[t].offset);
+        snprintf(name, sizeof name, "grad.%s", TENSORS[t].name);
+        moert_ckpt_add(w, name, MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape, m->grad + TENSORS[t].offset);
+    }
+    /* the gate noise each MoE layer added, so that the reference adds the same */
+    static float noise[N_MOE_SLOTS][BATCH * MAX_TOKENS * MAX_EXPERTS];
+    for (int l = 0; l < N_MOE; l++) {
+        const int64_t n = (int64_t)B * MOE_LAYERS[l].tokens, E = MOE_LAYERS[l].experts;
+        const int64_t shape[2] = { n, E };
+        memset(noise[l], 0, sizeof noise[l]);
+        if (MOE_LAYERS[l].noise_std > 0)
+            gate_noise(noise[l], (size_t)(n * E), MOE_LAYERS[l].noise_std, m->seed, MOE_LAYERS[l].stream, m->step);
+        snprintf(name, sizeof name, "noise.%s", MOE_LAYERS[l].name);
+        moert_ckpt_add(w, name, MOERT_DTYPE_F32, 2, shape, noise[l]);
     }
     int64_t xs[4] = { B, IN_C, IN_H, IN_W }, bs = B, one = 1;
     moert_ckpt_add(w, "batch.x", MOERT_DTYPE_F32, 4, xs, batch->x);
@@ -443,7 +467,6 @@ static void dump_step(model *m, const moert_batch *batch, int B, float loss, con
     static float loss_v;
     loss_v = loss;
     moert_ckpt_add(w, "loss", MOERT_DTYPE_F32, 1, &one, &loss_v);
-    (void)name;
     if (moert_ckpt_finish(w, &err) != 0)
         die("%s", err.msg);
 }
@@ -506,14 +529,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "train: a negative count, or a log interval below 1, is not an option\n");
         return 2;
     }
-    if (o.threads > 0) {
+    /* the kernels share out the work on OpenMP threads; BLAS runs
+     * single-threaded inside them (see ops.h) */
+#ifdef MOE_USE_OPENBLAS
+    openblas_set_num_threads(1);
+#endif
 #ifdef _OPENMP
+    if (o.threads > 0)
         omp_set_num_threads(o.threads);
 #endif
-#ifdef MOE_USE_OPENBLAS
-        openblas_set_num_threads(o.threads);
-#endif
-    }
 
     /* data */
     data_set ds[N_DATASETS];
@@ -593,6 +617,7 @@ int main(int argc, char **argv)
     bool stopped = false;
     eval_result ev;
     memset(&ev, 0, sizeof ev);
+    static routing_report report;
     bool evaluated = false;
     model_stats_reset(&m);
     for (; step < o.steps; step++) {
@@ -660,6 +685,7 @@ int main(int argc, char **argv)
         if ((o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps) {
             moert_progress_clear(&progress);
             evaluate(&m, ds, &eval_batch, &o, &ev);
+            keep_routing(&report, &m);
             evaluated = true;
             moert_jw *j = moert_metrics_begin(metrics);
             moert_jw_string(j, "kind", "eval");
@@ -707,6 +733,7 @@ int main(int argc, char **argv)
     if (!stopped) {
         if (!evaluated) {
             evaluate(&m, ds, &eval_batch, &o, &ev);
+            keep_routing(&report, &m);
         }
         printf("\n%s after %lld steps - test accuracy per dataset:\n", MODEL_NAME, (long long)step);
         for (int d = 0; d < N_DATASETS; d++)
@@ -714,7 +741,7 @@ int main(int argc, char **argv)
                    ev.total[d] ? 100.0 * (double)ev.correct[d] / (double)ev.total[d] : 0.0, (long long)ev.total[d]);
         if (N_MOE > 0)
             printf("\n");
-        print_routing(&m);
+        print_routing(&report);
         printf("checkpoint: %s, metrics: %s\n", o.checkpoint, o.metrics);
     }
     moert_metrics_close(metrics, NULL);

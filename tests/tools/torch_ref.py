@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""torch_ref.py: a PyTorch model of a moecc-generated trainer, built from its
+model.json, for cross-checks and benchmarks.
+
+    torch_ref.py check GEN_DIR STEP.safetensors
+        Load the weights, the batch and the gate noise that `./train
+        --dump-step` wrote, run one forward and backward pass in fp32, and
+        compare the loss and every gradient with the trainer's. Exit 0 when
+        all agree within the tolerance, 1 otherwise, 77 without torch.
+
+    torch_ref.py bench GEN_DIR [--batch B] [--steps N] [--threads T]
+        Time full training steps (forward, backward, AdamW) of the same
+        model in PyTorch on random images; print images/s.
+
+The MoE layer follows Tutel's semantics, as the generated code does:
+softmax top-k, gates renormalised over the top k, capacity k * floor(cf *
+ceil(N / E)), choices claim capacity in order (every first choice before
+any second), optionally by descending top-1 probability (batch priority);
+GShard's balance loss E * sum(mean prob * top-1 fraction), the z-loss
+mean(logsumexp^2), and DAMEX's routing loss, the cross-entropy of the
+router logits against each dataset's expert.
+"""
+import json
+import math
+import struct
+import sys
+import time
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # pragma: no cover
+    print("torch_ref.py: PyTorch is not installed: skipped")
+    sys.exit(77)
+
+DTYPES = {"F32": (torch.float32, 4), "I32": (torch.int32, 4), "I64": (torch.int64, 8),
+          "F64": (torch.float64, 8), "U8": (torch.uint8, 1)}
+
+
+def load_safetensors(path):
+    """A dict of tensors from a safetensors file (no safetensors package needed)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, size = DTYPES[info["dtype"]]
+        lo, hi = info["data_offsets"]
+        t = torch.frombuffer(bytearray(data[base + lo:base + hi]), dtype=dtype)
+        out[name] = t.reshape(info["shape"]).clone()
+    return out
+
+
+def moe_capacity(n, e, k, cf, dropless):
+    if dropless:
+        return n
+    per = (n + e - 1) // e
+    cap = k * int(math.floor(cf * per))
+    return min(max(cap, 1), n)
+
+
+class Model:
+    """The ops of model.json over a dict of parameter tensors."""
+
+    def __init__(self, spec, params):
+        self.spec = spec
+        self.p = params
+        self.aux = []
+
+    def moe(self, op, x, dataset, noise):
+        B, T, D = x.shape
+        E, K, H = op["experts"], op["top_k"], op["hidden"]
+        pre = op["prefix"]
+        xt = x.reshape(B * T, D)
+        N = B * T
+        logits = xt @ self.p[pre + ".gate.weight"].t()
+        if noise is not None:
+            logits = logits + noise
+        probs = torch.softmax(logits, dim=1)
+        topp, topk = torch.topk(probs, K, dim=1)
+        gates = topp / topp.sum(dim=1, keepdim=True) if (op["normalize_gates"] and K > 1) else topp
+        cap = moe_capacity(N, E, K, op["capacity"], op["dropless"])
+        # slots: choices claim capacity choice by choice, tokens in order or by priority
+        order = list(range(N))
+        if op["batch_priority"]:
+            prio = topp[:, 0].detach().tolist()
+            order.sort(key=lambda n: (-prio[n], n))
+        topk_l = topk.tolist()
+        count = [0] * E
+        keep = torch.zeros(N, K)
+        slot_tokens = [[] for _ in range(E)]
+        slot_of = {}
+        for k in range(K):
+            for n in order:
+                e = topk_l[n][k]
+                if count[e] < cap:
+                    slot_of[(n, k)] = count[e]
+                    slot_tokens[e].append(n)
+                    count[e] += 1
+                    keep[n, k] = 1.0
+        w1, b1 = self.p[pre + ".experts.fc1.weight"], self.p[pre + ".experts.fc1.bias"]
+        w2, b2 = self.p[pre + ".experts.fc2.weight"], self.p[pre + ".experts.fc2.bias"]
+        act = ACTS[op["act"]]
+        ye = []
+        for e in range(E):
+            idx = torch.tensor(slot_tokens[e], dtype=torch.long)
+            h = act(xt[idx] @ w1[e].t() + b1[e])
+            ye.append(h @ w2[e].t() + b2[e])
+        rows = []
+        for n in range(N):
+            acc = torch.zeros(D)
+            for k in range(K):
+                if keep[n, k] > 0:
+                    e = topk_l[n][k]
+                    acc = acc + gates[n, k] * ye[e][slot_of[(n, k)]]
+            rows.append(acc)
+        out = torch.stack(rows).reshape(B, T, D)
+        # auxiliary losses
+        me = probs.mean(dim=0)
+        ce = torch.zeros(E)
+        for n in range(N):
+            ce[topk_l[n][0]] += 1.0
+        ce = ce / N
+        bal = (me * ce).sum() * E
+        lse = torch.logsumexp(logits, dim=1)
+        z = (lse * lse).mean()
+        loss = op["balance_loss"] * bal + op["z_loss"] * z
+        if "map" in op and op["dataset_loss"] > 0:
+            target = torch.tensor(op["map"], dtype=torch.long)[dataset].repeat_interleave(T)
+            loss = loss + op["dataset_loss"] * F.cross_entropy(logits, target)
+        self.aux.append(loss)
+        return out
+
+    def forward(self, x, dataset, noises):
+        self.aux = []
+        spec, p = self.spec, self.p
+        stack = []
+        h = x
+        for op in spec["ops"]:
+            kind, pre = op["op"], op["prefix"]
+            if kind == "input":
+                continue
+            if kind == "patch_embed":
+                P = op["patch"]
+                h = F.conv2d(h, p[pre + ".proj.weight"], p[pre + ".proj.bias"], stride=P)
+                h = h.flatten(2).transpose(1, 2)
+            elif kind == "cls_token":
+                h = torch.cat([p["cls_token"].expand(h.shape[0], 1, -1), h], dim=1)
+            elif kind == "pos_embed":
+                if not op["learned"]:
+                    raise SystemExit("torch_ref.py: sine-cosine positions are not modelled")
+                h = h + p["pos_embed"]
+            elif kind == "layernorm":
+                h = F.layer_norm(h, (h.shape[-1],), p[pre + ".weight"], p[pre + ".bias"], op["eps"])
+            elif kind == "attention":
+                B, T, D = h.shape
+                NH = op["heads"]
+                HD = D // NH
+                qkv = F.linear(h, p[pre + ".qkv.weight"], p.get(pre + ".qkv.bias"))
+                qkv = qkv.reshape(B, T, 3, NH, HD).permute(2, 0, 3, 1, 4)
+                q, k, v = qkv[0], qkv[1], qkv[2]
+                att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(HD), dim=-1)
+                y = (att @ v).transpose(1, 2).reshape(B, T, D)
+                h = F.linear(y, p[pre + ".proj.weight"], p[pre + ".proj.bias"])
+            elif kind == "mlp":
+                act = ACTS[op["act"]]
+                h = F.linear(act(F.linear(h, p[pre + ".fc1.weight"], p[pre + ".fc1.bias"])),
+                             p[pre + ".fc2.weight"], p[pre + ".fc2.bias"])
+            elif kind == "moe":
+                h = self.moe(op, h, dataset, noises.get(pre))
+            elif kind in ("dropout", "drop_path"):
+                if op["p"] > 0:
+                    raise SystemExit("torch_ref.py: dropout masks are not replayed; use p = 0")
+            elif kind == "residual":
+                stack.append(h)
+            elif kind == "residual_end":
+                h = stack.pop() + h
+            elif kind == "pool":
+                h = h[:, 0] if op["kind"] == "cls" else h.mean(dim=1)
+            elif kind == "classifier":
+                self.features = h
+                return h
+            else:
+                raise SystemExit("torch_ref.py: op %s is not modelled" % kind)
+        return h
+
+    def loss(self, feats, labels, dataset):
+        spec, p = self.spec, self.p
+        cls = spec["ops"][-1]
+        eps = spec["label_smoothing"]
+        total = 0.0
+        B = feats.shape[0]
+        for b in range(B):
+            if cls["heads"] == "per_dataset":
+                name = spec["datasets"][int(dataset[b])]["name"]
+                w, bias = p["heads.%s.weight" % name], p["heads.%s.bias" % name]
+            else:
+                w, bias = p["head.weight"], p["head.bias"]
+            logit = feats[b] @ w.t() + bias
+            total = total + F.cross_entropy(logit[None], labels[b:b + 1].long(), label_smoothing=eps)
+        ce = total / B
+        return ce + sum(self.aux), ce
+
+
+ACTS = {"gelu": lambda t: F.gelu(t), "relu": F.relu, "silu": F.silu}
+
+
+def check(gen_dir, dump_path):
+    spec = json.load(open(gen_dir + "/model.json"))
+    d = load_safetensors(dump_path)
+    names = [t for op in spec["ops"] for t in op["tensors"]]
+    params = {n: d[n].clone().requires_grad_(True) for n in names}
+    noises = {k[len("noise."):]: v.reshape(-1, v.shape[-1]) for k, v in d.items() if k.startswith("noise.")}
+    m = Model(spec, params)
+    x, labels, dataset = d["batch.x"], d["batch.labels"].long(), d["batch.dataset"].long()
+    feats = m.forward(x, dataset, noises)
+    loss, ce = m.loss(feats, labels, dataset)
+    loss.backward()
+    ok = True
+    want, got = float(loss), float(d["loss"][0])
+    rel = abs(want - got) / max(abs(want), 1e-12)
+    print("loss: pytorch %.7f  moecc %.7f  relative difference %.2e" % (want, got, rel))
+    ok &= rel <= 1e-4
+    worst = (0.0, "")
+    for n in names:
+        g_ref = params[n].grad
+        if g_ref is None:
+            g_ref = torch.zeros_like(params[n])
+        g = d["grad." + n]
+        scale = float(g_ref.abs().max())
+        err = float((g - g_ref).abs().max()) / max(scale, 1e-12)
+        if scale == 0.0 and float(g.abs().max()) == 0.0:
+            err = 0.0
+        if err > worst[0]:
+            worst = (err, n)
+        if err > 1e-4:
+            print("  MISMATCH %-40s max |diff| / max |grad| = %.2e (max |grad| %.3e)" % (n, err, scale))
+            ok = False
+    print("gradients: %d tensors, worst relative difference %.2e (%s)" % (len(names), worst[0], worst[1]))
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def bench(gen_dir, batch, steps, threads):
+    spec = json.load(open(gen_dir + "/model.json"))
+    torch.manual_seed(0)
+    if threads:
+        torch.set_num_threads(threads)
+    params = {}
+    shapes = json.load(open(gen_dir + "/model.json"))
+    # shapes come from a dump-free source: the trainer's tensor table in model.json
+    for op in spec["ops"]:
+        for n, shape in zip(op["tensors"], op.get("shapes", [])):
+            params[n] = (torch.randn(shape) * 0.02).requires_grad_(True)
+    if not params:
+        raise SystemExit("torch_ref.py: model.json has no tensor shapes")
+    m = Model(spec, params)
+    opt = torch.optim.AdamW(list(params.values()), lr=1e-3)
+    C, Hh, W = spec["input"]
+    x = torch.randn(batch, C, Hh, W)
+    labels = torch.randint(0, 10, (batch,))
+    dataset = torch.zeros(batch, dtype=torch.long)
+    del shapes
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        feats = m.forward(x, dataset, {})
+        loss, _ = m.loss(feats, labels, dataset)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    t = sorted(times[2:])[len(times[2:]) // 2]
+    print("pytorch %s: batch %d, %.1f ms per step, %.1f images/s (median of %d steps, %d threads)"
+          % (torch.__version__, batch, t * 1e3, batch / t, steps, torch.get_num_threads()))
+
+
+def main(argv):
+    if len(argv) >= 4 and argv[1] == "check":
+        return check(argv[2], argv[3])
+    if len(argv) >= 3 and argv[1] == "bench":
+        args = argv[3:]
+        opt = {"--batch": 0, "--steps": 5, "--threads": 0}
+        for i in range(0, len(args) - 1, 2):
+            opt[args[i]] = int(args[i + 1])
+        spec = json.load(open(argv[2] + "/model.json"))
+        bench(argv[2], opt["--batch"] or spec["batch"], opt["--steps"], opt["--threads"])
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
