@@ -46,6 +46,9 @@ typedef struct options {
     int64_t max_eval;       /* test samples per dataset, 0: all */
     const char *init_from;  /* weights to start from (safetensors) */
     const char *dump_step;  /* write the first step's batch, loss and gradients here */
+    int64_t stop_after;     /* stop (with a checkpoint) after this step, 0: never */
+    bool synthetic;         /* random images: measure compute alone */
+    bool bench;             /* synthetic, no checkpoint: print the step time */
     bool quiet;
 } options;
 
@@ -480,7 +483,7 @@ int main(int argc, char **argv)
         .checkpoint = MODEL_NAME ".safetensors", .resume = false, .eval_every = EVAL_EVERY,
         .checkpoint_every = CHECKPOINT_EVERY, .log_every = LOG_EVERY, .seed = (int64_t)SEED, .threads = 0,
         .metrics = MODEL_NAME ".metrics.jsonl", .max_eval = 0, .init_from = NULL, .dump_step = NULL,
-        .quiet = false,
+        .stop_after = 0, .synthetic = false, .bench = false, .quiet = false,
     };
     if (!o.data)
         o.data = "data";
@@ -502,6 +505,11 @@ int main(int argc, char **argv)
         { "init-from", 0, MOERT_ARG_STRING, &o.init_from, "start from these weights (safetensors)", "PATH" },
         { "dump-step", 0, MOERT_ARG_STRING, &o.dump_step,
           "write the first step's batch, loss and gradients, then stop", "PATH" },
+        { "stop-after", 0, MOERT_ARG_INT64, &o.stop_after,
+          "stop after this step with a checkpoint, as if interrupted (0: never)", NULL },
+        { "synthetic", 0, MOERT_ARG_FLAG, &o.synthetic, "train on random images (no data, no evaluation)", NULL },
+        { "bench", 0, MOERT_ARG_FLAG, &o.bench,
+          "time --steps synthetic steps and print the median step time; writes nothing", NULL },
         { "quiet", 'q', MOERT_ARG_FLAG, &o.quiet, "no progress line", NULL },
     };
     const size_t nopts = sizeof opts / sizeof opts[0];
@@ -545,12 +553,33 @@ int main(int argc, char **argv)
     moert_mix_source sources[N_DATASETS];
     int nsources = 0;
     int64_t train_samples = 0;
-    for (int d = 0; d < N_DATASETS; d++) {
+    if (o.bench)
+        o.synthetic = true;
+    for (int d = 0; d < N_DATASETS && !o.synthetic; d++) {
         load_dataset(&ds[d], &DATASETS[d], &o);
         if (DATASETS[d].weight > 0) {
             sources[nsources++] = ds[d].src;
             train_samples += ds[d].train.n;
         }
+    }
+    /* synthetic: one image per dataset, so the mixture has something to sample */
+    for (int d = 0; d < N_DATASETS && o.synthetic; d++) {
+        moert_images *im = &ds[d].train;
+        im->n = 1;
+        im->c = IN_C;
+        im->h = IN_H;
+        im->w = IN_W;
+        im->num_classes = DATASET_CLASSES[d];
+        im->pixels = xcalloc((size_t)IN_C * IN_H * IN_W, 1);
+        im->labels = xcalloc(1, sizeof *im->labels);
+        im->capacity = 1;
+        ds[d].src.images = im;
+        ds[d].src.weight = 1.0;
+        for (int c = 0; c < 3; c++) {
+            ds[d].src.mean[c] = 0.5f;
+            ds[d].src.std[c] = 0.5f;
+        }
+        sources[nsources++] = ds[d].src;
     }
     if (TRAIN_EPOCHS > 0 && o.steps == TRAIN_STEPS)
         o.steps = TRAIN_EPOCHS * ((train_samples + o.batch - 1) / o.batch);
@@ -590,7 +619,7 @@ int main(int argc, char **argv)
         load_tensors(&m, c, o.init_from, false);
         moert_ckpt_close(c);
     }
-    moert_metrics *metrics = moert_metrics_open(o.metrics, start > 0, &err);
+    moert_metrics *metrics = moert_metrics_open(o.bench ? "/dev/null" : o.metrics, start > 0, &err);
     if (!metrics)
         die("%s", err.msg);
 
@@ -615,6 +644,8 @@ int main(int argc, char **argv)
     int64_t n_acc = 0, imgs_acc = 0;
     int64_t step = start;
     bool stopped = false;
+    double *step_times = xcalloc((size_t)(o.steps > 0 ? o.steps : 1), sizeof *step_times);
+    int n_times = 0;
     eval_result ev;
     memset(&ev, 0, sizeof ev);
     static routing_report report;
@@ -624,6 +655,17 @@ int main(int argc, char **argv)
         const moert_batch *batch = moert_prefetch_next(pf);
         if (!batch)
             die("the data loader stopped");
+        if (o.synthetic) {
+            /* random images and labels, different every step */
+            moert_batch *sb = (moert_batch *)batch;
+            moert_rng r;
+            moert_rng_init(&r, (uint64_t)o.seed, 77);
+            r.counter = (uint64_t)step << 32;
+            moert_rng_fill_normal(&r, sb->x, (size_t)o.batch * IN_C * IN_H * IN_W, 0.0f, 1.0f);
+            for (int b = 0; b < o.batch; b++)
+                sb->labels[b] = (int32_t)moert_rng_next_below(&r, (uint64_t)DATASET_CLASSES[sb->dataset[b]]);
+        }
+        const double t_step = moert_now();
         const double lr = learning_rate(o.lr, step, o.steps);
         m.step = step;
         model_forward(&m, batch->x, batch->dataset, o.batch, 1);
@@ -644,6 +686,10 @@ int main(int argc, char **argv)
                 m.grad[i] *= scale;
         }
         optimizer_step(&m, lr, step);
+        if (o.bench) {
+            step_times[n_times++] = moert_now() - t_step;
+            continue;
+        }
         loss_acc += ce + aux;
         aux_acc += aux;
         n_acc++;
@@ -681,8 +727,8 @@ int main(int argc, char **argv)
             t_log = moert_now();
             model_stats_reset(&m);
         }
-        const bool stop = moert_signal_stop_requested();
-        if ((o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps) {
+        const bool stop = moert_signal_stop_requested() || (o.stop_after > 0 && done == o.stop_after);
+        if (!o.synthetic && ((o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps)) {
             moert_progress_clear(&progress);
             evaluate(&m, ds, &eval_batch, &o, &ev);
             keep_routing(&report, &m);
@@ -720,8 +766,8 @@ int main(int argc, char **argv)
         }
         if (stop) {
             moert_progress_clear(&progress);
-            printf("stopped at step %lld by a signal; checkpoint written to %s (resume with --resume)\n",
-                   (long long)done, o.checkpoint);
+            printf("stopped after step %lld%s; checkpoint written to %s (resume with --resume)\n", (long long)done,
+                   moert_signal_stop_requested() ? " by a signal" : "", o.checkpoint);
             stopped = true;
             step++;
             break;
@@ -730,6 +776,24 @@ int main(int argc, char **argv)
     moert_progress_end(&progress);
     moert_prefetch_destroy(pf);
 
+    if (o.bench) {
+        /* the median of the steps after the first two (warm-up) */
+        int n = n_times > 2 ? n_times - 2 : n_times;
+        double *t = step_times + (n_times - n);
+        for (int i = 1; i < n; i++)
+            for (int k = i; k > 0 && t[k] < t[k - 1]; k--) {
+                double x = t[k];
+                t[k] = t[k - 1];
+                t[k - 1] = x;
+            }
+        const double med = n ? t[n / 2] : 0.0;
+        printf("moecc %s: batch %d, %.1f ms per step, %.1f images/s, %.2f GFLOP/s (median of %d steps)\n",
+               MODEL_NAME, o.batch, med * 1e3, med > 0 ? o.batch / med : 0.0,
+               med > 0 ? 3.0 * FLOPS_PER_IMAGE * o.batch / med / 1e9 : 0.0, n);
+        stopped = true;
+    } else if (o.synthetic) {
+        stopped = true;
+    }
     if (!stopped) {
         if (!evaluated) {
             evaluate(&m, ds, &eval_batch, &o, &ev);
@@ -752,6 +816,7 @@ int main(int argc, char **argv)
         moert_images_free(&ds[d].test);
     }
     free(sampler);
+    free(step_times);
     free(m.param);
     free(m.grad);
     free(m.opt_m);
