@@ -847,6 +847,13 @@ static void emit_json(sbuf *j, const mc_model *m)
             sb_printf(j, "%s", k ? ", " : "");
             json_str(j, op->tensors[k].name);
         }
+        sb_printf(j, "], \"shapes\": [");
+        for (int k = 0; k < op->ntensors; k++) {
+            sb_printf(j, "%s[", k ? ", " : "");
+            for (int d = 0; d < op->tensors[k].ndim; d++)
+                sb_printf(j, "%s%lld", d ? ", " : "", (long long)op->tensors[k].shape[d]);
+            sb_printf(j, "]");
+        }
         sb_printf(j, "]}");
     }
     sb_printf(j, "\n  ]\n}\n");

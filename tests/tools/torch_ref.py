@@ -84,47 +84,38 @@ class Model:
         topp, topk = torch.topk(probs, K, dim=1)
         gates = topp / topp.sum(dim=1, keepdim=True) if (op["normalize_gates"] and K > 1) else topp
         cap = moe_capacity(N, E, K, op["capacity"], op["dropless"])
-        # slots: choices claim capacity choice by choice, tokens in order or by priority
-        order = list(range(N))
-        if op["batch_priority"]:
-            prio = topp[:, 0].detach().tolist()
-            order.sort(key=lambda n: (-prio[n], n))
-        topk_l = topk.tolist()
-        count = [0] * E
-        keep = torch.zeros(N, K)
-        slot_tokens = [[] for _ in range(E)]
-        slot_of = {}
-        for k in range(K):
-            for n in order:
-                e = topk_l[n][k]
-                if count[e] < cap:
-                    slot_of[(n, k)] = count[e]
-                    slot_tokens[e].append(n)
-                    count[e] += 1
-                    keep[n, k] = 1.0
+        # slots (GShard): every first choice before any second; within a
+        # choice, tokens in order or by descending top-1 probability
+        with torch.no_grad():
+            if op["batch_priority"]:
+                order = torch.argsort(-topp[:, 0], stable=True)
+            else:
+                order = torch.arange(N)
+            keep = torch.zeros(N, K, dtype=torch.bool)
+            offset = torch.zeros(E, dtype=torch.long)
+            for k in range(K):
+                onehot = F.one_hot(topk[order, k], E)
+                pos = torch.cumsum(onehot, dim=0) - 1 + offset
+                slot = pos.gather(1, topk[order, k][:, None])[:, 0]
+                keep[order, k] = slot < cap
+                offset = offset + onehot.sum(dim=0)
         w1, b1 = self.p[pre + ".experts.fc1.weight"], self.p[pre + ".experts.fc1.bias"]
         w2, b2 = self.p[pre + ".experts.fc2.weight"], self.p[pre + ".experts.fc2.bias"]
         act = ACTS[op["act"]]
-        ye = []
+        out = torch.zeros(N, D)
         for e in range(E):
-            idx = torch.tensor(slot_tokens[e], dtype=torch.long)
-            h = act(xt[idx] @ w1[e].t() + b1[e])
-            ye.append(h @ w2[e].t() + b2[e])
-        rows = []
-        for n in range(N):
-            acc = torch.zeros(D)
-            for k in range(K):
-                if keep[n, k] > 0:
-                    e = topk_l[n][k]
-                    acc = acc + gates[n, k] * ye[e][slot_of[(n, k)]]
-            rows.append(acc)
-        out = torch.stack(rows).reshape(B, T, D)
+            sel = (topk == e) & keep            # [N, K]: the kept choices of expert e
+            tok, kk = sel.nonzero(as_tuple=True)
+            if tok.numel() == 0:
+                continue
+            h = act(xt[tok] @ w1[e].t() + b1[e])
+            y = h @ w2[e].t() + b2[e]
+            out = out.index_add(0, tok, gates[tok, kk][:, None] * y)
+        out = out.reshape(B, T, D)
+        topk_l = topk[:, 0]
         # auxiliary losses
         me = probs.mean(dim=0)
-        ce = torch.zeros(E)
-        for n in range(N):
-            ce[topk_l[n][0]] += 1.0
-        ce = ce / N
+        ce = F.one_hot(topk_l, E).float().mean(dim=0)
         bal = (me * ce).sum() * E
         lse = torch.logsumexp(logits, dim=1)
         z = (lse * lse).mean()
@@ -192,17 +183,21 @@ class Model:
         spec, p = self.spec, self.p
         cls = spec["ops"][-1]
         eps = spec["label_smoothing"]
-        total = 0.0
         B = feats.shape[0]
-        for b in range(B):
-            if cls["heads"] == "per_dataset":
-                name = spec["datasets"][int(dataset[b])]["name"]
-                w, bias = p["heads.%s.weight" % name], p["heads.%s.bias" % name]
-            else:
-                w, bias = p["head.weight"], p["head.bias"]
-            logit = feats[b] @ w.t() + bias
-            total = total + F.cross_entropy(logit[None], labels[b:b + 1].long(), label_smoothing=eps)
-        ce = total / B
+        if cls["heads"] == "per_dataset":
+            total = 0.0
+            for d, ds in enumerate(spec["datasets"]):
+                sel = (dataset == d).nonzero(as_tuple=True)[0]
+                if sel.numel() == 0:
+                    continue
+                w, bias = p["heads.%s.weight" % ds["name"]], p["heads.%s.bias" % ds["name"]]
+                logits = feats[sel] @ w.t() + bias
+                total = total + F.cross_entropy(logits, labels[sel].long(), label_smoothing=eps,
+                                                reduction="sum")
+            ce = total / B
+        else:
+            logits = feats @ p["head.weight"].t() + p["head.bias"]
+            ce = F.cross_entropy(logits, labels.long(), label_smoothing=eps)
         return ce + sum(self.aux), ce
 
 
@@ -251,8 +246,6 @@ def bench(gen_dir, batch, steps, threads):
     if threads:
         torch.set_num_threads(threads)
     params = {}
-    shapes = json.load(open(gen_dir + "/model.json"))
-    # shapes come from a dump-free source: the trainer's tensor table in model.json
     for op in spec["ops"]:
         for n, shape in zip(op["tensors"], op.get("shapes", [])):
             params[n] = (torch.randn(shape) * 0.02).requires_grad_(True)
@@ -262,9 +255,8 @@ def bench(gen_dir, batch, steps, threads):
     opt = torch.optim.AdamW(list(params.values()), lr=1e-3)
     C, Hh, W = spec["input"]
     x = torch.randn(batch, C, Hh, W)
-    labels = torch.randint(0, 10, (batch,))
-    dataset = torch.zeros(batch, dtype=torch.long)
-    del shapes
+    labels = torch.randint(0, min(d["classes"] for d in spec["datasets"]), (batch,))
+    dataset = torch.arange(batch) % len(spec["datasets"])
     times = []
     for i in range(steps + 2):
         t0 = time.perf_counter()

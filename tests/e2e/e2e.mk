@@ -1,0 +1,41 @@
+## tests/e2e/e2e.mk: end-to-end tests, the example data, the demo, the CPU
+## benchmark and generated/.
+TESTS += tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh
+EXTRA_DIST += tests/e2e/common.sh tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh \
+	tests/tools/torch_ref.py scripts/data.sh scripts/quickstart \
+	bench/cpu.sh bench/cpu_small.moe bench/cpu_large.moe \
+	examples/damex.moe
+
+## `make data`: the example datasets, from packages, under data/.
+data:
+	$(SHELL) $(srcdir)/scripts/data.sh $(abs_top_builddir)/data
+
+## `make demo`: the main job. Compile examples/damex.moe, build it, train it
+## on the three-dataset mixture, print accuracy per dataset and routing.
+DEMO_STEPS = 600
+DEMO_DIR = $(abs_top_builddir)/demo
+demo: moecc libmoert.la data
+	rm -rf $(DEMO_DIR)
+	cd $(srcdir) && $(abs_top_builddir)/moecc examples/damex.moe -o $(DEMO_DIR)
+	$(MAKE) -C $(DEMO_DIR) MOERT=$(abs_top_builddir) MOERT_SRC=$(abs_top_srcdir)
+	cd $(DEMO_DIR) && ./train --data $(abs_top_builddir)/data --steps $(DEMO_STEPS) --eval-every 0
+
+## `make bench-cpu`: moecc's trainer against PyTorch on the CPU configs.
+bench-cpu: moecc libmoert.la
+	top_srcdir=$(abs_top_srcdir) top_builddir=$(abs_top_builddir) MOECC=$(abs_top_builddir)/moecc \
+	PYTHON_TORCH='$(PYTHON_TORCH)' $(SHELL) $(srcdir)/bench/cpu.sh
+
+## `make update-generated`: refresh generated/ from examples/.
+update-generated: moecc
+	cd $(srcdir) && for f in examples/*.moe; do \
+	  name=`basename $$f .moe`; rm -rf generated/$$name.new; \
+	  if $(abs_top_builddir)/moecc $$f -o generated/$$name.new 2>/dev/null; then \
+	    rm -rf generated/$$name && mv generated/$$name.new generated/$$name && echo "generated/$$name"; \
+	  else rm -rf generated/$$name.new; fi; \
+	done
+
+clean-local: clean-demo
+clean-demo:
+	rm -rf $(DEMO_DIR)
+
+.PHONY: data demo bench-cpu update-generated clean-demo

@@ -1,0 +1,32 @@
+#!/bin/sh
+# generated.sh: generated/ holds what moecc emits for every example the
+# backend generates; fail when it differs from what moecc emits now
+# (refresh it with `make update-generated`).
+. "${top_srcdir:-.}/tests/e2e/common.sh"
+
+n=0
+for dir in "$top_srcdir"/generated/*/; do
+    name=$(basename "$dir")
+    n=$((n + 1))
+    if ! (cd "$top_srcdir" && "$MOECC" "examples/$name.moe" -o "$WORK/$name") > "$WORK/$name.log" 2>&1; then
+        cat "$WORK/$name.log"
+        not_ok "generated/$name: moecc failed"
+        continue
+    fi
+    if diff -r "$top_srcdir/generated/$name" "$WORK/$name" > "$WORK/$name.diff"; then
+        ok "generated/$name is what moecc emits now"
+    else
+        head -n 40 "$WORK/$name.diff"
+        not_ok "generated/$name differs from what moecc emits now: run make update-generated"
+    fi
+done
+# every example the backend accepts is checked in
+for f in "$top_srcdir"/examples/*.moe; do
+    name=$(basename "$f" .moe)
+    if (cd "$top_srcdir" && "$MOECC" "examples/$name.moe" -o "$WORK/probe-$name") > /dev/null 2>&1 &&
+        [ ! -d "$top_srcdir/generated/$name" ]; then
+        not_ok "examples/$name.moe is generated but generated/$name is missing: run make update-generated"
+    fi
+done
+[ $n -gt 0 ] && ok "$n generated directories checked"
+finish
