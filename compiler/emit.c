@@ -160,18 +160,6 @@ static const char *act_code(mc_act a)
     }
 }
 
-/* Tutel's capacity: k * floor(cf * ceil(N / E)), at least 1, at most N. */
-static int64_t moe_capacity(const mc_moe *x, int64_t N)
-{
-    if (x->dropless)
-        return N;
-    int64_t per = (N + x->experts - 1) / x->experts;
-    int64_t cap = (int64_t)x->top_k * (int64_t)floor(x->capacity_factor * (double)per);
-    if (cap < 1)
-        cap = 1;
-    return cap > N ? N : cap;
-}
-
 /* "A(V3)" for value v, or "x" for the image */
 static void val_ref(char *buf, size_t n, int v, bool grad)
 {
@@ -388,25 +376,26 @@ static void gen_op(gen *g, int i)
     case OP_MOE: {
         const mc_moe *x = &op->u.moe;
         const int E = x->experts, H = x->hidden, K = x->top_k, j = g->moe_index[i];
-        const int64_t NB = BATCH * T, CAPMAX = moe_capacity(x, NB);
+        const int64_t NB = BATCH * T;
         char nm[12][32];
         static const char *const fl[] = { "LOGITS", "PROBS", "LSE", "TOPP", "GATE", "PRIO", "XE", "HE", "AE", "YE" };
-        const int64_t fsz[] = { NB * E, NB * E, NB, NB * K, NB * K, NB, E * CAPMAX * D, E * CAPMAX * H,
-                                E * CAPMAX * H, E * CAPMAX * D };
+        const int64_t ROWS = NB * K; /* kept choices, packed expert after expert */
+        const int64_t fsz[] = { NB * E, NB * E, NB, NB * K, NB * K, NB, ROWS * D, ROWS * H, ROWS * H, ROWS * D };
         static const char *const fwhat[] = { "router logits", "router probabilities", "log-sum-exp of the logits",
                                              "top-k probabilities", "gates", "routing priority",
-                                             "expert inputs [E, CAP, D]", "expert hidden [E, CAP, H]",
-                                             "expert hidden, activated", "expert outputs [E, CAP, D]" };
+                                             "expert inputs [N*K, D]", "expert hidden [N*K, H]",
+                                             "expert hidden, activated", "expert outputs [N*K, D]" };
         for (int k = 0; k < 10; k++) {
             snprintf(nm[k], sizeof nm[k], "%s%d", fl[k], i);
             alloc_act(g, nm[k], fsz[k], fwhat[k]);
         }
-        static const char *const il[] = { "TOPK", "SLOT", "COUNT", "TOKEN", "ORDER", "TARGET" };
-        const int64_t isz[] = { NB * K, NB * K, E, E * CAPMAX, 2 * NB, NB };
+        static const char *const il[] = { "TOPK", "SLOT", "COUNT", "TOKEN", "ORDER", "TARGET", "OFFSET" };
+        const int64_t isz[] = { NB * K, NB * K, E, NB * K, 2 * NB, NB, E };
         static const char *const iwhat[] = { "chosen experts", "slot of each choice", "tokens per expert",
-                                             "token in each slot", "routing order", "mapped expert" };
-        char in_[6][32];
-        for (int k = 0; k < 6; k++) {
+                                             "token of each expert row", "routing order", "mapped expert",
+                                             "first row of each expert" };
+        char in_[7][32];
+        for (int k = 0; k < 7; k++) {
             snprintf(in_[k], sizeof in_[k], "%s%d", il[k], i);
             alloc_int(g, in_[k], isz[k], iwhat[k]);
         }
@@ -415,11 +404,15 @@ static void gen_op(gen *g, int i)
         const bool ds = x->router == ROUTER_DATASET_AWARE;
         char routing[512];
         snprintf(routing, sizeof routing,
-                 "        moe_routing r = { IA(%s), A(%s), A(%s), IA(%s), IA(%s), IA(%s), IA(%s), A(%s) };\n", in_[0], nm[3],
-                 nm[4], in_[1], in_[2], in_[3], in_[4], nm[5]);
+                 "        moe_routing r = { IA(%s), A(%s), A(%s), IA(%s), IA(%s), IA(%s), IA(%s), IA(%s), A(%s) };\n",
+                 in_[0], nm[3], nm[4], in_[1], in_[2], in_[6], in_[3], in_[4], nm[5]);
         sb_printf(f, "    {\n        const int N = B * %d;\n", T);
-        sb_printf(f, "        const int cap = moe_capacity(N, %d, %d, %.17g, %d);\n", E, K, x->capacity_factor,
-                  x->dropless ? 1 : 0);
+        /* evaluation is dropless: a batch of one dataset would overflow its expert */
+        if (x->dropless)
+            sb_printf(f, "        const int cap = N; /* dropless */\n");
+        else
+            sb_printf(f, "        const int cap = moe_capacity(N, %d, %d, %.17g, !train); /* dropless in evaluation */\n",
+                      E, K, x->capacity_factor);
         sb_printf(f, "%s", routing);
         sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", nm[0], in, (long long)wg, D, E);
         if (x->gate_noise > 0)
@@ -433,7 +426,7 @@ static void gen_op(gen *g, int i)
                       in_[5], j, T);
         }
         sb_printf(f, "        moe_experts_forward(%s, A(%s), A(%s), A(%s), A(%s), %s, &r, P(%lldL), P(%lldL), P(%lldL), "
-                     "P(%lldL),\n                            N, %d, %d, %d, %d, cap, %s);\n",
+                     "P(%lldL),\n                            N, %d, %d, %d, %d, %s);\n",
                   out, nm[6], nm[7], nm[8], nm[9], in, (long long)w1, (long long)b1, (long long)w2, (long long)b2, D,
                   H, E, K, act_code(x->act));
         char target[48];
@@ -443,14 +436,14 @@ static void gen_op(gen *g, int i)
             snprintf(target, sizeof target, "NULL");
         sb_printf(f, "        moe_aux_losses(m->aux[%d], A(%s), A(%s), &r, %s, N, %d, %d);\n", j, nm[1], nm[2],
                   target, E, K);
-        sb_printf(f, "        moe_stats_add(&m->stats[%d], &r, A(%s), dataset, N, %d, %d, %d, cap);\n", j, nm[1], T, E, K);
+        sb_printf(f, "        moe_stats_add(&m->stats[%d], &r, A(%s), dataset, N, %d, %d, %d);\n", j, nm[1], T, E, K);
         sb_printf(f, "        m->cap[%d] = cap;\n    }\n", j);
         /* backward */
-        sb_printf(&b, "    {\n        const int N = B * %d, cap = m->cap[%d];\n", T, j);
+        sb_printf(&b, "    {\n        const int N = B * %d;\n", T);
         sb_printf(&b, "%s", routing);
         sb_printf(&b, "        moe_experts_backward(%s, G(%s), G(%s), G(%s), G(%s), %s, A(%s), A(%s), A(%s), A(%s), &r,\n"
                       "                             P(%lldL), P(%lldL), DP(%lldL), DP(%lldL), DP(%lldL), DP(%lldL),\n"
-                      "                             N, %d, %d, %d, %d, cap, %s, %d);\n",
+                      "                             N, %d, %d, %d, %d, %s, %d);\n",
                   din, nm[4], nm[9], nm[7], nm[6], dout, nm[6], nm[7], nm[8], nm[9], (long long)w1, (long long)w2,
                   (long long)w1, (long long)b1, (long long)w2, (long long)b2, D, H, E, K, act_code(x->act), acc);
         sb_printf(&b, "        moe_router_backward(G(%s), G(%s), G(%s), A(%s), A(%s), &r, %s, N, %d, %d, %d,\n"

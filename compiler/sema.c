@@ -17,6 +17,9 @@
 #include "schema.h"
 
 #define MAX_PARAMS 24
+/* The most ops a model may unroll to: far above any real model (DAMEX has
+ * 55), low enough that a few lines of nested repeats cannot exhaust memory. */
+#define MAX_OPS (1 << 18)
 
 /* ---- values of constant expressions ------------------------------------- */
 
@@ -62,6 +65,7 @@ typedef struct sema {
     mc_loc parallel_loc;
     bool parallel_given;
     mc_loc batch_loc;
+    mc_loc data_loc;        /* parallel(data = ...) */
     const mc_program *prog; /* the whole file, to find constants defined later */
     bool input_faked;       /* "must start with input" was reported */
     bool no_model_said;     /* an unknown statement was taken for a misspelt model */
@@ -957,6 +961,7 @@ static void do_parallel(sema *s, const mc_stmt *st)
     p->data = (int)get_int(s, &b, "data", 1);
     p->expert = (int)get_int(s, &b, "expert", 1);
     s->parallel_loc = where(&b, "expert");
+    s->data_loc = where(&b, "data");
     s->parallel_given = true;
     if (p->expert > p->data) {
         err(s, where(&b, "expert"), "expert-parallel degree %d exceeds the %d GPUs of data = %d",
@@ -1491,11 +1496,15 @@ static void do_layer(sema *s, const mc_stmt *st)
         s->moe_selected_any = false;
         /* blocks number their layers afresh; the model's own count goes on after */
         const int top_norm = s->n_norm, top_attn = s->n_attn, top_mlp = s->n_mlp, top_moe = s->n_moe;
-        for (int i = 0; i < depth; i++) {
+        for (int i = 0; i < depth && s->m->nops <= MAX_OPS; i++) {
             s->block = s->m->blocks++;
             s->block_is_moe = sel[i];
             s->n_norm = s->n_attn = s->n_mlp = s->n_moe = s->n_drop = 0;
             walk(s, st->body);
+            if (s->m->nops > MAX_OPS) {
+                err(s, st->loc, "the model unrolls to more than %d layers", MAX_OPS);
+                s->shape_unknown = true; /* check no more */
+            }
             mc_shape after = *sh;
             (void)after;
         }
@@ -2010,8 +2019,15 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
 
     /* cross-checks */
     mc_parallel *p = &model->parallel;
-    if (p->data > 1 && model->train.batch % p->data != 0)
-        err(s, s->batch_loc, "batch %d does not split evenly over data = %d GPUs", model->train.batch, p->data);
+    if (p->data > 1 && model->train.batch % p->data != 0) {
+        if (s->batch_loc.line > 0) {
+            err(s, s->batch_loc, "batch %d does not split evenly over data = %d GPUs", model->train.batch, p->data);
+        } else { /* no train { }: the default batch */
+            err(s, s->data_loc, "the default batch of %d does not split evenly over data = %d GPUs",
+                model->train.batch, p->data);
+            mc_hint(s->d, "set train { batch = ... } to a multiple of %d", p->data);
+        }
+    }
     bool too_many = false;
     for (int i = 0; i < model->nops; i++) {
         mc_op *op = &model->ops[i];
