@@ -14,6 +14,7 @@ struct mc_lexstate {
     /* for the parser's messages (kept by yylex, see lexer.l) */
     int ntok;              /* tokens returned so far */
     int err_tok;           /* the last token with a lexer error on the way, or 0 */
+    int unmatched_tok;     /* the last closing bracket that closed nothing, or 0 */
     mc_loc prev, last;     /* the last two tokens returned */
     mc_loc open[MC_MAX_DEPTH]; /* where each open bracket is */
     char open_ch[MC_MAX_DEPTH];

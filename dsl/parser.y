@@ -50,6 +50,7 @@ struct mc_parse_ctx {
     mc_diag *diag;
     mc_program *prog;
     bool depth_reported;
+    int syntax_errors;     /* reported so far */
 };
 
 static void yyerror(YYLTYPE *loc, void *scanner, struct mc_parse_ctx *ctx, const char *msg);
@@ -392,6 +393,10 @@ static int yyreport_syntax_error(const yypcontext_t *pctx, void *scanner, struct
         return 0; /* the lexer already said why it stopped */
     if (ls->err_tok > 0 && ls->ntok - ls->err_tok <= 1)
         return 0; /* at or just after a malformed token the lexer reported: its echo */
+    bool unmatched = ls->unmatched_tok == ls->ntok; /* a closing bracket that closes nothing */
+    if (unmatched && ctx->syntax_errors > 0)
+        return 0; /* left over by an earlier error */
+    ctx->syntax_errors++;
     enum { MAX_EXP = 12 };
     yysymbol_kind_t exp[MAX_EXP];
     yysymbol_kind_t all[MAX_EXP];
@@ -430,7 +435,9 @@ static int yyreport_syntax_error(const yypcontext_t *pctx, void *scanner, struct
         snprintf(closer, sizeof closer, "'%c'", open == '(' ? ')' : open == '[' ? ']' : '}');
     }
     bool new_line = loc->line > ls->prev.end_line; /* the token starts a later line */
-    if (closer[0] && (got == YYSYMBOL_YYEOF || (new_line && expects_sym(exp, n, closer))))
+    if (unmatched)
+        mc_hint(ctx->diag, "no bracket is open here: one %s too many?", token_text(got));
+    else if (closer[0] && (got == YYSYMBOL_YYEOF || (new_line && expects_sym(exp, n, closer))))
         mc_hint(ctx->diag, "the '%c' at line %d is never closed", ls->open_ch[ls->depth - 1],
                 ls->open[ls->depth - 1].line);
     else if ((got == YYSYMBOL_T_IDENT || got == YYSYMBOL_T_INT || got == YYSYMBOL_T_STRING) &&
@@ -456,7 +463,7 @@ int mc_parse(const mc_source *src, mc_diag *d, mc_program *out)
         fputs("moecc: cannot create the scanner\n", stderr);
         exit(2);
     }
-    struct mc_parse_ctx ctx = { .ls = &ls, .diag = d, .prog = out, .depth_reported = false };
+    struct mc_parse_ctx ctx = { .ls = &ls, .diag = d, .prog = out, .depth_reported = false, .syntax_errors = 0 };
     int errors_before = d->errors;
     int rc = yyparse(scanner, &ctx);
     mc_lex_end(scanner);

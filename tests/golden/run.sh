@@ -1,0 +1,201 @@
+#!/bin/sh
+# run.sh: golden tests of moecc's diagnostics and command line.
+#
+#   MOECC=/path/to/moecc tests/golden/run.sh [--update] [NAME...]
+#
+# Each tests/golden/NAME.moe is one bad (or warning) program. The runner
+# runs `moecc --check NAME.moe` from tests/golden, so that the paths in the
+# messages read "NAME.moe:7:5: error: ...", and compares
+#   - stderr with NAME.err, byte for byte (a diff is printed when they differ),
+#   - the exit status with the expected one (1 unless the case says otherwise),
+#   - stdout with nothing.
+# A case sets its expectations in comment lines near its top:
+#   # exit: 0              the expected exit status (default 1)
+#   # args: --werror       extra options before the file name
+# --update rewrites NAME.err from what moecc prints now (read every change
+# before committing it). NAMEs limit the run to those cases.
+#
+# Then it checks that every examples/*.moe passes --check silently, the
+# parameter count of `--summary examples/damex.moe`, and the command line:
+# --help, --version, a missing input, a missing file, a directory, an
+# unknown option. It ends with "N passed, N failed"; the exit status is 0
+# when nothing failed, 1 otherwise, 99 when it cannot run at all.
+#
+# Environment: MOECC (default: moecc at the top of the build tree, found
+# from this script's place), top_srcdir (default: two folders up).
+
+here=$(cd "$(dirname "$0")" && pwd)
+top_srcdir=${top_srcdir:-$here/../..}
+top_srcdir=$(cd "$top_srcdir" && pwd)
+MOECC=${MOECC:-$top_srcdir/moecc}
+case $MOECC in
+*/*) MOECC=$(cd "$(dirname "$MOECC")" && pwd)/$(basename "$MOECC") ;;
+esac
+if ! test -x "$MOECC" && ! command -v "$MOECC" >/dev/null 2>&1; then
+    echo "run.sh: no moecc to test at '$MOECC' (set MOECC)" >&2
+    exit 99
+fi
+
+update=no
+if test "x$1" = x--update; then
+    update=yes
+    shift
+fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/moecc-golden.XXXXXX") || exit 99
+trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM
+
+passed=0
+failed=0
+
+pass() {
+    passed=$((passed + 1))
+    echo "ok   $1"
+}
+
+fail() {
+    failed=$((failed + 1))
+    echo "FAIL $1: $2"
+}
+
+# ---- diagnostics of bad programs ---------------------------------------------
+
+if test $# -gt 0; then
+    cases=$*
+else
+    cases=$(cd "$here" && ls *.moe | sed 's/\.moe$//')
+fi
+
+for name in $cases; do
+    src=$here/$name.moe
+    if ! test -f "$src"; then
+        fail "$name" "no such case $src"
+        continue
+    fi
+    want_rc=$(sed -n 's/^# exit: //p' "$src" | head -n 1)
+    want_rc=${want_rc:-1}
+    args=$(sed -n 's/^# args: //p' "$src" | head -n 1)
+    # shellcheck disable=SC2086 # args is a list of words
+    (cd "$here" && exec "$MOECC" --check $args "$name.moe") >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    if test "$update" = yes; then
+        if ! cmp -s "$tmp/err" "$here/$name.err"; then
+            cp "$tmp/err" "$here/$name.err"
+            echo "updated $name.err"
+        fi
+    fi
+    if ! test -f "$here/$name.err"; then
+        fail "$name" "no $name.err (run.sh --update $name writes it)"
+        continue
+    fi
+    ok=yes
+    if test "$rc" != "$want_rc"; then
+        fail "$name" "exit status $rc, expected $want_rc"
+        ok=no
+    fi
+    if ! cmp -s "$tmp/err" "$here/$name.err"; then
+        fail "$name" "stderr differs from $name.err (- expected, + actual):"
+        diff -u "$here/$name.err" "$tmp/err" | sed '1,2d'
+        ok=no
+    fi
+    if test -s "$tmp/out"; then
+        fail "$name" "--check wrote to stdout:"
+        head -n 5 "$tmp/out"
+        ok=no
+    fi
+    test $ok = yes && pass "$name"
+done
+
+# With case names given, only those run.
+if test $# -gt 0; then
+    echo "$passed passed, $failed failed"
+    test $failed -eq 0
+    exit
+fi
+
+# ---- every case is in tests/tests.mk (so that `make dist' ships it) ------------
+
+if test -f "$top_srcdir/tests/tests.mk"; then
+    missing=
+    for f in $(cd "$here" && ls *.moe *.err); do
+        grep -q "tests/golden/$f\( \|\$\)" "$top_srcdir/tests/tests.mk" || missing="$missing $f"
+    done
+    if test -n "$missing"; then
+        fail "tests.mk" "GOLDEN_CASES in tests/tests.mk leaves out:$missing"
+    else
+        pass "tests.mk lists every case"
+    fi
+fi
+
+# ---- good programs -----------------------------------------------------------
+
+for f in "$top_srcdir"/examples/*.moe; do
+    test -f "$f" || continue
+    name=examples/$(basename "$f")
+    "$MOECC" --check "$f" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    if test $rc -ne 0 || test -s "$tmp/err"; then
+        fail "$name" "moecc --check: exit status $rc, expected 0 and no messages:"
+        head -n 20 "$tmp/err"
+    else
+        pass "$name"
+    fi
+done
+
+# The parameter count of the DAMEX example, worked out by hand: patch
+# embedding 2,176 + class token 128 + positions 6,400 + 6 blocks x 66,560
+# (two norms, attention) + 3 dense MLPs x 65,920 + 3 MoE layers x 198,144
+# + final norm 256 + 3 heads x 1,290 = 1,204,382; the experts hold
+# 3 x 197,760 of it.
+want='parameters: 1,204,382 (experts 593,280)'
+"$MOECC" --summary "$top_srcdir/examples/damex.moe" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+if test $rc -eq 0 && grep -qxF "$want" "$tmp/out" && ! test -s "$tmp/err"; then
+    pass "summary of damex.moe"
+else
+    fail "summary of damex.moe" "exit status $rc; expected the line '$want' in:"
+    grep '^parameters' "$tmp/out"
+    head -n 5 "$tmp/err"
+fi
+
+# ---- the command line ----------------------------------------------------------
+
+# cli NAME WANT_RC PATTERN STREAM ARGS...: run moecc with ARGS; expect exit
+# status WANT_RC and a line matching PATTERN (grep -E) on STREAM (out, err).
+cli() {
+    name=$1 want_rc=$2 pattern=$3 stream=$4
+    shift 4
+    (cd "$tmp" && exec "$MOECC" "$@") >"$tmp/out" 2>"$tmp/err" </dev/null
+    rc=$?
+    if test $rc -ne "$want_rc"; then
+        fail "cli: $name" "exit status $rc, expected $want_rc"
+        head -n 5 "$tmp/err"
+    elif ! grep -qE -- "$pattern" "$tmp/$stream"; then
+        fail "cli: $name" "no line matching '$pattern' on std$stream:"
+        head -n 5 "$tmp/$stream"
+    else
+        pass "cli: $name"
+    fi
+}
+
+mkdir "$tmp/adir"
+cp "$top_srcdir/examples/damex.moe" "$tmp/good.moe"
+cli "--help" 0 '^Usage: moecc ' out --help
+cli "-h" 0 '^  -c, --check ' out -h
+cli "--version" 0 '^moecc [0-9]+\.[0-9]+' out --version
+cli "--list" 0 '^  moe - ' out --list
+cli "no input file" 2 '^moecc: no input file$' err --check
+cli "missing file" 2 "^moecc: no-such-file\\.moe: No such file or directory\$" err --check no-such-file.moe
+cli "a directory" 2 '^moecc: adir: is a directory$' err --check adir
+cli "unknown option" 2 "^moecc: unknown option '--frobnicate'\$" err --frobnicate --check good.moe
+cli "unknown short option" 2 "^moecc: unknown option '-q'\$" err -q --check good.moe
+cli "option without its value" 2 "^moecc: option '--max-errors' needs a value\$" err --check good.moe --max-errors
+cli "bad --max-errors" 2 "^moecc: --max-errors needs a number" err --max-errors=lots --check good.moe
+cli "two input files" 2 "^moecc: one input file at a time" err --check good.moe good.moe
+cli "nothing to do" 2 '^moecc: nothing to do' err good.moe
+cli "--dump-tokens" 0 '^1[0-9]:[0-9]+	identifier	dataset$' out --dump-tokens good.moe
+cli "--dump-ast" 0 '^node model damex    @[0-9]+:1$' out --dump-ast good.moe
+
+echo "$passed passed, $failed failed"
+test $failed -eq 0
