@@ -342,9 +342,31 @@ static const char *suggest_param(sema *s, const mc_kind_spec *kind, const char *
 }
 
 /* Bind one named value; false when it was refused (reported). */
+/* The optimizer or schedule that has a parameter called name (lr of
+ * adamw...), for a train setting written at the wrong level. */
+static const char *owner_call(const char *name, const char **setting)
+{
+    static const struct { unsigned ctx; const char *setting; } owners[] = {
+        { CTX_OPTIMIZER, "optimizer" }, { CTX_SCHEDULE, "schedule" } };
+    for (size_t i = 0; i < sizeof owners / sizeof owners[0]; i++)
+        for (const mc_kind_spec *k = mc_kinds; k->name; k++)
+            if ((k->ctx & owners[i].ctx) && mc_param_find(k, name, NULL)) {
+                *setting = owners[i].setting;
+                return k->name;
+            }
+    return NULL;
+}
+
 static bool bind_one(sema *s, bind *b, const char *name, mc_loc name_loc, const mc_expr *value)
 {
     int idx;
+    const char *setting = NULL;
+    const char *owner = strcmp(b->kind->name, "train") == 0 ? owner_call(name, &setting) : NULL;
+    if (!mc_param_find(b->kind, name, &idx) && owner) {
+        err(s, name_loc, "%s has no parameter '%s'", b->kind->name, name);
+        mc_hint(s->d, "'%s' belongs to the %s: %s = %s(%s = ...)", name, setting, setting, owner, name);
+        return false;
+    }
     if (!mc_param_find(b->kind, name, &idx)) {
         err(s, name_loc, "%s has no parameter '%s'", b->kind->name, name);
         const char *best = suggest_param(s, b->kind, name);
