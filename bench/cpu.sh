@@ -17,7 +17,8 @@ out=$top_builddir/bench-cpu.txt
 } | tee -a "$out"
 for cfg in cpu_small cpu_large; do
     (cd "$top_srcdir" && "$MOECC" "bench/$cfg.moe" -o "$work/$cfg") || exit 1
-    make -s -C "$work/$cfg" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" > /dev/null || exit 1
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$work/$cfg" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
+        > /dev/null || exit 1
     ours=$(cd "$work/$cfg" && ./train --bench --steps $((STEPS + 2)) --threads "$THREADS" | grep '^moecc')
     echo "$ours" | tee -a "$out"
     if [ -n "$PYTHON_TORCH" ] && [ "$PYTHON_TORCH" != no ]; then

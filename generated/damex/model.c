@@ -16,235 +16,166 @@
 
 /* ---- the activation arena, laid out for BATCH (offsets in elements) ---- */
 #define V1                          0L /* patch_embed patch_embed */
-#define COLS1                  802816L /* patches (im2col) */
-#define V2                     903168L /* cls_token */
-#define V3                    1722368L /* pos_embed */
-#define V5                    2541568L /* layernorm blocks.0.norm1 */
-#define MEAN5                 3360768L /* layer norm means */
-#define RSTD5                 3367168L /* layer norm 1/std */
-#define V6                    3373568L /* attention blocks.0.attn */
-#define QKV6                  4192768L /* queries, keys, values */
-#define ATT6                  6650368L /* attention weights */
-#define Y6                    7930368L /* heads' outputs */
-#define V7                    8749568L /* residual_end */
-#define V9                    9568768L /* layernorm blocks.0.norm2 */
-#define MEAN9                10387968L /* layer norm means */
-#define RSTD9                10394368L /* layer norm 1/std */
-#define V10                  10400768L /* mlp blocks.0.mlp */
-#define H10                  11219968L /* hidden, before the activation */
-#define ACTV10               12858368L /* hidden, after the activation */
-#define V11                  14496768L /* residual_end */
-#define V13                  15315968L /* layernorm blocks.1.norm1 */
-#define MEAN13               16135168L /* layer norm means */
-#define RSTD13               16141568L /* layer norm 1/std */
-#define V14                  16147968L /* attention blocks.1.attn */
-#define QKV14                16967168L /* queries, keys, values */
-#define ATT14                19424768L /* attention weights */
-#define Y14                  20704768L /* heads' outputs */
-#define V15                  21523968L /* residual_end */
-#define V17                  22343168L /* layernorm blocks.1.norm2 */
-#define MEAN17               23162368L /* layer norm means */
-#define RSTD17               23168768L /* layer norm 1/std */
-#define V18                  23175168L /* moe blocks.1.moe */
-#define LOGITS18             23994368L /* router logits */
-#define PROBS18              24013568L /* router probabilities */
-#define LSE18                24032768L /* log-sum-exp of the logits */
-#define TOPP18               24039168L /* top-k probabilities */
-#define GATE18               24045568L /* gates */
-#define PRIO18               24051968L /* routing priority */
-#define XE18                 24058368L /* expert inputs [E, CAP, D] */
-#define HE18                 25082496L /* expert hidden [E, CAP, H] */
-#define AE18                 27130752L /* expert hidden, activated */
-#define YE18                 29179008L /* expert outputs [E, CAP, D] */
-#define TOPK18                      0L /* int32 chosen experts */
-#define SLOT18                   6400L /* int32 slot of each choice */
-#define COUNT18                 12800L /* int32 tokens per expert */
-#define TOKEN18                 12816L /* int32 token in each slot */
-#define ORDER18                 20832L /* int32 routing order */
-#define TARGET18                33632L /* int32 mapped expert */
-#define V19                  30203136L /* residual_end */
-#define V21                  31022336L /* layernorm blocks.2.norm1 */
-#define MEAN21               31841536L /* layer norm means */
-#define RSTD21               31847936L /* layer norm 1/std */
-#define V22                  31854336L /* attention blocks.2.attn */
-#define QKV22                32673536L /* queries, keys, values */
-#define ATT22                35131136L /* attention weights */
-#define Y22                  36411136L /* heads' outputs */
-#define V23                  37230336L /* residual_end */
-#define V25                  38049536L /* layernorm blocks.2.norm2 */
-#define MEAN25               38868736L /* layer norm means */
-#define RSTD25               38875136L /* layer norm 1/std */
-#define V26                  38881536L /* mlp blocks.2.mlp */
-#define H26                  39700736L /* hidden, before the activation */
-#define ACTV26               41339136L /* hidden, after the activation */
-#define V27                  42977536L /* residual_end */
-#define V29                  43796736L /* layernorm blocks.3.norm1 */
-#define MEAN29               44615936L /* layer norm means */
-#define RSTD29               44622336L /* layer norm 1/std */
-#define V30                  44628736L /* attention blocks.3.attn */
-#define QKV30                45447936L /* queries, keys, values */
-#define ATT30                47905536L /* attention weights */
-#define Y30                  49185536L /* heads' outputs */
-#define V31                  50004736L /* residual_end */
-#define V33                  50823936L /* layernorm blocks.3.norm2 */
-#define MEAN33               51643136L /* layer norm means */
-#define RSTD33               51649536L /* layer norm 1/std */
-#define V34                  51655936L /* moe blocks.3.moe */
-#define LOGITS34             52475136L /* router logits */
-#define PROBS34              52494336L /* router probabilities */
-#define LSE34                52513536L /* log-sum-exp of the logits */
-#define TOPP34               52519936L /* top-k probabilities */
-#define GATE34               52526336L /* gates */
-#define PRIO34               52532736L /* routing priority */
-#define XE34                 52539136L /* expert inputs [E, CAP, D] */
-#define HE34                 53563264L /* expert hidden [E, CAP, H] */
-#define AE34                 55611520L /* expert hidden, activated */
-#define YE34                 57659776L /* expert outputs [E, CAP, D] */
-#define TOPK34                  40032L /* int32 chosen experts */
-#define SLOT34                  46432L /* int32 slot of each choice */
-#define COUNT34                 52832L /* int32 tokens per expert */
-#define TOKEN34                 52848L /* int32 token in each slot */
-#define ORDER34                 60864L /* int32 routing order */
-#define TARGET34                73664L /* int32 mapped expert */
-#define V35                  58683904L /* residual_end */
-#define V37                  59503104L /* layernorm blocks.4.norm1 */
-#define MEAN37               60322304L /* layer norm means */
-#define RSTD37               60328704L /* layer norm 1/std */
-#define V38                  60335104L /* attention blocks.4.attn */
-#define QKV38                61154304L /* queries, keys, values */
-#define ATT38                63611904L /* attention weights */
-#define Y38                  64891904L /* heads' outputs */
-#define V39                  65711104L /* residual_end */
-#define V41                  66530304L /* layernorm blocks.4.norm2 */
-#define MEAN41               67349504L /* layer norm means */
-#define RSTD41               67355904L /* layer norm 1/std */
-#define V42                  67362304L /* mlp blocks.4.mlp */
-#define H42                  68181504L /* hidden, before the activation */
-#define ACTV42               69819904L /* hidden, after the activation */
-#define V43                  71458304L /* residual_end */
-#define V45                  72277504L /* layernorm blocks.5.norm1 */
-#define MEAN45               73096704L /* layer norm means */
-#define RSTD45               73103104L /* layer norm 1/std */
-#define V46                  73109504L /* attention blocks.5.attn */
-#define QKV46                73928704L /* queries, keys, values */
-#define ATT46                76386304L /* attention weights */
-#define Y46                  77666304L /* heads' outputs */
-#define V47                  78485504L /* residual_end */
-#define V49                  79304704L /* layernorm blocks.5.norm2 */
-#define MEAN49               80123904L /* layer norm means */
-#define RSTD49               80130304L /* layer norm 1/std */
-#define V50                  80136704L /* moe blocks.5.moe */
-#define LOGITS50             80955904L /* router logits */
-#define PROBS50              80975104L /* router probabilities */
-#define LSE50                80994304L /* log-sum-exp of the logits */
-#define TOPP50               81000704L /* top-k probabilities */
-#define GATE50               81007104L /* gates */
-#define PRIO50               81013504L /* routing priority */
-#define XE50                 81019904L /* expert inputs [E, CAP, D] */
-#define HE50                 82044032L /* expert hidden [E, CAP, H] */
-#define AE50                 84092288L /* expert hidden, activated */
-#define YE50                 86140544L /* expert outputs [E, CAP, D] */
-#define TOPK50                  80064L /* int32 chosen experts */
-#define SLOT50                  86464L /* int32 slot of each choice */
-#define COUNT50                 92864L /* int32 tokens per expert */
-#define TOKEN50                 92880L /* int32 token in each slot */
-#define ORDER50                100896L /* int32 routing order */
-#define TARGET50               113696L /* int32 mapped expert */
-#define V51                  87164672L /* residual_end */
-#define V52                  87983872L /* layernorm norm */
-#define MEAN52               88803072L /* layer norm means */
-#define RSTD52               88809472L /* layer norm 1/std */
-#define V53                  88815872L /* pool */
-#define V54                  88832256L /* logits */
+#define COLS1                  262144L /* patches (im2col) */
+#define V2                     362496L /* pos_embed */
+#define V4                     624640L /* layernorm blocks.0.norm1 */
+#define MEAN4                  886784L /* layer norm means */
+#define RSTD4                  888832L /* layer norm 1/std */
+#define V5                     890880L /* attention blocks.0.attn */
+#define QKV5                  1153024L /* queries, keys, values */
+#define ATT5                  1939456L /* attention weights */
+#define Y5                    2070528L /* heads' outputs */
+#define V6                    2332672L /* residual_end */
+#define V8                    2594816L /* layernorm blocks.0.norm2 */
+#define MEAN8                 2856960L /* layer norm means */
+#define RSTD8                 2859008L /* layer norm 1/std */
+#define V9                    2861056L /* mlp blocks.0.mlp */
+#define H9                    3123200L /* hidden, before the activation */
+#define ACTV9                 3647488L /* hidden, after the activation */
+#define V10                   4171776L /* residual_end */
+#define V12                   4433920L /* layernorm blocks.1.norm1 */
+#define MEAN12                4696064L /* layer norm means */
+#define RSTD12                4698112L /* layer norm 1/std */
+#define V13                   4700160L /* attention blocks.1.attn */
+#define QKV13                 4962304L /* queries, keys, values */
+#define ATT13                 5748736L /* attention weights */
+#define Y13                   5879808L /* heads' outputs */
+#define V14                   6141952L /* residual_end */
+#define V16                   6404096L /* layernorm blocks.1.norm2 */
+#define MEAN16                6666240L /* layer norm means */
+#define RSTD16                6668288L /* layer norm 1/std */
+#define V17                   6670336L /* moe blocks.1.moe */
+#define LOGITS17              6932480L /* router logits */
+#define PROBS17               6938624L /* router probabilities */
+#define LSE17                 6944768L /* log-sum-exp of the logits */
+#define TOPP17                6946816L /* top-k probabilities */
+#define GATE17                6948864L /* gates */
+#define PRIO17                6950912L /* routing priority */
+#define XE17                  6952960L /* expert inputs [N*K, D] */
+#define HE17                  7215104L /* expert hidden [N*K, H] */
+#define AE17                  7739392L /* expert hidden, activated */
+#define YE17                  8263680L /* expert outputs [N*K, D] */
+#define TOPK17                      0L /* int32 chosen experts */
+#define SLOT17                   2048L /* int32 slot of each choice */
+#define COUNT17                  4096L /* int32 tokens per expert */
+#define TOKEN17                  4112L /* int32 token of each expert row */
+#define ORDER17                  6160L /* int32 routing order */
+#define TARGET17                10256L /* int32 mapped expert */
+#define OFFSET17                12304L /* int32 first row of each expert */
+#define V18                   8525824L /* residual_end */
+#define V20                   8787968L /* layernorm blocks.2.norm1 */
+#define MEAN20                9050112L /* layer norm means */
+#define RSTD20                9052160L /* layer norm 1/std */
+#define V21                   9054208L /* attention blocks.2.attn */
+#define QKV21                 9316352L /* queries, keys, values */
+#define ATT21                10102784L /* attention weights */
+#define Y21                  10233856L /* heads' outputs */
+#define V22                  10496000L /* residual_end */
+#define V24                  10758144L /* layernorm blocks.2.norm2 */
+#define MEAN24               11020288L /* layer norm means */
+#define RSTD24               11022336L /* layer norm 1/std */
+#define V25                  11024384L /* mlp blocks.2.mlp */
+#define H25                  11286528L /* hidden, before the activation */
+#define ACTV25               11810816L /* hidden, after the activation */
+#define V26                  12335104L /* residual_end */
+#define V28                  12597248L /* layernorm blocks.3.norm1 */
+#define MEAN28               12859392L /* layer norm means */
+#define RSTD28               12861440L /* layer norm 1/std */
+#define V29                  12863488L /* attention blocks.3.attn */
+#define QKV29                13125632L /* queries, keys, values */
+#define ATT29                13912064L /* attention weights */
+#define Y29                  14043136L /* heads' outputs */
+#define V30                  14305280L /* residual_end */
+#define V32                  14567424L /* layernorm blocks.3.norm2 */
+#define MEAN32               14829568L /* layer norm means */
+#define RSTD32               14831616L /* layer norm 1/std */
+#define V33                  14833664L /* moe blocks.3.moe */
+#define LOGITS33             15095808L /* router logits */
+#define PROBS33              15101952L /* router probabilities */
+#define LSE33                15108096L /* log-sum-exp of the logits */
+#define TOPP33               15110144L /* top-k probabilities */
+#define GATE33               15112192L /* gates */
+#define PRIO33               15114240L /* routing priority */
+#define XE33                 15116288L /* expert inputs [N*K, D] */
+#define HE33                 15378432L /* expert hidden [N*K, H] */
+#define AE33                 15902720L /* expert hidden, activated */
+#define YE33                 16427008L /* expert outputs [N*K, D] */
+#define TOPK33                  12320L /* int32 chosen experts */
+#define SLOT33                  14368L /* int32 slot of each choice */
+#define COUNT33                 16416L /* int32 tokens per expert */
+#define TOKEN33                 16432L /* int32 token of each expert row */
+#define ORDER33                 18480L /* int32 routing order */
+#define TARGET33                22576L /* int32 mapped expert */
+#define OFFSET33                24624L /* int32 first row of each expert */
+#define V34                  16689152L /* residual_end */
+#define V35                  16951296L /* layernorm norm */
+#define MEAN35               17213440L /* layer norm means */
+#define RSTD35               17215488L /* layer norm 1/std */
+#define V36                  17217536L /* pool */
+#define V37                  17233920L /* logits */
 
 const tensor_info TENSORS[N_TENSORS] = {
-    { "patch_embed.proj.weight", 0L, 2048L, 4, { 128, 1, 4, 4 }, 2, 0.02f, 1, 0 },
-    { "patch_embed.proj.bias", 2048L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "cls_token", 2176L, 128L, 3, { 1, 1, 128 }, 2, 0.02f, 0, 0 },
-    { "pos_embed", 2304L, 6400L, 3, { 1, 50, 128 }, 2, 0.02f, 0, 0 },
-    { "blocks.0.norm1.weight", 8704L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.0.norm1.bias", 8832L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.0.attn.qkv.weight", 8960L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.0.attn.qkv.bias", 58112L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
-    { "blocks.0.attn.proj.weight", 58496L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.0.attn.proj.bias", 74880L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.0.norm2.weight", 75008L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.0.norm2.bias", 75136L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.0.mlp.fc1.weight", 75264L, 32768L, 2, { 256, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.0.mlp.fc1.bias", 108032L, 256L, 1, { 256 }, 0, 0.0f, 0, 0 },
-    { "blocks.0.mlp.fc2.weight", 108288L, 32768L, 2, { 128, 256 }, 2, 0.02f, 1, 0 },
-    { "blocks.0.mlp.fc2.bias", 141056L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.1.norm1.weight", 141184L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.1.norm1.bias", 141312L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.1.attn.qkv.weight", 141440L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.1.attn.qkv.bias", 190592L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
-    { "blocks.1.attn.proj.weight", 190976L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.1.attn.proj.bias", 207360L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.1.norm2.weight", 207488L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.1.norm2.bias", 207616L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.1.moe.gate.weight", 207744L, 384L, 2, { 3, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.1.moe.experts.fc1.weight", 208128L, 98304L, 3, { 3, 256, 128 }, 2, 0.02f, 1, 1 },
-    { "blocks.1.moe.experts.fc1.bias", 306432L, 768L, 2, { 3, 256 }, 0, 0.0f, 0, 1 },
-    { "blocks.1.moe.experts.fc2.weight", 307200L, 98304L, 3, { 3, 128, 256 }, 2, 0.02f, 1, 1 },
-    { "blocks.1.moe.experts.fc2.bias", 405504L, 384L, 2, { 3, 128 }, 0, 0.0f, 0, 1 },
-    { "blocks.2.norm1.weight", 405888L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.2.norm1.bias", 406016L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.2.attn.qkv.weight", 406144L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.2.attn.qkv.bias", 455296L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
-    { "blocks.2.attn.proj.weight", 455680L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.2.attn.proj.bias", 472064L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.2.norm2.weight", 472192L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.2.norm2.bias", 472320L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.2.mlp.fc1.weight", 472448L, 32768L, 2, { 256, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.2.mlp.fc1.bias", 505216L, 256L, 1, { 256 }, 0, 0.0f, 0, 0 },
-    { "blocks.2.mlp.fc2.weight", 505472L, 32768L, 2, { 128, 256 }, 2, 0.02f, 1, 0 },
-    { "blocks.2.mlp.fc2.bias", 538240L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.3.norm1.weight", 538368L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.3.norm1.bias", 538496L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.3.attn.qkv.weight", 538624L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.3.attn.qkv.bias", 587776L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
-    { "blocks.3.attn.proj.weight", 588160L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.3.attn.proj.bias", 604544L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.3.norm2.weight", 604672L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.3.norm2.bias", 604800L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.3.moe.gate.weight", 604928L, 384L, 2, { 3, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.3.moe.experts.fc1.weight", 605312L, 98304L, 3, { 3, 256, 128 }, 2, 0.02f, 1, 1 },
-    { "blocks.3.moe.experts.fc1.bias", 703616L, 768L, 2, { 3, 256 }, 0, 0.0f, 0, 1 },
-    { "blocks.3.moe.experts.fc2.weight", 704384L, 98304L, 3, { 3, 128, 256 }, 2, 0.02f, 1, 1 },
-    { "blocks.3.moe.experts.fc2.bias", 802688L, 384L, 2, { 3, 128 }, 0, 0.0f, 0, 1 },
-    { "blocks.4.norm1.weight", 803072L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.4.norm1.bias", 803200L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.4.attn.qkv.weight", 803328L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.4.attn.qkv.bias", 852480L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
-    { "blocks.4.attn.proj.weight", 852864L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.4.attn.proj.bias", 869248L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.4.norm2.weight", 869376L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.4.norm2.bias", 869504L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.4.mlp.fc1.weight", 869632L, 32768L, 2, { 256, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.4.mlp.fc1.bias", 902400L, 256L, 1, { 256 }, 0, 0.0f, 0, 0 },
-    { "blocks.4.mlp.fc2.weight", 902656L, 32768L, 2, { 128, 256 }, 2, 0.02f, 1, 0 },
-    { "blocks.4.mlp.fc2.bias", 935424L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.5.norm1.weight", 935552L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.5.norm1.bias", 935680L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.5.attn.qkv.weight", 935808L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.5.attn.qkv.bias", 984960L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
-    { "blocks.5.attn.proj.weight", 985344L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.5.attn.proj.bias", 1001728L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.5.norm2.weight", 1001856L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "blocks.5.norm2.bias", 1001984L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "blocks.5.moe.gate.weight", 1002112L, 384L, 2, { 3, 128 }, 2, 0.02f, 1, 0 },
-    { "blocks.5.moe.experts.fc1.weight", 1002496L, 98304L, 3, { 3, 256, 128 }, 2, 0.02f, 1, 1 },
-    { "blocks.5.moe.experts.fc1.bias", 1100800L, 768L, 2, { 3, 256 }, 0, 0.0f, 0, 1 },
-    { "blocks.5.moe.experts.fc2.weight", 1101568L, 98304L, 3, { 3, 128, 256 }, 2, 0.02f, 1, 1 },
-    { "blocks.5.moe.experts.fc2.bias", 1199872L, 384L, 2, { 3, 128 }, 0, 0.0f, 0, 1 },
-    { "norm.weight", 1200256L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
-    { "norm.bias", 1200384L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
-    { "heads.fmnist.weight", 1200512L, 1280L, 2, { 10, 128 }, 2, 0.02f, 1, 0 },
-    { "heads.fmnist.bias", 1201792L, 10L, 1, { 10 }, 0, 0.0f, 0, 0 },
-    { "heads.mnist.weight", 1201802L, 1280L, 2, { 10, 128 }, 2, 0.02f, 1, 0 },
-    { "heads.mnist.bias", 1203082L, 10L, 1, { 10 }, 0, 0.0f, 0, 0 },
-    { "heads.digits.weight", 1203092L, 1280L, 2, { 10, 128 }, 2, 0.02f, 1, 0 },
-    { "heads.digits.bias", 1204372L, 10L, 1, { 10 }, 0, 0.0f, 0, 0 },
+    { "patch_embed.proj.weight", 0L, 6272L, 4, { 128, 1, 7, 7 }, 2, 0.02f, 1, 0 },
+    { "patch_embed.proj.bias", 6272L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "pos_embed", 6400L, 2048L, 3, { 1, 16, 128 }, 2, 0.02f, 0, 0 },
+    { "blocks.0.norm1.weight", 8448L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
+    { "blocks.0.norm1.bias", 8576L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.0.attn.qkv.weight", 8704L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.0.attn.qkv.bias", 57856L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
+    { "blocks.0.attn.proj.weight", 58240L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.0.attn.proj.bias", 74624L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.0.norm2.weight", 74752L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
+    { "blocks.0.norm2.bias", 74880L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.0.mlp.fc1.weight", 75008L, 32768L, 2, { 256, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.0.mlp.fc1.bias", 107776L, 256L, 1, { 256 }, 0, 0.0f, 0, 0 },
+    { "blocks.0.mlp.fc2.weight", 108032L, 32768L, 2, { 128, 256 }, 2, 0.02f, 1, 0 },
+    { "blocks.0.mlp.fc2.bias", 140800L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.1.norm1.weight", 140928L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
+    { "blocks.1.norm1.bias", 141056L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.1.attn.qkv.weight", 141184L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.1.attn.qkv.bias", 190336L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
+    { "blocks.1.attn.proj.weight", 190720L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.1.attn.proj.bias", 207104L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.1.norm2.weight", 207232L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
+    { "blocks.1.norm2.bias", 207360L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.1.moe.gate.weight", 207488L, 384L, 2, { 3, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.1.moe.experts.fc1.weight", 207872L, 98304L, 3, { 3, 256, 128 }, 2, 0.02f, 1, 1 },
+    { "blocks.1.moe.experts.fc1.bias", 306176L, 768L, 2, { 3, 256 }, 0, 0.0f, 0, 1 },
+    { "blocks.1.moe.experts.fc2.weight", 306944L, 98304L, 3, { 3, 128, 256 }, 2, 0.02f, 1, 1 },
+    { "blocks.1.moe.experts.fc2.bias", 405248L, 384L, 2, { 3, 128 }, 0, 0.0f, 0, 1 },
+    { "blocks.2.norm1.weight", 405632L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
+    { "blocks.2.norm1.bias", 405760L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.2.attn.qkv.weight", 405888L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.2.attn.qkv.bias", 455040L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
+    { "blocks.2.attn.proj.weight", 455424L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.2.attn.proj.bias", 471808L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.2.norm2.weight", 471936L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
+    { "blocks.2.norm2.bias", 472064L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.2.mlp.fc1.weight", 472192L, 32768L, 2, { 256, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.2.mlp.fc1.bias", 504960L, 256L, 1, { 256 }, 0, 0.0f, 0, 0 },
+    { "blocks.2.mlp.fc2.weight", 505216L, 32768L, 2, { 128, 256 }, 2, 0.02f, 1, 0 },
+    { "blocks.2.mlp.fc2.bias", 537984L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.3.norm1.weight", 538112L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
+    { "blocks.3.norm1.bias", 538240L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.3.attn.qkv.weight", 538368L, 49152L, 2, { 384, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.3.attn.qkv.bias", 587520L, 384L, 1, { 384 }, 0, 0.0f, 0, 0 },
+    { "blocks.3.attn.proj.weight", 587904L, 16384L, 2, { 128, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.3.attn.proj.bias", 604288L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.3.norm2.weight", 604416L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
+    { "blocks.3.norm2.bias", 604544L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "blocks.3.moe.gate.weight", 604672L, 384L, 2, { 3, 128 }, 2, 0.02f, 1, 0 },
+    { "blocks.3.moe.experts.fc1.weight", 605056L, 98304L, 3, { 3, 256, 128 }, 2, 0.02f, 1, 1 },
+    { "blocks.3.moe.experts.fc1.bias", 703360L, 768L, 2, { 3, 256 }, 0, 0.0f, 0, 1 },
+    { "blocks.3.moe.experts.fc2.weight", 704128L, 98304L, 3, { 3, 128, 256 }, 2, 0.02f, 1, 1 },
+    { "blocks.3.moe.experts.fc2.bias", 802432L, 384L, 2, { 3, 128 }, 0, 0.0f, 0, 1 },
+    { "norm.weight", 802816L, 128L, 1, { 128 }, 1, 0.0f, 0, 0 },
+    { "norm.bias", 802944L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
+    { "heads.fmnist.weight", 803072L, 1280L, 2, { 10, 128 }, 2, 0.02f, 1, 0 },
+    { "heads.fmnist.bias", 804352L, 10L, 1, { 10 }, 0, 0.0f, 0, 0 },
+    { "heads.mnist.weight", 804362L, 1280L, 2, { 10, 128 }, 2, 0.02f, 1, 0 },
+    { "heads.mnist.bias", 805642L, 10L, 1, { 10 }, 0, 0.0f, 0, 0 },
+    { "heads.digits.weight", 805652L, 1280L, 2, { 10, 128 }, 2, 0.02f, 1, 0 },
+    { "heads.digits.bias", 806932L, 10L, 1, { 10 }, 0, 0.0f, 0, 0 },
 };
 
 static const char *const LABELS_0[] = { "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot", NULL };
@@ -260,29 +191,26 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 10, 10, 10 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.1.moe", 3, 1, 50, 0.01f, 0.0f, 0.1f, 0.33333334f, 1018 },
-    { "blocks.3.moe", 3, 1, 50, 0.01f, 0.0f, 0.1f, 0.33333334f, 1034 },
-    { "blocks.5.moe", 3, 1, 50, 0.01f, 0.0f, 0.1f, 0.33333334f, 1050 },
+    { "blocks.1.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.33333334f, 1017 },
+    { "blocks.3.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.33333334f, 1033 },
 };
 
 /* blocks.1.moe: each dataset's expert */
 static const int MOE0_MAP[N_DATASETS] = { 0, 1, 2 };
 /* blocks.3.moe: each dataset's expert */
 static const int MOE1_MAP[N_DATASETS] = { 0, 1, 2 };
-/* blocks.5.moe: each dataset's expert */
-static const int MOE2_MAP[N_DATASETS] = { 0, 1, 2 };
 /* the offsets of each dataset's head */
-static const int64_t HEAD_W[N_DATASETS] = { 1200512L, 1201802L, 1203092L };
-static const int64_t HEAD_B[N_DATASETS] = { 1201792L, 1203082L, 1204372L };
+static const int64_t HEAD_W[N_DATASETS] = { 803072L, 804362L, 805652L };
+static const int64_t HEAD_B[N_DATASETS] = { 804352L, 805642L, 806932L };
 
 float *model_logits(const model *m)
 {
-    return A(V54);
+    return A(V37);
 }
 
 float *model_dlogits(const model *m)
 {
-    return G(V54);
+    return G(V37);
 }
 
 float model_aux_loss(const model *m)
@@ -315,158 +243,110 @@ void model_forward(model *m, const float *x, const int32_t *dataset, int B, int 
 {
     (void)dataset;
     (void)train;
-    /* 1: patch_embed patch_embed -> [B, 49, 128] */
-    patch_embed_forward(A(V1), A(COLS1), x, P(0L), P(2048L), B, 1, 28, 28, 4, 128);
-    /* 2: cls_token -> [B, 50, 128] */
-    cls_token_forward(A(V2), A(V1), P(2176L), B, 49, 128);
-    /* 3: pos_embed -> [B, 50, 128] */
-    pos_embed_forward(A(V3), A(V2), P(2304L), B, 50, 128);
-    /* 5: layernorm blocks.0.norm1 -> [B, 50, 128] */
-    layernorm_forward(A(V5), A(MEAN5), A(RSTD5), A(V3), P(8704L), P(8832L), B * 50, 128, 1e-05f);
-    /* 6: attention blocks.0.attn -> [B, 50, 128] */
-    linear_forward(A(QKV6), A(V5), P(8960L), P(58112L), B * 50, 128, 384);
-    attention_forward(A(Y6), A(ATT6), A(QKV6), B, 50, 128, 4);
-    linear_forward(A(V6), A(Y6), P(58496L), P(74880L), B * 50, 128, 128);
-    /* 7: residual_end -> [B, 50, 128] */
-    add_forward(A(V7), A(V3), A(V6), (size_t)B * 6400);
-    /* 9: layernorm blocks.0.norm2 -> [B, 50, 128] */
-    layernorm_forward(A(V9), A(MEAN9), A(RSTD9), A(V7), P(75008L), P(75136L), B * 50, 128, 1e-05f);
-    /* 10: mlp blocks.0.mlp -> [B, 50, 128] */
-    linear_forward(A(H10), A(V9), P(75264L), P(108032L), B * 50, 128, 256);
-    act_forward(A(ACTV10), A(H10), (size_t)B * 12800, ACT_GELU);
-    linear_forward(A(V10), A(ACTV10), P(108288L), P(141056L), B * 50, 256, 128);
-    /* 11: residual_end -> [B, 50, 128] */
-    add_forward(A(V11), A(V7), A(V10), (size_t)B * 6400);
-    /* 13: layernorm blocks.1.norm1 -> [B, 50, 128] */
-    layernorm_forward(A(V13), A(MEAN13), A(RSTD13), A(V11), P(141184L), P(141312L), B * 50, 128, 1e-05f);
-    /* 14: attention blocks.1.attn -> [B, 50, 128] */
-    linear_forward(A(QKV14), A(V13), P(141440L), P(190592L), B * 50, 128, 384);
-    attention_forward(A(Y14), A(ATT14), A(QKV14), B, 50, 128, 4);
-    linear_forward(A(V14), A(Y14), P(190976L), P(207360L), B * 50, 128, 128);
-    /* 15: residual_end -> [B, 50, 128] */
-    add_forward(A(V15), A(V11), A(V14), (size_t)B * 6400);
-    /* 17: layernorm blocks.1.norm2 -> [B, 50, 128] */
-    layernorm_forward(A(V17), A(MEAN17), A(RSTD17), A(V15), P(207488L), P(207616L), B * 50, 128, 1e-05f);
-    /* 18: moe blocks.1.moe -> [B, 50, 128] */
+    /* 1: patch_embed patch_embed -> [B, 16, 128] */
+    patch_embed_forward(A(V1), A(COLS1), x, P(0L), P(6272L), B, 1, 28, 28, 7, 128);
+    /* 2: pos_embed -> [B, 16, 128] */
+    pos_embed_forward(A(V2), A(V1), P(6400L), B, 16, 128);
+    /* 4: layernorm blocks.0.norm1 -> [B, 16, 128] */
+    layernorm_forward(A(V4), A(MEAN4), A(RSTD4), A(V2), P(8448L), P(8576L), B * 16, 128, 1e-05f);
+    /* 5: attention blocks.0.attn -> [B, 16, 128] */
+    linear_forward(A(QKV5), A(V4), P(8704L), P(57856L), B * 16, 128, 384);
+    attention_forward(A(Y5), A(ATT5), A(QKV5), B, 16, 128, 4);
+    linear_forward(A(V5), A(Y5), P(58240L), P(74624L), B * 16, 128, 128);
+    /* 6: residual_end -> [B, 16, 128] */
+    add_forward(A(V6), A(V2), A(V5), (size_t)B * 2048);
+    /* 8: layernorm blocks.0.norm2 -> [B, 16, 128] */
+    layernorm_forward(A(V8), A(MEAN8), A(RSTD8), A(V6), P(74752L), P(74880L), B * 16, 128, 1e-05f);
+    /* 9: mlp blocks.0.mlp -> [B, 16, 128] */
+    linear_forward(A(H9), A(V8), P(75008L), P(107776L), B * 16, 128, 256);
+    act_forward(A(ACTV9), A(H9), (size_t)B * 4096, ACT_GELU);
+    linear_forward(A(V9), A(ACTV9), P(108032L), P(140800L), B * 16, 256, 128);
+    /* 10: residual_end -> [B, 16, 128] */
+    add_forward(A(V10), A(V6), A(V9), (size_t)B * 2048);
+    /* 12: layernorm blocks.1.norm1 -> [B, 16, 128] */
+    layernorm_forward(A(V12), A(MEAN12), A(RSTD12), A(V10), P(140928L), P(141056L), B * 16, 128, 1e-05f);
+    /* 13: attention blocks.1.attn -> [B, 16, 128] */
+    linear_forward(A(QKV13), A(V12), P(141184L), P(190336L), B * 16, 128, 384);
+    attention_forward(A(Y13), A(ATT13), A(QKV13), B, 16, 128, 4);
+    linear_forward(A(V13), A(Y13), P(190720L), P(207104L), B * 16, 128, 128);
+    /* 14: residual_end -> [B, 16, 128] */
+    add_forward(A(V14), A(V10), A(V13), (size_t)B * 2048);
+    /* 16: layernorm blocks.1.norm2 -> [B, 16, 128] */
+    layernorm_forward(A(V16), A(MEAN16), A(RSTD16), A(V14), P(207232L), P(207360L), B * 16, 128, 1e-05f);
+    /* 17: moe blocks.1.moe -> [B, 16, 128] */
     {
-        const int N = B * 50;
-        const int cap = moe_capacity(N, 3, 1, 1.25, 0);
-        moe_routing r = { IA(TOPK18), A(TOPP18), A(GATE18), IA(SLOT18), IA(COUNT18), IA(TOKEN18), IA(ORDER18), A(PRIO18) };
-        linear_forward(A(LOGITS18), A(V17), P(207744L), NULL, N, 128, 3);
+        const int N = B * 16;
+        const int cap = moe_capacity(N, 3, 1, 1.25, !train); /* dropless in evaluation */
+        moe_routing r = { IA(TOPK17), A(TOPP17), A(GATE17), IA(SLOT17), IA(COUNT17), IA(OFFSET17), IA(TOKEN17), IA(ORDER17), A(PRIO17) };
+        linear_forward(A(LOGITS17), A(V16), P(207488L), NULL, N, 128, 3);
         if (train)
-            gate_noise(A(LOGITS18), (size_t)N * 3, 0.33333334f, m->seed, 1018, m->step);
-        router_softmax(A(PROBS18), A(LSE18), A(LOGITS18), N, 3);
-        moe_route(&r, A(PROBS18), N, 3, 1, cap, 1, 1);
+            gate_noise(A(LOGITS17), (size_t)N * 3, 0.33333334f, m->seed, 1017, m->step);
+        router_softmax(A(PROBS17), A(LSE17), A(LOGITS17), N, 3);
+        moe_route(&r, A(PROBS17), N, 3, 1, cap, 1, 1);
         for (int n = 0; n < N; n++)
-            IA(TARGET18)[n] = MOE0_MAP[dataset[n / 50]];
-        moe_experts_forward(A(V18), A(XE18), A(HE18), A(AE18), A(YE18), A(V17), &r, P(208128L), P(306432L), P(307200L), P(405504L),
-                            N, 128, 256, 3, 1, cap, ACT_GELU);
-        moe_aux_losses(m->aux[0], A(PROBS18), A(LSE18), &r, IA(TARGET18), N, 3, 1);
-        moe_stats_add(&m->stats[0], &r, A(PROBS18), dataset, N, 50, 3, 1, cap);
+            IA(TARGET17)[n] = MOE0_MAP[dataset[n / 16]];
+        moe_experts_forward(A(V17), A(XE17), A(HE17), A(AE17), A(YE17), A(V16), &r, P(207872L), P(306176L), P(306944L), P(405248L),
+                            N, 128, 256, 3, 1, ACT_GELU);
+        moe_aux_losses(m->aux[0], A(PROBS17), A(LSE17), &r, IA(TARGET17), N, 3, 1);
+        moe_stats_add(&m->stats[0], &r, A(PROBS17), dataset, N, 16, 3, 1);
         m->cap[0] = cap;
     }
-    /* 19: residual_end -> [B, 50, 128] */
-    add_forward(A(V19), A(V15), A(V18), (size_t)B * 6400);
-    /* 21: layernorm blocks.2.norm1 -> [B, 50, 128] */
-    layernorm_forward(A(V21), A(MEAN21), A(RSTD21), A(V19), P(405888L), P(406016L), B * 50, 128, 1e-05f);
-    /* 22: attention blocks.2.attn -> [B, 50, 128] */
-    linear_forward(A(QKV22), A(V21), P(406144L), P(455296L), B * 50, 128, 384);
-    attention_forward(A(Y22), A(ATT22), A(QKV22), B, 50, 128, 4);
-    linear_forward(A(V22), A(Y22), P(455680L), P(472064L), B * 50, 128, 128);
-    /* 23: residual_end -> [B, 50, 128] */
-    add_forward(A(V23), A(V19), A(V22), (size_t)B * 6400);
-    /* 25: layernorm blocks.2.norm2 -> [B, 50, 128] */
-    layernorm_forward(A(V25), A(MEAN25), A(RSTD25), A(V23), P(472192L), P(472320L), B * 50, 128, 1e-05f);
-    /* 26: mlp blocks.2.mlp -> [B, 50, 128] */
-    linear_forward(A(H26), A(V25), P(472448L), P(505216L), B * 50, 128, 256);
-    act_forward(A(ACTV26), A(H26), (size_t)B * 12800, ACT_GELU);
-    linear_forward(A(V26), A(ACTV26), P(505472L), P(538240L), B * 50, 256, 128);
-    /* 27: residual_end -> [B, 50, 128] */
-    add_forward(A(V27), A(V23), A(V26), (size_t)B * 6400);
-    /* 29: layernorm blocks.3.norm1 -> [B, 50, 128] */
-    layernorm_forward(A(V29), A(MEAN29), A(RSTD29), A(V27), P(538368L), P(538496L), B * 50, 128, 1e-05f);
-    /* 30: attention blocks.3.attn -> [B, 50, 128] */
-    linear_forward(A(QKV30), A(V29), P(538624L), P(587776L), B * 50, 128, 384);
-    attention_forward(A(Y30), A(ATT30), A(QKV30), B, 50, 128, 4);
-    linear_forward(A(V30), A(Y30), P(588160L), P(604544L), B * 50, 128, 128);
-    /* 31: residual_end -> [B, 50, 128] */
-    add_forward(A(V31), A(V27), A(V30), (size_t)B * 6400);
-    /* 33: layernorm blocks.3.norm2 -> [B, 50, 128] */
-    layernorm_forward(A(V33), A(MEAN33), A(RSTD33), A(V31), P(604672L), P(604800L), B * 50, 128, 1e-05f);
-    /* 34: moe blocks.3.moe -> [B, 50, 128] */
+    /* 18: residual_end -> [B, 16, 128] */
+    add_forward(A(V18), A(V14), A(V17), (size_t)B * 2048);
+    /* 20: layernorm blocks.2.norm1 -> [B, 16, 128] */
+    layernorm_forward(A(V20), A(MEAN20), A(RSTD20), A(V18), P(405632L), P(405760L), B * 16, 128, 1e-05f);
+    /* 21: attention blocks.2.attn -> [B, 16, 128] */
+    linear_forward(A(QKV21), A(V20), P(405888L), P(455040L), B * 16, 128, 384);
+    attention_forward(A(Y21), A(ATT21), A(QKV21), B, 16, 128, 4);
+    linear_forward(A(V21), A(Y21), P(455424L), P(471808L), B * 16, 128, 128);
+    /* 22: residual_end -> [B, 16, 128] */
+    add_forward(A(V22), A(V18), A(V21), (size_t)B * 2048);
+    /* 24: layernorm blocks.2.norm2 -> [B, 16, 128] */
+    layernorm_forward(A(V24), A(MEAN24), A(RSTD24), A(V22), P(471936L), P(472064L), B * 16, 128, 1e-05f);
+    /* 25: mlp blocks.2.mlp -> [B, 16, 128] */
+    linear_forward(A(H25), A(V24), P(472192L), P(504960L), B * 16, 128, 256);
+    act_forward(A(ACTV25), A(H25), (size_t)B * 4096, ACT_GELU);
+    linear_forward(A(V25), A(ACTV25), P(505216L), P(537984L), B * 16, 256, 128);
+    /* 26: residual_end -> [B, 16, 128] */
+    add_forward(A(V26), A(V22), A(V25), (size_t)B * 2048);
+    /* 28: layernorm blocks.3.norm1 -> [B, 16, 128] */
+    layernorm_forward(A(V28), A(MEAN28), A(RSTD28), A(V26), P(538112L), P(538240L), B * 16, 128, 1e-05f);
+    /* 29: attention blocks.3.attn -> [B, 16, 128] */
+    linear_forward(A(QKV29), A(V28), P(538368L), P(587520L), B * 16, 128, 384);
+    attention_forward(A(Y29), A(ATT29), A(QKV29), B, 16, 128, 4);
+    linear_forward(A(V29), A(Y29), P(587904L), P(604288L), B * 16, 128, 128);
+    /* 30: residual_end -> [B, 16, 128] */
+    add_forward(A(V30), A(V26), A(V29), (size_t)B * 2048);
+    /* 32: layernorm blocks.3.norm2 -> [B, 16, 128] */
+    layernorm_forward(A(V32), A(MEAN32), A(RSTD32), A(V30), P(604416L), P(604544L), B * 16, 128, 1e-05f);
+    /* 33: moe blocks.3.moe -> [B, 16, 128] */
     {
-        const int N = B * 50;
-        const int cap = moe_capacity(N, 3, 1, 1.25, 0);
-        moe_routing r = { IA(TOPK34), A(TOPP34), A(GATE34), IA(SLOT34), IA(COUNT34), IA(TOKEN34), IA(ORDER34), A(PRIO34) };
-        linear_forward(A(LOGITS34), A(V33), P(604928L), NULL, N, 128, 3);
+        const int N = B * 16;
+        const int cap = moe_capacity(N, 3, 1, 1.25, !train); /* dropless in evaluation */
+        moe_routing r = { IA(TOPK33), A(TOPP33), A(GATE33), IA(SLOT33), IA(COUNT33), IA(OFFSET33), IA(TOKEN33), IA(ORDER33), A(PRIO33) };
+        linear_forward(A(LOGITS33), A(V32), P(604672L), NULL, N, 128, 3);
         if (train)
-            gate_noise(A(LOGITS34), (size_t)N * 3, 0.33333334f, m->seed, 1034, m->step);
-        router_softmax(A(PROBS34), A(LSE34), A(LOGITS34), N, 3);
-        moe_route(&r, A(PROBS34), N, 3, 1, cap, 1, 1);
+            gate_noise(A(LOGITS33), (size_t)N * 3, 0.33333334f, m->seed, 1033, m->step);
+        router_softmax(A(PROBS33), A(LSE33), A(LOGITS33), N, 3);
+        moe_route(&r, A(PROBS33), N, 3, 1, cap, 1, 1);
         for (int n = 0; n < N; n++)
-            IA(TARGET34)[n] = MOE1_MAP[dataset[n / 50]];
-        moe_experts_forward(A(V34), A(XE34), A(HE34), A(AE34), A(YE34), A(V33), &r, P(605312L), P(703616L), P(704384L), P(802688L),
-                            N, 128, 256, 3, 1, cap, ACT_GELU);
-        moe_aux_losses(m->aux[1], A(PROBS34), A(LSE34), &r, IA(TARGET34), N, 3, 1);
-        moe_stats_add(&m->stats[1], &r, A(PROBS34), dataset, N, 50, 3, 1, cap);
+            IA(TARGET33)[n] = MOE1_MAP[dataset[n / 16]];
+        moe_experts_forward(A(V33), A(XE33), A(HE33), A(AE33), A(YE33), A(V32), &r, P(605056L), P(703360L), P(704128L), P(802432L),
+                            N, 128, 256, 3, 1, ACT_GELU);
+        moe_aux_losses(m->aux[1], A(PROBS33), A(LSE33), &r, IA(TARGET33), N, 3, 1);
+        moe_stats_add(&m->stats[1], &r, A(PROBS33), dataset, N, 16, 3, 1);
         m->cap[1] = cap;
     }
-    /* 35: residual_end -> [B, 50, 128] */
-    add_forward(A(V35), A(V31), A(V34), (size_t)B * 6400);
-    /* 37: layernorm blocks.4.norm1 -> [B, 50, 128] */
-    layernorm_forward(A(V37), A(MEAN37), A(RSTD37), A(V35), P(803072L), P(803200L), B * 50, 128, 1e-05f);
-    /* 38: attention blocks.4.attn -> [B, 50, 128] */
-    linear_forward(A(QKV38), A(V37), P(803328L), P(852480L), B * 50, 128, 384);
-    attention_forward(A(Y38), A(ATT38), A(QKV38), B, 50, 128, 4);
-    linear_forward(A(V38), A(Y38), P(852864L), P(869248L), B * 50, 128, 128);
-    /* 39: residual_end -> [B, 50, 128] */
-    add_forward(A(V39), A(V35), A(V38), (size_t)B * 6400);
-    /* 41: layernorm blocks.4.norm2 -> [B, 50, 128] */
-    layernorm_forward(A(V41), A(MEAN41), A(RSTD41), A(V39), P(869376L), P(869504L), B * 50, 128, 1e-05f);
-    /* 42: mlp blocks.4.mlp -> [B, 50, 128] */
-    linear_forward(A(H42), A(V41), P(869632L), P(902400L), B * 50, 128, 256);
-    act_forward(A(ACTV42), A(H42), (size_t)B * 12800, ACT_GELU);
-    linear_forward(A(V42), A(ACTV42), P(902656L), P(935424L), B * 50, 256, 128);
-    /* 43: residual_end -> [B, 50, 128] */
-    add_forward(A(V43), A(V39), A(V42), (size_t)B * 6400);
-    /* 45: layernorm blocks.5.norm1 -> [B, 50, 128] */
-    layernorm_forward(A(V45), A(MEAN45), A(RSTD45), A(V43), P(935552L), P(935680L), B * 50, 128, 1e-05f);
-    /* 46: attention blocks.5.attn -> [B, 50, 128] */
-    linear_forward(A(QKV46), A(V45), P(935808L), P(984960L), B * 50, 128, 384);
-    attention_forward(A(Y46), A(ATT46), A(QKV46), B, 50, 128, 4);
-    linear_forward(A(V46), A(Y46), P(985344L), P(1001728L), B * 50, 128, 128);
-    /* 47: residual_end -> [B, 50, 128] */
-    add_forward(A(V47), A(V43), A(V46), (size_t)B * 6400);
-    /* 49: layernorm blocks.5.norm2 -> [B, 50, 128] */
-    layernorm_forward(A(V49), A(MEAN49), A(RSTD49), A(V47), P(1001856L), P(1001984L), B * 50, 128, 1e-05f);
-    /* 50: moe blocks.5.moe -> [B, 50, 128] */
-    {
-        const int N = B * 50;
-        const int cap = moe_capacity(N, 3, 1, 1.25, 0);
-        moe_routing r = { IA(TOPK50), A(TOPP50), A(GATE50), IA(SLOT50), IA(COUNT50), IA(TOKEN50), IA(ORDER50), A(PRIO50) };
-        linear_forward(A(LOGITS50), A(V49), P(1002112L), NULL, N, 128, 3);
-        if (train)
-            gate_noise(A(LOGITS50), (size_t)N * 3, 0.33333334f, m->seed, 1050, m->step);
-        router_softmax(A(PROBS50), A(LSE50), A(LOGITS50), N, 3);
-        moe_route(&r, A(PROBS50), N, 3, 1, cap, 1, 1);
-        for (int n = 0; n < N; n++)
-            IA(TARGET50)[n] = MOE2_MAP[dataset[n / 50]];
-        moe_experts_forward(A(V50), A(XE50), A(HE50), A(AE50), A(YE50), A(V49), &r, P(1002496L), P(1100800L), P(1101568L), P(1199872L),
-                            N, 128, 256, 3, 1, cap, ACT_GELU);
-        moe_aux_losses(m->aux[2], A(PROBS50), A(LSE50), &r, IA(TARGET50), N, 3, 1);
-        moe_stats_add(&m->stats[2], &r, A(PROBS50), dataset, N, 50, 3, 1, cap);
-        m->cap[2] = cap;
-    }
-    /* 51: residual_end -> [B, 50, 128] */
-    add_forward(A(V51), A(V47), A(V50), (size_t)B * 6400);
-    /* 52: layernorm norm -> [B, 50, 128] */
-    layernorm_forward(A(V52), A(MEAN52), A(RSTD52), A(V51), P(1200256L), P(1200384L), B * 50, 128, 1e-05f);
-    /* 53: pool -> [B, 128] */
-    pool_forward(A(V53), A(V52), B, 50, 128, 1);
-    /* 54: classifier -> [B, 10] logits */
+    /* 34: residual_end -> [B, 16, 128] */
+    add_forward(A(V34), A(V30), A(V33), (size_t)B * 2048);
+    /* 35: layernorm norm -> [B, 16, 128] */
+    layernorm_forward(A(V35), A(MEAN35), A(RSTD35), A(V34), P(802816L), P(802944L), B * 16, 128, 1e-05f);
+    /* 36: pool -> [B, 128] */
+    pool_forward(A(V36), A(V35), B, 16, 128, 0);
+    /* 37: classifier -> [B, 10] logits */
     for (int b = 0; b < B; b++) {
         const int d = dataset[b];
-        linear_forward(A(V54) + (size_t)b * 10, A(V53) + (size_t)b * 128, P(HEAD_W[d]), P(HEAD_B[d]), 1, 128, DATASET_CLASSES[d]);
+        linear_forward(A(V37) + (size_t)b * 10, A(V36) + (size_t)b * 128, P(HEAD_W[d]), P(HEAD_B[d]), 1, 128, DATASET_CLASSES[d]);
     }
 }
 
@@ -475,149 +355,104 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
     (void)x;
     (void)dataset;
     memset(m->grad, 0, sizeof(float) * N_PARAMS);
-    /* 54: classifier */
+    /* 37: classifier */
     for (int b = 0; b < B; b++) {
         const int d = dataset[b];
-        linear_backward(G(V53) + (size_t)b * 128, DP(HEAD_W[d]), DP(HEAD_B[d]), G(V54) + (size_t)b * 10,
-                        A(V53) + (size_t)b * 128, P(HEAD_W[d]), 1, 128, DATASET_CLASSES[d], 0);
+        linear_backward(G(V36) + (size_t)b * 128, DP(HEAD_W[d]), DP(HEAD_B[d]), G(V37) + (size_t)b * 10,
+                        A(V36) + (size_t)b * 128, P(HEAD_W[d]), 1, 128, DATASET_CLASSES[d], 0);
     }
-    /* 53: pool */
-    pool_backward(G(V52), G(V53), B, 50, 128, 1, 0);
-    /* 52: layernorm norm */
-    layernorm_backward(G(V51), DP(1200256L), DP(1200384L), G(V52), A(V51), P(1200256L), A(MEAN52), A(RSTD52), B * 50, 128, 0);
-    /* 51: residual_end */
-    grad_pass(G(V50), G(V51), (size_t)B * 6400, 0);
-    grad_pass(G(V47), G(V51), (size_t)B * 6400, 0);
-    /* 50: moe blocks.5.moe */
+    /* 36: pool */
+    pool_backward(G(V35), G(V36), B, 16, 128, 0, 0);
+    /* 35: layernorm norm */
+    layernorm_backward(G(V34), DP(802816L), DP(802944L), G(V35), A(V34), P(802816L), A(MEAN35), A(RSTD35), B * 16, 128, 0);
+    /* 34: residual_end */
+    grad_pass(G(V33), G(V34), (size_t)B * 2048, 0);
+    grad_pass(G(V30), G(V34), (size_t)B * 2048, 0);
+    /* 33: moe blocks.3.moe */
     {
-        const int N = B * 50, cap = m->cap[2];
-        moe_routing r = { IA(TOPK50), A(TOPP50), A(GATE50), IA(SLOT50), IA(COUNT50), IA(TOKEN50), IA(ORDER50), A(PRIO50) };
-        moe_experts_backward(G(V49), G(GATE50), G(YE50), G(HE50), G(XE50), G(V50), A(XE50), A(HE50), A(AE50), A(YE50), &r,
-                             P(1002496L), P(1101568L), DP(1002496L), DP(1100800L), DP(1101568L), DP(1199872L),
-                             N, 128, 256, 3, 1, cap, ACT_GELU, 0);
-        moe_router_backward(G(LOGITS50), G(PROBS50), G(GATE50), A(PROBS50), A(LSE50), &r, IA(TARGET50), N, 3, 1, 1,
+        const int N = B * 16;
+        moe_routing r = { IA(TOPK33), A(TOPP33), A(GATE33), IA(SLOT33), IA(COUNT33), IA(OFFSET33), IA(TOKEN33), IA(ORDER33), A(PRIO33) };
+        moe_experts_backward(G(V32), G(GATE33), G(YE33), G(HE33), G(XE33), G(V33), A(XE33), A(HE33), A(AE33), A(YE33), &r,
+                             P(605056L), P(704128L), DP(605056L), DP(703360L), DP(704128L), DP(802432L),
+                             N, 128, 256, 3, 1, ACT_GELU, 0);
+        moe_router_backward(G(LOGITS33), G(PROBS33), G(GATE33), A(PROBS33), A(LSE33), &r, IA(TARGET33), N, 3, 1, 1,
                             0.01f, 0.0f, 0.1f);
-        linear_backward(G(V49), DP(1002112L), NULL, G(LOGITS50), A(V49), P(1002112L), N, 128, 3, 1);
+        linear_backward(G(V32), DP(604672L), NULL, G(LOGITS33), A(V32), P(604672L), N, 128, 3, 1);
     }
-    /* 49: layernorm blocks.5.norm2 */
-    layernorm_backward(G(V47), DP(1001856L), DP(1001984L), G(V49), A(V47), P(1001856L), A(MEAN49), A(RSTD49), B * 50, 128, 1);
-    /* 47: residual_end */
-    grad_pass(G(V46), G(V47), (size_t)B * 6400, 0);
-    grad_pass(G(V43), G(V47), (size_t)B * 6400, 0);
-    /* 46: attention blocks.5.attn */
-    linear_backward(G(Y46), DP(985344L), DP(1001728L), G(V46), A(Y46), P(985344L), B * 50, 128, 128, 0);
-    attention_backward(G(QKV46), G(ATT46), G(Y46), A(QKV46), A(ATT46), B, 50, 128, 4);
-    linear_backward(G(V45), DP(935808L), DP(984960L), G(QKV46), A(V45), P(935808L), B * 50, 128, 384, 0);
-    /* 45: layernorm blocks.5.norm1 */
-    layernorm_backward(G(V43), DP(935552L), DP(935680L), G(V45), A(V43), P(935552L), A(MEAN45), A(RSTD45), B * 50, 128, 1);
-    /* 43: residual_end */
-    grad_pass(G(V42), G(V43), (size_t)B * 6400, 0);
-    grad_pass(G(V39), G(V43), (size_t)B * 6400, 0);
-    /* 42: mlp blocks.4.mlp */
-    linear_backward(G(ACTV42), DP(902656L), DP(935424L), G(V42), A(ACTV42), P(902656L), B * 50, 256, 128, 0);
-    act_backward(G(H42), G(ACTV42), A(H42), (size_t)B * 12800, ACT_GELU, 0);
-    linear_backward(G(V41), DP(869632L), DP(902400L), G(H42), A(V41), P(869632L), B * 50, 128, 256, 0);
-    /* 41: layernorm blocks.4.norm2 */
-    layernorm_backward(G(V39), DP(869376L), DP(869504L), G(V41), A(V39), P(869376L), A(MEAN41), A(RSTD41), B * 50, 128, 1);
-    /* 39: residual_end */
-    grad_pass(G(V38), G(V39), (size_t)B * 6400, 0);
-    grad_pass(G(V35), G(V39), (size_t)B * 6400, 0);
-    /* 38: attention blocks.4.attn */
-    linear_backward(G(Y38), DP(852864L), DP(869248L), G(V38), A(Y38), P(852864L), B * 50, 128, 128, 0);
-    attention_backward(G(QKV38), G(ATT38), G(Y38), A(QKV38), A(ATT38), B, 50, 128, 4);
-    linear_backward(G(V37), DP(803328L), DP(852480L), G(QKV38), A(V37), P(803328L), B * 50, 128, 384, 0);
-    /* 37: layernorm blocks.4.norm1 */
-    layernorm_backward(G(V35), DP(803072L), DP(803200L), G(V37), A(V35), P(803072L), A(MEAN37), A(RSTD37), B * 50, 128, 1);
-    /* 35: residual_end */
-    grad_pass(G(V34), G(V35), (size_t)B * 6400, 0);
-    grad_pass(G(V31), G(V35), (size_t)B * 6400, 0);
-    /* 34: moe blocks.3.moe */
+    /* 32: layernorm blocks.3.norm2 */
+    layernorm_backward(G(V30), DP(604416L), DP(604544L), G(V32), A(V30), P(604416L), A(MEAN32), A(RSTD32), B * 16, 128, 1);
+    /* 30: residual_end */
+    grad_pass(G(V29), G(V30), (size_t)B * 2048, 0);
+    grad_pass(G(V26), G(V30), (size_t)B * 2048, 0);
+    /* 29: attention blocks.3.attn */
+    linear_backward(G(Y29), DP(587904L), DP(604288L), G(V29), A(Y29), P(587904L), B * 16, 128, 128, 0);
+    attention_backward(G(QKV29), G(ATT29), G(Y29), A(QKV29), A(ATT29), B, 16, 128, 4);
+    linear_backward(G(V28), DP(538368L), DP(587520L), G(QKV29), A(V28), P(538368L), B * 16, 128, 384, 0);
+    /* 28: layernorm blocks.3.norm1 */
+    layernorm_backward(G(V26), DP(538112L), DP(538240L), G(V28), A(V26), P(538112L), A(MEAN28), A(RSTD28), B * 16, 128, 1);
+    /* 26: residual_end */
+    grad_pass(G(V25), G(V26), (size_t)B * 2048, 0);
+    grad_pass(G(V22), G(V26), (size_t)B * 2048, 0);
+    /* 25: mlp blocks.2.mlp */
+    linear_backward(G(ACTV25), DP(505216L), DP(537984L), G(V25), A(ACTV25), P(505216L), B * 16, 256, 128, 0);
+    act_backward(G(H25), G(ACTV25), A(H25), (size_t)B * 4096, ACT_GELU, 0);
+    linear_backward(G(V24), DP(472192L), DP(504960L), G(H25), A(V24), P(472192L), B * 16, 128, 256, 0);
+    /* 24: layernorm blocks.2.norm2 */
+    layernorm_backward(G(V22), DP(471936L), DP(472064L), G(V24), A(V22), P(471936L), A(MEAN24), A(RSTD24), B * 16, 128, 1);
+    /* 22: residual_end */
+    grad_pass(G(V21), G(V22), (size_t)B * 2048, 0);
+    grad_pass(G(V18), G(V22), (size_t)B * 2048, 0);
+    /* 21: attention blocks.2.attn */
+    linear_backward(G(Y21), DP(455424L), DP(471808L), G(V21), A(Y21), P(455424L), B * 16, 128, 128, 0);
+    attention_backward(G(QKV21), G(ATT21), G(Y21), A(QKV21), A(ATT21), B, 16, 128, 4);
+    linear_backward(G(V20), DP(405888L), DP(455040L), G(QKV21), A(V20), P(405888L), B * 16, 128, 384, 0);
+    /* 20: layernorm blocks.2.norm1 */
+    layernorm_backward(G(V18), DP(405632L), DP(405760L), G(V20), A(V18), P(405632L), A(MEAN20), A(RSTD20), B * 16, 128, 1);
+    /* 18: residual_end */
+    grad_pass(G(V17), G(V18), (size_t)B * 2048, 0);
+    grad_pass(G(V14), G(V18), (size_t)B * 2048, 0);
+    /* 17: moe blocks.1.moe */
     {
-        const int N = B * 50, cap = m->cap[1];
-        moe_routing r = { IA(TOPK34), A(TOPP34), A(GATE34), IA(SLOT34), IA(COUNT34), IA(TOKEN34), IA(ORDER34), A(PRIO34) };
-        moe_experts_backward(G(V33), G(GATE34), G(YE34), G(HE34), G(XE34), G(V34), A(XE34), A(HE34), A(AE34), A(YE34), &r,
-                             P(605312L), P(704384L), DP(605312L), DP(703616L), DP(704384L), DP(802688L),
-                             N, 128, 256, 3, 1, cap, ACT_GELU, 0);
-        moe_router_backward(G(LOGITS34), G(PROBS34), G(GATE34), A(PROBS34), A(LSE34), &r, IA(TARGET34), N, 3, 1, 1,
+        const int N = B * 16;
+        moe_routing r = { IA(TOPK17), A(TOPP17), A(GATE17), IA(SLOT17), IA(COUNT17), IA(OFFSET17), IA(TOKEN17), IA(ORDER17), A(PRIO17) };
+        moe_experts_backward(G(V16), G(GATE17), G(YE17), G(HE17), G(XE17), G(V17), A(XE17), A(HE17), A(AE17), A(YE17), &r,
+                             P(207872L), P(306944L), DP(207872L), DP(306176L), DP(306944L), DP(405248L),
+                             N, 128, 256, 3, 1, ACT_GELU, 0);
+        moe_router_backward(G(LOGITS17), G(PROBS17), G(GATE17), A(PROBS17), A(LSE17), &r, IA(TARGET17), N, 3, 1, 1,
                             0.01f, 0.0f, 0.1f);
-        linear_backward(G(V33), DP(604928L), NULL, G(LOGITS34), A(V33), P(604928L), N, 128, 3, 1);
+        linear_backward(G(V16), DP(207488L), NULL, G(LOGITS17), A(V16), P(207488L), N, 128, 3, 1);
     }
-    /* 33: layernorm blocks.3.norm2 */
-    layernorm_backward(G(V31), DP(604672L), DP(604800L), G(V33), A(V31), P(604672L), A(MEAN33), A(RSTD33), B * 50, 128, 1);
-    /* 31: residual_end */
-    grad_pass(G(V30), G(V31), (size_t)B * 6400, 0);
-    grad_pass(G(V27), G(V31), (size_t)B * 6400, 0);
-    /* 30: attention blocks.3.attn */
-    linear_backward(G(Y30), DP(588160L), DP(604544L), G(V30), A(Y30), P(588160L), B * 50, 128, 128, 0);
-    attention_backward(G(QKV30), G(ATT30), G(Y30), A(QKV30), A(ATT30), B, 50, 128, 4);
-    linear_backward(G(V29), DP(538624L), DP(587776L), G(QKV30), A(V29), P(538624L), B * 50, 128, 384, 0);
-    /* 29: layernorm blocks.3.norm1 */
-    layernorm_backward(G(V27), DP(538368L), DP(538496L), G(V29), A(V27), P(538368L), A(MEAN29), A(RSTD29), B * 50, 128, 1);
-    /* 27: residual_end */
-    grad_pass(G(V26), G(V27), (size_t)B * 6400, 0);
-    grad_pass(G(V23), G(V27), (size_t)B * 6400, 0);
-    /* 26: mlp blocks.2.mlp */
-    linear_backward(G(ACTV26), DP(505472L), DP(538240L), G(V26), A(ACTV26), P(505472L), B * 50, 256, 128, 0);
-    act_backward(G(H26), G(ACTV26), A(H26), (size_t)B * 12800, ACT_GELU, 0);
-    linear_backward(G(V25), DP(472448L), DP(505216L), G(H26), A(V25), P(472448L), B * 50, 128, 256, 0);
-    /* 25: layernorm blocks.2.norm2 */
-    layernorm_backward(G(V23), DP(472192L), DP(472320L), G(V25), A(V23), P(472192L), A(MEAN25), A(RSTD25), B * 50, 128, 1);
-    /* 23: residual_end */
-    grad_pass(G(V22), G(V23), (size_t)B * 6400, 0);
-    grad_pass(G(V19), G(V23), (size_t)B * 6400, 0);
-    /* 22: attention blocks.2.attn */
-    linear_backward(G(Y22), DP(455680L), DP(472064L), G(V22), A(Y22), P(455680L), B * 50, 128, 128, 0);
-    attention_backward(G(QKV22), G(ATT22), G(Y22), A(QKV22), A(ATT22), B, 50, 128, 4);
-    linear_backward(G(V21), DP(406144L), DP(455296L), G(QKV22), A(V21), P(406144L), B * 50, 128, 384, 0);
-    /* 21: layernorm blocks.2.norm1 */
-    layernorm_backward(G(V19), DP(405888L), DP(406016L), G(V21), A(V19), P(405888L), A(MEAN21), A(RSTD21), B * 50, 128, 1);
-    /* 19: residual_end */
-    grad_pass(G(V18), G(V19), (size_t)B * 6400, 0);
-    grad_pass(G(V15), G(V19), (size_t)B * 6400, 0);
-    /* 18: moe blocks.1.moe */
-    {
-        const int N = B * 50, cap = m->cap[0];
-        moe_routing r = { IA(TOPK18), A(TOPP18), A(GATE18), IA(SLOT18), IA(COUNT18), IA(TOKEN18), IA(ORDER18), A(PRIO18) };
-        moe_experts_backward(G(V17), G(GATE18), G(YE18), G(HE18), G(XE18), G(V18), A(XE18), A(HE18), A(AE18), A(YE18), &r,
-                             P(208128L), P(307200L), DP(208128L), DP(306432L), DP(307200L), DP(405504L),
-                             N, 128, 256, 3, 1, cap, ACT_GELU, 0);
-        moe_router_backward(G(LOGITS18), G(PROBS18), G(GATE18), A(PROBS18), A(LSE18), &r, IA(TARGET18), N, 3, 1, 1,
-                            0.01f, 0.0f, 0.1f);
-        linear_backward(G(V17), DP(207744L), NULL, G(LOGITS18), A(V17), P(207744L), N, 128, 3, 1);
-    }
-    /* 17: layernorm blocks.1.norm2 */
-    layernorm_backward(G(V15), DP(207488L), DP(207616L), G(V17), A(V15), P(207488L), A(MEAN17), A(RSTD17), B * 50, 128, 1);
-    /* 15: residual_end */
-    grad_pass(G(V14), G(V15), (size_t)B * 6400, 0);
-    grad_pass(G(V11), G(V15), (size_t)B * 6400, 0);
-    /* 14: attention blocks.1.attn */
-    linear_backward(G(Y14), DP(190976L), DP(207360L), G(V14), A(Y14), P(190976L), B * 50, 128, 128, 0);
-    attention_backward(G(QKV14), G(ATT14), G(Y14), A(QKV14), A(ATT14), B, 50, 128, 4);
-    linear_backward(G(V13), DP(141440L), DP(190592L), G(QKV14), A(V13), P(141440L), B * 50, 128, 384, 0);
-    /* 13: layernorm blocks.1.norm1 */
-    layernorm_backward(G(V11), DP(141184L), DP(141312L), G(V13), A(V11), P(141184L), A(MEAN13), A(RSTD13), B * 50, 128, 1);
-    /* 11: residual_end */
-    grad_pass(G(V10), G(V11), (size_t)B * 6400, 0);
-    grad_pass(G(V7), G(V11), (size_t)B * 6400, 0);
-    /* 10: mlp blocks.0.mlp */
-    linear_backward(G(ACTV10), DP(108288L), DP(141056L), G(V10), A(ACTV10), P(108288L), B * 50, 256, 128, 0);
-    act_backward(G(H10), G(ACTV10), A(H10), (size_t)B * 12800, ACT_GELU, 0);
-    linear_backward(G(V9), DP(75264L), DP(108032L), G(H10), A(V9), P(75264L), B * 50, 128, 256, 0);
-    /* 9: layernorm blocks.0.norm2 */
-    layernorm_backward(G(V7), DP(75008L), DP(75136L), G(V9), A(V7), P(75008L), A(MEAN9), A(RSTD9), B * 50, 128, 1);
-    /* 7: residual_end */
-    grad_pass(G(V6), G(V7), (size_t)B * 6400, 0);
-    grad_pass(G(V3), G(V7), (size_t)B * 6400, 0);
-    /* 6: attention blocks.0.attn */
-    linear_backward(G(Y6), DP(58496L), DP(74880L), G(V6), A(Y6), P(58496L), B * 50, 128, 128, 0);
-    attention_backward(G(QKV6), G(ATT6), G(Y6), A(QKV6), A(ATT6), B, 50, 128, 4);
-    linear_backward(G(V5), DP(8960L), DP(58112L), G(QKV6), A(V5), P(8960L), B * 50, 128, 384, 0);
-    /* 5: layernorm blocks.0.norm1 */
-    layernorm_backward(G(V3), DP(8704L), DP(8832L), G(V5), A(V3), P(8704L), A(MEAN5), A(RSTD5), B * 50, 128, 1);
-    /* 3: pos_embed */
-    pos_embed_backward(G(V2), DP(2304L), G(V3), B, 50, 128, 0);
-    /* 2: cls_token */
-    cls_token_backward(G(V1), DP(2176L), G(V2), B, 49, 128, 0);
+    /* 16: layernorm blocks.1.norm2 */
+    layernorm_backward(G(V14), DP(207232L), DP(207360L), G(V16), A(V14), P(207232L), A(MEAN16), A(RSTD16), B * 16, 128, 1);
+    /* 14: residual_end */
+    grad_pass(G(V13), G(V14), (size_t)B * 2048, 0);
+    grad_pass(G(V10), G(V14), (size_t)B * 2048, 0);
+    /* 13: attention blocks.1.attn */
+    linear_backward(G(Y13), DP(190720L), DP(207104L), G(V13), A(Y13), P(190720L), B * 16, 128, 128, 0);
+    attention_backward(G(QKV13), G(ATT13), G(Y13), A(QKV13), A(ATT13), B, 16, 128, 4);
+    linear_backward(G(V12), DP(141184L), DP(190336L), G(QKV13), A(V12), P(141184L), B * 16, 128, 384, 0);
+    /* 12: layernorm blocks.1.norm1 */
+    layernorm_backward(G(V10), DP(140928L), DP(141056L), G(V12), A(V10), P(140928L), A(MEAN12), A(RSTD12), B * 16, 128, 1);
+    /* 10: residual_end */
+    grad_pass(G(V9), G(V10), (size_t)B * 2048, 0);
+    grad_pass(G(V6), G(V10), (size_t)B * 2048, 0);
+    /* 9: mlp blocks.0.mlp */
+    linear_backward(G(ACTV9), DP(108032L), DP(140800L), G(V9), A(ACTV9), P(108032L), B * 16, 256, 128, 0);
+    act_backward(G(H9), G(ACTV9), A(H9), (size_t)B * 4096, ACT_GELU, 0);
+    linear_backward(G(V8), DP(75008L), DP(107776L), G(H9), A(V8), P(75008L), B * 16, 128, 256, 0);
+    /* 8: layernorm blocks.0.norm2 */
+    layernorm_backward(G(V6), DP(74752L), DP(74880L), G(V8), A(V6), P(74752L), A(MEAN8), A(RSTD8), B * 16, 128, 1);
+    /* 6: residual_end */
+    grad_pass(G(V5), G(V6), (size_t)B * 2048, 0);
+    grad_pass(G(V2), G(V6), (size_t)B * 2048, 0);
+    /* 5: attention blocks.0.attn */
+    linear_backward(G(Y5), DP(58240L), DP(74624L), G(V5), A(Y5), P(58240L), B * 16, 128, 128, 0);
+    attention_backward(G(QKV5), G(ATT5), G(Y5), A(QKV5), A(ATT5), B, 16, 128, 4);
+    linear_backward(G(V4), DP(8704L), DP(57856L), G(QKV5), A(V4), P(8704L), B * 16, 128, 384, 0);
+    /* 4: layernorm blocks.0.norm1 */
+    layernorm_backward(G(V2), DP(8448L), DP(8576L), G(V4), A(V2), P(8448L), A(MEAN4), A(RSTD4), B * 16, 128, 1);
+    /* 2: pos_embed */
+    pos_embed_backward(G(V1), DP(6400L), G(V2), B, 16, 128, 0);
     /* 1: patch_embed patch_embed */
-    patch_embed_backward(DP(0L), DP(2048L), G(V1), A(COLS1), B, 1, 28, 28, 4, 128);
+    patch_embed_backward(DP(0L), DP(6272L), G(V1), A(COLS1), B, 1, 28, 28, 7, 128);
 }

@@ -20,21 +20,21 @@
 #define N_CLASSES 10          /* logits per sample (the largest head) */
 #define PER_DATASET_HEADS 1
 #define N_DATASETS 3
-#define N_MOE 3
-#define N_MOE_SLOTS 3  /* N_MOE, at least 1 for array sizes */
+#define N_MOE 2
+#define N_MOE_SLOTS 2  /* N_MOE, at least 1 for array sizes */
 #define MAX_EXPERTS 3
-#define MAX_TOKENS 50
-#define N_TENSORS 87
-#define N_PARAMS 1204382L
-#define ACT_FLOATS 88833536L     /* activation arena, floats */
-#define INT_SLOTS 120096L      /* routing arena, int32 */
-#define FLOPS_PER_IMAGE 8.66417e+07 /* forward, routed experts only */
+#define MAX_TOKENS 16
+#define N_TENSORS 61
+#define N_PARAMS 806942L
+#define ACT_FLOATS 17235200L     /* activation arena, floats */
+#define INT_SLOTS 24640L      /* routing arena, int32 */
+#define FLOPS_PER_IMAGE 1.75293e+07 /* forward, routed experts only */
 
 /* training settings of the .moe file: the trainer's defaults */
-#define TRAIN_STEPS 1500L
+#define TRAIN_STEPS 3000L
 #define TRAIN_EPOCHS 0
 #define OPT_ADAMW 1
-#define TRAIN_LR 0.002
+#define TRAIN_LR 0.0030000000000000001
 #define ADAM_BETA1 0.90000000000000002
 #define ADAM_BETA2 0.999
 #define ADAM_EPS 1e-08
@@ -42,13 +42,13 @@
 #define SGD_MOMENTUM 0
 #define SGD_NESTEROV 0
 #define SCHEDULE 1 /* 0 constant, 1 cosine, 2 step */
-#define WARMUP_STEPS 100L
+#define WARMUP_STEPS 50L
 #define MIN_LR 0
 #define STEP_EVERY 0L
 #define STEP_GAMMA 0
 #define LABEL_SMOOTHING 0.10000000000000001
 #define CLIP_GRAD 1
-#define CROP_PADDING 2
+#define CROP_PADDING 0
 #define FLIP 0
 #define EVAL_EVERY 500L
 #define CHECKPOINT_EVERY 0L

@@ -58,180 +58,184 @@
 #define TOPP21              113074688L /* top-k probabilities */
 #define GATE21              113091328L /* gates */
 #define PRIO21              113107968L /* routing priority */
-#define XE21                113124608L /* expert inputs [E, CAP, D] */
-#define HE21                117118208L /* expert hidden [E, CAP, H] */
-#define AE21                133092608L /* expert hidden, activated */
-#define YE21                149067008L /* expert outputs [E, CAP, D] */
+#define XE21                113124608L /* expert inputs [N*K, D] */
+#define HE21                116319488L /* expert hidden [N*K, H] */
+#define AE21                129099008L /* expert hidden, activated */
+#define YE21                141878528L /* expert outputs [N*K, D] */
 #define TOPK21                      0L /* int32 chosen experts */
 #define SLOT21                  16640L /* int32 slot of each choice */
 #define COUNT21                 33280L /* int32 tokens per expert */
-#define TOKEN21                 33296L /* int32 token in each slot */
-#define ORDER21                 54096L /* int32 routing order */
-#define TARGET21                87376L /* int32 mapped expert */
-#define V22                 153060608L /* drop_path */
-#define KEEP22              156255488L /* stochastic depth: kept samples */
-#define V23                 156255744L /* residual_end */
-#define V25                 159450624L /* layernorm blocks.2.norm1 */
-#define MEAN25              162645504L /* layer norm means */
-#define RSTD25              162662144L /* layer norm 1/std */
-#define V26                 162678784L /* attention blocks.2.attn */
-#define QKV26               165873664L /* queries, keys, values */
-#define ATT26               175458304L /* attention weights */
-#define Y26                 178703104L /* heads' outputs */
-#define V27                 181897984L /* drop_path */
-#define KEEP27              185092864L /* stochastic depth: kept samples */
-#define V28                 185093120L /* residual_end */
-#define V30                 188288000L /* layernorm blocks.2.norm2 */
-#define MEAN30              191482880L /* layer norm means */
-#define RSTD30              191499520L /* layer norm 1/std */
-#define V31                 191516160L /* mlp blocks.2.mlp */
-#define H31                 194711040L /* hidden, before the activation */
-#define ACTV31              207490560L /* hidden, after the activation */
-#define V32                 220270080L /* drop_path */
-#define KEEP32              223464960L /* stochastic depth: kept samples */
-#define V33                 223465216L /* residual_end */
-#define V35                 226660096L /* layernorm blocks.3.norm1 */
-#define MEAN35              229854976L /* layer norm means */
-#define RSTD35              229871616L /* layer norm 1/std */
-#define V36                 229888256L /* attention blocks.3.attn */
-#define QKV36               233083136L /* queries, keys, values */
-#define ATT36               242667776L /* attention weights */
-#define Y36                 245912576L /* heads' outputs */
-#define V37                 249107456L /* drop_path */
-#define KEEP37              252302336L /* stochastic depth: kept samples */
-#define V38                 252302592L /* residual_end */
-#define V40                 255497472L /* layernorm blocks.3.norm2 */
-#define MEAN40              258692352L /* layer norm means */
-#define RSTD40              258708992L /* layer norm 1/std */
-#define V41                 258725632L /* moe blocks.3.moe */
-#define LOGITS41            261920512L /* router logits */
-#define PROBS41             262053632L /* router probabilities */
-#define LSE41               262186752L /* log-sum-exp of the logits */
-#define TOPP41              262203392L /* top-k probabilities */
-#define GATE41              262220032L /* gates */
-#define PRIO41              262236672L /* routing priority */
-#define XE41                262253312L /* expert inputs [E, CAP, D] */
-#define HE41                266246912L /* expert hidden [E, CAP, H] */
-#define AE41                282221312L /* expert hidden, activated */
-#define YE41                298195712L /* expert outputs [E, CAP, D] */
-#define TOPK41                 104016L /* int32 chosen experts */
-#define SLOT41                 120656L /* int32 slot of each choice */
-#define COUNT41                137296L /* int32 tokens per expert */
-#define TOKEN41                137312L /* int32 token in each slot */
-#define ORDER41                158112L /* int32 routing order */
-#define TARGET41               191392L /* int32 mapped expert */
-#define V42                 302189312L /* drop_path */
-#define KEEP42              305384192L /* stochastic depth: kept samples */
-#define V43                 305384448L /* residual_end */
-#define V45                 308579328L /* layernorm blocks.4.norm1 */
-#define MEAN45              311774208L /* layer norm means */
-#define RSTD45              311790848L /* layer norm 1/std */
-#define V46                 311807488L /* attention blocks.4.attn */
-#define QKV46               315002368L /* queries, keys, values */
-#define ATT46               324587008L /* attention weights */
-#define Y46                 327831808L /* heads' outputs */
-#define V47                 331026688L /* drop_path */
-#define KEEP47              334221568L /* stochastic depth: kept samples */
-#define V48                 334221824L /* residual_end */
-#define V50                 337416704L /* layernorm blocks.4.norm2 */
-#define MEAN50              340611584L /* layer norm means */
-#define RSTD50              340628224L /* layer norm 1/std */
-#define V51                 340644864L /* mlp blocks.4.mlp */
-#define H51                 343839744L /* hidden, before the activation */
-#define ACTV51              356619264L /* hidden, after the activation */
-#define V52                 369398784L /* drop_path */
-#define KEEP52              372593664L /* stochastic depth: kept samples */
-#define V53                 372593920L /* residual_end */
-#define V55                 375788800L /* layernorm blocks.5.norm1 */
-#define MEAN55              378983680L /* layer norm means */
-#define RSTD55              379000320L /* layer norm 1/std */
-#define V56                 379016960L /* attention blocks.5.attn */
-#define QKV56               382211840L /* queries, keys, values */
-#define ATT56               391796480L /* attention weights */
-#define Y56                 395041280L /* heads' outputs */
-#define V57                 398236160L /* drop_path */
-#define KEEP57              401431040L /* stochastic depth: kept samples */
-#define V58                 401431296L /* residual_end */
-#define V60                 404626176L /* layernorm blocks.5.norm2 */
-#define MEAN60              407821056L /* layer norm means */
-#define RSTD60              407837696L /* layer norm 1/std */
-#define V61                 407854336L /* moe blocks.5.moe */
-#define LOGITS61            411049216L /* router logits */
-#define PROBS61             411182336L /* router probabilities */
-#define LSE61               411315456L /* log-sum-exp of the logits */
-#define TOPP61              411332096L /* top-k probabilities */
-#define GATE61              411348736L /* gates */
-#define PRIO61              411365376L /* routing priority */
-#define XE61                411382016L /* expert inputs [E, CAP, D] */
-#define HE61                415375616L /* expert hidden [E, CAP, H] */
-#define AE61                431350016L /* expert hidden, activated */
-#define YE61                447324416L /* expert outputs [E, CAP, D] */
-#define TOPK61                 208032L /* int32 chosen experts */
-#define SLOT61                 224672L /* int32 slot of each choice */
-#define COUNT61                241312L /* int32 tokens per expert */
-#define TOKEN61                241328L /* int32 token in each slot */
-#define ORDER61                262128L /* int32 routing order */
-#define TARGET61               295408L /* int32 mapped expert */
-#define V62                 451318016L /* drop_path */
-#define KEEP62              454512896L /* stochastic depth: kept samples */
-#define V63                 454513152L /* residual_end */
-#define V65                 457708032L /* layernorm blocks.6.norm1 */
-#define MEAN65              460902912L /* layer norm means */
-#define RSTD65              460919552L /* layer norm 1/std */
-#define V66                 460936192L /* attention blocks.6.attn */
-#define QKV66               464131072L /* queries, keys, values */
-#define ATT66               473715712L /* attention weights */
-#define Y66                 476960512L /* heads' outputs */
-#define V67                 480155392L /* drop_path */
-#define KEEP67              483350272L /* stochastic depth: kept samples */
-#define V68                 483350528L /* residual_end */
-#define V70                 486545408L /* layernorm blocks.6.norm2 */
-#define MEAN70              489740288L /* layer norm means */
-#define RSTD70              489756928L /* layer norm 1/std */
-#define V71                 489773568L /* mlp blocks.6.mlp */
-#define H71                 492968448L /* hidden, before the activation */
-#define ACTV71              505747968L /* hidden, after the activation */
-#define V72                 518527488L /* drop_path */
-#define KEEP72              521722368L /* stochastic depth: kept samples */
-#define V73                 521722624L /* residual_end */
-#define V75                 524917504L /* layernorm blocks.7.norm1 */
-#define MEAN75              528112384L /* layer norm means */
-#define RSTD75              528129024L /* layer norm 1/std */
-#define V76                 528145664L /* attention blocks.7.attn */
-#define QKV76               531340544L /* queries, keys, values */
-#define ATT76               540925184L /* attention weights */
-#define Y76                 544169984L /* heads' outputs */
-#define V77                 547364864L /* drop_path */
-#define KEEP77              550559744L /* stochastic depth: kept samples */
-#define V78                 550560000L /* residual_end */
-#define V80                 553754880L /* layernorm blocks.7.norm2 */
-#define MEAN80              556949760L /* layer norm means */
-#define RSTD80              556966400L /* layer norm 1/std */
-#define V81                 556983040L /* moe blocks.7.moe */
-#define LOGITS81            560177920L /* router logits */
-#define PROBS81             560311040L /* router probabilities */
-#define LSE81               560444160L /* log-sum-exp of the logits */
-#define TOPP81              560460800L /* top-k probabilities */
-#define GATE81              560477440L /* gates */
-#define PRIO81              560494080L /* routing priority */
-#define XE81                560510720L /* expert inputs [E, CAP, D] */
-#define HE81                564504320L /* expert hidden [E, CAP, H] */
-#define AE81                580478720L /* expert hidden, activated */
-#define YE81                596453120L /* expert outputs [E, CAP, D] */
-#define TOPK81                 312048L /* int32 chosen experts */
-#define SLOT81                 328688L /* int32 slot of each choice */
-#define COUNT81                345328L /* int32 tokens per expert */
-#define TOKEN81                345344L /* int32 token in each slot */
-#define ORDER81                366144L /* int32 routing order */
-#define TARGET81               399424L /* int32 mapped expert */
-#define V82                 600446720L /* drop_path */
-#define KEEP82              603641600L /* stochastic depth: kept samples */
-#define V83                 603641856L /* residual_end */
-#define V84                 606836736L /* layernorm norm */
-#define MEAN84              610031616L /* layer norm means */
-#define RSTD84              610048256L /* layer norm 1/std */
-#define V85                 610064896L /* pool */
-#define V86                 610114048L /* logits */
+#define TOKEN21                 33296L /* int32 token of each expert row */
+#define ORDER21                 49936L /* int32 routing order */
+#define TARGET21                83216L /* int32 mapped expert */
+#define OFFSET21                99856L /* int32 first row of each expert */
+#define V22                 145073408L /* drop_path */
+#define KEEP22              148268288L /* stochastic depth: kept samples */
+#define V23                 148268544L /* residual_end */
+#define V25                 151463424L /* layernorm blocks.2.norm1 */
+#define MEAN25              154658304L /* layer norm means */
+#define RSTD25              154674944L /* layer norm 1/std */
+#define V26                 154691584L /* attention blocks.2.attn */
+#define QKV26               157886464L /* queries, keys, values */
+#define ATT26               167471104L /* attention weights */
+#define Y26                 170715904L /* heads' outputs */
+#define V27                 173910784L /* drop_path */
+#define KEEP27              177105664L /* stochastic depth: kept samples */
+#define V28                 177105920L /* residual_end */
+#define V30                 180300800L /* layernorm blocks.2.norm2 */
+#define MEAN30              183495680L /* layer norm means */
+#define RSTD30              183512320L /* layer norm 1/std */
+#define V31                 183528960L /* mlp blocks.2.mlp */
+#define H31                 186723840L /* hidden, before the activation */
+#define ACTV31              199503360L /* hidden, after the activation */
+#define V32                 212282880L /* drop_path */
+#define KEEP32              215477760L /* stochastic depth: kept samples */
+#define V33                 215478016L /* residual_end */
+#define V35                 218672896L /* layernorm blocks.3.norm1 */
+#define MEAN35              221867776L /* layer norm means */
+#define RSTD35              221884416L /* layer norm 1/std */
+#define V36                 221901056L /* attention blocks.3.attn */
+#define QKV36               225095936L /* queries, keys, values */
+#define ATT36               234680576L /* attention weights */
+#define Y36                 237925376L /* heads' outputs */
+#define V37                 241120256L /* drop_path */
+#define KEEP37              244315136L /* stochastic depth: kept samples */
+#define V38                 244315392L /* residual_end */
+#define V40                 247510272L /* layernorm blocks.3.norm2 */
+#define MEAN40              250705152L /* layer norm means */
+#define RSTD40              250721792L /* layer norm 1/std */
+#define V41                 250738432L /* moe blocks.3.moe */
+#define LOGITS41            253933312L /* router logits */
+#define PROBS41             254066432L /* router probabilities */
+#define LSE41               254199552L /* log-sum-exp of the logits */
+#define TOPP41              254216192L /* top-k probabilities */
+#define GATE41              254232832L /* gates */
+#define PRIO41              254249472L /* routing priority */
+#define XE41                254266112L /* expert inputs [N*K, D] */
+#define HE41                257460992L /* expert hidden [N*K, H] */
+#define AE41                270240512L /* expert hidden, activated */
+#define YE41                283020032L /* expert outputs [N*K, D] */
+#define TOPK41                  99872L /* int32 chosen experts */
+#define SLOT41                 116512L /* int32 slot of each choice */
+#define COUNT41                133152L /* int32 tokens per expert */
+#define TOKEN41                133168L /* int32 token of each expert row */
+#define ORDER41                149808L /* int32 routing order */
+#define TARGET41               183088L /* int32 mapped expert */
+#define OFFSET41               199728L /* int32 first row of each expert */
+#define V42                 286214912L /* drop_path */
+#define KEEP42              289409792L /* stochastic depth: kept samples */
+#define V43                 289410048L /* residual_end */
+#define V45                 292604928L /* layernorm blocks.4.norm1 */
+#define MEAN45              295799808L /* layer norm means */
+#define RSTD45              295816448L /* layer norm 1/std */
+#define V46                 295833088L /* attention blocks.4.attn */
+#define QKV46               299027968L /* queries, keys, values */
+#define ATT46               308612608L /* attention weights */
+#define Y46                 311857408L /* heads' outputs */
+#define V47                 315052288L /* drop_path */
+#define KEEP47              318247168L /* stochastic depth: kept samples */
+#define V48                 318247424L /* residual_end */
+#define V50                 321442304L /* layernorm blocks.4.norm2 */
+#define MEAN50              324637184L /* layer norm means */
+#define RSTD50              324653824L /* layer norm 1/std */
+#define V51                 324670464L /* mlp blocks.4.mlp */
+#define H51                 327865344L /* hidden, before the activation */
+#define ACTV51              340644864L /* hidden, after the activation */
+#define V52                 353424384L /* drop_path */
+#define KEEP52              356619264L /* stochastic depth: kept samples */
+#define V53                 356619520L /* residual_end */
+#define V55                 359814400L /* layernorm blocks.5.norm1 */
+#define MEAN55              363009280L /* layer norm means */
+#define RSTD55              363025920L /* layer norm 1/std */
+#define V56                 363042560L /* attention blocks.5.attn */
+#define QKV56               366237440L /* queries, keys, values */
+#define ATT56               375822080L /* attention weights */
+#define Y56                 379066880L /* heads' outputs */
+#define V57                 382261760L /* drop_path */
+#define KEEP57              385456640L /* stochastic depth: kept samples */
+#define V58                 385456896L /* residual_end */
+#define V60                 388651776L /* layernorm blocks.5.norm2 */
+#define MEAN60              391846656L /* layer norm means */
+#define RSTD60              391863296L /* layer norm 1/std */
+#define V61                 391879936L /* moe blocks.5.moe */
+#define LOGITS61            395074816L /* router logits */
+#define PROBS61             395207936L /* router probabilities */
+#define LSE61               395341056L /* log-sum-exp of the logits */
+#define TOPP61              395357696L /* top-k probabilities */
+#define GATE61              395374336L /* gates */
+#define PRIO61              395390976L /* routing priority */
+#define XE61                395407616L /* expert inputs [N*K, D] */
+#define HE61                398602496L /* expert hidden [N*K, H] */
+#define AE61                411382016L /* expert hidden, activated */
+#define YE61                424161536L /* expert outputs [N*K, D] */
+#define TOPK61                 199744L /* int32 chosen experts */
+#define SLOT61                 216384L /* int32 slot of each choice */
+#define COUNT61                233024L /* int32 tokens per expert */
+#define TOKEN61                233040L /* int32 token of each expert row */
+#define ORDER61                249680L /* int32 routing order */
+#define TARGET61               282960L /* int32 mapped expert */
+#define OFFSET61               299600L /* int32 first row of each expert */
+#define V62                 427356416L /* drop_path */
+#define KEEP62              430551296L /* stochastic depth: kept samples */
+#define V63                 430551552L /* residual_end */
+#define V65                 433746432L /* layernorm blocks.6.norm1 */
+#define MEAN65              436941312L /* layer norm means */
+#define RSTD65              436957952L /* layer norm 1/std */
+#define V66                 436974592L /* attention blocks.6.attn */
+#define QKV66               440169472L /* queries, keys, values */
+#define ATT66               449754112L /* attention weights */
+#define Y66                 452998912L /* heads' outputs */
+#define V67                 456193792L /* drop_path */
+#define KEEP67              459388672L /* stochastic depth: kept samples */
+#define V68                 459388928L /* residual_end */
+#define V70                 462583808L /* layernorm blocks.6.norm2 */
+#define MEAN70              465778688L /* layer norm means */
+#define RSTD70              465795328L /* layer norm 1/std */
+#define V71                 465811968L /* mlp blocks.6.mlp */
+#define H71                 469006848L /* hidden, before the activation */
+#define ACTV71              481786368L /* hidden, after the activation */
+#define V72                 494565888L /* drop_path */
+#define KEEP72              497760768L /* stochastic depth: kept samples */
+#define V73                 497761024L /* residual_end */
+#define V75                 500955904L /* layernorm blocks.7.norm1 */
+#define MEAN75              504150784L /* layer norm means */
+#define RSTD75              504167424L /* layer norm 1/std */
+#define V76                 504184064L /* attention blocks.7.attn */
+#define QKV76               507378944L /* queries, keys, values */
+#define ATT76               516963584L /* attention weights */
+#define Y76                 520208384L /* heads' outputs */
+#define V77                 523403264L /* drop_path */
+#define KEEP77              526598144L /* stochastic depth: kept samples */
+#define V78                 526598400L /* residual_end */
+#define V80                 529793280L /* layernorm blocks.7.norm2 */
+#define MEAN80              532988160L /* layer norm means */
+#define RSTD80              533004800L /* layer norm 1/std */
+#define V81                 533021440L /* moe blocks.7.moe */
+#define LOGITS81            536216320L /* router logits */
+#define PROBS81             536349440L /* router probabilities */
+#define LSE81               536482560L /* log-sum-exp of the logits */
+#define TOPP81              536499200L /* top-k probabilities */
+#define GATE81              536515840L /* gates */
+#define PRIO81              536532480L /* routing priority */
+#define XE81                536549120L /* expert inputs [N*K, D] */
+#define HE81                539744000L /* expert hidden [N*K, H] */
+#define AE81                552523520L /* expert hidden, activated */
+#define YE81                565303040L /* expert outputs [N*K, D] */
+#define TOPK81                 299616L /* int32 chosen experts */
+#define SLOT81                 316256L /* int32 slot of each choice */
+#define COUNT81                332896L /* int32 tokens per expert */
+#define TOKEN81                332912L /* int32 token of each expert row */
+#define ORDER81                349552L /* int32 routing order */
+#define TARGET81               382832L /* int32 mapped expert */
+#define OFFSET81               399472L /* int32 first row of each expert */
+#define V82                 568497920L /* drop_path */
+#define KEEP82              571692800L /* stochastic depth: kept samples */
+#define V83                 571693056L /* residual_end */
+#define V84                 574887936L /* layernorm norm */
+#define MEAN84              578082816L /* layer norm means */
+#define RSTD84              578099456L /* layer norm 1/std */
+#define V85                 578116096L /* pool */
+#define V86                 578165248L /* logits */
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 9216L, 4, { 192, 3, 4, 4 }, 2, 0.02f, 1, 0 },
@@ -444,15 +448,15 @@ void model_forward(model *m, const float *x, const int32_t *dataset, int B, int 
     /* 21: moe blocks.1.moe -> [B, 65, 192] */
     {
         const int N = B * 65;
-        const int cap = moe_capacity(N, 8, 1, 1.25, 0);
-        moe_routing r = { IA(TOPK21), A(TOPP21), A(GATE21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ORDER21), A(PRIO21) };
+        const int cap = moe_capacity(N, 8, 1, 1.25, !train); /* dropless in evaluation */
+        moe_routing r = { IA(TOPK21), A(TOPP21), A(GATE21), IA(SLOT21), IA(COUNT21), IA(OFFSET21), IA(TOKEN21), IA(ORDER21), A(PRIO21) };
         linear_forward(A(LOGITS21), A(V20), P(615936L), NULL, N, 192, 8);
         router_softmax(A(PROBS21), A(LSE21), A(LOGITS21), N, 8);
         moe_route(&r, A(PROBS21), N, 8, 1, cap, 1, 0);
         moe_experts_forward(A(V21), A(XE21), A(HE21), A(AE21), A(YE21), A(V20), &r, P(617472L), P(1797120L), P(1803264L), P(2982912L),
-                            N, 192, 768, 8, 1, cap, ACT_GELU);
+                            N, 192, 768, 8, 1, ACT_GELU);
         moe_aux_losses(m->aux[0], A(PROBS21), A(LSE21), &r, NULL, N, 8, 1);
-        moe_stats_add(&m->stats[0], &r, A(PROBS21), dataset, N, 65, 8, 1, cap);
+        moe_stats_add(&m->stats[0], &r, A(PROBS21), dataset, N, 65, 8, 1);
         m->cap[0] = cap;
     }
     /* 22: drop_path -> [B, 65, 192] */
@@ -498,15 +502,15 @@ void model_forward(model *m, const float *x, const int32_t *dataset, int B, int 
     /* 41: moe blocks.3.moe -> [B, 65, 192] */
     {
         const int N = B * 65;
-        const int cap = moe_capacity(N, 8, 1, 1.25, 0);
-        moe_routing r = { IA(TOPK41), A(TOPP41), A(GATE41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ORDER41), A(PRIO41) };
+        const int cap = moe_capacity(N, 8, 1, 1.25, !train); /* dropless in evaluation */
+        moe_routing r = { IA(TOPK41), A(TOPP41), A(GATE41), IA(SLOT41), IA(COUNT41), IA(OFFSET41), IA(TOKEN41), IA(ORDER41), A(PRIO41) };
         linear_forward(A(LOGITS41), A(V40), P(3578304L), NULL, N, 192, 8);
         router_softmax(A(PROBS41), A(LSE41), A(LOGITS41), N, 8);
         moe_route(&r, A(PROBS41), N, 8, 1, cap, 1, 0);
         moe_experts_forward(A(V41), A(XE41), A(HE41), A(AE41), A(YE41), A(V40), &r, P(3579840L), P(4759488L), P(4765632L), P(5945280L),
-                            N, 192, 768, 8, 1, cap, ACT_GELU);
+                            N, 192, 768, 8, 1, ACT_GELU);
         moe_aux_losses(m->aux[1], A(PROBS41), A(LSE41), &r, NULL, N, 8, 1);
-        moe_stats_add(&m->stats[1], &r, A(PROBS41), dataset, N, 65, 8, 1, cap);
+        moe_stats_add(&m->stats[1], &r, A(PROBS41), dataset, N, 65, 8, 1);
         m->cap[1] = cap;
     }
     /* 42: drop_path -> [B, 65, 192] */
@@ -552,15 +556,15 @@ void model_forward(model *m, const float *x, const int32_t *dataset, int B, int 
     /* 61: moe blocks.5.moe -> [B, 65, 192] */
     {
         const int N = B * 65;
-        const int cap = moe_capacity(N, 8, 1, 1.25, 0);
-        moe_routing r = { IA(TOPK61), A(TOPP61), A(GATE61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ORDER61), A(PRIO61) };
+        const int cap = moe_capacity(N, 8, 1, 1.25, !train); /* dropless in evaluation */
+        moe_routing r = { IA(TOPK61), A(TOPP61), A(GATE61), IA(SLOT61), IA(COUNT61), IA(OFFSET61), IA(TOKEN61), IA(ORDER61), A(PRIO61) };
         linear_forward(A(LOGITS61), A(V60), P(6540672L), NULL, N, 192, 8);
         router_softmax(A(PROBS61), A(LSE61), A(LOGITS61), N, 8);
         moe_route(&r, A(PROBS61), N, 8, 1, cap, 1, 0);
         moe_experts_forward(A(V61), A(XE61), A(HE61), A(AE61), A(YE61), A(V60), &r, P(6542208L), P(7721856L), P(7728000L), P(8907648L),
-                            N, 192, 768, 8, 1, cap, ACT_GELU);
+                            N, 192, 768, 8, 1, ACT_GELU);
         moe_aux_losses(m->aux[2], A(PROBS61), A(LSE61), &r, NULL, N, 8, 1);
-        moe_stats_add(&m->stats[2], &r, A(PROBS61), dataset, N, 65, 8, 1, cap);
+        moe_stats_add(&m->stats[2], &r, A(PROBS61), dataset, N, 65, 8, 1);
         m->cap[2] = cap;
     }
     /* 62: drop_path -> [B, 65, 192] */
@@ -606,15 +610,15 @@ void model_forward(model *m, const float *x, const int32_t *dataset, int B, int 
     /* 81: moe blocks.7.moe -> [B, 65, 192] */
     {
         const int N = B * 65;
-        const int cap = moe_capacity(N, 8, 1, 1.25, 0);
-        moe_routing r = { IA(TOPK81), A(TOPP81), A(GATE81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ORDER81), A(PRIO81) };
+        const int cap = moe_capacity(N, 8, 1, 1.25, !train); /* dropless in evaluation */
+        moe_routing r = { IA(TOPK81), A(TOPP81), A(GATE81), IA(SLOT81), IA(COUNT81), IA(OFFSET81), IA(TOKEN81), IA(ORDER81), A(PRIO81) };
         linear_forward(A(LOGITS81), A(V80), P(9503040L), NULL, N, 192, 8);
         router_softmax(A(PROBS81), A(LSE81), A(LOGITS81), N, 8);
         moe_route(&r, A(PROBS81), N, 8, 1, cap, 1, 0);
         moe_experts_forward(A(V81), A(XE81), A(HE81), A(AE81), A(YE81), A(V80), &r, P(9504576L), P(10684224L), P(10690368L), P(11870016L),
-                            N, 192, 768, 8, 1, cap, ACT_GELU);
+                            N, 192, 768, 8, 1, ACT_GELU);
         moe_aux_losses(m->aux[3], A(PROBS81), A(LSE81), &r, NULL, N, 8, 1);
-        moe_stats_add(&m->stats[3], &r, A(PROBS81), dataset, N, 65, 8, 1, cap);
+        moe_stats_add(&m->stats[3], &r, A(PROBS81), dataset, N, 65, 8, 1);
         m->cap[3] = cap;
     }
     /* 82: drop_path -> [B, 65, 192] */
@@ -648,11 +652,11 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
     rowmask_backward(G(V81), G(V82), A(KEEP82), B, 12480, 0);
     /* 81: moe blocks.7.moe */
     {
-        const int N = B * 65, cap = m->cap[3];
-        moe_routing r = { IA(TOPK81), A(TOPP81), A(GATE81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ORDER81), A(PRIO81) };
+        const int N = B * 65;
+        moe_routing r = { IA(TOPK81), A(TOPP81), A(GATE81), IA(SLOT81), IA(COUNT81), IA(OFFSET81), IA(TOKEN81), IA(ORDER81), A(PRIO81) };
         moe_experts_backward(G(V80), G(GATE81), G(YE81), G(HE81), G(XE81), G(V81), A(XE81), A(HE81), A(AE81), A(YE81), &r,
                              P(9504576L), P(10690368L), DP(9504576L), DP(10684224L), DP(10690368L), DP(11870016L),
-                             N, 192, 768, 8, 1, cap, ACT_GELU, 0);
+                             N, 192, 768, 8, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS81), G(PROBS81), G(GATE81), A(PROBS81), A(LSE81), &r, NULL, N, 8, 1, 1,
                             0.01f, 0.001f, 0.0f);
         linear_backward(G(V80), DP(9503040L), NULL, G(LOGITS81), A(V80), P(9503040L), N, 192, 8, 1);
@@ -699,11 +703,11 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
     rowmask_backward(G(V61), G(V62), A(KEEP62), B, 12480, 0);
     /* 61: moe blocks.5.moe */
     {
-        const int N = B * 65, cap = m->cap[2];
-        moe_routing r = { IA(TOPK61), A(TOPP61), A(GATE61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ORDER61), A(PRIO61) };
+        const int N = B * 65;
+        moe_routing r = { IA(TOPK61), A(TOPP61), A(GATE61), IA(SLOT61), IA(COUNT61), IA(OFFSET61), IA(TOKEN61), IA(ORDER61), A(PRIO61) };
         moe_experts_backward(G(V60), G(GATE61), G(YE61), G(HE61), G(XE61), G(V61), A(XE61), A(HE61), A(AE61), A(YE61), &r,
                              P(6542208L), P(7728000L), DP(6542208L), DP(7721856L), DP(7728000L), DP(8907648L),
-                             N, 192, 768, 8, 1, cap, ACT_GELU, 0);
+                             N, 192, 768, 8, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS61), G(PROBS61), G(GATE61), A(PROBS61), A(LSE61), &r, NULL, N, 8, 1, 1,
                             0.01f, 0.001f, 0.0f);
         linear_backward(G(V60), DP(6540672L), NULL, G(LOGITS61), A(V60), P(6540672L), N, 192, 8, 1);
@@ -750,11 +754,11 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
     rowmask_backward(G(V41), G(V42), A(KEEP42), B, 12480, 0);
     /* 41: moe blocks.3.moe */
     {
-        const int N = B * 65, cap = m->cap[1];
-        moe_routing r = { IA(TOPK41), A(TOPP41), A(GATE41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ORDER41), A(PRIO41) };
+        const int N = B * 65;
+        moe_routing r = { IA(TOPK41), A(TOPP41), A(GATE41), IA(SLOT41), IA(COUNT41), IA(OFFSET41), IA(TOKEN41), IA(ORDER41), A(PRIO41) };
         moe_experts_backward(G(V40), G(GATE41), G(YE41), G(HE41), G(XE41), G(V41), A(XE41), A(HE41), A(AE41), A(YE41), &r,
                              P(3579840L), P(4765632L), DP(3579840L), DP(4759488L), DP(4765632L), DP(5945280L),
-                             N, 192, 768, 8, 1, cap, ACT_GELU, 0);
+                             N, 192, 768, 8, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS41), G(PROBS41), G(GATE41), A(PROBS41), A(LSE41), &r, NULL, N, 8, 1, 1,
                             0.01f, 0.001f, 0.0f);
         linear_backward(G(V40), DP(3578304L), NULL, G(LOGITS41), A(V40), P(3578304L), N, 192, 8, 1);
@@ -801,11 +805,11 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
     rowmask_backward(G(V21), G(V22), A(KEEP22), B, 12480, 0);
     /* 21: moe blocks.1.moe */
     {
-        const int N = B * 65, cap = m->cap[0];
-        moe_routing r = { IA(TOPK21), A(TOPP21), A(GATE21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ORDER21), A(PRIO21) };
+        const int N = B * 65;
+        moe_routing r = { IA(TOPK21), A(TOPP21), A(GATE21), IA(SLOT21), IA(COUNT21), IA(OFFSET21), IA(TOKEN21), IA(ORDER21), A(PRIO21) };
         moe_experts_backward(G(V20), G(GATE21), G(YE21), G(HE21), G(XE21), G(V21), A(XE21), A(HE21), A(AE21), A(YE21), &r,
                              P(617472L), P(1803264L), DP(617472L), DP(1797120L), DP(1803264L), DP(2982912L),
-                             N, 192, 768, 8, 1, cap, ACT_GELU, 0);
+                             N, 192, 768, 8, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS21), G(PROBS21), G(GATE21), A(PROBS21), A(LSE21), &r, NULL, N, 8, 1, 1,
                             0.01f, 0.001f, 0.0f);
         linear_backward(G(V20), DP(615936L), NULL, G(LOGITS21), A(V20), P(615936L), N, 192, 8, 1);

@@ -26,8 +26,8 @@
 #define MAX_TOKENS 65
 #define N_TENSORS 108
 #define N_PARAMS 11873866L
-#define ACT_FLOATS 610116608L     /* activation arena, floats */
-#define INT_SLOTS 416064L      /* routing arena, int32 */
+#define ACT_FLOATS 578167808L     /* activation arena, floats */
+#define INT_SLOTS 399488L      /* routing arena, int32 */
 #define FLOPS_PER_IMAGE 4.88003e+08 /* forward, routed experts only */
 
 /* training settings of the .moe file: the trainer's defaults */

@@ -596,7 +596,7 @@ static inline void rowmask_backward(float *dinp, const float *dout, const float 
 /* ---- classifier heads and the loss ------------------------------------------ */
 
 /* Cross-entropy with label smoothing eps over the C classes of one sample's
- * logits. Writes dlogits (already divided by `scale`), returns the loss. */
+ * logits. Writes dlogits (multiplied by `scale`), returns the loss. */
 static inline float softmax_xent(float *dlogits, const float *logits, int C, int label, float eps, float scale)
 {
     float mx = logits[0];
@@ -629,7 +629,8 @@ typedef struct moe_routing {
     float *gate;      /* [N, K] combine weights (normalised if asked) */
     int *slot;        /* [N, K] position in the expert's buffer, -1: dropped */
     int *count;       /* [E] tokens kept per expert */
-    int *token;       /* [E, CAP] which token fills each slot */
+    int *offset;      /* [E] first row of each expert in the packed buffers */
+    int *token;       /* [N * K] the token of each row, experts one after another */
     int *order;       /* [2N] scratch: routing order */
     float *prio;      /* [N] scratch: priority of each token */
 } moe_routing;
@@ -717,33 +718,47 @@ static inline void moe_route(moe_routing *r, const float *probs, int N, int E, i
             int pos = r->count[e];
             if (pos < cap) {
                 r->slot[(size_t)n * K + k] = pos;
-                r->token[(size_t)e * cap + pos] = n;
                 r->count[e] = pos + 1;
             } else {
                 r->slot[(size_t)n * K + k] = -1;
             }
         }
+    /* the experts' rows are packed: expert e's kept choices from offset[e] */
+    int rows = 0;
+    for (int e = 0; e < E; e++) {
+        r->offset[e] = rows;
+        rows += r->count[e];
+    }
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            const int pos = r->slot[(size_t)n * K + k];
+            if (pos >= 0)
+                r->token[r->offset[r->topk[(size_t)n * K + k]] + pos] = n;
+        }
 }
 
-/* The experts' FFN on their slots: xe[E, CAP, D] gathered from x[N, D];
- * h[E, CAP, H] = xe @ w1^T + b1, a = act(h), ye[E, CAP, D] = a @ w2^T + b2;
- * out[N, D] = sum over kept choices of gate * ye. */
+/* The experts' FFN on the kept choices, packed expert after expert (rows
+ * offset[e] .. offset[e] + count[e] - 1 are expert e's): xe[rows, D]
+ * gathered from x[N, D]; h[rows, H] = xe @ w1^T + b1, a = act(h),
+ * ye[rows, D] = a @ w2^T + b2; out[N, D] = sum over kept choices of
+ * gate * ye. rows <= N * K. */
 static inline void moe_experts_forward(float *out, float *xe, float *h, float *a, float *ye,
                                 const float *x, const moe_routing *r, const float *w1,
                                 const float *b1, const float *w2, const float *b2,
-                                int N, int D, int H, int E, int K, int cap, int act)
+                                int N, int D, int H, int E, int K, int act)
 {
     for (int e = 0; e < E; e++) {
         const int cnt = r->count[e];
         if (cnt == 0)
             continue;
-        float *xe_e = xe + (size_t)e * cap * D;
+        const size_t row = (size_t)r->offset[e];
+        float *xe_e = xe + row * D;
         for (int i = 0; i < cnt; i++)
-            memcpy(xe_e + (size_t)i * D, x + (size_t)r->token[(size_t)e * cap + i] * D, (size_t)D * sizeof(float));
-        float *h_e = h + (size_t)e * cap * H, *a_e = a + (size_t)e * cap * H;
+            memcpy(xe_e + (size_t)i * D, x + (size_t)r->token[row + i] * D, (size_t)D * sizeof(float));
+        float *h_e = h + row * H, *a_e = a + row * H;
         linear_forward(h_e, xe_e, w1 + (size_t)e * H * D, b1 + (size_t)e * H, cnt, D, H);
         act_forward(a_e, h_e, (size_t)cnt * H, act);
-        linear_forward(ye + (size_t)e * cap * D, a_e, w2 + (size_t)e * D * H, b2 + (size_t)e * D, cnt, H, D);
+        linear_forward(ye + row * D, a_e, w2 + (size_t)e * D * H, b2 + (size_t)e * D, cnt, H, D);
     }
     memset(out, 0, (size_t)N * D * sizeof(float));
     for (int n = 0; n < N; n++)
@@ -753,7 +768,7 @@ static inline void moe_experts_forward(float *out, float *xe, float *h, float *a
                 continue;
             int e = r->topk[(size_t)n * K + k];
             float g = r->gate[(size_t)n * K + k];
-            const float *y = ye + ((size_t)e * cap + pos) * D;
+            const float *y = ye + ((size_t)r->offset[e] + pos) * D;
             float *o = out + (size_t)n * D;
             for (int d = 0; d < D; d++)
                 o[d] += g * y[d];
@@ -761,12 +776,12 @@ static inline void moe_experts_forward(float *out, float *xe, float *h, float *a
 }
 
 /* Backward of the experts and the combine. dgate[N, K] is written; dx[N, D]
- * (+)= the experts' input gradient; dye, dh are [E, CAP, *] scratch. */
+ * (+)= the experts' input gradient; dye, dh, dxe are [rows, *] scratch. */
 static inline void moe_experts_backward(float *dx, float *dgate, float *dye, float *dh, float *dxe,
                                  const float *dout, const float *xe, const float *h, const float *a,
                                  const float *ye, const moe_routing *r, const float *w1,
                                  const float *w2, float *dw1, float *db1, float *dw2, float *db2,
-                                 int N, int D, int H, int E, int K, int cap, int act, int acc)
+                                 int N, int D, int H, int E, int K, int act, int acc)
 {
     for (int n = 0; n < N; n++)
         for (int k = 0; k < K; k++) {
@@ -779,8 +794,8 @@ static inline void moe_experts_backward(float *dx, float *dgate, float *dye, flo
             int e = r->topk[(size_t)n * K + k];
             float g = r->gate[(size_t)n * K + k];
             const float *gy = dout + (size_t)n * D;
-            const float *y = ye + ((size_t)e * cap + pos) * D;
-            float *dy = dye + ((size_t)e * cap + pos) * D;
+            const float *y = ye + ((size_t)r->offset[e] + pos) * D;
+            float *dy = dye + ((size_t)r->offset[e] + pos) * D;
             float s = 0.0f;
             for (int d = 0; d < D; d++) {
                 s += gy[d] * y[d];
@@ -794,7 +809,7 @@ static inline void moe_experts_backward(float *dx, float *dgate, float *dye, flo
         const int cnt = r->count[e];
         if (cnt == 0)
             continue;
-        const size_t oD = (size_t)e * cap * D, oH = (size_t)e * cap * H;
+        const size_t row = (size_t)r->offset[e], oD = row * D, oH = row * H;
         /* da (kept in dh) = dye @ w2 ; dw2 += dye^T @ a ; db2 += sum dye */
         linear_backward(dh + oH, dw2 + (size_t)e * D * H, db2 + (size_t)e * D, dye + oD, a + oH,
                         w2 + (size_t)e * D * H, cnt, H, D, 0);
@@ -802,7 +817,7 @@ static inline void moe_experts_backward(float *dx, float *dgate, float *dye, flo
         linear_backward(dxe + oD, dw1 + (size_t)e * H * D, db1 + (size_t)e * H, dh + oH, xe + oD,
                         w1 + (size_t)e * H * D, cnt, D, H, 0);
         for (int i = 0; i < cnt; i++) {
-            float *g = dx + (size_t)r->token[(size_t)e * cap + i] * D;
+            float *g = dx + (size_t)r->token[row + i] * D;
             const float *s = dxe + oD + (size_t)i * D;
             for (int d = 0; d < D; d++)
                 g[d] += s[d];
@@ -938,9 +953,8 @@ typedef struct moe_stats {
 } moe_stats;
 
 static inline void moe_stats_add(moe_stats *s, const moe_routing *r, const float *probs, const int32_t *dataset,
-                          int N, int T, int E, int K, int cap)
+                          int N, int T, int E, int K)
 {
-    (void)cap;
     if (!s->load)
         return;
     for (int n = 0; n < N; n++) {

@@ -675,7 +675,8 @@ int main(int argc, char **argv)
         if (o.dump_step) {
             dump_step(&m, batch, o.batch, ce + aux, o.dump_step);
             printf("wrote the first step to %s: loss %.6f (cross-entropy %.6f)\n", o.dump_step, ce + aux, ce);
-            return 0;
+            stopped = true;
+            break;
         }
         if (!isfinite(ce + aux))
             die("the loss is %f at step %lld: training diverged (try a lower --lr)", ce + aux, (long long)step);
@@ -791,7 +792,7 @@ int main(int argc, char **argv)
                MODEL_NAME, o.batch, med * 1e3, med > 0 ? o.batch / med : 0.0,
                med > 0 ? 3.0 * FLOPS_PER_IMAGE * o.batch / med / 1e9 : 0.0, n);
         stopped = true;
-    } else if (o.synthetic) {
+    } else if (o.synthetic || o.dump_step) {
         stopped = true;
     }
     if (!stopped) {

@@ -25,7 +25,9 @@ finish() {
 # build must be warning-free.
 gen() {
     (cd "$top_srcdir" && "$MOECC" "examples/$1.moe" -o "$WORK/$1") || return 1
-    make -s -C "$WORK/$1" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" > "$WORK/$1.build.log" 2>&1 || {
+    # a make of its own: not a sub-make of `make check' (no jobserver notes)
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$WORK/$1" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
+        > "$WORK/$1.build.log" 2>&1 || {
         cat "$WORK/$1.build.log"
         return 1
     }

@@ -144,11 +144,11 @@ for f in "$top_srcdir"/examples/*.moe; do
 done
 
 # The parameter count of the DAMEX example, worked out by hand: patch
-# embedding 2,176 + class token 128 + positions 6,400 + 6 blocks x 66,560
-# (two norms, attention) + 3 dense MLPs x 65,920 + 3 MoE layers x 198,144
-# + final norm 256 + 3 heads x 1,290 = 1,204,382; the experts hold
-# 3 x 197,760 of it.
-want='parameters: 1,204,382 (experts 593,280)'
+# embedding 128 x 1 x 7 x 7 + 128 = 6,400 + positions 16 x 128 = 2,048
+# + 4 blocks x 66,560 (two norms, attention) + 2 dense MLPs x 65,920
+# + 2 MoE layers x 198,144 + final norm 256 + 3 heads x 1,290 = 806,942;
+# the experts hold 2 x 197,760 of it.
+want='parameters: 806,942 (experts 395,520)'
 "$MOECC" --summary "$top_srcdir/examples/damex.moe" >"$tmp/out" 2>"$tmp/err"
 rc=$?
 if test $rc -eq 0 && grep -qxF "$want" "$tmp/out" && ! test -s "$tmp/err"; then
