@@ -12,7 +12,7 @@ data:
 
 ## `make demo`: the main job. Compile examples/damex.moe, build it, train it
 ## on the three-dataset mixture, print accuracy per dataset and routing.
-DEMO_STEPS = 600
+DEMO_STEPS = 2000
 DEMO_DIR = $(abs_top_builddir)/demo
 demo: moecc libmoert.la data
 	rm -rf $(DEMO_DIR)
