@@ -4,7 +4,7 @@ TESTS += tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh
 EXTRA_DIST += tests/e2e/common.sh tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh \
 	tests/tools/torch_ref.py scripts/data.sh scripts/quickstart \
 	bench/cpu.sh bench/cpu_small.moe bench/cpu_large.moe \
-	examples/damex.moe
+	examples/damex.moe generated
 
 ## `make data`: the example datasets, from packages, under data/.
 data:
