@@ -24,15 +24,23 @@ finish() {
 # gen NAME: compile examples/NAME.moe into $WORK/NAME and build it; the
 # build must be warning-free.
 gen() {
-    (cd "$top_srcdir" && "$MOECC" "examples/$1.moe" -o "$WORK/$1") || return 1
-    # a make of its own: not a sub-make of `make check' (no jobserver notes)
-    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$WORK/$1" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
-        > "$WORK/$1.build.log" 2>&1 || {
-        cat "$WORK/$1.build.log"
+    name=$1
+    (cd "$top_srcdir" && "$MOECC" "examples/$name.moe" -o "$WORK/$name") || return 1
+    # a make of its own, not a sub-make of `make check' (no jobserver
+    # notes); with the runtime built with sanitizers, the trainer too
+    if [ -n "${SAN_CFLAGS:-}" ]; then
+        set -- CFLAGS="-O1 -g $SAN_CFLAGS" LDFLAGS="${SAN_LDFLAGS:-}"
+    else
+        set --
+    fi
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$WORK/$name" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
+        "$@" > "$WORK/$name.build.log" 2>&1 || {
+        cat "$WORK/$name.build.log"
         return 1
     }
-    if grep -q -i "warning" "$WORK/$1.build.log"; then
-        cat "$WORK/$1.build.log"
+    # the compiler's warnings about the generated code (file:line:col)
+    if grep -E -q '\.[ch]:[0-9]+:[0-9]+: warning' "$WORK/$name.build.log"; then
+        cat "$WORK/$name.build.log"
         return 1
     fi
 }
