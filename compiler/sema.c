@@ -54,13 +54,12 @@ typedef struct sema {
     int repeat_depth;
     int block;              /* current block, -1 outside repeats */
     bool block_is_moe;      /* the current block's moe() layers are MoE */
-    bool moe_selected_any;
     bool shape_unknown;     /* an error left the shape unknown: check no more */
     int cap_ops;
     int downsamples;
     int total_blocks;       /* blocks in the model, counted before pass 2 */
     /* per-block naming */
-    int n_norm, n_attn, n_mlp, n_moe, n_drop;
+    int n_norm, n_attn, n_mlp, n_moe;
     int parallel_expert;
     mc_loc parallel_loc;
     bool parallel_given;
@@ -1515,20 +1514,18 @@ static void do_layer(sema *s, const mc_stmt *st)
             }
         }
         s->repeat_depth++;
-        s->moe_selected_any = false;
         /* blocks number their layers afresh; the model's own count goes on after */
         const int top_norm = s->n_norm, top_attn = s->n_attn, top_mlp = s->n_mlp, top_moe = s->n_moe;
         for (int i = 0; i < depth && s->m->nops <= MAX_OPS; i++) {
             s->block = s->m->blocks++;
             s->block_is_moe = sel[i];
-            s->n_norm = s->n_attn = s->n_mlp = s->n_moe = s->n_drop = 0;
+            s->n_norm = s->n_attn = s->n_mlp = s->n_moe = 0;
             walk(s, st->body);
             if (s->m->nops > MAX_OPS) {
                 err(s, st->loc, "the model unrolls to more than %d layers", MAX_OPS);
                 s->shape_unknown = true; /* check no more */
+                break;
             }
-            mc_shape after = *sh;
-            (void)after;
         }
         s->repeat_depth--;
         s->block = -1;
