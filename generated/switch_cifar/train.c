@@ -253,7 +253,8 @@ static void load_tensors(model *m, const moert_ckpt *c, const char *path, bool f
 }
 
 /* Resume: weights, optimizer, step and the sampler's state. */
-static int64_t load_checkpoint(model *m, const char *path, int64_t *sampler, size_t sampler_len)
+static int64_t load_checkpoint(model *m, const char *path, int64_t *sampler, size_t sampler_len,
+                               int64_t want_seed)
 {
     moert_error err;
     moert_ckpt *c = moert_ckpt_open(path, &err);
@@ -278,6 +279,17 @@ static int64_t load_checkpoint(model *m, const char *path, int64_t *sampler, siz
     long long s = strtoll(step, &end, 10);
     if (*end || s < 0)
         die("cannot resume: %s: bad step \"%s\"", path, step);
+    /* the seed chose the test splits and every random draw: a resumed run
+     * continues exactly only with the same one */
+    const char *seed = moert_ckpt_meta_get(c, "seed");
+    if (seed) {
+        unsigned long long v = strtoull(seed, &end, 10);
+        if (*end || end == seed)
+            die("cannot resume: %s: bad seed \"%s\"", path, seed);
+        if ((int64_t)v != want_seed)
+            die("cannot resume: %s was trained with seed %llu, this run has seed %lld (give --seed %llu)", path, v,
+                (long long)want_seed, v);
+    }
     moert_ckpt_close(c);
     return s;
 }
@@ -606,7 +618,7 @@ int main(int argc, char **argv)
 
     int64_t start = 0;
     if (o.resume && access(o.checkpoint, F_OK) == 0) {
-        start = load_checkpoint(&m, o.checkpoint, sampler, sampler_len);
+        start = load_checkpoint(&m, o.checkpoint, sampler, sampler_len, o.seed);
         if (moert_mixture_state_import(mix, sampler, sampler_len, errbuf, sizeof errbuf) != 0)
             die("cannot resume: %s: %s", o.checkpoint, errbuf);
         printf("resumed from %s at step %lld\n", o.checkpoint, (long long)start);
