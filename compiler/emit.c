@@ -67,18 +67,17 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
             break;
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
-            if (x->router != ROUTER_SOFTMAX_TOPK && x->router != ROUTER_SWITCH &&
+            if (x->router != ROUTER_SOFTMAX_TOPK && x->router != ROUTER_SWITCH && x->router != ROUTER_SOFT &&
                 x->router != ROUTER_DATASET_AWARE) {
                 mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate router = %s() yet",
                           mc_router_name(x->router));
-                mc_hint(d, "softmax_topk, switch and dataset_aware are generated; the others are "
+                mc_hint(d, "softmax_topk, switch, soft and dataset_aware are generated; the others are "
                            "checked but not compiled yet");
                 errors++;
             }
-            if (x->importance_loss > 0 || x->load_loss > 0) {
-                mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate the importance and "
-                                                "load losses yet");
-                mc_hint(d, "use balance_loss (GShard) for now");
+            if (x->load_loss > 0) {
+                mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate the load loss yet");
+                mc_hint(d, "use balance_loss (GShard) or importance_loss for now");
                 errors++;
             }
             break;
@@ -415,6 +414,10 @@ static void gen_op(gen *g, int i)
                       E, K, x->capacity_factor);
         sb_printf(f, "%s", routing);
         sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", nm[0], in, (long long)wg, D, E);
+        const bool temper = x->router == ROUTER_SOFT && x->temperature != 1.0;
+        if (temper)
+            sb_printf(f, "        scale_inplace(A(%s), (size_t)N * %d, %s); /* 1 / temperature */\n", nm[0], E,
+                      flit(1.0 / x->temperature).s);
         if (x->gate_noise > 0)
             sb_printf(f, "        if (train)\n            gate_noise(A(%s), (size_t)N * %d, %s, m->seed, %d, m->step);\n",
                       nm[0], E, flit(x->gate_noise / E).s, 1000 + i);
@@ -447,10 +450,12 @@ static void gen_op(gen *g, int i)
                   din, nm[4], nm[9], nm[7], nm[6], dout, nm[6], nm[7], nm[8], nm[9], (long long)w1, (long long)w2,
                   (long long)w1, (long long)b1, (long long)w2, (long long)b2, D, H, E, K, act_code(x->act), acc);
         sb_printf(&b, "        moe_router_backward(G(%s), G(%s), G(%s), A(%s), A(%s), &r, %s, N, %d, %d, %d,\n"
-                      "                            %s, %s, %s);\n",
+                      "                            %s, %s, %s, %s);\n",
                   nm[0], nm[1], nm[4], nm[1], nm[2], target, E, K,
                   x->normalize_gates ? 1 : 0, flit(x->balance_loss).s, flit(x->z_loss).s,
-                  flit(ds ? x->dataset_loss : 0.0).s);
+                  flit(ds ? x->dataset_loss : 0.0).s, flit(x->importance_loss).s);
+        if (temper)
+            sb_printf(&b, "        scale_inplace(G(%s), (size_t)N * %d, %s);\n", nm[0], E, flit(1.0 / x->temperature).s);
         sb_printf(&b, "        linear_backward(%s, DP(%lldL), NULL, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n", din,
                   (long long)wg, nm[0], in, (long long)wg, D, E);
         break;
@@ -613,7 +618,7 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "extern const dataset_info DATASETS[N_DATASETS];\n");
     sb_printf(h, "extern const int DATASET_CLASSES[N_DATASETS];\n\n");
     sb_printf(h, "typedef struct moe_info {\n    const char *name;\n    int experts, top_k, tokens;\n"
-                 "    float w_balance, w_z, w_dataset;\n    float noise_std;   /* gate noise added in training */\n"
+                 "    float w_balance, w_z, w_dataset, w_importance;\n    float noise_std;   /* gate noise added in training */\n"
                  "    int stream;        /* random stream of the gate noise */\n} moe_info;\n");
     sb_printf(h, "extern const moe_info MOE_LAYERS[N_MOE_SLOTS];\n\n");
     sb_printf(h, "typedef struct model {\n    float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */\n"
@@ -621,7 +626,7 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    int32_t *iact;          /* INT_SLOTS: routing */\n"
                  "    uint64_t seed;          /* random draws are a function of (seed, op, step, element) */\n"
                  "    int64_t step;\n    int cap[N_MOE_SLOTS];    /* capacity of each MoE layer in the last forward */\n"
-                 "    float aux[N_MOE_SLOTS][3]; /* balance, z and dataset losses of each MoE layer */\n"
+                 "    float aux[N_MOE_SLOTS][4]; /* balance, z, dataset and importance losses of each MoE layer */\n"
                  "    moe_stats stats[N_MOE_SLOTS];\n    int64_t load[N_MOE_SLOTS][MAX_EXPERTS];\n"
                  "    int64_t ds_expert[N_MOE_SLOTS][N_DATASETS * MAX_EXPERTS];\n} model;\n\n");
     sb_printf(h, "/* x: the images [B, IN_C, IN_H, IN_W]; dataset: each sample's dataset */\n");
@@ -686,15 +691,15 @@ static void emit_tables(sbuf *c, const gen *g)
     sb_printf(c, " };\n\n");
     sb_printf(c, "const moe_info MOE_LAYERS[N_MOE_SLOTS] = {\n");
     if (g->nmoe == 0)
-        sb_printf(c, "    { \"\", 0, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f, 0 },\n");
+        sb_printf(c, "    { \"\", 0, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0 },\n");
     for (int i = 0; i < m->nops; i++) {
         if (m->ops[i].kind != OP_MOE)
             continue;
         const mc_moe *x = &m->ops[i].u.moe;
-        sb_printf(c, "    { %s, %d, %d, %d, %s, %s, %s, %s, %d },\n", c_string(&tmp, m->ops[i].prefix), x->experts,
+        sb_printf(c, "    { %s, %d, %d, %d, %s, %s, %s, %s, %s, %d },\n", c_string(&tmp, m->ops[i].prefix), x->experts,
                   x->top_k, m->ops[i].in.tokens, flit(x->balance_loss).s, flit(x->z_loss).s,
-                  flit(x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0).s, flit(x->gate_noise / x->experts).s,
-                  1000 + i);
+                  flit(x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0).s, flit(x->importance_loss).s,
+                  flit(x->gate_noise / x->experts).s, 1000 + i);
     }
     sb_printf(c, "};\n\n");
     for (int i = 0; i < m->nops; i++) {
@@ -738,7 +743,8 @@ static void emit_model_c(sbuf *c, gen *g, const mc_emit_opts *o)
     sb_printf(c, "float *model_dlogits(const model *m)\n{\n    return G(V%d);\n}\n\n", last);
     sb_printf(c, "float model_aux_loss(const model *m)\n{\n    float loss = 0.0f;\n");
     sb_printf(c, "    for (int j = 0; j < N_MOE; j++)\n        loss += MOE_LAYERS[j].w_balance * m->aux[j][0] + "
-                 "MOE_LAYERS[j].w_z * m->aux[j][1] +\n                MOE_LAYERS[j].w_dataset * m->aux[j][2];\n");
+                 "MOE_LAYERS[j].w_z * m->aux[j][1] +\n                MOE_LAYERS[j].w_dataset * m->aux[j][2] + "
+                 "MOE_LAYERS[j].w_importance * m->aux[j][3];\n");
     sb_printf(c, "    (void)m;\n    return loss;\n}\n\n");
     sb_printf(c, "void model_stats_reset(model *m)\n{\n    for (int j = 0; j < N_MOE_SLOTS; j++) {\n"
                  "        memset(m->load[j], 0, sizeof m->load[j]);\n        memset(m->ds_expert[j], 0, sizeof m->ds_expert[j]);\n"
@@ -813,11 +819,13 @@ static void emit_json(sbuf *j, const mc_model *m)
             const mc_moe *x = &op->u.moe;
             sb_printf(j, ", \"experts\": %d, \"hidden\": %d, \"act\": \"%s\", \"top_k\": %d, \"capacity\": %.17g, "
                          "\"dropless\": %s, \"batch_priority\": %s, \"normalize_gates\": %s, \"gate_noise\": %.17g, "
-                         "\"router\": \"%s\", \"balance_loss\": %.17g, \"z_loss\": %.17g, \"dataset_loss\": %.17g",
+                         "\"router\": \"%s\", \"temperature\": %.17g, \"balance_loss\": %.17g, \"z_loss\": %.17g, "
+                         "\"dataset_loss\": %.17g, \"importance_loss\": %.17g",
                       x->experts, x->hidden, mc_act_name(x->act), x->top_k, x->capacity_factor,
                       x->dropless ? "true" : "false", x->batch_priority ? "true" : "false",
-                      x->normalize_gates ? "true" : "false", x->gate_noise, mc_router_name(x->router), x->balance_loss,
-                      x->z_loss, x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0);
+                      x->normalize_gates ? "true" : "false", x->gate_noise, mc_router_name(x->router), x->temperature,
+                      x->balance_loss, x->z_loss, x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0,
+                      x->importance_loss);
             if (x->dataset_expert) {
                 sb_printf(j, ", \"map\": [");
                 for (int d = 0; d < m->ndatasets; d++)

@@ -191,8 +191,8 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 10, 10, 10 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.1.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.33333334f, 1017 },
-    { "blocks.3.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.33333334f, 1033 },
+    { "blocks.1.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1017 },
+    { "blocks.3.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1033 },
 };
 
 /* blocks.1.moe: each dataset's expert */
@@ -218,7 +218,7 @@ float model_aux_loss(const model *m)
     float loss = 0.0f;
     for (int j = 0; j < N_MOE; j++)
         loss += MOE_LAYERS[j].w_balance * m->aux[j][0] + MOE_LAYERS[j].w_z * m->aux[j][1] +
-                MOE_LAYERS[j].w_dataset * m->aux[j][2];
+                MOE_LAYERS[j].w_dataset * m->aux[j][2] + MOE_LAYERS[j].w_importance * m->aux[j][3];
     (void)m;
     return loss;
 }
@@ -376,7 +376,7 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
                              P(605056L), P(704128L), DP(605056L), DP(703360L), DP(704128L), DP(802432L),
                              N, 128, 256, 3, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS33), G(PROBS33), G(GATE33), A(PROBS33), A(LSE33), &r, IA(TARGET33), N, 3, 1, 1,
-                            0.01f, 0.0f, 0.1f);
+                            0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(G(V32), DP(604672L), NULL, G(LOGITS33), A(V32), P(604672L), N, 128, 3, 1);
     }
     /* 32: layernorm blocks.3.norm2 */
@@ -419,7 +419,7 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
                              P(207872L), P(306944L), DP(207872L), DP(306176L), DP(306944L), DP(405248L),
                              N, 128, 256, 3, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS17), G(PROBS17), G(GATE17), A(PROBS17), A(LSE17), &r, IA(TARGET17), N, 3, 1, 1,
-                            0.01f, 0.0f, 0.1f);
+                            0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(G(V16), DP(207488L), NULL, G(LOGITS17), A(V16), P(207488L), N, 128, 3, 1);
     }
     /* 16: layernorm blocks.1.norm2 */

@@ -357,10 +357,10 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 10 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.1.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 1021 },
-    { "blocks.3.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 1041 },
-    { "blocks.5.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 1061 },
-    { "blocks.7.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 1081 },
+    { "blocks.1.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1021 },
+    { "blocks.3.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1041 },
+    { "blocks.5.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1061 },
+    { "blocks.7.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1081 },
 };
 
 
@@ -379,7 +379,7 @@ float model_aux_loss(const model *m)
     float loss = 0.0f;
     for (int j = 0; j < N_MOE; j++)
         loss += MOE_LAYERS[j].w_balance * m->aux[j][0] + MOE_LAYERS[j].w_z * m->aux[j][1] +
-                MOE_LAYERS[j].w_dataset * m->aux[j][2];
+                MOE_LAYERS[j].w_dataset * m->aux[j][2] + MOE_LAYERS[j].w_importance * m->aux[j][3];
     (void)m;
     return loss;
 }
@@ -658,7 +658,7 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
                              P(9504576L), P(10690368L), DP(9504576L), DP(10684224L), DP(10690368L), DP(11870016L),
                              N, 192, 768, 8, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS81), G(PROBS81), G(GATE81), A(PROBS81), A(LSE81), &r, NULL, N, 8, 1, 1,
-                            0.01f, 0.001f, 0.0f);
+                            0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(G(V80), DP(9503040L), NULL, G(LOGITS81), A(V80), P(9503040L), N, 192, 8, 1);
     }
     /* 80: layernorm blocks.7.norm2 */
@@ -709,7 +709,7 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
                              P(6542208L), P(7728000L), DP(6542208L), DP(7721856L), DP(7728000L), DP(8907648L),
                              N, 192, 768, 8, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS61), G(PROBS61), G(GATE61), A(PROBS61), A(LSE61), &r, NULL, N, 8, 1, 1,
-                            0.01f, 0.001f, 0.0f);
+                            0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(G(V60), DP(6540672L), NULL, G(LOGITS61), A(V60), P(6540672L), N, 192, 8, 1);
     }
     /* 60: layernorm blocks.5.norm2 */
@@ -760,7 +760,7 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
                              P(3579840L), P(4765632L), DP(3579840L), DP(4759488L), DP(4765632L), DP(5945280L),
                              N, 192, 768, 8, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS41), G(PROBS41), G(GATE41), A(PROBS41), A(LSE41), &r, NULL, N, 8, 1, 1,
-                            0.01f, 0.001f, 0.0f);
+                            0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(G(V40), DP(3578304L), NULL, G(LOGITS41), A(V40), P(3578304L), N, 192, 8, 1);
     }
     /* 40: layernorm blocks.3.norm2 */
@@ -811,7 +811,7 @@ void model_backward(model *m, const float *x, const int32_t *dataset, int B)
                              P(617472L), P(1803264L), DP(617472L), DP(1797120L), DP(1803264L), DP(2982912L),
                              N, 192, 768, 8, 1, ACT_GELU, 0);
         moe_router_backward(G(LOGITS21), G(PROBS21), G(GATE21), A(PROBS21), A(LSE21), &r, NULL, N, 8, 1, 1,
-                            0.01f, 0.001f, 0.0f);
+                            0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(G(V20), DP(615936L), NULL, G(LOGITS21), A(V20), P(615936L), N, 192, 8, 1);
     }
     /* 20: layernorm blocks.1.norm2 */

@@ -832,7 +832,7 @@ static inline void moe_experts_backward(float *dx, float *dgate, float *dye, flo
 static inline void moe_router_backward(float *dlogits, float *dprobs, const float *dgate, const float *probs,
                                 const float *lse, const moe_routing *r, const int *target,
                                 int N, int E, int K, int normalize, float w_bal, float w_z,
-                                float w_ds)
+                                float w_ds, float w_imp)
 {
     /* gate -> probabilities of the chosen experts */
     memset(dprobs, 0, (size_t)N * E * sizeof(float));
@@ -860,6 +860,22 @@ static inline void moe_router_backward(float *dlogits, float *dprobs, const floa
         ce[r->topk[(size_t)n * K]] += 1.0;
     for (int e = 0; e < E; e++)
         ce[e] /= N;
+    /* importance loss: CV^2 of the experts' summed probabilities */
+    if (w_imp != 0.0f) {
+        double imp[4096] = { 0 }, mu = 0.0, var = 0.0;
+        for (int n = 0; n < N; n++)
+            for (int e = 0; e < E; e++)
+                imp[e] += probs[(size_t)n * E + e];
+        for (int e = 0; e < E; e++)
+            mu += imp[e] / E;
+        for (int e = 0; e < E; e++)
+            var += (imp[e] - mu) * (imp[e] - mu) / E;
+        for (int e = 0; e < E; e++) {
+            const float g = (float)(w_imp * (2.0 * (imp[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
+            for (int n = 0; n < N; n++)
+                dprobs[(size_t)n * E + e] += g;
+        }
+    }
     for (int n = 0; n < N; n++)
         for (int e = 0; e < E; e++)
             dprobs[(size_t)n * E + e] += (float)(w_bal * E * ce[e] / N);
@@ -919,8 +935,10 @@ static inline void dropout_mask(float *mask, size_t n, float p, uint64_t seed, i
 
 /* The auxiliary losses of one MoE layer, unweighted: aux[0] the GShard
  * balance loss, aux[1] the router z-loss, aux[2] the DAMEX routing loss
- * (0 without a target). Their gradients are in moe_router_backward. */
-static inline void moe_aux_losses(float aux[3], const float *probs, const float *lse, const moe_routing *r,
+ * (0 without a target), aux[3] the importance loss of Shazeer et al., the
+ * squared coefficient of variation of the experts' summed router
+ * probabilities. Their gradients are in moe_router_backward. */
+static inline void moe_aux_losses(float aux[4], const float *probs, const float *lse, const moe_routing *r,
                            const int *target, int N, int E, int K)
 {
     double me[4096] = { 0 }, ce[4096] = { 0 }, z = 0.0, ds = 0.0;
@@ -940,6 +958,20 @@ static inline void moe_aux_losses(float aux[3], const float *probs, const float 
     aux[0] = (float)(bal * E);
     aux[1] = (float)(z / N);
     aux[2] = (float)(ds / N);
+    /* me[e] is the summed probability of expert e */
+    double mu = 0.0, var = 0.0;
+    for (int e = 0; e < E; e++)
+        mu += me[e] / E;
+    for (int e = 0; e < E; e++)
+        var += (me[e] - mu) * (me[e] - mu) / E;
+    aux[3] = mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
+}
+
+/* x[i] *= a: the router's temperature (soft routing divides the logits) */
+static inline void scale_inplace(float *x, size_t n, float a)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] *= a;
 }
 
 /* Routing statistics of one MoE layer, summed over forward passes. */

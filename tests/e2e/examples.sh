@@ -45,4 +45,26 @@ if [ -x "$WORK/switch_cifar/train" ]; then
         not_ok "switch_cifar trains on CIFAR-10 binary files"
     fi
 fi
+# soft_moe_mnist on the real MNIST digits: it learns, and one step agrees
+# with PyTorch (the soft router with its temperature, the importance loss)
+if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
+    cd "$WORK/soft_moe_mnist" || exit 1
+    if ./train --data "$DATA" --steps 150 --eval-every 0 -q > run.log 2>&1 &&
+        awk '/mnist / && /%/ { gsub("%", "", $2); exit !($2 > 80) }' run.log; then
+        ok "soft_moe_mnist learns MNIST: $(grep -m 1 'mnist  ' run.log | sed 's/  */ /g')"
+    else
+        cat run.log
+        not_ok "soft_moe_mnist learns MNIST (above 80% after 150 steps)"
+    fi
+    if [ -n "${PYTHON_TORCH:-}" ] && [ "${PYTHON_TORCH:-}" != no ]; then
+        ./train --data "$DATA" --dump-step step.safetensors > /dev/null 2>&1
+        if "$PYTHON_TORCH" "$top_srcdir/tests/tools/torch_ref.py" check . step.safetensors > torch.log 2>&1; then
+            ok "soft_moe_mnist: PyTorch agrees: $(grep '^gradients' torch.log)"
+        else
+            cat torch.log
+            not_ok "soft_moe_mnist: PyTorch agrees on the loss and every gradient"
+        fi
+    fi
+    cd "$WORK" || exit 1
+fi
 finish

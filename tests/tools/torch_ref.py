@@ -78,6 +78,8 @@ class Model:
         xt = x.reshape(B * T, D)
         N = B * T
         logits = xt @ self.p[pre + ".gate.weight"].t()
+        if op["router"] == "soft":
+            logits = logits / op["temperature"]
         if noise is not None:
             logits = logits + noise
         probs = torch.softmax(logits, dim=1)
@@ -120,6 +122,9 @@ class Model:
         lse = torch.logsumexp(logits, dim=1)
         z = (lse * lse).mean()
         loss = op["balance_loss"] * bal + op["z_loss"] * z
+        if op.get("importance_loss", 0) > 0:
+            imp = probs.sum(dim=0)   # CV^2 of the experts' summed probabilities
+            loss = loss + op["importance_loss"] * imp.var(unbiased=False) / imp.mean() ** 2
         if "map" in op and op["dataset_loss"] > 0:
             target = torch.tensor(op["map"], dtype=torch.long)[dataset].repeat_interleave(T)
             loss = loss + op["dataset_loss"] * F.cross_entropy(logits, target)

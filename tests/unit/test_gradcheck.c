@@ -1073,13 +1073,13 @@ typedef struct moe_cfg {
 
 typedef struct moe_ctx {
     int B, T, N, D, H, E, K, cap, normalize, bp, act;
-    double w_bal, w_z, w_ds;
+    double w_bal, w_z, w_ds, w_imp;
     int *target; /* NULL or [N] */
     double *x, *wg, *w1, *b1, *w2, *b2, *noise, *r;
     double *logits, *probs, *lse, *topp, *gate, *prio, *xe, *h, *a, *ye, *out;
     int *topk, *slot, *count, *offset, *token, *order;
     moe_routing rt;
-    double aux[3];
+    double aux[4];
     int *topk0, *slot0, *order0, have_base;
     long route_changes;
     double *dgate, *dye, *dh, *dxe, *dlogits, *dprobs;
@@ -1149,7 +1149,7 @@ static double moe_loss_at(moe_ctx *c, const double *x, double *out)
     moe_experts_forward(out, c->xe, c->h, c->a, c->ye, x, &c->rt, c->w1, c->b1, c->w2, c->b2, c->N, c->D, c->H,
                         c->E, c->K, c->act);
     moe_aux_losses(c->aux, c->probs, c->lse, &c->rt, c->target, c->N, c->E, c->K);
-    return c->w_bal * c->aux[0] + c->w_z * c->aux[1] + c->w_ds * c->aux[2];
+    return c->w_bal * c->aux[0] + c->w_z * c->aux[1] + c->w_ds * c->aux[2] + c->w_imp * c->aux[3];
 }
 
 static double moe_loss(void *vc)
@@ -1175,7 +1175,7 @@ static void moe_bwd_from(moe_ctx *c, const double *x, const double *dout, double
     moe_experts_backward(dx, c->dgate, c->dye, c->dh, c->dxe, dout, c->xe, c->h, c->a, c->ye, &c->rt, c->w1, c->w2,
                          dw1, db1, dw2, db2, N, c->D, c->H, E, c->K, c->act, acc);
     moe_router_backward(c->dlogits, c->dprobs, c->dgate, c->probs, c->lse, &c->rt, c->target, N, E, c->K,
-                        c->normalize, c->w_bal, c->w_z, c->w_ds);
+                        c->normalize, c->w_bal, c->w_z, c->w_ds, c->w_imp);
     linear_backward(dx, dwg, NULL, c->dlogits, x, c->wg, N, c->D, E, 1);
 }
 
@@ -1210,6 +1210,7 @@ static void moe_setup(moe_ctx *c, const moe_cfg *cfg, uint64_t seed)
     c->cap = moe_capacity(N, E, cfg->K, cfg->cf, cfg->dropless);
     c->normalize = cfg->normalize, c->bp = cfg->bp, c->act = cfg->act;
     c->w_bal = cfg->w_bal, c->w_z = cfg->w_z, c->w_ds = cfg->target ? cfg->w_ds : 0.0;
+    c->w_imp = cfg->w_bal > 0 ? 0.25 : 0.0; /* the importance loss rides along where the others are on */
     if (!cfg->target) {
         free(c->target);
         c->target = NULL;
@@ -1287,6 +1288,17 @@ static void expect_aux(const moe_ctx *c)
     assert_true(fabs(c->aux[0] - bal) < 1e-12);
     assert_true(fabs(c->aux[1] - z) < 1e-12);
     assert_true(fabs(c->aux[2] - ds) < 1e-12);
+    /* importance: (population) variance over squared mean of the experts'
+     * summed probabilities */
+    double imp[64] = { 0 }, mu = 0.0, var = 0.0;
+    for (int e = 0; e < E; e++) {
+        for (int n = 0; n < N; n++)
+            imp[e] += c->probs[n * E + e];
+        mu += imp[e] / E;
+    }
+    for (int e = 0; e < E; e++)
+        var += (imp[e] - mu) * (imp[e] - mu) / E;
+    assert_true(fabs(c->aux[3] - var / (mu * mu)) < 1e-12);
 }
 
 static void test_moe(void **state)
@@ -1568,7 +1580,7 @@ static void comp_setup(comp_ctx *cp)
     m->cap = moe_capacity(CN, CE, CK, 0.75, 0);
     assert_int_equal(m->cap, 4);
     m->normalize = 1, m->bp = 1, m->act = ACT_GELU;
-    m->w_bal = 0.1, m->w_z = 0.01, m->w_ds = 0.05;
+    m->w_bal = 0.1, m->w_z = 0.01, m->w_ds = 0.05, m->w_imp = 0.2;
     static const int ds_map[2] = { 2, 0 };
     for (int n = 0; n < CN; n++)
         m->target[n] = ds_map[c.dataset[n / CT]];
