@@ -45,6 +45,22 @@ gen() {
     fi
 }
 
+# torch_check LABEL: in a trainer's directory, its first step against the
+# PyTorch model of the same model (tests/tools/torch_ref.py), in fp32
+torch_check() {
+    if [ -z "${PYTHON_TORCH:-}" ] || [ "$PYTHON_TORCH" = no ]; then
+        echo "# SKIP $1: the PyTorch cross-check needs python3 with torch (PYTHON_TORCH)"
+        return 0
+    fi
+    ./train --data "$DATA" --dump-step step.safetensors > /dev/null 2>&1
+    if "$PYTHON_TORCH" "$top_srcdir/tests/tools/torch_ref.py" check . step.safetensors > torch.log 2>&1; then
+        ok "$1: PyTorch agrees: $(grep '^loss' torch.log); $(grep '^gradients' torch.log)"
+    else
+        cat torch.log
+        not_ok "$1: PyTorch agrees on the loss and every gradient"
+    fi
+}
+
 need_data() {
     for d in fashion-mnist mnist digits; do
         if [ ! -e "$DATA/$d" ]; then

@@ -85,16 +85,6 @@ else
     not_ok "a foreign file is refused"
 fi
 
-# one step against PyTorch, in fp32, same weights and batch
-if [ -n "${PYTHON_TORCH:-}" ] && [ "${PYTHON_TORCH:-}" != no ]; then
-    ./train --data "$DATA" --dump-step step.safetensors > /dev/null 2>&1
-    if "$PYTHON_TORCH" "$top_srcdir/tests/tools/torch_ref.py" check . step.safetensors > torch.log 2>&1; then
-        ok "PyTorch agrees: $(grep '^loss' torch.log); $(grep '^gradients' torch.log)"
-    else
-        cat torch.log
-        not_ok "PyTorch agrees on the loss and every gradient"
-    fi
-else
-    echo "# SKIP the PyTorch cross-check: no python3 with torch (PYTHON_TORCH)"
-fi
+# one step against PyTorch, in fp32, same weights, batch and gate noise
+torch_check damex
 finish

@@ -56,15 +56,7 @@ if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
         cat run.log
         not_ok "soft_moe_mnist learns MNIST (above 80% after 150 steps)"
     fi
-    if [ -n "${PYTHON_TORCH:-}" ] && [ "${PYTHON_TORCH:-}" != no ]; then
-        ./train --data "$DATA" --dump-step step.safetensors > /dev/null 2>&1
-        if "$PYTHON_TORCH" "$top_srcdir/tests/tools/torch_ref.py" check . step.safetensors > torch.log 2>&1; then
-            ok "soft_moe_mnist: PyTorch agrees: $(grep '^gradients' torch.log)"
-        else
-            cat torch.log
-            not_ok "soft_moe_mnist: PyTorch agrees on the loss and every gradient"
-        fi
-    fi
+    torch_check soft_moe_mnist
     cd "$WORK" || exit 1
 fi
 finish
