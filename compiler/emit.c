@@ -613,7 +613,7 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "typedef struct dataset_info {\n    const char *name;\n    int format;\n    const char *path;\n"
                  "    const char *train_images, *train_labels, *test_images, *test_labels;\n"
                  "    int channels, height, width;   /* as stored; 0: any */\n    int classes;\n"
-                 "    double weight, test_split, max_value, mean, std;\n    int resize;    /* 0 none, 1 bilinear, "
+                 "    double weight, test_split, max_value;\n    double mean[3], std[3];   /* per channel, pixels in [0, 1] */\n    int resize;    /* 0 none, 1 bilinear, "
                  "2 nearest */\n    const char *const *labels; /* class names or NULL */\n} dataset_info;\n");
     sb_printf(h, "extern const dataset_info DATASETS[N_DATASETS];\n");
     sb_printf(h, "extern const int DATASET_CLASSES[N_DATASETS];\n\n");
@@ -678,8 +678,9 @@ static void emit_tables(sbuf *c, const gen *g)
         sb_printf(c, "%s, ", c_string(&tmp, ds->train_labels));
         sb_printf(c, "%s, ", c_string(&tmp, ds->test_images));
         sb_printf(c, "%s,\n      ", c_string(&tmp, ds->test_labels));
-        sb_printf(c, "%d, %d, %d, %d, %.17g, %.17g, %.17g, %.17g, %.17g, %d, ", ds->channels, ds->height, ds->width,
-                  ds->classes, ds->weight, ds->test_split, ds->max_value, ds->mean, ds->std, ds->resize);
+        sb_printf(c, "%d, %d, %d, %d, %.17g, %.17g, %.17g,\n      { %.9g, %.9g, %.9g }, { %.9g, %.9g, %.9g }, %d, ",
+                  ds->channels, ds->height, ds->width, ds->classes, ds->weight, ds->test_split, ds->max_value,
+                  ds->mean[0], ds->mean[1], ds->mean[2], ds->std[0], ds->std[1], ds->std[2], ds->resize);
         if (ds->labels)
             sb_printf(c, "LABELS_%d },\n", d);
         else

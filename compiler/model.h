@@ -36,7 +36,8 @@ typedef struct mc_dataset {
     double weight;              /* mixture weight, normalised over datasets */
     double test_split;          /* fraction held out when there is no test set */
     double max_value;           /* CSV pixel scale (16 for digits) */
-    double mean, std;           /* normalisation of pixels in [0, 1] */
+    double mean[3], std[3];     /* normalisation of pixels in [0, 1], per channel */
+    int nmean, nstd;            /* values given: 1 (all channels) or one per channel */
     int resize;                 /* to the model input: 0 none, 1 bilinear, 2 nearest */
     int index;                  /* position in mc_model.datasets */
 } mc_dataset;

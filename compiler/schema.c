@@ -30,8 +30,9 @@ static const mc_param_spec dataset_params[] = {
     { "test_split", PT_FLOAT, "0", 0, 0.9, NULL,
       "fraction held out for testing; required where the format has no test set" },
     { "max_value", PT_FLOAT, "255", 1, 65535, NULL, "largest pixel value in the file (16 for digits)" },
-    { "mean", PT_FLOAT, "0.5", -10, 10, NULL, "normalisation mean of pixels scaled to [0, 1]" },
-    { "std", PT_FLOAT, "0.5", 1e-6, 10, NULL, "normalisation standard deviation" },
+    { "mean", PT_CHANNELS, "0.5", -10, 10, NULL,
+      "normalisation mean of pixels scaled to [0, 1]: one number, or one per channel" },
+    { "std", PT_CHANNELS, "0.5", 1e-6, 10, NULL, "normalisation standard deviation: one number, or one per channel" },
     { "train_images", PT_STRING, "\"train-images-idx3-ubyte.gz\"", 0, 0, NULL, "idx: training images" },
     { "train_labels", PT_STRING, "\"train-labels-idx1-ubyte.gz\"", 0, 0, NULL, "idx: training labels" },
     { "test_images", PT_STRING, "\"t10k-images-idx3-ubyte.gz\"", 0, 0, NULL, "idx: test images" },
@@ -446,6 +447,7 @@ static const char *ptype_name(mc_ptype t)
     case PT_CALLS: return "list of calls";
     case PT_SELECT: return "selector";
     case PT_FLOATS: return "list of numbers";
+    case PT_CHANNELS: return "number or list";
     }
     return "?";
 }

@@ -22,6 +22,7 @@ typedef enum {
     PT_CALLS,    /* a list of such calls */
     PT_SELECT,   /* all | none | every(n, start) | [i, j, ...] */
     PT_FLOATS,   /* a list of numbers */
+    PT_CHANNELS, /* a number, or one per channel: [r, g, b] */
 } mc_ptype;
 
 typedef struct mc_param_spec {

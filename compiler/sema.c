@@ -630,6 +630,42 @@ static int get_word(sema *s, const bind *b, const char *name, int fallback)
     return k;
 }
 
+/* A number, or a list of one per channel (at most 3): out[3] is filled
+ * (a single number for every channel); returns how many were given. */
+static int get_channels(sema *s, const bind *b, const char *name, double fallback, double out[3])
+{
+    int i = pidx(b, name);
+    const mc_param_spec *p = &b->kind->params[i];
+    const mc_expr *e = b->val[i];
+    out[0] = out[1] = out[2] = fallback;
+    if (!e || e->kind != EXPR_LIST) {
+        out[0] = out[1] = out[2] = get_float(s, b, name, fallback);
+        return 1;
+    }
+    if (e->u.list.n != 1 && e->u.list.n != 3) {
+        err(s, e->loc, "'%s' gives %d values: one, or one per channel of an RGB image (3)", name, e->u.list.n);
+        return 1;
+    }
+    int n = 0;
+    for (const mc_expr *x = e->u.list.items; x; x = x->next, n++) {
+        val v = eval(s, x);
+        if (v.k == V_ERR)
+            continue;
+        if (!is_num(v)) {
+            err(s, x->loc, "'%s' must hold numbers, found %s", name, vkind_text(v.k));
+            continue;
+        }
+        if (num(v) < p->lo || num(v) > p->hi) {
+            err(s, x->loc, "'%s' values must be between %g and %g, found %g", name, p->lo, p->hi, num(v));
+            continue;
+        }
+        out[n] = num(v);
+    }
+    if (e->u.list.n == 1)
+        out[1] = out[2] = out[0];
+    return e->u.list.n;
+}
+
 /* A size: N or [height, width]. */
 static bool get_size(sema *s, const bind *b, const char *name, int *h, int *w)
 {
@@ -793,8 +829,8 @@ static void do_dataset(sema *s, const mc_stmt *st)
     if (!given(&b, "resize") && (ds->format == FMT_IMAGE_FOLDER || ds->format == FMT_GTSRB))
         resize = 1;
     ds->max_value = get_float(s, &b, "max_value", 255);
-    ds->mean = get_float(s, &b, "mean", 0.5);
-    ds->std = get_float(s, &b, "std", 0.5);
+    ds->nmean = get_channels(s, &b, "mean", 0.5, ds->mean);
+    ds->nstd = get_channels(s, &b, "std", 0.5, ds->std);
     ds->weight = get_float(s, &b, "weight", 1.0);
     ds->test_split = get_float(s, &b, "test_split", 0);
     ds->classes = (int)get_int(s, &b, "classes", 0);
@@ -2069,6 +2105,9 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
                 !((ds->channels == 1 || ds->channels == 3) && (model->input_c == 1 || model->input_c == 3)))
                 err(s, ds->loc, "dataset '%s' has %d channels but the model input has %d", ds->name,
                     ds->channels, model->input_c);
+            if ((ds->nmean == 3 || ds->nstd == 3) && model->input_c != 3)
+                err(s, ds->loc, "dataset '%s' normalises 3 channels, but the model input has %d", ds->name,
+                    model->input_c);
             if (ds->height > 0 && ds->resize == 0 &&
                 (ds->height != model->input_h || ds->width != model->input_w)) {
                 err(s, ds->loc, "dataset '%s' is %dx%d but the model input is %dx%d", ds->name, ds->height,

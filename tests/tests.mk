@@ -46,6 +46,8 @@ tests_fuzz_fuzz_gen_SOURCES = tests/fuzz/fuzz_gen.c
 TESTS += tests/golden/run.sh tests/fuzz/robust.sh
 
 GOLDEN_CASES = \
+	tests/golden/dataset_mean_channels.err \
+	tests/golden/dataset_mean_channels.moe \
 	tests/golden/train_optimizer_setting.err \
 	tests/golden/train_optimizer_setting.moe \
 	tests/golden/lex_bad_escape.err \

@@ -76,7 +76,8 @@ typedef struct dataset_info {
     const char *train_images, *train_labels, *test_images, *test_labels;
     int channels, height, width;   /* as stored; 0: any */
     int classes;
-    double weight, test_split, max_value, mean, std;
+    double weight, test_split, max_value;
+    double mean[3], std[3];   /* per channel, pixels in [0, 1] */
     int resize;    /* 0 none, 1 bilinear, 2 nearest */
     const char *const *labels; /* class names or NULL */
 } dataset_info;

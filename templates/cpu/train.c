@@ -163,8 +163,8 @@ static void load_dataset(data_set *ds, const dataset_info *info, const options *
     ds->src.images = &ds->train;
     ds->src.weight = info->weight;
     for (int c = 0; c < 3; c++) {
-        ds->src.mean[c] = (float)info->mean;
-        ds->src.std[c] = (float)info->std;
+        ds->src.mean[c] = (float)info->mean[c];
+        ds->src.std[c] = (float)info->std[c];
     }
     ds->src.aug = (CROP_PADDING > 0 ? MOERT_AUG_CROP : 0) | (FLIP ? MOERT_AUG_FLIP : 0);
     ds->src.pad = CROP_PADDING;
