@@ -74,7 +74,7 @@ BEGIN { OFS = "\t"; bad = 0 }
     rest = substr(rest, length(param) + 1)
     sub(/^ +/, "", rest)
     type = ""
-    n = split("list of strings|list of calls|list of numbers|integer|number|boolean|string|word|size|map|call|selector", types, "|")
+    n = split("list of strings|list of calls|list of numbers|number or list|integer|number|boolean|string|word|size|map|call|selector", types, "|")
     for (i = 1; i <= n; i++) {
         if (substr(rest, 1, length(types[i])) == types[i] &&
             (length(rest) == length(types[i]) || substr(rest, length(types[i]) + 1, 1) == " ")) {

@@ -228,8 +228,12 @@ static void test_defaults(void **state)
     assert_float_equal(ds->weight, 1.0, 0);
     assert_float_equal(ds->test_split, 0, 0);
     assert_float_equal(ds->max_value, 255, 0);
-    assert_float_equal(ds->mean, 0.5, 0);
-    assert_float_equal(ds->std, 0.5, 0);
+    for (int c = 0; c < 3; c++) {
+        assert_float_equal(ds->mean[c], 0.5, 0);
+        assert_float_equal(ds->std[c], 0.5, 0);
+    }
+    assert_int_equal(ds->nmean, 1);
+    assert_int_equal(ds->nstd, 1);
     assert_int_equal(ds->resize, 0);
     assert_string_equal(ds->train_images, "train-images-idx3-ubyte.gz");
     assert_string_equal(ds->train_labels, "train-labels-idx1-ubyte.gz");
