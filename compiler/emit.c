@@ -68,11 +68,11 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
             if (x->router != ROUTER_SOFTMAX_TOPK && x->router != ROUTER_SWITCH && x->router != ROUTER_SOFT &&
-                x->router != ROUTER_DATASET_AWARE) {
+                x->router != ROUTER_ATTENTION && x->router != ROUTER_DATASET_AWARE) {
                 mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate router = %s() yet",
                           mc_router_name(x->router));
-                mc_hint(d, "softmax_topk, switch, soft and dataset_aware are generated; the others are "
-                           "checked but not compiled yet");
+                mc_hint(d, "softmax_topk, switch, soft, attention and dataset_aware are generated; the others "
+                           "are checked but not compiled yet");
                 errors++;
             }
             if (x->load_loss > 0) {
@@ -398,8 +398,16 @@ static void gen_op(gen *g, int i)
             snprintf(in_[k], sizeof in_[k], "%s%d", il[k], i);
             alloc_int(g, in_[k], isz[k], iwhat[k]);
         }
-        const int64_t wg = toff(g, i, 0), w1 = toff(g, i, 1), b1 = toff(g, i, 2), w2 = toff(g, i, 3),
-                      b2 = toff(g, i, 4);
+        /* the router's tensors come first: gate.weight [E, D], or for the
+         * attention router gate.query.weight [R, D] and gate.expert_tokens [E, R] */
+        const bool attn = x->router == ROUTER_ATTENTION;
+        const int nr = attn ? 2 : 1, R = x->router_dim;
+        const int64_t wg = toff(g, i, 0), tok = attn ? toff(g, i, 1) : 0, w1 = toff(g, i, nr),
+                      b1 = toff(g, i, nr + 1), w2 = toff(g, i, nr + 2), b2 = toff(g, i, nr + 3);
+        char query[32];
+        snprintf(query, sizeof query, "QUERY%d", i);
+        if (attn)
+            alloc_act(g, query, NB * R, "attention router queries [N, R]");
         const bool ds = x->router == ROUTER_DATASET_AWARE;
         char routing[512];
         snprintf(routing, sizeof routing,
@@ -413,7 +421,17 @@ static void gen_op(gen *g, int i)
             sb_printf(f, "        const int cap = moe_capacity(N, %d, %d, %.17g, !train); /* dropless in evaluation */\n",
                       E, K, x->capacity_factor);
         sb_printf(f, "%s", routing);
-        sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", nm[0], in, (long long)wg, D, E);
+        if (attn) {
+            /* logits = (x Wq^T) tokens^T / sqrt(R): each token queries the experts' tokens */
+            sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", query, in, (long long)wg, D, R);
+            sb_printf(f, "        linear_forward(A(%s), A(%s), P(%lldL), NULL, N, %d, %d);\n", nm[0], query,
+                      (long long)tok, R, E);
+            sb_printf(f, "        scale_inplace(A(%s), (size_t)N * %d, %s); /* 1 / sqrt(R) */\n", nm[0], E,
+                      flit(1.0 / sqrt((double)R)).s);
+        } else {
+            sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", nm[0], in, (long long)wg, D,
+                      E);
+        }
         const bool temper = x->router == ROUTER_SOFT && x->temperature != 1.0;
         if (temper)
             sb_printf(f, "        scale_inplace(A(%s), (size_t)N * %d, %s); /* 1 / temperature */\n", nm[0], E,
@@ -456,8 +474,16 @@ static void gen_op(gen *g, int i)
                   flit(ds ? x->dataset_loss : 0.0).s, flit(x->importance_loss).s);
         if (temper)
             sb_printf(&b, "        scale_inplace(G(%s), (size_t)N * %d, %s);\n", nm[0], E, flit(1.0 / x->temperature).s);
-        sb_printf(&b, "        linear_backward(%s, DP(%lldL), NULL, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n", din,
-                  (long long)wg, nm[0], in, (long long)wg, D, E);
+        if (attn) {
+            sb_printf(&b, "        scale_inplace(G(%s), (size_t)N * %d, %s);\n", nm[0], E, flit(1.0 / sqrt((double)R)).s);
+            sb_printf(&b, "        linear_backward(G(%s), DP(%lldL), NULL, G(%s), A(%s), P(%lldL), N, %d, %d, 0);\n", query,
+                      (long long)tok, nm[0], query, (long long)tok, R, E);
+            sb_printf(&b, "        linear_backward(%s, DP(%lldL), NULL, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n", din,
+                      (long long)wg, query, in, (long long)wg, D, R);
+        } else {
+            sb_printf(&b, "        linear_backward(%s, DP(%lldL), NULL, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
+                      din, (long long)wg, nm[0], in, (long long)wg, D, E);
+        }
         break;
     }
     case OP_DROPOUT: {
@@ -820,11 +846,12 @@ static void emit_json(sbuf *j, const mc_model *m)
             const mc_moe *x = &op->u.moe;
             sb_printf(j, ", \"experts\": %d, \"hidden\": %d, \"act\": \"%s\", \"top_k\": %d, \"capacity\": %.17g, "
                          "\"dropless\": %s, \"batch_priority\": %s, \"normalize_gates\": %s, \"gate_noise\": %.17g, "
-                         "\"router\": \"%s\", \"temperature\": %.17g, \"balance_loss\": %.17g, \"z_loss\": %.17g, "
+                         "\"router\": \"%s\", \"router_dim\": %d, \"temperature\": %.17g, \"balance_loss\": %.17g, \"z_loss\": %.17g, "
                          "\"dataset_loss\": %.17g, \"importance_loss\": %.17g",
                       x->experts, x->hidden, mc_act_name(x->act), x->top_k, x->capacity_factor,
                       x->dropless ? "true" : "false", x->batch_priority ? "true" : "false",
-                      x->normalize_gates ? "true" : "false", x->gate_noise, mc_router_name(x->router), x->temperature,
+                      x->normalize_gates ? "true" : "false", x->gate_noise, mc_router_name(x->router), x->router_dim,
+                      x->temperature,
                       x->balance_loss, x->z_loss, x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0,
                       x->importance_loss);
             if (x->dataset_expert) {

@@ -21,11 +21,11 @@ finish() {
     [ "$failed" -eq 0 ]
 }
 
-# gen NAME: compile examples/NAME.moe into $WORK/NAME and build it; the
-# build must be warning-free.
+# gen NAME [FILE]: compile FILE (default examples/NAME.moe) into $WORK/NAME
+# and build it; the build must be warning-free.
 gen() {
     name=$1
-    (cd "$top_srcdir" && "$MOECC" "examples/$name.moe" -o "$WORK/$name") || return 1
+    (cd "$top_srcdir" && "$MOECC" "${2:-examples/$name.moe}" -o "$WORK/$name") || return 1
     # a make of its own, not a sub-make of `make check' (no jobserver
     # notes); with the runtime built with sanitizers, the trainer too
     if [ -n "${SAN_CFLAGS:-}" ]; then

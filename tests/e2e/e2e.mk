@@ -1,7 +1,8 @@
 ## tests/e2e/e2e.mk: end-to-end tests, the example data, the demo, the CPU
 ## benchmark and generated/.
-TESTS += tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh
+TESTS += tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh tests/e2e/routers.sh
 EXTRA_DIST += tests/e2e/common.sh tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh \
+	tests/e2e/routers.sh tests/e2e/routers.moe \
 	tests/tools/torch_ref.py scripts/data.sh scripts/quickstart \
 	bench/cpu.sh bench/cpu_small.moe bench/cpu_large.moe \
 	examples/damex.moe generated

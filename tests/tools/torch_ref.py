@@ -77,7 +77,11 @@ class Model:
         pre = op["prefix"]
         xt = x.reshape(B * T, D)
         N = B * T
-        logits = xt @ self.p[pre + ".gate.weight"].t()
+        if op["router"] == "attention":
+            q = xt @ self.p[pre + ".gate.query.weight"].t()
+            logits = q @ self.p[pre + ".gate.expert_tokens"].t() / math.sqrt(op["router_dim"])
+        else:
+            logits = xt @ self.p[pre + ".gate.weight"].t()
         if op["router"] == "soft":
             logits = logits / op["temperature"]
         if noise is not None:

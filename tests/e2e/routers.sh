@@ -1,0 +1,27 @@
+#!/bin/sh
+# routers.sh: the routers and MoE options of tests/e2e/routers.moe on the
+# real MNIST and digits: the trainer builds warning-free, learns, and its
+# first step matches PyTorch (loss and every gradient).
+. "${top_srcdir:-.}/tests/e2e/common.sh"
+
+if [ ! -e "$DATA/mnist" ] || [ ! -e "$DATA/digits" ]; then
+    echo "1..0 # SKIP no data: run make data"
+    exit 77
+fi
+if gen routers tests/e2e/routers.moe; then
+    ok "routers.moe compiles and builds without warnings"
+else
+    not_ok "routers.moe compiles and builds"
+    finish
+    exit 1
+fi
+cd "$WORK/routers" || exit 1
+if ./train --data "$DATA" --eval-every 0 -q > run.log 2>&1 &&
+    awk '/mnist / && /%/ { gsub("%", "", $2); exit !($2 > 80) }' run.log; then
+    ok "it learns: $(grep -m 1 'mnist  ' run.log | sed 's/  */ /g')"
+else
+    cat run.log
+    not_ok "it learns (MNIST above 80% after 600 steps)"
+fi
+torch_check routers
+finish
