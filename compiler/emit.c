@@ -68,11 +68,11 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
             if (x->router != ROUTER_SOFTMAX_TOPK && x->router != ROUTER_SWITCH && x->router != ROUTER_SOFT &&
-                x->router != ROUTER_ATTENTION && x->router != ROUTER_DATASET_AWARE) {
+                x->router != ROUTER_ATTENTION && x->router != ROUTER_COSINE && x->router != ROUTER_DATASET_AWARE) {
                 mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate router = %s() yet",
                           mc_router_name(x->router));
-                mc_hint(d, "softmax_topk, switch, soft, attention and dataset_aware are generated; the others "
-                           "are checked but not compiled yet");
+                mc_hint(d, "softmax_topk, switch, soft, cosine, attention and dataset_aware are generated; the "
+                           "others are checked but not compiled yet");
                 errors++;
             }
             if (x->load_loss > 0) {
@@ -400,14 +400,26 @@ static void gen_op(gen *g, int i)
         }
         /* the router's tensors come first: gate.weight [E, D], or for the
          * attention router gate.query.weight [R, D] and gate.expert_tokens [E, R] */
-        const bool attn = x->router == ROUTER_ATTENTION;
-        const int nr = attn ? 2 : 1, R = x->router_dim;
-        const int64_t wg = toff(g, i, 0), tok = attn ? toff(g, i, 1) : 0, w1 = toff(g, i, nr),
+        const bool attn = x->router == ROUTER_ATTENTION, cosine = x->router == ROUTER_COSINE;
+        const int nr = attn || cosine ? 2 : 1, R = x->router_dim;
+        const int64_t wg = toff(g, i, 0), tok = nr == 2 ? toff(g, i, 1) : 0, w1 = toff(g, i, nr),
                       b1 = toff(g, i, nr + 1), w2 = toff(g, i, nr + 2), b2 = toff(g, i, nr + 3);
         char query[32];
         snprintf(query, sizeof query, "QUERY%d", i);
+        char qn[32], qnorm[32], en[32], enorm[32];
+        snprintf(qn, sizeof qn, "QN%d", i);
+        snprintf(qnorm, sizeof qnorm, "QNORM%d", i);
+        snprintf(en, sizeof en, "EN%d", i);
+        snprintf(enorm, sizeof enorm, "ENORM%d", i);
         if (attn)
             alloc_act(g, query, NB * R, "attention router queries [N, R]");
+        if (cosine) {
+            alloc_act(g, query, NB * R, "cosine router projections [N, R]");
+            alloc_act(g, qn, NB * R, "the projections, normalised");
+            alloc_act(g, qnorm, NB, "their norms");
+            alloc_act(g, en, (int64_t)E * R, "expert embeddings, normalised [E, R]");
+            alloc_act(g, enorm, E, "their norms");
+        }
         const bool ds = x->router == ROUTER_DATASET_AWARE;
         char routing[512];
         snprintf(routing, sizeof routing,
@@ -428,6 +440,14 @@ static void gen_op(gen *g, int i)
                       (long long)tok, R, E);
             sb_printf(f, "        scale_inplace(A(%s), (size_t)N * %d, %s); /* 1 / sqrt(R) */\n", nm[0], E,
                       flit(1.0 / sqrt((double)R)).s);
+        } else if (cosine) {
+            /* logits = cos(x Wp^T, expert embedding) / temperature (X-MoE) */
+            sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", query, in, (long long)wg, D, R);
+            sb_printf(f, "        l2norm_forward(A(%s), A(%s), A(%s), N, %d);\n", qn, qnorm, query, R);
+            sb_printf(f, "        l2norm_forward(A(%s), A(%s), P(%lldL), %d, %d);\n", en, enorm, (long long)tok, E, R);
+            sb_printf(f, "        linear_forward(A(%s), A(%s), A(%s), NULL, N, %d, %d);\n", nm[0], qn, en, R, E);
+            sb_printf(f, "        scale_inplace(A(%s), (size_t)N * %d, %s); /* 1 / temperature */\n", nm[0], E,
+                      flit(1.0 / x->temperature).s);
         } else {
             sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", nm[0], in, (long long)wg, D,
                       E);
@@ -478,6 +498,17 @@ static void gen_op(gen *g, int i)
             sb_printf(&b, "        scale_inplace(G(%s), (size_t)N * %d, %s);\n", nm[0], E, flit(1.0 / sqrt((double)R)).s);
             sb_printf(&b, "        linear_backward(G(%s), DP(%lldL), NULL, G(%s), A(%s), P(%lldL), N, %d, %d, 0);\n", query,
                       (long long)tok, nm[0], query, (long long)tok, R, E);
+            sb_printf(&b, "        linear_backward(%s, DP(%lldL), NULL, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n", din,
+                      (long long)wg, query, in, (long long)wg, D, R);
+        } else if (cosine) {
+            sb_printf(&b, "        scale_inplace(G(%s), (size_t)N * %d, %s);\n", nm[0], E, flit(1.0 / x->temperature).s);
+            /* through logits = qn en^T: dqn = dlogits en, den = dlogits^T qn */
+            sb_printf(&b, "        mm_nn(G(%s), G(%s), A(%s), N, %d, %d, 0);\n", qn, nm[0], en, E, R);
+            sb_printf(&b, "        memset(G(%s), 0, sizeof(float) * %d);\n", en, E * R);
+            sb_printf(&b, "        mm_tn(G(%s), G(%s), A(%s), N, %d, %d);\n", en, nm[0], qn, E, R);
+            sb_printf(&b, "        l2norm_backward(DP(%lldL), G(%s), A(%s), A(%s), %d, %d, 1);\n", (long long)tok, en, en,
+                      enorm, E, R);
+            sb_printf(&b, "        l2norm_backward(G(%s), G(%s), A(%s), A(%s), N, %d, 0);\n", query, qn, qn, qnorm, R);
             sb_printf(&b, "        linear_backward(%s, DP(%lldL), NULL, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n", din,
                       (long long)wg, query, in, (long long)wg, D, R);
         } else {

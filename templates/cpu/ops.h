@@ -967,6 +967,38 @@ static inline void moe_aux_losses(float aux[4], const float *probs, const float 
     aux[3] = mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
 }
 
+/* out[rows, C] = in / |in| row by row; norm[rows] keeps |in| (at least
+ * 1e-6, so that a zero row stays finite). The cosine router's inputs. */
+static inline void l2norm_forward(float *out, float *norm, const float *in, int rows, int C)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *x = in + (size_t)r * C;
+        double s = 0.0;
+        for (int c = 0; c < C; c++)
+            s += (double)x[c] * x[c];
+        const float n = (float)sqrt(s) > 1e-6f ? (float)sqrt(s) : 1e-6f;
+        norm[r] = n;
+        for (int c = 0; c < C; c++)
+            out[(size_t)r * C + c] = x[c] / n;
+    }
+}
+
+/* din (+)= (dout - out * (out . dout)) / |in|, row by row */
+static inline void l2norm_backward(float *din, const float *dout, const float *out, const float *norm, int rows,
+                                   int C, int acc)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *g = dout + (size_t)r * C, *y = out + (size_t)r * C;
+        float dot = 0.0f;
+        for (int c = 0; c < C; c++)
+            dot += y[c] * g[c];
+        for (int c = 0; c < C; c++) {
+            const float v = (g[c] - y[c] * dot) / norm[r];
+            din[(size_t)r * C + c] = acc ? din[(size_t)r * C + c] + v : v;
+        }
+    }
+}
+
 /* x[i] *= a: the router's temperature (soft routing divides the logits) */
 static inline void scale_inplace(float *x, size_t n, float a)
 {

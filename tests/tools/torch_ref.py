@@ -77,7 +77,11 @@ class Model:
         pre = op["prefix"]
         xt = x.reshape(B * T, D)
         N = B * T
-        if op["router"] == "attention":
+        if op["router"] == "cosine":
+            q = F.normalize(xt @ self.p[pre + ".gate.proj.weight"].t(), dim=1, eps=1e-6)
+            emb = F.normalize(self.p[pre + ".gate.expert_emb"], dim=1, eps=1e-6)
+            logits = q @ emb.t() / op["temperature"]
+        elif op["router"] == "attention":
             q = xt @ self.p[pre + ".gate.query.weight"].t()
             logits = q @ self.p[pre + ".gate.expert_tokens"].t() / math.sqrt(op["router_dim"])
         else:

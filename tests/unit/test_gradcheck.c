@@ -848,6 +848,43 @@ static void test_pool(void **state)
     }
 }
 
+/* the cosine router's row normalisation: out = in / |in| */
+typedef struct l2_ctx {
+    int rows, C;
+    double *inp, *r, *out, *norm;
+} l2_ctx;
+
+static double l2_loss(void *vc)
+{
+    l2_ctx *c = vc;
+    l2norm_forward(c->out, c->norm, c->inp, c->rows, c->C);
+    return dot(c->r, c->out, (size_t)c->rows * c->C);
+}
+
+static void l2_bwd(void *vc, double *const *g, int acc)
+{
+    l2_ctx *c = vc;
+    l2norm_backward(g[0], c->r, c->out, c->norm, c->rows, c->C, acc);
+}
+
+static void test_l2norm(void **state)
+{
+    (void)state;
+    rng_seed(17);
+    const int rows = 6, C = 5;
+    l2_ctx c = { rows, C, vrand((size_t)rows * C, 1.0), vrand((size_t)rows * C, 1.0), vnew((size_t)rows * C),
+                 vnew((size_t)rows) };
+    op_check oc = { "l2norm", l2_loss, l2_bwd, 1, 1, { "inp" }, { c.inp }, { (size_t)rows * C }, { G_INPUT }, 1 };
+    run_op_check(&oc, &c);
+    for (int r = 0; r < rows; r++) {
+        double n = 0.0;
+        for (int k = 0; k < C; k++)
+            n += c.out[r * C + k] * c.out[r * C + k];
+        assert_true(fabs(n - 1.0) < 1e-12);
+    }
+    free(c.inp), free(c.r), free(c.out), free(c.norm);
+}
+
 typedef struct mask_ctx {
     int B;
     size_t n, R;
@@ -1804,6 +1841,7 @@ int main(void)
         cmocka_unit_test(test_attention_op),
         cmocka_unit_test(test_mlp_op),
         cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_l2norm),
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_softmax_xent),
         cmocka_unit_test(test_moe_route_ties),
