@@ -67,12 +67,10 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
             break;
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
-            if (x->router != ROUTER_SOFTMAX_TOPK && x->router != ROUTER_SWITCH && x->router != ROUTER_SOFT &&
-                x->router != ROUTER_ATTENTION && x->router != ROUTER_COSINE && x->router != ROUTER_DATASET_AWARE) {
+            if (x->router == ROUTER_LOSS_BASED) {
                 mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate router = %s() yet",
                           mc_router_name(x->router));
-                mc_hint(d, "softmax_topk, switch, soft, cosine, attention and dataset_aware are generated; the "
-                           "others are checked but not compiled yet");
+                mc_hint(d, "every other router is generated; loss_based is checked but not compiled yet");
                 errors++;
             }
             if (x->load_loss > 0) {
@@ -374,7 +372,9 @@ static void gen_op(gen *g, int i)
     }
     case OP_MOE: {
         const mc_moe *x = &op->u.moe;
-        const int E = x->experts, H = x->hidden, K = x->top_k, j = g->moe_index[i];
+        /* expert choice: every token lists all experts, the experts choose */
+        const bool ec = x->router == ROUTER_EXPERT_CHOICE;
+        const int E = x->experts, H = x->hidden, K = ec ? x->experts : x->top_k, j = g->moe_index[i];
         const int64_t NB = BATCH * T;
         char nm[12][32];
         static const char *const fl[] = { "LOGITS", "PROBS", "LSE", "TOPP", "GATE", "PRIO", "XE", "HE", "AE", "YE" };
@@ -427,7 +427,10 @@ static void gen_op(gen *g, int i)
                  in_[0], nm[3], nm[4], in_[1], in_[2], in_[6], in_[3], in_[4], nm[5]);
         sb_printf(f, "    {\n        const int N = B * %d;\n", T);
         /* evaluation is dropless: a batch of one dataset would overflow its expert */
-        if (x->dropless)
+        if (ec)
+            sb_printf(f, "        const int cap = moe_capacity(N, %d, 1, %.17g, 0); /* tokens each expert chooses */\n", E,
+                      x->capacity_factor);
+        else if (x->dropless)
             sb_printf(f, "        const int cap = N; /* dropless */\n");
         else
             sb_printf(f, "        const int cap = moe_capacity(N, %d, %d, %.17g, !train); /* dropless in evaluation */\n",
@@ -460,8 +463,11 @@ static void gen_op(gen *g, int i)
             sb_printf(f, "        if (train)\n            gate_noise(A(%s), (size_t)N * %d, %s, m->seed, %d, m->step);\n",
                       nm[0], E, flit(x->gate_noise / E).s, 1000 + i);
         sb_printf(f, "        router_softmax(A(%s), A(%s), A(%s), N, %d);\n", nm[1], nm[2], nm[0], E);
-        sb_printf(f, "        moe_route(&r, A(%s), N, %d, %d, cap, %d, %d);\n", nm[1], E, K, x->normalize_gates ? 1 : 0,
-                  x->batch_priority ? 1 : 0);
+        if (ec)
+            sb_printf(f, "        moe_route_expert_choice(&r, A(%s), N, %d, cap);\n", nm[1], E);
+        else
+            sb_printf(f, "        moe_route(&r, A(%s), N, %d, %d, cap, %d, %d);\n", nm[1], E, K,
+                      x->normalize_gates ? 1 : 0, x->batch_priority ? 1 : 0);
         if (ds) {
             sb_printf(f, "        for (int n = 0; n < N; n++)\n            IA(%s)[n] = MOE%d_MAP[dataset[n / %d]];\n",
                       in_[5], j, T);
@@ -490,7 +496,7 @@ static void gen_op(gen *g, int i)
         sb_printf(&b, "        moe_router_backward(G(%s), G(%s), G(%s), A(%s), A(%s), &r, %s, N, %d, %d, %d,\n"
                       "                            %s, %s, %s, %s);\n",
                   nm[0], nm[1], nm[4], nm[1], nm[2], target, E, K,
-                  x->normalize_gates ? 1 : 0, flit(x->balance_loss).s, flit(x->z_loss).s,
+                  x->normalize_gates && !ec ? 1 : 0, flit(x->balance_loss).s, flit(x->z_loss).s,
                   flit(ds ? x->dataset_loss : 0.0).s, flit(x->importance_loss).s);
         if (temper)
             sb_printf(&b, "        scale_inplace(G(%s), (size_t)N * %d, %s);\n", nm[0], E, flit(1.0 / x->temperature).s);

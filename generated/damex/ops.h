@@ -674,6 +674,23 @@ static inline void router_softmax(float *probs, float *lse, const float *logits,
     }
 }
 
+/* Pack the experts' rows: expert e's kept choices from offset[e] on, and
+ * the token of each row. */
+static inline void moe_pack_rows(moe_routing *r, int N, int E, int K)
+{
+    int rows = 0;
+    for (int e = 0; e < E; e++) {
+        r->offset[e] = rows;
+        rows += r->count[e];
+    }
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            const int pos = r->slot[(size_t)n * K + k];
+            if (pos >= 0)
+                r->token[r->offset[r->topk[(size_t)n * K + k]] + pos] = n;
+        }
+}
+
 /* Top-k, gates and capacity. Tokens claim slots choice by choice (every
  * token's first choice before any second choice, as GShard does); within
  * a choice in token order, or by descending top gate with batch priority.
@@ -723,18 +740,48 @@ static inline void moe_route(moe_routing *r, const float *probs, int N, int E, i
                 r->slot[(size_t)n * K + k] = -1;
             }
         }
-    /* the experts' rows are packed: expert e's kept choices from offset[e] */
-    int rows = 0;
-    for (int e = 0; e < E; e++) {
-        r->offset[e] = rows;
-        rows += r->count[e];
-    }
-    for (int n = 0; n < N; n++)
+    moe_pack_rows(r, N, E, K);
+}
+
+/* Expert choice (Zhou et al., 2022): each expert takes the cap tokens of
+ * highest probability for it. Every token lists all E experts, best first
+ * (K = E); a choice is kept when its expert chose the token, and its gate
+ * is the probability. Ties go to the lower token index. */
+static inline void moe_route_expert_choice(moe_routing *r, const float *probs, int N, int E, int cap)
+{
+    const int K = E;
+    for (int n = 0; n < N; n++) {
+        const float *p = probs + (size_t)n * E;
+        int *idx = r->topk + (size_t)n * K;
         for (int k = 0; k < K; k++) {
-            const int pos = r->slot[(size_t)n * K + k];
-            if (pos >= 0)
-                r->token[r->offset[r->topk[(size_t)n * K + k]] + pos] = n;
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int j = 0; j < k; j++)
+                    taken |= idx[j] == e;
+                if (!taken && (best < 0 || p[e] > p[best]))
+                    best = e;
+            }
+            idx[k] = best;
+            r->topp[(size_t)n * K + k] = r->gate[(size_t)n * K + k] = p[best];
+            r->slot[(size_t)n * K + k] = -1;
         }
+    }
+    for (int e = 0; e < E; e++) {
+        for (int n = 0; n < N; n++) {
+            r->order[n] = n;
+            r->prio[n] = probs[(size_t)n * E + e];
+        }
+        moe_prio_sort(r->order, r->prio, N);
+        r->count[e] = cap < N ? cap : N;
+        for (int i = 0; i < r->count[e]; i++) {
+            const int n = r->order[i];
+            for (int k = 0; k < K; k++)
+                if (r->topk[(size_t)n * K + k] == e)
+                    r->slot[(size_t)n * K + k] = i;
+        }
+    }
+    moe_pack_rows(r, N, E, K);
 }
 
 /* The experts' FFN on the kept choices, packed expert after expert (rows

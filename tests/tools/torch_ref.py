@@ -91,6 +91,8 @@ class Model:
         if noise is not None:
             logits = logits + noise
         probs = torch.softmax(logits, dim=1)
+        if op["router"] == "expert_choice":
+            return self.expert_choice(op, x, xt, logits, probs)
         topp, topk = torch.topk(probs, K, dim=1)
         gates = topp / topp.sum(dim=1, keepdim=True) if (op["normalize_gates"] and K > 1) else topp
         cap = moe_capacity(N, E, K, op["capacity"], op["dropless"])
@@ -138,6 +140,31 @@ class Model:
             loss = loss + op["dataset_loss"] * F.cross_entropy(logits, target)
         self.aux.append(loss)
         return out
+
+    def expert_choice(self, op, x, xt, logits, probs):
+        """Each expert takes the floor(cf * ceil(N / E)) tokens of highest
+        probability for it (ties to the lower token); gate = probability."""
+        B, T, D = x.shape
+        N, E = probs.shape
+        pre = op["prefix"]
+        cap = moe_capacity(N, E, 1, op["capacity"], False)
+        w1, b1 = self.p[pre + ".experts.fc1.weight"], self.p[pre + ".experts.fc1.bias"]
+        w2, b2 = self.p[pre + ".experts.fc2.weight"], self.p[pre + ".experts.fc2.bias"]
+        act = ACTS[op["act"]]
+        out = torch.zeros(N, D)
+        for e in range(E):
+            tok = torch.argsort(-probs[:, e].detach(), stable=True)[:cap]
+            y = act(xt[tok] @ w1[e].t() + b1[e]) @ w2[e].t() + b2[e]
+            out = out.index_add(0, tok, probs[tok, e][:, None] * y)
+        top1 = probs.argmax(dim=1)
+        bal = (probs.mean(dim=0) * F.one_hot(top1, E).float().mean(dim=0)).sum() * E
+        lse = torch.logsumexp(logits, dim=1)
+        loss = op["balance_loss"] * bal + op["z_loss"] * (lse * lse).mean()
+        if op.get("importance_loss", 0) > 0:
+            imp = probs.sum(dim=0)
+            loss = loss + op["importance_loss"] * imp.var(unbiased=False) / imp.mean() ** 2
+        self.aux.append(loss)
+        return out.reshape(B, T, D)
 
     def forward(self, x, dataset, noises):
         self.aux = []
