@@ -93,9 +93,10 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
     }
     const mc_train *t = &m->train;
     if (t->cutmix_prob > 0 || t->randaugment_n > 0) {
-        mc_loc nowhere = { 0, 0, 0, 0 };
-        mc_report(d, MC_ERROR, nowhere, "the CPU trainer does not apply %s yet",
-                  t->cutmix_prob > 0 ? "cutmix" : "randaugment");
+        const bool cutmix = t->cutmix_prob > 0;
+        mc_report(d, MC_ERROR, cutmix ? t->cutmix_loc : t->randaugment_loc, "the CPU trainer does not apply %s yet",
+                  cutmix ? "cutmix" : "randaugment");
+        mc_hint(d, "random_crop and flip are applied; the model is checked, but this augmentation is not yet");
         errors++;
     }
     return errors;

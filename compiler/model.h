@@ -177,6 +177,7 @@ typedef struct mc_train {
     bool flip;
     double cutmix_alpha, cutmix_prob;   /* prob 0: off */
     int randaugment_n, randaugment_m;   /* n 0: off */
+    mc_loc cutmix_loc, randaugment_loc; /* where they were asked for */
     int64_t eval_every, checkpoint_every, log_every;
     uint64_t seed;
 } mc_train;

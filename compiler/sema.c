@@ -1001,9 +1001,11 @@ static void do_train(sema *s, const mc_stmt *st)
                 } else if (strcmp(a->name, "cutmix") == 0) {
                     t->cutmix_alpha = get_float(s, &sub, "alpha", 1.0);
                     t->cutmix_prob = get_float(s, &sub, "prob", 0.5);
+                    t->cutmix_loc = x->loc;
                 } else if (strcmp(a->name, "randaugment") == 0) {
                     t->randaugment_n = (int)get_int(s, &sub, "n", 2);
                     t->randaugment_m = (int)get_int(s, &sub, "m", 9);
+                    t->randaugment_loc = x->loc;
                 }
             }
         }
