@@ -674,6 +674,24 @@ static inline void router_softmax(float *probs, float *lse, const float *logits,
     }
 }
 
+/* The K experts of highest probability p[E] of one token, best first (ties
+ * to the lower expert): idx[K] and their probabilities val[K]. */
+static inline void moe_topk_row(int *idx, float *val, const float *p, int E, int K)
+{
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int j = 0; j < k; j++)
+                taken |= idx[j] == e;
+            if (!taken && (best < 0 || p[e] > p[best]))
+                best = e;
+        }
+        idx[k] = best;
+        val[k] = p[best];
+    }
+}
+
 /* Pack the experts' rows: expert e's kept choices from offset[e] on, and
  * the token of each row. */
 static inline void moe_pack_rows(moe_routing *r, int N, int E, int K)
@@ -700,20 +718,8 @@ static inline void moe_route(moe_routing *r, const float *probs, int N, int E, i
 {
     for (int n = 0; n < N; n++) {
         const float *p = probs + (size_t)n * E;
-        int *idx = r->topk + (size_t)n * K;
         float *val = r->topp + (size_t)n * K;
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int j = 0; j < k; j++)
-                    taken |= idx[j] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = e;
-            }
-            idx[k] = best;
-            val[k] = p[best];
-        }
+        moe_topk_row(r->topk + (size_t)n * K, val, p, E, K);
         float denom = 0.0f;
         for (int k = 0; k < K; k++)
             denom += val[k];
@@ -751,19 +757,9 @@ static inline void moe_route_expert_choice(moe_routing *r, const float *probs, i
 {
     const int K = E;
     for (int n = 0; n < N; n++) {
-        const float *p = probs + (size_t)n * E;
-        int *idx = r->topk + (size_t)n * K;
+        moe_topk_row(r->topk + (size_t)n * K, r->topp + (size_t)n * K, probs + (size_t)n * E, E, K);
         for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int j = 0; j < k; j++)
-                    taken |= idx[j] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = e;
-            }
-            idx[k] = best;
-            r->topp[(size_t)n * K + k] = r->gate[(size_t)n * K + k] = p[best];
+            r->gate[(size_t)n * K + k] = r->topp[(size_t)n * K + k];
             r->slot[(size_t)n * K + k] = -1;
         }
     }
