@@ -450,13 +450,12 @@ static void gen_op(gen *g, int i)
             sb_printf(f, "        l2norm_forward(A(%s), A(%s), A(%s), N, %d);\n", qn, qnorm, query, R);
             sb_printf(f, "        l2norm_forward(A(%s), A(%s), P(%lldL), %d, %d);\n", en, enorm, (long long)tok, E, R);
             sb_printf(f, "        linear_forward(A(%s), A(%s), A(%s), NULL, N, %d, %d);\n", nm[0], qn, en, R, E);
-            sb_printf(f, "        scale_inplace(A(%s), (size_t)N * %d, %s); /* 1 / temperature */\n", nm[0], E,
-                      flit(1.0 / x->temperature).s);
         } else {
             sb_printf(f, "        linear_forward(A(%s), %s, P(%lldL), NULL, N, %d, %d);\n", nm[0], in, (long long)wg, D,
                       E);
         }
-        const bool temper = x->router == ROUTER_SOFT && x->temperature != 1.0;
+        /* soft and cosine routers divide their logits by a temperature */
+        const bool temper = (x->router == ROUTER_SOFT || cosine) && x->temperature != 1.0;
         if (temper)
             sb_printf(f, "        scale_inplace(A(%s), (size_t)N * %d, %s); /* 1 / temperature */\n", nm[0], E,
                       flit(1.0 / x->temperature).s);
@@ -508,7 +507,6 @@ static void gen_op(gen *g, int i)
             sb_printf(&b, "        linear_backward(%s, DP(%lldL), NULL, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n", din,
                       (long long)wg, query, in, (long long)wg, D, R);
         } else if (cosine) {
-            sb_printf(&b, "        scale_inplace(G(%s), (size_t)N * %d, %s);\n", nm[0], E, flit(1.0 / x->temperature).s);
             /* through logits = qn en^T: dqn = dlogits en, den = dlogits^T qn */
             sb_printf(&b, "        mm_nn(G(%s), G(%s), A(%s), N, %d, %d, 0);\n", qn, nm[0], en, E, R);
             sb_printf(&b, "        memset(G(%s), 0, sizeof(float) * %d);\n", en, E * R);

@@ -189,9 +189,26 @@ static void init_params(model *m, uint64_t seed)
     }
 }
 
-static const char *const OPT_M = OPT_ADAMW ? "optimizer.exp_avg." : "optimizer.momentum_buffer.";
-static const char *const OPT_V = "optimizer.exp_avg_sq.";
 #define CKPT_FORMAT "moecc-checkpoint-1"
+
+/* The arenas a checkpoint holds, each tensor under prefix + its name: the
+ * weights, then the optimizer's state (AdamW: two moments; SGD: momentum). */
+typedef struct arena_part {
+    const char *prefix;
+    float *base;
+} arena_part;
+
+static int checkpoint_parts(const model *m, bool optimizer, arena_part part[3])
+{
+    int n = 0;
+    part[n++] = (arena_part){ "", m->param };
+    if (optimizer) {
+        part[n++] = (arena_part){ OPT_ADAMW ? "optimizer.exp_avg." : "optimizer.momentum_buffer.", m->opt_m };
+        if (OPT_ADAMW)
+            part[n++] = (arena_part){ "optimizer.exp_avg_sq.", m->opt_v };
+    }
+    return n;
+}
 
 static void save_checkpoint(const model *m, const char *path, int64_t step, const int64_t *sampler,
                             size_t sampler_len, uint64_t seed)
@@ -201,17 +218,14 @@ static void save_checkpoint(const model *m, const char *path, int64_t step, cons
     if (!w)
         die("%s", err.msg);
     char name[512];
-    for (int t = 0; t < N_TENSORS; t++)
-        moert_ckpt_add(w, TENSORS[t].name, MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape,
-                       m->param + TENSORS[t].offset);
-    for (int t = 0; t < N_TENSORS; t++) {
-        snprintf(name, sizeof name, "%s%s", OPT_M, TENSORS[t].name);
-        moert_ckpt_add(w, name, MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape, m->opt_m + TENSORS[t].offset);
-        if (OPT_ADAMW) {
-            snprintf(name, sizeof name, "%s%s", OPT_V, TENSORS[t].name);
-            moert_ckpt_add(w, name, MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape, m->opt_v + TENSORS[t].offset);
+    arena_part part[3];
+    const int nparts = checkpoint_parts(m, true, part);
+    for (int p = 0; p < nparts; p++)
+        for (int t = 0; t < N_TENSORS; t++) {
+            snprintf(name, sizeof name, "%s%s", part[p].prefix, TENSORS[t].name);
+            moert_ckpt_add(w, name, MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape,
+                           part[p].base + TENSORS[t].offset);
         }
-    }
     int64_t len = (int64_t)sampler_len;
     moert_ckpt_add(w, "trainer.sampler", MOERT_DTYPE_I64, 1, &len, sampler);
     char buf[64];
@@ -233,23 +247,15 @@ static void load_tensors(model *m, const moert_ckpt *c, const char *path, bool f
 {
     moert_error err;
     char name[512];
-    for (int t = 0; t < N_TENSORS; t++) {
-        if (moert_ckpt_get(c, TENSORS[t].name, MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape,
-                           m->param + TENSORS[t].offset, &err) != 0)
-            die("%s: %s", path, err.msg);
-        if (!full)
-            continue;
-        snprintf(name, sizeof name, "%s%s", OPT_M, TENSORS[t].name);
-        if (moert_ckpt_get(c, name, MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape, m->opt_m + TENSORS[t].offset,
-                           &err) != 0)
-            die("%s: %s", path, err.msg);
-        if (OPT_ADAMW) {
-            snprintf(name, sizeof name, "%s%s", OPT_V, TENSORS[t].name);
+    arena_part part[3];
+    const int nparts = checkpoint_parts(m, full, part);
+    for (int p = 0; p < nparts; p++)
+        for (int t = 0; t < N_TENSORS; t++) {
+            snprintf(name, sizeof name, "%s%s", part[p].prefix, TENSORS[t].name);
             if (moert_ckpt_get(c, name, MOERT_DTYPE_F32, TENSORS[t].ndim, TENSORS[t].shape,
-                               m->opt_v + TENSORS[t].offset, &err) != 0)
+                               part[p].base + TENSORS[t].offset, &err) != 0)
                 die("%s: %s", path, err.msg);
         }
-    }
 }
 
 /* Resume: weights, optimizer, step and the sampler's state. */
@@ -692,7 +698,10 @@ int main(int argc, char **argv)
         }
         if (!isfinite(ce + aux))
             die("the loss is %f at step %lld: training diverged (try a lower --lr)", ce + aux, (long long)step);
-        const double gn = grad_norm(&m);
+        const int64_t done = step + 1;
+        const bool log_now = done % o.log_every == 0 || done == o.steps;
+        /* the gradient norm: for clipping, and for the metrics record */
+        const double gn = CLIP_GRAD > 0 || log_now ? grad_norm(&m) : 0.0;
         if (CLIP_GRAD > 0 && gn > CLIP_GRAD) {
             const float scale = (float)(CLIP_GRAD / gn);
             for (int64_t i = 0; i < N_PARAMS; i++)
@@ -707,9 +716,8 @@ int main(int argc, char **argv)
         aux_acc += aux;
         n_acc++;
         imgs_acc += o.batch;
-        const int64_t done = step + 1;
 
-        if (done % o.log_every == 0 || done == o.steps) {
+        if (log_now) {
             const double now = moert_now();
             const double ips = imgs_acc / (now - t_log > 1e-9 ? now - t_log : 1e-9);
             moert_jw *j = moert_metrics_begin(metrics);
