@@ -13,12 +13,12 @@ trap 'rm -rf "$work"' EXIT
 out=$top_builddir/bench-cpu.txt
 {
     echo "# make bench-cpu, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: $(grep -m 1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-    echo "# threads $THREADS, median of $STEPS steps after 2 warm-up steps"
+    echo "# threads $THREADS, mean of $STEPS steps after 2 warm-up steps"
 } | tee -a "$out"
 for cfg in cpu_small cpu_large; do
     (cd "$top_srcdir" && "$MOECC" "bench/$cfg.moe" -o "$work/$cfg") || exit 1
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$work/$cfg" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
-        > /dev/null || exit 1
+        BACKEND=cpu > /dev/null || exit 1
     ours=$(cd "$work/$cfg" && ./train --bench --steps $((STEPS + 2)) --threads "$THREADS" | grep '^moecc')
     echo "$ours" | tee -a "$out"
     if [ -n "$PYTHON_TORCH" ] && [ "$PYTHON_TORCH" != no ]; then

@@ -16,40 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "emit.h"
-
-/* ---- a growing string ---------------------------------------------------- */
-
-typedef struct sbuf {
-    char *s;
-    size_t len, cap;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) MC_PRINTF(2, 3);
-static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        size_t room = b->cap - b->len;
-        int n = vsnprintf(b->s ? b->s + b->len : NULL, room, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if ((size_t)n < room) {
-            b->len += (size_t)n;
-            return;
-        }
-        b->cap = (b->cap + (size_t)n + 1) * 2;
-        b->s = mc_xrealloc(b->s, b->cap);
-    }
-}
-
-static void sb_free(sbuf *b)
-{
-    free(b->s);
-    memset(b, 0, sizeof *b);
-}
+#include "emit_int.h"
 
 /* ---- what the CPU backend generates ------------------------------------------ */
 
@@ -100,144 +67,6 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
         errors++;
     }
     return errors;
-}
-
-/* ---- the plan and the code ------------------------------------------------ */
-
-typedef struct gen {
-    const mc_model *m;
-    int64_t act_floats;   /* float slots of the activation arena (compiled batch) */
-    int64_t int_slots;    /* int32 slots (routing) */
-    int64_t *param_off;   /* per op: offset of its first tensor */
-    int *value;           /* per op: the value (op index) of its output */
-    int *input;           /* per op: the value of its (main) input; -1: the image */
-    int *skip;            /* RESIDUAL_END: the value at its BEGIN */
-    int *last_use;        /* per value: the last op (forward order) that reads it */
-    sbuf defs;            /* offsets of the buffers */
-    sbuf fwd;             /* forward code */
-    char **bwd;           /* backward code of each op */
-    int nmoe;
-    int *moe_index;       /* per op: its MoE layer number, or -1 */
-} gen;
-
-static int64_t alloc_act(gen *g, const char *name, int64_t floats, const char *what)
-{
-    int64_t off = g->act_floats;
-    g->act_floats += (floats + 15) & ~(int64_t)15; /* 64-byte aligned */
-    sb_printf(&g->defs, "#define %-16s %12lldL /* %s */\n", name, (long long)off, what);
-    return off;
-}
-
-static void alloc_int(gen *g, const char *name, int64_t n, const char *what)
-{
-    int64_t off = g->int_slots;
-    g->int_slots += (n + 15) & ~(int64_t)15;
-    sb_printf(&g->defs, "#define %-16s %12lldL /* int32 %s */\n", name, (long long)off, what);
-}
-
-/* the offset of tensor j of op i in the parameter arena */
-static int64_t toff(const gen *g, int i, int j)
-{
-    int64_t off = g->param_off[i];
-    for (int k = 0; k < j; k++)
-        off += g->m->ops[i].tensors[k].numel;
-    return off;
-}
-
-static int tokens_of(const mc_shape *s)
-{
-    return s->kind == SHAPE_TOKENS ? s->tokens : 1;
-}
-
-static const char *act_code(mc_act a)
-{
-    switch (a) {
-    case ACT_RELU: return "ACT_RELU";
-    case ACT_SILU: return "ACT_SILU";
-    default: return "ACT_GELU";
-    }
-}
-
-/* "A(V3)" for value v, or "x" for the image */
-static void val_ref(char *buf, size_t n, int v, bool grad)
-{
-    if (v < 0)
-        snprintf(buf, n, "x");
-    else
-        snprintf(buf, n, "%s(V%d)", grad ? "G" : "A", v);
-}
-
-/* Whether op i is the first (in backward order) to write the gradient of
- * value v: then it overwrites, otherwise it accumulates. */
-static int acc_flag(const gen *g, int i, int v)
-{
-    return g->last_use[v] == i ? 0 : 1;
-}
-
-static void plan_values(gen *g)
-{
-    const mc_model *m = g->m;
-    int cur = -1;
-    int stack[64], sp = 0;
-    for (int i = 0; i < m->nops; i++) {
-        const mc_op *op = &m->ops[i];
-        g->input[i] = cur;
-        g->skip[i] = -1;
-        switch (op->kind) {
-        case OP_INPUT:
-            g->value[i] = -1;
-            break;
-        case OP_RESIDUAL_BEGIN:
-            stack[sp++] = cur;
-            g->value[i] = cur;
-            break;
-        case OP_RESIDUAL_END:
-            g->skip[i] = stack[--sp];
-            g->value[i] = i;
-            break;
-        default:
-            g->value[i] = i;
-            break;
-        }
-        cur = g->value[i];
-    }
-    for (int i = 0; i < m->nops; i++)
-        g->last_use[i] = -1;
-    for (int i = 0; i < m->nops; i++) {
-        if (m->ops[i].kind == OP_RESIDUAL_BEGIN || m->ops[i].kind == OP_INPUT)
-            continue;
-        if (g->input[i] >= 0)
-            g->last_use[g->input[i]] = i;
-        if (g->skip[i] >= 0)
-            g->last_use[g->skip[i]] = i;
-    }
-}
-
-/* A float literal for C: 0.02f, 1e-05f, 0.0f (shortest form that reads back). */
-typedef struct flit_buf {
-    char s[48];
-} flit_buf;
-
-static flit_buf flit(double v)
-{
-    flit_buf b;
-    float f = (float)v;
-    for (int prec = 1; prec <= 9; prec++) {
-        snprintf(b.s, sizeof b.s, "%.*g", prec, (double)f);
-        if ((float)strtod(b.s, NULL) == f)
-            break;
-    }
-    if (!strpbrk(b.s, ".eEn"))
-        strcat(b.s, ".0");
-    strcat(b.s, "f");
-    return b;
-}
-
-static char *sb_take(sbuf *b)
-{
-    char *s = b->s ? b->s : mc_xstrdup("");
-    memset(b, 0, sizeof *b);
-    return s;
 }
 
 /* The code of op i: forward into g->fwd, backward into g->bwd[i]. */
@@ -587,33 +416,6 @@ static void gen_op(gen *g, int i)
     g->bwd[i] = sb_take(&b);
 }
 
-/* ---- the files -------------------------------------------------------------------- */
-
-static void header_comment(sbuf *b, const mc_model *m, const char *file, const char *what,
-                           const mc_emit_opts *o)
-{
-    sb_printf(b, "/* %s: %s\n * Generated by moecc %s from %s. Do not edit: change the .moe file and\n"
-                 " * run moecc again. */\n",
-              file, what, o->moecc_version, m->source_path);
-}
-
-static const char *c_string(sbuf *tmp, const char *s)
-{
-    tmp->len = 0;
-    sb_printf(tmp, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            sb_printf(tmp, "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
-            sb_printf(tmp, "\\%03o", c);
-        else
-            sb_printf(tmp, "%c", c);
-    }
-    sb_printf(tmp, "\"");
-    return tmp->s;
-}
-
 static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
 {
     const mc_model *m = g->m;
@@ -626,7 +428,10 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     }
     sbuf tmp = { 0 };
     header_comment(h, m, "model.h", "the shapes, tensors and settings of the model.", o);
-    sb_printf(h, "#ifndef MODEL_H\n#define MODEL_H\n\n#include <stdint.h>\n\n#include \"ops.h\"\n\n");
+    sb_printf(h, "#ifndef MODEL_H\n#define MODEL_H\n\n#include <stdint.h>\n\n#include <moert.h>\n\n");
+    sb_printf(h, "/* the CUDA sources take only ops.h's types; the CPU kernels are C */\n"
+                 "#ifdef __CUDACC__\n#define MOE_OPS_TYPES_ONLY\n#endif\n#include \"ops.h\"\n\n");
+    sb_printf(h, "#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n");
     sb_printf(h, "#define MODEL_NAME %s\n", c_string(&tmp, m->name));
     sb_printf(h, "#define MODEL_SOURCE %s\n", c_string(&tmp, m->source_path));
     sb_printf(h, "#define MOECC_VERSION %s\n\n", c_string(&tmp, o->moecc_version));
@@ -683,6 +488,10 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    float w_balance, w_z, w_dataset, w_importance;\n    float noise_std;   /* gate noise added in training */\n"
                  "    int stream;        /* random stream of the gate noise */\n} moe_info;\n");
     sb_printf(h, "extern const moe_info MOE_LAYERS[N_MOE_SLOTS];\n\n");
+    sb_printf(h, "/* sums over training steps, kept by the backend (on the GPU: read only\n"
+                 " * when asked, so that the steps never wait for the host) */\n"
+                 "typedef struct step_totals {\n    double loss, aux;   /* summed over the steps */\n"
+                 "    int64_t steps;\n    double grad_norm;   /* of the last step with MODEL_STEP_NORM */\n} step_totals;\n\n");
     sb_printf(h, "typedef struct model {\n    float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */\n"
                  "    float *act, *dact;      /* ACT_FLOATS each: values and their gradients */\n"
                  "    int32_t *iact;          /* INT_SLOTS: routing */\n"
@@ -690,7 +499,29 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    int64_t step;\n    int cap[N_MOE_SLOTS];    /* capacity of each MoE layer in the last forward */\n"
                  "    float aux[N_MOE_SLOTS][4]; /* balance, z, dataset and importance losses of each MoE layer */\n"
                  "    moe_stats stats[N_MOE_SLOTS];\n    int64_t load[N_MOE_SLOTS][MAX_EXPERTS];\n"
-                 "    int64_t ds_expert[N_MOE_SLOTS][N_DATASETS * MAX_EXPERTS];\n} model;\n\n");
+                 "    int64_t ds_expert[N_MOE_SLOTS][N_DATASETS * MAX_EXPERTS];\n"
+                 "    step_totals totals;     /* of the steps since model_totals */\n"
+                 "    void *dev;              /* the backend's own state (CUDA: device arenas, graphs) */\n} model;\n\n");
+    sb_printf(h, "/* ---- the backend: backend.c (CPU) or backend.cu (CUDA); train.c uses only these ---- */\n");
+    sb_printf(h, "const char *model_backend_name(void);\n");
+    sb_printf(h, "enum { PRECISION_FP32 = 0, PRECISION_BF16 = 1 };\n#define TRAIN_PRECISION %d /* of the .moe file */\n",
+              m->train.precision == PREC_BF16);
+    sb_printf(h, "/* allocates the arenas (zeroed) and the fixed tables; threads: CPU threads (0: default) */\n");
+    sb_printf(h, "void model_open(model *m, uint64_t seed, int threads, int precision);\nvoid model_close(model *m);\n");
+    sb_printf(h, "/* m->param, m->opt_m and m->opt_v are read and written on the host between these */\n");
+    sb_printf(h, "void model_to_device(model *m);\nvoid model_to_host(model *m);\n");
+    sb_printf(h, "enum { MODEL_STEP_UPDATE = 1, /* clip and update the weights (else only the gradients) */\n"
+                 "       MODEL_STEP_NORM = 2    /* compute the gradient norm for the record */ };\n");
+    sb_printf(h, "/* one step on batch (B samples) at learning rate lr; the loss goes into m->totals */\n");
+    sb_printf(h, "void model_train_step(model *m, const moert_batch *batch, int B, double lr, int64_t step, int flags);\n");
+    sb_printf(h, "/* the totals since the last call (then zeroed) */\nvoid model_totals(model *m, step_totals *t);\n");
+    sb_printf(h, "/* the largest batch model_eval takes */\nint model_eval_batch(void);\n");
+    sb_printf(h, "/* the device memory the backend holds (0 on the CPU) */\nint64_t model_device_bytes(void);\n");
+    sb_printf(h, "/* the logits [B, N_CLASSES] on the host, valid until the next call */\n");
+    sb_printf(h, "const float *model_eval(model *m, const float *x, const int32_t *dataset, int B);\n");
+    sb_printf(h, "/* routing statistics: zeroed, and brought to m->stats, m->load, m->ds_expert, m->aux */\n");
+    sb_printf(h, "void model_stats_reset(model *m);\nvoid model_stats_fetch(model *m);\n\n");
+    sb_printf(h, "/* ---- the CPU model (model.c) ---- */\n");
     sb_printf(h, "/* x: the images [B, IN_C, IN_H, IN_W]; dataset: each sample's dataset */\n");
     sb_printf(h, "void model_forward(model *m, const float *x, const int32_t *dataset, int B, int train);\n");
     sb_printf(h, "/* after model_forward and with model_dlogits() written; parameter\n * gradients are overwritten */\n");
@@ -700,11 +531,31 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "float model_aux_loss(const model *m);\n");
     sb_printf(h, "/* fixed tables in the activation arena (sine-cosine positions) */\n");
     sb_printf(h, "void model_init_tables(model *m);\n");
-    sb_printf(h, "void model_stats_reset(model *m);\n\n#endif /* MODEL_H */\n");
+    sb_printf(h, "\n#ifdef __CUDACC__\n/* ---- the CUDA model (model.cu), driven by backend.cu ---- */\n");
+    sb_printf(h, "struct kctx;          /* kernels.cuh: stream, cuBLAS handle, scratch */\n"
+                 "struct step_scalars;  /* kernels.cuh: learning rate and step, read on the device */\n");
+    sb_printf(h, "typedef struct dev_model {\n    float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */\n"
+                 "    float *act, *dact;     /* DEV_LAYOUT.act_floats each */\n    int *iact;             /* DEV_LAYOUT.int_slots */\n"
+                 "    double *dacc;          /* the step's sums: [0] cross-entropy, [1] auxiliary, [2] gradient norm */\n"
+                 "    unsigned long long *stats; /* routing counts */\n    struct step_scalars *sc;\n"
+                 "    const float *x;        /* this step's images and datasets */\n    const int32_t *dataset;\n"
+                 "    int *maps;             /* [N_MOE_SLOTS, N_DATASETS] dataset-to-expert maps */\n"
+                 "    int64_t *head_off;     /* [2, N_DATASETS] per-dataset heads' offsets */\n"
+                 "    int *classes;          /* [N_DATASETS] */\n    void *sort_tmp;        /* the routing sort's scratch */\n"
+                 "    size_t sort_bytes;\n    uint64_t seed;\n} dev_model;\n\n");
+    sb_printf(h, "typedef struct dev_layout {\n    int64_t act_floats, int_slots, dacc, stats, red_floats;\n"
+                 "    int eval_batch;        /* the largest batch the arenas hold dropless */\n"
+                 "    int64_t logits, xent;  /* act offsets */\n    int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], "
+                 "aux[N_MOE_SLOTS];\n} dev_layout;\n");
+    sb_printf(h, "extern const dev_layout DEV_LAYOUT;\n");
+    sb_printf(h, "void dev_init_tables(const struct kctx *k, dev_model *d);\n");
+    sb_printf(h, "void dev_forward(const struct kctx *k, dev_model *d, int B, int train);\n");
+    sb_printf(h, "void dev_backward(const struct kctx *k, dev_model *d, int B);\n#endif\n");
+    sb_printf(h, "\n#ifdef __cplusplus\n}\n#endif\n\n#endif /* MODEL_H */\n");
     sb_free(&tmp);
 }
 
-static void emit_tables(sbuf *c, const gen *g)
+void emit_tables(sbuf *c, const gen *g)
 {
     const mc_model *m = g->m;
     sbuf tmp = { 0 };
@@ -987,29 +838,13 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
         snprintf(errbuf, errlen, "%s: not a directory", o->outdir);
         return -1;
     }
+    const bool cpu = true; /* ops.h and the CPU backend are in every directory */
+    const bool cuda = o->target != MC_TARGET_CPU;
     gen g;
-    memset(&g, 0, sizeof g);
-    g.m = m;
-    size_t n = (size_t)m->nops;
-    g.param_off = mc_xcalloc(n, sizeof *g.param_off);
-    g.value = mc_xcalloc(n, sizeof *g.value);
-    g.input = mc_xcalloc(n, sizeof *g.input);
-    g.skip = mc_xcalloc(n, sizeof *g.skip);
-    g.last_use = mc_xcalloc(n, sizeof *g.last_use);
-    g.bwd = mc_xcalloc(n, sizeof *g.bwd);
-    g.moe_index = mc_xcalloc(n, sizeof *g.moe_index);
-    int64_t off = 0;
-    for (int i = 0; i < m->nops; i++) {
-        g.param_off[i] = off;
-        for (int j = 0; j < m->ops[i].ntensors; j++)
-            off += m->ops[i].tensors[j].numel;
-        g.moe_index[i] = m->ops[i].kind == OP_MOE ? g.nmoe++ : -1;
-    }
-    plan_values(&g);
+    gen_init(&g, m, false);
     for (int i = 0; i < m->nops; i++)
         gen_op(&g, i);
-
-    sbuf h = { 0 }, c = { 0 }, j = { 0 };
+    sbuf h = { 0 }, c = { 0 }, j = { 0 }, cu = { 0 };
     emit_model_h(&h, &g, o);
     emit_model_c(&c, &g, o);
     emit_json(&j, m);
@@ -1017,21 +852,43 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
     rc |= write_file(o->outdir, "model.h", h.s, h.len, errbuf, errlen);
     rc |= rc ? 0 : write_file(o->outdir, "model.c", c.s, c.len, errbuf, errlen);
     rc |= rc ? 0 : write_file(o->outdir, "model.json", j.s, j.len, errbuf, errlen);
+    if (cuda) {
+        gen gc;
+        gen_init(&gc, m, true);
+        emit_model_cu(&cu, &gc, o);
+        rc |= rc ? 0 : write_file(o->outdir, "model.cu", cu.s, cu.len, errbuf, errlen);
+        gen_free(&gc);
+    } else {
+        /* a CPU-only directory: no CUDA sources of an earlier run left behind */
+        static const char *const stale[] = { "model.cu", "kernels.cuh", "backend.cu" };
+        for (size_t k = 0; k < sizeof stale / sizeof stale[0]; k++) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", o->outdir, stale[k]);
+            remove(path);
+        }
+    }
 
     /* the templates, with their placeholders filled */
     char batch[32], params[32], flops[32];
     snprintf(batch, sizeof batch, "%d", m->train.batch);
     snprintf(params, sizeof params, "%lld", (long long)m->params);
     snprintf(flops, sizeof flops, "%.4f", m->flops / 1e9);
+    const char *backends = cuda ? "cpu and cuda" : "cpu (the model uses what the CUDA backend does not generate)";
+    const char *defb = o->target == MC_TARGET_CUDA ? "cuda" : o->target == MC_TARGET_CPU || !cuda ? "cpu" : "auto";
     const char *vars[] = {
         "model", m->name, "source", m->source_path, "version", o->moecc_version,
         "batch", batch, "params", params, "gflops", flops,
+        "backends", backends, "default_backend", defb,
     };
-    static const struct { const char *tmpl, *file; } files[] = {
-        { "cpu/ops.h", "ops.h" }, { "cpu/train.c", "train.c" },
-        { "cpu/Makefile", "Makefile" }, { "cpu/README.md", "README.md" },
+    static const struct { const char *tmpl, *file; bool cuda; } files[] = {
+        { "cpu/ops.h", "ops.h", false },       { "common/train.c", "train.c", false },
+        { "cpu/backend.c", "backend.c", false }, { "common/Makefile", "Makefile", false },
+        { "common/README.md", "README.md", false }, { "cuda/kernels.cuh", "kernels.cuh", true },
+        { "cuda/backend.cu", "backend.cu", true },
     };
     for (size_t k = 0; k < sizeof files / sizeof files[0] && rc == 0; k++) {
+        if (files[k].cuda ? !cuda : !cpu)
+            continue;
         const char *text = mc_template_get(files[k].tmpl);
         if (!text) {
             snprintf(errbuf, errlen, "internal error: no template %s", files[k].tmpl);
@@ -1045,17 +902,8 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
     sb_free(&h);
     sb_free(&c);
     sb_free(&j);
-    sb_free(&g.defs);
-    sb_free(&g.fwd);
-    for (size_t i = 0; i < n; i++)
-        free(g.bwd[i]);
-    free(g.bwd);
-    free(g.param_off);
-    free(g.value);
-    free(g.input);
-    free(g.skip);
-    free(g.last_use);
-    free(g.moe_index);
+    sb_free(&cu);
+    gen_free(&g);
     return rc ? -1 : 0;
 }
 

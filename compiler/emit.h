@@ -2,25 +2,39 @@
  *
  * mc_emit writes a directory that builds into a trainer:
  *   model.h      every shape as a compile-time constant, the tensor table
- *   model.c      the forward and backward pass of every op (CPU)
  *   model.json   the ops and tensors, for tools (the PyTorch reference)
- *   ops.h        the CPU kernels (templates/cpu/ops.h)
  *   train.c      the driver: data, loop, evaluation, checkpoints, metrics
- *   Makefile     `make` builds ./train
+ *                (templates/common/train.c), the same for both backends
+ *   ops.h        the CPU kernels (templates/cpu/ops.h)
+ *   model.c      the forward and backward pass of every op (CPU)
+ *   backend.c    the CPU backend: arenas, one step, evaluation
+ *   model.cu     the same on the GPU, calling kernels.cuh (CUDA)
+ *   kernels.cuh  the CUDA kernels (templates/cuda/kernels.cuh)
+ *   backend.cu   the CUDA backend: device arenas, the step as one CUDA graph
+ *   Makefile     `make` builds ./train (CUDA where nvcc is, else the CPU)
  *   README.md    what model it is and how to run it */
 #ifndef MOECC_EMIT_H
 #define MOECC_EMIT_H
 
 #include "model.h"
 
+typedef enum {
+    MC_TARGET_BOTH, /* both backends; the Makefile builds CUDA where nvcc is */
+    MC_TARGET_CPU,
+    MC_TARGET_CUDA,
+} mc_target;
+
 typedef struct mc_emit_opts {
     const char *outdir;
     const char *moecc_version;
+    mc_target target;
 } mc_emit_opts;
 
 /* Check that the backend generates everything the model uses; report what
- * it does not (at the construct's place) and return non-zero then. */
+ * it does not (at the construct's place) and return the number of errors. */
 int mc_emit_check(const mc_model *m, mc_diag *d);
+/* The same for the CUDA backend (beyond what mc_emit_check asks). */
+int mc_emit_check_cuda(const mc_model *m, mc_diag *d);
 
 /* Write the directory. Returns 0, or non-zero with errbuf set (I/O). */
 int mc_emit(const mc_model *m, const mc_emit_opts *opts, char *errbuf, size_t errlen);

@@ -27,7 +27,8 @@ static void usage(FILE *out)
           "      --dump-ast       print the syntax tree of FILE\n"
           "      --list           print every construct of the language and its\n"
           "                       parameters\n"
-          "      --target T       code generation target: cpu (the default) or cuda\n"
+          "      --target T       generate for cpu or cuda only (default: both when the model\n"
+          "                       has a CUDA form; the Makefile builds CUDA where nvcc is)\n"
           "  -W, --werror         treat warnings as errors\n"
           "      --max-errors N   stop after N errors (default 20; 0: no limit)\n"
           "  -h, --help           print this help and exit\n"
@@ -113,10 +114,6 @@ int main(int argc, char **argv)
         fputs("moecc: nothing to do: give -o DIR, --check or --summary\nTry 'moecc --help'.\n", stderr);
         return EXIT_USAGE;
     }
-    if (target && strcmp(target, "cuda") == 0) {
-        fputs("moecc: --target cuda: the CUDA backend is not written yet; --target cpu works\n", stderr);
-        return EXIT_USAGE;
-    }
 
     char errbuf[512];
     mc_source *src = mc_source_load(argv[optind], errbuf, sizeof errbuf);
@@ -147,12 +144,23 @@ int main(int argc, char **argv)
         mc_diag_flush(&d);
         if (d.errors == 0 && summary)
             mc_model_summary(&model, stdout);
+        mc_target tgt = !target ? MC_TARGET_BOTH : strcmp(target, "cuda") == 0 ? MC_TARGET_CUDA : MC_TARGET_CPU;
         if (d.errors == 0 && output) {
+            /* the driver, ops.h and the CPU backend are part of every target */
             mc_emit_check(&model, &d);
+            if (tgt == MC_TARGET_CUDA) {
+                mc_emit_check_cuda(&model, &d);
+            } else if (tgt == MC_TARGET_BOTH) {
+                /* without --target, the CUDA sources come along when the model has them */
+                d.quiet++;
+                if (mc_emit_check_cuda(&model, &d) != 0)
+                    tgt = MC_TARGET_CPU;
+                d.quiet--;
+            }
             mc_diag_flush(&d);
         }
         if (d.errors == 0 && output) {
-            mc_emit_opts eo = { .outdir = output, .moecc_version = PACKAGE_VERSION };
+            mc_emit_opts eo = { .outdir = output, .moecc_version = PACKAGE_VERSION, .target = tgt };
             char emit_err[1024];
             if (mc_emit(&model, &eo, emit_err, sizeof emit_err) != 0) {
                 fprintf(stderr, "moecc: %s\n", emit_err);

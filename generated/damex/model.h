@@ -6,7 +6,17 @@
 
 #include <stdint.h>
 
+#include <moert.h>
+
+/* the CUDA sources take only ops.h's types; the CPU kernels are C */
+#ifdef __CUDACC__
+#define MOE_OPS_TYPES_ONLY
+#endif
 #include "ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define MODEL_NAME "damex"
 #define MODEL_SOURCE "examples/damex.moe"
@@ -93,6 +103,14 @@ typedef struct moe_info {
 } moe_info;
 extern const moe_info MOE_LAYERS[N_MOE_SLOTS];
 
+/* sums over training steps, kept by the backend (on the GPU: read only
+ * when asked, so that the steps never wait for the host) */
+typedef struct step_totals {
+    double loss, aux;   /* summed over the steps */
+    int64_t steps;
+    double grad_norm;   /* of the last step with MODEL_STEP_NORM */
+} step_totals;
+
 typedef struct model {
     float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */
     float *act, *dact;      /* ACT_FLOATS each: values and their gradients */
@@ -104,8 +122,37 @@ typedef struct model {
     moe_stats stats[N_MOE_SLOTS];
     int64_t load[N_MOE_SLOTS][MAX_EXPERTS];
     int64_t ds_expert[N_MOE_SLOTS][N_DATASETS * MAX_EXPERTS];
+    step_totals totals;     /* of the steps since model_totals */
+    void *dev;              /* the backend's own state (CUDA: device arenas, graphs) */
 } model;
 
+/* ---- the backend: backend.c (CPU) or backend.cu (CUDA); train.c uses only these ---- */
+const char *model_backend_name(void);
+enum { PRECISION_FP32 = 0, PRECISION_BF16 = 1 };
+#define TRAIN_PRECISION 1 /* of the .moe file */
+/* allocates the arenas (zeroed) and the fixed tables; threads: CPU threads (0: default) */
+void model_open(model *m, uint64_t seed, int threads, int precision);
+void model_close(model *m);
+/* m->param, m->opt_m and m->opt_v are read and written on the host between these */
+void model_to_device(model *m);
+void model_to_host(model *m);
+enum { MODEL_STEP_UPDATE = 1, /* clip and update the weights (else only the gradients) */
+       MODEL_STEP_NORM = 2    /* compute the gradient norm for the record */ };
+/* one step on batch (B samples) at learning rate lr; the loss goes into m->totals */
+void model_train_step(model *m, const moert_batch *batch, int B, double lr, int64_t step, int flags);
+/* the totals since the last call (then zeroed) */
+void model_totals(model *m, step_totals *t);
+/* the largest batch model_eval takes */
+int model_eval_batch(void);
+/* the device memory the backend holds (0 on the CPU) */
+int64_t model_device_bytes(void);
+/* the logits [B, N_CLASSES] on the host, valid until the next call */
+const float *model_eval(model *m, const float *x, const int32_t *dataset, int B);
+/* routing statistics: zeroed, and brought to m->stats, m->load, m->ds_expert, m->aux */
+void model_stats_reset(model *m);
+void model_stats_fetch(model *m);
+
+/* ---- the CPU model (model.c) ---- */
 /* x: the images [B, IN_C, IN_H, IN_W]; dataset: each sample's dataset */
 void model_forward(model *m, const float *x, const int32_t *dataset, int B, int train);
 /* after model_forward and with model_dlogits() written; parameter
@@ -117,6 +164,42 @@ float *model_dlogits(const model *m);
 float model_aux_loss(const model *m);
 /* fixed tables in the activation arena (sine-cosine positions) */
 void model_init_tables(model *m);
-void model_stats_reset(model *m);
+
+#ifdef __CUDACC__
+/* ---- the CUDA model (model.cu), driven by backend.cu ---- */
+struct kctx;          /* kernels.cuh: stream, cuBLAS handle, scratch */
+struct step_scalars;  /* kernels.cuh: learning rate and step, read on the device */
+typedef struct dev_model {
+    float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */
+    float *act, *dact;     /* DEV_LAYOUT.act_floats each */
+    int *iact;             /* DEV_LAYOUT.int_slots */
+    double *dacc;          /* the step's sums: [0] cross-entropy, [1] auxiliary, [2] gradient norm */
+    unsigned long long *stats; /* routing counts */
+    struct step_scalars *sc;
+    const float *x;        /* this step's images and datasets */
+    const int32_t *dataset;
+    int *maps;             /* [N_MOE_SLOTS, N_DATASETS] dataset-to-expert maps */
+    int64_t *head_off;     /* [2, N_DATASETS] per-dataset heads' offsets */
+    int *classes;          /* [N_DATASETS] */
+    void *sort_tmp;        /* the routing sort's scratch */
+    size_t sort_bytes;
+    uint64_t seed;
+} dev_model;
+
+typedef struct dev_layout {
+    int64_t act_floats, int_slots, dacc, stats, red_floats;
+    int eval_batch;        /* the largest batch the arenas hold dropless */
+    int64_t logits, xent;  /* act offsets */
+    int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], aux[N_MOE_SLOTS];
+} dev_layout;
+extern const dev_layout DEV_LAYOUT;
+void dev_init_tables(const struct kctx *k, dev_model *d);
+void dev_forward(const struct kctx *k, dev_model *d, int B, int train);
+void dev_backward(const struct kctx *k, dev_model *d, int B);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* MODEL_H */

@@ -19,6 +19,26 @@
 #ifndef MOE_OPS_H
 #define MOE_OPS_H
 
+#include <stdint.h>
+
+/* ---- the types the CUDA backend shares (it includes only these: model.h
+ * defines MOE_OPS_TYPES_ONLY there) ---------------------------------------- */
+
+/* activation codes (templates/cuda/kernels.cuh uses the same) */
+enum { ACT_GELU = 0, ACT_RELU = 1, ACT_SILU = 2 };
+
+/* Routing statistics of one MoE layer, summed over forward passes. */
+typedef struct moe_stats {
+    int64_t *load;        /* [E] choices kept per expert */
+    int64_t *ds_expert;   /* [datasets, E] top-1 choices per dataset */
+    int64_t assigned;     /* choices made */
+    int64_t dropped;      /* choices over capacity */
+    int64_t tokens;
+    double entropy;       /* sum over tokens of the router entropy (nats) */
+} moe_stats;
+
+#ifndef MOE_OPS_TYPES_ONLY
+
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -183,8 +203,6 @@ static inline void linear_backward(float *dinp, float *dw, float *db, const floa
 }
 
 /* ---- activations --------------------------------------------------------- */
-
-enum { ACT_GELU = 0, ACT_RELU = 1, ACT_SILU = 2 };
 
 static inline float act_f(int act, float x)
 {
@@ -1049,16 +1067,6 @@ static inline void scale_inplace(float *x, size_t n, float a)
         x[i] *= a;
 }
 
-/* Routing statistics of one MoE layer, summed over forward passes. */
-typedef struct moe_stats {
-    int64_t *load;        /* [E] choices kept per expert */
-    int64_t *ds_expert;   /* [datasets, E] top-1 choices per dataset */
-    int64_t assigned;     /* choices made */
-    int64_t dropped;      /* choices over capacity */
-    int64_t tokens;
-    double entropy;       /* sum over tokens of the router entropy (nats) */
-} moe_stats;
-
 static inline void moe_stats_add(moe_stats *s, const moe_routing *r, const float *probs, const int32_t *dataset,
                           int N, int T, int E, int K)
 {
@@ -1113,4 +1121,5 @@ static inline void sgd_update(float *p, const float *g, float *buf, size_t n, fl
     }
 }
 
+#endif /* MOE_OPS_TYPES_ONLY */
 #endif /* MOE_OPS_H */

@@ -33,8 +33,10 @@ gen() {
     else
         set --
     fi
+    # the CPU trainer unless BACKEND says otherwise (the machines of make
+    # check may have nvcc and no GPU)
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$WORK/$name" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
-        "$@" > "$WORK/$name.build.log" 2>&1 || {
+        BACKEND="${BACKEND:-cpu}" "$@" > "$WORK/$name.build.log" 2>&1 || {
         cat "$WORK/$name.build.log"
         return 1
     }

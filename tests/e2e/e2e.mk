@@ -1,8 +1,9 @@
 ## tests/e2e/e2e.mk: end-to-end tests, the example data, the demo, the CPU
 ## benchmark and generated/.
-TESTS += tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh tests/e2e/routers.sh
+TESTS += tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh tests/e2e/routers.sh \
+	tests/e2e/cuda_build.sh
 EXTRA_DIST += tests/e2e/common.sh tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh \
-	tests/e2e/routers.sh tests/e2e/routers.moe \
+	tests/e2e/routers.sh tests/e2e/routers.moe tests/e2e/cuda_build.sh bench/gpu_p.moe bench/gpu_s.moe \
 	tests/tools/torch_ref.py scripts/data.sh scripts/quickstart \
 	bench/cpu.sh bench/cpu_small.moe bench/cpu_large.moe \
 	examples/damex.moe generated
@@ -13,12 +14,15 @@ data:
 
 ## `make demo`: the main job. Compile examples/damex.moe, build it, train it
 ## on the three-dataset mixture, print accuracy per dataset and routing.
+## On the GPU where one answers (nvidia-smi) and nvcc is found, else the CPU.
 DEMO_STEPS = 2000
 DEMO_DIR = $(abs_top_builddir)/demo
 demo: moecc libmoert.la data
 	rm -rf $(DEMO_DIR)
 	cd $(srcdir) && $(abs_top_builddir)/moecc examples/damex.moe -o $(DEMO_DIR)
-	$(MAKE) -C $(DEMO_DIR) MOERT=$(abs_top_builddir) MOERT_SRC=$(abs_top_srcdir)
+	backend=cpu; if nvidia-smi -L >/dev/null 2>&1 && \
+	  { command -v nvcc || test -x /usr/local/cuda/bin/nvcc; } >/dev/null 2>&1; then backend=cuda; fi; \
+	$(MAKE) -C $(DEMO_DIR) MOERT=$(abs_top_builddir) MOERT_SRC=$(abs_top_srcdir) BACKEND=$$backend
 	cd $(DEMO_DIR) && ./train --data $(abs_top_builddir)/data --steps $(DEMO_STEPS) --eval-every 0
 
 ## `make bench-cpu`: moecc's trainer against PyTorch on the CPU configs.
@@ -40,3 +44,16 @@ clean-demo:
 	rm -rf $(DEMO_DIR)
 
 .PHONY: data demo bench-cpu update-generated clean-demo
+
+## `make check-cuda`: on a machine with an NVIDIA GPU, the CUDA backend
+## against the CPU backend (tests/cuda/check_cuda.sh). Not part of `make
+## check`: CI has no GPU.
+EXTRA_DIST += tests/cuda/check_cuda.sh tests/cuda/compare.py bench/torch_gpu.py bench/gpu.sh
+check-cuda: moecc libmoert.la
+	@$(AM_TESTS_ENVIRONMENT) $(SHELL) $(srcdir)/tests/cuda/check_cuda.sh
+
+## `make bench`: on a machine with an NVIDIA GPU, the CUDA trainer against
+## PyTorch on configs P and S (bench/gpu.sh); figures in bench/results-gpu.md.
+bench: moecc libmoert.la
+	@$(AM_TESTS_ENVIRONMENT) BENCH_OUT=$(abs_top_builddir)/bench-gpu.txt $(SHELL) $(srcdir)/bench/gpu.sh
+.PHONY: check-cuda bench

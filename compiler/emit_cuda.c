@@ -1,0 +1,592 @@
+/* emit_cuda.c: the CUDA backend - from the checked model to model.cu.
+ *
+ * The plan is the CPU's (emit.c): one float arena of activations laid out
+ * for the compiled batch, their gradients at the same offsets of a second
+ * one, the parameter arenas in the order of the tensor table. It differs
+ * where the GPU wants static shapes: a MoE layer's expert rows are laid
+ * out [E, capacity, *] (the rows past an expert's count are zeros), so
+ * that the experts' products are one batched launch whose shape does not
+ * depend on the routing, and the step never waits for the host.
+ *
+ * model.cu calls the templates of kernels.cuh with every shape a
+ * compile-time constant; backend.cu (a template) owns the device memory,
+ * the streams and the CUDA graph of the step. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "emit_int.h"
+
+/* The most the kernels of kernels.cuh take (their static_asserts, checked
+ * here with a located error instead). */
+#define CUDA_MAX_EXPERTS 256
+#define CUDA_MAX_LN_WIDTH 768           /* layernorm backward: 8 rows of 2*D floats in 48 KiB */
+#define CUDA_MAX_ATTN_SMEM (227 * 1024) /* one (sample, head) in shared memory */
+
+static int attn_bwd_smem(int T, int HD)
+{
+    return 4 * (4 * T * (HD + 1) + 2 * T * T);
+}
+
+int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
+{
+    int errors = 0;
+    for (int i = 0; i < m->nops && !errors; i++) {
+        const mc_op *op = &m->ops[i];
+        const int T = tokens_of(&op->in);
+        switch (op->kind) {
+        case OP_MOE: {
+            const mc_moe *x = &op->u.moe;
+            if (x->router == ROUTER_EXPERT_CHOICE) {
+                mc_report(d, MC_ERROR, op->loc, "the CUDA backend does not generate router = %s() yet",
+                          mc_router_name(x->router));
+                mc_hint(d, "--target cpu generates it; on the GPU use a token-choice router (softmax_topk, switch, "
+                           "soft, cosine, attention, dataset_aware)");
+                errors++;
+            } else if (x->experts > CUDA_MAX_EXPERTS) {
+                mc_report(d, MC_ERROR, op->loc, "the CUDA backend routes to at most %d experts, not %d",
+                          CUDA_MAX_EXPERTS, x->experts);
+                errors++;
+            }
+            break;
+        }
+        case OP_LAYERNORM:
+            if (op->in.dim > CUDA_MAX_LN_WIDTH) {
+                mc_report(d, MC_ERROR, op->loc, "the CUDA backend's layer norm takes widths up to %d, not %d",
+                          CUDA_MAX_LN_WIDTH, op->in.dim);
+                errors++;
+            }
+            break;
+        case OP_ATTENTION: {
+            const int HD = op->in.dim / op->u.attn.heads;
+            if (attn_bwd_smem(T, HD) > CUDA_MAX_ATTN_SMEM) {
+                mc_report(d, MC_ERROR, op->loc,
+                          "the CUDA backend's attention keeps a (sample, head) in shared memory: %d tokens of "
+                          "head width %d need %d KiB, more than the %d KiB of a Hopper SM",
+                          T, HD, attn_bwd_smem(T, HD) / 1024, CUDA_MAX_ATTN_SMEM / 1024);
+                mc_hint(d, "use fewer tokens (a larger patch) or more heads; --target cpu has no such limit");
+                errors++;
+            }
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    return errors;
+}
+
+/* ---- the plan of the device arenas beyond activations ---------------------------------- */
+
+/* doubles: the step's sums (read by backend.cu), then per MoE layer its
+ * entropy sum and the [2E] sums its router's backward reads */
+enum { DACC_CE = 0, DACC_AUX = 1, DACC_NORM = 2, DACC_FIXED = 3 };
+
+typedef struct cuda_plan {
+    int64_t dacc;            /* doubles */
+    int64_t stats;           /* u64: per MoE layer [E] + [ND, E] + 3 */
+    int64_t red;             /* floats of reduction scratch */
+    int64_t eval_batch;      /* the largest evaluation batch the arenas hold */
+    int64_t *ent, *sums, *st; /* per MoE layer: offsets */
+} cuda_plan;
+
+static void need_red(cuda_plan *p, int64_t floats)
+{
+    if (floats > p->red)
+        p->red = floats;
+}
+
+#define RED_CHUNKS 64  /* kernels.cuh */
+#define LN_BLOCKS 128
+#define AUX_BLOCKS 64
+#define NORM_BLOCKS 256
+#define ROUTE_BLOCK 1024
+
+static const char *act_tmpl(mc_act a)
+{
+    switch (a) {
+    case ACT_RELU: return "ACT_RELU";
+    case ACT_SILU: return "ACT_SILU";
+    default: return "ACT_GELU";
+    }
+}
+
+/* The code of op i: forward into g->fwd, backward into g->bwd[i]. */
+static void gen_op_cuda(gen *g, cuda_plan *p, int i)
+{
+    const mc_model *m = g->m;
+    const mc_op *op = &m->ops[i];
+    sbuf *f = &g->fwd;
+    sbuf b = { 0 };
+    char in[32], din[32], out[32], dout[32], name[32];
+    val_ref(in, sizeof in, g->input[i], false);
+    val_ref(din, sizeof din, g->input[i], true);
+    val_ref(out, sizeof out, i, false);
+    val_ref(dout, sizeof dout, i, true);
+    const mc_shape *si = &op->in, *so = &op->out;
+    const int T = tokens_of(si), D = si->kind == SHAPE_IMAGE ? si->c : si->dim;
+    const int64_t BATCH = m->train.batch;
+    const int acc = g->input[i] >= 0 ? acc_flag(g, i, g->input[i]) : 0;
+    char what[160];
+    snprintf(what, sizeof what, "%s%s%s", mc_op_name(op->kind), op->prefix[0] ? " " : "", op->prefix);
+
+    if (op->kind == OP_INPUT || op->kind == OP_RESIDUAL_BEGIN)
+        return;
+    snprintf(name, sizeof name, "V%d", i);
+    if (op->kind != OP_CLASSIFIER) {
+        int64_t per = (int64_t)tokens_of(so) * (so->kind == SHAPE_IMAGE ? so->c * so->h * so->w : so->dim);
+        alloc_act(g, name, BATCH * per, what);
+    }
+    sb_printf(f, "    /* %d: %s -> ", i, what);
+    switch (so->kind) {
+    case SHAPE_TOKENS: sb_printf(f, "[B, %d, %d] */\n", so->tokens, so->dim); break;
+    case SHAPE_VECTOR: sb_printf(f, "[B, %d] */\n", so->dim); break;
+    case SHAPE_LOGITS: sb_printf(f, "[B, %d] logits */\n", so->dim); break;
+    case SHAPE_IMAGE: sb_printf(f, "[B, %d, %d, %d] */\n", so->c, so->h, so->w); break;
+    }
+    sb_printf(&b, "    /* %d: %s */\n", i, what);
+    const int64_t n_tok = (int64_t)T * D; /* values per sample */
+
+    switch (op->kind) {
+    case OP_PATCH_EMBED: {
+        const int P = op->u.patch.patch, CPP = si->c * P * P, TT = so->tokens;
+        char cols[32];
+        snprintf(cols, sizeof cols, "COLS%d", i);
+        alloc_act(g, cols, BATCH * TT * CPP, "patches (im2col)");
+        need_red(p, (int64_t)RED_CHUNKS * so->dim);
+        sb_printf(f, "    patch_embed_forward<%d, %d, %d, %d, %d>(k, %s, A(%s), x, P(%lldL), P(%lldL), B);\n", si->c,
+                  si->h, si->w, P, so->dim, out, cols, (long long)toff(g, i, 0), (long long)toff(g, i, 1));
+        sb_printf(&b, "    patch_embed_backward<%d, %d, %d, %d, %d>(k, DP(%lldL), DP(%lldL), %s, A(%s), B);\n", si->c,
+                  si->h, si->w, P, so->dim, (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, cols);
+        break;
+    }
+    case OP_CLS_TOKEN:
+        need_red(p, (int64_t)RED_CHUNKS * D);
+        sb_printf(f, "    cls_token_forward(k, %s, %s, P(%lldL), B, %d, %d);\n", out, in, (long long)toff(g, i, 0), T,
+                  D);
+        sb_printf(&b, "    cls_token_backward(k, %s, DP(%lldL), %s, B, %d, %d, %d);\n", din, (long long)toff(g, i, 0),
+                  dout, T, D, acc);
+        break;
+    case OP_POS_EMBED:
+        if (op->u.pos.learned) {
+            need_red(p, (int64_t)RED_CHUNKS * T * D);
+            sb_printf(f, "    pos_embed_forward(k, %s, %s, P(%lldL), B, %d, %d);\n", out, in, (long long)toff(g, i, 0),
+                      T, D);
+            sb_printf(&b, "    pos_embed_backward(k, %s, DP(%lldL), %s, B, %d, %d, %d);\n", din,
+                      (long long)toff(g, i, 0), dout, T, D, acc);
+        } else {
+            char tab[32];
+            snprintf(tab, sizeof tab, "POS%d", i);
+            alloc_act(g, tab, (int64_t)T * D, "fixed sine-cosine positions");
+            sb_printf(f, "    pos_embed_forward(k, %s, %s, A(%s), B, %d, %d);\n", out, in, tab, T, D);
+            sb_printf(&b, "    pos_embed_backward(k, %s, nullptr, %s, B, %d, %d, %d);\n", din, dout, T, D, acc);
+        }
+        break;
+    case OP_LAYERNORM: {
+        char mean[32], rstd[32];
+        snprintf(mean, sizeof mean, "MEAN%d", i);
+        snprintf(rstd, sizeof rstd, "RSTD%d", i);
+        alloc_act(g, mean, BATCH * T, "layer norm means");
+        alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
+        need_red(p, (int64_t)LN_BLOCKS * 2 * D);
+        sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s);\n", D, out,
+                  mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s);
+        sb_printf(&b,
+                  "    layernorm_backward<%d>(k, %s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d);\n",
+                  D, din, (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), mean,
+                  rstd, T, acc);
+        break;
+    }
+    case OP_ATTENTION: {
+        const int NH = op->u.attn.heads, HD = D / NH;
+        const bool qb = op->u.attn.qkv_bias;
+        char qkv[32], att[32], y[32];
+        snprintf(qkv, sizeof qkv, "QKV%d", i);
+        snprintf(att, sizeof att, "ATT%d", i);
+        snprintf(y, sizeof y, "Y%d", i);
+        alloc_act(g, qkv, BATCH * T * 3 * D, "queries, keys, values");
+        alloc_act(g, att, BATCH * NH * T * T, "attention weights");
+        alloc_act(g, y, BATCH * T * D, "heads' outputs");
+        need_red(p, (int64_t)RED_CHUNKS * 3 * D);
+        int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;
+        int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = toff(g, i, qb ? 3 : 2);
+        char bq[40], dbq[40];
+        if (qb) {
+            snprintf(bq, sizeof bq, "P(%lldL)", (long long)b_qkv);
+            snprintf(dbq, sizeof dbq, "DP(%lldL)", (long long)b_qkv);
+        } else {
+            snprintf(bq, sizeof bq, "nullptr");
+            snprintf(dbq, sizeof dbq, "nullptr");
+        }
+        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, in, (long long)w_qkv, bq,
+                  T, D, 3 * D);
+        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B);\n", T, HD, NH, y, att, qkv);
+        sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, y,
+                  (long long)w_proj, (long long)b_proj, T, D, D);
+        sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n",
+                  y, (long long)w_proj, (long long)b_proj, dout, y, (long long)w_proj, T, D, D);
+        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B);\n", T, HD, NH, qkv, y, qkv,
+                  att);
+        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
+                  (long long)w_qkv, dbq, qkv, in, (long long)w_qkv, T, D, 3 * D, acc);
+        break;
+    }
+    case OP_MLP: {
+        const int H = op->u.mlp.hidden;
+        char hh[32], aa[32];
+        snprintf(hh, sizeof hh, "H%d", i);
+        snprintf(aa, sizeof aa, "ACTV%d", i);
+        alloc_act(g, hh, BATCH * T * H, "hidden, before the activation");
+        alloc_act(g, aa, BATCH * T * H, "hidden, after the activation");
+        need_red(p, (int64_t)RED_CHUNKS * H);
+        const char *act = act_tmpl(op->u.mlp.act);
+        /* the bias and the activation in one pass over the hidden values */
+        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, in,
+                  (long long)toff(g, i, 0), T, D, H);
+        sb_printf(f, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d);\n", act, aa, hh,
+                  (long long)toff(g, i, 1), T, H);
+        sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, aa,
+                  (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D);
+        sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n",
+                  aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), dout, aa, (long long)toff(g, i, 2), T, H, D);
+        sb_printf(&b, "    act_backward<%s>(k, G(%s), G(%s), A(%s), (int64_t)B * %d, 0);\n", act, hh, aa, hh, T * H);
+        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), DP(%lldL), G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
+                  (long long)toff(g, i, 0), (long long)toff(g, i, 1), hh, in, (long long)toff(g, i, 0), T, D, H, acc);
+        break;
+    }
+    case OP_MOE: {
+        const mc_moe *x = &op->u.moe;
+        const int E = x->experts, H = x->hidden, K = x->top_k, j = g->moe_index[i];
+        const int ND = m->ndatasets;
+        const int NB = (int)(BATCH * T);
+        const int cap = moe_capacity_of(NB, E, K, x->capacity_factor, x->dropless);
+        /* evaluation is dropless (cap = N): the arenas hold E * cap rows, so
+         * an evaluation batch has at most cap tokens */
+        const int64_t eb = cap / T;
+        if (eb < p->eval_batch)
+            p->eval_batch = eb < 1 ? 1 : eb;
+        const int64_t ROWS = (int64_t)E * cap;
+        const int64_t nblk = ((int64_t)NB * K + ROUTE_BLOCK - 1) / ROUTE_BLOCK;
+        char nm[14][32];
+        static const char *const fl[] = { "LOGITS", "PROBS", "LSE", "TOPP", "GATE", "PRIO", "PRIOS", "ENT",
+                                          "XE",     "HE",    "AE",  "YE",   "AUX" };
+        const int64_t fsz[] = { (int64_t)NB * E, (int64_t)NB * E, NB, (int64_t)NB * K, (int64_t)NB * K, NB, NB, NB,
+                                ROWS * D, ROWS * H, ROWS * H, ROWS * D, 4 };
+        static const char *const fwhat[] = { "router logits", "router probabilities", "log-sum-exp of the logits",
+                                             "top-k probabilities", "gates", "routing priority",
+                                             "routing priority, sorted", "router entropy per token",
+                                             "expert inputs [E, cap, D]", "expert hidden [E, cap, H]",
+                                             "expert hidden, activated", "expert outputs [E, cap, D]",
+                                             "auxiliary losses: balance, z, dataset, importance" };
+        for (int k = 0; k < 13; k++) {
+            snprintf(nm[k], sizeof nm[k], "%s%d", fl[k], i);
+            alloc_act(g, nm[k], fsz[k], fwhat[k]);
+        }
+        static const char *const il[] = { "TOPK", "SLOT", "COUNT", "TOKEN", "ROWK", "ORDER", "IOTA", "TARGET",
+                                          "BLKC", "BLKB" };
+        const int64_t isz[] = { (int64_t)NB * K, (int64_t)NB * K, E, ROWS, ROWS, NB, NB, NB, nblk * E, nblk * E };
+        static const char *const iwhat[] = { "chosen experts", "slot of each choice", "tokens per expert",
+                                             "token of each expert row", "choice of each expert row", "routing order",
+                                             "0, 1, ..., N-1", "mapped expert", "choices per block and expert",
+                                             "first slot per block and expert" };
+        char in_[10][32];
+        for (int k = 0; k < 10; k++) {
+            snprintf(in_[k], sizeof in_[k], "%s%d", il[k], i);
+            alloc_int(g, in_[k], isz[k], iwhat[k]);
+        }
+        p->ent[j] = p->dacc++;
+        p->sums[j] = p->dacc;
+        p->dacc += 2 * E;
+        p->st[j] = p->stats;
+        p->stats += E + (int64_t)ND * E + 3;
+        need_red(p, (int64_t)RED_CHUNKS * E * (H > D ? H : D));
+        need_red(p, (int64_t)2 * AUX_BLOCKS * (2 * E + 3));
+        const bool attn = x->router == ROUTER_ATTENTION, cosine = x->router == ROUTER_COSINE;
+        const int nr = attn || cosine ? 2 : 1, R = x->router_dim;
+        const int64_t wg = toff(g, i, 0), tok = nr == 2 ? toff(g, i, 1) : 0, w1 = toff(g, i, nr),
+                      b1 = toff(g, i, nr + 1), w2 = toff(g, i, nr + 2), b2 = toff(g, i, nr + 3);
+        char query[32], qn[32], qnorm[32], en[32], enorm[32];
+        snprintf(query, sizeof query, "QUERY%d", i);
+        snprintf(qn, sizeof qn, "QN%d", i);
+        snprintf(qnorm, sizeof qnorm, "QNORM%d", i);
+        snprintf(en, sizeof en, "EN%d", i);
+        snprintf(enorm, sizeof enorm, "ENORM%d", i);
+        if (attn)
+            alloc_act(g, query, (int64_t)NB * R, "attention router queries [N, R]");
+        if (cosine) {
+            alloc_act(g, query, (int64_t)NB * R, "cosine router projections [N, R]");
+            alloc_act(g, qn, (int64_t)NB * R, "the projections, normalised");
+            alloc_act(g, qnorm, NB, "their norms");
+            alloc_act(g, en, (int64_t)E * R, "expert embeddings, normalised [E, R]");
+            alloc_act(g, enorm, E, "their norms");
+        }
+        const bool ds = x->router == ROUTER_DATASET_AWARE;
+        char target[64];
+        if (ds)
+            snprintf(target, sizeof target, "IA(%s)", in_[7]);
+        else
+            snprintf(target, sizeof target, "nullptr");
+        char routing[768];
+        snprintf(routing, sizeof routing,
+                 "        moe_route_buf r = { A(%s), A(%s), A(%s), A(%s), A(%s), A(%s), A(%s),\n"
+                 "                            IA(%s), IA(%s), IA(%s), IA(%s), IA(%s), IA(%s), IA(%s), IA(%s), IA(%s),\n"
+                 "                            d->sort_tmp, d->sort_bytes };\n",
+                 nm[1], nm[2], nm[3], nm[4], nm[5], nm[6], nm[7], in_[0], in_[1], in_[2], in_[3], in_[4], in_[5],
+                 in_[6], in_[8], in_[9]);
+        char capx[160];
+        if (x->dropless)
+            snprintf(capx, sizeof capx, "N; /* dropless */");
+        else
+            snprintf(capx, sizeof capx, "train ? moe_capacity(N, %d, %d, %.17g, 0) : N; /* dropless in evaluation */",
+                     E, K, x->capacity_factor);
+        sb_printf(f, "    {\n        const int N = B * %d;\n        const int cap = %s\n", T, capx);
+        sb_printf(f, "%s", routing);
+        if (attn) {
+            sb_printf(f, "        linear_forward(k, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", query, in,
+                      (long long)wg, D, R);
+            sb_printf(f, "        linear_forward(k, A(%s), A(%s), P(%lldL), nullptr, N, %d, %d);\n", nm[0], query,
+                      (long long)tok, R, E);
+            sb_printf(f, "        scale_inplace(k, A(%s), (int64_t)N * %d, %s); /* 1 / sqrt(R) */\n", nm[0], E,
+                      flit(1.0 / sqrt((double)R)).s);
+        } else if (cosine) {
+            sb_printf(f, "        linear_forward(k, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", query, in,
+                      (long long)wg, D, R);
+            sb_printf(f, "        l2norm_forward(k, A(%s), A(%s), A(%s), N, %d);\n", qn, qnorm, query, R);
+            sb_printf(f, "        l2norm_forward(k, A(%s), A(%s), P(%lldL), %d, %d);\n", en, enorm, (long long)tok, E, R);
+            sb_printf(f, "        linear_forward(k, A(%s), A(%s), A(%s), nullptr, N, %d, %d);\n", nm[0], qn, en, R, E);
+        } else {
+            sb_printf(f, "        linear_forward(k, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", nm[0], in,
+                      (long long)wg, D, E);
+        }
+        const bool temper = (x->router == ROUTER_SOFT || cosine) && x->temperature != 1.0;
+        if (temper)
+            sb_printf(f, "        scale_inplace(k, A(%s), (int64_t)N * %d, %s); /* 1 / temperature */\n", nm[0], E,
+                      flit(1.0 / x->temperature).s);
+        if (x->gate_noise > 0)
+            sb_printf(f, "        if (train)\n            gate_noise(k, A(%s), (int64_t)N * %d, %s, d->seed, %d, "
+                         "&d->sc->step);\n",
+                      nm[0], E, flit(x->gate_noise / E).s, 1000 + i);
+        sb_printf(f, "        moe_route<%d, %d>(k, &r, A(%s), N, cap, %d, %d);\n", E, K, nm[0],
+                  x->normalize_gates ? 1 : 0, x->batch_priority ? 1 : 0);
+        if (ds)
+            sb_printf(f, "        moe_target(k, IA(%s), dataset, d->maps + %d, N, %d);\n", in_[7], j * ND, T);
+        sb_printf(f,
+                  "        moe_experts_forward<%d, %d, %d, %d, %s>(k, %s, A(%s), A(%s), A(%s), A(%s), %s, &r, P(%lldL),\n"
+                  "                                              P(%lldL), P(%lldL), P(%lldL), N, cap);\n",
+                  D, H, E, K, act_tmpl(x->act), out, nm[8], nm[9], nm[10], nm[11], in, (long long)w1, (long long)b1,
+                  (long long)w2, (long long)b2);
+        sb_printf(f,
+                  "        moe_aux_losses<%d, %d>(k, A(%s), d->dacc + %lld, d->dacc + %d, d->stats + %lld, d->dacc + %lld, "
+                  "&r, %s,\n                              dataset, %s, %s, %s, %s, N, %d, %d, train);\n    }\n",
+                  E, K, nm[12], (long long)p->sums[j], DACC_AUX, (long long)p->st[j], (long long)p->ent[j], target,
+                  flit(x->balance_loss).s, flit(x->z_loss).s, flit(ds ? x->dataset_loss : 0.0).s,
+                  flit(x->importance_loss).s, T, ND);
+        /* backward (training only: the capacity of training) */
+        sb_printf(&b, "    {\n        const int N = B * %d;\n", T);
+        if (x->dropless)
+            sb_printf(&b, "        const int cap = N; /* dropless */\n");
+        else
+            sb_printf(&b, "        const int cap = moe_capacity(N, %d, %d, %.17g, 0);\n", E, K, x->capacity_factor);
+        sb_printf(&b, "%s", routing);
+        sb_printf(&b,
+                  "        moe_experts_backward<%d, %d, %d, %d, %s>(k, %s, G(%s), G(%s), G(%s), G(%s), %s, A(%s), A(%s),\n"
+                  "                                               A(%s), A(%s), &r, P(%lldL), P(%lldL), DP(%lldL), "
+                  "DP(%lldL),\n                                               DP(%lldL), DP(%lldL), N, cap, %d);\n",
+                  D, H, E, K, act_tmpl(x->act), din, nm[4], nm[11], nm[9], nm[8], dout, nm[8], nm[9], nm[10], nm[11],
+                  (long long)w1, (long long)w2, (long long)w1, (long long)b1, (long long)w2, (long long)b2, acc);
+        sb_printf(&b,
+                  "        moe_router_backward<%d, %d>(k, G(%s), G(%s), &r, %s, d->dacc + %lld, N, %d, %s, %s, %s, %s);\n",
+                  E, K, nm[0], nm[4], target, (long long)p->sums[j], x->normalize_gates ? 1 : 0,
+                  flit(x->balance_loss).s, flit(x->z_loss).s, flit(ds ? x->dataset_loss : 0.0).s,
+                  flit(x->importance_loss).s);
+        if (temper)
+            sb_printf(&b, "        scale_inplace(k, G(%s), (int64_t)N * %d, %s);\n", nm[0], E,
+                      flit(1.0 / x->temperature).s);
+        need_red(p, (int64_t)RED_CHUNKS * (R > E ? R : E));
+        if (attn) {
+            sb_printf(&b, "        scale_inplace(k, G(%s), (int64_t)N * %d, %s);\n", nm[0], E,
+                      flit(1.0 / sqrt((double)R)).s);
+            sb_printf(&b, "        linear_backward(k, G(%s), DP(%lldL), nullptr, G(%s), A(%s), P(%lldL), N, %d, %d, 0);\n",
+                      query, (long long)tok, nm[0], query, (long long)tok, R, E);
+            sb_printf(&b, "        linear_backward(k, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
+                      din, (long long)wg, query, in, (long long)wg, D, R);
+        } else if (cosine) {
+            /* through logits = qn en^T: dqn = dlogits en, den = dlogits^T qn */
+            sb_printf(&b, "        mm_nn(k, G(%s), G(%s), A(%s), N, %d, %d, 0.0f);\n", qn, nm[0], en, R, E);
+            sb_printf(&b, "        mm_tn(k, G(%s), G(%s), A(%s), %d, %d, N, 0.0f);\n", en, nm[0], qn, E, R);
+            sb_printf(&b, "        l2norm_backward(k, DP(%lldL), G(%s), A(%s), A(%s), %d, %d, 1);\n", (long long)tok, en,
+                      en, enorm, E, R);
+            sb_printf(&b, "        l2norm_backward(k, G(%s), G(%s), A(%s), A(%s), N, %d, 0);\n", query, qn, qn, qnorm, R);
+            sb_printf(&b, "        linear_backward(k, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
+                      din, (long long)wg, query, in, (long long)wg, D, R);
+        } else {
+            sb_printf(&b, "        linear_backward(k, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
+                      din, (long long)wg, nm[0], in, (long long)wg, D, E);
+        }
+        break;
+    }
+    case OP_DROPOUT: {
+        char mask[32];
+        snprintf(mask, sizeof mask, "MASK%d", i);
+        alloc_act(g, mask, BATCH * n_tok, "dropout mask");
+        sb_printf(f, "    dropout_mask(k, A(%s), (int64_t)B * %lld, train ? %s : 0.0f, d->seed, %d, &d->sc->step);\n",
+                  mask, (long long)n_tok, flit(op->u.drop.p).s, 1000 + i);
+        sb_printf(f, "    mask_forward(k, %s, %s, A(%s), (int64_t)B * %lld);\n", out, in, mask, (long long)n_tok);
+        sb_printf(&b, "    mask_backward(k, %s, %s, A(%s), (int64_t)B * %lld, %d);\n", din, dout, mask, (long long)n_tok,
+                  acc);
+        break;
+    }
+    case OP_DROP_PATH: {
+        char keep[32];
+        snprintf(keep, sizeof keep, "KEEP%d", i);
+        alloc_act(g, keep, BATCH, "stochastic depth: kept samples");
+        sb_printf(f, "    dropout_mask(k, A(%s), B, train ? %s : 0.0f, d->seed, %d, &d->sc->step);\n", keep,
+                  flit(op->u.drop.p).s, 1000 + i);
+        sb_printf(f, "    mask_forward(k, %s, %s, A(%s), (int64_t)B * %lld, %lld);\n", out, in, keep, (long long)n_tok,
+                  (long long)n_tok);
+        sb_printf(&b, "    mask_backward(k, %s, %s, A(%s), (int64_t)B * %lld, %d, %lld);\n", din, dout, keep,
+                  (long long)n_tok, acc, (long long)n_tok);
+        break;
+    }
+    case OP_RESIDUAL_END: {
+        char skip[32], dskip[32];
+        val_ref(skip, sizeof skip, g->skip[i], false);
+        val_ref(dskip, sizeof dskip, g->skip[i], true);
+        int acc_skip = acc_flag(g, i, g->skip[i]);
+        if (g->skip[i] == g->input[i])
+            acc_skip = 1; /* an empty branch: the same value twice */
+        sb_printf(f, "    add_forward(k, %s, %s, %s, (int64_t)B * %lld);\n", out, skip, in, (long long)n_tok);
+        sb_printf(&b, "    grad_pass(k, %s, %s, (int64_t)B * %lld, %d);\n", din, dout, (long long)n_tok, acc);
+        sb_printf(&b, "    grad_pass(k, %s, %s, (int64_t)B * %lld, %d);\n", dskip, dout, (long long)n_tok, acc_skip);
+        break;
+    }
+    case OP_POOL: {
+        const int cls = op->u.pool.kind == POOL_CLS;
+        sb_printf(f, "    pool_forward(k, %s, %s, B, %d, %d, %d);\n", out, in, T, D, cls);
+        sb_printf(&b, "    pool_backward(k, %s, %s, B, %d, %d, %d, %d);\n", din, dout, T, D, cls, acc);
+        break;
+    }
+    case OP_CLASSIFIER: {
+        const int C = op->u.cls.classes;
+        alloc_act(g, name, BATCH * C, "logits");
+        need_red(p, (int64_t)RED_CHUNKS * C);
+        if (op->u.cls.heads == HEADS_SHARED) {
+            sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B, %d, %d);\n", out, in,
+                      (long long)toff(g, i, 0), (long long)toff(g, i, 1), D, C);
+            sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), B, %d, %d, %d);\n", din,
+                      (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), D, C,
+                      acc);
+        } else {
+            /* one head per dataset: each sample goes through its dataset's head */
+            sb_printf(f, "    head_forward(k, %s, %s, d->param, d->head_off, d->classes, dataset, B, %d, %d, N_DATASETS);\n", out,
+                      in, D, C);
+            sb_printf(&b,
+                      "    head_backward(k, %s, d->grad, %s, %s, d->param, d->head_off, d->classes, dataset, B, %d, %d, "
+                      "N_DATASETS, %d);\n",
+                      din, dout, in, D, C, acc);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    g->bwd[i] = sb_take(&b);
+}
+
+void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
+{
+    const mc_model *m = g->m;
+    cuda_plan p;
+    memset(&p, 0, sizeof p);
+    p.dacc = DACC_FIXED;
+    p.red = NORM_BLOCKS * 2;
+    p.eval_batch = m->train.batch;
+    const int nmoe = g->nmoe > 0 ? g->nmoe : 1;
+    p.ent = mc_xcalloc((size_t)nmoe, sizeof *p.ent);
+    p.sums = mc_xcalloc((size_t)nmoe, sizeof *p.sums);
+    p.st = mc_xcalloc((size_t)nmoe, sizeof *p.st);
+    for (int i = 0; i < m->nops; i++)
+        gen_op_cuda(g, &p, i);
+    /* the loss's scratch: one float per sample */
+    alloc_act(g, "XENT", m->train.batch, "cross-entropy per sample");
+
+    header_comment(c, m, "model.cu", "the forward and backward pass of every op, on the GPU.", o);
+    sb_printf(c, "#include <string.h>\n\n#include \"model.h\"\n#include \"kernels.cuh\"\n\n");
+    sb_printf(c, "/* B = the batch of this call (at most BATCH); every other shape is fixed.\n"
+                 " * A(off)/G(off): a value and its gradient in the device activation arenas,\n"
+                 " * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */\n");
+    sb_printf(c, "#define A(off) (d->act + (off))\n#define G(off) (d->dact + (off))\n");
+    sb_printf(c, "#define P(off) (d->param + (off))\n#define DP(off) (d->grad + (off))\n");
+    sb_printf(c, "#define IA(off) (d->iact + (off))\n\n");
+    sb_printf(c, "/* ---- the activation arena, laid out for BATCH (offsets in elements) ---- */\n");
+    sb_printf(c, "%s\n", g->defs.s ? g->defs.s : "");
+    emit_tables(c, g);
+
+    /* the layout backend.cu allocates */
+    sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n");
+    sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* int_slots */\n", (long long)g->act_floats,
+              (long long)(g->int_slots ? g->int_slots : 16));
+    sb_printf(c, "    %lldL, /* dacc: doubles */\n    %lldL, /* stats: u64 */\n", (long long)p.dacc,
+              (long long)(p.stats ? p.stats : 1));
+    sb_printf(c, "    %lldL, /* red_floats */\n    %lld, /* eval_batch */\n", (long long)p.red,
+              (long long)p.eval_batch);
+    sb_printf(c, "    V%d, /* logits */\n    XENT, /* per-sample loss */\n", m->nops - 1);
+    sb_printf(c, "    {");
+    for (int j = 0; j < nmoe; j++)
+        sb_printf(c, "%s%lldL", j ? ", " : " ", (long long)(g->nmoe ? p.st[j] : 0));
+    sb_printf(c, " }, /* stats of each MoE layer */\n    {");
+    for (int j = 0; j < nmoe; j++)
+        sb_printf(c, "%s%lldL", j ? ", " : " ", (long long)(g->nmoe ? p.ent[j] : 0));
+    sb_printf(c, " }, /* entropy sum of each MoE layer (dacc) */\n    {");
+    int j = 0;
+    for (int i = 0; i < m->nops; i++)
+        if (m->ops[i].kind == OP_MOE)
+            sb_printf(c, "%sAUX%d", j++ ? ", " : " ", i);
+    if (!g->nmoe)
+        sb_printf(c, " 0");
+    sb_printf(c, " }, /* auxiliary losses of each MoE layer (act) */\n};\n\n");
+
+    /* the tables on the device */
+    sb_printf(c, "void dev_init_tables(const kctx *k, dev_model *d)\n{\n");
+    for (int i = 0; i < m->nops; i++) {
+        const mc_op *op = &m->ops[i];
+        if (op->kind == OP_POS_EMBED && !op->u.pos.learned)
+            sb_printf(c, "    sincos_table(k, A(POS%d), %d, %d, %d, %d);\n", i, op->in.gh, op->in.gw, op->in.dim,
+                      op->in.cls ? 1 : 0);
+        if (op->kind == OP_MOE && op->u.moe.dataset_expert)
+            sb_printf(c, "    CUDA_CHECK(cudaMemcpyAsync(d->maps + %d, MOE%d_MAP, sizeof MOE%d_MAP, "
+                         "cudaMemcpyHostToDevice, k->stream));\n",
+                      g->moe_index[i] * m->ndatasets, g->moe_index[i], g->moe_index[i]);
+        if (op->kind == OP_CLASSIFIER && op->u.cls.heads == HEADS_PER_DATASET)
+            sb_printf(c, "    CUDA_CHECK(cudaMemcpyAsync(d->head_off, HEAD_W, sizeof HEAD_W, cudaMemcpyHostToDevice, "
+                         "k->stream));\n    CUDA_CHECK(cudaMemcpyAsync(d->head_off + N_DATASETS, HEAD_B, sizeof HEAD_B, "
+                         "cudaMemcpyHostToDevice, k->stream));\n");
+        bool first = true; /* one setup per shape */
+        for (int q = 0; q < i && op->kind == OP_ATTENTION; q++)
+            if (m->ops[q].kind == OP_ATTENTION && m->ops[q].in.tokens == op->in.tokens &&
+                m->ops[q].in.dim == op->in.dim && m->ops[q].u.attn.heads == op->u.attn.heads)
+                first = false;
+        if (op->kind == OP_ATTENTION && first)
+            sb_printf(c, "    attention_setup<%d, %d, %d>();\n", op->in.tokens, op->in.dim / op->u.attn.heads,
+                      op->u.attn.heads);
+    }
+    sb_printf(c, "    CUDA_CHECK(cudaMemcpyAsync(d->classes, DATASET_CLASSES, sizeof DATASET_CLASSES, "
+                 "cudaMemcpyHostToDevice, k->stream));\n");
+    sb_printf(c, "    (void)d;\n}\n\n");
+    sb_printf(c, "void dev_forward(const kctx *k, dev_model *d, int B, int train)\n{\n");
+    sb_printf(c, "    [[maybe_unused]] const float *x = d->x;\n    [[maybe_unused]] const int32_t *dataset = d->dataset;\n");
+    sb_printf(c, "    (void)train;\n");
+    sb_printf(c, "%s", g->fwd.s ? g->fwd.s : "");
+    sb_printf(c, "}\n\n/* after dev_forward(train) and with the logits' gradient written; the parameter\n"
+                 " * gradients are accumulated (backend.cu zeroes them first) */\n");
+    sb_printf(c, "void dev_backward(const kctx *k, dev_model *d, int B)\n{\n");
+    sb_printf(c, "    [[maybe_unused]] const float *x = d->x;\n    [[maybe_unused]] const int32_t *dataset = d->dataset;\n");
+    for (int i = m->nops - 1; i >= 0; i--)
+        if (g->bwd[i] && g->bwd[i][0])
+            sb_printf(c, "%s", g->bwd[i]);
+    sb_printf(c, "}\n");
+    free(p.ent);
+    free(p.sums);
+    free(p.st);
+}

@@ -1,0 +1,69 @@
+/* emit_int.h: what the CPU and CUDA emitters share (emit_util.c): a
+ * growing string, the plan of values and arenas, literals and names. */
+#ifndef MOECC_EMIT_INT_H
+#define MOECC_EMIT_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "emit.h"
+
+typedef struct sbuf {
+    char *s;
+    size_t len, cap;
+} sbuf;
+
+void sb_printf(sbuf *b, const char *fmt, ...) MC_PRINTF(2, 3);
+void sb_free(sbuf *b);
+char *sb_take(sbuf *b);   /* the text, owned by the caller; b is emptied */
+
+/* The plan of one backend: every value flowing between ops gets a buffer
+ * in the activation arena, its gradient the same offset of a second one. */
+typedef struct gen {
+    bool cuda;            /* the CUDA backend's plan */
+    const mc_model *m;
+    int64_t act_floats;   /* float slots of the activation arena (compiled batch) */
+    int64_t int_slots;    /* int32 slots (routing) */
+    int64_t *param_off;   /* per op: offset of its first tensor */
+    int *value;           /* per op: the value (op index) of its output */
+    int *input;           /* per op: the value of its (main) input; -1: the image */
+    int *skip;            /* RESIDUAL_END: the value at its BEGIN */
+    int *last_use;        /* per value: the last op (forward order) that reads it */
+    sbuf defs;            /* offsets of the buffers */
+    sbuf fwd;             /* forward code */
+    char **bwd;           /* backward code of each op */
+    int nmoe;
+    int *moe_index;       /* per op: its MoE layer number, or -1 */
+} gen;
+
+void gen_init(gen *g, const mc_model *m, bool cuda);
+void gen_free(gen *g);
+int64_t alloc_act(gen *g, const char *name, int64_t floats, const char *what);
+void alloc_int(gen *g, const char *name, int64_t n, const char *what);
+int64_t toff(const gen *g, int i, int j);       /* tensor j of op i in the parameter arena */
+int tokens_of(const mc_shape *s);
+const char *act_code(mc_act a);
+void val_ref(char *buf, size_t n, int v, bool grad);  /* "A(V3)", "G(V3)" or "x" */
+int acc_flag(const gen *g, int i, int v);
+void plan_values(gen *g);
+
+/* A float literal for C: 0.02f, 1e-05f, 0.0f (shortest form that reads back). */
+typedef struct flit_buf {
+    char s[48];
+} flit_buf;
+flit_buf flit(double v);
+
+void header_comment(sbuf *b, const mc_model *m, const char *file, const char *what, const mc_emit_opts *o);
+const char *c_string(sbuf *tmp, const char *s);
+
+/* Tutel's capacity (ops.h: moe_capacity) */
+int moe_capacity_of(int N, int E, int K, double cf, bool dropless);
+
+/* the tables of model.h (TENSORS, DATASETS, ...) and the per-model statics
+ * (MOEj_MAP, HEAD_W, HEAD_B), for model.c and model.cu */
+void emit_tables(sbuf *c, const gen *g);
+
+/* the CUDA backend: model.cu */
+void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o);
+
+#endif /* MOECC_EMIT_INT_H */

@@ -1,0 +1,1777 @@
+/* kernels.cuh: the CUDA kernels of moecc's generated trainers.
+ * Copied into the trainer of switch_cifar by moecc 0.1.0 from templates/cuda/kernels.cuh.
+ * Do not edit: it is written again each time moecc runs.
+ *
+ * Every kernel has the semantics of the function of the same name in
+ * ops.h, the CPU reference (tests/cuda/test_kernels.cu checks each against
+ * it). Shapes that decide the code (widths, heads, tokens, experts) are
+ * template parameters, fixed by the generated model.cu; the batch is a
+ * run-time argument, at most the compiled batch.
+ *
+ * Storage is fp32. The matrix products go through cuBLAS: in bf16 mode
+ * with CUBLAS_COMPUTE_32F_FAST_16BF (bf16 tensor-core products, fp32
+ * accumulation and fp32 master values), in fp32 mode with plain fp32
+ * compute. Everything else runs in fp32 (reductions that the CPU does in
+ * double are done in double here too).
+ *
+ * Determinism: no kernel adds floats with atomics. Sums over rows go
+ * through fixed-size partial sums (reduce_*), so two runs of the same step
+ * give the same bits, and a resumed run continues exactly.
+ *
+ * Nothing here allocates or synchronises with the host: the training step
+ * is captured as one CUDA graph (backend.cu). */
+#ifndef MOE_KERNELS_CUH
+#define MOE_KERNELS_CUH
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+/* ---- errors ------------------------------------------------------------------------ */
+
+#define CUDA_CHECK(call)                                                                          \
+    do {                                                                                          \
+        cudaError_t err_ = (call);                                                                \
+        if (err_ != cudaSuccess) {                                                                \
+            fprintf(stderr, "train: CUDA error at %s:%d: %s (%s)\n", __FILE__, __LINE__,          \
+                    cudaGetErrorString(err_), #call);                                             \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                        \
+    do {                                                                                          \
+        cublasStatus_t st_ = (call);                                                              \
+        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                       \
+            fprintf(stderr, "train: cuBLAS error at %s:%d: status %d (%s)\n", __FILE__, __LINE__, \
+                    (int)st_, #call);                                                             \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+/* launch errors are checked after each launch; in a graph capture they
+ * surface at instantiation */
+#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+static inline unsigned blocks_for(int64_t n, int threads)
+{
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 1 ? 1 : (b > 65535 * 16 ? 65535 * 16 : b));
+}
+
+/* ---- the context every launch gets ------------------------------------------------- */
+
+typedef struct kctx {
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cublasComputeType_t compute; /* CUBLAS_COMPUTE_32F or CUBLAS_COMPUTE_32F_FAST_16BF */
+    float *red;                  /* scratch for partial sums (reduce_*), RED_FLOATS */
+    int64_t red_floats;
+} kctx;
+
+/* ---- random numbers: Philox4x32-10, as runtime/core_rng.c --------------------------- */
+
+__device__ static inline void philox_dev(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4])
+{
+    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = (uint32_t)stream,
+             c3 = (uint32_t)(stream >> 32);
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int round = 0; round < 10; round++) {
+        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        const uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
+        const uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
+        c0 = hi1 ^ c1 ^ k0;
+        c1 = lo1;
+        c2 = hi0 ^ c3 ^ k1;
+        c3 = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+/* moert_rng_uniform: [0, 1) from 24 bits */
+__device__ static inline float rng_uniform_dev(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    uint32_t x[4];
+    philox_dev(seed, stream, counter, x);
+    return (float)(x[0] >> 8) * 0x1.0p-24f;
+}
+
+/* moert_rng_normal: Box-Muller in double */
+__device__ static inline double rng_normal_dev(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    uint32_t x[4];
+    philox_dev(seed, stream, counter, x);
+    const uint64_t a = (uint64_t)x[0] | (uint64_t)x[1] << 32, b = (uint64_t)x[2] | (uint64_t)x[3] << 32;
+    const double u1 = (double)((a >> 11) + 1) * 0x1.0p-53, u2 = (double)(b >> 11) * 0x1.0p-53;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586476925286766559 * u2);
+}
+
+/* ---- warp and block reductions --------------------------------------------------------- */
+
+__device__ static inline float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ static inline double warp_sum_d(double v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ static inline float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* ---- matrix products (cuBLAS, row-major views) ------------------------------------------ */
+
+/* out[M,N] = beta * out + a[M,K] @ b[N,K]^T, `count` times with strides (elements) */
+static inline void mm_nt(const kctx *k, float *out, const float *a, const float *b, int M, int N, int K, float beta,
+                         int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
+{
+    const float one = 1.0f;
+    if (M <= 0)
+        return;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, b, CUDA_R_32F, K, sb, a,
+                                            CUDA_R_32F, K, sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
+                                            CUBLAS_GEMM_DEFAULT));
+}
+
+/* out[M,N] = beta * out + a[M,K] @ b[K,N] */
+static inline void mm_nn(const kctx *k, float *out, const float *a, const float *b, int M, int N, int K, float beta,
+                         int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
+{
+    const float one = 1.0f;
+    if (M <= 0)
+        return;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, b, CUDA_R_32F, N, sb, a,
+                                            CUDA_R_32F, K, sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
+                                            CUBLAS_GEMM_DEFAULT));
+}
+
+/* out[M,N] = beta * out + a[K,M]^T @ b[K,N] (weight gradients) */
+static inline void mm_tn(const kctx *k, float *out, const float *a, const float *b, int M, int N, int K, float beta,
+                         int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
+{
+    const float one = 1.0f;
+    if (K <= 0)
+        return;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, CUBLAS_OP_N, CUBLAS_OP_T, N, M, K, &one, b, CUDA_R_32F, N, sb, a,
+                                            CUDA_R_32F, M, sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
+                                            CUBLAS_GEMM_DEFAULT));
+}
+
+/* ---- sums over rows, deterministic ------------------------------------------------------- */
+
+#define RED_CHUNKS 64 /* partial sums per column */
+
+/* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c */
+static __global__ void colsum_partial_kernel(float *part, const float *src, int M, int N, int64_t ld, int64_t stride)
+{
+    const int n = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, g = blockIdx.z;
+    if (n >= N)
+        return;
+    const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
+    const float *s = src + (int64_t)g * stride;
+    float acc = 0.0f;
+    for (int m = lo; m < hi; m++)
+        acc += s[(int64_t)m * ld + n];
+    part[((int64_t)g * RED_CHUNKS + c) * N + n] = acc;
+}
+
+/* dst[g][n] += sum over chunks of part[g, c, n] */
+static __global__ void colsum_final_kernel(float *dst, const float *part, int N, int G, int64_t dstride)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)G * N)
+        return;
+    const int g = (int)(i / N), n = (int)(i % N);
+    float acc = 0.0f;
+    for (int c = 0; c < RED_CHUNKS; c++)
+        acc += part[((int64_t)g * RED_CHUNKS + c) * N + n];
+    dst[(int64_t)g * dstride + n] += acc;
+}
+
+/* dst[g][N] += the column sums of src[g][M, N] (rows ld apart; 0: N), for
+ * g < G (bias gradients; G experts with strides). The sums are the same
+ * bits on every run. */
+static inline void colsum_add(const kctx *k, float *dst, const float *src, int M, int N, int G = 1,
+                              int64_t sstride = 0, int64_t dstride = 0, int64_t ld = 0)
+{
+    if ((int64_t)G * RED_CHUNKS * N > k->red_floats) {
+        fprintf(stderr, "train: internal error: reduction scratch too small (%lld < %lld)\n",
+                (long long)k->red_floats, (long long)G * RED_CHUNKS * N);
+        exit(1);
+    }
+    dim3 grid((unsigned)((N + 127) / 128), RED_CHUNKS, (unsigned)G);
+    colsum_partial_kernel<<<grid, 128, 0, k->stream>>>(k->red, src, M, N, ld ? ld : N, sstride);
+    LAUNCH_CHECK();
+    colsum_final_kernel<<<blocks_for((int64_t)G * N, 256), 256, 0, k->stream>>>(dst, k->red, N, G, dstride);
+    LAUNCH_CHECK();
+}
+
+/* ---- linear layers ----------------------------------------------------------------------- */
+
+/* out[M,N] += bias[N], by rows */
+static __global__ void bias_add_kernel(float *out, const float *bias, int64_t M, int N)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < M * N)
+        out[i] += bias[i % N];
+}
+
+/* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) */
+static inline void linear_forward(const kctx *k, float *out, const float *inp, const float *w, const float *b, int M,
+                                  int K, int N)
+{
+    mm_nt(k, out, inp, w, M, N, K, 0.0f);
+    if (b) {
+        bias_add_kernel<<<blocks_for((int64_t)M * N, 256), 256, 0, k->stream>>>(out, b, M, N);
+        LAUNCH_CHECK();
+    }
+}
+
+/* dinp (+)= dout @ w (dinp may be NULL), dw += dout^T @ inp, db += colsum(dout) */
+static inline void linear_backward(const kctx *k, float *dinp, float *dw, float *db, const float *dout,
+                                   const float *inp, const float *w, int M, int K, int N, int acc)
+{
+    if (dinp)
+        mm_nn(k, dinp, dout, w, M, K, N, acc ? 1.0f : 0.0f);
+    mm_tn(k, dw, dout, inp, N, K, M, 1.0f);
+    if (db)
+        colsum_add(k, db, dout, M, N);
+}
+
+/* ---- activations and element-wise --------------------------------------------------------- */
+
+#ifndef MOE_OPS_H /* ops.h (the CPU reference) has the same codes */
+enum { ACT_GELU = 0, ACT_RELU = 1, ACT_SILU = 2 };
+#endif
+
+template <int ACT> __device__ static inline float act_f(float x)
+{
+    if (ACT == ACT_RELU)
+        return x > 0.0f ? x : 0.0f;
+    if (ACT == ACT_SILU)
+        return x / (1.0f + expf(-x));
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+template <int ACT> __device__ static inline float act_grad(float x)
+{
+    if (ACT == ACT_RELU)
+        return x > 0.0f ? 1.0f : 0.0f;
+    if (ACT == ACT_SILU) {
+        const float s = 1.0f / (1.0f + expf(-x));
+        return s * (1.0f + x * (1.0f - s));
+    }
+    const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+/* h[g][M,N] += bias[g][N]; a = act(h): a linear layer's bias and its
+ * activation in one pass (G experts, rows strided by M*N) */
+template <int ACT>
+static __global__ void bias_act_kernel(float *a, float *h, const float *bias, int64_t M, int N, int G)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)G * M * N)
+        return;
+    const int64_t g = i / (M * N);
+    const float v = h[i] + bias[g * N + i % N];
+    h[i] = v;
+    a[i] = act_f<ACT>(v);
+}
+
+template <int ACT>
+static inline void bias_act(const kctx *k, float *a, float *h, const float *bias, int64_t M, int N, int G = 1)
+{
+    bias_act_kernel<ACT><<<blocks_for((int64_t)G * M * N, 256), 256, 0, k->stream>>>(a, h, bias, M, N, G);
+    LAUNCH_CHECK();
+}
+
+/* out[g][M,N] += bias[g][N] */
+static __global__ void bias_add_grouped_kernel(float *out, const float *bias, int64_t M, int N, int G)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (int64_t)G * M * N)
+        out[i] += bias[(i / (M * N)) * N + i % N];
+}
+
+template <int ACT> static __global__ void act_forward_kernel(float *out, const float *inp, int64_t n)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = act_f<ACT>(inp[i]);
+}
+
+/* dinp (+)= dout * act'(inp) */
+template <int ACT>
+static __global__ void act_backward_kernel(float *dinp, const float *dout, const float *inp, int64_t n, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const float g = dout[i] * act_grad<ACT>(inp[i]);
+    dinp[i] = acc ? dinp[i] + g : g;
+}
+
+template <int ACT> static inline void act_forward(const kctx *k, float *out, const float *inp, int64_t n)
+{
+    act_forward_kernel<ACT><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, n);
+    LAUNCH_CHECK();
+}
+
+template <int ACT>
+static inline void act_backward(const kctx *k, float *dinp, const float *dout, const float *inp, int64_t n, int acc)
+{
+    act_backward_kernel<ACT><<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, dout, inp, n, acc);
+    LAUNCH_CHECK();
+}
+
+static __global__ void add_kernel(float *out, const float *a, const float *b, int64_t n)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = a[i] + b[i];
+}
+
+/* out = a + b */
+static inline void add_forward(const kctx *k, float *out, const float *a, const float *b, int64_t n)
+{
+    add_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, a, b, n);
+    LAUNCH_CHECK();
+}
+
+static __global__ void accumulate_kernel(float *dst, const float *src, int64_t n)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        dst[i] += src[i];
+}
+
+/* dst (+)= src */
+static inline void grad_pass(const kctx *k, float *dst, const float *src, int64_t n, int acc)
+{
+    if (!acc) {
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, k->stream));
+        return;
+    }
+    accumulate_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(dst, src, n);
+    LAUNCH_CHECK();
+}
+
+/* x *= a */
+static __global__ void scale_kernel(float *x, int64_t n, float a)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        x[i] *= a;
+}
+
+static inline void scale_inplace(const kctx *k, float *x, int64_t n, float a)
+{
+    scale_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(x, n, a);
+    LAUNCH_CHECK();
+}
+
+/* ---- patch embedding, class token, positions ------------------------------------------------- */
+
+/* cols[B*T, C*P*P] = the patches of img[B, C, IH, IW] */
+template <int C, int IH, int IW, int P> static __global__ void im2col_kernel(float *cols, const float *img, int B)
+{
+    constexpr int GW = IW / P, T = (IH / P) * GW, CPP = C * P * P;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * T * CPP)
+        return;
+    const int j = (int)(i % CPP);
+    const int64_t bt = i / CPP;
+    const int b = (int)(bt / T), t = (int)(bt % T), gy = t / GW, gx = t % GW;
+    const int c = j / (P * P), py = (j / P) % P, px = j % P;
+    cols[i] = img[(((int64_t)b * C + c) * IH + gy * P + py) * IW + gx * P + px];
+}
+
+template <int C, int IH, int IW, int P, int D>
+static inline void patch_embed_forward(const kctx *k, float *out, float *cols, const float *img, const float *w,
+                                       const float *b, int B)
+{
+    constexpr int T = (IH / P) * (IW / P);
+    im2col_kernel<C, IH, IW, P><<<blocks_for((int64_t)B * T * C * P * P, 256), 256, 0, k->stream>>>(cols, img, B);
+    LAUNCH_CHECK();
+    linear_forward(k, out, cols, w, b, B * T, C * P * P, D);
+}
+
+template <int C, int IH, int IW, int P, int D>
+static inline void patch_embed_backward(const kctx *k, float *dw, float *db, const float *dout, const float *cols,
+                                        int B)
+{
+    constexpr int T = (IH / P) * (IW / P);
+    linear_backward(k, nullptr, dw, db, dout, cols, nullptr, B * T, C * P * P, D, 0);
+}
+
+/* out[B, T+1, D]: the class token, then inp[B, T, D] */
+static __global__ void cls_token_kernel(float *out, const float *inp, const float *cls, int B, int T, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * (T + 1) * D)
+        return;
+    const int64_t b = i / ((int64_t)(T + 1) * D);
+    const int r = (int)(i % ((int64_t)(T + 1) * D));
+    out[i] = r < D ? cls[r] : inp[b * T * D + r - D];
+}
+
+static __global__ void cls_token_back_kernel(float *dinp, const float *dout, int B, int T, int D, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * T * D)
+        return;
+    const int64_t b = i / ((int64_t)T * D);
+    const float v = dout[b * (T + 1) * D + D + i % ((int64_t)T * D)];
+    dinp[i] = acc ? dinp[i] + v : v;
+}
+
+static inline void cls_token_forward(const kctx *k, float *out, const float *inp, const float *cls, int B, int T,
+                                     int D)
+{
+    cls_token_kernel<<<blocks_for((int64_t)B * (T + 1) * D, 256), 256, 0, k->stream>>>(out, inp, cls, B, T, D);
+    LAUNCH_CHECK();
+}
+
+/* dcls += the class-token rows summed over the batch */
+static inline void cls_token_backward(const kctx *k, float *dinp, float *dcls, const float *dout, int B, int T, int D,
+                                      int acc)
+{
+    cls_token_back_kernel<<<blocks_for((int64_t)B * T * D, 256), 256, 0, k->stream>>>(dinp, dout, B, T, D, acc);
+    LAUNCH_CHECK();
+    /* the first D of each sample's (T+1)*D values are the class token's */
+    colsum_add(k, dcls, dout, B, D, 1, 0, 0, (int64_t)(T + 1) * D);
+}
+
+static __global__ void pos_add_kernel(float *out, const float *inp, const float *pos, int64_t n, int64_t TD)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = inp[i] + pos[i % TD];
+}
+
+static inline void pos_embed_forward(const kctx *k, float *out, const float *inp, const float *pos, int B, int T,
+                                     int D)
+{
+    const int64_t n = (int64_t)B * T * D;
+    pos_add_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, pos, n, (int64_t)T * D);
+    LAUNCH_CHECK();
+}
+
+/* dpos may be NULL (a fixed table) */
+static inline void pos_embed_backward(const kctx *k, float *dinp, float *dpos, const float *dout, int B, int T, int D,
+                                      int acc)
+{
+    grad_pass(k, dinp, dout, (int64_t)B * T * D, acc);
+    if (dpos)
+        colsum_add(k, dpos, dout, B, T * D);
+}
+
+/* The fixed 2-D sine-cosine table of MAE for a GH x GW grid, a zero row
+ * first with a class token (ops.h: sincos_table; sin and cos in double) */
+static __global__ void sincos_table_kernel(float *pos, int GH, int GW, int D, int cls)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)(GH * GW + cls) * D)
+        return;
+    const int row = (int)(i / D) - cls, c = (int)(i % D), q = D / 4;
+    if (row < 0 || c >= 4 * q) {
+        pos[i] = 0.0f;
+        return;
+    }
+    const int y = row / GW, x = row % GW, j = c % q, part = c / q;
+    const double omega = 1.0 / pow(10000.0, (double)j / q);
+    const double arg = (part < 2 ? x : y) * omega;
+    pos[i] = (float)(part % 2 == 0 ? sin(arg) : cos(arg));
+}
+
+static inline void sincos_table(const kctx *k, float *pos, int GH, int GW, int D, int cls)
+{
+    sincos_table_kernel<<<blocks_for((int64_t)(GH * GW + cls) * D, 256), 256, 0, k->stream>>>(pos, GH, GW, D, cls);
+    LAUNCH_CHECK();
+}
+
+/* ---- layer norm -------------------------------------------------------------------------------- */
+
+/* one warp per row; each lane keeps D/32 values in registers */
+template <int D>
+static __global__ void layernorm_fwd_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                            const float *b, int N, float eps)
+{
+    constexpr int PER = (D + 31) / 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N)
+        return;
+    const float *x = inp + (int64_t)row * D;
+    float v[PER];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = lane + 32 * j;
+        v[j] = i < D ? x[i] : 0.0f;
+        s += v[j];
+    }
+    const float m = warp_sum(s) / D;
+    float q = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = lane + 32 * j;
+        const float d = i < D ? v[j] - m : 0.0f;
+        q += d * d;
+    }
+    const float r = 1.0f / sqrtf(warp_sum(q) / D + eps);
+    float *o = out + (int64_t)row * D;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = lane + 32 * j;
+        if (i < D)
+            o[i] = (v[j] - m) * r * w[i] + b[i];
+    }
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = r;
+    }
+}
+
+#define LN_BLOCKS 128 /* blocks of the backward pass: partial sums of dw, db */
+
+/* dx per row (a warp each); the block's partial sums of dw and db go to
+ * part[block][2D] and are added up in block order afterwards */
+template <int D>
+static __global__ void layernorm_bwd_kernel(float *dinp, float *part, const float *dout, const float *inp,
+                                            const float *w, const float *mean, const float *rstd, int N, int acc)
+{
+    constexpr int PER = (D + 31) / 32;
+    extern __shared__ float sm[]; /* [warps][2D] */
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float dw[PER], db[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++)
+        dw[j] = db[j] = 0.0f;
+    for (int row = blockIdx.x * warps + wid; row < N; row += gridDim.x * warps) {
+        const float *g = dout + (int64_t)row * D, *x = inp + (int64_t)row * D;
+        const float m = mean[row], s = rstd[row];
+        float xh[PER], gw[PER], sg = 0.0f, sgx = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            const int i = lane + 32 * j;
+            if (i < D) {
+                xh[j] = (x[i] - m) * s;
+                const float gi = g[i];
+                gw[j] = gi * w[i];
+                dw[j] += gi * xh[j];
+                db[j] += gi;
+            } else {
+                xh[j] = gw[j] = 0.0f;
+            }
+            sg += gw[j];
+            sgx += gw[j] * xh[j];
+        }
+        sg = warp_sum(sg) / D;
+        sgx = warp_sum(sgx) / D;
+        float *dx = dinp + (int64_t)row * D;
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            const int i = lane + 32 * j;
+            if (i < D) {
+                const float v = (gw[j] - sg - xh[j] * sgx) * s;
+                dx[i] = acc ? dx[i] + v : v;
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = lane + 32 * j;
+        if (i < D) {
+            sm[wid * 2 * D + i] = dw[j];
+            sm[wid * 2 * D + D + i] = db[j];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 2 * D; i += blockDim.x) {
+        float a = 0.0f;
+        for (int q = 0; q < warps; q++)
+            a += sm[q * 2 * D + i];
+        part[(int64_t)blockIdx.x * 2 * D + i] = a;
+    }
+}
+
+/* dw[D] += sum of part[*][0..D), db[D] += sum of part[*][D..2D) */
+static __global__ void layernorm_bwd_final_kernel(float *dw, float *db, const float *part, int D, int nblocks)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= 2 * D)
+        return;
+    float a = 0.0f;
+    for (int q = 0; q < nblocks; q++)
+        a += part[(int64_t)q * 2 * D + i];
+    if (i < D)
+        dw[i] += a;
+    else
+        db[i - D] += a;
+}
+
+template <int D>
+static inline void layernorm_forward(const kctx *k, float *out, float *mean, float *rstd, const float *inp,
+                                     const float *w, const float *b, int N, float eps)
+{
+    layernorm_fwd_kernel<D><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(out, mean, rstd, inp, w, b, N, eps);
+    LAUNCH_CHECK();
+}
+
+template <int D>
+static inline void layernorm_backward(const kctx *k, float *dinp, float *dw, float *db, const float *dout,
+                                      const float *inp, const float *w, const float *mean, const float *rstd, int N,
+                                      int acc)
+{
+    static_assert(8 * 2 * D * sizeof(float) <= 48 * 1024, "layer norm width too large for the backward kernel");
+    layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, 8 * 2 * D * sizeof(float), k->stream>>>(dinp, k->red, dout, inp, w,
+                                                                                        mean, rstd, N, acc);
+    LAUNCH_CHECK();
+    layernorm_bwd_final_kernel<<<(unsigned)((2 * D + 255) / 256), 256, 0, k->stream>>>(dw, db, k->red, D, LN_BLOCKS);
+    LAUNCH_CHECK();
+}
+
+/* ---- attention: one block per (sample, head), everything in shared memory ------------------------ */
+
+template <int T, int HD> constexpr int attn_fwd_smem()
+{
+    return (int)sizeof(float) * (3 * T * (HD + 1) + T * T);
+}
+
+template <int T, int HD> constexpr int attn_bwd_smem()
+{
+    return (int)sizeof(float) * (4 * T * (HD + 1) + 2 * T * T);
+}
+
+/* qkv[B, T, 3D] -> att[B, NH, T, T] (softmax weights, saved), out[B, T, D] */
+template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(float *out, float *att, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = HD + 1;
+    extern __shared__ float sm[];
+    float *q = sm, *kk = q + T * L, *v = kk + T * L, *s = v + T * L;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
+        const int t = i / HD, c = i % HD;
+        const float *r = base + (int64_t)t * D3 + c;
+        q[t * L + c] = r[0];
+        kk[t * L + c] = r[D];
+        v[t * L + c] = r[2 * D];
+    }
+    __syncthreads();
+    const float scale = 1.0f / sqrtf((float)HD);
+    for (int i = threadIdx.x; i < T * T; i += blockDim.x) {
+        const int t = i / T, u = i % T;
+        float dot = 0.0f;
+#pragma unroll 8
+        for (int c = 0; c < HD; c++)
+            dot += q[t * L + c] * kk[u * L + c];
+        s[i] = dot * scale;
+    }
+    __syncthreads();
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + (int64_t)bh * T * T;
+    for (int t = wid; t < T; t += warps) {
+        float *row = s + t * T;
+        float mx = -INFINITY;
+        for (int u = lane; u < T; u += 32)
+            mx = fmaxf(mx, row[u]);
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int u = lane; u < T; u += 32) {
+            const float e = expf(row[u] - mx);
+            row[u] = e;
+            sum += e;
+        }
+        const float inv = 1.0f / warp_sum(sum);
+        for (int u = lane; u < T; u += 32) {
+            row[u] *= inv;
+            a[t * T + u] = row[u];
+        }
+    }
+    __syncthreads();
+    float *o = out + (int64_t)b * T * D + h * HD;
+    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
+        const int t = i / HD, c = i % HD;
+        float acc = 0.0f;
+        for (int u = 0; u < T; u++)
+            acc += s[t * T + u] * v[u * L + c];
+        o[(int64_t)t * D + c] = acc;
+    }
+}
+
+/* dqkv[B, T, 3D] (written whole) from dout[B, T, D] */
+template <int T, int HD, int NH>
+static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = HD + 1;
+    extern __shared__ float sm[];
+    float *q = sm, *kk = q + T * L, *v = kk + T * L, *g = v + T * L, *a = g + T * L, *ds = a + T * T;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    const float *gb = dout + (int64_t)b * T * D + h * HD;
+    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
+        const int t = i / HD, c = i % HD;
+        const float *r = base + (int64_t)t * D3 + c;
+        q[t * L + c] = r[0];
+        kk[t * L + c] = r[D];
+        v[t * L + c] = r[2 * D];
+        g[t * L + c] = gb[(int64_t)t * D + c];
+    }
+    const float *ag = att + (int64_t)bh * T * T;
+    for (int i = threadIdx.x; i < T * T; i += blockDim.x)
+        a[i] = ag[i];
+    __syncthreads();
+    float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
+    /* dv = att^T g ; datt = g v^T */
+    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
+        const int u = i / HD, c = i % HD;
+        float acc = 0.0f;
+        for (int t = 0; t < T; t++)
+            acc += a[t * T + u] * g[t * L + c];
+        dv[(int64_t)u * D3 + c] = acc;
+    }
+    for (int i = threadIdx.x; i < T * T; i += blockDim.x) {
+        const int t = i / T, u = i % T;
+        float dot = 0.0f;
+#pragma unroll 8
+        for (int c = 0; c < HD; c++)
+            dot += g[t * L + c] * v[u * L + c];
+        ds[i] = dot;
+    }
+    __syncthreads();
+    /* through the softmax and the scale */
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int t = wid; t < T; t += warps) {
+        float sdot = 0.0f;
+        for (int u = lane; u < T; u += 32)
+            sdot += a[t * T + u] * ds[t * T + u];
+        sdot = warp_sum(sdot);
+        for (int u = lane; u < T; u += 32)
+            ds[t * T + u] = a[t * T + u] * (ds[t * T + u] - sdot) * scale;
+    }
+    __syncthreads();
+    /* dq = ds k ; dk = ds^T q */
+    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
+        const int t = i / HD, c = i % HD;
+        float aq = 0.0f, ak = 0.0f;
+        for (int u = 0; u < T; u++) {
+            aq += ds[t * T + u] * kk[u * L + c];
+            ak += ds[u * T + t] * q[u * L + c];
+        }
+        dq[(int64_t)t * D3 + c] = aq;
+        dk[(int64_t)t * D3 + c] = ak;
+    }
+}
+
+template <int T, int HD, int NH> static inline void attention_setup()
+{
+    CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_fwd_smem<T, HD>()));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_bwd_smem<T, HD>()));
+}
+
+template <int T, int HD, int NH>
+static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+{
+    static_assert(attn_bwd_smem<T, HD>() <= 227 * 1024, "attention: sequence too long for shared memory");
+    attention_fwd_kernel<T, HD, NH><<<(unsigned)(B * NH), 256, attn_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
+    LAUNCH_CHECK();
+}
+
+template <int T, int HD, int NH>
+static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, const float *att,
+                                      int B)
+{
+    attention_bwd_kernel<T, HD, NH><<<(unsigned)(B * NH), 256, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv,
+                                                                                                   att);
+    LAUNCH_CHECK();
+}
+
+/* ---- pooling, dropout ---------------------------------------------------------------------------- */
+
+static __global__ void pool_fwd_kernel(float *out, const float *inp, int B, int T, int D, int cls)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * D)
+        return;
+    const int64_t b = i / D;
+    const int d = (int)(i % D);
+    const float *x = inp + b * T * D + d;
+    if (cls) {
+        out[i] = x[0];
+        return;
+    }
+    float s = 0.0f;
+    for (int t = 0; t < T; t++)
+        s += x[(int64_t)t * D];
+    out[i] = s / T;
+}
+
+static __global__ void pool_bwd_kernel(float *dinp, const float *dout, int B, int T, int D, int cls, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * T * D)
+        return;
+    const int64_t b = i / ((int64_t)T * D);
+    const int t = (int)(i / D % T), d = (int)(i % D);
+    const float g = dout[b * D + d];
+    const float v = cls ? (t == 0 ? g : 0.0f) : g / T;
+    dinp[i] = acc ? dinp[i] + v : v;
+}
+
+static inline void pool_forward(const kctx *k, float *out, const float *inp, int B, int T, int D, int cls)
+{
+    pool_fwd_kernel<<<blocks_for((int64_t)B * D, 256), 256, 0, k->stream>>>(out, inp, B, T, D, cls);
+    LAUNCH_CHECK();
+}
+
+static inline void pool_backward(const kctx *k, float *dinp, const float *dout, int B, int T, int D, int cls, int acc)
+{
+    pool_bwd_kernel<<<blocks_for((int64_t)B * T * D, 256), 256, 0, k->stream>>>(dinp, dout, B, T, D, cls, acc);
+    LAUNCH_CHECK();
+}
+
+/* mask[i] = 0 with probability p, else 1/(1-p); the step is read on the device */
+static __global__ void dropout_mask_kernel(float *mask, int64_t n, float p, uint64_t seed, int stream,
+                                           const int64_t *step)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const float keep = 1.0f / (1.0f - p);
+    mask[i] = p <= 0.0f ? 1.0f
+                        : (rng_uniform_dev(seed, (uint64_t)stream, ((uint64_t)*step << 32) + (uint64_t)i) < p ? 0.0f
+                                                                                                              : keep);
+}
+
+static inline void dropout_mask(const kctx *k, float *mask, int64_t n, float p, uint64_t seed, int stream,
+                                const int64_t *step)
+{
+    dropout_mask_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(mask, n, p, seed, stream, step);
+    LAUNCH_CHECK();
+}
+
+/* out[i] = inp[i] * mask[i / R] (R = 1: dropout; R = row: drop path) */
+static __global__ void mask_fwd_kernel(float *out, const float *inp, const float *mask, int64_t n, int64_t R)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = inp[i] * mask[i / R];
+}
+
+static __global__ void mask_bwd_kernel(float *dinp, const float *dout, const float *mask, int64_t n, int64_t R, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const float v = dout[i] * mask[i / R];
+    dinp[i] = acc ? dinp[i] + v : v;
+}
+
+static inline void mask_forward(const kctx *k, float *out, const float *inp, const float *mask, int64_t n,
+                                int64_t R = 1)
+{
+    mask_fwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, mask, n, R);
+    LAUNCH_CHECK();
+}
+
+static inline void mask_backward(const kctx *k, float *dinp, const float *dout, const float *mask, int64_t n, int acc,
+                                 int64_t R = 1)
+{
+    mask_bwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, dout, mask, n, R, acc);
+    LAUNCH_CHECK();
+}
+
+/* ---- classifier heads and the loss -------------------------------------------------------------- */
+
+/* one head per dataset: out[b, c] = inp[b] . w_d[c] + b_d[c] for c < C_d,
+ * d = dataset[b]; w_off/b_off: each dataset's offsets in the parameters */
+static __global__ void head_fwd_kernel(float *out, const float *inp, const float *param, const int64_t *w_off,
+                                       const int64_t *b_off, const int *classes, const int32_t *dataset, int B, int D,
+                                       int CMAX)
+{
+    const int warps = blockDim.x / 32;
+    const int64_t id = (int64_t)blockIdx.x * warps + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (id >= (int64_t)B * CMAX)
+        return;
+    const int b = (int)(id / CMAX), c = (int)(id % CMAX), d = dataset[b];
+    if (c >= classes[d]) {
+        if (lane == 0)
+            out[id] = 0.0f;
+        return;
+    }
+    const float *w = param + w_off[d] + (int64_t)c * D, *x = inp + (int64_t)b * D;
+    float s = 0.0f;
+    for (int i = lane; i < D; i += 32)
+        s += x[i] * w[i];
+    s = warp_sum(s);
+    if (lane == 0)
+        out[id] = s + param[b_off[d] + c];
+}
+
+/* dinp[b] (+)= sum_c dout[b, c] w_d[c] */
+static __global__ void head_bwd_input_kernel(float *dinp, const float *dout, const float *param, const int64_t *w_off,
+                                             const int *classes, const int32_t *dataset, int B, int D, int CMAX,
+                                             int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * D)
+        return;
+    const int b = (int)(i / D), j = (int)(i % D), d = dataset[b];
+    const float *w = param + w_off[d];
+    float s = 0.0f;
+    for (int c = 0; c < classes[d]; c++)
+        s += dout[(int64_t)b * CMAX + c] * w[(int64_t)c * D + j];
+    dinp[i] = acc ? dinp[i] + s : s;
+}
+
+/* dw_d[c, j] += sum over the samples b of dataset d of dout[b, c] inp[b, j];
+ * db_d[c] likewise. One thread per (d, c, j), the samples in order. */
+static __global__ void head_bwd_weight_kernel(float *grad, const float *dout, const float *inp, const int64_t *w_off,
+                                              const int64_t *b_off, const int *classes, const int32_t *dataset, int B,
+                                              int D, int CMAX, int ND)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)ND * CMAX * (D + 1))
+        return;
+    const int d = (int)(i / ((int64_t)CMAX * (D + 1)));
+    const int c = (int)(i / (D + 1) % CMAX), j = (int)(i % (D + 1));
+    if (c >= classes[d])
+        return;
+    float s = 0.0f;
+    for (int b = 0; b < B; b++)
+        if (dataset[b] == d)
+            s += dout[(int64_t)b * CMAX + c] * (j < D ? inp[(int64_t)b * D + j] : 1.0f);
+    if (j < D)
+        grad[w_off[d] + (int64_t)c * D + j] += s;
+    else
+        grad[b_off[d] + c] += s;
+}
+
+/* head_off: the datasets' weight offsets, then their bias offsets */
+static inline void head_forward(const kctx *k, float *out, const float *inp, const float *param,
+                                const int64_t *head_off, const int *classes, const int32_t *dataset, int B, int D,
+                                int CMAX, int ND)
+{
+    head_fwd_kernel<<<(unsigned)(((int64_t)B * CMAX + 7) / 8), 256, 0, k->stream>>>(
+        out, inp, param, head_off, head_off + ND, classes, dataset, B, D, CMAX);
+    LAUNCH_CHECK();
+}
+
+static inline void head_backward(const kctx *k, float *dinp, float *grad, const float *dout, const float *inp,
+                                 const float *param, const int64_t *head_off, const int *classes,
+                                 const int32_t *dataset, int B, int D, int CMAX, int ND, int acc)
+{
+    head_bwd_input_kernel<<<blocks_for((int64_t)B * D, 256), 256, 0, k->stream>>>(dinp, dout, param, head_off, classes,
+                                                                                 dataset, B, D, CMAX, acc);
+    LAUNCH_CHECK();
+    head_bwd_weight_kernel<<<blocks_for((int64_t)ND * CMAX * (D + 1), 256), 256, 0, k->stream>>>(
+        grad, dout, inp, head_off, head_off + ND, classes, dataset, B, D, CMAX, ND);
+    LAUNCH_CHECK();
+}
+
+/* Cross-entropy with label smoothing, one warp per sample: dlogits =
+ * (softmax - target) * scale over the sample's C classes, 0 beyond;
+ * loss[b] the sample's loss. classes[d] per dataset. */
+static __global__ void softmax_xent_kernel(float *dlogits, float *loss, const float *logits, const int32_t *labels,
+                                           const int32_t *dataset, const int *classes, int B, int CMAX, float eps,
+                                           float scale)
+{
+    const int b = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (b >= B)
+        return;
+    const int C = classes[dataset[b]], label = labels[b];
+    const float *l = logits + (int64_t)b * CMAX;
+    float mx = -INFINITY;
+    for (int c = lane; c < C; c += 32)
+        mx = fmaxf(mx, l[c]);
+    mx = warp_max(mx);
+    double sum = 0.0;
+    for (int c = lane; c < C; c += 32)
+        sum += exp((double)(l[c] - mx));
+    sum = warp_sum_d(sum);
+    const double lse = mx + log(sum);
+    double acc = 0.0;
+    float *dl = dlogits + (int64_t)b * CMAX;
+    for (int c = lane; c < CMAX; c += 32) {
+        if (c >= C) {
+            dl[c] = 0.0f;
+            continue;
+        }
+        const double logp = l[c] - lse;
+        const double target = (c == label ? 1.0 - eps : 0.0) + (double)eps / C;
+        acc -= target * logp;
+        dl[c] = (float)((exp(logp) - target) * scale);
+    }
+    acc = warp_sum_d(acc);
+    if (lane == 0)
+        loss[b] = (float)acc;
+}
+
+/* acc[0] += sum of v[0..n) / n (one block, in a fixed order) */
+static __global__ void mean_accumulate_kernel(double *acc, const float *v, int n)
+{
+    __shared__ double sm[32];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        s += v[i];
+    s = warp_sum_d(s);
+    if (threadIdx.x % 32 == 0)
+        sm[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)blockDim.x / 32; w++)
+            t += sm[w];
+        acc[0] += t / n;
+    }
+}
+
+/* ---- mixture of experts -------------------------------------------------------------------------------
+ *
+ * The experts' rows are laid out [E, cap, *]: expert e's kept choices in
+ * rows e*cap + slot, slot < count[e]; the rows past count[e] are zeros in
+ * the forward and backward passes, so the expert products are one strided
+ * batched product with shapes fixed for the step. (The CPU packs the
+ * rows; the numbers are the same.) */
+
+/* Tutel's capacity, as ops.h: K * floor(cf * ceil(N / E)) rows per expert,
+ * at least 1, at most N; N when dropless */
+static inline int moe_capacity(int N, int E, int K, double cf, int dropless)
+{
+    if (dropless)
+        return N;
+    long per = (N + E - 1) / E;
+    long cap = (long)K * (long)floor(cf * (double)per);
+    if (cap < 1)
+        cap = 1;
+    return cap > N ? N : (int)cap;
+}
+
+/* logits[n, e] += std * N(0, 1) from (seed, stream, step, n*E + e) */
+static __global__ void gate_noise_kernel(float *logits, int64_t n, float std, uint64_t seed, int stream,
+                                         const int64_t *step)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        logits[i] += std * (float)rng_normal_dev(seed, (uint64_t)stream, ((uint64_t)*step << 32) + (uint64_t)i);
+}
+
+static inline void gate_noise(const kctx *k, float *logits, int64_t n, float std, uint64_t seed, int stream,
+                              const int64_t *step)
+{
+    gate_noise_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(logits, n, std, seed, stream, step);
+    LAUNCH_CHECK();
+}
+
+/* One warp per token: softmax (sums in double, as the CPU), log-sum-exp,
+ * the top K experts (ties to the lower expert), their gates, the token's
+ * priority (top-1 probability) and its router entropy. */
+template <int E, int K>
+static __global__ void router_kernel(float *probs, float *lse, int *topk, float *topp, float *gate, float *prio,
+                                     float *entropy, int *iota, const float *logits, int N, int normalize)
+{
+    constexpr int PER = (E + 31) / 32;
+    const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N)
+        return;
+    const float *l = logits + (int64_t)n * E;
+    float v[PER];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int e = lane + 32 * j;
+        v[j] = e < E ? l[e] : -INFINITY;
+        mx = fmaxf(mx, v[j]);
+    }
+    mx = warp_max(mx);
+    double sum = 0.0;
+#pragma unroll
+    for (int j = 0; j < PER; j++)
+        if (lane + 32 * j < E)
+            sum += exp((double)(v[j] - mx));
+    sum = warp_sum_d(sum);
+    double h = 0.0;
+    float *p = probs + (int64_t)n * E;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int e = lane + 32 * j;
+        if (e < E) {
+            const float pe = (float)(exp((double)(v[j] - mx)) / sum);
+            v[j] = pe;
+            p[e] = pe;
+            if (pe > 0.0f)
+                h -= (double)pe * log((double)pe);
+        } else {
+            v[j] = -1.0f;
+        }
+    }
+    h = warp_sum_d(h);
+    /* top K: K rounds of a warp arg-max, ties to the lower expert */
+    float val[K];
+    int idx[K];
+    float denom = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        float best = -2.0f;
+        int be = 0x7fffffff;
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            const int e = lane + 32 * j;
+            if (v[j] > best || (v[j] == best && e < be)) {
+                best = v[j];
+                be = e;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (ob > best || (ob == best && oe < be)) {
+                best = ob;
+                be = oe;
+            }
+        }
+        val[k] = best;
+        idx[k] = be;
+        denom += best;
+#pragma unroll
+        for (int j = 0; j < PER; j++)
+            if (lane + 32 * j == be)
+                v[j] = -1.0f; /* taken */
+    }
+    if (lane == 0) {
+        lse[n] = (float)(mx + log(sum));
+        for (int k = 0; k < K; k++) {
+            topk[(int64_t)n * K + k] = idx[k];
+            topp[(int64_t)n * K + k] = val[k];
+            gate[(int64_t)n * K + k] = (normalize && K > 1) ? val[k] / denom : val[k];
+        }
+        prio[n] = val[0];
+        entropy[n] = (float)h;
+        iota[n] = n;
+    }
+}
+
+#define ROUTE_BLOCK 1024 /* choices per block of the slot assignment */
+
+/* The choices in routing order: position p = k * N + i is token order[i]'s
+ * k-th choice. Pass 1: how many choices of each block go to each expert. */
+template <int E, int K>
+static __global__ void route_count_kernel(int *blk_count, const int *topk, const int *order, int N)
+{
+    __shared__ int cnt[E];
+    for (int e = threadIdx.x; e < E; e += blockDim.x)
+        cnt[e] = 0;
+    __syncthreads();
+    const int64_t p = (int64_t)blockIdx.x * ROUTE_BLOCK + threadIdx.x;
+    if (p < (int64_t)N * K) {
+        const int k = (int)(p / N), n = order[p % N];
+        atomicAdd(&cnt[topk[(int64_t)n * K + k]], 1); /* integer counts: exact in any order */
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x)
+        blk_count[(int64_t)blockIdx.x * E + e] = cnt[e];
+}
+
+/* Pass 2 (one block): each block's first rank per expert, and the kept
+ * count of each expert, min(total, cap). */
+template <int E> static __global__ void route_scan_kernel(int *blk_base, int *count, const int *blk_count, int nblk, int cap)
+{
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int run = 0;
+        for (int q = 0; q < nblk; q++) {
+            blk_base[(int64_t)q * E + e] = run;
+            run += blk_count[(int64_t)q * E + e];
+        }
+        count[e] = run < cap ? run : cap;
+    }
+}
+
+/* Pass 3: each choice's rank among the earlier choices of its expert (its
+ * slot if below cap, else dropped: -1); the row -> token map of the kept
+ * choices. The same slots as the CPU's sequential loop. */
+template <int E, int K>
+static __global__ void route_assign_kernel(int *slot, int *row_token, int *row_k, const int *blk_base, const int *topk,
+                                           const int *order, int N, int cap)
+{
+    __shared__ int wcnt[ROUTE_BLOCK / 32][E];
+    const int wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = threadIdx.x; i < (ROUTE_BLOCK / 32) * E; i += blockDim.x)
+        wcnt[i / E][i % E] = 0;
+    __syncthreads();
+    const int64_t p = (int64_t)blockIdx.x * ROUTE_BLOCK + threadIdx.x;
+    const bool live = p < (int64_t)N * K;
+    int k = 0, n = 0, e = -1;
+    if (live) {
+        k = (int)(p / N);
+        n = order[p % N];
+        e = topk[(int64_t)n * K + k];
+    }
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    const int before = __popc(same & ((1u << lane) - 1u));
+    if (live && before == 0)
+        wcnt[wid][e] = __popc(same);
+    __syncthreads();
+    if (!live)
+        return;
+    int rank = blk_base[(int64_t)blockIdx.x * E + e] + before;
+    for (int w = 0; w < wid; w++)
+        rank += wcnt[w][e];
+    if (rank < cap) {
+        slot[(int64_t)n * K + k] = rank;
+        row_token[(int64_t)e * cap + rank] = n;
+        row_k[(int64_t)e * cap + rank] = k;
+    } else {
+        slot[(int64_t)n * K + k] = -1;
+    }
+}
+
+/* Device state of one MoE layer's routing (pointers into the arenas). */
+typedef struct moe_route_buf {
+    float *probs, *lse, *topp, *gate, *prio, *prio_sorted, *entropy;
+    int *topk, *slot, *count, *row_token, *row_k, *order, *iota, *blk_count, *blk_base;
+    void *sort_tmp;
+    size_t sort_bytes;
+} moe_route_buf;
+
+/* order = the tokens by descending priority: cub's radix sort, which is
+ * stable, so equal priorities keep token order as the CPU's merge sort.
+ * With tmp NULL, *bytes is set to the scratch it needs. */
+static inline int moe_prio_sort_dev(void *tmp, size_t *bytes, const float *keys_in, float *keys_out,
+                                    const int *vals_in, int *vals_out, int n, cudaStream_t s)
+{
+    return cub::DeviceRadixSort::SortPairsDescending(tmp, *bytes, keys_in, keys_out, vals_in, vals_out, n, 0,
+                                                     (int)sizeof(float) * 8, s) == cudaSuccess
+               ? 0
+               : -1;
+}
+
+/* Softmax, top-k and capacity of one layer, every choice claiming its slot
+ * in GShard order (first choices before second ones), by descending top-1
+ * probability with batch priority. cap >= N: dropless. */
+template <int E, int K>
+static inline void moe_route(const kctx *k, moe_route_buf *r, const float *logits, int N, int cap, int normalize,
+                             int batch_priority)
+{
+    static_assert(E <= 256, "the CUDA backend routes to at most 256 experts");
+    router_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(r->probs, r->lse, r->topk, r->topp, r->gate,
+                                                                       r->prio, r->entropy, r->iota, logits, N,
+                                                                       normalize);
+    LAUNCH_CHECK();
+    const int *order = r->iota;
+    if (batch_priority) {
+        size_t bytes = r->sort_bytes;
+        if (moe_prio_sort_dev(r->sort_tmp, &bytes, r->prio, r->prio_sorted, r->iota, r->order, N, k->stream) != 0) {
+            fprintf(stderr, "train: the routing sort failed\n");
+            exit(1);
+        }
+        order = r->order;
+    }
+    const int nblk = (int)(((int64_t)N * K + ROUTE_BLOCK - 1) / ROUTE_BLOCK);
+    route_count_kernel<E, K><<<(unsigned)nblk, ROUTE_BLOCK, 0, k->stream>>>(r->blk_count, r->topk, order, N);
+    LAUNCH_CHECK();
+    route_scan_kernel<E><<<1, E < 1024 ? ((E + 31) / 32) * 32 : 1024, 0, k->stream>>>(r->blk_base, r->count,
+                                                                                      r->blk_count, nblk, cap);
+    LAUNCH_CHECK();
+    route_assign_kernel<E, K><<<(unsigned)nblk, ROUTE_BLOCK, 0, k->stream>>>(r->slot, r->row_token, r->row_k,
+                                                                             r->blk_base, r->topk, order, N, cap);
+    LAUNCH_CHECK();
+}
+
+/* xe[E, cap, D]: the kept tokens' rows, zeros past each expert's count */
+static __global__ void moe_gather_kernel(float *xe, const float *x, const int *row_token, const int *count, int E,
+                                         int cap, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)E * cap * D)
+        return;
+    const int64_t row = i / D;
+    const int e = (int)(row / cap), s = (int)(row % cap);
+    xe[i] = s < count[e] ? x[(int64_t)row_token[row] * D + i % D] : 0.0f;
+}
+
+/* out[n] = sum over kept choices of gate * ye[row] (a token's own rows, in
+ * choice order: no atomics) */
+template <int K>
+static __global__ void moe_combine_kernel(float *out, const float *ye, const int *topk, const int *slot,
+                                          const float *gate, int N, int cap, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)N * D)
+        return;
+    const int64_t n = i / D;
+    const int d = (int)(i % D);
+    float acc = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int s = slot[n * K + k];
+        if (s >= 0)
+            acc += gate[n * K + k] * ye[((int64_t)topk[n * K + k] * cap + s) * D + d];
+    }
+    out[i] = acc;
+}
+
+/* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
+ * ye = a w2^T + b2 per expert, out = the gated sum. */
+template <int D, int H, int E, int K, int ACT>
+static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *h, float *a, float *ye,
+                                       const float *x, const moe_route_buf *r, const float *w1, const float *b1,
+                                       const float *w2, const float *b2, int N, int cap)
+{
+    moe_gather_kernel<<<blocks_for((int64_t)E * cap * D, 256), 256, 0, k->stream>>>(xe, x, r->row_token, r->count, E,
+                                                                                  cap, D);
+    LAUNCH_CHECK();
+    mm_nt(k, h, xe, w1, cap, H, D, 0.0f, E, (int64_t)cap * D, (int64_t)H * D, (int64_t)cap * H);
+    bias_act<ACT>(k, a, h, b1, cap, H, E);
+    mm_nt(k, ye, a, w2, cap, D, H, 0.0f, E, (int64_t)cap * H, (int64_t)D * H, (int64_t)cap * D);
+    bias_add_grouped_kernel<<<blocks_for((int64_t)E * cap * D, 256), 256, 0, k->stream>>>(ye, b2, cap, D, E);
+    LAUNCH_CHECK();
+    moe_combine_kernel<K><<<blocks_for((int64_t)N * D, 256), 256, 0, k->stream>>>(out, ye, r->topk, r->slot, r->gate,
+                                                                                N, cap, D);
+    LAUNCH_CHECK();
+}
+
+/* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
+ * count), and the kept choice's dgate = dout[token] . ye[row]. */
+static __global__ void moe_combine_bwd_kernel(float *dye, float *dgate, const float *dout, const float *ye,
+                                              const int *row_token, const int *row_k, const int *count,
+                                              const float *gate, int E, int cap, int D, int K)
+{
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= (int64_t)E * cap)
+        return;
+    const int e = (int)(row / cap), s = (int)(row % cap);
+    float *dy = dye + row * D;
+    if (s >= count[e]) {
+        for (int d = lane; d < D; d += 32)
+            dy[d] = 0.0f;
+        return;
+    }
+    const int n = row_token[row], kk = row_k[row];
+    const float g = gate[(int64_t)n * K + kk];
+    const float *go = dout + (int64_t)n * D, *y = ye + row * D;
+    float dot = 0.0f;
+    for (int d = lane; d < D; d += 32) {
+        dot += go[d] * y[d];
+        dy[d] = g * go[d];
+    }
+    dot = warp_sum(dot);
+    if (lane == 0)
+        dgate[(int64_t)n * K + kk] = dot;
+}
+
+/* dx[n] (+)= sum over the token's kept choices of dxe[row]; dgate of the
+ * dropped choices = 0 */
+template <int K>
+static __global__ void moe_scatter_bwd_kernel(float *dx, float *dgate, const float *dxe, const int *topk,
+                                              const int *slot, int N, int cap, int D, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)N * D)
+        return;
+    const int64_t n = i / D;
+    const int d = (int)(i % D);
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int sl = slot[n * K + k];
+        if (sl >= 0)
+            s += dxe[((int64_t)topk[n * K + k] * cap + sl) * D + d];
+        else if (d == 0)
+            dgate[n * K + k] = 0.0f;
+    }
+    dx[i] = acc ? dx[i] + s : s;
+}
+
+/* Backward of the experts and the combine: dgate[N, K] written, dx (+)=,
+ * parameter gradients accumulated. dye, dh, dxe: [E, cap, *] scratch. */
+template <int D, int H, int E, int K, int ACT>
+static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dh, float *dxe,
+                                        const float *dout, const float *xe, const float *h, const float *a,
+                                        const float *ye, const moe_route_buf *r, const float *w1, const float *w2,
+                                        float *dw1, float *db1, float *dw2, float *db2, int N, int cap, int acc)
+{
+    moe_combine_bwd_kernel<<<blocks_for((int64_t)E * cap, 8), 256, 0, k->stream>>>(
+        dye, dgate, dout, ye, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
+    LAUNCH_CHECK();
+    /* da = dye w2 (into dh); dw2 += dye^T a; db2 += colsum(dye) */
+    mm_nn(k, dh, dye, w2, cap, H, D, 0.0f, E, (int64_t)cap * D, (int64_t)D * H, (int64_t)cap * H);
+    mm_tn(k, dw2, dye, a, D, H, cap, 1.0f, E, (int64_t)cap * D, (int64_t)cap * H, (int64_t)D * H);
+    colsum_add(k, db2, dye, cap, D, E, (int64_t)cap * D, D);
+    act_backward<ACT>(k, dh, dh, h, (int64_t)E * cap * H, 0);
+    mm_nn(k, dxe, dh, w1, cap, D, H, 0.0f, E, (int64_t)cap * H, (int64_t)H * D, (int64_t)cap * D);
+    mm_tn(k, dw1, dh, xe, H, D, cap, 1.0f, E, (int64_t)cap * H, (int64_t)cap * D, (int64_t)H * D);
+    colsum_add(k, db1, dh, cap, H, E, (int64_t)cap * H, H);
+    moe_scatter_bwd_kernel<K><<<blocks_for((int64_t)N * D, 256), 256, 0, k->stream>>>(dx, dgate, dxe, r->topk,
+                                                                                    r->slot, N, cap, D, acc);
+    LAUNCH_CHECK();
+}
+
+#define AUX_BLOCKS 64
+
+/* Partial sums over tokens for the auxiliary losses and the statistics:
+ * per block, [E] summed probabilities, [E] top-1 counts, z (sum lse^2),
+ * the routing loss (sum -log p[target]) and the entropy. */
+template <int E, int K>
+static __global__ void moe_aux_partial_kernel(double *part, const float *probs, const float *lse, const int *topk,
+                                              const int *target, const float *entropy, int N)
+{
+    constexpr int W = 2 * E + 3;
+    __shared__ double acc[W];
+    for (int i = threadIdx.x; i < W; i += blockDim.x)
+        acc[i] = 0.0;
+    __syncthreads();
+    const int per = (N + AUX_BLOCKS - 1) / AUX_BLOCKS, lo = blockIdx.x * per, hi = min(N, lo + per);
+    /* each thread owns experts e = threadIdx.x, threadIdx.x + blockDim.x, ... for the sums over tokens */
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        double me = 0.0, ce = 0.0;
+        for (int n = lo; n < hi; n++) {
+            me += probs[(int64_t)n * E + e];
+            ce += topk[(int64_t)n * K] == e ? 1.0 : 0.0;
+        }
+        acc[e] = me;
+        acc[E + e] = ce;
+    }
+    if (threadIdx.x == blockDim.x - 1) {
+        double z = 0.0, ds = 0.0, h = 0.0;
+        for (int n = lo; n < hi; n++) {
+            z += (double)lse[n] * lse[n];
+            if (target) {
+                const float p = probs[(int64_t)n * E + target[n]];
+                ds -= log(p > 1e-30f ? p : 1e-30f);
+            }
+            h += entropy[n];
+        }
+        acc[2 * E] = z;
+        acc[2 * E + 1] = ds;
+        acc[2 * E + 2] = h;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < W; i += blockDim.x)
+        part[(int64_t)blockIdx.x * W + i] = acc[i];
+}
+
+/* Stats of one MoE layer on the device, summed over forward passes:
+ * st[0..E) kept choices per expert, st[E..E+ND*E) top-1 choices per
+ * (dataset, expert), then assigned, dropped, tokens; entropy separately. */
+template <int E, int K>
+static __global__ void moe_aux_final_kernel(float *aux, double *sums, double *loss_acc, unsigned long long *st,
+                                            double *entropy_acc, const double *part, const int *count, float w_bal,
+                                            float w_z, float w_ds, float w_imp, int N, int ND, int train)
+{
+    constexpr int W = 2 * E + 3;
+    if (threadIdx.x != 0)
+        return;
+    double tot[W];
+    for (int i = 0; i < W; i++)
+        tot[i] = 0.0;
+    for (int q = 0; q < AUX_BLOCKS; q++)
+        for (int i = 0; i < W; i++)
+            tot[i] += part[(int64_t)q * W + i];
+    double bal = 0.0, mu = 0.0, var = 0.0;
+    for (int e = 0; e < E; e++) {
+        bal += (tot[e] / N) * (tot[E + e] / N);
+        mu += tot[e] / E;
+    }
+    for (int e = 0; e < E; e++)
+        var += (tot[e] - mu) * (tot[e] - mu) / E;
+    aux[0] = (float)(bal * E);
+    aux[1] = (float)(tot[2 * E] / N);
+    aux[2] = (float)(tot[2 * E + 1] / N);
+    aux[3] = mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
+    /* for the backward pass: summed probabilities and top-1 fractions */
+    for (int e = 0; e < E; e++) {
+        sums[e] = tot[e];
+        sums[E + e] = tot[E + e] / N;
+    }
+    if (train)
+        loss_acc[0] += w_bal * aux[0] + w_z * aux[1] + w_ds * aux[2] + w_imp * aux[3];
+    unsigned long long kept = 0;
+    for (int e = 0; e < E; e++) {
+        st[e] += (unsigned long long)count[e];
+        kept += (unsigned long long)count[e];
+    }
+    st[E + ND * E] += (unsigned long long)N * K;
+    st[E + ND * E + 1] += (unsigned long long)N * K - kept;
+    st[E + ND * E + 2] += (unsigned long long)N;
+    entropy_acc[0] += tot[2 * E + 2];
+}
+
+/* top-1 choices per (dataset, expert): integer atomics, exact */
+template <int K>
+static __global__ void moe_ds_expert_kernel(unsigned long long *st, const int *topk, const int32_t *dataset, int N,
+                                            int T, int E)
+{
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n < N)
+        atomicAdd(&st[E + (int64_t)dataset[n / T] * E + topk[(int64_t)n * K]], 1ull);
+}
+
+/* target[n] = the expert of token n's dataset (dataset-aware routing) */
+static __global__ void moe_target_kernel(int *target, const int32_t *dataset, const int *map, int N, int T)
+{
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n < N)
+        target[n] = map[dataset[n / T]];
+}
+
+static inline void moe_target(const kctx *k, int *target, const int32_t *dataset, const int *map, int N, int T)
+{
+    moe_target_kernel<<<blocks_for(N, 256), 256, 0, k->stream>>>(target, dataset, map, N, T);
+    LAUNCH_CHECK();
+}
+
+template <int E, int K>
+static inline void moe_aux_losses(const kctx *k, float *aux, double *sums, double *loss_acc, unsigned long long *st,
+                                  double *entropy_acc, const moe_route_buf *r, const int *target,
+                                  const int32_t *dataset, float w_bal, float w_z, float w_ds, float w_imp, int N, int T,
+                                  int ND, int train)
+{
+    double *part = (double *)k->red;
+    moe_aux_partial_kernel<E, K><<<AUX_BLOCKS, 256, 0, k->stream>>>(part, r->probs, r->lse, r->topk, target,
+                                                                    r->entropy, N);
+    LAUNCH_CHECK();
+    moe_aux_final_kernel<E, K><<<1, 32, 0, k->stream>>>(aux, sums, loss_acc, st, entropy_acc, part, r->count, w_bal,
+                                                        w_z, w_ds, w_imp, N, ND, train);
+    LAUNCH_CHECK();
+    moe_ds_expert_kernel<K><<<blocks_for(N, 256), 256, 0, k->stream>>>(st, r->topk, dataset, N, T, E);
+    LAUNCH_CHECK();
+}
+
+/* The gradient of everything that reaches the router logits (one warp per
+ * token): the gates (renormalised if asked), GShard's balance loss, the
+ * importance loss, the softmax Jacobian, the z-loss and DAMEX's routing
+ * loss. sums: the summed probabilities and top-1 fractions of the forward. */
+template <int E, int K>
+static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate, const float *probs, const float *lse,
+                                             const int *topk, const float *topp, const int *target, const double *sums,
+                                             int N, int normalize, float w_bal, float w_z, float w_ds, float w_imp)
+{
+    constexpr int PER = (E + 31) / 32;
+    const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N)
+        return;
+    /* importance loss: d/dimp[e] of CV^2, the same for every token */
+    double mu = 0.0, var = 0.0;
+    if (w_imp != 0.0f) {
+        for (int e = 0; e < E; e++)
+            mu += sums[e] / E;
+        for (int e = 0; e < E; e++)
+            var += (sums[e] - mu) * (sums[e] - mu) / E;
+    }
+    const int *idx = topk + (int64_t)n * K;
+    const float *val = topp + (int64_t)n * K, *dg = dgate + (int64_t)n * K;
+    float S = 0.0f, gs = 0.0f;
+    if (normalize && K > 1)
+        for (int k = 0; k < K; k++) {
+            S += val[k];
+            gs += dg[k] * val[k];
+        }
+    const float *p = probs + (int64_t)n * E;
+    float dp[PER], pv[PER];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int e = lane + 32 * j;
+        dp[j] = 0.0f;
+        pv[j] = 0.0f;
+        if (e >= E)
+            continue;
+        pv[j] = p[e];
+        for (int k = 0; k < K; k++)
+            if (idx[k] == e)
+                dp[j] += (normalize && K > 1) ? dg[k] / S - gs / (S * S) : dg[k];
+        if (w_imp != 0.0f)
+            dp[j] += (float)(w_imp * (2.0 * (sums[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
+        dp[j] += (float)(w_bal * E * sums[E + e] / N);
+        s += pv[j] * dp[j];
+    }
+    s = warp_sum(s);
+    float *dl = dlogits + (int64_t)n * E;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int e = lane + 32 * j;
+        if (e >= E)
+            continue;
+        float v = pv[j] * (dp[j] - s);
+        if (w_z != 0.0f)
+            v += w_z * 2.0f * lse[n] * pv[j] / N;
+        if (target && w_ds != 0.0f)
+            v += w_ds * (pv[j] - (e == target[n] ? 1.0f : 0.0f)) / N;
+        dl[e] = v;
+    }
+}
+
+template <int E, int K>
+static inline void moe_router_backward(const kctx *k, float *dlogits, const float *dgate, const moe_route_buf *r,
+                                       const int *target, const double *sums, int N, int normalize, float w_bal,
+                                       float w_z, float w_ds, float w_imp)
+{
+    moe_router_bwd_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(
+        dlogits, dgate, r->probs, r->lse, r->topk, r->topp, target, sums, N, normalize, w_bal, w_z, w_ds, w_imp);
+    LAUNCH_CHECK();
+}
+
+/* ---- l2 norm rows (the cosine router) ---------------------------------------------------------------- */
+
+/* one warp per row: out = in / max(|in|, 1e-6), norm = that divisor */
+static __global__ void l2norm_fwd_kernel(float *out, float *norm, const float *in, int rows, int C)
+{
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows)
+        return;
+    const float *x = in + (int64_t)r * C;
+    double s = 0.0;
+    for (int c = lane; c < C; c += 32)
+        s += (double)x[c] * x[c];
+    s = warp_sum_d(s);
+    const float n = (float)sqrt(s) > 1e-6f ? (float)sqrt(s) : 1e-6f;
+    for (int c = lane; c < C; c += 32)
+        out[(int64_t)r * C + c] = x[c] / n;
+    if (lane == 0)
+        norm[r] = n;
+}
+
+static __global__ void l2norm_bwd_kernel(float *din, const float *dout, const float *out, const float *norm, int rows,
+                                         int C, int acc)
+{
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows)
+        return;
+    const float *g = dout + (int64_t)r * C, *y = out + (int64_t)r * C;
+    float dot = 0.0f;
+    for (int c = lane; c < C; c += 32)
+        dot += y[c] * g[c];
+    dot = warp_sum(dot);
+    for (int c = lane; c < C; c += 32) {
+        const float v = (g[c] - y[c] * dot) / norm[r];
+        din[(int64_t)r * C + c] = acc ? din[(int64_t)r * C + c] + v : v;
+    }
+}
+
+static inline void l2norm_forward(const kctx *k, float *out, float *norm, const float *in, int rows, int C)
+{
+    l2norm_fwd_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, k->stream>>>(out, norm, in, rows, C);
+    LAUNCH_CHECK();
+}
+
+static inline void l2norm_backward(const kctx *k, float *din, const float *dout, const float *out, const float *norm,
+                                   int rows, int C, int acc)
+{
+    l2norm_bwd_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, k->stream>>>(din, dout, out, norm, rows, C, acc);
+    LAUNCH_CHECK();
+}
+
+/* ---- the optimizer, over the whole parameter arena in one launch -------------------------------------------- */
+
+#define NORM_BLOCKS 256
+
+static __global__ void sumsq_partial_kernel(double *part, const float *g, int64_t n)
+{
+    __shared__ double sm[32];
+    double s = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        s += (double)g[i] * g[i];
+    s = warp_sum_d(s);
+    if (threadIdx.x % 32 == 0)
+        sm[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)blockDim.x / 32; w++)
+            t += sm[w];
+        part[blockIdx.x] = t;
+    }
+}
+
+static __global__ void sumsq_final_kernel(double *norm, const double *part)
+{
+    if (threadIdx.x != 0)
+        return;
+    double t = 0.0;
+    for (int q = 0; q < NORM_BLOCKS; q++)
+        t += part[q];
+    norm[0] = sqrt(t);
+}
+
+/* norm[0] = |g| over n values (deterministic) */
+static inline void grad_norm(const kctx *k, double *norm, const float *g, int64_t n)
+{
+    double *part = (double *)k->red;
+    sumsq_partial_kernel<<<NORM_BLOCKS, 256, 0, k->stream>>>(part, g, n);
+    LAUNCH_CHECK();
+    sumsq_final_kernel<<<1, 32, 0, k->stream>>>(norm, part);
+    LAUNCH_CHECK();
+}
+
+/* The step's scalars, read on the device so that the captured graph serves
+ * every step. */
+typedef struct step_scalars {
+    float lr;
+    int t;          /* optimizer step, from 1 */
+    int64_t step;   /* training step, from 0: the random streams */
+} step_scalars;
+
+/* AdamW with decoupled weight decay where decay[i] (norms, biases, tokens
+ * are exempt), gradients scaled by clip / |g| when |g| > clip > 0 */
+static __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, const uint8_t *decay, int64_t n,
+                                    const step_scalars *sc, const double *gnorm, float clip, float b1, float b2,
+                                    float eps, float wd)
+{
+    const float lr = sc->lr;
+    const float c1 = 1.0f - powf(b1, (float)sc->t), c2 = 1.0f - powf(b2, (float)sc->t);
+    const float gs = clip > 0.0f && gnorm[0] > clip ? (float)(clip / gnorm[0]) : 1.0f;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float gi = g[i] * gs;
+        const float mi = b1 * m[i] + (1.0f - b1) * gi, vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        const float mhat = mi / c1, vhat = vi / c2;
+        p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + (decay[i] ? wd : 0.0f) * p[i]);
+    }
+}
+
+/* SGD with momentum (PyTorch's semantics: L2 decay added to the gradient) */
+static __global__ void sgd_kernel(float *p, const float *g, float *buf, const uint8_t *decay, int64_t n,
+                                  const step_scalars *sc, const double *gnorm, float clip, float mu, int nesterov,
+                                  float wd)
+{
+    const float lr = sc->lr;
+    const float gs = clip > 0.0f && gnorm[0] > clip ? (float)(clip / gnorm[0]) : 1.0f;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float d = g[i] * gs + (decay[i] ? wd : 0.0f) * p[i];
+        if (mu != 0.0f) {
+            buf[i] = sc->t == 1 ? d : mu * buf[i] + d;
+            d = nesterov ? d + mu * buf[i] : buf[i];
+        }
+        p[i] -= lr * d;
+    }
+}
+
+#endif /* MOE_KERNELS_CUH */

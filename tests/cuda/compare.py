@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""compare.py: the CUDA trainer against the CPU trainer of the same model.
+
+    compare.py dumps CPU.safetensors CUDA.safetensors TOL
+        Two --dump-step files (the first step's batch, loss and every
+        gradient): the same batch, and every gradient and the loss within
+        TOL, as |cuda - cpu| / |cpu| over each tensor (2-norms). NaN or Inf
+        anywhere fails.
+    compare.py curves CPU.metrics.jsonl CUDA.metrics.jsonl TOL
+        Two metrics files of the same run: every logged training loss
+        within TOL (relative), the same steps logged.
+
+Prints one line per check and the worst error; exit status 0 when all
+pass, 1 when one does not. Needs numpy only (the safetensors format is
+read by hand).
+"""
+import json
+import struct
+import sys
+
+import numpy as np
+
+DTYPES = {"F32": np.float32, "I32": np.int32, "I64": np.int64}
+
+
+def load(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        out[name] = np.frombuffer(data[a:b], dtype=DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def dumps(cpu_path, cuda_path, tol):
+    cpu, cuda = load(cpu_path), load(cuda_path)
+    bad = 0
+    if set(cpu) != set(cuda):
+        print("tensors differ: only CPU %s, only CUDA %s" % (sorted(set(cpu) - set(cuda)), sorted(set(cuda) - set(cpu))))
+        return 1
+    for k in ("batch.x", "batch.labels", "batch.dataset"):
+        if not np.array_equal(cpu[k], cuda[k]):
+            print("FAIL %s: the two runs saw different batches" % k)
+            bad += 1
+    worst, worst_name = 0.0, ""
+    for name in sorted(cpu):
+        if name.startswith("batch.") or name.startswith("noise."):
+            continue
+        a, b = cpu[name].astype(np.float64), cuda[name].astype(np.float64)
+        if not np.all(np.isfinite(b)):
+            print("FAIL %s: CUDA has NaN or Inf" % name)
+            bad += 1
+            continue
+        na = np.linalg.norm(a)
+        err = np.linalg.norm(a - b) / na if na > 0 else np.linalg.norm(b)
+        if err > worst:
+            worst, worst_name = err, name
+        if not err <= tol:
+            print("FAIL %s %s: relative error %.3g > %.3g" % (name, list(a.shape), err, tol))
+            bad += 1
+    loss_c, loss_g = float(cpu["loss"][0]), float(cuda["loss"][0])
+    print("loss: cpu %.7f cuda %.7f" % (loss_c, loss_g))
+    print("gradients: %d tensors, worst relative error %.3g (%s), tolerance %.3g: %s"
+          % (len(cpu) - 3, worst, worst_name, tol, "ok" if not bad else "FAILED"))
+    return 1 if bad else 0
+
+
+def curves(cpu_path, cuda_path, tol):
+    def train_losses(path):
+        out = {}
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                if r.get("kind") == "train":
+                    out[r["step"]] = r["loss"]
+        return out
+    a, b = train_losses(cpu_path), train_losses(cuda_path)
+    if not a or sorted(a) != sorted(b):
+        print("FAIL: logged steps differ: cpu %s cuda %s" % (sorted(a), sorted(b)))
+        return 1
+    worst = 0.0
+    bad = 0
+    for s in sorted(a):
+        err = abs(b[s] - a[s]) / max(abs(a[s]), 1e-12)
+        worst = max(worst, err) if err == err else float("inf")
+        print("step %d: cpu %.6f cuda %.6f (%.2g)" % (s, a[s], b[s], err))
+        if not err <= tol:
+            bad += 1
+    print("loss curve: %d points, worst relative difference %.3g, tolerance %.3g: %s"
+          % (len(a), worst, tol, "ok" if not bad else "FAILED"))
+    return 1 if bad else 0
+
+
+def main():
+    if len(sys.argv) != 5 or sys.argv[1] not in ("dumps", "curves"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    fn = dumps if sys.argv[1] == "dumps" else curves
+    return fn(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+#!/bin/sh
+# cuda_build.sh: the CUDA trainer of every example that has one, and of the
+# GPU benchmark configs, compiles and links with nvcc, every warning an
+# error (nvcc's own and the host compiler's -Wall -Wextra). No GPU needed;
+# skipped where nvcc is not found. An example whose model the CUDA backend
+# does not generate must be refused by --target cuda with a located reason.
+. "${top_srcdir:-.}/tests/e2e/common.sh"
+
+NVCC=$(command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+if [ -z "$NVCC" ]; then
+    echo "1..0 # SKIP nvcc not found: the CUDA output is compiled where the CUDA toolkit is"
+    exit 77
+fi
+export NVCC
+STRICT="-Werror all-warnings -Xcompiler -Wall,-Wextra,-Wno-unused-function,-Werror"
+
+for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe; do
+    rel=${f#"$top_srcdir"/}
+    name=$(basename "$f" .moe)
+    out=$(cd "$top_srcdir" && "$MOECC" --target cuda "$rel" -o "$WORK/$name" 2>&1)
+    rc=$?
+    if [ $rc -eq 1 ] && printf '%s\n' "$out" | grep -q ':[0-9]*:[0-9]*: error: .*\(does not generate\|does not apply\|CUDA backend\)'; then
+        ok "$name: refused for CUDA, and says where and why: $(printf '%s\n' "$out" | grep -m 1 'error:')"
+        continue
+    fi
+    if [ $rc -ne 0 ]; then
+        printf '%s\n' "$out"
+        not_ok "$name: moecc --target cuda (exit $rc)"
+        continue
+    fi
+    if [ ! -f "$WORK/$name/model.cu" ]; then
+        not_ok "$name: --target cuda wrote no model.cu"
+        continue
+    fi
+    if env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$WORK/$name" MOERT="$top_builddir" \
+        MOERT_SRC="$top_srcdir" BACKEND=cuda NVCC_WARN="$STRICT" CFLAGS="-O1 -Werror" \
+        > "$WORK/$name.build.log" 2>&1 && [ -x "$WORK/$name/train" ]; then
+        ok "$name: the CUDA trainer compiles and links without a warning"
+    else
+        cat "$WORK/$name.build.log"
+        not_ok "$name: the CUDA trainer compiles and links without a warning"
+    fi
+done
+
+# the default target: both backends where the model has a CUDA form, the
+# CPU's alone (and no stale CUDA files) where it does not
+(cd "$top_srcdir" && "$MOECC" examples/damex.moe -o "$WORK/both") > /dev/null 2>&1
+if [ -f "$WORK/both/model.cu" ] && [ -f "$WORK/both/model.c" ] && [ -f "$WORK/both/backend.cu" ]; then
+    ok "without --target, damex gets both backends"
+else
+    not_ok "without --target, damex gets both backends"
+fi
+(cd "$top_srcdir" && "$MOECC" --target cpu examples/damex.moe -o "$WORK/both") > /dev/null 2>&1
+if [ ! -e "$WORK/both/model.cu" ] && [ ! -e "$WORK/both/backend.cu" ] && [ -f "$WORK/both/model.c" ] &&
+    grep -q '^BACKEND = cpu' "$WORK/both/Makefile"; then
+    ok "--target cpu over an earlier directory leaves no CUDA sources, and the Makefile builds the CPU"
+else
+    not_ok "--target cpu over an earlier directory leaves no CUDA sources, and the Makefile builds the CPU"
+fi
+finish
