@@ -535,7 +535,8 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "struct kctx;          /* kernels.cuh: stream, cuBLAS handle, scratch */\n"
                  "struct step_scalars;  /* kernels.cuh: learning rate and step, read on the device */\n");
     sb_printf(h, "typedef struct dev_model {\n    float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */\n"
-                 "    float *act, *dact;     /* DEV_LAYOUT.act_floats each */\n    int *iact;             /* DEV_LAYOUT.int_slots */\n"
+                 "    float *act;            /* DEV_LAYOUT.act_floats */\n    float *dact;           /* DEV_LAYOUT.grad_floats */\n"
+                 "    int *iact;             /* DEV_LAYOUT.int_slots */\n"
                  "    double *dacc;          /* the step's sums: [0] cross-entropy, [1] auxiliary, [2] gradient norm */\n"
                  "    unsigned long long *stats; /* routing counts */\n    struct step_scalars *sc;\n"
                  "    const float *x;        /* this step's images and datasets */\n    const int32_t *dataset;\n"
@@ -543,9 +544,9 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    int64_t *head_off;     /* [2, N_DATASETS] per-dataset heads' offsets */\n"
                  "    int *classes;          /* [N_DATASETS] */\n    void *sort_tmp;        /* the routing sort's scratch */\n"
                  "    size_t sort_bytes;\n    uint64_t seed;\n} dev_model;\n\n");
-    sb_printf(h, "typedef struct dev_layout {\n    int64_t act_floats, int_slots, dacc, stats, red_floats;\n"
+    sb_printf(h, "typedef struct dev_layout {\n    int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;\n"
                  "    int eval_batch;        /* the largest batch the arenas hold dropless */\n"
-                 "    int64_t logits, xent;  /* act offsets */\n    int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], "
+                 "    int64_t logits, dlogits, xent; /* offsets in act, dact, act */\n    int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], "
                  "aux[N_MOE_SLOTS];\n} dev_layout;\n");
     sb_printf(h, "extern const dev_layout DEV_LAYOUT;\n");
     sb_printf(h, "void dev_init_tables(const struct kctx *k, dev_model *d);\n");

@@ -89,7 +89,37 @@ typedef struct cuda_plan {
     int64_t red;             /* floats of reduction scratch */
     int64_t eval_batch;      /* the largest evaluation batch the arenas hold */
     int64_t *ent, *sums, *st; /* per MoE layer: offsets */
+    /* the gradient arena: each value's gradient, then one scratch region
+     * that every op's backward reuses for the gradients of its insides */
+    int64_t grad, scr, scr_max;
+    sbuf gdefs;
 } cuda_plan;
+
+/* NAME_G: the gradient of buffer NAME: its own place for a value, a place
+ * in the op's scratch for an op's inside (dead once the op's backward is
+ * done) */
+static void grad_of(cuda_plan *p, const char *name, int64_t floats, bool scratch)
+{
+    const int64_t n = (floats + 15) & ~(int64_t)15;
+    if (scratch) {
+        sb_printf(&p->gdefs, "#define %-16s (GSCRATCH + %lldL)\n", name, (long long)p->scr);
+        p->scr += n;
+        if (p->scr > p->scr_max)
+            p->scr_max = p->scr;
+    } else {
+        sb_printf(&p->gdefs, "#define %-16s %12lldL\n", name, (long long)p->grad);
+        p->grad += n;
+    }
+}
+
+/* an inside buffer of the op, and its gradient in the scratch */
+static void alloc_inside(gen *g, cuda_plan *p, const char *name, int64_t floats, const char *what)
+{
+    alloc_act(g, name, floats, what);
+    char gname[48];
+    snprintf(gname, sizeof gname, "%s_G", name);
+    grad_of(p, gname, floats, true);
+}
 
 static void need_red(cuda_plan *p, int64_t floats)
 {
@@ -98,7 +128,7 @@ static void need_red(cuda_plan *p, int64_t floats)
 }
 
 #define RED_CHUNKS 64  /* kernels.cuh */
-#define LN_BLOCKS 128
+#define LN_BLOCKS 1024
 #define AUX_BLOCKS 64
 #define NORM_BLOCKS 256
 #define ROUTE_BLOCK 1024
@@ -134,9 +164,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
     if (op->kind == OP_INPUT || op->kind == OP_RESIDUAL_BEGIN)
         return;
     snprintf(name, sizeof name, "V%d", i);
+    char gname[48];
+    snprintf(gname, sizeof gname, "V%d_G", i);
+    p->scr = 0;
     if (op->kind != OP_CLASSIFIER) {
         int64_t per = (int64_t)tokens_of(so) * (so->kind == SHAPE_IMAGE ? so->c * so->h * so->w : so->dim);
         alloc_act(g, name, BATCH * per, what);
+        grad_of(p, gname, BATCH * per, false);
     }
     sb_printf(f, "    /* %d: %s -> ", i, what);
     switch (so->kind) {
@@ -205,9 +239,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(qkv, sizeof qkv, "QKV%d", i);
         snprintf(att, sizeof att, "ATT%d", i);
         snprintf(y, sizeof y, "Y%d", i);
-        alloc_act(g, qkv, BATCH * T * 3 * D, "queries, keys, values");
+        alloc_inside(g, p, qkv, BATCH * T * 3 * D, "queries, keys, values");
         alloc_act(g, att, BATCH * NH * T * T, "attention weights");
-        alloc_act(g, y, BATCH * T * D, "heads' outputs");
+        alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
         need_red(p, (int64_t)RED_CHUNKS * 3 * D);
         int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;
         int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = toff(g, i, qb ? 3 : 2);
@@ -237,8 +271,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         char hh[32], aa[32];
         snprintf(hh, sizeof hh, "H%d", i);
         snprintf(aa, sizeof aa, "ACTV%d", i);
-        alloc_act(g, hh, BATCH * T * H, "hidden, before the activation");
-        alloc_act(g, aa, BATCH * T * H, "hidden, after the activation");
+        alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation");
+        alloc_inside(g, p, aa, BATCH * T * H, "hidden, after the activation");
         need_red(p, (int64_t)RED_CHUNKS * H);
         const char *act = act_tmpl(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values */
@@ -281,7 +315,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                                              "auxiliary losses: balance, z, dataset, importance" };
         for (int k = 0; k < 13; k++) {
             snprintf(nm[k], sizeof nm[k], "%s%d", fl[k], i);
-            alloc_act(g, nm[k], fsz[k], fwhat[k]);
+            /* the backward needs the gradients of the logits, gates, and the experts' rows */
+            if (k == 0 || k == 4 || k == 8 || k == 9 || k == 11)
+                alloc_inside(g, p, nm[k], fsz[k], fwhat[k]);
+            else
+                alloc_act(g, nm[k], fsz[k], fwhat[k]);
         }
         static const char *const il[] = { "TOPK", "SLOT", "COUNT", "TOKEN", "ROWK", "ORDER", "IOTA", "TARGET",
                                           "BLKC", "BLKB" };
@@ -313,12 +351,12 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(en, sizeof en, "EN%d", i);
         snprintf(enorm, sizeof enorm, "ENORM%d", i);
         if (attn)
-            alloc_act(g, query, (int64_t)NB * R, "attention router queries [N, R]");
+            alloc_inside(g, p, query, (int64_t)NB * R, "attention router queries [N, R]");
         if (cosine) {
-            alloc_act(g, query, (int64_t)NB * R, "cosine router projections [N, R]");
-            alloc_act(g, qn, (int64_t)NB * R, "the projections, normalised");
+            alloc_inside(g, p, query, (int64_t)NB * R, "cosine router projections [N, R]");
+            alloc_inside(g, p, qn, (int64_t)NB * R, "the projections, normalised");
             alloc_act(g, qnorm, NB, "their norms");
-            alloc_act(g, en, (int64_t)E * R, "expert embeddings, normalised [E, R]");
+            alloc_inside(g, p, en, (int64_t)E * R, "expert embeddings, normalised [E, R]");
             alloc_act(g, enorm, E, "their norms");
         }
         const bool ds = x->router == ROUTER_DATASET_AWARE;
@@ -470,6 +508,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
     case OP_CLASSIFIER: {
         const int C = op->u.cls.classes;
         alloc_act(g, name, BATCH * C, "logits");
+        grad_of(p, gname, BATCH * C, false);
         need_red(p, (int64_t)RED_CHUNKS * C);
         if (op->u.cls.heads == HEADS_SHARED) {
             sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B, %d, %d);\n", out, in,
@@ -514,24 +553,29 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
     header_comment(c, m, "model.cu", "the forward and backward pass of every op, on the GPU.", o);
     sb_printf(c, "#include <string.h>\n\n#include \"model.h\"\n#include \"kernels.cuh\"\n\n");
     sb_printf(c, "/* B = the batch of this call (at most BATCH); every other shape is fixed.\n"
-                 " * A(off)/G(off): a value and its gradient in the device activation arenas,\n"
+                 " * A(off): a value in the device activation arena, G(name): the gradient of\n"
+                 " * buffer `name' in the gradient arena (name_G: its offset there),\n"
                  " * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */\n");
-    sb_printf(c, "#define A(off) (d->act + (off))\n#define G(off) (d->dact + (off))\n");
+    sb_printf(c, "#define A(off) (d->act + (off))\n#define G(name) (d->dact + name##_G)\n");
     sb_printf(c, "#define P(off) (d->param + (off))\n#define DP(off) (d->grad + (off))\n");
     sb_printf(c, "#define IA(off) (d->iact + (off))\n\n");
     sb_printf(c, "/* ---- the activation arena, laid out for BATCH (offsets in elements) ---- */\n");
     sb_printf(c, "%s\n", g->defs.s ? g->defs.s : "");
+    sb_printf(c, "/* ---- the gradient arena: each value's gradient, then the scratch that\n"
+                 " * each op's backward reuses for the gradients of its insides ---- */\n");
+    sb_printf(c, "%s#define GSCRATCH %lldL\n\n", p.gdefs.s ? p.gdefs.s : "", (long long)p.grad);
     emit_tables(c, g);
 
     /* the layout backend.cu allocates */
     sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n");
-    sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* int_slots */\n", (long long)g->act_floats,
-              (long long)(g->int_slots ? g->int_slots : 16));
+    sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* grad_floats */\n    %lldL, /* int_slots */\n",
+              (long long)g->act_floats, (long long)(p.grad + p.scr_max), (long long)(g->int_slots ? g->int_slots : 16));
     sb_printf(c, "    %lldL, /* dacc: doubles */\n    %lldL, /* stats: u64 */\n", (long long)p.dacc,
               (long long)(p.stats ? p.stats : 1));
     sb_printf(c, "    %lldL, /* red_floats */\n    %lld, /* eval_batch */\n", (long long)p.red,
               (long long)p.eval_batch);
-    sb_printf(c, "    V%d, /* logits */\n    XENT, /* per-sample loss */\n", m->nops - 1);
+    sb_printf(c, "    V%d, /* logits */\n    V%d_G, /* their gradient */\n    XENT, /* per-sample loss */\n", m->nops - 1,
+              m->nops - 1);
     sb_printf(c, "    {");
     for (int j = 0; j < nmoe; j++)
         sb_printf(c, "%s%lldL", j ? ", " : " ", (long long)(g->nmoe ? p.st[j] : 0));
@@ -586,6 +630,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
         if (g->bwd[i] && g->bwd[i][0])
             sb_printf(c, "%s", g->bwd[i]);
     sb_printf(c, "}\n");
+    sb_free(&p.gdefs);
     free(p.ent);
     free(p.sums);
     free(p.st);

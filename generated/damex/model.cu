@@ -7,10 +7,11 @@
 #include "kernels.cuh"
 
 /* B = the batch of this call (at most BATCH); every other shape is fixed.
- * A(off)/G(off): a value and its gradient in the device activation arenas,
+ * A(off): a value in the device activation arena, G(name): the gradient of
+ * buffer `name' in the gradient arena (name_G: its offset there),
  * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */
 #define A(off) (d->act + (off))
-#define G(off) (d->dact + (off))
+#define G(name) (d->dact + name##_G)
 #define P(off) (d->param + (off))
 #define DP(off) (d->grad + (off))
 #define IA(off) (d->iact + (off))
@@ -128,6 +129,61 @@
 #define V37                  18027040L /* logits */
 #define XENT                 18028320L /* cross-entropy per sample */
 
+/* ---- the gradient arena: each value's gradient, then the scratch that
+ * each op's backward reuses for the gradients of its insides ---- */
+#define V1_G                        0L
+#define V2_G                   262144L
+#define V4_G                   524288L
+#define V5_G                   786432L
+#define QKV5_G           (GSCRATCH + 0L)
+#define Y5_G             (GSCRATCH + 786432L)
+#define V6_G                  1048576L
+#define V8_G                  1310720L
+#define V9_G                  1572864L
+#define H9_G             (GSCRATCH + 0L)
+#define ACTV9_G          (GSCRATCH + 524288L)
+#define V10_G                 1835008L
+#define V12_G                 2097152L
+#define V13_G                 2359296L
+#define QKV13_G          (GSCRATCH + 0L)
+#define Y13_G            (GSCRATCH + 786432L)
+#define V14_G                 2621440L
+#define V16_G                 2883584L
+#define V17_G                 3145728L
+#define LOGITS17_G       (GSCRATCH + 0L)
+#define GATE17_G         (GSCRATCH + 6144L)
+#define XE17_G           (GSCRATCH + 8192L)
+#define HE17_G           (GSCRATCH + 335744L)
+#define YE17_G           (GSCRATCH + 990848L)
+#define V18_G                 3407872L
+#define V20_G                 3670016L
+#define V21_G                 3932160L
+#define QKV21_G          (GSCRATCH + 0L)
+#define Y21_G            (GSCRATCH + 786432L)
+#define V22_G                 4194304L
+#define V24_G                 4456448L
+#define V25_G                 4718592L
+#define H25_G            (GSCRATCH + 0L)
+#define ACTV25_G         (GSCRATCH + 524288L)
+#define V26_G                 4980736L
+#define V28_G                 5242880L
+#define V29_G                 5505024L
+#define QKV29_G          (GSCRATCH + 0L)
+#define Y29_G            (GSCRATCH + 786432L)
+#define V30_G                 5767168L
+#define V32_G                 6029312L
+#define V33_G                 6291456L
+#define LOGITS33_G       (GSCRATCH + 0L)
+#define GATE33_G         (GSCRATCH + 6144L)
+#define XE33_G           (GSCRATCH + 8192L)
+#define HE33_G           (GSCRATCH + 335744L)
+#define YE33_G           (GSCRATCH + 990848L)
+#define V34_G                 6553600L
+#define V35_G                 6815744L
+#define V36_G                 7077888L
+#define V37_G                 7094272L
+#define GSCRATCH 7095552L
+
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 6272L, 4, { 128, 1, 7, 7 }, 2, 0.02f, 1, 0 },
     { "patch_embed.proj.bias", 6272L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
@@ -222,12 +278,14 @@ static const int64_t HEAD_B[N_DATASETS] = { 804352L, 805642L, 806932L };
 
 const dev_layout DEV_LAYOUT = {
     18028448L, /* act_floats */
+    8413952L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */
     30L, /* stats: u64 */
-    131072L, /* red_floats */
+    262144L, /* red_floats */
     53, /* eval_batch */
     V37, /* logits */
+    V37_G, /* their gradient */
     XENT, /* per-sample loss */
     { 0L, 15L }, /* stats of each MoE layer */
     { 3L, 10L }, /* entropy sum of each MoE layer (dacc) */

@@ -7,10 +7,11 @@
 #include "kernels.cuh"
 
 /* B = the batch of this call (at most BATCH); every other shape is fixed.
- * A(off)/G(off): a value and its gradient in the device activation arenas,
+ * A(off): a value in the device activation arena, G(name): the gradient of
+ * buffer `name' in the gradient arena (name_G: its offset there),
  * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */
 #define A(off) (d->act + (off))
-#define G(off) (d->dact + (off))
+#define G(name) (d->dact + name##_G)
 #define P(off) (d->param + (off))
 #define DP(off) (d->grad + (off))
 #define IA(off) (d->iact + (off))
@@ -46,6 +47,19 @@
 #define V4                     272656L /* logits */
 #define XENT                   273296L /* cross-entropy per sample */
 
+/* ---- the gradient arena: each value's gradient, then the scratch that
+ * each op's backward reuses for the gradients of its insides ---- */
+#define V1_G                        0L
+#define V2_G                     8192L
+#define LOGITS2_G        (GSCRATCH + 0L)
+#define GATE2_G          (GSCRATCH + 256L)
+#define XE2_G            (GSCRATCH + 512L)
+#define HE2_G            (GSCRATCH + 33280L)
+#define YE2_G            (GSCRATCH + 98816L)
+#define V3_G                    16384L
+#define V4_G                    24576L
+#define GSCRATCH 25216L
+
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 100352L, 4, { 128, 1, 28, 28 }, 2, 0.02f, 1, 0 },
     { "patch_embed.proj.bias", 100352L, 128L, 1, { 128 }, 0, 0.0f, 0, 0 },
@@ -73,12 +87,14 @@ const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
 
 const dev_layout DEV_LAYOUT = {
     273360L, /* act_floats */
+    156800L, /* grad_floats */
     1264L, /* int_slots */
     12L, /* dacc: doubles */
     11L, /* stats: u64 */
     65536L, /* red_floats */
     64, /* eval_batch */
     V4, /* logits */
+    V4_G, /* their gradient */
     XENT, /* per-sample loss */
     { 0L }, /* stats of each MoE layer */
     { 3L }, /* entropy sum of each MoE layer (dacc) */

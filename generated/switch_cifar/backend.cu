@@ -138,7 +138,7 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     d->opt_m = (float *)dev_alloc(sizeof(float) * N_PARAMS);
     d->opt_v = (float *)dev_alloc(sizeof(float) * N_PARAMS);
     d->act = (float *)dev_alloc(sizeof(float) * (size_t)DEV_LAYOUT.act_floats);
-    d->dact = (float *)dev_alloc(sizeof(float) * (size_t)DEV_LAYOUT.act_floats);
+    d->dact = (float *)dev_alloc(sizeof(float) * (size_t)DEV_LAYOUT.grad_floats);
     d->iact = (int *)dev_alloc(sizeof(int) * (size_t)DEV_LAYOUT.int_slots);
     d->dacc = (double *)dev_alloc(sizeof(double) * (size_t)DEV_LAYOUT.dacc);
     d->stats = (unsigned long long *)dev_alloc(sizeof(unsigned long long) * (size_t)DEV_LAYOUT.stats);
@@ -295,7 +295,7 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
     dev_model *d = &s->d;
     CUDA_CHECK(cudaMemsetAsync(d->grad, 0, sizeof(float) * N_PARAMS, k->stream));
     dev_forward(k, d, B, 1);
-    float *logits = d->act + DEV_LAYOUT.logits, *dlogits = d->dact + DEV_LAYOUT.logits;
+    float *logits = d->act + DEV_LAYOUT.logits, *dlogits = d->dact + DEV_LAYOUT.dlogits;
     float *xent = d->act + DEV_LAYOUT.xent;
     softmax_xent_kernel<<<(unsigned)((B + 7) / 8), 256, 0, k->stream>>>(dlogits, xent, logits, labels, d->dataset,
                                                                        d->classes, B, N_CLASSES,

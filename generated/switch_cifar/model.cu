@@ -7,10 +7,11 @@
 #include "kernels.cuh"
 
 /* B = the batch of this call (at most BATCH); every other shape is fixed.
- * A(off)/G(off): a value and its gradient in the device activation arenas,
+ * A(off): a value in the device activation arena, G(name): the gradient of
+ * buffer `name' in the gradient arena (name_G: its offset there),
  * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */
 #define A(off) (d->act + (off))
-#define G(off) (d->dact + (off))
+#define G(name) (d->dact + name##_G)
 #define P(off) (d->param + (off))
 #define DP(off) (d->grad + (off))
 #define IA(off) (d->iact + (off))
@@ -263,6 +264,124 @@
 #define V86                 610247232L /* logits */
 #define XENT                610249792L /* cross-entropy per sample */
 
+/* ---- the gradient arena: each value's gradient, then the scratch that
+ * each op's backward reuses for the gradients of its insides ---- */
+#define V1_G                        0L
+#define V2_G                  3145728L
+#define V3_G                  6340608L
+#define V5_G                  9535488L
+#define V6_G                 12730368L
+#define QKV6_G           (GSCRATCH + 0L)
+#define Y6_G             (GSCRATCH + 9584640L)
+#define V7_G                 15925248L
+#define V8_G                 19120128L
+#define V10_G                22315008L
+#define V11_G                25509888L
+#define H11_G            (GSCRATCH + 0L)
+#define ACTV11_G         (GSCRATCH + 12779520L)
+#define V12_G                28704768L
+#define V13_G                31899648L
+#define V15_G                35094528L
+#define V16_G                38289408L
+#define QKV16_G          (GSCRATCH + 0L)
+#define Y16_G            (GSCRATCH + 9584640L)
+#define V17_G                41484288L
+#define V18_G                44679168L
+#define V20_G                47874048L
+#define V21_G                51068928L
+#define LOGITS21_G       (GSCRATCH + 0L)
+#define GATE21_G         (GSCRATCH + 133120L)
+#define XE21_G           (GSCRATCH + 149760L)
+#define HE21_G           (GSCRATCH + 4143360L)
+#define YE21_G           (GSCRATCH + 20117760L)
+#define V22_G                54263808L
+#define V23_G                57458688L
+#define V25_G                60653568L
+#define V26_G                63848448L
+#define QKV26_G          (GSCRATCH + 0L)
+#define Y26_G            (GSCRATCH + 9584640L)
+#define V27_G                67043328L
+#define V28_G                70238208L
+#define V30_G                73433088L
+#define V31_G                76627968L
+#define H31_G            (GSCRATCH + 0L)
+#define ACTV31_G         (GSCRATCH + 12779520L)
+#define V32_G                79822848L
+#define V33_G                83017728L
+#define V35_G                86212608L
+#define V36_G                89407488L
+#define QKV36_G          (GSCRATCH + 0L)
+#define Y36_G            (GSCRATCH + 9584640L)
+#define V37_G                92602368L
+#define V38_G                95797248L
+#define V40_G                98992128L
+#define V41_G               102187008L
+#define LOGITS41_G       (GSCRATCH + 0L)
+#define GATE41_G         (GSCRATCH + 133120L)
+#define XE41_G           (GSCRATCH + 149760L)
+#define HE41_G           (GSCRATCH + 4143360L)
+#define YE41_G           (GSCRATCH + 20117760L)
+#define V42_G               105381888L
+#define V43_G               108576768L
+#define V45_G               111771648L
+#define V46_G               114966528L
+#define QKV46_G          (GSCRATCH + 0L)
+#define Y46_G            (GSCRATCH + 9584640L)
+#define V47_G               118161408L
+#define V48_G               121356288L
+#define V50_G               124551168L
+#define V51_G               127746048L
+#define H51_G            (GSCRATCH + 0L)
+#define ACTV51_G         (GSCRATCH + 12779520L)
+#define V52_G               130940928L
+#define V53_G               134135808L
+#define V55_G               137330688L
+#define V56_G               140525568L
+#define QKV56_G          (GSCRATCH + 0L)
+#define Y56_G            (GSCRATCH + 9584640L)
+#define V57_G               143720448L
+#define V58_G               146915328L
+#define V60_G               150110208L
+#define V61_G               153305088L
+#define LOGITS61_G       (GSCRATCH + 0L)
+#define GATE61_G         (GSCRATCH + 133120L)
+#define XE61_G           (GSCRATCH + 149760L)
+#define HE61_G           (GSCRATCH + 4143360L)
+#define YE61_G           (GSCRATCH + 20117760L)
+#define V62_G               156499968L
+#define V63_G               159694848L
+#define V65_G               162889728L
+#define V66_G               166084608L
+#define QKV66_G          (GSCRATCH + 0L)
+#define Y66_G            (GSCRATCH + 9584640L)
+#define V67_G               169279488L
+#define V68_G               172474368L
+#define V70_G               175669248L
+#define V71_G               178864128L
+#define H71_G            (GSCRATCH + 0L)
+#define ACTV71_G         (GSCRATCH + 12779520L)
+#define V72_G               182059008L
+#define V73_G               185253888L
+#define V75_G               188448768L
+#define V76_G               191643648L
+#define QKV76_G          (GSCRATCH + 0L)
+#define Y76_G            (GSCRATCH + 9584640L)
+#define V77_G               194838528L
+#define V78_G               198033408L
+#define V80_G               201228288L
+#define V81_G               204423168L
+#define LOGITS81_G       (GSCRATCH + 0L)
+#define GATE81_G         (GSCRATCH + 133120L)
+#define XE81_G           (GSCRATCH + 149760L)
+#define HE81_G           (GSCRATCH + 4143360L)
+#define YE81_G           (GSCRATCH + 20117760L)
+#define V82_G               207618048L
+#define V83_G               210812928L
+#define V84_G               214007808L
+#define V85_G               217202688L
+#define V86_G               217251840L
+#define GSCRATCH 217254400L
+
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 9216L, 4, { 192, 3, 4, 4 }, 2, 0.02f, 1, 0 },
     { "patch_embed.proj.bias", 9216L, 192L, 1, { 192 }, 0, 0.0f, 0, 0 },
@@ -393,12 +512,14 @@ const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
 
 const dev_layout DEV_LAYOUT = {
     610250048L, /* act_floats */
+    242813440L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */
     76L, /* stats: u64 */
     798720L, /* red_floats */
     40, /* eval_batch */
     V86, /* logits */
+    V86_G, /* their gradient */
     XENT, /* per-sample loss */
     { 0L, 19L, 38L, 57L }, /* stats of each MoE layer */
     { 3L, 20L, 37L, 54L }, /* entropy sum of each MoE layer (dacc) */

@@ -171,7 +171,8 @@ struct kctx;          /* kernels.cuh: stream, cuBLAS handle, scratch */
 struct step_scalars;  /* kernels.cuh: learning rate and step, read on the device */
 typedef struct dev_model {
     float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */
-    float *act, *dact;     /* DEV_LAYOUT.act_floats each */
+    float *act;            /* DEV_LAYOUT.act_floats */
+    float *dact;           /* DEV_LAYOUT.grad_floats */
     int *iact;             /* DEV_LAYOUT.int_slots */
     double *dacc;          /* the step's sums: [0] cross-entropy, [1] auxiliary, [2] gradient norm */
     unsigned long long *stats; /* routing counts */
@@ -187,9 +188,9 @@ typedef struct dev_model {
 } dev_model;
 
 typedef struct dev_layout {
-    int64_t act_floats, int_slots, dacc, stats, red_floats;
+    int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;
     int eval_batch;        /* the largest batch the arenas hold dropless */
-    int64_t logits, xent;  /* act offsets */
+    int64_t logits, dlogits, xent; /* offsets in act, dact, act */
     int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], aux[N_MOE_SLOTS];
 } dev_layout;
 extern const dev_layout DEV_LAYOUT;

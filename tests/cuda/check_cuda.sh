@@ -1,14 +1,17 @@
 #!/bin/sh
 # check_cuda.sh: `make check-cuda`, on a machine with an NVIDIA GPU.
 #
-# For each model below, the CUDA trainer against the CPU trainer (the
+# For each model below (DAMEX: dataset-aware routing, capacity drops, batch
+# priority, gate noise; soft MoE; routers_gpu.moe: the attention, switch
+# and cosine routers), the CUDA trainer against the CPU trainer (the
 # reference) of the same .moe file, on the same data and seed:
 #   - the first step's loss and every parameter gradient (--dump-step),
 #     in fp32 (relative error per tensor within 1e-4) and in bf16 (3e-2);
 #     NaN or Inf never passes;
 #   - a short fp32 run's logged training losses (within 1e-2);
 # and compute-sanitizer's memcheck over a few CUDA training steps.
-# The kernels one by one: tests/cuda/test_kernels.cu (its own binary).
+# and, first, every kernel of kernels.cuh alone against its ops.h
+# reference (tests/cuda/test_kernels.cu, kernel_ref.c).
 . "${top_srcdir:-.}/tests/e2e/common.sh"
 
 if ! nvidia-smi -L > /dev/null 2>&1; then
@@ -17,13 +20,39 @@ if ! nvidia-smi -L > /dev/null 2>&1; then
 fi
 need_data || exit 1
 PY=${PYTHON:-python3}
+
+# the kernels one by one
+NVCC=$(command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_HOME=${NVCC%/bin/nvcc}
+if ${CC:-cc} -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Wno-unknown-pragmas -I"$top_srcdir/templates/cpu" \
+        -I"$top_srcdir/runtime" -c "$top_srcdir/tests/cuda/kernel_ref.c" -o "$WORK/kernel_ref.o" &&
+    "$NVCC" -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
+        -I"$top_srcdir/templates/cuda" -I"$top_srcdir/tests/cuda" -c "$top_srcdir/tests/cuda/test_kernels.cu" \
+        -o "$WORK/test_kernels.o" &&
+    ${CXX:-c++} -o "$WORK/test_kernels" "$WORK/test_kernels.o" "$WORK/kernel_ref.o" -L"$CUDA_HOME/lib64" \
+        -Wl,-rpath,"$CUDA_HOME/lib64" -lcublas -lcudart -lm > "$WORK/test_kernels.build" 2>&1; then
+    "$WORK/test_kernels" > "$WORK/test_kernels.log" 2>&1
+    rc=$?
+    cat "$WORK/test_kernels.log"
+    if [ $rc -eq 0 ]; then
+        ok "every kernel against ops.h: $(tail -n 1 "$WORK/test_kernels.log")"
+    else
+        not_ok "every kernel against ops.h (exit $rc): $(tail -n 1 "$WORK/test_kernels.log")"
+    fi
+else
+    cat "$WORK/test_kernels.build" 2>/dev/null
+    not_ok "tests/cuda/test_kernels builds"
+fi
 CMP="$PY $top_srcdir/tests/cuda/compare.py"
 STEPS=${CHECK_CUDA_STEPS:-40}
 
-for model in damex soft_moe_mnist; do
-    BACKEND=cpu gen "$model" || { not_ok "$model: the CPU trainer builds"; continue; }
+for spec in damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe \
+    routers_gpu:tests/cuda/routers_gpu.moe; do
+    model=${spec%%:*}
+    file=${spec#*:}
+    BACKEND=cpu gen "$model" "$file" || { not_ok "$model: the CPU trainer builds"; continue; }
     mv "$WORK/$model" "$WORK/$model.cpu"
-    BACKEND=cuda gen "$model" || { not_ok "$model: the CUDA trainer builds"; continue; }
+    BACKEND=cuda gen "$model" "$file" || { not_ok "$model: the CUDA trainer builds"; continue; }
     cpu=$WORK/$model.cpu
     cuda=$WORK/$model
     (cd "$cpu" && ./train --data "$DATA" --dump-step step.safetensors > dump.log 2>&1) ||

@@ -48,7 +48,8 @@ clean-demo:
 ## `make check-cuda`: on a machine with an NVIDIA GPU, the CUDA backend
 ## against the CPU backend (tests/cuda/check_cuda.sh). Not part of `make
 ## check`: CI has no GPU.
-EXTRA_DIST += tests/cuda/check_cuda.sh tests/cuda/compare.py bench/torch_gpu.py bench/gpu.sh
+EXTRA_DIST += tests/cuda/check_cuda.sh tests/cuda/compare.py tests/cuda/test_kernels.cu tests/cuda/kernel_ref.c \
+	tests/cuda/kernel_ref.h tests/cuda/routers_gpu.moe bench/torch_gpu.py bench/gpu.sh
 check-cuda: moecc libmoert.la
 	@$(AM_TESTS_ENVIRONMENT) $(SHELL) $(srcdir)/tests/cuda/check_cuda.sh
 

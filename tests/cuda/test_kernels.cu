@@ -1,0 +1,1043 @@
+/* test_kernels.cu: every CUDA kernel of templates/cuda/kernels.cuh against
+ * its CPU reference in templates/cpu/ops.h (through kernel_ref.c), one by
+ * one, forward and backward, on fresh random inputs.
+ *
+ * - Each test draws its own data from a fixed seed (xorshift64*, seeded by
+ *   the test's name and variant): reproducible, and different per test.
+ * - Every output the GPU should write is poisoned first (NaN bytes 0xFF for
+ *   floats and doubles, 0x80808080 for ints), so a kernel that leaves an
+ *   element unwritten fails. Outputs that accumulate (parameter gradients,
+ *   acc = 1 inputs) start from the same random values on both sides.
+ * - The error of one output tensor is max |gpu - cpu| / max(max |cpu|, 1e-6);
+ *   a NaN or Inf anywhere fails (the comparison is !(err <= tol)). The
+ *   tolerance is 1e-5 in fp32 (kctx.compute = CUBLAS_COMPUTE_32F), and 1e-2
+ *   for the cuBLAS kernels (linear, patch embedding, MoE experts) in bf16
+ *   mode (CUBLAS_COMPUTE_32F_FAST_16BF). Integer outputs (routing) must
+ *   match exactly.
+ * - The random-number kernels (gate_noise, dropout_mask) are not tested
+ *   here: their CPU versions need libmoert's Philox.
+ *
+ * Prints one line per check, `ok - <kernel> <what> (err X, tol Y)` or
+ * `not ok - ...`, then `N passed, M failed`. Exit status 0 when all pass, 1
+ * otherwise, 77 (skip) without a CUDA device. A CUDA error exits at once
+ * with status 1 (kernels.cuh's CUDA_CHECK). */
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "kernels.cuh"
+
+#include "kernel_ref.h"
+
+static_assert(ACT_GELU == 0 && ACT_RELU == 1 && ACT_SILU == 2, "kernel_ref.h passes ops.h's activation codes");
+
+static const double TOL32 = 1e-5; /* fp32 */
+static const double TOL16 = 1e-2; /* the cuBLAS kernels in bf16 mode */
+
+static kctx g_k;
+static bool g_bf16;
+static int g_pass, g_fail;
+
+static const char *mode()
+{
+    return g_bf16 ? "bf16" : "fp32";
+}
+
+/* the tolerance of a kernel that multiplies through cuBLAS */
+static double tol_blas()
+{
+    return g_bf16 ? TOL16 : TOL32;
+}
+
+/* ---- random numbers ------------------------------------------------------------------------------ */
+
+struct Rng {
+    uint64_t s;
+    explicit Rng(uint64_t seed) : s(seed ^ 0x9E3779B97F4A7C15ull)
+    {
+        if (!s)
+            s = 1;
+        for (int i = 0; i < 8; i++)
+            next();
+    }
+    uint64_t next() /* xorshift64* */
+    {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        return s * 0x2545F4914F6CDD1Dull;
+    }
+    float uni(float lo, float hi) /* [lo, hi) */
+    {
+        return lo + (hi - lo) * (float)((double)(next() >> 40) * (1.0 / 16777216.0));
+    }
+    int below(int n) /* [0, n) */
+    {
+        return (int)(next() % (uint64_t)n);
+    }
+};
+
+/* a test's seed: its name and variant */
+static uint64_t seed_of(const char *name, int variant)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = name; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return h ^ ((uint64_t)(unsigned)variant * 0x9E3779B97F4A7C15ull);
+}
+
+typedef std::vector<float> fvec;
+typedef std::vector<int> ivec;
+
+static fvec rnd(Rng &r, size_t n, float lo, float hi)
+{
+    fvec v(n);
+    for (size_t i = 0; i < n; i++)
+        v[i] = r.uni(lo, hi);
+    return v;
+}
+
+/* ---- device memory ------------------------------------------------------------------------------ */
+
+static std::vector<void *> g_allocs; /* freed at the end of each test */
+
+template <class T> static T *dalloc(size_t n)
+{
+    void *p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, (n ? n : 1) * sizeof(T)));
+    g_allocs.push_back(p);
+    return static_cast<T *>(p);
+}
+
+static void dfree_all()
+{
+    CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
+    for (void *p : g_allocs)
+        CUDA_CHECK(cudaFree(p));
+    g_allocs.clear();
+}
+
+/* a device copy of h */
+template <class T> static T *dup(const std::vector<T> &h)
+{
+    T *d = dalloc<T>(h.size());
+    if (!h.empty())
+        CUDA_CHECK(cudaMemcpyAsync(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice, g_k.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
+    return d;
+}
+
+/* n values from the device, after everything queued so far */
+template <class T> static std::vector<T> down(const T *d, size_t n)
+{
+    std::vector<T> h(n);
+    CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
+    if (n)
+        CUDA_CHECK(cudaMemcpyAsync(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost, g_k.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
+    return h;
+}
+
+/* n values that fail any comparison: NaN floats and doubles, 0x80808080 ints */
+template <class T> static T *dpoison(size_t n)
+{
+    T *d = dalloc<T>(n);
+    const int byte = std::is_floating_point<T>::value ? 0xFF : 0x80;
+    CUDA_CHECK(cudaMemsetAsync(d, byte, (n ? n : 1) * sizeof(T), g_k.stream));
+    return d;
+}
+
+template <class T> static T *dzero(size_t n)
+{
+    T *d = dalloc<T>(n);
+    CUDA_CHECK(cudaMemsetAsync(d, 0, (n ? n : 1) * sizeof(T), g_k.stream));
+    return d;
+}
+
+/* ---- comparisons ---------------------------------------------------------------------------------- */
+
+static std::string fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+static std::string fmt(const char *f, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(buf, sizeof buf, f, ap);
+    va_end(ap);
+    return std::string(buf);
+}
+
+/* a comment line naming the test that runs next (a CUDA error exits at once) */
+static void note(const std::string &test)
+{
+    printf("# %s\n", test.c_str());
+    fflush(stdout);
+}
+
+static void report(bool ok, const std::string &kernel, const std::string &what, double err, double tol)
+{
+    if (ok)
+        g_pass++;
+    else
+        g_fail++;
+    printf("%s - %s %s (err %.3g, tol %.3g)\n", ok ? "ok" : "not ok", kernel.c_str(), what.c_str(), err, tol);
+    fflush(stdout);
+}
+
+/* one output tensor: max |gpu - cpu| / max(max |cpu|, 1e-6) <= tol, all finite */
+static void check(const std::string &kernel, const std::string &what, const float *gpu, const float *cpu, size_t n,
+                  double tol)
+{
+    const size_t none = (size_t)-1;
+    double maxdiff = 0.0, maxref = 0.0;
+    size_t worst = 0, bad = none, nbad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double g = gpu[i], c = cpu[i];
+        if (!std::isfinite(g) || !std::isfinite(c)) {
+            if (bad == none)
+                bad = i;
+            nbad++;
+            continue;
+        }
+        const double d = std::fabs(g - c);
+        if (d > maxdiff) {
+            maxdiff = d;
+            worst = i;
+        }
+        maxref = std::max(maxref, std::fabs(c));
+    }
+    const double err = (n == 0 || nbad) ? NAN : maxdiff / std::max(maxref, 1e-6);
+    const bool ok = err <= tol; /* false for NaN */
+    report(ok, kernel, what, err, tol);
+    if (!ok && n) {
+        const size_t i = bad != none ? bad : worst;
+        printf("#   %zu of %zu not finite; at [%zu]: gpu %.9g, cpu %.9g; max |cpu| %.6g\n", nbad, n, i, (double)gpu[i],
+               (double)cpu[i], maxref);
+    }
+}
+
+static void check(const std::string &kernel, const std::string &what, const fvec &gpu, const fvec &cpu, double tol)
+{
+    if (gpu.size() != cpu.size()) {
+        report(false, kernel, what + " (the test's sizes differ)", NAN, tol);
+        return;
+    }
+    check(kernel, what, gpu.data(), cpu.data(), gpu.size(), tol);
+}
+
+/* one scalar, relative to max(|cpu|, 1e-6) */
+static void check_scalar(const std::string &kernel, const std::string &what, double gpu, double cpu, double tol)
+{
+    const double err =
+        std::isfinite(gpu) && std::isfinite(cpu) ? std::fabs(gpu - cpu) / std::max(std::fabs(cpu), 1e-6) : NAN;
+    const bool ok = err <= tol;
+    report(ok, kernel, what, err, tol);
+    if (!ok)
+        printf("#   gpu %.12g, cpu %.12g\n", gpu, cpu);
+}
+
+/* integers: every element equal (err = the number of mismatches) */
+template <class TG, class TC>
+static void check_exact(const std::string &kernel, const std::string &what, const TG *gpu, const TC *cpu, size_t n)
+{
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < n; i++)
+        if ((long long)gpu[i] != (long long)cpu[i]) {
+            if (!bad)
+                first = i;
+            bad++;
+        }
+    report(bad == 0 && n > 0, kernel, what, (double)bad, 0.0);
+    if (bad)
+        printf("#   %zu of %zu differ; first at [%zu]: gpu %lld, cpu %lld\n", bad, n, first, (long long)gpu[first],
+               (long long)cpu[first]);
+}
+
+/* ---- linear layers --------------------------------------------------------------------------------- */
+
+static void test_linear()
+{
+    const int M = 300, K = 96, N = 160;
+    const double tol = tol_blas();
+    note(fmt("linear [%s]", mode()));
+    Rng r(seed_of("linear", g_bf16));
+    const fvec inp = rnd(r, (size_t)M * K, -1, 1), w = rnd(r, (size_t)N * K, -0.5f, 0.5f), b = rnd(r, N, -1, 1);
+    float *d_inp = dup(inp), *d_w = dup(w), *d_b = dup(b);
+    for (int bias = 1; bias >= 0; bias--) {
+        float *d_out = dpoison<float>((size_t)M * N);
+        linear_forward(&g_k, d_out, d_inp, d_w, bias ? d_b : nullptr, M, K, N);
+        fvec out((size_t)M * N);
+        ref_linear_forward(out.data(), inp.data(), w.data(), bias ? b.data() : nullptr, M, K, N);
+        check("linear_forward", fmt("out, %s [%s]", bias ? "bias" : "no bias", mode()), down(d_out, out.size()), out,
+              tol);
+    }
+    const fvec dout = rnd(r, (size_t)M * N, -1, 1);
+    float *d_dout = dup(dout);
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec dinp = rnd(r, (size_t)M * K, -1, 1), dw = rnd(r, (size_t)N * K, -1, 1), db = rnd(r, N, -1, 1);
+        float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size());
+        float *d_dw = dup(dw), *d_db = dup(db);
+        linear_backward(&g_k, d_dinp, d_dw, d_db, d_dout, d_inp, d_w, M, K, N, acc);
+        ref_linear_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), M, K, N, acc);
+        const std::string c = fmt("acc=%d [%s]", acc, mode());
+        check("linear_backward", "dinp, " + c, down(d_dinp, dinp.size()), dinp, tol);
+        check("linear_backward", "dw, " + c, down(d_dw, dw.size()), dw, tol);
+        check("linear_backward", "db, " + c, down(d_db, db.size()), db, tol);
+    }
+    dfree_all();
+}
+
+static void test_patch_embed()
+{
+    constexpr int C = 3, IH = 32, IW = 32, P = 4, D = 64, T = (IH / P) * (IW / P), CPP = C * P * P;
+    const int B = 5;
+    const double tol = tol_blas();
+    note(fmt("patch_embed [%s]", mode()));
+    Rng r(seed_of("patch_embed", g_bf16));
+    const fvec img = rnd(r, (size_t)B * C * IH * IW, -1, 1), w = rnd(r, (size_t)D * CPP, -0.5f, 0.5f),
+               b = rnd(r, D, -1, 1);
+    float *d_img = dup(img), *d_w = dup(w), *d_b = dup(b);
+    float *d_out = dpoison<float>((size_t)B * T * D), *d_cols = dpoison<float>((size_t)B * T * CPP);
+    patch_embed_forward<C, IH, IW, P, D>(&g_k, d_out, d_cols, d_img, d_w, d_b, B);
+    fvec out((size_t)B * T * D), cols((size_t)B * T * CPP);
+    ref_patch_embed_forward(out.data(), cols.data(), img.data(), w.data(), b.data(), B, C, IH, IW, P, D);
+    check("patch_embed_forward", fmt("cols (im2col) [%s]", mode()), down(d_cols, cols.size()), cols, TOL32);
+    check("patch_embed_forward", fmt("out [%s]", mode()), down(d_out, out.size()), out, tol);
+
+    const fvec dout = rnd(r, out.size(), -1, 1);
+    fvec dw = rnd(r, w.size(), -1, 1), db = rnd(r, D, -1, 1);
+    float *d_dout = dup(dout), *d_cols_ref = dup(cols), *d_dw = dup(dw), *d_db = dup(db);
+    patch_embed_backward<C, IH, IW, P, D>(&g_k, d_dw, d_db, d_dout, d_cols_ref, B);
+    ref_patch_embed_backward(dw.data(), db.data(), dout.data(), cols.data(), B, C, IH, IW, P, D);
+    check("patch_embed_backward", fmt("dw [%s]", mode()), down(d_dw, dw.size()), dw, tol);
+    check("patch_embed_backward", fmt("db [%s]", mode()), down(d_db, db.size()), db, tol);
+    dfree_all();
+}
+
+/* ---- activations ------------------------------------------------------------------------------------ */
+
+template <int ACT> static void test_act(const char *name)
+{
+    const int M = 300, N = 160;
+    const size_t n = (size_t)M * N;
+    note(fmt("activations: %s", name));
+    Rng r(seed_of("act", ACT));
+    /* bias_act: h += bias, a = act(h), for one group and for three */
+    for (int G = 1; G <= 3; G += 2) {
+        const int MG = G == 1 ? M : 50;
+        const size_t ng = (size_t)G * MG * N;
+        const fvec h0 = rnd(r, ng, -3, 3), bias = rnd(r, (size_t)G * N, -1, 1);
+        float *d_h = dup(h0), *d_bias = dup(bias), *d_a = dpoison<float>(ng);
+        bias_act<ACT>(&g_k, d_a, d_h, d_bias, MG, N, G);
+        fvec h = h0, a(ng);
+        ref_bias_act(a.data(), h.data(), bias.data(), MG, N, G, ACT);
+        check("bias_act", fmt("%s h, G=%d", name, G), down(d_h, ng), h, TOL32);
+        check("bias_act", fmt("%s a, G=%d", name, G), down(d_a, ng), a, TOL32);
+    }
+    const fvec inp = rnd(r, n, -3, 3);
+    float *d_inp = dup(inp), *d_out = dpoison<float>(n);
+    act_forward<ACT>(&g_k, d_out, d_inp, (int64_t)n);
+    fvec out(n);
+    ref_act_forward(out.data(), inp.data(), n, ACT);
+    check("act_forward", fmt("%s out", name), down(d_out, n), out, TOL32);
+
+    const fvec dout = rnd(r, n, -1, 1);
+    float *d_dout = dup(dout);
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec dinp = rnd(r, n, -1, 1);
+        float *d_dinp = acc ? dup(dinp) : dpoison<float>(n);
+        act_backward<ACT>(&g_k, d_dinp, d_dout, d_inp, (int64_t)n, acc);
+        ref_act_backward(dinp.data(), dout.data(), inp.data(), n, ACT, acc);
+        check("act_backward", fmt("%s dinp, acc=%d", name, acc), down(d_dinp, n), dinp, TOL32);
+    }
+    dfree_all();
+}
+
+/* ---- element-wise, masks ------------------------------------------------------------------------------ */
+
+static void test_elementwise()
+{
+    const int B = 5, T = 17, D = 48;
+    const size_t n = (size_t)B * T * D, R = (size_t)T * D;
+    note("element-wise and masks");
+    Rng r(seed_of("elementwise", 0));
+    const fvec a = rnd(r, n, -1, 1), b = rnd(r, n, -1, 1);
+    float *d_a = dup(a), *d_b = dup(b);
+    {
+        float *d_out = dpoison<float>(n);
+        add_forward(&g_k, d_out, d_a, d_b, (int64_t)n);
+        fvec out(n);
+        ref_add_forward(out.data(), a.data(), b.data(), n);
+        check("add_forward", "out", down(d_out, n), out, TOL32);
+    }
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec dst = rnd(r, n, -1, 1);
+        float *d_dst = acc ? dup(dst) : dpoison<float>(n);
+        grad_pass(&g_k, d_dst, d_a, (int64_t)n, acc);
+        ref_grad_pass(dst.data(), a.data(), n, acc);
+        check("grad_pass", fmt("dst, acc=%d", acc), down(d_dst, n), dst, TOL32);
+    }
+    {
+        float *d_x = dup(b);
+        scale_inplace(&g_k, d_x, (int64_t)n, 0.37f);
+        fvec x = b;
+        ref_scale_inplace(x.data(), n, 0.37f);
+        check("scale_inplace", "x", down(d_x, n), x, TOL32);
+    }
+    /* dropout (R = 1): a fixed mask of 0 and 1/(1-p) */
+    const float p = 0.25f, keep = 1.0f / (1.0f - p);
+    fvec mask(n);
+    for (size_t i = 0; i < n; i++)
+        mask[i] = r.below(4) == 0 ? 0.0f : keep;
+    float *d_mask = dup(mask);
+    {
+        float *d_out = dpoison<float>(n);
+        mask_forward(&g_k, d_out, d_a, d_mask, (int64_t)n);
+        fvec out(n);
+        ref_mask_forward(out.data(), a.data(), mask.data(), n);
+        check("mask_forward", "out, R=1", down(d_out, n), out, TOL32);
+    }
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec dinp = rnd(r, n, -1, 1);
+        float *d_dinp = acc ? dup(dinp) : dpoison<float>(n);
+        mask_backward(&g_k, d_dinp, d_b, d_mask, (int64_t)n, acc);
+        ref_mask_backward(dinp.data(), b.data(), mask.data(), n, acc);
+        check("mask_backward", fmt("dinp, R=1, acc=%d", acc), down(d_dinp, n), dinp, TOL32);
+    }
+    /* drop path (R = a sample's T * D values): one keep value per sample */
+    fvec kp(B);
+    for (int i = 0; i < B; i++)
+        kp[i] = i == 1 ? 0.0f : (i == 2 ? keep : (r.below(2) ? keep : 0.0f));
+    float *d_kp = dup(kp);
+    {
+        float *d_out = dpoison<float>(n);
+        mask_forward(&g_k, d_out, d_a, d_kp, (int64_t)n, (int64_t)R);
+        fvec out(n);
+        ref_rowmask_forward(out.data(), a.data(), kp.data(), B, R);
+        check("mask_forward", "out, R=T*D (rowmask)", down(d_out, n), out, TOL32);
+    }
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec dinp = rnd(r, n, -1, 1);
+        float *d_dinp = acc ? dup(dinp) : dpoison<float>(n);
+        mask_backward(&g_k, d_dinp, d_b, d_kp, (int64_t)n, acc, (int64_t)R);
+        ref_rowmask_backward(dinp.data(), b.data(), kp.data(), B, R, acc);
+        check("mask_backward", fmt("dinp, R=T*D (rowmask), acc=%d", acc), down(d_dinp, n), dinp, TOL32);
+    }
+    dfree_all();
+}
+
+/* ---- class token, positions, pooling, sine-cosine table ---------------------------------------------- */
+
+static void test_tokens()
+{
+    const int B = 5, T = 16, D = 48;
+    note("class token, positions, pooling, sine-cosine table");
+    Rng r(seed_of("tokens", 0));
+    /* class token: [B, T, D] -> [B, T+1, D] */
+    {
+        const fvec inp = rnd(r, (size_t)B * T * D, -1, 1), cls = rnd(r, D, -1, 1);
+        float *d_inp = dup(inp), *d_cls = dup(cls), *d_out = dpoison<float>((size_t)B * (T + 1) * D);
+        cls_token_forward(&g_k, d_out, d_inp, d_cls, B, T, D);
+        fvec out((size_t)B * (T + 1) * D);
+        ref_cls_token_forward(out.data(), inp.data(), cls.data(), B, T, D);
+        check("cls_token_forward", "out", down(d_out, out.size()), out, TOL32);
+        const fvec dout = rnd(r, out.size(), -1, 1);
+        float *d_dout = dup(dout);
+        for (int acc = 0; acc <= 1; acc++) {
+            fvec dinp = rnd(r, inp.size(), -1, 1), dcls = rnd(r, D, -1, 1);
+            float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dcls = dup(dcls);
+            cls_token_backward(&g_k, d_dinp, d_dcls, d_dout, B, T, D, acc);
+            ref_cls_token_backward(dinp.data(), dcls.data(), dout.data(), B, T, D, acc);
+            check("cls_token_backward", fmt("dinp, acc=%d", acc), down(d_dinp, dinp.size()), dinp, TOL32);
+            check("cls_token_backward", fmt("dcls, acc=%d", acc), down(d_dcls, dcls.size()), dcls, TOL32);
+        }
+    }
+    /* learned positions: [B, T+1, D] + pos[T+1, D] */
+    {
+        const int TT = T + 1;
+        const fvec inp = rnd(r, (size_t)B * TT * D, -1, 1), pos = rnd(r, (size_t)TT * D, -1, 1);
+        float *d_inp = dup(inp), *d_pos = dup(pos), *d_out = dpoison<float>(inp.size());
+        pos_embed_forward(&g_k, d_out, d_inp, d_pos, B, TT, D);
+        fvec out(inp.size());
+        ref_pos_embed_forward(out.data(), inp.data(), pos.data(), B, TT, D);
+        check("pos_embed_forward", "out", down(d_out, out.size()), out, TOL32);
+        const fvec dout = rnd(r, out.size(), -1, 1);
+        float *d_dout = dup(dout);
+        for (int v = 0; v < 3; v++) {
+            const int acc = v == 1, learned = v < 2; /* acc 0, acc 1, a fixed table (dpos NULL) */
+            fvec dinp = rnd(r, inp.size(), -1, 1), dpos = rnd(r, pos.size(), -1, 1);
+            float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dpos = dup(dpos);
+            pos_embed_backward(&g_k, d_dinp, learned ? d_dpos : nullptr, d_dout, B, TT, D, acc);
+            ref_pos_embed_backward(dinp.data(), learned ? dpos.data() : nullptr, dout.data(), B, TT, D, acc);
+            const std::string c = fmt("acc=%d, %s", acc, learned ? "learned" : "dpos NULL");
+            check("pos_embed_backward", "dinp, " + c, down(d_dinp, dinp.size()), dinp, TOL32);
+            check("pos_embed_backward", "dpos, " + c, down(d_dpos, dpos.size()), dpos, TOL32);
+        }
+    }
+    /* pooling: the class token or the mean over tokens */
+    {
+        const fvec inp = rnd(r, (size_t)B * T * D, -1, 1);
+        float *d_inp = dup(inp);
+        for (int cls = 0; cls <= 1; cls++) {
+            float *d_out = dpoison<float>((size_t)B * D);
+            pool_forward(&g_k, d_out, d_inp, B, T, D, cls);
+            fvec out((size_t)B * D);
+            ref_pool_forward(out.data(), inp.data(), B, T, D, cls);
+            check("pool_forward", fmt("out, cls=%d", cls), down(d_out, out.size()), out, TOL32);
+            const fvec dout = rnd(r, out.size(), -1, 1);
+            float *d_dout = dup(dout);
+            for (int acc = 0; acc <= 1; acc++) {
+                fvec dinp = rnd(r, inp.size(), -1, 1);
+                float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size());
+                pool_backward(&g_k, d_dinp, d_dout, B, T, D, cls, acc);
+                ref_pool_backward(dinp.data(), dout.data(), B, T, D, cls, acc);
+                check("pool_backward", fmt("dinp, cls=%d, acc=%d", cls, acc), down(d_dinp, dinp.size()), dinp,
+                      TOL32);
+            }
+        }
+    }
+    /* the fixed sine-cosine table */
+    {
+        const int shapes[3][4] = { { 8, 8, 64, 1 }, { 4, 7, 66, 0 }, { 14, 14, 192, 1 } }; /* GH, GW, D, cls */
+        for (const auto &s : shapes) {
+            const size_t n = (size_t)(s[0] * s[1] + s[3]) * s[2];
+            float *d_pos = dpoison<float>(n);
+            sincos_table(&g_k, d_pos, s[0], s[1], s[2], s[3]);
+            fvec pos(n);
+            ref_sincos_table(pos.data(), s[0], s[1], s[2], s[3]);
+            check("sincos_table", fmt("%dx%d, D=%d, cls=%d", s[0], s[1], s[2], s[3]), down(d_pos, n), pos, TOL32);
+        }
+    }
+    dfree_all();
+}
+
+/* ---- layer norm, l2 norm ---------------------------------------------------------------------------------- */
+
+template <int D> static void test_layernorm()
+{
+    const int N = 517;
+    const float eps = 1e-5f;
+    note(fmt("layernorm D=%d", D));
+    Rng r(seed_of("layernorm", D));
+    fvec inp((size_t)N * D);
+    for (int i = 0; i < N; i++) { /* rows of different means and spreads */
+        const float mu = r.uni(-0.5f, 0.5f), sd = r.uni(0.5f, 2.0f);
+        for (int j = 0; j < D; j++)
+            inp[(size_t)i * D + j] = mu + sd * r.uni(-1, 1);
+    }
+    const fvec w = rnd(r, D, 0.5f, 1.5f), b = rnd(r, D, -0.5f, 0.5f);
+    float *d_inp = dup(inp), *d_w = dup(w), *d_b = dup(b);
+    float *d_out = dpoison<float>(inp.size()), *d_mean = dpoison<float>(N), *d_rstd = dpoison<float>(N);
+    layernorm_forward<D>(&g_k, d_out, d_mean, d_rstd, d_inp, d_w, d_b, N, eps);
+    fvec out(inp.size()), mean(N), rstd(N);
+    ref_layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), N, D, eps);
+    check("layernorm_forward", fmt("out, D=%d", D), down(d_out, out.size()), out, TOL32);
+    check("layernorm_forward", fmt("mean, D=%d", D), down(d_mean, N), mean, TOL32);
+    check("layernorm_forward", fmt("rstd, D=%d", D), down(d_rstd, N), rstd, TOL32);
+
+    /* the backward pass from the CPU's saved statistics */
+    const fvec dout = rnd(r, out.size(), -1, 1);
+    float *d_dout = dup(dout), *d_mean_ref = dup(mean), *d_rstd_ref = dup(rstd);
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec dinp = rnd(r, inp.size(), -1, 1), dw = rnd(r, D, -1, 1), db = rnd(r, D, -1, 1);
+        float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dw = dup(dw), *d_db = dup(db);
+        layernorm_backward<D>(&g_k, d_dinp, d_dw, d_db, d_dout, d_inp, d_w, d_mean_ref, d_rstd_ref, N, acc);
+        ref_layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), mean.data(),
+                               rstd.data(), N, D, acc);
+        const std::string c = fmt("D=%d, acc=%d", D, acc);
+        check("layernorm_backward", "dinp, " + c, down(d_dinp, dinp.size()), dinp, TOL32);
+        check("layernorm_backward", "dw, " + c, down(d_dw, D), dw, TOL32);
+        check("layernorm_backward", "db, " + c, down(d_db, D), db, TOL32);
+    }
+    dfree_all();
+}
+
+static void test_l2norm()
+{
+    const int rows = 123, C = 40;
+    note("l2norm");
+    Rng r(seed_of("l2norm", 0));
+    const fvec in = rnd(r, (size_t)rows * C, -1, 1);
+    float *d_in = dup(in), *d_out = dpoison<float>(in.size()), *d_norm = dpoison<float>(rows);
+    l2norm_forward(&g_k, d_out, d_norm, d_in, rows, C);
+    fvec out(in.size()), norm(rows);
+    ref_l2norm_forward(out.data(), norm.data(), in.data(), rows, C);
+    check("l2norm_forward", "out", down(d_out, out.size()), out, TOL32);
+    check("l2norm_forward", "norm", down(d_norm, rows), norm, TOL32);
+    const fvec dout = rnd(r, out.size(), -1, 1);
+    float *d_dout = dup(dout), *d_out_ref = dup(out), *d_norm_ref = dup(norm);
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec din = rnd(r, in.size(), -1, 1);
+        float *d_din = acc ? dup(din) : dpoison<float>(din.size());
+        l2norm_backward(&g_k, d_din, d_dout, d_out_ref, d_norm_ref, rows, C, acc);
+        ref_l2norm_backward(din.data(), dout.data(), out.data(), norm.data(), rows, C, acc);
+        check("l2norm_backward", fmt("din, acc=%d", acc), down(d_din, din.size()), din, TOL32);
+    }
+    dfree_all();
+}
+
+/* ---- attention ------------------------------------------------------------------------------------------ */
+
+template <int T, int HD, int NH> static void test_attention(int B)
+{
+    constexpr int D = HD * NH;
+    note(fmt("attention T=%d HD=%d NH=%d", T, HD, NH));
+    attention_setup<T, HD, NH>();
+    Rng r(seed_of("attention", T * 1000 + HD * 10 + NH));
+    const fvec qkv = rnd(r, (size_t)B * T * 3 * D, -2, 2);
+    float *d_qkv = dup(qkv), *d_out = dpoison<float>((size_t)B * T * D), *d_att = dpoison<float>((size_t)B * NH * T * T);
+    attention_forward<T, HD, NH>(&g_k, d_out, d_att, d_qkv, B);
+    fvec out((size_t)B * T * D), att((size_t)B * NH * T * T);
+    ref_attention_forward(out.data(), att.data(), qkv.data(), B, T, D, NH);
+    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d", T, HD, NH, B);
+    check("attention_forward", "out, " + c, down(d_out, out.size()), out, TOL32);
+    check("attention_forward", "att, " + c, down(d_att, att.size()), att, TOL32);
+    /* the backward pass from the CPU's weights */
+    const fvec dout = rnd(r, out.size(), -1, 1);
+    float *d_dout = dup(dout), *d_att_ref = dup(att), *d_dqkv = dpoison<float>(qkv.size());
+    attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B);
+    fvec dqkv(qkv.size()), datt(att.size());
+    ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, D, NH);
+    check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, TOL32);
+    dfree_all();
+}
+
+/* ---- heads and the loss ------------------------------------------------------------------------------------ */
+
+static void test_softmax_xent(int B, int CMAX, int C0, int C1)
+{
+    const float eps = 0.1f, scale = 1.0f / (float)B;
+    note(fmt("softmax_xent CMAX=%d", CMAX));
+    Rng r(seed_of("softmax_xent", CMAX));
+    const ivec classes = { C0, C1 };
+    std::vector<int32_t> dataset(B), labels(B);
+    for (int b = 0; b < B; b++) {
+        dataset[b] = b < 2 ? b : r.below(2);
+        labels[b] = r.below(classes[dataset[b]]);
+    }
+    const fvec logits = rnd(r, (size_t)B * CMAX, -4, 4); /* columns past C too: ignored */
+    float *d_logits = dup(logits), *d_dl = dpoison<float>(logits.size()), *d_loss = dpoison<float>(B);
+    int32_t *d_labels = dup(labels), *d_dataset = dup(dataset);
+    int *d_classes = dup(classes);
+    softmax_xent_kernel<<<(unsigned)((B + 7) / 8), 256, 0, g_k.stream>>>(d_dl, d_loss, d_logits, d_labels, d_dataset,
+                                                                         d_classes, B, CMAX, eps, scale);
+    LAUNCH_CHECK();
+    fvec dl(logits.size()), loss(B);
+    for (int b = 0; b < B; b++) {
+        const int C = classes[dataset[b]];
+        float *d = dl.data() + (size_t)b * CMAX;
+        for (int c = C; c < CMAX; c++)
+            d[c] = 0.0f;
+        loss[b] = ref_softmax_xent(d, logits.data() + (size_t)b * CMAX, C, labels[b], eps, scale);
+    }
+    const std::string c = fmt("B=%d, CMAX=%d, classes {%d, %d}", B, CMAX, C0, C1);
+    check("softmax_xent_kernel", "dlogits, " + c, down(d_dl, dl.size()), dl, TOL32);
+    check("softmax_xent_kernel", "loss, " + c, down(d_loss, B), loss, TOL32);
+    /* the batch's mean loss, added to an accumulator as backend.cu does (of the CPU's losses) */
+    const std::vector<double> acc0 = { 0.25 };
+    double *d_acc = dup(acc0);
+    float *d_loss_ref = dup(loss);
+    mean_accumulate_kernel<<<1, 256, 0, g_k.stream>>>(d_acc, d_loss_ref, B);
+    LAUNCH_CHECK();
+    double mean = 0.0;
+    for (int b = 0; b < B; b++)
+        mean += loss[b];
+    check_scalar("mean_accumulate_kernel", "0.25 + mean loss, " + c, down(d_acc, 1)[0], acc0[0] + mean / B, 1e-10);
+    dfree_all();
+}
+
+static void test_head()
+{
+    const int B = 29, D = 48, CMAX = 10, ND = 2;
+    const ivec classes = { 10, 7 };
+    note("head");
+    Rng r(seed_of("head", 0));
+    /* the parameter arena: padding around the heads, which must stay as it is */
+    int64_t w_off[ND], b_off[ND], o = 7;
+    for (int d = 0; d < ND; d++) {
+        w_off[d] = o;
+        o += (int64_t)classes[d] * D;
+        b_off[d] = o;
+        o += classes[d] + 3;
+    }
+    const size_t P = (size_t)o + 5;
+    const std::vector<int64_t> head_off = { w_off[0], w_off[1], b_off[0], b_off[1] };
+    std::vector<int32_t> dataset(B);
+    for (int b = 0; b < B; b++)
+        dataset[b] = b < ND ? b : r.below(ND);
+    const fvec param = rnd(r, P, -1, 1), inp = rnd(r, (size_t)B * D, -1, 1);
+    float *d_param = dup(param), *d_inp = dup(inp), *d_out = dpoison<float>((size_t)B * CMAX);
+    int64_t *d_off = dup(head_off);
+    int *d_classes = dup(classes);
+    int32_t *d_dataset = dup(dataset);
+    head_forward(&g_k, d_out, d_inp, d_param, d_off, d_classes, d_dataset, B, D, CMAX, ND);
+    fvec out((size_t)B * CMAX);
+    ref_head_forward(out.data(), inp.data(), param.data(), w_off, b_off, classes.data(), dataset.data(), B, D, CMAX);
+    check("head_forward", "out", down(d_out, out.size()), out, TOL32);
+
+    const fvec dout = rnd(r, out.size(), -1, 1); /* columns past C too: ignored */
+    float *d_dout = dup(dout);
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec dinp = rnd(r, inp.size(), -1, 1), grad = rnd(r, P, -1, 1);
+        float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_grad = dup(grad);
+        head_backward(&g_k, d_dinp, d_grad, d_dout, d_inp, d_param, d_off, d_classes, d_dataset, B, D, CMAX, ND, acc);
+        ref_head_backward(dinp.data(), grad.data(), dout.data(), inp.data(), param.data(), w_off, b_off,
+                          classes.data(), dataset.data(), B, D, CMAX, acc);
+        check("head_backward", fmt("dinp, acc=%d", acc), down(d_dinp, dinp.size()), dinp, TOL32);
+        check("head_backward", fmt("grad (whole arena), acc=%d", acc), down(d_grad, P), grad, TOL32);
+    }
+    dfree_all();
+}
+
+/* ---- mixture of experts ------------------------------------------------------------------------------------ */
+
+/* One MoE layer, forward and backward, as model.cu and model.c call it:
+ * E experts, top K, N = 300 tokens of T = 20 per sample, two datasets
+ * mapped to experts (the DAMEX loss), all four auxiliary losses weighted. */
+template <int E, int K, int ACT>
+static void test_moe(int variant, int dropless, int normalize, int batch_priority, int acc)
+{
+    constexpr int D = 32, H = 48, T = 20, ND = 2;
+    const int N = 300, B = N / T;
+    /* weights larger than a model's, so that each auxiliary gradient is well
+     * above the tolerance in the router's gradient */
+    const float w_bal = 0.5f, w_z = 0.5f, w_ds = 0.5f, w_imp = 0.5f;
+    const double tolb = tol_blas();
+    const char *act = ACT == ACT_GELU ? "gelu" : ACT == ACT_RELU ? "relu" : "silu";
+    const int cap = moe_capacity(N, E, K, 1.25, dropless);
+    const int cap_ref = ref_moe_capacity(N, E, K, 1.25, dropless);
+    const std::string c = fmt("E=%d K=%d cap=%d normalize=%d batch_priority=%d acc=%d %s [%s]", E, K, cap, normalize,
+                              batch_priority, acc, act, mode());
+    note("moe " + c);
+    check_exact("moe_capacity", c, &cap, &cap_ref, 1);
+    if (cap != cap_ref)
+        return;
+
+    Rng r(seed_of("moe", variant * 2 + g_bf16));
+    const fvec x = rnd(r, (size_t)N * D, -1, 1);
+    fvec logits((size_t)N * E); /* expert 0 favoured, so that its capacity overflows */
+    for (int n = 0; n < N; n++)
+        for (int e = 0; e < E; e++)
+            logits[(size_t)n * E + e] = r.uni(-2, 2) + (e == 0 ? 1.0f : -0.25f * (float)(e % 3));
+    const fvec w1 = rnd(r, (size_t)E * H * D, -0.35f, 0.35f), b1 = rnd(r, (size_t)E * H, -0.5f, 0.5f);
+    const fvec w2 = rnd(r, (size_t)E * D * H, -0.3f, 0.3f), b2 = rnd(r, (size_t)E * D, -0.5f, 0.5f);
+    const fvec dout = rnd(r, (size_t)N * D, -1, 1);
+    std::vector<int32_t> dataset(B);
+    for (int b = 0; b < B; b++)
+        dataset[b] = b < ND ? b : r.below(ND);
+    const ivec map = { 1 % E, E - 1 };
+    ivec target(N);
+    for (int n = 0; n < N; n++)
+        target[n] = map[dataset[n / T]];
+    const fvec dx0 = rnd(r, (size_t)N * D, -1, 1);
+    const fvec dw1_0 = rnd(r, w1.size(), -0.5f, 0.5f), db1_0 = rnd(r, b1.size(), -0.5f, 0.5f);
+    const fvec dw2_0 = rnd(r, w2.size(), -0.5f, 0.5f), db2_0 = rnd(r, b2.size(), -0.5f, 0.5f);
+
+    /* ---- the GPU, in model.cu's order ---- */
+    float *d_x = dup(x), *d_logits = dup(logits), *d_w1 = dup(w1), *d_b1 = dup(b1), *d_w2 = dup(w2), *d_b2 = dup(b2);
+    float *d_dout = dup(dout);
+    int32_t *d_dataset = dup(dataset);
+    int *d_map = dup(map);
+    const int nblk = (int)(((int64_t)N * K + ROUTE_BLOCK - 1) / ROUTE_BLOCK);
+    moe_route_buf rb;
+    memset(&rb, 0, sizeof rb);
+    rb.probs = dpoison<float>((size_t)N * E);
+    rb.lse = dpoison<float>(N);
+    rb.topp = dpoison<float>((size_t)N * K);
+    rb.gate = dpoison<float>((size_t)N * K);
+    rb.prio = dpoison<float>(N);
+    rb.prio_sorted = dpoison<float>(N);
+    rb.entropy = dpoison<float>(N);
+    rb.topk = dpoison<int>((size_t)N * K);
+    rb.slot = dpoison<int>((size_t)N * K);
+    rb.count = dpoison<int>(E);
+    rb.row_token = dpoison<int>((size_t)E * cap);
+    rb.row_k = dpoison<int>((size_t)E * cap);
+    rb.order = dpoison<int>(N);
+    rb.iota = dpoison<int>(N);
+    rb.blk_count = dpoison<int>((size_t)nblk * E);
+    rb.blk_base = dpoison<int>((size_t)nblk * E);
+    size_t sort_bytes = 0;
+    if (moe_prio_sort_dev(nullptr, &sort_bytes, nullptr, nullptr, nullptr, nullptr, N, g_k.stream) != 0) {
+        report(false, "moe_route", c + " (cannot size the routing sort)", NAN, 0.0);
+        dfree_all();
+        return;
+    }
+    rb.sort_tmp = dalloc<char>(sort_bytes);
+    rb.sort_bytes = sort_bytes;
+    int *d_target = dpoison<int>(N);
+    const size_t rows = (size_t)E * cap;
+    float *d_out = dpoison<float>((size_t)N * D), *d_xe = dpoison<float>(rows * D), *d_h = dpoison<float>(rows * H);
+    float *d_a = dpoison<float>(rows * H), *d_ye = dpoison<float>(rows * D);
+    float *d_aux = dpoison<float>(4);
+    double *d_sums = dpoison<double>(2 * E), *d_loss = dzero<double>(1), *d_entropy = dzero<double>(1);
+    const size_t nst = (size_t)E + (size_t)ND * E + 3;
+    unsigned long long *d_st = dzero<unsigned long long>(nst);
+
+    moe_route<E, K>(&g_k, &rb, d_logits, N, cap, normalize, batch_priority);
+    moe_target(&g_k, d_target, d_dataset, d_map, N, T);
+    moe_experts_forward<D, H, E, K, ACT>(&g_k, d_out, d_xe, d_h, d_a, d_ye, d_x, &rb, d_w1, d_b1, d_w2, d_b2, N, cap);
+    moe_aux_losses<E, K>(&g_k, d_aux, d_sums, d_loss, d_st, d_entropy, &rb, d_target, d_dataset, w_bal, w_z, w_ds,
+                         w_imp, N, T, ND, 1);
+
+    float *d_dx = acc ? dup(dx0) : dpoison<float>(dx0.size());
+    float *d_dgate = dpoison<float>((size_t)N * K), *d_dye = dpoison<float>(rows * D), *d_dh = dpoison<float>(rows * H);
+    float *d_dxe = dpoison<float>(rows * D);
+    float *d_dw1 = dup(dw1_0), *d_db1 = dup(db1_0), *d_dw2 = dup(dw2_0), *d_db2 = dup(db2_0);
+    float *d_dlogits = dpoison<float>((size_t)N * E);
+    moe_experts_backward<D, H, E, K, ACT>(&g_k, d_dx, d_dgate, d_dye, d_dh, d_dxe, d_dout, d_xe, d_h, d_a, d_ye, &rb,
+                                          d_w1, d_w2, d_dw1, d_db1, d_dw2, d_db2, N, cap, acc);
+    moe_router_backward<E, K>(&g_k, d_dlogits, d_dgate, &rb, d_target, d_sums, N, normalize, w_bal, w_z, w_ds, w_imp);
+    CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
+
+    /* ---- the CPU, in model.c's order ---- */
+    fvec probs((size_t)N * E), lse(N), topp((size_t)N * K), gate((size_t)N * K), out((size_t)N * D);
+    ivec topk((size_t)N * K), slot((size_t)N * K), count(E);
+    fvec dx = dx0, dgate((size_t)N * K), dw1 = dw1_0, db1 = db1_0, dw2 = dw2_0, db2 = db2_0, dlogits((size_t)N * E);
+    std::vector<int64_t> load(E), ds_expert((size_t)ND * E);
+    ref_moe_io io;
+    memset(&io, 0, sizeof io);
+    io.N = N;
+    io.D = D;
+    io.H = H;
+    io.E = E;
+    io.K = K;
+    io.T = T;
+    io.ND = ND;
+    io.cap = cap;
+    io.normalize = normalize;
+    io.batch_priority = batch_priority;
+    io.act = ACT;
+    io.acc = acc;
+    io.w_bal = w_bal;
+    io.w_z = w_z;
+    io.w_ds = w_ds;
+    io.w_imp = w_imp;
+    io.x = x.data();
+    io.logits = logits.data();
+    io.w1 = w1.data();
+    io.b1 = b1.data();
+    io.w2 = w2.data();
+    io.b2 = b2.data();
+    io.dout = dout.data();
+    io.target = target.data();
+    io.dataset = dataset.data();
+    io.probs = probs.data();
+    io.lse = lse.data();
+    io.topp = topp.data();
+    io.gate = gate.data();
+    io.topk = topk.data();
+    io.slot = slot.data();
+    io.count = count.data();
+    io.out = out.data();
+    io.dx = dx.data();
+    io.dgate = dgate.data();
+    io.dw1 = dw1.data();
+    io.db1 = db1.data();
+    io.dw2 = dw2.data();
+    io.db2 = db2.data();
+    io.dlogits = dlogits.data();
+    io.load = load.data();
+    io.ds_expert = ds_expert.data();
+    if (ref_moe_layer(&io) != 0) {
+        report(false, "moe", c + " (the CPU reference ran out of memory)", NAN, 0.0);
+        dfree_all();
+        return;
+    }
+    printf("# moe %s: %lld of %lld choices dropped\n", c.c_str(), (long long)io.dropped, (long long)io.assigned);
+
+    /* ---- routing (exact where discrete) ---- */
+    check("moe_route", "probs, " + c, down(rb.probs, probs.size()), probs, TOL32);
+    check("moe_route", "lse, " + c, down(rb.lse, lse.size()), lse, TOL32);
+    const ivec g_topk = down(rb.topk, topk.size()), g_slot = down(rb.slot, slot.size()), g_count = down(rb.count, E);
+    check_exact("moe_route", "topk, " + c, g_topk.data(), topk.data(), topk.size());
+    check("moe_route", "topp, " + c, down(rb.topp, topp.size()), topp, TOL32);
+    check("moe_route", "gate, " + c, down(rb.gate, gate.size()), gate, TOL32);
+    check_exact("moe_route", "slot, " + c, g_slot.data(), slot.data(), slot.size());
+    check_exact("moe_route", "count, " + c, g_count.data(), count.data(), count.size());
+    const ivec g_target = down(d_target, N);
+    check_exact("moe_target", "target, " + c, g_target.data(), target.data(), target.size());
+
+    /* ---- the layer's output ---- */
+    check("moe_experts_forward", "out, " + c, down(d_out, out.size()), out, tolb);
+
+    /* ---- auxiliary losses and statistics ---- */
+    const fvec g_aux = down(d_aux, 4);
+    const char *aux_name[4] = { "balance", "z", "dataset", "importance" };
+    for (int i = 0; i < 4; i++)
+        check_scalar("moe_aux_losses", fmt("aux[%d] %s, ", i, aux_name[i]) + c, g_aux[i], io.aux[i], TOL32);
+    const float wsum = w_bal * io.aux[0] + w_z * io.aux[1] + w_ds * io.aux[2] + w_imp * io.aux[3];
+    check_scalar("moe_aux_losses", "weighted loss, " + c, down(d_loss, 1)[0], (double)wsum, TOL32);
+    check_scalar("moe_aux_losses", "entropy sum, " + c, down(d_entropy, 1)[0], io.entropy, TOL32);
+    const std::vector<unsigned long long> st = down(d_st, nst);
+    const long long totals[3] = { (long long)io.assigned, (long long)io.dropped, (long long)io.tokens };
+    check_exact("moe_aux_losses", "stats load, " + c, st.data(), load.data(), (size_t)E);
+    check_exact("moe_aux_losses", "stats ds_expert, " + c, st.data() + E, ds_expert.data(), (size_t)ND * E);
+    check_exact("moe_aux_losses", "stats assigned/dropped/tokens, " + c, st.data() + E + ND * E, totals, 3);
+
+    /* ---- the backward pass ---- */
+    check("moe_experts_backward", "dx, " + c, down(d_dx, dx.size()), dx, tolb);
+    check("moe_experts_backward", "dw1, " + c, down(d_dw1, dw1.size()), dw1, tolb);
+    check("moe_experts_backward", "db1, " + c, down(d_db1, db1.size()), db1, tolb);
+    check("moe_experts_backward", "dw2, " + c, down(d_dw2, dw2.size()), dw2, tolb);
+    check("moe_experts_backward", "db2, " + c, down(d_db2, db2.size()), db2, tolb);
+    if (!g_bf16) { /* the gates' and router's gradients: fp32 only (bf16's error there is not the products') */
+        check("moe_experts_backward", "dgate, " + c, down(d_dgate, dgate.size()), dgate, TOL32);
+        check("moe_router_backward", "dlogits, " + c, down(d_dlogits, dlogits.size()), dlogits, TOL32);
+    }
+    dfree_all();
+}
+
+/* the host's moe_capacity (kernels.cuh) against ops.h's over a grid of shapes */
+static void test_capacity()
+{
+    ivec gpu, cpu;
+    const int Ns[4] = { 1, 7, 300, 2048 }, Es[3] = { 3, 4, 8 }, Ks[2] = { 1, 2 };
+    const double cfs[3] = { 1.0, 1.25, 2.0 };
+    for (int N : Ns)
+        for (int E : Es)
+            for (int K : Ks)
+                for (double cf : cfs)
+                    for (int dropless = 0; dropless <= 1; dropless++) {
+                        gpu.push_back(moe_capacity(N, E, K, cf, dropless));
+                        cpu.push_back(ref_moe_capacity(N, E, K, cf, dropless));
+                    }
+    check_exact("moe_capacity", fmt("%zu shapes", gpu.size()), gpu.data(), cpu.data(), gpu.size());
+}
+
+/* ---- the optimizer --------------------------------------------------------------------------------------- */
+
+static void test_optimizer()
+{
+    const int64_t n = 10000;
+    const float lr = 0.05f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
+    note("optimizer");
+    Rng r(seed_of("optimizer", 0));
+    const fvec g = rnd(r, (size_t)n, -1, 1);
+    std::vector<uint8_t> decay((size_t)n);
+    for (auto &d : decay)
+        d = (uint8_t)r.below(2);
+    float *d_g = dup(g);
+    uint8_t *d_decay = dup(decay);
+    double *d_gn = dpoison<double>(1);
+    grad_norm(&g_k, d_gn, d_g, n);
+    const double gn = ref_grad_norm(g.data(), (size_t)n);
+    check_scalar("grad_norm", "|g| of 10000 floats (vs a double sum)", down(d_gn, 1)[0], gn, 1e-10);
+    printf("# |g| = %.6g\n", gn);
+
+    const float clips[3] = { 0.0f, 10.0f, 1e4f }; /* off, clipping (|g| ~ 58), not reached */
+    for (float clip : clips) {
+        const int t = 3;
+        const std::vector<step_scalars> sc = { { lr, t, 7 } };
+        fvec p = rnd(r, (size_t)n, -1, 1), m = rnd(r, (size_t)n, -0.1f, 0.1f), v = rnd(r, (size_t)n, 0.0f, 0.01f);
+        float *d_p = dup(p), *d_m = dup(m), *d_v = dup(v);
+        step_scalars *d_sc = dup(sc);
+        adamw_kernel<<<blocks_for(n, 256), 256, 0, g_k.stream>>>(d_p, d_g, d_m, d_v, d_decay, n, d_sc, d_gn, clip, b1,
+                                                                 b2, eps, wd);
+        LAUNCH_CHECK();
+        if (ref_adamw_masked(p.data(), g.data(), m.data(), v.data(), decay.data(), (size_t)n, lr, b1, b2, eps, wd, t,
+                             clip, gn) != 0) {
+            report(false, "adamw_kernel", "(the CPU reference ran out of memory)", NAN, 0.0);
+            continue;
+        }
+        const std::string c = fmt("clip=%g, t=%d", clip, t);
+        check("adamw_kernel", "p, " + c, down(d_p, p.size()), p, TOL32);
+        check("adamw_kernel", "m, " + c, down(d_m, m.size()), m, TOL32);
+        check("adamw_kernel", "v, " + c, down(d_v, v.size()), v, TOL32);
+    }
+    struct {
+        float mu;
+        int nesterov, t;
+        float clip;
+    } const sgd[4] = { { 0.9f, 0, 1, 0.0f }, { 0.9f, 1, 2, 10.0f }, { 0.0f, 0, 5, 10.0f }, { 0.9f, 0, 3, 1e4f } };
+    for (const auto &s : sgd) {
+        const std::vector<step_scalars> sc = { { lr, s.t, 7 } };
+        fvec p = rnd(r, (size_t)n, -1, 1), buf = rnd(r, (size_t)n, -0.5f, 0.5f);
+        float *d_p = dup(p), *d_buf = dup(buf);
+        step_scalars *d_sc = dup(sc);
+        sgd_kernel<<<blocks_for(n, 256), 256, 0, g_k.stream>>>(d_p, d_g, d_buf, d_decay, n, d_sc, d_gn, s.clip, s.mu,
+                                                               s.nesterov, wd);
+        LAUNCH_CHECK();
+        if (ref_sgd_masked(p.data(), g.data(), buf.data(), decay.data(), (size_t)n, lr, s.mu, s.nesterov, wd, s.t,
+                           s.clip, gn) != 0) {
+            report(false, "sgd_kernel", "(the CPU reference ran out of memory)", NAN, 0.0);
+            continue;
+        }
+        const std::string c = fmt("mu=%g, nesterov=%d, t=%d, clip=%g", s.mu, s.nesterov, s.t, s.clip);
+        check("sgd_kernel", "p, " + c, down(d_p, p.size()), p, TOL32);
+        check("sgd_kernel", "buf, " + c, down(d_buf, buf.size()), buf, TOL32);
+    }
+    dfree_all();
+}
+
+/* ---- main ---------------------------------------------------------------------------------------------------- */
+
+int main(void)
+{
+    int ndev = 0;
+    const cudaError_t e = cudaGetDeviceCount(&ndev);
+    if (e != cudaSuccess || ndev < 1) {
+        printf("1..0 # SKIP no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        return 77;
+    }
+    CUDA_CHECK(cudaSetDevice(0));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    printf("# %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g_k.stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&g_k.blas));
+    CUBLAS_CHECK(cublasSetStream(g_k.blas, g_k.stream));
+    g_k.red_floats = (int64_t)4 << 20;
+    CUDA_CHECK(cudaMalloc(&g_k.red, sizeof(float) * (size_t)g_k.red_floats));
+
+    /* the kernels that multiply through cuBLAS: fp32, then bf16 */
+    for (int m = 0; m < 2; m++) {
+        g_bf16 = m == 1;
+        g_k.compute = g_bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+        test_linear();
+        test_patch_embed();
+        /* variant, dropless, normalize, batch_priority, acc */
+        test_moe<4, 2, ACT_GELU>(0, 0, 1, 1, 0);
+        test_moe<4, 2, ACT_GELU>(1, 1, 1, 1, 0);
+        if (!g_bf16) {
+            test_moe<4, 2, ACT_GELU>(2, 0, 0, 0, 1);
+            test_moe<4, 2, ACT_SILU>(3, 0, 1, 0, 0);
+            test_moe<4, 2, ACT_RELU>(4, 0, 0, 1, 1);
+            test_moe<4, 2, ACT_GELU>(5, 1, 0, 0, 1);
+            test_moe<3, 1, ACT_GELU>(6, 0, 1, 1, 0);
+        }
+    }
+    g_bf16 = false;
+    g_k.compute = CUBLAS_COMPUTE_32F;
+
+    test_act<ACT_GELU>("gelu");
+    test_act<ACT_RELU>("relu");
+    test_act<ACT_SILU>("silu");
+    test_elementwise();
+    test_tokens();
+    test_layernorm<96>();
+    test_layernorm<256>();
+    test_l2norm();
+    test_attention<65, 32, 4>(3);
+    test_attention<16, 32, 4>(5);
+    test_softmax_xent(37, 10, 10, 7);
+    test_softmax_xent(21, 100, 100, 37);
+    test_head();
+    test_capacity();
+    test_optimizer();
+
+    CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
+    CUDA_CHECK(cudaFree(g_k.red));
+    CUBLAS_CHECK(cublasDestroy(g_k.blas));
+    CUDA_CHECK(cudaStreamDestroy(g_k.stream));
+    printf("1..%d\n", g_pass + g_fail);
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}
