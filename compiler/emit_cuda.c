@@ -24,9 +24,10 @@
 #define CUDA_MAX_LN_WIDTH 768           /* layernorm backward: 8 rows of 2*D floats in 48 KiB */
 #define CUDA_MAX_ATTN_SMEM (227 * 1024) /* one (sample, head) in shared memory */
 
+/* kernels.cuh: attn_bwd_smem (rows of HD + 4 floats) */
 static int attn_bwd_smem(int T, int HD)
 {
-    return 4 * (4 * T * (HD + 1) + 2 * T * T);
+    return 4 * (4 * T * (HD + 4) + 2 * T * T);
 }
 
 int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
@@ -60,7 +61,14 @@ int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
             break;
         case OP_ATTENTION: {
             const int HD = op->in.dim / op->u.attn.heads;
-            if (attn_bwd_smem(T, HD) > CUDA_MAX_ATTN_SMEM) {
+            if (HD % 4 != 0) {
+                mc_report(d, MC_ERROR, op->loc,
+                          "the CUDA backend's attention takes head widths that are multiples of 4, not %d (%d / %d "
+                          "heads)",
+                          HD, op->in.dim, op->u.attn.heads);
+                mc_hint(d, "choose the width and the heads so that width / heads is a multiple of 4");
+                errors++;
+            } else if (attn_bwd_smem(T, HD) > CUDA_MAX_ATTN_SMEM) {
                 mc_report(d, MC_ERROR, op->loc,
                           "the CUDA backend's attention keeps a (sample, head) in shared memory: %d tokens of "
                           "head width %d need %d KiB, more than the %d KiB of a Hopper SM",

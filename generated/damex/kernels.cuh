@@ -654,40 +654,91 @@ static inline void layernorm_backward(const kctx *k, float *dinp, float *dw, flo
 
 /* ---- attention: one block per (sample, head), everything in shared memory ------------------------ */
 
+/* Rows of q, k, v, g in shared memory are HD + 4 floats apart: 16-byte
+ * aligned for float4 loads along the head width, and rows of consecutive
+ * threads fall in different banks. */
+template <int HD> __host__ __device__ constexpr int attn_ld()
+{
+    return HD + 4;
+}
+
 template <int T, int HD> constexpr int attn_fwd_smem()
 {
-    return (int)sizeof(float) * (3 * T * (HD + 1) + T * T);
+    return (int)sizeof(float) * (3 * T * attn_ld<HD>() + T * T);
 }
 
 template <int T, int HD> constexpr int attn_bwd_smem()
 {
-    return (int)sizeof(float) * (4 * T * (HD + 1) + 2 * T * T);
+    return (int)sizeof(float) * (4 * T * attn_ld<HD>() + 2 * T * T);
+}
+
+/* x . y over HD floats, both 16-byte aligned */
+template <int HD> __device__ static inline float dot_hd(const float *x, const float *y)
+{
+    float acc = 0.0f;
+#pragma unroll
+    for (int c = 0; c < HD; c += 4) {
+        const float4 a = *reinterpret_cast<const float4 *>(x + c), b = *reinterpret_cast<const float4 *>(y + c);
+        acc += a.x * b.x;
+        acc += a.y * b.y;
+        acc += a.z * b.z;
+        acc += a.w * b.w;
+    }
+    return acc;
+}
+
+/* out[r][c..c+3] = sum over i < T of w(r, i) * m[i][c..c+3] (m: rows L
+ * apart), for every r < T and c a multiple of 4: one thread per (r, c/4) */
+template <int T, int HD, typename W>
+__device__ static inline void attn_rows_times(W w, const float *m, float *out, int64_t ldo)
+{
+    constexpr int L = attn_ld<HD>(), C4 = HD / 4;
+    for (int i = threadIdx.x; i < T * C4; i += blockDim.x) {
+        const int r = i / C4, c = (i % C4) * 4;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int j = 0; j < T; j++) {
+            const float x = w(r, j);
+            const float4 v = *reinterpret_cast<const float4 *>(m + j * L + c);
+            acc.x += x * v.x;
+            acc.y += x * v.y;
+            acc.z += x * v.z;
+            acc.w += x * v.w;
+        }
+        float *o = out + (int64_t)r * ldo + c;
+        o[0] = acc.x;
+        o[1] = acc.y;
+        o[2] = acc.z;
+        o[3] = acc.w;
+    }
+}
+
+/* rows t < T of src (ld apart, HD wide) into dst (attn_ld apart) */
+template <int T, int HD> __device__ static inline void attn_load(float *dst, const float *src, int64_t ld)
+{
+    constexpr int L = attn_ld<HD>();
+    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
+        const int t = i / HD, c = i % HD;
+        dst[t * L + c] = src[(int64_t)t * ld + c];
+    }
 }
 
 /* qkv[B, T, 3D] -> att[B, NH, T, T] (softmax weights, saved), out[B, T, D] */
 template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(float *out, float *att, const float *qkv)
 {
-    constexpr int D = NH * HD, D3 = 3 * D, L = HD + 1;
-    extern __shared__ float sm[];
-    float *q = sm, *kk = q + T * L, *v = kk + T * L, *s = v + T * L;
+    static_assert(HD % 4 == 0, "attention: the head width must be a multiple of 4");
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>();
+    extern __shared__ float4 sm4[];
+    float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *s = v + T * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
-        const int t = i / HD, c = i % HD;
-        const float *r = base + (int64_t)t * D3 + c;
-        q[t * L + c] = r[0];
-        kk[t * L + c] = r[D];
-        v[t * L + c] = r[2 * D];
-    }
+    attn_load<T, HD>(q, base, D3);
+    attn_load<T, HD>(kk, base + D, D3);
+    attn_load<T, HD>(v, base + 2 * D, D3);
     __syncthreads();
     const float scale = 1.0f / sqrtf((float)HD);
     for (int i = threadIdx.x; i < T * T; i += blockDim.x) {
         const int t = i / T, u = i % T;
-        float dot = 0.0f;
-#pragma unroll 8
-        for (int c = 0; c < HD; c++)
-            dot += q[t * L + c] * kk[u * L + c];
-        s[i] = dot * scale;
+        s[i] = dot_hd<HD>(q + t * L, kk + u * L) * scale;
     }
     __syncthreads();
     const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -711,54 +762,34 @@ template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(flo
         }
     }
     __syncthreads();
-    float *o = out + (int64_t)b * T * D + h * HD;
-    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
-        const int t = i / HD, c = i % HD;
-        float acc = 0.0f;
-        for (int u = 0; u < T; u++)
-            acc += s[t * T + u] * v[u * L + c];
-        o[(int64_t)t * D + c] = acc;
-    }
+    /* out = att v */
+    attn_rows_times<T, HD>([&](int t, int u) { return s[t * T + u]; }, v, out + (int64_t)b * T * D + h * HD, D);
 }
 
 /* dqkv[B, T, 3D] (written whole) from dout[B, T, D] */
 template <int T, int HD, int NH>
 static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
 {
-    constexpr int D = NH * HD, D3 = 3 * D, L = HD + 1;
-    extern __shared__ float sm[];
-    float *q = sm, *kk = q + T * L, *v = kk + T * L, *g = v + T * L, *a = g + T * L, *ds = a + T * T;
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>();
+    extern __shared__ float4 sm4[];
+    float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *g = v + T * L, *a = g + T * L,
+          *ds = a + T * T;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    const float *gb = dout + (int64_t)b * T * D + h * HD;
-    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
-        const int t = i / HD, c = i % HD;
-        const float *r = base + (int64_t)t * D3 + c;
-        q[t * L + c] = r[0];
-        kk[t * L + c] = r[D];
-        v[t * L + c] = r[2 * D];
-        g[t * L + c] = gb[(int64_t)t * D + c];
-    }
+    attn_load<T, HD>(q, base, D3);
+    attn_load<T, HD>(kk, base + D, D3);
+    attn_load<T, HD>(v, base + 2 * D, D3);
+    attn_load<T, HD>(g, dout + (int64_t)b * T * D + h * HD, D);
     const float *ag = att + (int64_t)bh * T * T;
     for (int i = threadIdx.x; i < T * T; i += blockDim.x)
         a[i] = ag[i];
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* dv = att^T g ; datt = g v^T */
-    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
-        const int u = i / HD, c = i % HD;
-        float acc = 0.0f;
-        for (int t = 0; t < T; t++)
-            acc += a[t * T + u] * g[t * L + c];
-        dv[(int64_t)u * D3 + c] = acc;
-    }
+    attn_rows_times<T, HD>([&](int u, int t) { return a[t * T + u]; }, g, dv, D3);
     for (int i = threadIdx.x; i < T * T; i += blockDim.x) {
         const int t = i / T, u = i % T;
-        float dot = 0.0f;
-#pragma unroll 8
-        for (int c = 0; c < HD; c++)
-            dot += g[t * L + c] * v[u * L + c];
-        ds[i] = dot;
+        ds[i] = dot_hd<HD>(g + t * L, v + u * L);
     }
     __syncthreads();
     /* through the softmax and the scale */
@@ -774,16 +805,8 @@ static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, cons
     }
     __syncthreads();
     /* dq = ds k ; dk = ds^T q */
-    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
-        const int t = i / HD, c = i % HD;
-        float aq = 0.0f, ak = 0.0f;
-        for (int u = 0; u < T; u++) {
-            aq += ds[t * T + u] * kk[u * L + c];
-            ak += ds[u * T + t] * q[u * L + c];
-        }
-        dq[(int64_t)t * D3 + c] = aq;
-        dk[(int64_t)t * D3 + c] = ak;
-    }
+    attn_rows_times<T, HD>([&](int t, int u) { return ds[t * T + u]; }, kk, dq, D3);
+    attn_rows_times<T, HD>([&](int u, int t) { return ds[t * T + u]; }, q, dk, D3);
 }
 
 template <int T, int HD, int NH> static inline void attention_setup()

@@ -1027,6 +1027,8 @@ int main(void)
     test_l2norm();
     test_attention<65, 32, 4>(3);
     test_attention<16, 32, 4>(5);
+    test_attention<65, 64, 6>(2); /* config S: heads of 64 */
+    test_attention<49, 16, 4>(3);
     test_softmax_xent(37, 10, 10, 7);
     test_softmax_xent(21, 100, 100, 37);
     test_head();
