@@ -388,21 +388,26 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                      E, K, x->capacity_factor);
         sb_printf(f, "    {\n        const int N = B * %d;\n        const int cap = %s\n", T, capx);
         sb_printf(f, "%s", routing);
+        /* fp32_gate: the router's products in fp32 whatever the precision */
+        const char *kr = x->fp32_gate ? "&kg" : "k";
+        if (x->fp32_gate)
+            sb_printf(f, "        kctx kg = *k;\n        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */\n");
         if (attn) {
-            sb_printf(f, "        linear_forward(k, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", query, in,
+            sb_printf(f, "        linear_forward(%s, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", kr, query, in,
                       (long long)wg, D, R);
-            sb_printf(f, "        linear_forward(k, A(%s), A(%s), P(%lldL), nullptr, N, %d, %d);\n", nm[0], query,
+            sb_printf(f, "        linear_forward(%s, A(%s), A(%s), P(%lldL), nullptr, N, %d, %d);\n", kr, nm[0], query,
                       (long long)tok, R, E);
             sb_printf(f, "        scale_inplace(k, A(%s), (int64_t)N * %d, %s); /* 1 / sqrt(R) */\n", nm[0], E,
                       flit(1.0 / sqrt((double)R)).s);
         } else if (cosine) {
-            sb_printf(f, "        linear_forward(k, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", query, in,
+            sb_printf(f, "        linear_forward(%s, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", kr, query, in,
                       (long long)wg, D, R);
             sb_printf(f, "        l2norm_forward(k, A(%s), A(%s), A(%s), N, %d);\n", qn, qnorm, query, R);
             sb_printf(f, "        l2norm_forward(k, A(%s), A(%s), P(%lldL), %d, %d);\n", en, enorm, (long long)tok, E, R);
-            sb_printf(f, "        linear_forward(k, A(%s), A(%s), A(%s), nullptr, N, %d, %d);\n", nm[0], qn, en, R, E);
+            sb_printf(f, "        linear_forward(%s, A(%s), A(%s), A(%s), nullptr, N, %d, %d);\n", kr, nm[0], qn, en, R,
+                      E);
         } else {
-            sb_printf(f, "        linear_forward(k, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", nm[0], in,
+            sb_printf(f, "        linear_forward(%s, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", kr, nm[0], in,
                       (long long)wg, D, E);
         }
         const bool temper = (x->router == ROUTER_SOFT || cosine) && x->temperature != 1.0;
@@ -435,6 +440,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         else
             sb_printf(&b, "        const int cap = moe_capacity(N, %d, %d, %.17g, 0);\n", E, K, x->capacity_factor);
         sb_printf(&b, "%s", routing);
+        if (x->fp32_gate)
+            sb_printf(&b, "        kctx kg = *k;\n        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */\n");
         sb_printf(&b,
                   "        moe_experts_backward<%d, %d, %d, %d, %s>(k, %s, G(%s), G(%s), G(%s), G(%s), %s, A(%s), A(%s),\n"
                   "                                               A(%s), A(%s), &r, P(%lldL), P(%lldL), DP(%lldL), "
@@ -453,22 +460,22 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (attn) {
             sb_printf(&b, "        scale_inplace(k, G(%s), (int64_t)N * %d, %s);\n", nm[0], E,
                       flit(1.0 / sqrt((double)R)).s);
-            sb_printf(&b, "        linear_backward(k, G(%s), DP(%lldL), nullptr, G(%s), A(%s), P(%lldL), N, %d, %d, 0);\n",
-                      query, (long long)tok, nm[0], query, (long long)tok, R, E);
-            sb_printf(&b, "        linear_backward(k, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
-                      din, (long long)wg, query, in, (long long)wg, D, R);
+            sb_printf(&b, "        linear_backward(%s, G(%s), DP(%lldL), nullptr, G(%s), A(%s), P(%lldL), N, %d, %d, 0);\n",
+                      kr, query, (long long)tok, nm[0], query, (long long)tok, R, E);
+            sb_printf(&b, "        linear_backward(%s, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
+                      kr, din, (long long)wg, query, in, (long long)wg, D, R);
         } else if (cosine) {
             /* through logits = qn en^T: dqn = dlogits en, den = dlogits^T qn */
-            sb_printf(&b, "        mm_nn(k, G(%s), G(%s), A(%s), N, %d, %d, 0.0f);\n", qn, nm[0], en, R, E);
-            sb_printf(&b, "        mm_tn(k, G(%s), G(%s), A(%s), %d, %d, N, 0.0f);\n", en, nm[0], qn, E, R);
+            sb_printf(&b, "        mm_nn(%s, G(%s), G(%s), A(%s), N, %d, %d, 0.0f);\n", kr, qn, nm[0], en, R, E);
+            sb_printf(&b, "        mm_tn(%s, G(%s), G(%s), A(%s), %d, %d, N, 0.0f);\n", kr, en, nm[0], qn, E, R);
             sb_printf(&b, "        l2norm_backward(k, DP(%lldL), G(%s), A(%s), A(%s), %d, %d, 1);\n", (long long)tok, en,
                       en, enorm, E, R);
             sb_printf(&b, "        l2norm_backward(k, G(%s), G(%s), A(%s), A(%s), N, %d, 0);\n", query, qn, qn, qnorm, R);
-            sb_printf(&b, "        linear_backward(k, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
-                      din, (long long)wg, query, in, (long long)wg, D, R);
+            sb_printf(&b, "        linear_backward(%s, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
+                      kr, din, (long long)wg, query, in, (long long)wg, D, R);
         } else {
-            sb_printf(&b, "        linear_backward(k, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
-                      din, (long long)wg, nm[0], in, (long long)wg, D, E);
+            sb_printf(&b, "        linear_backward(%s, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), N, %d, %d, 1);\n    }\n",
+                      kr, din, (long long)wg, nm[0], in, (long long)wg, D, E);
         }
         break;
     }

@@ -345,7 +345,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS17), A(LSE17), A(TOPP17), A(GATE17), A(PRIO17), A(PRIOS17), A(ENT17),
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
-        linear_forward(k, A(LOGITS17), A(V16), P(207488L), nullptr, N, 128, 3);
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        linear_forward(&kg, A(LOGITS17), A(V16), P(207488L), nullptr, N, 128, 3);
         if (train)
             gate_noise(k, A(LOGITS17), (int64_t)N * 3, 0.33333334f, d->seed, 1017, &d->sc->step);
         moe_route<3, 1>(k, &r, A(LOGITS17), N, cap, 1, 1);
@@ -390,7 +392,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS33), A(LSE33), A(TOPP33), A(GATE33), A(PRIO33), A(PRIOS33), A(ENT33),
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
-        linear_forward(k, A(LOGITS33), A(V32), P(604672L), nullptr, N, 128, 3);
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        linear_forward(&kg, A(LOGITS33), A(V32), P(604672L), nullptr, N, 128, 3);
         if (train)
             gate_noise(k, A(LOGITS33), (int64_t)N * 3, 0.33333334f, d->seed, 1033, &d->sc->step);
         moe_route<3, 1>(k, &r, A(LOGITS33), N, cap, 1, 1);
@@ -432,11 +436,13 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS33), A(LSE33), A(TOPP33), A(GATE33), A(PRIO33), A(PRIOS33), A(ENT33),
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<128, 256, 3, 1, ACT_GELU>(k, G(V32), G(GATE33), G(YE33), G(HE33), G(XE33), G(V33), A(XE33), A(HE33),
                                                A(AE33), A(YE33), &r, P(605056L), P(704128L), DP(605056L), DP(703360L),
                                                DP(704128L), DP(802432L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
-        linear_backward(k, G(V32), DP(604672L), nullptr, G(LOGITS33), A(V32), P(604672L), N, 128, 3, 1);
+        linear_backward(&kg, G(V32), DP(604672L), nullptr, G(LOGITS33), A(V32), P(604672L), N, 128, 3, 1);
     }
     /* 32: layernorm blocks.3.norm2 */
     layernorm_backward<128>(k, G(V30), DP(604416L), DP(604544L), G(V32), A(V30), P(604416L), A(MEAN32), A(RSTD32), B * 16, 1);
@@ -477,11 +483,13 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS17), A(LSE17), A(TOPP17), A(GATE17), A(PRIO17), A(PRIOS17), A(ENT17),
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<128, 256, 3, 1, ACT_GELU>(k, G(V16), G(GATE17), G(YE17), G(HE17), G(XE17), G(V17), A(XE17), A(HE17),
                                                A(AE17), A(YE17), &r, P(207872L), P(306944L), DP(207872L), DP(306176L),
                                                DP(306944L), DP(405248L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
-        linear_backward(k, G(V16), DP(207488L), nullptr, G(LOGITS17), A(V16), P(207488L), N, 128, 3, 1);
+        linear_backward(&kg, G(V16), DP(207488L), nullptr, G(LOGITS17), A(V16), P(207488L), N, 128, 3, 1);
     }
     /* 16: layernorm blocks.1.norm2 */
     layernorm_backward<128>(k, G(V14), DP(207232L), DP(207360L), G(V16), A(V14), P(207232L), A(MEAN16), A(RSTD16), B * 16, 1);

@@ -8,15 +8,21 @@
  * template parameters, fixed by the generated model.cu; the batch is a
  * run-time argument, at most the compiled batch.
  *
- * Storage is fp32. The matrix products go through cuBLAS: in bf16 mode
- * with CUBLAS_COMPUTE_32F_FAST_16BF (bf16 tensor-core products, fp32
- * accumulation and fp32 master values), in fp32 mode with plain fp32
- * compute. Everything else runs in fp32 (reductions that the CPU does in
- * double are done in double here too).
+ * Storage is fp32 (weights, activations, gradients, optimizer state). The
+ * matrix products go through cuBLAS: in "bf16" mode with
+ * CUBLAS_COMPUTE_32F_FAST_16BF on the fp32 operands, for which cuBLAS 13
+ * picks TF32 tensor-core kernels on Hopper (sm90_xmma_gemm_f32f32_tf32f32,
+ * seen with Nsight Compute): reduced-precision products, fp32
+ * accumulation and fp32 master weights, but TF32's speed, not bf16's. In
+ * fp32 mode the products are plain fp32 (CUBLAS_COMPUTE_32F). Everything
+ * else runs in fp32 (reductions that the CPU does in double are done in
+ * double here too).
  *
- * Determinism: no kernel adds floats with atomics. Sums over rows go
- * through fixed-size partial sums (reduce_*), so two runs of the same step
- * give the same bits, and a resumed run continues exactly.
+ * Determinism: no kernel adds floats with atomics (only integer counts).
+ * Sums over rows go through fixed-size partial sums (colsum_add, the
+ * layer norm's and the gradient norm's partials) added up in a fixed
+ * order, so that the same step gives the same bits every time (by design:
+ * make check-cuda does not test it yet).
  *
  * Nothing here allocates or synchronises with the host: the training step
  * is captured as one CUDA graph (backend.cu). */

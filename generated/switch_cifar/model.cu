@@ -586,7 +586,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS21), A(LSE21), A(TOPP21), A(GATE21), A(PRIO21), A(PRIOS21), A(ENT21),
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
-        linear_forward(k, A(LOGITS21), A(V20), P(615936L), nullptr, N, 192, 8);
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        linear_forward(&kg, A(LOGITS21), A(V20), P(615936L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS21), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU>(k, A(V21), A(XE21), A(HE21), A(AE21), A(YE21), A(V20), &r, P(617472L),
                                               P(1797120L), P(1803264L), P(2982912L), N, cap);
@@ -640,7 +642,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS41), A(LSE41), A(TOPP41), A(GATE41), A(PRIO41), A(PRIOS41), A(ENT41),
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
-        linear_forward(k, A(LOGITS41), A(V40), P(3578304L), nullptr, N, 192, 8);
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        linear_forward(&kg, A(LOGITS41), A(V40), P(3578304L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS41), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU>(k, A(V41), A(XE41), A(HE41), A(AE41), A(YE41), A(V40), &r, P(3579840L),
                                               P(4759488L), P(4765632L), P(5945280L), N, cap);
@@ -694,7 +698,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS61), A(LSE61), A(TOPP61), A(GATE61), A(PRIO61), A(PRIOS61), A(ENT61),
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
-        linear_forward(k, A(LOGITS61), A(V60), P(6540672L), nullptr, N, 192, 8);
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        linear_forward(&kg, A(LOGITS61), A(V60), P(6540672L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS61), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU>(k, A(V61), A(XE61), A(HE61), A(AE61), A(YE61), A(V60), &r, P(6542208L),
                                               P(7721856L), P(7728000L), P(8907648L), N, cap);
@@ -748,7 +754,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS81), A(LSE81), A(TOPP81), A(GATE81), A(PRIO81), A(PRIOS81), A(ENT81),
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
-        linear_forward(k, A(LOGITS81), A(V80), P(9503040L), nullptr, N, 192, 8);
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        linear_forward(&kg, A(LOGITS81), A(V80), P(9503040L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS81), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU>(k, A(V81), A(XE81), A(HE81), A(AE81), A(YE81), A(V80), &r, P(9504576L),
                                               P(10684224L), P(10690368L), P(11870016L), N, cap);
@@ -792,11 +800,13 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS81), A(LSE81), A(TOPP81), A(GATE81), A(PRIO81), A(PRIOS81), A(ENT81),
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU>(k, G(V80), G(GATE81), G(YE81), G(HE81), G(XE81), G(V81), A(XE81), A(HE81),
                                                A(AE81), A(YE81), &r, P(9504576L), P(10690368L), DP(9504576L), DP(10684224L),
                                                DP(10690368L), DP(11870016L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 55, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
-        linear_backward(k, G(V80), DP(9503040L), nullptr, G(LOGITS81), A(V80), P(9503040L), N, 192, 8, 1);
+        linear_backward(&kg, G(V80), DP(9503040L), nullptr, G(LOGITS81), A(V80), P(9503040L), N, 192, 8, 1);
     }
     /* 80: layernorm blocks.7.norm2 */
     layernorm_backward<192>(k, G(V78), DP(9502656L), DP(9502848L), G(V80), A(V78), P(9502656L), A(MEAN80), A(RSTD80), B * 65, 1);
@@ -845,11 +855,13 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS61), A(LSE61), A(TOPP61), A(GATE61), A(PRIO61), A(PRIOS61), A(ENT61),
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU>(k, G(V60), G(GATE61), G(YE61), G(HE61), G(XE61), G(V61), A(XE61), A(HE61),
                                                A(AE61), A(YE61), &r, P(6542208L), P(7728000L), DP(6542208L), DP(7721856L),
                                                DP(7728000L), DP(8907648L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
-        linear_backward(k, G(V60), DP(6540672L), nullptr, G(LOGITS61), A(V60), P(6540672L), N, 192, 8, 1);
+        linear_backward(&kg, G(V60), DP(6540672L), nullptr, G(LOGITS61), A(V60), P(6540672L), N, 192, 8, 1);
     }
     /* 60: layernorm blocks.5.norm2 */
     layernorm_backward<192>(k, G(V58), DP(6540288L), DP(6540480L), G(V60), A(V58), P(6540288L), A(MEAN60), A(RSTD60), B * 65, 1);
@@ -898,11 +910,13 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS41), A(LSE41), A(TOPP41), A(GATE41), A(PRIO41), A(PRIOS41), A(ENT41),
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU>(k, G(V40), G(GATE41), G(YE41), G(HE41), G(XE41), G(V41), A(XE41), A(HE41),
                                                A(AE41), A(YE41), &r, P(3579840L), P(4765632L), DP(3579840L), DP(4759488L),
                                                DP(4765632L), DP(5945280L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
-        linear_backward(k, G(V40), DP(3578304L), nullptr, G(LOGITS41), A(V40), P(3578304L), N, 192, 8, 1);
+        linear_backward(&kg, G(V40), DP(3578304L), nullptr, G(LOGITS41), A(V40), P(3578304L), N, 192, 8, 1);
     }
     /* 40: layernorm blocks.3.norm2 */
     layernorm_backward<192>(k, G(V38), DP(3577920L), DP(3578112L), G(V40), A(V38), P(3577920L), A(MEAN40), A(RSTD40), B * 65, 1);
@@ -951,11 +965,13 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS21), A(LSE21), A(TOPP21), A(GATE21), A(PRIO21), A(PRIOS21), A(ENT21),
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
+        kctx kg = *k;
+        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU>(k, G(V20), G(GATE21), G(YE21), G(HE21), G(XE21), G(V21), A(XE21), A(HE21),
                                                A(AE21), A(YE21), &r, P(617472L), P(1803264L), DP(617472L), DP(1797120L),
                                                DP(1803264L), DP(2982912L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
-        linear_backward(k, G(V20), DP(615936L), nullptr, G(LOGITS21), A(V20), P(615936L), N, 192, 8, 1);
+        linear_backward(&kg, G(V20), DP(615936L), nullptr, G(LOGITS21), A(V20), P(615936L), N, 192, 8, 1);
     }
     /* 20: layernorm blocks.1.norm2 */
     layernorm_backward<192>(k, G(V18), DP(615552L), DP(615744L), G(V20), A(V18), P(615552L), A(MEAN20), A(RSTD20), B * 65, 1);
