@@ -76,33 +76,13 @@ static void gen_op(gen *g, int i)
     const mc_op *op = &m->ops[i];
     sbuf *f = &g->fwd;
     sbuf b = { 0 };
-    char in[32], din[32], out[32], dout[32], name[32];
-    val_ref(in, sizeof in, g->input[i], false);
-    val_ref(din, sizeof din, g->input[i], true);
-    val_ref(out, sizeof out, i, false);
-    val_ref(dout, sizeof dout, i, true);
-    const mc_shape *si = &op->in, *so = &op->out;
-    const int T = tokens_of(si), D = si->kind == SHAPE_IMAGE ? si->c : si->dim;
-    const int64_t BATCH = m->train.batch;
-    const int acc = g->input[i] >= 0 ? acc_flag(g, i, g->input[i]) : 0;
-    char what[160];
-    snprintf(what, sizeof what, "%s%s%s", mc_op_name(op->kind), op->prefix[0] ? " " : "", op->prefix);
-
-    if (op->kind == OP_INPUT || op->kind == OP_RESIDUAL_BEGIN)
+    op_ctx c;
+    if (!op_begin(g, i, &c, &b))
         return;
-    snprintf(name, sizeof name, "V%d", i);
-    if (op->kind != OP_CLASSIFIER) {
-        int64_t per = (int64_t)tokens_of(so) * (so->kind == SHAPE_IMAGE ? so->c * so->h * so->w : so->dim);
-        alloc_act(g, name, BATCH * per, what);
-    }
-    sb_printf(f, "    /* %d: %s -> ", i, what);
-    switch (so->kind) {
-    case SHAPE_TOKENS: sb_printf(f, "[B, %d, %d] */\n", so->tokens, so->dim); break;
-    case SHAPE_VECTOR: sb_printf(f, "[B, %d] */\n", so->dim); break;
-    case SHAPE_LOGITS: sb_printf(f, "[B, %d] logits */\n", so->dim); break;
-    case SHAPE_IMAGE: sb_printf(f, "[B, %d, %d, %d] */\n", so->c, so->h, so->w); break;
-    }
-    sb_printf(&b, "    /* %d: %s */\n", i, what);
+    const char *in = c.in, *din = c.din, *out = c.out, *dout = c.dout, *name = c.name;
+    const mc_shape *si = &op->in, *so = &op->out;
+    const int T = c.T, D = c.D, acc = c.acc;
+    const int64_t BATCH = m->train.batch;
 
     switch (op->kind) {
     case OP_PATCH_EMBED: {

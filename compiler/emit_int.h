@@ -47,6 +47,21 @@ void val_ref(char *buf, size_t n, int v, bool grad);  /* "A(V3)", "G(V3)" or "x"
 int acc_flag(const gen *g, int i, int v);
 void plan_values(gen *g);
 
+/* What both emitters know of op i as they start its code. */
+typedef struct op_ctx {
+    char in[32], din[32], out[32], dout[32]; /* its input, output and their gradients */
+    char name[32];     /* "V<i>": its output value */
+    char what[160];    /* "attention blocks.0.attn" */
+    int T, D;          /* tokens and width (channels) of its input */
+    int acc;           /* whether its input's gradient is accumulated */
+    int64_t floats;    /* floats of its output value for the compiled batch (0: the classifier's logits) */
+} op_ctx;
+
+/* Starts op i: fills c, allocates its output value (all but the classifier,
+ * whose logits the op sizes) and writes the comment lines that head its
+ * forward (g->fwd) and backward (b) code. False for ops with no code. */
+bool op_begin(gen *g, int i, op_ctx *c, sbuf *b);
+
 /* A float literal for C: 0.02f, 1e-05f, 0.0f (shortest form that reads back). */
 typedef struct flit_buf {
     char s[48];

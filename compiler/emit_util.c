@@ -131,6 +131,39 @@ void plan_values(gen *g)
     }
 }
 
+bool op_begin(gen *g, int i, op_ctx *c, sbuf *b)
+{
+    const mc_op *op = &g->m->ops[i];
+    if (op->kind == OP_INPUT || op->kind == OP_RESIDUAL_BEGIN)
+        return false;
+    const mc_shape *si = &op->in, *so = &op->out;
+    memset(c, 0, sizeof *c);
+    val_ref(c->in, sizeof c->in, g->input[i], false);
+    val_ref(c->din, sizeof c->din, g->input[i], true);
+    val_ref(c->out, sizeof c->out, i, false);
+    val_ref(c->dout, sizeof c->dout, i, true);
+    c->T = tokens_of(si);
+    c->D = si->kind == SHAPE_IMAGE ? si->c : si->dim;
+    c->acc = g->input[i] >= 0 ? acc_flag(g, i, g->input[i]) : 0;
+    snprintf(c->what, sizeof c->what, "%s%s%s", mc_op_name(op->kind), op->prefix[0] ? " " : "", op->prefix);
+    snprintf(c->name, sizeof c->name, "V%d", i);
+    if (op->kind != OP_CLASSIFIER) {
+        int64_t per = (int64_t)tokens_of(so) * (so->kind == SHAPE_IMAGE ? so->c * so->h * so->w : so->dim);
+        c->floats = g->m->train.batch * per;
+        alloc_act(g, c->name, c->floats, c->what);
+    }
+    sbuf *f = &g->fwd;
+    sb_printf(f, "    /* %d: %s -> ", i, c->what);
+    switch (so->kind) {
+    case SHAPE_TOKENS: sb_printf(f, "[B, %d, %d] */\n", so->tokens, so->dim); break;
+    case SHAPE_VECTOR: sb_printf(f, "[B, %d] */\n", so->dim); break;
+    case SHAPE_LOGITS: sb_printf(f, "[B, %d] logits */\n", so->dim); break;
+    case SHAPE_IMAGE: sb_printf(f, "[B, %d, %d, %d] */\n", so->c, so->h, so->w); break;
+    }
+    sb_printf(b, "    /* %d: %s */\n", i, c->what);
+    return true;
+}
+
 /* A float literal for C: 0.02f, 1e-05f, 0.0f (shortest form that reads back). */
 
 flit_buf flit(double v)
