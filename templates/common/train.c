@@ -682,10 +682,13 @@ int main(int argc, char **argv)
         imgs_acc += o.batch;
 
         if (log_now) {
-            /* the losses are summed on the device; reading them waits for the steps so far */
+            /* the losses are summed by the backend (on the GPU, on the device:
+             * reading them waits for the steps so far), so a diverged run is
+             * caught here, at the next record, and before any checkpoint */
             model_totals(&m, &tot);
             if (!isfinite(tot.loss))
-                die("the loss is %f at step %lld: training diverged (try a lower --lr)", tot.loss, (long long)step);
+                die("the loss of steps %lld to %lld is %f: training diverged (try a lower --lr)",
+                    (long long)(done - tot.steps + 1), (long long)done, tot.loss);
             model_stats_fetch(&m);
             const double now = moert_now();
             const double ips = imgs_acc / (now - t_log > 1e-9 ? now - t_log : 1e-9);

@@ -48,6 +48,18 @@ else
     not_ok "resume is exact"
 fi
 
+# a diverging run stops with a clear error and leaves the checkpoint as it was
+cp a.safetensors div.safetensors
+if $T --steps 16 --resume --lr 1e30 --eval-every 0 --checkpoint-every 0 --log-every 4 -c div.safetensors \
+    -m div.jsonl > div.log 2>&1; then
+    not_ok "a diverging run is stopped (it exited 0)"
+elif grep -q "training diverged" div.log && cmp -s a.safetensors div.safetensors; then
+    ok "a diverging run is stopped, its checkpoint untouched: $(grep -m 1 diverged div.log)"
+else
+    cat div.log
+    not_ok "a diverging run is stopped with a clear error, its checkpoint untouched"
+fi
+
 # SIGINT: a checkpoint, a clean exit, and the run resumes from it
 $T --steps 100000 --eval-every 0 --log-every 1 -c sig.safetensors -m sig.jsonl > sig.log 2>&1 &
 pid=$!
