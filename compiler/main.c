@@ -20,7 +20,8 @@ static void usage(FILE *out)
           "Compile a Mixture-of-Experts model description into a C/CUDA trainer.\n"
           "\n"
           "  -o, --output DIR     write the generated trainer to DIR\n"
-          "  -c, --check          check FILE and report errors; write nothing\n"
+          "  -c, --check          check FILE and report errors; write nothing (with\n"
+          "                       --target, also what that backend does not generate)\n"
           "  -s, --summary        print the checked model: every op, shape, tensor\n"
           "                       and parameter count\n"
           "      --dump-tokens    print the tokens of FILE\n"
@@ -145,7 +146,8 @@ int main(int argc, char **argv)
         if (d.errors == 0 && summary)
             mc_model_summary(&model, stdout);
         mc_target tgt = !target ? MC_TARGET_BOTH : strcmp(target, "cuda") == 0 ? MC_TARGET_CUDA : MC_TARGET_CPU;
-        if (d.errors == 0 && output) {
+        /* with -o, or --check with a --target: whether the backends generate the model */
+        if (d.errors == 0 && (output || (check && target))) {
             /* the driver, ops.h and the CPU backend are part of every target */
             mc_emit_check(&model, &d);
             if (tgt == MC_TARGET_CUDA) {

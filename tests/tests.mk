@@ -252,6 +252,12 @@ GOLDEN_CASES = \
 	tests/golden/sema_window_divide.moe \
 	tests/golden/sema_wrong_type.err \
 	tests/golden/sema_wrong_type.moe \
+	tests/golden/target_cpu_head_width.err \
+	tests/golden/target_cpu_head_width.moe \
+	tests/golden/target_cuda_expert_choice.err \
+	tests/golden/target_cuda_expert_choice.moe \
+	tests/golden/target_cuda_head_width.err \
+	tests/golden/target_cuda_head_width.moe \
 	tests/golden/too_many_errors.err \
 	tests/golden/too_many_errors.moe \
 	tests/golden/warn_dataset_weight_zero.err \
