@@ -5,5 +5,6 @@
 
 #include "moert_core.h"
 #include "moert_data.h"
+#include "moert_comm.h"
 
 #endif /* MOERT_H */
