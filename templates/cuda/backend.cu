@@ -63,7 +63,18 @@ int64_t model_device_bytes(void)
 static void *dev_alloc(size_t bytes)
 {
     void *p = NULL;
-    CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 16));
+    const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);
+    if (e == cudaErrorMemoryAllocation) {
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        fprintf(stderr,
+                "train: the GPU is out of memory: %.0f MiB more asked for after %.0f MiB; it has %.0f of %.0f MiB "
+                "free.\n       Compile the model with a smaller batch (train { batch = ... } in %s; now %d).\n",
+                (double)bytes / 1048576.0, (double)device_bytes / 1048576.0, (double)free_b / 1048576.0,
+                (double)total_b / 1048576.0, MODEL_SOURCE, BATCH);
+        exit(1);
+    }
+    CUDA_CHECK(e);
     device_bytes += (int64_t)(bytes ? bytes : 16);
     CUDA_CHECK(cudaMemset(p, 0, bytes ? bytes : 16));
     return p;
