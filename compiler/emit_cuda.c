@@ -262,7 +262,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(aa, sizeof aa, "ACTV%d", i);
         alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation");
         alloc_inside(g, p, aa, BATCH * T * H, "hidden, after the activation");
-        need_red(p, (int64_t)RED_CHUNKS * H);
+        need_red(p, (int64_t)RED_CHUNKS * (H > D ? H : D)); /* the two biases' gradients */
         const char *act = act_tmpl(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values */
         sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, in,
