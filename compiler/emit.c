@@ -396,6 +396,26 @@ static void gen_op(gen *g, int i)
     g->bwd[i] = sb_take(&b);
 }
 
+/* ---- the files -------------------------------------------------------------------- */
+
+/* s as a C string literal (quotes and escapes), in tmp */
+static const char *c_string(sbuf *tmp, const char *s)
+{
+    tmp->len = 0;
+    sb_printf(tmp, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            sb_printf(tmp, "\\%c", c);
+        else if (c < 0x20 || c >= 0x7f)
+            sb_printf(tmp, "\\%03o", c);
+        else
+            sb_printf(tmp, "%c", c);
+    }
+    sb_printf(tmp, "\"");
+    return tmp->s;
+}
+
 static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
 {
     const mc_model *m = g->m;
@@ -819,10 +839,10 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
         snprintf(errbuf, errlen, "%s: not a directory", o->outdir);
         return -1;
     }
-    const bool cpu = true; /* ops.h and the CPU backend are in every directory */
+    /* ops.h and the CPU backend are in every directory, the CUDA sources unless --target cpu */
     const bool cuda = o->target != MC_TARGET_CPU;
     gen g;
-    gen_init(&g, m, false);
+    gen_init(&g, m);
     for (int i = 0; i < m->nops; i++)
         gen_op(&g, i);
     sbuf h = { 0 }, c = { 0 }, j = { 0 }, cu = { 0 };
@@ -835,7 +855,7 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
     rc |= rc ? 0 : write_file(o->outdir, "model.json", j.s, j.len, errbuf, errlen);
     if (cuda) {
         gen gc;
-        gen_init(&gc, m, true);
+        gen_init(&gc, m);
         emit_model_cu(&cu, &gc, o);
         rc |= rc ? 0 : write_file(o->outdir, "model.cu", cu.s, cu.len, errbuf, errlen);
         gen_free(&gc);
@@ -868,7 +888,7 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
         { "cuda/backend.cu", "backend.cu", true },
     };
     for (size_t k = 0; k < sizeof files / sizeof files[0] && rc == 0; k++) {
-        if (files[k].cuda ? !cuda : !cpu)
+        if (files[k].cuda && !cuda)
             continue;
         const char *text = mc_template_get(files[k].tmpl);
         if (!text) {

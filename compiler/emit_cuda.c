@@ -129,6 +129,18 @@ static void alloc_inside(gen *g, cuda_plan *p, const char *name, int64_t floats,
     grad_of(p, gname, floats, true);
 }
 
+/* Tutel's capacity at compile time (ops.h and kernels.cuh: moe_capacity) */
+static int moe_capacity_of(int N, int E, int K, double cf, bool dropless)
+{
+    if (dropless)
+        return N;
+    long per = (N + E - 1) / E;
+    long cap = (long)K * (long)floor(cf * (double)per);
+    if (cap < 1)
+        cap = 1;
+    return cap > N ? N : (int)cap;
+}
+
 static void need_red(cuda_plan *p, int64_t floats)
 {
     if (floats > p->red)
@@ -140,15 +152,6 @@ static void need_red(cuda_plan *p, int64_t floats)
 #define AUX_BLOCKS 64
 #define NORM_BLOCKS 256
 #define ROUTE_BLOCK 1024
-
-static const char *act_tmpl(mc_act a)
-{
-    switch (a) {
-    case ACT_RELU: return "ACT_RELU";
-    case ACT_SILU: return "ACT_SILU";
-    default: return "ACT_GELU";
-    }
-}
 
 /* The code of op i: forward into g->fwd, backward into g->bwd[i]. */
 static void gen_op_cuda(gen *g, cuda_plan *p, int i)
@@ -263,7 +266,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation");
         alloc_inside(g, p, aa, BATCH * T * H, "hidden, after the activation");
         need_red(p, (int64_t)RED_CHUNKS * (H > D ? H : D)); /* the two biases' gradients */
-        const char *act = act_tmpl(op->u.mlp.act);
+        const char *act = act_code(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values */
         sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, in,
                   (long long)toff(g, i, 0), T, D, H);
@@ -406,7 +409,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(f,
                   "        moe_experts_forward<%d, %d, %d, %d, %s>(k, %s, A(%s), A(%s), A(%s), A(%s), %s, &r, P(%lldL),\n"
                   "                                              P(%lldL), P(%lldL), P(%lldL), N, cap);\n",
-                  D, H, E, K, act_tmpl(x->act), out, nm[8], nm[9], nm[10], nm[11], in, (long long)w1, (long long)b1,
+                  D, H, E, K, act_code(x->act), out, nm[8], nm[9], nm[10], nm[11], in, (long long)w1, (long long)b1,
                   (long long)w2, (long long)b2);
         sb_printf(f,
                   "        moe_aux_losses<%d, %d>(k, A(%s), d->dacc + %lld, d->dacc + %d, d->stats + %lld, d->dacc + %lld, "
@@ -427,7 +430,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   "        moe_experts_backward<%d, %d, %d, %d, %s>(k, %s, G(%s), G(%s), G(%s), G(%s), %s, A(%s), A(%s),\n"
                   "                                               A(%s), A(%s), &r, P(%lldL), P(%lldL), DP(%lldL), "
                   "DP(%lldL),\n                                               DP(%lldL), DP(%lldL), N, cap, %d);\n",
-                  D, H, E, K, act_tmpl(x->act), din, nm[4], nm[11], nm[9], nm[8], dout, nm[8], nm[9], nm[10], nm[11],
+                  D, H, E, K, act_code(x->act), din, nm[4], nm[11], nm[9], nm[8], dout, nm[8], nm[9], nm[10], nm[11],
                   (long long)w1, (long long)w2, (long long)w1, (long long)b1, (long long)w2, (long long)b2, acc);
         sb_printf(&b,
                   "        moe_router_backward<%d, %d>(k, G(%s), G(%s), &r, %s, d->dacc + %lld, N, %d, %s, %s, %s, %s);\n",

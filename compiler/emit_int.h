@@ -20,7 +20,6 @@ char *sb_take(sbuf *b);   /* the text, owned by the caller; b is emptied */
 /* The plan of one backend: every value flowing between ops gets a buffer
  * in the activation arena, its gradient the same offset of a second one. */
 typedef struct gen {
-    bool cuda;            /* the CUDA backend's plan */
     const mc_model *m;
     int64_t act_floats;   /* float slots of the activation arena (compiled batch) */
     int64_t int_slots;    /* int32 slots (routing) */
@@ -36,7 +35,7 @@ typedef struct gen {
     int *moe_index;       /* per op: its MoE layer number, or -1 */
 } gen;
 
-void gen_init(gen *g, const mc_model *m, bool cuda);
+void gen_init(gen *g, const mc_model *m);
 void gen_free(gen *g);
 int64_t alloc_act(gen *g, const char *name, int64_t floats, const char *what);
 void alloc_int(gen *g, const char *name, int64_t n, const char *what);
@@ -45,7 +44,6 @@ int tokens_of(const mc_shape *s);
 const char *act_code(mc_act a);
 void val_ref(char *buf, size_t n, int v, bool grad);  /* "A(V3)", "G(V3)" or "x" */
 int acc_flag(const gen *g, int i, int v);
-void plan_values(gen *g);
 
 /* What both emitters know of op i as they start its code. */
 typedef struct op_ctx {
@@ -69,10 +67,6 @@ typedef struct flit_buf {
 flit_buf flit(double v);
 
 void header_comment(sbuf *b, const mc_model *m, const char *file, const char *what, const mc_emit_opts *o);
-const char *c_string(sbuf *tmp, const char *s);
-
-/* Tutel's capacity (ops.h: moe_capacity) */
-int moe_capacity_of(int N, int E, int K, double cf, bool dropless);
 
 /* the tables of model.h (TENSORS, DATASETS, ...) and the per-model statics
  * (MOEj_MAP, HEAD_W, HEAD_B), for model.c and model.cu */

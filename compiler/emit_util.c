@@ -1,5 +1,4 @@
 /* emit_util.c: what the CPU and CUDA emitters share (emit_int.h). */
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,7 +7,6 @@
 #include "emit_int.h"
 
 /* ---- a growing string ---------------------------------------------------- */
-
 
 void sb_printf(sbuf *b, const char *fmt, ...)
 {
@@ -36,7 +34,6 @@ void sb_free(sbuf *b)
 }
 
 /* ---- the plan and the code ------------------------------------------------ */
-
 
 int64_t alloc_act(gen *g, const char *name, int64_t floats, const char *what)
 {
@@ -92,7 +89,7 @@ int acc_flag(const gen *g, int i, int v)
     return g->last_use[v] == i ? 0 : 1;
 }
 
-void plan_values(gen *g)
+static void plan_values(gen *g)
 {
     const mc_model *m = g->m;
     int cur = -1;
@@ -198,28 +195,10 @@ void header_comment(sbuf *b, const mc_model *m, const char *file, const char *wh
               file, what, o->moecc_version, m->source_path);
 }
 
-const char *c_string(sbuf *tmp, const char *s)
-{
-    tmp->len = 0;
-    sb_printf(tmp, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            sb_printf(tmp, "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
-            sb_printf(tmp, "\\%03o", c);
-        else
-            sb_printf(tmp, "%c", c);
-    }
-    sb_printf(tmp, "\"");
-    return tmp->s;
-}
-
-void gen_init(gen *g, const mc_model *m, bool cuda)
+void gen_init(gen *g, const mc_model *m)
 {
     memset(g, 0, sizeof *g);
     g->m = m;
-    g->cuda = cuda;
     size_t n = (size_t)m->nops;
     g->param_off = mc_xcalloc(n, sizeof *g->param_off);
     g->value = mc_xcalloc(n, sizeof *g->value);
@@ -251,15 +230,4 @@ void gen_free(gen *g)
     free(g->skip);
     free(g->last_use);
     free(g->moe_index);
-}
-
-int moe_capacity_of(int N, int E, int K, double cf, bool dropless)
-{
-    if (dropless)
-        return N;
-    long per = (N + E - 1) / E;
-    long cap = (long)K * (long)floor(cf * (double)per);
-    if (cap < 1)
-        cap = 1;
-    return cap > N ? N : (int)cap;
 }
