@@ -11,8 +11,12 @@
 # and with the data loader on files in CIFAR-10's binary format (random
 # pixels, written here: the machine has no network), the images/s of the
 # last metrics record of a 200-step run.
+# With two GPUs or more, data parallelism on 2 GPUs (parallel(data = 2),
+# bf16 compute): weak scaling (each GPU keeps the 1-GPU batch, the global
+# batch doubles) and strong scaling (the same global batch, halved per GPU),
+# with the efficiency against the 1-GPU figure of the same run.
 # Appends everything to $BENCH_OUT (default bench-gpu.txt); BENCH_TORCH=0
-# leaves PyTorch out.
+# leaves PyTorch out, BENCH_DP=0 the 2-GPU runs.
 set -u
 : "${top_srcdir:=.}" "${top_builddir:=.}" "${MOECC:=$top_builddir/moecc}"
 PY=${PYTHON_TORCH:-python3}
@@ -48,7 +52,8 @@ for cfg in gpu_p gpu_s; do
         BACKEND=cuda > "$work/$cfg.build.log" 2>&1 || { cat "$work/$cfg.build.log"; exit 1; }
     cd "$work/$cfg" || exit 1
     for prec in bf16 fp32; do
-        ./train --bench --steps $((STEPS + 2)) --precision $prec | grep '^moecc' | sed "s/^/[$prec] /" | tee -a "$out"
+        ./train --bench --steps $((STEPS + 2)) --precision $prec | grep '^moecc' | sed "s/^/[$prec] /" |
+            tee "$work/$cfg.$prec.txt" | tee -a "$out"
     done
     ./train --data "$work/data" --steps 200 --log-every 100 --eval-every 0 --max-eval 1 -q \
         --metrics real.jsonl --checkpoint real.safetensors > real.log 2>&1 || { cat real.log; exit 1; }
@@ -59,4 +64,40 @@ for cfg in gpu_p gpu_s; do
             grep -E '^(gpu|pytorch)' | tee -a "$out"
     fi
     cd "$work" || exit 1
+done
+
+# data parallelism on 2 GPUs
+gpus=$(nvidia-smi -L | grep -c '^GPU')
+if [ "$gpus" -lt 2 ] || [ "${BENCH_DP:-1}" = 0 ]; then
+    echo "# data parallelism: not run ($gpus GPU(s), BENCH_DP=${BENCH_DP:-1})" | tee -a "$out"
+    exit 0
+fi
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+port=$((29600 + $$ % 1000))
+ips_of() { sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p' "$1"; }
+for cfg in gpu_p gpu_s; do
+    batch=$(sed -n 's/^ *batch = \([0-9]*\).*/\1/p' "$top_srcdir/bench/$cfg.moe")
+    one=$(ips_of "$work/$cfg.bf16.txt")
+    for scaling in weak strong; do
+        global=$batch
+        [ $scaling = weak ] && global=$((2 * batch))
+        dir=$work/$cfg.dp2.$scaling
+        { sed "s/^\( *batch = \)[0-9]*/\1$global/" "$top_srcdir/bench/$cfg.moe"; echo "parallel(data = 2)"; } > "$dir.moe"
+        "$MOECC" --target cuda "$dir.moe" -o "$dir" > /dev/null || exit 1
+        env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$dir" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
+            BACKEND=cuda > "$dir.build.log" 2>&1 || { cat "$dir.build.log"; exit 1; }
+        port=$((port + 1))
+        for r in 0 1; do
+            (cd "$dir" && RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+                exec ./train --bench --steps $((STEPS + 2)) > "rank$r.log" 2>&1) &
+        done
+        wait
+        line=$(grep '^moecc' "$dir/rank0.log") || { cat "$dir"/rank*.log; exit 1; }
+        two=$(echo "$line" | sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p')
+        # images/s of 2 GPUs over twice one GPU's (weak: the same work per
+        # GPU; strong: the speedup over 2)
+        eff=$(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.1f", 100 * a / (2 * b) }')
+        echo "[2 GPUs, data parallel, $scaling scaling, global batch $global] $line; $eff% of 2 x the 1-GPU $one images/s" |
+            tee -a "$out"
+    done
 done

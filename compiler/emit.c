@@ -437,6 +437,11 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "#define MOECC_VERSION %s\n\n", c_string(&tmp, o->moecc_version));
     sb_printf(h, "/* shapes */\n");
     sb_printf(h, "#define BATCH %d              /* compiled batch: the most a step takes */\n", t->batch);
+    sb_printf(h, "/* parallel(data = ..., expert = ...): the CUDA trainer runs as PARALLEL_DATA\n"
+                 " * processes, one per GPU, each on LOCAL_BATCH samples of every batch; the\n"
+                 " * CPU trainer runs the whole batch in one process */\n");
+    sb_printf(h, "#define PARALLEL_DATA %d\n#define PARALLEL_EXPERT %d\n", m->parallel.data, m->parallel.expert);
+    sb_printf(h, "#define LOCAL_BATCH (BATCH / PARALLEL_DATA)\n");
     sb_printf(h, "#define IN_C %d\n#define IN_H %d\n#define IN_W %d\n", m->input_c, m->input_h, m->input_w);
     sb_printf(h, "#define N_CLASSES %d          /* logits per sample (the largest head) */\n", m->classes);
     sb_printf(h, "#define PER_DATASET_HEADS %d\n", m->heads == HEADS_PER_DATASET);
@@ -519,8 +524,15 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "/* the device memory the backend holds (0 on the CPU) */\nint64_t model_device_bytes(void);\n");
     sb_printf(h, "/* the logits [B, N_CLASSES] on the host, valid until the next call */\n");
     sb_printf(h, "const float *model_eval(model *m, const float *x, const int32_t *dataset, int B);\n");
-    sb_printf(h, "/* routing statistics: zeroed, and brought to m->stats, m->load, m->ds_expert, m->aux */\n");
-    sb_printf(h, "void model_stats_reset(model *m);\nvoid model_stats_fetch(model *m);\n\n");
+    sb_printf(h, "/* routing statistics: zeroed, and brought to m->stats, m->load, m->ds_expert, m->aux\n"
+                 " * (summed over the processes: every process calls model_stats_fetch) */\n");
+    sb_printf(h, "void model_stats_reset(model *m);\nvoid model_stats_fetch(model *m);\n");
+    sb_printf(h, "/* the processes of a data-parallel run (one per GPU): this one's rank and\n"
+                 " * their number, 0 and 1 with one process; model_sum adds v[0..n) up over them\n"
+                 " * in place and model_broadcast sends rank 0's bytes to all (both: every\n"
+                 " * process, in the same order; nothing with one process) */\n");
+    sb_printf(h, "int model_rank(void);\nint model_world(void);\n");
+    sb_printf(h, "void model_sum(model *m, double *v, int n);\nvoid model_broadcast(model *m, void *buf, size_t bytes);\n\n");
     sb_printf(h, "/* ---- the CPU model (model.c) ---- */\n");
     sb_printf(h, "/* x: the images [B, IN_C, IN_H, IN_W]; dataset: each sample's dataset */\n");
     sb_printf(h, "void model_forward(model *m, const float *x, const int32_t *dataset, int B, int train);\n");
@@ -543,7 +555,12 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    int *maps;             /* [N_MOE_SLOTS, N_DATASETS] dataset-to-expert maps */\n"
                  "    int64_t *head_off;     /* [2, N_DATASETS] per-dataset heads' offsets */\n"
                  "    int *classes;          /* [N_DATASETS] */\n    void *sort_tmp;        /* the routing sort's scratch */\n"
-                 "    size_t sort_bytes;\n    uint64_t seed;\n} dev_model;\n\n");
+                 "    size_t sort_bytes;\n    uint64_t seed;\n"
+                 "    int64_t row0;          /* this process's first sample of the batch (random draws) */\n"
+                 "    /* data parallelism: average the gradients of parameters [lo, hi) over\n"
+                 "     * the processes (backend.cu) */\n"
+                 "    void (*grad_ready)(const struct kctx *k, struct dev_model *d, int64_t lo, int64_t hi);\n"
+                 "    void *comm;\n} dev_model;\n\n");
     sb_printf(h, "typedef struct dev_layout {\n    int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;\n"
                  "    int eval_batch;        /* the largest batch the arenas hold dropless */\n"
                  "    int64_t logits, dlogits, xent; /* offsets in act, dact, act */\n    int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], "
@@ -854,8 +871,11 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
     rc |= rc ? 0 : write_file(o->outdir, "model.c", c.s, c.len, errbuf, errlen);
     rc |= rc ? 0 : write_file(o->outdir, "model.json", j.s, j.len, errbuf, errlen);
     if (cuda) {
+        /* each GPU's arenas hold its share of the batch */
+        mc_model local = *m;
+        local.train.batch = m->train.batch / m->parallel.data;
         gen gc;
-        gen_init(&gc, m);
+        gen_init(&gc, &local);
         emit_model_cu(&cu, &gc, o);
         rc |= rc ? 0 : write_file(o->outdir, "model.cu", cu.s, cu.len, errbuf, errlen);
         gen_free(&gc);
@@ -880,6 +900,7 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
         "model", m->name, "source", m->source_path, "version", o->moecc_version,
         "batch", batch, "params", params, "gflops", flops,
         "backends", backends, "default_backend", defb,
+        "nccl_libs", m->parallel.data > 1 ? "-lnccl" : "",
     };
     static const struct { const char *tmpl, *file; bool cuda; } files[] = {
         { "cpu/ops.h", "ops.h", false },       { "common/train.c", "train.c", false },

@@ -82,6 +82,14 @@ int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
             break;
         }
     }
+    if (!errors && m->parallel.expert > 1) {
+        mc_report(d, MC_ERROR, m->parallel.expert_loc,
+                  "the CUDA backend does not generate expert parallelism yet (expert = %d)", m->parallel.expert);
+        mc_hint(d, "parallel(data = %d) alone trains data-parallel on %d GPUs with every expert on each; --target "
+                   "cpu runs the whole batch in one process",
+                m->parallel.data, m->parallel.data);
+        errors++;
+    }
     return errors;
 }
 
@@ -331,7 +339,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         p->st[j] = p->stats;
         p->stats += E + (int64_t)ND * E + 3;
         need_red(p, (int64_t)RED_CHUNKS * E * (H > D ? H : D));
-        need_red(p, (int64_t)2 * AUX_BLOCKS * (2 * E + 3));
+        need_red(p, (int64_t)2 * ((AUX_BLOCKS + 1) * (2 * E + 3) + 1)); /* partials, then the totals */
         const bool attn = x->router == ROUTER_ATTENTION, cosine = x->router == ROUTER_COSINE;
         const int nr = attn || cosine ? 2 : 1, R = x->router_dim;
         const int64_t wg = toff(g, i, 0), tok = nr == 2 ? toff(g, i, 1) : 0, w1 = toff(g, i, nr),
@@ -400,8 +408,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                       flit(1.0 / x->temperature).s);
         if (x->gate_noise > 0)
             sb_printf(f, "        if (train)\n            gate_noise(k, A(%s), (int64_t)N * %d, %s, d->seed, %d, "
-                         "&d->sc->step);\n",
-                      nm[0], E, flit(x->gate_noise / E).s, 1000 + i);
+                         "&d->sc->step, d->row0 * %d);\n",
+                      nm[0], E, flit(x->gate_noise / E).s, 1000 + i, T * E);
         sb_printf(f, "        moe_route<%d, %d>(k, &r, A(%s), N, cap, %d, %d);\n", E, K, nm[0],
                   x->normalize_gates ? 1 : 0, x->batch_priority ? 1 : 0);
         if (ds)
@@ -467,8 +475,10 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         char mask[32];
         snprintf(mask, sizeof mask, "MASK%d", i);
         alloc_act(g, mask, BATCH * n_tok, "dropout mask");
-        sb_printf(f, "    dropout_mask(k, A(%s), (int64_t)B * %lld, train ? %s : 0.0f, d->seed, %d, &d->sc->step);\n",
-                  mask, (long long)n_tok, flit(op->u.drop.p).s, 1000 + i);
+        sb_printf(f,
+                  "    dropout_mask(k, A(%s), (int64_t)B * %lld, train ? %s : 0.0f, d->seed, %d, &d->sc->step, "
+                  "d->row0 * %lld);\n",
+                  mask, (long long)n_tok, flit(op->u.drop.p).s, 1000 + i, (long long)n_tok);
         sb_printf(f, "    mask_forward(k, %s, %s, A(%s), (int64_t)B * %lld);\n", out, in, mask, (long long)n_tok);
         sb_printf(&b, "    mask_backward(k, %s, %s, A(%s), (int64_t)B * %lld, %d);\n", din, dout, mask, (long long)n_tok,
                   acc);
@@ -478,7 +488,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         char keep[32];
         snprintf(keep, sizeof keep, "KEEP%d", i);
         alloc_act(g, keep, BATCH, "stochastic depth: kept samples");
-        sb_printf(f, "    dropout_mask(k, A(%s), B, train ? %s : 0.0f, d->seed, %d, &d->sc->step);\n", keep,
+        sb_printf(f, "    dropout_mask(k, A(%s), B, train ? %s : 0.0f, d->seed, %d, &d->sc->step, d->row0);\n", keep,
                   flit(op->u.drop.p).s, 1000 + i);
         sb_printf(f, "    mask_forward(k, %s, %s, A(%s), (int64_t)B * %lld, %lld);\n", out, in, keep, (long long)n_tok,
                   (long long)n_tok);
@@ -625,9 +635,25 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
                  " * gradients are accumulated (backend.cu zeroes them first) */\n");
     sb_printf(c, "void dev_backward(const kctx *k, dev_model *d, int B)\n{\n");
     sb_printf(c, "    [[maybe_unused]] const float *x = d->x;\n    [[maybe_unused]] const int32_t *dataset = d->dataset;\n");
-    for (int i = m->nops - 1; i >= 0; i--)
+    /* data parallelism: a range of parameter gradients is averaged over the
+     * processes (backend.cu's grad_ready, on its own stream) as soon as the
+     * backward pass is done with it - the parameters lie in op order and the
+     * backward runs the ops in reverse - in buckets of at least
+     * parallel(bucket_mib), overlapped with the rest of the backward */
+    int64_t pending = m->params; /* gradients [lo, pending) are final */
+    int64_t bucket = (int64_t)(m->parallel.bucket_mib * 1048576.0 / sizeof(float));
+    if (bucket < 1)
+        bucket = 1;
+    for (int i = m->nops - 1; i >= 0; i--) {
         if (g->bwd[i] && g->bwd[i][0])
             sb_printf(c, "%s", g->bwd[i]);
+        const int64_t lo = g->param_off[i];
+        if (m->parallel.data > 1 && m->ops[i].ntensors > 0 && (pending - lo >= bucket || lo == 0)) {
+            sb_printf(c, "    d->grad_ready(k, d, %lldL, %lldL); /* parameters [%lld, %lld): averaged over the GPUs */\n",
+                      (long long)lo, (long long)pending, (long long)lo, (long long)pending);
+            pending = lo;
+        }
+    }
     sb_printf(c, "}\n");
     sb_free(&p.gdefs);
     free(p.ent);

@@ -43,6 +43,8 @@ static const mc_param_spec dataset_params[] = {
 static const mc_param_spec parallel_params[] = {
     { "data", PT_INT, "1", 1, 65536, NULL, "data-parallel degree" },
     { "expert", PT_INT, "1", 1, 65536, NULL, "expert-parallel degree; divides every MoE layer's expert count" },
+    { "bucket_mib", PT_FLOAT, "16", 0.001, 4096, NULL,
+      "data parallelism: the least MiB of gradients averaged over the GPUs in one all-reduce" },
     END_PARAMS
 };
 

@@ -1019,7 +1019,9 @@ static void do_parallel(sema *s, const mc_stmt *st)
     mc_parallel *p = &s->m->parallel;
     p->data = (int)get_int(s, &b, "data", 1);
     p->expert = (int)get_int(s, &b, "expert", 1);
+    p->bucket_mib = get_float(s, &b, "bucket_mib", 16);
     s->parallel_loc = where(&b, "expert");
+    p->expert_loc = s->parallel_loc;
     s->data_loc = where(&b, "data");
     s->parallel_given = true;
     if (p->expert > p->data) {
@@ -1989,6 +1991,7 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
     s->block = -1;
     model->source_path = mc_xstrdup(d->src ? d->src->path : "");
     model->parallel.data = model->parallel.expert = 1;
+    model->parallel.bucket_mib = 16;
     int errors_before = d->errors;
 
     /* defaults of train { } when there is none */

@@ -1,5 +1,7 @@
-/* comm_bootstrap.c: the process group from the environment, and rank 0's
- * blob (NCCL's unique id) handed to every rank over TCP (moert_comm.h). */
+/* comm_bootstrap.c: the process group from the environment, rank 0's blob
+ * (NCCL's unique id) handed to every rank over TCP, and the watched process
+ * group that keeps those connections to notice a peer's death
+ * (moert_comm.h). */
 #include "moert_comm.h"
 
 #include <errno.h>
@@ -9,6 +11,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +24,10 @@
 #define FRAME_MAGIC "MOERTID1"
 #define FRAME_MAGIC_LEN 8
 #define FRAME_HEADER_LEN (FRAME_MAGIC_LEN + 4)
+/* The magic of moert_comm_group_open's frame. */
+#define GROUP_MAGIC "MOERTGR1"
+/* The other ranks' answer in a group: rank and world size, big-endian. */
+#define ANSWER_LEN 8
 
 /* Pause between two attempts to reach rank 0. */
 #define CONNECT_RETRY_S 0.1
@@ -132,12 +140,38 @@ static bool launcher_present(const struct launcher *l)
 	return false;
 }
 
+/* OpenMPI: how many ranks run on this host, 1 .. r->world_size, from
+ * OMPI_COMM_WORLD_LOCAL_SIZE; 0 when that is unset. */
+static int env_local_size(const moert_comm_env *r, int *local_size,
+			  moert_error *err)
+{
+	static const char name[] = "OMPI_COMM_WORLD_LOCAL_SIZE";
+	const char *text;
+	uint64_t v;
+
+	*local_size = 0;
+	if (env_get(name, &text, err))
+		return -1;
+	if (!text)
+		return 0;
+	if (env_uint(name, text, &v, err))
+		return -1;
+	if (v < 1 || v > (uint64_t)r->world_size) {
+		moert_error_set(err, "%s=%s is not between 1 and %s=%d", name,
+				text, "OMPI_COMM_WORLD_SIZE", r->world_size);
+		return -1;
+	}
+	*local_size = (int)v;
+	return 0;
+}
+
 int moert_comm_env_read(moert_comm_env *e, moert_error *err)
 {
 	moert_comm_env r;
 	const char *addr, *port;
 	size_t n_launchers = sizeof launchers / sizeof launchers[0];
 	size_t i;
+	int local_size = 0;
 
 	memset(&r, 0, sizeof r);
 	r.world_size = 1;
@@ -150,6 +184,9 @@ int moert_comm_env_read(moert_comm_env *e, moert_error *err)
 			break;
 		}
 	}
+	if (strcmp(r.launcher, "openmpi") == 0 &&
+	    env_local_size(&r, &local_size, err))
+		return -1;
 
 	if (env_get("MASTER_ADDR", &addr, err))
 		return -1;
@@ -164,10 +201,22 @@ int moert_comm_env_read(moert_comm_env *e, moert_error *err)
 			return -1;
 		}
 		strcpy(r.master_addr, addr);
+	} else if (r.world_size > 1 && local_size == r.world_size) {
+		/* mpirun with every rank on this host. */
+		strcpy(r.master_addr, "127.0.0.1");
 	} else if (r.world_size > 1) {
-		moert_error_set(err, "MASTER_ADDR is not set (needed for a world "
-				     "size of %d)",
-				r.world_size);
+		char where[64] = "";
+
+		if (local_size > 0)
+			snprintf(where, sizeof where,
+				 " with OMPI_COMM_WORLD_LOCAL_SIZE=%d",
+				 local_size);
+		moert_error_set(err,
+				"MASTER_ADDR is not set (needed for a world "
+				"size of %d%s): set it to rank 0's host, e.g. "
+				"with mpirun -x MASTER_ADDR=host, when the "
+				"ranks span several hosts",
+				r.world_size, where);
 		return -1;
 	}
 
@@ -318,6 +367,21 @@ static void sockaddr_text(char *buf, size_t size, const struct sockaddr *sa,
  * Rank 0: listen and send
  * ------------------------------------------------------------------------- */
 
+/* The connections that moert_comm_group_open keeps: fd[i] leads to rank
+ * rank[i]; n of them (world_size - 1 on rank 0, 1 elsewhere). */
+struct links {
+	int n;
+	int *fd;
+	int *rank;
+};
+
+static void links_close(struct links *l)
+{
+	for (int i = 0; i < l->n; i++)
+		close(l->fd[i]);
+	l->n = 0;
+}
+
 /* A socket listening on port on every interface: IPv6 dual-stack (IPv4
  * clients too), or IPv4 alone where IPv6 is unavailable. */
 static int listen_any(int port, moert_error *err)
@@ -329,7 +393,7 @@ static int listen_any(int port, moert_error *err)
 		struct sockaddr_storage ss;
 		socklen_t len;
 		int one = 1, zero = 0;
-		int fd = socket(families[i], SOCK_STREAM, 0);
+		int fd = socket(families[i], SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 		if (fd < 0) {
 			last = errno;
@@ -390,27 +454,97 @@ static int send_frame(int fd, const unsigned char *header, const void *blob,
 	return 0;
 }
 
+static void put_be32(unsigned char *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (unsigned char)(v >> (24 - 8 * i));
+}
+
+static uint32_t get_be32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Rank 0, keeping the connection: receives the peer's answer (its rank and
+ * world size) on fd and stores fd in keep. seen[r] marks the ranks already
+ * answered. */
+static int take_peer(const moert_comm_env *e, int fd, const char *peer,
+		     unsigned char *seen, struct links *keep, double deadline,
+		     double timeout_s, moert_error *err)
+{
+	unsigned char answer[ANSWER_LEN];
+	uint32_t rank, world;
+	size_t done;
+
+	if (transfer(fd, false, answer, sizeof answer, deadline, &done)) {
+		transfer_error(err, 0, "receiving the rank of", peer, done,
+			       sizeof answer, timeout_s);
+		return -1;
+	}
+	rank = get_be32(answer);
+	world = get_be32(answer + 4);
+	if (world != (uint32_t)e->world_size) {
+		moert_error_set(err,
+				"comm: rank 0: %s says it is rank %lu of %lu, "
+				"but the world size here is %d",
+				peer, (unsigned long)rank, (unsigned long)world,
+				e->world_size);
+		return -1;
+	}
+	if (rank < 1 || rank >= world) {
+		moert_error_set(err,
+				"comm: rank 0: %s says it is rank %lu, not "
+				"between 1 and %d",
+				peer, (unsigned long)rank, e->world_size - 1);
+		return -1;
+	}
+	if (seen[rank]) {
+		moert_error_set(err,
+				"comm: rank 0: %s says it is rank %lu, which "
+				"another connection already is",
+				peer, (unsigned long)rank);
+		return -1;
+	}
+	seen[rank] = 1;
+	keep->fd[keep->n] = fd;
+	keep->rank[keep->n] = (int)rank;
+	keep->n++;
+	return 0;
+}
+
 /* Rank 0: accepts world_size - 1 connections, one after the other, and
- * sends each the frame. */
-static int serve_blob(const moert_comm_env *e, const void *blob,
-		      size_t len, double deadline, double timeout_s,
-		      moert_error *err)
+ * sends each the frame; then closes each, or, with keep, takes its answer
+ * and stores it in keep (which the caller closes on failure). */
+static int serve_blob(const moert_comm_env *e, const char *magic,
+		      const void *blob, size_t len, double deadline,
+		      double timeout_s, struct links *keep, moert_error *err)
 {
 	unsigned char header[FRAME_HEADER_LEN];
+	unsigned char *seen = NULL;
 	int served = 0, rc = -1;
-	int lfd = listen_any(e->master_port, err);
+	int lfd;
 
-	if (lfd < 0)
+	if (keep) {
+		seen = calloc((size_t)e->world_size, 1);
+		if (!seen) {
+			moert_error_set(err, "comm: rank 0: out of memory");
+			return -1;
+		}
+	}
+	lfd = listen_any(e->master_port, err);
+	if (lfd < 0) {
+		free(seen);
 		return -1;
-	memcpy(header, FRAME_MAGIC, FRAME_MAGIC_LEN);
-	for (int i = 0; i < 4; i++)
-		header[FRAME_MAGIC_LEN + i] = (unsigned char)(len >> (24 - 8 * i));
+	}
+	memcpy(header, magic, FRAME_MAGIC_LEN);
+	put_be32(header + FRAME_MAGIC_LEN, (uint32_t)len);
 
 	while (served < e->world_size - 1) {
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof ss;
 		char peer[NI_MAXHOST + 16];
-		int fd, sent, ready = wait_fd(lfd, POLLIN, deadline);
+		int fd, ready = wait_fd(lfd, POLLIN, deadline);
 
 		if (ready == 0) {
 			moert_error_set(err,
@@ -420,7 +554,9 @@ static int serve_blob(const moert_comm_env *e, const void *blob,
 					e->master_port, timeout_s);
 			goto out;
 		}
-		fd = ready < 0 ? -1 : accept(lfd, (struct sockaddr *)&ss, &sl);
+		fd = ready < 0 ? -1
+			       : accept4(lfd, (struct sockaddr *)&ss, &sl,
+					 SOCK_CLOEXEC);
 		if (fd < 0) {
 			/* A connection dropped before we took it, or a
 			 * signal: wait for the next. */
@@ -439,16 +575,21 @@ static int serve_blob(const moert_comm_env *e, const void *blob,
 			close(fd);
 			goto out;
 		}
-		sent = send_frame(fd, header, blob, len, peer, deadline,
-				  timeout_s, err);
-		close(fd);
-		if (sent != 0)
+		if (send_frame(fd, header, blob, len, peer, deadline, timeout_s,
+			       err) != 0 ||
+		    (keep && take_peer(e, fd, peer, seen, keep, deadline,
+				       timeout_s, err) != 0)) {
+			close(fd);
 			goto out;
+		}
+		if (!keep)
+			close(fd);
 		served++;
 	}
 	rc = 0;
 out:
 	close(lfd);
+	free(seen);
 	return rc;
 }
 
@@ -495,7 +636,8 @@ static int connect_once(const moert_comm_env *e, double deadline, char *why,
 		int soerr = 0;
 		socklen_t sl = sizeof soerr;
 
-		fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+			    ai->ai_protocol);
 		if (fd < 0 || fd_prepare(fd) != 0) {
 			soerr = errno;
 		} else if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
@@ -573,9 +715,19 @@ static void escape_bytes(char *buf, size_t size, const unsigned char *p,
 	buf[k] = '\0';
 }
 
-/* Any other rank: connects to rank 0 and receives the frame into blob. */
-static int fetch_blob(const moert_comm_env *e, void *blob, size_t len,
-		      double deadline, double timeout_s, moert_error *err)
+/* The function that sends magic ("MOERTID1" or "MOERTGR1"). */
+static const char *magic_caller(const char *magic)
+{
+	return strcmp(magic, GROUP_MAGIC) == 0 ? "moert_comm_group_open"
+					       : "moert_comm_exchange";
+}
+
+/* Any other rank: connects to rank 0 and receives the frame into blob; then
+ * closes the connection, or, with keep, answers with its rank and world size
+ * and stores the connection in keep. */
+static int fetch_blob(const moert_comm_env *e, const char *magic, void *blob,
+		      size_t len, double deadline, double timeout_s,
+		      struct links *keep, moert_error *err)
 {
 	unsigned char header[FRAME_HEADER_LEN];
 	char peer[MOERT_COMM_ADDR_MAX + 16];
@@ -592,18 +744,29 @@ static int fetch_blob(const moert_comm_env *e, void *blob, size_t len,
 			       done, sizeof header, timeout_s);
 		goto out;
 	}
-	if (memcmp(header, FRAME_MAGIC, FRAME_MAGIC_LEN) != 0) {
+	if (memcmp(header, magic, FRAME_MAGIC_LEN) != 0) {
+		const char *other = strcmp(magic, GROUP_MAGIC) == 0
+					    ? FRAME_MAGIC
+					    : GROUP_MAGIC;
 		char got[4 * FRAME_MAGIC_LEN + 1];
 
+		if (memcmp(header, other, FRAME_MAGIC_LEN) == 0) {
+			moert_error_set(err,
+					"comm: rank %d: rank 0 at %s called %s, "
+					"this rank %s (every rank must call "
+					"the same)",
+					e->rank, peer, magic_caller(other),
+					magic_caller(magic));
+			goto out;
+		}
 		escape_bytes(got, sizeof got, header, FRAME_MAGIC_LEN);
 		moert_error_set(err,
 				"comm: rank %d: %s is not a moert rank 0: "
 				"received \"%s\" instead of the magic \"%s\"",
-				e->rank, peer, got, FRAME_MAGIC);
+				e->rank, peer, got, magic);
 		goto out;
 	}
-	for (int i = 0; i < 4; i++)
-		sent_len = sent_len << 8 | header[FRAME_MAGIC_LEN + i];
+	sent_len = get_be32(header + FRAME_MAGIC_LEN);
 	if (sent_len != len) {
 		moert_error_set(err,
 				"comm: rank %d: %s sends a %llu-byte id, "
@@ -616,17 +779,36 @@ static int fetch_blob(const moert_comm_env *e, void *blob, size_t len,
 			       len, timeout_s);
 		goto out;
 	}
+	if (keep) {
+		unsigned char answer[ANSWER_LEN];
+
+		put_be32(answer, (uint32_t)e->rank);
+		put_be32(answer + 4, (uint32_t)e->world_size);
+		if (transfer(fd, true, answer, sizeof answer, deadline,
+			     &done)) {
+			transfer_error(err, e->rank, "sending the rank to", peer,
+				       done, sizeof answer, timeout_s);
+			goto out;
+		}
+		keep->fd[0] = fd;
+		keep->rank[0] = 0;
+		keep->n = 1;
+		return 0;
+	}
 	rc = 0;
 out:
 	close(fd);
 	return rc;
 }
 
-int moert_comm_exchange(const moert_comm_env *e, void *blob, size_t len,
-			double timeout_s, moert_error *err)
-{
-	double deadline;
+/* ---------------------------------------------------------------------------
+ * The exchange
+ * ------------------------------------------------------------------------- */
 
+/* The checks of moert_comm_exchange, before any socket. */
+static int check_args(const moert_comm_env *e, const void *blob, size_t len,
+		      double timeout_s, moert_error *err)
+{
 	if (!e || e->world_size < 1 || e->world_size > MOERT_COMM_MAX_WORLD ||
 	    e->rank < 0 || e->rank >= e->world_size || e->master_port < 1 ||
 	    e->master_port > 65535) {
@@ -653,15 +835,245 @@ int moert_comm_exchange(const moert_comm_env *e, void *blob, size_t len,
 				e->rank, len, (unsigned long)UINT32_MAX);
 		return -1;
 	}
-	if (e->world_size == 1)
-		return 0;
-	if (!e->master_addr[0] && e->rank > 0) {
+	if (e->world_size > 1 && !e->master_addr[0] && e->rank > 0) {
 		moert_error_set(err, "comm: rank %d: no MASTER_ADDR to reach rank 0",
 				e->rank);
 		return -1;
 	}
-	deadline = moert_now() + timeout_s;
-	return e->rank == 0
-		       ? serve_blob(e, blob, len, deadline, timeout_s, err)
-		       : fetch_blob(e, blob, len, deadline, timeout_s, err);
+	return 0;
+}
+
+/* The exchange, arguments checked, world size above 1: without keep, every
+ * connection is closed; with keep (room for world_size - 1 connections on
+ * rank 0, 1 elsewhere), they are stored there on success and closed on
+ * failure. */
+static int run_exchange(const moert_comm_env *e, void *blob, size_t len,
+			double timeout_s, struct links *keep, moert_error *err)
+{
+	const char *magic = keep ? GROUP_MAGIC : FRAME_MAGIC;
+	double deadline = moert_now() + timeout_s;
+	int rc = e->rank == 0 ? serve_blob(e, magic, blob, len, deadline,
+					   timeout_s, keep, err)
+			      : fetch_blob(e, magic, blob, len, deadline,
+					   timeout_s, keep, err);
+
+	if (rc != 0 && keep)
+		links_close(keep);
+	return rc;
+}
+
+int moert_comm_exchange(const moert_comm_env *e, void *blob, size_t len,
+			double timeout_s, moert_error *err)
+{
+	if (check_args(e, blob, len, timeout_s, err))
+		return -1;
+	if (e->world_size == 1)
+		return 0;
+	return run_exchange(e, blob, len, timeout_s, NULL, err);
+}
+
+/* ---------------------------------------------------------------------------
+ * The watched process group
+ * ------------------------------------------------------------------------- */
+
+struct moert_comm_group {
+	int rank;
+	char *prefix;
+	struct links links; /* none with a world size of 1 */
+	bool *finished;     /* [i]: links.rank[i] sent its bye byte */
+	struct pollfd *pfd; /* the watcher's: the wakeup pipe, then links */
+	int wake[2];        /* the wakeup pipe: close writes, the watcher reads */
+	pthread_t thread;
+	bool running; /* the watcher thread was started */
+};
+
+/* Writes the whole line to stderr (one write() unless interrupted). */
+static void write_stderr(const char *s, size_t n)
+{
+	while (n > 0) {
+		ssize_t k = write(STDERR_FILENO, s, n);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return;
+		s += k;
+		n -= (size_t)k;
+	}
+}
+
+/* Peer rank `peer` is gone without its bye: says so and ends the process. */
+static void peer_failed(const moert_comm_group *g, int peer)
+{
+	char line[512];
+	int n = snprintf(line, sizeof line,
+			 "%s: rank %d: rank %d ended without finishing "
+			 "(crashed, killed, or stopped on an error); stopping "
+			 "this rank too\n",
+			 g->prefix, g->rank, peer);
+
+	if (n < 0)
+		n = 0;
+	if ((size_t)n >= sizeof line) {
+		n = (int)sizeof line - 1;
+		line[n - 1] = '\n';
+	}
+	write_stderr(line, (size_t)n);
+	_exit(1);
+}
+
+/* The watcher thread: polls the wakeup pipe and every connection until
+ * moert_comm_group_close writes to the pipe. */
+static void *watch_peers(void *arg)
+{
+	moert_comm_group *g = arg;
+	struct pollfd *p = g->pfd;
+	int n = g->links.n;
+
+	for (;;) {
+		int k = poll(p, (nfds_t)n + 1, -1);
+
+		if (k < 0) {
+			/* EINTR, or ENOMEM for a while: try again. */
+			if (errno != EINTR) {
+				struct timespec ts = {0, 10 * 1000 * 1000};
+
+				nanosleep(&ts, NULL);
+			}
+			continue;
+		}
+		if (p[0].revents)
+			return NULL;
+		for (int i = 0; i < n; i++) {
+			unsigned char buf[64];
+			ssize_t got;
+
+			if (p[i + 1].fd < 0 || !p[i + 1].revents)
+				continue;
+			got = read(p[i + 1].fd, buf, sizeof buf);
+			if (got > 0) {
+				/* Any other byte is ignored. */
+				if (memchr(buf, 'B', (size_t)got))
+					g->finished[i] = true;
+				continue;
+			}
+			if (got < 0 && (errno == EINTR || errno == EAGAIN ||
+					errno == EWOULDBLOCK))
+				continue;
+			/* The end of the connection, or an error on it
+			 * (ECONNRESET): after the bye, the peer's orderly
+			 * end; before it, a failure. */
+			if (!g->finished[i])
+				peer_failed(g, g->links.rank[i]);
+			p[i + 1].fd = -1;
+		}
+	}
+}
+
+static void group_free(moert_comm_group *g)
+{
+	links_close(&g->links);
+	for (int i = 0; i < 2; i++)
+		if (g->wake[i] >= 0)
+			close(g->wake[i]);
+	free(g->links.fd);
+	free(g->links.rank);
+	free(g->finished);
+	free(g->pfd);
+	free(g->prefix);
+	free(g);
+}
+
+moert_comm_group *moert_comm_group_open(const moert_comm_env *e,
+					const char *prefix, void *blob,
+					size_t len, double timeout_s,
+					moert_error *err)
+{
+	moert_comm_group *g;
+	sigset_t all, old;
+	size_t cap;
+	int rc;
+
+	if (check_args(e, blob, len, timeout_s, err))
+		return NULL;
+	g = calloc(1, sizeof *g);
+	if (!g) {
+		moert_error_set(err, "comm: rank %d: out of memory", e->rank);
+		return NULL;
+	}
+	g->rank = e->rank;
+	g->wake[0] = g->wake[1] = -1;
+	g->prefix = strdup(prefix && *prefix ? prefix : "moert");
+	cap = e->rank == 0 ? (size_t)e->world_size - 1 : 1;
+	if (!g->prefix)
+		goto oom;
+	if (e->world_size == 1)
+		return g;
+	g->links.fd = calloc(cap, sizeof *g->links.fd);
+	g->links.rank = calloc(cap, sizeof *g->links.rank);
+	g->finished = calloc(cap, sizeof *g->finished);
+	g->pfd = calloc(cap + 1, sizeof *g->pfd);
+	if (!g->links.fd || !g->links.rank || !g->finished || !g->pfd)
+		goto oom;
+	if (pipe2(g->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+		moert_error_set(err, "comm: rank %d: cannot make a pipe: %s",
+				e->rank, strerror(errno));
+		g->wake[0] = g->wake[1] = -1;
+		group_free(g);
+		return NULL;
+	}
+	if (run_exchange(e, blob, len, timeout_s, &g->links, err) != 0) {
+		group_free(g);
+		return NULL;
+	}
+	g->pfd[0].fd = g->wake[0];
+	g->pfd[0].events = POLLIN;
+	for (int i = 0; i < g->links.n; i++) {
+		g->pfd[i + 1].fd = g->links.fd[i];
+		g->pfd[i + 1].events = POLLIN;
+	}
+	/* The watcher takes no signal: they stay with the program's
+	 * threads. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&g->thread, NULL, watch_peers, g);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		moert_error_set(err, "comm: rank %d: cannot start the watcher "
+				     "thread: %s",
+				e->rank, strerror(rc));
+		group_free(g);
+		return NULL;
+	}
+	g->running = true;
+	return g;
+oom:
+	moert_error_set(err, "comm: rank %d: out of memory", e->rank);
+	group_free(g);
+	return NULL;
+}
+
+void moert_comm_group_close(moert_comm_group *g)
+{
+	if (!g)
+		return;
+	if (g->running) {
+		const char one = 1;
+
+		/* The pipe is empty and non-blocking: this write cannot
+		 * block, and fails only on a broken program. */
+		while (write(g->wake[1], &one, 1) < 0 && errno == EINTR)
+			;
+		pthread_join(g->thread, NULL);
+		g->running = false;
+	}
+	for (int i = 0; i < g->links.n; i++) {
+		/* A peer that has closed needs no bye (and may be gone). */
+		if (!g->finished[i]) {
+			while (send(g->links.fd[i], "B", 1, MSG_NOSIGNAL) < 0 &&
+			       errno == EINTR)
+				;
+		}
+	}
+	group_free(g);
 }

@@ -39,6 +39,8 @@ struct moert_mixture {
     int64_t *cursor;        /* (k) position in the epoch's permutation */
     uint32_t **perm;        /* (k) permutation of each source for its epoch */
     norm_lut *lut;          /* (k) pixel -> normalized value, per channel */
+    int shard_global;       /* data-parallel global batch size, 0 = unsharded */
+    int shard_first;        /* first sample of the global batch that goes to b */
 };
 
 /* ------------------------------------------------------------------ */
@@ -279,13 +281,45 @@ int64_t moert_mixture_step(const moert_mixture *m)
     return m->step;
 }
 
+int moert_mixture_set_shard(moert_mixture *m, int global_batch, int first, char *errbuf,
+                            size_t errlen)
+{
+    if (global_batch < 0) {
+        data_errf(errbuf, errlen,
+                  "mixture shard: global batch %d (must be >= 1, or 0 for no sharding)",
+                  global_batch);
+        return -1;
+    }
+    if (global_batch > 0 && (first < 0 || first >= global_batch)) {
+        data_errf(errbuf, errlen,
+                  "mixture shard: first sample %d outside the global batch of %d (0..%d)", first,
+                  global_batch, global_batch - 1);
+        return -1;
+    }
+    m->shard_global = global_batch;
+    m->shard_first = global_batch > 0 ? first : 0;
+    return 0;
+}
+
 int moert_mixture_next(moert_mixture *m, moert_batch *b)
 {
     if (!b || !b->x || b->capacity < 1 || b->c != m->c || b->h != m->h || b->w != m->w)
         return -1;
+    /* The step draws samples [0, total) and b gets [first, end) of them.
+     * Unsharded, that is all of them; sharded, every sample of the global
+     * batch still picks its source and advances that source's cursor, so
+     * the state is the unsharded one, but only b's rows are assembled. */
+    int total = b->capacity, first = 0;
+    if (m->shard_global > 0) {
+        if (b->capacity > m->shard_global - m->shard_first)
+            return -1;
+        total = m->shard_global;
+        first = m->shard_first;
+    }
+    int end = first + b->capacity;
     size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
     uint64_t step = (uint64_t)m->step;
-    for (int i = 0; i < b->capacity; i++) {
+    for (int i = 0; i < total; i++) {
         double u = data_unit(data_hash(m->seed, STREAM_PICK, step, (uint64_t)i));
         int j = 0;
         if (m->k > 1) { /* first j with u < cum[j]; cum[k-1] = 1 > u */
@@ -307,6 +341,8 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b)
             m->cursor[j] = 0;
             make_perm(m, j);
         }
+        if (i < first || i >= end)
+            continue; /* another shard's sample */
         int pad = 0, dy = 0, dx = 0, flip = 0;
         if (s->aug & MOERT_AUG_CROP && s->pad > 0) {
             pad = s->pad;
@@ -317,9 +353,10 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b)
         if (s->aug & MOERT_AUG_FLIP)
             flip = (int)(data_hash(m->seed, STREAM_FLIP, step, (uint64_t)i) >> 63);
         write_sample(im->pixels + (size_t)idx * per, m->c, m->h, m->w,
-                     (const float(*)[256])m->lut[j], pad, dy, dx, flip, b->x + (size_t)i * per);
-        b->labels[i] = im->labels[idx] + s->label_offset;
-        b->dataset[i] = j;
+                     (const float(*)[256])m->lut[j], pad, dy, dx, flip,
+                     b->x + (size_t)(i - first) * per);
+        b->labels[i - first] = im->labels[idx] + s->label_offset;
+        b->dataset[i - first] = j;
     }
     b->count = b->capacity;
     b->step = m->step;

@@ -224,9 +224,24 @@ moert_mixture *moert_mixture_create(const moert_mix_source *sources, int k, uint
 void moert_mixture_free(moert_mixture *m);
 
 /* Assembles the batch of the current step into b (b->capacity samples, b's
- * shape must be the sources' shape) and advances one step. Allocates
- * nothing. Returns the number of samples, or -1 if b does not fit. */
+ * shape must be the sources' shape; sharded, b's slice of the global batch,
+ * see moert_mixture_set_shard) and advances one step. Allocates nothing.
+ * Returns the number of samples, or -1 if b does not fit. */
 int moert_mixture_next(moert_mixture *m, moert_batch *b);
+
+/* Data-parallel sharding: from now on every step draws a global batch of
+ * `global_batch` samples exactly as an unsharded sampler with batches of
+ * that size would (the same sources, images, augmentations and cursor
+ * advances), but moert_mixture_next writes only samples
+ * [first, first + b->capacity) of it into b (b->capacity is then the shard's
+ * size; first + b->capacity must not exceed global_batch, else
+ * moert_mixture_next returns -1). The state (export/import) is the same as
+ * an unsharded sampler's after the same steps, so a checkpoint written by
+ * any shard resumes any sharding, or none. global_batch >= 1 and
+ * 0 <= first < global_batch, else -1 with a message naming the bad value.
+ * global_batch = 0 turns sharding off again (first is then ignored). */
+int moert_mixture_set_shard(moert_mixture *m, int global_batch, int first, char *errbuf,
+                            size_t errlen);
 
 /* The step the next call to moert_mixture_next makes. */
 int64_t moert_mixture_step(const moert_mixture *m);

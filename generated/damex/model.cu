@@ -349,7 +349,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         linear_forward(&kg, A(LOGITS17), A(V16), P(207488L), nullptr, N, 128, 3);
         if (train)
-            gate_noise(k, A(LOGITS17), (int64_t)N * 3, 0.33333334f, d->seed, 1017, &d->sc->step);
+            gate_noise(k, A(LOGITS17), (int64_t)N * 3, 0.33333334f, d->seed, 1017, &d->sc->step, d->row0 * 48);
         moe_route<3, 1>(k, &r, A(LOGITS17), N, cap, 1, 1);
         moe_target(k, IA(TARGET17), dataset, d->maps + 0, N, 16);
         moe_experts_forward<128, 256, 3, 1, ACT_GELU>(k, A(V17), A(XE17), A(HE17), A(AE17), A(YE17), A(V16), &r, P(207872L),
@@ -396,7 +396,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         linear_forward(&kg, A(LOGITS33), A(V32), P(604672L), nullptr, N, 128, 3);
         if (train)
-            gate_noise(k, A(LOGITS33), (int64_t)N * 3, 0.33333334f, d->seed, 1033, &d->sc->step);
+            gate_noise(k, A(LOGITS33), (int64_t)N * 3, 0.33333334f, d->seed, 1033, &d->sc->step, d->row0 * 48);
         moe_route<3, 1>(k, &r, A(LOGITS33), N, cap, 1, 1);
         moe_target(k, IA(TARGET33), dataset, d->maps + 3, N, 16);
         moe_experts_forward<128, 256, 3, 1, ACT_GELU>(k, A(V33), A(XE33), A(HE33), A(AE33), A(YE33), A(V32), &r, P(605056L),

@@ -7,7 +7,13 @@
  * writes metrics as JSON lines and checkpoints in the safetensors format.
  * A run stopped and resumed from its checkpoint ends bit-identical to one
  * that was never stopped. The model runs on a backend (model.h): backend.c
- * on the CPU or backend.cu on a GPU; this file is the same for both. */
+ * on the CPU or backend.cu on a GPU; this file is the same for both.
+ *
+ * Data parallelism (the CUDA trainer of a model with parallel(data = N)):
+ * N copies of this program, one per GPU, each train on their share of every
+ * batch, drawn by one sampler as a single process would draw the batch; rank
+ * 0 alone reads and writes the checkpoint, the metrics and the terminal, and
+ * evaluation shares the test batches out among the ranks. */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -320,12 +326,14 @@ typedef struct eval_result {
     double loss;
 } eval_result;
 
+/* Every rank calls this: the test batches are shared out in turn among the
+ * ranks, and the counts summed over them. */
 static void evaluate(model *m, data_set *ds, moert_batch *batch, const options *o, eval_result *r)
 {
     memset(r, 0, sizeof *r);
     model_stats_reset(m);
     double loss_sum = 0.0;
-    int64_t n_all = 0;
+    int64_t n_all = 0, batches = 0;
     for (int d = 0; d < N_DATASETS; d++) {
         moert_eval_iter it;
         moert_mix_source src = ds[d].src;
@@ -337,6 +345,10 @@ static void evaluate(model *m, data_set *ds, moert_batch *batch, const options *
                 break;
             if (o->max_eval > 0 && r->total[d] + count > o->max_eval)
                 count = (int)(o->max_eval - r->total[d]);
+            r->total[d] += count;
+            n_all += count;
+            if (batches++ % model_world() != model_rank())
+                continue; /* another rank's */
             const float *logits = model_eval(m, batch->x, batch->dataset, count);
             const int C = DATASET_CLASSES[d];
             for (int b = 0; b < count; b++) {
@@ -348,10 +360,16 @@ static void evaluate(model *m, data_set *ds, moert_batch *batch, const options *
                 r->correct[d] += best == batch->labels[b];
                 loss_sum += softmax_xent(NULL, l, C, batch->labels[b], 0.0f, 1.0f);
             }
-            r->total[d] += count;
-            n_all += count;
         }
     }
+    double sums[N_DATASETS + 1];
+    for (int d = 0; d < N_DATASETS; d++)
+        sums[d] = (double)r->correct[d];
+    sums[N_DATASETS] = loss_sum;
+    model_sum(m, sums, N_DATASETS + 1);
+    for (int d = 0; d < N_DATASETS; d++)
+        r->correct[d] = (int64_t)sums[d];
+    loss_sum = sums[N_DATASETS];
     model_stats_fetch(m);
     r->loss = n_all ? loss_sum / n_all : 0.0;
 }
@@ -523,6 +541,25 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    /* the model first: with data parallelism this joins the other ranks, so
+     * that a rank that fails from here on stops them all */
+    model m;
+    model_open(&m, (uint64_t)o.seed, o.threads, precision);
+    const int rank = model_rank(), world = model_world();
+    if (o.batch % world != 0) {
+        fprintf(stderr, "train: --batch %d does not split evenly over the %d GPUs\n", o.batch, world);
+        return 2;
+    }
+    if (world > 1 && o.dump_step) {
+        fprintf(stderr, "train: --dump-step writes one process's step: run it on one GPU\n");
+        return 2;
+    }
+    const int local = o.batch / world; /* this rank's share of every batch */
+    if (rank > 0) {
+        o.quiet = true;            /* rank 0 speaks for all */
+        o.metrics = "/dev/null";
+    }
+
     /* data */
     data_set ds[N_DATASETS];
     memset(ds, 0, sizeof ds);
@@ -566,16 +603,14 @@ int main(int argc, char **argv)
     const size_t sampler_len = moert_mixture_state_len(mix);
     int64_t *sampler = xcalloc(sampler_len, sizeof *sampler);
 
-    /* the model */
-    model m;
-    model_open(&m, (uint64_t)o.seed, o.threads, precision);
+    /* the weights: rank 0 reads the files, model_to_device hands its
+     * weights and optimizer state to every rank */
     init_params(&m, (uint64_t)o.seed);
-
     int64_t start = 0;
-    if (o.resume && access(o.checkpoint, F_OK) == 0) {
+    if (rank > 0) {
+        /* below: rank 0's step and sampler */
+    } else if (o.resume && access(o.checkpoint, F_OK) == 0) {
         start = load_checkpoint(&m, o.checkpoint, sampler, sampler_len, o.seed);
-        if (moert_mixture_state_import(mix, sampler, sampler_len, errbuf, sizeof errbuf) != 0)
-            die("cannot resume: %s: %s", o.checkpoint, errbuf);
         printf("resumed from %s at step %lld\n", o.checkpoint, (long long)start);
     } else if (o.resume) {
         printf("no checkpoint at %s: starting from step 0\n", o.checkpoint);
@@ -586,12 +621,21 @@ int main(int argc, char **argv)
         load_tensors(&m, c, o.init_from, false);
         moert_ckpt_close(c);
     }
+    model_broadcast(&m, &start, sizeof start);
+    if (start > 0) {
+        model_broadcast(&m, sampler, sampler_len * sizeof *sampler);
+        if (moert_mixture_state_import(mix, sampler, sampler_len, errbuf, sizeof errbuf) != 0)
+            die("cannot resume: %s: %s", o.checkpoint, errbuf);
+    }
     model_to_device(&m);
+    /* each rank draws the whole batch and makes its own share of it */
+    if (world > 1 && moert_mixture_set_shard(mix, o.batch, rank * local, errbuf, sizeof errbuf) != 0)
+        die("%s", errbuf);
     moert_metrics *metrics = moert_metrics_open(o.bench ? "/dev/null" : o.metrics, start > 0, &err);
     if (!metrics)
         die("%s", err.msg);
 
-    moert_prefetch *pf = moert_prefetch_create(mix, o.batch, 2, errbuf, sizeof errbuf);
+    moert_prefetch *pf = moert_prefetch_create(mix, local, 2, errbuf, sizeof errbuf);
     if (!pf)
         die("%s", errbuf);
     moert_batch eval_batch;
@@ -623,10 +667,10 @@ int main(int argc, char **argv)
     if (o.bench) {
         moert_rng r;
         moert_rng_init(&r, (uint64_t)o.seed, 77);
-        bench_x = xcalloc((size_t)o.batch * IN_C * IN_H * IN_W, sizeof *bench_x);
-        bench_labels = xcalloc((size_t)o.batch, sizeof *bench_labels);
-        moert_rng_fill_normal(&r, bench_x, (size_t)o.batch * IN_C * IN_H * IN_W, 0.0f, 1.0f);
-        for (int b = 0; b < o.batch; b++)
+        bench_x = xcalloc((size_t)local * IN_C * IN_H * IN_W, sizeof *bench_x);
+        bench_labels = xcalloc((size_t)local, sizeof *bench_labels);
+        moert_rng_fill_normal(&r, bench_x, (size_t)local * IN_C * IN_H * IN_W, 0.0f, 1.0f);
+        for (int b = 0; b < local; b++)
             bench_labels[b] = (int32_t)moert_rng_next_below(&r, (uint64_t)N_CLASSES);
     }
     eval_result ev;
@@ -640,34 +684,34 @@ int main(int argc, char **argv)
             die("the data loader stopped");
         if (o.bench) {
             moert_batch *sb = (moert_batch *)batch;
-            memcpy(sb->x, bench_x, sizeof *bench_x * (size_t)o.batch * IN_C * IN_H * IN_W);
-            for (int b = 0; b < o.batch; b++)
+            memcpy(sb->x, bench_x, sizeof *bench_x * (size_t)local * IN_C * IN_H * IN_W);
+            for (int b = 0; b < local; b++)
                 sb->labels[b] = bench_labels[b] % DATASET_CLASSES[sb->dataset[b]];
         } else if (o.synthetic) {
-            /* random images and labels, different every step */
+            /* random images and labels, different every step (and rank) */
             moert_batch *sb = (moert_batch *)batch;
             moert_rng r;
-            moert_rng_init(&r, (uint64_t)o.seed, 77);
+            moert_rng_init(&r, (uint64_t)o.seed, 77 + (uint64_t)rank);
             r.counter = (uint64_t)step << 32;
-            moert_rng_fill_normal(&r, sb->x, (size_t)o.batch * IN_C * IN_H * IN_W, 0.0f, 1.0f);
-            for (int b = 0; b < o.batch; b++)
+            moert_rng_fill_normal(&r, sb->x, (size_t)local * IN_C * IN_H * IN_W, 0.0f, 1.0f);
+            for (int b = 0; b < local; b++)
                 sb->labels[b] = (int32_t)moert_rng_next_below(&r, (uint64_t)DATASET_CLASSES[sb->dataset[b]]);
         }
         const double lr = learning_rate(o.lr, step, o.steps);
         if (o.dump_step) {
             /* the gradients of the first step, the weights left as they were */
-            model_train_step(&m, batch, o.batch, lr, step, 0);
+            model_train_step(&m, batch, local, lr, step, 0);
             model_totals(&m, &tot);
             model_to_host(&m);
             const double ce = tot.loss - tot.aux;
-            dump_step(&m, batch, o.batch, (float)tot.loss, o.dump_step);
+            dump_step(&m, batch, local, (float)tot.loss, o.dump_step);
             printf("wrote the first step to %s: loss %.6f (cross-entropy %.6f)\n", o.dump_step, tot.loss, ce);
             stopped = true;
             break;
         }
         const int64_t done = step + 1;
         const bool log_now = done % o.log_every == 0 || done == o.steps;
-        model_train_step(&m, batch, o.batch, lr, step, MODEL_STEP_UPDATE | (log_now ? MODEL_STEP_NORM : 0));
+        model_train_step(&m, batch, local, lr, step, MODEL_STEP_UPDATE | (log_now ? MODEL_STEP_NORM : 0));
         if (o.bench) {
             if (done - start == 2 || o.steps - start <= 2) {
                 /* after the warm-up (CUDA: the graphs' capture): wait for the device */
@@ -720,7 +764,16 @@ int main(int argc, char **argv)
             t_log = moert_now();
             model_stats_reset(&m);
         }
-        const bool stop = moert_signal_stop_requested() || (o.stop_after > 0 && done == o.stop_after);
+        bool signalled = moert_signal_stop_requested();
+        if (world > 1) {
+            /* every rank must stop after the same step: a signal that reached
+             * any of them counts at the next metrics record */
+            double any = signalled ? 1.0 : 0.0;
+            if (log_now)
+                model_sum(&m, &any, 1);
+            signalled = log_now && any > 0.0;
+        }
+        const bool stop = signalled || (o.stop_after > 0 && done == o.stop_after);
         if (!o.synthetic && ((o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps)) {
             moert_progress_clear(&progress);
             evaluate(&m, ds, &eval_batch, &o, &ev);
@@ -761,12 +814,14 @@ int main(int argc, char **argv)
                 if (!isfinite(m.param[i]))
                     die("a weight is %f after step %lld: training diverged (try a lower --lr); %s is left as it was",
                         m.param[i], (long long)done, o.checkpoint);
-            save_checkpoint(&m, o.checkpoint, done, sampler, sampler_len, (uint64_t)o.seed);
+            if (rank == 0) /* the weights are the same on every rank */
+                save_checkpoint(&m, o.checkpoint, done, sampler, sampler_len, (uint64_t)o.seed);
         }
         if (stop) {
             moert_progress_clear(&progress);
-            printf("stopped after step %lld%s; checkpoint written to %s (resume with --resume)\n", (long long)done,
-                   moert_signal_stop_requested() ? " by a signal" : "", o.checkpoint);
+            if (rank == 0)
+                printf("stopped after step %lld%s; checkpoint written to %s (resume with --resume)\n",
+                       (long long)done, signalled ? " by a signal" : "", o.checkpoint);
             stopped = true;
             step++;
             break;
@@ -779,14 +834,17 @@ int main(int argc, char **argv)
         /* the mean of the steps after the first two, the device waited for at both ends */
         model_totals(&m, &tot);
         const double per = bench_steps > 0 ? (moert_now() - t_bench) / (double)bench_steps : 0.0;
-        printf("moecc %s: batch %d, %.2f ms per step, %.1f images/s, %.2f GFLOP/s (mean of %lld steps after 2), "
-               "on %s",
-               MODEL_NAME, o.batch, per * 1e3, per > 0 ? o.batch / per : 0.0,
-               per > 0 ? 3.0 * FLOPS_PER_IMAGE * o.batch / per / 1e9 : 0.0, (long long)bench_steps,
-               model_backend_name());
-        if (model_device_bytes() > 0)
-            printf(", device memory %.0f MiB", (double)model_device_bytes() / (1024.0 * 1024.0));
-        printf("\n");
+        if (rank == 0) {
+            printf("moecc %s: batch %d, %.2f ms per step, %.1f images/s, %.2f GFLOP/s (mean of %lld steps after "
+                   "2), on %s",
+                   MODEL_NAME, o.batch, per * 1e3, per > 0 ? o.batch / per : 0.0,
+                   per > 0 ? 3.0 * FLOPS_PER_IMAGE * o.batch / per / 1e9 : 0.0, (long long)bench_steps,
+                   model_backend_name());
+            if (model_device_bytes() > 0)
+                printf(", device memory %.0f MiB%s", (double)model_device_bytes() / (1024.0 * 1024.0),
+                       world > 1 ? " per GPU" : "");
+            printf("\n");
+        }
         stopped = true;
     } else if (o.synthetic || o.dump_step) {
         stopped = true;
@@ -796,6 +854,8 @@ int main(int argc, char **argv)
             evaluate(&m, ds, &eval_batch, &o, &ev);
             keep_routing(&report, &m);
         }
+    }
+    if (!stopped && rank == 0) {
         printf("\n%s after %lld steps - test accuracy per dataset:\n", MODEL_NAME, (long long)step);
         for (int d = 0; d < N_DATASETS; d++)
             printf("  %-12s %7.2f%%  (%lld images)\n", DATASETS[d].name,

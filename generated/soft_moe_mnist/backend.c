@@ -36,9 +36,49 @@ const char *model_backend_name(void)
     return "cpu";
 }
 
+/* The CPU trainer is one process with the whole batch (a parallel(...)
+ * statement is for the CUDA trainer): one that a launcher started several
+ * times would have them all write the same files. */
+int model_rank(void)
+{
+    return 0;
+}
+
+int model_world(void)
+{
+    return 1;
+}
+
+void model_sum(model *m, double *v, int n)
+{
+    (void)m;
+    (void)v;
+    (void)n;
+}
+
+void model_broadcast(model *m, void *buf, size_t bytes)
+{
+    (void)m;
+    (void)buf;
+    (void)bytes;
+}
+
 void model_open(model *m, uint64_t seed, int threads, int precision)
 {
     (void)precision; /* the CPU computes in fp32 */
+    moert_comm_env env;
+    moert_error err;
+    if (moert_comm_env_read(&env, &err) != 0) {
+        fprintf(stderr, "train: %s\n", err.msg);
+        exit(1);
+    }
+    if (env.world_size > 1) {
+        fprintf(stderr,
+                "train: the CPU trainer runs the whole batch in one process, but %s started %d of them;\n"
+                "       start it once (data parallelism is the CUDA trainer's: make BACKEND=cuda)\n",
+                env.launcher, env.world_size);
+        exit(1);
+    }
     /* the kernels share out the work on OpenMP threads; BLAS runs
      * single-threaded inside them (see ops.h) */
 #ifdef MOE_USE_OPENBLAS

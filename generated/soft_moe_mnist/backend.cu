@@ -13,7 +13,16 @@
  * captured once per buffer. The learning rate and the step number travel
  * with the batch and are read on the device. Nothing in a step waits for
  * the GPU except the reuse of a buffer two steps later; the losses are
- * summed on the device and read when train.c asks (model_totals). */
+ * summed on the device and read when train.c asks (model_totals).
+ *
+ * Data parallelism (parallel(data = N), N > 1): one process per GPU, each
+ * on its LOCAL_BATCH samples of every batch. Rank 0's NCCL id reaches the
+ * others through libmoert's process group (moert_comm.h), which also stops
+ * every rank when one dies. In the step's graph, the backward pass hands
+ * each finished range of parameter gradients to grad_ready, which averages
+ * it over the GPUs on a stream of its own while the backward goes on; the
+ * MoE layers' auxiliary losses are summed over the GPUs in the forward
+ * (kctx.sum_across), so that every loss is the whole batch's. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +30,10 @@
 
 #include "model.h"
 #include "kernels.cuh"
+
+#if PARALLEL_DATA > 1
+#include <nccl.h>
+#endif
 
 #define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 #define IMAGE_FLOATS ((size_t)IN_C * IN_H * IN_W)
@@ -51,9 +64,61 @@ typedef struct cuda_state {
     input_slot slot[2];
     int next;                /* the slot of the next step */
     int64_t steps;           /* steps since model_totals */
+    moert_comm_group *group; /* the processes of a data-parallel run */
+#if PARALLEL_DATA > 1
+    ncclComm_t comm;
+    cudaStream_t comm_stream;  /* the gradients' all-reduces */
+    cudaEvent_t bucket_ready;  /* on k.stream: a range of gradients is final */
+    cudaEvent_t buckets_done;  /* on comm_stream: every range is averaged */
+    unsigned long long *stats_sum; /* the statistics summed over the GPUs */
+#endif
 } cuda_state;
 
 static int64_t device_bytes; /* all the backend allocates (cuBLAS's workspace included) */
+static int world_rank = 0, world_size = 1;
+
+int model_rank(void)
+{
+    return world_rank;
+}
+
+int model_world(void)
+{
+    return world_size;
+}
+
+/* How long the ranks wait for each other to start (rank 0's NCCL id). */
+#define COMM_TIMEOUT_S 300.0
+
+#if PARALLEL_DATA > 1
+#define NCCL_CHECK(call)                                                                                 \
+    do {                                                                                                 \
+        const ncclResult_t r_ = (call);                                                                  \
+        if (r_ != ncclSuccess) {                                                                         \
+            fprintf(stderr, "train: rank %d: NCCL error at %s:%d: %s\n", world_rank, __FILE__, __LINE__, \
+                    ncclGetErrorString(r_));                                                             \
+            exit(1);                                                                                     \
+        }                                                                                                \
+    } while (0)
+
+/* kctx.sum_across: v summed over the GPUs, in order on the stream */
+static void sum_across(const kctx *k, double *v, int n)
+{
+    const cuda_state *s = (const cuda_state *)k->comm;
+    NCCL_CHECK(ncclAllReduce(v, v, (size_t)n, ncclDouble, ncclSum, s->comm, k->stream));
+}
+
+/* dev_model.grad_ready: parameters [lo, hi) have their gradients; average
+ * them over the GPUs on comm_stream while the backward pass goes on */
+static void grad_ready(const kctx *k, dev_model *d, int64_t lo, int64_t hi)
+{
+    const cuda_state *s = (const cuda_state *)d->comm;
+    CUDA_CHECK(cudaEventRecord(s->bucket_ready, k->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(s->comm_stream, s->bucket_ready, 0));
+    NCCL_CHECK(ncclAllReduce(d->grad + lo, d->grad + lo, (size_t)(hi - lo), ncclFloat, ncclAvg, s->comm,
+                             s->comm_stream));
+}
+#endif
 
 int64_t model_device_bytes(void)
 {
@@ -102,9 +167,38 @@ const char *model_backend_name(void)
     return backend_name;
 }
 
+/* The processes the launcher started must be the GPUs the model was compiled for. */
+static void read_process_group(moert_comm_env *env)
+{
+    moert_error err;
+    if (moert_comm_env_read(env, &err) != 0) {
+        fprintf(stderr, "train: %s\n", err.msg);
+        exit(1);
+    }
+    if (env->world_size == PARALLEL_DATA)
+        return;
+    if (PARALLEL_DATA == 1)
+        fprintf(stderr,
+                "train: this trainer was compiled for one GPU, but %s started %d processes; for %d GPUs add\n"
+                "       parallel(data = %d) to %s and run moecc again\n",
+                env->launcher, env->world_size, env->world_size, env->world_size, MODEL_SOURCE);
+    else
+        fprintf(stderr,
+                "train: this trainer was compiled for %d GPUs (parallel(data = %d) in %s), but it was started as\n"
+                "       %d process%s (%s); start one process per GPU: mpirun -np %d ./train, or\n"
+                "       torchrun --nproc-per-node %d --no-python ./train\n",
+                PARALLEL_DATA, PARALLEL_DATA, MODEL_SOURCE, env->world_size, env->world_size == 1 ? "" : "es",
+                env->launcher, PARALLEL_DATA, PARALLEL_DATA);
+    exit(1);
+}
+
 void model_open(model *m, uint64_t seed, int threads, int precision)
 {
     (void)threads; /* the CPU threads load data (the prefetcher's) */
+    moert_comm_env env;
+    read_process_group(&env);
+    world_rank = env.rank;
+    world_size = env.world_size;
     int devices = 0;
     cudaError_t e = cudaGetDeviceCount(&devices);
     if (e != cudaSuccess || devices == 0) {
@@ -113,6 +207,12 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
                 e != cudaSuccess ? cudaGetErrorString(e) : "none found");
         exit(1);
     }
+    if (env.local_rank >= devices) {
+        fprintf(stderr, "train: rank %d is process %d of its host, which has only %d GPU%s (one process per GPU)\n",
+                env.rank, env.local_rank, devices, devices == 1 ? "" : "s");
+        exit(1);
+    }
+    CUDA_CHECK(cudaSetDevice(env.local_rank));
     memset(m, 0, sizeof *m);
     cuda_state *s = (cuda_state *)calloc(1, sizeof *s);
     if (!s) {
@@ -122,8 +222,13 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     m->dev = s;
     m->seed = seed;
     cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    snprintf(backend_name, sizeof backend_name, "cuda (%s, %s)", prop.name, precision == PRECISION_BF16 ? "bf16" : "fp32");
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, env.local_rank));
+    if (world_size > 1)
+        snprintf(backend_name, sizeof backend_name, "cuda (%d x %s, %s, data parallel)", world_size, prop.name,
+                 precision == PRECISION_BF16 ? "bf16" : "fp32");
+    else
+        snprintf(backend_name, sizeof backend_name, "cuda (%s, %s)", prop.name,
+                 precision == PRECISION_BF16 ? "bf16" : "fp32");
 
     /* the host's copies of the weights and the optimizer state: pinned, for
      * checkpoints and initialisation */
@@ -157,9 +262,33 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     d->head_off = (int64_t *)dev_alloc(sizeof(int64_t) * 2 * N_DATASETS);
     d->classes = (int *)dev_alloc(sizeof(int) * N_DATASETS);
     d->seed = seed;
+    d->row0 = (int64_t)world_rank * LOCAL_BATCH;
+#if PARALLEL_DATA > 1
+    {
+        ncclUniqueId id;
+        memset(&id, 0, sizeof id);
+        if (world_rank == 0)
+            NCCL_CHECK(ncclGetUniqueId(&id));
+        moert_error err;
+        s->group = moert_comm_group_open(&env, "train", &id, sizeof id, COMM_TIMEOUT_S, &err);
+        if (!s->group) {
+            fprintf(stderr, "train: rank %d: %s\n", world_rank, err.msg);
+            exit(1);
+        }
+        NCCL_CHECK(ncclCommInitRank(&s->comm, world_size, id, world_rank));
+        CUDA_CHECK(cudaStreamCreateWithFlags(&s->comm_stream, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&s->bucket_ready, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&s->buckets_done, cudaEventDisableTiming));
+        s->stats_sum = (unsigned long long *)dev_alloc(sizeof(unsigned long long) * (size_t)DEV_LAYOUT.stats);
+        k->sum_across = sum_across;
+        k->comm = s;
+        d->grad_ready = grad_ready;
+        d->comm = s;
+    }
+#endif
     /* the routing sort's scratch, for the most tokens a layer routes */
     size_t bytes = 0;
-    if (moe_prio_sort_dev(NULL, &bytes, NULL, NULL, NULL, NULL, BATCH * MAX_TOKENS, k->stream) != 0) {
+    if (moe_prio_sort_dev(NULL, &bytes, NULL, NULL, NULL, NULL, LOCAL_BATCH * MAX_TOKENS, k->stream) != 0) {
         fprintf(stderr, "train: cannot size the routing sort\n");
         exit(1);
     }
@@ -180,17 +309,17 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
 
     for (int i = 0; i < 2; i++) {
         input_slot *sl = &s->slot[i];
-        sl->x_host = (float *)host_alloc(sizeof(float) * BATCH * IMAGE_FLOATS);
-        sl->dataset_host = (int32_t *)host_alloc(sizeof(int32_t) * BATCH);
-        sl->labels_host = (int32_t *)host_alloc(sizeof(int32_t) * BATCH);
+        sl->x_host = (float *)host_alloc(sizeof(float) * LOCAL_BATCH * IMAGE_FLOATS);
+        sl->dataset_host = (int32_t *)host_alloc(sizeof(int32_t) * LOCAL_BATCH);
+        sl->labels_host = (int32_t *)host_alloc(sizeof(int32_t) * LOCAL_BATCH);
         sl->sc_host = (step_scalars *)host_alloc(sizeof(step_scalars));
-        sl->x = (float *)dev_alloc(sizeof(float) * BATCH * IMAGE_FLOATS);
-        sl->dataset = (int32_t *)dev_alloc(sizeof(int32_t) * BATCH);
-        sl->labels = (int32_t *)dev_alloc(sizeof(int32_t) * BATCH);
+        sl->x = (float *)dev_alloc(sizeof(float) * LOCAL_BATCH * IMAGE_FLOATS);
+        sl->dataset = (int32_t *)dev_alloc(sizeof(int32_t) * LOCAL_BATCH);
+        sl->labels = (int32_t *)dev_alloc(sizeof(int32_t) * LOCAL_BATCH);
         sl->sc = (step_scalars *)dev_alloc(sizeof(step_scalars));
         CUDA_CHECK(cudaEventCreateWithFlags(&sl->done, cudaEventDisableTiming));
     }
-    s->logits_host = (float *)host_alloc(sizeof(float) * BATCH * N_CLASSES);
+    s->logits_host = (float *)host_alloc(sizeof(float) * (size_t)DEV_LAYOUT.eval_batch * N_CLASSES);
     d->x = s->slot[0].x;
     d->dataset = s->slot[0].dataset;
     d->sc = s->slot[0].sc;
@@ -234,8 +363,52 @@ void model_close(model *m)
     CUDA_CHECK(cudaStreamDestroy(s->k.stream));
     CUDA_CHECK(cudaStreamDestroy(s->copy));
     free(s->stats_host);
+#if PARALLEL_DATA > 1
+    CUDA_CHECK(cudaFree(s->stats_sum));
+    CUDA_CHECK(cudaEventDestroy(s->bucket_ready));
+    CUDA_CHECK(cudaEventDestroy(s->buckets_done));
+    CUDA_CHECK(cudaStreamDestroy(s->comm_stream));
+    NCCL_CHECK(ncclCommDestroy(s->comm));
+#endif
+    moert_comm_group_close(s->group);
     free(s);
     memset(m, 0, sizeof *m);
+}
+
+void model_sum(model *m, double *v, int n)
+{
+#if PARALLEL_DATA > 1
+    cuda_state *s = (cuda_state *)m->dev;
+    double *dv = NULL;
+    CUDA_CHECK(cudaMalloc(&dv, sizeof(double) * (size_t)(n > 0 ? n : 1)));
+    CUDA_CHECK(cudaMemcpyAsync(dv, v, sizeof(double) * (size_t)n, cudaMemcpyHostToDevice, s->k.stream));
+    NCCL_CHECK(ncclAllReduce(dv, dv, (size_t)n, ncclDouble, ncclSum, s->comm, s->k.stream));
+    CUDA_CHECK(cudaMemcpyAsync(v, dv, sizeof(double) * (size_t)n, cudaMemcpyDeviceToHost, s->k.stream));
+    CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
+    CUDA_CHECK(cudaFree(dv));
+#else
+    (void)m;
+    (void)v;
+    (void)n;
+#endif
+}
+
+void model_broadcast(model *m, void *buf, size_t bytes)
+{
+#if PARALLEL_DATA > 1
+    cuda_state *s = (cuda_state *)m->dev;
+    void *dv = NULL;
+    CUDA_CHECK(cudaMalloc(&dv, bytes ? bytes : 1));
+    CUDA_CHECK(cudaMemcpyAsync(dv, buf, bytes, cudaMemcpyHostToDevice, s->k.stream));
+    NCCL_CHECK(ncclBroadcast(dv, dv, bytes, ncclUint8, 0, s->comm, s->k.stream));
+    CUDA_CHECK(cudaMemcpyAsync(buf, dv, bytes, cudaMemcpyDeviceToHost, s->k.stream));
+    CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
+    CUDA_CHECK(cudaFree(dv));
+#else
+    (void)m;
+    (void)buf;
+    (void)bytes;
+#endif
 }
 
 /* the weights and the optimizer's state: the host's copies to the device */
@@ -246,6 +419,13 @@ void model_to_device(model *m)
     copy_now(s, s->d.param, m->param, bytes);
     copy_now(s, s->d.opt_m, m->opt_m, bytes);
     copy_now(s, s->d.opt_v, m->opt_v, bytes);
+#if PARALLEL_DATA > 1
+    /* every GPU starts from rank 0's weights and state */
+    float *arena[] = { s->d.param, s->d.opt_m, s->d.opt_v };
+    for (int i = 0; i < 3; i++)
+        NCCL_CHECK(ncclBroadcast(arena[i], arena[i], (size_t)N_PARAMS, ncclFloat, 0, s->comm, s->k.stream));
+    CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
+#endif
 }
 
 /* and back, with the last step's gradients */
@@ -283,7 +463,17 @@ void model_stats_reset(model *m)
 void model_stats_fetch(model *m)
 {
     cuda_state *s = (cuda_state *)m->dev;
-    copy_now(s, s->stats_host, s->d.stats, sizeof(unsigned long long) * (size_t)DEV_LAYOUT.stats);
+    const unsigned long long *stats = s->d.stats;
+#if PARALLEL_DATA > 1
+    NCCL_CHECK(ncclAllReduce(s->d.stats, s->stats_sum, (size_t)DEV_LAYOUT.stats, ncclUint64, ncclSum, s->comm,
+                             s->k.stream));
+    stats = s->stats_sum;
+#endif
+    copy_now(s, s->stats_host, stats, sizeof(unsigned long long) * (size_t)DEV_LAYOUT.stats);
+    double entropy[N_MOE_SLOTS];
+    for (int j = 0; j < N_MOE; j++)
+        copy_now(s, &entropy[j], s->d.dacc + DEV_LAYOUT.entropy[j], sizeof(double));
+    model_sum(m, entropy, N_MOE);
     for (int j = 0; j < N_MOE; j++) {
         const int E = MOE_LAYERS[j].experts;
         const unsigned long long *st = s->stats_host + DEV_LAYOUT.stats_off[j];
@@ -294,7 +484,7 @@ void model_stats_fetch(model *m)
         m->stats[j].assigned = (int64_t)st[E + N_DATASETS * E];
         m->stats[j].dropped = (int64_t)st[E + N_DATASETS * E + 1];
         m->stats[j].tokens = (int64_t)st[E + N_DATASETS * E + 2];
-        copy_now(s, &m->stats[j].entropy, s->d.dacc + DEV_LAYOUT.entropy[j], sizeof(double));
+        m->stats[j].entropy = entropy[j];
         copy_now(s, m->aux[j], s->d.act + DEV_LAYOUT.aux[j], sizeof m->aux[j]);
     }
 }
@@ -315,6 +505,11 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
     mean_accumulate_kernel<<<1, 256, 0, k->stream>>>(d->dacc + 0, xent, B);
     LAUNCH_CHECK();
     dev_backward(k, d, B);
+#if PARALLEL_DATA > 1
+    /* the gradients averaged over the GPUs (grad_ready's buckets) */
+    CUDA_CHECK(cudaEventRecord(s->buckets_done, s->comm_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(k->stream, s->buckets_done, 0));
+#endif
     grad_norm(k, d->dacc + 2, d->grad, N_PARAMS);
     if (!update)
         return;
@@ -387,6 +582,11 @@ void model_totals(model *m, step_totals *t)
     cuda_state *s = (cuda_state *)m->dev;
     copy_now(s, s->dacc_host, s->d.dacc, sizeof s->dacc_host);
     CUDA_CHECK(cudaMemsetAsync(s->d.dacc, 0, 2 * sizeof(double), s->k.stream));
+    /* the mean over the GPUs of their mean losses: the whole batch's (the
+     * gradient norm is the averaged gradients', the same on every GPU) */
+    model_sum(m, s->dacc_host, 2);
+    for (int i = 0; i < 2; i++)
+        s->dacc_host[i] /= world_size;
     t->loss = s->dacc_host[0] + s->dacc_host[1];
     t->aux = s->dacc_host[1];
     t->steps = s->steps;

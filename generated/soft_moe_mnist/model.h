@@ -24,6 +24,12 @@ extern "C" {
 
 /* shapes */
 #define BATCH 64              /* compiled batch: the most a step takes */
+/* parallel(data = ..., expert = ...): the CUDA trainer runs as PARALLEL_DATA
+ * processes, one per GPU, each on LOCAL_BATCH samples of every batch; the
+ * CPU trainer runs the whole batch in one process */
+#define PARALLEL_DATA 1
+#define PARALLEL_EXPERT 1
+#define LOCAL_BATCH (BATCH / PARALLEL_DATA)
 #define IN_C 1
 #define IN_H 28
 #define IN_W 28
@@ -148,9 +154,18 @@ int model_eval_batch(void);
 int64_t model_device_bytes(void);
 /* the logits [B, N_CLASSES] on the host, valid until the next call */
 const float *model_eval(model *m, const float *x, const int32_t *dataset, int B);
-/* routing statistics: zeroed, and brought to m->stats, m->load, m->ds_expert, m->aux */
+/* routing statistics: zeroed, and brought to m->stats, m->load, m->ds_expert, m->aux
+ * (summed over the processes: every process calls model_stats_fetch) */
 void model_stats_reset(model *m);
 void model_stats_fetch(model *m);
+/* the processes of a data-parallel run (one per GPU): this one's rank and
+ * their number, 0 and 1 with one process; model_sum adds v[0..n) up over them
+ * in place and model_broadcast sends rank 0's bytes to all (both: every
+ * process, in the same order; nothing with one process) */
+int model_rank(void);
+int model_world(void);
+void model_sum(model *m, double *v, int n);
+void model_broadcast(model *m, void *buf, size_t bytes);
 
 /* ---- the CPU model (model.c) ---- */
 /* x: the images [B, IN_C, IN_H, IN_W]; dataset: each sample's dataset */
@@ -185,6 +200,11 @@ typedef struct dev_model {
     void *sort_tmp;        /* the routing sort's scratch */
     size_t sort_bytes;
     uint64_t seed;
+    int64_t row0;          /* this process's first sample of the batch (random draws) */
+    /* data parallelism: average the gradients of parameters [lo, hi) over
+     * the processes (backend.cu) */
+    void (*grad_ready)(const struct kctx *k, struct dev_model *d, int64_t lo, int64_t hi);
+    void *comm;
 } dev_model;
 
 typedef struct dev_layout {

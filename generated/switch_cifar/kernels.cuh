@@ -77,6 +77,10 @@ typedef struct kctx {
     cublasComputeType_t compute; /* CUBLAS_COMPUTE_32F or CUBLAS_COMPUTE_32F_FAST_16BF */
     float *red;                  /* scratch for partial sums (reduce_*), RED_FLOATS */
     int64_t red_floats;
+    /* data parallelism: sums v[0..n) over the processes in place, in order on
+     * the stream (backend.cu, over NCCL); NULL with one process */
+    void (*sum_across)(const struct kctx *k, double *v, int n);
+    void *comm;                  /* backend.cu's state for sum_across */
 } kctx;
 
 /* ---- random numbers: Philox4x32-10, as runtime/core_rng.c --------------------------- */
@@ -884,23 +888,25 @@ static inline void pool_backward(const kctx *k, float *dinp, const float *dout, 
     LAUNCH_CHECK();
 }
 
-/* mask[i] = 0 with probability p, else 1/(1-p); the step is read on the device */
+/* mask[i] = 0 with probability p, else 1/(1-p), from (seed, stream, step, i0 + i): i0 is the
+ * first element of this process's share of the batch; the step is read on the device */
 static __global__ void dropout_mask_kernel(float *mask, int64_t n, float p, uint64_t seed, int stream,
-                                           const int64_t *step)
+                                           const int64_t *step, int64_t i0)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n)
         return;
     const float keep = 1.0f / (1.0f - p);
     mask[i] = p <= 0.0f ? 1.0f
-                        : (rng_uniform_dev(seed, (uint64_t)stream, ((uint64_t)*step << 32) + (uint64_t)i) < p ? 0.0f
-                                                                                                              : keep);
+                        : (rng_uniform_dev(seed, (uint64_t)stream, ((uint64_t)*step << 32) + (uint64_t)(i0 + i)) < p
+                               ? 0.0f
+                               : keep);
 }
 
 static inline void dropout_mask(const kctx *k, float *mask, int64_t n, float p, uint64_t seed, int stream,
-                                const int64_t *step)
+                                const int64_t *step, int64_t i0)
 {
-    dropout_mask_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(mask, n, p, seed, stream, step);
+    dropout_mask_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(mask, n, p, seed, stream, step, i0);
     LAUNCH_CHECK();
 }
 
@@ -1102,19 +1108,21 @@ static inline int moe_capacity(int N, int E, int K, double cf, int dropless)
     return cap > N ? N : (int)cap;
 }
 
-/* logits[n, e] += std * N(0, 1) from (seed, stream, step, n*E + e) */
+/* logits[n, e] += std * N(0, 1) from (seed, stream, step, i0 + n*E + e); i0: the first
+ * element of this process's share of the batch */
 static __global__ void gate_noise_kernel(float *logits, int64_t n, float std, uint64_t seed, int stream,
-                                         const int64_t *step)
+                                         const int64_t *step, int64_t i0)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
-        logits[i] += std * (float)rng_normal_dev(seed, (uint64_t)stream, ((uint64_t)*step << 32) + (uint64_t)i);
+        logits[i] +=
+            std * (float)rng_normal_dev(seed, (uint64_t)stream, ((uint64_t)*step << 32) + (uint64_t)(i0 + i));
 }
 
 static inline void gate_noise(const kctx *k, float *logits, int64_t n, float std, uint64_t seed, int stream,
-                              const int64_t *step)
+                              const int64_t *step, int64_t i0)
 {
-    gate_noise_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(logits, n, std, seed, stream, step);
+    gate_noise_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(logits, n, std, seed, stream, step, i0);
     LAUNCH_CHECK();
 }
 
@@ -1506,38 +1514,60 @@ static __global__ void moe_aux_partial_kernel(double *part, const float *probs, 
         part[(int64_t)blockIdx.x * W + i] = acc[i];
 }
 
-/* Stats of one MoE layer on the device, summed over forward passes:
- * st[0..E) kept choices per expert, st[E..E+ND*E) top-1 choices per
- * (dataset, expert), then assigned, dropped, tokens; entropy separately. */
-template <int E, int K>
-static __global__ void moe_aux_final_kernel(float *aux, double *sums, double *loss_acc, unsigned long long *st,
-                                            double *entropy_acc, const double *part, const int *count, float w_bal,
-                                            float w_z, float w_ds, float w_imp, int N, int ND, int train)
+/* The partials added up in block order: tot[0..W) the layer's sums over this
+ * process's tokens, tot[W] = N its token count; the entropy (a statistic,
+ * kept per process) goes to entropy_acc. */
+template <int E>
+static __global__ void moe_aux_total_kernel(double *tot, double *entropy_acc, const double *part, int N)
 {
     constexpr int W = 2 * E + 3;
+    const int i = threadIdx.x;
+    if (i > W)
+        return;
+    double t = 0.0;
+    if (i < W)
+        for (int q = 0; q < AUX_BLOCKS; q++)
+            t += part[(int64_t)q * W + i];
+    else
+        t = (double)N;
+    tot[i] = t;
+    if (i == 2 * E + 2)
+        entropy_acc[0] += t;
+}
+
+/* The losses of one MoE layer from tot (its sums over every process's
+ * tokens, Ng of them: with data parallelism the losses are those of the
+ * whole batch, as on one GPU), and its statistics on the device, summed
+ * over forward passes: st[0..E) kept choices per expert, st[E..E+ND*E)
+ * top-1 choices per (dataset, expert), then assigned, dropped, tokens -
+ * this process's own. */
+template <int E, int K>
+static __global__ void moe_aux_final_kernel(float *aux, double *sums, double *loss_acc, unsigned long long *st,
+                                            const double *tot, const int *count, float w_bal, float w_z, float w_ds,
+                                            float w_imp, int N, int ND, int train)
+{
     if (threadIdx.x != 0)
         return;
-    double tot[W];
-    for (int i = 0; i < W; i++)
-        tot[i] = 0.0;
-    for (int q = 0; q < AUX_BLOCKS; q++)
-        for (int i = 0; i < W; i++)
-            tot[i] += part[(int64_t)q * W + i];
+    const double Ng = tot[2 * E + 3];
     double bal = 0.0, mu = 0.0, var = 0.0;
     for (int e = 0; e < E; e++) {
-        bal += (tot[e] / N) * (tot[E + e] / N);
+        bal += (tot[e] / Ng) * (tot[E + e] / Ng);
         mu += tot[e] / E;
     }
     for (int e = 0; e < E; e++)
         var += (tot[e] - mu) * (tot[e] - mu) / E;
     aux[0] = (float)(bal * E);
-    aux[1] = (float)(tot[2 * E] / N);
-    aux[2] = (float)(tot[2 * E + 1] / N);
+    aux[1] = (float)(tot[2 * E] / Ng);
+    aux[2] = (float)(tot[2 * E + 1] / Ng);
     aux[3] = mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
-    /* for the backward pass: summed probabilities and top-1 fractions */
+    /* for the backward pass, which divides by this process's N: the
+     * probabilities summed over all tokens scaled by N / Ng (the importance
+     * loss is scale-free, so its gradient comes out Ng / N times the whole
+     * batch's, as the gradient average over processes wants) and the top-1
+     * fractions of all tokens */
     for (int e = 0; e < E; e++) {
-        sums[e] = tot[e];
-        sums[E + e] = tot[E + e] / N;
+        sums[e] = tot[e] * ((double)N / Ng);
+        sums[E + e] = tot[E + e] / Ng;
     }
     if (train)
         loss_acc[0] += w_bal * aux[0] + w_z * aux[1] + w_ds * aux[2] + w_imp * aux[3];
@@ -1549,7 +1579,6 @@ static __global__ void moe_aux_final_kernel(float *aux, double *sums, double *lo
     st[E + ND * E] += (unsigned long long)N * K;
     st[E + ND * E + 1] += (unsigned long long)N * K - kept;
     st[E + ND * E + 2] += (unsigned long long)N;
-    entropy_acc[0] += tot[2 * E + 2];
 }
 
 /* top-1 choices per (dataset, expert): integer atomics, exact */
@@ -1582,12 +1611,19 @@ static inline void moe_aux_losses(const kctx *k, float *aux, double *sums, doubl
                                   const int32_t *dataset, float w_bal, float w_z, float w_ds, float w_imp, int N, int T,
                                   int ND, int train)
 {
-    double *part = (double *)k->red;
+    constexpr int W = 2 * E + 3;
+    static_assert(W + 1 <= 1024, "moe_aux_total_kernel: one thread per sum");
+    double *part = (double *)k->red, *tot = part + (int64_t)AUX_BLOCKS * W;
     moe_aux_partial_kernel<E, K><<<AUX_BLOCKS, 256, 0, k->stream>>>(part, r->probs, r->lse, r->topk, target,
                                                                     r->entropy, N);
     LAUNCH_CHECK();
-    moe_aux_final_kernel<E, K><<<1, 32, 0, k->stream>>>(aux, sums, loss_acc, st, entropy_acc, part, r->count, w_bal,
-                                                        w_z, w_ds, w_imp, N, ND, train);
+    moe_aux_total_kernel<E><<<1, (W + 32) / 32 * 32, 0, k->stream>>>(tot, entropy_acc, part, N);
+    LAUNCH_CHECK();
+    /* training with data parallelism: the losses of the whole batch */
+    if (train && k->sum_across)
+        k->sum_across(k, tot, W + 1);
+    moe_aux_final_kernel<E, K><<<1, 32, 0, k->stream>>>(aux, sums, loss_acc, st, tot, r->count, w_bal, w_z, w_ds,
+                                                        w_imp, N, ND, train);
     LAUNCH_CHECK();
     moe_ds_expert_kernel<K><<<blocks_for(N, 256), 256, 0, k->stream>>>(st, r->topk, dataset, N, T, E);
     LAUNCH_CHECK();

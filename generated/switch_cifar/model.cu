@@ -551,7 +551,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     attention_forward<65, 64, 3>(k, A(Y6), A(ATT6), A(QKV6), B);
     linear_forward(k, A(V6), A(Y6), P(133632L), P(170496L), B * 65, 192, 192);
     /* 7: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP7), B, train ? 0.0f : 0.0f, d->seed, 1007, &d->sc->step);
+    dropout_mask(k, A(KEEP7), B, train ? 0.0f : 0.0f, d->seed, 1007, &d->sc->step, d->row0);
     mask_forward(k, A(V7), A(V6), A(KEEP7), (int64_t)B * 12480, 12480);
     /* 8: residual_end -> [B, 65, 192] */
     add_forward(k, A(V8), A(V3), A(V7), (int64_t)B * 12480);
@@ -562,7 +562,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     bias_act<ACT_GELU>(k, A(ACTV11), A(H11), P(318528L), (int64_t)B * 65, 768);
     linear_forward(k, A(V11), A(ACTV11), P(319296L), P(466752L), B * 65, 768, 192);
     /* 12: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP12), B, train ? 0.0f : 0.0f, d->seed, 1012, &d->sc->step);
+    dropout_mask(k, A(KEEP12), B, train ? 0.0f : 0.0f, d->seed, 1012, &d->sc->step, d->row0);
     mask_forward(k, A(V12), A(V11), A(KEEP12), (int64_t)B * 12480, 12480);
     /* 13: residual_end -> [B, 65, 192] */
     add_forward(k, A(V13), A(V8), A(V12), (int64_t)B * 12480);
@@ -573,7 +573,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     attention_forward<65, 64, 3>(k, A(Y16), A(ATT16), A(QKV16), B);
     linear_forward(k, A(V16), A(Y16), P(578496L), P(615360L), B * 65, 192, 192);
     /* 17: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP17), B, train ? 0.014285714f : 0.0f, d->seed, 1017, &d->sc->step);
+    dropout_mask(k, A(KEEP17), B, train ? 0.014285714f : 0.0f, d->seed, 1017, &d->sc->step, d->row0);
     mask_forward(k, A(V17), A(V16), A(KEEP17), (int64_t)B * 12480, 12480);
     /* 18: residual_end -> [B, 65, 192] */
     add_forward(k, A(V18), A(V13), A(V17), (int64_t)B * 12480);
@@ -596,7 +596,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
     /* 22: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP22), B, train ? 0.014285714f : 0.0f, d->seed, 1022, &d->sc->step);
+    dropout_mask(k, A(KEEP22), B, train ? 0.014285714f : 0.0f, d->seed, 1022, &d->sc->step, d->row0);
     mask_forward(k, A(V22), A(V21), A(KEEP22), (int64_t)B * 12480, 12480);
     /* 23: residual_end -> [B, 65, 192] */
     add_forward(k, A(V23), A(V18), A(V22), (int64_t)B * 12480);
@@ -607,7 +607,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     attention_forward<65, 64, 3>(k, A(Y26), A(ATT26), A(QKV26), B);
     linear_forward(k, A(V26), A(Y26), P(3096000L), P(3132864L), B * 65, 192, 192);
     /* 27: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP27), B, train ? 0.028571429f : 0.0f, d->seed, 1027, &d->sc->step);
+    dropout_mask(k, A(KEEP27), B, train ? 0.028571429f : 0.0f, d->seed, 1027, &d->sc->step, d->row0);
     mask_forward(k, A(V27), A(V26), A(KEEP27), (int64_t)B * 12480, 12480);
     /* 28: residual_end -> [B, 65, 192] */
     add_forward(k, A(V28), A(V23), A(V27), (int64_t)B * 12480);
@@ -618,7 +618,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     bias_act<ACT_GELU>(k, A(ACTV31), A(H31), P(3280896L), (int64_t)B * 65, 768);
     linear_forward(k, A(V31), A(ACTV31), P(3281664L), P(3429120L), B * 65, 768, 192);
     /* 32: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP32), B, train ? 0.028571429f : 0.0f, d->seed, 1032, &d->sc->step);
+    dropout_mask(k, A(KEEP32), B, train ? 0.028571429f : 0.0f, d->seed, 1032, &d->sc->step, d->row0);
     mask_forward(k, A(V32), A(V31), A(KEEP32), (int64_t)B * 12480, 12480);
     /* 33: residual_end -> [B, 65, 192] */
     add_forward(k, A(V33), A(V28), A(V32), (int64_t)B * 12480);
@@ -629,7 +629,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     attention_forward<65, 64, 3>(k, A(Y36), A(ATT36), A(QKV36), B);
     linear_forward(k, A(V36), A(Y36), P(3540864L), P(3577728L), B * 65, 192, 192);
     /* 37: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP37), B, train ? 0.042857144f : 0.0f, d->seed, 1037, &d->sc->step);
+    dropout_mask(k, A(KEEP37), B, train ? 0.042857144f : 0.0f, d->seed, 1037, &d->sc->step, d->row0);
     mask_forward(k, A(V37), A(V36), A(KEEP37), (int64_t)B * 12480, 12480);
     /* 38: residual_end -> [B, 65, 192] */
     add_forward(k, A(V38), A(V33), A(V37), (int64_t)B * 12480);
@@ -652,7 +652,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
     /* 42: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP42), B, train ? 0.042857144f : 0.0f, d->seed, 1042, &d->sc->step);
+    dropout_mask(k, A(KEEP42), B, train ? 0.042857144f : 0.0f, d->seed, 1042, &d->sc->step, d->row0);
     mask_forward(k, A(V42), A(V41), A(KEEP42), (int64_t)B * 12480, 12480);
     /* 43: residual_end -> [B, 65, 192] */
     add_forward(k, A(V43), A(V38), A(V42), (int64_t)B * 12480);
@@ -663,7 +663,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     attention_forward<65, 64, 3>(k, A(Y46), A(ATT46), A(QKV46), B);
     linear_forward(k, A(V46), A(Y46), P(6058368L), P(6095232L), B * 65, 192, 192);
     /* 47: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP47), B, train ? 0.057142857f : 0.0f, d->seed, 1047, &d->sc->step);
+    dropout_mask(k, A(KEEP47), B, train ? 0.057142857f : 0.0f, d->seed, 1047, &d->sc->step, d->row0);
     mask_forward(k, A(V47), A(V46), A(KEEP47), (int64_t)B * 12480, 12480);
     /* 48: residual_end -> [B, 65, 192] */
     add_forward(k, A(V48), A(V43), A(V47), (int64_t)B * 12480);
@@ -674,7 +674,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     bias_act<ACT_GELU>(k, A(ACTV51), A(H51), P(6243264L), (int64_t)B * 65, 768);
     linear_forward(k, A(V51), A(ACTV51), P(6244032L), P(6391488L), B * 65, 768, 192);
     /* 52: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP52), B, train ? 0.057142857f : 0.0f, d->seed, 1052, &d->sc->step);
+    dropout_mask(k, A(KEEP52), B, train ? 0.057142857f : 0.0f, d->seed, 1052, &d->sc->step, d->row0);
     mask_forward(k, A(V52), A(V51), A(KEEP52), (int64_t)B * 12480, 12480);
     /* 53: residual_end -> [B, 65, 192] */
     add_forward(k, A(V53), A(V48), A(V52), (int64_t)B * 12480);
@@ -685,7 +685,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     attention_forward<65, 64, 3>(k, A(Y56), A(ATT56), A(QKV56), B);
     linear_forward(k, A(V56), A(Y56), P(6503232L), P(6540096L), B * 65, 192, 192);
     /* 57: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP57), B, train ? 0.071428575f : 0.0f, d->seed, 1057, &d->sc->step);
+    dropout_mask(k, A(KEEP57), B, train ? 0.071428575f : 0.0f, d->seed, 1057, &d->sc->step, d->row0);
     mask_forward(k, A(V57), A(V56), A(KEEP57), (int64_t)B * 12480, 12480);
     /* 58: residual_end -> [B, 65, 192] */
     add_forward(k, A(V58), A(V53), A(V57), (int64_t)B * 12480);
@@ -708,7 +708,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
     /* 62: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP62), B, train ? 0.071428575f : 0.0f, d->seed, 1062, &d->sc->step);
+    dropout_mask(k, A(KEEP62), B, train ? 0.071428575f : 0.0f, d->seed, 1062, &d->sc->step, d->row0);
     mask_forward(k, A(V62), A(V61), A(KEEP62), (int64_t)B * 12480, 12480);
     /* 63: residual_end -> [B, 65, 192] */
     add_forward(k, A(V63), A(V58), A(V62), (int64_t)B * 12480);
@@ -719,7 +719,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     attention_forward<65, 64, 3>(k, A(Y66), A(ATT66), A(QKV66), B);
     linear_forward(k, A(V66), A(Y66), P(9020736L), P(9057600L), B * 65, 192, 192);
     /* 67: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP67), B, train ? 0.08571429f : 0.0f, d->seed, 1067, &d->sc->step);
+    dropout_mask(k, A(KEEP67), B, train ? 0.08571429f : 0.0f, d->seed, 1067, &d->sc->step, d->row0);
     mask_forward(k, A(V67), A(V66), A(KEEP67), (int64_t)B * 12480, 12480);
     /* 68: residual_end -> [B, 65, 192] */
     add_forward(k, A(V68), A(V63), A(V67), (int64_t)B * 12480);
@@ -730,7 +730,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     bias_act<ACT_GELU>(k, A(ACTV71), A(H71), P(9205632L), (int64_t)B * 65, 768);
     linear_forward(k, A(V71), A(ACTV71), P(9206400L), P(9353856L), B * 65, 768, 192);
     /* 72: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP72), B, train ? 0.08571429f : 0.0f, d->seed, 1072, &d->sc->step);
+    dropout_mask(k, A(KEEP72), B, train ? 0.08571429f : 0.0f, d->seed, 1072, &d->sc->step, d->row0);
     mask_forward(k, A(V72), A(V71), A(KEEP72), (int64_t)B * 12480, 12480);
     /* 73: residual_end -> [B, 65, 192] */
     add_forward(k, A(V73), A(V68), A(V72), (int64_t)B * 12480);
@@ -741,7 +741,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     attention_forward<65, 64, 3>(k, A(Y76), A(ATT76), A(QKV76), B);
     linear_forward(k, A(V76), A(Y76), P(9465600L), P(9502464L), B * 65, 192, 192);
     /* 77: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP77), B, train ? 0.1f : 0.0f, d->seed, 1077, &d->sc->step);
+    dropout_mask(k, A(KEEP77), B, train ? 0.1f : 0.0f, d->seed, 1077, &d->sc->step, d->row0);
     mask_forward(k, A(V77), A(V76), A(KEEP77), (int64_t)B * 12480, 12480);
     /* 78: residual_end -> [B, 65, 192] */
     add_forward(k, A(V78), A(V73), A(V77), (int64_t)B * 12480);
@@ -764,7 +764,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
     /* 82: drop_path -> [B, 65, 192] */
-    dropout_mask(k, A(KEEP82), B, train ? 0.1f : 0.0f, d->seed, 1082, &d->sc->step);
+    dropout_mask(k, A(KEEP82), B, train ? 0.1f : 0.0f, d->seed, 1082, &d->sc->step, d->row0);
     mask_forward(k, A(V82), A(V81), A(KEEP82), (int64_t)B * 12480, 12480);
     /* 83: residual_end -> [B, 65, 192] */
     add_forward(k, A(V83), A(V78), A(V82), (int64_t)B * 12480);

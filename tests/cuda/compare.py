@@ -9,6 +9,13 @@
     compare.py curves CPU.metrics.jsonl CUDA.metrics.jsonl TOL
         Two metrics files of the same run: every logged training loss
         within TOL (relative), the same steps logged.
+    compare.py curves-subset A.metrics.jsonl B.metrics.jsonl TOL
+        As curves, for the steps A logged (B may have logged more: a
+        resumed run against one that was never stopped).
+    compare.py weights A.safetensors B.safetensors TOL
+        Two checkpoints of the same model: every tensor (weights and
+        optimizer state) within TOL as |b - a| / |a| (2-norms), the same
+        step.
 
 Prints one line per check and the worst error; exit status 0 when all
 pass, 1 when one does not. Needs numpy only (the safetensors format is
@@ -70,7 +77,7 @@ def dumps(cpu_path, cuda_path, tol):
     return 1 if bad else 0
 
 
-def curves(cpu_path, cuda_path, tol):
+def curves(cpu_path, cuda_path, tol, subset=False):
     def train_losses(path):
         out = {}
         with open(path) as f:
@@ -80,6 +87,8 @@ def curves(cpu_path, cuda_path, tol):
                     out[r["step"]] = r["loss"]
         return out
     a, b = train_losses(cpu_path), train_losses(cuda_path)
+    if subset:  # the steps of the second run that the first logged
+        b = {s: v for s, v in b.items() if s in a}
     if not a or sorted(a) != sorted(b):
         print("FAIL: logged steps differ: cpu %s cuda %s" % (sorted(a), sorted(b)))
         return 1
@@ -96,12 +105,46 @@ def curves(cpu_path, cuda_path, tol):
     return 1 if bad else 0
 
 
+def weights(a_path, b_path, tol):
+    a, b = load(a_path), load(b_path)
+    if set(a) != set(b):
+        print("tensors differ: only in A %s, only in B %s" % (sorted(set(a) - set(b)), sorted(set(b) - set(a))))
+        return 1
+    with open(a_path, "rb") as fa, open(b_path, "rb") as fb:
+        meta = [json.loads(f.read(struct.unpack("<Q", f.read(8))[0])).get("__metadata__", {}) for f in (fa, fb)]
+    if meta[0].get("step") != meta[1].get("step"):
+        print("FAIL: step %s against step %s" % (meta[0].get("step"), meta[1].get("step")))
+        return 1
+    worst, worst_name, bad = 0.0, "", 0
+    for k in sorted(a):
+        if a[k].dtype != np.float32:
+            if not np.array_equal(a[k], b[k]):
+                print("FAIL %s differs" % k)
+                bad += 1
+            continue
+        x, y = a[k].astype(np.float64), b[k].astype(np.float64)
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            print("FAIL %s: NaN or Inf" % k)
+            bad += 1
+            continue
+        err = np.linalg.norm(y - x) / max(np.linalg.norm(x), 1e-30)
+        if err > worst:
+            worst, worst_name = err, k
+        if not err <= tol:
+            print("FAIL %s: relative difference %.3g" % (k, err))
+            bad += 1
+    print("weights: %d tensors, worst relative difference %.3g (%s), tolerance %.3g: %s"
+          % (len(a), worst, worst_name, tol, "ok" if not bad else "FAILED"))
+    return 1 if bad else 0
+
+
 def main():
-    if len(sys.argv) != 5 or sys.argv[1] not in ("dumps", "curves"):
+    modes = {"dumps": dumps, "curves": curves, "weights": weights,
+             "curves-subset": lambda a, b, t: curves(a, b, t, subset=True)}
+    if len(sys.argv) != 5 or sys.argv[1] not in modes:
         print(__doc__, file=sys.stderr)
         return 2
-    fn = dumps if sys.argv[1] == "dumps" else curves
-    return fn(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    return modes[sys.argv[1]](sys.argv[2], sys.argv[3], float(sys.argv[4]))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,19 @@ else
     not_ok "a foreign file is refused"
 fi
 
+# the CPU trainer is one process: a launcher's second copy would write the
+# same files, so it is refused before anything is read or written
+rm -f mpi.safetensors
+if OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_LOCAL_RANK=1 OMPI_COMM_WORLD_LOCAL_SIZE=2 \
+    $T --steps 2 -c mpi.safetensors > mpi.log 2>&1; then
+    not_ok "the CPU trainer started by mpirun -np 2 is refused (it ran)"
+elif grep -q "one process" mpi.log && [ ! -e mpi.safetensors ]; then
+    ok "the CPU trainer started by mpirun -np 2 is refused: $(head -n 1 mpi.log)"
+else
+    cat mpi.log
+    not_ok "the CPU trainer started by mpirun -np 2 is refused with a message, writing nothing"
+fi
+
 # one step against PyTorch, in fp32, same weights, batch and gate noise
 torch_check damex
 finish

@@ -46,12 +46,16 @@ clean-demo:
 .PHONY: data demo bench-cpu update-generated clean-demo
 
 ## `make check-cuda`: on a machine with an NVIDIA GPU, the CUDA backend
-## against the CPU backend (tests/cuda/check_cuda.sh). Not part of `make
-## check`: CI has no GPU.
+## against the CPU backend (tests/cuda/check_cuda.sh), then, with two GPUs or
+## more, data parallelism (tests/cuda/check_dp.sh; skipped with one). Not
+## part of `make check`: CI has no GPU.
 EXTRA_DIST += tests/cuda/check_cuda.sh tests/cuda/compare.py tests/cuda/test_kernels.cu tests/cuda/kernel_ref.c \
-	tests/cuda/kernel_ref.h tests/cuda/routers_gpu.moe bench/torch_gpu.py bench/gpu.sh
+	tests/cuda/kernel_ref.h tests/cuda/routers_gpu.moe tests/cuda/check_dp.sh tests/cuda/dp.moe \
+	bench/torch_gpu.py bench/gpu.sh
 check-cuda: moecc libmoert.la
-	@$(AM_TESTS_ENVIRONMENT) $(SHELL) $(srcdir)/tests/cuda/check_cuda.sh
+	@$(AM_TESTS_ENVIRONMENT) $(SHELL) $(srcdir)/tests/cuda/check_cuda.sh; a=$$?; \
+	$(AM_TESTS_ENVIRONMENT) $(SHELL) $(srcdir)/tests/cuda/check_dp.sh; b=$$?; \
+	test $$a -eq 0 && { test $$b -eq 0 || test $$b -eq 77; }
 
 ## `make bench`: on a machine with an NVIDIA GPU, the CUDA trainer against
 ## PyTorch on configs P and S (bench/gpu.sh); figures in bench/results-gpu.md.

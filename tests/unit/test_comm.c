@@ -1,6 +1,6 @@
 /* test_comm.c: unit tests of libmoert's process-group bootstrap
- * (moert_comm.h): the environment, and the id exchange over loopback with
- * forked ranks. Every network test is bounded: the library's own timeouts
+ * (moert_comm.h): the environment, the id exchange and the watched process
+ * group over loopback with forked ranks. Every network test is bounded: the library's own timeouts
  * (at most 3 s), children that wait with a deadline and are killed after it,
  * and an alarm that ends the whole program should a test hang anyway. */
 #include <stdarg.h>
@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -32,7 +33,7 @@
 static const char *const comm_vars[] = {
 	"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
 	"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-	"OMPI_COMM_WORLD_LOCAL_RANK",
+	"OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
 };
 
 /* Setup of every test: none of the variables set, and an alarm. */
@@ -241,6 +242,53 @@ static void test_env_openmpi(void **state)
 	assert_string_equal(e.master_addr, "10.1.2.3");
 	assert_int_equal(e.master_port, 29500);
 	assert_string_equal(e.launcher, "openmpi");
+
+	/* A MASTER_ADDR that is set wins over the single-host default. */
+	set_env((const char *const[]){"OMPI_COMM_WORLD_LOCAL_SIZE=4", NULL});
+	assert_int_equal(moert_comm_env_read(&e, &err), 0);
+	assert_string_equal(e.master_addr, "10.1.2.3");
+	/* On several hosts, with MASTER_ADDR given. */
+	set_env((const char *const[]){"OMPI_COMM_WORLD_LOCAL_SIZE=1", NULL});
+	assert_int_equal(moert_comm_env_read(&e, &err), 0);
+	assert_string_equal(e.master_addr, "10.1.2.3");
+}
+
+/* `mpirun -np N ./train` on one host: no MASTER_ADDR needed. */
+static void test_env_openmpi_one_host(void **state)
+{
+	moert_comm_env e;
+	moert_error err;
+
+	(void)state;
+	set_env((const char *const[]){"OMPI_COMM_WORLD_RANK=1",
+				      "OMPI_COMM_WORLD_SIZE=2",
+				      "OMPI_COMM_WORLD_LOCAL_RANK=1",
+				      "OMPI_COMM_WORLD_LOCAL_SIZE=2",
+				      "MASTER_PORT=4321", NULL});
+	assert_int_equal(moert_comm_env_read(&e, &err), 0);
+	assert_int_equal(e.rank, 1);
+	assert_int_equal(e.world_size, 2);
+	assert_int_equal(e.local_rank, 1);
+	assert_string_equal(e.master_addr, "127.0.0.1");
+	assert_int_equal(e.master_port, 4321);
+	assert_string_equal(e.launcher, "openmpi");
+
+	/* A world of 1 needs no address: it stays empty. */
+	set_env((const char *const[]){"OMPI_COMM_WORLD_RANK=0",
+				      "OMPI_COMM_WORLD_SIZE=1",
+				      "OMPI_COMM_WORLD_LOCAL_RANK=0",
+				      "OMPI_COMM_WORLD_LOCAL_SIZE=1", NULL});
+	assert_int_equal(moert_comm_env_read(&e, &err), 0);
+	assert_int_equal(e.world_size, 1);
+	assert_string_equal(e.master_addr, "");
+
+	/* OMPI_COMM_WORLD_LOCAL_SIZE alone does not make an OpenMPI
+	 * launch. */
+	setup(NULL);
+	set_env((const char *const[]){"OMPI_COMM_WORLD_LOCAL_SIZE=2", NULL});
+	assert_int_equal(moert_comm_env_read(&e, &err), 0);
+	assert_string_equal(e.launcher, "single");
+	assert_string_equal(e.master_addr, "");
 }
 
 /* Up to 7 assignments, then NULL. */
@@ -250,6 +298,9 @@ struct bad_env {
 };
 
 #define TORCHRUN_2 "RANK=1", "WORLD_SIZE=2", "LOCAL_RANK=1"
+#define OMPI_4                                                                \
+	"OMPI_COMM_WORLD_RANK=2", "OMPI_COMM_WORLD_SIZE=4",                   \
+		"OMPI_COMM_WORLD_LOCAL_RANK=0"
 
 static const struct bad_env bad_envs[] = {
 	{{"RANK=3", "WORLD_SIZE=2", "LOCAL_RANK=0", "MASTER_ADDR=h"},
@@ -297,7 +348,39 @@ static const struct bad_env bad_envs[] = {
 	 "OMPI_COMM_WORLD_SIZE is set but OMPI_COMM_WORLD_LOCAL_RANK is not"},
 	{{"OMPI_COMM_WORLD_RANK=0", "OMPI_COMM_WORLD_SIZE=2",
 	  "OMPI_COMM_WORLD_LOCAL_RANK=0"},
+	 "MASTER_ADDR is not set (needed for a world size of 2): set it to "
+	 "rank 0's host, e.g. with mpirun -x MASTER_ADDR=host, when the ranks "
+	 "span several hosts"},
+	/* Ranks on several hosts: no default. */
+	{{OMPI_4, "OMPI_COMM_WORLD_LOCAL_SIZE=2"},
+	 "MASTER_ADDR is not set (needed for a world size of 4 with "
+	 "OMPI_COMM_WORLD_LOCAL_SIZE=2): set it to rank 0's host, e.g. with "
+	 "mpirun -x MASTER_ADDR=host"},
+	/* torchrun's variables never get the default. */
+	{{TORCHRUN_2, "OMPI_COMM_WORLD_LOCAL_SIZE=2"},
 	 "MASTER_ADDR is not set (needed for a world size of 2)"},
+	{{TORCHRUN_2, "OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2",
+	  "OMPI_COMM_WORLD_LOCAL_RANK=1", "OMPI_COMM_WORLD_LOCAL_SIZE=2"},
+	 "MASTER_ADDR is not set (needed for a world size of 2)"},
+	/* Bad local sizes, with MASTER_ADDR given or not. */
+	{{OMPI_4, "OMPI_COMM_WORLD_LOCAL_SIZE=2x"},
+	 "OMPI_COMM_WORLD_LOCAL_SIZE='2x' is not a non-negative decimal "
+	 "integer"},
+	{{OMPI_4, "OMPI_COMM_WORLD_LOCAL_SIZE=-4", "MASTER_ADDR=h"},
+	 "OMPI_COMM_WORLD_LOCAL_SIZE='-4' is not"},
+	{{OMPI_4, "OMPI_COMM_WORLD_LOCAL_SIZE= 4"},
+	 "OMPI_COMM_WORLD_LOCAL_SIZE=' 4' is not"},
+	{{OMPI_4, "OMPI_COMM_WORLD_LOCAL_SIZE="},
+	 "OMPI_COMM_WORLD_LOCAL_SIZE is set but empty"},
+	{{OMPI_4, "OMPI_COMM_WORLD_LOCAL_SIZE=0"},
+	 "OMPI_COMM_WORLD_LOCAL_SIZE=0 is not between 1 and "
+	 "OMPI_COMM_WORLD_SIZE=4"},
+	{{OMPI_4, "OMPI_COMM_WORLD_LOCAL_SIZE=5", "MASTER_ADDR=h"},
+	 "OMPI_COMM_WORLD_LOCAL_SIZE=5 is not between 1 and "
+	 "OMPI_COMM_WORLD_SIZE=4"},
+	{{OMPI_4, "OMPI_COMM_WORLD_LOCAL_SIZE=99999999999999999999"},
+	 "OMPI_COMM_WORLD_LOCAL_SIZE=99999999999999999999 is not between 1 "
+	 "and OMPI_COMM_WORLD_SIZE=4"},
 };
 
 static void test_env_errors(void **state)
@@ -608,6 +691,320 @@ static void test_exchange_bad_arguments(void **state)
 	assert_int_equal(moert_comm_exchange(NULL, id, sizeof id, 1, &err), -1);
 }
 
+/* ---- the watched process group ------------------------------------------ */
+
+/* What a rank does once its group is open. */
+enum after_open {
+	CLOSE, /* sleeps close_s, closes, exits 0 */
+	DIE,   /* exits with status 3 at once, without closing */
+	HANG,  /* sleeps 10 s without closing, then exits 5 */
+};
+
+struct rank_plan {
+	enum after_open what;
+	double close_s;
+};
+
+/* What became of each rank of a world. */
+struct world_result {
+	int status[8];    /* exit status */
+	char text[8][512]; /* its stderr */
+	double seconds;    /* from the forks to the last exit */
+};
+
+/* Child: rank `rank` of `world`, reading its place from OpenMPI's variables
+ * (all ranks on this host, so without MASTER_ADDR), opening the group on
+ * port and acting on plan. Exit status: 2 when the environment is wrong, 3
+ * when open fails, 4 when the id differs, else per plan. */
+static void group_rank(int rank, int world, int port, const unsigned char *id,
+		       const struct rank_plan *plan, int err_fd)
+{
+	unsigned char got[ID_LEN];
+	moert_comm_group *g;
+	moert_comm_env e;
+	moert_error err;
+	char v[32];
+
+	if (dup2(err_fd, STDERR_FILENO) < 0)
+		_exit(20);
+	snprintf(v, sizeof v, "%d", rank);
+	setenv("OMPI_COMM_WORLD_RANK", v, 1);
+	setenv("OMPI_COMM_WORLD_LOCAL_RANK", v, 1);
+	snprintf(v, sizeof v, "%d", world);
+	setenv("OMPI_COMM_WORLD_SIZE", v, 1);
+	setenv("OMPI_COMM_WORLD_LOCAL_SIZE", v, 1);
+	snprintf(v, sizeof v, "%d", port);
+	setenv("MASTER_PORT", v, 1);
+	if (moert_comm_env_read(&e, &err) || e.rank != rank ||
+	    strcmp(e.master_addr, "127.0.0.1") != 0)
+		_exit(2);
+	if (rank == 0)
+		memcpy(got, id, sizeof got);
+	else
+		memset(got, 0, sizeof got);
+	g = moert_comm_group_open(&e, "test", got, sizeof got, 3.0, &err);
+	if (!g) {
+		fprintf(stderr, "rank %d: %s\n", rank, err.msg);
+		_exit(3);
+	}
+	if (memcmp(got, id, sizeof got) != 0)
+		_exit(4);
+	if (plan->what == DIE)
+		_exit(3);
+	if (plan->what == HANG) {
+		double end = moert_now() + 10;
+		struct timespec tick = {0, 10 * 1000 * 1000};
+
+		while (moert_now() < end)
+			nanosleep(&tick, NULL);
+		_exit(5);
+	}
+	{
+		struct timespec wait = {(time_t)plan->close_s,
+					(long)((plan->close_s -
+						(double)(time_t)plan->close_s) *
+					       1e9)};
+
+		nanosleep(&wait, NULL);
+	}
+	moert_comm_group_close(g);
+	_exit(0);
+}
+
+/* Runs a world of forked ranks on loopback, each with its plan, and waits
+ * for all of them (at most 4 s each). */
+static void group_world(int world, const struct rank_plan *plans,
+			struct world_result *res)
+{
+	unsigned char id[ID_LEN];
+	FILE *files[8];
+	pid_t pids[8];
+	int port = free_port();
+	double t0 = moert_now();
+
+	assert_true(world <= 8);
+	random_bytes(id, sizeof id);
+	memset(res, 0, sizeof *res);
+	for (int r = 0; r < world; r++) {
+		files[r] = tmpfile();
+		assert_non_null(files[r]);
+	}
+	for (int r = 0; r < world; r++) {
+		pids[r] = fork_child();
+		if (pids[r] == 0)
+			group_rank(r, world, port, id, &plans[r],
+				   fileno(files[r]));
+	}
+	for (int r = 0; r < world; r++) {
+		ssize_t n;
+
+		res->status[r] = wait_child(pids[r], 4.0);
+		n = pread(fileno(files[r]), res->text[r],
+			  sizeof res->text[r] - 1, 0);
+		assert_true(n >= 0);
+		res->text[r][n] = '\0';
+		fclose(files[r]);
+	}
+	res->seconds = moert_now() - t0;
+}
+
+/* The watcher's line: rank `rank` saw rank `peer` end. */
+static void failure_line(char *buf, size_t size, int rank, int peer)
+{
+	snprintf(buf, size,
+		 "test: rank %d: rank %d ended without finishing (crashed, "
+		 "killed, or stopped on an error); stopping this rank too\n",
+		 rank, peer);
+}
+
+/* Every rank opens (by OpenMPI's variables, without MASTER_ADDR), gets the
+ * id and closes; the last ones go on after the first closed. */
+static void test_group_all_close(void **state)
+{
+	struct rank_plan plans[4];
+	struct world_result res;
+
+	(void)state;
+	for (int r = 0; r < 4; r++)
+		plans[r] = (struct rank_plan){CLOSE, 0.1 * (3 - r)};
+	group_world(4, plans, &res);
+	for (int r = 0; r < 4; r++) {
+		if (res.status[r] != 0 || res.text[r][0])
+			fail_msg("rank %d: status %d, stderr \"%s\"", r,
+				 res.status[r], res.text[r]);
+	}
+}
+
+/* A rank that dies stops the others: rank 2 (watched by rank 0, which
+ * rank 1 then sees end), then rank 0 itself. */
+static void test_group_peer_dies(void **state)
+{
+	const struct rank_plan rank2_dies[3] = {{HANG, 0}, {HANG, 0}, {DIE, 0}};
+	const struct rank_plan rank0_dies[3] = {{DIE, 0}, {HANG, 0}, {HANG, 0}};
+	struct world_result res;
+	char line[256], other[256];
+
+	(void)state;
+	group_world(3, rank2_dies, &res);
+	for (int r = 0; r < 3; r++)
+		if (res.status[r] != (r == 2 ? 3 : 1))
+			fail_msg("rank %d: status %d, stderr \"%s\"", r,
+				 res.status[r], res.text[r]);
+	if (res.seconds >= 2.0)
+		fail_msg("the ranks took %.2f s to stop", res.seconds);
+	failure_line(line, sizeof line, 0, 2);
+	assert_string_equal(res.text[0], line);
+	/* Rank 1 may see rank 0 stop first, or (were it watching rank 2)
+	 * rank 2. */
+	failure_line(line, sizeof line, 1, 0);
+	failure_line(other, sizeof other, 1, 2);
+	if (strcmp(res.text[1], line) != 0 && strcmp(res.text[1], other) != 0)
+		fail_msg("rank 1 said \"%s\"", res.text[1]);
+	assert_string_equal(res.text[2], "");
+
+	alarm(TEST_ALARM_S);
+	group_world(3, rank0_dies, &res);
+	assert_int_equal(res.status[0], 3);
+	assert_string_equal(res.text[0], "");
+	for (int r = 1; r < 3; r++) {
+		assert_int_equal(res.status[r], 1);
+		failure_line(line, sizeof line, r, 0);
+		assert_string_equal(res.text[r], line);
+	}
+	if (res.seconds >= 2.0)
+		fail_msg("the ranks took %.2f s to stop", res.seconds);
+}
+
+/* Rank 0's orderly close is no failure for the ranks that go on. */
+static void test_group_rank0_closes_first(void **state)
+{
+	const struct rank_plan plans[3] = {{CLOSE, 0}, {CLOSE, 0.5},
+					   {CLOSE, 0.5}};
+	struct world_result res;
+
+	(void)state;
+	group_world(3, plans, &res);
+	for (int r = 0; r < 3; r++) {
+		if (res.status[r] != 0 || res.text[r][0])
+			fail_msg("rank %d: status %d, stderr \"%s\"", r,
+				 res.status[r], res.text[r]);
+	}
+	assert_true(res.seconds >= 0.5);
+}
+
+/* Entries of a /proc/self directory (threads, descriptors). */
+static int count_entries(const char *dir)
+{
+	char cmd[64];
+	FILE *f;
+	int n = -1;
+
+	snprintf(cmd, sizeof cmd, "ls -A %s | wc -l", dir);
+	f = popen(cmd, "r");
+	assert_non_null(f);
+	assert_int_equal(fscanf(f, "%d", &n), 1);
+	pclose(f);
+	return n;
+}
+
+/* A world of 1: no socket (MASTER_PORT is taken), no thread. */
+static void test_group_world_one(void **state)
+{
+	moert_comm_group *g;
+	moert_comm_env e;
+	moert_error err;
+	unsigned char id[ID_LEN], copy[ID_LEN];
+	char port_var[32];
+	int port, lfd = listen_loopback(&port);
+	int fds, threads;
+	double t0;
+
+	(void)state;
+	snprintf(port_var, sizeof port_var, "MASTER_PORT=%d", port);
+	set_env((const char *const[]){port_var, NULL});
+	assert_int_equal(moert_comm_env_read(&e, &err), 0);
+	assert_int_equal(e.world_size, 1);
+	random_bytes(id, sizeof id);
+	memcpy(copy, id, sizeof id);
+	fds = count_entries("/proc/self/fd");
+	threads = count_entries("/proc/self/task");
+	t0 = moert_now();
+	g = moert_comm_group_open(&e, NULL, id, sizeof id, 5.0, &err);
+	assert_non_null(g);
+	assert_true(moert_now() - t0 < 0.05);
+	assert_memory_equal(id, copy, sizeof id);
+	/* popen's own descriptors are gone by the time it counts. */
+	assert_int_equal(count_entries("/proc/self/fd"), fds);
+	assert_int_equal(count_entries("/proc/self/task"), threads);
+	moert_comm_group_close(g);
+	moert_comm_group_close(NULL);
+	close(lfd);
+}
+
+/* A rank calling moert_comm_exchange against a rank 0 in
+ * moert_comm_group_open: both fail, saying why. */
+static void test_group_mismatch(void **state)
+{
+	int port = free_port();
+	moert_comm_env e = loopback_env(1, 2, port);
+	moert_error err;
+	unsigned char id[ID_LEN];
+	char expect[128];
+	FILE *f = tmpfile();
+	pid_t pid;
+	ssize_t n;
+
+	(void)state;
+	assert_non_null(f);
+	random_bytes(id, sizeof id);
+	pid = fork_child();
+	if (pid == 0) {
+		moert_comm_env me = loopback_env(0, 2, port);
+		moert_comm_group *g;
+
+		dup2(fileno(f), STDERR_FILENO);
+		g = moert_comm_group_open(&me, "test", id, sizeof id, 3.0,
+					  &err);
+		if (g)
+			_exit(0);
+		fprintf(stderr, "%s", err.msg);
+		_exit(3);
+	}
+	assert_int_equal(moert_comm_exchange(&e, id, sizeof id, 3.0, &err), -1);
+	snprintf(expect, sizeof expect,
+		 "rank 0 at 127.0.0.1:%d called moert_comm_group_open, this "
+		 "rank moert_comm_exchange",
+		 port);
+	if (!strstr(err.msg, expect))
+		fail_msg("unexpected message: %s", err.msg);
+	assert_int_equal(wait_child(pid, 4.0), 3);
+	n = pread(fileno(f), err.msg, sizeof err.msg - 1, 0);
+	assert_true(n > 0);
+	err.msg[n] = '\0';
+	/* Closed, or reset: rank 1 leaves the id unread. */
+	if (!strstr(err.msg, "comm: rank 0: receiving the rank of ") ||
+	    !strstr(err.msg, "after 0 of 8 bytes"))
+		fail_msg("unexpected message from rank 0: %s", err.msg);
+	fclose(f);
+}
+
+static void test_group_bad_arguments(void **state)
+{
+	moert_comm_env e = loopback_env(1, 2, 1234);
+	moert_error err;
+	unsigned char id[ID_LEN];
+
+	(void)state;
+	assert_null(moert_comm_group_open(&e, "t", id, sizeof id, 0, &err));
+	assert_non_null(strstr(err.msg, "timeout 0 s is not positive"));
+	assert_null(moert_comm_group_open(&e, "t", NULL, sizeof id, 1, &err));
+	assert_non_null(strstr(err.msg, "no buffer for a 128-byte id"));
+	assert_null(moert_comm_group_open(NULL, "t", id, sizeof id, 1, &err));
+	assert_non_null(strstr(err.msg, "invalid process group"));
+	e.master_addr[0] = '\0';
+	assert_null(moert_comm_group_open(&e, "t", id, sizeof id, 1, NULL));
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -615,6 +1012,7 @@ int main(void)
 		T(test_env_single),
 		T(test_env_torchrun),
 		T(test_env_openmpi),
+		T(test_env_openmpi_one_host),
 		T(test_env_errors),
 		T(test_exchange_world_one),
 		T(test_exchange_four_ranks),
@@ -623,6 +1021,12 @@ int main(void)
 		T(test_exchange_missing_ranks),
 		T(test_exchange_bad_rank0),
 		T(test_exchange_bad_arguments),
+		T(test_group_all_close),
+		T(test_group_peer_dies),
+		T(test_group_rank0_closes_first),
+		T(test_group_world_one),
+		T(test_group_mismatch),
+		T(test_group_bad_arguments),
 	};
 #undef T
 

@@ -1511,6 +1511,231 @@ static void test_sampler_resume(void **state)
     moert_images_free(&b);
 }
 
+/* Three small sources with crop and flip: 5, 7 and 3 images, so every
+ * cursor wraps into new epochs within a few global batches of 12. */
+static moert_mixture *make_mix3(const moert_images im[3], uint64_t seed)
+{
+    moert_mix_source src[3] = {plain_source(&im[0], 2.0), plain_source(&im[1], 1.0),
+                               plain_source(&im[2], 1.0)};
+    src[0].aug = MOERT_AUG_CROP | MOERT_AUG_FLIP;
+    src[0].pad = 2;
+    src[1].aug = MOERT_AUG_CROP | MOERT_AUG_FLIP;
+    src[1].pad = 1;
+    src[1].label_offset = 10;
+    src[2].aug = MOERT_AUG_FLIP;
+    src[2].label_offset = 20;
+    for (int c = 0; c < 3; c++) {
+        src[0].mean[c] = 0.1f * (float)(c + 1);
+        src[0].std[c] = 0.5f + 0.1f * (float)c;
+    }
+    moert_mixture *m = moert_mixture_create(src, 3, seed, err, sizeof err);
+    assert_non_null(m);
+    return m;
+}
+
+/* Shards of a global batch, put side by side, are the unsharded batch bit
+ * for bit, and every shard's sampler state is the unsharded one. */
+static void test_sampler_shard(void **state)
+{
+    (void)state;
+    moert_images im[3];
+    synth_set(&im[0], 5, 3, 4, 5, 3);
+    synth_set(&im[1], 7, 3, 4, 5, 4);
+    synth_set(&im[2], 3, 3, 4, 5, 2);
+    moert_shape sh = {3, 4, 5};
+    const size_t per = 3 * 4 * 5;
+    enum { GLOBAL = 12, STEPS = 10, NSTATE = 5 + 2 * 3 };
+    moert_mixture *ref = make_mix3(im, 77);
+    moert_batch want;
+    assert_int_equal(moert_batch_init(&want, GLOBAL, sh, err, sizeof err), 0);
+    /* two shardings: 4 + 4 + 4 and 5 + 7 */
+    static const int sizes[2][3] = {{4, 4, 4}, {5, 7, 0}};
+    moert_mixture *m[2][3];
+    moert_batch got[2][3];
+    for (int p = 0; p < 2; p++) {
+        for (int r = 0, first = 0; r < 3 && sizes[p][r] > 0; first += sizes[p][r], r++) {
+            m[p][r] = make_mix3(im, 77);
+            assert_int_equal(moert_mixture_set_shard(m[p][r], GLOBAL, first, err, sizeof err),
+                             0);
+            assert_int_equal(moert_batch_init(&got[p][r], sizes[p][r], sh, err, sizeof err), 0);
+        }
+    }
+    int64_t st_want[NSTATE], st[NSTATE];
+    int seen[3] = {0};
+    for (int s = 0; s < STEPS; s++) {
+        assert_int_equal(moert_mixture_next(ref, &want), GLOBAL);
+        for (int i = 0; i < GLOBAL; i++)
+            seen[want.dataset[i]]++;
+        assert_int_equal(moert_mixture_state_export(ref, st_want, NSTATE, err, sizeof err), 0);
+        for (int p = 0; p < 2; p++) {
+            for (int r = 0, first = 0; r < 3 && sizes[p][r] > 0; first += sizes[p][r], r++) {
+                const moert_batch *g = &got[p][r];
+                assert_int_equal(moert_mixture_next(m[p][r], &got[p][r]), sizes[p][r]);
+                assert_int_equal(g->count, sizes[p][r]);
+                assert_int_equal(g->step, s);
+                assert_memory_equal(g->x, want.x + (size_t)first * per,
+                                    (size_t)g->count * per * sizeof(float));
+                assert_memory_equal(g->labels, want.labels + first,
+                                    (size_t)g->count * sizeof(int32_t));
+                assert_memory_equal(g->dataset, want.dataset + first,
+                                    (size_t)g->count * sizeof(int32_t));
+                assert_int_equal(
+                    moert_mixture_state_export(m[p][r], st, NSTATE, err, sizeof err), 0);
+                assert_memory_equal(st, st_want, sizeof st);
+            }
+        }
+    }
+    /* 120 draws from 15 images: every source was drawn and went through
+     * epochs, so the shards crossed epoch boundaries */
+    for (int j = 0; j < 3; j++) {
+        assert_true(seen[j] > 0);
+        assert_true(st_want[5 + 2 * j] >= 1);
+    }
+
+    /* a shard of the whole global batch is the unsharded batch */
+    moert_mixture *whole = make_mix3(im, 77), *ref2 = make_mix3(im, 77);
+    assert_int_equal(moert_mixture_set_shard(whole, GLOBAL, 0, err, sizeof err), 0);
+    moert_batch x;
+    assert_int_equal(moert_batch_init(&x, GLOBAL, sh, err, sizeof err), 0);
+    for (int s = 0; s < 3; s++) {
+        moert_mixture_next(ref2, &want);
+        assert_int_equal(moert_mixture_next(whole, &x), GLOBAL);
+        assert_batches_equal(&x, &want);
+    }
+
+    moert_batch_free(&x);
+    moert_mixture_free(whole);
+    moert_mixture_free(ref2);
+    for (int p = 0; p < 2; p++)
+        for (int r = 0; r < 3 && sizes[p][r] > 0; r++) {
+            moert_batch_free(&got[p][r]);
+            moert_mixture_free(m[p][r]);
+        }
+    moert_batch_free(&want);
+    moert_mixture_free(ref);
+    for (int j = 0; j < 3; j++)
+        moert_images_free(&im[j]);
+}
+
+static void test_sampler_shard_errors(void **state)
+{
+    (void)state;
+    moert_images im[3];
+    synth_set(&im[0], 5, 3, 4, 5, 3);
+    synth_set(&im[1], 7, 3, 4, 5, 4);
+    synth_set(&im[2], 3, 3, 4, 5, 2);
+    moert_shape sh = {3, 4, 5};
+    moert_mixture *m = make_mix3(im, 3);
+    assert_int_equal(moert_mixture_set_shard(m, -1, 0, err, sizeof err), -1);
+    assert_err("global batch -1");
+    assert_int_equal(moert_mixture_set_shard(m, 12, -1, err, sizeof err), -1);
+    assert_err("first sample -1", "global batch of 12");
+    assert_int_equal(moert_mixture_set_shard(m, 12, 12, err, sizeof err), -1);
+    assert_err("first sample 12", "global batch of 12");
+    assert_int_equal(moert_mixture_set_shard(m, 12, 13, err, sizeof err), -1);
+    assert_err("first sample 13");
+    /* refused settings leave the sampler unsharded */
+    moert_batch x, y;
+    assert_int_equal(moert_batch_init(&x, 5, sh, err, sizeof err), 0);
+    assert_int_equal(moert_batch_init(&y, 5, sh, err, sizeof err), 0);
+    moert_mixture *ref = make_mix3(im, 3);
+    moert_mixture_next(ref, &y);
+    assert_int_equal(moert_mixture_next(m, &x), 5);
+    assert_batches_equal(&x, &y);
+    /* a shard that runs past the global batch: -1, and the step does not move */
+    assert_int_equal(moert_mixture_set_shard(m, 12, 8, err, sizeof err), 0);
+    assert_int_equal(moert_mixture_next(m, &x), -1);
+    assert_int_equal(moert_mixture_step(m), 1);
+    /* 7 + 5 = 12 fits exactly */
+    assert_int_equal(moert_mixture_set_shard(m, 12, 7, err, sizeof err), 0);
+    assert_int_equal(moert_mixture_next(m, &x), 5);
+    assert_int_equal(moert_mixture_step(m), 2);
+    /* global 0 turns sharding off again: batches of b->capacity as before */
+    assert_int_equal(moert_mixture_set_shard(m, 0, 3, err, sizeof err), 0);
+    moert_mixture *ref12 = make_mix3(im, 3);
+    moert_batch big;
+    assert_int_equal(moert_batch_init(&big, 12, sh, err, sizeof err), 0);
+    moert_mixture_next(ref12, &y);   /* m's step 0: unsharded, 5 samples */
+    moert_mixture_next(ref12, &big); /* m's step 1: a global batch of 12 */
+    moert_mixture_next(ref12, &y);
+    assert_int_equal(moert_mixture_next(m, &x), 5);
+    assert_batches_equal(&x, &y);
+
+    moert_batch_free(&big);
+    moert_batch_free(&x);
+    moert_batch_free(&y);
+    moert_mixture_free(ref12);
+    moert_mixture_free(ref);
+    moert_mixture_free(m);
+    for (int j = 0; j < 3; j++)
+        moert_images_free(&im[j]);
+}
+
+/* A checkpoint written by one shard resumes an unsharded sampler, and an
+ * unsharded checkpoint resumes another sharding. */
+static void test_sampler_shard_resume(void **state)
+{
+    (void)state;
+    moert_images im[3];
+    synth_set(&im[0], 5, 3, 4, 5, 3);
+    synth_set(&im[1], 7, 3, 4, 5, 4);
+    synth_set(&im[2], 3, 3, 4, 5, 2);
+    moert_shape sh = {3, 4, 5};
+    const size_t per = 3 * 4 * 5;
+    enum { GLOBAL = 12, STEPS = 16, NSTATE = 5 + 2 * 3 };
+    moert_mixture *ref = make_mix3(im, 41);
+    moert_batch want[STEPS];
+    for (int s = 0; s < STEPS; s++) {
+        assert_int_equal(moert_batch_init(&want[s], GLOBAL, sh, err, sizeof err), 0);
+        moert_mixture_next(ref, &want[s]);
+    }
+    /* shard [4, 8) runs 7 steps and saves */
+    moert_mixture *sh1 = make_mix3(im, 41);
+    assert_int_equal(moert_mixture_set_shard(sh1, GLOBAL, 4, err, sizeof err), 0);
+    moert_batch part;
+    assert_int_equal(moert_batch_init(&part, 4, sh, err, sizeof err), 0);
+    for (int s = 0; s < 7; s++)
+        assert_int_equal(moert_mixture_next(sh1, &part), 4);
+    int64_t st[NSTATE];
+    assert_int_equal(moert_mixture_state_export(sh1, st, NSTATE, err, sizeof err), 0);
+    assert_int_equal(st[4], 7);
+    /* an unsharded sampler resumes it with the global batches */
+    moert_mixture *un = make_mix3(im, 41);
+    assert_int_equal(moert_mixture_state_import(un, st, NSTATE, err, sizeof err), 0);
+    moert_batch x;
+    assert_int_equal(moert_batch_init(&x, GLOBAL, sh, err, sizeof err), 0);
+    for (int s = 7; s < 11; s++) {
+        assert_int_equal(moert_mixture_next(un, &x), GLOBAL);
+        assert_batches_equal(&x, &want[s]);
+    }
+    /* and its state at step 11 resumes shard [5, 12) of a 5 + 7 split */
+    assert_int_equal(moert_mixture_state_export(un, st, NSTATE, err, sizeof err), 0);
+    moert_mixture *sh2 = make_mix3(im, 41);
+    assert_int_equal(moert_mixture_set_shard(sh2, GLOBAL, 5, err, sizeof err), 0);
+    assert_int_equal(moert_mixture_state_import(sh2, st, NSTATE, err, sizeof err), 0);
+    moert_batch tail;
+    assert_int_equal(moert_batch_init(&tail, 7, sh, err, sizeof err), 0);
+    for (int s = 11; s < STEPS; s++) {
+        assert_int_equal(moert_mixture_next(sh2, &tail), 7);
+        assert_int_equal(tail.step, s);
+        assert_memory_equal(tail.x, want[s].x + 5 * per, 7 * per * sizeof(float));
+        assert_memory_equal(tail.labels, want[s].labels + 5, 7 * sizeof(int32_t));
+        assert_memory_equal(tail.dataset, want[s].dataset + 5, 7 * sizeof(int32_t));
+    }
+
+    moert_batch_free(&tail);
+    moert_batch_free(&x);
+    moert_batch_free(&part);
+    for (int s = 0; s < STEPS; s++)
+        moert_batch_free(&want[s]);
+    moert_mixture_free(sh2);
+    moert_mixture_free(un);
+    moert_mixture_free(sh1);
+    moert_mixture_free(ref);
+    for (int j = 0; j < 3; j++)
+        moert_images_free(&im[j]);
+}
+
 /* Every augmented sample is its source image padded, cropped and maybe
  * mirrored, with padding = raw 0; flips happen half the time and every
  * crop offset occurs. */
@@ -1883,6 +2108,9 @@ int main(void)
         cmocka_unit_test(test_mean_std),
         cmocka_unit_test(test_sampler_weights),
         cmocka_unit_test(test_sampler_resume),
+        cmocka_unit_test(test_sampler_shard),
+        cmocka_unit_test(test_sampler_shard_errors),
+        cmocka_unit_test(test_sampler_shard_resume),
         cmocka_unit_test(test_augment),
         cmocka_unit_test(test_eval_iter),
         cmocka_unit_test(test_prefetch),

@@ -1,0 +1,170 @@
+#!/bin/sh
+# check_dp.sh: data parallelism, part of `make check-cuda` on a machine with
+# two or more NVIDIA GPUs (skipped with fewer).
+#
+# tests/cuda/dp.moe is compiled as it is (parallel(data = 2): two processes,
+# one per GPU, each on half of every batch) and without its parallel
+# statement (one GPU, the whole batch), and in fp32:
+#   - 50 steps on 2 GPUs follow the 1-GPU run's loss curve and end with the
+#     same weights, optimizer state and sampler state;
+#   - a 2-GPU checkpoint resumes on 1 GPU and on the CPU, and a 1-GPU one on
+#     2 GPUs, and each goes on as the run that was never stopped;
+#   - a rank that dies stops the other with a clear error instead of a hang;
+#   - a launch with the wrong number of processes is refused;
+#   - mpirun -np 2 starts it without any other setting (when mpirun exists).
+# Ranks are started as torchrun would: RANK, WORLD_SIZE, LOCAL_RANK,
+# MASTER_ADDR, MASTER_PORT. NCCL_NVLS_ENABLE=0 unless set.
+. "${top_srcdir:-.}/tests/e2e/common.sh"
+
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if [ "$gpus" -lt 2 ]; then
+    echo "1..0 # SKIP data parallelism needs 2 GPUs, this machine has $gpus"
+    exit 77
+fi
+need_data || exit 1
+NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+export NCCL_NVLS_ENABLE
+CMP="${PYTHON:-python3} $top_srcdir/tests/cuda/compare.py"
+PORT=$((29500 + $$ % 2000))
+
+# ranks DIR N ARGS...: N processes of DIR/train (rank i on GPU i), their
+# output in DIR/rank<i>.log; fails when one of them does
+ranks() {
+    dir=$1
+    n=$2
+    shift 2
+    PORT=$((PORT + 1))
+    pids=
+    i=0
+    while [ $i -lt "$n" ]; do
+        (cd "$dir" && RANK=$i WORLD_SIZE=$n LOCAL_RANK=$i MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
+            exec ./train "$@" > "rank$i.log" 2>&1) &
+        pids="$pids $!"
+        i=$((i + 1))
+    done
+    status=0
+    for p in $pids; do
+        wait "$p" || status=1
+    done
+    [ $status -eq 0 ] || cat "$dir"/rank*.log
+    return $status
+}
+
+sed '/^parallel(/d' "$top_srcdir/tests/cuda/dp.moe" > "$WORK/dp1.moe"
+BACKEND=cuda gen dp tests/cuda/dp.moe || { not_ok "dp.moe: the 2-GPU trainer builds"; finish; exit 1; }
+BACKEND=cuda gen dp1 "$WORK/dp1.moe" || { not_ok "dp.moe: the 1-GPU trainer builds"; finish; exit 1; }
+mv "$WORK/dp" "$WORK/dp2"
+BACKEND=cpu gen dp tests/cuda/dp.moe || { not_ok "dp.moe: the CPU trainer builds"; finish; exit 1; }
+mv "$WORK/dp" "$WORK/dpcpu"
+D2=$WORK/dp2
+D1=$WORK/dp1
+DC=$WORK/dpcpu
+run="--data $DATA --eval-every 0 --max-eval 2000"
+
+# 50 steps: 2 GPUs against 1
+if ranks "$D2" 2 $run --steps 50 &&
+    (cd "$D1" && ./train $run --steps 50 -q > run.log 2>&1) &&
+    $CMP curves "$D1/dp.metrics.jsonl" "$D2/dp.metrics.jsonl" 1e-4 > "$WORK/curve" 2>&1 &&
+    $CMP weights "$D1/dp.safetensors" "$D2/dp.safetensors" 1e-3 > "$WORK/weights" 2>&1; then
+    ok "50 fp32 steps on 2 GPUs follow 1 GPU: $(tail -n 1 "$WORK/curve"); $(tail -n 1 "$WORK/weights")"
+    grep "test accuracy" "$D2/rank0.log" "$D1/run.log" | sed 's/^/# /'
+else
+    cat "$D1/run.log" "$WORK/curve" "$WORK/weights" 2>/dev/null
+    not_ok "50 fp32 steps on 2 GPUs follow 1 GPU (loss within 1e-4, weights within 1e-3)"
+fi
+
+# checkpoints across GPU counts: stopped at step 30 of 50, resumed elsewhere,
+# against the 1-GPU run above that was never stopped
+resume() { # LABEL FROM-DIR TO-DIR TO-RANKS(0: CPU) TOL
+    label=$1
+    from=$2
+    to=$3
+    n=$4
+    tol=$5
+    rm -f "$from/dp.safetensors" "$from/dp.metrics.jsonl" "$to/dp.safetensors" "$to/dp.metrics.jsonl"
+    if [ "$from" = "$D2" ]; then
+        ranks "$from" 2 $run --steps 50 --stop-after 30 || return 1
+    else
+        (cd "$from" && ./train $run --steps 50 --stop-after 30 -q > stop.log 2>&1) || { cat "$from/stop.log"; return 1; }
+    fi
+    cp "$from/dp.safetensors" "$to/dp.safetensors"
+    if [ "$n" -ge 2 ]; then
+        ranks "$to" "$n" $run --steps 50 --resume || return 1
+    else
+        (cd "$to" && ./train $run --steps 50 --resume -q > resume.log 2>&1) || { cat "$to/resume.log"; return 1; }
+    fi
+    $CMP curves-subset "$to/dp.metrics.jsonl" "$WORK/ref.metrics.jsonl" "$tol" > "$WORK/resume.$label" 2>&1 ||
+        { cat "$WORK/resume.$label"; return 1; }
+}
+cp "$D1/dp.metrics.jsonl" "$WORK/ref.metrics.jsonl"
+for spec in "2gpu-1gpu:$D2:$D1:1:1e-4" "2gpu-cpu:$D2:$DC:0:1e-2" "1gpu-2gpu:$D1:$D2:2:1e-4"; do
+    IFS=: read -r label from to n tol <<EOF
+$spec
+EOF
+    if resume "$label" "$from" "$to" "$n" "$tol"; then
+        ok "checkpoint $label: resumed at step 30, steps 35-50 as never stopped: $(tail -n 1 "$WORK/resume.$label")"
+    else
+        not_ok "checkpoint $label: resumed at step 30, steps 35-50 as never stopped (within $tol)"
+    fi
+done
+
+# a rank that dies: the other stops within 30 s, saying which
+PORT=$((PORT + 1))
+(cd "$D2" && RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
+    exec ./train --synthetic --steps 1000000 -q > kill0.log 2>&1) &
+p0=$!
+(cd "$D2" && RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
+    exec ./train --synthetic --steps 1000000 -q > kill1.log 2>&1) &
+p1=$!
+sleep 15
+kill -9 $p1 2> /dev/null
+t=0
+while kill -0 $p0 2> /dev/null && [ $t -lt 30 ]; do
+    sleep 1
+    t=$((t + 1))
+done
+if kill -0 $p0 2> /dev/null; then
+    kill -9 $p0
+    wait $p0 2> /dev/null
+    not_ok "rank 1 killed: rank 0 stops within 30 s (it still ran)"
+else
+    wait $p0
+    st=$?
+    if [ $st -ne 0 ] && grep -q "rank 1 ended" "$D2/kill0.log"; then
+        ok "rank 1 killed: rank 0 stopped after ${t} s with status $st: $(grep 'rank 1 ended' "$D2/kill0.log")"
+    else
+        cat "$D2/kill0.log"
+        not_ok "rank 1 killed: rank 0 stops with an error naming rank 1 (status $st)"
+    fi
+fi
+wait $p1 2> /dev/null
+
+# the wrong number of processes
+if (cd "$D2" && ./train --synthetic --steps 1 > one.log 2>&1); then
+    not_ok "the 2-GPU trainer started alone is refused (it ran)"
+elif grep -q "compiled for 2 GPUs" "$D2/one.log"; then
+    ok "the 2-GPU trainer started alone is refused: $(head -n 1 "$D2/one.log")"
+else
+    cat "$D2/one.log"
+    not_ok "the 2-GPU trainer started alone is refused with a message"
+fi
+if ranks "$D1" 2 --synthetic --steps 1; then
+    not_ok "the 1-GPU trainer started as 2 processes is refused (it ran)"
+elif grep -q "compiled for one GPU" "$D1/rank0.log"; then
+    ok "the 1-GPU trainer started as 2 processes is refused: $(head -n 1 "$D1/rank0.log")"
+else
+    not_ok "the 1-GPU trainer started as 2 processes is refused with a message"
+fi
+
+# mpirun, with nothing else set
+MPIRUN=$(command -v mpirun 2> /dev/null)
+if [ -z "$MPIRUN" ]; then
+    echo "# SKIP mpirun: not found"
+elif (cd "$D2" && env -u MASTER_ADDR -u MASTER_PORT "$MPIRUN" --allow-run-as-root --oversubscribe -np 2 \
+    -x NCCL_NVLS_ENABLE ./train --synthetic --steps 20 > mpi.log 2>&1); then
+    ok "mpirun -np 2 trains: $(grep -c . "$D2/mpi.log") lines of output, exit 0"
+else
+    cat "$D2/mpi.log"
+    not_ok "mpirun -np 2 trains"
+fi
+finish
