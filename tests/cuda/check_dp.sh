@@ -30,24 +30,24 @@ PORT=$((29500 + $$ % 2000))
 # ranks DIR N ARGS...: N processes of DIR/train (rank i on GPU i), their
 # output in DIR/rank<i>.log; fails when one of them does
 ranks() {
-    dir=$1
-    n=$2
+    r_dir=$1
+    r_n=$2
     shift 2
     PORT=$((PORT + 1))
-    pids=
-    i=0
-    while [ $i -lt "$n" ]; do
-        (cd "$dir" && RANK=$i WORLD_SIZE=$n LOCAL_RANK=$i MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
-            exec ./train "$@" > "rank$i.log" 2>&1) &
-        pids="$pids $!"
-        i=$((i + 1))
+    r_pids=
+    r_i=0
+    while [ $r_i -lt "$r_n" ]; do
+        (cd "$r_dir" && RANK=$r_i WORLD_SIZE=$r_n LOCAL_RANK=$r_i MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
+            exec ./train "$@" > "rank$r_i.log" 2>&1) &
+        r_pids="$r_pids $!"
+        r_i=$((r_i + 1))
     done
-    status=0
-    for p in $pids; do
-        wait "$p" || status=1
+    r_status=0
+    for r_p in $r_pids; do
+        wait "$r_p" || r_status=1
     done
-    [ $status -eq 0 ] || cat "$dir"/rank*.log
-    return $status
+    [ $r_status -eq 0 ] || cat "$r_dir"/rank*.log
+    return $r_status
 }
 
 sed '/^parallel(/d' "$top_srcdir/tests/cuda/dp.moe" > "$WORK/dp1.moe"
@@ -61,16 +61,20 @@ D1=$WORK/dp1
 DC=$WORK/dpcpu
 run="--data $DATA --eval-every 0 --max-eval 2000"
 
-# 50 steps: 2 GPUs against 1
+# 50 steps: 2 GPUs against 1. The losses agree to about 1e-9 (the sums
+# over the batch are split differently); weights within 1e-2 only, because
+# AdamW turns the rounding noise of gradients that are zero in exact
+# arithmetic (the key bias: softmax ignores it) into steps of the size of
+# the learning rate, with signs that differ between any two runs.
 if ranks "$D2" 2 $run --steps 50 &&
     (cd "$D1" && ./train $run --steps 50 -q > run.log 2>&1) &&
-    $CMP curves "$D1/dp.metrics.jsonl" "$D2/dp.metrics.jsonl" 1e-4 > "$WORK/curve" 2>&1 &&
-    $CMP weights "$D1/dp.safetensors" "$D2/dp.safetensors" 1e-3 > "$WORK/weights" 2>&1; then
+    $CMP curves "$D1/dp.metrics.jsonl" "$D2/dp.metrics.jsonl" 1e-6 > "$WORK/curve" 2>&1 &&
+    $CMP weights "$D1/dp.safetensors" "$D2/dp.safetensors" 1e-2 > "$WORK/weights" 2>&1; then
     ok "50 fp32 steps on 2 GPUs follow 1 GPU: $(tail -n 1 "$WORK/curve"); $(tail -n 1 "$WORK/weights")"
     grep "test accuracy" "$D2/rank0.log" "$D1/run.log" | sed 's/^/# /'
 else
     cat "$D1/run.log" "$WORK/curve" "$WORK/weights" 2>/dev/null
-    not_ok "50 fp32 steps on 2 GPUs follow 1 GPU (loss within 1e-4, weights within 1e-3)"
+    not_ok "50 fp32 steps on 2 GPUs follow 1 GPU (loss within 1e-6, weights within 1e-2)"
 fi
 
 # checkpoints across GPU counts: stopped at step 30 of 50, resumed elsewhere,
@@ -97,7 +101,7 @@ resume() { # LABEL FROM-DIR TO-DIR TO-RANKS(0: CPU) TOL
         { cat "$WORK/resume.$label"; return 1; }
 }
 cp "$D1/dp.metrics.jsonl" "$WORK/ref.metrics.jsonl"
-for spec in "2gpu-1gpu:$D2:$D1:1:1e-4" "2gpu-cpu:$D2:$DC:0:1e-2" "1gpu-2gpu:$D1:$D2:2:1e-4"; do
+for spec in "2gpu-1gpu:$D2:$D1:1:1e-6" "2gpu-cpu:$D2:$DC:0:1e-4" "1gpu-2gpu:$D1:$D2:2:1e-6"; do
     IFS=: read -r label from to n tol <<EOF
 $spec
 EOF
