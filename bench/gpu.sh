@@ -11,12 +11,16 @@
 # and with the data loader on files in CIFAR-10's binary format (random
 # pixels, written here: the machine has no network), the images/s of the
 # last metrics record of a 200-step run.
-# With two GPUs or more, data parallelism on 2 GPUs (parallel(data = 2),
-# bf16 compute): weak scaling (each GPU keeps the 1-GPU batch, the global
-# batch doubles) and strong scaling (the same global batch, halved per GPU),
-# with the efficiency against the 1-GPU figure of the same run.
+# With two GPUs or more, 2 GPUs (bf16 compute), data parallel
+# (parallel(data = 2)) and expert parallel (parallel(data = 2, expert = 2),
+# where the experts split over 2): weak scaling (each GPU keeps the 1-GPU
+# batch, the global batch doubles) and strong scaling (the same global
+# batch, halved per GPU), with the efficiency against the 1-GPU figure of
+# the same run.
 # Appends everything to $BENCH_OUT (default bench-gpu.txt); BENCH_TORCH=0
-# leaves PyTorch out, BENCH_DP=0 the 2-GPU runs.
+# leaves PyTorch out, BENCH_DP=0 the 2-GPU runs; BENCH_QUICK=1 runs only
+# what the 2-GPU figures need (the 1-GPU trainer in bf16, no fp32, no
+# loader, no PyTorch).
 set -u
 : "${top_srcdir:=.}" "${top_builddir:=.}" "${MOECC:=$top_builddir/moecc}"
 PY=${PYTHON_TORCH:-python3}
@@ -29,7 +33,7 @@ if ! nvidia-smi -L > /dev/null 2>&1; then
     exit 1
 fi
 {
-    echo "# make bench, $(date -u '+%Y-%m-%d %H:%M UTC'): $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+    echo "# make bench, $(date -u '+%Y-%m-%d %H:%M UTC'): $(nvidia-smi -L | grep -c '^GPU') x $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n 1)"
     echo "# moecc $("$MOECC" --version | cut -d' ' -f2), $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*')"
 } | tee -a "$out"
 
@@ -48,13 +52,19 @@ PYEOF
 
 for cfg in gpu_p gpu_s; do
     (cd "$top_srcdir" && "$MOECC" --target cuda "bench/$cfg.moe" -o "$work/$cfg") || exit 1
-    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$work/$cfg" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$work/$cfg" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
         BACKEND=cuda > "$work/$cfg.build.log" 2>&1 || { cat "$work/$cfg.build.log"; exit 1; }
     cd "$work/$cfg" || exit 1
-    for prec in bf16 fp32; do
+    precs="bf16 fp32"
+    [ "${BENCH_QUICK:-0}" = 1 ] && precs=bf16
+    for prec in $precs; do
         ./train --bench --steps $((STEPS + 2)) --precision $prec | grep '^moecc' | sed "s/^/[$prec] /" |
             tee "$work/$cfg.$prec.txt" | tee -a "$out"
     done
+    if [ "${BENCH_QUICK:-0}" = 1 ]; then
+        cd "$work" || exit 1
+        continue
+    fi
     ./train --data "$work/data" --steps 200 --log-every 100 --eval-every 0 --max-eval 1 -q \
         --metrics real.jsonl --checkpoint real.safetensors > real.log 2>&1 || { cat real.log; exit 1; }
     ips=$("$PY" -c 'import json,sys; print("%.0f" % [r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][-1]["images_per_s"])' real.jsonl)
@@ -78,13 +88,22 @@ ips_of() { sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p' "$1"; }
 for cfg in gpu_p gpu_s; do
     batch=$(sed -n 's/^ *batch = \([0-9]*\).*/\1/p' "$top_srcdir/bench/$cfg.moe")
     one=$(ips_of "$work/$cfg.bf16.txt")
-    for scaling in weak strong; do
+    experts=$(sed -n 's/.*experts = \([0-9]*\).*/\1/p' "$top_srcdir/bench/$cfg.moe" | head -n 1)
+    for scaling in weak strong expert-weak expert-strong; do
         global=$batch
-        [ $scaling = weak ] && global=$((2 * batch))
+        case $scaling in *weak) global=$((2 * batch)) ;; esac
+        par="parallel(data = 2)"
+        case $scaling in expert-*)
+            if [ $((experts % 2)) -ne 0 ]; then
+                echo "[2 GPUs, expert parallel] $cfg: not run, its $experts experts do not split over 2 GPUs" | tee -a "$out"
+                continue
+            fi
+            par="parallel(data = 2, expert = 2)" ;;
+        esac
         dir=$work/$cfg.dp2.$scaling
-        { sed "s/^\( *batch = \)[0-9]*/\1$global/" "$top_srcdir/bench/$cfg.moe"; echo "parallel(data = 2)"; } > "$dir.moe"
+        { sed "s/^\( *batch = \)[0-9]*/\1$global/" "$top_srcdir/bench/$cfg.moe"; echo "$par"; } > "$dir.moe"
         "$MOECC" --target cuda "$dir.moe" -o "$dir" > /dev/null || exit 1
-        env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$dir" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
+        env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$dir" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
             BACKEND=cuda > "$dir.build.log" 2>&1 || { cat "$dir.build.log"; exit 1; }
         port=$((port + 1))
         for r in 0 1; do
@@ -97,7 +116,7 @@ for cfg in gpu_p gpu_s; do
         # images/s of 2 GPUs over twice one GPU's (weak: the same work per
         # GPU; strong: the speedup over 2)
         eff=$(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.1f", 100 * a / (2 * b) }')
-        echo "[2 GPUs, data parallel, $scaling scaling, global batch $global] $line; $eff% of 2 x the 1-GPU $one images/s" |
+        echo "[2 GPUs, $par, ${scaling#expert-} scaling, global batch $global] $line; $eff% of 2 x the 1-GPU $one images/s" |
             tee -a "$out"
     done
 done

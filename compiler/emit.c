@@ -557,6 +557,8 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    int *classes;          /* [N_DATASETS] */\n    void *sort_tmp;        /* the routing sort's scratch */\n"
                  "    size_t sort_bytes;\n    uint64_t seed;\n"
                  "    int64_t row0;          /* this process's first sample of the batch (random draws) */\n"
+                 "    int erank;             /* its place in its expert-parallel group: experts\n"
+                 "                            * [erank * E / PARALLEL_EXPERT, ...) of each MoE layer */\n"
                  "    /* data parallelism: average the gradients of parameters [lo, hi) over\n"
                  "     * the processes (backend.cu) */\n"
                  "    void (*grad_ready)(const struct kctx *k, struct dev_model *d, int64_t lo, int64_t hi);\n"

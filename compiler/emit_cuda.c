@@ -82,14 +82,6 @@ int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
             break;
         }
     }
-    if (!errors && m->parallel.expert > 1) {
-        mc_report(d, MC_ERROR, m->parallel.expert_loc,
-                  "the CUDA backend does not generate expert parallelism yet (expert = %d)", m->parallel.expert);
-        mc_hint(d, "parallel(data = %d) alone trains data-parallel on %d GPUs with every expert on each; --target "
-                   "cpu runs the whole batch in one process",
-                m->parallel.data, m->parallel.data);
-        errors++;
-    }
     return errors;
 }
 
@@ -414,11 +406,39 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   x->normalize_gates ? 1 : 0, x->batch_priority ? 1 : 0);
         if (ds)
             sb_printf(f, "        moe_target(k, IA(%s), dataset, d->maps + %d, N, %d);\n", in_[7], j * ND, T);
+        /* expert parallelism (training): the rows of this GPU's experts,
+         * from every GPU of its group, and their gradients */
+        const int EP = m->parallel.expert;
+        char xr[32], yr[32], e0[48];
+        /* this GPU's first expert */
+        if (EP > 1)
+            snprintf(e0, sizeof e0, "d->erank * %d", E / EP);
+        else
+            snprintf(e0, sizeof e0, "0");
+        snprintf(xr, sizeof xr, "%s", nm[8]);
+        snprintf(yr, sizeof yr, "%s", nm[11]);
+        if (EP > 1) {
+            snprintf(xr, sizeof xr, "XR%d", i);
+            snprintf(yr, sizeof yr, "YR%d", i);
+            alloc_inside(g, p, xr, ROWS * D, "this GPU's experts' inputs [E/P, P, cap, D]");
+            alloc_inside(g, p, yr, ROWS * D, "this GPU's experts' outputs [E/P, P, cap, D]");
+            sb_printf(f, "        if (train) /* expert parallelism: the %d GPUs of the group share the experts */\n"
+                         "    ", EP);
+        }
         sb_printf(f,
-                  "        moe_experts_forward<%d, %d, %d, %d, %s>(k, %s, A(%s), A(%s), A(%s), A(%s), %s, &r, P(%lldL),\n"
-                  "                                              P(%lldL), P(%lldL), P(%lldL), N, cap);\n",
-                  D, H, E, K, act_code(x->act), out, nm[8], nm[9], nm[10], nm[11], in, (long long)w1, (long long)b1,
-                  (long long)w2, (long long)b2);
+                  "        moe_experts_forward<%d, %d, %d, %d, %s, %d>(k, %s, A(%s), A(%s), A(%s), A(%s), A(%s), A(%s), %s, "
+                  "&r,\n%s                                              P(%lldL), P(%lldL), P(%lldL), P(%lldL), N, cap, "
+                  "%s);\n",
+                  D, H, E, K, act_code(x->act), EP, out, nm[8], xr, nm[9], nm[10], yr, nm[11], in, EP > 1 ? "    " : "",
+                  (long long)w1, (long long)b1, (long long)w2, (long long)b2, e0);
+        if (EP > 1)
+            sb_printf(f,
+                      "        else /* evaluation: this GPU alone with every expert (each GPU holds all the weights) */\n"
+                      "            moe_experts_forward<%d, %d, %d, %d, %s, 1>(k, %s, A(%s), A(%s), A(%s), A(%s), A(%s), "
+                      "A(%s), %s, &r,\n                                                  P(%lldL), P(%lldL), P(%lldL), "
+                      "P(%lldL), N, cap, 0);\n",
+                      D, H, E, K, act_code(x->act), out, nm[8], nm[8], nm[9], nm[10], nm[11], nm[11], in,
+                      (long long)w1, (long long)b1, (long long)w2, (long long)b2);
         sb_printf(f,
                   "        moe_aux_losses<%d, %d>(k, A(%s), d->dacc + %lld, d->dacc + %d, d->stats + %lld, d->dacc + %lld, "
                   "&r, %s,\n                              dataset, %s, %s, %s, %s, N, %d, %d, train);\n    }\n",
@@ -435,11 +455,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (x->fp32_gate)
             sb_printf(&b, "        kctx kg = *k;\n        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */\n");
         sb_printf(&b,
-                  "        moe_experts_backward<%d, %d, %d, %d, %s>(k, %s, G(%s), G(%s), G(%s), G(%s), %s, A(%s), A(%s),\n"
-                  "                                               A(%s), A(%s), &r, P(%lldL), P(%lldL), DP(%lldL), "
-                  "DP(%lldL),\n                                               DP(%lldL), DP(%lldL), N, cap, %d);\n",
-                  D, H, E, K, act_code(x->act), din, nm[4], nm[11], nm[9], nm[8], dout, nm[8], nm[9], nm[10], nm[11],
-                  (long long)w1, (long long)w2, (long long)w1, (long long)b1, (long long)w2, (long long)b2, acc);
+                  "        moe_experts_backward<%d, %d, %d, %d, %s, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
+                  "%s,\n                                               A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "
+                  "P(%lldL), DP(%lldL), DP(%lldL),\n                                               DP(%lldL), DP(%lldL), "
+                  "N, cap, %s, %d);\n",
+                  D, H, E, K, act_code(x->act), EP, din, nm[4], nm[11], yr, nm[9], xr, nm[8], dout, xr, nm[9], nm[10],
+                  nm[11], (long long)w1, (long long)w2, (long long)w1, (long long)b1, (long long)w2, (long long)b2,
+                  e0, acc);
         sb_printf(&b,
                   "        moe_router_backward<%d, %d>(k, G(%s), G(%s), &r, %s, d->dacc + %lld, N, %d, %s, %s, %s, %s);\n",
                   E, K, nm[0], nm[4], target, (long long)p->sums[j], x->normalize_gates ? 1 : 0,

@@ -184,7 +184,6 @@ typedef struct mc_train {
 
 typedef struct mc_parallel {
     int data, expert;
-    mc_loc expert_loc;         /* where expert was given (the statement without it) */
     double bucket_mib;         /* gradient all-reduce buckets (data parallelism) */
 } mc_parallel;
 

@@ -1021,7 +1021,6 @@ static void do_parallel(sema *s, const mc_stmt *st)
     p->expert = (int)get_int(s, &b, "expert", 1);
     p->bucket_mib = get_float(s, &b, "bucket_mib", 16);
     s->parallel_loc = where(&b, "expert");
-    p->expert_loc = s->parallel_loc;
     s->data_loc = where(&b, "data");
     s->parallel_given = true;
     if (p->expert > p->data) {

@@ -256,8 +256,6 @@ GOLDEN_CASES = \
 	tests/golden/target_cpu_head_width.moe \
 	tests/golden/target_cuda_expert_choice.err \
 	tests/golden/target_cuda_expert_choice.moe \
-	tests/golden/target_cuda_expert_parallel.err \
-	tests/golden/target_cuda_expert_parallel.moe \
 	tests/golden/target_cuda_head_width.err \
 	tests/golden/target_cuda_head_width.moe \
 	tests/golden/too_many_errors.err \

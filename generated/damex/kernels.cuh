@@ -80,7 +80,11 @@ typedef struct kctx {
     /* data parallelism: sums v[0..n) over the processes in place, in order on
      * the stream (backend.cu, over NCCL); NULL with one process */
     void (*sum_across)(const struct kctx *k, double *v, int n);
-    void *comm;                  /* backend.cu's state for sum_across */
+    /* expert parallelism: moves a MoE layer's rows between the p GPUs of
+     * this one's group, el experts per GPU, chunk floats per (expert, GPU)
+     * (moe_exchange); NULL without */
+    void (*exchange)(const struct kctx *k, float *dst, const float *src, int64_t chunk, int el, int p, int dir);
+    void *comm;                  /* backend.cu's state for both */
 } kctx;
 
 /* ---- random numbers: Philox4x32-10, as runtime/core_rng.c --------------------------- */
@@ -1373,21 +1377,48 @@ static __global__ void moe_combine_kernel(float *out, const float *ye, const int
     out[i] = acc;
 }
 
-/* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
- * ye = a w2^T + b2 per expert, out = the gated sum. */
-template <int D, int H, int E, int K, int ACT>
-static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *h, float *a, float *ye,
-                                       const float *x, const moe_route_buf *r, const float *w1, const float *b1,
-                                       const float *w2, const float *b2, int N, int cap)
+/* Expert parallelism: the rows of a MoE layer travel between the P GPUs of
+ * an expert-parallel group (kctx.exchange, over NCCL). Each GPU routes its
+ * own tokens into [E, cap, *] rows; GPU q of the group computes experts
+ * [q * E/P, (q+1) * E/P) on the rows every GPU of the group routed to them,
+ * laid out [E/P, P, cap, *] (so that one expert's rows are contiguous).
+ * Dispatch sends [E, cap, *] to [E/P, P, cap, *], combine the reverse. */
+enum { EXCHANGE_DISPATCH = 0, EXCHANGE_COMBINE = 1 };
+
+template <int P>
+static inline void moe_exchange(const kctx *k, float *dst, const float *src, int64_t chunk, int el, int dir)
 {
+    if (P > 1)
+        k->exchange(k, dst, src, chunk, el, P, dir);
+}
+
+/* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
+ * ye = a w2^T + b2 per expert, out = the gated sum. With expert parallelism
+ * (P > 1): xe is dispatched to xr, this GPU's E/P experts (the first is e0)
+ * run on xr's P * cap rows per expert into yr, which comes back to ye; with
+ * P = 1, xr = xe, yr = ye and e0 = 0. */
+template <int D, int H, int E, int K, int ACT, int P>
+static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *xr, float *h, float *a, float *yr,
+                                       float *ye, const float *x, const moe_route_buf *r, const float *w1,
+                                       const float *b1, const float *w2, const float *b2, int N, int cap, int e0)
+{
+    static_assert(E % P == 0, "moe_experts_forward: the group's GPUs share the experts evenly");
+    constexpr int EL = E / P;
+    const int rows = P * cap; /* per expert of this GPU */
     moe_gather_kernel<<<blocks_for((int64_t)E * cap * D, 256), 256, 0, k->stream>>>(xe, x, r->row_token, r->count, E,
                                                                                   cap, D);
     LAUNCH_CHECK();
-    mm_nt(k, h, xe, w1, cap, H, D, 0.0f, E, (int64_t)cap * D, (int64_t)H * D, (int64_t)cap * H);
-    bias_act<ACT>(k, a, h, b1, cap, H, E);
-    mm_nt(k, ye, a, w2, cap, D, H, 0.0f, E, (int64_t)cap * H, (int64_t)D * H, (int64_t)cap * D);
-    bias_add_grouped_kernel<<<blocks_for((int64_t)E * cap * D, 256), 256, 0, k->stream>>>(ye, b2, cap, D, E);
+    moe_exchange<P>(k, xr, xe, (int64_t)cap * D, EL, EXCHANGE_DISPATCH);
+    w1 += (int64_t)e0 * H * D;
+    b1 += (int64_t)e0 * H;
+    w2 += (int64_t)e0 * D * H;
+    b2 += (int64_t)e0 * D;
+    mm_nt(k, h, xr, w1, rows, H, D, 0.0f, EL, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
+    bias_act<ACT>(k, a, h, b1, rows, H, EL);
+    mm_nt(k, yr, a, w2, rows, D, H, 0.0f, EL, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
+    bias_add_grouped_kernel<<<blocks_for((int64_t)EL * rows * D, 256), 256, 0, k->stream>>>(yr, b2, rows, D, EL);
     LAUNCH_CHECK();
+    moe_exchange<P>(k, ye, yr, (int64_t)cap * D, EL, EXCHANGE_COMBINE);
     moe_combine_kernel<K><<<blocks_for((int64_t)N * D, 256), 256, 0, k->stream>>>(out, ye, r->topk, r->slot, r->gate,
                                                                                 N, cap, D);
     LAUNCH_CHECK();
@@ -1447,24 +1478,38 @@ static __global__ void moe_scatter_bwd_kernel(float *dx, float *dgate, const flo
 }
 
 /* Backward of the experts and the combine: dgate[N, K] written, dx (+)=,
- * parameter gradients accumulated. dye, dh, dxe: [E, cap, *] scratch. */
-template <int D, int H, int E, int K, int ACT>
-static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dh, float *dxe,
-                                        const float *dout, const float *xe, const float *h, const float *a,
-                                        const float *ye, const moe_route_buf *r, const float *w1, const float *w2,
-                                        float *dw1, float *db1, float *dw2, float *db2, int N, int cap, int acc)
+ * parameter gradients accumulated (this GPU's experts only). dye, dxe:
+ * [E, cap, *] scratch; with expert parallelism dyr, dh, dxr: [E/P, P, cap, *]
+ * (else dyr = dye, dxr = dxe); xr, h, a: the forward's rows of this GPU's
+ * experts. */
+template <int D, int H, int E, int K, int ACT, int P>
+static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
+                                        float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
+                                        const float *a, const float *ye, const moe_route_buf *r, const float *w1,
+                                        const float *w2, float *dw1, float *db1, float *dw2, float *db2, int N, int cap,
+                                        int e0, int acc)
 {
+    constexpr int EL = E / P;
+    const int rows = P * cap;
     moe_combine_bwd_kernel<<<blocks_for((int64_t)E * cap, 8), 256, 0, k->stream>>>(
         dye, dgate, dout, ye, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
     LAUNCH_CHECK();
-    /* da = dye w2 (into dh); dw2 += dye^T a; db2 += colsum(dye) */
-    mm_nn(k, dh, dye, w2, cap, H, D, 0.0f, E, (int64_t)cap * D, (int64_t)D * H, (int64_t)cap * H);
-    mm_tn(k, dw2, dye, a, D, H, cap, 1.0f, E, (int64_t)cap * D, (int64_t)cap * H, (int64_t)D * H);
-    colsum_add(k, db2, dye, cap, D, E, (int64_t)cap * D, D);
-    act_backward<ACT>(k, dh, dh, h, (int64_t)E * cap * H, 0);
-    mm_nn(k, dxe, dh, w1, cap, D, H, 0.0f, E, (int64_t)cap * H, (int64_t)H * D, (int64_t)cap * D);
-    mm_tn(k, dw1, dh, xe, H, D, cap, 1.0f, E, (int64_t)cap * H, (int64_t)cap * D, (int64_t)H * D);
-    colsum_add(k, db1, dh, cap, H, E, (int64_t)cap * H, H);
+    moe_exchange<P>(k, dyr, dye, (int64_t)cap * D, EL, EXCHANGE_DISPATCH);
+    w1 += (int64_t)e0 * H * D;
+    w2 += (int64_t)e0 * D * H;
+    dw1 += (int64_t)e0 * H * D;
+    db1 += (int64_t)e0 * H;
+    dw2 += (int64_t)e0 * D * H;
+    db2 += (int64_t)e0 * D;
+    /* da = dyr w2 (into dh); dw2 += dyr^T a; db2 += colsum(dyr) */
+    mm_nn(k, dh, dyr, w2, rows, H, D, 0.0f, EL, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
+    mm_tn(k, dw2, dyr, a, D, H, rows, 1.0f, EL, (int64_t)rows * D, (int64_t)rows * H, (int64_t)D * H);
+    colsum_add(k, db2, dyr, rows, D, EL, (int64_t)rows * D, D);
+    act_backward<ACT>(k, dh, dh, h, (int64_t)EL * rows * H, 0);
+    mm_nn(k, dxr, dh, w1, rows, D, H, 0.0f, EL, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
+    mm_tn(k, dw1, dh, xr, H, D, rows, 1.0f, EL, (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
+    colsum_add(k, db1, dh, rows, H, EL, (int64_t)rows * H, H);
+    moe_exchange<P>(k, dxe, dxr, (int64_t)cap * D, EL, EXCHANGE_COMBINE);
     moe_scatter_bwd_kernel<K><<<blocks_for((int64_t)N * D, 256), 256, 0, k->stream>>>(dx, dgate, dxe, r->topk,
                                                                                     r->slot, N, cap, D, acc);
     LAUNCH_CHECK();

@@ -352,8 +352,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
             gate_noise(k, A(LOGITS17), (int64_t)N * 3, 0.33333334f, d->seed, 1017, &d->sc->step, d->row0 * 48);
         moe_route<3, 1>(k, &r, A(LOGITS17), N, cap, 1, 1);
         moe_target(k, IA(TARGET17), dataset, d->maps + 0, N, 16);
-        moe_experts_forward<128, 256, 3, 1, ACT_GELU>(k, A(V17), A(XE17), A(HE17), A(AE17), A(YE17), A(V16), &r, P(207872L),
-                                              P(306176L), P(306944L), P(405248L), N, cap);
+        moe_experts_forward<128, 256, 3, 1, ACT_GELU, 1>(k, A(V17), A(XE17), A(XE17), A(HE17), A(AE17), A(YE17), A(YE17), A(V16), &r,
+                                              P(207872L), P(306176L), P(306944L), P(405248L), N, cap, 0);
         moe_aux_losses<3, 1>(k, A(AUX17), d->dacc + 4, d->dacc + 1, d->stats + 0, d->dacc + 3, &r, IA(TARGET17),
                               dataset, 0.01f, 0.0f, 0.1f, 0.0f, N, 16, 3, train);
     }
@@ -399,8 +399,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
             gate_noise(k, A(LOGITS33), (int64_t)N * 3, 0.33333334f, d->seed, 1033, &d->sc->step, d->row0 * 48);
         moe_route<3, 1>(k, &r, A(LOGITS33), N, cap, 1, 1);
         moe_target(k, IA(TARGET33), dataset, d->maps + 3, N, 16);
-        moe_experts_forward<128, 256, 3, 1, ACT_GELU>(k, A(V33), A(XE33), A(HE33), A(AE33), A(YE33), A(V32), &r, P(605056L),
-                                              P(703360L), P(704128L), P(802432L), N, cap);
+        moe_experts_forward<128, 256, 3, 1, ACT_GELU, 1>(k, A(V33), A(XE33), A(XE33), A(HE33), A(AE33), A(YE33), A(YE33), A(V32), &r,
+                                              P(605056L), P(703360L), P(704128L), P(802432L), N, cap, 0);
         moe_aux_losses<3, 1>(k, A(AUX33), d->dacc + 11, d->dacc + 1, d->stats + 15, d->dacc + 10, &r, IA(TARGET33),
                               dataset, 0.01f, 0.0f, 0.1f, 0.0f, N, 16, 3, train);
     }
@@ -438,9 +438,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = *k;
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
-        moe_experts_backward<128, 256, 3, 1, ACT_GELU>(k, G(V32), G(GATE33), G(YE33), G(HE33), G(XE33), G(V33), A(XE33), A(HE33),
-                                               A(AE33), A(YE33), &r, P(605056L), P(704128L), DP(605056L), DP(703360L),
-                                               DP(704128L), DP(802432L), N, cap, 0);
+        moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
+                                               A(XE33), A(HE33), A(AE33), A(YE33), &r, P(605056L), P(704128L), DP(605056L), DP(703360L),
+                                               DP(704128L), DP(802432L), N, cap, 0, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V32), DP(604672L), nullptr, G(LOGITS33), A(V32), P(604672L), N, 128, 3, 1);
     }
@@ -485,9 +485,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = *k;
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
-        moe_experts_backward<128, 256, 3, 1, ACT_GELU>(k, G(V16), G(GATE17), G(YE17), G(HE17), G(XE17), G(V17), A(XE17), A(HE17),
-                                               A(AE17), A(YE17), &r, P(207872L), P(306944L), DP(207872L), DP(306176L),
-                                               DP(306944L), DP(405248L), N, cap, 0);
+        moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
+                                               A(XE17), A(HE17), A(AE17), A(YE17), &r, P(207872L), P(306944L), DP(207872L), DP(306176L),
+                                               DP(306944L), DP(405248L), N, cap, 0, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V16), DP(207488L), nullptr, G(LOGITS17), A(V16), P(207488L), N, 128, 3, 1);
     }

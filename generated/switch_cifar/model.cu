@@ -590,8 +590,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         linear_forward(&kg, A(LOGITS21), A(V20), P(615936L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS21), N, cap, 1, 0);
-        moe_experts_forward<192, 768, 8, 1, ACT_GELU>(k, A(V21), A(XE21), A(HE21), A(AE21), A(YE21), A(V20), &r, P(617472L),
-                                              P(1797120L), P(1803264L), P(2982912L), N, cap);
+        moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V21), A(XE21), A(XE21), A(HE21), A(AE21), A(YE21), A(YE21), A(V20), &r,
+                                              P(617472L), P(1797120L), P(1803264L), P(2982912L), N, cap, 0);
         moe_aux_losses<8, 1>(k, A(AUX21), d->dacc + 4, d->dacc + 1, d->stats + 0, d->dacc + 3, &r, nullptr,
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
@@ -646,8 +646,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         linear_forward(&kg, A(LOGITS41), A(V40), P(3578304L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS41), N, cap, 1, 0);
-        moe_experts_forward<192, 768, 8, 1, ACT_GELU>(k, A(V41), A(XE41), A(HE41), A(AE41), A(YE41), A(V40), &r, P(3579840L),
-                                              P(4759488L), P(4765632L), P(5945280L), N, cap);
+        moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V41), A(XE41), A(XE41), A(HE41), A(AE41), A(YE41), A(YE41), A(V40), &r,
+                                              P(3579840L), P(4759488L), P(4765632L), P(5945280L), N, cap, 0);
         moe_aux_losses<8, 1>(k, A(AUX41), d->dacc + 21, d->dacc + 1, d->stats + 19, d->dacc + 20, &r, nullptr,
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
@@ -702,8 +702,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         linear_forward(&kg, A(LOGITS61), A(V60), P(6540672L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS61), N, cap, 1, 0);
-        moe_experts_forward<192, 768, 8, 1, ACT_GELU>(k, A(V61), A(XE61), A(HE61), A(AE61), A(YE61), A(V60), &r, P(6542208L),
-                                              P(7721856L), P(7728000L), P(8907648L), N, cap);
+        moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V61), A(XE61), A(XE61), A(HE61), A(AE61), A(YE61), A(YE61), A(V60), &r,
+                                              P(6542208L), P(7721856L), P(7728000L), P(8907648L), N, cap, 0);
         moe_aux_losses<8, 1>(k, A(AUX61), d->dacc + 38, d->dacc + 1, d->stats + 38, d->dacc + 37, &r, nullptr,
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
@@ -758,8 +758,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         linear_forward(&kg, A(LOGITS81), A(V80), P(9503040L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS81), N, cap, 1, 0);
-        moe_experts_forward<192, 768, 8, 1, ACT_GELU>(k, A(V81), A(XE81), A(HE81), A(AE81), A(YE81), A(V80), &r, P(9504576L),
-                                              P(10684224L), P(10690368L), P(11870016L), N, cap);
+        moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V81), A(XE81), A(XE81), A(HE81), A(AE81), A(YE81), A(YE81), A(V80), &r,
+                                              P(9504576L), P(10684224L), P(10690368L), P(11870016L), N, cap, 0);
         moe_aux_losses<8, 1>(k, A(AUX81), d->dacc + 55, d->dacc + 1, d->stats + 57, d->dacc + 54, &r, nullptr,
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
@@ -802,9 +802,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = *k;
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, ACT_GELU>(k, G(V80), G(GATE81), G(YE81), G(HE81), G(XE81), G(V81), A(XE81), A(HE81),
-                                               A(AE81), A(YE81), &r, P(9504576L), P(10690368L), DP(9504576L), DP(10684224L),
-                                               DP(10690368L), DP(11870016L), N, cap, 0);
+        moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
+                                               A(XE81), A(HE81), A(AE81), A(YE81), &r, P(9504576L), P(10690368L), DP(9504576L), DP(10684224L),
+                                               DP(10690368L), DP(11870016L), N, cap, 0, 0);
         moe_router_backward<8, 1>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 55, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V80), DP(9503040L), nullptr, G(LOGITS81), A(V80), P(9503040L), N, 192, 8, 1);
     }
@@ -857,9 +857,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = *k;
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, ACT_GELU>(k, G(V60), G(GATE61), G(YE61), G(HE61), G(XE61), G(V61), A(XE61), A(HE61),
-                                               A(AE61), A(YE61), &r, P(6542208L), P(7728000L), DP(6542208L), DP(7721856L),
-                                               DP(7728000L), DP(8907648L), N, cap, 0);
+        moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
+                                               A(XE61), A(HE61), A(AE61), A(YE61), &r, P(6542208L), P(7728000L), DP(6542208L), DP(7721856L),
+                                               DP(7728000L), DP(8907648L), N, cap, 0, 0);
         moe_router_backward<8, 1>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V60), DP(6540672L), nullptr, G(LOGITS61), A(V60), P(6540672L), N, 192, 8, 1);
     }
@@ -912,9 +912,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = *k;
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, ACT_GELU>(k, G(V40), G(GATE41), G(YE41), G(HE41), G(XE41), G(V41), A(XE41), A(HE41),
-                                               A(AE41), A(YE41), &r, P(3579840L), P(4765632L), DP(3579840L), DP(4759488L),
-                                               DP(4765632L), DP(5945280L), N, cap, 0);
+        moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
+                                               A(XE41), A(HE41), A(AE41), A(YE41), &r, P(3579840L), P(4765632L), DP(3579840L), DP(4759488L),
+                                               DP(4765632L), DP(5945280L), N, cap, 0, 0);
         moe_router_backward<8, 1>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V40), DP(3578304L), nullptr, G(LOGITS41), A(V40), P(3578304L), N, 192, 8, 1);
     }
@@ -967,9 +967,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = *k;
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, ACT_GELU>(k, G(V20), G(GATE21), G(YE21), G(HE21), G(XE21), G(V21), A(XE21), A(HE21),
-                                               A(AE21), A(YE21), &r, P(617472L), P(1803264L), DP(617472L), DP(1797120L),
-                                               DP(1803264L), DP(2982912L), N, cap, 0);
+        moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
+                                               A(XE21), A(HE21), A(AE21), A(YE21), &r, P(617472L), P(1803264L), DP(617472L), DP(1797120L),
+                                               DP(1803264L), DP(2982912L), N, cap, 0, 0);
         moe_router_backward<8, 1>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V20), DP(615936L), nullptr, G(LOGITS21), A(V20), P(615936L), N, 192, 8, 1);
     }

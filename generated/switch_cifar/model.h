@@ -201,6 +201,8 @@ typedef struct dev_model {
     size_t sort_bytes;
     uint64_t seed;
     int64_t row0;          /* this process's first sample of the batch (random draws) */
+    int erank;             /* its place in its expert-parallel group: experts
+                            * [erank * E / PARALLEL_EXPERT, ...) of each MoE layer */
     /* data parallelism: average the gradients of parameters [lo, hi) over
      * the processes (backend.cu) */
     void (*grad_ready)(const struct kctx *k, struct dev_model *d, int64_t lo, int64_t hi);

@@ -22,7 +22,17 @@
  * each finished range of parameter gradients to grad_ready, which averages
  * it over the GPUs on a stream of its own while the backward goes on; the
  * MoE layers' auxiliary losses are summed over the GPUs in the forward
- * (kctx.sum_across), so that every loss is the whole batch's. */
+ * (kctx.sum_across), so that every loss is the whole batch's.
+ *
+ * Expert parallelism (parallel(expert = P), P > 1): runs of P consecutive
+ * ranks form groups; in training each GPU computes E/P experts of every
+ * MoE layer on the rows all GPUs of its group route to them, the rows
+ * travelling by NCCL send/receive on a communicator of the group
+ * (kctx.exchange). Every GPU keeps all the weights: the gradients of the
+ * experts it does not compute are zero, so the average over all GPUs is
+ * each expert's whole-batch gradient, every GPU takes the same optimizer
+ * step, checkpoints are those of one GPU, and evaluation runs each GPU
+ * alone over every expert. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +81,9 @@ typedef struct cuda_state {
     cudaEvent_t bucket_ready;  /* on k.stream: a range of gradients is final */
     cudaEvent_t buckets_done;  /* on comm_stream: every range is averaged */
     unsigned long long *stats_sum; /* the statistics summed over the GPUs */
+#if PARALLEL_EXPERT > 1
+    ncclComm_t group_comm;     /* this rank's expert-parallel group */
+#endif
 #endif
 } cuda_state;
 
@@ -86,6 +99,9 @@ int model_world(void)
 {
     return world_size;
 }
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 /* How long the ranks wait for each other to start (rank 0's NCCL id). */
 #define COMM_TIMEOUT_S 300.0
@@ -107,6 +123,27 @@ static void sum_across(const kctx *k, double *v, int n)
     const cuda_state *s = (const cuda_state *)k->comm;
     NCCL_CHECK(ncclAllReduce(v, v, (size_t)n, ncclDouble, ncclSum, s->comm, k->stream));
 }
+
+#if PARALLEL_EXPERT > 1
+/* kctx.exchange: the rows of a MoE layer between the GPUs of the group
+ * (kernels.cuh, moe_exchange): for each GPU q of the group and each of its
+ * el experts e, chunk floats at [q * el + e] of the [E, cap, *] side and at
+ * [e * p + q] of the [E/P, P, cap, *] side */
+static void exchange(const kctx *k, float *dst, const float *src, int64_t chunk, int el, int p, int dir)
+{
+    const cuda_state *s = (const cuda_state *)k->comm;
+    NCCL_CHECK(ncclGroupStart());
+    for (int q = 0; q < p; q++)
+        for (int e = 0; e < el; e++) {
+            const int64_t routed = ((int64_t)q * el + e) * chunk, owned = ((int64_t)e * p + q) * chunk;
+            const float *from = src + (dir == EXCHANGE_DISPATCH ? routed : owned);
+            float *to = dst + (dir == EXCHANGE_DISPATCH ? owned : routed);
+            NCCL_CHECK(ncclSend(from, (size_t)chunk, ncclFloat, q, s->group_comm, k->stream));
+            NCCL_CHECK(ncclRecv(to, (size_t)chunk, ncclFloat, q, s->group_comm, k->stream));
+        }
+    NCCL_CHECK(ncclGroupEnd());
+}
+#endif
 
 /* dev_model.grad_ready: parameters [lo, hi) have their gradients; average
  * them over the GPUs on comm_stream while the backward pass goes on */
@@ -160,7 +197,7 @@ static void copy_now(cuda_state *s, void *dst, const void *src, size_t bytes)
     CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
 }
 
-static char backend_name[320] = "cuda";
+static char backend_name[512] = "cuda";
 
 const char *model_backend_name(void)
 {
@@ -224,8 +261,9 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, env.local_rank));
     if (world_size > 1)
-        snprintf(backend_name, sizeof backend_name, "cuda (%d x %s, %s, data parallel)", world_size, prop.name,
-                 precision == PRECISION_BF16 ? "bf16" : "fp32");
+        snprintf(backend_name, sizeof backend_name, "cuda (%d x %s, %s, data parallel%s)", world_size, prop.name,
+                 precision == PRECISION_BF16 ? "bf16" : "fp32",
+                 PARALLEL_EXPERT > 1 ? ", experts over groups of " STR(PARALLEL_EXPERT) : "");
     else
         snprintf(backend_name, sizeof backend_name, "cuda (%s, %s)", prop.name,
                  precision == PRECISION_BF16 ? "bf16" : "fp32");
@@ -282,6 +320,13 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
         s->stats_sum = (unsigned long long *)dev_alloc(sizeof(unsigned long long) * (size_t)DEV_LAYOUT.stats);
         k->sum_across = sum_across;
         k->comm = s;
+#if PARALLEL_EXPERT > 1
+        /* the group's own communicator: its exchanges run on the compute
+         * stream while the gradients' all-reduces run on comm_stream */
+        NCCL_CHECK(ncclCommSplit(s->comm, world_rank / PARALLEL_EXPERT, world_rank, &s->group_comm, NULL));
+        k->exchange = exchange;
+        d->erank = world_rank % PARALLEL_EXPERT;
+#endif
         d->grad_ready = grad_ready;
         d->comm = s;
     }
@@ -368,6 +413,9 @@ void model_close(model *m)
     CUDA_CHECK(cudaEventDestroy(s->bucket_ready));
     CUDA_CHECK(cudaEventDestroy(s->buckets_done));
     CUDA_CHECK(cudaStreamDestroy(s->comm_stream));
+#if PARALLEL_EXPERT > 1
+    NCCL_CHECK(ncclCommDestroy(s->group_comm));
+#endif
     NCCL_CHECK(ncclCommDestroy(s->comm));
 #endif
     moert_comm_group_close(s->group);

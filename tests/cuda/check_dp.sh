@@ -3,12 +3,16 @@
 # two or more NVIDIA GPUs (skipped with fewer).
 #
 # tests/cuda/dp.moe is compiled as it is (parallel(data = 2): two processes,
-# one per GPU, each on half of every batch) and without its parallel
-# statement (one GPU, the whole batch), and in fp32:
-#   - 50 steps on 2 GPUs follow the 1-GPU run's loss curve and end with the
-#     same weights, optimizer state and sampler state;
+# one per GPU, each on half of every batch), with expert parallelism
+# (parallel(data = 2, expert = 2): each GPU computes half of the experts on
+# the rows of both) and without its parallel statement (one GPU, the whole
+# batch), and in fp32:
+#   - 50 steps on 2 GPUs, data parallel and expert parallel, follow the
+#     1-GPU run's loss curve and end with the same weights, optimizer state
+#     and sampler state;
 #   - a 2-GPU checkpoint resumes on 1 GPU and on the CPU, and a 1-GPU one on
-#     2 GPUs, and each goes on as the run that was never stopped;
+#     2 GPUs, and each goes on as the run that was never stopped (and an
+#     expert-parallel one on 1 GPU);
 #   - a rank that dies stops the other with a clear error instead of a hang;
 #   - a launch with the wrong number of processes is refused;
 #   - mpirun -np 2 starts it without any other setting (when mpirun exists).
@@ -51,14 +55,18 @@ ranks() {
 }
 
 sed '/^parallel(/d' "$top_srcdir/tests/cuda/dp.moe" > "$WORK/dp1.moe"
+sed 's/^parallel(data = 2, /parallel(data = 2, expert = 2, /' "$top_srcdir/tests/cuda/dp.moe" > "$WORK/ep.moe"
+grep -q 'expert = 2' "$WORK/ep.moe" || { not_ok "dp.moe has the parallel statement the test expects"; finish; exit 1; }
 BACKEND=cuda gen dp tests/cuda/dp.moe || { not_ok "dp.moe: the 2-GPU trainer builds"; finish; exit 1; }
 BACKEND=cuda gen dp1 "$WORK/dp1.moe" || { not_ok "dp.moe: the 1-GPU trainer builds"; finish; exit 1; }
+BACKEND=cuda gen ep "$WORK/ep.moe" || { not_ok "dp.moe: the expert-parallel trainer builds"; finish; exit 1; }
 mv "$WORK/dp" "$WORK/dp2"
 BACKEND=cpu gen dp tests/cuda/dp.moe || { not_ok "dp.moe: the CPU trainer builds"; finish; exit 1; }
 mv "$WORK/dp" "$WORK/dpcpu"
 D2=$WORK/dp2
 D1=$WORK/dp1
 DC=$WORK/dpcpu
+DE=$WORK/ep
 run="--data $DATA --eval-every 0 --max-eval 2000"
 
 # 50 steps: 2 GPUs against 1. The losses agree to about 1e-9 (the sums
@@ -77,6 +85,18 @@ else
     not_ok "50 fp32 steps on 2 GPUs follow 1 GPU (loss within 1e-6, weights within 1e-2)"
 fi
 
+# 50 steps: expert parallel on 2 GPUs against 1 (the experts' products sum
+# their rows in another order, hence not the same 1e-9)
+if ranks "$DE" 2 $run --steps 50 &&
+    $CMP curves "$D1/dp.metrics.jsonl" "$DE/dp.metrics.jsonl" 1e-6 > "$WORK/ep.curve" 2>&1 &&
+    $CMP weights "$D1/dp.safetensors" "$DE/dp.safetensors" 1e-2 > "$WORK/ep.weights" 2>&1; then
+    ok "50 fp32 steps expert parallel on 2 GPUs follow 1 GPU: $(tail -n 1 "$WORK/ep.curve"); $(tail -n 1 "$WORK/ep.weights")"
+    grep "test accuracy" "$DE/rank0.log" | sed 's/^/# /'
+else
+    cat "$WORK/ep.curve" "$WORK/ep.weights" 2>/dev/null
+    not_ok "50 fp32 steps expert parallel on 2 GPUs follow 1 GPU (loss within 1e-6, weights within 1e-2)"
+fi
+
 # checkpoints across GPU counts: stopped at step 30 of 50, resumed elsewhere,
 # against the 1-GPU run above that was never stopped
 resume() { # LABEL FROM-DIR TO-DIR TO-RANKS(0: CPU) TOL
@@ -86,7 +106,7 @@ resume() { # LABEL FROM-DIR TO-DIR TO-RANKS(0: CPU) TOL
     n=$4
     tol=$5
     rm -f "$from/dp.safetensors" "$from/dp.metrics.jsonl" "$to/dp.safetensors" "$to/dp.metrics.jsonl"
-    if [ "$from" = "$D2" ]; then
+    if [ "$from" = "$D2" ] || [ "$from" = "$DE" ]; then
         ranks "$from" 2 $run --steps 50 --stop-after 30 || return 1
     else
         (cd "$from" && ./train $run --steps 50 --stop-after 30 -q > stop.log 2>&1) || { cat "$from/stop.log"; return 1; }
@@ -101,7 +121,8 @@ resume() { # LABEL FROM-DIR TO-DIR TO-RANKS(0: CPU) TOL
         { cat "$WORK/resume.$label"; return 1; }
 }
 cp "$D1/dp.metrics.jsonl" "$WORK/ref.metrics.jsonl"
-for spec in "2gpu-1gpu:$D2:$D1:1:1e-6" "2gpu-cpu:$D2:$DC:0:1e-4" "1gpu-2gpu:$D1:$D2:2:1e-6"; do
+for spec in "2gpu-1gpu:$D2:$D1:1:1e-6" "2gpu-cpu:$D2:$DC:0:1e-4" "1gpu-2gpu:$D1:$D2:2:1e-6" \
+    "2gpu-expert-parallel-1gpu:$DE:$D1:1:1e-6" "1gpu-2gpu-expert-parallel:$D1:$DE:2:1e-6"; do
     IFS=: read -r label from to n tol <<EOF
 $spec
 EOF

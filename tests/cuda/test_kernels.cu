@@ -783,7 +783,8 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
 
     moe_route<E, K>(&g_k, &rb, d_logits, N, cap, normalize, batch_priority);
     moe_target(&g_k, d_target, d_dataset, d_map, N, T);
-    moe_experts_forward<D, H, E, K, ACT>(&g_k, d_out, d_xe, d_h, d_a, d_ye, d_x, &rb, d_w1, d_b1, d_w2, d_b2, N, cap);
+    moe_experts_forward<D, H, E, K, ACT, 1>(&g_k, d_out, d_xe, d_xe, d_h, d_a, d_ye, d_ye, d_x, &rb, d_w1, d_b1, d_w2,
+                                            d_b2, N, cap, 0);
     moe_aux_losses<E, K>(&g_k, d_aux, d_sums, d_loss, d_st, d_entropy, &rb, d_target, d_dataset, w_bal, w_z, w_ds,
                          w_imp, N, T, ND, 1);
 
@@ -792,8 +793,8 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     float *d_dxe = dpoison<float>(rows * D);
     float *d_dw1 = dup(dw1_0), *d_db1 = dup(db1_0), *d_dw2 = dup(dw2_0), *d_db2 = dup(db2_0);
     float *d_dlogits = dpoison<float>((size_t)N * E);
-    moe_experts_backward<D, H, E, K, ACT>(&g_k, d_dx, d_dgate, d_dye, d_dh, d_dxe, d_dout, d_xe, d_h, d_a, d_ye, &rb,
-                                          d_w1, d_w2, d_dw1, d_db1, d_dw2, d_db2, N, cap, acc);
+    moe_experts_backward<D, H, E, K, ACT, 1>(&g_k, d_dx, d_dgate, d_dye, d_dye, d_dh, d_dxe, d_dxe, d_dout, d_xe, d_h,
+                                             d_a, d_ye, &rb, d_w1, d_w2, d_dw1, d_db1, d_dw2, d_db2, N, cap, 0, acc);
     moe_router_backward<E, K>(&g_k, d_dlogits, d_dgate, &rb, d_target, d_sums, N, normalize, w_bal, w_z, w_ds, w_imp);
     CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
 

@@ -60,5 +60,5 @@ check-cuda: moecc libmoert.la
 ## `make bench`: on a machine with an NVIDIA GPU, the CUDA trainer against
 ## PyTorch on configs P and S (bench/gpu.sh); figures in bench/results-gpu.md.
 bench: moecc libmoert.la
-	@$(AM_TESTS_ENVIRONMENT) BENCH_OUT=$(abs_top_builddir)/bench-gpu.txt $(SHELL) $(srcdir)/bench/gpu.sh
+	@$(AM_TESTS_ENVIRONMENT) BENCH_OUT=$${BENCH_OUT:-$(abs_top_builddir)/bench-gpu.txt} $(SHELL) $(srcdir)/bench/gpu.sh
 .PHONY: check-cuda bench
