@@ -898,8 +898,32 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
     snprintf(flops, sizeof flops, "%.4f", m->flops / 1e9);
     const char *backends = cuda ? "cpu and cuda" : "cpu (the model uses what the CUDA backend does not generate)";
     const char *defb = o->target == MC_TARGET_CUDA ? "cuda" : o->target == MC_TARGET_CPU || !cuda ? "cpu" : "auto";
+    /* the README's paragraph on GPUs */
+    char par[1024], ex[32] = "";
+    if (m->parallel.expert > 1)
+        snprintf(ex, sizeof ex, ", expert = %d", m->parallel.expert);
+    if (m->parallel.data > 1)
+        snprintf(par, sizeof par,
+                 "The CUDA trainer is compiled for %d GPUs (`parallel(data = %d%s)`): start it as %d\n"
+                 "processes, one per GPU: `mpirun -np %d ./train ...` on one machine, or\n"
+                 "`torchrun --nproc-per-node %d --no-python ./train ...`, or with RANK, WORLD_SIZE,\n"
+                 "LOCAL_RANK, MASTER_ADDR and MASTER_PORT set for each process. Each GPU trains on\n"
+                 "%d samples of every batch of %d%s. Rank 0 prints and writes the metrics and the\n"
+                 "checkpoint, which resumes on any number of GPUs or on the CPU. It links NCCL\n"
+                 "(`make NCCL_HOME=DIR` when NCCL is not with CUDA or in the system paths). The\n"
+                 "CPU trainer trains the whole batch in one process.\n",
+                 m->parallel.data, m->parallel.data, ex,
+                 m->parallel.data, m->parallel.data, m->parallel.data, m->train.batch / m->parallel.data,
+                 m->train.batch,
+                 m->parallel.expert > 1 ? "; in training each GPU of an expert-parallel group computes its\n"
+                                          "share of every MoE layer's experts on the rows the group routes to them"
+                                        : "");
+    else
+        snprintf(par, sizeof par,
+                 "The CUDA trainer runs on one GPU (`CUDA_VISIBLE_DEVICES` picks which). To train\n"
+                 "on N GPUs, add `parallel(data = N)` to the .moe file and run moecc again.\n");
     const char *vars[] = {
-        "model", m->name, "source", m->source_path, "version", o->moecc_version,
+        "model", m->name, "source", m->source_path, "version", o->moecc_version, "parallel", par,
         "batch", batch, "params", params, "gflops", flops,
         "backends", backends, "default_backend", defb,
         "nccl_libs", m->parallel.data > 1 ? "-lnccl" : "",

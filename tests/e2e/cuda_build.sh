@@ -1,7 +1,9 @@
 #!/bin/sh
 # cuda_build.sh: the CUDA trainer of every example that has one, and of the
-# GPU benchmark configs, compiles and links with nvcc, every warning an
-# error (nvcc's own and the host compiler's -Wall -Wextra). No GPU needed;
+# GPU benchmark configs, and of tests/cuda/dp.moe data parallel and expert
+# parallel (NCCL; skipped where nccl.h is not found), compiles and links
+# with nvcc, every warning an error (nvcc's own and the host compiler's
+# -Wall -Wextra). No GPU needed;
 # skipped where nvcc is not found. An example whose model the CUDA backend
 # does not generate must be refused by --target cuda with a located reason.
 . "${top_srcdir:-.}/tests/e2e/common.sh"
@@ -14,7 +16,17 @@ fi
 export NVCC
 STRICT="-Werror all-warnings -Xcompiler -Wall,-Wextra,-Wno-unused-function,-Werror"
 
-for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe; do
+# the multi-GPU trainers link NCCL
+parallel=
+CUDA_HOME=${NVCC%/bin/nvcc}
+if [ -f "$CUDA_HOME/include/nccl.h" ] || [ -f /usr/include/nccl.h ] || [ -n "${NCCL_HOME:-}" ]; then
+    sed 's/^parallel(data = 2, /parallel(data = 2, expert = 2, /' "$top_srcdir/tests/cuda/dp.moe" > "$WORK/dp_expert.moe"
+    parallel="$top_srcdir/tests/cuda/dp.moe $WORK/dp_expert.moe"
+else
+    echo "# SKIP the multi-GPU trainers: nccl.h not found (NCCL_HOME=DIR)"
+fi
+
+for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe $parallel; do
     rel=${f#"$top_srcdir"/}
     name=$(basename "$f" .moe)
     out=$(cd "$top_srcdir" && "$MOECC" --target cuda "$rel" -o "$WORK/$name" 2>&1)
