@@ -32,6 +32,20 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
         case OP_DOWNSAMPLE:
             what = mc_op_name(op->kind);
             break;
+        case OP_ATTENTION:
+        case OP_MLP: {
+            /* checked by sema, not generated: refused rather than dropped */
+            const bool attn = op->kind == OP_ATTENTION;
+            const double p = attn ? op->u.attn.dropout : op->u.mlp.dropout;
+            if (p > 0) {
+                mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate %s(dropout = ...) yet",
+                          attn ? "attention" : "mlp");
+                mc_hint(d, "a dropout(p = %g) layer after it is generated (%s)", p,
+                        attn ? "on the attention's output, not its weights" : "after fc2, not between fc1 and fc2");
+                errors++;
+            }
+            break;
+        }
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
             if (x->router == ROUTER_LOSS_BASED) {

@@ -253,6 +253,8 @@ GOLDEN_CASES = \
 	tests/golden/sema_wrong_type.err \
 	tests/golden/sema_wrong_type.moe \
 	tests/golden/target_cpu_head_width.err \
+	tests/golden/target_cpu_layer_dropout.err \
+	tests/golden/target_cpu_layer_dropout.moe \
 	tests/golden/target_cpu_head_width.moe \
 	tests/golden/target_cuda_expert_choice.err \
 	tests/golden/target_cuda_expert_choice.moe \
