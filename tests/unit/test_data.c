@@ -1533,15 +1533,22 @@ static moert_mixture *make_mix3(const moert_images im[3], uint64_t seed)
     return m;
 }
 
+/* The three small sources of the sharding tests: 5, 7 and 3 images of
+ * 3 x 4 x 5, so that cursors wrap within a few steps. */
+static void shard_sources(moert_images im[3])
+{
+    synth_set(&im[0], 5, 3, 4, 5, 3);
+    synth_set(&im[1], 7, 3, 4, 5, 4);
+    synth_set(&im[2], 3, 3, 4, 5, 2);
+}
+
 /* Shards of a global batch, put side by side, are the unsharded batch bit
  * for bit, and every shard's sampler state is the unsharded one. */
 static void test_sampler_shard(void **state)
 {
     (void)state;
     moert_images im[3];
-    synth_set(&im[0], 5, 3, 4, 5, 3);
-    synth_set(&im[1], 7, 3, 4, 5, 4);
-    synth_set(&im[2], 3, 3, 4, 5, 2);
+    shard_sources(im);
     moert_shape sh = {3, 4, 5};
     const size_t per = 3 * 4 * 5;
     enum { GLOBAL = 12, STEPS = 10, NSTATE = 5 + 2 * 3 };
@@ -1621,9 +1628,7 @@ static void test_sampler_shard_errors(void **state)
 {
     (void)state;
     moert_images im[3];
-    synth_set(&im[0], 5, 3, 4, 5, 3);
-    synth_set(&im[1], 7, 3, 4, 5, 4);
-    synth_set(&im[2], 3, 3, 4, 5, 2);
+    shard_sources(im);
     moert_shape sh = {3, 4, 5};
     moert_mixture *m = make_mix3(im, 3);
     assert_int_equal(moert_mixture_set_shard(m, -1, 0, err, sizeof err), -1);
@@ -1677,9 +1682,7 @@ static void test_sampler_shard_resume(void **state)
 {
     (void)state;
     moert_images im[3];
-    synth_set(&im[0], 5, 3, 4, 5, 3);
-    synth_set(&im[1], 7, 3, 4, 5, 4);
-    synth_set(&im[2], 3, 3, 4, 5, 2);
+    shard_sources(im);
     moert_shape sh = {3, 4, 5};
     const size_t per = 3 * 4 * 5;
     enum { GLOBAL = 12, STEPS = 16, NSTATE = 5 + 2 * 3 };
