@@ -48,6 +48,14 @@ for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir
         MOERT_SRC="$top_srcdir" BACKEND=cuda NVCC_WARN="$STRICT" CFLAGS="-O1 -Werror" \
         > "$WORK/$name.build.log" 2>&1 && [ -x "$WORK/$name/train" ]; then
         ok "$name: the CUDA trainer compiles and links without a warning"
+        # a 1-GPU trainer runs without NCCL installed; a multi-GPU one links it
+        nccl=no
+        ldd "$WORK/$name/train" 2> /dev/null | grep -q libnccl && nccl=yes
+        if grep -q '^#define PARALLEL_DATA 1$' "$WORK/$name/model.h"; then
+            [ $nccl = no ] || not_ok "$name: the 1-GPU trainer does not link NCCL"
+        else
+            [ $nccl = yes ] || not_ok "$name: the multi-GPU trainer links NCCL"
+        fi
     else
         cat "$WORK/$name.build.log"
         not_ok "$name: the CUDA trainer compiles and links without a warning"
