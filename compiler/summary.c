@@ -200,5 +200,9 @@ void mc_model_summary(const mc_model *m, void *outp)
     fprintf(out, "%s\n", any ? "" : " none");
     fprintf(out, "       evaluate every %lld, checkpoint every %lld, log every %lld steps\n",
             (long long)t->eval_every, (long long)t->checkpoint_every, (long long)t->log_every);
-    fprintf(out, "parallel: data %d, expert %d\n", m->parallel.data, m->parallel.expert);
+    fprintf(out, "parallel: data %d, expert %d", m->parallel.data, m->parallel.expert);
+    if (m->parallel.data > 1)
+        fprintf(out, "; %d samples of each batch per GPU, gradients averaged in buckets of %g MiB",
+                m->train.batch / m->parallel.data, m->parallel.bucket_mib);
+    fprintf(out, "\n");
 }
