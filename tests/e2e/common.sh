@@ -21,6 +21,30 @@ finish() {
     [ "$failed" -eq 0 ]
 }
 
+# compile_or_refused NAME FILE [MOECC OPTIONS...]: moecc FILE -o $WORK/NAME
+# (FILE relative to the source tree, or absolute). Returns 0 when moecc
+# wrote the directory; 2 when it refused the model with a located error that
+# names what the backend does not generate or apply (reported as ok: a
+# refusal that says where and why is the expected behaviour); 1 otherwise
+# (reported as not ok).
+compile_or_refused() {
+    c_name=$1
+    c_file=$2
+    shift 2
+    c_out=$(cd "$top_srcdir" && "$MOECC" "$@" "$c_file" -o "$WORK/$c_name" 2>&1)
+    c_rc=$?
+    if [ $c_rc -eq 1 ] &&
+        printf '%s\n' "$c_out" | grep -q ':[0-9]*:[0-9]*: error: .*\(does not generate\|does not apply\|CUDA backend\)'; then
+        ok "$c_name: refused${1:+ ($*)}, and says where and why: $(printf '%s\n' "$c_out" | grep -m 1 'error:')"
+        return 2
+    fi
+    if [ $c_rc -ne 0 ]; then
+        printf '%s\n' "$c_out"
+        not_ok "$c_name: moecc $* (exit $c_rc)"
+        return 1
+    fi
+}
+
 # gen NAME [FILE]: compile FILE (default examples/NAME.moe) into $WORK/NAME
 # and build it; the build must be warning-free.
 gen() {

@@ -29,17 +29,7 @@ fi
 for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe $parallel; do
     rel=${f#"$top_srcdir"/}
     name=$(basename "$f" .moe)
-    out=$(cd "$top_srcdir" && "$MOECC" --target cuda "$rel" -o "$WORK/$name" 2>&1)
-    rc=$?
-    if [ $rc -eq 1 ] && printf '%s\n' "$out" | grep -q ':[0-9]*:[0-9]*: error: .*\(does not generate\|does not apply\|CUDA backend\)'; then
-        ok "$name: refused for CUDA, and says where and why: $(printf '%s\n' "$out" | grep -m 1 'error:')"
-        continue
-    fi
-    if [ $rc -ne 0 ]; then
-        printf '%s\n' "$out"
-        not_ok "$name: moecc --target cuda (exit $rc)"
-        continue
-    fi
+    compile_or_refused "$name" "$rel" --target cuda || continue
     if [ ! -f "$WORK/$name/model.cu" ]; then
         not_ok "$name: --target cuda wrote no model.cu"
         continue

@@ -8,17 +8,7 @@
 for f in "$top_srcdir"/examples/*.moe; do
     name=$(basename "$f" .moe)
     [ "$name" = damex ] && continue # damex.sh covers it
-    out=$(cd "$top_srcdir" && "$MOECC" "examples/$name.moe" -o "$WORK/$name" 2>&1)
-    rc=$?
-    if [ $rc -eq 1 ] && printf '%s\n' "$out" | grep -q "does not generate\|does not apply"; then
-        ok "$name: refused, and says why: $(printf '%s\n' "$out" | grep -m 1 'error:')"
-        continue
-    fi
-    if [ $rc -ne 0 ]; then
-        printf '%s\n' "$out"
-        not_ok "$name: moecc -o (exit $rc)"
-        continue
-    fi
+    compile_or_refused "$name" "examples/$name.moe" || continue
     if gen "$name"; then ok "$name compiles and builds without warnings"; else not_ok "$name builds"; fi
 done
 
