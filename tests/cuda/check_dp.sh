@@ -14,10 +14,14 @@
 #     2 GPUs, and each goes on as the run that was never stopped (and an
 #     expert-parallel one on 1 GPU);
 #   - a rank that dies stops the other with a clear error instead of a hang;
+#   - a stop signal that reaches one rank stops both after the same step,
+#     with a checkpoint;
 #   - a launch with the wrong number of processes is refused;
 #   - mpirun -np 2 starts it without any other setting (when mpirun exists).
 # Ranks are started as torchrun would: RANK, WORLD_SIZE, LOCAL_RANK,
 # MASTER_ADDR, MASTER_PORT. NCCL_NVLS_ENABLE=0 unless set.
+# CHECK_DP_ONLY="kill signal launch mpirun" runs only those checks (a quick
+# run: the expert-parallel and CPU trainers are not built); unset, all.
 . "${top_srcdir:-.}/tests/e2e/common.sh"
 
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
@@ -54,20 +58,28 @@ ranks() {
     return $r_status
 }
 
+# want CHECK: whether to run it (CHECK_DP_ONLY)
+want() {
+    [ -z "${CHECK_DP_ONLY:-}" ] && return 0
+    case " $CHECK_DP_ONLY " in *" $1 "*) return 0 ;; esac
+    return 1
+}
+
 sed '/^parallel(/d' "$top_srcdir/tests/cuda/dp.moe" > "$WORK/dp1.moe"
 sed 's/^parallel(data = 2, /parallel(data = 2, expert = 2, /' "$top_srcdir/tests/cuda/dp.moe" > "$WORK/ep.moe"
 grep -q 'expert = 2' "$WORK/ep.moe" || { not_ok "dp.moe has the parallel statement the test expects"; finish; exit 1; }
 BACKEND=cuda gen dp tests/cuda/dp.moe || { not_ok "dp.moe: the 2-GPU trainer builds"; finish; exit 1; }
-BACKEND=cuda gen dp1 "$WORK/dp1.moe" || { not_ok "dp.moe: the 1-GPU trainer builds"; finish; exit 1; }
-BACKEND=cuda gen ep "$WORK/ep.moe" || { not_ok "dp.moe: the expert-parallel trainer builds"; finish; exit 1; }
 mv "$WORK/dp" "$WORK/dp2"
-BACKEND=cpu gen dp tests/cuda/dp.moe || { not_ok "dp.moe: the CPU trainer builds"; finish; exit 1; }
-mv "$WORK/dp" "$WORK/dpcpu"
 D2=$WORK/dp2
 D1=$WORK/dp1
 DC=$WORK/dpcpu
 DE=$WORK/ep
 run="--data $DATA --eval-every 0 --max-eval 2000"
+BACKEND=cuda gen dp1 "$WORK/dp1.moe" || { not_ok "dp.moe: the 1-GPU trainer builds"; finish; exit 1; }
+if want train; then
+BACKEND=cuda gen ep "$WORK/ep.moe" || { not_ok "dp.moe: the expert-parallel trainer builds"; finish; exit 1; }
+BACKEND=cpu gen dp tests/cuda/dp.moe || { not_ok "dp.moe: the CPU trainer builds"; finish; exit 1; }
+mv "$WORK/dp" "$WORK/dpcpu"
 
 # 50 steps: 2 GPUs against 1. The losses agree to about 1e-9 (the sums
 # over the batch are split differently); weights within 1e-2 only, because
@@ -133,7 +145,10 @@ EOF
     fi
 done
 
+fi # want train
+
 # a rank that dies: the other stops within 30 s, saying which
+if want kill; then
 PORT=$((PORT + 1))
 (cd "$D2" && RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
     exec ./train --synthetic --steps 1000000 -q > kill0.log 2>&1) &
@@ -163,8 +178,42 @@ else
     fi
 fi
 wait $p1 2> /dev/null
+fi
+
+# a stop signal (Ctrl-C) that reaches rank 1 only: both stop after the same
+# step, the next metrics record, and rank 0 writes the checkpoint
+if want signal; then
+PORT=$((PORT + 1))
+rm -f "$D2/sig.safetensors"
+for r in 0 1; do
+    (cd "$D2" && RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
+        exec ./train $run --steps 1000000 --log-every 20 --checkpoint sig.safetensors --metrics sig.jsonl \
+        > "sig$r.log" 2>&1) &
+    eval "p$r=\$!"
+done
+sleep 20
+kill -INT "$p1" 2> /dev/null
+t=0
+while { kill -0 "$p0" || kill -0 "$p1"; } 2> /dev/null && [ $t -lt 60 ]; do
+    sleep 1
+    t=$((t + 1))
+done
+kill -9 "$p0" "$p1" 2> /dev/null && echo "# still running after 60 s: killed"
+wait "$p0"
+s0=$?
+wait "$p1"
+s1=$?
+if [ $s0 -eq 0 ] && [ $s1 -eq 0 ] && [ -s "$D2/sig.safetensors" ] &&
+    grep -q "stopped after step [0-9]*0 by a signal" "$D2/sig0.log"; then
+    ok "SIGINT to rank 1 alone: both ranks stopped ${t} s later, exit 0; $(grep -o 'stopped after step [0-9]* by a signal' "$D2/sig0.log")"
+else
+    cat "$D2/sig0.log" "$D2/sig1.log"
+    not_ok "SIGINT to rank 1 alone stops both ranks with a checkpoint (exit $s0 and $s1 after $t s)"
+fi
+fi
 
 # the wrong number of processes
+if want launch; then
 if (cd "$D2" && ./train --synthetic --steps 1 > one.log 2>&1); then
     not_ok "the 2-GPU trainer started alone is refused (it ran)"
 elif grep -q "compiled for 2 GPUs" "$D2/one.log"; then
@@ -181,9 +230,13 @@ else
     not_ok "the 1-GPU trainer started as 2 processes is refused with a message"
 fi
 
+fi # want launch
+
 # mpirun, with nothing else set
 MPIRUN=$(command -v mpirun 2> /dev/null)
-if [ -z "$MPIRUN" ]; then
+if ! want mpirun; then
+    :
+elif [ -z "$MPIRUN" ]; then
     echo "# SKIP mpirun: not found"
 elif (cd "$D2" && env -u MASTER_ADDR -u MASTER_PORT "$MPIRUN" --allow-run-as-root --oversubscribe -np 2 \
     -x NCCL_NVLS_ENABLE ./train --synthetic --steps 20 > mpi.log 2>&1); then
