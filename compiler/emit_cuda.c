@@ -147,11 +147,28 @@ static void need_red(cuda_plan *p, int64_t floats)
         p->red = floats;
 }
 
-#define RED_CHUNKS 64  /* kernels.cuh */
-#define LN_BLOCKS 1024
-#define AUX_BLOCKS 64
-#define NORM_BLOCKS 256
-#define ROUTE_BLOCK 1024
+/* The launch constants of kernels.cuh that size the scratch, read from the
+ * template itself (its `#define NAME value' lines) so that they have one
+ * home. */
+static int kernel_const(const char *name)
+{
+    static const char *text;
+    if (!text)
+        text = mc_template_get("cuda/kernels.cuh");
+    const size_t n = strlen(name);
+    for (const char *q = text ? strstr(text, "#define ") : NULL; q; q = strstr(q + 1, "#define ")) {
+        if (strncmp(q + 8, name, n) == 0 && q[8 + n] == ' ')
+            return atoi(q + 8 + n);
+    }
+    fprintf(stderr, "moecc: internal error: kernels.cuh does not define %s\n", name);
+    abort();
+}
+
+#define RED_CHUNKS kernel_const("RED_CHUNKS")   /* partial sums per column */
+#define LN_BLOCKS kernel_const("LN_BLOCKS")     /* layer norm backward: partial sums of dw, db */
+#define AUX_BLOCKS kernel_const("AUX_BLOCKS")   /* MoE auxiliary-loss partials */
+#define NORM_BLOCKS kernel_const("NORM_BLOCKS") /* gradient-norm partials */
+#define ROUTE_BLOCK kernel_const("ROUTE_BLOCK") /* routing choices per block */
 
 /* The code of op i: forward into g->fwd, backward into g->bwd[i]. */
 static void gen_op_cuda(gen *g, cuda_plan *p, int i)
