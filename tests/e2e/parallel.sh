@@ -71,10 +71,13 @@ if gen dp tests/cuda/dp.moe && gen dp1 "$WORK/dp1.moe" &&
     (cd "$WORK/dp" && ./train $run > run.log 2>&1) && (cd "$WORK/dp1" && ./train $run > run.log 2>&1); then
     a=$(grep -o '"loss":[^,]*' "$WORK/dp/dp.metrics.jsonl" | tr '\n' ' ')
     b=$(grep -o '"loss":[^,]*' "$WORK/dp1/dp.metrics.jsonl" | tr '\n' ' ')
-    # every tensor of the two checkpoints, to the bit (numpy reads them)
+    # every tensor of the two checkpoints, to the bit (numpy reads them: the
+    # python configure found with torch has it)
     same=yes
-    if "${PYTHON:-python3}" -c 'import numpy' 2> /dev/null; then
-        "${PYTHON:-python3}" "$top_srcdir/tests/cuda/compare.py" weights "$WORK/dp1/dp.safetensors" \
+    py=${PYTHON:-python3}
+    [ -n "${PYTHON_TORCH:-}" ] && [ "$PYTHON_TORCH" != no ] && py=$PYTHON_TORCH
+    if "$py" -c 'import numpy' 2> /dev/null; then
+        "$py" "$top_srcdir/tests/cuda/compare.py" weights "$WORK/dp1/dp.safetensors" \
             "$WORK/dp/dp.safetensors" 0 > "$WORK/ckpt.cmp" 2>&1 || same=no
     else
         echo "# SKIP the checkpoints' tensors: no numpy"
