@@ -31,6 +31,17 @@
 
 /* ---- options ------------------------------------------------------------ */
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#if PARALLEL_DATA > 1
+#define LAUNCH_HELP                                                                                          \
+    "\nThe CUDA trainer runs as " STR(PARALLEL_DATA) " processes, one per GPU: mpirun -np " STR(PARALLEL_DATA) \
+    " ./train ..., or\ntorchrun --nproc-per-node " STR(PARALLEL_DATA) " --no-python ./train ...; the CPU trainer "  \
+    "as one."
+#else
+#define LAUNCH_HELP ""
+#endif
+
 typedef struct options {
     int64_t steps;
     int batch;
@@ -511,8 +522,8 @@ int main(int argc, char **argv)
     switch (moert_args_parse(opts, nopts, argc, argv, &err)) {
     case MOERT_ARGS_HELP:
         moert_args_help(stdout, argv[0],
-                        "Train " MODEL_NAME " (compiled by moecc " MOECC_VERSION " from " MODEL_SOURCE ").", opts,
-                        nopts);
+                        "Train " MODEL_NAME " (compiled by moecc " MOECC_VERSION " from " MODEL_SOURCE ")." LAUNCH_HELP,
+                        opts, nopts);
         return 0;
     case MOERT_ARGS_ERROR:
         fprintf(stderr, "%s: %s\nTry '%s --help'.\n", argv[0], err.msg, argv[0]);
