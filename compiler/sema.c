@@ -781,7 +781,8 @@ static void do_const(sema *s, const mc_stmt *st)
             expr_text(st->value));
         v.k = V_ERR;
     }
-    s->consts = mc_xrealloc(s->consts, (size_t)(s->nconsts + 1) * sizeof *s->consts);
+    if ((s->nconsts & (s->nconsts - 1)) == 0) /* doubles at powers of two */
+        s->consts = mc_xrealloc(s->consts, (size_t)(s->nconsts ? 2 * s->nconsts : 1) * sizeof *s->consts);
     constant *c = &s->consts[s->nconsts++];
     c->name = st->kw;
     c->loc = st->loc;
@@ -808,7 +809,8 @@ static void do_dataset(sema *s, const mc_stmt *st)
     }
     bind b;
     bind_args(s, &b, mc_kind_find("dataset", CTX_TOP), st->args, st->loc);
-    m->datasets = mc_xrealloc(m->datasets, (size_t)(m->ndatasets + 1) * sizeof *m->datasets);
+    if ((m->ndatasets & (m->ndatasets - 1)) == 0) /* doubles at powers of two */
+        m->datasets = mc_xrealloc(m->datasets, (size_t)(m->ndatasets ? 2 * m->ndatasets : 1) * sizeof *m->datasets);
     mc_dataset *ds = &m->datasets[m->ndatasets];
     memset(ds, 0, sizeof *ds);
     ds->index = m->ndatasets++;
@@ -1071,7 +1073,10 @@ static mc_op *add_op(sema *s, mc_op_kind kind, mc_loc loc, const char *local)
 static mc_tensor *add_tensor(mc_op *op, const char *name, int ndim, const int64_t *shape,
                              mc_init init, double std)
 {
-    op->tensors = mc_xrealloc(op->tensors, (size_t)(op->ntensors + 1) * sizeof *op->tensors);
+    /* the array doubles when its count reaches a power of two (a per-dataset
+     * head over thousands of datasets must not copy it for every tensor) */
+    if ((op->ntensors & (op->ntensors - 1)) == 0)
+        op->tensors = mc_xrealloc(op->tensors, (size_t)(op->ntensors ? 2 * op->ntensors : 1) * sizeof *op->tensors);
     mc_tensor *t = &op->tensors[op->ntensors++];
     memset(t, 0, sizeof *t);
     t->name = op->prefix[0] ? fmt_name("%s.%s", op->prefix, name) : mc_xstrdup(name);
