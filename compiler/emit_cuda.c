@@ -101,6 +101,11 @@ typedef struct cuda_plan {
      * that every op's backward reuses for the gradients of its insides */
     int64_t grad, scr, scr_max;
     sbuf gdefs;
+    /* kernels.cuh's launch constants that size the scratch (kernel_const) */
+    int red_chunks;  /* RED_CHUNKS: partial sums per column */
+    int ln_blocks;   /* LN_BLOCKS: layer norm backward, partial sums of dw, db */
+    int aux_blocks;  /* AUX_BLOCKS: MoE auxiliary-loss partials */
+    int route_block; /* ROUTE_BLOCK: routing choices per block */
 } cuda_plan;
 
 /* NAME_G: the gradient of buffer NAME: its own place for a value, a place
@@ -147,14 +152,12 @@ static void need_red(cuda_plan *p, int64_t floats)
         p->red = floats;
 }
 
-/* The launch constants of kernels.cuh that size the scratch, read from the
- * template itself (its `#define NAME value' lines) so that they have one
- * home. */
+/* A launch constant of kernels.cuh that sizes the scratch, read from the
+ * template itself (its `#define NAME value' lines) so that it has one home;
+ * emit_model_cu reads each once into the plan. */
 static int kernel_const(const char *name)
 {
-    static const char *text;
-    if (!text)
-        text = mc_template_get("cuda/kernels.cuh");
+    const char *text = mc_template_get("cuda/kernels.cuh");
     const size_t n = strlen(name);
     for (const char *q = text ? strstr(text, "#define ") : NULL; q; q = strstr(q + 1, "#define ")) {
         if (strncmp(q + 8, name, n) == 0 && q[8 + n] == ' ')
@@ -164,11 +167,6 @@ static int kernel_const(const char *name)
     abort();
 }
 
-#define RED_CHUNKS kernel_const("RED_CHUNKS")   /* partial sums per column */
-#define LN_BLOCKS kernel_const("LN_BLOCKS")     /* layer norm backward: partial sums of dw, db */
-#define AUX_BLOCKS kernel_const("AUX_BLOCKS")   /* MoE auxiliary-loss partials */
-#define NORM_BLOCKS kernel_const("NORM_BLOCKS") /* gradient-norm partials */
-#define ROUTE_BLOCK kernel_const("ROUTE_BLOCK") /* routing choices per block */
 
 /* The code of op i: forward into g->fwd, backward into g->bwd[i]. */
 static void gen_op_cuda(gen *g, cuda_plan *p, int i)
@@ -197,7 +195,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         char cols[32];
         snprintf(cols, sizeof cols, "COLS%d", i);
         alloc_act(g, cols, BATCH * TT * CPP, "patches (im2col)");
-        need_red(p, (int64_t)RED_CHUNKS * so->dim);
+        need_red(p, (int64_t)p->red_chunks * so->dim);
         sb_printf(f, "    patch_embed_forward<%d, %d, %d, %d, %d>(k, %s, A(%s), x, P(%lldL), P(%lldL), B);\n", si->c,
                   si->h, si->w, P, so->dim, out, cols, (long long)toff(g, i, 0), (long long)toff(g, i, 1));
         sb_printf(&b, "    patch_embed_backward<%d, %d, %d, %d, %d>(k, DP(%lldL), DP(%lldL), %s, A(%s), B);\n", si->c,
@@ -205,7 +203,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         break;
     }
     case OP_CLS_TOKEN:
-        need_red(p, (int64_t)RED_CHUNKS * D);
+        need_red(p, (int64_t)p->red_chunks * D);
         sb_printf(f, "    cls_token_forward(k, %s, %s, P(%lldL), B, %d, %d);\n", out, in, (long long)toff(g, i, 0), T,
                   D);
         sb_printf(&b, "    cls_token_backward(k, %s, DP(%lldL), %s, B, %d, %d, %d);\n", din, (long long)toff(g, i, 0),
@@ -213,7 +211,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         break;
     case OP_POS_EMBED:
         if (op->u.pos.learned) {
-            need_red(p, (int64_t)RED_CHUNKS * T * D);
+            need_red(p, (int64_t)p->red_chunks * T * D);
             sb_printf(f, "    pos_embed_forward(k, %s, %s, P(%lldL), B, %d, %d);\n", out, in, (long long)toff(g, i, 0),
                       T, D);
             sb_printf(&b, "    pos_embed_backward(k, %s, DP(%lldL), %s, B, %d, %d, %d);\n", din,
@@ -232,7 +230,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(rstd, sizeof rstd, "RSTD%d", i);
         alloc_act(g, mean, BATCH * T, "layer norm means");
         alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
-        need_red(p, (int64_t)LN_BLOCKS * 2 * D);
+        need_red(p, (int64_t)p->ln_blocks * 2 * D);
         sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s);\n", D, out,
                   mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s);
         sb_printf(&b,
@@ -251,7 +249,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         alloc_inside(g, p, qkv, BATCH * T * 3 * D, "queries, keys, values");
         alloc_act(g, att, BATCH * NH * T * T, "attention weights");
         alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
-        need_red(p, (int64_t)RED_CHUNKS * 3 * D);
+        need_red(p, (int64_t)p->red_chunks * 3 * D);
         int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;
         int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = toff(g, i, qb ? 3 : 2);
         char bq[40], dbq[40];
@@ -282,7 +280,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(aa, sizeof aa, "ACTV%d", i);
         alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation");
         alloc_inside(g, p, aa, BATCH * T * H, "hidden, after the activation");
-        need_red(p, (int64_t)RED_CHUNKS * (H > D ? H : D)); /* the two biases' gradients */
+        need_red(p, (int64_t)p->red_chunks * (H > D ? H : D)); /* the two biases' gradients */
         const char *act = act_code(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values */
         sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, in,
@@ -310,7 +308,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (eb < p->eval_batch)
             p->eval_batch = eb < 1 ? 1 : eb;
         const int64_t ROWS = (int64_t)E * cap;
-        const int64_t nblk = ((int64_t)NB * K + ROUTE_BLOCK - 1) / ROUTE_BLOCK;
+        const int64_t nblk = ((int64_t)NB * K + p->route_block - 1) / p->route_block;
         char nm[14][32];
         static const char *const fl[] = { "LOGITS", "PROBS", "LSE", "TOPP", "GATE", "PRIO", "PRIOS", "ENT",
                                           "XE",     "HE",    "AE",  "YE",   "AUX" };
@@ -347,8 +345,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         p->dacc += 2 * E;
         p->st[j] = p->stats;
         p->stats += E + (int64_t)ND * E + 3;
-        need_red(p, (int64_t)RED_CHUNKS * E * (H > D ? H : D));
-        need_red(p, (int64_t)2 * ((AUX_BLOCKS + 1) * (2 * E + 3) + 1)); /* partials, then the totals */
+        need_red(p, (int64_t)p->red_chunks * E * (H > D ? H : D));
+        need_red(p, (int64_t)2 * ((p->aux_blocks + 1) * (2 * E + 3) + 1)); /* partials, then the totals */
         const bool attn = x->router == ROUTER_ATTENTION, cosine = x->router == ROUTER_COSINE;
         const int nr = attn || cosine ? 2 : 1, R = x->router_dim;
         const int64_t wg = toff(g, i, 0), tok = nr == 2 ? toff(g, i, 1) : 0, w1 = toff(g, i, nr),
@@ -487,7 +485,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (temper)
             sb_printf(&b, "        scale_inplace(k, G(%s), (int64_t)N * %d, %s);\n", nm[0], E,
                       flit(1.0 / x->temperature).s);
-        need_red(p, (int64_t)RED_CHUNKS * (R > E ? R : E));
+        need_red(p, (int64_t)p->red_chunks * (R > E ? R : E));
         if (attn) {
             sb_printf(&b, "        scale_inplace(k, G(%s), (int64_t)N * %d, %s);\n", nm[0], E,
                       flit(1.0 / sqrt((double)R)).s);
@@ -557,7 +555,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         const int C = op->u.cls.classes;
         alloc_act(g, name, BATCH * C, "logits");
         grad_of(p, gname, BATCH * C, false);
-        need_red(p, (int64_t)RED_CHUNKS * C);
+        need_red(p, (int64_t)p->red_chunks * C);
         if (op->u.cls.heads == HEADS_SHARED) {
             sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B, %d, %d);\n", out, in,
                       (long long)toff(g, i, 0), (long long)toff(g, i, 1), D, C);
@@ -587,7 +585,11 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
     cuda_plan p;
     memset(&p, 0, sizeof p);
     p.dacc = DACC_FIXED;
-    p.red = NORM_BLOCKS * 2;
+    p.red_chunks = kernel_const("RED_CHUNKS");
+    p.ln_blocks = kernel_const("LN_BLOCKS");
+    p.aux_blocks = kernel_const("AUX_BLOCKS");
+    p.route_block = kernel_const("ROUTE_BLOCK");
+    p.red = (int64_t)kernel_const("NORM_BLOCKS") * 2; /* the gradient norm's partials */
     p.eval_batch = m->train.batch;
     const int nmoe = g->nmoe > 0 ? g->nmoe : 1;
     p.ent = mc_xcalloc((size_t)nmoe, sizeof *p.ent);
