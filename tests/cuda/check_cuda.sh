@@ -23,7 +23,7 @@ PY=${PYTHON:-python3}
 
 # the kernels one by one
 NVCC=$(command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
-CUDA_HOME=${NVCC%/bin/nvcc}
+CUDA_HOME=$(nvcc_home "$NVCC")
 if ${CC:-cc} -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Wno-unknown-pragmas -I"$top_srcdir/templates/cpu" \
         -I"$top_srcdir/runtime" -c "$top_srcdir/tests/cuda/kernel_ref.c" -o "$WORK/kernel_ref.o" &&
     "$NVCC" -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \

@@ -87,6 +87,15 @@ torch_check() {
     fi
 }
 
+# nvcc_home NVCC: the toolkit directory of an nvcc, which may be a link or a
+# wrapper script (/usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc):
+# the TOP that nvcc reports, else the parent of its directory
+nvcc_home() {
+    top=$("$1" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#. TOP=//p' | sed 1q)
+    [ -n "$top" ] || top=$(dirname "$1")/..
+    (cd "$top" 2>/dev/null && pwd) || echo "$top"
+}
+
 need_data() {
     for d in fashion-mnist mnist digits; do
         if [ ! -e "$DATA/$d" ]; then

@@ -18,7 +18,7 @@ STRICT="-Werror all-warnings -Xcompiler -Wall,-Wextra,-Wno-unused-function,-Werr
 
 # the multi-GPU trainers link NCCL
 parallel=
-CUDA_HOME=${NVCC%/bin/nvcc}
+CUDA_HOME=$(nvcc_home "$NVCC")
 if [ -f "$CUDA_HOME/include/nccl.h" ] || [ -f /usr/include/nccl.h ] || [ -n "${NCCL_HOME:-}" ]; then
     sed 's/^parallel(data = 2, /parallel(data = 2, expert = 2, /' "$top_srcdir/tests/cuda/dp.moe" > "$WORK/dp_expert.moe"
     parallel="$top_srcdir/tests/cuda/dp.moe $WORK/dp_expert.moe"
@@ -51,6 +51,24 @@ for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir
         not_ok "$name: the CUDA trainer compiles and links without a warning"
     fi
 done
+
+# nvcc on PATH may be a wrapper script elsewhere than its toolkit (Debian's
+# CI has /usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc): the
+# trainer still links, with the libraries of the toolkit nvcc reports
+if [ -f "$WORK/damex/train.o" ]; then
+    mkdir -p "$WORK/wrapper"
+    printf '#!/bin/sh\nexec "%s" "$@"\n' "$NVCC" > "$WORK/wrapper/nvcc"
+    chmod +x "$WORK/wrapper/nvcc"
+    rm -f "$WORK/damex/train"
+    if env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u CUDA_HOME make -s -C "$WORK/damex" MOERT="$top_builddir" \
+        MOERT_SRC="$top_srcdir" BACKEND=cuda NVCC="$WORK/wrapper/nvcc" > "$WORK/wrapper.log" 2>&1 &&
+        [ -x "$WORK/damex/train" ]; then
+        ok "damex: the CUDA trainer links where nvcc is a wrapper script outside its toolkit"
+    else
+        cat "$WORK/wrapper.log"
+        not_ok "damex: the CUDA trainer links where nvcc is a wrapper script outside its toolkit"
+    fi
+fi
 
 # the default target: both backends where the model has a CUDA form, the
 # CPU's alone (and no stale CUDA files) where it does not
