@@ -11,16 +11,14 @@
 # and with the data loader on files in CIFAR-10's binary format (random
 # pixels, written here: the machine has no network), the images/s of the
 # last metrics record of a 200-step run.
-# With two GPUs or more, 2 GPUs (bf16 compute), data parallel
-# (parallel(data = 2)) and expert parallel (parallel(data = 2, expert = 2),
-# where the experts split over 2): weak scaling (each GPU keeps the 1-GPU
-# batch, the global batch doubles) and strong scaling (the same global
-# batch, halved per GPU), with the efficiency against the 1-GPU figure of
-# the same run.
+# With two GPUs or more, the same on 2, 4 and 8 GPUs, data and expert
+# parallel, weak and strong scaling, and the fp32 loss of several GPUs
+# against one (below, "Several GPUs").
 # Appends everything to $BENCH_OUT (default bench-gpu.txt); BENCH_TORCH=0
-# leaves PyTorch out, BENCH_DP=0 the 2-GPU runs; BENCH_QUICK=1 runs only
-# what the 2-GPU figures need (the 1-GPU trainer in bf16, no fp32, no
-# loader, no PyTorch).
+# leaves PyTorch out, BENCH_DP=0 the multi-GPU runs, BENCH_GPUS="2 4 8"
+# says which GPU counts, BENCH_CONFIGS="gpu_p gpu_s" which configs;
+# BENCH_QUICK=1 runs only what the multi-GPU figures need (the 1-GPU
+# trainer in bf16, no fp32, no loader, no PyTorch).
 set -u
 : "${top_srcdir:=.}" "${top_builddir:=.}" "${MOECC:=$top_builddir/moecc}"
 PY=${PYTHON_TORCH:-python3}
@@ -50,7 +48,8 @@ for name, n in [("data_batch_%d.bin" % k, 10000) for k in range(1, 6)] + [("test
     rec.tofile(os.path.join(d, name))
 PYEOF
 
-for cfg in gpu_p gpu_s; do
+configs=${BENCH_CONFIGS:-gpu_p gpu_s}
+for cfg in $configs; do
     (cd "$top_srcdir" && "$MOECC" --target cuda "bench/$cfg.moe" -o "$work/$cfg") || exit 1
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$work/$cfg" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
         BACKEND=cuda > "$work/$cfg.build.log" 2>&1 || { cat "$work/$cfg.build.log"; exit 1; }
@@ -76,47 +75,146 @@ for cfg in gpu_p gpu_s; do
     cd "$work" || exit 1
 done
 
-# data parallelism on 2 GPUs
+# Several GPUs: 2, 4 and 8 of them (those the machine has; BENCH_GPUS="2 4"
+# picks), data parallel (parallel(data = n)) and, where the experts split
+# evenly over n, expert parallel (parallel(data = n, expert = n): E/n
+# experts per GPU, one each for S's 8 experts on 8 GPUs); weak scaling (each
+# GPU keeps the 1-GPU batch) and strong scaling (the 1-GPU batch split over
+# the n GPUs), in bf16. Each gives its efficiency against n times the 1-GPU
+# images/s of this run, and an expert-parallel run the share of its step
+# that the expert exchange adds (its step time against the data-parallel
+# one of the same batches). Then fp32 over 50 steps on the CIFAR-10-format
+# files: the loss of n GPUs against 1 GPU's with the same global batch, with
+# routing made dropless (capacity is per GPU, so with drops other tokens can
+# be dropped on n GPUs than on one: documented, not a mismatch).
+# BENCH_CONFIGS="gpu_s" runs one config (8 GPUs: one call each fits the
+# device tool's 10 minutes with BENCH_QUICK=1).
 gpus=$(nvidia-smi -L | grep -c '^GPU')
-if [ "$gpus" -lt 2 ] || [ "${BENCH_DP:-1}" = 0 ]; then
-    echo "# data parallelism: not run ($gpus GPU(s), BENCH_DP=${BENCH_DP:-1})" | tee -a "$out"
+counts=
+for n in ${BENCH_GPUS:-2 4 8}; do
+    [ "$n" -ge 2 ] && [ "$n" -le "$gpus" ] && counts="$counts $n"
+done
+if [ -z "$counts" ] || [ "${BENCH_DP:-1}" = 0 ]; then
+    echo "# several GPUs: not run ($gpus GPU(s), BENCH_GPUS=${BENCH_GPUS:-2 4 8}, BENCH_DP=${BENCH_DP:-1})" |
+        tee -a "$out"
     exit 0
 fi
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
-port=$((29600 + $$ % 1000))
+. "$top_srcdir/scripts/ranks.sh"
+RANKS_PORT=$((29600 + $$ % 1000))
 ips_of() { sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p' "$1"; }
-for cfg in gpu_p gpu_s; do
-    batch=$(sed -n 's/^ *batch = \([0-9]*\).*/\1/p' "$top_srcdir/bench/$cfg.moe")
+
+# variant NAME CFG GLOBAL-BATCH PARALLEL [dropless]: bench/CFG.moe with that
+# batch and parallel statement, compiled into $work/NAME and built in the
+# background (every variant is built at once; `wait` for them)
+variant() {
+    {
+        sed -e "s/^\( *batch = \)[0-9]*/\1$3/" \
+            -e "$([ "${5:-}" = dropless ] && echo 's/capacity = [0-9.]*/dropless = true/')" \
+            "$top_srcdir/bench/$2.moe"
+        echo "$4"
+    } > "$work/$1.moe"
+    "$MOECC" --target cuda "$work/$1.moe" -o "$work/$1" > "$work/$1.moecc.log" 2>&1 || {
+        cat "$work/$1.moecc.log"
+        exit 1
+    }
+    (env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j2 -C "$work/$1" MOERT="$top_builddir" \
+        MOERT_SRC="$top_srcdir" BACKEND=cuda > "$work/$1.build.log" 2>&1 || touch "$work/$1.failed") &
+}
+built() {
+    [ ! -e "$work/$1.failed" ] && return 0
+    cat "$work/$1.build.log"
+    return 1
+}
+experts_of() { sed -n 's/.*experts = \([0-9]*\).*/\1/p' "$top_srcdir/bench/$1.moe" | head -n 1; }
+batch_of() { sed -n 's/^ *batch = \([0-9]*\).*/\1/p' "$top_srcdir/bench/$1.moe"; }
+
+for cfg in $configs; do
+    batch=$(batch_of $cfg)
+    variant "$cfg.n1.check" $cfg "$batch" "" dropless
+    for n in $counts; do
+        variant "$cfg.n$n.weak" $cfg $((n * batch)) "parallel(data = $n)"
+        variant "$cfg.n$n.strong" $cfg "$batch" "parallel(data = $n)"
+        variant "$cfg.n$n.check" $cfg "$batch" "parallel(data = $n)" dropless
+        if [ $(($(experts_of $cfg) % n)) -eq 0 ]; then
+            variant "$cfg.n$n.expert-weak" $cfg $((n * batch)) "parallel(data = $n, expert = $n)"
+            variant "$cfg.n$n.expert-strong" $cfg "$batch" "parallel(data = $n, expert = $n)"
+            variant "$cfg.n$n.expert-check" $cfg "$batch" "parallel(data = $n, expert = $n)" dropless
+        fi
+    done
+done
+wait
+
+# check_loss NAME N: the loss of step 50 of $work/NAME on N GPUs, fp32
+check_loss() {
+    ranks "$work/$1" "$2" --data "$work/data" --steps 50 --precision fp32 --log-every 50 --eval-every 0 \
+        --max-eval 1 -q --metrics check.jsonl --checkpoint check.safetensors > "$work/$1.run.log" || {
+        cat "$work/$1.run.log" >&2
+        return 1
+    }
+    "$PY" -c 'import json,sys; print([r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][-1]["loss"])' \
+        "$work/$1/check.jsonl"
+}
+
+for cfg in $configs; do
     one=$(ips_of "$work/$cfg.bf16.txt")
-    experts=$(sed -n 's/.*experts = \([0-9]*\).*/\1/p' "$top_srcdir/bench/$cfg.moe" | head -n 1)
-    for scaling in weak strong expert-weak expert-strong; do
-        global=$batch
-        case $scaling in *weak) global=$((2 * batch)) ;; esac
-        par="parallel(data = 2)"
-        case $scaling in expert-*)
-            if [ $((experts % 2)) -ne 0 ]; then
-                echo "[2 GPUs, expert parallel] $cfg: not run, its $experts experts do not split over 2 GPUs" | tee -a "$out"
-                continue
-            fi
-            par="parallel(data = 2, expert = 2)" ;;
-        esac
-        dir=$work/$cfg.dp2.$scaling
-        { sed "s/^\( *batch = \)[0-9]*/\1$global/" "$top_srcdir/bench/$cfg.moe"; echo "$par"; } > "$dir.moe"
-        "$MOECC" --target cuda "$dir.moe" -o "$dir" > /dev/null || exit 1
-        env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$dir" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
-            BACKEND=cuda > "$dir.build.log" 2>&1 || { cat "$dir.build.log"; exit 1; }
-        port=$((port + 1))
-        for r in 0 1; do
-            (cd "$dir" && RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-                exec ./train --bench --steps $((STEPS + 2)) > "rank$r.log" 2>&1) &
+    experts=$(experts_of $cfg)
+    ref=
+    if built "$cfg.n1.check" && (cd "$work/$cfg.n1.check" && ./train --data "$work/data" --steps 50 \
+        --precision fp32 --log-every 50 --eval-every 0 --max-eval 1 -q --metrics check.jsonl \
+        --checkpoint check.safetensors > run.log 2>&1); then
+        ref=$("$PY" -c 'import json,sys; print([r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][-1]["loss"])' \
+            "$work/$cfg.n1.check/check.jsonl")
+    else
+        cat "$work/$cfg.n1.check/run.log" 2> /dev/null
+    fi
+    for n in $counts; do
+        for scaling in weak strong expert-weak expert-strong; do
+            name=$cfg.n$n.$scaling
+            global=$(batch_of $cfg)
+            case $scaling in *weak) global=$((n * global)) ;; esac
+            par="parallel(data = $n)"
+            case $scaling in expert-*)
+                if [ $((experts % n)) -ne 0 ]; then
+                    [ $scaling = expert-weak ] &&
+                        echo "[$n GPUs, expert parallel] $cfg: not run, its $experts experts do not split over $n GPUs" |
+                        tee -a "$out"
+                    continue
+                fi
+                par="parallel(data = $n, expert = $n)" ;;
+            esac
+            built "$name" || exit 1
+            ranks "$work/$name" "$n" --bench --steps $((STEPS + 2)) || exit 1
+            line=$(grep '^moecc' "$work/$name/rank0.log") || exit 1
+            ips=$(echo "$line" | sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p')
+            echo "$ips" > "$work/$name.ips"
+            # images/s of n GPUs over n times one GPU's (weak: the same work
+            # per GPU; strong: the speedup over n)
+            eff=$(awk -v a="$ips" -v b="$one" -v n="$n" 'BEGIN { printf "%.1f", 100 * a / (n * b) }')
+            extra=
+            case $scaling in expert-*)
+                # the step times of the same batches: global / images/s
+                dp=$(cat "$work/$cfg.n$n.${scaling#expert-}.ips")
+                extra=$(awk -v e="$ips" -v d="$dp" -v g="$global" 'BEGIN {
+                    te = 1000 * g / e; td = 1000 * g / d
+                    printf "; %.2f ms per step against %.2f data parallel: the exchange adds %.2f ms, %.1f%% of the step", te, td, te - td, 100 * (te - td) / te }') ;;
+            esac
+            echo "[$n GPUs, $par, ${scaling#expert-} scaling, global batch $global] $line; $eff% of $n x the 1-GPU $one images/s$extra" |
+                tee -a "$out"
         done
-        wait
-        line=$(grep '^moecc' "$dir/rank0.log") || { cat "$dir"/rank*.log; exit 1; }
-        two=$(echo "$line" | sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p')
-        # images/s of 2 GPUs over twice one GPU's (weak: the same work per
-        # GPU; strong: the speedup over 2)
-        eff=$(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.1f", 100 * a / (2 * b) }')
-        echo "[2 GPUs, $par, ${scaling#expert-} scaling, global batch $global] $line; $eff% of 2 x the 1-GPU $one images/s" |
-            tee -a "$out"
+        for kind in check expert-check; do
+            name=$cfg.n$n.$kind
+            [ -d "$work/$name" ] || continue
+            par="parallel(data = $n)"
+            [ $kind = expert-check ] && par="parallel(data = $n, expert = $n)"
+            if [ -z "$ref" ]; then
+                echo "[$n GPUs, $par, fp32, dropless] $cfg: no 1-GPU loss to compare with" | tee -a "$out"
+            elif built "$name" && loss=$(check_loss "$name" "$n"); then
+                echo "[$n GPUs, $par, fp32, dropless] $cfg: loss after 50 steps $loss, 1 GPU $ref, relative difference $(awk -v a="$loss" -v b="$ref" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; printf "%.2e", d }')" |
+                    tee -a "$out"
+            else
+                echo "[$n GPUs, $par, fp32, dropless] $cfg: the run failed" | tee -a "$out"
+            fi
+        done
     done
 done

@@ -33,30 +33,7 @@ need_data || exit 1
 NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 export NCCL_NVLS_ENABLE
 CMP="${PYTHON:-python3} $top_srcdir/tests/cuda/compare.py"
-PORT=$((29500 + $$ % 2000))
-
-# ranks DIR N ARGS...: N processes of DIR/train (rank i on GPU i), their
-# output in DIR/rank<i>.log; fails when one of them does
-ranks() {
-    r_dir=$1
-    r_n=$2
-    shift 2
-    PORT=$((PORT + 1))
-    r_pids=
-    r_i=0
-    while [ $r_i -lt "$r_n" ]; do
-        (cd "$r_dir" && RANK=$r_i WORLD_SIZE=$r_n LOCAL_RANK=$r_i MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
-            exec ./train "$@" > "rank$r_i.log" 2>&1) &
-        r_pids="$r_pids $!"
-        r_i=$((r_i + 1))
-    done
-    r_status=0
-    for r_p in $r_pids; do
-        wait "$r_p" || r_status=1
-    done
-    [ $r_status -eq 0 ] || cat "$r_dir"/rank*.log
-    return $r_status
-}
+. "$top_srcdir/scripts/ranks.sh"
 
 # want CHECK: whether to run it (CHECK_DP_ONLY)
 want() {
@@ -149,13 +126,12 @@ fi # want train
 
 # a rank that dies: the other stops within 30 s, saying which
 if want kill; then
-PORT=$((PORT + 1))
-(cd "$D2" && RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
-    exec ./train --synthetic --steps 1000000 -q > kill0.log 2>&1) &
-p0=$!
-(cd "$D2" && RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
-    exec ./train --synthetic --steps 1000000 -q > kill1.log 2>&1) &
-p1=$!
+RANKS_LOG=kill
+ranks_start "$D2" 2 --synthetic --steps 1000000 -q
+RANKS_LOG=
+set -- $RANKS_PIDS
+p0=$1
+p1=$2
 sleep 15
 kill -9 $p1 2> /dev/null
 t=0
@@ -183,14 +159,13 @@ fi
 # a stop signal (Ctrl-C) that reaches rank 1 only: both stop after the same
 # step, the next metrics record, and rank 0 writes the checkpoint
 if want signal; then
-PORT=$((PORT + 1))
 rm -f "$D2/sig.safetensors"
-for r in 0 1; do
-    (cd "$D2" && RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
-        exec ./train $run --steps 1000000 --log-every 20 --checkpoint sig.safetensors --metrics sig.jsonl \
-        > "sig$r.log" 2>&1) &
-    eval "p$r=\$!"
-done
+RANKS_LOG=sig
+ranks_start "$D2" 2 $run --steps 1000000 --log-every 20 --checkpoint sig.safetensors --metrics sig.jsonl
+RANKS_LOG=
+set -- $RANKS_PIDS
+p0=$1
+p1=$2
 sleep 20
 kill -INT "$p1" 2> /dev/null
 t=0

@@ -9,7 +9,10 @@
 #     expert-parallel code exchanges rows only in training;
 #   - the CPU trainer of a model with a parallel statement trains the whole
 #     batch as the same model without it does, to the bit, and writes the
-#     same checkpoint (the format does not depend on the GPU count).
+#     same checkpoint (the format does not depend on the GPU count);
+#   - scripts/ranks.sh, which the GPU tests and benchmarks start their
+#     ranks with, starts N processes as torchrun would and fails when one
+#     of them fails.
 . "${top_srcdir:-.}/tests/e2e/common.sh"
 need_data || exit 1
 
@@ -93,5 +96,42 @@ if gen dp tests/cuda/dp.moe && gen dp1 "$WORK/dp1.moe" &&
 else
     cat "$WORK/dp/run.log" "$WORK/dp1/run.log" 2>/dev/null
     not_ok "the CPU trainers of dp.moe with and without its parallel statement build and run"
+fi
+# the launcher, on a stand-in trainer that says what it was given
+. "$top_srcdir/scripts/ranks.sh"
+mkdir -p "$WORK/fake"
+cat > "$WORK/fake/train" <<'EOF'
+#!/bin/sh
+echo "rank=$RANK world=$WORLD_SIZE local=$LOCAL_RANK addr=$MASTER_ADDR port=$MASTER_PORT args=$*"
+[ "$RANK" != "${FAIL_RANK:-}" ]
+EOF
+chmod +x "$WORK/fake/train"
+if ranks "$WORK/fake" 4 --steps 3 "two words" > "$WORK/ranks.out" 2>&1; then
+    port=$(sed -n 's/.*port=\([0-9]*\).*/\1/p' "$WORK/fake/rank0.log")
+    same=yes
+    for i in 0 1 2 3; do
+        [ "$(cat "$WORK/fake/rank$i.log")" = "rank=$i world=4 local=$i addr=127.0.0.1 port=$port args=--steps 3 two words" ] ||
+            same=no
+    done
+    ranks "$WORK/fake" 4 > /dev/null 2>&1
+    port2=$(sed -n 's/.*port=\([0-9]*\).*/\1/p' "$WORK/fake/rank0.log")
+    if [ $same = yes ] && [ -n "$port" ] && [ "$port2" != "$port" ]; then
+        ok "ranks.sh: 4 ranks get RANK, WORLD_SIZE, LOCAL_RANK, one MASTER_PORT (a new one each run) and the arguments"
+    else
+        cat "$WORK"/fake/rank*.log
+        not_ok "ranks.sh: 4 ranks get RANK, WORLD_SIZE, LOCAL_RANK, one MASTER_PORT (a new one each run) and the arguments"
+    fi
+else
+    cat "$WORK/ranks.out"
+    not_ok "ranks.sh: 4 ranks of a trainer that succeeds succeed"
+fi
+export FAIL_RANK=2
+if ranks "$WORK/fake" 4 > "$WORK/ranks.out" 2>&1; then
+    not_ok "ranks.sh: a run with a failing rank fails"
+elif grep -q "rank2.log" "$WORK/ranks.out" && grep -q "rank=3 " "$WORK/ranks.out"; then
+    ok "ranks.sh: a run with a failing rank fails and shows every rank's log"
+else
+    cat "$WORK/ranks.out"
+    not_ok "ranks.sh: a run with a failing rank fails and shows every rank's log"
 fi
 finish
