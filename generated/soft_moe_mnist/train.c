@@ -614,23 +614,24 @@ int main(int argc, char **argv)
     const size_t sampler_len = moert_mixture_state_len(mix);
     int64_t *sampler = xcalloc(sampler_len, sizeof *sampler);
 
-    /* the weights: rank 0 reads the files, model_to_device hands its
-     * weights and optimizer state to every rank */
-    init_params(&m, (uint64_t)o.seed);
+    /* the weights: rank 0 makes them or reads them, model_to_device hands
+     * them and the optimizer state to every rank, model_broadcast rank 0's
+     * step and sampler */
     int64_t start = 0;
-    if (rank > 0) {
-        /* below: rank 0's step and sampler */
-    } else if (o.resume && access(o.checkpoint, F_OK) == 0) {
-        start = load_checkpoint(&m, o.checkpoint, sampler, sampler_len, o.seed);
-        printf("resumed from %s at step %lld\n", o.checkpoint, (long long)start);
-    } else if (o.resume) {
-        printf("no checkpoint at %s: starting from step 0\n", o.checkpoint);
-    } else if (o.init_from) {
-        moert_ckpt *c = moert_ckpt_open(o.init_from, &err);
-        if (!c)
-            die("%s", err.msg);
-        load_tensors(&m, c, o.init_from, false);
-        moert_ckpt_close(c);
+    if (rank == 0) {
+        init_params(&m, (uint64_t)o.seed);
+        if (o.resume && access(o.checkpoint, F_OK) == 0) {
+            start = load_checkpoint(&m, o.checkpoint, sampler, sampler_len, o.seed);
+            printf("resumed from %s at step %lld\n", o.checkpoint, (long long)start);
+        } else if (o.resume) {
+            printf("no checkpoint at %s: starting from step 0\n", o.checkpoint);
+        } else if (o.init_from) {
+            moert_ckpt *c = moert_ckpt_open(o.init_from, &err);
+            if (!c)
+                die("%s", err.msg);
+            load_tensors(&m, c, o.init_from, false);
+            moert_ckpt_close(c);
+        }
     }
     model_broadcast(&m, &start, sizeof start);
     if (start > 0) {
