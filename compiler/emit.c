@@ -27,11 +27,6 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
         const mc_op *op = &m->ops[i];
         const char *what = NULL;
         switch (op->kind) {
-        case OP_CONV_STEM:
-        case OP_WINDOW_ATTENTION:
-        case OP_DOWNSAMPLE:
-            what = mc_op_name(op->kind);
-            break;
         case OP_ATTENTION:
         case OP_MLP: {
             /* checked by sema, not generated: refused rather than dropped */
@@ -83,6 +78,75 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
     return errors;
 }
 
+/* Window attention (Swin without the shift, and GCViT's global form): the
+ * tokens' projections are put in window order, each window is a sequence of
+ * attention_forward's, and the heads' outputs go back to grid order. The
+ * global form's queries are attn.global_query of the grid averaged to one
+ * window (grid_pool), the same for every window of a sample. */
+static void gen_window_attention(gen *g, int i, const op_ctx *c, sbuf *b)
+{
+    const mc_op *op = &g->m->ops[i];
+    sbuf *f = &g->fwd;
+    const int64_t BATCH = g->m->train.batch;
+    const int T = c->T, D = c->D, NH = op->u.wattn.heads, WS = op->u.wattn.window;
+    const int GH = op->in.gh, GW = op->in.gw, NW = (GH / WS) * (GW / WS), WT = WS * WS;
+    const bool gq = op->u.wattn.global_query, qb = op->u.wattn.qkv_bias;
+    char qkvw[32], att[32], yw[32], y[32], proj[32], kv[32], gt[32], q[32];
+    snprintf(qkvw, sizeof qkvw, "QKVW%d", i);
+    snprintf(att, sizeof att, "ATT%d", i);
+    snprintf(yw, sizeof yw, "YW%d", i);
+    snprintf(y, sizeof y, "Y%d", i);
+    snprintf(kv, sizeof kv, "%s%d", gq ? "KV" : "QKV", i);
+    snprintf(gt, sizeof gt, "GTOK%d", i);
+    snprintf(q, sizeof q, "GQ%d", i);
+    alloc_act(g, kv, BATCH * T * (gq ? 2 : 3) * D, gq ? "keys, values (grid order)" : "queries, keys, values (grid order)");
+    alloc_act(g, qkvw, BATCH * T * 3 * D, "queries, keys, values (window order)");
+    alloc_act(g, att, BATCH * NW * NH * WT * WT, "attention weights");
+    alloc_act(g, yw, BATCH * T * D, "heads' outputs (window order)");
+    alloc_act(g, y, BATCH * T * D, "heads' outputs (grid order)");
+    int t = 0;
+    const long long w_in = toff(g, i, t++), b_in = qb ? toff(g, i, t++) : -1;
+    const long long w_gq = gq ? toff(g, i, t++) : -1, b_gq = gq ? toff(g, i, t++) : -1;
+    const long long w_p = toff(g, i, t++), b_p = toff(g, i, t++);
+    char bi[40], dbi[40];
+    snprintf(bi, sizeof bi, qb ? "P(%lldL)" : "NULL", b_in);
+    snprintf(dbi, sizeof dbi, qb ? "DP(%lldL)" : "NULL", b_in);
+    snprintf(proj, sizeof proj, "%d", gq ? 2 * D : 3 * D);
+
+    sb_printf(f, "    linear_forward(A(%s), %s, P(%lldL), %s, B * %d, %d, %s);\n", kv, c->in, w_in, bi, T, D, proj);
+    if (gq) {
+        alloc_act(g, gt, BATCH * WT * D, "global tokens (the grid pooled to a window)");
+        alloc_act(g, q, BATCH * WT * D, "global queries");
+        sb_printf(f, "    grid_pool_forward(A(%s), %s, B, %d, %d, %d, %d);\n", gt, c->in, GH, GW, WS, D);
+        sb_printf(f, "    linear_forward(A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", q, gt, w_gq, b_gq, WT,
+                  D, D);
+        sb_printf(f, "    global_window_qkv(A(%s), A(%s), A(%s), B, %d, %d, %d, %d);\n", qkvw, q, kv, GH, GW, WS, D);
+    } else {
+        sb_printf(f, "    window_permute(A(%s), A(%s), B, %d, %d, %d, %d, 1, 0);\n", qkvw, kv, GH, GW, WS, 3 * D);
+    }
+    sb_printf(f, "    attention_forward(A(%s), A(%s), A(%s), B * %d, %d, %d, %d);\n", yw, att, qkvw, NW, WT, D, NH);
+    sb_printf(f, "    window_permute(A(%s), A(%s), B, %d, %d, %d, %d, 0, 0);\n", y, yw, GH, GW, WS, D);
+    sb_printf(f, "    linear_forward(%s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", c->out, y, w_p, b_p, T, D, D);
+
+    sb_printf(b, "    linear_backward(G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", y, w_p,
+              b_p, c->dout, y, w_p, T, D, D);
+    sb_printf(b, "    window_permute(G(%s), G(%s), B, %d, %d, %d, %d, 1, 0);\n", yw, y, GH, GW, WS, D);
+    sb_printf(b, "    attention_backward(G(%s), G(%s), G(%s), A(%s), A(%s), B * %d, %d, %d, %d);\n", qkvw, att, yw, qkvw,
+              att, NW, WT, D, NH);
+    if (gq) {
+        sb_printf(b, "    global_window_qkv_backward(G(%s), G(%s), G(%s), B, %d, %d, %d, %d);\n", q, kv, qkvw, GH, GW,
+                  WS, D);
+        sb_printf(b, "    linear_backward(G(%s), DP(%lldL), DP(%lldL), G(%s), A(%s), P(%lldL), B * %d, %d, %d, 0);\n",
+                  gt, w_gq, b_gq, q, gt, w_gq, WT, D, D);
+    } else {
+        sb_printf(b, "    window_permute(G(%s), G(%s), B, %d, %d, %d, %d, 0, 0);\n", kv, qkvw, GH, GW, WS, 3 * D);
+    }
+    sb_printf(b, "    linear_backward(%s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %s, %d);\n", c->din, w_in, dbi,
+              kv, c->in, w_in, T, D, proj, c->acc);
+    if (gq) /* the queries' share of the input's gradient, added */
+        sb_printf(b, "    grid_pool_backward(%s, G(%s), B, %d, %d, %d, %d, 1);\n", c->din, gt, GH, GW, WS, D);
+}
+
 /* The code of op i: forward into g->fwd, backward into g->bwd[i]. */
 static void gen_op(gen *g, int i)
 {
@@ -104,10 +168,88 @@ static void gen_op(gen *g, int i)
         char cols[32];
         snprintf(cols, sizeof cols, "COLS%d", i);
         alloc_act(g, cols, BATCH * TT * CPP, "patches (im2col)");
-        sb_printf(f, "    patch_embed_forward(%s, A(%s), x, P(%lldL), P(%lldL), B, %d, %d, %d, %d, %d);\n",
-                  out, cols, (long long)toff(g, i, 0), (long long)toff(g, i, 1), si->c, si->h, si->w, P, so->dim);
+        sb_printf(f, "    patch_embed_forward(%s, A(%s), %s, P(%lldL), P(%lldL), B, %d, %d, %d, %d, %d);\n",
+                  out, cols, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), si->c, si->h, si->w, P, so->dim);
         sb_printf(&b, "    patch_embed_backward(DP(%lldL), DP(%lldL), %s, A(%s), B, %d, %d, %d, %d, %d);\n",
                   (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, cols, si->c, si->h, si->w, P, so->dim);
+        if (g->input[i] >= 0) /* the image a convolution stem made has a gradient */
+            sb_printf(&b, "    patch_embed_input_backward(%s, G(%s), %s, P(%lldL), B, %d, %d, %d, %d, %d, %d);\n", din,
+                      cols, dout, (long long)toff(g, i, 0), si->c, si->h, si->w, P, so->dim, acc);
+        break;
+    }
+    case OP_CONV_STEM: {
+        /* each convolution: im2col rows (channels-last between the layers),
+         * one product, GELU; the last layer's output turned channels-first */
+        const int K = op->u.conv.kernel, L = op->u.conv.layers, OH = so->h, OW = so->w, C = so->c;
+        const int64_t rows = BATCH * OH * OW;
+        for (int l = 0; l < L; l++) {
+            char cols[32], pre[32], post[32], prev[32];
+            const int cin = l == 0 ? si->c : C;
+            snprintf(cols, sizeof cols, "COLS%d_%d", i, l + 1);
+            snprintf(pre, sizeof pre, "CONV%d_%d", i, l + 1);
+            snprintf(post, sizeof post, "GELU%d_%d", i, l + 1);
+            snprintf(prev, sizeof prev, "A(GELU%d_%d)", i, l);
+            alloc_act(g, cols, rows * cin * K * K, "convolution inputs (im2col)");
+            alloc_act(g, pre, rows * C, "convolution outputs, channels last");
+            alloc_act(g, post, rows * C, "after GELU, channels last");
+            if (l == 0)
+                sb_printf(f, "    conv_im2col(A(%s), %s, B, %d, %d, %d, %d, %d, 0);\n", cols, in, cin, si->h, si->w, K,
+                          op->u.conv.stride);
+            else
+                sb_printf(f, "    conv_im2col(A(%s), %s, B, %d, %d, %d, %d, 1, 1);\n", cols, prev, cin, OH, OW, K);
+            sb_printf(f, "    linear_forward(A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", pre, cols,
+                      (long long)toff(g, i, 2 * l), (long long)toff(g, i, 2 * l + 1), OH * OW, cin * K * K, C);
+            sb_printf(f, "    act_forward(A(%s), A(%s), (size_t)B * %d, ACT_GELU);\n", post, pre, OH * OW * C);
+        }
+        sb_printf(f, "    transpose_rc(%s, A(GELU%d_%d), B, %d, %d, 0);\n", out, i, L, OH * OW, C);
+        sb_printf(&b, "    transpose_rc(G(GELU%d_%d), %s, B, %d, %d, 0);\n", i, L, dout, C, OH * OW);
+        for (int l = L - 1; l >= 0; l--) {
+            const int cin = l == 0 ? si->c : C;
+            const bool dinput = l > 0 || g->input[i] >= 0;
+            sb_printf(&b, "    act_backward(G(CONV%d_%d), G(GELU%d_%d), A(CONV%d_%d), (size_t)B * %d, ACT_GELU, 0);\n",
+                      i, l + 1, i, l + 1, i, l + 1, OH * OW * C);
+            char dcols[40];
+            snprintf(dcols, sizeof dcols, dinput ? "G(COLS%d_%d)" : "NULL", i, l + 1);
+            sb_printf(&b,
+                      "    linear_backward(%s, DP(%lldL), DP(%lldL), G(CONV%d_%d), A(COLS%d_%d), P(%lldL), B * %d, %d, "
+                      "%d, 0);\n",
+                      dcols, (long long)toff(g, i, 2 * l), (long long)toff(g, i, 2 * l + 1), i, l + 1, i, l + 1,
+                      (long long)toff(g, i, 2 * l), OH * OW, cin * K * K, C);
+            if (l > 0)
+                sb_printf(&b, "    conv_col2im(G(GELU%d_%d), G(COLS%d_%d), B, %d, %d, %d, %d, 1, 1, 0);\n", i, l, i,
+                          l + 1, cin, OH, OW, K);
+            else if (dinput)
+                sb_printf(&b, "    conv_col2im(%s, G(COLS%d_1), B, %d, %d, %d, %d, %d, 0, %d);\n", din, i, cin, si->h,
+                          si->w, K, op->u.conv.stride, acc);
+        }
+        break;
+    }
+    case OP_WINDOW_ATTENTION:
+        gen_window_attention(g, i, &c, &b);
+        break;
+    case OP_DOWNSAMPLE: {
+        const int GH = si->gh, GW = si->gw, T4 = so->tokens, D4 = 4 * D;
+        char mrg[32], nrm[32], mean[32], rstd[32];
+        snprintf(mrg, sizeof mrg, "MERGE%d", i);
+        snprintf(nrm, sizeof nrm, "MNORM%d", i);
+        snprintf(mean, sizeof mean, "MEAN%d", i);
+        snprintf(rstd, sizeof rstd, "RSTD%d", i);
+        alloc_act(g, mrg, BATCH * T4 * D4, "2x2 neighbourhoods, concatenated");
+        alloc_act(g, nrm, BATCH * T4 * D4, "normalised");
+        alloc_act(g, mean, BATCH * T4, "layer norm means");
+        alloc_act(g, rstd, BATCH * T4, "layer norm 1/std");
+        const long long nw = toff(g, i, 0), nb = toff(g, i, 1), rw = toff(g, i, 2);
+        sb_printf(f, "    merge2x2_forward(A(%s), %s, B, %d, %d, %d);\n", mrg, in, GH, GW, D);
+        sb_printf(f, "    layernorm_forward(A(%s), A(%s), A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, 1e-05f);\n",
+                  nrm, mean, rstd, mrg, nw, nb, T4, D4);
+        sb_printf(f, "    linear_forward(%s, A(%s), P(%lldL), NULL, B * %d, %d, %d);\n", out, nrm, rw, T4, D4, so->dim);
+        sb_printf(&b, "    linear_backward(G(%s), DP(%lldL), NULL, %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", nrm, rw,
+                  dout, nrm, rw, T4, D4, so->dim);
+        sb_printf(&b,
+                  "    layernorm_backward(G(%s), DP(%lldL), DP(%lldL), G(%s), A(%s), P(%lldL), A(%s), A(%s), B * %d, %d, "
+                  "0);\n",
+                  mrg, nw, nb, nrm, mrg, nw, mean, rstd, T4, D4);
+        sb_printf(&b, "    merge2x2_backward(%s, G(%s), B, %d, %d, %d, %d);\n", din, mrg, GH, GW, D, acc);
         break;
     }
     case OP_CLS_TOKEN:
@@ -757,6 +899,18 @@ static void emit_json(sbuf *j, const mc_model *m)
                   op->in.kind == SHAPE_IMAGE ? op->in.c : op->in.dim);
         switch (op->kind) {
         case OP_PATCH_EMBED: sb_printf(j, ", \"patch\": %d, \"out_dim\": %d", op->u.patch.patch, op->out.dim); break;
+        case OP_CONV_STEM:
+            sb_printf(j, ", \"out_dim\": %d, \"kernel\": %d, \"stride\": %d, \"layers\": %d", op->out.c,
+                      op->u.conv.kernel, op->u.conv.stride, op->u.conv.layers);
+            break;
+        case OP_WINDOW_ATTENTION:
+            sb_printf(j, ", \"heads\": %d, \"window\": %d, \"global_query\": %s, \"qkv_bias\": %s, \"grid\": [%d, %d]",
+                      op->u.wattn.heads, op->u.wattn.window, op->u.wattn.global_query ? "true" : "false",
+                      op->u.wattn.qkv_bias ? "true" : "false", op->in.gh, op->in.gw);
+            break;
+        case OP_DOWNSAMPLE:
+            sb_printf(j, ", \"out_dim\": %d, \"grid\": [%d, %d]", op->out.dim, op->in.gh, op->in.gw);
+            break;
         case OP_POS_EMBED: sb_printf(j, ", \"learned\": %s", op->u.pos.learned ? "true" : "false"); break;
         case OP_LAYERNORM: sb_printf(j, ", \"eps\": %.17g", op->u.ln.eps); break;
         case OP_ATTENTION:

@@ -37,6 +37,13 @@ int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
         const mc_op *op = &m->ops[i];
         const int T = tokens_of(&op->in);
         switch (op->kind) {
+        case OP_CONV_STEM:
+        case OP_WINDOW_ATTENTION:
+        case OP_DOWNSAMPLE:
+            mc_report(d, MC_ERROR, op->loc, "the CUDA backend does not generate %s yet", mc_op_name(op->kind));
+            mc_hint(d, "--target cpu generates it (hierarchical models train on the CPU for now)");
+            errors++;
+            break;
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
             if (x->router == ROUTER_EXPERT_CHOICE) {
@@ -132,18 +139,6 @@ static void alloc_inside(gen *g, cuda_plan *p, const char *name, int64_t floats,
     char gname[48];
     snprintf(gname, sizeof gname, "%s_G", name);
     grad_of(p, gname, floats, true);
-}
-
-/* Tutel's capacity at compile time (ops.h and kernels.cuh: moe_capacity) */
-static int moe_capacity_of(int N, int E, int K, double cf, bool dropless)
-{
-    if (dropless)
-        return N;
-    long per = (N + E - 1) / E;
-    long cap = (long)K * (long)floor(cf * (double)per);
-    if (cap < 1)
-        cap = 1;
-    return cap > N ? N : (int)cap;
 }
 
 static void need_red(cuda_plan *p, int64_t floats)
@@ -301,7 +296,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         const int E = x->experts, H = x->hidden, K = x->top_k, j = g->moe_index[i];
         const int ND = m->ndatasets;
         const int NB = (int)(BATCH * T);
-        const int cap = moe_capacity_of(NB, E, K, x->capacity_factor, x->dropless);
+        const int cap = mc_moe_capacity(NB, E, K, x->capacity_factor, x->dropless);
         /* evaluation is dropless (cap = N): the arenas hold E * cap rows, so
          * an evaluation batch has at most cap tokens */
         const int64_t eb = cap / T;

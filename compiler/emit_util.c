@@ -1,4 +1,5 @@
 /* emit_util.c: what the CPU and CUDA emitters share (emit_int.h). */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,4 +231,15 @@ void gen_free(gen *g)
     free(g->skip);
     free(g->last_use);
     free(g->moe_index);
+}
+
+int mc_moe_capacity(int N, int E, int K, double cf, bool dropless)
+{
+    if (dropless)
+        return N;
+    long per = (N + E - 1) / E;
+    long cap = (long)K * (long)floor(cf * (double)per);
+    if (cap < 1)
+        cap = 1;
+    return cap > N ? N : (int)cap;
 }

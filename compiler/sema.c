@@ -1312,7 +1312,9 @@ static void do_layer(sema *s, const mc_stmt *st)
             char wn[32], bn[32];
             snprintf(wn, sizeof wn, "conv%d.weight", i + 1);
             snprintf(bn, sizeof bn, "conv%d.bias", i + 1);
-            TENSOR(op, wn, INIT_TRUNC_NORMAL, 0.02, dim, cin, kernel, kernel);
+            /* He's normal init, sqrt(2 / fan_in): the stem has no norm, so
+             * ViT's 0.02 would shrink the image ~10x a layer */
+            TENSOR(op, wn, INIT_TRUNC_NORMAL, sqrt(2.0 / ((double)cin * kernel * kernel)), dim, cin, kernel, kernel);
             TENSOR(op, bn, INIT_ZEROS, 0, dim);
             op->flops += 2.0 * h * w * dim * cin * kernel * kernel;
             cin = dim;

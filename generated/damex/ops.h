@@ -286,6 +286,24 @@ static inline void im2col_patches(float *cols, const float *img, int B, int C, i
             }
 }
 
+/* the adjoint of im2col_patches: dimg[B, C, IH, IW] (+)= the patches' rows */
+static inline void col2im_patches(float *dimg, const float *dcols, int B, int C, int IH, int IW, int P, int acc)
+{
+    const int GH = IH / P, GW = IW / P, T = GH * GW, CPP = C * P * P;
+    for (int b = 0; b < B; b++)
+        for (int gy = 0; gy < GH; gy++)
+            for (int gx = 0; gx < GW; gx++) {
+                const float *row = dcols + ((size_t)b * T + (size_t)gy * GW + gx) * CPP;
+                for (int c = 0; c < C; c++)
+                    for (int i = 0; i < P; i++) {
+                        float *dst = dimg + (((size_t)b * C + c) * IH + (size_t)gy * P + i) * IW + (size_t)gx * P;
+                        const float *src = row + ((size_t)c * P + i) * P;
+                        for (int j = 0; j < P; j++)
+                            dst[j] = acc ? dst[j] + src[j] : src[j];
+                    }
+            }
+}
+
 /* out[B, T, D] = patches @ w[D, C*P*P]^T + b */
 static inline void patch_embed_forward(float *out, float *cols, const float *img, const float *w,
                                 const float *b, int B, int C, int IH, int IW, int P, int D)
@@ -295,12 +313,23 @@ static inline void patch_embed_forward(float *out, float *cols, const float *img
     linear_forward(out, cols, w, b, B * T, C * P * P, D);
 }
 
-/* the image needs no gradient: only dw and db */
+/* dw and db (the input image needs no gradient; patch_embed_input_backward
+ * gives the gradient of an image that a convolution stem made) */
 static inline void patch_embed_backward(float *dw, float *db, const float *dout, const float *cols,
                                  int B, int C, int IH, int IW, int P, int D)
 {
     const int T = (IH / P) * (IW / P);
     linear_backward(NULL, dw, db, dout, cols, NULL, B * T, C * P * P, D, 0);
+}
+
+/* dimg[B, C, IH, IW] (+)= the gradient of the image under the patches
+ * (dcols: scratch, [B*T, C*P*P]) */
+static inline void patch_embed_input_backward(float *dimg, float *dcols, const float *dout, const float *w, int B,
+                                              int C, int IH, int IW, int P, int D, int acc)
+{
+    const int T = (IH / P) * (IW / P);
+    mm_nn(dcols, dout, w, B * T, D, C * P * P, 0);
+    col2im_patches(dimg, dcols, B, C, IH, IW, P, acc);
 }
 
 /* ---- class token and position embedding ---------------------------------- */
@@ -575,6 +604,199 @@ static inline void pool_backward(float *dinp, const float *dout, int B, int T, i
                 dx[(size_t)t * D + d] = acc ? dx[(size_t)t * D + d] + v : v;
             }
     }
+}
+
+/* ---- hierarchical models: convolution stem, windows, 2x2 token merge ------ */
+
+/* cols[B*OH*OW, C*K*K] = the K x K neighbourhoods (zero padding K/2, stride
+ * S) of img[B, C, H, W] (nhwc = 0) or img[B, H*W, C] (nhwc = 1), one row per
+ * output position, columns in the order (c, ky, kx) of a [*, C, K, K] weight */
+static inline void conv_im2col(float *cols, const float *img, int B, int C, int H, int W, int K, int S, int nhwc)
+{
+    const int OH = H / S, OW = W / S, CKK = C * K * K, pad = K / 2;
+#pragma omp parallel for schedule(static)
+    for (int bo = 0; bo < B * OH; bo++) {
+        const int b = bo / OH, oy = bo % OH;
+        for (int ox = 0; ox < OW; ox++) {
+            float *row = cols + ((size_t)bo * OW + ox) * CKK;
+            for (int c = 0; c < C; c++)
+                for (int ky = 0; ky < K; ky++)
+                    for (int kx = 0; kx < K; kx++) {
+                        const int y = oy * S + ky - pad, x = ox * S + kx - pad;
+                        float v = 0.0f;
+                        if (y >= 0 && y < H && x >= 0 && x < W)
+                            v = nhwc ? img[((size_t)b * H * W + (size_t)y * W + x) * C + c]
+                                     : img[(((size_t)b * C + c) * H + y) * W + x];
+                        row[(c * K + ky) * K + kx] = v;
+                    }
+        }
+    }
+}
+
+/* the adjoint: dimg (+)= the neighbourhoods' gradients dcols, summed where
+ * they overlap */
+static inline void conv_col2im(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S, int nhwc,
+                               int acc)
+{
+    const int OH = H / S, OW = W / S, CKK = C * K * K, pad = K / 2;
+    if (!acc)
+        memset(dimg, 0, sizeof(float) * (size_t)B * C * H * W);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) /* a sample's positions only touch its own image */
+        for (int oy = 0; oy < OH; oy++)
+            for (int ox = 0; ox < OW; ox++) {
+                const float *row = dcols + (((size_t)b * OH + oy) * OW + ox) * CKK;
+                for (int c = 0; c < C; c++)
+                    for (int ky = 0; ky < K; ky++)
+                        for (int kx = 0; kx < K; kx++) {
+                            const int y = oy * S + ky - pad, x = ox * S + kx - pad;
+                            if (y < 0 || y >= H || x < 0 || x >= W)
+                                continue;
+                            const size_t at = nhwc ? ((size_t)b * H * W + (size_t)y * W + x) * C + c
+                                                   : (((size_t)b * C + c) * H + y) * W + x;
+                            dimg[at] += row[(c * K + ky) * K + kx];
+                        }
+            }
+}
+
+/* out[b, c, r] (+)= inp[b, r, c]: [B, R, C] to [B, C, R] (and, called with R
+ * and C swapped, back) */
+static inline void transpose_rc(float *out, const float *inp, int B, int R, int C, int acc)
+{
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) {
+                const float v = inp[((size_t)b * R + r) * C + c];
+                float *o = &out[((size_t)b * C + c) * R + r];
+                *o = acc ? *o + v : v;
+            }
+}
+
+/* Swin's window partition of a GH x GW grid of C-wide tokens into WS x WS
+ * windows: grid[B, GH*GW, C] (row-major) and win[B * nW, WS*WS, C], the
+ * windows row-major over the (GH/WS) x (GW/WS) window grid, the tokens
+ * row-major inside each. to_windows: win (+)= grid; else grid (+)= win. */
+static inline void window_permute(float *dst, const float *src, int B, int GH, int GW, int WS, int C, int to_windows,
+                                  int acc)
+{
+    const int NWX = GW / WS, T = GH * GW;
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < B * GH; bt++) {
+        const int b = bt / GH, y = bt % GH;
+        for (int x = 0; x < GW; x++) {
+            const size_t g = ((size_t)b * T + (size_t)y * GW + x) * C;
+            const size_t w = (((size_t)b * (GH / WS) * NWX + (size_t)(y / WS) * NWX + x / WS) * WS * WS +
+                              (size_t)(y % WS) * WS + x % WS) * C;
+            const float *s = src + (to_windows ? g : w);
+            float *d = dst + (to_windows ? w : g);
+            for (int c = 0; c < C; c++)
+                d[c] = acc ? d[c] + s[c] : s[c];
+        }
+    }
+}
+
+/* GCViT's global tokens: out[B, WS*WS, D], the grid inp[B, GH*GW, D]
+ * averaged over cells of (GH/WS) x (GW/WS) tokens, row-major */
+static inline void grid_pool_forward(float *out, const float *inp, int B, int GH, int GW, int WS, int D)
+{
+    const int CH = GH / WS, CW = GW / WS;
+    const float inv = 1.0f / (float)(CH * CW);
+    memset(out, 0, sizeof(float) * (size_t)B * WS * WS * D);
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < GH; y++)
+            for (int x = 0; x < GW; x++) {
+                const float *s = inp + ((size_t)b * GH * GW + (size_t)y * GW + x) * D;
+                float *o = out + ((size_t)b * WS * WS + (size_t)(y / CH) * WS + x / CW) * D;
+                for (int d = 0; d < D; d++)
+                    o[d] += s[d];
+            }
+    for (size_t i = 0; i < (size_t)B * WS * WS * D; i++)
+        out[i] *= inv;
+}
+
+static inline void grid_pool_backward(float *dinp, const float *dout, int B, int GH, int GW, int WS, int D, int acc)
+{
+    const int CH = GH / WS, CW = GW / WS;
+    const float inv = 1.0f / (float)(CH * CW);
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < GH; y++)
+            for (int x = 0; x < GW; x++) {
+                float *dx = dinp + ((size_t)b * GH * GW + (size_t)y * GW + x) * D;
+                const float *g = dout + ((size_t)b * WS * WS + (size_t)(y / CH) * WS + x / CW) * D;
+                for (int d = 0; d < D; d++)
+                    dx[d] = acc ? dx[d] + g[d] * inv : g[d] * inv;
+            }
+}
+
+/* GCViT's global attention input: qkv[B * nW, WS*WS, 3D] of every window
+ * holds its sample's global queries q[B, WS*WS, D] and its own tokens' keys
+ * and values from kv[B, GH*GW, 2D] (grid order), for attention_forward */
+static inline void global_window_qkv(float *qkv, const float *q, const float *kv, int B, int GH, int GW, int WS, int D)
+{
+    const int NW = (GH / WS) * (GW / WS), WT = WS * WS, NWX = GW / WS;
+#pragma omp parallel for schedule(static)
+    for (int bw = 0; bw < B * NW; bw++) {
+        const int b = bw / NW, w = bw % NW, wy = w / NWX, wx = w % NWX;
+        for (int t = 0; t < WT; t++) {
+            const int y = wy * WS + t / WS, x = wx * WS + t % WS;
+            float *o = qkv + ((size_t)bw * WT + t) * 3 * D;
+            memcpy(o, q + ((size_t)b * WT + t) * D, sizeof(float) * (size_t)D);
+            memcpy(o + D, kv + ((size_t)b * GH * GW + (size_t)y * GW + x) * 2 * D, sizeof(float) * 2 * (size_t)D);
+        }
+    }
+}
+
+/* its adjoint: dq[B, WS*WS, D] = the queries' gradients summed over the
+ * sample's windows; dkv[B, GH*GW, 2D] the keys' and values' (both written) */
+static inline void global_window_qkv_backward(float *dq, float *dkv, const float *dqkv, int B, int GH, int GW, int WS,
+                                              int D)
+{
+    const int NW = (GH / WS) * (GW / WS), WT = WS * WS, NWX = GW / WS;
+    memset(dq, 0, sizeof(float) * (size_t)B * WT * D);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) /* a sample's windows share its queries: one thread each */
+        for (int w = 0; w < NW; w++) {
+            const int wy = w / NWX, wx = w % NWX;
+            for (int t = 0; t < WT; t++) {
+                const int y = wy * WS + t / WS, x = wx * WS + t % WS;
+                const float *g = dqkv + (((size_t)b * NW + w) * WT + t) * 3 * D;
+                float *gq = dq + ((size_t)b * WT + t) * D;
+                for (int d = 0; d < D; d++)
+                    gq[d] += g[d];
+                memcpy(dkv + ((size_t)b * GH * GW + (size_t)y * GW + x) * 2 * D, g + D, sizeof(float) * 2 * (size_t)D);
+            }
+        }
+}
+
+/* Swin's patch merging: out[B, (GH/2)*(GW/2), 4D] concatenates the tokens
+ * (2y, 2x), (2y+1, 2x), (2y, 2x+1), (2y+1, 2x+1) of inp[B, GH*GW, D] */
+static inline void merge2x2_forward(float *out, const float *inp, int B, int GH, int GW, int D)
+{
+    const int OH = GH / 2, OW = GW / 2;
+    static const int dy[4] = { 0, 1, 0, 1 }, dx[4] = { 0, 0, 1, 1 };
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < OH; y++)
+            for (int x = 0; x < OW; x++)
+                for (int k = 0; k < 4; k++)
+                    memcpy(out + (((size_t)b * OH * OW + (size_t)y * OW + x) * 4 + k) * D,
+                           inp + ((size_t)b * GH * GW + (size_t)(2 * y + dy[k]) * GW + 2 * x + dx[k]) * D,
+                           sizeof(float) * (size_t)D);
+}
+
+static inline void merge2x2_backward(float *dinp, const float *dout, int B, int GH, int GW, int D, int acc)
+{
+    const int OH = GH / 2, OW = GW / 2;
+    static const int dy[4] = { 0, 1, 0, 1 }, dx[4] = { 0, 0, 1, 1 };
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < OH; y++)
+            for (int x = 0; x < OW; x++)
+                for (int k = 0; k < 4; k++) {
+                    float *d = dinp + ((size_t)b * GH * GW + (size_t)(2 * y + dy[k]) * GW + 2 * x + dx[k]) * D;
+                    const float *s = dout + (((size_t)b * OH * OW + (size_t)y * OW + x) * 4 + k) * D;
+                    for (int c = 0; c < D; c++)
+                        d[c] = acc ? d[c] + s[c] : s[c];
+                }
 }
 
 /* ---- dropout and stochastic depth ---------------------------------------------- */

@@ -166,6 +166,51 @@ class Model:
         self.aux.append(loss)
         return out.reshape(B, T, D)
 
+    def window_attention(self, op, h):
+        """Swin-style attention within w x w windows of the gh x gw token
+        grid; with global_query, every window's queries are the same w * w
+        projected tokens of the grid average-pooled to w x w."""
+        p, pre = self.p, op["prefix"]
+        B, T, D = h.shape
+        NH, w = op["heads"], op["window"]
+        HD = D // NH
+        gh, gw = op["grid"]
+        nW = (gh // w) * (gw // w)
+
+        def part(t):        # [B, T, C] -> [B * nW, w * w, C], windows row-major
+            C = t.shape[-1]
+            t = t.reshape(B, gh // w, w, gw // w, w, C).permute(0, 1, 3, 2, 4, 5)
+            return t.reshape(B * nW, w * w, C)
+
+        def heads(t, n):    # [B * nW, L, n * D] -> n tensors of [B * nW, NH, L, HD]
+            t = t.reshape(t.shape[0], t.shape[1], n, NH, HD).permute(2, 0, 3, 1, 4)
+            return [t[i] for i in range(n)]
+
+        if op["global_query"]:
+            k, v = heads(part(F.linear(h, p[pre + ".kv.weight"], p.get(pre + ".kv.bias"))), 2)
+            grid = h.reshape(B, gh, gw, D).permute(0, 3, 1, 2)
+            g = F.avg_pool2d(grid, (gh // w, gw // w)).flatten(2).transpose(1, 2)  # [B, w*w, D]
+            q = F.linear(g, p[pre + ".global_query.weight"], p[pre + ".global_query.bias"])
+            (q,) = heads(q.repeat_interleave(nW, dim=0), 1)   # sample b's windows share q[b]
+        else:
+            q, k, v = heads(part(F.linear(h, p[pre + ".qkv.weight"], p.get(pre + ".qkv.bias"))), 3)
+        att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(HD), dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, gh // w, gw // w, w, w, D)
+        y = y.permute(0, 1, 3, 2, 4, 5).reshape(B, T, D)   # undo the partition
+        return F.linear(y, p[pre + ".proj.weight"], p[pre + ".proj.bias"])
+
+    def downsample(self, op, h):
+        """Swin patch merging: each 2 x 2 block of tokens concatenated (in the
+        order (0,0), (1,0), (0,1), (1,1)), layer-normed, projected."""
+        p, pre = self.p, op["prefix"]
+        B, T, D = h.shape
+        gh, gw = op["grid"]
+        x = h.reshape(B, gh, gw, D)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        x = x.reshape(B, (gh // 2) * (gw // 2), 4 * D)
+        x = F.layer_norm(x, (4 * D,), p[pre + ".norm.weight"], p[pre + ".norm.bias"], 1e-5)
+        return F.linear(x, p[pre + ".reduction.weight"])
+
     def forward(self, x, dataset, noises):
         self.aux = []
         spec, p = self.spec, self.p
@@ -175,7 +220,12 @@ class Model:
             kind, pre = op["op"], op["prefix"]
             if kind == "input":
                 continue
-            if kind == "patch_embed":
+            if kind == "conv_stem":      # image -> image: conv + GELU, stride on the first
+                for i in range(1, op["layers"] + 1):
+                    h = F.gelu(F.conv2d(h, p[pre + ".conv%d.weight" % i], p[pre + ".conv%d.bias" % i],
+                                        stride=op["stride"] if i == 1 else 1,
+                                        padding=op["kernel"] // 2))
+            elif kind == "patch_embed":
                 P = op["patch"]
                 h = F.conv2d(h, p[pre + ".proj.weight"], p[pre + ".proj.bias"], stride=P)
                 h = h.flatten(2).transpose(1, 2)
@@ -197,6 +247,10 @@ class Model:
                 att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(HD), dim=-1)
                 y = (att @ v).transpose(1, 2).reshape(B, T, D)
                 h = F.linear(y, p[pre + ".proj.weight"], p[pre + ".proj.bias"])
+            elif kind == "window_attention":
+                h = self.window_attention(op, h)
+            elif kind == "downsample":
+                h = self.downsample(op, h)
             elif kind == "mlp":
                 act = ACTS[op["act"]]
                 h = F.linear(act(F.linear(h, p[pre + ".fc1.weight"], p[pre + ".fc1.bias"])),

@@ -14,5 +14,5 @@ TESTS += tests/unit/test_gradcheck
 tests_unit_test_gradcheck_SOURCES = tests/unit/test_gradcheck.c
 tests_unit_test_gradcheck_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/runtime
 tests_unit_test_gradcheck_CFLAGS = $(AM_CFLAGS) $(OPENMP_CFLAGS) $(CMOCKA_CFLAGS)
-tests_unit_test_gradcheck_LDADD = libmoert.la $(CMOCKA_LIBS) -lm
+tests_unit_test_gradcheck_LDADD = libmoecc.la libmoert.la $(CMOCKA_LIBS) -lm
 endif

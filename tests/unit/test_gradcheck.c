@@ -35,10 +35,20 @@
  * cross-entropy + auxiliary losses), and adamw_update / sgd_update against
  * PyTorch's formulas written out by hand.
  *
+ * The hierarchical models' kernels: the convolution stem chained as gen_op's
+ * OP_CONV_STEM chains it (conv_im2col, linear, GELU per layer, transpose_rc
+ * to channels first; its forward against the direct convolution) and
+ * patch_embed_input_backward, by central differences; each data-movement
+ * kernel (conv_im2col, im2col_patches, transpose_rc, window_permute,
+ * grid_pool, global_window_qkv, merge2x2) against an independent layout
+ * where it has one and, with its backward, by the dot-product test
+ * <P x, y> == <x, P^T y>, on non-square grids and window grids; and each
+ * one's acc flag.
+ *
  * The gradient checks run on one thread (with OpenMP, a parallel region
  * per kernel call would cost more than the kernels, and much more on a busy
- * machine); test_threads then requires the kernels' threaded results to be
- * the single-threaded ones, bit for bit. The worst error of each op is
+ * machine); test_threads and test_threads_hier then require the kernels'
+ * threaded results to be the single-threaded ones, bit for bit. The worst error of each op is
  * printed at the end. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -52,6 +62,11 @@
 #include <string.h>
 
 #include <moert.h>
+
+#include <stdbool.h>
+/* the compiler's capacity (compiler/emit_util.c; declared in emit_int.h,
+ * whose ACT_ names are the compiler's own and clash with ops.h's) */
+int mc_moe_capacity(int N, int E, int K, double cf, bool dropless);
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -1447,6 +1462,491 @@ static void test_moe_route_ties(void **state)
     assert_int_equal(moe_capacity(10, 4, 2, 0.5, 1), 10);
 }
 
+/* ---- hierarchical models: convolution stem, windows, 2x2 merge ---------------------- */
+
+/* The convolution stem as gen_op's OP_CONV_STEM chains it: L layers of
+ * K x K convolutions with CO channels (zero padding K/2), each one
+ * conv_im2col -> linear_forward -> GELU; the first of stride S on the
+ * channels-first image, the others of stride 1 on the channels-last output
+ * of the one before; the last output transposed to channels first.
+ * Backward: transpose_rc back, then per layer act_backward, linear_backward
+ * (dinp into the columns' gradient), conv_col2im (acc 0 between the
+ * layers, the op's acc into the image). The scratch gradients are NaN
+ * before each backward: each must be written before it is read. */
+#define STEM_MAXL 3
+
+typedef struct stem_cfg {
+    const char *name;
+    int B, C, H, W, K, S, CO, L;
+} stem_cfg;
+
+typedef struct stem_ctx {
+    stem_cfg g;
+    int OH, OW;
+    double *img, *w[STEM_MAXL], *b[STEM_MAXL], *r, *out;
+    double *cols[STEM_MAXL], *pre[STEM_MAXL], *post[STEM_MAXL];
+    double *dcols[STEM_MAXL], *dpre[STEM_MAXL], *dpost[STEM_MAXL];
+} stem_ctx;
+
+static int stem_cin(const stem_ctx *c, int l)
+{
+    return l == 0 ? c->g.C : c->g.CO;
+}
+
+static double stem_loss(void *vc)
+{
+    stem_ctx *c = vc;
+    const stem_cfg *g = &c->g;
+    const int M = g->B * c->OH * c->OW;
+    for (int l = 0; l < g->L; l++) {
+        const int cin = stem_cin(c, l);
+        if (l == 0)
+            conv_im2col(c->cols[0], c->img, g->B, cin, g->H, g->W, g->K, g->S, 0);
+        else
+            conv_im2col(c->cols[l], c->post[l - 1], g->B, cin, c->OH, c->OW, g->K, 1, 1);
+        linear_forward(c->pre[l], c->cols[l], c->w[l], c->b[l], M, cin * g->K * g->K, g->CO);
+        act_forward(c->post[l], c->pre[l], (size_t)M * g->CO, ACT_GELU);
+    }
+    transpose_rc(c->out, c->post[g->L - 1], g->B, c->OH * c->OW, g->CO, 0);
+    return dot(c->r, c->out, (size_t)M * g->CO);
+}
+
+/* grads: the image, then each layer's weight and bias */
+static void stem_bwd(void *vc, double *const *gr, int acc)
+{
+    stem_ctx *c = vc;
+    const stem_cfg *g = &c->g;
+    const int M = g->B * c->OH * c->OW;
+    const size_t n = (size_t)M * g->CO;
+    for (int l = 0; l < g->L; l++) {
+        vfill(c->dcols[l], (size_t)M * stem_cin(c, l) * g->K * g->K, NAN);
+        vfill(c->dpre[l], n, NAN);
+        vfill(c->dpost[l], n, NAN);
+    }
+    transpose_rc(c->dpost[g->L - 1], c->r, g->B, g->CO, c->OH * c->OW, 0);
+    for (int l = g->L - 1; l >= 0; l--) {
+        const int cin = stem_cin(c, l);
+        act_backward(c->dpre[l], c->dpost[l], c->pre[l], n, ACT_GELU, 0);
+        linear_backward(c->dcols[l], gr[1 + 2 * l], gr[2 + 2 * l], c->dpre[l], c->cols[l], c->w[l], M,
+                        cin * g->K * g->K, g->CO, 0);
+        if (l > 0)
+            conv_col2im(c->dpost[l - 1], c->dcols[l], g->B, g->CO, c->OH, c->OW, g->K, 1, 1, 0);
+        else
+            conv_col2im(gr[0], c->dcols[0], g->B, g->C, g->H, g->W, g->K, g->S, 0, acc);
+    }
+}
+
+/* out[b, oy*OW + ox, o] = bias[o] + sum over (c, ky, kx) of w[o, c, ky, kx] *
+ * in(b, c, oy*S + ky - K/2, ox*S + kx - K/2), zero outside the image; in
+ * is [B, C, H, W] or (nhwc) [B, H*W, C] */
+static void ref_conv(double *out, const double *in, int nhwc, const double *w, const double *bias, int B, int C,
+                     int H, int W, int K, int S, int CO)
+{
+    const int OH = H / S, OW = W / S;
+    for (int b = 0; b < B; b++)
+        for (int oy = 0; oy < OH; oy++)
+            for (int ox = 0; ox < OW; ox++)
+                for (int o = 0; o < CO; o++) {
+                    double s = bias[o];
+                    for (int c = 0; c < C; c++)
+                        for (int ky = 0; ky < K; ky++)
+                            for (int kx = 0; kx < K; kx++) {
+                                const int y = oy * S + ky - K / 2, x = ox * S + kx - K / 2;
+                                if (y < 0 || y >= H || x < 0 || x >= W)
+                                    continue;
+                                const double v = nhwc ? in[(((size_t)b * H + y) * W + x) * C + c]
+                                                      : in[(((size_t)b * C + c) * H + y) * W + x];
+                                s += w[(((size_t)o * C + c) * K + ky) * K + kx] * v;
+                            }
+                    out[(((size_t)b * OH + oy) * OW + ox) * CO + o] = s;
+                }
+}
+
+static const stem_cfg stem_cfgs[] = {
+    { "conv stem 6x4 k3 s2", 2, 2, 6, 4, 3, 2, 3, 2 },
+    { "conv stem 5x7 k5 s1 3 layers", 1, 3, 5, 7, 5, 1, 2, 3 },
+    { "conv stem 9x6 k3 s3", 2, 1, 9, 6, 3, 3, 3, 2 },
+};
+
+static void test_conv_stem(void **state)
+{
+    (void)state;
+    rng_seed(21);
+    for (size_t k = 0; k < sizeof stem_cfgs / sizeof stem_cfgs[0]; k++) {
+        stem_ctx c;
+        memset(&c, 0, sizeof c);
+        c.g = stem_cfgs[k];
+        const stem_cfg *g = &c.g;
+        assert_true(g->L <= STEM_MAXL);
+        c.OH = g->H / g->S;
+        c.OW = g->W / g->S;
+        const int M = g->B * c.OH * c.OW;
+        const size_t n = (size_t)M * g->CO, nimg = (size_t)g->B * g->C * g->H * g->W;
+        c.img = vrand(nimg, 1.0);
+        c.r = vrand(n, 1.0);
+        c.out = vnew(n);
+        op_check oc = { g->name, stem_loss, stem_bwd, 1, 1 + 2 * g->L, { "img" }, { c.img }, { nimg }, { G_INPUT },
+                        1 };
+        static const char *const pn[2 * STEM_MAXL] = { "w1", "b1", "w2", "b2", "w3", "b3" };
+        for (int l = 0; l < g->L; l++) {
+            const size_t ckk = (size_t)stem_cin(&c, l) * g->K * g->K;
+            c.w[l] = vrand((size_t)g->CO * ckk, 0.6);
+            c.b[l] = vrand((size_t)g->CO, 0.5);
+            c.cols[l] = vnew((size_t)M * ckk);
+            c.dcols[l] = vnew((size_t)M * ckk);
+            c.pre[l] = vnew(n), c.post[l] = vnew(n), c.dpre[l] = vnew(n), c.dpost[l] = vnew(n);
+            oc.tname[1 + 2 * l] = pn[2 * l], oc.tname[2 + 2 * l] = pn[2 * l + 1];
+            oc.x[1 + 2 * l] = c.w[l], oc.x[2 + 2 * l] = c.b[l];
+            oc.n[1 + 2 * l] = (size_t)g->CO * ckk, oc.n[2 + 2 * l] = (size_t)g->CO;
+            oc.kind[1 + 2 * l] = oc.kind[2 + 2 * l] = G_PARAM;
+        }
+        /* the forward: each layer the direct convolution, the output its
+         * last layer's GELU channels first */
+        stem_loss(&c);
+        double *ref = vnew(n);
+        for (int l = 0; l < g->L; l++) {
+            if (l == 0)
+                ref_conv(ref, c.img, 0, c.w[0], c.b[0], g->B, g->C, g->H, g->W, g->K, g->S, g->CO);
+            else
+                ref_conv(ref, c.post[l - 1], 1, c.w[l], c.b[l], g->B, g->CO, c.OH, c.OW, g->K, 1, g->CO);
+            for (size_t i = 0; i < n; i++)
+                if (!(fabs(c.pre[l][i] - ref[i]) <= 1e-12 * (1.0 + fabs(ref[i]))))
+                    fail_msg("%s: layer %d output [%zu] is %.17g, the direct convolution %.17g", g->name, l + 1, i,
+                             c.pre[l][i], ref[i]);
+        }
+        for (int b = 0; b < g->B; b++)
+            for (int p = 0; p < c.OH * c.OW; p++)
+                for (int o = 0; o < g->CO; o++)
+                    assert_true(c.out[((size_t)b * g->CO + o) * c.OH * c.OW + p] ==
+                                c.post[g->L - 1][((size_t)b * c.OH * c.OW + p) * g->CO + o]);
+        run_op_check(&oc, &c);
+        free(ref), free(c.img), free(c.r), free(c.out);
+        for (int l = 0; l < g->L; l++) {
+            free(c.w[l]), free(c.b[l]), free(c.cols[l]), free(c.dcols[l]);
+            free(c.pre[l]), free(c.post[l]), free(c.dpre[l]), free(c.dpost[l]);
+        }
+    }
+}
+
+/* The image's gradient under a patch embedding (after a convolution stem):
+ * patch_embed_input_backward against central differences of
+ * patch_embed_forward. */
+typedef struct pin_ctx {
+    patch_ctx p; /* first: patch_loss takes a pin_ctx */
+    double *dcols;
+} pin_ctx;
+
+static void pin_bwd(void *vc, double *const *g, int acc)
+{
+    pin_ctx *c = vc;
+    const patch_ctx *p = &c->p;
+    vfill(c->dcols, (size_t)p->B * p->T * p->C * p->P * p->P, NAN);
+    patch_embed_input_backward(g[0], c->dcols, p->r, p->w, p->B, p->C, p->IH, p->IW, p->P, p->D, acc);
+}
+
+static void test_patch_embed_input(void **state)
+{
+    (void)state;
+    static const int shapes[][6] = { /* B, C, IH, IW, P, D */
+                                     { 2, 3, 4, 6, 2, 5 },
+                                     { 1, 2, 6, 3, 3, 4 } };
+    rng_seed(22);
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const int *s = shapes[k];
+        pin_ctx c;
+        memset(&c, 0, sizeof c);
+        patch_ctx *p = &c.p;
+        p->B = s[0], p->C = s[1], p->IH = s[2], p->IW = s[3], p->P = s[4], p->D = s[5];
+        p->T = (p->IH / p->P) * (p->IW / p->P);
+        const size_t CPP = (size_t)p->C * p->P * p->P, nimg = (size_t)p->B * p->C * p->IH * p->IW;
+        p->img = vrand(nimg, 1.0);
+        p->w = vrand((size_t)p->D * CPP, 1.0);
+        p->b = vrand((size_t)p->D, 1.0);
+        p->cols = vnew((size_t)p->B * p->T * CPP);
+        p->r = vrand((size_t)p->B * p->T * p->D, 1.0);
+        p->out = vnew((size_t)p->B * p->T * p->D);
+        c.dcols = vnew((size_t)p->B * p->T * CPP);
+        op_check oc = { k ? "patch_embed input (P=3)" : "patch_embed input (P=2)", patch_loss, pin_bwd, 1, 1,
+                        { "img" }, { p->img }, { nimg }, { G_INPUT }, 1 };
+        run_op_check(&oc, &c);
+        free(p->img), free(p->w), free(p->b), free(p->cols), free(p->r), free(p->out), free(c.dcols);
+    }
+}
+
+/* ---- the data-movement kernels: adjoints, layouts, acc ----------------------------------- */
+
+/* <P x, y> == <x, P^T y> (the sums taken in different orders) */
+static void expect_adjoint(const char *op, double pxy, double xpty)
+{
+    if (!(fabs(pxy - xpty) <= 1e-12 * (1.0 + fabs(pxy) + fabs(xpty))))
+        fail_msg("%s: <P x, y> = %.17g but <x, P^T y> = %.17g: the backward is not the forward's adjoint", op, pxy,
+                 xpty);
+}
+
+static double *vnan(size_t n)
+{
+    double *p = vnew(n);
+    vfill(p, n, NAN);
+    return p;
+}
+
+/* token grids: B, GH, GW, WS, C; non-square grids and window grids (2x3,
+ * 3x2, a 2x3 grid of 3x3 windows) */
+static const int grid_shapes[][5] = { { 2, 4, 6, 2, 3 }, { 2, 6, 4, 2, 2 }, { 1, 6, 9, 3, 2 } };
+#define N_GRID_SHAPES (sizeof grid_shapes / sizeof grid_shapes[0])
+
+static void test_conv_adjoint(void **state)
+{
+    (void)state;
+    static const int shapes[][7] = { /* B, C, H, W, K, S, nhwc */
+                                     { 2, 2, 6, 4, 3, 2, 0 }, { 2, 3, 5, 7, 3, 1, 1 }, { 1, 2, 5, 3, 5, 1, 0 },
+                                     { 2, 2, 9, 6, 3, 3, 1 } };
+    rng_seed(23);
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const int *s = shapes[k], B = s[0], C = s[1], H = s[2], W = s[3], K = s[4], S = s[5], nhwc = s[6];
+        const size_t nimg = (size_t)B * C * H * W, ncols = (size_t)B * (H / S) * (W / S) * C * K * K;
+        double *x = vrand(nimg, 1.0), *y = vrand(ncols, 1.0), *px = vnan(ncols), *pty = vnan(nimg);
+        conv_im2col(px, x, B, C, H, W, K, S, nhwc);
+        conv_col2im(pty, y, B, C, H, W, K, S, nhwc, 0);
+        expect_adjoint(nhwc ? "conv_im2col (nhwc)" : "conv_im2col", dot(px, y, ncols), dot(x, pty, nimg));
+        free(x), free(y), free(px), free(pty);
+    }
+    /* the patches */
+    const int B = 2, C = 3, IH = 6, IW = 9, P = 3;
+    const size_t n = (size_t)B * C * IH * IW;
+    double *x = vrand(n, 1.0), *y = vrand(n, 1.0), *px = vnan(n), *pty = vnan(n);
+    im2col_patches(px, x, B, C, IH, IW, P);
+    col2im_patches(pty, y, B, C, IH, IW, P, 0);
+    expect_adjoint("im2col_patches", dot(px, y, n), dot(x, pty, n));
+    free(x), free(y), free(px), free(pty);
+}
+
+static void test_transpose_rc(void **state)
+{
+    (void)state;
+    rng_seed(24);
+    const int B = 2, R = 5, C = 3;
+    const size_t n = (size_t)B * R * C;
+    double *x = vrand(n, 1.0), *y = vrand(n, 1.0), *px = vnan(n), *pty = vnan(n), *back = vnan(n);
+    transpose_rc(px, x, B, R, C, 0);
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++)
+                assert_true(px[((size_t)b * C + c) * R + r] == x[((size_t)b * R + r) * C + c]);
+    transpose_rc(pty, y, B, C, R, 0);
+    expect_adjoint("transpose_rc", dot(px, y, n), dot(x, pty, n));
+    transpose_rc(back, px, B, C, R, 0);
+    expect_same("transpose_rc", "there and back", back, x, n);
+    free(x), free(y), free(px), free(pty), free(back);
+}
+
+static void test_window_permute(void **state)
+{
+    (void)state;
+    rng_seed(25);
+    for (size_t k = 0; k < N_GRID_SHAPES; k++) {
+        const int *s = grid_shapes[k], B = s[0], GH = s[1], GW = s[2], WS = s[3], C = s[4];
+        const int NWY = GH / WS, NWX = GW / WS;
+        const size_t n = (size_t)B * GH * GW * C;
+        double *x = vrand(n, 1.0), *y = vrand(n, 1.0), *px = vnan(n), *pty = vnan(n), *back = vnan(n);
+        window_permute(px, x, B, GH, GW, WS, C, 1, 0);
+        /* windows row-major over the window grid, tokens row-major inside */
+        for (int b = 0; b < B; b++)
+            for (int wy = 0; wy < NWY; wy++)
+                for (int wx = 0; wx < NWX; wx++)
+                    for (int ty = 0; ty < WS; ty++)
+                        for (int tx = 0; tx < WS; tx++)
+                            for (int c = 0; c < C; c++) {
+                                const size_t wi = ((((size_t)b * NWY + wy) * NWX + wx) * WS * WS +
+                                                   (size_t)ty * WS + tx) * C + c;
+                                const size_t gi = (((size_t)b * GH + wy * WS + ty) * GW + wx * WS + tx) * C + c;
+                                if (!(px[wi] == x[gi]))
+                                    fail_msg("window_permute %dx%d/%d: window (%d, %d) token (%d, %d) is not grid "
+                                             "token (%d, %d)",
+                                             GH, GW, WS, wy, wx, ty, tx, wy * WS + ty, wx * WS + tx);
+                            }
+        window_permute(pty, y, B, GH, GW, WS, C, 0, 0);
+        expect_adjoint("window_permute", dot(px, y, n), dot(x, pty, n));
+        window_permute(back, px, B, GH, GW, WS, C, 0, 0);
+        expect_same("window_permute", "to windows and back", back, x, n);
+        free(x), free(y), free(px), free(pty), free(back);
+    }
+}
+
+static void test_grid_pool(void **state)
+{
+    (void)state;
+    rng_seed(26);
+    for (size_t k = 0; k < N_GRID_SHAPES; k++) {
+        const int *s = grid_shapes[k], B = s[0], GH = s[1], GW = s[2], WS = s[3], D = s[4];
+        const int cellh = GH / WS, cellw = GW / WS;
+        const size_t n = (size_t)B * GH * GW * D, m = (size_t)B * WS * WS * D;
+        double *x = vrand(n, 1.0), *y = vrand(m, 1.0), *px = vnan(m), *pty = vnan(n);
+        grid_pool_forward(px, x, B, GH, GW, WS, D);
+        /* the mean of each cellh x cellw cell, the cells row-major */
+        for (int b = 0; b < B; b++)
+            for (int cy = 0; cy < WS; cy++)
+                for (int cx = 0; cx < WS; cx++)
+                    for (int d = 0; d < D; d++) {
+                        double sum = 0.0;
+                        for (int i = 0; i < cellh; i++)
+                            for (int j = 0; j < cellw; j++)
+                                sum += x[(((size_t)b * GH + cy * cellh + i) * GW + cx * cellw + j) * D + d];
+                        const double want = sum / (cellh * cellw),
+                                     got = px[(((size_t)b * WS + cy) * WS + cx) * D + d];
+                        if (!(fabs(got - want) <= 1e-12))
+                            fail_msg("grid_pool_forward %dx%d/%d: cell (%d, %d) [%d] is %.17g, the mean %.17g", GH,
+                                     GW, WS, cy, cx, d, got, want);
+                    }
+        grid_pool_backward(pty, y, B, GH, GW, WS, D, 0);
+        expect_adjoint("grid_pool", dot(px, y, m), dot(x, pty, n));
+        free(x), free(y), free(px), free(pty);
+    }
+}
+
+static void test_global_window_qkv(void **state)
+{
+    (void)state;
+    rng_seed(27);
+    for (size_t k = 0; k < N_GRID_SHAPES; k++) {
+        const int *s = grid_shapes[k], B = s[0], GH = s[1], GW = s[2], WS = s[3], D = s[4];
+        const int NWX = GW / WS, NW = (GH / WS) * NWX, WT = WS * WS;
+        const size_t nq = (size_t)B * WT * D, nkv = (size_t)B * GH * GW * 2 * D, nqkv = (size_t)B * NW * WT * 3 * D;
+        double *q = vrand(nq, 1.0), *kv = vrand(nkv, 1.0), *y = vrand(nqkv, 1.0), *px = vnan(nqkv),
+               *dq = vnan(nq), *dkv = vnan(nkv);
+        global_window_qkv(px, q, kv, B, GH, GW, WS, D);
+        /* every window: the sample's queries, its own tokens' keys and values */
+        for (int b = 0; b < B; b++)
+            for (int w = 0; w < NW; w++)
+                for (int t = 0; t < WT; t++) {
+                    const double *row = px + (((size_t)b * NW + w) * WT + t) * 3 * D;
+                    const int gy = (w / NWX) * WS + t / WS, gx = (w % NWX) * WS + t % WS;
+                    for (int d = 0; d < D; d++)
+                        assert_true(row[d] == q[((size_t)b * WT + t) * D + d]);
+                    for (int d = 0; d < 2 * D; d++)
+                        if (!(row[D + d] == kv[(((size_t)b * GH + gy) * GW + gx) * 2 * D + d]))
+                            fail_msg("global_window_qkv %dx%d/%d: window %d token %d is not grid token (%d, %d)", GH,
+                                     GW, WS, w, t, gy, gx);
+                }
+        global_window_qkv_backward(dq, dkv, y, B, GH, GW, WS, D);
+        expect_adjoint("global_window_qkv", dot(px, y, nqkv), dot(q, dq, nq) + dot(kv, dkv, nkv));
+        free(q), free(kv), free(y), free(px), free(dq), free(dkv);
+    }
+}
+
+static void test_merge2x2(void **state)
+{
+    (void)state;
+    rng_seed(28);
+    static const int shapes[][4] = { { 2, 4, 6, 3 }, { 1, 6, 2, 2 }, { 2, 2, 2, 4 } }; /* B, GH, GW, D */
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const int *s = shapes[k], B = s[0], GH = s[1], GW = s[2], D = s[3], OH = GH / 2, OW = GW / 2;
+        const size_t n = (size_t)B * GH * GW * D;
+        double *x = vrand(n, 1.0), *y = vrand(n, 1.0), *px = vnan(n), *pty = vnan(n);
+        merge2x2_forward(px, x, B, GH, GW, D);
+        /* Swin's x0, x1, x2, x3: (row, column) offsets (0, 0), (1, 0), (0, 1), (1, 1) */
+        for (int b = 0; b < B; b++)
+            for (int oy = 0; oy < OH; oy++)
+                for (int ox = 0; ox < OW; ox++)
+                    for (int j = 0; j < 4; j++)
+                        for (int d = 0; d < D; d++) {
+                            const int gy = 2 * oy + (j & 1), gx = 2 * ox + (j >> 1);
+                            if (!(px[(((size_t)b * OH + oy) * OW + ox) * 4 * D + (size_t)j * D + d] ==
+                                  x[(((size_t)b * GH + gy) * GW + gx) * D + d]))
+                                fail_msg("merge2x2_forward %dx%d: part %d of (%d, %d) is not token (%d, %d)", GH, GW,
+                                         j, oy, ox, gy, gx);
+                        }
+        merge2x2_backward(pty, y, B, GH, GW, D, 0);
+        expect_adjoint("merge2x2", dot(px, y, n), dot(x, pty, n));
+        free(x), free(y), free(px), free(pty);
+    }
+}
+
+/* The acc flag of each data-movement backward: acc = 0 overwrites what is
+ * there (junk or NaN gives the bits a zeroed buffer gets), acc = 1 adds to
+ * it. global_window_qkv_backward has no flag: it writes dq and dkv whole. */
+enum { AC_CONV_NCHW, AC_CONV_NHWC, AC_TRANSPOSE, AC_COL2IM_PATCHES, AC_PATCH_INPUT, AC_TO_WINDOWS, AC_FROM_WINDOWS,
+       AC_GRID_POOL, AC_MERGE, AC_N };
+
+static const char *const ac_name[AC_N] = {
+    "conv_col2im", "conv_col2im (nhwc)", "transpose_rc", "col2im_patches", "patch_embed_input_backward",
+    "window_permute (to windows)", "window_permute (back)", "grid_pool_backward", "merge2x2_backward",
+};
+
+/* shapes: conv B 2, C 2, 6x4, K 3 (stride 2 channels first, 1 channels
+ * last); transpose [2, 5, 3]; patches [2, 3, 4, 6], P 2, D 4; grids B 2,
+ * 4x6, WS 2, C 3 */
+static void ac_sizes(int k, size_t *nsrc, size_t *ndst)
+{
+    switch (k) {
+    case AC_CONV_NCHW: *nsrc = (size_t)2 * 3 * 2 * 2 * 9, *ndst = (size_t)2 * 2 * 6 * 4; break;
+    case AC_CONV_NHWC: *nsrc = (size_t)2 * 6 * 4 * 2 * 9, *ndst = (size_t)2 * 2 * 6 * 4; break;
+    case AC_TRANSPOSE: *nsrc = *ndst = (size_t)2 * 5 * 3; break;
+    case AC_COL2IM_PATCHES: *nsrc = *ndst = (size_t)2 * 3 * 4 * 6; break;
+    case AC_PATCH_INPUT: *nsrc = (size_t)2 * 6 * 4, *ndst = (size_t)2 * 3 * 4 * 6; break;
+    case AC_GRID_POOL: *nsrc = (size_t)2 * 4 * 3, *ndst = (size_t)2 * 4 * 6 * 3; break;
+    default: *nsrc = *ndst = (size_t)2 * 4 * 6 * 3; break;
+    }
+}
+
+static void ac_run(int k, double *dst, const double *src, const double *w, double *scratch, int acc)
+{
+    switch (k) {
+    case AC_CONV_NCHW: conv_col2im(dst, src, 2, 2, 6, 4, 3, 2, 0, acc); break;
+    case AC_CONV_NHWC: conv_col2im(dst, src, 2, 2, 6, 4, 3, 1, 1, acc); break;
+    case AC_TRANSPOSE: transpose_rc(dst, src, 2, 5, 3, acc); break;
+    case AC_COL2IM_PATCHES: col2im_patches(dst, src, 2, 3, 4, 6, 2, acc); break;
+    case AC_PATCH_INPUT: patch_embed_input_backward(dst, scratch, src, w, 2, 3, 4, 6, 2, 4, acc); break;
+    case AC_TO_WINDOWS: window_permute(dst, src, 2, 4, 6, 2, 3, 1, acc); break;
+    case AC_FROM_WINDOWS: window_permute(dst, src, 2, 4, 6, 2, 3, 0, acc); break;
+    case AC_GRID_POOL: grid_pool_backward(dst, src, 2, 4, 6, 2, 3, acc); break;
+    case AC_MERGE: merge2x2_backward(dst, src, 2, 4, 6, 3, acc); break;
+    default: fail();
+    }
+}
+
+static void test_acc_flags(void **state)
+{
+    (void)state;
+    rng_seed(29);
+    double *w = vrand((size_t)4 * 3 * 2 * 2, 1.0), *scratch = vnew((size_t)2 * 6 * 3 * 2 * 2);
+    for (int k = 0; k < AC_N; k++) {
+        size_t nsrc, ndst;
+        ac_sizes(k, &nsrc, &ndst);
+        double *src = vrand(nsrc, 1.0), *ref = vnew(ndst), *junk = vrand(ndst, 3.0), *h = vdup(junk, ndst);
+        ac_run(k, ref, src, w, scratch, 0);
+        size_t nz = 0;
+        for (size_t i = 0; i < ndst; i++)
+            nz += ref[i] != 0.0;
+        if (nz < ndst / 2)
+            fail_msg("%s: only %zu of %zu outputs non-zero: the check proves little", ac_name[k], nz, ndst);
+        ac_run(k, h, src, w, scratch, 0);
+        expect_same(ac_name[k], "acc 0 over junk", h, ref, ndst);
+        vfill(h, ndst, NAN);
+        ac_run(k, h, src, w, scratch, 0);
+        expect_same(ac_name[k], "acc 0 over NaN", h, ref, ndst);
+        memcpy(h, junk, ndst * sizeof *h);
+        ac_run(k, h, src, w, scratch, 1);
+        expect_sum(ac_name[k], "acc 1 over junk", h, junk, ref, ndst);
+        free(src), free(ref), free(junk), free(h);
+    }
+    free(w), free(scratch);
+
+    /* global_window_qkv_backward: dq and dkv written whole */
+    const int B = 2, GH = 4, GW = 6, WS = 2, D = 3, NW = (GH / WS) * (GW / WS), WT = WS * WS;
+    const size_t nq = (size_t)B * WT * D, nkv = (size_t)B * GH * GW * 2 * D, nqkv = (size_t)B * NW * WT * 3 * D;
+    double *y = vrand(nqkv, 1.0), *rq = vnew(nq), *rkv = vnew(nkv), *hq = vrand(nq, 3.0), *hkv = vrand(nkv, 3.0);
+    global_window_qkv_backward(rq, rkv, y, B, GH, GW, WS, D);
+    global_window_qkv_backward(hq, hkv, y, B, GH, GW, WS, D);
+    expect_same("global_window_qkv_backward", "dq over junk", hq, rq, nq);
+    expect_same("global_window_qkv_backward", "dkv over junk", hkv, rkv, nkv);
+    vfill(hq, nq, NAN), vfill(hkv, nkv, NAN);
+    global_window_qkv_backward(hq, hkv, y, B, GH, GW, WS, D);
+    expect_same("global_window_qkv_backward", "dq over NaN", hq, rq, nq);
+    expect_same("global_window_qkv_backward", "dkv over NaN", hkv, rkv, nkv);
+    free(y), free(rq), free(rkv), free(hq), free(hkv);
+}
+
 /* ---- a whole block, as gen_op chains the ops ------------------------------------------ */
 
 /* model:
@@ -1729,6 +2229,58 @@ static void test_threads(void **state)
 #endif
 }
 
+/* The same for the hierarchical models' threaded kernels, split over
+ * samples or grid rows (uneven splits: 5 samples, 3 x 4 grid rows, on 4
+ * threads): conv_col2im (both layouts, acc 0 and 1), window_permute (both
+ * ways) and global_window_qkv_backward. */
+static void test_threads_hier(void **state)
+{
+    (void)state;
+#ifndef _OPENMP
+    print_message("built without OpenMP: nothing to compare\n");
+    skip();
+#else
+    enum { NRES = 7 };
+    const int nthreads[2] = { 1, 4 };
+    const int B = 5, C = 3, H = 8, W = 6, K = 3, GB = 3, GH = 4, GW = 6, WS = 2, D = 5;
+    const int NW = (GH / WS) * (GW / WS), WT = WS * WS;
+    const size_t nimg = (size_t)B * C * H * W, ncols2 = (size_t)B * (H / 2) * (W / 2) * C * K * K,
+                 ncols1 = (size_t)B * H * W * C * K * K, ngrid = (size_t)GB * GH * GW * D,
+                 nq = (size_t)B * WT * D, nkv = (size_t)B * GH * GW * 2 * D, nqkv = (size_t)B * NW * WT * 3 * D;
+    rng_seed(30);
+    double *cols2 = vrand(ncols2, 1.0), *cols1 = vrand(ncols1, 1.0), *junk = vrand(nimg, 1.0),
+           *grid = vrand(ngrid, 1.0), *win = vrand(ngrid, 1.0), *gjunk = vrand(ngrid, 1.0),
+           *dqkv = vrand(nqkv, 1.0);
+    double *res[2][NRES];
+    const size_t n[NRES] = { nimg, nimg, nimg, ngrid, ngrid, nq, nkv };
+    static const char *const what[NRES] = { "conv_col2im", "conv_col2im (acc)", "conv_col2im (nhwc, acc)",
+                                            "window_permute (to windows, acc)", "window_permute (back)",
+                                            "global_window_qkv_backward dq", "global_window_qkv_backward dkv" };
+    for (int r = 0; r < 2; r++) {
+        omp_set_num_threads(nthreads[r]);
+        res[r][0] = vnan(nimg);
+        conv_col2im(res[r][0], cols2, B, C, H, W, K, 2, 0, 0);
+        res[r][1] = vdup(junk, nimg);
+        conv_col2im(res[r][1], cols2, B, C, H, W, K, 2, 0, 1);
+        res[r][2] = vdup(junk, nimg);
+        conv_col2im(res[r][2], cols1, B, C, H, W, K, 1, 1, 1);
+        res[r][3] = vdup(gjunk, ngrid);
+        window_permute(res[r][3], grid, GB, GH, GW, WS, D, 1, 1);
+        res[r][4] = vnan(ngrid);
+        window_permute(res[r][4], win, GB, GH, GW, WS, D, 0, 0);
+        res[r][5] = vnan(nq);
+        res[r][6] = vnan(nkv);
+        global_window_qkv_backward(res[r][5], res[r][6], dqkv, B, GH, GW, WS, D);
+    }
+    omp_set_num_threads(1);
+    for (int k = 0; k < NRES; k++) {
+        expect_same("threads", what[k], res[1][k], res[0][k], n[k]);
+        free(res[0][k]), free(res[1][k]);
+    }
+    free(cols2), free(cols1), free(junk), free(grid), free(win), free(gjunk), free(dqkv);
+#endif
+}
+
 /* ---- optimizers --------------------------------------------------------------------------- */
 
 /* torch.optim.AdamW (amsgrad off), one tensor, written as PyTorch's
@@ -1823,6 +2375,29 @@ static void test_optimizers(void **state)
 _Static_assert(sizeof moe_cfgs / sizeof moe_cfgs[0] == 10, "a MOE_TEST line per configuration in main");
 #define MOE_TEST(i) { moe_cfgs[i].name, test_moe, NULL, NULL, (void *)&moe_cfgs[i] }
 
+/* moecc sizes the CUDA arenas with its own copy of the capacity formula
+ * (compiler/emit_util.c); the generated code computes it with ops.h's (and
+ * kernels.cuh's, held to ops.h's by make check-cuda): every shape agrees. */
+static void test_moe_capacity_compiler(void **state)
+{
+    (void)state;
+    static const double factors[] = { 0.01, 0.5, 1.0, 1.25, 1.5, 2.0, 3.3333, 8.0 };
+    int shapes = 0;
+    for (int N = 1; N <= 4096; N = N < 70 ? N + 1 : N * 3 / 2)
+        for (int E = 1; E <= 64; E = E < 10 ? E + 1 : E * 2)
+            for (int K = 1; K <= E && K <= 4; K++)
+                for (size_t f = 0; f < sizeof factors / sizeof factors[0]; f++)
+                    for (int dropless = 0; dropless <= 1; dropless++) {
+                        const int a = mc_moe_capacity(N, E, K, factors[f], dropless);
+                        const int b = moe_capacity(N, E, K, factors[f], dropless);
+                        if (a != b)
+                            fail_msg("capacity of N %d, E %d, K %d, factor %g, dropless %d: moecc %d, ops.h %d", N,
+                                     E, K, factors[f], dropless, a, b);
+                        shapes++;
+                    }
+    assert_true(shapes > 10000);
+}
+
 int main(void)
 {
 #ifdef _OPENMP
@@ -1835,6 +2410,15 @@ int main(void)
         cmocka_unit_test(test_activations),
         cmocka_unit_test(test_residual),
         cmocka_unit_test(test_patch_embed),
+        cmocka_unit_test(test_patch_embed_input),
+        cmocka_unit_test(test_conv_stem),
+        cmocka_unit_test(test_conv_adjoint),
+        cmocka_unit_test(test_transpose_rc),
+        cmocka_unit_test(test_window_permute),
+        cmocka_unit_test(test_grid_pool),
+        cmocka_unit_test(test_global_window_qkv),
+        cmocka_unit_test(test_merge2x2),
+        cmocka_unit_test(test_acc_flags),
         cmocka_unit_test(test_cls_pos),
         cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_attention),
@@ -1845,6 +2429,7 @@ int main(void)
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_softmax_xent),
         cmocka_unit_test(test_moe_route_ties),
+        cmocka_unit_test(test_moe_capacity_compiler),
         MOE_TEST(0),
         MOE_TEST(1),
         MOE_TEST(2),
@@ -1857,6 +2442,7 @@ int main(void)
         MOE_TEST(9),
         cmocka_unit_test(test_composition),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_threads_hier),
         cmocka_unit_test(test_optimizers),
     };
     return cmocka_run_group_tests(tests, NULL, print_report);
