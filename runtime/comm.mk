@@ -13,3 +13,11 @@ tests_unit_test_comm_SOURCES = tests/unit/test_comm.c
 tests_unit_test_comm_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
 tests_unit_test_comm_LDADD = libmoert.la $(CMOCKA_LIBS)
 endif
+
+# one rank of a process group, for tests/e2e/multihost.sh (hosts in network
+# namespaces)
+check_PROGRAMS += tests/tools/comm_peer
+TESTS += tests/e2e/multihost.sh
+EXTRA_DIST += tests/e2e/multihost.sh
+tests_tools_comm_peer_SOURCES = tests/tools/comm_peer.c
+tests_tools_comm_peer_LDADD = libmoert.la
