@@ -457,6 +457,16 @@ void moert_eval_init(moert_eval_iter *it, const moert_mix_source *src, int datas
     it->dataset = dataset;
 }
 
+int moert_eval_skip(moert_eval_iter *it, int n)
+{
+    if (!it || !it->src.images || n < 1)
+        return -1;
+    int64_t left = it->src.images->n - it->next;
+    int count = left < n ? (int)(left > 0 ? left : 0) : n;
+    it->next += count;
+    return count;
+}
+
 int moert_eval_next(moert_eval_iter *it, moert_batch *b)
 {
     const moert_images *im = it->src.images;

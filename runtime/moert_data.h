@@ -275,6 +275,11 @@ void moert_eval_init(moert_eval_iter *it, const moert_mix_source *src, int datas
  * a fixed-shape step can run on the whole batch and ignore label -1. */
 int moert_eval_next(moert_eval_iter *it, moert_batch *b);
 
+/* Passes over the next min(n, remaining) images without converting them,
+ * as moert_eval_next with a batch of n would (the batches another rank
+ * evaluates); returns that count (0 when done), or -1 if n < 1. */
+int moert_eval_skip(moert_eval_iter *it, int n);
+
 /* ------------------------------------------------------------------ */
 /* Background prefetch                                                 */
 /* ------------------------------------------------------------------ */

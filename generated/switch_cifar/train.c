@@ -351,15 +351,17 @@ static void evaluate(model *m, data_set *ds, moert_batch *batch, const options *
         src.images = &ds[d].test;
         moert_eval_init(&it, &src, d);
         for (;;) {
-            int count = moert_eval_next(&it, batch);
+            /* another rank's batches are only counted, not converted */
+            const bool mine = batches++ % model_world() == model_rank();
+            int count = mine ? moert_eval_next(&it, batch) : moert_eval_skip(&it, batch->capacity);
             if (count <= 0 || (o->max_eval > 0 && r->total[d] >= o->max_eval))
                 break;
             if (o->max_eval > 0 && r->total[d] + count > o->max_eval)
                 count = (int)(o->max_eval - r->total[d]);
             r->total[d] += count;
             n_all += count;
-            if (batches++ % model_world() != model_rank())
-                continue; /* another rank's */
+            if (!mine)
+                continue;
             const float *logits = model_eval(m, batch->x, batch->dataset, count);
             const int C = DATASET_CLASSES[d];
             for (int b = 0; b < count; b++) {

@@ -1840,6 +1840,16 @@ static void test_eval_iter(void **state)
             assert_true(bt.x[i * 6] == 0.0f);
         }
     }
+    /* skipping a batch (another rank's) lands where reading it would */
+    moert_eval_init(&it, &src, 3);
+    assert_int_equal(moert_eval_skip(&it, 4), 4);
+    assert_int_equal(moert_eval_next(&it, &bt), 4);
+    assert_int_equal(bt.labels[0], 4 % 4 + 10);
+    assert_true(bt.x[0] == ((float)4 / 255.0f - 0.5f) / 2.0f);
+    assert_int_equal(moert_eval_skip(&it, 4), 2); /* the partial last batch */
+    assert_int_equal(moert_eval_skip(&it, 4), 0);
+    assert_int_equal(moert_eval_next(&it, &bt), 0);
+    assert_int_equal(moert_eval_skip(&it, 0), -1);
     moert_batch wrong;
     assert_int_equal(moert_batch_init(&wrong, 4, (moert_shape){1, 3, 2}, err, sizeof err), 0);
     moert_eval_init(&it, &src, 0);
