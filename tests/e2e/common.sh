@@ -71,6 +71,18 @@ gen() {
     fi
 }
 
+# gen_or_stop NAME FILE: gen, reported; the script ends (after finish) when
+# the trainer does not build
+gen_or_stop() {
+    if gen "$1" "$2"; then
+        ok "$(basename "$2") compiles and builds without warnings"
+    else
+        not_ok "$(basename "$2") compiles and builds"
+        finish
+        exit 1
+    fi
+}
+
 # torch_check LABEL: in a trainer's directory, its first step against the
 # PyTorch model of the same model (tests/tools/torch_ref.py), in fp32
 torch_check() {

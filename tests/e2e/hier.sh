@@ -11,13 +11,7 @@ if [ ! -e "$DATA/mnist" ] || [ ! -e "$DATA/digits" ]; then
     echo "1..0 # SKIP no data: run make data"
     exit 77
 fi
-if gen hier tests/e2e/hier.moe; then
-    ok "hier.moe compiles and builds without warnings"
-else
-    not_ok "hier.moe compiles and builds"
-    finish
-    exit 1
-fi
+gen_or_stop hier tests/e2e/hier.moe
 if out=$(cd "$top_srcdir" && "$MOECC" --target cuda tests/e2e/hier.moe -o "$WORK/hier_cuda" 2>&1); then
     not_ok "--target cuda refuses the window layers (it compiled)"
 elif printf '%s\n' "$out" | grep -q '^tests/e2e/hier.moe:[0-9]*:[0-9]*: error: the CUDA backend does not generate conv_stem yet'; then

@@ -8,13 +8,7 @@ if [ ! -e "$DATA/mnist" ] || [ ! -e "$DATA/digits" ]; then
     echo "1..0 # SKIP no data: run make data"
     exit 77
 fi
-if gen routers tests/e2e/routers.moe; then
-    ok "routers.moe compiles and builds without warnings"
-else
-    not_ok "routers.moe compiles and builds"
-    finish
-    exit 1
-fi
+gen_or_stop routers tests/e2e/routers.moe
 cd "$WORK/routers" || exit 1
 if ./train --data "$DATA" --eval-every 0 -q > run.log 2>&1 &&
     awk '/mnist / && /%/ { gsub("%", "", $2); exit !($2 > 80) }' run.log; then
