@@ -1433,7 +1433,11 @@ static void do_layer(sema *s, const mc_stmt *st)
             if (gq)
                 linear(op, "global_query", dim, dim, true);
             int64_t wt = (int64_t)window * window;
-            op->flops = 2.0 * T * dim * (gq ? 3 : 3) * dim + 2.0 * 2.0 * T * wt * dim;
+            /* the projections (global: keys and values of every token, the
+             * queries of one window's global tokens), then q kᵀ and att v
+             * within each window */
+            op->flops = gq ? 2.0 * T * dim * 2 * dim + 2.0 * wt * dim * dim : 2.0 * T * dim * 3 * dim;
+            op->flops += 2.0 * 2.0 * T * wt * dim;
         } else {
             op->u.attn.heads = heads;
             op->u.attn.head_dim = head_dim;
