@@ -83,6 +83,21 @@ gen_or_stop() {
     fi
 }
 
+# learns_mnist LABEL [ARGS...]: in a trainer's directory, ./train ARGS...
+# (the .moe file's steps unless ARGS say) must reach above 80% on the MNIST
+# test split
+learns_mnist() {
+    l_label=$1
+    shift
+    if ./train --data "$DATA" --eval-every 0 -q "$@" > run.log 2>&1 &&
+        awk '/mnist / && /%/ { gsub("%", "", $2); exit !($2 > 80) }' run.log; then
+        ok "$l_label learns MNIST: $(grep -m 1 'mnist  ' run.log | sed 's/  */ /g')"
+    else
+        cat run.log
+        not_ok "$l_label learns MNIST (above 80%${*:+ with $*})"
+    fi
+}
+
 # torch_check LABEL: in a trainer's directory, its first step against the
 # PyTorch model of the same model (tests/tools/torch_ref.py), in fp32
 torch_check() {

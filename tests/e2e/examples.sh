@@ -39,13 +39,7 @@ fi
 # with PyTorch (the soft router with its temperature, the importance loss)
 if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
     cd "$WORK/soft_moe_mnist" || exit 1
-    if ./train --data "$DATA" --steps 150 --eval-every 0 -q > run.log 2>&1 &&
-        awk '/mnist / && /%/ { gsub("%", "", $2); exit !($2 > 80) }' run.log; then
-        ok "soft_moe_mnist learns MNIST: $(grep -m 1 'mnist  ' run.log | sed 's/  */ /g')"
-    else
-        cat run.log
-        not_ok "soft_moe_mnist learns MNIST (above 80% after 150 steps)"
-    fi
+    learns_mnist soft_moe_mnist --steps 150
     torch_check soft_moe_mnist
     cd "$WORK" || exit 1
 fi

@@ -27,12 +27,6 @@ if grep -q '"op": "window_attention".*"global_query": true' model.json &&
 else
     not_ok "the generated code has the stem, both window attentions and the merge"
 fi
-if ./train --data "$DATA" --eval-every 0 -q > run.log 2>&1 &&
-    awk '/mnist / && /%/ { gsub("%", "", $2); exit !($2 > 80) }' run.log; then
-    ok "it learns: $(grep -m 1 'mnist  ' run.log | sed 's/  */ /g')"
-else
-    cat run.log
-    not_ok "it learns (MNIST above 80% after 600 steps)"
-fi
+learns_mnist hier
 torch_check hier
 finish

@@ -10,12 +10,6 @@ if [ ! -e "$DATA/mnist" ] || [ ! -e "$DATA/digits" ]; then
 fi
 gen_or_stop routers tests/e2e/routers.moe
 cd "$WORK/routers" || exit 1
-if ./train --data "$DATA" --eval-every 0 -q > run.log 2>&1 &&
-    awk '/mnist / && /%/ { gsub("%", "", $2); exit !($2 > 80) }' run.log; then
-    ok "it learns: $(grep -m 1 'mnist  ' run.log | sed 's/  */ /g')"
-else
-    cat run.log
-    not_ok "it learns (MNIST above 80% after 600 steps)"
-fi
+learns_mnist routers
 torch_check routers
 finish
