@@ -760,6 +760,17 @@ list_them: {
 
 /* ---- pass 1: constants, datasets, train, parallel ---------------------------- */
 
+/* An array of n elements of `size' bytes, with room for one more: it
+ * doubles when n reaches a power of two, so that n appends copy O(n) bytes
+ * in all (a per-dataset head over thousands of datasets must not copy its
+ * tensors for every tensor). */
+static void *grow(void *p, int n, size_t size)
+{
+    if (n & (n - 1))
+        return p;
+    return mc_xrealloc(p, (size_t)(n ? 2 * n : 1) * size);
+}
+
 static void do_const(sema *s, const mc_stmt *st)
 {
     constant *prev = find_const(s, st->kw);
@@ -781,8 +792,7 @@ static void do_const(sema *s, const mc_stmt *st)
             expr_text(st->value));
         v.k = V_ERR;
     }
-    if ((s->nconsts & (s->nconsts - 1)) == 0) /* doubles at powers of two */
-        s->consts = mc_xrealloc(s->consts, (size_t)(s->nconsts ? 2 * s->nconsts : 1) * sizeof *s->consts);
+    s->consts = grow(s->consts, s->nconsts, sizeof *s->consts);
     constant *c = &s->consts[s->nconsts++];
     c->name = st->kw;
     c->loc = st->loc;
@@ -809,8 +819,7 @@ static void do_dataset(sema *s, const mc_stmt *st)
     }
     bind b;
     bind_args(s, &b, mc_kind_find("dataset", CTX_TOP), st->args, st->loc);
-    if ((m->ndatasets & (m->ndatasets - 1)) == 0) /* doubles at powers of two */
-        m->datasets = mc_xrealloc(m->datasets, (size_t)(m->ndatasets ? 2 * m->ndatasets : 1) * sizeof *m->datasets);
+    m->datasets = grow(m->datasets, m->ndatasets, sizeof *m->datasets);
     mc_dataset *ds = &m->datasets[m->ndatasets];
     memset(ds, 0, sizeof *ds);
     ds->index = m->ndatasets++;
@@ -1073,10 +1082,7 @@ static mc_op *add_op(sema *s, mc_op_kind kind, mc_loc loc, const char *local)
 static mc_tensor *add_tensor(mc_op *op, const char *name, int ndim, const int64_t *shape,
                              mc_init init, double std)
 {
-    /* the array doubles when its count reaches a power of two (a per-dataset
-     * head over thousands of datasets must not copy it for every tensor) */
-    if ((op->ntensors & (op->ntensors - 1)) == 0)
-        op->tensors = mc_xrealloc(op->tensors, (size_t)(op->ntensors ? 2 * op->ntensors : 1) * sizeof *op->tensors);
+    op->tensors = grow(op->tensors, op->ntensors, sizeof *op->tensors);
     mc_tensor *t = &op->tensors[op->ntensors++];
     memset(t, 0, sizeof *t);
     t->name = op->prefix[0] ? fmt_name("%s.%s", op->prefix, name) : mc_xstrdup(name);
