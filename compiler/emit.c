@@ -193,10 +193,11 @@ static void gen_op(gen *g, int i)
             alloc_act(g, pre, rows * C, "convolution outputs, channels last");
             alloc_act(g, post, rows * C, "after GELU, channels last");
             if (l == 0)
-                sb_printf(f, "    conv_im2col(A(%s), %s, B, %d, %d, %d, %d, %d, 0);\n", cols, in, cin, si->h, si->w, K,
-                          op->u.conv.stride);
+                sb_printf(f, "    conv_im2col(A(%s), %s, B, %d, %d, %d, %d, %d, %d, 0);\n", cols, in, cin, si->h, si->w,
+                          K, op->u.conv.stride, K / 2);
             else
-                sb_printf(f, "    conv_im2col(A(%s), %s, B, %d, %d, %d, %d, 1, 1);\n", cols, prev, cin, OH, OW, K);
+                sb_printf(f, "    conv_im2col(A(%s), %s, B, %d, %d, %d, %d, 1, %d, 1);\n", cols, prev, cin, OH, OW, K,
+                          K / 2);
             sb_printf(f, "    linear_forward(A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", pre, cols,
                       (long long)toff(g, i, 2 * l), (long long)toff(g, i, 2 * l + 1), OH * OW, cin * K * K, C);
             sb_printf(f, "    act_forward(A(%s), A(%s), (size_t)B * %d, ACT_GELU);\n", post, pre, OH * OW * C);
@@ -216,11 +217,11 @@ static void gen_op(gen *g, int i)
                       dcols, (long long)toff(g, i, 2 * l), (long long)toff(g, i, 2 * l + 1), i, l + 1, i, l + 1,
                       (long long)toff(g, i, 2 * l), OH * OW, cin * K * K, C);
             if (l > 0)
-                sb_printf(&b, "    conv_col2im(G(GELU%d_%d), G(COLS%d_%d), B, %d, %d, %d, %d, 1, 1, 0);\n", i, l, i,
-                          l + 1, cin, OH, OW, K);
+                sb_printf(&b, "    conv_col2im(G(GELU%d_%d), G(COLS%d_%d), B, %d, %d, %d, %d, 1, %d, 1, 0);\n", i, l,
+                          i, l + 1, cin, OH, OW, K, K / 2);
             else if (dinput)
-                sb_printf(&b, "    conv_col2im(%s, G(COLS%d_1), B, %d, %d, %d, %d, %d, 0, %d);\n", din, i, cin, si->h,
-                          si->w, K, op->u.conv.stride, acc);
+                sb_printf(&b, "    conv_col2im(%s, G(COLS%d_1), B, %d, %d, %d, %d, %d, %d, 0, %d);\n", din, i, cin,
+                          si->h, si->w, K, op->u.conv.stride, K / 2, acc);
         }
         break;
     }

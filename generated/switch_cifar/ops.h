@@ -286,24 +286,6 @@ static inline void im2col_patches(float *cols, const float *img, int B, int C, i
             }
 }
 
-/* the adjoint of im2col_patches: dimg[B, C, IH, IW] (+)= the patches' rows */
-static inline void col2im_patches(float *dimg, const float *dcols, int B, int C, int IH, int IW, int P, int acc)
-{
-    const int GH = IH / P, GW = IW / P, T = GH * GW, CPP = C * P * P;
-    for (int b = 0; b < B; b++)
-        for (int gy = 0; gy < GH; gy++)
-            for (int gx = 0; gx < GW; gx++) {
-                const float *row = dcols + ((size_t)b * T + (size_t)gy * GW + gx) * CPP;
-                for (int c = 0; c < C; c++)
-                    for (int i = 0; i < P; i++) {
-                        float *dst = dimg + (((size_t)b * C + c) * IH + (size_t)gy * P + i) * IW + (size_t)gx * P;
-                        const float *src = row + ((size_t)c * P + i) * P;
-                        for (int j = 0; j < P; j++)
-                            dst[j] = acc ? dst[j] + src[j] : src[j];
-                    }
-            }
-}
-
 /* out[B, T, D] = patches @ w[D, C*P*P]^T + b */
 static inline void patch_embed_forward(float *out, float *cols, const float *img, const float *w,
                                 const float *b, int B, int C, int IH, int IW, int P, int D)
@@ -313,23 +295,14 @@ static inline void patch_embed_forward(float *out, float *cols, const float *img
     linear_forward(out, cols, w, b, B * T, C * P * P, D);
 }
 
-/* dw and db (the input image needs no gradient; patch_embed_input_backward
- * gives the gradient of an image that a convolution stem made) */
+/* dw and db (the input image needs no gradient; patch_embed_input_backward,
+ * with the convolution stem's kernels below, gives the gradient of an image
+ * that a stem made) */
 static inline void patch_embed_backward(float *dw, float *db, const float *dout, const float *cols,
                                  int B, int C, int IH, int IW, int P, int D)
 {
     const int T = (IH / P) * (IW / P);
     linear_backward(NULL, dw, db, dout, cols, NULL, B * T, C * P * P, D, 0);
-}
-
-/* dimg[B, C, IH, IW] (+)= the gradient of the image under the patches
- * (dcols: scratch, [B*T, C*P*P]) */
-static inline void patch_embed_input_backward(float *dimg, float *dcols, const float *dout, const float *w, int B,
-                                              int C, int IH, int IW, int P, int D, int acc)
-{
-    const int T = (IH / P) * (IW / P);
-    mm_nn(dcols, dout, w, B * T, D, C * P * P, 0);
-    col2im_patches(dimg, dcols, B, C, IH, IW, P, acc);
 }
 
 /* ---- class token and position embedding ---------------------------------- */
@@ -608,12 +581,15 @@ static inline void pool_backward(float *dinp, const float *dout, int B, int T, i
 
 /* ---- hierarchical models: convolution stem, windows, 2x2 token merge ------ */
 
-/* cols[B*OH*OW, C*K*K] = the K x K neighbourhoods (zero padding K/2, stride
+/* cols[B*OH*OW, C*K*K] = the K x K neighbourhoods (zero padding pad, stride
  * S) of img[B, C, H, W] (nhwc = 0) or img[B, H*W, C] (nhwc = 1), one row per
- * output position, columns in the order (c, ky, kx) of a [*, C, K, K] weight */
-static inline void conv_im2col(float *cols, const float *img, int B, int C, int H, int W, int K, int S, int nhwc)
+ * output position, columns in the order (c, ky, kx) of a [*, C, K, K] weight;
+ * OH = (H + 2 pad - K) / S + 1, OW likewise. The stem's convolutions pad by
+ * K/2; patch embedding is the case K = S = P, pad 0 (im2col_patches). */
+static inline void conv_im2col(float *cols, const float *img, int B, int C, int H, int W, int K, int S, int pad,
+                               int nhwc)
 {
-    const int OH = H / S, OW = W / S, CKK = C * K * K, pad = K / 2;
+    const int OH = (H + 2 * pad - K) / S + 1, OW = (W + 2 * pad - K) / S + 1, CKK = C * K * K;
 #pragma omp parallel for schedule(static)
     for (int bo = 0; bo < B * OH; bo++) {
         const int b = bo / OH, oy = bo % OH;
@@ -634,11 +610,11 @@ static inline void conv_im2col(float *cols, const float *img, int B, int C, int 
 }
 
 /* the adjoint: dimg (+)= the neighbourhoods' gradients dcols, summed where
- * they overlap */
-static inline void conv_col2im(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S, int nhwc,
-                               int acc)
+ * they overlap (also the adjoint of im2col_patches: K = S = P, pad 0) */
+static inline void conv_col2im(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S, int pad,
+                               int nhwc, int acc)
 {
-    const int OH = H / S, OW = W / S, CKK = C * K * K, pad = K / 2;
+    const int OH = (H + 2 * pad - K) / S + 1, OW = (W + 2 * pad - K) / S + 1, CKK = C * K * K;
     if (!acc)
         memset(dimg, 0, sizeof(float) * (size_t)B * C * H * W);
 #pragma omp parallel for schedule(static)
@@ -657,6 +633,16 @@ static inline void conv_col2im(float *dimg, const float *dcols, int B, int C, in
                             dimg[at] += row[(c * K + ky) * K + kx];
                         }
             }
+}
+
+/* dimg[B, C, IH, IW] (+)= the gradient of the image under the patches of
+ * patch_embed_forward (dcols: scratch, [B*T, C*P*P]) */
+static inline void patch_embed_input_backward(float *dimg, float *dcols, const float *dout, const float *w, int B,
+                                              int C, int IH, int IW, int P, int D, int acc)
+{
+    const int T = (IH / P) * (IW / P);
+    mm_nn(dcols, dout, w, B * T, D, C * P * P, 0);
+    conv_col2im(dimg, dcols, B, C, IH, IW, P, P, 0, 0, acc);
 }
 
 /* out[b, c, r] (+)= inp[b, r, c]: [B, R, C] to [B, C, R] (and, called with R

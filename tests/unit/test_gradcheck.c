@@ -1501,9 +1501,9 @@ static double stem_loss(void *vc)
     for (int l = 0; l < g->L; l++) {
         const int cin = stem_cin(c, l);
         if (l == 0)
-            conv_im2col(c->cols[0], c->img, g->B, cin, g->H, g->W, g->K, g->S, 0);
+            conv_im2col(c->cols[0], c->img, g->B, cin, g->H, g->W, g->K, g->S, g->K / 2, 0);
         else
-            conv_im2col(c->cols[l], c->post[l - 1], g->B, cin, c->OH, c->OW, g->K, 1, 1);
+            conv_im2col(c->cols[l], c->post[l - 1], g->B, cin, c->OH, c->OW, g->K, 1, g->K / 2, 1);
         linear_forward(c->pre[l], c->cols[l], c->w[l], c->b[l], M, cin * g->K * g->K, g->CO);
         act_forward(c->post[l], c->pre[l], (size_t)M * g->CO, ACT_GELU);
     }
@@ -1530,9 +1530,9 @@ static void stem_bwd(void *vc, double *const *gr, int acc)
         linear_backward(c->dcols[l], gr[1 + 2 * l], gr[2 + 2 * l], c->dpre[l], c->cols[l], c->w[l], M,
                         cin * g->K * g->K, g->CO, 0);
         if (l > 0)
-            conv_col2im(c->dpost[l - 1], c->dcols[l], g->B, g->CO, c->OH, c->OW, g->K, 1, 1, 0);
+            conv_col2im(c->dpost[l - 1], c->dcols[l], g->B, g->CO, c->OH, c->OW, g->K, 1, g->K / 2, 1, 0);
         else
-            conv_col2im(gr[0], c->dcols[0], g->B, g->C, g->H, g->W, g->K, g->S, 0, acc);
+            conv_col2im(gr[0], c->dcols[0], g->B, g->C, g->H, g->W, g->K, g->S, g->K / 2, 0, acc);
     }
 }
 
@@ -1706,8 +1706,8 @@ static void test_conv_adjoint(void **state)
         const int *s = shapes[k], B = s[0], C = s[1], H = s[2], W = s[3], K = s[4], S = s[5], nhwc = s[6];
         const size_t nimg = (size_t)B * C * H * W, ncols = (size_t)B * (H / S) * (W / S) * C * K * K;
         double *x = vrand(nimg, 1.0), *y = vrand(ncols, 1.0), *px = vnan(ncols), *pty = vnan(nimg);
-        conv_im2col(px, x, B, C, H, W, K, S, nhwc);
-        conv_col2im(pty, y, B, C, H, W, K, S, nhwc, 0);
+        conv_im2col(px, x, B, C, H, W, K, S, K / 2, nhwc);
+        conv_col2im(pty, y, B, C, H, W, K, S, K / 2, nhwc, 0);
         expect_adjoint(nhwc ? "conv_im2col (nhwc)" : "conv_im2col", dot(px, y, ncols), dot(x, pty, nimg));
         free(x), free(y), free(px), free(pty);
     }
@@ -1716,7 +1716,7 @@ static void test_conv_adjoint(void **state)
     const size_t n = (size_t)B * C * IH * IW;
     double *x = vrand(n, 1.0), *y = vrand(n, 1.0), *px = vnan(n), *pty = vnan(n);
     im2col_patches(px, x, B, C, IH, IW, P);
-    col2im_patches(pty, y, B, C, IH, IW, P, 0);
+    conv_col2im(pty, y, B, C, IH, IW, P, P, 0, 0, 0); /* its adjoint: a convolution without padding */
     expect_adjoint("im2col_patches", dot(px, y, n), dot(x, pty, n));
     free(x), free(y), free(px), free(pty);
 }
@@ -1869,7 +1869,7 @@ enum { AC_CONV_NCHW, AC_CONV_NHWC, AC_TRANSPOSE, AC_COL2IM_PATCHES, AC_PATCH_INP
        AC_GRID_POOL, AC_MERGE, AC_N };
 
 static const char *const ac_name[AC_N] = {
-    "conv_col2im", "conv_col2im (nhwc)", "transpose_rc", "col2im_patches", "patch_embed_input_backward",
+    "conv_col2im", "conv_col2im (nhwc)", "transpose_rc", "conv_col2im (patches)", "patch_embed_input_backward",
     "window_permute (to windows)", "window_permute (back)", "grid_pool_backward", "merge2x2_backward",
 };
 
@@ -1892,10 +1892,10 @@ static void ac_sizes(int k, size_t *nsrc, size_t *ndst)
 static void ac_run(int k, double *dst, const double *src, const double *w, double *scratch, int acc)
 {
     switch (k) {
-    case AC_CONV_NCHW: conv_col2im(dst, src, 2, 2, 6, 4, 3, 2, 0, acc); break;
-    case AC_CONV_NHWC: conv_col2im(dst, src, 2, 2, 6, 4, 3, 1, 1, acc); break;
+    case AC_CONV_NCHW: conv_col2im(dst, src, 2, 2, 6, 4, 3, 2, 1, 0, acc); break;
+    case AC_CONV_NHWC: conv_col2im(dst, src, 2, 2, 6, 4, 3, 1, 1, 1, acc); break;
     case AC_TRANSPOSE: transpose_rc(dst, src, 2, 5, 3, acc); break;
-    case AC_COL2IM_PATCHES: col2im_patches(dst, src, 2, 3, 4, 6, 2, acc); break;
+    case AC_COL2IM_PATCHES: conv_col2im(dst, src, 2, 3, 4, 6, 2, 2, 0, 0, acc); break;
     case AC_PATCH_INPUT: patch_embed_input_backward(dst, scratch, src, w, 2, 3, 4, 6, 2, 4, acc); break;
     case AC_TO_WINDOWS: window_permute(dst, src, 2, 4, 6, 2, 3, 1, acc); break;
     case AC_FROM_WINDOWS: window_permute(dst, src, 2, 4, 6, 2, 3, 0, acc); break;
@@ -2259,11 +2259,11 @@ static void test_threads_hier(void **state)
     for (int r = 0; r < 2; r++) {
         omp_set_num_threads(nthreads[r]);
         res[r][0] = vnan(nimg);
-        conv_col2im(res[r][0], cols2, B, C, H, W, K, 2, 0, 0);
+        conv_col2im(res[r][0], cols2, B, C, H, W, K, 2, K / 2, 0, 0);
         res[r][1] = vdup(junk, nimg);
-        conv_col2im(res[r][1], cols2, B, C, H, W, K, 2, 0, 1);
+        conv_col2im(res[r][1], cols2, B, C, H, W, K, 2, K / 2, 0, 1);
         res[r][2] = vdup(junk, nimg);
-        conv_col2im(res[r][2], cols1, B, C, H, W, K, 1, 1, 1);
+        conv_col2im(res[r][2], cols1, B, C, H, W, K, 1, K / 2, 1, 1);
         res[r][3] = vdup(gjunk, ngrid);
         window_permute(res[r][3], grid, GB, GH, GW, WS, D, 1, 1);
         res[r][4] = vnan(ngrid);
