@@ -78,6 +78,23 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
     return errors;
 }
 
+/* A layer norm of rows rows per sample, D wide: out from in, its means and
+ * 1/std kept in MEAN<i> and RSTD<i>; weight and bias at w and bias of the
+ * parameter arena. The forward line goes to g->fwd, the backward's to b. */
+static void gen_layernorm(gen *g, int i, sbuf *b, const char *out, const char *in, const char *din, const char *dout,
+                          int64_t w, int64_t bias, int rows, int D, double eps, int acc)
+{
+    char mean[32], rstd[32];
+    snprintf(mean, sizeof mean, "MEAN%d", i);
+    snprintf(rstd, sizeof rstd, "RSTD%d", i);
+    alloc_act(g, mean, g->m->train.batch * rows, "layer norm means");
+    alloc_act(g, rstd, g->m->train.batch * rows, "layer norm 1/std");
+    sb_printf(&g->fwd, "    layernorm_forward(%s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %d, %s);\n", out, mean,
+              rstd, in, (long long)w, (long long)bias, rows, D, flit(eps).s);
+    sb_printf(b, "    layernorm_backward(%s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d, %d);\n",
+              din, (long long)w, (long long)bias, dout, in, (long long)w, mean, rstd, rows, D, acc);
+}
+
 /* Window attention (Swin without the shift, and GCViT's global form): the
  * tokens' projections are put in window order, each window is a sequence of
  * attention_forward's, and the heads' outputs go back to grid order. The
@@ -230,26 +247,26 @@ static void gen_op(gen *g, int i)
         break;
     case OP_DOWNSAMPLE: {
         const int GH = si->gh, GW = si->gw, T4 = so->tokens, D4 = 4 * D;
-        char mrg[32], nrm[32], mean[32], rstd[32];
+        char mrg[32], nrm[32];
         snprintf(mrg, sizeof mrg, "MERGE%d", i);
         snprintf(nrm, sizeof nrm, "MNORM%d", i);
-        snprintf(mean, sizeof mean, "MEAN%d", i);
-        snprintf(rstd, sizeof rstd, "RSTD%d", i);
         alloc_act(g, mrg, BATCH * T4 * D4, "2x2 neighbourhoods, concatenated");
         alloc_act(g, nrm, BATCH * T4 * D4, "normalised");
-        alloc_act(g, mean, BATCH * T4, "layer norm means");
-        alloc_act(g, rstd, BATCH * T4, "layer norm 1/std");
-        const long long nw = toff(g, i, 0), nb = toff(g, i, 1), rw = toff(g, i, 2);
+        const long long rw = toff(g, i, 2);
+        char a_mrg[40], a_nrm[40], g_mrg[40], g_nrm[40];
+        snprintf(a_mrg, sizeof a_mrg, "A(%s)", mrg);
+        snprintf(a_nrm, sizeof a_nrm, "A(%s)", nrm);
+        snprintf(g_mrg, sizeof g_mrg, "G(%s)", mrg);
+        snprintf(g_nrm, sizeof g_nrm, "G(%s)", nrm);
         sb_printf(f, "    merge2x2_forward(A(%s), %s, B, %d, %d, %d);\n", mrg, in, GH, GW, D);
-        sb_printf(f, "    layernorm_forward(A(%s), A(%s), A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, 1e-05f);\n",
-                  nrm, mean, rstd, mrg, nw, nb, T4, D4);
+        /* the norm's backward lines come after the reduction's (below) */
+        sbuf nb = { 0 };
+        gen_layernorm(g, i, &nb, a_nrm, a_mrg, g_mrg, g_nrm, toff(g, i, 0), toff(g, i, 1), T4, D4, 1e-5, 0);
         sb_printf(f, "    linear_forward(%s, A(%s), P(%lldL), NULL, B * %d, %d, %d);\n", out, nrm, rw, T4, D4, so->dim);
         sb_printf(&b, "    linear_backward(G(%s), DP(%lldL), NULL, %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", nrm, rw,
                   dout, nrm, rw, T4, D4, so->dim);
-        sb_printf(&b,
-                  "    layernorm_backward(G(%s), DP(%lldL), DP(%lldL), G(%s), A(%s), P(%lldL), A(%s), A(%s), B * %d, %d, "
-                  "0);\n",
-                  mrg, nw, nb, nrm, mrg, nw, mean, rstd, T4, D4);
+        sb_printf(&b, "%s", nb.s ? nb.s : "");
+        sb_free(&nb);
         sb_printf(&b, "    merge2x2_backward(%s, G(%s), B, %d, %d, %d, %d);\n", din, mrg, GH, GW, D, acc);
         break;
     }
@@ -271,19 +288,9 @@ static void gen_op(gen *g, int i)
             sb_printf(&b, "    pos_embed_backward(%s, NULL, %s, B, %d, %d, %d);\n", din, dout, T, D, acc);
         }
         break;
-    case OP_LAYERNORM: {
-        char mean[32], rstd[32];
-        snprintf(mean, sizeof mean, "MEAN%d", i);
-        snprintf(rstd, sizeof rstd, "RSTD%d", i);
-        alloc_act(g, mean, BATCH * T, "layer norm means");
-        alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
-        sb_printf(f, "    layernorm_forward(%s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %d, %s);\n", out, mean,
-                  rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, D, flit(op->u.ln.eps).s);
-        sb_printf(&b, "    layernorm_backward(%s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d, %d);\n",
-                  din, (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), mean,
-                  rstd, T, D, acc);
+    case OP_LAYERNORM:
+        gen_layernorm(g, i, &b, out, in, din, dout, toff(g, i, 0), toff(g, i, 1), T, D, op->u.ln.eps, acc);
         break;
-    }
     case OP_ATTENTION: {
         const int NH = op->u.attn.heads;
         const bool qb = op->u.attn.qkv_bias;
