@@ -145,29 +145,25 @@ for cfg in $configs; do
 done
 wait
 
-# check_loss NAME N: the loss of step 50 of $work/NAME on N GPUs, fp32
+# check_loss NAME N: loss = the loss of step 50 of $work/NAME on N GPUs
+# (N = 1 too), fp32 (not called in $(...), so that each run takes a port of
+# its own from ranks.sh)
 check_loss() {
     ranks "$work/$1" "$2" --data "$work/data" --steps 50 --precision fp32 --log-every 50 --eval-every 0 \
         --max-eval 1 -q --metrics check.jsonl --checkpoint check.safetensors > "$work/$1.run.log" || {
         cat "$work/$1.run.log" >&2
         return 1
     }
-    "$PY" -c 'import json,sys; print([r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][-1]["loss"])' \
-        "$work/$1/check.jsonl"
+    loss=$("$PY" -c 'import json,sys; print([r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][-1]["loss"])' \
+        "$work/$1/check.jsonl")
 }
 
 for cfg in $configs; do
     one=$(ips_of "$work/$cfg.bf16.txt")
     experts=$(experts_of $cfg)
+    # the 1-GPU reference, started as one rank (the 1-GPU trainer takes it)
     ref=
-    if built "$cfg.n1.check" && (cd "$work/$cfg.n1.check" && ./train --data "$work/data" --steps 50 \
-        --precision fp32 --log-every 50 --eval-every 0 --max-eval 1 -q --metrics check.jsonl \
-        --checkpoint check.safetensors > run.log 2>&1); then
-        ref=$("$PY" -c 'import json,sys; print([r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][-1]["loss"])' \
-            "$work/$cfg.n1.check/check.jsonl")
-    else
-        cat "$work/$cfg.n1.check/run.log" 2> /dev/null
-    fi
+    built "$cfg.n1.check" && check_loss "$cfg.n1.check" 1 && ref=$loss
     for n in $counts; do
         for scaling in weak strong expert-weak expert-strong; do
             name=$cfg.n$n.$scaling
@@ -209,7 +205,7 @@ for cfg in $configs; do
             [ $kind = expert-check ] && par="parallel(data = $n, expert = $n)"
             if [ -z "$ref" ]; then
                 echo "[$n GPUs, $par, fp32, dropless] $cfg: no 1-GPU loss to compare with" | tee -a "$out"
-            elif built "$name" && loss=$(check_loss "$name" "$n"); then
+            elif built "$name" && check_loss "$name" "$n"; then
                 echo "[$n GPUs, $par, fp32, dropless] $cfg: loss after 50 steps $loss, 1 GPU $ref, relative difference $(awk -v a="$loss" -v b="$ref" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; printf "%.2e", d }')" |
                     tee -a "$out"
             else
