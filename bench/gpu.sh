@@ -21,6 +21,9 @@
 # trainer in bf16, no fp32, no loader, no PyTorch).
 set -u
 : "${top_srcdir:=.}" "${top_builddir:=.}" "${MOECC:=$top_builddir/moecc}"
+# the script changes directory: every path it is given becomes absolute
+top_srcdir=$(cd "$top_srcdir" && pwd) && top_builddir=$(cd "$top_builddir" && pwd) || exit 1
+case $MOECC in /*) ;; */*) MOECC=$(pwd)/$MOECC ;; esac
 PY=${PYTHON_TORCH:-python3}
 STEPS=${BENCH_STEPS:-30}
 out=${BENCH_OUT:-bench-gpu.txt}
