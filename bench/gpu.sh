@@ -200,6 +200,18 @@ for cfg in $configs; do
             esac
             echo "[$n GPUs, $par, ${scaling#expert-} scaling, global batch $global] $line; $eff% of $n x the 1-GPU $one images/s$extra" |
                 tee -a "$out"
+            if [ $scaling = expert-weak ]; then
+                # the same trainer with the exchange in one piece per layer,
+                # on the compute stream: what the overlap gives
+                export MOECC_EP_OVERLAP=0
+                ranks "$work/$name" "$n" --bench --steps $((STEPS + 2)) || exit 1
+                unset MOECC_EP_OVERLAP
+                line=$(grep '^moecc' "$work/$name/rank0.log") || exit 1
+                sips=$(echo "$line" | sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p')
+                echo "[$n GPUs, $par, weak scaling, MOECC_EP_OVERLAP=0] $line; $(awk -v a="$sips" -v b="$one" -v n="$n" \
+                    -v o="$ips" -v g="$global" 'BEGIN { printf "%.1f%% of %d x the 1-GPU images/s; overlapping the exchange saves %.2f ms per step", 100 * a / (n * b), n, 1000 * g / a - 1000 * g / o }')" |
+                    tee -a "$out"
+            fi
         done
         for kind in check expert-check; do
             name=$cfg.n$n.$kind

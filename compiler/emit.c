@@ -686,6 +686,8 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "/* the totals since the last call (then zeroed) */\nvoid model_totals(model *m, step_totals *t);\n");
     sb_printf(h, "/* the largest batch model_eval takes */\nint model_eval_batch(void);\n");
     sb_printf(h, "/* the device memory the backend holds (0 on the CPU) */\nint64_t model_device_bytes(void);\n");
+    sb_printf(h, "/* before an evaluation's model_eval calls, by every process (expert\n"
+                 " * parallelism: each GPU gathers every expert's weights) */\nvoid model_eval_begin(model *m);\n");
     sb_printf(h, "/* the logits [B, N_CLASSES] on the host, valid until the next call */\n");
     sb_printf(h, "const float *model_eval(model *m, const float *x, const int32_t *dataset, int B);\n");
     sb_printf(h, "/* routing statistics: zeroed, and brought to m->stats, m->load, m->ds_expert, m->aux\n"
@@ -710,7 +712,8 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "\n#ifdef __CUDACC__\n/* ---- the CUDA model (model.cu), driven by backend.cu ---- */\n");
     sb_printf(h, "struct kctx;          /* kernels.cuh: stream, cuBLAS handle, scratch */\n"
                  "struct step_scalars;  /* kernels.cuh: learning rate and step, read on the device */\n");
-    sb_printf(h, "typedef struct dev_model {\n    float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */\n"
+    sb_printf(h, "typedef struct dev_model {\n    float *param, *grad, *opt_m, *opt_v; /* DEV_LAYOUT.params each */\n"
+                 "    float *param_full;     /* expert parallelism, evaluation: every expert's weights (PF) */\n"
                  "    float *act;            /* DEV_LAYOUT.act_floats */\n    float *dact;           /* DEV_LAYOUT.grad_floats */\n"
                  "    int *iact;             /* DEV_LAYOUT.int_slots */\n"
                  "    double *dacc;          /* the step's sums: [0] cross-entropy, [1] auxiliary, [2] gradient norm */\n"
@@ -727,11 +730,14 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "     * the processes (backend.cu) */\n"
                  "    void (*grad_ready)(const struct kctx *k, struct dev_model *d, int64_t lo, int64_t hi);\n"
                  "    void *comm;\n} dev_model;\n\n");
-    sb_printf(h, "typedef struct dev_layout {\n    int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;\n"
+    sb_printf(h, "typedef struct dev_layout {\n"
+                 "    int64_t params;        /* the parameter arena: N_PARAMS, less under expert parallelism */\n"
+                 "    int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;\n"
                  "    int eval_batch;        /* the largest batch the arenas hold dropless */\n"
                  "    int64_t logits, dlogits, xent; /* offsets in act, dact, act */\n    int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], "
                  "aux[N_MOE_SLOTS];\n} dev_layout;\n");
     sb_printf(h, "extern const dev_layout DEV_LAYOUT;\n");
+    sb_printf(h, "extern const int64_t DEV_TENSOR_OFF[N_TENSORS];\n");
     sb_printf(h, "void dev_init_tables(const struct kctx *k, dev_model *d);\n");
     sb_printf(h, "void dev_forward(const struct kctx *k, dev_model *d, int B, int train);\n");
     sb_printf(h, "void dev_backward(const struct kctx *k, dev_model *d, int B);\n#endif\n");
@@ -1037,7 +1043,7 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
     /* ops.h and the CPU backend are in every directory, the CUDA sources unless --target cpu */
     const bool cuda = o->target != MC_TARGET_CPU;
     gen g;
-    gen_init(&g, m);
+    gen_init(&g, m, 1);
     for (int i = 0; i < m->nops; i++)
         gen_op(&g, i);
     sbuf h = { 0 }, c = { 0 }, j = { 0 }, cu = { 0 };
@@ -1049,11 +1055,12 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
     rc |= rc ? 0 : write_file(o->outdir, "model.c", c.s, c.len, errbuf, errlen);
     rc |= rc ? 0 : write_file(o->outdir, "model.json", j.s, j.len, errbuf, errlen);
     if (cuda) {
-        /* each GPU's arenas hold its share of the batch */
+        /* each GPU's arenas hold its share of the batch, and of the experts
+         * under expert parallelism */
         mc_model local = *m;
         local.train.batch = m->train.batch / m->parallel.data;
         gen gc;
-        gen_init(&gc, &local);
+        gen_init(&gc, &local, m->parallel.expert);
         emit_model_cu(&cu, &gc, o);
         rc |= rc ? 0 : write_file(o->outdir, "model.cu", cu.s, cu.len, errbuf, errlen);
         gen_free(&gc);

@@ -417,14 +417,10 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (ds)
             sb_printf(f, "        moe_target(k, IA(%s), dataset, d->maps + %d, N, %d);\n", in_[7], j * ND, T);
         /* expert parallelism (training): the rows of this GPU's experts,
-         * from every GPU of its group, and their gradients */
+         * from every GPU of its group, and their gradients; the arena holds
+         * only this GPU's experts (w1 ... b2 are their offsets there) */
         const int EP = m->parallel.expert;
-        char xr[32], yr[32], e0[48];
-        /* this GPU's first expert */
-        if (EP > 1)
-            snprintf(e0, sizeof e0, "d->erank * %d", E / EP);
-        else
-            snprintf(e0, sizeof e0, "0");
+        char xr[32], yr[32];
         snprintf(xr, sizeof xr, "%s", nm[8]);
         snprintf(yr, sizeof yr, "%s", nm[11]);
         if (EP > 1) {
@@ -437,18 +433,22 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         }
         sb_printf(f,
                   "        moe_experts_forward<%d, %d, %d, %d, %s, %d>(k, %s, A(%s), A(%s), A(%s), A(%s), A(%s), A(%s), %s, "
-                  "&r,\n%s                                              P(%lldL), P(%lldL), P(%lldL), P(%lldL), N, cap, "
-                  "%s);\n",
+                  "&r,\n%s                                              P(%lldL), P(%lldL), P(%lldL), P(%lldL), N, cap);\n",
                   D, H, E, K, act_code(x->act), EP, out, nm[8], xr, nm[9], nm[10], yr, nm[11], in, EP > 1 ? "    " : "",
-                  (long long)w1, (long long)b1, (long long)w2, (long long)b2, e0);
-        if (EP > 1)
+                  (long long)w1, (long long)b1, (long long)w2, (long long)b2);
+        if (EP > 1) {
+            /* evaluation: this GPU alone, with every expert's weights
+             * gathered from the group (backend.cu, model_eval_begin) at
+             * their offsets in the checkpoint's layout */
             sb_printf(f,
-                      "        else /* evaluation: this GPU alone with every expert (each GPU holds all the weights) */\n"
+                      "        else /* evaluation: this GPU alone with every expert (model_eval_begin gathered them) */\n"
                       "            moe_experts_forward<%d, %d, %d, %d, %s, 1>(k, %s, A(%s), A(%s), A(%s), A(%s), A(%s), "
-                      "A(%s), %s, &r,\n                                                  P(%lldL), P(%lldL), P(%lldL), "
-                      "P(%lldL), N, cap, 0);\n",
+                      "A(%s), %s, &r,\n                                                  PF(%lldL), PF(%lldL), PF(%lldL), "
+                      "PF(%lldL), N, cap);\n",
                       D, H, E, K, act_code(x->act), out, nm[8], nm[8], nm[9], nm[10], nm[11], nm[11], in,
-                      (long long)w1, (long long)b1, (long long)w2, (long long)b2);
+                      (long long)toff_whole(g, i, nr), (long long)toff_whole(g, i, nr + 1),
+                      (long long)toff_whole(g, i, nr + 2), (long long)toff_whole(g, i, nr + 3));
+        }
         sb_printf(f,
                   "        moe_aux_losses<%d, %d>(k, A(%s), d->dacc + %lld, d->dacc + %d, d->stats + %lld, d->dacc + %lld, "
                   "&r, %s,\n                              dataset, %s, %s, %s, %s, N, %d, %d, train);\n    }\n",
@@ -468,10 +468,10 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   "        moe_experts_backward<%d, %d, %d, %d, %s, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
                   "%s,\n                                               A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "
                   "P(%lldL), DP(%lldL), DP(%lldL),\n                                               DP(%lldL), DP(%lldL), "
-                  "N, cap, %s, %d);\n",
+                  "N, cap, %d);\n",
                   D, H, E, K, act_code(x->act), EP, din, nm[4], nm[11], yr, nm[9], xr, nm[8], dout, xr, nm[9], nm[10],
                   nm[11], (long long)w1, (long long)w2, (long long)w1, (long long)b1, (long long)w2, (long long)b2,
-                  e0, acc);
+                  acc);
         sb_printf(&b,
                   "        moe_router_backward<%d, %d>(k, G(%s), G(%s), &r, %s, d->dacc + %lld, N, %d, %s, %s, %s, %s);\n",
                   E, K, nm[0], nm[4], target, (long long)p->sums[j], x->normalize_gates ? 1 : 0,
@@ -603,6 +603,10 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
                  " * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */\n");
     sb_printf(c, "#define A(off) (d->act + (off))\n#define G(name) (d->dact + name##_G)\n");
     sb_printf(c, "#define P(off) (d->param + (off))\n#define DP(off) (d->grad + (off))\n");
+    if (m->parallel.expert > 1)
+        sb_printf(c, "/* expert parallelism: the arena holds this GPU's experts alone (P's offsets\n"
+                     " * are DEV_TENSOR_OFF's); in evaluation, every expert's weights, gathered at\n"
+                     " * their offsets of the whole layout (TENSORS') */\n#define PF(off) (d->param_full + (off))\n");
     sb_printf(c, "#define IA(off) (d->iact + (off))\n\n");
     sb_printf(c, "/* ---- the activation arena, laid out for BATCH (offsets in elements) ---- */\n");
     sb_printf(c, "%s\n", g->defs.s ? g->defs.s : "");
@@ -610,9 +614,16 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
                  " * each op's backward reuses for the gradients of its insides ---- */\n");
     sb_printf(c, "%s#define GSCRATCH %lldL\n\n", p.gdefs.s ? p.gdefs.s : "", (long long)p.grad);
     emit_tables(c, g);
+    sb_printf(c, "/* each tensor's offset in this GPU's parameter arena%s */\nconst int64_t DEV_TENSOR_OFF[N_TENSORS] = {",
+              m->parallel.expert > 1 ? " (of its experts alone, for the experts' tensors)" : " (as in TENSORS)");
+    int nt = 0;
+    for (int i = 0; i < m->nops; i++)
+        for (int t = 0; t < m->ops[i].ntensors; t++, nt++)
+            sb_printf(c, "%s%s%lldL", nt ? "," : "", nt % 8 == 0 ? "\n    " : " ", (long long)toff(g, i, t));
+    sb_printf(c, "\n};\n");
 
     /* the layout backend.cu allocates */
-    sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n");
+    sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n    %lldL, /* params */\n", (long long)g->params);
     sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* grad_floats */\n    %lldL, /* int_slots */\n",
               (long long)g->act_floats, (long long)(p.grad + p.scr_max), (long long)(g->int_slots ? g->int_slots : 16));
     sb_printf(c, "    %lldL, /* dacc: doubles */\n    %lldL, /* stats: u64 */\n", (long long)p.dacc,
@@ -676,7 +687,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
      * backward pass is done with it - the parameters lie in op order and the
      * backward runs the ops in reverse - in buckets of at least
      * parallel(bucket_mib), overlapped with the rest of the backward */
-    int64_t pending = m->params; /* gradients [lo, pending) are final */
+    int64_t pending = g->params; /* gradients [lo, pending) are final */
     int64_t bucket = (int64_t)(m->parallel.bucket_mib * 1048576.0 / sizeof(float));
     if (bucket < 1)
         bucket = 1;

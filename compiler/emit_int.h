@@ -23,6 +23,9 @@ typedef struct gen {
     const mc_model *m;
     int64_t act_floats;   /* float slots of the activation arena (compiled batch) */
     int64_t int_slots;    /* int32 slots (routing) */
+    int shard;            /* expert tensors hold 1/shard of their experts (the
+                           * CUDA arena under expert parallelism), else 1 */
+    int64_t params;       /* floats of the parameter arena so laid out */
     int64_t *param_off;   /* per op: offset of its first tensor */
     int *value;           /* per op: the value (op index) of its output */
     int *input;           /* per op: the value of its (main) input; -1: the image */
@@ -35,11 +38,15 @@ typedef struct gen {
     int *moe_index;       /* per op: its MoE layer number, or -1 */
 } gen;
 
-void gen_init(gen *g, const mc_model *m);
+/* shard: the expert-parallel degree of the parameter arena being laid out
+ * (1: every tensor whole, as in the checkpoints) */
+void gen_init(gen *g, const mc_model *m, int shard);
+int64_t tnumel(const gen *g, const mc_tensor *t); /* its floats in this arena */
 void gen_free(gen *g);
 int64_t alloc_act(gen *g, const char *name, int64_t floats, const char *what);
 void alloc_int(gen *g, const char *name, int64_t n, const char *what);
-int64_t toff(const gen *g, int i, int j);       /* tensor j of op i in the parameter arena */
+int64_t toff(const gen *g, int i, int j);       /* tensor j of op i in this parameter arena */
+int64_t toff_whole(const gen *g, int i, int j); /* ... in the whole one, as in checkpoints */
 int tokens_of(const mc_shape *s);
 const char *act_code(mc_act a);
 /* Tutel's capacity at compile time: moe_capacity of templates/cpu/ops.h

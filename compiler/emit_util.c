@@ -51,12 +51,29 @@ void alloc_int(gen *g, const char *name, int64_t n, const char *what)
     sb_printf(&g->defs, "#define %-16s %12lldL /* int32 %s */\n", name, (long long)off, what);
 }
 
+int64_t tnumel(const gen *g, const mc_tensor *t)
+{
+    return t->expert ? t->numel / g->shard : t->numel;
+}
+
+/* the offset of tensor j of op i in the whole (checkpoint's) layout */
+int64_t toff_whole(const gen *g, int i, int j)
+{
+    int64_t off = 0;
+    for (int q = 0; q < i; q++)
+        for (int k = 0; k < g->m->ops[q].ntensors; k++)
+            off += g->m->ops[q].tensors[k].numel;
+    for (int k = 0; k < j; k++)
+        off += g->m->ops[i].tensors[k].numel;
+    return off;
+}
+
 /* the offset of tensor j of op i in the parameter arena */
 int64_t toff(const gen *g, int i, int j)
 {
     int64_t off = g->param_off[i];
     for (int k = 0; k < j; k++)
-        off += g->m->ops[i].tensors[k].numel;
+        off += tnumel(g, &g->m->ops[i].tensors[k]);
     return off;
 }
 
@@ -196,10 +213,11 @@ void header_comment(sbuf *b, const mc_model *m, const char *file, const char *wh
               file, what, o->moecc_version, m->source_path);
 }
 
-void gen_init(gen *g, const mc_model *m)
+void gen_init(gen *g, const mc_model *m, int shard)
 {
     memset(g, 0, sizeof *g);
     g->m = m;
+    g->shard = shard > 0 ? shard : 1;
     size_t n = (size_t)m->nops;
     g->param_off = mc_xcalloc(n, sizeof *g->param_off);
     g->value = mc_xcalloc(n, sizeof *g->value);
@@ -212,9 +230,10 @@ void gen_init(gen *g, const mc_model *m)
     for (int i = 0; i < m->nops; i++) {
         g->param_off[i] = off;
         for (int j = 0; j < m->ops[i].ntensors; j++)
-            off += m->ops[i].tensors[j].numel;
+            off += tnumel(g, &m->ops[i].tensors[j]);
         g->moe_index[i] = m->ops[i].kind == OP_MOE ? g->nmoe++ : -1;
     }
+    g->params = off;
     plan_values(g);
 }
 

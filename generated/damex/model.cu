@@ -275,8 +275,20 @@ static const int MOE1_MAP[N_DATASETS] = { 0, 1, 2 };
 /* the offsets of each dataset's head */
 static const int64_t HEAD_W[N_DATASETS] = { 803072L, 804362L, 805652L };
 static const int64_t HEAD_B[N_DATASETS] = { 804352L, 805642L, 806932L };
+/* each tensor's offset in this GPU's parameter arena (as in TENSORS) */
+const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
+    0L, 6272L, 6400L, 8448L, 8576L, 8704L, 57856L, 58240L,
+    74624L, 74752L, 74880L, 75008L, 107776L, 108032L, 140800L, 140928L,
+    141056L, 141184L, 190336L, 190720L, 207104L, 207232L, 207360L, 207488L,
+    207872L, 306176L, 306944L, 405248L, 405632L, 405760L, 405888L, 455040L,
+    455424L, 471808L, 471936L, 472064L, 472192L, 504960L, 505216L, 537984L,
+    538112L, 538240L, 538368L, 587520L, 587904L, 604288L, 604416L, 604544L,
+    604672L, 605056L, 703360L, 704128L, 802432L, 802816L, 802944L, 803072L,
+    804352L, 804362L, 805642L, 805652L, 806932L
+};
 
 const dev_layout DEV_LAYOUT = {
+    806942L, /* params */
     18028448L, /* act_floats */
     8413952L, /* grad_floats */
     30816L, /* int_slots */
@@ -353,7 +365,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route<3, 1>(k, &r, A(LOGITS17), N, cap, 1, 1);
         moe_target(k, IA(TARGET17), dataset, d->maps + 0, N, 16);
         moe_experts_forward<128, 256, 3, 1, ACT_GELU, 1>(k, A(V17), A(XE17), A(XE17), A(HE17), A(AE17), A(YE17), A(YE17), A(V16), &r,
-                                              P(207872L), P(306176L), P(306944L), P(405248L), N, cap, 0);
+                                              P(207872L), P(306176L), P(306944L), P(405248L), N, cap);
         moe_aux_losses<3, 1>(k, A(AUX17), d->dacc + 4, d->dacc + 1, d->stats + 0, d->dacc + 3, &r, IA(TARGET17),
                               dataset, 0.01f, 0.0f, 0.1f, 0.0f, N, 16, 3, train);
     }
@@ -400,7 +412,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route<3, 1>(k, &r, A(LOGITS33), N, cap, 1, 1);
         moe_target(k, IA(TARGET33), dataset, d->maps + 3, N, 16);
         moe_experts_forward<128, 256, 3, 1, ACT_GELU, 1>(k, A(V33), A(XE33), A(XE33), A(HE33), A(AE33), A(YE33), A(YE33), A(V32), &r,
-                                              P(605056L), P(703360L), P(704128L), P(802432L), N, cap, 0);
+                                              P(605056L), P(703360L), P(704128L), P(802432L), N, cap);
         moe_aux_losses<3, 1>(k, A(AUX33), d->dacc + 11, d->dacc + 1, d->stats + 15, d->dacc + 10, &r, IA(TARGET33),
                               dataset, 0.01f, 0.0f, 0.1f, 0.0f, N, 16, 3, train);
     }
@@ -440,7 +452,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
                                                A(XE33), A(HE33), A(AE33), A(YE33), &r, P(605056L), P(704128L), DP(605056L), DP(703360L),
-                                               DP(704128L), DP(802432L), N, cap, 0, 0);
+                                               DP(704128L), DP(802432L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V32), DP(604672L), nullptr, G(LOGITS33), A(V32), P(604672L), N, 128, 3, 1);
     }
@@ -487,7 +499,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
                                                A(XE17), A(HE17), A(AE17), A(YE17), &r, P(207872L), P(306944L), DP(207872L), DP(306176L),
-                                               DP(306944L), DP(405248L), N, cap, 0, 0);
+                                               DP(306944L), DP(405248L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V16), DP(207488L), nullptr, G(LOGITS17), A(V16), P(207488L), N, 128, 3, 1);
     }

@@ -84,8 +84,14 @@ const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
     { "moe", 4, 4, 1, 0.0f, 0.0f, 0.0f, 0.01f, 0.0f, 1002 },
 };
 
+/* each tensor's offset in this GPU's parameter arena (as in TENSORS) */
+const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
+    0L, 100352L, 100480L, 100992L, 232064L, 233088L, 364160L, 364672L,
+    365952L
+};
 
 const dev_layout DEV_LAYOUT = {
+    365962L, /* params */
     273360L, /* act_floats */
     156800L, /* grad_floats */
     1264L, /* int_slots */
@@ -126,7 +132,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         linear_forward(&kg, A(LOGITS2), A(V1), P(100480L), nullptr, N, 128, 4);
         moe_route<4, 4>(k, &r, A(LOGITS2), N, cap, 1, 0);
         moe_experts_forward<128, 256, 4, 4, ACT_RELU, 1>(k, A(V2), A(XE2), A(XE2), A(HE2), A(AE2), A(YE2), A(YE2), A(V1), &r,
-                                              P(100992L), P(232064L), P(233088L), P(364160L), N, cap, 0);
+                                              P(100992L), P(232064L), P(233088L), P(364160L), N, cap);
         moe_aux_losses<4, 4>(k, A(AUX2), d->dacc + 4, d->dacc + 1, d->stats + 0, d->dacc + 3, &r, nullptr,
                               dataset, 0.0f, 0.0f, 0.0f, 0.01f, N, 1, 1, train);
     }
@@ -157,7 +163,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<128, 256, 4, 4, ACT_RELU, 1>(k, G(V1), G(GATE2), G(YE2), G(YE2), G(HE2), G(XE2), G(XE2), G(V2),
                                                A(XE2), A(HE2), A(AE2), A(YE2), &r, P(100992L), P(233088L), DP(100992L), DP(232064L),
-                                               DP(233088L), DP(364160L), N, cap, 0, 0);
+                                               DP(233088L), DP(364160L), N, cap, 0);
         moe_router_backward<4, 4>(k, G(LOGITS2), G(GATE2), &r, nullptr, d->dacc + 4, N, 1, 0.0f, 0.0f, 0.0f, 0.01f);
         linear_backward(&kg, G(V1), DP(100480L), nullptr, G(LOGITS2), A(V1), P(100480L), N, 128, 4, 1);
     }

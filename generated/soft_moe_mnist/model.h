@@ -152,6 +152,9 @@ void model_totals(model *m, step_totals *t);
 int model_eval_batch(void);
 /* the device memory the backend holds (0 on the CPU) */
 int64_t model_device_bytes(void);
+/* before an evaluation's model_eval calls, by every process (expert
+ * parallelism: each GPU gathers every expert's weights) */
+void model_eval_begin(model *m);
 /* the logits [B, N_CLASSES] on the host, valid until the next call */
 const float *model_eval(model *m, const float *x, const int32_t *dataset, int B);
 /* routing statistics: zeroed, and brought to m->stats, m->load, m->ds_expert, m->aux
@@ -185,7 +188,8 @@ void model_init_tables(model *m);
 struct kctx;          /* kernels.cuh: stream, cuBLAS handle, scratch */
 struct step_scalars;  /* kernels.cuh: learning rate and step, read on the device */
 typedef struct dev_model {
-    float *param, *grad, *opt_m, *opt_v; /* N_PARAMS each */
+    float *param, *grad, *opt_m, *opt_v; /* DEV_LAYOUT.params each */
+    float *param_full;     /* expert parallelism, evaluation: every expert's weights (PF) */
     float *act;            /* DEV_LAYOUT.act_floats */
     float *dact;           /* DEV_LAYOUT.grad_floats */
     int *iact;             /* DEV_LAYOUT.int_slots */
@@ -210,12 +214,14 @@ typedef struct dev_model {
 } dev_model;
 
 typedef struct dev_layout {
+    int64_t params;        /* the parameter arena: N_PARAMS, less under expert parallelism */
     int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;
     int eval_batch;        /* the largest batch the arenas hold dropless */
     int64_t logits, dlogits, xent; /* offsets in act, dact, act */
     int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], aux[N_MOE_SLOTS];
 } dev_layout;
 extern const dev_layout DEV_LAYOUT;
+extern const int64_t DEV_TENSOR_OFF[N_TENSORS];
 void dev_init_tables(const struct kctx *k, dev_model *d);
 void dev_forward(const struct kctx *k, dev_model *d, int B, int train);
 void dev_backward(const struct kctx *k, dev_model *d, int B);

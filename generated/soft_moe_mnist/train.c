@@ -343,6 +343,7 @@ static void evaluate(model *m, data_set *ds, moert_batch *batch, const options *
 {
     memset(r, 0, sizeof *r);
     model_stats_reset(m);
+    model_eval_begin(m);
     double loss_sum = 0.0;
     int64_t n_all = 0, batches = 0;
     for (int d = 0; d < N_DATASETS; d++) {

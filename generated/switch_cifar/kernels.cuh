@@ -82,8 +82,12 @@ typedef struct kctx {
     void (*sum_across)(const struct kctx *k, double *v, int n);
     /* expert parallelism: moves a MoE layer's rows between the p GPUs of
      * this one's group, el experts per GPU, chunk floats per (expert, GPU)
-     * (moe_exchange); NULL without */
-    void (*exchange)(const struct kctx *k, float *dst, const float *src, int64_t chunk, int el, int p, int dir);
+     * (moe_exchange): with e < 0 every expert's, in order on the stream;
+     * else local expert e's alone, on a stream of the backend's after the
+     * work so far, and returns the event that marks its end. NULL without. */
+    cudaEvent_t (*exchange)(const struct kctx *k, float *dst, const float *src, int64_t chunk, int el, int p, int dir,
+                            int e);
+    int overlap;                 /* exchange expert by expert, overlapped with their products */
     void *comm;                  /* backend.cu's state for both */
 } kctx;
 
@@ -1385,40 +1389,74 @@ static __global__ void moe_combine_kernel(float *out, const float *ye, const int
  * Dispatch sends [E, cap, *] to [E/P, P, cap, *], combine the reverse. */
 enum { EXCHANGE_DISPATCH = 0, EXCHANGE_COMBINE = 1 };
 
+/* e < 0: every expert's rows, in order on k->stream (returns NULL); else
+ * local expert e's, on the exchange stream (returns the event of its end) */
 template <int P>
-static inline void moe_exchange(const kctx *k, float *dst, const float *src, int64_t chunk, int el, int dir)
+static inline cudaEvent_t moe_exchange(const kctx *k, float *dst, const float *src, int64_t chunk, int el, int dir,
+                                       int e = -1)
 {
     if (P > 1)
-        k->exchange(k, dst, src, chunk, el, P, dir);
+        return k->exchange(k, dst, src, chunk, el, P, dir, e);
+    return nullptr;
+}
+
+/* k->stream waits for an exchange (NULL: nothing to wait for) */
+static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
+{
+    if (done)
+        CUDA_CHECK(cudaStreamWaitEvent(k->stream, done, 0));
+}
+
+/* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
+ * out [expert, rows, *]): h = x w1^T + b1, a = act(h), y = a w2^T + b2. */
+template <int D, int H, int ACT>
+static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a, const float *xr, const float *w1,
+                                   const float *b1, const float *w2, const float *b2, int rows, int e, int n)
+{
+    const int64_t r = (int64_t)e * rows;
+    xr += r * D, h += r * H, a += r * H, yr += r * D;
+    w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H, b2 += (int64_t)e * D;
+    mm_nt(k, h, xr, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
+    bias_act<ACT>(k, a, h, b1, rows, H, n);
+    mm_nt(k, yr, a, w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
+    bias_add_grouped_kernel<<<blocks_for((int64_t)n * rows * D, 256), 256, 0, k->stream>>>(yr, b2, rows, D, n);
+    LAUNCH_CHECK();
 }
 
 /* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
  * ye = a w2^T + b2 per expert, out = the gated sum. With expert parallelism
- * (P > 1): xe is dispatched to xr, this GPU's E/P experts (the first is e0)
- * run on xr's P * cap rows per expert into yr, which comes back to ye; with
- * P = 1, xr = xe, yr = ye and e0 = 0. */
+ * (P > 1): xe is dispatched to xr, this GPU's E/P experts (w1 ... b2: theirs
+ * alone) run on xr's P * cap rows per expert into yr, which comes back to
+ * ye; with P = 1, xr = xe and yr = ye. With k->overlap, the rows travel
+ * expert by expert: an expert's products start when its rows have come and
+ * its results leave while the next one's products run. */
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *xr, float *h, float *a, float *yr,
                                        float *ye, const float *x, const moe_route_buf *r, const float *w1,
-                                       const float *b1, const float *w2, const float *b2, int N, int cap, int e0)
+                                       const float *b1, const float *w2, const float *b2, int N, int cap)
 {
     static_assert(E % P == 0, "moe_experts_forward: the group's GPUs share the experts evenly");
     constexpr int EL = E / P;
     const int rows = P * cap; /* per expert of this GPU */
+    const int64_t chunk = (int64_t)cap * D;
     moe_gather_kernel<<<blocks_for((int64_t)E * cap * D, 256), 256, 0, k->stream>>>(xe, x, r->row_token, r->count, E,
                                                                                   cap, D);
     LAUNCH_CHECK();
-    moe_exchange<P>(k, xr, xe, (int64_t)cap * D, EL, EXCHANGE_DISPATCH);
-    w1 += (int64_t)e0 * H * D;
-    b1 += (int64_t)e0 * H;
-    w2 += (int64_t)e0 * D * H;
-    b2 += (int64_t)e0 * D;
-    mm_nt(k, h, xr, w1, rows, H, D, 0.0f, EL, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-    bias_act<ACT>(k, a, h, b1, rows, H, EL);
-    mm_nt(k, yr, a, w2, rows, D, H, 0.0f, EL, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
-    bias_add_grouped_kernel<<<blocks_for((int64_t)EL * rows * D, 256), 256, 0, k->stream>>>(yr, b2, rows, D, EL);
-    LAUNCH_CHECK();
-    moe_exchange<P>(k, ye, yr, (int64_t)cap * D, EL, EXCHANGE_COMBINE);
+    if (P > 1 && k->overlap) {
+        cudaEvent_t in[EL], done = nullptr;
+        for (int e = 0; e < EL; e++)
+            in[e] = moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH, e);
+        for (int e = 0; e < EL; e++) {
+            moe_exchange_wait(k, in[e]);
+            moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, w1, b1, w2, b2, rows, e, 1);
+            done = moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE, e);
+        }
+        moe_exchange_wait(k, done); /* the exchange stream runs in order */
+    } else {
+        moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH);
+        moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, w1, b1, w2, b2, rows, 0, EL);
+        moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
+    }
     moe_combine_kernel<K><<<blocks_for((int64_t)N * D, 256), 256, 0, k->stream>>>(out, ye, r->topk, r->slot, r->gate,
                                                                                 N, cap, D);
     LAUNCH_CHECK();
@@ -1477,39 +1515,71 @@ static __global__ void moe_scatter_bwd_kernel(float *dx, float *dgate, const flo
     dx[i] = acc ? dx[i] + s : s;
 }
 
+/* The FFN's backward for this GPU's experts [e, e + n), in two halves:
+ * the rows' gradients (da = dy w2 into dh, dh = da * act'(h), dx = dh w1),
+ * which the combine waits for, then the parameters' (dw2 += dy^T a, db2 +=
+ * colsum(dy), dw1 += dh^T x, db1 += colsum(dh)), which it need not. */
+template <int D, int H, int ACT>
+static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, const float *dyr, const float *h,
+                                         const float *w1, const float *w2, int rows, int e, int n)
+{
+    const int64_t r = (int64_t)e * rows;
+    dxr += r * D, dh += r * H, dyr += r * D, h += r * H;
+    w1 += (int64_t)e * H * D, w2 += (int64_t)e * D * H;
+    mm_nn(k, dh, dyr, w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
+    act_backward<ACT>(k, dh, dh, h, (int64_t)n * rows * H, 0);
+    mm_nn(k, dxr, dh, w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
+}
+
+template <int D, int H>
+static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *db1, float *dw2, float *db2,
+                                           const float *dyr, const float *dh, const float *xr, const float *a, int rows,
+                                           int e, int n)
+{
+    const int64_t r = (int64_t)e * rows;
+    dyr += r * D, dh += r * H, xr += r * D, a += r * H;
+    dw1 += (int64_t)e * H * D, db1 += (int64_t)e * H, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
+    mm_tn(k, dw2, dyr, a, D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H, (int64_t)D * H);
+    colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
+    mm_tn(k, dw1, dh, xr, H, D, rows, 1.0f, n, (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
+    colsum_add(k, db1, dh, rows, H, n, (int64_t)rows * H, H);
+}
+
 /* Backward of the experts and the combine: dgate[N, K] written, dx (+)=,
- * parameter gradients accumulated (this GPU's experts only). dye, dxe:
- * [E, cap, *] scratch; with expert parallelism dyr, dh, dxr: [E/P, P, cap, *]
- * (else dyr = dye, dxr = dxe); xr, h, a: the forward's rows of this GPU's
- * experts. */
+ * parameter gradients accumulated (w1 ... db2: this GPU's experts alone).
+ * dye, dxe: [E, cap, *] scratch; with expert parallelism dyr, dh, dxr:
+ * [E/P, P, cap, *] (else dyr = dye, dxr = dxe); xr, h, a: the forward's
+ * rows of this GPU's experts. k->overlap: as in the forward. */
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
                                         float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
                                         const float *a, const float *ye, const moe_route_buf *r, const float *w1,
                                         const float *w2, float *dw1, float *db1, float *dw2, float *db2, int N, int cap,
-                                        int e0, int acc)
+                                        int acc)
 {
     constexpr int EL = E / P;
     const int rows = P * cap;
+    const int64_t chunk = (int64_t)cap * D;
     moe_combine_bwd_kernel<<<blocks_for((int64_t)E * cap, 8), 256, 0, k->stream>>>(
         dye, dgate, dout, ye, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
     LAUNCH_CHECK();
-    moe_exchange<P>(k, dyr, dye, (int64_t)cap * D, EL, EXCHANGE_DISPATCH);
-    w1 += (int64_t)e0 * H * D;
-    w2 += (int64_t)e0 * D * H;
-    dw1 += (int64_t)e0 * H * D;
-    db1 += (int64_t)e0 * H;
-    dw2 += (int64_t)e0 * D * H;
-    db2 += (int64_t)e0 * D;
-    /* da = dyr w2 (into dh); dw2 += dyr^T a; db2 += colsum(dyr) */
-    mm_nn(k, dh, dyr, w2, rows, H, D, 0.0f, EL, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
-    mm_tn(k, dw2, dyr, a, D, H, rows, 1.0f, EL, (int64_t)rows * D, (int64_t)rows * H, (int64_t)D * H);
-    colsum_add(k, db2, dyr, rows, D, EL, (int64_t)rows * D, D);
-    act_backward<ACT>(k, dh, dh, h, (int64_t)EL * rows * H, 0);
-    mm_nn(k, dxr, dh, w1, rows, D, H, 0.0f, EL, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
-    mm_tn(k, dw1, dh, xr, H, D, rows, 1.0f, EL, (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
-    colsum_add(k, db1, dh, rows, H, EL, (int64_t)rows * H, H);
-    moe_exchange<P>(k, dxe, dxr, (int64_t)cap * D, EL, EXCHANGE_COMBINE);
+    if (P > 1 && k->overlap) {
+        cudaEvent_t in[EL], done = nullptr;
+        for (int e = 0; e < EL; e++)
+            in[e] = moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH, e);
+        for (int e = 0; e < EL; e++) {
+            moe_exchange_wait(k, in[e]);
+            moe_ffn_backward_rows<D, H, ACT>(k, dxr, dh, dyr, h, w1, w2, rows, e, 1);
+            done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
+            moe_ffn_backward_params<D, H>(k, dw1, db1, dw2, db2, dyr, dh, xr, a, rows, e, 1);
+        }
+        moe_exchange_wait(k, done);
+    } else {
+        moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
+        moe_ffn_backward_rows<D, H, ACT>(k, dxr, dh, dyr, h, w1, w2, rows, 0, EL);
+        moe_ffn_backward_params<D, H>(k, dw1, db1, dw2, db2, dyr, dh, xr, a, rows, 0, EL);
+        moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
+    }
     moe_scatter_bwd_kernel<K><<<blocks_for((int64_t)N * D, 256), 256, 0, k->stream>>>(dx, dgate, dxe, r->topk,
                                                                                     r->slot, N, cap, D, acc);
     LAUNCH_CHECK();
@@ -1828,6 +1898,58 @@ static __global__ void sumsq_final_kernel(double *norm, const double *part)
     for (int q = 0; q < NORM_BLOCKS; q++)
         t += part[q];
     norm[0] = sqrt(t);
+}
+
+/* part[blockIdx] = the sum of squares of g over the ranges runs[2 r] to
+ * runs[2 r + 1], r < nruns (the parameter arena's pieces under expert
+ * parallelism) */
+static __global__ void sumsq_runs_partial_kernel(double *part, const float *g, const int64_t *runs, int nruns)
+{
+    __shared__ double sm[32];
+    double s = 0.0;
+    for (int r = 0; r < nruns; r++)
+        for (int64_t i = runs[2 * r] + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < runs[2 * r + 1];
+             i += (int64_t)gridDim.x * blockDim.x)
+            s += (double)g[i] * g[i];
+    s = warp_sum_d(s);
+    if (threadIdx.x % 32 == 0)
+        sm[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)blockDim.x / 32; w++)
+            t += sm[w];
+        part[blockIdx.x] = t;
+    }
+}
+
+/* sum[0] = the partial sums' total */
+static __global__ void sumsq_total_kernel(double *sum, const double *part)
+{
+    if (threadIdx.x != 0)
+        return;
+    double t = 0.0;
+    for (int q = 0; q < NORM_BLOCKS; q++)
+        t += part[q];
+    sum[0] = t;
+}
+
+/* norm[0] = sqrt(a[0] + b[0]) */
+static __global__ void sqrt_sum_kernel(double *norm, const double *a, const double *b)
+{
+    if (threadIdx.x == 0)
+        norm[0] = sqrt(a[0] + b[0]);
+}
+
+/* sum[0] = the sum of squares over nruns ranges of g (runs: [lo, hi) pairs
+ * on the device; deterministic) */
+static inline void sumsq_runs(const kctx *k, double *sum, const float *g, const int64_t *runs, int nruns)
+{
+    double *part = (double *)k->red;
+    sumsq_runs_partial_kernel<<<NORM_BLOCKS, 256, 0, k->stream>>>(part, g, runs, nruns);
+    LAUNCH_CHECK();
+    sumsq_total_kernel<<<1, 32, 0, k->stream>>>(sum, part);
+    LAUNCH_CHECK();
 }
 
 /* norm[0] = |g| over n values (deterministic) */

@@ -509,8 +509,26 @@ const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
     { "blocks.7.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1081 },
 };
 
+/* each tensor's offset in this GPU's parameter arena (as in TENSORS) */
+const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
+    0L, 9216L, 9408L, 9600L, 22080L, 22272L, 22464L, 133056L,
+    133632L, 170496L, 170688L, 170880L, 171072L, 318528L, 319296L, 466752L,
+    466944L, 467136L, 467328L, 577920L, 578496L, 615360L, 615552L, 615744L,
+    615936L, 617472L, 1797120L, 1803264L, 2982912L, 2984448L, 2984640L, 2984832L,
+    3095424L, 3096000L, 3132864L, 3133056L, 3133248L, 3133440L, 3280896L, 3281664L,
+    3429120L, 3429312L, 3429504L, 3429696L, 3540288L, 3540864L, 3577728L, 3577920L,
+    3578112L, 3578304L, 3579840L, 4759488L, 4765632L, 5945280L, 5946816L, 5947008L,
+    5947200L, 6057792L, 6058368L, 6095232L, 6095424L, 6095616L, 6095808L, 6243264L,
+    6244032L, 6391488L, 6391680L, 6391872L, 6392064L, 6502656L, 6503232L, 6540096L,
+    6540288L, 6540480L, 6540672L, 6542208L, 7721856L, 7728000L, 8907648L, 8909184L,
+    8909376L, 8909568L, 9020160L, 9020736L, 9057600L, 9057792L, 9057984L, 9058176L,
+    9205632L, 9206400L, 9353856L, 9354048L, 9354240L, 9354432L, 9465024L, 9465600L,
+    9502464L, 9502656L, 9502848L, 9503040L, 9504576L, 10684224L, 10690368L, 11870016L,
+    11871552L, 11871744L, 11871936L, 11873856L
+};
 
 const dev_layout DEV_LAYOUT = {
+    11873866L, /* params */
     610250048L, /* act_floats */
     242813440L, /* grad_floats */
     500416L, /* int_slots */
@@ -591,7 +609,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         linear_forward(&kg, A(LOGITS21), A(V20), P(615936L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS21), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V21), A(XE21), A(XE21), A(HE21), A(AE21), A(YE21), A(YE21), A(V20), &r,
-                                              P(617472L), P(1797120L), P(1803264L), P(2982912L), N, cap, 0);
+                                              P(617472L), P(1797120L), P(1803264L), P(2982912L), N, cap);
         moe_aux_losses<8, 1>(k, A(AUX21), d->dacc + 4, d->dacc + 1, d->stats + 0, d->dacc + 3, &r, nullptr,
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
@@ -647,7 +665,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         linear_forward(&kg, A(LOGITS41), A(V40), P(3578304L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS41), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V41), A(XE41), A(XE41), A(HE41), A(AE41), A(YE41), A(YE41), A(V40), &r,
-                                              P(3579840L), P(4759488L), P(4765632L), P(5945280L), N, cap, 0);
+                                              P(3579840L), P(4759488L), P(4765632L), P(5945280L), N, cap);
         moe_aux_losses<8, 1>(k, A(AUX41), d->dacc + 21, d->dacc + 1, d->stats + 19, d->dacc + 20, &r, nullptr,
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
@@ -703,7 +721,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         linear_forward(&kg, A(LOGITS61), A(V60), P(6540672L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS61), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V61), A(XE61), A(XE61), A(HE61), A(AE61), A(YE61), A(YE61), A(V60), &r,
-                                              P(6542208L), P(7721856L), P(7728000L), P(8907648L), N, cap, 0);
+                                              P(6542208L), P(7721856L), P(7728000L), P(8907648L), N, cap);
         moe_aux_losses<8, 1>(k, A(AUX61), d->dacc + 38, d->dacc + 1, d->stats + 38, d->dacc + 37, &r, nullptr,
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
@@ -759,7 +777,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         linear_forward(&kg, A(LOGITS81), A(V80), P(9503040L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS81), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V81), A(XE81), A(XE81), A(HE81), A(AE81), A(YE81), A(YE81), A(V80), &r,
-                                              P(9504576L), P(10684224L), P(10690368L), P(11870016L), N, cap, 0);
+                                              P(9504576L), P(10684224L), P(10690368L), P(11870016L), N, cap);
         moe_aux_losses<8, 1>(k, A(AUX81), d->dacc + 55, d->dacc + 1, d->stats + 57, d->dacc + 54, &r, nullptr,
                               dataset, 0.01f, 0.001f, 0.0f, 0.0f, N, 65, 1, train);
     }
@@ -804,7 +822,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
                                                A(XE81), A(HE81), A(AE81), A(YE81), &r, P(9504576L), P(10690368L), DP(9504576L), DP(10684224L),
-                                               DP(10690368L), DP(11870016L), N, cap, 0, 0);
+                                               DP(10690368L), DP(11870016L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 55, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V80), DP(9503040L), nullptr, G(LOGITS81), A(V80), P(9503040L), N, 192, 8, 1);
     }
@@ -859,7 +877,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
                                                A(XE61), A(HE61), A(AE61), A(YE61), &r, P(6542208L), P(7728000L), DP(6542208L), DP(7721856L),
-                                               DP(7728000L), DP(8907648L), N, cap, 0, 0);
+                                               DP(7728000L), DP(8907648L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V60), DP(6540672L), nullptr, G(LOGITS61), A(V60), P(6540672L), N, 192, 8, 1);
     }
@@ -914,7 +932,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
                                                A(XE41), A(HE41), A(AE41), A(YE41), &r, P(3579840L), P(4765632L), DP(3579840L), DP(4759488L),
-                                               DP(4765632L), DP(5945280L), N, cap, 0, 0);
+                                               DP(4765632L), DP(5945280L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V40), DP(3578304L), nullptr, G(LOGITS41), A(V40), P(3578304L), N, 192, 8, 1);
     }
@@ -969,7 +987,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
                                                A(XE21), A(HE21), A(AE21), A(YE21), &r, P(617472L), P(1803264L), DP(617472L), DP(1797120L),
-                                               DP(1803264L), DP(2982912L), N, cap, 0, 0);
+                                               DP(1803264L), DP(2982912L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V20), DP(615936L), nullptr, G(LOGITS21), A(V20), P(615936L), N, 192, 8, 1);
     }

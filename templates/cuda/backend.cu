@@ -25,14 +25,20 @@
  * (kctx.sum_across), so that every loss is the whole batch's.
  *
  * Expert parallelism (parallel(expert = P), P > 1): runs of P consecutive
- * ranks form groups; in training each GPU computes E/P experts of every
- * MoE layer on the rows all GPUs of its group route to them, the rows
- * travelling by NCCL send/receive on a communicator of the group
- * (kctx.exchange). Every GPU keeps all the weights: the gradients of the
- * experts it does not compute are zero, so the average over all GPUs is
- * each expert's whole-batch gradient, every GPU takes the same optimizer
- * step, checkpoints are those of one GPU, and evaluation runs each GPU
- * alone over every expert. */
+ * ranks form groups; each GPU holds E/P experts of every MoE layer - their
+ * weights, gradients and optimizer state alone: the arena is laid out by
+ * DEV_TENSOR_OFF, DEV_LAYOUT.params floats - and computes them on the rows
+ * all GPUs of its group route to them, the rows travelling by NCCL
+ * send/receive on a communicator of the group (kctx.exchange). An expert's
+ * gradient on its GPU covers the whole group's tokens: it is divided by P
+ * and averaged over the GPUs that hold the same experts (one per group),
+ * which makes it the whole batch's; the dense gradients are averaged over
+ * all GPUs as in data parallelism. The gradient norm adds the group's
+ * expert parts. Checkpoints keep the whole layout (TENSORS): model_to_host
+ * gathers the experts from the group, model_to_device hands each GPU its
+ * share; evaluation runs each GPU alone, over every expert's weights
+ * gathered into the gradient arena, which evaluation does not use
+ * (model_eval_begin). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +52,10 @@
 #endif
 
 #define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+#define SHARDED (PARALLEL_EXPERT > 1) /* the arena holds this GPU's experts alone */
+/* events of the exchange stream, reused in turn: an event is waited for
+ * before 2 E/P + 2 more are recorded */
+#define XEVENTS (2 * MAX_EXPERTS + 8)
 #define IMAGE_FLOATS ((size_t)IN_C * IN_H * IN_W)
 
 /* One input buffer: pinned on the host, its copy on the device, and the
@@ -67,7 +77,7 @@ typedef struct cuda_state {
     cudaStream_t copy;
     dev_model d;
     void *blas_workspace;
-    uint8_t *decay;          /* [N_PARAMS] 1 where weight decay applies */
+    uint8_t *decay;          /* [DEV_LAYOUT.params] 1 where weight decay applies */
     float *logits_host;      /* pinned, evaluation */
     double dacc_host[3];
     unsigned long long *stats_host;
@@ -83,12 +93,35 @@ typedef struct cuda_state {
     unsigned long long *stats_sum; /* the statistics summed over the GPUs */
 #if PARALLEL_EXPERT > 1
     ncclComm_t group_comm;     /* this rank's expert-parallel group */
+    ncclComm_t replica_comm;   /* the ranks that hold the same experts, one per
+                                * group (only with several groups) */
+    int64_t (*expert_run)[2];  /* [lo, hi) of the arena's expert tensors, in order */
+    int n_expert, n_dense;
+    int64_t *expert_runs_dev, *dense_runs_dev; /* the same pairs, and the rest's, on the device */
+    double *norm_sq;           /* [2]: the dense gradients' squares, the group's experts' */
+    cudaStream_t xstream;      /* the exchanges expert by expert (kctx.overlap) */
+    cudaEvent_t xev[XEVENTS];  /* their marks, reused in turn */
+    unsigned xnext;
 #endif
 #endif
 } cuda_state;
 
 static int64_t device_bytes; /* all the backend allocates (cuBLAS's workspace included) */
 static int world_rank = 0, world_size = 1;
+
+/* tensor t in this GPU's arena: its floats there (an expert tensor: E/P
+ * experts') and where they start in the whole layout */
+static int64_t shard_floats(int t)
+{
+    return SHARDED && TENSORS[t].expert ? TENSORS[t].numel / PARALLEL_EXPERT : TENSORS[t].numel;
+}
+
+#if PARALLEL_EXPERT > 1
+static int64_t shard_from(int t)
+{
+    return TENSORS[t].offset + (TENSORS[t].expert ? (world_rank % PARALLEL_EXPERT) * shard_floats(t) : 0);
+}
+#endif
 
 int model_rank(void)
 {
@@ -128,20 +161,35 @@ static void sum_across(const kctx *k, double *v, int n)
 /* kctx.exchange: the rows of a MoE layer between the GPUs of the group
  * (kernels.cuh, moe_exchange): for each GPU q of the group and each of its
  * el experts e, chunk floats at [q * el + e] of the [E, cap, *] side and at
- * [e * p + q] of the [E/P, P, cap, *] side */
-static void exchange(const kctx *k, float *dst, const float *src, int64_t chunk, int el, int p, int dir)
+ * [e * p + q] of the [E/P, P, cap, *] side. Every expert's (only < 0) on
+ * k->stream; else local expert `only''s on the exchange stream, after the
+ * work so far on k->stream, with the event of its end returned. */
+static cudaEvent_t exchange(const kctx *k, float *dst, const float *src, int64_t chunk, int el, int p, int dir,
+                            int only)
 {
-    const cuda_state *s = (const cuda_state *)k->comm;
+    cuda_state *s = (cuda_state *)k->comm;
+    cudaStream_t stream = k->stream;
+    if (only >= 0) {
+        cudaEvent_t ready = s->xev[s->xnext++ % XEVENTS];
+        CUDA_CHECK(cudaEventRecord(ready, k->stream));
+        CUDA_CHECK(cudaStreamWaitEvent(s->xstream, ready, 0));
+        stream = s->xstream;
+    }
     NCCL_CHECK(ncclGroupStart());
     for (int q = 0; q < p; q++)
-        for (int e = 0; e < el; e++) {
+        for (int e = only < 0 ? 0 : only; e < (only < 0 ? el : only + 1); e++) {
             const int64_t routed = ((int64_t)q * el + e) * chunk, owned = ((int64_t)e * p + q) * chunk;
             const float *from = src + (dir == EXCHANGE_DISPATCH ? routed : owned);
             float *to = dst + (dir == EXCHANGE_DISPATCH ? owned : routed);
-            NCCL_CHECK(ncclSend(from, (size_t)chunk, ncclFloat, q, s->group_comm, k->stream));
-            NCCL_CHECK(ncclRecv(to, (size_t)chunk, ncclFloat, q, s->group_comm, k->stream));
+            NCCL_CHECK(ncclSend(from, (size_t)chunk, ncclFloat, q, s->group_comm, stream));
+            NCCL_CHECK(ncclRecv(to, (size_t)chunk, ncclFloat, q, s->group_comm, stream));
         }
     NCCL_CHECK(ncclGroupEnd());
+    if (only < 0)
+        return nullptr;
+    cudaEvent_t done = s->xev[s->xnext++ % XEVENTS];
+    CUDA_CHECK(cudaEventRecord(done, s->xstream));
+    return done;
 }
 #endif
 
@@ -152,8 +200,31 @@ static void grad_ready(const kctx *k, dev_model *d, int64_t lo, int64_t hi)
     const cuda_state *s = (const cuda_state *)d->comm;
     CUDA_CHECK(cudaEventRecord(s->bucket_ready, k->stream));
     CUDA_CHECK(cudaStreamWaitEvent(s->comm_stream, s->bucket_ready, 0));
-    NCCL_CHECK(ncclAllReduce(d->grad + lo, d->grad + lo, (size_t)(hi - lo), ncclFloat, ncclAvg, s->comm,
-                             s->comm_stream));
+    int64_t at = lo;
+#if PARALLEL_EXPERT > 1
+    /* the experts' pieces: this GPU's gradient of its experts is the group's
+     * P shares of the batch; divided by P and averaged over the replicas,
+     * it is the whole batch's */
+    kctx kc = *k;
+    kc.stream = s->comm_stream;
+    for (int r = 0; r < s->n_expert; r++) {
+        const int64_t a = s->expert_run[r][0] > lo ? s->expert_run[r][0] : lo;
+        const int64_t b = s->expert_run[r][1] < hi ? s->expert_run[r][1] : hi;
+        if (a >= b)
+            continue;
+        if (at < a)
+            NCCL_CHECK(ncclAllReduce(d->grad + at, d->grad + at, (size_t)(a - at), ncclFloat, ncclAvg, s->comm,
+                                     s->comm_stream));
+        scale_inplace(&kc, d->grad + a, b - a, 1.0f / PARALLEL_EXPERT);
+        if (world_size > PARALLEL_EXPERT)
+            NCCL_CHECK(ncclAllReduce(d->grad + a, d->grad + a, (size_t)(b - a), ncclFloat, ncclAvg, s->replica_comm,
+                                     s->comm_stream));
+        at = b;
+    }
+#endif
+    if (at < hi)
+        NCCL_CHECK(ncclAllReduce(d->grad + at, d->grad + at, (size_t)(hi - at), ncclFloat, ncclAvg, s->comm,
+                                 s->comm_stream));
 }
 #endif
 
@@ -161,6 +232,44 @@ int64_t model_device_bytes(void)
 {
     return device_bytes;
 }
+
+static void *dev_alloc(size_t bytes);
+
+#if PARALLEL_EXPERT > 1
+/* The arena's pieces: the expert tensors' runs [lo, hi), which grad_ready
+ * and the gradient norm treat apart, and the rest; on the host and the
+ * device. */
+static void shard_runs(cuda_state *s)
+{
+    int64_t (*run)[2] = (int64_t(*)[2])calloc(2 * (size_t)N_TENSORS + 2, sizeof *run);
+    if (!run) {
+        fprintf(stderr, "train: out of memory\n");
+        exit(1);
+    }
+    int ne = 0, nd = 0;
+    int64_t(*dense)[2] = run + N_TENSORS + 1;
+    for (int t = 0; t < N_TENSORS; t++) {
+        const int64_t lo = DEV_TENSOR_OFF[t], hi = lo + shard_floats(t);
+        int64_t(*list)[2] = TENSORS[t].expert ? run : dense;
+        int *n = TENSORS[t].expert ? &ne : &nd;
+        if (*n > 0 && list[*n - 1][1] == lo)
+            list[*n - 1][1] = hi;
+        else {
+            list[*n][0] = lo;
+            list[*n][1] = hi;
+            (*n)++;
+        }
+    }
+    s->expert_run = run;
+    s->n_expert = ne;
+    s->n_dense = nd;
+    s->expert_runs_dev = (int64_t *)dev_alloc(sizeof(int64_t) * 2 * (size_t)(ne > 0 ? ne : 1));
+    s->dense_runs_dev = (int64_t *)dev_alloc(sizeof(int64_t) * 2 * (size_t)(nd > 0 ? nd : 1));
+    CUDA_CHECK(cudaMemcpy(s->expert_runs_dev, run, sizeof(int64_t) * 2 * (size_t)ne, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(s->dense_runs_dev, dense, sizeof(int64_t) * 2 * (size_t)nd, cudaMemcpyHostToDevice));
+    s->norm_sq = (double *)dev_alloc(2 * sizeof(double));
+}
+#endif
 
 static void *dev_alloc(size_t bytes)
 {
@@ -287,12 +396,19 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     k->red = (float *)dev_alloc(sizeof(float) * (size_t)k->red_floats);
 
     dev_model *d = &s->d;
-    d->param = (float *)dev_alloc(sizeof(float) * N_PARAMS);
-    d->grad = (float *)dev_alloc(sizeof(float) * N_PARAMS);
-    d->opt_m = (float *)dev_alloc(sizeof(float) * N_PARAMS);
-    d->opt_v = (float *)dev_alloc(sizeof(float) * N_PARAMS);
+    const size_t params = (size_t)DEV_LAYOUT.params;
+    d->param = (float *)dev_alloc(sizeof(float) * params);
+    d->grad = (float *)dev_alloc(sizeof(float) * params);
+    d->opt_m = (float *)dev_alloc(sizeof(float) * params);
+    d->opt_v = (float *)dev_alloc(sizeof(float) * params);
     d->act = (float *)dev_alloc(sizeof(float) * (size_t)DEV_LAYOUT.act_floats);
-    d->dact = (float *)dev_alloc(sizeof(float) * (size_t)DEV_LAYOUT.grad_floats);
+    /* sharded experts: the gradient arena, idle between steps, also holds
+     * the whole layout for the gathers (checkpoints, evaluation) */
+    size_t dact_floats = (size_t)DEV_LAYOUT.grad_floats;
+    if (SHARDED && dact_floats < (size_t)N_PARAMS)
+        dact_floats = (size_t)N_PARAMS;
+    d->dact = (float *)dev_alloc(sizeof(float) * dact_floats);
+    d->param_full = SHARDED ? d->dact : NULL;
     d->iact = (int *)dev_alloc(sizeof(int) * (size_t)DEV_LAYOUT.int_slots);
     d->dacc = (double *)dev_alloc(sizeof(double) * (size_t)DEV_LAYOUT.dacc);
     d->stats = (unsigned long long *)dev_alloc(sizeof(unsigned long long) * (size_t)DEV_LAYOUT.stats);
@@ -324,8 +440,22 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
         /* the group's own communicator: its exchanges run on the compute
          * stream while the gradients' all-reduces run on comm_stream */
         NCCL_CHECK(ncclCommSplit(s->comm, world_rank / PARALLEL_EXPERT, world_rank, &s->group_comm, NULL));
+        if (world_size > PARALLEL_EXPERT)
+            NCCL_CHECK(ncclCommSplit(s->comm, world_rank % PARALLEL_EXPERT, world_rank, &s->replica_comm, NULL));
         k->exchange = exchange;
+        /* MOECC_EP_OVERLAP=0: one exchange of every expert's rows at a time,
+         * on the compute stream (to measure what the overlap gives) */
+        const char *ov = getenv("MOECC_EP_OVERLAP");
+        k->overlap = !(ov && strcmp(ov, "0") == 0);
+        /* the highest priority: an exchange's blocks go before the
+         * products' waiting ones, so that it runs beside them */
+        int lowest = 0, highest = 0;
+        CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+        CUDA_CHECK(cudaStreamCreateWithPriority(&s->xstream, cudaStreamNonBlocking, highest));
+        for (int i = 0; i < XEVENTS; i++)
+            CUDA_CHECK(cudaEventCreateWithFlags(&s->xev[i], cudaEventDisableTiming));
         d->erank = world_rank % PARALLEL_EXPERT;
+        shard_runs(s);
 #endif
         d->grad_ready = grad_ready;
         d->comm = s;
@@ -341,15 +471,15 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     d->sort_tmp = dev_alloc(bytes);
     s->stats_host = (unsigned long long *)calloc((size_t)DEV_LAYOUT.stats, sizeof *s->stats_host);
 
-    uint8_t *decay = (uint8_t *)calloc(N_PARAMS, 1);
+    uint8_t *decay = (uint8_t *)calloc(params, 1);
     if (!decay || !s->stats_host) {
         fprintf(stderr, "train: out of memory\n");
         exit(1);
     }
     for (int t = 0; t < N_TENSORS; t++)
-        memset(decay + TENSORS[t].offset, TENSORS[t].decay ? 1 : 0, (size_t)TENSORS[t].numel);
-    s->decay = (uint8_t *)dev_alloc(N_PARAMS);
-    CUDA_CHECK(cudaMemcpy(s->decay, decay, N_PARAMS, cudaMemcpyHostToDevice));
+        memset(decay + DEV_TENSOR_OFF[t], TENSORS[t].decay ? 1 : 0, (size_t)shard_floats(t));
+    s->decay = (uint8_t *)dev_alloc(params);
+    CUDA_CHECK(cudaMemcpy(s->decay, decay, params, cudaMemcpyHostToDevice));
     free(decay);
 
     for (int i = 0; i < 2; i++) {
@@ -415,6 +545,15 @@ void model_close(model *m)
     CUDA_CHECK(cudaStreamDestroy(s->comm_stream));
 #if PARALLEL_EXPERT > 1
     NCCL_CHECK(ncclCommDestroy(s->group_comm));
+    if (world_size > PARALLEL_EXPERT)
+        NCCL_CHECK(ncclCommDestroy(s->replica_comm));
+    CUDA_CHECK(cudaFree(s->expert_runs_dev));
+    CUDA_CHECK(cudaFree(s->dense_runs_dev));
+    CUDA_CHECK(cudaFree(s->norm_sq));
+    free(s->expert_run);
+    for (int i = 0; i < XEVENTS; i++)
+        CUDA_CHECK(cudaEventDestroy(s->xev[i]));
+    CUDA_CHECK(cudaStreamDestroy(s->xstream));
 #endif
     NCCL_CHECK(ncclCommDestroy(s->comm));
 #endif
@@ -459,10 +598,48 @@ void model_broadcast(model *m, void *buf, size_t bytes)
 #endif
 }
 
+#if PARALLEL_EXPERT > 1
+/* the whole layout of arena `dev' in `full' (N_PARAMS floats on the device):
+ * the dense tensors copied, the experts gathered from the group; every
+ * rank of the group calls it. With experts_only, the dense ones are left. */
+static void gather_whole(cuda_state *s, float *full, const float *dev, bool experts_only)
+{
+    for (int t = 0; t < N_TENSORS && !experts_only; t++)
+        if (!TENSORS[t].expert)
+            CUDA_CHECK(cudaMemcpyAsync(full + TENSORS[t].offset, dev + DEV_TENSOR_OFF[t],
+                                       sizeof(float) * (size_t)TENSORS[t].numel, cudaMemcpyDeviceToDevice,
+                                       s->k.stream));
+    /* group rank q holds experts [q E/P, (q+1) E/P): the gather's order */
+    NCCL_CHECK(ncclGroupStart());
+    for (int t = 0; t < N_TENSORS; t++)
+        if (TENSORS[t].expert)
+            NCCL_CHECK(ncclAllGather(dev + DEV_TENSOR_OFF[t], full + TENSORS[t].offset, (size_t)shard_floats(t),
+                                     ncclFloat, s->group_comm, s->k.stream));
+    NCCL_CHECK(ncclGroupEnd());
+}
+#endif
+
 /* the weights and the optimizer's state: the host's copies to the device */
 void model_to_device(model *m)
 {
     cuda_state *s = (cuda_state *)m->dev;
+#if PARALLEL_EXPERT > 1
+    /* rank 0's whole arenas to every GPU, through the gradient arena; each
+     * keeps its share */
+    float *full = s->d.param_full;
+    const float *host[] = { m->param, m->opt_m, m->opt_v };
+    float *arena[] = { s->d.param, s->d.opt_m, s->d.opt_v };
+    for (int i = 0; i < 3; i++) {
+        if (world_rank == 0)
+            CUDA_CHECK(cudaMemcpyAsync(full, host[i], sizeof(float) * N_PARAMS, cudaMemcpyHostToDevice, s->k.stream));
+        NCCL_CHECK(ncclBroadcast(full, full, (size_t)N_PARAMS, ncclFloat, 0, s->comm, s->k.stream));
+        for (int t = 0; t < N_TENSORS; t++)
+            CUDA_CHECK(cudaMemcpyAsync(arena[i] + DEV_TENSOR_OFF[t], full + shard_from(t),
+                                       sizeof(float) * (size_t)shard_floats(t), cudaMemcpyDeviceToDevice,
+                                       s->k.stream));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
+#else
     const size_t bytes = sizeof(float) * N_PARAMS;
     copy_now(s, s->d.param, m->param, bytes);
     copy_now(s, s->d.opt_m, m->opt_m, bytes);
@@ -474,17 +651,36 @@ void model_to_device(model *m)
         NCCL_CHECK(ncclBroadcast(arena[i], arena[i], (size_t)N_PARAMS, ncclFloat, 0, s->comm, s->k.stream));
     CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
 #endif
+#endif
 }
 
-/* and back, with the last step's gradients */
+/* and back, with the last step's gradients (every rank calls it: with
+ * sharded experts, every rank gets the whole arenas) */
 void model_to_host(model *m)
 {
     cuda_state *s = (cuda_state *)m->dev;
     const size_t bytes = sizeof(float) * N_PARAMS;
-    copy_now(s, m->param, s->d.param, bytes);
-    copy_now(s, m->grad, s->d.grad, bytes);
-    copy_now(s, m->opt_m, s->d.opt_m, bytes);
-    copy_now(s, m->opt_v, s->d.opt_v, bytes);
+    float *host[] = { m->param, m->grad, m->opt_m, m->opt_v };
+    const float *arena[] = { s->d.param, s->d.grad, s->d.opt_m, s->d.opt_v };
+    for (int i = 0; i < 4; i++) {
+#if PARALLEL_EXPERT > 1
+        gather_whole(s, s->d.param_full, arena[i], false);
+        copy_now(s, host[i], s->d.param_full, bytes);
+#else
+        copy_now(s, host[i], arena[i], bytes);
+#endif
+    }
+}
+
+void model_eval_begin(model *m)
+{
+#if PARALLEL_EXPERT > 1
+    /* every expert's weights, for the evaluation's forward (PF) */
+    cuda_state *s = (cuda_state *)m->dev;
+    gather_whole(s, s->d.param_full, s->d.param, true);
+#else
+    (void)m;
+#endif
 }
 
 int model_eval_batch(void)
@@ -542,7 +738,8 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
 {
     const kctx *k = &s->k;
     dev_model *d = &s->d;
-    CUDA_CHECK(cudaMemsetAsync(d->grad, 0, sizeof(float) * N_PARAMS, k->stream));
+    const int64_t params = DEV_LAYOUT.params;
+    CUDA_CHECK(cudaMemsetAsync(d->grad, 0, sizeof(float) * (size_t)params, k->stream));
     dev_forward(k, d, B, 1);
     float *logits = d->act + DEV_LAYOUT.logits, *dlogits = d->dact + DEV_LAYOUT.dlogits;
     float *xent = d->act + DEV_LAYOUT.xent;
@@ -558,16 +755,26 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
     CUDA_CHECK(cudaEventRecord(s->buckets_done, s->comm_stream));
     CUDA_CHECK(cudaStreamWaitEvent(k->stream, s->buckets_done, 0));
 #endif
-    grad_norm(k, d->dacc + 2, d->grad, N_PARAMS);
+#if PARALLEL_EXPERT > 1
+    /* |g|: the dense part is the same on every GPU, the experts' parts add
+     * up over the group */
+    sumsq_runs(k, s->norm_sq, d->grad, s->dense_runs_dev, s->n_dense);
+    sumsq_runs(k, s->norm_sq + 1, d->grad, s->expert_runs_dev, s->n_expert);
+    NCCL_CHECK(ncclAllReduce(s->norm_sq + 1, s->norm_sq + 1, 1, ncclDouble, ncclSum, s->group_comm, k->stream));
+    sqrt_sum_kernel<<<1, 32, 0, k->stream>>>(d->dacc + 2, s->norm_sq, s->norm_sq + 1);
+    LAUNCH_CHECK();
+#else
+    grad_norm(k, d->dacc + 2, d->grad, params);
+#endif
     if (!update)
         return;
-    const unsigned blocks = blocks_for(N_PARAMS, 256);
+    const unsigned blocks = blocks_for(params, 256);
     if (OPT_ADAMW)
-        adamw_kernel<<<blocks, 256, 0, k->stream>>>(d->param, d->grad, d->opt_m, d->opt_v, s->decay, N_PARAMS, d->sc,
+        adamw_kernel<<<blocks, 256, 0, k->stream>>>(d->param, d->grad, d->opt_m, d->opt_v, s->decay, params, d->sc,
                                                      d->dacc + 2, (float)CLIP_GRAD, (float)ADAM_BETA1,
                                                      (float)ADAM_BETA2, (float)ADAM_EPS, (float)WEIGHT_DECAY);
     else
-        sgd_kernel<<<blocks, 256, 0, k->stream>>>(d->param, d->grad, d->opt_m, s->decay, N_PARAMS, d->sc, d->dacc + 2,
+        sgd_kernel<<<blocks, 256, 0, k->stream>>>(d->param, d->grad, d->opt_m, s->decay, params, d->sc, d->dacc + 2,
                                                    (float)CLIP_GRAD, (float)SGD_MOMENTUM, SGD_NESTEROV,
                                                    (float)WEIGHT_DECAY);
     LAUNCH_CHECK();

@@ -7,9 +7,10 @@
 # (parallel(data = 2, expert = 2): each GPU computes half of the experts on
 # the rows of both) and without its parallel statement (one GPU, the whole
 # batch), and in fp32:
-#   - 50 steps on 2 GPUs, data parallel and expert parallel, follow the
-#     1-GPU run's loss curve and end with the same weights, optimizer state
-#     and sampler state;
+#   - 50 steps on 2 GPUs, data parallel and expert parallel (each GPU
+#     holding its half of the experts), follow the 1-GPU run's loss curve,
+#     end with the same weights, optimizer state and sampler state, and
+#     evaluate the test sets as it does;
 #   - a 2-GPU checkpoint resumes on 1 GPU and on the CPU, and a 1-GPU one on
 #     2 GPUs, and each goes on as the run that was never stopped (and an
 #     expert-parallel one on 1 GPU);
@@ -66,25 +67,38 @@ mv "$WORK/dp" "$WORK/dpcpu"
 if ranks "$D2" 2 $run --steps 50 &&
     (cd "$D1" && ./train $run --steps 50 -q > run.log 2>&1) &&
     $CMP curves "$D1/dp.metrics.jsonl" "$D2/dp.metrics.jsonl" 1e-6 > "$WORK/curve" 2>&1 &&
-    $CMP weights "$D1/dp.safetensors" "$D2/dp.safetensors" 1e-2 > "$WORK/weights" 2>&1; then
-    ok "50 fp32 steps on 2 GPUs follow 1 GPU: $(tail -n 1 "$WORK/curve"); $(tail -n 1 "$WORK/weights")"
+    $CMP weights "$D1/dp.safetensors" "$D2/dp.safetensors" 1e-2 > "$WORK/weights" 2>&1 &&
+    $CMP evals "$D1/dp.metrics.jsonl" "$D2/dp.metrics.jsonl" 1e-4 > "$WORK/evals" 2>&1; then
+    ok "50 fp32 steps on 2 GPUs follow 1 GPU: $(tail -n 1 "$WORK/curve"); $(tail -n 1 "$WORK/weights"); $(tail -n 1 "$WORK/evals")"
     grep "test accuracy" "$D2/rank0.log" "$D1/run.log" | sed 's/^/# /'
 else
-    cat "$D1/run.log" "$WORK/curve" "$WORK/weights" 2>/dev/null
-    not_ok "50 fp32 steps on 2 GPUs follow 1 GPU (loss within 1e-6, weights within 1e-2)"
+    cat "$D1/run.log" "$WORK/curve" "$WORK/weights" "$WORK/evals" 2>/dev/null
+    not_ok "50 fp32 steps on 2 GPUs follow 1 GPU (loss within 1e-6, weights within 1e-2, evaluation)"
 fi
 
 # 50 steps: expert parallel on 2 GPUs against 1 (the experts' products sum
 # their rows in another order, hence not the same 1e-9)
 if ranks "$DE" 2 $run --steps 50 &&
     $CMP curves "$D1/dp.metrics.jsonl" "$DE/dp.metrics.jsonl" 1e-6 > "$WORK/ep.curve" 2>&1 &&
-    $CMP weights "$D1/dp.safetensors" "$DE/dp.safetensors" 1e-2 > "$WORK/ep.weights" 2>&1; then
-    ok "50 fp32 steps expert parallel on 2 GPUs follow 1 GPU: $(tail -n 1 "$WORK/ep.curve"); $(tail -n 1 "$WORK/ep.weights")"
+    $CMP weights "$D1/dp.safetensors" "$DE/dp.safetensors" 1e-2 > "$WORK/ep.weights" 2>&1 &&
+    $CMP evals "$D1/dp.metrics.jsonl" "$DE/dp.metrics.jsonl" 1e-4 > "$WORK/ep.evals" 2>&1; then
+    ok "50 fp32 steps expert parallel on 2 GPUs follow 1 GPU: $(tail -n 1 "$WORK/ep.curve"); $(tail -n 1 "$WORK/ep.weights"); $(tail -n 1 "$WORK/ep.evals")"
     grep "test accuracy" "$DE/rank0.log" | sed 's/^/# /'
 else
-    cat "$WORK/ep.curve" "$WORK/ep.weights" 2>/dev/null
-    not_ok "50 fp32 steps expert parallel on 2 GPUs follow 1 GPU (loss within 1e-6, weights within 1e-2)"
+    cat "$WORK/ep.curve" "$WORK/ep.weights" "$WORK/ep.evals" 2>/dev/null
+    not_ok "50 fp32 steps expert parallel on 2 GPUs follow 1 GPU (loss within 1e-6, weights within 1e-2, evaluation)"
 fi
+# the same with the exchange in one piece per layer (no overlap)
+export MOECC_EP_OVERLAP=0
+if ranks "$DE" 2 $run --steps 50 &&
+    $CMP curves "$D1/dp.metrics.jsonl" "$DE/dp.metrics.jsonl" 1e-6 > "$WORK/ep0.curve" 2>&1 &&
+    $CMP weights "$D1/dp.safetensors" "$DE/dp.safetensors" 1e-2 > "$WORK/ep0.weights" 2>&1; then
+    ok "MOECC_EP_OVERLAP=0: 50 fp32 steps expert parallel follow 1 GPU: $(tail -n 1 "$WORK/ep0.curve"); $(tail -n 1 "$WORK/ep0.weights")"
+else
+    cat "$WORK/ep0.curve" "$WORK/ep0.weights" 2>/dev/null
+    not_ok "MOECC_EP_OVERLAP=0: 50 fp32 steps expert parallel follow 1 GPU"
+fi
+unset MOECC_EP_OVERLAP
 
 # checkpoints across GPU counts: stopped at step 30 of 50, resumed elsewhere,
 # against the 1-GPU run above that was never stopped

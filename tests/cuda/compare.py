@@ -8,10 +8,15 @@
         anywhere fails.
     compare.py curves CPU.metrics.jsonl CUDA.metrics.jsonl TOL
         Two metrics files of the same run: every logged training loss
-        within TOL (relative), the same steps logged.
+        within TOL (relative), the same steps logged, and the gradient
+        norms logged with them within TOL or 1e-4, the larger.
     compare.py curves-subset A.metrics.jsonl B.metrics.jsonl TOL
         As curves, for the steps A logged (B may have logged more: a
         resumed run against one that was never stopped).
+    compare.py evals A.metrics.jsonl B.metrics.jsonl TOL
+        The evaluations of two metrics files: the same steps evaluated,
+        each test loss within TOL (relative) and each dataset's accuracy
+        within 0.5 points (a sample near a tie may flip).
     compare.py weights A.safetensors B.safetensors TOL
         Two checkpoints of the same model: every tensor (weights and
         optimizer state) within TOL as |b - a| / |a| (2-norms), the same
@@ -77,6 +82,29 @@ def dumps(cpu_path, cuda_path, tol):
     return 1 if bad else 0
 
 
+def evals(a_path, b_path, tol):
+    def records(path):
+        with open(path) as f:
+            return {r["step"]: r for r in map(json.loads, f) if r.get("kind") == "eval"}
+    a, b = records(a_path), records(b_path)
+    if not a or sorted(a) != sorted(b):
+        print("FAIL: evaluated steps differ: %s and %s" % (sorted(a), sorted(b)))
+        return 1
+    worst, worst_acc, bad = 0.0, 0.0, 0
+    for s in sorted(a):
+        err = abs(b[s]["loss"] - a[s]["loss"]) / max(abs(a[s]["loss"]), 1e-12)
+        acc = max(abs(b[s]["accuracy"][d] - v) for d, v in a[s]["accuracy"].items())
+        worst = max(worst, err) if err == err else float("inf")
+        worst_acc = max(worst_acc, acc) if acc == acc else float("inf")
+        print("step %d: test loss %.6f and %.6f (%.2g), accuracies %s and %s"
+              % (s, a[s]["loss"], b[s]["loss"], err, a[s]["accuracy"], b[s]["accuracy"]))
+        if not (err <= tol and acc <= 0.005):
+            bad += 1
+    print("evaluations: %d, worst test-loss difference %.3g (tolerance %.3g), worst accuracy difference %.2f "
+          "points: %s" % (len(a), worst, tol, 100 * worst_acc, "ok" if not bad else "FAILED"))
+    return 1 if bad else 0
+
+
 def curves(cpu_path, cuda_path, tol, subset=False):
     def train_losses(path):
         out = {}
@@ -85,7 +113,9 @@ def curves(cpu_path, cuda_path, tol, subset=False):
                 r = json.loads(line)
                 if r.get("kind") == "train":
                     out[r["step"]] = r["loss"]
+                    norms[path][r["step"]] = r.get("grad_norm")
         return out
+    norms = {cpu_path: {}, cuda_path: {}}
     a, b = train_losses(cpu_path), train_losses(cuda_path)
     if subset:  # the steps of the second run that the first logged
         b = {s: v for s, v in b.items() if s in a}
@@ -100,8 +130,18 @@ def curves(cpu_path, cuda_path, tol, subset=False):
         print("step %d: cpu %.6f cuda %.6f (%.2g)" % (s, a[s], b[s], err))
         if not err <= tol:
             bad += 1
-    print("loss curve: %d points, worst relative difference %.3g, tolerance %.3g: %s"
-          % (len(a), worst, tol, "ok" if not bad else "FAILED"))
+    gtol, gworst = max(tol, 1e-4), 0.0
+    for s in sorted(a):
+        ga, gb = norms[cpu_path][s], norms[cuda_path][s]
+        if ga is None or gb is None:
+            continue
+        err = abs(gb - ga) / max(abs(ga), 1e-12)
+        gworst = max(gworst, err) if err == err else float("inf")
+        if not err <= gtol:
+            print("step %d: gradient norm %.6g and %.6g (%.2g)" % (s, ga, gb, err))
+            bad += 1
+    print("loss curve: %d points, worst relative difference %.3g, tolerance %.3g; gradient norms within %.3g "
+          "(tolerance %.3g): %s" % (len(a), worst, tol, gworst, gtol, "ok" if not bad else "FAILED"))
     return 1 if bad else 0
 
 
@@ -139,7 +179,7 @@ def weights(a_path, b_path, tol):
 
 
 def main():
-    modes = {"dumps": dumps, "curves": curves, "weights": weights,
+    modes = {"dumps": dumps, "curves": curves, "weights": weights, "evals": evals,
              "curves-subset": lambda a, b, t: curves(a, b, t, subset=True)}
     if len(sys.argv) != 5 or sys.argv[1] not in modes:
         print(__doc__, file=sys.stderr)

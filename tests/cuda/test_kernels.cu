@@ -784,7 +784,7 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     moe_route<E, K>(&g_k, &rb, d_logits, N, cap, normalize, batch_priority);
     moe_target(&g_k, d_target, d_dataset, d_map, N, T);
     moe_experts_forward<D, H, E, K, ACT, 1>(&g_k, d_out, d_xe, d_xe, d_h, d_a, d_ye, d_ye, d_x, &rb, d_w1, d_b1, d_w2,
-                                            d_b2, N, cap, 0);
+                                            d_b2, N, cap);
     moe_aux_losses<E, K>(&g_k, d_aux, d_sums, d_loss, d_st, d_entropy, &rb, d_target, d_dataset, w_bal, w_z, w_ds,
                          w_imp, N, T, ND, 1);
 
@@ -794,7 +794,7 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     float *d_dw1 = dup(dw1_0), *d_db1 = dup(db1_0), *d_dw2 = dup(dw2_0), *d_db2 = dup(db2_0);
     float *d_dlogits = dpoison<float>((size_t)N * E);
     moe_experts_backward<D, H, E, K, ACT, 1>(&g_k, d_dx, d_dgate, d_dye, d_dye, d_dh, d_dxe, d_dxe, d_dout, d_xe, d_h,
-                                             d_a, d_ye, &rb, d_w1, d_w2, d_dw1, d_db1, d_dw2, d_db2, N, cap, 0, acc);
+                                             d_a, d_ye, &rb, d_w1, d_w2, d_dw1, d_db1, d_dw2, d_db2, N, cap, acc);
     moe_router_backward<E, K>(&g_k, d_dlogits, d_dgate, &rb, d_target, d_sums, N, normalize, w_bal, w_z, w_ds, w_imp);
     CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
 
@@ -932,6 +932,24 @@ static void test_optimizer()
     const double gn = ref_grad_norm(g.data(), (size_t)n);
     check_scalar("grad_norm", "|g| of 10000 floats (vs a double sum)", down(d_gn, 1)[0], gn, 1e-10);
     printf("# |g| = %.6g\n", gn);
+    {
+        /* the pieces of a sharded arena: two runs and the rest, which add
+         * up to the whole; sqrt_sum_kernel joins two sums */
+        const std::vector<int64_t> runs = { 100, 2600, 7001, 9000 }, rest = { 0, 100, 2600, 7001, 9000, n };
+        int64_t *d_runs = dup(runs), *d_rest = dup(rest);
+        double *d_sums = dpoison<double>(3);
+        sumsq_runs(&g_k, d_sums, d_g, d_runs, 2);
+        sumsq_runs(&g_k, d_sums + 1, d_g, d_rest, 3);
+        sqrt_sum_kernel<<<1, 32, 0, g_k.stream>>>(d_sums + 2, d_sums, d_sums + 1);
+        LAUNCH_CHECK();
+        const std::vector<double> sums = down(d_sums, 3);
+        double ref = 0.0;
+        for (int q = 0; q < 2; q++)
+            for (int64_t i = runs[2 * q]; i < runs[2 * q + 1]; i++)
+                ref += (double)g[(size_t)i] * g[(size_t)i];
+        check_scalar("sumsq_runs", "two runs of 10000 floats (vs a double sum)", sums[0], ref, 1e-10);
+        check_scalar("sqrt_sum_kernel", "the runs and the rest: |g|", sums[2], gn, 1e-10);
+    }
 
     const float clips[3] = { 0.0f, 10.0f, 1e4f }; /* off, clipping (|g| ~ 58), not reached */
     for (float clip : clips) {

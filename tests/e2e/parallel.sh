@@ -3,8 +3,12 @@
 # (the runs on GPUs are tests/cuda/check_dp.sh, in make check-cuda).
 #   - the CUDA output's gradient buckets: each bucket is a range of
 #     parameters handed to the all-reduce once the backward pass is done
-#     with it; together they must cover [0, N_PARAMS) exactly once, from the
-#     last parameters to the first, each at least bucket_mib (but the last);
+#     with it; together they must cover the GPU's parameter arena exactly
+#     once, from the last parameters to the first, each at least
+#     bucket_mib (but the last);
+#   - that arena: every tensor whole with data parallelism, at the
+#     checkpoint's offsets; with expert parallelism each expert tensor's
+#     share (1/expert of it) and the other tensors whole, packed in order;
 #   - each GPU's arenas are laid out for its share of the batch, and the
 #     expert-parallel code exchanges rows only in training;
 #   - the CPU trainer of a model with a parallel statement trains the whole
@@ -21,9 +25,32 @@ sed '/^parallel(/d' "$DP" > "$WORK/dp1.moe"
 sed 's/^parallel(data = 2, bucket_mib = 0.1)/parallel(data = 2, expert = 2)/' "$DP" > "$WORK/ep.moe"
 grep -q '^parallel(data = 2, expert = 2)' "$WORK/ep.moe" || { not_ok "dp.moe has the parallel statement the test expects"; finish; exit 1; }
 
+# arena_floats DIR: the floats of DIR/model.cu's parameter arena (DEV_LAYOUT)
+arena_floats() { sed -n 's/^ *\([0-9]*\)L, \/\* params \*\/.*/\1/p' "$1/model.cu"; }
+
+# arena DIR P: DIR/model.cu's DEV_TENSOR_OFF packs the tensors of TENSORS in
+# order, expert tensors at 1/P of their size, into DEV_LAYOUT.params floats
+arena() {
+    awk -v P="$2" -v total="$(arena_floats "$1")" '
+        /^const tensor_info TENSORS/ { inT = 1; next }
+        /^const int64_t DEV_TENSOR_OFF/ { inD = 1; next }
+        /^};/ { inT = inD = 0 }
+        inT && /^    \{ "/ { s = $0; sub(/^    \{ "[^"]*", /, "", s); gsub(/[^0-9.e-]+/, " ", s); m = split(s, f, " ")
+                 nt++; numel[nt] = f[2] + 0; expert[nt] = f[m] + 0; whole += f[2]; if (f[m] == 1) experts += f[2] }
+        inD { s = $0; gsub(/[^0-9]+/, " ", s); m = split(s, f, " "); for (i = 1; i <= m; i++) off[++nd] = f[i] + 0 }
+        END { if (nt == 0 || nd != nt) { print "DEV_TENSOR_OFF has " nd " offsets for " nt " tensors"; exit 1 }
+              at = 0
+              for (t = 1; t <= nt; t++) {
+                  if (off[t] != at) { print "tensor " t " at " off[t] ", not " at; exit 1 }
+                  at += expert[t] ? numel[t] / P : numel[t] }
+              if (at != total) { print "the arena holds " total " floats, the tensors " at; exit 1 }
+              print "each GPU holds " total " of the " whole " parameters (" experts " in expert tensors, 1/" P " of them here)" }' \
+        "$1/model.cu"
+}
+
 # buckets FILE MIB: the grad_ready calls of FILE/model.cu tile the parameters
 buckets() {
-    params=$(sed -n 's/^#define N_PARAMS \([0-9]*\)L.*/\1/p' "$1/model.h")
+    params=$(arena_floats "$1")
     grep -o 'd->grad_ready(k, d, [0-9]*L, [0-9]*L)' "$1/model.cu" | tr -dc '0-9 \n' |
         awk -v n="$params" -v min="$2" '
             { lo = $1; hi = $2; k++
@@ -49,6 +76,17 @@ else
     echo "$out"
     not_ok "expert parallel, the default 16 MiB: the buckets tile the parameters"
 fi
+for spec in "data parallel:dp:1" "expert parallel:ep:2"; do
+    IFS=: read -r label dir p <<EOF
+$spec
+EOF
+    if out=$(arena "$WORK/$dir" "$p"); then
+        ok "$label: the parameter arena: $out"
+    else
+        echo "$out"
+        not_ok "$label: DEV_TENSOR_OFF packs the tensors (expert ones at 1/$p) into DEV_LAYOUT.params"
+    fi
+done
 if grep -q '^#define LOCAL_BATCH (BATCH / PARALLEL_DATA)' "$WORK/dp/model.h" &&
     grep -q '^#define PARALLEL_DATA 2$' "$WORK/dp/model.h" && grep -q '^#define BATCH 128 ' "$WORK/dp/model.h" &&
     grep -q 'dropout_mask(k, A(MASK[0-9]*), (int64_t)B \* 1024, .*d->row0 \* 1024)' "$WORK/dp/model.cu"; then
