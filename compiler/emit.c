@@ -1098,8 +1098,8 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
                  m->parallel.data, m->parallel.data, ex,
                  m->parallel.data, m->parallel.data, m->parallel.data, m->train.batch / m->parallel.data,
                  m->train.batch,
-                 m->parallel.expert > 1 ? "; in training each GPU of an expert-parallel group computes its\n"
-                                          "share of every MoE layer's experts on the rows the group routes to them"
+                 m->parallel.expert > 1 ? "; each GPU of an expert-parallel group holds its share of every\n"
+                                          "MoE layer's experts and computes them on the rows the group routes to them"
                                         : "");
     else
         snprintf(par, sizeof par,

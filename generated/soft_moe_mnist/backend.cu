@@ -562,17 +562,30 @@ void model_close(model *m)
     memset(m, 0, sizeof *m);
 }
 
+#if PARALLEL_DATA > 1
+/* A collective on host bytes: through a device copy, on the compute
+ * stream, waited for. sum: double[bytes / 8] added up over the ranks, else
+ * rank 0's bytes to all. */
+static void host_collective(model *m, void *buf, size_t bytes, bool sum)
+{
+    cuda_state *s = (cuda_state *)m->dev;
+    void *dv = NULL;
+    CUDA_CHECK(cudaMalloc(&dv, bytes ? bytes : 1));
+    CUDA_CHECK(cudaMemcpyAsync(dv, buf, bytes, cudaMemcpyHostToDevice, s->k.stream));
+    if (sum)
+        NCCL_CHECK(ncclAllReduce(dv, dv, bytes / sizeof(double), ncclDouble, ncclSum, s->comm, s->k.stream));
+    else
+        NCCL_CHECK(ncclBroadcast(dv, dv, bytes, ncclUint8, 0, s->comm, s->k.stream));
+    CUDA_CHECK(cudaMemcpyAsync(buf, dv, bytes, cudaMemcpyDeviceToHost, s->k.stream));
+    CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
+    CUDA_CHECK(cudaFree(dv));
+}
+#endif
+
 void model_sum(model *m, double *v, int n)
 {
 #if PARALLEL_DATA > 1
-    cuda_state *s = (cuda_state *)m->dev;
-    double *dv = NULL;
-    CUDA_CHECK(cudaMalloc(&dv, sizeof(double) * (size_t)(n > 0 ? n : 1)));
-    CUDA_CHECK(cudaMemcpyAsync(dv, v, sizeof(double) * (size_t)n, cudaMemcpyHostToDevice, s->k.stream));
-    NCCL_CHECK(ncclAllReduce(dv, dv, (size_t)n, ncclDouble, ncclSum, s->comm, s->k.stream));
-    CUDA_CHECK(cudaMemcpyAsync(v, dv, sizeof(double) * (size_t)n, cudaMemcpyDeviceToHost, s->k.stream));
-    CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
-    CUDA_CHECK(cudaFree(dv));
+    host_collective(m, v, sizeof(double) * (size_t)(n > 0 ? n : 0), true);
 #else
     (void)m;
     (void)v;
@@ -583,14 +596,7 @@ void model_sum(model *m, double *v, int n)
 void model_broadcast(model *m, void *buf, size_t bytes)
 {
 #if PARALLEL_DATA > 1
-    cuda_state *s = (cuda_state *)m->dev;
-    void *dv = NULL;
-    CUDA_CHECK(cudaMalloc(&dv, bytes ? bytes : 1));
-    CUDA_CHECK(cudaMemcpyAsync(dv, buf, bytes, cudaMemcpyHostToDevice, s->k.stream));
-    NCCL_CHECK(ncclBroadcast(dv, dv, bytes, ncclUint8, 0, s->comm, s->k.stream));
-    CUDA_CHECK(cudaMemcpyAsync(buf, dv, bytes, cudaMemcpyDeviceToHost, s->k.stream));
-    CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
-    CUDA_CHECK(cudaFree(dv));
+    host_collective(m, buf, bytes, false);
 #else
     (void)m;
     (void)buf;

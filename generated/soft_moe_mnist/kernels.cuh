@@ -158,40 +158,41 @@ __device__ static inline float warp_max(float v)
 
 /* ---- matrix products (cuBLAS, row-major views) ------------------------------------------ */
 
-/* out[M,N] = beta * out + a[M,K] @ b[N,K]^T, `count` times with strides (elements) */
+/* The products below in row-major views: cuBLAS is column-major, so
+ * out[M,N] = op(a) op(b) is computed as out^T = op(b)^T op(a)^T, with
+ * `count` products strided by sa, sb, so elements. */
+static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_t tb, float *out, const float *a,
+                           int lda, const float *b, int ldb, int M, int N, int K, float beta, int count, int64_t sa,
+                           int64_t sb, int64_t so)
+{
+    const float one = 1.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b, CUDA_R_32F, ldb, sb, a, CUDA_R_32F, lda,
+                                            sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
+                                            CUBLAS_GEMM_DEFAULT));
+}
+
+/* out[M,N] = beta * out + a[M,K] @ b[N,K]^T */
 static inline void mm_nt(const kctx *k, float *out, const float *a, const float *b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
-    const float one = 1.0f;
-    if (M <= 0)
-        return;
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, b, CUDA_R_32F, K, sb, a,
-                                            CUDA_R_32F, K, sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
-                                            CUBLAS_GEMM_DEFAULT));
+    if (M > 0)
+        mm_rows(k, CUBLAS_OP_N, CUBLAS_OP_T, out, a, K, b, K, M, N, K, beta, count, sa, sb, so);
 }
 
 /* out[M,N] = beta * out + a[M,K] @ b[K,N] */
 static inline void mm_nn(const kctx *k, float *out, const float *a, const float *b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
-    const float one = 1.0f;
-    if (M <= 0)
-        return;
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, b, CUDA_R_32F, N, sb, a,
-                                            CUDA_R_32F, K, sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
-                                            CUBLAS_GEMM_DEFAULT));
+    if (M > 0)
+        mm_rows(k, CUBLAS_OP_N, CUBLAS_OP_N, out, a, K, b, N, M, N, K, beta, count, sa, sb, so);
 }
 
 /* out[M,N] = beta * out + a[K,M]^T @ b[K,N] (weight gradients) */
 static inline void mm_tn(const kctx *k, float *out, const float *a, const float *b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
-    const float one = 1.0f;
-    if (K <= 0)
-        return;
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, CUBLAS_OP_N, CUBLAS_OP_T, N, M, K, &one, b, CUDA_R_32F, N, sb, a,
-                                            CUDA_R_32F, M, sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
-                                            CUBLAS_GEMM_DEFAULT));
+    if (K > 0)
+        mm_rows(k, CUBLAS_OP_T, CUBLAS_OP_N, out, a, M, b, N, M, N, K, beta, count, sa, sb, so);
 }
 
 /* ---- sums over rows, deterministic ------------------------------------------------------- */
@@ -1872,12 +1873,10 @@ static inline void l2norm_backward(const kctx *k, float *din, const float *dout,
 
 #define NORM_BLOCKS 256
 
-static __global__ void sumsq_partial_kernel(double *part, const float *g, int64_t n)
+/* part[blockIdx.x] = the sum of every thread's s in the block */
+__device__ static inline void block_sum_store(double *part, double s)
 {
     __shared__ double sm[32];
-    double s = 0.0;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        s += (double)g[i] * g[i];
     s = warp_sum_d(s);
     if (threadIdx.x % 32 == 0)
         sm[threadIdx.x / 32] = s;
@@ -1890,48 +1889,35 @@ static __global__ void sumsq_partial_kernel(double *part, const float *g, int64_
     }
 }
 
-static __global__ void sumsq_final_kernel(double *norm, const double *part)
+static __global__ void sumsq_partial_kernel(double *part, const float *g, int64_t n)
 {
-    if (threadIdx.x != 0)
-        return;
-    double t = 0.0;
-    for (int q = 0; q < NORM_BLOCKS; q++)
-        t += part[q];
-    norm[0] = sqrt(t);
+    double s = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        s += (double)g[i] * g[i];
+    block_sum_store(part, s);
 }
 
-/* part[blockIdx] = the sum of squares of g over the ranges runs[2 r] to
- * runs[2 r + 1], r < nruns (the parameter arena's pieces under expert
- * parallelism) */
+/* the same over the ranges runs[2 r] to runs[2 r + 1], r < nruns (the
+ * parameter arena's pieces under expert parallelism) */
 static __global__ void sumsq_runs_partial_kernel(double *part, const float *g, const int64_t *runs, int nruns)
 {
-    __shared__ double sm[32];
     double s = 0.0;
     for (int r = 0; r < nruns; r++)
         for (int64_t i = runs[2 * r] + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < runs[2 * r + 1];
              i += (int64_t)gridDim.x * blockDim.x)
             s += (double)g[i] * g[i];
-    s = warp_sum_d(s);
-    if (threadIdx.x % 32 == 0)
-        sm[threadIdx.x / 32] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double t = 0.0;
-        for (int w = 0; w < (int)blockDim.x / 32; w++)
-            t += sm[w];
-        part[blockIdx.x] = t;
-    }
+    block_sum_store(part, s);
 }
 
-/* sum[0] = the partial sums' total */
-static __global__ void sumsq_total_kernel(double *sum, const double *part)
+/* out[0] = the partial sums' total, or its square root */
+static __global__ void sumsq_final_kernel(double *out, const double *part, int root)
 {
     if (threadIdx.x != 0)
         return;
     double t = 0.0;
     for (int q = 0; q < NORM_BLOCKS; q++)
         t += part[q];
-    sum[0] = t;
+    out[0] = root ? sqrt(t) : t;
 }
 
 /* norm[0] = sqrt(a[0] + b[0]) */
@@ -1948,7 +1934,7 @@ static inline void sumsq_runs(const kctx *k, double *sum, const float *g, const 
     double *part = (double *)k->red;
     sumsq_runs_partial_kernel<<<NORM_BLOCKS, 256, 0, k->stream>>>(part, g, runs, nruns);
     LAUNCH_CHECK();
-    sumsq_total_kernel<<<1, 32, 0, k->stream>>>(sum, part);
+    sumsq_final_kernel<<<1, 32, 0, k->stream>>>(sum, part, 0);
     LAUNCH_CHECK();
 }
 
@@ -1958,7 +1944,7 @@ static inline void grad_norm(const kctx *k, double *norm, const float *g, int64_
     double *part = (double *)k->red;
     sumsq_partial_kernel<<<NORM_BLOCKS, 256, 0, k->stream>>>(part, g, n);
     LAUNCH_CHECK();
-    sumsq_final_kernel<<<1, 32, 0, k->stream>>>(norm, part);
+    sumsq_final_kernel<<<1, 32, 0, k->stream>>>(norm, part, 1);
     LAUNCH_CHECK();
 }
 
