@@ -1,8 +1,8 @@
 #!/bin/sh
 # cuda_build.sh: the CUDA trainer of every example that has one, and of the
 # GPU benchmark configs, and of tests/cuda/dp.moe data parallel and expert
-# parallel and of config S on 8 GPUs with one expert each (NCCL; skipped
-# where nccl.h is not found), compiles and links
+# parallel and of config S on 8 GPUs with one expert each and with 4 groups
+# of 2 (NCCL; skipped where nccl.h is not found), compiles and links
 # with nvcc, every warning an error (nvcc's own and the host compiler's
 # -Wall -Wextra). No GPU needed;
 # skipped where nvcc is not found. An example whose model the CUDA backend
@@ -24,7 +24,9 @@ if [ -f "$CUDA_HOME/include/nccl.h" ] || [ -f /usr/include/nccl.h ] || [ -n "${N
     sed 's/^parallel(data = 2, /parallel(data = 2, expert = 2, /' "$top_srcdir/tests/cuda/dp.moe" > "$WORK/dp_expert.moe"
     # config S on 8 GPUs, one expert each (the scaling benchmark's largest)
     { cat "$top_srcdir/bench/gpu_s.moe"; echo "parallel(data = 8, expert = 8)"; } > "$WORK/gpu_s_ep8.moe"
-    parallel="$top_srcdir/tests/cuda/dp.moe $WORK/dp_expert.moe $WORK/gpu_s_ep8.moe"
+    # 4 groups of 2: the experts' gradients averaged over the 4 GPUs that hold them
+    { cat "$top_srcdir/bench/gpu_s.moe"; echo "parallel(data = 8, expert = 2)"; } > "$WORK/gpu_s_dp8_ep2.moe"
+    parallel="$top_srcdir/tests/cuda/dp.moe $WORK/dp_expert.moe $WORK/gpu_s_ep8.moe $WORK/gpu_s_dp8_ep2.moe"
 else
     echo "# SKIP the multi-GPU trainers: nccl.h not found (NCCL_HOME=DIR)"
 fi
