@@ -269,21 +269,41 @@ static inline void grad_pass(float *dst, const float *src, size_t n, int acc)
 
 /* ---- patch embedding: a P x P convolution with stride P ------------------ */
 
-/* cols[B*T, C*P*P] = the patches of img[B, C, IH, IW], T = (IH/P) * (IW/P) */
-static inline void im2col_patches(float *cols, const float *img, int B, int C, int IH, int IW, int P)
+/* cols[B*OH*OW, C*K*K] = the K x K neighbourhoods (zero padding pad, stride
+ * S) of img[B, C, H, W] (nhwc = 0) or img[B, H*W, C] (nhwc = 1), one row per
+ * output position, columns in the order (c, ky, kx) of a [*, C, K, K] weight;
+ * OH = (H + 2 pad - K) / S + 1, OW likewise. Patch embedding is the case
+ * K = S = P, pad 0; the convolution stem's layers pad by K/2. Channels-first,
+ * a kernel row inside the image is one copy. */
+static inline void conv_im2col(float *cols, const float *img, int B, int C, int H, int W, int K, int S, int pad,
+                               int nhwc)
 {
-    const int GH = IH / P, GW = IW / P, T = GH * GW, CPP = C * P * P;
-    for (int b = 0; b < B; b++)
-        for (int gy = 0; gy < GH; gy++)
-            for (int gx = 0; gx < GW; gx++) {
-                float *row = cols + ((size_t)b * T + (size_t)gy * GW + gx) * CPP;
-                for (int c = 0; c < C; c++)
-                    for (int i = 0; i < P; i++) {
-                        const float *src = img + (((size_t)b * C + c) * IH + (size_t)gy * P + i) * IW +
-                                           (size_t)gx * P;
-                        memcpy(row + ((size_t)c * P + i) * P, src, (size_t)P * sizeof(float));
+    const int OH = (H + 2 * pad - K) / S + 1, OW = (W + 2 * pad - K) / S + 1, CKK = C * K * K;
+#pragma omp parallel for schedule(static)
+    for (int bo = 0; bo < B * OH; bo++) {
+        const int b = bo / OH, oy = bo % OH;
+        for (int ox = 0; ox < OW; ox++) {
+            float *row = cols + ((size_t)bo * OW + ox) * CKK;
+            const int x0 = ox * S - pad;
+            for (int c = 0; c < C; c++)
+                for (int ky = 0; ky < K; ky++) {
+                    const int y = oy * S + ky - pad;
+                    float *dst = row + (c * K + ky) * K;
+                    if (!nhwc && y >= 0 && y < H && x0 >= 0 && x0 + K <= W) {
+                        memcpy(dst, img + (((size_t)b * C + c) * H + y) * W + x0, (size_t)K * sizeof *dst);
+                        continue;
                     }
-            }
+                    for (int kx = 0; kx < K; kx++) {
+                        const int x = x0 + kx;
+                        float v = 0.0f;
+                        if (y >= 0 && y < H && x >= 0 && x < W)
+                            v = nhwc ? img[((size_t)b * H * W + (size_t)y * W + x) * C + c]
+                                     : img[(((size_t)b * C + c) * H + y) * W + x];
+                        dst[kx] = v;
+                    }
+                }
+        }
+    }
 }
 
 /* out[B, T, D] = patches @ w[D, C*P*P]^T + b */
@@ -291,7 +311,7 @@ static inline void patch_embed_forward(float *out, float *cols, const float *img
                                 const float *b, int B, int C, int IH, int IW, int P, int D)
 {
     const int T = (IH / P) * (IW / P);
-    im2col_patches(cols, img, B, C, IH, IW, P);
+    conv_im2col(cols, img, B, C, IH, IW, P, P, 0, 0);
     linear_forward(out, cols, w, b, B * T, C * P * P, D);
 }
 
@@ -581,36 +601,8 @@ static inline void pool_backward(float *dinp, const float *dout, int B, int T, i
 
 /* ---- hierarchical models: convolution stem, windows, 2x2 token merge ------ */
 
-/* cols[B*OH*OW, C*K*K] = the K x K neighbourhoods (zero padding pad, stride
- * S) of img[B, C, H, W] (nhwc = 0) or img[B, H*W, C] (nhwc = 1), one row per
- * output position, columns in the order (c, ky, kx) of a [*, C, K, K] weight;
- * OH = (H + 2 pad - K) / S + 1, OW likewise. The stem's convolutions pad by
- * K/2; patch embedding is the case K = S = P, pad 0 (im2col_patches). */
-static inline void conv_im2col(float *cols, const float *img, int B, int C, int H, int W, int K, int S, int pad,
-                               int nhwc)
-{
-    const int OH = (H + 2 * pad - K) / S + 1, OW = (W + 2 * pad - K) / S + 1, CKK = C * K * K;
-#pragma omp parallel for schedule(static)
-    for (int bo = 0; bo < B * OH; bo++) {
-        const int b = bo / OH, oy = bo % OH;
-        for (int ox = 0; ox < OW; ox++) {
-            float *row = cols + ((size_t)bo * OW + ox) * CKK;
-            for (int c = 0; c < C; c++)
-                for (int ky = 0; ky < K; ky++)
-                    for (int kx = 0; kx < K; kx++) {
-                        const int y = oy * S + ky - pad, x = ox * S + kx - pad;
-                        float v = 0.0f;
-                        if (y >= 0 && y < H && x >= 0 && x < W)
-                            v = nhwc ? img[((size_t)b * H * W + (size_t)y * W + x) * C + c]
-                                     : img[(((size_t)b * C + c) * H + y) * W + x];
-                        row[(c * K + ky) * K + kx] = v;
-                    }
-        }
-    }
-}
-
 /* the adjoint: dimg (+)= the neighbourhoods' gradients dcols, summed where
- * they overlap (also the adjoint of im2col_patches: K = S = P, pad 0) */
+ * they overlap */
 static inline void conv_col2im(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S, int pad,
                                int nhwc, int acc)
 {

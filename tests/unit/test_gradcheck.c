@@ -39,7 +39,7 @@
  * OP_CONV_STEM chains it (conv_im2col, linear, GELU per layer, transpose_rc
  * to channels first; its forward against the direct convolution) and
  * patch_embed_input_backward, by central differences; each data-movement
- * kernel (conv_im2col, im2col_patches, transpose_rc, window_permute,
+ * kernel (conv_im2col, transpose_rc, window_permute,
  * grid_pool, global_window_qkv, merge2x2) against an independent layout
  * where it has one and, with its backward, by the dot-product test
  * <P x, y> == <x, P^T y>, on non-square grids and window grids; and each
@@ -1715,9 +1715,9 @@ static void test_conv_adjoint(void **state)
     const int B = 2, C = 3, IH = 6, IW = 9, P = 3;
     const size_t n = (size_t)B * C * IH * IW;
     double *x = vrand(n, 1.0), *y = vrand(n, 1.0), *px = vnan(n), *pty = vnan(n);
-    im2col_patches(px, x, B, C, IH, IW, P);
-    conv_col2im(pty, y, B, C, IH, IW, P, P, 0, 0, 0); /* its adjoint: a convolution without padding */
-    expect_adjoint("im2col_patches", dot(px, y, n), dot(x, pty, n));
+    conv_im2col(px, x, B, C, IH, IW, P, P, 0, 0); /* patch embedding's: K = S = P, no padding */
+    conv_col2im(pty, y, B, C, IH, IW, P, P, 0, 0, 0);
+    expect_adjoint("conv_im2col (patches)", dot(px, y, n), dot(x, pty, n));
     free(x), free(y), free(px), free(pty);
 }
 
