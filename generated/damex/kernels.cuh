@@ -14,9 +14,10 @@
  * picks TF32 tensor-core kernels on Hopper (sm90_xmma_gemm_f32f32_tf32f32,
  * seen with Nsight Compute): reduced-precision products, fp32
  * accumulation and fp32 master weights, but TF32's speed, not bf16's. In
- * fp32 mode the products are plain fp32 (CUBLAS_COMPUTE_32F). Everything
- * else runs in fp32 (reductions that the CPU does in double are done in
- * double here too).
+ * fp32 mode the products are plain fp32 (CUBLAS_COMPUTE_32F). In "bf16"
+ * mode attention's four products run on tensor cores too (TF32 WMMA
+ * tiles, attention_*_tc_kernel). Everything else runs in fp32 (reductions
+ * that the CPU does in double are done in double here too).
  *
  * Determinism: no kernel adds floats with atomics (only integer counts).
  * Sums over rows go through fixed-size partial sums (colsum_add, the
@@ -36,6 +37,8 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <mma.h>
+#include <type_traits>
 
 /* ---- errors ------------------------------------------------------------------------ */
 
@@ -199,18 +202,33 @@ static inline void mm_tn(const kctx *k, float *out, const float *a, const float 
 
 #define RED_CHUNKS 64 /* partial sums per column */
 
-/* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c */
+/* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c.
+ * A block covers 32 columns with 8 lanes of rows (lane y sums rows lo + y,
+ * lo + y + 8, ...), and adds the 8 lanes' sums in order: enough loads in
+ * flight for the narrow dense layers' gradients (one thread per column
+ * left most of the GPU idle). */
+#define COLSUM_LANES 8
 static __global__ void colsum_partial_kernel(float *part, const float *src, int M, int N, int64_t ld, int64_t stride)
 {
-    const int n = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, g = blockIdx.z;
-    if (n >= N)
-        return;
+    __shared__ float lanes[COLSUM_LANES][33];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+    const int n = blockIdx.x * 32 + tx, c = blockIdx.y, g = blockIdx.z;
     const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
-    const float *s = src + (int64_t)g * stride;
     float acc = 0.0f;
-    for (int m = lo; m < hi; m++)
-        acc += s[(int64_t)m * ld + n];
-    part[((int64_t)g * RED_CHUNKS + c) * N + n] = acc;
+    if (n < N) {
+        const float *s = src + (int64_t)g * stride + n;
+#pragma unroll 4
+        for (int m = lo + ty; m < hi; m += COLSUM_LANES)
+            acc += s[(int64_t)m * ld];
+    }
+    lanes[ty][tx] = acc;
+    __syncthreads();
+    if (ty == 0 && n < N) {
+        float t = 0.0f;
+        for (int y = 0; y < COLSUM_LANES; y++)
+            t += lanes[y][tx];
+        part[((int64_t)g * RED_CHUNKS + c) * N + n] = t;
+    }
 }
 
 /* dst[g][n] += sum over chunks of part[g, c, n] */
@@ -237,21 +255,100 @@ static inline void colsum_add(const kctx *k, float *dst, const float *src, int M
                 (long long)k->red_floats, (long long)G * RED_CHUNKS * N);
         exit(1);
     }
-    dim3 grid((unsigned)((N + 127) / 128), RED_CHUNKS, (unsigned)G);
-    colsum_partial_kernel<<<grid, 128, 0, k->stream>>>(k->red, src, M, N, ld ? ld : N, sstride);
+    dim3 grid((unsigned)((N + 31) / 32), RED_CHUNKS, (unsigned)G);
+    colsum_partial_kernel<<<grid, 32 * COLSUM_LANES, 0, k->stream>>>(k->red, src, M, N, ld ? ld : N, sstride);
     LAUNCH_CHECK();
     colsum_final_kernel<<<blocks_for((int64_t)G * N, 256), 256, 0, k->stream>>>(dst, k->red, N, G, dstride);
     LAUNCH_CHECK();
 }
 
+/* ---- element-wise passes ------------------------------------------------------------------
+ * Streaming passes (biases, activations, sums) move 4 floats per thread
+ * with 16-byte loads and stores when their pointers are 16-byte aligned
+ * and their rows a multiple of 4 wide (vec4_ok; the arenas align every
+ * activation to 64 bytes), else one: 4 times the bytes in flight per
+ * thread, and a quarter of the index arithmetic.
+ * The passes that follow a per-row index (the MoE's gather, combine and
+ * scatter) give each block whole rows instead (a grid-stride loop,
+ * blocks_for(rows, 1) blocks of ROW_THREADS threads), so that the row's
+ * token or expert is looked up once per row. */
+#define ROW_THREADS 128
+
+static inline bool vec4_ok(int64_t cols, const void *p, const void *q = nullptr, const void *r = nullptr)
+{
+    const auto al = [](const void *x) { return ((uintptr_t)x & 15) == 0; };
+    return cols % 4 == 0 && al(p) && al(q) && al(r);
+}
+
+template <int V> __device__ static inline void vload(float (&x)[V], const float *p)
+{
+    if constexpr (V == 4) {
+        const float4 t = *reinterpret_cast<const float4 *>(p);
+        x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = p[j];
+    }
+}
+
+template <int V> __device__ static inline void vstore(float *p, const float (&x)[V])
+{
+    if constexpr (V == 4) {
+        *reinterpret_cast<float4 *>(p) = make_float4(x[0], x[1], x[2], x[3]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            p[j] = x[j];
+    }
+}
+
 /* ---- linear layers ----------------------------------------------------------------------- */
 
-/* out[M,N] += bias[N], by rows */
-static __global__ void bias_add_kernel(float *out, const float *bias, int64_t M, int N)
+enum { ACT_NONE = -1 }; /* bias_act_kernel without an activation */
+template <int ACT> __device__ static inline float act_f(float x);
+
+/* h[g][M,N] += bias[g][N] for g < G (rows strided by M*N), and a = act(h)
+ * unless ACT is ACT_NONE: a linear layer's bias and its activation in one
+ * pass; V floats per thread */
+template <int ACT, int V>
+static __global__ void bias_act_kernel(float *__restrict__ a, float *__restrict__ h, const float *__restrict__ bias,
+                                       int64_t M, int N, int64_t n)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < M * N)
-        out[i] += bias[i % N];
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    const int64_t row = i / N;
+    const float *b = bias + row / M * N + (i - row * N);
+    float x[V];
+    vload<V>(x, h + i);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] += b[j];
+    vstore<V>(h + i, x);
+    if constexpr (ACT != ACT_NONE) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = act_f<ACT>(x[j]);
+        vstore<V>(a + i, x);
+    }
+}
+
+template <int ACT>
+static inline void bias_act(const kctx *k, float *a, float *h, const float *bias, int64_t M, int N, int G = 1)
+{
+    const int64_t n = G * M * N;
+    if (vec4_ok(N, h, ACT == ACT_NONE ? nullptr : a))
+        bias_act_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(a, h, bias, M, N, n);
+    else
+        bias_act_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(a, h, bias, M, N, n);
+    LAUNCH_CHECK();
+}
+
+/* out[g][M,N] += bias[g][N] for g < G */
+static inline void bias_add(const kctx *k, float *out, const float *bias, int64_t M, int N, int G = 1)
+{
+    bias_act<ACT_NONE>(k, nullptr, out, bias, M, N, G);
 }
 
 /* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) */
@@ -260,8 +357,7 @@ static inline void linear_forward(const kctx *k, float *out, const float *inp, c
 {
     mm_nt(k, out, inp, w, M, N, K, 0.0f);
     if (b) {
-        bias_add_kernel<<<blocks_for((int64_t)M * N, 256), 256, 0, k->stream>>>(out, b, M, N);
-        LAUNCH_CHECK();
+        bias_add(k, out, b, M, N);
     }
 }
 
@@ -304,34 +400,6 @@ template <int ACT> __device__ static inline float act_grad(float x)
     return cdf + x * pdf;
 }
 
-/* h[g][M,N] += bias[g][N]; a = act(h): a linear layer's bias and its
- * activation in one pass (G experts, rows strided by M*N) */
-template <int ACT>
-static __global__ void bias_act_kernel(float *a, float *h, const float *bias, int64_t M, int N, int G)
-{
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)G * M * N)
-        return;
-    const int64_t g = i / (M * N);
-    const float v = h[i] + bias[g * N + i % N];
-    h[i] = v;
-    a[i] = act_f<ACT>(v);
-}
-
-template <int ACT>
-static inline void bias_act(const kctx *k, float *a, float *h, const float *bias, int64_t M, int N, int G = 1)
-{
-    bias_act_kernel<ACT><<<blocks_for((int64_t)G * M * N, 256), 256, 0, k->stream>>>(a, h, bias, M, N, G);
-    LAUNCH_CHECK();
-}
-
-/* out[g][M,N] += bias[g][N] */
-static __global__ void bias_add_grouped_kernel(float *out, const float *bias, int64_t M, int N, int G)
-{
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (int64_t)G * M * N)
-        out[i] += bias[(i / (M * N)) * N + i % N];
-}
 
 template <int ACT> static __global__ void act_forward_kernel(float *out, const float *inp, int64_t n)
 {
@@ -340,15 +408,26 @@ template <int ACT> static __global__ void act_forward_kernel(float *out, const f
         out[i] = act_f<ACT>(inp[i]);
 }
 
-/* dinp (+)= dout * act'(inp) */
-template <int ACT>
+/* dinp (+)= dout * act'(inp), V floats per thread (dinp may be dout) */
+template <int ACT, int V>
 static __global__ void act_backward_kernel(float *dinp, const float *dout, const float *inp, int64_t n, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
         return;
-    const float g = dout[i] * act_grad<ACT>(inp[i]);
-    dinp[i] = acc ? dinp[i] + g : g;
+    float g[V], x[V];
+    vload<V>(g, dout + i);
+    vload<V>(x, inp + i);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        g[j] *= act_grad<ACT>(x[j]);
+    if (acc) {
+        vload<V>(x, dinp + i);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            g[j] += x[j];
+    }
+    vstore<V>(dinp + i, g);
 }
 
 template <int ACT> static inline void act_forward(const kctx *k, float *out, const float *inp, int64_t n)
@@ -360,21 +439,34 @@ template <int ACT> static inline void act_forward(const kctx *k, float *out, con
 template <int ACT>
 static inline void act_backward(const kctx *k, float *dinp, const float *dout, const float *inp, int64_t n, int acc)
 {
-    act_backward_kernel<ACT><<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, dout, inp, n, acc);
+    if (vec4_ok(n, dinp, dout, inp))
+        act_backward_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(dinp, dout, inp, n, acc);
+    else
+        act_backward_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, dout, inp, n, acc);
     LAUNCH_CHECK();
 }
 
-static __global__ void add_kernel(float *out, const float *a, const float *b, int64_t n)
+template <int V> static __global__ void add_kernel(float *out, const float *a, const float *b, int64_t n)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        out[i] = a[i] + b[i];
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    float x[V], y[V];
+    vload<V>(x, a + i);
+    vload<V>(y, b + i);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] += y[j];
+    vstore<V>(out + i, x);
 }
 
 /* out = a + b */
 static inline void add_forward(const kctx *k, float *out, const float *a, const float *b, int64_t n)
 {
-    add_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, a, b, n);
+    if (vec4_ok(n, out, a, b))
+        add_kernel<4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(out, a, b, n);
+    else
+        add_kernel<1><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, a, b, n);
     LAUNCH_CHECK();
 }
 
@@ -731,14 +823,46 @@ __device__ static inline void attn_rows_times(W w, const float *m, float *out, i
     }
 }
 
-/* rows t < T of src (ld apart, HD wide) into dst (attn_ld apart) */
-template <int T, int HD> __device__ static inline void attn_load(float *dst, const float *src, int64_t ld)
+#define ATTN_THREADS 256 /* every attention kernel's block */
+
+/* dst(i, src(i)) for every i < N, the block's threads sharing the i: each
+ * thread issues up to 16 loads before it stores any, so that the block
+ * waits one memory latency per 16 elements a thread, where a loop of
+ * load-store pairs waited for each (Nsight Compute: the attention kernels
+ * were bound by it, on tensor cores as without). */
+template <int N, typename Src, typename Dst> __device__ static inline void attn_stage(Src src, Dst dst)
+{
+    constexpr int PER = (N + ATTN_THREADS - 1) / ATTN_THREADS, per_batch = PER < 16 ? PER : 16;
+    for (int j0 = 0; j0 < PER; j0 += per_batch) {
+        float r[per_batch];
+#pragma unroll
+        for (int j = 0; j < per_batch; j++) {
+            const int i = (int)threadIdx.x + (j0 + j) * ATTN_THREADS;
+            r[j] = i < N ? src(i) : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < per_batch; j++) {
+            const int i = (int)threadIdx.x + (j0 + j) * ATTN_THREADS;
+            if (i < N)
+                dst(i, r[j]);
+        }
+    }
+}
+
+/* rows t < ROWS of dst (attn_ld apart, HD wide) from src's rows (ld
+ * apart); rows from T on zero */
+template <int T, int HD, int ROWS> __device__ static inline void attn_load(float *dst, const float *src, int64_t ld)
 {
     constexpr int L = attn_ld<HD>();
-    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
-        const int t = i / HD, c = i % HD;
-        dst[t * L + c] = src[(int64_t)t * ld + c];
-    }
+    attn_stage<ROWS * HD>([&](int i) { return i / HD < T ? src[(int64_t)(i / HD) * ld + i % HD] : 0.0f; },
+                          [&](int i, float x) { dst[i / HD * L + i % HD] = x; });
+}
+
+/* dst[ROWS, ROWS] (rows LD apart) from the weights src[T, T]; zero past T */
+template <int T, int ROWS, int LD> __device__ static inline void attn_load_weights(float *dst, const float *src)
+{
+    attn_stage<ROWS * ROWS>([&](int i) { return i / ROWS < T && i % ROWS < T ? src[i / ROWS * T + i % ROWS] : 0.0f; },
+                            [&](int i, float x) { dst[i / ROWS * LD + i % ROWS] = x; });
 }
 
 /* qkv[B, T, 3D] -> att[B, NH, T, T] (softmax weights, saved), out[B, T, D] */
@@ -750,9 +874,9 @@ template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(flo
     float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *s = v + T * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load<T, HD>(q, base, D3);
-    attn_load<T, HD>(kk, base + D, D3);
-    attn_load<T, HD>(v, base + 2 * D, D3);
+    attn_load<T, HD, T>(q, base, D3);
+    attn_load<T, HD, T>(kk, base + D, D3);
+    attn_load<T, HD, T>(v, base + 2 * D, D3);
     __syncthreads();
     const float scale = 1.0f / sqrtf((float)HD);
     for (int i = threadIdx.x; i < T * T; i += blockDim.x) {
@@ -795,13 +919,11 @@ static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, cons
           *ds = a + T * T;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load<T, HD>(q, base, D3);
-    attn_load<T, HD>(kk, base + D, D3);
-    attn_load<T, HD>(v, base + 2 * D, D3);
-    attn_load<T, HD>(g, dout + (int64_t)b * T * D + h * HD, D);
-    const float *ag = att + (int64_t)bh * T * T;
-    for (int i = threadIdx.x; i < T * T; i += blockDim.x)
-        a[i] = ag[i];
+    attn_load<T, HD, T>(q, base, D3);
+    attn_load<T, HD, T>(kk, base + D, D3);
+    attn_load<T, HD, T>(v, base + 2 * D, D3);
+    attn_load<T, HD, T>(g, dout + (int64_t)b * T * D + h * HD, D);
+    attn_load_weights<T, T, T>(a, att + (int64_t)bh * T * T);
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* dv = att^T g ; datt = g v^T */
@@ -828,19 +950,245 @@ static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, cons
     attn_rows_times<T, HD>([&](int u, int t) { return ds[t * T + u]; }, q, dk, D3);
 }
 
+/* ---- attention on tensor cores (the reduced-precision mode) -----------------------------------------
+ * The same sums as above with the four products of the forward and the
+ * backward on tensor cores: WMMA tiles of 16 x 16 x 8 with TF32 operands
+ * (the precision cuBLAS uses for the other products in this mode) and
+ * fp32 accumulation; the softmax and its backward stay in fp32. The
+ * sequence is padded with zero rows to TP, a multiple of 16; the padded
+ * columns of the weights are zero, so they add nothing. fp32 mode keeps
+ * the kernels above. */
+
+template <int T> __host__ __device__ constexpr int attn_tp()
+{
+    return (T + 15) / 16 * 16;
+}
+
+/* rows of the T x T weights and their gradients in shared memory */
+template <int T> __host__ __device__ constexpr int attn_lds()
+{
+    return attn_tp<T>() + 4;
+}
+
+template <int T, int HD> constexpr int attn_tc_fwd_smem()
+{
+    return (int)sizeof(float) * (3 * attn_tp<T>() * attn_ld<HD>() + attn_tp<T>() * attn_lds<T>());
+}
+
+template <int T, int HD> constexpr int attn_tc_bwd_smem()
+{
+    return (int)sizeof(float) * (4 * attn_tp<T>() * attn_ld<HD>() + 2 * attn_tp<T>() * attn_lds<T>());
+}
+
+/* whether the shape runs on tensor cores: output tiles 16 wide along the
+ * head, and the backward's operands in one block's shared memory */
+template <int T, int HD> constexpr bool attn_tc_ok()
+{
+    return HD % 16 == 0 && attn_tc_bwd_smem<T, HD>() <= 227 * 1024;
+}
+
+namespace wmma = nvcuda::wmma;
+typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> tc_acc;
+template <typename Layout> using tc_a = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, Layout>;
+template <typename Layout> using tc_b = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, Layout>;
+
+template <typename F> __device__ static inline void tc_round(F &f)
+{
+#pragma unroll
+    for (int i = 0; i < f.num_elements; i++)
+        f.x[i] = wmma::__float_to_tf32(f.x[i]);
+}
+
+/* acc += A[16, K] B[K, 16], K a multiple of 8: A's element (r, k) at
+ * a[r * ra + k * ka], B's (k, c) at b[k * kb + c * cb], where the stride of
+ * 1 on each side says the layout (row- or column-major) */
+template <int K, typename LA, typename LB>
+__device__ static inline void tc_mma(tc_acc &acc, const float *a, int lda, int64_t a_step, const float *b, int ldb,
+                                     int64_t b_step)
+{
+#pragma unroll
+    for (int k = 0; k < K; k += 8) {
+        tc_a<LA> fa;
+        tc_b<LB> fb;
+        wmma::load_matrix_sync(fa, a + k * a_step, (unsigned)lda);
+        wmma::load_matrix_sync(fb, b + k * b_step, (unsigned)ldb);
+        tc_round(fa);
+        tc_round(fb);
+        wmma::mma_sync(acc, fa, fb, acc);
+    }
+}
+
+
+/* rows t < T of src (attn_ld apart) into dst (ld apart) */
+template <int T, int HD> __device__ static inline void attn_store(float *dst, int64_t ld, const float *src)
+{
+    constexpr int L = attn_ld<HD>();
+    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
+        const int t = i / HD, c = i % HD;
+        dst[(int64_t)t * ld + c] = src[t * L + c];
+    }
+}
+
+/* out[TP, HD] (attn_ld apart) = A[TP, TP] B[TP, HD], A's element (r, k) at
+ * a[r * ra + k * ka] (one of ra, ka is 1), B row-major attn_ld apart; warps
+ * share the 16 x 16 tiles */
+template <int T, int HD, typename LA>
+__device__ static inline void attn_tc_times(float *out, const float *a, const float *b)
+{
+    constexpr int L = attn_ld<HD>(), LS = attn_lds<T>(), TP = attn_tp<T>(), NT = TP / 16, NC = HD / 16;
+    constexpr bool row = std::is_same<LA, wmma::row_major>::value;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int tile = warp; tile < NT * NC; tile += warps) {
+        const int i = tile / NC, c = tile % NC;
+        tc_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        tc_mma<TP, LA, wmma::row_major>(acc, row ? a + i * 16 * LS : a + i * 16, LS, row ? 1 : LS, b + c * 16, L, L);
+        wmma::store_matrix_sync(out + i * 16 * L + c * 16, acc, L, wmma::mem_row_major);
+    }
+}
+
+/* s[TP, TP] (attn_lds apart) = scale * x y^T, x and y [TP, HD] attn_ld apart */
+template <int T, int HD> __device__ static inline void attn_tc_scores(float *s, const float *x, const float *y, float scale)
+{
+    constexpr int L = attn_ld<HD>(), LS = attn_lds<T>(), NT = attn_tp<T>() / 16;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int tile = warp; tile < NT * NT; tile += warps) {
+        const int i = tile / NT, j = tile % NT;
+        tc_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        tc_mma<HD, wmma::row_major, wmma::col_major>(acc, x + i * 16 * L, L, 1, y + j * 16 * L, L, 1);
+#pragma unroll
+        for (int e = 0; e < acc.num_elements; e++)
+            acc.x[e] *= scale;
+        wmma::store_matrix_sync(s + i * 16 * LS + j * 16, acc, LS, wmma::mem_row_major);
+    }
+}
+
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(float *out, float *att, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
+    extern __shared__ __align__(128) float smtc[];
+    float *q = smtc, *kk = q + TP * L, *v = kk + TP * L, *s = v + TP * L;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, TP>(q, base, D3);
+    attn_load<T, HD, TP>(kk, base + D, D3);
+    attn_load<T, HD, TP>(v, base + 2 * D, D3);
+    __syncthreads();
+    attn_tc_scores<T, HD>(s, q, kk, 1.0f / sqrtf((float)HD));
+    __syncthreads();
+    /* the softmax over u < T of each row t < T; the padding zero */
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + (int64_t)bh * T * T;
+    for (int t = wid; t < TP; t += warps) {
+        float *r = s + t * LS;
+        if (t >= T) {
+            for (int u = lane; u < TP; u += 32)
+                r[u] = 0.0f;
+            continue;
+        }
+        float mx = -INFINITY;
+        for (int u = lane; u < T; u += 32)
+            mx = fmaxf(mx, r[u]);
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int u = lane; u < T; u += 32) {
+            const float e = expf(r[u] - mx);
+            r[u] = e;
+            sum += e;
+        }
+        const float inv = 1.0f / warp_sum(sum);
+        for (int u = lane; u < TP; u += 32) {
+            if (u < T) {
+                r[u] *= inv;
+                a[t * T + u] = r[u];
+            } else {
+                r[u] = 0.0f;
+            }
+        }
+    }
+    __syncthreads();
+    /* out = att v, staged in q's rows */
+    attn_tc_times<T, HD, wmma::row_major>(q, s, v);
+    __syncthreads();
+    attn_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, q);
+}
+
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_bwd_tc_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
+    extern __shared__ __align__(128) float smtc[];
+    float *q = smtc, *kk = q + TP * L, *v = kk + TP * L, *g = v + TP * L, *a = g + TP * L, *ds = a + TP * LS;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, TP>(q, base, D3);
+    attn_load<T, HD, TP>(kk, base + D, D3);
+    attn_load<T, HD, TP>(v, base + 2 * D, D3);
+    attn_load<T, HD, TP>(g, dout + (int64_t)b * T * D + h * HD, D);
+    attn_load_weights<T, TP, LS>(a, att + (int64_t)bh * T * T);
+    __syncthreads();
+    float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
+    /* datt = g v^T (into ds) */
+    attn_tc_scores<T, HD>(ds, g, v, 1.0f);
+    __syncthreads();
+    /* dv = att^T g, staged in v's rows */
+    attn_tc_times<T, HD, wmma::col_major>(v, a, g);
+    __syncthreads();
+    attn_store<T, HD>(dv, D3, v);
+    /* through the softmax and the scale */
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int t = wid; t < T; t += warps) {
+        float *r = ds + t * LS;
+        const float *p = a + t * LS;
+        float sdot = 0.0f;
+        for (int u = lane; u < T; u += 32)
+            sdot += p[u] * r[u];
+        sdot = warp_sum(sdot);
+        for (int u = lane; u < T; u += 32)
+            r[u] = p[u] * (r[u] - sdot) * scale;
+    }
+    /* the padding of ds: rows from T on and the columns past T are zero
+     * already (a is zero there, and so g's and v's padded rows make datt) */
+    __syncthreads();
+    /* dq = ds k (staged in g's rows); dk = ds^T q (in v's) */
+    attn_tc_times<T, HD, wmma::row_major>(g, ds, kk);
+    attn_tc_times<T, HD, wmma::col_major>(v, ds, q);
+    __syncthreads();
+    attn_store<T, HD>(dq, D3, g);
+    attn_store<T, HD>(dk, D3, v);
+}
+
 template <int T, int HD, int NH> static inline void attention_setup()
 {
     CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     attn_fwd_smem<T, HD>()));
     CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     attn_bwd_smem<T, HD>()));
+    if constexpr (attn_tc_ok<T, HD>()) {
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_tc_kernel<T, HD, NH>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, attn_tc_fwd_smem<T, HD>()));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_tc_kernel<T, HD, NH>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, attn_tc_bwd_smem<T, HD>()));
+    }
 }
 
 template <int T, int HD, int NH>
 static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
 {
     static_assert(attn_bwd_smem<T, HD>() <= 227 * 1024, "attention: sequence too long for shared memory");
-    attention_fwd_kernel<T, HD, NH><<<(unsigned)(B * NH), 256, attn_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
+    if constexpr (attn_tc_ok<T, HD>()) {
+        if (k->compute != CUBLAS_COMPUTE_32F) {
+            attention_fwd_tc_kernel<T, HD, NH>
+                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
+    attention_fwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
     LAUNCH_CHECK();
 }
 
@@ -848,7 +1196,15 @@ template <int T, int HD, int NH>
 static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, const float *att,
                                       int B)
 {
-    attention_bwd_kernel<T, HD, NH><<<(unsigned)(B * NH), 256, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv,
+    if constexpr (attn_tc_ok<T, HD>()) {
+        if (k->compute != CUBLAS_COMPUTE_32F) {
+            attention_bwd_tc_kernel<T, HD, NH>
+                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, att);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
+    attention_bwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv,
                                                                                                    att);
     LAUNCH_CHECK();
 }
@@ -1350,36 +1706,51 @@ static inline void moe_route(const kctx *k, moe_route_buf *r, const float *logit
 }
 
 /* xe[E, cap, D]: the kept tokens' rows, zeros past each expert's count */
-static __global__ void moe_gather_kernel(float *xe, const float *x, const int *row_token, const int *count, int E,
+static __global__ void moe_gather_kernel(float *__restrict__ xe, const float *__restrict__ x,
+                                         const int *__restrict__ row_token, const int *__restrict__ count, int E,
                                          int cap, int D)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)E * cap * D)
-        return;
-    const int64_t row = i / D;
-    const int e = (int)(row / cap), s = (int)(row % cap);
-    xe[i] = s < count[e] ? x[(int64_t)row_token[row] * D + i % D] : 0.0f;
+    for (int64_t row = blockIdx.x; row < (int64_t)E * cap; row += gridDim.x) {
+        const int e = (int)(row / cap), s = (int)(row % cap);
+        float *o = xe + row * D;
+        if (s < count[e]) {
+            const float *src = x + (int64_t)row_token[row] * D;
+#pragma unroll 4
+            for (int c = threadIdx.x; c < D; c += blockDim.x)
+                o[c] = src[c];
+        } else {
+            for (int c = threadIdx.x; c < D; c += blockDim.x)
+                o[c] = 0.0f;
+        }
+    }
 }
 
 /* out[n] = sum over kept choices of gate * ye[row] (a token's own rows, in
  * choice order: no atomics) */
 template <int K>
-static __global__ void moe_combine_kernel(float *out, const float *ye, const int *topk, const int *slot,
-                                          const float *gate, int N, int cap, int D)
+static __global__ void moe_combine_kernel(float *__restrict__ out, const float *__restrict__ ye,
+                                          const int *__restrict__ topk, const int *__restrict__ slot,
+                                          const float *__restrict__ gate, int N, int cap, int D)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)N * D)
-        return;
-    const int64_t n = i / D;
-    const int d = (int)(i % D);
-    float acc = 0.0f;
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *src[K];
+        float g[K];
 #pragma unroll
-    for (int k = 0; k < K; k++) {
-        const int s = slot[n * K + k];
-        if (s >= 0)
-            acc += gate[n * K + k] * ye[((int64_t)topk[n * K + k] * cap + s) * D + d];
+        for (int k = 0; k < K; k++) {
+            const int s = slot[n * K + k];
+            src[k] = s >= 0 ? ye + ((int64_t)topk[n * K + k] * cap + s) * D : nullptr;
+            g[k] = gate[n * K + k];
+        }
+        float *o = out + n * D;
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int k = 0; k < K; k++)
+                if (src[k])
+                    acc += g[k] * src[k][d];
+            o[d] = acc;
+        }
     }
-    out[i] = acc;
 }
 
 /* Expert parallelism: the rows of a MoE layer travel between the P GPUs of
@@ -1420,8 +1791,7 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
     mm_nt(k, h, xr, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
     bias_act<ACT>(k, a, h, b1, rows, H, n);
     mm_nt(k, yr, a, w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
-    bias_add_grouped_kernel<<<blocks_for((int64_t)n * rows * D, 256), 256, 0, k->stream>>>(yr, b2, rows, D, n);
-    LAUNCH_CHECK();
+    bias_add(k, yr, b2, rows, D, n);
 }
 
 /* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
@@ -1440,7 +1810,7 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
     constexpr int EL = E / P;
     const int rows = P * cap; /* per expert of this GPU */
     const int64_t chunk = (int64_t)cap * D;
-    moe_gather_kernel<<<blocks_for((int64_t)E * cap * D, 256), 256, 0, k->stream>>>(xe, x, r->row_token, r->count, E,
+    moe_gather_kernel<<<blocks_for((int64_t)E * cap, 1), ROW_THREADS, 0, k->stream>>>(xe, x, r->row_token, r->count, E,
                                                                                   cap, D);
     LAUNCH_CHECK();
     if (P > 1 && k->overlap) {
@@ -1458,7 +1828,7 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
         moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, w1, b1, w2, b2, rows, 0, EL);
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
-    moe_combine_kernel<K><<<blocks_for((int64_t)N * D, 256), 256, 0, k->stream>>>(out, ye, r->topk, r->slot, r->gate,
+    moe_combine_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(out, ye, r->topk, r->slot, r->gate,
                                                                                 N, cap, D);
     LAUNCH_CHECK();
 }
@@ -1496,24 +1866,29 @@ static __global__ void moe_combine_bwd_kernel(float *dye, float *dgate, const fl
 /* dx[n] (+)= sum over the token's kept choices of dxe[row]; dgate of the
  * dropped choices = 0 */
 template <int K>
-static __global__ void moe_scatter_bwd_kernel(float *dx, float *dgate, const float *dxe, const int *topk,
-                                              const int *slot, int N, int cap, int D, int acc)
+static __global__ void moe_scatter_bwd_kernel(float *__restrict__ dx, float *__restrict__ dgate,
+                                              const float *__restrict__ dxe, const int *__restrict__ topk,
+                                              const int *__restrict__ slot, int N, int cap, int D, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)N * D)
-        return;
-    const int64_t n = i / D;
-    const int d = (int)(i % D);
-    float s = 0.0f;
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *src[K];
 #pragma unroll
-    for (int k = 0; k < K; k++) {
-        const int sl = slot[n * K + k];
-        if (sl >= 0)
-            s += dxe[((int64_t)topk[n * K + k] * cap + sl) * D + d];
-        else if (d == 0)
-            dgate[n * K + k] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const int sl = slot[n * K + k];
+            src[k] = sl >= 0 ? dxe + ((int64_t)topk[n * K + k] * cap + sl) * D : nullptr;
+            if (sl < 0 && threadIdx.x == 0)
+                dgate[n * K + k] = 0.0f;
+        }
+        float *o = dx + n * D;
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float s = 0.0f;
+#pragma unroll
+            for (int k = 0; k < K; k++)
+                if (src[k])
+                    s += src[k][d];
+            o[d] = acc ? o[d] + s : s;
+        }
     }
-    dx[i] = acc ? dx[i] + s : s;
 }
 
 /* The FFN's backward for this GPU's experts [e, e + n), in two halves:
@@ -1581,7 +1956,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         moe_ffn_backward_params<D, H>(k, dw1, db1, dw2, db2, dyr, dh, xr, a, rows, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
-    moe_scatter_bwd_kernel<K><<<blocks_for((int64_t)N * D, 256), 256, 0, k->stream>>>(dx, dgate, dxe, r->topk,
+    moe_scatter_bwd_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(dx, dgate, dxe, r->topk,
                                                                                     r->slot, N, cap, D, acc);
     LAUNCH_CHECK();
 }

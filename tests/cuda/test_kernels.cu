@@ -11,8 +11,9 @@
  * - The error of one output tensor is max |gpu - cpu| / max(max |cpu|, 1e-6);
  *   a NaN or Inf anywhere fails (the comparison is !(err <= tol)). The
  *   tolerance is 1e-5 in fp32 (kctx.compute = CUBLAS_COMPUTE_32F), and 1e-2
- *   for the cuBLAS kernels (linear, patch embedding, MoE experts) in bf16
- *   mode (CUBLAS_COMPUTE_32F_FAST_16BF). Integer outputs (routing) must
+ *   for the kernels with reduced-precision products (linear, patch
+ *   embedding, MoE experts through cuBLAS; attention on tensor cores) in
+ *   bf16 mode (CUBLAS_COMPUTE_32F_FAST_16BF). Integer outputs (routing) must
  *   match exactly.
  * - The random-number kernels (gate_noise, dropout_mask) are not tested
  *   here: their CPU versions need libmoert's Philox.
@@ -323,12 +324,14 @@ static void test_patch_embed()
 
 /* ---- activations ------------------------------------------------------------------------------------ */
 
-template <int ACT> static void test_act(const char *name)
+/* N = 160: the kernels' 4-float path; 157: the 1-float one (rows not a
+ * multiple of 4) */
+template <int ACT> static void test_act(const char *name, int N)
 {
-    const int M = 300, N = 160;
+    const int M = 300;
     const size_t n = (size_t)M * N;
-    note(fmt("activations: %s", name));
-    Rng r(seed_of("act", ACT));
+    note(fmt("activations: %s, rows of %d", name, N));
+    Rng r(seed_of("act", ACT * 1000 + N));
     /* bias_act: h += bias, a = act(h), for one group and for three */
     for (int G = 1; G <= 3; G += 2) {
         const int MG = G == 1 ? M : 50;
@@ -338,15 +341,15 @@ template <int ACT> static void test_act(const char *name)
         bias_act<ACT>(&g_k, d_a, d_h, d_bias, MG, N, G);
         fvec h = h0, a(ng);
         ref_bias_act(a.data(), h.data(), bias.data(), MG, N, G, ACT);
-        check("bias_act", fmt("%s h, G=%d", name, G), down(d_h, ng), h, TOL32);
-        check("bias_act", fmt("%s a, G=%d", name, G), down(d_a, ng), a, TOL32);
+        check("bias_act", fmt("%s h, G=%d, N=%d", name, G, N), down(d_h, ng), h, TOL32);
+        check("bias_act", fmt("%s a, G=%d, N=%d", name, G, N), down(d_a, ng), a, TOL32);
     }
     const fvec inp = rnd(r, n, -3, 3);
     float *d_inp = dup(inp), *d_out = dpoison<float>(n);
     act_forward<ACT>(&g_k, d_out, d_inp, (int64_t)n);
     fvec out(n);
     ref_act_forward(out.data(), inp.data(), n, ACT);
-    check("act_forward", fmt("%s out", name), down(d_out, n), out, TOL32);
+    check("act_forward", fmt("%s out, n=%zu", name, n), down(d_out, n), out, TOL32);
 
     const fvec dout = rnd(r, n, -1, 1);
     float *d_dout = dup(dout);
@@ -355,7 +358,7 @@ template <int ACT> static void test_act(const char *name)
         float *d_dinp = acc ? dup(dinp) : dpoison<float>(n);
         act_backward<ACT>(&g_k, d_dinp, d_dout, d_inp, (int64_t)n, acc);
         ref_act_backward(dinp.data(), dout.data(), inp.data(), n, ACT, acc);
-        check("act_backward", fmt("%s dinp, acc=%d", name, acc), down(d_dinp, n), dinp, TOL32);
+        check("act_backward", fmt("%s dinp, acc=%d, n=%zu", name, acc, n), down(d_dinp, n), dinp, TOL32);
     }
     dfree_all();
 }
@@ -370,12 +373,14 @@ static void test_elementwise()
     Rng r(seed_of("elementwise", 0));
     const fvec a = rnd(r, n, -1, 1), b = rnd(r, n, -1, 1);
     float *d_a = dup(a), *d_b = dup(b);
-    {
+    /* n: 4 floats per thread; n - 1 and from the second float: 1 */
+    for (int off = 0; off <= 1; off++) {
+        const size_t m = n - off;
         float *d_out = dpoison<float>(n);
-        add_forward(&g_k, d_out, d_a, d_b, (int64_t)n);
-        fvec out(n);
-        ref_add_forward(out.data(), a.data(), b.data(), n);
-        check("add_forward", "out", down(d_out, n), out, TOL32);
+        add_forward(&g_k, d_out + off, d_a + off, d_b + off, (int64_t)m);
+        fvec out(m), got = down(d_out, n);
+        ref_add_forward(out.data(), a.data() + off, b.data() + off, m);
+        check("add_forward", fmt("out, n=%zu", m), fvec(got.begin() + off, got.end()), out, TOL32);
     }
     for (int acc = 0; acc <= 1; acc++) {
         fvec dst = rnd(r, n, -1, 1);
@@ -596,16 +601,20 @@ template <int T, int HD, int NH> static void test_attention(int B)
     attention_forward<T, HD, NH>(&g_k, d_out, d_att, d_qkv, B);
     fvec out((size_t)B * T * D), att((size_t)B * NH * T * T);
     ref_attention_forward(out.data(), att.data(), qkv.data(), B, T, D, NH);
-    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d", T, HD, NH, B);
-    check("attention_forward", "out, " + c, down(d_out, out.size()), out, TOL32);
-    check("attention_forward", "att, " + c, down(d_att, att.size()), att, TOL32);
+    /* bf16 mode: the tensor-core kernels (TF32 products) where the shape
+     * allows, else the fp32 ones */
+    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d [%s%s]", T, HD, NH, B, mode(),
+                              g_bf16 && attn_tc_ok<T, HD>() ? ", tensor cores" : "");
+    const double tol = tol_blas();
+    check("attention_forward", "out, " + c, down(d_out, out.size()), out, tol);
+    check("attention_forward", "att, " + c, down(d_att, att.size()), att, tol);
     /* the backward pass from the CPU's weights */
     const fvec dout = rnd(r, out.size(), -1, 1);
     float *d_dout = dup(dout), *d_att_ref = dup(att), *d_dqkv = dpoison<float>(qkv.size());
     attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B);
     fvec dqkv(qkv.size()), datt(att.size());
     ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, D, NH);
-    check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, TOL32);
+    check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, tol);
     dfree_all();
 }
 
@@ -1032,22 +1041,25 @@ int main(void)
             test_moe<4, 2, ACT_GELU>(5, 1, 0, 0, 1);
             test_moe<3, 1, ACT_GELU>(6, 0, 1, 1, 0);
         }
+        test_attention<65, 32, 4>(3);
+        test_attention<16, 32, 4>(5);
+        test_attention<65, 64, 6>(2); /* config S: heads of 64 */
+        test_attention<49, 16, 4>(3);
+        test_attention<50, 24, 2>(2); /* heads not a multiple of 16: the fp32 kernels in either mode */
     }
     g_bf16 = false;
     g_k.compute = CUBLAS_COMPUTE_32F;
 
-    test_act<ACT_GELU>("gelu");
-    test_act<ACT_RELU>("relu");
-    test_act<ACT_SILU>("silu");
+    for (int N = 160; N >= 157; N -= 3) {
+        test_act<ACT_GELU>("gelu", N);
+        test_act<ACT_RELU>("relu", N);
+        test_act<ACT_SILU>("silu", N);
+    }
     test_elementwise();
     test_tokens();
     test_layernorm<96>();
     test_layernorm<256>();
     test_l2norm();
-    test_attention<65, 32, 4>(3);
-    test_attention<16, 32, 4>(5);
-    test_attention<65, 64, 6>(2); /* config S: heads of 64 */
-    test_attention<49, 16, 4>(3);
     test_softmax_xent(37, 10, 10, 7);
     test_softmax_xent(21, 100, 100, 37);
     test_head();
