@@ -880,6 +880,44 @@ template <int T, int ROWS, int LD> __device__ static inline void attn_load_weigh
                             [&](int i, float x) { dst[i / ROWS * LD + i % ROWS] = x; });
 }
 
+/* One row of the weights, by one warp: r[u] = the softmax of r over u < T,
+ * copied to a[u]; r[u] = 0 for T <= u < W (the tensor-core kernels'
+ * padding) */
+template <int T, int W> __device__ static inline void attn_softmax_row(float *r, float *a, int lane)
+{
+    float mx = -INFINITY;
+    for (int u = lane; u < T; u += 32)
+        mx = fmaxf(mx, r[u]);
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int u = lane; u < T; u += 32) {
+        const float e = expf(r[u] - mx);
+        r[u] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / warp_sum(sum);
+    for (int u = lane; u < W; u += 32) {
+        if (u < T) {
+            r[u] *= inv;
+            a[u] = r[u];
+        } else {
+            r[u] = 0.0f;
+        }
+    }
+}
+
+/* One row back through the softmax and the scale, by one warp: ds[u] =
+ * p[u] (ds[u] - p . ds) scale for u < T (ds: the weights' gradient) */
+template <int T> __device__ static inline void attn_softmax_bwd_row(float *ds, const float *p, float scale, int lane)
+{
+    float sdot = 0.0f;
+    for (int u = lane; u < T; u += 32)
+        sdot += p[u] * ds[u];
+    sdot = warp_sum(sdot);
+    for (int u = lane; u < T; u += 32)
+        ds[u] = p[u] * (ds[u] - sdot) * scale;
+}
+
 /* qkv[B, T, 3D] -> att[B, NH, T, T] (softmax weights, saved), out[B, T, D] */
 template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(float *out, float *att, const float *qkv)
 {
@@ -901,24 +939,8 @@ template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(flo
     __syncthreads();
     const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
     float *a = att + (int64_t)bh * T * T;
-    for (int t = wid; t < T; t += warps) {
-        float *row = s + t * T;
-        float mx = -INFINITY;
-        for (int u = lane; u < T; u += 32)
-            mx = fmaxf(mx, row[u]);
-        mx = warp_max(mx);
-        float sum = 0.0f;
-        for (int u = lane; u < T; u += 32) {
-            const float e = expf(row[u] - mx);
-            row[u] = e;
-            sum += e;
-        }
-        const float inv = 1.0f / warp_sum(sum);
-        for (int u = lane; u < T; u += 32) {
-            row[u] *= inv;
-            a[t * T + u] = row[u];
-        }
-    }
+    for (int t = wid; t < T; t += warps)
+        attn_softmax_row<T, T>(s + t * T, a + t * T, lane);
     __syncthreads();
     /* out = att v */
     attn_rows_times<T, HD>([&](int t, int u) { return s[t * T + u]; }, v, out + (int64_t)b * T * D + h * HD, D);
@@ -951,14 +973,8 @@ static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, cons
     /* through the softmax and the scale */
     const float scale = 1.0f / sqrtf((float)HD);
     const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int t = wid; t < T; t += warps) {
-        float sdot = 0.0f;
-        for (int u = lane; u < T; u += 32)
-            sdot += a[t * T + u] * ds[t * T + u];
-        sdot = warp_sum(sdot);
-        for (int u = lane; u < T; u += 32)
-            ds[t * T + u] = a[t * T + u] * (ds[t * T + u] - sdot) * scale;
-    }
+    for (int t = wid; t < T; t += warps)
+        attn_softmax_bwd_row<T>(ds + t * T, a + t * T, scale, lane);
     __syncthreads();
     /* dq = ds k ; dk = ds^T q */
     attn_rows_times<T, HD>([&](int t, int u) { return ds[t * T + u]; }, kk, dq, D3);
@@ -1098,29 +1114,11 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(f
     float *a = att + (int64_t)bh * T * T;
     for (int t = wid; t < TP; t += warps) {
         float *r = s + t * LS;
-        if (t >= T) {
+        if (t < T) {
+            attn_softmax_row<T, TP>(r, a + t * T, lane);
+        } else {
             for (int u = lane; u < TP; u += 32)
                 r[u] = 0.0f;
-            continue;
-        }
-        float mx = -INFINITY;
-        for (int u = lane; u < T; u += 32)
-            mx = fmaxf(mx, r[u]);
-        mx = warp_max(mx);
-        float sum = 0.0f;
-        for (int u = lane; u < T; u += 32) {
-            const float e = expf(r[u] - mx);
-            r[u] = e;
-            sum += e;
-        }
-        const float inv = 1.0f / warp_sum(sum);
-        for (int u = lane; u < TP; u += 32) {
-            if (u < T) {
-                r[u] *= inv;
-                a[t * T + u] = r[u];
-            } else {
-                r[u] = 0.0f;
-            }
         }
     }
     __syncthreads();
@@ -1156,16 +1154,8 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     /* through the softmax and the scale */
     const float scale = 1.0f / sqrtf((float)HD);
     const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int t = wid; t < T; t += warps) {
-        float *r = ds + t * LS;
-        const float *p = a + t * LS;
-        float sdot = 0.0f;
-        for (int u = lane; u < T; u += 32)
-            sdot += p[u] * r[u];
-        sdot = warp_sum(sdot);
-        for (int u = lane; u < T; u += 32)
-            r[u] = p[u] * (r[u] - sdot) * scale;
-    }
+    for (int t = wid; t < T; t += warps)
+        attn_softmax_bwd_row<T>(ds + t * LS, a + t * LS, scale, lane);
     /* the padding of ds: rows from T on and the columns past T are zero
      * already (a is zero there, and so g's and v's padded rows make datt) */
     __syncthreads();
