@@ -400,7 +400,6 @@ template <int ACT> __device__ static inline float act_grad(float x)
     return cdf + x * pdf;
 }
 
-
 template <int ACT> static __global__ void act_forward_kernel(float *out, const float *inp, int64_t n)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -727,7 +726,6 @@ static __global__ void layernorm_bwd_kernel(float *dinp, float *part, const floa
     }
 }
 
-/* dw[D] += sum of part[*][0..D), db[D] += sum of part[*][D..2D) */
 /* dw, db += the sums of the partials part[nblocks, 2D]: a block covers 32
  * of the 2D columns with LN_FINAL_LANES lanes of partials (lane y sums
  * partials y, y + LN_FINAL_LANES, ...), whose sums it adds in order (one
@@ -1030,9 +1028,9 @@ template <typename F> __device__ static inline void tc_round(F &f)
         f.x[i] = wmma::__float_to_tf32(f.x[i]);
 }
 
-/* acc += A[16, K] B[K, 16], K a multiple of 8: A's element (r, k) at
- * a[r * ra + k * ka], B's (k, c) at b[k * kb + c * cb], where the stride of
- * 1 on each side says the layout (row- or column-major) */
+/* acc += A[16, K] B[K, 16], K a multiple of 8, in steps of 8 along K: A
+ * in layout LA with leading dimension lda, its next 8 columns a_step
+ * floats on (1 when row-major, lda when column-major); B likewise in LB */
 template <int K, typename LA, typename LB>
 __device__ static inline void tc_mma(tc_acc &acc, const float *a, int lda, int64_t a_step, const float *b, int ldb,
                                      int64_t b_step)
@@ -1060,9 +1058,10 @@ template <int T, int HD> __device__ static inline void attn_store(float *dst, in
     }
 }
 
-/* out[TP, HD] (attn_ld apart) = A[TP, TP] B[TP, HD], A's element (r, k) at
- * a[r * ra + k * ka] (one of ra, ka is 1), B row-major attn_ld apart; warps
- * share the 16 x 16 tiles */
+/* out[TP, HD] (attn_ld apart) = A[TP, TP] B[TP, HD]: A in layout LA with
+ * rows (row-major) or columns (column-major) attn_lds apart, so that a
+ * column-major A is the transpose of the row-major weights there; B
+ * row-major attn_ld apart; warps share the 16 x 16 tiles */
 template <int T, int HD, typename LA>
 __device__ static inline void attn_tc_times(float *out, const float *a, const float *b)
 {
