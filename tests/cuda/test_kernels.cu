@@ -11,9 +11,9 @@
  * - The error of one output tensor is max |gpu - cpu| / max(max |cpu|, 1e-6);
  *   a NaN or Inf anywhere fails (the comparison is !(err <= tol)). The
  *   tolerance is 1e-5 in fp32 (kctx.compute = CUBLAS_COMPUTE_32F), and 1e-2
- *   for the kernels with reduced-precision products (linear, patch
- *   embedding, MoE experts through cuBLAS; attention on tensor cores) in
- *   bf16 mode (CUBLAS_COMPUTE_32F_FAST_16BF). Integer outputs (routing) must
+ *   for the cuBLAS kernels (linear, patch embedding, MoE experts) in bf16
+ *   mode (CUBLAS_COMPUTE_32F_FAST_16BF), 3e-3 for attention on tensor cores
+ *   (TF32 tiles) in that mode. Integer outputs (routing) must
  *   match exactly.
  * - The random-number kernels (gate_noise, dropout_mask) are not tested
  *   here: their CPU versions need libmoert's Philox.
@@ -41,6 +41,9 @@ static_assert(ACT_GELU == 0 && ACT_RELU == 1 && ACT_SILU == 2, "kernel_ref.h pas
 
 static const double TOL32 = 1e-5; /* fp32 */
 static const double TOL16 = 1e-2; /* the cuBLAS kernels in bf16 mode */
+/* attention on tensor cores (TF32 tiles), bf16 mode: the worst error seen
+ * on an H200 was 6.1e-4 (TF32 keeps 10 mantissa bits: 4.9e-4 a rounding) */
+static const double TOL_ATTN_TC = 3e-3;
 
 static kctx g_k;
 static bool g_bf16;
@@ -602,10 +605,10 @@ template <int T, int HD, int NH> static void test_attention(int B)
     fvec out((size_t)B * T * D), att((size_t)B * NH * T * T);
     ref_attention_forward(out.data(), att.data(), qkv.data(), B, T, D, NH);
     /* bf16 mode: the tensor-core kernels (TF32 products) where the shape
-     * allows, else the fp32 ones */
-    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d [%s%s]", T, HD, NH, B, mode(),
-                              g_bf16 && attn_tc_ok<T, HD>() ? ", tensor cores" : "");
-    const double tol = tol_blas();
+     * allows, else the fp32 ones, held to fp32's tolerance */
+    const bool tc = g_bf16 && attn_tc_ok<T, HD>();
+    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d [%s%s]", T, HD, NH, B, mode(), tc ? ", tensor cores" : "");
+    const double tol = tc ? TOL_ATTN_TC : TOL32;
     check("attention_forward", "out, " + c, down(d_out, out.size()), out, tol);
     check("attention_forward", "att, " + c, down(d_att, att.size()), att, tol);
     /* the backward pass from the CPU's weights */
