@@ -1,0 +1,167 @@
+#!/bin/sh
+# bench.sh: bench/gpu.sh (`make bench`) end to end without a GPU, with
+# stand-ins for nvidia-smi, nvcc, make and the trainer, so that its flow
+# and its arithmetic are checked where its real runs cannot be: every
+# config and GPU count is reached (a bug once stopped it after the first
+# config), each efficiency and exchange figure is the one the stand-in's
+# known throughputs give, and a failed variant is reported, not skipped.
+#
+# The stand-ins (written below): nvidia-smi lists STUB_GPUS GPUs; make -C
+# DIR puts the stand-in trainer in DIR (moecc itself is the real one, so
+# every variant's .moe is compiled for real); the trainer reads its
+# model.h and prints the line `./train --bench` prints, with 1000 images/s
+# per GPU times 0.95 for data parallelism, 0.80 for expert parallelism
+# (0.78 with MOECC_EP_OVERLAP=0), and writes the metrics the data runs
+# leave (loss 2.5 on one GPU, 2.5 * (1 + 1e-6 * GPUs) on several).
+. "${top_srcdir:-.}/tests/e2e/common.sh"
+PY=${PYTHON_TORCH:-python3} # the python bench/gpu.sh runs (configure finds it)
+if ! "$PY" -c 'import numpy' 2> /dev/null; then
+    echo "1..0 # SKIP bench/gpu.sh writes its data with numpy, which $PY lacks"
+    exit 77
+fi
+
+stub=$WORK/bin
+mkdir -p "$stub"
+cat > "$stub/nvidia-smi" << 'EOF'
+#!/bin/sh
+case "$*" in
+-L) i=0; while [ $i -lt "${STUB_GPUS:-1}" ]; do echo "GPU $i: Stand-in GPU (UUID: GPU-$i)"; i=$((i + 1)); done ;;
+*query-gpu*) echo "Stand-in GPU, 0.0" ;;
+esac
+EOF
+cat > "$stub/nvcc" << 'EOF'
+#!/bin/sh
+echo "Cuda compilation tools, release 13.0, V13.0.0"
+EOF
+cat > "$stub/make" << EOF
+#!/bin/sh
+# make ... -C DIR ...: the stand-in trainer into DIR
+while [ \$# -gt 0 ]; do
+    [ "\$1" = -C ] && { cp "$stub/train" "\$2/train"; exit 0; }
+    shift
+done
+exit 0
+EOF
+cat > "$stub/train" << 'EOF'
+#!/bin/sh
+dir=$(cd "$(dirname "$0")" && pwd)
+def() { sed -n "s/^#define $1 \([0-9]*\).*/\1/p" "$dir/model.h"; }
+name=$(sed -n 's/^#define MODEL_NAME "\(.*\)"/\1/p' "$dir/model.h")
+batch=$(def BATCH)
+data=$(def PARALLEL_DATA)
+expert=$(def PARALLEL_EXPERT)
+n=${WORLD_SIZE:-1}
+[ "$n" -eq "${data:-1}" ] || { echo "train: compiled for ${data:-1} GPUs, started as $n" >&2; exit 1; }
+share=1
+[ "$n" -gt 1 ] && share=0.95
+[ "${expert:-1}" -gt 1 ] && share=0.80
+[ "${expert:-1}" -gt 1 ] && [ "${MOECC_EP_OVERLAP:-1}" = 0 ] && share=0.78
+ips=$(awk -v n="$n" -v s="$share" 'BEGIN { printf "%.1f", 1000 * n * s }')
+bench=0 metrics=
+while [ $# -gt 0 ]; do
+    case $1 in
+    --bench) bench=1 ;;
+    --metrics) metrics=$2; shift ;;
+    esac
+    shift
+done
+[ "${RANK:-0}" = 0 ] || exit 0
+if [ $bench = 1 ]; then
+    awk -v nm="$name" -v b="$batch" -v i="$ips" 'BEGIN {
+        printf "moecc %s: batch %d, %.2f ms per step, %s images/s, 1.00 GFLOP/s (mean of 30 steps after 2), on stand-in\n", nm, b, 1000 * b / i, i }'
+elif [ -n "$metrics" ]; then
+    loss=$(awk -v n="$n" 'BEGIN { printf "%.10f", 2.5 * (n > 1 ? 1 + 1e-6 * n : 1) }')
+    echo "{\"kind\": \"train\", \"loss\": $loss, \"images_per_s\": $ips}" > "$metrics"
+fi
+EOF
+chmod +x "$stub"/*
+
+# bench/gpu.sh on 4 stand-in GPUs, both configs
+out=$WORK/bench.txt
+export top_srcdir top_builddir MOECC
+if PATH="$stub:$PATH" STUB_GPUS=4 BENCH_TORCH=0 BENCH_STEPS=30 BENCH_OUT="$out" \
+    sh "$top_srcdir/bench/gpu.sh" > "$WORK/bench.log" 2>&1; then
+    ok "bench/gpu.sh runs to the end on 4 stand-in GPUs"
+else
+    cat "$WORK/bench.log"
+    not_ok "bench/gpu.sh runs to the end on 4 stand-in GPUs"
+fi
+
+# has TEXT WHAT: the output has the line, else it is printed and the check fails
+has() {
+    if grep -qF -- "$1" "$out"; then
+        ok "$2"
+    else
+        echo "# wanted a line with: $1"
+        sed 's/^/# | /' "$out"
+        not_ok "$2"
+    fi
+}
+for cfg in gpu_p gpu_s; do
+    has "[bf16] moecc $cfg: batch" "$cfg: one GPU, default precision"
+    has "[fp32] moecc $cfg: batch" "$cfg: one GPU, fp32"
+    has "moecc $cfg with the data loader (CIFAR-10 format files, bf16): 1000 images/s" "$cfg: the data loader's images/s"
+    for n in 2 4; do
+        has "[$n GPUs, parallel(data = $n), weak scaling, global batch" "$cfg: $n GPUs, data parallel, weak"
+        has "[$n GPUs, parallel(data = $n), strong scaling" "$cfg: $n GPUs, data parallel, strong"
+    done
+done
+# the arithmetic, worked by hand: S (batch 256) on 2 GPUs, weak: 1,900
+# images/s data parallel and 1,600 expert parallel at a global batch of 512
+# are 269.47 and 320.00 ms a step: the exchange adds 50.53 ms, 15.8%
+has "[2 GPUs, parallel(data = 2), weak scaling, global batch 512] moecc gpu_s: batch 512, 269.47 ms per step, 1900.0 images/s" \
+    "gpu_s, 2 GPUs, data parallel, weak: the stand-in's figures"
+has "95.0% of 2 x the 1-GPU 1000.0 images/s" "data parallel: 95.0% of twice one GPU"
+has "80.0% of 2 x the 1-GPU 1000.0 images/s; 320.00 ms per step against 269.47 data parallel: the exchange adds 50.53 ms, 15.8% of the step" \
+    "gpu_s, 2 GPUs, expert parallel, weak: efficiency and the exchange's share"
+# 4 GPUs, strong (the global batch of one GPU): 3,200 against 3,800 images/s,
+# 80.00 against 67.37 ms: 12.63 ms, 15.8%
+has "80.0% of 4 x the 1-GPU 1000.0 images/s; 80.00 ms per step against 67.37 data parallel: the exchange adds 12.63 ms, 15.8% of the step" \
+    "gpu_s, 4 GPUs, expert parallel, strong"
+has "78.0% of 2 x the 1-GPU images/s; overlapping the exchange saves 8.21 ms per step" \
+    "MOECC_EP_OVERLAP=0: what the overlap saves (1,560 against 1,600 images/s at 512: 328.21 - 320.00 ms)"
+has "[2 GPUs, expert parallel] gpu_p: not run, its 7 experts do not split over 2 GPUs" \
+    "gpu_p's 7 experts: expert parallelism said not run"
+has "gpu_s: loss after 50 steps 2.500005, 1 GPU 2.5, relative difference 2.00e-06" \
+    "the fp32 check: 2 GPUs' loss against one's"
+has "gpu_s: loss after 50 steps 2.50001, 1 GPU 2.5, relative difference 4.00e-06" \
+    "the fp32 check: 4 GPUs'"
+
+# started from the build tree with relative paths, as a script on the GPU
+# machine does: every config still reaches its several-GPU runs (the bench
+# changes directory; relative paths once stopped it after the first config)
+rel=$(realpath --relative-to="$top_builddir" "$top_srcdir")
+if (cd "$top_builddir" && PATH="$stub:$PATH" STUB_GPUS=2 BENCH_TORCH=0 BENCH_QUICK=1 BENCH_OUT="$WORK/rel.txt" \
+    top_srcdir="$rel" top_builddir=. MOECC=./moecc sh "$rel/bench/gpu.sh" > "$WORK/rel.log" 2>&1) &&
+    grep -qF "[2 GPUs, parallel(data = 2), strong scaling, global batch 1024] moecc gpu_p" "$WORK/rel.txt" &&
+    grep -qF "[2 GPUs, parallel(data = 2, expert = 2), strong scaling, global batch 256] moecc gpu_s" "$WORK/rel.txt"; then
+    ok "relative paths: both configs reach their 2-GPU runs"
+else
+    cat "$WORK/rel.log" "$WORK/rel.txt"
+    not_ok "relative paths: both configs reach their 2-GPU runs"
+fi
+
+# a variant that fails to build is reported, and the run stops with an error
+cat > "$stub/make" << EOF
+#!/bin/sh
+while [ \$# -gt 0 ]; do
+    if [ "\$1" = -C ]; then
+        case \$2 in *expert-weak*) echo "stand-in: this variant does not build" >&2; exit 2 ;; esac
+        cp "$stub/train" "\$2/train"
+        exit 0
+    fi
+    shift
+done
+exit 0
+EOF
+if PATH="$stub:$PATH" STUB_GPUS=2 BENCH_TORCH=0 BENCH_QUICK=1 BENCH_CONFIGS=gpu_s BENCH_OUT="$WORK/bad.txt" \
+    sh "$top_srcdir/bench/gpu.sh" > "$WORK/bad.log" 2>&1; then
+    cat "$WORK/bad.log"
+    not_ok "a variant that does not build stops the bench with an error"
+elif grep -q "this variant does not build" "$WORK/bad.log"; then
+    ok "a variant that does not build stops the bench with an error, its build log shown"
+else
+    cat "$WORK/bad.log"
+    not_ok "a variant that does not build stops the bench with an error, its build log shown"
+fi
+finish
