@@ -1047,7 +1047,6 @@ __device__ static inline void tc_mma(tc_acc &acc, const float *a, int lda, int64
     }
 }
 
-
 /* rows t < T of src (attn_ld apart) into dst (ld apart) */
 template <int T, int HD> __device__ static inline void attn_store(float *dst, int64_t ld, const float *src)
 {
