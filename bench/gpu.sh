@@ -7,7 +7,7 @@
 # (3 x the forward FLOPs of the routed experts), peak device memory.
 #
 # The trainer's figures: compute (--bench: one random batch sent every
-# step, the mean of STEPS steps after 2 warm-up steps) in bf16 and fp32,
+# step, the mean of STEPS steps after 2 warm-up steps) in bf16, tf32 and fp32,
 # and with the data loader on files in CIFAR-10's binary format (random
 # pixels, written here: the machine has no network), the images/s of the
 # last metrics record of a 200-step run.
@@ -57,7 +57,7 @@ for cfg in $configs; do
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$work/$cfg" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
         BACKEND=cuda > "$work/$cfg.build.log" 2>&1 || { cat "$work/$cfg.build.log"; exit 1; }
     cd "$work/$cfg" || exit 1
-    precs="bf16 fp32"
+    precs="bf16 tf32 fp32"
     [ "${BENCH_QUICK:-0}" = 1 ] && precs=bf16
     for prec in $precs; do
         ./train --bench --steps $((STEPS + 2)) --precision $prec | grep '^moecc' | sed "s/^/[$prec] /" |

@@ -673,8 +673,10 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    void *dev;              /* the backend's own state (CUDA: device arenas, graphs) */\n} model;\n\n");
     sb_printf(h, "/* ---- the backend: backend.c (CPU) or backend.cu (CUDA); train.c uses only these ---- */\n");
     sb_printf(h, "const char *model_backend_name(void);\n");
-    sb_printf(h, "enum { PRECISION_FP32 = 0, PRECISION_BF16 = 1 };\n#define TRAIN_PRECISION %d /* of the .moe file */\n",
-              m->train.precision == PREC_BF16);
+    sb_printf(h, "enum { PRECISION_FP32 = 0, PRECISION_BF16 = 1, PRECISION_TF32 = 2 };\n"
+                 "#define PRECISION_NAME(p) ((p) == PRECISION_FP32 ? \"fp32\" : (p) == PRECISION_TF32 ? \"tf32\" : \"bf16\")\n"
+                 "#define TRAIN_PRECISION %d /* of the .moe file */\n",
+              m->train.precision == PREC_BF16 ? 1 : m->train.precision == PREC_TF32 ? 2 : 0);
     sb_printf(h, "/* allocates the arenas (zeroed) and the fixed tables; threads: CPU threads (0: default) */\n");
     sb_printf(h, "void model_open(model *m, uint64_t seed, int threads, int precision);\nvoid model_close(model *m);\n");
     sb_printf(h, "/* m->param, m->opt_m and m->opt_v are read and written on the host between these */\n");
@@ -733,6 +735,7 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "typedef struct dev_layout {\n"
                  "    int64_t params;        /* the parameter arena: N_PARAMS, less under expert parallelism */\n"
                  "    int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;\n"
+                 "    int64_t cast_elems;    /* bf16 precision: the products' operands in bf16 (kctx.cast) */\n"
                  "    int eval_batch;        /* the largest batch the arenas hold dropless */\n"
                  "    int64_t logits, dlogits, xent; /* offsets in act, dact, act */\n    int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], "
                  "aux[N_MOE_SLOTS];\n} dev_layout;\n");

@@ -628,8 +628,16 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
               (long long)g->act_floats, (long long)(p.grad + p.scr_max), (long long)(g->int_slots ? g->int_slots : 16));
     sb_printf(c, "    %lldL, /* dacc: doubles */\n    %lldL, /* stats: u64 */\n", (long long)p.dacc,
               (long long)(p.stats ? p.stats : 1));
-    sb_printf(c, "    %lldL, /* red_floats */\n    %lld, /* eval_batch */\n", (long long)p.red,
-              (long long)p.eval_batch);
+    /* Both operands of a product lie each in one buffer: an activation, a
+     * gradient (as large as its value) or a parameter tensor (whole, in
+     * evaluation under expert parallelism); the second starts 8-aligned. */
+    int64_t largest = g->max_act;
+    for (int i = 0; i < m->nops; i++)
+        for (int t = 0; t < m->ops[i].ntensors; t++)
+            if (m->ops[i].tensors[t].numel > largest)
+                largest = m->ops[i].tensors[t].numel;
+    sb_printf(c, "    %lldL, /* red_floats */\n    %lldL, /* cast_elems */\n    %lld, /* eval_batch */\n",
+              (long long)p.red, (long long)(2 * largest + 8), (long long)p.eval_batch);
     sb_printf(c, "    V%d, /* logits */\n    V%d_G, /* their gradient */\n    XENT, /* per-sample loss */\n", m->nops - 1,
               m->nops - 1);
     sb_printf(c, "    {");

@@ -22,6 +22,7 @@ char *sb_take(sbuf *b);   /* the text, owned by the caller; b is emptied */
 typedef struct gen {
     const mc_model *m;
     int64_t act_floats;   /* float slots of the activation arena (compiled batch) */
+    int64_t max_act;      /* the largest buffer of it (floats) */
     int64_t int_slots;    /* int32 slots (routing) */
     int shard;            /* expert tensors hold 1/shard of their experts (the
                            * CUDA arena under expert parallelism), else 1 */

@@ -56,7 +56,7 @@ static const mc_param_spec train_params[] = {
     { "schedule", PT_CALL, "constant", 0, 0, "schedule", "learning-rate schedule" },
     { "label_smoothing", PT_FLOAT, "0", 0, 0.999, NULL, "label smoothing of the cross-entropy" },
     { "clip_grad", PT_FLOAT, "0", 0, 1e6, NULL, "clip the global gradient norm to this; 0: off" },
-    { "precision", PT_WORD, "bf16", 0, 0, "fp32|bf16",
+    { "precision", PT_WORD, "bf16", 0, 0, "fp32|bf16|tf32",
       "GPU compute precision (fp32 master weights either way); the CPU backend computes in fp32" },
     { "augment", PT_CALLS, "[]", 0, 0, "augment", "training augmentations, applied in order" },
     { "eval_every", PT_INT, "500", 0, 1e12, NULL, "evaluate every N steps; 0: at the end only" },

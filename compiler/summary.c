@@ -177,7 +177,8 @@ void mc_model_summary(const mc_model *m, void *outp)
     if (t->warmup)
         fprintf(out, " after %lld warmup steps", (long long)t->warmup);
     fprintf(out, "\n       precision %s, label smoothing %g, clip %g, seed %llu\n",
-            t->precision == PREC_FP32 ? "fp32" : "bf16", t->label_smoothing, t->clip_grad,
+            t->precision == PREC_FP32 ? "fp32" : t->precision == PREC_TF32 ? "tf32" : "bf16", t->label_smoothing,
+            t->clip_grad,
             (unsigned long long)t->seed);
     fputs("       augment:", out);
     bool any = false;

@@ -134,7 +134,8 @@ typedef struct model {
 
 /* ---- the backend: backend.c (CPU) or backend.cu (CUDA); train.c uses only these ---- */
 const char *model_backend_name(void);
-enum { PRECISION_FP32 = 0, PRECISION_BF16 = 1 };
+enum { PRECISION_FP32 = 0, PRECISION_BF16 = 1, PRECISION_TF32 = 2 };
+#define PRECISION_NAME(p) ((p) == PRECISION_FP32 ? "fp32" : (p) == PRECISION_TF32 ? "tf32" : "bf16")
 #define TRAIN_PRECISION 1 /* of the .moe file */
 /* allocates the arenas (zeroed) and the fixed tables; threads: CPU threads (0: default) */
 void model_open(model *m, uint64_t seed, int threads, int precision);
@@ -216,6 +217,7 @@ typedef struct dev_model {
 typedef struct dev_layout {
     int64_t params;        /* the parameter arena: N_PARAMS, less under expert parallelism */
     int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;
+    int64_t cast_elems;    /* bf16 precision: the products' operands in bf16 (kctx.cast) */
     int eval_batch;        /* the largest batch the arenas hold dropless */
     int64_t logits, dlogits, xent; /* offsets in act, dact, act */
     int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], aux[N_MOE_SLOTS];

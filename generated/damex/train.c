@@ -52,7 +52,7 @@ typedef struct options {
     int64_t eval_every, checkpoint_every, log_every;
     int64_t seed;
     int threads;
-    const char *precision;  /* fp32 or bf16 (the GPU's compute; the CPU is fp32) */
+    const char *precision;  /* fp32, bf16 or tf32 (the GPU's compute; the CPU is fp32) */
     const char *metrics;
     int64_t max_eval;       /* test samples per dataset, 0: all */
     const char *init_from;  /* weights to start from (safetensors) */
@@ -487,7 +487,7 @@ int main(int argc, char **argv)
         .steps = TRAIN_STEPS, .batch = BATCH, .lr = TRAIN_LR, .data = getenv("MOECC_DATA"),
         .checkpoint = MODEL_NAME ".safetensors", .resume = false, .eval_every = EVAL_EVERY,
         .checkpoint_every = CHECKPOINT_EVERY, .log_every = LOG_EVERY, .seed = (int64_t)SEED, .threads = 0,
-        .precision = TRAIN_PRECISION == PRECISION_BF16 ? "bf16" : "fp32",
+        .precision = PRECISION_NAME(TRAIN_PRECISION),
         .metrics = MODEL_NAME ".metrics.jsonl", .max_eval = 0, .init_from = NULL, .dump_step = NULL,
         .stop_after = 0, .synthetic = false, .bench = false, .quiet = false,
     };
@@ -507,7 +507,7 @@ int main(int argc, char **argv)
         { "seed", 0, MOERT_ARG_INT64, &o.seed, "seed of every random choice", NULL },
         { "threads", 't', MOERT_ARG_INT, &o.threads, "CPU threads (0: as the libraries choose)", NULL },
         { "precision", 0, MOERT_ARG_STRING, &o.precision,
-          "GPU compute: bf16 (fp32 master weights) or fp32 (default: the .moe file's)", "P" },
+          "GPU compute: bf16 or tf32 products (fp32 master weights), or fp32 (default: the .moe file's)", "P" },
         { "metrics", 'm', MOERT_ARG_STRING, &o.metrics, "metrics file (JSON lines)", "PATH" },
         { "max-eval", 0, MOERT_ARG_INT64, &o.max_eval, "test samples per dataset (0: all)", NULL },
         { "init-from", 0, MOERT_ARG_STRING, &o.init_from, "start from these weights (safetensors)", "PATH" },
@@ -550,8 +550,10 @@ int main(int argc, char **argv)
         precision = PRECISION_FP32;
     else if (strcmp(o.precision, "bf16") == 0)
         precision = PRECISION_BF16;
+    else if (strcmp(o.precision, "tf32") == 0)
+        precision = PRECISION_TF32;
     else {
-        fprintf(stderr, "train: --precision %s: not a precision (fp32 or bf16)\n", o.precision);
+        fprintf(stderr, "train: --precision %s: not a precision (fp32, bf16 or tf32)\n", o.precision);
         return 2;
     }
 

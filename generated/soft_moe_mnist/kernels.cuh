@@ -9,14 +9,15 @@
  * run-time argument, at most the compiled batch.
  *
  * Storage is fp32 (weights, activations, gradients, optimizer state). The
- * matrix products go through cuBLAS: in "bf16" mode with
+ * matrix products go through cuBLAS. In "tf32" mode with
  * CUBLAS_COMPUTE_32F_FAST_16BF on the fp32 operands, for which cuBLAS 13
  * picks TF32 tensor-core kernels on Hopper (sm90_xmma_gemm_f32f32_tf32f32,
- * seen with Nsight Compute): reduced-precision products, fp32
- * accumulation and fp32 master weights, but TF32's speed, not bf16's. In
- * fp32 mode the products are plain fp32 (CUBLAS_COMPUTE_32F). In "bf16"
- * mode attention's four products run on tensor cores too (TF32 WMMA
- * tiles, attention_*_tc_kernel). Everything else runs in fp32 (reductions
+ * seen with Nsight Compute). In "bf16" mode each product's operands are
+ * rounded to bf16 into a scratch first (kctx.cast) and multiplied in bf16
+ * with fp32 accumulation into fp32. In fp32 mode the products are plain
+ * fp32 (CUBLAS_COMPUTE_32F). In both reduced modes attention's four
+ * products run on tensor cores too (TF32 WMMA tiles,
+ * attention_*_tc_kernel). Everything else runs in fp32 (reductions
  * that the CPU does in double are done in double here too).
  *
  * Determinism: no kernel adds floats with atomics (only integer counts).
@@ -36,6 +37,7 @@
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 #include <type_traits>
@@ -78,6 +80,11 @@ typedef struct kctx {
     cudaStream_t stream;
     cublasHandle_t blas;
     cublasComputeType_t compute; /* CUBLAS_COMPUTE_32F or CUBLAS_COMPUTE_32F_FAST_16BF */
+    /* bf16 precision: each product's operands are rounded to bf16 here
+     * first (cast_elems in all), then multiplied in bf16 with fp32
+     * accumulation; NULL: the products take the fp32 operands (compute) */
+    __nv_bfloat16 *cast;
+    int64_t cast_elems;
     float *red;                  /* scratch for partial sums (reduce_*), RED_FLOATS */
     int64_t red_floats;
     /* data parallelism: sums v[0..n) over the processes in place, in order on
@@ -161,14 +168,66 @@ __device__ static inline float warp_max(float v)
 
 /* ---- matrix products (cuBLAS, row-major views) ------------------------------------------ */
 
+/* dst[0, n) = src[0, n) rounded to bf16 (round to nearest even), V floats
+ * per thread */
+template <int V> static __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, int64_t n)
+{
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    if constexpr (V == 4) {
+        const float4 x = *reinterpret_cast<const float4 *>(src + i);
+        __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(dst + i);
+        d[0] = __floats2bfloat162_rn(x.x, x.y);
+        d[1] = __floats2bfloat162_rn(x.z, x.w);
+    } else {
+        dst[i] = __float2bfloat16_rn(src[i]);
+    }
+}
+
+static inline void to_bf16(const kctx *k, __nv_bfloat16 *dst, const float *src, int64_t n)
+{
+    if (n % 4 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)dst & 7) == 0)
+        to_bf16_kernel<4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(dst, src, n);
+    else
+        to_bf16_kernel<1><<<blocks_for(n, 256), 256, 0, k->stream>>>(dst, src, n);
+    LAUNCH_CHECK();
+}
+
+/* the elements a row-major operand of `count` [rows, cols] matrices spans
+ * (rows ld apart, matrices stride apart) */
+static inline int64_t operand_span(int rows, int cols, int ld, int count, int64_t stride)
+{
+    return (int64_t)(count - 1) * stride + (int64_t)(rows - 1) * ld + cols;
+}
+
 /* The products below in row-major views: cuBLAS is column-major, so
  * out[M,N] = op(a) op(b) is computed as out^T = op(b)^T op(a)^T, with
- * `count` products strided by sa, sb, so elements. */
+ * `count` products strided by sa, sb, so elements. With k->cast (bf16
+ * precision) a and b are rounded to bf16 into it first: a at 0, b after
+ * it (8-aligned), and multiplied in bf16 with fp32 accumulation into the
+ * fp32 out. */
 static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_t tb, float *out, const float *a,
                            int lda, const float *b, int ldb, int M, int N, int K, float beta, int count, int64_t sa,
                            int64_t sb, int64_t so)
 {
     const float one = 1.0f;
+    if (k->cast) {
+        const int64_t na = ta == CUBLAS_OP_N ? operand_span(M, K, lda, count, sa) : operand_span(K, M, lda, count, sa);
+        const int64_t nb = tb == CUBLAS_OP_N ? operand_span(K, N, ldb, count, sb) : operand_span(N, K, ldb, count, sb);
+        const int64_t ob = (na + 7) & ~(int64_t)7;
+        if (ob + nb > k->cast_elems) {
+            fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
+                    (long long)k->cast_elems, (long long)(ob + nb));
+            exit(1);
+        }
+        to_bf16(k, k->cast, a, na);
+        to_bf16(k, k->cast + ob, b, nb);
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, k->cast + ob, CUDA_R_16BF, ldb, sb,
+                                                k->cast, CUDA_R_16BF, lda, sa, &beta, out, CUDA_R_32F, N, so, count,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b, CUDA_R_32F, ldb, sb, a, CUDA_R_32F, lda,
                                             sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
                                             CUBLAS_GEMM_DEFAULT));

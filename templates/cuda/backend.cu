@@ -371,11 +371,9 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     CUDA_CHECK(cudaGetDeviceProperties(&prop, env.local_rank));
     if (world_size > 1)
         snprintf(backend_name, sizeof backend_name, "cuda (%d x %s, %s, data parallel%s)", world_size, prop.name,
-                 precision == PRECISION_BF16 ? "bf16" : "fp32",
-                 PARALLEL_EXPERT > 1 ? ", experts over groups of " STR(PARALLEL_EXPERT) : "");
+                 PRECISION_NAME(precision), PARALLEL_EXPERT > 1 ? ", experts over groups of " STR(PARALLEL_EXPERT) : "");
     else
-        snprintf(backend_name, sizeof backend_name, "cuda (%s, %s)", prop.name,
-                 precision == PRECISION_BF16 ? "bf16" : "fp32");
+        snprintf(backend_name, sizeof backend_name, "cuda (%s, %s)", prop.name, PRECISION_NAME(precision));
 
     /* the host's copies of the weights and the optimizer state: pinned, for
      * checkpoints and initialisation */
@@ -391,7 +389,12 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     CUBLAS_CHECK(cublasSetStream(k->blas, k->stream));
     s->blas_workspace = dev_alloc(BLAS_WORKSPACE_BYTES);
     CUBLAS_CHECK(cublasSetWorkspace(k->blas, s->blas_workspace, BLAS_WORKSPACE_BYTES));
-    k->compute = precision == PRECISION_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    k->compute = precision == PRECISION_FP32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_16BF;
+    if (precision == PRECISION_BF16) {
+        /* the products' operands, rounded to bf16 before each product */
+        k->cast_elems = DEV_LAYOUT.cast_elems;
+        k->cast = (__nv_bfloat16 *)dev_alloc(sizeof(__nv_bfloat16) * (size_t)k->cast_elems);
+    }
     k->red_floats = DEV_LAYOUT.red_floats;
     k->red = (float *)dev_alloc(sizeof(float) * (size_t)k->red_floats);
 
@@ -528,7 +531,7 @@ void model_close(model *m)
     dev_model *d = &s->d;
     void *dev[] = { d->param, d->grad,    d->opt_m,    d->opt_v,   d->act,     d->dact,   d->iact,
                     d->dacc,  d->stats,   d->maps,     d->head_off, d->classes, d->sort_tmp, s->decay,
-                    s->k.red, s->blas_workspace };
+                    s->k.red, s->blas_workspace, s->k.cast };
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         CUDA_CHECK(cudaFree(dev[i]));
     float *host[] = { m->param, m->grad, m->opt_m, m->opt_v, s->logits_host };

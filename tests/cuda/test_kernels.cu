@@ -11,9 +11,10 @@
  * - The error of one output tensor is max |gpu - cpu| / max(max |cpu|, 1e-6);
  *   a NaN or Inf anywhere fails (the comparison is !(err <= tol)). The
  *   tolerance is 1e-5 in fp32 (kctx.compute = CUBLAS_COMPUTE_32F), and 1e-2
- *   for the cuBLAS kernels (linear, patch embedding, MoE experts) in bf16
- *   mode (CUBLAS_COMPUTE_32F_FAST_16BF), 3e-3 for attention on tensor cores
- *   (TF32 tiles) in that mode. Integer outputs (routing) must
+ *   for the cuBLAS kernels (linear, patch embedding, MoE experts) in the
+ *   reduced-precision modes: tf32 (CUBLAS_COMPUTE_32F_FAST_16BF on fp32
+ *   operands) and bf16 (operands rounded to bf16, kctx.cast); 3e-3 for
+ *   attention on tensor cores (TF32 tiles in both). Integer outputs (routing) must
  *   match exactly.
  * - The random-number kernels (gate_noise, dropout_mask) are not tested
  *   here: their CPU versions need libmoert's Philox.
@@ -40,18 +41,19 @@
 static_assert(ACT_GELU == 0 && ACT_RELU == 1 && ACT_SILU == 2, "kernel_ref.h passes ops.h's activation codes");
 
 static const double TOL32 = 1e-5; /* fp32 */
-static const double TOL16 = 1e-2; /* the cuBLAS kernels in bf16 mode */
-/* attention on tensor cores (TF32 tiles), bf16 mode: the worst error seen
+static const double TOL16 = 1e-2; /* the cuBLAS kernels in tf32 and bf16 modes */
+/* attention on tensor cores (TF32 tiles), tf32 and bf16 modes: the worst error seen
  * on an H200 was 6.1e-4 (TF32 keeps 10 mantissa bits: 4.9e-4 a rounding) */
 static const double TOL_ATTN_TC = 3e-3;
 
 static kctx g_k;
-static bool g_bf16;
+static bool g_bf16; /* a reduced-precision mode: tf32 or bf16 */
+static const char *g_mode = "fp32";
 static int g_pass, g_fail;
 
 static const char *mode()
 {
-    return g_bf16 ? "bf16" : "fp32";
+    return g_mode;
 }
 
 /* the tolerance of a kernel that multiplies through cuBLAS */
@@ -1028,10 +1030,17 @@ int main(void)
     g_k.red_floats = (int64_t)4 << 20;
     CUDA_CHECK(cudaMalloc(&g_k.red, sizeof(float) * (size_t)g_k.red_floats));
 
-    /* the kernels that multiply through cuBLAS: fp32, then bf16 */
-    for (int m = 0; m < 2; m++) {
-        g_bf16 = m == 1;
+    /* the kernels with products: fp32, tf32 (fp32 operands, TF32 tensor
+     * cores), bf16 (operands rounded to bf16 into the cast scratch) */
+    const int64_t cast_elems = (int64_t)16 << 20;
+    __nv_bfloat16 *cast = nullptr;
+    CUDA_CHECK(cudaMalloc(&cast, sizeof(__nv_bfloat16) * (size_t)cast_elems));
+    g_k.cast_elems = cast_elems;
+    for (int m = 0; m < 3; m++) {
+        g_bf16 = m >= 1;
+        g_mode = m == 0 ? "fp32" : m == 1 ? "tf32" : "bf16";
         g_k.compute = g_bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+        g_k.cast = m == 2 ? cast : nullptr;
         test_linear();
         test_patch_embed();
         /* variant, dropless, normalize, batch_priority, acc */
@@ -1051,7 +1060,10 @@ int main(void)
         test_attention<50, 24, 2>(2); /* heads not a multiple of 16: the fp32 kernels in either mode */
     }
     g_bf16 = false;
+    g_mode = "fp32";
     g_k.compute = CUBLAS_COMPUTE_32F;
+    g_k.cast = nullptr;
+    CUDA_CHECK(cudaFree(cast));
 
     for (int N = 160; N >= 157; N -= 3) {
         test_act<ACT_GELU>("gelu", N);

@@ -754,7 +754,20 @@ static void test_train_settings(void **state)
     assert_int_equal(t->warmup, 50);
     assert_float_equal(t->min_lr, 1e-5, 1e-20);
     assert_int_equal(t->steps, 500);
+    assert_int_equal(t->precision, PREC_BF16); /* the default */
     checked_free(&c);
+
+    /* the three precisions by name */
+    const struct {
+        const char *word;
+        mc_precision prec;
+    } precs[] = { { "fp32", PREC_FP32 }, { "bf16", PREC_BF16 }, { "tf32", PREC_TF32 } };
+    for (size_t i = 0; i < sizeof precs / sizeof precs[0]; i++) {
+        snprintf(text, sizeof text, "%strain {\n    precision = %s\n}\n", tiny_vit_moe, precs[i].word);
+        check_ok(&c, text);
+        assert_int_equal(c.m.train.precision, precs[i].prec);
+        checked_free(&c);
+    }
 }
 
 static void test_parallel_checks(void **state)
