@@ -736,6 +736,7 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    int64_t params;        /* the parameter arena: N_PARAMS, less under expert parallelism */\n"
                  "    int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;\n"
                  "    int64_t cast_elems;    /* bf16 precision: the products' operands in bf16 (kctx.cast) */\n"
+                 "    int64_t xchg_elems;    /* bf16 precision, expert parallelism: the exchanged rows in bf16 */\n"
                  "    int eval_batch;        /* the largest batch the arenas hold dropless */\n"
                  "    int64_t logits, dlogits, xent; /* offsets in act, dact, act */\n    int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], "
                  "aux[N_MOE_SLOTS];\n} dev_layout;\n");

@@ -107,6 +107,7 @@ typedef struct cuda_plan {
     /* the gradient arena: each value's gradient, then one scratch region
      * that every op's backward reuses for the gradients of its insides */
     int64_t grad, scr, scr_max;
+    int64_t xchg;            /* the most floats a MoE layer's exchange buffer holds */
     sbuf gdefs;
     /* kernels.cuh's launch constants that size the scratch (kernel_const) */
     int red_chunks;  /* RED_CHUNKS: partial sums per column */
@@ -428,6 +429,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             snprintf(yr, sizeof yr, "YR%d", i);
             alloc_inside(g, p, xr, ROWS * D, "this GPU's experts' inputs [E/P, P, cap, D]");
             alloc_inside(g, p, yr, ROWS * D, "this GPU's experts' outputs [E/P, P, cap, D]");
+            if (ROWS * D > p->xchg)
+                p->xchg = ROWS * D;
             sb_printf(f, "        if (train) /* expert parallelism: the %d GPUs of the group share the experts */\n"
                          "    ", EP);
         }
@@ -636,8 +639,9 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
         for (int t = 0; t < m->ops[i].ntensors; t++)
             if (m->ops[i].tensors[t].numel > largest)
                 largest = m->ops[i].tensors[t].numel;
-    sb_printf(c, "    %lldL, /* red_floats */\n    %lldL, /* cast_elems */\n    %lld, /* eval_batch */\n",
-              (long long)p.red, (long long)(2 * largest + 8), (long long)p.eval_batch);
+    sb_printf(c, "    %lldL, /* red_floats */\n    %lldL, /* cast_elems */\n    %lldL, /* xchg_elems */\n",
+              (long long)p.red, (long long)(2 * largest + 8), (long long)(p.xchg ? p.xchg : 1));
+    sb_printf(c, "    %lld, /* eval_batch */\n", (long long)p.eval_batch);
     sb_printf(c, "    V%d, /* logits */\n    V%d_G, /* their gradient */\n    XENT, /* per-sample loss */\n", m->nops - 1,
               m->nops - 1);
     sb_printf(c, "    {");

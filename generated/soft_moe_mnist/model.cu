@@ -99,6 +99,7 @@ const dev_layout DEV_LAYOUT = {
     11L, /* stats: u64 */
     65536L, /* red_floats */
     262152L, /* cast_elems */
+    1L, /* xchg_elems */
     64, /* eval_batch */
     V4, /* logits */
     V4_G, /* their gradient */

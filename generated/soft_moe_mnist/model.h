@@ -218,6 +218,7 @@ typedef struct dev_layout {
     int64_t params;        /* the parameter arena: N_PARAMS, less under expert parallelism */
     int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;
     int64_t cast_elems;    /* bf16 precision: the products' operands in bf16 (kctx.cast) */
+    int64_t xchg_elems;    /* bf16 precision, expert parallelism: the exchanged rows in bf16 */
     int eval_batch;        /* the largest batch the arenas hold dropless */
     int64_t logits, dlogits, xent; /* offsets in act, dact, act */
     int64_t stats_off[N_MOE_SLOTS], entropy[N_MOE_SLOTS], aux[N_MOE_SLOTS];

@@ -100,6 +100,10 @@ typedef struct cuda_state {
     int64_t *expert_runs_dev, *dense_runs_dev; /* the same pairs, and the rest's, on the device */
     double *norm_sq;           /* [2]: the dense gradients' squares, the group's experts' */
     cudaStream_t xstream;      /* the exchanges expert by expert (kctx.overlap) */
+    /* bf16 precision: the rows travel as bf16, staged here on both sides at
+     * their offsets in the fp32 buffers (DEV_LAYOUT.xchg_elems each); NULL:
+     * as fp32 */
+    __nv_bfloat16 *xsend, *xrecv;
     cudaEvent_t xev[XEVENTS];  /* their marks, reused in turn */
     unsigned xnext;
 #endif
@@ -175,16 +179,36 @@ static cudaEvent_t exchange(const kctx *k, float *dst, const float *src, int64_t
         CUDA_CHECK(cudaStreamWaitEvent(s->xstream, ready, 0));
         stream = s->xstream;
     }
+    const int e0 = only < 0 ? 0 : only, e1 = only < 0 ? el : only + 1;
+    /* chunk (q, e)'s offsets on the sending and the receiving side */
+    const auto from_off = [&](int q, int e) {
+        return (dir == EXCHANGE_DISPATCH ? (int64_t)q * el + e : (int64_t)e * p + q) * chunk;
+    };
+    const auto to_off = [&](int q, int e) {
+        return (dir == EXCHANGE_DISPATCH ? (int64_t)e * p + q : (int64_t)q * el + e) * chunk;
+    };
+    kctx kc = *k;
+    kc.stream = stream;
+    if (s->xsend)
+        for (int q = 0; q < p; q++)
+            for (int e = e0; e < e1; e++)
+                to_bf16(&kc, s->xsend + from_off(q, e), src + from_off(q, e), chunk);
     NCCL_CHECK(ncclGroupStart());
     for (int q = 0; q < p; q++)
-        for (int e = only < 0 ? 0 : only; e < (only < 0 ? el : only + 1); e++) {
-            const int64_t routed = ((int64_t)q * el + e) * chunk, owned = ((int64_t)e * p + q) * chunk;
-            const float *from = src + (dir == EXCHANGE_DISPATCH ? routed : owned);
-            float *to = dst + (dir == EXCHANGE_DISPATCH ? owned : routed);
-            NCCL_CHECK(ncclSend(from, (size_t)chunk, ncclFloat, q, s->group_comm, stream));
-            NCCL_CHECK(ncclRecv(to, (size_t)chunk, ncclFloat, q, s->group_comm, stream));
+        for (int e = e0; e < e1; e++) {
+            if (s->xsend) {
+                NCCL_CHECK(ncclSend(s->xsend + from_off(q, e), (size_t)chunk, ncclBfloat16, q, s->group_comm, stream));
+                NCCL_CHECK(ncclRecv(s->xrecv + to_off(q, e), (size_t)chunk, ncclBfloat16, q, s->group_comm, stream));
+            } else {
+                NCCL_CHECK(ncclSend(src + from_off(q, e), (size_t)chunk, ncclFloat, q, s->group_comm, stream));
+                NCCL_CHECK(ncclRecv(dst + to_off(q, e), (size_t)chunk, ncclFloat, q, s->group_comm, stream));
+            }
         }
     NCCL_CHECK(ncclGroupEnd());
+    if (s->xsend)
+        for (int q = 0; q < p; q++)
+            for (int e = e0; e < e1; e++)
+                from_bf16(&kc, dst + to_off(q, e), s->xrecv + to_off(q, e), chunk);
     if (only < 0)
         return nullptr;
     cudaEvent_t done = s->xev[s->xnext++ % XEVENTS];
@@ -457,6 +481,10 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
         CUDA_CHECK(cudaStreamCreateWithPriority(&s->xstream, cudaStreamNonBlocking, highest));
         for (int i = 0; i < XEVENTS; i++)
             CUDA_CHECK(cudaEventCreateWithFlags(&s->xev[i], cudaEventDisableTiming));
+        if (precision == PRECISION_BF16) {
+            s->xsend = (__nv_bfloat16 *)dev_alloc(sizeof(__nv_bfloat16) * (size_t)DEV_LAYOUT.xchg_elems);
+            s->xrecv = (__nv_bfloat16 *)dev_alloc(sizeof(__nv_bfloat16) * (size_t)DEV_LAYOUT.xchg_elems);
+        }
         d->erank = world_rank % PARALLEL_EXPERT;
         shard_runs(s);
 #endif
@@ -553,6 +581,8 @@ void model_close(model *m)
     CUDA_CHECK(cudaFree(s->expert_runs_dev));
     CUDA_CHECK(cudaFree(s->dense_runs_dev));
     CUDA_CHECK(cudaFree(s->norm_sq));
+    CUDA_CHECK(cudaFree(s->xsend)); /* NULL outside bf16 precision: a no-op */
+    CUDA_CHECK(cudaFree(s->xrecv));
     free(s->expert_run);
     for (int i = 0; i < XEVENTS; i++)
         CUDA_CHECK(cudaEventDestroy(s->xev[i]));

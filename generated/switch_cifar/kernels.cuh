@@ -194,6 +194,30 @@ static inline void to_bf16(const kctx *k, __nv_bfloat16 *dst, const float *src, 
     LAUNCH_CHECK();
 }
 
+/* dst[0, n) = src[0, n) widened to fp32, V values per thread */
+template <int V> static __global__ void from_bf16_kernel(float *dst, const __nv_bfloat16 *src, int64_t n)
+{
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    if constexpr (V == 4) {
+        const __nv_bfloat162 *s = reinterpret_cast<const __nv_bfloat162 *>(src + i);
+        const float2 a = __bfloat1622float2(s[0]), b = __bfloat1622float2(s[1]);
+        *reinterpret_cast<float4 *>(dst + i) = make_float4(a.x, a.y, b.x, b.y);
+    } else {
+        dst[i] = __bfloat162float(src[i]);
+    }
+}
+
+static inline void from_bf16(const kctx *k, float *dst, const __nv_bfloat16 *src, int64_t n)
+{
+    if (n % 4 == 0 && ((uintptr_t)dst & 15) == 0 && ((uintptr_t)src & 7) == 0)
+        from_bf16_kernel<4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(dst, src, n);
+    else
+        from_bf16_kernel<1><<<blocks_for(n, 256), 256, 0, k->stream>>>(dst, src, n);
+    LAUNCH_CHECK();
+}
+
 /* the elements a row-major operand of `count` [rows, cols] matrices spans
  * (rows ld apart, matrices stride apart) */
 static inline int64_t operand_span(int rows, int cols, int ld, int count, int64_t stride)

@@ -370,6 +370,43 @@ template <int ACT> static void test_act(const char *name, int N)
 
 /* ---- element-wise, masks ------------------------------------------------------------------------------ */
 
+/* bf16 rounding (to nearest, ties to even) on the host, for the conversions */
+static float round_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    u &= 0xFFFF0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* to_bf16 then from_bf16 (the products' operand casts, the exchange's
+ * rows): each value rounded to bf16 exactly as the host rounds it; n and
+ * n - 1 from the second float: the 4-value and the 1-value kernels */
+static void test_bf16_convert()
+{
+    const size_t n = 4096;
+    note("bf16 conversions");
+    Rng r(seed_of("bf16", 0));
+    const fvec x = rnd(r, n, -1000, 1000);
+    float *d_x = dup(x), *d_y = dpoison<float>(n);
+    __nv_bfloat16 *d_h = nullptr;
+    CUDA_CHECK(cudaMalloc(&d_h, sizeof(__nv_bfloat16) * n));
+    for (int off = 0; off <= 1; off++) {
+        const size_t m = n - off;
+        to_bf16(&g_k, d_h + off, d_x + off, (int64_t)m);
+        from_bf16(&g_k, d_y + off, d_h + off, (int64_t)m);
+        const fvec got = down(d_y, n);
+        fvec want(m);
+        for (size_t i = 0; i < m; i++)
+            want[i] = round_bf16(x[i + off]);
+        check("to_bf16, from_bf16", fmt("round trip, n=%zu", m), fvec(got.begin() + off, got.end()), want, 0.0);
+    }
+    CUDA_CHECK(cudaFree(d_h));
+    dfree_all();
+}
+
 static void test_elementwise()
 {
     const int B = 5, T = 17, D = 48;
@@ -1071,6 +1108,7 @@ int main(void)
         test_act<ACT_SILU>("silu", N);
     }
     test_elementwise();
+    test_bf16_convert();
     test_tokens();
     test_layernorm<96>();
     test_layernorm<256>();
