@@ -194,9 +194,13 @@ for cfg in $configs; do
             case $scaling in expert-*)
                 # the step times of the same batches: global / images/s
                 dp=$(cat "$work/$cfg.n$n.${scaling#expert-}.ips")
-                extra=$(awk -v e="$ips" -v d="$dp" -v g="$global" 'BEGIN {
+                # the trainer's count of the bytes each GPU sends in a step's
+                # exchanges, over the time they add: the achieved bandwidth
+                mb=$(echo "$line" | sed -n 's/.*expert exchange \([0-9.]*\) MB sent.*/\1/p')
+                extra=$(awk -v e="$ips" -v d="$dp" -v g="$global" -v mb="${mb:-0}" 'BEGIN {
                     te = 1000 * g / e; td = 1000 * g / d
-                    printf "; %.2f ms per step against %.2f data parallel: the exchange adds %.2f ms, %.1f%% of the step", te, td, te - td, 100 * (te - td) / te }') ;;
+                    printf "; %.2f ms per step against %.2f data parallel: the exchange adds %.2f ms, %.1f%% of the step", te, td, te - td, 100 * (te - td) / te
+                    if (mb > 0 && te > td) printf ", %.0f GB/s sent per GPU over that time", mb / (te - td) }') ;;
             esac
             echo "[$n GPUs, $par, ${scaling#expert-} scaling, global batch $global] $line; $eff% of $n x the 1-GPU $one images/s$extra" |
                 tee -a "$out"

@@ -688,6 +688,9 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "/* the totals since the last call (then zeroed) */\nvoid model_totals(model *m, step_totals *t);\n");
     sb_printf(h, "/* the largest batch model_eval takes */\nint model_eval_batch(void);\n");
     sb_printf(h, "/* the device memory the backend holds (0 on the CPU) */\nint64_t model_device_bytes(void);\n");
+    sb_printf(h, "/* expert parallelism: the bytes this GPU sends the others of its group in a\n"
+                 " * training step's exchanges of expert rows (0 without, and on the CPU) */\n"
+                 "int64_t model_exchange_bytes(void);\n");
     sb_printf(h, "/* before an evaluation's model_eval calls, by every process (expert\n"
                  " * parallelism: each GPU gathers every expert's weights) */\nvoid model_eval_begin(model *m);\n");
     sb_printf(h, "/* the logits [B, N_CLASSES] on the host, valid until the next call */\n");

@@ -111,6 +111,9 @@ typedef struct cuda_state {
 } cuda_state;
 
 static int64_t device_bytes; /* all the backend allocates (cuBLAS's workspace included) */
+/* the bytes exchange() sends other GPUs in the training step last captured
+ * (counted as the capture runs the step's host code once) */
+static int64_t exchange_bytes;
 static int world_rank = 0, world_size = 1;
 
 /* tensor t in this GPU's arena: its floats there (an expert tensor: E/P
@@ -193,6 +196,7 @@ static cudaEvent_t exchange(const kctx *k, float *dst, const float *src, int64_t
         for (int q = 0; q < p; q++)
             for (int e = e0; e < e1; e++)
                 to_bf16(&kc, s->xsend + from_off(q, e), src + from_off(q, e), chunk);
+    exchange_bytes += (int64_t)(p - 1) * (e1 - e0) * chunk * (s->xsend ? 2 : 4);
     NCCL_CHECK(ncclGroupStart());
     for (int q = 0; q < p; q++)
         for (int e = e0; e < e1; e++) {
@@ -255,6 +259,11 @@ static void grad_ready(const kctx *k, dev_model *d, int64_t lo, int64_t hi)
 int64_t model_device_bytes(void)
 {
     return device_bytes;
+}
+
+int64_t model_exchange_bytes(void)
+{
+    return exchange_bytes;
 }
 
 static void *dev_alloc(size_t bytes);
@@ -858,6 +867,7 @@ void model_train_step(model *m, const moert_batch *batch, int B, double lr, int6
             if (sl->graph)
                 CUDA_CHECK(cudaGraphExecDestroy(sl->graph));
             cudaGraph_t graph;
+            exchange_bytes = 0;
             CUDA_CHECK(cudaStreamBeginCapture(s->k.stream, cudaStreamCaptureModeThreadLocal));
             run_step(s, sl->labels, B, true);
             CUDA_CHECK(cudaStreamEndCapture(s->k.stream, &graph));

@@ -153,6 +153,9 @@ void model_totals(model *m, step_totals *t);
 int model_eval_batch(void);
 /* the device memory the backend holds (0 on the CPU) */
 int64_t model_device_bytes(void);
+/* expert parallelism: the bytes this GPU sends the others of its group in a
+ * training step's exchanges of expert rows (0 without, and on the CPU) */
+int64_t model_exchange_bytes(void);
 /* before an evaluation's model_eval calls, by every process (expert
  * parallelism: each GPU gathers every expert's weights) */
 void model_eval_begin(model *m);

@@ -860,6 +860,8 @@ int main(int argc, char **argv)
             if (model_device_bytes() > 0)
                 printf(", device memory %.0f MiB%s", (double)model_device_bytes() / (1024.0 * 1024.0),
                        world > 1 ? " per GPU" : "");
+            if (model_exchange_bytes() > 0)
+                printf(", expert exchange %.1f MB sent per step per GPU", (double)model_exchange_bytes() / 1e6);
             printf("\n");
         }
         stopped = true;

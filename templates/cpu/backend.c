@@ -130,6 +130,11 @@ int64_t model_device_bytes(void)
     return 0;
 }
 
+int64_t model_exchange_bytes(void)
+{
+    return 0;
+}
+
 int model_eval_batch(void)
 {
     return BATCH;
