@@ -11,7 +11,8 @@
 # every variant's .moe is compiled for real); the trainer reads its
 # model.h and prints the line `./train --bench` prints, with 1000 images/s
 # per GPU times 0.95 for data parallelism, 0.80 for expert parallelism
-# (0.78 with MOECC_EP_OVERLAP=0), and writes the metrics the data runs
+# (0.78 with MOECC_EP_OVERLAP=0; each of these says it sends 1000 MB in a
+# step's expert exchanges), and writes the metrics the data runs
 # leave (loss 2.5 on one GPU, 2.5 * (1 + 1e-6 * GPUs) on several).
 . "${top_srcdir:-.}/tests/e2e/common.sh"
 PY=${PYTHON_TORCH:-python3} # the python bench/gpu.sh runs (configure finds it)
@@ -68,7 +69,9 @@ done
 [ "${RANK:-0}" = 0 ] || exit 0
 if [ $bench = 1 ]; then
     awk -v nm="$name" -v b="$batch" -v i="$ips" 'BEGIN {
-        printf "moecc %s: batch %d, %.2f ms per step, %s images/s, 1.00 GFLOP/s (mean of 30 steps after 2), on stand-in\n", nm, b, 1000 * b / i, i }'
+        printf "moecc %s: batch %d, %.2f ms per step, %s images/s, 1.00 GFLOP/s (mean of 30 steps after 2), on stand-in", nm, b, 1000 * b / i, i }'
+    [ "${expert:-1}" -gt 1 ] && printf ", expert exchange 1000.0 MB sent per step per GPU"
+    echo
 elif [ -n "$metrics" ]; then
     loss=$(awk -v n="$n" 'BEGIN { printf "%.10f", 2.5 * (n > 1 ? 1 + 1e-6 * n : 1) }')
     echo "{\"kind\": \"train\", \"loss\": $loss, \"images_per_s\": $ips}" > "$metrics"
@@ -100,6 +103,7 @@ has() {
 for cfg in gpu_p gpu_s; do
     has "[bf16] moecc $cfg: batch" "$cfg: one GPU, default precision"
     has "[fp32] moecc $cfg: batch" "$cfg: one GPU, fp32"
+    has "[tf32] moecc $cfg: batch" "$cfg: one GPU, tf32"
     has "moecc $cfg with the data loader (CIFAR-10 format files, bf16): 1000 images/s" "$cfg: the data loader's images/s"
     for n in 2 4; do
         has "[$n GPUs, parallel(data = $n), weak scaling, global batch" "$cfg: $n GPUs, data parallel, weak"
@@ -112,11 +116,11 @@ done
 has "[2 GPUs, parallel(data = 2), weak scaling, global batch 512] moecc gpu_s: batch 512, 269.47 ms per step, 1900.0 images/s" \
     "gpu_s, 2 GPUs, data parallel, weak: the stand-in's figures"
 has "95.0% of 2 x the 1-GPU 1000.0 images/s" "data parallel: 95.0% of twice one GPU"
-has "80.0% of 2 x the 1-GPU 1000.0 images/s; 320.00 ms per step against 269.47 data parallel: the exchange adds 50.53 ms, 15.8% of the step" \
-    "gpu_s, 2 GPUs, expert parallel, weak: efficiency and the exchange's share"
+has "80.0% of 2 x the 1-GPU 1000.0 images/s; 320.00 ms per step against 269.47 data parallel: the exchange adds 50.53 ms, 15.8% of the step, 20 GB/s sent per GPU over that time" \
+    "gpu_s, 2 GPUs, expert parallel, weak: efficiency, the exchange's share and bandwidth (1000 MB in 50.53 ms)"
 # 4 GPUs, strong (the global batch of one GPU): 3,200 against 3,800 images/s,
 # 80.00 against 67.37 ms: 12.63 ms, 15.8%
-has "80.0% of 4 x the 1-GPU 1000.0 images/s; 80.00 ms per step against 67.37 data parallel: the exchange adds 12.63 ms, 15.8% of the step" \
+has "80.0% of 4 x the 1-GPU 1000.0 images/s; 80.00 ms per step against 67.37 data parallel: the exchange adds 12.63 ms, 15.8% of the step, 79 GB/s sent per GPU over that time" \
     "gpu_s, 4 GPUs, expert parallel, strong"
 has "78.0% of 2 x the 1-GPU images/s; overlapping the exchange saves 8.21 ms per step" \
     "MOECC_EP_OVERLAP=0: what the overlap saves (1,560 against 1,600 images/s at 512: 328.21 - 320.00 ms)"
