@@ -100,6 +100,20 @@ else
 fi
 unset MOECC_EP_OVERLAP
 
+# bf16 precision, where the exchanged rows travel as bf16: expert parallel
+# against 1 GPU, both in bf16 (the products round the same operands; the
+# experts' outputs and the rows' gradients are rounded in transit too).
+# The tolerance is a first bound, to be set from measurements.
+bf="--precision bf16 --metrics bf16.jsonl --checkpoint bf16.safetensors"
+if ranks "$DE" 2 $run --steps 50 $bf &&
+    (cd "$D1" && ./train $run --steps 50 $bf -q > bf16.log 2>&1) &&
+    $CMP curves "$D1/bf16.jsonl" "$DE/bf16.jsonl" 1e-2 > "$WORK/bf.curve" 2>&1; then
+    ok "50 bf16 steps expert parallel (bf16 rows) follow 1 GPU in bf16: $(tail -n 1 "$WORK/bf.curve")"
+else
+    cat "$D1/bf16.log" "$WORK/bf.curve" 2>/dev/null
+    not_ok "50 bf16 steps expert parallel (bf16 rows) follow 1 GPU in bf16 (loss within 1e-2)"
+fi
+
 # checkpoints across GPU counts: stopped at step 30 of 50, resumed elsewhere,
 # against the 1-GPU run above that was never stopped
 resume() { # LABEL FROM-DIR TO-DIR TO-RANKS(0: CPU) TOL
