@@ -961,6 +961,23 @@ template <int T, int ROWS, int LD> __device__ static inline void attn_load_weigh
                             [&](int i, float x) { dst[i / ROWS * LD + i % ROWS] = x; });
 }
 
+/* The backward's inputs of sample b, head h (bh = b * NH + h) in shared
+ * memory: q, k, v from qkv, g from dout (ROWS rows attn_ld apart, zero
+ * from T on) and the weights a (ROWS x ROWS, rows LDW apart) */
+template <int T, int HD, int NH, int ROWS, int LDW>
+__device__ static inline void attn_bwd_load(float *q, float *kk, float *v, float *g, float *a, const float *qkv,
+                                            const float *dout, const float *att, int bh)
+{
+    constexpr int D = NH * HD, D3 = 3 * D;
+    const int b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, ROWS>(q, base, D3);
+    attn_load<T, HD, ROWS>(kk, base + D, D3);
+    attn_load<T, HD, ROWS>(v, base + 2 * D, D3);
+    attn_load<T, HD, ROWS>(g, dout + (int64_t)b * T * D + h * HD, D);
+    attn_load_weights<T, ROWS, LDW>(a, att + (int64_t)bh * T * T);
+}
+
 /* One row of the weights, by one warp: r[u] = the softmax of r over u < T,
  * copied to a[u]; r[u] = 0 for T <= u < W (the tensor-core kernels'
  * padding) */
@@ -1036,12 +1053,7 @@ static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, cons
     float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *g = v + T * L, *a = g + T * L,
           *ds = a + T * T;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load<T, HD, T>(q, base, D3);
-    attn_load<T, HD, T>(kk, base + D, D3);
-    attn_load<T, HD, T>(v, base + 2 * D, D3);
-    attn_load<T, HD, T>(g, dout + (int64_t)b * T * D + h * HD, D);
-    attn_load_weights<T, T, T>(a, att + (int64_t)bh * T * T);
+    attn_bwd_load<T, HD, NH, T, T>(q, kk, v, g, a, qkv, dout, att, bh);
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* dv = att^T g ; datt = g v^T */
@@ -1217,12 +1229,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     extern __shared__ __align__(128) float smtc[];
     float *q = smtc, *kk = q + TP * L, *v = kk + TP * L, *g = v + TP * L, *a = g + TP * L, *ds = a + TP * LS;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load<T, HD, TP>(q, base, D3);
-    attn_load<T, HD, TP>(kk, base + D, D3);
-    attn_load<T, HD, TP>(v, base + 2 * D, D3);
-    attn_load<T, HD, TP>(g, dout + (int64_t)b * T * D + h * HD, D);
-    attn_load_weights<T, TP, LS>(a, att + (int64_t)bh * T * T);
+    attn_bwd_load<T, HD, NH, TP, LS>(q, kk, v, g, a, qkv, dout, att, bh);
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* datt = g v^T (into ds) */
