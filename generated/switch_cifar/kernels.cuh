@@ -285,33 +285,43 @@ static inline void mm_tn(const kctx *k, float *out, const float *a, const float 
 
 #define RED_CHUNKS 64 /* partial sums per column */
 
-/* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c.
- * A block covers 32 columns with 8 lanes of rows (lane y sums rows lo + y,
- * lo + y + 8, ...), and adds the 8 lanes' sums in order: enough loads in
- * flight for the narrow dense layers' gradients (one thread per column
- * left most of the GPU idle). */
-#define COLSUM_LANES 8
-static __global__ void colsum_partial_kernel(float *part, const float *src, int M, int N, int64_t ld, int64_t stride)
+/* A block of 32 x LANES threads sums 32 columns: lane y (threadIdx.x /
+ * 32) of column col[0] adds col[m * ld] for m = lo + y, lo + y + LANES, ...
+ * below hi, and the lanes' sums are added in order (the same bits every
+ * run). Returns the column's sum in lane 0, 0 elsewhere; every thread of
+ * the block calls it (valid: whether its column exists). Enough loads in
+ * flight for narrow columns, where one thread per column left most of the
+ * GPU idle (the dense layers' bias gradients, the layer norm's partials). */
+template <int LANES>
+__device__ static inline float lanes_col_sum(const float *col, int64_t ld, int lo, int hi, bool valid)
 {
-    __shared__ float lanes[COLSUM_LANES][33];
+    __shared__ float lanes[LANES][33];
     const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-    const int n = blockIdx.x * 32 + tx, c = blockIdx.y, g = blockIdx.z;
-    const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
     float acc = 0.0f;
-    if (n < N) {
-        const float *s = src + (int64_t)g * stride + n;
+    if (valid) {
 #pragma unroll 4
-        for (int m = lo + ty; m < hi; m += COLSUM_LANES)
-            acc += s[(int64_t)m * ld];
+        for (int m = lo + ty; m < hi; m += LANES)
+            acc += col[(int64_t)m * ld];
     }
     lanes[ty][tx] = acc;
     __syncthreads();
-    if (ty == 0 && n < N) {
-        float t = 0.0f;
-        for (int y = 0; y < COLSUM_LANES; y++)
+    float t = 0.0f;
+    if (ty == 0)
+        for (int y = 0; y < LANES; y++)
             t += lanes[y][tx];
+    return t;
+}
+
+/* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c, on
+ * COLSUM_LANES lanes of rows */
+#define COLSUM_LANES 8
+static __global__ void colsum_partial_kernel(float *part, const float *src, int M, int N, int64_t ld, int64_t stride)
+{
+    const int n = blockIdx.x * 32 + (int)threadIdx.x % 32, c = blockIdx.y, g = blockIdx.z;
+    const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
+    const float t = lanes_col_sum<COLSUM_LANES>(src + (int64_t)g * stride + n, ld, lo, hi, n < N);
+    if (threadIdx.x / 32 == 0 && n < N)
         part[((int64_t)g * RED_CHUNKS + c) * N + n] = t;
-    }
 }
 
 /* dst[g][n] += sum over chunks of part[g, c, n] */
@@ -809,28 +819,16 @@ static __global__ void layernorm_bwd_kernel(float *dinp, float *part, const floa
     }
 }
 
-/* dw, db += the sums of the partials part[nblocks, 2D]: a block covers 32
- * of the 2D columns with LN_FINAL_LANES lanes of partials (lane y sums
- * partials y, y + LN_FINAL_LANES, ...), whose sums it adds in order (one
- * thread per column, summing all 1024 partials, took 28 us on config S) */
+/* dw, db += the sums of the partials part[nblocks, 2D], on LN_FINAL_LANES
+ * lanes of partials (one thread per column, summing all 1024 partials,
+ * took 28 us on config S) */
 #define LN_FINAL_LANES 32
 static __global__ void layernorm_bwd_final_kernel(float *dw, float *db, const float *part, int D, int nblocks)
 {
-    __shared__ float lanes[LN_FINAL_LANES][33];
-    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32, i = blockIdx.x * 32 + tx;
-    float a = 0.0f;
-    if (i < 2 * D) {
-#pragma unroll 4
-        for (int q = ty; q < nblocks; q += LN_FINAL_LANES)
-            a += part[(int64_t)q * 2 * D + i];
-    }
-    lanes[ty][tx] = a;
-    __syncthreads();
-    if (ty != 0 || i >= 2 * D)
+    const int i = blockIdx.x * 32 + (int)threadIdx.x % 32;
+    const float t = lanes_col_sum<LN_FINAL_LANES>(part + i, 2 * D, 0, nblocks, i < 2 * D);
+    if (threadIdx.x / 32 != 0 || i >= 2 * D)
         return;
-    float t = 0.0f;
-    for (int y = 0; y < LN_FINAL_LANES; y++)
-        t += lanes[y][tx];
     if (i < D)
         dw[i] += t;
     else
