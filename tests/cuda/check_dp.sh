@@ -103,15 +103,17 @@ unset MOECC_EP_OVERLAP
 # bf16 precision, where the exchanged rows travel as bf16: expert parallel
 # against 1 GPU, both in bf16 (the products round the same operands; the
 # experts' outputs and the rows' gradients are rounded in transit too).
-# The tolerance is a first bound, to be set from measurements.
+# Measured on 2 x H200 (2026-11-30): losses within 2.4e-4 over 50 steps,
+# gradient norms within 1.42e-2 (one batch's norm moves more than the loss
+# under bf16 rounding in transit); the bounds are 1e-2 and 5e-2.
 bf="--precision bf16 --metrics bf16.jsonl --checkpoint bf16.safetensors"
 if ranks "$DE" 2 $run --steps 50 $bf &&
     (cd "$D1" && ./train $run --steps 50 $bf -q > bf16.log 2>&1) &&
-    $CMP curves "$D1/bf16.jsonl" "$DE/bf16.jsonl" 1e-2 > "$WORK/bf.curve" 2>&1; then
+    $CMP curves "$D1/bf16.jsonl" "$DE/bf16.jsonl" 1e-2 5e-2 > "$WORK/bf.curve" 2>&1; then
     ok "50 bf16 steps expert parallel (bf16 rows) follow 1 GPU in bf16: $(tail -n 1 "$WORK/bf.curve")"
 else
     cat "$D1/bf16.log" "$WORK/bf.curve" 2>/dev/null
-    not_ok "50 bf16 steps expert parallel (bf16 rows) follow 1 GPU in bf16 (loss within 1e-2)"
+    not_ok "50 bf16 steps expert parallel (bf16 rows) follow 1 GPU in bf16 (loss within 1e-2, gradient norms within 5e-2)"
 fi
 
 # checkpoints across GPU counts: stopped at step 30 of 50, resumed elsewhere,

@@ -6,10 +6,11 @@
         gradient): the same batch, and every gradient and the loss within
         TOL, as |cuda - cpu| / |cpu| over each tensor (2-norms). NaN or Inf
         anywhere fails.
-    compare.py curves CPU.metrics.jsonl CUDA.metrics.jsonl TOL
+    compare.py curves CPU.metrics.jsonl CUDA.metrics.jsonl TOL [GTOL]
         Two metrics files of the same run: every logged training loss
         within TOL (relative), the same steps logged, and the gradient
-        norms logged with them within TOL or 1e-4, the larger.
+        norms logged with them within GTOL (default: TOL or 1e-4, the
+        larger).
     compare.py curves-subset A.metrics.jsonl B.metrics.jsonl TOL
         As curves, for the steps A logged (B may have logged more: a
         resumed run against one that was never stopped).
@@ -105,7 +106,7 @@ def evals(a_path, b_path, tol):
     return 1 if bad else 0
 
 
-def curves(cpu_path, cuda_path, tol, subset=False):
+def curves(cpu_path, cuda_path, tol, subset=False, gtol=None):
     def train_losses(path):
         out = {}
         with open(path) as f:
@@ -130,7 +131,7 @@ def curves(cpu_path, cuda_path, tol, subset=False):
         print("step %d: cpu %.6f cuda %.6f (%.2g)" % (s, a[s], b[s], err))
         if not err <= tol:
             bad += 1
-    gtol, gworst = max(tol, 1e-4), 0.0
+    gtol, gworst = (max(tol, 1e-4) if gtol is None else gtol), 0.0
     for s in sorted(a):
         ga, gb = norms[cpu_path][s], norms[cuda_path][s]
         if ga is None or gb is None:
@@ -181,6 +182,8 @@ def weights(a_path, b_path, tol):
 def main():
     modes = {"dumps": dumps, "curves": curves, "weights": weights, "evals": evals,
              "curves-subset": lambda a, b, t: curves(a, b, t, subset=True)}
+    if sys.argv[1:2] == ["curves"] and len(sys.argv) == 6:
+        return curves(sys.argv[2], sys.argv[3], float(sys.argv[4]), gtol=float(sys.argv[5]))
     if len(sys.argv) != 5 or sys.argv[1] not in modes:
         print(__doc__, file=sys.stderr)
         return 2
