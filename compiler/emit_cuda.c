@@ -386,7 +386,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         /* fp32_gate: the router's products in fp32 whatever the precision */
         const char *kr = x->fp32_gate ? "&kg" : "k";
         if (x->fp32_gate)
-            sb_printf(f, "        kctx kg = *k;\n        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */\n");
+            sb_printf(f, "        kctx kg = fp32_ctx(k); /* fp32_gate */\n");
         if (attn) {
             sb_printf(f, "        linear_forward(%s, A(%s), %s, P(%lldL), nullptr, N, %d, %d);\n", kr, query, in,
                       (long long)wg, D, R);
@@ -466,7 +466,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             sb_printf(&b, "        const int cap = moe_capacity(N, %d, %d, %.17g, 0);\n", E, K, x->capacity_factor);
         sb_printf(&b, "%s", routing);
         if (x->fp32_gate)
-            sb_printf(&b, "        kctx kg = *k;\n        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */\n");
+            sb_printf(&b, "        kctx kg = fp32_ctx(k); /* fp32_gate */\n");
         sb_printf(&b,
                   "        moe_experts_backward<%d, %d, %d, %d, %s, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
                   "%s,\n                                               A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "

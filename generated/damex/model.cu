@@ -359,8 +359,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS17), A(LSE17), A(TOPP17), A(GATE17), A(PRIO17), A(PRIOS17), A(ENT17),
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         linear_forward(&kg, A(LOGITS17), A(V16), P(207488L), nullptr, N, 128, 3);
         if (train)
             gate_noise(k, A(LOGITS17), (int64_t)N * 3, 0.33333334f, d->seed, 1017, &d->sc->step, d->row0 * 48);
@@ -406,8 +405,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS33), A(LSE33), A(TOPP33), A(GATE33), A(PRIO33), A(PRIOS33), A(ENT33),
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         linear_forward(&kg, A(LOGITS33), A(V32), P(604672L), nullptr, N, 128, 3);
         if (train)
             gate_noise(k, A(LOGITS33), (int64_t)N * 3, 0.33333334f, d->seed, 1033, &d->sc->step, d->row0 * 48);
@@ -450,8 +448,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS33), A(LSE33), A(TOPP33), A(GATE33), A(PRIO33), A(PRIOS33), A(ENT33),
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
                                                A(XE33), A(HE33), A(AE33), A(YE33), &r, P(605056L), P(704128L), DP(605056L), DP(703360L),
                                                DP(704128L), DP(802432L), N, cap, 0);
@@ -497,8 +494,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS17), A(LSE17), A(TOPP17), A(GATE17), A(PRIO17), A(PRIOS17), A(ENT17),
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
                                                A(XE17), A(HE17), A(AE17), A(YE17), &r, P(207872L), P(306944L), DP(207872L), DP(306176L),
                                                DP(306944L), DP(405248L), N, cap, 0);

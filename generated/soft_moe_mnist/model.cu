@@ -129,8 +129,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS2), A(LSE2), A(TOPP2), A(GATE2), A(PRIO2), A(PRIOS2), A(ENT2),
                             IA(TOPK2), IA(SLOT2), IA(COUNT2), IA(TOKEN2), IA(ROWK2), IA(ORDER2), IA(IOTA2), IA(BLKC2), IA(BLKB2),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         linear_forward(&kg, A(LOGITS2), A(V1), P(100480L), nullptr, N, 128, 4);
         moe_route<4, 4>(k, &r, A(LOGITS2), N, cap, 1, 0);
         moe_experts_forward<128, 256, 4, 4, ACT_RELU, 1>(k, A(V2), A(XE2), A(XE2), A(HE2), A(AE2), A(YE2), A(YE2), A(V1), &r,
@@ -161,8 +160,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS2), A(LSE2), A(TOPP2), A(GATE2), A(PRIO2), A(PRIOS2), A(ENT2),
                             IA(TOPK2), IA(SLOT2), IA(COUNT2), IA(TOKEN2), IA(ROWK2), IA(ORDER2), IA(IOTA2), IA(BLKC2), IA(BLKB2),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<128, 256, 4, 4, ACT_RELU, 1>(k, G(V1), G(GATE2), G(YE2), G(YE2), G(HE2), G(XE2), G(XE2), G(V2),
                                                A(XE2), A(HE2), A(AE2), A(YE2), &r, P(100992L), P(233088L), DP(100992L), DP(232064L),
                                                DP(233088L), DP(364160L), N, cap, 0);

@@ -14,7 +14,9 @@
  * picks TF32 tensor-core kernels on Hopper (sm90_xmma_gemm_f32f32_tf32f32,
  * seen with Nsight Compute). In "bf16" mode each product's operands are
  * rounded to bf16 into a scratch first (kctx.cast) and multiplied in bf16
- * with fp32 accumulation into fp32. In fp32 mode the products are plain
+ * with fp32 accumulation into fp32, except where a producer writes them in
+ * bf16 itself (the experts' activations and their gradient: moe_a16) or
+ * two products share one (a layer's output gradient: cast_keep). In fp32 mode the products are plain
  * fp32 (CUBLAS_COMPUTE_32F). In both reduced modes attention's four
  * products run on tensor cores too (TF32 WMMA tiles,
  * attention_*_tc_kernel). Everything else runs in fp32 (reductions
@@ -225,40 +227,100 @@ static inline int64_t operand_span(int rows, int cols, int ld, int count, int64_
     return (int64_t)(count - 1) * stride + (int64_t)(rows - 1) * ld + cols;
 }
 
+/* A product's operand: fp32 values (rounded to bf16 into the scratch in
+ * bf16 precision), or values a producer already wrote in bf16 (bf16
+ * precision only: the experts' activations and their gradients, which
+ * would otherwise be rounded twice each, at 6 bytes an element a pass). */
+struct mm_in {
+    const float *f;
+    const __nv_bfloat16 *h;
+    mm_in(const float *p) : f(p), h(nullptr) {}
+    mm_in(const __nv_bfloat16 *p) : f(nullptr), h(p) {}
+};
+
+/* the bf16 values where a producer wrote them (h), else the fp32 ones */
+static inline mm_in mm_pick(const __nv_bfloat16 *h, const float *f)
+{
+    return h ? mm_in(h) : mm_in(f);
+}
+
 /* The products below in row-major views: cuBLAS is column-major, so
  * out[M,N] = op(a) op(b) is computed as out^T = op(b)^T op(a)^T, with
  * `count` products strided by sa, sb, so elements. With k->cast (bf16
- * precision) a and b are rounded to bf16 into it first: a at 0, b after
- * it (8-aligned), and multiplied in bf16 with fp32 accumulation into the
- * fp32 out. */
-static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_t tb, float *out, const float *a,
-                           int lda, const float *b, int ldb, int M, int N, int K, float beta, int count, int64_t sa,
-                           int64_t sb, int64_t so)
+ * precision) the fp32 operands are rounded to bf16 into it first (the
+ * first at 0, the second after it, 8-aligned), and multiplied in bf16 with
+ * fp32 accumulation into the fp32 out. */
+static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_t tb, float *out, mm_in a, int lda,
+                           mm_in b, int ldb, int M, int N, int K, float beta, int count, int64_t sa, int64_t sb,
+                           int64_t so)
 {
     const float one = 1.0f;
     if (k->cast) {
-        const int64_t na = ta == CUBLAS_OP_N ? operand_span(M, K, lda, count, sa) : operand_span(K, M, lda, count, sa);
-        const int64_t nb = tb == CUBLAS_OP_N ? operand_span(K, N, ldb, count, sb) : operand_span(N, K, ldb, count, sb);
-        const int64_t ob = (na + 7) & ~(int64_t)7;
-        if (ob + nb > k->cast_elems) {
-            fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
-                    (long long)k->cast_elems, (long long)(ob + nb));
-            exit(1);
-        }
-        to_bf16(k, k->cast, a, na);
-        to_bf16(k, k->cast + ob, b, nb);
-        CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, k->cast + ob, CUDA_R_16BF, ldb, sb,
-                                                k->cast, CUDA_R_16BF, lda, sa, &beta, out, CUDA_R_32F, N, so, count,
+        const __nv_bfloat16 *a16 = a.h, *b16 = b.h;
+        int64_t used = 0;
+        const auto cast = [&](const __nv_bfloat16 *&dst, const float *src, int64_t n) {
+            if (used + n > k->cast_elems) {
+                fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
+                        (long long)k->cast_elems, (long long)(used + n));
+                exit(1);
+            }
+            to_bf16(k, k->cast + used, src, n);
+            dst = k->cast + used;
+            used += (n + 7) & ~(int64_t)7;
+        };
+        if (!a16)
+            cast(a16, a.f, ta == CUBLAS_OP_N ? operand_span(M, K, lda, count, sa) : operand_span(K, M, lda, count, sa));
+        if (!b16)
+            cast(b16, b.f, tb == CUBLAS_OP_N ? operand_span(K, N, ldb, count, sb) : operand_span(N, K, ldb, count, sb));
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b16, CUDA_R_16BF, ldb, sb, a16,
+                                                CUDA_R_16BF, lda, sa, &beta, out, CUDA_R_32F, N, so, count,
                                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return;
     }
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b, CUDA_R_32F, ldb, sb, a, CUDA_R_32F, lda,
-                                            sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
+    if (a.h || b.h) {
+        fprintf(stderr, "train: internal error: a bf16 operand outside bf16 precision\n");
+        exit(1);
+    }
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b.f, CUDA_R_32F, ldb, sb, a.f, CUDA_R_32F,
+                                            lda, sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
                                             CUBLAS_GEMM_DEFAULT));
 }
 
+/* An operand that several products take (a gradient: the input's
+ * product and the weights'), in bf16 precision rounded once, at the start
+ * of the scratch; *rest is k with the scratch after it, for those
+ * products' other operands (each product has at most one left to round,
+ * so both fit: the scratch holds two of the largest buffer). Returns NULL,
+ * with *rest = *k, in the other precisions. */
+static inline const __nv_bfloat16 *cast_keep(const kctx *k, kctx *rest, const float *src, int64_t n)
+{
+    *rest = *k;
+    if (!k->cast)
+        return nullptr;
+    const int64_t used = (n + 7) & ~(int64_t)7;
+    if (used > k->cast_elems) {
+        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
+                (long long)k->cast_elems, (long long)used);
+        exit(1);
+    }
+    to_bf16(k, k->cast, src, n);
+    rest->cast = k->cast + used;
+    rest->cast_elems = k->cast_elems - used;
+    return k->cast;
+}
+
+/* a copy of k whose products are plain fp32 whatever the precision (a
+ * router with fp32_gate) */
+static inline kctx fp32_ctx(const kctx *k)
+{
+    kctx c = *k;
+    c.compute = CUBLAS_COMPUTE_32F;
+    c.cast = nullptr;
+    return c;
+}
+
 /* out[M,N] = beta * out + a[M,K] @ b[N,K]^T */
-static inline void mm_nt(const kctx *k, float *out, const float *a, const float *b, int M, int N, int K, float beta,
+static inline void mm_nt(const kctx *k, float *out, mm_in a, mm_in b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
     if (M > 0)
@@ -266,7 +328,7 @@ static inline void mm_nt(const kctx *k, float *out, const float *a, const float 
 }
 
 /* out[M,N] = beta * out + a[M,K] @ b[K,N] */
-static inline void mm_nn(const kctx *k, float *out, const float *a, const float *b, int M, int N, int K, float beta,
+static inline void mm_nn(const kctx *k, float *out, mm_in a, mm_in b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
     if (M > 0)
@@ -274,7 +336,7 @@ static inline void mm_nn(const kctx *k, float *out, const float *a, const float 
 }
 
 /* out[M,N] = beta * out + a[K,M]^T @ b[K,N] (weight gradients) */
-static inline void mm_tn(const kctx *k, float *out, const float *a, const float *b, int M, int N, int K, float beta,
+static inline void mm_tn(const kctx *k, float *out, mm_in a, mm_in b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
     if (K > 0)
@@ -396,17 +458,37 @@ template <int V> __device__ static inline void vstore(float *p, const float (&x)
     }
 }
 
+/* x rounded to bf16 (to nearest even) at p; V = 4 stores 8 bytes */
+template <int V> __device__ static inline void vstore(__nv_bfloat16 *p, const float (&x)[V])
+{
+    if constexpr (V == 4) {
+        __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(p);
+        d[0] = __floats2bfloat162_rn(x[0], x[1]);
+        d[1] = __floats2bfloat162_rn(x[2], x[3]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            p[j] = __float2bfloat16_rn(x[j]);
+    }
+}
+
+/* a bf16 operand's alignment for the 4-wide passes */
+static inline bool bf16_ok(const __nv_bfloat16 *p)
+{
+    return ((uintptr_t)p & 7) == 0;
+}
+
 /* ---- linear layers ----------------------------------------------------------------------- */
 
 enum { ACT_NONE = -1 }; /* bias_act_kernel without an activation */
 template <int ACT> __device__ static inline float act_f(float x);
 
 /* h[g][M,N] += bias[g][N] for g < G (rows strided by M*N), and a = act(h)
- * unless ACT is ACT_NONE: a linear layer's bias and its activation in one
- * pass; V floats per thread */
+ * unless ACT is ACT_NONE (in bf16 into a16 instead when a16 is given): a
+ * linear layer's bias and its activation in one pass; V floats per thread */
 template <int ACT, int V>
-static __global__ void bias_act_kernel(float *__restrict__ a, float *__restrict__ h, const float *__restrict__ bias,
-                                       int64_t M, int N, int64_t n)
+static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__restrict__ a16, float *__restrict__ h,
+                                       const float *__restrict__ bias, int64_t M, int N, int64_t n)
 {
     const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
@@ -423,18 +505,22 @@ static __global__ void bias_act_kernel(float *__restrict__ a, float *__restrict_
 #pragma unroll
         for (int j = 0; j < V; j++)
             x[j] = act_f<ACT>(x[j]);
-        vstore<V>(a + i, x);
+        if (a16)
+            vstore<V>(a16 + i, x);
+        else
+            vstore<V>(a + i, x);
     }
 }
 
 template <int ACT>
-static inline void bias_act(const kctx *k, float *a, float *h, const float *bias, int64_t M, int N, int G = 1)
+static inline void bias_act(const kctx *k, float *a, float *h, const float *bias, int64_t M, int N, int G = 1,
+                            __nv_bfloat16 *a16 = nullptr)
 {
     const int64_t n = G * M * N;
-    if (vec4_ok(N, h, ACT == ACT_NONE ? nullptr : a))
-        bias_act_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(a, h, bias, M, N, n);
+    if (vec4_ok(N, h, ACT == ACT_NONE || a16 ? nullptr : a) && bf16_ok(a16))
+        bias_act_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(a, a16, h, bias, M, N, n);
     else
-        bias_act_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(a, h, bias, M, N, n);
+        bias_act_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(a, a16, h, bias, M, N, n);
     LAUNCH_CHECK();
 }
 
@@ -458,9 +544,11 @@ static inline void linear_forward(const kctx *k, float *out, const float *inp, c
 static inline void linear_backward(const kctx *k, float *dinp, float *dw, float *db, const float *dout,
                                    const float *inp, const float *w, int M, int K, int N, int acc)
 {
+    kctx kr = *k; /* with dinp two products take dout: rounded once */
+    const __nv_bfloat16 *g16 = dinp ? cast_keep(k, &kr, dout, (int64_t)M * N) : nullptr;
     if (dinp)
-        mm_nn(k, dinp, dout, w, M, K, N, acc ? 1.0f : 0.0f);
-    mm_tn(k, dw, dout, inp, N, K, M, 1.0f);
+        mm_nn(&kr, dinp, mm_pick(g16, dout), w, M, K, N, acc ? 1.0f : 0.0f);
+    mm_tn(&kr, dw, mm_pick(g16, dout), inp, N, K, M, 1.0f);
     if (db)
         colsum_add(k, db, dout, M, N);
 }
@@ -500,9 +588,11 @@ template <int ACT> static __global__ void act_forward_kernel(float *out, const f
         out[i] = act_f<ACT>(inp[i]);
 }
 
-/* dinp (+)= dout * act'(inp), V floats per thread (dinp may be dout) */
+/* dinp (+)= dout * act'(inp), and a bf16 copy of the result into d16 when
+ * given; V floats per thread (dinp may be dout) */
 template <int ACT, int V>
-static __global__ void act_backward_kernel(float *dinp, const float *dout, const float *inp, int64_t n, int acc)
+static __global__ void act_backward_kernel(float *dinp, __nv_bfloat16 *d16, const float *dout, const float *inp,
+                                           int64_t n, int acc)
 {
     const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
@@ -520,6 +610,8 @@ static __global__ void act_backward_kernel(float *dinp, const float *dout, const
             g[j] += x[j];
     }
     vstore<V>(dinp + i, g);
+    if (d16)
+        vstore<V>(d16 + i, g);
 }
 
 template <int ACT> static inline void act_forward(const kctx *k, float *out, const float *inp, int64_t n)
@@ -529,12 +621,13 @@ template <int ACT> static inline void act_forward(const kctx *k, float *out, con
 }
 
 template <int ACT>
-static inline void act_backward(const kctx *k, float *dinp, const float *dout, const float *inp, int64_t n, int acc)
+static inline void act_backward(const kctx *k, float *dinp, const float *dout, const float *inp, int64_t n, int acc,
+                                __nv_bfloat16 *d16 = nullptr)
 {
-    if (vec4_ok(n, dinp, dout, inp))
-        act_backward_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(dinp, dout, inp, n, acc);
+    if (vec4_ok(n, dinp, dout, inp) && bf16_ok(d16))
+        act_backward_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(dinp, d16, dout, inp, n, acc);
     else
-        act_backward_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, dout, inp, n, acc);
+        act_backward_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, d16, dout, inp, n, acc);
     LAUNCH_CHECK();
 }
 
@@ -1870,6 +1963,18 @@ static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
         CUDA_CHECK(cudaStreamWaitEvent(k->stream, done, 0));
 }
 
+/* bf16 precision keeps the experts' activations a [EL, rows, H] in bf16,
+ * in the first half of a's own memory (their only uses are as product
+ * operands: the second layer's input and its weight gradient), and the
+ * backward's gradient dh in bf16 in the second half (for the products
+ * that take it), so that neither is rounded again for each product.
+ * moe_a16(k, a, 0, r, H): row r's activations; moe_a16(k, a, EL * rows,
+ * r, H): its dh. NULL in the other precisions (a holds fp32). */
+static inline __nv_bfloat16 *moe_a16(const kctx *k, float *a, int64_t half_rows, int64_t r, int H)
+{
+    return k->cast ? reinterpret_cast<__nv_bfloat16 *>(a) + (half_rows + r) * H : nullptr;
+}
+
 /* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
  * out [expert, rows, *]): h = x w1^T + b1, a = act(h), y = a w2^T + b2. */
 template <int D, int H, int ACT>
@@ -1877,11 +1982,12 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
                                    const float *b1, const float *w2, const float *b2, int rows, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
+    __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H);
     xr += r * D, h += r * H, a += r * H, yr += r * D;
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H, b2 += (int64_t)e * D;
     mm_nt(k, h, xr, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-    bias_act<ACT>(k, a, h, b1, rows, H, n);
-    mm_nt(k, yr, a, w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
+    bias_act<ACT>(k, a, h, b1, rows, H, n, a16);
+    mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
     bias_add(k, yr, b2, rows, D, n);
 }
 
@@ -1986,29 +2092,34 @@ static __global__ void moe_scatter_bwd_kernel(float *__restrict__ dx, float *__r
  * the rows' gradients (da = dy w2 into dh, dh = da * act'(h), dx = dh w1),
  * which the combine waits for, then the parameters' (dw2 += dy^T a, db2 +=
  * colsum(dy), dw1 += dh^T x, db1 += colsum(dh)), which it need not. */
+/* Both halves take dy of experts [e, e + n): in bf16 precision dy16 has it
+ * rounded already (cast_keep), and k's scratch starts after it. */
 template <int D, int H, int ACT>
-static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, const float *dyr, const float *h,
-                                         const float *w1, const float *w2, int rows, int e, int n)
+static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, const float *dyr,
+                                         const __nv_bfloat16 *dy16, const float *h, float *a, const float *w1,
+                                         const float *w2, int rows, int el, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
+    __nv_bfloat16 *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
     dxr += r * D, dh += r * H, dyr += r * D, h += r * H;
     w1 += (int64_t)e * H * D, w2 += (int64_t)e * D * H;
-    mm_nn(k, dh, dyr, w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
-    act_backward<ACT>(k, dh, dh, h, (int64_t)n * rows * H, 0);
-    mm_nn(k, dxr, dh, w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
+    mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
+    act_backward<ACT>(k, dh, dh, h, (int64_t)n * rows * H, 0, dh16);
+    mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
 }
 
 template <int D, int H>
 static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *db1, float *dw2, float *db2,
-                                           const float *dyr, const float *dh, const float *xr, const float *a, int rows,
-                                           int e, int n)
+                                           const float *dyr, const __nv_bfloat16 *dy16, const float *dh,
+                                           const float *xr, float *a, int rows, int el, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
+    const __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
     dyr += r * D, dh += r * H, xr += r * D, a += r * H;
     dw1 += (int64_t)e * H * D, db1 += (int64_t)e * H, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
-    mm_tn(k, dw2, dyr, a, D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H, (int64_t)D * H);
+    mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H, (int64_t)D * H);
     colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
-    mm_tn(k, dw1, dh, xr, H, D, rows, 1.0f, n, (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
+    mm_tn(k, dw1, mm_pick(dh16, dh), xr, H, D, rows, 1.0f, n, (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
     colsum_add(k, db1, dh, rows, H, n, (int64_t)rows * H, H);
 }
 
@@ -2016,17 +2127,19 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *db1
  * parameter gradients accumulated (w1 ... db2: this GPU's experts alone).
  * dye, dxe: [E, cap, *] scratch; with expert parallelism dyr, dh, dxr:
  * [E/P, P, cap, *] (else dyr = dye, dxr = dxe); xr, h, a: the forward's
- * rows of this GPU's experts. k->overlap: as in the forward. */
+ * rows of this GPU's experts (in bf16 precision a's second half takes dh
+ * in bf16: moe_a16). k->overlap: as in the forward. */
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
                                         float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
-                                        const float *a, const float *ye, const moe_route_buf *r, const float *w1,
+                                        float *a, const float *ye, const moe_route_buf *r, const float *w1,
                                         const float *w2, float *dw1, float *db1, float *dw2, float *db2, int N, int cap,
                                         int acc)
 {
     constexpr int EL = E / P;
     const int rows = P * cap;
     const int64_t chunk = (int64_t)cap * D;
+    kctx kr; /* k with the scratch after the rounded dy (cast_keep) */
     moe_combine_bwd_kernel<<<blocks_for((int64_t)E * cap, 8), 256, 0, k->stream>>>(
         dye, dgate, dout, ye, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
     LAUNCH_CHECK();
@@ -2036,15 +2149,17 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
             in[e] = moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH, e);
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
-            moe_ffn_backward_rows<D, H, ACT>(k, dxr, dh, dyr, h, w1, w2, rows, e, 1);
+            const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr + (int64_t)e * rows * D, (int64_t)rows * D);
+            moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, dyr, dy16, h, a, w1, w2, rows, EL, e, 1);
             done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
-            moe_ffn_backward_params<D, H>(k, dw1, db1, dw2, db2, dyr, dh, xr, a, rows, e, 1);
+            moe_ffn_backward_params<D, H>(&kr, dw1, db1, dw2, db2, dyr, dy16, dh, xr, a, rows, EL, e, 1);
         }
         moe_exchange_wait(k, done);
     } else {
         moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
-        moe_ffn_backward_rows<D, H, ACT>(k, dxr, dh, dyr, h, w1, w2, rows, 0, EL);
-        moe_ffn_backward_params<D, H>(k, dw1, db1, dw2, db2, dyr, dh, xr, a, rows, 0, EL);
+        const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
+        moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, dyr, dy16, h, a, w1, w2, rows, EL, 0, EL);
+        moe_ffn_backward_params<D, H>(&kr, dw1, db1, dw2, db2, dyr, dy16, dh, xr, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
     moe_scatter_bwd_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(dx, dgate, dxe, r->topk,

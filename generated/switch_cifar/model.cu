@@ -606,8 +606,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS21), A(LSE21), A(TOPP21), A(GATE21), A(PRIO21), A(PRIOS21), A(ENT21),
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         linear_forward(&kg, A(LOGITS21), A(V20), P(615936L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS21), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V21), A(XE21), A(XE21), A(HE21), A(AE21), A(YE21), A(YE21), A(V20), &r,
@@ -662,8 +661,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS41), A(LSE41), A(TOPP41), A(GATE41), A(PRIO41), A(PRIOS41), A(ENT41),
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         linear_forward(&kg, A(LOGITS41), A(V40), P(3578304L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS41), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V41), A(XE41), A(XE41), A(HE41), A(AE41), A(YE41), A(YE41), A(V40), &r,
@@ -718,8 +716,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS61), A(LSE61), A(TOPP61), A(GATE61), A(PRIO61), A(PRIOS61), A(ENT61),
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         linear_forward(&kg, A(LOGITS61), A(V60), P(6540672L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS61), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V61), A(XE61), A(XE61), A(HE61), A(AE61), A(YE61), A(YE61), A(V60), &r,
@@ -774,8 +771,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
         moe_route_buf r = { A(PROBS81), A(LSE81), A(TOPP81), A(GATE81), A(PRIO81), A(PRIOS81), A(ENT81),
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         linear_forward(&kg, A(LOGITS81), A(V80), P(9503040L), nullptr, N, 192, 8);
         moe_route<8, 1>(k, &r, A(LOGITS81), N, cap, 1, 0);
         moe_experts_forward<192, 768, 8, 1, ACT_GELU, 1>(k, A(V81), A(XE81), A(XE81), A(HE81), A(AE81), A(YE81), A(YE81), A(V80), &r,
@@ -820,8 +816,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS81), A(LSE81), A(TOPP81), A(GATE81), A(PRIO81), A(PRIOS81), A(ENT81),
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
                                                A(XE81), A(HE81), A(AE81), A(YE81), &r, P(9504576L), P(10690368L), DP(9504576L), DP(10684224L),
                                                DP(10690368L), DP(11870016L), N, cap, 0);
@@ -875,8 +870,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS61), A(LSE61), A(TOPP61), A(GATE61), A(PRIO61), A(PRIOS61), A(ENT61),
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
                                                A(XE61), A(HE61), A(AE61), A(YE61), &r, P(6542208L), P(7728000L), DP(6542208L), DP(7721856L),
                                                DP(7728000L), DP(8907648L), N, cap, 0);
@@ -930,8 +924,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS41), A(LSE41), A(TOPP41), A(GATE41), A(PRIO41), A(PRIOS41), A(ENT41),
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
                                                A(XE41), A(HE41), A(AE41), A(YE41), &r, P(3579840L), P(4765632L), DP(3579840L), DP(4759488L),
                                                DP(4765632L), DP(5945280L), N, cap, 0);
@@ -985,8 +978,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         moe_route_buf r = { A(PROBS21), A(LSE21), A(TOPP21), A(GATE21), A(PRIO21), A(PRIOS21), A(ENT21),
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
-        kctx kg = *k;
-        kg.compute = CUBLAS_COMPUTE_32F; /* fp32_gate */
+        kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
                                                A(XE21), A(HE21), A(AE21), A(YE21), &r, P(617472L), P(1803264L), DP(617472L), DP(1797120L),
                                                DP(1803264L), DP(2982912L), N, cap, 0);
