@@ -1103,7 +1103,9 @@ int main(void)
         test_moe<4, 2, ACT_GELU>(1, 1, 1, 1, 0);
         test_moe<4, 2, ACT_GELU>(2, 0, 0, 0, 1);
         test_moe<4, 2, ACT_SILU>(3, 0, 1, 0, 0);
-        test_moe<4, 2, ACT_RELU>(4, 0, 0, 1, 1);
+        if (!g_bf16) /* ReLU: a product rounded to tf32 or bf16 moves some h across 0, where the derivative
+                      * jumps; measured on an H200, dx off by 6.8e-2 (tf32) and 1.6e-1 (bf16): fp32 only */
+            test_moe<4, 2, ACT_RELU>(4, 0, 0, 1, 1);
         test_moe<4, 2, ACT_GELU>(5, 1, 0, 0, 1);
         test_moe<3, 1, ACT_GELU>(6, 0, 1, 1, 0);
         test_moe<4, 2, ACT_GELU, 42>(7, 0, 1, 1, 1);
