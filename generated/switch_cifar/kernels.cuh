@@ -2117,7 +2117,8 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *db1
     const __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
     dyr += r * D, dh += r * H, xr += r * D, a += r * H;
     dw1 += (int64_t)e * H * D, db1 += (int64_t)e * H, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
-    mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H, (int64_t)D * H);
+    mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
+          (int64_t)D * H);
     colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
     mm_tn(k, dw1, mm_pick(dh16, dh), xr, H, D, rows, 1.0f, n, (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
     colsum_add(k, db1, dh, rows, H, n, (int64_t)rows * H, H);
