@@ -16,8 +16,8 @@
  * rounded to bf16 into a scratch first (kctx.cast) and multiplied in bf16
  * with fp32 accumulation into fp32, except where a producer writes them in
  * bf16 itself (the experts' activations and their gradient: moe_a16) or
- * two products share one (a layer's output gradient: cast_keep). In fp32 mode the products are plain
- * fp32 (CUBLAS_COMPUTE_32F). In both reduced modes attention's four
+ * two products share one (a layer's output gradient: cast_keep). In fp32
+ * mode the products are plain fp32 (CUBLAS_COMPUTE_32F). In both reduced modes attention's four
  * products run on tensor cores too (TF32 WMMA tiles,
  * attention_*_tc_kernel). Everything else runs in fp32 (reductions
  * that the CPU does in double are done in double here too).
@@ -228,9 +228,10 @@ static inline int64_t operand_span(int rows, int cols, int ld, int count, int64_
 }
 
 /* A product's operand: fp32 values (rounded to bf16 into the scratch in
- * bf16 precision), or values a producer already wrote in bf16 (bf16
- * precision only: the experts' activations and their gradients, which
- * would otherwise be rounded twice each, at 6 bytes an element a pass). */
+ * bf16 precision), or values already in bf16 (bf16 precision only: the
+ * experts' activations and their gradient, written so by their producers,
+ * and the operands cast_keep rounds once for two products; each would
+ * otherwise be rounded once a product, at 6 bytes an element a pass). */
 struct mm_in {
     const float *f;
     const __nv_bfloat16 *h;
@@ -2091,9 +2092,9 @@ static __global__ void moe_scatter_bwd_kernel(float *__restrict__ dx, float *__r
 /* The FFN's backward for this GPU's experts [e, e + n), in two halves:
  * the rows' gradients (da = dy w2 into dh, dh = da * act'(h), dx = dh w1),
  * which the combine waits for, then the parameters' (dw2 += dy^T a, db2 +=
- * colsum(dy), dw1 += dh^T x, db1 += colsum(dh)), which it need not. */
-/* Both halves take dy of experts [e, e + n): in bf16 precision dy16 has it
- * rounded already (cast_keep), and k's scratch starts after it. */
+ * colsum(dy), dw1 += dh^T x, db1 += colsum(dh)), which it need not. Both
+ * take dy of experts [e, e + n): in bf16 precision dy16 has it rounded
+ * already (cast_keep), and k's scratch starts after it. */
 template <int D, int H, int ACT>
 static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, const float *dyr,
                                          const __nv_bfloat16 *dy16, const float *h, float *a, const float *w1,
