@@ -301,7 +301,8 @@ static void test_linear()
 }
 
 /* fp32_ctx (a router with fp32_gate): plain fp32 products in every
- * precision, held to fp32's tolerance; bf16 operands miss it by 100x */
+ * precision, held to fp32's tolerance (this layer's bf16 products are 2e-3
+ * off the CPU's on an H200: 200 times that) */
 static void test_fp32_ctx()
 {
     const int M = 300, K = 96, N = 160;
