@@ -17,9 +17,9 @@
  * with fp32 accumulation into fp32, except where a producer writes them in
  * bf16 itself (the experts' activations and their gradient: moe_a16) or
  * two products share one (a layer's output gradient: cast_keep). In fp32
- * mode the products are plain fp32 (CUBLAS_COMPUTE_32F). In both reduced modes attention's four
- * products run on tensor cores too (TF32 WMMA tiles,
- * attention_*_tc_kernel). Everything else runs in fp32 (reductions
+ * mode the products are plain fp32 (CUBLAS_COMPUTE_32F). In both reduced
+ * modes attention's four products run on tensor cores too (TF32 WMMA
+ * tiles, attention_*_tc_kernel). Everything else runs in fp32 (reductions
  * that the CPU does in double are done in double here too).
  *
  * Determinism: no kernel adds floats with atomics (only integer counts).
