@@ -278,18 +278,21 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         alloc_inside(g, p, aa, BATCH * T * H, "hidden, after the activation");
         need_red(p, (int64_t)p->red_chunks * (H > D ? H : D)); /* the two biases' gradients */
         const char *act = act_code(op->u.mlp.act);
-        /* the bias and the activation in one pass over the hidden values */
+        /* the bias and the activation in one pass over the hidden values,
+         * which keep no bias (its backward adds it again: act_bias_backward) */
         sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, in,
                   (long long)toff(g, i, 0), T, D, H);
-        sb_printf(f, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d);\n", act, aa, hh,
-                  (long long)toff(g, i, 1), T, H);
+        sb_printf(f, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, nullptr, true);\n", act, aa,
+                  hh, (long long)toff(g, i, 1), T, H);
         sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, aa,
                   (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D);
         sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n",
                   aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), dout, aa, (long long)toff(g, i, 2), T, H, D);
-        sb_printf(&b, "    act_backward<%s>(k, G(%s), G(%s), A(%s), (int64_t)B * %d, 0);\n", act, hh, aa, hh, T * H);
-        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), DP(%lldL), G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
-                  (long long)toff(g, i, 0), (long long)toff(g, i, 1), hh, in, (long long)toff(g, i, 0), T, D, H, acc);
+        /* the activation's backward and the first bias's gradient in one pass */
+        sb_printf(&b, "    act_bias_backward<%s>(k, G(%s), nullptr, DP(%lldL), G(%s), A(%s), P(%lldL), B * %d, %d);\n", act,
+                  hh, (long long)toff(g, i, 1), aa, hh, (long long)toff(g, i, 1), T, H);
+        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
+                  (long long)toff(g, i, 0), hh, in, (long long)toff(g, i, 0), T, D, H, acc);
         break;
     }
     case OP_MOE: {
@@ -470,11 +473,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&b,
                   "        moe_experts_backward<%d, %d, %d, %d, %s, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
                   "%s,\n                                               A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "
-                  "P(%lldL), DP(%lldL), DP(%lldL),\n                                               DP(%lldL), DP(%lldL), "
-                  "N, cap, %d);\n",
+                  "P(%lldL), P(%lldL), DP(%lldL),\n                                               DP(%lldL), "
+                  "DP(%lldL), DP(%lldL), N, cap, %d);\n",
                   D, H, E, K, act_code(x->act), EP, din, nm[4], nm[11], yr, nm[9], xr, nm[8], dout, xr, nm[9], nm[10],
-                  nm[11], (long long)w1, (long long)w2, (long long)w1, (long long)b1, (long long)w2, (long long)b2,
-                  acc);
+                  nm[11], (long long)w1, (long long)b1, (long long)w2, (long long)w1, (long long)b1, (long long)w2,
+                  (long long)b2, acc);
         sb_printf(&b,
                   "        moe_router_backward<%d, %d>(k, G(%s), G(%s), &r, %s, d->dacc + %lld, N, %d, %s, %s, %s, %s);\n",
                   E, K, nm[0], nm[4], target, (long long)p->sums[j], x->normalize_gates ? 1 : 0,

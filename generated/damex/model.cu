@@ -338,7 +338,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<128>(k, A(V8), A(MEAN8), A(RSTD8), A(V6), P(74752L), P(74880L), B * 16, 1e-05f);
     /* 9: mlp blocks.0.mlp -> [B, 16, 128] */
     linear_forward(k, A(H9), A(V8), P(75008L), nullptr, B * 16, 128, 256);
-    bias_act<ACT_GELU>(k, A(ACTV9), A(H9), P(107776L), (int64_t)B * 16, 256);
+    bias_act<ACT_GELU>(k, A(ACTV9), A(H9), P(107776L), (int64_t)B * 16, 256, 1, nullptr, true);
     linear_forward(k, A(V9), A(ACTV9), P(108032L), P(140800L), B * 16, 256, 128);
     /* 10: residual_end -> [B, 16, 128] */
     add_forward(k, A(V10), A(V6), A(V9), (int64_t)B * 2048);
@@ -384,7 +384,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<128>(k, A(V24), A(MEAN24), A(RSTD24), A(V22), P(471936L), P(472064L), B * 16, 1e-05f);
     /* 25: mlp blocks.2.mlp -> [B, 16, 128] */
     linear_forward(k, A(H25), A(V24), P(472192L), nullptr, B * 16, 128, 256);
-    bias_act<ACT_GELU>(k, A(ACTV25), A(H25), P(504960L), (int64_t)B * 16, 256);
+    bias_act<ACT_GELU>(k, A(ACTV25), A(H25), P(504960L), (int64_t)B * 16, 256, 1, nullptr, true);
     linear_forward(k, A(V25), A(ACTV25), P(505216L), P(537984L), B * 16, 256, 128);
     /* 26: residual_end -> [B, 16, 128] */
     add_forward(k, A(V26), A(V22), A(V25), (int64_t)B * 2048);
@@ -450,8 +450,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
-                                               A(XE33), A(HE33), A(AE33), A(YE33), &r, P(605056L), P(704128L), DP(605056L), DP(703360L),
-                                               DP(704128L), DP(802432L), N, cap, 0);
+                                               A(XE33), A(HE33), A(AE33), A(YE33), &r, P(605056L), P(703360L), P(704128L), DP(605056L),
+                                               DP(703360L), DP(704128L), DP(802432L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V32), DP(604672L), nullptr, G(LOGITS33), A(V32), P(604672L), N, 128, 3, 1);
     }
@@ -471,8 +471,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V22), G(V26), (int64_t)B * 2048, 0);
     /* 25: mlp blocks.2.mlp */
     linear_backward(k, G(ACTV25), DP(505216L), DP(537984L), G(V25), A(ACTV25), P(505216L), B * 16, 256, 128, 0);
-    act_backward<ACT_GELU>(k, G(H25), G(ACTV25), A(H25), (int64_t)B * 4096, 0);
-    linear_backward(k, G(V24), DP(472192L), DP(504960L), G(H25), A(V24), P(472192L), B * 16, 128, 256, 0);
+    act_bias_backward<ACT_GELU>(k, G(H25), nullptr, DP(504960L), G(ACTV25), A(H25), P(504960L), B * 16, 256);
+    linear_backward(k, G(V24), DP(472192L), nullptr, G(H25), A(V24), P(472192L), B * 16, 128, 256, 0);
     /* 24: layernorm blocks.2.norm2 */
     layernorm_backward<128>(k, G(V22), DP(471936L), DP(472064L), G(V24), A(V22), P(471936L), A(MEAN24), A(RSTD24), B * 16, 1);
     /* 22: residual_end */
@@ -496,8 +496,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
-                                               A(XE17), A(HE17), A(AE17), A(YE17), &r, P(207872L), P(306944L), DP(207872L), DP(306176L),
-                                               DP(306944L), DP(405248L), N, cap, 0);
+                                               A(XE17), A(HE17), A(AE17), A(YE17), &r, P(207872L), P(306176L), P(306944L), DP(207872L),
+                                               DP(306176L), DP(306944L), DP(405248L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V16), DP(207488L), nullptr, G(LOGITS17), A(V16), P(207488L), N, 128, 3, 1);
     }
@@ -517,8 +517,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V6), G(V10), (int64_t)B * 2048, 0);
     /* 9: mlp blocks.0.mlp */
     linear_backward(k, G(ACTV9), DP(108032L), DP(140800L), G(V9), A(ACTV9), P(108032L), B * 16, 256, 128, 0);
-    act_backward<ACT_GELU>(k, G(H9), G(ACTV9), A(H9), (int64_t)B * 4096, 0);
-    linear_backward(k, G(V8), DP(75008L), DP(107776L), G(H9), A(V8), P(75008L), B * 16, 128, 256, 0);
+    act_bias_backward<ACT_GELU>(k, G(H9), nullptr, DP(107776L), G(ACTV9), A(H9), P(107776L), B * 16, 256);
+    linear_backward(k, G(V8), DP(75008L), nullptr, G(H9), A(V8), P(75008L), B * 16, 128, 256, 0);
     /* 8: layernorm blocks.0.norm2 */
     layernorm_backward<128>(k, G(V6), DP(74752L), DP(74880L), G(V8), A(V6), P(74752L), A(MEAN8), A(RSTD8), B * 16, 1);
     /* 6: residual_end */

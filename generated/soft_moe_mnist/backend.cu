@@ -170,7 +170,9 @@ static void sum_across(const kctx *k, double *v, int n)
  * el experts e, chunk floats at [q * el + e] of the [E, cap, *] side and at
  * [e * p + q] of the [E/P, P, cap, *] side. Every expert's (only < 0) on
  * k->stream; else local expert `only''s on the exchange stream, after the
- * work so far on k->stream, with the event of its end returned. */
+ * work so far on k->stream, with the event of its end returned. The
+ * chunks that stay on this GPU (q = me) are copied, in fp32, instead of
+ * being sent to itself through NCCL (and through bf16 in bf16 precision). */
 static cudaEvent_t exchange(const kctx *k, float *dst, const float *src, int64_t chunk, int el, int p, int dir,
                             int only)
 {
@@ -182,7 +184,7 @@ static cudaEvent_t exchange(const kctx *k, float *dst, const float *src, int64_t
         CUDA_CHECK(cudaStreamWaitEvent(s->xstream, ready, 0));
         stream = s->xstream;
     }
-    const int e0 = only < 0 ? 0 : only, e1 = only < 0 ? el : only + 1;
+    const int e0 = only < 0 ? 0 : only, e1 = only < 0 ? el : only + 1, me = world_rank % p;
     /* chunk (q, e)'s offsets on the sending and the receiving side */
     const auto from_off = [&](int q, int e) {
         return (dir == EXCHANGE_DISPATCH ? (int64_t)q * el + e : (int64_t)e * p + q) * chunk;
@@ -192,14 +194,17 @@ static cudaEvent_t exchange(const kctx *k, float *dst, const float *src, int64_t
     };
     kctx kc = *k;
     kc.stream = stream;
+    for (int e = e0; e < e1; e++)
+        CUDA_CHECK(cudaMemcpyAsync(dst + to_off(me, e), src + from_off(me, e), sizeof(float) * (size_t)chunk,
+                                   cudaMemcpyDeviceToDevice, stream));
     if (s->xsend)
         for (int q = 0; q < p; q++)
-            for (int e = e0; e < e1; e++)
+            for (int e = e0; e < e1 && q != me; e++) /* q = me: copied above */
                 to_bf16(&kc, s->xsend + from_off(q, e), src + from_off(q, e), chunk);
     exchange_bytes += (int64_t)(p - 1) * (e1 - e0) * chunk * (s->xsend ? 2 : 4);
     NCCL_CHECK(ncclGroupStart());
     for (int q = 0; q < p; q++)
-        for (int e = e0; e < e1; e++) {
+        for (int e = e0; e < e1 && q != me; e++) {
             if (s->xsend) {
                 NCCL_CHECK(ncclSend(s->xsend + from_off(q, e), (size_t)chunk, ncclBfloat16, q, s->group_comm, stream));
                 NCCL_CHECK(ncclRecv(s->xrecv + to_off(q, e), (size_t)chunk, ncclBfloat16, q, s->group_comm, stream));
@@ -211,7 +216,7 @@ static cudaEvent_t exchange(const kctx *k, float *dst, const float *src, int64_t
     NCCL_CHECK(ncclGroupEnd());
     if (s->xsend)
         for (int q = 0; q < p; q++)
-            for (int e = e0; e < e1; e++)
+            for (int e = e0; e < e1 && q != me; e++)
                 from_bf16(&kc, dst + to_off(q, e), s->xrecv + to_off(q, e), chunk);
     if (only < 0)
         return nullptr;

@@ -15,7 +15,8 @@
  * seen with Nsight Compute). In "bf16" mode each product's operands are
  * rounded to bf16 into a scratch first (kctx.cast) and multiplied in bf16
  * with fp32 accumulation into fp32, except where a producer writes them in
- * bf16 itself (the experts' activations and their gradient: moe_a16) or
+ * bf16 itself (the experts' inputs, activations and their gradient:
+ * moe_x16, moe_a16) or
  * two products share one (a layer's output gradient: cast_keep). In fp32
  * mode the products are plain fp32 (CUBLAS_COMPUTE_32F). In both reduced
  * modes attention's four products run on tensor cores too (TF32 WMMA
@@ -229,9 +230,10 @@ static inline int64_t operand_span(int rows, int cols, int ld, int count, int64_
 
 /* A product's operand: fp32 values (rounded to bf16 into the scratch in
  * bf16 precision), or values already in bf16 (bf16 precision only: the
- * experts' activations and their gradient, written so by their producers,
- * and the operands cast_keep rounds once for two products; each would
- * otherwise be rounded once a product, at 6 bytes an element a pass). */
+ * experts' inputs, activations and their gradient, written so by their
+ * producers, and the operands cast_keep rounds once for two products;
+ * each would otherwise be rounded once a product, at 6 bytes an element a
+ * pass). */
 struct mm_in {
     const float *f;
     const __nv_bfloat16 *h;
@@ -348,31 +350,47 @@ static inline void mm_tn(const kctx *k, float *out, mm_in a, mm_in b, int M, int
 
 #define RED_CHUNKS 64 /* partial sums per column */
 
-/* A block of 32 x LANES threads sums 32 columns: lane y (threadIdx.x /
- * 32) of column col[0] adds col[m * ld] for m = lo + y, lo + y + LANES, ...
- * below hi, and the lanes' sums are added in order (the same bits every
- * run). Returns the column's sum in lane 0, 0 elsewhere; every thread of
- * the block calls it (valid: whether its column exists). Enough loads in
- * flight for narrow columns, where one thread per column left most of the
- * GPU idle (the dense layers' bias gradients, the layer norm's partials). */
+/* Each of the 32 x LANES threads of a block holds V partial sums v[0, V)
+ * of its columns; lane y (threadIdx.x / 32) summed rows lo + y, lo + y +
+ * LANES, ... of them. The lanes' sums are added in lane order (the same
+ * bits every run) into lane 0's v; the other lanes' v become 0. Every
+ * thread of the block calls it. */
+template <int LANES, int V> __device__ static inline void lanes_sum(float (&v)[V])
+{
+    __shared__ float lanes[LANES][V][33];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        lanes[ty][j][tx] = v[j];
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        float t = 0.0f;
+        if (ty == 0)
+            for (int y = 0; y < LANES; y++)
+                t += lanes[y][j][tx];
+        v[j] = t;
+    }
+}
+
+/* A block of 32 x LANES threads sums 32 columns: lane y of column col[0]
+ * adds col[m * ld] for m = lo + y, lo + y + LANES, ... below hi, and the
+ * lanes' sums are added in order (lanes_sum). Returns the column's sum in
+ * lane 0, 0 elsewhere; every thread of the block calls it (valid: whether
+ * its column exists). Enough loads in flight for narrow columns, where one
+ * thread per column left most of the GPU idle (the dense layers' bias
+ * gradients, the layer norm's partials). */
 template <int LANES>
 __device__ static inline float lanes_col_sum(const float *col, int64_t ld, int lo, int hi, bool valid)
 {
-    __shared__ float lanes[LANES][33];
-    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-    float acc = 0.0f;
+    float acc[1] = { 0.0f };
     if (valid) {
 #pragma unroll 4
-        for (int m = lo + ty; m < hi; m += LANES)
-            acc += col[(int64_t)m * ld];
+        for (int m = lo + (int)threadIdx.x / 32; m < hi; m += LANES)
+            acc[0] += col[(int64_t)m * ld];
     }
-    lanes[ty][tx] = acc;
-    __syncthreads();
-    float t = 0.0f;
-    if (ty == 0)
-        for (int y = 0; y < LANES; y++)
-            t += lanes[y][tx];
-    return t;
+    lanes_sum<LANES, 1>(acc);
+    return acc[0];
 }
 
 /* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c, on
@@ -403,19 +421,32 @@ static __global__ void colsum_final_kernel(float *dst, const float *part, int N,
 /* dst[g][N] += the column sums of src[g][M, N] (rows ld apart; 0: N), for
  * g < G (bias gradients; G experts with strides). The sums are the same
  * bits on every run. */
-static inline void colsum_add(const kctx *k, float *dst, const float *src, int M, int N, int G = 1,
-                              int64_t sstride = 0, int64_t dstride = 0, int64_t ld = 0)
+/* the grid of the partial sums of G groups of N columns, 32 * V columns a
+ * block, after checking that k->red holds them */
+static inline dim3 colsum_grid(const kctx *k, int N, int G, int V)
 {
     if ((int64_t)G * RED_CHUNKS * N > k->red_floats) {
         fprintf(stderr, "train: internal error: reduction scratch too small (%lld < %lld)\n",
                 (long long)k->red_floats, (long long)G * RED_CHUNKS * N);
         exit(1);
     }
-    dim3 grid((unsigned)((N + 31) / 32), RED_CHUNKS, (unsigned)G);
-    colsum_partial_kernel<<<grid, 32 * COLSUM_LANES, 0, k->stream>>>(k->red, src, M, N, ld ? ld : N, sstride);
-    LAUNCH_CHECK();
+    return dim3((unsigned)((N + 32 * V - 1) / (32 * V)), RED_CHUNKS, (unsigned)G);
+}
+
+/* dst[g * dstride + n] += the partial sums in k->red, added in chunk order */
+static inline void colsum_final(const kctx *k, float *dst, int N, int G, int64_t dstride)
+{
     colsum_final_kernel<<<blocks_for((int64_t)G * N, 256), 256, 0, k->stream>>>(dst, k->red, N, G, dstride);
     LAUNCH_CHECK();
+}
+
+static inline void colsum_add(const kctx *k, float *dst, const float *src, int M, int N, int G = 1,
+                              int64_t sstride = 0, int64_t dstride = 0, int64_t ld = 0)
+{
+    colsum_partial_kernel<<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(k->red, src, M, N,
+                                                                                      ld ? ld : N, sstride);
+    LAUNCH_CHECK();
+    colsum_final(k, dst, N, G, dstride);
 }
 
 /* ---- element-wise passes ------------------------------------------------------------------
@@ -486,10 +517,12 @@ template <int ACT> __device__ static inline float act_f(float x);
 
 /* h[g][M,N] += bias[g][N] for g < G (rows strided by M*N), and a = act(h)
  * unless ACT is ACT_NONE (in bf16 into a16 instead when a16 is given): a
- * linear layer's bias and its activation in one pass; V floats per thread */
+ * linear layer's bias and its activation in one pass; V floats per thread.
+ * keep_h: h is left without the bias (act_bias_backward adds it again),
+ * which saves the pass its store. */
 template <int ACT, int V>
 static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__restrict__ a16, float *__restrict__ h,
-                                       const float *__restrict__ bias, int64_t M, int N, int64_t n)
+                                       const float *__restrict__ bias, int64_t M, int N, int64_t n, bool keep_h)
 {
     const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
@@ -501,7 +534,8 @@ static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__r
 #pragma unroll
     for (int j = 0; j < V; j++)
         x[j] += b[j];
-    vstore<V>(h + i, x);
+    if (!keep_h)
+        vstore<V>(h + i, x);
     if constexpr (ACT != ACT_NONE) {
 #pragma unroll
         for (int j = 0; j < V; j++)
@@ -515,13 +549,13 @@ static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__r
 
 template <int ACT>
 static inline void bias_act(const kctx *k, float *a, float *h, const float *bias, int64_t M, int N, int G = 1,
-                            __nv_bfloat16 *a16 = nullptr)
+                            __nv_bfloat16 *a16 = nullptr, bool keep_h = false)
 {
     const int64_t n = G * M * N;
     if (vec4_ok(N, h, ACT == ACT_NONE || a16 ? nullptr : a) && bf16_ok(a16))
-        bias_act_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(a, a16, h, bias, M, N, n);
+        bias_act_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(a, a16, h, bias, M, N, n, keep_h);
     else
-        bias_act_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(a, a16, h, bias, M, N, n);
+        bias_act_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(a, a16, h, bias, M, N, n, keep_h);
     LAUNCH_CHECK();
 }
 
@@ -630,6 +664,65 @@ static inline void act_backward(const kctx *k, float *dinp, const float *dout, c
     else
         act_backward_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, d16, dout, inp, n, acc);
     LAUNCH_CHECK();
+}
+
+/* dh[g][m, n] = da[g][m, n] * act'(h[g][m, n] + bias[g][n]) (in bf16 into
+ * dh16 instead when given; dh may be da) and db[g][n] += its column sums,
+ * for g < G groups of M rows (h without the bias: bias_act's keep_h): a
+ * linear layer's activation backward and its bias gradient in one pass
+ * over the hidden values, instead of a pass that writes dh and one that
+ * reads it again. Laid out as colsum_partial_kernel (a block: 32 x V
+ * columns, RED_CHUNKS chunks of rows, COLSUM_LANES lanes), and its sums
+ * are added in the same order: db gets the same bits as colsum_add on dh. */
+template <int ACT, int V>
+static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__restrict__ dh16, float *__restrict__ part,
+                                                const float *da, const float *__restrict__ h,
+                                                const float *__restrict__ bias, int M, int N)
+{
+    const int n = (blockIdx.x * 32 + (int)threadIdx.x % 32) * V, c = blockIdx.y, g = blockIdx.z;
+    const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
+    const bool valid = n < N; /* V = 4: N is a multiple of 4 */
+    float acc[V] = {};
+    if (valid) {
+        float b[V];
+        vload<V>(b, bias + (int64_t)g * N + n);
+        const int64_t at = (int64_t)g * M * N + n;
+        for (int m = lo + (int)threadIdx.x / 32; m < hi; m += COLSUM_LANES) {
+            const int64_t i = at + (int64_t)m * N;
+            float d[V], x[V];
+            vload<V>(d, da + i);
+            vload<V>(x, h + i);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                d[j] *= act_grad<ACT>(x[j] + b[j]);
+                acc[j] += d[j];
+            }
+            if (dh16)
+                vstore<V>(dh16 + i, d);
+            else
+                vstore<V>(dh + i, d);
+        }
+    }
+    lanes_sum<COLSUM_LANES, V>(acc);
+    if (threadIdx.x / 32 == 0 && valid) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            part[((int64_t)g * RED_CHUNKS + c) * N + n + j] = acc[j];
+    }
+}
+
+template <int ACT>
+static inline void act_bias_backward(const kctx *k, float *dh, __nv_bfloat16 *dh16, float *db, const float *da,
+                                     const float *h, const float *bias, int M, int N, int G = 1)
+{
+    if (vec4_ok(N, da, h, bias) && vec4_ok(N, dh16 ? da : dh) && bf16_ok(dh16))
+        act_bias_backward_kernel<ACT, 4><<<colsum_grid(k, N, G, 4), 32 * COLSUM_LANES, 0, k->stream>>>(
+            dh, dh16, k->red, da, h, bias, M, N);
+    else
+        act_bias_backward_kernel<ACT, 1><<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(
+            dh, dh16, k->red, da, h, bias, M, N);
+    LAUNCH_CHECK();
+    colsum_final(k, db, N, G, N);
 }
 
 template <int V> static __global__ void add_kernel(float *out, const float *a, const float *b, int64_t n)
@@ -1890,22 +1983,34 @@ static inline void moe_route(const kctx *k, moe_route_buf *r, const float *logit
     LAUNCH_CHECK();
 }
 
-/* xe[E, cap, D]: the kept tokens' rows, zeros past each expert's count */
-static __global__ void moe_gather_kernel(float *__restrict__ xe, const float *__restrict__ x,
+__device__ static inline void put(float *p, float v)
+{
+    *p = v;
+}
+
+__device__ static inline void put(__nv_bfloat16 *p, float v)
+{
+    *p = __float2bfloat16_rn(v);
+}
+
+/* xe[E, cap, D]: the kept tokens' rows, zeros past each expert's count (T:
+ * float, or bf16 for the experts' first product: moe_x16) */
+template <typename T>
+static __global__ void moe_gather_kernel(T *__restrict__ xe, const float *__restrict__ x,
                                          const int *__restrict__ row_token, const int *__restrict__ count, int E,
                                          int cap, int D)
 {
     for (int64_t row = blockIdx.x; row < (int64_t)E * cap; row += gridDim.x) {
         const int e = (int)(row / cap), s = (int)(row % cap);
-        float *o = xe + row * D;
+        T *o = xe + row * D;
         if (s < count[e]) {
             const float *src = x + (int64_t)row_token[row] * D;
 #pragma unroll 4
             for (int c = threadIdx.x; c < D; c += blockDim.x)
-                o[c] = src[c];
+                put(o + c, src[c]);
         } else {
             for (int c = threadIdx.x; c < D; c += blockDim.x)
-                o[c] = 0.0f;
+                put(o + c, 0.0f);
         }
     }
 }
@@ -1976,18 +2081,32 @@ static inline __nv_bfloat16 *moe_a16(const kctx *k, float *a, int64_t half_rows,
     return k->cast ? reinterpret_cast<__nv_bfloat16 *>(a) + (half_rows + r) * H : nullptr;
 }
 
+/* The same for the experts' inputs xe [E, cap, D] on one GPU (P = 1): in
+ * bf16 precision the gather writes them in bf16 into the first half of
+ * xe's memory, as their only uses are product operands (the first
+ * layer's input and its weight gradient). With expert parallelism the
+ * rows travel as fp32 first, and NULL here: they are rounded per product. */
+template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float *xe)
+{
+    return P == 1 && k->cast ? reinterpret_cast<__nv_bfloat16 *>(const_cast<float *>(xe)) : nullptr;
+}
+
 /* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
- * out [expert, rows, *]): h = x w1^T + b1, a = act(h), y = a w2^T + b2. */
+ * out [expert, rows, *]): h = x w1^T (kept without b1: bias_act's keep_h),
+ * a = act(h + b1), y = a w2^T + b2. x16: the rows in bf16 (moe_x16), or
+ * NULL. */
 template <int D, int H, int ACT>
-static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a, const float *xr, const float *w1,
-                                   const float *b1, const float *w2, const float *b2, int rows, int e, int n)
+static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a, const float *xr,
+                                   const __nv_bfloat16 *x16, const float *w1, const float *b1, const float *w2,
+                                   const float *b2, int rows, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
     __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H);
     xr += r * D, h += r * H, a += r * H, yr += r * D;
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H, b2 += (int64_t)e * D;
-    mm_nt(k, h, xr, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-    bias_act<ACT>(k, a, h, b1, rows, H, n, a16);
+    mm_nt(k, h, mm_pick(x16 ? x16 + r * D : nullptr, xr), w1, rows, H, D, 0.0f, n, (int64_t)rows * D,
+          (int64_t)H * D, (int64_t)rows * H);
+    bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true);
     mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
     bias_add(k, yr, b2, rows, D, n);
 }
@@ -1996,9 +2115,11 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
  * ye = a w2^T + b2 per expert, out = the gated sum. With expert parallelism
  * (P > 1): xe is dispatched to xr, this GPU's E/P experts (w1 ... b2: theirs
  * alone) run on xr's P * cap rows per expert into yr, which comes back to
- * ye; with P = 1, xr = xe and yr = ye. With k->overlap, the rows travel
- * expert by expert: an expert's products start when its rows have come and
- * its results leave while the next one's products run. */
+ * ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe then holds
+ * the rows in bf16: moe_x16). h is kept without b1 (bias_act's keep_h).
+ * With k->overlap, the rows travel expert by expert: an expert's products
+ * start when its rows have come and its results leave while the next
+ * one's products run. */
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *xr, float *h, float *a, float *yr,
                                        float *ye, const float *x, const moe_route_buf *r, const float *w1,
@@ -2008,8 +2129,13 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
     constexpr int EL = E / P;
     const int rows = P * cap; /* per expert of this GPU */
     const int64_t chunk = (int64_t)cap * D;
-    moe_gather_kernel<<<blocks_for((int64_t)E * cap, 1), ROW_THREADS, 0, k->stream>>>(xe, x, r->row_token, r->count, E,
-                                                                                  cap, D);
+    __nv_bfloat16 *x16 = moe_x16<P>(k, xe);
+    if (x16)
+        moe_gather_kernel<<<blocks_for((int64_t)E * cap, 1), ROW_THREADS, 0, k->stream>>>(x16, x, r->row_token,
+                                                                                      r->count, E, cap, D);
+    else
+        moe_gather_kernel<<<blocks_for((int64_t)E * cap, 1), ROW_THREADS, 0, k->stream>>>(xe, x, r->row_token,
+                                                                                      r->count, E, cap, D);
     LAUNCH_CHECK();
     if (P > 1 && k->overlap) {
         cudaEvent_t in[EL], done = nullptr;
@@ -2017,13 +2143,13 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
             in[e] = moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH, e);
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
-            moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, w1, b1, w2, b2, rows, e, 1);
+            moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, nullptr, w1, b1, w2, b2, rows, e, 1);
             done = moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE, e);
         }
         moe_exchange_wait(k, done); /* the exchange stream runs in order */
     } else {
         moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH);
-        moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, w1, b1, w2, b2, rows, 0, EL);
+        moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, x16, w1, b1, w2, b2, rows, 0, EL);
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
     moe_combine_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(out, ye, r->topk, r->slot, r->gate,
@@ -2090,55 +2216,59 @@ static __global__ void moe_scatter_bwd_kernel(float *__restrict__ dx, float *__r
 }
 
 /* The FFN's backward for this GPU's experts [e, e + n), in two halves:
- * the rows' gradients (da = dy w2 into dh, dh = da * act'(h), dx = dh w1),
- * which the combine waits for, then the parameters' (dw2 += dy^T a, db2 +=
- * colsum(dy), dw1 += dh^T x, db1 += colsum(dh)), which it need not. Both
- * take dy of experts [e, e + n): in bf16 precision dy16 has it rounded
- * already (cast_keep), and k's scratch starts after it. */
+ * the rows' gradients (da = dy w2 into dh, dh = da * act'(h + b1) with
+ * db1 += colsum(dh) in the same pass, dx = dh w1), which the combine
+ * waits for, then the parameters' (dw2 += dy^T a, db2 += colsum(dy), dw1
+ * += dh^T x), which it need not. Both take dy of experts [e, e + n): in
+ * bf16 precision dy16 has it rounded already (cast_keep), and k's scratch
+ * starts after it; dh is then written in bf16 alone (moe_a16), as only
+ * products take it. */
 template <int D, int H, int ACT>
-static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, const float *dyr,
+static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, float *db1, const float *dyr,
                                          const __nv_bfloat16 *dy16, const float *h, float *a, const float *w1,
-                                         const float *w2, int rows, int el, int e, int n)
+                                         const float *b1, const float *w2, int rows, int el, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
     __nv_bfloat16 *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
     dxr += r * D, dh += r * H, dyr += r * D, h += r * H;
-    w1 += (int64_t)e * H * D, w2 += (int64_t)e * D * H;
+    w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
-    act_backward<ACT>(k, dh, dh, h, (int64_t)n * rows * H, 0, dh16);
+    act_bias_backward<ACT>(k, dh, dh16, db1, dh, h, b1, rows, H, n);
     mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
 }
 
 template <int D, int H>
-static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *db1, float *dw2, float *db2,
-                                           const float *dyr, const __nv_bfloat16 *dy16, const float *dh,
-                                           const float *xr, float *a, int rows, int el, int e, int n)
+static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2, float *db2, const float *dyr,
+                                           const __nv_bfloat16 *dy16, const float *dh, const float *xr,
+                                           const __nv_bfloat16 *x16, float *a, int rows, int el, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
     const __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
     dyr += r * D, dh += r * H, xr += r * D, a += r * H;
-    dw1 += (int64_t)e * H * D, db1 += (int64_t)e * H, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
+    dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
     mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
           (int64_t)D * H);
     colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
-    mm_tn(k, dw1, mm_pick(dh16, dh), xr, H, D, rows, 1.0f, n, (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
-    colsum_add(k, db1, dh, rows, H, n, (int64_t)rows * H, H);
+    mm_tn(k, dw1, mm_pick(dh16, dh), mm_pick(x16 ? x16 + r * D : nullptr, xr), H, D, rows, 1.0f, n,
+          (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
 }
 
 /* Backward of the experts and the combine: dgate[N, K] written, dx (+)=,
  * parameter gradients accumulated (w1 ... db2: this GPU's experts alone).
  * dye, dxe: [E, cap, *] scratch; with expert parallelism dyr, dh, dxr:
  * [E/P, P, cap, *] (else dyr = dye, dxr = dxe); xr, h, a: the forward's
- * rows of this GPU's experts (in bf16 precision a's second half takes dh
- * in bf16: moe_a16). k->overlap: as in the forward. */
+ * rows of this GPU's experts, as moe_experts_forward left them (in bf16
+ * precision a's second half takes dh in bf16: moe_a16). k->overlap: as in
+ * the forward. */
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
                                         float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
                                         float *a, const float *ye, const moe_route_buf *r, const float *w1,
-                                        const float *w2, float *dw1, float *db1, float *dw2, float *db2, int N, int cap,
-                                        int acc)
+                                        const float *b1, const float *w2, float *dw1, float *db1, float *dw2,
+                                        float *db2, int N, int cap, int acc)
 {
     constexpr int EL = E / P;
+    const __nv_bfloat16 *x16 = moe_x16<P>(k, xr);
     const int rows = P * cap;
     const int64_t chunk = (int64_t)cap * D;
     kctx kr; /* k with the scratch after the rounded dy (cast_keep) */
@@ -2152,16 +2282,16 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
             const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr + (int64_t)e * rows * D, (int64_t)rows * D);
-            moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, dyr, dy16, h, a, w1, w2, rows, EL, e, 1);
+            moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, b1, w2, rows, EL, e, 1);
             done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
-            moe_ffn_backward_params<D, H>(&kr, dw1, db1, dw2, db2, dyr, dy16, dh, xr, a, rows, EL, e, 1);
+            moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, e, 1);
         }
         moe_exchange_wait(k, done);
     } else {
         moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
         const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
-        moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, dyr, dy16, h, a, w1, w2, rows, EL, 0, EL);
-        moe_ffn_backward_params<D, H>(&kr, dw1, db1, dw2, db2, dyr, dy16, dh, xr, a, rows, EL, 0, EL);
+        moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, b1, w2, rows, EL, 0, EL);
+        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
     moe_scatter_bwd_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(dx, dgate, dxe, r->topk,

@@ -579,7 +579,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V10), A(MEAN10), A(RSTD10), A(V8), P(170688L), P(170880L), B * 65, 1e-05f);
     /* 11: mlp blocks.0.mlp -> [B, 65, 192] */
     linear_forward(k, A(H11), A(V10), P(171072L), nullptr, B * 65, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV11), A(H11), P(318528L), (int64_t)B * 65, 768);
+    bias_act<ACT_GELU>(k, A(ACTV11), A(H11), P(318528L), (int64_t)B * 65, 768, 1, nullptr, true);
     linear_forward(k, A(V11), A(ACTV11), P(319296L), P(466752L), B * 65, 768, 192);
     /* 12: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP12), B, train ? 0.0f : 0.0f, d->seed, 1012, &d->sc->step, d->row0);
@@ -634,7 +634,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V30), A(MEAN30), A(RSTD30), A(V28), P(3133056L), P(3133248L), B * 65, 1e-05f);
     /* 31: mlp blocks.2.mlp -> [B, 65, 192] */
     linear_forward(k, A(H31), A(V30), P(3133440L), nullptr, B * 65, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV31), A(H31), P(3280896L), (int64_t)B * 65, 768);
+    bias_act<ACT_GELU>(k, A(ACTV31), A(H31), P(3280896L), (int64_t)B * 65, 768, 1, nullptr, true);
     linear_forward(k, A(V31), A(ACTV31), P(3281664L), P(3429120L), B * 65, 768, 192);
     /* 32: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP32), B, train ? 0.028571429f : 0.0f, d->seed, 1032, &d->sc->step, d->row0);
@@ -689,7 +689,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V50), A(MEAN50), A(RSTD50), A(V48), P(6095424L), P(6095616L), B * 65, 1e-05f);
     /* 51: mlp blocks.4.mlp -> [B, 65, 192] */
     linear_forward(k, A(H51), A(V50), P(6095808L), nullptr, B * 65, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV51), A(H51), P(6243264L), (int64_t)B * 65, 768);
+    bias_act<ACT_GELU>(k, A(ACTV51), A(H51), P(6243264L), (int64_t)B * 65, 768, 1, nullptr, true);
     linear_forward(k, A(V51), A(ACTV51), P(6244032L), P(6391488L), B * 65, 768, 192);
     /* 52: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP52), B, train ? 0.057142857f : 0.0f, d->seed, 1052, &d->sc->step, d->row0);
@@ -744,7 +744,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V70), A(MEAN70), A(RSTD70), A(V68), P(9057792L), P(9057984L), B * 65, 1e-05f);
     /* 71: mlp blocks.6.mlp -> [B, 65, 192] */
     linear_forward(k, A(H71), A(V70), P(9058176L), nullptr, B * 65, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV71), A(H71), P(9205632L), (int64_t)B * 65, 768);
+    bias_act<ACT_GELU>(k, A(ACTV71), A(H71), P(9205632L), (int64_t)B * 65, 768, 1, nullptr, true);
     linear_forward(k, A(V71), A(ACTV71), P(9206400L), P(9353856L), B * 65, 768, 192);
     /* 72: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP72), B, train ? 0.08571429f : 0.0f, d->seed, 1072, &d->sc->step, d->row0);
@@ -818,8 +818,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
-                                               A(XE81), A(HE81), A(AE81), A(YE81), &r, P(9504576L), P(10690368L), DP(9504576L), DP(10684224L),
-                                               DP(10690368L), DP(11870016L), N, cap, 0);
+                                               A(XE81), A(HE81), A(AE81), A(YE81), &r, P(9504576L), P(10684224L), P(10690368L), DP(9504576L),
+                                               DP(10684224L), DP(10690368L), DP(11870016L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 55, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V80), DP(9503040L), nullptr, G(LOGITS81), A(V80), P(9503040L), N, 192, 8, 1);
     }
@@ -843,8 +843,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V71), G(V72), A(KEEP72), (int64_t)B * 12480, 0, 12480);
     /* 71: mlp blocks.6.mlp */
     linear_backward(k, G(ACTV71), DP(9206400L), DP(9353856L), G(V71), A(ACTV71), P(9206400L), B * 65, 768, 192, 0);
-    act_backward<ACT_GELU>(k, G(H71), G(ACTV71), A(H71), (int64_t)B * 49920, 0);
-    linear_backward(k, G(V70), DP(9058176L), DP(9205632L), G(H71), A(V70), P(9058176L), B * 65, 192, 768, 0);
+    act_bias_backward<ACT_GELU>(k, G(H71), nullptr, DP(9205632L), G(ACTV71), A(H71), P(9205632L), B * 65, 768);
+    linear_backward(k, G(V70), DP(9058176L), nullptr, G(H71), A(V70), P(9058176L), B * 65, 192, 768, 0);
     /* 70: layernorm blocks.6.norm2 */
     layernorm_backward<192>(k, G(V68), DP(9057792L), DP(9057984L), G(V70), A(V68), P(9057792L), A(MEAN70), A(RSTD70), B * 65, 1);
     /* 68: residual_end */
@@ -872,8 +872,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
-                                               A(XE61), A(HE61), A(AE61), A(YE61), &r, P(6542208L), P(7728000L), DP(6542208L), DP(7721856L),
-                                               DP(7728000L), DP(8907648L), N, cap, 0);
+                                               A(XE61), A(HE61), A(AE61), A(YE61), &r, P(6542208L), P(7721856L), P(7728000L), DP(6542208L),
+                                               DP(7721856L), DP(7728000L), DP(8907648L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V60), DP(6540672L), nullptr, G(LOGITS61), A(V60), P(6540672L), N, 192, 8, 1);
     }
@@ -897,8 +897,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V51), G(V52), A(KEEP52), (int64_t)B * 12480, 0, 12480);
     /* 51: mlp blocks.4.mlp */
     linear_backward(k, G(ACTV51), DP(6244032L), DP(6391488L), G(V51), A(ACTV51), P(6244032L), B * 65, 768, 192, 0);
-    act_backward<ACT_GELU>(k, G(H51), G(ACTV51), A(H51), (int64_t)B * 49920, 0);
-    linear_backward(k, G(V50), DP(6095808L), DP(6243264L), G(H51), A(V50), P(6095808L), B * 65, 192, 768, 0);
+    act_bias_backward<ACT_GELU>(k, G(H51), nullptr, DP(6243264L), G(ACTV51), A(H51), P(6243264L), B * 65, 768);
+    linear_backward(k, G(V50), DP(6095808L), nullptr, G(H51), A(V50), P(6095808L), B * 65, 192, 768, 0);
     /* 50: layernorm blocks.4.norm2 */
     layernorm_backward<192>(k, G(V48), DP(6095424L), DP(6095616L), G(V50), A(V48), P(6095424L), A(MEAN50), A(RSTD50), B * 65, 1);
     /* 48: residual_end */
@@ -926,8 +926,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
-                                               A(XE41), A(HE41), A(AE41), A(YE41), &r, P(3579840L), P(4765632L), DP(3579840L), DP(4759488L),
-                                               DP(4765632L), DP(5945280L), N, cap, 0);
+                                               A(XE41), A(HE41), A(AE41), A(YE41), &r, P(3579840L), P(4759488L), P(4765632L), DP(3579840L),
+                                               DP(4759488L), DP(4765632L), DP(5945280L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V40), DP(3578304L), nullptr, G(LOGITS41), A(V40), P(3578304L), N, 192, 8, 1);
     }
@@ -951,8 +951,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V31), G(V32), A(KEEP32), (int64_t)B * 12480, 0, 12480);
     /* 31: mlp blocks.2.mlp */
     linear_backward(k, G(ACTV31), DP(3281664L), DP(3429120L), G(V31), A(ACTV31), P(3281664L), B * 65, 768, 192, 0);
-    act_backward<ACT_GELU>(k, G(H31), G(ACTV31), A(H31), (int64_t)B * 49920, 0);
-    linear_backward(k, G(V30), DP(3133440L), DP(3280896L), G(H31), A(V30), P(3133440L), B * 65, 192, 768, 0);
+    act_bias_backward<ACT_GELU>(k, G(H31), nullptr, DP(3280896L), G(ACTV31), A(H31), P(3280896L), B * 65, 768);
+    linear_backward(k, G(V30), DP(3133440L), nullptr, G(H31), A(V30), P(3133440L), B * 65, 192, 768, 0);
     /* 30: layernorm blocks.2.norm2 */
     layernorm_backward<192>(k, G(V28), DP(3133056L), DP(3133248L), G(V30), A(V28), P(3133056L), A(MEAN30), A(RSTD30), B * 65, 1);
     /* 28: residual_end */
@@ -980,8 +980,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
-                                               A(XE21), A(HE21), A(AE21), A(YE21), &r, P(617472L), P(1803264L), DP(617472L), DP(1797120L),
-                                               DP(1803264L), DP(2982912L), N, cap, 0);
+                                               A(XE21), A(HE21), A(AE21), A(YE21), &r, P(617472L), P(1797120L), P(1803264L), DP(617472L),
+                                               DP(1797120L), DP(1803264L), DP(2982912L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V20), DP(615936L), nullptr, G(LOGITS21), A(V20), P(615936L), N, 192, 8, 1);
     }
@@ -1005,8 +1005,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V11), G(V12), A(KEEP12), (int64_t)B * 12480, 0, 12480);
     /* 11: mlp blocks.0.mlp */
     linear_backward(k, G(ACTV11), DP(319296L), DP(466752L), G(V11), A(ACTV11), P(319296L), B * 65, 768, 192, 0);
-    act_backward<ACT_GELU>(k, G(H11), G(ACTV11), A(H11), (int64_t)B * 49920, 0);
-    linear_backward(k, G(V10), DP(171072L), DP(318528L), G(H11), A(V10), P(171072L), B * 65, 192, 768, 0);
+    act_bias_backward<ACT_GELU>(k, G(H11), nullptr, DP(318528L), G(ACTV11), A(H11), P(318528L), B * 65, 768);
+    linear_backward(k, G(V10), DP(171072L), nullptr, G(H11), A(V10), P(171072L), B * 65, 192, 768, 0);
     /* 10: layernorm blocks.0.norm2 */
     layernorm_backward<192>(k, G(V8), DP(170688L), DP(170880L), G(V10), A(V8), P(170688L), A(MEAN10), A(RSTD10), B * 65, 1);
     /* 8: residual_end */

@@ -365,6 +365,43 @@ template <int ACT> static void test_act(const char *name, int N)
         ref_bias_act(a.data(), h.data(), bias.data(), MG, N, G, ACT);
         check("bias_act", fmt("%s h, G=%d, N=%d", name, G, N), down(d_h, ng), h, TOL32);
         check("bias_act", fmt("%s a, G=%d, N=%d", name, G, N), down(d_a, ng), a, TOL32);
+        /* keep_h: the same activations, h left as it was */
+        float *d_hk = dup(h0), *d_ak = dpoison<float>(ng);
+        bias_act<ACT>(&g_k, d_ak, d_hk, d_bias, MG, N, G, nullptr, true);
+        check("bias_act", fmt("%s keep_h a, G=%d, N=%d", name, G, N), down(d_ak, ng), a, TOL32);
+        check("bias_act", fmt("%s keep_h h, G=%d, N=%d", name, G, N), down(d_hk, ng), h0, 0.0);
+
+        /* act_bias_backward on the kept h: dh = da * act'(h + bias) in place
+         * of da (fp32) or into a bf16 copy, db += its column sums */
+        const fvec da = rnd(r, ng, -1, 1), db0 = rnd(r, (size_t)G * N, -1, 1);
+        fvec dh(ng), db = db0;
+        ref_act_backward(dh.data(), da.data(), h.data(), ng, ACT, 0);
+        for (int g = 0; g < G; g++)
+            for (int m = 0; m < MG; m++)
+                for (int c = 0; c < N; c++)
+                    db[(size_t)g * N + c] += dh[((size_t)g * MG + m) * N + c];
+        for (int b16 = 0; b16 <= 1; b16++) {
+            float *d_da = dup(da), *d_db = dup(db0);
+            __nv_bfloat16 *d_dh16 = nullptr;
+            if (b16) {
+                d_dh16 = dalloc<__nv_bfloat16>(ng);
+                CUDA_CHECK(cudaMemsetAsync(d_dh16, 0xFF, ng * sizeof(__nv_bfloat16), g_k.stream)); /* NaN */
+            }
+            act_bias_backward<ACT>(&g_k, d_da, d_dh16, d_db, d_da, d_hk, d_bias, MG, N, G);
+            fvec got(ng);
+            if (b16) {
+                const std::vector<__nv_bfloat16> g16 = down(d_dh16, ng);
+                for (size_t i = 0; i < ng; i++)
+                    got[i] = __bfloat162float(g16[i]);
+            } else {
+                got = down(d_da, ng);
+            }
+            /* bf16: the fp32 value rounded, within half a unit of 8 bits */
+            check("act_bias_backward", fmt("%s dh%s, G=%d, N=%d", name, b16 ? " bf16" : "", G, N), got, dh,
+                  b16 ? 4e-3 : TOL32);
+            check("act_bias_backward", fmt("%s db%s, G=%d, N=%d", name, b16 ? " bf16" : "", G, N), down(d_db, db.size()),
+                  db, TOL32);
+        }
     }
     const fvec inp = rnd(r, n, -3, 3);
     float *d_inp = dup(inp), *d_out = dpoison<float>(n);
@@ -864,7 +901,7 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     float *d_dw1 = dup(dw1_0), *d_db1 = dup(db1_0), *d_dw2 = dup(dw2_0), *d_db2 = dup(db2_0);
     float *d_dlogits = dpoison<float>((size_t)N * E);
     moe_experts_backward<D, H, E, K, ACT, 1>(&g_k, d_dx, d_dgate, d_dye, d_dye, d_dh, d_dxe, d_dxe, d_dout, d_xe, d_h,
-                                             d_a, d_ye, &rb, d_w1, d_w2, d_dw1, d_db1, d_dw2, d_db2, N, cap, acc);
+                                             d_a, d_ye, &rb, d_w1, d_b1, d_w2, d_dw1, d_db1, d_dw2, d_db2, N, cap, acc);
     moe_router_backward<E, K>(&g_k, d_dlogits, d_dgate, &rb, d_target, d_sums, N, normalize, w_bal, w_z, w_ds, w_imp);
     CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
 
