@@ -256,15 +256,16 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             snprintf(bq, sizeof bq, "nullptr");
             snprintf(dbq, sizeof dbq, "nullptr");
         }
-        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, in, (long long)w_qkv, bq,
+        /* the qkv bias is added by the attention kernels as they load q, k, v */
+        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", qkv, in, (long long)w_qkv,
                   T, D, 3 * D);
-        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B);\n", T, HD, NH, y, att, qkv);
+        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), %s, B);\n", T, HD, NH, y, att, qkv, bq);
         sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, y,
                   (long long)w_proj, (long long)b_proj, T, D, D);
         sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n",
                   y, (long long)w_proj, (long long)b_proj, dout, y, (long long)w_proj, T, D, D);
-        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B);\n", T, HD, NH, qkv, y, qkv,
-                  att);
+        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), %s, A(%s), B);\n", T, HD, NH, qkv, y,
+                  qkv, bq, att);
         sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
                   (long long)w_qkv, dbq, qkv, in, (long long)w_qkv, T, D, 3 * D, acc);
         break;
@@ -473,11 +474,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&b,
                   "        moe_experts_backward<%d, %d, %d, %d, %s, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
                   "%s,\n                                               A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "
-                  "P(%lldL), P(%lldL), DP(%lldL),\n                                               DP(%lldL), "
-                  "DP(%lldL), DP(%lldL), N, cap, %d);\n",
+                  "P(%lldL), P(%lldL), P(%lldL),\n                                               DP(%lldL), "
+                  "DP(%lldL), DP(%lldL), DP(%lldL), N, cap, %d);\n",
                   D, H, E, K, act_code(x->act), EP, din, nm[4], nm[11], yr, nm[9], xr, nm[8], dout, xr, nm[9], nm[10],
-                  nm[11], (long long)w1, (long long)b1, (long long)w2, (long long)w1, (long long)b1, (long long)w2,
-                  (long long)b2, acc);
+                  nm[11], (long long)w1, (long long)b1, (long long)w2, (long long)b2, (long long)w1, (long long)b1,
+                  (long long)w2, (long long)b2, acc);
         sb_printf(&b,
                   "        moe_router_backward<%d, %d>(k, G(%s), G(%s), &r, %s, d->dacc + %lld, N, %d, %s, %s, %s, %s);\n",
                   E, K, nm[0], nm[4], target, (long long)p->sums[j], x->normalize_gates ? 1 : 0,

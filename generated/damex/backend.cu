@@ -821,16 +821,15 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
 #endif
     if (!update)
         return;
-    const unsigned blocks = blocks_for(params, 256);
-    if (OPT_ADAMW)
-        adamw_kernel<<<blocks, 256, 0, k->stream>>>(d->param, d->grad, d->opt_m, d->opt_v, s->decay, params, d->sc,
-                                                     d->dacc + 2, (float)CLIP_GRAD, (float)ADAM_BETA1,
-                                                     (float)ADAM_BETA2, (float)ADAM_EPS, (float)WEIGHT_DECAY);
-    else
-        sgd_kernel<<<blocks, 256, 0, k->stream>>>(d->param, d->grad, d->opt_m, s->decay, params, d->sc, d->dacc + 2,
-                                                   (float)CLIP_GRAD, (float)SGD_MOMENTUM, SGD_NESTEROV,
-                                                   (float)WEIGHT_DECAY);
-    LAUNCH_CHECK();
+    if (OPT_ADAMW) {
+        adamw(k, d->param, d->grad, d->opt_m, d->opt_v, s->decay, params, d->sc, d->dacc + 2, (float)CLIP_GRAD,
+              (float)ADAM_BETA1, (float)ADAM_BETA2, (float)ADAM_EPS, (float)WEIGHT_DECAY);
+    } else {
+        sgd_kernel<<<blocks_for(params, 256), 256, 0, k->stream>>>(d->param, d->grad, d->opt_m, s->decay, params, d->sc,
+                                                                   d->dacc + 2, (float)CLIP_GRAD, (float)SGD_MOMENTUM,
+                                                                   SGD_NESTEROV, (float)WEIGHT_DECAY);
+        LAUNCH_CHECK();
+    }
 }
 
 void model_train_step(model *m, const moert_batch *batch, int B, double lr, int64_t step, int flags)

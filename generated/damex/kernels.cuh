@@ -1131,12 +1131,31 @@ template <int N, typename Src, typename Dst> __device__ static inline void attn_
 }
 
 /* rows t < ROWS of dst (attn_ld apart, HD wide) from src's rows (ld
- * apart); rows from T on zero */
-template <int T, int HD, int ROWS> __device__ static inline void attn_load(float *dst, const float *src, int64_t ld)
+ * apart), plus bias[HD] when given (the qkv projection's, added here
+ * rather than by a pass of its own); rows from T on zero */
+template <int T, int HD, int ROWS>
+__device__ static inline void attn_load(float *dst, const float *src, int64_t ld, const float *bias = nullptr)
 {
     constexpr int L = attn_ld<HD>();
-    attn_stage<ROWS * HD>([&](int i) { return i / HD < T ? src[(int64_t)(i / HD) * ld + i % HD] : 0.0f; },
-                          [&](int i, float x) { dst[i / HD * L + i % HD] = x; });
+    attn_stage<ROWS * HD>(
+        [&](int i) {
+            return i / HD < T ? src[(int64_t)(i / HD) * ld + i % HD] + (bias ? bias[i % HD] : 0.0f) : 0.0f;
+        },
+        [&](int i, float x) { dst[i / HD * L + i % HD] = x; });
+}
+
+/* q, k, v of sample b, head h from qkv[B, T, 3D] (and the bias [3D] when
+ * given) into ROWS rows each */
+template <int T, int HD, int NH, int ROWS>
+__device__ static inline void attn_load_qkv(float *q, float *kk, float *v, const float *qkv, const float *bias, int b,
+                                            int h)
+{
+    constexpr int D = NH * HD, D3 = 3 * D;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    const float *bq = bias ? bias + h * HD : nullptr;
+    attn_load<T, HD, ROWS>(q, base, D3, bq);
+    attn_load<T, HD, ROWS>(kk, base + D, D3, bias ? bq + D : nullptr);
+    attn_load<T, HD, ROWS>(v, base + 2 * D, D3, bias ? bq + 2 * D : nullptr);
 }
 
 /* dst[ROWS, ROWS] (rows LD apart) from the weights src[T, T]; zero past T */
@@ -1151,14 +1170,11 @@ template <int T, int ROWS, int LD> __device__ static inline void attn_load_weigh
  * from T on) and the weights a (ROWS x ROWS, rows LDW apart) */
 template <int T, int HD, int NH, int ROWS, int LDW>
 __device__ static inline void attn_bwd_load(float *q, float *kk, float *v, float *g, float *a, const float *qkv,
-                                            const float *dout, const float *att, int bh)
+                                            const float *bias, const float *dout, const float *att, int bh)
 {
-    constexpr int D = NH * HD, D3 = 3 * D;
+    constexpr int D = NH * HD;
     const int b = bh / NH, h = bh % NH;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load<T, HD, ROWS>(q, base, D3);
-    attn_load<T, HD, ROWS>(kk, base + D, D3);
-    attn_load<T, HD, ROWS>(v, base + 2 * D, D3);
+    attn_load_qkv<T, HD, NH, ROWS>(q, kk, v, qkv, bias, b, h);
     attn_load<T, HD, ROWS>(g, dout + (int64_t)b * T * D + h * HD, D);
     attn_load_weights<T, ROWS, LDW>(a, att + (int64_t)bh * T * T);
 }
@@ -1201,18 +1217,17 @@ template <int T> __device__ static inline void attn_softmax_bwd_row(float *ds, c
         ds[u] = p[u] * (ds[u] - sdot) * scale;
 }
 
-/* qkv[B, T, 3D] -> att[B, NH, T, T] (softmax weights, saved), out[B, T, D] */
-template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(float *out, float *att, const float *qkv)
+/* qkv[B, T, 3D] (+ bias[3D] when given) -> att[B, NH, T, T] (softmax
+ * weights, saved), out[B, T, D] */
+template <int T, int HD, int NH>
+static __global__ void attention_fwd_kernel(float *out, float *att, const float *qkv, const float *bias)
 {
     static_assert(HD % 4 == 0, "attention: the head width must be a multiple of 4");
-    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>();
+    constexpr int D = NH * HD, L = attn_ld<HD>();
     extern __shared__ float4 sm4[];
     float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *s = v + T * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load<T, HD, T>(q, base, D3);
-    attn_load<T, HD, T>(kk, base + D, D3);
-    attn_load<T, HD, T>(v, base + 2 * D, D3);
+    attn_load_qkv<T, HD, NH, T>(q, kk, v, qkv, bias, b, h);
     __syncthreads();
     const float scale = 1.0f / sqrtf((float)HD);
     for (int i = threadIdx.x; i < T * T; i += blockDim.x) {
@@ -1231,14 +1246,15 @@ template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(flo
 
 /* dqkv[B, T, 3D] (written whole) from dout[B, T, D] */
 template <int T, int HD, int NH>
-static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
+static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, const float *qkv, const float *bias,
+                                            const float *att)
 {
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>();
     extern __shared__ float4 sm4[];
     float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *g = v + T * L, *a = g + T * L,
           *ds = a + T * T;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    attn_bwd_load<T, HD, NH, T, T>(q, kk, v, g, a, qkv, dout, att, bh);
+    attn_bwd_load<T, HD, NH, T, T>(q, kk, v, g, a, qkv, bias, dout, att, bh);
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* dv = att^T g ; datt = g v^T */
@@ -1374,16 +1390,14 @@ template <int T, int HD> __device__ static inline void attn_tc_scores(float *s, 
 }
 
 template <int T, int HD, int NH>
-static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(float *out, float *att, const float *qkv)
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_fwd_tc_kernel(float *out, float *att, const float *qkv, const float *bias)
 {
-    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
+    constexpr int D = NH * HD, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
     extern __shared__ __align__(128) float smtc[];
     float *q = smtc, *kk = q + TP * L, *v = kk + TP * L, *s = v + TP * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load<T, HD, TP>(q, base, D3);
-    attn_load<T, HD, TP>(kk, base + D, D3);
-    attn_load<T, HD, TP>(v, base + 2 * D, D3);
+    attn_load_qkv<T, HD, NH, TP>(q, kk, v, qkv, bias, b, h);
     __syncthreads();
     attn_tc_scores<T, HD>(s, q, kk, 1.0f / sqrtf((float)HD));
     __syncthreads();
@@ -1408,13 +1422,13 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(f
 
 template <int T, int HD, int NH>
 static __global__ void __launch_bounds__(ATTN_THREADS)
-    attention_bwd_tc_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
+    attention_bwd_tc_kernel(float *dqkv, const float *dout, const float *qkv, const float *bias, const float *att)
 {
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
     extern __shared__ __align__(128) float smtc[];
     float *q = smtc, *kk = q + TP * L, *v = kk + TP * L, *g = v + TP * L, *a = g + TP * L, *ds = a + TP * LS;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    attn_bwd_load<T, HD, NH, TP, LS>(q, kk, v, g, a, qkv, dout, att, bh);
+    attn_bwd_load<T, HD, NH, TP, LS>(q, kk, v, g, a, qkv, bias, dout, att, bh);
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* datt = g v^T (into ds) */
@@ -1454,36 +1468,39 @@ template <int T, int HD, int NH> static inline void attention_setup()
     }
 }
 
+/* out, att from qkv (+ bias[3D], the qkv projection's, when given) */
 template <int T, int HD, int NH>
-static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, const float *bias, int B)
 {
     static_assert(attn_bwd_smem<T, HD>() <= 227 * 1024, "attention: sequence too long for shared memory");
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             attention_fwd_tc_kernel<T, HD, NH>
-                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
+                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv, bias);
             LAUNCH_CHECK();
             return;
         }
     }
-    attention_fwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
+    attention_fwd_kernel<T, HD, NH>
+        <<<(unsigned)(B * NH), ATTN_THREADS, attn_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv, bias);
     LAUNCH_CHECK();
 }
 
 template <int T, int HD, int NH>
-static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, const float *att,
-                                      int B)
+static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
+                                      const float *bias, const float *att, int B)
 {
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             attention_bwd_tc_kernel<T, HD, NH>
-                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, att);
+                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, bias,
+                                                                                             att);
             LAUNCH_CHECK();
             return;
         }
     }
-    attention_bwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv,
-                                                                                                   att);
+    attention_bwd_kernel<T, HD, NH>
+        <<<(unsigned)(B * NH), ATTN_THREADS, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, bias, att);
     LAUNCH_CHECK();
 }
 
@@ -2015,20 +2032,23 @@ static __global__ void moe_gather_kernel(T *__restrict__ xe, const float *__rest
     }
 }
 
-/* out[n] = sum over kept choices of gate * ye[row] (a token's own rows, in
- * choice order: no atomics) */
+/* out[n] = sum over kept choices of gate * (ye[row] + b2[expert]) (a
+ * token's own rows, in choice order: no atomics); b2 NULL: ye has the
+ * bias already (expert parallelism, where b2 lives on the expert's GPU) */
 template <int K>
 static __global__ void moe_combine_kernel(float *__restrict__ out, const float *__restrict__ ye,
-                                          const int *__restrict__ topk, const int *__restrict__ slot,
-                                          const float *__restrict__ gate, int N, int cap, int D)
+                                          const float *__restrict__ b2, const int *__restrict__ topk,
+                                          const int *__restrict__ slot, const float *__restrict__ gate, int N, int cap,
+                                          int D)
 {
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-        const float *src[K];
+        const float *src[K], *bias[K];
         float g[K];
 #pragma unroll
         for (int k = 0; k < K; k++) {
-            const int s = slot[n * K + k];
-            src[k] = s >= 0 ? ye + ((int64_t)topk[n * K + k] * cap + s) * D : nullptr;
+            const int s = slot[n * K + k], e = topk[n * K + k];
+            src[k] = s >= 0 ? ye + ((int64_t)e * cap + s) * D : nullptr;
+            bias[k] = b2 && s >= 0 ? b2 + (int64_t)e * D : nullptr;
             g[k] = gate[n * K + k];
         }
         float *o = out + n * D;
@@ -2037,7 +2057,7 @@ static __global__ void moe_combine_kernel(float *__restrict__ out, const float *
 #pragma unroll
             for (int k = 0; k < K; k++)
                 if (src[k])
-                    acc += g[k] * src[k][d];
+                    acc += g[k] * (bias[k] ? src[k][d] + bias[k][d] : src[k][d]);
             o[d] = acc;
         }
     }
@@ -2093,8 +2113,8 @@ template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float
 
 /* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
  * out [expert, rows, *]): h = x w1^T (kept without b1: bias_act's keep_h),
- * a = act(h + b1), y = a w2^T + b2. x16: the rows in bf16 (moe_x16), or
- * NULL. */
+ * a = act(h + b1), y = a w2^T (+ b2 when given; else the combine adds it).
+ * x16: the rows in bf16 (moe_x16), or NULL. */
 template <int D, int H, int ACT>
 static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a, const float *xr,
                                    const __nv_bfloat16 *x16, const float *w1, const float *b1, const float *w2,
@@ -2103,16 +2123,18 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
     const int64_t r = (int64_t)e * rows;
     __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H);
     xr += r * D, h += r * H, a += r * H, yr += r * D;
-    w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H, b2 += (int64_t)e * D;
+    w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     mm_nt(k, h, mm_pick(x16 ? x16 + r * D : nullptr, xr), w1, rows, H, D, 0.0f, n, (int64_t)rows * D,
           (int64_t)H * D, (int64_t)rows * H);
     bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true);
     mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
-    bias_add(k, yr, b2, rows, D, n);
+    if (b2)
+        bias_add(k, yr, b2 + (int64_t)e * D, rows, D, n);
 }
 
 /* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
- * ye = a w2^T + b2 per expert, out = the gated sum. With expert parallelism
+ * ye = a w2^T + b2 per expert, out = the gated sum. With P = 1 ye is
+ * kept without b2, which the combine adds (and its backward). With expert parallelism
  * (P > 1): xe is dispatched to xr, this GPU's E/P experts (w1 ... b2: theirs
  * alone) run on xr's P * cap rows per expert into yr, which comes back to
  * ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe then holds
@@ -2143,25 +2165,26 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
             in[e] = moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH, e);
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
-            moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, nullptr, w1, b1, w2, b2, rows, e, 1);
+            moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, nullptr, w1, b1, w2, b2, rows, e, 1); /* P > 1 */
             done = moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE, e);
         }
         moe_exchange_wait(k, done); /* the exchange stream runs in order */
     } else {
         moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH);
-        moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, x16, w1, b1, w2, b2, rows, 0, EL);
+        moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, x16, w1, b1, w2, P > 1 ? b2 : nullptr, rows, 0, EL);
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
-    moe_combine_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(out, ye, r->topk, r->slot, r->gate,
-                                                                                N, cap, D);
+    moe_combine_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(out, ye, P > 1 ? nullptr : b2, r->topk,
+                                                                           r->slot, r->gate, N, cap, D);
     LAUNCH_CHECK();
 }
 
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
- * count), and the kept choice's dgate = dout[token] . ye[row]. */
+ * count), and the kept choice's dgate = dout[token] . (ye[row] + b2[e])
+ * (b2 NULL: ye has it, as moe_combine_kernel). */
 static __global__ void moe_combine_bwd_kernel(float *dye, float *dgate, const float *dout, const float *ye,
-                                              const int *row_token, const int *row_k, const int *count,
-                                              const float *gate, int E, int cap, int D, int K)
+                                              const float *b2, const int *row_token, const int *row_k,
+                                              const int *count, const float *gate, int E, int cap, int D, int K)
 {
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -2176,10 +2199,10 @@ static __global__ void moe_combine_bwd_kernel(float *dye, float *dgate, const fl
     }
     const int n = row_token[row], kk = row_k[row];
     const float g = gate[(int64_t)n * K + kk];
-    const float *go = dout + (int64_t)n * D, *y = ye + row * D;
+    const float *go = dout + (int64_t)n * D, *y = ye + row * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
     float dot = 0.0f;
     for (int d = lane; d < D; d += 32) {
-        dot += go[d] * y[d];
+        dot += go[d] * (bias ? y[d] + bias[d] : y[d]);
         dy[d] = g * go[d];
     }
     dot = warp_sum(dot);
@@ -2264,8 +2287,8 @@ template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
                                         float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
                                         float *a, const float *ye, const moe_route_buf *r, const float *w1,
-                                        const float *b1, const float *w2, float *dw1, float *db1, float *dw2,
-                                        float *db2, int N, int cap, int acc)
+                                        const float *b1, const float *w2, const float *b2, float *dw1, float *db1,
+                                        float *dw2, float *db2, int N, int cap, int acc)
 {
     constexpr int EL = E / P;
     const __nv_bfloat16 *x16 = moe_x16<P>(k, xr);
@@ -2273,7 +2296,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
     const int64_t chunk = (int64_t)cap * D;
     kctx kr; /* k with the scratch after the rounded dy (cast_keep) */
     moe_combine_bwd_kernel<<<blocks_for((int64_t)E * cap, 8), 256, 0, k->stream>>>(
-        dye, dgate, dout, ye, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
+        dye, dgate, dout, ye, P > 1 ? nullptr : b2, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
     LAUNCH_CHECK();
     if (P > 1 && k->overlap) {
         cudaEvent_t in[EL], done = nullptr;
@@ -2669,26 +2692,65 @@ typedef struct step_scalars {
     int64_t step;   /* training step, from 0: the random streams */
 } step_scalars;
 
+/* AdamW's constants of a step */
+struct adamw_c {
+    float lr, c1, c2, gs, b1, b2, eps, wd;
+};
+
+/* one parameter's AdamW update */
+__device__ static inline void adamw_one(float &p, float &m, float &v, float g, uint8_t decay, const adamw_c &c)
+{
+    const float gi = g * c.gs;
+    m = c.b1 * m + (1.0f - c.b1) * gi;
+    v = c.b2 * v + (1.0f - c.b2) * gi * gi;
+    const float mhat = m / c.c1, vhat = v / c.c2;
+    p -= c.lr * (mhat / (sqrtf(vhat) + c.eps) + (decay ? c.wd : 0.0f) * p);
+}
+
 /* AdamW with decoupled weight decay where decay[i] (norms, biases, tokens
  * are exempt), gradients scaled by clip / |g| when |g| > clip > 0. The
- * arrays never overlap (__restrict__): each thread's five loads go out
+ * first n4 groups of 4 parameters go by 16-byte loads and stores (the
+ * arrays 16-byte aligned, decay 4-byte; n4 = 0 otherwise), the rest one by
+ * one. The arrays never overlap (__restrict__): each thread's loads go out
  * together, where the load of p had waited for the stores of m and v. */
 static __global__ void adamw_kernel(float *__restrict__ p, const float *__restrict__ g, float *__restrict__ m,
-                                    float *__restrict__ v, const uint8_t *__restrict__ decay, int64_t n,
+                                    float *__restrict__ v, const uint8_t *__restrict__ decay, int64_t n, int64_t n4,
                                     const step_scalars *sc, const double *gnorm, float clip, float b1, float b2,
                                     float eps, float wd)
 {
-    const float lr = sc->lr;
-    const float c1 = 1.0f - powf(b1, (float)sc->t), c2 = 1.0f - powf(b2, (float)sc->t);
-    const float gs = clip > 0.0f && gnorm[0] > clip ? (float)(clip / gnorm[0]) : 1.0f;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const float gi = g[i] * gs;
-        const float mi = b1 * m[i] + (1.0f - b1) * gi, vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        const float mhat = mi / c1, vhat = vi / c2;
-        p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + (decay[i] ? wd : 0.0f) * p[i]);
+    adamw_c c;
+    c.lr = sc->lr;
+    c.c1 = 1.0f - powf(b1, (float)sc->t);
+    c.c2 = 1.0f - powf(b2, (float)sc->t);
+    c.gs = clip > 0.0f && gnorm[0] > clip ? (float)(clip / gnorm[0]) : 1.0f;
+    c.b1 = b1, c.b2 = b2, c.eps = eps, c.wd = wd;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x, first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (int64_t i = first; i < n4; i += stride) {
+        float4 P = reinterpret_cast<float4 *>(p)[i], M = reinterpret_cast<float4 *>(m)[i];
+        float4 V = reinterpret_cast<float4 *>(v)[i];
+        const float4 G = reinterpret_cast<const float4 *>(g)[i];
+        const uchar4 d = reinterpret_cast<const uchar4 *>(decay)[i];
+        adamw_one(P.x, M.x, V.x, G.x, d.x, c);
+        adamw_one(P.y, M.y, V.y, G.y, d.y, c);
+        adamw_one(P.z, M.z, V.z, G.z, d.z, c);
+        adamw_one(P.w, M.w, V.w, G.w, d.w, c);
+        reinterpret_cast<float4 *>(p)[i] = P;
+        reinterpret_cast<float4 *>(m)[i] = M;
+        reinterpret_cast<float4 *>(v)[i] = V;
     }
+    for (int64_t i = 4 * n4 + first; i < n; i += stride)
+        adamw_one(p[i], m[i], v[i], g[i], decay[i], c);
+}
+
+static inline void adamw(const kctx *k, float *p, const float *g, float *m, float *v, const uint8_t *decay, int64_t n,
+                         const step_scalars *sc, const double *gnorm, float clip, float b1, float b2, float eps,
+                         float wd)
+{
+    const bool al = vec4_ok(4, p, g, m) && vec4_ok(4, v) && ((uintptr_t)decay & 3) == 0;
+    const int64_t n4 = al ? n / 4 : 0;
+    adamw_kernel<<<blocks_for(n4 > 0 ? n4 : n, 256), 256, 0, k->stream>>>(p, g, m, v, decay, n, n4, sc, gnorm, clip,
+                                                                          b1, b2, eps, wd);
+    LAUNCH_CHECK();
 }
 
 /* SGD with momentum (PyTorch's semantics: L2 decay added to the gradient) */

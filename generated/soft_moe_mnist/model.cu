@@ -162,8 +162,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
         moe_experts_backward<128, 256, 4, 4, ACT_RELU, 1>(k, G(V1), G(GATE2), G(YE2), G(YE2), G(HE2), G(XE2), G(XE2), G(V2),
-                                               A(XE2), A(HE2), A(AE2), A(YE2), &r, P(100992L), P(232064L), P(233088L), DP(100992L),
-                                               DP(232064L), DP(233088L), DP(364160L), N, cap, 0);
+                                               A(XE2), A(HE2), A(AE2), A(YE2), &r, P(100992L), P(232064L), P(233088L), P(364160L),
+                                               DP(100992L), DP(232064L), DP(233088L), DP(364160L), N, cap, 0);
         moe_router_backward<4, 4>(k, G(LOGITS2), G(GATE2), &r, nullptr, d->dacc + 4, N, 1, 0.0f, 0.0f, 0.0f, 0.01f);
         linear_backward(&kg, G(V1), DP(100480L), nullptr, G(LOGITS2), A(V1), P(100480L), N, 128, 4, 1);
     }

@@ -686,30 +686,38 @@ static void test_l2norm()
 
 /* ---- attention ------------------------------------------------------------------------------------------ */
 
-template <int T, int HD, int NH> static void test_attention(int B)
+/* with_bias: the qkv projection's bias given to the kernels, which add it
+ * as they load (the CPU adds it to qkv first) */
+template <int T, int HD, int NH> static void test_attention(int B, bool with_bias)
 {
     constexpr int D = HD * NH;
-    note(fmt("attention T=%d HD=%d NH=%d", T, HD, NH));
+    note(fmt("attention T=%d HD=%d NH=%d%s", T, HD, NH, with_bias ? ", qkv bias" : ""));
     attention_setup<T, HD, NH>();
     Rng r(seed_of("attention", T * 1000 + HD * 10 + NH));
-    const fvec qkv = rnd(r, (size_t)B * T * 3 * D, -2, 2);
-    float *d_qkv = dup(qkv), *d_out = dpoison<float>((size_t)B * T * D), *d_att = dpoison<float>((size_t)B * NH * T * T);
-    attention_forward<T, HD, NH>(&g_k, d_out, d_att, d_qkv, B);
+    const fvec qkv = rnd(r, (size_t)B * T * 3 * D, -2, 2), bias = rnd(r, (size_t)3 * D, -1, 1);
+    fvec qkvb = qkv; /* qkv with the bias, the CPU's input */
+    if (with_bias)
+        for (size_t i = 0; i < qkvb.size(); i++)
+            qkvb[i] += bias[i % (3 * D)];
+    float *d_qkv = dup(qkv), *d_bias = with_bias ? dup(bias) : nullptr;
+    float *d_out = dpoison<float>((size_t)B * T * D), *d_att = dpoison<float>((size_t)B * NH * T * T);
+    attention_forward<T, HD, NH>(&g_k, d_out, d_att, d_qkv, d_bias, B);
     fvec out((size_t)B * T * D), att((size_t)B * NH * T * T);
-    ref_attention_forward(out.data(), att.data(), qkv.data(), B, T, D, NH);
+    ref_attention_forward(out.data(), att.data(), qkvb.data(), B, T, D, NH);
     /* bf16 mode: the tensor-core kernels (TF32 products) where the shape
      * allows, else the fp32 ones, held to fp32's tolerance */
     const bool tc = g_bf16 && attn_tc_ok<T, HD>();
-    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d [%s%s]", T, HD, NH, B, mode(), tc ? ", tensor cores" : "");
+    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d%s [%s%s]", T, HD, NH, B, with_bias ? ", bias" : "", mode(),
+                              tc ? ", tensor cores" : "");
     const double tol = tc ? TOL_ATTN_TC : TOL32;
     check("attention_forward", "out, " + c, down(d_out, out.size()), out, tol);
     check("attention_forward", "att, " + c, down(d_att, att.size()), att, tol);
     /* the backward pass from the CPU's weights */
     const fvec dout = rnd(r, out.size(), -1, 1);
     float *d_dout = dup(dout), *d_att_ref = dup(att), *d_dqkv = dpoison<float>(qkv.size());
-    attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B);
+    attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_bias, d_att_ref, B);
     fvec dqkv(qkv.size()), datt(att.size());
-    ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, D, NH);
+    ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkvb.data(), att.data(), B, T, D, NH);
     check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, tol);
     dfree_all();
 }
@@ -901,7 +909,8 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     float *d_dw1 = dup(dw1_0), *d_db1 = dup(db1_0), *d_dw2 = dup(dw2_0), *d_db2 = dup(db2_0);
     float *d_dlogits = dpoison<float>((size_t)N * E);
     moe_experts_backward<D, H, E, K, ACT, 1>(&g_k, d_dx, d_dgate, d_dye, d_dye, d_dh, d_dxe, d_dxe, d_dout, d_xe, d_h,
-                                             d_a, d_ye, &rb, d_w1, d_b1, d_w2, d_dw1, d_db1, d_dw2, d_db2, N, cap, acc);
+                                             d_a, d_ye, &rb, d_w1, d_b1, d_w2, d_b2, d_dw1, d_db1, d_dw2, d_db2, N, cap,
+                                             acc);
     moe_router_backward<E, K>(&g_k, d_dlogits, d_dgate, &rb, d_target, d_sums, N, normalize, w_bal, w_z, w_ds, w_imp);
     CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
 
@@ -1024,7 +1033,7 @@ static void test_capacity()
 
 static void test_optimizer()
 {
-    const int64_t n = 10000;
+    const int64_t n = 10003; /* AdamW: 2500 groups of 4, then 3 one by one */
     const float lr = 0.05f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
     note("optimizer");
     Rng r(seed_of("optimizer", 0));
@@ -1037,7 +1046,7 @@ static void test_optimizer()
     double *d_gn = dpoison<double>(1);
     grad_norm(&g_k, d_gn, d_g, n);
     const double gn = ref_grad_norm(g.data(), (size_t)n);
-    check_scalar("grad_norm", "|g| of 10000 floats (vs a double sum)", down(d_gn, 1)[0], gn, 1e-10);
+    check_scalar("grad_norm", fmt("|g| of %lld floats (vs a double sum)", (long long)n), down(d_gn, 1)[0], gn, 1e-10);
     printf("# |g| = %.6g\n", gn);
     {
         /* the pieces of a sharded arena: two runs and the rest, which add
@@ -1054,7 +1063,7 @@ static void test_optimizer()
         for (int q = 0; q < 2; q++)
             for (int64_t i = runs[2 * q]; i < runs[2 * q + 1]; i++)
                 ref += (double)g[(size_t)i] * g[(size_t)i];
-        check_scalar("sumsq_runs", "two runs of 10000 floats (vs a double sum)", sums[0], ref, 1e-10);
+        check_scalar("sumsq_runs", "two runs of the floats (vs a double sum)", sums[0], ref, 1e-10);
         check_scalar("sqrt_sum_kernel", "the runs and the rest: |g|", sums[2], gn, 1e-10);
     }
 
@@ -1065,18 +1074,16 @@ static void test_optimizer()
         fvec p = rnd(r, (size_t)n, -1, 1), m = rnd(r, (size_t)n, -0.1f, 0.1f), v = rnd(r, (size_t)n, 0.0f, 0.01f);
         float *d_p = dup(p), *d_m = dup(m), *d_v = dup(v);
         step_scalars *d_sc = dup(sc);
-        adamw_kernel<<<blocks_for(n, 256), 256, 0, g_k.stream>>>(d_p, d_g, d_m, d_v, d_decay, n, d_sc, d_gn, clip, b1,
-                                                                 b2, eps, wd);
-        LAUNCH_CHECK();
+        adamw(&g_k, d_p, d_g, d_m, d_v, d_decay, n, d_sc, d_gn, clip, b1, b2, eps, wd);
         if (ref_adamw_masked(p.data(), g.data(), m.data(), v.data(), decay.data(), (size_t)n, lr, b1, b2, eps, wd, t,
                              clip, gn) != 0) {
             report(false, "adamw_kernel", "(the CPU reference ran out of memory)", NAN, 0.0);
             continue;
         }
         const std::string c = fmt("clip=%g, t=%d", clip, t);
-        check("adamw_kernel", "p, " + c, down(d_p, p.size()), p, TOL32);
-        check("adamw_kernel", "m, " + c, down(d_m, m.size()), m, TOL32);
-        check("adamw_kernel", "v, " + c, down(d_v, v.size()), v, TOL32);
+        check("adamw", "p, " + c, down(d_p, p.size()), p, TOL32);
+        check("adamw", "m, " + c, down(d_m, m.size()), m, TOL32);
+        check("adamw", "v, " + c, down(d_v, v.size()), v, TOL32);
     }
     struct {
         float mu;
@@ -1149,11 +1156,12 @@ int main(void)
         test_moe<4, 2, ACT_GELU, 42>(7, 0, 1, 1, 1);
         if (g_k.cast)
             test_fp32_ctx();
-        test_attention<65, 32, 4>(3);
-        test_attention<16, 32, 4>(5);
-        test_attention<65, 64, 6>(2); /* config S: heads of 64 */
-        test_attention<49, 16, 4>(3);
-        test_attention<50, 24, 2>(2); /* heads not a multiple of 16: the fp32 kernels in either mode */
+        test_attention<65, 32, 4>(3, true);
+        test_attention<65, 32, 4>(2, false);
+        test_attention<16, 32, 4>(5, false);
+        test_attention<65, 64, 6>(2, true); /* config S: heads of 64 */
+        test_attention<49, 16, 4>(3, true);
+        test_attention<50, 24, 2>(2, true); /* heads not a multiple of 16: the fp32 kernels in either mode */
     }
     g_bf16 = false;
     g_mode = "fp32";
