@@ -256,16 +256,15 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             snprintf(bq, sizeof bq, "nullptr");
             snprintf(dbq, sizeof dbq, "nullptr");
         }
-        /* the qkv bias is added by the attention kernels as they load q, k, v */
-        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", qkv, in, (long long)w_qkv,
+        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, in, (long long)w_qkv, bq,
                   T, D, 3 * D);
-        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), %s, B);\n", T, HD, NH, y, att, qkv, bq);
+        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B);\n", T, HD, NH, y, att, qkv);
         sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, y,
                   (long long)w_proj, (long long)b_proj, T, D, D);
         sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n",
                   y, (long long)w_proj, (long long)b_proj, dout, y, (long long)w_proj, T, D, D);
-        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), %s, A(%s), B);\n", T, HD, NH, qkv, y,
-                  qkv, bq, att);
+        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B);\n", T, HD, NH, qkv, y, qkv,
+                  att);
         sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
                   (long long)w_qkv, dbq, qkv, in, (long long)w_qkv, T, D, 3 * D, acc);
         break;

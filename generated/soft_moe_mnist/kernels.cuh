@@ -1131,31 +1131,12 @@ template <int N, typename Src, typename Dst> __device__ static inline void attn_
 }
 
 /* rows t < ROWS of dst (attn_ld apart, HD wide) from src's rows (ld
- * apart), plus bias[HD] when given (the qkv projection's, added here
- * rather than by a pass of its own); rows from T on zero */
-template <int T, int HD, int ROWS>
-__device__ static inline void attn_load(float *dst, const float *src, int64_t ld, const float *bias = nullptr)
+ * apart); rows from T on zero */
+template <int T, int HD, int ROWS> __device__ static inline void attn_load(float *dst, const float *src, int64_t ld)
 {
     constexpr int L = attn_ld<HD>();
-    attn_stage<ROWS * HD>(
-        [&](int i) {
-            return i / HD < T ? src[(int64_t)(i / HD) * ld + i % HD] + (bias ? bias[i % HD] : 0.0f) : 0.0f;
-        },
-        [&](int i, float x) { dst[i / HD * L + i % HD] = x; });
-}
-
-/* q, k, v of sample b, head h from qkv[B, T, 3D] (and the bias [3D] when
- * given) into ROWS rows each */
-template <int T, int HD, int NH, int ROWS>
-__device__ static inline void attn_load_qkv(float *q, float *kk, float *v, const float *qkv, const float *bias, int b,
-                                            int h)
-{
-    constexpr int D = NH * HD, D3 = 3 * D;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    const float *bq = bias ? bias + h * HD : nullptr;
-    attn_load<T, HD, ROWS>(q, base, D3, bq);
-    attn_load<T, HD, ROWS>(kk, base + D, D3, bias ? bq + D : nullptr);
-    attn_load<T, HD, ROWS>(v, base + 2 * D, D3, bias ? bq + 2 * D : nullptr);
+    attn_stage<ROWS * HD>([&](int i) { return i / HD < T ? src[(int64_t)(i / HD) * ld + i % HD] : 0.0f; },
+                          [&](int i, float x) { dst[i / HD * L + i % HD] = x; });
 }
 
 /* dst[ROWS, ROWS] (rows LD apart) from the weights src[T, T]; zero past T */
@@ -1170,11 +1151,14 @@ template <int T, int ROWS, int LD> __device__ static inline void attn_load_weigh
  * from T on) and the weights a (ROWS x ROWS, rows LDW apart) */
 template <int T, int HD, int NH, int ROWS, int LDW>
 __device__ static inline void attn_bwd_load(float *q, float *kk, float *v, float *g, float *a, const float *qkv,
-                                            const float *bias, const float *dout, const float *att, int bh)
+                                            const float *dout, const float *att, int bh)
 {
-    constexpr int D = NH * HD;
+    constexpr int D = NH * HD, D3 = 3 * D;
     const int b = bh / NH, h = bh % NH;
-    attn_load_qkv<T, HD, NH, ROWS>(q, kk, v, qkv, bias, b, h);
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, ROWS>(q, base, D3);
+    attn_load<T, HD, ROWS>(kk, base + D, D3);
+    attn_load<T, HD, ROWS>(v, base + 2 * D, D3);
     attn_load<T, HD, ROWS>(g, dout + (int64_t)b * T * D + h * HD, D);
     attn_load_weights<T, ROWS, LDW>(a, att + (int64_t)bh * T * T);
 }
@@ -1217,17 +1201,18 @@ template <int T> __device__ static inline void attn_softmax_bwd_row(float *ds, c
         ds[u] = p[u] * (ds[u] - sdot) * scale;
 }
 
-/* qkv[B, T, 3D] (+ bias[3D] when given) -> att[B, NH, T, T] (softmax
- * weights, saved), out[B, T, D] */
-template <int T, int HD, int NH>
-static __global__ void attention_fwd_kernel(float *out, float *att, const float *qkv, const float *bias)
+/* qkv[B, T, 3D] -> att[B, NH, T, T] (softmax weights, saved), out[B, T, D] */
+template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(float *out, float *att, const float *qkv)
 {
     static_assert(HD % 4 == 0, "attention: the head width must be a multiple of 4");
-    constexpr int D = NH * HD, L = attn_ld<HD>();
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>();
     extern __shared__ float4 sm4[];
     float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *s = v + T * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    attn_load_qkv<T, HD, NH, T>(q, kk, v, qkv, bias, b, h);
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, T>(q, base, D3);
+    attn_load<T, HD, T>(kk, base + D, D3);
+    attn_load<T, HD, T>(v, base + 2 * D, D3);
     __syncthreads();
     const float scale = 1.0f / sqrtf((float)HD);
     for (int i = threadIdx.x; i < T * T; i += blockDim.x) {
@@ -1246,15 +1231,14 @@ static __global__ void attention_fwd_kernel(float *out, float *att, const float 
 
 /* dqkv[B, T, 3D] (written whole) from dout[B, T, D] */
 template <int T, int HD, int NH>
-static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, const float *qkv, const float *bias,
-                                            const float *att)
+static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
 {
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>();
     extern __shared__ float4 sm4[];
     float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *g = v + T * L, *a = g + T * L,
           *ds = a + T * T;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    attn_bwd_load<T, HD, NH, T, T>(q, kk, v, g, a, qkv, bias, dout, att, bh);
+    attn_bwd_load<T, HD, NH, T, T>(q, kk, v, g, a, qkv, dout, att, bh);
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* dv = att^T g ; datt = g v^T */
@@ -1390,14 +1374,16 @@ template <int T, int HD> __device__ static inline void attn_tc_scores(float *s, 
 }
 
 template <int T, int HD, int NH>
-static __global__ void __launch_bounds__(ATTN_THREADS)
-    attention_fwd_tc_kernel(float *out, float *att, const float *qkv, const float *bias)
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(float *out, float *att, const float *qkv)
 {
-    constexpr int D = NH * HD, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
     extern __shared__ __align__(128) float smtc[];
     float *q = smtc, *kk = q + TP * L, *v = kk + TP * L, *s = v + TP * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    attn_load_qkv<T, HD, NH, TP>(q, kk, v, qkv, bias, b, h);
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, TP>(q, base, D3);
+    attn_load<T, HD, TP>(kk, base + D, D3);
+    attn_load<T, HD, TP>(v, base + 2 * D, D3);
     __syncthreads();
     attn_tc_scores<T, HD>(s, q, kk, 1.0f / sqrtf((float)HD));
     __syncthreads();
@@ -1422,13 +1408,13 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
 
 template <int T, int HD, int NH>
 static __global__ void __launch_bounds__(ATTN_THREADS)
-    attention_bwd_tc_kernel(float *dqkv, const float *dout, const float *qkv, const float *bias, const float *att)
+    attention_bwd_tc_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
 {
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
     extern __shared__ __align__(128) float smtc[];
     float *q = smtc, *kk = q + TP * L, *v = kk + TP * L, *g = v + TP * L, *a = g + TP * L, *ds = a + TP * LS;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    attn_bwd_load<T, HD, NH, TP, LS>(q, kk, v, g, a, qkv, bias, dout, att, bh);
+    attn_bwd_load<T, HD, NH, TP, LS>(q, kk, v, g, a, qkv, dout, att, bh);
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* datt = g v^T (into ds) */
@@ -1468,39 +1454,36 @@ template <int T, int HD, int NH> static inline void attention_setup()
     }
 }
 
-/* out, att from qkv (+ bias[3D], the qkv projection's, when given) */
 template <int T, int HD, int NH>
-static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, const float *bias, int B)
+static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
 {
     static_assert(attn_bwd_smem<T, HD>() <= 227 * 1024, "attention: sequence too long for shared memory");
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             attention_fwd_tc_kernel<T, HD, NH>
-                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv, bias);
+                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
             LAUNCH_CHECK();
             return;
         }
     }
-    attention_fwd_kernel<T, HD, NH>
-        <<<(unsigned)(B * NH), ATTN_THREADS, attn_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv, bias);
+    attention_fwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
     LAUNCH_CHECK();
 }
 
 template <int T, int HD, int NH>
-static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
-                                      const float *bias, const float *att, int B)
+static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, const float *att,
+                                      int B)
 {
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             attention_bwd_tc_kernel<T, HD, NH>
-                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, bias,
-                                                                                             att);
+                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, att);
             LAUNCH_CHECK();
             return;
         }
     }
-    attention_bwd_kernel<T, HD, NH>
-        <<<(unsigned)(B * NH), ATTN_THREADS, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, bias, att);
+    attention_bwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv,
+                                                                                                   att);
     LAUNCH_CHECK();
 }
 

@@ -686,38 +686,30 @@ static void test_l2norm()
 
 /* ---- attention ------------------------------------------------------------------------------------------ */
 
-/* with_bias: the qkv projection's bias given to the kernels, which add it
- * as they load (the CPU adds it to qkv first) */
-template <int T, int HD, int NH> static void test_attention(int B, bool with_bias)
+template <int T, int HD, int NH> static void test_attention(int B)
 {
     constexpr int D = HD * NH;
-    note(fmt("attention T=%d HD=%d NH=%d%s", T, HD, NH, with_bias ? ", qkv bias" : ""));
+    note(fmt("attention T=%d HD=%d NH=%d", T, HD, NH));
     attention_setup<T, HD, NH>();
     Rng r(seed_of("attention", T * 1000 + HD * 10 + NH));
-    const fvec qkv = rnd(r, (size_t)B * T * 3 * D, -2, 2), bias = rnd(r, (size_t)3 * D, -1, 1);
-    fvec qkvb = qkv; /* qkv with the bias, the CPU's input */
-    if (with_bias)
-        for (size_t i = 0; i < qkvb.size(); i++)
-            qkvb[i] += bias[i % (3 * D)];
-    float *d_qkv = dup(qkv), *d_bias = with_bias ? dup(bias) : nullptr;
-    float *d_out = dpoison<float>((size_t)B * T * D), *d_att = dpoison<float>((size_t)B * NH * T * T);
-    attention_forward<T, HD, NH>(&g_k, d_out, d_att, d_qkv, d_bias, B);
+    const fvec qkv = rnd(r, (size_t)B * T * 3 * D, -2, 2);
+    float *d_qkv = dup(qkv), *d_out = dpoison<float>((size_t)B * T * D), *d_att = dpoison<float>((size_t)B * NH * T * T);
+    attention_forward<T, HD, NH>(&g_k, d_out, d_att, d_qkv, B);
     fvec out((size_t)B * T * D), att((size_t)B * NH * T * T);
-    ref_attention_forward(out.data(), att.data(), qkvb.data(), B, T, D, NH);
+    ref_attention_forward(out.data(), att.data(), qkv.data(), B, T, D, NH);
     /* bf16 mode: the tensor-core kernels (TF32 products) where the shape
      * allows, else the fp32 ones, held to fp32's tolerance */
     const bool tc = g_bf16 && attn_tc_ok<T, HD>();
-    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d%s [%s%s]", T, HD, NH, B, with_bias ? ", bias" : "", mode(),
-                              tc ? ", tensor cores" : "");
+    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d [%s%s]", T, HD, NH, B, mode(), tc ? ", tensor cores" : "");
     const double tol = tc ? TOL_ATTN_TC : TOL32;
     check("attention_forward", "out, " + c, down(d_out, out.size()), out, tol);
     check("attention_forward", "att, " + c, down(d_att, att.size()), att, tol);
     /* the backward pass from the CPU's weights */
     const fvec dout = rnd(r, out.size(), -1, 1);
     float *d_dout = dup(dout), *d_att_ref = dup(att), *d_dqkv = dpoison<float>(qkv.size());
-    attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_bias, d_att_ref, B);
+    attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B);
     fvec dqkv(qkv.size()), datt(att.size());
-    ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkvb.data(), att.data(), B, T, D, NH);
+    ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, D, NH);
     check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, tol);
     dfree_all();
 }
@@ -1156,12 +1148,11 @@ int main(void)
         test_moe<4, 2, ACT_GELU, 42>(7, 0, 1, 1, 1);
         if (g_k.cast)
             test_fp32_ctx();
-        test_attention<65, 32, 4>(3, true);
-        test_attention<65, 32, 4>(2, false);
-        test_attention<16, 32, 4>(5, false);
-        test_attention<65, 64, 6>(2, true); /* config S: heads of 64 */
-        test_attention<49, 16, 4>(3, true);
-        test_attention<50, 24, 2>(2, true); /* heads not a multiple of 16: the fp32 kernels in either mode */
+        test_attention<65, 32, 4>(3);
+        test_attention<16, 32, 4>(5);
+        test_attention<65, 64, 6>(2); /* config S: heads of 64 */
+        test_attention<49, 16, 4>(3);
+        test_attention<50, 24, 2>(2); /* heads not a multiple of 16: the fp32 kernels in either mode */
     }
     g_bf16 = false;
     g_mode = "fp32";
