@@ -1266,7 +1266,14 @@ static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, cons
  * fp32 accumulation; the softmax and its backward stay in fp32. The
  * sequence is padded with zero rows to TP, a multiple of 16; the padded
  * columns of the weights are zero, so they add nothing. fp32 mode keeps
- * the kernels above. */
+ * the kernels above.
+ * Shared memory bounds how many blocks share an SM, and with them how
+ * much of a block's wait on its loads the others hide; so each kernel
+ * loads an operand only when its phase comes, into the room of one that
+ * is done with: the forward holds two of q, k, v at a time plus the
+ * scores (3 blocks an SM for heads of 64 and 65 tokens, where all three
+ * allowed 2), the backward two of q, k, v, g plus the weights and their
+ * gradient (2 blocks an SM, where all four allowed 1). */
 
 template <int T> __host__ __device__ constexpr int attn_tp()
 {
@@ -1281,12 +1288,12 @@ template <int T> __host__ __device__ constexpr int attn_lds()
 
 template <int T, int HD> constexpr int attn_tc_fwd_smem()
 {
-    return (int)sizeof(float) * (3 * attn_tp<T>() * attn_ld<HD>() + attn_tp<T>() * attn_lds<T>());
+    return (int)sizeof(float) * (2 * attn_tp<T>() * attn_ld<HD>() + attn_tp<T>() * attn_lds<T>());
 }
 
 template <int T, int HD> constexpr int attn_tc_bwd_smem()
 {
-    return (int)sizeof(float) * (4 * attn_tp<T>() * attn_ld<HD>() + 2 * attn_tp<T>() * attn_lds<T>());
+    return (int)sizeof(float) * (2 * attn_tp<T>() * attn_ld<HD>() + 2 * attn_tp<T>() * attn_lds<T>());
 }
 
 /* whether the shape runs on tensor cores: output tiles 16 wide along the
@@ -1378,15 +1385,17 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(f
 {
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
     extern __shared__ __align__(128) float smtc[];
-    float *q = smtc, *kk = q + TP * L, *v = kk + TP * L, *s = v + TP * L;
+    /* v comes into q's room once the scores are made; the output is
+     * staged in k's */
+    float *q = smtc, *kk = q + TP * L, *s = kk + TP * L, *v = q, *o = kk;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const float *base = qkv + (int64_t)b * T * D3 + h * HD;
     attn_load<T, HD, TP>(q, base, D3);
     attn_load<T, HD, TP>(kk, base + D, D3);
-    attn_load<T, HD, TP>(v, base + 2 * D, D3);
     __syncthreads();
     attn_tc_scores<T, HD>(s, q, kk, 1.0f / sqrtf((float)HD));
     __syncthreads();
+    attn_load<T, HD, TP>(v, base + 2 * D, D3);
     /* the softmax over u < T of each row t < T; the padding zero */
     const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
     float *a = att + (int64_t)bh * T * T;
@@ -1400,10 +1409,10 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(f
         }
     }
     __syncthreads();
-    /* out = att v, staged in q's rows */
-    attn_tc_times<T, HD, wmma::row_major>(q, s, v);
+    /* out = att v */
+    attn_tc_times<T, HD, wmma::row_major>(o, s, v);
     __syncthreads();
-    attn_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, q);
+    attn_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, o);
 }
 
 template <int T, int HD, int NH>
@@ -1412,9 +1421,14 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
 {
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
     extern __shared__ __align__(128) float smtc[];
-    float *q = smtc, *kk = q + TP * L, *v = kk + TP * L, *g = v + TP * L, *a = g + TP * L, *ds = a + TP * LS;
+    /* first v, g and the weights a; once dv is out and the softmax's
+     * backward is done, k comes into v's room and q into a's */
+    float *v = smtc, *g = v + TP * L, *a = g + TP * L, *ds = a + TP * LS, *kk = v, *q = a;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    attn_bwd_load<T, HD, NH, TP, LS>(q, kk, v, g, a, qkv, dout, att, bh);
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, TP>(v, base + 2 * D, D3);
+    attn_load<T, HD, TP>(g, dout + (int64_t)b * T * D + h * HD, D);
+    attn_load_weights<T, TP, LS>(a, att + (int64_t)bh * T * T);
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* datt = g v^T (into ds) */
@@ -1432,12 +1446,17 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     /* the padding of ds: rows from T on and the columns past T are zero
      * already (a is zero there, and so g's and v's padded rows make datt) */
     __syncthreads();
-    /* dq = ds k (staged in g's rows); dk = ds^T q (in v's) */
-    attn_tc_times<T, HD, wmma::row_major>(g, ds, kk);
-    attn_tc_times<T, HD, wmma::col_major>(v, ds, q);
+    attn_load<T, HD, TP>(kk, base + D, D3);
+    attn_load<T, HD, TP>(q, base, D3);
     __syncthreads();
+    /* dq = ds k (staged in g's rows), then dk = ds^T q (in k's, which dq
+     * is done with) while dq goes out */
+    attn_tc_times<T, HD, wmma::row_major>(g, ds, kk);
+    __syncthreads();
+    attn_tc_times<T, HD, wmma::col_major>(kk, ds, q);
     attn_store<T, HD>(dq, D3, g);
-    attn_store<T, HD>(dk, D3, v);
+    __syncthreads();
+    attn_store<T, HD>(dk, D3, kk);
 }
 
 template <int T, int HD, int NH> static inline void attention_setup()
