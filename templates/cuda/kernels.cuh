@@ -1291,9 +1291,18 @@ template <int T, int HD> constexpr int attn_tc_fwd_smem()
     return (int)sizeof(float) * (2 * attn_tp<T>() * attn_ld<HD>() + attn_tp<T>() * attn_lds<T>());
 }
 
+/* the backward's room for the weights, which q takes over: the larger of
+ * the two (q's rows are the wider when the sequence is shorter than the
+ * head, as DAMEX's 16 tokens with heads of 32) */
+template <int T, int HD> __host__ __device__ constexpr int attn_tc_aq_room()
+{
+    return attn_tp<T>() * (attn_lds<T>() > attn_ld<HD>() ? attn_lds<T>() : attn_ld<HD>());
+}
+
 template <int T, int HD> constexpr int attn_tc_bwd_smem()
 {
-    return (int)sizeof(float) * (2 * attn_tp<T>() * attn_ld<HD>() + 2 * attn_tp<T>() * attn_lds<T>());
+    return (int)sizeof(float) *
+           (2 * attn_tp<T>() * attn_ld<HD>() + attn_tc_aq_room<T, HD>() + attn_tp<T>() * attn_lds<T>());
 }
 
 /* whether the shape runs on tensor cores: output tiles 16 wide along the
@@ -1423,7 +1432,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     extern __shared__ __align__(128) float smtc[];
     /* first v, g and the weights a; once dv is out and the softmax's
      * backward is done, k comes into v's room and q into a's */
-    float *v = smtc, *g = v + TP * L, *a = g + TP * L, *ds = a + TP * LS, *kk = v, *q = a;
+    float *v = smtc, *g = v + TP * L, *a = g + TP * L, *ds = a + attn_tc_aq_room<T, HD>(), *kk = v, *q = a;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const float *base = qkv + (int64_t)b * T * D3 + h * HD;
     attn_load<T, HD, TP>(v, base + 2 * D, D3);
