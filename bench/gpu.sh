@@ -18,7 +18,9 @@
 # leaves PyTorch out, BENCH_DP=0 the multi-GPU runs, BENCH_GPUS="2 4 8"
 # says which GPU counts, BENCH_CONFIGS="gpu_p gpu_s" which configs;
 # BENCH_QUICK=1 runs only what the multi-GPU figures need (the 1-GPU
-# trainer in bf16, no fp32, no loader, no PyTorch).
+# trainer in bf16, no fp32, no loader, no PyTorch). BENCH_PROFILE=1 adds,
+# for each config, Nsight Compute's time of every kernel in two bf16 steps,
+# summed per kernel and step by bench/ncu_sum.py (lines "[CFG ncu] ...").
 set -u
 : "${top_srcdir:=.}" "${top_builddir:=.}" "${MOECC:=$top_builddir/moecc}"
 # the script changes directory: every path it is given becomes absolute
@@ -63,6 +65,16 @@ for cfg in $configs; do
         ./train --bench --steps $((STEPS + 2)) --precision $prec | grep '^moecc' | sed "s/^/[$prec] /" |
             tee "$work/$cfg.$prec.txt" | tee -a "$out"
     done
+    if [ "${BENCH_PROFILE:-0}" = 1 ]; then
+        if command -v ncu > /dev/null 2>&1; then
+            ncu --graph-profiling node --cache-control none --clock-control none --metrics gpu__time_duration.sum \
+                --csv ./train --bench --steps 2 --precision bf16 > "$work/$cfg.ncu.csv" 2> "$work/$cfg.ncu.err" &&
+                "$PY" "$top_srcdir/bench/ncu_sum.py" "$work/$cfg.ncu.csv" --steps 2 | sed "s/^/[$cfg ncu] /" |
+                tee -a "$out" || { cat "$work/$cfg.ncu.err"; exit 1; }
+        else
+            echo "# $cfg: no profile (ncu is not on PATH)" | tee -a "$out"
+        fi
+    fi
     if [ "${BENCH_QUICK:-0}" = 1 ]; then
         cd "$work" || exit 1
         continue

@@ -77,12 +77,25 @@ elif [ -n "$metrics" ]; then
     echo "{\"kind\": \"train\", \"loss\": $loss, \"images_per_s\": $ips}" > "$metrics"
 fi
 EOF
+# ncu ... --csv ./train ...: the per-launch table Nsight Compute prints,
+# after lines of its own: two launches each of a templated kernel (100 us)
+# and of one without templates (0.5 ms), and a row of another metric
+cat > "$stub/ncu" << 'EOF'
+#!/bin/sh
+echo "==PROF== Connected to process 1"
+echo '"ID","Kernel Name","Metric Name","Metric Unit","Metric Value"'
+for i in 0 1; do
+    echo "\"$((2 * i))\",\"void bias_act_kernel<(int)-1, 4>(float *, const float *, long)\",\"gpu__time_duration.sum\",\"us\",\"100\""
+    echo "\"$((2 * i + 1))\",\"adamw_kernel(float *, float *)\",\"gpu__time_duration.sum\",\"ms\",\"0.5\""
+    echo "\"$((2 * i + 1))\",\"adamw_kernel(float *, float *)\",\"sm__cycles_elapsed.avg\",\"cycle\",\"1,000\""
+done
+EOF
 chmod +x "$stub"/*
 
 # bench/gpu.sh on 4 stand-in GPUs, both configs
 out=$WORK/bench.txt
 export top_srcdir top_builddir MOECC
-if PATH="$stub:$PATH" STUB_GPUS=4 BENCH_TORCH=0 BENCH_STEPS=30 BENCH_OUT="$out" \
+if PATH="$stub:$PATH" STUB_GPUS=4 BENCH_TORCH=0 BENCH_STEPS=30 BENCH_PROFILE=1 BENCH_OUT="$out" \
     sh "$top_srcdir/bench/gpu.sh" > "$WORK/bench.log" 2>&1; then
     ok "bench/gpu.sh runs to the end on 4 stand-in GPUs"
 else
@@ -130,6 +143,12 @@ has "gpu_s: loss after 50 steps 2.500005, 1 GPU 2.5, relative difference 2.00e-0
     "the fp32 check: 2 GPUs' loss against one's"
 has "gpu_s: loss after 50 steps 2.50001, 1 GPU 2.5, relative difference 4.00e-06" \
     "the fp32 check: 4 GPUs'"
+# the profile: (2 x 0.1 + 2 x 0.5) ms over 2 steps, the templated name whole
+has "[gpu_s ncu] total 0.600 ms per step, 2.0 launches per step (2 profiled steps)" \
+    "BENCH_PROFILE=1: the kernels' time per step (ncu_sum.py)"
+has "[gpu_p ncu]    0.500 ms     1.0 launches  adamw_kernel" "ncu_sum.py: the longest kernel first, ms converted"
+has "[gpu_p ncu]    0.100 ms     1.0 launches  bias_act_kernel<(int)-1, 4>" \
+    "ncu_sum.py: a templated kernel named whole, us converted"
 
 # started from the build tree with relative paths, as a script on the GPU
 # machine does: every config still reaches its several-GPU runs (the bench
