@@ -418,9 +418,6 @@ static __global__ void colsum_final_kernel(float *dst, const float *part, int N,
     dst[(int64_t)g * dstride + n] += acc;
 }
 
-/* dst[g][N] += the column sums of src[g][M, N] (rows ld apart; 0: N), for
- * g < G (bias gradients; G experts with strides). The sums are the same
- * bits on every run. */
 /* the grid of the partial sums of G groups of N columns, 32 * V columns a
  * block, after checking that k->red holds them */
 static inline dim3 colsum_grid(const kctx *k, int N, int G, int V)
@@ -440,6 +437,9 @@ static inline void colsum_final(const kctx *k, float *dst, int N, int G, int64_t
     LAUNCH_CHECK();
 }
 
+/* dst[g][N] += the column sums of src[g][M, N] (rows ld apart; 0: N), for
+ * g < G (bias gradients; G experts with strides). The sums are the same
+ * bits on every run. */
 static inline void colsum_add(const kctx *k, float *dst, const float *src, int M, int N, int G = 1,
                               int64_t sstride = 0, int64_t dstride = 0, int64_t ld = 0)
 {
@@ -2144,15 +2144,15 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
 }
 
 /* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
- * ye = a w2^T + b2 per expert, out = the gated sum. With P = 1 ye is
- * kept without b2, which the combine adds (and its backward). With expert parallelism
- * (P > 1): xe is dispatched to xr, this GPU's E/P experts (w1 ... b2: theirs
- * alone) run on xr's P * cap rows per expert into yr, which comes back to
- * ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe then holds
- * the rows in bf16: moe_x16). h is kept without b1 (bias_act's keep_h).
- * With k->overlap, the rows travel expert by expert: an expert's products
- * start when its rows have come and its results leave while the next
- * one's products run. */
+ * ye = a w2^T + b2 per expert, out = the gated sum. With expert
+ * parallelism (P > 1): xe is dispatched to xr, this GPU's E/P experts (w1
+ * ... b2: theirs alone) run on xr's P * cap rows per expert into yr, which
+ * comes back to ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe
+ * then holds the rows in bf16: moe_x16), and ye is kept without b2, which
+ * the combine adds (and its backward). h is kept without b1 (bias_act's
+ * keep_h). With k->overlap, the rows travel expert by expert: an expert's
+ * products start when its rows have come and its results leave while the
+ * next one's products run. */
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *xr, float *h, float *a, float *yr,
                                        float *ye, const float *x, const moe_route_buf *r, const float *w1,
