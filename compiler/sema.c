@@ -468,23 +468,41 @@ static void missing(sema *s, const bind *b, const char *name)
     mc_hint(s->d, "%s: %s", name, p->doc);
 }
 
+/* Parameter `name`'s value into *v; false when it is absent (reported
+ * when it has no default) or could not be evaluated (reported). */
+static bool arg_val(sema *s, const bind *b, const char *name, val *v)
+{
+    int i = pidx(b, name);
+    if (!b->val[i]) {
+        if (!b->kind->params[i].def)
+            missing(s, b, name);
+        return false;
+    }
+    *v = eval(s, b->val[i]);
+    return v->k != V_ERR;
+}
+
+/* The same for a number: a bare name there is an unknown constant
+ * (reported). */
+static bool arg_num(sema *s, const bind *b, const char *name, val *v)
+{
+    if (!arg_val(s, b, name, v))
+        return false;
+    if (v->k == V_NAME) {
+        unknown_name(s, v->loc, v->s);
+        return false;
+    }
+    return true;
+}
+
 /* An integer parameter; fallback when absent or wrong (reported). */
 static int64_t get_int(sema *s, const bind *b, const char *name, int64_t fallback)
 {
     int i = pidx(b, name);
     const mc_param_spec *p = &b->kind->params[i];
-    if (!b->val[i]) {
-        if (!p->def)
-            missing(s, b, name);
+    val v;
+    if (!arg_num(s, b, name, &v))
         return fallback;
-    }
-    val v = eval(s, b->val[i]);
-    if (v.k == V_ERR)
-        return fallback;
-    if (v.k == V_NAME) {
-        unknown_name(s, v.loc, v.s);
-        return fallback;
-    }
     if (v.k != V_INT) {
         err(s, v.loc, "'%s' must be an integer, found %s", name,
             v.k == V_OTHER ? expr_text(b->val[i]) : vkind_text(v.k));
@@ -507,18 +525,9 @@ static double get_float(sema *s, const bind *b, const char *name, double fallbac
 {
     int i = pidx(b, name);
     const mc_param_spec *p = &b->kind->params[i];
-    if (!b->val[i]) {
-        if (!p->def)
-            missing(s, b, name);
+    val v;
+    if (!arg_num(s, b, name, &v))
         return fallback;
-    }
-    val v = eval(s, b->val[i]);
-    if (v.k == V_ERR)
-        return fallback;
-    if (v.k == V_NAME) {
-        unknown_name(s, v.loc, v.s);
-        return fallback;
-    }
     if (!is_num(v)) {
         err(s, v.loc, "'%s' must be a number, found %s", name,
             v.k == V_OTHER ? expr_text(b->val[i]) : vkind_text(v.k));
@@ -555,13 +564,8 @@ static bool get_bool(sema *s, const bind *b, const char *name, bool fallback)
 static const char *get_string(sema *s, const bind *b, const char *name, const char *fallback)
 {
     int i = pidx(b, name);
-    if (!b->val[i]) {
-        if (!b->kind->params[i].def)
-            missing(s, b, name);
-        return fallback;
-    }
-    val v = eval(s, b->val[i]);
-    if (v.k == V_ERR)
+    val v;
+    if (!arg_val(s, b, name, &v))
         return fallback;
     if (v.k != V_STRING) {
         err(s, v.loc, "'%s' must be a string, found %s", name,
