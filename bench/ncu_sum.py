@@ -11,7 +11,6 @@ by N; prints the total, then the K kernels that take longest."""
 import argparse
 import collections
 import csv
-import re
 import sys
 
 UNIT_MS = {"ns": 1e-6, "nsecond": 1e-6, "us": 1e-3, "usecond": 1e-3, "ms": 1.0, "msecond": 1.0, "s": 1e3,
@@ -22,7 +21,8 @@ def kernel_name(full):
     name = full.strip()
     if name.startswith("void "):
         name = name[5:]
-    # the argument list: the last top-level "(...)", after any template arguments
+    # the argument list starts at the first "(" outside the template
+    # arguments, which may hold parentheses of their own: <(int)-1, 4>
     depth = 0
     for i, c in enumerate(name):
         if c == "<":
