@@ -192,32 +192,33 @@ static cudaEvent_t exchange(const kctx *k, float *dst, const float *src, int64_t
     const auto to_off = [&](int q, int e) {
         return (dir == EXCHANGE_DISPATCH ? (int64_t)e * p + q : (int64_t)q * el + e) * chunk;
     };
+    /* f(q, e) for the chunks of the other GPUs q of the group */
+    const auto each_other = [&](auto f) {
+        for (int i = 1; i < p; i++)
+            for (int e = e0; e < e1; e++)
+                f((me + i) % p, e);
+    };
     kctx kc = *k;
     kc.stream = stream;
     for (int e = e0; e < e1; e++)
         CUDA_CHECK(cudaMemcpyAsync(dst + to_off(me, e), src + from_off(me, e), sizeof(float) * (size_t)chunk,
                                    cudaMemcpyDeviceToDevice, stream));
     if (s->xsend)
-        for (int q = 0; q < p; q++)
-            for (int e = e0; e < e1 && q != me; e++) /* q = me: copied above */
-                to_bf16(&kc, s->xsend + from_off(q, e), src + from_off(q, e), chunk);
+        each_other([&](int q, int e) { to_bf16(&kc, s->xsend + from_off(q, e), src + from_off(q, e), chunk); });
     exchange_bytes += (int64_t)(p - 1) * (e1 - e0) * chunk * (s->xsend ? 2 : 4);
     NCCL_CHECK(ncclGroupStart());
-    for (int q = 0; q < p; q++)
-        for (int e = e0; e < e1 && q != me; e++) {
-            if (s->xsend) {
-                NCCL_CHECK(ncclSend(s->xsend + from_off(q, e), (size_t)chunk, ncclBfloat16, q, s->group_comm, stream));
-                NCCL_CHECK(ncclRecv(s->xrecv + to_off(q, e), (size_t)chunk, ncclBfloat16, q, s->group_comm, stream));
-            } else {
-                NCCL_CHECK(ncclSend(src + from_off(q, e), (size_t)chunk, ncclFloat, q, s->group_comm, stream));
-                NCCL_CHECK(ncclRecv(dst + to_off(q, e), (size_t)chunk, ncclFloat, q, s->group_comm, stream));
-            }
+    each_other([&](int q, int e) {
+        if (s->xsend) {
+            NCCL_CHECK(ncclSend(s->xsend + from_off(q, e), (size_t)chunk, ncclBfloat16, q, s->group_comm, stream));
+            NCCL_CHECK(ncclRecv(s->xrecv + to_off(q, e), (size_t)chunk, ncclBfloat16, q, s->group_comm, stream));
+        } else {
+            NCCL_CHECK(ncclSend(src + from_off(q, e), (size_t)chunk, ncclFloat, q, s->group_comm, stream));
+            NCCL_CHECK(ncclRecv(dst + to_off(q, e), (size_t)chunk, ncclFloat, q, s->group_comm, stream));
         }
+    });
     NCCL_CHECK(ncclGroupEnd());
     if (s->xsend)
-        for (int q = 0; q < p; q++)
-            for (int e = e0; e < e1 && q != me; e++)
-                from_bf16(&kc, dst + to_off(q, e), s->xrecv + to_off(q, e), chunk);
+        each_other([&](int q, int e) { from_bf16(&kc, dst + to_off(q, e), s->xrecv + to_off(q, e), chunk); });
     if (only < 0)
         return nullptr;
     cudaEvent_t done = s->xev[s->xnext++ % XEVENTS];

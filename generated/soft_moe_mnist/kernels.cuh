@@ -616,56 +616,6 @@ template <int ACT> __device__ static inline float act_grad(float x)
     return cdf + x * pdf;
 }
 
-template <int ACT> static __global__ void act_forward_kernel(float *out, const float *inp, int64_t n)
-{
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        out[i] = act_f<ACT>(inp[i]);
-}
-
-/* dinp (+)= dout * act'(inp), and a bf16 copy of the result into d16 when
- * given; V floats per thread (dinp may be dout) */
-template <int ACT, int V>
-static __global__ void act_backward_kernel(float *dinp, __nv_bfloat16 *d16, const float *dout, const float *inp,
-                                           int64_t n, int acc)
-{
-    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
-    if (i >= n)
-        return;
-    float g[V], x[V];
-    vload<V>(g, dout + i);
-    vload<V>(x, inp + i);
-#pragma unroll
-    for (int j = 0; j < V; j++)
-        g[j] *= act_grad<ACT>(x[j]);
-    if (acc) {
-        vload<V>(x, dinp + i);
-#pragma unroll
-        for (int j = 0; j < V; j++)
-            g[j] += x[j];
-    }
-    vstore<V>(dinp + i, g);
-    if (d16)
-        vstore<V>(d16 + i, g);
-}
-
-template <int ACT> static inline void act_forward(const kctx *k, float *out, const float *inp, int64_t n)
-{
-    act_forward_kernel<ACT><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, n);
-    LAUNCH_CHECK();
-}
-
-template <int ACT>
-static inline void act_backward(const kctx *k, float *dinp, const float *dout, const float *inp, int64_t n, int acc,
-                                __nv_bfloat16 *d16 = nullptr)
-{
-    if (vec4_ok(n, dinp, dout, inp) && bf16_ok(d16))
-        act_backward_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(dinp, d16, dout, inp, n, acc);
-    else
-        act_backward_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, d16, dout, inp, n, acc);
-    LAUNCH_CHECK();
-}
-
 /* dh[g][m, n] = da[g][m, n] * act'(h[g][m, n] + bias[g][n]) (in bf16 into
  * dh16 instead when given; dh may be da) and db[g][n] += its column sums,
  * for g < G groups of M rows (h without the bias: bias_act's keep_h): a
@@ -1146,21 +1096,21 @@ template <int T, int ROWS, int LD> __device__ static inline void attn_load_weigh
                             [&](int i, float x) { dst[i / ROWS * LD + i % ROWS] = x; });
 }
 
-/* The backward's inputs of sample b, head h (bh = b * NH + h) in shared
- * memory: q, k, v from qkv, g from dout (ROWS rows attn_ld apart, zero
- * from T on) and the weights a (ROWS x ROWS, rows LDW apart) */
-template <int T, int HD, int NH, int ROWS, int LDW>
+/* The fp32 backward's inputs of sample b, head h (bh = b * NH + h) in
+ * shared memory: q, k, v from qkv, g from dout (T rows attn_ld apart) and
+ * the weights a (T x T) */
+template <int T, int HD, int NH>
 __device__ static inline void attn_bwd_load(float *q, float *kk, float *v, float *g, float *a, const float *qkv,
                                             const float *dout, const float *att, int bh)
 {
     constexpr int D = NH * HD, D3 = 3 * D;
     const int b = bh / NH, h = bh % NH;
     const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load<T, HD, ROWS>(q, base, D3);
-    attn_load<T, HD, ROWS>(kk, base + D, D3);
-    attn_load<T, HD, ROWS>(v, base + 2 * D, D3);
-    attn_load<T, HD, ROWS>(g, dout + (int64_t)b * T * D + h * HD, D);
-    attn_load_weights<T, ROWS, LDW>(a, att + (int64_t)bh * T * T);
+    attn_load<T, HD, T>(q, base, D3);
+    attn_load<T, HD, T>(kk, base + D, D3);
+    attn_load<T, HD, T>(v, base + 2 * D, D3);
+    attn_load<T, HD, T>(g, dout + (int64_t)b * T * D + h * HD, D);
+    attn_load_weights<T, T, T>(a, att + (int64_t)bh * T * T);
 }
 
 /* One row of the weights, by one warp: r[u] = the softmax of r over u < T,
@@ -1238,7 +1188,7 @@ static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, cons
     float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *g = v + T * L, *a = g + T * L,
           *ds = a + T * T;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    attn_bwd_load<T, HD, NH, T, T>(q, kk, v, g, a, qkv, dout, att, bh);
+    attn_bwd_load<T, HD, NH>(q, kk, v, g, a, qkv, dout, att, bh);
     __syncthreads();
     float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* dv = att^T g ; datt = g v^T */

@@ -37,11 +37,6 @@ void ref_bias_act(float *a, float *h, const float *bias, int M, int N, int G, in
     act_forward(a, h, (size_t)G * M * N, act);
 }
 
-void ref_act_forward(float *out, const float *inp, size_t n, int act)
-{
-    act_forward(out, inp, n, act);
-}
-
 void ref_act_backward(float *dinp, const float *dout, const float *inp, size_t n, int act, int acc)
 {
     act_backward(dinp, dout, inp, n, act, acc);

@@ -33,7 +33,6 @@ void ref_linear_backward(float *dinp, float *dw, float *db, const float *dout, c
                          int K, int N, int acc);
 /* h[g][M,N] += bias[g][N]; a = act(h) */
 void ref_bias_act(float *a, float *h, const float *bias, int M, int N, int G, int act);
-void ref_act_forward(float *out, const float *inp, size_t n, int act);
 void ref_act_backward(float *dinp, const float *dout, const float *inp, size_t n, int act, int acc);
 
 /* ---- element-wise ---- */

@@ -351,7 +351,6 @@ static void test_patch_embed()
 template <int ACT> static void test_act(const char *name, int N)
 {
     const int M = 300;
-    const size_t n = (size_t)M * N;
     note(fmt("activations: %s, rows of %d", name, N));
     Rng r(seed_of("act", ACT * 1000 + N));
     /* bias_act: h += bias, a = act(h), for one group and for three */
@@ -402,22 +401,6 @@ template <int ACT> static void test_act(const char *name, int N)
             check("act_bias_backward", fmt("%s db%s, G=%d, N=%d", name, b16 ? " bf16" : "", G, N), down(d_db, db.size()),
                   db, TOL32);
         }
-    }
-    const fvec inp = rnd(r, n, -3, 3);
-    float *d_inp = dup(inp), *d_out = dpoison<float>(n);
-    act_forward<ACT>(&g_k, d_out, d_inp, (int64_t)n);
-    fvec out(n);
-    ref_act_forward(out.data(), inp.data(), n, ACT);
-    check("act_forward", fmt("%s out, n=%zu", name, n), down(d_out, n), out, TOL32);
-
-    const fvec dout = rnd(r, n, -1, 1);
-    float *d_dout = dup(dout);
-    for (int acc = 0; acc <= 1; acc++) {
-        fvec dinp = rnd(r, n, -1, 1);
-        float *d_dinp = acc ? dup(dinp) : dpoison<float>(n);
-        act_backward<ACT>(&g_k, d_dinp, d_dout, d_inp, (int64_t)n, acc);
-        ref_act_backward(dinp.data(), dout.data(), inp.data(), n, ACT, acc);
-        check("act_backward", fmt("%s dinp, acc=%d, n=%zu", name, acc, n), down(d_dinp, n), dinp, TOL32);
     }
     dfree_all();
 }
