@@ -634,7 +634,6 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "#define WARMUP_STEPS %lldL\n#define MIN_LR %.17g\n#define STEP_EVERY %lldL\n#define STEP_GAMMA %.17g\n",
               (long long)t->warmup, t->min_lr, (long long)t->step_size, t->gamma);
     sb_printf(h, "#define LABEL_SMOOTHING %.17g\n#define CLIP_GRAD %.17g\n", t->label_smoothing, t->clip_grad);
-    sb_printf(h, "#define CROP_PADDING %d\n#define FLIP %d\n", t->crop_padding, t->flip);
     sb_printf(h, "#define EVAL_EVERY %lldL\n#define CHECKPOINT_EVERY %lldL\n#define LOG_EVERY %lldL\n",
               (long long)t->eval_every, (long long)t->checkpoint_every, (long long)t->log_every);
     sb_printf(h, "#define SEED %lluULL\n\n", (unsigned long long)t->seed);
@@ -650,7 +649,8 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    const char *train_images, *train_labels, *test_images, *test_labels;\n"
                  "    int channels, height, width;   /* as stored; 0: any */\n    int classes;\n"
                  "    double weight, test_split, max_value;\n    double mean[3], std[3];   /* per channel, pixels in [0, 1] */\n    int resize;    /* 0 none, 1 bilinear, "
-                 "2 nearest */\n    const char *const *labels; /* class names or NULL */\n} dataset_info;\n");
+                 "2 nearest */\n    int crop_padding, flip;   /* training augmentations: random crop padding (0: off), "
+                 "flip */\n    const char *const *labels; /* class names or NULL */\n} dataset_info;\n");
     sb_printf(h, "extern const dataset_info DATASETS[N_DATASETS];\n");
     sb_printf(h, "extern const int DATASET_CLASSES[N_DATASETS];\n\n");
     sb_printf(h, "typedef struct moe_info {\n    const char *name;\n    int experts, top_k, tokens;\n"
@@ -788,9 +788,10 @@ void emit_tables(sbuf *c, const gen *g)
         sb_printf(c, "%s, ", c_string(&tmp, ds->train_labels));
         sb_printf(c, "%s, ", c_string(&tmp, ds->test_images));
         sb_printf(c, "%s,\n      ", c_string(&tmp, ds->test_labels));
-        sb_printf(c, "%d, %d, %d, %d, %.17g, %.17g, %.17g,\n      { %.9g, %.9g, %.9g }, { %.9g, %.9g, %.9g }, %d, ",
+        sb_printf(c, "%d, %d, %d, %d, %.17g, %.17g, %.17g,\n      { %.9g, %.9g, %.9g }, { %.9g, %.9g, %.9g }, %d, %d, %d, ",
                   ds->channels, ds->height, ds->width, ds->classes, ds->weight, ds->test_split, ds->max_value,
-                  ds->mean[0], ds->mean[1], ds->mean[2], ds->std[0], ds->std[1], ds->std[2], ds->resize);
+                  ds->mean[0], ds->mean[1], ds->mean[2], ds->std[0], ds->std[1], ds->std[2], ds->resize,
+                  ds->crop_padding, ds->flip);
         if (ds->labels)
             sb_printf(c, "LABELS_%d },\n", d);
         else

@@ -39,6 +39,9 @@ typedef struct mc_dataset {
     double mean[3], std[3];     /* normalisation of pixels in [0, 1], per channel */
     int nmean, nstd;            /* values given: 1 (all channels) or one per channel */
     int resize;                 /* to the model input: 0 none, 1 bilinear, 2 nearest */
+    bool own_augment;           /* augment given: these instead of train's */
+    int crop_padding;           /* training augmentations of this dataset's samples (train's */
+    bool flip;                  /* unless own_augment): random crop padding (0: off), flip */
     int index;                  /* position in mc_model.datasets */
 } mc_dataset;
 

@@ -33,6 +33,8 @@ static const mc_param_spec dataset_params[] = {
     { "mean", PT_CHANNELS, "0.5", -10, 10, NULL,
       "normalisation mean of pixels scaled to [0, 1]: one number, or one per channel" },
     { "std", PT_CHANNELS, "0.5", 1e-6, 10, NULL, "normalisation standard deviation: one number, or one per channel" },
+    { "augment", PT_CALLS, "train's", 0, 0, "augment",
+      "this dataset's training augmentations (random_crop, flip), instead of train's augment" },
     { "train_images", PT_STRING, "\"train-images-idx3-ubyte.gz\"", 0, 0, NULL, "idx: training images" },
     { "train_labels", PT_STRING, "\"train-labels-idx1-ubyte.gz\"", 0, 0, NULL, "idx: training labels" },
     { "test_images", PT_STRING, "\"t10k-images-idx3-ubyte.gz\"", 0, 0, NULL, "idx: test images" },

@@ -811,6 +811,52 @@ static bool has_test_set(mc_format f)
     return f == FMT_IDX || f == FMT_CIFAR10 || f == FMT_IMAGE_FOLDER;
 }
 
+/* The augment list e: random_crop and flip into *crop and *flip; cutmix and
+ * randaugment into t for train's list (t = NULL: a dataset's, which may not
+ * hold them, since they work on whole batches) */
+static void do_augment(sema *s, const mc_expr *e, int *crop, bool *flip, mc_train *t)
+{
+    if (e->kind != EXPR_LIST) {
+        err(s, e->loc, "'augment' must be a list, like [random_crop(padding = 4), flip()]");
+        return;
+    }
+    const char *seen[8] = { 0 };
+    int nseen = 0;
+    for (const mc_expr *x = e->u.list.items; x; x = x->next) {
+        bind sub;
+        const mc_kind_spec *a = bind_call(s, x, "augment", CTX_AUGMENT, &sub);
+        if (!a)
+            continue;
+        bool dup = false;
+        for (int i = 0; i < nseen; i++)
+            dup |= seen[i] == a->name;
+        if (dup) {
+            err(s, x->loc, "augmentation '%s' is listed twice", a->name);
+            continue;
+        }
+        if (nseen < 8)
+            seen[nseen++] = a->name;
+        if (strcmp(a->name, "random_crop") == 0) {
+            *crop = (int)get_int(s, &sub, "padding", 4);
+            if (*crop == 0)
+                warn(s, x->loc, "random_crop with padding 0 leaves every image as it is");
+        } else if (strcmp(a->name, "flip") == 0) {
+            *flip = true;
+        } else if (!t) {
+            err(s, x->loc, "%s works on whole batches, not on one dataset's samples", a->name);
+            mc_hint(s->d, "give it in train's augment; a dataset's augment takes random_crop and flip");
+        } else if (strcmp(a->name, "cutmix") == 0) {
+            t->cutmix_alpha = get_float(s, &sub, "alpha", 1.0);
+            t->cutmix_prob = get_float(s, &sub, "prob", 0.5);
+            t->cutmix_loc = x->loc;
+        } else if (strcmp(a->name, "randaugment") == 0) {
+            t->randaugment_n = (int)get_int(s, &sub, "n", 2);
+            t->randaugment_m = (int)get_int(s, &sub, "m", 9);
+            t->randaugment_loc = x->loc;
+        }
+    }
+}
+
 static void do_dataset(sema *s, const mc_stmt *st)
 {
     mc_model *m = s->m;
@@ -901,6 +947,10 @@ static void do_dataset(sema *s, const mc_stmt *st)
     if (resize == 0 && ds->height == 0)
         resize = 1;
     ds->resize = resize;
+    if (given(&b, "augment")) {
+        ds->own_augment = true;
+        do_augment(s, b.val[pidx(&b, "augment")], &ds->crop_padding, &ds->flip, NULL);
+    }
 }
 
 static void do_train(sema *s, const mc_stmt *st)
@@ -987,44 +1037,8 @@ static void do_train(sema *s, const mc_stmt *st)
     }
 
     /* augmentations */
-    if (given(&b, "augment")) {
-        const mc_expr *e = b.val[pidx(&b, "augment")];
-        if (e->kind != EXPR_LIST) {
-            err(s, e->loc, "'augment' must be a list, like [random_crop(padding = 4), flip()]");
-        } else {
-            const char *seen[8] = { 0 };
-            int nseen = 0;
-            for (const mc_expr *x = e->u.list.items; x; x = x->next) {
-                const mc_kind_spec *a = bind_call(s, x, "augment", CTX_AUGMENT, &sub);
-                if (!a)
-                    continue;
-                bool dup = false;
-                for (int i = 0; i < nseen; i++)
-                    dup |= seen[i] == a->name;
-                if (dup) {
-                    err(s, x->loc, "augmentation '%s' is listed twice", a->name);
-                    continue;
-                }
-                if (nseen < 8)
-                    seen[nseen++] = a->name;
-                if (strcmp(a->name, "random_crop") == 0) {
-                    t->crop_padding = (int)get_int(s, &sub, "padding", 4);
-                    if (t->crop_padding == 0)
-                        warn(s, x->loc, "random_crop with padding 0 leaves every image as it is");
-                } else if (strcmp(a->name, "flip") == 0) {
-                    t->flip = true;
-                } else if (strcmp(a->name, "cutmix") == 0) {
-                    t->cutmix_alpha = get_float(s, &sub, "alpha", 1.0);
-                    t->cutmix_prob = get_float(s, &sub, "prob", 0.5);
-                    t->cutmix_loc = x->loc;
-                } else if (strcmp(a->name, "randaugment") == 0) {
-                    t->randaugment_n = (int)get_int(s, &sub, "n", 2);
-                    t->randaugment_m = (int)get_int(s, &sub, "m", 9);
-                    t->randaugment_loc = x->loc;
-                }
-            }
-        }
-    }
+    if (given(&b, "augment"))
+        do_augment(s, b.val[pidx(&b, "augment")], &t->crop_padding, &t->flip, t);
 }
 
 static void do_parallel(sema *s, const mc_stmt *st)
@@ -2121,6 +2135,13 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
             err(s, op->loc, "%d experts do not split over expert = %d GPUs", op->u.moe.experts, p->expert);
             mc_hint(s->d, "the expert-parallel degree set at line %d must divide every expert count",
                     s->parallel_loc.line);
+        }
+    }
+    for (int i = 0; i < model->ndatasets; i++) {
+        mc_dataset *ds = &model->datasets[i];
+        if (!ds->own_augment) {
+            ds->crop_padding = model->train.crop_padding;
+            ds->flip = model->train.flip;
         }
     }
     if (s->have_input && model->input_c > 0) {

@@ -120,9 +120,19 @@ void mc_model_summary(const mc_model *m, void *outp)
             snprintf(test, sizeof test, "%.0f%% held out", ds->test_split * 100);
         else
             snprintf(test, sizeof test, "its test set");
-        fprintf(out, "  %-12s %-12s %-28s %-9s %-3d %-7d %-7.3f %s%s\n", ds->name, mc_format_name(ds->format),
+        fprintf(out, "  %-12s %-12s %-28s %-9s %-3d %-7d %-7.3f %s%s", ds->name, mc_format_name(ds->format),
                 ds->path, size, ds->channels, ds->classes, wsum > 0 ? ds->weight / wsum : 0, test,
                 ds->resize ? (ds->resize == 1 ? ", resized bilinear" : ", resized nearest") : "");
+        if (ds->own_augment) {
+            fputs(", its own augment:", out);
+            if (ds->crop_padding)
+                fprintf(out, " random_crop(padding %d)", ds->crop_padding);
+            if (ds->flip)
+                fputs(" flip", out);
+            if (!ds->crop_padding && !ds->flip)
+                fputs(" none", out);
+        }
+        fputc('\n', out);
     }
 
     fprintf(out, "\nops:\n  %-4s %-17s %-5s %-18s %12s  %s\n", "#", "op", "block", "output", "params", "details");

@@ -105,6 +105,8 @@ GOLDEN_CASES = \
 	tests/golden/parse_unexpected_token.err \
 	tests/golden/parse_unexpected_token.moe \
 	tests/golden/sema_augment_twice.err \
+	tests/golden/sema_dataset_augment_batch.err \
+	tests/golden/sema_dataset_augment_batch.moe \
 	tests/golden/sema_augment_twice.moe \
 	tests/golden/sema_batch_split.err \
 	tests/golden/sema_batch_split.moe \

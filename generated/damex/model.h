@@ -64,8 +64,6 @@ extern "C" {
 #define STEP_GAMMA 0
 #define LABEL_SMOOTHING 0.10000000000000001
 #define CLIP_GRAD 1
-#define CROP_PADDING 0
-#define FLIP 0
 #define EVAL_EVERY 500L
 #define CHECKPOINT_EVERY 0L
 #define LOG_EVERY 50L
@@ -95,6 +93,7 @@ typedef struct dataset_info {
     double weight, test_split, max_value;
     double mean[3], std[3];   /* per channel, pixels in [0, 1] */
     int resize;    /* 0 none, 1 bilinear, 2 nearest */
+    int crop_padding, flip;   /* training augmentations: random crop padding (0: off), flip */
     const char *const *labels; /* class names or NULL */
 } dataset_info;
 extern const dataset_info DATASETS[N_DATASETS];

@@ -177,8 +177,8 @@ static void load_dataset(data_set *ds, const dataset_info *info, const options *
         ds->src.mean[c] = (float)info->mean[c];
         ds->src.std[c] = (float)info->std[c];
     }
-    ds->src.aug = (CROP_PADDING > 0 ? MOERT_AUG_CROP : 0) | (FLIP ? MOERT_AUG_FLIP : 0);
-    ds->src.pad = CROP_PADDING;
+    ds->src.aug = (info->crop_padding > 0 ? MOERT_AUG_CROP : 0) | (info->flip ? MOERT_AUG_FLIP : 0);
+    ds->src.pad = info->crop_padding;
 }
 
 /* ---- parameters, checkpoints ---------------------------------------------------- */

@@ -842,6 +842,36 @@ static void test_suggestions(void **state)
     assert_null(mc_suggest_word("png", "idx|csv|cifar10", buf, sizeof buf));
 }
 
+/* A dataset's own augment replaces train's for its samples; the others
+ * take train's; an empty list turns augmentation off for that dataset */
+static void test_dataset_augment(void **state)
+{
+    (void)state;
+    static const char text[] =
+        "dataset clothes(format = idx, path = \"f\", classes = 10, augment = [random_crop(padding = 2), flip()])\n"
+        "dataset plain(format = idx, path = \"p\", classes = 10, augment = [])\n"
+        "dataset rest(format = idx, path = \"r\", classes = 10)\n"
+        "model m {\n    input(channels = 1, height = 28, width = 28)\n    patch_embed(patch = 7, dim = 8)\n"
+        "    pool(kind = mean)\n    classifier(heads = per_dataset)\n}\n"
+        "train {\n    augment = [random_crop(padding = 4), cutmix()]\n}\n";
+    checked c;
+    check_ok(&c, text);
+    const mc_dataset *ds = c.m.datasets;
+    assert_true(ds[0].own_augment);
+    assert_int_equal(ds[0].crop_padding, 2);
+    assert_true(ds[0].flip);
+    assert_true(ds[1].own_augment);
+    assert_int_equal(ds[1].crop_padding, 0);
+    assert_false(ds[1].flip);
+    assert_false(ds[2].own_augment);
+    assert_int_equal(ds[2].crop_padding, 4);
+    assert_false(ds[2].flip);
+    assert_int_equal(c.m.train.crop_padding, 4);
+    assert_false(c.m.train.flip);
+    assert_true(c.m.train.cutmix_prob > 0);
+    checked_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -854,6 +884,7 @@ int main(void)
         cmocka_unit_test(test_drop_path_schedule),
         cmocka_unit_test(test_routers),
         cmocka_unit_test(test_train_settings),
+        cmocka_unit_test(test_dataset_augment),
         cmocka_unit_test(test_parallel_checks),
         cmocka_unit_test(test_warnings_and_werror),
         cmocka_unit_test(test_suggestions),
