@@ -9,7 +9,7 @@
 dist_man_MANS += doc/moecc.1
 
 EXTRA_DIST += doc/language.md tests/docs.sh \
-	examples/README.md examples/damex.moe examples/vit_moe_gtsrb.moe \
+	examples/README.md examples/damex.moe examples/damex_gpu.moe examples/vit_moe_gtsrb.moe \
 	examples/gcvit_moe.moe examples/soft_moe_mnist.moe examples/switch_cifar.moe
 
 TESTS += tests/docs.sh

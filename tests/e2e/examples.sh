@@ -37,6 +37,17 @@ if [ -x "$WORK/switch_cifar/train" ]; then
 fi
 # soft_moe_mnist on the real MNIST digits: it learns, and one step agrees
 # with PyTorch (the soft router with its temperature, the importance loss)
+# damex_gpu: Fashion-MNIST with its own augment (crops and flips), the
+# others with train's (crops); two small steps through the loader
+if [ -x "$WORK/damex_gpu/train" ] && [ -e "$DATA/fashion-mnist" ] && [ -e "$DATA/mnist" ] && [ -e "$DATA/digits" ]; then
+    if (cd "$WORK/damex_gpu" && ./train --data "$DATA" --steps 2 --batch 32 --max-eval 32 -q > run.log 2>&1) &&
+        grep -q "test accuracy per dataset" "$WORK/damex_gpu/run.log"; then
+        ok "damex_gpu trains with a dataset's own augmentations"
+    else
+        cat "$WORK/damex_gpu/run.log"
+        not_ok "damex_gpu trains with a dataset's own augmentations"
+    fi
+fi
 if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
     cd "$WORK/soft_moe_mnist" || exit 1
     learns_mnist soft_moe_mnist --steps 150
