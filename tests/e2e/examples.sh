@@ -35,8 +35,6 @@ if [ -x "$WORK/switch_cifar/train" ]; then
         not_ok "switch_cifar trains on CIFAR-10 binary files"
     fi
 fi
-# soft_moe_mnist on the real MNIST digits: it learns, and one step agrees
-# with PyTorch (the soft router with its temperature, the importance loss)
 # damex_gpu: Fashion-MNIST with its own augment (crops and flips), the
 # others with train's (crops); two small steps through the loader
 if [ -x "$WORK/damex_gpu/train" ] && [ -e "$DATA/fashion-mnist" ] && [ -e "$DATA/mnist" ] && [ -e "$DATA/digits" ]; then
@@ -48,6 +46,8 @@ if [ -x "$WORK/damex_gpu/train" ] && [ -e "$DATA/fashion-mnist" ] && [ -e "$DATA
         not_ok "damex_gpu trains with a dataset's own augmentations"
     fi
 fi
+# soft_moe_mnist on the real MNIST digits: it learns, and one step agrees
+# with PyTorch (the soft router with its temperature, the importance loss)
 if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
     cd "$WORK/soft_moe_mnist" || exit 1
     learns_mnist soft_moe_mnist --steps 150
