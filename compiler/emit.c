@@ -1063,13 +1063,10 @@ int mc_emit(const mc_model *m, const mc_emit_opts *o, char *errbuf, size_t errle
     rc |= rc ? 0 : write_file(o->outdir, "model.c", c.s, c.len, errbuf, errlen);
     rc |= rc ? 0 : write_file(o->outdir, "model.json", j.s, j.len, errbuf, errlen);
     if (cuda) {
-        /* each GPU's arenas hold its share of the batch, and of the experts
-         * under expert parallelism */
-        mc_model local = *m;
-        local.train.batch = m->train.batch / m->parallel.data;
+        mc_model local;
         gen gc;
-        gen_init(&gc, &local, m->parallel.expert);
-        emit_model_cu(&cu, &gc, o);
+        gen_init_cuda(&gc, m, &local);
+        emit_model_cu(&cu, &gc, o, NULL);
         rc |= rc ? 0 : write_file(o->outdir, "model.cu", cu.s, cu.len, errbuf, errlen);
         gen_free(&gc);
     } else {

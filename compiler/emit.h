@@ -36,6 +36,25 @@ int mc_emit_check(const mc_model *m, mc_diag *d);
 /* The same for the CUDA backend (beyond what mc_emit_check asks). */
 int mc_emit_check_cuda(const mc_model *m, mc_diag *d);
 
+/* What the CUDA trainer of m allocates on each GPU, in bytes, by purpose,
+ * in the .moe file's precision (the run's --precision changes `bf16`).
+ * The routing sort's scratch, which CUB sizes when the trainer starts, and
+ * a few fixed tables of bytes are not counted. */
+typedef struct mc_gpu_memory {
+    int64_t weights;     /* parameters, gradients, AdamW's m and v, the decay mask */
+    int64_t activations; /* the activation arena, kept for the backward */
+    int64_t gradients;   /* the gradient arena (and the gathered weights under expert parallelism) */
+    int64_t bf16;        /* bf16 operands of the products, bf16 expert exchange buffers */
+    int64_t other;       /* reduction partials, routing ints, cuBLAS's workspace, the input slots */
+    int64_t total;
+    int local_batch;     /* samples of each batch per GPU */
+} mc_gpu_memory;
+/* Plans the CUDA backend's arenas for m (which mc_emit_check_cuda accepts)
+ * as mc_emit lays them out, and fills out. */
+void mc_gpu_memory_plan(const mc_model *m, mc_gpu_memory *out);
+/* `moecc --summary`'s lines on it (summary.c) */
+void mc_gpu_memory_print(const mc_gpu_memory *mem, const mc_model *m, void *out);
+
 /* Write the directory. Returns 0, or non-zero with errbuf set (I/O). */
 int mc_emit(const mc_model *m, const mc_emit_opts *opts, char *errbuf, size_t errlen);
 

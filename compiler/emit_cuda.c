@@ -580,7 +580,54 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
     g->bwd[i] = sb_take(&b);
 }
 
-void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
+void gen_init_cuda(gen *g, const mc_model *m, mc_model *local)
+{
+    /* each GPU's arenas hold its share of the batch, and of the experts
+     * under expert parallelism */
+    *local = *m;
+    local->train.batch = m->train.batch / m->parallel.data;
+    gen_init(g, local, m->parallel.expert);
+}
+
+/* What backend.cu's model_init allocates with the layout below: mem's
+ * fields, in the order it allocates them */
+static void plan_memory(mc_gpu_memory *mem, const gen *g, const cuda_plan *p, int64_t grad_floats, int64_t int_slots,
+                        int64_t cast_elems)
+{
+    const mc_model *m = g->m; /* the local model: this GPU's batch */
+    const bool bf16 = m->train.precision == PREC_BF16, ep = m->parallel.expert > 1;
+    const int64_t batch = m->train.batch, image = (int64_t)m->input_c * m->input_h * m->input_w;
+    memset(mem, 0, sizeof *mem);
+    mem->local_batch = m->train.batch;
+    /* param, grad, opt_m, opt_v and the weight-decay mask (a byte each) */
+    mem->weights = 4 * (int64_t)sizeof(float) * g->params + g->params;
+    mem->activations = (int64_t)sizeof(float) * g->act_floats;
+    /* sharded experts: the gradient arena also holds the whole layout */
+    mem->gradients = (int64_t)sizeof(float) * (ep && grad_floats < m->params ? m->params : grad_floats);
+    if (bf16)
+        mem->bf16 = 2 * cast_elems + (ep ? 2 * 2 * (p->xchg ? p->xchg : 1) : 0);
+    /* cuBLAS's workspace (BLAS_WORKSPACE_BYTES), the reductions' partials,
+     * routing ints, double sums, statistics (twice with data parallelism),
+     * two input slots of images, datasets and labels */
+    mem->other = ((int64_t)32 << 20) + (int64_t)sizeof(float) * p->red + (int64_t)sizeof(int32_t) * int_slots +
+                 8 * p->dacc + 8 * (p->stats ? p->stats : 1) * (m->parallel.data > 1 ? 2 : 1) +
+                 2 * (batch * image * (int64_t)sizeof(float) + 2 * batch * (int64_t)sizeof(int32_t));
+    mem->total = mem->weights + mem->activations + mem->gradients + mem->bf16 + mem->other;
+}
+
+void mc_gpu_memory_plan(const mc_model *m, mc_gpu_memory *out)
+{
+    mc_model local;
+    gen g;
+    gen_init_cuda(&g, m, &local);
+    const mc_emit_opts o = { "", "", MC_TARGET_CUDA };
+    sbuf scratch = { 0 };
+    emit_model_cu(&scratch, &g, &o, out);
+    sb_free(&scratch);
+    gen_free(&g);
+}
+
+void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
 {
     const mc_model *m = g->m;
     cuda_plan p;
@@ -644,6 +691,8 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o)
                 largest = m->ops[i].tensors[t].numel;
     sb_printf(c, "    %lldL, /* red_floats */\n    %lldL, /* cast_elems */\n    %lldL, /* xchg_elems */\n",
               (long long)p.red, (long long)(2 * largest + 8), (long long)(p.xchg ? p.xchg : 1));
+    if (mem)
+        plan_memory(mem, g, &p, p.grad + p.scr_max, g->int_slots ? g->int_slots : 16, 2 * largest + 8);
     sb_printf(c, "    %lld, /* eval_batch */\n", (long long)p.eval_batch);
     sb_printf(c, "    V%d, /* logits */\n    V%d_G, /* their gradient */\n    XENT, /* per-sample loss */\n", m->nops - 1,
               m->nops - 1);

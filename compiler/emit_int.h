@@ -84,7 +84,11 @@ void header_comment(sbuf *b, const mc_model *m, const char *file, const char *wh
  * (MOEj_MAP, HEAD_W, HEAD_B), for model.c and model.cu */
 void emit_tables(sbuf *c, const gen *g);
 
-/* the CUDA backend: model.cu */
-void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o);
+/* the CUDA backend: model.cu, and into mem (when not NULL) what its
+ * backend will allocate */
+void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem);
+/* g: the CUDA plan of m, for one GPU's share of the batch and of the experts;
+ * local holds that GPU's model, which g points to: it must outlive g */
+void gen_init_cuda(gen *g, const mc_model *m, mc_model *local);
 
 #endif /* MOECC_EMIT_INT_H */

@@ -143,8 +143,20 @@ int main(int argc, char **argv)
         mc_model model;
         mc_sema(&prog, &d, &model);
         mc_diag_flush(&d);
-        if (d.errors == 0 && summary)
+        if (d.errors == 0 && summary) {
             mc_model_summary(&model, stdout);
+            /* what the CUDA trainer allocates, where the CUDA backend generates the model */
+            if (!target || strcmp(target, "cuda") == 0) {
+                d.quiet++;
+                const bool cuda = mc_emit_check(&model, &d) == 0 && mc_emit_check_cuda(&model, &d) == 0;
+                d.quiet--;
+                if (cuda) {
+                    mc_gpu_memory mem;
+                    mc_gpu_memory_plan(&model, &mem);
+                    mc_gpu_memory_print(&mem, &model, stdout);
+                }
+            }
+        }
         mc_target tgt = !target ? MC_TARGET_BOTH : strcmp(target, "cuda") == 0 ? MC_TARGET_CUDA : MC_TARGET_CPU;
         /* with -o, or --check with a --target: whether the backends generate the model */
         if (d.errors == 0 && (output || (check && target))) {

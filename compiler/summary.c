@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "emit.h"
 #include "model.h"
 
 static void print_shape(FILE *out, const mc_shape *sh)
@@ -216,4 +217,30 @@ void mc_model_summary(const mc_model *m, void *outp)
         fprintf(out, "; %d samples of each batch per GPU, gradients averaged in buckets of %g MiB",
                 m->train.batch / m->parallel.data, m->parallel.bucket_mib);
     fprintf(out, "\n");
+}
+
+static void print_mib(FILE *out, int64_t bytes)
+{
+    print_count(out, (bytes + (1 << 19)) >> 20);
+}
+
+void mc_gpu_memory_print(const mc_gpu_memory *mem, const mc_model *m, void *outp)
+{
+    FILE *out = outp;
+    static const char *const precisions[] = { "fp32", "bf16", "tf32" };
+    fprintf(out, "gpu memory: ");
+    print_mib(out, mem->total);
+    fprintf(out, " MiB per GPU for the CUDA trainer (%d samples a GPU, %s):\n       weights, gradients and "
+                 "AdamW state ",
+            mem->local_batch, precisions[m->train.precision]);
+    print_mib(out, mem->weights);
+    fputs("; activations ", out);
+    print_mib(out, mem->activations);
+    fputs("; their gradients ", out);
+    print_mib(out, mem->gradients);
+    fputs("; bf16 operands ", out);
+    print_mib(out, mem->bf16);
+    fputs("; other ", out);
+    print_mib(out, mem->other);
+    fputs("\n", out);
 }

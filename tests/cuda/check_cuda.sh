@@ -82,6 +82,20 @@ for spec in damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe 
     fi
 done
 
+# moecc --summary's GPU memory is what the trainer allocates (its own
+# count, which --bench prints), in the .moe file's precision
+for spec in damex:examples/damex.moe routers_gpu:tests/cuda/routers_gpu.moe; do
+    model=${spec%%:*}
+    [ -x "$WORK/$model/train" ] || continue
+    want=$(cd "$top_srcdir" && "$MOECC" --summary "${spec#*:}" | sed -n 's/^gpu memory: \([0-9,]*\) MiB.*/\1/p' | tr -d ,)
+    got=$(cd "$WORK/$model" && ./train --bench --steps 3 2>&1 | sed -n 's/.*device memory \([0-9]*\) MiB.*/\1/p')
+    if [ -n "$want" ] && [ -n "$got" ] && [ $((want - got)) -le 1 ] && [ $((got - want)) -le 1 ]; then
+        ok "$model: moecc --summary's GPU memory, $want MiB, is what the trainer allocates ($got MiB)"
+    else
+        not_ok "$model: moecc --summary's GPU memory (${want:-none} MiB) is what the trainer allocates (${got:-none} MiB)"
+    fi
+done
+
 SAN=$(command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 if [ -z "$SAN" ]; then
     echo "# SKIP memcheck: compute-sanitizer not found"
