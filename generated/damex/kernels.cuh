@@ -851,6 +851,297 @@ static inline void sincos_table(const kctx *k, float *pos, int GH, int GW, int D
     LAUNCH_CHECK();
 }
 
+/* ---- hierarchical models: convolution stem, windows, 2x2 token merge --------------------------------
+ * One thread an element, in the layouts of ops.h's functions of the same
+ * names (the CPU reference); sums in the order the CPU adds them where
+ * there is one order, so that fp32 agrees to rounding. */
+
+/* the element of img[B, C, H, W] (nhwc = 0) or img[B, H*W, C] (nhwc = 1) */
+__device__ static inline int64_t conv_at(int b, int c, int y, int x, int C, int H, int W, int nhwc)
+{
+    return nhwc ? ((int64_t)b * H * W + (int64_t)y * W + x) * C + c : (((int64_t)b * C + c) * H + y) * W + x;
+}
+
+static __global__ void conv_im2col_kernel(float *cols, const float *img, int B, int C, int H, int W, int K, int S,
+                                          int pad, int nhwc, int OH, int OW)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, CKK = (int64_t)C * K * K;
+    if (i >= (int64_t)B * OH * OW * CKK)
+        return;
+    const int j = (int)(i % CKK);
+    const int64_t r = i / CKK;
+    const int ox = (int)(r % OW), oy = (int)(r / OW % OH), b = (int)(r / ((int64_t)OW * OH));
+    const int c = j / (K * K), ky = j / K % K, kx = j % K;
+    const int y = oy * S + ky - pad, x = ox * S + kx - pad;
+    cols[i] = y >= 0 && y < H && x >= 0 && x < W ? img[conv_at(b, c, y, x, C, H, W, nhwc)] : 0.0f;
+}
+
+/* cols[B*OH*OW, C*K*K]: the K x K neighbourhoods (zero padding pad, stride
+ * S) of img, columns (c, ky, kx) as a [*, C, K, K] weight's */
+static inline void conv_im2col(const kctx *k, float *cols, const float *img, int B, int C, int H, int W, int K, int S,
+                               int pad, int nhwc)
+{
+    const int OH = (H + 2 * pad - K) / S + 1, OW = (W + 2 * pad - K) / S + 1;
+    conv_im2col_kernel<<<blocks_for((int64_t)B * OH * OW * C * K * K, 256), 256, 0, k->stream>>>(
+        cols, img, B, C, H, W, K, S, pad, nhwc, OH, OW);
+    LAUNCH_CHECK();
+}
+
+/* one thread a pixel: the sum of the neighbourhoods' gradients over it,
+ * neighbourhood by neighbourhood in the CPU's order (oy, then ox) */
+static __global__ void conv_col2im_kernel(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S,
+                                          int pad, int nhwc, int OH, int OW, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * C * H * W)
+        return;
+    int b, c, y, x;
+    if (nhwc) {
+        c = (int)(i % C);
+        const int64_t p = i / C;
+        x = (int)(p % W), y = (int)(p / W % H), b = (int)(p / ((int64_t)W * H));
+    } else {
+        x = (int)(i % W), y = (int)(i / W % H), c = (int)(i / ((int64_t)W * H) % C), b = (int)(i / ((int64_t)W * H * C));
+    }
+    const int64_t CKK = (int64_t)C * K * K;
+    float sum = acc ? dimg[i] : 0.0f;
+    for (int oy = 0; oy < OH; oy++) {
+        const int ky = y + pad - oy * S;
+        if (ky < 0 || ky >= K)
+            continue;
+        for (int ox = 0; ox < OW; ox++) {
+            const int kx = x + pad - ox * S;
+            if (kx < 0 || kx >= K)
+                continue;
+            sum += dcols[(((int64_t)b * OH + oy) * OW + ox) * CKK + ((int64_t)c * K + ky) * K + kx];
+        }
+    }
+    dimg[i] = sum;
+}
+
+/* dimg (+)= the adjoint of conv_im2col: each pixel's share of the
+ * neighbourhoods' gradients dcols */
+static inline void conv_col2im(const kctx *k, float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S,
+                               int pad, int nhwc, int acc)
+{
+    const int OH = (H + 2 * pad - K) / S + 1, OW = (W + 2 * pad - K) / S + 1;
+    conv_col2im_kernel<<<blocks_for((int64_t)B * C * H * W, 256), 256, 0, k->stream>>>(dimg, dcols, B, C, H, W, K, S,
+                                                                                        pad, nhwc, OH, OW, acc);
+    LAUNCH_CHECK();
+}
+
+/* dimg[B, C, IH, IW] (+)= the gradient of the image under patch_embed's
+ * patches (dcols: scratch, [B*T, C*P*P]): a convolution stem's output */
+static inline void patch_embed_input_backward(const kctx *k, float *dimg, float *dcols, const float *dout,
+                                              const float *w, int B, int C, int IH, int IW, int P, int D, int acc)
+{
+    const int T = (IH / P) * (IW / P);
+    mm_nn(k, dcols, dout, w, B * T, C * P * P, D, 0.0f);
+    conv_col2im(k, dimg, dcols, B, C, IH, IW, P, P, 0, 0, acc);
+}
+
+static __global__ void transpose_rc_kernel(float *out, const float *inp, int B, int R, int C, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * R * C)
+        return;
+    const int r = (int)(i % R), c = (int)(i / R % C);
+    const int64_t b = i / ((int64_t)R * C);
+    const float v = inp[(b * R + r) * C + c];
+    out[i] = acc ? out[i] + v : v;
+}
+
+/* out[b, c, r] (+)= inp[b, r, c]: [B, R, C] to [B, C, R] */
+static inline void transpose_rc(const kctx *k, float *out, const float *inp, int B, int R, int C, int acc)
+{
+    transpose_rc_kernel<<<blocks_for((int64_t)B * R * C, 256), 256, 0, k->stream>>>(out, inp, B, R, C, acc);
+    LAUNCH_CHECK();
+}
+
+/* the row of grid token (b, y, x) in the windows' layout */
+__device__ static inline int64_t window_row(int b, int y, int x, int GH, int GW, int WS)
+{
+    const int NWX = GW / WS;
+    return ((int64_t)b * (GH / WS) * NWX + (int64_t)(y / WS) * NWX + x / WS) * WS * WS + (int64_t)(y % WS) * WS +
+           x % WS;
+}
+
+static __global__ void window_permute_kernel(float *dst, const float *src, int B, int GH, int GW, int WS, int C,
+                                             int to_windows, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * GH * GW * C)
+        return;
+    const int c = (int)(i % C);
+    const int64_t g = i / C;
+    const int x = (int)(g % GW), y = (int)(g / GW % GH), b = (int)(g / ((int64_t)GW * GH));
+    const int64_t w = window_row(b, y, x, GH, GW, WS) * C + c;
+    const int64_t s = to_windows ? i : w, d = to_windows ? w : i;
+    dst[d] = acc ? dst[d] + src[s] : src[s];
+}
+
+/* Swin's window partition of grid[B, GH*GW, C] into win[B * nW, WS*WS, C];
+ * to_windows: win (+)= grid, else grid (+)= win */
+static inline void window_permute(const kctx *k, float *dst, const float *src, int B, int GH, int GW, int WS, int C,
+                                  int to_windows, int acc)
+{
+    window_permute_kernel<<<blocks_for((int64_t)B * GH * GW * C, 256), 256, 0, k->stream>>>(dst, src, B, GH, GW, WS, C,
+                                                                                            to_windows, acc);
+    LAUNCH_CHECK();
+}
+
+static __global__ void grid_pool_fwd_kernel(float *out, const float *inp, int B, int GH, int GW, int WS, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * WS * WS * D)
+        return;
+    const int d = (int)(i % D), t = (int)(i / D % (WS * WS)), b = (int)(i / ((int64_t)D * WS * WS));
+    const int CH = GH / WS, CW = GW / WS, y0 = t / WS * CH, x0 = t % WS * CW;
+    float sum = 0.0f;
+    for (int y = y0; y < y0 + CH; y++)
+        for (int x = x0; x < x0 + CW; x++)
+            sum += inp[((int64_t)b * GH * GW + (int64_t)y * GW + x) * D + d];
+    out[i] = sum * (1.0f / (float)(CH * CW));
+}
+
+/* GCViT's global tokens: out[B, WS*WS, D], the grid inp[B, GH*GW, D]
+ * averaged over cells of (GH/WS) x (GW/WS) tokens */
+static inline void grid_pool_forward(const kctx *k, float *out, const float *inp, int B, int GH, int GW, int WS, int D)
+{
+    grid_pool_fwd_kernel<<<blocks_for((int64_t)B * WS * WS * D, 256), 256, 0, k->stream>>>(out, inp, B, GH, GW, WS, D);
+    LAUNCH_CHECK();
+}
+
+static __global__ void grid_pool_bwd_kernel(float *dinp, const float *dout, int B, int GH, int GW, int WS, int D,
+                                            int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * GH * GW * D)
+        return;
+    const int d = (int)(i % D);
+    const int64_t g = i / D;
+    const int x = (int)(g % GW), y = (int)(g / GW % GH), b = (int)(g / ((int64_t)GW * GH));
+    const int CH = GH / WS, CW = GW / WS;
+    const float v = dout[((int64_t)b * WS * WS + (int64_t)(y / CH) * WS + x / CW) * D + d] * (1.0f / (float)(CH * CW));
+    dinp[i] = acc ? dinp[i] + v : v;
+}
+
+static inline void grid_pool_backward(const kctx *k, float *dinp, const float *dout, int B, int GH, int GW, int WS,
+                                      int D, int acc)
+{
+    grid_pool_bwd_kernel<<<blocks_for((int64_t)B * GH * GW * D, 256), 256, 0, k->stream>>>(dinp, dout, B, GH, GW, WS,
+                                                                                           D, acc);
+    LAUNCH_CHECK();
+}
+
+static __global__ void global_window_qkv_kernel(float *qkv, const float *q, const float *kv, int B, int GH, int GW,
+                                                int WS, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int NWX = GW / WS, NW = (GH / WS) * NWX, WT = WS * WS;
+    if (i >= (int64_t)B * NW * WT * 3 * D)
+        return;
+    const int j = (int)(i % (3 * D));
+    const int64_t r = i / (3 * D);
+    const int t = (int)(r % WT), w = (int)(r / WT % NW), b = (int)(r / ((int64_t)WT * NW));
+    const int y = w / NWX * WS + t / WS, x = w % NWX * WS + t % WS;
+    qkv[i] = j < D ? q[((int64_t)b * WT + t) * D + j] : kv[((int64_t)b * GH * GW + (int64_t)y * GW + x) * 2 * D + j - D];
+}
+
+/* GCViT's global attention input: qkv[B * nW, WS*WS, 3D], every window
+ * with its sample's global queries q[B, WS*WS, D] and its own tokens' keys
+ * and values from kv[B, GH*GW, 2D] (grid order) */
+static inline void global_window_qkv(const kctx *k, float *qkv, const float *q, const float *kv, int B, int GH, int GW,
+                                     int WS, int D)
+{
+    const int64_t n = (int64_t)B * (GH / WS) * (GW / WS) * WS * WS * 3 * D;
+    global_window_qkv_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(qkv, q, kv, B, GH, GW, WS, D);
+    LAUNCH_CHECK();
+}
+
+/* dq[b, t, d]: the queries' gradients summed over the sample's windows, in
+ * window order */
+static __global__ void global_q_bwd_kernel(float *dq, const float *dqkv, int B, int NW, int WT, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * WT * D)
+        return;
+    const int d = (int)(i % D), t = (int)(i / D % WT), b = (int)(i / ((int64_t)D * WT));
+    float sum = 0.0f;
+    for (int w = 0; w < NW; w++)
+        sum += dqkv[(((int64_t)b * NW + w) * WT + t) * 3 * D + d];
+    dq[i] = sum;
+}
+
+/* dkv[b, y*GW + x, j] = the gradient of the key or value at that token */
+static __global__ void global_kv_bwd_kernel(float *dkv, const float *dqkv, int B, int GH, int GW, int WS, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * GH * GW * 2 * D)
+        return;
+    const int j = (int)(i % (2 * D));
+    const int64_t g = i / (2 * D);
+    const int x = (int)(g % GW), y = (int)(g / GW % GH), b = (int)(g / ((int64_t)GW * GH));
+    dkv[i] = dqkv[window_row(b, y, x, GH, GW, WS) * 3 * D + D + j];
+}
+
+/* the adjoint of global_window_qkv: dq[B, WS*WS, D] and dkv[B, GH*GW, 2D],
+ * both written */
+static inline void global_window_qkv_backward(const kctx *k, float *dq, float *dkv, const float *dqkv, int B, int GH,
+                                              int GW, int WS, int D)
+{
+    const int NW = (GH / WS) * (GW / WS), WT = WS * WS;
+    global_q_bwd_kernel<<<blocks_for((int64_t)B * WT * D, 256), 256, 0, k->stream>>>(dq, dqkv, B, NW, WT, D);
+    LAUNCH_CHECK();
+    global_kv_bwd_kernel<<<blocks_for((int64_t)B * GH * GW * 2 * D, 256), 256, 0, k->stream>>>(dkv, dqkv, B, GH, GW,
+                                                                                              WS, D);
+    LAUNCH_CHECK();
+}
+
+/* element i of the merged out[B, (GH/2)*(GW/2), 4D]: its source in
+ * inp[B, GH*GW, D] (the neighbourhood's tokens in Swin's order (2y, 2x),
+ * (2y+1, 2x), (2y, 2x+1), (2y+1, 2x+1)) */
+__device__ static inline int64_t merge2x2_src(int64_t i, int GH, int GW, int D)
+{
+    const int OH = GH / 2, OW = GW / 2;
+    const int c = (int)(i % D), q = (int)(i / D % 4);
+    const int64_t o = i / (4 * D);
+    const int x = (int)(o % OW), y = (int)(o / OW % OH), b = (int)(o / ((int64_t)OW * OH));
+    return ((int64_t)b * GH * GW + (int64_t)(2 * y + q % 2) * GW + 2 * x + q / 2) * D + c;
+}
+
+static __global__ void merge2x2_fwd_kernel(float *out, const float *inp, int64_t n, int GH, int GW, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = inp[merge2x2_src(i, GH, GW, D)];
+}
+
+static __global__ void merge2x2_bwd_kernel(float *dinp, const float *dout, int64_t n, int GH, int GW, int D, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const int64_t s = merge2x2_src(i, GH, GW, D); /* each input element is one output's */
+    dinp[s] = acc ? dinp[s] + dout[i] : dout[i];
+}
+
+/* Swin's patch merging: out[B, (GH/2)*(GW/2), 4D] */
+static inline void merge2x2_forward(const kctx *k, float *out, const float *inp, int B, int GH, int GW, int D)
+{
+    const int64_t n = (int64_t)B * GH * GW * D;
+    merge2x2_fwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, n, GH, GW, D);
+    LAUNCH_CHECK();
+}
+
+static inline void merge2x2_backward(const kctx *k, float *dinp, const float *dout, int B, int GH, int GW, int D,
+                                     int acc)
+{
+    const int64_t n = (int64_t)B * GH * GW * D;
+    merge2x2_bwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, dout, n, GH, GW, D, acc);
+    LAUNCH_CHECK();
+}
+
 /* ---- layer norm -------------------------------------------------------------------------------- */
 
 /* one warp per row; each lane keeps D/32 values in registers */

@@ -143,6 +143,64 @@ void ref_attention_backward(float *dqkv, float *datt, const float *dout, const f
     attention_backward(dqkv, datt, dout, qkv, att, B, T, D, NH);
 }
 
+/* ---- hierarchical models ---- */
+void ref_conv_im2col(float *cols, const float *img, int B, int C, int H, int W, int K, int S, int pad, int nhwc)
+{
+    conv_im2col(cols, img, B, C, H, W, K, S, pad, nhwc);
+}
+
+void ref_conv_col2im(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S, int pad, int nhwc,
+                     int acc)
+{
+    conv_col2im(dimg, dcols, B, C, H, W, K, S, pad, nhwc, acc);
+}
+
+void ref_patch_embed_input_backward(float *dimg, float *dcols, const float *dout, const float *w, int B, int C, int IH,
+                                    int IW, int P, int D, int acc)
+{
+    patch_embed_input_backward(dimg, dcols, dout, w, B, C, IH, IW, P, D, acc);
+}
+
+void ref_transpose_rc(float *out, const float *inp, int B, int R, int C, int acc)
+{
+    transpose_rc(out, inp, B, R, C, acc);
+}
+
+void ref_window_permute(float *dst, const float *src, int B, int GH, int GW, int WS, int C, int to_windows, int acc)
+{
+    window_permute(dst, src, B, GH, GW, WS, C, to_windows, acc);
+}
+
+void ref_grid_pool_forward(float *out, const float *inp, int B, int GH, int GW, int WS, int D)
+{
+    grid_pool_forward(out, inp, B, GH, GW, WS, D);
+}
+
+void ref_grid_pool_backward(float *dinp, const float *dout, int B, int GH, int GW, int WS, int D, int acc)
+{
+    grid_pool_backward(dinp, dout, B, GH, GW, WS, D, acc);
+}
+
+void ref_global_window_qkv(float *qkv, const float *q, const float *kv, int B, int GH, int GW, int WS, int D)
+{
+    global_window_qkv(qkv, q, kv, B, GH, GW, WS, D);
+}
+
+void ref_global_window_qkv_backward(float *dq, float *dkv, const float *dqkv, int B, int GH, int GW, int WS, int D)
+{
+    global_window_qkv_backward(dq, dkv, dqkv, B, GH, GW, WS, D);
+}
+
+void ref_merge2x2_forward(float *out, const float *inp, int B, int GH, int GW, int D)
+{
+    merge2x2_forward(out, inp, B, GH, GW, D);
+}
+
+void ref_merge2x2_backward(float *dinp, const float *dout, int B, int GH, int GW, int D, int acc)
+{
+    merge2x2_backward(dinp, dout, B, GH, GW, D, acc);
+}
+
 void ref_pool_forward(float *out, const float *inp, int B, int T, int D, int cls)
 {
     pool_forward(out, inp, B, T, D, cls);

@@ -127,6 +127,21 @@ int ref_adamw_masked(float *p, const float *g, float *m, float *v, const uint8_t
 int ref_sgd_masked(float *p, const float *g, float *buf, const uint8_t *decay, size_t n, float lr, float mu,
                    int nesterov, float wd, int t, float clip, double gnorm);
 
+/* ---- hierarchical models ---- */
+void ref_conv_im2col(float *cols, const float *img, int B, int C, int H, int W, int K, int S, int pad, int nhwc);
+void ref_conv_col2im(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S, int pad, int nhwc,
+                     int acc);
+void ref_patch_embed_input_backward(float *dimg, float *dcols, const float *dout, const float *w, int B, int C, int IH,
+                                    int IW, int P, int D, int acc);
+void ref_transpose_rc(float *out, const float *inp, int B, int R, int C, int acc);
+void ref_window_permute(float *dst, const float *src, int B, int GH, int GW, int WS, int C, int to_windows, int acc);
+void ref_grid_pool_forward(float *out, const float *inp, int B, int GH, int GW, int WS, int D);
+void ref_grid_pool_backward(float *dinp, const float *dout, int B, int GH, int GW, int WS, int D, int acc);
+void ref_global_window_qkv(float *qkv, const float *q, const float *kv, int B, int GH, int GW, int WS, int D);
+void ref_global_window_qkv_backward(float *dq, float *dkv, const float *dqkv, int B, int GH, int GW, int WS, int D);
+void ref_merge2x2_forward(float *out, const float *inp, int B, int GH, int GW, int D);
+void ref_merge2x2_backward(float *dinp, const float *dout, int B, int GH, int GW, int D, int acc);
+
 #ifdef __cplusplus
 }
 #endif

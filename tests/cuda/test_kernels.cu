@@ -1085,6 +1085,139 @@ static void test_optimizer()
     dfree_all();
 }
 
+/* ---- hierarchical models ------------------------------------------------------------------------------------ */
+
+/* The convolution stem's im2col and its adjoint (channels-first input,
+ * stride 2; channels-last, stride 1), the transposes, Swin's windows,
+ * GCViT's global tokens and queries, the 2x2 merge: every layout against
+ * ops.h, with acc both ways where there is one */
+static void test_hier()
+{
+    note("hierarchical models: convolution im2col/col2im, transposes, windows, global queries, 2x2 merge");
+    Rng r(seed_of("hier", 0));
+    const int B = 3;
+    /* C, H, W, K, S, pad, nhwc */
+    const int convs[2][7] = { { 3, 14, 12, 3, 2, 1, 0 }, { 5, 8, 8, 3, 1, 1, 1 } };
+    for (const auto &v : convs) {
+        const int C = v[0], H = v[1], W = v[2], K = v[3], S = v[4], pad = v[5], nhwc = v[6];
+        const int OH = (H + 2 * pad - K) / S + 1, OW = (W + 2 * pad - K) / S + 1;
+        const size_t ncols = (size_t)B * OH * OW * C * K * K, nimg = (size_t)B * C * H * W;
+        const std::string c = fmt("C=%d %dx%d K=%d S=%d nhwc=%d", C, H, W, K, S, nhwc);
+        const fvec img = rnd(r, nimg, -1, 1);
+        float *d_img = dup(img), *d_cols = dpoison<float>(ncols);
+        conv_im2col(&g_k, d_cols, d_img, B, C, H, W, K, S, pad, nhwc);
+        fvec cols(ncols);
+        ref_conv_im2col(cols.data(), img.data(), B, C, H, W, K, S, pad, nhwc);
+        check("conv_im2col", c, down(d_cols, ncols), cols, TOL32);
+        const fvec dcols = rnd(r, ncols, -1, 1);
+        float *d_dcols = dup(dcols);
+        for (int acc = 0; acc <= 1; acc++) {
+            fvec dimg = rnd(r, nimg, -1, 1);
+            float *d_dimg = acc ? dup(dimg) : dpoison<float>(nimg);
+            conv_col2im(&g_k, d_dimg, d_dcols, B, C, H, W, K, S, pad, nhwc, acc);
+            ref_conv_col2im(dimg.data(), dcols.data(), B, C, H, W, K, S, pad, nhwc, acc);
+            check("conv_col2im", fmt("%s, acc=%d", c.c_str(), acc), down(d_dimg, nimg), dimg, TOL32);
+        }
+    }
+    /* [B, R, C] <-> [B, C, R] */
+    {
+        const int R = 37, C = 8;
+        const fvec inp = rnd(r, (size_t)B * R * C, -1, 1);
+        float *d_inp = dup(inp);
+        for (int acc = 0; acc <= 1; acc++) {
+            fvec out = rnd(r, inp.size(), -1, 1);
+            float *d_out = acc ? dup(out) : dpoison<float>(out.size());
+            transpose_rc(&g_k, d_out, d_inp, B, R, C, acc);
+            ref_transpose_rc(out.data(), inp.data(), B, R, C, acc);
+            check("transpose_rc", fmt("acc=%d", acc), down(d_out, out.size()), out, TOL32);
+        }
+    }
+    /* windows of a 14 x 21 grid (window 7: 2 x 3 windows), global queries */
+    {
+        const int GH = 14, GW = 21, WS = 7, D = 12, T = GH * GW, WT = WS * WS, NW = (GH / WS) * (GW / WS);
+        for (int to = 0; to <= 1; to++)
+            for (int acc = 0; acc <= 1; acc++) {
+                const fvec src = rnd(r, (size_t)B * T * D, -1, 1);
+                fvec dst = rnd(r, src.size(), -1, 1);
+                float *d_src = dup(src), *d_dst = acc ? dup(dst) : dpoison<float>(dst.size());
+                window_permute(&g_k, d_dst, d_src, B, GH, GW, WS, D, to, acc);
+                ref_window_permute(dst.data(), src.data(), B, GH, GW, WS, D, to, acc);
+                check("window_permute", fmt("to_windows=%d, acc=%d", to, acc), down(d_dst, dst.size()), dst, TOL32);
+            }
+        const fvec grid = rnd(r, (size_t)B * T * D, -1, 1);
+        float *d_grid = dup(grid), *d_pool = dpoison<float>((size_t)B * WT * D);
+        grid_pool_forward(&g_k, d_pool, d_grid, B, GH, GW, WS, D);
+        fvec pool((size_t)B * WT * D);
+        ref_grid_pool_forward(pool.data(), grid.data(), B, GH, GW, WS, D);
+        check("grid_pool_forward", "out", down(d_pool, pool.size()), pool, TOL32);
+        const fvec dpool = rnd(r, pool.size(), -1, 1);
+        float *d_dpool = dup(dpool);
+        for (int acc = 0; acc <= 1; acc++) {
+            fvec dgrid = rnd(r, grid.size(), -1, 1);
+            float *d_dgrid = acc ? dup(dgrid) : dpoison<float>(dgrid.size());
+            grid_pool_backward(&g_k, d_dgrid, d_dpool, B, GH, GW, WS, D, acc);
+            ref_grid_pool_backward(dgrid.data(), dpool.data(), B, GH, GW, WS, D, acc);
+            check("grid_pool_backward", fmt("acc=%d", acc), down(d_dgrid, dgrid.size()), dgrid, TOL32);
+        }
+        const fvec q = rnd(r, (size_t)B * WT * D, -1, 1), kv = rnd(r, (size_t)B * T * 2 * D, -1, 1);
+        const size_t nqkv = (size_t)B * NW * WT * 3 * D;
+        float *d_q = dup(q), *d_kv = dup(kv), *d_qkv = dpoison<float>(nqkv);
+        global_window_qkv(&g_k, d_qkv, d_q, d_kv, B, GH, GW, WS, D);
+        fvec qkv(nqkv);
+        ref_global_window_qkv(qkv.data(), q.data(), kv.data(), B, GH, GW, WS, D);
+        check("global_window_qkv", "qkv", down(d_qkv, nqkv), qkv, TOL32);
+        const fvec dqkv = rnd(r, nqkv, -1, 1);
+        float *d_dqkv = dup(dqkv), *d_dq = dpoison<float>(q.size()), *d_dkv = dpoison<float>(kv.size());
+        global_window_qkv_backward(&g_k, d_dq, d_dkv, d_dqkv, B, GH, GW, WS, D);
+        fvec dq(q.size()), dkv(kv.size());
+        ref_global_window_qkv_backward(dq.data(), dkv.data(), dqkv.data(), B, GH, GW, WS, D);
+        check("global_window_qkv_backward", "dq", down(d_dq, dq.size()), dq, TOL32);
+        check("global_window_qkv_backward", "dkv", down(d_dkv, dkv.size()), dkv, TOL32);
+    }
+    /* the 2x2 merge of a 6 x 10 grid */
+    {
+        const int GH = 6, GW = 10, D = 7;
+        const size_t n = (size_t)B * GH * GW * D;
+        const fvec inp = rnd(r, n, -1, 1);
+        float *d_inp = dup(inp), *d_out = dpoison<float>(n);
+        merge2x2_forward(&g_k, d_out, d_inp, B, GH, GW, D);
+        fvec out(n);
+        ref_merge2x2_forward(out.data(), inp.data(), B, GH, GW, D);
+        check("merge2x2_forward", "out", down(d_out, n), out, TOL32);
+        const fvec dout = rnd(r, n, -1, 1);
+        float *d_dout = dup(dout);
+        for (int acc = 0; acc <= 1; acc++) {
+            fvec dinp = rnd(r, n, -1, 1);
+            float *d_dinp = acc ? dup(dinp) : dpoison<float>(n);
+            merge2x2_backward(&g_k, d_dinp, d_dout, B, GH, GW, D, acc);
+            ref_merge2x2_backward(dinp.data(), dout.data(), B, GH, GW, D, acc);
+            check("merge2x2_backward", fmt("acc=%d", acc), down(d_dinp, n), dinp, TOL32);
+        }
+    }
+    dfree_all();
+}
+
+/* patch embedding of a convolution stem's output: the image's gradient
+ * (one product, then col2im), in each precision */
+static void test_patch_embed_input()
+{
+    const int B = 3, C = 8, IH = 12, IW = 16, P = 2, D = 24, T = (IH / P) * (IW / P), CPP = C * P * P;
+    const double tol = tol_blas();
+    note(fmt("patch_embed_input_backward [%s]", mode()));
+    Rng r(seed_of("patch_embed_input", g_bf16));
+    const fvec dout = rnd(r, (size_t)B * T * D, -1, 1), w = rnd(r, (size_t)D * CPP, -0.5f, 0.5f);
+    float *d_dout = dup(dout), *d_w = dup(w), *d_dcols = dpoison<float>((size_t)B * T * CPP);
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec dimg = rnd(r, (size_t)B * C * IH * IW, -1, 1), dcols((size_t)B * T * CPP);
+        float *d_dimg = acc ? dup(dimg) : dpoison<float>(dimg.size());
+        patch_embed_input_backward(&g_k, d_dimg, d_dcols, d_dout, d_w, B, C, IH, IW, P, D, acc);
+        ref_patch_embed_input_backward(dimg.data(), dcols.data(), dout.data(), w.data(), B, C, IH, IW, P, D, acc);
+        check("patch_embed_input_backward", fmt("dimg, acc=%d [%s]", acc, mode()), down(d_dimg, dimg.size()), dimg,
+              tol);
+    }
+    dfree_all();
+}
+
 /* ---- main ---------------------------------------------------------------------------------------------------- */
 
 int main(void)
@@ -1118,6 +1251,7 @@ int main(void)
         g_k.cast = m == 2 ? cast : nullptr;
         test_linear();
         test_patch_embed();
+        test_patch_embed_input();
         /* variant, dropless, normalize, batch_priority, acc */
         test_moe<4, 2, ACT_GELU>(0, 0, 1, 1, 0);
         test_moe<4, 2, ACT_GELU>(1, 1, 1, 1, 0);
@@ -1151,6 +1285,7 @@ int main(void)
     test_elementwise();
     test_bf16_convert();
     test_tokens();
+    test_hier();
     test_layernorm<96>();
     test_layernorm<256>();
     test_l2norm();

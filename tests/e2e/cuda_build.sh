@@ -57,6 +57,20 @@ for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir
     fi
 done
 
+# the hierarchical layers' CUDA code (conv_stem, window_attention,
+# downsample: written, not yet run on a GPU, so generated only with
+# MOECC_CUDA_HIER=1) compiles and links without a warning
+if (cd "$top_srcdir" && MOECC_CUDA_HIER=1 "$MOECC" --target cuda tests/e2e/hier.moe -o "$WORK/hier_cuda") \
+        > "$WORK/hier_cuda.log" 2>&1 &&
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$WORK/hier_cuda" MOERT="$top_builddir" \
+        MOERT_SRC="$top_srcdir" BACKEND=cuda NVCC_WARN="$STRICT" CFLAGS="-O1 -Werror" >> "$WORK/hier_cuda.log" 2>&1 &&
+    [ -x "$WORK/hier_cuda/train" ]; then
+    ok "hier (MOECC_CUDA_HIER=1): the CUDA trainer of the hierarchical layers compiles and links without a warning"
+else
+    cat "$WORK/hier_cuda.log"
+    not_ok "hier (MOECC_CUDA_HIER=1): the CUDA trainer of the hierarchical layers compiles and links without a warning"
+fi
+
 # nvcc on PATH may be a wrapper script elsewhere than its toolkit (Debian's
 # CI has /usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc): the
 # trainer still links, with the libraries of the toolkit nvcc reports
