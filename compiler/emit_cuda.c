@@ -46,7 +46,9 @@ static int check_attention(mc_diag *d, const mc_op *op, int T, int HD)
                   "the CUDA backend's attention keeps a (sample, head) in shared memory: %d tokens of head width %d "
                   "need %d KiB, more than the %d KiB of a Hopper SM",
                   T, HD, attn_bwd_smem(T, HD) / 1024, CUDA_MAX_ATTN_SMEM / 1024);
-        mc_hint(d, "use fewer tokens (a larger patch or window) or more heads; --target cpu has no such limit");
+        mc_hint(d, op->kind == OP_WINDOW_ATTENTION
+                       ? "use smaller windows or more heads; --target cpu has no such limit"
+                       : "use fewer tokens (a larger patch) or more heads; --target cpu has no such limit");
         return 1;
     }
     return 0;
