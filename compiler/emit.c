@@ -102,66 +102,54 @@ static void gen_layernorm(gen *g, int i, sbuf *b, const char *out, const char *i
  * window (grid_pool), the same for every window of a sample. */
 static void gen_window_attention(gen *g, int i, const op_ctx *c, sbuf *b)
 {
-    const mc_op *op = &g->m->ops[i];
     sbuf *f = &g->fwd;
     const int64_t BATCH = g->m->train.batch;
-    const int T = c->T, D = c->D, NH = op->u.wattn.heads, WS = op->u.wattn.window;
-    const int GH = op->in.gh, GW = op->in.gw, NW = (GH / WS) * (GW / WS), WT = WS * WS;
-    const bool gq = op->u.wattn.global_query, qb = op->u.wattn.qkv_bias;
-    char qkvw[32], att[32], yw[32], y[32], proj[32], kv[32], gt[32], q[32];
-    snprintf(qkvw, sizeof qkvw, "QKVW%d", i);
-    snprintf(att, sizeof att, "ATT%d", i);
-    snprintf(yw, sizeof yw, "YW%d", i);
-    snprintf(y, sizeof y, "Y%d", i);
-    snprintf(kv, sizeof kv, "%s%d", gq ? "KV" : "QKV", i);
-    snprintf(gt, sizeof gt, "GTOK%d", i);
-    snprintf(q, sizeof q, "GQ%d", i);
-    alloc_act(g, kv, BATCH * T * (gq ? 2 : 3) * D, gq ? "keys, values (grid order)" : "queries, keys, values (grid order)");
-    alloc_act(g, qkvw, BATCH * T * 3 * D, "queries, keys, values (window order)");
-    alloc_act(g, att, BATCH * NW * NH * WT * WT, "attention weights");
-    alloc_act(g, yw, BATCH * T * D, "heads' outputs (window order)");
-    alloc_act(g, y, BATCH * T * D, "heads' outputs (grid order)");
-    int t = 0;
-    const long long w_in = toff(g, i, t++), b_in = qb ? toff(g, i, t++) : -1;
-    const long long w_gq = gq ? toff(g, i, t++) : -1, b_gq = gq ? toff(g, i, t++) : -1;
-    const long long w_p = toff(g, i, t++), b_p = toff(g, i, t++);
-    char bi[40], dbi[40];
-    snprintf(bi, sizeof bi, qb ? "P(%lldL)" : "NULL", b_in);
-    snprintf(dbi, sizeof dbi, qb ? "DP(%lldL)" : "NULL", b_in);
-    snprintf(proj, sizeof proj, "%d", gq ? 2 * D : 3 * D);
+    const int T = c->T, D = c->D;
+    wattn_plan w;
+    wattn_plan_init(g, i, &w, "NULL");
+    const int GH = w.GH, GW = w.GW, WS = w.WS, NW = w.NW, WT = w.WT, NH = w.NH;
+    alloc_act(g, w.kv, BATCH * T * w.proj, w.gq ? "keys, values (grid order)" : "queries, keys, values (grid order)");
+    alloc_act(g, w.qkvw, BATCH * T * 3 * D, "queries, keys, values (window order)");
+    alloc_act(g, w.att, BATCH * NW * NH * WT * WT, "attention weights");
+    alloc_act(g, w.yw, BATCH * T * D, "heads' outputs (window order)");
+    alloc_act(g, w.y, BATCH * T * D, "heads' outputs (grid order)");
 
-    sb_printf(f, "    linear_forward(A(%s), %s, P(%lldL), %s, B * %d, %d, %s);\n", kv, c->in, w_in, bi, T, D, proj);
-    if (gq) {
-        alloc_act(g, gt, BATCH * WT * D, "global tokens (the grid pooled to a window)");
-        alloc_act(g, q, BATCH * WT * D, "global queries");
-        sb_printf(f, "    grid_pool_forward(A(%s), %s, B, %d, %d, %d, %d);\n", gt, c->in, GH, GW, WS, D);
-        sb_printf(f, "    linear_forward(A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", q, gt, w_gq, b_gq, WT,
-                  D, D);
-        sb_printf(f, "    global_window_qkv(A(%s), A(%s), A(%s), B, %d, %d, %d, %d);\n", qkvw, q, kv, GH, GW, WS, D);
+    sb_printf(f, "    linear_forward(A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", w.kv, c->in, w.w_in, w.bi, T, D,
+              w.proj);
+    if (w.gq) {
+        alloc_act(g, w.gt, BATCH * WT * D, "global tokens (the grid pooled to a window)");
+        alloc_act(g, w.q, BATCH * WT * D, "global queries");
+        sb_printf(f, "    grid_pool_forward(A(%s), %s, B, %d, %d, %d, %d);\n", w.gt, c->in, GH, GW, WS, D);
+        sb_printf(f, "    linear_forward(A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", w.q, w.gt, w.w_gq,
+                  w.b_gq, WT, D, D);
+        sb_printf(f, "    global_window_qkv(A(%s), A(%s), A(%s), B, %d, %d, %d, %d);\n", w.qkvw, w.q, w.kv, GH, GW, WS,
+                  D);
     } else {
-        sb_printf(f, "    window_permute(A(%s), A(%s), B, %d, %d, %d, %d, 1, 0);\n", qkvw, kv, GH, GW, WS, 3 * D);
+        sb_printf(f, "    window_permute(A(%s), A(%s), B, %d, %d, %d, %d, 1, 0);\n", w.qkvw, w.kv, GH, GW, WS, 3 * D);
     }
-    sb_printf(f, "    attention_forward(A(%s), A(%s), A(%s), B * %d, %d, %d, %d);\n", yw, att, qkvw, NW, WT, D, NH);
-    sb_printf(f, "    window_permute(A(%s), A(%s), B, %d, %d, %d, %d, 0, 0);\n", y, yw, GH, GW, WS, D);
-    sb_printf(f, "    linear_forward(%s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", c->out, y, w_p, b_p, T, D, D);
+    sb_printf(f, "    attention_forward(A(%s), A(%s), A(%s), B * %d, %d, %d, %d);\n", w.yw, w.att, w.qkvw, NW, WT, D,
+              NH);
+    sb_printf(f, "    window_permute(A(%s), A(%s), B, %d, %d, %d, %d, 0, 0);\n", w.y, w.yw, GH, GW, WS, D);
+    sb_printf(f, "    linear_forward(%s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", c->out, w.y, w.w_p, w.b_p, T,
+              D, D);
 
-    sb_printf(b, "    linear_backward(G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", y, w_p,
-              b_p, c->dout, y, w_p, T, D, D);
-    sb_printf(b, "    window_permute(G(%s), G(%s), B, %d, %d, %d, %d, 1, 0);\n", yw, y, GH, GW, WS, D);
-    sb_printf(b, "    attention_backward(G(%s), G(%s), G(%s), A(%s), A(%s), B * %d, %d, %d, %d);\n", qkvw, att, yw, qkvw,
-              att, NW, WT, D, NH);
-    if (gq) {
-        sb_printf(b, "    global_window_qkv_backward(G(%s), G(%s), G(%s), B, %d, %d, %d, %d);\n", q, kv, qkvw, GH, GW,
-                  WS, D);
+    sb_printf(b, "    linear_backward(G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", w.y,
+              w.w_p, w.b_p, c->dout, w.y, w.w_p, T, D, D);
+    sb_printf(b, "    window_permute(G(%s), G(%s), B, %d, %d, %d, %d, 1, 0);\n", w.yw, w.y, GH, GW, WS, D);
+    sb_printf(b, "    attention_backward(G(%s), G(%s), G(%s), A(%s), A(%s), B * %d, %d, %d, %d);\n", w.qkvw, w.att,
+              w.yw, w.qkvw, w.att, NW, WT, D, NH);
+    if (w.gq) {
+        sb_printf(b, "    global_window_qkv_backward(G(%s), G(%s), G(%s), B, %d, %d, %d, %d);\n", w.q, w.kv, w.qkvw,
+                  GH, GW, WS, D);
         sb_printf(b, "    linear_backward(G(%s), DP(%lldL), DP(%lldL), G(%s), A(%s), P(%lldL), B * %d, %d, %d, 0);\n",
-                  gt, w_gq, b_gq, q, gt, w_gq, WT, D, D);
+                  w.gt, w.w_gq, w.b_gq, w.q, w.gt, w.w_gq, WT, D, D);
     } else {
-        sb_printf(b, "    window_permute(G(%s), G(%s), B, %d, %d, %d, %d, 0, 0);\n", kv, qkvw, GH, GW, WS, 3 * D);
+        sb_printf(b, "    window_permute(G(%s), G(%s), B, %d, %d, %d, %d, 0, 0);\n", w.kv, w.qkvw, GH, GW, WS, 3 * D);
     }
-    sb_printf(b, "    linear_backward(%s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %s, %d);\n", c->din, w_in, dbi,
-              kv, c->in, w_in, T, D, proj, c->acc);
-    if (gq) /* the queries' share of the input's gradient, added */
-        sb_printf(b, "    grid_pool_backward(%s, G(%s), B, %d, %d, %d, %d, 1);\n", c->din, gt, GH, GW, WS, D);
+    sb_printf(b, "    linear_backward(%s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", c->din, w.w_in,
+              w.dbi, w.kv, c->in, w.w_in, T, D, w.proj, c->acc);
+    if (w.gq) /* the queries' share of the input's gradient, added */
+        sb_printf(b, "    grid_pool_backward(%s, G(%s), B, %d, %d, %d, %d, 1);\n", c->din, w.gt, GH, GW, WS, D);
 }
 
 /* The code of op i: forward into g->fwd, backward into g->bwd[i]. */

@@ -72,6 +72,17 @@ typedef struct op_ctx {
  * forward (g->fwd) and backward (b) code. False for ops with no code. */
 bool op_begin(gen *g, int i, op_ctx *c, sbuf *b);
 
+/* What both emitters name and place for window attention op i: its
+ * buffers (QKVW<i>, ...), its tensors' offsets and its shapes. */
+typedef struct wattn_plan {
+    char qkvw[32], att[32], yw[32], y[32], kv[32], gt[32], q[32];
+    long long w_in, b_in, w_gq, b_gq, w_p, b_p; /* -1: absent */
+    char bi[40], dbi[40];  /* the input projection's bias and its gradient, or null_word */
+    int NH, HD, WS, GH, GW, NW, WT, proj;
+    bool gq, qb;
+} wattn_plan;
+void wattn_plan_init(const gen *g, int i, wattn_plan *w, const char *null_word);
+
 /* A float literal for C: 0.02f, 1e-05f, 0.0f (shortest form that reads back). */
 typedef struct flit_buf {
     char s[48];

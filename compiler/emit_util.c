@@ -264,3 +264,40 @@ int mc_moe_capacity(int N, int E, int K, double cf, bool dropless)
         cap = 1;
     return cap > N ? N : (int)cap;
 }
+
+void wattn_plan_init(const gen *g, int i, wattn_plan *w, const char *null_word)
+{
+    const mc_op *op = &g->m->ops[i];
+    memset(w, 0, sizeof *w);
+    w->NH = op->u.wattn.heads;
+    w->HD = op->in.dim / w->NH;
+    w->WS = op->u.wattn.window;
+    w->GH = op->in.gh;
+    w->GW = op->in.gw;
+    w->NW = (w->GH / w->WS) * (w->GW / w->WS);
+    w->WT = w->WS * w->WS;
+    w->gq = op->u.wattn.global_query;
+    w->qb = op->u.wattn.qkv_bias;
+    w->proj = (w->gq ? 2 : 3) * op->in.dim;
+    snprintf(w->qkvw, sizeof w->qkvw, "QKVW%d", i);
+    snprintf(w->att, sizeof w->att, "ATT%d", i);
+    snprintf(w->yw, sizeof w->yw, "YW%d", i);
+    snprintf(w->y, sizeof w->y, "Y%d", i);
+    snprintf(w->kv, sizeof w->kv, "%s%d", w->gq ? "KV" : "QKV", i);
+    snprintf(w->gt, sizeof w->gt, "GTOK%d", i);
+    snprintf(w->q, sizeof w->q, "GQ%d", i);
+    int t = 0;
+    w->w_in = toff(g, i, t++);
+    w->b_in = w->qb ? toff(g, i, t++) : -1;
+    w->w_gq = w->gq ? toff(g, i, t++) : -1;
+    w->b_gq = w->gq ? toff(g, i, t++) : -1;
+    w->w_p = toff(g, i, t++);
+    w->b_p = toff(g, i, t++);
+    if (w->qb) {
+        snprintf(w->bi, sizeof w->bi, "P(%lldL)", w->b_in);
+        snprintf(w->dbi, sizeof w->dbi, "DP(%lldL)", w->b_in);
+    } else {
+        snprintf(w->bi, sizeof w->bi, "%s", null_word);
+        snprintf(w->dbi, sizeof w->dbi, "%s", null_word);
+    }
+}
