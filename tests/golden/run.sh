@@ -159,28 +159,34 @@ else
     head -n 5 "$tmp/err"
 fi
 
-# The GPU memory line of --summary (config S of the benchmark): its parts
-# add up to its total, and its activations and weights are the arenas of
-# the model.cu that moecc writes (DEV_LAYOUT: 4 bytes a float; the
-# weights are 4 arrays of floats and a byte mask per parameter).
+# The GPU memory line of --summary (config S of the benchmark, on one GPU
+# and expert parallel on two): its parts add up to its total, and its
+# activations and weights are the arenas of the model.cu that moecc
+# writes for one GPU (DEV_LAYOUT: 4 bytes a float; the weights are 4
+# arrays of floats and a byte mask per parameter of this GPU's share).
 # check_cuda.sh holds the total to what a trainer allocates on the GPU.
-"$MOECC" --summary "$top_srcdir/bench/gpu_s.moe" >"$tmp/out" 2>"$tmp/err" &&
-    "$MOECC" --target cuda "$top_srcdir/bench/gpu_s.moe" -o "$tmp/gpu_s" >/dev/null 2>&1
-rc=$?
-mem=$(sed -n 's/^gpu memory: \([0-9,]*\) MiB.*/\1/p' "$tmp/out" | tr -d ,)
-parts=$(grep -A1 '^gpu memory:' "$tmp/out" | tail -n 1 | tr -d , | sed 's/bf16//' | grep -oE '[0-9]+' | tr '\n' ' ')
-layout=$(sed -n 's/^ *\([0-9]*\)L, \/\* \(params\|act_floats\) \*\/$/\1/p' "$tmp/gpu_s/model.cu" 2>/dev/null | tr '\n' ' ')
-if test $rc -eq 0 && test -n "$mem" && echo "$mem $parts $layout" | awk '{
-        sum = $2 + $3 + $4 + $5 + $6
-        w = 17 * $7 / 1048576; a = 4 * $8 / 1048576
-        d1 = sum - $1; d2 = $2 - w; d3 = $3 - a
-        exit !(NF == 8 && d1 * d1 <= 9 && d2 * d2 <= 0.25 && d3 * d3 <= 0.25) }'; then
-    pass "summary of gpu_s.moe: GPU memory $mem MiB, its parts and arenas agree ($parts; $layout)"
-else
-    fail "summary of gpu_s.moe: GPU memory" "exit status $rc; total '$mem', parts '$parts', layout '$layout' in:"
-    grep -A1 '^gpu memory' "$tmp/out"
-    head -n 5 "$tmp/err"
-fi
+cp "$top_srcdir/bench/gpu_s.moe" "$tmp/gpu_s.moe"
+{ cat "$top_srcdir/bench/gpu_s.moe"; echo "parallel(data = 2, expert = 2)"; } > "$tmp/gpu_s_ep2.moe"
+for name in gpu_s gpu_s_ep2; do
+    "$MOECC" --summary "$tmp/$name.moe" >"$tmp/out" 2>"$tmp/err" &&
+        "$MOECC" --target cuda "$tmp/$name.moe" -o "$tmp/$name" >/dev/null 2>&1
+    rc=$?
+    mem=$(sed -n 's/^gpu memory: \([0-9,]*\) MiB.*/\1/p' "$tmp/out" | tr -d ,)
+    parts=$(grep -A1 '^gpu memory:' "$tmp/out" | tail -n 1 | tr -d , | sed 's/bf16//' | grep -oE '[0-9]+' | tr '\n' ' ')
+    layout=$(sed -n 's/^ *\([0-9]*\)L, \/\* \(params\|act_floats\) \*\/$/\1/p' "$tmp/$name/model.cu" 2>/dev/null |
+        tr '\n' ' ')
+    if test $rc -eq 0 && test -n "$mem" && echo "$mem $parts $layout" | awk '{
+            sum = $2 + $3 + $4 + $5 + $6
+            w = 17 * $7 / 1048576; a = 4 * $8 / 1048576
+            d1 = sum - $1; d2 = $2 - w; d3 = $3 - a
+            exit !(NF == 8 && d1 * d1 <= 9 && d2 * d2 <= 0.25 && d3 * d3 <= 0.25) }'; then
+        pass "summary of $name.moe: GPU memory $mem MiB, its parts and arenas agree ($parts; $layout)"
+    else
+        fail "summary of $name.moe: GPU memory" "exit status $rc; total '$mem', parts '$parts', layout '$layout' in:"
+        grep -A1 '^gpu memory' "$tmp/out"
+        head -n 5 "$tmp/err"
+    fi
+done
 # no GPU line where the CUDA trainer is not made
 for args in "--target cpu examples/damex.moe" "examples/gcvit_moe.moe"; do
     # shellcheck disable=SC2086 # two words on purpose
