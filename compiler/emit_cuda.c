@@ -170,19 +170,25 @@ static void need_red(cuda_plan *p, int64_t floats)
         p->red = floats;
 }
 
-/* A launch constant of kernels.cuh that sizes the scratch, read from the
- * template itself (its `#define NAME value' lines) so that it has one home;
+/* A constant of a CUDA template that sizes the arenas (kernels.cuh's
+ * launch constants, backend.cu's cuBLAS workspace), read from the template
+ * itself (its `#define NAME value' lines) so that it has one home;
  * emit_model_cu reads each once into the plan. */
-static int kernel_const(const char *name)
+static int template_const(const char *tmpl, const char *name)
 {
-    const char *text = mc_template_get("cuda/kernels.cuh");
+    const char *text = mc_template_get(tmpl);
     const size_t n = strlen(name);
     for (const char *q = text ? strstr(text, "#define ") : NULL; q; q = strstr(q + 1, "#define ")) {
         if (strncmp(q + 8, name, n) == 0 && q[8 + n] == ' ')
             return atoi(q + 8 + n);
     }
-    fprintf(stderr, "moecc: internal error: kernels.cuh does not define %s\n", name);
+    fprintf(stderr, "moecc: internal error: %s does not define %s\n", tmpl, name);
     abort();
+}
+
+static int kernel_const(const char *name)
+{
+    return template_const("cuda/kernels.cuh", name);
 }
 
 
@@ -762,28 +768,31 @@ void gen_init_cuda(gen *g, const mc_model *m, mc_model *local)
     gen_init(g, local, m->parallel.expert);
 }
 
-/* What backend.cu's model_init allocates with the layout below: mem's
- * fields, in the order it allocates them */
-static void plan_memory(mc_gpu_memory *mem, const gen *g, const cuda_plan *p, int64_t grad_floats, int64_t int_slots,
-                        int64_t cast_elems)
+/* The sizes of DEV_LAYOUT's arenas (elements), as model.cu writes them */
+typedef struct dev_sizes {
+    int64_t params, act, grad, ints, dacc, stats, red, cast, xchg;
+} dev_sizes;
+
+/* What backend.cu's model_init allocates with the arenas z for the local
+ * model m (this GPU's batch): mem's fields, in the order it allocates them */
+static void plan_memory(mc_gpu_memory *mem, const mc_model *m, const dev_sizes *z)
 {
-    const mc_model *m = g->m; /* the local model: this GPU's batch */
     const bool bf16 = m->train.precision == PREC_BF16, ep = m->parallel.expert > 1;
     const int64_t batch = m->train.batch, image = (int64_t)m->input_c * m->input_h * m->input_w;
     memset(mem, 0, sizeof *mem);
     mem->local_batch = m->train.batch;
     /* param, grad, opt_m, opt_v and the weight-decay mask (a byte each) */
-    mem->weights = 4 * (int64_t)sizeof(float) * g->params + g->params;
-    mem->activations = (int64_t)sizeof(float) * g->act_floats;
+    mem->weights = 4 * (int64_t)sizeof(float) * z->params + z->params;
+    mem->activations = (int64_t)sizeof(float) * z->act;
     /* sharded experts: the gradient arena also holds the whole layout */
-    mem->gradients = (int64_t)sizeof(float) * (ep && grad_floats < m->params ? m->params : grad_floats);
+    mem->gradients = (int64_t)sizeof(float) * (ep && z->grad < m->params ? m->params : z->grad);
     if (bf16)
-        mem->bf16 = 2 * cast_elems + (ep ? 2 * 2 * (p->xchg ? p->xchg : 1) : 0);
-    /* cuBLAS's workspace (BLAS_WORKSPACE_BYTES), the reductions' partials,
-     * routing ints, double sums, statistics (twice with data parallelism),
-     * two input slots of images, datasets and labels */
-    mem->other = ((int64_t)32 << 20) + (int64_t)sizeof(float) * p->red + (int64_t)sizeof(int32_t) * int_slots +
-                 8 * p->dacc + 8 * (p->stats ? p->stats : 1) * (m->parallel.data > 1 ? 2 : 1) +
+        mem->bf16 = 2 * z->cast + (ep ? 2 * 2 * z->xchg : 0);
+    /* cuBLAS's workspace, the reductions' partials, routing ints, double
+     * sums, statistics (twice with data parallelism), two input slots of
+     * images, datasets and labels */
+    mem->other = (int64_t)template_const("cuda/backend.cu", "BLAS_WORKSPACE_BYTES") + (int64_t)sizeof(float) * z->red + (int64_t)sizeof(int32_t) * z->ints +
+                 8 * z->dacc + 8 * z->stats * (m->parallel.data > 1 ? 2 : 1) +
                  2 * (batch * image * (int64_t)sizeof(float) + 2 * batch * (int64_t)sizeof(int32_t));
     mem->total = mem->weights + mem->activations + mem->gradients + mem->bf16 + mem->other;
 }
@@ -848,24 +857,25 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
             sb_printf(c, "%s%s%lldL", nt ? "," : "", nt % 8 == 0 ? "\n    " : " ", (long long)toff(g, i, t));
     sb_printf(c, "\n};\n");
 
-    /* the layout backend.cu allocates */
-    sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n    %lldL, /* params */\n", (long long)g->params);
-    sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* grad_floats */\n    %lldL, /* int_slots */\n",
-              (long long)g->act_floats, (long long)(p.grad + p.scr_max), (long long)(g->int_slots ? g->int_slots : 16));
-    sb_printf(c, "    %lldL, /* dacc: doubles */\n    %lldL, /* stats: u64 */\n", (long long)p.dacc,
-              (long long)(p.stats ? p.stats : 1));
-    /* Both operands of a product lie each in one buffer: an activation, a
-     * gradient (as large as its value) or a parameter tensor (whole, in
-     * evaluation under expert parallelism); the second starts 8-aligned. */
+    /* the layout backend.cu allocates. Both operands of a product lie each
+     * in one buffer: an activation, a gradient (as large as its value) or a
+     * parameter tensor (whole, in evaluation under expert parallelism); the
+     * second starts 8-aligned. */
     int64_t largest = g->max_act;
     for (int i = 0; i < m->nops; i++)
         for (int t = 0; t < m->ops[i].ntensors; t++)
             if (m->ops[i].tensors[t].numel > largest)
                 largest = m->ops[i].tensors[t].numel;
+    const dev_sizes z = { g->params, g->act_floats, p.grad + p.scr_max, g->int_slots ? g->int_slots : 16, p.dacc,
+                          p.stats ? p.stats : 1, p.red, 2 * largest + 8, p.xchg ? p.xchg : 1 };
+    sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n    %lldL, /* params */\n", (long long)z.params);
+    sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* grad_floats */\n    %lldL, /* int_slots */\n",
+              (long long)z.act, (long long)z.grad, (long long)z.ints);
+    sb_printf(c, "    %lldL, /* dacc: doubles */\n    %lldL, /* stats: u64 */\n", (long long)z.dacc, (long long)z.stats);
     sb_printf(c, "    %lldL, /* red_floats */\n    %lldL, /* cast_elems */\n    %lldL, /* xchg_elems */\n",
-              (long long)p.red, (long long)(2 * largest + 8), (long long)(p.xchg ? p.xchg : 1));
+              (long long)z.red, (long long)z.cast, (long long)z.xchg);
     if (mem)
-        plan_memory(mem, g, &p, p.grad + p.scr_max, g->int_slots ? g->int_slots : 16, 2 * largest + 8);
+        plan_memory(mem, m, &z);
     sb_printf(c, "    %lld, /* eval_batch */\n", (long long)p.eval_batch);
     sb_printf(c, "    V%d, /* logits */\n    V%d_G, /* their gradient */\n    XENT, /* per-sample loss */\n", m->nops - 1,
               m->nops - 1);

@@ -33,6 +33,21 @@ static void print_count(FILE *out, int64_t n)
     fputs(grouped, out);
 }
 
+static const char *precision_name(mc_precision p)
+{
+    return p == PREC_FP32 ? "fp32" : p == PREC_TF32 ? "tf32" : "bf16";
+}
+
+/* " random_crop(padding N)" and " flip" where they are on; whether any was */
+static bool print_crop_flip(FILE *out, int crop_padding, bool flip)
+{
+    if (crop_padding)
+        fprintf(out, " random_crop(padding %d)", crop_padding);
+    if (flip)
+        fputs(" flip", out);
+    return crop_padding || flip;
+}
+
 static void print_op_detail(FILE *out, const mc_model *m, const mc_op *op)
 {
     switch (op->kind) {
@@ -126,11 +141,7 @@ void mc_model_summary(const mc_model *m, void *outp)
                 ds->resize ? (ds->resize == 1 ? ", resized bilinear" : ", resized nearest") : "");
         if (ds->own_augment) {
             fputs(", its own augment:", out);
-            if (ds->crop_padding)
-                fprintf(out, " random_crop(padding %d)", ds->crop_padding);
-            if (ds->flip)
-                fputs(" flip", out);
-            if (!ds->crop_padding && !ds->flip)
+            if (!print_crop_flip(out, ds->crop_padding, ds->flip))
                 fputs(" none", out);
         }
         fputc('\n', out);
@@ -188,19 +199,11 @@ void mc_model_summary(const mc_model *m, void *outp)
     if (t->warmup)
         fprintf(out, " after %lld warmup steps", (long long)t->warmup);
     fprintf(out, "\n       precision %s, label smoothing %g, clip %g, seed %llu\n",
-            t->precision == PREC_FP32 ? "fp32" : t->precision == PREC_TF32 ? "tf32" : "bf16", t->label_smoothing,
+            precision_name(t->precision), t->label_smoothing,
             t->clip_grad,
             (unsigned long long)t->seed);
     fputs("       augment:", out);
-    bool any = false;
-    if (t->crop_padding) {
-        fprintf(out, " random_crop(padding %d)", t->crop_padding);
-        any = true;
-    }
-    if (t->flip) {
-        fputs(" flip", out);
-        any = true;
-    }
+    bool any = print_crop_flip(out, t->crop_padding, t->flip);
     if (t->cutmix_prob > 0) {
         fprintf(out, " cutmix(alpha %g, prob %g)", t->cutmix_alpha, t->cutmix_prob);
         any = true;
@@ -227,12 +230,11 @@ static void print_mib(FILE *out, int64_t bytes)
 void mc_gpu_memory_print(const mc_gpu_memory *mem, const mc_model *m, void *outp)
 {
     FILE *out = outp;
-    static const char *const precisions[] = { "fp32", "bf16", "tf32" };
     fprintf(out, "gpu memory: ");
     print_mib(out, mem->total);
     fprintf(out, " MiB per GPU for the CUDA trainer (%d samples a GPU, %s):\n       weights, gradients and "
                  "AdamW state ",
-            mem->local_batch, precisions[m->train.precision]);
+            mem->local_batch, precision_name(m->train.precision));
     print_mib(out, mem->weights);
     fputs("; activations ", out);
     print_mib(out, mem->activations);

@@ -51,7 +51,7 @@
 #include <nccl.h>
 #endif
 
-#define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+#define BLAS_WORKSPACE_BYTES 33554432 /* 32 MiB; moecc --summary reads it from here */
 #define SHARDED (PARALLEL_EXPERT > 1) /* the arena holds this GPU's experts alone */
 /* events of the exchange stream, reused in turn: an event is waited for
  * before 2 E/P + 2 more are recorded */

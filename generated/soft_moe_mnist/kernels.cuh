@@ -856,6 +856,14 @@ static inline void sincos_table(const kctx *k, float *pos, int GH, int GW, int D
  * names (the CPU reference); sums in the order the CPU adds them where
  * there is one order, so that fp32 agrees to rounding. */
 
+/* (b, y, x) of position t of row-major H x W grids laid one after another */
+__device__ static inline void grid_pos(int64_t t, int H, int W, int &b, int &y, int &x)
+{
+    x = (int)(t % W);
+    y = (int)(t / W % H);
+    b = (int)(t / ((int64_t)W * H));
+}
+
 /* the element of img[B, C, H, W] (nhwc = 0) or img[B, H*W, C] (nhwc = 1) */
 __device__ static inline int64_t conv_at(int b, int c, int y, int x, int C, int H, int W, int nhwc)
 {
@@ -869,8 +877,8 @@ static __global__ void conv_im2col_kernel(float *cols, const float *img, int B, 
     if (i >= (int64_t)B * OH * OW * CKK)
         return;
     const int j = (int)(i % CKK);
-    const int64_t r = i / CKK;
-    const int ox = (int)(r % OW), oy = (int)(r / OW % OH), b = (int)(r / ((int64_t)OW * OH));
+    int b, oy, ox;
+    grid_pos(i / CKK, OH, OW, b, oy, ox);
     const int c = j / (K * K), ky = j / K % K, kx = j % K;
     const int y = oy * S + ky - pad, x = ox * S + kx - pad;
     cols[i] = y >= 0 && y < H && x >= 0 && x < W ? img[conv_at(b, c, y, x, C, H, W, nhwc)] : 0.0f;
@@ -898,8 +906,7 @@ static __global__ void conv_col2im_kernel(float *dimg, const float *dcols, int B
     int b, c, y, x;
     if (nhwc) {
         c = (int)(i % C);
-        const int64_t p = i / C;
-        x = (int)(p % W), y = (int)(p / W % H), b = (int)(p / ((int64_t)W * H));
+        grid_pos(i / C, H, W, b, y, x);
     } else {
         x = (int)(i % W), y = (int)(i / W % H), c = (int)(i / ((int64_t)W * H) % C), b = (int)(i / ((int64_t)W * H * C));
     }
@@ -973,8 +980,8 @@ static __global__ void window_permute_kernel(float *dst, const float *src, int B
     if (i >= (int64_t)B * GH * GW * C)
         return;
     const int c = (int)(i % C);
-    const int64_t g = i / C;
-    const int x = (int)(g % GW), y = (int)(g / GW % GH), b = (int)(g / ((int64_t)GW * GH));
+    int b, y, x;
+    grid_pos(i / C, GH, GW, b, y, x);
     const int64_t w = window_row(b, y, x, GH, GW, WS) * C + c;
     const int64_t s = to_windows ? i : w, d = to_windows ? w : i;
     dst[d] = acc ? dst[d] + src[s] : src[s];
@@ -1019,8 +1026,8 @@ static __global__ void grid_pool_bwd_kernel(float *dinp, const float *dout, int 
     if (i >= (int64_t)B * GH * GW * D)
         return;
     const int d = (int)(i % D);
-    const int64_t g = i / D;
-    const int x = (int)(g % GW), y = (int)(g / GW % GH), b = (int)(g / ((int64_t)GW * GH));
+    int b, y, x;
+    grid_pos(i / D, GH, GW, b, y, x);
     const int CH = GH / WS, CW = GW / WS;
     const float v = dout[((int64_t)b * WS * WS + (int64_t)(y / CH) * WS + x / CW) * D + d] * (1.0f / (float)(CH * CW));
     dinp[i] = acc ? dinp[i] + v : v;
@@ -1080,8 +1087,8 @@ static __global__ void global_kv_bwd_kernel(float *dkv, const float *dqkv, int B
     if (i >= (int64_t)B * GH * GW * 2 * D)
         return;
     const int j = (int)(i % (2 * D));
-    const int64_t g = i / (2 * D);
-    const int x = (int)(g % GW), y = (int)(g / GW % GH), b = (int)(g / ((int64_t)GW * GH));
+    int b, y, x;
+    grid_pos(i / (2 * D), GH, GW, b, y, x);
     dkv[i] = dqkv[window_row(b, y, x, GH, GW, WS) * 3 * D + D + j];
 }
 
@@ -1105,8 +1112,8 @@ __device__ static inline int64_t merge2x2_src(int64_t i, int GH, int GW, int D)
 {
     const int OH = GH / 2, OW = GW / 2;
     const int c = (int)(i % D), q = (int)(i / D % 4);
-    const int64_t o = i / (4 * D);
-    const int x = (int)(o % OW), y = (int)(o / OW % OH), b = (int)(o / ((int64_t)OW * OH));
+    int b, y, x;
+    grid_pos(i / (4 * D), OH, OW, b, y, x);
     return ((int64_t)b * GH * GW + (int64_t)(2 * y + q % 2) * GW + 2 * x + q / 2) * D + c;
 }
 
