@@ -61,27 +61,19 @@ int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
         const mc_op *op = &m->ops[i];
         const int T = tokens_of(&op->in);
         switch (op->kind) {
-        case OP_CONV_STEM:
         case OP_WINDOW_ATTENTION:
-        case OP_DOWNSAMPLE: {
-            /* written, not yet run on a GPU: generated for tests alone */
-            const char *gate = getenv("MOECC_CUDA_HIER");
-            if (!gate || strcmp(gate, "1") != 0) {
-                mc_report(d, MC_ERROR, op->loc, "the CUDA backend does not generate %s yet", mc_op_name(op->kind));
-                mc_hint(d, "--target cpu generates it (hierarchical models train on the CPU for now; the CUDA "
-                           "kernels, not yet run on a GPU, are generated with MOECC_CUDA_HIER=1 set, to test them)");
-                errors++;
-            } else if (op->kind == OP_WINDOW_ATTENTION) {
-                const int WS = op->u.wattn.window;
-                errors += check_attention(d, op, WS * WS, op->in.dim / op->u.wattn.heads);
-            } else if (op->kind == OP_DOWNSAMPLE && 4 * op->in.dim > CUDA_MAX_LN_WIDTH) {
+            errors += check_attention(d, op, op->u.wattn.window * op->u.wattn.window,
+                                      op->in.dim / op->u.wattn.heads);
+            break;
+        case OP_DOWNSAMPLE:
+            /* the merged tokens' layer norm */
+            if (4 * op->in.dim > CUDA_MAX_LN_WIDTH) {
                 mc_report(d, MC_ERROR, op->loc,
                           "the CUDA backend's layer norm takes widths up to %d, not the %d of the merged tokens",
                           CUDA_MAX_LN_WIDTH, 4 * op->in.dim);
                 errors++;
             }
             break;
-        }
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
             if (x->router == ROUTER_EXPERT_CHOICE) {

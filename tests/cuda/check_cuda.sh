@@ -12,7 +12,8 @@
 #     gradient, whose tensor is small);
 #     NaN or Inf never passes;
 #   - a short fp32 run's logged training losses (within 1e-2);
-# and compute-sanitizer's memcheck over a few CUDA training steps.
+# and compute-sanitizer's memcheck over a few CUDA training steps of damex
+# and hier.
 # and, first, every kernel of kernels.cuh alone against its ops.h
 # reference (tests/cuda/test_kernels.cu, kernel_ref.c).
 . "${top_srcdir:-.}/tests/e2e/common.sh"
@@ -50,9 +51,7 @@ CMP="$PY $top_srcdir/tests/cuda/compare.py"
 STEPS=${CHECK_CUDA_STEPS:-40}
 
 # hier: the convolution stem, window attention (local and global) and
-# the 2x2 merge, generated for the GPU only with MOECC_CUDA_HIER=1 until
-# they have passed here
-export MOECC_CUDA_HIER=1
+# the 2x2 merge
 for spec in damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe \
     routers_gpu:tests/cuda/routers_gpu.moe hier:tests/e2e/hier.moe; do
     model=${spec%%:*}
@@ -103,14 +102,19 @@ done
 SAN=$(command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 if [ -z "$SAN" ]; then
     echo "# SKIP memcheck: compute-sanitizer not found"
-elif [ -x "$WORK/damex/train" ]; then
-    if (cd "$WORK/damex" && "$SAN" --tool memcheck --error-exitcode 3 ./train --synthetic --steps 3 --batch 32 \
-        --metrics san.jsonl --checkpoint san.safetensors -q > san.log 2>&1) &&
-        grep -q "ERROR SUMMARY: 0 errors" "$WORK/damex/san.log"; then
-        ok "damex: compute-sanitizer memcheck of 3 training steps is clean"
-    else
-        tail -n 60 "$WORK/damex/san.log"
-        not_ok "damex: compute-sanitizer memcheck of 3 training steps is clean"
-    fi
+else
+    # damex: routing, capacity and the fused expert kernels; hier: the
+    # convolution stem, window attention and the 2x2 merge
+    for model in damex hier; do
+        [ -x "$WORK/$model/train" ] || continue
+        if (cd "$WORK/$model" && "$SAN" --tool memcheck --error-exitcode 3 ./train --synthetic --steps 3 --batch 32 \
+            --metrics san.jsonl --checkpoint san.safetensors -q > san.log 2>&1) &&
+            grep -q "ERROR SUMMARY: 0 errors" "$WORK/$model/san.log"; then
+            ok "$model: compute-sanitizer memcheck of 3 training steps is clean"
+        else
+            tail -n 60 "$WORK/$model/san.log"
+            not_ok "$model: compute-sanitizer memcheck of 3 training steps is clean"
+        fi
+    done
 fi
 finish

@@ -1,6 +1,7 @@
 #!/bin/sh
 # cuda_build.sh: the CUDA trainer of every example that has one, and of the
-# GPU benchmark configs, and of tests/cuda/dp.moe data parallel and expert
+# GPU benchmark configs, of tests/e2e/hier.moe (the hierarchical layers),
+# and of tests/cuda/dp.moe data parallel and expert
 # parallel and of config S on 8 GPUs with one expert each and with 4 groups
 # of 2 (NCCL; skipped where nccl.h is not found), compiles and links
 # with nvcc, every warning an error (nvcc's own and the host compiler's
@@ -31,7 +32,8 @@ else
     echo "# SKIP the multi-GPU trainers: nccl.h not found (NCCL_HOME=DIR)"
 fi
 
-for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe $parallel; do
+for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe \
+    "$top_srcdir"/tests/e2e/hier.moe $parallel; do
     rel=${f#"$top_srcdir"/}
     name=$(basename "$f" .moe)
     compile_or_refused "$name" "$rel" --target cuda || continue
@@ -56,20 +58,6 @@ for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir
         not_ok "$name: the CUDA trainer compiles and links without a warning"
     fi
 done
-
-# the hierarchical layers' CUDA code (conv_stem, window_attention,
-# downsample: written, not yet run on a GPU, so generated only with
-# MOECC_CUDA_HIER=1) compiles and links without a warning
-if (cd "$top_srcdir" && MOECC_CUDA_HIER=1 "$MOECC" --target cuda tests/e2e/hier.moe -o "$WORK/hier_cuda") \
-        > "$WORK/hier_cuda.log" 2>&1 &&
-    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$WORK/hier_cuda" MOERT="$top_builddir" \
-        MOERT_SRC="$top_srcdir" BACKEND=cuda NVCC_WARN="$STRICT" CFLAGS="-O1 -Werror" >> "$WORK/hier_cuda.log" 2>&1 &&
-    [ -x "$WORK/hier_cuda/train" ]; then
-    ok "hier (MOECC_CUDA_HIER=1): the CUDA trainer of the hierarchical layers compiles and links without a warning"
-else
-    cat "$WORK/hier_cuda.log"
-    not_ok "hier (MOECC_CUDA_HIER=1): the CUDA trainer of the hierarchical layers compiles and links without a warning"
-fi
 
 # nvcc on PATH may be a wrapper script elsewhere than its toolkit (Debian's
 # CI has /usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc): the

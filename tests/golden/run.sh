@@ -199,20 +199,19 @@ for args in "--target cpu examples/damex.moe" "examples/gcvit_moe.moe"; do
     fi
 done
 
-# The hierarchical layers' CUDA code is generated only with
-# MOECC_CUDA_HIER=1 (its kernels have not yet run on a GPU); then a window
-# too large for the attention kernels is refused at its place.
-if (cd "$top_srcdir" && MOECC_CUDA_HIER=1 "$MOECC" --check --target cuda tests/e2e/hier.moe) >"$tmp/out" 2>"$tmp/err"; then
-    pass "MOECC_CUDA_HIER=1: --target cuda takes hier.moe"
+# The CUDA backend generates the hierarchical layers, and refuses at its
+# place a window too large for the attention kernels.
+if (cd "$top_srcdir" && "$MOECC" --check --target cuda tests/e2e/hier.moe) >"$tmp/out" 2>"$tmp/err"; then
+    pass "--target cuda takes hier.moe"
 else
-    fail "MOECC_CUDA_HIER=1: --target cuda takes hier.moe" "in:"
+    fail "--target cuda takes hier.moe" "in:"
     head -n 5 "$tmp/err"
 fi
-(cd "$top_srcdir" && MOECC_CUDA_HIER=1 "$MOECC" --check --target cuda examples/gcvit_moe.moe) >"$tmp/out" 2>"$tmp/err"
+(cd "$top_srcdir" && "$MOECC" --check --target cuda examples/gcvit_moe.moe) >"$tmp/out" 2>"$tmp/err"
 if test $? -ne 0 && grep -q '^examples/gcvit_moe.moe:70:32: error: .*196 tokens of head width 32' "$tmp/err"; then
-    pass "MOECC_CUDA_HIER=1: a window of 196 tokens is refused at its place"
+    pass "--target cuda: a window of 196 tokens is refused at its place"
 else
-    fail "MOECC_CUDA_HIER=1: a window of 196 tokens is refused at its place" "in:"
+    fail "--target cuda: a window of 196 tokens is refused at its place" "in:"
     head -n 5 "$tmp/err"
 fi
 
