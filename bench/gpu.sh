@@ -18,7 +18,9 @@
 # leaves PyTorch out, BENCH_DP=0 the multi-GPU runs, BENCH_GPUS="2 4 8"
 # says which GPU counts, BENCH_CONFIGS="gpu_p gpu_s" which configs;
 # BENCH_QUICK=1 runs only what the multi-GPU figures need (the 1-GPU
-# trainer in bf16, no fp32, no loader, no PyTorch). BENCH_PROFILE=1 adds,
+# trainer in bf16, no fp32, no loader, no PyTorch). BENCH_EP_ENV="A=1 B=2;C=3"
+# runs the expert-parallel weak-scaling trainer again under each set of
+# settings (default: MOECC_EP_OVERLAP=0). BENCH_PROFILE=1 adds,
 # for each config, Nsight Compute's time of every kernel in two bf16 steps,
 # summed per kernel and step by bench/ncu_sum.py (lines "[CFG ncu] ...").
 set -u
@@ -217,16 +219,28 @@ for cfg in $configs; do
             echo "[$n GPUs, $par, ${scaling#expert-} scaling, global batch $global] $line; $eff% of $n x the 1-GPU $one images/s$extra" |
                 tee -a "$out"
             if [ $scaling = expert-weak ]; then
-                # the same trainer with the exchange in one piece per layer,
-                # on the compute stream: what the overlap gives
-                export MOECC_EP_OVERLAP=0
-                ranks "$work/$name" "$n" --bench --steps $((STEPS + 2)) || exit 1
-                unset MOECC_EP_OVERLAP
-                line=$(grep '^moecc' "$work/$name/rank0.log") || exit 1
-                sips=$(echo "$line" | sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p')
-                echo "[$n GPUs, $par, weak scaling, MOECC_EP_OVERLAP=0] $line; $(awk -v a="$sips" -v b="$one" -v n="$n" \
-                    -v o="$ips" -v g="$global" 'BEGIN { printf "%.1f%% of %d x the 1-GPU images/s; overlapping the exchange saves %.2f ms per step", 100 * a / (n * b), n, 1000 * g / a - 1000 * g / o }')" |
-                    tee -a "$out"
+                # the same trainer under other settings of the exchange
+                # (BENCH_EP_ENV: sets of VAR=VALUE separated by ";"; by
+                # default MOECC_EP_OVERLAP=0, the exchange in one piece per
+                # layer on the compute stream: what the overlap gives)
+                old_ifs=$IFS
+                IFS=';'
+                set -f
+                for setting in ${BENCH_EP_ENV-MOECC_EP_OVERLAP=0}; do
+                    IFS=$old_ifs
+                    # shellcheck disable=SC2086
+                    [ -n "$(echo $setting)" ] || continue
+                    for kv in $setting; do export "${kv?}"; done
+                    ranks "$work/$name" "$n" --bench --steps $((STEPS + 2)) || exit 1
+                    for kv in $setting; do unset "${kv%%=*}"; done
+                    line=$(grep '^moecc' "$work/$name/rank0.log") || exit 1
+                    sips=$(echo "$line" | sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p')
+                    echo "[$n GPUs, $par, weak scaling, $(echo $setting)] $line; $(awk -v a="$sips" -v b="$one" -v n="$n" \
+                        -v o="$ips" -v g="$global" 'BEGIN { printf "%.1f%% of %d x the 1-GPU images/s; %.2f ms per step against %.2f without it", 100 * a / (n * b), n, 1000 * g / a, 1000 * g / o }')" |
+                        tee -a "$out"
+                done
+                set +f
+                IFS=$old_ifs
             fi
         done
         for kind in check expert-check; do

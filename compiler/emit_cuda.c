@@ -735,7 +735,14 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                       (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), D, C,
                       acc);
         } else {
-            /* one head per dataset: each sample goes through its dataset's head */
+            /* one head per dataset: each sample goes through its dataset's
+             * head; the weight gradient's partial sums by chunks of samples
+             * (kernels.cuh, head_chunks) */
+            const int64_t n = (int64_t)m->ndatasets * C * (D + 1);
+            int64_t chunks = (kernel_const("HEAD_THREADS") + n - 1) / n;
+            if (chunks > kernel_const("HEAD_MAX_CHUNKS"))
+                chunks = kernel_const("HEAD_MAX_CHUNKS");
+            need_red(p, (chunks < 1 ? 1 : chunks) * n);
             sb_printf(f, "    head_forward(k, %s, %s, d->param, d->head_off, d->classes, dataset, B, %d, %d, N_DATASETS);\n", out,
                       in, D, C);
             sb_printf(&b,
@@ -778,8 +785,9 @@ static void plan_memory(mc_gpu_memory *mem, const mc_model *m, const dev_sizes *
     mem->activations = (int64_t)sizeof(float) * z->act;
     /* sharded experts: the gradient arena also holds the whole layout */
     mem->gradients = (int64_t)sizeof(float) * (ep && z->grad < m->params ? m->params : z->grad);
+    /* the products' operand scratch, the weights' copy, the exchange's staging */
     if (bf16)
-        mem->bf16 = 2 * z->cast + (ep ? 2 * 2 * z->xchg : 0);
+        mem->bf16 = 2 * z->cast + 2 * z->params + (ep ? 2 * 2 * z->xchg : 0);
     /* cuBLAS's workspace, the reductions' partials, routing ints, double
      * sums, statistics (twice with data parallelism), two input slots of
      * images, datasets and labels */

@@ -78,6 +78,8 @@ typedef struct cuda_state {
     dev_model d;
     void *blas_workspace;
     uint8_t *decay;          /* [DEV_LAYOUT.params] 1 where weight decay applies */
+    __nv_bfloat16 *param16;  /* bf16 precision: the weights rounded (kctx.w16), written
+                              * by the optimizer and model_to_device; else NULL */
     float *logits_host;      /* pinned, evaluation */
     double dacc_host[3];
     unsigned long long *stats_host;
@@ -440,6 +442,13 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     dev_model *d = &s->d;
     const size_t params = (size_t)DEV_LAYOUT.params;
     d->param = (float *)dev_alloc(sizeof(float) * params);
+    if (precision == PRECISION_BF16) {
+        /* the products read the weights' bf16 copy instead of rounding them */
+        s->param16 = (__nv_bfloat16 *)dev_alloc(sizeof(__nv_bfloat16) * params);
+        k->w32 = d->param;
+        k->w16 = s->param16;
+        k->w_elems = (int64_t)params;
+    }
     d->grad = (float *)dev_alloc(sizeof(float) * params);
     d->opt_m = (float *)dev_alloc(sizeof(float) * params);
     d->opt_v = (float *)dev_alloc(sizeof(float) * params);
@@ -574,7 +583,7 @@ void model_close(model *m)
     dev_model *d = &s->d;
     void *dev[] = { d->param, d->grad,    d->opt_m,    d->opt_v,   d->act,     d->dact,   d->iact,
                     d->dacc,  d->stats,   d->maps,     d->head_off, d->classes, d->sort_tmp, s->decay,
-                    s->k.red, s->blas_workspace, s->k.cast };
+                    s->k.red, s->blas_workspace, s->k.cast, s->param16 };
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         CUDA_CHECK(cudaFree(dev[i]));
     float *host[] = { m->param, m->grad, m->opt_m, m->opt_v, s->logits_host };
@@ -706,6 +715,11 @@ void model_to_device(model *m)
     CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
 #endif
 #endif
+    /* the weights' bf16 copy, which the optimizer keeps up to date from here */
+    if (s->param16) {
+        to_bf16(&s->k, s->param16, s->d.param, DEV_LAYOUT.params);
+        CUDA_CHECK(cudaStreamSynchronize(s->k.stream));
+    }
 }
 
 /* and back, with the last step's gradients (every rank calls it: with
@@ -823,12 +837,12 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
     if (!update)
         return;
     if (OPT_ADAMW) {
-        adamw(k, d->param, d->grad, d->opt_m, d->opt_v, s->decay, params, d->sc, d->dacc + 2, (float)CLIP_GRAD,
-              (float)ADAM_BETA1, (float)ADAM_BETA2, (float)ADAM_EPS, (float)WEIGHT_DECAY);
+        adamw(k, d->param, s->param16, d->grad, d->opt_m, d->opt_v, s->decay, params, d->sc, d->dacc + 2,
+              (float)CLIP_GRAD, (float)ADAM_BETA1, (float)ADAM_BETA2, (float)ADAM_EPS, (float)WEIGHT_DECAY);
     } else {
-        sgd_kernel<<<blocks_for(params, 256), 256, 0, k->stream>>>(d->param, d->grad, d->opt_m, s->decay, params, d->sc,
-                                                                   d->dacc + 2, (float)CLIP_GRAD, (float)SGD_MOMENTUM,
-                                                                   SGD_NESTEROV, (float)WEIGHT_DECAY);
+        sgd_kernel<<<blocks_for(params, 256), 256, 0, k->stream>>>(
+            d->param, s->param16, d->grad, d->opt_m, s->decay, params, d->sc, d->dacc + 2, (float)CLIP_GRAD,
+            (float)SGD_MOMENTUM, SGD_NESTEROV, (float)WEIGHT_DECAY);
         LAUNCH_CHECK();
     }
 }

@@ -88,6 +88,13 @@ typedef struct kctx {
      * accumulation; NULL: the products take the fp32 operands (compute) */
     __nv_bfloat16 *cast;
     int64_t cast_elems;
+    /* bf16 precision: the weights' bf16 copy, w16[i] = w32[i] rounded, for
+     * i < w_elems (the optimizer writes it with the weights): a product's
+     * operand inside w32 is read from it instead of rounded again. NULL:
+     * none. */
+    const float *w32;
+    const __nv_bfloat16 *w16;
+    int64_t w_elems;
     float *red;                  /* scratch for partial sums (reduce_*), RED_FLOATS */
     int64_t red_floats;
     /* data parallelism: sums v[0..n) over the processes in place, in order on
@@ -251,8 +258,9 @@ static inline mm_in mm_pick(const __nv_bfloat16 *h, const float *f)
  * out[M,N] = op(a) op(b) is computed as out^T = op(b)^T op(a)^T, with
  * `count` products strided by sa, sb, so elements. With k->cast (bf16
  * precision) the fp32 operands are rounded to bf16 into it first (the
- * first at 0, the second after it, 8-aligned), and multiplied in bf16 with
- * fp32 accumulation into the fp32 out. */
+ * first at 0, the second after it, 8-aligned), or, for weights, taken from
+ * their bf16 copy (k->w16), and multiplied in bf16 with fp32 accumulation
+ * into the fp32 out. */
 static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_t tb, float *out, mm_in a, int lda,
                            mm_in b, int ldb, int M, int N, int K, float beta, int count, int64_t sa, int64_t sb,
                            int64_t so)
@@ -262,6 +270,10 @@ static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_
         const __nv_bfloat16 *a16 = a.h, *b16 = b.h;
         int64_t used = 0;
         const auto cast = [&](const __nv_bfloat16 *&dst, const float *src, int64_t n) {
+            if (k->w16 && src >= k->w32 && src + n <= k->w32 + k->w_elems) {
+                dst = k->w16 + (src - k->w32); /* weights: their copy, already rounded */
+                return;
+            }
             if (used + n > k->cast_elems) {
                 fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
                         (long long)k->cast_elems, (long long)(used + n));
@@ -527,8 +539,19 @@ static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__r
     const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
         return;
-    const int64_t row = i / N;
-    const float *b = bias + row / M * N + (i - row * N);
+    /* the bias's group and column: 32-bit divisions where the sizes allow
+     * (a 64-bit one is a long software routine, and this pass is short) */
+    int64_t g, col;
+    if (n <= (int64_t)UINT32_MAX) {
+        const uint32_t u = (uint32_t)i, row = u / (uint32_t)N;
+        g = row / (uint32_t)M;
+        col = u - row * (uint32_t)N;
+    } else {
+        const int64_t row = i / N;
+        g = row / M;
+        col = i - row * N;
+    }
+    const float *b = bias + g * N + col;
     float x[V];
     vload<V>(x, h + i);
 #pragma unroll
@@ -637,20 +660,38 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
         float b[V];
         vload<V>(b, bias + (int64_t)g * N + n);
         const int64_t at = (int64_t)g * M * N + n;
-        for (int m = lo + (int)threadIdx.x / 32; m < hi; m += COLSUM_LANES) {
-            const int64_t i = at + (int64_t)m * N;
-            float d[V], x[V];
-            vload<V>(d, da + i);
-            vload<V>(x, h + i);
+        /* ROWS of this lane's rows at a time, all loaded before any is
+         * stored: dh may be da, so the compiler cannot move the next
+         * row's loads above this one's store, and one row's loads at a
+         * time left the pass waiting on memory; the rows are still added
+         * in order */
+        constexpr int ROWS = 4;
+        for (int m0 = lo + (int)threadIdx.x / 32; m0 < hi; m0 += ROWS * COLSUM_LANES) {
+            float d[ROWS][V], x[ROWS][V];
 #pragma unroll
-            for (int j = 0; j < V; j++) {
-                d[j] *= act_grad<ACT>(x[j] + b[j]);
-                acc[j] += d[j];
+            for (int r = 0; r < ROWS; r++) {
+                const int m = m0 + r * COLSUM_LANES;
+                if (m < hi) {
+                    vload<V>(d[r], da + at + (int64_t)m * N);
+                    vload<V>(x[r], h + at + (int64_t)m * N);
+                }
             }
-            if (dh16)
-                vstore<V>(dh16 + i, d);
-            else
-                vstore<V>(dh + i, d);
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                const int m = m0 + r * COLSUM_LANES;
+                if (m >= hi)
+                    break;
+                const int64_t i = at + (int64_t)m * N;
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    d[r][j] *= act_grad<ACT>(x[r][j] + b[j]);
+                    acc[j] += d[r][j];
+                }
+                if (dh16)
+                    vstore<V>(dh16 + i, d[r]);
+                else
+                    vstore<V>(dh + i, d[r]);
+            }
         }
     }
     lanes_sum<COLSUM_LANES, V>(acc);
@@ -1904,23 +1945,56 @@ static __global__ void head_bwd_input_kernel(float *dinp, const float *dout, con
     dinp[i] = acc ? dinp[i] + s : s;
 }
 
-/* dw_d[c, j] += sum over the samples b of dataset d of dout[b, c] inp[b, j];
- * db_d[c] likewise. One thread per (d, c, j), the samples in order. */
-static __global__ void head_bwd_weight_kernel(float *grad, const float *dout, const float *inp, const int64_t *w_off,
-                                              const int64_t *b_off, const int *classes, const int32_t *dataset, int B,
-                                              int D, int CMAX, int ND)
+/* The per-dataset heads' weight gradient is ND * CMAX * (D + 1) sums over
+ * the samples, too few for the GPU one thread each (damex_gpu: 5,790
+ * threads, 1,024 samples in a row, 0.15 ms): the samples are cut into
+ * head_chunks(n) chunks, enough for about HEAD_THREADS threads (at most
+ * HEAD_MAX_CHUNKS), each summed by a thread of its own; their partial sums
+ * (in k->red) are then added in chunk order. */
+#define HEAD_THREADS 131072
+#define HEAD_MAX_CHUNKS 32
+static inline int head_chunks(int64_t n)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)ND * CMAX * (D + 1))
+    const int64_t c = (HEAD_THREADS + n - 1) / n;
+    return c < 1 ? 1 : c > HEAD_MAX_CHUNKS ? HEAD_MAX_CHUNKS : (int)c;
+}
+
+/* part[ch][(d, c, j)] = sum over the samples b of dataset d in chunk ch of
+ * dout[b, c] inp[b, j] (inp[b, D] = 1: the bias), in order; 0 for c beyond
+ * dataset d's classes */
+static __global__ void head_bwd_weight_partial_kernel(float *part, const float *dout, const float *inp,
+                                                      const int *classes, const int32_t *dataset, int B, int D,
+                                                      int CMAX, int ND)
+{
+    const int64_t n = (int64_t)ND * CMAX * (D + 1), i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const int d = (int)(i / ((int64_t)CMAX * (D + 1)));
+    const int c = (int)(i / (D + 1) % CMAX), j = (int)(i % (D + 1));
+    const int per = (B + (int)gridDim.y - 1) / (int)gridDim.y, lo = (int)blockIdx.y * per, hi = min(B, lo + per);
+    float s = 0.0f;
+    if (c < classes[d])
+        for (int b = lo; b < hi; b++)
+            if (dataset[b] == d)
+                s += dout[(int64_t)b * CMAX + c] * (j < D ? inp[(int64_t)b * D + j] : 1.0f);
+    part[(int64_t)blockIdx.y * n + i] = s;
+}
+
+/* dw_d[c, j] += the chunks' sums in order; db_d[c] likewise */
+static __global__ void head_bwd_weight_final_kernel(float *grad, const float *part, const int64_t *w_off,
+                                                    const int64_t *b_off, const int *classes, int D, int CMAX, int ND,
+                                                    int chunks)
+{
+    const int64_t n = (int64_t)ND * CMAX * (D + 1), i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
         return;
     const int d = (int)(i / ((int64_t)CMAX * (D + 1)));
     const int c = (int)(i / (D + 1) % CMAX), j = (int)(i % (D + 1));
     if (c >= classes[d])
         return;
     float s = 0.0f;
-    for (int b = 0; b < B; b++)
-        if (dataset[b] == d)
-            s += dout[(int64_t)b * CMAX + c] * (j < D ? inp[(int64_t)b * D + j] : 1.0f);
+    for (int ch = 0; ch < chunks; ch++)
+        s += part[(int64_t)ch * n + i];
     if (j < D)
         grad[w_off[d] + (int64_t)c * D + j] += s;
     else
@@ -1944,8 +2018,18 @@ static inline void head_backward(const kctx *k, float *dinp, float *grad, const 
     head_bwd_input_kernel<<<blocks_for((int64_t)B * D, 256), 256, 0, k->stream>>>(dinp, dout, param, head_off, classes,
                                                                                  dataset, B, D, CMAX, acc);
     LAUNCH_CHECK();
-    head_bwd_weight_kernel<<<blocks_for((int64_t)ND * CMAX * (D + 1), 256), 256, 0, k->stream>>>(
-        grad, dout, inp, head_off, head_off + ND, classes, dataset, B, D, CMAX, ND);
+    const int64_t n = (int64_t)ND * CMAX * (D + 1);
+    const int chunks = head_chunks(n);
+    if (chunks * n > k->red_floats) {
+        fprintf(stderr, "train: internal error: reduction scratch too small (%lld < %lld)\n",
+                (long long)k->red_floats, (long long)(chunks * n));
+        exit(1);
+    }
+    head_bwd_weight_partial_kernel<<<dim3(blocks_for(n, 256), (unsigned)chunks), 256, 0, k->stream>>>(
+        k->red, dout, inp, classes, dataset, B, D, CMAX, ND);
+    LAUNCH_CHECK();
+    head_bwd_weight_final_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(grad, k->red, head_off, head_off + ND,
+                                                                            classes, D, CMAX, ND, chunks);
     LAUNCH_CHECK();
 }
 
@@ -2967,13 +3051,15 @@ __device__ static inline void adamw_one(float &p, float &m, float &v, float g, u
 }
 
 /* AdamW with decoupled weight decay where decay[i] (norms, biases, tokens
- * are exempt), gradients scaled by clip / |g| when |g| > clip > 0. The
+ * are exempt), gradients scaled by clip / |g| when |g| > clip > 0; with
+ * p16, the new weights rounded to bf16 there too (kctx.w16). The
  * first n4 groups of 4 parameters go by 16-byte loads and stores (the
  * arrays 16-byte aligned, decay 4-byte; n4 = 0 otherwise), the rest one by
  * one. The arrays never overlap (__restrict__): each thread's loads go out
  * together, where the load of p had waited for the stores of m and v. */
-static __global__ void adamw_kernel(float *__restrict__ p, const float *__restrict__ g, float *__restrict__ m,
-                                    float *__restrict__ v, const uint8_t *__restrict__ decay, int64_t n, int64_t n4,
+static __global__ void adamw_kernel(float *__restrict__ p, __nv_bfloat16 *__restrict__ p16, const float *__restrict__ g,
+                                    float *__restrict__ m, float *__restrict__ v, const uint8_t *__restrict__ decay,
+                                    int64_t n, int64_t n4,
                                     const step_scalars *sc, const double *gnorm, float clip, float b1, float b2,
                                     float eps, float wd)
 {
@@ -2996,24 +3082,34 @@ static __global__ void adamw_kernel(float *__restrict__ p, const float *__restri
         reinterpret_cast<float4 *>(p)[i] = P;
         reinterpret_cast<float4 *>(m)[i] = M;
         reinterpret_cast<float4 *>(v)[i] = V;
+        if (p16) {
+            __nv_bfloat162 *d16 = reinterpret_cast<__nv_bfloat162 *>(p16 + 4 * i);
+            d16[0] = __floats2bfloat162_rn(P.x, P.y);
+            d16[1] = __floats2bfloat162_rn(P.z, P.w);
+        }
     }
-    for (int64_t i = 4 * n4 + first; i < n; i += stride)
+    for (int64_t i = 4 * n4 + first; i < n; i += stride) {
         adamw_one(p[i], m[i], v[i], g[i], decay[i], c);
+        if (p16)
+            p16[i] = __float2bfloat16_rn(p[i]);
+    }
 }
 
-static inline void adamw(const kctx *k, float *p, const float *g, float *m, float *v, const uint8_t *decay, int64_t n,
-                         const step_scalars *sc, const double *gnorm, float clip, float b1, float b2, float eps,
-                         float wd)
+static inline void adamw(const kctx *k, float *p, __nv_bfloat16 *p16, const float *g, float *m, float *v,
+                         const uint8_t *decay, int64_t n, const step_scalars *sc, const double *gnorm, float clip,
+                         float b1, float b2, float eps, float wd)
 {
-    const bool al = vec4_ok(4, p, g, m) && vec4_ok(4, v) && ((uintptr_t)decay & 3) == 0;
+    const bool al = vec4_ok(4, p, g, m) && vec4_ok(4, v) && ((uintptr_t)decay & 3) == 0 && ((uintptr_t)p16 & 7) == 0;
     const int64_t n4 = al ? n / 4 : 0;
-    adamw_kernel<<<blocks_for(n4 > 0 ? n4 : n, 256), 256, 0, k->stream>>>(p, g, m, v, decay, n, n4, sc, gnorm, clip,
-                                                                          b1, b2, eps, wd);
+    adamw_kernel<<<blocks_for(n4 > 0 ? n4 : n, 256), 256, 0, k->stream>>>(p, p16, g, m, v, decay, n, n4, sc, gnorm,
+                                                                          clip, b1, b2, eps, wd);
     LAUNCH_CHECK();
 }
 
-/* SGD with momentum (PyTorch's semantics: L2 decay added to the gradient) */
-static __global__ void sgd_kernel(float *__restrict__ p, const float *__restrict__ g, float *__restrict__ buf,
+/* SGD with momentum (PyTorch's semantics: L2 decay added to the gradient);
+ * with p16, the new weights rounded to bf16 there too (kctx.w16) */
+static __global__ void sgd_kernel(float *__restrict__ p, __nv_bfloat16 *__restrict__ p16, const float *__restrict__ g,
+                                  float *__restrict__ buf,
                                   const uint8_t *__restrict__ decay, int64_t n,
                                   const step_scalars *sc, const double *gnorm, float clip, float mu, int nesterov,
                                   float wd)
@@ -3027,6 +3123,8 @@ static __global__ void sgd_kernel(float *__restrict__ p, const float *__restrict
             d = nesterov ? d + mu * buf[i] : buf[i];
         }
         p[i] -= lr * d;
+        if (p16)
+            p16[i] = __float2bfloat16_rn(p[i]);
     }
 }
 

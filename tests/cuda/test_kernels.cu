@@ -300,6 +300,36 @@ static void test_linear()
     dfree_all();
 }
 
+/* kctx.w16 (bf16 precision): an operand inside the weights' arena w32 is
+ * read from its bf16 copy, not rounded again; the copy here holds other
+ * weights than w32, so the product shows which one it took. An operand
+ * outside the arena (the input) is still rounded from fp32. */
+static void test_weight_copy()
+{
+    if (!g_k.cast)
+        return;
+    const int M = 300, K = 96, N = 160, PAD = 64;
+    note("weights' bf16 copy [bf16]");
+    Rng r(seed_of("weight_copy", 0));
+    const fvec inp = rnd(r, (size_t)M * K, -1, 1), w = rnd(r, (size_t)N * K, -0.5f, 0.5f),
+               other = rnd(r, (size_t)N * K, -0.5f, 0.5f);
+    const size_t elems = PAD + (size_t)N * K + PAD;
+    float *d_arena = dpoison<float>(elems), *d_inp = dup(inp), *d_other = dup(other);
+    CUDA_CHECK(cudaMemcpyAsync(d_arena + PAD, w.data(), sizeof(float) * w.size(), cudaMemcpyHostToDevice, g_k.stream));
+    __nv_bfloat16 *d_w16 = dalloc<__nv_bfloat16>(elems);
+    to_bf16(&g_k, d_w16 + PAD, d_other, (int64_t)other.size());
+    kctx kw = g_k;
+    kw.w32 = d_arena;
+    kw.w16 = d_w16;
+    kw.w_elems = (int64_t)elems;
+    float *d_out = dpoison<float>((size_t)M * N);
+    linear_forward(&kw, d_out, d_inp, d_arena + PAD, nullptr, M, K, N);
+    fvec out((size_t)M * N);
+    ref_linear_forward(out.data(), inp.data(), other.data(), nullptr, M, K, N);
+    check("mm_rows", "a weight operand read from kctx.w16 [bf16]", down(d_out, out.size()), out, tol_blas());
+    dfree_all();
+}
+
 /* fp32_ctx (a router with fp32_gate): plain fp32 products in every
  * precision, held to fp32's tolerance (this layer's bf16 products are 2e-3
  * off the CPU's on an H200: 200 times that) */
@@ -353,22 +383,27 @@ template <int ACT> static void test_act(const char *name, int N)
     const int M = 300;
     note(fmt("activations: %s, rows of %d", name, N));
     Rng r(seed_of("act", ACT * 1000 + N));
-    /* bias_act: h += bias, a = act(h), for one group and for three */
-    for (int G = 1; G <= 3; G += 2) {
-        const int MG = G == 1 ? M : 50;
+    /* bias_act: h += bias, a = act(h), for one group and for three; and
+     * for one of 4133 rows, 65 a chunk of the backward's column sums, so
+     * that each of its lanes takes two batches of rows, the second short */
+    const struct {
+        int G, MG;
+    } shapes[3] = { { 1, M }, { 3, 50 }, { 1, 4133 } };
+    for (const auto &shape : shapes) {
+        const int G = shape.G, MG = shape.MG;
         const size_t ng = (size_t)G * MG * N;
         const fvec h0 = rnd(r, ng, -3, 3), bias = rnd(r, (size_t)G * N, -1, 1);
         float *d_h = dup(h0), *d_bias = dup(bias), *d_a = dpoison<float>(ng);
         bias_act<ACT>(&g_k, d_a, d_h, d_bias, MG, N, G);
         fvec h = h0, a(ng);
         ref_bias_act(a.data(), h.data(), bias.data(), MG, N, G, ACT);
-        check("bias_act", fmt("%s h, G=%d, N=%d", name, G, N), down(d_h, ng), h, TOL32);
-        check("bias_act", fmt("%s a, G=%d, N=%d", name, G, N), down(d_a, ng), a, TOL32);
+        check("bias_act", fmt("%s h, G=%d, M=%d, N=%d", name, G, MG, N), down(d_h, ng), h, TOL32);
+        check("bias_act", fmt("%s a, G=%d, M=%d, N=%d", name, G, MG, N), down(d_a, ng), a, TOL32);
         /* keep_h: the same activations, h left as it was */
         float *d_hk = dup(h0), *d_ak = dpoison<float>(ng);
         bias_act<ACT>(&g_k, d_ak, d_hk, d_bias, MG, N, G, nullptr, true);
-        check("bias_act", fmt("%s keep_h a, G=%d, N=%d", name, G, N), down(d_ak, ng), a, TOL32);
-        check("bias_act", fmt("%s keep_h h, G=%d, N=%d", name, G, N), down(d_hk, ng), h0, 0.0);
+        check("bias_act", fmt("%s keep_h a, G=%d, M=%d, N=%d", name, G, MG, N), down(d_ak, ng), a, TOL32);
+        check("bias_act", fmt("%s keep_h h, G=%d, M=%d, N=%d", name, G, MG, N), down(d_hk, ng), h0, 0.0);
 
         /* act_bias_backward on the kept h: dh = da * act'(h + bias) in place
          * of da (fp32) or into a bf16 copy, db += its column sums */
@@ -396,10 +431,9 @@ template <int ACT> static void test_act(const char *name, int N)
                 got = down(d_da, ng);
             }
             /* bf16: the fp32 value rounded, within half a unit of 8 bits */
-            check("act_bias_backward", fmt("%s dh%s, G=%d, N=%d", name, b16 ? " bf16" : "", G, N), got, dh,
-                  b16 ? 4e-3 : TOL32);
-            check("act_bias_backward", fmt("%s db%s, G=%d, N=%d", name, b16 ? " bf16" : "", G, N), down(d_db, db.size()),
-                  db, TOL32);
+            const std::string c = fmt("%s, G=%d, M=%d, N=%d", b16 ? " bf16" : "", G, MG, N);
+            check("act_bias_backward", fmt("%s dh", name) + c, got, dh, b16 ? 4e-3 : TOL32);
+            check("act_bias_backward", fmt("%s db", name) + c, down(d_db, db.size()), db, TOL32);
         }
     }
     dfree_all();
@@ -741,12 +775,14 @@ static void test_softmax_xent(int B, int CMAX, int C0, int C1)
     dfree_all();
 }
 
-static void test_head()
+/* B samples: 29, fewer than the weight gradient's chunks (one sample a
+ * chunk, some empty), or 300 (10 a chunk) */
+static void test_head(int B)
 {
-    const int B = 29, D = 48, CMAX = 10, ND = 2;
+    const int D = 48, CMAX = 10, ND = 2;
     const ivec classes = { 10, 7 };
-    note("head");
-    Rng r(seed_of("head", 0));
+    note(fmt("head, %d samples", B));
+    Rng r(seed_of("head", B));
     /* the parameter arena: padding around the heads, which must stay as it is */
     int64_t w_off[ND], b_off[ND], o = 7;
     for (int d = 0; d < ND; d++) {
@@ -768,7 +804,7 @@ static void test_head()
     head_forward(&g_k, d_out, d_inp, d_param, d_off, d_classes, d_dataset, B, D, CMAX, ND);
     fvec out((size_t)B * CMAX);
     ref_head_forward(out.data(), inp.data(), param.data(), w_off, b_off, classes.data(), dataset.data(), B, D, CMAX);
-    check("head_forward", "out", down(d_out, out.size()), out, TOL32);
+    check("head_forward", fmt("out, B=%d", B), down(d_out, out.size()), out, TOL32);
 
     const fvec dout = rnd(r, out.size(), -1, 1); /* columns past C too: ignored */
     float *d_dout = dup(dout);
@@ -778,8 +814,8 @@ static void test_head()
         head_backward(&g_k, d_dinp, d_grad, d_dout, d_inp, d_param, d_off, d_classes, d_dataset, B, D, CMAX, ND, acc);
         ref_head_backward(dinp.data(), grad.data(), dout.data(), inp.data(), param.data(), w_off, b_off,
                           classes.data(), dataset.data(), B, D, CMAX, acc);
-        check("head_backward", fmt("dinp, acc=%d", acc), down(d_dinp, dinp.size()), dinp, TOL32);
-        check("head_backward", fmt("grad (whole arena), acc=%d", acc), down(d_grad, P), grad, TOL32);
+        check("head_backward", fmt("dinp, B=%d, acc=%d", B, acc), down(d_dinp, dinp.size()), dinp, TOL32);
+        check("head_backward", fmt("grad (whole arena), B=%d, acc=%d", B, acc), down(d_grad, P), grad, TOL32);
     }
     dfree_all();
 }
@@ -1006,6 +1042,21 @@ static void test_capacity()
 
 /* ---- the optimizer --------------------------------------------------------------------------------------- */
 
+/* a bf16 copy the kernel wrote: each value the fp32 one it wrote, rounded
+ * to bf16 exactly (a NaN from the poison never passes) */
+static void check_copy16(const std::string &kernel, const std::string &what, const __nv_bfloat16 *d16, const float *d32,
+                         size_t n)
+{
+    const std::vector<__nv_bfloat16> h16 = down(d16, n);
+    const fvec p = down(d32, n);
+    fvec got(n), want(n);
+    for (size_t i = 0; i < n; i++) {
+        got[i] = __bfloat162float(h16[i]);
+        want[i] = round_bf16(p[i]);
+    }
+    check(kernel, what, got, want, 0.0);
+}
+
 static void test_optimizer()
 {
     const int64_t n = 10003; /* AdamW: 2500 groups of 4, then 3 one by one */
@@ -1049,7 +1100,9 @@ static void test_optimizer()
         fvec p = rnd(r, (size_t)n, -1, 1), m = rnd(r, (size_t)n, -0.1f, 0.1f), v = rnd(r, (size_t)n, 0.0f, 0.01f);
         float *d_p = dup(p), *d_m = dup(m), *d_v = dup(v);
         step_scalars *d_sc = dup(sc);
-        adamw(&g_k, d_p, d_g, d_m, d_v, d_decay, n, d_sc, d_gn, clip, b1, b2, eps, wd);
+        /* the weights' bf16 copy (bf16 precision) with clipping, none without */
+        __nv_bfloat16 *d_p16 = clip > 0.0f ? dpoison<__nv_bfloat16>((size_t)n) : nullptr;
+        adamw(&g_k, d_p, d_p16, d_g, d_m, d_v, d_decay, n, d_sc, d_gn, clip, b1, b2, eps, wd);
         if (ref_adamw_masked(p.data(), g.data(), m.data(), v.data(), decay.data(), (size_t)n, lr, b1, b2, eps, wd, t,
                              clip, gn) != 0) {
             report(false, "adamw_kernel", "(the CPU reference ran out of memory)", NAN, 0.0);
@@ -1059,6 +1112,8 @@ static void test_optimizer()
         check("adamw", "p, " + c, down(d_p, p.size()), p, TOL32);
         check("adamw", "m, " + c, down(d_m, m.size()), m, TOL32);
         check("adamw", "v, " + c, down(d_v, v.size()), v, TOL32);
+        if (d_p16)
+            check_copy16("adamw", "p16 (the new p rounded), " + c, d_p16, d_p, (size_t)n);
     }
     struct {
         float mu;
@@ -1070,8 +1125,9 @@ static void test_optimizer()
         fvec p = rnd(r, (size_t)n, -1, 1), buf = rnd(r, (size_t)n, -0.5f, 0.5f);
         float *d_p = dup(p), *d_buf = dup(buf);
         step_scalars *d_sc = dup(sc);
-        sgd_kernel<<<blocks_for(n, 256), 256, 0, g_k.stream>>>(d_p, d_g, d_buf, d_decay, n, d_sc, d_gn, s.clip, s.mu,
-                                                               s.nesterov, wd);
+        __nv_bfloat16 *d_p16 = s.clip > 0.0f ? dpoison<__nv_bfloat16>((size_t)n) : nullptr;
+        sgd_kernel<<<blocks_for(n, 256), 256, 0, g_k.stream>>>(d_p, d_p16, d_g, d_buf, d_decay, n, d_sc, d_gn, s.clip,
+                                                               s.mu, s.nesterov, wd);
         LAUNCH_CHECK();
         if (ref_sgd_masked(p.data(), g.data(), buf.data(), decay.data(), (size_t)n, lr, s.mu, s.nesterov, wd, s.t,
                            s.clip, gn) != 0) {
@@ -1081,6 +1137,8 @@ static void test_optimizer()
         const std::string c = fmt("mu=%g, nesterov=%d, t=%d, clip=%g", s.mu, s.nesterov, s.t, s.clip);
         check("sgd_kernel", "p, " + c, down(d_p, p.size()), p, TOL32);
         check("sgd_kernel", "buf, " + c, down(d_buf, buf.size()), buf, TOL32);
+        if (d_p16)
+            check_copy16("sgd_kernel", "p16 (the new p rounded), " + c, d_p16, d_p, (size_t)n);
     }
     dfree_all();
 }
@@ -1263,8 +1321,10 @@ int main(void)
         test_moe<4, 2, ACT_GELU>(5, 1, 0, 0, 1);
         test_moe<3, 1, ACT_GELU>(6, 0, 1, 1, 0);
         test_moe<4, 2, ACT_GELU, 42>(7, 0, 1, 1, 1);
-        if (g_k.cast)
+        if (g_k.cast) {
             test_fp32_ctx();
+            test_weight_copy();
+        }
         test_attention<65, 32, 4>(3);
         test_attention<16, 32, 4>(5);
         test_attention<65, 64, 6>(2); /* config S: heads of 64 */
@@ -1291,7 +1351,8 @@ int main(void)
     test_l2norm();
     test_softmax_xent(37, 10, 10, 7);
     test_softmax_xent(21, 100, 100, 37);
-    test_head();
+    test_head(29);
+    test_head(300);
     test_capacity();
     test_optimizer();
 

@@ -11,7 +11,7 @@
 # every variant's .moe is compiled for real); the trainer reads its
 # model.h and prints the line `./train --bench` prints, with 1000 images/s
 # per GPU times 0.95 for data parallelism, 0.80 for expert parallelism
-# (0.78 with MOECC_EP_OVERLAP=0; each of these says it sends 1000 MB in a
+# (STUB_EP if set; 0.78 with MOECC_EP_OVERLAP=0; each of these says it sends 1000 MB in a
 # step's expert exchanges), and writes the metrics the data runs
 # leave (loss 2.5 on one GPU, 2.5 * (1 + 1e-6 * GPUs) on several).
 . "${top_srcdir:-.}/tests/e2e/common.sh"
@@ -55,7 +55,7 @@ n=${WORLD_SIZE:-1}
 [ "$n" -eq "${data:-1}" ] || { echo "train: compiled for ${data:-1} GPUs, started as $n" >&2; exit 1; }
 share=1
 [ "$n" -gt 1 ] && share=0.95
-[ "${expert:-1}" -gt 1 ] && share=0.80
+[ "${expert:-1}" -gt 1 ] && share=${STUB_EP:-0.80}
 [ "${expert:-1}" -gt 1 ] && [ "${MOECC_EP_OVERLAP:-1}" = 0 ] && share=0.78
 ips=$(awk -v n="$n" -v s="$share" 'BEGIN { printf "%.1f", 1000 * n * s }')
 bench=0 metrics=
@@ -135,8 +135,9 @@ has "80.0% of 2 x the 1-GPU 1000.0 images/s; 320.00 ms per step against 269.47 d
 # 80.00 against 67.37 ms: 12.63 ms, 15.8%
 has "80.0% of 4 x the 1-GPU 1000.0 images/s; 80.00 ms per step against 67.37 data parallel: the exchange adds 12.63 ms, 15.8% of the step, 79 GB/s sent per GPU over that time" \
     "gpu_s, 4 GPUs, expert parallel, strong"
-has "78.0% of 2 x the 1-GPU images/s; overlapping the exchange saves 8.21 ms per step" \
-    "MOECC_EP_OVERLAP=0: what the overlap saves (1,560 against 1,600 images/s at 512: 328.21 - 320.00 ms)"
+has "MOECC_EP_OVERLAP=0] moecc" "the second expert-parallel run is labelled with its setting"
+has "78.0% of 2 x the 1-GPU images/s; 328.21 ms per step against 320.00 without it" \
+    "MOECC_EP_OVERLAP=0: the step without the overlap against the step with it (1,560 against 1,600 images/s at 512)"
 has "[2 GPUs, expert parallel] gpu_p: not run, its 7 experts do not split over 2 GPUs" \
     "gpu_p's 7 experts: expert parallelism said not run"
 has "gpu_s: loss after 50 steps 2.500005, 1 GPU 2.5, relative difference 2.00e-06" \
@@ -152,9 +153,11 @@ has "[gpu_p ncu]    0.100 ms     1.0 launches  bias_act_kernel<(int)-1, 4>" \
 
 # started from the build tree with relative paths, as a script on the GPU
 # machine does: every config still reaches its several-GPU runs (the bench
-# changes directory; relative paths once stopped it after the first config)
+# changes directory; relative paths once stopped it after the first config);
+# with BENCH_EP_ENV, the expert-parallel run again under each setting
 rel=$(realpath --relative-to="$top_builddir" "$top_srcdir")
 if (cd "$top_builddir" && PATH="$stub:$PATH" STUB_GPUS=2 BENCH_TORCH=0 BENCH_QUICK=1 BENCH_OUT="$WORK/rel.txt" \
+    BENCH_EP_ENV="STUB_EP=0.70 STUB_TAG=x; ;MOECC_EP_OVERLAP=0" \
     top_srcdir="$rel" top_builddir=. MOECC=./moecc sh "$rel/bench/gpu.sh" > "$WORK/rel.log" 2>&1) &&
     grep -qF "[2 GPUs, parallel(data = 2), strong scaling, global batch 1024] moecc gpu_p" "$WORK/rel.txt" &&
     grep -qF "[2 GPUs, parallel(data = 2, expert = 2), strong scaling, global batch 256] moecc gpu_s" "$WORK/rel.txt"; then
@@ -162,6 +165,21 @@ if (cd "$top_builddir" && PATH="$stub:$PATH" STUB_GPUS=2 BENCH_TORCH=0 BENCH_QUI
 else
     cat "$WORK/rel.log" "$WORK/rel.txt"
     not_ok "relative paths: both configs reach their 2-GPU runs"
+fi
+out=$WORK/rel.txt
+# 512 images at 1,400 images/s against 1,600
+has "[2 GPUs, parallel(data = 2, expert = 2), weak scaling, STUB_EP=0.70 STUB_TAG=x] moecc gpu_s: batch 512" \
+    "BENCH_EP_ENV: a run under the first setting, labelled with it"
+has "70.0% of 2 x the 1-GPU images/s; 365.71 ms per step against 320.00 without it" \
+    "BENCH_EP_ENV: that run's step against the default one's"
+# the first setting's STUB_EP no longer set: 0.78, not 0.70
+has "[2 GPUs, parallel(data = 2, expert = 2), weak scaling, MOECC_EP_OVERLAP=0] moecc gpu_s: batch 512, 328.21 ms" \
+    "BENCH_EP_ENV: the next setting runs without the previous one's variables"
+if [ "$(grep -c 'expert = 2), weak scaling, [A-Z]' "$out")" -eq 2 ]; then
+    ok "BENCH_EP_ENV: an empty setting is skipped"
+else
+    grep 'weak scaling' "$out"
+    not_ok "BENCH_EP_ENV: an empty setting is skipped (two runs wanted)"
 fi
 
 # a variant that fails to build is reported, and the run stops with an error
