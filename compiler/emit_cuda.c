@@ -791,8 +791,8 @@ static void plan_memory(mc_gpu_memory *mem, const mc_model *m, const dev_sizes *
     /* cuBLAS's workspace, the reductions' partials, routing ints, double
      * sums, statistics (twice with data parallelism), two input slots of
      * images, datasets and labels */
-    mem->other = (int64_t)template_const("cuda/backend.cu", "BLAS_WORKSPACE_BYTES") + (int64_t)sizeof(float) * z->red + (int64_t)sizeof(int32_t) * z->ints +
-                 8 * z->dacc + 8 * z->stats * (m->parallel.data > 1 ? 2 : 1) +
+    mem->other = (int64_t)template_const("cuda/backend.cu", "BLAS_WORKSPACE_BYTES") + (int64_t)sizeof(float) * z->red +
+                 (int64_t)sizeof(int32_t) * z->ints + 8 * z->dacc + 8 * z->stats * (m->parallel.data > 1 ? 2 : 1) +
                  2 * (batch * image * (int64_t)sizeof(float) + 2 * batch * (int64_t)sizeof(int32_t));
     mem->total = mem->weights + mem->activations + mem->gradients + mem->bf16 + mem->other;
 }
