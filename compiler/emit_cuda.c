@@ -21,7 +21,9 @@
 /* The most the kernels of kernels.cuh take (their static_asserts, checked
  * here with a located error instead). */
 #define CUDA_MAX_EXPERTS 256
-#define CUDA_MAX_LN_WIDTH 768           /* layernorm backward: 8 rows of 2*D floats in 48 KiB */
+#define CUDA_MAX_LN_WIDTH 1024          /* layernorm backward: a warp per row, 32 values a lane */
+#define CUDA_LN_DEFAULT_WIDTH 768       /* up to here its 8 rows of 2*D floats fit in 48 KiB; wider
+                                         * widths ask for more (layernorm_setup) */
 #define CUDA_MAX_ATTN_SMEM (227 * 1024) /* one (sample, head) in shared memory */
 
 /* kernels.cuh: attn_bwd_smem (rows of HD + 4 floats) */
@@ -54,6 +56,13 @@ static int check_attention(mc_diag *d, const mc_op *op, int T, int HD)
     return 0;
 }
 
+/* the width op's layer norm normalises: its own, or a merge's 4 x width; 0
+ * for other ops */
+static int ln_width(const mc_op *op)
+{
+    return op->kind == OP_LAYERNORM ? op->in.dim : op->kind == OP_DOWNSAMPLE ? 4 * op->in.dim : 0;
+}
+
 int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
 {
     int errors = 0;
@@ -67,10 +76,10 @@ int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
             break;
         case OP_DOWNSAMPLE:
             /* the merged tokens' layer norm */
-            if (4 * op->in.dim > CUDA_MAX_LN_WIDTH) {
+            if (ln_width(op) > CUDA_MAX_LN_WIDTH) {
                 mc_report(d, MC_ERROR, op->loc,
                           "the CUDA backend's layer norm takes widths up to %d, not the %d of the merged tokens",
-                          CUDA_MAX_LN_WIDTH, 4 * op->in.dim);
+                          CUDA_MAX_LN_WIDTH, ln_width(op));
                 errors++;
             }
             break;
@@ -90,7 +99,7 @@ int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
             break;
         }
         case OP_LAYERNORM:
-            if (op->in.dim > CUDA_MAX_LN_WIDTH) {
+            if (ln_width(op) > CUDA_MAX_LN_WIDTH) {
                 mc_report(d, MC_ERROR, op->loc, "the CUDA backend's layer norm takes widths up to %d, not %d",
                           CUDA_MAX_LN_WIDTH, op->in.dim);
                 errors++;
@@ -917,6 +926,14 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
         if (op->kind == OP_ATTENTION && first)
             sb_printf(c, "    attention_setup<%d, %d, %d>();\n", op->in.tokens, op->in.dim / op->u.attn.heads,
                       op->u.attn.heads);
+        /* a layer norm wider than the default shared memory allows, once
+         * per width */
+        bool wide = ln_width(op) > CUDA_LN_DEFAULT_WIDTH;
+        for (int q = 0; q < i && wide; q++)
+            if (ln_width(&m->ops[q]) == ln_width(op))
+                wide = false;
+        if (wide)
+            sb_printf(c, "    layernorm_setup<%d>();\n", ln_width(op));
     }
     sb_printf(c, "    CUDA_CHECK(cudaMemcpyAsync(d->classes, DATASET_CLASSES, sizeof DATASET_CLASSES, "
                  "cudaMemcpyHostToDevice, k->stream));\n");

@@ -1319,14 +1319,30 @@ static inline void layernorm_forward(const kctx *k, float *out, float *mean, flo
     LAUNCH_CHECK();
 }
 
+/* the backward's shared memory: 8 warps' partial sums of dw and db */
+template <int D> constexpr int ln_bwd_smem()
+{
+    return 8 * 2 * D * (int)sizeof(float);
+}
+
+/* Widths above 768 need more than the 48 KiB of shared memory a launch
+ * gets by default (1024: 64 KiB): model.cu's dev_init_tables asks for it
+ * once per width, before any step is captured. */
+template <int D> static inline void layernorm_setup()
+{
+    static_assert(ln_bwd_smem<D>() <= 227 * 1024, "layer norm width too large for the backward kernel");
+    CUDA_CHECK(cudaFuncSetAttribute(layernorm_bwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    ln_bwd_smem<D>()));
+}
+
 template <int D>
 static inline void layernorm_backward(const kctx *k, float *dinp, float *dw, float *db, const float *dout,
                                       const float *inp, const float *w, const float *mean, const float *rstd, int N,
                                       int acc)
 {
-    static_assert(8 * 2 * D * sizeof(float) <= 48 * 1024, "layer norm width too large for the backward kernel");
-    layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, 8 * 2 * D * sizeof(float), k->stream>>>(dinp, k->red, dout, inp, w,
-                                                                                        mean, rstd, N, acc);
+    static_assert(ln_bwd_smem<D>() <= 227 * 1024, "layer norm width too large for the backward kernel");
+    layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, ln_bwd_smem<D>(), k->stream>>>(dinp, k->red, dout, inp, w, mean, rstd,
+                                                                              N, acc);
     LAUNCH_CHECK();
     layernorm_bwd_final_kernel<<<(unsigned)((2 * D + 31) / 32), 32 * LN_FINAL_LANES, 0, k->stream>>>(dw, db, k->red, D,
                                                                                                    LN_BLOCKS);

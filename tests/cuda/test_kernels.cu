@@ -1348,6 +1348,8 @@ int main(void)
     test_hier();
     test_layernorm<96>();
     test_layernorm<256>();
+    layernorm_setup<1024>(); /* 64 KiB of shared memory: more than a launch gets unasked */
+    test_layernorm<1024>();
     test_l2norm();
     test_softmax_xent(37, 10, 10, 7);
     test_softmax_xent(21, 100, 100, 37);

@@ -215,6 +215,40 @@ else
     head -n 5 "$tmp/err"
 fi
 
+# A merge whose layer norm is wider than the default 48 KiB of shared
+# memory allows (4 x 256 = 1024): generated, with its setup in
+# dev_init_tables; twice that (2048) is refused at the merge.
+for w in 256 512; do
+    cat > "$tmp/ln$w.moe" << EOF
+dataset mnist(format = mnist_json, path = "mnist", classes = 10, test_split = 0.2)
+model wide {
+    input(channels = 1, height = 28, width = 28)
+    patch_embed(patch = 7, dim = $w)
+    downsample(dim = 64)
+    layernorm()
+    pool(kind = mean)
+    classifier()
+}
+train { batch = 8  steps = 1 }
+EOF
+done
+if "$MOECC" --target cuda "$tmp/ln256.moe" -o "$tmp/ln256" > "$tmp/out" 2> "$tmp/err" &&
+    grep -q '^    layernorm_setup<1024>();$' "$tmp/ln256/model.cu" &&
+    grep -q 'layernorm_backward<1024>(' "$tmp/ln256/model.cu"; then
+    pass "--target cuda: a merge's 1024-wide layer norm, its shared memory asked for"
+else
+    fail "--target cuda: a merge's 1024-wide layer norm, its shared memory asked for" "in:"
+    head -n 5 "$tmp/err"
+fi
+if "$MOECC" --target cuda "$tmp/ln512.moe" -o "$tmp/ln512" > "$tmp/out" 2> "$tmp/err"; then
+    fail "--target cuda refuses a 2048-wide merge" "(it compiled)"
+elif grep -q "ln512.moe:5:5: error: the CUDA backend's layer norm takes widths up to 1024, not the 2048 of the merged tokens" "$tmp/err"; then
+    pass "--target cuda refuses a 2048-wide merge at its place"
+else
+    fail "--target cuda refuses a 2048-wide merge at its place" "in:"
+    head -n 5 "$tmp/err"
+fi
+
 # ---- the command line ----------------------------------------------------------
 
 # cli NAME WANT_RC PATTERN STREAM ARGS...: run moecc with ARGS; expect exit
