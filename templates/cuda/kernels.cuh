@@ -270,8 +270,11 @@ static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_
         const __nv_bfloat16 *a16 = a.h, *b16 = b.h;
         int64_t used = 0;
         const auto cast = [&](const __nv_bfloat16 *&dst, const float *src, int64_t n) {
-            if (k->w16 && src >= k->w32 && src + n <= k->w32 + k->w_elems) {
-                dst = k->w16 + (src - k->w32); /* weights: their copy, already rounded */
+            /* weights: their copy, already rounded (addresses compared as
+             * integers: src may lie in another allocation) */
+            const uintptr_t at = (uintptr_t)src, lo = (uintptr_t)k->w32;
+            if (k->w16 && at >= lo && at + sizeof(float) * (size_t)n <= lo + sizeof(float) * (size_t)k->w_elems) {
+                dst = k->w16 + (at - lo) / sizeof(float);
                 return;
             }
             if (used + n > k->cast_elems) {
