@@ -433,15 +433,22 @@ static __global__ void colsum_final_kernel(float *dst, const float *part, int N,
     dst[(int64_t)g * dstride + n] += acc;
 }
 
+/* stops the trainer unless k->red holds `floats' partial sums (moecc
+ * sizes it for every op's; a shortfall is a bug of the plan) */
+static inline void red_need(const kctx *k, int64_t floats)
+{
+    if (floats > k->red_floats) {
+        fprintf(stderr, "train: internal error: reduction scratch too small (%lld < %lld)\n",
+                (long long)k->red_floats, (long long)floats);
+        exit(1);
+    }
+}
+
 /* the grid of the partial sums of G groups of N columns, 32 * V columns a
  * block, after checking that k->red holds them */
 static inline dim3 colsum_grid(const kctx *k, int N, int G, int V)
 {
-    if ((int64_t)G * RED_CHUNKS * N > k->red_floats) {
-        fprintf(stderr, "train: internal error: reduction scratch too small (%lld < %lld)\n",
-                (long long)k->red_floats, (long long)G * RED_CHUNKS * N);
-        exit(1);
-    }
+    red_need(k, (int64_t)G * RED_CHUNKS * N);
     return dim3((unsigned)((N + 32 * V - 1) / (32 * V)), RED_CHUNKS, (unsigned)G);
 }
 
@@ -1978,6 +1985,15 @@ static inline int head_chunks(int64_t n)
     return c < 1 ? 1 : c > HEAD_MAX_CHUNKS ? HEAD_MAX_CHUNKS : (int)c;
 }
 
+/* (dataset d, class c, input column j; j = D: the bias) of cell i of the
+ * heads' [ND, CMAX, D + 1] weight gradient */
+__device__ static inline void head_cell(int64_t i, int D, int CMAX, int &d, int &c, int &j)
+{
+    d = (int)(i / ((int64_t)CMAX * (D + 1)));
+    c = (int)(i / (D + 1) % CMAX);
+    j = (int)(i % (D + 1));
+}
+
 /* part[ch][(d, c, j)] = sum over the samples b of dataset d in chunk ch of
  * dout[b, c] inp[b, j] (inp[b, D] = 1: the bias), in order; 0 for c beyond
  * dataset d's classes */
@@ -1988,8 +2004,8 @@ static __global__ void head_bwd_weight_partial_kernel(float *part, const float *
     const int64_t n = (int64_t)ND * CMAX * (D + 1), i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n)
         return;
-    const int d = (int)(i / ((int64_t)CMAX * (D + 1)));
-    const int c = (int)(i / (D + 1) % CMAX), j = (int)(i % (D + 1));
+    int d, c, j;
+    head_cell(i, D, CMAX, d, c, j);
     const int per = (B + (int)gridDim.y - 1) / (int)gridDim.y, lo = (int)blockIdx.y * per, hi = min(B, lo + per);
     float s = 0.0f;
     if (c < classes[d])
@@ -2007,8 +2023,8 @@ static __global__ void head_bwd_weight_final_kernel(float *grad, const float *pa
     const int64_t n = (int64_t)ND * CMAX * (D + 1), i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n)
         return;
-    const int d = (int)(i / ((int64_t)CMAX * (D + 1)));
-    const int c = (int)(i / (D + 1) % CMAX), j = (int)(i % (D + 1));
+    int d, c, j;
+    head_cell(i, D, CMAX, d, c, j);
     if (c >= classes[d])
         return;
     float s = 0.0f;
@@ -2039,11 +2055,7 @@ static inline void head_backward(const kctx *k, float *dinp, float *grad, const 
     LAUNCH_CHECK();
     const int64_t n = (int64_t)ND * CMAX * (D + 1);
     const int chunks = head_chunks(n);
-    if (chunks * n > k->red_floats) {
-        fprintf(stderr, "train: internal error: reduction scratch too small (%lld < %lld)\n",
-                (long long)k->red_floats, (long long)(chunks * n));
-        exit(1);
-    }
+    red_need(k, chunks * n);
     head_bwd_weight_partial_kernel<<<dim3(blocks_for(n, 256), (unsigned)chunks), 256, 0, k->stream>>>(
         k->red, dout, inp, classes, dataset, B, D, CMAX, ND);
     LAUNCH_CHECK();
