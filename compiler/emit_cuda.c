@@ -63,17 +63,32 @@ static int ln_width(const mc_op *op)
     return op->kind == OP_LAYERNORM ? op->in.dim : op->kind == OP_DOWNSAMPLE ? 4 * op->in.dim : 0;
 }
 
+/* the shape op's attention kernels run at: T tokens (a window's for window
+ * attention) in NH heads of HD; false for ops without attention */
+static bool attn_shape(const mc_op *op, int *T, int *HD, int *NH)
+{
+    if (op->kind == OP_ATTENTION) {
+        *T = tokens_of(&op->in);
+        *NH = op->u.attn.heads;
+    } else if (op->kind == OP_WINDOW_ATTENTION) {
+        *T = op->u.wattn.window * op->u.wattn.window;
+        *NH = op->u.wattn.heads;
+    } else {
+        return false;
+    }
+    *HD = op->in.dim / *NH;
+    return true;
+}
+
 int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
 {
     int errors = 0;
     for (int i = 0; i < m->nops && !errors; i++) {
         const mc_op *op = &m->ops[i];
-        const int T = tokens_of(&op->in);
+        int T, HD, NH;
+        if (attn_shape(op, &T, &HD, &NH))
+            errors += check_attention(d, op, T, HD);
         switch (op->kind) {
-        case OP_WINDOW_ATTENTION:
-            errors += check_attention(d, op, op->u.wattn.window * op->u.wattn.window,
-                                      op->in.dim / op->u.wattn.heads);
-            break;
         case OP_DOWNSAMPLE:
             /* the merged tokens' layer norm */
             if (ln_width(op) > CUDA_MAX_LN_WIDTH) {
@@ -104,9 +119,6 @@ int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
                           CUDA_MAX_LN_WIDTH, op->in.dim);
                 errors++;
             }
-            break;
-        case OP_ATTENTION:
-            errors += check_attention(d, op, T, op->in.dim / op->u.attn.heads);
             break;
         default:
             break;
@@ -918,14 +930,17 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
             sb_printf(c, "    CUDA_CHECK(cudaMemcpyAsync(d->head_off, HEAD_W, sizeof HEAD_W, cudaMemcpyHostToDevice, "
                          "k->stream));\n    CUDA_CHECK(cudaMemcpyAsync(d->head_off + N_DATASETS, HEAD_B, sizeof HEAD_B, "
                          "cudaMemcpyHostToDevice, k->stream));\n");
-        bool first = true; /* one setup per shape */
-        for (int q = 0; q < i && op->kind == OP_ATTENTION; q++)
-            if (m->ops[q].kind == OP_ATTENTION && m->ops[q].in.tokens == op->in.tokens &&
-                m->ops[q].in.dim == op->in.dim && m->ops[q].u.attn.heads == op->u.attn.heads)
+        /* the attention kernels' shared memory, once per shape (plain
+         * and window attention alike) */
+        int T, HD, NH;
+        bool first = attn_shape(op, &T, &HD, &NH);
+        for (int q = 0; q < i && first; q++) {
+            int T2, HD2, NH2;
+            if (attn_shape(&m->ops[q], &T2, &HD2, &NH2) && T2 == T && HD2 == HD && NH2 == NH)
                 first = false;
-        if (op->kind == OP_ATTENTION && first)
-            sb_printf(c, "    attention_setup<%d, %d, %d>();\n", op->in.tokens, op->in.dim / op->u.attn.heads,
-                      op->u.attn.heads);
+        }
+        if (first)
+            sb_printf(c, "    attention_setup<%d, %d, %d>();\n", T, HD, NH);
         /* a layer norm wider than the default shared memory allows, once
          * per width */
         bool wide = ln_width(op) > CUDA_LN_DEFAULT_WIDTH;

@@ -21,6 +21,16 @@ else
     cat "$WORK/hier_cuda.log"
     not_ok "--target cuda generates the stem, both window attentions and the merge"
 fi
+# the attention kernels' shared memory is asked for at each window shape
+# (7x7 windows in heads of 16: 2 heads in stage 1, 4 in stage 2), as for
+# plain attention
+if grep -q '^    attention_setup<49, 16, 2>();$' "$WORK/hier_cuda/model.cu" &&
+    grep -q '^    attention_setup<49, 16, 4>();$' "$WORK/hier_cuda/model.cu"; then
+    ok "--target cuda sets up the attention kernels for each window shape"
+else
+    grep attention_setup "$WORK/hier_cuda/model.cu"
+    not_ok "--target cuda sets up the attention kernels for each window shape"
+fi
 # stage 1's local windows at 14x14: 196 tokens of head width 16 need more
 # shared memory than an SM has
 sed '0,/window = 7)/s//window = 14)/' "$top_srcdir/tests/e2e/hier.moe" > "$WORK/hier14.moe"
