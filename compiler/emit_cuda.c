@@ -24,12 +24,21 @@
 #define CUDA_MAX_LN_WIDTH 1024          /* layernorm backward: a warp per row, 32 values a lane */
 #define CUDA_LN_DEFAULT_WIDTH 768       /* up to here its 8 rows of 2*D floats fit in 48 KiB; wider
                                          * widths ask for more (layernorm_setup) */
-#define CUDA_MAX_ATTN_SMEM (227 * 1024) /* one (sample, head) in shared memory */
+#define CUDA_MAX_ATTN_SMEM (227 * 1024) /* one block's shared memory on a Hopper SM */
 
-/* kernels.cuh: attn_bwd_smem (rows of HD + 4 floats) */
+/* kernels.cuh: attn_bwd_smem (rows of HD + 4 floats): a (sample, head) in
+ * one block */
 static int attn_bwd_smem(int T, int HD)
 {
     return 4 * (4 * T * (HD + 4) + 2 * T * T);
+}
+
+/* kernels.cuh: attn_tiled_smem, the row tiles' block for longer
+ * sequences: R rows, their R rows of scores (attn_srow), a tile of 32 rows */
+static int attn_tiled_smem(int T, int HD)
+{
+    const int R = T <= 256 ? 32 : T <= 1024 ? 16 : 8, srow = T % 32 == 0 ? T + 1 : T;
+    return 4 * (R * (HD + 4) + R * srow + 32 * (HD + 4));
 }
 
 /* whether the CUDA attention kernels take sequences of T tokens in heads
@@ -43,14 +52,14 @@ static int check_attention(mc_diag *d, const mc_op *op, int T, int HD)
         mc_hint(d, "choose the width and the heads so that width / heads is a multiple of 4");
         return 1;
     }
-    if (attn_bwd_smem(T, HD) > CUDA_MAX_ATTN_SMEM) {
+    if (attn_bwd_smem(T, HD) > CUDA_MAX_ATTN_SMEM && attn_tiled_smem(T, HD) > CUDA_MAX_ATTN_SMEM) {
         mc_report(d, MC_ERROR, op->loc,
-                  "the CUDA backend's attention keeps a (sample, head) in shared memory: %d tokens of head width %d "
-                  "need %d KiB, more than the %d KiB of a Hopper SM",
-                  T, HD, attn_bwd_smem(T, HD) / 1024, CUDA_MAX_ATTN_SMEM / 1024);
+                  "the CUDA backend's attention keeps rows of a (sample, head)'s scores in shared memory: %d tokens "
+                  "of head width %d need %d KiB, more than the %d KiB of a Hopper SM",
+                  T, HD, attn_tiled_smem(T, HD) / 1024, CUDA_MAX_ATTN_SMEM / 1024);
         mc_hint(d, op->kind == OP_WINDOW_ATTENTION
-                       ? "use smaller windows or more heads; --target cpu has no such limit"
-                       : "use fewer tokens (a larger patch) or more heads; --target cpu has no such limit");
+                       ? "use smaller windows; --target cpu has no such limit"
+                       : "use fewer tokens (a larger patch); --target cpu has no such limit");
         return 1;
     }
     return 0;

@@ -1783,7 +1783,272 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     attn_store<T, HD>(dk, D3, kk);
 }
 
-template <int T, int HD, int NH> static inline void attention_setup()
+/* ---- attention by tiles of rows (sequences too long for one block) -------------------------------------
+ * When a (sample, head) does not fit in one block's shared memory (196-token
+ * windows, ViT's 197 tokens at 224 x 224), a block takes R rows of one
+ * (sample, head) and streams the other operand through shared memory ATTN_KT
+ * rows at a time. The forward keeps the block's R rows of scores; the
+ * backward is three kernels: dv = att^T g by tiles of keys, then by tiles of
+ * queries the weights' gradient ds (written over att, which nothing reads
+ * after) and dq = ds k, then dk = ds^T q by tiles of keys. The sums are the
+ * fp32 kernels' own, in the same order; they run in fp32 in every precision
+ * mode. */
+
+#define ATTN_KT 32 /* rows of the streamed operand per tile */
+
+/* rows a block takes: R rows of scores (R x T floats) stay in shared memory */
+template <int T> __host__ __device__ constexpr int attn_rows()
+{
+    return T <= 256 ? 32 : T <= 1024 ? 16 : 8;
+}
+
+/* the rows of scores in shared memory: T floats apart, one more where T is
+ * a multiple of 32 (the rows' same columns would share a bank) */
+template <int T> __host__ __device__ constexpr int attn_srow()
+{
+    return T % 32 == 0 ? T + 1 : T;
+}
+
+/* the forward's and the row backward's shared memory (the larger of the
+ * three kernels'): R rows, their R rows of scores, one tile of ATTN_KT rows */
+template <int T, int HD> constexpr int attn_tiled_smem()
+{
+    return (int)sizeof(float) *
+           (attn_rows<T>() * attn_ld<HD>() + attn_rows<T>() * attn_srow<T>() + ATTN_KT * attn_ld<HD>());
+}
+
+template <int HD> constexpr int attn_colprod_smem(int R)
+{
+    return (int)sizeof(float) * (ATTN_KT * attn_ld<HD>() + ATTN_KT * R);
+}
+
+/* rows t < ROWS of dst (attn_ld apart, HD wide) from src's rows (ld apart);
+ * rows from n on zero */
+template <int HD, int ROWS>
+__device__ static inline void attn_load_rows(float *dst, const float *src, int64_t ld, int n)
+{
+    constexpr int L = attn_ld<HD>();
+    attn_stage<ROWS * HD>([&](int i) { return i / HD < n ? src[(int64_t)(i / HD) * ld + i % HD] : 0.0f; },
+                          [&](int i, float x) { dst[i / HD * L + i % HD] = x; });
+}
+
+/* acc(r, c..c+3) += sum over j < n of w(r, j) * m[j][c..c+3] (m: rows L
+ * apart) for the block's R rows: item i of R * HD/4 is thread i % ATTN_THREADS's
+ * slot i / ATTN_THREADS */
+template <int R, int HD, typename W>
+__device__ static inline void attn_tile_times(float4 *acc, W w, const float *m, int n)
+{
+    constexpr int L = attn_ld<HD>(), C4 = HD / 4, ITEMS = R * C4, PER = (ITEMS + ATTN_THREADS - 1) / ATTN_THREADS;
+#pragma unroll
+    for (int s = 0; s < PER; s++) {
+        const int i = (int)threadIdx.x + s * ATTN_THREADS;
+        if (ITEMS % ATTN_THREADS != 0 && i >= ITEMS)
+            break;
+        const int r = i / C4, c = (i % C4) * 4;
+        float4 a = acc[s];
+        for (int j = 0; j < n; j++) {
+            const float x = w(r, j);
+            const float4 v = *reinterpret_cast<const float4 *>(m + j * L + c);
+            a.x += x * v.x;
+            a.y += x * v.y;
+            a.z += x * v.z;
+            a.w += x * v.w;
+        }
+        acc[s] = a;
+    }
+}
+
+/* rows r < n of the block's R rows from the accumulators into out (rows ldo apart) */
+template <int R, int HD> __device__ static inline void attn_tile_store(float *out, int64_t ldo, const float4 *acc, int n)
+{
+    constexpr int C4 = HD / 4, ITEMS = R * C4, PER = (ITEMS + ATTN_THREADS - 1) / ATTN_THREADS;
+#pragma unroll
+    for (int s = 0; s < PER; s++) {
+        const int i = (int)threadIdx.x + s * ATTN_THREADS;
+        if (i >= ITEMS || i / C4 >= n)
+            continue;
+        float *o = out + (int64_t)(i / C4) * ldo + (i % C4) * 4;
+        o[0] = acc[s].x;
+        o[1] = acc[s].y;
+        o[2] = acc[s].z;
+        o[3] = acc[s].w;
+    }
+}
+
+/* s[r][u] = scale * x[r] . y[u] (s: rows attn_srow apart) for the block's
+ * rows r (x: R rows in shared memory) and every u < T, y's rows (src, ld apart) streamed through the
+ * tile */
+template <int T, int HD, int R>
+__device__ static inline void attn_tile_scores(float *s, const float *x, float *tile, const float *src, int64_t ld,
+                                               float scale)
+{
+    constexpr int L = attn_ld<HD>();
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT) {
+        const int n = T - u0 < ATTN_KT ? T - u0 : ATTN_KT;
+        attn_load_rows<HD, ATTN_KT>(tile, src + (int64_t)u0 * ld, ld, n);
+        __syncthreads();
+        for (int i = threadIdx.x; i < R * ATTN_KT; i += blockDim.x) {
+            const int r = i / ATTN_KT, u = i % ATTN_KT;
+            if (u < n)
+                s[r * attn_srow<T>() + u0 + u] = dot_hd<HD>(x + r * L, tile + u * L) * scale;
+        }
+        __syncthreads();
+    }
+}
+
+/* out[r] = sum over u < T of s[r][u] m[u] for the block's rows, m's rows
+ * (src, ld apart) streamed through the tile; rows r < n stored (ldo apart) */
+template <int T, int HD, int R>
+__device__ static inline void attn_tile_rows_times(float *out, int64_t ldo, const float *s, float *tile,
+                                                   const float *src, int64_t ld, int n)
+{
+    constexpr int PER = (R * HD / 4 + ATTN_THREADS - 1) / ATTN_THREADS;
+    float4 acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT) {
+        const int m = T - u0 < ATTN_KT ? T - u0 : ATTN_KT;
+        attn_load_rows<HD, ATTN_KT>(tile, src + (int64_t)u0 * ld, ld, m);
+        __syncthreads();
+        attn_tile_times<R, HD>(acc, [&](int r, int j) { return s[r * attn_srow<T>() + u0 + j]; }, tile, m);
+        __syncthreads();
+    }
+    attn_tile_store<R, HD>(out, ldo, acc, n);
+}
+
+/* grid (B * NH, row tiles): rows t0 .. t0 + R of sample b, head h: the
+ * weights' rows into att, the output's into out */
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_rows_kernel(float *out, float *att, const float *qkv)
+{
+    static_assert(HD % 4 == 0, "attention: the head width must be a multiple of 4");
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>();
+    extern __shared__ float4 sm4[];
+    float *q = reinterpret_cast<float *>(sm4), *s = q + R * L, *tile = s + R * attn_srow<T>();
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
+    const int n = T - t0 < R ? T - t0 : R;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load_rows<HD, R>(q, base + (int64_t)t0 * D3, D3, n);
+    attn_tile_scores<T, HD, R>(s, q, tile, base + D, D3, 1.0f / sqrtf((float)HD));
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + ((int64_t)bh * T + t0) * T;
+    for (int r = wid; r < n; r += warps)
+        attn_softmax_row<T, T>(s + r * attn_srow<T>(), a + (int64_t)r * T, lane);
+    __syncthreads();
+    attn_tile_rows_times<T, HD, R>(out + ((int64_t)b * T + t0) * D + h * HD, D, s, tile, base + 2 * D, D3, n);
+}
+
+/* grid (B * NH, row tiles): for the block's query rows, the weights'
+ * gradient ds = att (g v^T - rowdot) scale, written over att's rows, and
+ * dq = ds k */
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_bwd_rows_kernel(float *dqkv, float *att, const float *dout, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>();
+    extern __shared__ float4 sm4[];
+    float *g = reinterpret_cast<float *>(sm4), *ds = g + R * L, *tile = ds + R * attn_srow<T>();
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
+    const int n = T - t0 < R ? T - t0 : R;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load_rows<HD, R>(g, dout + ((int64_t)b * T + t0) * D + h * HD, D, n);
+    attn_tile_scores<T, HD, R>(ds, g, tile, base + 2 * D, D3, 1.0f);
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + ((int64_t)bh * T + t0) * T;
+    for (int r = wid; r < n; r += warps) {
+        float *dr = ds + r * attn_srow<T>(), *ar = a + (int64_t)r * T;
+        attn_softmax_bwd_row<T>(dr, ar, scale, lane);
+        for (int u = lane; u < T; u += 32) /* the lanes' own u: each read its p[u] above */
+            ar[u] = dr[u];
+    }
+    __syncthreads();
+    attn_tile_rows_times<T, HD, R>(dqkv + ((int64_t)b * T + t0) * D3 + h * HD, D3, ds, tile, base + D, D3, n);
+}
+
+/* grid (B * NH, column tiles): for the block's R key rows u, out[u] = sum
+ * over t < T of w[t][u] x[t], w the (sample, head)'s T x T matrix and x's
+ * rows streamed: dv = att^T g (DK false: x = dout, w = att) or dk = ds^T q
+ * (DK true: x = q, w = ds in att's room) */
+template <int T, int HD, int NH, bool DK>
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_bwd_cols_kernel(float *dqkv, const float *w, const float *src)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), PER = (R * HD / 4 + ATTN_THREADS - 1) / ATTN_THREADS;
+    extern __shared__ float4 sm4[];
+    float *x = reinterpret_cast<float *>(sm4), *wt = x + ATTN_KT * L;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, u0 = (int)blockIdx.y * R;
+    const int n = T - u0 < R ? T - u0 : R;
+    const int64_t ldx = DK ? D3 : D;
+    const float *xs = DK ? src + (int64_t)b * T * D3 + h * HD : src + (int64_t)b * T * D + h * HD;
+    const float *wb = w + (int64_t)bh * T * T;
+    float4 acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int t0 = 0; t0 < T; t0 += ATTN_KT) {
+        const int m = T - t0 < ATTN_KT ? T - t0 : ATTN_KT;
+        attn_load_rows<HD, ATTN_KT>(x, xs + (int64_t)t0 * ldx, ldx, m);
+        attn_stage<ATTN_KT * R>(
+            [&](int i) { return i / R < m && i % R < n ? wb[(int64_t)(t0 + i / R) * T + u0 + i % R] : 0.0f; },
+            [&](int i, float v) { wt[i] = v; });
+        __syncthreads();
+        attn_tile_times<R, HD>(acc, [&](int u, int j) { return wt[j * R + u]; }, x, m);
+        __syncthreads();
+    }
+    attn_tile_store<R, HD>(dqkv + ((int64_t)b * T + u0) * D3 + (DK ? D : 2 * D) + h * HD, D3, acc, n);
+}
+
+/* whether a (sample, head) fits one block (the kernels above), or takes the
+ * row tiles */
+template <int T, int HD> constexpr bool attn_whole_ok()
+{
+    return attn_bwd_smem<T, HD>() <= 227 * 1024;
+}
+
+template <int T, int HD, int NH> static inline void attention_tiled_setup()
+{
+    static_assert(attn_tiled_smem<T, HD>() <= 227 * 1024, "attention: sequence too long for the row tiles");
+    CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_rows_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_tiled_smem<T, HD>()));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_rows_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_tiled_smem<T, HD>()));
+    constexpr int cols = attn_colprod_smem<HD>(attn_rows<T>());
+    static_assert(cols <= 227 * 1024, "attention: heads too wide for the column tiles");
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_kernel<T, HD, NH, false>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, cols));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_kernel<T, HD, NH, true>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, cols));
+}
+
+template <int T, int HD, int NH>
+static inline void attention_tiled_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+{
+    const dim3 grid((unsigned)(B * NH), (unsigned)((T + attn_rows<T>() - 1) / attn_rows<T>()));
+    attention_fwd_rows_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tiled_smem<T, HD>(), k->stream>>>(out, att, qkv);
+    LAUNCH_CHECK();
+}
+
+/* att: the forward's weights, overwritten by their gradient */
+template <int T, int HD, int NH>
+static inline void attention_tiled_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att,
+                                            int B)
+{
+    const dim3 grid((unsigned)(B * NH), (unsigned)((T + attn_rows<T>() - 1) / attn_rows<T>()));
+    constexpr int cols = attn_colprod_smem<HD>(attn_rows<T>());
+    attention_bwd_cols_kernel<T, HD, NH, false><<<grid, ATTN_THREADS, cols, k->stream>>>(dqkv, att, dout);
+    LAUNCH_CHECK();
+    attention_bwd_rows_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tiled_smem<T, HD>(), k->stream>>>(dqkv, att, dout,
+                                                                                                      qkv);
+    LAUNCH_CHECK();
+    attention_bwd_cols_kernel<T, HD, NH, true><<<grid, ATTN_THREADS, cols, k->stream>>>(dqkv, att, qkv);
+    LAUNCH_CHECK();
+}
+
+/* ---- attention: the entry points ------------------------------------------------------------------ */
+
+/* one block per (sample, head): fp32, or tensor cores in the reduced modes */
+template <int T, int HD, int NH> static inline void attention_whole_setup()
 {
     CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     attn_fwd_smem<T, HD>()));
@@ -1798,9 +2063,8 @@ template <int T, int HD, int NH> static inline void attention_setup()
 }
 
 template <int T, int HD, int NH>
-static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
 {
-    static_assert(attn_bwd_smem<T, HD>() <= 227 * 1024, "attention: sequence too long for shared memory");
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             attention_fwd_tc_kernel<T, HD, NH>
@@ -1814,8 +2078,8 @@ static inline void attention_forward(const kctx *k, float *out, float *att, cons
 }
 
 template <int T, int HD, int NH>
-static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, const float *att,
-                                      int B)
+static inline void attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
+                                            const float *att, int B)
 {
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
@@ -1828,6 +2092,39 @@ static inline void attention_backward(const kctx *k, float *dqkv, const float *d
     attention_bwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv,
                                                                                                    att);
     LAUNCH_CHECK();
+}
+
+/* Once per shape before the first launch: the kernels' shared memory above
+ * the 48 KiB a launch gets unasked. */
+template <int T, int HD, int NH> static inline void attention_setup()
+{
+    if constexpr (attn_whole_ok<T, HD>())
+        attention_whole_setup<T, HD, NH>();
+    else
+        attention_tiled_setup<T, HD, NH>();
+}
+
+/* qkv[B, T, 3D] -> att[B, NH, T, T] (the softmax weights, kept for the
+ * backward), out[B, T, D] */
+template <int T, int HD, int NH>
+static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+{
+    if constexpr (attn_whole_ok<T, HD>())
+        attention_whole_forward<T, HD, NH>(k, out, att, qkv, B);
+    else
+        attention_tiled_forward<T, HD, NH>(k, out, att, qkv, B);
+}
+
+/* dqkv[B, T, 3D] (written whole) from dout[B, T, D]; att: the forward's
+ * weights, which sequences that take the row tiles overwrite with their
+ * gradient */
+template <int T, int HD, int NH>
+static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att, int B)
+{
+    if constexpr (attn_whole_ok<T, HD>())
+        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
+    else
+        attention_tiled_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
 }
 
 /* ---- pooling, dropout ---------------------------------------------------------------------------- */

@@ -12,8 +12,8 @@
 #     gradient, whose tensor is small);
 #     NaN or Inf never passes;
 #   - a short fp32 run's logged training losses (within 1e-2);
-# and compute-sanitizer's memcheck over a few CUDA training steps of damex
-# and hier.
+# and compute-sanitizer's memcheck over a few CUDA training steps of damex,
+# hier and hier14 (hier.moe with 196-token windows).
 # and, first, every kernel of kernels.cuh alone against its ops.h
 # reference (tests/cuda/test_kernels.cu, kernel_ref.c).
 . "${top_srcdir:-.}/tests/e2e/common.sh"
@@ -51,9 +51,11 @@ CMP="$PY $top_srcdir/tests/cuda/compare.py"
 STEPS=${CHECK_CUDA_STEPS:-40}
 
 # hier: the convolution stem, window attention (local and global) and
-# the 2x2 merge
+# the 2x2 merge; hier14: its first local windows at 14x14 (196 tokens: the
+# attention's row tiles)
+sed '0,/window = 7)/s//window = 14)/' "$top_srcdir/tests/e2e/hier.moe" > "$WORK/hier14.moe"
 for spec in damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe \
-    routers_gpu:tests/cuda/routers_gpu.moe hier:tests/e2e/hier.moe; do
+    routers_gpu:tests/cuda/routers_gpu.moe hier:tests/e2e/hier.moe hier14:$WORK/hier14.moe; do
     model=${spec%%:*}
     file=${spec#*:}
     BACKEND=cpu gen "$model" "$file" || { not_ok "$model: the CPU trainer builds"; continue; }
@@ -73,10 +75,10 @@ for spec in damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe 
             not_ok "$model $prec: the loss and every gradient agree with the CPU"
         fi
     done
-    run="--data $DATA --steps $STEPS --log-every 10 --eval-every 0 --max-eval 500 -q"
+    run="--data $DATA --steps $STEPS --log-every 10 --eval-every 0 --max-eval 500 -q --metrics curve.jsonl"
     (cd "$cpu" && ./train $run > curve.log 2>&1) &&
         (cd "$cuda" && ./train $run --precision fp32 > curve.log 2>&1) &&
-        $CMP curves "$cpu/$model.metrics.jsonl" "$cuda/$model.metrics.jsonl" 1e-2 > "$WORK/$model.curve" 2>&1
+        $CMP curves "$cpu/curve.jsonl" "$cuda/curve.jsonl" 1e-2 > "$WORK/$model.curve" 2>&1
     if [ $? -eq 0 ]; then
         ok "$model: $STEPS fp32 steps follow the CPU's loss curve: $(tail -n 1 "$WORK/$model.curve")"
     else
@@ -104,8 +106,9 @@ if [ -z "$SAN" ]; then
     echo "# SKIP memcheck: compute-sanitizer not found"
 else
     # damex: routing, capacity and the fused expert kernels; hier: the
-    # convolution stem, window attention and the 2x2 merge
-    for model in damex hier; do
+    # convolution stem, window attention and the 2x2 merge; hier14: the
+    # attention's row tiles
+    for model in damex hier hier14; do
         [ -x "$WORK/$model/train" ] || continue
         if (cd "$WORK/$model" && "$SAN" --tool memcheck --error-exitcode 3 ./train --synthetic --steps 3 --batch 32 \
             --metrics san.jsonl --checkpoint san.safetensors -q > san.log 2>&1) &&

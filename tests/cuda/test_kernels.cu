@@ -703,31 +703,48 @@ static void test_l2norm()
 
 /* ---- attention ------------------------------------------------------------------------------------------ */
 
-template <int T, int HD, int NH> static void test_attention(int B)
+/* TILED: the row-tile kernels, called directly (the entry points take them
+ * only for sequences too long for one block, attn_whole_ok) */
+template <int T, int HD, int NH, bool TILED = false> static void test_attention(int B)
 {
     constexpr int D = HD * NH;
-    note(fmt("attention T=%d HD=%d NH=%d", T, HD, NH));
-    attention_setup<T, HD, NH>();
+    constexpr bool tiled = TILED || !attn_whole_ok<T, HD>();
+    note(fmt("attention T=%d HD=%d NH=%d%s", T, HD, NH, tiled ? " (row tiles)" : ""));
+    if constexpr (TILED)
+        attention_tiled_setup<T, HD, NH>();
+    else
+        attention_setup<T, HD, NH>();
     Rng r(seed_of("attention", T * 1000 + HD * 10 + NH));
     const fvec qkv = rnd(r, (size_t)B * T * 3 * D, -2, 2);
     float *d_qkv = dup(qkv), *d_out = dpoison<float>((size_t)B * T * D), *d_att = dpoison<float>((size_t)B * NH * T * T);
-    attention_forward<T, HD, NH>(&g_k, d_out, d_att, d_qkv, B);
+    if constexpr (TILED)
+        attention_tiled_forward<T, HD, NH>(&g_k, d_out, d_att, d_qkv, B);
+    else
+        attention_forward<T, HD, NH>(&g_k, d_out, d_att, d_qkv, B);
     fvec out((size_t)B * T * D), att((size_t)B * NH * T * T);
     ref_attention_forward(out.data(), att.data(), qkv.data(), B, T, D, NH);
     /* bf16 mode: the tensor-core kernels (TF32 products) where the shape
      * allows, else the fp32 ones, held to fp32's tolerance */
-    const bool tc = g_bf16 && attn_tc_ok<T, HD>();
-    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d [%s%s]", T, HD, NH, B, mode(), tc ? ", tensor cores" : "");
+    const bool tc = g_bf16 && !tiled && attn_tc_ok<T, HD>();
+    const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d [%s%s]", T, HD, NH, B, mode(),
+                              tc ? ", tensor cores" : tiled ? ", row tiles" : "");
     const double tol = tc ? TOL_ATTN_TC : TOL32;
     check("attention_forward", "out, " + c, down(d_out, out.size()), out, tol);
     check("attention_forward", "att, " + c, down(d_att, att.size()), att, tol);
     /* the backward pass from the CPU's weights */
     const fvec dout = rnd(r, out.size(), -1, 1);
     float *d_dout = dup(dout), *d_att_ref = dup(att), *d_dqkv = dpoison<float>(qkv.size());
-    attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B);
+    if constexpr (TILED)
+        attention_tiled_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B);
+    else
+        attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B);
     fvec dqkv(qkv.size()), datt(att.size());
     ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, D, NH);
     check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, tol);
+    /* the row tiles leave the weights' gradient (through the softmax and
+     * the scale) where the weights were */
+    if (tiled)
+        check("attention_backward", "att's room: the weights' gradient, " + c, down(d_att_ref, datt.size()), datt, tol);
     dfree_all();
 }
 
@@ -1330,6 +1347,16 @@ int main(void)
         test_attention<65, 64, 6>(2); /* config S: heads of 64 */
         test_attention<49, 16, 4>(3);
         test_attention<50, 24, 2>(2); /* heads not a multiple of 16: the fp32 kernels in either mode */
+        /* the row tiles: directly on shapes that fit one block (partial tiles
+         * of rows and of keys: 65 = 2 x 32 + 1), then through the entry
+         * points on sequences that do not (GCViT's 14 x 14 windows, ViT's 197
+         * tokens with heads of 64, rows of 16 and of 8 scores a block) */
+        test_attention<65, 32, 4, true>(2);
+        test_attention<16, 8, 2, true>(3);
+        test_attention<196, 32, 2>(3);
+        test_attention<197, 64, 1>(2);
+        test_attention<300, 16, 2>(2);
+        test_attention<1088, 4, 1>(1);
     }
     g_bf16 = false;
     g_mode = "fp32";

@@ -2,8 +2,9 @@
 # cuda_build.sh: the CUDA trainer of every example that has one, and of the
 # GPU benchmark configs, of tests/e2e/hier.moe (the hierarchical layers),
 # and of tests/cuda/dp.moe data parallel and expert
-# parallel and of config S on 8 GPUs with one expert each and with 4 groups
-# of 2 (NCCL; skipped where nccl.h is not found), compiles and links
+# parallel, of config S on 8 GPUs with one expert each and with 4 groups
+# of 2, and of GCViT-MoE without its augmentations (NCCL; skipped where
+# nccl.h is not found), compiles and links
 # with nvcc, every warning an error (nvcc's own and the host compiler's
 # -Wall -Wextra). No GPU needed;
 # skipped where nvcc is not found. An example whose model the CUDA backend
@@ -27,7 +28,11 @@ if [ -f "$CUDA_HOME/include/nccl.h" ] || [ -f /usr/include/nccl.h ] || [ -n "${N
     { cat "$top_srcdir/bench/gpu_s.moe"; echo "parallel(data = 8, expert = 8)"; } > "$WORK/gpu_s_ep8.moe"
     # 4 groups of 2: the experts' gradients averaged over the 4 GPUs that hold them
     { cat "$top_srcdir/bench/gpu_s.moe"; echo "parallel(data = 8, expert = 2)"; } > "$WORK/gpu_s_dp8_ep2.moe"
-    parallel="$top_srcdir/tests/cuda/dp.moe $WORK/dp_expert.moe $WORK/gpu_s_ep8.moe $WORK/gpu_s_dp8_ep2.moe"
+    # GCViT-MoE (8 GPUs, expert groups of 4) with the flips alone: neither
+    # backend applies its CutMix and RandAugment yet
+    sed 's/^    augment = .*/    augment = [flip()]/' "$top_srcdir/examples/gcvit_moe.moe" > "$WORK/gcvit_flip.moe"
+    parallel="$top_srcdir/tests/cuda/dp.moe $WORK/dp_expert.moe $WORK/gpu_s_ep8.moe $WORK/gpu_s_dp8_ep2.moe
+        $WORK/gcvit_flip.moe"
 else
     echo "# SKIP the multi-GPU trainers: nccl.h not found (NCCL_HOME=DIR)"
 fi

@@ -199,19 +199,41 @@ for args in "--target cpu examples/damex.moe" "examples/gcvit_moe.moe"; do
     fi
 done
 
-# The CUDA backend generates the hierarchical layers, and refuses at its
-# place a window too large for the attention kernels.
+# The CUDA backend generates the hierarchical layers, GCViT-MoE's 14x14
+# windows (196 tokens, heads of 32) included, and refuses at its place an
+# attention too long even for rows of it in shared memory.
 if (cd "$top_srcdir" && "$MOECC" --check --target cuda tests/e2e/hier.moe) >"$tmp/out" 2>"$tmp/err"; then
     pass "--target cuda takes hier.moe"
 else
     fail "--target cuda takes hier.moe" "in:"
     head -n 5 "$tmp/err"
 fi
-(cd "$top_srcdir" && "$MOECC" --check --target cuda examples/gcvit_moe.moe) >"$tmp/out" 2>"$tmp/err"
-if test $? -ne 0 && grep -q '^examples/gcvit_moe.moe:70:32: error: .*196 tokens of head width 32' "$tmp/err"; then
-    pass "--target cuda: a window of 196 tokens is refused at its place"
+# (without the augmentations neither backend applies yet)
+sed 's/^    augment = .*/    augment = [flip()]/' "$top_srcdir/examples/gcvit_moe.moe" > "$tmp/gcvit_flip.moe"
+if "$MOECC" --check --target cuda "$tmp/gcvit_flip.moe" >"$tmp/out" 2>"$tmp/err"; then
+    pass "--target cuda takes GCViT-MoE's windows of 196 tokens"
 else
-    fail "--target cuda: a window of 196 tokens is refused at its place" "in:"
+    fail "--target cuda takes GCViT-MoE's windows of 196 tokens" "in:"
+    head -n 5 "$tmp/err"
+fi
+# 352x352 in patches of 4: 7,744 tokens of head width 16; 8 rows of their
+# scores need more than the 227 KiB
+cat > "$tmp/long.moe" << EOF
+dataset mnist(format = mnist_json, path = "mnist", classes = 10, test_split = 0.2, resize = bilinear)
+model long {
+    input(channels = 1, height = 352, width = 352)
+    patch_embed(patch = 4, dim = 64)
+    attention(heads = 4)
+    pool(kind = mean)
+    classifier()
+}
+train { batch = 2 steps = 1 }
+EOF
+"$MOECC" --check --target cuda "$tmp/long.moe" >"$tmp/out" 2>"$tmp/err"
+if test $? -eq 1 && grep -q "^$tmp/long.moe:5:5: error: .*7744 tokens of head width 16 need 245 KiB" "$tmp/err"; then
+    pass "--target cuda: an attention too long for its kernels is refused at its place"
+else
+    fail "--target cuda: an attention too long for its kernels is refused at its place" "in:"
     head -n 5 "$tmp/err"
 fi
 
