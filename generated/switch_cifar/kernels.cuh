@@ -946,8 +946,8 @@ static inline void conv_im2col(const kctx *k, float *cols, const float *img, int
     LAUNCH_CHECK();
 }
 
-/* one thread a pixel: the sum of the neighbourhoods' gradients over it,
- * neighbourhood by neighbourhood in the CPU's order (oy, then ox) */
+/* one thread a pixel: the sum of the gradients of the neighbourhoods that
+ * cover it, in the CPU's order (oy, then ox) */
 static __global__ void conv_col2im_kernel(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S,
                                           int pad, int nhwc, int OH, int OW, int acc)
 {
@@ -962,15 +962,15 @@ static __global__ void conv_col2im_kernel(float *dimg, const float *dcols, int B
         x = (int)(i % W), y = (int)(i / W % H), c = (int)(i / ((int64_t)W * H) % C), b = (int)(i / ((int64_t)W * H * C));
     }
     const int64_t CKK = (int64_t)C * K * K;
+    /* the neighbourhoods over the pixel: 0 <= y + pad - oy * S < K */
+    const int yp = y + pad, xp = x + pad;
+    const int oy0 = yp >= K ? (yp - K) / S + 1 : 0, oy1 = min(OH - 1, yp / S);
+    const int ox0 = xp >= K ? (xp - K) / S + 1 : 0, ox1 = min(OW - 1, xp / S);
     float sum = acc ? dimg[i] : 0.0f;
-    for (int oy = 0; oy < OH; oy++) {
-        const int ky = y + pad - oy * S;
-        if (ky < 0 || ky >= K)
-            continue;
-        for (int ox = 0; ox < OW; ox++) {
-            const int kx = x + pad - ox * S;
-            if (kx < 0 || kx >= K)
-                continue;
+    for (int oy = oy0; oy <= oy1; oy++) {
+        const int ky = yp - oy * S;
+        for (int ox = ox0; ox <= ox1; ox++) {
+            const int kx = xp - ox * S;
             sum += dcols[(((int64_t)b * OH + oy) * OW + ox) * CKK + ((int64_t)c * K + ky) * K + kx];
         }
     }
@@ -998,21 +998,31 @@ static inline void patch_embed_input_backward(const kctx *k, float *dimg, float 
     conv_col2im(k, dimg, dcols, B, C, IH, IW, P, P, 0, 0, acc);
 }
 
-static __global__ void transpose_rc_kernel(float *out, const float *inp, int B, int R, int C, int acc)
+/* a block a 32 x 32 tile of one sample: read along c, written along r
+ * (through shared memory, a column of padding against bank conflicts), so
+ * that both sides move whole rows of 128 bytes */
+static __global__ void transpose_rc_kernel(float *out, const float *inp, int R, int C, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * R * C)
-        return;
-    const int r = (int)(i % R), c = (int)(i / R % C);
-    const int64_t b = i / ((int64_t)R * C);
-    const float v = inp[(b * R + r) * C + c];
-    out[i] = acc ? out[i] + v : v;
+    __shared__ float tile[32][33];
+    const int c0 = (int)blockIdx.x * 32, r0 = (int)blockIdx.y * 32, tx = (int)threadIdx.x;
+    const float *in = inp + (int64_t)blockIdx.z * R * C;
+    float *o = out + (int64_t)blockIdx.z * R * C;
+    for (int j = (int)threadIdx.y; j < 32; j += (int)blockDim.y)
+        if (r0 + j < R && c0 + tx < C)
+            tile[j][tx] = in[(int64_t)(r0 + j) * C + c0 + tx];
+    __syncthreads();
+    for (int j = (int)threadIdx.y; j < 32; j += (int)blockDim.y)
+        if (c0 + j < C && r0 + tx < R) {
+            float *p = o + (int64_t)(c0 + j) * R + r0 + tx;
+            *p = acc ? *p + tile[tx][j] : tile[tx][j];
+        }
 }
 
 /* out[b, c, r] (+)= inp[b, r, c]: [B, R, C] to [B, C, R] */
 static inline void transpose_rc(const kctx *k, float *out, const float *inp, int B, int R, int C, int acc)
 {
-    transpose_rc_kernel<<<blocks_for((int64_t)B * R * C, 256), 256, 0, k->stream>>>(out, inp, B, R, C, acc);
+    const dim3 grid((unsigned)((C + 31) / 32), (unsigned)((R + 31) / 32), (unsigned)B);
+    transpose_rc_kernel<<<grid, dim3(32, 8), 0, k->stream>>>(out, inp, R, C, acc);
     LAUNCH_CHECK();
 }
 
@@ -1024,18 +1034,36 @@ __device__ static inline int64_t window_row(int b, int y, int x, int GH, int GW,
            x % WS;
 }
 
-static __global__ void window_permute_kernel(float *dst, const float *src, int B, int GH, int GW, int WS, int C,
+/* d[0, V) (+)= s[0, V) */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc)
+{
+    float x[V];
+    vload<V>(x, s);
+    if (acc) {
+        float o[V];
+        vload<V>(o, d);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = o[j] + x[j];
+    }
+    vstore<V>(d, x);
+}
+
+/* the passes below move rows of C floats V at a time (V = 4 where C is a
+ * multiple of 4 and the buffers 16-byte aligned), their indices in 32 bits
+ * (rows < 2^31) */
+template <int V>
+static __global__ void window_permute_kernel(float *dst, const float *src, int rows, int GH, int GW, int WS, int C,
                                              int to_windows, int acc)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * GH * GW * C)
+    const int CV = C / V;
+    if (i >= (int64_t)rows * CV)
         return;
-    const int c = (int)(i % C);
-    int b, y, x;
-    grid_pos(i / C, GH, GW, b, y, x);
-    const int64_t w = window_row(b, y, x, GH, GW, WS) * C + c;
-    const int64_t s = to_windows ? i : w, d = to_windows ? w : i;
-    dst[d] = acc ? dst[d] + src[s] : src[s];
+    const int r = (int)(i / CV), c = (int)(i % CV) * V;
+    const int x = r % GW, y = r / GW % GH, b = r / (GW * GH);
+    const int64_t w = window_row(b, y, x, GH, GW, WS) * C + c, g = (int64_t)r * C + c;
+    vcopy<V>(dst + (to_windows ? w : g), src + (to_windows ? g : w), acc);
 }
 
 /* Swin's window partition of grid[B, GH*GW, C] into win[B * nW, WS*WS, C];
@@ -1043,8 +1071,13 @@ static __global__ void window_permute_kernel(float *dst, const float *src, int B
 static inline void window_permute(const kctx *k, float *dst, const float *src, int B, int GH, int GW, int WS, int C,
                                   int to_windows, int acc)
 {
-    window_permute_kernel<<<blocks_for((int64_t)B * GH * GW * C, 256), 256, 0, k->stream>>>(dst, src, B, GH, GW, WS, C,
-                                                                                            to_windows, acc);
+    const int rows = B * GH * GW;
+    if (vec4_ok(C, dst, src))
+        window_permute_kernel<4><<<blocks_for((int64_t)rows * C / 4, 256), 256, 0, k->stream>>>(dst, src, rows, GH, GW,
+                                                                                                WS, C, to_windows, acc);
+    else
+        window_permute_kernel<1><<<blocks_for((int64_t)rows * C, 256), 256, 0, k->stream>>>(dst, src, rows, GH, GW, WS,
+                                                                                            C, to_windows, acc);
     LAUNCH_CHECK();
 }
 
@@ -1070,40 +1103,61 @@ static inline void grid_pool_forward(const kctx *k, float *out, const float *inp
     LAUNCH_CHECK();
 }
 
-static __global__ void grid_pool_bwd_kernel(float *dinp, const float *dout, int B, int GH, int GW, int WS, int D,
+template <int V>
+static __global__ void grid_pool_bwd_kernel(float *dinp, const float *dout, int rows, int GH, int GW, int WS, int D,
                                             int acc)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * GH * GW * D)
+    const int DV = D / V;
+    if (i >= (int64_t)rows * DV)
         return;
-    const int d = (int)(i % D);
-    int b, y, x;
-    grid_pos(i / D, GH, GW, b, y, x);
+    const int r = (int)(i / DV), d = (int)(i % DV) * V;
+    const int x = r % GW, y = r / GW % GH, b = r / (GW * GH);
     const int CH = GH / WS, CW = GW / WS;
-    const float v = dout[((int64_t)b * WS * WS + (int64_t)(y / CH) * WS + x / CW) * D + d] * (1.0f / (float)(CH * CW));
-    dinp[i] = acc ? dinp[i] + v : v;
+    const float inv = 1.0f / (float)(CH * CW);
+    float v[V];
+    vload<V>(v, dout + ((int64_t)b * WS * WS + (int64_t)(y / CH) * WS + x / CW) * D + d);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        v[j] *= inv;
+    float *o = dinp + (int64_t)r * D + d;
+    if (acc) {
+        float p[V];
+        vload<V>(p, o);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            v[j] = p[j] + v[j];
+    }
+    vstore<V>(o, v);
 }
 
 static inline void grid_pool_backward(const kctx *k, float *dinp, const float *dout, int B, int GH, int GW, int WS,
                                       int D, int acc)
 {
-    grid_pool_bwd_kernel<<<blocks_for((int64_t)B * GH * GW * D, 256), 256, 0, k->stream>>>(dinp, dout, B, GH, GW, WS,
+    const int rows = B * GH * GW;
+    if (vec4_ok(D, dinp, dout))
+        grid_pool_bwd_kernel<4><<<blocks_for((int64_t)rows * D / 4, 256), 256, 0, k->stream>>>(dinp, dout, rows, GH, GW,
+                                                                                               WS, D, acc);
+    else
+        grid_pool_bwd_kernel<1><<<blocks_for((int64_t)rows * D, 256), 256, 0, k->stream>>>(dinp, dout, rows, GH, GW, WS,
                                                                                            D, acc);
     LAUNCH_CHECK();
 }
 
+template <int V>
 static __global__ void global_window_qkv_kernel(float *qkv, const float *q, const float *kv, int B, int GH, int GW,
                                                 int WS, int D)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const int NWX = GW / WS, NW = (GH / WS) * NWX, WT = WS * WS;
-    if (i >= (int64_t)B * NW * WT * 3 * D)
+    const int NWX = GW / WS, NW = (GH / WS) * NWX, WT = WS * WS, JV = 3 * D / V;
+    if (i >= (int64_t)B * NW * WT * JV)
         return;
-    const int j = (int)(i % (3 * D));
-    const int64_t r = i / (3 * D);
-    const int t = (int)(r % WT), w = (int)(r / WT % NW), b = (int)(r / ((int64_t)WT * NW));
+    const int j = (int)(i % JV) * V, r = (int)(i / JV);
+    const int t = r % WT, w = r / WT % NW, b = r / (WT * NW);
     const int y = w / NWX * WS + t / WS, x = w % NWX * WS + t % WS;
-    qkv[i] = j < D ? q[((int64_t)b * WT + t) * D + j] : kv[((int64_t)b * GH * GW + (int64_t)y * GW + x) * 2 * D + j - D];
+    vcopy<V>(qkv + (int64_t)r * 3 * D + j,
+             j < D ? q + ((int64_t)b * WT + t) * D + j : kv + ((int64_t)b * GH * GW + (int64_t)y * GW + x) * 2 * D + j - D,
+             0);
 }
 
 /* GCViT's global attention input: qkv[B * nW, WS*WS, 3D], every window
@@ -1113,7 +1167,10 @@ static inline void global_window_qkv(const kctx *k, float *qkv, const float *q, 
                                      int WS, int D)
 {
     const int64_t n = (int64_t)B * (GH / WS) * (GW / WS) * WS * WS * 3 * D;
-    global_window_qkv_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(qkv, q, kv, B, GH, GW, WS, D);
+    if (vec4_ok(D, qkv, q, kv))
+        global_window_qkv_kernel<4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(qkv, q, kv, B, GH, GW, WS, D);
+    else
+        global_window_qkv_kernel<1><<<blocks_for(n, 256), 256, 0, k->stream>>>(qkv, q, kv, B, GH, GW, WS, D);
     LAUNCH_CHECK();
 }
 
@@ -1132,15 +1189,15 @@ static __global__ void global_q_bwd_kernel(float *dq, const float *dqkv, int B, 
 }
 
 /* dkv[b, y*GW + x, j] = the gradient of the key or value at that token */
-static __global__ void global_kv_bwd_kernel(float *dkv, const float *dqkv, int B, int GH, int GW, int WS, int D)
+template <int V> static __global__ void global_kv_bwd_kernel(float *dkv, const float *dqkv, int rows, int GH, int GW, int WS, int D)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * GH * GW * 2 * D)
+    const int JV = 2 * D / V;
+    if (i >= (int64_t)rows * JV)
         return;
-    const int j = (int)(i % (2 * D));
-    int b, y, x;
-    grid_pos(i / (2 * D), GH, GW, b, y, x);
-    dkv[i] = dqkv[window_row(b, y, x, GH, GW, WS) * 3 * D + D + j];
+    const int r = (int)(i / JV), j = (int)(i % JV) * V;
+    const int x = r % GW, y = r / GW % GH, b = r / (GW * GH);
+    vcopy<V>(dkv + (int64_t)r * 2 * D + j, dqkv + window_row(b, y, x, GH, GW, WS) * 3 * D + D + j, 0);
 }
 
 /* the adjoint of global_window_qkv: dq[B, WS*WS, D] and dkv[B, GH*GW, 2D],
@@ -1151,8 +1208,13 @@ static inline void global_window_qkv_backward(const kctx *k, float *dq, float *d
     const int NW = (GH / WS) * (GW / WS), WT = WS * WS;
     global_q_bwd_kernel<<<blocks_for((int64_t)B * WT * D, 256), 256, 0, k->stream>>>(dq, dqkv, B, NW, WT, D);
     LAUNCH_CHECK();
-    global_kv_bwd_kernel<<<blocks_for((int64_t)B * GH * GW * 2 * D, 256), 256, 0, k->stream>>>(dkv, dqkv, B, GH, GW,
-                                                                                              WS, D);
+    const int rows = B * GH * GW;
+    if (vec4_ok(D, dkv, dqkv))
+        global_kv_bwd_kernel<4><<<blocks_for((int64_t)rows * 2 * D / 4, 256), 256, 0, k->stream>>>(dkv, dqkv, rows, GH,
+                                                                                                   GW, WS, D);
+    else
+        global_kv_bwd_kernel<1><<<blocks_for((int64_t)rows * 2 * D, 256), 256, 0, k->stream>>>(dkv, dqkv, rows, GH, GW,
+                                                                                               WS, D);
     LAUNCH_CHECK();
 }
 
@@ -1783,7 +1845,272 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     attn_store<T, HD>(dk, D3, kk);
 }
 
-template <int T, int HD, int NH> static inline void attention_setup()
+/* ---- attention by tiles of rows (sequences too long for one block) -------------------------------------
+ * When a (sample, head) does not fit in one block's shared memory (196-token
+ * windows, ViT's 197 tokens at 224 x 224), a block takes R rows of one
+ * (sample, head) and streams the other operand through shared memory ATTN_KT
+ * rows at a time. The forward keeps the block's R rows of scores; the
+ * backward is three kernels: dv = att^T g by tiles of keys, then by tiles of
+ * queries the weights' gradient ds (written over att, which nothing reads
+ * after) and dq = ds k, then dk = ds^T q by tiles of keys. The sums are the
+ * fp32 kernels' own, in the same order; they run in fp32 in every precision
+ * mode. */
+
+#define ATTN_KT 32 /* rows of the streamed operand per tile */
+
+/* rows a block takes: R rows of scores (R x T floats) stay in shared memory */
+template <int T> __host__ __device__ constexpr int attn_rows()
+{
+    return T <= 256 ? 32 : T <= 1024 ? 16 : 8;
+}
+
+/* the rows of scores in shared memory: T floats apart, one more where T is
+ * a multiple of 32 (the rows' same columns would share a bank) */
+template <int T> __host__ __device__ constexpr int attn_srow()
+{
+    return T % 32 == 0 ? T + 1 : T;
+}
+
+/* the forward's and the row backward's shared memory (the larger of the
+ * three kernels'): R rows, their R rows of scores, one tile of ATTN_KT rows */
+template <int T, int HD> constexpr int attn_tiled_smem()
+{
+    return (int)sizeof(float) *
+           (attn_rows<T>() * attn_ld<HD>() + attn_rows<T>() * attn_srow<T>() + ATTN_KT * attn_ld<HD>());
+}
+
+template <int HD> constexpr int attn_colprod_smem(int R)
+{
+    return (int)sizeof(float) * (ATTN_KT * attn_ld<HD>() + ATTN_KT * R);
+}
+
+/* rows t < ROWS of dst (attn_ld apart, HD wide) from src's rows (ld apart);
+ * rows from n on zero */
+template <int HD, int ROWS>
+__device__ static inline void attn_load_rows(float *dst, const float *src, int64_t ld, int n)
+{
+    constexpr int L = attn_ld<HD>();
+    attn_stage<ROWS * HD>([&](int i) { return i / HD < n ? src[(int64_t)(i / HD) * ld + i % HD] : 0.0f; },
+                          [&](int i, float x) { dst[i / HD * L + i % HD] = x; });
+}
+
+/* acc(r, c..c+3) += sum over j < n of w(r, j) * m[j][c..c+3] (m: rows L
+ * apart) for the block's R rows: item i of R * HD/4 is thread i % ATTN_THREADS's
+ * slot i / ATTN_THREADS */
+template <int R, int HD, typename W>
+__device__ static inline void attn_tile_times(float4 *acc, W w, const float *m, int n)
+{
+    constexpr int L = attn_ld<HD>(), C4 = HD / 4, ITEMS = R * C4, PER = (ITEMS + ATTN_THREADS - 1) / ATTN_THREADS;
+#pragma unroll
+    for (int s = 0; s < PER; s++) {
+        const int i = (int)threadIdx.x + s * ATTN_THREADS;
+        if (ITEMS % ATTN_THREADS != 0 && i >= ITEMS)
+            break;
+        const int r = i / C4, c = (i % C4) * 4;
+        float4 a = acc[s];
+        for (int j = 0; j < n; j++) {
+            const float x = w(r, j);
+            const float4 v = *reinterpret_cast<const float4 *>(m + j * L + c);
+            a.x += x * v.x;
+            a.y += x * v.y;
+            a.z += x * v.z;
+            a.w += x * v.w;
+        }
+        acc[s] = a;
+    }
+}
+
+/* rows r < n of the block's R rows from the accumulators into out (rows ldo apart) */
+template <int R, int HD> __device__ static inline void attn_tile_store(float *out, int64_t ldo, const float4 *acc, int n)
+{
+    constexpr int C4 = HD / 4, ITEMS = R * C4, PER = (ITEMS + ATTN_THREADS - 1) / ATTN_THREADS;
+#pragma unroll
+    for (int s = 0; s < PER; s++) {
+        const int i = (int)threadIdx.x + s * ATTN_THREADS;
+        if (i >= ITEMS || i / C4 >= n)
+            continue;
+        float *o = out + (int64_t)(i / C4) * ldo + (i % C4) * 4;
+        o[0] = acc[s].x;
+        o[1] = acc[s].y;
+        o[2] = acc[s].z;
+        o[3] = acc[s].w;
+    }
+}
+
+/* s[r][u] = scale * x[r] . y[u] (s: rows attn_srow apart) for the block's
+ * rows r (x: R rows in shared memory) and every u < T, y's rows (src, ld apart) streamed through the
+ * tile */
+template <int T, int HD, int R>
+__device__ static inline void attn_tile_scores(float *s, const float *x, float *tile, const float *src, int64_t ld,
+                                               float scale)
+{
+    constexpr int L = attn_ld<HD>();
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT) {
+        const int n = T - u0 < ATTN_KT ? T - u0 : ATTN_KT;
+        attn_load_rows<HD, ATTN_KT>(tile, src + (int64_t)u0 * ld, ld, n);
+        __syncthreads();
+        for (int i = threadIdx.x; i < R * ATTN_KT; i += blockDim.x) {
+            const int r = i / ATTN_KT, u = i % ATTN_KT;
+            if (u < n)
+                s[r * attn_srow<T>() + u0 + u] = dot_hd<HD>(x + r * L, tile + u * L) * scale;
+        }
+        __syncthreads();
+    }
+}
+
+/* out[r] = sum over u < T of s[r][u] m[u] for the block's rows, m's rows
+ * (src, ld apart) streamed through the tile; rows r < n stored (ldo apart) */
+template <int T, int HD, int R>
+__device__ static inline void attn_tile_rows_times(float *out, int64_t ldo, const float *s, float *tile,
+                                                   const float *src, int64_t ld, int n)
+{
+    constexpr int PER = (R * HD / 4 + ATTN_THREADS - 1) / ATTN_THREADS;
+    float4 acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT) {
+        const int m = T - u0 < ATTN_KT ? T - u0 : ATTN_KT;
+        attn_load_rows<HD, ATTN_KT>(tile, src + (int64_t)u0 * ld, ld, m);
+        __syncthreads();
+        attn_tile_times<R, HD>(acc, [&](int r, int j) { return s[r * attn_srow<T>() + u0 + j]; }, tile, m);
+        __syncthreads();
+    }
+    attn_tile_store<R, HD>(out, ldo, acc, n);
+}
+
+/* grid (B * NH, row tiles): rows t0 .. t0 + R of sample b, head h: the
+ * weights' rows into att, the output's into out */
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_rows_kernel(float *out, float *att, const float *qkv)
+{
+    static_assert(HD % 4 == 0, "attention: the head width must be a multiple of 4");
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>();
+    extern __shared__ float4 sm4[];
+    float *q = reinterpret_cast<float *>(sm4), *s = q + R * L, *tile = s + R * attn_srow<T>();
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
+    const int n = T - t0 < R ? T - t0 : R;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load_rows<HD, R>(q, base + (int64_t)t0 * D3, D3, n);
+    attn_tile_scores<T, HD, R>(s, q, tile, base + D, D3, 1.0f / sqrtf((float)HD));
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + ((int64_t)bh * T + t0) * T;
+    for (int r = wid; r < n; r += warps)
+        attn_softmax_row<T, T>(s + r * attn_srow<T>(), a + (int64_t)r * T, lane);
+    __syncthreads();
+    attn_tile_rows_times<T, HD, R>(out + ((int64_t)b * T + t0) * D + h * HD, D, s, tile, base + 2 * D, D3, n);
+}
+
+/* grid (B * NH, row tiles): for the block's query rows, the weights'
+ * gradient ds = att (g v^T - rowdot) scale, written over att's rows, and
+ * dq = ds k */
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_bwd_rows_kernel(float *dqkv, float *att, const float *dout, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>();
+    extern __shared__ float4 sm4[];
+    float *g = reinterpret_cast<float *>(sm4), *ds = g + R * L, *tile = ds + R * attn_srow<T>();
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
+    const int n = T - t0 < R ? T - t0 : R;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load_rows<HD, R>(g, dout + ((int64_t)b * T + t0) * D + h * HD, D, n);
+    attn_tile_scores<T, HD, R>(ds, g, tile, base + 2 * D, D3, 1.0f);
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + ((int64_t)bh * T + t0) * T;
+    for (int r = wid; r < n; r += warps) {
+        float *dr = ds + r * attn_srow<T>(), *ar = a + (int64_t)r * T;
+        attn_softmax_bwd_row<T>(dr, ar, scale, lane);
+        for (int u = lane; u < T; u += 32) /* the lanes' own u: each read its p[u] above */
+            ar[u] = dr[u];
+    }
+    __syncthreads();
+    attn_tile_rows_times<T, HD, R>(dqkv + ((int64_t)b * T + t0) * D3 + h * HD, D3, ds, tile, base + D, D3, n);
+}
+
+/* grid (B * NH, column tiles): for the block's R key rows u, out[u] = sum
+ * over t < T of w[t][u] x[t], w the (sample, head)'s T x T matrix and x's
+ * rows streamed: dv = att^T g (DK false: x = dout, w = att) or dk = ds^T q
+ * (DK true: x = q, w = ds in att's room) */
+template <int T, int HD, int NH, bool DK>
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_bwd_cols_kernel(float *dqkv, const float *w, const float *src)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), PER = (R * HD / 4 + ATTN_THREADS - 1) / ATTN_THREADS;
+    extern __shared__ float4 sm4[];
+    float *x = reinterpret_cast<float *>(sm4), *wt = x + ATTN_KT * L;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, u0 = (int)blockIdx.y * R;
+    const int n = T - u0 < R ? T - u0 : R;
+    const int64_t ldx = DK ? D3 : D;
+    const float *xs = DK ? src + (int64_t)b * T * D3 + h * HD : src + (int64_t)b * T * D + h * HD;
+    const float *wb = w + (int64_t)bh * T * T;
+    float4 acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int t0 = 0; t0 < T; t0 += ATTN_KT) {
+        const int m = T - t0 < ATTN_KT ? T - t0 : ATTN_KT;
+        attn_load_rows<HD, ATTN_KT>(x, xs + (int64_t)t0 * ldx, ldx, m);
+        attn_stage<ATTN_KT * R>(
+            [&](int i) { return i / R < m && i % R < n ? wb[(int64_t)(t0 + i / R) * T + u0 + i % R] : 0.0f; },
+            [&](int i, float v) { wt[i] = v; });
+        __syncthreads();
+        attn_tile_times<R, HD>(acc, [&](int u, int j) { return wt[j * R + u]; }, x, m);
+        __syncthreads();
+    }
+    attn_tile_store<R, HD>(dqkv + ((int64_t)b * T + u0) * D3 + (DK ? D : 2 * D) + h * HD, D3, acc, n);
+}
+
+/* whether a (sample, head) fits one block (the kernels above), or takes the
+ * row tiles */
+template <int T, int HD> constexpr bool attn_whole_ok()
+{
+    return attn_bwd_smem<T, HD>() <= 227 * 1024;
+}
+
+template <int T, int HD, int NH> static inline void attention_tiled_setup()
+{
+    static_assert(attn_tiled_smem<T, HD>() <= 227 * 1024, "attention: sequence too long for the row tiles");
+    CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_rows_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_tiled_smem<T, HD>()));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_rows_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_tiled_smem<T, HD>()));
+    constexpr int cols = attn_colprod_smem<HD>(attn_rows<T>());
+    static_assert(cols <= 227 * 1024, "attention: heads too wide for the column tiles");
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_kernel<T, HD, NH, false>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, cols));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_kernel<T, HD, NH, true>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, cols));
+}
+
+template <int T, int HD, int NH>
+static inline void attention_tiled_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+{
+    const dim3 grid((unsigned)(B * NH), (unsigned)((T + attn_rows<T>() - 1) / attn_rows<T>()));
+    attention_fwd_rows_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tiled_smem<T, HD>(), k->stream>>>(out, att, qkv);
+    LAUNCH_CHECK();
+}
+
+/* att: the forward's weights, overwritten by their gradient */
+template <int T, int HD, int NH>
+static inline void attention_tiled_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att,
+                                            int B)
+{
+    const dim3 grid((unsigned)(B * NH), (unsigned)((T + attn_rows<T>() - 1) / attn_rows<T>()));
+    constexpr int cols = attn_colprod_smem<HD>(attn_rows<T>());
+    attention_bwd_cols_kernel<T, HD, NH, false><<<grid, ATTN_THREADS, cols, k->stream>>>(dqkv, att, dout);
+    LAUNCH_CHECK();
+    attention_bwd_rows_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tiled_smem<T, HD>(), k->stream>>>(dqkv, att, dout,
+                                                                                                      qkv);
+    LAUNCH_CHECK();
+    attention_bwd_cols_kernel<T, HD, NH, true><<<grid, ATTN_THREADS, cols, k->stream>>>(dqkv, att, qkv);
+    LAUNCH_CHECK();
+}
+
+/* ---- attention: the entry points ------------------------------------------------------------------ */
+
+/* one block per (sample, head): fp32, or tensor cores in the reduced modes */
+template <int T, int HD, int NH> static inline void attention_whole_setup()
 {
     CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     attn_fwd_smem<T, HD>()));
@@ -1798,9 +2125,8 @@ template <int T, int HD, int NH> static inline void attention_setup()
 }
 
 template <int T, int HD, int NH>
-static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
 {
-    static_assert(attn_bwd_smem<T, HD>() <= 227 * 1024, "attention: sequence too long for shared memory");
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             attention_fwd_tc_kernel<T, HD, NH>
@@ -1814,8 +2140,8 @@ static inline void attention_forward(const kctx *k, float *out, float *att, cons
 }
 
 template <int T, int HD, int NH>
-static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, const float *att,
-                                      int B)
+static inline void attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
+                                            const float *att, int B)
 {
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
@@ -1828,6 +2154,39 @@ static inline void attention_backward(const kctx *k, float *dqkv, const float *d
     attention_bwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv,
                                                                                                    att);
     LAUNCH_CHECK();
+}
+
+/* Once per shape before the first launch: the kernels' shared memory above
+ * the 48 KiB a launch gets unasked. */
+template <int T, int HD, int NH> static inline void attention_setup()
+{
+    if constexpr (attn_whole_ok<T, HD>())
+        attention_whole_setup<T, HD, NH>();
+    else
+        attention_tiled_setup<T, HD, NH>();
+}
+
+/* qkv[B, T, 3D] -> att[B, NH, T, T] (the softmax weights, kept for the
+ * backward), out[B, T, D] */
+template <int T, int HD, int NH>
+static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+{
+    if constexpr (attn_whole_ok<T, HD>())
+        attention_whole_forward<T, HD, NH>(k, out, att, qkv, B);
+    else
+        attention_tiled_forward<T, HD, NH>(k, out, att, qkv, B);
+}
+
+/* dqkv[B, T, 3D] (written whole) from dout[B, T, D]; att: the forward's
+ * weights, which sequences that take the row tiles overwrite with their
+ * gradient */
+template <int T, int HD, int NH>
+static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att, int B)
+{
+    if constexpr (attn_whole_ok<T, HD>())
+        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
+    else
+        attention_tiled_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
 }
 
 /* ---- pooling, dropout ---------------------------------------------------------------------------- */
@@ -1897,34 +2256,55 @@ static inline void dropout_mask(const kctx *k, float *mask, int64_t n, float p, 
 }
 
 /* out[i] = inp[i] * mask[i / R] (R = 1: dropout; R = row: drop path) */
-static __global__ void mask_fwd_kernel(float *out, const float *inp, const float *mask, int64_t n, int64_t R)
+/* out[i] (+)= inp[i] * mask[i / R] (acc: out[i] + that), V elements a
+ * thread (R a multiple of V); I: the index type, 32 bits where n allows */
+template <int V, typename I>
+static __global__ void mask_kernel(float *out, const float *inp, const float *mask, I n, I R, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        out[i] = inp[i] * mask[i / R];
-}
-
-static __global__ void mask_bwd_kernel(float *dinp, const float *dout, const float *mask, int64_t n, int64_t R, int acc)
-{
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const I i = ((I)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
         return;
-    const float v = dout[i] * mask[i / R];
-    dinp[i] = acc ? dinp[i] + v : v;
+    const float m = mask[i / R];
+    float v[V];
+    vload<V>(v, inp + i);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        v[j] *= m;
+    if (acc) {
+        float o[V];
+        vload<V>(o, out + i);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            v[j] = o[j] + v[j];
+    }
+    vstore<V>(out + i, v);
+}
+
+static inline void mask_apply(const kctx *k, float *out, const float *inp, const float *mask, int64_t n, int64_t R,
+                              int acc)
+{
+    const bool v4 = R % 4 == 0 && vec4_ok(n, out, inp), small = n < ((int64_t)1 << 31);
+    if (v4 && small)
+        mask_kernel<4, int><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(out, inp, mask, (int)n, (int)R, acc);
+    else if (v4)
+        mask_kernel<4, int64_t><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(out, inp, mask, n, R, acc);
+    else if (small)
+        mask_kernel<1, int><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, mask, (int)n, (int)R, acc);
+    else
+        mask_kernel<1, int64_t><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, mask, n, R, acc);
+    LAUNCH_CHECK();
 }
 
 static inline void mask_forward(const kctx *k, float *out, const float *inp, const float *mask, int64_t n,
                                 int64_t R = 1)
 {
-    mask_fwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, mask, n, R);
-    LAUNCH_CHECK();
+    mask_apply(k, out, inp, mask, n, R, 0);
 }
 
 static inline void mask_backward(const kctx *k, float *dinp, const float *dout, const float *mask, int64_t n, int acc,
                                  int64_t R = 1)
 {
-    mask_bwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, dout, mask, n, R, acc);
-    LAUNCH_CHECK();
+    mask_apply(k, dinp, dout, mask, n, R, acc);
 }
 
 /* ---- classifier heads and the loss -------------------------------------------------------------- */

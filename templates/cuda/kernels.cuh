@@ -946,8 +946,8 @@ static inline void conv_im2col(const kctx *k, float *cols, const float *img, int
     LAUNCH_CHECK();
 }
 
-/* one thread a pixel: the sum of the neighbourhoods' gradients over it,
- * neighbourhood by neighbourhood in the CPU's order (oy, then ox) */
+/* one thread a pixel: the sum of the gradients of the neighbourhoods that
+ * cover it, in the CPU's order (oy, then ox) */
 static __global__ void conv_col2im_kernel(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S,
                                           int pad, int nhwc, int OH, int OW, int acc)
 {
@@ -962,15 +962,15 @@ static __global__ void conv_col2im_kernel(float *dimg, const float *dcols, int B
         x = (int)(i % W), y = (int)(i / W % H), c = (int)(i / ((int64_t)W * H) % C), b = (int)(i / ((int64_t)W * H * C));
     }
     const int64_t CKK = (int64_t)C * K * K;
+    /* the neighbourhoods over the pixel: 0 <= y + pad - oy * S < K */
+    const int yp = y + pad, xp = x + pad;
+    const int oy0 = yp >= K ? (yp - K) / S + 1 : 0, oy1 = min(OH - 1, yp / S);
+    const int ox0 = xp >= K ? (xp - K) / S + 1 : 0, ox1 = min(OW - 1, xp / S);
     float sum = acc ? dimg[i] : 0.0f;
-    for (int oy = 0; oy < OH; oy++) {
-        const int ky = y + pad - oy * S;
-        if (ky < 0 || ky >= K)
-            continue;
-        for (int ox = 0; ox < OW; ox++) {
-            const int kx = x + pad - ox * S;
-            if (kx < 0 || kx >= K)
-                continue;
+    for (int oy = oy0; oy <= oy1; oy++) {
+        const int ky = yp - oy * S;
+        for (int ox = ox0; ox <= ox1; ox++) {
+            const int kx = xp - ox * S;
             sum += dcols[(((int64_t)b * OH + oy) * OW + ox) * CKK + ((int64_t)c * K + ky) * K + kx];
         }
     }
@@ -998,21 +998,31 @@ static inline void patch_embed_input_backward(const kctx *k, float *dimg, float 
     conv_col2im(k, dimg, dcols, B, C, IH, IW, P, P, 0, 0, acc);
 }
 
-static __global__ void transpose_rc_kernel(float *out, const float *inp, int B, int R, int C, int acc)
+/* a block a 32 x 32 tile of one sample: read along c, written along r
+ * (through shared memory, a column of padding against bank conflicts), so
+ * that both sides move whole rows of 128 bytes */
+static __global__ void transpose_rc_kernel(float *out, const float *inp, int R, int C, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * R * C)
-        return;
-    const int r = (int)(i % R), c = (int)(i / R % C);
-    const int64_t b = i / ((int64_t)R * C);
-    const float v = inp[(b * R + r) * C + c];
-    out[i] = acc ? out[i] + v : v;
+    __shared__ float tile[32][33];
+    const int c0 = (int)blockIdx.x * 32, r0 = (int)blockIdx.y * 32, tx = (int)threadIdx.x;
+    const float *in = inp + (int64_t)blockIdx.z * R * C;
+    float *o = out + (int64_t)blockIdx.z * R * C;
+    for (int j = (int)threadIdx.y; j < 32; j += (int)blockDim.y)
+        if (r0 + j < R && c0 + tx < C)
+            tile[j][tx] = in[(int64_t)(r0 + j) * C + c0 + tx];
+    __syncthreads();
+    for (int j = (int)threadIdx.y; j < 32; j += (int)blockDim.y)
+        if (c0 + j < C && r0 + tx < R) {
+            float *p = o + (int64_t)(c0 + j) * R + r0 + tx;
+            *p = acc ? *p + tile[tx][j] : tile[tx][j];
+        }
 }
 
 /* out[b, c, r] (+)= inp[b, r, c]: [B, R, C] to [B, C, R] */
 static inline void transpose_rc(const kctx *k, float *out, const float *inp, int B, int R, int C, int acc)
 {
-    transpose_rc_kernel<<<blocks_for((int64_t)B * R * C, 256), 256, 0, k->stream>>>(out, inp, B, R, C, acc);
+    const dim3 grid((unsigned)((C + 31) / 32), (unsigned)((R + 31) / 32), (unsigned)B);
+    transpose_rc_kernel<<<grid, dim3(32, 8), 0, k->stream>>>(out, inp, R, C, acc);
     LAUNCH_CHECK();
 }
 
@@ -1024,18 +1034,36 @@ __device__ static inline int64_t window_row(int b, int y, int x, int GH, int GW,
            x % WS;
 }
 
-static __global__ void window_permute_kernel(float *dst, const float *src, int B, int GH, int GW, int WS, int C,
+/* d[0, V) (+)= s[0, V) */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc)
+{
+    float x[V];
+    vload<V>(x, s);
+    if (acc) {
+        float o[V];
+        vload<V>(o, d);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = o[j] + x[j];
+    }
+    vstore<V>(d, x);
+}
+
+/* the passes below move rows of C floats V at a time (V = 4 where C is a
+ * multiple of 4 and the buffers 16-byte aligned), their indices in 32 bits
+ * (rows < 2^31) */
+template <int V>
+static __global__ void window_permute_kernel(float *dst, const float *src, int rows, int GH, int GW, int WS, int C,
                                              int to_windows, int acc)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * GH * GW * C)
+    const int CV = C / V;
+    if (i >= (int64_t)rows * CV)
         return;
-    const int c = (int)(i % C);
-    int b, y, x;
-    grid_pos(i / C, GH, GW, b, y, x);
-    const int64_t w = window_row(b, y, x, GH, GW, WS) * C + c;
-    const int64_t s = to_windows ? i : w, d = to_windows ? w : i;
-    dst[d] = acc ? dst[d] + src[s] : src[s];
+    const int r = (int)(i / CV), c = (int)(i % CV) * V;
+    const int x = r % GW, y = r / GW % GH, b = r / (GW * GH);
+    const int64_t w = window_row(b, y, x, GH, GW, WS) * C + c, g = (int64_t)r * C + c;
+    vcopy<V>(dst + (to_windows ? w : g), src + (to_windows ? g : w), acc);
 }
 
 /* Swin's window partition of grid[B, GH*GW, C] into win[B * nW, WS*WS, C];
@@ -1043,8 +1071,13 @@ static __global__ void window_permute_kernel(float *dst, const float *src, int B
 static inline void window_permute(const kctx *k, float *dst, const float *src, int B, int GH, int GW, int WS, int C,
                                   int to_windows, int acc)
 {
-    window_permute_kernel<<<blocks_for((int64_t)B * GH * GW * C, 256), 256, 0, k->stream>>>(dst, src, B, GH, GW, WS, C,
-                                                                                            to_windows, acc);
+    const int rows = B * GH * GW;
+    if (vec4_ok(C, dst, src))
+        window_permute_kernel<4><<<blocks_for((int64_t)rows * C / 4, 256), 256, 0, k->stream>>>(dst, src, rows, GH, GW,
+                                                                                                WS, C, to_windows, acc);
+    else
+        window_permute_kernel<1><<<blocks_for((int64_t)rows * C, 256), 256, 0, k->stream>>>(dst, src, rows, GH, GW, WS,
+                                                                                            C, to_windows, acc);
     LAUNCH_CHECK();
 }
 
@@ -1070,40 +1103,61 @@ static inline void grid_pool_forward(const kctx *k, float *out, const float *inp
     LAUNCH_CHECK();
 }
 
-static __global__ void grid_pool_bwd_kernel(float *dinp, const float *dout, int B, int GH, int GW, int WS, int D,
+template <int V>
+static __global__ void grid_pool_bwd_kernel(float *dinp, const float *dout, int rows, int GH, int GW, int WS, int D,
                                             int acc)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * GH * GW * D)
+    const int DV = D / V;
+    if (i >= (int64_t)rows * DV)
         return;
-    const int d = (int)(i % D);
-    int b, y, x;
-    grid_pos(i / D, GH, GW, b, y, x);
+    const int r = (int)(i / DV), d = (int)(i % DV) * V;
+    const int x = r % GW, y = r / GW % GH, b = r / (GW * GH);
     const int CH = GH / WS, CW = GW / WS;
-    const float v = dout[((int64_t)b * WS * WS + (int64_t)(y / CH) * WS + x / CW) * D + d] * (1.0f / (float)(CH * CW));
-    dinp[i] = acc ? dinp[i] + v : v;
+    const float inv = 1.0f / (float)(CH * CW);
+    float v[V];
+    vload<V>(v, dout + ((int64_t)b * WS * WS + (int64_t)(y / CH) * WS + x / CW) * D + d);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        v[j] *= inv;
+    float *o = dinp + (int64_t)r * D + d;
+    if (acc) {
+        float p[V];
+        vload<V>(p, o);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            v[j] = p[j] + v[j];
+    }
+    vstore<V>(o, v);
 }
 
 static inline void grid_pool_backward(const kctx *k, float *dinp, const float *dout, int B, int GH, int GW, int WS,
                                       int D, int acc)
 {
-    grid_pool_bwd_kernel<<<blocks_for((int64_t)B * GH * GW * D, 256), 256, 0, k->stream>>>(dinp, dout, B, GH, GW, WS,
+    const int rows = B * GH * GW;
+    if (vec4_ok(D, dinp, dout))
+        grid_pool_bwd_kernel<4><<<blocks_for((int64_t)rows * D / 4, 256), 256, 0, k->stream>>>(dinp, dout, rows, GH, GW,
+                                                                                               WS, D, acc);
+    else
+        grid_pool_bwd_kernel<1><<<blocks_for((int64_t)rows * D, 256), 256, 0, k->stream>>>(dinp, dout, rows, GH, GW, WS,
                                                                                            D, acc);
     LAUNCH_CHECK();
 }
 
+template <int V>
 static __global__ void global_window_qkv_kernel(float *qkv, const float *q, const float *kv, int B, int GH, int GW,
                                                 int WS, int D)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const int NWX = GW / WS, NW = (GH / WS) * NWX, WT = WS * WS;
-    if (i >= (int64_t)B * NW * WT * 3 * D)
+    const int NWX = GW / WS, NW = (GH / WS) * NWX, WT = WS * WS, JV = 3 * D / V;
+    if (i >= (int64_t)B * NW * WT * JV)
         return;
-    const int j = (int)(i % (3 * D));
-    const int64_t r = i / (3 * D);
-    const int t = (int)(r % WT), w = (int)(r / WT % NW), b = (int)(r / ((int64_t)WT * NW));
+    const int j = (int)(i % JV) * V, r = (int)(i / JV);
+    const int t = r % WT, w = r / WT % NW, b = r / (WT * NW);
     const int y = w / NWX * WS + t / WS, x = w % NWX * WS + t % WS;
-    qkv[i] = j < D ? q[((int64_t)b * WT + t) * D + j] : kv[((int64_t)b * GH * GW + (int64_t)y * GW + x) * 2 * D + j - D];
+    vcopy<V>(qkv + (int64_t)r * 3 * D + j,
+             j < D ? q + ((int64_t)b * WT + t) * D + j : kv + ((int64_t)b * GH * GW + (int64_t)y * GW + x) * 2 * D + j - D,
+             0);
 }
 
 /* GCViT's global attention input: qkv[B * nW, WS*WS, 3D], every window
@@ -1113,7 +1167,10 @@ static inline void global_window_qkv(const kctx *k, float *qkv, const float *q, 
                                      int WS, int D)
 {
     const int64_t n = (int64_t)B * (GH / WS) * (GW / WS) * WS * WS * 3 * D;
-    global_window_qkv_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(qkv, q, kv, B, GH, GW, WS, D);
+    if (vec4_ok(D, qkv, q, kv))
+        global_window_qkv_kernel<4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(qkv, q, kv, B, GH, GW, WS, D);
+    else
+        global_window_qkv_kernel<1><<<blocks_for(n, 256), 256, 0, k->stream>>>(qkv, q, kv, B, GH, GW, WS, D);
     LAUNCH_CHECK();
 }
 
@@ -1132,15 +1189,15 @@ static __global__ void global_q_bwd_kernel(float *dq, const float *dqkv, int B, 
 }
 
 /* dkv[b, y*GW + x, j] = the gradient of the key or value at that token */
-static __global__ void global_kv_bwd_kernel(float *dkv, const float *dqkv, int B, int GH, int GW, int WS, int D)
+template <int V> static __global__ void global_kv_bwd_kernel(float *dkv, const float *dqkv, int rows, int GH, int GW, int WS, int D)
 {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * GH * GW * 2 * D)
+    const int JV = 2 * D / V;
+    if (i >= (int64_t)rows * JV)
         return;
-    const int j = (int)(i % (2 * D));
-    int b, y, x;
-    grid_pos(i / (2 * D), GH, GW, b, y, x);
-    dkv[i] = dqkv[window_row(b, y, x, GH, GW, WS) * 3 * D + D + j];
+    const int r = (int)(i / JV), j = (int)(i % JV) * V;
+    const int x = r % GW, y = r / GW % GH, b = r / (GW * GH);
+    vcopy<V>(dkv + (int64_t)r * 2 * D + j, dqkv + window_row(b, y, x, GH, GW, WS) * 3 * D + D + j, 0);
 }
 
 /* the adjoint of global_window_qkv: dq[B, WS*WS, D] and dkv[B, GH*GW, 2D],
@@ -1151,8 +1208,13 @@ static inline void global_window_qkv_backward(const kctx *k, float *dq, float *d
     const int NW = (GH / WS) * (GW / WS), WT = WS * WS;
     global_q_bwd_kernel<<<blocks_for((int64_t)B * WT * D, 256), 256, 0, k->stream>>>(dq, dqkv, B, NW, WT, D);
     LAUNCH_CHECK();
-    global_kv_bwd_kernel<<<blocks_for((int64_t)B * GH * GW * 2 * D, 256), 256, 0, k->stream>>>(dkv, dqkv, B, GH, GW,
-                                                                                              WS, D);
+    const int rows = B * GH * GW;
+    if (vec4_ok(D, dkv, dqkv))
+        global_kv_bwd_kernel<4><<<blocks_for((int64_t)rows * 2 * D / 4, 256), 256, 0, k->stream>>>(dkv, dqkv, rows, GH,
+                                                                                                   GW, WS, D);
+    else
+        global_kv_bwd_kernel<1><<<blocks_for((int64_t)rows * 2 * D, 256), 256, 0, k->stream>>>(dkv, dqkv, rows, GH, GW,
+                                                                                               WS, D);
     LAUNCH_CHECK();
 }
 
@@ -2194,34 +2256,55 @@ static inline void dropout_mask(const kctx *k, float *mask, int64_t n, float p, 
 }
 
 /* out[i] = inp[i] * mask[i / R] (R = 1: dropout; R = row: drop path) */
-static __global__ void mask_fwd_kernel(float *out, const float *inp, const float *mask, int64_t n, int64_t R)
+/* out[i] (+)= inp[i] * mask[i / R] (acc: out[i] + that), V elements a
+ * thread (R a multiple of V); I: the index type, 32 bits where n allows */
+template <int V, typename I>
+static __global__ void mask_kernel(float *out, const float *inp, const float *mask, I n, I R, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        out[i] = inp[i] * mask[i / R];
-}
-
-static __global__ void mask_bwd_kernel(float *dinp, const float *dout, const float *mask, int64_t n, int64_t R, int acc)
-{
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const I i = ((I)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
         return;
-    const float v = dout[i] * mask[i / R];
-    dinp[i] = acc ? dinp[i] + v : v;
+    const float m = mask[i / R];
+    float v[V];
+    vload<V>(v, inp + i);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        v[j] *= m;
+    if (acc) {
+        float o[V];
+        vload<V>(o, out + i);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            v[j] = o[j] + v[j];
+    }
+    vstore<V>(out + i, v);
+}
+
+static inline void mask_apply(const kctx *k, float *out, const float *inp, const float *mask, int64_t n, int64_t R,
+                              int acc)
+{
+    const bool v4 = R % 4 == 0 && vec4_ok(n, out, inp), small = n < ((int64_t)1 << 31);
+    if (v4 && small)
+        mask_kernel<4, int><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(out, inp, mask, (int)n, (int)R, acc);
+    else if (v4)
+        mask_kernel<4, int64_t><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(out, inp, mask, n, R, acc);
+    else if (small)
+        mask_kernel<1, int><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, mask, (int)n, (int)R, acc);
+    else
+        mask_kernel<1, int64_t><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, mask, n, R, acc);
+    LAUNCH_CHECK();
 }
 
 static inline void mask_forward(const kctx *k, float *out, const float *inp, const float *mask, int64_t n,
                                 int64_t R = 1)
 {
-    mask_fwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, mask, n, R);
-    LAUNCH_CHECK();
+    mask_apply(k, out, inp, mask, n, R, 0);
 }
 
 static inline void mask_backward(const kctx *k, float *dinp, const float *dout, const float *mask, int64_t n, int acc,
                                  int64_t R = 1)
 {
-    mask_bwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, dout, mask, n, R, acc);
-    LAUNCH_CHECK();
+    mask_apply(k, dinp, dout, mask, n, R, acc);
 }
 
 /* ---- classifier heads and the loss -------------------------------------------------------------- */

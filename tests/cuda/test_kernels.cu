@@ -32,6 +32,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels.cuh"
@@ -1194,9 +1195,10 @@ static void test_hier()
             check("conv_col2im", fmt("%s, acc=%d", c.c_str(), acc), down(d_dimg, nimg), dimg, TOL32);
         }
     }
-    /* [B, R, C] <-> [B, C, R] */
-    {
-        const int R = 37, C = 8;
+    /* [B, R, C] <-> [B, C, R]: one partial tile of 32 x 32, and 3 x 2 tiles
+     * with partial ones at both edges */
+    for (const auto &rc : { std::make_pair(37, 8), std::make_pair(70, 40) }) {
+        const int R = rc.first, C = rc.second;
         const fvec inp = rnd(r, (size_t)B * R * C, -1, 1);
         float *d_inp = dup(inp);
         for (int acc = 0; acc <= 1; acc++) {
@@ -1204,12 +1206,13 @@ static void test_hier()
             float *d_out = acc ? dup(out) : dpoison<float>(out.size());
             transpose_rc(&g_k, d_out, d_inp, B, R, C, acc);
             ref_transpose_rc(out.data(), inp.data(), B, R, C, acc);
-            check("transpose_rc", fmt("acc=%d", acc), down(d_out, out.size()), out, TOL32);
+            check("transpose_rc", fmt("R=%d, C=%d, acc=%d", R, C, acc), down(d_out, out.size()), out, TOL32);
         }
     }
-    /* windows of a 14 x 21 grid (window 7: 2 x 3 windows), global queries */
-    {
-        const int GH = 14, GW = 21, WS = 7, D = 12, T = GH * GW, WT = WS * WS, NW = (GH / WS) * (GW / WS);
+    /* windows of a 14 x 21 grid (window 7: 2 x 3 windows), global queries;
+     * rows of 12 (4 floats a thread) and of 7 (one) */
+    for (const int D : { 12, 7 }) {
+        const int GH = 14, GW = 21, WS = 7, T = GH * GW, WT = WS * WS, NW = (GH / WS) * (GW / WS);
         for (int to = 0; to <= 1; to++)
             for (int acc = 0; acc <= 1; acc++) {
                 const fvec src = rnd(r, (size_t)B * T * D, -1, 1);
@@ -1217,14 +1220,15 @@ static void test_hier()
                 float *d_src = dup(src), *d_dst = acc ? dup(dst) : dpoison<float>(dst.size());
                 window_permute(&g_k, d_dst, d_src, B, GH, GW, WS, D, to, acc);
                 ref_window_permute(dst.data(), src.data(), B, GH, GW, WS, D, to, acc);
-                check("window_permute", fmt("to_windows=%d, acc=%d", to, acc), down(d_dst, dst.size()), dst, TOL32);
+                check("window_permute", fmt("D=%d, to_windows=%d, acc=%d", D, to, acc), down(d_dst, dst.size()), dst,
+                      TOL32);
             }
         const fvec grid = rnd(r, (size_t)B * T * D, -1, 1);
         float *d_grid = dup(grid), *d_pool = dpoison<float>((size_t)B * WT * D);
         grid_pool_forward(&g_k, d_pool, d_grid, B, GH, GW, WS, D);
         fvec pool((size_t)B * WT * D);
         ref_grid_pool_forward(pool.data(), grid.data(), B, GH, GW, WS, D);
-        check("grid_pool_forward", "out", down(d_pool, pool.size()), pool, TOL32);
+        check("grid_pool_forward", fmt("out, D=%d", D), down(d_pool, pool.size()), pool, TOL32);
         const fvec dpool = rnd(r, pool.size(), -1, 1);
         float *d_dpool = dup(dpool);
         for (int acc = 0; acc <= 1; acc++) {
@@ -1232,7 +1236,7 @@ static void test_hier()
             float *d_dgrid = acc ? dup(dgrid) : dpoison<float>(dgrid.size());
             grid_pool_backward(&g_k, d_dgrid, d_dpool, B, GH, GW, WS, D, acc);
             ref_grid_pool_backward(dgrid.data(), dpool.data(), B, GH, GW, WS, D, acc);
-            check("grid_pool_backward", fmt("acc=%d", acc), down(d_dgrid, dgrid.size()), dgrid, TOL32);
+            check("grid_pool_backward", fmt("D=%d, acc=%d", D, acc), down(d_dgrid, dgrid.size()), dgrid, TOL32);
         }
         const fvec q = rnd(r, (size_t)B * WT * D, -1, 1), kv = rnd(r, (size_t)B * T * 2 * D, -1, 1);
         const size_t nqkv = (size_t)B * NW * WT * 3 * D;
@@ -1240,14 +1244,14 @@ static void test_hier()
         global_window_qkv(&g_k, d_qkv, d_q, d_kv, B, GH, GW, WS, D);
         fvec qkv(nqkv);
         ref_global_window_qkv(qkv.data(), q.data(), kv.data(), B, GH, GW, WS, D);
-        check("global_window_qkv", "qkv", down(d_qkv, nqkv), qkv, TOL32);
+        check("global_window_qkv", fmt("qkv, D=%d", D), down(d_qkv, nqkv), qkv, TOL32);
         const fvec dqkv = rnd(r, nqkv, -1, 1);
         float *d_dqkv = dup(dqkv), *d_dq = dpoison<float>(q.size()), *d_dkv = dpoison<float>(kv.size());
         global_window_qkv_backward(&g_k, d_dq, d_dkv, d_dqkv, B, GH, GW, WS, D);
         fvec dq(q.size()), dkv(kv.size());
         ref_global_window_qkv_backward(dq.data(), dkv.data(), dqkv.data(), B, GH, GW, WS, D);
-        check("global_window_qkv_backward", "dq", down(d_dq, dq.size()), dq, TOL32);
-        check("global_window_qkv_backward", "dkv", down(d_dkv, dkv.size()), dkv, TOL32);
+        check("global_window_qkv_backward", fmt("dq, D=%d", D), down(d_dq, dq.size()), dq, TOL32);
+        check("global_window_qkv_backward", fmt("dkv, D=%d", D), down(d_dkv, dkv.size()), dkv, TOL32);
     }
     /* the 2x2 merge of a 6 x 10 grid */
     {
