@@ -214,6 +214,42 @@ static int kernel_const(const char *name)
 }
 
 
+/* Whether a layer norm's output (value v) feeds a product alone: its only
+ * use is as the input of an attention, local window attention or MLP op,
+ * whose first linear layer takes it (its forward and its weight gradient)
+ * and nothing else. Then, in bf16 precision, the norm writes it in bf16
+ * into the first half of its room (bf16_half), and the product reads it
+ * there instead of rounding it twice a step. */
+static bool ln_feeds_product(const gen *g, int v)
+{
+    const mc_model *m = g->m;
+    if (v < 0 || m->ops[v].kind != OP_LAYERNORM)
+        return false;
+    int uses = 0, user = -1;
+    for (int i = 0; i < m->nops; i++) {
+        if (m->ops[i].kind == OP_RESIDUAL_BEGIN || m->ops[i].kind == OP_INPUT)
+            continue;
+        uses += (g->input[i] == v) + (g->skip[i] == v);
+        if (g->input[i] == v)
+            user = i;
+    }
+    if (uses != 1 || user < 0)
+        return false;
+    const mc_op *op = &m->ops[user];
+    return op->kind == OP_ATTENTION || op->kind == OP_MLP ||
+           (op->kind == OP_WINDOW_ATTENTION && !op->u.wattn.global_query);
+}
+
+/* op i's input as its first product's operand: "mm_half(k, A(V3))" where
+ * the layer norm before it writes bf16 (ln_feeds_product), else the input */
+static void product_input(const gen *g, int i, const char *in, char *buf, size_t n)
+{
+    if (ln_feeds_product(g, g->input[i]))
+        snprintf(buf, n, "mm_half(k, %s)", in);
+    else
+        snprintf(buf, n, "%s", in);
+}
+
 /* Window attention (local, or GCViT's global form) as emit.c's
  * gen_window_attention lays it out, with the CUDA kernels: the windows are
  * B * nW sequences of WS * WS tokens for attention_forward. */
@@ -233,7 +269,9 @@ static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx 
     alloc_inside(g, p, w.y, BATCH * T * D, "heads' outputs (grid order)");
     need_red(p, (int64_t)p->red_chunks * 3 * D);
 
-    sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", w.kv, c->in, w.w_in, w.bi, T, D,
+    char pin[48];
+    product_input(g, i, c->in, pin, sizeof pin);
+    sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", w.kv, pin, w.w_in, w.bi, T, D,
               w.proj);
     if (w.gq) {
         alloc_inside(g, p, w.gt, BATCH * WT * D, "global tokens (the grid pooled to a window)");
@@ -269,7 +307,7 @@ static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx 
                   3 * D);
     }
     sb_printf(b, "    linear_backward(k, %s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", c->din,
-              w.w_in, w.dbi, w.kv, c->in, w.w_in, T, D, w.proj, c->acc);
+              w.w_in, w.dbi, w.kv, pin, w.w_in, T, D, w.proj, c->acc);
     if (w.gq) /* the queries' share of the input's gradient, added */
         sb_printf(b, "    grid_pool_backward(k, %s, G(%s), B, %d, %d, %d, %d, 1);\n", c->din, w.gt, GH, GW, WS, D);
 }
@@ -428,8 +466,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         alloc_act(g, mean, BATCH * T, "layer norm means");
         alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
         need_red(p, (int64_t)p->ln_blocks * 2 * D);
-        sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s);\n", D, out,
-                  mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s);
+        char o16[48] = "";
+        if (ln_feeds_product(g, i))
+            snprintf(o16, sizeof o16, ", bf16_half(k, %s)", out);
+        sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s%s);\n", D, out,
+                  mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s, o16);
         sb_printf(&b,
                   "    layernorm_backward<%d>(k, %s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d);\n",
                   D, din, (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), mean,
@@ -457,7 +498,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             snprintf(bq, sizeof bq, "nullptr");
             snprintf(dbq, sizeof dbq, "nullptr");
         }
-        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, in, (long long)w_qkv, bq,
+        char pin[48];
+        product_input(g, i, in, pin, sizeof pin);
+        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, pin, (long long)w_qkv, bq,
                   T, D, 3 * D);
         sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B);\n", T, HD, NH, y, att, qkv);
         sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, y,
@@ -467,7 +510,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B);\n", T, HD, NH, qkv, y, qkv,
                   att);
         sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
-                  (long long)w_qkv, dbq, qkv, in, (long long)w_qkv, T, D, 3 * D, acc);
+                  (long long)w_qkv, dbq, qkv, pin, (long long)w_qkv, T, D, 3 * D, acc);
         break;
     }
     case OP_MLP: {
@@ -480,20 +523,29 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         need_red(p, (int64_t)p->red_chunks * (H > D ? H : D)); /* the two biases' gradients */
         const char *act = act_code(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values,
-         * which keep no bias (its backward adds it again: act_bias_backward) */
-        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, in,
+         * which keep no bias (its backward adds it again: act_bias_backward);
+         * the activations and their gradient feed products alone, so in
+         * bf16 precision they are written in bf16 (bf16_half), not rounded
+         * again for each product */
+        char pin[48];
+        product_input(g, i, in, pin, sizeof pin);
+        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, pin,
                   (long long)toff(g, i, 0), T, D, H);
-        sb_printf(f, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, nullptr, true);\n", act, aa,
-                  hh, (long long)toff(g, i, 1), T, H);
-        sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, aa,
+        sb_printf(f, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, bf16_half(k, A(%s)), true);\n",
+                  act, aa, hh, (long long)toff(g, i, 1), T, H, aa);
+        sb_printf(f, "    linear_forward(k, %s, mm_half(k, A(%s)), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, aa,
                   (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D);
-        sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n",
+        sb_printf(&b,
+                  "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, mm_half(k, A(%s)), P(%lldL), B * %d, %d, %d, "
+                  "0);\n",
                   aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), dout, aa, (long long)toff(g, i, 2), T, H, D);
         /* the activation's backward and the first bias's gradient in one pass */
-        sb_printf(&b, "    act_bias_backward<%s>(k, G(%s), nullptr, DP(%lldL), G(%s), A(%s), P(%lldL), B * %d, %d);\n", act,
-                  hh, (long long)toff(g, i, 1), aa, hh, (long long)toff(g, i, 1), T, H);
-        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), nullptr, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
-                  (long long)toff(g, i, 0), hh, in, (long long)toff(g, i, 0), T, D, H, acc);
+        sb_printf(&b,
+                  "    act_bias_backward<%s>(k, G(%s), bf16_half(k, G(%s)), DP(%lldL), G(%s), A(%s), P(%lldL), B * %d, "
+                  "%d);\n",
+                  act, hh, hh, (long long)toff(g, i, 1), aa, hh, (long long)toff(g, i, 1), T, H);
+        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), nullptr, mm_half(k, G(%s)), %s, P(%lldL), B * %d, %d, %d, %d);\n",
+                  din, (long long)toff(g, i, 0), hh, pin, (long long)toff(g, i, 0), T, D, H, acc);
         break;
     }
     case OP_MOE: {

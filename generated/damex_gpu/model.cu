@@ -433,25 +433,25 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 2: pos_embed -> [B, 16, 192] */
     pos_embed_forward(k, A(V2), A(V1), P(9600L), B, 16, 192);
     /* 4: layernorm blocks.0.norm1 -> [B, 16, 192] */
-    layernorm_forward<192>(k, A(V4), A(MEAN4), A(RSTD4), A(V2), P(12672L), P(12864L), B * 16, 1e-05f);
+    layernorm_forward<192>(k, A(V4), A(MEAN4), A(RSTD4), A(V2), P(12672L), P(12864L), B * 16, 1e-05f, bf16_half(k, A(V4)));
     /* 5: attention blocks.0.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV5), A(V4), P(13056L), P(123648L), B * 16, 192, 576);
+    linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(13056L), P(123648L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y5), A(ATT5), A(QKV5), B);
     linear_forward(k, A(V5), A(Y5), P(124224L), P(161088L), B * 16, 192, 192);
     /* 6: residual_end -> [B, 16, 192] */
     add_forward(k, A(V6), A(V2), A(V5), (int64_t)B * 3072);
     /* 8: layernorm blocks.0.norm2 -> [B, 16, 192] */
-    layernorm_forward<192>(k, A(V8), A(MEAN8), A(RSTD8), A(V6), P(161280L), P(161472L), B * 16, 1e-05f);
+    layernorm_forward<192>(k, A(V8), A(MEAN8), A(RSTD8), A(V6), P(161280L), P(161472L), B * 16, 1e-05f, bf16_half(k, A(V8)));
     /* 9: mlp blocks.0.mlp -> [B, 16, 192] */
-    linear_forward(k, A(H9), A(V8), P(161664L), nullptr, B * 16, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV9), A(H9), P(309120L), (int64_t)B * 16, 768, 1, nullptr, true);
-    linear_forward(k, A(V9), A(ACTV9), P(309888L), P(457344L), B * 16, 768, 192);
+    linear_forward(k, A(H9), mm_half(k, A(V8)), P(161664L), nullptr, B * 16, 192, 768);
+    bias_act<ACT_GELU>(k, A(ACTV9), A(H9), P(309120L), (int64_t)B * 16, 768, 1, bf16_half(k, A(ACTV9)), true);
+    linear_forward(k, A(V9), mm_half(k, A(ACTV9)), P(309888L), P(457344L), B * 16, 768, 192);
     /* 10: residual_end -> [B, 16, 192] */
     add_forward(k, A(V10), A(V6), A(V9), (int64_t)B * 3072);
     /* 12: layernorm blocks.1.norm1 -> [B, 16, 192] */
-    layernorm_forward<192>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(457536L), P(457728L), B * 16, 1e-05f);
+    layernorm_forward<192>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(457536L), P(457728L), B * 16, 1e-05f, bf16_half(k, A(V12)));
     /* 13: attention blocks.1.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV13), A(V12), P(457920L), P(568512L), B * 16, 192, 576);
+    linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(457920L), P(568512L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y13), A(ATT13), A(QKV13), B);
     linear_forward(k, A(V13), A(Y13), P(569088L), P(605952L), B * 16, 192, 192);
     /* 14: residual_end -> [B, 16, 192] */
@@ -479,25 +479,25 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 18: residual_end -> [B, 16, 192] */
     add_forward(k, A(V18), A(V14), A(V17), (int64_t)B * 3072);
     /* 20: layernorm blocks.2.norm1 -> [B, 16, 192] */
-    layernorm_forward<192>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(1494720L), P(1494912L), B * 16, 1e-05f);
+    layernorm_forward<192>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(1494720L), P(1494912L), B * 16, 1e-05f, bf16_half(k, A(V20)));
     /* 21: attention blocks.2.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV21), A(V20), P(1495104L), P(1605696L), B * 16, 192, 576);
+    linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(1495104L), P(1605696L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y21), A(ATT21), A(QKV21), B);
     linear_forward(k, A(V21), A(Y21), P(1606272L), P(1643136L), B * 16, 192, 192);
     /* 22: residual_end -> [B, 16, 192] */
     add_forward(k, A(V22), A(V18), A(V21), (int64_t)B * 3072);
     /* 24: layernorm blocks.2.norm2 -> [B, 16, 192] */
-    layernorm_forward<192>(k, A(V24), A(MEAN24), A(RSTD24), A(V22), P(1643328L), P(1643520L), B * 16, 1e-05f);
+    layernorm_forward<192>(k, A(V24), A(MEAN24), A(RSTD24), A(V22), P(1643328L), P(1643520L), B * 16, 1e-05f, bf16_half(k, A(V24)));
     /* 25: mlp blocks.2.mlp -> [B, 16, 192] */
-    linear_forward(k, A(H25), A(V24), P(1643712L), nullptr, B * 16, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV25), A(H25), P(1791168L), (int64_t)B * 16, 768, 1, nullptr, true);
-    linear_forward(k, A(V25), A(ACTV25), P(1791936L), P(1939392L), B * 16, 768, 192);
+    linear_forward(k, A(H25), mm_half(k, A(V24)), P(1643712L), nullptr, B * 16, 192, 768);
+    bias_act<ACT_GELU>(k, A(ACTV25), A(H25), P(1791168L), (int64_t)B * 16, 768, 1, bf16_half(k, A(ACTV25)), true);
+    linear_forward(k, A(V25), mm_half(k, A(ACTV25)), P(1791936L), P(1939392L), B * 16, 768, 192);
     /* 26: residual_end -> [B, 16, 192] */
     add_forward(k, A(V26), A(V22), A(V25), (int64_t)B * 3072);
     /* 28: layernorm blocks.3.norm1 -> [B, 16, 192] */
-    layernorm_forward<192>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(1939584L), P(1939776L), B * 16, 1e-05f);
+    layernorm_forward<192>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(1939584L), P(1939776L), B * 16, 1e-05f, bf16_half(k, A(V28)));
     /* 29: attention blocks.3.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV29), A(V28), P(1939968L), P(2050560L), B * 16, 192, 576);
+    linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(1939968L), P(2050560L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y29), A(ATT29), A(QKV29), B);
     linear_forward(k, A(V29), A(Y29), P(2051136L), P(2088000L), B * 16, 192, 192);
     /* 30: residual_end -> [B, 16, 192] */
@@ -525,25 +525,25 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 34: residual_end -> [B, 16, 192] */
     add_forward(k, A(V34), A(V30), A(V33), (int64_t)B * 3072);
     /* 36: layernorm blocks.4.norm1 -> [B, 16, 192] */
-    layernorm_forward<192>(k, A(V36), A(MEAN36), A(RSTD36), A(V34), P(2976768L), P(2976960L), B * 16, 1e-05f);
+    layernorm_forward<192>(k, A(V36), A(MEAN36), A(RSTD36), A(V34), P(2976768L), P(2976960L), B * 16, 1e-05f, bf16_half(k, A(V36)));
     /* 37: attention blocks.4.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV37), A(V36), P(2977152L), P(3087744L), B * 16, 192, 576);
+    linear_forward(k, A(QKV37), mm_half(k, A(V36)), P(2977152L), P(3087744L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y37), A(ATT37), A(QKV37), B);
     linear_forward(k, A(V37), A(Y37), P(3088320L), P(3125184L), B * 16, 192, 192);
     /* 38: residual_end -> [B, 16, 192] */
     add_forward(k, A(V38), A(V34), A(V37), (int64_t)B * 3072);
     /* 40: layernorm blocks.4.norm2 -> [B, 16, 192] */
-    layernorm_forward<192>(k, A(V40), A(MEAN40), A(RSTD40), A(V38), P(3125376L), P(3125568L), B * 16, 1e-05f);
+    layernorm_forward<192>(k, A(V40), A(MEAN40), A(RSTD40), A(V38), P(3125376L), P(3125568L), B * 16, 1e-05f, bf16_half(k, A(V40)));
     /* 41: mlp blocks.4.mlp -> [B, 16, 192] */
-    linear_forward(k, A(H41), A(V40), P(3125760L), nullptr, B * 16, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV41), A(H41), P(3273216L), (int64_t)B * 16, 768, 1, nullptr, true);
-    linear_forward(k, A(V41), A(ACTV41), P(3273984L), P(3421440L), B * 16, 768, 192);
+    linear_forward(k, A(H41), mm_half(k, A(V40)), P(3125760L), nullptr, B * 16, 192, 768);
+    bias_act<ACT_GELU>(k, A(ACTV41), A(H41), P(3273216L), (int64_t)B * 16, 768, 1, bf16_half(k, A(ACTV41)), true);
+    linear_forward(k, A(V41), mm_half(k, A(ACTV41)), P(3273984L), P(3421440L), B * 16, 768, 192);
     /* 42: residual_end -> [B, 16, 192] */
     add_forward(k, A(V42), A(V38), A(V41), (int64_t)B * 3072);
     /* 44: layernorm blocks.5.norm1 -> [B, 16, 192] */
-    layernorm_forward<192>(k, A(V44), A(MEAN44), A(RSTD44), A(V42), P(3421632L), P(3421824L), B * 16, 1e-05f);
+    layernorm_forward<192>(k, A(V44), A(MEAN44), A(RSTD44), A(V42), P(3421632L), P(3421824L), B * 16, 1e-05f, bf16_half(k, A(V44)));
     /* 45: attention blocks.5.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV45), A(V44), P(3422016L), P(3532608L), B * 16, 192, 576);
+    linear_forward(k, A(QKV45), mm_half(k, A(V44)), P(3422016L), P(3532608L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y45), A(ATT45), A(QKV45), B);
     linear_forward(k, A(V45), A(Y45), P(3533184L), P(3570048L), B * 16, 192, 192);
     /* 46: residual_end -> [B, 16, 192] */
@@ -615,16 +615,16 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 45: attention blocks.5.attn */
     linear_backward(k, G(Y45), DP(3533184L), DP(3570048L), G(V45), A(Y45), P(3533184L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV45), G(Y45), A(QKV45), A(ATT45), B);
-    linear_backward(k, G(V44), DP(3422016L), DP(3532608L), G(QKV45), A(V44), P(3422016L), B * 16, 192, 576, 0);
+    linear_backward(k, G(V44), DP(3422016L), DP(3532608L), G(QKV45), mm_half(k, A(V44)), P(3422016L), B * 16, 192, 576, 0);
     /* 44: layernorm blocks.5.norm1 */
     layernorm_backward<192>(k, G(V42), DP(3421632L), DP(3421824L), G(V44), A(V42), P(3421632L), A(MEAN44), A(RSTD44), B * 16, 1);
     /* 42: residual_end */
     grad_pass(k, G(V41), G(V42), (int64_t)B * 3072, 0);
     grad_pass(k, G(V38), G(V42), (int64_t)B * 3072, 0);
     /* 41: mlp blocks.4.mlp */
-    linear_backward(k, G(ACTV41), DP(3273984L), DP(3421440L), G(V41), A(ACTV41), P(3273984L), B * 16, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H41), nullptr, DP(3273216L), G(ACTV41), A(H41), P(3273216L), B * 16, 768);
-    linear_backward(k, G(V40), DP(3125760L), nullptr, G(H41), A(V40), P(3125760L), B * 16, 192, 768, 0);
+    linear_backward(k, G(ACTV41), DP(3273984L), DP(3421440L), G(V41), mm_half(k, A(ACTV41)), P(3273984L), B * 16, 768, 192, 0);
+    act_bias_backward<ACT_GELU>(k, G(H41), bf16_half(k, G(H41)), DP(3273216L), G(ACTV41), A(H41), P(3273216L), B * 16, 768);
+    linear_backward(k, G(V40), DP(3125760L), nullptr, mm_half(k, G(H41)), mm_half(k, A(V40)), P(3125760L), B * 16, 192, 768, 0);
     /* 40: layernorm blocks.4.norm2 */
     layernorm_backward<192>(k, G(V38), DP(3125376L), DP(3125568L), G(V40), A(V38), P(3125376L), A(MEAN40), A(RSTD40), B * 16, 1);
     /* 38: residual_end */
@@ -633,7 +633,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 37: attention blocks.4.attn */
     linear_backward(k, G(Y37), DP(3088320L), DP(3125184L), G(V37), A(Y37), P(3088320L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV37), G(Y37), A(QKV37), A(ATT37), B);
-    linear_backward(k, G(V36), DP(2977152L), DP(3087744L), G(QKV37), A(V36), P(2977152L), B * 16, 192, 576, 0);
+    linear_backward(k, G(V36), DP(2977152L), DP(3087744L), G(QKV37), mm_half(k, A(V36)), P(2977152L), B * 16, 192, 576, 0);
     /* 36: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V34), DP(2976768L), DP(2976960L), G(V36), A(V34), P(2976768L), A(MEAN36), A(RSTD36), B * 16, 1);
     /* 34: residual_end */
@@ -661,16 +661,16 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 29: attention blocks.3.attn */
     linear_backward(k, G(Y29), DP(2051136L), DP(2088000L), G(V29), A(Y29), P(2051136L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B);
-    linear_backward(k, G(V28), DP(1939968L), DP(2050560L), G(QKV29), A(V28), P(1939968L), B * 16, 192, 576, 0);
+    linear_backward(k, G(V28), DP(1939968L), DP(2050560L), G(QKV29), mm_half(k, A(V28)), P(1939968L), B * 16, 192, 576, 0);
     /* 28: layernorm blocks.3.norm1 */
     layernorm_backward<192>(k, G(V26), DP(1939584L), DP(1939776L), G(V28), A(V26), P(1939584L), A(MEAN28), A(RSTD28), B * 16, 1);
     /* 26: residual_end */
     grad_pass(k, G(V25), G(V26), (int64_t)B * 3072, 0);
     grad_pass(k, G(V22), G(V26), (int64_t)B * 3072, 0);
     /* 25: mlp blocks.2.mlp */
-    linear_backward(k, G(ACTV25), DP(1791936L), DP(1939392L), G(V25), A(ACTV25), P(1791936L), B * 16, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H25), nullptr, DP(1791168L), G(ACTV25), A(H25), P(1791168L), B * 16, 768);
-    linear_backward(k, G(V24), DP(1643712L), nullptr, G(H25), A(V24), P(1643712L), B * 16, 192, 768, 0);
+    linear_backward(k, G(ACTV25), DP(1791936L), DP(1939392L), G(V25), mm_half(k, A(ACTV25)), P(1791936L), B * 16, 768, 192, 0);
+    act_bias_backward<ACT_GELU>(k, G(H25), bf16_half(k, G(H25)), DP(1791168L), G(ACTV25), A(H25), P(1791168L), B * 16, 768);
+    linear_backward(k, G(V24), DP(1643712L), nullptr, mm_half(k, G(H25)), mm_half(k, A(V24)), P(1643712L), B * 16, 192, 768, 0);
     /* 24: layernorm blocks.2.norm2 */
     layernorm_backward<192>(k, G(V22), DP(1643328L), DP(1643520L), G(V24), A(V22), P(1643328L), A(MEAN24), A(RSTD24), B * 16, 1);
     /* 22: residual_end */
@@ -679,7 +679,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 21: attention blocks.2.attn */
     linear_backward(k, G(Y21), DP(1606272L), DP(1643136L), G(V21), A(Y21), P(1606272L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B);
-    linear_backward(k, G(V20), DP(1495104L), DP(1605696L), G(QKV21), A(V20), P(1495104L), B * 16, 192, 576, 0);
+    linear_backward(k, G(V20), DP(1495104L), DP(1605696L), G(QKV21), mm_half(k, A(V20)), P(1495104L), B * 16, 192, 576, 0);
     /* 20: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V18), DP(1494720L), DP(1494912L), G(V20), A(V18), P(1494720L), A(MEAN20), A(RSTD20), B * 16, 1);
     /* 18: residual_end */
@@ -707,16 +707,16 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 13: attention blocks.1.attn */
     linear_backward(k, G(Y13), DP(569088L), DP(605952L), G(V13), A(Y13), P(569088L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B);
-    linear_backward(k, G(V12), DP(457920L), DP(568512L), G(QKV13), A(V12), P(457920L), B * 16, 192, 576, 0);
+    linear_backward(k, G(V12), DP(457920L), DP(568512L), G(QKV13), mm_half(k, A(V12)), P(457920L), B * 16, 192, 576, 0);
     /* 12: layernorm blocks.1.norm1 */
     layernorm_backward<192>(k, G(V10), DP(457536L), DP(457728L), G(V12), A(V10), P(457536L), A(MEAN12), A(RSTD12), B * 16, 1);
     /* 10: residual_end */
     grad_pass(k, G(V9), G(V10), (int64_t)B * 3072, 0);
     grad_pass(k, G(V6), G(V10), (int64_t)B * 3072, 0);
     /* 9: mlp blocks.0.mlp */
-    linear_backward(k, G(ACTV9), DP(309888L), DP(457344L), G(V9), A(ACTV9), P(309888L), B * 16, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H9), nullptr, DP(309120L), G(ACTV9), A(H9), P(309120L), B * 16, 768);
-    linear_backward(k, G(V8), DP(161664L), nullptr, G(H9), A(V8), P(161664L), B * 16, 192, 768, 0);
+    linear_backward(k, G(ACTV9), DP(309888L), DP(457344L), G(V9), mm_half(k, A(ACTV9)), P(309888L), B * 16, 768, 192, 0);
+    act_bias_backward<ACT_GELU>(k, G(H9), bf16_half(k, G(H9)), DP(309120L), G(ACTV9), A(H9), P(309120L), B * 16, 768);
+    linear_backward(k, G(V8), DP(161664L), nullptr, mm_half(k, G(H9)), mm_half(k, A(V8)), P(161664L), B * 16, 192, 768, 0);
     /* 8: layernorm blocks.0.norm2 */
     layernorm_backward<192>(k, G(V6), DP(161280L), DP(161472L), G(V8), A(V6), P(161280L), A(MEAN8), A(RSTD8), B * 16, 1);
     /* 6: residual_end */
@@ -725,7 +725,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 5: attention blocks.0.attn */
     linear_backward(k, G(Y5), DP(124224L), DP(161088L), G(V5), A(Y5), P(124224L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B);
-    linear_backward(k, G(V4), DP(13056L), DP(123648L), G(QKV5), A(V4), P(13056L), B * 16, 192, 576, 0);
+    linear_backward(k, G(V4), DP(13056L), DP(123648L), G(QKV5), mm_half(k, A(V4)), P(13056L), B * 16, 192, 576, 0);
     /* 4: layernorm blocks.0.norm1 */
     layernorm_backward<192>(k, G(V2), DP(12672L), DP(12864L), G(V4), A(V2), P(12672L), A(MEAN4), A(RSTD4), B * 16, 1);
     /* 2: pos_embed */

@@ -565,9 +565,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 3: pos_embed -> [B, 65, 192] */
     pos_embed_forward(k, A(V3), A(V2), P(9600L), B, 65, 192);
     /* 5: layernorm blocks.0.norm1 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V5), A(MEAN5), A(RSTD5), A(V3), P(22080L), P(22272L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V5), A(MEAN5), A(RSTD5), A(V3), P(22080L), P(22272L), B * 65, 1e-05f, bf16_half(k, A(V5)));
     /* 6: attention blocks.0.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV6), A(V5), P(22464L), P(133056L), B * 65, 192, 576);
+    linear_forward(k, A(QKV6), mm_half(k, A(V5)), P(22464L), P(133056L), B * 65, 192, 576);
     attention_forward<65, 64, 3>(k, A(Y6), A(ATT6), A(QKV6), B);
     linear_forward(k, A(V6), A(Y6), P(133632L), P(170496L), B * 65, 192, 192);
     /* 7: drop_path -> [B, 65, 192] */
@@ -576,20 +576,20 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 8: residual_end -> [B, 65, 192] */
     add_forward(k, A(V8), A(V3), A(V7), (int64_t)B * 12480);
     /* 10: layernorm blocks.0.norm2 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V10), A(MEAN10), A(RSTD10), A(V8), P(170688L), P(170880L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V10), A(MEAN10), A(RSTD10), A(V8), P(170688L), P(170880L), B * 65, 1e-05f, bf16_half(k, A(V10)));
     /* 11: mlp blocks.0.mlp -> [B, 65, 192] */
-    linear_forward(k, A(H11), A(V10), P(171072L), nullptr, B * 65, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV11), A(H11), P(318528L), (int64_t)B * 65, 768, 1, nullptr, true);
-    linear_forward(k, A(V11), A(ACTV11), P(319296L), P(466752L), B * 65, 768, 192);
+    linear_forward(k, A(H11), mm_half(k, A(V10)), P(171072L), nullptr, B * 65, 192, 768);
+    bias_act<ACT_GELU>(k, A(ACTV11), A(H11), P(318528L), (int64_t)B * 65, 768, 1, bf16_half(k, A(ACTV11)), true);
+    linear_forward(k, A(V11), mm_half(k, A(ACTV11)), P(319296L), P(466752L), B * 65, 768, 192);
     /* 12: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP12), B, train ? 0.0f : 0.0f, d->seed, 1012, &d->sc->step, d->row0);
     mask_forward(k, A(V12), A(V11), A(KEEP12), (int64_t)B * 12480, 12480);
     /* 13: residual_end -> [B, 65, 192] */
     add_forward(k, A(V13), A(V8), A(V12), (int64_t)B * 12480);
     /* 15: layernorm blocks.1.norm1 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V15), A(MEAN15), A(RSTD15), A(V13), P(466944L), P(467136L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V15), A(MEAN15), A(RSTD15), A(V13), P(466944L), P(467136L), B * 65, 1e-05f, bf16_half(k, A(V15)));
     /* 16: attention blocks.1.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV16), A(V15), P(467328L), P(577920L), B * 65, 192, 576);
+    linear_forward(k, A(QKV16), mm_half(k, A(V15)), P(467328L), P(577920L), B * 65, 192, 576);
     attention_forward<65, 64, 3>(k, A(Y16), A(ATT16), A(QKV16), B);
     linear_forward(k, A(V16), A(Y16), P(578496L), P(615360L), B * 65, 192, 192);
     /* 17: drop_path -> [B, 65, 192] */
@@ -620,9 +620,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 23: residual_end -> [B, 65, 192] */
     add_forward(k, A(V23), A(V18), A(V22), (int64_t)B * 12480);
     /* 25: layernorm blocks.2.norm1 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V25), A(MEAN25), A(RSTD25), A(V23), P(2984448L), P(2984640L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V25), A(MEAN25), A(RSTD25), A(V23), P(2984448L), P(2984640L), B * 65, 1e-05f, bf16_half(k, A(V25)));
     /* 26: attention blocks.2.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV26), A(V25), P(2984832L), P(3095424L), B * 65, 192, 576);
+    linear_forward(k, A(QKV26), mm_half(k, A(V25)), P(2984832L), P(3095424L), B * 65, 192, 576);
     attention_forward<65, 64, 3>(k, A(Y26), A(ATT26), A(QKV26), B);
     linear_forward(k, A(V26), A(Y26), P(3096000L), P(3132864L), B * 65, 192, 192);
     /* 27: drop_path -> [B, 65, 192] */
@@ -631,20 +631,20 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 28: residual_end -> [B, 65, 192] */
     add_forward(k, A(V28), A(V23), A(V27), (int64_t)B * 12480);
     /* 30: layernorm blocks.2.norm2 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V30), A(MEAN30), A(RSTD30), A(V28), P(3133056L), P(3133248L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V30), A(MEAN30), A(RSTD30), A(V28), P(3133056L), P(3133248L), B * 65, 1e-05f, bf16_half(k, A(V30)));
     /* 31: mlp blocks.2.mlp -> [B, 65, 192] */
-    linear_forward(k, A(H31), A(V30), P(3133440L), nullptr, B * 65, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV31), A(H31), P(3280896L), (int64_t)B * 65, 768, 1, nullptr, true);
-    linear_forward(k, A(V31), A(ACTV31), P(3281664L), P(3429120L), B * 65, 768, 192);
+    linear_forward(k, A(H31), mm_half(k, A(V30)), P(3133440L), nullptr, B * 65, 192, 768);
+    bias_act<ACT_GELU>(k, A(ACTV31), A(H31), P(3280896L), (int64_t)B * 65, 768, 1, bf16_half(k, A(ACTV31)), true);
+    linear_forward(k, A(V31), mm_half(k, A(ACTV31)), P(3281664L), P(3429120L), B * 65, 768, 192);
     /* 32: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP32), B, train ? 0.028571429f : 0.0f, d->seed, 1032, &d->sc->step, d->row0);
     mask_forward(k, A(V32), A(V31), A(KEEP32), (int64_t)B * 12480, 12480);
     /* 33: residual_end -> [B, 65, 192] */
     add_forward(k, A(V33), A(V28), A(V32), (int64_t)B * 12480);
     /* 35: layernorm blocks.3.norm1 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V35), A(MEAN35), A(RSTD35), A(V33), P(3429312L), P(3429504L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V35), A(MEAN35), A(RSTD35), A(V33), P(3429312L), P(3429504L), B * 65, 1e-05f, bf16_half(k, A(V35)));
     /* 36: attention blocks.3.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV36), A(V35), P(3429696L), P(3540288L), B * 65, 192, 576);
+    linear_forward(k, A(QKV36), mm_half(k, A(V35)), P(3429696L), P(3540288L), B * 65, 192, 576);
     attention_forward<65, 64, 3>(k, A(Y36), A(ATT36), A(QKV36), B);
     linear_forward(k, A(V36), A(Y36), P(3540864L), P(3577728L), B * 65, 192, 192);
     /* 37: drop_path -> [B, 65, 192] */
@@ -675,9 +675,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 43: residual_end -> [B, 65, 192] */
     add_forward(k, A(V43), A(V38), A(V42), (int64_t)B * 12480);
     /* 45: layernorm blocks.4.norm1 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V45), A(MEAN45), A(RSTD45), A(V43), P(5946816L), P(5947008L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V45), A(MEAN45), A(RSTD45), A(V43), P(5946816L), P(5947008L), B * 65, 1e-05f, bf16_half(k, A(V45)));
     /* 46: attention blocks.4.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV46), A(V45), P(5947200L), P(6057792L), B * 65, 192, 576);
+    linear_forward(k, A(QKV46), mm_half(k, A(V45)), P(5947200L), P(6057792L), B * 65, 192, 576);
     attention_forward<65, 64, 3>(k, A(Y46), A(ATT46), A(QKV46), B);
     linear_forward(k, A(V46), A(Y46), P(6058368L), P(6095232L), B * 65, 192, 192);
     /* 47: drop_path -> [B, 65, 192] */
@@ -686,20 +686,20 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 48: residual_end -> [B, 65, 192] */
     add_forward(k, A(V48), A(V43), A(V47), (int64_t)B * 12480);
     /* 50: layernorm blocks.4.norm2 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V50), A(MEAN50), A(RSTD50), A(V48), P(6095424L), P(6095616L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V50), A(MEAN50), A(RSTD50), A(V48), P(6095424L), P(6095616L), B * 65, 1e-05f, bf16_half(k, A(V50)));
     /* 51: mlp blocks.4.mlp -> [B, 65, 192] */
-    linear_forward(k, A(H51), A(V50), P(6095808L), nullptr, B * 65, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV51), A(H51), P(6243264L), (int64_t)B * 65, 768, 1, nullptr, true);
-    linear_forward(k, A(V51), A(ACTV51), P(6244032L), P(6391488L), B * 65, 768, 192);
+    linear_forward(k, A(H51), mm_half(k, A(V50)), P(6095808L), nullptr, B * 65, 192, 768);
+    bias_act<ACT_GELU>(k, A(ACTV51), A(H51), P(6243264L), (int64_t)B * 65, 768, 1, bf16_half(k, A(ACTV51)), true);
+    linear_forward(k, A(V51), mm_half(k, A(ACTV51)), P(6244032L), P(6391488L), B * 65, 768, 192);
     /* 52: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP52), B, train ? 0.057142857f : 0.0f, d->seed, 1052, &d->sc->step, d->row0);
     mask_forward(k, A(V52), A(V51), A(KEEP52), (int64_t)B * 12480, 12480);
     /* 53: residual_end -> [B, 65, 192] */
     add_forward(k, A(V53), A(V48), A(V52), (int64_t)B * 12480);
     /* 55: layernorm blocks.5.norm1 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V55), A(MEAN55), A(RSTD55), A(V53), P(6391680L), P(6391872L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V55), A(MEAN55), A(RSTD55), A(V53), P(6391680L), P(6391872L), B * 65, 1e-05f, bf16_half(k, A(V55)));
     /* 56: attention blocks.5.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV56), A(V55), P(6392064L), P(6502656L), B * 65, 192, 576);
+    linear_forward(k, A(QKV56), mm_half(k, A(V55)), P(6392064L), P(6502656L), B * 65, 192, 576);
     attention_forward<65, 64, 3>(k, A(Y56), A(ATT56), A(QKV56), B);
     linear_forward(k, A(V56), A(Y56), P(6503232L), P(6540096L), B * 65, 192, 192);
     /* 57: drop_path -> [B, 65, 192] */
@@ -730,9 +730,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 63: residual_end -> [B, 65, 192] */
     add_forward(k, A(V63), A(V58), A(V62), (int64_t)B * 12480);
     /* 65: layernorm blocks.6.norm1 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V65), A(MEAN65), A(RSTD65), A(V63), P(8909184L), P(8909376L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V65), A(MEAN65), A(RSTD65), A(V63), P(8909184L), P(8909376L), B * 65, 1e-05f, bf16_half(k, A(V65)));
     /* 66: attention blocks.6.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV66), A(V65), P(8909568L), P(9020160L), B * 65, 192, 576);
+    linear_forward(k, A(QKV66), mm_half(k, A(V65)), P(8909568L), P(9020160L), B * 65, 192, 576);
     attention_forward<65, 64, 3>(k, A(Y66), A(ATT66), A(QKV66), B);
     linear_forward(k, A(V66), A(Y66), P(9020736L), P(9057600L), B * 65, 192, 192);
     /* 67: drop_path -> [B, 65, 192] */
@@ -741,20 +741,20 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 68: residual_end -> [B, 65, 192] */
     add_forward(k, A(V68), A(V63), A(V67), (int64_t)B * 12480);
     /* 70: layernorm blocks.6.norm2 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V70), A(MEAN70), A(RSTD70), A(V68), P(9057792L), P(9057984L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V70), A(MEAN70), A(RSTD70), A(V68), P(9057792L), P(9057984L), B * 65, 1e-05f, bf16_half(k, A(V70)));
     /* 71: mlp blocks.6.mlp -> [B, 65, 192] */
-    linear_forward(k, A(H71), A(V70), P(9058176L), nullptr, B * 65, 192, 768);
-    bias_act<ACT_GELU>(k, A(ACTV71), A(H71), P(9205632L), (int64_t)B * 65, 768, 1, nullptr, true);
-    linear_forward(k, A(V71), A(ACTV71), P(9206400L), P(9353856L), B * 65, 768, 192);
+    linear_forward(k, A(H71), mm_half(k, A(V70)), P(9058176L), nullptr, B * 65, 192, 768);
+    bias_act<ACT_GELU>(k, A(ACTV71), A(H71), P(9205632L), (int64_t)B * 65, 768, 1, bf16_half(k, A(ACTV71)), true);
+    linear_forward(k, A(V71), mm_half(k, A(ACTV71)), P(9206400L), P(9353856L), B * 65, 768, 192);
     /* 72: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP72), B, train ? 0.08571429f : 0.0f, d->seed, 1072, &d->sc->step, d->row0);
     mask_forward(k, A(V72), A(V71), A(KEEP72), (int64_t)B * 12480, 12480);
     /* 73: residual_end -> [B, 65, 192] */
     add_forward(k, A(V73), A(V68), A(V72), (int64_t)B * 12480);
     /* 75: layernorm blocks.7.norm1 -> [B, 65, 192] */
-    layernorm_forward<192>(k, A(V75), A(MEAN75), A(RSTD75), A(V73), P(9354048L), P(9354240L), B * 65, 1e-05f);
+    layernorm_forward<192>(k, A(V75), A(MEAN75), A(RSTD75), A(V73), P(9354048L), P(9354240L), B * 65, 1e-05f, bf16_half(k, A(V75)));
     /* 76: attention blocks.7.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV76), A(V75), P(9354432L), P(9465024L), B * 65, 192, 576);
+    linear_forward(k, A(QKV76), mm_half(k, A(V75)), P(9354432L), P(9465024L), B * 65, 192, 576);
     attention_forward<65, 64, 3>(k, A(Y76), A(ATT76), A(QKV76), B);
     linear_forward(k, A(V76), A(Y76), P(9465600L), P(9502464L), B * 65, 192, 192);
     /* 77: drop_path -> [B, 65, 192] */
@@ -833,7 +833,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 76: attention blocks.7.attn */
     linear_backward(k, G(Y76), DP(9465600L), DP(9502464L), G(V76), A(Y76), P(9465600L), B * 65, 192, 192, 0);
     attention_backward<65, 64, 3>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B);
-    linear_backward(k, G(V75), DP(9354432L), DP(9465024L), G(QKV76), A(V75), P(9354432L), B * 65, 192, 576, 0);
+    linear_backward(k, G(V75), DP(9354432L), DP(9465024L), G(QKV76), mm_half(k, A(V75)), P(9354432L), B * 65, 192, 576, 0);
     /* 75: layernorm blocks.7.norm1 */
     layernorm_backward<192>(k, G(V73), DP(9354048L), DP(9354240L), G(V75), A(V73), P(9354048L), A(MEAN75), A(RSTD75), B * 65, 1);
     /* 73: residual_end */
@@ -842,9 +842,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 72: drop_path */
     mask_backward(k, G(V71), G(V72), A(KEEP72), (int64_t)B * 12480, 0, 12480);
     /* 71: mlp blocks.6.mlp */
-    linear_backward(k, G(ACTV71), DP(9206400L), DP(9353856L), G(V71), A(ACTV71), P(9206400L), B * 65, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H71), nullptr, DP(9205632L), G(ACTV71), A(H71), P(9205632L), B * 65, 768);
-    linear_backward(k, G(V70), DP(9058176L), nullptr, G(H71), A(V70), P(9058176L), B * 65, 192, 768, 0);
+    linear_backward(k, G(ACTV71), DP(9206400L), DP(9353856L), G(V71), mm_half(k, A(ACTV71)), P(9206400L), B * 65, 768, 192, 0);
+    act_bias_backward<ACT_GELU>(k, G(H71), bf16_half(k, G(H71)), DP(9205632L), G(ACTV71), A(H71), P(9205632L), B * 65, 768);
+    linear_backward(k, G(V70), DP(9058176L), nullptr, mm_half(k, G(H71)), mm_half(k, A(V70)), P(9058176L), B * 65, 192, 768, 0);
     /* 70: layernorm blocks.6.norm2 */
     layernorm_backward<192>(k, G(V68), DP(9057792L), DP(9057984L), G(V70), A(V68), P(9057792L), A(MEAN70), A(RSTD70), B * 65, 1);
     /* 68: residual_end */
@@ -855,7 +855,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 66: attention blocks.6.attn */
     linear_backward(k, G(Y66), DP(9020736L), DP(9057600L), G(V66), A(Y66), P(9020736L), B * 65, 192, 192, 0);
     attention_backward<65, 64, 3>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B);
-    linear_backward(k, G(V65), DP(8909568L), DP(9020160L), G(QKV66), A(V65), P(8909568L), B * 65, 192, 576, 0);
+    linear_backward(k, G(V65), DP(8909568L), DP(9020160L), G(QKV66), mm_half(k, A(V65)), P(8909568L), B * 65, 192, 576, 0);
     /* 65: layernorm blocks.6.norm1 */
     layernorm_backward<192>(k, G(V63), DP(8909184L), DP(8909376L), G(V65), A(V63), P(8909184L), A(MEAN65), A(RSTD65), B * 65, 1);
     /* 63: residual_end */
@@ -887,7 +887,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 56: attention blocks.5.attn */
     linear_backward(k, G(Y56), DP(6503232L), DP(6540096L), G(V56), A(Y56), P(6503232L), B * 65, 192, 192, 0);
     attention_backward<65, 64, 3>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B);
-    linear_backward(k, G(V55), DP(6392064L), DP(6502656L), G(QKV56), A(V55), P(6392064L), B * 65, 192, 576, 0);
+    linear_backward(k, G(V55), DP(6392064L), DP(6502656L), G(QKV56), mm_half(k, A(V55)), P(6392064L), B * 65, 192, 576, 0);
     /* 55: layernorm blocks.5.norm1 */
     layernorm_backward<192>(k, G(V53), DP(6391680L), DP(6391872L), G(V55), A(V53), P(6391680L), A(MEAN55), A(RSTD55), B * 65, 1);
     /* 53: residual_end */
@@ -896,9 +896,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 52: drop_path */
     mask_backward(k, G(V51), G(V52), A(KEEP52), (int64_t)B * 12480, 0, 12480);
     /* 51: mlp blocks.4.mlp */
-    linear_backward(k, G(ACTV51), DP(6244032L), DP(6391488L), G(V51), A(ACTV51), P(6244032L), B * 65, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H51), nullptr, DP(6243264L), G(ACTV51), A(H51), P(6243264L), B * 65, 768);
-    linear_backward(k, G(V50), DP(6095808L), nullptr, G(H51), A(V50), P(6095808L), B * 65, 192, 768, 0);
+    linear_backward(k, G(ACTV51), DP(6244032L), DP(6391488L), G(V51), mm_half(k, A(ACTV51)), P(6244032L), B * 65, 768, 192, 0);
+    act_bias_backward<ACT_GELU>(k, G(H51), bf16_half(k, G(H51)), DP(6243264L), G(ACTV51), A(H51), P(6243264L), B * 65, 768);
+    linear_backward(k, G(V50), DP(6095808L), nullptr, mm_half(k, G(H51)), mm_half(k, A(V50)), P(6095808L), B * 65, 192, 768, 0);
     /* 50: layernorm blocks.4.norm2 */
     layernorm_backward<192>(k, G(V48), DP(6095424L), DP(6095616L), G(V50), A(V48), P(6095424L), A(MEAN50), A(RSTD50), B * 65, 1);
     /* 48: residual_end */
@@ -909,7 +909,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 46: attention blocks.4.attn */
     linear_backward(k, G(Y46), DP(6058368L), DP(6095232L), G(V46), A(Y46), P(6058368L), B * 65, 192, 192, 0);
     attention_backward<65, 64, 3>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B);
-    linear_backward(k, G(V45), DP(5947200L), DP(6057792L), G(QKV46), A(V45), P(5947200L), B * 65, 192, 576, 0);
+    linear_backward(k, G(V45), DP(5947200L), DP(6057792L), G(QKV46), mm_half(k, A(V45)), P(5947200L), B * 65, 192, 576, 0);
     /* 45: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V43), DP(5946816L), DP(5947008L), G(V45), A(V43), P(5946816L), A(MEAN45), A(RSTD45), B * 65, 1);
     /* 43: residual_end */
@@ -941,7 +941,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 36: attention blocks.3.attn */
     linear_backward(k, G(Y36), DP(3540864L), DP(3577728L), G(V36), A(Y36), P(3540864L), B * 65, 192, 192, 0);
     attention_backward<65, 64, 3>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B);
-    linear_backward(k, G(V35), DP(3429696L), DP(3540288L), G(QKV36), A(V35), P(3429696L), B * 65, 192, 576, 0);
+    linear_backward(k, G(V35), DP(3429696L), DP(3540288L), G(QKV36), mm_half(k, A(V35)), P(3429696L), B * 65, 192, 576, 0);
     /* 35: layernorm blocks.3.norm1 */
     layernorm_backward<192>(k, G(V33), DP(3429312L), DP(3429504L), G(V35), A(V33), P(3429312L), A(MEAN35), A(RSTD35), B * 65, 1);
     /* 33: residual_end */
@@ -950,9 +950,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 32: drop_path */
     mask_backward(k, G(V31), G(V32), A(KEEP32), (int64_t)B * 12480, 0, 12480);
     /* 31: mlp blocks.2.mlp */
-    linear_backward(k, G(ACTV31), DP(3281664L), DP(3429120L), G(V31), A(ACTV31), P(3281664L), B * 65, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H31), nullptr, DP(3280896L), G(ACTV31), A(H31), P(3280896L), B * 65, 768);
-    linear_backward(k, G(V30), DP(3133440L), nullptr, G(H31), A(V30), P(3133440L), B * 65, 192, 768, 0);
+    linear_backward(k, G(ACTV31), DP(3281664L), DP(3429120L), G(V31), mm_half(k, A(ACTV31)), P(3281664L), B * 65, 768, 192, 0);
+    act_bias_backward<ACT_GELU>(k, G(H31), bf16_half(k, G(H31)), DP(3280896L), G(ACTV31), A(H31), P(3280896L), B * 65, 768);
+    linear_backward(k, G(V30), DP(3133440L), nullptr, mm_half(k, G(H31)), mm_half(k, A(V30)), P(3133440L), B * 65, 192, 768, 0);
     /* 30: layernorm blocks.2.norm2 */
     layernorm_backward<192>(k, G(V28), DP(3133056L), DP(3133248L), G(V30), A(V28), P(3133056L), A(MEAN30), A(RSTD30), B * 65, 1);
     /* 28: residual_end */
@@ -963,7 +963,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 26: attention blocks.2.attn */
     linear_backward(k, G(Y26), DP(3096000L), DP(3132864L), G(V26), A(Y26), P(3096000L), B * 65, 192, 192, 0);
     attention_backward<65, 64, 3>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B);
-    linear_backward(k, G(V25), DP(2984832L), DP(3095424L), G(QKV26), A(V25), P(2984832L), B * 65, 192, 576, 0);
+    linear_backward(k, G(V25), DP(2984832L), DP(3095424L), G(QKV26), mm_half(k, A(V25)), P(2984832L), B * 65, 192, 576, 0);
     /* 25: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V23), DP(2984448L), DP(2984640L), G(V25), A(V23), P(2984448L), A(MEAN25), A(RSTD25), B * 65, 1);
     /* 23: residual_end */
@@ -995,7 +995,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 16: attention blocks.1.attn */
     linear_backward(k, G(Y16), DP(578496L), DP(615360L), G(V16), A(Y16), P(578496L), B * 65, 192, 192, 0);
     attention_backward<65, 64, 3>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B);
-    linear_backward(k, G(V15), DP(467328L), DP(577920L), G(QKV16), A(V15), P(467328L), B * 65, 192, 576, 0);
+    linear_backward(k, G(V15), DP(467328L), DP(577920L), G(QKV16), mm_half(k, A(V15)), P(467328L), B * 65, 192, 576, 0);
     /* 15: layernorm blocks.1.norm1 */
     layernorm_backward<192>(k, G(V13), DP(466944L), DP(467136L), G(V15), A(V13), P(466944L), A(MEAN15), A(RSTD15), B * 65, 1);
     /* 13: residual_end */
@@ -1004,9 +1004,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 12: drop_path */
     mask_backward(k, G(V11), G(V12), A(KEEP12), (int64_t)B * 12480, 0, 12480);
     /* 11: mlp blocks.0.mlp */
-    linear_backward(k, G(ACTV11), DP(319296L), DP(466752L), G(V11), A(ACTV11), P(319296L), B * 65, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H11), nullptr, DP(318528L), G(ACTV11), A(H11), P(318528L), B * 65, 768);
-    linear_backward(k, G(V10), DP(171072L), nullptr, G(H11), A(V10), P(171072L), B * 65, 192, 768, 0);
+    linear_backward(k, G(ACTV11), DP(319296L), DP(466752L), G(V11), mm_half(k, A(ACTV11)), P(319296L), B * 65, 768, 192, 0);
+    act_bias_backward<ACT_GELU>(k, G(H11), bf16_half(k, G(H11)), DP(318528L), G(ACTV11), A(H11), P(318528L), B * 65, 768);
+    linear_backward(k, G(V10), DP(171072L), nullptr, mm_half(k, G(H11)), mm_half(k, A(V10)), P(171072L), B * 65, 192, 768, 0);
     /* 10: layernorm blocks.0.norm2 */
     layernorm_backward<192>(k, G(V8), DP(170688L), DP(170880L), G(V10), A(V8), P(170688L), A(MEAN10), A(RSTD10), B * 65, 1);
     /* 8: residual_end */
@@ -1017,7 +1017,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 6: attention blocks.0.attn */
     linear_backward(k, G(Y6), DP(133632L), DP(170496L), G(V6), A(Y6), P(133632L), B * 65, 192, 192, 0);
     attention_backward<65, 64, 3>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B);
-    linear_backward(k, G(V5), DP(22464L), DP(133056L), G(QKV6), A(V5), P(22464L), B * 65, 192, 576, 0);
+    linear_backward(k, G(V5), DP(22464L), DP(133056L), G(QKV6), mm_half(k, A(V5)), P(22464L), B * 65, 192, 576, 0);
     /* 5: layernorm blocks.0.norm1 */
     layernorm_backward<192>(k, G(V3), DP(22080L), DP(22272L), G(V5), A(V3), P(22080L), A(MEAN5), A(RSTD5), B * 65, 1);
     /* 3: pos_embed */

@@ -16,12 +16,15 @@
  * rounded to bf16 into a scratch first (kctx.cast) and multiplied in bf16
  * with fp32 accumulation into fp32, except where a producer writes them in
  * bf16 itself (the experts' inputs, activations and their gradient:
- * moe_x16, moe_a16) or
- * two products share one (a layer's output gradient: cast_keep). In fp32
- * mode the products are plain fp32 (CUBLAS_COMPUTE_32F). In both reduced
- * modes attention's four products run on tensor cores too (TF32 WMMA
- * tiles, attention_*_tc_kernel). Everything else runs in fp32 (reductions
- * that the CPU does in double are done in double here too).
+ * moe_x16, moe_a16; a dense MLP's activations and their gradient, and a
+ * layer norm's output that only a product takes: bf16_half), where they
+ * are the weights (their copy, kctx.w16), or where two products share one
+ * (a layer's output gradient: cast_keep). In fp32 mode the products are
+ * plain fp32 (CUBLAS_COMPUTE_32F). In both reduced modes attention's four
+ * products run on tensor cores too (TF32 WMMA tiles,
+ * attention_*_tc_kernel, and the row tiles' attention_*_rows_tc_kernel).
+ * Everything else runs in fp32 (reductions that the CPU does in double are
+ * done in double here too).
  *
  * Determinism: no kernel adds floats with atomics (only integer counts).
  * Sums over rows go through fixed-size partial sums (colsum_add, the
@@ -598,9 +601,24 @@ static inline void bias_add(const kctx *k, float *out, const float *bias, int64_
     bias_act<ACT_NONE>(k, nullptr, out, bias, M, N, G);
 }
 
+/* bf16 precision: the bf16 values a producer writes into the first half
+ * of an fp32 buffer in place of the fp32 ones, where only products take
+ * them (a dense MLP's activations and their gradient, as moe_a16 for the
+ * experts'); NULL in the other precisions */
+static inline __nv_bfloat16 *bf16_half(const kctx *k, float *p)
+{
+    return k->cast ? reinterpret_cast<__nv_bfloat16 *>(p) : nullptr;
+}
+
+/* such a buffer as a product's operand: its bf16 half in bf16 precision */
+static inline mm_in mm_half(const kctx *k, float *p)
+{
+    return mm_pick(bf16_half(k, p), p);
+}
+
 /* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) */
-static inline void linear_forward(const kctx *k, float *out, const float *inp, const float *w, const float *b, int M,
-                                  int K, int N)
+static inline void linear_forward(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
+                                  int N)
 {
     mm_nt(k, out, inp, w, M, N, K, 0.0f);
     if (b) {
@@ -608,17 +626,23 @@ static inline void linear_forward(const kctx *k, float *out, const float *inp, c
     }
 }
 
-/* dinp (+)= dout @ w (dinp may be NULL), dw += dout^T @ inp, db += colsum(dout) */
-static inline void linear_backward(const kctx *k, float *dinp, float *dw, float *db, const float *dout,
-                                   const float *inp, const float *w, int M, int K, int N, int acc)
+/* dinp (+)= dout @ w (dinp may be NULL), dw += dout^T @ inp, db += colsum(dout)
+ * (db: dout in fp32) */
+static inline void linear_backward(const kctx *k, float *dinp, float *dw, float *db, mm_in dout, mm_in inp,
+                                   const float *w, int M, int K, int N, int acc)
 {
     kctx kr = *k; /* with dinp two products take dout: rounded once */
-    const __nv_bfloat16 *g16 = dinp ? cast_keep(k, &kr, dout, (int64_t)M * N) : nullptr;
+    const __nv_bfloat16 *g16 = dout.h ? dout.h : dinp ? cast_keep(k, &kr, dout.f, (int64_t)M * N) : nullptr;
     if (dinp)
-        mm_nn(&kr, dinp, mm_pick(g16, dout), w, M, K, N, acc ? 1.0f : 0.0f);
-    mm_tn(&kr, dw, mm_pick(g16, dout), inp, N, K, M, 1.0f);
-    if (db)
-        colsum_add(k, db, dout, M, N);
+        mm_nn(&kr, dinp, mm_pick(g16, dout.f), w, M, K, N, acc ? 1.0f : 0.0f);
+    mm_tn(&kr, dw, mm_pick(g16, dout.f), inp, N, K, M, 1.0f);
+    if (db) {
+        if (!dout.f) {
+            fprintf(stderr, "train: internal error: a bias gradient of a bf16 operand\n");
+            exit(1);
+        }
+        colsum_add(k, db, dout.f, M, N);
+    }
 }
 
 /* ---- activations and element-wise --------------------------------------------------------- */
@@ -1264,10 +1288,12 @@ static inline void merge2x2_backward(const kctx *k, float *dinp, const float *do
 
 /* ---- layer norm -------------------------------------------------------------------------------- */
 
-/* one warp per row; each lane keeps D/32 values in registers */
+/* one warp per row; each lane keeps D/32 values in registers. out16: the
+ * output in bf16 there instead of out (bf16 precision, where only a
+ * product takes it) */
 template <int D>
-static __global__ void layernorm_fwd_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                            const float *b, int N, float eps)
+static __global__ void layernorm_fwd_kernel(float *out, __nv_bfloat16 *out16, float *mean, float *rstd,
+                                            const float *inp, const float *w, const float *b, int N, float eps)
 {
     constexpr int PER = (D + 31) / 32;
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -1291,12 +1317,16 @@ static __global__ void layernorm_fwd_kernel(float *out, float *mean, float *rstd
         q += d * d;
     }
     const float r = 1.0f / sqrtf(warp_sum(q) / D + eps);
-    float *o = out + (int64_t)row * D;
 #pragma unroll
     for (int j = 0; j < PER; j++) {
         const int i = lane + 32 * j;
-        if (i < D)
-            o[i] = (v[j] - m) * r * w[i] + b[i];
+        if (i >= D)
+            continue;
+        const float y = (v[j] - m) * r * w[i] + b[i];
+        if (out16)
+            out16[(int64_t)row * D + i] = __float2bfloat16_rn(y);
+        else
+            out[(int64_t)row * D + i] = y;
     }
     if (lane == 0) {
         mean[row] = m;
@@ -1385,9 +1415,9 @@ static __global__ void layernorm_bwd_final_kernel(float *dw, float *db, const fl
 
 template <int D>
 static inline void layernorm_forward(const kctx *k, float *out, float *mean, float *rstd, const float *inp,
-                                     const float *w, const float *b, int N, float eps)
+                                     const float *w, const float *b, int N, float eps, __nv_bfloat16 *out16 = nullptr)
 {
-    layernorm_fwd_kernel<D><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(out, mean, rstd, inp, w, b, N, eps);
+    layernorm_fwd_kernel<D><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(out, out16, mean, rstd, inp, w, b, N, eps);
     LAUNCH_CHECK();
 }
 
@@ -1853,8 +1883,8 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
  * backward is three kernels: dv = att^T g by tiles of keys, then by tiles of
  * queries the weights' gradient ds (written over att, which nothing reads
  * after) and dq = ds k, then dk = ds^T q by tiles of keys. The sums are the
- * fp32 kernels' own, in the same order; they run in fp32 in every precision
- * mode. */
+ * fp32 kernels' own, in the same order; in the reduced-precision modes the
+ * products run on tensor cores where the shape allows (below). */
 
 #define ATTN_KT 32 /* rows of the streamed operand per tile */
 
@@ -2061,6 +2091,224 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_bwd_cols_kernel
     attn_tile_store<R, HD>(dqkv + ((int64_t)b * T + u0) * D3 + (DK ? D : 2 * D) + h * HD, D3, acc, n);
 }
 
+/* ---- the row tiles on tensor cores (the reduced-precision modes) ----------------------------------------
+ * The same three products per kernel as the fp32 row tiles, on TF32 WMMA
+ * tiles with fp32 accumulation (as attention_*_tc_kernel), the streamed
+ * operand ATTN_KT_TC rows at a time and zero past the sequence, so that
+ * the padded keys add nothing; the softmax and its backward stay in fp32.
+ * Blocks of R = 32 or 16 rows (not the 8 of the longest sequences), heads
+ * a multiple of 16 wide. */
+
+#define ATTN_KT_TC 64 /* rows of the streamed operand per tile */
+
+/* the keys padded to whole tiles, and the rows of scores (4 floats more) */
+template <int T> __host__ __device__ constexpr int attn_tk()
+{
+    return (T + ATTN_KT_TC - 1) / ATTN_KT_TC * ATTN_KT_TC;
+}
+
+template <int T> __host__ __device__ constexpr int attn_sw()
+{
+    return attn_tk<T>() + 4;
+}
+
+/* the rows of the column kernel's weights tile: R + 4 */
+template <int T> __host__ __device__ constexpr int attn_wl()
+{
+    return attn_rows<T>() + 4;
+}
+
+template <int T, int HD> constexpr int attn_rows_tc_smem()
+{
+    return (int)sizeof(float) * (attn_rows<T>() * attn_ld<HD>() + attn_rows<T>() * attn_sw<T>() +
+                                 ATTN_KT_TC * attn_ld<HD>());
+}
+
+template <int T, int HD> constexpr int attn_cols_tc_smem()
+{
+    return (int)sizeof(float) * (ATTN_KT_TC * attn_ld<HD>() + ATTN_KT_TC * attn_wl<T>());
+}
+
+template <int T, int HD> constexpr bool attn_rows_tc_ok()
+{
+    return HD % 16 == 0 && attn_rows<T>() % 16 == 0 && attn_rows_tc_smem<T, HD>() <= 227 * 1024 &&
+           attn_cols_tc_smem<T, HD>() <= 227 * 1024;
+}
+
+/* output tiles of 16 x 16 a warp holds: the block's R x HD over its 8 warps */
+template <int R, int HD> __host__ __device__ constexpr int attn_tc_per_warp()
+{
+    return ((R / 16) * (HD / 16) + ATTN_THREADS / 32 - 1) / (ATTN_THREADS / 32);
+}
+
+/* s[R, TK] (rows attn_sw apart) = scale * x[R, HD] y^T for every key, y's
+ * rows (src, ld apart; T of them, zero past) streamed through the tile */
+template <int T, int HD, int R>
+__device__ static inline void attn_tc_tile_scores(float *s, const float *x, float *tile, const float *src, int64_t ld,
+                                                  float scale)
+{
+    constexpr int L = attn_ld<HD>(), SW = attn_sw<T>(), NJ = ATTN_KT_TC / 16, NT = (R / 16) * NJ;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT_TC) {
+        attn_load_rows<HD, ATTN_KT_TC>(tile, src + (int64_t)u0 * ld, ld, T - u0 < ATTN_KT_TC ? T - u0 : ATTN_KT_TC);
+        __syncthreads();
+        for (int t = warp; t < NT; t += warps) {
+            const int i = t / NJ, j = t % NJ;
+            tc_acc acc;
+            wmma::fill_fragment(acc, 0.0f);
+            tc_mma<HD, wmma::row_major, wmma::col_major>(acc, x + i * 16 * L, L, 1, tile + j * 16 * L, L, 1);
+#pragma unroll
+            for (int e = 0; e < acc.num_elements; e++)
+                acc.x[e] *= scale;
+            wmma::store_matrix_sync(s + i * 16 * SW + u0 + j * 16, acc, SW, wmma::mem_row_major);
+        }
+        __syncthreads();
+    }
+}
+
+/* out[R, HD] = the accumulators' tiles (warp w holds tiles w, w + 8, ...)
+ * staged in stage (R rows attn_ld apart), then rows r < n stored (ldo
+ * apart) */
+template <int R, int HD>
+__device__ static inline void attn_tc_tiles_store(float *out, int64_t ldo, tc_acc *acc, float *stage, int n)
+{
+    constexpr int L = attn_ld<HD>(), NC = HD / 16, NT = (R / 16) * NC, PW = attn_tc_per_warp<R, HD>();
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+#pragma unroll
+    for (int p = 0; p < PW; p++) {
+        const int t = warp + p * warps;
+        if (t < NT)
+            wmma::store_matrix_sync(stage + t / NC * 16 * L + t % NC * 16, acc[p], L, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n * HD; i += blockDim.x)
+        out[(int64_t)(i / HD) * ldo + i % HD] = stage[i / HD * L + i % HD];
+}
+
+/* out[r] = sum over u of s[r][u] m[u] for the block's R rows (s: rows
+ * attn_sw apart, zero past the sequence), m's rows (src, ld apart)
+ * streamed; rows r < n stored (ldo apart), staged in stage */
+template <int T, int HD, int R>
+__device__ static inline void attn_tc_tile_times(float *out, int64_t ldo, const float *s, float *tile, float *stage,
+                                                 const float *src, int64_t ld, int n)
+{
+    constexpr int L = attn_ld<HD>(), SW = attn_sw<T>(), NC = HD / 16, NT = (R / 16) * NC,
+                  PW = attn_tc_per_warp<R, HD>();
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    tc_acc acc[PW];
+#pragma unroll
+    for (int p = 0; p < PW; p++)
+        wmma::fill_fragment(acc[p], 0.0f);
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT_TC) {
+        attn_load_rows<HD, ATTN_KT_TC>(tile, src + (int64_t)u0 * ld, ld, T - u0 < ATTN_KT_TC ? T - u0 : ATTN_KT_TC);
+        __syncthreads();
+#pragma unroll
+        for (int p = 0; p < PW; p++) {
+            const int t = warp + p * warps;
+            if (t < NT)
+                tc_mma<ATTN_KT_TC, wmma::row_major, wmma::row_major>(acc[p], s + t / NC * 16 * SW + u0, SW, 1,
+                                                                     tile + t % NC * 16, L, L);
+        }
+        __syncthreads();
+    }
+    attn_tc_tiles_store<R, HD>(out, ldo, acc, stage, n);
+}
+
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_fwd_rows_tc_kernel(float *out, float *att, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), SW = attn_sw<T>(), TK = attn_tk<T>();
+    extern __shared__ __align__(128) float smtc[];
+    float *q = smtc, *s = q + R * L, *tile = s + R * SW;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
+    const int n = T - t0 < R ? T - t0 : R;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load_rows<HD, R>(q, base + (int64_t)t0 * D3, D3, n);
+    attn_tc_tile_scores<T, HD, R>(s, q, tile, base + D, D3, 1.0f / sqrtf((float)HD));
+    /* the softmax of rows r < n (the weights out), zero past the keys and
+     * in the rows past n */
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + ((int64_t)bh * T + t0) * T;
+    for (int r = wid; r < R; r += warps) {
+        if (r < n) {
+            attn_softmax_row<T, TK>(s + r * SW, a + (int64_t)r * T, lane);
+        } else {
+            for (int u = lane; u < TK; u += 32)
+                s[r * SW + u] = 0.0f;
+        }
+    }
+    __syncthreads();
+    attn_tc_tile_times<T, HD, R>(out + ((int64_t)b * T + t0) * D + h * HD, D, s, tile, q, base + 2 * D, D3, n);
+}
+
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_bwd_rows_tc_kernel(float *dqkv, float *att, const float *dout, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), SW = attn_sw<T>();
+    extern __shared__ __align__(128) float smtc[];
+    float *g = smtc, *ds = g + R * L, *tile = ds + R * SW;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
+    const int n = T - t0 < R ? T - t0 : R;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load_rows<HD, R>(g, dout + ((int64_t)b * T + t0) * D + h * HD, D, n);
+    /* datt = g v^T: zero past the keys (v's padding) and in the rows past
+     * n (g's) */
+    attn_tc_tile_scores<T, HD, R>(ds, g, tile, base + 2 * D, D3, 1.0f);
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + ((int64_t)bh * T + t0) * T;
+    for (int r = wid; r < n; r += warps) {
+        float *dr = ds + r * SW, *ar = a + (int64_t)r * T;
+        attn_softmax_bwd_row<T>(dr, ar, scale, lane);
+        for (int u = lane; u < T; u += 32) /* the lanes' own u: each read its p[u] above */
+            ar[u] = dr[u];
+    }
+    __syncthreads();
+    attn_tc_tile_times<T, HD, R>(dqkv + ((int64_t)b * T + t0) * D3 + h * HD, D3, ds, tile, g, base + D, D3, n);
+}
+
+/* as attention_bwd_cols_kernel: for the block's R key rows u, out[u] =
+ * sum over t of w[t][u] x[t]; the weights' tile [ATTN_KT_TC, R] (rows
+ * attn_wl apart) is the transposed operand, read column-major */
+template <int T, int HD, int NH, bool DK>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_bwd_cols_tc_kernel(float *dqkv, const float *w, const float *src)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), WL = attn_wl<T>(), NC = HD / 16,
+                  NT = (R / 16) * NC, PW = attn_tc_per_warp<R, HD>();
+    extern __shared__ __align__(128) float smtc[];
+    float *x = smtc, *wt = x + ATTN_KT_TC * L;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, u0 = (int)blockIdx.y * R;
+    const int n = T - u0 < R ? T - u0 : R;
+    const int64_t ldx = DK ? D3 : D;
+    const float *xs = DK ? src + (int64_t)b * T * D3 + h * HD : src + (int64_t)b * T * D + h * HD;
+    const float *wb = w + (int64_t)bh * T * T;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    tc_acc acc[PW];
+#pragma unroll
+    for (int p = 0; p < PW; p++)
+        wmma::fill_fragment(acc[p], 0.0f);
+    for (int t0 = 0; t0 < T; t0 += ATTN_KT_TC) {
+        const int m = T - t0 < ATTN_KT_TC ? T - t0 : ATTN_KT_TC;
+        attn_load_rows<HD, ATTN_KT_TC>(x, xs + (int64_t)t0 * ldx, ldx, m);
+        attn_stage<ATTN_KT_TC * R>(
+            [&](int i) { return i / R < m && i % R < n ? wb[(int64_t)(t0 + i / R) * T + u0 + i % R] : 0.0f; },
+            [&](int i, float v) { wt[i / R * WL + i % R] = v; });
+        __syncthreads();
+#pragma unroll
+        for (int p = 0; p < PW; p++) {
+            const int t = warp + p * warps;
+            if (t < NT)
+                tc_mma<ATTN_KT_TC, wmma::col_major, wmma::row_major>(acc[p], wt + t / NC * 16, WL, WL, x + t % NC * 16,
+                                                                     L, L);
+        }
+        __syncthreads();
+    }
+    attn_tc_tiles_store<R, HD>(dqkv + ((int64_t)b * T + u0) * D3 + (DK ? D : 2 * D) + h * HD, D3, acc, x, n);
+}
+
 /* whether a (sample, head) fits one block (the kernels above), or takes the
  * row tiles */
 template <int T, int HD> constexpr bool attn_whole_ok()
@@ -2081,12 +2329,31 @@ template <int T, int HD, int NH> static inline void attention_tiled_setup()
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, cols));
     CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_kernel<T, HD, NH, true>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, cols));
+    if constexpr (attn_rows_tc_ok<T, HD>()) {
+        constexpr int rows = attn_rows_tc_smem<T, HD>(), cols_tc = attn_cols_tc_smem<T, HD>();
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_rows_tc_kernel<T, HD, NH>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, rows));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_rows_tc_kernel<T, HD, NH>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, rows));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_tc_kernel<T, HD, NH, false>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, cols_tc));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_tc_kernel<T, HD, NH, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, cols_tc));
+    }
 }
 
 template <int T, int HD, int NH>
 static inline void attention_tiled_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
 {
     const dim3 grid((unsigned)(B * NH), (unsigned)((T + attn_rows<T>() - 1) / attn_rows<T>()));
+    if constexpr (attn_rows_tc_ok<T, HD>()) {
+        if (k->compute != CUBLAS_COMPUTE_32F) {
+            attention_fwd_rows_tc_kernel<T, HD, NH>
+                <<<grid, ATTN_THREADS, attn_rows_tc_smem<T, HD>(), k->stream>>>(out, att, qkv);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
     attention_fwd_rows_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tiled_smem<T, HD>(), k->stream>>>(out, att, qkv);
     LAUNCH_CHECK();
 }
@@ -2097,6 +2364,18 @@ static inline void attention_tiled_backward(const kctx *k, float *dqkv, const fl
                                             int B)
 {
     const dim3 grid((unsigned)(B * NH), (unsigned)((T + attn_rows<T>() - 1) / attn_rows<T>()));
+    if constexpr (attn_rows_tc_ok<T, HD>()) {
+        if (k->compute != CUBLAS_COMPUTE_32F) {
+            constexpr int rows = attn_rows_tc_smem<T, HD>(), cols_tc = attn_cols_tc_smem<T, HD>();
+            attention_bwd_cols_tc_kernel<T, HD, NH, false><<<grid, ATTN_THREADS, cols_tc, k->stream>>>(dqkv, att, dout);
+            LAUNCH_CHECK();
+            attention_bwd_rows_tc_kernel<T, HD, NH><<<grid, ATTN_THREADS, rows, k->stream>>>(dqkv, att, dout, qkv);
+            LAUNCH_CHECK();
+            attention_bwd_cols_tc_kernel<T, HD, NH, true><<<grid, ATTN_THREADS, cols_tc, k->stream>>>(dqkv, att, qkv);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
     constexpr int cols = attn_colprod_smem<HD>(attn_rows<T>());
     attention_bwd_cols_kernel<T, HD, NH, false><<<grid, ATTN_THREADS, cols, k->stream>>>(dqkv, att, dout);
     LAUNCH_CHECK();

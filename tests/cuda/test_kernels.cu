@@ -298,6 +298,26 @@ static void test_linear()
         check("linear_backward", "dw, " + c, down(d_dw, dw.size()), dw, tol);
         check("linear_backward", "db, " + c, down(d_db, db.size()), db, tol);
     }
+    /* bf16 precision: operands a producer wrote in bf16 (bf16_half) give
+     * the products the bits that rounding them here gives */
+    if (g_k.cast) {
+        float *d_in16 = dup(inp), *d_g16 = dup(dout);
+        to_bf16(&g_k, bf16_half(&g_k, d_in16), d_inp, (int64_t)inp.size());
+        to_bf16(&g_k, bf16_half(&g_k, d_g16), d_dout, (int64_t)dout.size());
+        float *d_o32 = dpoison<float>((size_t)M * N), *d_o16 = dpoison<float>((size_t)M * N);
+        linear_forward(&g_k, d_o32, d_inp, d_w, d_b, M, K, N);
+        linear_forward(&g_k, d_o16, mm_half(&g_k, d_in16), d_w, d_b, M, K, N);
+        check("linear_forward", "out from a bf16 input, against rounding it [bf16]", down(d_o16, (size_t)M * N),
+              down(d_o32, (size_t)M * N), 0.0);
+        float *d_di32 = dpoison<float>((size_t)M * K), *d_di16 = dpoison<float>((size_t)M * K);
+        float *d_dw32 = dup(fvec((size_t)N * K, 0.0f)), *d_dw16 = dup(fvec((size_t)N * K, 0.0f));
+        linear_backward(&g_k, d_di32, d_dw32, nullptr, d_dout, d_inp, d_w, M, K, N, 0);
+        linear_backward(&g_k, d_di16, d_dw16, nullptr, mm_half(&g_k, d_g16), mm_half(&g_k, d_in16), d_w, M, K, N, 0);
+        check("linear_backward", "dinp from a bf16 gradient, against rounding it [bf16]", down(d_di16, (size_t)M * K),
+              down(d_di32, (size_t)M * K), 0.0);
+        check("linear_backward", "dw from bf16 operands, against rounding them [bf16]", down(d_dw16, (size_t)N * K),
+              down(d_dw32, (size_t)N * K), 0.0);
+    }
     dfree_all();
 }
 
@@ -660,6 +680,27 @@ template <int D> static void test_layernorm()
     check("layernorm_forward", fmt("out, D=%d", D), down(d_out, out.size()), out, TOL32);
     check("layernorm_forward", fmt("mean, D=%d", D), down(d_mean, N), mean, TOL32);
     check("layernorm_forward", fmt("rstd, D=%d", D), down(d_rstd, N), rstd, TOL32);
+    /* bf16 precision, before a product: the output in bf16 alone, the GPU's
+     * fp32 output rounded */
+    {
+        __nv_bfloat16 *d_out16 = dpoison<__nv_bfloat16>(inp.size());
+        float *d_out32 = dpoison<float>(inp.size());
+        layernorm_forward<D>(&g_k, d_out32, d_mean, d_rstd, d_inp, d_w, d_b, N, eps, d_out16);
+        const std::vector<__nv_bfloat16> h16 = down(d_out16, inp.size());
+        const fvec o32 = down(d_out, inp.size()), kept = down(d_out32, inp.size());
+        fvec got(inp.size()), want(inp.size());
+        size_t untouched = 0;
+        for (size_t i = 0; i < inp.size(); i++) {
+            got[i] = __bfloat162float(h16[i]);
+            want[i] = round_bf16(o32[i]);
+            uint32_t bits;
+            memcpy(&bits, &kept[i], sizeof bits);
+            untouched += bits == 0xFFFFFFFFu;
+        }
+        check("layernorm_forward", fmt("out16 (the output rounded), D=%d", D), got, want, 0.0);
+        report(untouched == inp.size(), "layernorm_forward", fmt("out16: out left alone, D=%d", D),
+               (double)(inp.size() - untouched), 0.0);
+    }
 
     /* the backward pass from the CPU's saved statistics */
     const fvec dout = rnd(r, out.size(), -1, 1);
@@ -726,9 +767,9 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
     ref_attention_forward(out.data(), att.data(), qkv.data(), B, T, D, NH);
     /* bf16 mode: the tensor-core kernels (TF32 products) where the shape
      * allows, else the fp32 ones, held to fp32's tolerance */
-    const bool tc = g_bf16 && !tiled && attn_tc_ok<T, HD>();
+    const bool tc = g_bf16 && (tiled ? attn_rows_tc_ok<T, HD>() : attn_tc_ok<T, HD>());
     const std::string c = fmt("T=%d, HD=%d, NH=%d, B=%d [%s%s]", T, HD, NH, B, mode(),
-                              tc ? ", tensor cores" : tiled ? ", row tiles" : "");
+                              tiled ? (tc ? ", row tiles on tensor cores" : ", row tiles") : tc ? ", tensor cores" : "");
     const double tol = tc ? TOL_ATTN_TC : TOL32;
     check("attention_forward", "out, " + c, down(d_out, out.size()), out, tol);
     check("attention_forward", "att, " + c, down(d_att, att.size()), att, tol);
