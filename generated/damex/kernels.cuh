@@ -2562,7 +2562,9 @@ static __global__ void mask_kernel(float *out, const float *inp, const float *ma
 static inline void mask_apply(const kctx *k, float *out, const float *inp, const float *mask, int64_t n, int64_t R,
                               int acc)
 {
-    const bool v4 = R % 4 == 0 && vec4_ok(n, out, inp), small = n < ((int64_t)1 << 31);
+    /* 32-bit indices while the last thread's (up to 1,024 past n) stays
+     * below 2^31 */
+    const bool v4 = R % 4 == 0 && vec4_ok(n, out, inp), small = n < ((int64_t)1 << 30);
     if (v4 && small)
         mask_kernel<4, int><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(out, inp, mask, (int)n, (int)R, acc);
     else if (v4)
