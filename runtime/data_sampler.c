@@ -5,6 +5,7 @@
  * of fixed arguments, never a sequential generator, so
  *   the source of sample i of step s  = f(seed, s, i),
  *   its crop offsets and flip         = f(seed, s, i),
+ *   its RandAugment operations        = f(seed, s, i),
  *   the order of source j in epoch e  = f(seed, j, e),
  * and the only state is the step and a (epoch, cursor) pair per source. */
 #include "data_internal.h"
@@ -19,7 +20,8 @@ enum {
     STREAM_CROP_Y,    /* crop row offset: (step, i) */
     STREAM_CROP_X,    /* crop column offset: (step, i) */
     STREAM_FLIP,      /* mirror or not: (step, i) */
-    STREAM_PERM       /* + source index: (epoch, position) */
+    STREAM_PERM,      /* + source index: (epoch, position) */
+    STREAM_RANDAUG = 1 << 20 /* RandAugment's operations: (step, i); above every STREAM_PERM + j */
 };
 
 #define STATE_MAGIC INT64_C(0x6d6f6572746d6978) /* "moertmix" */
@@ -41,6 +43,7 @@ struct moert_mixture {
     norm_lut *lut;          /* (k) pixel -> normalized value, per channel */
     int shard_global;       /* data-parallel global batch size, 0 = unsharded */
     int shard_first;        /* first sample of the global batch that goes to b */
+    uint8_t *ra_img, *ra_tmp; /* RandAugment: an image's copy and its scratch (c*h*w each), or NULL */
 };
 
 /* ------------------------------------------------------------------ */
@@ -175,6 +178,8 @@ void moert_mixture_free(moert_mixture *m)
     free(m->epoch);
     free(m->cursor);
     free(m->lut);
+    free(m->ra_img);
+    free(m->ra_tmp);
     free(m);
 }
 
@@ -226,6 +231,11 @@ static int check_source(const moert_mix_source *s, int j, const moert_mix_source
                   MOERT_IMAGE_MAX_DIM);
         return -1;
     }
+    if (s->randaug_n < 0 || s->randaug_n > 16 || s->randaug_m < 0 || s->randaug_m > 30) {
+        data_errf(errbuf, errlen, "mixture: source %d has RandAugment n %d, m %d (n 0..16, m 0..30)", j,
+                  s->randaug_n, s->randaug_m);
+        return -1;
+    }
     return 0;
 }
 
@@ -267,6 +277,11 @@ moert_mixture *moert_mixture_create(const moert_mix_source *sources, int k, uint
         if (!(m->perm[j] = malloc((size_t)sources[j].images->n * sizeof(uint32_t))))
             goto oom;
         make_perm(m, j);
+        if (sources[j].randaug_n > 0 && !m->ra_img) {
+            const size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
+            if (!(m->ra_img = malloc(per)) || !(m->ra_tmp = malloc(per)))
+                goto oom;
+        }
     }
     m->cum[k - 1] = 1.0;
     return m;
@@ -352,7 +367,14 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b)
         }
         if (s->aug & MOERT_AUG_FLIP)
             flip = (int)(data_hash(m->seed, STREAM_FLIP, step, (uint64_t)i) >> 63);
-        write_sample(im->pixels + (size_t)idx * per, m->c, m->h, m->w,
+        const uint8_t *img = im->pixels + (size_t)idx * per;
+        if (s->randaug_n > 0) {
+            memcpy(m->ra_img, img, per);
+            moert_randaugment(m->ra_img, m->c, m->h, m->w, s->randaug_n, s->randaug_m,
+                              data_hash(m->seed, STREAM_RANDAUG, step, (uint64_t)i), m->ra_tmp);
+            img = m->ra_img;
+        }
+        write_sample(img, m->c, m->h, m->w,
                      (const float(*)[256])m->lut[j], pad, dy, dx, flip,
                      b->x + (size_t)(i - first) * per);
         b->labels[i - first] = im->labels[idx] + s->label_offset;

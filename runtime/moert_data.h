@@ -208,6 +208,8 @@ typedef struct moert_mix_source {
     float std[MOERT_MAX_CHANNELS];       /* per channel, > 0 */
     unsigned aug;                        /* MOERT_AUG_* flags */
     int pad;                             /* padding for MOERT_AUG_CROP */
+    int randaug_n, randaug_m;            /* RandAugment: n operations (0: off) of magnitude m (0..30),
+                                          * on the image as loaded, before the crop and flip */
     int32_t label_offset;                /* added to every label (shared label space) */
 } moert_mix_source;
 
@@ -256,6 +258,37 @@ int moert_mixture_state_export(const moert_mixture *m, int64_t *state, size_t le
                                char *errbuf, size_t errlen);
 int moert_mixture_state_import(moert_mixture *m, const int64_t *state, size_t len,
                                char *errbuf, size_t errlen);
+
+/* ------------------------------------------------------------------ */
+/* RandAugment                                                         */
+/* ------------------------------------------------------------------ */
+
+/* torchvision's RandAugment(num_ops, magnitude, num_magnitude_bins = 31)
+ * on uint8 images (torchvision 0.14's tensor operations; data_randaug.c
+ * says where they may differ). Its 14 operations, in torchvision's order: */
+enum {
+    MOERT_RA_IDENTITY, MOERT_RA_SHEAR_X, MOERT_RA_SHEAR_Y, MOERT_RA_TRANSLATE_X, MOERT_RA_TRANSLATE_Y,
+    MOERT_RA_ROTATE, MOERT_RA_BRIGHTNESS, MOERT_RA_COLOR, MOERT_RA_CONTRAST, MOERT_RA_SHARPNESS,
+    MOERT_RA_POSTERIZE, MOERT_RA_SOLARIZE, MOERT_RA_AUTOCONTRAST, MOERT_RA_EQUALIZE, MOERT_RA_OPS
+};
+
+/* torchvision's name of op ("shear_x", ...), or NULL */
+const char *moert_randaug_name(int op);
+
+/* op's magnitude at bin m (0..30) for an h x w image, before its sign:
+ * shears, translations (pixels), rotation (degrees), the four colour
+ * factors less 1, posterize's bits, solarize's threshold; 0 for the rest */
+double moert_randaug_magnitude(int op, int m, int h, int w);
+
+/* whether op's magnitude takes a random sign */
+int moert_randaug_signed(int op);
+
+/* Applies op with magnitude mag (signed) to img (c = 1 or 3 planes of h x
+ * w, CHW), in place; scratch: c * h * w bytes. */
+void moert_randaug_op(uint8_t *img, int c, int h, int w, int op, double mag, uint8_t *scratch);
+
+/* n operations, each drawn with its sign from `hash`, at magnitude bin m */
+void moert_randaugment(uint8_t *img, int c, int h, int w, int n, int m, uint64_t hash, uint8_t *scratch);
 
 /* ------------------------------------------------------------------ */
 /* Evaluation: a test set in order, no augmentation                     */

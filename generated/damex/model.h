@@ -68,6 +68,8 @@ extern "C" {
 #define CHECKPOINT_EVERY 0L
 #define LOG_EVERY 50L
 #define SEED 1ULL
+#define RANDAUG_N 0 /* RandAugment: operations per training image (0: off) */
+#define RANDAUG_M 0 /* and their magnitude (0..30) */
 
 /* the learned tensors, in the order of the parameter arena */
 typedef struct tensor_info {

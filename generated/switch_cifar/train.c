@@ -179,6 +179,8 @@ static void load_dataset(data_set *ds, const dataset_info *info, const options *
     }
     ds->src.aug = (info->crop_padding > 0 ? MOERT_AUG_CROP : 0) | (info->flip ? MOERT_AUG_FLIP : 0);
     ds->src.pad = info->crop_padding;
+    ds->src.randaug_n = RANDAUG_N;
+    ds->src.randaug_m = RANDAUG_M;
 }
 
 /* ---- parameters, checkpoints ---------------------------------------------------- */

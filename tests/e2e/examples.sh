@@ -54,4 +54,22 @@ if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
     torch_check soft_moe_mnist
     cd "$WORK" || exit 1
 fi
+# the same with RandAugment (train's augment = [randaugment(n = 2, m = 9)]):
+# the trainer is built with it and trains on MNIST through the loader, and
+# its first batch differs from the plain one's (the same images, augmented)
+if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
+    sed 's/^    batch = 64 *$/    batch = 64\n    augment = [randaugment(n = 2, m = 9)]/' "$top_srcdir/examples/soft_moe_mnist.moe" \
+        > "$WORK/soft_ra.moe"
+    if gen soft_ra "$WORK/soft_ra.moe" && grep -q '^#define RANDAUG_N 2 ' "$WORK/soft_ra/model.h" &&
+        (cd "$WORK/soft_ra" && ./train --data "$DATA" --steps 3 --max-eval 64 -q > run.log 2>&1 &&
+            ./train --data "$DATA" --dump-step ra.safetensors > dump.log 2>&1) &&
+        (cd "$WORK/soft_moe_mnist" && ./train --data "$DATA" --dump-step plain.safetensors > dump.log 2>&1) &&
+        grep -q "test accuracy per dataset" "$WORK/soft_ra/run.log" &&
+        ! cmp -s "$WORK/soft_ra/ra.safetensors" "$WORK/soft_moe_mnist/plain.safetensors"; then
+        ok "soft_moe_mnist with randaugment builds, trains, and its first batch is augmented"
+    else
+        cat "$WORK/soft_ra/run.log" "$WORK/soft_ra/dump.log" 2>/dev/null
+        not_ok "soft_moe_mnist with randaugment builds, trains, and its first batch is augmented"
+    fi
+fi
 finish

@@ -1808,6 +1808,112 @@ static void test_augment(void **state)
     moert_images_free(&a);
 }
 
+/* RandAugment's operations on hand-checked cases (randaug_check.py holds
+ * every operation to torchvision's where torchvision is installed) */
+static void test_randaug_ops(void **state)
+{
+    (void)state;
+    uint8_t img[2 * 3], tmp[2 * 3];
+    /* posterize at bin 30: 8 - round(30 / 7.5) = 4 bits */
+    assert_int_equal((int)moert_randaug_magnitude(MOERT_RA_POSTERIZE, 30, 2, 3), 4);
+    assert_int_equal((int)moert_randaug_magnitude(MOERT_RA_POSTERIZE, 9, 2, 3), 7);
+    const uint8_t in[6] = {0x00, 0x0F, 0x10, 0x7F, 0x80, 0xFF};
+    memcpy(img, in, 6);
+    moert_randaug_op(img, 1, 2, 3, MOERT_RA_POSTERIZE, 4.0, tmp);
+    const uint8_t post[6] = {0x00, 0x00, 0x10, 0x70, 0x80, 0xF0};
+    assert_memory_equal(img, post, 6);
+    /* solarize at threshold 128: 128 and above inverted */
+    memcpy(img, in, 6);
+    moert_randaug_op(img, 1, 2, 3, MOERT_RA_SOLARIZE, 128.0, tmp);
+    const uint8_t sol[6] = {0x00, 0x0F, 0x10, 0x7F, 0x7F, 0x00};
+    assert_memory_equal(img, sol, 6);
+    /* autocontrast stretches [10, 20] to [0, 255] (truncated) */
+    const uint8_t ac_in[6] = {10, 12, 15, 20, 11, 10};
+    memcpy(img, ac_in, 6);
+    moert_randaug_op(img, 1, 2, 3, MOERT_RA_AUTOCONTRAST, 0.0, tmp);
+    const uint8_t ac[6] = {0, 51, 127, 255, 25, 0};
+    assert_memory_equal(img, ac, 6);
+    /* translate_x by 1 pixel: the columns move right, zero comes in */
+    const uint8_t tr_in[6] = {1, 2, 3, 4, 5, 6};
+    memcpy(img, tr_in, 6);
+    moert_randaug_op(img, 1, 2, 3, MOERT_RA_TRANSLATE_X, 1.7, tmp); /* int(1.7) = 1 */
+    const uint8_t tr[6] = {0, 1, 2, 0, 4, 5};
+    assert_memory_equal(img, tr, 6);
+    /* brightness -1 (factor 0) is black; identity and magnitude 0 change nothing */
+    memcpy(img, tr_in, 6);
+    moert_randaug_op(img, 1, 2, 3, MOERT_RA_IDENTITY, 0.0, tmp);
+    assert_memory_equal(img, tr_in, 6);
+    moert_randaug_op(img, 1, 2, 3, MOERT_RA_BRIGHTNESS, 0.0, tmp);
+    assert_memory_equal(img, tr_in, 6);
+    moert_randaug_op(img, 1, 2, 3, MOERT_RA_BRIGHTNESS, -1.0, tmp);
+    const uint8_t black[6] = {0};
+    assert_memory_equal(img, black, 6);
+    /* the magnitudes take signs where torchvision's do; names in its order */
+    assert_true(moert_randaug_signed(MOERT_RA_ROTATE));
+    assert_false(moert_randaug_signed(MOERT_RA_SOLARIZE));
+    assert_string_equal(moert_randaug_name(MOERT_RA_EQUALIZE), "equalize");
+    assert_null(moert_randaug_name(MOERT_RA_OPS));
+}
+
+/* The sampler applies RandAugment to the training images: deterministic
+ * by (seed, step, sample), the same in every sharding, and a bad n or m
+ * is refused with the source named */
+static void test_randaug_sampler(void **state)
+{
+    (void)state;
+    moert_images a;
+    synth_set(&a, 12, 3, 8, 8, 5);
+    moert_mix_source src = plain_source(&a, 1.0), ra = src;
+    ra.randaug_n = 2;
+    ra.randaug_m = 9;
+    moert_mixture *plain = moert_mixture_create(&src, 1, 9, err, sizeof err);
+    moert_mixture *m1 = moert_mixture_create(&ra, 1, 9, err, sizeof err);
+    moert_mixture *m2 = moert_mixture_create(&ra, 1, 9, err, sizeof err);
+    moert_mixture *half = moert_mixture_create(&ra, 1, 9, err, sizeof err);
+    assert_non_null(plain);
+    assert_non_null(m1);
+    assert_non_null(m2);
+    assert_non_null(half);
+    assert_int_equal(moert_mixture_set_shard(half, 16, 8, err, sizeof err), 0);
+    const moert_shape sh = {3, 8, 8};
+    const size_t per = 3 * 8 * 8;
+    moert_batch bp, b1, b2, bh;
+    assert_int_equal(moert_batch_init(&bp, 16, sh, err, sizeof err), 0);
+    assert_int_equal(moert_batch_init(&b1, 16, sh, err, sizeof err), 0);
+    assert_int_equal(moert_batch_init(&b2, 16, sh, err, sizeof err), 0);
+    assert_int_equal(moert_batch_init(&bh, 8, sh, err, sizeof err), 0);
+    int changed = 0;
+    for (int s = 0; s < 20; s++) {
+        moert_mixture_next(plain, &bp);
+        moert_mixture_next(m1, &b1);
+        moert_mixture_next(m2, &b2);
+        moert_mixture_next(half, &bh);
+        assert_memory_equal(b1.x, b2.x, 16 * per * sizeof(float));
+        assert_memory_equal(bh.x, b1.x + 8 * per, 8 * per * sizeof(float));
+        assert_memory_equal(b1.labels, bp.labels, 16 * sizeof(int32_t)); /* the same images drawn */
+        for (int i = 0; i < 16; i++)
+            changed += memcmp(b1.x + i * per, bp.x + i * per, per * sizeof(float)) != 0;
+    }
+    /* 2 operations of 14 leave an image as it was when both are the
+     * identity (or no-ops on it): most images change */
+    assert_true(changed > 20 * 16 / 2);
+    ra.randaug_m = 31;
+    assert_null(moert_mixture_create(&ra, 1, 9, err, sizeof err));
+    assert_non_null(strstr(err, "source 0 has RandAugment n 2, m 31"));
+    ra.randaug_m = 9;
+    ra.randaug_n = 17;
+    assert_null(moert_mixture_create(&ra, 1, 9, err, sizeof err));
+    moert_batch_free(&bp);
+    moert_batch_free(&b1);
+    moert_batch_free(&b2);
+    moert_batch_free(&bh);
+    moert_mixture_free(plain);
+    moert_mixture_free(m1);
+    moert_mixture_free(m2);
+    moert_mixture_free(half);
+    moert_images_free(&a);
+}
+
 static void test_eval_iter(void **state)
 {
     (void)state;
@@ -2125,6 +2231,8 @@ int main(void)
         cmocka_unit_test(test_sampler_shard_errors),
         cmocka_unit_test(test_sampler_shard_resume),
         cmocka_unit_test(test_augment),
+        cmocka_unit_test(test_randaug_ops),
+        cmocka_unit_test(test_randaug_sampler),
         cmocka_unit_test(test_eval_iter),
         cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_real_fashion_mnist),
