@@ -121,13 +121,17 @@ static void inverse_affine(double mt[6], double cx, double cy, double angle, dou
 
 /* ---- colour --------------------------------------------------------------------------- */
 
-/* torchvision's _blend of a pixel: ratio * x + (1 - ratio) * y in float32,
- * clamped to [0, 255], truncated */
+/* a float32 result as torchvision stores it in uint8: clamped to [0, 255],
+ * truncated */
+static uint8_t to_u8(float v)
+{
+    return (uint8_t)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
+}
+
+/* torchvision's _blend of a pixel: ratio * x + (1 - ratio) * y in float32 */
 static uint8_t blend(float ratio, float rest, float x, float y)
 {
-    float v = ratio * x + rest * y;
-    v = v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v;
-    return (uint8_t)v;
+    return to_u8(ratio * x + rest * y);
 }
 
 /* rgb_to_grayscale of pixel i: (0.2989 r + 0.587 g + 0.114 b) in float32, truncated */
@@ -167,6 +171,9 @@ void moert_randaug_op(uint8_t *img, int c, int h, int w, int op, double mag, uin
 {
     const size_t plane = (size_t)h * (size_t)w, n = plane * (size_t)c;
     const double pi = 3.14159265358979323846;
+    /* the colour operations' blend: factor 1 + mag, and 1 - factor, each
+     * rounded to float32 as torch takes a Python float */
+    const float r = (float)(1.0 + mag), rest = (float)(1.0 - (1.0 + mag));
     double mt[6];
     switch (op) {
     case MOERT_RA_SHEAR_X: /* affine(shear = [degrees(atan(mag)), 0], center = [0, 0]) */
@@ -189,32 +196,28 @@ void moert_randaug_op(uint8_t *img, int c, int h, int w, int op, double mag, uin
         inverse_affine(mt, 0.0, 0.0, -mag, 0.0, 0.0, 0.0, 0.0);
         warp(img, c, h, w, mt, scratch);
         break;
-    case MOERT_RA_BRIGHTNESS: { /* blend with black */
-        const float r = (float)(1.0 + mag);
+    case MOERT_RA_BRIGHTNESS: /* blend with black */
         for (size_t i = 0; i < n; i++)
-            img[i] = blend(r, (float)(1.0 - (1.0 + mag)), (float)img[i], 0.0f);
+            img[i] = blend(r, rest, (float)img[i], 0.0f);
         break;
-    }
-    case MOERT_RA_COLOR: { /* blend with the grey image; nothing for one channel */
+    case MOERT_RA_COLOR: /* blend with the grey image; nothing for one channel */
         if (c != 3)
             break;
-        const float r = (float)(1.0 + mag), rest = (float)(1.0 - (1.0 + mag));
         for (size_t i = 0; i < plane; i++) {
             const float g = (float)gray_at(img, plane, i);
             for (int ch = 0; ch < 3; ch++)
                 img[ch * plane + i] = blend(r, rest, (float)img[ch * plane + i], g);
         }
         break;
-    }
-    case MOERT_RA_CONTRAST: { /* blend with the grey image's mean */
+    case MOERT_RA_CONTRAST: { /* blend with the mean of the grey image (of the image itself, one channel) */
         double sum = 0.0; /* exact: integers */
-        for (size_t i = 0; i < plane; i++)
-            sum += c == 3 ? (double)gray_at(img, plane, i) : (double)img[i];
-        if (c != 3)
-            for (size_t i = plane; i < n; i++)
+        if (c == 3)
+            for (size_t i = 0; i < plane; i++)
+                sum += (double)gray_at(img, plane, i);
+        else
+            for (size_t i = 0; i < n; i++)
                 sum += (double)img[i];
-        const float mean = (float)sum / (float)(c == 3 ? plane : n);
-        const float r = (float)(1.0 + mag), rest = (float)(1.0 - (1.0 + mag));
+        const float mean = (float)sum / (float)plane;
         for (size_t i = 0; i < n; i++)
             img[i] = blend(r, rest, (float)img[i], mean);
         break;
@@ -225,7 +228,6 @@ void moert_randaug_op(uint8_t *img, int c, int h, int w, int op, double mag, uin
             break;
         memcpy(scratch, img, n);
         const float k1 = 1.0f / 13.0f, k5 = 5.0f / 13.0f;
-        const float r = (float)(1.0 + mag), rest = (float)(1.0 - (1.0 + mag));
         for (int ch = 0; ch < c; ch++) {
             const uint8_t *s = scratch + ch * plane;
             uint8_t *o = img + ch * plane;
@@ -266,11 +268,8 @@ void moert_randaug_op(uint8_t *img, int c, int h, int w, int op, double mag, uin
             if (hi == lo)
                 continue; /* torchvision: min 0, scale 1 */
             const float scale = 255.0f / ((float)hi - (float)lo);
-            for (size_t i = 0; i < plane; i++) {
-                float v = ((float)p[i] - (float)lo) * scale;
-                v = v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v;
-                p[i] = (uint8_t)v;
-            }
+            for (size_t i = 0; i < plane; i++)
+                p[i] = to_u8(((float)p[i] - (float)lo) * scale);
         }
         break;
     case MOERT_RA_EQUALIZE:
