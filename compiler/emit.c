@@ -67,12 +67,6 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
         if (errors)
             break; /* one place is enough to say why */
     }
-    const mc_train *t = &m->train;
-    if (t->cutmix_prob > 0) {
-        mc_report(d, MC_ERROR, t->cutmix_loc, "the trainer does not apply cutmix yet");
-        mc_hint(d, "random_crop, flip and randaugment are applied; the model is checked, but cutmix is not yet");
-        errors++;
-    }
     return errors;
 }
 
@@ -625,7 +619,10 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "#define SEED %lluULL\n", (unsigned long long)t->seed);
     sb_printf(h, "#define RANDAUG_N %d /* RandAugment: operations per training image (0: off) */\n",
               t->randaugment_n);
-    sb_printf(h, "#define RANDAUG_M %d /* and their magnitude (0..30) */\n\n", t->randaugment_m);
+    sb_printf(h, "#define RANDAUG_M %d /* and their magnitude (0..30) */\n", t->randaugment_m);
+    sb_printf(h, "#define CUTMIX_PROB %.17g /* CutMix: the probability a batch is mixed (0: off) */\n",
+              t->cutmix_prob);
+    sb_printf(h, "#define CUTMIX_ALPHA %.17g /* and the Beta(alpha, alpha) of its area */\n\n", t->cutmix_alpha);
 
     sb_printf(h, "/* the learned tensors, in the order of the parameter arena */\n");
     sb_printf(h, "typedef struct tensor_info {\n    const char *name;\n    int64_t offset, numel;\n    int ndim;\n"

@@ -6,6 +6,7 @@
  *   the source of sample i of step s  = f(seed, s, i),
  *   its crop offsets and flip         = f(seed, s, i),
  *   its RandAugment operations        = f(seed, s, i),
+ *   step s's CutMix (whether, box)    = f(seed, s),
  *   the order of source j in epoch e  = f(seed, j, e),
  * and the only state is the step and a (epoch, cursor) pair per source. */
 #include "data_internal.h"
@@ -21,7 +22,9 @@ enum {
     STREAM_CROP_X,    /* crop column offset: (step, i) */
     STREAM_FLIP,      /* mirror or not: (step, i) */
     STREAM_PERM,      /* + source index: (epoch, position) */
-    STREAM_RANDAUG = 1 << 20 /* RandAugment's operations: (step, i); above every STREAM_PERM + j */
+    STREAM_RANDAUG = 1 << 20, /* RandAugment's operations: (step, i); above every STREAM_PERM + j */
+    STREAM_CUTMIX,            /* CutMix: (step, 0) whether, (step, 1) and (step, 2) the centre */
+    STREAM_BETA               /* CutMix's Beta draw: (step, n) its n-th uniform */
 };
 
 #define STATE_MAGIC INT64_C(0x6d6f6572746d6978) /* "moertmix" */
@@ -44,6 +47,16 @@ struct moert_mixture {
     int shard_global;       /* data-parallel global batch size, 0 = unsharded */
     int shard_first;        /* first sample of the global batch that goes to b */
     uint8_t *ra_img, *ra_tmp; /* RandAugment: an image's copy and its scratch (c*h*w each), or NULL */
+    /* CutMix (cm_prob 0: off) and its per-batch scratch, cm_cap samples */
+    double cm_alpha, cm_prob;
+    int cm_by_source;
+    int cm_cap;
+    int32_t *cm_src;        /* (cm_cap) each sample's source */
+    uint32_t *cm_idx;       /* (cm_cap) and image */
+    int32_t *cm_partner;    /* (cm_cap) whose box it gets */
+    int32_t *cm_order;      /* (cm_cap) the samples grouped by source */
+    int32_t *cm_count;      /* (k) samples per source */
+    float *cm_img;          /* (c*h*w) a partner another shard owns */
 };
 
 /* ------------------------------------------------------------------ */
@@ -71,7 +84,8 @@ int moert_batch_init(moert_batch *b, int capacity, moert_shape shape, char *errb
     b->x = x;
     b->labels = calloc((size_t)capacity, sizeof *b->labels);
     b->dataset = calloc((size_t)capacity, sizeof *b->dataset);
-    if (!b->x || !b->labels || !b->dataset) {
+    b->labels_mix = calloc((size_t)capacity, sizeof *b->labels_mix);
+    if (!b->x || !b->labels || !b->dataset || !b->labels_mix) {
         moert_batch_free(b);
         data_errf(errbuf, errlen, "batch: out of memory for %d x %dx%dx%d floats", capacity,
                   shape.c, shape.h, shape.w);
@@ -83,6 +97,7 @@ int moert_batch_init(moert_batch *b, int capacity, moert_shape shape, char *errb
     b->h = shape.h;
     b->w = shape.w;
     b->step = -1;
+    b->lam = 1.0f;
     return 0;
 }
 
@@ -93,6 +108,7 @@ void moert_batch_free(moert_batch *b)
     free(b->x);
     free(b->labels);
     free(b->dataset);
+    free(b->labels_mix);
     memset(b, 0, sizeof *b);
 }
 
@@ -180,6 +196,12 @@ void moert_mixture_free(moert_mixture *m)
     free(m->lut);
     free(m->ra_img);
     free(m->ra_tmp);
+    free(m->cm_src);
+    free(m->cm_idx);
+    free(m->cm_partner);
+    free(m->cm_order);
+    free(m->cm_count);
+    free(m->cm_img);
     free(m);
 }
 
@@ -316,6 +338,232 @@ int moert_mixture_set_shard(moert_mixture *m, int global_batch, int first, char 
     return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* CutMix                                                              */
+/* ------------------------------------------------------------------ */
+
+/* log of a Gamma(alpha) draw; *n counts the uniforms of (seed, step) used */
+static double log_gamma_draw(uint64_t seed, uint64_t step, double alpha, uint64_t *n)
+{
+    /* Marsaglia and Tsang (2000) for alpha >= 1; below 1,
+     * Gamma(alpha) = Gamma(alpha + 1) * U^(1 / alpha) */
+    const double a = alpha < 1.0 ? alpha + 1.0 : alpha;
+    const double d = a - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
+    double logv;
+    for (;;) {
+        /* a normal by Box and Muller, from two uniforms in (0, 1] and [0, 1) */
+        const double u1 = 1.0 - data_unit(data_hash(seed, STREAM_BETA, step, (*n)++));
+        const double u2 = data_unit(data_hash(seed, STREAM_BETA, step, (*n)++));
+        const double x = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+        const double t = 1.0 + c * x;
+        if (t <= 0.0)
+            continue;
+        const double v = t * t * t;
+        const double u = 1.0 - data_unit(data_hash(seed, STREAM_BETA, step, (*n)++));
+        if (u < 1.0 - 0.0331 * x * x * x * x || log(u) < 0.5 * x * x + d * (1.0 - v + log(v))) {
+            logv = log(d) + log(v);
+            break;
+        }
+    }
+    if (alpha < 1.0) {
+        const double u = 1.0 - data_unit(data_hash(seed, STREAM_BETA, step, (*n)++));
+        logv += log(u) / alpha;
+    }
+    return logv;
+}
+
+double moert_beta_draw(uint64_t seed, int64_t step, double alpha)
+{
+    uint64_t n = 0;
+    const double lx = log_gamma_draw(seed, (uint64_t)step, alpha, &n);
+    const double ly = log_gamma_draw(seed, (uint64_t)step, alpha, &n);
+    /* X / (X + Y) = 1 / (1 + exp(ly - lx)) */
+    return 1.0 / (1.0 + exp(ly - lx));
+}
+
+int moert_cutmix_draw(uint64_t seed, int64_t step, double alpha, double prob, int h, int w,
+                      moert_cutmix_box *box)
+{
+    const uint64_t st = (uint64_t)step;
+    box->y0 = box->y1 = box->x0 = box->x1 = 0;
+    box->lam0 = box->lam = 1.0;
+    if (!(prob > 0.0) || !(data_unit(data_hash(seed, STREAM_CUTMIX, st, 0)) < prob))
+        return 0;
+    const double lam0 = moert_beta_draw(seed, step, alpha);
+    /* timm's rand_bbox: a box of sqrt(1 - lam0) of each side, centred at a
+     * uniform pixel, half-sides rounded down, clipped to the image */
+    const double r = sqrt(1.0 - lam0);
+    const int cut_h = (int)(h * r), cut_w = (int)(w * r);
+    const int cy = (int)data_below(data_hash(seed, STREAM_CUTMIX, st, 1), (uint64_t)h);
+    const int cx = (int)data_below(data_hash(seed, STREAM_CUTMIX, st, 2), (uint64_t)w);
+    box->y0 = cy - cut_h / 2 < 0 ? 0 : cy - cut_h / 2;
+    box->y1 = cy + cut_h / 2 > h ? h : cy + cut_h / 2;
+    box->x0 = cx - cut_w / 2 < 0 ? 0 : cx - cut_w / 2;
+    box->x1 = cx + cut_w / 2 > w ? w : cx + cut_w / 2;
+    box->lam0 = lam0;
+    box->lam = 1.0 - (double)(box->y1 - box->y0) * (double)(box->x1 - box->x0) / ((double)h * (double)w);
+    return 1;
+}
+
+int moert_mixture_set_cutmix(moert_mixture *m, double alpha, double prob, int by_source,
+                             char *errbuf, size_t errlen)
+{
+    if (!(prob >= 0.0 && prob <= 1.0)) {
+        data_errf(errbuf, errlen, "mixture: CutMix probability %g (must be in [0, 1])", prob);
+        return -1;
+    }
+    if (prob > 0.0 && !(alpha >= 1e-3 && alpha <= 100.0)) {
+        data_errf(errbuf, errlen, "mixture: CutMix alpha %g (must be in [0.001, 100])", alpha);
+        return -1;
+    }
+    if (prob > 0.0 && !m->cm_count) {
+        m->cm_count = calloc((size_t)m->k, sizeof *m->cm_count);
+        m->cm_img = malloc((size_t)m->c * (size_t)m->h * (size_t)m->w * sizeof *m->cm_img);
+        if (!m->cm_count || !m->cm_img) {
+            data_errf(errbuf, errlen, "mixture: out of memory");
+            return -1;
+        }
+    }
+    m->cm_alpha = alpha;
+    m->cm_prob = prob;
+    m->cm_by_source = by_source != 0;
+    return 0;
+}
+
+/* the CutMix scratch for batches of n samples */
+static int cutmix_reserve(moert_mixture *m, int n)
+{
+    if (n <= m->cm_cap)
+        return 0;
+    int32_t *src = realloc(m->cm_src, (size_t)n * sizeof *src);
+    if (src)
+        m->cm_src = src;
+    uint32_t *idx = realloc(m->cm_idx, (size_t)n * sizeof *idx);
+    if (idx)
+        m->cm_idx = idx;
+    int32_t *partner = realloc(m->cm_partner, (size_t)n * sizeof *partner);
+    if (partner)
+        m->cm_partner = partner;
+    int32_t *order = realloc(m->cm_order, (size_t)n * sizeof *order);
+    if (order)
+        m->cm_order = order;
+    if (!src || !idx || !partner || !order)
+        return -1;
+    m->cm_cap = n;
+    return 0;
+}
+
+/* cm_partner <- each sample's partner among n: n - 1 - i, or within its
+ * source's samples the same from the other end */
+static void cutmix_pair(moert_mixture *m, int n)
+{
+    if (!m->cm_by_source) {
+        for (int i = 0; i < n; i++)
+            m->cm_partner[i] = n - 1 - i;
+        return;
+    }
+    /* a counting sort by source keeps each source's samples in order */
+    int32_t *count = m->cm_count;
+    memset(count, 0, (size_t)m->k * sizeof *count);
+    for (int i = 0; i < n; i++)
+        count[m->cm_src[i]]++;
+    int32_t at = 0;
+    for (int j = 0; j < m->k; j++) {
+        const int32_t c = count[j];
+        count[j] = at; /* now where source j's samples start */
+        at += c;
+    }
+    for (int i = 0; i < n; i++)
+        m->cm_order[count[m->cm_src[i]]++] = i;
+    /* count[j] is now where source j's samples end */
+    int32_t lo = 0;
+    for (int j = 0; j < m->k; j++) {
+        const int32_t hi = count[j];
+        for (int32_t t = lo; t < hi; t++)
+            m->cm_partner[m->cm_order[t]] = m->cm_order[lo + hi - 1 - t];
+        lo = hi;
+    }
+}
+
+/* rows [y0, y1) and columns [x0, x1) of every plane of dst <- src's, or
+ * swapped with them */
+static void box_copy(float *dst, float *src, int c, int h, int w, const moert_cutmix_box *bx,
+                     int swap)
+{
+    const size_t plane = (size_t)h * (size_t)w, len = (size_t)(bx->x1 - bx->x0);
+    for (int ch = 0; ch < c; ch++)
+        for (int y = bx->y0; y < bx->y1; y++) {
+            const size_t o = (size_t)ch * plane + (size_t)y * (size_t)w + (size_t)bx->x0;
+            if (swap)
+                for (size_t x = 0; x < len; x++) {
+                    const float t = dst[o + x];
+                    dst[o + x] = src[o + x];
+                    src[o + x] = t;
+                }
+            else
+                memcpy(dst + o, src + o, len * sizeof *dst);
+        }
+}
+
+/* ------------------------------------------------------------------ */
+/* Batches of the mixture                                              */
+/* ------------------------------------------------------------------ */
+
+/* Sample i of the step: image idx of source j, augmented, normalized, to out. */
+static void render_sample(moert_mixture *m, uint64_t step, int i, int j, uint32_t idx, float *out)
+{
+    const moert_mix_source *s = &m->src[j];
+    const size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
+    int pad = 0, dy = 0, dx = 0, flip = 0;
+    if (s->aug & MOERT_AUG_CROP && s->pad > 0) {
+        pad = s->pad;
+        uint64_t span = 2 * (uint64_t)pad + 1;
+        dy = (int)data_below(data_hash(m->seed, STREAM_CROP_Y, step, (uint64_t)i), span);
+        dx = (int)data_below(data_hash(m->seed, STREAM_CROP_X, step, (uint64_t)i), span);
+    }
+    if (s->aug & MOERT_AUG_FLIP)
+        flip = (int)(data_hash(m->seed, STREAM_FLIP, step, (uint64_t)i) >> 63);
+    const uint8_t *img = s->images->pixels + (size_t)idx * per;
+    if (s->randaug_n > 0) {
+        memcpy(m->ra_img, img, per);
+        moert_randaugment(m->ra_img, m->c, m->h, m->w, s->randaug_n, s->randaug_m,
+                          data_hash(m->seed, STREAM_RANDAUG, step, (uint64_t)i), m->ra_tmp);
+        img = m->ra_img;
+    }
+    write_sample(img, m->c, m->h, m->w, (const float(*)[256])m->lut[j], pad, dy, dx, flip, out);
+}
+
+/* CutMix on b, samples [first, first + capacity) of the step's `total`
+ * (their sources and images in cm_src and cm_idx) */
+static void cutmix_apply(moert_mixture *m, moert_batch *b, uint64_t step, int total, int first)
+{
+    moert_cutmix_box box;
+    const int end = first + b->capacity;
+    if (!moert_cutmix_draw(m->seed, (int64_t)step, m->cm_alpha, m->cm_prob, m->h, m->w, &box)) {
+        memcpy(b->labels_mix, b->labels, (size_t)b->capacity * sizeof *b->labels);
+        b->lam = 1.0f;
+        return;
+    }
+    cutmix_pair(m, total);
+    const size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
+    for (int i = first; i < end; i++) {
+        const int p = m->cm_partner[i];
+        float *row = b->x + (size_t)(i - first) * per;
+        b->labels_mix[i - first] = m->src[m->cm_src[p]].images->labels[m->cm_idx[p]] +
+                                   m->src[m->cm_src[p]].label_offset;
+        if (p >= first && p < end) {
+            /* both in b: swap their boxes once, from the first of the pair */
+            if (p > i)
+                box_copy(row, b->x + (size_t)(p - first) * per, m->c, m->h, m->w, &box, 1);
+        } else {
+            /* another shard's sample: made here as that shard makes it */
+            render_sample(m, step, p, m->cm_src[p], m->cm_idx[p], m->cm_img);
+            box_copy(row, m->cm_img, m->c, m->h, m->w, &box, 0);
+        }
+    }
+    b->lam = (float)box.lam;
+}
+
 int moert_mixture_next(moert_mixture *m, moert_batch *b)
 {
     if (!b || !b->x || b->capacity < 1 || b->c != m->c || b->h != m->h || b->w != m->w)
@@ -331,6 +579,9 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b)
         total = m->shard_global;
         first = m->shard_first;
     }
+    const int cutmix = m->cm_prob > 0.0;
+    if (cutmix && cutmix_reserve(m, total) != 0)
+        return -1;
     int end = first + b->capacity;
     size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
     uint64_t step = (uint64_t)m->step;
@@ -348,37 +599,28 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b)
             }
             j = lo;
         }
-        const moert_mix_source *s = &m->src[j];
-        const moert_images *im = s->images;
+        const moert_images *im = m->src[j].images;
         uint32_t idx = m->perm[j][m->cursor[j]];
         if (++m->cursor[j] == im->n) {
             m->epoch[j]++;
             m->cursor[j] = 0;
             make_perm(m, j);
         }
+        if (cutmix) {
+            m->cm_src[i] = j;
+            m->cm_idx[i] = idx;
+        }
         if (i < first || i >= end)
             continue; /* another shard's sample */
-        int pad = 0, dy = 0, dx = 0, flip = 0;
-        if (s->aug & MOERT_AUG_CROP && s->pad > 0) {
-            pad = s->pad;
-            uint64_t span = 2 * (uint64_t)pad + 1;
-            dy = (int)data_below(data_hash(m->seed, STREAM_CROP_Y, step, (uint64_t)i), span);
-            dx = (int)data_below(data_hash(m->seed, STREAM_CROP_X, step, (uint64_t)i), span);
-        }
-        if (s->aug & MOERT_AUG_FLIP)
-            flip = (int)(data_hash(m->seed, STREAM_FLIP, step, (uint64_t)i) >> 63);
-        const uint8_t *img = im->pixels + (size_t)idx * per;
-        if (s->randaug_n > 0) {
-            memcpy(m->ra_img, img, per);
-            moert_randaugment(m->ra_img, m->c, m->h, m->w, s->randaug_n, s->randaug_m,
-                              data_hash(m->seed, STREAM_RANDAUG, step, (uint64_t)i), m->ra_tmp);
-            img = m->ra_img;
-        }
-        write_sample(img, m->c, m->h, m->w,
-                     (const float(*)[256])m->lut[j], pad, dy, dx, flip,
-                     b->x + (size_t)(i - first) * per);
-        b->labels[i - first] = im->labels[idx] + s->label_offset;
+        render_sample(m, step, i, j, idx, b->x + (size_t)(i - first) * per);
+        b->labels[i - first] = im->labels[idx] + m->src[j].label_offset;
         b->dataset[i - first] = j;
+    }
+    if (cutmix) {
+        cutmix_apply(m, b, step, total, first);
+    } else {
+        memcpy(b->labels_mix, b->labels, (size_t)b->capacity * sizeof *b->labels);
+        b->lam = 1.0f;
     }
     b->count = b->capacity;
     b->step = m->step;
@@ -515,6 +757,8 @@ int moert_eval_next(moert_eval_iter *it, moert_batch *b)
             b->dataset[i] = -1;
         }
     }
+    memcpy(b->labels_mix, b->labels, (size_t)b->capacity * sizeof *b->labels);
+    b->lam = 1.0f;
     it->next += count;
     b->count = count;
     b->step = -1;

@@ -182,6 +182,12 @@ typedef struct moert_batch {
     float *x;             /* (B, C, H, W), (pixel/255 - mean[c]) / std[c] */
     int32_t *labels;      /* (B) label + the source's label_offset */
     int32_t *dataset;     /* (B) index of the source the sample came from */
+    /* CutMix (moert_mixture_set_cutmix): the sample's target is lam of
+     * labels[i] and 1 - lam of labels_mix[i], the label of the image whose
+     * box was pasted into it. An unmixed batch has lam = 1 and labels_mix =
+     * labels. */
+    int32_t *labels_mix;  /* (B) */
+    float lam;            /* in [0, 1], the same for every sample of the step */
 } moert_batch;
 
 int moert_batch_init(moert_batch *b, int capacity, moert_shape shape,
@@ -227,7 +233,9 @@ void moert_mixture_free(moert_mixture *m);
 
 /* Assembles the batch of the current step into b (b->capacity samples, b's
  * shape must be the sources' shape; sharded, b's slice of the global batch,
- * see moert_mixture_set_shard) and advances one step. Allocates nothing.
+ * see moert_mixture_set_shard) and advances one step. Allocates nothing,
+ * except with CutMix on: its first call allocates the per-batch scratch
+ * (and a later call with a bigger batch grows it); -1 if that fails.
  * Returns the number of samples, or -1 if b does not fit. */
 int moert_mixture_next(moert_mixture *m, moert_batch *b);
 
@@ -244,6 +252,41 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b);
  * global_batch = 0 turns sharding off again (first is then ignored). */
 int moert_mixture_set_shard(moert_mixture *m, int global_batch, int first, char *errbuf,
                             size_t errlen);
+
+/* CutMix (Yun et al., 2019), as timm's Mixup(cutmix_alpha = alpha, prob =
+ * prob, mode = "batch"): with probability prob a step's batch is mixed.
+ * lam0 ~ Beta(alpha, alpha); the box is cut_h = (int)(h * sqrt(1 - lam0))
+ * by cut_w = (int)(w * sqrt(1 - lam0)) centred at a uniform pixel (cy, cx),
+ * clipped to the image: rows [cy - cut_h/2, cy + cut_h/2), columns alike;
+ * lam = 1 - box area / (h * w). Sample i of the global batch of G gets the
+ * box of sample G - 1 - i (timm's x.flip(0)), after its own augmentations,
+ * and its target is lam of its label and 1 - lam of the partner's. With
+ * by_source, the pairing is within each source's samples (the k-th of a
+ * source with its k-th from last), for models with a head per dataset
+ * whose labels do not mix across datasets. The draws are
+ * f(seed, step): every shard of a data-parallel batch sees the same box,
+ * and pastes partners it does not own from images it assembles itself.
+ * alpha in [1e-3, 100] and prob in [0, 1] (0 turns CutMix off), else -1
+ * with a message. */
+int moert_mixture_set_cutmix(moert_mixture *m, double alpha, double prob, int by_source,
+                             char *errbuf, size_t errlen);
+
+/* CutMix's box of one step (w, h: the image's size). Returns 1 and fills
+ * *box when the step mixes, 0 when it does not (then *box is the empty box
+ * with lam = 1). moert_mixture_next uses exactly this. */
+typedef struct moert_cutmix_box {
+    int y0, y1, x0, x1; /* rows [y0, y1), columns [x0, x1) */
+    double lam0;        /* the Beta draw */
+    double lam;         /* 1 - (y1 - y0) * (x1 - x0) / (h * w) */
+} moert_cutmix_box;
+int moert_cutmix_draw(uint64_t seed, int64_t step, double alpha, double prob, int h, int w,
+                      moert_cutmix_box *box);
+
+/* A draw of Beta(alpha, alpha), alpha in [1e-3, 100], that is a pure
+ * function of (seed, step): X / (X + Y) of two Gamma(alpha) draws
+ * (Marsaglia and Tsang, in logarithms so that small alphas do not
+ * underflow) of counter-based uniforms. */
+double moert_beta_draw(uint64_t seed, int64_t step, double alpha);
 
 /* The step the next call to moert_mixture_next makes. */
 int64_t moert_mixture_step(const moert_mixture *m);

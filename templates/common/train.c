@@ -474,11 +474,20 @@ static void dump_step(model *m, const moert_batch *batch, int B, float loss, con
     moert_ckpt_add(w, "batch.x", MOERT_DTYPE_F32, 4, xs, batch->x);
     moert_ckpt_add(w, "batch.labels", MOERT_DTYPE_I32, 1, &bs, batch->labels);
     moert_ckpt_add(w, "batch.dataset", MOERT_DTYPE_I32, 1, &bs, batch->dataset);
+    moert_ckpt_add(w, "batch.labels_mix", MOERT_DTYPE_I32, 1, &bs, batch->labels_mix);
+    moert_ckpt_add(w, "batch.lam", MOERT_DTYPE_F32, 1, &one, &batch->lam);
     static float loss_v;
     loss_v = loss;
     moert_ckpt_add(w, "loss", MOERT_DTYPE_F32, 1, &one, &loss_v);
     if (moert_ckpt_finish(w, &err) != 0)
         die("%s", err.msg);
+}
+
+/* random inputs in place of a batch's: its labels are the targets (no CutMix) */
+static void unmix(moert_batch *b)
+{
+    memcpy(b->labels_mix, b->labels, sizeof *b->labels * (size_t)b->capacity);
+    b->lam = 1.0f;
 }
 
 /* ---- main ------------------------------------------------------------------------------------ */
@@ -650,6 +659,9 @@ int main(int argc, char **argv)
     /* each rank draws the whole batch and makes its own share of it */
     if (world > 1 && moert_mixture_set_shard(mix, o.batch, rank * local, errbuf, sizeof errbuf) != 0)
         die("%s", errbuf);
+    /* with a head per dataset, a sample's box comes from its own dataset */
+    if (moert_mixture_set_cutmix(mix, CUTMIX_ALPHA, CUTMIX_PROB, PER_DATASET_HEADS, errbuf, sizeof errbuf) != 0)
+        die("%s", errbuf);
     moert_metrics *metrics = moert_metrics_open(o.bench ? "/dev/null" : o.metrics, start > 0, &err);
     if (!metrics)
         die("%s", err.msg);
@@ -706,6 +718,7 @@ int main(int argc, char **argv)
             memcpy(sb->x, bench_x, sizeof *bench_x * (size_t)local * IN_C * IN_H * IN_W);
             for (int b = 0; b < local; b++)
                 sb->labels[b] = bench_labels[b] % DATASET_CLASSES[sb->dataset[b]];
+            unmix(sb);
         } else if (o.synthetic) {
             /* random images and labels, different every step (and rank) */
             moert_batch *sb = (moert_batch *)batch;
@@ -715,6 +728,7 @@ int main(int argc, char **argv)
             moert_rng_fill_normal(&r, sb->x, (size_t)local * IN_C * IN_H * IN_W, 0.0f, 1.0f);
             for (int b = 0; b < local; b++)
                 sb->labels[b] = (int32_t)moert_rng_next_below(&r, (uint64_t)DATASET_CLASSES[sb->dataset[b]]);
+            unmix(sb);
         }
         const double lr = learning_rate(o.lr, step, o.steps);
         if (o.dump_step) {

@@ -273,11 +273,26 @@ class Model:
                 raise SystemExit("torch_ref.py: op %s is not modelled" % kind)
         return h
 
-    def loss(self, feats, labels, dataset):
+    def loss(self, feats, labels, dataset, mix=None):
+        """The cross-entropy (plus the routing losses). mix = (labels_mix,
+        lam): CutMix's targets, built as timm's mixup_target builds them
+        (lam of the labels' smoothed one-hot, 1 - lam of the partners'),
+        against SoftTargetCrossEntropy's sum(-target * log_softmax)."""
         spec, p = self.spec, self.p
         cls = spec["ops"][-1]
         eps = spec["label_smoothing"]
         B = feats.shape[0]
+
+        def xent(logits, y, sel):
+            if mix is None:
+                return F.cross_entropy(logits, y.long(), label_smoothing=eps, reduction="sum")
+            C = logits.shape[1]
+            off, on = eps / C, 1.0 - eps + eps / C
+            y1 = torch.full_like(logits, off).scatter_(1, y.long()[:, None], on)
+            y2 = torch.full_like(logits, off).scatter_(1, mix[0][sel].long()[:, None], on)
+            target = y1 * mix[1] + y2 * (1.0 - mix[1])
+            return torch.sum(-target * F.log_softmax(logits, dim=-1))
+
         if cls["heads"] == "per_dataset":
             total = 0.0
             for d, ds in enumerate(spec["datasets"]):
@@ -286,12 +301,11 @@ class Model:
                     continue
                 w, bias = p["heads.%s.weight" % ds["name"]], p["heads.%s.bias" % ds["name"]]
                 logits = feats[sel] @ w.t() + bias
-                total = total + F.cross_entropy(logits, labels[sel].long(), label_smoothing=eps,
-                                                reduction="sum")
+                total = total + xent(logits, labels[sel], sel)
             ce = total / B
         else:
             logits = feats @ p["head.weight"].t() + p["head.bias"]
-            ce = F.cross_entropy(logits, labels.long(), label_smoothing=eps)
+            ce = xent(logits, labels, torch.arange(B)) / B
         return ce + sum(self.aux), ce
 
 
@@ -307,7 +321,12 @@ def check(gen_dir, dump_path):
     m = Model(spec, params)
     x, labels, dataset = d["batch.x"], d["batch.labels"].long(), d["batch.dataset"].long()
     feats = m.forward(x, dataset, noises)
-    loss, ce = m.loss(feats, labels, dataset)
+    mix = None
+    if "batch.lam" in d and float(d["batch.lam"][0]) != 1.0:
+        mix = (d["batch.labels_mix"].long(), float(d["batch.lam"][0]))
+        print("cutmix: lam %.6f, %d of %d targets mixed with another label"
+              % (mix[1], int((mix[0] != labels).sum()), labels.numel()))
+    loss, ce = m.loss(feats, labels, dataset, mix)
     loss.backward()
     ok = True
     want, got = float(loss), float(d["loss"][0])

@@ -304,6 +304,8 @@ static void assert_batches_equal(const moert_batch *a, const moert_batch *b)
     assert_memory_equal(a->x, b->x, (size_t)a->count * per * sizeof(float));
     assert_memory_equal(a->labels, b->labels, (size_t)a->count * sizeof(int32_t));
     assert_memory_equal(a->dataset, b->dataset, (size_t)a->count * sizeof(int32_t));
+    assert_memory_equal(a->labels_mix, b->labels_mix, (size_t)a->count * sizeof(int32_t));
+    assert_true(a->lam == b->lam);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1914,6 +1916,204 @@ static void test_randaug_sampler(void **state)
     moert_images_free(&a);
 }
 
+/* ------------------------------------------------------------------ */
+/* CutMix                                                              */
+/* ------------------------------------------------------------------ */
+
+/* Beta(alpha, alpha) draws: in (0, 1), a pure function of (seed, step),
+ * with the mean 1/2 and the variance 1 / (4 (2 alpha + 1)) of the law. */
+static void test_beta_draw(void **state)
+{
+    (void)state;
+    static const double alphas[] = {0.2, 1.0, 5.0, 0.001, 100.0};
+    enum { N = 40000 };
+    for (size_t a = 0; a < sizeof alphas / sizeof alphas[0]; a++) {
+        const double al = alphas[a];
+        double sum = 0.0, sq = 0.0;
+        for (int i = 0; i < N; i++) {
+            const double x = moert_beta_draw(5, i, al);
+            assert_true(x >= 0.0 && x <= 1.0);
+            assert_true(x == moert_beta_draw(5, i, al));
+            sum += x;
+            sq += x * x;
+        }
+        const double mean = sum / N, var = sq / N - mean * mean, want = 1.0 / (4.0 * (2.0 * al + 1.0));
+        /* standard errors: the mean's sqrt(var / N) <= 0.0025; the
+         * variance's about sqrt(2 / N) var; 4 of each */
+        assert_true(fabs(mean - 0.5) < 0.01);
+        assert_true(fabs(var - want) < 4.0 * sqrt(2.0 / N) * want + 1e-4);
+    }
+    /* another seed, other draws */
+    assert_true(moert_beta_draw(5, 0, 1.0) != moert_beta_draw(6, 0, 1.0));
+}
+
+/* The box: whether a step mixes at the asked rate, timm's rand_bbox from
+ * the Beta draw and the centre, lam from the clipped area. */
+static void test_cutmix_box(void **state)
+{
+    (void)state;
+    moert_cutmix_box b;
+    assert_int_equal(moert_cutmix_draw(3, 0, 1.0, 0.0, 8, 8, &b), 0);
+    assert_true(b.lam == 1.0 && b.y1 == b.y0 && b.x1 == b.x0);
+    enum { N = 20000, H = 24, W = 40 };
+    int mixed = 0, clipped = 0;
+    double lam_sum = 0.0;
+    for (int s = 0; s < N; s++) {
+        if (!moert_cutmix_draw(3, s, 1.0, 0.3, H, W, &b)) {
+            assert_true(b.lam == 1.0);
+            continue;
+        }
+        mixed++;
+        assert_true(b.lam0 > 0.0 && b.lam0 < 1.0);
+        assert_true(0 <= b.y0 && b.y0 <= b.y1 && b.y1 <= H);
+        assert_true(0 <= b.x0 && b.x0 <= b.x1 && b.x1 <= W);
+        const int ch = (int)(H * sqrt(1.0 - b.lam0)), cw = (int)(W * sqrt(1.0 - b.lam0));
+        /* unclipped, a side is 2 * (cut / 2); clipped, less */
+        assert_true(b.y1 - b.y0 <= 2 * (ch / 2) && b.x1 - b.x0 <= 2 * (cw / 2));
+        if (b.y0 > 0 && b.y1 < H)
+            assert_int_equal(b.y1 - b.y0, 2 * (ch / 2));
+        else
+            clipped++;
+        assert_true(b.lam == 1.0 - (double)(b.y1 - b.y0) * (b.x1 - b.x0) / (double)(H * W));
+        lam_sum += b.lam;
+    }
+    /* 30% of the steps, within 4 standard errors */
+    assert_true(fabs((double)mixed / N - 0.3) < 4.0 * sqrt(0.3 * 0.7 / N));
+    assert_true(clipped > 0);
+    /* clipping only shrinks the box: lam's mean is above lam0's 1/2 */
+    assert_true(lam_sum / mixed > 0.5);
+}
+
+/* moert_mixture_next with CutMix against the same batches without it:
+ * sample i keeps its pixels outside the box and has its partner's inside;
+ * labels_mix holds the partner's label and lam the box's. */
+static void check_cutmix_batch(const moert_batch *plain, const moert_batch *mixed,
+                               const int *partner, const moert_cutmix_box *box, int mixes)
+{
+    const int B = plain->count, c = plain->c, h = plain->h, w = plain->w;
+    const size_t per = (size_t)c * h * w;
+    assert_int_equal(mixed->count, B);
+    assert_memory_equal(mixed->labels, plain->labels, (size_t)B * sizeof(int32_t));
+    assert_memory_equal(mixed->dataset, plain->dataset, (size_t)B * sizeof(int32_t));
+    if (!mixes) {
+        assert_true(mixed->lam == 1.0f);
+        assert_memory_equal(mixed->labels_mix, plain->labels, (size_t)B * sizeof(int32_t));
+        assert_memory_equal(mixed->x, plain->x, (size_t)B * per * sizeof(float));
+        return;
+    }
+    assert_true(mixed->lam == (float)box->lam);
+    for (int i = 0; i < B; i++) {
+        const int p = partner[i];
+        assert_int_equal(partner[p], i);
+        assert_int_equal(mixed->labels_mix[i], plain->labels[p]);
+        for (int ch = 0; ch < c; ch++)
+            for (int y = 0; y < h; y++)
+                for (int x = 0; x < w; x++) {
+                    const size_t o = (size_t)ch * h * w + (size_t)y * w + (size_t)x;
+                    const int in = y >= box->y0 && y < box->y1 && x >= box->x0 && x < box->x1;
+                    assert_true(mixed->x[(size_t)i * per + o] == plain->x[(size_t)(in ? p : i) * per + o]);
+                }
+    }
+}
+
+static void test_cutmix_sampler(void **state)
+{
+    (void)state;
+    moert_images im[3];
+    shard_sources(im);
+    const moert_shape sh = {3, 4, 5};
+    enum { G = 12, STEPS = 30 };
+    moert_batch plain, mixed, part[2];
+    assert_int_equal(moert_batch_init(&plain, G, sh, err, sizeof err), 0);
+    assert_int_equal(moert_batch_init(&mixed, G, sh, err, sizeof err), 0);
+    assert_true(plain.lam == 1.0f);
+    for (int by_source = 0; by_source < 2; by_source++) {
+        moert_mixture *p = make_mix3(im, 41), *m = make_mix3(im, 41), *sh5 = make_mix3(im, 41),
+                      *sh7 = make_mix3(im, 41);
+        assert_int_equal(moert_mixture_set_cutmix(m, 1.0, 0.7, by_source, err, sizeof err), 0);
+        /* shards of 5 and 7: their partners are mostly in the other shard */
+        assert_int_equal(moert_mixture_set_shard(sh5, G, 0, err, sizeof err), 0);
+        assert_int_equal(moert_mixture_set_shard(sh7, G, 5, err, sizeof err), 0);
+        assert_int_equal(moert_mixture_set_cutmix(sh5, 1.0, 0.7, by_source, err, sizeof err), 0);
+        assert_int_equal(moert_mixture_set_cutmix(sh7, 1.0, 0.7, by_source, err, sizeof err), 0);
+        assert_int_equal(moert_batch_init(&part[0], 5, sh, err, sizeof err), 0);
+        assert_int_equal(moert_batch_init(&part[1], 7, sh, err, sizeof err), 0);
+        int n_mixed = 0, cross = 0;
+        for (int s = 0; s < STEPS; s++) {
+            assert_int_equal(moert_mixture_next(p, &plain), G);
+            assert_int_equal(moert_mixture_next(m, &mixed), G);
+            moert_cutmix_box box;
+            const int mixes = moert_cutmix_draw(41, s, 1.0, 0.7, sh.h, sh.w, &box);
+            n_mixed += mixes;
+            /* the partners: G - 1 - i, or mirrored within each source */
+            int partner[G];
+            for (int i = 0; i < G; i++) {
+                if (!by_source) {
+                    partner[i] = G - 1 - i;
+                    continue;
+                }
+                int k = 0, n = 0; /* i is the k-th of the n samples of its source */
+                for (int t = 0; t < G; t++)
+                    if (plain.dataset[t] == plain.dataset[i])
+                        k += t < i, n++;
+                for (int t = 0, seen = 0; t < G; t++)
+                    if (plain.dataset[t] == plain.dataset[i] && seen++ == n - 1 - k)
+                        partner[i] = t;
+            }
+            for (int i = 0; i < G; i++) {
+                if (by_source)
+                    assert_int_equal(plain.dataset[partner[i]], plain.dataset[i]);
+                cross += plain.dataset[partner[i]] != plain.dataset[i];
+            }
+            check_cutmix_batch(&plain, &mixed, partner, &box, mixes);
+            /* the shards, side by side, are the unsharded batch */
+            assert_int_equal(moert_mixture_next(sh5, &part[0]), 5);
+            assert_int_equal(moert_mixture_next(sh7, &part[1]), 7);
+            const size_t per = 3 * 4 * 5;
+            for (int r = 0, first = 0; r < 2; first += part[r].count, r++) {
+                assert_memory_equal(part[r].x, mixed.x + (size_t)first * per,
+                                    (size_t)part[r].count * per * sizeof(float));
+                assert_memory_equal(part[r].labels_mix, mixed.labels_mix + first,
+                                    (size_t)part[r].count * sizeof(int32_t));
+                assert_true(part[r].lam == mixed.lam);
+            }
+        }
+        /* some steps mixed and some not; pairs across sources only when
+         * the pairing is over the whole batch */
+        assert_true(n_mixed > 0 && n_mixed < STEPS);
+        assert_true(by_source ? cross == 0 : cross > 0);
+        moert_batch_free(&part[0]);
+        moert_batch_free(&part[1]);
+        moert_mixture_free(p);
+        moert_mixture_free(m);
+        moert_mixture_free(sh5);
+        moert_mixture_free(sh7);
+    }
+
+    /* bad settings, with what is wrong */
+    moert_mixture *m = make_mix3(im, 41);
+    assert_int_equal(moert_mixture_set_cutmix(m, 1.0, 1.5, 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "CutMix probability 1.5"));
+    assert_int_equal(moert_mixture_set_cutmix(m, 0.0, 0.5, 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "CutMix alpha 0"));
+    /* probability 0 is off, whatever alpha says */
+    assert_int_equal(moert_mixture_set_cutmix(m, 0.0, 0.0, 0, err, sizeof err), 0);
+    moert_mixture_free(m);
+
+    /* an evaluation batch is unmixed */
+    moert_eval_iter it;
+    moert_mix_source src = plain_source(&im[2], 1.0);
+    src.label_offset = 20;
+    moert_eval_init(&it, &src, 2);
+    assert_int_equal(moert_eval_next(&it, &mixed), 3);
+    assert_true(mixed.lam == 1.0f);
+    assert_memory_equal(mixed.labels_mix, mixed.labels, G * sizeof(int32_t));
+    moert_batch_free(&plain);
+    moert_batch_free(&mixed);
+    for (int j = 0; j < 3; j++)
+        moert_images_free(&im[j]);
+}
+
 static void test_eval_iter(void **state)
 {
     (void)state;
@@ -2233,6 +2433,9 @@ int main(void)
         cmocka_unit_test(test_augment),
         cmocka_unit_test(test_randaug_ops),
         cmocka_unit_test(test_randaug_sampler),
+        cmocka_unit_test(test_beta_draw),
+        cmocka_unit_test(test_cutmix_box),
+        cmocka_unit_test(test_cutmix_sampler),
         cmocka_unit_test(test_eval_iter),
         cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_real_fashion_mnist),
