@@ -32,6 +32,7 @@ struct moert_prefetch {
     int held;                /* slot the consumer holds, or -1 */
     int last;                /* slot of the last batch handed out, or -1 */
     int stop;
+    int failed;              /* moert_mixture_next failed: no more batches */
 };
 
 static void *producer(void *arg)
@@ -46,11 +47,16 @@ static void *producer(void *arg)
         int slot = (p->head + p->filled) % p->depth;
         pthread_mutex_unlock(&p->mu);
 
-        moert_mixture_next(p->m, &p->ring[slot]);
+        const int got = moert_mixture_next(p->m, &p->ring[slot]);
         moert_mixture_state_export(p->m, p->states + (size_t)slot * p->state_len,
                                    p->state_len, NULL, 0);
 
         pthread_mutex_lock(&p->mu);
+        if (got < 0) {
+            p->failed = 1;
+            pthread_cond_signal(&p->produced);
+            break;
+        }
         p->filled++;
         pthread_cond_signal(&p->produced);
     }
@@ -140,8 +146,12 @@ const moert_batch *moert_prefetch_next(moert_prefetch *p)
         p->held = -1; /* the previous batch goes back to the producer */
         pthread_cond_signal(&p->freed);
     }
-    while (p->filled == 0)
+    while (p->filled == 0 && !p->failed)
         pthread_cond_wait(&p->produced, &p->mu);
+    if (p->filled == 0) {
+        pthread_mutex_unlock(&p->mu);
+        return NULL;
+    }
     int slot = p->head;
     p->head = (p->head + 1) % p->depth;
     p->filled--;

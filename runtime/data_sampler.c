@@ -12,6 +12,7 @@
 #include "data_internal.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,18 @@ enum {
 
 typedef float norm_lut[MOERT_MAX_CHANNELS][256];
 
+/* One thread's buffers while it assembles samples */
+typedef struct sampler_scratch {
+    uint8_t *ra_img, *ra_tmp; /* RandAugment: an image's copy and its scratch (c*h*w each), or NULL */
+    float *cm_img;            /* CutMix: a partner another shard owns (c*h*w), or NULL */
+} sampler_scratch;
+
+typedef struct sampler_worker {
+    struct moert_mixture *m;
+    int index;              /* its scratch: 1.. (0 is the caller's) */
+    pthread_t thread;
+} sampler_worker;
+
 struct moert_mixture {
     int k;
     int c, h, w;
@@ -46,17 +59,33 @@ struct moert_mixture {
     norm_lut *lut;          /* (k) pixel -> normalized value, per channel */
     int shard_global;       /* data-parallel global batch size, 0 = unsharded */
     int shard_first;        /* first sample of the global batch that goes to b */
-    uint8_t *ra_img, *ra_tmp; /* RandAugment: an image's copy and its scratch (c*h*w each), or NULL */
-    /* CutMix (cm_prob 0: off) and its per-batch scratch, cm_cap samples */
+    /* the step's draws, for pick_cap samples */
+    int pick_cap;
+    int32_t *pick_src;      /* (pick_cap) each sample's source */
+    uint32_t *pick_idx;     /* (pick_cap) and image */
+    /* CutMix (cm_prob 0: off) */
     double cm_alpha, cm_prob;
     int cm_by_source;
-    int cm_cap;
-    int32_t *cm_src;        /* (cm_cap) each sample's source */
-    uint32_t *cm_idx;       /* (cm_cap) and image */
-    int32_t *cm_partner;    /* (cm_cap) whose box it gets */
-    int32_t *cm_order;      /* (cm_cap) the samples grouped by source */
+    int32_t *cm_partner;    /* (pick_cap) whose box each sample gets */
+    int32_t *cm_order;      /* (pick_cap) the samples grouped by source */
     int32_t *cm_count;      /* (k) samples per source */
-    float *cm_img;          /* (c*h*w) a partner another shard owns */
+    /* the threads that assemble a batch: the caller and workers - 1 more */
+    int workers;
+    sampler_scratch *scratch; /* (scratch_n >= workers) */
+    int scratch_n;
+    sampler_worker *pool;     /* (workers - 1) */
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    uint64_t gen;           /* jobs posted */
+    int running;            /* workers still on the current job */
+    int stop;
+    /* the current job: rows of job_b, handed out by job_next */
+    int job;
+    moert_batch *job_b;
+    uint64_t job_step;
+    int job_first;
+    moert_cutmix_box job_box;
+    int job_next;
 };
 
 /* ------------------------------------------------------------------ */
@@ -181,6 +210,67 @@ static void make_perm(const moert_mixture *m, int j)
     }
 }
 
+static int need_randaug(const moert_mixture *m)
+{
+    for (int j = 0; j < m->k; j++)
+        if (m->src[j].randaug_n > 0)
+            return 1;
+    return 0;
+}
+
+/* every thread's buffers, as the sources and CutMix need them */
+static int alloc_scratch(moert_mixture *m)
+{
+    const size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
+    const int ra = need_randaug(m), cm = m->cm_prob > 0.0;
+    for (int t = 0; t < m->scratch_n; t++) {
+        sampler_scratch *sc = &m->scratch[t];
+        if (ra && !sc->ra_img && (!(sc->ra_img = malloc(per)) || !(sc->ra_tmp = malloc(per))))
+            return -1;
+        if (cm && !sc->cm_img && !(sc->cm_img = malloc(per * sizeof *sc->cm_img)))
+            return -1;
+    }
+    return 0;
+}
+
+static void free_scratch(moert_mixture *m)
+{
+    if (!m->scratch)
+        return;
+    for (int t = 0; t < m->scratch_n; t++) {
+        free(m->scratch[t].ra_img);
+        free(m->scratch[t].ra_tmp);
+        free(m->scratch[t].cm_img);
+    }
+    free(m->scratch);
+    m->scratch = NULL;
+    m->scratch_n = 0;
+}
+
+/* n threads' buffers (none yet) */
+static int new_scratch(moert_mixture *m, int n)
+{
+    if (!(m->scratch = calloc((size_t)n, sizeof *m->scratch)))
+        return -1;
+    m->scratch_n = n;
+    return alloc_scratch(m);
+}
+
+static void stop_workers(moert_mixture *m)
+{
+    if (!m->pool)
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->stop = 1;
+    pthread_cond_broadcast(&m->go);
+    pthread_mutex_unlock(&m->mu);
+    for (int t = 0; t < m->workers - 1; t++)
+        pthread_join(m->pool[t].thread, NULL);
+    free(m->pool);
+    m->pool = NULL;
+    m->stop = 0;
+}
+
 void moert_mixture_free(moert_mixture *m)
 {
     if (!m)
@@ -194,14 +284,16 @@ void moert_mixture_free(moert_mixture *m)
     free(m->epoch);
     free(m->cursor);
     free(m->lut);
-    free(m->ra_img);
-    free(m->ra_tmp);
-    free(m->cm_src);
-    free(m->cm_idx);
+    stop_workers(m);
+    pthread_cond_destroy(&m->go);
+    pthread_cond_destroy(&m->done);
+    pthread_mutex_destroy(&m->mu);
+    free_scratch(m);
+    free(m->pick_src);
+    free(m->pick_idx);
     free(m->cm_partner);
     free(m->cm_order);
     free(m->cm_count);
-    free(m->cm_img);
     free(m);
 }
 
@@ -277,6 +369,13 @@ moert_mixture *moert_mixture_create(const moert_mix_source *sources, int k, uint
     moert_mixture *m = calloc(1, sizeof *m);
     if (!m)
         goto oom;
+    /* first, so that moert_mixture_free may always destroy them */
+    if (pthread_mutex_init(&m->mu, NULL) != 0 || pthread_cond_init(&m->go, NULL) != 0 ||
+        pthread_cond_init(&m->done, NULL) != 0) {
+        free(m);
+        m = NULL;
+        goto oom;
+    }
     m->k = k;
     m->seed = seed;
     m->c = sources[0].images->c;
@@ -299,13 +398,11 @@ moert_mixture *moert_mixture_create(const moert_mix_source *sources, int k, uint
         if (!(m->perm[j] = malloc((size_t)sources[j].images->n * sizeof(uint32_t))))
             goto oom;
         make_perm(m, j);
-        if (sources[j].randaug_n > 0 && !m->ra_img) {
-            const size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
-            if (!(m->ra_img = malloc(per)) || !(m->ra_tmp = malloc(per)))
-                goto oom;
-        }
     }
     m->cum[k - 1] = 1.0;
+    m->workers = 1;
+    if (new_scratch(m, 1) != 0)
+        goto oom;
     return m;
 oom:
     moert_mixture_free(m);
@@ -416,31 +513,33 @@ int moert_mixture_set_cutmix(moert_mixture *m, double alpha, double prob, int by
         data_errf(errbuf, errlen, "mixture: CutMix alpha %g (must be in [0.001, 100])", alpha);
         return -1;
     }
-    if (prob > 0.0 && !m->cm_count) {
-        m->cm_count = calloc((size_t)m->k, sizeof *m->cm_count);
-        m->cm_img = malloc((size_t)m->c * (size_t)m->h * (size_t)m->w * sizeof *m->cm_img);
-        if (!m->cm_count || !m->cm_img) {
+    const double was = m->cm_prob;
+    m->cm_prob = prob;
+    if (prob > 0.0 && (!m->cm_count || alloc_scratch(m) != 0)) {
+        if (!m->cm_count)
+            m->cm_count = calloc((size_t)m->k, sizeof *m->cm_count);
+        if (!m->cm_count || alloc_scratch(m) != 0) {
+            m->cm_prob = was;
             data_errf(errbuf, errlen, "mixture: out of memory");
             return -1;
         }
     }
     m->cm_alpha = alpha;
-    m->cm_prob = prob;
     m->cm_by_source = by_source != 0;
     return 0;
 }
 
-/* the CutMix scratch for batches of n samples */
-static int cutmix_reserve(moert_mixture *m, int n)
+/* the step's draws for batches of n samples */
+static int picks_reserve(moert_mixture *m, int n)
 {
-    if (n <= m->cm_cap)
+    if (n <= m->pick_cap)
         return 0;
-    int32_t *src = realloc(m->cm_src, (size_t)n * sizeof *src);
+    int32_t *src = realloc(m->pick_src, (size_t)n * sizeof *src);
     if (src)
-        m->cm_src = src;
-    uint32_t *idx = realloc(m->cm_idx, (size_t)n * sizeof *idx);
+        m->pick_src = src;
+    uint32_t *idx = realloc(m->pick_idx, (size_t)n * sizeof *idx);
     if (idx)
-        m->cm_idx = idx;
+        m->pick_idx = idx;
     int32_t *partner = realloc(m->cm_partner, (size_t)n * sizeof *partner);
     if (partner)
         m->cm_partner = partner;
@@ -449,7 +548,7 @@ static int cutmix_reserve(moert_mixture *m, int n)
         m->cm_order = order;
     if (!src || !idx || !partner || !order)
         return -1;
-    m->cm_cap = n;
+    m->pick_cap = n;
     return 0;
 }
 
@@ -466,7 +565,7 @@ static void cutmix_pair(moert_mixture *m, int n)
     int32_t *count = m->cm_count;
     memset(count, 0, (size_t)m->k * sizeof *count);
     for (int i = 0; i < n; i++)
-        count[m->cm_src[i]]++;
+        count[m->pick_src[i]]++;
     int32_t at = 0;
     for (int j = 0; j < m->k; j++) {
         const int32_t c = count[j];
@@ -474,7 +573,7 @@ static void cutmix_pair(moert_mixture *m, int n)
         at += c;
     }
     for (int i = 0; i < n; i++)
-        m->cm_order[count[m->cm_src[i]]++] = i;
+        m->cm_order[count[m->pick_src[i]]++] = i;
     /* count[j] is now where source j's samples end */
     int32_t lo = 0;
     for (int j = 0; j < m->k; j++) {
@@ -506,11 +605,13 @@ static void box_copy(float *dst, float *src, int c, int h, int w, const moert_cu
 }
 
 /* ------------------------------------------------------------------ */
-/* Batches of the mixture                                              */
+/* Batches of the mixture, assembled by one thread or several          */
 /* ------------------------------------------------------------------ */
 
-/* Sample i of the step: image idx of source j, augmented, normalized, to out. */
-static void render_sample(moert_mixture *m, uint64_t step, int i, int j, uint32_t idx, float *out)
+/* Sample i of the step: image idx of source j, augmented, normalized, to
+ * out, with the buffers sc. */
+static void render_sample(const moert_mixture *m, const sampler_scratch *sc, uint64_t step, int i,
+                          int j, uint32_t idx, float *out)
 {
     const moert_mix_source *s = &m->src[j];
     const size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
@@ -525,48 +626,143 @@ static void render_sample(moert_mixture *m, uint64_t step, int i, int j, uint32_
         flip = (int)(data_hash(m->seed, STREAM_FLIP, step, (uint64_t)i) >> 63);
     const uint8_t *img = s->images->pixels + (size_t)idx * per;
     if (s->randaug_n > 0) {
-        memcpy(m->ra_img, img, per);
-        moert_randaugment(m->ra_img, m->c, m->h, m->w, s->randaug_n, s->randaug_m,
-                          data_hash(m->seed, STREAM_RANDAUG, step, (uint64_t)i), m->ra_tmp);
-        img = m->ra_img;
+        memcpy(sc->ra_img, img, per);
+        moert_randaugment(sc->ra_img, m->c, m->h, m->w, s->randaug_n, s->randaug_m,
+                          data_hash(m->seed, STREAM_RANDAUG, step, (uint64_t)i), sc->ra_tmp);
+        img = sc->ra_img;
     }
     write_sample(img, m->c, m->h, m->w, (const float(*)[256])m->lut[j], pad, dy, dx, flip, out);
 }
 
-/* CutMix on b, samples [first, first + capacity) of the step's `total`
- * (their sources and images in cm_src and cm_idx) */
-static void cutmix_apply(moert_mixture *m, moert_batch *b, uint64_t step, int total, int first)
+enum { JOB_RENDER, JOB_CUTMIX };
+
+/* Row r of the job's batch (sample job_first + r of the step). Rows are
+ * independent: JOB_CUTMIX swaps a pair's boxes from the pair's first row
+ * alone, so threads may take rows in any order. */
+static void job_row(moert_mixture *m, const sampler_scratch *sc, int r)
 {
-    moert_cutmix_box box;
-    const int end = first + b->capacity;
-    if (!moert_cutmix_draw(m->seed, (int64_t)step, m->cm_alpha, m->cm_prob, m->h, m->w, &box)) {
-        memcpy(b->labels_mix, b->labels, (size_t)b->capacity * sizeof *b->labels);
-        b->lam = 1.0f;
+    moert_batch *b = m->job_b;
+    const size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
+    const int i = m->job_first + r;
+    float *row = b->x + (size_t)r * per;
+    if (m->job == JOB_RENDER) {
+        render_sample(m, sc, m->job_step, i, m->pick_src[i], m->pick_idx[i], row);
         return;
     }
-    cutmix_pair(m, total);
-    const size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
-    for (int i = first; i < end; i++) {
-        const int p = m->cm_partner[i];
-        float *row = b->x + (size_t)(i - first) * per;
-        b->labels_mix[i - first] = m->src[m->cm_src[p]].images->labels[m->cm_idx[p]] +
-                                   m->src[m->cm_src[p]].label_offset;
-        if (p >= first && p < end) {
-            /* both in b: swap their boxes once, from the first of the pair */
-            if (p > i)
-                box_copy(row, b->x + (size_t)(p - first) * per, m->c, m->h, m->w, &box, 1);
-        } else {
-            /* another shard's sample: made here as that shard makes it */
-            render_sample(m, step, p, m->cm_src[p], m->cm_idx[p], m->cm_img);
-            box_copy(row, m->cm_img, m->c, m->h, m->w, &box, 0);
+    const int p = m->cm_partner[i];
+    const moert_mix_source *ps = &m->src[m->pick_src[p]];
+    b->labels_mix[r] = ps->images->labels[m->pick_idx[p]] + ps->label_offset;
+    if (p >= m->job_first && p < m->job_first + b->capacity) {
+        /* both in b: swap their boxes once, from the first of the pair */
+        if (p > i)
+            box_copy(row, b->x + (size_t)(p - m->job_first) * per, m->c, m->h, m->w, &m->job_box, 1);
+    } else {
+        /* another shard's sample: made here as that shard makes it */
+        render_sample(m, sc, m->job_step, p, m->pick_src[p], m->pick_idx[p], sc->cm_img);
+        box_copy(row, sc->cm_img, m->c, m->h, m->w, &m->job_box, 0);
+    }
+}
+
+/* takes rows of the current job until none is left */
+static void job_rows(moert_mixture *m, int t)
+{
+    const sampler_scratch *sc = &m->scratch[t];
+    for (;;) {
+        const int r = __atomic_fetch_add(&m->job_next, 1, __ATOMIC_RELAXED);
+        if (r >= m->job_b->capacity)
+            return;
+        job_row(m, sc, r);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    sampler_worker *w = arg;
+    moert_mixture *m = w->m;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&m->mu);
+    for (;;) {
+        while (!m->stop && m->gen == seen)
+            pthread_cond_wait(&m->go, &m->mu);
+        if (m->stop)
+            break;
+        seen = m->gen;
+        pthread_mutex_unlock(&m->mu);
+        job_rows(m, w->index);
+        pthread_mutex_lock(&m->mu);
+        if (--m->running == 0)
+            pthread_cond_signal(&m->done);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+/* runs job over the rows of b on every thread, the caller's included */
+static void run_job(moert_mixture *m, int job, moert_batch *b)
+{
+    m->job = job;
+    m->job_b = b;
+    m->job_next = 0;
+    if (m->pool) {
+        pthread_mutex_lock(&m->mu);
+        m->running = m->workers - 1;
+        m->gen++;
+        pthread_cond_broadcast(&m->go);
+        pthread_mutex_unlock(&m->mu);
+    }
+    job_rows(m, 0);
+    if (m->pool) {
+        pthread_mutex_lock(&m->mu);
+        while (m->running > 0)
+            pthread_cond_wait(&m->done, &m->mu);
+        pthread_mutex_unlock(&m->mu);
+    }
+}
+
+int moert_mixture_set_workers(moert_mixture *m, int n, char *errbuf, size_t errlen)
+{
+    if (n < 1 || n > MOERT_MAX_LOADER_THREADS) {
+        data_errf(errbuf, errlen, "mixture: %d loader threads (must be 1..%d)", n,
+                  MOERT_MAX_LOADER_THREADS);
+        return -1;
+    }
+    stop_workers(m);
+    free_scratch(m);
+    m->workers = 1;
+    if (new_scratch(m, n) != 0 || (n > 1 && !(m->pool = calloc((size_t)n - 1, sizeof *m->pool)))) {
+        data_errf(errbuf, errlen, "mixture: out of memory for %d loader threads", n);
+        /* back to the caller's thread alone; without even its buffers,
+         * moert_mixture_next fails */
+        free_scratch(m);
+        if (new_scratch(m, 1) != 0)
+            free_scratch(m);
+        return -1;
+    }
+    for (int t = 0; t < n - 1; t++) {
+        m->pool[t].m = m;
+        m->pool[t].index = t + 1;
+        if (pthread_create(&m->pool[t].thread, NULL, worker_main, &m->pool[t]) != 0) {
+            /* the ones started stop; the caller's thread works alone */
+            m->workers = t + 1;
+            stop_workers(m);
+            m->workers = 1;
+            data_errf(errbuf, errlen, "mixture: cannot start loader thread %d of %d", t + 2, n);
+            return -1;
         }
     }
-    b->lam = (float)box.lam;
+    m->workers = n;
+    return 0;
+}
+
+int moert_mixture_workers(const moert_mixture *m)
+{
+    return m->workers;
 }
 
 int moert_mixture_next(moert_mixture *m, moert_batch *b)
 {
-    if (!b || !b->x || b->capacity < 1 || b->c != m->c || b->h != m->h || b->w != m->w)
+    if (!b || !b->x || b->capacity < 1 || b->c != m->c || b->h != m->h || b->w != m->w ||
+        !m->scratch)
         return -1;
     /* The step draws samples [0, total) and b gets [first, end) of them.
      * Unsharded, that is all of them; sharded, every sample of the global
@@ -579,12 +775,11 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b)
         total = m->shard_global;
         first = m->shard_first;
     }
-    const int cutmix = m->cm_prob > 0.0;
-    if (cutmix && cutmix_reserve(m, total) != 0)
+    if (picks_reserve(m, total) != 0)
         return -1;
-    int end = first + b->capacity;
-    size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
-    uint64_t step = (uint64_t)m->step;
+    const int end = first + b->capacity;
+    const uint64_t step = (uint64_t)m->step;
+    /* the draws, in order (the cursors), then the images, in parallel */
     for (int i = 0; i < total; i++) {
         double u = data_unit(data_hash(m->seed, STREAM_PICK, step, (uint64_t)i));
         int j = 0;
@@ -606,18 +801,21 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b)
             m->cursor[j] = 0;
             make_perm(m, j);
         }
-        if (cutmix) {
-            m->cm_src[i] = j;
-            m->cm_idx[i] = idx;
+        m->pick_src[i] = j;
+        m->pick_idx[i] = idx;
+        if (i >= first && i < end) {
+            b->labels[i - first] = im->labels[idx] + m->src[j].label_offset;
+            b->dataset[i - first] = j;
         }
-        if (i < first || i >= end)
-            continue; /* another shard's sample */
-        render_sample(m, step, i, j, idx, b->x + (size_t)(i - first) * per);
-        b->labels[i - first] = im->labels[idx] + m->src[j].label_offset;
-        b->dataset[i - first] = j;
     }
-    if (cutmix) {
-        cutmix_apply(m, b, step, total, first);
+    m->job_step = step;
+    m->job_first = first;
+    run_job(m, JOB_RENDER, b);
+    if (m->cm_prob > 0.0 &&
+        moert_cutmix_draw(m->seed, (int64_t)step, m->cm_alpha, m->cm_prob, m->h, m->w, &m->job_box)) {
+        cutmix_pair(m, total);
+        run_job(m, JOB_CUTMIX, b);
+        b->lam = (float)m->job_box.lam;
     } else {
         memcpy(b->labels_mix, b->labels, (size_t)b->capacity * sizeof *b->labels);
         b->lam = 1.0f;

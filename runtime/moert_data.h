@@ -233,9 +233,9 @@ void moert_mixture_free(moert_mixture *m);
 
 /* Assembles the batch of the current step into b (b->capacity samples, b's
  * shape must be the sources' shape; sharded, b's slice of the global batch,
- * see moert_mixture_set_shard) and advances one step. Allocates nothing,
- * except with CutMix on: its first call allocates the per-batch scratch
- * (and a later call with a bigger batch grows it); -1 if that fails.
+ * see moert_mixture_set_shard) and advances one step. Its first call
+ * allocates the step's draws for the (global) batch, a later call with a
+ * bigger batch grows them, and no other call allocates; -1 if that fails.
  * Returns the number of samples, or -1 if b does not fit. */
 int moert_mixture_next(moert_mixture *m, moert_batch *b);
 
@@ -252,6 +252,17 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b);
  * global_batch = 0 turns sharding off again (first is then ignored). */
 int moert_mixture_set_shard(moert_mixture *m, int global_batch, int first, char *errbuf,
                             size_t errlen);
+
+/* Threads that assemble a batch: the caller of moert_mixture_next and n -
+ * 1 workers the mixture starts (and stops in moert_mixture_free), taking
+ * rows as they come. The batches are the same bit for bit whatever n
+ * (each sample's draws are its own). n in 1..MOERT_MAX_LOADER_THREADS (1
+ * at create), else -1 with a message; on a failure the mixture is left
+ * with the caller's thread alone. Not while another thread is in
+ * moert_mixture_next. */
+#define MOERT_MAX_LOADER_THREADS 256
+int moert_mixture_set_workers(moert_mixture *m, int n, char *errbuf, size_t errlen);
+int moert_mixture_workers(const moert_mixture *m);
 
 /* CutMix (Yun et al., 2019), as timm's Mixup(cutmix_alpha = alpha, prob =
  * prob, mode = "batch"): with probability prob a step's batch is mixed.
@@ -371,7 +382,9 @@ moert_prefetch *moert_prefetch_create(moert_mixture *m, int batch_size, int dept
                                       char *errbuf, size_t errlen);
 
 /* Waits for and returns the next batch; it stays valid until the next call
- * (or destroy), when its buffer goes back to the producer. */
+ * (or destroy), when its buffer goes back to the producer. NULL once the
+ * sampler has failed (out of memory for its draws) and the batches made
+ * before are used up. */
 const moert_batch *moert_prefetch_next(moert_prefetch *p);
 
 /* The sampler state just after the last batch returned by

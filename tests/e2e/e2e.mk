@@ -63,3 +63,13 @@ check-cuda: moecc libmoert.la
 bench: moecc libmoert.la
 	@$(AM_TESTS_ENVIRONMENT) BENCH_OUT=$${BENCH_OUT:-$(abs_top_builddir)/bench-gpu.txt} $(SHELL) $(srcdir)/bench/gpu.sh
 .PHONY: check-cuda bench
+
+## `make bench-loader`: images/s the loader assembles by number of loader
+## threads, for GCViT-MoE's and DAMEX's augmentations (bench/loader.c).
+EXTRA_PROGRAMS = bench/loader
+bench_loader_SOURCES = bench/loader.c
+bench_loader_LDADD = libmoert.la -lm
+CLEANFILES += bench/loader$(EXEEXT)
+bench-loader: bench/loader$(EXEEXT)
+	./bench/loader$(EXEEXT)
+.PHONY: bench-loader

@@ -2114,6 +2114,109 @@ static void test_cutmix_sampler(void **state)
         moert_images_free(&im[j]);
 }
 
+/* Loader threads: the batches are the one thread's bit for bit, with
+ * RandAugment, crops, flips and CutMix, sharded or not, through the
+ * prefetcher too. */
+static void test_sampler_workers(void **state)
+{
+    (void)state;
+    moert_images im[3];
+    shard_sources(im);
+    const moert_shape sh = {3, 4, 5};
+    enum { G = 12, STEPS = 12 };
+    moert_mix_source src[3] = {plain_source(&im[0], 2.0), plain_source(&im[1], 1.0),
+                               plain_source(&im[2], 1.0)};
+    src[0].aug = MOERT_AUG_CROP | MOERT_AUG_FLIP;
+    src[0].pad = 1;
+    src[1].randaug_n = 2;
+    src[1].randaug_m = 9;
+    src[2].aug = MOERT_AUG_FLIP;
+    src[2].randaug_n = 1;
+    src[2].randaug_m = 30;
+    static const int threads[] = {1, 2, 4, 7};
+    moert_mixture *m[4], *sh7[4];
+    moert_batch b[4], p7[4];
+    for (int t = 0; t < 4; t++) {
+        m[t] = moert_mixture_create(src, 3, 8, err, sizeof err);
+        sh7[t] = moert_mixture_create(src, 3, 8, err, sizeof err);
+        assert_non_null(m[t]);
+        assert_non_null(sh7[t]);
+        /* threads before or after CutMix is set: both get their buffers */
+        if (t % 2)
+            assert_int_equal(moert_mixture_set_workers(m[t], threads[t], err, sizeof err), 0);
+        assert_int_equal(moert_mixture_set_cutmix(m[t], 1.0, 0.8, 0, err, sizeof err), 0);
+        if (!(t % 2))
+            assert_int_equal(moert_mixture_set_workers(m[t], threads[t], err, sizeof err), 0);
+        assert_int_equal(moert_mixture_workers(m[t]), threads[t]);
+        assert_int_equal(moert_mixture_set_shard(sh7[t], G, 5, err, sizeof err), 0);
+        assert_int_equal(moert_mixture_set_cutmix(sh7[t], 1.0, 0.8, 1, err, sizeof err), 0);
+        assert_int_equal(moert_mixture_set_workers(sh7[t], threads[t], err, sizeof err), 0);
+        assert_int_equal(moert_batch_init(&b[t], G, sh, err, sizeof err), 0);
+        assert_int_equal(moert_batch_init(&p7[t], 7, sh, err, sizeof err), 0);
+    }
+    for (int s = 0; s < STEPS; s++)
+        for (int t = 0; t < 4; t++) {
+            assert_int_equal(moert_mixture_next(m[t], &b[t]), G);
+            assert_int_equal(moert_mixture_next(sh7[t], &p7[t]), 7);
+            if (t > 0) {
+                assert_batches_equal(&b[t], &b[0]);
+                assert_batches_equal(&p7[t], &p7[0]);
+            }
+        }
+    /* threads changed on the way: the same batches go on */
+    assert_int_equal(moert_mixture_set_workers(m[1], 3, err, sizeof err), 0);
+    assert_int_equal(moert_mixture_next(m[0], &b[0]), G);
+    assert_int_equal(moert_mixture_next(m[1], &b[1]), G);
+    assert_batches_equal(&b[1], &b[0]);
+    /* through the prefetcher */
+    moert_prefetch *pf = moert_prefetch_create(m[2], G, 3, err, sizeof err);
+    assert_non_null(pf);
+    for (int s = 0; s < 5; s++) {
+        assert_int_equal(moert_mixture_next(m[0], &b[0]), G);
+        const moert_batch *got = moert_prefetch_next(pf);
+        assert_non_null(got);
+        if (s > 0) /* m[2] is a step behind m[0] */
+            assert_batches_equal(got, &b[3]);
+        moert_batch tmp = b[3];
+        b[3] = b[0];
+        b[0] = tmp;
+    }
+    moert_prefetch_destroy(pf);
+    /* bad counts */
+    assert_int_equal(moert_mixture_set_workers(m[0], 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "0 loader threads (must be 1..256)"));
+    assert_int_equal(moert_mixture_set_workers(m[0], 257, err, sizeof err), -1);
+    assert_int_equal(moert_mixture_workers(m[0]), 1);
+    for (int t = 0; t < 4; t++) {
+        moert_batch_free(&b[t]);
+        moert_batch_free(&p7[t]);
+        moert_mixture_free(m[t]);
+        moert_mixture_free(sh7[t]);
+    }
+    for (int j = 0; j < 3; j++)
+        moert_images_free(&im[j]);
+}
+
+/* A sampler that cannot make its batches stops the prefetcher's consumer
+ * with NULL, not a hang: here a shard asked for more samples than its
+ * global batch holds. */
+static void test_prefetch_sampler_fails(void **state)
+{
+    (void)state;
+    moert_images im[3];
+    shard_sources(im);
+    moert_mixture *m = make_mix3(im, 3);
+    assert_int_equal(moert_mixture_set_shard(m, 8, 4, err, sizeof err), 0);
+    moert_prefetch *pf = moert_prefetch_create(m, 8, 2, err, sizeof err);
+    assert_non_null(pf);
+    assert_null(moert_prefetch_next(pf));
+    assert_null(moert_prefetch_next(pf));
+    moert_prefetch_destroy(pf);
+    moert_mixture_free(m);
+    for (int j = 0; j < 3; j++)
+        moert_images_free(&im[j]);
+}
+
 static void test_eval_iter(void **state)
 {
     (void)state;
@@ -2436,6 +2539,8 @@ int main(void)
         cmocka_unit_test(test_beta_draw),
         cmocka_unit_test(test_cutmix_box),
         cmocka_unit_test(test_cutmix_sampler),
+        cmocka_unit_test(test_sampler_workers),
+        cmocka_unit_test(test_prefetch_sampler_fails),
         cmocka_unit_test(test_eval_iter),
         cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_real_fashion_mnist),
