@@ -43,6 +43,7 @@ typedef struct sampler_scratch {
 typedef struct sampler_worker {
     struct moert_mixture *m;
     int index;              /* its scratch: 1.. (0 is the caller's) */
+    uint64_t gen0;          /* the jobs posted before it was started */
     pthread_t thread;
 } sampler_worker;
 
@@ -679,7 +680,7 @@ static void *worker_main(void *arg)
 {
     sampler_worker *w = arg;
     moert_mixture *m = w->m;
-    uint64_t seen = 0;
+    uint64_t seen = w->gen0;
     pthread_mutex_lock(&m->mu);
     for (;;) {
         while (!m->stop && m->gen == seen)
@@ -741,6 +742,7 @@ int moert_mixture_set_workers(moert_mixture *m, int n, char *errbuf, size_t errl
     for (int t = 0; t < n - 1; t++) {
         m->pool[t].m = m;
         m->pool[t].index = t + 1;
+        m->pool[t].gen0 = m->gen;
         if (pthread_create(&m->pool[t].thread, NULL, worker_main, &m->pool[t]) != 0) {
             /* the ones started stop; the caller's thread works alone */
             m->workers = t + 1;
