@@ -33,12 +33,15 @@ static int attn_bwd_smem(int T, int HD)
     return 4 * (4 * T * (HD + 4) + 2 * T * T);
 }
 
+static int kernel_const(const char *name);
+
 /* kernels.cuh: attn_tiled_smem, the row tiles' block for longer
- * sequences: R rows, their R rows of scores (attn_srow), a tile of 32 rows */
+ * sequences: R rows, their R rows of scores (attn_srow), a tile of ATTN_KT
+ * rows */
 static int attn_tiled_smem(int T, int HD)
 {
     const int R = T <= 256 ? 32 : T <= 1024 ? 16 : 8, srow = T % 32 == 0 ? T + 1 : T;
-    return 4 * (R * (HD + 4) + R * srow + 32 * (HD + 4));
+    return 4 * (R * (HD + 4) + R * srow + kernel_const("ATTN_KT") * (HD + 4));
 }
 
 /* whether the CUDA attention kernels take sequences of T tokens in heads

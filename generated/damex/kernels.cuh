@@ -114,6 +114,19 @@ typedef struct kctx {
     void *comm;                  /* backend.cu's state for both */
 } kctx;
 
+/* The element-wise passes' launch over n elements, in blocks of 256: kern4
+ * (4 elements a thread, n / 4 threads) where v4 (the caller's test of the
+ * widths' and the pointers' alignment, vec4_ok), else kern1 (one a thread) */
+template <typename... P, typename... A>
+static inline void launch_vec(const kctx *k, bool v4, int64_t n, void (*kern4)(P...), void (*kern1)(P...), A... args)
+{
+    if (v4)
+        kern4<<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(args...);
+    else
+        kern1<<<blocks_for(n, 256), 256, 0, k->stream>>>(args...);
+    LAUNCH_CHECK();
+}
+
 /* ---- random numbers: Philox4x32-10, as runtime/core_rng.c --------------------------- */
 
 __device__ static inline void philox_dev(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4])
@@ -200,11 +213,8 @@ template <int V> static __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const
 
 static inline void to_bf16(const kctx *k, __nv_bfloat16 *dst, const float *src, int64_t n)
 {
-    if (n % 4 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)dst & 7) == 0)
-        to_bf16_kernel<4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(dst, src, n);
-    else
-        to_bf16_kernel<1><<<blocks_for(n, 256), 256, 0, k->stream>>>(dst, src, n);
-    LAUNCH_CHECK();
+    launch_vec(k, n % 4 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)dst & 7) == 0, n, to_bf16_kernel<4>,
+               to_bf16_kernel<1>, dst, src, n);
 }
 
 /* dst[0, n) = src[0, n) widened to fp32, V values per thread */
@@ -224,11 +234,8 @@ template <int V> static __global__ void from_bf16_kernel(float *dst, const __nv_
 
 static inline void from_bf16(const kctx *k, float *dst, const __nv_bfloat16 *src, int64_t n)
 {
-    if (n % 4 == 0 && ((uintptr_t)dst & 15) == 0 && ((uintptr_t)src & 7) == 0)
-        from_bf16_kernel<4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(dst, src, n);
-    else
-        from_bf16_kernel<1><<<blocks_for(n, 256), 256, 0, k->stream>>>(dst, src, n);
-    LAUNCH_CHECK();
+    launch_vec(k, n % 4 == 0 && ((uintptr_t)dst & 15) == 0 && ((uintptr_t)src & 7) == 0, n, from_bf16_kernel<4>,
+               from_bf16_kernel<1>, dst, src, n);
 }
 
 /* the elements a row-major operand of `count` [rows, cols] matrices spans
@@ -588,11 +595,8 @@ static inline void bias_act(const kctx *k, float *a, float *h, const float *bias
                             __nv_bfloat16 *a16 = nullptr, bool keep_h = false)
 {
     const int64_t n = G * M * N;
-    if (vec4_ok(N, h, ACT == ACT_NONE || a16 ? nullptr : a) && bf16_ok(a16))
-        bias_act_kernel<ACT, 4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(a, a16, h, bias, M, N, n, keep_h);
-    else
-        bias_act_kernel<ACT, 1><<<blocks_for(n, 256), 256, 0, k->stream>>>(a, a16, h, bias, M, N, n, keep_h);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(N, h, ACT == ACT_NONE || a16 ? nullptr : a) && bf16_ok(a16), n, bias_act_kernel<ACT, 4>,
+               bias_act_kernel<ACT, 1>, a, a16, h, bias, M, N, n, keep_h);
 }
 
 /* out[g][M,N] += bias[g][N] for g < G */
@@ -767,11 +771,7 @@ template <int V> static __global__ void add_kernel(float *out, const float *a, c
 /* out = a + b */
 static inline void add_forward(const kctx *k, float *out, const float *a, const float *b, int64_t n)
 {
-    if (vec4_ok(n, out, a, b))
-        add_kernel<4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(out, a, b, n);
-    else
-        add_kernel<1><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, a, b, n);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(n, out, a, b), n, add_kernel<4>, add_kernel<1>, out, a, b, n);
 }
 
 static __global__ void accumulate_kernel(float *dst, const float *src, int64_t n)
@@ -939,6 +939,14 @@ __device__ static inline void grid_pos(int64_t t, int H, int W, int &b, int &y, 
     b = (int)(t / ((int64_t)W * H));
 }
 
+/* the same in 32 bits (t < 2^31) */
+__device__ static inline void grid_pos(int t, int H, int W, int &b, int &y, int &x)
+{
+    x = t % W;
+    y = t / W % H;
+    b = t / (W * H);
+}
+
 /* the element of img[B, C, H, W] (nhwc = 0) or img[B, H*W, C] (nhwc = 1) */
 __device__ static inline int64_t conv_at(int b, int c, int y, int x, int C, int H, int W, int nhwc)
 {
@@ -1058,11 +1066,9 @@ __device__ static inline int64_t window_row(int b, int y, int x, int GH, int GW,
            x % WS;
 }
 
-/* d[0, V) (+)= s[0, V) */
-template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc)
+/* d[0, V) (+)= x[0, V) */
+template <int V> __device__ static inline void vput(float *d, float (&x)[V], int acc)
 {
-    float x[V];
-    vload<V>(x, s);
     if (acc) {
         float o[V];
         vload<V>(o, d);
@@ -1071,6 +1077,25 @@ template <int V> __device__ static inline void vcopy(float *d, const float *s, i
             x[j] = o[j] + x[j];
     }
     vstore<V>(d, x);
+}
+
+/* d[0, V) (+)= s[0, V) */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc)
+{
+    float x[V];
+    vload<V>(x, s);
+    vput<V>(d, x, acc);
+}
+
+/* d[0, V) (+)= s[0, V) * a */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc, float a)
+{
+    float x[V];
+    vload<V>(x, s);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] *= a;
+    vput<V>(d, x, acc);
 }
 
 /* the passes below move rows of C floats V at a time (V = 4 where C is a
@@ -1085,7 +1110,8 @@ static __global__ void window_permute_kernel(float *dst, const float *src, int r
     if (i >= (int64_t)rows * CV)
         return;
     const int r = (int)(i / CV), c = (int)(i % CV) * V;
-    const int x = r % GW, y = r / GW % GH, b = r / (GW * GH);
+    int b, y, x;
+    grid_pos(r, GH, GW, b, y, x);
     const int64_t w = window_row(b, y, x, GH, GW, WS) * C + c, g = (int64_t)r * C + c;
     vcopy<V>(dst + (to_windows ? w : g), src + (to_windows ? g : w), acc);
 }
@@ -1096,13 +1122,8 @@ static inline void window_permute(const kctx *k, float *dst, const float *src, i
                                   int to_windows, int acc)
 {
     const int rows = B * GH * GW;
-    if (vec4_ok(C, dst, src))
-        window_permute_kernel<4><<<blocks_for((int64_t)rows * C / 4, 256), 256, 0, k->stream>>>(dst, src, rows, GH, GW,
-                                                                                                WS, C, to_windows, acc);
-    else
-        window_permute_kernel<1><<<blocks_for((int64_t)rows * C, 256), 256, 0, k->stream>>>(dst, src, rows, GH, GW, WS,
-                                                                                            C, to_windows, acc);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(C, dst, src), (int64_t)rows * C, window_permute_kernel<4>, window_permute_kernel<1>, dst, src,
+               rows, GH, GW, WS, C, to_windows, acc);
 }
 
 static __global__ void grid_pool_fwd_kernel(float *out, const float *inp, int B, int GH, int GW, int WS, int D)
@@ -1136,36 +1157,20 @@ static __global__ void grid_pool_bwd_kernel(float *dinp, const float *dout, int 
     if (i >= (int64_t)rows * DV)
         return;
     const int r = (int)(i / DV), d = (int)(i % DV) * V;
-    const int x = r % GW, y = r / GW % GH, b = r / (GW * GH);
+    int b, y, x;
+    grid_pos(r, GH, GW, b, y, x);
     const int CH = GH / WS, CW = GW / WS;
     const float inv = 1.0f / (float)(CH * CW);
-    float v[V];
-    vload<V>(v, dout + ((int64_t)b * WS * WS + (int64_t)(y / CH) * WS + x / CW) * D + d);
-#pragma unroll
-    for (int j = 0; j < V; j++)
-        v[j] *= inv;
-    float *o = dinp + (int64_t)r * D + d;
-    if (acc) {
-        float p[V];
-        vload<V>(p, o);
-#pragma unroll
-        for (int j = 0; j < V; j++)
-            v[j] = p[j] + v[j];
-    }
-    vstore<V>(o, v);
+    vcopy<V>(dinp + (int64_t)r * D + d, dout + ((int64_t)b * WS * WS + (int64_t)(y / CH) * WS + x / CW) * D + d, acc,
+             inv);
 }
 
 static inline void grid_pool_backward(const kctx *k, float *dinp, const float *dout, int B, int GH, int GW, int WS,
                                       int D, int acc)
 {
     const int rows = B * GH * GW;
-    if (vec4_ok(D, dinp, dout))
-        grid_pool_bwd_kernel<4><<<blocks_for((int64_t)rows * D / 4, 256), 256, 0, k->stream>>>(dinp, dout, rows, GH, GW,
-                                                                                               WS, D, acc);
-    else
-        grid_pool_bwd_kernel<1><<<blocks_for((int64_t)rows * D, 256), 256, 0, k->stream>>>(dinp, dout, rows, GH, GW, WS,
-                                                                                           D, acc);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, dinp, dout), (int64_t)rows * D, grid_pool_bwd_kernel<4>, grid_pool_bwd_kernel<1>, dinp,
+               dout, rows, GH, GW, WS, D, acc);
 }
 
 template <int V>
@@ -1177,7 +1182,8 @@ static __global__ void global_window_qkv_kernel(float *qkv, const float *q, cons
     if (i >= (int64_t)B * NW * WT * JV)
         return;
     const int j = (int)(i % JV) * V, r = (int)(i / JV);
-    const int t = r % WT, w = r / WT % NW, b = r / (WT * NW);
+    int b, w, t; /* sample, window, token */
+    grid_pos(r, NW, WT, b, w, t);
     const int y = w / NWX * WS + t / WS, x = w % NWX * WS + t % WS;
     vcopy<V>(qkv + (int64_t)r * 3 * D + j,
              j < D ? q + ((int64_t)b * WT + t) * D + j : kv + ((int64_t)b * GH * GW + (int64_t)y * GW + x) * 2 * D + j - D,
@@ -1191,11 +1197,8 @@ static inline void global_window_qkv(const kctx *k, float *qkv, const float *q, 
                                      int WS, int D)
 {
     const int64_t n = (int64_t)B * (GH / WS) * (GW / WS) * WS * WS * 3 * D;
-    if (vec4_ok(D, qkv, q, kv))
-        global_window_qkv_kernel<4><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(qkv, q, kv, B, GH, GW, WS, D);
-    else
-        global_window_qkv_kernel<1><<<blocks_for(n, 256), 256, 0, k->stream>>>(qkv, q, kv, B, GH, GW, WS, D);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, qkv, q, kv), n, global_window_qkv_kernel<4>, global_window_qkv_kernel<1>, qkv, q, kv, B, GH,
+               GW, WS, D);
 }
 
 /* dq[b, t, d]: the queries' gradients summed over the sample's windows, in
@@ -1220,7 +1223,8 @@ template <int V> static __global__ void global_kv_bwd_kernel(float *dkv, const f
     if (i >= (int64_t)rows * JV)
         return;
     const int r = (int)(i / JV), j = (int)(i % JV) * V;
-    const int x = r % GW, y = r / GW % GH, b = r / (GW * GH);
+    int b, y, x;
+    grid_pos(r, GH, GW, b, y, x);
     vcopy<V>(dkv + (int64_t)r * 2 * D + j, dqkv + window_row(b, y, x, GH, GW, WS) * 3 * D + D + j, 0);
 }
 
@@ -1233,13 +1237,8 @@ static inline void global_window_qkv_backward(const kctx *k, float *dq, float *d
     global_q_bwd_kernel<<<blocks_for((int64_t)B * WT * D, 256), 256, 0, k->stream>>>(dq, dqkv, B, NW, WT, D);
     LAUNCH_CHECK();
     const int rows = B * GH * GW;
-    if (vec4_ok(D, dkv, dqkv))
-        global_kv_bwd_kernel<4><<<blocks_for((int64_t)rows * 2 * D / 4, 256), 256, 0, k->stream>>>(dkv, dqkv, rows, GH,
-                                                                                                   GW, WS, D);
-    else
-        global_kv_bwd_kernel<1><<<blocks_for((int64_t)rows * 2 * D, 256), 256, 0, k->stream>>>(dkv, dqkv, rows, GH, GW,
-                                                                                               WS, D);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, dkv, dqkv), (int64_t)rows * 2 * D, global_kv_bwd_kernel<4>, global_kv_bwd_kernel<1>, dkv,
+               dqkv, rows, GH, GW, WS, D);
 }
 
 /* element i of the merged out[B, (GH/2)*(GW/2), 4D]: its source in
@@ -2009,6 +2008,81 @@ __device__ static inline void attn_tile_rows_times(float *out, int64_t ldo, cons
     attn_tile_store<R, HD>(out, ldo, acc, n);
 }
 
+/* A row tiles' block (grid (B * NH, tiles of R rows), the tensor-core
+ * kernels' too): rows r0 .. r0 + n (n < R in the last tile) of sample b,
+ * head h (bh = b * NH + h); the query rows for the row kernels, the key
+ * rows for the column kernels */
+template <int T, int HD, int NH, int R> struct attn_tile {
+    int bh, b, h, r0, n;
+    __device__ __forceinline__ attn_tile()
+        : bh((int)blockIdx.x), b(bh / NH), h(bh % NH), r0((int)blockIdx.y * R), n(T - r0 < R ? T - r0 : R)
+    {
+    }
+    /* the offset of the (sample, head)'s row 0 in x[B, T, *] (rows ld apart) */
+    __device__ __forceinline__ int64_t head(int64_t ld) const
+    {
+        return (int64_t)b * T * ld + h * HD;
+    }
+    /* the offset of the block's row r0 there */
+    __device__ __forceinline__ int64_t rows(int64_t ld) const
+    {
+        return ((int64_t)b * T + r0) * ld + h * HD;
+    }
+    /* the offset of the block's rows of the weights att[B, NH, T, T] */
+    __device__ __forceinline__ int64_t weights() const
+    {
+        return ((int64_t)bh * T + r0) * T;
+    }
+};
+
+/* The forward's softmax of the block's rows of scores s (rows SW apart), a
+ * warp a row: rows r < n to their weights (W wide: zero from T on), copied
+ * to att's rows a (T apart); with ZERO (the tensor-core kernels' padding)
+ * rows n <= r < R of s zero too */
+template <int T, int W, int SW, int R, bool ZERO>
+__device__ static __forceinline__ void attn_tile_softmax(float *s, float *a, int n)
+{
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int r = wid; r < (ZERO ? R : n); r += warps) {
+        if (!ZERO || r < n) {
+            attn_softmax_row<T, W>(s + r * SW, a + (int64_t)r * T, lane);
+        } else {
+            for (int u = lane; u < W; u += 32)
+                s[r * SW + u] = 0.0f;
+        }
+    }
+}
+
+/* The backward's rows r < n of the weights' gradient ds (rows SW apart), a
+ * warp a row: back through the softmax and the scale, each copied over its
+ * row of att's weights a (T apart; their last reader) */
+template <int T, int HD, int SW> __device__ static __forceinline__ void attn_tile_softmax_bwd(float *ds, float *a, int n)
+{
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int r = wid; r < n; r += warps) {
+        float *dr = ds + r * SW, *ar = a + (int64_t)r * T;
+        attn_softmax_bwd_row<T>(dr, ar, scale, lane);
+        for (int u = lane; u < T; u += 32) /* the lanes' own u: each read its p[u] above */
+            ar[u] = dr[u];
+    }
+}
+
+/* The column kernels' weights tile wt[KT, R] (rows WL apart): rows t0 ..
+ * t0 + KT, columns u0 .. u0 + R of a (sample, head)'s weights w[T, T]; zero
+ * from row m and column n on */
+template <int T, int KT, int R, int WL>
+__device__ static __forceinline__ void attn_load_wtile(float *wt, const float *w, int t0, int m, int u0, int n)
+{
+    attn_stage<KT * R>([&](int i) { return i / R < m && i % R < n ? w[(int64_t)(t0 + i / R) * T + u0 + i % R] : 0.0f; },
+                       [&](int i, float v) {
+                           if constexpr (WL == R)
+                               wt[i] = v;
+                           else
+                               wt[i / R * WL + i % R] = v;
+                       });
+}
+
 /* grid (B * NH, row tiles): rows t0 .. t0 + R of sample b, head h: the
  * weights' rows into att, the output's into out */
 template <int T, int HD, int NH>
@@ -2018,17 +2092,13 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_rows_kernel
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>();
     extern __shared__ float4 sm4[];
     float *q = reinterpret_cast<float *>(sm4), *s = q + R * L, *tile = s + R * attn_srow<T>();
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
-    const int n = T - t0 < R ? T - t0 : R;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load_rows<HD, R>(q, base + (int64_t)t0 * D3, D3, n);
+    const attn_tile<T, HD, NH, R> at;
+    const float *base = qkv + at.head(D3);
+    attn_load_rows<HD, R>(q, base + (int64_t)at.r0 * D3, D3, at.n);
     attn_tile_scores<T, HD, R>(s, q, tile, base + D, D3, 1.0f / sqrtf((float)HD));
-    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float *a = att + ((int64_t)bh * T + t0) * T;
-    for (int r = wid; r < n; r += warps)
-        attn_softmax_row<T, T>(s + r * attn_srow<T>(), a + (int64_t)r * T, lane);
+    attn_tile_softmax<T, T, attn_srow<T>(), R, false>(s, att + at.weights(), at.n);
     __syncthreads();
-    attn_tile_rows_times<T, HD, R>(out + ((int64_t)b * T + t0) * D + h * HD, D, s, tile, base + 2 * D, D3, n);
+    attn_tile_rows_times<T, HD, R>(out + at.rows(D), D, s, tile, base + 2 * D, D3, at.n);
 }
 
 /* grid (B * NH, row tiles): for the block's query rows, the weights'
@@ -2041,22 +2111,13 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>();
     extern __shared__ float4 sm4[];
     float *g = reinterpret_cast<float *>(sm4), *ds = g + R * L, *tile = ds + R * attn_srow<T>();
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
-    const int n = T - t0 < R ? T - t0 : R;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load_rows<HD, R>(g, dout + ((int64_t)b * T + t0) * D + h * HD, D, n);
+    const attn_tile<T, HD, NH, R> at;
+    const float *base = qkv + at.head(D3);
+    attn_load_rows<HD, R>(g, dout + at.rows(D), D, at.n);
     attn_tile_scores<T, HD, R>(ds, g, tile, base + 2 * D, D3, 1.0f);
-    const float scale = 1.0f / sqrtf((float)HD);
-    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float *a = att + ((int64_t)bh * T + t0) * T;
-    for (int r = wid; r < n; r += warps) {
-        float *dr = ds + r * attn_srow<T>(), *ar = a + (int64_t)r * T;
-        attn_softmax_bwd_row<T>(dr, ar, scale, lane);
-        for (int u = lane; u < T; u += 32) /* the lanes' own u: each read its p[u] above */
-            ar[u] = dr[u];
-    }
+    attn_tile_softmax_bwd<T, HD, attn_srow<T>()>(ds, att + at.weights(), at.n);
     __syncthreads();
-    attn_tile_rows_times<T, HD, R>(dqkv + ((int64_t)b * T + t0) * D3 + h * HD, D3, ds, tile, base + D, D3, n);
+    attn_tile_rows_times<T, HD, R>(dqkv + at.rows(D3), D3, ds, tile, base + D, D3, at.n);
 }
 
 /* grid (B * NH, column tiles): for the block's R key rows u, out[u] = sum
@@ -2069,11 +2130,9 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_bwd_cols_kernel
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), PER = (R * HD / 4 + ATTN_THREADS - 1) / ATTN_THREADS;
     extern __shared__ float4 sm4[];
     float *x = reinterpret_cast<float *>(sm4), *wt = x + ATTN_KT * L;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, u0 = (int)blockIdx.y * R;
-    const int n = T - u0 < R ? T - u0 : R;
+    const attn_tile<T, HD, NH, R> at; /* key rows r0 .. r0 + n */
     const int64_t ldx = DK ? D3 : D;
-    const float *xs = DK ? src + (int64_t)b * T * D3 + h * HD : src + (int64_t)b * T * D + h * HD;
-    const float *wb = w + (int64_t)bh * T * T;
+    const float *xs = src + at.head(ldx), *wb = w + (int64_t)at.bh * T * T;
     float4 acc[PER];
 #pragma unroll
     for (int i = 0; i < PER; i++)
@@ -2081,14 +2140,12 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_bwd_cols_kernel
     for (int t0 = 0; t0 < T; t0 += ATTN_KT) {
         const int m = T - t0 < ATTN_KT ? T - t0 : ATTN_KT;
         attn_load_rows<HD, ATTN_KT>(x, xs + (int64_t)t0 * ldx, ldx, m);
-        attn_stage<ATTN_KT * R>(
-            [&](int i) { return i / R < m && i % R < n ? wb[(int64_t)(t0 + i / R) * T + u0 + i % R] : 0.0f; },
-            [&](int i, float v) { wt[i] = v; });
+        attn_load_wtile<T, ATTN_KT, R, R>(wt, wb, t0, m, at.r0, at.n);
         __syncthreads();
         attn_tile_times<R, HD>(acc, [&](int u, int j) { return wt[j * R + u]; }, x, m);
         __syncthreads();
     }
-    attn_tile_store<R, HD>(dqkv + ((int64_t)b * T + u0) * D3 + (DK ? D : 2 * D) + h * HD, D3, acc, n);
+    attn_tile_store<R, HD>(dqkv + at.rows(D3) + (DK ? D : 2 * D), D3, acc, at.n);
 }
 
 /* ---- the row tiles on tensor cores (the reduced-precision modes) ----------------------------------------
@@ -2221,25 +2278,15 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), SW = attn_sw<T>(), TK = attn_tk<T>();
     extern __shared__ __align__(128) float smtc[];
     float *q = smtc, *s = q + R * L, *tile = s + R * SW;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
-    const int n = T - t0 < R ? T - t0 : R;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load_rows<HD, R>(q, base + (int64_t)t0 * D3, D3, n);
+    const attn_tile<T, HD, NH, R> at;
+    const float *base = qkv + at.head(D3);
+    attn_load_rows<HD, R>(q, base + (int64_t)at.r0 * D3, D3, at.n);
     attn_tc_tile_scores<T, HD, R>(s, q, tile, base + D, D3, 1.0f / sqrtf((float)HD));
     /* the softmax of rows r < n (the weights out), zero past the keys and
      * in the rows past n */
-    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float *a = att + ((int64_t)bh * T + t0) * T;
-    for (int r = wid; r < R; r += warps) {
-        if (r < n) {
-            attn_softmax_row<T, TK>(s + r * SW, a + (int64_t)r * T, lane);
-        } else {
-            for (int u = lane; u < TK; u += 32)
-                s[r * SW + u] = 0.0f;
-        }
-    }
+    attn_tile_softmax<T, TK, SW, R, true>(s, att + at.weights(), at.n);
     __syncthreads();
-    attn_tc_tile_times<T, HD, R>(out + ((int64_t)b * T + t0) * D + h * HD, D, s, tile, q, base + 2 * D, D3, n);
+    attn_tc_tile_times<T, HD, R>(out + at.rows(D), D, s, tile, q, base + 2 * D, D3, at.n);
 }
 
 template <int T, int HD, int NH>
@@ -2249,24 +2296,15 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), SW = attn_sw<T>();
     extern __shared__ __align__(128) float smtc[];
     float *g = smtc, *ds = g + R * L, *tile = ds + R * SW;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, t0 = (int)blockIdx.y * R;
-    const int n = T - t0 < R ? T - t0 : R;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_load_rows<HD, R>(g, dout + ((int64_t)b * T + t0) * D + h * HD, D, n);
+    const attn_tile<T, HD, NH, R> at;
+    const float *base = qkv + at.head(D3);
+    attn_load_rows<HD, R>(g, dout + at.rows(D), D, at.n);
     /* datt = g v^T: zero past the keys (v's padding) and in the rows past
      * n (g's) */
     attn_tc_tile_scores<T, HD, R>(ds, g, tile, base + 2 * D, D3, 1.0f);
-    const float scale = 1.0f / sqrtf((float)HD);
-    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float *a = att + ((int64_t)bh * T + t0) * T;
-    for (int r = wid; r < n; r += warps) {
-        float *dr = ds + r * SW, *ar = a + (int64_t)r * T;
-        attn_softmax_bwd_row<T>(dr, ar, scale, lane);
-        for (int u = lane; u < T; u += 32) /* the lanes' own u: each read its p[u] above */
-            ar[u] = dr[u];
-    }
+    attn_tile_softmax_bwd<T, HD, SW>(ds, att + at.weights(), at.n);
     __syncthreads();
-    attn_tc_tile_times<T, HD, R>(dqkv + ((int64_t)b * T + t0) * D3 + h * HD, D3, ds, tile, g, base + D, D3, n);
+    attn_tc_tile_times<T, HD, R>(dqkv + at.rows(D3), D3, ds, tile, g, base + D, D3, at.n);
 }
 
 /* as attention_bwd_cols_kernel: for the block's R key rows u, out[u] =
@@ -2280,11 +2318,9 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
                   NT = (R / 16) * NC, PW = attn_tc_per_warp<R, HD>();
     extern __shared__ __align__(128) float smtc[];
     float *x = smtc, *wt = x + ATTN_KT_TC * L;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, u0 = (int)blockIdx.y * R;
-    const int n = T - u0 < R ? T - u0 : R;
+    const attn_tile<T, HD, NH, R> at; /* key rows r0 .. r0 + n */
     const int64_t ldx = DK ? D3 : D;
-    const float *xs = DK ? src + (int64_t)b * T * D3 + h * HD : src + (int64_t)b * T * D + h * HD;
-    const float *wb = w + (int64_t)bh * T * T;
+    const float *xs = src + at.head(ldx), *wb = w + (int64_t)at.bh * T * T;
     const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
     tc_acc acc[PW];
 #pragma unroll
@@ -2293,9 +2329,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     for (int t0 = 0; t0 < T; t0 += ATTN_KT_TC) {
         const int m = T - t0 < ATTN_KT_TC ? T - t0 : ATTN_KT_TC;
         attn_load_rows<HD, ATTN_KT_TC>(x, xs + (int64_t)t0 * ldx, ldx, m);
-        attn_stage<ATTN_KT_TC * R>(
-            [&](int i) { return i / R < m && i % R < n ? wb[(int64_t)(t0 + i / R) * T + u0 + i % R] : 0.0f; },
-            [&](int i, float v) { wt[i / R * WL + i % R] = v; });
+        attn_load_wtile<T, ATTN_KT_TC, R, WL>(wt, wb, t0, m, at.r0, at.n);
         __syncthreads();
 #pragma unroll
         for (int p = 0; p < PW; p++) {
@@ -2306,7 +2340,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
         }
         __syncthreads();
     }
-    attn_tc_tiles_store<R, HD>(dqkv + ((int64_t)b * T + u0) * D3 + (DK ? D : 2 * D) + h * HD, D3, acc, x, n);
+    attn_tc_tiles_store<R, HD>(dqkv + at.rows(D3) + (DK ? D : 2 * D), D3, acc, x, at.n);
 }
 
 /* whether a (sample, head) fits one block (the kernels above), or takes the
@@ -2543,20 +2577,7 @@ static __global__ void mask_kernel(float *out, const float *inp, const float *ma
     const I i = ((I)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
         return;
-    const float m = mask[i / R];
-    float v[V];
-    vload<V>(v, inp + i);
-#pragma unroll
-    for (int j = 0; j < V; j++)
-        v[j] *= m;
-    if (acc) {
-        float o[V];
-        vload<V>(o, out + i);
-#pragma unroll
-        for (int j = 0; j < V; j++)
-            v[j] = o[j] + v[j];
-    }
-    vstore<V>(out + i, v);
+    vcopy<V>(out + i, inp + i, acc, mask[i / R]);
 }
 
 static inline void mask_apply(const kctx *k, float *out, const float *inp, const float *mask, int64_t n, int64_t R,
@@ -2564,16 +2585,11 @@ static inline void mask_apply(const kctx *k, float *out, const float *inp, const
 {
     /* 32-bit indices while the last thread's (up to 1,024 past n) stays
      * below 2^31 */
-    const bool v4 = R % 4 == 0 && vec4_ok(n, out, inp), small = n < ((int64_t)1 << 30);
-    if (v4 && small)
-        mask_kernel<4, int><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(out, inp, mask, (int)n, (int)R, acc);
-    else if (v4)
-        mask_kernel<4, int64_t><<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(out, inp, mask, n, R, acc);
-    else if (small)
-        mask_kernel<1, int><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, mask, (int)n, (int)R, acc);
+    const bool v4 = R % 4 == 0 && vec4_ok(n, out, inp);
+    if (n < ((int64_t)1 << 30))
+        launch_vec(k, v4, n, mask_kernel<4, int>, mask_kernel<1, int>, out, inp, mask, (int)n, (int)R, acc);
     else
-        mask_kernel<1, int64_t><<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, mask, n, R, acc);
-    LAUNCH_CHECK();
+        launch_vec(k, v4, n, mask_kernel<4, int64_t>, mask_kernel<1, int64_t>, out, inp, mask, n, R, acc);
 }
 
 static inline void mask_forward(const kctx *k, float *out, const float *inp, const float *mask, int64_t n,
@@ -2727,15 +2743,18 @@ static inline void head_backward(const kctx *k, float *dinp, float *grad, const 
 
 /* Cross-entropy with label smoothing, one warp per sample: dlogits =
  * (softmax - target) * scale over the sample's C classes, 0 beyond;
- * loss[b] the sample's loss. classes[d] per dataset. */
+ * loss[b] the sample's loss. classes[d] per dataset. The target is *lam_p
+ * of labels[b]'s smoothed one-hot and the rest of labels_mix[b]'s
+ * (CutMix). */
 static __global__ void softmax_xent_kernel(float *dlogits, float *loss, const float *logits, const int32_t *labels,
-                                           const int32_t *dataset, const int *classes, int B, int CMAX, float eps,
-                                           float scale)
+                                           const int32_t *labels_mix, const float *lam_p, const int32_t *dataset,
+                                           const int *classes, int B, int CMAX, float eps, float scale)
 {
     const int b = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (b >= B)
         return;
-    const int C = classes[dataset[b]], label = labels[b];
+    const int C = classes[dataset[b]], label = labels[b], label_mix = labels_mix[b];
+    const double lam = *lam_p; /* CutMix's share of label; 1: the plain loss, bit for bit */
     const float *l = logits + (int64_t)b * CMAX;
     float mx = -INFINITY;
     for (int c = lane; c < C; c += 32)
@@ -2754,7 +2773,9 @@ static __global__ void softmax_xent_kernel(float *dlogits, float *loss, const fl
             continue;
         }
         const double logp = l[c] - lse;
-        const double target = (c == label ? 1.0 - eps : 0.0) + (double)eps / C;
+        const double ta = (c == label ? 1.0 - eps : 0.0) + (double)eps / C;
+        const double tb = (c == label_mix ? 1.0 - eps : 0.0) + (double)eps / C;
+        const double target = lam * ta + (1.0 - lam) * tb;
         acc -= target * logp;
         dl[c] = (float)((exp(logp) - target) * scale);
     }
@@ -3725,6 +3746,7 @@ typedef struct step_scalars {
     float lr;
     int t;          /* optimizer step, from 1 */
     int64_t step;   /* training step, from 0: the random streams */
+    float lam;      /* CutMix: the share of labels in the targets (1: unmixed) */
 } step_scalars;
 
 /* AdamW's constants of a step */

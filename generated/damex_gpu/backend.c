@@ -145,10 +145,11 @@ void model_stats_fetch(model *m)
     (void)m;
 }
 
-/* Cross-entropy of the last forward (mean over the batch); writes the
- * logits' gradient. */
-static float loss_and_grad(model *m, const int32_t *labels, const int32_t *dataset, int B)
+/* Cross-entropy of the last forward (mean over the batch) against the
+ * batch's targets (CutMix's mixed ones); writes the logits' gradient. */
+static float loss_and_grad(model *m, const moert_batch *batch, int B)
 {
+    const int32_t *labels = batch->labels, *dataset = batch->dataset;
     float *logits = model_logits(m), *dlogits = model_dlogits(m);
     double loss = 0.0;
     for (int b = 0; b < B; b++) {
@@ -156,7 +157,8 @@ static float loss_and_grad(model *m, const int32_t *labels, const int32_t *datas
         float *dl = dlogits + (size_t)b * N_CLASSES;
         for (int c = C; c < N_CLASSES; c++)
             dl[c] = 0.0f;
-        loss += softmax_xent(dl, logits + (size_t)b * N_CLASSES, C, labels[b], (float)LABEL_SMOOTHING, 1.0f / B);
+        loss += softmax_xent_mix(dl, logits + (size_t)b * N_CLASSES, C, labels[b], batch->labels_mix[b], batch->lam,
+                                 (float)LABEL_SMOOTHING, 1.0f / B);
     }
     return (float)(loss / B);
 }
@@ -188,7 +190,7 @@ void model_train_step(model *m, const moert_batch *batch, int B, double lr, int6
 {
     m->step = step;
     model_forward(m, batch->x, batch->dataset, B, 1);
-    const float ce = loss_and_grad(m, batch->labels, batch->dataset, B);
+    const float ce = loss_and_grad(m, batch, B);
     const float aux = model_aux_loss(m);
     model_backward(m, batch->x, batch->dataset, B);
     /* the gradient norm: for clipping, and for the metrics record */

@@ -62,7 +62,7 @@
  * step's graph that reads it. */
 typedef struct input_slot {
     float *x_host;
-    int32_t *dataset_host, *labels_host;
+    int32_t *dataset_host, *labels_host; /* labels: the batch's, then (at LOCAL_BATCH) CutMix's partners' */
     step_scalars *sc_host;
     float *x;
     int32_t *dataset, *labels;
@@ -541,11 +541,11 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
         input_slot *sl = &s->slot[i];
         sl->x_host = (float *)host_alloc(sizeof(float) * LOCAL_BATCH * IMAGE_FLOATS);
         sl->dataset_host = (int32_t *)host_alloc(sizeof(int32_t) * LOCAL_BATCH);
-        sl->labels_host = (int32_t *)host_alloc(sizeof(int32_t) * LOCAL_BATCH);
+        sl->labels_host = (int32_t *)host_alloc(sizeof(int32_t) * 2 * LOCAL_BATCH);
         sl->sc_host = (step_scalars *)host_alloc(sizeof(step_scalars));
         sl->x = (float *)dev_alloc(sizeof(float) * LOCAL_BATCH * IMAGE_FLOATS);
         sl->dataset = (int32_t *)dev_alloc(sizeof(int32_t) * LOCAL_BATCH);
-        sl->labels = (int32_t *)dev_alloc(sizeof(int32_t) * LOCAL_BATCH);
+        sl->labels = (int32_t *)dev_alloc(sizeof(int32_t) * 2 * LOCAL_BATCH);
         sl->sc = (step_scalars *)dev_alloc(sizeof(step_scalars));
         CUDA_CHECK(cudaEventCreateWithFlags(&sl->done, cudaEventDisableTiming));
     }
@@ -811,9 +811,9 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
     dev_forward(k, d, B, 1);
     float *logits = d->act + DEV_LAYOUT.logits, *dlogits = d->dact + DEV_LAYOUT.dlogits;
     float *xent = d->act + DEV_LAYOUT.xent;
-    softmax_xent_kernel<<<(unsigned)((B + 7) / 8), 256, 0, k->stream>>>(dlogits, xent, logits, labels, d->dataset,
-                                                                       d->classes, B, N_CLASSES,
-                                                                       (float)LABEL_SMOOTHING, 1.0f / (float)B);
+    softmax_xent_kernel<<<(unsigned)((B + 7) / 8), 256, 0, k->stream>>>(
+        dlogits, xent, logits, labels, labels + LOCAL_BATCH, &d->sc->lam, d->dataset, d->classes, B, N_CLASSES,
+        (float)LABEL_SMOOTHING, 1.0f / (float)B);
     LAUNCH_CHECK();
     mean_accumulate_kernel<<<1, 256, 0, k->stream>>>(d->dacc + 0, xent, B);
     LAUNCH_CHECK();
@@ -859,14 +859,16 @@ void model_train_step(model *m, const moert_batch *batch, int B, double lr, int6
     memcpy(sl->x_host, batch->x, sizeof(float) * (size_t)B * IMAGE_FLOATS);
     memcpy(sl->dataset_host, batch->dataset, sizeof(int32_t) * (size_t)B);
     memcpy(sl->labels_host, batch->labels, sizeof(int32_t) * (size_t)B);
+    memcpy(sl->labels_host + LOCAL_BATCH, batch->labels_mix, sizeof(int32_t) * (size_t)B);
     sl->sc_host->lr = (float)lr;
     sl->sc_host->t = (int)(step + 1);
     sl->sc_host->step = step;
+    sl->sc_host->lam = batch->lam;
     CUDA_CHECK(cudaMemcpyAsync(sl->x, sl->x_host, sizeof(float) * (size_t)B * IMAGE_FLOATS, cudaMemcpyHostToDevice,
                                s->copy));
     CUDA_CHECK(cudaMemcpyAsync(sl->dataset, sl->dataset_host, sizeof(int32_t) * (size_t)B, cudaMemcpyHostToDevice,
                                s->copy));
-    CUDA_CHECK(cudaMemcpyAsync(sl->labels, sl->labels_host, sizeof(int32_t) * (size_t)B, cudaMemcpyHostToDevice,
+    CUDA_CHECK(cudaMemcpyAsync(sl->labels, sl->labels_host, sizeof(int32_t) * 2 * LOCAL_BATCH, cudaMemcpyHostToDevice,
                                s->copy));
     CUDA_CHECK(cudaMemcpyAsync(sl->sc, sl->sc_host, sizeof(step_scalars), cudaMemcpyHostToDevice, s->copy));
     cudaEvent_t copied;

@@ -52,6 +52,7 @@ typedef struct options {
     int64_t eval_every, checkpoint_every, log_every;
     int64_t seed;
     int threads;
+    int loader_threads;
     const char *precision;  /* fp32, bf16 or tf32 (the GPU's compute; the CPU is fp32) */
     const char *metrics;
     int64_t max_eval;       /* test samples per dataset, 0: all */
@@ -474,11 +475,43 @@ static void dump_step(model *m, const moert_batch *batch, int B, float loss, con
     moert_ckpt_add(w, "batch.x", MOERT_DTYPE_F32, 4, xs, batch->x);
     moert_ckpt_add(w, "batch.labels", MOERT_DTYPE_I32, 1, &bs, batch->labels);
     moert_ckpt_add(w, "batch.dataset", MOERT_DTYPE_I32, 1, &bs, batch->dataset);
+    moert_ckpt_add(w, "batch.labels_mix", MOERT_DTYPE_I32, 1, &bs, batch->labels_mix);
+    moert_ckpt_add(w, "batch.lam", MOERT_DTYPE_F32, 1, &one, &batch->lam);
     static float loss_v;
     loss_v = loss;
     moert_ckpt_add(w, "loss", MOERT_DTYPE_F32, 1, &one, &loss_v);
     if (moert_ckpt_finish(w, &err) != 0)
         die("%s", err.msg);
+}
+
+/* Loader threads by default: on the CPU the model wants every core, so
+ * one; on a GPU, the cores of this process's share of the machine (the
+ * node's processes from torchrun's or Open MPI's variables, else all of
+ * them on one machine), one left for the training thread, at most 8. */
+static int loader_threads_auto(int world)
+{
+    if (strcmp(model_backend_name(), "cpu") == 0)
+        return 1;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN), local = world;
+    const char *vars[] = { "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE" };
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        char *end;
+        long n = v ? strtol(v, &end, 10) : 0;
+        if (v && *end == '\0' && n >= 1 && n <= 4096) {
+            local = n;
+            break;
+        }
+    }
+    long n = (cpus > 0 ? cpus : 1) / (local > 0 ? local : 1) - 1;
+    return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+}
+
+/* random inputs in place of a batch's: its labels are the targets (no CutMix) */
+static void unmix(moert_batch *b)
+{
+    memcpy(b->labels_mix, b->labels, sizeof *b->labels * (size_t)b->capacity);
+    b->lam = 1.0f;
 }
 
 /* ---- main ------------------------------------------------------------------------------------ */
@@ -488,7 +521,7 @@ int main(int argc, char **argv)
     options o = {
         .steps = TRAIN_STEPS, .batch = BATCH, .lr = TRAIN_LR, .data = getenv("MOECC_DATA"),
         .checkpoint = MODEL_NAME ".safetensors", .resume = false, .eval_every = EVAL_EVERY,
-        .checkpoint_every = CHECKPOINT_EVERY, .log_every = LOG_EVERY, .seed = (int64_t)SEED, .threads = 0,
+        .checkpoint_every = CHECKPOINT_EVERY, .log_every = LOG_EVERY, .seed = (int64_t)SEED, .threads = 0, .loader_threads = 0,
         .precision = PRECISION_NAME(TRAIN_PRECISION),
         .metrics = MODEL_NAME ".metrics.jsonl", .max_eval = 0, .init_from = NULL, .dump_step = NULL,
         .stop_after = 0, .synthetic = false, .bench = false, .quiet = false,
@@ -508,6 +541,8 @@ int main(int argc, char **argv)
         { "log-every", 0, MOERT_ARG_INT64, &o.log_every, "metrics record every N steps", NULL },
         { "seed", 0, MOERT_ARG_INT64, &o.seed, "seed of every random choice", NULL },
         { "threads", 't', MOERT_ARG_INT, &o.threads, "CPU threads (0: as the libraries choose)", NULL },
+        { "loader-threads", 0, MOERT_ARG_INT, &o.loader_threads,
+          "threads that assemble the training batches (0: 1 on the CPU, on a GPU up to 8 of the cores)", NULL },
         { "precision", 0, MOERT_ARG_STRING, &o.precision,
           "GPU compute: bf16 or tf32 products (fp32 master weights), or fp32 (default: the .moe file's)", "P" },
         { "metrics", 'm', MOERT_ARG_STRING, &o.metrics, "metrics file (JSON lines)", "PATH" },
@@ -542,7 +577,7 @@ int main(int argc, char **argv)
                 o.batch, BATCH, MODEL_SOURCE);
         return 2;
     }
-    if (o.steps < 0 || o.seed < 0 || o.threads < 0 || o.log_every < 1 || o.eval_every < 0 ||
+    if (o.steps < 0 || o.seed < 0 || o.threads < 0 || o.loader_threads < 0 || o.log_every < 1 || o.eval_every < 0 ||
         o.checkpoint_every < 0 || o.max_eval < 0 || !(o.lr >= 0)) {
         fprintf(stderr, "train: a negative count, or a log interval below 1, is not an option\n");
         return 2;
@@ -650,6 +685,12 @@ int main(int argc, char **argv)
     /* each rank draws the whole batch and makes its own share of it */
     if (world > 1 && moert_mixture_set_shard(mix, o.batch, rank * local, errbuf, sizeof errbuf) != 0)
         die("%s", errbuf);
+    if (moert_mixture_set_workers(mix, o.loader_threads ? o.loader_threads : loader_threads_auto(world), errbuf,
+                                  sizeof errbuf) != 0)
+        die("--loader-threads %d: %s", o.loader_threads, errbuf);
+    /* with a head per dataset, a sample's box comes from its own dataset */
+    if (moert_mixture_set_cutmix(mix, CUTMIX_ALPHA, CUTMIX_PROB, PER_DATASET_HEADS, errbuf, sizeof errbuf) != 0)
+        die("%s", errbuf);
     moert_metrics *metrics = moert_metrics_open(o.bench ? "/dev/null" : o.metrics, start > 0, &err);
     if (!metrics)
         die("%s", err.msg);
@@ -706,6 +747,7 @@ int main(int argc, char **argv)
             memcpy(sb->x, bench_x, sizeof *bench_x * (size_t)local * IN_C * IN_H * IN_W);
             for (int b = 0; b < local; b++)
                 sb->labels[b] = bench_labels[b] % DATASET_CLASSES[sb->dataset[b]];
+            unmix(sb);
         } else if (o.synthetic) {
             /* random images and labels, different every step (and rank) */
             moert_batch *sb = (moert_batch *)batch;
@@ -715,6 +757,7 @@ int main(int argc, char **argv)
             moert_rng_fill_normal(&r, sb->x, (size_t)local * IN_C * IN_H * IN_W, 0.0f, 1.0f);
             for (int b = 0; b < local; b++)
                 sb->labels[b] = (int32_t)moert_rng_next_below(&r, (uint64_t)DATASET_CLASSES[sb->dataset[b]]);
+            unmix(sb);
         }
         const double lr = learning_rate(o.lr, step, o.steps);
         if (o.dump_step) {

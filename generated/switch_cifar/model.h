@@ -70,6 +70,8 @@ extern "C" {
 #define SEED 0ULL
 #define RANDAUG_N 0 /* RandAugment: operations per training image (0: off) */
 #define RANDAUG_M 0 /* and their magnitude (0..30) */
+#define CUTMIX_PROB 0 /* CutMix: the probability a batch is mixed (0: off) */
+#define CUTMIX_ALPHA 0 /* and the Beta(alpha, alpha) of its area */
 
 /* the learned tensors, in the order of the parameter arena */
 typedef struct tensor_info {

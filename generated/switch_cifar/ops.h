@@ -814,8 +814,11 @@ static inline void rowmask_backward(float *dinp, const float *dout, const float 
 /* ---- classifier heads and the loss ------------------------------------------ */
 
 /* Cross-entropy with label smoothing eps over the C classes of one sample's
- * logits. Writes dlogits (multiplied by `scale`), returns the loss. */
-static inline float softmax_xent(float *dlogits, const float *logits, int C, int label, float eps, float scale)
+ * logits, against lam of label's smoothed one-hot and 1 - lam of
+ * label_mix's (CutMix's target; lam = 1 is the plain loss, bit for bit).
+ * Writes dlogits (multiplied by `scale`) unless NULL, returns the loss. */
+static inline float softmax_xent_mix(float *dlogits, const float *logits, int C, int label, int label_mix,
+                                     float lam, float eps, float scale)
 {
     float mx = logits[0];
     for (int c = 1; c < C; c++)
@@ -828,12 +831,19 @@ static inline float softmax_xent(float *dlogits, const float *logits, int C, int
     double loss = 0.0;
     for (int c = 0; c < C; c++) {
         double logp = logits[c] - lse;
-        double target = (c == label ? 1.0 - eps : 0.0) + eps / C;
+        double ta = (c == label ? 1.0 - eps : 0.0) + eps / C, tb = (c == label_mix ? 1.0 - eps : 0.0) + eps / C;
+        double target = lam * ta + (1.0 - lam) * tb;
         loss -= target * logp;
         if (dlogits)
             dlogits[c] = (float)((exp(logp) - target) * scale);
     }
     return (float)loss;
+}
+
+/* the same against one label */
+static inline float softmax_xent(float *dlogits, const float *logits, int C, int label, float eps, float scale)
+{
+    return softmax_xent_mix(dlogits, logits, C, label, label, 1.0f, eps, scale);
 }
 
 /* ---- mixture of experts -------------------------------------------------------------- */

@@ -53,7 +53,7 @@ STEPS=${CHECK_CUDA_STEPS:-40}
 # hier: the convolution stem, window attention (local and global) and
 # the 2x2 merge; hier14: its first local windows at 14x14 (196 tokens: the
 # attention's row tiles)
-sed '0,/window = 7)/s//window = 14)/' "$top_srcdir/tests/e2e/hier.moe" > "$WORK/hier14.moe"
+hier14_moe "$WORK/hier14.moe"
 for spec in damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe \
     routers_gpu:tests/cuda/routers_gpu.moe hier:tests/e2e/hier.moe hier14:$WORK/hier14.moe; do
     model=${spec%%:*}

@@ -228,6 +228,12 @@ float ref_softmax_xent(float *dlogits, const float *logits, int C, int label, fl
     return softmax_xent(dlogits, logits, C, label, eps, scale);
 }
 
+float ref_softmax_xent_mix(float *dlogits, const float *logits, int C, int label, int label_mix, float lam, float eps,
+                           float scale)
+{
+    return softmax_xent_mix(dlogits, logits, C, label, label_mix, lam, eps, scale);
+}
+
 void ref_head_forward(float *out, const float *inp, const float *param, const int64_t *w_off, const int64_t *b_off,
                       const int *classes, const int32_t *dataset, int B, int D, int CMAX)
 {

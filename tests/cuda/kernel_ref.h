@@ -70,6 +70,8 @@ void ref_l2norm_backward(float *din, const float *dout, const float *out, const 
 
 /* ---- heads and the loss ---- */
 float ref_softmax_xent(float *dlogits, const float *logits, int C, int label, float eps, float scale);
+float ref_softmax_xent_mix(float *dlogits, const float *logits, int C, int label, int label_mix, float lam, float eps,
+                           float scale);
 /* out[b, c] = inp[b] . w_d[c] + b_d[c] for c < classes[d], 0 beyond (d = dataset[b]);
  * w_d at param + w_off[d] ([classes[d], D]), b_d at param + b_off[d] */
 void ref_head_forward(float *out, const float *inp, const float *param, const int64_t *w_off, const int64_t *b_off,

@@ -473,6 +473,21 @@ static float round_bf16(float x)
     return x;
 }
 
+/* a bf16 copy the kernel wrote: each value the fp32 one it wrote, rounded
+ * to bf16 exactly (a NaN from the poison never passes) */
+static void check_copy16(const std::string &kernel, const std::string &what, const __nv_bfloat16 *d16, const float *d32,
+                         size_t n)
+{
+    const std::vector<__nv_bfloat16> h16 = down(d16, n);
+    const fvec p = down(d32, n);
+    fvec got(n), want(n);
+    for (size_t i = 0; i < n; i++) {
+        got[i] = __bfloat162float(h16[i]);
+        want[i] = round_bf16(p[i]);
+    }
+    check(kernel, what, got, want, 0.0);
+}
+
 /* to_bf16 then from_bf16 (the products' operand casts, the exchange's
  * rows): each value rounded to bf16 exactly as the host rounds it; n and
  * n - 1 from the second float: the 4-value and the 1-value kernels */
@@ -686,18 +701,14 @@ template <int D> static void test_layernorm()
         __nv_bfloat16 *d_out16 = dpoison<__nv_bfloat16>(inp.size());
         float *d_out32 = dpoison<float>(inp.size());
         layernorm_forward<D>(&g_k, d_out32, d_mean, d_rstd, d_inp, d_w, d_b, N, eps, d_out16);
-        const std::vector<__nv_bfloat16> h16 = down(d_out16, inp.size());
-        const fvec o32 = down(d_out, inp.size()), kept = down(d_out32, inp.size());
-        fvec got(inp.size()), want(inp.size());
+        check_copy16("layernorm_forward", fmt("out16 (the output rounded), D=%d", D), d_out16, d_out, inp.size());
+        const fvec kept = down(d_out32, inp.size());
         size_t untouched = 0;
         for (size_t i = 0; i < inp.size(); i++) {
-            got[i] = __bfloat162float(h16[i]);
-            want[i] = round_bf16(o32[i]);
             uint32_t bits;
             memcpy(&bits, &kept[i], sizeof bits);
             untouched += bits == 0xFFFFFFFFu;
         }
-        check("layernorm_forward", fmt("out16 (the output rounded), D=%d", D), got, want, 0.0);
         report(untouched == inp.size(), "layernorm_forward", fmt("out16: out left alone, D=%d", D),
                (double)(inp.size() - untouched), 0.0);
     }
@@ -792,23 +803,28 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
 
 /* ---- heads and the loss ------------------------------------------------------------------------------------ */
 
-static void test_softmax_xent(int B, int CMAX, int C0, int C1)
+/* lam < 1: CutMix's targets, lam of labels and the rest of labels_mix (another
+ * label of the sample's dataset); lam = 1: the plain loss, labels_mix = labels */
+static void test_softmax_xent(int B, int CMAX, int C0, int C1, float lam)
 {
     const float eps = 0.1f, scale = 1.0f / (float)B;
-    note(fmt("softmax_xent CMAX=%d", CMAX));
+    note(fmt("softmax_xent CMAX=%d, lam %g", CMAX, (double)lam));
     Rng r(seed_of("softmax_xent", CMAX));
     const ivec classes = { C0, C1 };
-    std::vector<int32_t> dataset(B), labels(B);
+    std::vector<int32_t> dataset(B), labels(B), labels_mix(B);
     for (int b = 0; b < B; b++) {
         dataset[b] = b < 2 ? b : r.below(2);
         labels[b] = r.below(classes[dataset[b]]);
+        labels_mix[b] = lam < 1.0f ? r.below(classes[dataset[b]]) : labels[b];
     }
     const fvec logits = rnd(r, (size_t)B * CMAX, -4, 4); /* columns past C too: ignored */
+    const fvec lam_v = { lam };
     float *d_logits = dup(logits), *d_dl = dpoison<float>(logits.size()), *d_loss = dpoison<float>(B);
-    int32_t *d_labels = dup(labels), *d_dataset = dup(dataset);
+    float *d_lam = dup(lam_v);
+    int32_t *d_labels = dup(labels), *d_labels_mix = dup(labels_mix), *d_dataset = dup(dataset);
     int *d_classes = dup(classes);
-    softmax_xent_kernel<<<(unsigned)((B + 7) / 8), 256, 0, g_k.stream>>>(d_dl, d_loss, d_logits, d_labels, d_dataset,
-                                                                         d_classes, B, CMAX, eps, scale);
+    softmax_xent_kernel<<<(unsigned)((B + 7) / 8), 256, 0, g_k.stream>>>(
+        d_dl, d_loss, d_logits, d_labels, d_labels_mix, d_lam, d_dataset, d_classes, B, CMAX, eps, scale);
     LAUNCH_CHECK();
     fvec dl(logits.size()), loss(B);
     for (int b = 0; b < B; b++) {
@@ -816,9 +832,10 @@ static void test_softmax_xent(int B, int CMAX, int C0, int C1)
         float *d = dl.data() + (size_t)b * CMAX;
         for (int c = C; c < CMAX; c++)
             d[c] = 0.0f;
-        loss[b] = ref_softmax_xent(d, logits.data() + (size_t)b * CMAX, C, labels[b], eps, scale);
+        loss[b] = ref_softmax_xent_mix(d, logits.data() + (size_t)b * CMAX, C, labels[b], labels_mix[b], lam, eps,
+                                       scale);
     }
-    const std::string c = fmt("B=%d, CMAX=%d, classes {%d, %d}", B, CMAX, C0, C1);
+    const std::string c = fmt("B=%d, CMAX=%d, classes {%d, %d}, lam %g", B, CMAX, C0, C1, (double)lam);
     check("softmax_xent_kernel", "dlogits, " + c, down(d_dl, dl.size()), dl, TOL32);
     check("softmax_xent_kernel", "loss, " + c, down(d_loss, B), loss, TOL32);
     /* the batch's mean loss, added to an accumulator as backend.cu does (of the CPU's losses) */
@@ -1101,21 +1118,6 @@ static void test_capacity()
 
 /* ---- the optimizer --------------------------------------------------------------------------------------- */
 
-/* a bf16 copy the kernel wrote: each value the fp32 one it wrote, rounded
- * to bf16 exactly (a NaN from the poison never passes) */
-static void check_copy16(const std::string &kernel, const std::string &what, const __nv_bfloat16 *d16, const float *d32,
-                         size_t n)
-{
-    const std::vector<__nv_bfloat16> h16 = down(d16, n);
-    const fvec p = down(d32, n);
-    fvec got(n), want(n);
-    for (size_t i = 0; i < n; i++) {
-        got[i] = __bfloat162float(h16[i]);
-        want[i] = round_bf16(p[i]);
-    }
-    check(kernel, what, got, want, 0.0);
-}
-
 static void test_optimizer()
 {
     const int64_t n = 10003; /* AdamW: 2500 groups of 4, then 3 one by one */
@@ -1155,7 +1157,7 @@ static void test_optimizer()
     const float clips[3] = { 0.0f, 10.0f, 1e4f }; /* off, clipping (|g| ~ 58), not reached */
     for (float clip : clips) {
         const int t = 3;
-        const std::vector<step_scalars> sc = { { lr, t, 7 } };
+        const std::vector<step_scalars> sc = { { lr, t, 7, 1.0f } };
         fvec p = rnd(r, (size_t)n, -1, 1), m = rnd(r, (size_t)n, -0.1f, 0.1f), v = rnd(r, (size_t)n, 0.0f, 0.01f);
         float *d_p = dup(p), *d_m = dup(m), *d_v = dup(v);
         step_scalars *d_sc = dup(sc);
@@ -1180,7 +1182,7 @@ static void test_optimizer()
         float clip;
     } const sgd[4] = { { 0.9f, 0, 1, 0.0f }, { 0.9f, 1, 2, 10.0f }, { 0.0f, 0, 5, 10.0f }, { 0.9f, 0, 3, 1e4f } };
     for (const auto &s : sgd) {
-        const std::vector<step_scalars> sc = { { lr, s.t, 7 } };
+        const std::vector<step_scalars> sc = { { lr, s.t, 7, 1.0f } };
         fvec p = rnd(r, (size_t)n, -1, 1), buf = rnd(r, (size_t)n, -0.5f, 0.5f);
         float *d_p = dup(p), *d_buf = dup(buf);
         step_scalars *d_sc = dup(sc);
@@ -1423,8 +1425,10 @@ int main(void)
     layernorm_setup<1024>(); /* 64 KiB of shared memory: more than a launch gets unasked */
     test_layernorm<1024>();
     test_l2norm();
-    test_softmax_xent(37, 10, 10, 7);
-    test_softmax_xent(21, 100, 100, 37);
+    test_softmax_xent(37, 10, 10, 7, 1.0f);
+    test_softmax_xent(21, 100, 100, 37, 1.0f);
+    test_softmax_xent(37, 10, 10, 7, 0.37f);
+    test_softmax_xent(21, 100, 100, 37, 0.81f);
     test_head(29);
     test_head(300);
     test_capacity();

@@ -123,6 +123,13 @@ nvcc_home() {
     (cd "$top" 2>/dev/null && pwd) || echo "$top"
 }
 
+# hier14_moe OUT: tests/e2e/hier.moe with its first local windows at 14x14
+# (196 tokens of head width 16: the attention's row tiles, kernels.cuh),
+# written to OUT
+hier14_moe() {
+    sed '0,/window = 7)/s//window = 14)/' "$top_srcdir/tests/e2e/hier.moe" > "$1"
+}
+
 need_data() {
     for d in fashion-mnist mnist digits; do
         if [ ! -e "$DATA/$d" ]; then

@@ -35,7 +35,7 @@ fi
 # for a (sample, head) in one block's shared memory, take the row tiles
 # (kernels.cuh), whose setup is asked for like the others' (check-cuda runs
 # this model against the CPU)
-sed '0,/window = 7)/s//window = 14)/' "$top_srcdir/tests/e2e/hier.moe" > "$WORK/hier14.moe"
+hier14_moe "$WORK/hier14.moe"
 if "$MOECC" --target cuda "$WORK/hier14.moe" -o "$WORK/hier14" > "$WORK/hier14.log" 2>&1 &&
     grep -q '^    attention_setup<196, 16, 2>();$' "$WORK/hier14/model.cu" &&
     grep -q '^    attention_forward<196, 16, 2>(' "$WORK/hier14/model.cu"; then

@@ -1,0 +1,3845 @@
+/* kernels.cuh: the CUDA kernels of moecc's generated trainers.
+ * Copied into the trainer of vit_moe_gtsrb by moecc 0.1.0 from templates/cuda/kernels.cuh.
+ * Do not edit: it is written again each time moecc runs.
+ *
+ * Every kernel has the semantics of the function of the same name in
+ * ops.h, the CPU reference (tests/cuda/test_kernels.cu checks each against
+ * it). Shapes that decide the code (widths, heads, tokens, experts) are
+ * template parameters, fixed by the generated model.cu; the batch is a
+ * run-time argument, at most the compiled batch.
+ *
+ * Storage is fp32 (weights, activations, gradients, optimizer state). The
+ * matrix products go through cuBLAS. In "tf32" mode with
+ * CUBLAS_COMPUTE_32F_FAST_16BF on the fp32 operands, for which cuBLAS 13
+ * picks TF32 tensor-core kernels on Hopper (sm90_xmma_gemm_f32f32_tf32f32,
+ * seen with Nsight Compute). In "bf16" mode each product's operands are
+ * rounded to bf16 into a scratch first (kctx.cast) and multiplied in bf16
+ * with fp32 accumulation into fp32, except where a producer writes them in
+ * bf16 itself (the experts' inputs, activations and their gradient:
+ * moe_x16, moe_a16; a dense MLP's activations and their gradient, and a
+ * layer norm's output that only a product takes: bf16_half), where they
+ * are the weights (their copy, kctx.w16), or where two products share one
+ * (a layer's output gradient: cast_keep). In fp32 mode the products are
+ * plain fp32 (CUBLAS_COMPUTE_32F). In both reduced modes attention's four
+ * products run on tensor cores too (TF32 WMMA tiles,
+ * attention_*_tc_kernel, and the row tiles' attention_*_rows_tc_kernel).
+ * Everything else runs in fp32 (reductions that the CPU does in double are
+ * done in double here too).
+ *
+ * Determinism: no kernel adds floats with atomics (only integer counts).
+ * Sums over rows go through fixed-size partial sums (colsum_add, the
+ * layer norm's and the gradient norm's partials) added up in a fixed
+ * order, so that the same step gives the same bits every time (by design:
+ * make check-cuda does not test it yet).
+ *
+ * Nothing here allocates or synchronises with the host: the training step
+ * is captured as one CUDA graph (backend.cu). */
+#ifndef MOE_KERNELS_CUH
+#define MOE_KERNELS_CUH
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+#include <type_traits>
+
+/* ---- errors ------------------------------------------------------------------------ */
+
+#define CUDA_CHECK(call)                                                                          \
+    do {                                                                                          \
+        cudaError_t err_ = (call);                                                                \
+        if (err_ != cudaSuccess) {                                                                \
+            fprintf(stderr, "train: CUDA error at %s:%d: %s (%s)\n", __FILE__, __LINE__,          \
+                    cudaGetErrorString(err_), #call);                                             \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                        \
+    do {                                                                                          \
+        cublasStatus_t st_ = (call);                                                              \
+        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                       \
+            fprintf(stderr, "train: cuBLAS error at %s:%d: status %d (%s)\n", __FILE__, __LINE__, \
+                    (int)st_, #call);                                                             \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+/* launch errors are checked after each launch; in a graph capture they
+ * surface at instantiation */
+#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+static inline unsigned blocks_for(int64_t n, int threads)
+{
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 1 ? 1 : (b > 65535 * 16 ? 65535 * 16 : b));
+}
+
+/* ---- the context every launch gets ------------------------------------------------- */
+
+typedef struct kctx {
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cublasComputeType_t compute; /* CUBLAS_COMPUTE_32F or CUBLAS_COMPUTE_32F_FAST_16BF */
+    /* bf16 precision: each product's operands are rounded to bf16 here
+     * first (cast_elems in all), then multiplied in bf16 with fp32
+     * accumulation; NULL: the products take the fp32 operands (compute) */
+    __nv_bfloat16 *cast;
+    int64_t cast_elems;
+    /* bf16 precision: the weights' bf16 copy, w16[i] = w32[i] rounded, for
+     * i < w_elems (the optimizer writes it with the weights): a product's
+     * operand inside w32 is read from it instead of rounded again. NULL:
+     * none. */
+    const float *w32;
+    const __nv_bfloat16 *w16;
+    int64_t w_elems;
+    float *red;                  /* scratch for partial sums (reduce_*), RED_FLOATS */
+    int64_t red_floats;
+    /* data parallelism: sums v[0..n) over the processes in place, in order on
+     * the stream (backend.cu, over NCCL); NULL with one process */
+    void (*sum_across)(const struct kctx *k, double *v, int n);
+    /* expert parallelism: moves a MoE layer's rows between the p GPUs of
+     * this one's group, el experts per GPU, chunk floats per (expert, GPU)
+     * (moe_exchange): with e < 0 every expert's, in order on the stream;
+     * else local expert e's alone, on a stream of the backend's after the
+     * work so far, and returns the event that marks its end. NULL without. */
+    cudaEvent_t (*exchange)(const struct kctx *k, float *dst, const float *src, int64_t chunk, int el, int p, int dir,
+                            int e);
+    int overlap;                 /* exchange expert by expert, overlapped with their products */
+    void *comm;                  /* backend.cu's state for both */
+} kctx;
+
+/* The element-wise passes' launch over n elements, in blocks of 256: kern4
+ * (4 elements a thread, n / 4 threads) where v4 (the caller's test of the
+ * widths' and the pointers' alignment, vec4_ok), else kern1 (one a thread) */
+template <typename... P, typename... A>
+static inline void launch_vec(const kctx *k, bool v4, int64_t n, void (*kern4)(P...), void (*kern1)(P...), A... args)
+{
+    if (v4)
+        kern4<<<blocks_for(n / 4, 256), 256, 0, k->stream>>>(args...);
+    else
+        kern1<<<blocks_for(n, 256), 256, 0, k->stream>>>(args...);
+    LAUNCH_CHECK();
+}
+
+/* ---- random numbers: Philox4x32-10, as runtime/core_rng.c --------------------------- */
+
+__device__ static inline void philox_dev(uint64_t seed, uint64_t stream, uint64_t counter, uint32_t out[4])
+{
+    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = (uint32_t)stream,
+             c3 = (uint32_t)(stream >> 32);
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int round = 0; round < 10; round++) {
+        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        const uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
+        const uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
+        c0 = hi1 ^ c1 ^ k0;
+        c1 = lo1;
+        c2 = hi0 ^ c3 ^ k1;
+        c3 = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+/* moert_rng_uniform: [0, 1) from 24 bits */
+__device__ static inline float rng_uniform_dev(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    uint32_t x[4];
+    philox_dev(seed, stream, counter, x);
+    return (float)(x[0] >> 8) * 0x1.0p-24f;
+}
+
+/* moert_rng_normal: Box-Muller in double */
+__device__ static inline double rng_normal_dev(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    uint32_t x[4];
+    philox_dev(seed, stream, counter, x);
+    const uint64_t a = (uint64_t)x[0] | (uint64_t)x[1] << 32, b = (uint64_t)x[2] | (uint64_t)x[3] << 32;
+    const double u1 = (double)((a >> 11) + 1) * 0x1.0p-53, u2 = (double)(b >> 11) * 0x1.0p-53;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586476925286766559 * u2);
+}
+
+/* ---- warp and block reductions --------------------------------------------------------- */
+
+__device__ static inline float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ static inline double warp_sum_d(double v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ static inline float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* ---- matrix products (cuBLAS, row-major views) ------------------------------------------ */
+
+/* dst[0, n) = src[0, n) rounded to bf16 (round to nearest even), V floats
+ * per thread */
+template <int V> static __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, int64_t n)
+{
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    if constexpr (V == 4) {
+        const float4 x = *reinterpret_cast<const float4 *>(src + i);
+        __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(dst + i);
+        d[0] = __floats2bfloat162_rn(x.x, x.y);
+        d[1] = __floats2bfloat162_rn(x.z, x.w);
+    } else {
+        dst[i] = __float2bfloat16_rn(src[i]);
+    }
+}
+
+static inline void to_bf16(const kctx *k, __nv_bfloat16 *dst, const float *src, int64_t n)
+{
+    launch_vec(k, n % 4 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)dst & 7) == 0, n, to_bf16_kernel<4>,
+               to_bf16_kernel<1>, dst, src, n);
+}
+
+/* dst[0, n) = src[0, n) widened to fp32, V values per thread */
+template <int V> static __global__ void from_bf16_kernel(float *dst, const __nv_bfloat16 *src, int64_t n)
+{
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    if constexpr (V == 4) {
+        const __nv_bfloat162 *s = reinterpret_cast<const __nv_bfloat162 *>(src + i);
+        const float2 a = __bfloat1622float2(s[0]), b = __bfloat1622float2(s[1]);
+        *reinterpret_cast<float4 *>(dst + i) = make_float4(a.x, a.y, b.x, b.y);
+    } else {
+        dst[i] = __bfloat162float(src[i]);
+    }
+}
+
+static inline void from_bf16(const kctx *k, float *dst, const __nv_bfloat16 *src, int64_t n)
+{
+    launch_vec(k, n % 4 == 0 && ((uintptr_t)dst & 15) == 0 && ((uintptr_t)src & 7) == 0, n, from_bf16_kernel<4>,
+               from_bf16_kernel<1>, dst, src, n);
+}
+
+/* the elements a row-major operand of `count` [rows, cols] matrices spans
+ * (rows ld apart, matrices stride apart) */
+static inline int64_t operand_span(int rows, int cols, int ld, int count, int64_t stride)
+{
+    return (int64_t)(count - 1) * stride + (int64_t)(rows - 1) * ld + cols;
+}
+
+/* A product's operand: fp32 values (rounded to bf16 into the scratch in
+ * bf16 precision), or values already in bf16 (bf16 precision only: the
+ * experts' inputs, activations and their gradient, written so by their
+ * producers, and the operands cast_keep rounds once for two products;
+ * each would otherwise be rounded once a product, at 6 bytes an element a
+ * pass). */
+struct mm_in {
+    const float *f;
+    const __nv_bfloat16 *h;
+    mm_in(const float *p) : f(p), h(nullptr) {}
+    mm_in(const __nv_bfloat16 *p) : f(nullptr), h(p) {}
+};
+
+/* the bf16 values where a producer wrote them (h), else the fp32 ones */
+static inline mm_in mm_pick(const __nv_bfloat16 *h, const float *f)
+{
+    return h ? mm_in(h) : mm_in(f);
+}
+
+/* The products below in row-major views: cuBLAS is column-major, so
+ * out[M,N] = op(a) op(b) is computed as out^T = op(b)^T op(a)^T, with
+ * `count` products strided by sa, sb, so elements. With k->cast (bf16
+ * precision) the fp32 operands are rounded to bf16 into it first (the
+ * first at 0, the second after it, 8-aligned), or, for weights, taken from
+ * their bf16 copy (k->w16), and multiplied in bf16 with fp32 accumulation
+ * into the fp32 out. */
+static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_t tb, float *out, mm_in a, int lda,
+                           mm_in b, int ldb, int M, int N, int K, float beta, int count, int64_t sa, int64_t sb,
+                           int64_t so)
+{
+    const float one = 1.0f;
+    if (k->cast) {
+        const __nv_bfloat16 *a16 = a.h, *b16 = b.h;
+        int64_t used = 0;
+        const auto cast = [&](const __nv_bfloat16 *&dst, const float *src, int64_t n) {
+            /* weights: their copy, already rounded (addresses compared as
+             * integers: src may lie in another allocation) */
+            const uintptr_t at = (uintptr_t)src, lo = (uintptr_t)k->w32;
+            if (k->w16 && at >= lo && at + sizeof(float) * (size_t)n <= lo + sizeof(float) * (size_t)k->w_elems) {
+                dst = k->w16 + (at - lo) / sizeof(float);
+                return;
+            }
+            if (used + n > k->cast_elems) {
+                fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
+                        (long long)k->cast_elems, (long long)(used + n));
+                exit(1);
+            }
+            to_bf16(k, k->cast + used, src, n);
+            dst = k->cast + used;
+            used += (n + 7) & ~(int64_t)7;
+        };
+        if (!a16)
+            cast(a16, a.f, ta == CUBLAS_OP_N ? operand_span(M, K, lda, count, sa) : operand_span(K, M, lda, count, sa));
+        if (!b16)
+            cast(b16, b.f, tb == CUBLAS_OP_N ? operand_span(K, N, ldb, count, sb) : operand_span(N, K, ldb, count, sb));
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b16, CUDA_R_16BF, ldb, sb, a16,
+                                                CUDA_R_16BF, lda, sa, &beta, out, CUDA_R_32F, N, so, count,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
+    if (a.h || b.h) {
+        fprintf(stderr, "train: internal error: a bf16 operand outside bf16 precision\n");
+        exit(1);
+    }
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b.f, CUDA_R_32F, ldb, sb, a.f, CUDA_R_32F,
+                                            lda, sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
+                                            CUBLAS_GEMM_DEFAULT));
+}
+
+/* An operand that several products take (a gradient: the input's
+ * product and the weights'), in bf16 precision rounded once, at the start
+ * of the scratch; *rest is k with the scratch after it, for those
+ * products' other operands (each product has at most one left to round,
+ * so both fit: the scratch holds two of the largest buffer). Returns NULL,
+ * with *rest = *k, in the other precisions. */
+static inline const __nv_bfloat16 *cast_keep(const kctx *k, kctx *rest, const float *src, int64_t n)
+{
+    *rest = *k;
+    if (!k->cast)
+        return nullptr;
+    const int64_t used = (n + 7) & ~(int64_t)7;
+    if (used > k->cast_elems) {
+        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
+                (long long)k->cast_elems, (long long)used);
+        exit(1);
+    }
+    to_bf16(k, k->cast, src, n);
+    rest->cast = k->cast + used;
+    rest->cast_elems = k->cast_elems - used;
+    return k->cast;
+}
+
+/* a copy of k whose products are plain fp32 whatever the precision (a
+ * router with fp32_gate) */
+static inline kctx fp32_ctx(const kctx *k)
+{
+    kctx c = *k;
+    c.compute = CUBLAS_COMPUTE_32F;
+    c.cast = nullptr;
+    return c;
+}
+
+/* out[M,N] = beta * out + a[M,K] @ b[N,K]^T */
+static inline void mm_nt(const kctx *k, float *out, mm_in a, mm_in b, int M, int N, int K, float beta,
+                         int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
+{
+    if (M > 0)
+        mm_rows(k, CUBLAS_OP_N, CUBLAS_OP_T, out, a, K, b, K, M, N, K, beta, count, sa, sb, so);
+}
+
+/* out[M,N] = beta * out + a[M,K] @ b[K,N] */
+static inline void mm_nn(const kctx *k, float *out, mm_in a, mm_in b, int M, int N, int K, float beta,
+                         int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
+{
+    if (M > 0)
+        mm_rows(k, CUBLAS_OP_N, CUBLAS_OP_N, out, a, K, b, N, M, N, K, beta, count, sa, sb, so);
+}
+
+/* out[M,N] = beta * out + a[K,M]^T @ b[K,N] (weight gradients) */
+static inline void mm_tn(const kctx *k, float *out, mm_in a, mm_in b, int M, int N, int K, float beta,
+                         int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
+{
+    if (K > 0)
+        mm_rows(k, CUBLAS_OP_T, CUBLAS_OP_N, out, a, M, b, N, M, N, K, beta, count, sa, sb, so);
+}
+
+/* ---- sums over rows, deterministic ------------------------------------------------------- */
+
+#define RED_CHUNKS 64 /* partial sums per column */
+
+/* Each of the 32 x LANES threads of a block holds V partial sums v[0, V)
+ * of its columns; lane y (threadIdx.x / 32) summed rows lo + y, lo + y +
+ * LANES, ... of them. The lanes' sums are added in lane order (the same
+ * bits every run) into lane 0's v; the other lanes' v become 0. Every
+ * thread of the block calls it. */
+template <int LANES, int V> __device__ static inline void lanes_sum(float (&v)[V])
+{
+    __shared__ float lanes[LANES][V][33];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        lanes[ty][j][tx] = v[j];
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        float t = 0.0f;
+        if (ty == 0)
+            for (int y = 0; y < LANES; y++)
+                t += lanes[y][j][tx];
+        v[j] = t;
+    }
+}
+
+/* A block of 32 x LANES threads sums 32 columns: lane y of column col[0]
+ * adds col[m * ld] for m = lo + y, lo + y + LANES, ... below hi, and the
+ * lanes' sums are added in order (lanes_sum). Returns the column's sum in
+ * lane 0, 0 elsewhere; every thread of the block calls it (valid: whether
+ * its column exists). Enough loads in flight for narrow columns, where one
+ * thread per column left most of the GPU idle (the dense layers' bias
+ * gradients, the layer norm's partials). */
+template <int LANES>
+__device__ static inline float lanes_col_sum(const float *col, int64_t ld, int lo, int hi, bool valid)
+{
+    float acc[1] = { 0.0f };
+    if (valid) {
+#pragma unroll 4
+        for (int m = lo + (int)threadIdx.x / 32; m < hi; m += LANES)
+            acc[0] += col[(int64_t)m * ld];
+    }
+    lanes_sum<LANES, 1>(acc);
+    return acc[0];
+}
+
+/* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c, on
+ * COLSUM_LANES lanes of rows */
+#define COLSUM_LANES 8
+static __global__ void colsum_partial_kernel(float *part, const float *src, int M, int N, int64_t ld, int64_t stride)
+{
+    const int n = blockIdx.x * 32 + (int)threadIdx.x % 32, c = blockIdx.y, g = blockIdx.z;
+    const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
+    const float t = lanes_col_sum<COLSUM_LANES>(src + (int64_t)g * stride + n, ld, lo, hi, n < N);
+    if (threadIdx.x / 32 == 0 && n < N)
+        part[((int64_t)g * RED_CHUNKS + c) * N + n] = t;
+}
+
+/* dst[g][n] += sum over chunks of part[g, c, n] */
+static __global__ void colsum_final_kernel(float *dst, const float *part, int N, int G, int64_t dstride)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)G * N)
+        return;
+    const int g = (int)(i / N), n = (int)(i % N);
+    float acc = 0.0f;
+    for (int c = 0; c < RED_CHUNKS; c++)
+        acc += part[((int64_t)g * RED_CHUNKS + c) * N + n];
+    dst[(int64_t)g * dstride + n] += acc;
+}
+
+/* stops the trainer unless k->red holds `floats' partial sums (moecc
+ * sizes it for every op's; a shortfall is a bug of the plan) */
+static inline void red_need(const kctx *k, int64_t floats)
+{
+    if (floats > k->red_floats) {
+        fprintf(stderr, "train: internal error: reduction scratch too small (%lld < %lld)\n",
+                (long long)k->red_floats, (long long)floats);
+        exit(1);
+    }
+}
+
+/* the grid of the partial sums of G groups of N columns, 32 * V columns a
+ * block, after checking that k->red holds them */
+static inline dim3 colsum_grid(const kctx *k, int N, int G, int V)
+{
+    red_need(k, (int64_t)G * RED_CHUNKS * N);
+    return dim3((unsigned)((N + 32 * V - 1) / (32 * V)), RED_CHUNKS, (unsigned)G);
+}
+
+/* dst[g * dstride + n] += the partial sums in k->red, added in chunk order */
+static inline void colsum_final(const kctx *k, float *dst, int N, int G, int64_t dstride)
+{
+    colsum_final_kernel<<<blocks_for((int64_t)G * N, 256), 256, 0, k->stream>>>(dst, k->red, N, G, dstride);
+    LAUNCH_CHECK();
+}
+
+/* dst[g][N] += the column sums of src[g][M, N] (rows ld apart; 0: N), for
+ * g < G (bias gradients; G experts with strides). The sums are the same
+ * bits on every run. */
+static inline void colsum_add(const kctx *k, float *dst, const float *src, int M, int N, int G = 1,
+                              int64_t sstride = 0, int64_t dstride = 0, int64_t ld = 0)
+{
+    colsum_partial_kernel<<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(k->red, src, M, N,
+                                                                                      ld ? ld : N, sstride);
+    LAUNCH_CHECK();
+    colsum_final(k, dst, N, G, dstride);
+}
+
+/* ---- element-wise passes ------------------------------------------------------------------
+ * Streaming passes (biases, activations, sums) move 4 floats per thread
+ * with 16-byte loads and stores when their pointers are 16-byte aligned
+ * and their rows a multiple of 4 wide (vec4_ok; the arenas align every
+ * activation to 64 bytes), else one: 4 times the bytes in flight per
+ * thread, and a quarter of the index arithmetic.
+ * The passes that follow a per-row index (the MoE's gather, combine and
+ * scatter) give each block whole rows instead (a grid-stride loop,
+ * blocks_for(rows, 1) blocks of ROW_THREADS threads), so that the row's
+ * token or expert is looked up once per row. */
+#define ROW_THREADS 128
+
+static inline bool vec4_ok(int64_t cols, const void *p, const void *q = nullptr, const void *r = nullptr)
+{
+    const auto al = [](const void *x) { return ((uintptr_t)x & 15) == 0; };
+    return cols % 4 == 0 && al(p) && al(q) && al(r);
+}
+
+template <int V> __device__ static inline void vload(float (&x)[V], const float *p)
+{
+    if constexpr (V == 4) {
+        const float4 t = *reinterpret_cast<const float4 *>(p);
+        x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = p[j];
+    }
+}
+
+template <int V> __device__ static inline void vstore(float *p, const float (&x)[V])
+{
+    if constexpr (V == 4) {
+        *reinterpret_cast<float4 *>(p) = make_float4(x[0], x[1], x[2], x[3]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            p[j] = x[j];
+    }
+}
+
+/* x rounded to bf16 (to nearest even) at p; V = 4 stores 8 bytes */
+template <int V> __device__ static inline void vstore(__nv_bfloat16 *p, const float (&x)[V])
+{
+    if constexpr (V == 4) {
+        __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(p);
+        d[0] = __floats2bfloat162_rn(x[0], x[1]);
+        d[1] = __floats2bfloat162_rn(x[2], x[3]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            p[j] = __float2bfloat16_rn(x[j]);
+    }
+}
+
+/* a bf16 operand's alignment for the 4-wide passes */
+static inline bool bf16_ok(const __nv_bfloat16 *p)
+{
+    return ((uintptr_t)p & 7) == 0;
+}
+
+/* ---- linear layers ----------------------------------------------------------------------- */
+
+enum { ACT_NONE = -1 }; /* bias_act_kernel without an activation */
+template <int ACT> __device__ static inline float act_f(float x);
+
+/* h[g][M,N] += bias[g][N] for g < G (rows strided by M*N), and a = act(h)
+ * unless ACT is ACT_NONE (in bf16 into a16 instead when a16 is given): a
+ * linear layer's bias and its activation in one pass; V floats per thread.
+ * keep_h: h is left without the bias (act_bias_backward adds it again),
+ * which saves the pass its store. */
+template <int ACT, int V>
+static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__restrict__ a16, float *__restrict__ h,
+                                       const float *__restrict__ bias, int64_t M, int N, int64_t n, bool keep_h)
+{
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    /* the bias's group and column: 32-bit divisions where the sizes allow
+     * (a 64-bit one is a long software routine, and this pass is short) */
+    int64_t g, col;
+    if (n <= (int64_t)UINT32_MAX) {
+        const uint32_t u = (uint32_t)i, row = u / (uint32_t)N;
+        g = row / (uint32_t)M;
+        col = u - row * (uint32_t)N;
+    } else {
+        const int64_t row = i / N;
+        g = row / M;
+        col = i - row * N;
+    }
+    const float *b = bias + g * N + col;
+    float x[V];
+    vload<V>(x, h + i);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] += b[j];
+    if (!keep_h)
+        vstore<V>(h + i, x);
+    if constexpr (ACT != ACT_NONE) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = act_f<ACT>(x[j]);
+        if (a16)
+            vstore<V>(a16 + i, x);
+        else
+            vstore<V>(a + i, x);
+    }
+}
+
+template <int ACT>
+static inline void bias_act(const kctx *k, float *a, float *h, const float *bias, int64_t M, int N, int G = 1,
+                            __nv_bfloat16 *a16 = nullptr, bool keep_h = false)
+{
+    const int64_t n = G * M * N;
+    launch_vec(k, vec4_ok(N, h, ACT == ACT_NONE || a16 ? nullptr : a) && bf16_ok(a16), n, bias_act_kernel<ACT, 4>,
+               bias_act_kernel<ACT, 1>, a, a16, h, bias, M, N, n, keep_h);
+}
+
+/* out[g][M,N] += bias[g][N] for g < G */
+static inline void bias_add(const kctx *k, float *out, const float *bias, int64_t M, int N, int G = 1)
+{
+    bias_act<ACT_NONE>(k, nullptr, out, bias, M, N, G);
+}
+
+/* bf16 precision: the bf16 values a producer writes into the first half
+ * of an fp32 buffer in place of the fp32 ones, where only products take
+ * them (a dense MLP's activations and their gradient, as moe_a16 for the
+ * experts'); NULL in the other precisions */
+static inline __nv_bfloat16 *bf16_half(const kctx *k, float *p)
+{
+    return k->cast ? reinterpret_cast<__nv_bfloat16 *>(p) : nullptr;
+}
+
+/* such a buffer as a product's operand: its bf16 half in bf16 precision */
+static inline mm_in mm_half(const kctx *k, float *p)
+{
+    return mm_pick(bf16_half(k, p), p);
+}
+
+/* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) */
+static inline void linear_forward(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
+                                  int N)
+{
+    mm_nt(k, out, inp, w, M, N, K, 0.0f);
+    if (b) {
+        bias_add(k, out, b, M, N);
+    }
+}
+
+/* dinp (+)= dout @ w (dinp may be NULL), dw += dout^T @ inp, db += colsum(dout)
+ * (db: dout in fp32) */
+static inline void linear_backward(const kctx *k, float *dinp, float *dw, float *db, mm_in dout, mm_in inp,
+                                   const float *w, int M, int K, int N, int acc)
+{
+    kctx kr = *k; /* with dinp two products take dout: rounded once */
+    const __nv_bfloat16 *g16 = dout.h ? dout.h : dinp ? cast_keep(k, &kr, dout.f, (int64_t)M * N) : nullptr;
+    if (dinp)
+        mm_nn(&kr, dinp, mm_pick(g16, dout.f), w, M, K, N, acc ? 1.0f : 0.0f);
+    mm_tn(&kr, dw, mm_pick(g16, dout.f), inp, N, K, M, 1.0f);
+    if (db) {
+        if (!dout.f) {
+            fprintf(stderr, "train: internal error: a bias gradient of a bf16 operand\n");
+            exit(1);
+        }
+        colsum_add(k, db, dout.f, M, N);
+    }
+}
+
+/* ---- activations and element-wise --------------------------------------------------------- */
+
+#ifndef MOE_OPS_H /* ops.h (the CPU reference) has the same codes */
+enum { ACT_GELU = 0, ACT_RELU = 1, ACT_SILU = 2 };
+#endif
+
+template <int ACT> __device__ static inline float act_f(float x)
+{
+    if (ACT == ACT_RELU)
+        return x > 0.0f ? x : 0.0f;
+    if (ACT == ACT_SILU)
+        return x / (1.0f + expf(-x));
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+template <int ACT> __device__ static inline float act_grad(float x)
+{
+    if (ACT == ACT_RELU)
+        return x > 0.0f ? 1.0f : 0.0f;
+    if (ACT == ACT_SILU) {
+        const float s = 1.0f / (1.0f + expf(-x));
+        return s * (1.0f + x * (1.0f - s));
+    }
+    const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+/* dh[g][m, n] = da[g][m, n] * act'(h[g][m, n] + bias[g][n]) (in bf16 into
+ * dh16 instead when given; dh may be da) and db[g][n] += its column sums,
+ * for g < G groups of M rows (h without the bias: bias_act's keep_h): a
+ * linear layer's activation backward and its bias gradient in one pass
+ * over the hidden values, instead of a pass that writes dh and one that
+ * reads it again. Laid out as colsum_partial_kernel (a block: 32 x V
+ * columns, RED_CHUNKS chunks of rows, COLSUM_LANES lanes), and its sums
+ * are added in the same order: db gets the same bits as colsum_add on dh. */
+template <int ACT, int V>
+static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__restrict__ dh16, float *__restrict__ part,
+                                                const float *da, const float *__restrict__ h,
+                                                const float *__restrict__ bias, int M, int N)
+{
+    const int n = (blockIdx.x * 32 + (int)threadIdx.x % 32) * V, c = blockIdx.y, g = blockIdx.z;
+    const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
+    const bool valid = n < N; /* V = 4: N is a multiple of 4 */
+    float acc[V] = {};
+    if (valid) {
+        float b[V];
+        vload<V>(b, bias + (int64_t)g * N + n);
+        const int64_t at = (int64_t)g * M * N + n;
+        /* ROWS of this lane's rows at a time, all loaded before any is
+         * stored: dh may be da, so the compiler cannot move the next
+         * row's loads above this one's store, and one row's loads at a
+         * time left the pass waiting on memory; the rows are still added
+         * in order */
+        constexpr int ROWS = 4;
+        for (int m0 = lo + (int)threadIdx.x / 32; m0 < hi; m0 += ROWS * COLSUM_LANES) {
+            float d[ROWS][V], x[ROWS][V];
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                const int m = m0 + r * COLSUM_LANES;
+                if (m < hi) {
+                    vload<V>(d[r], da + at + (int64_t)m * N);
+                    vload<V>(x[r], h + at + (int64_t)m * N);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                const int m = m0 + r * COLSUM_LANES;
+                if (m >= hi)
+                    break;
+                const int64_t i = at + (int64_t)m * N;
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    d[r][j] *= act_grad<ACT>(x[r][j] + b[j]);
+                    acc[j] += d[r][j];
+                }
+                if (dh16)
+                    vstore<V>(dh16 + i, d[r]);
+                else
+                    vstore<V>(dh + i, d[r]);
+            }
+        }
+    }
+    lanes_sum<COLSUM_LANES, V>(acc);
+    if (threadIdx.x / 32 == 0 && valid) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            part[((int64_t)g * RED_CHUNKS + c) * N + n + j] = acc[j];
+    }
+}
+
+template <int ACT>
+static inline void act_bias_backward(const kctx *k, float *dh, __nv_bfloat16 *dh16, float *db, const float *da,
+                                     const float *h, const float *bias, int M, int N, int G = 1)
+{
+    if (vec4_ok(N, da, h, bias) && vec4_ok(N, dh16 ? da : dh) && bf16_ok(dh16))
+        act_bias_backward_kernel<ACT, 4><<<colsum_grid(k, N, G, 4), 32 * COLSUM_LANES, 0, k->stream>>>(
+            dh, dh16, k->red, da, h, bias, M, N);
+    else
+        act_bias_backward_kernel<ACT, 1><<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(
+            dh, dh16, k->red, da, h, bias, M, N);
+    LAUNCH_CHECK();
+    colsum_final(k, db, N, G, N);
+}
+
+template <int V> static __global__ void add_kernel(float *out, const float *a, const float *b, int64_t n)
+{
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    float x[V], y[V];
+    vload<V>(x, a + i);
+    vload<V>(y, b + i);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] += y[j];
+    vstore<V>(out + i, x);
+}
+
+/* out = a + b */
+static inline void add_forward(const kctx *k, float *out, const float *a, const float *b, int64_t n)
+{
+    launch_vec(k, vec4_ok(n, out, a, b), n, add_kernel<4>, add_kernel<1>, out, a, b, n);
+}
+
+static __global__ void accumulate_kernel(float *dst, const float *src, int64_t n)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        dst[i] += src[i];
+}
+
+/* dst (+)= src */
+static inline void grad_pass(const kctx *k, float *dst, const float *src, int64_t n, int acc)
+{
+    if (!acc) {
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, k->stream));
+        return;
+    }
+    accumulate_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(dst, src, n);
+    LAUNCH_CHECK();
+}
+
+/* x *= a */
+static __global__ void scale_kernel(float *x, int64_t n, float a)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        x[i] *= a;
+}
+
+static inline void scale_inplace(const kctx *k, float *x, int64_t n, float a)
+{
+    scale_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(x, n, a);
+    LAUNCH_CHECK();
+}
+
+/* ---- patch embedding, class token, positions ------------------------------------------------- */
+
+/* cols[B*T, C*P*P] = the patches of img[B, C, IH, IW] */
+template <int C, int IH, int IW, int P> static __global__ void im2col_kernel(float *cols, const float *img, int B)
+{
+    constexpr int GW = IW / P, T = (IH / P) * GW, CPP = C * P * P;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * T * CPP)
+        return;
+    const int j = (int)(i % CPP);
+    const int64_t bt = i / CPP;
+    const int b = (int)(bt / T), t = (int)(bt % T), gy = t / GW, gx = t % GW;
+    const int c = j / (P * P), py = (j / P) % P, px = j % P;
+    cols[i] = img[(((int64_t)b * C + c) * IH + gy * P + py) * IW + gx * P + px];
+}
+
+template <int C, int IH, int IW, int P, int D>
+static inline void patch_embed_forward(const kctx *k, float *out, float *cols, const float *img, const float *w,
+                                       const float *b, int B)
+{
+    constexpr int T = (IH / P) * (IW / P);
+    im2col_kernel<C, IH, IW, P><<<blocks_for((int64_t)B * T * C * P * P, 256), 256, 0, k->stream>>>(cols, img, B);
+    LAUNCH_CHECK();
+    linear_forward(k, out, cols, w, b, B * T, C * P * P, D);
+}
+
+template <int C, int IH, int IW, int P, int D>
+static inline void patch_embed_backward(const kctx *k, float *dw, float *db, const float *dout, const float *cols,
+                                        int B)
+{
+    constexpr int T = (IH / P) * (IW / P);
+    linear_backward(k, nullptr, dw, db, dout, cols, nullptr, B * T, C * P * P, D, 0);
+}
+
+/* out[B, T+1, D]: the class token, then inp[B, T, D] */
+static __global__ void cls_token_kernel(float *out, const float *inp, const float *cls, int B, int T, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * (T + 1) * D)
+        return;
+    const int64_t b = i / ((int64_t)(T + 1) * D);
+    const int r = (int)(i % ((int64_t)(T + 1) * D));
+    out[i] = r < D ? cls[r] : inp[b * T * D + r - D];
+}
+
+static __global__ void cls_token_back_kernel(float *dinp, const float *dout, int B, int T, int D, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * T * D)
+        return;
+    const int64_t b = i / ((int64_t)T * D);
+    const float v = dout[b * (T + 1) * D + D + i % ((int64_t)T * D)];
+    dinp[i] = acc ? dinp[i] + v : v;
+}
+
+static inline void cls_token_forward(const kctx *k, float *out, const float *inp, const float *cls, int B, int T,
+                                     int D)
+{
+    cls_token_kernel<<<blocks_for((int64_t)B * (T + 1) * D, 256), 256, 0, k->stream>>>(out, inp, cls, B, T, D);
+    LAUNCH_CHECK();
+}
+
+/* dcls += the class-token rows summed over the batch */
+static inline void cls_token_backward(const kctx *k, float *dinp, float *dcls, const float *dout, int B, int T, int D,
+                                      int acc)
+{
+    cls_token_back_kernel<<<blocks_for((int64_t)B * T * D, 256), 256, 0, k->stream>>>(dinp, dout, B, T, D, acc);
+    LAUNCH_CHECK();
+    /* the first D of each sample's (T+1)*D values are the class token's */
+    colsum_add(k, dcls, dout, B, D, 1, 0, 0, (int64_t)(T + 1) * D);
+}
+
+static __global__ void pos_add_kernel(float *out, const float *inp, const float *pos, int64_t n, int64_t TD)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = inp[i] + pos[i % TD];
+}
+
+static inline void pos_embed_forward(const kctx *k, float *out, const float *inp, const float *pos, int B, int T,
+                                     int D)
+{
+    const int64_t n = (int64_t)B * T * D;
+    pos_add_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, pos, n, (int64_t)T * D);
+    LAUNCH_CHECK();
+}
+
+/* dpos may be NULL (a fixed table) */
+static inline void pos_embed_backward(const kctx *k, float *dinp, float *dpos, const float *dout, int B, int T, int D,
+                                      int acc)
+{
+    grad_pass(k, dinp, dout, (int64_t)B * T * D, acc);
+    if (dpos)
+        colsum_add(k, dpos, dout, B, T * D);
+}
+
+/* The fixed 2-D sine-cosine table of MAE for a GH x GW grid, a zero row
+ * first with a class token (ops.h: sincos_table; sin and cos in double) */
+static __global__ void sincos_table_kernel(float *pos, int GH, int GW, int D, int cls)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)(GH * GW + cls) * D)
+        return;
+    const int row = (int)(i / D) - cls, c = (int)(i % D), q = D / 4;
+    if (row < 0 || c >= 4 * q) {
+        pos[i] = 0.0f;
+        return;
+    }
+    const int y = row / GW, x = row % GW, j = c % q, part = c / q;
+    const double omega = 1.0 / pow(10000.0, (double)j / q);
+    const double arg = (part < 2 ? x : y) * omega;
+    pos[i] = (float)(part % 2 == 0 ? sin(arg) : cos(arg));
+}
+
+static inline void sincos_table(const kctx *k, float *pos, int GH, int GW, int D, int cls)
+{
+    sincos_table_kernel<<<blocks_for((int64_t)(GH * GW + cls) * D, 256), 256, 0, k->stream>>>(pos, GH, GW, D, cls);
+    LAUNCH_CHECK();
+}
+
+/* ---- hierarchical models: convolution stem, windows, 2x2 token merge --------------------------------
+ * One thread an element, in the layouts of ops.h's functions of the same
+ * names (the CPU reference); sums in the order the CPU adds them where
+ * there is one order, so that fp32 agrees to rounding. */
+
+/* (b, y, x) of position t of row-major H x W grids laid one after another */
+__device__ static inline void grid_pos(int64_t t, int H, int W, int &b, int &y, int &x)
+{
+    x = (int)(t % W);
+    y = (int)(t / W % H);
+    b = (int)(t / ((int64_t)W * H));
+}
+
+/* the same in 32 bits (t < 2^31) */
+__device__ static inline void grid_pos(int t, int H, int W, int &b, int &y, int &x)
+{
+    x = t % W;
+    y = t / W % H;
+    b = t / (W * H);
+}
+
+/* the element of img[B, C, H, W] (nhwc = 0) or img[B, H*W, C] (nhwc = 1) */
+__device__ static inline int64_t conv_at(int b, int c, int y, int x, int C, int H, int W, int nhwc)
+{
+    return nhwc ? ((int64_t)b * H * W + (int64_t)y * W + x) * C + c : (((int64_t)b * C + c) * H + y) * W + x;
+}
+
+static __global__ void conv_im2col_kernel(float *cols, const float *img, int B, int C, int H, int W, int K, int S,
+                                          int pad, int nhwc, int OH, int OW)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, CKK = (int64_t)C * K * K;
+    if (i >= (int64_t)B * OH * OW * CKK)
+        return;
+    const int j = (int)(i % CKK);
+    int b, oy, ox;
+    grid_pos(i / CKK, OH, OW, b, oy, ox);
+    const int c = j / (K * K), ky = j / K % K, kx = j % K;
+    const int y = oy * S + ky - pad, x = ox * S + kx - pad;
+    cols[i] = y >= 0 && y < H && x >= 0 && x < W ? img[conv_at(b, c, y, x, C, H, W, nhwc)] : 0.0f;
+}
+
+/* cols[B*OH*OW, C*K*K]: the K x K neighbourhoods (zero padding pad, stride
+ * S) of img, columns (c, ky, kx) as a [*, C, K, K] weight's */
+static inline void conv_im2col(const kctx *k, float *cols, const float *img, int B, int C, int H, int W, int K, int S,
+                               int pad, int nhwc)
+{
+    const int OH = (H + 2 * pad - K) / S + 1, OW = (W + 2 * pad - K) / S + 1;
+    conv_im2col_kernel<<<blocks_for((int64_t)B * OH * OW * C * K * K, 256), 256, 0, k->stream>>>(
+        cols, img, B, C, H, W, K, S, pad, nhwc, OH, OW);
+    LAUNCH_CHECK();
+}
+
+/* one thread a pixel: the sum of the gradients of the neighbourhoods that
+ * cover it, in the CPU's order (oy, then ox) */
+static __global__ void conv_col2im_kernel(float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S,
+                                          int pad, int nhwc, int OH, int OW, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * C * H * W)
+        return;
+    int b, c, y, x;
+    if (nhwc) {
+        c = (int)(i % C);
+        grid_pos(i / C, H, W, b, y, x);
+    } else {
+        x = (int)(i % W), y = (int)(i / W % H), c = (int)(i / ((int64_t)W * H) % C), b = (int)(i / ((int64_t)W * H * C));
+    }
+    const int64_t CKK = (int64_t)C * K * K;
+    /* the neighbourhoods over the pixel: 0 <= y + pad - oy * S < K */
+    const int yp = y + pad, xp = x + pad;
+    const int oy0 = yp >= K ? (yp - K) / S + 1 : 0, oy1 = min(OH - 1, yp / S);
+    const int ox0 = xp >= K ? (xp - K) / S + 1 : 0, ox1 = min(OW - 1, xp / S);
+    float sum = acc ? dimg[i] : 0.0f;
+    for (int oy = oy0; oy <= oy1; oy++) {
+        const int ky = yp - oy * S;
+        for (int ox = ox0; ox <= ox1; ox++) {
+            const int kx = xp - ox * S;
+            sum += dcols[(((int64_t)b * OH + oy) * OW + ox) * CKK + ((int64_t)c * K + ky) * K + kx];
+        }
+    }
+    dimg[i] = sum;
+}
+
+/* dimg (+)= the adjoint of conv_im2col: each pixel's share of the
+ * neighbourhoods' gradients dcols */
+static inline void conv_col2im(const kctx *k, float *dimg, const float *dcols, int B, int C, int H, int W, int K, int S,
+                               int pad, int nhwc, int acc)
+{
+    const int OH = (H + 2 * pad - K) / S + 1, OW = (W + 2 * pad - K) / S + 1;
+    conv_col2im_kernel<<<blocks_for((int64_t)B * C * H * W, 256), 256, 0, k->stream>>>(dimg, dcols, B, C, H, W, K, S,
+                                                                                        pad, nhwc, OH, OW, acc);
+    LAUNCH_CHECK();
+}
+
+/* dimg[B, C, IH, IW] (+)= the gradient of the image under patch_embed's
+ * patches (dcols: scratch, [B*T, C*P*P]): a convolution stem's output */
+static inline void patch_embed_input_backward(const kctx *k, float *dimg, float *dcols, const float *dout,
+                                              const float *w, int B, int C, int IH, int IW, int P, int D, int acc)
+{
+    const int T = (IH / P) * (IW / P);
+    mm_nn(k, dcols, dout, w, B * T, C * P * P, D, 0.0f);
+    conv_col2im(k, dimg, dcols, B, C, IH, IW, P, P, 0, 0, acc);
+}
+
+/* a block a 32 x 32 tile of one sample: read along c, written along r
+ * (through shared memory, a column of padding against bank conflicts), so
+ * that both sides move whole rows of 128 bytes */
+static __global__ void transpose_rc_kernel(float *out, const float *inp, int R, int C, int acc)
+{
+    __shared__ float tile[32][33];
+    const int c0 = (int)blockIdx.x * 32, r0 = (int)blockIdx.y * 32, tx = (int)threadIdx.x;
+    const float *in = inp + (int64_t)blockIdx.z * R * C;
+    float *o = out + (int64_t)blockIdx.z * R * C;
+    for (int j = (int)threadIdx.y; j < 32; j += (int)blockDim.y)
+        if (r0 + j < R && c0 + tx < C)
+            tile[j][tx] = in[(int64_t)(r0 + j) * C + c0 + tx];
+    __syncthreads();
+    for (int j = (int)threadIdx.y; j < 32; j += (int)blockDim.y)
+        if (c0 + j < C && r0 + tx < R) {
+            float *p = o + (int64_t)(c0 + j) * R + r0 + tx;
+            *p = acc ? *p + tile[tx][j] : tile[tx][j];
+        }
+}
+
+/* out[b, c, r] (+)= inp[b, r, c]: [B, R, C] to [B, C, R] */
+static inline void transpose_rc(const kctx *k, float *out, const float *inp, int B, int R, int C, int acc)
+{
+    const dim3 grid((unsigned)((C + 31) / 32), (unsigned)((R + 31) / 32), (unsigned)B);
+    transpose_rc_kernel<<<grid, dim3(32, 8), 0, k->stream>>>(out, inp, R, C, acc);
+    LAUNCH_CHECK();
+}
+
+/* the row of grid token (b, y, x) in the windows' layout */
+__device__ static inline int64_t window_row(int b, int y, int x, int GH, int GW, int WS)
+{
+    const int NWX = GW / WS;
+    return ((int64_t)b * (GH / WS) * NWX + (int64_t)(y / WS) * NWX + x / WS) * WS * WS + (int64_t)(y % WS) * WS +
+           x % WS;
+}
+
+/* d[0, V) (+)= x[0, V) */
+template <int V> __device__ static inline void vput(float *d, float (&x)[V], int acc)
+{
+    if (acc) {
+        float o[V];
+        vload<V>(o, d);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = o[j] + x[j];
+    }
+    vstore<V>(d, x);
+}
+
+/* d[0, V) (+)= s[0, V) */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc)
+{
+    float x[V];
+    vload<V>(x, s);
+    vput<V>(d, x, acc);
+}
+
+/* d[0, V) (+)= s[0, V) * a */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc, float a)
+{
+    float x[V];
+    vload<V>(x, s);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] *= a;
+    vput<V>(d, x, acc);
+}
+
+/* the passes below move rows of C floats V at a time (V = 4 where C is a
+ * multiple of 4 and the buffers 16-byte aligned), their indices in 32 bits
+ * (rows < 2^31) */
+template <int V>
+static __global__ void window_permute_kernel(float *dst, const float *src, int rows, int GH, int GW, int WS, int C,
+                                             int to_windows, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int CV = C / V;
+    if (i >= (int64_t)rows * CV)
+        return;
+    const int r = (int)(i / CV), c = (int)(i % CV) * V;
+    int b, y, x;
+    grid_pos(r, GH, GW, b, y, x);
+    const int64_t w = window_row(b, y, x, GH, GW, WS) * C + c, g = (int64_t)r * C + c;
+    vcopy<V>(dst + (to_windows ? w : g), src + (to_windows ? g : w), acc);
+}
+
+/* Swin's window partition of grid[B, GH*GW, C] into win[B * nW, WS*WS, C];
+ * to_windows: win (+)= grid, else grid (+)= win */
+static inline void window_permute(const kctx *k, float *dst, const float *src, int B, int GH, int GW, int WS, int C,
+                                  int to_windows, int acc)
+{
+    const int rows = B * GH * GW;
+    launch_vec(k, vec4_ok(C, dst, src), (int64_t)rows * C, window_permute_kernel<4>, window_permute_kernel<1>, dst, src,
+               rows, GH, GW, WS, C, to_windows, acc);
+}
+
+static __global__ void grid_pool_fwd_kernel(float *out, const float *inp, int B, int GH, int GW, int WS, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * WS * WS * D)
+        return;
+    const int d = (int)(i % D), t = (int)(i / D % (WS * WS)), b = (int)(i / ((int64_t)D * WS * WS));
+    const int CH = GH / WS, CW = GW / WS, y0 = t / WS * CH, x0 = t % WS * CW;
+    float sum = 0.0f;
+    for (int y = y0; y < y0 + CH; y++)
+        for (int x = x0; x < x0 + CW; x++)
+            sum += inp[((int64_t)b * GH * GW + (int64_t)y * GW + x) * D + d];
+    out[i] = sum * (1.0f / (float)(CH * CW));
+}
+
+/* GCViT's global tokens: out[B, WS*WS, D], the grid inp[B, GH*GW, D]
+ * averaged over cells of (GH/WS) x (GW/WS) tokens */
+static inline void grid_pool_forward(const kctx *k, float *out, const float *inp, int B, int GH, int GW, int WS, int D)
+{
+    grid_pool_fwd_kernel<<<blocks_for((int64_t)B * WS * WS * D, 256), 256, 0, k->stream>>>(out, inp, B, GH, GW, WS, D);
+    LAUNCH_CHECK();
+}
+
+template <int V>
+static __global__ void grid_pool_bwd_kernel(float *dinp, const float *dout, int rows, int GH, int GW, int WS, int D,
+                                            int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int DV = D / V;
+    if (i >= (int64_t)rows * DV)
+        return;
+    const int r = (int)(i / DV), d = (int)(i % DV) * V;
+    int b, y, x;
+    grid_pos(r, GH, GW, b, y, x);
+    const int CH = GH / WS, CW = GW / WS;
+    const float inv = 1.0f / (float)(CH * CW);
+    vcopy<V>(dinp + (int64_t)r * D + d, dout + ((int64_t)b * WS * WS + (int64_t)(y / CH) * WS + x / CW) * D + d, acc,
+             inv);
+}
+
+static inline void grid_pool_backward(const kctx *k, float *dinp, const float *dout, int B, int GH, int GW, int WS,
+                                      int D, int acc)
+{
+    const int rows = B * GH * GW;
+    launch_vec(k, vec4_ok(D, dinp, dout), (int64_t)rows * D, grid_pool_bwd_kernel<4>, grid_pool_bwd_kernel<1>, dinp,
+               dout, rows, GH, GW, WS, D, acc);
+}
+
+template <int V>
+static __global__ void global_window_qkv_kernel(float *qkv, const float *q, const float *kv, int B, int GH, int GW,
+                                                int WS, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int NWX = GW / WS, NW = (GH / WS) * NWX, WT = WS * WS, JV = 3 * D / V;
+    if (i >= (int64_t)B * NW * WT * JV)
+        return;
+    const int j = (int)(i % JV) * V, r = (int)(i / JV);
+    int b, w, t; /* sample, window, token */
+    grid_pos(r, NW, WT, b, w, t);
+    const int y = w / NWX * WS + t / WS, x = w % NWX * WS + t % WS;
+    vcopy<V>(qkv + (int64_t)r * 3 * D + j,
+             j < D ? q + ((int64_t)b * WT + t) * D + j : kv + ((int64_t)b * GH * GW + (int64_t)y * GW + x) * 2 * D + j - D,
+             0);
+}
+
+/* GCViT's global attention input: qkv[B * nW, WS*WS, 3D], every window
+ * with its sample's global queries q[B, WS*WS, D] and its own tokens' keys
+ * and values from kv[B, GH*GW, 2D] (grid order) */
+static inline void global_window_qkv(const kctx *k, float *qkv, const float *q, const float *kv, int B, int GH, int GW,
+                                     int WS, int D)
+{
+    const int64_t n = (int64_t)B * (GH / WS) * (GW / WS) * WS * WS * 3 * D;
+    launch_vec(k, vec4_ok(D, qkv, q, kv), n, global_window_qkv_kernel<4>, global_window_qkv_kernel<1>, qkv, q, kv, B, GH,
+               GW, WS, D);
+}
+
+/* dq[b, t, d]: the queries' gradients summed over the sample's windows, in
+ * window order */
+static __global__ void global_q_bwd_kernel(float *dq, const float *dqkv, int B, int NW, int WT, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * WT * D)
+        return;
+    const int d = (int)(i % D), t = (int)(i / D % WT), b = (int)(i / ((int64_t)D * WT));
+    float sum = 0.0f;
+    for (int w = 0; w < NW; w++)
+        sum += dqkv[(((int64_t)b * NW + w) * WT + t) * 3 * D + d];
+    dq[i] = sum;
+}
+
+/* dkv[b, y*GW + x, j] = the gradient of the key or value at that token */
+template <int V> static __global__ void global_kv_bwd_kernel(float *dkv, const float *dqkv, int rows, int GH, int GW, int WS, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int JV = 2 * D / V;
+    if (i >= (int64_t)rows * JV)
+        return;
+    const int r = (int)(i / JV), j = (int)(i % JV) * V;
+    int b, y, x;
+    grid_pos(r, GH, GW, b, y, x);
+    vcopy<V>(dkv + (int64_t)r * 2 * D + j, dqkv + window_row(b, y, x, GH, GW, WS) * 3 * D + D + j, 0);
+}
+
+/* the adjoint of global_window_qkv: dq[B, WS*WS, D] and dkv[B, GH*GW, 2D],
+ * both written */
+static inline void global_window_qkv_backward(const kctx *k, float *dq, float *dkv, const float *dqkv, int B, int GH,
+                                              int GW, int WS, int D)
+{
+    const int NW = (GH / WS) * (GW / WS), WT = WS * WS;
+    global_q_bwd_kernel<<<blocks_for((int64_t)B * WT * D, 256), 256, 0, k->stream>>>(dq, dqkv, B, NW, WT, D);
+    LAUNCH_CHECK();
+    const int rows = B * GH * GW;
+    launch_vec(k, vec4_ok(D, dkv, dqkv), (int64_t)rows * 2 * D, global_kv_bwd_kernel<4>, global_kv_bwd_kernel<1>, dkv,
+               dqkv, rows, GH, GW, WS, D);
+}
+
+/* element i of the merged out[B, (GH/2)*(GW/2), 4D]: its source in
+ * inp[B, GH*GW, D] (the neighbourhood's tokens in Swin's order (2y, 2x),
+ * (2y+1, 2x), (2y, 2x+1), (2y+1, 2x+1)) */
+__device__ static inline int64_t merge2x2_src(int64_t i, int GH, int GW, int D)
+{
+    const int OH = GH / 2, OW = GW / 2;
+    const int c = (int)(i % D), q = (int)(i / D % 4);
+    int b, y, x;
+    grid_pos(i / (4 * D), OH, OW, b, y, x);
+    return ((int64_t)b * GH * GW + (int64_t)(2 * y + q % 2) * GW + 2 * x + q / 2) * D + c;
+}
+
+static __global__ void merge2x2_fwd_kernel(float *out, const float *inp, int64_t n, int GH, int GW, int D)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = inp[merge2x2_src(i, GH, GW, D)];
+}
+
+static __global__ void merge2x2_bwd_kernel(float *dinp, const float *dout, int64_t n, int GH, int GW, int D, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const int64_t s = merge2x2_src(i, GH, GW, D); /* each input element is one output's */
+    dinp[s] = acc ? dinp[s] + dout[i] : dout[i];
+}
+
+/* Swin's patch merging: out[B, (GH/2)*(GW/2), 4D] */
+static inline void merge2x2_forward(const kctx *k, float *out, const float *inp, int B, int GH, int GW, int D)
+{
+    const int64_t n = (int64_t)B * GH * GW * D;
+    merge2x2_fwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, n, GH, GW, D);
+    LAUNCH_CHECK();
+}
+
+static inline void merge2x2_backward(const kctx *k, float *dinp, const float *dout, int B, int GH, int GW, int D,
+                                     int acc)
+{
+    const int64_t n = (int64_t)B * GH * GW * D;
+    merge2x2_bwd_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(dinp, dout, n, GH, GW, D, acc);
+    LAUNCH_CHECK();
+}
+
+/* ---- layer norm -------------------------------------------------------------------------------- */
+
+/* one warp per row; each lane keeps D/32 values in registers. out16: the
+ * output in bf16 there instead of out (bf16 precision, where only a
+ * product takes it) */
+template <int D>
+static __global__ void layernorm_fwd_kernel(float *out, __nv_bfloat16 *out16, float *mean, float *rstd,
+                                            const float *inp, const float *w, const float *b, int N, float eps)
+{
+    constexpr int PER = (D + 31) / 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N)
+        return;
+    const float *x = inp + (int64_t)row * D;
+    float v[PER];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = lane + 32 * j;
+        v[j] = i < D ? x[i] : 0.0f;
+        s += v[j];
+    }
+    const float m = warp_sum(s) / D;
+    float q = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = lane + 32 * j;
+        const float d = i < D ? v[j] - m : 0.0f;
+        q += d * d;
+    }
+    const float r = 1.0f / sqrtf(warp_sum(q) / D + eps);
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = lane + 32 * j;
+        if (i >= D)
+            continue;
+        const float y = (v[j] - m) * r * w[i] + b[i];
+        if (out16)
+            out16[(int64_t)row * D + i] = __float2bfloat16_rn(y);
+        else
+            out[(int64_t)row * D + i] = y;
+    }
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = r;
+    }
+}
+
+#define LN_BLOCKS 1024 /* blocks of the backward pass (8 a Hopper SM): partial sums of dw, db */
+
+/* dx per row (a warp each); the block's partial sums of dw and db go to
+ * part[block][2D] and are added up in block order afterwards */
+template <int D>
+static __global__ void layernorm_bwd_kernel(float *dinp, float *part, const float *dout, const float *inp,
+                                            const float *w, const float *mean, const float *rstd, int N, int acc)
+{
+    constexpr int PER = (D + 31) / 32;
+    extern __shared__ float sm[]; /* [warps][2D] */
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float dw[PER], db[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++)
+        dw[j] = db[j] = 0.0f;
+    for (int row = blockIdx.x * warps + wid; row < N; row += gridDim.x * warps) {
+        const float *g = dout + (int64_t)row * D, *x = inp + (int64_t)row * D;
+        const float m = mean[row], s = rstd[row];
+        float xh[PER], gw[PER], sg = 0.0f, sgx = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            const int i = lane + 32 * j;
+            if (i < D) {
+                xh[j] = (x[i] - m) * s;
+                const float gi = g[i];
+                gw[j] = gi * w[i];
+                dw[j] += gi * xh[j];
+                db[j] += gi;
+            } else {
+                xh[j] = gw[j] = 0.0f;
+            }
+            sg += gw[j];
+            sgx += gw[j] * xh[j];
+        }
+        sg = warp_sum(sg) / D;
+        sgx = warp_sum(sgx) / D;
+        float *dx = dinp + (int64_t)row * D;
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            const int i = lane + 32 * j;
+            if (i < D) {
+                const float v = (gw[j] - sg - xh[j] * sgx) * s;
+                dx[i] = acc ? dx[i] + v : v;
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int i = lane + 32 * j;
+        if (i < D) {
+            sm[wid * 2 * D + i] = dw[j];
+            sm[wid * 2 * D + D + i] = db[j];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 2 * D; i += blockDim.x) {
+        float a = 0.0f;
+        for (int q = 0; q < warps; q++)
+            a += sm[q * 2 * D + i];
+        part[(int64_t)blockIdx.x * 2 * D + i] = a;
+    }
+}
+
+/* dw, db += the sums of the partials part[nblocks, 2D], on LN_FINAL_LANES
+ * lanes of partials (one thread per column, summing all 1024 partials,
+ * took 28 us on config S) */
+#define LN_FINAL_LANES 32
+static __global__ void layernorm_bwd_final_kernel(float *dw, float *db, const float *part, int D, int nblocks)
+{
+    const int i = blockIdx.x * 32 + (int)threadIdx.x % 32;
+    const float t = lanes_col_sum<LN_FINAL_LANES>(part + i, 2 * D, 0, nblocks, i < 2 * D);
+    if (threadIdx.x / 32 != 0 || i >= 2 * D)
+        return;
+    if (i < D)
+        dw[i] += t;
+    else
+        db[i - D] += t;
+}
+
+template <int D>
+static inline void layernorm_forward(const kctx *k, float *out, float *mean, float *rstd, const float *inp,
+                                     const float *w, const float *b, int N, float eps, __nv_bfloat16 *out16 = nullptr)
+{
+    layernorm_fwd_kernel<D><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(out, out16, mean, rstd, inp, w, b, N, eps);
+    LAUNCH_CHECK();
+}
+
+/* the backward's shared memory: 8 warps' partial sums of dw and db */
+template <int D> constexpr int ln_bwd_smem()
+{
+    return 8 * 2 * D * (int)sizeof(float);
+}
+
+/* Widths above 768 need more than the 48 KiB of shared memory a launch
+ * gets by default (1024: 64 KiB): model.cu's dev_init_tables asks for it
+ * once per width, before any step is captured. */
+template <int D> static inline void layernorm_setup()
+{
+    static_assert(ln_bwd_smem<D>() <= 227 * 1024, "layer norm width too large for the backward kernel");
+    CUDA_CHECK(cudaFuncSetAttribute(layernorm_bwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    ln_bwd_smem<D>()));
+}
+
+template <int D>
+static inline void layernorm_backward(const kctx *k, float *dinp, float *dw, float *db, const float *dout,
+                                      const float *inp, const float *w, const float *mean, const float *rstd, int N,
+                                      int acc)
+{
+    static_assert(ln_bwd_smem<D>() <= 227 * 1024, "layer norm width too large for the backward kernel");
+    layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, ln_bwd_smem<D>(), k->stream>>>(dinp, k->red, dout, inp, w, mean, rstd,
+                                                                              N, acc);
+    LAUNCH_CHECK();
+    layernorm_bwd_final_kernel<<<(unsigned)((2 * D + 31) / 32), 32 * LN_FINAL_LANES, 0, k->stream>>>(dw, db, k->red, D,
+                                                                                                   LN_BLOCKS);
+    LAUNCH_CHECK();
+}
+
+/* ---- attention: one block per (sample, head), everything in shared memory ------------------------ */
+
+/* Rows of q, k, v, g in shared memory are HD + 4 floats apart: 16-byte
+ * aligned for float4 loads along the head width, and rows of consecutive
+ * threads fall in different banks. */
+template <int HD> __host__ __device__ constexpr int attn_ld()
+{
+    return HD + 4;
+}
+
+template <int T, int HD> constexpr int attn_fwd_smem()
+{
+    return (int)sizeof(float) * (3 * T * attn_ld<HD>() + T * T);
+}
+
+template <int T, int HD> constexpr int attn_bwd_smem()
+{
+    return (int)sizeof(float) * (4 * T * attn_ld<HD>() + 2 * T * T);
+}
+
+/* x . y over HD floats, both 16-byte aligned */
+template <int HD> __device__ static inline float dot_hd(const float *x, const float *y)
+{
+    float acc = 0.0f;
+#pragma unroll
+    for (int c = 0; c < HD; c += 4) {
+        const float4 a = *reinterpret_cast<const float4 *>(x + c), b = *reinterpret_cast<const float4 *>(y + c);
+        acc += a.x * b.x;
+        acc += a.y * b.y;
+        acc += a.z * b.z;
+        acc += a.w * b.w;
+    }
+    return acc;
+}
+
+/* out[r][c..c+3] = sum over i < T of w(r, i) * m[i][c..c+3] (m: rows L
+ * apart), for every r < T and c a multiple of 4: one thread per (r, c/4) */
+template <int T, int HD, typename W>
+__device__ static inline void attn_rows_times(W w, const float *m, float *out, int64_t ldo)
+{
+    constexpr int L = attn_ld<HD>(), C4 = HD / 4;
+    for (int i = threadIdx.x; i < T * C4; i += blockDim.x) {
+        const int r = i / C4, c = (i % C4) * 4;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int j = 0; j < T; j++) {
+            const float x = w(r, j);
+            const float4 v = *reinterpret_cast<const float4 *>(m + j * L + c);
+            acc.x += x * v.x;
+            acc.y += x * v.y;
+            acc.z += x * v.z;
+            acc.w += x * v.w;
+        }
+        float *o = out + (int64_t)r * ldo + c;
+        o[0] = acc.x;
+        o[1] = acc.y;
+        o[2] = acc.z;
+        o[3] = acc.w;
+    }
+}
+
+#define ATTN_THREADS 256 /* every attention kernel's block */
+
+/* dst(i, src(i)) for every i < N, the block's threads sharing the i: each
+ * thread issues up to 16 loads before it stores any, so that the block
+ * waits one memory latency per 16 elements a thread, where a loop of
+ * load-store pairs waited for each (Nsight Compute: the attention kernels
+ * were bound by it, on tensor cores as without). */
+template <int N, typename Src, typename Dst> __device__ static inline void attn_stage(Src src, Dst dst)
+{
+    constexpr int PER = (N + ATTN_THREADS - 1) / ATTN_THREADS, per_batch = PER < 16 ? PER : 16;
+    for (int j0 = 0; j0 < PER; j0 += per_batch) {
+        float r[per_batch];
+#pragma unroll
+        for (int j = 0; j < per_batch; j++) {
+            const int i = (int)threadIdx.x + (j0 + j) * ATTN_THREADS;
+            r[j] = i < N ? src(i) : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < per_batch; j++) {
+            const int i = (int)threadIdx.x + (j0 + j) * ATTN_THREADS;
+            if (i < N)
+                dst(i, r[j]);
+        }
+    }
+}
+
+/* rows t < ROWS of dst (attn_ld apart, HD wide) from src's rows (ld
+ * apart); rows from T on zero */
+template <int T, int HD, int ROWS> __device__ static inline void attn_load(float *dst, const float *src, int64_t ld)
+{
+    constexpr int L = attn_ld<HD>();
+    attn_stage<ROWS * HD>([&](int i) { return i / HD < T ? src[(int64_t)(i / HD) * ld + i % HD] : 0.0f; },
+                          [&](int i, float x) { dst[i / HD * L + i % HD] = x; });
+}
+
+/* dst[ROWS, ROWS] (rows LD apart) from the weights src[T, T]; zero past T */
+template <int T, int ROWS, int LD> __device__ static inline void attn_load_weights(float *dst, const float *src)
+{
+    attn_stage<ROWS * ROWS>([&](int i) { return i / ROWS < T && i % ROWS < T ? src[i / ROWS * T + i % ROWS] : 0.0f; },
+                            [&](int i, float x) { dst[i / ROWS * LD + i % ROWS] = x; });
+}
+
+/* The fp32 backward's inputs of sample b, head h (bh = b * NH + h) in
+ * shared memory: q, k, v from qkv, g from dout (T rows attn_ld apart) and
+ * the weights a (T x T) */
+template <int T, int HD, int NH>
+__device__ static inline void attn_bwd_load(float *q, float *kk, float *v, float *g, float *a, const float *qkv,
+                                            const float *dout, const float *att, int bh)
+{
+    constexpr int D = NH * HD, D3 = 3 * D;
+    const int b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, T>(q, base, D3);
+    attn_load<T, HD, T>(kk, base + D, D3);
+    attn_load<T, HD, T>(v, base + 2 * D, D3);
+    attn_load<T, HD, T>(g, dout + (int64_t)b * T * D + h * HD, D);
+    attn_load_weights<T, T, T>(a, att + (int64_t)bh * T * T);
+}
+
+/* One row of the weights, by one warp: r[u] = the softmax of r over u < T,
+ * copied to a[u]; r[u] = 0 for T <= u < W (the tensor-core kernels'
+ * padding) */
+template <int T, int W> __device__ static inline void attn_softmax_row(float *r, float *a, int lane)
+{
+    float mx = -INFINITY;
+    for (int u = lane; u < T; u += 32)
+        mx = fmaxf(mx, r[u]);
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int u = lane; u < T; u += 32) {
+        const float e = expf(r[u] - mx);
+        r[u] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / warp_sum(sum);
+    for (int u = lane; u < W; u += 32) {
+        if (u < T) {
+            r[u] *= inv;
+            a[u] = r[u];
+        } else {
+            r[u] = 0.0f;
+        }
+    }
+}
+
+/* One row back through the softmax and the scale, by one warp: ds[u] =
+ * p[u] (ds[u] - p . ds) scale for u < T (ds: the weights' gradient) */
+template <int T> __device__ static inline void attn_softmax_bwd_row(float *ds, const float *p, float scale, int lane)
+{
+    float sdot = 0.0f;
+    for (int u = lane; u < T; u += 32)
+        sdot += p[u] * ds[u];
+    sdot = warp_sum(sdot);
+    for (int u = lane; u < T; u += 32)
+        ds[u] = p[u] * (ds[u] - sdot) * scale;
+}
+
+/* qkv[B, T, 3D] -> att[B, NH, T, T] (softmax weights, saved), out[B, T, D] */
+template <int T, int HD, int NH> static __global__ void attention_fwd_kernel(float *out, float *att, const float *qkv)
+{
+    static_assert(HD % 4 == 0, "attention: the head width must be a multiple of 4");
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>();
+    extern __shared__ float4 sm4[];
+    float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *s = v + T * L;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, T>(q, base, D3);
+    attn_load<T, HD, T>(kk, base + D, D3);
+    attn_load<T, HD, T>(v, base + 2 * D, D3);
+    __syncthreads();
+    const float scale = 1.0f / sqrtf((float)HD);
+    for (int i = threadIdx.x; i < T * T; i += blockDim.x) {
+        const int t = i / T, u = i % T;
+        s[i] = dot_hd<HD>(q + t * L, kk + u * L) * scale;
+    }
+    __syncthreads();
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + (int64_t)bh * T * T;
+    for (int t = wid; t < T; t += warps)
+        attn_softmax_row<T, T>(s + t * T, a + t * T, lane);
+    __syncthreads();
+    /* out = att v */
+    attn_rows_times<T, HD>([&](int t, int u) { return s[t * T + u]; }, v, out + (int64_t)b * T * D + h * HD, D);
+}
+
+/* dqkv[B, T, 3D] (written whole) from dout[B, T, D] */
+template <int T, int HD, int NH>
+static __global__ void attention_bwd_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>();
+    extern __shared__ float4 sm4[];
+    float *q = reinterpret_cast<float *>(sm4), *kk = q + T * L, *v = kk + T * L, *g = v + T * L, *a = g + T * L,
+          *ds = a + T * T;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    attn_bwd_load<T, HD, NH>(q, kk, v, g, a, qkv, dout, att, bh);
+    __syncthreads();
+    float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
+    /* dv = att^T g ; datt = g v^T */
+    attn_rows_times<T, HD>([&](int u, int t) { return a[t * T + u]; }, g, dv, D3);
+    for (int i = threadIdx.x; i < T * T; i += blockDim.x) {
+        const int t = i / T, u = i % T;
+        ds[i] = dot_hd<HD>(g + t * L, v + u * L);
+    }
+    __syncthreads();
+    /* through the softmax and the scale */
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int t = wid; t < T; t += warps)
+        attn_softmax_bwd_row<T>(ds + t * T, a + t * T, scale, lane);
+    __syncthreads();
+    /* dq = ds k ; dk = ds^T q */
+    attn_rows_times<T, HD>([&](int t, int u) { return ds[t * T + u]; }, kk, dq, D3);
+    attn_rows_times<T, HD>([&](int u, int t) { return ds[t * T + u]; }, q, dk, D3);
+}
+
+/* ---- attention on tensor cores (the reduced-precision mode) -----------------------------------------
+ * The same sums as above with the four products of the forward and the
+ * backward on tensor cores: WMMA tiles of 16 x 16 x 8 with TF32 operands
+ * (the precision cuBLAS uses for the other products in this mode) and
+ * fp32 accumulation; the softmax and its backward stay in fp32. The
+ * sequence is padded with zero rows to TP, a multiple of 16; the padded
+ * columns of the weights are zero, so they add nothing. fp32 mode keeps
+ * the kernels above.
+ * Shared memory bounds how many blocks share an SM, and with them how
+ * much of a block's wait on its loads the others hide; so each kernel
+ * loads an operand only when its phase comes, into the room of one that
+ * is done with: the forward holds two of q, k, v at a time plus the
+ * scores (3 blocks an SM for heads of 64 and 65 tokens, where all three
+ * allowed 2), the backward two of q, k, v, g plus the weights and their
+ * gradient (2 blocks an SM, where all four allowed 1). */
+
+template <int T> __host__ __device__ constexpr int attn_tp()
+{
+    return (T + 15) / 16 * 16;
+}
+
+/* rows of the T x T weights and their gradients in shared memory */
+template <int T> __host__ __device__ constexpr int attn_lds()
+{
+    return attn_tp<T>() + 4;
+}
+
+template <int T, int HD> constexpr int attn_tc_fwd_smem()
+{
+    return (int)sizeof(float) * (2 * attn_tp<T>() * attn_ld<HD>() + attn_tp<T>() * attn_lds<T>());
+}
+
+/* the backward's room for the weights, which q takes over: the larger of
+ * the two (q's rows are the wider when the sequence is shorter than the
+ * head, as DAMEX's 16 tokens with heads of 32) */
+template <int T, int HD> __host__ __device__ constexpr int attn_tc_aq_room()
+{
+    return attn_tp<T>() * (attn_lds<T>() > attn_ld<HD>() ? attn_lds<T>() : attn_ld<HD>());
+}
+
+template <int T, int HD> constexpr int attn_tc_bwd_smem()
+{
+    return (int)sizeof(float) *
+           (2 * attn_tp<T>() * attn_ld<HD>() + attn_tc_aq_room<T, HD>() + attn_tp<T>() * attn_lds<T>());
+}
+
+/* whether the shape runs on tensor cores: output tiles 16 wide along the
+ * head, and the backward's operands in one block's shared memory */
+template <int T, int HD> constexpr bool attn_tc_ok()
+{
+    return HD % 16 == 0 && attn_tc_bwd_smem<T, HD>() <= 227 * 1024;
+}
+
+namespace wmma = nvcuda::wmma;
+typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> tc_acc;
+template <typename Layout> using tc_a = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, Layout>;
+template <typename Layout> using tc_b = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, Layout>;
+
+template <typename F> __device__ static inline void tc_round(F &f)
+{
+#pragma unroll
+    for (int i = 0; i < f.num_elements; i++)
+        f.x[i] = wmma::__float_to_tf32(f.x[i]);
+}
+
+/* acc += A[16, K] B[K, 16], K a multiple of 8, in steps of 8 along K: A
+ * in layout LA with leading dimension lda, its next 8 columns a_step
+ * floats on (1 when row-major, lda when column-major); B likewise in LB */
+template <int K, typename LA, typename LB>
+__device__ static inline void tc_mma(tc_acc &acc, const float *a, int lda, int64_t a_step, const float *b, int ldb,
+                                     int64_t b_step)
+{
+#pragma unroll
+    for (int k = 0; k < K; k += 8) {
+        tc_a<LA> fa;
+        tc_b<LB> fb;
+        wmma::load_matrix_sync(fa, a + k * a_step, (unsigned)lda);
+        wmma::load_matrix_sync(fb, b + k * b_step, (unsigned)ldb);
+        tc_round(fa);
+        tc_round(fb);
+        wmma::mma_sync(acc, fa, fb, acc);
+    }
+}
+
+/* rows t < T of src (attn_ld apart) into dst (ld apart) */
+template <int T, int HD> __device__ static inline void attn_store(float *dst, int64_t ld, const float *src)
+{
+    constexpr int L = attn_ld<HD>();
+    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
+        const int t = i / HD, c = i % HD;
+        dst[(int64_t)t * ld + c] = src[t * L + c];
+    }
+}
+
+/* out[TP, HD] (attn_ld apart) = A[TP, TP] B[TP, HD]: A in layout LA with
+ * rows (row-major) or columns (column-major) attn_lds apart, so that a
+ * column-major A is the transpose of the row-major weights there; B
+ * row-major attn_ld apart; warps share the 16 x 16 tiles */
+template <int T, int HD, typename LA>
+__device__ static inline void attn_tc_times(float *out, const float *a, const float *b)
+{
+    constexpr int L = attn_ld<HD>(), LS = attn_lds<T>(), TP = attn_tp<T>(), NT = TP / 16, NC = HD / 16;
+    constexpr bool row = std::is_same<LA, wmma::row_major>::value;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int tile = warp; tile < NT * NC; tile += warps) {
+        const int i = tile / NC, c = tile % NC;
+        tc_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        tc_mma<TP, LA, wmma::row_major>(acc, row ? a + i * 16 * LS : a + i * 16, LS, row ? 1 : LS, b + c * 16, L, L);
+        wmma::store_matrix_sync(out + i * 16 * L + c * 16, acc, L, wmma::mem_row_major);
+    }
+}
+
+/* s[TP, TP] (attn_lds apart) = scale * x y^T, x and y [TP, HD] attn_ld apart */
+template <int T, int HD> __device__ static inline void attn_tc_scores(float *s, const float *x, const float *y, float scale)
+{
+    constexpr int L = attn_ld<HD>(), LS = attn_lds<T>(), NT = attn_tp<T>() / 16;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int tile = warp; tile < NT * NT; tile += warps) {
+        const int i = tile / NT, j = tile % NT;
+        tc_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        tc_mma<HD, wmma::row_major, wmma::col_major>(acc, x + i * 16 * L, L, 1, y + j * 16 * L, L, 1);
+#pragma unroll
+        for (int e = 0; e < acc.num_elements; e++)
+            acc.x[e] *= scale;
+        wmma::store_matrix_sync(s + i * 16 * LS + j * 16, acc, LS, wmma::mem_row_major);
+    }
+}
+
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(float *out, float *att, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
+    extern __shared__ __align__(128) float smtc[];
+    /* v comes into q's room once the scores are made; the output is
+     * staged in k's */
+    float *q = smtc, *kk = q + TP * L, *s = kk + TP * L, *v = q, *o = kk;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, TP>(q, base, D3);
+    attn_load<T, HD, TP>(kk, base + D, D3);
+    __syncthreads();
+    attn_tc_scores<T, HD>(s, q, kk, 1.0f / sqrtf((float)HD));
+    __syncthreads();
+    attn_load<T, HD, TP>(v, base + 2 * D, D3);
+    /* the softmax over u < T of each row t < T; the padding zero */
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *a = att + (int64_t)bh * T * T;
+    for (int t = wid; t < TP; t += warps) {
+        float *r = s + t * LS;
+        if (t < T) {
+            attn_softmax_row<T, TP>(r, a + t * T, lane);
+        } else {
+            for (int u = lane; u < TP; u += 32)
+                r[u] = 0.0f;
+        }
+    }
+    __syncthreads();
+    /* out = att v */
+    attn_tc_times<T, HD, wmma::row_major>(o, s, v);
+    __syncthreads();
+    attn_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, o);
+}
+
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_bwd_tc_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
+    extern __shared__ __align__(128) float smtc[];
+    /* first v, g and the weights a; once dv is out and the softmax's
+     * backward is done, k comes into v's room and q into a's */
+    float *v = smtc, *g = v + TP * L, *a = g + TP * L, *ds = a + attn_tc_aq_room<T, HD>(), *kk = v, *q = a;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_load<T, HD, TP>(v, base + 2 * D, D3);
+    attn_load<T, HD, TP>(g, dout + (int64_t)b * T * D + h * HD, D);
+    attn_load_weights<T, TP, LS>(a, att + (int64_t)bh * T * T);
+    __syncthreads();
+    float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
+    /* datt = g v^T (into ds) */
+    attn_tc_scores<T, HD>(ds, g, v, 1.0f);
+    __syncthreads();
+    /* dv = att^T g, staged in v's rows */
+    attn_tc_times<T, HD, wmma::col_major>(v, a, g);
+    __syncthreads();
+    attn_store<T, HD>(dv, D3, v);
+    /* through the softmax and the scale */
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int t = wid; t < T; t += warps)
+        attn_softmax_bwd_row<T>(ds + t * LS, a + t * LS, scale, lane);
+    /* the padding of ds: rows from T on and the columns past T are zero
+     * already (a is zero there, and so g's and v's padded rows make datt) */
+    __syncthreads();
+    attn_load<T, HD, TP>(kk, base + D, D3);
+    attn_load<T, HD, TP>(q, base, D3);
+    __syncthreads();
+    /* dq = ds k (staged in g's rows), then dk = ds^T q (in k's, which dq
+     * is done with) while dq goes out */
+    attn_tc_times<T, HD, wmma::row_major>(g, ds, kk);
+    __syncthreads();
+    attn_tc_times<T, HD, wmma::col_major>(kk, ds, q);
+    attn_store<T, HD>(dq, D3, g);
+    __syncthreads();
+    attn_store<T, HD>(dk, D3, kk);
+}
+
+/* ---- attention by tiles of rows (sequences too long for one block) -------------------------------------
+ * When a (sample, head) does not fit in one block's shared memory (196-token
+ * windows, ViT's 197 tokens at 224 x 224), a block takes R rows of one
+ * (sample, head) and streams the other operand through shared memory ATTN_KT
+ * rows at a time. The forward keeps the block's R rows of scores; the
+ * backward is three kernels: dv = att^T g by tiles of keys, then by tiles of
+ * queries the weights' gradient ds (written over att, which nothing reads
+ * after) and dq = ds k, then dk = ds^T q by tiles of keys. The sums are the
+ * fp32 kernels' own, in the same order; in the reduced-precision modes the
+ * products run on tensor cores where the shape allows (below). */
+
+#define ATTN_KT 32 /* rows of the streamed operand per tile */
+
+/* rows a block takes: R rows of scores (R x T floats) stay in shared memory */
+template <int T> __host__ __device__ constexpr int attn_rows()
+{
+    return T <= 256 ? 32 : T <= 1024 ? 16 : 8;
+}
+
+/* the rows of scores in shared memory: T floats apart, one more where T is
+ * a multiple of 32 (the rows' same columns would share a bank) */
+template <int T> __host__ __device__ constexpr int attn_srow()
+{
+    return T % 32 == 0 ? T + 1 : T;
+}
+
+/* the forward's and the row backward's shared memory (the larger of the
+ * three kernels'): R rows, their R rows of scores, one tile of ATTN_KT rows */
+template <int T, int HD> constexpr int attn_tiled_smem()
+{
+    return (int)sizeof(float) *
+           (attn_rows<T>() * attn_ld<HD>() + attn_rows<T>() * attn_srow<T>() + ATTN_KT * attn_ld<HD>());
+}
+
+template <int HD> constexpr int attn_colprod_smem(int R)
+{
+    return (int)sizeof(float) * (ATTN_KT * attn_ld<HD>() + ATTN_KT * R);
+}
+
+/* rows t < ROWS of dst (attn_ld apart, HD wide) from src's rows (ld apart);
+ * rows from n on zero */
+template <int HD, int ROWS>
+__device__ static inline void attn_load_rows(float *dst, const float *src, int64_t ld, int n)
+{
+    constexpr int L = attn_ld<HD>();
+    attn_stage<ROWS * HD>([&](int i) { return i / HD < n ? src[(int64_t)(i / HD) * ld + i % HD] : 0.0f; },
+                          [&](int i, float x) { dst[i / HD * L + i % HD] = x; });
+}
+
+/* acc(r, c..c+3) += sum over j < n of w(r, j) * m[j][c..c+3] (m: rows L
+ * apart) for the block's R rows: item i of R * HD/4 is thread i % ATTN_THREADS's
+ * slot i / ATTN_THREADS */
+template <int R, int HD, typename W>
+__device__ static inline void attn_tile_times(float4 *acc, W w, const float *m, int n)
+{
+    constexpr int L = attn_ld<HD>(), C4 = HD / 4, ITEMS = R * C4, PER = (ITEMS + ATTN_THREADS - 1) / ATTN_THREADS;
+#pragma unroll
+    for (int s = 0; s < PER; s++) {
+        const int i = (int)threadIdx.x + s * ATTN_THREADS;
+        if (ITEMS % ATTN_THREADS != 0 && i >= ITEMS)
+            break;
+        const int r = i / C4, c = (i % C4) * 4;
+        float4 a = acc[s];
+        for (int j = 0; j < n; j++) {
+            const float x = w(r, j);
+            const float4 v = *reinterpret_cast<const float4 *>(m + j * L + c);
+            a.x += x * v.x;
+            a.y += x * v.y;
+            a.z += x * v.z;
+            a.w += x * v.w;
+        }
+        acc[s] = a;
+    }
+}
+
+/* rows r < n of the block's R rows from the accumulators into out (rows ldo apart) */
+template <int R, int HD> __device__ static inline void attn_tile_store(float *out, int64_t ldo, const float4 *acc, int n)
+{
+    constexpr int C4 = HD / 4, ITEMS = R * C4, PER = (ITEMS + ATTN_THREADS - 1) / ATTN_THREADS;
+#pragma unroll
+    for (int s = 0; s < PER; s++) {
+        const int i = (int)threadIdx.x + s * ATTN_THREADS;
+        if (i >= ITEMS || i / C4 >= n)
+            continue;
+        float *o = out + (int64_t)(i / C4) * ldo + (i % C4) * 4;
+        o[0] = acc[s].x;
+        o[1] = acc[s].y;
+        o[2] = acc[s].z;
+        o[3] = acc[s].w;
+    }
+}
+
+/* s[r][u] = scale * x[r] . y[u] (s: rows attn_srow apart) for the block's
+ * rows r (x: R rows in shared memory) and every u < T, y's rows (src, ld apart) streamed through the
+ * tile */
+template <int T, int HD, int R>
+__device__ static inline void attn_tile_scores(float *s, const float *x, float *tile, const float *src, int64_t ld,
+                                               float scale)
+{
+    constexpr int L = attn_ld<HD>();
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT) {
+        const int n = T - u0 < ATTN_KT ? T - u0 : ATTN_KT;
+        attn_load_rows<HD, ATTN_KT>(tile, src + (int64_t)u0 * ld, ld, n);
+        __syncthreads();
+        for (int i = threadIdx.x; i < R * ATTN_KT; i += blockDim.x) {
+            const int r = i / ATTN_KT, u = i % ATTN_KT;
+            if (u < n)
+                s[r * attn_srow<T>() + u0 + u] = dot_hd<HD>(x + r * L, tile + u * L) * scale;
+        }
+        __syncthreads();
+    }
+}
+
+/* out[r] = sum over u < T of s[r][u] m[u] for the block's rows, m's rows
+ * (src, ld apart) streamed through the tile; rows r < n stored (ldo apart) */
+template <int T, int HD, int R>
+__device__ static inline void attn_tile_rows_times(float *out, int64_t ldo, const float *s, float *tile,
+                                                   const float *src, int64_t ld, int n)
+{
+    constexpr int PER = (R * HD / 4 + ATTN_THREADS - 1) / ATTN_THREADS;
+    float4 acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT) {
+        const int m = T - u0 < ATTN_KT ? T - u0 : ATTN_KT;
+        attn_load_rows<HD, ATTN_KT>(tile, src + (int64_t)u0 * ld, ld, m);
+        __syncthreads();
+        attn_tile_times<R, HD>(acc, [&](int r, int j) { return s[r * attn_srow<T>() + u0 + j]; }, tile, m);
+        __syncthreads();
+    }
+    attn_tile_store<R, HD>(out, ldo, acc, n);
+}
+
+/* A row tiles' block (grid (B * NH, tiles of R rows), the tensor-core
+ * kernels' too): rows r0 .. r0 + n (n < R in the last tile) of sample b,
+ * head h (bh = b * NH + h); the query rows for the row kernels, the key
+ * rows for the column kernels */
+template <int T, int HD, int NH, int R> struct attn_tile {
+    int bh, b, h, r0, n;
+    __device__ __forceinline__ attn_tile()
+        : bh((int)blockIdx.x), b(bh / NH), h(bh % NH), r0((int)blockIdx.y * R), n(T - r0 < R ? T - r0 : R)
+    {
+    }
+    /* the offset of the (sample, head)'s row 0 in x[B, T, *] (rows ld apart) */
+    __device__ __forceinline__ int64_t head(int64_t ld) const
+    {
+        return (int64_t)b * T * ld + h * HD;
+    }
+    /* the offset of the block's row r0 there */
+    __device__ __forceinline__ int64_t rows(int64_t ld) const
+    {
+        return ((int64_t)b * T + r0) * ld + h * HD;
+    }
+    /* the offset of the block's rows of the weights att[B, NH, T, T] */
+    __device__ __forceinline__ int64_t weights() const
+    {
+        return ((int64_t)bh * T + r0) * T;
+    }
+};
+
+/* The forward's softmax of the block's rows of scores s (rows SW apart), a
+ * warp a row: rows r < n to their weights (W wide: zero from T on), copied
+ * to att's rows a (T apart); with ZERO (the tensor-core kernels' padding)
+ * rows n <= r < R of s zero too */
+template <int T, int W, int SW, int R, bool ZERO>
+__device__ static __forceinline__ void attn_tile_softmax(float *s, float *a, int n)
+{
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int r = wid; r < (ZERO ? R : n); r += warps) {
+        if (!ZERO || r < n) {
+            attn_softmax_row<T, W>(s + r * SW, a + (int64_t)r * T, lane);
+        } else {
+            for (int u = lane; u < W; u += 32)
+                s[r * SW + u] = 0.0f;
+        }
+    }
+}
+
+/* The backward's rows r < n of the weights' gradient ds (rows SW apart), a
+ * warp a row: back through the softmax and the scale, each copied over its
+ * row of att's weights a (T apart; their last reader) */
+template <int T, int HD, int SW> __device__ static __forceinline__ void attn_tile_softmax_bwd(float *ds, float *a, int n)
+{
+    const float scale = 1.0f / sqrtf((float)HD);
+    const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int r = wid; r < n; r += warps) {
+        float *dr = ds + r * SW, *ar = a + (int64_t)r * T;
+        attn_softmax_bwd_row<T>(dr, ar, scale, lane);
+        for (int u = lane; u < T; u += 32) /* the lanes' own u: each read its p[u] above */
+            ar[u] = dr[u];
+    }
+}
+
+/* The column kernels' weights tile wt[KT, R] (rows WL apart): rows t0 ..
+ * t0 + KT, columns u0 .. u0 + R of a (sample, head)'s weights w[T, T]; zero
+ * from row m and column n on */
+template <int T, int KT, int R, int WL>
+__device__ static __forceinline__ void attn_load_wtile(float *wt, const float *w, int t0, int m, int u0, int n)
+{
+    attn_stage<KT * R>([&](int i) { return i / R < m && i % R < n ? w[(int64_t)(t0 + i / R) * T + u0 + i % R] : 0.0f; },
+                       [&](int i, float v) {
+                           if constexpr (WL == R)
+                               wt[i] = v;
+                           else
+                               wt[i / R * WL + i % R] = v;
+                       });
+}
+
+/* grid (B * NH, row tiles): rows t0 .. t0 + R of sample b, head h: the
+ * weights' rows into att, the output's into out */
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_rows_kernel(float *out, float *att, const float *qkv)
+{
+    static_assert(HD % 4 == 0, "attention: the head width must be a multiple of 4");
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>();
+    extern __shared__ float4 sm4[];
+    float *q = reinterpret_cast<float *>(sm4), *s = q + R * L, *tile = s + R * attn_srow<T>();
+    const attn_tile<T, HD, NH, R> at;
+    const float *base = qkv + at.head(D3);
+    attn_load_rows<HD, R>(q, base + (int64_t)at.r0 * D3, D3, at.n);
+    attn_tile_scores<T, HD, R>(s, q, tile, base + D, D3, 1.0f / sqrtf((float)HD));
+    attn_tile_softmax<T, T, attn_srow<T>(), R, false>(s, att + at.weights(), at.n);
+    __syncthreads();
+    attn_tile_rows_times<T, HD, R>(out + at.rows(D), D, s, tile, base + 2 * D, D3, at.n);
+}
+
+/* grid (B * NH, row tiles): for the block's query rows, the weights'
+ * gradient ds = att (g v^T - rowdot) scale, written over att's rows, and
+ * dq = ds k */
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_bwd_rows_kernel(float *dqkv, float *att, const float *dout, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>();
+    extern __shared__ float4 sm4[];
+    float *g = reinterpret_cast<float *>(sm4), *ds = g + R * L, *tile = ds + R * attn_srow<T>();
+    const attn_tile<T, HD, NH, R> at;
+    const float *base = qkv + at.head(D3);
+    attn_load_rows<HD, R>(g, dout + at.rows(D), D, at.n);
+    attn_tile_scores<T, HD, R>(ds, g, tile, base + 2 * D, D3, 1.0f);
+    attn_tile_softmax_bwd<T, HD, attn_srow<T>()>(ds, att + at.weights(), at.n);
+    __syncthreads();
+    attn_tile_rows_times<T, HD, R>(dqkv + at.rows(D3), D3, ds, tile, base + D, D3, at.n);
+}
+
+/* grid (B * NH, column tiles): for the block's R key rows u, out[u] = sum
+ * over t < T of w[t][u] x[t], w the (sample, head)'s T x T matrix and x's
+ * rows streamed: dv = att^T g (DK false: x = dout, w = att) or dk = ds^T q
+ * (DK true: x = q, w = ds in att's room) */
+template <int T, int HD, int NH, bool DK>
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_bwd_cols_kernel(float *dqkv, const float *w, const float *src)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), PER = (R * HD / 4 + ATTN_THREADS - 1) / ATTN_THREADS;
+    extern __shared__ float4 sm4[];
+    float *x = reinterpret_cast<float *>(sm4), *wt = x + ATTN_KT * L;
+    const attn_tile<T, HD, NH, R> at; /* key rows r0 .. r0 + n */
+    const int64_t ldx = DK ? D3 : D;
+    const float *xs = src + at.head(ldx), *wb = w + (int64_t)at.bh * T * T;
+    float4 acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int t0 = 0; t0 < T; t0 += ATTN_KT) {
+        const int m = T - t0 < ATTN_KT ? T - t0 : ATTN_KT;
+        attn_load_rows<HD, ATTN_KT>(x, xs + (int64_t)t0 * ldx, ldx, m);
+        attn_load_wtile<T, ATTN_KT, R, R>(wt, wb, t0, m, at.r0, at.n);
+        __syncthreads();
+        attn_tile_times<R, HD>(acc, [&](int u, int j) { return wt[j * R + u]; }, x, m);
+        __syncthreads();
+    }
+    attn_tile_store<R, HD>(dqkv + at.rows(D3) + (DK ? D : 2 * D), D3, acc, at.n);
+}
+
+/* ---- the row tiles on tensor cores (the reduced-precision modes) ----------------------------------------
+ * The same three products per kernel as the fp32 row tiles, on TF32 WMMA
+ * tiles with fp32 accumulation (as attention_*_tc_kernel), the streamed
+ * operand ATTN_KT_TC rows at a time and zero past the sequence, so that
+ * the padded keys add nothing; the softmax and its backward stay in fp32.
+ * Blocks of R = 32 or 16 rows (not the 8 of the longest sequences), heads
+ * a multiple of 16 wide. */
+
+#define ATTN_KT_TC 64 /* rows of the streamed operand per tile */
+
+/* the keys padded to whole tiles, and the rows of scores (4 floats more) */
+template <int T> __host__ __device__ constexpr int attn_tk()
+{
+    return (T + ATTN_KT_TC - 1) / ATTN_KT_TC * ATTN_KT_TC;
+}
+
+template <int T> __host__ __device__ constexpr int attn_sw()
+{
+    return attn_tk<T>() + 4;
+}
+
+/* the rows of the column kernel's weights tile: R + 4 */
+template <int T> __host__ __device__ constexpr int attn_wl()
+{
+    return attn_rows<T>() + 4;
+}
+
+template <int T, int HD> constexpr int attn_rows_tc_smem()
+{
+    return (int)sizeof(float) * (attn_rows<T>() * attn_ld<HD>() + attn_rows<T>() * attn_sw<T>() +
+                                 ATTN_KT_TC * attn_ld<HD>());
+}
+
+template <int T, int HD> constexpr int attn_cols_tc_smem()
+{
+    return (int)sizeof(float) * (ATTN_KT_TC * attn_ld<HD>() + ATTN_KT_TC * attn_wl<T>());
+}
+
+template <int T, int HD> constexpr bool attn_rows_tc_ok()
+{
+    return HD % 16 == 0 && attn_rows<T>() % 16 == 0 && attn_rows_tc_smem<T, HD>() <= 227 * 1024 &&
+           attn_cols_tc_smem<T, HD>() <= 227 * 1024;
+}
+
+/* output tiles of 16 x 16 a warp holds: the block's R x HD over its 8 warps */
+template <int R, int HD> __host__ __device__ constexpr int attn_tc_per_warp()
+{
+    return ((R / 16) * (HD / 16) + ATTN_THREADS / 32 - 1) / (ATTN_THREADS / 32);
+}
+
+/* s[R, TK] (rows attn_sw apart) = scale * x[R, HD] y^T for every key, y's
+ * rows (src, ld apart; T of them, zero past) streamed through the tile */
+template <int T, int HD, int R>
+__device__ static inline void attn_tc_tile_scores(float *s, const float *x, float *tile, const float *src, int64_t ld,
+                                                  float scale)
+{
+    constexpr int L = attn_ld<HD>(), SW = attn_sw<T>(), NJ = ATTN_KT_TC / 16, NT = (R / 16) * NJ;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT_TC) {
+        attn_load_rows<HD, ATTN_KT_TC>(tile, src + (int64_t)u0 * ld, ld, T - u0 < ATTN_KT_TC ? T - u0 : ATTN_KT_TC);
+        __syncthreads();
+        for (int t = warp; t < NT; t += warps) {
+            const int i = t / NJ, j = t % NJ;
+            tc_acc acc;
+            wmma::fill_fragment(acc, 0.0f);
+            tc_mma<HD, wmma::row_major, wmma::col_major>(acc, x + i * 16 * L, L, 1, tile + j * 16 * L, L, 1);
+#pragma unroll
+            for (int e = 0; e < acc.num_elements; e++)
+                acc.x[e] *= scale;
+            wmma::store_matrix_sync(s + i * 16 * SW + u0 + j * 16, acc, SW, wmma::mem_row_major);
+        }
+        __syncthreads();
+    }
+}
+
+/* out[R, HD] = the accumulators' tiles (warp w holds tiles w, w + 8, ...)
+ * staged in stage (R rows attn_ld apart), then rows r < n stored (ldo
+ * apart) */
+template <int R, int HD>
+__device__ static inline void attn_tc_tiles_store(float *out, int64_t ldo, tc_acc *acc, float *stage, int n)
+{
+    constexpr int L = attn_ld<HD>(), NC = HD / 16, NT = (R / 16) * NC, PW = attn_tc_per_warp<R, HD>();
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+#pragma unroll
+    for (int p = 0; p < PW; p++) {
+        const int t = warp + p * warps;
+        if (t < NT)
+            wmma::store_matrix_sync(stage + t / NC * 16 * L + t % NC * 16, acc[p], L, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n * HD; i += blockDim.x)
+        out[(int64_t)(i / HD) * ldo + i % HD] = stage[i / HD * L + i % HD];
+}
+
+/* out[r] = sum over u of s[r][u] m[u] for the block's R rows (s: rows
+ * attn_sw apart, zero past the sequence), m's rows (src, ld apart)
+ * streamed; rows r < n stored (ldo apart), staged in stage */
+template <int T, int HD, int R>
+__device__ static inline void attn_tc_tile_times(float *out, int64_t ldo, const float *s, float *tile, float *stage,
+                                                 const float *src, int64_t ld, int n)
+{
+    constexpr int L = attn_ld<HD>(), SW = attn_sw<T>(), NC = HD / 16, NT = (R / 16) * NC,
+                  PW = attn_tc_per_warp<R, HD>();
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    tc_acc acc[PW];
+#pragma unroll
+    for (int p = 0; p < PW; p++)
+        wmma::fill_fragment(acc[p], 0.0f);
+    for (int u0 = 0; u0 < T; u0 += ATTN_KT_TC) {
+        attn_load_rows<HD, ATTN_KT_TC>(tile, src + (int64_t)u0 * ld, ld, T - u0 < ATTN_KT_TC ? T - u0 : ATTN_KT_TC);
+        __syncthreads();
+#pragma unroll
+        for (int p = 0; p < PW; p++) {
+            const int t = warp + p * warps;
+            if (t < NT)
+                tc_mma<ATTN_KT_TC, wmma::row_major, wmma::row_major>(acc[p], s + t / NC * 16 * SW + u0, SW, 1,
+                                                                     tile + t % NC * 16, L, L);
+        }
+        __syncthreads();
+    }
+    attn_tc_tiles_store<R, HD>(out, ldo, acc, stage, n);
+}
+
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_fwd_rows_tc_kernel(float *out, float *att, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), SW = attn_sw<T>(), TK = attn_tk<T>();
+    extern __shared__ __align__(128) float smtc[];
+    float *q = smtc, *s = q + R * L, *tile = s + R * SW;
+    const attn_tile<T, HD, NH, R> at;
+    const float *base = qkv + at.head(D3);
+    attn_load_rows<HD, R>(q, base + (int64_t)at.r0 * D3, D3, at.n);
+    attn_tc_tile_scores<T, HD, R>(s, q, tile, base + D, D3, 1.0f / sqrtf((float)HD));
+    /* the softmax of rows r < n (the weights out), zero past the keys and
+     * in the rows past n */
+    attn_tile_softmax<T, TK, SW, R, true>(s, att + at.weights(), at.n);
+    __syncthreads();
+    attn_tc_tile_times<T, HD, R>(out + at.rows(D), D, s, tile, q, base + 2 * D, D3, at.n);
+}
+
+template <int T, int HD, int NH>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_bwd_rows_tc_kernel(float *dqkv, float *att, const float *dout, const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), SW = attn_sw<T>();
+    extern __shared__ __align__(128) float smtc[];
+    float *g = smtc, *ds = g + R * L, *tile = ds + R * SW;
+    const attn_tile<T, HD, NH, R> at;
+    const float *base = qkv + at.head(D3);
+    attn_load_rows<HD, R>(g, dout + at.rows(D), D, at.n);
+    /* datt = g v^T: zero past the keys (v's padding) and in the rows past
+     * n (g's) */
+    attn_tc_tile_scores<T, HD, R>(ds, g, tile, base + 2 * D, D3, 1.0f);
+    attn_tile_softmax_bwd<T, HD, SW>(ds, att + at.weights(), at.n);
+    __syncthreads();
+    attn_tc_tile_times<T, HD, R>(dqkv + at.rows(D3), D3, ds, tile, g, base + D, D3, at.n);
+}
+
+/* as attention_bwd_cols_kernel: for the block's R key rows u, out[u] =
+ * sum over t of w[t][u] x[t]; the weights' tile [ATTN_KT_TC, R] (rows
+ * attn_wl apart) is the transposed operand, read column-major */
+template <int T, int HD, int NH, bool DK>
+static __global__ void __launch_bounds__(ATTN_THREADS)
+    attention_bwd_cols_tc_kernel(float *dqkv, const float *w, const float *src)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), R = attn_rows<T>(), WL = attn_wl<T>(), NC = HD / 16,
+                  NT = (R / 16) * NC, PW = attn_tc_per_warp<R, HD>();
+    extern __shared__ __align__(128) float smtc[];
+    float *x = smtc, *wt = x + ATTN_KT_TC * L;
+    const attn_tile<T, HD, NH, R> at; /* key rows r0 .. r0 + n */
+    const int64_t ldx = DK ? D3 : D;
+    const float *xs = src + at.head(ldx), *wb = w + (int64_t)at.bh * T * T;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    tc_acc acc[PW];
+#pragma unroll
+    for (int p = 0; p < PW; p++)
+        wmma::fill_fragment(acc[p], 0.0f);
+    for (int t0 = 0; t0 < T; t0 += ATTN_KT_TC) {
+        const int m = T - t0 < ATTN_KT_TC ? T - t0 : ATTN_KT_TC;
+        attn_load_rows<HD, ATTN_KT_TC>(x, xs + (int64_t)t0 * ldx, ldx, m);
+        attn_load_wtile<T, ATTN_KT_TC, R, WL>(wt, wb, t0, m, at.r0, at.n);
+        __syncthreads();
+#pragma unroll
+        for (int p = 0; p < PW; p++) {
+            const int t = warp + p * warps;
+            if (t < NT)
+                tc_mma<ATTN_KT_TC, wmma::col_major, wmma::row_major>(acc[p], wt + t / NC * 16, WL, WL, x + t % NC * 16,
+                                                                     L, L);
+        }
+        __syncthreads();
+    }
+    attn_tc_tiles_store<R, HD>(dqkv + at.rows(D3) + (DK ? D : 2 * D), D3, acc, x, at.n);
+}
+
+/* whether a (sample, head) fits one block (the kernels above), or takes the
+ * row tiles */
+template <int T, int HD> constexpr bool attn_whole_ok()
+{
+    return attn_bwd_smem<T, HD>() <= 227 * 1024;
+}
+
+template <int T, int HD, int NH> static inline void attention_tiled_setup()
+{
+    static_assert(attn_tiled_smem<T, HD>() <= 227 * 1024, "attention: sequence too long for the row tiles");
+    CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_rows_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_tiled_smem<T, HD>()));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_rows_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_tiled_smem<T, HD>()));
+    constexpr int cols = attn_colprod_smem<HD>(attn_rows<T>());
+    static_assert(cols <= 227 * 1024, "attention: heads too wide for the column tiles");
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_kernel<T, HD, NH, false>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, cols));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_kernel<T, HD, NH, true>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, cols));
+    if constexpr (attn_rows_tc_ok<T, HD>()) {
+        constexpr int rows = attn_rows_tc_smem<T, HD>(), cols_tc = attn_cols_tc_smem<T, HD>();
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_rows_tc_kernel<T, HD, NH>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, rows));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_rows_tc_kernel<T, HD, NH>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, rows));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_tc_kernel<T, HD, NH, false>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, cols_tc));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_cols_tc_kernel<T, HD, NH, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, cols_tc));
+    }
+}
+
+template <int T, int HD, int NH>
+static inline void attention_tiled_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+{
+    const dim3 grid((unsigned)(B * NH), (unsigned)((T + attn_rows<T>() - 1) / attn_rows<T>()));
+    if constexpr (attn_rows_tc_ok<T, HD>()) {
+        if (k->compute != CUBLAS_COMPUTE_32F) {
+            attention_fwd_rows_tc_kernel<T, HD, NH>
+                <<<grid, ATTN_THREADS, attn_rows_tc_smem<T, HD>(), k->stream>>>(out, att, qkv);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
+    attention_fwd_rows_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tiled_smem<T, HD>(), k->stream>>>(out, att, qkv);
+    LAUNCH_CHECK();
+}
+
+/* att: the forward's weights, overwritten by their gradient */
+template <int T, int HD, int NH>
+static inline void attention_tiled_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att,
+                                            int B)
+{
+    const dim3 grid((unsigned)(B * NH), (unsigned)((T + attn_rows<T>() - 1) / attn_rows<T>()));
+    if constexpr (attn_rows_tc_ok<T, HD>()) {
+        if (k->compute != CUBLAS_COMPUTE_32F) {
+            constexpr int rows = attn_rows_tc_smem<T, HD>(), cols_tc = attn_cols_tc_smem<T, HD>();
+            attention_bwd_cols_tc_kernel<T, HD, NH, false><<<grid, ATTN_THREADS, cols_tc, k->stream>>>(dqkv, att, dout);
+            LAUNCH_CHECK();
+            attention_bwd_rows_tc_kernel<T, HD, NH><<<grid, ATTN_THREADS, rows, k->stream>>>(dqkv, att, dout, qkv);
+            LAUNCH_CHECK();
+            attention_bwd_cols_tc_kernel<T, HD, NH, true><<<grid, ATTN_THREADS, cols_tc, k->stream>>>(dqkv, att, qkv);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
+    constexpr int cols = attn_colprod_smem<HD>(attn_rows<T>());
+    attention_bwd_cols_kernel<T, HD, NH, false><<<grid, ATTN_THREADS, cols, k->stream>>>(dqkv, att, dout);
+    LAUNCH_CHECK();
+    attention_bwd_rows_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tiled_smem<T, HD>(), k->stream>>>(dqkv, att, dout,
+                                                                                                      qkv);
+    LAUNCH_CHECK();
+    attention_bwd_cols_kernel<T, HD, NH, true><<<grid, ATTN_THREADS, cols, k->stream>>>(dqkv, att, qkv);
+    LAUNCH_CHECK();
+}
+
+/* ---- attention: the entry points ------------------------------------------------------------------ */
+
+/* one block per (sample, head): fp32, or tensor cores in the reduced modes */
+template <int T, int HD, int NH> static inline void attention_whole_setup()
+{
+    CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_fwd_smem<T, HD>()));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    attn_bwd_smem<T, HD>()));
+    if constexpr (attn_tc_ok<T, HD>()) {
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_tc_kernel<T, HD, NH>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, attn_tc_fwd_smem<T, HD>()));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_tc_kernel<T, HD, NH>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, attn_tc_bwd_smem<T, HD>()));
+    }
+}
+
+template <int T, int HD, int NH>
+static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+{
+    if constexpr (attn_tc_ok<T, HD>()) {
+        if (k->compute != CUBLAS_COMPUTE_32F) {
+            attention_fwd_tc_kernel<T, HD, NH>
+                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
+    attention_fwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
+    LAUNCH_CHECK();
+}
+
+template <int T, int HD, int NH>
+static inline void attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
+                                            const float *att, int B)
+{
+    if constexpr (attn_tc_ok<T, HD>()) {
+        if (k->compute != CUBLAS_COMPUTE_32F) {
+            attention_bwd_tc_kernel<T, HD, NH>
+                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, att);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
+    attention_bwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv,
+                                                                                                   att);
+    LAUNCH_CHECK();
+}
+
+/* Once per shape before the first launch: the kernels' shared memory above
+ * the 48 KiB a launch gets unasked. */
+template <int T, int HD, int NH> static inline void attention_setup()
+{
+    if constexpr (attn_whole_ok<T, HD>())
+        attention_whole_setup<T, HD, NH>();
+    else
+        attention_tiled_setup<T, HD, NH>();
+}
+
+/* qkv[B, T, 3D] -> att[B, NH, T, T] (the softmax weights, kept for the
+ * backward), out[B, T, D] */
+template <int T, int HD, int NH>
+static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+{
+    if constexpr (attn_whole_ok<T, HD>())
+        attention_whole_forward<T, HD, NH>(k, out, att, qkv, B);
+    else
+        attention_tiled_forward<T, HD, NH>(k, out, att, qkv, B);
+}
+
+/* dqkv[B, T, 3D] (written whole) from dout[B, T, D]; att: the forward's
+ * weights, which sequences that take the row tiles overwrite with their
+ * gradient */
+template <int T, int HD, int NH>
+static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att, int B)
+{
+    if constexpr (attn_whole_ok<T, HD>())
+        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
+    else
+        attention_tiled_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
+}
+
+/* ---- pooling, dropout ---------------------------------------------------------------------------- */
+
+static __global__ void pool_fwd_kernel(float *out, const float *inp, int B, int T, int D, int cls)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * D)
+        return;
+    const int64_t b = i / D;
+    const int d = (int)(i % D);
+    const float *x = inp + b * T * D + d;
+    if (cls) {
+        out[i] = x[0];
+        return;
+    }
+    float s = 0.0f;
+    for (int t = 0; t < T; t++)
+        s += x[(int64_t)t * D];
+    out[i] = s / T;
+}
+
+static __global__ void pool_bwd_kernel(float *dinp, const float *dout, int B, int T, int D, int cls, int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * T * D)
+        return;
+    const int64_t b = i / ((int64_t)T * D);
+    const int t = (int)(i / D % T), d = (int)(i % D);
+    const float g = dout[b * D + d];
+    const float v = cls ? (t == 0 ? g : 0.0f) : g / T;
+    dinp[i] = acc ? dinp[i] + v : v;
+}
+
+static inline void pool_forward(const kctx *k, float *out, const float *inp, int B, int T, int D, int cls)
+{
+    pool_fwd_kernel<<<blocks_for((int64_t)B * D, 256), 256, 0, k->stream>>>(out, inp, B, T, D, cls);
+    LAUNCH_CHECK();
+}
+
+static inline void pool_backward(const kctx *k, float *dinp, const float *dout, int B, int T, int D, int cls, int acc)
+{
+    pool_bwd_kernel<<<blocks_for((int64_t)B * T * D, 256), 256, 0, k->stream>>>(dinp, dout, B, T, D, cls, acc);
+    LAUNCH_CHECK();
+}
+
+/* mask[i] = 0 with probability p, else 1/(1-p), from (seed, stream, step, i0 + i): i0 is the
+ * first element of this process's share of the batch; the step is read on the device */
+static __global__ void dropout_mask_kernel(float *mask, int64_t n, float p, uint64_t seed, int stream,
+                                           const int64_t *step, int64_t i0)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const float keep = 1.0f / (1.0f - p);
+    mask[i] = p <= 0.0f ? 1.0f
+                        : (rng_uniform_dev(seed, (uint64_t)stream, ((uint64_t)*step << 32) + (uint64_t)(i0 + i)) < p
+                               ? 0.0f
+                               : keep);
+}
+
+static inline void dropout_mask(const kctx *k, float *mask, int64_t n, float p, uint64_t seed, int stream,
+                                const int64_t *step, int64_t i0)
+{
+    dropout_mask_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(mask, n, p, seed, stream, step, i0);
+    LAUNCH_CHECK();
+}
+
+/* out[i] = inp[i] * mask[i / R] (R = 1: dropout; R = row: drop path) */
+/* out[i] (+)= inp[i] * mask[i / R] (acc: out[i] + that), V elements a
+ * thread (R a multiple of V); I: the index type, 32 bits where n allows */
+template <int V, typename I>
+static __global__ void mask_kernel(float *out, const float *inp, const float *mask, I n, I R, int acc)
+{
+    const I i = ((I)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    vcopy<V>(out + i, inp + i, acc, mask[i / R]);
+}
+
+static inline void mask_apply(const kctx *k, float *out, const float *inp, const float *mask, int64_t n, int64_t R,
+                              int acc)
+{
+    /* 32-bit indices while the last thread's (up to 1,024 past n) stays
+     * below 2^31 */
+    const bool v4 = R % 4 == 0 && vec4_ok(n, out, inp);
+    if (n < ((int64_t)1 << 30))
+        launch_vec(k, v4, n, mask_kernel<4, int>, mask_kernel<1, int>, out, inp, mask, (int)n, (int)R, acc);
+    else
+        launch_vec(k, v4, n, mask_kernel<4, int64_t>, mask_kernel<1, int64_t>, out, inp, mask, n, R, acc);
+}
+
+static inline void mask_forward(const kctx *k, float *out, const float *inp, const float *mask, int64_t n,
+                                int64_t R = 1)
+{
+    mask_apply(k, out, inp, mask, n, R, 0);
+}
+
+static inline void mask_backward(const kctx *k, float *dinp, const float *dout, const float *mask, int64_t n, int acc,
+                                 int64_t R = 1)
+{
+    mask_apply(k, dinp, dout, mask, n, R, acc);
+}
+
+/* ---- classifier heads and the loss -------------------------------------------------------------- */
+
+/* one head per dataset: out[b, c] = inp[b] . w_d[c] + b_d[c] for c < C_d,
+ * d = dataset[b]; w_off/b_off: each dataset's offsets in the parameters */
+static __global__ void head_fwd_kernel(float *out, const float *inp, const float *param, const int64_t *w_off,
+                                       const int64_t *b_off, const int *classes, const int32_t *dataset, int B, int D,
+                                       int CMAX)
+{
+    const int warps = blockDim.x / 32;
+    const int64_t id = (int64_t)blockIdx.x * warps + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (id >= (int64_t)B * CMAX)
+        return;
+    const int b = (int)(id / CMAX), c = (int)(id % CMAX), d = dataset[b];
+    if (c >= classes[d]) {
+        if (lane == 0)
+            out[id] = 0.0f;
+        return;
+    }
+    const float *w = param + w_off[d] + (int64_t)c * D, *x = inp + (int64_t)b * D;
+    float s = 0.0f;
+    for (int i = lane; i < D; i += 32)
+        s += x[i] * w[i];
+    s = warp_sum(s);
+    if (lane == 0)
+        out[id] = s + param[b_off[d] + c];
+}
+
+/* dinp[b] (+)= sum_c dout[b, c] w_d[c] */
+static __global__ void head_bwd_input_kernel(float *dinp, const float *dout, const float *param, const int64_t *w_off,
+                                             const int *classes, const int32_t *dataset, int B, int D, int CMAX,
+                                             int acc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)B * D)
+        return;
+    const int b = (int)(i / D), j = (int)(i % D), d = dataset[b];
+    const float *w = param + w_off[d];
+    float s = 0.0f;
+    for (int c = 0; c < classes[d]; c++)
+        s += dout[(int64_t)b * CMAX + c] * w[(int64_t)c * D + j];
+    dinp[i] = acc ? dinp[i] + s : s;
+}
+
+/* The per-dataset heads' weight gradient is ND * CMAX * (D + 1) sums over
+ * the samples, too few for the GPU one thread each (damex_gpu: 5,790
+ * threads, 1,024 samples in a row, 0.15 ms): the samples are cut into
+ * head_chunks(n) chunks, enough for about HEAD_THREADS threads (at most
+ * HEAD_MAX_CHUNKS), each summed by a thread of its own; their partial sums
+ * (in k->red) are then added in chunk order. */
+#define HEAD_THREADS 131072
+#define HEAD_MAX_CHUNKS 32
+static inline int head_chunks(int64_t n)
+{
+    const int64_t c = (HEAD_THREADS + n - 1) / n;
+    return c < 1 ? 1 : c > HEAD_MAX_CHUNKS ? HEAD_MAX_CHUNKS : (int)c;
+}
+
+/* (dataset d, class c, input column j; j = D: the bias) of cell i of the
+ * heads' [ND, CMAX, D + 1] weight gradient */
+__device__ static inline void head_cell(int64_t i, int D, int CMAX, int &d, int &c, int &j)
+{
+    d = (int)(i / ((int64_t)CMAX * (D + 1)));
+    c = (int)(i / (D + 1) % CMAX);
+    j = (int)(i % (D + 1));
+}
+
+/* part[ch][(d, c, j)] = sum over the samples b of dataset d in chunk ch of
+ * dout[b, c] inp[b, j] (inp[b, D] = 1: the bias), in order; 0 for c beyond
+ * dataset d's classes */
+static __global__ void head_bwd_weight_partial_kernel(float *part, const float *dout, const float *inp,
+                                                      const int *classes, const int32_t *dataset, int B, int D,
+                                                      int CMAX, int ND)
+{
+    const int64_t n = (int64_t)ND * CMAX * (D + 1), i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    int d, c, j;
+    head_cell(i, D, CMAX, d, c, j);
+    const int per = (B + (int)gridDim.y - 1) / (int)gridDim.y, lo = (int)blockIdx.y * per, hi = min(B, lo + per);
+    float s = 0.0f;
+    if (c < classes[d])
+        for (int b = lo; b < hi; b++)
+            if (dataset[b] == d)
+                s += dout[(int64_t)b * CMAX + c] * (j < D ? inp[(int64_t)b * D + j] : 1.0f);
+    part[(int64_t)blockIdx.y * n + i] = s;
+}
+
+/* dw_d[c, j] += the chunks' sums in order; db_d[c] likewise */
+static __global__ void head_bwd_weight_final_kernel(float *grad, const float *part, const int64_t *w_off,
+                                                    const int64_t *b_off, const int *classes, int D, int CMAX, int ND,
+                                                    int chunks)
+{
+    const int64_t n = (int64_t)ND * CMAX * (D + 1), i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    int d, c, j;
+    head_cell(i, D, CMAX, d, c, j);
+    if (c >= classes[d])
+        return;
+    float s = 0.0f;
+    for (int ch = 0; ch < chunks; ch++)
+        s += part[(int64_t)ch * n + i];
+    if (j < D)
+        grad[w_off[d] + (int64_t)c * D + j] += s;
+    else
+        grad[b_off[d] + c] += s;
+}
+
+/* head_off: the datasets' weight offsets, then their bias offsets */
+static inline void head_forward(const kctx *k, float *out, const float *inp, const float *param,
+                                const int64_t *head_off, const int *classes, const int32_t *dataset, int B, int D,
+                                int CMAX, int ND)
+{
+    head_fwd_kernel<<<(unsigned)(((int64_t)B * CMAX + 7) / 8), 256, 0, k->stream>>>(
+        out, inp, param, head_off, head_off + ND, classes, dataset, B, D, CMAX);
+    LAUNCH_CHECK();
+}
+
+static inline void head_backward(const kctx *k, float *dinp, float *grad, const float *dout, const float *inp,
+                                 const float *param, const int64_t *head_off, const int *classes,
+                                 const int32_t *dataset, int B, int D, int CMAX, int ND, int acc)
+{
+    head_bwd_input_kernel<<<blocks_for((int64_t)B * D, 256), 256, 0, k->stream>>>(dinp, dout, param, head_off, classes,
+                                                                                 dataset, B, D, CMAX, acc);
+    LAUNCH_CHECK();
+    const int64_t n = (int64_t)ND * CMAX * (D + 1);
+    const int chunks = head_chunks(n);
+    red_need(k, chunks * n);
+    head_bwd_weight_partial_kernel<<<dim3(blocks_for(n, 256), (unsigned)chunks), 256, 0, k->stream>>>(
+        k->red, dout, inp, classes, dataset, B, D, CMAX, ND);
+    LAUNCH_CHECK();
+    head_bwd_weight_final_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(grad, k->red, head_off, head_off + ND,
+                                                                            classes, D, CMAX, ND, chunks);
+    LAUNCH_CHECK();
+}
+
+/* Cross-entropy with label smoothing, one warp per sample: dlogits =
+ * (softmax - target) * scale over the sample's C classes, 0 beyond;
+ * loss[b] the sample's loss. classes[d] per dataset. The target is *lam_p
+ * of labels[b]'s smoothed one-hot and the rest of labels_mix[b]'s
+ * (CutMix). */
+static __global__ void softmax_xent_kernel(float *dlogits, float *loss, const float *logits, const int32_t *labels,
+                                           const int32_t *labels_mix, const float *lam_p, const int32_t *dataset,
+                                           const int *classes, int B, int CMAX, float eps, float scale)
+{
+    const int b = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (b >= B)
+        return;
+    const int C = classes[dataset[b]], label = labels[b], label_mix = labels_mix[b];
+    const double lam = *lam_p; /* CutMix's share of label; 1: the plain loss, bit for bit */
+    const float *l = logits + (int64_t)b * CMAX;
+    float mx = -INFINITY;
+    for (int c = lane; c < C; c += 32)
+        mx = fmaxf(mx, l[c]);
+    mx = warp_max(mx);
+    double sum = 0.0;
+    for (int c = lane; c < C; c += 32)
+        sum += exp((double)(l[c] - mx));
+    sum = warp_sum_d(sum);
+    const double lse = mx + log(sum);
+    double acc = 0.0;
+    float *dl = dlogits + (int64_t)b * CMAX;
+    for (int c = lane; c < CMAX; c += 32) {
+        if (c >= C) {
+            dl[c] = 0.0f;
+            continue;
+        }
+        const double logp = l[c] - lse;
+        const double ta = (c == label ? 1.0 - eps : 0.0) + (double)eps / C;
+        const double tb = (c == label_mix ? 1.0 - eps : 0.0) + (double)eps / C;
+        const double target = lam * ta + (1.0 - lam) * tb;
+        acc -= target * logp;
+        dl[c] = (float)((exp(logp) - target) * scale);
+    }
+    acc = warp_sum_d(acc);
+    if (lane == 0)
+        loss[b] = (float)acc;
+}
+
+/* acc[0] += sum of v[0..n) / n (one block, in a fixed order) */
+static __global__ void mean_accumulate_kernel(double *acc, const float *v, int n)
+{
+    __shared__ double sm[32];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        s += v[i];
+    s = warp_sum_d(s);
+    if (threadIdx.x % 32 == 0)
+        sm[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)blockDim.x / 32; w++)
+            t += sm[w];
+        acc[0] += t / n;
+    }
+}
+
+/* ---- mixture of experts -------------------------------------------------------------------------------
+ *
+ * The experts' rows are laid out [E, cap, *]: expert e's kept choices in
+ * rows e*cap + slot, slot < count[e]; the rows past count[e] are zeros in
+ * the forward and backward passes, so the expert products are one strided
+ * batched product with shapes fixed for the step. (The CPU packs the
+ * rows; the numbers are the same.) */
+
+/* Tutel's capacity, as ops.h: K * floor(cf * ceil(N / E)) rows per expert,
+ * at least 1, at most N; N when dropless */
+static inline int moe_capacity(int N, int E, int K, double cf, int dropless)
+{
+    if (dropless)
+        return N;
+    long per = (N + E - 1) / E;
+    long cap = (long)K * (long)floor(cf * (double)per);
+    if (cap < 1)
+        cap = 1;
+    return cap > N ? N : (int)cap;
+}
+
+/* logits[n, e] += std * N(0, 1) from (seed, stream, step, i0 + n*E + e); i0: the first
+ * element of this process's share of the batch */
+static __global__ void gate_noise_kernel(float *logits, int64_t n, float std, uint64_t seed, int stream,
+                                         const int64_t *step, int64_t i0)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        logits[i] +=
+            std * (float)rng_normal_dev(seed, (uint64_t)stream, ((uint64_t)*step << 32) + (uint64_t)(i0 + i));
+}
+
+static inline void gate_noise(const kctx *k, float *logits, int64_t n, float std, uint64_t seed, int stream,
+                              const int64_t *step, int64_t i0)
+{
+    gate_noise_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(logits, n, std, seed, stream, step, i0);
+    LAUNCH_CHECK();
+}
+
+/* One warp per token: softmax (sums in double, as the CPU), log-sum-exp,
+ * the top K experts (ties to the lower expert), their gates, the token's
+ * priority (top-1 probability) and its router entropy. */
+template <int E, int K>
+static __global__ void router_kernel(float *probs, float *lse, int *topk, float *topp, float *gate, float *prio,
+                                     float *entropy, int *iota, const float *logits, int N, int normalize)
+{
+    constexpr int PER = (E + 31) / 32;
+    const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N)
+        return;
+    const float *l = logits + (int64_t)n * E;
+    float v[PER];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int e = lane + 32 * j;
+        v[j] = e < E ? l[e] : -INFINITY;
+        mx = fmaxf(mx, v[j]);
+    }
+    mx = warp_max(mx);
+    double sum = 0.0;
+#pragma unroll
+    for (int j = 0; j < PER; j++)
+        if (lane + 32 * j < E)
+            sum += exp((double)(v[j] - mx));
+    sum = warp_sum_d(sum);
+    double h = 0.0;
+    float *p = probs + (int64_t)n * E;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int e = lane + 32 * j;
+        if (e < E) {
+            const float pe = (float)(exp((double)(v[j] - mx)) / sum);
+            v[j] = pe;
+            p[e] = pe;
+            if (pe > 0.0f)
+                h -= (double)pe * log((double)pe);
+        } else {
+            v[j] = -1.0f;
+        }
+    }
+    h = warp_sum_d(h);
+    /* top K: K rounds of a warp arg-max, ties to the lower expert */
+    float val[K];
+    int idx[K];
+    float denom = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        float best = -2.0f;
+        int be = 0x7fffffff;
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            const int e = lane + 32 * j;
+            if (v[j] > best || (v[j] == best && e < be)) {
+                best = v[j];
+                be = e;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (ob > best || (ob == best && oe < be)) {
+                best = ob;
+                be = oe;
+            }
+        }
+        val[k] = best;
+        idx[k] = be;
+        denom += best;
+#pragma unroll
+        for (int j = 0; j < PER; j++)
+            if (lane + 32 * j == be)
+                v[j] = -1.0f; /* taken */
+    }
+    if (lane == 0) {
+        lse[n] = (float)(mx + log(sum));
+        for (int k = 0; k < K; k++) {
+            topk[(int64_t)n * K + k] = idx[k];
+            topp[(int64_t)n * K + k] = val[k];
+            gate[(int64_t)n * K + k] = (normalize && K > 1) ? val[k] / denom : val[k];
+        }
+        prio[n] = val[0];
+        entropy[n] = (float)h;
+        iota[n] = n;
+    }
+}
+
+#define ROUTE_BLOCK 1024 /* choices per block of the slot assignment */
+
+/* The choices in routing order: position p = k * N + i is token order[i]'s
+ * k-th choice. Pass 1: how many choices of each block go to each expert. */
+template <int E, int K>
+static __global__ void route_count_kernel(int *blk_count, const int *topk, const int *order, int N)
+{
+    __shared__ int cnt[E];
+    for (int e = threadIdx.x; e < E; e += blockDim.x)
+        cnt[e] = 0;
+    __syncthreads();
+    const int64_t p = (int64_t)blockIdx.x * ROUTE_BLOCK + threadIdx.x;
+    if (p < (int64_t)N * K) {
+        const int k = (int)(p / N), n = order[p % N];
+        atomicAdd(&cnt[topk[(int64_t)n * K + k]], 1); /* integer counts: exact in any order */
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x)
+        blk_count[(int64_t)blockIdx.x * E + e] = cnt[e];
+}
+
+/* Pass 2 (one block): each block's first rank per expert, and the kept
+ * count of each expert, min(total, cap). */
+template <int E> static __global__ void route_scan_kernel(int *blk_base, int *count, const int *blk_count, int nblk, int cap)
+{
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int run = 0;
+        for (int q = 0; q < nblk; q++) {
+            blk_base[(int64_t)q * E + e] = run;
+            run += blk_count[(int64_t)q * E + e];
+        }
+        count[e] = run < cap ? run : cap;
+    }
+}
+
+/* Pass 3: each choice's rank among the earlier choices of its expert (its
+ * slot if below cap, else dropped: -1); the row -> token map of the kept
+ * choices. The same slots as the CPU's sequential loop. */
+template <int E, int K>
+static __global__ void route_assign_kernel(int *slot, int *row_token, int *row_k, const int *blk_base, const int *topk,
+                                           const int *order, int N, int cap)
+{
+    __shared__ int wcnt[ROUTE_BLOCK / 32][E];
+    const int wid = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = threadIdx.x; i < (ROUTE_BLOCK / 32) * E; i += blockDim.x)
+        wcnt[i / E][i % E] = 0;
+    __syncthreads();
+    const int64_t p = (int64_t)blockIdx.x * ROUTE_BLOCK + threadIdx.x;
+    const bool live = p < (int64_t)N * K;
+    int k = 0, n = 0, e = -1;
+    if (live) {
+        k = (int)(p / N);
+        n = order[p % N];
+        e = topk[(int64_t)n * K + k];
+    }
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    const int before = __popc(same & ((1u << lane) - 1u));
+    if (live && before == 0)
+        wcnt[wid][e] = __popc(same);
+    __syncthreads();
+    if (!live)
+        return;
+    int rank = blk_base[(int64_t)blockIdx.x * E + e] + before;
+    for (int w = 0; w < wid; w++)
+        rank += wcnt[w][e];
+    if (rank < cap) {
+        slot[(int64_t)n * K + k] = rank;
+        row_token[(int64_t)e * cap + rank] = n;
+        row_k[(int64_t)e * cap + rank] = k;
+    } else {
+        slot[(int64_t)n * K + k] = -1;
+    }
+}
+
+/* Device state of one MoE layer's routing (pointers into the arenas). */
+typedef struct moe_route_buf {
+    float *probs, *lse, *topp, *gate, *prio, *prio_sorted, *entropy;
+    int *topk, *slot, *count, *row_token, *row_k, *order, *iota, *blk_count, *blk_base;
+    void *sort_tmp;
+    size_t sort_bytes;
+} moe_route_buf;
+
+/* order = the tokens by descending priority: cub's radix sort, which is
+ * stable, so equal priorities keep token order as the CPU's merge sort.
+ * With tmp NULL, *bytes is set to the scratch it needs. */
+static inline int moe_prio_sort_dev(void *tmp, size_t *bytes, const float *keys_in, float *keys_out,
+                                    const int *vals_in, int *vals_out, int n, cudaStream_t s)
+{
+    return cub::DeviceRadixSort::SortPairsDescending(tmp, *bytes, keys_in, keys_out, vals_in, vals_out, n, 0,
+                                                     (int)sizeof(float) * 8, s) == cudaSuccess
+               ? 0
+               : -1;
+}
+
+/* Softmax, top-k and capacity of one layer, every choice claiming its slot
+ * in GShard order (first choices before second ones), by descending top-1
+ * probability with batch priority. cap >= N: dropless. */
+template <int E, int K>
+static inline void moe_route(const kctx *k, moe_route_buf *r, const float *logits, int N, int cap, int normalize,
+                             int batch_priority)
+{
+    static_assert(E <= 256, "the CUDA backend routes to at most 256 experts");
+    router_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(r->probs, r->lse, r->topk, r->topp, r->gate,
+                                                                       r->prio, r->entropy, r->iota, logits, N,
+                                                                       normalize);
+    LAUNCH_CHECK();
+    const int *order = r->iota;
+    if (batch_priority) {
+        size_t bytes = r->sort_bytes;
+        if (moe_prio_sort_dev(r->sort_tmp, &bytes, r->prio, r->prio_sorted, r->iota, r->order, N, k->stream) != 0) {
+            fprintf(stderr, "train: the routing sort failed\n");
+            exit(1);
+        }
+        order = r->order;
+    }
+    const int nblk = (int)(((int64_t)N * K + ROUTE_BLOCK - 1) / ROUTE_BLOCK);
+    route_count_kernel<E, K><<<(unsigned)nblk, ROUTE_BLOCK, 0, k->stream>>>(r->blk_count, r->topk, order, N);
+    LAUNCH_CHECK();
+    route_scan_kernel<E><<<1, E < 1024 ? ((E + 31) / 32) * 32 : 1024, 0, k->stream>>>(r->blk_base, r->count,
+                                                                                      r->blk_count, nblk, cap);
+    LAUNCH_CHECK();
+    route_assign_kernel<E, K><<<(unsigned)nblk, ROUTE_BLOCK, 0, k->stream>>>(r->slot, r->row_token, r->row_k,
+                                                                             r->blk_base, r->topk, order, N, cap);
+    LAUNCH_CHECK();
+}
+
+__device__ static inline void put(float *p, float v)
+{
+    *p = v;
+}
+
+__device__ static inline void put(__nv_bfloat16 *p, float v)
+{
+    *p = __float2bfloat16_rn(v);
+}
+
+/* xe[E, cap, D]: the kept tokens' rows, zeros past each expert's count (T:
+ * float, or bf16 for the experts' first product: moe_x16) */
+template <typename T>
+static __global__ void moe_gather_kernel(T *__restrict__ xe, const float *__restrict__ x,
+                                         const int *__restrict__ row_token, const int *__restrict__ count, int E,
+                                         int cap, int D)
+{
+    for (int64_t row = blockIdx.x; row < (int64_t)E * cap; row += gridDim.x) {
+        const int e = (int)(row / cap), s = (int)(row % cap);
+        T *o = xe + row * D;
+        if (s < count[e]) {
+            const float *src = x + (int64_t)row_token[row] * D;
+#pragma unroll 4
+            for (int c = threadIdx.x; c < D; c += blockDim.x)
+                put(o + c, src[c]);
+        } else {
+            for (int c = threadIdx.x; c < D; c += blockDim.x)
+                put(o + c, 0.0f);
+        }
+    }
+}
+
+/* out[n] = sum over kept choices of gate * (ye[row] + b2[expert]) (a
+ * token's own rows, in choice order: no atomics); b2 NULL: ye has the
+ * bias already (expert parallelism, where b2 lives on the expert's GPU) */
+template <int K>
+static __global__ void moe_combine_kernel(float *__restrict__ out, const float *__restrict__ ye,
+                                          const float *__restrict__ b2, const int *__restrict__ topk,
+                                          const int *__restrict__ slot, const float *__restrict__ gate, int N, int cap,
+                                          int D)
+{
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *src[K], *bias[K];
+        float g[K];
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const int s = slot[n * K + k], e = topk[n * K + k];
+            src[k] = s >= 0 ? ye + ((int64_t)e * cap + s) * D : nullptr;
+            bias[k] = b2 && s >= 0 ? b2 + (int64_t)e * D : nullptr;
+            g[k] = gate[n * K + k];
+        }
+        float *o = out + n * D;
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int k = 0; k < K; k++)
+                if (src[k])
+                    acc += g[k] * (bias[k] ? src[k][d] + bias[k][d] : src[k][d]);
+            o[d] = acc;
+        }
+    }
+}
+
+/* Expert parallelism: the rows of a MoE layer travel between the P GPUs of
+ * an expert-parallel group (kctx.exchange, over NCCL). Each GPU routes its
+ * own tokens into [E, cap, *] rows; GPU q of the group computes experts
+ * [q * E/P, (q+1) * E/P) on the rows every GPU of the group routed to them,
+ * laid out [E/P, P, cap, *] (so that one expert's rows are contiguous).
+ * Dispatch sends [E, cap, *] to [E/P, P, cap, *], combine the reverse. */
+enum { EXCHANGE_DISPATCH = 0, EXCHANGE_COMBINE = 1 };
+
+/* e < 0: every expert's rows, in order on k->stream (returns NULL); else
+ * local expert e's, on the exchange stream (returns the event of its end) */
+template <int P>
+static inline cudaEvent_t moe_exchange(const kctx *k, float *dst, const float *src, int64_t chunk, int el, int dir,
+                                       int e = -1)
+{
+    if (P > 1)
+        return k->exchange(k, dst, src, chunk, el, P, dir, e);
+    return nullptr;
+}
+
+/* k->stream waits for an exchange (NULL: nothing to wait for) */
+static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
+{
+    if (done)
+        CUDA_CHECK(cudaStreamWaitEvent(k->stream, done, 0));
+}
+
+/* bf16 precision keeps the experts' activations a [EL, rows, H] in bf16,
+ * in the first half of a's own memory (their only uses are as product
+ * operands: the second layer's input and its weight gradient), and the
+ * backward's gradient dh in bf16 in the second half (for the products
+ * that take it), so that neither is rounded again for each product.
+ * moe_a16(k, a, 0, r, H): row r's activations; moe_a16(k, a, EL * rows,
+ * r, H): its dh. NULL in the other precisions (a holds fp32). */
+static inline __nv_bfloat16 *moe_a16(const kctx *k, float *a, int64_t half_rows, int64_t r, int H)
+{
+    return k->cast ? reinterpret_cast<__nv_bfloat16 *>(a) + (half_rows + r) * H : nullptr;
+}
+
+/* The same for the experts' inputs xe [E, cap, D] on one GPU (P = 1): in
+ * bf16 precision the gather writes them in bf16 into the first half of
+ * xe's memory, as their only uses are product operands (the first
+ * layer's input and its weight gradient). With expert parallelism the
+ * rows travel as fp32 first, and NULL here: they are rounded per product. */
+template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float *xe)
+{
+    return P == 1 && k->cast ? reinterpret_cast<__nv_bfloat16 *>(const_cast<float *>(xe)) : nullptr;
+}
+
+/* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
+ * out [expert, rows, *]): h = x w1^T (kept without b1: bias_act's keep_h),
+ * a = act(h + b1), y = a w2^T (+ b2 when given; else the combine adds it).
+ * x16: the rows in bf16 (moe_x16), or NULL. */
+template <int D, int H, int ACT>
+static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a, const float *xr,
+                                   const __nv_bfloat16 *x16, const float *w1, const float *b1, const float *w2,
+                                   const float *b2, int rows, int e, int n)
+{
+    const int64_t r = (int64_t)e * rows;
+    __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H);
+    xr += r * D, h += r * H, a += r * H, yr += r * D;
+    w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
+    mm_nt(k, h, mm_pick(x16 ? x16 + r * D : nullptr, xr), w1, rows, H, D, 0.0f, n, (int64_t)rows * D,
+          (int64_t)H * D, (int64_t)rows * H);
+    bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true);
+    mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
+    if (b2)
+        bias_add(k, yr, b2 + (int64_t)e * D, rows, D, n);
+}
+
+/* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
+ * ye = a w2^T + b2 per expert, out = the gated sum. With expert
+ * parallelism (P > 1): xe is dispatched to xr, this GPU's E/P experts (w1
+ * ... b2: theirs alone) run on xr's P * cap rows per expert into yr, which
+ * comes back to ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe
+ * then holds the rows in bf16: moe_x16), and ye is kept without b2, which
+ * the combine adds (and its backward). h is kept without b1 (bias_act's
+ * keep_h). With k->overlap, the rows travel expert by expert: an expert's
+ * products start when its rows have come and its results leave while the
+ * next one's products run. */
+template <int D, int H, int E, int K, int ACT, int P>
+static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *xr, float *h, float *a, float *yr,
+                                       float *ye, const float *x, const moe_route_buf *r, const float *w1,
+                                       const float *b1, const float *w2, const float *b2, int N, int cap)
+{
+    static_assert(E % P == 0, "moe_experts_forward: the group's GPUs share the experts evenly");
+    constexpr int EL = E / P;
+    const int rows = P * cap; /* per expert of this GPU */
+    const int64_t chunk = (int64_t)cap * D;
+    __nv_bfloat16 *x16 = moe_x16<P>(k, xe);
+    if (x16)
+        moe_gather_kernel<<<blocks_for((int64_t)E * cap, 1), ROW_THREADS, 0, k->stream>>>(x16, x, r->row_token,
+                                                                                      r->count, E, cap, D);
+    else
+        moe_gather_kernel<<<blocks_for((int64_t)E * cap, 1), ROW_THREADS, 0, k->stream>>>(xe, x, r->row_token,
+                                                                                      r->count, E, cap, D);
+    LAUNCH_CHECK();
+    if (P > 1 && k->overlap) {
+        cudaEvent_t in[EL], done = nullptr;
+        for (int e = 0; e < EL; e++)
+            in[e] = moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH, e);
+        for (int e = 0; e < EL; e++) {
+            moe_exchange_wait(k, in[e]);
+            moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, nullptr, w1, b1, w2, b2, rows, e, 1); /* P > 1 */
+            done = moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE, e);
+        }
+        moe_exchange_wait(k, done); /* the exchange stream runs in order */
+    } else {
+        moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH);
+        moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, x16, w1, b1, w2, P > 1 ? b2 : nullptr, rows, 0, EL);
+        moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
+    }
+    moe_combine_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(out, ye, P > 1 ? nullptr : b2, r->topk,
+                                                                           r->slot, r->gate, N, cap, D);
+    LAUNCH_CHECK();
+}
+
+/* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
+ * count), and the kept choice's dgate = dout[token] . (ye[row] + b2[e])
+ * (b2 NULL: ye has it, as moe_combine_kernel). */
+static __global__ void moe_combine_bwd_kernel(float *dye, float *dgate, const float *dout, const float *ye,
+                                              const float *b2, const int *row_token, const int *row_k,
+                                              const int *count, const float *gate, int E, int cap, int D, int K)
+{
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= (int64_t)E * cap)
+        return;
+    const int e = (int)(row / cap), s = (int)(row % cap);
+    float *dy = dye + row * D;
+    if (s >= count[e]) {
+        for (int d = lane; d < D; d += 32)
+            dy[d] = 0.0f;
+        return;
+    }
+    const int n = row_token[row], kk = row_k[row];
+    const float g = gate[(int64_t)n * K + kk];
+    const float *go = dout + (int64_t)n * D, *y = ye + row * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
+    float dot = 0.0f;
+    for (int d = lane; d < D; d += 32) {
+        dot += go[d] * (bias ? y[d] + bias[d] : y[d]);
+        dy[d] = g * go[d];
+    }
+    dot = warp_sum(dot);
+    if (lane == 0)
+        dgate[(int64_t)n * K + kk] = dot;
+}
+
+/* dx[n] (+)= sum over the token's kept choices of dxe[row]; dgate of the
+ * dropped choices = 0 */
+template <int K>
+static __global__ void moe_scatter_bwd_kernel(float *__restrict__ dx, float *__restrict__ dgate,
+                                              const float *__restrict__ dxe, const int *__restrict__ topk,
+                                              const int *__restrict__ slot, int N, int cap, int D, int acc)
+{
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *src[K];
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const int sl = slot[n * K + k];
+            src[k] = sl >= 0 ? dxe + ((int64_t)topk[n * K + k] * cap + sl) * D : nullptr;
+            if (sl < 0 && threadIdx.x == 0)
+                dgate[n * K + k] = 0.0f;
+        }
+        float *o = dx + n * D;
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float s = 0.0f;
+#pragma unroll
+            for (int k = 0; k < K; k++)
+                if (src[k])
+                    s += src[k][d];
+            o[d] = acc ? o[d] + s : s;
+        }
+    }
+}
+
+/* The FFN's backward for this GPU's experts [e, e + n), in two halves:
+ * the rows' gradients (da = dy w2 into dh, dh = da * act'(h + b1) with
+ * db1 += colsum(dh) in the same pass, dx = dh w1), which the combine
+ * waits for, then the parameters' (dw2 += dy^T a, db2 += colsum(dy), dw1
+ * += dh^T x), which it need not. Both take dy of experts [e, e + n): in
+ * bf16 precision dy16 has it rounded already (cast_keep), and k's scratch
+ * starts after it; dh is then written in bf16 alone (moe_a16), as only
+ * products take it. */
+template <int D, int H, int ACT>
+static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, float *db1, const float *dyr,
+                                         const __nv_bfloat16 *dy16, const float *h, float *a, const float *w1,
+                                         const float *b1, const float *w2, int rows, int el, int e, int n)
+{
+    const int64_t r = (int64_t)e * rows;
+    __nv_bfloat16 *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
+    dxr += r * D, dh += r * H, dyr += r * D, h += r * H;
+    w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
+    mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
+    act_bias_backward<ACT>(k, dh, dh16, db1, dh, h, b1, rows, H, n);
+    mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
+}
+
+template <int D, int H>
+static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2, float *db2, const float *dyr,
+                                           const __nv_bfloat16 *dy16, const float *dh, const float *xr,
+                                           const __nv_bfloat16 *x16, float *a, int rows, int el, int e, int n)
+{
+    const int64_t r = (int64_t)e * rows;
+    const __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
+    dyr += r * D, dh += r * H, xr += r * D, a += r * H;
+    dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
+    mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
+          (int64_t)D * H);
+    colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
+    mm_tn(k, dw1, mm_pick(dh16, dh), mm_pick(x16 ? x16 + r * D : nullptr, xr), H, D, rows, 1.0f, n,
+          (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
+}
+
+/* Backward of the experts and the combine: dgate[N, K] written, dx (+)=,
+ * parameter gradients accumulated (w1 ... db2: this GPU's experts alone).
+ * dye, dxe: [E, cap, *] scratch; with expert parallelism dyr, dh, dxr:
+ * [E/P, P, cap, *] (else dyr = dye, dxr = dxe); xr, h, a: the forward's
+ * rows of this GPU's experts, as moe_experts_forward left them (in bf16
+ * precision a's second half takes dh in bf16: moe_a16). k->overlap: as in
+ * the forward. */
+template <int D, int H, int E, int K, int ACT, int P>
+static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
+                                        float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
+                                        float *a, const float *ye, const moe_route_buf *r, const float *w1,
+                                        const float *b1, const float *w2, const float *b2, float *dw1, float *db1,
+                                        float *dw2, float *db2, int N, int cap, int acc)
+{
+    constexpr int EL = E / P;
+    const __nv_bfloat16 *x16 = moe_x16<P>(k, xr);
+    const int rows = P * cap;
+    const int64_t chunk = (int64_t)cap * D;
+    kctx kr; /* k with the scratch after the rounded dy (cast_keep) */
+    moe_combine_bwd_kernel<<<blocks_for((int64_t)E * cap, 8), 256, 0, k->stream>>>(
+        dye, dgate, dout, ye, P > 1 ? nullptr : b2, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
+    LAUNCH_CHECK();
+    if (P > 1 && k->overlap) {
+        cudaEvent_t in[EL], done = nullptr;
+        for (int e = 0; e < EL; e++)
+            in[e] = moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH, e);
+        for (int e = 0; e < EL; e++) {
+            moe_exchange_wait(k, in[e]);
+            const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr + (int64_t)e * rows * D, (int64_t)rows * D);
+            moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, b1, w2, rows, EL, e, 1);
+            done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
+            moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, e, 1);
+        }
+        moe_exchange_wait(k, done);
+    } else {
+        moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
+        const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
+        moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, b1, w2, rows, EL, 0, EL);
+        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, 0, EL);
+        moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
+    }
+    moe_scatter_bwd_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(dx, dgate, dxe, r->topk,
+                                                                                    r->slot, N, cap, D, acc);
+    LAUNCH_CHECK();
+}
+
+#define AUX_BLOCKS 64
+
+/* Partial sums over tokens for the auxiliary losses and the statistics:
+ * per block, [E] summed probabilities, [E] top-1 counts, z (sum lse^2),
+ * the routing loss (sum -log p[target]) and the entropy. */
+template <int E, int K>
+static __global__ void moe_aux_partial_kernel(double *part, const float *probs, const float *lse, const int *topk,
+                                              const int *target, const float *entropy, int N)
+{
+    constexpr int W = 2 * E + 3;
+    __shared__ double acc[W];
+    for (int i = threadIdx.x; i < W; i += blockDim.x)
+        acc[i] = 0.0;
+    __syncthreads();
+    const int per = (N + AUX_BLOCKS - 1) / AUX_BLOCKS, lo = blockIdx.x * per, hi = min(N, lo + per);
+    /* each thread owns experts e = threadIdx.x, threadIdx.x + blockDim.x, ... for the sums over tokens */
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        double me = 0.0, ce = 0.0;
+        for (int n = lo; n < hi; n++) {
+            me += probs[(int64_t)n * E + e];
+            ce += topk[(int64_t)n * K] == e ? 1.0 : 0.0;
+        }
+        acc[e] = me;
+        acc[E + e] = ce;
+    }
+    if (threadIdx.x == blockDim.x - 1) {
+        double z = 0.0, ds = 0.0, h = 0.0;
+        for (int n = lo; n < hi; n++) {
+            z += (double)lse[n] * lse[n];
+            if (target) {
+                const float p = probs[(int64_t)n * E + target[n]];
+                ds -= log(p > 1e-30f ? p : 1e-30f);
+            }
+            h += entropy[n];
+        }
+        acc[2 * E] = z;
+        acc[2 * E + 1] = ds;
+        acc[2 * E + 2] = h;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < W; i += blockDim.x)
+        part[(int64_t)blockIdx.x * W + i] = acc[i];
+}
+
+/* The partials added up in block order: tot[0..W) the layer's sums over this
+ * process's tokens, tot[W] = N its token count; the entropy (a statistic,
+ * kept per process) goes to entropy_acc. */
+template <int E>
+static __global__ void moe_aux_total_kernel(double *tot, double *entropy_acc, const double *part, int N)
+{
+    constexpr int W = 2 * E + 3;
+    const int i = threadIdx.x;
+    if (i > W)
+        return;
+    double t = 0.0;
+    if (i < W)
+        for (int q = 0; q < AUX_BLOCKS; q++)
+            t += part[(int64_t)q * W + i];
+    else
+        t = (double)N;
+    tot[i] = t;
+    if (i == 2 * E + 2)
+        entropy_acc[0] += t;
+}
+
+/* The losses of one MoE layer from tot (its sums over every process's
+ * tokens, Ng of them: with data parallelism the losses are those of the
+ * whole batch, as on one GPU), and its statistics on the device, summed
+ * over forward passes: st[0..E) kept choices per expert, st[E..E+ND*E)
+ * top-1 choices per (dataset, expert), then assigned, dropped, tokens -
+ * this process's own. */
+template <int E, int K>
+static __global__ void moe_aux_final_kernel(float *aux, double *sums, double *loss_acc, unsigned long long *st,
+                                            const double *tot, const int *count, float w_bal, float w_z, float w_ds,
+                                            float w_imp, int N, int ND, int train)
+{
+    if (threadIdx.x != 0)
+        return;
+    const double Ng = tot[2 * E + 3];
+    double bal = 0.0, mu = 0.0, var = 0.0;
+    for (int e = 0; e < E; e++) {
+        bal += (tot[e] / Ng) * (tot[E + e] / Ng);
+        mu += tot[e] / E;
+    }
+    for (int e = 0; e < E; e++)
+        var += (tot[e] - mu) * (tot[e] - mu) / E;
+    aux[0] = (float)(bal * E);
+    aux[1] = (float)(tot[2 * E] / Ng);
+    aux[2] = (float)(tot[2 * E + 1] / Ng);
+    aux[3] = mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
+    /* for the backward pass, which divides by this process's N: the
+     * probabilities summed over all tokens scaled by N / Ng (the importance
+     * loss is scale-free, so its gradient comes out Ng / N times the whole
+     * batch's, as the gradient average over processes wants) and the top-1
+     * fractions of all tokens */
+    for (int e = 0; e < E; e++) {
+        sums[e] = tot[e] * ((double)N / Ng);
+        sums[E + e] = tot[E + e] / Ng;
+    }
+    if (train)
+        loss_acc[0] += w_bal * aux[0] + w_z * aux[1] + w_ds * aux[2] + w_imp * aux[3];
+    unsigned long long kept = 0;
+    for (int e = 0; e < E; e++) {
+        st[e] += (unsigned long long)count[e];
+        kept += (unsigned long long)count[e];
+    }
+    st[E + ND * E] += (unsigned long long)N * K;
+    st[E + ND * E + 1] += (unsigned long long)N * K - kept;
+    st[E + ND * E + 2] += (unsigned long long)N;
+}
+
+/* top-1 choices per (dataset, expert): integer atomics, exact */
+template <int K>
+static __global__ void moe_ds_expert_kernel(unsigned long long *st, const int *topk, const int32_t *dataset, int N,
+                                            int T, int E)
+{
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n < N)
+        atomicAdd(&st[E + (int64_t)dataset[n / T] * E + topk[(int64_t)n * K]], 1ull);
+}
+
+/* target[n] = the expert of token n's dataset (dataset-aware routing) */
+static __global__ void moe_target_kernel(int *target, const int32_t *dataset, const int *map, int N, int T)
+{
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n < N)
+        target[n] = map[dataset[n / T]];
+}
+
+static inline void moe_target(const kctx *k, int *target, const int32_t *dataset, const int *map, int N, int T)
+{
+    moe_target_kernel<<<blocks_for(N, 256), 256, 0, k->stream>>>(target, dataset, map, N, T);
+    LAUNCH_CHECK();
+}
+
+template <int E, int K>
+static inline void moe_aux_losses(const kctx *k, float *aux, double *sums, double *loss_acc, unsigned long long *st,
+                                  double *entropy_acc, const moe_route_buf *r, const int *target,
+                                  const int32_t *dataset, float w_bal, float w_z, float w_ds, float w_imp, int N, int T,
+                                  int ND, int train)
+{
+    constexpr int W = 2 * E + 3;
+    static_assert(W + 1 <= 1024, "moe_aux_total_kernel: one thread per sum");
+    double *part = (double *)k->red, *tot = part + (int64_t)AUX_BLOCKS * W;
+    moe_aux_partial_kernel<E, K><<<AUX_BLOCKS, 256, 0, k->stream>>>(part, r->probs, r->lse, r->topk, target,
+                                                                    r->entropy, N);
+    LAUNCH_CHECK();
+    moe_aux_total_kernel<E><<<1, (W + 32) / 32 * 32, 0, k->stream>>>(tot, entropy_acc, part, N);
+    LAUNCH_CHECK();
+    /* training with data parallelism: the losses of the whole batch */
+    if (train && k->sum_across)
+        k->sum_across(k, tot, W + 1);
+    moe_aux_final_kernel<E, K><<<1, 32, 0, k->stream>>>(aux, sums, loss_acc, st, tot, r->count, w_bal, w_z, w_ds,
+                                                        w_imp, N, ND, train);
+    LAUNCH_CHECK();
+    moe_ds_expert_kernel<K><<<blocks_for(N, 256), 256, 0, k->stream>>>(st, r->topk, dataset, N, T, E);
+    LAUNCH_CHECK();
+}
+
+/* The gradient of everything that reaches the router logits (one warp per
+ * token): the gates (renormalised if asked), GShard's balance loss, the
+ * importance loss, the softmax Jacobian, the z-loss and DAMEX's routing
+ * loss. sums: the summed probabilities and top-1 fractions of the forward. */
+template <int E, int K>
+static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate, const float *probs, const float *lse,
+                                             const int *topk, const float *topp, const int *target, const double *sums,
+                                             int N, int normalize, float w_bal, float w_z, float w_ds, float w_imp)
+{
+    constexpr int PER = (E + 31) / 32;
+    const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N)
+        return;
+    /* importance loss: d/dimp[e] of CV^2, the same for every token */
+    double mu = 0.0, var = 0.0;
+    if (w_imp != 0.0f) {
+        for (int e = 0; e < E; e++)
+            mu += sums[e] / E;
+        for (int e = 0; e < E; e++)
+            var += (sums[e] - mu) * (sums[e] - mu) / E;
+    }
+    const int *idx = topk + (int64_t)n * K;
+    const float *val = topp + (int64_t)n * K, *dg = dgate + (int64_t)n * K;
+    float S = 0.0f, gs = 0.0f;
+    if (normalize && K > 1)
+        for (int k = 0; k < K; k++) {
+            S += val[k];
+            gs += dg[k] * val[k];
+        }
+    const float *p = probs + (int64_t)n * E;
+    float dp[PER], pv[PER];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int e = lane + 32 * j;
+        dp[j] = 0.0f;
+        pv[j] = 0.0f;
+        if (e >= E)
+            continue;
+        pv[j] = p[e];
+        for (int k = 0; k < K; k++)
+            if (idx[k] == e)
+                dp[j] += (normalize && K > 1) ? dg[k] / S - gs / (S * S) : dg[k];
+        if (w_imp != 0.0f)
+            dp[j] += (float)(w_imp * (2.0 * (sums[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
+        dp[j] += (float)(w_bal * E * sums[E + e] / N);
+        s += pv[j] * dp[j];
+    }
+    s = warp_sum(s);
+    float *dl = dlogits + (int64_t)n * E;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int e = lane + 32 * j;
+        if (e >= E)
+            continue;
+        float v = pv[j] * (dp[j] - s);
+        if (w_z != 0.0f)
+            v += w_z * 2.0f * lse[n] * pv[j] / N;
+        if (target && w_ds != 0.0f)
+            v += w_ds * (pv[j] - (e == target[n] ? 1.0f : 0.0f)) / N;
+        dl[e] = v;
+    }
+}
+
+template <int E, int K>
+static inline void moe_router_backward(const kctx *k, float *dlogits, const float *dgate, const moe_route_buf *r,
+                                       const int *target, const double *sums, int N, int normalize, float w_bal,
+                                       float w_z, float w_ds, float w_imp)
+{
+    moe_router_bwd_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(
+        dlogits, dgate, r->probs, r->lse, r->topk, r->topp, target, sums, N, normalize, w_bal, w_z, w_ds, w_imp);
+    LAUNCH_CHECK();
+}
+
+/* ---- l2 norm rows (the cosine router) ---------------------------------------------------------------- */
+
+/* one warp per row: out = in / max(|in|, 1e-6), norm = that divisor */
+static __global__ void l2norm_fwd_kernel(float *out, float *norm, const float *in, int rows, int C)
+{
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows)
+        return;
+    const float *x = in + (int64_t)r * C;
+    double s = 0.0;
+    for (int c = lane; c < C; c += 32)
+        s += (double)x[c] * x[c];
+    s = warp_sum_d(s);
+    const float n = (float)sqrt(s) > 1e-6f ? (float)sqrt(s) : 1e-6f;
+    for (int c = lane; c < C; c += 32)
+        out[(int64_t)r * C + c] = x[c] / n;
+    if (lane == 0)
+        norm[r] = n;
+}
+
+static __global__ void l2norm_bwd_kernel(float *din, const float *dout, const float *out, const float *norm, int rows,
+                                         int C, int acc)
+{
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows)
+        return;
+    const float *g = dout + (int64_t)r * C, *y = out + (int64_t)r * C;
+    float dot = 0.0f;
+    for (int c = lane; c < C; c += 32)
+        dot += y[c] * g[c];
+    dot = warp_sum(dot);
+    for (int c = lane; c < C; c += 32) {
+        const float v = (g[c] - y[c] * dot) / norm[r];
+        din[(int64_t)r * C + c] = acc ? din[(int64_t)r * C + c] + v : v;
+    }
+}
+
+static inline void l2norm_forward(const kctx *k, float *out, float *norm, const float *in, int rows, int C)
+{
+    l2norm_fwd_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, k->stream>>>(out, norm, in, rows, C);
+    LAUNCH_CHECK();
+}
+
+static inline void l2norm_backward(const kctx *k, float *din, const float *dout, const float *out, const float *norm,
+                                   int rows, int C, int acc)
+{
+    l2norm_bwd_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, k->stream>>>(din, dout, out, norm, rows, C, acc);
+    LAUNCH_CHECK();
+}
+
+/* ---- the optimizer, over the whole parameter arena in one launch -------------------------------------------- */
+
+#define NORM_BLOCKS 256
+
+/* part[blockIdx.x] = the sum of every thread's s in the block */
+__device__ static inline void block_sum_store(double *part, double s)
+{
+    __shared__ double sm[32];
+    s = warp_sum_d(s);
+    if (threadIdx.x % 32 == 0)
+        sm[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)blockDim.x / 32; w++)
+            t += sm[w];
+        part[blockIdx.x] = t;
+    }
+}
+
+static __global__ void sumsq_partial_kernel(double *part, const float *g, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        s += (double)g[i] * g[i];
+    block_sum_store(part, s);
+}
+
+/* the same over the ranges runs[2 r] to runs[2 r + 1], r < nruns (the
+ * parameter arena's pieces under expert parallelism) */
+static __global__ void sumsq_runs_partial_kernel(double *part, const float *g, const int64_t *runs, int nruns)
+{
+    double s = 0.0;
+    for (int r = 0; r < nruns; r++)
+        for (int64_t i = runs[2 * r] + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < runs[2 * r + 1];
+             i += (int64_t)gridDim.x * blockDim.x)
+            s += (double)g[i] * g[i];
+    block_sum_store(part, s);
+}
+
+/* out[0] = the partial sums' total, or its square root */
+static __global__ void sumsq_final_kernel(double *out, const double *part, int root)
+{
+    if (threadIdx.x != 0)
+        return;
+    double t = 0.0;
+    for (int q = 0; q < NORM_BLOCKS; q++)
+        t += part[q];
+    out[0] = root ? sqrt(t) : t;
+}
+
+/* norm[0] = sqrt(a[0] + b[0]) */
+static __global__ void sqrt_sum_kernel(double *norm, const double *a, const double *b)
+{
+    if (threadIdx.x == 0)
+        norm[0] = sqrt(a[0] + b[0]);
+}
+
+/* sum[0] = the sum of squares over nruns ranges of g (runs: [lo, hi) pairs
+ * on the device; deterministic) */
+static inline void sumsq_runs(const kctx *k, double *sum, const float *g, const int64_t *runs, int nruns)
+{
+    double *part = (double *)k->red;
+    sumsq_runs_partial_kernel<<<NORM_BLOCKS, 256, 0, k->stream>>>(part, g, runs, nruns);
+    LAUNCH_CHECK();
+    sumsq_final_kernel<<<1, 32, 0, k->stream>>>(sum, part, 0);
+    LAUNCH_CHECK();
+}
+
+/* norm[0] = |g| over n values (deterministic) */
+static inline void grad_norm(const kctx *k, double *norm, const float *g, int64_t n)
+{
+    double *part = (double *)k->red;
+    sumsq_partial_kernel<<<NORM_BLOCKS, 256, 0, k->stream>>>(part, g, n);
+    LAUNCH_CHECK();
+    sumsq_final_kernel<<<1, 32, 0, k->stream>>>(norm, part, 1);
+    LAUNCH_CHECK();
+}
+
+/* The step's scalars, read on the device so that the captured graph serves
+ * every step. */
+typedef struct step_scalars {
+    float lr;
+    int t;          /* optimizer step, from 1 */
+    int64_t step;   /* training step, from 0: the random streams */
+    float lam;      /* CutMix: the share of labels in the targets (1: unmixed) */
+} step_scalars;
+
+/* AdamW's constants of a step */
+struct adamw_c {
+    float lr, c1, c2, gs, b1, b2, eps, wd;
+};
+
+/* one parameter's AdamW update */
+__device__ static inline void adamw_one(float &p, float &m, float &v, float g, uint8_t decay, const adamw_c &c)
+{
+    const float gi = g * c.gs;
+    m = c.b1 * m + (1.0f - c.b1) * gi;
+    v = c.b2 * v + (1.0f - c.b2) * gi * gi;
+    const float mhat = m / c.c1, vhat = v / c.c2;
+    p -= c.lr * (mhat / (sqrtf(vhat) + c.eps) + (decay ? c.wd : 0.0f) * p);
+}
+
+/* AdamW with decoupled weight decay where decay[i] (norms, biases, tokens
+ * are exempt), gradients scaled by clip / |g| when |g| > clip > 0; with
+ * p16, the new weights rounded to bf16 there too (kctx.w16). The
+ * first n4 groups of 4 parameters go by 16-byte loads and stores (the
+ * arrays 16-byte aligned, decay 4-byte; n4 = 0 otherwise), the rest one by
+ * one. The arrays never overlap (__restrict__): each thread's loads go out
+ * together, where the load of p had waited for the stores of m and v. */
+static __global__ void adamw_kernel(float *__restrict__ p, __nv_bfloat16 *__restrict__ p16, const float *__restrict__ g,
+                                    float *__restrict__ m, float *__restrict__ v, const uint8_t *__restrict__ decay,
+                                    int64_t n, int64_t n4,
+                                    const step_scalars *sc, const double *gnorm, float clip, float b1, float b2,
+                                    float eps, float wd)
+{
+    adamw_c c;
+    c.lr = sc->lr;
+    c.c1 = 1.0f - powf(b1, (float)sc->t);
+    c.c2 = 1.0f - powf(b2, (float)sc->t);
+    c.gs = clip > 0.0f && gnorm[0] > clip ? (float)(clip / gnorm[0]) : 1.0f;
+    c.b1 = b1, c.b2 = b2, c.eps = eps, c.wd = wd;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x, first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (int64_t i = first; i < n4; i += stride) {
+        float4 P = reinterpret_cast<float4 *>(p)[i], M = reinterpret_cast<float4 *>(m)[i];
+        float4 V = reinterpret_cast<float4 *>(v)[i];
+        const float4 G = reinterpret_cast<const float4 *>(g)[i];
+        const uchar4 d = reinterpret_cast<const uchar4 *>(decay)[i];
+        adamw_one(P.x, M.x, V.x, G.x, d.x, c);
+        adamw_one(P.y, M.y, V.y, G.y, d.y, c);
+        adamw_one(P.z, M.z, V.z, G.z, d.z, c);
+        adamw_one(P.w, M.w, V.w, G.w, d.w, c);
+        reinterpret_cast<float4 *>(p)[i] = P;
+        reinterpret_cast<float4 *>(m)[i] = M;
+        reinterpret_cast<float4 *>(v)[i] = V;
+        if (p16) {
+            __nv_bfloat162 *d16 = reinterpret_cast<__nv_bfloat162 *>(p16 + 4 * i);
+            d16[0] = __floats2bfloat162_rn(P.x, P.y);
+            d16[1] = __floats2bfloat162_rn(P.z, P.w);
+        }
+    }
+    for (int64_t i = 4 * n4 + first; i < n; i += stride) {
+        adamw_one(p[i], m[i], v[i], g[i], decay[i], c);
+        if (p16)
+            p16[i] = __float2bfloat16_rn(p[i]);
+    }
+}
+
+static inline void adamw(const kctx *k, float *p, __nv_bfloat16 *p16, const float *g, float *m, float *v,
+                         const uint8_t *decay, int64_t n, const step_scalars *sc, const double *gnorm, float clip,
+                         float b1, float b2, float eps, float wd)
+{
+    const bool al = vec4_ok(4, p, g, m) && vec4_ok(4, v) && ((uintptr_t)decay & 3) == 0 && ((uintptr_t)p16 & 7) == 0;
+    const int64_t n4 = al ? n / 4 : 0;
+    adamw_kernel<<<blocks_for(n4 > 0 ? n4 : n, 256), 256, 0, k->stream>>>(p, p16, g, m, v, decay, n, n4, sc, gnorm,
+                                                                          clip, b1, b2, eps, wd);
+    LAUNCH_CHECK();
+}
+
+/* SGD with momentum (PyTorch's semantics: L2 decay added to the gradient);
+ * with p16, the new weights rounded to bf16 there too (kctx.w16) */
+static __global__ void sgd_kernel(float *__restrict__ p, __nv_bfloat16 *__restrict__ p16, const float *__restrict__ g,
+                                  float *__restrict__ buf,
+                                  const uint8_t *__restrict__ decay, int64_t n,
+                                  const step_scalars *sc, const double *gnorm, float clip, float mu, int nesterov,
+                                  float wd)
+{
+    const float lr = sc->lr;
+    const float gs = clip > 0.0f && gnorm[0] > clip ? (float)(clip / gnorm[0]) : 1.0f;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float d = g[i] * gs + (decay[i] ? wd : 0.0f) * p[i];
+        if (mu != 0.0f) {
+            buf[i] = sc->t == 1 ? d : mu * buf[i] + d;
+            d = nesterov ? d + mu * buf[i] : buf[i];
+        }
+        p[i] -= lr * d;
+        if (p16)
+            p16[i] = __float2bfloat16_rn(p[i]);
+    }
+}
+
+#endif /* MOE_KERNELS_CUH */
