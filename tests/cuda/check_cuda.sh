@@ -52,10 +52,14 @@ STEPS=${CHECK_CUDA_STEPS:-40}
 
 # hier: the convolution stem, window attention (local and global) and
 # the 2x2 merge; hier14: its first local windows at 14x14 (196 tokens: the
-# attention's row tiles)
+# attention's row tiles); soft_cm and damex_cm: every batch mixed by CutMix
+# (the loss's mixed targets; damex's heads are per dataset)
 hier14_moe "$WORK/hier14.moe"
+with_cutmix "$top_srcdir/examples/soft_moe_mnist.moe" "$WORK/soft_cm.moe"
+with_cutmix "$top_srcdir/examples/damex.moe" "$WORK/damex_cm.moe"
 for spec in damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe \
-    routers_gpu:tests/cuda/routers_gpu.moe hier:tests/e2e/hier.moe hier14:$WORK/hier14.moe; do
+    routers_gpu:tests/cuda/routers_gpu.moe hier:tests/e2e/hier.moe hier14:$WORK/hier14.moe \
+    soft_cm:$WORK/soft_cm.moe damex_cm:$WORK/damex_cm.moe; do
     model=${spec%%:*}
     file=${spec#*:}
     BACKEND=cpu gen "$model" "$file" || { not_ok "$model: the CPU trainer builds"; continue; }

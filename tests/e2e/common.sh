@@ -130,6 +130,13 @@ hier14_moe() {
     sed '0,/window = 7)/s//window = 14)/' "$top_srcdir/tests/e2e/hier.moe" > "$1"
 }
 
+# with_cutmix SRC OUT: the .moe file SRC with every training batch mixed by
+# CutMix (augment = [cutmix(alpha = 1.0, prob = 1.0)] after its train
+# section's batch line), written to OUT
+with_cutmix() {
+    sed 's/^\(    batch = [0-9]*\) *$/\1\n    augment = [cutmix(alpha = 1.0, prob = 1.0)]/' "$1" > "$2"
+}
+
 need_data() {
     for d in fashion-mnist mnist digits; do
         if [ ! -e "$DATA/$d" ]; then

@@ -78,8 +78,7 @@ fi
 # loss and every gradient; DAMEX too, whose heads are per dataset (its
 # pairs are made within each dataset)
 if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
-    sed 's/^    batch = 64 *$/    batch = 64\n    augment = [cutmix(alpha = 1.0, prob = 1.0)]/' \
-        "$top_srcdir/examples/soft_moe_mnist.moe" > "$WORK/soft_cm.moe"
+    with_cutmix "$top_srcdir/examples/soft_moe_mnist.moe" "$WORK/soft_cm.moe"
     if gen soft_cm "$WORK/soft_cm.moe" && grep -q '^#define CUTMIX_PROB 1 ' "$WORK/soft_cm/model.h"; then
         cd "$WORK/soft_cm" || exit 1
         learns_mnist "soft_moe_mnist with cutmix" --steps 300
@@ -91,8 +90,7 @@ if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
     fi
 fi
 if [ -e "$DATA/fashion-mnist" ] && [ -e "$DATA/mnist" ] && [ -e "$DATA/digits" ]; then
-    sed 's/^    batch = 128 *$/    batch = 128\n    augment = [cutmix(alpha = 1.0, prob = 1.0)]/' \
-        "$top_srcdir/examples/damex.moe" > "$WORK/damex_cm.moe"
+    with_cutmix "$top_srcdir/examples/damex.moe" "$WORK/damex_cm.moe"
     if gen damex_cm "$WORK/damex_cm.moe" && grep -q '^#define CUTMIX_PROB 1 ' "$WORK/damex_cm/model.h"; then
         cd "$WORK/damex_cm" || exit 1
         torch_check "damex with cutmix"
