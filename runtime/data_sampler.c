@@ -60,7 +60,7 @@ struct moert_mixture {
     norm_lut *lut;          /* (k) pixel -> normalized value, per channel */
     int shard_global;       /* data-parallel global batch size, 0 = unsharded */
     int shard_first;        /* first sample of the global batch that goes to b */
-    /* the step's draws, for pick_cap samples */
+    /* the step's draws, for pick_cap samples (one block from pick_src) */
     int pick_cap;
     int32_t *pick_src;      /* (pick_cap) each sample's source */
     uint32_t *pick_idx;     /* (pick_cap) and image */
@@ -290,10 +290,7 @@ void moert_mixture_free(moert_mixture *m)
     pthread_cond_destroy(&m->done);
     pthread_mutex_destroy(&m->mu);
     free_scratch(m);
-    free(m->pick_src);
-    free(m->pick_idx);
-    free(m->cm_partner);
-    free(m->cm_order);
+    free(m->pick_src); /* and the other arrays of its block */
     free(m->cm_count);
     free(m);
 }
@@ -530,25 +527,20 @@ int moert_mixture_set_cutmix(moert_mixture *m, double alpha, double prob, int by
     return 0;
 }
 
-/* the step's draws for batches of n samples */
+/* the step's draws for batches of n samples: one block of four arrays
+ * (per-step scratch: nothing in them is kept across a growth) */
 static int picks_reserve(moert_mixture *m, int n)
 {
     if (n <= m->pick_cap)
         return 0;
-    int32_t *src = realloc(m->pick_src, (size_t)n * sizeof *src);
-    if (src)
-        m->pick_src = src;
-    uint32_t *idx = realloc(m->pick_idx, (size_t)n * sizeof *idx);
-    if (idx)
-        m->pick_idx = idx;
-    int32_t *partner = realloc(m->cm_partner, (size_t)n * sizeof *partner);
-    if (partner)
-        m->cm_partner = partner;
-    int32_t *order = realloc(m->cm_order, (size_t)n * sizeof *order);
-    if (order)
-        m->cm_order = order;
-    if (!src || !idx || !partner || !order)
+    int32_t *block = malloc((size_t)n * 4 * sizeof *block);
+    if (!block)
         return -1;
+    free(m->pick_src);
+    m->pick_src = block;
+    m->pick_idx = (uint32_t *)(block + n);
+    m->cm_partner = block + 2 * (size_t)n;
+    m->cm_order = block + 3 * (size_t)n;
     m->pick_cap = n;
     return 0;
 }
