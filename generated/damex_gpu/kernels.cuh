@@ -3382,44 +3382,67 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
 
 /* Partial sums over tokens for the auxiliary losses and the statistics:
  * per block, [E] summed probabilities, [E] top-1 counts, z (sum lse^2),
- * the routing loss (sum -log p[target]) and the entropy. */
+ * the routing loss (sum -log p[target]) and the entropy. Every thread of
+ * the block works: for the per-expert sums, the block is LANES threads
+ * per expert (a pass per group of 256 / LANES experts) striding over the
+ * block's tokens; for the other three, all 256 threads stride. The
+ * threads' sums are then added in a fixed order (deterministic). */
+#define AUX_THREADS 256
 template <int E, int K>
-static __global__ void moe_aux_partial_kernel(double *part, const float *probs, const float *lse, const int *topk,
-                                              const int *target, const float *entropy, int N)
+static __global__ void __launch_bounds__(AUX_THREADS) moe_aux_partial_kernel(double *part, const float *probs,
+                                                                             const float *lse, const int *topk,
+                                                                             const int *target,
+                                                                             const float *entropy, int N)
 {
     constexpr int W = 2 * E + 3;
-    __shared__ double acc[W];
-    for (int i = threadIdx.x; i < W; i += blockDim.x)
-        acc[i] = 0.0;
-    __syncthreads();
+    constexpr int LANES = E < AUX_THREADS ? AUX_THREADS / E : 1, GROUP = AUX_THREADS / LANES;
+    __shared__ double red[3][AUX_THREADS];
     const int per = (N + AUX_BLOCKS - 1) / AUX_BLOCKS, lo = blockIdx.x * per, hi = min(N, lo + per);
-    /* each thread owns experts e = threadIdx.x, threadIdx.x + blockDim.x, ... for the sums over tokens */
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    const int t = threadIdx.x, lane = t % LANES;
+    double *out = part + (int64_t)blockIdx.x * W;
+    for (int e0 = 0; e0 < E; e0 += GROUP) {
+        const int e = e0 + t / LANES;
         double me = 0.0, ce = 0.0;
-        for (int n = lo; n < hi; n++) {
-            me += probs[(int64_t)n * E + e];
-            ce += topk[(int64_t)n * K] == e ? 1.0 : 0.0;
-        }
-        acc[e] = me;
-        acc[E + e] = ce;
-    }
-    if (threadIdx.x == blockDim.x - 1) {
-        double z = 0.0, ds = 0.0, h = 0.0;
-        for (int n = lo; n < hi; n++) {
-            z += (double)lse[n] * lse[n];
-            if (target) {
-                const float p = probs[(int64_t)n * E + target[n]];
-                ds -= log(p > 1e-30f ? p : 1e-30f);
+        if (e < E)
+            for (int n = lo + lane; n < hi; n += LANES) {
+                me += probs[(int64_t)n * E + e];
+                ce += topk[(int64_t)n * K] == e ? 1.0 : 0.0;
             }
-            h += entropy[n];
+        red[0][t] = me;
+        red[1][t] = ce;
+        __syncthreads();
+        if (lane == 0 && e < E) {
+            double sm = 0.0, sc = 0.0;
+            for (int l = 0; l < LANES; l++) {
+                sm += red[0][t + l];
+                sc += red[1][t + l];
+            }
+            out[e] = sm;
+            out[E + e] = sc;
         }
-        acc[2 * E] = z;
-        acc[2 * E + 1] = ds;
-        acc[2 * E + 2] = h;
+        __syncthreads();
     }
+    double z = 0.0, ds = 0.0, h = 0.0;
+    for (int n = lo + t; n < hi; n += AUX_THREADS) {
+        z += (double)lse[n] * lse[n];
+        if (target) {
+            const float p = probs[(int64_t)n * E + target[n]];
+            ds -= log(p > 1e-30f ? p : 1e-30f);
+        }
+        h += entropy[n];
+    }
+    red[0][t] = z;
+    red[1][t] = ds;
+    red[2][t] = h;
     __syncthreads();
-    for (int i = threadIdx.x; i < W; i += blockDim.x)
-        part[(int64_t)blockIdx.x * W + i] = acc[i];
+    for (int w = AUX_THREADS / 2; w > 0; w /= 2) {
+        if (t < w)
+            for (int q = 0; q < 3; q++)
+                red[q][t] += red[q][t + w];
+        __syncthreads();
+    }
+    if (t < 3)
+        out[2 * E + t] = red[t][0];
 }
 
 /* The partials added up in block order: tot[0..W) the layer's sums over this
@@ -3522,8 +3545,8 @@ static inline void moe_aux_losses(const kctx *k, float *aux, double *sums, doubl
     constexpr int W = 2 * E + 3;
     static_assert(W + 1 <= 1024, "moe_aux_total_kernel: one thread per sum");
     double *part = (double *)k->red, *tot = part + (int64_t)AUX_BLOCKS * W;
-    moe_aux_partial_kernel<E, K><<<AUX_BLOCKS, 256, 0, k->stream>>>(part, r->probs, r->lse, r->topk, target,
-                                                                    r->entropy, N);
+    moe_aux_partial_kernel<E, K><<<AUX_BLOCKS, AUX_THREADS, 0, k->stream>>>(part, r->probs, r->lse, r->topk, target,
+                                                                            r->entropy, N);
     LAUNCH_CHECK();
     moe_aux_total_kernel<E><<<1, (W + 32) / 32 * 32, 0, k->stream>>>(tot, entropy_acc, part, N);
     LAUNCH_CHECK();

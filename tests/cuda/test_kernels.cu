@@ -803,6 +803,63 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
 
 /* ---- heads and the loss ------------------------------------------------------------------------------------ */
 
+/* The auxiliary losses' sums over N tokens (moe_aux_partial_kernel and
+ * moe_aux_total_kernel): [E] probabilities, [E] top-1 counts, z, the
+ * routing loss and the entropy, against the host's sums in double. N large
+ * enough that every thread of a block has tokens; E = 300 takes two passes
+ * of its experts. The sums are in another order than the host's: 1e-10
+ * (one token missed would be 1e-5 off). */
+template <int E, int K>
+static void test_moe_aux_sums(int N)
+{
+    constexpr int W = 2 * E + 3;
+    note(fmt("moe_aux sums E=%d K=%d N=%d", E, K, N));
+    Rng r(seed_of("moe_aux_sums", E * 100 + N % 97));
+    fvec probs((size_t)N * E), lse(N), entropy(N);
+    std::vector<int> topk((size_t)N * K), target(N);
+    for (int n = 0; n < N; n++) {
+        double sum = 0.0;
+        for (int e = 0; e < E; e++)
+            sum += probs[(size_t)n * E + e] = r.uni(0.01f, 1.0f);
+        for (int e = 0; e < E; e++)
+            probs[(size_t)n * E + e] = (float)(probs[(size_t)n * E + e] / sum);
+        for (int k = 0; k < K; k++)
+            topk[(size_t)n * K + k] = r.below(E);
+        target[n] = r.below(E);
+        lse[n] = r.uni(-3, 3);
+        entropy[n] = r.uni(0, 2);
+    }
+    std::vector<double> want(W + 1, 0.0);
+    for (int n = 0; n < N; n++) {
+        for (int e = 0; e < E; e++)
+            want[e] += probs[(size_t)n * E + e];
+        want[E + topk[(size_t)n * K]] += 1.0;
+        want[2 * E] += (double)lse[n] * lse[n];
+        const float p = probs[(size_t)n * E + target[n]];
+        want[2 * E + 1] -= log(p > 1e-30f ? p : 1e-30f);
+        want[2 * E + 2] += entropy[n];
+    }
+    want[W] = N;
+    float *d_probs = dup(probs), *d_lse = dup(lse), *d_entropy = dup(entropy);
+    int *d_topk = dup(topk), *d_target = dup(target);
+    double *d_part = dpoison<double>((size_t)AUX_BLOCKS * W), *d_tot = dpoison<double>(W + 1);
+    const std::vector<double> zero = { 0.0 };
+    double *d_ent_acc = dup(zero);
+    moe_aux_partial_kernel<E, K><<<AUX_BLOCKS, AUX_THREADS, 0, g_k.stream>>>(d_part, d_probs, d_lse, d_topk, d_target,
+                                                                             d_entropy, N);
+    LAUNCH_CHECK();
+    moe_aux_total_kernel<E><<<1, (W + 32) / 32 * 32, 0, g_k.stream>>>(d_tot, d_ent_acc, d_part, N);
+    LAUNCH_CHECK();
+    const std::vector<double> got = down(d_tot, W + 1);
+    const std::string c = fmt("E=%d K=%d N=%d", E, K, N);
+    /* the routing loss's terms are logf of floats on the device, log here:
+     * 2.5e-9 to 3.5e-9 apart on an H200; the other sums 1e-10 */
+    for (int i = 0; i <= W; i++)
+        check_scalar("moe_aux_partial_kernel", fmt("sum %d of %d, ", i, W + 1) + c, got[i], want[i],
+                     i == 2 * E + 1 ? 1e-7 : 1e-10);
+    dfree_all();
+}
+
 /* lam < 1: CutMix's targets, lam of labels and the rest of labels_mix (another
  * label of the sample's dataset); lam = 1: the plain loss, labels_mix = labels */
 static void test_softmax_xent(int B, int CMAX, int C0, int C1, float lam)
@@ -1425,6 +1482,9 @@ int main(void)
     layernorm_setup<1024>(); /* 64 KiB of shared memory: more than a launch gets unasked */
     test_layernorm<1024>();
     test_l2norm();
+    test_moe_aux_sums<7, 3>(66560); /* config P's layers */
+    test_moe_aux_sums<8, 2>(1000);
+    test_moe_aux_sums<300, 2>(20000);
     test_softmax_xent(37, 10, 10, 7, 1.0f);
     test_softmax_xent(21, 100, 100, 37, 1.0f);
     test_softmax_xent(37, 10, 10, 7, 0.37f);
