@@ -685,9 +685,9 @@ int main(int argc, char **argv)
     /* each rank draws the whole batch and makes its own share of it */
     if (world > 1 && moert_mixture_set_shard(mix, o.batch, rank * local, errbuf, sizeof errbuf) != 0)
         die("%s", errbuf);
-    if (moert_mixture_set_workers(mix, o.loader_threads ? o.loader_threads : loader_threads_auto(world), errbuf,
-                                  sizeof errbuf) != 0)
-        die("--loader-threads %d: %s", o.loader_threads, errbuf);
+    const int loader_threads = o.loader_threads ? o.loader_threads : loader_threads_auto(world);
+    if (moert_mixture_set_workers(mix, loader_threads, errbuf, sizeof errbuf) != 0)
+        die("%s%s", o.loader_threads ? "--loader-threads: " : "", errbuf);
     /* with a head per dataset, a sample's box comes from its own dataset */
     if (moert_mixture_set_cutmix(mix, CUTMIX_ALPHA, CUTMIX_PROB, PER_DATASET_HEADS, errbuf, sizeof errbuf) != 0)
         die("%s", errbuf);

@@ -84,6 +84,22 @@ if [ -x "$WORK/soft_moe_mnist/train" ] && [ -e "$DATA/mnist" ]; then
         learns_mnist "soft_moe_mnist with cutmix" --steps 300
         torch_check "soft_moe_mnist with cutmix"
         grep -q '^cutmix: lam' torch.log || not_ok "the first step of soft_cm is mixed"
+        # three loader threads make the batch one makes (the CPU trainer's
+        # default), bit for bit; a count out of range is refused
+        if ./train --data "$DATA" --dump-step one.safetensors > /dev/null 2>&1 &&
+            ./train --data "$DATA" --loader-threads 3 --dump-step three.safetensors > /dev/null 2>&1 &&
+            cmp -s one.safetensors three.safetensors; then
+            ok "soft_cm: 3 loader threads make the first step's batch, loss and gradients of 1"
+        else
+            not_ok "soft_cm: 3 loader threads make the first step's batch, loss and gradients of 1"
+        fi
+        ./train --data "$DATA" --loader-threads 300 --steps 1 > bad.log 2>&1
+        if [ $? -ne 0 ] && grep -q "loader-threads: .*300 loader threads (must be 1..256)" bad.log; then
+            ok "soft_cm: --loader-threads 300 is refused with the range"
+        else
+            cat bad.log
+            not_ok "soft_cm: --loader-threads 300 is refused with the range"
+        fi
         cd "$WORK" || exit 1
     else
         not_ok "soft_moe_mnist with cutmix compiles"
