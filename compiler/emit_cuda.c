@@ -112,11 +112,11 @@ int mc_emit_check_cuda(const mc_model *m, mc_diag *d)
             break;
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
-            if (x->router == ROUTER_EXPERT_CHOICE) {
-                mc_report(d, MC_ERROR, op->loc, "the CUDA backend does not generate router = %s() yet",
+            if (x->router == ROUTER_EXPERT_CHOICE && m->parallel.expert > 1) {
+                mc_report(d, MC_ERROR, op->loc,
+                          "the CUDA backend does not generate router = %s() with expert parallelism yet",
                           mc_router_name(x->router));
-                mc_hint(d, "--target cpu generates it; on the GPU use a token-choice router (softmax_topk, switch, "
-                           "soft, cosine, attention, dataset_aware)");
+                mc_hint(d, "one GPU, or data parallelism alone, generates it; or use a token-choice router");
                 errors++;
             } else if (x->experts > CUDA_MAX_EXPERTS) {
                 mc_report(d, MC_ERROR, op->loc, "the CUDA backend routes to at most %d experts, not %d",
@@ -553,10 +553,14 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
     }
     case OP_MOE: {
         const mc_moe *x = &op->u.moe;
-        const int E = x->experts, H = x->hidden, K = x->top_k, j = g->moe_index[i];
+        /* expert choice: every token lists every expert (K = E), and each
+         * expert takes its cap tokens, in training and evaluation alike */
+        const bool ec = x->router == ROUTER_EXPERT_CHOICE;
+        const int E = x->experts, H = x->hidden, K = ec ? x->experts : x->top_k, j = g->moe_index[i];
         const int ND = m->ndatasets;
         const int NB = (int)(BATCH * T);
-        const int cap = mc_moe_capacity(NB, E, K, x->capacity_factor, x->dropless);
+        const int cap = ec ? mc_moe_capacity(NB, E, 1, x->capacity_factor, 0)
+                           : mc_moe_capacity(NB, E, K, x->capacity_factor, x->dropless);
         /* evaluation is dropless (cap = N): the arenas hold E * cap rows, so
          * an evaluation batch has at most cap tokens */
         const int64_t eb = cap / T;
@@ -594,6 +598,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         for (int k = 0; k < 10; k++) {
             snprintf(in_[k], sizeof in_[k], "%s%d", il[k], i);
             alloc_int(g, in_[k], isz[k], iwhat[k]);
+        }
+        char eck[32], ecv[32];
+        snprintf(eck, sizeof eck, "ECK%d", i);
+        snprintf(ecv, sizeof ecv, "ECV%d", i);
+        if (ec) {
+            alloc_act(g, eck, 2 * (int64_t)NB * E, "expert choice: each expert's probabilities, sorted (two buffers)");
+            alloc_int(g, ecv, 2 * (int64_t)NB * E + E + 1, "expert choice: their tokens (two buffers), offsets");
         }
         p->ent[j] = p->dacc++;
         p->sums[j] = p->dacc;
@@ -635,7 +646,10 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                  nm[1], nm[2], nm[3], nm[4], nm[5], nm[6], nm[7], in_[0], in_[1], in_[2], in_[3], in_[4], in_[5],
                  in_[6], in_[8], in_[9]);
         char capx[160];
-        if (x->dropless)
+        if (ec)
+            snprintf(capx, sizeof capx, "moe_capacity(N, %d, 1, %.17g, 0); /* tokens each expert chooses */", E,
+                     x->capacity_factor);
+        else if (x->dropless)
             snprintf(capx, sizeof capx, "N; /* dropless */");
         else
             snprintf(capx, sizeof capx, "train ? moe_capacity(N, %d, %d, %.17g, 0) : N; /* dropless in evaluation */",
@@ -672,8 +686,14 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             sb_printf(f, "        if (train)\n            gate_noise(k, A(%s), (int64_t)N * %d, %s, d->seed, %d, "
                          "&d->sc->step, d->row0 * %d);\n",
                       nm[0], E, flit(x->gate_noise / E).s, 1000 + i, T * E);
-        sb_printf(f, "        moe_route<%d, %d>(k, &r, A(%s), N, cap, %d, %d);\n", E, K, nm[0],
-                  x->normalize_gates ? 1 : 0, x->batch_priority ? 1 : 0);
+        if (ec)
+            sb_printf(f,
+                      "        ec_buf ec = { { A(%s), A(%s) + %lldL }, { IA(%s), IA(%s) + %lldL }, IA(%s) + %lldL };\n"
+                      "        moe_route_expert_choice<%d>(k, &r, &ec, A(%s), N, cap);\n",
+                      eck, eck, (long long)NB * E, ecv, ecv, (long long)NB * E, ecv, 2 * (long long)NB * E, E, nm[0]);
+        else
+            sb_printf(f, "        moe_route<%d, %d>(k, &r, A(%s), N, cap, %d, %d);\n", E, K, nm[0],
+                      x->normalize_gates ? 1 : 0, x->batch_priority ? 1 : 0);
         if (ds)
             sb_printf(f, "        moe_target(k, IA(%s), dataset, d->maps + %d, N, %d);\n", in_[7], j * ND, T);
         /* expert parallelism (training): the rows of this GPU's experts,
@@ -719,7 +739,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   flit(x->importance_loss).s, T, ND);
         /* backward (training only: the capacity of training) */
         sb_printf(&b, "    {\n        const int N = B * %d;\n", T);
-        if (x->dropless)
+        if (ec)
+            sb_printf(&b, "        const int cap = %s\n", capx);
+        else if (x->dropless)
             sb_printf(&b, "        const int cap = N; /* dropless */\n");
         else
             sb_printf(&b, "        const int cap = moe_capacity(N, %d, %d, %.17g, 0);\n", E, K, x->capacity_factor);
@@ -736,7 +758,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   (long long)w2, (long long)b2, acc);
         sb_printf(&b,
                   "        moe_router_backward<%d, %d>(k, G(%s), G(%s), &r, %s, d->dacc + %lld, N, %d, %s, %s, %s, %s);\n",
-                  E, K, nm[0], nm[4], target, (long long)p->sums[j], x->normalize_gates ? 1 : 0,
+                  E, K, nm[0], nm[4], target, (long long)p->sums[j], x->normalize_gates && !ec ? 1 : 0,
                   flit(x->balance_loss).s, flit(x->z_loss).s, flit(ds ? x->dataset_loss : 0.0).s,
                   flit(x->importance_loss).s);
         if (temper)
@@ -875,10 +897,10 @@ static void plan_memory(mc_gpu_memory *mem, const mc_model *m, const dev_sizes *
         mem->bf16 = 2 * z->cast + 2 * z->params + (ep ? 2 * 2 * z->xchg : 0);
     /* cuBLAS's workspace, the reductions' partials, routing ints, double
      * sums, statistics (twice with data parallelism), two input slots of
-     * images, datasets and labels */
+     * images, datasets, labels and CutMix's partners' labels */
     mem->other = (int64_t)template_const("cuda/backend.cu", "BLAS_WORKSPACE_BYTES") + (int64_t)sizeof(float) * z->red +
                  (int64_t)sizeof(int32_t) * z->ints + 8 * z->dacc + 8 * z->stats * (m->parallel.data > 1 ? 2 : 1) +
-                 2 * (batch * image * (int64_t)sizeof(float) + 2 * batch * (int64_t)sizeof(int32_t));
+                 2 * (batch * image * (int64_t)sizeof(float) + 3 * batch * (int64_t)sizeof(int32_t));
     mem->total = mem->weights + mem->activations + mem->gradients + mem->bf16 + mem->other;
 }
 

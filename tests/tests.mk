@@ -258,8 +258,8 @@ GOLDEN_CASES = \
 	tests/golden/target_cpu_layer_dropout.err \
 	tests/golden/target_cpu_layer_dropout.moe \
 	tests/golden/target_cpu_head_width.moe \
-	tests/golden/target_cuda_expert_choice.err \
-	tests/golden/target_cuda_expert_choice.moe \
+	tests/golden/target_cuda_expert_choice_ep.err \
+	tests/golden/target_cuda_expert_choice_ep.moe \
 	tests/golden/target_cuda_head_width.err \
 	tests/golden/target_cuda_head_width.moe \
 	tests/golden/too_many_errors.err \

@@ -522,6 +522,17 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
         fprintf(stderr, "train: cannot size the routing sort\n");
         exit(1);
     }
+    /* and expert choice's, by expert, over every expert's tokens (cub's
+     * double buffer: a small scratch) */
+    ec_buf none = { { NULL, NULL }, { NULL, NULL }, NULL };
+    size_t ec_bytes = 0;
+    if (ec_sort_dev(NULL, &ec_bytes, &none, (int64_t)LOCAL_BATCH * MAX_TOKENS * MAX_EXPERTS, MAX_EXPERTS, k->stream) <
+        0) {
+        fprintf(stderr, "train: cannot size the expert-choice sort\n");
+        exit(1);
+    }
+    if (ec_bytes > bytes)
+        bytes = ec_bytes;
     d->sort_bytes = bytes;
     d->sort_tmp = dev_alloc(bytes);
     s->stats_host = (unsigned long long *)calloc((size_t)DEV_LAYOUT.stats, sizeof *s->stats_host);

@@ -42,6 +42,7 @@
 #include <cstdlib>
 
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -3053,6 +3054,106 @@ static inline void moe_route(const kctx *k, moe_route_buf *r, const float *logit
     LAUNCH_CHECK();
     route_assign_kernel<E, K><<<(unsigned)nblk, ROUTE_BLOCK, 0, k->stream>>>(r->slot, r->row_token, r->row_k,
                                                                              r->blk_base, r->topk, order, N, cap);
+    LAUNCH_CHECK();
+}
+
+/* ---- expert choice (Zhou et al., 2022), as ops.h's moe_route_expert_choice ---- */
+
+/* keys[e][n] = probs[n][e], vals[e][n] = n; off[e] = e * N for e <= E */
+template <int E>
+static __global__ void ec_keys_kernel(float *keys, int *vals, int *off, const float *probs, int N)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= E && blockIdx.x == 0)
+        off[i] = (int)(i * N);
+    if (i >= (int64_t)N * E)
+        return;
+    const int n = (int)(i / E), e = (int)(i % E);
+    keys[(int64_t)e * N + n] = probs[i];
+    vals[(int64_t)e * N + n] = n;
+}
+
+/* every choice dropped until its expert takes it; count[e] = min(cap, N) */
+template <int E>
+static __global__ void ec_clear_kernel(int *slot, int *count, int N, int cap)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < E && blockIdx.x == 0)
+        count[i] = cap < N ? cap : N;
+    if (i < (int64_t)N * E)
+        slot[i] = -1;
+}
+
+/* expert e's first min(cap, N) tokens of its descending order take their
+ * slots: the choice k of token n that names e (every token lists every
+ * expert) gets slot i */
+template <int E>
+static __global__ void ec_assign_kernel(int *slot, int *row_token, int *row_k, const int *sorted, const int *topk,
+                                        int N, int cap)
+{
+    const int take = cap < N ? cap : N;
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (int64_t)E * take)
+        return;
+    const int e = (int)(t / take), i = (int)(t % take);
+    const int n = sorted[(int64_t)e * N + i];
+    for (int k = 0; k < E; k++)
+        if (topk[(int64_t)n * E + k] == e) {
+            slot[(int64_t)n * E + k] = i;
+            row_token[(int64_t)e * cap + i] = n;
+            row_k[(int64_t)e * cap + i] = k;
+            break;
+        }
+}
+
+/* The scratch of expert choice's sort: keys and token indices twice
+ * (cub's double buffer), E + 1 segment offsets. */
+typedef struct ec_buf {
+    float *keys[2];
+    int *vals[2], *off;
+} ec_buf;
+
+/* cub's segmented sort, descending, stable: within an expert, equal
+ * probabilities keep token order (ops.h: ties to the lower token). With
+ * tmp NULL, *bytes is set to the scratch it needs. Returns the buffer
+ * index the result is in, or -1. */
+static inline int ec_sort_dev(void *tmp, size_t *bytes, ec_buf *b, int64_t items, int segments, cudaStream_t s)
+{
+    cub::DoubleBuffer<float> keys(b->keys[0], b->keys[1]);
+    cub::DoubleBuffer<int> vals(b->vals[0], b->vals[1]);
+    if (cub::DeviceSegmentedRadixSort::SortPairsDescending(tmp, *bytes, keys, vals, (int)items, segments, b->off,
+                                                           b->off ? b->off + 1 : b->off, 0, (int)sizeof(float) * 8,
+                                                           s) != cudaSuccess)
+        return -1;
+    return keys.selector;
+}
+
+/* Expert choice: the softmax with every expert listed per token, best
+ * first (K = E, gates the probabilities), then each expert takes the cap
+ * tokens of highest probability for it. */
+template <int E>
+static inline void moe_route_expert_choice(const kctx *k, moe_route_buf *r, ec_buf *ec, const float *logits, int N,
+                                           int cap)
+{
+    static_assert(E <= 256, "the CUDA backend routes to at most 256 experts");
+    router_kernel<E, E><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(r->probs, r->lse, r->topk, r->topp, r->gate,
+                                                                       r->prio, r->entropy, r->iota, logits, N, 0);
+    LAUNCH_CHECK();
+    const int64_t items = (int64_t)N * E;
+    ec_keys_kernel<E><<<blocks_for(items > E + 1 ? items : E + 1, 256), 256, 0, k->stream>>>(
+        ec->keys[0], ec->vals[0], ec->off, r->probs, N);
+    LAUNCH_CHECK();
+    size_t bytes = r->sort_bytes;
+    const int sel = ec_sort_dev(r->sort_tmp, &bytes, ec, items, E, k->stream);
+    if (sel < 0) {
+        fprintf(stderr, "train: the expert-choice sort failed\n");
+        exit(1);
+    }
+    ec_clear_kernel<E><<<blocks_for(items > E ? items : E, 256), 256, 0, k->stream>>>(r->slot, r->count, N, cap);
+    LAUNCH_CHECK();
+    const int take = cap < N ? cap : N;
+    ec_assign_kernel<E><<<blocks_for((int64_t)E * take, 256), 256, 0, k->stream>>>(
+        r->slot, r->row_token, r->row_k, ec->vals[sel], r->topk, N, cap);
     LAUNCH_CHECK();
 }
 

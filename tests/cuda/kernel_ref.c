@@ -309,7 +309,10 @@ int ref_moe_layer(ref_moe_io *io)
         moe_routing r = { io->topk, io->topp, io->gate, io->slot, io->count, offset, token, order, prio };
         /* the forward pass, as model.c */
         router_softmax(io->probs, io->lse, io->logits, N, E);
-        moe_route(&r, io->probs, N, E, K, io->cap, io->normalize, io->batch_priority);
+        if (io->expert_choice)
+            moe_route_expert_choice(&r, io->probs, N, E, io->cap);
+        else
+            moe_route(&r, io->probs, N, E, K, io->cap, io->normalize, io->batch_priority);
         moe_experts_forward(io->out, xe, h, a, ye, io->x, &r, io->w1, io->b1, io->w2, io->b2, N, D, H, E, K,
                             io->act);
         moe_aux_losses(io->aux, io->probs, io->lse, &r, io->target, N, E, K);

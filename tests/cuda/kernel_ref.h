@@ -90,6 +90,7 @@ typedef struct ref_moe_io {
     int T;  /* tokens per sample: dataset[n / T] */
     int ND; /* datasets */
     int cap, normalize, batch_priority, act, acc;
+    int expert_choice; /* the experts choose (K = E, normalize 0) */
     float w_bal, w_z, w_ds, w_imp;
     /* inputs */
     const float *x;       /* [N, D] */

@@ -960,9 +960,12 @@ static void test_head(int B)
  * mapped to experts (the DAMEX loss), all four auxiliary losses weighted. */
 /* H = 42: rows not a multiple of 4 wide, the element-wise passes' 1-wide
  * paths (bf16: the activations and dh in bf16 at 2-byte alignment) */
-template <int E, int K, int ACT, int H = 48>
+/* EC: expert choice (K = E: every token lists every expert; each expert
+ * takes the cap tokens of highest probability; gates not normalised) */
+template <int E, int K, int ACT, int H = 48, bool EC = false>
 static void test_moe(int variant, int dropless, int normalize, int batch_priority, int acc)
 {
+    static_assert(!EC || K == E, "expert choice lists every expert");
     constexpr int D = 32, T = 20, ND = 2;
     const int N = 300, B = N / T;
     /* weights larger than a model's, so that each auxiliary gradient is well
@@ -970,10 +973,10 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     const float w_bal = 0.5f, w_z = 0.5f, w_ds = 0.5f, w_imp = 0.5f;
     const double tolb = tol_blas();
     const char *act = ACT == ACT_GELU ? "gelu" : ACT == ACT_RELU ? "relu" : "silu";
-    const int cap = moe_capacity(N, E, K, 1.25, dropless);
-    const int cap_ref = ref_moe_capacity(N, E, K, 1.25, dropless);
-    const std::string c = fmt("E=%d K=%d H=%d cap=%d normalize=%d batch_priority=%d acc=%d %s [%s]", E, K, H, cap,
-                              normalize, batch_priority, acc, act, mode());
+    const int cap = EC ? moe_capacity(N, E, 1, 1.25, 0) : moe_capacity(N, E, K, 1.25, dropless);
+    const int cap_ref = EC ? ref_moe_capacity(N, E, 1, 1.25, 0) : ref_moe_capacity(N, E, K, 1.25, dropless);
+    const std::string c = fmt("E=%d K=%d H=%d cap=%d normalize=%d batch_priority=%d acc=%d %s%s [%s]", E, K, H, cap,
+                              normalize, batch_priority, acc, act, EC ? " expert_choice" : "", mode());
     note("moe " + c);
     check_exact("moe_capacity", c, &cap, &cap_ref, 1);
     if (cap != cap_ref)
@@ -1040,7 +1043,24 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     const size_t nst = (size_t)E + (size_t)ND * E + 3;
     unsigned long long *d_st = dzero<unsigned long long>(nst);
 
-    moe_route<E, K>(&g_k, &rb, d_logits, N, cap, normalize, batch_priority);
+    if (EC) {
+        ec_buf ec = { { dpoison<float>((size_t)N * E), dpoison<float>((size_t)N * E) },
+                      { dpoison<int>((size_t)N * E), dpoison<int>((size_t)N * E) },
+                      dpoison<int>((size_t)E + 1) };
+        size_t ec_bytes = 0;
+        if (ec_sort_dev(nullptr, &ec_bytes, &ec, (int64_t)N * E, E, g_k.stream) < 0) {
+            report(false, "moe_route_expert_choice", c + " (cannot size the sort)", NAN, 0.0);
+            dfree_all();
+            return;
+        }
+        if (ec_bytes > sort_bytes) {
+            rb.sort_tmp = dalloc<char>(ec_bytes);
+            rb.sort_bytes = ec_bytes;
+        }
+        moe_route_expert_choice<E>(&g_k, &rb, &ec, d_logits, N, cap);
+    } else {
+        moe_route<E, K>(&g_k, &rb, d_logits, N, cap, normalize, batch_priority);
+    }
     moe_target(&g_k, d_target, d_dataset, d_map, N, T);
     moe_experts_forward<D, H, E, K, ACT, 1>(&g_k, d_out, d_xe, d_xe, d_h, d_a, d_ye, d_ye, d_x, &rb, d_w1, d_b1, d_w2,
                                             d_b2, N, cap);
@@ -1075,6 +1095,7 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     io.cap = cap;
     io.normalize = normalize;
     io.batch_priority = batch_priority;
+    io.expert_choice = EC;
     io.act = ACT;
     io.acc = acc;
     io.w_bal = w_bal;
@@ -1442,6 +1463,8 @@ int main(void)
         test_moe<4, 2, ACT_GELU>(5, 1, 0, 0, 1);
         test_moe<3, 1, ACT_GELU>(6, 0, 1, 1, 0);
         test_moe<4, 2, ACT_GELU, 42>(7, 0, 1, 1, 1);
+        test_moe<4, 4, ACT_GELU, 48, true>(8, 0, 0, 0, 0); /* expert choice */
+        test_moe<3, 3, ACT_GELU, 48, true>(9, 0, 0, 0, 1);
         if (g_k.cast) {
             test_fp32_ctx();
             test_weight_copy();

@@ -36,7 +36,7 @@ else
 fi
 
 for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe \
-    "$top_srcdir"/tests/e2e/hier.moe $parallel; do
+    "$top_srcdir"/tests/e2e/hier.moe "$top_srcdir"/tests/e2e/routers.moe $parallel; do
     rel=${f#"$top_srcdir"/}
     name=$(basename "$f" .moe)
     if [ $have_nccl = no ] && grep -q '^parallel(' "$f"; then
