@@ -127,8 +127,14 @@ int moert_batch_init(moert_batch *b, int capacity, moert_shape shape, char *errb
     b->h = shape.h;
     b->w = shape.w;
     b->step = -1;
-    b->lam = 1.0f;
+    moert_batch_unmix(b);
     return 0;
+}
+
+void moert_batch_unmix(moert_batch *b)
+{
+    memcpy(b->labels_mix, b->labels, (size_t)b->capacity * sizeof *b->labels);
+    b->lam = 1.0f;
 }
 
 void moert_batch_free(moert_batch *b)
@@ -511,16 +517,15 @@ int moert_mixture_set_cutmix(moert_mixture *m, double alpha, double prob, int by
         data_errf(errbuf, errlen, "mixture: CutMix alpha %g (must be in [0.001, 100])", alpha);
         return -1;
     }
+    /* alloc_scratch gives each thread its partner buffer once cm_prob > 0 */
     const double was = m->cm_prob;
     m->cm_prob = prob;
+    if (prob > 0.0 && !m->cm_count)
+        m->cm_count = calloc((size_t)m->k, sizeof *m->cm_count);
     if (prob > 0.0 && (!m->cm_count || alloc_scratch(m) != 0)) {
-        if (!m->cm_count)
-            m->cm_count = calloc((size_t)m->k, sizeof *m->cm_count);
-        if (!m->cm_count || alloc_scratch(m) != 0) {
-            m->cm_prob = was;
-            data_errf(errbuf, errlen, "mixture: out of memory");
-            return -1;
-        }
+        m->cm_prob = was;
+        data_errf(errbuf, errlen, "mixture: out of memory");
+        return -1;
     }
     m->cm_alpha = alpha;
     m->cm_by_source = by_source != 0;
@@ -811,8 +816,7 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b)
         run_job(m, JOB_CUTMIX, b);
         b->lam = (float)m->job_box.lam;
     } else {
-        memcpy(b->labels_mix, b->labels, (size_t)b->capacity * sizeof *b->labels);
-        b->lam = 1.0f;
+        moert_batch_unmix(b);
     }
     b->count = b->capacity;
     b->step = m->step;
@@ -949,8 +953,7 @@ int moert_eval_next(moert_eval_iter *it, moert_batch *b)
             b->dataset[i] = -1;
         }
     }
-    memcpy(b->labels_mix, b->labels, (size_t)b->capacity * sizeof *b->labels);
-    b->lam = 1.0f;
+    moert_batch_unmix(b);
     it->next += count;
     b->count = count;
     b->step = -1;

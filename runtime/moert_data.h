@@ -194,6 +194,10 @@ int moert_batch_init(moert_batch *b, int capacity, moert_shape shape,
                      char *errbuf, size_t errlen);
 void moert_batch_free(moert_batch *b);
 
+/* No CutMix: the targets are the labels (labels_mix = labels, lam = 1),
+ * as moert_batch_init leaves a batch and evaluation makes it. */
+void moert_batch_unmix(moert_batch *b);
+
 /* ------------------------------------------------------------------ */
 /* Mixture-of-datasets sampler                                         */
 /* ------------------------------------------------------------------ */

@@ -507,13 +507,6 @@ static int loader_threads_auto(int world)
     return n < 1 ? 1 : n > 8 ? 8 : (int)n;
 }
 
-/* random inputs in place of a batch's: its labels are the targets (no CutMix) */
-static void unmix(moert_batch *b)
-{
-    memcpy(b->labels_mix, b->labels, sizeof *b->labels * (size_t)b->capacity);
-    b->lam = 1.0f;
-}
-
 /* ---- main ------------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
@@ -747,7 +740,7 @@ int main(int argc, char **argv)
             memcpy(sb->x, bench_x, sizeof *bench_x * (size_t)local * IN_C * IN_H * IN_W);
             for (int b = 0; b < local; b++)
                 sb->labels[b] = bench_labels[b] % DATASET_CLASSES[sb->dataset[b]];
-            unmix(sb);
+            moert_batch_unmix(sb); /* random inputs: their labels are the targets */
         } else if (o.synthetic) {
             /* random images and labels, different every step (and rank) */
             moert_batch *sb = (moert_batch *)batch;
@@ -757,7 +750,7 @@ int main(int argc, char **argv)
             moert_rng_fill_normal(&r, sb->x, (size_t)local * IN_C * IN_H * IN_W, 0.0f, 1.0f);
             for (int b = 0; b < local; b++)
                 sb->labels[b] = (int32_t)moert_rng_next_below(&r, (uint64_t)DATASET_CLASSES[sb->dataset[b]]);
-            unmix(sb);
+            moert_batch_unmix(sb); /* random inputs: their labels are the targets */
         }
         const double lr = learning_rate(o.lr, step, o.steps);
         if (o.dump_step) {
