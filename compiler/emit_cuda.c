@@ -505,15 +505,20 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         product_input(g, i, in, pin, sizeof pin);
         sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, pin, (long long)w_qkv, bq,
                   T, D, 3 * D);
-        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B);\n", T, HD, NH, y, att, qkv);
-        sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, y,
+        /* the heads' outputs and dqkv feed products alone: in bf16
+         * precision the tensor-core kernels write them in bf16 (attn_mm) */
+        char ym[64], dqm[64];
+        snprintf(ym, sizeof ym, "attn_mm<%d, %d>(k, A(%s))", T, HD, y);
+        snprintf(dqm, sizeof dqm, "attn_mm<%d, %d>(k, G(%s))", T, HD, qkv);
+        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B, true);\n", T, HD, NH, y, att, qkv);
+        sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, ym,
                   (long long)w_proj, (long long)b_proj, T, D, D);
-        sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n",
-                  y, (long long)w_proj, (long long)b_proj, dout, y, (long long)w_proj, T, D, D);
-        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B);\n", T, HD, NH, qkv, y, qkv,
-                  att);
-        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), %s, G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
-                  (long long)w_qkv, dbq, qkv, pin, (long long)w_qkv, T, D, 3 * D, acc);
+        sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, %s, P(%lldL), B * %d, %d, %d, 0);\n",
+                  y, (long long)w_proj, (long long)b_proj, dout, ym, (long long)w_proj, T, D, D);
+        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true);\n", T, HD, NH, qkv,
+                  y, qkv, att);
+        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), %s, %s, %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
+                  (long long)w_qkv, dbq, dqm, pin, (long long)w_qkv, T, D, 3 * D, acc);
         break;
     }
     case OP_MLP: {
@@ -765,6 +770,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             sb_printf(&b, "        scale_inplace(k, G(%s), (int64_t)N * %d, %s);\n", nm[0], E,
                       flit(1.0 / x->temperature).s);
         need_red(p, (int64_t)p->red_chunks * (R > E ? R : E));
+        /* the narrow fp32 products' weight gradients (kernels.cuh,
+         * narrow_backward): [E, D], or [R, D] and [E, R] */
+        need_red(p, (int64_t)p->red_chunks * (nr == 2 ? (int64_t)R * (D > E ? D : E) : (int64_t)E * D));
         if (attn) {
             sb_printf(&b, "        scale_inplace(k, G(%s), (int64_t)N * %d, %s);\n", nm[0], E,
                       flit(1.0 / sqrt((double)R)).s);

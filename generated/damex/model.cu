@@ -330,8 +330,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<128>(k, A(V4), A(MEAN4), A(RSTD4), A(V2), P(8448L), P(8576L), B * 16, 1e-05f, bf16_half(k, A(V4)));
     /* 5: attention blocks.0.attn -> [B, 16, 128] */
     linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(8704L), P(57856L), B * 16, 128, 384);
-    attention_forward<16, 32, 4>(k, A(Y5), A(ATT5), A(QKV5), B);
-    linear_forward(k, A(V5), A(Y5), P(58240L), P(74624L), B * 16, 128, 128);
+    attention_forward<16, 32, 4>(k, A(Y5), A(ATT5), A(QKV5), B, true);
+    linear_forward(k, A(V5), attn_mm<16, 32>(k, A(Y5)), P(58240L), P(74624L), B * 16, 128, 128);
     /* 6: residual_end -> [B, 16, 128] */
     add_forward(k, A(V6), A(V2), A(V5), (int64_t)B * 2048);
     /* 8: layernorm blocks.0.norm2 -> [B, 16, 128] */
@@ -346,8 +346,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<128>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(140928L), P(141056L), B * 16, 1e-05f, bf16_half(k, A(V12)));
     /* 13: attention blocks.1.attn -> [B, 16, 128] */
     linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(141184L), P(190336L), B * 16, 128, 384);
-    attention_forward<16, 32, 4>(k, A(Y13), A(ATT13), A(QKV13), B);
-    linear_forward(k, A(V13), A(Y13), P(190720L), P(207104L), B * 16, 128, 128);
+    attention_forward<16, 32, 4>(k, A(Y13), A(ATT13), A(QKV13), B, true);
+    linear_forward(k, A(V13), attn_mm<16, 32>(k, A(Y13)), P(190720L), P(207104L), B * 16, 128, 128);
     /* 14: residual_end -> [B, 16, 128] */
     add_forward(k, A(V14), A(V10), A(V13), (int64_t)B * 2048);
     /* 16: layernorm blocks.1.norm2 -> [B, 16, 128] */
@@ -376,8 +376,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<128>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(405632L), P(405760L), B * 16, 1e-05f, bf16_half(k, A(V20)));
     /* 21: attention blocks.2.attn -> [B, 16, 128] */
     linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(405888L), P(455040L), B * 16, 128, 384);
-    attention_forward<16, 32, 4>(k, A(Y21), A(ATT21), A(QKV21), B);
-    linear_forward(k, A(V21), A(Y21), P(455424L), P(471808L), B * 16, 128, 128);
+    attention_forward<16, 32, 4>(k, A(Y21), A(ATT21), A(QKV21), B, true);
+    linear_forward(k, A(V21), attn_mm<16, 32>(k, A(Y21)), P(455424L), P(471808L), B * 16, 128, 128);
     /* 22: residual_end -> [B, 16, 128] */
     add_forward(k, A(V22), A(V18), A(V21), (int64_t)B * 2048);
     /* 24: layernorm blocks.2.norm2 -> [B, 16, 128] */
@@ -392,8 +392,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<128>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(538112L), P(538240L), B * 16, 1e-05f, bf16_half(k, A(V28)));
     /* 29: attention blocks.3.attn -> [B, 16, 128] */
     linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(538368L), P(587520L), B * 16, 128, 384);
-    attention_forward<16, 32, 4>(k, A(Y29), A(ATT29), A(QKV29), B);
-    linear_forward(k, A(V29), A(Y29), P(587904L), P(604288L), B * 16, 128, 128);
+    attention_forward<16, 32, 4>(k, A(Y29), A(ATT29), A(QKV29), B, true);
+    linear_forward(k, A(V29), attn_mm<16, 32>(k, A(Y29)), P(587904L), P(604288L), B * 16, 128, 128);
     /* 30: residual_end -> [B, 16, 128] */
     add_forward(k, A(V30), A(V26), A(V29), (int64_t)B * 2048);
     /* 32: layernorm blocks.3.norm2 -> [B, 16, 128] */
@@ -461,9 +461,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V29), G(V30), (int64_t)B * 2048, 0);
     grad_pass(k, G(V26), G(V30), (int64_t)B * 2048, 0);
     /* 29: attention blocks.3.attn */
-    linear_backward(k, G(Y29), DP(587904L), DP(604288L), G(V29), A(Y29), P(587904L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B);
-    linear_backward(k, G(V28), DP(538368L), DP(587520L), G(QKV29), mm_half(k, A(V28)), P(538368L), B * 16, 128, 384, 0);
+    linear_backward(k, G(Y29), DP(587904L), DP(604288L), G(V29), attn_mm<16, 32>(k, A(Y29)), P(587904L), B * 16, 128, 128, 0);
+    attention_backward<16, 32, 4>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true);
+    linear_backward(k, G(V28), DP(538368L), DP(587520L), attn_mm<16, 32>(k, G(QKV29)), mm_half(k, A(V28)), P(538368L), B * 16, 128, 384, 0);
     /* 28: layernorm blocks.3.norm1 */
     layernorm_backward<128>(k, G(V26), DP(538112L), DP(538240L), G(V28), A(V26), P(538112L), A(MEAN28), A(RSTD28), B * 16, 1);
     /* 26: residual_end */
@@ -479,9 +479,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V21), G(V22), (int64_t)B * 2048, 0);
     grad_pass(k, G(V18), G(V22), (int64_t)B * 2048, 0);
     /* 21: attention blocks.2.attn */
-    linear_backward(k, G(Y21), DP(455424L), DP(471808L), G(V21), A(Y21), P(455424L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B);
-    linear_backward(k, G(V20), DP(405888L), DP(455040L), G(QKV21), mm_half(k, A(V20)), P(405888L), B * 16, 128, 384, 0);
+    linear_backward(k, G(Y21), DP(455424L), DP(471808L), G(V21), attn_mm<16, 32>(k, A(Y21)), P(455424L), B * 16, 128, 128, 0);
+    attention_backward<16, 32, 4>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true);
+    linear_backward(k, G(V20), DP(405888L), DP(455040L), attn_mm<16, 32>(k, G(QKV21)), mm_half(k, A(V20)), P(405888L), B * 16, 128, 384, 0);
     /* 20: layernorm blocks.2.norm1 */
     layernorm_backward<128>(k, G(V18), DP(405632L), DP(405760L), G(V20), A(V18), P(405632L), A(MEAN20), A(RSTD20), B * 16, 1);
     /* 18: residual_end */
@@ -507,9 +507,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V13), G(V14), (int64_t)B * 2048, 0);
     grad_pass(k, G(V10), G(V14), (int64_t)B * 2048, 0);
     /* 13: attention blocks.1.attn */
-    linear_backward(k, G(Y13), DP(190720L), DP(207104L), G(V13), A(Y13), P(190720L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B);
-    linear_backward(k, G(V12), DP(141184L), DP(190336L), G(QKV13), mm_half(k, A(V12)), P(141184L), B * 16, 128, 384, 0);
+    linear_backward(k, G(Y13), DP(190720L), DP(207104L), G(V13), attn_mm<16, 32>(k, A(Y13)), P(190720L), B * 16, 128, 128, 0);
+    attention_backward<16, 32, 4>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true);
+    linear_backward(k, G(V12), DP(141184L), DP(190336L), attn_mm<16, 32>(k, G(QKV13)), mm_half(k, A(V12)), P(141184L), B * 16, 128, 384, 0);
     /* 12: layernorm blocks.1.norm1 */
     layernorm_backward<128>(k, G(V10), DP(140928L), DP(141056L), G(V12), A(V10), P(140928L), A(MEAN12), A(RSTD12), B * 16, 1);
     /* 10: residual_end */
@@ -525,9 +525,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V5), G(V6), (int64_t)B * 2048, 0);
     grad_pass(k, G(V2), G(V6), (int64_t)B * 2048, 0);
     /* 5: attention blocks.0.attn */
-    linear_backward(k, G(Y5), DP(58240L), DP(74624L), G(V5), A(Y5), P(58240L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B);
-    linear_backward(k, G(V4), DP(8704L), DP(57856L), G(QKV5), mm_half(k, A(V4)), P(8704L), B * 16, 128, 384, 0);
+    linear_backward(k, G(Y5), DP(58240L), DP(74624L), G(V5), attn_mm<16, 32>(k, A(Y5)), P(58240L), B * 16, 128, 128, 0);
+    attention_backward<16, 32, 4>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true);
+    linear_backward(k, G(V4), DP(8704L), DP(57856L), attn_mm<16, 32>(k, G(QKV5)), mm_half(k, A(V4)), P(8704L), B * 16, 128, 384, 0);
     /* 4: layernorm blocks.0.norm1 */
     layernorm_backward<128>(k, G(V2), DP(8448L), DP(8576L), G(V4), A(V2), P(8448L), A(MEAN4), A(RSTD4), B * 16, 1);
     /* 2: pos_embed */

@@ -436,8 +436,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V4), A(MEAN4), A(RSTD4), A(V2), P(12672L), P(12864L), B * 16, 1e-05f, bf16_half(k, A(V4)));
     /* 5: attention blocks.0.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(13056L), P(123648L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y5), A(ATT5), A(QKV5), B);
-    linear_forward(k, A(V5), A(Y5), P(124224L), P(161088L), B * 16, 192, 192);
+    attention_forward<16, 32, 6>(k, A(Y5), A(ATT5), A(QKV5), B, true);
+    linear_forward(k, A(V5), attn_mm<16, 32>(k, A(Y5)), P(124224L), P(161088L), B * 16, 192, 192);
     /* 6: residual_end -> [B, 16, 192] */
     add_forward(k, A(V6), A(V2), A(V5), (int64_t)B * 3072);
     /* 8: layernorm blocks.0.norm2 -> [B, 16, 192] */
@@ -452,8 +452,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(457536L), P(457728L), B * 16, 1e-05f, bf16_half(k, A(V12)));
     /* 13: attention blocks.1.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(457920L), P(568512L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y13), A(ATT13), A(QKV13), B);
-    linear_forward(k, A(V13), A(Y13), P(569088L), P(605952L), B * 16, 192, 192);
+    attention_forward<16, 32, 6>(k, A(Y13), A(ATT13), A(QKV13), B, true);
+    linear_forward(k, A(V13), attn_mm<16, 32>(k, A(Y13)), P(569088L), P(605952L), B * 16, 192, 192);
     /* 14: residual_end -> [B, 16, 192] */
     add_forward(k, A(V14), A(V10), A(V13), (int64_t)B * 3072);
     /* 16: layernorm blocks.1.norm2 -> [B, 16, 192] */
@@ -482,8 +482,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(1494720L), P(1494912L), B * 16, 1e-05f, bf16_half(k, A(V20)));
     /* 21: attention blocks.2.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(1495104L), P(1605696L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y21), A(ATT21), A(QKV21), B);
-    linear_forward(k, A(V21), A(Y21), P(1606272L), P(1643136L), B * 16, 192, 192);
+    attention_forward<16, 32, 6>(k, A(Y21), A(ATT21), A(QKV21), B, true);
+    linear_forward(k, A(V21), attn_mm<16, 32>(k, A(Y21)), P(1606272L), P(1643136L), B * 16, 192, 192);
     /* 22: residual_end -> [B, 16, 192] */
     add_forward(k, A(V22), A(V18), A(V21), (int64_t)B * 3072);
     /* 24: layernorm blocks.2.norm2 -> [B, 16, 192] */
@@ -498,8 +498,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(1939584L), P(1939776L), B * 16, 1e-05f, bf16_half(k, A(V28)));
     /* 29: attention blocks.3.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(1939968L), P(2050560L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y29), A(ATT29), A(QKV29), B);
-    linear_forward(k, A(V29), A(Y29), P(2051136L), P(2088000L), B * 16, 192, 192);
+    attention_forward<16, 32, 6>(k, A(Y29), A(ATT29), A(QKV29), B, true);
+    linear_forward(k, A(V29), attn_mm<16, 32>(k, A(Y29)), P(2051136L), P(2088000L), B * 16, 192, 192);
     /* 30: residual_end -> [B, 16, 192] */
     add_forward(k, A(V30), A(V26), A(V29), (int64_t)B * 3072);
     /* 32: layernorm blocks.3.norm2 -> [B, 16, 192] */
@@ -528,8 +528,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V36), A(MEAN36), A(RSTD36), A(V34), P(2976768L), P(2976960L), B * 16, 1e-05f, bf16_half(k, A(V36)));
     /* 37: attention blocks.4.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV37), mm_half(k, A(V36)), P(2977152L), P(3087744L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y37), A(ATT37), A(QKV37), B);
-    linear_forward(k, A(V37), A(Y37), P(3088320L), P(3125184L), B * 16, 192, 192);
+    attention_forward<16, 32, 6>(k, A(Y37), A(ATT37), A(QKV37), B, true);
+    linear_forward(k, A(V37), attn_mm<16, 32>(k, A(Y37)), P(3088320L), P(3125184L), B * 16, 192, 192);
     /* 38: residual_end -> [B, 16, 192] */
     add_forward(k, A(V38), A(V34), A(V37), (int64_t)B * 3072);
     /* 40: layernorm blocks.4.norm2 -> [B, 16, 192] */
@@ -544,8 +544,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V44), A(MEAN44), A(RSTD44), A(V42), P(3421632L), P(3421824L), B * 16, 1e-05f, bf16_half(k, A(V44)));
     /* 45: attention blocks.5.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV45), mm_half(k, A(V44)), P(3422016L), P(3532608L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y45), A(ATT45), A(QKV45), B);
-    linear_forward(k, A(V45), A(Y45), P(3533184L), P(3570048L), B * 16, 192, 192);
+    attention_forward<16, 32, 6>(k, A(Y45), A(ATT45), A(QKV45), B, true);
+    linear_forward(k, A(V45), attn_mm<16, 32>(k, A(Y45)), P(3533184L), P(3570048L), B * 16, 192, 192);
     /* 46: residual_end -> [B, 16, 192] */
     add_forward(k, A(V46), A(V42), A(V45), (int64_t)B * 3072);
     /* 48: layernorm blocks.5.norm2 -> [B, 16, 192] */
@@ -613,9 +613,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V45), G(V46), (int64_t)B * 3072, 0);
     grad_pass(k, G(V42), G(V46), (int64_t)B * 3072, 0);
     /* 45: attention blocks.5.attn */
-    linear_backward(k, G(Y45), DP(3533184L), DP(3570048L), G(V45), A(Y45), P(3533184L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV45), G(Y45), A(QKV45), A(ATT45), B);
-    linear_backward(k, G(V44), DP(3422016L), DP(3532608L), G(QKV45), mm_half(k, A(V44)), P(3422016L), B * 16, 192, 576, 0);
+    linear_backward(k, G(Y45), DP(3533184L), DP(3570048L), G(V45), attn_mm<16, 32>(k, A(Y45)), P(3533184L), B * 16, 192, 192, 0);
+    attention_backward<16, 32, 6>(k, G(QKV45), G(Y45), A(QKV45), A(ATT45), B, true);
+    linear_backward(k, G(V44), DP(3422016L), DP(3532608L), attn_mm<16, 32>(k, G(QKV45)), mm_half(k, A(V44)), P(3422016L), B * 16, 192, 576, 0);
     /* 44: layernorm blocks.5.norm1 */
     layernorm_backward<192>(k, G(V42), DP(3421632L), DP(3421824L), G(V44), A(V42), P(3421632L), A(MEAN44), A(RSTD44), B * 16, 1);
     /* 42: residual_end */
@@ -631,9 +631,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V37), G(V38), (int64_t)B * 3072, 0);
     grad_pass(k, G(V34), G(V38), (int64_t)B * 3072, 0);
     /* 37: attention blocks.4.attn */
-    linear_backward(k, G(Y37), DP(3088320L), DP(3125184L), G(V37), A(Y37), P(3088320L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV37), G(Y37), A(QKV37), A(ATT37), B);
-    linear_backward(k, G(V36), DP(2977152L), DP(3087744L), G(QKV37), mm_half(k, A(V36)), P(2977152L), B * 16, 192, 576, 0);
+    linear_backward(k, G(Y37), DP(3088320L), DP(3125184L), G(V37), attn_mm<16, 32>(k, A(Y37)), P(3088320L), B * 16, 192, 192, 0);
+    attention_backward<16, 32, 6>(k, G(QKV37), G(Y37), A(QKV37), A(ATT37), B, true);
+    linear_backward(k, G(V36), DP(2977152L), DP(3087744L), attn_mm<16, 32>(k, G(QKV37)), mm_half(k, A(V36)), P(2977152L), B * 16, 192, 576, 0);
     /* 36: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V34), DP(2976768L), DP(2976960L), G(V36), A(V34), P(2976768L), A(MEAN36), A(RSTD36), B * 16, 1);
     /* 34: residual_end */
@@ -659,9 +659,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V29), G(V30), (int64_t)B * 3072, 0);
     grad_pass(k, G(V26), G(V30), (int64_t)B * 3072, 0);
     /* 29: attention blocks.3.attn */
-    linear_backward(k, G(Y29), DP(2051136L), DP(2088000L), G(V29), A(Y29), P(2051136L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B);
-    linear_backward(k, G(V28), DP(1939968L), DP(2050560L), G(QKV29), mm_half(k, A(V28)), P(1939968L), B * 16, 192, 576, 0);
+    linear_backward(k, G(Y29), DP(2051136L), DP(2088000L), G(V29), attn_mm<16, 32>(k, A(Y29)), P(2051136L), B * 16, 192, 192, 0);
+    attention_backward<16, 32, 6>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true);
+    linear_backward(k, G(V28), DP(1939968L), DP(2050560L), attn_mm<16, 32>(k, G(QKV29)), mm_half(k, A(V28)), P(1939968L), B * 16, 192, 576, 0);
     /* 28: layernorm blocks.3.norm1 */
     layernorm_backward<192>(k, G(V26), DP(1939584L), DP(1939776L), G(V28), A(V26), P(1939584L), A(MEAN28), A(RSTD28), B * 16, 1);
     /* 26: residual_end */
@@ -677,9 +677,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V21), G(V22), (int64_t)B * 3072, 0);
     grad_pass(k, G(V18), G(V22), (int64_t)B * 3072, 0);
     /* 21: attention blocks.2.attn */
-    linear_backward(k, G(Y21), DP(1606272L), DP(1643136L), G(V21), A(Y21), P(1606272L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B);
-    linear_backward(k, G(V20), DP(1495104L), DP(1605696L), G(QKV21), mm_half(k, A(V20)), P(1495104L), B * 16, 192, 576, 0);
+    linear_backward(k, G(Y21), DP(1606272L), DP(1643136L), G(V21), attn_mm<16, 32>(k, A(Y21)), P(1606272L), B * 16, 192, 192, 0);
+    attention_backward<16, 32, 6>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true);
+    linear_backward(k, G(V20), DP(1495104L), DP(1605696L), attn_mm<16, 32>(k, G(QKV21)), mm_half(k, A(V20)), P(1495104L), B * 16, 192, 576, 0);
     /* 20: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V18), DP(1494720L), DP(1494912L), G(V20), A(V18), P(1494720L), A(MEAN20), A(RSTD20), B * 16, 1);
     /* 18: residual_end */
@@ -705,9 +705,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V13), G(V14), (int64_t)B * 3072, 0);
     grad_pass(k, G(V10), G(V14), (int64_t)B * 3072, 0);
     /* 13: attention blocks.1.attn */
-    linear_backward(k, G(Y13), DP(569088L), DP(605952L), G(V13), A(Y13), P(569088L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B);
-    linear_backward(k, G(V12), DP(457920L), DP(568512L), G(QKV13), mm_half(k, A(V12)), P(457920L), B * 16, 192, 576, 0);
+    linear_backward(k, G(Y13), DP(569088L), DP(605952L), G(V13), attn_mm<16, 32>(k, A(Y13)), P(569088L), B * 16, 192, 192, 0);
+    attention_backward<16, 32, 6>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true);
+    linear_backward(k, G(V12), DP(457920L), DP(568512L), attn_mm<16, 32>(k, G(QKV13)), mm_half(k, A(V12)), P(457920L), B * 16, 192, 576, 0);
     /* 12: layernorm blocks.1.norm1 */
     layernorm_backward<192>(k, G(V10), DP(457536L), DP(457728L), G(V12), A(V10), P(457536L), A(MEAN12), A(RSTD12), B * 16, 1);
     /* 10: residual_end */
@@ -723,9 +723,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     grad_pass(k, G(V5), G(V6), (int64_t)B * 3072, 0);
     grad_pass(k, G(V2), G(V6), (int64_t)B * 3072, 0);
     /* 5: attention blocks.0.attn */
-    linear_backward(k, G(Y5), DP(124224L), DP(161088L), G(V5), A(Y5), P(124224L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B);
-    linear_backward(k, G(V4), DP(13056L), DP(123648L), G(QKV5), mm_half(k, A(V4)), P(13056L), B * 16, 192, 576, 0);
+    linear_backward(k, G(Y5), DP(124224L), DP(161088L), G(V5), attn_mm<16, 32>(k, A(Y5)), P(124224L), B * 16, 192, 192, 0);
+    attention_backward<16, 32, 6>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true);
+    linear_backward(k, G(V4), DP(13056L), DP(123648L), attn_mm<16, 32>(k, G(QKV5)), mm_half(k, A(V4)), P(13056L), B * 16, 192, 576, 0);
     /* 4: layernorm blocks.0.norm1 */
     layernorm_backward<192>(k, G(V2), DP(12672L), DP(12864L), G(V4), A(V2), P(12672L), A(MEAN4), A(RSTD4), B * 16, 1);
     /* 2: pos_embed */

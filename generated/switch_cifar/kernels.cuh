@@ -372,6 +372,27 @@ static inline void mm_tn(const kctx *k, float *out, mm_in a, mm_in b, int M, int
         mm_rows(k, CUBLAS_OP_T, CUBLAS_OP_N, out, a, M, b, N, M, N, K, beta, count, sa, sb, so);
 }
 
+/* one value stored as float or rounded to bf16, and read back as float */
+__device__ static inline void put(float *p, float v)
+{
+    *p = v;
+}
+
+__device__ static inline void put(__nv_bfloat16 *p, float v)
+{
+    *p = __float2bfloat16_rn(v);
+}
+
+__device__ static inline float get(const float *p)
+{
+    return *p;
+}
+
+__device__ static inline float get(const __nv_bfloat16 *p)
+{
+    return __bfloat162float(*p);
+}
+
 /* ---- sums over rows, deterministic ------------------------------------------------------- */
 
 #define RED_CHUNKS 64 /* partial sums per column */
@@ -406,23 +427,25 @@ template <int LANES, int V> __device__ static inline void lanes_sum(float (&v)[V
  * its column exists). Enough loads in flight for narrow columns, where one
  * thread per column left most of the GPU idle (the dense layers' bias
  * gradients, the layer norm's partials). */
-template <int LANES>
-__device__ static inline float lanes_col_sum(const float *col, int64_t ld, int lo, int hi, bool valid)
+template <int LANES, typename S>
+__device__ static inline float lanes_col_sum(const S *col, int64_t ld, int lo, int hi, bool valid)
 {
     float acc[1] = { 0.0f };
     if (valid) {
 #pragma unroll 4
         for (int m = lo + (int)threadIdx.x / 32; m < hi; m += LANES)
-            acc[0] += col[(int64_t)m * ld];
+            acc[0] += get(col + (int64_t)m * ld);
     }
     lanes_sum<LANES, 1>(acc);
     return acc[0];
 }
 
 /* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c, on
- * COLSUM_LANES lanes of rows */
+ * COLSUM_LANES lanes of rows (S: float, or bf16 for a gradient its
+ * producer wrote in bf16) */
 #define COLSUM_LANES 8
-static __global__ void colsum_partial_kernel(float *part, const float *src, int M, int N, int64_t ld, int64_t stride)
+template <typename S>
+static __global__ void colsum_partial_kernel(float *part, const S *src, int M, int N, int64_t ld, int64_t stride)
 {
     const int n = blockIdx.x * 32 + (int)threadIdx.x % 32, c = blockIdx.y, g = blockIdx.z;
     const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
@@ -473,7 +496,8 @@ static inline void colsum_final(const kctx *k, float *dst, int N, int G, int64_t
 /* dst[g][N] += the column sums of src[g][M, N] (rows ld apart; 0: N), for
  * g < G (bias gradients; G experts with strides). The sums are the same
  * bits on every run. */
-static inline void colsum_add(const kctx *k, float *dst, const float *src, int M, int N, int G = 1,
+template <typename S>
+static inline void colsum_add(const kctx *k, float *dst, const S *src, int M, int N, int G = 1,
                               int64_t sstride = 0, int64_t dstride = 0, int64_t ld = 0)
 {
     colsum_partial_kernel<<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(k->red, src, M, N,
@@ -621,10 +645,194 @@ static inline mm_in mm_half(const kctx *k, float *p)
     return mm_pick(bf16_half(k, p), p);
 }
 
+/* ---- narrow fp32 products: a router's logits (N <= 32 outputs) --------------------------------
+ * For fp32 products with a handful of outputs (the routers' logits, which
+ * fp32_gate keeps in fp32 in every precision) cuBLAS takes SIMT kernels
+ * that left most of the GPU idle (config P: 1.18 ms a step for 9 routers).
+ * Here each warp takes whole rows with the weights in shared memory:
+ * forward out[m] = x[m] w^T and the input's gradient dx[m] (+)= dout[m] w,
+ * a row per warp; the weights' gradient dw += dout^T x by chunks of rows,
+ * RED_CHUNKS partial sums added in order (the same bits every run). The
+ * kernels take NP accumulators (8, 16 or 32), the outputs past N zero. */
+#define NARROW_MAX 32
+#define NARROW_SMEM (48 * 1024) /* the weights' room: what a launch gets unasked */
+#define NARROW_LANES 8          /* rows summed side by side in the weights' gradient */
+
+/* whether out[M,N] = inp[M,K] w[N,K]^T takes the narrow kernels: plain
+ * fp32, fp32 operands 16-byte aligned, rows a multiple of 4 wide, the
+ * weights in shared memory and (backward) their partial sums in k->red */
+static inline bool narrow_ok(const kctx *k, mm_in inp, const float *w, int N, int K)
+{
+    return !k->cast && k->compute == CUBLAS_COMPUTE_32F && inp.f && N >= 1 && N <= NARROW_MAX && K % 4 == 0 &&
+           (int64_t)N * K * (int64_t)sizeof(float) <= NARROW_SMEM &&
+           (int64_t)RED_CHUNKS * N * K <= k->red_floats && ((uintptr_t)inp.f & 15) == 0 && ((uintptr_t)w & 15) == 0;
+}
+
+/* w[N, K] into shared memory as float4, rows K/4 apart */
+__device__ static inline void narrow_load_w(float4 *ws, const float *w, int N, int K)
+{
+    const float4 *w4 = reinterpret_cast<const float4 *>(w);
+    for (int i = threadIdx.x; i < N * (K / 4); i += blockDim.x)
+        ws[i] = w4[i];
+    __syncthreads();
+}
+
+/* the blocks of a row-per-warp kernel: grid-stride over the rows, so that
+ * each block loads the weights once for several rows */
+static inline unsigned narrow_blocks(int64_t M)
+{
+    const int64_t b = (M + 7) / 8;
+    return (unsigned)(b < 2048 ? (b > 0 ? b : 1) : 2048);
+}
+
+template <int NP>
+static __global__ void __launch_bounds__(256)
+    narrow_fwd_kernel(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ w,
+                      const float *__restrict__ b, int64_t M, int N, int K)
+{
+    extern __shared__ float4 nws[];
+    narrow_load_w(nws, w, N, K);
+    const int K4 = K / 4, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    for (int64_t m = (int64_t)blockIdx.x * warps + threadIdx.x / 32; m < M; m += (int64_t)gridDim.x * warps) {
+        const float4 *x4 = reinterpret_cast<const float4 *>(x + m * K);
+        float acc[NP];
+#pragma unroll
+        for (int n = 0; n < NP; n++)
+            acc[n] = 0.0f;
+        for (int c = lane; c < K4; c += 32) {
+            const float4 xv = x4[c];
+#pragma unroll
+            for (int n = 0; n < NP; n++)
+                if (n < N) {
+                    const float4 wv = nws[n * K4 + c];
+                    acc[n] += xv.x * wv.x + xv.y * wv.y + xv.z * wv.z + xv.w * wv.w;
+                }
+        }
+        float mine = 0.0f;
+#pragma unroll
+        for (int n = 0; n < NP; n++) {
+            const float t = warp_sum(acc[n]);
+            if (n == lane)
+                mine = t;
+        }
+        if (lane < N)
+            out[m * N + lane] = b ? mine + b[lane] : mine;
+    }
+}
+
+template <int NP>
+static __global__ void __launch_bounds__(256)
+    narrow_dx_kernel(float *__restrict__ dx, const float *__restrict__ dout, const float *__restrict__ w, int64_t M,
+                     int N, int K, int acc)
+{
+    extern __shared__ float4 nws[];
+    narrow_load_w(nws, w, N, K);
+    const int K4 = K / 4, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    for (int64_t m = (int64_t)blockIdx.x * warps + threadIdx.x / 32; m < M; m += (int64_t)gridDim.x * warps) {
+        const float mine = lane < N ? dout[m * N + lane] : 0.0f;
+        float g[NP];
+#pragma unroll
+        for (int n = 0; n < NP; n++)
+            g[n] = __shfl_sync(0xffffffffu, mine, n);
+        float4 *d4 = reinterpret_cast<float4 *>(dx + m * K);
+        for (int c = lane; c < K4; c += 32) {
+            float4 t = acc ? d4[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int n = 0; n < NP; n++)
+                if (n < N) {
+                    const float4 wv = nws[n * K4 + c];
+                    t.x += g[n] * wv.x;
+                    t.y += g[n] * wv.y;
+                    t.z += g[n] * wv.z;
+                    t.w += g[n] * wv.w;
+                }
+            d4[c] = t;
+        }
+    }
+}
+
+/* part[c, n * K + col] = sum over the rows m of chunk c of dout[m, n] x[m, col]:
+ * a block of 32 columns x NARROW_LANES lanes of rows (lanes_sum) */
+template <int NP>
+static __global__ void __launch_bounds__(32 * NARROW_LANES)
+    narrow_dw_partial_kernel(float *__restrict__ part, const float *__restrict__ dout, const float *__restrict__ x,
+                             int M, int N, int K)
+{
+    const int col = blockIdx.x * 32 + (int)threadIdx.x % 32, c = blockIdx.y;
+    const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
+    float acc[NP];
+#pragma unroll
+    for (int n = 0; n < NP; n++)
+        acc[n] = 0.0f;
+    if (col < K)
+        for (int m = lo + (int)threadIdx.x / 32; m < hi; m += NARROW_LANES) {
+            const float xv = x[(int64_t)m * K + col];
+            const float *g = dout + (int64_t)m * N;
+#pragma unroll
+            for (int n = 0; n < NP; n++)
+                if (n < N)
+                    acc[n] += g[n] * xv;
+        }
+    lanes_sum<NARROW_LANES, NP>(acc);
+    if (threadIdx.x / 32 == 0 && col < K)
+        for (int n = 0; n < N; n++)
+            part[(int64_t)c * N * K + (int64_t)n * K + col] = acc[n];
+}
+
+/* NP for N outputs */
+template <typename F8, typename F16, typename F32>
+static inline void narrow_pick(int N, F8 f8, F16 f16, F32 f32)
+{
+    if (N <= 8)
+        f8();
+    else if (N <= 16)
+        f16();
+    else
+        f32();
+}
+
+static inline void narrow_forward(const kctx *k, float *out, const float *x, const float *w, const float *b, int M,
+                                  int K, int N)
+{
+    const size_t sm = sizeof(float) * (size_t)N * K;
+    const unsigned grid = narrow_blocks(M);
+    narrow_pick(
+        N, [&] { narrow_fwd_kernel<8><<<grid, 256, sm, k->stream>>>(out, x, w, b, M, N, K); },
+        [&] { narrow_fwd_kernel<16><<<grid, 256, sm, k->stream>>>(out, x, w, b, M, N, K); },
+        [&] { narrow_fwd_kernel<32><<<grid, 256, sm, k->stream>>>(out, x, w, b, M, N, K); });
+    LAUNCH_CHECK();
+}
+
+static inline void narrow_backward(const kctx *k, float *dx, float *dw, const float *dout, const float *x,
+                                   const float *w, int M, int K, int N, int acc)
+{
+    const size_t sm = sizeof(float) * (size_t)N * K;
+    const unsigned grid = narrow_blocks(M);
+    if (dx) {
+        narrow_pick(
+            N, [&] { narrow_dx_kernel<8><<<grid, 256, sm, k->stream>>>(dx, dout, w, M, N, K, acc); },
+            [&] { narrow_dx_kernel<16><<<grid, 256, sm, k->stream>>>(dx, dout, w, M, N, K, acc); },
+            [&] { narrow_dx_kernel<32><<<grid, 256, sm, k->stream>>>(dx, dout, w, M, N, K, acc); });
+        LAUNCH_CHECK();
+    }
+    red_need(k, (int64_t)RED_CHUNKS * N * K);
+    const dim3 pg((unsigned)((K + 31) / 32), RED_CHUNKS);
+    narrow_pick(
+        N, [&] { narrow_dw_partial_kernel<8><<<pg, 32 * NARROW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K); },
+        [&] { narrow_dw_partial_kernel<16><<<pg, 32 * NARROW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K); },
+        [&] { narrow_dw_partial_kernel<32><<<pg, 32 * NARROW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K); });
+    LAUNCH_CHECK();
+    colsum_final(k, dw, N * K, 1, 0);
+}
+
 /* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) */
 static inline void linear_forward(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
                                   int N)
 {
+    if (M > 0 && narrow_ok(k, inp, w, N, K)) {
+        narrow_forward(k, out, inp.f, w, b, M, K, N);
+        return;
+    }
     mm_nt(k, out, inp, w, M, N, K, 0.0f);
     if (b) {
         bias_add(k, out, b, M, N);
@@ -632,21 +840,28 @@ static inline void linear_forward(const kctx *k, float *out, mm_in inp, const fl
 }
 
 /* dinp (+)= dout @ w (dinp may be NULL), dw += dout^T @ inp, db += colsum(dout)
- * (db: dout in fp32) */
+ * (from the bf16 values where the producer wrote dout in bf16 alone: the
+ * bias's gradient then sums rounded values, as under PyTorch's autocast) */
 static inline void linear_backward(const kctx *k, float *dinp, float *dw, float *db, mm_in dout, mm_in inp,
                                    const float *w, int M, int K, int N, int acc)
 {
+    if (M > 0 && dout.f && narrow_ok(k, inp, w, N, K) && ((uintptr_t)dout.f & 15) == 0 &&
+        (!dinp || ((uintptr_t)dinp & 15) == 0)) {
+        narrow_backward(k, dinp, dw, dout.f, inp.f, w, M, K, N, acc);
+        if (db)
+            colsum_add(k, db, dout.f, M, N);
+        return;
+    }
     kctx kr = *k; /* with dinp two products take dout: rounded once */
     const __nv_bfloat16 *g16 = dout.h ? dout.h : dinp ? cast_keep(k, &kr, dout.f, (int64_t)M * N) : nullptr;
     if (dinp)
         mm_nn(&kr, dinp, mm_pick(g16, dout.f), w, M, K, N, acc ? 1.0f : 0.0f);
     mm_tn(&kr, dw, mm_pick(g16, dout.f), inp, N, K, M, 1.0f);
     if (db) {
-        if (!dout.f) {
-            fprintf(stderr, "train: internal error: a bias gradient of a bf16 operand\n");
-            exit(1);
-        }
-        colsum_add(k, db, dout.f, M, N);
+        if (dout.f)
+            colsum_add(k, db, dout.f, M, N);
+        else
+            colsum_add(k, db, dout.h, M, N);
     }
 }
 
@@ -1750,13 +1965,25 @@ __device__ static inline void tc_mma(tc_acc &acc, const float *a, int lda, int64
     }
 }
 
-/* rows t < T of src (attn_ld apart) into dst (ld apart) */
-template <int T, int HD> __device__ static inline void attn_store(float *dst, int64_t ld, const float *src)
+/* rows t < T of src (attn_ld apart) into dst (ld apart; O: float, or bf16
+ * rounded to nearest even), two columns a thread (HD is a multiple of 16
+ * here, ld even: 8- or 4-byte stores) */
+__device__ static inline void put2(float *p, float x, float y)
 {
-    constexpr int L = attn_ld<HD>();
-    for (int i = threadIdx.x; i < T * HD; i += blockDim.x) {
-        const int t = i / HD, c = i % HD;
-        dst[(int64_t)t * ld + c] = src[t * L + c];
+    *reinterpret_cast<float2 *>(p) = make_float2(x, y);
+}
+
+__device__ static inline void put2(__nv_bfloat16 *p, float x, float y)
+{
+    *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(x, y);
+}
+
+template <int T, int HD, typename O> __device__ static inline void attn_store(O *dst, int64_t ld, const float *src)
+{
+    constexpr int L = attn_ld<HD>(), H2 = HD / 2;
+    for (int i = threadIdx.x; i < T * H2; i += blockDim.x) {
+        const int t = i / H2, c = 2 * (i % H2);
+        put2(dst + (int64_t)t * ld + c, src[t * L + c], src[t * L + c + 1]);
     }
 }
 
@@ -1796,8 +2023,8 @@ template <int T, int HD> __device__ static inline void attn_tc_scores(float *s, 
     }
 }
 
-template <int T, int HD, int NH>
-static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(float *out, float *att, const float *qkv)
+template <int T, int HD, int NH, typename O>
+static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(O *out, float *att, const float *qkv)
 {
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
     extern __shared__ __align__(128) float smtc[];
@@ -1831,9 +2058,9 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_fwd_tc_kernel(f
     attn_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, o);
 }
 
-template <int T, int HD, int NH>
+template <int T, int HD, int NH, typename O>
 static __global__ void __launch_bounds__(ATTN_THREADS)
-    attention_bwd_tc_kernel(float *dqkv, const float *dout, const float *qkv, const float *att)
+    attention_bwd_tc_kernel(O *dqkv, const float *dout, const float *qkv, const float *att)
 {
     constexpr int D = NH * HD, D3 = 3 * D, L = attn_ld<HD>(), TP = attn_tp<T>(), LS = attn_lds<T>();
     extern __shared__ __align__(128) float smtc[];
@@ -1846,7 +2073,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     attn_load<T, HD, TP>(g, dout + (int64_t)b * T * D + h * HD, D);
     attn_load_weights<T, TP, LS>(a, att + (int64_t)bh * T * T);
     __syncthreads();
-    float *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
+    O *dq = dqkv + (int64_t)b * T * D3 + h * HD, *dk = dq + D, *dv = dq + 2 * D;
     /* datt = g v^T (into ds) */
     attn_tc_scores<T, HD>(ds, g, v, 1.0f);
     __syncthreads();
@@ -2430,21 +2657,46 @@ template <int T, int HD, int NH> static inline void attention_whole_setup()
                                     attn_fwd_smem<T, HD>()));
     CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_kernel<T, HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     attn_bwd_smem<T, HD>()));
-    if constexpr (attn_tc_ok<T, HD>()) {
-        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_tc_kernel<T, HD, NH>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, attn_tc_fwd_smem<T, HD>()));
-        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_tc_kernel<T, HD, NH>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, attn_tc_bwd_smem<T, HD>()));
+    if constexpr (attn_tc_ok<T, HD>()) { /* fp32 output, and bf16 (attn_half) */
+        const int fs = attn_tc_fwd_smem<T, HD>(), bs = attn_tc_bwd_smem<T, HD>();
+        const cudaFuncAttribute dyn = cudaFuncAttributeMaxDynamicSharedMemorySize;
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_tc_kernel<T, HD, NH, float>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_tc_kernel<T, HD, NH, float>, dyn, bs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_tc_kernel<T, HD, NH, __nv_bfloat16>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_tc_kernel<T, HD, NH, __nv_bfloat16>, dyn, bs));
     }
 }
 
+/* bf16 precision: whether the attention of a whole (sample, head) on
+ * tensor cores writes its output (attention_forward) and dqkv
+ * (attention_backward) in bf16, into the first half of their fp32 room
+ * (bf16_half), when the caller's only use of them is as a product's
+ * operand (half = true); attn_mm is then that operand */
+template <int T, int HD> static inline bool attn_half(const kctx *k)
+{
+    if constexpr (attn_whole_ok<T, HD>() && attn_tc_ok<T, HD>())
+        return k->cast != nullptr;
+    else
+        return false;
+}
+
+template <int T, int HD> static inline mm_in attn_mm(const kctx *k, float *p)
+{
+    return attn_half<T, HD>(k) ? mm_in(reinterpret_cast<const __nv_bfloat16 *>(p)) : mm_in(p);
+}
+
 template <int T, int HD, int NH>
-static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B, bool half)
 {
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
-            attention_fwd_tc_kernel<T, HD, NH>
-                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
+            const unsigned grid = (unsigned)(B * NH);
+            if (half && attn_half<T, HD>(k))
+                attention_fwd_tc_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(
+                    reinterpret_cast<__nv_bfloat16 *>(out), att, qkv);
+            else
+                attention_fwd_tc_kernel<T, HD, NH>
+                    <<<grid, ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
             LAUNCH_CHECK();
             return;
         }
@@ -2455,12 +2707,17 @@ static inline void attention_whole_forward(const kctx *k, float *out, float *att
 
 template <int T, int HD, int NH>
 static inline void attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
-                                            const float *att, int B)
+                                            const float *att, int B, bool half)
 {
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
-            attention_bwd_tc_kernel<T, HD, NH>
-                <<<(unsigned)(B * NH), ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, att);
+            const unsigned grid = (unsigned)(B * NH);
+            if (half && attn_half<T, HD>(k))
+                attention_bwd_tc_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(
+                    reinterpret_cast<__nv_bfloat16 *>(dqkv), dout, qkv, att);
+            else
+                attention_bwd_tc_kernel<T, HD, NH>
+                    <<<grid, ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, att);
             LAUNCH_CHECK();
             return;
         }
@@ -2481,24 +2738,26 @@ template <int T, int HD, int NH> static inline void attention_setup()
 }
 
 /* qkv[B, T, 3D] -> att[B, NH, T, T] (the softmax weights, kept for the
- * backward), out[B, T, D] */
+ * backward), out[B, T, D] (in bf16 where half and attn_half) */
 template <int T, int HD, int NH>
-static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B)
+static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B,
+                                     bool half = false)
 {
     if constexpr (attn_whole_ok<T, HD>())
-        attention_whole_forward<T, HD, NH>(k, out, att, qkv, B);
+        attention_whole_forward<T, HD, NH>(k, out, att, qkv, B, half);
     else
         attention_tiled_forward<T, HD, NH>(k, out, att, qkv, B);
 }
 
-/* dqkv[B, T, 3D] (written whole) from dout[B, T, D]; att: the forward's
- * weights, which sequences that take the row tiles overwrite with their
- * gradient */
+/* dqkv[B, T, 3D] (written whole; in bf16 where half and attn_half) from
+ * dout[B, T, D]; att: the forward's weights, which sequences that take the
+ * row tiles overwrite with their gradient */
 template <int T, int HD, int NH>
-static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att, int B)
+static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att, int B,
+                                      bool half = false)
 {
     if constexpr (attn_whole_ok<T, HD>())
-        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
+        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half);
     else
         attention_tiled_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
 }
@@ -3157,16 +3416,6 @@ static inline void moe_route_expert_choice(const kctx *k, moe_route_buf *r, ec_b
     LAUNCH_CHECK();
 }
 
-__device__ static inline void put(float *p, float v)
-{
-    *p = v;
-}
-
-__device__ static inline void put(__nv_bfloat16 *p, float v)
-{
-    *p = __float2bfloat16_rn(v);
-}
-
 /* xe[E, cap, D]: the kept tokens' rows, zeros past each expert's count (T:
  * float, or bf16 for the experts' first product: moe_x16) */
 template <typename T>
@@ -3337,9 +3586,11 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
 }
 
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
- * count), and the kept choice's dgate = dout[token] . (ye[row] + b2[e])
- * (b2 NULL: ye has it, as moe_combine_kernel). */
-static __global__ void moe_combine_bwd_kernel(float *dye, float *dgate, const float *dout, const float *ye,
+ * count; O: float, or bf16 where only products and the bias's sum read it),
+ * and the kept choice's dgate = dout[token] . (ye[row] + b2[e]) (b2 NULL:
+ * ye has it, as moe_combine_kernel). */
+template <typename O>
+static __global__ void moe_combine_bwd_kernel(O *dye, float *dgate, const float *dout, const float *ye,
                                               const float *b2, const int *row_token, const int *row_k,
                                               const int *count, const float *gate, int E, int cap, int D, int K)
 {
@@ -3348,10 +3599,10 @@ static __global__ void moe_combine_bwd_kernel(float *dye, float *dgate, const fl
     if (row >= (int64_t)E * cap)
         return;
     const int e = (int)(row / cap), s = (int)(row % cap);
-    float *dy = dye + row * D;
+    O *dy = dye + row * D;
     if (s >= count[e]) {
         for (int d = lane; d < D; d += 32)
-            dy[d] = 0.0f;
+            put(dy + d, 0.0f);
         return;
     }
     const int n = row_token[row], kk = row_k[row];
@@ -3360,7 +3611,7 @@ static __global__ void moe_combine_bwd_kernel(float *dye, float *dgate, const fl
     float dot = 0.0f;
     for (int d = lane; d < D; d += 32) {
         dot += go[d] * (bias ? y[d] + bias[d] : y[d]);
-        dy[d] = g * go[d];
+        put(dy + d, g * go[d]);
     }
     dot = warp_sum(dot);
     if (lane == 0)
@@ -3410,7 +3661,8 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, f
 {
     const int64_t r = (int64_t)e * rows;
     __nv_bfloat16 *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
-    dxr += r * D, dh += r * H, dyr += r * D, h += r * H;
+    dxr += r * D, dh += r * H, h += r * H;
+    dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
     act_bias_backward<ACT>(k, dh, dh16, db1, dh, h, b1, rows, H, n);
@@ -3424,11 +3676,15 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2
 {
     const int64_t r = (int64_t)e * rows;
     const __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
-    dyr += r * D, dh += r * H, xr += r * D, a += r * H;
+    dyr = dyr ? dyr + r * D : nullptr;
+    dh += r * H, xr += r * D, a += r * H;
     dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
     mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
           (int64_t)D * H);
-    colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
+    if (dyr)
+        colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
+    else /* dy in bf16 alone (moe_experts_backward) */
+        colsum_add(k, db2, dy16, rows, D, n, (int64_t)rows * D, D);
     mm_tn(k, dw1, mm_pick(dh16, dh), mm_pick(x16 ? x16 + r * D : nullptr, xr), H, D, rows, 1.0f, n,
           (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
 }
@@ -3452,8 +3708,24 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
     const int rows = P * cap;
     const int64_t chunk = (int64_t)cap * D;
     kctx kr; /* k with the scratch after the rounded dy (cast_keep) */
-    moe_combine_bwd_kernel<<<blocks_for((int64_t)E * cap, 8), 256, 0, k->stream>>>(
-        dye, dgate, dout, ye, P > 1 ? nullptr : b2, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
+    const unsigned cgrid = blocks_for((int64_t)E * cap, 8);
+    if (P == 1 && k->cast) {
+        /* bf16 precision on one GPU: dy feeds the products and db2's sum
+         * alone, so the combine writes it in bf16 into the first half of
+         * its room (the fp32 values are never made) */
+        __nv_bfloat16 *dy16 = reinterpret_cast<__nv_bfloat16 *>(dye);
+        moe_combine_bwd_kernel<<<cgrid, 256, 0, k->stream>>>(dy16, dgate, dout, ye, b2, r->row_token, r->row_k,
+                                                            r->count, r->gate, E, cap, D, K);
+        LAUNCH_CHECK();
+        moe_ffn_backward_rows<D, H, ACT>(k, dxr, dh, db1, nullptr, dy16, h, a, w1, b1, w2, rows, EL, 0, EL);
+        moe_ffn_backward_params<D, H>(k, dw1, dw2, db2, nullptr, dy16, dh, xr, x16, a, rows, EL, 0, EL);
+        moe_scatter_bwd_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(dx, dgate, dxe, r->topk,
+                                                                                        r->slot, N, cap, D, acc);
+        LAUNCH_CHECK();
+        return;
+    }
+    moe_combine_bwd_kernel<<<cgrid, 256, 0, k->stream>>>(dye, dgate, dout, ye, P > 1 ? nullptr : b2, r->row_token,
+                                                         r->row_k, r->count, r->gate, E, cap, D, K);
     LAUNCH_CHECK();
     if (P > 1 && k->overlap) {
         cudaEvent_t in[EL], done = nullptr;

@@ -568,8 +568,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V5), A(MEAN5), A(RSTD5), A(V3), P(22080L), P(22272L), B * 65, 1e-05f, bf16_half(k, A(V5)));
     /* 6: attention blocks.0.attn -> [B, 65, 192] */
     linear_forward(k, A(QKV6), mm_half(k, A(V5)), P(22464L), P(133056L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y6), A(ATT6), A(QKV6), B);
-    linear_forward(k, A(V6), A(Y6), P(133632L), P(170496L), B * 65, 192, 192);
+    attention_forward<65, 64, 3>(k, A(Y6), A(ATT6), A(QKV6), B, true);
+    linear_forward(k, A(V6), attn_mm<65, 64>(k, A(Y6)), P(133632L), P(170496L), B * 65, 192, 192);
     /* 7: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP7), B, train ? 0.0f : 0.0f, d->seed, 1007, &d->sc->step, d->row0);
     mask_forward(k, A(V7), A(V6), A(KEEP7), (int64_t)B * 12480, 12480);
@@ -590,8 +590,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V15), A(MEAN15), A(RSTD15), A(V13), P(466944L), P(467136L), B * 65, 1e-05f, bf16_half(k, A(V15)));
     /* 16: attention blocks.1.attn -> [B, 65, 192] */
     linear_forward(k, A(QKV16), mm_half(k, A(V15)), P(467328L), P(577920L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y16), A(ATT16), A(QKV16), B);
-    linear_forward(k, A(V16), A(Y16), P(578496L), P(615360L), B * 65, 192, 192);
+    attention_forward<65, 64, 3>(k, A(Y16), A(ATT16), A(QKV16), B, true);
+    linear_forward(k, A(V16), attn_mm<65, 64>(k, A(Y16)), P(578496L), P(615360L), B * 65, 192, 192);
     /* 17: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP17), B, train ? 0.014285714f : 0.0f, d->seed, 1017, &d->sc->step, d->row0);
     mask_forward(k, A(V17), A(V16), A(KEEP17), (int64_t)B * 12480, 12480);
@@ -623,8 +623,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V25), A(MEAN25), A(RSTD25), A(V23), P(2984448L), P(2984640L), B * 65, 1e-05f, bf16_half(k, A(V25)));
     /* 26: attention blocks.2.attn -> [B, 65, 192] */
     linear_forward(k, A(QKV26), mm_half(k, A(V25)), P(2984832L), P(3095424L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y26), A(ATT26), A(QKV26), B);
-    linear_forward(k, A(V26), A(Y26), P(3096000L), P(3132864L), B * 65, 192, 192);
+    attention_forward<65, 64, 3>(k, A(Y26), A(ATT26), A(QKV26), B, true);
+    linear_forward(k, A(V26), attn_mm<65, 64>(k, A(Y26)), P(3096000L), P(3132864L), B * 65, 192, 192);
     /* 27: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP27), B, train ? 0.028571429f : 0.0f, d->seed, 1027, &d->sc->step, d->row0);
     mask_forward(k, A(V27), A(V26), A(KEEP27), (int64_t)B * 12480, 12480);
@@ -645,8 +645,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V35), A(MEAN35), A(RSTD35), A(V33), P(3429312L), P(3429504L), B * 65, 1e-05f, bf16_half(k, A(V35)));
     /* 36: attention blocks.3.attn -> [B, 65, 192] */
     linear_forward(k, A(QKV36), mm_half(k, A(V35)), P(3429696L), P(3540288L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y36), A(ATT36), A(QKV36), B);
-    linear_forward(k, A(V36), A(Y36), P(3540864L), P(3577728L), B * 65, 192, 192);
+    attention_forward<65, 64, 3>(k, A(Y36), A(ATT36), A(QKV36), B, true);
+    linear_forward(k, A(V36), attn_mm<65, 64>(k, A(Y36)), P(3540864L), P(3577728L), B * 65, 192, 192);
     /* 37: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP37), B, train ? 0.042857144f : 0.0f, d->seed, 1037, &d->sc->step, d->row0);
     mask_forward(k, A(V37), A(V36), A(KEEP37), (int64_t)B * 12480, 12480);
@@ -678,8 +678,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V45), A(MEAN45), A(RSTD45), A(V43), P(5946816L), P(5947008L), B * 65, 1e-05f, bf16_half(k, A(V45)));
     /* 46: attention blocks.4.attn -> [B, 65, 192] */
     linear_forward(k, A(QKV46), mm_half(k, A(V45)), P(5947200L), P(6057792L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y46), A(ATT46), A(QKV46), B);
-    linear_forward(k, A(V46), A(Y46), P(6058368L), P(6095232L), B * 65, 192, 192);
+    attention_forward<65, 64, 3>(k, A(Y46), A(ATT46), A(QKV46), B, true);
+    linear_forward(k, A(V46), attn_mm<65, 64>(k, A(Y46)), P(6058368L), P(6095232L), B * 65, 192, 192);
     /* 47: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP47), B, train ? 0.057142857f : 0.0f, d->seed, 1047, &d->sc->step, d->row0);
     mask_forward(k, A(V47), A(V46), A(KEEP47), (int64_t)B * 12480, 12480);
@@ -700,8 +700,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V55), A(MEAN55), A(RSTD55), A(V53), P(6391680L), P(6391872L), B * 65, 1e-05f, bf16_half(k, A(V55)));
     /* 56: attention blocks.5.attn -> [B, 65, 192] */
     linear_forward(k, A(QKV56), mm_half(k, A(V55)), P(6392064L), P(6502656L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y56), A(ATT56), A(QKV56), B);
-    linear_forward(k, A(V56), A(Y56), P(6503232L), P(6540096L), B * 65, 192, 192);
+    attention_forward<65, 64, 3>(k, A(Y56), A(ATT56), A(QKV56), B, true);
+    linear_forward(k, A(V56), attn_mm<65, 64>(k, A(Y56)), P(6503232L), P(6540096L), B * 65, 192, 192);
     /* 57: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP57), B, train ? 0.071428575f : 0.0f, d->seed, 1057, &d->sc->step, d->row0);
     mask_forward(k, A(V57), A(V56), A(KEEP57), (int64_t)B * 12480, 12480);
@@ -733,8 +733,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V65), A(MEAN65), A(RSTD65), A(V63), P(8909184L), P(8909376L), B * 65, 1e-05f, bf16_half(k, A(V65)));
     /* 66: attention blocks.6.attn -> [B, 65, 192] */
     linear_forward(k, A(QKV66), mm_half(k, A(V65)), P(8909568L), P(9020160L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y66), A(ATT66), A(QKV66), B);
-    linear_forward(k, A(V66), A(Y66), P(9020736L), P(9057600L), B * 65, 192, 192);
+    attention_forward<65, 64, 3>(k, A(Y66), A(ATT66), A(QKV66), B, true);
+    linear_forward(k, A(V66), attn_mm<65, 64>(k, A(Y66)), P(9020736L), P(9057600L), B * 65, 192, 192);
     /* 67: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP67), B, train ? 0.08571429f : 0.0f, d->seed, 1067, &d->sc->step, d->row0);
     mask_forward(k, A(V67), A(V66), A(KEEP67), (int64_t)B * 12480, 12480);
@@ -755,8 +755,8 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     layernorm_forward<192>(k, A(V75), A(MEAN75), A(RSTD75), A(V73), P(9354048L), P(9354240L), B * 65, 1e-05f, bf16_half(k, A(V75)));
     /* 76: attention blocks.7.attn -> [B, 65, 192] */
     linear_forward(k, A(QKV76), mm_half(k, A(V75)), P(9354432L), P(9465024L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y76), A(ATT76), A(QKV76), B);
-    linear_forward(k, A(V76), A(Y76), P(9465600L), P(9502464L), B * 65, 192, 192);
+    attention_forward<65, 64, 3>(k, A(Y76), A(ATT76), A(QKV76), B, true);
+    linear_forward(k, A(V76), attn_mm<65, 64>(k, A(Y76)), P(9465600L), P(9502464L), B * 65, 192, 192);
     /* 77: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP77), B, train ? 0.1f : 0.0f, d->seed, 1077, &d->sc->step, d->row0);
     mask_forward(k, A(V77), A(V76), A(KEEP77), (int64_t)B * 12480, 12480);
@@ -831,9 +831,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 77: drop_path */
     mask_backward(k, G(V76), G(V77), A(KEEP77), (int64_t)B * 12480, 0, 12480);
     /* 76: attention blocks.7.attn */
-    linear_backward(k, G(Y76), DP(9465600L), DP(9502464L), G(V76), A(Y76), P(9465600L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B);
-    linear_backward(k, G(V75), DP(9354432L), DP(9465024L), G(QKV76), mm_half(k, A(V75)), P(9354432L), B * 65, 192, 576, 0);
+    linear_backward(k, G(Y76), DP(9465600L), DP(9502464L), G(V76), attn_mm<65, 64>(k, A(Y76)), P(9465600L), B * 65, 192, 192, 0);
+    attention_backward<65, 64, 3>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B, true);
+    linear_backward(k, G(V75), DP(9354432L), DP(9465024L), attn_mm<65, 64>(k, G(QKV76)), mm_half(k, A(V75)), P(9354432L), B * 65, 192, 576, 0);
     /* 75: layernorm blocks.7.norm1 */
     layernorm_backward<192>(k, G(V73), DP(9354048L), DP(9354240L), G(V75), A(V73), P(9354048L), A(MEAN75), A(RSTD75), B * 65, 1);
     /* 73: residual_end */
@@ -853,9 +853,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 67: drop_path */
     mask_backward(k, G(V66), G(V67), A(KEEP67), (int64_t)B * 12480, 0, 12480);
     /* 66: attention blocks.6.attn */
-    linear_backward(k, G(Y66), DP(9020736L), DP(9057600L), G(V66), A(Y66), P(9020736L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B);
-    linear_backward(k, G(V65), DP(8909568L), DP(9020160L), G(QKV66), mm_half(k, A(V65)), P(8909568L), B * 65, 192, 576, 0);
+    linear_backward(k, G(Y66), DP(9020736L), DP(9057600L), G(V66), attn_mm<65, 64>(k, A(Y66)), P(9020736L), B * 65, 192, 192, 0);
+    attention_backward<65, 64, 3>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B, true);
+    linear_backward(k, G(V65), DP(8909568L), DP(9020160L), attn_mm<65, 64>(k, G(QKV66)), mm_half(k, A(V65)), P(8909568L), B * 65, 192, 576, 0);
     /* 65: layernorm blocks.6.norm1 */
     layernorm_backward<192>(k, G(V63), DP(8909184L), DP(8909376L), G(V65), A(V63), P(8909184L), A(MEAN65), A(RSTD65), B * 65, 1);
     /* 63: residual_end */
@@ -885,9 +885,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 57: drop_path */
     mask_backward(k, G(V56), G(V57), A(KEEP57), (int64_t)B * 12480, 0, 12480);
     /* 56: attention blocks.5.attn */
-    linear_backward(k, G(Y56), DP(6503232L), DP(6540096L), G(V56), A(Y56), P(6503232L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B);
-    linear_backward(k, G(V55), DP(6392064L), DP(6502656L), G(QKV56), mm_half(k, A(V55)), P(6392064L), B * 65, 192, 576, 0);
+    linear_backward(k, G(Y56), DP(6503232L), DP(6540096L), G(V56), attn_mm<65, 64>(k, A(Y56)), P(6503232L), B * 65, 192, 192, 0);
+    attention_backward<65, 64, 3>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B, true);
+    linear_backward(k, G(V55), DP(6392064L), DP(6502656L), attn_mm<65, 64>(k, G(QKV56)), mm_half(k, A(V55)), P(6392064L), B * 65, 192, 576, 0);
     /* 55: layernorm blocks.5.norm1 */
     layernorm_backward<192>(k, G(V53), DP(6391680L), DP(6391872L), G(V55), A(V53), P(6391680L), A(MEAN55), A(RSTD55), B * 65, 1);
     /* 53: residual_end */
@@ -907,9 +907,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 47: drop_path */
     mask_backward(k, G(V46), G(V47), A(KEEP47), (int64_t)B * 12480, 0, 12480);
     /* 46: attention blocks.4.attn */
-    linear_backward(k, G(Y46), DP(6058368L), DP(6095232L), G(V46), A(Y46), P(6058368L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B);
-    linear_backward(k, G(V45), DP(5947200L), DP(6057792L), G(QKV46), mm_half(k, A(V45)), P(5947200L), B * 65, 192, 576, 0);
+    linear_backward(k, G(Y46), DP(6058368L), DP(6095232L), G(V46), attn_mm<65, 64>(k, A(Y46)), P(6058368L), B * 65, 192, 192, 0);
+    attention_backward<65, 64, 3>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B, true);
+    linear_backward(k, G(V45), DP(5947200L), DP(6057792L), attn_mm<65, 64>(k, G(QKV46)), mm_half(k, A(V45)), P(5947200L), B * 65, 192, 576, 0);
     /* 45: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V43), DP(5946816L), DP(5947008L), G(V45), A(V43), P(5946816L), A(MEAN45), A(RSTD45), B * 65, 1);
     /* 43: residual_end */
@@ -939,9 +939,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 37: drop_path */
     mask_backward(k, G(V36), G(V37), A(KEEP37), (int64_t)B * 12480, 0, 12480);
     /* 36: attention blocks.3.attn */
-    linear_backward(k, G(Y36), DP(3540864L), DP(3577728L), G(V36), A(Y36), P(3540864L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B);
-    linear_backward(k, G(V35), DP(3429696L), DP(3540288L), G(QKV36), mm_half(k, A(V35)), P(3429696L), B * 65, 192, 576, 0);
+    linear_backward(k, G(Y36), DP(3540864L), DP(3577728L), G(V36), attn_mm<65, 64>(k, A(Y36)), P(3540864L), B * 65, 192, 192, 0);
+    attention_backward<65, 64, 3>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B, true);
+    linear_backward(k, G(V35), DP(3429696L), DP(3540288L), attn_mm<65, 64>(k, G(QKV36)), mm_half(k, A(V35)), P(3429696L), B * 65, 192, 576, 0);
     /* 35: layernorm blocks.3.norm1 */
     layernorm_backward<192>(k, G(V33), DP(3429312L), DP(3429504L), G(V35), A(V33), P(3429312L), A(MEAN35), A(RSTD35), B * 65, 1);
     /* 33: residual_end */
@@ -961,9 +961,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 27: drop_path */
     mask_backward(k, G(V26), G(V27), A(KEEP27), (int64_t)B * 12480, 0, 12480);
     /* 26: attention blocks.2.attn */
-    linear_backward(k, G(Y26), DP(3096000L), DP(3132864L), G(V26), A(Y26), P(3096000L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B);
-    linear_backward(k, G(V25), DP(2984832L), DP(3095424L), G(QKV26), mm_half(k, A(V25)), P(2984832L), B * 65, 192, 576, 0);
+    linear_backward(k, G(Y26), DP(3096000L), DP(3132864L), G(V26), attn_mm<65, 64>(k, A(Y26)), P(3096000L), B * 65, 192, 192, 0);
+    attention_backward<65, 64, 3>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B, true);
+    linear_backward(k, G(V25), DP(2984832L), DP(3095424L), attn_mm<65, 64>(k, G(QKV26)), mm_half(k, A(V25)), P(2984832L), B * 65, 192, 576, 0);
     /* 25: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V23), DP(2984448L), DP(2984640L), G(V25), A(V23), P(2984448L), A(MEAN25), A(RSTD25), B * 65, 1);
     /* 23: residual_end */
@@ -993,9 +993,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 17: drop_path */
     mask_backward(k, G(V16), G(V17), A(KEEP17), (int64_t)B * 12480, 0, 12480);
     /* 16: attention blocks.1.attn */
-    linear_backward(k, G(Y16), DP(578496L), DP(615360L), G(V16), A(Y16), P(578496L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B);
-    linear_backward(k, G(V15), DP(467328L), DP(577920L), G(QKV16), mm_half(k, A(V15)), P(467328L), B * 65, 192, 576, 0);
+    linear_backward(k, G(Y16), DP(578496L), DP(615360L), G(V16), attn_mm<65, 64>(k, A(Y16)), P(578496L), B * 65, 192, 192, 0);
+    attention_backward<65, 64, 3>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B, true);
+    linear_backward(k, G(V15), DP(467328L), DP(577920L), attn_mm<65, 64>(k, G(QKV16)), mm_half(k, A(V15)), P(467328L), B * 65, 192, 576, 0);
     /* 15: layernorm blocks.1.norm1 */
     layernorm_backward<192>(k, G(V13), DP(466944L), DP(467136L), G(V15), A(V13), P(466944L), A(MEAN15), A(RSTD15), B * 65, 1);
     /* 13: residual_end */
@@ -1015,9 +1015,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 7: drop_path */
     mask_backward(k, G(V6), G(V7), A(KEEP7), (int64_t)B * 12480, 0, 12480);
     /* 6: attention blocks.0.attn */
-    linear_backward(k, G(Y6), DP(133632L), DP(170496L), G(V6), A(Y6), P(133632L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B);
-    linear_backward(k, G(V5), DP(22464L), DP(133056L), G(QKV6), mm_half(k, A(V5)), P(22464L), B * 65, 192, 576, 0);
+    linear_backward(k, G(Y6), DP(133632L), DP(170496L), G(V6), attn_mm<65, 64>(k, A(Y6)), P(133632L), B * 65, 192, 192, 0);
+    attention_backward<65, 64, 3>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B, true);
+    linear_backward(k, G(V5), DP(22464L), DP(133056L), attn_mm<65, 64>(k, G(QKV6)), mm_half(k, A(V5)), P(22464L), B * 65, 192, 576, 0);
     /* 5: layernorm blocks.0.norm1 */
     layernorm_backward<192>(k, G(V3), DP(22080L), DP(22272L), G(V5), A(V3), P(22080L), A(MEAN5), A(RSTD5), B * 65, 1);
     /* 3: pos_embed */

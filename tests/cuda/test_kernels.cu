@@ -267,6 +267,32 @@ static void check_exact(const std::string &kernel, const std::string &what, cons
                (long long)cpu[first]);
 }
 
+/* bf16 rounding (to nearest, ties to even) on the host, for the conversions */
+static float round_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    u &= 0xFFFF0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* a bf16 copy the kernel wrote: each value the fp32 one it wrote, rounded
+ * to bf16 exactly (a NaN from the poison never passes) */
+static void check_copy16(const std::string &kernel, const std::string &what, const __nv_bfloat16 *d16, const float *d32,
+                         size_t n)
+{
+    const std::vector<__nv_bfloat16> h16 = down(d16, n);
+    const fvec p = down(d32, n);
+    fvec got(n), want(n);
+    for (size_t i = 0; i < n; i++) {
+        got[i] = __bfloat162float(h16[i]);
+        want[i] = round_bf16(p[i]);
+    }
+    check(kernel, what, got, want, 0.0);
+}
+
 /* ---- linear layers --------------------------------------------------------------------------------- */
 
 static void test_linear()
@@ -317,6 +343,19 @@ static void test_linear()
               down(d_di32, (size_t)M * K), 0.0);
         check("linear_backward", "dw from bf16 operands, against rounding them [bf16]", down(d_dw16, (size_t)N * K),
               down(d_dw32, (size_t)N * K), 0.0);
+        /* the bias's gradient from a gradient in bf16 alone (attention's
+         * dqkv): the column sums of its rounded values */
+        float *d_db16 = dup(fvec(N, 0.0f));
+        linear_backward(&g_k, nullptr, d_dw16, d_db16, mm_half(&g_k, d_g16), mm_half(&g_k, d_in16), d_w, M, K, N, 0);
+        fvec db16(N);
+        for (int n = 0; n < N; n++) {
+            double t = 0.0;
+            for (int m = 0; m < M; m++)
+                t += round_bf16(dout[(size_t)m * N + n]);
+            db16[n] = (float)t;
+        }
+        check("linear_backward", "db from a bf16 gradient: the sums of its rounded values [bf16]", down(d_db16, N),
+              db16, TOL32);
     }
     dfree_all();
 }
@@ -365,6 +404,49 @@ static void test_fp32_ctx()
     fvec out((size_t)M * N);
     ref_linear_forward(out.data(), inp.data(), w.data(), b.data(), M, K, N);
     check("fp32_ctx", fmt("linear_forward out [%s]", mode()), down(d_out, out.size()), out, TOL32);
+    dfree_all();
+}
+
+/* The narrow fp32 products (a router's logits): linear_forward and
+ * linear_backward through narrow_forward / narrow_backward in an fp32
+ * context (fp32_ctx; the mode's own in fp32), for each accumulator count
+ * (N up to 8, 16, 32) and rows of several widths; then the weights'
+ * gradient twice from the same inputs, the same bits (fixed-order sums). */
+static void test_narrow(int M, int K, int N, bool want_narrow)
+{
+    const kctx k32 = fp32_ctx(&g_k);
+    Rng r(seed_of("narrow", M * 100000 + K * 100 + N));
+    const fvec inp = rnd(r, (size_t)M * K, -1, 1), w = rnd(r, (size_t)N * K, -0.5f, 0.5f), b = rnd(r, N, -1, 1);
+    const fvec dout = rnd(r, (size_t)M * N, -1, 1);
+    float *d_inp = dup(inp), *d_w = dup(w), *d_b = dup(b), *d_dout = dup(dout);
+    const bool narrow = narrow_ok(&k32, d_inp, d_w, N, K);
+    const std::string c = fmt("M=%d K=%d N=%d%s [%s]", M, K, N, narrow ? "" : " (cuBLAS)", mode());
+    note("narrow products " + c);
+    report(narrow == want_narrow, "narrow_ok", fmt("%s, ", want_narrow ? "taken" : "not taken") + c, 0.0, 0.0);
+    for (int bias = 0; bias <= 1; bias++) {
+        float *d_out = dpoison<float>((size_t)M * N);
+        linear_forward(&k32, d_out, d_inp, d_w, bias ? d_b : nullptr, M, K, N);
+        fvec out((size_t)M * N);
+        ref_linear_forward(out.data(), inp.data(), w.data(), bias ? b.data() : nullptr, M, K, N);
+        check("linear_forward", fmt("narrow out, %s, ", bias ? "bias" : "no bias") + c, down(d_out, out.size()), out,
+              TOL32);
+    }
+    for (int acc = 0; acc <= 1; acc++) {
+        fvec dinp = rnd(r, (size_t)M * K, -1, 1), dw = rnd(r, (size_t)N * K, -1, 1), db = rnd(r, N, -1, 1);
+        float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size());
+        float *d_dw = dup(dw), *d_db = dup(db);
+        linear_backward(&k32, d_dinp, d_dw, d_db, d_dout, d_inp, d_w, M, K, N, acc);
+        ref_linear_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), M, K, N, acc);
+        const std::string ca = fmt("acc=%d, ", acc) + c;
+        check("linear_backward", "narrow dinp, " + ca, down(d_dinp, dinp.size()), dinp, TOL32);
+        check("linear_backward", "narrow dw, " + ca, down(d_dw, dw.size()), dw, TOL32);
+        check("linear_backward", "narrow db, " + ca, down(d_db, db.size()), db, TOL32);
+    }
+    float *d_dw1 = dup(fvec((size_t)N * K, 0.0f)), *d_dw2 = dup(fvec((size_t)N * K, 0.0f));
+    linear_backward(&k32, nullptr, d_dw1, nullptr, d_dout, d_inp, d_w, M, K, N, 0);
+    linear_backward(&k32, nullptr, d_dw2, nullptr, d_dout, d_inp, d_w, M, K, N, 0);
+    check("linear_backward", "narrow dw twice, the same bits, " + c, down(d_dw2, (size_t)N * K),
+          down(d_dw1, (size_t)N * K), 0.0);
     dfree_all();
 }
 
@@ -461,32 +543,6 @@ template <int ACT> static void test_act(const char *name, int N)
 }
 
 /* ---- element-wise, masks ------------------------------------------------------------------------------ */
-
-/* bf16 rounding (to nearest, ties to even) on the host, for the conversions */
-static float round_bf16(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    u &= 0xFFFF0000u;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
-/* a bf16 copy the kernel wrote: each value the fp32 one it wrote, rounded
- * to bf16 exactly (a NaN from the poison never passes) */
-static void check_copy16(const std::string &kernel, const std::string &what, const __nv_bfloat16 *d16, const float *d32,
-                         size_t n)
-{
-    const std::vector<__nv_bfloat16> h16 = down(d16, n);
-    const fvec p = down(d32, n);
-    fvec got(n), want(n);
-    for (size_t i = 0; i < n; i++) {
-        got[i] = __bfloat162float(h16[i]);
-        want[i] = round_bf16(p[i]);
-    }
-    check(kernel, what, got, want, 0.0);
-}
 
 /* to_bf16 then from_bf16 (the products' operand casts, the exchange's
  * rows): each value rounded to bf16 exactly as the host rounds it; n and
@@ -784,6 +840,15 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
     const double tol = tc ? TOL_ATTN_TC : TOL32;
     check("attention_forward", "out, " + c, down(d_out, out.size()), out, tol);
     check("attention_forward", "att, " + c, down(d_att, att.size()), att, tol);
+    /* bf16 precision: the output in bf16 (half), each value the fp32
+     * kernel's rounded */
+    const bool half = !TILED && attn_half<T, HD>(&g_k);
+    if (half) {
+        float *d_out16 = dpoison<float>(out.size()), *d_att16 = dpoison<float>(att.size());
+        attention_forward<T, HD, NH>(&g_k, d_out16, d_att16, d_qkv, B, true);
+        check_copy16("attention_forward", "out in bf16 (half), " + c, reinterpret_cast<__nv_bfloat16 *>(d_out16), d_out,
+                     out.size());
+    }
     /* the backward pass from the CPU's weights */
     const fvec dout = rnd(r, out.size(), -1, 1);
     float *d_dout = dup(dout), *d_att_ref = dup(att), *d_dqkv = dpoison<float>(qkv.size());
@@ -794,6 +859,12 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
     fvec dqkv(qkv.size()), datt(att.size());
     ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, D, NH);
     check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, tol);
+    if (half) {
+        float *d_dqkv16 = dpoison<float>(qkv.size());
+        attention_backward<T, HD, NH>(&g_k, d_dqkv16, d_dout, d_qkv, d_att_ref, B, true);
+        check_copy16("attention_backward", "dqkv in bf16 (half), " + c, reinterpret_cast<__nv_bfloat16 *>(d_dqkv16),
+                     d_dqkv, qkv.size());
+    }
     /* the row tiles leave the weights' gradient (through the softmax and
      * the scale) where the weights were */
     if (tiled)
@@ -1468,6 +1539,15 @@ int main(void)
         if (g_k.cast) {
             test_fp32_ctx();
             test_weight_copy();
+        }
+        if (m != 1) { /* fp32 and bf16: the narrow kernels (fp32_ctx); tf32's context is the same */
+            test_narrow(4160, 256, 7, true);   /* config P's router: 65 tokens x 64 samples, width 256, 7 experts */
+            test_narrow(1000, 384, 8, true);   /* config S's */
+            test_narrow(333, 100, 1, true);    /* rows of 25 float4, one output */
+            test_narrow(517, 64, 13, true);    /* 16 accumulators */
+            test_narrow(290, 132, 32, true);   /* 32 */
+            test_narrow(200, 1600, 10, false); /* the weights past NARROW_SMEM: cuBLAS */
+            test_narrow(150, 90, 7, false);    /* rows not a multiple of 4 wide: cuBLAS */
         }
         test_attention<65, 32, 4>(3);
         test_attention<16, 32, 4>(5);
