@@ -259,6 +259,16 @@ struct mm_in {
     mm_in(const __nv_bfloat16 *p) : f(nullptr), h(p) {}
 };
 
+/* A product's output: fp32, or bf16 (bf16 precision only, beta 0: the
+ * experts' hidden values and their gradient, which only element-wise
+ * passes read, at half the bytes) */
+struct mm_out {
+    float *f;
+    __nv_bfloat16 *h;
+    mm_out(float *p) : f(p), h(nullptr) {}
+    mm_out(__nv_bfloat16 *p) : f(nullptr), h(p) {}
+};
+
 /* the bf16 values where a producer wrote them (h), else the fp32 ones */
 static inline mm_in mm_pick(const __nv_bfloat16 *h, const float *f)
 {
@@ -272,11 +282,15 @@ static inline mm_in mm_pick(const __nv_bfloat16 *h, const float *f)
  * first at 0, the second after it, 8-aligned), or, for weights, taken from
  * their bf16 copy (k->w16), and multiplied in bf16 with fp32 accumulation
  * into the fp32 out. */
-static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_t tb, float *out, mm_in a, int lda,
+static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_t tb, mm_out out, mm_in a, int lda,
                            mm_in b, int ldb, int M, int N, int K, float beta, int count, int64_t sa, int64_t sb,
                            int64_t so)
 {
     const float one = 1.0f;
+    if (out.h && (!k->cast || beta != 0.0f)) {
+        fprintf(stderr, "train: internal error: a bf16 product output outside bf16 precision or accumulated\n");
+        exit(1);
+    }
     if (k->cast) {
         const __nv_bfloat16 *a16 = a.h, *b16 = b.h;
         int64_t used = 0;
@@ -301,9 +315,10 @@ static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_
             cast(a16, a.f, ta == CUBLAS_OP_N ? operand_span(M, K, lda, count, sa) : operand_span(K, M, lda, count, sa));
         if (!b16)
             cast(b16, b.f, tb == CUBLAS_OP_N ? operand_span(K, N, ldb, count, sb) : operand_span(N, K, ldb, count, sb));
+        void *c = out.h ? static_cast<void *>(out.h) : static_cast<void *>(out.f);
         CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b16, CUDA_R_16BF, ldb, sb, a16,
-                                                CUDA_R_16BF, lda, sa, &beta, out, CUDA_R_32F, N, so, count,
-                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                                CUDA_R_16BF, lda, sa, &beta, c, out.h ? CUDA_R_16BF : CUDA_R_32F, N,
+                                                so, count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return;
     }
     if (a.h || b.h) {
@@ -311,7 +326,7 @@ static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_
         exit(1);
     }
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b.f, CUDA_R_32F, ldb, sb, a.f, CUDA_R_32F,
-                                            lda, sa, &beta, out, CUDA_R_32F, N, so, count, k->compute,
+                                            lda, sa, &beta, out.f, CUDA_R_32F, N, so, count, k->compute,
                                             CUBLAS_GEMM_DEFAULT));
 }
 
@@ -349,7 +364,7 @@ static inline kctx fp32_ctx(const kctx *k)
 }
 
 /* out[M,N] = beta * out + a[M,K] @ b[N,K]^T */
-static inline void mm_nt(const kctx *k, float *out, mm_in a, mm_in b, int M, int N, int K, float beta,
+static inline void mm_nt(const kctx *k, mm_out out, mm_in a, mm_in b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
     if (M > 0)
@@ -357,7 +372,7 @@ static inline void mm_nt(const kctx *k, float *out, mm_in a, mm_in b, int M, int
 }
 
 /* out[M,N] = beta * out + a[M,K] @ b[K,N] */
-static inline void mm_nn(const kctx *k, float *out, mm_in a, mm_in b, int M, int N, int K, float beta,
+static inline void mm_nn(const kctx *k, mm_out out, mm_in a, mm_in b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
     if (M > 0)
@@ -365,7 +380,7 @@ static inline void mm_nn(const kctx *k, float *out, mm_in a, mm_in b, int M, int
 }
 
 /* out[M,N] = beta * out + a[K,M]^T @ b[K,N] (weight gradients) */
-static inline void mm_tn(const kctx *k, float *out, mm_in a, mm_in b, int M, int N, int K, float beta,
+static inline void mm_tn(const kctx *k, mm_out out, mm_in a, mm_in b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
     if (K > 0)
@@ -513,15 +528,57 @@ static inline void colsum_add(const kctx *k, float *dst, const S *src, int M, in
  * activation to 64 bytes), else one: 4 times the bytes in flight per
  * thread, and a quarter of the index arithmetic.
  * The passes that follow a per-row index (the MoE's gather, combine and
- * scatter) give each block whole rows instead (a grid-stride loop,
- * blocks_for(rows, 1) blocks of ROW_THREADS threads), so that the row's
- * token or expert is looked up once per row. */
-#define ROW_THREADS 128
+ * scatter) give each warp whole rows instead (a grid-stride loop over
+ * ROW_WARPS rows a block: launch_rows), so that the row's token or expert
+ * is looked up once per row, and move V = 4 values a lane where the rows
+ * allow. A block of 128 threads a row (2 values a thread for rows of 256)
+ * spent most of its issue slots on the lookups and the block's own start
+ * (Nsight Compute on config P's gather: ALU the busiest pipe, DRAM at 28%
+ * of its peak). */
+#define ROW_WARPS 8
+
+__device__ static inline int64_t row_warp()
+{
+    return (int64_t)blockIdx.x * ROW_WARPS + threadIdx.x / 32;
+}
+
+__device__ static inline int64_t row_warps()
+{
+    return (int64_t)gridDim.x * ROW_WARPS;
+}
+
+/* kern4 (4 values a lane) when v4, else kern1, over `rows` rows a warp each */
+template <typename... P, typename... A>
+static inline void launch_rows(const kctx *k, bool v4, int64_t rows, void (*kern4)(P...), void (*kern1)(P...),
+                               A... args)
+{
+    const unsigned grid = blocks_for(rows, ROW_WARPS);
+    if (v4)
+        kern4<<<grid, 32 * ROW_WARPS, 0, k->stream>>>(args...);
+    else
+        kern1<<<grid, 32 * ROW_WARPS, 0, k->stream>>>(args...);
+    LAUNCH_CHECK();
+}
 
 static inline bool vec4_ok(int64_t cols, const void *p, const void *q = nullptr, const void *r = nullptr)
 {
     const auto al = [](const void *x) { return ((uintptr_t)x & 15) == 0; };
     return cols % 4 == 0 && al(p) && al(q) && al(r);
+}
+
+/* 4 bf16 values from 8 bytes (V = 4), widened */
+template <int V> __device__ static inline void vload(float (&x)[V], const __nv_bfloat16 *p)
+{
+    if constexpr (V == 4) {
+        const uint2 t = *reinterpret_cast<const uint2 *>(p);
+        const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&t.x)),
+                     hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&t.y));
+        x[0] = lo.x, x[1] = lo.y, x[2] = hi.x, x[3] = hi.y;
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = __bfloat162float(p[j]);
+    }
 }
 
 template <int V> __device__ static inline void vload(float (&x)[V], const float *p)
@@ -577,8 +634,8 @@ template <int ACT> __device__ static inline float act_f(float x);
  * linear layer's bias and its activation in one pass; V floats per thread.
  * keep_h: h is left without the bias (act_bias_backward adds it again),
  * which saves the pass its store. */
-template <int ACT, int V>
-static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__restrict__ a16, float *__restrict__ h,
+template <int ACT, int V, typename HT>
+static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__restrict__ a16, HT *__restrict__ h,
                                        const float *__restrict__ bias, int64_t M, int N, int64_t n, bool keep_h)
 {
     const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
@@ -615,13 +672,27 @@ static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__r
     }
 }
 
-template <int ACT>
-static inline void bias_act(const kctx *k, float *a, float *h, const float *bias, int64_t M, int N, int G = 1,
+/* the 4-wide passes' alignment of a row-major operand of rows `cols`
+ * wide: 16 bytes for floats, 8 for bf16 */
+static inline bool vec4_ok_as(int64_t cols, const float *p)
+{
+    return vec4_ok(cols, p);
+}
+
+static inline bool vec4_ok_as(int64_t cols, const __nv_bfloat16 *p)
+{
+    return cols % 4 == 0 && bf16_ok(p);
+}
+
+/* h: fp32, or bf16 (the experts' hidden values as their product wrote
+ * them in bf16 precision: moe_h16) */
+template <int ACT, typename HT = float>
+static inline void bias_act(const kctx *k, float *a, HT *h, const float *bias, int64_t M, int N, int G = 1,
                             __nv_bfloat16 *a16 = nullptr, bool keep_h = false)
 {
     const int64_t n = G * M * N;
-    launch_vec(k, vec4_ok(N, h, ACT == ACT_NONE || a16 ? nullptr : a) && bf16_ok(a16), n, bias_act_kernel<ACT, 4>,
-               bias_act_kernel<ACT, 1>, a, a16, h, bias, M, N, n, keep_h);
+    launch_vec(k, vec4_ok_as(N, h) && vec4_ok(N, ACT == ACT_NONE || a16 ? nullptr : a) && bf16_ok(a16), n,
+               bias_act_kernel<ACT, 4, HT>, bias_act_kernel<ACT, 1, HT>, a, a16, h, bias, M, N, n, keep_h);
 }
 
 /* out[g][M,N] += bias[g][N] for g < G */
@@ -901,9 +972,9 @@ template <int ACT> __device__ static inline float act_grad(float x)
  * reads it again. Laid out as colsum_partial_kernel (a block: 32 x V
  * columns, RED_CHUNKS chunks of rows, COLSUM_LANES lanes), and its sums
  * are added in the same order: db gets the same bits as colsum_add on dh. */
-template <int ACT, int V>
+template <int ACT, int V, typename DT, typename HT>
 static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__restrict__ dh16, float *__restrict__ part,
-                                                const float *da, const float *__restrict__ h,
+                                                const DT *da, const HT *__restrict__ h,
                                                 const float *__restrict__ bias, int M, int N)
 {
     const int n = (blockIdx.x * 32 + (int)threadIdx.x % 32) * V, c = blockIdx.y, g = blockIdx.z;
@@ -956,15 +1027,17 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
     }
 }
 
-template <int ACT>
-static inline void act_bias_backward(const kctx *k, float *dh, __nv_bfloat16 *dh16, float *db, const float *da,
-                                     const float *h, const float *bias, int M, int N, int G = 1)
+/* da, h: fp32, or bf16 (the experts' as their products wrote them in bf16
+ * precision: moe_h16) */
+template <int ACT, typename DT = float, typename HT = float>
+static inline void act_bias_backward(const kctx *k, float *dh, __nv_bfloat16 *dh16, float *db, const DT *da,
+                                     const HT *h, const float *bias, int M, int N, int G = 1)
 {
-    if (vec4_ok(N, da, h, bias) && vec4_ok(N, dh16 ? da : dh) && bf16_ok(dh16))
-        act_bias_backward_kernel<ACT, 4><<<colsum_grid(k, N, G, 4), 32 * COLSUM_LANES, 0, k->stream>>>(
+    if (vec4_ok_as(N, da) && vec4_ok_as(N, h) && vec4_ok(N, bias, dh16 ? nullptr : dh) && bf16_ok(dh16))
+        act_bias_backward_kernel<ACT, 4, DT, HT><<<colsum_grid(k, N, G, 4), 32 * COLSUM_LANES, 0, k->stream>>>(
             dh, dh16, k->red, da, h, bias, M, N);
     else
-        act_bias_backward_kernel<ACT, 1><<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(
+        act_bias_backward_kernel<ACT, 1, DT, HT><<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(
             dh, dh16, k->red, da, h, bias, M, N);
     LAUNCH_CHECK();
     colsum_final(k, db, N, G, N);
@@ -3418,22 +3491,22 @@ static inline void moe_route_expert_choice(const kctx *k, moe_route_buf *r, ec_b
 
 /* xe[E, cap, D]: the kept tokens' rows, zeros past each expert's count (T:
  * float, or bf16 for the experts' first product: moe_x16) */
-template <typename T>
+template <typename T, int V>
 static __global__ void moe_gather_kernel(T *__restrict__ xe, const float *__restrict__ x,
                                          const int *__restrict__ row_token, const int *__restrict__ count, int E,
                                          int cap, int D)
 {
-    for (int64_t row = blockIdx.x; row < (int64_t)E * cap; row += gridDim.x) {
-        const int e = (int)(row / cap), s = (int)(row % cap);
+    const int lane = threadIdx.x % 32;
+    const int64_t rows = (int64_t)E * cap;
+    for (int64_t row = row_warp(); row < rows; row += row_warps()) {
+        const int e = (int)(row / cap), s = (int)(row - (int64_t)e * cap);
         T *o = xe + row * D;
-        if (s < count[e]) {
-            const float *src = x + (int64_t)row_token[row] * D;
-#pragma unroll 4
-            for (int c = threadIdx.x; c < D; c += blockDim.x)
-                put(o + c, src[c]);
-        } else {
-            for (int c = threadIdx.x; c < D; c += blockDim.x)
-                put(o + c, 0.0f);
+        const float *src = s < count[e] ? x + (int64_t)row_token[row] * D : nullptr;
+        for (int c = lane * V; c < D; c += 32 * V) {
+            float v[V] = {};
+            if (src)
+                vload<V>(v, src + c);
+            vstore<V>(o + c, v);
         }
     }
 }
@@ -3441,13 +3514,14 @@ static __global__ void moe_gather_kernel(T *__restrict__ xe, const float *__rest
 /* out[n] = sum over kept choices of gate * (ye[row] + b2[expert]) (a
  * token's own rows, in choice order: no atomics); b2 NULL: ye has the
  * bias already (expert parallelism, where b2 lives on the expert's GPU) */
-template <int K>
+template <int K, int V>
 static __global__ void moe_combine_kernel(float *__restrict__ out, const float *__restrict__ ye,
                                           const float *__restrict__ b2, const int *__restrict__ topk,
                                           const int *__restrict__ slot, const float *__restrict__ gate, int N, int cap,
                                           int D)
 {
-    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    const int lane = threadIdx.x % 32;
+    for (int64_t n = row_warp(); n < N; n += row_warps()) {
         const float *src[K], *bias[K];
         float g[K];
 #pragma unroll
@@ -3458,13 +3532,20 @@ static __global__ void moe_combine_kernel(float *__restrict__ out, const float *
             g[k] = gate[n * K + k];
         }
         float *o = out + n * D;
-        for (int d = threadIdx.x; d < D; d += blockDim.x) {
-            float acc = 0.0f;
+        for (int d = lane * V; d < D; d += 32 * V) {
+            float acc[V] = {};
 #pragma unroll
             for (int k = 0; k < K; k++)
-                if (src[k])
-                    acc += g[k] * (bias[k] ? src[k][d] + bias[k][d] : src[k][d]);
-            o[d] = acc;
+                if (src[k]) {
+                    float y[V], b[V] = {};
+                    vload<V>(y, src[k] + d);
+                    if (bias[k])
+                        vload<V>(b, bias[k] + d);
+#pragma unroll
+                    for (int j = 0; j < V; j++)
+                        acc[j] += g[k] * (bias[k] ? y[j] + b[j] : y[j]);
+                }
+            vstore<V>(o + d, acc);
         }
     }
 }
@@ -3517,6 +3598,17 @@ template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float
     return P == 1 && k->cast ? reinterpret_cast<__nv_bfloat16 *>(const_cast<float *>(xe)) : nullptr;
 }
 
+/* bf16 precision: the experts' hidden values h [EL, rows, H], and in the
+ * backward the gradient of their activations (written into dh's room),
+ * as their products write them: in bf16, in the first half of their fp32
+ * memory, as only the element-wise passes read them (bias_act,
+ * act_bias_backward: half the bytes of the two longest passes of the MoE
+ * layer). moe_h16(k, h, r, H): row r's. NULL in the other precisions. */
+static inline __nv_bfloat16 *moe_h16(const kctx *k, const float *h, int64_t r, int H)
+{
+    return k->cast ? reinterpret_cast<__nv_bfloat16 *>(const_cast<float *>(h)) + r * H : nullptr;
+}
+
 /* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
  * out [expert, rows, *]): h = x w1^T (kept without b1: bias_act's keep_h),
  * a = act(h + b1), y = a w2^T (+ b2 when given; else the combine adds it).
@@ -3527,12 +3619,17 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
                                    const float *b2, int rows, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
-    __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H);
+    __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *h16 = moe_h16(k, h, r, H);
     xr += r * D, h += r * H, a += r * H, yr += r * D;
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
-    mm_nt(k, h, mm_pick(x16 ? x16 + r * D : nullptr, xr), w1, rows, H, D, 0.0f, n, (int64_t)rows * D,
-          (int64_t)H * D, (int64_t)rows * H);
-    bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true);
+    const mm_in xin = mm_pick(x16 ? x16 + r * D : nullptr, xr);
+    if (h16) {
+        mm_nt(k, h16, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
+        bias_act<ACT>(k, a, h16, b1, rows, H, n, a16, true);
+    } else {
+        mm_nt(k, h, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
+        bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true);
+    }
     mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
     if (b2)
         bias_add(k, yr, b2 + (int64_t)e * D, rows, D, n);
@@ -3558,13 +3655,13 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
     const int rows = P * cap; /* per expert of this GPU */
     const int64_t chunk = (int64_t)cap * D;
     __nv_bfloat16 *x16 = moe_x16<P>(k, xe);
+    const int64_t erows = (int64_t)E * cap;
     if (x16)
-        moe_gather_kernel<<<blocks_for((int64_t)E * cap, 1), ROW_THREADS, 0, k->stream>>>(x16, x, r->row_token,
-                                                                                      r->count, E, cap, D);
+        launch_rows(k, vec4_ok(D, x) && bf16_ok(x16), erows, moe_gather_kernel<__nv_bfloat16, 4>,
+                    moe_gather_kernel<__nv_bfloat16, 1>, x16, x, r->row_token, r->count, E, cap, D);
     else
-        moe_gather_kernel<<<blocks_for((int64_t)E * cap, 1), ROW_THREADS, 0, k->stream>>>(xe, x, r->row_token,
-                                                                                      r->count, E, cap, D);
-    LAUNCH_CHECK();
+        launch_rows(k, vec4_ok(D, x, xe), erows, moe_gather_kernel<float, 4>, moe_gather_kernel<float, 1>, xe, x,
+                    r->row_token, r->count, E, cap, D);
     if (P > 1 && k->overlap) {
         cudaEvent_t in[EL], done = nullptr;
         for (int e = 0; e < EL; e++)
@@ -3580,70 +3677,112 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
         moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, x16, w1, b1, w2, P > 1 ? b2 : nullptr, rows, 0, EL);
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
-    moe_combine_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(out, ye, P > 1 ? nullptr : b2, r->topk,
-                                                                           r->slot, r->gate, N, cap, D);
-    LAUNCH_CHECK();
+    launch_rows(k, vec4_ok(D, out, ye, b2), N, moe_combine_kernel<K, 4>, moe_combine_kernel<K, 1>, out, ye,
+                P > 1 ? nullptr : b2, r->topk, r->slot, r->gate, N, cap, D);
 }
 
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
  * count; O: float, or bf16 where only products and the bias's sum read it),
  * and the kept choice's dgate = dout[token] . (ye[row] + b2[e]) (b2 NULL:
  * ye has it, as moe_combine_kernel). */
-template <typename O>
-static __global__ void moe_combine_bwd_kernel(O *dye, float *dgate, const float *dout, const float *ye,
-                                              const float *b2, const int *row_token, const int *row_k,
-                                              const int *count, const float *gate, int E, int cap, int D, int K)
+template <typename O, int V>
+static __global__ void moe_combine_bwd_kernel(O *__restrict__ dye, float *__restrict__ dgate,
+                                              const float *__restrict__ dout, const float *__restrict__ ye,
+                                              const float *__restrict__ b2, const int *__restrict__ row_token,
+                                              const int *__restrict__ row_k, const int *__restrict__ count,
+                                              const float *__restrict__ gate, int E, int cap, int D, int K)
 {
-    const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
-    if (row >= (int64_t)E * cap)
-        return;
-    const int e = (int)(row / cap), s = (int)(row % cap);
-    O *dy = dye + row * D;
-    if (s >= count[e]) {
-        for (int d = lane; d < D; d += 32)
-            put(dy + d, 0.0f);
-        return;
+    const int64_t rows = (int64_t)E * cap;
+    for (int64_t row = row_warp(); row < rows; row += row_warps()) {
+        const int e = (int)(row / cap), s = (int)(row - (int64_t)e * cap);
+        O *dy = dye + row * D;
+        if (s >= count[e]) {
+            const float z[V] = {};
+            for (int d = lane * V; d < D; d += 32 * V)
+                vstore<V>(dy + d, z);
+            continue;
+        }
+        const int n = row_token[row], kk = row_k[row];
+        const float g = gate[(int64_t)n * K + kk];
+        const float *go = dout + (int64_t)n * D, *y = ye + row * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
+        float dot = 0.0f;
+        for (int d = lane * V; d < D; d += 32 * V) {
+            float o[V], yv[V], b[V] = {}, t[V];
+            vload<V>(o, go + d);
+            vload<V>(yv, y + d);
+            if (bias)
+                vload<V>(b, bias + d);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                dot += o[j] * (bias ? yv[j] + b[j] : yv[j]);
+                t[j] = g * o[j];
+            }
+            vstore<V>(dy + d, t);
+        }
+        dot = warp_sum(dot);
+        if (lane == 0)
+            dgate[(int64_t)n * K + kk] = dot;
     }
-    const int n = row_token[row], kk = row_k[row];
-    const float g = gate[(int64_t)n * K + kk];
-    const float *go = dout + (int64_t)n * D, *y = ye + row * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
-    float dot = 0.0f;
-    for (int d = lane; d < D; d += 32) {
-        dot += go[d] * (bias ? y[d] + bias[d] : y[d]);
-        put(dy + d, g * go[d]);
-    }
-    dot = warp_sum(dot);
-    if (lane == 0)
-        dgate[(int64_t)n * K + kk] = dot;
+}
+
+/* its launch: dye in fp32 or bf16 (O) */
+template <typename O>
+static inline void moe_combine_bwd(const kctx *k, O *dye, float *dgate, const float *dout, const float *ye,
+                                   const float *b2, const moe_route_buf *r, int E, int cap, int D, int K)
+{
+    const bool v4 = vec4_ok(D, dout, ye, b2) && vec4_ok_as(D, dye);
+    launch_rows(k, v4, (int64_t)E * cap, moe_combine_bwd_kernel<O, 4>, moe_combine_bwd_kernel<O, 1>, dye, dgate,
+                dout, ye, b2, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
 }
 
 /* dx[n] (+)= sum over the token's kept choices of dxe[row]; dgate of the
  * dropped choices = 0 */
-template <int K>
+template <int K, int V>
 static __global__ void moe_scatter_bwd_kernel(float *__restrict__ dx, float *__restrict__ dgate,
                                               const float *__restrict__ dxe, const int *__restrict__ topk,
                                               const int *__restrict__ slot, int N, int cap, int D, int acc)
 {
-    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    const int lane = threadIdx.x % 32;
+    for (int64_t n = row_warp(); n < N; n += row_warps()) {
         const float *src[K];
 #pragma unroll
         for (int k = 0; k < K; k++) {
             const int sl = slot[n * K + k];
             src[k] = sl >= 0 ? dxe + ((int64_t)topk[n * K + k] * cap + sl) * D : nullptr;
-            if (sl < 0 && threadIdx.x == 0)
+            if (sl < 0 && lane == 0)
                 dgate[n * K + k] = 0.0f;
         }
         float *o = dx + n * D;
-        for (int d = threadIdx.x; d < D; d += blockDim.x) {
-            float s = 0.0f;
+        for (int d = lane * V; d < D; d += 32 * V) {
+            float sum[V] = {}, prev[V];
 #pragma unroll
             for (int k = 0; k < K; k++)
-                if (src[k])
-                    s += src[k][d];
-            o[d] = acc ? o[d] + s : s;
+                if (src[k]) {
+                    float y[V];
+                    vload<V>(y, src[k] + d);
+#pragma unroll
+                    for (int j = 0; j < V; j++)
+                        sum[j] += y[j];
+                }
+            if (acc) {
+                vload<V>(prev, o + d);
+#pragma unroll
+                for (int j = 0; j < V; j++)
+                    sum[j] = prev[j] + sum[j];
+            }
+            vstore<V>(o + d, sum);
         }
     }
+}
+
+/* dx[n] (+)= the token's kept rows of dxe, a warp a token */
+template <int K>
+static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const float *dxe, const moe_route_buf *r,
+                                   int N, int cap, int D, int acc)
+{
+    launch_rows(k, vec4_ok(D, dx, dxe), N, moe_scatter_bwd_kernel<K, 4>, moe_scatter_bwd_kernel<K, 1>, dx, dgate,
+                dxe, r->topk, r->slot, N, cap, D, acc);
 }
 
 /* The FFN's backward for this GPU's experts [e, e + n), in two halves:
@@ -3660,12 +3799,20 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, f
                                          const float *b1, const float *w2, int rows, int el, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
-    __nv_bfloat16 *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
+    __nv_bfloat16 *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H), *da16 = moe_h16(k, dh, r, H);
+    const __nv_bfloat16 *h16 = moe_h16(k, h, r, H);
     dxr += r * D, dh += r * H, h += r * H;
     dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
-    mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
-    act_bias_backward<ACT>(k, dh, dh16, db1, dh, h, b1, rows, H, n);
+    if (da16) { /* bf16 precision: da and h in bf16 (moe_h16), dh into dh16 */
+        mm_nn(k, da16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
+              (int64_t)rows * H);
+        act_bias_backward<ACT>(k, nullptr, dh16, db1, da16, h16, b1, rows, H, n);
+    } else {
+        mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
+              (int64_t)rows * H);
+        act_bias_backward<ACT>(k, dh, dh16, db1, dh, h, b1, rows, H, n);
+    }
     mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
 }
 
@@ -3708,25 +3855,18 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
     const int rows = P * cap;
     const int64_t chunk = (int64_t)cap * D;
     kctx kr; /* k with the scratch after the rounded dy (cast_keep) */
-    const unsigned cgrid = blocks_for((int64_t)E * cap, 8);
     if (P == 1 && k->cast) {
         /* bf16 precision on one GPU: dy feeds the products and db2's sum
          * alone, so the combine writes it in bf16 into the first half of
          * its room (the fp32 values are never made) */
         __nv_bfloat16 *dy16 = reinterpret_cast<__nv_bfloat16 *>(dye);
-        moe_combine_bwd_kernel<<<cgrid, 256, 0, k->stream>>>(dy16, dgate, dout, ye, b2, r->row_token, r->row_k,
-                                                            r->count, r->gate, E, cap, D, K);
-        LAUNCH_CHECK();
+        moe_combine_bwd(k, dy16, dgate, dout, ye, b2, r, E, cap, D, K);
         moe_ffn_backward_rows<D, H, ACT>(k, dxr, dh, db1, nullptr, dy16, h, a, w1, b1, w2, rows, EL, 0, EL);
         moe_ffn_backward_params<D, H>(k, dw1, dw2, db2, nullptr, dy16, dh, xr, x16, a, rows, EL, 0, EL);
-        moe_scatter_bwd_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(dx, dgate, dxe, r->topk,
-                                                                                        r->slot, N, cap, D, acc);
-        LAUNCH_CHECK();
+        moe_scatter_bwd<K>(k, dx, dgate, dxe, r, N, cap, D, acc);
         return;
     }
-    moe_combine_bwd_kernel<<<cgrid, 256, 0, k->stream>>>(dye, dgate, dout, ye, P > 1 ? nullptr : b2, r->row_token,
-                                                         r->row_k, r->count, r->gate, E, cap, D, K);
-    LAUNCH_CHECK();
+    moe_combine_bwd(k, dye, dgate, dout, ye, P > 1 ? nullptr : b2, r, E, cap, D, K);
     if (P > 1 && k->overlap) {
         cudaEvent_t in[EL], done = nullptr;
         for (int e = 0; e < EL; e++)
@@ -3746,9 +3886,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
-    moe_scatter_bwd_kernel<K><<<blocks_for(N, 1), ROW_THREADS, 0, k->stream>>>(dx, dgate, dxe, r->topk,
-                                                                                    r->slot, N, cap, D, acc);
-    LAUNCH_CHECK();
+    moe_scatter_bwd<K>(k, dx, dgate, dxe, r, N, cap, D, acc);
 }
 
 #define AUX_BLOCKS 64

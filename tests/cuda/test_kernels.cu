@@ -1033,11 +1033,12 @@ static void test_head(int B)
  * paths (bf16: the activations and dh in bf16 at 2-byte alignment) */
 /* EC: expert choice (K = E: every token lists every expert; each expert
  * takes the cap tokens of highest probability; gates not normalised) */
-template <int E, int K, int ACT, int H = 48, bool EC = false>
+/* D: the model width (32: the row passes 4 values a lane; 30: one) */
+template <int E, int K, int ACT, int H = 48, bool EC = false, int D = 32>
 static void test_moe(int variant, int dropless, int normalize, int batch_priority, int acc)
 {
     static_assert(!EC || K == E, "expert choice lists every expert");
-    constexpr int D = 32, T = 20, ND = 2;
+    constexpr int T = 20, ND = 2;
     const int N = 300, B = N / T;
     /* weights larger than a model's, so that each auxiliary gradient is well
      * above the tolerance in the router's gradient */
@@ -1046,8 +1047,8 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     const char *act = ACT == ACT_GELU ? "gelu" : ACT == ACT_RELU ? "relu" : "silu";
     const int cap = EC ? moe_capacity(N, E, 1, 1.25, 0) : moe_capacity(N, E, K, 1.25, dropless);
     const int cap_ref = EC ? ref_moe_capacity(N, E, 1, 1.25, 0) : ref_moe_capacity(N, E, K, 1.25, dropless);
-    const std::string c = fmt("E=%d K=%d H=%d cap=%d normalize=%d batch_priority=%d acc=%d %s%s [%s]", E, K, H, cap,
-                              normalize, batch_priority, acc, act, EC ? " expert_choice" : "", mode());
+    const std::string c = fmt("E=%d K=%d D=%d H=%d cap=%d normalize=%d batch_priority=%d acc=%d %s%s [%s]", E, K, D, H,
+                              cap, normalize, batch_priority, acc, act, EC ? " expert_choice" : "", mode());
     note("moe " + c);
     check_exact("moe_capacity", c, &cap, &cap_ref, 1);
     if (cap != cap_ref)
@@ -1536,6 +1537,7 @@ int main(void)
         test_moe<4, 2, ACT_GELU, 42>(7, 0, 1, 1, 1);
         test_moe<4, 4, ACT_GELU, 48, true>(8, 0, 0, 0, 0); /* expert choice */
         test_moe<3, 3, ACT_GELU, 48, true>(9, 0, 0, 0, 1);
+        test_moe<4, 2, ACT_GELU, 48, false, 30>(10, 0, 1, 1, 1); /* rows not a multiple of 4 wide */
         if (g_k.cast) {
             test_fp32_ctx();
             test_weight_copy();
