@@ -435,6 +435,10 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
         /* the products' operands, rounded to bf16 before each product */
         k->cast_elems = DEV_LAYOUT.cast_elems;
         k->cast = (__nv_bfloat16 *)dev_alloc(sizeof(__nv_bfloat16) * (size_t)k->cast_elems);
+        /* cuBLASLt for the products with a bias (its epilogue adds it) */
+        CUBLAS_CHECK(cublasLtCreate(&k->lt));
+        k->lt_ws = s->blas_workspace;
+        k->lt_ws_bytes = BLAS_WORKSPACE_BYTES;
     }
     k->red_floats = DEV_LAYOUT.red_floats;
     k->red = (float *)dev_alloc(sizeof(float) * (size_t)k->red_floats);
@@ -601,6 +605,8 @@ void model_close(model *m)
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
         CUDA_CHECK(cudaFreeHost(host[i]));
     CUBLAS_CHECK(cublasDestroy(s->k.blas));
+    if (s->k.lt)
+        CUBLAS_CHECK(cublasLtDestroy(s->k.lt));
     CUDA_CHECK(cudaStreamDestroy(s->k.stream));
     CUDA_CHECK(cudaStreamDestroy(s->copy));
     free(s->stats_host);

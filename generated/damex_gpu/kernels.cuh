@@ -43,6 +43,7 @@
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -113,6 +114,12 @@ typedef struct kctx {
                             int e);
     int overlap;                 /* exchange expert by expert, overlapped with their products */
     void *comm;                  /* backend.cu's state for both */
+    /* bf16 precision: cuBLASLt, which adds a linear layer's bias in the
+     * product's epilogue (linear_forward), with its workspace (cuBLAS's:
+     * both run in order on the stream); NULL: a pass adds the bias */
+    cublasLtHandle_t lt;
+    void *lt_ws;
+    size_t lt_ws_bytes;
 } kctx;
 
 /* The element-wise passes' launch over n elements, in blocks of 256: kern4
@@ -275,6 +282,28 @@ static inline mm_in mm_pick(const __nv_bfloat16 *h, const float *f)
     return h ? mm_in(h) : mm_in(f);
 }
 
+/* bf16 precision: a product's operand of n elements in bf16: as given (x.h),
+ * the weights' copy for an operand inside the weights (addresses compared
+ * as integers: x.f may lie in another allocation), else rounded into the
+ * operand scratch after the *used elements a product's other operand took */
+static inline const __nv_bfloat16 *bf16_operand(const kctx *k, mm_in x, int64_t n, int64_t *used)
+{
+    if (x.h)
+        return x.h;
+    const uintptr_t at = (uintptr_t)x.f, lo = (uintptr_t)k->w32;
+    if (k->w16 && at >= lo && at + sizeof(float) * (size_t)n <= lo + sizeof(float) * (size_t)k->w_elems)
+        return k->w16 + (at - lo) / sizeof(float);
+    if (*used + n > k->cast_elems) {
+        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
+                (long long)k->cast_elems, (long long)(*used + n));
+        exit(1);
+    }
+    __nv_bfloat16 *dst = k->cast + *used;
+    to_bf16(k, dst, x.f, n);
+    *used += (n + 7) & ~(int64_t)7;
+    return dst;
+}
+
 /* The products below in row-major views: cuBLAS is column-major, so
  * out[M,N] = op(a) op(b) is computed as out^T = op(b)^T op(a)^T, with
  * `count` products strided by sa, sb, so elements. With k->cast (bf16
@@ -292,29 +321,11 @@ static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_
         exit(1);
     }
     if (k->cast) {
-        const __nv_bfloat16 *a16 = a.h, *b16 = b.h;
         int64_t used = 0;
-        const auto cast = [&](const __nv_bfloat16 *&dst, const float *src, int64_t n) {
-            /* weights: their copy, already rounded (addresses compared as
-             * integers: src may lie in another allocation) */
-            const uintptr_t at = (uintptr_t)src, lo = (uintptr_t)k->w32;
-            if (k->w16 && at >= lo && at + sizeof(float) * (size_t)n <= lo + sizeof(float) * (size_t)k->w_elems) {
-                dst = k->w16 + (at - lo) / sizeof(float);
-                return;
-            }
-            if (used + n > k->cast_elems) {
-                fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
-                        (long long)k->cast_elems, (long long)(used + n));
-                exit(1);
-            }
-            to_bf16(k, k->cast + used, src, n);
-            dst = k->cast + used;
-            used += (n + 7) & ~(int64_t)7;
-        };
-        if (!a16)
-            cast(a16, a.f, ta == CUBLAS_OP_N ? operand_span(M, K, lda, count, sa) : operand_span(K, M, lda, count, sa));
-        if (!b16)
-            cast(b16, b.f, tb == CUBLAS_OP_N ? operand_span(K, N, ldb, count, sb) : operand_span(N, K, ldb, count, sb));
+        const __nv_bfloat16 *a16 = bf16_operand(
+            k, a, ta == CUBLAS_OP_N ? operand_span(M, K, lda, count, sa) : operand_span(K, M, lda, count, sa), &used);
+        const __nv_bfloat16 *b16 = bf16_operand(
+            k, b, tb == CUBLAS_OP_N ? operand_span(K, N, ldb, count, sb) : operand_span(N, K, ldb, count, sb), &used);
         void *c = out.h ? static_cast<void *>(out.h) : static_cast<void *>(out.f);
         CUBLAS_CHECK(cublasGemmStridedBatchedEx(k->blas, tb, ta, N, M, K, &one, b16, CUDA_R_16BF, ldb, sb, a16,
                                                 CUDA_R_16BF, lda, sa, &beta, c, out.h ? CUDA_R_16BF : CUDA_R_32F, N,
@@ -896,6 +907,63 @@ static inline void narrow_backward(const kctx *k, float *dx, float *dw, const fl
     colsum_final(k, dw, N * K, 1, 0);
 }
 
+/* bf16 precision: out[M,N] = inp[M,K] w[N,K]^T + b[N] by cuBLASLt with the
+ * bias added in the product's epilogue (CUBLASLT_EPILOGUE_BIAS: to the fp32
+ * accumulator, before the fp32 store), where a pass over out added it
+ * after the product (for config P's qkv: 400 MB read and written again a
+ * layer). Returns false, having queued nothing, where cuBLASLt is not set
+ * up, the bias is not 16-byte aligned, or it offers no algorithm; the
+ * caller then takes cuBLAS and the pass. */
+static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
+                                  int N)
+{
+    if (!k->lt || !k->cast || ((uintptr_t)b & 15) != 0)
+        return false;
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    cublasLtMatmulHeuristicResult_t res = {};
+    int found = 0;
+    const cublasOperation_t tw = CUBLAS_OP_T, tx = CUBLAS_OP_N;
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType_t bias_type = CUDA_R_32F;
+    /* column-major: out^T [N, M] = w (K x N stored, transposed) times inp^T (K x M) */
+    bool ok = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &tw, sizeof tw) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tx, sizeof tx) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, M, N) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &k->lt_ws_bytes,
+                                                   sizeof k->lt_ws_bytes) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulAlgoGetHeuristic(k->lt, op, la, lb, lc, lc, pref, 1, &res, &found) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              found > 0;
+    if (ok) {
+        int64_t used = 0;
+        const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w), (int64_t)N * K, &used);
+        const __nv_bfloat16 *x16 = bf16_operand(k, inp, (int64_t)M * K, &used);
+        const float one = 1.0f, zero = 0.0f;
+        CUBLAS_CHECK(cublasLtMatmul(k->lt, op, &one, w16, la, x16, lb, &zero, out, lc, out, lc, &res.algo, k->lt_ws,
+                                    k->lt_ws_bytes, k->stream));
+    }
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    for (cublasLtMatrixLayout_t l : { lc, lb, la })
+        if (l)
+            cublasLtMatrixLayoutDestroy(l);
+    if (op)
+        cublasLtMatmulDescDestroy(op);
+    return ok;
+}
+
 /* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) */
 static inline void linear_forward(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
                                   int N)
@@ -904,6 +972,8 @@ static inline void linear_forward(const kctx *k, float *out, mm_in inp, const fl
         narrow_forward(k, out, inp.f, w, b, M, K, N);
         return;
     }
+    if (M > 0 && b && lt_linear_bias(k, out, inp, w, b, M, K, N))
+        return;
     mm_nt(k, out, inp, w, M, N, K, 0.0f);
     if (b) {
         bias_add(k, out, b, M, N);

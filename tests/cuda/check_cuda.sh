@@ -36,7 +36,7 @@ if ${CC:-cc} -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Wno-unknown-pragmas -I"$t
         -I"$top_srcdir/templates/cuda" -I"$top_srcdir/tests/cuda" -c "$top_srcdir/tests/cuda/test_kernels.cu" \
         -o "$WORK/test_kernels.o" &&
     ${CXX:-c++} -o "$WORK/test_kernels" "$WORK/test_kernels.o" "$WORK/kernel_ref.o" -L"$CUDA_HOME/lib64" \
-        -Wl,-rpath,"$CUDA_HOME/lib64" -lcublas -lcudart -lm > "$WORK/test_kernels.build" 2>&1; then
+        -Wl,-rpath,"$CUDA_HOME/lib64" -lcublasLt -lcublas -lcudart -lm > "$WORK/test_kernels.build" 2>&1; then
     "$WORK/test_kernels" > "$WORK/test_kernels.log" 2>&1
     rc=$?
     cat "$WORK/test_kernels.log"

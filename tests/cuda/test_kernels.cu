@@ -330,9 +330,12 @@ static void test_linear()
         float *d_in16 = dup(inp), *d_g16 = dup(dout);
         to_bf16(&g_k, bf16_half(&g_k, d_in16), d_inp, (int64_t)inp.size());
         to_bf16(&g_k, bf16_half(&g_k, d_g16), d_dout, (int64_t)dout.size());
+        /* without cuBLASLt's bias epilogue (below): one product kernel for both */
+        kctx plain = g_k;
+        plain.lt = nullptr;
         float *d_o32 = dpoison<float>((size_t)M * N), *d_o16 = dpoison<float>((size_t)M * N);
-        linear_forward(&g_k, d_o32, d_inp, d_w, d_b, M, K, N);
-        linear_forward(&g_k, d_o16, mm_half(&g_k, d_in16), d_w, d_b, M, K, N);
+        linear_forward(&plain, d_o32, d_inp, d_w, d_b, M, K, N);
+        linear_forward(&plain, d_o16, mm_half(&g_k, d_in16), d_w, d_b, M, K, N);
         check("linear_forward", "out from a bf16 input, against rounding it [bf16]", down(d_o16, (size_t)M * N),
               down(d_o32, (size_t)M * N), 0.0);
         float *d_di32 = dpoison<float>((size_t)M * K), *d_di16 = dpoison<float>((size_t)M * K);
@@ -343,6 +346,19 @@ static void test_linear()
               down(d_di32, (size_t)M * K), 0.0);
         check("linear_backward", "dw from bf16 operands, against rounding them [bf16]", down(d_dw16, (size_t)N * K),
               down(d_dw32, (size_t)N * K), 0.0);
+        /* cuBLASLt's bias epilogue (linear_forward with a bias in bf16
+         * precision): taken, and the sums of the product and a pass */
+        float *d_lt = dpoison<float>((size_t)M * N), *d_pass = dpoison<float>((size_t)M * N);
+        report(lt_linear_bias(&g_k, d_lt, d_inp, d_w, d_b, M, K, N), "lt_linear_bias", "taken [bf16]", 0.0, 0.0);
+        linear_forward(&plain, d_pass, d_inp, d_w, d_b, M, K, N);
+        check("lt_linear_bias", "out, against the product and a bias pass [bf16]", down(d_lt, (size_t)M * N),
+              down(d_pass, (size_t)M * N), TOL32);
+        /* a bias not 16-byte aligned: not taken (linear_forward's pass) */
+        fvec b_off(N + 1, 0.0f);
+        std::copy(b.begin(), b.end(), b_off.begin() + 1);
+        float *d_b_off = dup(b_off);
+        report(!lt_linear_bias(&g_k, d_lt, d_inp, d_w, d_b_off + 1, M, K, N), "lt_linear_bias",
+               "not taken: the bias 4 bytes past 16 [bf16]", 0.0, 0.0);
         /* the bias's gradient from a gradient in bf16 alone (attention's
          * dqkv): the column sums of its rounded values */
         float *d_db16 = dup(fvec(N, 0.0f));
@@ -1516,8 +1532,17 @@ int main(void)
     __nv_bfloat16 *cast = nullptr;
     CUDA_CHECK(cudaMalloc(&cast, sizeof(__nv_bfloat16) * (size_t)cast_elems));
     g_k.cast_elems = cast_elems;
+    /* bf16 mode: cuBLASLt for the products with a bias (lt_linear_bias) */
+    cublasLtHandle_t lt = nullptr;
+    CUBLAS_CHECK(cublasLtCreate(&lt));
+    const size_t lt_ws_bytes = (size_t)32 << 20;
+    void *lt_ws = nullptr;
+    CUDA_CHECK(cudaMalloc(&lt_ws, lt_ws_bytes));
     for (int m = 0; m < 3; m++) {
         g_bf16 = m >= 1;
+        g_k.lt = m == 2 ? lt : nullptr;
+        g_k.lt_ws = lt_ws;
+        g_k.lt_ws_bytes = lt_ws_bytes;
         g_mode = m == 0 ? "fp32" : m == 1 ? "tf32" : "bf16";
         g_k.compute = g_bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
         g_k.cast = m == 2 ? cast : nullptr;
@@ -1571,7 +1596,10 @@ int main(void)
     g_mode = "fp32";
     g_k.compute = CUBLAS_COMPUTE_32F;
     g_k.cast = nullptr;
+    g_k.lt = nullptr;
     CUDA_CHECK(cudaFree(cast));
+    CUDA_CHECK(cudaFree(lt_ws));
+    CUBLAS_CHECK(cublasLtDestroy(lt));
 
     for (int N = 160; N >= 157; N -= 3) {
         test_act<ACT_GELU>("gelu", N);
