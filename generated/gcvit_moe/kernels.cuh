@@ -8,23 +8,28 @@
  * template parameters, fixed by the generated model.cu; the batch is a
  * run-time argument, at most the compiled batch.
  *
- * Storage is fp32 (weights, activations, gradients, optimizer state). The
- * matrix products go through cuBLAS. In "tf32" mode with
+ * Storage is fp32 (weights, activations, gradients, optimizer state), with
+ * the bf16 exceptions below. The matrix products go through cuBLAS. In "tf32" mode with
  * CUBLAS_COMPUTE_32F_FAST_16BF on the fp32 operands, for which cuBLAS 13
  * picks TF32 tensor-core kernels on Hopper (sm90_xmma_gemm_f32f32_tf32f32,
  * seen with Nsight Compute). In "bf16" mode each product's operands are
  * rounded to bf16 into a scratch first (kctx.cast) and multiplied in bf16
  * with fp32 accumulation into fp32, except where a producer writes them in
  * bf16 itself (the experts' inputs, activations and their gradient:
- * moe_x16, moe_a16; a dense MLP's activations and their gradient, and a
- * layer norm's output that only a product takes: bf16_half), where they
- * are the weights (their copy, kctx.w16), or where two products share one
- * (a layer's output gradient: cast_keep). In fp32 mode the products are
- * plain fp32 (CUBLAS_COMPUTE_32F). In both reduced modes attention's four
- * products run on tensor cores too (TF32 WMMA tiles,
- * attention_*_tc_kernel, and the row tiles' attention_*_rows_tc_kernel).
- * Everything else runs in fp32 (reductions that the CPU does in double are
- * done in double here too).
+ * moe_x16, moe_a16; their dy, written by the combine's backward; a dense
+ * MLP's activations and their gradient, and a layer norm's output that
+ * only a product takes: bf16_half; attention's output and dqkv: attn_mm),
+ * where they are the weights (their copy, kctx.w16), or where two products
+ * share one (a layer's output gradient: cast_keep). Some products write
+ * bf16 too (mm_out: the experts' hidden values and their gradient, which
+ * only element-wise passes read: moe_h16), and a linear layer's bias is
+ * added in cuBLASLt's epilogue (lt_linear_bias). In fp32 mode the products
+ * are plain fp32 (CUBLAS_COMPUTE_32F); fp32 products of at most 32 outputs
+ * (the routers') take narrow_forward / narrow_backward. In both reduced
+ * modes attention's four products run on tensor cores too (TF32 WMMA
+ * tiles, attention_*_tc_kernel, and the row tiles'
+ * attention_*_rows_tc_kernel). Everything else runs in fp32 (reductions
+ * that the CPU does in double are done in double here too).
  *
  * Determinism: no kernel adds floats with atomics (only integer counts).
  * Sums over rows go through fixed-size partial sums (colsum_add, the
