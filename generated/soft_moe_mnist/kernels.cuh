@@ -735,12 +735,16 @@ static inline mm_in mm_half(const kctx *k, float *p)
 /* ---- narrow fp32 products: a router's logits (N <= 32 outputs) --------------------------------
  * For fp32 products with a handful of outputs (the routers' logits, which
  * fp32_gate keeps in fp32 in every precision) cuBLAS takes SIMT kernels
- * that left most of the GPU idle (config P: 1.18 ms a step for 9 routers).
+ * (config P: 1.18 ms a step for 9 routers, reading 68 MB a product).
  * Here each warp takes whole rows with the weights in shared memory:
  * forward out[m] = x[m] w^T and the input's gradient dx[m] (+)= dout[m] w,
  * a row per warp; the weights' gradient dw += dout^T x by chunks of rows,
  * RED_CHUNKS partial sums added in order (the same bits every run). The
- * kernels take NP accumulators (8, 16 or 32), the outputs past N zero. */
+ * kernels take NP accumulators (8, 16 or 32), the outputs past N zero.
+ * Measured on config P (notes-gpu.md item 37): 1.26 ms a step, no faster
+ * than cuBLAS's 1.18 yet; the dW pass loads dout[m, n] one value at a
+ * time, and the forward and dX are the first half of folding the router's
+ * product into router_kernel and its backward. */
 #define NARROW_MAX 32
 #define NARROW_SMEM (48 * 1024) /* the weights' room: what a launch gets unasked */
 #define NARROW_LANES 8          /* rows summed side by side in the weights' gradient */
@@ -912,18 +916,34 @@ static inline void narrow_backward(const kctx *k, float *dx, float *dw, const fl
     colsum_final(k, dw, N * K, 1, 0);
 }
 
+/* the largest power of two up to 256 that p is a multiple of (cuBLASLt
+ * assumes 256 for a matrix unless told less: CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_*) */
+static inline uint32_t ptr_alignment(const void *p)
+{
+    uint32_t a = 256;
+    while (a > 1 && (uintptr_t)p % a != 0)
+        a /= 2;
+    return a;
+}
+
 /* bf16 precision: out[M,N] = inp[M,K] w[N,K]^T + b[N] by cuBLASLt with the
  * bias added in the product's epilogue (CUBLASLT_EPILOGUE_BIAS: to the fp32
  * accumulator, before the fp32 store), where a pass over out added it
  * after the product (for config P's qkv: 400 MB read and written again a
- * layer). Returns false, having queued nothing, where cuBLASLt is not set
- * up, the bias is not 16-byte aligned, or it offers no algorithm; the
- * caller then takes cuBLAS and the pass. */
+ * layer). The heuristic is told each matrix's alignment (the bias's is not
+ * among its preferences: a bias not 16-byte aligned is not taken). Returns
+ * false where cuBLASLt is not set up, the bias is not 16-byte aligned, or
+ * it offers no algorithm (the operands may have been rounded into the
+ * scratch by then); the caller then takes cuBLAS and the pass. */
 static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
                                   int N)
 {
     if (!k->lt || !k->cast || ((uintptr_t)b & 15) != 0)
         return false;
+    int64_t used = 0;
+    const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w), (int64_t)N * K, &used);
+    const __nv_bfloat16 *x16 = bf16_operand(k, inp, (int64_t)M * K, &used);
+    const uint32_t align_a = ptr_alignment(w16), align_b = ptr_alignment(x16), align_c = ptr_alignment(out);
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
@@ -948,13 +968,18 @@ static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const fl
               cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &k->lt_ws_bytes,
                                                    sizeof k->lt_ws_bytes) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                   sizeof align_a) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                   sizeof align_b) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
+                                                   sizeof align_c) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
+                                                   sizeof align_c) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulAlgoGetHeuristic(k->lt, op, la, lb, lc, lc, pref, 1, &res, &found) ==
                   CUBLAS_STATUS_SUCCESS &&
               found > 0;
     if (ok) {
-        int64_t used = 0;
-        const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w), (int64_t)N * K, &used);
-        const __nv_bfloat16 *x16 = bf16_operand(k, inp, (int64_t)M * K, &used);
         const float one = 1.0f, zero = 0.0f;
         CUBLAS_CHECK(cublasLtMatmul(k->lt, op, &one, w16, la, x16, lb, &zero, out, lc, out, lc, &res.algo, k->lt_ws,
                                     k->lt_ws_bytes, k->stream));

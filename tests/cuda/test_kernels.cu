@@ -353,6 +353,13 @@ static void test_linear()
         linear_forward(&plain, d_pass, d_inp, d_w, d_b, M, K, N);
         check("lt_linear_bias", "out, against the product and a bias pass [bf16]", down(d_lt, (size_t)M * N),
               down(d_pass, (size_t)M * N), TOL32);
+        /* the output 16 bytes past 256 (cuBLASLt's heuristic is told the
+         * matrices' alignment: ptr_alignment) */
+        float *d_lt16 = dpoison<float>((size_t)M * N + 4);
+        report(lt_linear_bias(&g_k, d_lt16 + 4, d_inp, d_w, d_b, M, K, N), "lt_linear_bias",
+               "taken, the output 16 bytes past 256 [bf16]", 0.0, 0.0);
+        check("lt_linear_bias", "out 16 bytes past 256, against the product and a bias pass [bf16]",
+              down(d_lt16 + 4, (size_t)M * N), down(d_pass, (size_t)M * N), TOL32);
         /* a bias not 16-byte aligned: not taken (linear_forward's pass) */
         fvec b_off(N + 1, 0.0f);
         std::copy(b.begin(), b.end(), b_off.begin() + 1);
