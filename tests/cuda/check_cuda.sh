@@ -13,6 +13,7 @@
 #     gradient, whose tensor is small);
 #     NaN or Inf never passes;
 #   - a short fp32 run's logged training losses (within 1e-2);
+# two runs of damex giving the same bits (determinism);
 # and compute-sanitizer's memcheck over a few CUDA training steps of damex,
 # routers, hier and hier14 (hier.moe with 196-token windows).
 # CHECK_CUDA_MODELS="routers hier" limits the models to those named.
@@ -113,6 +114,22 @@ for spec in damex:examples/damex.moe routers:tests/e2e/routers.moe; do
         not_ok "$model: moecc --summary's GPU memory (${want:-none} MiB) is what the trainer allocates (${got:-none} MiB)"
     fi
 done
+
+# the same run twice gives the same bits (kernels.cuh: no float atomics,
+# fixed-order sums; the loader's threads do not change the batches): 20
+# steps of damex in its own precision (bf16), every weight and the
+# optimizer state of the two checkpoints equal
+if [ -x "$WORK/damex/train" ]; then
+    det="--data $DATA --steps 20 --log-every 10 --eval-every 0 --max-eval 100 -q"
+    if (cd "$WORK/damex" && ./train $det --checkpoint det1.safetensors > det1.log 2>&1 &&
+        ./train $det --checkpoint det2.safetensors > det2.log 2>&1) &&
+        $CMP weights "$WORK/damex/det1.safetensors" "$WORK/damex/det2.safetensors" 0 > "$WORK/damex.det" 2>&1; then
+        ok "damex: two runs of 20 bf16 steps end on the same bits: $(tail -n 1 "$WORK/damex.det")"
+    else
+        cat "$WORK/damex/det1.log" "$WORK/damex/det2.log" "$WORK/damex.det" 2>/dev/null
+        not_ok "damex: two runs of 20 bf16 steps end on the same bits"
+    fi
+fi
 
 SAN=$(command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 if [ -z "$SAN" ]; then
