@@ -404,17 +404,7 @@ static inline void mm_tn(const kctx *k, mm_out out, mm_in a, mm_in b, int M, int
         mm_rows(k, CUBLAS_OP_T, CUBLAS_OP_N, out, a, M, b, N, M, N, K, beta, count, sa, sb, so);
 }
 
-/* one value stored as float or rounded to bf16, and read back as float */
-__device__ static inline void put(float *p, float v)
-{
-    *p = v;
-}
-
-__device__ static inline void put(__nv_bfloat16 *p, float v)
-{
-    *p = __float2bfloat16_rn(v);
-}
-
+/* one value read as float, from float or bf16 */
 __device__ static inline float get(const float *p)
 {
     return *p;
@@ -871,16 +861,16 @@ static __global__ void __launch_bounds__(32 * NARROW_LANES)
             part[(int64_t)c * N * K + (int64_t)n * K + col] = acc[n];
 }
 
-/* NP for N outputs */
-template <typename F8, typename F16, typename F32>
-static inline void narrow_pick(int N, F8 f8, F16 f16, F32 f32)
+/* f(np) with np a std::integral_constant of the accumulators for N
+ * outputs: 8, 16 or 32 */
+template <typename F> static inline void narrow_pick(int N, F f)
 {
     if (N <= 8)
-        f8();
+        f(std::integral_constant<int, 8>());
     else if (N <= 16)
-        f16();
+        f(std::integral_constant<int, 16>());
     else
-        f32();
+        f(std::integral_constant<int, 32>());
 }
 
 static inline void narrow_forward(const kctx *k, float *out, const float *x, const float *w, const float *b, int M,
@@ -888,10 +878,9 @@ static inline void narrow_forward(const kctx *k, float *out, const float *x, con
 {
     const size_t sm = sizeof(float) * (size_t)N * K;
     const unsigned grid = narrow_blocks(M);
-    narrow_pick(
-        N, [&] { narrow_fwd_kernel<8><<<grid, 256, sm, k->stream>>>(out, x, w, b, M, N, K); },
-        [&] { narrow_fwd_kernel<16><<<grid, 256, sm, k->stream>>>(out, x, w, b, M, N, K); },
-        [&] { narrow_fwd_kernel<32><<<grid, 256, sm, k->stream>>>(out, x, w, b, M, N, K); });
+    narrow_pick(N, [&](auto np) {
+        narrow_fwd_kernel<decltype(np)::value><<<grid, 256, sm, k->stream>>>(out, x, w, b, M, N, K);
+    });
     LAUNCH_CHECK();
 }
 
@@ -901,18 +890,17 @@ static inline void narrow_backward(const kctx *k, float *dx, float *dw, const fl
     const size_t sm = sizeof(float) * (size_t)N * K;
     const unsigned grid = narrow_blocks(M);
     if (dx) {
-        narrow_pick(
-            N, [&] { narrow_dx_kernel<8><<<grid, 256, sm, k->stream>>>(dx, dout, w, M, N, K, acc); },
-            [&] { narrow_dx_kernel<16><<<grid, 256, sm, k->stream>>>(dx, dout, w, M, N, K, acc); },
-            [&] { narrow_dx_kernel<32><<<grid, 256, sm, k->stream>>>(dx, dout, w, M, N, K, acc); });
+        narrow_pick(N, [&](auto np) {
+            narrow_dx_kernel<decltype(np)::value><<<grid, 256, sm, k->stream>>>(dx, dout, w, M, N, K, acc);
+        });
         LAUNCH_CHECK();
     }
     red_need(k, (int64_t)RED_CHUNKS * N * K);
     const dim3 pg((unsigned)((K + 31) / 32), RED_CHUNKS);
-    narrow_pick(
-        N, [&] { narrow_dw_partial_kernel<8><<<pg, 32 * NARROW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K); },
-        [&] { narrow_dw_partial_kernel<16><<<pg, 32 * NARROW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K); },
-        [&] { narrow_dw_partial_kernel<32><<<pg, 32 * NARROW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K); });
+    narrow_pick(N, [&](auto np) {
+        narrow_dw_partial_kernel<decltype(np)::value>
+            <<<pg, 32 * NARROW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K);
+    });
     LAUNCH_CHECK();
     colsum_final(k, dw, N * K, 1, 0);
 }
@@ -2856,7 +2844,7 @@ template <int T, int HD> static inline bool attn_half(const kctx *k)
 
 template <int T, int HD> static inline mm_in attn_mm(const kctx *k, float *p)
 {
-    return attn_half<T, HD>(k) ? mm_in(reinterpret_cast<const __nv_bfloat16 *>(p)) : mm_in(p);
+    return attn_half<T, HD>(k) ? mm_half(k, p) : mm_in(p);
 }
 
 template <int T, int HD, int NH>
@@ -2867,7 +2855,7 @@ static inline void attention_whole_forward(const kctx *k, float *out, float *att
             const unsigned grid = (unsigned)(B * NH);
             if (half && attn_half<T, HD>(k))
                 attention_fwd_tc_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(
-                    reinterpret_cast<__nv_bfloat16 *>(out), att, qkv);
+                    bf16_half(k, out), att, qkv);
             else
                 attention_fwd_tc_kernel<T, HD, NH>
                     <<<grid, ATTN_THREADS, attn_tc_fwd_smem<T, HD>(), k->stream>>>(out, att, qkv);
@@ -2888,7 +2876,7 @@ static inline void attention_whole_backward(const kctx *k, float *dqkv, const fl
             const unsigned grid = (unsigned)(B * NH);
             if (half && attn_half<T, HD>(k))
                 attention_bwd_tc_kernel<T, HD, NH><<<grid, ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(
-                    reinterpret_cast<__nv_bfloat16 *>(dqkv), dout, qkv, att);
+                    bf16_half(k, dqkv), dout, qkv, att);
             else
                 attention_bwd_tc_kernel<T, HD, NH>
                     <<<grid, ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, att);
@@ -3458,6 +3446,17 @@ static inline int moe_prio_sort_dev(void *tmp, size_t *bytes, const float *keys_
                : -1;
 }
 
+/* router_kernel over N tokens, a warp each, into r */
+template <int E, int K>
+static inline void moe_router_softmax(const kctx *k, moe_route_buf *r, const float *logits, int N, int normalize)
+{
+    static_assert(E <= 256, "the CUDA backend routes to at most 256 experts");
+    router_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(r->probs, r->lse, r->topk, r->topp, r->gate,
+                                                                       r->prio, r->entropy, r->iota, logits, N,
+                                                                       normalize);
+    LAUNCH_CHECK();
+}
+
 /* Softmax, top-k and capacity of one layer, every choice claiming its slot
  * in GShard order (first choices before second ones), by descending top-1
  * probability with batch priority. cap >= N: dropless. */
@@ -3465,11 +3464,7 @@ template <int E, int K>
 static inline void moe_route(const kctx *k, moe_route_buf *r, const float *logits, int N, int cap, int normalize,
                              int batch_priority)
 {
-    static_assert(E <= 256, "the CUDA backend routes to at most 256 experts");
-    router_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(r->probs, r->lse, r->topk, r->topp, r->gate,
-                                                                       r->prio, r->entropy, r->iota, logits, N,
-                                                                       normalize);
-    LAUNCH_CHECK();
+    moe_router_softmax<E, K>(k, r, logits, N, normalize);
     const int *order = r->iota;
     if (batch_priority) {
         size_t bytes = r->sort_bytes;
@@ -3568,10 +3563,7 @@ template <int E>
 static inline void moe_route_expert_choice(const kctx *k, moe_route_buf *r, ec_buf *ec, const float *logits, int N,
                                            int cap)
 {
-    static_assert(E <= 256, "the CUDA backend routes to at most 256 experts");
-    router_kernel<E, E><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(r->probs, r->lse, r->topk, r->topp, r->gate,
-                                                                       r->prio, r->entropy, r->iota, logits, N, 0);
-    LAUNCH_CHECK();
+    moe_router_softmax<E, E>(k, r, logits, N, 0);
     const int64_t items = (int64_t)N * E;
     ec_keys_kernel<E><<<blocks_for(items > E + 1 ? items : E + 1, 256), 256, 0, k->stream>>>(
         ec->keys[0], ec->vals[0], ec->off, r->probs, N);
@@ -3707,7 +3699,7 @@ template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float
  * layer). moe_h16(k, h, r, H): row r's. NULL in the other precisions. */
 static inline __nv_bfloat16 *moe_h16(const kctx *k, const float *h, int64_t r, int H)
 {
-    return k->cast ? reinterpret_cast<__nv_bfloat16 *>(const_cast<float *>(h)) + r * H : nullptr;
+    return moe_a16(k, const_cast<float *>(h), 0, r, H);
 }
 
 /* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
@@ -3955,19 +3947,15 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
     const __nv_bfloat16 *x16 = moe_x16<P>(k, xr);
     const int rows = P * cap;
     const int64_t chunk = (int64_t)cap * D;
-    kctx kr; /* k with the scratch after the rounded dy (cast_keep) */
-    if (P == 1 && k->cast) {
-        /* bf16 precision on one GPU: dy feeds the products and db2's sum
-         * alone, so the combine writes it in bf16 into the first half of
-         * its room (the fp32 values are never made) */
-        __nv_bfloat16 *dy16 = reinterpret_cast<__nv_bfloat16 *>(dye);
-        moe_combine_bwd(k, dy16, dgate, dout, ye, b2, r, E, cap, D, K);
-        moe_ffn_backward_rows<D, H, ACT>(k, dxr, dh, db1, nullptr, dy16, h, a, w1, b1, w2, rows, EL, 0, EL);
-        moe_ffn_backward_params<D, H>(k, dw1, dw2, db2, nullptr, dy16, dh, xr, x16, a, rows, EL, 0, EL);
-        moe_scatter_bwd<K>(k, dx, dgate, dxe, r, N, cap, D, acc);
-        return;
-    }
-    moe_combine_bwd(k, dye, dgate, dout, ye, P > 1 ? nullptr : b2, r, E, cap, D, K);
+    kctx kr = *k; /* k with the scratch after the rounded dy (cast_keep) */
+    /* bf16 precision on one GPU: dy feeds the products and db2's sum
+     * alone, so the combine writes it in bf16 into the first half of its
+     * room (the fp32 values are never made) */
+    const bool dy_half = P == 1 && k->cast;
+    if (dy_half)
+        moe_combine_bwd(k, bf16_half(k, dye), dgate, dout, ye, b2, r, E, cap, D, K);
+    else
+        moe_combine_bwd(k, dye, dgate, dout, ye, P > 1 ? nullptr : b2, r, E, cap, D, K);
     if (P > 1 && k->overlap) {
         cudaEvent_t in[EL], done = nullptr;
         for (int e = 0; e < EL; e++)
@@ -3982,9 +3970,10 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         moe_exchange_wait(k, done);
     } else {
         moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
-        const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
-        moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, b1, w2, rows, EL, 0, EL);
-        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, 0, EL);
+        const __nv_bfloat16 *dy16 = dy_half ? bf16_half(k, dye) : cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
+        const float *dyf = dy_half ? nullptr : dyr; /* NULL: dy in bf16 alone */
+        moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyf, dy16, h, a, w1, b1, w2, rows, EL, 0, EL);
+        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
     moe_scatter_bwd<K>(k, dx, dgate, dxe, r, N, cap, D, acc);
