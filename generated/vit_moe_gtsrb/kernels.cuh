@@ -573,14 +573,28 @@ static inline bool vec4_ok(int64_t cols, const void *p, const void *q = nullptr,
     return cols % 4 == 0 && al(p) && al(q) && al(r);
 }
 
-/* 4 bf16 values from 8 bytes (V = 4), widened */
+/* V bf16 values, widened: 16 bytes at a time where V is a multiple of 8,
+ * 8 where V = 4 */
 template <int V> __device__ static inline void vload(float (&x)[V], const __nv_bfloat16 *p)
 {
-    if constexpr (V == 4) {
-        const uint2 t = *reinterpret_cast<const uint2 *>(p);
-        const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&t.x)),
-                     hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&t.y));
-        x[0] = lo.x, x[1] = lo.y, x[2] = hi.x, x[3] = hi.y;
+    if constexpr (V % 8 == 0 || V == 4) {
+        constexpr int W = V == 4 ? 2 : 4; /* 32-bit words a load */
+#pragma unroll
+        for (int c = 0; c < V; c += 2 * W) {
+            uint32_t w[W];
+            if constexpr (W == 4) {
+                const uint4 t = *reinterpret_cast<const uint4 *>(p + c);
+                w[0] = t.x, w[1] = t.y, w[2] = t.z, w[3] = t.w;
+            } else {
+                const uint2 t = *reinterpret_cast<const uint2 *>(p + c);
+                w[0] = t.x, w[1] = t.y;
+            }
+#pragma unroll
+            for (int q = 0; q < W; q++) {
+                const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w[q]));
+                x[c + 2 * q] = f.x, x[c + 2 * q + 1] = f.y;
+            }
+        }
     } else {
 #pragma unroll
         for (int j = 0; j < V; j++)
@@ -588,11 +602,15 @@ template <int V> __device__ static inline void vload(float (&x)[V], const __nv_b
     }
 }
 
+/* V floats: 16 bytes at a time where V is a multiple of 4 */
 template <int V> __device__ static inline void vload(float (&x)[V], const float *p)
 {
-    if constexpr (V == 4) {
-        const float4 t = *reinterpret_cast<const float4 *>(p);
-        x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
+    if constexpr (V % 4 == 0) {
+#pragma unroll
+        for (int c = 0; c < V; c += 4) {
+            const float4 t = *reinterpret_cast<const float4 *>(p + c);
+            x[c] = t.x, x[c + 1] = t.y, x[c + 2] = t.z, x[c + 3] = t.w;
+        }
     } else {
 #pragma unroll
         for (int j = 0; j < V; j++)
@@ -602,8 +620,10 @@ template <int V> __device__ static inline void vload(float (&x)[V], const float 
 
 template <int V> __device__ static inline void vstore(float *p, const float (&x)[V])
 {
-    if constexpr (V == 4) {
-        *reinterpret_cast<float4 *>(p) = make_float4(x[0], x[1], x[2], x[3]);
+    if constexpr (V % 4 == 0) {
+#pragma unroll
+        for (int c = 0; c < V; c += 4)
+            *reinterpret_cast<float4 *>(p + c) = make_float4(x[c], x[c + 1], x[c + 2], x[c + 3]);
     } else {
 #pragma unroll
         for (int j = 0; j < V; j++)
@@ -611,13 +631,25 @@ template <int V> __device__ static inline void vstore(float *p, const float (&x)
     }
 }
 
-/* x rounded to bf16 (to nearest even) at p; V = 4 stores 8 bytes */
+/* two floats rounded to bf16 (to nearest even), as one 32-bit word */
+__device__ static inline uint32_t bf16x2_bits(float lo, float hi)
+{
+    const __nv_bfloat162 t = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&t);
+}
+
+/* x rounded to bf16 (to nearest even) at p: 16 bytes a store where V is a
+ * multiple of 8, 8 where V = 4 */
 template <int V> __device__ static inline void vstore(__nv_bfloat16 *p, const float (&x)[V])
 {
-    if constexpr (V == 4) {
-        __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(p);
-        d[0] = __floats2bfloat162_rn(x[0], x[1]);
-        d[1] = __floats2bfloat162_rn(x[2], x[3]);
+    if constexpr (V % 8 == 0) {
+#pragma unroll
+        for (int c = 0; c < V; c += 8)
+            *reinterpret_cast<uint4 *>(p + c) = make_uint4(bf16x2_bits(x[c], x[c + 1]), bf16x2_bits(x[c + 2], x[c + 3]),
+                                                           bf16x2_bits(x[c + 4], x[c + 5]),
+                                                           bf16x2_bits(x[c + 6], x[c + 7]));
+    } else if constexpr (V == 4) {
+        *reinterpret_cast<uint2 *>(p) = make_uint2(bf16x2_bits(x[0], x[1]), bf16x2_bits(x[2], x[3]));
     } else {
 #pragma unroll
         for (int j = 0; j < V; j++)
@@ -638,30 +670,47 @@ template <int ACT> __device__ static inline float act_f(float x);
 
 /* h[g][M,N] += bias[g][N] for g < G (rows strided by M*N), and a = act(h)
  * unless ACT is ACT_NONE (in bf16 into a16 instead when a16 is given): a
- * linear layer's bias and its activation in one pass; V floats per thread.
+ * linear layer's bias and its activation in one pass; V values per thread.
  * keep_h: h is left without the bias (act_bias_backward adds it again),
- * which saves the pass its store. */
+ * which saves the pass its store. live (with keep_h, or NULL): group g's
+ * rows from live[g] on are padding (an expert's rows past its count): h
+ * is not read there and a gets zeros, so that the products that take a
+ * see finite values. */
 template <int ACT, int V, typename HT>
 static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__restrict__ a16, HT *__restrict__ h,
-                                       const float *__restrict__ bias, int64_t M, int N, int64_t n, bool keep_h)
+                                       const float *__restrict__ bias, const int *__restrict__ live, int64_t M,
+                                       int N, int64_t n, bool keep_h)
 {
     const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
         return;
     /* the bias's group and column: 32-bit divisions where the sizes allow
      * (a 64-bit one is a long software routine, and this pass is short) */
-    int64_t g, col;
+    int64_t g, row, col;
     if (n <= (int64_t)UINT32_MAX) {
-        const uint32_t u = (uint32_t)i, row = u / (uint32_t)N;
-        g = row / (uint32_t)M;
-        col = u - row * (uint32_t)N;
+        const uint32_t u = (uint32_t)i, r = u / (uint32_t)N;
+        g = r / (uint32_t)M;
+        row = r;
+        col = u - r * (uint32_t)N;
     } else {
-        const int64_t row = i / N;
+        row = i / N;
         g = row / M;
         col = i - row * N;
     }
-    const float *b = bias + g * N + col;
     float x[V];
+    if (live && row - g * M >= live[g]) {
+        if constexpr (ACT != ACT_NONE) {
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                x[j] = 0.0f;
+            if (a16)
+                vstore<V>(a16 + i, x);
+            else
+                vstore<V>(a + i, x);
+        }
+        return;
+    }
+    const float *b = bias + g * N + col;
     vload<V>(x, h + i);
 #pragma unroll
     for (int j = 0; j < V; j++)
@@ -691,15 +740,35 @@ static inline bool vec4_ok_as(int64_t cols, const __nv_bfloat16 *p)
     return cols % 4 == 0 && bf16_ok(p);
 }
 
+/* the 8-wide passes' (16 bytes of bf16, two 16-byte loads of floats):
+ * rows a multiple of 8 wide, 16-byte aligned (NULL passes) */
+static inline bool vec8_ok(int64_t cols, const void *p, const void *q = nullptr, const void *r = nullptr)
+{
+    return cols % 8 == 0 && vec4_ok(4, p, q, r);
+}
+
 /* h: fp32, or bf16 (the experts' hidden values as their product wrote
- * them in bf16 precision: moe_h16) */
+ * them in bf16 precision: moe_h16). 8 values a thread where the rows and
+ * pointers allow (16-byte loads of bf16: with 8-byte ones config P's
+ * experts' pass kept too few bytes in flight), else 4, else 1. */
 template <int ACT, typename HT = float>
 static inline void bias_act(const kctx *k, float *a, HT *h, const float *bias, int64_t M, int N, int G = 1,
-                            __nv_bfloat16 *a16 = nullptr, bool keep_h = false)
+                            __nv_bfloat16 *a16 = nullptr, bool keep_h = false, const int *live = nullptr)
 {
+    if (live && !keep_h) {
+        fprintf(stderr, "train: internal error: bias_act skips padding rows only with keep_h\n");
+        exit(1);
+    }
     const int64_t n = G * M * N;
-    launch_vec(k, vec4_ok_as(N, h) && vec4_ok(N, ACT == ACT_NONE || a16 ? nullptr : a) && bf16_ok(a16), n,
-               bias_act_kernel<ACT, 4, HT>, bias_act_kernel<ACT, 1, HT>, a, a16, h, bias, M, N, n, keep_h);
+    const float *out = ACT == ACT_NONE ? nullptr : a16 ? nullptr : a;
+    if (vec8_ok(N, h, out, a16)) {
+        bias_act_kernel<ACT, 8, HT><<<blocks_for(n / 8, 256), 256, 0, k->stream>>>(a, a16, h, bias, live, M, N, n,
+                                                                                  keep_h);
+        LAUNCH_CHECK();
+        return;
+    }
+    launch_vec(k, vec4_ok_as(N, h) && vec4_ok(N, out) && bf16_ok(a16), n, bias_act_kernel<ACT, 4, HT>,
+               bias_act_kernel<ACT, 1, HT>, a, a16, h, bias, live, M, N, n, keep_h);
 }
 
 /* out[g][M,N] += bias[g][N] for g < G */
@@ -1060,19 +1129,28 @@ template <int ACT> __device__ static inline float act_grad(float x)
  * over the hidden values, instead of a pass that writes dh and one that
  * reads it again. Laid out as colsum_partial_kernel (a block: 32 x V
  * columns, RED_CHUNKS chunks of rows, COLSUM_LANES lanes), and its sums
- * are added in the same order: db gets the same bits as colsum_add on dh. */
+ * are added in the same order: db gets the same bits as colsum_add on dh.
+ * live (or NULL): group g's rows from live[g] on are padding, as in
+ * bias_act_kernel: dh gets zeros there without reading da or h (the
+ * zeros da holds there, as the combine's backward leaves dy, would give
+ * the same dh and sums). */
 template <int ACT, int V, typename DT, typename HT>
 static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__restrict__ dh16, float *__restrict__ part,
                                                 const DT *da, const HT *__restrict__ h,
-                                                const float *__restrict__ bias, int M, int N)
+                                                const float *__restrict__ bias, const int *__restrict__ live, int M,
+                                                int N)
 {
     const int n = (blockIdx.x * 32 + (int)threadIdx.x % 32) * V, c = blockIdx.y, g = blockIdx.z;
     const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
-    const bool valid = n < N; /* V = 4: N is a multiple of 4 */
+    const int end = live ? max(lo, min(hi, live[g])) : hi; /* the chunk's rows before the padding */
+    const int lane = (int)threadIdx.x / 32;
+    const bool valid = n < N; /* V > 1: N is a multiple of V */
     float acc[V] = {};
     if (valid) {
         float b[V];
-        vload<V>(b, bias + (int64_t)g * N + n);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            b[j] = bias[(int64_t)g * N + n + j];
         const int64_t at = (int64_t)g * M * N + n;
         /* ROWS of this lane's rows at a time, all loaded before any is
          * stored: dh may be da, so the compiler cannot move the next
@@ -1080,12 +1158,12 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
          * time left the pass waiting on memory; the rows are still added
          * in order */
         constexpr int ROWS = 4;
-        for (int m0 = lo + (int)threadIdx.x / 32; m0 < hi; m0 += ROWS * COLSUM_LANES) {
+        for (int m0 = lo + lane; m0 < end; m0 += ROWS * COLSUM_LANES) {
             float d[ROWS][V], x[ROWS][V];
 #pragma unroll
             for (int r = 0; r < ROWS; r++) {
                 const int m = m0 + r * COLSUM_LANES;
-                if (m < hi) {
+                if (m < end) {
                     vload<V>(d[r], da + at + (int64_t)m * N);
                     vload<V>(x[r], h + at + (int64_t)m * N);
                 }
@@ -1093,7 +1171,7 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
 #pragma unroll
             for (int r = 0; r < ROWS; r++) {
                 const int m = m0 + r * COLSUM_LANES;
-                if (m >= hi)
+                if (m >= end)
                     break;
                 const int64_t i = at + (int64_t)m * N;
 #pragma unroll
@@ -1107,9 +1185,20 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
                     vstore<V>(dh + i, d[r]);
             }
         }
+        /* the padding: this lane's rows from end on */
+        const float z[V] = {};
+        int m = lo + lane;
+        if (m < end)
+            m += (end - m + COLSUM_LANES - 1) / COLSUM_LANES * COLSUM_LANES;
+        for (; m < hi; m += COLSUM_LANES) {
+            if (dh16)
+                vstore<V>(dh16 + at + (int64_t)m * N, z);
+            else
+                vstore<V>(dh + at + (int64_t)m * N, z);
+        }
     }
     lanes_sum<COLSUM_LANES, V>(acc);
-    if (threadIdx.x / 32 == 0 && valid) {
+    if (lane == 0 && valid) {
 #pragma unroll
         for (int j = 0; j < V; j++)
             part[((int64_t)g * RED_CHUNKS + c) * N + n + j] = acc[j];
@@ -1117,17 +1206,24 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
 }
 
 /* da, h: fp32, or bf16 (the experts' as their products wrote them in bf16
- * precision: moe_h16) */
+ * precision: moe_h16); 8 values a thread where the rows and pointers
+ * allow, else 4, else 1 (as bias_act) */
 template <int ACT, typename DT = float, typename HT = float>
 static inline void act_bias_backward(const kctx *k, float *dh, __nv_bfloat16 *dh16, float *db, const DT *da,
-                                     const HT *h, const float *bias, int M, int N, int G = 1)
+                                     const HT *h, const float *bias, int M, int N, int G = 1,
+                                     const int *live = nullptr)
 {
-    if (vec4_ok_as(N, da) && vec4_ok_as(N, h) && vec4_ok(N, bias, dh16 ? nullptr : dh) && bf16_ok(dh16))
-        act_bias_backward_kernel<ACT, 4, DT, HT><<<colsum_grid(k, N, G, 4), 32 * COLSUM_LANES, 0, k->stream>>>(
-            dh, dh16, k->red, da, h, bias, M, N);
+    const float *out = dh16 ? nullptr : dh;
+    const unsigned threads = 32 * COLSUM_LANES;
+    if (vec8_ok(N, da, h, out) && vec8_ok(N, dh16))
+        act_bias_backward_kernel<ACT, 8, DT, HT><<<colsum_grid(k, N, G, 8), threads, 0, k->stream>>>(
+            dh, dh16, k->red, da, h, bias, live, M, N);
+    else if (vec4_ok_as(N, da) && vec4_ok_as(N, h) && vec4_ok(N, out) && bf16_ok(dh16))
+        act_bias_backward_kernel<ACT, 4, DT, HT><<<colsum_grid(k, N, G, 4), threads, 0, k->stream>>>(
+            dh, dh16, k->red, da, h, bias, live, M, N);
     else
-        act_bias_backward_kernel<ACT, 1, DT, HT><<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(
-            dh, dh16, k->red, da, h, bias, M, N);
+        act_bias_backward_kernel<ACT, 1, DT, HT><<<colsum_grid(k, N, G, 1), threads, 0, k->stream>>>(
+            dh, dh16, k->red, da, h, bias, live, M, N);
     LAUNCH_CHECK();
     colsum_final(k, db, N, G, N);
 }
@@ -3705,11 +3801,13 @@ static inline __nv_bfloat16 *moe_h16(const kctx *k, const float *h, int64_t r, i
 /* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
  * out [expert, rows, *]): h = x w1^T (kept without b1: bias_act's keep_h),
  * a = act(h + b1), y = a w2^T (+ b2 when given; else the combine adds it).
- * x16: the rows in bf16 (moe_x16), or NULL. */
+ * x16: the rows in bf16 (moe_x16), or NULL. count: the experts' counts of
+ * rows (on one GPU, where an expert's rows past its count are zeros: the
+ * activations skip them, bias_act's live), or NULL. */
 template <int D, int H, int ACT>
 static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a, const float *xr,
                                    const __nv_bfloat16 *x16, const float *w1, const float *b1, const float *w2,
-                                   const float *b2, int rows, int e, int n)
+                                   const float *b2, const int *count, int rows, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
     __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *h16 = moe_h16(k, h, r, H);
@@ -3718,10 +3816,10 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
     const mm_in xin = mm_pick(x16 ? x16 + r * D : nullptr, xr);
     if (h16) {
         mm_nt(k, h16, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-        bias_act<ACT>(k, a, h16, b1, rows, H, n, a16, true);
+        bias_act<ACT>(k, a, h16, b1, rows, H, n, a16, true, count ? count + e : nullptr);
     } else {
         mm_nt(k, h, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-        bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true);
+        bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true, count ? count + e : nullptr);
     }
     mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
     if (b2)
@@ -3761,13 +3859,14 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
             in[e] = moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH, e);
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
-            moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, nullptr, w1, b1, w2, b2, rows, e, 1); /* P > 1 */
+            moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, nullptr, w1, b1, w2, b2, nullptr, rows, e, 1); /* P > 1 */
             done = moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE, e);
         }
         moe_exchange_wait(k, done); /* the exchange stream runs in order */
     } else {
         moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH);
-        moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, x16, w1, b1, w2, P > 1 ? b2 : nullptr, rows, 0, EL);
+        moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, x16, w1, b1, w2, P > 1 ? b2 : nullptr,
+                                   P > 1 ? nullptr : r->count, rows, 0, EL);
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
     launch_rows(k, vec4_ok(D, out, ye, b2), N, moe_combine_kernel<K, 4>, moe_combine_kernel<K, 1>, out, ye,
@@ -3885,11 +3984,12 @@ static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const
  * += dh^T x), which it need not. Both take dy of experts [e, e + n): in
  * bf16 precision dy16 has it rounded already (cast_keep), and k's scratch
  * starts after it; dh is then written in bf16 alone (moe_a16), as only
- * products take it. */
+ * products take it. count: as moe_ffn_forward's. */
 template <int D, int H, int ACT>
 static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, float *db1, const float *dyr,
                                          const __nv_bfloat16 *dy16, const float *h, float *a, const float *w1,
-                                         const float *b1, const float *w2, int rows, int el, int e, int n)
+                                         const float *b1, const float *w2, const int *count, int rows, int el,
+                                         int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
     __nv_bfloat16 *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H), *da16 = moe_h16(k, dh, r, H);
@@ -3900,11 +4000,11 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, f
     if (da16) { /* bf16 precision: da and h in bf16 (moe_h16), dh into dh16 */
         mm_nn(k, da16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
               (int64_t)rows * H);
-        act_bias_backward<ACT>(k, nullptr, dh16, db1, da16, h16, b1, rows, H, n);
+        act_bias_backward<ACT>(k, nullptr, dh16, db1, da16, h16, b1, rows, H, n, count ? count + e : nullptr);
     } else {
         mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
               (int64_t)rows * H);
-        act_bias_backward<ACT>(k, dh, dh16, db1, dh, h, b1, rows, H, n);
+        act_bias_backward<ACT>(k, dh, dh16, db1, dh, h, b1, rows, H, n, count ? count + e : nullptr);
     }
     mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
 }
@@ -3963,7 +4063,8 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
             const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr + (int64_t)e * rows * D, (int64_t)rows * D);
-            moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, b1, w2, rows, EL, e, 1);
+            moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, b1, w2, nullptr, rows, EL, e,
+                                             1);
             done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
             moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, e, 1);
         }
@@ -3972,7 +4073,8 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
         const __nv_bfloat16 *dy16 = dy_half ? bf16_half(k, dye) : cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
         const float *dyf = dy_half ? nullptr : dyr; /* NULL: dy in bf16 alone */
-        moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyf, dy16, h, a, w1, b1, w2, rows, EL, 0, EL);
+        moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyf, dy16, h, a, w1, b1, w2,
+                                         P > 1 ? nullptr : r->count, rows, EL, 0, EL);
         moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }

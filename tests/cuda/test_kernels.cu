@@ -502,8 +502,8 @@ static void test_patch_embed()
 
 /* ---- activations ------------------------------------------------------------------------------------ */
 
-/* N = 160: the kernels' 4-float path; 157: the 1-float one (rows not a
- * multiple of 4) */
+/* N = 160: the kernels' 8-value path; 164: the 4-value one; 157: the
+ * 1-value one (rows not a multiple of 4) */
 template <int ACT> static void test_act(const char *name, int N)
 {
     const int M = 300;
@@ -562,6 +562,49 @@ template <int ACT> static void test_act(const char *name, int N)
             check("act_bias_backward", fmt("%s db", name) + c, down(d_db, db.size()), db, TOL32);
         }
     }
+
+    /* the experts' pass on one GPU in bf16 precision (moe_h16, live): h
+     * and da in bf16, a and dh written in bf16, and group g's rows from
+     * live[g] on padding: NaN in h and da there, which the passes must not
+     * read; a and dh get zeros there and db skips them */
+    const int G = 3, MG = 50;
+    const size_t ng = (size_t)G * MG * N;
+    const std::vector<int> live = { MG, 17, 0 };
+    fvec h = rnd(r, ng, -3, 3), da = rnd(r, ng, -1, 1);
+    const fvec bias = rnd(r, (size_t)G * N, -1, 1), db0 = rnd(r, (size_t)G * N, -1, 1);
+    std::vector<__nv_bfloat16> h16(ng), da16(ng);
+    for (size_t i = 0; i < ng; i++) {
+        const bool pad = (int)(i / N % MG) >= live[i / N / MG];
+        h[i] = pad ? NAN : round_bf16(h[i]);
+        da[i] = pad ? NAN : round_bf16(da[i]);
+        h16[i] = __float2bfloat16_rn(h[i]);
+        da16[i] = __float2bfloat16_rn(da[i]);
+    }
+    fvec hb = h, a(ng), dh(ng), db = db0;
+    ref_bias_act(a.data(), hb.data(), bias.data(), MG, N, G, ACT);
+    ref_act_backward(dh.data(), da.data(), hb.data(), ng, ACT, 0);
+    for (size_t i = 0; i < ng; i++) {
+        if ((int)(i / N % MG) >= live[i / N / MG])
+            a[i] = dh[i] = 0.0f;
+        else
+            db[i / N / MG * N + i % N] += dh[i];
+    }
+    const __nv_bfloat16 *d_h16 = dup(h16), *d_da16 = dup(da16);
+    __nv_bfloat16 *d_a16 = dpoison<__nv_bfloat16>(ng), *d_dh16 = dpoison<__nv_bfloat16>(ng);
+    float *d_bias = dup(bias), *d_db = dup(db0);
+    const int *d_live = dup(live);
+    bias_act<ACT>(&g_k, nullptr, const_cast<__nv_bfloat16 *>(d_h16), d_bias, MG, N, G, d_a16, true, d_live);
+    act_bias_backward<ACT>(&g_k, nullptr, d_dh16, d_db, d_da16, d_h16, d_bias, MG, N, G, d_live);
+    const auto widen = [](const std::vector<__nv_bfloat16> &v) {
+        fvec f(v.size());
+        for (size_t i = 0; i < v.size(); i++)
+            f[i] = __bfloat162float(v[i]);
+        return f;
+    };
+    const std::string c = fmt("%s bf16, live rows 50/17/0 of %d, N=%d", name, MG, N);
+    check("bias_act", c + " a", widen(down(d_a16, ng)), a, 4e-3);
+    check("act_bias_backward", c + " dh", widen(down(d_dh16, ng)), dh, 4e-3);
+    check("act_bias_backward", c + " db", down(d_db, db.size()), db, TOL32);
     dfree_all();
 }
 
@@ -1608,7 +1651,7 @@ int main(void)
     CUDA_CHECK(cudaFree(lt_ws));
     CUBLAS_CHECK(cublasLtDestroy(lt));
 
-    for (int N = 160; N >= 157; N -= 3) {
+    for (const int N : { 160, 164, 157 }) {
         test_act<ACT_GELU>("gelu", N);
         test_act<ACT_RELU>("relu", N);
         test_act<ACT_SILU>("silu", N);
