@@ -155,6 +155,7 @@ typedef struct cuda_plan {
      * that every op's backward reuses for the gradients of its insides */
     int64_t grad, scr, scr_max;
     int64_t xchg;            /* the most floats a MoE layer's exchange buffer holds */
+    int *galias;             /* per value: the value whose gradient buffer it shares, or -1 */
     sbuf gdefs;
     /* kernels.cuh's launch constants that size the scratch (kernel_const) */
     int red_chunks;  /* RED_CHUNKS: partial sums per column */
@@ -178,6 +179,52 @@ static void grad_of(cuda_plan *p, const char *name, int64_t floats, bool scratch
         sb_printf(&p->gdefs, "#define %-16s %12lldL\n", name, (long long)p->grad);
         p->grad += n;
     }
+}
+
+/* Residual gradients that share a buffer instead of being copied. At the
+ * end o = s + x of a residual block, dL/dx and dL/ds both start as dL/do,
+ * which backward.cu would copy twice (a pass over the block's output each,
+ * twice a block). Instead:
+ *   - x's gradient is o's buffer when the end is x's only reader: that
+ *     buffer holds dL/do before the branch's backward starts, and nothing
+ *     else writes it until the branch's ops have read it;
+ *   - s's gradient is o's buffer too when, besides the end, s has one
+ *     reader j, the branch's first op, with the rest of the branch after
+ *     it and no residual end inside: j's backward, the branch's last,
+ *     adds its part to dL/do there once every reader of dL/dx is done.
+ * galias[v]: the value whose buffer v's gradient is (its define names
+ * that one's), or -1. */
+static void plan_grad_alias(const gen *g, int *galias)
+{
+    const mc_model *m = g->m;
+    int *readers = mc_xcalloc((size_t)m->nops, sizeof *readers);
+    for (int i = 0; i < m->nops; i++) {
+        galias[i] = -1;
+        if (m->ops[i].kind == OP_RESIDUAL_BEGIN || m->ops[i].kind == OP_INPUT)
+            continue;
+        if (g->input[i] >= 0)
+            readers[g->input[i]]++;
+        if (g->skip[i] >= 0)
+            readers[g->skip[i]]++;
+    }
+    for (int i = 0; i < m->nops; i++) {
+        const int s = g->skip[i], x = g->input[i];
+        if (m->ops[i].kind != OP_RESIDUAL_END || x < 0 || x == s || readers[x] != 1)
+            continue;
+        galias[x] = i;
+        if (s < 0 || readers[s] != 2 || g->last_use[s] != i)
+            continue;
+        int j = -1; /* s's other reader */
+        for (int q = 0; q < i; q++)
+            if (g->input[q] == s && m->ops[q].kind != OP_RESIDUAL_BEGIN && m->ops[q].kind != OP_INPUT)
+                j = q;
+        bool nested = false;
+        for (int q = j + 1; q < i; q++)
+            nested = nested || m->ops[q].kind == OP_RESIDUAL_END;
+        if (j >= 0 && j < x && !nested)
+            galias[s] = i;
+    }
+    free(readers);
 }
 
 /* an inside buffer of the op, and its gradient in the scratch */
@@ -332,7 +379,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
     const int64_t BATCH = m->train.batch;
     char gname[48];
     snprintf(gname, sizeof gname, "V%d_G", i);
-    if (c.floats)
+    if (c.floats && p->galias[i] >= 0)
+        sb_printf(&p->gdefs, "#define %-16s V%d_G /* shared: plan_grad_alias */\n", gname, p->galias[i]);
+    else if (c.floats)
         grad_of(p, gname, c.floats, false);
     const int64_t n_tok = (int64_t)T * D; /* values per sample */
 
@@ -828,8 +877,14 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (g->skip[i] == g->input[i])
             acc_skip = 1; /* an empty branch: the same value twice */
         sb_printf(f, "    add_forward(k, %s, %s, %s, (int64_t)B * %lld);\n", out, skip, in, (long long)n_tok);
-        sb_printf(&b, "    grad_pass(k, %s, %s, (int64_t)B * %lld, %d);\n", din, dout, (long long)n_tok, acc);
-        sb_printf(&b, "    grad_pass(k, %s, %s, (int64_t)B * %lld, %d);\n", dskip, dout, (long long)n_tok, acc_skip);
+        /* a gradient that shares dout's buffer is dL/dout already */
+        if (p->galias[g->input[i]] != i)
+            sb_printf(&b, "    grad_pass(k, %s, %s, (int64_t)B * %lld, %d);\n", din, dout, (long long)n_tok, acc);
+        if (g->skip[i] < 0 || p->galias[g->skip[i]] != i)
+            sb_printf(&b, "    grad_pass(k, %s, %s, (int64_t)B * %lld, %d);\n", dskip, dout, (long long)n_tok,
+                      acc_skip);
+        else
+            sb_printf(&b, "    /* the gradients of %s and %s are %s's (plan_grad_alias) */\n", din, dskip, dout);
         break;
     }
     case OP_POOL: {
@@ -940,6 +995,8 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     p.ent = mc_xcalloc((size_t)nmoe, sizeof *p.ent);
     p.sums = mc_xcalloc((size_t)nmoe, sizeof *p.sums);
     p.st = mc_xcalloc((size_t)nmoe, sizeof *p.st);
+    p.galias = mc_xcalloc((size_t)m->nops, sizeof *p.galias);
+    plan_grad_alias(g, p.galias);
     for (int i = 0; i < m->nops; i++)
         gen_op_cuda(g, &p, i);
     /* the loss's scratch: one float per sample */
@@ -1079,4 +1136,5 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     free(p.ent);
     free(p.sums);
     free(p.st);
+    free(p.galias);
 }

@@ -132,57 +132,57 @@
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
 #define V1_G                        0L
-#define V2_G                   262144L
-#define V4_G                   524288L
-#define V5_G                   786432L
+#define V2_G             V6_G /* shared: plan_grad_alias */
+#define V4_G                   262144L
+#define V5_G             V6_G /* shared: plan_grad_alias */
 #define QKV5_G           (GSCRATCH + 0L)
 #define Y5_G             (GSCRATCH + 786432L)
-#define V6_G                  1048576L
-#define V8_G                  1310720L
-#define V9_G                  1572864L
+#define V6_G             V10_G /* shared: plan_grad_alias */
+#define V8_G                   524288L
+#define V9_G             V10_G /* shared: plan_grad_alias */
 #define H9_G             (GSCRATCH + 0L)
 #define ACTV9_G          (GSCRATCH + 524288L)
-#define V10_G                 1835008L
-#define V12_G                 2097152L
-#define V13_G                 2359296L
+#define V10_G            V14_G /* shared: plan_grad_alias */
+#define V12_G                  786432L
+#define V13_G            V14_G /* shared: plan_grad_alias */
 #define QKV13_G          (GSCRATCH + 0L)
 #define Y13_G            (GSCRATCH + 786432L)
-#define V14_G                 2621440L
-#define V16_G                 2883584L
-#define V17_G                 3145728L
+#define V14_G            V18_G /* shared: plan_grad_alias */
+#define V16_G                 1048576L
+#define V17_G            V18_G /* shared: plan_grad_alias */
 #define LOGITS17_G       (GSCRATCH + 0L)
 #define GATE17_G         (GSCRATCH + 6144L)
 #define XE17_G           (GSCRATCH + 8192L)
 #define HE17_G           (GSCRATCH + 335744L)
 #define YE17_G           (GSCRATCH + 990848L)
-#define V18_G                 3407872L
-#define V20_G                 3670016L
-#define V21_G                 3932160L
+#define V18_G            V22_G /* shared: plan_grad_alias */
+#define V20_G                 1310720L
+#define V21_G            V22_G /* shared: plan_grad_alias */
 #define QKV21_G          (GSCRATCH + 0L)
 #define Y21_G            (GSCRATCH + 786432L)
-#define V22_G                 4194304L
-#define V24_G                 4456448L
-#define V25_G                 4718592L
+#define V22_G            V26_G /* shared: plan_grad_alias */
+#define V24_G                 1572864L
+#define V25_G            V26_G /* shared: plan_grad_alias */
 #define H25_G            (GSCRATCH + 0L)
 #define ACTV25_G         (GSCRATCH + 524288L)
-#define V26_G                 4980736L
-#define V28_G                 5242880L
-#define V29_G                 5505024L
+#define V26_G            V30_G /* shared: plan_grad_alias */
+#define V28_G                 1835008L
+#define V29_G            V30_G /* shared: plan_grad_alias */
 #define QKV29_G          (GSCRATCH + 0L)
 #define Y29_G            (GSCRATCH + 786432L)
-#define V30_G                 5767168L
-#define V32_G                 6029312L
-#define V33_G                 6291456L
+#define V30_G            V34_G /* shared: plan_grad_alias */
+#define V32_G                 2097152L
+#define V33_G            V34_G /* shared: plan_grad_alias */
 #define LOGITS33_G       (GSCRATCH + 0L)
 #define GATE33_G         (GSCRATCH + 6144L)
 #define XE33_G           (GSCRATCH + 8192L)
 #define HE33_G           (GSCRATCH + 335744L)
 #define YE33_G           (GSCRATCH + 990848L)
-#define V34_G                 6553600L
-#define V35_G                 6815744L
-#define V36_G                 7077888L
-#define V37_G                 7094272L
-#define GSCRATCH 7095552L
+#define V34_G                 2359296L
+#define V35_G                 2621440L
+#define V36_G                 2883584L
+#define V37_G                 2899968L
+#define GSCRATCH 2901248L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 6272L, 4, { 128, 1, 7, 7 }, 2, 0.02f, 1, 0 },
@@ -290,7 +290,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */
     18028448L, /* act_floats */
-    8413952L, /* grad_floats */
+    4219648L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */
     30L, /* stats: u64 */
@@ -439,8 +439,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 35: layernorm norm */
     layernorm_backward<128>(k, G(V34), DP(802816L), DP(802944L), G(V35), A(V34), P(802816L), A(MEAN35), A(RSTD35), B * 16, 0);
     /* 34: residual_end */
-    grad_pass(k, G(V33), G(V34), (int64_t)B * 2048, 0);
-    grad_pass(k, G(V30), G(V34), (int64_t)B * 2048, 0);
+    /* the gradients of G(V33) and G(V30) are G(V34)'s (plan_grad_alias) */
     /* 33: moe blocks.3.moe */
     {
         const int N = B * 16;
@@ -458,8 +457,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 32: layernorm blocks.3.norm2 */
     layernorm_backward<128>(k, G(V30), DP(604416L), DP(604544L), G(V32), A(V30), P(604416L), A(MEAN32), A(RSTD32), B * 16, 1);
     /* 30: residual_end */
-    grad_pass(k, G(V29), G(V30), (int64_t)B * 2048, 0);
-    grad_pass(k, G(V26), G(V30), (int64_t)B * 2048, 0);
+    /* the gradients of G(V29) and G(V26) are G(V30)'s (plan_grad_alias) */
     /* 29: attention blocks.3.attn */
     linear_backward(k, G(Y29), DP(587904L), DP(604288L), G(V29), attn_mm<16, 32>(k, A(Y29)), P(587904L), B * 16, 128, 128, 0);
     attention_backward<16, 32, 4>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true);
@@ -467,8 +465,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 28: layernorm blocks.3.norm1 */
     layernorm_backward<128>(k, G(V26), DP(538112L), DP(538240L), G(V28), A(V26), P(538112L), A(MEAN28), A(RSTD28), B * 16, 1);
     /* 26: residual_end */
-    grad_pass(k, G(V25), G(V26), (int64_t)B * 2048, 0);
-    grad_pass(k, G(V22), G(V26), (int64_t)B * 2048, 0);
+    /* the gradients of G(V25) and G(V22) are G(V26)'s (plan_grad_alias) */
     /* 25: mlp blocks.2.mlp */
     linear_backward(k, G(ACTV25), DP(505216L), DP(537984L), G(V25), mm_half(k, A(ACTV25)), P(505216L), B * 16, 256, 128, 0);
     act_bias_backward<ACT_GELU>(k, G(H25), bf16_half(k, G(H25)), DP(504960L), G(ACTV25), A(H25), P(504960L), B * 16, 256);
@@ -476,8 +473,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 24: layernorm blocks.2.norm2 */
     layernorm_backward<128>(k, G(V22), DP(471936L), DP(472064L), G(V24), A(V22), P(471936L), A(MEAN24), A(RSTD24), B * 16, 1);
     /* 22: residual_end */
-    grad_pass(k, G(V21), G(V22), (int64_t)B * 2048, 0);
-    grad_pass(k, G(V18), G(V22), (int64_t)B * 2048, 0);
+    /* the gradients of G(V21) and G(V18) are G(V22)'s (plan_grad_alias) */
     /* 21: attention blocks.2.attn */
     linear_backward(k, G(Y21), DP(455424L), DP(471808L), G(V21), attn_mm<16, 32>(k, A(Y21)), P(455424L), B * 16, 128, 128, 0);
     attention_backward<16, 32, 4>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true);
@@ -485,8 +481,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 20: layernorm blocks.2.norm1 */
     layernorm_backward<128>(k, G(V18), DP(405632L), DP(405760L), G(V20), A(V18), P(405632L), A(MEAN20), A(RSTD20), B * 16, 1);
     /* 18: residual_end */
-    grad_pass(k, G(V17), G(V18), (int64_t)B * 2048, 0);
-    grad_pass(k, G(V14), G(V18), (int64_t)B * 2048, 0);
+    /* the gradients of G(V17) and G(V14) are G(V18)'s (plan_grad_alias) */
     /* 17: moe blocks.1.moe */
     {
         const int N = B * 16;
@@ -504,8 +499,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 16: layernorm blocks.1.norm2 */
     layernorm_backward<128>(k, G(V14), DP(207232L), DP(207360L), G(V16), A(V14), P(207232L), A(MEAN16), A(RSTD16), B * 16, 1);
     /* 14: residual_end */
-    grad_pass(k, G(V13), G(V14), (int64_t)B * 2048, 0);
-    grad_pass(k, G(V10), G(V14), (int64_t)B * 2048, 0);
+    /* the gradients of G(V13) and G(V10) are G(V14)'s (plan_grad_alias) */
     /* 13: attention blocks.1.attn */
     linear_backward(k, G(Y13), DP(190720L), DP(207104L), G(V13), attn_mm<16, 32>(k, A(Y13)), P(190720L), B * 16, 128, 128, 0);
     attention_backward<16, 32, 4>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true);
@@ -513,8 +507,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 12: layernorm blocks.1.norm1 */
     layernorm_backward<128>(k, G(V10), DP(140928L), DP(141056L), G(V12), A(V10), P(140928L), A(MEAN12), A(RSTD12), B * 16, 1);
     /* 10: residual_end */
-    grad_pass(k, G(V9), G(V10), (int64_t)B * 2048, 0);
-    grad_pass(k, G(V6), G(V10), (int64_t)B * 2048, 0);
+    /* the gradients of G(V9) and G(V6) are G(V10)'s (plan_grad_alias) */
     /* 9: mlp blocks.0.mlp */
     linear_backward(k, G(ACTV9), DP(108032L), DP(140800L), G(V9), mm_half(k, A(ACTV9)), P(108032L), B * 16, 256, 128, 0);
     act_bias_backward<ACT_GELU>(k, G(H9), bf16_half(k, G(H9)), DP(107776L), G(ACTV9), A(H9), P(107776L), B * 16, 256);
@@ -522,8 +515,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 8: layernorm blocks.0.norm2 */
     layernorm_backward<128>(k, G(V6), DP(74752L), DP(74880L), G(V8), A(V6), P(74752L), A(MEAN8), A(RSTD8), B * 16, 1);
     /* 6: residual_end */
-    grad_pass(k, G(V5), G(V6), (int64_t)B * 2048, 0);
-    grad_pass(k, G(V2), G(V6), (int64_t)B * 2048, 0);
+    /* the gradients of G(V5) and G(V2) are G(V6)'s (plan_grad_alias) */
     /* 5: attention blocks.0.attn */
     linear_backward(k, G(Y5), DP(58240L), DP(74624L), G(V5), attn_mm<16, 32>(k, A(Y5)), P(58240L), B * 16, 128, 128, 0);
     attention_backward<16, 32, 4>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true);

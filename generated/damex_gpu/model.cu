@@ -183,80 +183,80 @@
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
 #define V1_G                        0L
-#define V2_G                  3145728L
-#define V4_G                  6291456L
-#define V5_G                  9437184L
+#define V2_G             V6_G /* shared: plan_grad_alias */
+#define V4_G                  3145728L
+#define V5_G             V6_G /* shared: plan_grad_alias */
 #define QKV5_G           (GSCRATCH + 0L)
 #define Y5_G             (GSCRATCH + 9437184L)
-#define V6_G                 12582912L
-#define V8_G                 15728640L
-#define V9_G                 18874368L
+#define V6_G             V10_G /* shared: plan_grad_alias */
+#define V8_G                  6291456L
+#define V9_G             V10_G /* shared: plan_grad_alias */
 #define H9_G             (GSCRATCH + 0L)
 #define ACTV9_G          (GSCRATCH + 12582912L)
-#define V10_G                22020096L
-#define V12_G                25165824L
-#define V13_G                28311552L
+#define V10_G            V14_G /* shared: plan_grad_alias */
+#define V12_G                 9437184L
+#define V13_G            V14_G /* shared: plan_grad_alias */
 #define QKV13_G          (GSCRATCH + 0L)
 #define Y13_G            (GSCRATCH + 9437184L)
-#define V14_G                31457280L
-#define V16_G                34603008L
-#define V17_G                37748736L
+#define V14_G            V18_G /* shared: plan_grad_alias */
+#define V16_G                12582912L
+#define V17_G            V18_G /* shared: plan_grad_alias */
 #define LOGITS17_G       (GSCRATCH + 0L)
 #define GATE17_G         (GSCRATCH + 49152L)
 #define XE17_G           (GSCRATCH + 65536L)
 #define HE17_G           (GSCRATCH + 6357760L)
 #define YE17_G           (GSCRATCH + 31526656L)
-#define V18_G                40894464L
-#define V20_G                44040192L
-#define V21_G                47185920L
+#define V18_G            V22_G /* shared: plan_grad_alias */
+#define V20_G                15728640L
+#define V21_G            V22_G /* shared: plan_grad_alias */
 #define QKV21_G          (GSCRATCH + 0L)
 #define Y21_G            (GSCRATCH + 9437184L)
-#define V22_G                50331648L
-#define V24_G                53477376L
-#define V25_G                56623104L
+#define V22_G            V26_G /* shared: plan_grad_alias */
+#define V24_G                18874368L
+#define V25_G            V26_G /* shared: plan_grad_alias */
 #define H25_G            (GSCRATCH + 0L)
 #define ACTV25_G         (GSCRATCH + 12582912L)
-#define V26_G                59768832L
-#define V28_G                62914560L
-#define V29_G                66060288L
+#define V26_G            V30_G /* shared: plan_grad_alias */
+#define V28_G                22020096L
+#define V29_G            V30_G /* shared: plan_grad_alias */
 #define QKV29_G          (GSCRATCH + 0L)
 #define Y29_G            (GSCRATCH + 9437184L)
-#define V30_G                69206016L
-#define V32_G                72351744L
-#define V33_G                75497472L
+#define V30_G            V34_G /* shared: plan_grad_alias */
+#define V32_G                25165824L
+#define V33_G            V34_G /* shared: plan_grad_alias */
 #define LOGITS33_G       (GSCRATCH + 0L)
 #define GATE33_G         (GSCRATCH + 49152L)
 #define XE33_G           (GSCRATCH + 65536L)
 #define HE33_G           (GSCRATCH + 6357760L)
 #define YE33_G           (GSCRATCH + 31526656L)
-#define V34_G                78643200L
-#define V36_G                81788928L
-#define V37_G                84934656L
+#define V34_G            V38_G /* shared: plan_grad_alias */
+#define V36_G                28311552L
+#define V37_G            V38_G /* shared: plan_grad_alias */
 #define QKV37_G          (GSCRATCH + 0L)
 #define Y37_G            (GSCRATCH + 9437184L)
-#define V38_G                88080384L
-#define V40_G                91226112L
-#define V41_G                94371840L
+#define V38_G            V42_G /* shared: plan_grad_alias */
+#define V40_G                31457280L
+#define V41_G            V42_G /* shared: plan_grad_alias */
 #define H41_G            (GSCRATCH + 0L)
 #define ACTV41_G         (GSCRATCH + 12582912L)
-#define V42_G                97517568L
-#define V44_G               100663296L
-#define V45_G               103809024L
+#define V42_G            V46_G /* shared: plan_grad_alias */
+#define V44_G                34603008L
+#define V45_G            V46_G /* shared: plan_grad_alias */
 #define QKV45_G          (GSCRATCH + 0L)
 #define Y45_G            (GSCRATCH + 9437184L)
-#define V46_G               106954752L
-#define V48_G               110100480L
-#define V49_G               113246208L
+#define V46_G            V50_G /* shared: plan_grad_alias */
+#define V48_G                37748736L
+#define V49_G            V50_G /* shared: plan_grad_alias */
 #define LOGITS49_G       (GSCRATCH + 0L)
 #define GATE49_G         (GSCRATCH + 49152L)
 #define XE49_G           (GSCRATCH + 65536L)
 #define HE49_G           (GSCRATCH + 6357760L)
 #define YE49_G           (GSCRATCH + 31526656L)
-#define V50_G               116391936L
-#define V51_G               119537664L
-#define V52_G               122683392L
-#define V53_G               122880000L
-#define GSCRATCH 122890240L
+#define V50_G                40894464L
+#define V51_G                44040192L
+#define V52_G                47185920L
+#define V53_G                47382528L
+#define GSCRATCH 47392768L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 9408L, 4, { 192, 1, 7, 7 }, 2, 0.02f, 1, 0 },
@@ -395,7 +395,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
     473908784L, /* act_floats */
-    160709120L, /* grad_floats */
+    85211648L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */
     45L, /* stats: u64 */
@@ -591,8 +591,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 51: layernorm norm */
     layernorm_backward<192>(k, G(V50), DP(4458816L), DP(4459008L), G(V51), A(V50), P(4458816L), A(MEAN51), A(RSTD51), B * 16, 0);
     /* 50: residual_end */
-    grad_pass(k, G(V49), G(V50), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V46), G(V50), (int64_t)B * 3072, 0);
+    /* the gradients of G(V49) and G(V46) are G(V50)'s (plan_grad_alias) */
     /* 49: moe blocks.5.moe */
     {
         const int N = B * 16;
@@ -610,8 +609,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 48: layernorm blocks.5.norm2 */
     layernorm_backward<192>(k, G(V46), DP(3570240L), DP(3570432L), G(V48), A(V46), P(3570240L), A(MEAN48), A(RSTD48), B * 16, 1);
     /* 46: residual_end */
-    grad_pass(k, G(V45), G(V46), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V42), G(V46), (int64_t)B * 3072, 0);
+    /* the gradients of G(V45) and G(V42) are G(V46)'s (plan_grad_alias) */
     /* 45: attention blocks.5.attn */
     linear_backward(k, G(Y45), DP(3533184L), DP(3570048L), G(V45), attn_mm<16, 32>(k, A(Y45)), P(3533184L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV45), G(Y45), A(QKV45), A(ATT45), B, true);
@@ -619,8 +617,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 44: layernorm blocks.5.norm1 */
     layernorm_backward<192>(k, G(V42), DP(3421632L), DP(3421824L), G(V44), A(V42), P(3421632L), A(MEAN44), A(RSTD44), B * 16, 1);
     /* 42: residual_end */
-    grad_pass(k, G(V41), G(V42), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V38), G(V42), (int64_t)B * 3072, 0);
+    /* the gradients of G(V41) and G(V38) are G(V42)'s (plan_grad_alias) */
     /* 41: mlp blocks.4.mlp */
     linear_backward(k, G(ACTV41), DP(3273984L), DP(3421440L), G(V41), mm_half(k, A(ACTV41)), P(3273984L), B * 16, 768, 192, 0);
     act_bias_backward<ACT_GELU>(k, G(H41), bf16_half(k, G(H41)), DP(3273216L), G(ACTV41), A(H41), P(3273216L), B * 16, 768);
@@ -628,8 +625,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 40: layernorm blocks.4.norm2 */
     layernorm_backward<192>(k, G(V38), DP(3125376L), DP(3125568L), G(V40), A(V38), P(3125376L), A(MEAN40), A(RSTD40), B * 16, 1);
     /* 38: residual_end */
-    grad_pass(k, G(V37), G(V38), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V34), G(V38), (int64_t)B * 3072, 0);
+    /* the gradients of G(V37) and G(V34) are G(V38)'s (plan_grad_alias) */
     /* 37: attention blocks.4.attn */
     linear_backward(k, G(Y37), DP(3088320L), DP(3125184L), G(V37), attn_mm<16, 32>(k, A(Y37)), P(3088320L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV37), G(Y37), A(QKV37), A(ATT37), B, true);
@@ -637,8 +633,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 36: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V34), DP(2976768L), DP(2976960L), G(V36), A(V34), P(2976768L), A(MEAN36), A(RSTD36), B * 16, 1);
     /* 34: residual_end */
-    grad_pass(k, G(V33), G(V34), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V30), G(V34), (int64_t)B * 3072, 0);
+    /* the gradients of G(V33) and G(V30) are G(V34)'s (plan_grad_alias) */
     /* 33: moe blocks.3.moe */
     {
         const int N = B * 16;
@@ -656,8 +651,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 32: layernorm blocks.3.norm2 */
     layernorm_backward<192>(k, G(V30), DP(2088192L), DP(2088384L), G(V32), A(V30), P(2088192L), A(MEAN32), A(RSTD32), B * 16, 1);
     /* 30: residual_end */
-    grad_pass(k, G(V29), G(V30), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V26), G(V30), (int64_t)B * 3072, 0);
+    /* the gradients of G(V29) and G(V26) are G(V30)'s (plan_grad_alias) */
     /* 29: attention blocks.3.attn */
     linear_backward(k, G(Y29), DP(2051136L), DP(2088000L), G(V29), attn_mm<16, 32>(k, A(Y29)), P(2051136L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true);
@@ -665,8 +659,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 28: layernorm blocks.3.norm1 */
     layernorm_backward<192>(k, G(V26), DP(1939584L), DP(1939776L), G(V28), A(V26), P(1939584L), A(MEAN28), A(RSTD28), B * 16, 1);
     /* 26: residual_end */
-    grad_pass(k, G(V25), G(V26), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V22), G(V26), (int64_t)B * 3072, 0);
+    /* the gradients of G(V25) and G(V22) are G(V26)'s (plan_grad_alias) */
     /* 25: mlp blocks.2.mlp */
     linear_backward(k, G(ACTV25), DP(1791936L), DP(1939392L), G(V25), mm_half(k, A(ACTV25)), P(1791936L), B * 16, 768, 192, 0);
     act_bias_backward<ACT_GELU>(k, G(H25), bf16_half(k, G(H25)), DP(1791168L), G(ACTV25), A(H25), P(1791168L), B * 16, 768);
@@ -674,8 +667,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 24: layernorm blocks.2.norm2 */
     layernorm_backward<192>(k, G(V22), DP(1643328L), DP(1643520L), G(V24), A(V22), P(1643328L), A(MEAN24), A(RSTD24), B * 16, 1);
     /* 22: residual_end */
-    grad_pass(k, G(V21), G(V22), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V18), G(V22), (int64_t)B * 3072, 0);
+    /* the gradients of G(V21) and G(V18) are G(V22)'s (plan_grad_alias) */
     /* 21: attention blocks.2.attn */
     linear_backward(k, G(Y21), DP(1606272L), DP(1643136L), G(V21), attn_mm<16, 32>(k, A(Y21)), P(1606272L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true);
@@ -683,8 +675,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 20: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V18), DP(1494720L), DP(1494912L), G(V20), A(V18), P(1494720L), A(MEAN20), A(RSTD20), B * 16, 1);
     /* 18: residual_end */
-    grad_pass(k, G(V17), G(V18), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V14), G(V18), (int64_t)B * 3072, 0);
+    /* the gradients of G(V17) and G(V14) are G(V18)'s (plan_grad_alias) */
     /* 17: moe blocks.1.moe */
     {
         const int N = B * 16;
@@ -702,8 +693,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 16: layernorm blocks.1.norm2 */
     layernorm_backward<192>(k, G(V14), DP(606144L), DP(606336L), G(V16), A(V14), P(606144L), A(MEAN16), A(RSTD16), B * 16, 1);
     /* 14: residual_end */
-    grad_pass(k, G(V13), G(V14), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V10), G(V14), (int64_t)B * 3072, 0);
+    /* the gradients of G(V13) and G(V10) are G(V14)'s (plan_grad_alias) */
     /* 13: attention blocks.1.attn */
     linear_backward(k, G(Y13), DP(569088L), DP(605952L), G(V13), attn_mm<16, 32>(k, A(Y13)), P(569088L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true);
@@ -711,8 +701,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 12: layernorm blocks.1.norm1 */
     layernorm_backward<192>(k, G(V10), DP(457536L), DP(457728L), G(V12), A(V10), P(457536L), A(MEAN12), A(RSTD12), B * 16, 1);
     /* 10: residual_end */
-    grad_pass(k, G(V9), G(V10), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V6), G(V10), (int64_t)B * 3072, 0);
+    /* the gradients of G(V9) and G(V6) are G(V10)'s (plan_grad_alias) */
     /* 9: mlp blocks.0.mlp */
     linear_backward(k, G(ACTV9), DP(309888L), DP(457344L), G(V9), mm_half(k, A(ACTV9)), P(309888L), B * 16, 768, 192, 0);
     act_bias_backward<ACT_GELU>(k, G(H9), bf16_half(k, G(H9)), DP(309120L), G(ACTV9), A(H9), P(309120L), B * 16, 768);
@@ -720,8 +709,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 8: layernorm blocks.0.norm2 */
     layernorm_backward<192>(k, G(V6), DP(161280L), DP(161472L), G(V8), A(V6), P(161280L), A(MEAN8), A(RSTD8), B * 16, 1);
     /* 6: residual_end */
-    grad_pass(k, G(V5), G(V6), (int64_t)B * 3072, 0);
-    grad_pass(k, G(V2), G(V6), (int64_t)B * 3072, 0);
+    /* the gradients of G(V5) and G(V2) are G(V6)'s (plan_grad_alias) */
     /* 5: attention blocks.0.attn */
     linear_backward(k, G(Y5), DP(124224L), DP(161088L), G(V5), attn_mm<16, 32>(k, A(Y5)), P(124224L), B * 16, 192, 192, 0);
     attention_backward<16, 32, 6>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true);

@@ -388,130 +388,130 @@
 #define COLS1_1_G        (GSCRATCH + 0L)
 #define CONV1_1_G        (GSCRATCH + 43352064L)
 #define GELU1_1_G        (GSCRATCH + 146112512L)
-#define V2_G                102760448L
+#define V2_G             V7_G /* shared: plan_grad_alias */
 #define COLS2_G          (GSCRATCH + 0L)
-#define V4_G                128450560L
-#define V5_G                154140672L
+#define V4_G                102760448L
+#define V5_G                128450560L
 #define QKV5_G           (GSCRATCH + 0L)
 #define QKVW5_G          (GSCRATCH + 77070336L)
 #define YW5_G            (GSCRATCH + 154140672L)
 #define Y5_G             (GSCRATCH + 179830784L)
-#define V6_G                179830784L
-#define V7_G                205520896L
-#define V9_G                231211008L
-#define V10_G               256901120L
+#define V6_G             V7_G /* shared: plan_grad_alias */
+#define V7_G             V12_G /* shared: plan_grad_alias */
+#define V9_G                154140672L
+#define V10_G               179830784L
 #define H10_G            (GSCRATCH + 0L)
 #define ACTV10_G         (GSCRATCH + 77070336L)
-#define V11_G               282591232L
-#define V12_G               308281344L
-#define V14_G               333971456L
-#define V15_G               359661568L
+#define V11_G            V12_G /* shared: plan_grad_alias */
+#define V12_G            V17_G /* shared: plan_grad_alias */
+#define V14_G               205520896L
+#define V15_G               231211008L
 #define KV15_G           (GSCRATCH + 0L)
 #define QKVW15_G         (GSCRATCH + 51380224L)
 #define YW15_G           (GSCRATCH + 128450560L)
 #define Y15_G            (GSCRATCH + 154140672L)
 #define GTOK15_G         (GSCRATCH + 179830784L)
 #define GQ15_G           (GSCRATCH + 180232192L)
-#define V16_G               385351680L
-#define V17_G               411041792L
-#define V19_G               436731904L
-#define V20_G               462422016L
+#define V16_G            V17_G /* shared: plan_grad_alias */
+#define V17_G            V22_G /* shared: plan_grad_alias */
+#define V19_G               256901120L
+#define V20_G               282591232L
 #define H20_G            (GSCRATCH + 0L)
 #define ACTV20_G         (GSCRATCH + 77070336L)
-#define V21_G               488112128L
-#define V22_G               513802240L
-#define V23_G               539492352L
+#define V21_G            V22_G /* shared: plan_grad_alias */
+#define V22_G               308281344L
+#define V23_G            V28_G /* shared: plan_grad_alias */
 #define MERGE23_G        (GSCRATCH + 0L)
 #define MNORM23_G        (GSCRATCH + 25690112L)
-#define V25_G               552337408L
-#define V26_G               565182464L
+#define V25_G               333971456L
+#define V26_G               346816512L
 #define QKV26_G          (GSCRATCH + 0L)
 #define QKVW26_G         (GSCRATCH + 38535168L)
 #define YW26_G           (GSCRATCH + 77070336L)
 #define Y26_G            (GSCRATCH + 89915392L)
-#define V27_G               578027520L
-#define V28_G               590872576L
-#define V30_G               603717632L
-#define V31_G               616562688L
+#define V27_G            V28_G /* shared: plan_grad_alias */
+#define V28_G            V33_G /* shared: plan_grad_alias */
+#define V30_G               359661568L
+#define V31_G               372506624L
 #define H31_G            (GSCRATCH + 0L)
 #define ACTV31_G         (GSCRATCH + 38535168L)
-#define V32_G               629407744L
-#define V33_G               642252800L
-#define V35_G               655097856L
-#define V36_G               667942912L
+#define V32_G            V33_G /* shared: plan_grad_alias */
+#define V33_G            V38_G /* shared: plan_grad_alias */
+#define V35_G               385351680L
+#define V36_G               398196736L
 #define KV36_G           (GSCRATCH + 0L)
 #define QKVW36_G         (GSCRATCH + 25690112L)
 #define YW36_G           (GSCRATCH + 64225280L)
 #define Y36_G            (GSCRATCH + 77070336L)
 #define GTOK36_G         (GSCRATCH + 89915392L)
 #define GQ36_G           (GSCRATCH + 90718208L)
-#define V37_G               680787968L
-#define V38_G               693633024L
-#define V40_G               706478080L
-#define V41_G               719323136L
+#define V37_G            V38_G /* shared: plan_grad_alias */
+#define V38_G            V43_G /* shared: plan_grad_alias */
+#define V40_G               411041792L
+#define V41_G               423886848L
 #define H41_G            (GSCRATCH + 0L)
 #define ACTV41_G         (GSCRATCH + 38535168L)
-#define V42_G               732168192L
-#define V43_G               745013248L
-#define V44_G               757858304L
+#define V42_G            V43_G /* shared: plan_grad_alias */
+#define V43_G               436731904L
+#define V44_G            V49_G /* shared: plan_grad_alias */
 #define MERGE44_G        (GSCRATCH + 0L)
 #define MNORM44_G        (GSCRATCH + 12845056L)
-#define V46_G               764280832L
-#define V47_G               770703360L
+#define V46_G               449576960L
+#define V47_G               455999488L
 #define QKV47_G          (GSCRATCH + 0L)
 #define QKVW47_G         (GSCRATCH + 19267584L)
 #define YW47_G           (GSCRATCH + 38535168L)
 #define Y47_G            (GSCRATCH + 44957696L)
-#define V48_G               777125888L
-#define V49_G               783548416L
-#define V51_G               789970944L
-#define V52_G               796393472L
+#define V48_G            V49_G /* shared: plan_grad_alias */
+#define V49_G            V54_G /* shared: plan_grad_alias */
+#define V51_G               462422016L
+#define V52_G               468844544L
 #define H52_G            (GSCRATCH + 0L)
 #define ACTV52_G         (GSCRATCH + 19267584L)
-#define V53_G               802816000L
-#define V54_G               809238528L
-#define V56_G               815661056L
-#define V57_G               822083584L
+#define V53_G            V54_G /* shared: plan_grad_alias */
+#define V54_G            V59_G /* shared: plan_grad_alias */
+#define V56_G               475267072L
+#define V57_G               481689600L
 #define KV57_G           (GSCRATCH + 0L)
 #define QKVW57_G         (GSCRATCH + 12845056L)
 #define YW57_G           (GSCRATCH + 32112640L)
 #define Y57_G            (GSCRATCH + 38535168L)
 #define GTOK57_G         (GSCRATCH + 44957696L)
 #define GQ57_G           (GSCRATCH + 51380224L)
-#define V58_G               828506112L
-#define V59_G               834928640L
-#define V61_G               841351168L
-#define V62_G               847773696L
+#define V58_G            V59_G /* shared: plan_grad_alias */
+#define V59_G            V64_G /* shared: plan_grad_alias */
+#define V61_G               488112128L
+#define V62_G               494534656L
 #define H62_G            (GSCRATCH + 0L)
 #define ACTV62_G         (GSCRATCH + 19267584L)
-#define V63_G               854196224L
-#define V64_G               860618752L
-#define V66_G               867041280L
-#define V67_G               873463808L
+#define V63_G            V64_G /* shared: plan_grad_alias */
+#define V64_G            V69_G /* shared: plan_grad_alias */
+#define V66_G               500957184L
+#define V67_G               507379712L
 #define QKV67_G          (GSCRATCH + 0L)
 #define QKVW67_G         (GSCRATCH + 19267584L)
 #define YW67_G           (GSCRATCH + 38535168L)
 #define Y67_G            (GSCRATCH + 44957696L)
-#define V68_G               879886336L
-#define V69_G               886308864L
-#define V71_G               892731392L
-#define V72_G               899153920L
+#define V68_G            V69_G /* shared: plan_grad_alias */
+#define V69_G            V74_G /* shared: plan_grad_alias */
+#define V71_G               513802240L
+#define V72_G               520224768L
 #define H72_G            (GSCRATCH + 0L)
 #define ACTV72_G         (GSCRATCH + 19267584L)
-#define V73_G               905576448L
-#define V74_G               911998976L
-#define V76_G               918421504L
-#define V77_G               924844032L
+#define V73_G            V74_G /* shared: plan_grad_alias */
+#define V74_G            V79_G /* shared: plan_grad_alias */
+#define V76_G               526647296L
+#define V77_G               533069824L
 #define KV77_G           (GSCRATCH + 0L)
 #define QKVW77_G         (GSCRATCH + 12845056L)
 #define YW77_G           (GSCRATCH + 32112640L)
 #define Y77_G            (GSCRATCH + 38535168L)
 #define GTOK77_G         (GSCRATCH + 44957696L)
 #define GQ77_G           (GSCRATCH + 51380224L)
-#define V78_G               931266560L
-#define V79_G               937689088L
-#define V81_G               944111616L
-#define V82_G               950534144L
+#define V78_G            V79_G /* shared: plan_grad_alias */
+#define V79_G            V84_G /* shared: plan_grad_alias */
+#define V81_G               539492352L
+#define V82_G               545914880L
 #define LOGITS82_G       (GSCRATCH + 0L)
 #define GATE82_G         (GSCRATCH + 200704L)
 #define XE82_G           (GSCRATCH + 225792L)
@@ -519,34 +519,34 @@
 #define YE82_G           (GSCRATCH + 32338432L)
 #define XR82_G           (GSCRATCH + 40366592L)
 #define YR82_G           (GSCRATCH + 48394752L)
-#define V83_G               956956672L
-#define V84_G               963379200L
-#define V86_G               969801728L
-#define V87_G               976224256L
+#define V83_G            V84_G /* shared: plan_grad_alias */
+#define V84_G            V89_G /* shared: plan_grad_alias */
+#define V86_G               552337408L
+#define V87_G               558759936L
 #define QKV87_G          (GSCRATCH + 0L)
 #define QKVW87_G         (GSCRATCH + 19267584L)
 #define YW87_G           (GSCRATCH + 38535168L)
 #define Y87_G            (GSCRATCH + 44957696L)
-#define V88_G               982646784L
-#define V89_G               989069312L
-#define V91_G               995491840L
-#define V92_G              1001914368L
+#define V88_G            V89_G /* shared: plan_grad_alias */
+#define V89_G            V94_G /* shared: plan_grad_alias */
+#define V91_G               565182464L
+#define V92_G               571604992L
 #define H92_G            (GSCRATCH + 0L)
 #define ACTV92_G         (GSCRATCH + 19267584L)
-#define V93_G              1008336896L
-#define V94_G              1014759424L
-#define V96_G              1021181952L
-#define V97_G              1027604480L
+#define V93_G            V94_G /* shared: plan_grad_alias */
+#define V94_G            V99_G /* shared: plan_grad_alias */
+#define V96_G               578027520L
+#define V97_G               584450048L
 #define KV97_G           (GSCRATCH + 0L)
 #define QKVW97_G         (GSCRATCH + 12845056L)
 #define YW97_G           (GSCRATCH + 32112640L)
 #define Y97_G            (GSCRATCH + 38535168L)
 #define GTOK97_G         (GSCRATCH + 44957696L)
 #define GQ97_G           (GSCRATCH + 51380224L)
-#define V98_G              1034027008L
-#define V99_G              1040449536L
-#define V101_G             1046872064L
-#define V102_G             1053294592L
+#define V98_G            V99_G /* shared: plan_grad_alias */
+#define V99_G            V104_G /* shared: plan_grad_alias */
+#define V101_G              590872576L
+#define V102_G              597295104L
 #define LOGITS102_G      (GSCRATCH + 0L)
 #define GATE102_G        (GSCRATCH + 200704L)
 #define XE102_G          (GSCRATCH + 225792L)
@@ -554,37 +554,37 @@
 #define YE102_G          (GSCRATCH + 32338432L)
 #define XR102_G          (GSCRATCH + 40366592L)
 #define YR102_G          (GSCRATCH + 48394752L)
-#define V103_G             1059717120L
-#define V104_G             1066139648L
-#define V105_G             1072562176L
+#define V103_G           V104_G /* shared: plan_grad_alias */
+#define V104_G              603717632L
+#define V105_G           V110_G /* shared: plan_grad_alias */
 #define MERGE105_G       (GSCRATCH + 0L)
 #define MNORM105_G       (GSCRATCH + 6422528L)
-#define V107_G             1075773440L
-#define V108_G             1078984704L
+#define V107_G              610140160L
+#define V108_G              613351424L
 #define QKV108_G         (GSCRATCH + 0L)
 #define QKVW108_G        (GSCRATCH + 9633792L)
 #define YW108_G          (GSCRATCH + 19267584L)
 #define Y108_G           (GSCRATCH + 22478848L)
-#define V109_G             1082195968L
-#define V110_G             1085407232L
-#define V112_G             1088618496L
-#define V113_G             1091829760L
+#define V109_G           V110_G /* shared: plan_grad_alias */
+#define V110_G           V115_G /* shared: plan_grad_alias */
+#define V112_G              616562688L
+#define V113_G              619773952L
 #define H113_G           (GSCRATCH + 0L)
 #define ACTV113_G        (GSCRATCH + 9633792L)
-#define V114_G             1095041024L
-#define V115_G             1098252288L
-#define V117_G             1101463552L
-#define V118_G             1104674816L
+#define V114_G           V115_G /* shared: plan_grad_alias */
+#define V115_G           V120_G /* shared: plan_grad_alias */
+#define V117_G              622985216L
+#define V118_G              626196480L
 #define KV118_G          (GSCRATCH + 0L)
 #define QKVW118_G        (GSCRATCH + 6422528L)
 #define YW118_G          (GSCRATCH + 16056320L)
 #define Y118_G           (GSCRATCH + 19267584L)
 #define GTOK118_G        (GSCRATCH + 22478848L)
 #define GQ118_G          (GSCRATCH + 25690112L)
-#define V119_G             1107886080L
-#define V120_G             1111097344L
-#define V122_G             1114308608L
-#define V123_G             1117519872L
+#define V119_G           V120_G /* shared: plan_grad_alias */
+#define V120_G           V125_G /* shared: plan_grad_alias */
+#define V122_G              629407744L
+#define V123_G              632619008L
 #define LOGITS123_G      (GSCRATCH + 0L)
 #define GATE123_G        (GSCRATCH + 50176L)
 #define XE123_G          (GSCRATCH + 56448L)
@@ -592,12 +592,12 @@
 #define YE123_G          (GSCRATCH + 16112768L)
 #define XR123_G          (GSCRATCH + 20126848L)
 #define YR123_G          (GSCRATCH + 24140928L)
-#define V124_G             1120731136L
-#define V125_G             1123942400L
-#define V126_G             1127153664L
-#define V127_G             1130364928L
-#define V128_G             1130430464L
-#define GSCRATCH 1130558464L
+#define V124_G           V125_G /* shared: plan_grad_alias */
+#define V125_G              635830272L
+#define V126_G              639041536L
+#define V127_G              642252800L
+#define V128_G              642318336L
+#define GSCRATCH 642446336L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "stem.conv1.weight", 0L, 1728L, 4, { 64, 3, 3, 3 }, 2, 0.27216554f, 1, 0 },
@@ -821,7 +821,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     13215528L, /* params */
     3741281712L, /* act_floats */
-    1379431424L, /* grad_floats */
+    891319296L, /* grad_floats */
     424368L, /* int_slots */
     54L, /* dacc: doubles */
     57L, /* stats: u64 */
@@ -1244,8 +1244,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 126: layernorm norm */
     layernorm_backward<512>(k, G(V125), DP(12701504L), DP(12702016L), G(V126), A(V125), P(12701504L), A(MEAN126), A(RSTD126), B * 49, 0);
     /* 125: residual_end */
-    grad_pass(k, G(V124), G(V125), (int64_t)B * 25088, 0);
-    grad_pass(k, G(V120), G(V125), (int64_t)B * 25088, 0);
+    /* the gradients of G(V124) and G(V120) are G(V125)'s (plan_grad_alias) */
     /* 124: drop_path */
     mask_backward(k, G(V123), G(V124), A(KEEP124), (int64_t)B * 25088, 0, 25088);
     /* 123: moe blocks.5.moe */
@@ -1265,8 +1264,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 122: layernorm blocks.5.norm4 */
     layernorm_backward<512>(k, G(V120), DP(9546560L), DP(9547072L), G(V122), A(V120), P(9546560L), A(MEAN122), A(RSTD122), B * 49, 1);
     /* 120: residual_end */
-    grad_pass(k, G(V119), G(V120), (int64_t)B * 25088, 0);
-    grad_pass(k, G(V115), G(V120), (int64_t)B * 25088, 0);
+    /* the gradients of G(V119) and G(V115) are G(V120)'s (plan_grad_alias) */
     /* 119: drop_path */
     mask_backward(k, G(V118), G(V119), A(KEEP119), (int64_t)B * 25088, 0, 25088);
     /* 118: window_attention blocks.5.attn2 */
@@ -1281,8 +1279,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 117: layernorm blocks.5.norm3 */
     layernorm_backward<512>(k, G(V115), DP(8494912L), DP(8495424L), G(V117), A(V115), P(8494912L), A(MEAN117), A(RSTD117), B * 49, 1);
     /* 115: residual_end */
-    grad_pass(k, G(V114), G(V115), (int64_t)B * 25088, 0);
-    grad_pass(k, G(V110), G(V115), (int64_t)B * 25088, 0);
+    /* the gradients of G(V114) and G(V110) are G(V115)'s (plan_grad_alias) */
     /* 114: drop_path */
     mask_backward(k, G(V113), G(V114), A(KEEP114), (int64_t)B * 25088, 0, 25088);
     /* 113: mlp blocks.5.mlp */
@@ -1292,8 +1289,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 112: layernorm blocks.5.norm2 */
     layernorm_backward<512>(k, G(V110), DP(6918976L), DP(6919488L), G(V112), A(V110), P(6918976L), A(MEAN112), A(RSTD112), B * 49, 1);
     /* 110: residual_end */
-    grad_pass(k, G(V109), G(V110), (int64_t)B * 25088, 0);
-    grad_pass(k, G(V105), G(V110), (int64_t)B * 25088, 0);
+    /* the gradients of G(V109) and G(V105) are G(V110)'s (plan_grad_alias) */
     /* 109: drop_path */
     mask_backward(k, G(V108), G(V109), A(KEEP109), (int64_t)B * 25088, 0, 25088);
     /* 108: window_attention blocks.5.attn */
@@ -1309,8 +1305,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     layernorm_backward<1024>(k, G(MERGE105), DP(5340992L), DP(5342016L), G(MNORM105), A(MERGE105), P(5340992L), A(MEAN105), A(RSTD105), B * 49, 0);
     merge2x2_backward(k, G(V104), G(MERGE105), B, 14, 14, 256, 0);
     /* 104: residual_end */
-    grad_pass(k, G(V103), G(V104), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V99), G(V104), (int64_t)B * 50176, 0);
+    /* the gradients of G(V103) and G(V99) are G(V104)'s (plan_grad_alias) */
     /* 103: drop_path */
     mask_backward(k, G(V102), G(V103), A(KEEP103), (int64_t)B * 50176, 0, 50176);
     /* 102: moe blocks.4.moe */
@@ -1330,8 +1325,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 101: layernorm blocks.4.norm4 */
     layernorm_backward<256>(k, G(V99), DP(4549952L), DP(4550208L), G(V101), A(V99), P(4549952L), A(MEAN101), A(RSTD101), B * 196, 1);
     /* 99: residual_end */
-    grad_pass(k, G(V98), G(V99), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V94), G(V99), (int64_t)B * 50176, 0);
+    /* the gradients of G(V98) and G(V94) are G(V99)'s (plan_grad_alias) */
     /* 98: drop_path */
     mask_backward(k, G(V97), G(V98), A(KEEP98), (int64_t)B * 50176, 0, 50176);
     /* 97: window_attention blocks.4.attn2 */
@@ -1346,8 +1340,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 96: layernorm blocks.4.norm3 */
     layernorm_backward<256>(k, G(V94), DP(4286272L), DP(4286528L), G(V96), A(V94), P(4286272L), A(MEAN96), A(RSTD96), B * 196, 1);
     /* 94: residual_end */
-    grad_pass(k, G(V93), G(V94), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V89), G(V94), (int64_t)B * 50176, 0);
+    /* the gradients of G(V93) and G(V89) are G(V94)'s (plan_grad_alias) */
     /* 93: drop_path */
     mask_backward(k, G(V92), G(V93), A(KEEP93), (int64_t)B * 50176, 0, 50176);
     /* 92: mlp blocks.4.mlp */
@@ -1357,8 +1350,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 91: layernorm blocks.4.norm2 */
     layernorm_backward<256>(k, G(V89), DP(3891520L), DP(3891776L), G(V91), A(V89), P(3891520L), A(MEAN91), A(RSTD91), B * 196, 1);
     /* 89: residual_end */
-    grad_pass(k, G(V88), G(V89), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V84), G(V89), (int64_t)B * 50176, 0);
+    /* the gradients of G(V88) and G(V84) are G(V89)'s (plan_grad_alias) */
     /* 88: drop_path */
     mask_backward(k, G(V87), G(V88), A(KEEP88), (int64_t)B * 50176, 0, 50176);
     /* 87: window_attention blocks.4.attn */
@@ -1370,8 +1362,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 86: layernorm blocks.4.norm1 */
     layernorm_backward<256>(k, G(V84), DP(3627840L), DP(3628096L), G(V86), A(V84), P(3627840L), A(MEAN86), A(RSTD86), B * 196, 1);
     /* 84: residual_end */
-    grad_pass(k, G(V83), G(V84), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V79), G(V84), (int64_t)B * 50176, 0);
+    /* the gradients of G(V83) and G(V79) are G(V84)'s (plan_grad_alias) */
     /* 83: drop_path */
     mask_backward(k, G(V82), G(V83), A(KEEP83), (int64_t)B * 50176, 0, 50176);
     /* 82: moe blocks.3.moe */
@@ -1391,8 +1382,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 81: layernorm blocks.3.norm4 */
     layernorm_backward<256>(k, G(V79), DP(2836800L), DP(2837056L), G(V81), A(V79), P(2836800L), A(MEAN81), A(RSTD81), B * 196, 1);
     /* 79: residual_end */
-    grad_pass(k, G(V78), G(V79), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V74), G(V79), (int64_t)B * 50176, 0);
+    /* the gradients of G(V78) and G(V74) are G(V79)'s (plan_grad_alias) */
     /* 78: drop_path */
     mask_backward(k, G(V77), G(V78), A(KEEP78), (int64_t)B * 50176, 0, 50176);
     /* 77: window_attention blocks.3.attn2 */
@@ -1406,8 +1396,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 76: layernorm blocks.3.norm3 */
     layernorm_backward<256>(k, G(V74), DP(2573120L), DP(2573376L), G(V76), A(V74), P(2573120L), A(MEAN76), A(RSTD76), B * 196, 1);
     /* 74: residual_end */
-    grad_pass(k, G(V73), G(V74), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V69), G(V74), (int64_t)B * 50176, 0);
+    /* the gradients of G(V73) and G(V69) are G(V74)'s (plan_grad_alias) */
     /* 73: drop_path */
     mask_backward(k, G(V72), G(V73), A(KEEP73), (int64_t)B * 50176, 0, 50176);
     /* 72: mlp blocks.3.mlp */
@@ -1417,8 +1406,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 71: layernorm blocks.3.norm2 */
     layernorm_backward<256>(k, G(V69), DP(2178368L), DP(2178624L), G(V71), A(V69), P(2178368L), A(MEAN71), A(RSTD71), B * 196, 1);
     /* 69: residual_end */
-    grad_pass(k, G(V68), G(V69), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V64), G(V69), (int64_t)B * 50176, 0);
+    /* the gradients of G(V68) and G(V64) are G(V69)'s (plan_grad_alias) */
     /* 68: drop_path */
     mask_backward(k, G(V67), G(V68), A(KEEP68), (int64_t)B * 50176, 0, 50176);
     /* 67: window_attention blocks.3.attn */
@@ -1430,8 +1418,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 66: layernorm blocks.3.norm1 */
     layernorm_backward<256>(k, G(V64), DP(1914688L), DP(1914944L), G(V66), A(V64), P(1914688L), A(MEAN66), A(RSTD66), B * 196, 1);
     /* 64: residual_end */
-    grad_pass(k, G(V63), G(V64), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V59), G(V64), (int64_t)B * 50176, 0);
+    /* the gradients of G(V63) and G(V59) are G(V64)'s (plan_grad_alias) */
     /* 63: drop_path */
     mask_backward(k, G(V62), G(V63), A(KEEP63), (int64_t)B * 50176, 0, 50176);
     /* 62: mlp blocks.2.mlp2 */
@@ -1441,8 +1428,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 61: layernorm blocks.2.norm4 */
     layernorm_backward<256>(k, G(V59), DP(1519936L), DP(1520192L), G(V61), A(V59), P(1519936L), A(MEAN61), A(RSTD61), B * 196, 1);
     /* 59: residual_end */
-    grad_pass(k, G(V58), G(V59), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V54), G(V59), (int64_t)B * 50176, 0);
+    /* the gradients of G(V58) and G(V54) are G(V59)'s (plan_grad_alias) */
     /* 58: drop_path */
     mask_backward(k, G(V57), G(V58), A(KEEP58), (int64_t)B * 50176, 0, 50176);
     /* 57: window_attention blocks.2.attn2 */
@@ -1456,8 +1442,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 56: layernorm blocks.2.norm3 */
     layernorm_backward<256>(k, G(V54), DP(1256256L), DP(1256512L), G(V56), A(V54), P(1256256L), A(MEAN56), A(RSTD56), B * 196, 1);
     /* 54: residual_end */
-    grad_pass(k, G(V53), G(V54), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V49), G(V54), (int64_t)B * 50176, 0);
+    /* the gradients of G(V53) and G(V49) are G(V54)'s (plan_grad_alias) */
     /* 53: drop_path */
     mask_backward(k, G(V52), G(V53), A(KEEP53), (int64_t)B * 50176, 0, 50176);
     /* 52: mlp blocks.2.mlp */
@@ -1467,8 +1452,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 51: layernorm blocks.2.norm2 */
     layernorm_backward<256>(k, G(V49), DP(861504L), DP(861760L), G(V51), A(V49), P(861504L), A(MEAN51), A(RSTD51), B * 196, 1);
     /* 49: residual_end */
-    grad_pass(k, G(V48), G(V49), (int64_t)B * 50176, 0);
-    grad_pass(k, G(V44), G(V49), (int64_t)B * 50176, 0);
+    /* the gradients of G(V48) and G(V44) are G(V49)'s (plan_grad_alias) */
     /* 48: drop_path */
     mask_backward(k, G(V47), G(V48), A(KEEP48), (int64_t)B * 50176, 0, 50176);
     /* 47: window_attention blocks.2.attn */
@@ -1484,8 +1468,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     layernorm_backward<512>(k, G(MERGE44), DP(465728L), DP(466240L), G(MNORM44), A(MERGE44), P(465728L), A(MEAN44), A(RSTD44), B * 196, 0);
     merge2x2_backward(k, G(V43), G(MERGE44), B, 28, 28, 128, 0);
     /* 43: residual_end */
-    grad_pass(k, G(V42), G(V43), (int64_t)B * 100352, 0);
-    grad_pass(k, G(V38), G(V43), (int64_t)B * 100352, 0);
+    /* the gradients of G(V42) and G(V38) are G(V43)'s (plan_grad_alias) */
     /* 42: drop_path */
     mask_backward(k, G(V41), G(V42), A(KEEP42), (int64_t)B * 100352, 0, 100352);
     /* 41: mlp blocks.1.mlp2 */
@@ -1495,8 +1478,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 40: layernorm blocks.1.norm4 */
     layernorm_backward<128>(k, G(V38), DP(366656L), DP(366784L), G(V40), A(V38), P(366656L), A(MEAN40), A(RSTD40), B * 784, 1);
     /* 38: residual_end */
-    grad_pass(k, G(V37), G(V38), (int64_t)B * 100352, 0);
-    grad_pass(k, G(V33), G(V38), (int64_t)B * 100352, 0);
+    /* the gradients of G(V37) and G(V33) are G(V38)'s (plan_grad_alias) */
     /* 37: drop_path */
     mask_backward(k, G(V36), G(V37), A(KEEP37), (int64_t)B * 100352, 0, 100352);
     /* 36: window_attention blocks.1.attn2 */
@@ -1510,8 +1492,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 35: layernorm blocks.1.norm3 */
     layernorm_backward<128>(k, G(V33), DP(300352L), DP(300480L), G(V35), A(V33), P(300352L), A(MEAN35), A(RSTD35), B * 784, 1);
     /* 33: residual_end */
-    grad_pass(k, G(V32), G(V33), (int64_t)B * 100352, 0);
-    grad_pass(k, G(V28), G(V33), (int64_t)B * 100352, 0);
+    /* the gradients of G(V32) and G(V28) are G(V33)'s (plan_grad_alias) */
     /* 32: drop_path */
     mask_backward(k, G(V31), G(V32), A(KEEP32), (int64_t)B * 100352, 0, 100352);
     /* 31: mlp blocks.1.mlp */
@@ -1521,8 +1502,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 30: layernorm blocks.1.norm2 */
     layernorm_backward<128>(k, G(V28), DP(201280L), DP(201408L), G(V30), A(V28), P(201280L), A(MEAN30), A(RSTD30), B * 784, 1);
     /* 28: residual_end */
-    grad_pass(k, G(V27), G(V28), (int64_t)B * 100352, 0);
-    grad_pass(k, G(V23), G(V28), (int64_t)B * 100352, 0);
+    /* the gradients of G(V27) and G(V23) are G(V28)'s (plan_grad_alias) */
     /* 27: drop_path */
     mask_backward(k, G(V26), G(V27), A(KEEP27), (int64_t)B * 100352, 0, 100352);
     /* 26: window_attention blocks.1.attn */
@@ -1538,8 +1518,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     layernorm_backward<256>(k, G(MERGE23), DP(101696L), DP(101952L), G(MNORM23), A(MERGE23), P(101696L), A(MEAN23), A(RSTD23), B * 784, 0);
     merge2x2_backward(k, G(V22), G(MERGE23), B, 56, 56, 64, 0);
     /* 22: residual_end */
-    grad_pass(k, G(V21), G(V22), (int64_t)B * 200704, 0);
-    grad_pass(k, G(V17), G(V22), (int64_t)B * 200704, 0);
+    /* the gradients of G(V21) and G(V17) are G(V22)'s (plan_grad_alias) */
     /* 21: drop_path */
     mask_backward(k, G(V20), G(V21), A(KEEP21), (int64_t)B * 200704, 0, 200704);
     /* 20: mlp blocks.0.mlp2 */
@@ -1550,8 +1529,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 19: layernorm blocks.0.norm4 */
     layernorm_backward<64>(k, G(V17), DP(76736L), DP(76800L), G(V19), A(V17), P(76736L), A(MEAN19), A(RSTD19), B * 3136, 1);
     /* 17: residual_end */
-    grad_pass(k, G(V16), G(V17), (int64_t)B * 200704, 0);
-    grad_pass(k, G(V12), G(V17), (int64_t)B * 200704, 0);
+    /* the gradients of G(V16) and G(V12) are G(V17)'s (plan_grad_alias) */
     /* 16: drop_path */
     mask_backward(k, G(V15), G(V16), A(KEEP16), (int64_t)B * 200704, 0, 200704);
     /* 15: window_attention blocks.0.attn2 */
@@ -1565,8 +1543,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 14: layernorm blocks.0.norm3 */
     layernorm_backward<64>(k, G(V12), DP(59968L), DP(60032L), G(V14), A(V12), P(59968L), A(MEAN14), A(RSTD14), B * 3136, 1);
     /* 12: residual_end */
-    grad_pass(k, G(V11), G(V12), (int64_t)B * 200704, 0);
-    grad_pass(k, G(V7), G(V12), (int64_t)B * 200704, 0);
+    /* the gradients of G(V11) and G(V7) are G(V12)'s (plan_grad_alias) */
     /* 11: drop_path */
     mask_backward(k, G(V10), G(V11), A(KEEP11), (int64_t)B * 200704, 0, 200704);
     /* 10: mlp blocks.0.mlp */
@@ -1576,8 +1553,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 9: layernorm blocks.0.norm2 */
     layernorm_backward<64>(k, G(V7), DP(35008L), DP(35072L), G(V9), A(V7), P(35008L), A(MEAN9), A(RSTD9), B * 3136, 1);
     /* 7: residual_end */
-    grad_pass(k, G(V6), G(V7), (int64_t)B * 200704, 0);
-    grad_pass(k, G(V2), G(V7), (int64_t)B * 200704, 0);
+    /* the gradients of G(V6) and G(V2) are G(V7)'s (plan_grad_alias) */
     /* 6: drop_path */
     mask_backward(k, G(V5), G(V6), A(KEEP6), (int64_t)B * 200704, 0, 200704);
     /* 5: window_attention blocks.0.attn */

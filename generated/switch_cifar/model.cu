@@ -268,119 +268,119 @@
  * each op's backward reuses for the gradients of its insides ---- */
 #define V1_G                        0L
 #define V2_G                  3145728L
-#define V3_G                  6340608L
-#define V5_G                  9535488L
-#define V6_G                 12730368L
+#define V3_G             V8_G /* shared: plan_grad_alias */
+#define V5_G                  6340608L
+#define V6_G                  9535488L
 #define QKV6_G           (GSCRATCH + 0L)
 #define Y6_G             (GSCRATCH + 9584640L)
-#define V7_G                 15925248L
-#define V8_G                 19120128L
-#define V10_G                22315008L
-#define V11_G                25509888L
+#define V7_G             V8_G /* shared: plan_grad_alias */
+#define V8_G             V13_G /* shared: plan_grad_alias */
+#define V10_G                12730368L
+#define V11_G                15925248L
 #define H11_G            (GSCRATCH + 0L)
 #define ACTV11_G         (GSCRATCH + 12779520L)
-#define V12_G                28704768L
-#define V13_G                31899648L
-#define V15_G                35094528L
-#define V16_G                38289408L
+#define V12_G            V13_G /* shared: plan_grad_alias */
+#define V13_G            V18_G /* shared: plan_grad_alias */
+#define V15_G                19120128L
+#define V16_G                22315008L
 #define QKV16_G          (GSCRATCH + 0L)
 #define Y16_G            (GSCRATCH + 9584640L)
-#define V17_G                41484288L
-#define V18_G                44679168L
-#define V20_G                47874048L
-#define V21_G                51068928L
+#define V17_G            V18_G /* shared: plan_grad_alias */
+#define V18_G            V23_G /* shared: plan_grad_alias */
+#define V20_G                25509888L
+#define V21_G                28704768L
 #define LOGITS21_G       (GSCRATCH + 0L)
 #define GATE21_G         (GSCRATCH + 133120L)
 #define XE21_G           (GSCRATCH + 149760L)
 #define HE21_G           (GSCRATCH + 4143360L)
 #define YE21_G           (GSCRATCH + 20117760L)
-#define V22_G                54263808L
-#define V23_G                57458688L
-#define V25_G                60653568L
-#define V26_G                63848448L
+#define V22_G            V23_G /* shared: plan_grad_alias */
+#define V23_G            V28_G /* shared: plan_grad_alias */
+#define V25_G                31899648L
+#define V26_G                35094528L
 #define QKV26_G          (GSCRATCH + 0L)
 #define Y26_G            (GSCRATCH + 9584640L)
-#define V27_G                67043328L
-#define V28_G                70238208L
-#define V30_G                73433088L
-#define V31_G                76627968L
+#define V27_G            V28_G /* shared: plan_grad_alias */
+#define V28_G            V33_G /* shared: plan_grad_alias */
+#define V30_G                38289408L
+#define V31_G                41484288L
 #define H31_G            (GSCRATCH + 0L)
 #define ACTV31_G         (GSCRATCH + 12779520L)
-#define V32_G                79822848L
-#define V33_G                83017728L
-#define V35_G                86212608L
-#define V36_G                89407488L
+#define V32_G            V33_G /* shared: plan_grad_alias */
+#define V33_G            V38_G /* shared: plan_grad_alias */
+#define V35_G                44679168L
+#define V36_G                47874048L
 #define QKV36_G          (GSCRATCH + 0L)
 #define Y36_G            (GSCRATCH + 9584640L)
-#define V37_G                92602368L
-#define V38_G                95797248L
-#define V40_G                98992128L
-#define V41_G               102187008L
+#define V37_G            V38_G /* shared: plan_grad_alias */
+#define V38_G            V43_G /* shared: plan_grad_alias */
+#define V40_G                51068928L
+#define V41_G                54263808L
 #define LOGITS41_G       (GSCRATCH + 0L)
 #define GATE41_G         (GSCRATCH + 133120L)
 #define XE41_G           (GSCRATCH + 149760L)
 #define HE41_G           (GSCRATCH + 4143360L)
 #define YE41_G           (GSCRATCH + 20117760L)
-#define V42_G               105381888L
-#define V43_G               108576768L
-#define V45_G               111771648L
-#define V46_G               114966528L
+#define V42_G            V43_G /* shared: plan_grad_alias */
+#define V43_G            V48_G /* shared: plan_grad_alias */
+#define V45_G                57458688L
+#define V46_G                60653568L
 #define QKV46_G          (GSCRATCH + 0L)
 #define Y46_G            (GSCRATCH + 9584640L)
-#define V47_G               118161408L
-#define V48_G               121356288L
-#define V50_G               124551168L
-#define V51_G               127746048L
+#define V47_G            V48_G /* shared: plan_grad_alias */
+#define V48_G            V53_G /* shared: plan_grad_alias */
+#define V50_G                63848448L
+#define V51_G                67043328L
 #define H51_G            (GSCRATCH + 0L)
 #define ACTV51_G         (GSCRATCH + 12779520L)
-#define V52_G               130940928L
-#define V53_G               134135808L
-#define V55_G               137330688L
-#define V56_G               140525568L
+#define V52_G            V53_G /* shared: plan_grad_alias */
+#define V53_G            V58_G /* shared: plan_grad_alias */
+#define V55_G                70238208L
+#define V56_G                73433088L
 #define QKV56_G          (GSCRATCH + 0L)
 #define Y56_G            (GSCRATCH + 9584640L)
-#define V57_G               143720448L
-#define V58_G               146915328L
-#define V60_G               150110208L
-#define V61_G               153305088L
+#define V57_G            V58_G /* shared: plan_grad_alias */
+#define V58_G            V63_G /* shared: plan_grad_alias */
+#define V60_G                76627968L
+#define V61_G                79822848L
 #define LOGITS61_G       (GSCRATCH + 0L)
 #define GATE61_G         (GSCRATCH + 133120L)
 #define XE61_G           (GSCRATCH + 149760L)
 #define HE61_G           (GSCRATCH + 4143360L)
 #define YE61_G           (GSCRATCH + 20117760L)
-#define V62_G               156499968L
-#define V63_G               159694848L
-#define V65_G               162889728L
-#define V66_G               166084608L
+#define V62_G            V63_G /* shared: plan_grad_alias */
+#define V63_G            V68_G /* shared: plan_grad_alias */
+#define V65_G                83017728L
+#define V66_G                86212608L
 #define QKV66_G          (GSCRATCH + 0L)
 #define Y66_G            (GSCRATCH + 9584640L)
-#define V67_G               169279488L
-#define V68_G               172474368L
-#define V70_G               175669248L
-#define V71_G               178864128L
+#define V67_G            V68_G /* shared: plan_grad_alias */
+#define V68_G            V73_G /* shared: plan_grad_alias */
+#define V70_G                89407488L
+#define V71_G                92602368L
 #define H71_G            (GSCRATCH + 0L)
 #define ACTV71_G         (GSCRATCH + 12779520L)
-#define V72_G               182059008L
-#define V73_G               185253888L
-#define V75_G               188448768L
-#define V76_G               191643648L
+#define V72_G            V73_G /* shared: plan_grad_alias */
+#define V73_G            V78_G /* shared: plan_grad_alias */
+#define V75_G                95797248L
+#define V76_G                98992128L
 #define QKV76_G          (GSCRATCH + 0L)
 #define Y76_G            (GSCRATCH + 9584640L)
-#define V77_G               194838528L
-#define V78_G               198033408L
-#define V80_G               201228288L
-#define V81_G               204423168L
+#define V77_G            V78_G /* shared: plan_grad_alias */
+#define V78_G            V83_G /* shared: plan_grad_alias */
+#define V80_G               102187008L
+#define V81_G               105381888L
 #define LOGITS81_G       (GSCRATCH + 0L)
 #define GATE81_G         (GSCRATCH + 133120L)
 #define XE81_G           (GSCRATCH + 149760L)
 #define HE81_G           (GSCRATCH + 4143360L)
 #define YE81_G           (GSCRATCH + 20117760L)
-#define V82_G               207618048L
-#define V83_G               210812928L
-#define V84_G               214007808L
-#define V85_G               217202688L
-#define V86_G               217251840L
-#define GSCRATCH 217254400L
+#define V82_G            V83_G /* shared: plan_grad_alias */
+#define V83_G               108576768L
+#define V84_G               111771648L
+#define V85_G               114966528L
+#define V86_G               115015680L
+#define GSCRATCH 115018240L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 9216L, 4, { 192, 3, 4, 4 }, 2, 0.02f, 1, 0 },
@@ -530,7 +530,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     11873866L, /* params */
     610250048L, /* act_floats */
-    242813440L, /* grad_floats */
+    140577280L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */
     76L, /* stats: u64 */
@@ -805,8 +805,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 84: layernorm norm */
     layernorm_backward<192>(k, G(V83), DP(11871552L), DP(11871744L), G(V84), A(V83), P(11871552L), A(MEAN84), A(RSTD84), B * 65, 0);
     /* 83: residual_end */
-    grad_pass(k, G(V82), G(V83), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V78), G(V83), (int64_t)B * 12480, 0);
+    /* the gradients of G(V82) and G(V78) are G(V83)'s (plan_grad_alias) */
     /* 82: drop_path */
     mask_backward(k, G(V81), G(V82), A(KEEP82), (int64_t)B * 12480, 0, 12480);
     /* 81: moe blocks.7.moe */
@@ -826,8 +825,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 80: layernorm blocks.7.norm2 */
     layernorm_backward<192>(k, G(V78), DP(9502656L), DP(9502848L), G(V80), A(V78), P(9502656L), A(MEAN80), A(RSTD80), B * 65, 1);
     /* 78: residual_end */
-    grad_pass(k, G(V77), G(V78), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V73), G(V78), (int64_t)B * 12480, 0);
+    /* the gradients of G(V77) and G(V73) are G(V78)'s (plan_grad_alias) */
     /* 77: drop_path */
     mask_backward(k, G(V76), G(V77), A(KEEP77), (int64_t)B * 12480, 0, 12480);
     /* 76: attention blocks.7.attn */
@@ -837,8 +835,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 75: layernorm blocks.7.norm1 */
     layernorm_backward<192>(k, G(V73), DP(9354048L), DP(9354240L), G(V75), A(V73), P(9354048L), A(MEAN75), A(RSTD75), B * 65, 1);
     /* 73: residual_end */
-    grad_pass(k, G(V72), G(V73), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V68), G(V73), (int64_t)B * 12480, 0);
+    /* the gradients of G(V72) and G(V68) are G(V73)'s (plan_grad_alias) */
     /* 72: drop_path */
     mask_backward(k, G(V71), G(V72), A(KEEP72), (int64_t)B * 12480, 0, 12480);
     /* 71: mlp blocks.6.mlp */
@@ -848,8 +845,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 70: layernorm blocks.6.norm2 */
     layernorm_backward<192>(k, G(V68), DP(9057792L), DP(9057984L), G(V70), A(V68), P(9057792L), A(MEAN70), A(RSTD70), B * 65, 1);
     /* 68: residual_end */
-    grad_pass(k, G(V67), G(V68), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V63), G(V68), (int64_t)B * 12480, 0);
+    /* the gradients of G(V67) and G(V63) are G(V68)'s (plan_grad_alias) */
     /* 67: drop_path */
     mask_backward(k, G(V66), G(V67), A(KEEP67), (int64_t)B * 12480, 0, 12480);
     /* 66: attention blocks.6.attn */
@@ -859,8 +855,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 65: layernorm blocks.6.norm1 */
     layernorm_backward<192>(k, G(V63), DP(8909184L), DP(8909376L), G(V65), A(V63), P(8909184L), A(MEAN65), A(RSTD65), B * 65, 1);
     /* 63: residual_end */
-    grad_pass(k, G(V62), G(V63), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V58), G(V63), (int64_t)B * 12480, 0);
+    /* the gradients of G(V62) and G(V58) are G(V63)'s (plan_grad_alias) */
     /* 62: drop_path */
     mask_backward(k, G(V61), G(V62), A(KEEP62), (int64_t)B * 12480, 0, 12480);
     /* 61: moe blocks.5.moe */
@@ -880,8 +875,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 60: layernorm blocks.5.norm2 */
     layernorm_backward<192>(k, G(V58), DP(6540288L), DP(6540480L), G(V60), A(V58), P(6540288L), A(MEAN60), A(RSTD60), B * 65, 1);
     /* 58: residual_end */
-    grad_pass(k, G(V57), G(V58), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V53), G(V58), (int64_t)B * 12480, 0);
+    /* the gradients of G(V57) and G(V53) are G(V58)'s (plan_grad_alias) */
     /* 57: drop_path */
     mask_backward(k, G(V56), G(V57), A(KEEP57), (int64_t)B * 12480, 0, 12480);
     /* 56: attention blocks.5.attn */
@@ -891,8 +885,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 55: layernorm blocks.5.norm1 */
     layernorm_backward<192>(k, G(V53), DP(6391680L), DP(6391872L), G(V55), A(V53), P(6391680L), A(MEAN55), A(RSTD55), B * 65, 1);
     /* 53: residual_end */
-    grad_pass(k, G(V52), G(V53), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V48), G(V53), (int64_t)B * 12480, 0);
+    /* the gradients of G(V52) and G(V48) are G(V53)'s (plan_grad_alias) */
     /* 52: drop_path */
     mask_backward(k, G(V51), G(V52), A(KEEP52), (int64_t)B * 12480, 0, 12480);
     /* 51: mlp blocks.4.mlp */
@@ -902,8 +895,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 50: layernorm blocks.4.norm2 */
     layernorm_backward<192>(k, G(V48), DP(6095424L), DP(6095616L), G(V50), A(V48), P(6095424L), A(MEAN50), A(RSTD50), B * 65, 1);
     /* 48: residual_end */
-    grad_pass(k, G(V47), G(V48), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V43), G(V48), (int64_t)B * 12480, 0);
+    /* the gradients of G(V47) and G(V43) are G(V48)'s (plan_grad_alias) */
     /* 47: drop_path */
     mask_backward(k, G(V46), G(V47), A(KEEP47), (int64_t)B * 12480, 0, 12480);
     /* 46: attention blocks.4.attn */
@@ -913,8 +905,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 45: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V43), DP(5946816L), DP(5947008L), G(V45), A(V43), P(5946816L), A(MEAN45), A(RSTD45), B * 65, 1);
     /* 43: residual_end */
-    grad_pass(k, G(V42), G(V43), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V38), G(V43), (int64_t)B * 12480, 0);
+    /* the gradients of G(V42) and G(V38) are G(V43)'s (plan_grad_alias) */
     /* 42: drop_path */
     mask_backward(k, G(V41), G(V42), A(KEEP42), (int64_t)B * 12480, 0, 12480);
     /* 41: moe blocks.3.moe */
@@ -934,8 +925,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 40: layernorm blocks.3.norm2 */
     layernorm_backward<192>(k, G(V38), DP(3577920L), DP(3578112L), G(V40), A(V38), P(3577920L), A(MEAN40), A(RSTD40), B * 65, 1);
     /* 38: residual_end */
-    grad_pass(k, G(V37), G(V38), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V33), G(V38), (int64_t)B * 12480, 0);
+    /* the gradients of G(V37) and G(V33) are G(V38)'s (plan_grad_alias) */
     /* 37: drop_path */
     mask_backward(k, G(V36), G(V37), A(KEEP37), (int64_t)B * 12480, 0, 12480);
     /* 36: attention blocks.3.attn */
@@ -945,8 +935,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 35: layernorm blocks.3.norm1 */
     layernorm_backward<192>(k, G(V33), DP(3429312L), DP(3429504L), G(V35), A(V33), P(3429312L), A(MEAN35), A(RSTD35), B * 65, 1);
     /* 33: residual_end */
-    grad_pass(k, G(V32), G(V33), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V28), G(V33), (int64_t)B * 12480, 0);
+    /* the gradients of G(V32) and G(V28) are G(V33)'s (plan_grad_alias) */
     /* 32: drop_path */
     mask_backward(k, G(V31), G(V32), A(KEEP32), (int64_t)B * 12480, 0, 12480);
     /* 31: mlp blocks.2.mlp */
@@ -956,8 +945,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 30: layernorm blocks.2.norm2 */
     layernorm_backward<192>(k, G(V28), DP(3133056L), DP(3133248L), G(V30), A(V28), P(3133056L), A(MEAN30), A(RSTD30), B * 65, 1);
     /* 28: residual_end */
-    grad_pass(k, G(V27), G(V28), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V23), G(V28), (int64_t)B * 12480, 0);
+    /* the gradients of G(V27) and G(V23) are G(V28)'s (plan_grad_alias) */
     /* 27: drop_path */
     mask_backward(k, G(V26), G(V27), A(KEEP27), (int64_t)B * 12480, 0, 12480);
     /* 26: attention blocks.2.attn */
@@ -967,8 +955,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 25: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V23), DP(2984448L), DP(2984640L), G(V25), A(V23), P(2984448L), A(MEAN25), A(RSTD25), B * 65, 1);
     /* 23: residual_end */
-    grad_pass(k, G(V22), G(V23), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V18), G(V23), (int64_t)B * 12480, 0);
+    /* the gradients of G(V22) and G(V18) are G(V23)'s (plan_grad_alias) */
     /* 22: drop_path */
     mask_backward(k, G(V21), G(V22), A(KEEP22), (int64_t)B * 12480, 0, 12480);
     /* 21: moe blocks.1.moe */
@@ -988,8 +975,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 20: layernorm blocks.1.norm2 */
     layernorm_backward<192>(k, G(V18), DP(615552L), DP(615744L), G(V20), A(V18), P(615552L), A(MEAN20), A(RSTD20), B * 65, 1);
     /* 18: residual_end */
-    grad_pass(k, G(V17), G(V18), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V13), G(V18), (int64_t)B * 12480, 0);
+    /* the gradients of G(V17) and G(V13) are G(V18)'s (plan_grad_alias) */
     /* 17: drop_path */
     mask_backward(k, G(V16), G(V17), A(KEEP17), (int64_t)B * 12480, 0, 12480);
     /* 16: attention blocks.1.attn */
@@ -999,8 +985,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 15: layernorm blocks.1.norm1 */
     layernorm_backward<192>(k, G(V13), DP(466944L), DP(467136L), G(V15), A(V13), P(466944L), A(MEAN15), A(RSTD15), B * 65, 1);
     /* 13: residual_end */
-    grad_pass(k, G(V12), G(V13), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V8), G(V13), (int64_t)B * 12480, 0);
+    /* the gradients of G(V12) and G(V8) are G(V13)'s (plan_grad_alias) */
     /* 12: drop_path */
     mask_backward(k, G(V11), G(V12), A(KEEP12), (int64_t)B * 12480, 0, 12480);
     /* 11: mlp blocks.0.mlp */
@@ -1010,8 +995,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 10: layernorm blocks.0.norm2 */
     layernorm_backward<192>(k, G(V8), DP(170688L), DP(170880L), G(V10), A(V8), P(170688L), A(MEAN10), A(RSTD10), B * 65, 1);
     /* 8: residual_end */
-    grad_pass(k, G(V7), G(V8), (int64_t)B * 12480, 0);
-    grad_pass(k, G(V3), G(V8), (int64_t)B * 12480, 0);
+    /* the gradients of G(V7) and G(V3) are G(V8)'s (plan_grad_alias) */
     /* 7: drop_path */
     mask_backward(k, G(V6), G(V7), A(KEEP7), (int64_t)B * 12480, 0, 12480);
     /* 6: attention blocks.0.attn */

@@ -401,155 +401,155 @@
  * each op's backward reuses for the gradients of its insides ---- */
 #define V1_G                        0L
 #define V2_G                  2097152L
-#define V3_G                  4227072L
-#define V5_G                  6356992L
-#define V6_G                  8486912L
+#define V3_G             V8_G /* shared: plan_grad_alias */
+#define V5_G                  4227072L
+#define V6_G                  6356992L
 #define QKV6_G           (GSCRATCH + 0L)
 #define Y6_G             (GSCRATCH + 6389760L)
-#define V7_G                 10616832L
-#define V8_G                 12746752L
-#define V10_G                14876672L
-#define V11_G                17006592L
+#define V7_G             V8_G /* shared: plan_grad_alias */
+#define V8_G             V13_G /* shared: plan_grad_alias */
+#define V10_G                 8486912L
+#define V11_G                10616832L
 #define LOGITS11_G       (GSCRATCH + 0L)
 #define GATE11_G         (GSCRATCH + 58240L)
 #define XE11_G           (GSCRATCH + 83200L)
 #define HE11_G           (GSCRATCH + 8071936L)
 #define YE11_G           (GSCRATCH + 24049408L)
 #define QUERY11_G        (GSCRATCH + 32038144L)
-#define V12_G                19136512L
-#define V13_G                21266432L
-#define V15_G                23396352L
-#define V16_G                25526272L
+#define V12_G            V13_G /* shared: plan_grad_alias */
+#define V13_G            V18_G /* shared: plan_grad_alias */
+#define V15_G                12746752L
+#define V16_G                14876672L
 #define QKV16_G          (GSCRATCH + 0L)
 #define Y16_G            (GSCRATCH + 6389760L)
-#define V17_G                27656192L
-#define V18_G                29786112L
-#define V20_G                31916032L
-#define V21_G                34045952L
+#define V17_G            V18_G /* shared: plan_grad_alias */
+#define V18_G            V23_G /* shared: plan_grad_alias */
+#define V20_G                17006592L
+#define V21_G                19136512L
 #define LOGITS21_G       (GSCRATCH + 0L)
 #define GATE21_G         (GSCRATCH + 58240L)
 #define XE21_G           (GSCRATCH + 83200L)
 #define HE21_G           (GSCRATCH + 8071936L)
 #define YE21_G           (GSCRATCH + 24049408L)
 #define QUERY21_G        (GSCRATCH + 32038144L)
-#define V22_G                36175872L
-#define V23_G                38305792L
-#define V25_G                40435712L
-#define V26_G                42565632L
+#define V22_G            V23_G /* shared: plan_grad_alias */
+#define V23_G            V28_G /* shared: plan_grad_alias */
+#define V25_G                21266432L
+#define V26_G                23396352L
 #define QKV26_G          (GSCRATCH + 0L)
 #define Y26_G            (GSCRATCH + 6389760L)
-#define V27_G                44695552L
-#define V28_G                46825472L
-#define V30_G                48955392L
-#define V31_G                51085312L
+#define V27_G            V28_G /* shared: plan_grad_alias */
+#define V28_G            V33_G /* shared: plan_grad_alias */
+#define V30_G                25526272L
+#define V31_G                27656192L
 #define LOGITS31_G       (GSCRATCH + 0L)
 #define GATE31_G         (GSCRATCH + 58240L)
 #define XE31_G           (GSCRATCH + 83200L)
 #define HE31_G           (GSCRATCH + 8071936L)
 #define YE31_G           (GSCRATCH + 24049408L)
 #define QUERY31_G        (GSCRATCH + 32038144L)
-#define V32_G                53215232L
-#define V33_G                55345152L
-#define V35_G                57475072L
-#define V36_G                59604992L
+#define V32_G            V33_G /* shared: plan_grad_alias */
+#define V33_G            V38_G /* shared: plan_grad_alias */
+#define V35_G                29786112L
+#define V36_G                31916032L
 #define QKV36_G          (GSCRATCH + 0L)
 #define Y36_G            (GSCRATCH + 6389760L)
-#define V37_G                61734912L
-#define V38_G                63864832L
-#define V40_G                65994752L
-#define V41_G                68124672L
+#define V37_G            V38_G /* shared: plan_grad_alias */
+#define V38_G            V43_G /* shared: plan_grad_alias */
+#define V40_G                34045952L
+#define V41_G                36175872L
 #define LOGITS41_G       (GSCRATCH + 0L)
 #define GATE41_G         (GSCRATCH + 58240L)
 #define XE41_G           (GSCRATCH + 83200L)
 #define HE41_G           (GSCRATCH + 8071936L)
 #define YE41_G           (GSCRATCH + 24049408L)
 #define QUERY41_G        (GSCRATCH + 32038144L)
-#define V42_G                70254592L
-#define V43_G                72384512L
-#define V45_G                74514432L
-#define V46_G                76644352L
+#define V42_G            V43_G /* shared: plan_grad_alias */
+#define V43_G            V48_G /* shared: plan_grad_alias */
+#define V45_G                38305792L
+#define V46_G                40435712L
 #define QKV46_G          (GSCRATCH + 0L)
 #define Y46_G            (GSCRATCH + 6389760L)
-#define V47_G                78774272L
-#define V48_G                80904192L
-#define V50_G                83034112L
-#define V51_G                85164032L
+#define V47_G            V48_G /* shared: plan_grad_alias */
+#define V48_G            V53_G /* shared: plan_grad_alias */
+#define V50_G                42565632L
+#define V51_G                44695552L
 #define LOGITS51_G       (GSCRATCH + 0L)
 #define GATE51_G         (GSCRATCH + 58240L)
 #define XE51_G           (GSCRATCH + 83200L)
 #define HE51_G           (GSCRATCH + 8071936L)
 #define YE51_G           (GSCRATCH + 24049408L)
 #define QUERY51_G        (GSCRATCH + 32038144L)
-#define V52_G                87293952L
-#define V53_G                89423872L
-#define V55_G                91553792L
-#define V56_G                93683712L
+#define V52_G            V53_G /* shared: plan_grad_alias */
+#define V53_G            V58_G /* shared: plan_grad_alias */
+#define V55_G                46825472L
+#define V56_G                48955392L
 #define QKV56_G          (GSCRATCH + 0L)
 #define Y56_G            (GSCRATCH + 6389760L)
-#define V57_G                95813632L
-#define V58_G                97943552L
-#define V60_G               100073472L
-#define V61_G               102203392L
+#define V57_G            V58_G /* shared: plan_grad_alias */
+#define V58_G            V63_G /* shared: plan_grad_alias */
+#define V60_G                51085312L
+#define V61_G                53215232L
 #define LOGITS61_G       (GSCRATCH + 0L)
 #define GATE61_G         (GSCRATCH + 58240L)
 #define XE61_G           (GSCRATCH + 83200L)
 #define HE61_G           (GSCRATCH + 8071936L)
 #define YE61_G           (GSCRATCH + 24049408L)
 #define QUERY61_G        (GSCRATCH + 32038144L)
-#define V62_G               104333312L
-#define V63_G               106463232L
-#define V65_G               108593152L
-#define V66_G               110723072L
+#define V62_G            V63_G /* shared: plan_grad_alias */
+#define V63_G            V68_G /* shared: plan_grad_alias */
+#define V65_G                55345152L
+#define V66_G                57475072L
 #define QKV66_G          (GSCRATCH + 0L)
 #define Y66_G            (GSCRATCH + 6389760L)
-#define V67_G               112852992L
-#define V68_G               114982912L
-#define V70_G               117112832L
-#define V71_G               119242752L
+#define V67_G            V68_G /* shared: plan_grad_alias */
+#define V68_G            V73_G /* shared: plan_grad_alias */
+#define V70_G                59604992L
+#define V71_G                61734912L
 #define LOGITS71_G       (GSCRATCH + 0L)
 #define GATE71_G         (GSCRATCH + 58240L)
 #define XE71_G           (GSCRATCH + 83200L)
 #define HE71_G           (GSCRATCH + 8071936L)
 #define YE71_G           (GSCRATCH + 24049408L)
 #define QUERY71_G        (GSCRATCH + 32038144L)
-#define V72_G               121372672L
-#define V73_G               123502592L
-#define V75_G               125632512L
-#define V76_G               127762432L
+#define V72_G            V73_G /* shared: plan_grad_alias */
+#define V73_G            V78_G /* shared: plan_grad_alias */
+#define V75_G                63864832L
+#define V76_G                65994752L
 #define QKV76_G          (GSCRATCH + 0L)
 #define Y76_G            (GSCRATCH + 6389760L)
-#define V77_G               129892352L
-#define V78_G               132022272L
-#define V80_G               134152192L
-#define V81_G               136282112L
+#define V77_G            V78_G /* shared: plan_grad_alias */
+#define V78_G            V83_G /* shared: plan_grad_alias */
+#define V80_G                68124672L
+#define V81_G                70254592L
 #define LOGITS81_G       (GSCRATCH + 0L)
 #define GATE81_G         (GSCRATCH + 58240L)
 #define XE81_G           (GSCRATCH + 83200L)
 #define HE81_G           (GSCRATCH + 8071936L)
 #define YE81_G           (GSCRATCH + 24049408L)
 #define QUERY81_G        (GSCRATCH + 32038144L)
-#define V82_G               138412032L
-#define V83_G               140541952L
-#define V85_G               142671872L
-#define V86_G               144801792L
+#define V82_G            V83_G /* shared: plan_grad_alias */
+#define V83_G            V88_G /* shared: plan_grad_alias */
+#define V85_G                72384512L
+#define V86_G                74514432L
 #define QKV86_G          (GSCRATCH + 0L)
 #define Y86_G            (GSCRATCH + 6389760L)
-#define V87_G               146931712L
-#define V88_G               149061632L
-#define V90_G               151191552L
-#define V91_G               153321472L
+#define V87_G            V88_G /* shared: plan_grad_alias */
+#define V88_G            V93_G /* shared: plan_grad_alias */
+#define V90_G                76644352L
+#define V91_G                78774272L
 #define LOGITS91_G       (GSCRATCH + 0L)
 #define GATE91_G         (GSCRATCH + 58240L)
 #define XE91_G           (GSCRATCH + 83200L)
 #define HE91_G           (GSCRATCH + 8071936L)
 #define YE91_G           (GSCRATCH + 24049408L)
 #define QUERY91_G        (GSCRATCH + 32038144L)
-#define V92_G               155451392L
-#define V93_G               157581312L
-#define V94_G               159711232L
-#define V95_G               161841152L
-#define V96_G               161873920L
-#define GSCRATCH 161879424L
+#define V92_G            V93_G /* shared: plan_grad_alias */
+#define V93_G                80904192L
+#define V94_G                83034112L
+#define V95_G                85164032L
+#define V96_G                85196800L
+#define GSCRATCH 85202304L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 12288L, 4, { 256, 3, 4, 4 }, 2, 0.02f, 1, 0 },
@@ -732,7 +732,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     19133675L, /* params */
     716187280L, /* act_floats */
-    194450048L, /* grad_floats */
+    117772928L, /* grad_floats */
     1239120L, /* int_slots */
     138L, /* dacc: doubles */
     153L, /* stats: u64 */
@@ -1102,8 +1102,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 94: layernorm norm */
     layernorm_backward<256>(k, G(V93), DP(19122112L), DP(19122368L), G(V94), A(V93), P(19122112L), A(MEAN94), A(RSTD94), B * 65, 0);
     /* 93: residual_end */
-    grad_pass(k, G(V92), G(V93), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V88), G(V93), (int64_t)B * 16640, 0);
+    /* the gradients of G(V92) and G(V88) are G(V93)'s (plan_grad_alias) */
     /* 92: drop_path */
     mask_backward(k, G(V91), G(V92), A(KEEP92), (int64_t)B * 16640, 0, 16640);
     /* 91: moe blocks.8.moe */
@@ -1125,8 +1124,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 90: layernorm blocks.8.norm2 */
     layernorm_backward<256>(k, G(V88), DP(17264384L), DP(17264640L), G(V90), A(V88), P(17264384L), A(MEAN90), A(RSTD90), B * 65, 1);
     /* 88: residual_end */
-    grad_pass(k, G(V87), G(V88), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V83), G(V88), (int64_t)B * 16640, 0);
+    /* the gradients of G(V87) and G(V83) are G(V88)'s (plan_grad_alias) */
     /* 87: drop_path */
     mask_backward(k, G(V86), G(V87), A(KEEP87), (int64_t)B * 16640, 0, 16640);
     /* 86: attention blocks.8.attn */
@@ -1136,8 +1134,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 85: layernorm blocks.8.norm1 */
     layernorm_backward<256>(k, G(V83), DP(17000704L), DP(17000960L), G(V85), A(V83), P(17000704L), A(MEAN85), A(RSTD85), B * 65, 1);
     /* 83: residual_end */
-    grad_pass(k, G(V82), G(V83), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V78), G(V83), (int64_t)B * 16640, 0);
+    /* the gradients of G(V82) and G(V78) are G(V83)'s (plan_grad_alias) */
     /* 82: drop_path */
     mask_backward(k, G(V81), G(V82), A(KEEP82), (int64_t)B * 16640, 0, 16640);
     /* 81: moe blocks.7.moe */
@@ -1159,8 +1156,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 80: layernorm blocks.7.norm2 */
     layernorm_backward<256>(k, G(V78), DP(15142976L), DP(15143232L), G(V80), A(V78), P(15142976L), A(MEAN80), A(RSTD80), B * 65, 1);
     /* 78: residual_end */
-    grad_pass(k, G(V77), G(V78), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V73), G(V78), (int64_t)B * 16640, 0);
+    /* the gradients of G(V77) and G(V73) are G(V78)'s (plan_grad_alias) */
     /* 77: drop_path */
     mask_backward(k, G(V76), G(V77), A(KEEP77), (int64_t)B * 16640, 0, 16640);
     /* 76: attention blocks.7.attn */
@@ -1170,8 +1166,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 75: layernorm blocks.7.norm1 */
     layernorm_backward<256>(k, G(V73), DP(14879296L), DP(14879552L), G(V75), A(V73), P(14879296L), A(MEAN75), A(RSTD75), B * 65, 1);
     /* 73: residual_end */
-    grad_pass(k, G(V72), G(V73), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V68), G(V73), (int64_t)B * 16640, 0);
+    /* the gradients of G(V72) and G(V68) are G(V73)'s (plan_grad_alias) */
     /* 72: drop_path */
     mask_backward(k, G(V71), G(V72), A(KEEP72), (int64_t)B * 16640, 0, 16640);
     /* 71: moe blocks.6.moe */
@@ -1193,8 +1188,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 70: layernorm blocks.6.norm2 */
     layernorm_backward<256>(k, G(V68), DP(13021568L), DP(13021824L), G(V70), A(V68), P(13021568L), A(MEAN70), A(RSTD70), B * 65, 1);
     /* 68: residual_end */
-    grad_pass(k, G(V67), G(V68), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V63), G(V68), (int64_t)B * 16640, 0);
+    /* the gradients of G(V67) and G(V63) are G(V68)'s (plan_grad_alias) */
     /* 67: drop_path */
     mask_backward(k, G(V66), G(V67), A(KEEP67), (int64_t)B * 16640, 0, 16640);
     /* 66: attention blocks.6.attn */
@@ -1204,8 +1198,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 65: layernorm blocks.6.norm1 */
     layernorm_backward<256>(k, G(V63), DP(12757888L), DP(12758144L), G(V65), A(V63), P(12757888L), A(MEAN65), A(RSTD65), B * 65, 1);
     /* 63: residual_end */
-    grad_pass(k, G(V62), G(V63), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V58), G(V63), (int64_t)B * 16640, 0);
+    /* the gradients of G(V62) and G(V58) are G(V63)'s (plan_grad_alias) */
     /* 62: drop_path */
     mask_backward(k, G(V61), G(V62), A(KEEP62), (int64_t)B * 16640, 0, 16640);
     /* 61: moe blocks.5.moe */
@@ -1227,8 +1220,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 60: layernorm blocks.5.norm2 */
     layernorm_backward<256>(k, G(V58), DP(10900160L), DP(10900416L), G(V60), A(V58), P(10900160L), A(MEAN60), A(RSTD60), B * 65, 1);
     /* 58: residual_end */
-    grad_pass(k, G(V57), G(V58), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V53), G(V58), (int64_t)B * 16640, 0);
+    /* the gradients of G(V57) and G(V53) are G(V58)'s (plan_grad_alias) */
     /* 57: drop_path */
     mask_backward(k, G(V56), G(V57), A(KEEP57), (int64_t)B * 16640, 0, 16640);
     /* 56: attention blocks.5.attn */
@@ -1238,8 +1230,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 55: layernorm blocks.5.norm1 */
     layernorm_backward<256>(k, G(V53), DP(10636480L), DP(10636736L), G(V55), A(V53), P(10636480L), A(MEAN55), A(RSTD55), B * 65, 1);
     /* 53: residual_end */
-    grad_pass(k, G(V52), G(V53), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V48), G(V53), (int64_t)B * 16640, 0);
+    /* the gradients of G(V52) and G(V48) are G(V53)'s (plan_grad_alias) */
     /* 52: drop_path */
     mask_backward(k, G(V51), G(V52), A(KEEP52), (int64_t)B * 16640, 0, 16640);
     /* 51: moe blocks.4.moe */
@@ -1261,8 +1252,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 50: layernorm blocks.4.norm2 */
     layernorm_backward<256>(k, G(V48), DP(8778752L), DP(8779008L), G(V50), A(V48), P(8778752L), A(MEAN50), A(RSTD50), B * 65, 1);
     /* 48: residual_end */
-    grad_pass(k, G(V47), G(V48), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V43), G(V48), (int64_t)B * 16640, 0);
+    /* the gradients of G(V47) and G(V43) are G(V48)'s (plan_grad_alias) */
     /* 47: drop_path */
     mask_backward(k, G(V46), G(V47), A(KEEP47), (int64_t)B * 16640, 0, 16640);
     /* 46: attention blocks.4.attn */
@@ -1272,8 +1262,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 45: layernorm blocks.4.norm1 */
     layernorm_backward<256>(k, G(V43), DP(8515072L), DP(8515328L), G(V45), A(V43), P(8515072L), A(MEAN45), A(RSTD45), B * 65, 1);
     /* 43: residual_end */
-    grad_pass(k, G(V42), G(V43), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V38), G(V43), (int64_t)B * 16640, 0);
+    /* the gradients of G(V42) and G(V38) are G(V43)'s (plan_grad_alias) */
     /* 42: drop_path */
     mask_backward(k, G(V41), G(V42), A(KEEP42), (int64_t)B * 16640, 0, 16640);
     /* 41: moe blocks.3.moe */
@@ -1295,8 +1284,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 40: layernorm blocks.3.norm2 */
     layernorm_backward<256>(k, G(V38), DP(6657344L), DP(6657600L), G(V40), A(V38), P(6657344L), A(MEAN40), A(RSTD40), B * 65, 1);
     /* 38: residual_end */
-    grad_pass(k, G(V37), G(V38), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V33), G(V38), (int64_t)B * 16640, 0);
+    /* the gradients of G(V37) and G(V33) are G(V38)'s (plan_grad_alias) */
     /* 37: drop_path */
     mask_backward(k, G(V36), G(V37), A(KEEP37), (int64_t)B * 16640, 0, 16640);
     /* 36: attention blocks.3.attn */
@@ -1306,8 +1294,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 35: layernorm blocks.3.norm1 */
     layernorm_backward<256>(k, G(V33), DP(6393664L), DP(6393920L), G(V35), A(V33), P(6393664L), A(MEAN35), A(RSTD35), B * 65, 1);
     /* 33: residual_end */
-    grad_pass(k, G(V32), G(V33), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V28), G(V33), (int64_t)B * 16640, 0);
+    /* the gradients of G(V32) and G(V28) are G(V33)'s (plan_grad_alias) */
     /* 32: drop_path */
     mask_backward(k, G(V31), G(V32), A(KEEP32), (int64_t)B * 16640, 0, 16640);
     /* 31: moe blocks.2.moe */
@@ -1329,8 +1316,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 30: layernorm blocks.2.norm2 */
     layernorm_backward<256>(k, G(V28), DP(4535936L), DP(4536192L), G(V30), A(V28), P(4535936L), A(MEAN30), A(RSTD30), B * 65, 1);
     /* 28: residual_end */
-    grad_pass(k, G(V27), G(V28), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V23), G(V28), (int64_t)B * 16640, 0);
+    /* the gradients of G(V27) and G(V23) are G(V28)'s (plan_grad_alias) */
     /* 27: drop_path */
     mask_backward(k, G(V26), G(V27), A(KEEP27), (int64_t)B * 16640, 0, 16640);
     /* 26: attention blocks.2.attn */
@@ -1340,8 +1326,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 25: layernorm blocks.2.norm1 */
     layernorm_backward<256>(k, G(V23), DP(4272256L), DP(4272512L), G(V25), A(V23), P(4272256L), A(MEAN25), A(RSTD25), B * 65, 1);
     /* 23: residual_end */
-    grad_pass(k, G(V22), G(V23), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V18), G(V23), (int64_t)B * 16640, 0);
+    /* the gradients of G(V22) and G(V18) are G(V23)'s (plan_grad_alias) */
     /* 22: drop_path */
     mask_backward(k, G(V21), G(V22), A(KEEP22), (int64_t)B * 16640, 0, 16640);
     /* 21: moe blocks.1.moe */
@@ -1363,8 +1348,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 20: layernorm blocks.1.norm2 */
     layernorm_backward<256>(k, G(V18), DP(2414528L), DP(2414784L), G(V20), A(V18), P(2414528L), A(MEAN20), A(RSTD20), B * 65, 1);
     /* 18: residual_end */
-    grad_pass(k, G(V17), G(V18), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V13), G(V18), (int64_t)B * 16640, 0);
+    /* the gradients of G(V17) and G(V13) are G(V18)'s (plan_grad_alias) */
     /* 17: drop_path */
     mask_backward(k, G(V16), G(V17), A(KEEP17), (int64_t)B * 16640, 0, 16640);
     /* 16: attention blocks.1.attn */
@@ -1374,8 +1358,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 15: layernorm blocks.1.norm1 */
     layernorm_backward<256>(k, G(V13), DP(2150848L), DP(2151104L), G(V15), A(V13), P(2150848L), A(MEAN15), A(RSTD15), B * 65, 1);
     /* 13: residual_end */
-    grad_pass(k, G(V12), G(V13), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V8), G(V13), (int64_t)B * 16640, 0);
+    /* the gradients of G(V12) and G(V8) are G(V13)'s (plan_grad_alias) */
     /* 12: drop_path */
     mask_backward(k, G(V11), G(V12), A(KEEP12), (int64_t)B * 16640, 0, 16640);
     /* 11: moe blocks.0.moe */
@@ -1397,8 +1380,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 10: layernorm blocks.0.norm2 */
     layernorm_backward<256>(k, G(V8), DP(293120L), DP(293376L), G(V10), A(V8), P(293120L), A(MEAN10), A(RSTD10), B * 65, 1);
     /* 8: residual_end */
-    grad_pass(k, G(V7), G(V8), (int64_t)B * 16640, 0);
-    grad_pass(k, G(V3), G(V8), (int64_t)B * 16640, 0);
+    /* the gradients of G(V7) and G(V3) are G(V8)'s (plan_grad_alias) */
     /* 7: drop_path */
     mask_backward(k, G(V6), G(V7), A(KEEP7), (int64_t)B * 16640, 0, 16640);
     /* 6: attention blocks.0.attn */
