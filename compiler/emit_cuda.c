@@ -878,7 +878,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             acc_skip = 1; /* an empty branch: the same value twice */
         sb_printf(f, "    add_forward(k, %s, %s, %s, (int64_t)B * %lld);\n", out, skip, in, (long long)n_tok);
         /* a gradient that shares dout's buffer is dL/dout already */
-        if (p->galias[g->input[i]] != i)
+        if (g->input[i] < 0 || p->galias[g->input[i]] != i)
             sb_printf(&b, "    grad_pass(k, %s, %s, (int64_t)B * %lld, %d);\n", din, dout, (long long)n_tok, acc);
         if (g->skip[i] < 0 || p->galias[g->skip[i]] != i)
             sb_printf(&b, "    grad_pass(k, %s, %s, (int64_t)B * %lld, %d);\n", dskip, dout, (long long)n_tok,

@@ -533,7 +533,9 @@ static inline void colsum_add(const kctx *k, float *dst, const S *src, int M, in
  * with 16-byte loads and stores when their pointers are 16-byte aligned
  * and their rows a multiple of 4 wide (vec4_ok; the arenas align every
  * activation to 64 bytes), else one: 4 times the bytes in flight per
- * thread, and a quarter of the index arithmetic.
+ * thread, and a quarter of the index arithmetic. The activation passes
+ * (bias_act, act_bias_backward), bound by their instructions, move 8
+ * where they can (vec8_ok: 16 bytes of bf16).
  * The passes that follow a per-row index (the MoE's gather, combine and
  * scatter) give each warp whole rows instead (a grid-stride loop over
  * ROW_WARPS rows a block: launch_rows), so that the row's token or expert
