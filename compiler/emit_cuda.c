@@ -183,8 +183,8 @@ static void grad_of(cuda_plan *p, const char *name, int64_t floats, bool scratch
 
 /* Residual gradients that share a buffer instead of being copied. At the
  * end o = s + x of a residual block, dL/dx and dL/ds both start as dL/do,
- * which backward.cu would copy twice (a pass over the block's output each,
- * twice a block). Instead:
+ * which the backward would copy twice (grad_pass: a pass over the block's
+ * output each). Instead:
  *   - x's gradient is o's buffer when the end is x's only reader: that
  *     buffer holds dL/do before the branch's backward starts, and nothing
  *     else writes it until the branch's ops have read it;

@@ -751,8 +751,9 @@ static inline bool vec8_ok(int64_t cols, const void *p, const void *q = nullptr,
 
 /* h: fp32, or bf16 (the experts' hidden values as their product wrote
  * them in bf16 precision: moe_h16). 8 values a thread where the rows and
- * pointers allow (16-byte loads of bf16: with 8-byte ones config P's
- * experts' pass kept too few bytes in flight), else 4, else 1. */
+ * pointers allow (16-byte loads of bf16; the pass is bound by its
+ * instructions, and 8 values share a thread's index arithmetic), else 4,
+ * else 1. */
 template <int ACT, typename HT = float>
 static inline void bias_act(const kctx *k, float *a, HT *h, const float *bias, int64_t M, int N, int G = 1,
                             __nv_bfloat16 *a16 = nullptr, bool keep_h = false, const int *live = nullptr)
