@@ -2363,6 +2363,336 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     attn_store<T, HD>(dk, D3, kk);
 }
 
+/* ---- attention on bf16 fragments (bf16 precision) -----------------------------------------------------
+ * In bf16 precision a whole (sample, head) of at most 128 tokens takes one
+ * block of TP / 16 warps (TP: the sequence padded to a multiple of 16),
+ * each warp 16 rows of queries. The products are mma.sync m16n8k16 on bf16
+ * operands with fp32 accumulation, and the scores, the softmax and the
+ * weights stay in the warp's registers: a product's accumulator tile is,
+ * two by two, the next product's operand tile, so the forward shares
+ * nothing between warps but q, k and v, and the backward only the two
+ * products that sum over queries (dk = ds^T q, dv = att^T dout), through
+ * the transposed weights and their gradient. The TF32 kernels above staged
+ * every product through shared memory and rounded each fragment as it
+ * loaded it; Nsight Compute found their forward bound by issue (66% of its
+ * slots on config P).
+ * q, k, v and dout are rounded to bf16 as they are staged (as a product's
+ * operands are in this precision), the weights before they multiply v and
+ * their gradient before it multiplies k and q; the softmax and every sum
+ * are fp32. The weights kept for the backward are fp32, as the other
+ * kernels keep them. */
+
+template <int T> __host__ __device__ constexpr int attn_frag_tp()
+{
+    return (T + 15) / 16 * 16;
+}
+
+/* bf16 elements a row of the staged [TP, HD] operands (q, k, v, dout) and
+ * of the [HD, TP] and [TP, TP] transposed ones: 8 more than the row, so
+ * that the 8 rows a fragment load touches fall in different banks */
+template <int HD> __host__ __device__ constexpr int attn_frag_lq()
+{
+    return HD + 8;
+}
+
+template <int T> __host__ __device__ constexpr int attn_frag_lt()
+{
+    return attn_frag_tp<T>() + 8;
+}
+
+/* shared memory: the forward's q, k and v transposed; the backward's q,
+ * k, v, dout, q, k and dout transposed, the weights' gradient and the
+ * weights transposed */
+template <int T, int HD> constexpr int attn_frag_fwd_smem()
+{
+    return 2 * (2 * attn_frag_tp<T>() * attn_frag_lq<HD>() + HD * attn_frag_lt<T>());
+}
+
+template <int T, int HD> constexpr int attn_frag_bwd_smem()
+{
+    return 2 * (4 * attn_frag_tp<T>() * attn_frag_lq<HD>() + 3 * HD * attn_frag_lt<T>() +
+                2 * attn_frag_tp<T>() * attn_frag_lt<T>());
+}
+
+/* whether the shape takes these kernels: heads a multiple of 16 (the
+ * products' k steps), at most 8 warps of query rows, the backward's
+ * operands in one block's shared memory */
+template <int T, int HD> constexpr bool attn_frag_ok()
+{
+    return HD % 16 == 0 && T <= 128 && attn_frag_bwd_smem<T, HD>() <= 227 * 1024;
+}
+
+/* d += a b on one m16n8k16 tile: a row-major 16 x 16, b 16 x 8 given by
+ * columns, bf16 pairs in 32-bit words, fp32 accumulation (the PTX ISA's
+ * fragment layouts: lane = 4 g + t holds rows g and g + 8, columns 2t and
+ * 2t + 1, of a and of d, and rows 2t, 2t + 1 of column g of b, and the same
+ * 8 columns or rows on) */
+__device__ static inline void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* two bf16 at p (4-byte aligned) as one word */
+__device__ static inline uint32_t lds_bf16x2(const __nv_bfloat16 *p)
+{
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+
+/* the a tile at rows r0.., columns k0.. of row-major x (rows L apart) */
+template <int L>
+__device__ static inline void frag_a_rows(uint32_t (&a)[4], const __nv_bfloat16 *x, int r0, int k0, int g, int t)
+{
+    const __nv_bfloat16 *p = x + (r0 + g) * L + k0 + 2 * t;
+    a[0] = lds_bf16x2(p);
+    a[1] = lds_bf16x2(p + 8 * L);
+    a[2] = lds_bf16x2(p + 8);
+    a[3] = lds_bf16x2(p + 8 * L + 8);
+}
+
+/* d[n] += a y^T for the 8-column tiles n < N of y's rows 8n.. (rows L apart,
+ * columns k0.. : b's columns are y's rows) */
+template <int N, int L>
+__device__ static inline void frag_times_rows(float (&d)[N][4], const uint32_t (&a)[4], const __nv_bfloat16 *y, int k0,
+                                              int g, int t)
+{
+#pragma unroll
+    for (int n = 0; n < N; n++) {
+        const __nv_bfloat16 *p = y + (8 * n + g) * L + k0 + 2 * t;
+        mma_bf16_16816(d[n], a, lds_bf16x2(p), lds_bf16x2(p + 8));
+    }
+}
+
+/* the a tile of columns 16 kk.. of a warp's 16 x 8 NT accumulator tiles s,
+ * rounded to bf16: tiles 2 kk and 2 kk + 1 are its two halves */
+template <int NT>
+__device__ static inline void frag_a_acc(uint32_t (&a)[4], const float (&s)[NT][4], int kk)
+{
+    a[0] = bf16x2_bits(s[2 * kk][0], s[2 * kk][1]);
+    a[1] = bf16x2_bits(s[2 * kk][2], s[2 * kk][3]);
+    a[2] = bf16x2_bits(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[3] = bf16x2_bits(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+/* rows t < T of src (fp32, rows ld apart, HD wide) rounded to bf16 into dst
+ * [TP, L] and, when given, transposed into dstt [HD, LT]; rows from T on
+ * zero. Every thread of the block calls it. */
+template <int T, int HD>
+__device__ static inline void attn_frag_stage(__nv_bfloat16 *dst, __nv_bfloat16 *dstt, const float *src, int64_t ld)
+{
+    constexpr int TP = attn_frag_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(), C4 = HD / 4;
+    for (int i = threadIdx.x; i < TP * C4; i += blockDim.x) {
+        const int r = i / C4, c = 4 * (i % C4);
+        float x[4] = {};
+        if (r < T)
+            vload<4>(x, src + (int64_t)r * ld + c);
+        if (dst)
+            *reinterpret_cast<uint2 *>(dst + r * L + c) = make_uint2(bf16x2_bits(x[0], x[1]), bf16x2_bits(x[2], x[3]));
+        if (dstt) {
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                dstt[(c + j) * LT + r] = __float2bfloat16_rn(x[j]);
+        }
+    }
+}
+
+/* lane (g, t)'s column of element e of an accumulator tile's, and its row
+ * offset from the tile's first */
+__device__ static inline int frag_col(int t, int e)
+{
+    return 2 * t + (e & 1);
+}
+
+__device__ static inline int frag_row(int g, int e)
+{
+    return g + (e & 2 ? 8 : 0);
+}
+
+/* out's rows r0.. (< T) of a warp's accumulator tiles o, HD wide, at dst
+ * (rows ld apart; O: float, or bf16 rounded to nearest even) */
+template <int T, int HD, typename O>
+__device__ static inline void attn_frag_store(O *dst, int64_t ld, const float (&o)[HD / 8][4], int r0, int g, int t)
+{
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int r = r0 + g + 8 * half;
+        if (r >= T)
+            continue;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++)
+            put2(dst + (int64_t)r * ld + 8 * n + 2 * t, o[n][2 * half], o[n][2 * half + 1]);
+    }
+}
+
+template <int T, int HD, int NH, typename O>
+static __global__ void __launch_bounds__(2 * attn_frag_tp<T>()) attention_fwd_frag_kernel(O *out, float *att,
+                                                                                          const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_frag_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
+                  NT = TP / 8, NO = HD / 8;
+    extern __shared__ __align__(16) __nv_bfloat16 smfr[];
+    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *vt = kk + TP * L;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_frag_stage<T, HD>(q, nullptr, base, D3);
+    attn_frag_stage<T, HD>(kk, nullptr, base + D, D3);
+    attn_frag_stage<T, HD>(nullptr, vt, base + 2 * D, D3);
+    __syncthreads();
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
+    /* scores s = q k^T, this warp's 16 rows by TP columns */
+    float s[NT][4] = {};
+#pragma unroll
+    for (int k0 = 0; k0 < HD; k0 += 16) {
+        uint32_t a[4];
+        frag_a_rows<L>(a, q, r0, k0, g, t);
+        frag_times_rows<NT, L>(s, a, kk, k0, g, t);
+    }
+    /* the softmax over the columns u < T of rows g and g + 8 (elements 0, 1
+     * and 2, 3), which the 4 lanes of a quad share */
+    const float scale = 1.0f / sqrtf((float)HD);
+    float mx[2] = { -INFINITY, -INFINITY }, sum[2] = { 0.0f, 0.0f };
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[j][e] = 8 * j + frag_col(t, e) < T ? s[j][e] * scale : -INFINITY;
+            mx[e / 2] = fmaxf(mx[e / 2], s[j][e]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[j][e] = expf(s[j][e] - mx[e / 2]);
+            sum[e / 2] += s[j][e];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+        sum[i] = 1.0f / sum[i];
+    }
+    float *a_out = att + (int64_t)bh * T * T;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[j][e] *= sum[e / 2];
+            const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
+            if (r < T && u < T)
+                a_out[r * T + u] = s[j][e];
+        }
+    }
+    /* out = att v: the weights' tiles two by two as the a tiles, v's
+     * columns (vt's rows) as b's */
+    float o[NO][4] = {};
+#pragma unroll
+    for (int k = 0; k < TP / 16; k++) {
+        uint32_t a[4];
+        frag_a_acc<NT>(a, s, k);
+        frag_times_rows<NO, LT>(o, a, vt, 16 * k, g, t);
+    }
+    attn_frag_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, o, r0, g, t);
+}
+
+template <int T, int HD, int NH, typename O>
+static __global__ void __launch_bounds__(2 * attn_frag_tp<T>())
+    attention_bwd_frag_kernel(O *dqkv, const float *dout, const float *qkv, const float *att)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_frag_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
+                  NT = TP / 8, NO = HD / 8;
+    extern __shared__ __align__(16) __nv_bfloat16 smfr[];
+    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *v = kk + TP * L, *go = v + TP * L, *qt = go + TP * L,
+                  *kt = qt + HD * LT, *got = kt + HD * LT, *dst = got + HD * LT, *pt = dst + TP * LT;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_frag_stage<T, HD>(q, qt, base, D3);
+    attn_frag_stage<T, HD>(kk, kt, base + D, D3);
+    attn_frag_stage<T, HD>(v, nullptr, base + 2 * D, D3);
+    attn_frag_stage<T, HD>(go, got, dout + (int64_t)b * T * D + h * HD, D);
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
+    /* this warp's rows of the weights, in the accumulator's layout (zero
+     * past T), while the staging completes */
+    const float *a_in = att + (int64_t)bh * T * T;
+    float p[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
+            p[j][e] = r < T && u < T ? a_in[r * T + u] : 0.0f;
+        }
+    }
+    __syncthreads();
+    /* the weights' gradient dp = dout v^T, then through the softmax and the
+     * scale: ds = p (dp - p . dp) scale, row by row */
+    float ds[NT][4] = {};
+#pragma unroll
+    for (int k0 = 0; k0 < HD; k0 += 16) {
+        uint32_t a[4];
+        frag_a_rows<L>(a, go, r0, k0, g, t);
+        frag_times_rows<NT, L>(ds, a, v, k0, g, t);
+    }
+    float dot[2] = { 0.0f, 0.0f };
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            dot[e / 2] += p[j][e] * ds[j][e];
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        dot[i] += __shfl_xor_sync(0xffffffffu, dot[i], 1);
+        dot[i] += __shfl_xor_sync(0xffffffffu, dot[i], 2);
+    }
+    const float scale = 1.0f / sqrtf((float)HD);
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            ds[j][e] = p[j][e] * (ds[j][e] - dot[e / 2]) * scale;
+            /* transposed for dk and dv, which sum over queries */
+            const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
+            dst[u * LT + r] = __float2bfloat16_rn(ds[j][e]);
+            pt[u * LT + r] = __float2bfloat16_rn(p[j][e]);
+        }
+    }
+    /* dq = ds k (k's columns: kt's rows) */
+    O *dq = dqkv + (int64_t)b * T * D3 + h * HD;
+    {
+        float acc[NO][4] = {};
+#pragma unroll
+        for (int k = 0; k < TP / 16; k++) {
+            uint32_t a[4];
+            frag_a_acc<NT>(a, ds, k);
+            frag_times_rows<NO, LT>(acc, a, kt, 16 * k, g, t);
+        }
+        attn_frag_store<T, HD>(dq, D3, acc, r0, g, t);
+    }
+    __syncthreads();
+    /* this warp's 16 keys now: dk = ds^T q and dv = att^T dout, summed over
+     * the queries (q's and dout's columns: qt's and got's rows) */
+    float dk[NO][4] = {}, dv[NO][4] = {};
+#pragma unroll
+    for (int k = 0; k < TP / 16; k++) {
+        uint32_t a[4];
+        frag_a_rows<LT>(a, dst, r0, 16 * k, g, t);
+        frag_times_rows<NO, LT>(dk, a, qt, 16 * k, g, t);
+        frag_a_rows<LT>(a, pt, r0, 16 * k, g, t);
+        frag_times_rows<NO, LT>(dv, a, got, 16 * k, g, t);
+    }
+    attn_frag_store<T, HD>(dq + D, D3, dk, r0, g, t);
+    attn_frag_store<T, HD>(dq + 2 * D, D3, dv, r0, g, t);
+}
+
 /* ---- attention by tiles of rows (sequences too long for one block) -------------------------------------
  * When a (sample, head) does not fit in one block's shared memory (196-token
  * windows, ViT's 197 tokens at 224 x 224), a block takes R rows of one
@@ -2926,6 +3256,14 @@ template <int T, int HD, int NH> static inline void attention_whole_setup()
         CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_tc_kernel<T, HD, NH, __nv_bfloat16>, dyn, fs));
         CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_tc_kernel<T, HD, NH, __nv_bfloat16>, dyn, bs));
     }
+    if constexpr (attn_frag_ok<T, HD>()) { /* bf16 precision */
+        const int fs = attn_frag_fwd_smem<T, HD>(), bs = attn_frag_bwd_smem<T, HD>();
+        const cudaFuncAttribute dyn = cudaFuncAttributeMaxDynamicSharedMemorySize;
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, float>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, float>, dyn, bs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, __nv_bfloat16>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, __nv_bfloat16>, dyn, bs));
+    }
 }
 
 /* bf16 precision: whether the attention of a whole (sample, head) on
@@ -2949,6 +3287,19 @@ template <int T, int HD> static inline mm_in attn_mm(const kctx *k, float *p)
 template <int T, int HD, int NH>
 static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B, bool half)
 {
+    if constexpr (attn_frag_ok<T, HD>()) {
+        if (k->cast) { /* bf16 precision */
+            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_frag_tp<T>();
+            const int smem = attn_frag_fwd_smem<T, HD>();
+            if (half && attn_half<T, HD>(k))
+                attention_fwd_frag_kernel<T, HD, NH>
+                    <<<grid, threads, smem, k->stream>>>(bf16_half(k, out), att, qkv);
+            else
+                attention_fwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(out, att, qkv);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             const unsigned grid = (unsigned)(B * NH);
@@ -2970,6 +3321,19 @@ template <int T, int HD, int NH>
 static inline void attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
                                             const float *att, int B, bool half)
 {
+    if constexpr (attn_frag_ok<T, HD>()) {
+        if (k->cast) { /* bf16 precision */
+            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_frag_tp<T>();
+            const int smem = attn_frag_bwd_smem<T, HD>();
+            if (half && attn_half<T, HD>(k))
+                attention_bwd_frag_kernel<T, HD, NH>
+                    <<<grid, threads, smem, k->stream>>>(bf16_half(k, dqkv), dout, qkv, att);
+            else
+                attention_bwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(dqkv, dout, qkv, att);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             const unsigned grid = (unsigned)(B * NH);
