@@ -181,6 +181,29 @@ static void grad_of(cuda_plan *p, const char *name, int64_t floats, bool scratch
     }
 }
 
+/* The forward's residual adds folded into the ops that make the branch's
+ * output: attention and a dense MLP (their last product: cuBLASLt adds the
+ * skip as its C) and a MoE layer (its combine adds it), when the residual
+ * end is the only reader of that output, which is then never made: the
+ * op writes the block's output, and the add's pass over three values is
+ * gone (g->fuse_into). */
+static void plan_fused_adds(gen *g, const int *galias)
+{
+    const mc_model *m = g->m;
+    free(g->fuse_into);
+    g->fuse_into = mc_xcalloc((size_t)m->nops, sizeof *g->fuse_into);
+    for (int i = 0; i < m->nops; i++)
+        g->fuse_into[i] = -1;
+    for (int i = 0; i < m->nops; i++) {
+        const int x = g->input[i];
+        if (m->ops[i].kind != OP_RESIDUAL_END || x < 0 || galias[x] != i || g->skip[i] < 0)
+            continue;
+        const mc_op_kind kind = m->ops[x].kind;
+        if (kind == OP_ATTENTION || kind == OP_MLP || kind == OP_MOE)
+            g->fuse_into[x] = i;
+    }
+}
+
 /* Residual gradients that share a buffer instead of being copied. At the
  * end o = s + x of a residual block, dL/dx and dL/ds both start as dL/do,
  * which the backward would copy twice (grad_pass: a pass over the block's
@@ -374,6 +397,17 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
     if (!op_begin(g, i, &c, &b))
         return;
     const char *in = c.in, *din = c.din, *out = c.out, *dout = c.dout, *name = c.name;
+    /* an op that makes its residual block's output (plan_fused_adds):
+     * writes that value, adding res, the block's skip */
+    char fout[32], res[48] = "";
+    const int into = g->fuse_into[i];
+    if (into >= 0) {
+        char skip[32];
+        val_ref(fout, sizeof fout, into, false);
+        val_ref(skip, sizeof skip, g->skip[into], false);
+        snprintf(res, sizeof res, ", %s", skip);
+        out = fout;
+    }
     const mc_shape *si = &op->in, *so = &op->out;
     const int T = c.T, D = c.D, acc = c.acc;
     const int64_t BATCH = m->train.batch;
@@ -560,8 +594,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(ym, sizeof ym, "attn_mm<%d, %d>(k, A(%s))", T, HD, y);
         snprintf(dqm, sizeof dqm, "attn_mm<%d, %d>(k, G(%s))", T, HD, qkv);
         sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B, true);\n", T, HD, NH, y, att, qkv);
-        sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, ym,
-                  (long long)w_proj, (long long)b_proj, T, D, D);
+        sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out, ym,
+                  (long long)w_proj, (long long)b_proj, T, D, D, res);
         sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, %s, P(%lldL), B * %d, %d, %d, 0);\n",
                   y, (long long)w_proj, (long long)b_proj, dout, ym, (long long)w_proj, T, D, D);
         sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true);\n", T, HD, NH, qkv,
@@ -590,8 +624,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   (long long)toff(g, i, 0), T, D, H);
         sb_printf(f, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, bf16_half(k, A(%s)), true);\n",
                   act, aa, hh, (long long)toff(g, i, 1), T, H, aa);
-        sb_printf(f, "    linear_forward(k, %s, mm_half(k, A(%s)), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, aa,
-                  (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D);
+        sb_printf(f, "    linear_forward(k, %s, mm_half(k, A(%s)), P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out,
+                  aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D, res);
         sb_printf(&b,
                   "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, mm_half(k, A(%s)), P(%lldL), B * %d, %d, %d, "
                   "0);\n",
@@ -769,9 +803,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         }
         sb_printf(f,
                   "        moe_experts_forward<%d, %d, %d, %d, %s, %d>(k, %s, A(%s), A(%s), A(%s), A(%s), A(%s), A(%s), %s, "
-                  "&r,\n%s                                              P(%lldL), P(%lldL), P(%lldL), P(%lldL), N, cap);\n",
+                  "&r,\n%s                                              P(%lldL), P(%lldL), P(%lldL), P(%lldL), N, cap%s);\n",
                   D, H, E, K, act_code(x->act), EP, out, nm[8], xr, nm[9], nm[10], yr, nm[11], in, EP > 1 ? "    " : "",
-                  (long long)w1, (long long)b1, (long long)w2, (long long)b2);
+                  (long long)w1, (long long)b1, (long long)w2, (long long)b2, res);
         if (EP > 1) {
             /* evaluation: this GPU alone, with every expert's weights
              * gathered from the group (backend.cu, model_eval_begin) at
@@ -780,10 +814,10 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                       "        else /* evaluation: this GPU alone with every expert (model_eval_begin gathered them) */\n"
                       "            moe_experts_forward<%d, %d, %d, %d, %s, 1>(k, %s, A(%s), A(%s), A(%s), A(%s), A(%s), "
                       "A(%s), %s, &r,\n                                                  PF(%lldL), PF(%lldL), PF(%lldL), "
-                      "PF(%lldL), N, cap);\n",
+                      "PF(%lldL), N, cap%s);\n",
                       D, H, E, K, act_code(x->act), out, nm[8], nm[8], nm[9], nm[10], nm[11], nm[11], in,
                       (long long)toff_whole(g, i, nr), (long long)toff_whole(g, i, nr + 1),
-                      (long long)toff_whole(g, i, nr + 2), (long long)toff_whole(g, i, nr + 3));
+                      (long long)toff_whole(g, i, nr + 2), (long long)toff_whole(g, i, nr + 3), res);
         }
         sb_printf(f,
                   "        moe_aux_losses<%d, %d>(k, A(%s), d->dacc + %lld, d->dacc + %d, d->stats + %lld, d->dacc + %lld, "
@@ -876,7 +910,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         int acc_skip = acc_flag(g, i, g->skip[i]);
         if (g->skip[i] == g->input[i])
             acc_skip = 1; /* an empty branch: the same value twice */
-        sb_printf(f, "    add_forward(k, %s, %s, %s, (int64_t)B * %lld);\n", out, skip, in, (long long)n_tok);
+        if (g->input[i] >= 0 && g->fuse_into[g->input[i]] == i)
+            sb_printf(f, "    /* %s = %s + the branch's output: made by op %d (plan_fused_adds) */\n", out, skip,
+                      g->input[i]);
+        else
+            sb_printf(f, "    add_forward(k, %s, %s, %s, (int64_t)B * %lld);\n", out, skip, in, (long long)n_tok);
         /* a gradient that shares dout's buffer is dL/dout already */
         if (g->input[i] < 0 || p->galias[g->input[i]] != i)
             sb_printf(&b, "    grad_pass(k, %s, %s, (int64_t)B * %lld, %d);\n", din, dout, (long long)n_tok, acc);
@@ -997,6 +1035,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     p.st = mc_xcalloc((size_t)nmoe, sizeof *p.st);
     p.galias = mc_xcalloc((size_t)m->nops, sizeof *p.galias);
     plan_grad_alias(g, p.galias);
+    plan_fused_adds(g, p.galias);
     for (int i = 0; i < m->nops; i++)
         gen_op_cuda(g, &p, i);
     /* the loss's scratch: one float per sample */

@@ -37,6 +37,9 @@ typedef struct gen {
     char **bwd;           /* backward code of each op */
     int nmoe;
     int *moe_index;       /* per op: its MoE layer number, or -1 */
+    int *fuse_into;       /* the CUDA plan's: per op, the residual end whose output
+                           * it makes (adding the skip), its own value never
+                           * made nor allocated; or -1. NULL: none (the CPU's) */
 } gen;
 
 /* shard: the expert-parallel degree of the parameter arena being laid out

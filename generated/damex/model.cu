@@ -23,43 +23,39 @@
 #define V4                     624640L /* layernorm blocks.0.norm1 */
 #define MEAN4                  886784L /* layer norm means */
 #define RSTD4                  888832L /* layer norm 1/std */
-#define V5                     890880L /* attention blocks.0.attn */
-#define QKV5                  1153024L /* queries, keys, values */
-#define ATT5                  1939456L /* attention weights */
-#define Y5                    2070528L /* heads' outputs */
-#define V6                    2332672L /* residual_end */
-#define V8                    2594816L /* layernorm blocks.0.norm2 */
-#define MEAN8                 2856960L /* layer norm means */
-#define RSTD8                 2859008L /* layer norm 1/std */
-#define V9                    2861056L /* mlp blocks.0.mlp */
-#define H9                    3123200L /* hidden, before the activation */
-#define ACTV9                 3647488L /* hidden, after the activation */
-#define V10                   4171776L /* residual_end */
-#define V12                   4433920L /* layernorm blocks.1.norm1 */
-#define MEAN12                4696064L /* layer norm means */
-#define RSTD12                4698112L /* layer norm 1/std */
-#define V13                   4700160L /* attention blocks.1.attn */
-#define QKV13                 4962304L /* queries, keys, values */
-#define ATT13                 5748736L /* attention weights */
-#define Y13                   5879808L /* heads' outputs */
-#define V14                   6141952L /* residual_end */
-#define V16                   6404096L /* layernorm blocks.1.norm2 */
-#define MEAN16                6666240L /* layer norm means */
-#define RSTD16                6668288L /* layer norm 1/std */
-#define V17                   6670336L /* moe blocks.1.moe */
-#define LOGITS17              6932480L /* router logits */
-#define PROBS17               6938624L /* router probabilities */
-#define LSE17                 6944768L /* log-sum-exp of the logits */
-#define TOPP17                6946816L /* top-k probabilities */
-#define GATE17                6948864L /* gates */
-#define PRIO17                6950912L /* routing priority */
-#define PRIOS17               6952960L /* routing priority, sorted */
-#define ENT17                 6955008L /* router entropy per token */
-#define XE17                  6957056L /* expert inputs [E, cap, D] */
-#define HE17                  7284608L /* expert hidden [E, cap, H] */
-#define AE17                  7939712L /* expert hidden, activated */
-#define YE17                  8594816L /* expert outputs [E, cap, D] */
-#define AUX17                 8922368L /* auxiliary losses: balance, z, dataset, importance */
+#define QKV5                   890880L /* queries, keys, values */
+#define ATT5                  1677312L /* attention weights */
+#define Y5                    1808384L /* heads' outputs */
+#define V6                    2070528L /* residual_end */
+#define V8                    2332672L /* layernorm blocks.0.norm2 */
+#define MEAN8                 2594816L /* layer norm means */
+#define RSTD8                 2596864L /* layer norm 1/std */
+#define H9                    2598912L /* hidden, before the activation */
+#define ACTV9                 3123200L /* hidden, after the activation */
+#define V10                   3647488L /* residual_end */
+#define V12                   3909632L /* layernorm blocks.1.norm1 */
+#define MEAN12                4171776L /* layer norm means */
+#define RSTD12                4173824L /* layer norm 1/std */
+#define QKV13                 4175872L /* queries, keys, values */
+#define ATT13                 4962304L /* attention weights */
+#define Y13                   5093376L /* heads' outputs */
+#define V14                   5355520L /* residual_end */
+#define V16                   5617664L /* layernorm blocks.1.norm2 */
+#define MEAN16                5879808L /* layer norm means */
+#define RSTD16                5881856L /* layer norm 1/std */
+#define LOGITS17              5883904L /* router logits */
+#define PROBS17               5890048L /* router probabilities */
+#define LSE17                 5896192L /* log-sum-exp of the logits */
+#define TOPP17                5898240L /* top-k probabilities */
+#define GATE17                5900288L /* gates */
+#define PRIO17                5902336L /* routing priority */
+#define PRIOS17               5904384L /* routing priority, sorted */
+#define ENT17                 5906432L /* router entropy per token */
+#define XE17                  5908480L /* expert inputs [E, cap, D] */
+#define HE17                  6236032L /* expert hidden [E, cap, H] */
+#define AE17                  6891136L /* expert hidden, activated */
+#define YE17                  7546240L /* expert outputs [E, cap, D] */
+#define AUX17                 7873792L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                   2048L /* int32 slot of each choice */
 #define COUNT17                  4096L /* int32 tokens per expert */
@@ -70,47 +66,43 @@
 #define TARGET17                13328L /* int32 mapped expert */
 #define BLKC17                  15376L /* int32 choices per block and expert */
 #define BLKB17                  15392L /* int32 first slot per block and expert */
-#define V18                   8922384L /* residual_end */
-#define V20                   9184528L /* layernorm blocks.2.norm1 */
-#define MEAN20                9446672L /* layer norm means */
-#define RSTD20                9448720L /* layer norm 1/std */
-#define V21                   9450768L /* attention blocks.2.attn */
-#define QKV21                 9712912L /* queries, keys, values */
-#define ATT21                10499344L /* attention weights */
-#define Y21                  10630416L /* heads' outputs */
-#define V22                  10892560L /* residual_end */
-#define V24                  11154704L /* layernorm blocks.2.norm2 */
-#define MEAN24               11416848L /* layer norm means */
-#define RSTD24               11418896L /* layer norm 1/std */
-#define V25                  11420944L /* mlp blocks.2.mlp */
-#define H25                  11683088L /* hidden, before the activation */
-#define ACTV25               12207376L /* hidden, after the activation */
-#define V26                  12731664L /* residual_end */
-#define V28                  12993808L /* layernorm blocks.3.norm1 */
-#define MEAN28               13255952L /* layer norm means */
-#define RSTD28               13258000L /* layer norm 1/std */
-#define V29                  13260048L /* attention blocks.3.attn */
-#define QKV29                13522192L /* queries, keys, values */
-#define ATT29                14308624L /* attention weights */
-#define Y29                  14439696L /* heads' outputs */
-#define V30                  14701840L /* residual_end */
-#define V32                  14963984L /* layernorm blocks.3.norm2 */
-#define MEAN32               15226128L /* layer norm means */
-#define RSTD32               15228176L /* layer norm 1/std */
-#define V33                  15230224L /* moe blocks.3.moe */
-#define LOGITS33             15492368L /* router logits */
-#define PROBS33              15498512L /* router probabilities */
-#define LSE33                15504656L /* log-sum-exp of the logits */
-#define TOPP33               15506704L /* top-k probabilities */
-#define GATE33               15508752L /* gates */
-#define PRIO33               15510800L /* routing priority */
-#define PRIOS33              15512848L /* routing priority, sorted */
-#define ENT33                15514896L /* router entropy per token */
-#define XE33                 15516944L /* expert inputs [E, cap, D] */
-#define HE33                 15844496L /* expert hidden [E, cap, H] */
-#define AE33                 16499600L /* expert hidden, activated */
-#define YE33                 17154704L /* expert outputs [E, cap, D] */
-#define AUX33                17482256L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                   7873808L /* residual_end */
+#define V20                   8135952L /* layernorm blocks.2.norm1 */
+#define MEAN20                8398096L /* layer norm means */
+#define RSTD20                8400144L /* layer norm 1/std */
+#define QKV21                 8402192L /* queries, keys, values */
+#define ATT21                 9188624L /* attention weights */
+#define Y21                   9319696L /* heads' outputs */
+#define V22                   9581840L /* residual_end */
+#define V24                   9843984L /* layernorm blocks.2.norm2 */
+#define MEAN24               10106128L /* layer norm means */
+#define RSTD24               10108176L /* layer norm 1/std */
+#define H25                  10110224L /* hidden, before the activation */
+#define ACTV25               10634512L /* hidden, after the activation */
+#define V26                  11158800L /* residual_end */
+#define V28                  11420944L /* layernorm blocks.3.norm1 */
+#define MEAN28               11683088L /* layer norm means */
+#define RSTD28               11685136L /* layer norm 1/std */
+#define QKV29                11687184L /* queries, keys, values */
+#define ATT29                12473616L /* attention weights */
+#define Y29                  12604688L /* heads' outputs */
+#define V30                  12866832L /* residual_end */
+#define V32                  13128976L /* layernorm blocks.3.norm2 */
+#define MEAN32               13391120L /* layer norm means */
+#define RSTD32               13393168L /* layer norm 1/std */
+#define LOGITS33             13395216L /* router logits */
+#define PROBS33              13401360L /* router probabilities */
+#define LSE33                13407504L /* log-sum-exp of the logits */
+#define TOPP33               13409552L /* top-k probabilities */
+#define GATE33               13411600L /* gates */
+#define PRIO33               13413648L /* routing priority */
+#define PRIOS33              13415696L /* routing priority, sorted */
+#define ENT33                13417744L /* router entropy per token */
+#define XE33                 13419792L /* expert inputs [E, cap, D] */
+#define HE33                 13747344L /* expert hidden [E, cap, H] */
+#define AE33                 14402448L /* expert hidden, activated */
+#define YE33                 15057552L /* expert outputs [E, cap, D] */
+#define AUX33                15385104L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                  15408L /* int32 chosen experts */
 #define SLOT33                  17456L /* int32 slot of each choice */
 #define COUNT33                 19504L /* int32 tokens per expert */
@@ -121,13 +113,13 @@
 #define TARGET33                28736L /* int32 mapped expert */
 #define BLKC33                  30784L /* int32 choices per block and expert */
 #define BLKB33                  30800L /* int32 first slot per block and expert */
-#define V34                  17482272L /* residual_end */
-#define V35                  17744416L /* layernorm norm */
-#define MEAN35               18006560L /* layer norm means */
-#define RSTD35               18008608L /* layer norm 1/std */
-#define V36                  18010656L /* pool */
-#define V37                  18027040L /* logits */
-#define XENT                 18028320L /* cross-entropy per sample */
+#define V34                  15385120L /* residual_end */
+#define V35                  15647264L /* layernorm norm */
+#define MEAN35               15909408L /* layer norm means */
+#define RSTD35               15911456L /* layer norm 1/std */
+#define V36                  15913504L /* pool */
+#define V37                  15929888L /* logits */
+#define XENT                 15931168L /* cross-entropy per sample */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -289,7 +281,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */
-    18028448L, /* act_floats */
+    15931296L, /* act_floats */
     4219648L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */
@@ -331,25 +323,25 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 5: attention blocks.0.attn -> [B, 16, 128] */
     linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(8704L), P(57856L), B * 16, 128, 384);
     attention_forward<16, 32, 4>(k, A(Y5), A(ATT5), A(QKV5), B, true);
-    linear_forward(k, A(V5), attn_mm<16, 32>(k, A(Y5)), P(58240L), P(74624L), B * 16, 128, 128);
+    linear_forward(k, A(V6), attn_mm<16, 32>(k, A(Y5)), P(58240L), P(74624L), B * 16, 128, 128, A(V2));
     /* 6: residual_end -> [B, 16, 128] */
-    add_forward(k, A(V6), A(V2), A(V5), (int64_t)B * 2048);
+    /* A(V6) = A(V2) + the branch's output: made by op 5 (plan_fused_adds) */
     /* 8: layernorm blocks.0.norm2 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V8), A(MEAN8), A(RSTD8), A(V6), P(74752L), P(74880L), B * 16, 1e-05f, bf16_half(k, A(V8)));
     /* 9: mlp blocks.0.mlp -> [B, 16, 128] */
     linear_forward(k, A(H9), mm_half(k, A(V8)), P(75008L), nullptr, B * 16, 128, 256);
     bias_act<ACT_GELU>(k, A(ACTV9), A(H9), P(107776L), (int64_t)B * 16, 256, 1, bf16_half(k, A(ACTV9)), true);
-    linear_forward(k, A(V9), mm_half(k, A(ACTV9)), P(108032L), P(140800L), B * 16, 256, 128);
+    linear_forward(k, A(V10), mm_half(k, A(ACTV9)), P(108032L), P(140800L), B * 16, 256, 128, A(V6));
     /* 10: residual_end -> [B, 16, 128] */
-    add_forward(k, A(V10), A(V6), A(V9), (int64_t)B * 2048);
+    /* A(V10) = A(V6) + the branch's output: made by op 9 (plan_fused_adds) */
     /* 12: layernorm blocks.1.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(140928L), P(141056L), B * 16, 1e-05f, bf16_half(k, A(V12)));
     /* 13: attention blocks.1.attn -> [B, 16, 128] */
     linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(141184L), P(190336L), B * 16, 128, 384);
     attention_forward<16, 32, 4>(k, A(Y13), A(ATT13), A(QKV13), B, true);
-    linear_forward(k, A(V13), attn_mm<16, 32>(k, A(Y13)), P(190720L), P(207104L), B * 16, 128, 128);
+    linear_forward(k, A(V14), attn_mm<16, 32>(k, A(Y13)), P(190720L), P(207104L), B * 16, 128, 128, A(V10));
     /* 14: residual_end -> [B, 16, 128] */
-    add_forward(k, A(V14), A(V10), A(V13), (int64_t)B * 2048);
+    /* A(V14) = A(V10) + the branch's output: made by op 13 (plan_fused_adds) */
     /* 16: layernorm blocks.1.norm2 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V16), A(MEAN16), A(RSTD16), A(V14), P(207232L), P(207360L), B * 16, 1e-05f);
     /* 17: moe blocks.1.moe -> [B, 16, 128] */
@@ -365,37 +357,37 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
             gate_noise(k, A(LOGITS17), (int64_t)N * 3, 0.33333334f, d->seed, 1017, &d->sc->step, d->row0 * 48);
         moe_route<3, 1>(k, &r, A(LOGITS17), N, cap, 1, 1);
         moe_target(k, IA(TARGET17), dataset, d->maps + 0, N, 16);
-        moe_experts_forward<128, 256, 3, 1, ACT_GELU, 1>(k, A(V17), A(XE17), A(XE17), A(HE17), A(AE17), A(YE17), A(YE17), A(V16), &r,
-                                              P(207872L), P(306176L), P(306944L), P(405248L), N, cap);
+        moe_experts_forward<128, 256, 3, 1, ACT_GELU, 1>(k, A(V18), A(XE17), A(XE17), A(HE17), A(AE17), A(YE17), A(YE17), A(V16), &r,
+                                              P(207872L), P(306176L), P(306944L), P(405248L), N, cap, A(V14));
         moe_aux_losses<3, 1>(k, A(AUX17), d->dacc + 4, d->dacc + 1, d->stats + 0, d->dacc + 3, &r, IA(TARGET17),
                               dataset, 0.01f, 0.0f, 0.1f, 0.0f, N, 16, 3, train);
     }
     /* 18: residual_end -> [B, 16, 128] */
-    add_forward(k, A(V18), A(V14), A(V17), (int64_t)B * 2048);
+    /* A(V18) = A(V14) + the branch's output: made by op 17 (plan_fused_adds) */
     /* 20: layernorm blocks.2.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(405632L), P(405760L), B * 16, 1e-05f, bf16_half(k, A(V20)));
     /* 21: attention blocks.2.attn -> [B, 16, 128] */
     linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(405888L), P(455040L), B * 16, 128, 384);
     attention_forward<16, 32, 4>(k, A(Y21), A(ATT21), A(QKV21), B, true);
-    linear_forward(k, A(V21), attn_mm<16, 32>(k, A(Y21)), P(455424L), P(471808L), B * 16, 128, 128);
+    linear_forward(k, A(V22), attn_mm<16, 32>(k, A(Y21)), P(455424L), P(471808L), B * 16, 128, 128, A(V18));
     /* 22: residual_end -> [B, 16, 128] */
-    add_forward(k, A(V22), A(V18), A(V21), (int64_t)B * 2048);
+    /* A(V22) = A(V18) + the branch's output: made by op 21 (plan_fused_adds) */
     /* 24: layernorm blocks.2.norm2 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V24), A(MEAN24), A(RSTD24), A(V22), P(471936L), P(472064L), B * 16, 1e-05f, bf16_half(k, A(V24)));
     /* 25: mlp blocks.2.mlp -> [B, 16, 128] */
     linear_forward(k, A(H25), mm_half(k, A(V24)), P(472192L), nullptr, B * 16, 128, 256);
     bias_act<ACT_GELU>(k, A(ACTV25), A(H25), P(504960L), (int64_t)B * 16, 256, 1, bf16_half(k, A(ACTV25)), true);
-    linear_forward(k, A(V25), mm_half(k, A(ACTV25)), P(505216L), P(537984L), B * 16, 256, 128);
+    linear_forward(k, A(V26), mm_half(k, A(ACTV25)), P(505216L), P(537984L), B * 16, 256, 128, A(V22));
     /* 26: residual_end -> [B, 16, 128] */
-    add_forward(k, A(V26), A(V22), A(V25), (int64_t)B * 2048);
+    /* A(V26) = A(V22) + the branch's output: made by op 25 (plan_fused_adds) */
     /* 28: layernorm blocks.3.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(538112L), P(538240L), B * 16, 1e-05f, bf16_half(k, A(V28)));
     /* 29: attention blocks.3.attn -> [B, 16, 128] */
     linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(538368L), P(587520L), B * 16, 128, 384);
     attention_forward<16, 32, 4>(k, A(Y29), A(ATT29), A(QKV29), B, true);
-    linear_forward(k, A(V29), attn_mm<16, 32>(k, A(Y29)), P(587904L), P(604288L), B * 16, 128, 128);
+    linear_forward(k, A(V30), attn_mm<16, 32>(k, A(Y29)), P(587904L), P(604288L), B * 16, 128, 128, A(V26));
     /* 30: residual_end -> [B, 16, 128] */
-    add_forward(k, A(V30), A(V26), A(V29), (int64_t)B * 2048);
+    /* A(V30) = A(V26) + the branch's output: made by op 29 (plan_fused_adds) */
     /* 32: layernorm blocks.3.norm2 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V32), A(MEAN32), A(RSTD32), A(V30), P(604416L), P(604544L), B * 16, 1e-05f);
     /* 33: moe blocks.3.moe -> [B, 16, 128] */
@@ -411,13 +403,13 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
             gate_noise(k, A(LOGITS33), (int64_t)N * 3, 0.33333334f, d->seed, 1033, &d->sc->step, d->row0 * 48);
         moe_route<3, 1>(k, &r, A(LOGITS33), N, cap, 1, 1);
         moe_target(k, IA(TARGET33), dataset, d->maps + 3, N, 16);
-        moe_experts_forward<128, 256, 3, 1, ACT_GELU, 1>(k, A(V33), A(XE33), A(XE33), A(HE33), A(AE33), A(YE33), A(YE33), A(V32), &r,
-                                              P(605056L), P(703360L), P(704128L), P(802432L), N, cap);
+        moe_experts_forward<128, 256, 3, 1, ACT_GELU, 1>(k, A(V34), A(XE33), A(XE33), A(HE33), A(AE33), A(YE33), A(YE33), A(V32), &r,
+                                              P(605056L), P(703360L), P(704128L), P(802432L), N, cap, A(V30));
         moe_aux_losses<3, 1>(k, A(AUX33), d->dacc + 11, d->dacc + 1, d->stats + 15, d->dacc + 10, &r, IA(TARGET33),
                               dataset, 0.01f, 0.0f, 0.1f, 0.0f, N, 16, 3, train);
     }
     /* 34: residual_end -> [B, 16, 128] */
-    add_forward(k, A(V34), A(V30), A(V33), (int64_t)B * 2048);
+    /* A(V34) = A(V30) + the branch's output: made by op 33 (plan_fused_adds) */
     /* 35: layernorm norm -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V35), A(MEAN35), A(RSTD35), A(V34), P(802816L), P(802944L), B * 16, 1e-05f);
     /* 36: pool -> [B, 128] */

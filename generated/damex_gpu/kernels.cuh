@@ -447,8 +447,8 @@ template <int LANES, int V> __device__ static inline void lanes_sum(float (&v)[V
  * lanes' sums are added in order (lanes_sum). Returns the column's sum in
  * lane 0, 0 elsewhere; every thread of the block calls it (valid: whether
  * its column exists). Enough loads in flight for narrow columns, where one
- * thread per column left most of the GPU idle (the dense layers' bias
- * gradients, the layer norm's partials). */
+ * thread per column left most of the GPU idle (the layer norm's partials;
+ * colsum_partial_kernel lays out the bias gradients' sums the same way). */
 template <int LANES, typename S>
 __device__ static inline float lanes_col_sum(const S *col, int64_t ld, int lo, int hi, bool valid)
 {
@@ -462,18 +462,39 @@ __device__ static inline float lanes_col_sum(const S *col, int64_t ld, int lo, i
     return acc[0];
 }
 
+template <int V> __device__ static inline void vload(float (&x)[V], const __nv_bfloat16 *p);
+template <int V> __device__ static inline void vload(float (&x)[V], const float *p);
+
 /* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c, on
  * COLSUM_LANES lanes of rows (S: float, or bf16 for a gradient its
- * producer wrote in bf16) */
+ * producer wrote in bf16); V columns a thread (16-byte loads where the
+ * rows allow: one 2-byte load a thread left the bias gradients from bf16
+ * at a fraction of the memory's speed). Each column's rows are added in
+ * the same order for every V: the same bits. */
 #define COLSUM_LANES 8
-template <typename S>
+template <typename S, int V>
 static __global__ void colsum_partial_kernel(float *part, const S *src, int M, int N, int64_t ld, int64_t stride)
 {
-    const int n = blockIdx.x * 32 + (int)threadIdx.x % 32, c = blockIdx.y, g = blockIdx.z;
+    const int n = (blockIdx.x * 32 + (int)threadIdx.x % 32) * V, c = blockIdx.y, g = blockIdx.z;
     const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
-    const float t = lanes_col_sum<COLSUM_LANES>(src + (int64_t)g * stride + n, ld, lo, hi, n < N);
-    if (threadIdx.x / 32 == 0 && n < N)
-        part[((int64_t)g * RED_CHUNKS + c) * N + n] = t;
+    float acc[V] = {};
+    if (n < N) { /* V > 1: N is a multiple of V */
+        const S *col = src + (int64_t)g * stride + n;
+#pragma unroll 4
+        for (int m = lo + (int)threadIdx.x / 32; m < hi; m += COLSUM_LANES) {
+            float x[V];
+            vload<V>(x, col + (int64_t)m * ld);
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                acc[j] += x[j];
+        }
+    }
+    lanes_sum<COLSUM_LANES, V>(acc);
+    if (threadIdx.x / 32 == 0 && n < N) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            part[((int64_t)g * RED_CHUNKS + c) * N + n + j] = acc[j];
+    }
 }
 
 /* dst[g][n] += sum over chunks of part[g, c, n] */
@@ -522,8 +543,16 @@ template <typename S>
 static inline void colsum_add(const kctx *k, float *dst, const S *src, int M, int N, int G = 1,
                               int64_t sstride = 0, int64_t dstride = 0, int64_t ld = 0)
 {
-    colsum_partial_kernel<<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(k->red, src, M, N,
-                                                                                      ld ? ld : N, sstride);
+    ld = ld ? ld : N;
+    /* 16 bytes a thread: 8 bf16 or 4 floats, where every row starts aligned */
+    constexpr int V = sizeof(S) == 2 ? 8 : 4;
+    const bool wide = N % V == 0 && (ld * sizeof(S)) % 16 == 0 && (sstride * sizeof(S)) % 16 == 0 &&
+                      ((uintptr_t)src & 15) == 0;
+    const unsigned threads = 32 * COLSUM_LANES;
+    if (wide)
+        colsum_partial_kernel<S, V><<<colsum_grid(k, N, G, V), threads, 0, k->stream>>>(k->red, src, M, N, ld, sstride);
+    else
+        colsum_partial_kernel<S, 1><<<colsum_grid(k, N, G, 1), threads, 0, k->stream>>>(k->red, src, M, N, ld, sstride);
     LAUNCH_CHECK();
     colsum_final(k, dst, N, G, dstride);
 }
@@ -997,18 +1026,19 @@ static inline uint32_t ptr_alignment(const void *p)
  * it offers no algorithm (the operands may have been rounded into the
  * scratch by then); the caller then takes cuBLAS and the pass. */
 static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
-                                  int N)
+                                  int N, const float *res = nullptr)
 {
     if (!k->lt || !k->cast || ((uintptr_t)b & 15) != 0)
         return false;
     int64_t used = 0;
     const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w), (int64_t)N * K, &used);
     const __nv_bfloat16 *x16 = bf16_operand(k, inp, (int64_t)M * K, &used);
-    const uint32_t align_a = ptr_alignment(w16), align_b = ptr_alignment(x16), align_c = ptr_alignment(out);
+    const uint32_t align_a = ptr_alignment(w16), align_b = ptr_alignment(x16),
+                   align_c = ptr_alignment(res ? res : out), align_d = ptr_alignment(out);
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
-    cublasLtMatmulHeuristicResult_t res = {};
+    cublasLtMatmulHeuristicResult_t heur = {};
     int found = 0;
     const cublasOperation_t tw = CUBLAS_OP_T, tx = CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
@@ -1035,15 +1065,15 @@ static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const fl
                                                    sizeof align_b) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
                                                    sizeof align_c) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
-                                                   sizeof align_c) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulAlgoGetHeuristic(k->lt, op, la, lb, lc, lc, pref, 1, &res, &found) ==
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
+                                                   sizeof align_d) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulAlgoGetHeuristic(k->lt, op, la, lb, lc, lc, pref, 1, &heur, &found) ==
                   CUBLAS_STATUS_SUCCESS &&
               found > 0;
     if (ok) {
         const float one = 1.0f, zero = 0.0f;
-        CUBLAS_CHECK(cublasLtMatmul(k->lt, op, &one, w16, la, x16, lb, &zero, out, lc, out, lc, &res.algo, k->lt_ws,
-                                    k->lt_ws_bytes, k->stream));
+        CUBLAS_CHECK(cublasLtMatmul(k->lt, op, &one, w16, la, x16, lb, res ? &one : &zero, res ? res : out, lc, out,
+                                    lc, &heur.algo, k->lt_ws, k->lt_ws_bytes, k->stream));
     }
     if (pref)
         cublasLtMatmulPreferenceDestroy(pref);
@@ -1055,20 +1085,26 @@ static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const fl
     return ok;
 }
 
-/* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) */
+static inline void add_forward(const kctx *k, float *out, const float *a, const float *b, int64_t n);
+
+/* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) (+ res[M,N]: a residual block's
+ * skip, when the product makes the block's output; cuBLASLt takes it as
+ * its C, else a pass adds it) */
 static inline void linear_forward(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
-                                  int N)
+                                  int N, const float *res = nullptr)
 {
-    if (M > 0 && narrow_ok(k, inp, w, N, K)) {
+    const bool narrow = M > 0 && narrow_ok(k, inp, w, N, K);
+    if (!narrow && M > 0 && b && lt_linear_bias(k, out, inp, w, b, M, K, N, res))
+        return;
+    if (narrow) {
         narrow_forward(k, out, inp.f, w, b, M, K, N);
-        return;
+    } else {
+        mm_nt(k, out, inp, w, M, N, K, 0.0f);
+        if (b)
+            bias_add(k, out, b, M, N);
     }
-    if (M > 0 && b && lt_linear_bias(k, out, inp, w, b, M, K, N))
-        return;
-    mm_nt(k, out, inp, w, M, N, K, 0.0f);
-    if (b) {
-        bias_add(k, out, b, M, N);
-    }
+    if (res && M > 0)
+        add_forward(k, out, out, res, (int64_t)M * N);
 }
 
 /* dinp (+)= dout @ w (dinp may be NULL), dw += dout^T @ inp, db += colsum(dout)
@@ -2363,6 +2399,336 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
     attn_store<T, HD>(dk, D3, kk);
 }
 
+/* ---- attention on bf16 fragments (bf16 precision) -----------------------------------------------------
+ * In bf16 precision a whole (sample, head) of at most 128 tokens takes one
+ * block of TP / 16 warps (TP: the sequence padded to a multiple of 16),
+ * each warp 16 rows of queries. The products are mma.sync m16n8k16 on bf16
+ * operands with fp32 accumulation, and the scores, the softmax and the
+ * weights stay in the warp's registers: a product's accumulator tile is,
+ * two by two, the next product's operand tile, so the forward shares
+ * nothing between warps but q, k and v, and the backward only the two
+ * products that sum over queries (dk = ds^T q, dv = att^T dout), through
+ * the transposed weights and their gradient. The TF32 kernels above staged
+ * every product through shared memory and rounded each fragment as it
+ * loaded it; Nsight Compute found their forward bound by issue (66% of its
+ * slots on config P).
+ * q, k, v and dout are rounded to bf16 as they are staged (as a product's
+ * operands are in this precision), the weights before they multiply v and
+ * their gradient before it multiplies k and q; the softmax and every sum
+ * are fp32. The weights kept for the backward are fp32, as the other
+ * kernels keep them. */
+
+template <int T> __host__ __device__ constexpr int attn_frag_tp()
+{
+    return (T + 15) / 16 * 16;
+}
+
+/* bf16 elements a row of the staged [TP, HD] operands (q, k, v, dout) and
+ * of the [HD, TP] and [TP, TP] transposed ones: 8 more than the row, so
+ * that the 8 rows a fragment load touches fall in different banks */
+template <int HD> __host__ __device__ constexpr int attn_frag_lq()
+{
+    return HD + 8;
+}
+
+template <int T> __host__ __device__ constexpr int attn_frag_lt()
+{
+    return attn_frag_tp<T>() + 8;
+}
+
+/* shared memory: the forward's q, k and v transposed; the backward's q,
+ * k, v, dout, q, k and dout transposed, the weights' gradient and the
+ * weights transposed */
+template <int T, int HD> constexpr int attn_frag_fwd_smem()
+{
+    return 2 * (2 * attn_frag_tp<T>() * attn_frag_lq<HD>() + HD * attn_frag_lt<T>());
+}
+
+template <int T, int HD> constexpr int attn_frag_bwd_smem()
+{
+    return 2 * (4 * attn_frag_tp<T>() * attn_frag_lq<HD>() + 3 * HD * attn_frag_lt<T>() +
+                2 * attn_frag_tp<T>() * attn_frag_lt<T>());
+}
+
+/* whether the shape takes these kernels: heads a multiple of 16 (the
+ * products' k steps), at most 8 warps of query rows, the backward's
+ * operands in one block's shared memory */
+template <int T, int HD> constexpr bool attn_frag_ok()
+{
+    return HD % 16 == 0 && T <= 128 && attn_frag_bwd_smem<T, HD>() <= 227 * 1024;
+}
+
+/* d += a b on one m16n8k16 tile: a row-major 16 x 16, b 16 x 8 given by
+ * columns, bf16 pairs in 32-bit words, fp32 accumulation (the PTX ISA's
+ * fragment layouts: lane = 4 g + t holds rows g and g + 8, columns 2t and
+ * 2t + 1, of a and of d, and rows 2t, 2t + 1 of column g of b, and the same
+ * 8 columns or rows on) */
+__device__ static inline void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* two bf16 at p (4-byte aligned) as one word */
+__device__ static inline uint32_t lds_bf16x2(const __nv_bfloat16 *p)
+{
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+
+/* the a tile at rows r0.., columns k0.. of row-major x (rows L apart) */
+template <int L>
+__device__ static inline void frag_a_rows(uint32_t (&a)[4], const __nv_bfloat16 *x, int r0, int k0, int g, int t)
+{
+    const __nv_bfloat16 *p = x + (r0 + g) * L + k0 + 2 * t;
+    a[0] = lds_bf16x2(p);
+    a[1] = lds_bf16x2(p + 8 * L);
+    a[2] = lds_bf16x2(p + 8);
+    a[3] = lds_bf16x2(p + 8 * L + 8);
+}
+
+/* d[n] += a y^T for the 8-column tiles n < N of y's rows 8n.. (rows L apart,
+ * columns k0.. : b's columns are y's rows) */
+template <int N, int L>
+__device__ static inline void frag_times_rows(float (&d)[N][4], const uint32_t (&a)[4], const __nv_bfloat16 *y, int k0,
+                                              int g, int t)
+{
+#pragma unroll
+    for (int n = 0; n < N; n++) {
+        const __nv_bfloat16 *p = y + (8 * n + g) * L + k0 + 2 * t;
+        mma_bf16_16816(d[n], a, lds_bf16x2(p), lds_bf16x2(p + 8));
+    }
+}
+
+/* the a tile of columns 16 kk.. of a warp's 16 x 8 NT accumulator tiles s,
+ * rounded to bf16: tiles 2 kk and 2 kk + 1 are its two halves */
+template <int NT>
+__device__ static inline void frag_a_acc(uint32_t (&a)[4], const float (&s)[NT][4], int kk)
+{
+    a[0] = bf16x2_bits(s[2 * kk][0], s[2 * kk][1]);
+    a[1] = bf16x2_bits(s[2 * kk][2], s[2 * kk][3]);
+    a[2] = bf16x2_bits(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[3] = bf16x2_bits(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+/* rows t < T of src (fp32, rows ld apart, HD wide) rounded to bf16 into dst
+ * [TP, L] and, when given, transposed into dstt [HD, LT]; rows from T on
+ * zero. Every thread of the block calls it. */
+template <int T, int HD>
+__device__ static inline void attn_frag_stage(__nv_bfloat16 *dst, __nv_bfloat16 *dstt, const float *src, int64_t ld)
+{
+    constexpr int TP = attn_frag_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(), C4 = HD / 4;
+    for (int i = threadIdx.x; i < TP * C4; i += blockDim.x) {
+        const int r = i / C4, c = 4 * (i % C4);
+        float x[4] = {};
+        if (r < T)
+            vload<4>(x, src + (int64_t)r * ld + c);
+        if (dst)
+            *reinterpret_cast<uint2 *>(dst + r * L + c) = make_uint2(bf16x2_bits(x[0], x[1]), bf16x2_bits(x[2], x[3]));
+        if (dstt) {
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                dstt[(c + j) * LT + r] = __float2bfloat16_rn(x[j]);
+        }
+    }
+}
+
+/* lane (g, t)'s column of element e of an accumulator tile's, and its row
+ * offset from the tile's first */
+__device__ static inline int frag_col(int t, int e)
+{
+    return 2 * t + (e & 1);
+}
+
+__device__ static inline int frag_row(int g, int e)
+{
+    return g + (e & 2 ? 8 : 0);
+}
+
+/* out's rows r0.. (< T) of a warp's accumulator tiles o, HD wide, at dst
+ * (rows ld apart; O: float, or bf16 rounded to nearest even) */
+template <int T, int HD, typename O>
+__device__ static inline void attn_frag_store(O *dst, int64_t ld, const float (&o)[HD / 8][4], int r0, int g, int t)
+{
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int r = r0 + g + 8 * half;
+        if (r >= T)
+            continue;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++)
+            put2(dst + (int64_t)r * ld + 8 * n + 2 * t, o[n][2 * half], o[n][2 * half + 1]);
+    }
+}
+
+template <int T, int HD, int NH, typename O>
+static __global__ void __launch_bounds__(2 * attn_frag_tp<T>()) attention_fwd_frag_kernel(O *out, float *att,
+                                                                                          const float *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_frag_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
+                  NT = TP / 8, NO = HD / 8;
+    extern __shared__ __align__(16) __nv_bfloat16 smfr[];
+    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *vt = kk + TP * L;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_frag_stage<T, HD>(q, nullptr, base, D3);
+    attn_frag_stage<T, HD>(kk, nullptr, base + D, D3);
+    attn_frag_stage<T, HD>(nullptr, vt, base + 2 * D, D3);
+    __syncthreads();
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
+    /* scores s = q k^T, this warp's 16 rows by TP columns */
+    float s[NT][4] = {};
+#pragma unroll
+    for (int k0 = 0; k0 < HD; k0 += 16) {
+        uint32_t a[4];
+        frag_a_rows<L>(a, q, r0, k0, g, t);
+        frag_times_rows<NT, L>(s, a, kk, k0, g, t);
+    }
+    /* the softmax over the columns u < T of rows g and g + 8 (elements 0, 1
+     * and 2, 3), which the 4 lanes of a quad share */
+    const float scale = 1.0f / sqrtf((float)HD);
+    float mx[2] = { -INFINITY, -INFINITY }, sum[2] = { 0.0f, 0.0f };
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[j][e] = 8 * j + frag_col(t, e) < T ? s[j][e] * scale : -INFINITY;
+            mx[e / 2] = fmaxf(mx[e / 2], s[j][e]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[j][e] = expf(s[j][e] - mx[e / 2]);
+            sum[e / 2] += s[j][e];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+        sum[i] = 1.0f / sum[i];
+    }
+    float *a_out = att + (int64_t)bh * T * T;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[j][e] *= sum[e / 2];
+            const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
+            if (r < T && u < T)
+                a_out[r * T + u] = s[j][e];
+        }
+    }
+    /* out = att v: the weights' tiles two by two as the a tiles, v's
+     * columns (vt's rows) as b's */
+    float o[NO][4] = {};
+#pragma unroll
+    for (int k = 0; k < TP / 16; k++) {
+        uint32_t a[4];
+        frag_a_acc<NT>(a, s, k);
+        frag_times_rows<NO, LT>(o, a, vt, 16 * k, g, t);
+    }
+    attn_frag_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, o, r0, g, t);
+}
+
+template <int T, int HD, int NH, typename O>
+static __global__ void __launch_bounds__(2 * attn_frag_tp<T>())
+    attention_bwd_frag_kernel(O *dqkv, const float *dout, const float *qkv, const float *att)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_frag_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
+                  NT = TP / 8, NO = HD / 8;
+    extern __shared__ __align__(16) __nv_bfloat16 smfr[];
+    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *v = kk + TP * L, *go = v + TP * L, *qt = go + TP * L,
+                  *kt = qt + HD * LT, *got = kt + HD * LT, *dst = got + HD * LT, *pt = dst + TP * LT;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_frag_stage<T, HD>(q, qt, base, D3);
+    attn_frag_stage<T, HD>(kk, kt, base + D, D3);
+    attn_frag_stage<T, HD>(v, nullptr, base + 2 * D, D3);
+    attn_frag_stage<T, HD>(go, got, dout + (int64_t)b * T * D + h * HD, D);
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
+    /* this warp's rows of the weights, in the accumulator's layout (zero
+     * past T), while the staging completes */
+    const float *a_in = att + (int64_t)bh * T * T;
+    float p[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
+            p[j][e] = r < T && u < T ? a_in[r * T + u] : 0.0f;
+        }
+    }
+    __syncthreads();
+    /* the weights' gradient dp = dout v^T, then through the softmax and the
+     * scale: ds = p (dp - p . dp) scale, row by row */
+    float ds[NT][4] = {};
+#pragma unroll
+    for (int k0 = 0; k0 < HD; k0 += 16) {
+        uint32_t a[4];
+        frag_a_rows<L>(a, go, r0, k0, g, t);
+        frag_times_rows<NT, L>(ds, a, v, k0, g, t);
+    }
+    float dot[2] = { 0.0f, 0.0f };
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            dot[e / 2] += p[j][e] * ds[j][e];
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        dot[i] += __shfl_xor_sync(0xffffffffu, dot[i], 1);
+        dot[i] += __shfl_xor_sync(0xffffffffu, dot[i], 2);
+    }
+    const float scale = 1.0f / sqrtf((float)HD);
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            ds[j][e] = p[j][e] * (ds[j][e] - dot[e / 2]) * scale;
+            /* transposed for dk and dv, which sum over queries */
+            const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
+            dst[u * LT + r] = __float2bfloat16_rn(ds[j][e]);
+            pt[u * LT + r] = __float2bfloat16_rn(p[j][e]);
+        }
+    }
+    /* dq = ds k (k's columns: kt's rows) */
+    O *dq = dqkv + (int64_t)b * T * D3 + h * HD;
+    {
+        float acc[NO][4] = {};
+#pragma unroll
+        for (int k = 0; k < TP / 16; k++) {
+            uint32_t a[4];
+            frag_a_acc<NT>(a, ds, k);
+            frag_times_rows<NO, LT>(acc, a, kt, 16 * k, g, t);
+        }
+        attn_frag_store<T, HD>(dq, D3, acc, r0, g, t);
+    }
+    __syncthreads();
+    /* this warp's 16 keys now: dk = ds^T q and dv = att^T dout, summed over
+     * the queries (q's and dout's columns: qt's and got's rows) */
+    float dk[NO][4] = {}, dv[NO][4] = {};
+#pragma unroll
+    for (int k = 0; k < TP / 16; k++) {
+        uint32_t a[4];
+        frag_a_rows<LT>(a, dst, r0, 16 * k, g, t);
+        frag_times_rows<NO, LT>(dk, a, qt, 16 * k, g, t);
+        frag_a_rows<LT>(a, pt, r0, 16 * k, g, t);
+        frag_times_rows<NO, LT>(dv, a, got, 16 * k, g, t);
+    }
+    attn_frag_store<T, HD>(dq + D, D3, dk, r0, g, t);
+    attn_frag_store<T, HD>(dq + 2 * D, D3, dv, r0, g, t);
+}
+
 /* ---- attention by tiles of rows (sequences too long for one block) -------------------------------------
  * When a (sample, head) does not fit in one block's shared memory (196-token
  * windows, ViT's 197 tokens at 224 x 224), a block takes R rows of one
@@ -2926,6 +3292,14 @@ template <int T, int HD, int NH> static inline void attention_whole_setup()
         CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_tc_kernel<T, HD, NH, __nv_bfloat16>, dyn, fs));
         CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_tc_kernel<T, HD, NH, __nv_bfloat16>, dyn, bs));
     }
+    if constexpr (attn_frag_ok<T, HD>()) { /* bf16 precision */
+        const int fs = attn_frag_fwd_smem<T, HD>(), bs = attn_frag_bwd_smem<T, HD>();
+        const cudaFuncAttribute dyn = cudaFuncAttributeMaxDynamicSharedMemorySize;
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, float>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, float>, dyn, bs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, __nv_bfloat16>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, __nv_bfloat16>, dyn, bs));
+    }
 }
 
 /* bf16 precision: whether the attention of a whole (sample, head) on
@@ -2949,6 +3323,19 @@ template <int T, int HD> static inline mm_in attn_mm(const kctx *k, float *p)
 template <int T, int HD, int NH>
 static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B, bool half)
 {
+    if constexpr (attn_frag_ok<T, HD>()) {
+        if (k->cast) { /* bf16 precision */
+            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_frag_tp<T>();
+            const int smem = attn_frag_fwd_smem<T, HD>();
+            if (half && attn_half<T, HD>(k))
+                attention_fwd_frag_kernel<T, HD, NH>
+                    <<<grid, threads, smem, k->stream>>>(bf16_half(k, out), att, qkv);
+            else
+                attention_fwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(out, att, qkv);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             const unsigned grid = (unsigned)(B * NH);
@@ -2970,6 +3357,19 @@ template <int T, int HD, int NH>
 static inline void attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
                                             const float *att, int B, bool half)
 {
+    if constexpr (attn_frag_ok<T, HD>()) {
+        if (k->cast) { /* bf16 precision */
+            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_frag_tp<T>();
+            const int smem = attn_frag_bwd_smem<T, HD>();
+            if (half && attn_half<T, HD>(k))
+                attention_bwd_frag_kernel<T, HD, NH>
+                    <<<grid, threads, smem, k->stream>>>(bf16_half(k, dqkv), dout, qkv, att);
+            else
+                attention_bwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(dqkv, dout, qkv, att);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
     if constexpr (attn_tc_ok<T, HD>()) {
         if (k->compute != CUBLAS_COMPUTE_32F) {
             const unsigned grid = (unsigned)(B * NH);
@@ -3709,8 +4109,8 @@ static __global__ void moe_gather_kernel(T *__restrict__ xe, const float *__rest
 template <int K, int V>
 static __global__ void moe_combine_kernel(float *__restrict__ out, const float *__restrict__ ye,
                                           const float *__restrict__ b2, const int *__restrict__ topk,
-                                          const int *__restrict__ slot, const float *__restrict__ gate, int N, int cap,
-                                          int D)
+                                          const int *__restrict__ slot, const float *__restrict__ gate,
+                                          const float *__restrict__ res, int N, int cap, int D)
 {
     const int lane = threadIdx.x % 32;
     for (int64_t n = row_warp(); n < N; n += row_warps()) {
@@ -3737,6 +4137,13 @@ static __global__ void moe_combine_kernel(float *__restrict__ out, const float *
                     for (int j = 0; j < V; j++)
                         acc[j] += g[k] * (bias[k] ? y[j] + b[j] : y[j]);
                 }
+            if (res) { /* after the sum, as the residual's own add did */
+                float x[V];
+                vload<V>(x, res + n * D + d);
+#pragma unroll
+                for (int j = 0; j < V; j++)
+                    acc[j] += x[j];
+            }
             vstore<V>(o + d, acc);
         }
     }
@@ -3830,7 +4237,8 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
 }
 
 /* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
- * ye = a w2^T + b2 per expert, out = the gated sum. With expert
+ * ye = a w2^T + b2 per expert, out = the gated sum (+ res, a residual
+ * block's skip, when the layer makes the block's output). With expert
  * parallelism (P > 1): xe is dispatched to xr, this GPU's E/P experts (w1
  * ... b2: theirs alone) run on xr's P * cap rows per expert into yr, which
  * comes back to ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe
@@ -3842,7 +4250,8 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *xr, float *h, float *a, float *yr,
                                        float *ye, const float *x, const moe_route_buf *r, const float *w1,
-                                       const float *b1, const float *w2, const float *b2, int N, int cap)
+                                       const float *b1, const float *w2, const float *b2, int N, int cap,
+                                       const float *res = nullptr)
 {
     static_assert(E % P == 0, "moe_experts_forward: the group's GPUs share the experts evenly");
     constexpr int EL = E / P;
@@ -3872,8 +4281,8 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
                                    P > 1 ? nullptr : r->count, rows, 0, EL);
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
-    launch_rows(k, vec4_ok(D, out, ye, b2), N, moe_combine_kernel<K, 4>, moe_combine_kernel<K, 1>, out, ye,
-                P > 1 ? nullptr : b2, r->topk, r->slot, r->gate, N, cap, D);
+    launch_rows(k, vec4_ok(D, out, ye, b2) && vec4_ok(D, res), N, moe_combine_kernel<K, 4>, moe_combine_kernel<K, 1>,
+                out, ye, P > 1 ? nullptr : b2, r->topk, r->slot, r->gate, res, N, cap, D);
 }
 
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the

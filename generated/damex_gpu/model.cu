@@ -23,43 +23,39 @@
 #define V4                    7094272L /* layernorm blocks.0.norm1 */
 #define MEAN4                10240000L /* layer norm means */
 #define RSTD4                10256384L /* layer norm 1/std */
-#define V5                   10272768L /* attention blocks.0.attn */
-#define QKV5                 13418496L /* queries, keys, values */
-#define ATT5                 22855680L /* attention weights */
-#define Y5                   24428544L /* heads' outputs */
-#define V6                   27574272L /* residual_end */
-#define V8                   30720000L /* layernorm blocks.0.norm2 */
-#define MEAN8                33865728L /* layer norm means */
-#define RSTD8                33882112L /* layer norm 1/std */
-#define V9                   33898496L /* mlp blocks.0.mlp */
-#define H9                   37044224L /* hidden, before the activation */
-#define ACTV9                49627136L /* hidden, after the activation */
-#define V10                  62210048L /* residual_end */
-#define V12                  65355776L /* layernorm blocks.1.norm1 */
-#define MEAN12               68501504L /* layer norm means */
-#define RSTD12               68517888L /* layer norm 1/std */
-#define V13                  68534272L /* attention blocks.1.attn */
-#define QKV13                71680000L /* queries, keys, values */
-#define ATT13                81117184L /* attention weights */
-#define Y13                  82690048L /* heads' outputs */
-#define V14                  85835776L /* residual_end */
-#define V16                  88981504L /* layernorm blocks.1.norm2 */
-#define MEAN16               92127232L /* layer norm means */
-#define RSTD16               92143616L /* layer norm 1/std */
-#define V17                  92160000L /* moe blocks.1.moe */
-#define LOGITS17             95305728L /* router logits */
-#define PROBS17              95354880L /* router probabilities */
-#define LSE17                95404032L /* log-sum-exp of the logits */
-#define TOPP17               95420416L /* top-k probabilities */
-#define GATE17               95436800L /* gates */
-#define PRIO17               95453184L /* routing priority */
-#define PRIOS17              95469568L /* routing priority, sorted */
-#define ENT17                95485952L /* router entropy per token */
-#define XE17                 95502336L /* expert inputs [E, cap, D] */
-#define HE17                101794560L /* expert hidden [E, cap, H] */
-#define AE17                126963456L /* expert hidden, activated */
-#define YE17                152132352L /* expert outputs [E, cap, D] */
-#define AUX17               158424576L /* auxiliary losses: balance, z, dataset, importance */
+#define QKV5                 10272768L /* queries, keys, values */
+#define ATT5                 19709952L /* attention weights */
+#define Y5                   21282816L /* heads' outputs */
+#define V6                   24428544L /* residual_end */
+#define V8                   27574272L /* layernorm blocks.0.norm2 */
+#define MEAN8                30720000L /* layer norm means */
+#define RSTD8                30736384L /* layer norm 1/std */
+#define H9                   30752768L /* hidden, before the activation */
+#define ACTV9                43335680L /* hidden, after the activation */
+#define V10                  55918592L /* residual_end */
+#define V12                  59064320L /* layernorm blocks.1.norm1 */
+#define MEAN12               62210048L /* layer norm means */
+#define RSTD12               62226432L /* layer norm 1/std */
+#define QKV13                62242816L /* queries, keys, values */
+#define ATT13                71680000L /* attention weights */
+#define Y13                  73252864L /* heads' outputs */
+#define V14                  76398592L /* residual_end */
+#define V16                  79544320L /* layernorm blocks.1.norm2 */
+#define MEAN16               82690048L /* layer norm means */
+#define RSTD16               82706432L /* layer norm 1/std */
+#define LOGITS17             82722816L /* router logits */
+#define PROBS17              82771968L /* router probabilities */
+#define LSE17                82821120L /* log-sum-exp of the logits */
+#define TOPP17               82837504L /* top-k probabilities */
+#define GATE17               82853888L /* gates */
+#define PRIO17               82870272L /* routing priority */
+#define PRIOS17              82886656L /* routing priority, sorted */
+#define ENT17                82903040L /* router entropy per token */
+#define XE17                 82919424L /* expert inputs [E, cap, D] */
+#define HE17                 89211648L /* expert hidden [E, cap, H] */
+#define AE17                114380544L /* expert hidden, activated */
+#define YE17                139549440L /* expert outputs [E, cap, D] */
+#define AUX17               145841664L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                  16384L /* int32 slot of each choice */
 #define COUNT17                 32768L /* int32 tokens per expert */
@@ -70,47 +66,43 @@
 #define TARGET17               131120L /* int32 mapped expert */
 #define BLKC17                 147504L /* int32 choices per block and expert */
 #define BLKB17                 147552L /* int32 first slot per block and expert */
-#define V18                 158424592L /* residual_end */
-#define V20                 161570320L /* layernorm blocks.2.norm1 */
-#define MEAN20              164716048L /* layer norm means */
-#define RSTD20              164732432L /* layer norm 1/std */
-#define V21                 164748816L /* attention blocks.2.attn */
-#define QKV21               167894544L /* queries, keys, values */
-#define ATT21               177331728L /* attention weights */
-#define Y21                 178904592L /* heads' outputs */
-#define V22                 182050320L /* residual_end */
-#define V24                 185196048L /* layernorm blocks.2.norm2 */
-#define MEAN24              188341776L /* layer norm means */
-#define RSTD24              188358160L /* layer norm 1/std */
-#define V25                 188374544L /* mlp blocks.2.mlp */
-#define H25                 191520272L /* hidden, before the activation */
-#define ACTV25              204103184L /* hidden, after the activation */
-#define V26                 216686096L /* residual_end */
-#define V28                 219831824L /* layernorm blocks.3.norm1 */
-#define MEAN28              222977552L /* layer norm means */
-#define RSTD28              222993936L /* layer norm 1/std */
-#define V29                 223010320L /* attention blocks.3.attn */
-#define QKV29               226156048L /* queries, keys, values */
-#define ATT29               235593232L /* attention weights */
-#define Y29                 237166096L /* heads' outputs */
-#define V30                 240311824L /* residual_end */
-#define V32                 243457552L /* layernorm blocks.3.norm2 */
-#define MEAN32              246603280L /* layer norm means */
-#define RSTD32              246619664L /* layer norm 1/std */
-#define V33                 246636048L /* moe blocks.3.moe */
-#define LOGITS33            249781776L /* router logits */
-#define PROBS33             249830928L /* router probabilities */
-#define LSE33               249880080L /* log-sum-exp of the logits */
-#define TOPP33              249896464L /* top-k probabilities */
-#define GATE33              249912848L /* gates */
-#define PRIO33              249929232L /* routing priority */
-#define PRIOS33             249945616L /* routing priority, sorted */
-#define ENT33               249962000L /* router entropy per token */
-#define XE33                249978384L /* expert inputs [E, cap, D] */
-#define HE33                256270608L /* expert hidden [E, cap, H] */
-#define AE33                281439504L /* expert hidden, activated */
-#define YE33                306608400L /* expert outputs [E, cap, D] */
-#define AUX33               312900624L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                 145841680L /* residual_end */
+#define V20                 148987408L /* layernorm blocks.2.norm1 */
+#define MEAN20              152133136L /* layer norm means */
+#define RSTD20              152149520L /* layer norm 1/std */
+#define QKV21               152165904L /* queries, keys, values */
+#define ATT21               161603088L /* attention weights */
+#define Y21                 163175952L /* heads' outputs */
+#define V22                 166321680L /* residual_end */
+#define V24                 169467408L /* layernorm blocks.2.norm2 */
+#define MEAN24              172613136L /* layer norm means */
+#define RSTD24              172629520L /* layer norm 1/std */
+#define H25                 172645904L /* hidden, before the activation */
+#define ACTV25              185228816L /* hidden, after the activation */
+#define V26                 197811728L /* residual_end */
+#define V28                 200957456L /* layernorm blocks.3.norm1 */
+#define MEAN28              204103184L /* layer norm means */
+#define RSTD28              204119568L /* layer norm 1/std */
+#define QKV29               204135952L /* queries, keys, values */
+#define ATT29               213573136L /* attention weights */
+#define Y29                 215146000L /* heads' outputs */
+#define V30                 218291728L /* residual_end */
+#define V32                 221437456L /* layernorm blocks.3.norm2 */
+#define MEAN32              224583184L /* layer norm means */
+#define RSTD32              224599568L /* layer norm 1/std */
+#define LOGITS33            224615952L /* router logits */
+#define PROBS33             224665104L /* router probabilities */
+#define LSE33               224714256L /* log-sum-exp of the logits */
+#define TOPP33              224730640L /* top-k probabilities */
+#define GATE33              224747024L /* gates */
+#define PRIO33              224763408L /* routing priority */
+#define PRIOS33             224779792L /* routing priority, sorted */
+#define ENT33               224796176L /* router entropy per token */
+#define XE33                224812560L /* expert inputs [E, cap, D] */
+#define HE33                231104784L /* expert hidden [E, cap, H] */
+#define AE33                256273680L /* expert hidden, activated */
+#define YE33                281442576L /* expert outputs [E, cap, D] */
+#define AUX33               287734800L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                 147600L /* int32 chosen experts */
 #define SLOT33                 163984L /* int32 slot of each choice */
 #define COUNT33                180368L /* int32 tokens per expert */
@@ -121,47 +113,43 @@
 #define TARGET33               278720L /* int32 mapped expert */
 #define BLKC33                 295104L /* int32 choices per block and expert */
 #define BLKB33                 295152L /* int32 first slot per block and expert */
-#define V34                 312900640L /* residual_end */
-#define V36                 316046368L /* layernorm blocks.4.norm1 */
-#define MEAN36              319192096L /* layer norm means */
-#define RSTD36              319208480L /* layer norm 1/std */
-#define V37                 319224864L /* attention blocks.4.attn */
-#define QKV37               322370592L /* queries, keys, values */
-#define ATT37               331807776L /* attention weights */
-#define Y37                 333380640L /* heads' outputs */
-#define V38                 336526368L /* residual_end */
-#define V40                 339672096L /* layernorm blocks.4.norm2 */
-#define MEAN40              342817824L /* layer norm means */
-#define RSTD40              342834208L /* layer norm 1/std */
-#define V41                 342850592L /* mlp blocks.4.mlp */
-#define H41                 345996320L /* hidden, before the activation */
-#define ACTV41              358579232L /* hidden, after the activation */
-#define V42                 371162144L /* residual_end */
-#define V44                 374307872L /* layernorm blocks.5.norm1 */
-#define MEAN44              377453600L /* layer norm means */
-#define RSTD44              377469984L /* layer norm 1/std */
-#define V45                 377486368L /* attention blocks.5.attn */
-#define QKV45               380632096L /* queries, keys, values */
-#define ATT45               390069280L /* attention weights */
-#define Y45                 391642144L /* heads' outputs */
-#define V46                 394787872L /* residual_end */
-#define V48                 397933600L /* layernorm blocks.5.norm2 */
-#define MEAN48              401079328L /* layer norm means */
-#define RSTD48              401095712L /* layer norm 1/std */
-#define V49                 401112096L /* moe blocks.5.moe */
-#define LOGITS49            404257824L /* router logits */
-#define PROBS49             404306976L /* router probabilities */
-#define LSE49               404356128L /* log-sum-exp of the logits */
-#define TOPP49              404372512L /* top-k probabilities */
-#define GATE49              404388896L /* gates */
-#define PRIO49              404405280L /* routing priority */
-#define PRIOS49             404421664L /* routing priority, sorted */
-#define ENT49               404438048L /* router entropy per token */
-#define XE49                404454432L /* expert inputs [E, cap, D] */
-#define HE49                410746656L /* expert hidden [E, cap, H] */
-#define AE49                435915552L /* expert hidden, activated */
-#define YE49                461084448L /* expert outputs [E, cap, D] */
-#define AUX49               467376672L /* auxiliary losses: balance, z, dataset, importance */
+#define V34                 287734816L /* residual_end */
+#define V36                 290880544L /* layernorm blocks.4.norm1 */
+#define MEAN36              294026272L /* layer norm means */
+#define RSTD36              294042656L /* layer norm 1/std */
+#define QKV37               294059040L /* queries, keys, values */
+#define ATT37               303496224L /* attention weights */
+#define Y37                 305069088L /* heads' outputs */
+#define V38                 308214816L /* residual_end */
+#define V40                 311360544L /* layernorm blocks.4.norm2 */
+#define MEAN40              314506272L /* layer norm means */
+#define RSTD40              314522656L /* layer norm 1/std */
+#define H41                 314539040L /* hidden, before the activation */
+#define ACTV41              327121952L /* hidden, after the activation */
+#define V42                 339704864L /* residual_end */
+#define V44                 342850592L /* layernorm blocks.5.norm1 */
+#define MEAN44              345996320L /* layer norm means */
+#define RSTD44              346012704L /* layer norm 1/std */
+#define QKV45               346029088L /* queries, keys, values */
+#define ATT45               355466272L /* attention weights */
+#define Y45                 357039136L /* heads' outputs */
+#define V46                 360184864L /* residual_end */
+#define V48                 363330592L /* layernorm blocks.5.norm2 */
+#define MEAN48              366476320L /* layer norm means */
+#define RSTD48              366492704L /* layer norm 1/std */
+#define LOGITS49            366509088L /* router logits */
+#define PROBS49             366558240L /* router probabilities */
+#define LSE49               366607392L /* log-sum-exp of the logits */
+#define TOPP49              366623776L /* top-k probabilities */
+#define GATE49              366640160L /* gates */
+#define PRIO49              366656544L /* routing priority */
+#define PRIOS49             366672928L /* routing priority, sorted */
+#define ENT49               366689312L /* router entropy per token */
+#define XE49                366705696L /* expert inputs [E, cap, D] */
+#define HE49                372997920L /* expert hidden [E, cap, H] */
+#define AE49                398166816L /* expert hidden, activated */
+#define YE49                423335712L /* expert outputs [E, cap, D] */
+#define AUX49               429627936L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK49                 295200L /* int32 chosen experts */
 #define SLOT49                 311584L /* int32 slot of each choice */
 #define COUNT49                327968L /* int32 tokens per expert */
@@ -172,13 +160,13 @@
 #define TARGET49               426320L /* int32 mapped expert */
 #define BLKC49                 442704L /* int32 choices per block and expert */
 #define BLKB49                 442752L /* int32 first slot per block and expert */
-#define V50                 467376688L /* residual_end */
-#define V51                 470522416L /* layernorm norm */
-#define MEAN51              473668144L /* layer norm means */
-#define RSTD51              473684528L /* layer norm 1/std */
-#define V52                 473700912L /* pool */
-#define V53                 473897520L /* logits */
-#define XENT                473907760L /* cross-entropy per sample */
+#define V50                 429627952L /* residual_end */
+#define V51                 432773680L /* layernorm norm */
+#define MEAN51              435919408L /* layer norm means */
+#define RSTD51              435935792L /* layer norm 1/std */
+#define V52                 435952176L /* pool */
+#define V53                 436148784L /* logits */
+#define XENT                436159024L /* cross-entropy per sample */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -394,7 +382,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
-    473908784L, /* act_floats */
+    436160048L, /* act_floats */
     85211648L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */
@@ -437,25 +425,25 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 5: attention blocks.0.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(13056L), P(123648L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y5), A(ATT5), A(QKV5), B, true);
-    linear_forward(k, A(V5), attn_mm<16, 32>(k, A(Y5)), P(124224L), P(161088L), B * 16, 192, 192);
+    linear_forward(k, A(V6), attn_mm<16, 32>(k, A(Y5)), P(124224L), P(161088L), B * 16, 192, 192, A(V2));
     /* 6: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V6), A(V2), A(V5), (int64_t)B * 3072);
+    /* A(V6) = A(V2) + the branch's output: made by op 5 (plan_fused_adds) */
     /* 8: layernorm blocks.0.norm2 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V8), A(MEAN8), A(RSTD8), A(V6), P(161280L), P(161472L), B * 16, 1e-05f, bf16_half(k, A(V8)));
     /* 9: mlp blocks.0.mlp -> [B, 16, 192] */
     linear_forward(k, A(H9), mm_half(k, A(V8)), P(161664L), nullptr, B * 16, 192, 768);
     bias_act<ACT_GELU>(k, A(ACTV9), A(H9), P(309120L), (int64_t)B * 16, 768, 1, bf16_half(k, A(ACTV9)), true);
-    linear_forward(k, A(V9), mm_half(k, A(ACTV9)), P(309888L), P(457344L), B * 16, 768, 192);
+    linear_forward(k, A(V10), mm_half(k, A(ACTV9)), P(309888L), P(457344L), B * 16, 768, 192, A(V6));
     /* 10: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V10), A(V6), A(V9), (int64_t)B * 3072);
+    /* A(V10) = A(V6) + the branch's output: made by op 9 (plan_fused_adds) */
     /* 12: layernorm blocks.1.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(457536L), P(457728L), B * 16, 1e-05f, bf16_half(k, A(V12)));
     /* 13: attention blocks.1.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(457920L), P(568512L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y13), A(ATT13), A(QKV13), B, true);
-    linear_forward(k, A(V13), attn_mm<16, 32>(k, A(Y13)), P(569088L), P(605952L), B * 16, 192, 192);
+    linear_forward(k, A(V14), attn_mm<16, 32>(k, A(Y13)), P(569088L), P(605952L), B * 16, 192, 192, A(V10));
     /* 14: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V14), A(V10), A(V13), (int64_t)B * 3072);
+    /* A(V14) = A(V10) + the branch's output: made by op 13 (plan_fused_adds) */
     /* 16: layernorm blocks.1.norm2 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V16), A(MEAN16), A(RSTD16), A(V14), P(606144L), P(606336L), B * 16, 1e-05f);
     /* 17: moe blocks.1.moe -> [B, 16, 192] */
@@ -471,37 +459,37 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
             gate_noise(k, A(LOGITS17), (int64_t)N * 3, 0.33333334f, d->seed, 1017, &d->sc->step, d->row0 * 48);
         moe_route<3, 1>(k, &r, A(LOGITS17), N, cap, 1, 1);
         moe_target(k, IA(TARGET17), dataset, d->maps + 0, N, 16);
-        moe_experts_forward<192, 768, 3, 1, ACT_GELU, 1>(k, A(V17), A(XE17), A(XE17), A(HE17), A(AE17), A(YE17), A(YE17), A(V16), &r,
-                                              P(607104L), P(1049472L), P(1051776L), P(1494144L), N, cap);
+        moe_experts_forward<192, 768, 3, 1, ACT_GELU, 1>(k, A(V18), A(XE17), A(XE17), A(HE17), A(AE17), A(YE17), A(YE17), A(V16), &r,
+                                              P(607104L), P(1049472L), P(1051776L), P(1494144L), N, cap, A(V14));
         moe_aux_losses<3, 1>(k, A(AUX17), d->dacc + 4, d->dacc + 1, d->stats + 0, d->dacc + 3, &r, IA(TARGET17),
                               dataset, 0.01f, 0.0f, 0.1f, 0.0f, N, 16, 3, train);
     }
     /* 18: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V18), A(V14), A(V17), (int64_t)B * 3072);
+    /* A(V18) = A(V14) + the branch's output: made by op 17 (plan_fused_adds) */
     /* 20: layernorm blocks.2.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(1494720L), P(1494912L), B * 16, 1e-05f, bf16_half(k, A(V20)));
     /* 21: attention blocks.2.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(1495104L), P(1605696L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y21), A(ATT21), A(QKV21), B, true);
-    linear_forward(k, A(V21), attn_mm<16, 32>(k, A(Y21)), P(1606272L), P(1643136L), B * 16, 192, 192);
+    linear_forward(k, A(V22), attn_mm<16, 32>(k, A(Y21)), P(1606272L), P(1643136L), B * 16, 192, 192, A(V18));
     /* 22: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V22), A(V18), A(V21), (int64_t)B * 3072);
+    /* A(V22) = A(V18) + the branch's output: made by op 21 (plan_fused_adds) */
     /* 24: layernorm blocks.2.norm2 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V24), A(MEAN24), A(RSTD24), A(V22), P(1643328L), P(1643520L), B * 16, 1e-05f, bf16_half(k, A(V24)));
     /* 25: mlp blocks.2.mlp -> [B, 16, 192] */
     linear_forward(k, A(H25), mm_half(k, A(V24)), P(1643712L), nullptr, B * 16, 192, 768);
     bias_act<ACT_GELU>(k, A(ACTV25), A(H25), P(1791168L), (int64_t)B * 16, 768, 1, bf16_half(k, A(ACTV25)), true);
-    linear_forward(k, A(V25), mm_half(k, A(ACTV25)), P(1791936L), P(1939392L), B * 16, 768, 192);
+    linear_forward(k, A(V26), mm_half(k, A(ACTV25)), P(1791936L), P(1939392L), B * 16, 768, 192, A(V22));
     /* 26: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V26), A(V22), A(V25), (int64_t)B * 3072);
+    /* A(V26) = A(V22) + the branch's output: made by op 25 (plan_fused_adds) */
     /* 28: layernorm blocks.3.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(1939584L), P(1939776L), B * 16, 1e-05f, bf16_half(k, A(V28)));
     /* 29: attention blocks.3.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(1939968L), P(2050560L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y29), A(ATT29), A(QKV29), B, true);
-    linear_forward(k, A(V29), attn_mm<16, 32>(k, A(Y29)), P(2051136L), P(2088000L), B * 16, 192, 192);
+    linear_forward(k, A(V30), attn_mm<16, 32>(k, A(Y29)), P(2051136L), P(2088000L), B * 16, 192, 192, A(V26));
     /* 30: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V30), A(V26), A(V29), (int64_t)B * 3072);
+    /* A(V30) = A(V26) + the branch's output: made by op 29 (plan_fused_adds) */
     /* 32: layernorm blocks.3.norm2 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V32), A(MEAN32), A(RSTD32), A(V30), P(2088192L), P(2088384L), B * 16, 1e-05f);
     /* 33: moe blocks.3.moe -> [B, 16, 192] */
@@ -517,37 +505,37 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
             gate_noise(k, A(LOGITS33), (int64_t)N * 3, 0.33333334f, d->seed, 1033, &d->sc->step, d->row0 * 48);
         moe_route<3, 1>(k, &r, A(LOGITS33), N, cap, 1, 1);
         moe_target(k, IA(TARGET33), dataset, d->maps + 3, N, 16);
-        moe_experts_forward<192, 768, 3, 1, ACT_GELU, 1>(k, A(V33), A(XE33), A(XE33), A(HE33), A(AE33), A(YE33), A(YE33), A(V32), &r,
-                                              P(2089152L), P(2531520L), P(2533824L), P(2976192L), N, cap);
+        moe_experts_forward<192, 768, 3, 1, ACT_GELU, 1>(k, A(V34), A(XE33), A(XE33), A(HE33), A(AE33), A(YE33), A(YE33), A(V32), &r,
+                                              P(2089152L), P(2531520L), P(2533824L), P(2976192L), N, cap, A(V30));
         moe_aux_losses<3, 1>(k, A(AUX33), d->dacc + 11, d->dacc + 1, d->stats + 15, d->dacc + 10, &r, IA(TARGET33),
                               dataset, 0.01f, 0.0f, 0.1f, 0.0f, N, 16, 3, train);
     }
     /* 34: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V34), A(V30), A(V33), (int64_t)B * 3072);
+    /* A(V34) = A(V30) + the branch's output: made by op 33 (plan_fused_adds) */
     /* 36: layernorm blocks.4.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V36), A(MEAN36), A(RSTD36), A(V34), P(2976768L), P(2976960L), B * 16, 1e-05f, bf16_half(k, A(V36)));
     /* 37: attention blocks.4.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV37), mm_half(k, A(V36)), P(2977152L), P(3087744L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y37), A(ATT37), A(QKV37), B, true);
-    linear_forward(k, A(V37), attn_mm<16, 32>(k, A(Y37)), P(3088320L), P(3125184L), B * 16, 192, 192);
+    linear_forward(k, A(V38), attn_mm<16, 32>(k, A(Y37)), P(3088320L), P(3125184L), B * 16, 192, 192, A(V34));
     /* 38: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V38), A(V34), A(V37), (int64_t)B * 3072);
+    /* A(V38) = A(V34) + the branch's output: made by op 37 (plan_fused_adds) */
     /* 40: layernorm blocks.4.norm2 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V40), A(MEAN40), A(RSTD40), A(V38), P(3125376L), P(3125568L), B * 16, 1e-05f, bf16_half(k, A(V40)));
     /* 41: mlp blocks.4.mlp -> [B, 16, 192] */
     linear_forward(k, A(H41), mm_half(k, A(V40)), P(3125760L), nullptr, B * 16, 192, 768);
     bias_act<ACT_GELU>(k, A(ACTV41), A(H41), P(3273216L), (int64_t)B * 16, 768, 1, bf16_half(k, A(ACTV41)), true);
-    linear_forward(k, A(V41), mm_half(k, A(ACTV41)), P(3273984L), P(3421440L), B * 16, 768, 192);
+    linear_forward(k, A(V42), mm_half(k, A(ACTV41)), P(3273984L), P(3421440L), B * 16, 768, 192, A(V38));
     /* 42: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V42), A(V38), A(V41), (int64_t)B * 3072);
+    /* A(V42) = A(V38) + the branch's output: made by op 41 (plan_fused_adds) */
     /* 44: layernorm blocks.5.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V44), A(MEAN44), A(RSTD44), A(V42), P(3421632L), P(3421824L), B * 16, 1e-05f, bf16_half(k, A(V44)));
     /* 45: attention blocks.5.attn -> [B, 16, 192] */
     linear_forward(k, A(QKV45), mm_half(k, A(V44)), P(3422016L), P(3532608L), B * 16, 192, 576);
     attention_forward<16, 32, 6>(k, A(Y45), A(ATT45), A(QKV45), B, true);
-    linear_forward(k, A(V45), attn_mm<16, 32>(k, A(Y45)), P(3533184L), P(3570048L), B * 16, 192, 192);
+    linear_forward(k, A(V46), attn_mm<16, 32>(k, A(Y45)), P(3533184L), P(3570048L), B * 16, 192, 192, A(V42));
     /* 46: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V46), A(V42), A(V45), (int64_t)B * 3072);
+    /* A(V46) = A(V42) + the branch's output: made by op 45 (plan_fused_adds) */
     /* 48: layernorm blocks.5.norm2 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V48), A(MEAN48), A(RSTD48), A(V46), P(3570240L), P(3570432L), B * 16, 1e-05f);
     /* 49: moe blocks.5.moe -> [B, 16, 192] */
@@ -563,13 +551,13 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
             gate_noise(k, A(LOGITS49), (int64_t)N * 3, 0.33333334f, d->seed, 1049, &d->sc->step, d->row0 * 48);
         moe_route<3, 1>(k, &r, A(LOGITS49), N, cap, 1, 1);
         moe_target(k, IA(TARGET49), dataset, d->maps + 6, N, 16);
-        moe_experts_forward<192, 768, 3, 1, ACT_GELU, 1>(k, A(V49), A(XE49), A(XE49), A(HE49), A(AE49), A(YE49), A(YE49), A(V48), &r,
-                                              P(3571200L), P(4013568L), P(4015872L), P(4458240L), N, cap);
+        moe_experts_forward<192, 768, 3, 1, ACT_GELU, 1>(k, A(V50), A(XE49), A(XE49), A(HE49), A(AE49), A(YE49), A(YE49), A(V48), &r,
+                                              P(3571200L), P(4013568L), P(4015872L), P(4458240L), N, cap, A(V46));
         moe_aux_losses<3, 1>(k, A(AUX49), d->dacc + 18, d->dacc + 1, d->stats + 30, d->dacc + 17, &r, IA(TARGET49),
                               dataset, 0.01f, 0.0f, 0.1f, 0.0f, N, 16, 3, train);
     }
     /* 50: residual_end -> [B, 16, 192] */
-    add_forward(k, A(V50), A(V46), A(V49), (int64_t)B * 3072);
+    /* A(V50) = A(V46) + the branch's output: made by op 49 (plan_fused_adds) */
     /* 51: layernorm norm -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V51), A(MEAN51), A(RSTD51), A(V50), P(4458816L), P(4459008L), B * 16, 1e-05f);
     /* 52: pool -> [B, 192] */

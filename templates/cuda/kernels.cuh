@@ -447,8 +447,8 @@ template <int LANES, int V> __device__ static inline void lanes_sum(float (&v)[V
  * lanes' sums are added in order (lanes_sum). Returns the column's sum in
  * lane 0, 0 elsewhere; every thread of the block calls it (valid: whether
  * its column exists). Enough loads in flight for narrow columns, where one
- * thread per column left most of the GPU idle (the dense layers' bias
- * gradients, the layer norm's partials). */
+ * thread per column left most of the GPU idle (the layer norm's partials;
+ * colsum_partial_kernel lays out the bias gradients' sums the same way). */
 template <int LANES, typename S>
 __device__ static inline float lanes_col_sum(const S *col, int64_t ld, int lo, int hi, bool valid)
 {
@@ -462,18 +462,39 @@ __device__ static inline float lanes_col_sum(const S *col, int64_t ld, int lo, i
     return acc[0];
 }
 
+template <int V> __device__ static inline void vload(float (&x)[V], const __nv_bfloat16 *p);
+template <int V> __device__ static inline void vload(float (&x)[V], const float *p);
+
 /* part[g, c, n] = sum of src[g][m * ld + n] over the rows m of chunk c, on
  * COLSUM_LANES lanes of rows (S: float, or bf16 for a gradient its
- * producer wrote in bf16) */
+ * producer wrote in bf16); V columns a thread (16-byte loads where the
+ * rows allow: one 2-byte load a thread left the bias gradients from bf16
+ * at a fraction of the memory's speed). Each column's rows are added in
+ * the same order for every V: the same bits. */
 #define COLSUM_LANES 8
-template <typename S>
+template <typename S, int V>
 static __global__ void colsum_partial_kernel(float *part, const S *src, int M, int N, int64_t ld, int64_t stride)
 {
-    const int n = blockIdx.x * 32 + (int)threadIdx.x % 32, c = blockIdx.y, g = blockIdx.z;
+    const int n = (blockIdx.x * 32 + (int)threadIdx.x % 32) * V, c = blockIdx.y, g = blockIdx.z;
     const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
-    const float t = lanes_col_sum<COLSUM_LANES>(src + (int64_t)g * stride + n, ld, lo, hi, n < N);
-    if (threadIdx.x / 32 == 0 && n < N)
-        part[((int64_t)g * RED_CHUNKS + c) * N + n] = t;
+    float acc[V] = {};
+    if (n < N) { /* V > 1: N is a multiple of V */
+        const S *col = src + (int64_t)g * stride + n;
+#pragma unroll 4
+        for (int m = lo + (int)threadIdx.x / 32; m < hi; m += COLSUM_LANES) {
+            float x[V];
+            vload<V>(x, col + (int64_t)m * ld);
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                acc[j] += x[j];
+        }
+    }
+    lanes_sum<COLSUM_LANES, V>(acc);
+    if (threadIdx.x / 32 == 0 && n < N) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            part[((int64_t)g * RED_CHUNKS + c) * N + n + j] = acc[j];
+    }
 }
 
 /* dst[g][n] += sum over chunks of part[g, c, n] */
@@ -522,8 +543,16 @@ template <typename S>
 static inline void colsum_add(const kctx *k, float *dst, const S *src, int M, int N, int G = 1,
                               int64_t sstride = 0, int64_t dstride = 0, int64_t ld = 0)
 {
-    colsum_partial_kernel<<<colsum_grid(k, N, G, 1), 32 * COLSUM_LANES, 0, k->stream>>>(k->red, src, M, N,
-                                                                                      ld ? ld : N, sstride);
+    ld = ld ? ld : N;
+    /* 16 bytes a thread: 8 bf16 or 4 floats, where every row starts aligned */
+    constexpr int V = sizeof(S) == 2 ? 8 : 4;
+    const bool wide = N % V == 0 && (ld * sizeof(S)) % 16 == 0 && (sstride * sizeof(S)) % 16 == 0 &&
+                      ((uintptr_t)src & 15) == 0;
+    const unsigned threads = 32 * COLSUM_LANES;
+    if (wide)
+        colsum_partial_kernel<S, V><<<colsum_grid(k, N, G, V), threads, 0, k->stream>>>(k->red, src, M, N, ld, sstride);
+    else
+        colsum_partial_kernel<S, 1><<<colsum_grid(k, N, G, 1), threads, 0, k->stream>>>(k->red, src, M, N, ld, sstride);
     LAUNCH_CHECK();
     colsum_final(k, dst, N, G, dstride);
 }
@@ -997,18 +1026,19 @@ static inline uint32_t ptr_alignment(const void *p)
  * it offers no algorithm (the operands may have been rounded into the
  * scratch by then); the caller then takes cuBLAS and the pass. */
 static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
-                                  int N)
+                                  int N, const float *res = nullptr)
 {
     if (!k->lt || !k->cast || ((uintptr_t)b & 15) != 0)
         return false;
     int64_t used = 0;
     const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w), (int64_t)N * K, &used);
     const __nv_bfloat16 *x16 = bf16_operand(k, inp, (int64_t)M * K, &used);
-    const uint32_t align_a = ptr_alignment(w16), align_b = ptr_alignment(x16), align_c = ptr_alignment(out);
+    const uint32_t align_a = ptr_alignment(w16), align_b = ptr_alignment(x16),
+                   align_c = ptr_alignment(res ? res : out), align_d = ptr_alignment(out);
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
-    cublasLtMatmulHeuristicResult_t res = {};
+    cublasLtMatmulHeuristicResult_t heur = {};
     int found = 0;
     const cublasOperation_t tw = CUBLAS_OP_T, tx = CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
@@ -1035,15 +1065,15 @@ static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const fl
                                                    sizeof align_b) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
                                                    sizeof align_c) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
-                                                   sizeof align_c) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulAlgoGetHeuristic(k->lt, op, la, lb, lc, lc, pref, 1, &res, &found) ==
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
+                                                   sizeof align_d) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulAlgoGetHeuristic(k->lt, op, la, lb, lc, lc, pref, 1, &heur, &found) ==
                   CUBLAS_STATUS_SUCCESS &&
               found > 0;
     if (ok) {
         const float one = 1.0f, zero = 0.0f;
-        CUBLAS_CHECK(cublasLtMatmul(k->lt, op, &one, w16, la, x16, lb, &zero, out, lc, out, lc, &res.algo, k->lt_ws,
-                                    k->lt_ws_bytes, k->stream));
+        CUBLAS_CHECK(cublasLtMatmul(k->lt, op, &one, w16, la, x16, lb, res ? &one : &zero, res ? res : out, lc, out,
+                                    lc, &heur.algo, k->lt_ws, k->lt_ws_bytes, k->stream));
     }
     if (pref)
         cublasLtMatmulPreferenceDestroy(pref);
@@ -1055,20 +1085,26 @@ static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const fl
     return ok;
 }
 
-/* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) */
+static inline void add_forward(const kctx *k, float *out, const float *a, const float *b, int64_t n);
+
+/* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) (+ res[M,N]: a residual block's
+ * skip, when the product makes the block's output; cuBLASLt takes it as
+ * its C, else a pass adds it) */
 static inline void linear_forward(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
-                                  int N)
+                                  int N, const float *res = nullptr)
 {
-    if (M > 0 && narrow_ok(k, inp, w, N, K)) {
+    const bool narrow = M > 0 && narrow_ok(k, inp, w, N, K);
+    if (!narrow && M > 0 && b && lt_linear_bias(k, out, inp, w, b, M, K, N, res))
+        return;
+    if (narrow) {
         narrow_forward(k, out, inp.f, w, b, M, K, N);
-        return;
+    } else {
+        mm_nt(k, out, inp, w, M, N, K, 0.0f);
+        if (b)
+            bias_add(k, out, b, M, N);
     }
-    if (M > 0 && b && lt_linear_bias(k, out, inp, w, b, M, K, N))
-        return;
-    mm_nt(k, out, inp, w, M, N, K, 0.0f);
-    if (b) {
-        bias_add(k, out, b, M, N);
-    }
+    if (res && M > 0)
+        add_forward(k, out, out, res, (int64_t)M * N);
 }
 
 /* dinp (+)= dout @ w (dinp may be NULL), dw += dout^T @ inp, db += colsum(dout)
@@ -4073,8 +4109,8 @@ static __global__ void moe_gather_kernel(T *__restrict__ xe, const float *__rest
 template <int K, int V>
 static __global__ void moe_combine_kernel(float *__restrict__ out, const float *__restrict__ ye,
                                           const float *__restrict__ b2, const int *__restrict__ topk,
-                                          const int *__restrict__ slot, const float *__restrict__ gate, int N, int cap,
-                                          int D)
+                                          const int *__restrict__ slot, const float *__restrict__ gate,
+                                          const float *__restrict__ res, int N, int cap, int D)
 {
     const int lane = threadIdx.x % 32;
     for (int64_t n = row_warp(); n < N; n += row_warps()) {
@@ -4101,6 +4137,13 @@ static __global__ void moe_combine_kernel(float *__restrict__ out, const float *
                     for (int j = 0; j < V; j++)
                         acc[j] += g[k] * (bias[k] ? y[j] + b[j] : y[j]);
                 }
+            if (res) { /* after the sum, as the residual's own add did */
+                float x[V];
+                vload<V>(x, res + n * D + d);
+#pragma unroll
+                for (int j = 0; j < V; j++)
+                    acc[j] += x[j];
+            }
             vstore<V>(o + d, acc);
         }
     }
@@ -4194,7 +4237,8 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
 }
 
 /* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
- * ye = a w2^T + b2 per expert, out = the gated sum. With expert
+ * ye = a w2^T + b2 per expert, out = the gated sum (+ res, a residual
+ * block's skip, when the layer makes the block's output). With expert
  * parallelism (P > 1): xe is dispatched to xr, this GPU's E/P experts (w1
  * ... b2: theirs alone) run on xr's P * cap rows per expert into yr, which
  * comes back to ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe
@@ -4206,7 +4250,8 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *xr, float *h, float *a, float *yr,
                                        float *ye, const float *x, const moe_route_buf *r, const float *w1,
-                                       const float *b1, const float *w2, const float *b2, int N, int cap)
+                                       const float *b1, const float *w2, const float *b2, int N, int cap,
+                                       const float *res = nullptr)
 {
     static_assert(E % P == 0, "moe_experts_forward: the group's GPUs share the experts evenly");
     constexpr int EL = E / P;
@@ -4236,8 +4281,8 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
                                    P > 1 ? nullptr : r->count, rows, 0, EL);
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
-    launch_rows(k, vec4_ok(D, out, ye, b2), N, moe_combine_kernel<K, 4>, moe_combine_kernel<K, 1>, out, ye,
-                P > 1 ? nullptr : b2, r->topk, r->slot, r->gate, N, cap, D);
+    launch_rows(k, vec4_ok(D, out, ye, b2) && vec4_ok(D, res), N, moe_combine_kernel<K, 4>, moe_combine_kernel<K, 1>,
+                out, ye, P > 1 ? nullptr : b2, r->topk, r->slot, r->gate, res, N, cap, D);
 }
 
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the

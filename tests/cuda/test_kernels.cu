@@ -314,6 +314,18 @@ static void test_linear()
         ref_linear_forward(out.data(), inp.data(), w.data(), bias ? b.data() : nullptr, M, K, N);
         check("linear_forward", fmt("out, %s [%s]", bias ? "bias" : "no bias", mode()), down(d_out, out.size()), out,
               tol);
+        /* a residual block's output: + res (cuBLASLt's C in bf16 precision
+         * with the bias, else an add after the product) */
+        const fvec res = rnd(r, out.size(), -2, 2);
+        float *d_res = dup(res), *d_outr = dpoison<float>(out.size());
+        linear_forward(&g_k, d_outr, d_inp, d_w, bias ? d_b : nullptr, M, K, N, d_res);
+        fvec outr(out.size());
+        for (size_t i = 0; i < out.size(); i++)
+            outr[i] = out[i] + res[i];
+        check("linear_forward", fmt("out + res, %s [%s]", bias ? "bias" : "no bias", mode()),
+              down(d_outr, outr.size()), outr, tol);
+        check("linear_forward", fmt("res left as it was, %s [%s]", bias ? "bias" : "no bias", mode()),
+              down(d_res, res.size()), res, 0.0);
     }
     const fvec dout = rnd(r, (size_t)M * N, -1, 1);
     float *d_dout = dup(dout);
@@ -1211,6 +1223,12 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     moe_target(&g_k, d_target, d_dataset, d_map, N, T);
     moe_experts_forward<D, H, E, K, ACT, 1>(&g_k, d_out, d_xe, d_xe, d_h, d_a, d_ye, d_ye, d_x, &rb, d_w1, d_b1, d_w2,
                                             d_b2, N, cap);
+    /* again as a residual block's output (the same rows again: the
+     * backward below takes them): + res, added after the gated sum */
+    const fvec res = rnd(r, (size_t)N * D, -2, 2);
+    float *d_res = dup(res), *d_outr = dpoison<float>((size_t)N * D);
+    moe_experts_forward<D, H, E, K, ACT, 1>(&g_k, d_outr, d_xe, d_xe, d_h, d_a, d_ye, d_ye, d_x, &rb, d_w1, d_b1, d_w2,
+                                            d_b2, N, cap, d_res);
     moe_aux_losses<E, K>(&g_k, d_aux, d_sums, d_loss, d_st, d_entropy, &rb, d_target, d_dataset, w_bal, w_z, w_ds,
                          w_imp, N, T, ND, 1);
 
@@ -1296,6 +1314,12 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
 
     /* ---- the layer's output ---- */
     check("moe_experts_forward", "out, " + c, down(d_out, out.size()), out, tolb);
+    {
+        fvec want = down(d_out, out.size());
+        for (size_t i = 0; i < want.size(); i++)
+            want[i] += res[i];
+        check("moe_experts_forward", "out + res, the sum's bits plus res, " + c, down(d_outr, want.size()), want, 0.0);
+    }
 
     /* ---- auxiliary losses and statistics ---- */
     const fvec g_aux = down(d_aux, 4);
