@@ -47,9 +47,10 @@ static const double TOL16 = 1e-2; /* the cuBLAS kernels in tf32 and bf16 modes *
  * on an H200 was 6.1e-4 (TF32 keeps 10 mantissa bits: 4.9e-4 a rounding) */
 static const double TOL_ATTN_TC = 3e-3;
 /* attention on bf16 fragments (bf16 precision: q, k, v, the weights and
- * their gradient rounded to bf16 before each product; 2^-9 a rounding):
- * not yet measured on a GPU */
-static const double TOL_ATTN_FRAG = 2e-2;
+ * their gradient rounded to bf16 before each product; 2^-9 a rounding): the
+ * worst error seen on an H200 was 6.0e-3 (T=49, HD=16), so the issue's bf16
+ * tolerance holds */
+static const double TOL_ATTN_FRAG = TOL16;
 
 static kctx g_k;
 static bool g_bf16; /* a reduced-precision mode: tf32 or bf16 */
