@@ -454,7 +454,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             snprintf(post, sizeof post, "GELU%d_%d", i, l + 1);
             snprintf(prev, sizeof prev, "A(GELU%d_%d)", i, l);
             alloc_inside(g, p, cols, rows * cin * K * K, "convolution inputs (im2col)");
-            alloc_inside(g, p, pre, rows * C, "convolution outputs, channels last, without the bias");
+            alloc_inside(g, p, pre, rows * C, "convolution outputs, channels last, then the GELU's derivative");
             alloc_inside(g, p, post, rows * C, "after the bias and GELU, channels last");
             if (l == 0)
                 sb_printf(f, "    conv_im2col(k, A(%s), %s, B, %d, %d, %d, %d, %d, %d, 0);\n", cols, in, cin, si->h,
@@ -473,10 +473,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             const int cin = l == 0 ? si->c : C;
             const bool dinput = l > 0 || g->input[i] >= 0;
             sb_printf(&b,
-                      "    act_bias_backward<ACT_GELU>(k, G(CONV%d_%d), nullptr, DP(%lldL), G(GELU%d_%d), A(CONV%d_%d), "
-                      "P(%lldL), B * %d, %d);\n",
-                      i, l + 1, (long long)toff(g, i, 2 * l + 1), i, l + 1, i, l + 1, (long long)toff(g, i, 2 * l + 1),
-                      OH * OW, C);
+                      "    act_bias_backward(k, G(CONV%d_%d), nullptr, DP(%lldL), G(GELU%d_%d), A(CONV%d_%d), B * %d, "
+                      "%d);\n",
+                      i, l + 1, (long long)toff(g, i, 2 * l + 1), i, l + 1, i, l + 1, OH * OW, C);
             char dcols[40];
             snprintf(dcols, sizeof dcols, dinput ? "G(COLS%d_%d)" : "nullptr", i, l + 1);
             sb_printf(&b,
@@ -609,13 +608,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         char hh[32], aa[32];
         snprintf(hh, sizeof hh, "H%d", i);
         snprintf(aa, sizeof aa, "ACTV%d", i);
-        alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation");
+        alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation, then its derivative");
         alloc_inside(g, p, aa, BATCH * T * H, "hidden, after the activation");
         need_red(p, (int64_t)p->red_chunks * (H > D ? H : D)); /* the two biases' gradients */
         const char *act = act_code(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values,
-         * which keep no bias (its backward adds it again: act_bias_backward);
-         * the activations and their gradient feed products alone, so in
+         * which then hold the activation's derivative for the backward
+         * (bias_act's grad_h, act_bias_backward); the activations and their gradient feed products alone, so in
          * bf16 precision they are written in bf16 (bf16_half), not rounded
          * again for each product */
         char pin[48];
@@ -632,9 +631,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), dout, aa, (long long)toff(g, i, 2), T, H, D);
         /* the activation's backward and the first bias's gradient in one pass */
         sb_printf(&b,
-                  "    act_bias_backward<%s>(k, G(%s), bf16_half(k, G(%s)), DP(%lldL), G(%s), A(%s), P(%lldL), B * %d, "
-                  "%d);\n",
-                  act, hh, hh, (long long)toff(g, i, 1), aa, hh, (long long)toff(g, i, 1), T, H);
+                  "    act_bias_backward(k, G(%s), bf16_half(k, G(%s)), DP(%lldL), G(%s), A(%s), B * %d, %d);\n", hh, hh,
+                  (long long)toff(g, i, 1), aa, hh, T, H);
         sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), nullptr, mm_half(k, G(%s)), %s, P(%lldL), B * %d, %d, %d, %d);\n",
                   din, (long long)toff(g, i, 0), hh, pin, (long long)toff(g, i, 0), T, D, H, acc);
         break;
@@ -664,7 +662,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         static const char *const fwhat[] = { "router logits", "router probabilities", "log-sum-exp of the logits",
                                              "top-k probabilities", "gates", "routing priority",
                                              "routing priority, sorted", "router entropy per token",
-                                             "expert inputs [E, cap, D]", "expert hidden [E, cap, H]",
+                                             "expert inputs [E, cap, D]",
+                                             "expert hidden [E, cap, H], then the activation's derivative",
                                              "expert hidden, activated", "expert outputs [E, cap, D]",
                                              "auxiliary losses: balance, z, dataset, importance" };
         for (int k = 0; k < 13; k++) {
@@ -837,13 +836,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (x->fp32_gate)
             sb_printf(&b, "        kctx kg = fp32_ctx(k); /* fp32_gate */\n");
         sb_printf(&b,
-                  "        moe_experts_backward<%d, %d, %d, %d, %s, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
-                  "%s,\n                                               A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "
-                  "P(%lldL), P(%lldL), P(%lldL),\n                                               DP(%lldL), "
+                  "        moe_experts_backward<%d, %d, %d, %d, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
+                  "%s,\n                                          A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "
+                  "P(%lldL), P(%lldL),\n                                          DP(%lldL), "
                   "DP(%lldL), DP(%lldL), DP(%lldL), N, cap, %d);\n",
-                  D, H, E, K, act_code(x->act), EP, din, nm[4], nm[11], yr, nm[9], xr, nm[8], dout, xr, nm[9], nm[10],
-                  nm[11], (long long)w1, (long long)b1, (long long)w2, (long long)b2, (long long)w1, (long long)b1,
-                  (long long)w2, (long long)b2, acc);
+                  D, H, E, K, EP, din, nm[4], nm[11], yr, nm[9], xr, nm[8], dout, xr, nm[9], nm[10], nm[11],
+                  (long long)w1, (long long)w2, (long long)b2, (long long)w1, (long long)b1, (long long)w2,
+                  (long long)b2, acc);
         sb_printf(&b,
                   "        moe_router_backward<%d, %d>(k, G(%s), G(%s), &r, %s, d->dacc + %lld, N, %d, %s, %s, %s, %s);\n",
                   E, K, nm[0], nm[4], target, (long long)p->sums[j], x->normalize_gates && !ec ? 1 : 0,

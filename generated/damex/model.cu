@@ -30,7 +30,7 @@
 #define V8                    2332672L /* layernorm blocks.0.norm2 */
 #define MEAN8                 2594816L /* layer norm means */
 #define RSTD8                 2596864L /* layer norm 1/std */
-#define H9                    2598912L /* hidden, before the activation */
+#define H9                    2598912L /* hidden, before the activation, then its derivative */
 #define ACTV9                 3123200L /* hidden, after the activation */
 #define V10                   3647488L /* residual_end */
 #define V12                   3909632L /* layernorm blocks.1.norm1 */
@@ -52,7 +52,7 @@
 #define PRIOS17               5904384L /* routing priority, sorted */
 #define ENT17                 5906432L /* router entropy per token */
 #define XE17                  5908480L /* expert inputs [E, cap, D] */
-#define HE17                  6236032L /* expert hidden [E, cap, H] */
+#define HE17                  6236032L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE17                  6891136L /* expert hidden, activated */
 #define YE17                  7546240L /* expert outputs [E, cap, D] */
 #define AUX17                 7873792L /* auxiliary losses: balance, z, dataset, importance */
@@ -77,7 +77,7 @@
 #define V24                   9843984L /* layernorm blocks.2.norm2 */
 #define MEAN24               10106128L /* layer norm means */
 #define RSTD24               10108176L /* layer norm 1/std */
-#define H25                  10110224L /* hidden, before the activation */
+#define H25                  10110224L /* hidden, before the activation, then its derivative */
 #define ACTV25               10634512L /* hidden, after the activation */
 #define V26                  11158800L /* residual_end */
 #define V28                  11420944L /* layernorm blocks.3.norm1 */
@@ -99,7 +99,7 @@
 #define PRIOS33              13415696L /* routing priority, sorted */
 #define ENT33                13417744L /* router entropy per token */
 #define XE33                 13419792L /* expert inputs [E, cap, D] */
-#define HE33                 13747344L /* expert hidden [E, cap, H] */
+#define HE33                 13747344L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE33                 14402448L /* expert hidden, activated */
 #define YE33                 15057552L /* expert outputs [E, cap, D] */
 #define AUX33                15385104L /* auxiliary losses: balance, z, dataset, importance */
@@ -440,9 +440,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
-                                               A(XE33), A(HE33), A(AE33), A(YE33), &r, P(605056L), P(703360L), P(704128L), P(802432L),
-                                               DP(605056L), DP(703360L), DP(704128L), DP(802432L), N, cap, 0);
+        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
+                                          A(XE33), A(HE33), A(AE33), A(YE33), &r, P(605056L), P(704128L), P(802432L),
+                                          DP(605056L), DP(703360L), DP(704128L), DP(802432L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V32), DP(604672L), nullptr, G(LOGITS33), A(V32), P(604672L), N, 128, 3, 1);
     }
@@ -460,7 +460,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V25) and G(V22) are G(V26)'s (plan_grad_alias) */
     /* 25: mlp blocks.2.mlp */
     linear_backward(k, G(ACTV25), DP(505216L), DP(537984L), G(V25), mm_half(k, A(ACTV25)), P(505216L), B * 16, 256, 128, 0);
-    act_bias_backward<ACT_GELU>(k, G(H25), bf16_half(k, G(H25)), DP(504960L), G(ACTV25), A(H25), P(504960L), B * 16, 256);
+    act_bias_backward(k, G(H25), bf16_half(k, G(H25)), DP(504960L), G(ACTV25), A(H25), B * 16, 256);
     linear_backward(k, G(V24), DP(472192L), nullptr, mm_half(k, G(H25)), mm_half(k, A(V24)), P(472192L), B * 16, 128, 256, 0);
     /* 24: layernorm blocks.2.norm2 */
     layernorm_backward<128>(k, G(V22), DP(471936L), DP(472064L), G(V24), A(V22), P(471936L), A(MEAN24), A(RSTD24), B * 16, 1);
@@ -482,9 +482,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<128, 256, 3, 1, ACT_GELU, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
-                                               A(XE17), A(HE17), A(AE17), A(YE17), &r, P(207872L), P(306176L), P(306944L), P(405248L),
-                                               DP(207872L), DP(306176L), DP(306944L), DP(405248L), N, cap, 0);
+        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
+                                          A(XE17), A(HE17), A(AE17), A(YE17), &r, P(207872L), P(306944L), P(405248L),
+                                          DP(207872L), DP(306176L), DP(306944L), DP(405248L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V16), DP(207488L), nullptr, G(LOGITS17), A(V16), P(207488L), N, 128, 3, 1);
     }
@@ -502,7 +502,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V9) and G(V6) are G(V10)'s (plan_grad_alias) */
     /* 9: mlp blocks.0.mlp */
     linear_backward(k, G(ACTV9), DP(108032L), DP(140800L), G(V9), mm_half(k, A(ACTV9)), P(108032L), B * 16, 256, 128, 0);
-    act_bias_backward<ACT_GELU>(k, G(H9), bf16_half(k, G(H9)), DP(107776L), G(ACTV9), A(H9), P(107776L), B * 16, 256);
+    act_bias_backward(k, G(H9), bf16_half(k, G(H9)), DP(107776L), G(ACTV9), A(H9), B * 16, 256);
     linear_backward(k, G(V8), DP(75008L), nullptr, mm_half(k, G(H9)), mm_half(k, A(V8)), P(75008L), B * 16, 128, 256, 0);
     /* 8: layernorm blocks.0.norm2 */
     layernorm_backward<128>(k, G(V6), DP(74752L), DP(74880L), G(V8), A(V6), P(74752L), A(MEAN8), A(RSTD8), B * 16, 1);

@@ -30,7 +30,7 @@
 #define V8                   27574272L /* layernorm blocks.0.norm2 */
 #define MEAN8                30720000L /* layer norm means */
 #define RSTD8                30736384L /* layer norm 1/std */
-#define H9                   30752768L /* hidden, before the activation */
+#define H9                   30752768L /* hidden, before the activation, then its derivative */
 #define ACTV9                43335680L /* hidden, after the activation */
 #define V10                  55918592L /* residual_end */
 #define V12                  59064320L /* layernorm blocks.1.norm1 */
@@ -52,7 +52,7 @@
 #define PRIOS17              82886656L /* routing priority, sorted */
 #define ENT17                82903040L /* router entropy per token */
 #define XE17                 82919424L /* expert inputs [E, cap, D] */
-#define HE17                 89211648L /* expert hidden [E, cap, H] */
+#define HE17                 89211648L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE17                114380544L /* expert hidden, activated */
 #define YE17                139549440L /* expert outputs [E, cap, D] */
 #define AUX17               145841664L /* auxiliary losses: balance, z, dataset, importance */
@@ -77,7 +77,7 @@
 #define V24                 169467408L /* layernorm blocks.2.norm2 */
 #define MEAN24              172613136L /* layer norm means */
 #define RSTD24              172629520L /* layer norm 1/std */
-#define H25                 172645904L /* hidden, before the activation */
+#define H25                 172645904L /* hidden, before the activation, then its derivative */
 #define ACTV25              185228816L /* hidden, after the activation */
 #define V26                 197811728L /* residual_end */
 #define V28                 200957456L /* layernorm blocks.3.norm1 */
@@ -99,7 +99,7 @@
 #define PRIOS33             224779792L /* routing priority, sorted */
 #define ENT33               224796176L /* router entropy per token */
 #define XE33                224812560L /* expert inputs [E, cap, D] */
-#define HE33                231104784L /* expert hidden [E, cap, H] */
+#define HE33                231104784L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE33                256273680L /* expert hidden, activated */
 #define YE33                281442576L /* expert outputs [E, cap, D] */
 #define AUX33               287734800L /* auxiliary losses: balance, z, dataset, importance */
@@ -124,7 +124,7 @@
 #define V40                 311360544L /* layernorm blocks.4.norm2 */
 #define MEAN40              314506272L /* layer norm means */
 #define RSTD40              314522656L /* layer norm 1/std */
-#define H41                 314539040L /* hidden, before the activation */
+#define H41                 314539040L /* hidden, before the activation, then its derivative */
 #define ACTV41              327121952L /* hidden, after the activation */
 #define V42                 339704864L /* residual_end */
 #define V44                 342850592L /* layernorm blocks.5.norm1 */
@@ -146,7 +146,7 @@
 #define PRIOS49             366672928L /* routing priority, sorted */
 #define ENT49               366689312L /* router entropy per token */
 #define XE49                366705696L /* expert inputs [E, cap, D] */
-#define HE49                372997920L /* expert hidden [E, cap, H] */
+#define HE49                372997920L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE49                398166816L /* expert hidden, activated */
 #define YE49                423335712L /* expert outputs [E, cap, D] */
 #define AUX49               429627936L /* auxiliary losses: balance, z, dataset, importance */
@@ -588,9 +588,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK49), IA(SLOT49), IA(COUNT49), IA(TOKEN49), IA(ROWK49), IA(ORDER49), IA(IOTA49), IA(BLKC49), IA(BLKB49),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 3, 1, ACT_GELU, 1>(k, G(V48), G(GATE49), G(YE49), G(YE49), G(HE49), G(XE49), G(XE49), G(V49),
-                                               A(XE49), A(HE49), A(AE49), A(YE49), &r, P(3571200L), P(4013568L), P(4015872L), P(4458240L),
-                                               DP(3571200L), DP(4013568L), DP(4015872L), DP(4458240L), N, cap, 0);
+        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V48), G(GATE49), G(YE49), G(YE49), G(HE49), G(XE49), G(XE49), G(V49),
+                                          A(XE49), A(HE49), A(AE49), A(YE49), &r, P(3571200L), P(4015872L), P(4458240L),
+                                          DP(3571200L), DP(4013568L), DP(4015872L), DP(4458240L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS49), G(GATE49), &r, IA(TARGET49), d->dacc + 18, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V48), DP(3570624L), nullptr, G(LOGITS49), A(V48), P(3570624L), N, 192, 3, 1);
     }
@@ -608,7 +608,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V41) and G(V38) are G(V42)'s (plan_grad_alias) */
     /* 41: mlp blocks.4.mlp */
     linear_backward(k, G(ACTV41), DP(3273984L), DP(3421440L), G(V41), mm_half(k, A(ACTV41)), P(3273984L), B * 16, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H41), bf16_half(k, G(H41)), DP(3273216L), G(ACTV41), A(H41), P(3273216L), B * 16, 768);
+    act_bias_backward(k, G(H41), bf16_half(k, G(H41)), DP(3273216L), G(ACTV41), A(H41), B * 16, 768);
     linear_backward(k, G(V40), DP(3125760L), nullptr, mm_half(k, G(H41)), mm_half(k, A(V40)), P(3125760L), B * 16, 192, 768, 0);
     /* 40: layernorm blocks.4.norm2 */
     layernorm_backward<192>(k, G(V38), DP(3125376L), DP(3125568L), G(V40), A(V38), P(3125376L), A(MEAN40), A(RSTD40), B * 16, 1);
@@ -630,9 +630,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 3, 1, ACT_GELU, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
-                                               A(XE33), A(HE33), A(AE33), A(YE33), &r, P(2089152L), P(2531520L), P(2533824L), P(2976192L),
-                                               DP(2089152L), DP(2531520L), DP(2533824L), DP(2976192L), N, cap, 0);
+        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
+                                          A(XE33), A(HE33), A(AE33), A(YE33), &r, P(2089152L), P(2533824L), P(2976192L),
+                                          DP(2089152L), DP(2531520L), DP(2533824L), DP(2976192L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V32), DP(2088576L), nullptr, G(LOGITS33), A(V32), P(2088576L), N, 192, 3, 1);
     }
@@ -650,7 +650,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V25) and G(V22) are G(V26)'s (plan_grad_alias) */
     /* 25: mlp blocks.2.mlp */
     linear_backward(k, G(ACTV25), DP(1791936L), DP(1939392L), G(V25), mm_half(k, A(ACTV25)), P(1791936L), B * 16, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H25), bf16_half(k, G(H25)), DP(1791168L), G(ACTV25), A(H25), P(1791168L), B * 16, 768);
+    act_bias_backward(k, G(H25), bf16_half(k, G(H25)), DP(1791168L), G(ACTV25), A(H25), B * 16, 768);
     linear_backward(k, G(V24), DP(1643712L), nullptr, mm_half(k, G(H25)), mm_half(k, A(V24)), P(1643712L), B * 16, 192, 768, 0);
     /* 24: layernorm blocks.2.norm2 */
     layernorm_backward<192>(k, G(V22), DP(1643328L), DP(1643520L), G(V24), A(V22), P(1643328L), A(MEAN24), A(RSTD24), B * 16, 1);
@@ -672,9 +672,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 3, 1, ACT_GELU, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
-                                               A(XE17), A(HE17), A(AE17), A(YE17), &r, P(607104L), P(1049472L), P(1051776L), P(1494144L),
-                                               DP(607104L), DP(1049472L), DP(1051776L), DP(1494144L), N, cap, 0);
+        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
+                                          A(XE17), A(HE17), A(AE17), A(YE17), &r, P(607104L), P(1051776L), P(1494144L),
+                                          DP(607104L), DP(1049472L), DP(1051776L), DP(1494144L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
         linear_backward(&kg, G(V16), DP(606528L), nullptr, G(LOGITS17), A(V16), P(606528L), N, 192, 3, 1);
     }
@@ -692,7 +692,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V9) and G(V6) are G(V10)'s (plan_grad_alias) */
     /* 9: mlp blocks.0.mlp */
     linear_backward(k, G(ACTV9), DP(309888L), DP(457344L), G(V9), mm_half(k, A(ACTV9)), P(309888L), B * 16, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H9), bf16_half(k, G(H9)), DP(309120L), G(ACTV9), A(H9), P(309120L), B * 16, 768);
+    act_bias_backward(k, G(H9), bf16_half(k, G(H9)), DP(309120L), G(ACTV9), A(H9), B * 16, 768);
     linear_backward(k, G(V8), DP(161664L), nullptr, mm_half(k, G(H9)), mm_half(k, A(V8)), P(161664L), B * 16, 192, 768, 0);
     /* 8: layernorm blocks.0.norm2 */
     layernorm_backward<192>(k, G(V6), DP(161280L), DP(161472L), G(V8), A(V6), P(161280L), A(MEAN8), A(RSTD8), B * 16, 1);

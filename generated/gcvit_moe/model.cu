@@ -23,7 +23,7 @@
 /* ---- the activation arena, laid out for BATCH (offsets in elements) ---- */
 #define V1                          0L /* conv_stem stem */
 #define COLS1_1             102760448L /* convolution inputs (im2col) */
-#define CONV1_1             146112512L /* convolution outputs, channels last, without the bias */
+#define CONV1_1             146112512L /* convolution outputs, channels last, then the GELU's derivative */
 #define GELU1_1             248872960L /* after the bias and GELU, channels last */
 #define V2                  351633408L /* patch_embed patch_embed */
 #define COLS2               377323520L /* patches (im2col) */
@@ -43,7 +43,7 @@
 #define MEAN9               854196352L /* layer norm means */
 #define RSTD9               854597760L /* layer norm 1/std */
 #define V10                 854999168L /* mlp blocks.0.mlp */
-#define H10                 880689280L /* hidden, before the activation */
+#define H10                 880689280L /* hidden, before the activation, then its derivative */
 #define ACTV10              957759616L /* hidden, after the activation */
 #define V11                1034829952L /* drop_path */
 #define KEEP11             1060520064L /* stochastic depth: kept samples */
@@ -66,7 +66,7 @@
 #define MEAN19             1435435392L /* layer norm means */
 #define RSTD19             1435836800L /* layer norm 1/std */
 #define V20                1436238208L /* mlp blocks.0.mlp2 */
-#define H20                1461928320L /* hidden, before the activation */
+#define H20                1461928320L /* hidden, before the activation, then its derivative */
 #define ACTV20             1538998656L /* hidden, after the activation */
 #define V21                1616068992L /* drop_path */
 #define KEEP21             1641759104L /* stochastic depth: kept samples */
@@ -92,7 +92,7 @@
 #define MEAN30             1918730880L /* layer norm means */
 #define RSTD30             1918831232L /* layer norm 1/std */
 #define V31                1918931584L /* mlp blocks.1.mlp */
-#define H31                1931776640L /* hidden, before the activation */
+#define H31                1931776640L /* hidden, before the activation, then its derivative */
 #define ACTV31             1970311808L /* hidden, after the activation */
 #define V32                2008846976L /* drop_path */
 #define KEEP32             2021692032L /* stochastic depth: kept samples */
@@ -115,7 +115,7 @@
 #define MEAN40             2210153344L /* layer norm means */
 #define RSTD40             2210253696L /* layer norm 1/std */
 #define V41                2210354048L /* mlp blocks.1.mlp2 */
-#define H41                2223199104L /* hidden, before the activation */
+#define H41                2223199104L /* hidden, before the activation, then its derivative */
 #define ACTV41             2261734272L /* hidden, after the activation */
 #define V42                2300269440L /* drop_path */
 #define KEEP42             2313114496L /* stochastic depth: kept samples */
@@ -141,7 +141,7 @@
 #define MEAN51             2481003648L /* layer norm means */
 #define RSTD51             2481028736L /* layer norm 1/std */
 #define V52                2481053824L /* mlp blocks.2.mlp */
-#define H52                2487476352L /* hidden, before the activation */
+#define H52                2487476352L /* hidden, before the activation, then its derivative */
 #define ACTV52             2506743936L /* hidden, after the activation */
 #define V53                2526011520L /* drop_path */
 #define KEEP53             2532434048L /* stochastic depth: kept samples */
@@ -164,7 +164,7 @@
 #define MEAN61             2668160384L /* layer norm means */
 #define RSTD61             2668185472L /* layer norm 1/std */
 #define V62                2668210560L /* mlp blocks.2.mlp2 */
-#define H62                2674633088L /* hidden, before the activation */
+#define H62                2674633088L /* hidden, before the activation, then its derivative */
 #define ACTV62             2693900672L /* hidden, after the activation */
 #define V63                2713168256L /* drop_path */
 #define KEEP63             2719590784L /* stochastic depth: kept samples */
@@ -185,7 +185,7 @@
 #define MEAN71             2848894592L /* layer norm means */
 #define RSTD71             2848919680L /* layer norm 1/std */
 #define V72                2848944768L /* mlp blocks.3.mlp */
-#define H72                2855367296L /* hidden, before the activation */
+#define H72                2855367296L /* hidden, before the activation, then its derivative */
 #define ACTV72             2874634880L /* hidden, after the activation */
 #define V73                2893902464L /* drop_path */
 #define KEEP73             2900324992L /* stochastic depth: kept samples */
@@ -217,7 +217,7 @@
 #define PRIOS82            3043025792L /* routing priority, sorted */
 #define ENT82              3043050880L /* router entropy per token */
 #define XE82               3043075968L /* expert inputs [E, cap, D] */
-#define HE82               3051104128L /* expert hidden [E, cap, H] */
+#define HE82               3051104128L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE82               3075188608L /* expert hidden, activated */
 #define YE82               3099273088L /* expert outputs [E, cap, D] */
 #define AUX82              3107301248L /* auxiliary losses: balance, z, dataset, importance */
@@ -252,7 +252,7 @@
 #define MEAN91             3259083920L /* layer norm means */
 #define RSTD91             3259109008L /* layer norm 1/std */
 #define V92                3259134096L /* mlp blocks.4.mlp */
-#define H92                3265556624L /* hidden, before the activation */
+#define H92                3265556624L /* hidden, before the activation, then its derivative */
 #define ACTV92             3284824208L /* hidden, after the activation */
 #define V93                3304091792L /* drop_path */
 #define KEEP93             3310514320L /* stochastic depth: kept samples */
@@ -284,7 +284,7 @@
 #define PRIOS102           3453215120L /* routing priority, sorted */
 #define ENT102             3453240208L /* router entropy per token */
 #define XE102              3453265296L /* expert inputs [E, cap, D] */
-#define HE102              3461293456L /* expert hidden [E, cap, H] */
+#define HE102              3461293456L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE102              3485377936L /* expert hidden, activated */
 #define YE102              3509462416L /* expert outputs [E, cap, D] */
 #define AUX102             3517490576L /* auxiliary losses: balance, z, dataset, importance */
@@ -324,7 +324,7 @@
 #define MEAN112            3609137312L /* layer norm means */
 #define RSTD112            3609143584L /* layer norm 1/std */
 #define V113               3609149856L /* mlp blocks.5.mlp */
-#define H113               3612361120L /* hidden, before the activation */
+#define H113               3612361120L /* hidden, before the activation, then its derivative */
 #define ACTV113            3621994912L /* hidden, after the activation */
 #define V114               3631628704L /* drop_path */
 #define KEEP114            3634839968L /* stochastic depth: kept samples */
@@ -356,7 +356,7 @@
 #define PRIOS123           3691288224L /* routing priority, sorted */
 #define ENT123             3691294496L /* router entropy per token */
 #define XE123              3691300768L /* expert inputs [E, cap, D] */
-#define HE123              3695314848L /* expert hidden [E, cap, H] */
+#define HE123              3695314848L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE123              3707357088L /* expert hidden, activated */
 #define YE123              3719399328L /* expert outputs [E, cap, D] */
 #define AUX123             3723413408L /* auxiliary losses: balance, z, dataset, importance */
@@ -1255,9 +1255,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK123), IA(SLOT123), IA(COUNT123), IA(TOKEN123), IA(ROWK123), IA(ORDER123), IA(IOTA123), IA(BLKC123), IA(BLKB123),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<512, 1536, 8, 1, ACT_GELU, 4>(k, G(V122), G(GATE123), G(YE123), G(YR123), G(HE123), G(XR123), G(XE123), G(V123),
-                                               A(XR123), A(HE123), A(AE123), A(YE123), &r, P(9551680L), P(11124544L), P(11127616L), P(12700480L),
-                                               DP(9551680L), DP(11124544L), DP(11127616L), DP(12700480L), N, cap, 0);
+        moe_experts_backward<512, 1536, 8, 1, 4>(k, G(V122), G(GATE123), G(YE123), G(YR123), G(HE123), G(XR123), G(XE123), G(V123),
+                                          A(XR123), A(HE123), A(AE123), A(YE123), &r, P(9551680L), P(11127616L), P(12700480L),
+                                          DP(9551680L), DP(11124544L), DP(11127616L), DP(12700480L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS123), G(GATE123), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         linear_backward(&kg, G(V122), DP(9547584L), nullptr, G(LOGITS123), A(V122), P(9547584L), N, 512, 8, 1);
     }
@@ -1284,7 +1284,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V113), G(V114), A(KEEP114), (int64_t)B * 25088, 0, 25088);
     /* 113: mlp blocks.5.mlp */
     linear_backward(k, G(ACTV113), DP(7707968L), DP(8494400L), G(V113), mm_half(k, A(ACTV113)), P(7707968L), B * 49, 1536, 512, 0);
-    act_bias_backward<ACT_GELU>(k, G(H113), bf16_half(k, G(H113)), DP(7706432L), G(ACTV113), A(H113), P(7706432L), B * 49, 1536);
+    act_bias_backward(k, G(H113), bf16_half(k, G(H113)), DP(7706432L), G(ACTV113), A(H113), B * 49, 1536);
     linear_backward(k, G(V112), DP(6920000L), nullptr, mm_half(k, G(H113)), mm_half(k, A(V112)), P(6920000L), B * 49, 512, 1536, 0);
     /* 112: layernorm blocks.5.norm2 */
     layernorm_backward<512>(k, G(V110), DP(6918976L), DP(6919488L), G(V112), A(V110), P(6918976L), A(MEAN112), A(RSTD112), B * 49, 1);
@@ -1316,9 +1316,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK102), IA(SLOT102), IA(COUNT102), IA(TOKEN102), IA(ROWK102), IA(ORDER102), IA(IOTA102), IA(BLKC102), IA(BLKB102),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 768, 8, 1, ACT_GELU, 4>(k, G(V101), G(GATE102), G(YE102), G(YR102), G(HE102), G(XR102), G(XE102), G(V102),
-                                               A(XR102), A(HE102), A(AE102), A(YE102), &r, P(4552512L), P(4945728L), P(4947264L), P(5340480L),
-                                               DP(4552512L), DP(4945728L), DP(4947264L), DP(5340480L), N, cap, 0);
+        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V101), G(GATE102), G(YE102), G(YR102), G(HE102), G(XR102), G(XE102), G(V102),
+                                          A(XR102), A(HE102), A(AE102), A(YE102), &r, P(4552512L), P(4947264L), P(5340480L),
+                                          DP(4552512L), DP(4945728L), DP(4947264L), DP(5340480L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS102), G(GATE102), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         linear_backward(&kg, G(V101), DP(4550464L), nullptr, G(LOGITS102), A(V101), P(4550464L), N, 256, 8, 1);
     }
@@ -1345,7 +1345,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V92), G(V93), A(KEEP93), (int64_t)B * 50176, 0, 50176);
     /* 92: mlp blocks.4.mlp */
     linear_backward(k, G(ACTV92), DP(4089408L), DP(4286016L), G(V92), mm_half(k, A(ACTV92)), P(4089408L), B * 196, 768, 256, 0);
-    act_bias_backward<ACT_GELU>(k, G(H92), bf16_half(k, G(H92)), DP(4088640L), G(ACTV92), A(H92), P(4088640L), B * 196, 768);
+    act_bias_backward(k, G(H92), bf16_half(k, G(H92)), DP(4088640L), G(ACTV92), A(H92), B * 196, 768);
     linear_backward(k, G(V91), DP(3892032L), nullptr, mm_half(k, G(H92)), mm_half(k, A(V91)), P(3892032L), B * 196, 256, 768, 0);
     /* 91: layernorm blocks.4.norm2 */
     layernorm_backward<256>(k, G(V89), DP(3891520L), DP(3891776L), G(V91), A(V89), P(3891520L), A(MEAN91), A(RSTD91), B * 196, 1);
@@ -1373,9 +1373,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK82), IA(SLOT82), IA(COUNT82), IA(TOKEN82), IA(ROWK82), IA(ORDER82), IA(IOTA82), IA(BLKC82), IA(BLKB82),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 768, 8, 1, ACT_GELU, 4>(k, G(V81), G(GATE82), G(YE82), G(YR82), G(HE82), G(XR82), G(XE82), G(V82),
-                                               A(XR82), A(HE82), A(AE82), A(YE82), &r, P(2839360L), P(3232576L), P(3234112L), P(3627328L),
-                                               DP(2839360L), DP(3232576L), DP(3234112L), DP(3627328L), N, cap, 0);
+        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V81), G(GATE82), G(YE82), G(YR82), G(HE82), G(XR82), G(XE82), G(V82),
+                                          A(XR82), A(HE82), A(AE82), A(YE82), &r, P(2839360L), P(3234112L), P(3627328L),
+                                          DP(2839360L), DP(3232576L), DP(3234112L), DP(3627328L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS82), G(GATE82), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         linear_backward(&kg, G(V81), DP(2837312L), nullptr, G(LOGITS82), A(V81), P(2837312L), N, 256, 8, 1);
     }
@@ -1401,7 +1401,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V72), G(V73), A(KEEP73), (int64_t)B * 50176, 0, 50176);
     /* 72: mlp blocks.3.mlp */
     linear_backward(k, G(ACTV72), DP(2376256L), DP(2572864L), G(V72), mm_half(k, A(ACTV72)), P(2376256L), B * 196, 768, 256, 0);
-    act_bias_backward<ACT_GELU>(k, G(H72), bf16_half(k, G(H72)), DP(2375488L), G(ACTV72), A(H72), P(2375488L), B * 196, 768);
+    act_bias_backward(k, G(H72), bf16_half(k, G(H72)), DP(2375488L), G(ACTV72), A(H72), B * 196, 768);
     linear_backward(k, G(V71), DP(2178880L), nullptr, mm_half(k, G(H72)), mm_half(k, A(V71)), P(2178880L), B * 196, 256, 768, 0);
     /* 71: layernorm blocks.3.norm2 */
     layernorm_backward<256>(k, G(V69), DP(2178368L), DP(2178624L), G(V71), A(V69), P(2178368L), A(MEAN71), A(RSTD71), B * 196, 1);
@@ -1423,7 +1423,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V62), G(V63), A(KEEP63), (int64_t)B * 50176, 0, 50176);
     /* 62: mlp blocks.2.mlp2 */
     linear_backward(k, G(ACTV62), DP(1717824L), DP(1914432L), G(V62), mm_half(k, A(ACTV62)), P(1717824L), B * 196, 768, 256, 0);
-    act_bias_backward<ACT_GELU>(k, G(H62), bf16_half(k, G(H62)), DP(1717056L), G(ACTV62), A(H62), P(1717056L), B * 196, 768);
+    act_bias_backward(k, G(H62), bf16_half(k, G(H62)), DP(1717056L), G(ACTV62), A(H62), B * 196, 768);
     linear_backward(k, G(V61), DP(1520448L), nullptr, mm_half(k, G(H62)), mm_half(k, A(V61)), P(1520448L), B * 196, 256, 768, 0);
     /* 61: layernorm blocks.2.norm4 */
     layernorm_backward<256>(k, G(V59), DP(1519936L), DP(1520192L), G(V61), A(V59), P(1519936L), A(MEAN61), A(RSTD61), B * 196, 1);
@@ -1447,7 +1447,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V52), G(V53), A(KEEP53), (int64_t)B * 50176, 0, 50176);
     /* 52: mlp blocks.2.mlp */
     linear_backward(k, G(ACTV52), DP(1059392L), DP(1256000L), G(V52), mm_half(k, A(ACTV52)), P(1059392L), B * 196, 768, 256, 0);
-    act_bias_backward<ACT_GELU>(k, G(H52), bf16_half(k, G(H52)), DP(1058624L), G(ACTV52), A(H52), P(1058624L), B * 196, 768);
+    act_bias_backward(k, G(H52), bf16_half(k, G(H52)), DP(1058624L), G(ACTV52), A(H52), B * 196, 768);
     linear_backward(k, G(V51), DP(862016L), nullptr, mm_half(k, G(H52)), mm_half(k, A(V51)), P(862016L), B * 196, 256, 768, 0);
     /* 51: layernorm blocks.2.norm2 */
     layernorm_backward<256>(k, G(V49), DP(861504L), DP(861760L), G(V51), A(V49), P(861504L), A(MEAN51), A(RSTD51), B * 196, 1);
@@ -1473,7 +1473,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V41), G(V42), A(KEEP42), (int64_t)B * 100352, 0, 100352);
     /* 41: mlp blocks.1.mlp2 */
     linear_backward(k, G(ACTV41), DP(416448L), DP(465600L), G(V41), mm_half(k, A(ACTV41)), P(416448L), B * 784, 384, 128, 0);
-    act_bias_backward<ACT_GELU>(k, G(H41), bf16_half(k, G(H41)), DP(416064L), G(ACTV41), A(H41), P(416064L), B * 784, 384);
+    act_bias_backward(k, G(H41), bf16_half(k, G(H41)), DP(416064L), G(ACTV41), A(H41), B * 784, 384);
     linear_backward(k, G(V40), DP(366912L), nullptr, mm_half(k, G(H41)), mm_half(k, A(V40)), P(366912L), B * 784, 128, 384, 0);
     /* 40: layernorm blocks.1.norm4 */
     layernorm_backward<128>(k, G(V38), DP(366656L), DP(366784L), G(V40), A(V38), P(366656L), A(MEAN40), A(RSTD40), B * 784, 1);
@@ -1497,7 +1497,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V31), G(V32), A(KEEP32), (int64_t)B * 100352, 0, 100352);
     /* 31: mlp blocks.1.mlp */
     linear_backward(k, G(ACTV31), DP(251072L), DP(300224L), G(V31), mm_half(k, A(ACTV31)), P(251072L), B * 784, 384, 128, 0);
-    act_bias_backward<ACT_GELU>(k, G(H31), bf16_half(k, G(H31)), DP(250688L), G(ACTV31), A(H31), P(250688L), B * 784, 384);
+    act_bias_backward(k, G(H31), bf16_half(k, G(H31)), DP(250688L), G(ACTV31), A(H31), B * 784, 384);
     linear_backward(k, G(V30), DP(201536L), nullptr, mm_half(k, G(H31)), mm_half(k, A(V30)), P(201536L), B * 784, 128, 384, 0);
     /* 30: layernorm blocks.1.norm2 */
     layernorm_backward<128>(k, G(V28), DP(201280L), DP(201408L), G(V30), A(V28), P(201280L), A(MEAN30), A(RSTD30), B * 784, 1);
@@ -1523,7 +1523,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V20), G(V21), A(KEEP21), (int64_t)B * 200704, 0, 200704);
     /* 20: mlp blocks.0.mlp2 */
     linear_backward(k, G(ACTV20), DP(89344L), DP(101632L), G(V20), mm_half(k, A(ACTV20)), P(89344L), B * 3136, 192, 64, 0);
-    act_bias_backward<ACT_GELU>(k, G(H20), bf16_half(k, G(H20)), DP(89152L), G(ACTV20), A(H20), P(89152L), B * 3136, 192);
+    act_bias_backward(k, G(H20), bf16_half(k, G(H20)), DP(89152L), G(ACTV20), A(H20), B * 3136, 192);
     linear_backward(k, G(V19), DP(76864L), nullptr, mm_half(k, G(H20)), mm_half(k, A(V19)), P(76864L), B * 3136, 64, 192, 0);
     d->grad_ready(k, d, 76864L, 4286784L); /* parameters [76864, 4286784): averaged over the GPUs */
     /* 19: layernorm blocks.0.norm4 */
@@ -1548,7 +1548,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V10), G(V11), A(KEEP11), (int64_t)B * 200704, 0, 200704);
     /* 10: mlp blocks.0.mlp */
     linear_backward(k, G(ACTV10), DP(47616L), DP(59904L), G(V10), mm_half(k, A(ACTV10)), P(47616L), B * 3136, 192, 64, 0);
-    act_bias_backward<ACT_GELU>(k, G(H10), bf16_half(k, G(H10)), DP(47424L), G(ACTV10), A(H10), P(47424L), B * 3136, 192);
+    act_bias_backward(k, G(H10), bf16_half(k, G(H10)), DP(47424L), G(ACTV10), A(H10), B * 3136, 192);
     linear_backward(k, G(V9), DP(35136L), nullptr, mm_half(k, G(H10)), mm_half(k, A(V9)), P(35136L), B * 3136, 64, 192, 0);
     /* 9: layernorm blocks.0.norm2 */
     layernorm_backward<64>(k, G(V7), DP(35008L), DP(35072L), G(V9), A(V7), P(35008L), A(MEAN9), A(RSTD9), B * 3136, 1);
@@ -1569,7 +1569,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     patch_embed_input_backward(k, G(V1), G(COLS2), G(V2), P(1792L), B, 64, 112, 112, 2, 64, 0);
     /* 1: conv_stem stem */
     transpose_rc(k, G(GELU1_1), G(V1), B, 64, 12544, 0);
-    act_bias_backward<ACT_GELU>(k, G(CONV1_1), nullptr, DP(1728L), G(GELU1_1), A(CONV1_1), P(1728L), B * 12544, 64);
+    act_bias_backward(k, G(CONV1_1), nullptr, DP(1728L), G(GELU1_1), A(CONV1_1), B * 12544, 64);
     linear_backward(k, nullptr, DP(0L), nullptr, G(CONV1_1), A(COLS1_1), P(0L), B * 12544, 27, 64, 0);
     d->grad_ready(k, d, 0L, 76864L); /* parameters [0, 76864): averaged over the GPUs */
 }

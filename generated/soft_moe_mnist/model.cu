@@ -29,7 +29,7 @@
 #define PRIOS2                  67712L /* routing priority, sorted */
 #define ENT2                    67776L /* router entropy per token */
 #define XE2                     67840L /* expert inputs [E, cap, D] */
-#define HE2                    100608L /* expert hidden [E, cap, H] */
+#define HE2                    100608L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE2                    166144L /* expert hidden, activated */
 #define YE2                    231680L /* expert outputs [E, cap, D] */
 #define AUX2                   264448L /* auxiliary losses: balance, z, dataset, importance */
@@ -161,9 +161,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK2), IA(SLOT2), IA(COUNT2), IA(TOKEN2), IA(ROWK2), IA(ORDER2), IA(IOTA2), IA(BLKC2), IA(BLKB2),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<128, 256, 4, 4, ACT_RELU, 1>(k, G(V1), G(GATE2), G(YE2), G(YE2), G(HE2), G(XE2), G(XE2), G(V2),
-                                               A(XE2), A(HE2), A(AE2), A(YE2), &r, P(100992L), P(232064L), P(233088L), P(364160L),
-                                               DP(100992L), DP(232064L), DP(233088L), DP(364160L), N, cap, 0);
+        moe_experts_backward<128, 256, 4, 4, 1>(k, G(V1), G(GATE2), G(YE2), G(YE2), G(HE2), G(XE2), G(XE2), G(V2),
+                                          A(XE2), A(HE2), A(AE2), A(YE2), &r, P(100992L), P(233088L), P(364160L),
+                                          DP(100992L), DP(232064L), DP(233088L), DP(364160L), N, cap, 0);
         moe_router_backward<4, 4>(k, G(LOGITS2), G(GATE2), &r, nullptr, d->dacc + 4, N, 1, 0.0f, 0.0f, 0.0f, 0.01f);
         linear_backward(&kg, G(V1), DP(100480L), nullptr, G(LOGITS2), A(V1), P(100480L), N, 128, 4, 1);
     }

@@ -698,19 +698,24 @@ static inline bool bf16_ok(const __nv_bfloat16 *p)
 
 enum { ACT_NONE = -1 }; /* bias_act_kernel without an activation */
 template <int ACT> __device__ static inline float act_f(float x);
+template <int ACT> __device__ static inline float act_f_grad(float x, float *grad);
 
 /* h[g][M,N] += bias[g][N] for g < G (rows strided by M*N), and a = act(h)
  * unless ACT is ACT_NONE (in bf16 into a16 instead when a16 is given): a
  * linear layer's bias and its activation in one pass; V values per thread.
- * keep_h: h is left without the bias (act_bias_backward adds it again),
- * which saves the pass its store. live (with keep_h, or NULL): group g's
- * rows from live[g] on are padding (an expert's rows past its count): h
- * is not read there and a gets zeros, so that the products that take a
- * see finite values. */
+ * grad_h (with an activation): h gets act'(h + bias) instead, the factor
+ * of the activation's backward (act_bias_backward), which then needs no
+ * transcendental of its own: the pass is bound by its instructions (erf
+ * per value), and the backward's erf and exp cost more than this store.
+ * In fp32 the factor is the one the backward computed from h + bias,
+ * bits and all; where h is bf16 (moe_h16) it is rounded to bf16. live
+ * (with grad_h, or NULL): group g's rows from live[g] on are padding (an
+ * expert's rows past its count): h is not read there (nor written) and a
+ * gets zeros, so that the products that take a see finite values. */
 template <int ACT, int V, typename HT>
 static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__restrict__ a16, HT *__restrict__ h,
                                        const float *__restrict__ bias, const int *__restrict__ live, int64_t M,
-                                       int N, int64_t n, bool keep_h)
+                                       int N, int64_t n, bool grad_h)
 {
     const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
@@ -746,16 +751,25 @@ static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__r
 #pragma unroll
     for (int j = 0; j < V; j++)
         x[j] += b[j];
-    if (!keep_h)
-        vstore<V>(h + i, x);
     if constexpr (ACT != ACT_NONE) {
+        if (grad_h) {
+            float d[V];
 #pragma unroll
-        for (int j = 0; j < V; j++)
-            x[j] = act_f<ACT>(x[j]);
+            for (int j = 0; j < V; j++)
+                x[j] = act_f_grad<ACT>(x[j], &d[j]);
+            vstore<V>(h + i, d);
+        } else {
+            vstore<V>(h + i, x);
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                x[j] = act_f<ACT>(x[j]);
+        }
         if (a16)
             vstore<V>(a16 + i, x);
         else
             vstore<V>(a + i, x);
+    } else {
+        vstore<V>(h + i, x);
     }
 }
 
@@ -785,22 +799,23 @@ static inline bool vec8_ok(int64_t cols, const void *p, const void *q = nullptr,
  * else 1. */
 template <int ACT, typename HT = float>
 static inline void bias_act(const kctx *k, float *a, HT *h, const float *bias, int64_t M, int N, int G = 1,
-                            __nv_bfloat16 *a16 = nullptr, bool keep_h = false, const int *live = nullptr)
+                            __nv_bfloat16 *a16 = nullptr, bool grad_h = false, const int *live = nullptr)
 {
-    if (live && !keep_h) {
-        fprintf(stderr, "train: internal error: bias_act skips padding rows only with keep_h\n");
+    if ((live && !grad_h) || (grad_h && ACT == ACT_NONE)) {
+        fprintf(stderr, "train: internal error: bias_act skips padding rows only with grad_h, which needs an "
+                        "activation\n");
         exit(1);
     }
     const int64_t n = G * M * N;
     const float *out = ACT == ACT_NONE ? nullptr : a16 ? nullptr : a;
     if (vec8_ok(N, h, out, a16)) {
         bias_act_kernel<ACT, 8, HT><<<blocks_for(n / 8, 256), 256, 0, k->stream>>>(a, a16, h, bias, live, M, N, n,
-                                                                                  keep_h);
+                                                                                  grad_h);
         LAUNCH_CHECK();
         return;
     }
     launch_vec(k, vec4_ok_as(N, h) && vec4_ok(N, out) && bf16_ok(a16), n, bias_act_kernel<ACT, 4, HT>,
-               bias_act_kernel<ACT, 1, HT>, a, a16, h, bias, live, M, N, n, keep_h);
+               bias_act_kernel<ACT, 1, HT>, a, a16, h, bias, live, M, N, n, grad_h);
 }
 
 /* out[g][M,N] += bias[g][N] for g < G */
@@ -1148,36 +1163,42 @@ template <int ACT> __device__ static inline float act_f(float x)
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
 }
 
-template <int ACT> __device__ static inline float act_grad(float x)
+/* act(x), the same bits as act_f, and act'(x) into *grad, with the erf
+ * or exp shared */
+template <int ACT> __device__ static inline float act_f_grad(float x, float *grad)
 {
-    if (ACT == ACT_RELU)
-        return x > 0.0f ? 1.0f : 0.0f;
-    if (ACT == ACT_SILU) {
-        const float s = 1.0f / (1.0f + expf(-x));
-        return s * (1.0f + x * (1.0f - s));
+    if (ACT == ACT_RELU) {
+        *grad = x > 0.0f ? 1.0f : 0.0f;
+        return x > 0.0f ? x : 0.0f;
     }
-    const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    if (ACT == ACT_SILU) {
+        const float den = 1.0f + expf(-x), s = 1.0f / den;
+        *grad = s * (1.0f + x * (1.0f - s));
+        return x / den;
+    }
+    const float e = erff(x * 0.70710678118654752f);
+    const float cdf = 0.5f * (1.0f + e);
     const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-    return cdf + x * pdf;
+    *grad = cdf + x * pdf;
+    return 0.5f * x * (1.0f + e);
 }
 
-/* dh[g][m, n] = da[g][m, n] * act'(h[g][m, n] + bias[g][n]) (in bf16 into
- * dh16 instead when given; dh may be da) and db[g][n] += its column sums,
- * for g < G groups of M rows (h without the bias: bias_act's keep_h): a
- * linear layer's activation backward and its bias gradient in one pass
- * over the hidden values, instead of a pass that writes dh and one that
- * reads it again. Laid out as colsum_partial_kernel (a block: 32 x V
+/* dh[g][m, n] = da[g][m, n] * gh[g][m, n] (in bf16 into dh16 instead when
+ * given; dh may be da), gh the activation's derivative that bias_act's
+ * grad_h wrote, and db[g][n] += its column sums, for g < G groups of M
+ * rows: a linear layer's activation backward and its bias gradient in one
+ * pass over the hidden values, instead of a pass that writes dh and one
+ * that reads it again. Laid out as colsum_partial_kernel (a block: 32 x V
  * columns, RED_CHUNKS chunks of rows, COLSUM_LANES lanes), and its sums
  * are added in the same order: db gets the same bits as colsum_add on dh.
  * live (or NULL): group g's rows from live[g] on are padding, as in
- * bias_act_kernel: dh gets zeros there without reading da or h (the
+ * bias_act_kernel: dh gets zeros there without reading da or gh (the
  * zeros da holds there, as the combine's backward leaves dy, would give
- * the same dh and sums). */
-template <int ACT, int V, typename DT, typename HT>
+ * the same dh and sums; gh holds nothing there). */
+template <int V, typename DT, typename HT>
 static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__restrict__ dh16, float *__restrict__ part,
-                                                const DT *da, const HT *__restrict__ h,
-                                                const float *__restrict__ bias, const int *__restrict__ live, int M,
-                                                int N)
+                                                const DT *da, const HT *__restrict__ gh,
+                                                const int *__restrict__ live, int M, int N)
 {
     const int n = (blockIdx.x * 32 + (int)threadIdx.x % 32) * V, c = blockIdx.y, g = blockIdx.z;
     const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
@@ -1186,10 +1207,6 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
     const bool valid = n < N; /* V > 1: N is a multiple of V */
     float acc[V] = {};
     if (valid) {
-        float b[V];
-#pragma unroll
-        for (int j = 0; j < V; j++)
-            b[j] = bias[(int64_t)g * N + n + j];
         const int64_t at = (int64_t)g * M * N + n;
         /* ROWS of this lane's rows at a time, all loaded before any is
          * stored: dh may be da, so the compiler cannot move the next
@@ -1198,13 +1215,13 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
          * in order */
         constexpr int ROWS = 4;
         for (int m0 = lo + lane; m0 < end; m0 += ROWS * COLSUM_LANES) {
-            float d[ROWS][V], x[ROWS][V];
+            float d[ROWS][V], f[ROWS][V];
 #pragma unroll
             for (int r = 0; r < ROWS; r++) {
                 const int m = m0 + r * COLSUM_LANES;
                 if (m < end) {
                     vload<V>(d[r], da + at + (int64_t)m * N);
-                    vload<V>(x[r], h + at + (int64_t)m * N);
+                    vload<V>(f[r], gh + at + (int64_t)m * N);
                 }
             }
 #pragma unroll
@@ -1215,7 +1232,7 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
                 const int64_t i = at + (int64_t)m * N;
 #pragma unroll
                 for (int j = 0; j < V; j++) {
-                    d[r][j] *= act_grad<ACT>(x[r][j] + b[j]);
+                    d[r][j] *= f[r][j];
                     acc[j] += d[r][j];
                 }
                 if (dh16)
@@ -1244,25 +1261,24 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
     }
 }
 
-/* da, h: fp32, or bf16 (the experts' as their products wrote them in bf16
- * precision: moe_h16); 8 values a thread where the rows and pointers
- * allow, else 4, else 1 (as bias_act) */
-template <int ACT, typename DT = float, typename HT = float>
+/* da, gh: fp32, or bf16 (the experts' as their products and bias_act wrote
+ * them in bf16 precision: moe_h16); 8 values a thread where the rows and
+ * pointers allow, else 4, else 1 (as bias_act) */
+template <typename DT = float, typename HT = float>
 static inline void act_bias_backward(const kctx *k, float *dh, __nv_bfloat16 *dh16, float *db, const DT *da,
-                                     const HT *h, const float *bias, int M, int N, int G = 1,
-                                     const int *live = nullptr)
+                                     const HT *gh, int M, int N, int G = 1, const int *live = nullptr)
 {
     const float *out = dh16 ? nullptr : dh;
     const unsigned threads = 32 * COLSUM_LANES;
-    if (vec8_ok(N, da, h, out) && vec8_ok(N, dh16))
-        act_bias_backward_kernel<ACT, 8, DT, HT><<<colsum_grid(k, N, G, 8), threads, 0, k->stream>>>(
-            dh, dh16, k->red, da, h, bias, live, M, N);
-    else if (vec4_ok_as(N, da) && vec4_ok_as(N, h) && vec4_ok(N, out) && bf16_ok(dh16))
-        act_bias_backward_kernel<ACT, 4, DT, HT><<<colsum_grid(k, N, G, 4), threads, 0, k->stream>>>(
-            dh, dh16, k->red, da, h, bias, live, M, N);
+    if (vec8_ok(N, da, gh, out) && vec8_ok(N, dh16))
+        act_bias_backward_kernel<8, DT, HT><<<colsum_grid(k, N, G, 8), threads, 0, k->stream>>>(dh, dh16, k->red, da,
+                                                                                               gh, live, M, N);
+    else if (vec4_ok_as(N, da) && vec4_ok_as(N, gh) && vec4_ok(N, out) && bf16_ok(dh16))
+        act_bias_backward_kernel<4, DT, HT><<<colsum_grid(k, N, G, 4), threads, 0, k->stream>>>(dh, dh16, k->red, da,
+                                                                                               gh, live, M, N);
     else
-        act_bias_backward_kernel<ACT, 1, DT, HT><<<colsum_grid(k, N, G, 1), threads, 0, k->stream>>>(
-            dh, dh16, k->red, da, h, bias, live, M, N);
+        act_bias_backward_kernel<1, DT, HT><<<colsum_grid(k, N, G, 1), threads, 0, k->stream>>>(dh, dh16, k->red, da,
+                                                                                               gh, live, M, N);
     LAUNCH_CHECK();
     colsum_final(k, db, N, G, N);
 }
@@ -4209,8 +4225,9 @@ static inline __nv_bfloat16 *moe_h16(const kctx *k, const float *h, int64_t r, i
 }
 
 /* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
- * out [expert, rows, *]): h = x w1^T (kept without b1: bias_act's keep_h),
- * a = act(h + b1), y = a w2^T (+ b2 when given; else the combine adds it).
+ * out [expert, rows, *]): h = x w1^T, a = act(h + b1), then h holds
+ * act'(h + b1) for the backward (bias_act's grad_h), y = a w2^T (+ b2 when
+ * given; else the combine adds it).
  * x16: the rows in bf16 (moe_x16), or NULL. count: the experts' counts of
  * rows (on one GPU, where an expert's rows past its count are zeros: the
  * activations skip them, bias_act's live), or NULL. */
@@ -4221,15 +4238,16 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
 {
     const int64_t r = (int64_t)e * rows;
     __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *h16 = moe_h16(k, h, r, H);
+    const int *live = count ? count + e : nullptr;
     xr += r * D, h += r * H, a += r * H, yr += r * D;
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     const mm_in xin = mm_pick(x16 ? x16 + r * D : nullptr, xr);
     if (h16) {
         mm_nt(k, h16, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-        bias_act<ACT>(k, a, h16, b1, rows, H, n, a16, true, count ? count + e : nullptr);
+        bias_act<ACT>(k, a, h16, b1, rows, H, n, a16, true, live);
     } else {
         mm_nt(k, h, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-        bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true, count ? count + e : nullptr);
+        bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true, live);
     }
     mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
     if (b2)
@@ -4390,33 +4408,34 @@ static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const
 }
 
 /* The FFN's backward for this GPU's experts [e, e + n), in two halves:
- * the rows' gradients (da = dy w2 into dh, dh = da * act'(h + b1) with
- * db1 += colsum(dh) in the same pass, dx = dh w1), which the combine
+ * the rows' gradients (da = dy w2 into dh, dh = da * act'(h + b1), which
+ * the forward left in h, with db1 += colsum(dh) in the same pass, dx = dh
+ * w1), which the combine
  * waits for, then the parameters' (dw2 += dy^T a, db2 += colsum(dy), dw1
  * += dh^T x), which it need not. Both take dy of experts [e, e + n): in
  * bf16 precision dy16 has it rounded already (cast_keep), and k's scratch
  * starts after it; dh is then written in bf16 alone (moe_a16), as only
  * products take it. count: as moe_ffn_forward's. */
-template <int D, int H, int ACT>
+template <int D, int H>
 static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, float *db1, const float *dyr,
                                          const __nv_bfloat16 *dy16, const float *h, float *a, const float *w1,
-                                         const float *b1, const float *w2, const int *count, int rows, int el,
-                                         int e, int n)
+                                         const float *w2, const int *count, int rows, int el, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
     __nv_bfloat16 *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H), *da16 = moe_h16(k, dh, r, H);
     const __nv_bfloat16 *h16 = moe_h16(k, h, r, H);
+    const int *live = count ? count + e : nullptr;
     dxr += r * D, dh += r * H, h += r * H;
     dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
-    w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
+    w1 += (int64_t)e * H * D, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     if (da16) { /* bf16 precision: da and h in bf16 (moe_h16), dh into dh16 */
         mm_nn(k, da16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
               (int64_t)rows * H);
-        act_bias_backward<ACT>(k, nullptr, dh16, db1, da16, h16, b1, rows, H, n, count ? count + e : nullptr);
+        act_bias_backward(k, nullptr, dh16, db1, da16, h16, rows, H, n, live);
     } else {
         mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
               (int64_t)rows * H);
-        act_bias_backward<ACT>(k, dh, dh16, db1, dh, h, b1, rows, H, n, count ? count + e : nullptr);
+        act_bias_backward(k, dh, dh16, db1, dh, h, rows, H, n, live);
     }
     mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
 }
@@ -4445,15 +4464,16 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2
  * parameter gradients accumulated (w1 ... db2: this GPU's experts alone).
  * dye, dxe: [E, cap, *] scratch; with expert parallelism dyr, dh, dxr:
  * [E/P, P, cap, *] (else dyr = dye, dxr = dxe); xr, h, a: the forward's
- * rows of this GPU's experts, as moe_experts_forward left them (in bf16
+ * rows of this GPU's experts, as moe_experts_forward left them (h: the
+ * activation's derivative, bias_act's grad_h; in bf16
  * precision a's second half takes dh in bf16: moe_a16). k->overlap: as in
  * the forward. */
-template <int D, int H, int E, int K, int ACT, int P>
+template <int D, int H, int E, int K, int P>
 static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
                                         float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
                                         float *a, const float *ye, const moe_route_buf *r, const float *w1,
-                                        const float *b1, const float *w2, const float *b2, float *dw1, float *db1,
-                                        float *dw2, float *db2, int N, int cap, int acc)
+                                        const float *w2, const float *b2, float *dw1, float *db1, float *dw2,
+                                        float *db2, int N, int cap, int acc)
 {
     constexpr int EL = E / P;
     const __nv_bfloat16 *x16 = moe_x16<P>(k, xr);
@@ -4475,8 +4495,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
             const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr + (int64_t)e * rows * D, (int64_t)rows * D);
-            moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, b1, w2, nullptr, rows, EL, e,
-                                             1);
+            moe_ffn_backward_rows<D, H>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, w2, nullptr, rows, EL, e, 1);
             done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
             moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, e, 1);
         }
@@ -4485,8 +4504,8 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
         const __nv_bfloat16 *dy16 = dy_half ? bf16_half(k, dye) : cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
         const float *dyf = dy_half ? nullptr : dyr; /* NULL: dy in bf16 alone */
-        moe_ffn_backward_rows<D, H, ACT>(&kr, dxr, dh, db1, dyf, dy16, h, a, w1, b1, w2,
-                                         P > 1 ? nullptr : r->count, rows, EL, 0, EL);
+        moe_ffn_backward_rows<D, H>(&kr, dxr, dh, db1, dyf, dy16, h, a, w1, w2, P > 1 ? nullptr : r->count, rows,
+                                    EL, 0, EL);
         moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }

@@ -35,7 +35,7 @@
 #define MEAN10               42354176L /* layer norm means */
 #define RSTD10               42370816L /* layer norm 1/std */
 #define V11                  42387456L /* mlp blocks.0.mlp */
-#define H11                  45582336L /* hidden, before the activation */
+#define H11                  45582336L /* hidden, before the activation, then its derivative */
 #define ACTV11               58361856L /* hidden, after the activation */
 #define V12                  71141376L /* drop_path */
 #define KEEP12               74336256L /* stochastic depth: kept samples */
@@ -63,7 +63,7 @@
 #define PRIOS21             113124608L /* routing priority, sorted */
 #define ENT21               113141248L /* router entropy per token */
 #define XE21                113157888L /* expert inputs [E, cap, D] */
-#define HE21                117151488L /* expert hidden [E, cap, H] */
+#define HE21                117151488L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE21                133125888L /* expert hidden, activated */
 #define YE21                149100288L /* expert outputs [E, cap, D] */
 #define AUX21               153093888L /* auxiliary losses: balance, z, dataset, importance */
@@ -94,7 +94,7 @@
 #define MEAN30              191516176L /* layer norm means */
 #define RSTD30              191532816L /* layer norm 1/std */
 #define V31                 191549456L /* mlp blocks.2.mlp */
-#define H31                 194744336L /* hidden, before the activation */
+#define H31                 194744336L /* hidden, before the activation, then its derivative */
 #define ACTV31              207523856L /* hidden, after the activation */
 #define V32                 220303376L /* drop_path */
 #define KEEP32              223498256L /* stochastic depth: kept samples */
@@ -122,7 +122,7 @@
 #define PRIOS41             262286608L /* routing priority, sorted */
 #define ENT41               262303248L /* router entropy per token */
 #define XE41                262319888L /* expert inputs [E, cap, D] */
-#define HE41                266313488L /* expert hidden [E, cap, H] */
+#define HE41                266313488L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE41                282287888L /* expert hidden, activated */
 #define YE41                298262288L /* expert outputs [E, cap, D] */
 #define AUX41               302255888L /* auxiliary losses: balance, z, dataset, importance */
@@ -153,7 +153,7 @@
 #define MEAN50              340678176L /* layer norm means */
 #define RSTD50              340694816L /* layer norm 1/std */
 #define V51                 340711456L /* mlp blocks.4.mlp */
-#define H51                 343906336L /* hidden, before the activation */
+#define H51                 343906336L /* hidden, before the activation, then its derivative */
 #define ACTV51              356685856L /* hidden, after the activation */
 #define V52                 369465376L /* drop_path */
 #define KEEP52              372660256L /* stochastic depth: kept samples */
@@ -181,7 +181,7 @@
 #define PRIOS61             411448608L /* routing priority, sorted */
 #define ENT61               411465248L /* router entropy per token */
 #define XE61                411481888L /* expert inputs [E, cap, D] */
-#define HE61                415475488L /* expert hidden [E, cap, H] */
+#define HE61                415475488L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE61                431449888L /* expert hidden, activated */
 #define YE61                447424288L /* expert outputs [E, cap, D] */
 #define AUX61               451417888L /* auxiliary losses: balance, z, dataset, importance */
@@ -212,7 +212,7 @@
 #define MEAN70              489840176L /* layer norm means */
 #define RSTD70              489856816L /* layer norm 1/std */
 #define V71                 489873456L /* mlp blocks.6.mlp */
-#define H71                 493068336L /* hidden, before the activation */
+#define H71                 493068336L /* hidden, before the activation, then its derivative */
 #define ACTV71              505847856L /* hidden, after the activation */
 #define V72                 518627376L /* drop_path */
 #define KEEP72              521822256L /* stochastic depth: kept samples */
@@ -240,7 +240,7 @@
 #define PRIOS81             560610608L /* routing priority, sorted */
 #define ENT81               560627248L /* router entropy per token */
 #define XE81                560643888L /* expert inputs [E, cap, D] */
-#define HE81                564637488L /* expert hidden [E, cap, H] */
+#define HE81                564637488L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE81                580611888L /* expert hidden, activated */
 #define YE81                596586288L /* expert outputs [E, cap, D] */
 #define AUX81               600579888L /* auxiliary losses: balance, z, dataset, importance */
@@ -816,9 +816,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
-                                               A(XE81), A(HE81), A(AE81), A(YE81), &r, P(9504576L), P(10684224L), P(10690368L), P(11870016L),
-                                               DP(9504576L), DP(10684224L), DP(10690368L), DP(11870016L), N, cap, 0);
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
+                                          A(XE81), A(HE81), A(AE81), A(YE81), &r, P(9504576L), P(10690368L), P(11870016L),
+                                          DP(9504576L), DP(10684224L), DP(10690368L), DP(11870016L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 55, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V80), DP(9503040L), nullptr, G(LOGITS81), A(V80), P(9503040L), N, 192, 8, 1);
     }
@@ -840,7 +840,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V71), G(V72), A(KEEP72), (int64_t)B * 12480, 0, 12480);
     /* 71: mlp blocks.6.mlp */
     linear_backward(k, G(ACTV71), DP(9206400L), DP(9353856L), G(V71), mm_half(k, A(ACTV71)), P(9206400L), B * 65, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H71), bf16_half(k, G(H71)), DP(9205632L), G(ACTV71), A(H71), P(9205632L), B * 65, 768);
+    act_bias_backward(k, G(H71), bf16_half(k, G(H71)), DP(9205632L), G(ACTV71), A(H71), B * 65, 768);
     linear_backward(k, G(V70), DP(9058176L), nullptr, mm_half(k, G(H71)), mm_half(k, A(V70)), P(9058176L), B * 65, 192, 768, 0);
     /* 70: layernorm blocks.6.norm2 */
     layernorm_backward<192>(k, G(V68), DP(9057792L), DP(9057984L), G(V70), A(V68), P(9057792L), A(MEAN70), A(RSTD70), B * 65, 1);
@@ -866,9 +866,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
-                                               A(XE61), A(HE61), A(AE61), A(YE61), &r, P(6542208L), P(7721856L), P(7728000L), P(8907648L),
-                                               DP(6542208L), DP(7721856L), DP(7728000L), DP(8907648L), N, cap, 0);
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
+                                          A(XE61), A(HE61), A(AE61), A(YE61), &r, P(6542208L), P(7728000L), P(8907648L),
+                                          DP(6542208L), DP(7721856L), DP(7728000L), DP(8907648L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V60), DP(6540672L), nullptr, G(LOGITS61), A(V60), P(6540672L), N, 192, 8, 1);
     }
@@ -890,7 +890,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V51), G(V52), A(KEEP52), (int64_t)B * 12480, 0, 12480);
     /* 51: mlp blocks.4.mlp */
     linear_backward(k, G(ACTV51), DP(6244032L), DP(6391488L), G(V51), mm_half(k, A(ACTV51)), P(6244032L), B * 65, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H51), bf16_half(k, G(H51)), DP(6243264L), G(ACTV51), A(H51), P(6243264L), B * 65, 768);
+    act_bias_backward(k, G(H51), bf16_half(k, G(H51)), DP(6243264L), G(ACTV51), A(H51), B * 65, 768);
     linear_backward(k, G(V50), DP(6095808L), nullptr, mm_half(k, G(H51)), mm_half(k, A(V50)), P(6095808L), B * 65, 192, 768, 0);
     /* 50: layernorm blocks.4.norm2 */
     layernorm_backward<192>(k, G(V48), DP(6095424L), DP(6095616L), G(V50), A(V48), P(6095424L), A(MEAN50), A(RSTD50), B * 65, 1);
@@ -916,9 +916,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
-                                               A(XE41), A(HE41), A(AE41), A(YE41), &r, P(3579840L), P(4759488L), P(4765632L), P(5945280L),
-                                               DP(3579840L), DP(4759488L), DP(4765632L), DP(5945280L), N, cap, 0);
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
+                                          A(XE41), A(HE41), A(AE41), A(YE41), &r, P(3579840L), P(4765632L), P(5945280L),
+                                          DP(3579840L), DP(4759488L), DP(4765632L), DP(5945280L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V40), DP(3578304L), nullptr, G(LOGITS41), A(V40), P(3578304L), N, 192, 8, 1);
     }
@@ -940,7 +940,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V31), G(V32), A(KEEP32), (int64_t)B * 12480, 0, 12480);
     /* 31: mlp blocks.2.mlp */
     linear_backward(k, G(ACTV31), DP(3281664L), DP(3429120L), G(V31), mm_half(k, A(ACTV31)), P(3281664L), B * 65, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H31), bf16_half(k, G(H31)), DP(3280896L), G(ACTV31), A(H31), P(3280896L), B * 65, 768);
+    act_bias_backward(k, G(H31), bf16_half(k, G(H31)), DP(3280896L), G(ACTV31), A(H31), B * 65, 768);
     linear_backward(k, G(V30), DP(3133440L), nullptr, mm_half(k, G(H31)), mm_half(k, A(V30)), P(3133440L), B * 65, 192, 768, 0);
     /* 30: layernorm blocks.2.norm2 */
     layernorm_backward<192>(k, G(V28), DP(3133056L), DP(3133248L), G(V30), A(V28), P(3133056L), A(MEAN30), A(RSTD30), B * 65, 1);
@@ -966,9 +966,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, ACT_GELU, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
-                                               A(XE21), A(HE21), A(AE21), A(YE21), &r, P(617472L), P(1797120L), P(1803264L), P(2982912L),
-                                               DP(617472L), DP(1797120L), DP(1803264L), DP(2982912L), N, cap, 0);
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
+                                          A(XE21), A(HE21), A(AE21), A(YE21), &r, P(617472L), P(1803264L), P(2982912L),
+                                          DP(617472L), DP(1797120L), DP(1803264L), DP(2982912L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
         linear_backward(&kg, G(V20), DP(615936L), nullptr, G(LOGITS21), A(V20), P(615936L), N, 192, 8, 1);
     }
@@ -990,7 +990,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V11), G(V12), A(KEEP12), (int64_t)B * 12480, 0, 12480);
     /* 11: mlp blocks.0.mlp */
     linear_backward(k, G(ACTV11), DP(319296L), DP(466752L), G(V11), mm_half(k, A(ACTV11)), P(319296L), B * 65, 768, 192, 0);
-    act_bias_backward<ACT_GELU>(k, G(H11), bf16_half(k, G(H11)), DP(318528L), G(ACTV11), A(H11), P(318528L), B * 65, 768);
+    act_bias_backward(k, G(H11), bf16_half(k, G(H11)), DP(318528L), G(ACTV11), A(H11), B * 65, 768);
     linear_backward(k, G(V10), DP(171072L), nullptr, mm_half(k, G(H11)), mm_half(k, A(V10)), P(171072L), B * 65, 192, 768, 0);
     /* 10: layernorm blocks.0.norm2 */
     layernorm_backward<192>(k, G(V8), DP(170688L), DP(170880L), G(V10), A(V8), P(170688L), A(MEAN10), A(RSTD10), B * 65, 1);

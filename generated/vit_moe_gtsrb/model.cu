@@ -44,7 +44,7 @@
 #define PRIOS11              32592256L /* routing priority, sorted */
 #define ENT11                32600576L /* router entropy per token */
 #define XE11                 32608896L /* expert inputs [E, cap, D] */
-#define HE11                 40597632L /* expert hidden [E, cap, H] */
+#define HE11                 40597632L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE11                 56575104L /* expert hidden, activated */
 #define YE11                 72552576L /* expert outputs [E, cap, D] */
 #define AUX11                80541312L /* auxiliary losses: balance, z, dataset, importance */
@@ -85,7 +85,7 @@
 #define PRIOS21             111175824L /* routing priority, sorted */
 #define ENT21               111184144L /* router entropy per token */
 #define XE21                111192464L /* expert inputs [E, cap, D] */
-#define HE21                119181200L /* expert hidden [E, cap, H] */
+#define HE21                119181200L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE21                135158672L /* expert hidden, activated */
 #define YE21                151136144L /* expert outputs [E, cap, D] */
 #define AUX21               159124880L /* auxiliary losses: balance, z, dataset, importance */
@@ -126,7 +126,7 @@
 #define PRIOS31             189759392L /* routing priority, sorted */
 #define ENT31               189767712L /* router entropy per token */
 #define XE31                189776032L /* expert inputs [E, cap, D] */
-#define HE31                197764768L /* expert hidden [E, cap, H] */
+#define HE31                197764768L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE31                213742240L /* expert hidden, activated */
 #define YE31                229719712L /* expert outputs [E, cap, D] */
 #define AUX31               237708448L /* auxiliary losses: balance, z, dataset, importance */
@@ -167,7 +167,7 @@
 #define PRIOS41             268342960L /* routing priority, sorted */
 #define ENT41               268351280L /* router entropy per token */
 #define XE41                268359600L /* expert inputs [E, cap, D] */
-#define HE41                276348336L /* expert hidden [E, cap, H] */
+#define HE41                276348336L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE41                292325808L /* expert hidden, activated */
 #define YE41                308303280L /* expert outputs [E, cap, D] */
 #define AUX41               316292016L /* auxiliary losses: balance, z, dataset, importance */
@@ -208,7 +208,7 @@
 #define PRIOS51             346926528L /* routing priority, sorted */
 #define ENT51               346934848L /* router entropy per token */
 #define XE51                346943168L /* expert inputs [E, cap, D] */
-#define HE51                354931904L /* expert hidden [E, cap, H] */
+#define HE51                354931904L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE51                370909376L /* expert hidden, activated */
 #define YE51                386886848L /* expert outputs [E, cap, D] */
 #define AUX51               394875584L /* auxiliary losses: balance, z, dataset, importance */
@@ -249,7 +249,7 @@
 #define PRIOS61             425510096L /* routing priority, sorted */
 #define ENT61               425518416L /* router entropy per token */
 #define XE61                425526736L /* expert inputs [E, cap, D] */
-#define HE61                433515472L /* expert hidden [E, cap, H] */
+#define HE61                433515472L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE61                449492944L /* expert hidden, activated */
 #define YE61                465470416L /* expert outputs [E, cap, D] */
 #define AUX61               473459152L /* auxiliary losses: balance, z, dataset, importance */
@@ -290,7 +290,7 @@
 #define PRIOS71             504093664L /* routing priority, sorted */
 #define ENT71               504101984L /* router entropy per token */
 #define XE71                504110304L /* expert inputs [E, cap, D] */
-#define HE71                512099040L /* expert hidden [E, cap, H] */
+#define HE71                512099040L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE71                528076512L /* expert hidden, activated */
 #define YE71                544053984L /* expert outputs [E, cap, D] */
 #define AUX71               552042720L /* auxiliary losses: balance, z, dataset, importance */
@@ -331,7 +331,7 @@
 #define PRIOS81             582677232L /* routing priority, sorted */
 #define ENT81               582685552L /* router entropy per token */
 #define XE81                582693872L /* expert inputs [E, cap, D] */
-#define HE81                590682608L /* expert hidden [E, cap, H] */
+#define HE81                590682608L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE81                606660080L /* expert hidden, activated */
 #define YE81                622637552L /* expert outputs [E, cap, D] */
 #define AUX81               630626288L /* auxiliary losses: balance, z, dataset, importance */
@@ -372,7 +372,7 @@
 #define PRIOS91             661260800L /* routing priority, sorted */
 #define ENT91               661269120L /* router entropy per token */
 #define XE91                661277440L /* expert inputs [E, cap, D] */
-#define HE91                669266176L /* expert hidden [E, cap, H] */
+#define HE91                669266176L /* expert hidden [E, cap, H], then the activation's derivative */
 #define AE91                685243648L /* expert hidden, activated */
 #define YE91                701221120L /* expert outputs [E, cap, D] */
 #define AUX91               709209856L /* auxiliary losses: balance, z, dataset, importance */
@@ -1113,9 +1113,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK91), IA(SLOT91), IA(COUNT91), IA(TOKEN91), IA(ROWK91), IA(ORDER91), IA(IOTA91), IA(BLKC91), IA(BLKB91),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, ACT_GELU, 1>(k, G(V90), G(GATE91), G(YE91), G(YE91), G(HE91), G(XE91), G(XE91), G(V91),
-                                               A(XE91), A(HE91), A(AE91), A(YE91), &r, P(17281728L), P(18199232L), P(18202816L), P(19120320L),
-                                               DP(17281728L), DP(18199232L), DP(18202816L), DP(19120320L), N, cap, 0);
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V90), G(GATE91), G(YE91), G(YE91), G(HE91), G(XE91), G(XE91), G(V91),
+                                          A(XE91), A(HE91), A(AE91), A(YE91), &r, P(17281728L), P(18202816L), P(19120320L),
+                                          DP(17281728L), DP(18199232L), DP(18202816L), DP(19120320L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS91), G(GATE91), &r, nullptr, d->dacc + 124, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         scale_inplace(k, G(LOGITS91), (int64_t)N * 7, 0.125f);
         linear_backward(&kg, G(QUERY91), DP(17281280L), nullptr, G(LOGITS91), A(QUERY91), P(17281280L), N, 64, 7, 0);
@@ -1145,9 +1145,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, ACT_GELU, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
-                                               A(XE81), A(HE81), A(AE81), A(YE81), &r, P(15160320L), P(16077824L), P(16081408L), P(16998912L),
-                                               DP(15160320L), DP(16077824L), DP(16081408L), DP(16998912L), N, cap, 0);
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
+                                          A(XE81), A(HE81), A(AE81), A(YE81), &r, P(15160320L), P(16081408L), P(16998912L),
+                                          DP(15160320L), DP(16077824L), DP(16081408L), DP(16998912L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 109, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         scale_inplace(k, G(LOGITS81), (int64_t)N * 7, 0.125f);
         linear_backward(&kg, G(QUERY81), DP(15159872L), nullptr, G(LOGITS81), A(QUERY81), P(15159872L), N, 64, 7, 0);
@@ -1177,9 +1177,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK71), IA(SLOT71), IA(COUNT71), IA(TOKEN71), IA(ROWK71), IA(ORDER71), IA(IOTA71), IA(BLKC71), IA(BLKB71),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, ACT_GELU, 1>(k, G(V70), G(GATE71), G(YE71), G(YE71), G(HE71), G(XE71), G(XE71), G(V71),
-                                               A(XE71), A(HE71), A(AE71), A(YE71), &r, P(13038912L), P(13956416L), P(13960000L), P(14877504L),
-                                               DP(13038912L), DP(13956416L), DP(13960000L), DP(14877504L), N, cap, 0);
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V70), G(GATE71), G(YE71), G(YE71), G(HE71), G(XE71), G(XE71), G(V71),
+                                          A(XE71), A(HE71), A(AE71), A(YE71), &r, P(13038912L), P(13960000L), P(14877504L),
+                                          DP(13038912L), DP(13956416L), DP(13960000L), DP(14877504L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS71), G(GATE71), &r, nullptr, d->dacc + 94, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         scale_inplace(k, G(LOGITS71), (int64_t)N * 7, 0.125f);
         linear_backward(&kg, G(QUERY71), DP(13038464L), nullptr, G(LOGITS71), A(QUERY71), P(13038464L), N, 64, 7, 0);
@@ -1209,9 +1209,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, ACT_GELU, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
-                                               A(XE61), A(HE61), A(AE61), A(YE61), &r, P(10917504L), P(11835008L), P(11838592L), P(12756096L),
-                                               DP(10917504L), DP(11835008L), DP(11838592L), DP(12756096L), N, cap, 0);
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
+                                          A(XE61), A(HE61), A(AE61), A(YE61), &r, P(10917504L), P(11838592L), P(12756096L),
+                                          DP(10917504L), DP(11835008L), DP(11838592L), DP(12756096L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 79, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         scale_inplace(k, G(LOGITS61), (int64_t)N * 7, 0.125f);
         linear_backward(&kg, G(QUERY61), DP(10917056L), nullptr, G(LOGITS61), A(QUERY61), P(10917056L), N, 64, 7, 0);
@@ -1241,9 +1241,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK51), IA(SLOT51), IA(COUNT51), IA(TOKEN51), IA(ROWK51), IA(ORDER51), IA(IOTA51), IA(BLKC51), IA(BLKB51),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, ACT_GELU, 1>(k, G(V50), G(GATE51), G(YE51), G(YE51), G(HE51), G(XE51), G(XE51), G(V51),
-                                               A(XE51), A(HE51), A(AE51), A(YE51), &r, P(8796096L), P(9713600L), P(9717184L), P(10634688L),
-                                               DP(8796096L), DP(9713600L), DP(9717184L), DP(10634688L), N, cap, 0);
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V50), G(GATE51), G(YE51), G(YE51), G(HE51), G(XE51), G(XE51), G(V51),
+                                          A(XE51), A(HE51), A(AE51), A(YE51), &r, P(8796096L), P(9717184L), P(10634688L),
+                                          DP(8796096L), DP(9713600L), DP(9717184L), DP(10634688L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS51), G(GATE51), &r, nullptr, d->dacc + 64, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         scale_inplace(k, G(LOGITS51), (int64_t)N * 7, 0.125f);
         linear_backward(&kg, G(QUERY51), DP(8795648L), nullptr, G(LOGITS51), A(QUERY51), P(8795648L), N, 64, 7, 0);
@@ -1273,9 +1273,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, ACT_GELU, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
-                                               A(XE41), A(HE41), A(AE41), A(YE41), &r, P(6674688L), P(7592192L), P(7595776L), P(8513280L),
-                                               DP(6674688L), DP(7592192L), DP(7595776L), DP(8513280L), N, cap, 0);
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
+                                          A(XE41), A(HE41), A(AE41), A(YE41), &r, P(6674688L), P(7595776L), P(8513280L),
+                                          DP(6674688L), DP(7592192L), DP(7595776L), DP(8513280L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 49, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         scale_inplace(k, G(LOGITS41), (int64_t)N * 7, 0.125f);
         linear_backward(&kg, G(QUERY41), DP(6674240L), nullptr, G(LOGITS41), A(QUERY41), P(6674240L), N, 64, 7, 0);
@@ -1305,9 +1305,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK31), IA(SLOT31), IA(COUNT31), IA(TOKEN31), IA(ROWK31), IA(ORDER31), IA(IOTA31), IA(BLKC31), IA(BLKB31),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, ACT_GELU, 1>(k, G(V30), G(GATE31), G(YE31), G(YE31), G(HE31), G(XE31), G(XE31), G(V31),
-                                               A(XE31), A(HE31), A(AE31), A(YE31), &r, P(4553280L), P(5470784L), P(5474368L), P(6391872L),
-                                               DP(4553280L), DP(5470784L), DP(5474368L), DP(6391872L), N, cap, 0);
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V30), G(GATE31), G(YE31), G(YE31), G(HE31), G(XE31), G(XE31), G(V31),
+                                          A(XE31), A(HE31), A(AE31), A(YE31), &r, P(4553280L), P(5474368L), P(6391872L),
+                                          DP(4553280L), DP(5470784L), DP(5474368L), DP(6391872L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS31), G(GATE31), &r, nullptr, d->dacc + 34, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         scale_inplace(k, G(LOGITS31), (int64_t)N * 7, 0.125f);
         linear_backward(&kg, G(QUERY31), DP(4552832L), nullptr, G(LOGITS31), A(QUERY31), P(4552832L), N, 64, 7, 0);
@@ -1337,9 +1337,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, ACT_GELU, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
-                                               A(XE21), A(HE21), A(AE21), A(YE21), &r, P(2431872L), P(3349376L), P(3352960L), P(4270464L),
-                                               DP(2431872L), DP(3349376L), DP(3352960L), DP(4270464L), N, cap, 0);
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
+                                          A(XE21), A(HE21), A(AE21), A(YE21), &r, P(2431872L), P(3352960L), P(4270464L),
+                                          DP(2431872L), DP(3349376L), DP(3352960L), DP(4270464L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 19, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         scale_inplace(k, G(LOGITS21), (int64_t)N * 7, 0.125f);
         linear_backward(&kg, G(QUERY21), DP(2431424L), nullptr, G(LOGITS21), A(QUERY21), P(2431424L), N, 64, 7, 0);
@@ -1369,9 +1369,9 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK11), IA(SLOT11), IA(COUNT11), IA(TOKEN11), IA(ROWK11), IA(ORDER11), IA(IOTA11), IA(BLKC11), IA(BLKB11),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, ACT_GELU, 1>(k, G(V10), G(GATE11), G(YE11), G(YE11), G(HE11), G(XE11), G(XE11), G(V11),
-                                               A(XE11), A(HE11), A(AE11), A(YE11), &r, P(310464L), P(1227968L), P(1231552L), P(2149056L),
-                                               DP(310464L), DP(1227968L), DP(1231552L), DP(2149056L), N, cap, 0);
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V10), G(GATE11), G(YE11), G(YE11), G(HE11), G(XE11), G(XE11), G(V11),
+                                          A(XE11), A(HE11), A(AE11), A(YE11), &r, P(310464L), P(1231552L), P(2149056L),
+                                          DP(310464L), DP(1227968L), DP(1231552L), DP(2149056L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS11), G(GATE11), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
         scale_inplace(k, G(LOGITS11), (int64_t)N * 7, 0.125f);
         linear_backward(&kg, G(QUERY11), DP(310016L), nullptr, G(LOGITS11), A(QUERY11), P(310016L), N, 64, 7, 0);

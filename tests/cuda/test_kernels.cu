@@ -542,14 +542,18 @@ template <int ACT> static void test_act(const char *name, int N)
         ref_bias_act(a.data(), h.data(), bias.data(), MG, N, G, ACT);
         check("bias_act", fmt("%s h, G=%d, M=%d, N=%d", name, G, MG, N), down(d_h, ng), h, TOL32);
         check("bias_act", fmt("%s a, G=%d, M=%d, N=%d", name, G, MG, N), down(d_a, ng), a, TOL32);
-        /* keep_h: the same activations, h left as it was */
+        /* grad_h: the same activations, and h gets act'(h + bias), the
+         * backward's factor */
         float *d_hk = dup(h0), *d_ak = dpoison<float>(ng);
         bias_act<ACT>(&g_k, d_ak, d_hk, d_bias, MG, N, G, nullptr, true);
-        check("bias_act", fmt("%s keep_h a, G=%d, M=%d, N=%d", name, G, MG, N), down(d_ak, ng), a, TOL32);
-        check("bias_act", fmt("%s keep_h h, G=%d, M=%d, N=%d", name, G, MG, N), down(d_hk, ng), h0, 0.0);
+        const fvec ones(ng, 1.0f);
+        fvec gh(ng);
+        ref_act_backward(gh.data(), ones.data(), h.data(), ng, ACT, 0);
+        check("bias_act", fmt("%s grad_h a, G=%d, M=%d, N=%d", name, G, MG, N), down(d_ak, ng), a, TOL32);
+        check("bias_act", fmt("%s grad_h h, G=%d, M=%d, N=%d", name, G, MG, N), down(d_hk, ng), gh, TOL32);
 
-        /* act_bias_backward on the kept h: dh = da * act'(h + bias) in place
-         * of da (fp32) or into a bf16 copy, db += its column sums */
+        /* act_bias_backward on that factor: dh = da * act'(h + bias) in
+         * place of da (fp32) or into a bf16 copy, db += its column sums */
         const fvec da = rnd(r, ng, -1, 1), db0 = rnd(r, (size_t)G * N, -1, 1);
         fvec dh(ng), db = db0;
         ref_act_backward(dh.data(), da.data(), h.data(), ng, ACT, 0);
@@ -564,7 +568,7 @@ template <int ACT> static void test_act(const char *name, int N)
                 d_dh16 = dalloc<__nv_bfloat16>(ng);
                 CUDA_CHECK(cudaMemsetAsync(d_dh16, 0xFF, ng * sizeof(__nv_bfloat16), g_k.stream)); /* NaN */
             }
-            act_bias_backward<ACT>(&g_k, d_da, d_dh16, d_db, d_da, d_hk, d_bias, MG, N, G);
+            act_bias_backward(&g_k, d_da, d_dh16, d_db, d_da, d_hk, MG, N, G);
             fvec got(ng);
             if (b16) {
                 const std::vector<__nv_bfloat16> g16 = down(d_dh16, ng);
@@ -581,45 +585,56 @@ template <int ACT> static void test_act(const char *name, int N)
     }
 
     /* the experts' pass on one GPU in bf16 precision (moe_h16, live): h
-     * and da in bf16, a and dh written in bf16, and group g's rows from
-     * live[g] on padding: NaN in h and da there, which the passes must not
-     * read; a and dh get zeros there and db skips them */
+     * and da in bf16, a, h's factor act'(h + bias) and dh written in bf16,
+     * and group g's rows from live[g] on padding: NaN in h and da there,
+     * which the passes must neither read nor write; a and dh get zeros
+     * there and db skips them. The factor is checked against the CPU's
+     * (one rounding to bf16), then dh and db against the products with the
+     * factor the GPU wrote (dh: one rounding more) */
     const int G = 3, MG = 50;
     const size_t ng = (size_t)G * MG * N;
     const std::vector<int> live = { MG, 17, 0 };
+    const auto pad = [&](size_t i) { return (int)(i / N % MG) >= live[i / N / MG]; };
     fvec h = rnd(r, ng, -3, 3), da = rnd(r, ng, -1, 1);
     const fvec bias = rnd(r, (size_t)G * N, -1, 1), db0 = rnd(r, (size_t)G * N, -1, 1);
     std::vector<__nv_bfloat16> h16(ng), da16(ng);
     for (size_t i = 0; i < ng; i++) {
-        const bool pad = (int)(i / N % MG) >= live[i / N / MG];
-        h[i] = pad ? NAN : round_bf16(h[i]);
-        da[i] = pad ? NAN : round_bf16(da[i]);
+        h[i] = pad(i) ? NAN : round_bf16(h[i]);
+        da[i] = pad(i) ? NAN : round_bf16(da[i]);
         h16[i] = __float2bfloat16_rn(h[i]);
         da16[i] = __float2bfloat16_rn(da[i]);
     }
-    fvec hb = h, a(ng), dh(ng), db = db0;
+    const fvec ones(ng, 1.0f);
+    fvec hb = h, a(ng), gh(ng);
     ref_bias_act(a.data(), hb.data(), bias.data(), MG, N, G, ACT);
-    ref_act_backward(dh.data(), da.data(), hb.data(), ng, ACT, 0);
-    for (size_t i = 0; i < ng; i++) {
-        if ((int)(i / N % MG) >= live[i / N / MG])
-            a[i] = dh[i] = 0.0f;
-        else
-            db[i / N / MG * N + i % N] += dh[i];
-    }
-    const __nv_bfloat16 *d_h16 = dup(h16), *d_da16 = dup(da16);
-    __nv_bfloat16 *d_a16 = dpoison<__nv_bfloat16>(ng), *d_dh16 = dpoison<__nv_bfloat16>(ng);
+    ref_act_backward(gh.data(), ones.data(), hb.data(), ng, ACT, 0);
+    __nv_bfloat16 *d_h16 = dup(h16), *d_a16 = dpoison<__nv_bfloat16>(ng), *d_dh16 = dpoison<__nv_bfloat16>(ng);
+    const __nv_bfloat16 *d_da16 = dup(da16);
     float *d_bias = dup(bias), *d_db = dup(db0);
     const int *d_live = dup(live);
-    bias_act<ACT>(&g_k, nullptr, const_cast<__nv_bfloat16 *>(d_h16), d_bias, MG, N, G, d_a16, true, d_live);
-    act_bias_backward<ACT>(&g_k, nullptr, d_dh16, d_db, d_da16, d_h16, d_bias, MG, N, G, d_live);
+    bias_act<ACT>(&g_k, nullptr, d_h16, d_bias, MG, N, G, d_a16, true, d_live);
+    act_bias_backward(&g_k, nullptr, d_dh16, d_db, d_da16, d_h16, MG, N, G, d_live);
     const auto widen = [](const std::vector<__nv_bfloat16> &v) {
         fvec f(v.size());
         for (size_t i = 0; i < v.size(); i++)
             f[i] = __bfloat162float(v[i]);
         return f;
     };
+    fvec gh_gpu = widen(down(d_h16, ng)), dh(ng), db = db0;
+    size_t touched = 0; /* padding rows of h the pass wrote */
+    for (size_t i = 0; i < ng; i++) {
+        if (pad(i)) {
+            touched += !std::isnan(gh_gpu[i]);
+            a[i] = dh[i] = gh[i] = gh_gpu[i] = 0.0f;
+        } else {
+            dh[i] = da[i] * gh_gpu[i];
+            db[i / N / MG * N + i % N] += dh[i];
+        }
+    }
     const std::string c = fmt("%s bf16, live rows 50/17/0 of %d, N=%d", name, MG, N);
     check("bias_act", c + " a", widen(down(d_a16, ng)), a, 4e-3);
+    check("bias_act", c + " h's factor act'(h + bias)", gh_gpu, gh, 4e-3);
+    report(touched == 0, "bias_act", c + ": the padding rows of h left as they were", (double)touched, 0.0);
     check("act_bias_backward", c + " dh", widen(down(d_dh16, ng)), dh, 4e-3);
     check("act_bias_backward", c + " db", down(d_db, db.size()), db, TOL32);
     dfree_all();
@@ -1238,9 +1253,8 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     float *d_dxe = dpoison<float>(rows * D);
     float *d_dw1 = dup(dw1_0), *d_db1 = dup(db1_0), *d_dw2 = dup(dw2_0), *d_db2 = dup(db2_0);
     float *d_dlogits = dpoison<float>((size_t)N * E);
-    moe_experts_backward<D, H, E, K, ACT, 1>(&g_k, d_dx, d_dgate, d_dye, d_dye, d_dh, d_dxe, d_dxe, d_dout, d_xe, d_h,
-                                             d_a, d_ye, &rb, d_w1, d_b1, d_w2, d_b2, d_dw1, d_db1, d_dw2, d_db2, N, cap,
-                                             acc);
+    moe_experts_backward<D, H, E, K, 1>(&g_k, d_dx, d_dgate, d_dye, d_dye, d_dh, d_dxe, d_dxe, d_dout, d_xe, d_h, d_a,
+                                        d_ye, &rb, d_w1, d_w2, d_b2, d_dw1, d_db1, d_dw2, d_db2, N, cap, acc);
     moe_router_backward<E, K>(&g_k, d_dlogits, d_dgate, &rb, d_target, d_sums, N, normalize, w_bal, w_z, w_ds, w_imp);
     CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
 
