@@ -598,10 +598,16 @@ static inline void launch_rows(const kctx *k, bool v4, int64_t rows, void (*kern
     LAUNCH_CHECK();
 }
 
-static inline bool vec4_ok(int64_t cols, const void *p, const void *q = nullptr, const void *r = nullptr)
+/* p, q and r 16-byte aligned (NULL passes) */
+static inline bool aligned16(const void *p, const void *q = nullptr, const void *r = nullptr)
 {
     const auto al = [](const void *x) { return ((uintptr_t)x & 15) == 0; };
-    return cols % 4 == 0 && al(p) && al(q) && al(r);
+    return al(p) && al(q) && al(r);
+}
+
+static inline bool vec4_ok(int64_t cols, const void *p, const void *q = nullptr, const void *r = nullptr)
+{
+    return cols % 4 == 0 && aligned16(p, q, r);
 }
 
 /* V bf16 values, widened: 16 bytes at a time where V is a multiple of 8,
@@ -733,16 +739,17 @@ static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__r
         g = row / M;
         col = i - row * N;
     }
+    const auto store_a = [&](const float (&v)[V]) {
+        if (a16)
+            vstore<V>(a16 + i, v);
+        else
+            vstore<V>(a + i, v);
+    };
     float x[V];
     if (live && row - g * M >= live[g]) {
         if constexpr (ACT != ACT_NONE) {
-#pragma unroll
-            for (int j = 0; j < V; j++)
-                x[j] = 0.0f;
-            if (a16)
-                vstore<V>(a16 + i, x);
-            else
-                vstore<V>(a + i, x);
+            const float z[V] = {};
+            store_a(z);
         }
         return;
     }
@@ -764,10 +771,7 @@ static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__r
             for (int j = 0; j < V; j++)
                 x[j] = act_f<ACT>(x[j]);
         }
-        if (a16)
-            vstore<V>(a16 + i, x);
-        else
-            vstore<V>(a + i, x);
+        store_a(x);
     } else {
         vstore<V>(h + i, x);
     }
@@ -789,7 +793,7 @@ static inline bool vec4_ok_as(int64_t cols, const __nv_bfloat16 *p)
  * rows a multiple of 8 wide, 16-byte aligned (NULL passes) */
 static inline bool vec8_ok(int64_t cols, const void *p, const void *q = nullptr, const void *r = nullptr)
 {
-    return cols % 8 == 0 && vec4_ok(4, p, q, r);
+    return cols % 8 == 0 && aligned16(p, q, r);
 }
 
 /* h: fp32, or bf16 (the experts' hidden values as their product wrote
@@ -1208,6 +1212,12 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
     float acc[V] = {};
     if (valid) {
         const int64_t at = (int64_t)g * M * N + n;
+        const auto store_dh = [&](int m, const float (&v)[V]) {
+            if (dh16)
+                vstore<V>(dh16 + at + (int64_t)m * N, v);
+            else
+                vstore<V>(dh + at + (int64_t)m * N, v);
+        };
         /* ROWS of this lane's rows at a time, all loaded before any is
          * stored: dh may be da, so the compiler cannot move the next
          * row's loads above this one's store, and one row's loads at a
@@ -1229,16 +1239,12 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
                 const int m = m0 + r * COLSUM_LANES;
                 if (m >= end)
                     break;
-                const int64_t i = at + (int64_t)m * N;
 #pragma unroll
                 for (int j = 0; j < V; j++) {
                     d[r][j] *= f[r][j];
                     acc[j] += d[r][j];
                 }
-                if (dh16)
-                    vstore<V>(dh16 + i, d[r]);
-                else
-                    vstore<V>(dh + i, d[r]);
+                store_dh(m, d[r]);
             }
         }
         /* the padding: this lane's rows from end on */
@@ -1246,12 +1252,8 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
         int m = lo + lane;
         if (m < end)
             m += (end - m + COLSUM_LANES - 1) / COLSUM_LANES * COLSUM_LANES;
-        for (; m < hi; m += COLSUM_LANES) {
-            if (dh16)
-                vstore<V>(dh16 + at + (int64_t)m * N, z);
-            else
-                vstore<V>(dh + at + (int64_t)m * N, z);
-        }
+        for (; m < hi; m += COLSUM_LANES)
+            store_dh(m, z);
     }
     lanes_sum<COLSUM_LANES, V>(acc);
     if (lane == 0 && valid) {
@@ -4261,8 +4263,8 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
  * ... b2: theirs alone) run on xr's P * cap rows per expert into yr, which
  * comes back to ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe
  * then holds the rows in bf16: moe_x16), and ye is kept without b2, which
- * the combine adds (and its backward). h is kept without b1 (bias_act's
- * keep_h). With k->overlap, the rows travel expert by expert: an expert's
+ * the combine adds (and its backward). h is left holding act'(h + b1)
+ * (bias_act's grad_h). With k->overlap, the rows travel expert by expert: an expert's
  * products start when its rows have come and its results leave while the
  * next one's products run. */
 template <int D, int H, int E, int K, int ACT, int P>
@@ -4970,7 +4972,7 @@ static inline void adamw(const kctx *k, float *p, __nv_bfloat16 *p16, const floa
                          const uint8_t *decay, int64_t n, const step_scalars *sc, const double *gnorm, float clip,
                          float b1, float b2, float eps, float wd)
 {
-    const bool al = vec4_ok(4, p, g, m) && vec4_ok(4, v) && ((uintptr_t)decay & 3) == 0 && ((uintptr_t)p16 & 7) == 0;
+    const bool al = aligned16(p, g, m) && aligned16(v) && ((uintptr_t)decay & 3) == 0 && ((uintptr_t)p16 & 7) == 0;
     const int64_t n4 = al ? n / 4 : 0;
     adamw_kernel<<<blocks_for(n4 > 0 ? n4 : n, 256), 256, 0, k->stream>>>(p, p16, g, m, v, decay, n, n4, sc, gnorm,
                                                                           clip, b1, b2, eps, wd);

@@ -283,19 +283,25 @@ static float round_bf16(float x)
     return x;
 }
 
+/* n bf16 values on the device, widened to floats on the host */
+static fvec widen16(const __nv_bfloat16 *d16, size_t n)
+{
+    const std::vector<__nv_bfloat16> h16 = down(d16, n);
+    fvec f(n);
+    for (size_t i = 0; i < n; i++)
+        f[i] = __bfloat162float(h16[i]);
+    return f;
+}
+
 /* a bf16 copy the kernel wrote: each value the fp32 one it wrote, rounded
  * to bf16 exactly (a NaN from the poison never passes) */
 static void check_copy16(const std::string &kernel, const std::string &what, const __nv_bfloat16 *d16, const float *d32,
                          size_t n)
 {
-    const std::vector<__nv_bfloat16> h16 = down(d16, n);
-    const fvec p = down(d32, n);
-    fvec got(n), want(n);
-    for (size_t i = 0; i < n; i++) {
-        got[i] = __bfloat162float(h16[i]);
-        want[i] = round_bf16(p[i]);
-    }
-    check(kernel, what, got, want, 0.0);
+    fvec want = down(d32, n);
+    for (float &w : want)
+        w = round_bf16(w);
+    check(kernel, what, widen16(d16, n), want, 0.0);
 }
 
 /* ---- linear layers --------------------------------------------------------------------------------- */
@@ -569,14 +575,7 @@ template <int ACT> static void test_act(const char *name, int N)
                 CUDA_CHECK(cudaMemsetAsync(d_dh16, 0xFF, ng * sizeof(__nv_bfloat16), g_k.stream)); /* NaN */
             }
             act_bias_backward(&g_k, d_da, d_dh16, d_db, d_da, d_hk, MG, N, G);
-            fvec got(ng);
-            if (b16) {
-                const std::vector<__nv_bfloat16> g16 = down(d_dh16, ng);
-                for (size_t i = 0; i < ng; i++)
-                    got[i] = __bfloat162float(g16[i]);
-            } else {
-                got = down(d_da, ng);
-            }
+            const fvec got = b16 ? widen16(d_dh16, ng) : down(d_da, ng);
             /* bf16: the fp32 value rounded, within half a unit of 8 bits */
             const std::string c = fmt("%s, G=%d, M=%d, N=%d", b16 ? " bf16" : "", G, MG, N);
             check("act_bias_backward", fmt("%s dh", name) + c, got, dh, b16 ? 4e-3 : TOL32);
@@ -614,13 +613,7 @@ template <int ACT> static void test_act(const char *name, int N)
     const int *d_live = dup(live);
     bias_act<ACT>(&g_k, nullptr, d_h16, d_bias, MG, N, G, d_a16, true, d_live);
     act_bias_backward(&g_k, nullptr, d_dh16, d_db, d_da16, d_h16, MG, N, G, d_live);
-    const auto widen = [](const std::vector<__nv_bfloat16> &v) {
-        fvec f(v.size());
-        for (size_t i = 0; i < v.size(); i++)
-            f[i] = __bfloat162float(v[i]);
-        return f;
-    };
-    fvec gh_gpu = widen(down(d_h16, ng)), dh(ng), db = db0;
+    fvec gh_gpu = widen16(d_h16, ng), dh(ng), db = db0;
     size_t touched = 0; /* padding rows of h the pass wrote */
     for (size_t i = 0; i < ng; i++) {
         if (pad(i)) {
@@ -632,10 +625,10 @@ template <int ACT> static void test_act(const char *name, int N)
         }
     }
     const std::string c = fmt("%s bf16, live rows 50/17/0 of %d, N=%d", name, MG, N);
-    check("bias_act", c + " a", widen(down(d_a16, ng)), a, 4e-3);
+    check("bias_act", c + " a", widen16(d_a16, ng), a, 4e-3);
     check("bias_act", c + " h's factor act'(h + bias)", gh_gpu, gh, 4e-3);
     report(touched == 0, "bias_act", c + ": the padding rows of h left as they were", (double)touched, 0.0);
-    check("act_bias_backward", c + " dh", widen(down(d_dh16, ng)), dh, 4e-3);
+    check("act_bias_backward", c + " dh", widen16(d_dh16, ng), dh, 4e-3);
     check("act_bias_backward", c + " db", down(d_db, db.size()), db, TOL32);
     dfree_all();
 }
