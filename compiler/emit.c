@@ -705,7 +705,9 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "struct step_scalars;  /* kernels.cuh: learning rate and step, read on the device */\n");
     sb_printf(h, "typedef struct dev_model {\n    float *param, *grad, *opt_m, *opt_v; /* DEV_LAYOUT.params each */\n"
                  "    float *param_full;     /* expert parallelism, evaluation: every expert's weights (PF) */\n"
-                 "    float *act;            /* DEV_LAYOUT.act_floats */\n    float *dact;           /* DEV_LAYOUT.grad_floats */\n"
+                 "    float *act;            /* DEV_LAYOUT.act_floats (act_floats16 with lay16) */\n"
+                 "    int lay16;             /* bf16 precision: LAY16's buffers in their bf16 layout */\n"
+                 "    float *dact;           /* DEV_LAYOUT.grad_floats */\n"
                  "    int *iact;             /* DEV_LAYOUT.int_slots */\n"
                  "    double *dacc;          /* the step's sums: [0] cross-entropy, [1] auxiliary, [2] gradient norm */\n"
                  "    unsigned long long *stats; /* routing counts */\n    struct step_scalars *sc;\n"
@@ -723,7 +725,8 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    void *comm;\n} dev_model;\n\n");
     sb_printf(h, "typedef struct dev_layout {\n"
                  "    int64_t params;        /* the parameter arena: N_PARAMS, less under expert parallelism */\n"
-                 "    int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;\n"
+                 "    int64_t act_floats;    /* the activation arena; act_floats16 in bf16 precision */\n"
+                 "    int64_t act_floats16, grad_floats, int_slots, dacc, stats, red_floats;\n"
                  "    int64_t cast_elems;    /* bf16 precision: the products' operands in bf16 (kctx.cast) */\n"
                  "    int64_t xchg_elems;    /* bf16 precision, expert parallelism: the exchanged rows in bf16 */\n"
                  "    int eval_batch;        /* the largest batch the arenas hold dropless */\n"

@@ -162,6 +162,15 @@ typedef struct cuda_plan {
     int ln_blocks;   /* LN_BLOCKS: layer norm backward, partial sums of dw, db */
     int aux_blocks;  /* AUX_BLOCKS: MoE auxiliary-loss partials */
     int route_block; /* ROUTE_BLOCK: routing choices per block */
+    /* the values bf16 precision keeps in bf16 alone (alloc_half), and the
+     * activation arena's floats in that layout */
+    struct half_room {
+        char name[32];
+        int64_t floats;
+        char what[160];
+    } *halves;
+    int nhalves;
+    int64_t act16;
 } cuda_plan;
 
 /* NAME_G: the gradient of buffer NAME: its own place for a value, a place
@@ -257,6 +266,50 @@ static void alloc_inside(gen *g, cuda_plan *p, const char *name, int64_t floats,
     char gname[48];
     snprintf(gname, sizeof gname, "%s_G", name);
     grad_of(p, gname, floats, true);
+}
+
+/* A buffer whose producer, in bf16 precision, writes bf16 values alone,
+ * into the first half of its room (moe_x16, moe_h16, a layer norm's
+ * output that feeds a product: ln_feeds_product), and whose readers
+ * take them there: in that precision the arena gives it half the room.
+ * Such buffers lie after every other one (place_halves), so that the
+ * others keep one offset in both layouts; each of them has two,
+ * LAY16(fp32 layout, bf16 layout), which model.cu picks by d->lay16. */
+static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
+{
+    p->halves = mc_xrealloc(p->halves, (size_t)(p->nhalves + 1) * sizeof *p->halves);
+    struct half_room *h = &p->halves[p->nhalves++];
+    snprintf(h->name, sizeof h->name, "%s", name);
+    h->floats = floats;
+    snprintf(h->what, sizeof h->what, "%s", what);
+}
+
+/* an inside buffer of the op as alloc_half's, and its gradient (fp32) in
+ * the scratch */
+static void alloc_inside_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
+{
+    alloc_half(p, name, floats, what);
+    char gname[48];
+    snprintf(gname, sizeof gname, "%s_G", name);
+    grad_of(p, gname, floats, true);
+}
+
+/* alloc_half's buffers at the end of the arena, in both layouts: each
+ * 64-byte aligned, as alloc_act's; p->act16: the arena in bf16 precision */
+static void place_halves(gen *g, cuda_plan *p)
+{
+    int64_t off = g->act_floats, off16 = g->act_floats;
+    for (int j = 0; j < p->nhalves; j++) {
+        const struct half_room *h = &p->halves[j];
+        sb_printf(&g->defs, "#define %-16s LAY16(%lldL, %lldL) /* %s; bf16 alone in bf16 precision */\n", h->name,
+                  (long long)off, (long long)off16, h->what);
+        off += (h->floats + 15) & ~(int64_t)15;
+        off16 += ((h->floats + 1) / 2 + 15) & ~(int64_t)15;
+        if (h->floats > g->max_act)
+            g->max_act = h->floats;
+    }
+    g->act_floats = off;
+    p->act16 = off16;
 }
 
 static void need_red(cuda_plan *p, int64_t floats)
@@ -552,8 +605,10 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
         need_red(p, (int64_t)p->ln_blocks * 2 * D);
         char o16[48] = "";
-        if (ln_feeds_product(g, i))
+        if (ln_feeds_product(g, i)) { /* in bf16 alone in bf16 precision: its room halves */
             snprintf(o16, sizeof o16, ", bf16_half(k, %s)", out);
+            alloc_half(p, name, c.floats, c.what);
+        }
         sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s%s);\n", D, out,
                   mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s, o16);
         sb_printf(&b,
@@ -669,7 +724,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         for (int k = 0; k < 13; k++) {
             snprintf(nm[k], sizeof nm[k], "%s%d", fl[k], i);
             /* the backward needs the gradients of the logits, gates, and the experts' rows */
-            if (k == 0 || k == 4 || k == 8 || k == 9 || k == 11)
+            /* bf16 precision keeps h in bf16 alone (moe_h16), and xe too on
+             * one GPU (moe_x16: expert parallelism sends fp32 rows) */
+            if (k == 9 || (k == 8 && m->parallel.expert == 1))
+                alloc_inside_half(p, nm[k], fsz[k], fwhat[k]);
+            else if (k == 0 || k == 4 || k == 8 || k == 11)
                 alloc_inside(g, p, nm[k], fsz[k], fwhat[k]);
             else
                 alloc_act(g, nm[k], fsz[k], fwhat[k]);
@@ -976,7 +1035,7 @@ void gen_init_cuda(gen *g, const mc_model *m, mc_model *local)
 
 /* The sizes of DEV_LAYOUT's arenas (elements), as model.cu writes them */
 typedef struct dev_sizes {
-    int64_t params, act, grad, ints, dacc, stats, red, cast, xchg;
+    int64_t params, act, act16, grad, ints, dacc, stats, red, cast, xchg;
 } dev_sizes;
 
 /* What backend.cu's model_init allocates with the arenas z for the local
@@ -989,7 +1048,7 @@ static void plan_memory(mc_gpu_memory *mem, const mc_model *m, const dev_sizes *
     mem->local_batch = m->train.batch;
     /* param, grad, opt_m, opt_v and the weight-decay mask (a byte each) */
     mem->weights = 4 * (int64_t)sizeof(float) * z->params + z->params;
-    mem->activations = (int64_t)sizeof(float) * z->act;
+    mem->activations = (int64_t)sizeof(float) * (bf16 ? z->act16 : z->act);
     /* sharded experts: the gradient arena also holds the whole layout */
     mem->gradients = (int64_t)sizeof(float) * (ep && z->grad < m->params ? m->params : z->grad);
     /* the products' operand scratch, the weights' copy, the exchange's staging */
@@ -1035,10 +1094,17 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     p.galias = mc_xcalloc((size_t)m->nops, sizeof *p.galias);
     plan_grad_alias(g, p.galias);
     plan_fused_adds(g, p.galias);
+    /* the layer norms whose output is bf16 alone in bf16 precision: their
+     * values are placed by alloc_half (gen_op_cuda) */
+    free(g->own_value);
+    g->own_value = mc_xcalloc((size_t)m->nops, sizeof *g->own_value);
+    for (int i = 0; i < m->nops; i++)
+        g->own_value[i] = ln_feeds_product(g, i);
     for (int i = 0; i < m->nops; i++)
         gen_op_cuda(g, &p, i);
     /* the loss's scratch: one float per sample */
     alloc_act(g, "XENT", m->train.batch, "cross-entropy per sample");
+    place_halves(g, &p);
 
     header_comment(c, m, "model.cu", "the forward and backward pass of every op, on the GPU.", o);
     sb_printf(c, "#include <string.h>\n\n#include \"model.h\"\n#include \"kernels.cuh\"\n\n");
@@ -1047,6 +1113,10 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
                  " * buffer `name' in the gradient arena (name_G: its offset there),\n"
                  " * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */\n");
     sb_printf(c, "#define A(off) (d->act + (off))\n#define G(name) (d->dact + name##_G)\n");
+    if (p.nhalves)
+        sb_printf(c, "/* a buffer kept in bf16 alone in bf16 precision: its offset in the fp32\n"
+                     " * layout, and in the bf16 one (DEV_LAYOUT.act_floats16) */\n"
+                     "#define LAY16(f, h) (d->lay16 ? (h) : (f))\n");
     sb_printf(c, "#define P(off) (d->param + (off))\n#define DP(off) (d->grad + (off))\n");
     if (m->parallel.expert > 1)
         sb_printf(c, "/* expert parallelism: the arena holds this GPU's experts alone (P's offsets\n"
@@ -1076,11 +1146,12 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
         for (int t = 0; t < m->ops[i].ntensors; t++)
             if (m->ops[i].tensors[t].numel > largest)
                 largest = m->ops[i].tensors[t].numel;
-    const dev_sizes z = { g->params, g->act_floats, p.grad + p.scr_max, g->int_slots ? g->int_slots : 16, p.dacc,
-                          p.stats ? p.stats : 1, p.red, 2 * largest + 8, p.xchg ? p.xchg : 1 };
+    const dev_sizes z = { g->params, g->act_floats, p.act16, p.grad + p.scr_max, g->int_slots ? g->int_slots : 16,
+                          p.dacc, p.stats ? p.stats : 1, p.red, 2 * largest + 8, p.xchg ? p.xchg : 1 };
     sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n    %lldL, /* params */\n", (long long)z.params);
-    sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* grad_floats */\n    %lldL, /* int_slots */\n",
-              (long long)z.act, (long long)z.grad, (long long)z.ints);
+    sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* act_floats16: in bf16 precision */\n", (long long)z.act,
+              (long long)z.act16);
+    sb_printf(c, "    %lldL, /* grad_floats */\n    %lldL, /* int_slots */\n", (long long)z.grad, (long long)z.ints);
     sb_printf(c, "    %lldL, /* dacc: doubles */\n    %lldL, /* stats: u64 */\n", (long long)z.dacc, (long long)z.stats);
     sb_printf(c, "    %lldL, /* red_floats */\n    %lldL, /* cast_elems */\n    %lldL, /* xchg_elems */\n",
               (long long)z.red, (long long)z.cast, (long long)z.xchg);
@@ -1175,4 +1246,5 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     free(p.sums);
     free(p.st);
     free(p.galias);
+    free(p.halves);
 }

@@ -40,6 +40,9 @@ typedef struct gen {
     int *fuse_into;       /* the CUDA plan's: per op, the residual end whose output
                            * it makes (adding the skip), its own value never
                            * made nor allocated; or -1. NULL: none (the CPU's) */
+    bool *own_value;      /* the CUDA plan's: per op, whether the backend places
+                           * its value itself (emit_cuda.c's alloc_half), which
+                           * op_begin then leaves alone. NULL: none */
 } gen;
 
 /* shard: the expert-parallel degree of the parameter arena being laid out

@@ -167,7 +167,7 @@ bool op_begin(gen *g, int i, op_ctx *c, sbuf *b)
     if (op->kind != OP_CLASSIFIER) {
         int64_t per = (int64_t)tokens_of(so) * (so->kind == SHAPE_IMAGE ? so->c * so->h * so->w : so->dim);
         c->floats = g->m->train.batch * per;
-        if (!g->fuse_into || g->fuse_into[i] < 0)
+        if ((!g->fuse_into || g->fuse_into[i] < 0) && !(g->own_value && g->own_value[i]))
             alloc_act(g, c->name, c->floats, c->what);
     }
     sbuf *f = &g->fwd;
@@ -254,6 +254,7 @@ void gen_free(gen *g)
     free(g->last_use);
     free(g->moe_index);
     free(g->fuse_into);
+    free(g->own_value);
 }
 
 int mc_moe_capacity(int N, int E, int K, double cf, bool dropless)

@@ -456,7 +456,10 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     d->grad = (float *)dev_alloc(sizeof(float) * params);
     d->opt_m = (float *)dev_alloc(sizeof(float) * params);
     d->opt_v = (float *)dev_alloc(sizeof(float) * params);
-    d->act = (float *)dev_alloc(sizeof(float) * (size_t)DEV_LAYOUT.act_floats);
+    /* bf16 precision: the buffers kept in bf16 alone get half their room
+     * (model.cu's LAY16) */
+    d->lay16 = precision == PRECISION_BF16;
+    d->act = (float *)dev_alloc(sizeof(float) * (size_t)(d->lay16 ? DEV_LAYOUT.act_floats16 : DEV_LAYOUT.act_floats));
     /* sharded experts: the gradient arena, idle between steps, also holds
      * the whole layout for the gathers (checkpoints, evaluation) */
     size_t dact_floats = (size_t)DEV_LAYOUT.grad_floats;

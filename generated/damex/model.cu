@@ -12,6 +12,9 @@
  * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */
 #define A(off) (d->act + (off))
 #define G(name) (d->dact + name##_G)
+/* a buffer kept in bf16 alone in bf16 precision: its offset in the fp32
+ * layout, and in the bf16 one (DEV_LAYOUT.act_floats16) */
+#define LAY16(f, h) (d->lay16 ? (h) : (f))
 #define P(off) (d->param + (off))
 #define DP(off) (d->grad + (off))
 #define IA(off) (d->iact + (off))
@@ -20,42 +23,37 @@
 #define V1                          0L /* patch_embed patch_embed */
 #define COLS1                  262144L /* patches (im2col) */
 #define V2                     362496L /* pos_embed */
-#define V4                     624640L /* layernorm blocks.0.norm1 */
-#define MEAN4                  886784L /* layer norm means */
-#define RSTD4                  888832L /* layer norm 1/std */
-#define QKV5                   890880L /* queries, keys, values */
-#define ATT5                  1677312L /* attention weights */
-#define Y5                    1808384L /* heads' outputs */
-#define V6                    2070528L /* residual_end */
-#define V8                    2332672L /* layernorm blocks.0.norm2 */
-#define MEAN8                 2594816L /* layer norm means */
-#define RSTD8                 2596864L /* layer norm 1/std */
-#define H9                    2598912L /* hidden, before the activation, then its derivative */
-#define ACTV9                 3123200L /* hidden, after the activation */
-#define V10                   3647488L /* residual_end */
-#define V12                   3909632L /* layernorm blocks.1.norm1 */
-#define MEAN12                4171776L /* layer norm means */
-#define RSTD12                4173824L /* layer norm 1/std */
-#define QKV13                 4175872L /* queries, keys, values */
-#define ATT13                 4962304L /* attention weights */
-#define Y13                   5093376L /* heads' outputs */
-#define V14                   5355520L /* residual_end */
-#define V16                   5617664L /* layernorm blocks.1.norm2 */
-#define MEAN16                5879808L /* layer norm means */
-#define RSTD16                5881856L /* layer norm 1/std */
-#define LOGITS17              5883904L /* router logits */
-#define PROBS17               5890048L /* router probabilities */
-#define LSE17                 5896192L /* log-sum-exp of the logits */
-#define TOPP17                5898240L /* top-k probabilities */
-#define GATE17                5900288L /* gates */
-#define PRIO17                5902336L /* routing priority */
-#define PRIOS17               5904384L /* routing priority, sorted */
-#define ENT17                 5906432L /* router entropy per token */
-#define XE17                  5908480L /* expert inputs [E, cap, D] */
-#define HE17                  6236032L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE17                  6891136L /* expert hidden, activated */
-#define YE17                  7546240L /* expert outputs [E, cap, D] */
-#define AUX17                 7873792L /* auxiliary losses: balance, z, dataset, importance */
+#define MEAN4                  624640L /* layer norm means */
+#define RSTD4                  626688L /* layer norm 1/std */
+#define QKV5                   628736L /* queries, keys, values */
+#define ATT5                  1415168L /* attention weights */
+#define Y5                    1546240L /* heads' outputs */
+#define V6                    1808384L /* residual_end */
+#define MEAN8                 2070528L /* layer norm means */
+#define RSTD8                 2072576L /* layer norm 1/std */
+#define H9                    2074624L /* hidden, before the activation, then its derivative */
+#define ACTV9                 2598912L /* hidden, after the activation */
+#define V10                   3123200L /* residual_end */
+#define MEAN12                3385344L /* layer norm means */
+#define RSTD12                3387392L /* layer norm 1/std */
+#define QKV13                 3389440L /* queries, keys, values */
+#define ATT13                 4175872L /* attention weights */
+#define Y13                   4306944L /* heads' outputs */
+#define V14                   4569088L /* residual_end */
+#define V16                   4831232L /* layernorm blocks.1.norm2 */
+#define MEAN16                5093376L /* layer norm means */
+#define RSTD16                5095424L /* layer norm 1/std */
+#define LOGITS17              5097472L /* router logits */
+#define PROBS17               5103616L /* router probabilities */
+#define LSE17                 5109760L /* log-sum-exp of the logits */
+#define TOPP17                5111808L /* top-k probabilities */
+#define GATE17                5113856L /* gates */
+#define PRIO17                5115904L /* routing priority */
+#define PRIOS17               5117952L /* routing priority, sorted */
+#define ENT17                 5120000L /* router entropy per token */
+#define AE17                  5122048L /* expert hidden, activated */
+#define YE17                  5777152L /* expert outputs [E, cap, D] */
+#define AUX17                 6104704L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                   2048L /* int32 slot of each choice */
 #define COUNT17                  4096L /* int32 tokens per expert */
@@ -66,43 +64,38 @@
 #define TARGET17                13328L /* int32 mapped expert */
 #define BLKC17                  15376L /* int32 choices per block and expert */
 #define BLKB17                  15392L /* int32 first slot per block and expert */
-#define V18                   7873808L /* residual_end */
-#define V20                   8135952L /* layernorm blocks.2.norm1 */
-#define MEAN20                8398096L /* layer norm means */
-#define RSTD20                8400144L /* layer norm 1/std */
-#define QKV21                 8402192L /* queries, keys, values */
-#define ATT21                 9188624L /* attention weights */
-#define Y21                   9319696L /* heads' outputs */
-#define V22                   9581840L /* residual_end */
-#define V24                   9843984L /* layernorm blocks.2.norm2 */
-#define MEAN24               10106128L /* layer norm means */
-#define RSTD24               10108176L /* layer norm 1/std */
-#define H25                  10110224L /* hidden, before the activation, then its derivative */
-#define ACTV25               10634512L /* hidden, after the activation */
-#define V26                  11158800L /* residual_end */
-#define V28                  11420944L /* layernorm blocks.3.norm1 */
-#define MEAN28               11683088L /* layer norm means */
-#define RSTD28               11685136L /* layer norm 1/std */
-#define QKV29                11687184L /* queries, keys, values */
-#define ATT29                12473616L /* attention weights */
-#define Y29                  12604688L /* heads' outputs */
-#define V30                  12866832L /* residual_end */
-#define V32                  13128976L /* layernorm blocks.3.norm2 */
-#define MEAN32               13391120L /* layer norm means */
-#define RSTD32               13393168L /* layer norm 1/std */
-#define LOGITS33             13395216L /* router logits */
-#define PROBS33              13401360L /* router probabilities */
-#define LSE33                13407504L /* log-sum-exp of the logits */
-#define TOPP33               13409552L /* top-k probabilities */
-#define GATE33               13411600L /* gates */
-#define PRIO33               13413648L /* routing priority */
-#define PRIOS33              13415696L /* routing priority, sorted */
-#define ENT33                13417744L /* router entropy per token */
-#define XE33                 13419792L /* expert inputs [E, cap, D] */
-#define HE33                 13747344L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE33                 14402448L /* expert hidden, activated */
-#define YE33                 15057552L /* expert outputs [E, cap, D] */
-#define AUX33                15385104L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                   6104720L /* residual_end */
+#define MEAN20                6366864L /* layer norm means */
+#define RSTD20                6368912L /* layer norm 1/std */
+#define QKV21                 6370960L /* queries, keys, values */
+#define ATT21                 7157392L /* attention weights */
+#define Y21                   7288464L /* heads' outputs */
+#define V22                   7550608L /* residual_end */
+#define MEAN24                7812752L /* layer norm means */
+#define RSTD24                7814800L /* layer norm 1/std */
+#define H25                   7816848L /* hidden, before the activation, then its derivative */
+#define ACTV25                8341136L /* hidden, after the activation */
+#define V26                   8865424L /* residual_end */
+#define MEAN28                9127568L /* layer norm means */
+#define RSTD28                9129616L /* layer norm 1/std */
+#define QKV29                 9131664L /* queries, keys, values */
+#define ATT29                 9918096L /* attention weights */
+#define Y29                  10049168L /* heads' outputs */
+#define V30                  10311312L /* residual_end */
+#define V32                  10573456L /* layernorm blocks.3.norm2 */
+#define MEAN32               10835600L /* layer norm means */
+#define RSTD32               10837648L /* layer norm 1/std */
+#define LOGITS33             10839696L /* router logits */
+#define PROBS33              10845840L /* router probabilities */
+#define LSE33                10851984L /* log-sum-exp of the logits */
+#define TOPP33               10854032L /* top-k probabilities */
+#define GATE33               10856080L /* gates */
+#define PRIO33               10858128L /* routing priority */
+#define PRIOS33              10860176L /* routing priority, sorted */
+#define ENT33                10862224L /* router entropy per token */
+#define AE33                 10864272L /* expert hidden, activated */
+#define YE33                 11519376L /* expert outputs [E, cap, D] */
+#define AUX33                11846928L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                  15408L /* int32 chosen experts */
 #define SLOT33                  17456L /* int32 slot of each choice */
 #define COUNT33                 19504L /* int32 tokens per expert */
@@ -113,13 +106,23 @@
 #define TARGET33                28736L /* int32 mapped expert */
 #define BLKC33                  30784L /* int32 choices per block and expert */
 #define BLKB33                  30800L /* int32 first slot per block and expert */
-#define V34                  15385120L /* residual_end */
-#define V35                  15647264L /* layernorm norm */
-#define MEAN35               15909408L /* layer norm means */
-#define RSTD35               15911456L /* layer norm 1/std */
-#define V36                  15913504L /* pool */
-#define V37                  15929888L /* logits */
-#define XENT                 15931168L /* cross-entropy per sample */
+#define V34                  11846944L /* residual_end */
+#define V35                  12109088L /* layernorm norm */
+#define MEAN35               12371232L /* layer norm means */
+#define RSTD35               12373280L /* layer norm 1/std */
+#define V36                  12375328L /* pool */
+#define V37                  12391712L /* logits */
+#define XENT                 12392992L /* cross-entropy per sample */
+#define V4               LAY16(12393120L, 12393120L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define V8               LAY16(12655264L, 12524192L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V12              LAY16(12917408L, 12655264L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define XE17             LAY16(13179552L, 12786336L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(13507104L, 12950112L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(14162208L, 13277664L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define V24              LAY16(14424352L, 13408736L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V28              LAY16(14686496L, 13539808L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define XE33             LAY16(14948640L, 13670880L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(15276192L, 13834656L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -282,6 +285,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */
     15931296L, /* act_floats */
+    14162208L, /* act_floats16: in bf16 precision */
     4219648L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */

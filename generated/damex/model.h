@@ -197,7 +197,8 @@ struct step_scalars;  /* kernels.cuh: learning rate and step, read on the device
 typedef struct dev_model {
     float *param, *grad, *opt_m, *opt_v; /* DEV_LAYOUT.params each */
     float *param_full;     /* expert parallelism, evaluation: every expert's weights (PF) */
-    float *act;            /* DEV_LAYOUT.act_floats */
+    float *act;            /* DEV_LAYOUT.act_floats (act_floats16 with lay16) */
+    int lay16;             /* bf16 precision: LAY16's buffers in their bf16 layout */
     float *dact;           /* DEV_LAYOUT.grad_floats */
     int *iact;             /* DEV_LAYOUT.int_slots */
     double *dacc;          /* the step's sums: [0] cross-entropy, [1] auxiliary, [2] gradient norm */
@@ -222,7 +223,8 @@ typedef struct dev_model {
 
 typedef struct dev_layout {
     int64_t params;        /* the parameter arena: N_PARAMS, less under expert parallelism */
-    int64_t act_floats, grad_floats, int_slots, dacc, stats, red_floats;
+    int64_t act_floats;    /* the activation arena; act_floats16 in bf16 precision */
+    int64_t act_floats16, grad_floats, int_slots, dacc, stats, red_floats;
     int64_t cast_elems;    /* bf16 precision: the products' operands in bf16 (kctx.cast) */
     int64_t xchg_elems;    /* bf16 precision, expert parallelism: the exchanged rows in bf16 */
     int eval_batch;        /* the largest batch the arenas hold dropless */

@@ -12,6 +12,9 @@
  * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */
 #define A(off) (d->act + (off))
 #define G(name) (d->dact + name##_G)
+/* a buffer kept in bf16 alone in bf16 precision: its offset in the fp32
+ * layout, and in the bf16 one (DEV_LAYOUT.act_floats16) */
+#define LAY16(f, h) (d->lay16 ? (h) : (f))
 #define P(off) (d->param + (off))
 #define DP(off) (d->grad + (off))
 #define IA(off) (d->iact + (off))
@@ -20,42 +23,37 @@
 #define V1                          0L /* patch_embed patch_embed */
 #define COLS1                 3145728L /* patches (im2col) */
 #define V2                    3948544L /* pos_embed */
-#define V4                    7094272L /* layernorm blocks.0.norm1 */
-#define MEAN4                10240000L /* layer norm means */
-#define RSTD4                10256384L /* layer norm 1/std */
-#define QKV5                 10272768L /* queries, keys, values */
-#define ATT5                 19709952L /* attention weights */
-#define Y5                   21282816L /* heads' outputs */
-#define V6                   24428544L /* residual_end */
-#define V8                   27574272L /* layernorm blocks.0.norm2 */
-#define MEAN8                30720000L /* layer norm means */
-#define RSTD8                30736384L /* layer norm 1/std */
-#define H9                   30752768L /* hidden, before the activation, then its derivative */
-#define ACTV9                43335680L /* hidden, after the activation */
-#define V10                  55918592L /* residual_end */
-#define V12                  59064320L /* layernorm blocks.1.norm1 */
-#define MEAN12               62210048L /* layer norm means */
-#define RSTD12               62226432L /* layer norm 1/std */
-#define QKV13                62242816L /* queries, keys, values */
-#define ATT13                71680000L /* attention weights */
-#define Y13                  73252864L /* heads' outputs */
-#define V14                  76398592L /* residual_end */
-#define V16                  79544320L /* layernorm blocks.1.norm2 */
-#define MEAN16               82690048L /* layer norm means */
-#define RSTD16               82706432L /* layer norm 1/std */
-#define LOGITS17             82722816L /* router logits */
-#define PROBS17              82771968L /* router probabilities */
-#define LSE17                82821120L /* log-sum-exp of the logits */
-#define TOPP17               82837504L /* top-k probabilities */
-#define GATE17               82853888L /* gates */
-#define PRIO17               82870272L /* routing priority */
-#define PRIOS17              82886656L /* routing priority, sorted */
-#define ENT17                82903040L /* router entropy per token */
-#define XE17                 82919424L /* expert inputs [E, cap, D] */
-#define HE17                 89211648L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE17                114380544L /* expert hidden, activated */
-#define YE17                139549440L /* expert outputs [E, cap, D] */
-#define AUX17               145841664L /* auxiliary losses: balance, z, dataset, importance */
+#define MEAN4                 7094272L /* layer norm means */
+#define RSTD4                 7110656L /* layer norm 1/std */
+#define QKV5                  7127040L /* queries, keys, values */
+#define ATT5                 16564224L /* attention weights */
+#define Y5                   18137088L /* heads' outputs */
+#define V6                   21282816L /* residual_end */
+#define MEAN8                24428544L /* layer norm means */
+#define RSTD8                24444928L /* layer norm 1/std */
+#define H9                   24461312L /* hidden, before the activation, then its derivative */
+#define ACTV9                37044224L /* hidden, after the activation */
+#define V10                  49627136L /* residual_end */
+#define MEAN12               52772864L /* layer norm means */
+#define RSTD12               52789248L /* layer norm 1/std */
+#define QKV13                52805632L /* queries, keys, values */
+#define ATT13                62242816L /* attention weights */
+#define Y13                  63815680L /* heads' outputs */
+#define V14                  66961408L /* residual_end */
+#define V16                  70107136L /* layernorm blocks.1.norm2 */
+#define MEAN16               73252864L /* layer norm means */
+#define RSTD16               73269248L /* layer norm 1/std */
+#define LOGITS17             73285632L /* router logits */
+#define PROBS17              73334784L /* router probabilities */
+#define LSE17                73383936L /* log-sum-exp of the logits */
+#define TOPP17               73400320L /* top-k probabilities */
+#define GATE17               73416704L /* gates */
+#define PRIO17               73433088L /* routing priority */
+#define PRIOS17              73449472L /* routing priority, sorted */
+#define ENT17                73465856L /* router entropy per token */
+#define AE17                 73482240L /* expert hidden, activated */
+#define YE17                 98651136L /* expert outputs [E, cap, D] */
+#define AUX17               104943360L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                  16384L /* int32 slot of each choice */
 #define COUNT17                 32768L /* int32 tokens per expert */
@@ -66,43 +64,38 @@
 #define TARGET17               131120L /* int32 mapped expert */
 #define BLKC17                 147504L /* int32 choices per block and expert */
 #define BLKB17                 147552L /* int32 first slot per block and expert */
-#define V18                 145841680L /* residual_end */
-#define V20                 148987408L /* layernorm blocks.2.norm1 */
-#define MEAN20              152133136L /* layer norm means */
-#define RSTD20              152149520L /* layer norm 1/std */
-#define QKV21               152165904L /* queries, keys, values */
-#define ATT21               161603088L /* attention weights */
-#define Y21                 163175952L /* heads' outputs */
-#define V22                 166321680L /* residual_end */
-#define V24                 169467408L /* layernorm blocks.2.norm2 */
-#define MEAN24              172613136L /* layer norm means */
-#define RSTD24              172629520L /* layer norm 1/std */
-#define H25                 172645904L /* hidden, before the activation, then its derivative */
-#define ACTV25              185228816L /* hidden, after the activation */
-#define V26                 197811728L /* residual_end */
-#define V28                 200957456L /* layernorm blocks.3.norm1 */
-#define MEAN28              204103184L /* layer norm means */
-#define RSTD28              204119568L /* layer norm 1/std */
-#define QKV29               204135952L /* queries, keys, values */
-#define ATT29               213573136L /* attention weights */
-#define Y29                 215146000L /* heads' outputs */
-#define V30                 218291728L /* residual_end */
-#define V32                 221437456L /* layernorm blocks.3.norm2 */
-#define MEAN32              224583184L /* layer norm means */
-#define RSTD32              224599568L /* layer norm 1/std */
-#define LOGITS33            224615952L /* router logits */
-#define PROBS33             224665104L /* router probabilities */
-#define LSE33               224714256L /* log-sum-exp of the logits */
-#define TOPP33              224730640L /* top-k probabilities */
-#define GATE33              224747024L /* gates */
-#define PRIO33              224763408L /* routing priority */
-#define PRIOS33             224779792L /* routing priority, sorted */
-#define ENT33               224796176L /* router entropy per token */
-#define XE33                224812560L /* expert inputs [E, cap, D] */
-#define HE33                231104784L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE33                256273680L /* expert hidden, activated */
-#define YE33                281442576L /* expert outputs [E, cap, D] */
-#define AUX33               287734800L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                 104943376L /* residual_end */
+#define MEAN20              108089104L /* layer norm means */
+#define RSTD20              108105488L /* layer norm 1/std */
+#define QKV21               108121872L /* queries, keys, values */
+#define ATT21               117559056L /* attention weights */
+#define Y21                 119131920L /* heads' outputs */
+#define V22                 122277648L /* residual_end */
+#define MEAN24              125423376L /* layer norm means */
+#define RSTD24              125439760L /* layer norm 1/std */
+#define H25                 125456144L /* hidden, before the activation, then its derivative */
+#define ACTV25              138039056L /* hidden, after the activation */
+#define V26                 150621968L /* residual_end */
+#define MEAN28              153767696L /* layer norm means */
+#define RSTD28              153784080L /* layer norm 1/std */
+#define QKV29               153800464L /* queries, keys, values */
+#define ATT29               163237648L /* attention weights */
+#define Y29                 164810512L /* heads' outputs */
+#define V30                 167956240L /* residual_end */
+#define V32                 171101968L /* layernorm blocks.3.norm2 */
+#define MEAN32              174247696L /* layer norm means */
+#define RSTD32              174264080L /* layer norm 1/std */
+#define LOGITS33            174280464L /* router logits */
+#define PROBS33             174329616L /* router probabilities */
+#define LSE33               174378768L /* log-sum-exp of the logits */
+#define TOPP33              174395152L /* top-k probabilities */
+#define GATE33              174411536L /* gates */
+#define PRIO33              174427920L /* routing priority */
+#define PRIOS33             174444304L /* routing priority, sorted */
+#define ENT33               174460688L /* router entropy per token */
+#define AE33                174477072L /* expert hidden, activated */
+#define YE33                199645968L /* expert outputs [E, cap, D] */
+#define AUX33               205938192L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                 147600L /* int32 chosen experts */
 #define SLOT33                 163984L /* int32 slot of each choice */
 #define COUNT33                180368L /* int32 tokens per expert */
@@ -113,43 +106,38 @@
 #define TARGET33               278720L /* int32 mapped expert */
 #define BLKC33                 295104L /* int32 choices per block and expert */
 #define BLKB33                 295152L /* int32 first slot per block and expert */
-#define V34                 287734816L /* residual_end */
-#define V36                 290880544L /* layernorm blocks.4.norm1 */
-#define MEAN36              294026272L /* layer norm means */
-#define RSTD36              294042656L /* layer norm 1/std */
-#define QKV37               294059040L /* queries, keys, values */
-#define ATT37               303496224L /* attention weights */
-#define Y37                 305069088L /* heads' outputs */
-#define V38                 308214816L /* residual_end */
-#define V40                 311360544L /* layernorm blocks.4.norm2 */
-#define MEAN40              314506272L /* layer norm means */
-#define RSTD40              314522656L /* layer norm 1/std */
-#define H41                 314539040L /* hidden, before the activation, then its derivative */
-#define ACTV41              327121952L /* hidden, after the activation */
-#define V42                 339704864L /* residual_end */
-#define V44                 342850592L /* layernorm blocks.5.norm1 */
-#define MEAN44              345996320L /* layer norm means */
-#define RSTD44              346012704L /* layer norm 1/std */
-#define QKV45               346029088L /* queries, keys, values */
-#define ATT45               355466272L /* attention weights */
-#define Y45                 357039136L /* heads' outputs */
-#define V46                 360184864L /* residual_end */
-#define V48                 363330592L /* layernorm blocks.5.norm2 */
-#define MEAN48              366476320L /* layer norm means */
-#define RSTD48              366492704L /* layer norm 1/std */
-#define LOGITS49            366509088L /* router logits */
-#define PROBS49             366558240L /* router probabilities */
-#define LSE49               366607392L /* log-sum-exp of the logits */
-#define TOPP49              366623776L /* top-k probabilities */
-#define GATE49              366640160L /* gates */
-#define PRIO49              366656544L /* routing priority */
-#define PRIOS49             366672928L /* routing priority, sorted */
-#define ENT49               366689312L /* router entropy per token */
-#define XE49                366705696L /* expert inputs [E, cap, D] */
-#define HE49                372997920L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE49                398166816L /* expert hidden, activated */
-#define YE49                423335712L /* expert outputs [E, cap, D] */
-#define AUX49               429627936L /* auxiliary losses: balance, z, dataset, importance */
+#define V34                 205938208L /* residual_end */
+#define MEAN36              209083936L /* layer norm means */
+#define RSTD36              209100320L /* layer norm 1/std */
+#define QKV37               209116704L /* queries, keys, values */
+#define ATT37               218553888L /* attention weights */
+#define Y37                 220126752L /* heads' outputs */
+#define V38                 223272480L /* residual_end */
+#define MEAN40              226418208L /* layer norm means */
+#define RSTD40              226434592L /* layer norm 1/std */
+#define H41                 226450976L /* hidden, before the activation, then its derivative */
+#define ACTV41              239033888L /* hidden, after the activation */
+#define V42                 251616800L /* residual_end */
+#define MEAN44              254762528L /* layer norm means */
+#define RSTD44              254778912L /* layer norm 1/std */
+#define QKV45               254795296L /* queries, keys, values */
+#define ATT45               264232480L /* attention weights */
+#define Y45                 265805344L /* heads' outputs */
+#define V46                 268951072L /* residual_end */
+#define V48                 272096800L /* layernorm blocks.5.norm2 */
+#define MEAN48              275242528L /* layer norm means */
+#define RSTD48              275258912L /* layer norm 1/std */
+#define LOGITS49            275275296L /* router logits */
+#define PROBS49             275324448L /* router probabilities */
+#define LSE49               275373600L /* log-sum-exp of the logits */
+#define TOPP49              275389984L /* top-k probabilities */
+#define GATE49              275406368L /* gates */
+#define PRIO49              275422752L /* routing priority */
+#define PRIOS49             275439136L /* routing priority, sorted */
+#define ENT49               275455520L /* router entropy per token */
+#define AE49                275471904L /* expert hidden, activated */
+#define YE49                300640800L /* expert outputs [E, cap, D] */
+#define AUX49               306933024L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK49                 295200L /* int32 chosen experts */
 #define SLOT49                 311584L /* int32 slot of each choice */
 #define COUNT49                327968L /* int32 tokens per expert */
@@ -160,13 +148,28 @@
 #define TARGET49               426320L /* int32 mapped expert */
 #define BLKC49                 442704L /* int32 choices per block and expert */
 #define BLKB49                 442752L /* int32 first slot per block and expert */
-#define V50                 429627952L /* residual_end */
-#define V51                 432773680L /* layernorm norm */
-#define MEAN51              435919408L /* layer norm means */
-#define RSTD51              435935792L /* layer norm 1/std */
-#define V52                 435952176L /* pool */
-#define V53                 436148784L /* logits */
-#define XENT                436159024L /* cross-entropy per sample */
+#define V50                 306933040L /* residual_end */
+#define V51                 310078768L /* layernorm norm */
+#define MEAN51              313224496L /* layer norm means */
+#define RSTD51              313240880L /* layer norm 1/std */
+#define V52                 313257264L /* pool */
+#define V53                 313453872L /* logits */
+#define XENT                313464112L /* cross-entropy per sample */
+#define V4               LAY16(313465136L, 313465136L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define V8               LAY16(316610864L, 315038000L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V12              LAY16(319756592L, 316610864L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define XE17             LAY16(322902320L, 318183728L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(329194544L, 321329840L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(354363440L, 333914288L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define V24              LAY16(357509168L, 335487152L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V28              LAY16(360654896L, 337060016L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define XE33             LAY16(363800624L, 338632880L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(370092848L, 341778992L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V36              LAY16(395261744L, 354363440L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define V40              LAY16(398407472L, 355936304L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define V44              LAY16(401553200L, 357509168L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define XE49             LAY16(404698928L, 359082032L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE49             LAY16(410991152L, 362228144L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -383,6 +386,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
     436160048L, /* act_floats */
+    374812592L, /* act_floats16: in bf16 precision */
     85211648L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */

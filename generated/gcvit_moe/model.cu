@@ -12,6 +12,9 @@
  * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */
 #define A(off) (d->act + (off))
 #define G(name) (d->dact + name##_G)
+/* a buffer kept in bf16 alone in bf16 precision: its offset in the fp32
+ * layout, and in the bf16 one (DEV_LAYOUT.act_floats16) */
+#define LAY16(f, h) (d->lay16 ? (h) : (f))
 #define P(off) (d->param + (off))
 #define DP(off) (d->grad + (off))
 /* expert parallelism: the arena holds this GPU's experts alone (P's offsets
@@ -27,200 +30,188 @@
 #define GELU1_1             248872960L /* after the bias and GELU, channels last */
 #define V2                  351633408L /* patch_embed patch_embed */
 #define COLS2               377323520L /* patches (im2col) */
-#define V4                  480083968L /* layernorm blocks.0.norm1 */
-#define MEAN4               505774080L /* layer norm means */
-#define RSTD4               506175488L /* layer norm 1/std */
-#define V5                  506576896L /* window_attention blocks.0.attn */
-#define QKV5                532267008L /* queries, keys, values (grid order) */
-#define QKVW5               609337344L /* queries, keys, values (window order) */
-#define ATT5                686407680L /* attention weights */
-#define YW5                 725745664L /* heads' outputs (window order) */
-#define Y5                  751435776L /* heads' outputs (grid order) */
-#define V6                  777125888L /* drop_path */
-#define KEEP6               802816000L /* stochastic depth: kept samples */
-#define V7                  802816128L /* residual_end */
-#define V9                  828506240L /* layernorm blocks.0.norm2 */
-#define MEAN9               854196352L /* layer norm means */
-#define RSTD9               854597760L /* layer norm 1/std */
-#define V10                 854999168L /* mlp blocks.0.mlp */
-#define H10                 880689280L /* hidden, before the activation, then its derivative */
-#define ACTV10              957759616L /* hidden, after the activation */
-#define V11                1034829952L /* drop_path */
-#define KEEP11             1060520064L /* stochastic depth: kept samples */
-#define V12                1060520192L /* residual_end */
-#define V14                1086210304L /* layernorm blocks.0.norm3 */
-#define MEAN14             1111900416L /* layer norm means */
-#define RSTD14             1112301824L /* layer norm 1/std */
-#define V15                1112703232L /* window_attention blocks.0.attn2 */
-#define KV15               1138393344L /* keys, values (grid order) */
-#define QKVW15             1189773568L /* queries, keys, values (window order) */
-#define ATT15              1266843904L /* attention weights */
-#define YW15               1306181888L /* heads' outputs (window order) */
-#define Y15                1331872000L /* heads' outputs (grid order) */
-#define GTOK15             1357562112L /* global tokens (the grid pooled to a window) */
-#define GQ15               1357963520L /* global queries */
-#define V16                1358364928L /* drop_path */
-#define KEEP16             1384055040L /* stochastic depth: kept samples */
-#define V17                1384055168L /* residual_end */
-#define V19                1409745280L /* layernorm blocks.0.norm4 */
-#define MEAN19             1435435392L /* layer norm means */
-#define RSTD19             1435836800L /* layer norm 1/std */
-#define V20                1436238208L /* mlp blocks.0.mlp2 */
-#define H20                1461928320L /* hidden, before the activation, then its derivative */
-#define ACTV20             1538998656L /* hidden, after the activation */
-#define V21                1616068992L /* drop_path */
-#define KEEP21             1641759104L /* stochastic depth: kept samples */
-#define V22                1641759232L /* residual_end */
-#define V23                1667449344L /* downsample downsample1 */
-#define MERGE23            1680294400L /* 2x2 neighbourhoods, concatenated */
-#define MNORM23            1705984512L /* normalised */
-#define MEAN23             1731674624L /* layer norm means */
-#define RSTD23             1731774976L /* layer norm 1/std */
-#define V25                1731875328L /* layernorm blocks.1.norm1 */
-#define MEAN25             1744720384L /* layer norm means */
-#define RSTD25             1744820736L /* layer norm 1/std */
-#define V26                1744921088L /* window_attention blocks.1.attn */
-#define QKV26              1757766144L /* queries, keys, values (grid order) */
-#define QKVW26             1796301312L /* queries, keys, values (window order) */
-#define ATT26              1834836480L /* attention weights */
-#define YW26               1854505472L /* heads' outputs (window order) */
-#define Y26                1867350528L /* heads' outputs (grid order) */
-#define V27                1880195584L /* drop_path */
-#define KEEP27             1893040640L /* stochastic depth: kept samples */
-#define V28                1893040768L /* residual_end */
-#define V30                1905885824L /* layernorm blocks.1.norm2 */
-#define MEAN30             1918730880L /* layer norm means */
-#define RSTD30             1918831232L /* layer norm 1/std */
-#define V31                1918931584L /* mlp blocks.1.mlp */
-#define H31                1931776640L /* hidden, before the activation, then its derivative */
-#define ACTV31             1970311808L /* hidden, after the activation */
-#define V32                2008846976L /* drop_path */
-#define KEEP32             2021692032L /* stochastic depth: kept samples */
-#define V33                2021692160L /* residual_end */
-#define V35                2034537216L /* layernorm blocks.1.norm3 */
-#define MEAN35             2047382272L /* layer norm means */
-#define RSTD35             2047482624L /* layer norm 1/std */
-#define V36                2047582976L /* window_attention blocks.1.attn2 */
-#define KV36               2060428032L /* keys, values (grid order) */
-#define QKVW36             2086118144L /* queries, keys, values (window order) */
-#define ATT36              2124653312L /* attention weights */
-#define YW36               2144322304L /* heads' outputs (window order) */
-#define Y36                2157167360L /* heads' outputs (grid order) */
-#define GTOK36             2170012416L /* global tokens (the grid pooled to a window) */
-#define GQ36               2170815232L /* global queries */
-#define V37                2171618048L /* drop_path */
-#define KEEP37             2184463104L /* stochastic depth: kept samples */
-#define V38                2184463232L /* residual_end */
-#define V40                2197308288L /* layernorm blocks.1.norm4 */
-#define MEAN40             2210153344L /* layer norm means */
-#define RSTD40             2210253696L /* layer norm 1/std */
-#define V41                2210354048L /* mlp blocks.1.mlp2 */
-#define H41                2223199104L /* hidden, before the activation, then its derivative */
-#define ACTV41             2261734272L /* hidden, after the activation */
-#define V42                2300269440L /* drop_path */
-#define KEEP42             2313114496L /* stochastic depth: kept samples */
-#define V43                2313114624L /* residual_end */
-#define V44                2325959680L /* downsample downsample2 */
-#define MERGE44            2332382208L /* 2x2 neighbourhoods, concatenated */
-#define MNORM44            2345227264L /* normalised */
-#define MEAN44             2358072320L /* layer norm means */
-#define RSTD44             2358097408L /* layer norm 1/std */
-#define V46                2358122496L /* layernorm blocks.2.norm1 */
-#define MEAN46             2364545024L /* layer norm means */
-#define RSTD46             2364570112L /* layer norm 1/std */
-#define V47                2364595200L /* window_attention blocks.2.attn */
-#define QKV47              2371017728L /* queries, keys, values (grid order) */
-#define QKVW47             2390285312L /* queries, keys, values (window order) */
-#define ATT47              2409552896L /* attention weights */
-#define YW47               2448890880L /* heads' outputs (window order) */
-#define Y47                2455313408L /* heads' outputs (grid order) */
-#define V48                2461735936L /* drop_path */
-#define KEEP48             2468158464L /* stochastic depth: kept samples */
-#define V49                2468158592L /* residual_end */
-#define V51                2474581120L /* layernorm blocks.2.norm2 */
-#define MEAN51             2481003648L /* layer norm means */
-#define RSTD51             2481028736L /* layer norm 1/std */
-#define V52                2481053824L /* mlp blocks.2.mlp */
-#define H52                2487476352L /* hidden, before the activation, then its derivative */
-#define ACTV52             2506743936L /* hidden, after the activation */
-#define V53                2526011520L /* drop_path */
-#define KEEP53             2532434048L /* stochastic depth: kept samples */
-#define V54                2532434176L /* residual_end */
-#define V56                2538856704L /* layernorm blocks.2.norm3 */
-#define MEAN56             2545279232L /* layer norm means */
-#define RSTD56             2545304320L /* layer norm 1/std */
-#define V57                2545329408L /* window_attention blocks.2.attn2 */
-#define KV57               2551751936L /* keys, values (grid order) */
-#define QKVW57             2564596992L /* queries, keys, values (window order) */
-#define ATT57              2583864576L /* attention weights */
-#define YW57               2623202560L /* heads' outputs (window order) */
-#define Y57                2629625088L /* heads' outputs (grid order) */
-#define GTOK57             2636047616L /* global tokens (the grid pooled to a window) */
-#define GQ57               2642470144L /* global queries */
-#define V58                2648892672L /* drop_path */
-#define KEEP58             2655315200L /* stochastic depth: kept samples */
-#define V59                2655315328L /* residual_end */
-#define V61                2661737856L /* layernorm blocks.2.norm4 */
-#define MEAN61             2668160384L /* layer norm means */
-#define RSTD61             2668185472L /* layer norm 1/std */
-#define V62                2668210560L /* mlp blocks.2.mlp2 */
-#define H62                2674633088L /* hidden, before the activation, then its derivative */
-#define ACTV62             2693900672L /* hidden, after the activation */
-#define V63                2713168256L /* drop_path */
-#define KEEP63             2719590784L /* stochastic depth: kept samples */
-#define V64                2719590912L /* residual_end */
-#define V66                2726013440L /* layernorm blocks.3.norm1 */
-#define MEAN66             2732435968L /* layer norm means */
-#define RSTD66             2732461056L /* layer norm 1/std */
-#define V67                2732486144L /* window_attention blocks.3.attn */
-#define QKV67              2738908672L /* queries, keys, values (grid order) */
-#define QKVW67             2758176256L /* queries, keys, values (window order) */
-#define ATT67              2777443840L /* attention weights */
-#define YW67               2816781824L /* heads' outputs (window order) */
-#define Y67                2823204352L /* heads' outputs (grid order) */
-#define V68                2829626880L /* drop_path */
-#define KEEP68             2836049408L /* stochastic depth: kept samples */
-#define V69                2836049536L /* residual_end */
-#define V71                2842472064L /* layernorm blocks.3.norm2 */
-#define MEAN71             2848894592L /* layer norm means */
-#define RSTD71             2848919680L /* layer norm 1/std */
-#define V72                2848944768L /* mlp blocks.3.mlp */
-#define H72                2855367296L /* hidden, before the activation, then its derivative */
-#define ACTV72             2874634880L /* hidden, after the activation */
-#define V73                2893902464L /* drop_path */
-#define KEEP73             2900324992L /* stochastic depth: kept samples */
-#define V74                2900325120L /* residual_end */
-#define V76                2906747648L /* layernorm blocks.3.norm3 */
-#define MEAN76             2913170176L /* layer norm means */
-#define RSTD76             2913195264L /* layer norm 1/std */
-#define V77                2913220352L /* window_attention blocks.3.attn2 */
-#define KV77               2919642880L /* keys, values (grid order) */
-#define QKVW77             2932487936L /* queries, keys, values (window order) */
-#define ATT77              2951755520L /* attention weights */
-#define YW77               2991093504L /* heads' outputs (window order) */
-#define Y77                2997516032L /* heads' outputs (grid order) */
-#define GTOK77             3003938560L /* global tokens (the grid pooled to a window) */
-#define GQ77               3010361088L /* global queries */
-#define V78                3016783616L /* drop_path */
-#define KEEP78             3023206144L /* stochastic depth: kept samples */
-#define V79                3023206272L /* residual_end */
-#define V81                3029628800L /* layernorm blocks.3.norm4 */
-#define MEAN81             3036051328L /* layer norm means */
-#define RSTD81             3036076416L /* layer norm 1/std */
-#define V82                3036101504L /* moe blocks.3.moe */
-#define LOGITS82           3042524032L /* router logits */
-#define PROBS82            3042724736L /* router probabilities */
-#define LSE82              3042925440L /* log-sum-exp of the logits */
-#define TOPP82             3042950528L /* top-k probabilities */
-#define GATE82             3042975616L /* gates */
-#define PRIO82             3043000704L /* routing priority */
-#define PRIOS82            3043025792L /* routing priority, sorted */
-#define ENT82              3043050880L /* router entropy per token */
-#define XE82               3043075968L /* expert inputs [E, cap, D] */
-#define HE82               3051104128L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE82               3075188608L /* expert hidden, activated */
-#define YE82               3099273088L /* expert outputs [E, cap, D] */
-#define AUX82              3107301248L /* auxiliary losses: balance, z, dataset, importance */
+#define MEAN4               480083968L /* layer norm means */
+#define RSTD4               480485376L /* layer norm 1/std */
+#define V5                  480886784L /* window_attention blocks.0.attn */
+#define QKV5                506576896L /* queries, keys, values (grid order) */
+#define QKVW5               583647232L /* queries, keys, values (window order) */
+#define ATT5                660717568L /* attention weights */
+#define YW5                 700055552L /* heads' outputs (window order) */
+#define Y5                  725745664L /* heads' outputs (grid order) */
+#define V6                  751435776L /* drop_path */
+#define KEEP6               777125888L /* stochastic depth: kept samples */
+#define V7                  777126016L /* residual_end */
+#define MEAN9               802816128L /* layer norm means */
+#define RSTD9               803217536L /* layer norm 1/std */
+#define V10                 803618944L /* mlp blocks.0.mlp */
+#define H10                 829309056L /* hidden, before the activation, then its derivative */
+#define ACTV10              906379392L /* hidden, after the activation */
+#define V11                 983449728L /* drop_path */
+#define KEEP11             1009139840L /* stochastic depth: kept samples */
+#define V12                1009139968L /* residual_end */
+#define V14                1034830080L /* layernorm blocks.0.norm3 */
+#define MEAN14             1060520192L /* layer norm means */
+#define RSTD14             1060921600L /* layer norm 1/std */
+#define V15                1061323008L /* window_attention blocks.0.attn2 */
+#define KV15               1087013120L /* keys, values (grid order) */
+#define QKVW15             1138393344L /* queries, keys, values (window order) */
+#define ATT15              1215463680L /* attention weights */
+#define YW15               1254801664L /* heads' outputs (window order) */
+#define Y15                1280491776L /* heads' outputs (grid order) */
+#define GTOK15             1306181888L /* global tokens (the grid pooled to a window) */
+#define GQ15               1306583296L /* global queries */
+#define V16                1306984704L /* drop_path */
+#define KEEP16             1332674816L /* stochastic depth: kept samples */
+#define V17                1332674944L /* residual_end */
+#define MEAN19             1358365056L /* layer norm means */
+#define RSTD19             1358766464L /* layer norm 1/std */
+#define V20                1359167872L /* mlp blocks.0.mlp2 */
+#define H20                1384857984L /* hidden, before the activation, then its derivative */
+#define ACTV20             1461928320L /* hidden, after the activation */
+#define V21                1538998656L /* drop_path */
+#define KEEP21             1564688768L /* stochastic depth: kept samples */
+#define V22                1564688896L /* residual_end */
+#define V23                1590379008L /* downsample downsample1 */
+#define MERGE23            1603224064L /* 2x2 neighbourhoods, concatenated */
+#define MNORM23            1628914176L /* normalised */
+#define MEAN23             1654604288L /* layer norm means */
+#define RSTD23             1654704640L /* layer norm 1/std */
+#define MEAN25             1654804992L /* layer norm means */
+#define RSTD25             1654905344L /* layer norm 1/std */
+#define V26                1655005696L /* window_attention blocks.1.attn */
+#define QKV26              1667850752L /* queries, keys, values (grid order) */
+#define QKVW26             1706385920L /* queries, keys, values (window order) */
+#define ATT26              1744921088L /* attention weights */
+#define YW26               1764590080L /* heads' outputs (window order) */
+#define Y26                1777435136L /* heads' outputs (grid order) */
+#define V27                1790280192L /* drop_path */
+#define KEEP27             1803125248L /* stochastic depth: kept samples */
+#define V28                1803125376L /* residual_end */
+#define MEAN30             1815970432L /* layer norm means */
+#define RSTD30             1816070784L /* layer norm 1/std */
+#define V31                1816171136L /* mlp blocks.1.mlp */
+#define H31                1829016192L /* hidden, before the activation, then its derivative */
+#define ACTV31             1867551360L /* hidden, after the activation */
+#define V32                1906086528L /* drop_path */
+#define KEEP32             1918931584L /* stochastic depth: kept samples */
+#define V33                1918931712L /* residual_end */
+#define V35                1931776768L /* layernorm blocks.1.norm3 */
+#define MEAN35             1944621824L /* layer norm means */
+#define RSTD35             1944722176L /* layer norm 1/std */
+#define V36                1944822528L /* window_attention blocks.1.attn2 */
+#define KV36               1957667584L /* keys, values (grid order) */
+#define QKVW36             1983357696L /* queries, keys, values (window order) */
+#define ATT36              2021892864L /* attention weights */
+#define YW36               2041561856L /* heads' outputs (window order) */
+#define Y36                2054406912L /* heads' outputs (grid order) */
+#define GTOK36             2067251968L /* global tokens (the grid pooled to a window) */
+#define GQ36               2068054784L /* global queries */
+#define V37                2068857600L /* drop_path */
+#define KEEP37             2081702656L /* stochastic depth: kept samples */
+#define V38                2081702784L /* residual_end */
+#define MEAN40             2094547840L /* layer norm means */
+#define RSTD40             2094648192L /* layer norm 1/std */
+#define V41                2094748544L /* mlp blocks.1.mlp2 */
+#define H41                2107593600L /* hidden, before the activation, then its derivative */
+#define ACTV41             2146128768L /* hidden, after the activation */
+#define V42                2184663936L /* drop_path */
+#define KEEP42             2197508992L /* stochastic depth: kept samples */
+#define V43                2197509120L /* residual_end */
+#define V44                2210354176L /* downsample downsample2 */
+#define MERGE44            2216776704L /* 2x2 neighbourhoods, concatenated */
+#define MNORM44            2229621760L /* normalised */
+#define MEAN44             2242466816L /* layer norm means */
+#define RSTD44             2242491904L /* layer norm 1/std */
+#define MEAN46             2242516992L /* layer norm means */
+#define RSTD46             2242542080L /* layer norm 1/std */
+#define V47                2242567168L /* window_attention blocks.2.attn */
+#define QKV47              2248989696L /* queries, keys, values (grid order) */
+#define QKVW47             2268257280L /* queries, keys, values (window order) */
+#define ATT47              2287524864L /* attention weights */
+#define YW47               2326862848L /* heads' outputs (window order) */
+#define Y47                2333285376L /* heads' outputs (grid order) */
+#define V48                2339707904L /* drop_path */
+#define KEEP48             2346130432L /* stochastic depth: kept samples */
+#define V49                2346130560L /* residual_end */
+#define MEAN51             2352553088L /* layer norm means */
+#define RSTD51             2352578176L /* layer norm 1/std */
+#define V52                2352603264L /* mlp blocks.2.mlp */
+#define H52                2359025792L /* hidden, before the activation, then its derivative */
+#define ACTV52             2378293376L /* hidden, after the activation */
+#define V53                2397560960L /* drop_path */
+#define KEEP53             2403983488L /* stochastic depth: kept samples */
+#define V54                2403983616L /* residual_end */
+#define V56                2410406144L /* layernorm blocks.2.norm3 */
+#define MEAN56             2416828672L /* layer norm means */
+#define RSTD56             2416853760L /* layer norm 1/std */
+#define V57                2416878848L /* window_attention blocks.2.attn2 */
+#define KV57               2423301376L /* keys, values (grid order) */
+#define QKVW57             2436146432L /* queries, keys, values (window order) */
+#define ATT57              2455414016L /* attention weights */
+#define YW57               2494752000L /* heads' outputs (window order) */
+#define Y57                2501174528L /* heads' outputs (grid order) */
+#define GTOK57             2507597056L /* global tokens (the grid pooled to a window) */
+#define GQ57               2514019584L /* global queries */
+#define V58                2520442112L /* drop_path */
+#define KEEP58             2526864640L /* stochastic depth: kept samples */
+#define V59                2526864768L /* residual_end */
+#define MEAN61             2533287296L /* layer norm means */
+#define RSTD61             2533312384L /* layer norm 1/std */
+#define V62                2533337472L /* mlp blocks.2.mlp2 */
+#define H62                2539760000L /* hidden, before the activation, then its derivative */
+#define ACTV62             2559027584L /* hidden, after the activation */
+#define V63                2578295168L /* drop_path */
+#define KEEP63             2584717696L /* stochastic depth: kept samples */
+#define V64                2584717824L /* residual_end */
+#define MEAN66             2591140352L /* layer norm means */
+#define RSTD66             2591165440L /* layer norm 1/std */
+#define V67                2591190528L /* window_attention blocks.3.attn */
+#define QKV67              2597613056L /* queries, keys, values (grid order) */
+#define QKVW67             2616880640L /* queries, keys, values (window order) */
+#define ATT67              2636148224L /* attention weights */
+#define YW67               2675486208L /* heads' outputs (window order) */
+#define Y67                2681908736L /* heads' outputs (grid order) */
+#define V68                2688331264L /* drop_path */
+#define KEEP68             2694753792L /* stochastic depth: kept samples */
+#define V69                2694753920L /* residual_end */
+#define MEAN71             2701176448L /* layer norm means */
+#define RSTD71             2701201536L /* layer norm 1/std */
+#define V72                2701226624L /* mlp blocks.3.mlp */
+#define H72                2707649152L /* hidden, before the activation, then its derivative */
+#define ACTV72             2726916736L /* hidden, after the activation */
+#define V73                2746184320L /* drop_path */
+#define KEEP73             2752606848L /* stochastic depth: kept samples */
+#define V74                2752606976L /* residual_end */
+#define V76                2759029504L /* layernorm blocks.3.norm3 */
+#define MEAN76             2765452032L /* layer norm means */
+#define RSTD76             2765477120L /* layer norm 1/std */
+#define V77                2765502208L /* window_attention blocks.3.attn2 */
+#define KV77               2771924736L /* keys, values (grid order) */
+#define QKVW77             2784769792L /* queries, keys, values (window order) */
+#define ATT77              2804037376L /* attention weights */
+#define YW77               2843375360L /* heads' outputs (window order) */
+#define Y77                2849797888L /* heads' outputs (grid order) */
+#define GTOK77             2856220416L /* global tokens (the grid pooled to a window) */
+#define GQ77               2862642944L /* global queries */
+#define V78                2869065472L /* drop_path */
+#define KEEP78             2875488000L /* stochastic depth: kept samples */
+#define V79                2875488128L /* residual_end */
+#define V81                2881910656L /* layernorm blocks.3.norm4 */
+#define MEAN81             2888333184L /* layer norm means */
+#define RSTD81             2888358272L /* layer norm 1/std */
+#define V82                2888383360L /* moe blocks.3.moe */
+#define LOGITS82           2894805888L /* router logits */
+#define PROBS82            2895006592L /* router probabilities */
+#define LSE82              2895207296L /* log-sum-exp of the logits */
+#define TOPP82             2895232384L /* top-k probabilities */
+#define GATE82             2895257472L /* gates */
+#define PRIO82             2895282560L /* routing priority */
+#define PRIOS82            2895307648L /* routing priority, sorted */
+#define ENT82              2895332736L /* router entropy per token */
+#define XE82               2895357824L /* expert inputs [E, cap, D] */
+#define AE82               2903385984L /* expert hidden, activated */
+#define YE82               2927470464L /* expert outputs [E, cap, D] */
+#define AUX82              2935498624L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK82                      0L /* int32 chosen experts */
 #define SLOT82                  25088L /* int32 slot of each choice */
 #define COUNT82                 50176L /* int32 tokens per expert */
@@ -231,63 +222,60 @@
 #define TARGET82               163088L /* int32 mapped expert */
 #define BLKC82                 188176L /* int32 choices per block and expert */
 #define BLKB82                 188384L /* int32 first slot per block and expert */
-#define XR82               3107301264L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR82               3115329424L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V83                3123357584L /* drop_path */
-#define KEEP83             3129780112L /* stochastic depth: kept samples */
-#define V84                3129780240L /* residual_end */
-#define V86                3136202768L /* layernorm blocks.4.norm1 */
-#define MEAN86             3142625296L /* layer norm means */
-#define RSTD86             3142650384L /* layer norm 1/std */
-#define V87                3142675472L /* window_attention blocks.4.attn */
-#define QKV87              3149098000L /* queries, keys, values (grid order) */
-#define QKVW87             3168365584L /* queries, keys, values (window order) */
-#define ATT87              3187633168L /* attention weights */
-#define YW87               3226971152L /* heads' outputs (window order) */
-#define Y87                3233393680L /* heads' outputs (grid order) */
-#define V88                3239816208L /* drop_path */
-#define KEEP88             3246238736L /* stochastic depth: kept samples */
-#define V89                3246238864L /* residual_end */
-#define V91                3252661392L /* layernorm blocks.4.norm2 */
-#define MEAN91             3259083920L /* layer norm means */
-#define RSTD91             3259109008L /* layer norm 1/std */
-#define V92                3259134096L /* mlp blocks.4.mlp */
-#define H92                3265556624L /* hidden, before the activation, then its derivative */
-#define ACTV92             3284824208L /* hidden, after the activation */
-#define V93                3304091792L /* drop_path */
-#define KEEP93             3310514320L /* stochastic depth: kept samples */
-#define V94                3310514448L /* residual_end */
-#define V96                3316936976L /* layernorm blocks.4.norm3 */
-#define MEAN96             3323359504L /* layer norm means */
-#define RSTD96             3323384592L /* layer norm 1/std */
-#define V97                3323409680L /* window_attention blocks.4.attn2 */
-#define KV97               3329832208L /* keys, values (grid order) */
-#define QKVW97             3342677264L /* queries, keys, values (window order) */
-#define ATT97              3361944848L /* attention weights */
-#define YW97               3401282832L /* heads' outputs (window order) */
-#define Y97                3407705360L /* heads' outputs (grid order) */
-#define GTOK97             3414127888L /* global tokens (the grid pooled to a window) */
-#define GQ97               3420550416L /* global queries */
-#define V98                3426972944L /* drop_path */
-#define KEEP98             3433395472L /* stochastic depth: kept samples */
-#define V99                3433395600L /* residual_end */
-#define V101               3439818128L /* layernorm blocks.4.norm4 */
-#define MEAN101            3446240656L /* layer norm means */
-#define RSTD101            3446265744L /* layer norm 1/std */
-#define V102               3446290832L /* moe blocks.4.moe */
-#define LOGITS102          3452713360L /* router logits */
-#define PROBS102           3452914064L /* router probabilities */
-#define LSE102             3453114768L /* log-sum-exp of the logits */
-#define TOPP102            3453139856L /* top-k probabilities */
-#define GATE102            3453164944L /* gates */
-#define PRIO102            3453190032L /* routing priority */
-#define PRIOS102           3453215120L /* routing priority, sorted */
-#define ENT102             3453240208L /* router entropy per token */
-#define XE102              3453265296L /* expert inputs [E, cap, D] */
-#define HE102              3461293456L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE102              3485377936L /* expert hidden, activated */
-#define YE102              3509462416L /* expert outputs [E, cap, D] */
-#define AUX102             3517490576L /* auxiliary losses: balance, z, dataset, importance */
+#define XR82               2935498640L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR82               2943526800L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V83                2951554960L /* drop_path */
+#define KEEP83             2957977488L /* stochastic depth: kept samples */
+#define V84                2957977616L /* residual_end */
+#define MEAN86             2964400144L /* layer norm means */
+#define RSTD86             2964425232L /* layer norm 1/std */
+#define V87                2964450320L /* window_attention blocks.4.attn */
+#define QKV87              2970872848L /* queries, keys, values (grid order) */
+#define QKVW87             2990140432L /* queries, keys, values (window order) */
+#define ATT87              3009408016L /* attention weights */
+#define YW87               3048746000L /* heads' outputs (window order) */
+#define Y87                3055168528L /* heads' outputs (grid order) */
+#define V88                3061591056L /* drop_path */
+#define KEEP88             3068013584L /* stochastic depth: kept samples */
+#define V89                3068013712L /* residual_end */
+#define MEAN91             3074436240L /* layer norm means */
+#define RSTD91             3074461328L /* layer norm 1/std */
+#define V92                3074486416L /* mlp blocks.4.mlp */
+#define H92                3080908944L /* hidden, before the activation, then its derivative */
+#define ACTV92             3100176528L /* hidden, after the activation */
+#define V93                3119444112L /* drop_path */
+#define KEEP93             3125866640L /* stochastic depth: kept samples */
+#define V94                3125866768L /* residual_end */
+#define V96                3132289296L /* layernorm blocks.4.norm3 */
+#define MEAN96             3138711824L /* layer norm means */
+#define RSTD96             3138736912L /* layer norm 1/std */
+#define V97                3138762000L /* window_attention blocks.4.attn2 */
+#define KV97               3145184528L /* keys, values (grid order) */
+#define QKVW97             3158029584L /* queries, keys, values (window order) */
+#define ATT97              3177297168L /* attention weights */
+#define YW97               3216635152L /* heads' outputs (window order) */
+#define Y97                3223057680L /* heads' outputs (grid order) */
+#define GTOK97             3229480208L /* global tokens (the grid pooled to a window) */
+#define GQ97               3235902736L /* global queries */
+#define V98                3242325264L /* drop_path */
+#define KEEP98             3248747792L /* stochastic depth: kept samples */
+#define V99                3248747920L /* residual_end */
+#define V101               3255170448L /* layernorm blocks.4.norm4 */
+#define MEAN101            3261592976L /* layer norm means */
+#define RSTD101            3261618064L /* layer norm 1/std */
+#define V102               3261643152L /* moe blocks.4.moe */
+#define LOGITS102          3268065680L /* router logits */
+#define PROBS102           3268266384L /* router probabilities */
+#define LSE102             3268467088L /* log-sum-exp of the logits */
+#define TOPP102            3268492176L /* top-k probabilities */
+#define GATE102            3268517264L /* gates */
+#define PRIO102            3268542352L /* routing priority */
+#define PRIOS102           3268567440L /* routing priority, sorted */
+#define ENT102             3268592528L /* router entropy per token */
+#define XE102              3268617616L /* expert inputs [E, cap, D] */
+#define AE102              3276645776L /* expert hidden, activated */
+#define YE102              3300730256L /* expert outputs [E, cap, D] */
+#define AUX102             3308758416L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK102                188592L /* int32 chosen experts */
 #define SLOT102                213680L /* int32 slot of each choice */
 #define COUNT102               238768L /* int32 tokens per expert */
@@ -298,68 +286,65 @@
 #define TARGET102              351680L /* int32 mapped expert */
 #define BLKC102                376768L /* int32 choices per block and expert */
 #define BLKB102                376976L /* int32 first slot per block and expert */
-#define XR102              3517490592L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR102              3525518752L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V103               3533546912L /* drop_path */
-#define KEEP103            3539969440L /* stochastic depth: kept samples */
-#define V104               3539969568L /* residual_end */
-#define V105               3546392096L /* downsample downsample3 */
-#define MERGE105           3549603360L /* 2x2 neighbourhoods, concatenated */
-#define MNORM105           3556025888L /* normalised */
-#define MEAN105            3562448416L /* layer norm means */
-#define RSTD105            3562454688L /* layer norm 1/std */
-#define V107               3562460960L /* layernorm blocks.5.norm1 */
-#define MEAN107            3565672224L /* layer norm means */
-#define RSTD107            3565678496L /* layer norm 1/std */
-#define V108               3565684768L /* window_attention blocks.5.attn */
-#define QKV108             3568896032L /* queries, keys, values (grid order) */
-#define QKVW108            3578529824L /* queries, keys, values (window order) */
-#define ATT108             3588163616L /* attention weights */
-#define YW108              3593080864L /* heads' outputs (window order) */
-#define Y108               3596292128L /* heads' outputs (grid order) */
-#define V109               3599503392L /* drop_path */
-#define KEEP109            3602714656L /* stochastic depth: kept samples */
-#define V110               3602714784L /* residual_end */
-#define V112               3605926048L /* layernorm blocks.5.norm2 */
-#define MEAN112            3609137312L /* layer norm means */
-#define RSTD112            3609143584L /* layer norm 1/std */
-#define V113               3609149856L /* mlp blocks.5.mlp */
-#define H113               3612361120L /* hidden, before the activation, then its derivative */
-#define ACTV113            3621994912L /* hidden, after the activation */
-#define V114               3631628704L /* drop_path */
-#define KEEP114            3634839968L /* stochastic depth: kept samples */
-#define V115               3634840096L /* residual_end */
-#define V117               3638051360L /* layernorm blocks.5.norm3 */
-#define MEAN117            3641262624L /* layer norm means */
-#define RSTD117            3641268896L /* layer norm 1/std */
-#define V118               3641275168L /* window_attention blocks.5.attn2 */
-#define KV118              3644486432L /* keys, values (grid order) */
-#define QKVW118            3650908960L /* queries, keys, values (window order) */
-#define ATT118             3660542752L /* attention weights */
-#define YW118              3665460000L /* heads' outputs (window order) */
-#define Y118               3668671264L /* heads' outputs (grid order) */
-#define GTOK118            3671882528L /* global tokens (the grid pooled to a window) */
-#define GQ118              3675093792L /* global queries */
-#define V119               3678305056L /* drop_path */
-#define KEEP119            3681516320L /* stochastic depth: kept samples */
-#define V120               3681516448L /* residual_end */
-#define V122               3684727712L /* layernorm blocks.5.norm4 */
-#define MEAN122            3687938976L /* layer norm means */
-#define RSTD122            3687945248L /* layer norm 1/std */
-#define V123               3687951520L /* moe blocks.5.moe */
-#define LOGITS123          3691162784L /* router logits */
-#define PROBS123           3691212960L /* router probabilities */
-#define LSE123             3691263136L /* log-sum-exp of the logits */
-#define TOPP123            3691269408L /* top-k probabilities */
-#define GATE123            3691275680L /* gates */
-#define PRIO123            3691281952L /* routing priority */
-#define PRIOS123           3691288224L /* routing priority, sorted */
-#define ENT123             3691294496L /* router entropy per token */
-#define XE123              3691300768L /* expert inputs [E, cap, D] */
-#define HE123              3695314848L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE123              3707357088L /* expert hidden, activated */
-#define YE123              3719399328L /* expert outputs [E, cap, D] */
-#define AUX123             3723413408L /* auxiliary losses: balance, z, dataset, importance */
+#define XR102              3308758432L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR102              3316786592L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V103               3324814752L /* drop_path */
+#define KEEP103            3331237280L /* stochastic depth: kept samples */
+#define V104               3331237408L /* residual_end */
+#define V105               3337659936L /* downsample downsample3 */
+#define MERGE105           3340871200L /* 2x2 neighbourhoods, concatenated */
+#define MNORM105           3347293728L /* normalised */
+#define MEAN105            3353716256L /* layer norm means */
+#define RSTD105            3353722528L /* layer norm 1/std */
+#define MEAN107            3353728800L /* layer norm means */
+#define RSTD107            3353735072L /* layer norm 1/std */
+#define V108               3353741344L /* window_attention blocks.5.attn */
+#define QKV108             3356952608L /* queries, keys, values (grid order) */
+#define QKVW108            3366586400L /* queries, keys, values (window order) */
+#define ATT108             3376220192L /* attention weights */
+#define YW108              3381137440L /* heads' outputs (window order) */
+#define Y108               3384348704L /* heads' outputs (grid order) */
+#define V109               3387559968L /* drop_path */
+#define KEEP109            3390771232L /* stochastic depth: kept samples */
+#define V110               3390771360L /* residual_end */
+#define MEAN112            3393982624L /* layer norm means */
+#define RSTD112            3393988896L /* layer norm 1/std */
+#define V113               3393995168L /* mlp blocks.5.mlp */
+#define H113               3397206432L /* hidden, before the activation, then its derivative */
+#define ACTV113            3406840224L /* hidden, after the activation */
+#define V114               3416474016L /* drop_path */
+#define KEEP114            3419685280L /* stochastic depth: kept samples */
+#define V115               3419685408L /* residual_end */
+#define V117               3422896672L /* layernorm blocks.5.norm3 */
+#define MEAN117            3426107936L /* layer norm means */
+#define RSTD117            3426114208L /* layer norm 1/std */
+#define V118               3426120480L /* window_attention blocks.5.attn2 */
+#define KV118              3429331744L /* keys, values (grid order) */
+#define QKVW118            3435754272L /* queries, keys, values (window order) */
+#define ATT118             3445388064L /* attention weights */
+#define YW118              3450305312L /* heads' outputs (window order) */
+#define Y118               3453516576L /* heads' outputs (grid order) */
+#define GTOK118            3456727840L /* global tokens (the grid pooled to a window) */
+#define GQ118              3459939104L /* global queries */
+#define V119               3463150368L /* drop_path */
+#define KEEP119            3466361632L /* stochastic depth: kept samples */
+#define V120               3466361760L /* residual_end */
+#define V122               3469573024L /* layernorm blocks.5.norm4 */
+#define MEAN122            3472784288L /* layer norm means */
+#define RSTD122            3472790560L /* layer norm 1/std */
+#define V123               3472796832L /* moe blocks.5.moe */
+#define LOGITS123          3476008096L /* router logits */
+#define PROBS123           3476058272L /* router probabilities */
+#define LSE123             3476108448L /* log-sum-exp of the logits */
+#define TOPP123            3476114720L /* top-k probabilities */
+#define GATE123            3476120992L /* gates */
+#define PRIO123            3476127264L /* routing priority */
+#define PRIOS123           3476133536L /* routing priority, sorted */
+#define ENT123             3476139808L /* router entropy per token */
+#define XE123              3476146080L /* expert inputs [E, cap, D] */
+#define AE123              3480160160L /* expert hidden, activated */
+#define YE123              3492202400L /* expert outputs [E, cap, D] */
+#define AUX123             3496216480L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK123                377184L /* int32 chosen experts */
 #define SLOT123                383456L /* int32 slot of each choice */
 #define COUNT123               389728L /* int32 tokens per expert */
@@ -370,17 +355,35 @@
 #define TARGET123              417968L /* int32 mapped expert */
 #define BLKC123                424240L /* int32 choices per block and expert */
 #define BLKB123                424304L /* int32 first slot per block and expert */
-#define XR123              3723413424L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR123              3727427504L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V124               3731441584L /* drop_path */
-#define KEEP124            3734652848L /* stochastic depth: kept samples */
-#define V125               3734652976L /* residual_end */
-#define V126               3737864240L /* layernorm norm */
-#define MEAN126            3741075504L /* layer norm means */
-#define RSTD126            3741081776L /* layer norm 1/std */
-#define V127               3741088048L /* pool */
-#define V128               3741153584L /* logits */
-#define XENT               3741281584L /* cross-entropy per sample */
+#define XR123              3496216496L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR123              3500230576L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V124               3504244656L /* drop_path */
+#define KEEP124            3507455920L /* stochastic depth: kept samples */
+#define V125               3507456048L /* residual_end */
+#define V126               3510667312L /* layernorm norm */
+#define MEAN126            3513878576L /* layer norm means */
+#define RSTD126            3513884848L /* layer norm 1/std */
+#define V127               3513891120L /* pool */
+#define V128               3513956656L /* logits */
+#define XENT               3514084656L /* cross-entropy per sample */
+#define V4               LAY16(3514084784L, 3514084784L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define V9               LAY16(3539774896L, 3526929840L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V19              LAY16(3565465008L, 3539774896L) /* layernorm blocks.0.norm4; bf16 alone in bf16 precision */
+#define V25              LAY16(3591155120L, 3552619952L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define V30              LAY16(3604000176L, 3559042480L) /* layernorm blocks.1.norm2; bf16 alone in bf16 precision */
+#define V40              LAY16(3616845232L, 3565465008L) /* layernorm blocks.1.norm4; bf16 alone in bf16 precision */
+#define V46              LAY16(3629690288L, 3571887536L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define V51              LAY16(3636112816L, 3575098800L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V61              LAY16(3642535344L, 3578310064L) /* layernorm blocks.2.norm4; bf16 alone in bf16 precision */
+#define V66              LAY16(3648957872L, 3581521328L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define V71              LAY16(3655380400L, 3584732592L) /* layernorm blocks.3.norm2; bf16 alone in bf16 precision */
+#define HE82             LAY16(3661802928L, 3587943856L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V86              LAY16(3685887408L, 3599986096L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define V91              LAY16(3692309936L, 3603197360L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define HE102            LAY16(3698732464L, 3606408624L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V107             LAY16(3722816944L, 3618450864L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define V112             LAY16(3726028208L, 3620056496L) /* layernorm blocks.5.norm2; bf16 alone in bf16 precision */
+#define HE123            LAY16(3729239472L, 3621662128L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -821,6 +824,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     13215528L, /* params */
     3741281712L, /* act_floats */
+    3627683248L, /* act_floats16: in bf16 precision */
     891319296L, /* grad_floats */
     424368L, /* int_slots */
     54L, /* dacc: doubles */

@@ -12,6 +12,9 @@
  * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */
 #define A(off) (d->act + (off))
 #define G(name) (d->dact + name##_G)
+/* a buffer kept in bf16 alone in bf16 precision: its offset in the fp32
+ * layout, and in the bf16 one (DEV_LAYOUT.act_floats16) */
+#define LAY16(f, h) (d->lay16 ? (h) : (f))
 #define P(off) (d->param + (off))
 #define DP(off) (d->grad + (off))
 #define IA(off) (d->iact + (off))
@@ -28,11 +31,9 @@
 #define PRIO2                   67648L /* routing priority */
 #define PRIOS2                  67712L /* routing priority, sorted */
 #define ENT2                    67776L /* router entropy per token */
-#define XE2                     67840L /* expert inputs [E, cap, D] */
-#define HE2                    100608L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE2                    166144L /* expert hidden, activated */
-#define YE2                    231680L /* expert outputs [E, cap, D] */
-#define AUX2                   264448L /* auxiliary losses: balance, z, dataset, importance */
+#define AE2                     67840L /* expert hidden, activated */
+#define YE2                    133376L /* expert outputs [E, cap, D] */
+#define AUX2                   166144L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK2                       0L /* int32 chosen experts */
 #define SLOT2                     256L /* int32 slot of each choice */
 #define COUNT2                    512L /* int32 tokens per expert */
@@ -43,9 +44,11 @@
 #define TARGET2                  1168L /* int32 mapped expert */
 #define BLKC2                    1232L /* int32 choices per block and expert */
 #define BLKB2                    1248L /* int32 first slot per block and expert */
-#define V3                     264464L /* pool */
-#define V4                     272656L /* logits */
-#define XENT                   273296L /* cross-entropy per sample */
+#define V3                     166160L /* pool */
+#define V4                     174352L /* logits */
+#define XENT                   174992L /* cross-entropy per sample */
+#define XE2              LAY16(175056L, 175056L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE2              LAY16(207824L, 191440L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -93,6 +96,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     365962L, /* params */
     273360L, /* act_floats */
+    224208L, /* act_floats16: in bf16 precision */
     156800L, /* grad_floats */
     1264L, /* int_slots */
     12L, /* dacc: doubles */

@@ -12,6 +12,9 @@
  * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */
 #define A(off) (d->act + (off))
 #define G(name) (d->dact + name##_G)
+/* a buffer kept in bf16 alone in bf16 precision: its offset in the fp32
+ * layout, and in the bf16 one (DEV_LAYOUT.act_floats16) */
+#define LAY16(f, h) (d->lay16 ? (h) : (f))
 #define P(off) (d->param + (off))
 #define DP(off) (d->grad + (off))
 #define IA(off) (d->iact + (off))
@@ -21,52 +24,47 @@
 #define COLS1                 3145728L /* patches (im2col) */
 #define V2                    3932160L /* cls_token */
 #define V3                    7127040L /* pos_embed */
-#define V5                   10321920L /* layernorm blocks.0.norm1 */
-#define MEAN5                13516800L /* layer norm means */
-#define RSTD5                13533440L /* layer norm 1/std */
-#define V6                   13550080L /* attention blocks.0.attn */
-#define QKV6                 16744960L /* queries, keys, values */
-#define ATT6                 26329600L /* attention weights */
-#define Y6                   29574400L /* heads' outputs */
-#define V7                   32769280L /* drop_path */
-#define KEEP7                35964160L /* stochastic depth: kept samples */
-#define V8                   35964416L /* residual_end */
-#define V10                  39159296L /* layernorm blocks.0.norm2 */
-#define MEAN10               42354176L /* layer norm means */
-#define RSTD10               42370816L /* layer norm 1/std */
-#define V11                  42387456L /* mlp blocks.0.mlp */
-#define H11                  45582336L /* hidden, before the activation, then its derivative */
-#define ACTV11               58361856L /* hidden, after the activation */
-#define V12                  71141376L /* drop_path */
-#define KEEP12               74336256L /* stochastic depth: kept samples */
-#define V13                  74336512L /* residual_end */
-#define V15                  77531392L /* layernorm blocks.1.norm1 */
-#define MEAN15               80726272L /* layer norm means */
-#define RSTD15               80742912L /* layer norm 1/std */
-#define V16                  80759552L /* attention blocks.1.attn */
-#define QKV16                83954432L /* queries, keys, values */
-#define ATT16                93539072L /* attention weights */
-#define Y16                  96783872L /* heads' outputs */
-#define V17                  99978752L /* drop_path */
-#define KEEP17              103173632L /* stochastic depth: kept samples */
-#define V18                 103173888L /* residual_end */
-#define V20                 106368768L /* layernorm blocks.1.norm2 */
-#define MEAN20              109563648L /* layer norm means */
-#define RSTD20              109580288L /* layer norm 1/std */
-#define V21                 109596928L /* moe blocks.1.moe */
-#define LOGITS21            112791808L /* router logits */
-#define PROBS21             112924928L /* router probabilities */
-#define LSE21               113058048L /* log-sum-exp of the logits */
-#define TOPP21              113074688L /* top-k probabilities */
-#define GATE21              113091328L /* gates */
-#define PRIO21              113107968L /* routing priority */
-#define PRIOS21             113124608L /* routing priority, sorted */
-#define ENT21               113141248L /* router entropy per token */
-#define XE21                113157888L /* expert inputs [E, cap, D] */
-#define HE21                117151488L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE21                133125888L /* expert hidden, activated */
-#define YE21                149100288L /* expert outputs [E, cap, D] */
-#define AUX21               153093888L /* auxiliary losses: balance, z, dataset, importance */
+#define MEAN5                10321920L /* layer norm means */
+#define RSTD5                10338560L /* layer norm 1/std */
+#define V6                   10355200L /* attention blocks.0.attn */
+#define QKV6                 13550080L /* queries, keys, values */
+#define ATT6                 23134720L /* attention weights */
+#define Y6                   26379520L /* heads' outputs */
+#define V7                   29574400L /* drop_path */
+#define KEEP7                32769280L /* stochastic depth: kept samples */
+#define V8                   32769536L /* residual_end */
+#define MEAN10               35964416L /* layer norm means */
+#define RSTD10               35981056L /* layer norm 1/std */
+#define V11                  35997696L /* mlp blocks.0.mlp */
+#define H11                  39192576L /* hidden, before the activation, then its derivative */
+#define ACTV11               51972096L /* hidden, after the activation */
+#define V12                  64751616L /* drop_path */
+#define KEEP12               67946496L /* stochastic depth: kept samples */
+#define V13                  67946752L /* residual_end */
+#define MEAN15               71141632L /* layer norm means */
+#define RSTD15               71158272L /* layer norm 1/std */
+#define V16                  71174912L /* attention blocks.1.attn */
+#define QKV16                74369792L /* queries, keys, values */
+#define ATT16                83954432L /* attention weights */
+#define Y16                  87199232L /* heads' outputs */
+#define V17                  90394112L /* drop_path */
+#define KEEP17               93588992L /* stochastic depth: kept samples */
+#define V18                  93589248L /* residual_end */
+#define V20                  96784128L /* layernorm blocks.1.norm2 */
+#define MEAN20               99979008L /* layer norm means */
+#define RSTD20               99995648L /* layer norm 1/std */
+#define V21                 100012288L /* moe blocks.1.moe */
+#define LOGITS21            103207168L /* router logits */
+#define PROBS21             103340288L /* router probabilities */
+#define LSE21               103473408L /* log-sum-exp of the logits */
+#define TOPP21              103490048L /* top-k probabilities */
+#define GATE21              103506688L /* gates */
+#define PRIO21              103523328L /* routing priority */
+#define PRIOS21             103539968L /* routing priority, sorted */
+#define ENT21               103556608L /* router entropy per token */
+#define AE21                103573248L /* expert hidden, activated */
+#define YE21                119547648L /* expert outputs [E, cap, D] */
+#define AUX21               123541248L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                      0L /* int32 chosen experts */
 #define SLOT21                  16640L /* int32 slot of each choice */
 #define COUNT21                 33280L /* int32 tokens per expert */
@@ -77,55 +75,50 @@
 #define TARGET21               108176L /* int32 mapped expert */
 #define BLKC21                 124816L /* int32 choices per block and expert */
 #define BLKB21                 124960L /* int32 first slot per block and expert */
-#define V22                 153093904L /* drop_path */
-#define KEEP22              156288784L /* stochastic depth: kept samples */
-#define V23                 156289040L /* residual_end */
-#define V25                 159483920L /* layernorm blocks.2.norm1 */
-#define MEAN25              162678800L /* layer norm means */
-#define RSTD25              162695440L /* layer norm 1/std */
-#define V26                 162712080L /* attention blocks.2.attn */
-#define QKV26               165906960L /* queries, keys, values */
-#define ATT26               175491600L /* attention weights */
-#define Y26                 178736400L /* heads' outputs */
-#define V27                 181931280L /* drop_path */
-#define KEEP27              185126160L /* stochastic depth: kept samples */
-#define V28                 185126416L /* residual_end */
-#define V30                 188321296L /* layernorm blocks.2.norm2 */
-#define MEAN30              191516176L /* layer norm means */
-#define RSTD30              191532816L /* layer norm 1/std */
-#define V31                 191549456L /* mlp blocks.2.mlp */
-#define H31                 194744336L /* hidden, before the activation, then its derivative */
-#define ACTV31              207523856L /* hidden, after the activation */
-#define V32                 220303376L /* drop_path */
-#define KEEP32              223498256L /* stochastic depth: kept samples */
-#define V33                 223498512L /* residual_end */
-#define V35                 226693392L /* layernorm blocks.3.norm1 */
-#define MEAN35              229888272L /* layer norm means */
-#define RSTD35              229904912L /* layer norm 1/std */
-#define V36                 229921552L /* attention blocks.3.attn */
-#define QKV36               233116432L /* queries, keys, values */
-#define ATT36               242701072L /* attention weights */
-#define Y36                 245945872L /* heads' outputs */
-#define V37                 249140752L /* drop_path */
-#define KEEP37              252335632L /* stochastic depth: kept samples */
-#define V38                 252335888L /* residual_end */
-#define V40                 255530768L /* layernorm blocks.3.norm2 */
-#define MEAN40              258725648L /* layer norm means */
-#define RSTD40              258742288L /* layer norm 1/std */
-#define V41                 258758928L /* moe blocks.3.moe */
-#define LOGITS41            261953808L /* router logits */
-#define PROBS41             262086928L /* router probabilities */
-#define LSE41               262220048L /* log-sum-exp of the logits */
-#define TOPP41              262236688L /* top-k probabilities */
-#define GATE41              262253328L /* gates */
-#define PRIO41              262269968L /* routing priority */
-#define PRIOS41             262286608L /* routing priority, sorted */
-#define ENT41               262303248L /* router entropy per token */
-#define XE41                262319888L /* expert inputs [E, cap, D] */
-#define HE41                266313488L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE41                282287888L /* expert hidden, activated */
-#define YE41                298262288L /* expert outputs [E, cap, D] */
-#define AUX41               302255888L /* auxiliary losses: balance, z, dataset, importance */
+#define V22                 123541264L /* drop_path */
+#define KEEP22              126736144L /* stochastic depth: kept samples */
+#define V23                 126736400L /* residual_end */
+#define MEAN25              129931280L /* layer norm means */
+#define RSTD25              129947920L /* layer norm 1/std */
+#define V26                 129964560L /* attention blocks.2.attn */
+#define QKV26               133159440L /* queries, keys, values */
+#define ATT26               142744080L /* attention weights */
+#define Y26                 145988880L /* heads' outputs */
+#define V27                 149183760L /* drop_path */
+#define KEEP27              152378640L /* stochastic depth: kept samples */
+#define V28                 152378896L /* residual_end */
+#define MEAN30              155573776L /* layer norm means */
+#define RSTD30              155590416L /* layer norm 1/std */
+#define V31                 155607056L /* mlp blocks.2.mlp */
+#define H31                 158801936L /* hidden, before the activation, then its derivative */
+#define ACTV31              171581456L /* hidden, after the activation */
+#define V32                 184360976L /* drop_path */
+#define KEEP32              187555856L /* stochastic depth: kept samples */
+#define V33                 187556112L /* residual_end */
+#define MEAN35              190750992L /* layer norm means */
+#define RSTD35              190767632L /* layer norm 1/std */
+#define V36                 190784272L /* attention blocks.3.attn */
+#define QKV36               193979152L /* queries, keys, values */
+#define ATT36               203563792L /* attention weights */
+#define Y36                 206808592L /* heads' outputs */
+#define V37                 210003472L /* drop_path */
+#define KEEP37              213198352L /* stochastic depth: kept samples */
+#define V38                 213198608L /* residual_end */
+#define V40                 216393488L /* layernorm blocks.3.norm2 */
+#define MEAN40              219588368L /* layer norm means */
+#define RSTD40              219605008L /* layer norm 1/std */
+#define V41                 219621648L /* moe blocks.3.moe */
+#define LOGITS41            222816528L /* router logits */
+#define PROBS41             222949648L /* router probabilities */
+#define LSE41               223082768L /* log-sum-exp of the logits */
+#define TOPP41              223099408L /* top-k probabilities */
+#define GATE41              223116048L /* gates */
+#define PRIO41              223132688L /* routing priority */
+#define PRIOS41             223149328L /* routing priority, sorted */
+#define ENT41               223165968L /* router entropy per token */
+#define AE41                223182608L /* expert hidden, activated */
+#define YE41                239157008L /* expert outputs [E, cap, D] */
+#define AUX41               243150608L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 125104L /* int32 chosen experts */
 #define SLOT41                 141744L /* int32 slot of each choice */
 #define COUNT41                158384L /* int32 tokens per expert */
@@ -136,55 +129,50 @@
 #define TARGET41               233280L /* int32 mapped expert */
 #define BLKC41                 249920L /* int32 choices per block and expert */
 #define BLKB41                 250064L /* int32 first slot per block and expert */
-#define V42                 302255904L /* drop_path */
-#define KEEP42              305450784L /* stochastic depth: kept samples */
-#define V43                 305451040L /* residual_end */
-#define V45                 308645920L /* layernorm blocks.4.norm1 */
-#define MEAN45              311840800L /* layer norm means */
-#define RSTD45              311857440L /* layer norm 1/std */
-#define V46                 311874080L /* attention blocks.4.attn */
-#define QKV46               315068960L /* queries, keys, values */
-#define ATT46               324653600L /* attention weights */
-#define Y46                 327898400L /* heads' outputs */
-#define V47                 331093280L /* drop_path */
-#define KEEP47              334288160L /* stochastic depth: kept samples */
-#define V48                 334288416L /* residual_end */
-#define V50                 337483296L /* layernorm blocks.4.norm2 */
-#define MEAN50              340678176L /* layer norm means */
-#define RSTD50              340694816L /* layer norm 1/std */
-#define V51                 340711456L /* mlp blocks.4.mlp */
-#define H51                 343906336L /* hidden, before the activation, then its derivative */
-#define ACTV51              356685856L /* hidden, after the activation */
-#define V52                 369465376L /* drop_path */
-#define KEEP52              372660256L /* stochastic depth: kept samples */
-#define V53                 372660512L /* residual_end */
-#define V55                 375855392L /* layernorm blocks.5.norm1 */
-#define MEAN55              379050272L /* layer norm means */
-#define RSTD55              379066912L /* layer norm 1/std */
-#define V56                 379083552L /* attention blocks.5.attn */
-#define QKV56               382278432L /* queries, keys, values */
-#define ATT56               391863072L /* attention weights */
-#define Y56                 395107872L /* heads' outputs */
-#define V57                 398302752L /* drop_path */
-#define KEEP57              401497632L /* stochastic depth: kept samples */
-#define V58                 401497888L /* residual_end */
-#define V60                 404692768L /* layernorm blocks.5.norm2 */
-#define MEAN60              407887648L /* layer norm means */
-#define RSTD60              407904288L /* layer norm 1/std */
-#define V61                 407920928L /* moe blocks.5.moe */
-#define LOGITS61            411115808L /* router logits */
-#define PROBS61             411248928L /* router probabilities */
-#define LSE61               411382048L /* log-sum-exp of the logits */
-#define TOPP61              411398688L /* top-k probabilities */
-#define GATE61              411415328L /* gates */
-#define PRIO61              411431968L /* routing priority */
-#define PRIOS61             411448608L /* routing priority, sorted */
-#define ENT61               411465248L /* router entropy per token */
-#define XE61                411481888L /* expert inputs [E, cap, D] */
-#define HE61                415475488L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE61                431449888L /* expert hidden, activated */
-#define YE61                447424288L /* expert outputs [E, cap, D] */
-#define AUX61               451417888L /* auxiliary losses: balance, z, dataset, importance */
+#define V42                 243150624L /* drop_path */
+#define KEEP42              246345504L /* stochastic depth: kept samples */
+#define V43                 246345760L /* residual_end */
+#define MEAN45              249540640L /* layer norm means */
+#define RSTD45              249557280L /* layer norm 1/std */
+#define V46                 249573920L /* attention blocks.4.attn */
+#define QKV46               252768800L /* queries, keys, values */
+#define ATT46               262353440L /* attention weights */
+#define Y46                 265598240L /* heads' outputs */
+#define V47                 268793120L /* drop_path */
+#define KEEP47              271988000L /* stochastic depth: kept samples */
+#define V48                 271988256L /* residual_end */
+#define MEAN50              275183136L /* layer norm means */
+#define RSTD50              275199776L /* layer norm 1/std */
+#define V51                 275216416L /* mlp blocks.4.mlp */
+#define H51                 278411296L /* hidden, before the activation, then its derivative */
+#define ACTV51              291190816L /* hidden, after the activation */
+#define V52                 303970336L /* drop_path */
+#define KEEP52              307165216L /* stochastic depth: kept samples */
+#define V53                 307165472L /* residual_end */
+#define MEAN55              310360352L /* layer norm means */
+#define RSTD55              310376992L /* layer norm 1/std */
+#define V56                 310393632L /* attention blocks.5.attn */
+#define QKV56               313588512L /* queries, keys, values */
+#define ATT56               323173152L /* attention weights */
+#define Y56                 326417952L /* heads' outputs */
+#define V57                 329612832L /* drop_path */
+#define KEEP57              332807712L /* stochastic depth: kept samples */
+#define V58                 332807968L /* residual_end */
+#define V60                 336002848L /* layernorm blocks.5.norm2 */
+#define MEAN60              339197728L /* layer norm means */
+#define RSTD60              339214368L /* layer norm 1/std */
+#define V61                 339231008L /* moe blocks.5.moe */
+#define LOGITS61            342425888L /* router logits */
+#define PROBS61             342559008L /* router probabilities */
+#define LSE61               342692128L /* log-sum-exp of the logits */
+#define TOPP61              342708768L /* top-k probabilities */
+#define GATE61              342725408L /* gates */
+#define PRIO61              342742048L /* routing priority */
+#define PRIOS61             342758688L /* routing priority, sorted */
+#define ENT61               342775328L /* router entropy per token */
+#define AE61                342791968L /* expert hidden, activated */
+#define YE61                358766368L /* expert outputs [E, cap, D] */
+#define AUX61               362759968L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 250208L /* int32 chosen experts */
 #define SLOT61                 266848L /* int32 slot of each choice */
 #define COUNT61                283488L /* int32 tokens per expert */
@@ -195,55 +183,50 @@
 #define TARGET61               358384L /* int32 mapped expert */
 #define BLKC61                 375024L /* int32 choices per block and expert */
 #define BLKB61                 375168L /* int32 first slot per block and expert */
-#define V62                 451417904L /* drop_path */
-#define KEEP62              454612784L /* stochastic depth: kept samples */
-#define V63                 454613040L /* residual_end */
-#define V65                 457807920L /* layernorm blocks.6.norm1 */
-#define MEAN65              461002800L /* layer norm means */
-#define RSTD65              461019440L /* layer norm 1/std */
-#define V66                 461036080L /* attention blocks.6.attn */
-#define QKV66               464230960L /* queries, keys, values */
-#define ATT66               473815600L /* attention weights */
-#define Y66                 477060400L /* heads' outputs */
-#define V67                 480255280L /* drop_path */
-#define KEEP67              483450160L /* stochastic depth: kept samples */
-#define V68                 483450416L /* residual_end */
-#define V70                 486645296L /* layernorm blocks.6.norm2 */
-#define MEAN70              489840176L /* layer norm means */
-#define RSTD70              489856816L /* layer norm 1/std */
-#define V71                 489873456L /* mlp blocks.6.mlp */
-#define H71                 493068336L /* hidden, before the activation, then its derivative */
-#define ACTV71              505847856L /* hidden, after the activation */
-#define V72                 518627376L /* drop_path */
-#define KEEP72              521822256L /* stochastic depth: kept samples */
-#define V73                 521822512L /* residual_end */
-#define V75                 525017392L /* layernorm blocks.7.norm1 */
-#define MEAN75              528212272L /* layer norm means */
-#define RSTD75              528228912L /* layer norm 1/std */
-#define V76                 528245552L /* attention blocks.7.attn */
-#define QKV76               531440432L /* queries, keys, values */
-#define ATT76               541025072L /* attention weights */
-#define Y76                 544269872L /* heads' outputs */
-#define V77                 547464752L /* drop_path */
-#define KEEP77              550659632L /* stochastic depth: kept samples */
-#define V78                 550659888L /* residual_end */
-#define V80                 553854768L /* layernorm blocks.7.norm2 */
-#define MEAN80              557049648L /* layer norm means */
-#define RSTD80              557066288L /* layer norm 1/std */
-#define V81                 557082928L /* moe blocks.7.moe */
-#define LOGITS81            560277808L /* router logits */
-#define PROBS81             560410928L /* router probabilities */
-#define LSE81               560544048L /* log-sum-exp of the logits */
-#define TOPP81              560560688L /* top-k probabilities */
-#define GATE81              560577328L /* gates */
-#define PRIO81              560593968L /* routing priority */
-#define PRIOS81             560610608L /* routing priority, sorted */
-#define ENT81               560627248L /* router entropy per token */
-#define XE81                560643888L /* expert inputs [E, cap, D] */
-#define HE81                564637488L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE81                580611888L /* expert hidden, activated */
-#define YE81                596586288L /* expert outputs [E, cap, D] */
-#define AUX81               600579888L /* auxiliary losses: balance, z, dataset, importance */
+#define V62                 362759984L /* drop_path */
+#define KEEP62              365954864L /* stochastic depth: kept samples */
+#define V63                 365955120L /* residual_end */
+#define MEAN65              369150000L /* layer norm means */
+#define RSTD65              369166640L /* layer norm 1/std */
+#define V66                 369183280L /* attention blocks.6.attn */
+#define QKV66               372378160L /* queries, keys, values */
+#define ATT66               381962800L /* attention weights */
+#define Y66                 385207600L /* heads' outputs */
+#define V67                 388402480L /* drop_path */
+#define KEEP67              391597360L /* stochastic depth: kept samples */
+#define V68                 391597616L /* residual_end */
+#define MEAN70              394792496L /* layer norm means */
+#define RSTD70              394809136L /* layer norm 1/std */
+#define V71                 394825776L /* mlp blocks.6.mlp */
+#define H71                 398020656L /* hidden, before the activation, then its derivative */
+#define ACTV71              410800176L /* hidden, after the activation */
+#define V72                 423579696L /* drop_path */
+#define KEEP72              426774576L /* stochastic depth: kept samples */
+#define V73                 426774832L /* residual_end */
+#define MEAN75              429969712L /* layer norm means */
+#define RSTD75              429986352L /* layer norm 1/std */
+#define V76                 430002992L /* attention blocks.7.attn */
+#define QKV76               433197872L /* queries, keys, values */
+#define ATT76               442782512L /* attention weights */
+#define Y76                 446027312L /* heads' outputs */
+#define V77                 449222192L /* drop_path */
+#define KEEP77              452417072L /* stochastic depth: kept samples */
+#define V78                 452417328L /* residual_end */
+#define V80                 455612208L /* layernorm blocks.7.norm2 */
+#define MEAN80              458807088L /* layer norm means */
+#define RSTD80              458823728L /* layer norm 1/std */
+#define V81                 458840368L /* moe blocks.7.moe */
+#define LOGITS81            462035248L /* router logits */
+#define PROBS81             462168368L /* router probabilities */
+#define LSE81               462301488L /* log-sum-exp of the logits */
+#define TOPP81              462318128L /* top-k probabilities */
+#define GATE81              462334768L /* gates */
+#define PRIO81              462351408L /* routing priority */
+#define PRIOS81             462368048L /* routing priority, sorted */
+#define ENT81               462384688L /* router entropy per token */
+#define AE81                462401328L /* expert hidden, activated */
+#define YE81                478375728L /* expert outputs [E, cap, D] */
+#define AUX81               482369328L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 375312L /* int32 chosen experts */
 #define SLOT81                 391952L /* int32 slot of each choice */
 #define COUNT81                408592L /* int32 tokens per expert */
@@ -254,15 +237,35 @@
 #define TARGET81               483488L /* int32 mapped expert */
 #define BLKC81                 500128L /* int32 choices per block and expert */
 #define BLKB81                 500272L /* int32 first slot per block and expert */
-#define V82                 600579904L /* drop_path */
-#define KEEP82              603774784L /* stochastic depth: kept samples */
-#define V83                 603775040L /* residual_end */
-#define V84                 606969920L /* layernorm norm */
-#define MEAN84              610164800L /* layer norm means */
-#define RSTD84              610181440L /* layer norm 1/std */
-#define V85                 610198080L /* pool */
-#define V86                 610247232L /* logits */
-#define XENT                610249792L /* cross-entropy per sample */
+#define V82                 482369344L /* drop_path */
+#define KEEP82              485564224L /* stochastic depth: kept samples */
+#define V83                 485564480L /* residual_end */
+#define V84                 488759360L /* layernorm norm */
+#define MEAN84              491954240L /* layer norm means */
+#define RSTD84              491970880L /* layer norm 1/std */
+#define V85                 491987520L /* pool */
+#define V86                 492036672L /* logits */
+#define XENT                492039232L /* cross-entropy per sample */
+#define V5               LAY16(492039488L, 492039488L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define V10              LAY16(495234368L, 493636928L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V15              LAY16(498429248L, 495234368L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define XE21             LAY16(501624128L, 496831808L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(505617728L, 498828608L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V25              LAY16(521592128L, 506815808L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define V30              LAY16(524787008L, 508413248L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V35              LAY16(527981888L, 510010688L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define XE41             LAY16(531176768L, 511608128L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(535170368L, 513604928L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V45              LAY16(551144768L, 521592128L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define V50              LAY16(554339648L, 523189568L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define V55              LAY16(557534528L, 524787008L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define XE61             LAY16(560729408L, 526384448L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(564723008L, 528381248L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V65              LAY16(580697408L, 536368448L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define V70              LAY16(583892288L, 537965888L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
+#define V75              LAY16(587087168L, 539563328L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define XE81             LAY16(590282048L, 541160768L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(594275648L, 543157568L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -530,6 +533,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     11873866L, /* params */
     610250048L, /* act_floats */
+    551144768L, /* act_floats16: in bf16 precision */
     140577280L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */

@@ -12,6 +12,9 @@
  * P(off)/DP(off): a parameter and its gradient, IA(off): routing ints. */
 #define A(off) (d->act + (off))
 #define G(name) (d->dact + name##_G)
+/* a buffer kept in bf16 alone in bf16 precision: its offset in the fp32
+ * layout, and in the bf16 one (DEV_LAYOUT.act_floats16) */
+#define LAY16(f, h) (d->lay16 ? (h) : (f))
 #define P(off) (d->param + (off))
 #define DP(off) (d->grad + (off))
 #define IA(off) (d->iact + (off))
@@ -21,33 +24,30 @@
 #define COLS1                 2097152L /* patches (im2col) */
 #define V2                    2490368L /* cls_token */
 #define V3                    4620288L /* pos_embed */
-#define V5                    6750208L /* layernorm blocks.0.norm1 */
-#define MEAN5                 8880128L /* layer norm means */
-#define RSTD5                 8888448L /* layer norm 1/std */
-#define V6                    8896768L /* attention blocks.0.attn */
-#define QKV6                 11026688L /* queries, keys, values */
-#define ATT6                 17416448L /* attention weights */
-#define Y6                   21742848L /* heads' outputs */
-#define V7                   23872768L /* drop_path */
-#define KEEP7                26002688L /* stochastic depth: kept samples */
-#define V8                   26002816L /* residual_end */
-#define V10                  28132736L /* layernorm blocks.0.norm2 */
-#define MEAN10               30262656L /* layer norm means */
-#define RSTD10               30270976L /* layer norm 1/std */
-#define V11                  30279296L /* moe blocks.0.moe */
-#define LOGITS11             32409216L /* router logits */
-#define PROBS11              32467456L /* router probabilities */
-#define LSE11                32525696L /* log-sum-exp of the logits */
-#define TOPP11               32534016L /* top-k probabilities */
-#define GATE11               32558976L /* gates */
-#define PRIO11               32583936L /* routing priority */
-#define PRIOS11              32592256L /* routing priority, sorted */
-#define ENT11                32600576L /* router entropy per token */
-#define XE11                 32608896L /* expert inputs [E, cap, D] */
-#define HE11                 40597632L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE11                 56575104L /* expert hidden, activated */
-#define YE11                 72552576L /* expert outputs [E, cap, D] */
-#define AUX11                80541312L /* auxiliary losses: balance, z, dataset, importance */
+#define MEAN5                 6750208L /* layer norm means */
+#define RSTD5                 6758528L /* layer norm 1/std */
+#define V6                    6766848L /* attention blocks.0.attn */
+#define QKV6                  8896768L /* queries, keys, values */
+#define ATT6                 15286528L /* attention weights */
+#define Y6                   19612928L /* heads' outputs */
+#define V7                   21742848L /* drop_path */
+#define KEEP7                23872768L /* stochastic depth: kept samples */
+#define V8                   23872896L /* residual_end */
+#define V10                  26002816L /* layernorm blocks.0.norm2 */
+#define MEAN10               28132736L /* layer norm means */
+#define RSTD10               28141056L /* layer norm 1/std */
+#define V11                  28149376L /* moe blocks.0.moe */
+#define LOGITS11             30279296L /* router logits */
+#define PROBS11              30337536L /* router probabilities */
+#define LSE11                30395776L /* log-sum-exp of the logits */
+#define TOPP11               30404096L /* top-k probabilities */
+#define GATE11               30429056L /* gates */
+#define PRIO11               30454016L /* routing priority */
+#define PRIOS11              30462336L /* routing priority, sorted */
+#define ENT11                30470656L /* router entropy per token */
+#define AE11                 30478976L /* expert hidden, activated */
+#define YE11                 46456448L /* expert outputs [E, cap, D] */
+#define AUX11                54445184L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK11                      0L /* int32 chosen experts */
 #define SLOT11                  24960L /* int32 slot of each choice */
 #define COUNT11                 49920L /* int32 tokens per expert */
@@ -58,37 +58,34 @@
 #define TARGET11               129008L /* int32 mapped expert */
 #define BLKC11                 137328L /* int32 choices per block and expert */
 #define BLKB11                 137504L /* int32 first slot per block and expert */
-#define QUERY11              80541328L /* attention router queries [N, R] */
-#define V12                  81073808L /* drop_path */
-#define KEEP12               83203728L /* stochastic depth: kept samples */
-#define V13                  83203856L /* residual_end */
-#define V15                  85333776L /* layernorm blocks.1.norm1 */
-#define MEAN15               87463696L /* layer norm means */
-#define RSTD15               87472016L /* layer norm 1/std */
-#define V16                  87480336L /* attention blocks.1.attn */
-#define QKV16                89610256L /* queries, keys, values */
-#define ATT16                96000016L /* attention weights */
-#define Y16                 100326416L /* heads' outputs */
-#define V17                 102456336L /* drop_path */
-#define KEEP17              104586256L /* stochastic depth: kept samples */
-#define V18                 104586384L /* residual_end */
-#define V20                 106716304L /* layernorm blocks.1.norm2 */
-#define MEAN20              108846224L /* layer norm means */
-#define RSTD20              108854544L /* layer norm 1/std */
-#define V21                 108862864L /* moe blocks.1.moe */
-#define LOGITS21            110992784L /* router logits */
-#define PROBS21             111051024L /* router probabilities */
-#define LSE21               111109264L /* log-sum-exp of the logits */
-#define TOPP21              111117584L /* top-k probabilities */
-#define GATE21              111142544L /* gates */
-#define PRIO21              111167504L /* routing priority */
-#define PRIOS21             111175824L /* routing priority, sorted */
-#define ENT21               111184144L /* router entropy per token */
-#define XE21                111192464L /* expert inputs [E, cap, D] */
-#define HE21                119181200L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE21                135158672L /* expert hidden, activated */
-#define YE21                151136144L /* expert outputs [E, cap, D] */
-#define AUX21               159124880L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY11              54445200L /* attention router queries [N, R] */
+#define V12                  54977680L /* drop_path */
+#define KEEP12               57107600L /* stochastic depth: kept samples */
+#define V13                  57107728L /* residual_end */
+#define MEAN15               59237648L /* layer norm means */
+#define RSTD15               59245968L /* layer norm 1/std */
+#define V16                  59254288L /* attention blocks.1.attn */
+#define QKV16                61384208L /* queries, keys, values */
+#define ATT16                67773968L /* attention weights */
+#define Y16                  72100368L /* heads' outputs */
+#define V17                  74230288L /* drop_path */
+#define KEEP17               76360208L /* stochastic depth: kept samples */
+#define V18                  76360336L /* residual_end */
+#define V20                  78490256L /* layernorm blocks.1.norm2 */
+#define MEAN20               80620176L /* layer norm means */
+#define RSTD20               80628496L /* layer norm 1/std */
+#define V21                  80636816L /* moe blocks.1.moe */
+#define LOGITS21             82766736L /* router logits */
+#define PROBS21              82824976L /* router probabilities */
+#define LSE21                82883216L /* log-sum-exp of the logits */
+#define TOPP21               82891536L /* top-k probabilities */
+#define GATE21               82916496L /* gates */
+#define PRIO21               82941456L /* routing priority */
+#define PRIOS21              82949776L /* routing priority, sorted */
+#define ENT21                82958096L /* router entropy per token */
+#define AE21                 82966416L /* expert hidden, activated */
+#define YE21                 98943888L /* expert outputs [E, cap, D] */
+#define AUX21               106932624L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                 137680L /* int32 chosen experts */
 #define SLOT21                 162640L /* int32 slot of each choice */
 #define COUNT21                187600L /* int32 tokens per expert */
@@ -99,37 +96,34 @@
 #define TARGET21               266688L /* int32 mapped expert */
 #define BLKC21                 275008L /* int32 choices per block and expert */
 #define BLKB21                 275184L /* int32 first slot per block and expert */
-#define QUERY21             159124896L /* attention router queries [N, R] */
-#define V22                 159657376L /* drop_path */
-#define KEEP22              161787296L /* stochastic depth: kept samples */
-#define V23                 161787424L /* residual_end */
-#define V25                 163917344L /* layernorm blocks.2.norm1 */
-#define MEAN25              166047264L /* layer norm means */
-#define RSTD25              166055584L /* layer norm 1/std */
-#define V26                 166063904L /* attention blocks.2.attn */
-#define QKV26               168193824L /* queries, keys, values */
-#define ATT26               174583584L /* attention weights */
-#define Y26                 178909984L /* heads' outputs */
-#define V27                 181039904L /* drop_path */
-#define KEEP27              183169824L /* stochastic depth: kept samples */
-#define V28                 183169952L /* residual_end */
-#define V30                 185299872L /* layernorm blocks.2.norm2 */
-#define MEAN30              187429792L /* layer norm means */
-#define RSTD30              187438112L /* layer norm 1/std */
-#define V31                 187446432L /* moe blocks.2.moe */
-#define LOGITS31            189576352L /* router logits */
-#define PROBS31             189634592L /* router probabilities */
-#define LSE31               189692832L /* log-sum-exp of the logits */
-#define TOPP31              189701152L /* top-k probabilities */
-#define GATE31              189726112L /* gates */
-#define PRIO31              189751072L /* routing priority */
-#define PRIOS31             189759392L /* routing priority, sorted */
-#define ENT31               189767712L /* router entropy per token */
-#define XE31                189776032L /* expert inputs [E, cap, D] */
-#define HE31                197764768L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE31                213742240L /* expert hidden, activated */
-#define YE31                229719712L /* expert outputs [E, cap, D] */
-#define AUX31               237708448L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY21             106932640L /* attention router queries [N, R] */
+#define V22                 107465120L /* drop_path */
+#define KEEP22              109595040L /* stochastic depth: kept samples */
+#define V23                 109595168L /* residual_end */
+#define MEAN25              111725088L /* layer norm means */
+#define RSTD25              111733408L /* layer norm 1/std */
+#define V26                 111741728L /* attention blocks.2.attn */
+#define QKV26               113871648L /* queries, keys, values */
+#define ATT26               120261408L /* attention weights */
+#define Y26                 124587808L /* heads' outputs */
+#define V27                 126717728L /* drop_path */
+#define KEEP27              128847648L /* stochastic depth: kept samples */
+#define V28                 128847776L /* residual_end */
+#define V30                 130977696L /* layernorm blocks.2.norm2 */
+#define MEAN30              133107616L /* layer norm means */
+#define RSTD30              133115936L /* layer norm 1/std */
+#define V31                 133124256L /* moe blocks.2.moe */
+#define LOGITS31            135254176L /* router logits */
+#define PROBS31             135312416L /* router probabilities */
+#define LSE31               135370656L /* log-sum-exp of the logits */
+#define TOPP31              135378976L /* top-k probabilities */
+#define GATE31              135403936L /* gates */
+#define PRIO31              135428896L /* routing priority */
+#define PRIOS31             135437216L /* routing priority, sorted */
+#define ENT31               135445536L /* router entropy per token */
+#define AE31                135453856L /* expert hidden, activated */
+#define YE31                151431328L /* expert outputs [E, cap, D] */
+#define AUX31               159420064L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK31                 275360L /* int32 chosen experts */
 #define SLOT31                 300320L /* int32 slot of each choice */
 #define COUNT31                325280L /* int32 tokens per expert */
@@ -140,37 +134,34 @@
 #define TARGET31               404368L /* int32 mapped expert */
 #define BLKC31                 412688L /* int32 choices per block and expert */
 #define BLKB31                 412864L /* int32 first slot per block and expert */
-#define QUERY31             237708464L /* attention router queries [N, R] */
-#define V32                 238240944L /* drop_path */
-#define KEEP32              240370864L /* stochastic depth: kept samples */
-#define V33                 240370992L /* residual_end */
-#define V35                 242500912L /* layernorm blocks.3.norm1 */
-#define MEAN35              244630832L /* layer norm means */
-#define RSTD35              244639152L /* layer norm 1/std */
-#define V36                 244647472L /* attention blocks.3.attn */
-#define QKV36               246777392L /* queries, keys, values */
-#define ATT36               253167152L /* attention weights */
-#define Y36                 257493552L /* heads' outputs */
-#define V37                 259623472L /* drop_path */
-#define KEEP37              261753392L /* stochastic depth: kept samples */
-#define V38                 261753520L /* residual_end */
-#define V40                 263883440L /* layernorm blocks.3.norm2 */
-#define MEAN40              266013360L /* layer norm means */
-#define RSTD40              266021680L /* layer norm 1/std */
-#define V41                 266030000L /* moe blocks.3.moe */
-#define LOGITS41            268159920L /* router logits */
-#define PROBS41             268218160L /* router probabilities */
-#define LSE41               268276400L /* log-sum-exp of the logits */
-#define TOPP41              268284720L /* top-k probabilities */
-#define GATE41              268309680L /* gates */
-#define PRIO41              268334640L /* routing priority */
-#define PRIOS41             268342960L /* routing priority, sorted */
-#define ENT41               268351280L /* router entropy per token */
-#define XE41                268359600L /* expert inputs [E, cap, D] */
-#define HE41                276348336L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE41                292325808L /* expert hidden, activated */
-#define YE41                308303280L /* expert outputs [E, cap, D] */
-#define AUX41               316292016L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY31             159420080L /* attention router queries [N, R] */
+#define V32                 159952560L /* drop_path */
+#define KEEP32              162082480L /* stochastic depth: kept samples */
+#define V33                 162082608L /* residual_end */
+#define MEAN35              164212528L /* layer norm means */
+#define RSTD35              164220848L /* layer norm 1/std */
+#define V36                 164229168L /* attention blocks.3.attn */
+#define QKV36               166359088L /* queries, keys, values */
+#define ATT36               172748848L /* attention weights */
+#define Y36                 177075248L /* heads' outputs */
+#define V37                 179205168L /* drop_path */
+#define KEEP37              181335088L /* stochastic depth: kept samples */
+#define V38                 181335216L /* residual_end */
+#define V40                 183465136L /* layernorm blocks.3.norm2 */
+#define MEAN40              185595056L /* layer norm means */
+#define RSTD40              185603376L /* layer norm 1/std */
+#define V41                 185611696L /* moe blocks.3.moe */
+#define LOGITS41            187741616L /* router logits */
+#define PROBS41             187799856L /* router probabilities */
+#define LSE41               187858096L /* log-sum-exp of the logits */
+#define TOPP41              187866416L /* top-k probabilities */
+#define GATE41              187891376L /* gates */
+#define PRIO41              187916336L /* routing priority */
+#define PRIOS41             187924656L /* routing priority, sorted */
+#define ENT41               187932976L /* router entropy per token */
+#define AE41                187941296L /* expert hidden, activated */
+#define YE41                203918768L /* expert outputs [E, cap, D] */
+#define AUX41               211907504L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 413040L /* int32 chosen experts */
 #define SLOT41                 438000L /* int32 slot of each choice */
 #define COUNT41                462960L /* int32 tokens per expert */
@@ -181,37 +172,34 @@
 #define TARGET41               542048L /* int32 mapped expert */
 #define BLKC41                 550368L /* int32 choices per block and expert */
 #define BLKB41                 550544L /* int32 first slot per block and expert */
-#define QUERY41             316292032L /* attention router queries [N, R] */
-#define V42                 316824512L /* drop_path */
-#define KEEP42              318954432L /* stochastic depth: kept samples */
-#define V43                 318954560L /* residual_end */
-#define V45                 321084480L /* layernorm blocks.4.norm1 */
-#define MEAN45              323214400L /* layer norm means */
-#define RSTD45              323222720L /* layer norm 1/std */
-#define V46                 323231040L /* attention blocks.4.attn */
-#define QKV46               325360960L /* queries, keys, values */
-#define ATT46               331750720L /* attention weights */
-#define Y46                 336077120L /* heads' outputs */
-#define V47                 338207040L /* drop_path */
-#define KEEP47              340336960L /* stochastic depth: kept samples */
-#define V48                 340337088L /* residual_end */
-#define V50                 342467008L /* layernorm blocks.4.norm2 */
-#define MEAN50              344596928L /* layer norm means */
-#define RSTD50              344605248L /* layer norm 1/std */
-#define V51                 344613568L /* moe blocks.4.moe */
-#define LOGITS51            346743488L /* router logits */
-#define PROBS51             346801728L /* router probabilities */
-#define LSE51               346859968L /* log-sum-exp of the logits */
-#define TOPP51              346868288L /* top-k probabilities */
-#define GATE51              346893248L /* gates */
-#define PRIO51              346918208L /* routing priority */
-#define PRIOS51             346926528L /* routing priority, sorted */
-#define ENT51               346934848L /* router entropy per token */
-#define XE51                346943168L /* expert inputs [E, cap, D] */
-#define HE51                354931904L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE51                370909376L /* expert hidden, activated */
-#define YE51                386886848L /* expert outputs [E, cap, D] */
-#define AUX51               394875584L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY41             211907520L /* attention router queries [N, R] */
+#define V42                 212440000L /* drop_path */
+#define KEEP42              214569920L /* stochastic depth: kept samples */
+#define V43                 214570048L /* residual_end */
+#define MEAN45              216699968L /* layer norm means */
+#define RSTD45              216708288L /* layer norm 1/std */
+#define V46                 216716608L /* attention blocks.4.attn */
+#define QKV46               218846528L /* queries, keys, values */
+#define ATT46               225236288L /* attention weights */
+#define Y46                 229562688L /* heads' outputs */
+#define V47                 231692608L /* drop_path */
+#define KEEP47              233822528L /* stochastic depth: kept samples */
+#define V48                 233822656L /* residual_end */
+#define V50                 235952576L /* layernorm blocks.4.norm2 */
+#define MEAN50              238082496L /* layer norm means */
+#define RSTD50              238090816L /* layer norm 1/std */
+#define V51                 238099136L /* moe blocks.4.moe */
+#define LOGITS51            240229056L /* router logits */
+#define PROBS51             240287296L /* router probabilities */
+#define LSE51               240345536L /* log-sum-exp of the logits */
+#define TOPP51              240353856L /* top-k probabilities */
+#define GATE51              240378816L /* gates */
+#define PRIO51              240403776L /* routing priority */
+#define PRIOS51             240412096L /* routing priority, sorted */
+#define ENT51               240420416L /* router entropy per token */
+#define AE51                240428736L /* expert hidden, activated */
+#define YE51                256406208L /* expert outputs [E, cap, D] */
+#define AUX51               264394944L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK51                 550720L /* int32 chosen experts */
 #define SLOT51                 575680L /* int32 slot of each choice */
 #define COUNT51                600640L /* int32 tokens per expert */
@@ -222,37 +210,34 @@
 #define TARGET51               679728L /* int32 mapped expert */
 #define BLKC51                 688048L /* int32 choices per block and expert */
 #define BLKB51                 688224L /* int32 first slot per block and expert */
-#define QUERY51             394875600L /* attention router queries [N, R] */
-#define V52                 395408080L /* drop_path */
-#define KEEP52              397538000L /* stochastic depth: kept samples */
-#define V53                 397538128L /* residual_end */
-#define V55                 399668048L /* layernorm blocks.5.norm1 */
-#define MEAN55              401797968L /* layer norm means */
-#define RSTD55              401806288L /* layer norm 1/std */
-#define V56                 401814608L /* attention blocks.5.attn */
-#define QKV56               403944528L /* queries, keys, values */
-#define ATT56               410334288L /* attention weights */
-#define Y56                 414660688L /* heads' outputs */
-#define V57                 416790608L /* drop_path */
-#define KEEP57              418920528L /* stochastic depth: kept samples */
-#define V58                 418920656L /* residual_end */
-#define V60                 421050576L /* layernorm blocks.5.norm2 */
-#define MEAN60              423180496L /* layer norm means */
-#define RSTD60              423188816L /* layer norm 1/std */
-#define V61                 423197136L /* moe blocks.5.moe */
-#define LOGITS61            425327056L /* router logits */
-#define PROBS61             425385296L /* router probabilities */
-#define LSE61               425443536L /* log-sum-exp of the logits */
-#define TOPP61              425451856L /* top-k probabilities */
-#define GATE61              425476816L /* gates */
-#define PRIO61              425501776L /* routing priority */
-#define PRIOS61             425510096L /* routing priority, sorted */
-#define ENT61               425518416L /* router entropy per token */
-#define XE61                425526736L /* expert inputs [E, cap, D] */
-#define HE61                433515472L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE61                449492944L /* expert hidden, activated */
-#define YE61                465470416L /* expert outputs [E, cap, D] */
-#define AUX61               473459152L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY51             264394960L /* attention router queries [N, R] */
+#define V52                 264927440L /* drop_path */
+#define KEEP52              267057360L /* stochastic depth: kept samples */
+#define V53                 267057488L /* residual_end */
+#define MEAN55              269187408L /* layer norm means */
+#define RSTD55              269195728L /* layer norm 1/std */
+#define V56                 269204048L /* attention blocks.5.attn */
+#define QKV56               271333968L /* queries, keys, values */
+#define ATT56               277723728L /* attention weights */
+#define Y56                 282050128L /* heads' outputs */
+#define V57                 284180048L /* drop_path */
+#define KEEP57              286309968L /* stochastic depth: kept samples */
+#define V58                 286310096L /* residual_end */
+#define V60                 288440016L /* layernorm blocks.5.norm2 */
+#define MEAN60              290569936L /* layer norm means */
+#define RSTD60              290578256L /* layer norm 1/std */
+#define V61                 290586576L /* moe blocks.5.moe */
+#define LOGITS61            292716496L /* router logits */
+#define PROBS61             292774736L /* router probabilities */
+#define LSE61               292832976L /* log-sum-exp of the logits */
+#define TOPP61              292841296L /* top-k probabilities */
+#define GATE61              292866256L /* gates */
+#define PRIO61              292891216L /* routing priority */
+#define PRIOS61             292899536L /* routing priority, sorted */
+#define ENT61               292907856L /* router entropy per token */
+#define AE61                292916176L /* expert hidden, activated */
+#define YE61                308893648L /* expert outputs [E, cap, D] */
+#define AUX61               316882384L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 688400L /* int32 chosen experts */
 #define SLOT61                 713360L /* int32 slot of each choice */
 #define COUNT61                738320L /* int32 tokens per expert */
@@ -263,37 +248,34 @@
 #define TARGET61               817408L /* int32 mapped expert */
 #define BLKC61                 825728L /* int32 choices per block and expert */
 #define BLKB61                 825904L /* int32 first slot per block and expert */
-#define QUERY61             473459168L /* attention router queries [N, R] */
-#define V62                 473991648L /* drop_path */
-#define KEEP62              476121568L /* stochastic depth: kept samples */
-#define V63                 476121696L /* residual_end */
-#define V65                 478251616L /* layernorm blocks.6.norm1 */
-#define MEAN65              480381536L /* layer norm means */
-#define RSTD65              480389856L /* layer norm 1/std */
-#define V66                 480398176L /* attention blocks.6.attn */
-#define QKV66               482528096L /* queries, keys, values */
-#define ATT66               488917856L /* attention weights */
-#define Y66                 493244256L /* heads' outputs */
-#define V67                 495374176L /* drop_path */
-#define KEEP67              497504096L /* stochastic depth: kept samples */
-#define V68                 497504224L /* residual_end */
-#define V70                 499634144L /* layernorm blocks.6.norm2 */
-#define MEAN70              501764064L /* layer norm means */
-#define RSTD70              501772384L /* layer norm 1/std */
-#define V71                 501780704L /* moe blocks.6.moe */
-#define LOGITS71            503910624L /* router logits */
-#define PROBS71             503968864L /* router probabilities */
-#define LSE71               504027104L /* log-sum-exp of the logits */
-#define TOPP71              504035424L /* top-k probabilities */
-#define GATE71              504060384L /* gates */
-#define PRIO71              504085344L /* routing priority */
-#define PRIOS71             504093664L /* routing priority, sorted */
-#define ENT71               504101984L /* router entropy per token */
-#define XE71                504110304L /* expert inputs [E, cap, D] */
-#define HE71                512099040L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE71                528076512L /* expert hidden, activated */
-#define YE71                544053984L /* expert outputs [E, cap, D] */
-#define AUX71               552042720L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY61             316882400L /* attention router queries [N, R] */
+#define V62                 317414880L /* drop_path */
+#define KEEP62              319544800L /* stochastic depth: kept samples */
+#define V63                 319544928L /* residual_end */
+#define MEAN65              321674848L /* layer norm means */
+#define RSTD65              321683168L /* layer norm 1/std */
+#define V66                 321691488L /* attention blocks.6.attn */
+#define QKV66               323821408L /* queries, keys, values */
+#define ATT66               330211168L /* attention weights */
+#define Y66                 334537568L /* heads' outputs */
+#define V67                 336667488L /* drop_path */
+#define KEEP67              338797408L /* stochastic depth: kept samples */
+#define V68                 338797536L /* residual_end */
+#define V70                 340927456L /* layernorm blocks.6.norm2 */
+#define MEAN70              343057376L /* layer norm means */
+#define RSTD70              343065696L /* layer norm 1/std */
+#define V71                 343074016L /* moe blocks.6.moe */
+#define LOGITS71            345203936L /* router logits */
+#define PROBS71             345262176L /* router probabilities */
+#define LSE71               345320416L /* log-sum-exp of the logits */
+#define TOPP71              345328736L /* top-k probabilities */
+#define GATE71              345353696L /* gates */
+#define PRIO71              345378656L /* routing priority */
+#define PRIOS71             345386976L /* routing priority, sorted */
+#define ENT71               345395296L /* router entropy per token */
+#define AE71                345403616L /* expert hidden, activated */
+#define YE71                361381088L /* expert outputs [E, cap, D] */
+#define AUX71               369369824L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK71                 826080L /* int32 chosen experts */
 #define SLOT71                 851040L /* int32 slot of each choice */
 #define COUNT71                876000L /* int32 tokens per expert */
@@ -304,37 +286,34 @@
 #define TARGET71               955088L /* int32 mapped expert */
 #define BLKC71                 963408L /* int32 choices per block and expert */
 #define BLKB71                 963584L /* int32 first slot per block and expert */
-#define QUERY71             552042736L /* attention router queries [N, R] */
-#define V72                 552575216L /* drop_path */
-#define KEEP72              554705136L /* stochastic depth: kept samples */
-#define V73                 554705264L /* residual_end */
-#define V75                 556835184L /* layernorm blocks.7.norm1 */
-#define MEAN75              558965104L /* layer norm means */
-#define RSTD75              558973424L /* layer norm 1/std */
-#define V76                 558981744L /* attention blocks.7.attn */
-#define QKV76               561111664L /* queries, keys, values */
-#define ATT76               567501424L /* attention weights */
-#define Y76                 571827824L /* heads' outputs */
-#define V77                 573957744L /* drop_path */
-#define KEEP77              576087664L /* stochastic depth: kept samples */
-#define V78                 576087792L /* residual_end */
-#define V80                 578217712L /* layernorm blocks.7.norm2 */
-#define MEAN80              580347632L /* layer norm means */
-#define RSTD80              580355952L /* layer norm 1/std */
-#define V81                 580364272L /* moe blocks.7.moe */
-#define LOGITS81            582494192L /* router logits */
-#define PROBS81             582552432L /* router probabilities */
-#define LSE81               582610672L /* log-sum-exp of the logits */
-#define TOPP81              582618992L /* top-k probabilities */
-#define GATE81              582643952L /* gates */
-#define PRIO81              582668912L /* routing priority */
-#define PRIOS81             582677232L /* routing priority, sorted */
-#define ENT81               582685552L /* router entropy per token */
-#define XE81                582693872L /* expert inputs [E, cap, D] */
-#define HE81                590682608L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE81                606660080L /* expert hidden, activated */
-#define YE81                622637552L /* expert outputs [E, cap, D] */
-#define AUX81               630626288L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY71             369369840L /* attention router queries [N, R] */
+#define V72                 369902320L /* drop_path */
+#define KEEP72              372032240L /* stochastic depth: kept samples */
+#define V73                 372032368L /* residual_end */
+#define MEAN75              374162288L /* layer norm means */
+#define RSTD75              374170608L /* layer norm 1/std */
+#define V76                 374178928L /* attention blocks.7.attn */
+#define QKV76               376308848L /* queries, keys, values */
+#define ATT76               382698608L /* attention weights */
+#define Y76                 387025008L /* heads' outputs */
+#define V77                 389154928L /* drop_path */
+#define KEEP77              391284848L /* stochastic depth: kept samples */
+#define V78                 391284976L /* residual_end */
+#define V80                 393414896L /* layernorm blocks.7.norm2 */
+#define MEAN80              395544816L /* layer norm means */
+#define RSTD80              395553136L /* layer norm 1/std */
+#define V81                 395561456L /* moe blocks.7.moe */
+#define LOGITS81            397691376L /* router logits */
+#define PROBS81             397749616L /* router probabilities */
+#define LSE81               397807856L /* log-sum-exp of the logits */
+#define TOPP81              397816176L /* top-k probabilities */
+#define GATE81              397841136L /* gates */
+#define PRIO81              397866096L /* routing priority */
+#define PRIOS81             397874416L /* routing priority, sorted */
+#define ENT81               397882736L /* router entropy per token */
+#define AE81                397891056L /* expert hidden, activated */
+#define YE81                413868528L /* expert outputs [E, cap, D] */
+#define AUX81               421857264L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 963760L /* int32 chosen experts */
 #define SLOT81                 988720L /* int32 slot of each choice */
 #define COUNT81               1013680L /* int32 tokens per expert */
@@ -345,37 +324,34 @@
 #define TARGET81              1092768L /* int32 mapped expert */
 #define BLKC81                1101088L /* int32 choices per block and expert */
 #define BLKB81                1101264L /* int32 first slot per block and expert */
-#define QUERY81             630626304L /* attention router queries [N, R] */
-#define V82                 631158784L /* drop_path */
-#define KEEP82              633288704L /* stochastic depth: kept samples */
-#define V83                 633288832L /* residual_end */
-#define V85                 635418752L /* layernorm blocks.8.norm1 */
-#define MEAN85              637548672L /* layer norm means */
-#define RSTD85              637556992L /* layer norm 1/std */
-#define V86                 637565312L /* attention blocks.8.attn */
-#define QKV86               639695232L /* queries, keys, values */
-#define ATT86               646084992L /* attention weights */
-#define Y86                 650411392L /* heads' outputs */
-#define V87                 652541312L /* drop_path */
-#define KEEP87              654671232L /* stochastic depth: kept samples */
-#define V88                 654671360L /* residual_end */
-#define V90                 656801280L /* layernorm blocks.8.norm2 */
-#define MEAN90              658931200L /* layer norm means */
-#define RSTD90              658939520L /* layer norm 1/std */
-#define V91                 658947840L /* moe blocks.8.moe */
-#define LOGITS91            661077760L /* router logits */
-#define PROBS91             661136000L /* router probabilities */
-#define LSE91               661194240L /* log-sum-exp of the logits */
-#define TOPP91              661202560L /* top-k probabilities */
-#define GATE91              661227520L /* gates */
-#define PRIO91              661252480L /* routing priority */
-#define PRIOS91             661260800L /* routing priority, sorted */
-#define ENT91               661269120L /* router entropy per token */
-#define XE91                661277440L /* expert inputs [E, cap, D] */
-#define HE91                669266176L /* expert hidden [E, cap, H], then the activation's derivative */
-#define AE91                685243648L /* expert hidden, activated */
-#define YE91                701221120L /* expert outputs [E, cap, D] */
-#define AUX91               709209856L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY81             421857280L /* attention router queries [N, R] */
+#define V82                 422389760L /* drop_path */
+#define KEEP82              424519680L /* stochastic depth: kept samples */
+#define V83                 424519808L /* residual_end */
+#define MEAN85              426649728L /* layer norm means */
+#define RSTD85              426658048L /* layer norm 1/std */
+#define V86                 426666368L /* attention blocks.8.attn */
+#define QKV86               428796288L /* queries, keys, values */
+#define ATT86               435186048L /* attention weights */
+#define Y86                 439512448L /* heads' outputs */
+#define V87                 441642368L /* drop_path */
+#define KEEP87              443772288L /* stochastic depth: kept samples */
+#define V88                 443772416L /* residual_end */
+#define V90                 445902336L /* layernorm blocks.8.norm2 */
+#define MEAN90              448032256L /* layer norm means */
+#define RSTD90              448040576L /* layer norm 1/std */
+#define V91                 448048896L /* moe blocks.8.moe */
+#define LOGITS91            450178816L /* router logits */
+#define PROBS91             450237056L /* router probabilities */
+#define LSE91               450295296L /* log-sum-exp of the logits */
+#define TOPP91              450303616L /* top-k probabilities */
+#define GATE91              450328576L /* gates */
+#define PRIO91              450353536L /* routing priority */
+#define PRIOS91             450361856L /* routing priority, sorted */
+#define ENT91               450370176L /* router entropy per token */
+#define AE91                450378496L /* expert hidden, activated */
+#define YE91                466355968L /* expert outputs [E, cap, D] */
+#define AUX91               474344704L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK91                1101440L /* int32 chosen experts */
 #define SLOT91                1126400L /* int32 slot of each choice */
 #define COUNT91               1151360L /* int32 tokens per expert */
@@ -386,16 +362,43 @@
 #define TARGET91              1230448L /* int32 mapped expert */
 #define BLKC91                1238768L /* int32 choices per block and expert */
 #define BLKB91                1238944L /* int32 first slot per block and expert */
-#define QUERY91             709209872L /* attention router queries [N, R] */
-#define V92                 709742352L /* drop_path */
-#define KEEP92              711872272L /* stochastic depth: kept samples */
-#define V93                 711872400L /* residual_end */
-#define V94                 714002320L /* layernorm norm */
-#define MEAN94              716132240L /* layer norm means */
-#define RSTD94              716140560L /* layer norm 1/std */
-#define V95                 716148880L /* pool */
-#define V96                 716181648L /* logits */
-#define XENT                716187152L /* cross-entropy per sample */
+#define QUERY91             474344720L /* attention router queries [N, R] */
+#define V92                 474877200L /* drop_path */
+#define KEEP92              477007120L /* stochastic depth: kept samples */
+#define V93                 477007248L /* residual_end */
+#define V94                 479137168L /* layernorm norm */
+#define MEAN94              481267088L /* layer norm means */
+#define RSTD94              481275408L /* layer norm 1/std */
+#define V95                 481283728L /* pool */
+#define V96                 481316496L /* logits */
+#define XENT                481322000L /* cross-entropy per sample */
+#define V5               LAY16(481322128L, 481322128L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define XE11             LAY16(483452048L, 482387088L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE11             LAY16(491440784L, 486381456L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V15              LAY16(507418256L, 494370192L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define XE21             LAY16(509548176L, 495435152L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(517536912L, 499429520L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V25              LAY16(533514384L, 507418256L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define XE31             LAY16(535644304L, 508483216L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE31             LAY16(543633040L, 512477584L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V35              LAY16(559610512L, 520466320L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define XE41             LAY16(561740432L, 521531280L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(569729168L, 525525648L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V45              LAY16(585706640L, 533514384L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define XE51             LAY16(587836560L, 534579344L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE51             LAY16(595825296L, 538573712L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V55              LAY16(611802768L, 546562448L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define XE61             LAY16(613932688L, 547627408L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(621921424L, 551621776L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V65              LAY16(637898896L, 559610512L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define XE71             LAY16(640028816L, 560675472L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE71             LAY16(648017552L, 564669840L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V75              LAY16(663995024L, 572658576L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define XE81             LAY16(666124944L, 573723536L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(674113680L, 577717904L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V85              LAY16(690091152L, 585706640L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
+#define XE91             LAY16(692221072L, 586771600L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE91             LAY16(700209808L, 590765968L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -732,6 +735,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     19133675L, /* params */
     716187280L, /* act_floats */
+    598754704L, /* act_floats16: in bf16 precision */
     117772928L, /* grad_floats */
     1239120L, /* int_slots */
     138L, /* dacc: doubles */

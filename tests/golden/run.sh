@@ -162,8 +162,10 @@ fi
 # The GPU memory line of --summary (config S of the benchmark, on one GPU
 # and expert parallel on two, and GCViT-MoE on 8 in groups of 4): its parts add up to its total, and its
 # activations and weights are the arenas of the model.cu that moecc
-# writes for one GPU (DEV_LAYOUT: 4 bytes a float; the weights are 4
-# arrays of floats and a byte mask per parameter of this GPU's share).
+# writes for one GPU (DEV_LAYOUT: 4 bytes a float, the activations in
+# their bf16 precision's layout, act_floats16, as the three are bf16; the
+# weights are 4 arrays of floats and a byte mask per parameter of this
+# GPU's share).
 # check_cuda.sh holds the total to what a trainer allocates on the GPU.
 cp "$top_srcdir/bench/gpu_s.moe" "$tmp/gpu_s.moe"
 { cat "$top_srcdir/bench/gpu_s.moe"; echo "parallel(data = 2, expert = 2)"; } > "$tmp/gpu_s_ep2.moe"
@@ -174,7 +176,7 @@ for name in gpu_s gpu_s_ep2 gcvit_moe; do
     rc=$?
     mem=$(sed -n 's/^gpu memory: \([0-9,]*\) MiB.*/\1/p' "$tmp/out" | tr -d ,)
     parts=$(grep -A1 '^gpu memory:' "$tmp/out" | tail -n 1 | tr -d , | sed 's/bf16//' | grep -oE '[0-9]+' | tr '\n' ' ')
-    layout=$(sed -n 's/^ *\([0-9]*\)L, \/\* \(params\|act_floats\) \*\/$/\1/p' "$tmp/$name/model.cu" 2>/dev/null |
+    layout=$(sed -n 's/^ *\([0-9]*\)L, \/\* \(params\|act_floats16: in bf16 precision\) \*\/$/\1/p' "$tmp/$name/model.cu" 2>/dev/null |
         tr '\n' ' ')
     if test $rc -eq 0 && test -n "$mem" && echo "$mem $parts $layout" | awk '{
             sum = $2 + $3 + $4 + $5 + $6
