@@ -69,13 +69,7 @@ def fwd(q, k, v, T, HD):
         o = [[[0.0]*4 for _ in range(32)] for _ in range(NO)]
         for kk in range(TP//16):
             frag_times_rows(o, frag_a_acc(s, kk), Vt, 16*kk, NO)
-        for l in range(32):
-            g, t = l//4, l % 4
-            for hh in range(2):
-                r = r0+g+8*hh
-                if r < T:
-                    for n in range(NO):
-                        out[r, 8*n+2*t] = o[n][l][2*hh]; out[r, 8*n+2*t+1] = o[n][l][2*hh+1]
+        store(out, o, r0, T, NO)
     return out, att
 def bwd(q, k, v, go, att, T, HD):
     TP = (T + 15)//16*16; NT = TP//8; NO = HD//8
