@@ -669,9 +669,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         const char *act = act_code(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values,
          * which then hold the activation's derivative for the backward
-         * (bias_act's grad_h, act_bias_backward); the activations and their gradient feed products alone, so in
-         * bf16 precision they are written in bf16 (bf16_half), not rounded
-         * again for each product */
+         * (bias_act's grad_h, act_bias_backward); the activations and their
+         * gradient feed products alone, so in bf16 precision they are
+         * written in bf16 (bf16_half), not rounded again for each product */
         char pin[48];
         product_input(g, i, in, pin, sizeof pin);
         sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, pin,
