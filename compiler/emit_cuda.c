@@ -259,13 +259,19 @@ static void plan_grad_alias(const gen *g, int *galias)
     free(readers);
 }
 
+/* NAME_G: the gradient of an op's inside buffer NAME, in the scratch */
+static void grad_inside(cuda_plan *p, const char *name, int64_t floats)
+{
+    char gname[48];
+    snprintf(gname, sizeof gname, "%s_G", name);
+    grad_of(p, gname, floats, true);
+}
+
 /* an inside buffer of the op, and its gradient in the scratch */
 static void alloc_inside(gen *g, cuda_plan *p, const char *name, int64_t floats, const char *what)
 {
     alloc_act(g, name, floats, what);
-    char gname[48];
-    snprintf(gname, sizeof gname, "%s_G", name);
-    grad_of(p, gname, floats, true);
+    grad_inside(p, name, floats);
 }
 
 /* A buffer whose producer, in bf16 precision, writes bf16 values alone,
@@ -289,9 +295,7 @@ static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const cha
 static void alloc_inside_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
 {
     alloc_half(p, name, floats, what);
-    char gname[48];
-    snprintf(gname, sizeof gname, "%s_G", name);
-    grad_of(p, gname, floats, true);
+    grad_inside(p, name, floats);
 }
 
 /* alloc_half's buffers at the end of the arena, in both layouts: each
@@ -605,7 +609,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
         need_red(p, (int64_t)p->ln_blocks * 2 * D);
         char o16[48] = "";
-        if (ln_feeds_product(g, i)) { /* in bf16 alone in bf16 precision: its room halves */
+        if (g->own_value[i]) { /* ln_feeds_product: bf16 alone in bf16 precision, its room halves */
             snprintf(o16, sizeof o16, ", bf16_half(k, %s)", out);
             alloc_half(p, name, c.floats, c.what);
         }
