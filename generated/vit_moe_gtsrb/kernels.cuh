@@ -2419,7 +2419,8 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
 
 /* ---- attention on bf16 fragments (bf16 precision) -----------------------------------------------------
  * In bf16 precision a whole (sample, head) of at most 128 tokens takes one
- * block of TP / 16 warps (TP: the sequence padded to a multiple of 16),
+ * block of TP / 16 warps (TP: the sequence padded to a multiple of 16,
+ * attn_tp),
  * each warp 16 rows of queries. The products are mma.sync m16n8k16 on bf16
  * operands with fp32 accumulation, and the scores, the softmax and the
  * weights stay in the warp's registers: a product's accumulator tile is,
@@ -2436,11 +2437,6 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
  * are fp32. The weights kept for the backward are fp32, as the other
  * kernels keep them. */
 
-template <int T> __host__ __device__ constexpr int attn_frag_tp()
-{
-    return (T + 15) / 16 * 16;
-}
-
 /* bf16 elements a row of the staged [TP, HD] operands (q, k, v, dout) and
  * of the [HD, TP] and [TP, TP] transposed ones: 8 more than the row, so
  * that the 8 rows a fragment load touches fall in different banks */
@@ -2451,7 +2447,7 @@ template <int HD> __host__ __device__ constexpr int attn_frag_lq()
 
 template <int T> __host__ __device__ constexpr int attn_frag_lt()
 {
-    return attn_frag_tp<T>() + 8;
+    return attn_tp<T>() + 8;
 }
 
 /* shared memory: the forward's q, k and v transposed; the backward's q,
@@ -2459,13 +2455,13 @@ template <int T> __host__ __device__ constexpr int attn_frag_lt()
  * weights transposed */
 template <int T, int HD> constexpr int attn_frag_fwd_smem()
 {
-    return 2 * (2 * attn_frag_tp<T>() * attn_frag_lq<HD>() + HD * attn_frag_lt<T>());
+    return 2 * (2 * attn_tp<T>() * attn_frag_lq<HD>() + HD * attn_frag_lt<T>());
 }
 
 template <int T, int HD> constexpr int attn_frag_bwd_smem()
 {
-    return 2 * (4 * attn_frag_tp<T>() * attn_frag_lq<HD>() + 3 * HD * attn_frag_lt<T>() +
-                2 * attn_frag_tp<T>() * attn_frag_lt<T>());
+    return 2 * (4 * attn_tp<T>() * attn_frag_lq<HD>() + 3 * HD * attn_frag_lt<T>() +
+                2 * attn_tp<T>() * attn_frag_lt<T>());
 }
 
 /* whether the shape takes these kernels: heads a multiple of 16 (the
@@ -2536,7 +2532,7 @@ __device__ static inline void frag_a_acc(uint32_t (&a)[4], const float (&s)[NT][
 template <int T, int HD>
 __device__ static inline void attn_frag_stage(__nv_bfloat16 *dst, __nv_bfloat16 *dstt, const float *src, int64_t ld)
 {
-    constexpr int TP = attn_frag_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(), C4 = HD / 4;
+    constexpr int TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(), C4 = HD / 4;
     for (int i = threadIdx.x; i < TP * C4; i += blockDim.x) {
         const int r = i / C4, c = 4 * (i % C4);
         float x[4] = {};
@@ -2581,10 +2577,10 @@ __device__ static inline void attn_frag_store(O *dst, int64_t ld, const float (&
 }
 
 template <int T, int HD, int NH, typename O>
-static __global__ void __launch_bounds__(2 * attn_frag_tp<T>()) attention_fwd_frag_kernel(O *out, float *att,
+static __global__ void __launch_bounds__(2 * attn_tp<T>()) attention_fwd_frag_kernel(O *out, float *att,
                                                                                           const float *qkv)
 {
-    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_frag_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
+    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
                   NT = TP / 8, NO = HD / 8;
     extern __shared__ __align__(16) __nv_bfloat16 smfr[];
     __nv_bfloat16 *q = smfr, *kk = q + TP * L, *vt = kk + TP * L;
@@ -2658,10 +2654,10 @@ static __global__ void __launch_bounds__(2 * attn_frag_tp<T>()) attention_fwd_fr
 }
 
 template <int T, int HD, int NH, typename O>
-static __global__ void __launch_bounds__(2 * attn_frag_tp<T>())
+static __global__ void __launch_bounds__(2 * attn_tp<T>())
     attention_bwd_frag_kernel(O *dqkv, const float *dout, const float *qkv, const float *att)
 {
-    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_frag_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
+    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
                   NT = TP / 8, NO = HD / 8;
     extern __shared__ __align__(16) __nv_bfloat16 smfr[];
     __nv_bfloat16 *q = smfr, *kk = q + TP * L, *v = kk + TP * L, *go = v + TP * L, *qt = go + TP * L,
@@ -3343,7 +3339,7 @@ static inline void attention_whole_forward(const kctx *k, float *out, float *att
 {
     if constexpr (attn_frag_ok<T, HD>()) {
         if (k->cast) { /* bf16 precision */
-            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_frag_tp<T>();
+            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_tp<T>();
             const int smem = attn_frag_fwd_smem<T, HD>();
             if (half && attn_half<T, HD>(k))
                 attention_fwd_frag_kernel<T, HD, NH>
@@ -3377,7 +3373,7 @@ static inline void attention_whole_backward(const kctx *k, float *dqkv, const fl
 {
     if constexpr (attn_frag_ok<T, HD>()) {
         if (k->cast) { /* bf16 precision */
-            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_frag_tp<T>();
+            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_tp<T>();
             const int smem = attn_frag_bwd_smem<T, HD>();
             if (half && attn_half<T, HD>(k))
                 attention_bwd_frag_kernel<T, HD, NH>
@@ -4264,9 +4260,9 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
  * comes back to ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe
  * then holds the rows in bf16: moe_x16), and ye is kept without b2, which
  * the combine adds (and its backward). h is left holding act'(h + b1)
- * (bias_act's grad_h). With k->overlap, the rows travel expert by expert: an expert's
- * products start when its rows have come and its results leave while the
- * next one's products run. */
+ * (bias_act's grad_h). With k->overlap, the rows travel expert by expert:
+ * an expert's products start when its rows have come and its results
+ * leave while the next one's products run. */
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *xr, float *h, float *a, float *yr,
                                        float *ye, const float *x, const moe_route_buf *r, const float *w1,
@@ -4412,9 +4408,8 @@ static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const
 /* The FFN's backward for this GPU's experts [e, e + n), in two halves:
  * the rows' gradients (da = dy w2 into dh, dh = da * act'(h + b1), which
  * the forward left in h, with db1 += colsum(dh) in the same pass, dx = dh
- * w1), which the combine
- * waits for, then the parameters' (dw2 += dy^T a, db2 += colsum(dy), dw1
- * += dh^T x), which it need not. Both take dy of experts [e, e + n): in
+ * w1), which the combine waits for, then the parameters' (dw2 += dy^T a,
+ * db2 += colsum(dy), dw1 += dh^T x), which it need not. Both take dy of experts [e, e + n): in
  * bf16 precision dy16 has it rounded already (cast_keep), and k's scratch
  * starts after it; dh is then written in bf16 alone (moe_a16), as only
  * products take it. count: as moe_ffn_forward's. */
