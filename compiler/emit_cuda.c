@@ -44,6 +44,18 @@ static int attn_tiled_smem(int T, int HD)
     return 4 * (R * (HD + 4) + R * srow + kernel_const("ATTN_KT") * (HD + 4));
 }
 
+/* kernels.cuh: attn_qkv16_ok, whether attention over a (sample, head) of
+ * T tokens in heads of HD takes the bf16 fragment kernels in bf16
+ * precision: a whole (sample, head) a block (attn_bwd_smem) and the
+ * fragments' backward's shared memory (attn_frag_bwd_smem). model.cu
+ * asserts the same where it relies on it (gen_op_cuda, OP_ATTENTION). */
+static bool attn_qkv16_ok(int T, int HD)
+{
+    const int TP = (T + 15) / 16 * 16, L = HD + 8, LT = TP + 8;
+    return attn_bwd_smem(T, HD) <= CUDA_MAX_ATTN_SMEM && HD % 16 == 0 && T <= 128 &&
+           2 * (4 * TP * L + 3 * HD * LT + 2 * TP * LT) <= CUDA_MAX_ATTN_SMEM;
+}
+
 /* whether the CUDA attention kernels take sequences of T tokens in heads
  * of HD: 0, or 1 with the error reported at op */
 static int check_attention(mc_diag *d, const mc_op *op, int T, int HD)
@@ -276,7 +288,8 @@ static void alloc_inside(gen *g, cuda_plan *p, const char *name, int64_t floats,
 
 /* A buffer whose producer, in bf16 precision, writes bf16 values alone,
  * into the first half of its room (moe_x16, moe_h16, a layer norm's
- * output that feeds a product: ln_feeds_product), and whose readers
+ * output that feeds a product: ln_feeds_product, attention's qkv on bf16
+ * fragments: attn_qkv16), and whose readers
  * take them there: in that precision the arena gives it half the room.
  * Such buffers lie after every other one (place_halves), so that the
  * others keep one offset in both layouts; each of them has two,
@@ -628,7 +641,14 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(qkv, sizeof qkv, "QKV%d", i);
         snprintf(att, sizeof att, "ATT%d", i);
         snprintf(y, sizeof y, "Y%d", i);
-        alloc_inside(g, p, qkv, BATCH * T * 3 * D, "queries, keys, values");
+        /* on bf16 fragments, qkv feeds the attention kernels alone, which
+         * stage it in bf16: in bf16 precision its product writes it in
+         * bf16 alone (attn_qkv16), and its room halves */
+        const bool q16 = attn_qkv16_ok(T, HD);
+        if (q16)
+            alloc_inside_half(p, qkv, BATCH * T * 3 * D, "queries, keys, values");
+        else
+            alloc_inside(g, p, qkv, BATCH * T * 3 * D, "queries, keys, values");
         alloc_act(g, att, BATCH * NH * T * T, "attention weights");
         alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
         need_red(p, (int64_t)p->red_chunks * 3 * D);
@@ -644,20 +664,29 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         }
         char pin[48];
         product_input(g, i, in, pin, sizeof pin);
-        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, pin, (long long)w_qkv, bq,
-                  T, D, 3 * D);
+        if (q16) {
+            sb_printf(f, "    static_assert(attn_qkv16_ok<%d, %d>(), \"moecc: %s's bf16 room needs the fragment kernels\");\n",
+                      T, HD, qkv);
+            sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d, nullptr, attn_qkv16<%d, %d>(k, A(%s)));\n",
+                      qkv, pin, (long long)w_qkv, bq, T, D, 3 * D, T, HD, qkv);
+        } else {
+            sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, pin, (long long)w_qkv,
+                      bq, T, D, 3 * D);
+        }
         /* the heads' outputs and dqkv feed products alone: in bf16
          * precision the tensor-core kernels write them in bf16 (attn_mm) */
         char ym[64], dqm[64];
         snprintf(ym, sizeof ym, "attn_mm<%d, %d>(k, A(%s))", T, HD, y);
         snprintf(dqm, sizeof dqm, "attn_mm<%d, %d>(k, G(%s))", T, HD, qkv);
-        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B, true);\n", T, HD, NH, y, att, qkv);
+        const char *q16s = q16 ? ", true" : "";
+        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B, true%s);\n", T, HD, NH, y, att, qkv,
+                  q16s);
         sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out, ym,
                   (long long)w_proj, (long long)b_proj, T, D, D, res);
         sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, %s, P(%lldL), B * %d, %d, %d, 0);\n",
                   y, (long long)w_proj, (long long)b_proj, dout, ym, (long long)w_proj, T, D, D);
-        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true);\n", T, HD, NH, qkv,
-                  y, qkv, att);
+        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true%s);\n", T, HD, NH,
+                  qkv, y, qkv, att, q16s);
         sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), %s, %s, %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
                   (long long)w_qkv, dbq, dqm, pin, (long long)w_qkv, T, D, 3 * D, acc);
         break;

@@ -25,35 +25,33 @@
 #define V2                     362496L /* pos_embed */
 #define MEAN4                  624640L /* layer norm means */
 #define RSTD4                  626688L /* layer norm 1/std */
-#define QKV5                   628736L /* queries, keys, values */
-#define ATT5                  1415168L /* attention weights */
-#define Y5                    1546240L /* heads' outputs */
-#define V6                    1808384L /* residual_end */
-#define MEAN8                 2070528L /* layer norm means */
-#define RSTD8                 2072576L /* layer norm 1/std */
-#define H9                    2074624L /* hidden, before the activation, then its derivative */
-#define ACTV9                 2598912L /* hidden, after the activation */
-#define V10                   3123200L /* residual_end */
-#define MEAN12                3385344L /* layer norm means */
-#define RSTD12                3387392L /* layer norm 1/std */
-#define QKV13                 3389440L /* queries, keys, values */
-#define ATT13                 4175872L /* attention weights */
-#define Y13                   4306944L /* heads' outputs */
-#define V14                   4569088L /* residual_end */
-#define V16                   4831232L /* layernorm blocks.1.norm2 */
-#define MEAN16                5093376L /* layer norm means */
-#define RSTD16                5095424L /* layer norm 1/std */
-#define LOGITS17              5097472L /* router logits */
-#define PROBS17               5103616L /* router probabilities */
-#define LSE17                 5109760L /* log-sum-exp of the logits */
-#define TOPP17                5111808L /* top-k probabilities */
-#define GATE17                5113856L /* gates */
-#define PRIO17                5115904L /* routing priority */
-#define PRIOS17               5117952L /* routing priority, sorted */
-#define ENT17                 5120000L /* router entropy per token */
-#define AE17                  5122048L /* expert hidden, activated */
-#define YE17                  5777152L /* expert outputs [E, cap, D] */
-#define AUX17                 6104704L /* auxiliary losses: balance, z, dataset, importance */
+#define ATT5                   628736L /* attention weights */
+#define Y5                     759808L /* heads' outputs */
+#define V6                    1021952L /* residual_end */
+#define MEAN8                 1284096L /* layer norm means */
+#define RSTD8                 1286144L /* layer norm 1/std */
+#define H9                    1288192L /* hidden, before the activation, then its derivative */
+#define ACTV9                 1812480L /* hidden, after the activation */
+#define V10                   2336768L /* residual_end */
+#define MEAN12                2598912L /* layer norm means */
+#define RSTD12                2600960L /* layer norm 1/std */
+#define ATT13                 2603008L /* attention weights */
+#define Y13                   2734080L /* heads' outputs */
+#define V14                   2996224L /* residual_end */
+#define V16                   3258368L /* layernorm blocks.1.norm2 */
+#define MEAN16                3520512L /* layer norm means */
+#define RSTD16                3522560L /* layer norm 1/std */
+#define LOGITS17              3524608L /* router logits */
+#define PROBS17               3530752L /* router probabilities */
+#define LSE17                 3536896L /* log-sum-exp of the logits */
+#define TOPP17                3538944L /* top-k probabilities */
+#define GATE17                3540992L /* gates */
+#define PRIO17                3543040L /* routing priority */
+#define PRIOS17               3545088L /* routing priority, sorted */
+#define ENT17                 3547136L /* router entropy per token */
+#define AE17                  3549184L /* expert hidden, activated */
+#define YE17                  4204288L /* expert outputs [E, cap, D] */
+#define AUX17                 4531840L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                   2048L /* int32 slot of each choice */
 #define COUNT17                  4096L /* int32 tokens per expert */
@@ -64,38 +62,36 @@
 #define TARGET17                13328L /* int32 mapped expert */
 #define BLKC17                  15376L /* int32 choices per block and expert */
 #define BLKB17                  15392L /* int32 first slot per block and expert */
-#define V18                   6104720L /* residual_end */
-#define MEAN20                6366864L /* layer norm means */
-#define RSTD20                6368912L /* layer norm 1/std */
-#define QKV21                 6370960L /* queries, keys, values */
-#define ATT21                 7157392L /* attention weights */
-#define Y21                   7288464L /* heads' outputs */
-#define V22                   7550608L /* residual_end */
-#define MEAN24                7812752L /* layer norm means */
-#define RSTD24                7814800L /* layer norm 1/std */
-#define H25                   7816848L /* hidden, before the activation, then its derivative */
-#define ACTV25                8341136L /* hidden, after the activation */
-#define V26                   8865424L /* residual_end */
-#define MEAN28                9127568L /* layer norm means */
-#define RSTD28                9129616L /* layer norm 1/std */
-#define QKV29                 9131664L /* queries, keys, values */
-#define ATT29                 9918096L /* attention weights */
-#define Y29                  10049168L /* heads' outputs */
-#define V30                  10311312L /* residual_end */
-#define V32                  10573456L /* layernorm blocks.3.norm2 */
-#define MEAN32               10835600L /* layer norm means */
-#define RSTD32               10837648L /* layer norm 1/std */
-#define LOGITS33             10839696L /* router logits */
-#define PROBS33              10845840L /* router probabilities */
-#define LSE33                10851984L /* log-sum-exp of the logits */
-#define TOPP33               10854032L /* top-k probabilities */
-#define GATE33               10856080L /* gates */
-#define PRIO33               10858128L /* routing priority */
-#define PRIOS33              10860176L /* routing priority, sorted */
-#define ENT33                10862224L /* router entropy per token */
-#define AE33                 10864272L /* expert hidden, activated */
-#define YE33                 11519376L /* expert outputs [E, cap, D] */
-#define AUX33                11846928L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                   4531856L /* residual_end */
+#define MEAN20                4794000L /* layer norm means */
+#define RSTD20                4796048L /* layer norm 1/std */
+#define ATT21                 4798096L /* attention weights */
+#define Y21                   4929168L /* heads' outputs */
+#define V22                   5191312L /* residual_end */
+#define MEAN24                5453456L /* layer norm means */
+#define RSTD24                5455504L /* layer norm 1/std */
+#define H25                   5457552L /* hidden, before the activation, then its derivative */
+#define ACTV25                5981840L /* hidden, after the activation */
+#define V26                   6506128L /* residual_end */
+#define MEAN28                6768272L /* layer norm means */
+#define RSTD28                6770320L /* layer norm 1/std */
+#define ATT29                 6772368L /* attention weights */
+#define Y29                   6903440L /* heads' outputs */
+#define V30                   7165584L /* residual_end */
+#define V32                   7427728L /* layernorm blocks.3.norm2 */
+#define MEAN32                7689872L /* layer norm means */
+#define RSTD32                7691920L /* layer norm 1/std */
+#define LOGITS33              7693968L /* router logits */
+#define PROBS33               7700112L /* router probabilities */
+#define LSE33                 7706256L /* log-sum-exp of the logits */
+#define TOPP33                7708304L /* top-k probabilities */
+#define GATE33                7710352L /* gates */
+#define PRIO33                7712400L /* routing priority */
+#define PRIOS33               7714448L /* routing priority, sorted */
+#define ENT33                 7716496L /* router entropy per token */
+#define AE33                  7718544L /* expert hidden, activated */
+#define YE33                  8373648L /* expert outputs [E, cap, D] */
+#define AUX33                 8701200L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                  15408L /* int32 chosen experts */
 #define SLOT33                  17456L /* int32 slot of each choice */
 #define COUNT33                 19504L /* int32 tokens per expert */
@@ -106,23 +102,27 @@
 #define TARGET33                28736L /* int32 mapped expert */
 #define BLKC33                  30784L /* int32 choices per block and expert */
 #define BLKB33                  30800L /* int32 first slot per block and expert */
-#define V34                  11846944L /* residual_end */
-#define V35                  12109088L /* layernorm norm */
-#define MEAN35               12371232L /* layer norm means */
-#define RSTD35               12373280L /* layer norm 1/std */
-#define V36                  12375328L /* pool */
-#define V37                  12391712L /* logits */
-#define XENT                 12392992L /* cross-entropy per sample */
-#define V4               LAY16(12393120L, 12393120L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define V8               LAY16(12655264L, 12524192L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V12              LAY16(12917408L, 12655264L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define XE17             LAY16(13179552L, 12786336L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(13507104L, 12950112L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(14162208L, 13277664L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define V24              LAY16(14424352L, 13408736L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V28              LAY16(14686496L, 13539808L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define XE33             LAY16(14948640L, 13670880L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(15276192L, 13834656L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V34                   8701216L /* residual_end */
+#define V35                   8963360L /* layernorm norm */
+#define MEAN35                9225504L /* layer norm means */
+#define RSTD35                9227552L /* layer norm 1/std */
+#define V36                   9229600L /* pool */
+#define V37                   9245984L /* logits */
+#define XENT                  9247264L /* cross-entropy per sample */
+#define V4               LAY16(9247392L, 9247392L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(9509536L, 9378464L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define V8               LAY16(10295968L, 9771680L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V12              LAY16(10558112L, 9902752L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(10820256L, 10033824L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE17             LAY16(11606688L, 10427040L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(11934240L, 10590816L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(12589344L, 10918368L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(12851488L, 11049440L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define V24              LAY16(13637920L, 11442656L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V28              LAY16(13900064L, 11573728L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(14162208L, 11704800L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE33             LAY16(14948640L, 12098016L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(15276192L, 12261792L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -285,7 +285,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */
     15931296L, /* act_floats */
-    14162208L, /* act_floats16: in bf16 precision */
+    12589344L, /* act_floats16: in bf16 precision */
     4219648L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */
@@ -325,8 +325,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 4: layernorm blocks.0.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V4), A(MEAN4), A(RSTD4), A(V2), P(8448L), P(8576L), B * 16, 1e-05f, bf16_half(k, A(V4)));
     /* 5: attention blocks.0.attn -> [B, 16, 128] */
-    linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(8704L), P(57856L), B * 16, 128, 384);
-    attention_forward<16, 32, 4>(k, A(Y5), A(ATT5), A(QKV5), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV5's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(8704L), P(57856L), B * 16, 128, 384, nullptr, attn_qkv16<16, 32>(k, A(QKV5)));
+    attention_forward<16, 32, 4>(k, A(Y5), A(ATT5), A(QKV5), B, true, true);
     linear_forward(k, A(V6), attn_mm<16, 32>(k, A(Y5)), P(58240L), P(74624L), B * 16, 128, 128, A(V2));
     /* 6: residual_end -> [B, 16, 128] */
     /* A(V6) = A(V2) + the branch's output: made by op 5 (plan_fused_adds) */
@@ -341,8 +342,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 12: layernorm blocks.1.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(140928L), P(141056L), B * 16, 1e-05f, bf16_half(k, A(V12)));
     /* 13: attention blocks.1.attn -> [B, 16, 128] */
-    linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(141184L), P(190336L), B * 16, 128, 384);
-    attention_forward<16, 32, 4>(k, A(Y13), A(ATT13), A(QKV13), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV13's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(141184L), P(190336L), B * 16, 128, 384, nullptr, attn_qkv16<16, 32>(k, A(QKV13)));
+    attention_forward<16, 32, 4>(k, A(Y13), A(ATT13), A(QKV13), B, true, true);
     linear_forward(k, A(V14), attn_mm<16, 32>(k, A(Y13)), P(190720L), P(207104L), B * 16, 128, 128, A(V10));
     /* 14: residual_end -> [B, 16, 128] */
     /* A(V14) = A(V10) + the branch's output: made by op 13 (plan_fused_adds) */
@@ -371,8 +373,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 20: layernorm blocks.2.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(405632L), P(405760L), B * 16, 1e-05f, bf16_half(k, A(V20)));
     /* 21: attention blocks.2.attn -> [B, 16, 128] */
-    linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(405888L), P(455040L), B * 16, 128, 384);
-    attention_forward<16, 32, 4>(k, A(Y21), A(ATT21), A(QKV21), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV21's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(405888L), P(455040L), B * 16, 128, 384, nullptr, attn_qkv16<16, 32>(k, A(QKV21)));
+    attention_forward<16, 32, 4>(k, A(Y21), A(ATT21), A(QKV21), B, true, true);
     linear_forward(k, A(V22), attn_mm<16, 32>(k, A(Y21)), P(455424L), P(471808L), B * 16, 128, 128, A(V18));
     /* 22: residual_end -> [B, 16, 128] */
     /* A(V22) = A(V18) + the branch's output: made by op 21 (plan_fused_adds) */
@@ -387,8 +390,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 28: layernorm blocks.3.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(538112L), P(538240L), B * 16, 1e-05f, bf16_half(k, A(V28)));
     /* 29: attention blocks.3.attn -> [B, 16, 128] */
-    linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(538368L), P(587520L), B * 16, 128, 384);
-    attention_forward<16, 32, 4>(k, A(Y29), A(ATT29), A(QKV29), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV29's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(538368L), P(587520L), B * 16, 128, 384, nullptr, attn_qkv16<16, 32>(k, A(QKV29)));
+    attention_forward<16, 32, 4>(k, A(Y29), A(ATT29), A(QKV29), B, true, true);
     linear_forward(k, A(V30), attn_mm<16, 32>(k, A(Y29)), P(587904L), P(604288L), B * 16, 128, 128, A(V26));
     /* 30: residual_end -> [B, 16, 128] */
     /* A(V30) = A(V26) + the branch's output: made by op 29 (plan_fused_adds) */
@@ -456,7 +460,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V29) and G(V26) are G(V30)'s (plan_grad_alias) */
     /* 29: attention blocks.3.attn */
     linear_backward(k, G(Y29), DP(587904L), DP(604288L), G(V29), attn_mm<16, 32>(k, A(Y29)), P(587904L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true);
+    attention_backward<16, 32, 4>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true, true);
     linear_backward(k, G(V28), DP(538368L), DP(587520L), attn_mm<16, 32>(k, G(QKV29)), mm_half(k, A(V28)), P(538368L), B * 16, 128, 384, 0);
     /* 28: layernorm blocks.3.norm1 */
     layernorm_backward<128>(k, G(V26), DP(538112L), DP(538240L), G(V28), A(V26), P(538112L), A(MEAN28), A(RSTD28), B * 16, 1);
@@ -472,7 +476,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V21) and G(V18) are G(V22)'s (plan_grad_alias) */
     /* 21: attention blocks.2.attn */
     linear_backward(k, G(Y21), DP(455424L), DP(471808L), G(V21), attn_mm<16, 32>(k, A(Y21)), P(455424L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true);
+    attention_backward<16, 32, 4>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true, true);
     linear_backward(k, G(V20), DP(405888L), DP(455040L), attn_mm<16, 32>(k, G(QKV21)), mm_half(k, A(V20)), P(405888L), B * 16, 128, 384, 0);
     /* 20: layernorm blocks.2.norm1 */
     layernorm_backward<128>(k, G(V18), DP(405632L), DP(405760L), G(V20), A(V18), P(405632L), A(MEAN20), A(RSTD20), B * 16, 1);
@@ -498,7 +502,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V13) and G(V10) are G(V14)'s (plan_grad_alias) */
     /* 13: attention blocks.1.attn */
     linear_backward(k, G(Y13), DP(190720L), DP(207104L), G(V13), attn_mm<16, 32>(k, A(Y13)), P(190720L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true);
+    attention_backward<16, 32, 4>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true, true);
     linear_backward(k, G(V12), DP(141184L), DP(190336L), attn_mm<16, 32>(k, G(QKV13)), mm_half(k, A(V12)), P(141184L), B * 16, 128, 384, 0);
     /* 12: layernorm blocks.1.norm1 */
     layernorm_backward<128>(k, G(V10), DP(140928L), DP(141056L), G(V12), A(V10), P(140928L), A(MEAN12), A(RSTD12), B * 16, 1);
@@ -514,7 +518,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V5) and G(V2) are G(V6)'s (plan_grad_alias) */
     /* 5: attention blocks.0.attn */
     linear_backward(k, G(Y5), DP(58240L), DP(74624L), G(V5), attn_mm<16, 32>(k, A(Y5)), P(58240L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true);
+    attention_backward<16, 32, 4>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true, true);
     linear_backward(k, G(V4), DP(8704L), DP(57856L), attn_mm<16, 32>(k, G(QKV5)), mm_half(k, A(V4)), P(8704L), B * 16, 128, 384, 0);
     /* 4: layernorm blocks.0.norm1 */
     layernorm_backward<128>(k, G(V2), DP(8448L), DP(8576L), G(V4), A(V2), P(8448L), A(MEAN4), A(RSTD4), B * 16, 1);

@@ -25,35 +25,33 @@
 #define V2                    3948544L /* pos_embed */
 #define MEAN4                 7094272L /* layer norm means */
 #define RSTD4                 7110656L /* layer norm 1/std */
-#define QKV5                  7127040L /* queries, keys, values */
-#define ATT5                 16564224L /* attention weights */
-#define Y5                   18137088L /* heads' outputs */
-#define V6                   21282816L /* residual_end */
-#define MEAN8                24428544L /* layer norm means */
-#define RSTD8                24444928L /* layer norm 1/std */
-#define H9                   24461312L /* hidden, before the activation, then its derivative */
-#define ACTV9                37044224L /* hidden, after the activation */
-#define V10                  49627136L /* residual_end */
-#define MEAN12               52772864L /* layer norm means */
-#define RSTD12               52789248L /* layer norm 1/std */
-#define QKV13                52805632L /* queries, keys, values */
-#define ATT13                62242816L /* attention weights */
-#define Y13                  63815680L /* heads' outputs */
-#define V14                  66961408L /* residual_end */
-#define V16                  70107136L /* layernorm blocks.1.norm2 */
-#define MEAN16               73252864L /* layer norm means */
-#define RSTD16               73269248L /* layer norm 1/std */
-#define LOGITS17             73285632L /* router logits */
-#define PROBS17              73334784L /* router probabilities */
-#define LSE17                73383936L /* log-sum-exp of the logits */
-#define TOPP17               73400320L /* top-k probabilities */
-#define GATE17               73416704L /* gates */
-#define PRIO17               73433088L /* routing priority */
-#define PRIOS17              73449472L /* routing priority, sorted */
-#define ENT17                73465856L /* router entropy per token */
-#define AE17                 73482240L /* expert hidden, activated */
-#define YE17                 98651136L /* expert outputs [E, cap, D] */
-#define AUX17               104943360L /* auxiliary losses: balance, z, dataset, importance */
+#define ATT5                  7127040L /* attention weights */
+#define Y5                    8699904L /* heads' outputs */
+#define V6                   11845632L /* residual_end */
+#define MEAN8                14991360L /* layer norm means */
+#define RSTD8                15007744L /* layer norm 1/std */
+#define H9                   15024128L /* hidden, before the activation, then its derivative */
+#define ACTV9                27607040L /* hidden, after the activation */
+#define V10                  40189952L /* residual_end */
+#define MEAN12               43335680L /* layer norm means */
+#define RSTD12               43352064L /* layer norm 1/std */
+#define ATT13                43368448L /* attention weights */
+#define Y13                  44941312L /* heads' outputs */
+#define V14                  48087040L /* residual_end */
+#define V16                  51232768L /* layernorm blocks.1.norm2 */
+#define MEAN16               54378496L /* layer norm means */
+#define RSTD16               54394880L /* layer norm 1/std */
+#define LOGITS17             54411264L /* router logits */
+#define PROBS17              54460416L /* router probabilities */
+#define LSE17                54509568L /* log-sum-exp of the logits */
+#define TOPP17               54525952L /* top-k probabilities */
+#define GATE17               54542336L /* gates */
+#define PRIO17               54558720L /* routing priority */
+#define PRIOS17              54575104L /* routing priority, sorted */
+#define ENT17                54591488L /* router entropy per token */
+#define AE17                 54607872L /* expert hidden, activated */
+#define YE17                 79776768L /* expert outputs [E, cap, D] */
+#define AUX17                86068992L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                  16384L /* int32 slot of each choice */
 #define COUNT17                 32768L /* int32 tokens per expert */
@@ -64,38 +62,36 @@
 #define TARGET17               131120L /* int32 mapped expert */
 #define BLKC17                 147504L /* int32 choices per block and expert */
 #define BLKB17                 147552L /* int32 first slot per block and expert */
-#define V18                 104943376L /* residual_end */
-#define MEAN20              108089104L /* layer norm means */
-#define RSTD20              108105488L /* layer norm 1/std */
-#define QKV21               108121872L /* queries, keys, values */
-#define ATT21               117559056L /* attention weights */
-#define Y21                 119131920L /* heads' outputs */
-#define V22                 122277648L /* residual_end */
-#define MEAN24              125423376L /* layer norm means */
-#define RSTD24              125439760L /* layer norm 1/std */
-#define H25                 125456144L /* hidden, before the activation, then its derivative */
-#define ACTV25              138039056L /* hidden, after the activation */
-#define V26                 150621968L /* residual_end */
-#define MEAN28              153767696L /* layer norm means */
-#define RSTD28              153784080L /* layer norm 1/std */
-#define QKV29               153800464L /* queries, keys, values */
-#define ATT29               163237648L /* attention weights */
-#define Y29                 164810512L /* heads' outputs */
-#define V30                 167956240L /* residual_end */
-#define V32                 171101968L /* layernorm blocks.3.norm2 */
-#define MEAN32              174247696L /* layer norm means */
-#define RSTD32              174264080L /* layer norm 1/std */
-#define LOGITS33            174280464L /* router logits */
-#define PROBS33             174329616L /* router probabilities */
-#define LSE33               174378768L /* log-sum-exp of the logits */
-#define TOPP33              174395152L /* top-k probabilities */
-#define GATE33              174411536L /* gates */
-#define PRIO33              174427920L /* routing priority */
-#define PRIOS33             174444304L /* routing priority, sorted */
-#define ENT33               174460688L /* router entropy per token */
-#define AE33                174477072L /* expert hidden, activated */
-#define YE33                199645968L /* expert outputs [E, cap, D] */
-#define AUX33               205938192L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                  86069008L /* residual_end */
+#define MEAN20               89214736L /* layer norm means */
+#define RSTD20               89231120L /* layer norm 1/std */
+#define ATT21                89247504L /* attention weights */
+#define Y21                  90820368L /* heads' outputs */
+#define V22                  93966096L /* residual_end */
+#define MEAN24               97111824L /* layer norm means */
+#define RSTD24               97128208L /* layer norm 1/std */
+#define H25                  97144592L /* hidden, before the activation, then its derivative */
+#define ACTV25              109727504L /* hidden, after the activation */
+#define V26                 122310416L /* residual_end */
+#define MEAN28              125456144L /* layer norm means */
+#define RSTD28              125472528L /* layer norm 1/std */
+#define ATT29               125488912L /* attention weights */
+#define Y29                 127061776L /* heads' outputs */
+#define V30                 130207504L /* residual_end */
+#define V32                 133353232L /* layernorm blocks.3.norm2 */
+#define MEAN32              136498960L /* layer norm means */
+#define RSTD32              136515344L /* layer norm 1/std */
+#define LOGITS33            136531728L /* router logits */
+#define PROBS33             136580880L /* router probabilities */
+#define LSE33               136630032L /* log-sum-exp of the logits */
+#define TOPP33              136646416L /* top-k probabilities */
+#define GATE33              136662800L /* gates */
+#define PRIO33              136679184L /* routing priority */
+#define PRIOS33             136695568L /* routing priority, sorted */
+#define ENT33               136711952L /* router entropy per token */
+#define AE33                136728336L /* expert hidden, activated */
+#define YE33                161897232L /* expert outputs [E, cap, D] */
+#define AUX33               168189456L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                 147600L /* int32 chosen experts */
 #define SLOT33                 163984L /* int32 slot of each choice */
 #define COUNT33                180368L /* int32 tokens per expert */
@@ -106,38 +102,36 @@
 #define TARGET33               278720L /* int32 mapped expert */
 #define BLKC33                 295104L /* int32 choices per block and expert */
 #define BLKB33                 295152L /* int32 first slot per block and expert */
-#define V34                 205938208L /* residual_end */
-#define MEAN36              209083936L /* layer norm means */
-#define RSTD36              209100320L /* layer norm 1/std */
-#define QKV37               209116704L /* queries, keys, values */
-#define ATT37               218553888L /* attention weights */
-#define Y37                 220126752L /* heads' outputs */
-#define V38                 223272480L /* residual_end */
-#define MEAN40              226418208L /* layer norm means */
-#define RSTD40              226434592L /* layer norm 1/std */
-#define H41                 226450976L /* hidden, before the activation, then its derivative */
-#define ACTV41              239033888L /* hidden, after the activation */
-#define V42                 251616800L /* residual_end */
-#define MEAN44              254762528L /* layer norm means */
-#define RSTD44              254778912L /* layer norm 1/std */
-#define QKV45               254795296L /* queries, keys, values */
-#define ATT45               264232480L /* attention weights */
-#define Y45                 265805344L /* heads' outputs */
-#define V46                 268951072L /* residual_end */
-#define V48                 272096800L /* layernorm blocks.5.norm2 */
-#define MEAN48              275242528L /* layer norm means */
-#define RSTD48              275258912L /* layer norm 1/std */
-#define LOGITS49            275275296L /* router logits */
-#define PROBS49             275324448L /* router probabilities */
-#define LSE49               275373600L /* log-sum-exp of the logits */
-#define TOPP49              275389984L /* top-k probabilities */
-#define GATE49              275406368L /* gates */
-#define PRIO49              275422752L /* routing priority */
-#define PRIOS49             275439136L /* routing priority, sorted */
-#define ENT49               275455520L /* router entropy per token */
-#define AE49                275471904L /* expert hidden, activated */
-#define YE49                300640800L /* expert outputs [E, cap, D] */
-#define AUX49               306933024L /* auxiliary losses: balance, z, dataset, importance */
+#define V34                 168189472L /* residual_end */
+#define MEAN36              171335200L /* layer norm means */
+#define RSTD36              171351584L /* layer norm 1/std */
+#define ATT37               171367968L /* attention weights */
+#define Y37                 172940832L /* heads' outputs */
+#define V38                 176086560L /* residual_end */
+#define MEAN40              179232288L /* layer norm means */
+#define RSTD40              179248672L /* layer norm 1/std */
+#define H41                 179265056L /* hidden, before the activation, then its derivative */
+#define ACTV41              191847968L /* hidden, after the activation */
+#define V42                 204430880L /* residual_end */
+#define MEAN44              207576608L /* layer norm means */
+#define RSTD44              207592992L /* layer norm 1/std */
+#define ATT45               207609376L /* attention weights */
+#define Y45                 209182240L /* heads' outputs */
+#define V46                 212327968L /* residual_end */
+#define V48                 215473696L /* layernorm blocks.5.norm2 */
+#define MEAN48              218619424L /* layer norm means */
+#define RSTD48              218635808L /* layer norm 1/std */
+#define LOGITS49            218652192L /* router logits */
+#define PROBS49             218701344L /* router probabilities */
+#define LSE49               218750496L /* log-sum-exp of the logits */
+#define TOPP49              218766880L /* top-k probabilities */
+#define GATE49              218783264L /* gates */
+#define PRIO49              218799648L /* routing priority */
+#define PRIOS49             218816032L /* routing priority, sorted */
+#define ENT49               218832416L /* router entropy per token */
+#define AE49                218848800L /* expert hidden, activated */
+#define YE49                244017696L /* expert outputs [E, cap, D] */
+#define AUX49               250309920L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK49                 295200L /* int32 chosen experts */
 #define SLOT49                 311584L /* int32 slot of each choice */
 #define COUNT49                327968L /* int32 tokens per expert */
@@ -148,28 +142,34 @@
 #define TARGET49               426320L /* int32 mapped expert */
 #define BLKC49                 442704L /* int32 choices per block and expert */
 #define BLKB49                 442752L /* int32 first slot per block and expert */
-#define V50                 306933040L /* residual_end */
-#define V51                 310078768L /* layernorm norm */
-#define MEAN51              313224496L /* layer norm means */
-#define RSTD51              313240880L /* layer norm 1/std */
-#define V52                 313257264L /* pool */
-#define V53                 313453872L /* logits */
-#define XENT                313464112L /* cross-entropy per sample */
-#define V4               LAY16(313465136L, 313465136L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define V8               LAY16(316610864L, 315038000L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V12              LAY16(319756592L, 316610864L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define XE17             LAY16(322902320L, 318183728L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(329194544L, 321329840L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(354363440L, 333914288L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define V24              LAY16(357509168L, 335487152L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V28              LAY16(360654896L, 337060016L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define XE33             LAY16(363800624L, 338632880L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(370092848L, 341778992L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V36              LAY16(395261744L, 354363440L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define V40              LAY16(398407472L, 355936304L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define V44              LAY16(401553200L, 357509168L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define XE49             LAY16(404698928L, 359082032L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE49             LAY16(410991152L, 362228144L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V50                 250309936L /* residual_end */
+#define V51                 253455664L /* layernorm norm */
+#define MEAN51              256601392L /* layer norm means */
+#define RSTD51              256617776L /* layer norm 1/std */
+#define V52                 256634160L /* pool */
+#define V53                 256830768L /* logits */
+#define XENT                256841008L /* cross-entropy per sample */
+#define V4               LAY16(256842032L, 256842032L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(259987760L, 258414896L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define V8               LAY16(269424944L, 263133488L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V12              LAY16(272570672L, 264706352L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(275716400L, 266279216L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE17             LAY16(285153584L, 270997808L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(291445808L, 274143920L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(316614704L, 286728368L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(319760432L, 288301232L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define V24              LAY16(329197616L, 293019824L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V28              LAY16(332343344L, 294592688L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(335489072L, 296165552L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE33             LAY16(344926256L, 300884144L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(351218480L, 304030256L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V36              LAY16(376387376L, 316614704L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV37            LAY16(379533104L, 318187568L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define V40              LAY16(388970288L, 322906160L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define V44              LAY16(392116016L, 324479024L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV45            LAY16(395261744L, 326051888L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE49             LAY16(404698928L, 330770480L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE49             LAY16(410991152L, 333916592L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -386,7 +386,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
     436160048L, /* act_floats */
-    374812592L, /* act_floats16: in bf16 precision */
+    346501040L, /* act_floats16: in bf16 precision */
     85211648L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */
@@ -427,8 +427,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 4: layernorm blocks.0.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V4), A(MEAN4), A(RSTD4), A(V2), P(12672L), P(12864L), B * 16, 1e-05f, bf16_half(k, A(V4)));
     /* 5: attention blocks.0.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(13056L), P(123648L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y5), A(ATT5), A(QKV5), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV5's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(13056L), P(123648L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV5)));
+    attention_forward<16, 32, 6>(k, A(Y5), A(ATT5), A(QKV5), B, true, true);
     linear_forward(k, A(V6), attn_mm<16, 32>(k, A(Y5)), P(124224L), P(161088L), B * 16, 192, 192, A(V2));
     /* 6: residual_end -> [B, 16, 192] */
     /* A(V6) = A(V2) + the branch's output: made by op 5 (plan_fused_adds) */
@@ -443,8 +444,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 12: layernorm blocks.1.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(457536L), P(457728L), B * 16, 1e-05f, bf16_half(k, A(V12)));
     /* 13: attention blocks.1.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(457920L), P(568512L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y13), A(ATT13), A(QKV13), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV13's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(457920L), P(568512L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV13)));
+    attention_forward<16, 32, 6>(k, A(Y13), A(ATT13), A(QKV13), B, true, true);
     linear_forward(k, A(V14), attn_mm<16, 32>(k, A(Y13)), P(569088L), P(605952L), B * 16, 192, 192, A(V10));
     /* 14: residual_end -> [B, 16, 192] */
     /* A(V14) = A(V10) + the branch's output: made by op 13 (plan_fused_adds) */
@@ -473,8 +475,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 20: layernorm blocks.2.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(1494720L), P(1494912L), B * 16, 1e-05f, bf16_half(k, A(V20)));
     /* 21: attention blocks.2.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(1495104L), P(1605696L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y21), A(ATT21), A(QKV21), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV21's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(1495104L), P(1605696L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV21)));
+    attention_forward<16, 32, 6>(k, A(Y21), A(ATT21), A(QKV21), B, true, true);
     linear_forward(k, A(V22), attn_mm<16, 32>(k, A(Y21)), P(1606272L), P(1643136L), B * 16, 192, 192, A(V18));
     /* 22: residual_end -> [B, 16, 192] */
     /* A(V22) = A(V18) + the branch's output: made by op 21 (plan_fused_adds) */
@@ -489,8 +492,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 28: layernorm blocks.3.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(1939584L), P(1939776L), B * 16, 1e-05f, bf16_half(k, A(V28)));
     /* 29: attention blocks.3.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(1939968L), P(2050560L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y29), A(ATT29), A(QKV29), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV29's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(1939968L), P(2050560L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV29)));
+    attention_forward<16, 32, 6>(k, A(Y29), A(ATT29), A(QKV29), B, true, true);
     linear_forward(k, A(V30), attn_mm<16, 32>(k, A(Y29)), P(2051136L), P(2088000L), B * 16, 192, 192, A(V26));
     /* 30: residual_end -> [B, 16, 192] */
     /* A(V30) = A(V26) + the branch's output: made by op 29 (plan_fused_adds) */
@@ -519,8 +523,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 36: layernorm blocks.4.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V36), A(MEAN36), A(RSTD36), A(V34), P(2976768L), P(2976960L), B * 16, 1e-05f, bf16_half(k, A(V36)));
     /* 37: attention blocks.4.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV37), mm_half(k, A(V36)), P(2977152L), P(3087744L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y37), A(ATT37), A(QKV37), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV37's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV37), mm_half(k, A(V36)), P(2977152L), P(3087744L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV37)));
+    attention_forward<16, 32, 6>(k, A(Y37), A(ATT37), A(QKV37), B, true, true);
     linear_forward(k, A(V38), attn_mm<16, 32>(k, A(Y37)), P(3088320L), P(3125184L), B * 16, 192, 192, A(V34));
     /* 38: residual_end -> [B, 16, 192] */
     /* A(V38) = A(V34) + the branch's output: made by op 37 (plan_fused_adds) */
@@ -535,8 +540,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 44: layernorm blocks.5.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V44), A(MEAN44), A(RSTD44), A(V42), P(3421632L), P(3421824L), B * 16, 1e-05f, bf16_half(k, A(V44)));
     /* 45: attention blocks.5.attn -> [B, 16, 192] */
-    linear_forward(k, A(QKV45), mm_half(k, A(V44)), P(3422016L), P(3532608L), B * 16, 192, 576);
-    attention_forward<16, 32, 6>(k, A(Y45), A(ATT45), A(QKV45), B, true);
+    static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV45's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV45), mm_half(k, A(V44)), P(3422016L), P(3532608L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV45)));
+    attention_forward<16, 32, 6>(k, A(Y45), A(ATT45), A(QKV45), B, true, true);
     linear_forward(k, A(V46), attn_mm<16, 32>(k, A(Y45)), P(3533184L), P(3570048L), B * 16, 192, 192, A(V42));
     /* 46: residual_end -> [B, 16, 192] */
     /* A(V46) = A(V42) + the branch's output: made by op 45 (plan_fused_adds) */
@@ -604,7 +610,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V45) and G(V42) are G(V46)'s (plan_grad_alias) */
     /* 45: attention blocks.5.attn */
     linear_backward(k, G(Y45), DP(3533184L), DP(3570048L), G(V45), attn_mm<16, 32>(k, A(Y45)), P(3533184L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV45), G(Y45), A(QKV45), A(ATT45), B, true);
+    attention_backward<16, 32, 6>(k, G(QKV45), G(Y45), A(QKV45), A(ATT45), B, true, true);
     linear_backward(k, G(V44), DP(3422016L), DP(3532608L), attn_mm<16, 32>(k, G(QKV45)), mm_half(k, A(V44)), P(3422016L), B * 16, 192, 576, 0);
     /* 44: layernorm blocks.5.norm1 */
     layernorm_backward<192>(k, G(V42), DP(3421632L), DP(3421824L), G(V44), A(V42), P(3421632L), A(MEAN44), A(RSTD44), B * 16, 1);
@@ -620,7 +626,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V37) and G(V34) are G(V38)'s (plan_grad_alias) */
     /* 37: attention blocks.4.attn */
     linear_backward(k, G(Y37), DP(3088320L), DP(3125184L), G(V37), attn_mm<16, 32>(k, A(Y37)), P(3088320L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV37), G(Y37), A(QKV37), A(ATT37), B, true);
+    attention_backward<16, 32, 6>(k, G(QKV37), G(Y37), A(QKV37), A(ATT37), B, true, true);
     linear_backward(k, G(V36), DP(2977152L), DP(3087744L), attn_mm<16, 32>(k, G(QKV37)), mm_half(k, A(V36)), P(2977152L), B * 16, 192, 576, 0);
     /* 36: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V34), DP(2976768L), DP(2976960L), G(V36), A(V34), P(2976768L), A(MEAN36), A(RSTD36), B * 16, 1);
@@ -646,7 +652,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V29) and G(V26) are G(V30)'s (plan_grad_alias) */
     /* 29: attention blocks.3.attn */
     linear_backward(k, G(Y29), DP(2051136L), DP(2088000L), G(V29), attn_mm<16, 32>(k, A(Y29)), P(2051136L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true);
+    attention_backward<16, 32, 6>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true, true);
     linear_backward(k, G(V28), DP(1939968L), DP(2050560L), attn_mm<16, 32>(k, G(QKV29)), mm_half(k, A(V28)), P(1939968L), B * 16, 192, 576, 0);
     /* 28: layernorm blocks.3.norm1 */
     layernorm_backward<192>(k, G(V26), DP(1939584L), DP(1939776L), G(V28), A(V26), P(1939584L), A(MEAN28), A(RSTD28), B * 16, 1);
@@ -662,7 +668,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V21) and G(V18) are G(V22)'s (plan_grad_alias) */
     /* 21: attention blocks.2.attn */
     linear_backward(k, G(Y21), DP(1606272L), DP(1643136L), G(V21), attn_mm<16, 32>(k, A(Y21)), P(1606272L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true);
+    attention_backward<16, 32, 6>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true, true);
     linear_backward(k, G(V20), DP(1495104L), DP(1605696L), attn_mm<16, 32>(k, G(QKV21)), mm_half(k, A(V20)), P(1495104L), B * 16, 192, 576, 0);
     /* 20: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V18), DP(1494720L), DP(1494912L), G(V20), A(V18), P(1494720L), A(MEAN20), A(RSTD20), B * 16, 1);
@@ -688,7 +694,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V13) and G(V10) are G(V14)'s (plan_grad_alias) */
     /* 13: attention blocks.1.attn */
     linear_backward(k, G(Y13), DP(569088L), DP(605952L), G(V13), attn_mm<16, 32>(k, A(Y13)), P(569088L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true);
+    attention_backward<16, 32, 6>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true, true);
     linear_backward(k, G(V12), DP(457920L), DP(568512L), attn_mm<16, 32>(k, G(QKV13)), mm_half(k, A(V12)), P(457920L), B * 16, 192, 576, 0);
     /* 12: layernorm blocks.1.norm1 */
     layernorm_backward<192>(k, G(V10), DP(457536L), DP(457728L), G(V12), A(V10), P(457536L), A(MEAN12), A(RSTD12), B * 16, 1);
@@ -704,7 +710,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* the gradients of G(V5) and G(V2) are G(V6)'s (plan_grad_alias) */
     /* 5: attention blocks.0.attn */
     linear_backward(k, G(Y5), DP(124224L), DP(161088L), G(V5), attn_mm<16, 32>(k, A(Y5)), P(124224L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true);
+    attention_backward<16, 32, 6>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true, true);
     linear_backward(k, G(V4), DP(13056L), DP(123648L), attn_mm<16, 32>(k, G(QKV5)), mm_half(k, A(V4)), P(13056L), B * 16, 192, 576, 0);
     /* 4: layernorm blocks.0.norm1 */
     layernorm_backward<192>(k, G(V2), DP(12672L), DP(12864L), G(V4), A(V2), P(12672L), A(MEAN4), A(RSTD4), B * 16, 1);

@@ -1045,15 +1045,17 @@ static inline uint32_t ptr_alignment(const void *p)
  * it offers no algorithm (the operands may have been rounded into the
  * scratch by then); the caller then takes cuBLAS and the pass. */
 static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
-                                  int N, const float *res = nullptr)
+                                  int N, const float *res = nullptr, __nv_bfloat16 *out16 = nullptr)
 {
-    if (!k->lt || !k->cast || ((uintptr_t)b & 15) != 0)
+    if (!k->lt || !k->cast || ((uintptr_t)b & 15) != 0 || (out16 && res))
         return false;
+    void *d = out16 ? (void *)out16 : (void *)out;
+    const cudaDataType_t dtype = out16 ? CUDA_R_16BF : CUDA_R_32F;
     int64_t used = 0;
     const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w), (int64_t)N * K, &used);
     const __nv_bfloat16 *x16 = bf16_operand(k, inp, (int64_t)M * K, &used);
     const uint32_t align_a = ptr_alignment(w16), align_b = ptr_alignment(x16),
-                   align_c = ptr_alignment(res ? res : out), align_d = ptr_alignment(out);
+                   align_c = ptr_alignment(res ? (const void *)res : d), align_d = ptr_alignment(d);
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
@@ -1074,7 +1076,7 @@ static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const fl
                   CUBLAS_STATUS_SUCCESS &&
               cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, M, N) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&lc, dtype, N, M, N) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &k->lt_ws_bytes,
                                                    sizeof k->lt_ws_bytes) == CUBLAS_STATUS_SUCCESS &&
@@ -1091,8 +1093,8 @@ static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const fl
               found > 0;
     if (ok) {
         const float one = 1.0f, zero = 0.0f;
-        CUBLAS_CHECK(cublasLtMatmul(k->lt, op, &one, w16, la, x16, lb, res ? &one : &zero, res ? res : out, lc, out,
-                                    lc, &heur.algo, k->lt_ws, k->lt_ws_bytes, k->stream));
+        CUBLAS_CHECK(cublasLtMatmul(k->lt, op, &one, w16, la, x16, lb, res ? &one : &zero, res ? (const void *)res : d,
+                                    lc, d, lc, &heur.algo, k->lt_ws, k->lt_ws_bytes, k->stream));
     }
     if (pref)
         cublasLtMatmulPreferenceDestroy(pref);
@@ -1108,10 +1110,25 @@ static inline void add_forward(const kctx *k, float *out, const float *a, const 
 
 /* out[M,N] = inp[M,K] @ w[N,K]^T (+ b[N]) (+ res[M,N]: a residual block's
  * skip, when the product makes the block's output; cuBLASLt takes it as
- * its C, else a pass adds it) */
+ * its C, else a pass adds it). out16 (bf16 precision; not with res): the
+ * output in bf16 alone there instead (attn_qkv16), the fp32 sum and bias
+ * rounded once by cuBLASLt's epilogue (else the product's bf16 output
+ * plus the bias, rounded again) */
 static inline void linear_forward(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
-                                  int N, const float *res = nullptr)
+                                  int N, const float *res = nullptr, __nv_bfloat16 *out16 = nullptr)
 {
+    if (out16) {
+        if (res) {
+            fprintf(stderr, "train: internal error: linear_forward writes bf16 alone without a residual\n");
+            exit(1);
+        }
+        if (M > 0 && !(b && lt_linear_bias(k, out, inp, w, b, M, K, N, nullptr, out16))) {
+            mm_nt(k, out16, inp, w, M, N, K, 0.0f);
+            if (b)
+                bias_act<ACT_NONE>(k, nullptr, out16, b, M, N);
+        }
+        return;
+    }
     const bool narrow = M > 0 && narrow_ok(k, inp, w, N, K);
     if (!narrow && M > 0 && b && lt_linear_bias(k, out, inp, w, b, M, K, N, res))
         return;
@@ -2526,11 +2543,11 @@ __device__ static inline void frag_a_acc(uint32_t (&a)[4], const float (&s)[NT][
     a[3] = bf16x2_bits(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
-/* rows t < T of src (fp32, rows ld apart, HD wide) rounded to bf16 into dst
- * [TP, L] and, when given, transposed into dstt [HD, LT]; rows from T on
- * zero. Every thread of the block calls it. */
-template <int T, int HD>
-__device__ static inline void attn_frag_stage(__nv_bfloat16 *dst, __nv_bfloat16 *dstt, const float *src, int64_t ld)
+/* rows t < T of src (fp32, or bf16: attn_qkv16; rows ld apart, HD wide)
+ * rounded to bf16 into dst [TP, L] and, when given, transposed into dstt
+ * [HD, LT]; rows from T on zero. Every thread of the block calls it. */
+template <int T, int HD, typename S>
+__device__ static inline void attn_frag_stage(__nv_bfloat16 *dst, __nv_bfloat16 *dstt, const S *src, int64_t ld)
 {
     constexpr int TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(), C4 = HD / 4;
     for (int i = threadIdx.x; i < TP * C4; i += blockDim.x) {
@@ -2576,16 +2593,16 @@ __device__ static inline void attn_frag_store(O *dst, int64_t ld, const float (&
     }
 }
 
-template <int T, int HD, int NH, typename O>
+template <int T, int HD, int NH, typename O, typename Q>
 static __global__ void __launch_bounds__(2 * attn_tp<T>()) attention_fwd_frag_kernel(O *out, float *att,
-                                                                                          const float *qkv)
+                                                                                          const Q *qkv)
 {
     constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
                   NT = TP / 8, NO = HD / 8;
     extern __shared__ __align__(16) __nv_bfloat16 smfr[];
     __nv_bfloat16 *q = smfr, *kk = q + TP * L, *vt = kk + TP * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    const Q *base = qkv + (int64_t)b * T * D3 + h * HD;
     attn_frag_stage<T, HD>(q, nullptr, base, D3);
     attn_frag_stage<T, HD>(kk, nullptr, base + D, D3);
     attn_frag_stage<T, HD>(nullptr, vt, base + 2 * D, D3);
@@ -2653,9 +2670,9 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>()) attention_fwd_frag_ke
     attn_frag_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, o, r0, g, t);
 }
 
-template <int T, int HD, int NH, typename O>
+template <int T, int HD, int NH, typename O, typename Q>
 static __global__ void __launch_bounds__(2 * attn_tp<T>())
-    attention_bwd_frag_kernel(O *dqkv, const float *dout, const float *qkv, const float *att)
+    attention_bwd_frag_kernel(O *dqkv, const float *dout, const Q *qkv, const float *att)
 {
     constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
                   NT = TP / 8, NO = HD / 8;
@@ -2663,7 +2680,7 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
     __nv_bfloat16 *q = smfr, *kk = q + TP * L, *v = kk + TP * L, *go = v + TP * L, *qt = go + TP * L,
                   *kt = qt + HD * LT, *got = kt + HD * LT, *dst = got + HD * LT, *pt = dst + TP * LT;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const float *base = qkv + (int64_t)b * T * D3 + h * HD;
+    const Q *base = qkv + (int64_t)b * T * D3 + h * HD;
     attn_frag_stage<T, HD>(q, qt, base, D3);
     attn_frag_stage<T, HD>(kk, kt, base + D, D3);
     attn_frag_stage<T, HD>(v, nullptr, base + 2 * D, D3);
@@ -3309,10 +3326,15 @@ template <int T, int HD, int NH> static inline void attention_whole_setup()
     if constexpr (attn_frag_ok<T, HD>()) { /* bf16 precision */
         const int fs = attn_frag_fwd_smem<T, HD>(), bs = attn_frag_bwd_smem<T, HD>();
         const cudaFuncAttribute dyn = cudaFuncAttributeMaxDynamicSharedMemorySize;
-        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, float>, dyn, fs));
-        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, float>, dyn, bs));
-        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, __nv_bfloat16>, dyn, fs));
-        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, __nv_bfloat16>, dyn, bs));
+        using bf = __nv_bfloat16;
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, float, float>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, float, float>, dyn, bs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, bf, float>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, bf, float>, dyn, bs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, float, bf>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, float, bf>, dyn, bs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, bf, bf>, dyn, fs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, bf, bf>, dyn, bs));
     }
 }
 
@@ -3334,19 +3356,63 @@ template <int T, int HD> static inline mm_in attn_mm(const kctx *k, float *p)
     return attn_half<T, HD>(k) ? mm_half(k, p) : mm_in(p);
 }
 
+/* bf16 precision, attention on bf16 fragments: qkv in bf16 alone, in the
+ * first half of its fp32 room, as the product that makes it writes it
+ * there (linear_forward's out16) and the kernels stage it without
+ * rounding it again: the same values as rounding fp32 qkv. NULL where
+ * qkv is fp32 (other precisions, other kernels). The caller that passes
+ * attention_forward and attention_backward qkv16 = true makes qkv through
+ * this. */
+template <int T, int HD> constexpr bool attn_qkv16_ok()
+{
+    return attn_whole_ok<T, HD>() && attn_frag_ok<T, HD>(); /* attention_whole_forward's fragment path */
+}
+
+template <int T, int HD> static inline __nv_bfloat16 *attn_qkv16(const kctx *k, float *qkv)
+{
+    if constexpr (attn_qkv16_ok<T, HD>())
+        return k->cast ? reinterpret_cast<__nv_bfloat16 *>(qkv) : nullptr;
+    else
+        return nullptr;
+}
+
+/* the fragment kernels' launches: the output in fp32 or bf16 (half), qkv
+ * in fp32 or bf16 (attn_qkv16) */
+template <int T, int HD, int NH, typename Q>
+static inline void attn_frag_forward(const kctx *k, float *out, float *att, const Q *qkv, int B, bool half)
+{
+    const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_tp<T>();
+    const int smem = attn_frag_fwd_smem<T, HD>();
+    if (half && attn_half<T, HD>(k))
+        attention_fwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(bf16_half(k, out), att, qkv);
+    else
+        attention_fwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(out, att, qkv);
+    LAUNCH_CHECK();
+}
+
+template <int T, int HD, int NH, typename Q>
+static inline void attn_frag_backward(const kctx *k, float *dqkv, const float *dout, const Q *qkv, const float *att,
+                                      int B, bool half)
+{
+    const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_tp<T>();
+    const int smem = attn_frag_bwd_smem<T, HD>();
+    if (half && attn_half<T, HD>(k))
+        attention_bwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(bf16_half(k, dqkv), dout, qkv, att);
+    else
+        attention_bwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(dqkv, dout, qkv, att);
+    LAUNCH_CHECK();
+}
+
 template <int T, int HD, int NH>
-static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B, bool half)
+static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B, bool half,
+                                           bool qkv16)
 {
     if constexpr (attn_frag_ok<T, HD>()) {
         if (k->cast) { /* bf16 precision */
-            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_tp<T>();
-            const int smem = attn_frag_fwd_smem<T, HD>();
-            if (half && attn_half<T, HD>(k))
-                attention_fwd_frag_kernel<T, HD, NH>
-                    <<<grid, threads, smem, k->stream>>>(bf16_half(k, out), att, qkv);
+            if (qkv16)
+                attn_frag_forward<T, HD, NH>(k, out, att, attn_qkv16<T, HD>(k, const_cast<float *>(qkv)), B, half);
             else
-                attention_fwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(out, att, qkv);
-            LAUNCH_CHECK();
+                attn_frag_forward<T, HD, NH>(k, out, att, qkv, B, half);
             return;
         }
     }
@@ -3369,18 +3435,15 @@ static inline void attention_whole_forward(const kctx *k, float *out, float *att
 
 template <int T, int HD, int NH>
 static inline void attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
-                                            const float *att, int B, bool half)
+                                            const float *att, int B, bool half, bool qkv16)
 {
     if constexpr (attn_frag_ok<T, HD>()) {
         if (k->cast) { /* bf16 precision */
-            const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_tp<T>();
-            const int smem = attn_frag_bwd_smem<T, HD>();
-            if (half && attn_half<T, HD>(k))
-                attention_bwd_frag_kernel<T, HD, NH>
-                    <<<grid, threads, smem, k->stream>>>(bf16_half(k, dqkv), dout, qkv, att);
+            if (qkv16)
+                attn_frag_backward<T, HD, NH>(k, dqkv, dout, attn_qkv16<T, HD>(k, const_cast<float *>(qkv)), att, B,
+                                              half);
             else
-                attention_bwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(dqkv, dout, qkv, att);
-            LAUNCH_CHECK();
+                attn_frag_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half);
             return;
         }
     }
@@ -3413,26 +3476,27 @@ template <int T, int HD, int NH> static inline void attention_setup()
 }
 
 /* qkv[B, T, 3D] -> att[B, NH, T, T] (the softmax weights, kept for the
- * backward), out[B, T, D] (in bf16 where half and attn_half) */
+ * backward), out[B, T, D] (in bf16 where half and attn_half). qkv16: qkv
+ * was made through attn_qkv16 (in bf16 where it says so) */
 template <int T, int HD, int NH>
 static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B,
-                                     bool half = false)
+                                     bool half = false, bool qkv16 = false)
 {
     if constexpr (attn_whole_ok<T, HD>())
-        attention_whole_forward<T, HD, NH>(k, out, att, qkv, B, half);
+        attention_whole_forward<T, HD, NH>(k, out, att, qkv, B, half, qkv16);
     else
         attention_tiled_forward<T, HD, NH>(k, out, att, qkv, B);
 }
 
 /* dqkv[B, T, 3D] (written whole; in bf16 where half and attn_half) from
  * dout[B, T, D]; att: the forward's weights, which sequences that take the
- * row tiles overwrite with their gradient */
+ * row tiles overwrite with their gradient; qkv16 as attention_forward's */
 template <int T, int HD, int NH>
 static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att, int B,
-                                      bool half = false)
+                                      bool half = false, bool qkv16 = false)
 {
     if constexpr (attn_whole_ok<T, HD>())
-        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half);
+        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, qkv16);
     else
         attention_tiled_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
 }

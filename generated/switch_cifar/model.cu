@@ -27,44 +27,42 @@
 #define MEAN5                10321920L /* layer norm means */
 #define RSTD5                10338560L /* layer norm 1/std */
 #define V6                   10355200L /* attention blocks.0.attn */
-#define QKV6                 13550080L /* queries, keys, values */
-#define ATT6                 23134720L /* attention weights */
-#define Y6                   26379520L /* heads' outputs */
-#define V7                   29574400L /* drop_path */
-#define KEEP7                32769280L /* stochastic depth: kept samples */
-#define V8                   32769536L /* residual_end */
-#define MEAN10               35964416L /* layer norm means */
-#define RSTD10               35981056L /* layer norm 1/std */
-#define V11                  35997696L /* mlp blocks.0.mlp */
-#define H11                  39192576L /* hidden, before the activation, then its derivative */
-#define ACTV11               51972096L /* hidden, after the activation */
-#define V12                  64751616L /* drop_path */
-#define KEEP12               67946496L /* stochastic depth: kept samples */
-#define V13                  67946752L /* residual_end */
-#define MEAN15               71141632L /* layer norm means */
-#define RSTD15               71158272L /* layer norm 1/std */
-#define V16                  71174912L /* attention blocks.1.attn */
-#define QKV16                74369792L /* queries, keys, values */
-#define ATT16                83954432L /* attention weights */
-#define Y16                  87199232L /* heads' outputs */
-#define V17                  90394112L /* drop_path */
-#define KEEP17               93588992L /* stochastic depth: kept samples */
-#define V18                  93589248L /* residual_end */
-#define V20                  96784128L /* layernorm blocks.1.norm2 */
-#define MEAN20               99979008L /* layer norm means */
-#define RSTD20               99995648L /* layer norm 1/std */
-#define V21                 100012288L /* moe blocks.1.moe */
-#define LOGITS21            103207168L /* router logits */
-#define PROBS21             103340288L /* router probabilities */
-#define LSE21               103473408L /* log-sum-exp of the logits */
-#define TOPP21              103490048L /* top-k probabilities */
-#define GATE21              103506688L /* gates */
-#define PRIO21              103523328L /* routing priority */
-#define PRIOS21             103539968L /* routing priority, sorted */
-#define ENT21               103556608L /* router entropy per token */
-#define AE21                103573248L /* expert hidden, activated */
-#define YE21                119547648L /* expert outputs [E, cap, D] */
-#define AUX21               123541248L /* auxiliary losses: balance, z, dataset, importance */
+#define ATT6                 13550080L /* attention weights */
+#define Y6                   16794880L /* heads' outputs */
+#define V7                   19989760L /* drop_path */
+#define KEEP7                23184640L /* stochastic depth: kept samples */
+#define V8                   23184896L /* residual_end */
+#define MEAN10               26379776L /* layer norm means */
+#define RSTD10               26396416L /* layer norm 1/std */
+#define V11                  26413056L /* mlp blocks.0.mlp */
+#define H11                  29607936L /* hidden, before the activation, then its derivative */
+#define ACTV11               42387456L /* hidden, after the activation */
+#define V12                  55166976L /* drop_path */
+#define KEEP12               58361856L /* stochastic depth: kept samples */
+#define V13                  58362112L /* residual_end */
+#define MEAN15               61556992L /* layer norm means */
+#define RSTD15               61573632L /* layer norm 1/std */
+#define V16                  61590272L /* attention blocks.1.attn */
+#define ATT16                64785152L /* attention weights */
+#define Y16                  68029952L /* heads' outputs */
+#define V17                  71224832L /* drop_path */
+#define KEEP17               74419712L /* stochastic depth: kept samples */
+#define V18                  74419968L /* residual_end */
+#define V20                  77614848L /* layernorm blocks.1.norm2 */
+#define MEAN20               80809728L /* layer norm means */
+#define RSTD20               80826368L /* layer norm 1/std */
+#define V21                  80843008L /* moe blocks.1.moe */
+#define LOGITS21             84037888L /* router logits */
+#define PROBS21              84171008L /* router probabilities */
+#define LSE21                84304128L /* log-sum-exp of the logits */
+#define TOPP21               84320768L /* top-k probabilities */
+#define GATE21               84337408L /* gates */
+#define PRIO21               84354048L /* routing priority */
+#define PRIOS21              84370688L /* routing priority, sorted */
+#define ENT21                84387328L /* router entropy per token */
+#define AE21                 84403968L /* expert hidden, activated */
+#define YE21                100378368L /* expert outputs [E, cap, D] */
+#define AUX21               104371968L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                      0L /* int32 chosen experts */
 #define SLOT21                  16640L /* int32 slot of each choice */
 #define COUNT21                 33280L /* int32 tokens per expert */
@@ -75,50 +73,48 @@
 #define TARGET21               108176L /* int32 mapped expert */
 #define BLKC21                 124816L /* int32 choices per block and expert */
 #define BLKB21                 124960L /* int32 first slot per block and expert */
-#define V22                 123541264L /* drop_path */
-#define KEEP22              126736144L /* stochastic depth: kept samples */
-#define V23                 126736400L /* residual_end */
-#define MEAN25              129931280L /* layer norm means */
-#define RSTD25              129947920L /* layer norm 1/std */
-#define V26                 129964560L /* attention blocks.2.attn */
-#define QKV26               133159440L /* queries, keys, values */
-#define ATT26               142744080L /* attention weights */
-#define Y26                 145988880L /* heads' outputs */
-#define V27                 149183760L /* drop_path */
-#define KEEP27              152378640L /* stochastic depth: kept samples */
-#define V28                 152378896L /* residual_end */
-#define MEAN30              155573776L /* layer norm means */
-#define RSTD30              155590416L /* layer norm 1/std */
-#define V31                 155607056L /* mlp blocks.2.mlp */
-#define H31                 158801936L /* hidden, before the activation, then its derivative */
-#define ACTV31              171581456L /* hidden, after the activation */
-#define V32                 184360976L /* drop_path */
-#define KEEP32              187555856L /* stochastic depth: kept samples */
-#define V33                 187556112L /* residual_end */
-#define MEAN35              190750992L /* layer norm means */
-#define RSTD35              190767632L /* layer norm 1/std */
-#define V36                 190784272L /* attention blocks.3.attn */
-#define QKV36               193979152L /* queries, keys, values */
-#define ATT36               203563792L /* attention weights */
-#define Y36                 206808592L /* heads' outputs */
-#define V37                 210003472L /* drop_path */
-#define KEEP37              213198352L /* stochastic depth: kept samples */
-#define V38                 213198608L /* residual_end */
-#define V40                 216393488L /* layernorm blocks.3.norm2 */
-#define MEAN40              219588368L /* layer norm means */
-#define RSTD40              219605008L /* layer norm 1/std */
-#define V41                 219621648L /* moe blocks.3.moe */
-#define LOGITS41            222816528L /* router logits */
-#define PROBS41             222949648L /* router probabilities */
-#define LSE41               223082768L /* log-sum-exp of the logits */
-#define TOPP41              223099408L /* top-k probabilities */
-#define GATE41              223116048L /* gates */
-#define PRIO41              223132688L /* routing priority */
-#define PRIOS41             223149328L /* routing priority, sorted */
-#define ENT41               223165968L /* router entropy per token */
-#define AE41                223182608L /* expert hidden, activated */
-#define YE41                239157008L /* expert outputs [E, cap, D] */
-#define AUX41               243150608L /* auxiliary losses: balance, z, dataset, importance */
+#define V22                 104371984L /* drop_path */
+#define KEEP22              107566864L /* stochastic depth: kept samples */
+#define V23                 107567120L /* residual_end */
+#define MEAN25              110762000L /* layer norm means */
+#define RSTD25              110778640L /* layer norm 1/std */
+#define V26                 110795280L /* attention blocks.2.attn */
+#define ATT26               113990160L /* attention weights */
+#define Y26                 117234960L /* heads' outputs */
+#define V27                 120429840L /* drop_path */
+#define KEEP27              123624720L /* stochastic depth: kept samples */
+#define V28                 123624976L /* residual_end */
+#define MEAN30              126819856L /* layer norm means */
+#define RSTD30              126836496L /* layer norm 1/std */
+#define V31                 126853136L /* mlp blocks.2.mlp */
+#define H31                 130048016L /* hidden, before the activation, then its derivative */
+#define ACTV31              142827536L /* hidden, after the activation */
+#define V32                 155607056L /* drop_path */
+#define KEEP32              158801936L /* stochastic depth: kept samples */
+#define V33                 158802192L /* residual_end */
+#define MEAN35              161997072L /* layer norm means */
+#define RSTD35              162013712L /* layer norm 1/std */
+#define V36                 162030352L /* attention blocks.3.attn */
+#define ATT36               165225232L /* attention weights */
+#define Y36                 168470032L /* heads' outputs */
+#define V37                 171664912L /* drop_path */
+#define KEEP37              174859792L /* stochastic depth: kept samples */
+#define V38                 174860048L /* residual_end */
+#define V40                 178054928L /* layernorm blocks.3.norm2 */
+#define MEAN40              181249808L /* layer norm means */
+#define RSTD40              181266448L /* layer norm 1/std */
+#define V41                 181283088L /* moe blocks.3.moe */
+#define LOGITS41            184477968L /* router logits */
+#define PROBS41             184611088L /* router probabilities */
+#define LSE41               184744208L /* log-sum-exp of the logits */
+#define TOPP41              184760848L /* top-k probabilities */
+#define GATE41              184777488L /* gates */
+#define PRIO41              184794128L /* routing priority */
+#define PRIOS41             184810768L /* routing priority, sorted */
+#define ENT41               184827408L /* router entropy per token */
+#define AE41                184844048L /* expert hidden, activated */
+#define YE41                200818448L /* expert outputs [E, cap, D] */
+#define AUX41               204812048L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 125104L /* int32 chosen experts */
 #define SLOT41                 141744L /* int32 slot of each choice */
 #define COUNT41                158384L /* int32 tokens per expert */
@@ -129,50 +125,48 @@
 #define TARGET41               233280L /* int32 mapped expert */
 #define BLKC41                 249920L /* int32 choices per block and expert */
 #define BLKB41                 250064L /* int32 first slot per block and expert */
-#define V42                 243150624L /* drop_path */
-#define KEEP42              246345504L /* stochastic depth: kept samples */
-#define V43                 246345760L /* residual_end */
-#define MEAN45              249540640L /* layer norm means */
-#define RSTD45              249557280L /* layer norm 1/std */
-#define V46                 249573920L /* attention blocks.4.attn */
-#define QKV46               252768800L /* queries, keys, values */
-#define ATT46               262353440L /* attention weights */
-#define Y46                 265598240L /* heads' outputs */
-#define V47                 268793120L /* drop_path */
-#define KEEP47              271988000L /* stochastic depth: kept samples */
-#define V48                 271988256L /* residual_end */
-#define MEAN50              275183136L /* layer norm means */
-#define RSTD50              275199776L /* layer norm 1/std */
-#define V51                 275216416L /* mlp blocks.4.mlp */
-#define H51                 278411296L /* hidden, before the activation, then its derivative */
-#define ACTV51              291190816L /* hidden, after the activation */
-#define V52                 303970336L /* drop_path */
-#define KEEP52              307165216L /* stochastic depth: kept samples */
-#define V53                 307165472L /* residual_end */
-#define MEAN55              310360352L /* layer norm means */
-#define RSTD55              310376992L /* layer norm 1/std */
-#define V56                 310393632L /* attention blocks.5.attn */
-#define QKV56               313588512L /* queries, keys, values */
-#define ATT56               323173152L /* attention weights */
-#define Y56                 326417952L /* heads' outputs */
-#define V57                 329612832L /* drop_path */
-#define KEEP57              332807712L /* stochastic depth: kept samples */
-#define V58                 332807968L /* residual_end */
-#define V60                 336002848L /* layernorm blocks.5.norm2 */
-#define MEAN60              339197728L /* layer norm means */
-#define RSTD60              339214368L /* layer norm 1/std */
-#define V61                 339231008L /* moe blocks.5.moe */
-#define LOGITS61            342425888L /* router logits */
-#define PROBS61             342559008L /* router probabilities */
-#define LSE61               342692128L /* log-sum-exp of the logits */
-#define TOPP61              342708768L /* top-k probabilities */
-#define GATE61              342725408L /* gates */
-#define PRIO61              342742048L /* routing priority */
-#define PRIOS61             342758688L /* routing priority, sorted */
-#define ENT61               342775328L /* router entropy per token */
-#define AE61                342791968L /* expert hidden, activated */
-#define YE61                358766368L /* expert outputs [E, cap, D] */
-#define AUX61               362759968L /* auxiliary losses: balance, z, dataset, importance */
+#define V42                 204812064L /* drop_path */
+#define KEEP42              208006944L /* stochastic depth: kept samples */
+#define V43                 208007200L /* residual_end */
+#define MEAN45              211202080L /* layer norm means */
+#define RSTD45              211218720L /* layer norm 1/std */
+#define V46                 211235360L /* attention blocks.4.attn */
+#define ATT46               214430240L /* attention weights */
+#define Y46                 217675040L /* heads' outputs */
+#define V47                 220869920L /* drop_path */
+#define KEEP47              224064800L /* stochastic depth: kept samples */
+#define V48                 224065056L /* residual_end */
+#define MEAN50              227259936L /* layer norm means */
+#define RSTD50              227276576L /* layer norm 1/std */
+#define V51                 227293216L /* mlp blocks.4.mlp */
+#define H51                 230488096L /* hidden, before the activation, then its derivative */
+#define ACTV51              243267616L /* hidden, after the activation */
+#define V52                 256047136L /* drop_path */
+#define KEEP52              259242016L /* stochastic depth: kept samples */
+#define V53                 259242272L /* residual_end */
+#define MEAN55              262437152L /* layer norm means */
+#define RSTD55              262453792L /* layer norm 1/std */
+#define V56                 262470432L /* attention blocks.5.attn */
+#define ATT56               265665312L /* attention weights */
+#define Y56                 268910112L /* heads' outputs */
+#define V57                 272104992L /* drop_path */
+#define KEEP57              275299872L /* stochastic depth: kept samples */
+#define V58                 275300128L /* residual_end */
+#define V60                 278495008L /* layernorm blocks.5.norm2 */
+#define MEAN60              281689888L /* layer norm means */
+#define RSTD60              281706528L /* layer norm 1/std */
+#define V61                 281723168L /* moe blocks.5.moe */
+#define LOGITS61            284918048L /* router logits */
+#define PROBS61             285051168L /* router probabilities */
+#define LSE61               285184288L /* log-sum-exp of the logits */
+#define TOPP61              285200928L /* top-k probabilities */
+#define GATE61              285217568L /* gates */
+#define PRIO61              285234208L /* routing priority */
+#define PRIOS61             285250848L /* routing priority, sorted */
+#define ENT61               285267488L /* router entropy per token */
+#define AE61                285284128L /* expert hidden, activated */
+#define YE61                301258528L /* expert outputs [E, cap, D] */
+#define AUX61               305252128L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 250208L /* int32 chosen experts */
 #define SLOT61                 266848L /* int32 slot of each choice */
 #define COUNT61                283488L /* int32 tokens per expert */
@@ -183,50 +177,48 @@
 #define TARGET61               358384L /* int32 mapped expert */
 #define BLKC61                 375024L /* int32 choices per block and expert */
 #define BLKB61                 375168L /* int32 first slot per block and expert */
-#define V62                 362759984L /* drop_path */
-#define KEEP62              365954864L /* stochastic depth: kept samples */
-#define V63                 365955120L /* residual_end */
-#define MEAN65              369150000L /* layer norm means */
-#define RSTD65              369166640L /* layer norm 1/std */
-#define V66                 369183280L /* attention blocks.6.attn */
-#define QKV66               372378160L /* queries, keys, values */
-#define ATT66               381962800L /* attention weights */
-#define Y66                 385207600L /* heads' outputs */
-#define V67                 388402480L /* drop_path */
-#define KEEP67              391597360L /* stochastic depth: kept samples */
-#define V68                 391597616L /* residual_end */
-#define MEAN70              394792496L /* layer norm means */
-#define RSTD70              394809136L /* layer norm 1/std */
-#define V71                 394825776L /* mlp blocks.6.mlp */
-#define H71                 398020656L /* hidden, before the activation, then its derivative */
-#define ACTV71              410800176L /* hidden, after the activation */
-#define V72                 423579696L /* drop_path */
-#define KEEP72              426774576L /* stochastic depth: kept samples */
-#define V73                 426774832L /* residual_end */
-#define MEAN75              429969712L /* layer norm means */
-#define RSTD75              429986352L /* layer norm 1/std */
-#define V76                 430002992L /* attention blocks.7.attn */
-#define QKV76               433197872L /* queries, keys, values */
-#define ATT76               442782512L /* attention weights */
-#define Y76                 446027312L /* heads' outputs */
-#define V77                 449222192L /* drop_path */
-#define KEEP77              452417072L /* stochastic depth: kept samples */
-#define V78                 452417328L /* residual_end */
-#define V80                 455612208L /* layernorm blocks.7.norm2 */
-#define MEAN80              458807088L /* layer norm means */
-#define RSTD80              458823728L /* layer norm 1/std */
-#define V81                 458840368L /* moe blocks.7.moe */
-#define LOGITS81            462035248L /* router logits */
-#define PROBS81             462168368L /* router probabilities */
-#define LSE81               462301488L /* log-sum-exp of the logits */
-#define TOPP81              462318128L /* top-k probabilities */
-#define GATE81              462334768L /* gates */
-#define PRIO81              462351408L /* routing priority */
-#define PRIOS81             462368048L /* routing priority, sorted */
-#define ENT81               462384688L /* router entropy per token */
-#define AE81                462401328L /* expert hidden, activated */
-#define YE81                478375728L /* expert outputs [E, cap, D] */
-#define AUX81               482369328L /* auxiliary losses: balance, z, dataset, importance */
+#define V62                 305252144L /* drop_path */
+#define KEEP62              308447024L /* stochastic depth: kept samples */
+#define V63                 308447280L /* residual_end */
+#define MEAN65              311642160L /* layer norm means */
+#define RSTD65              311658800L /* layer norm 1/std */
+#define V66                 311675440L /* attention blocks.6.attn */
+#define ATT66               314870320L /* attention weights */
+#define Y66                 318115120L /* heads' outputs */
+#define V67                 321310000L /* drop_path */
+#define KEEP67              324504880L /* stochastic depth: kept samples */
+#define V68                 324505136L /* residual_end */
+#define MEAN70              327700016L /* layer norm means */
+#define RSTD70              327716656L /* layer norm 1/std */
+#define V71                 327733296L /* mlp blocks.6.mlp */
+#define H71                 330928176L /* hidden, before the activation, then its derivative */
+#define ACTV71              343707696L /* hidden, after the activation */
+#define V72                 356487216L /* drop_path */
+#define KEEP72              359682096L /* stochastic depth: kept samples */
+#define V73                 359682352L /* residual_end */
+#define MEAN75              362877232L /* layer norm means */
+#define RSTD75              362893872L /* layer norm 1/std */
+#define V76                 362910512L /* attention blocks.7.attn */
+#define ATT76               366105392L /* attention weights */
+#define Y76                 369350192L /* heads' outputs */
+#define V77                 372545072L /* drop_path */
+#define KEEP77              375739952L /* stochastic depth: kept samples */
+#define V78                 375740208L /* residual_end */
+#define V80                 378935088L /* layernorm blocks.7.norm2 */
+#define MEAN80              382129968L /* layer norm means */
+#define RSTD80              382146608L /* layer norm 1/std */
+#define V81                 382163248L /* moe blocks.7.moe */
+#define LOGITS81            385358128L /* router logits */
+#define PROBS81             385491248L /* router probabilities */
+#define LSE81               385624368L /* log-sum-exp of the logits */
+#define TOPP81              385641008L /* top-k probabilities */
+#define GATE81              385657648L /* gates */
+#define PRIO81              385674288L /* routing priority */
+#define PRIOS81             385690928L /* routing priority, sorted */
+#define ENT81               385707568L /* router entropy per token */
+#define AE81                385724208L /* expert hidden, activated */
+#define YE81                401698608L /* expert outputs [E, cap, D] */
+#define AUX81               405692208L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 375312L /* int32 chosen experts */
 #define SLOT81                 391952L /* int32 slot of each choice */
 #define COUNT81                408592L /* int32 tokens per expert */
@@ -237,35 +229,43 @@
 #define TARGET81               483488L /* int32 mapped expert */
 #define BLKC81                 500128L /* int32 choices per block and expert */
 #define BLKB81                 500272L /* int32 first slot per block and expert */
-#define V82                 482369344L /* drop_path */
-#define KEEP82              485564224L /* stochastic depth: kept samples */
-#define V83                 485564480L /* residual_end */
-#define V84                 488759360L /* layernorm norm */
-#define MEAN84              491954240L /* layer norm means */
-#define RSTD84              491970880L /* layer norm 1/std */
-#define V85                 491987520L /* pool */
-#define V86                 492036672L /* logits */
-#define XENT                492039232L /* cross-entropy per sample */
-#define V5               LAY16(492039488L, 492039488L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define V10              LAY16(495234368L, 493636928L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V15              LAY16(498429248L, 495234368L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define XE21             LAY16(501624128L, 496831808L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(505617728L, 498828608L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V25              LAY16(521592128L, 506815808L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define V30              LAY16(524787008L, 508413248L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V35              LAY16(527981888L, 510010688L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define XE41             LAY16(531176768L, 511608128L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(535170368L, 513604928L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V45              LAY16(551144768L, 521592128L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define V50              LAY16(554339648L, 523189568L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define V55              LAY16(557534528L, 524787008L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define XE61             LAY16(560729408L, 526384448L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(564723008L, 528381248L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V65              LAY16(580697408L, 536368448L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define V70              LAY16(583892288L, 537965888L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
-#define V75              LAY16(587087168L, 539563328L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define XE81             LAY16(590282048L, 541160768L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(594275648L, 543157568L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V82                 405692224L /* drop_path */
+#define KEEP82              408887104L /* stochastic depth: kept samples */
+#define V83                 408887360L /* residual_end */
+#define V84                 412082240L /* layernorm norm */
+#define MEAN84              415277120L /* layer norm means */
+#define RSTD84              415293760L /* layer norm 1/std */
+#define V85                 415310400L /* pool */
+#define V86                 415359552L /* logits */
+#define XENT                415362112L /* cross-entropy per sample */
+#define V5               LAY16(415362368L, 415362368L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(418557248L, 416959808L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define V10              LAY16(428141888L, 421752128L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V15              LAY16(431336768L, 423349568L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(434531648L, 424947008L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE21             LAY16(444116288L, 429739328L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(448109888L, 431736128L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V25              LAY16(464084288L, 439723328L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(467279168L, 441320768L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define V30              LAY16(476863808L, 446113088L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V35              LAY16(480058688L, 447710528L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(483253568L, 449307968L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE41             LAY16(492838208L, 454100288L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(496831808L, 456097088L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V45              LAY16(512806208L, 464084288L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(516001088L, 465681728L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define V50              LAY16(525585728L, 470474048L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define V55              LAY16(528780608L, 472071488L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(531975488L, 473668928L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE61             LAY16(541560128L, 478461248L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(545553728L, 480458048L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V65              LAY16(561528128L, 488445248L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(564723008L, 490042688L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define V70              LAY16(574307648L, 494835008L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
+#define V75              LAY16(577502528L, 496432448L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(580697408L, 498029888L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE81             LAY16(590282048L, 502822208L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(594275648L, 504819008L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -533,7 +533,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     11873866L, /* params */
     610250048L, /* act_floats */
-    551144768L, /* act_floats16: in bf16 precision */
+    512806208L, /* act_floats16: in bf16 precision */
     140577280L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */
@@ -571,8 +571,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 5: layernorm blocks.0.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V5), A(MEAN5), A(RSTD5), A(V3), P(22080L), P(22272L), B * 65, 1e-05f, bf16_half(k, A(V5)));
     /* 6: attention blocks.0.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV6), mm_half(k, A(V5)), P(22464L), P(133056L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y6), A(ATT6), A(QKV6), B, true);
+    static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV6's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV6), mm_half(k, A(V5)), P(22464L), P(133056L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV6)));
+    attention_forward<65, 64, 3>(k, A(Y6), A(ATT6), A(QKV6), B, true, true);
     linear_forward(k, A(V6), attn_mm<65, 64>(k, A(Y6)), P(133632L), P(170496L), B * 65, 192, 192);
     /* 7: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP7), B, train ? 0.0f : 0.0f, d->seed, 1007, &d->sc->step, d->row0);
@@ -593,8 +594,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 15: layernorm blocks.1.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V15), A(MEAN15), A(RSTD15), A(V13), P(466944L), P(467136L), B * 65, 1e-05f, bf16_half(k, A(V15)));
     /* 16: attention blocks.1.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV16), mm_half(k, A(V15)), P(467328L), P(577920L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y16), A(ATT16), A(QKV16), B, true);
+    static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV16's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV16), mm_half(k, A(V15)), P(467328L), P(577920L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV16)));
+    attention_forward<65, 64, 3>(k, A(Y16), A(ATT16), A(QKV16), B, true, true);
     linear_forward(k, A(V16), attn_mm<65, 64>(k, A(Y16)), P(578496L), P(615360L), B * 65, 192, 192);
     /* 17: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP17), B, train ? 0.014285714f : 0.0f, d->seed, 1017, &d->sc->step, d->row0);
@@ -626,8 +628,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 25: layernorm blocks.2.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V25), A(MEAN25), A(RSTD25), A(V23), P(2984448L), P(2984640L), B * 65, 1e-05f, bf16_half(k, A(V25)));
     /* 26: attention blocks.2.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV26), mm_half(k, A(V25)), P(2984832L), P(3095424L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y26), A(ATT26), A(QKV26), B, true);
+    static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV26's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV26), mm_half(k, A(V25)), P(2984832L), P(3095424L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV26)));
+    attention_forward<65, 64, 3>(k, A(Y26), A(ATT26), A(QKV26), B, true, true);
     linear_forward(k, A(V26), attn_mm<65, 64>(k, A(Y26)), P(3096000L), P(3132864L), B * 65, 192, 192);
     /* 27: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP27), B, train ? 0.028571429f : 0.0f, d->seed, 1027, &d->sc->step, d->row0);
@@ -648,8 +651,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 35: layernorm blocks.3.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V35), A(MEAN35), A(RSTD35), A(V33), P(3429312L), P(3429504L), B * 65, 1e-05f, bf16_half(k, A(V35)));
     /* 36: attention blocks.3.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV36), mm_half(k, A(V35)), P(3429696L), P(3540288L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y36), A(ATT36), A(QKV36), B, true);
+    static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV36's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV36), mm_half(k, A(V35)), P(3429696L), P(3540288L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV36)));
+    attention_forward<65, 64, 3>(k, A(Y36), A(ATT36), A(QKV36), B, true, true);
     linear_forward(k, A(V36), attn_mm<65, 64>(k, A(Y36)), P(3540864L), P(3577728L), B * 65, 192, 192);
     /* 37: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP37), B, train ? 0.042857144f : 0.0f, d->seed, 1037, &d->sc->step, d->row0);
@@ -681,8 +685,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 45: layernorm blocks.4.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V45), A(MEAN45), A(RSTD45), A(V43), P(5946816L), P(5947008L), B * 65, 1e-05f, bf16_half(k, A(V45)));
     /* 46: attention blocks.4.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV46), mm_half(k, A(V45)), P(5947200L), P(6057792L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y46), A(ATT46), A(QKV46), B, true);
+    static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV46's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV46), mm_half(k, A(V45)), P(5947200L), P(6057792L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV46)));
+    attention_forward<65, 64, 3>(k, A(Y46), A(ATT46), A(QKV46), B, true, true);
     linear_forward(k, A(V46), attn_mm<65, 64>(k, A(Y46)), P(6058368L), P(6095232L), B * 65, 192, 192);
     /* 47: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP47), B, train ? 0.057142857f : 0.0f, d->seed, 1047, &d->sc->step, d->row0);
@@ -703,8 +708,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 55: layernorm blocks.5.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V55), A(MEAN55), A(RSTD55), A(V53), P(6391680L), P(6391872L), B * 65, 1e-05f, bf16_half(k, A(V55)));
     /* 56: attention blocks.5.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV56), mm_half(k, A(V55)), P(6392064L), P(6502656L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y56), A(ATT56), A(QKV56), B, true);
+    static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV56's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV56), mm_half(k, A(V55)), P(6392064L), P(6502656L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV56)));
+    attention_forward<65, 64, 3>(k, A(Y56), A(ATT56), A(QKV56), B, true, true);
     linear_forward(k, A(V56), attn_mm<65, 64>(k, A(Y56)), P(6503232L), P(6540096L), B * 65, 192, 192);
     /* 57: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP57), B, train ? 0.071428575f : 0.0f, d->seed, 1057, &d->sc->step, d->row0);
@@ -736,8 +742,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 65: layernorm blocks.6.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V65), A(MEAN65), A(RSTD65), A(V63), P(8909184L), P(8909376L), B * 65, 1e-05f, bf16_half(k, A(V65)));
     /* 66: attention blocks.6.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV66), mm_half(k, A(V65)), P(8909568L), P(9020160L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y66), A(ATT66), A(QKV66), B, true);
+    static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV66's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV66), mm_half(k, A(V65)), P(8909568L), P(9020160L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV66)));
+    attention_forward<65, 64, 3>(k, A(Y66), A(ATT66), A(QKV66), B, true, true);
     linear_forward(k, A(V66), attn_mm<65, 64>(k, A(Y66)), P(9020736L), P(9057600L), B * 65, 192, 192);
     /* 67: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP67), B, train ? 0.08571429f : 0.0f, d->seed, 1067, &d->sc->step, d->row0);
@@ -758,8 +765,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 75: layernorm blocks.7.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V75), A(MEAN75), A(RSTD75), A(V73), P(9354048L), P(9354240L), B * 65, 1e-05f, bf16_half(k, A(V75)));
     /* 76: attention blocks.7.attn -> [B, 65, 192] */
-    linear_forward(k, A(QKV76), mm_half(k, A(V75)), P(9354432L), P(9465024L), B * 65, 192, 576);
-    attention_forward<65, 64, 3>(k, A(Y76), A(ATT76), A(QKV76), B, true);
+    static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV76's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV76), mm_half(k, A(V75)), P(9354432L), P(9465024L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV76)));
+    attention_forward<65, 64, 3>(k, A(Y76), A(ATT76), A(QKV76), B, true, true);
     linear_forward(k, A(V76), attn_mm<65, 64>(k, A(Y76)), P(9465600L), P(9502464L), B * 65, 192, 192);
     /* 77: drop_path -> [B, 65, 192] */
     dropout_mask(k, A(KEEP77), B, train ? 0.1f : 0.0f, d->seed, 1077, &d->sc->step, d->row0);
@@ -834,7 +842,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V76), G(V77), A(KEEP77), (int64_t)B * 12480, 0, 12480);
     /* 76: attention blocks.7.attn */
     linear_backward(k, G(Y76), DP(9465600L), DP(9502464L), G(V76), attn_mm<65, 64>(k, A(Y76)), P(9465600L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B, true);
+    attention_backward<65, 64, 3>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B, true, true);
     linear_backward(k, G(V75), DP(9354432L), DP(9465024L), attn_mm<65, 64>(k, G(QKV76)), mm_half(k, A(V75)), P(9354432L), B * 65, 192, 576, 0);
     /* 75: layernorm blocks.7.norm1 */
     layernorm_backward<192>(k, G(V73), DP(9354048L), DP(9354240L), G(V75), A(V73), P(9354048L), A(MEAN75), A(RSTD75), B * 65, 1);
@@ -854,7 +862,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V66), G(V67), A(KEEP67), (int64_t)B * 12480, 0, 12480);
     /* 66: attention blocks.6.attn */
     linear_backward(k, G(Y66), DP(9020736L), DP(9057600L), G(V66), attn_mm<65, 64>(k, A(Y66)), P(9020736L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B, true);
+    attention_backward<65, 64, 3>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B, true, true);
     linear_backward(k, G(V65), DP(8909568L), DP(9020160L), attn_mm<65, 64>(k, G(QKV66)), mm_half(k, A(V65)), P(8909568L), B * 65, 192, 576, 0);
     /* 65: layernorm blocks.6.norm1 */
     layernorm_backward<192>(k, G(V63), DP(8909184L), DP(8909376L), G(V65), A(V63), P(8909184L), A(MEAN65), A(RSTD65), B * 65, 1);
@@ -884,7 +892,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V56), G(V57), A(KEEP57), (int64_t)B * 12480, 0, 12480);
     /* 56: attention blocks.5.attn */
     linear_backward(k, G(Y56), DP(6503232L), DP(6540096L), G(V56), attn_mm<65, 64>(k, A(Y56)), P(6503232L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B, true);
+    attention_backward<65, 64, 3>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B, true, true);
     linear_backward(k, G(V55), DP(6392064L), DP(6502656L), attn_mm<65, 64>(k, G(QKV56)), mm_half(k, A(V55)), P(6392064L), B * 65, 192, 576, 0);
     /* 55: layernorm blocks.5.norm1 */
     layernorm_backward<192>(k, G(V53), DP(6391680L), DP(6391872L), G(V55), A(V53), P(6391680L), A(MEAN55), A(RSTD55), B * 65, 1);
@@ -904,7 +912,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V46), G(V47), A(KEEP47), (int64_t)B * 12480, 0, 12480);
     /* 46: attention blocks.4.attn */
     linear_backward(k, G(Y46), DP(6058368L), DP(6095232L), G(V46), attn_mm<65, 64>(k, A(Y46)), P(6058368L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B, true);
+    attention_backward<65, 64, 3>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B, true, true);
     linear_backward(k, G(V45), DP(5947200L), DP(6057792L), attn_mm<65, 64>(k, G(QKV46)), mm_half(k, A(V45)), P(5947200L), B * 65, 192, 576, 0);
     /* 45: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V43), DP(5946816L), DP(5947008L), G(V45), A(V43), P(5946816L), A(MEAN45), A(RSTD45), B * 65, 1);
@@ -934,7 +942,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V36), G(V37), A(KEEP37), (int64_t)B * 12480, 0, 12480);
     /* 36: attention blocks.3.attn */
     linear_backward(k, G(Y36), DP(3540864L), DP(3577728L), G(V36), attn_mm<65, 64>(k, A(Y36)), P(3540864L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B, true);
+    attention_backward<65, 64, 3>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B, true, true);
     linear_backward(k, G(V35), DP(3429696L), DP(3540288L), attn_mm<65, 64>(k, G(QKV36)), mm_half(k, A(V35)), P(3429696L), B * 65, 192, 576, 0);
     /* 35: layernorm blocks.3.norm1 */
     layernorm_backward<192>(k, G(V33), DP(3429312L), DP(3429504L), G(V35), A(V33), P(3429312L), A(MEAN35), A(RSTD35), B * 65, 1);
@@ -954,7 +962,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V26), G(V27), A(KEEP27), (int64_t)B * 12480, 0, 12480);
     /* 26: attention blocks.2.attn */
     linear_backward(k, G(Y26), DP(3096000L), DP(3132864L), G(V26), attn_mm<65, 64>(k, A(Y26)), P(3096000L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B, true);
+    attention_backward<65, 64, 3>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B, true, true);
     linear_backward(k, G(V25), DP(2984832L), DP(3095424L), attn_mm<65, 64>(k, G(QKV26)), mm_half(k, A(V25)), P(2984832L), B * 65, 192, 576, 0);
     /* 25: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V23), DP(2984448L), DP(2984640L), G(V25), A(V23), P(2984448L), A(MEAN25), A(RSTD25), B * 65, 1);
@@ -984,7 +992,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V16), G(V17), A(KEEP17), (int64_t)B * 12480, 0, 12480);
     /* 16: attention blocks.1.attn */
     linear_backward(k, G(Y16), DP(578496L), DP(615360L), G(V16), attn_mm<65, 64>(k, A(Y16)), P(578496L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B, true);
+    attention_backward<65, 64, 3>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B, true, true);
     linear_backward(k, G(V15), DP(467328L), DP(577920L), attn_mm<65, 64>(k, G(QKV16)), mm_half(k, A(V15)), P(467328L), B * 65, 192, 576, 0);
     /* 15: layernorm blocks.1.norm1 */
     layernorm_backward<192>(k, G(V13), DP(466944L), DP(467136L), G(V15), A(V13), P(466944L), A(MEAN15), A(RSTD15), B * 65, 1);
@@ -1004,7 +1012,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V6), G(V7), A(KEEP7), (int64_t)B * 12480, 0, 12480);
     /* 6: attention blocks.0.attn */
     linear_backward(k, G(Y6), DP(133632L), DP(170496L), G(V6), attn_mm<65, 64>(k, A(Y6)), P(133632L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B, true);
+    attention_backward<65, 64, 3>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B, true, true);
     linear_backward(k, G(V5), DP(22464L), DP(133056L), attn_mm<65, 64>(k, G(QKV6)), mm_half(k, A(V5)), P(22464L), B * 65, 192, 576, 0);
     /* 5: layernorm blocks.0.norm1 */
     layernorm_backward<192>(k, G(V3), DP(22080L), DP(22272L), G(V5), A(V3), P(22080L), A(MEAN5), A(RSTD5), B * 65, 1);

@@ -27,27 +27,26 @@
 #define MEAN5                 6750208L /* layer norm means */
 #define RSTD5                 6758528L /* layer norm 1/std */
 #define V6                    6766848L /* attention blocks.0.attn */
-#define QKV6                  8896768L /* queries, keys, values */
-#define ATT6                 15286528L /* attention weights */
-#define Y6                   19612928L /* heads' outputs */
-#define V7                   21742848L /* drop_path */
-#define KEEP7                23872768L /* stochastic depth: kept samples */
-#define V8                   23872896L /* residual_end */
-#define V10                  26002816L /* layernorm blocks.0.norm2 */
-#define MEAN10               28132736L /* layer norm means */
-#define RSTD10               28141056L /* layer norm 1/std */
-#define V11                  28149376L /* moe blocks.0.moe */
-#define LOGITS11             30279296L /* router logits */
-#define PROBS11              30337536L /* router probabilities */
-#define LSE11                30395776L /* log-sum-exp of the logits */
-#define TOPP11               30404096L /* top-k probabilities */
-#define GATE11               30429056L /* gates */
-#define PRIO11               30454016L /* routing priority */
-#define PRIOS11              30462336L /* routing priority, sorted */
-#define ENT11                30470656L /* router entropy per token */
-#define AE11                 30478976L /* expert hidden, activated */
-#define YE11                 46456448L /* expert outputs [E, cap, D] */
-#define AUX11                54445184L /* auxiliary losses: balance, z, dataset, importance */
+#define ATT6                  8896768L /* attention weights */
+#define Y6                   13223168L /* heads' outputs */
+#define V7                   15353088L /* drop_path */
+#define KEEP7                17483008L /* stochastic depth: kept samples */
+#define V8                   17483136L /* residual_end */
+#define V10                  19613056L /* layernorm blocks.0.norm2 */
+#define MEAN10               21742976L /* layer norm means */
+#define RSTD10               21751296L /* layer norm 1/std */
+#define V11                  21759616L /* moe blocks.0.moe */
+#define LOGITS11             23889536L /* router logits */
+#define PROBS11              23947776L /* router probabilities */
+#define LSE11                24006016L /* log-sum-exp of the logits */
+#define TOPP11               24014336L /* top-k probabilities */
+#define GATE11               24039296L /* gates */
+#define PRIO11               24064256L /* routing priority */
+#define PRIOS11              24072576L /* routing priority, sorted */
+#define ENT11                24080896L /* router entropy per token */
+#define AE11                 24089216L /* expert hidden, activated */
+#define YE11                 40066688L /* expert outputs [E, cap, D] */
+#define AUX11                48055424L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK11                      0L /* int32 chosen experts */
 #define SLOT11                  24960L /* int32 slot of each choice */
 #define COUNT11                 49920L /* int32 tokens per expert */
@@ -58,34 +57,33 @@
 #define TARGET11               129008L /* int32 mapped expert */
 #define BLKC11                 137328L /* int32 choices per block and expert */
 #define BLKB11                 137504L /* int32 first slot per block and expert */
-#define QUERY11              54445200L /* attention router queries [N, R] */
-#define V12                  54977680L /* drop_path */
-#define KEEP12               57107600L /* stochastic depth: kept samples */
-#define V13                  57107728L /* residual_end */
-#define MEAN15               59237648L /* layer norm means */
-#define RSTD15               59245968L /* layer norm 1/std */
-#define V16                  59254288L /* attention blocks.1.attn */
-#define QKV16                61384208L /* queries, keys, values */
-#define ATT16                67773968L /* attention weights */
-#define Y16                  72100368L /* heads' outputs */
-#define V17                  74230288L /* drop_path */
-#define KEEP17               76360208L /* stochastic depth: kept samples */
-#define V18                  76360336L /* residual_end */
-#define V20                  78490256L /* layernorm blocks.1.norm2 */
-#define MEAN20               80620176L /* layer norm means */
-#define RSTD20               80628496L /* layer norm 1/std */
-#define V21                  80636816L /* moe blocks.1.moe */
-#define LOGITS21             82766736L /* router logits */
-#define PROBS21              82824976L /* router probabilities */
-#define LSE21                82883216L /* log-sum-exp of the logits */
-#define TOPP21               82891536L /* top-k probabilities */
-#define GATE21               82916496L /* gates */
-#define PRIO21               82941456L /* routing priority */
-#define PRIOS21              82949776L /* routing priority, sorted */
-#define ENT21                82958096L /* router entropy per token */
-#define AE21                 82966416L /* expert hidden, activated */
-#define YE21                 98943888L /* expert outputs [E, cap, D] */
-#define AUX21               106932624L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY11              48055440L /* attention router queries [N, R] */
+#define V12                  48587920L /* drop_path */
+#define KEEP12               50717840L /* stochastic depth: kept samples */
+#define V13                  50717968L /* residual_end */
+#define MEAN15               52847888L /* layer norm means */
+#define RSTD15               52856208L /* layer norm 1/std */
+#define V16                  52864528L /* attention blocks.1.attn */
+#define ATT16                54994448L /* attention weights */
+#define Y16                  59320848L /* heads' outputs */
+#define V17                  61450768L /* drop_path */
+#define KEEP17               63580688L /* stochastic depth: kept samples */
+#define V18                  63580816L /* residual_end */
+#define V20                  65710736L /* layernorm blocks.1.norm2 */
+#define MEAN20               67840656L /* layer norm means */
+#define RSTD20               67848976L /* layer norm 1/std */
+#define V21                  67857296L /* moe blocks.1.moe */
+#define LOGITS21             69987216L /* router logits */
+#define PROBS21              70045456L /* router probabilities */
+#define LSE21                70103696L /* log-sum-exp of the logits */
+#define TOPP21               70112016L /* top-k probabilities */
+#define GATE21               70136976L /* gates */
+#define PRIO21               70161936L /* routing priority */
+#define PRIOS21              70170256L /* routing priority, sorted */
+#define ENT21                70178576L /* router entropy per token */
+#define AE21                 70186896L /* expert hidden, activated */
+#define YE21                 86164368L /* expert outputs [E, cap, D] */
+#define AUX21                94153104L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                 137680L /* int32 chosen experts */
 #define SLOT21                 162640L /* int32 slot of each choice */
 #define COUNT21                187600L /* int32 tokens per expert */
@@ -96,34 +94,33 @@
 #define TARGET21               266688L /* int32 mapped expert */
 #define BLKC21                 275008L /* int32 choices per block and expert */
 #define BLKB21                 275184L /* int32 first slot per block and expert */
-#define QUERY21             106932640L /* attention router queries [N, R] */
-#define V22                 107465120L /* drop_path */
-#define KEEP22              109595040L /* stochastic depth: kept samples */
-#define V23                 109595168L /* residual_end */
-#define MEAN25              111725088L /* layer norm means */
-#define RSTD25              111733408L /* layer norm 1/std */
-#define V26                 111741728L /* attention blocks.2.attn */
-#define QKV26               113871648L /* queries, keys, values */
-#define ATT26               120261408L /* attention weights */
-#define Y26                 124587808L /* heads' outputs */
-#define V27                 126717728L /* drop_path */
-#define KEEP27              128847648L /* stochastic depth: kept samples */
-#define V28                 128847776L /* residual_end */
-#define V30                 130977696L /* layernorm blocks.2.norm2 */
-#define MEAN30              133107616L /* layer norm means */
-#define RSTD30              133115936L /* layer norm 1/std */
-#define V31                 133124256L /* moe blocks.2.moe */
-#define LOGITS31            135254176L /* router logits */
-#define PROBS31             135312416L /* router probabilities */
-#define LSE31               135370656L /* log-sum-exp of the logits */
-#define TOPP31              135378976L /* top-k probabilities */
-#define GATE31              135403936L /* gates */
-#define PRIO31              135428896L /* routing priority */
-#define PRIOS31             135437216L /* routing priority, sorted */
-#define ENT31               135445536L /* router entropy per token */
-#define AE31                135453856L /* expert hidden, activated */
-#define YE31                151431328L /* expert outputs [E, cap, D] */
-#define AUX31               159420064L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY21              94153120L /* attention router queries [N, R] */
+#define V22                  94685600L /* drop_path */
+#define KEEP22               96815520L /* stochastic depth: kept samples */
+#define V23                  96815648L /* residual_end */
+#define MEAN25               98945568L /* layer norm means */
+#define RSTD25               98953888L /* layer norm 1/std */
+#define V26                  98962208L /* attention blocks.2.attn */
+#define ATT26               101092128L /* attention weights */
+#define Y26                 105418528L /* heads' outputs */
+#define V27                 107548448L /* drop_path */
+#define KEEP27              109678368L /* stochastic depth: kept samples */
+#define V28                 109678496L /* residual_end */
+#define V30                 111808416L /* layernorm blocks.2.norm2 */
+#define MEAN30              113938336L /* layer norm means */
+#define RSTD30              113946656L /* layer norm 1/std */
+#define V31                 113954976L /* moe blocks.2.moe */
+#define LOGITS31            116084896L /* router logits */
+#define PROBS31             116143136L /* router probabilities */
+#define LSE31               116201376L /* log-sum-exp of the logits */
+#define TOPP31              116209696L /* top-k probabilities */
+#define GATE31              116234656L /* gates */
+#define PRIO31              116259616L /* routing priority */
+#define PRIOS31             116267936L /* routing priority, sorted */
+#define ENT31               116276256L /* router entropy per token */
+#define AE31                116284576L /* expert hidden, activated */
+#define YE31                132262048L /* expert outputs [E, cap, D] */
+#define AUX31               140250784L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK31                 275360L /* int32 chosen experts */
 #define SLOT31                 300320L /* int32 slot of each choice */
 #define COUNT31                325280L /* int32 tokens per expert */
@@ -134,34 +131,33 @@
 #define TARGET31               404368L /* int32 mapped expert */
 #define BLKC31                 412688L /* int32 choices per block and expert */
 #define BLKB31                 412864L /* int32 first slot per block and expert */
-#define QUERY31             159420080L /* attention router queries [N, R] */
-#define V32                 159952560L /* drop_path */
-#define KEEP32              162082480L /* stochastic depth: kept samples */
-#define V33                 162082608L /* residual_end */
-#define MEAN35              164212528L /* layer norm means */
-#define RSTD35              164220848L /* layer norm 1/std */
-#define V36                 164229168L /* attention blocks.3.attn */
-#define QKV36               166359088L /* queries, keys, values */
-#define ATT36               172748848L /* attention weights */
-#define Y36                 177075248L /* heads' outputs */
-#define V37                 179205168L /* drop_path */
-#define KEEP37              181335088L /* stochastic depth: kept samples */
-#define V38                 181335216L /* residual_end */
-#define V40                 183465136L /* layernorm blocks.3.norm2 */
-#define MEAN40              185595056L /* layer norm means */
-#define RSTD40              185603376L /* layer norm 1/std */
-#define V41                 185611696L /* moe blocks.3.moe */
-#define LOGITS41            187741616L /* router logits */
-#define PROBS41             187799856L /* router probabilities */
-#define LSE41               187858096L /* log-sum-exp of the logits */
-#define TOPP41              187866416L /* top-k probabilities */
-#define GATE41              187891376L /* gates */
-#define PRIO41              187916336L /* routing priority */
-#define PRIOS41             187924656L /* routing priority, sorted */
-#define ENT41               187932976L /* router entropy per token */
-#define AE41                187941296L /* expert hidden, activated */
-#define YE41                203918768L /* expert outputs [E, cap, D] */
-#define AUX41               211907504L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY31             140250800L /* attention router queries [N, R] */
+#define V32                 140783280L /* drop_path */
+#define KEEP32              142913200L /* stochastic depth: kept samples */
+#define V33                 142913328L /* residual_end */
+#define MEAN35              145043248L /* layer norm means */
+#define RSTD35              145051568L /* layer norm 1/std */
+#define V36                 145059888L /* attention blocks.3.attn */
+#define ATT36               147189808L /* attention weights */
+#define Y36                 151516208L /* heads' outputs */
+#define V37                 153646128L /* drop_path */
+#define KEEP37              155776048L /* stochastic depth: kept samples */
+#define V38                 155776176L /* residual_end */
+#define V40                 157906096L /* layernorm blocks.3.norm2 */
+#define MEAN40              160036016L /* layer norm means */
+#define RSTD40              160044336L /* layer norm 1/std */
+#define V41                 160052656L /* moe blocks.3.moe */
+#define LOGITS41            162182576L /* router logits */
+#define PROBS41             162240816L /* router probabilities */
+#define LSE41               162299056L /* log-sum-exp of the logits */
+#define TOPP41              162307376L /* top-k probabilities */
+#define GATE41              162332336L /* gates */
+#define PRIO41              162357296L /* routing priority */
+#define PRIOS41             162365616L /* routing priority, sorted */
+#define ENT41               162373936L /* router entropy per token */
+#define AE41                162382256L /* expert hidden, activated */
+#define YE41                178359728L /* expert outputs [E, cap, D] */
+#define AUX41               186348464L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 413040L /* int32 chosen experts */
 #define SLOT41                 438000L /* int32 slot of each choice */
 #define COUNT41                462960L /* int32 tokens per expert */
@@ -172,34 +168,33 @@
 #define TARGET41               542048L /* int32 mapped expert */
 #define BLKC41                 550368L /* int32 choices per block and expert */
 #define BLKB41                 550544L /* int32 first slot per block and expert */
-#define QUERY41             211907520L /* attention router queries [N, R] */
-#define V42                 212440000L /* drop_path */
-#define KEEP42              214569920L /* stochastic depth: kept samples */
-#define V43                 214570048L /* residual_end */
-#define MEAN45              216699968L /* layer norm means */
-#define RSTD45              216708288L /* layer norm 1/std */
-#define V46                 216716608L /* attention blocks.4.attn */
-#define QKV46               218846528L /* queries, keys, values */
-#define ATT46               225236288L /* attention weights */
-#define Y46                 229562688L /* heads' outputs */
-#define V47                 231692608L /* drop_path */
-#define KEEP47              233822528L /* stochastic depth: kept samples */
-#define V48                 233822656L /* residual_end */
-#define V50                 235952576L /* layernorm blocks.4.norm2 */
-#define MEAN50              238082496L /* layer norm means */
-#define RSTD50              238090816L /* layer norm 1/std */
-#define V51                 238099136L /* moe blocks.4.moe */
-#define LOGITS51            240229056L /* router logits */
-#define PROBS51             240287296L /* router probabilities */
-#define LSE51               240345536L /* log-sum-exp of the logits */
-#define TOPP51              240353856L /* top-k probabilities */
-#define GATE51              240378816L /* gates */
-#define PRIO51              240403776L /* routing priority */
-#define PRIOS51             240412096L /* routing priority, sorted */
-#define ENT51               240420416L /* router entropy per token */
-#define AE51                240428736L /* expert hidden, activated */
-#define YE51                256406208L /* expert outputs [E, cap, D] */
-#define AUX51               264394944L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY41             186348480L /* attention router queries [N, R] */
+#define V42                 186880960L /* drop_path */
+#define KEEP42              189010880L /* stochastic depth: kept samples */
+#define V43                 189011008L /* residual_end */
+#define MEAN45              191140928L /* layer norm means */
+#define RSTD45              191149248L /* layer norm 1/std */
+#define V46                 191157568L /* attention blocks.4.attn */
+#define ATT46               193287488L /* attention weights */
+#define Y46                 197613888L /* heads' outputs */
+#define V47                 199743808L /* drop_path */
+#define KEEP47              201873728L /* stochastic depth: kept samples */
+#define V48                 201873856L /* residual_end */
+#define V50                 204003776L /* layernorm blocks.4.norm2 */
+#define MEAN50              206133696L /* layer norm means */
+#define RSTD50              206142016L /* layer norm 1/std */
+#define V51                 206150336L /* moe blocks.4.moe */
+#define LOGITS51            208280256L /* router logits */
+#define PROBS51             208338496L /* router probabilities */
+#define LSE51               208396736L /* log-sum-exp of the logits */
+#define TOPP51              208405056L /* top-k probabilities */
+#define GATE51              208430016L /* gates */
+#define PRIO51              208454976L /* routing priority */
+#define PRIOS51             208463296L /* routing priority, sorted */
+#define ENT51               208471616L /* router entropy per token */
+#define AE51                208479936L /* expert hidden, activated */
+#define YE51                224457408L /* expert outputs [E, cap, D] */
+#define AUX51               232446144L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK51                 550720L /* int32 chosen experts */
 #define SLOT51                 575680L /* int32 slot of each choice */
 #define COUNT51                600640L /* int32 tokens per expert */
@@ -210,34 +205,33 @@
 #define TARGET51               679728L /* int32 mapped expert */
 #define BLKC51                 688048L /* int32 choices per block and expert */
 #define BLKB51                 688224L /* int32 first slot per block and expert */
-#define QUERY51             264394960L /* attention router queries [N, R] */
-#define V52                 264927440L /* drop_path */
-#define KEEP52              267057360L /* stochastic depth: kept samples */
-#define V53                 267057488L /* residual_end */
-#define MEAN55              269187408L /* layer norm means */
-#define RSTD55              269195728L /* layer norm 1/std */
-#define V56                 269204048L /* attention blocks.5.attn */
-#define QKV56               271333968L /* queries, keys, values */
-#define ATT56               277723728L /* attention weights */
-#define Y56                 282050128L /* heads' outputs */
-#define V57                 284180048L /* drop_path */
-#define KEEP57              286309968L /* stochastic depth: kept samples */
-#define V58                 286310096L /* residual_end */
-#define V60                 288440016L /* layernorm blocks.5.norm2 */
-#define MEAN60              290569936L /* layer norm means */
-#define RSTD60              290578256L /* layer norm 1/std */
-#define V61                 290586576L /* moe blocks.5.moe */
-#define LOGITS61            292716496L /* router logits */
-#define PROBS61             292774736L /* router probabilities */
-#define LSE61               292832976L /* log-sum-exp of the logits */
-#define TOPP61              292841296L /* top-k probabilities */
-#define GATE61              292866256L /* gates */
-#define PRIO61              292891216L /* routing priority */
-#define PRIOS61             292899536L /* routing priority, sorted */
-#define ENT61               292907856L /* router entropy per token */
-#define AE61                292916176L /* expert hidden, activated */
-#define YE61                308893648L /* expert outputs [E, cap, D] */
-#define AUX61               316882384L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY51             232446160L /* attention router queries [N, R] */
+#define V52                 232978640L /* drop_path */
+#define KEEP52              235108560L /* stochastic depth: kept samples */
+#define V53                 235108688L /* residual_end */
+#define MEAN55              237238608L /* layer norm means */
+#define RSTD55              237246928L /* layer norm 1/std */
+#define V56                 237255248L /* attention blocks.5.attn */
+#define ATT56               239385168L /* attention weights */
+#define Y56                 243711568L /* heads' outputs */
+#define V57                 245841488L /* drop_path */
+#define KEEP57              247971408L /* stochastic depth: kept samples */
+#define V58                 247971536L /* residual_end */
+#define V60                 250101456L /* layernorm blocks.5.norm2 */
+#define MEAN60              252231376L /* layer norm means */
+#define RSTD60              252239696L /* layer norm 1/std */
+#define V61                 252248016L /* moe blocks.5.moe */
+#define LOGITS61            254377936L /* router logits */
+#define PROBS61             254436176L /* router probabilities */
+#define LSE61               254494416L /* log-sum-exp of the logits */
+#define TOPP61              254502736L /* top-k probabilities */
+#define GATE61              254527696L /* gates */
+#define PRIO61              254552656L /* routing priority */
+#define PRIOS61             254560976L /* routing priority, sorted */
+#define ENT61               254569296L /* router entropy per token */
+#define AE61                254577616L /* expert hidden, activated */
+#define YE61                270555088L /* expert outputs [E, cap, D] */
+#define AUX61               278543824L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 688400L /* int32 chosen experts */
 #define SLOT61                 713360L /* int32 slot of each choice */
 #define COUNT61                738320L /* int32 tokens per expert */
@@ -248,34 +242,33 @@
 #define TARGET61               817408L /* int32 mapped expert */
 #define BLKC61                 825728L /* int32 choices per block and expert */
 #define BLKB61                 825904L /* int32 first slot per block and expert */
-#define QUERY61             316882400L /* attention router queries [N, R] */
-#define V62                 317414880L /* drop_path */
-#define KEEP62              319544800L /* stochastic depth: kept samples */
-#define V63                 319544928L /* residual_end */
-#define MEAN65              321674848L /* layer norm means */
-#define RSTD65              321683168L /* layer norm 1/std */
-#define V66                 321691488L /* attention blocks.6.attn */
-#define QKV66               323821408L /* queries, keys, values */
-#define ATT66               330211168L /* attention weights */
-#define Y66                 334537568L /* heads' outputs */
-#define V67                 336667488L /* drop_path */
-#define KEEP67              338797408L /* stochastic depth: kept samples */
-#define V68                 338797536L /* residual_end */
-#define V70                 340927456L /* layernorm blocks.6.norm2 */
-#define MEAN70              343057376L /* layer norm means */
-#define RSTD70              343065696L /* layer norm 1/std */
-#define V71                 343074016L /* moe blocks.6.moe */
-#define LOGITS71            345203936L /* router logits */
-#define PROBS71             345262176L /* router probabilities */
-#define LSE71               345320416L /* log-sum-exp of the logits */
-#define TOPP71              345328736L /* top-k probabilities */
-#define GATE71              345353696L /* gates */
-#define PRIO71              345378656L /* routing priority */
-#define PRIOS71             345386976L /* routing priority, sorted */
-#define ENT71               345395296L /* router entropy per token */
-#define AE71                345403616L /* expert hidden, activated */
-#define YE71                361381088L /* expert outputs [E, cap, D] */
-#define AUX71               369369824L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY61             278543840L /* attention router queries [N, R] */
+#define V62                 279076320L /* drop_path */
+#define KEEP62              281206240L /* stochastic depth: kept samples */
+#define V63                 281206368L /* residual_end */
+#define MEAN65              283336288L /* layer norm means */
+#define RSTD65              283344608L /* layer norm 1/std */
+#define V66                 283352928L /* attention blocks.6.attn */
+#define ATT66               285482848L /* attention weights */
+#define Y66                 289809248L /* heads' outputs */
+#define V67                 291939168L /* drop_path */
+#define KEEP67              294069088L /* stochastic depth: kept samples */
+#define V68                 294069216L /* residual_end */
+#define V70                 296199136L /* layernorm blocks.6.norm2 */
+#define MEAN70              298329056L /* layer norm means */
+#define RSTD70              298337376L /* layer norm 1/std */
+#define V71                 298345696L /* moe blocks.6.moe */
+#define LOGITS71            300475616L /* router logits */
+#define PROBS71             300533856L /* router probabilities */
+#define LSE71               300592096L /* log-sum-exp of the logits */
+#define TOPP71              300600416L /* top-k probabilities */
+#define GATE71              300625376L /* gates */
+#define PRIO71              300650336L /* routing priority */
+#define PRIOS71             300658656L /* routing priority, sorted */
+#define ENT71               300666976L /* router entropy per token */
+#define AE71                300675296L /* expert hidden, activated */
+#define YE71                316652768L /* expert outputs [E, cap, D] */
+#define AUX71               324641504L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK71                 826080L /* int32 chosen experts */
 #define SLOT71                 851040L /* int32 slot of each choice */
 #define COUNT71                876000L /* int32 tokens per expert */
@@ -286,34 +279,33 @@
 #define TARGET71               955088L /* int32 mapped expert */
 #define BLKC71                 963408L /* int32 choices per block and expert */
 #define BLKB71                 963584L /* int32 first slot per block and expert */
-#define QUERY71             369369840L /* attention router queries [N, R] */
-#define V72                 369902320L /* drop_path */
-#define KEEP72              372032240L /* stochastic depth: kept samples */
-#define V73                 372032368L /* residual_end */
-#define MEAN75              374162288L /* layer norm means */
-#define RSTD75              374170608L /* layer norm 1/std */
-#define V76                 374178928L /* attention blocks.7.attn */
-#define QKV76               376308848L /* queries, keys, values */
-#define ATT76               382698608L /* attention weights */
-#define Y76                 387025008L /* heads' outputs */
-#define V77                 389154928L /* drop_path */
-#define KEEP77              391284848L /* stochastic depth: kept samples */
-#define V78                 391284976L /* residual_end */
-#define V80                 393414896L /* layernorm blocks.7.norm2 */
-#define MEAN80              395544816L /* layer norm means */
-#define RSTD80              395553136L /* layer norm 1/std */
-#define V81                 395561456L /* moe blocks.7.moe */
-#define LOGITS81            397691376L /* router logits */
-#define PROBS81             397749616L /* router probabilities */
-#define LSE81               397807856L /* log-sum-exp of the logits */
-#define TOPP81              397816176L /* top-k probabilities */
-#define GATE81              397841136L /* gates */
-#define PRIO81              397866096L /* routing priority */
-#define PRIOS81             397874416L /* routing priority, sorted */
-#define ENT81               397882736L /* router entropy per token */
-#define AE81                397891056L /* expert hidden, activated */
-#define YE81                413868528L /* expert outputs [E, cap, D] */
-#define AUX81               421857264L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY71             324641520L /* attention router queries [N, R] */
+#define V72                 325174000L /* drop_path */
+#define KEEP72              327303920L /* stochastic depth: kept samples */
+#define V73                 327304048L /* residual_end */
+#define MEAN75              329433968L /* layer norm means */
+#define RSTD75              329442288L /* layer norm 1/std */
+#define V76                 329450608L /* attention blocks.7.attn */
+#define ATT76               331580528L /* attention weights */
+#define Y76                 335906928L /* heads' outputs */
+#define V77                 338036848L /* drop_path */
+#define KEEP77              340166768L /* stochastic depth: kept samples */
+#define V78                 340166896L /* residual_end */
+#define V80                 342296816L /* layernorm blocks.7.norm2 */
+#define MEAN80              344426736L /* layer norm means */
+#define RSTD80              344435056L /* layer norm 1/std */
+#define V81                 344443376L /* moe blocks.7.moe */
+#define LOGITS81            346573296L /* router logits */
+#define PROBS81             346631536L /* router probabilities */
+#define LSE81               346689776L /* log-sum-exp of the logits */
+#define TOPP81              346698096L /* top-k probabilities */
+#define GATE81              346723056L /* gates */
+#define PRIO81              346748016L /* routing priority */
+#define PRIOS81             346756336L /* routing priority, sorted */
+#define ENT81               346764656L /* router entropy per token */
+#define AE81                346772976L /* expert hidden, activated */
+#define YE81                362750448L /* expert outputs [E, cap, D] */
+#define AUX81               370739184L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 963760L /* int32 chosen experts */
 #define SLOT81                 988720L /* int32 slot of each choice */
 #define COUNT81               1013680L /* int32 tokens per expert */
@@ -324,34 +316,33 @@
 #define TARGET81              1092768L /* int32 mapped expert */
 #define BLKC81                1101088L /* int32 choices per block and expert */
 #define BLKB81                1101264L /* int32 first slot per block and expert */
-#define QUERY81             421857280L /* attention router queries [N, R] */
-#define V82                 422389760L /* drop_path */
-#define KEEP82              424519680L /* stochastic depth: kept samples */
-#define V83                 424519808L /* residual_end */
-#define MEAN85              426649728L /* layer norm means */
-#define RSTD85              426658048L /* layer norm 1/std */
-#define V86                 426666368L /* attention blocks.8.attn */
-#define QKV86               428796288L /* queries, keys, values */
-#define ATT86               435186048L /* attention weights */
-#define Y86                 439512448L /* heads' outputs */
-#define V87                 441642368L /* drop_path */
-#define KEEP87              443772288L /* stochastic depth: kept samples */
-#define V88                 443772416L /* residual_end */
-#define V90                 445902336L /* layernorm blocks.8.norm2 */
-#define MEAN90              448032256L /* layer norm means */
-#define RSTD90              448040576L /* layer norm 1/std */
-#define V91                 448048896L /* moe blocks.8.moe */
-#define LOGITS91            450178816L /* router logits */
-#define PROBS91             450237056L /* router probabilities */
-#define LSE91               450295296L /* log-sum-exp of the logits */
-#define TOPP91              450303616L /* top-k probabilities */
-#define GATE91              450328576L /* gates */
-#define PRIO91              450353536L /* routing priority */
-#define PRIOS91             450361856L /* routing priority, sorted */
-#define ENT91               450370176L /* router entropy per token */
-#define AE91                450378496L /* expert hidden, activated */
-#define YE91                466355968L /* expert outputs [E, cap, D] */
-#define AUX91               474344704L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY81             370739200L /* attention router queries [N, R] */
+#define V82                 371271680L /* drop_path */
+#define KEEP82              373401600L /* stochastic depth: kept samples */
+#define V83                 373401728L /* residual_end */
+#define MEAN85              375531648L /* layer norm means */
+#define RSTD85              375539968L /* layer norm 1/std */
+#define V86                 375548288L /* attention blocks.8.attn */
+#define ATT86               377678208L /* attention weights */
+#define Y86                 382004608L /* heads' outputs */
+#define V87                 384134528L /* drop_path */
+#define KEEP87              386264448L /* stochastic depth: kept samples */
+#define V88                 386264576L /* residual_end */
+#define V90                 388394496L /* layernorm blocks.8.norm2 */
+#define MEAN90              390524416L /* layer norm means */
+#define RSTD90              390532736L /* layer norm 1/std */
+#define V91                 390541056L /* moe blocks.8.moe */
+#define LOGITS91            392670976L /* router logits */
+#define PROBS91             392729216L /* router probabilities */
+#define LSE91               392787456L /* log-sum-exp of the logits */
+#define TOPP91              392795776L /* top-k probabilities */
+#define GATE91              392820736L /* gates */
+#define PRIO91              392845696L /* routing priority */
+#define PRIOS91             392854016L /* routing priority, sorted */
+#define ENT91               392862336L /* router entropy per token */
+#define AE91                392870656L /* expert hidden, activated */
+#define YE91                408848128L /* expert outputs [E, cap, D] */
+#define AUX91               416836864L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK91                1101440L /* int32 chosen experts */
 #define SLOT91                1126400L /* int32 slot of each choice */
 #define COUNT91               1151360L /* int32 tokens per expert */
@@ -362,43 +353,52 @@
 #define TARGET91              1230448L /* int32 mapped expert */
 #define BLKC91                1238768L /* int32 choices per block and expert */
 #define BLKB91                1238944L /* int32 first slot per block and expert */
-#define QUERY91             474344720L /* attention router queries [N, R] */
-#define V92                 474877200L /* drop_path */
-#define KEEP92              477007120L /* stochastic depth: kept samples */
-#define V93                 477007248L /* residual_end */
-#define V94                 479137168L /* layernorm norm */
-#define MEAN94              481267088L /* layer norm means */
-#define RSTD94              481275408L /* layer norm 1/std */
-#define V95                 481283728L /* pool */
-#define V96                 481316496L /* logits */
-#define XENT                481322000L /* cross-entropy per sample */
-#define V5               LAY16(481322128L, 481322128L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define XE11             LAY16(483452048L, 482387088L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE11             LAY16(491440784L, 486381456L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V15              LAY16(507418256L, 494370192L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define XE21             LAY16(509548176L, 495435152L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(517536912L, 499429520L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V25              LAY16(533514384L, 507418256L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define XE31             LAY16(535644304L, 508483216L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE31             LAY16(543633040L, 512477584L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V35              LAY16(559610512L, 520466320L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define XE41             LAY16(561740432L, 521531280L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(569729168L, 525525648L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V45              LAY16(585706640L, 533514384L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define XE51             LAY16(587836560L, 534579344L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE51             LAY16(595825296L, 538573712L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V55              LAY16(611802768L, 546562448L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define XE61             LAY16(613932688L, 547627408L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(621921424L, 551621776L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V65              LAY16(637898896L, 559610512L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define XE71             LAY16(640028816L, 560675472L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE71             LAY16(648017552L, 564669840L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V75              LAY16(663995024L, 572658576L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define XE81             LAY16(666124944L, 573723536L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(674113680L, 577717904L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V85              LAY16(690091152L, 585706640L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
-#define XE91             LAY16(692221072L, 586771600L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE91             LAY16(700209808L, 590765968L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define QUERY91             416836880L /* attention router queries [N, R] */
+#define V92                 417369360L /* drop_path */
+#define KEEP92              419499280L /* stochastic depth: kept samples */
+#define V93                 419499408L /* residual_end */
+#define V94                 421629328L /* layernorm norm */
+#define MEAN94              423759248L /* layer norm means */
+#define RSTD94              423767568L /* layer norm 1/std */
+#define V95                 423775888L /* pool */
+#define V96                 423808656L /* logits */
+#define XENT                423814160L /* cross-entropy per sample */
+#define V5               LAY16(423814288L, 423814288L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(425944208L, 424879248L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE11             LAY16(432333968L, 428074128L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE11             LAY16(440322704L, 432068496L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V15              LAY16(456300176L, 440057232L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(458430096L, 441122192L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE21             LAY16(464819856L, 444317072L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(472808592L, 448311440L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V25              LAY16(488786064L, 456300176L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(490915984L, 457365136L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE31             LAY16(497305744L, 460560016L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE31             LAY16(505294480L, 464554384L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V35              LAY16(521271952L, 472543120L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(523401872L, 473608080L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE41             LAY16(529791632L, 476802960L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(537780368L, 480797328L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V45              LAY16(553757840L, 488786064L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(555887760L, 489851024L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE51             LAY16(562277520L, 493045904L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE51             LAY16(570266256L, 497040272L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V55              LAY16(586243728L, 505029008L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(588373648L, 506093968L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE61             LAY16(594763408L, 509288848L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(602752144L, 513283216L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V65              LAY16(618729616L, 521271952L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(620859536L, 522336912L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE71             LAY16(627249296L, 525531792L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE71             LAY16(635238032L, 529526160L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V75              LAY16(651215504L, 537514896L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(653345424L, 538579856L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE81             LAY16(659735184L, 541774736L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(667723920L, 545769104L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V85              LAY16(683701392L, 553757840L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
+#define QKV86            LAY16(685831312L, 554822800L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define XE91             LAY16(692221072L, 558017680L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE91             LAY16(700209808L, 562012048L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -735,7 +735,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     19133675L, /* params */
     716187280L, /* act_floats */
-    598754704L, /* act_floats16: in bf16 precision */
+    570000784L, /* act_floats16: in bf16 precision */
     117772928L, /* grad_floats */
     1239120L, /* int_slots */
     138L, /* dacc: doubles */
@@ -773,8 +773,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 5: layernorm blocks.0.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V5), A(MEAN5), A(RSTD5), A(V3), P(29440L), P(29696L), B * 65, 1e-05f, bf16_half(k, A(V5)));
     /* 6: attention blocks.0.attn -> [B, 65, 256] */
-    linear_forward(k, A(QKV6), mm_half(k, A(V5)), P(29952L), P(226560L), B * 65, 256, 768);
-    attention_forward<65, 32, 8>(k, A(Y6), A(ATT6), A(QKV6), B, true);
+    static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV6's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV6), mm_half(k, A(V5)), P(29952L), P(226560L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV6)));
+    attention_forward<65, 32, 8>(k, A(Y6), A(ATT6), A(QKV6), B, true, true);
     linear_forward(k, A(V6), attn_mm<65, 32>(k, A(Y6)), P(227328L), P(292864L), B * 65, 256, 256);
     /* 7: drop_path -> [B, 65, 256] */
     dropout_mask(k, A(KEEP7), B, train ? 0.0f : 0.0f, d->seed, 1007, &d->sc->step, d->row0);
@@ -808,8 +809,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 15: layernorm blocks.1.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V15), A(MEAN15), A(RSTD15), A(V13), P(2150848L), P(2151104L), B * 65, 1e-05f, bf16_half(k, A(V15)));
     /* 16: attention blocks.1.attn -> [B, 65, 256] */
-    linear_forward(k, A(QKV16), mm_half(k, A(V15)), P(2151360L), P(2347968L), B * 65, 256, 768);
-    attention_forward<65, 32, 8>(k, A(Y16), A(ATT16), A(QKV16), B, true);
+    static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV16's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV16), mm_half(k, A(V15)), P(2151360L), P(2347968L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV16)));
+    attention_forward<65, 32, 8>(k, A(Y16), A(ATT16), A(QKV16), B, true, true);
     linear_forward(k, A(V16), attn_mm<65, 32>(k, A(Y16)), P(2348736L), P(2414272L), B * 65, 256, 256);
     /* 17: drop_path -> [B, 65, 256] */
     dropout_mask(k, A(KEEP17), B, train ? 0.0125f : 0.0f, d->seed, 1017, &d->sc->step, d->row0);
@@ -843,8 +845,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 25: layernorm blocks.2.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V25), A(MEAN25), A(RSTD25), A(V23), P(4272256L), P(4272512L), B * 65, 1e-05f, bf16_half(k, A(V25)));
     /* 26: attention blocks.2.attn -> [B, 65, 256] */
-    linear_forward(k, A(QKV26), mm_half(k, A(V25)), P(4272768L), P(4469376L), B * 65, 256, 768);
-    attention_forward<65, 32, 8>(k, A(Y26), A(ATT26), A(QKV26), B, true);
+    static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV26's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV26), mm_half(k, A(V25)), P(4272768L), P(4469376L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV26)));
+    attention_forward<65, 32, 8>(k, A(Y26), A(ATT26), A(QKV26), B, true, true);
     linear_forward(k, A(V26), attn_mm<65, 32>(k, A(Y26)), P(4470144L), P(4535680L), B * 65, 256, 256);
     /* 27: drop_path -> [B, 65, 256] */
     dropout_mask(k, A(KEEP27), B, train ? 0.025f : 0.0f, d->seed, 1027, &d->sc->step, d->row0);
@@ -878,8 +881,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 35: layernorm blocks.3.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V35), A(MEAN35), A(RSTD35), A(V33), P(6393664L), P(6393920L), B * 65, 1e-05f, bf16_half(k, A(V35)));
     /* 36: attention blocks.3.attn -> [B, 65, 256] */
-    linear_forward(k, A(QKV36), mm_half(k, A(V35)), P(6394176L), P(6590784L), B * 65, 256, 768);
-    attention_forward<65, 32, 8>(k, A(Y36), A(ATT36), A(QKV36), B, true);
+    static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV36's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV36), mm_half(k, A(V35)), P(6394176L), P(6590784L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV36)));
+    attention_forward<65, 32, 8>(k, A(Y36), A(ATT36), A(QKV36), B, true, true);
     linear_forward(k, A(V36), attn_mm<65, 32>(k, A(Y36)), P(6591552L), P(6657088L), B * 65, 256, 256);
     /* 37: drop_path -> [B, 65, 256] */
     dropout_mask(k, A(KEEP37), B, train ? 0.0375f : 0.0f, d->seed, 1037, &d->sc->step, d->row0);
@@ -913,8 +917,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 45: layernorm blocks.4.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V45), A(MEAN45), A(RSTD45), A(V43), P(8515072L), P(8515328L), B * 65, 1e-05f, bf16_half(k, A(V45)));
     /* 46: attention blocks.4.attn -> [B, 65, 256] */
-    linear_forward(k, A(QKV46), mm_half(k, A(V45)), P(8515584L), P(8712192L), B * 65, 256, 768);
-    attention_forward<65, 32, 8>(k, A(Y46), A(ATT46), A(QKV46), B, true);
+    static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV46's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV46), mm_half(k, A(V45)), P(8515584L), P(8712192L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV46)));
+    attention_forward<65, 32, 8>(k, A(Y46), A(ATT46), A(QKV46), B, true, true);
     linear_forward(k, A(V46), attn_mm<65, 32>(k, A(Y46)), P(8712960L), P(8778496L), B * 65, 256, 256);
     /* 47: drop_path -> [B, 65, 256] */
     dropout_mask(k, A(KEEP47), B, train ? 0.05f : 0.0f, d->seed, 1047, &d->sc->step, d->row0);
@@ -948,8 +953,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 55: layernorm blocks.5.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V55), A(MEAN55), A(RSTD55), A(V53), P(10636480L), P(10636736L), B * 65, 1e-05f, bf16_half(k, A(V55)));
     /* 56: attention blocks.5.attn -> [B, 65, 256] */
-    linear_forward(k, A(QKV56), mm_half(k, A(V55)), P(10636992L), P(10833600L), B * 65, 256, 768);
-    attention_forward<65, 32, 8>(k, A(Y56), A(ATT56), A(QKV56), B, true);
+    static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV56's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV56), mm_half(k, A(V55)), P(10636992L), P(10833600L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV56)));
+    attention_forward<65, 32, 8>(k, A(Y56), A(ATT56), A(QKV56), B, true, true);
     linear_forward(k, A(V56), attn_mm<65, 32>(k, A(Y56)), P(10834368L), P(10899904L), B * 65, 256, 256);
     /* 57: drop_path -> [B, 65, 256] */
     dropout_mask(k, A(KEEP57), B, train ? 0.0625f : 0.0f, d->seed, 1057, &d->sc->step, d->row0);
@@ -983,8 +989,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 65: layernorm blocks.6.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V65), A(MEAN65), A(RSTD65), A(V63), P(12757888L), P(12758144L), B * 65, 1e-05f, bf16_half(k, A(V65)));
     /* 66: attention blocks.6.attn -> [B, 65, 256] */
-    linear_forward(k, A(QKV66), mm_half(k, A(V65)), P(12758400L), P(12955008L), B * 65, 256, 768);
-    attention_forward<65, 32, 8>(k, A(Y66), A(ATT66), A(QKV66), B, true);
+    static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV66's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV66), mm_half(k, A(V65)), P(12758400L), P(12955008L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV66)));
+    attention_forward<65, 32, 8>(k, A(Y66), A(ATT66), A(QKV66), B, true, true);
     linear_forward(k, A(V66), attn_mm<65, 32>(k, A(Y66)), P(12955776L), P(13021312L), B * 65, 256, 256);
     /* 67: drop_path -> [B, 65, 256] */
     dropout_mask(k, A(KEEP67), B, train ? 0.075f : 0.0f, d->seed, 1067, &d->sc->step, d->row0);
@@ -1018,8 +1025,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 75: layernorm blocks.7.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V75), A(MEAN75), A(RSTD75), A(V73), P(14879296L), P(14879552L), B * 65, 1e-05f, bf16_half(k, A(V75)));
     /* 76: attention blocks.7.attn -> [B, 65, 256] */
-    linear_forward(k, A(QKV76), mm_half(k, A(V75)), P(14879808L), P(15076416L), B * 65, 256, 768);
-    attention_forward<65, 32, 8>(k, A(Y76), A(ATT76), A(QKV76), B, true);
+    static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV76's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV76), mm_half(k, A(V75)), P(14879808L), P(15076416L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV76)));
+    attention_forward<65, 32, 8>(k, A(Y76), A(ATT76), A(QKV76), B, true, true);
     linear_forward(k, A(V76), attn_mm<65, 32>(k, A(Y76)), P(15077184L), P(15142720L), B * 65, 256, 256);
     /* 77: drop_path -> [B, 65, 256] */
     dropout_mask(k, A(KEEP77), B, train ? 0.0875f : 0.0f, d->seed, 1077, &d->sc->step, d->row0);
@@ -1053,8 +1061,9 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 85: layernorm blocks.8.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V85), A(MEAN85), A(RSTD85), A(V83), P(17000704L), P(17000960L), B * 65, 1e-05f, bf16_half(k, A(V85)));
     /* 86: attention blocks.8.attn -> [B, 65, 256] */
-    linear_forward(k, A(QKV86), mm_half(k, A(V85)), P(17001216L), P(17197824L), B * 65, 256, 768);
-    attention_forward<65, 32, 8>(k, A(Y86), A(ATT86), A(QKV86), B, true);
+    static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV86's bf16 room needs the fragment kernels");
+    linear_forward(k, A(QKV86), mm_half(k, A(V85)), P(17001216L), P(17197824L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV86)));
+    attention_forward<65, 32, 8>(k, A(Y86), A(ATT86), A(QKV86), B, true, true);
     linear_forward(k, A(V86), attn_mm<65, 32>(k, A(Y86)), P(17198592L), P(17264128L), B * 65, 256, 256);
     /* 87: drop_path -> [B, 65, 256] */
     dropout_mask(k, A(KEEP87), B, train ? 0.1f : 0.0f, d->seed, 1087, &d->sc->step, d->row0);
@@ -1133,7 +1142,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V86), G(V87), A(KEEP87), (int64_t)B * 16640, 0, 16640);
     /* 86: attention blocks.8.attn */
     linear_backward(k, G(Y86), DP(17198592L), DP(17264128L), G(V86), attn_mm<65, 32>(k, A(Y86)), P(17198592L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV86), G(Y86), A(QKV86), A(ATT86), B, true);
+    attention_backward<65, 32, 8>(k, G(QKV86), G(Y86), A(QKV86), A(ATT86), B, true, true);
     linear_backward(k, G(V85), DP(17001216L), DP(17197824L), attn_mm<65, 32>(k, G(QKV86)), mm_half(k, A(V85)), P(17001216L), B * 65, 256, 768, 0);
     /* 85: layernorm blocks.8.norm1 */
     layernorm_backward<256>(k, G(V83), DP(17000704L), DP(17000960L), G(V85), A(V83), P(17000704L), A(MEAN85), A(RSTD85), B * 65, 1);
@@ -1165,7 +1174,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V76), G(V77), A(KEEP77), (int64_t)B * 16640, 0, 16640);
     /* 76: attention blocks.7.attn */
     linear_backward(k, G(Y76), DP(15077184L), DP(15142720L), G(V76), attn_mm<65, 32>(k, A(Y76)), P(15077184L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B, true);
+    attention_backward<65, 32, 8>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B, true, true);
     linear_backward(k, G(V75), DP(14879808L), DP(15076416L), attn_mm<65, 32>(k, G(QKV76)), mm_half(k, A(V75)), P(14879808L), B * 65, 256, 768, 0);
     /* 75: layernorm blocks.7.norm1 */
     layernorm_backward<256>(k, G(V73), DP(14879296L), DP(14879552L), G(V75), A(V73), P(14879296L), A(MEAN75), A(RSTD75), B * 65, 1);
@@ -1197,7 +1206,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V66), G(V67), A(KEEP67), (int64_t)B * 16640, 0, 16640);
     /* 66: attention blocks.6.attn */
     linear_backward(k, G(Y66), DP(12955776L), DP(13021312L), G(V66), attn_mm<65, 32>(k, A(Y66)), P(12955776L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B, true);
+    attention_backward<65, 32, 8>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B, true, true);
     linear_backward(k, G(V65), DP(12758400L), DP(12955008L), attn_mm<65, 32>(k, G(QKV66)), mm_half(k, A(V65)), P(12758400L), B * 65, 256, 768, 0);
     /* 65: layernorm blocks.6.norm1 */
     layernorm_backward<256>(k, G(V63), DP(12757888L), DP(12758144L), G(V65), A(V63), P(12757888L), A(MEAN65), A(RSTD65), B * 65, 1);
@@ -1229,7 +1238,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V56), G(V57), A(KEEP57), (int64_t)B * 16640, 0, 16640);
     /* 56: attention blocks.5.attn */
     linear_backward(k, G(Y56), DP(10834368L), DP(10899904L), G(V56), attn_mm<65, 32>(k, A(Y56)), P(10834368L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B, true);
+    attention_backward<65, 32, 8>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B, true, true);
     linear_backward(k, G(V55), DP(10636992L), DP(10833600L), attn_mm<65, 32>(k, G(QKV56)), mm_half(k, A(V55)), P(10636992L), B * 65, 256, 768, 0);
     /* 55: layernorm blocks.5.norm1 */
     layernorm_backward<256>(k, G(V53), DP(10636480L), DP(10636736L), G(V55), A(V53), P(10636480L), A(MEAN55), A(RSTD55), B * 65, 1);
@@ -1261,7 +1270,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V46), G(V47), A(KEEP47), (int64_t)B * 16640, 0, 16640);
     /* 46: attention blocks.4.attn */
     linear_backward(k, G(Y46), DP(8712960L), DP(8778496L), G(V46), attn_mm<65, 32>(k, A(Y46)), P(8712960L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B, true);
+    attention_backward<65, 32, 8>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B, true, true);
     linear_backward(k, G(V45), DP(8515584L), DP(8712192L), attn_mm<65, 32>(k, G(QKV46)), mm_half(k, A(V45)), P(8515584L), B * 65, 256, 768, 0);
     /* 45: layernorm blocks.4.norm1 */
     layernorm_backward<256>(k, G(V43), DP(8515072L), DP(8515328L), G(V45), A(V43), P(8515072L), A(MEAN45), A(RSTD45), B * 65, 1);
@@ -1293,7 +1302,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V36), G(V37), A(KEEP37), (int64_t)B * 16640, 0, 16640);
     /* 36: attention blocks.3.attn */
     linear_backward(k, G(Y36), DP(6591552L), DP(6657088L), G(V36), attn_mm<65, 32>(k, A(Y36)), P(6591552L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B, true);
+    attention_backward<65, 32, 8>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B, true, true);
     linear_backward(k, G(V35), DP(6394176L), DP(6590784L), attn_mm<65, 32>(k, G(QKV36)), mm_half(k, A(V35)), P(6394176L), B * 65, 256, 768, 0);
     /* 35: layernorm blocks.3.norm1 */
     layernorm_backward<256>(k, G(V33), DP(6393664L), DP(6393920L), G(V35), A(V33), P(6393664L), A(MEAN35), A(RSTD35), B * 65, 1);
@@ -1325,7 +1334,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V26), G(V27), A(KEEP27), (int64_t)B * 16640, 0, 16640);
     /* 26: attention blocks.2.attn */
     linear_backward(k, G(Y26), DP(4470144L), DP(4535680L), G(V26), attn_mm<65, 32>(k, A(Y26)), P(4470144L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B, true);
+    attention_backward<65, 32, 8>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B, true, true);
     linear_backward(k, G(V25), DP(4272768L), DP(4469376L), attn_mm<65, 32>(k, G(QKV26)), mm_half(k, A(V25)), P(4272768L), B * 65, 256, 768, 0);
     /* 25: layernorm blocks.2.norm1 */
     layernorm_backward<256>(k, G(V23), DP(4272256L), DP(4272512L), G(V25), A(V23), P(4272256L), A(MEAN25), A(RSTD25), B * 65, 1);
@@ -1357,7 +1366,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V16), G(V17), A(KEEP17), (int64_t)B * 16640, 0, 16640);
     /* 16: attention blocks.1.attn */
     linear_backward(k, G(Y16), DP(2348736L), DP(2414272L), G(V16), attn_mm<65, 32>(k, A(Y16)), P(2348736L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B, true);
+    attention_backward<65, 32, 8>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B, true, true);
     linear_backward(k, G(V15), DP(2151360L), DP(2347968L), attn_mm<65, 32>(k, G(QKV16)), mm_half(k, A(V15)), P(2151360L), B * 65, 256, 768, 0);
     /* 15: layernorm blocks.1.norm1 */
     layernorm_backward<256>(k, G(V13), DP(2150848L), DP(2151104L), G(V15), A(V13), P(2150848L), A(MEAN15), A(RSTD15), B * 65, 1);
@@ -1389,7 +1398,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     mask_backward(k, G(V6), G(V7), A(KEEP7), (int64_t)B * 16640, 0, 16640);
     /* 6: attention blocks.0.attn */
     linear_backward(k, G(Y6), DP(227328L), DP(292864L), G(V6), attn_mm<65, 32>(k, A(Y6)), P(227328L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B, true);
+    attention_backward<65, 32, 8>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B, true, true);
     linear_backward(k, G(V5), DP(29952L), DP(226560L), attn_mm<65, 32>(k, G(QKV6)), mm_half(k, A(V5)), P(29952L), B * 65, 256, 768, 0);
     /* 5: layernorm blocks.0.norm1 */
     layernorm_backward<256>(k, G(V3), DP(29440L), DP(29696L), G(V5), A(V3), P(29440L), A(MEAN5), A(RSTD5), B * 65, 1);

@@ -333,6 +333,22 @@ static void test_linear()
               down(d_outr, outr.size()), outr, tol);
         check("linear_forward", fmt("res left as it was, %s [%s]", bias ? "bias" : "no bias", mode()),
               down(d_res, res.size()), res, 0.0);
+        /* bf16 precision: the output in bf16 alone (out16, as attention's
+         * qkv: attn_qkv16), the fp32 room left alone: within a bf16
+         * rounding (2^-8 of a value: 3.9e-3) of the product's tolerance */
+        if (g_k.cast) {
+            __nv_bfloat16 *d_out16 = dpoison<__nv_bfloat16>(out.size());
+            float *d_room = dpoison<float>(out.size());
+            linear_forward(&g_k, d_room, d_inp, d_w, bias ? d_b : nullptr, M, K, N, nullptr, d_out16);
+            check("linear_forward", fmt("out in bf16 alone (out16), %s [%s]", bias ? "bias" : "no bias", mode()),
+                  widen16(d_out16, out.size()), out, tol + 4e-3);
+            const fvec room = down(d_room, out.size());
+            size_t written = 0;
+            for (float v : room)
+                written += !std::isnan(v);
+            report(written == 0, "linear_forward", fmt("out16: the fp32 output not written, %s", bias ? "bias" : "no bias"),
+                   (double)written, 0.0);
+        }
     }
     const fvec dout = rnd(r, (size_t)M * N, -1, 1);
     float *d_dout = dup(dout);
@@ -945,6 +961,23 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
         check_copy16("attention_forward", "out in bf16 (half), " + c, reinterpret_cast<__nv_bfloat16 *>(d_out16), d_out,
                      out.size());
     }
+    /* bf16 precision on fragments: qkv made in bf16 alone (attn_qkv16, as
+     * linear_forward's out16 writes it) gives the same bits as fp32 qkv,
+     * which the kernels round the same way */
+    const bool q16 = !TILED && attn_qkv16<T, HD>(&g_k, d_qkv) != nullptr;
+    float *d_qkv16 = nullptr;
+    if (q16) {
+        std::vector<__nv_bfloat16> h16(qkv.size());
+        for (size_t i = 0; i < qkv.size(); i++)
+            h16[i] = __float2bfloat16_rn(qkv[i]);
+        d_qkv16 = reinterpret_cast<float *>(dup(h16));
+        float *d_outq = dpoison<float>(out.size()), *d_attq = dpoison<float>(att.size());
+        attention_forward<T, HD, NH>(&g_k, d_outq, d_attq, d_qkv16, B, false, true);
+        check("attention_forward", "out from qkv in bf16 (qkv16), the same bits, " + c, down(d_outq, out.size()),
+              down(d_out, out.size()), 0.0);
+        check("attention_forward", "att from qkv in bf16 (qkv16), the same bits, " + c, down(d_attq, att.size()),
+              down(d_att, att.size()), 0.0);
+    }
     /* the backward pass from the CPU's weights */
     const fvec dout = rnd(r, out.size(), -1, 1);
     float *d_dout = dup(dout), *d_att_ref = dup(att), *d_dqkv = dpoison<float>(qkv.size());
@@ -955,6 +988,12 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
     fvec dqkv(qkv.size()), datt(att.size());
     ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, D, NH);
     check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, tol);
+    if (q16) {
+        float *d_dqkvq = dpoison<float>(qkv.size());
+        attention_backward<T, HD, NH>(&g_k, d_dqkvq, d_dout, d_qkv16, d_att_ref, B, false, true);
+        check("attention_backward", "dqkv from qkv in bf16 (qkv16), the same bits, " + c, down(d_dqkvq, dqkv.size()),
+              down(d_dqkv, dqkv.size()), 0.0);
+    }
     if (half) {
         float *d_dqkv16 = dpoison<float>(qkv.size());
         attention_backward<T, HD, NH>(&g_k, d_dqkv16, d_dout, d_qkv, d_att_ref, B, true);
