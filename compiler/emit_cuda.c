@@ -178,8 +178,8 @@ typedef struct cuda_plan {
      * activation arena's floats in that layout */
     struct half_room {
         char name[32];
-        int64_t floats;
-        char what[160];
+        int64_t floats, floats16; /* in the fp32 layout, in the bf16 one */
+        char what[224];
     } *halves;
     int nhalves;
     int64_t act16;
@@ -286,21 +286,30 @@ static void alloc_inside(gen *g, cuda_plan *p, const char *name, int64_t floats,
     grad_inside(p, name, floats);
 }
 
-/* A buffer whose producer, in bf16 precision, writes bf16 values alone,
- * into the first half of its room (moe_x16, moe_h16, a layer norm's
- * output that feeds a product: ln_feeds_product, attention's qkv on bf16
- * fragments: attn_qkv16), and whose readers
- * take them there: in that precision the arena gives it half the room.
- * Such buffers lie after every other one (place_halves), so that the
+/* A buffer whose room in bf16 precision is floats16 floats, not floats:
+ * such buffers lie after every other one (place_halves), so that the
  * others keep one offset in both layouts; each of them has two,
  * LAY16(fp32 layout, bf16 layout), which model.cu picks by d->lay16. */
-static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
+static void alloc_room16(cuda_plan *p, const char *name, int64_t floats, int64_t floats16, const char *what)
 {
     p->halves = mc_xrealloc(p->halves, (size_t)(p->nhalves + 1) * sizeof *p->halves);
     struct half_room *h = &p->halves[p->nhalves++];
     snprintf(h->name, sizeof h->name, "%s", name);
     h->floats = floats;
+    h->floats16 = floats16;
     snprintf(h->what, sizeof h->what, "%s", what);
+}
+
+/* A buffer whose producer, in bf16 precision, writes bf16 values alone,
+ * into the first half of its room (moe_x16, moe_h16, a layer norm's output
+ * that feeds a product: ln_feeds_product, attention's qkv on bf16
+ * fragments: attn_qkv16), and whose readers take them there: in that
+ * precision the arena gives it half the room. */
+static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
+{
+    char w[224]; /* what: an op_ctx's, 160 bytes at most */
+    snprintf(w, sizeof w, "%.190s; bf16 alone in bf16 precision", what);
+    alloc_room16(p, name, floats, (floats + 1) / 2, w);
 }
 
 /* an inside buffer of the op as alloc_half's, and its gradient (fp32) in
@@ -311,17 +320,17 @@ static void alloc_inside_half(cuda_plan *p, const char *name, int64_t floats, co
     grad_inside(p, name, floats);
 }
 
-/* alloc_half's buffers at the end of the arena, in both layouts: each
+/* alloc_room16's buffers at the end of the arena, in both layouts: each
  * 64-byte aligned, as alloc_act's; p->act16: the arena in bf16 precision */
 static void place_halves(gen *g, cuda_plan *p)
 {
     int64_t off = g->act_floats, off16 = g->act_floats;
     for (int j = 0; j < p->nhalves; j++) {
         const struct half_room *h = &p->halves[j];
-        sb_printf(&g->defs, "#define %-16s LAY16(%lldL, %lldL) /* %s; bf16 alone in bf16 precision */\n", h->name,
-                  (long long)off, (long long)off16, h->what);
+        sb_printf(&g->defs, "#define %-16s LAY16(%lldL, %lldL) /* %s */\n", h->name, (long long)off, (long long)off16,
+                  h->what);
         off += (h->floats + 15) & ~(int64_t)15;
-        off16 += ((h->floats + 1) / 2 + 15) & ~(int64_t)15;
+        off16 += (h->floats16 + 15) & ~(int64_t)15;
         if (h->floats > g->max_act)
             g->max_act = h->floats;
     }
@@ -643,13 +652,17 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(y, sizeof y, "Y%d", i);
         /* on bf16 fragments, qkv feeds the attention kernels alone, which
          * stage it in bf16: in bf16 precision its product writes it in
-         * bf16 alone (attn_qkv16), and its room halves */
+         * bf16 alone (attn_qkv16), and its room halves; the weights get no
+         * room there (frag16: the backward computes them again) */
         const bool q16 = attn_qkv16_ok(T, HD);
         if (q16)
             alloc_inside_half(p, qkv, BATCH * T * 3 * D, "queries, keys, values");
         else
             alloc_inside(g, p, qkv, BATCH * T * 3 * D, "queries, keys, values");
-        alloc_act(g, att, BATCH * NH * T * T, "attention weights");
+        if (q16) /* the fragment kernels compute them again in the backward (frag16) */
+            alloc_room16(p, att, BATCH * NH * T * T, 0, "attention weights; none in bf16 precision");
+        else
+            alloc_act(g, att, BATCH * NH * T * T, "attention weights");
         alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
         need_red(p, (int64_t)p->red_chunks * 3 * D);
         int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;

@@ -25,33 +25,31 @@
 #define V2                     362496L /* pos_embed */
 #define MEAN4                  624640L /* layer norm means */
 #define RSTD4                  626688L /* layer norm 1/std */
-#define ATT5                   628736L /* attention weights */
-#define Y5                     759808L /* heads' outputs */
-#define V6                    1021952L /* residual_end */
-#define MEAN8                 1284096L /* layer norm means */
-#define RSTD8                 1286144L /* layer norm 1/std */
-#define H9                    1288192L /* hidden, before the activation, then its derivative */
-#define ACTV9                 1812480L /* hidden, after the activation */
-#define V10                   2336768L /* residual_end */
-#define MEAN12                2598912L /* layer norm means */
-#define RSTD12                2600960L /* layer norm 1/std */
-#define ATT13                 2603008L /* attention weights */
-#define Y13                   2734080L /* heads' outputs */
-#define V14                   2996224L /* residual_end */
-#define V16                   3258368L /* layernorm blocks.1.norm2 */
-#define MEAN16                3520512L /* layer norm means */
-#define RSTD16                3522560L /* layer norm 1/std */
-#define LOGITS17              3524608L /* router logits */
-#define PROBS17               3530752L /* router probabilities */
-#define LSE17                 3536896L /* log-sum-exp of the logits */
-#define TOPP17                3538944L /* top-k probabilities */
-#define GATE17                3540992L /* gates */
-#define PRIO17                3543040L /* routing priority */
-#define PRIOS17               3545088L /* routing priority, sorted */
-#define ENT17                 3547136L /* router entropy per token */
-#define AE17                  3549184L /* expert hidden, activated */
-#define YE17                  4204288L /* expert outputs [E, cap, D] */
-#define AUX17                 4531840L /* auxiliary losses: balance, z, dataset, importance */
+#define Y5                     628736L /* heads' outputs */
+#define V6                     890880L /* residual_end */
+#define MEAN8                 1153024L /* layer norm means */
+#define RSTD8                 1155072L /* layer norm 1/std */
+#define H9                    1157120L /* hidden, before the activation, then its derivative */
+#define ACTV9                 1681408L /* hidden, after the activation */
+#define V10                   2205696L /* residual_end */
+#define MEAN12                2467840L /* layer norm means */
+#define RSTD12                2469888L /* layer norm 1/std */
+#define Y13                   2471936L /* heads' outputs */
+#define V14                   2734080L /* residual_end */
+#define V16                   2996224L /* layernorm blocks.1.norm2 */
+#define MEAN16                3258368L /* layer norm means */
+#define RSTD16                3260416L /* layer norm 1/std */
+#define LOGITS17              3262464L /* router logits */
+#define PROBS17               3268608L /* router probabilities */
+#define LSE17                 3274752L /* log-sum-exp of the logits */
+#define TOPP17                3276800L /* top-k probabilities */
+#define GATE17                3278848L /* gates */
+#define PRIO17                3280896L /* routing priority */
+#define PRIOS17               3282944L /* routing priority, sorted */
+#define ENT17                 3284992L /* router entropy per token */
+#define AE17                  3287040L /* expert hidden, activated */
+#define YE17                  3942144L /* expert outputs [E, cap, D] */
+#define AUX17                 4269696L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                   2048L /* int32 slot of each choice */
 #define COUNT17                  4096L /* int32 tokens per expert */
@@ -62,36 +60,34 @@
 #define TARGET17                13328L /* int32 mapped expert */
 #define BLKC17                  15376L /* int32 choices per block and expert */
 #define BLKB17                  15392L /* int32 first slot per block and expert */
-#define V18                   4531856L /* residual_end */
-#define MEAN20                4794000L /* layer norm means */
-#define RSTD20                4796048L /* layer norm 1/std */
-#define ATT21                 4798096L /* attention weights */
-#define Y21                   4929168L /* heads' outputs */
-#define V22                   5191312L /* residual_end */
-#define MEAN24                5453456L /* layer norm means */
-#define RSTD24                5455504L /* layer norm 1/std */
-#define H25                   5457552L /* hidden, before the activation, then its derivative */
-#define ACTV25                5981840L /* hidden, after the activation */
-#define V26                   6506128L /* residual_end */
-#define MEAN28                6768272L /* layer norm means */
-#define RSTD28                6770320L /* layer norm 1/std */
-#define ATT29                 6772368L /* attention weights */
-#define Y29                   6903440L /* heads' outputs */
-#define V30                   7165584L /* residual_end */
-#define V32                   7427728L /* layernorm blocks.3.norm2 */
-#define MEAN32                7689872L /* layer norm means */
-#define RSTD32                7691920L /* layer norm 1/std */
-#define LOGITS33              7693968L /* router logits */
-#define PROBS33               7700112L /* router probabilities */
-#define LSE33                 7706256L /* log-sum-exp of the logits */
-#define TOPP33                7708304L /* top-k probabilities */
-#define GATE33                7710352L /* gates */
-#define PRIO33                7712400L /* routing priority */
-#define PRIOS33               7714448L /* routing priority, sorted */
-#define ENT33                 7716496L /* router entropy per token */
-#define AE33                  7718544L /* expert hidden, activated */
-#define YE33                  8373648L /* expert outputs [E, cap, D] */
-#define AUX33                 8701200L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                   4269712L /* residual_end */
+#define MEAN20                4531856L /* layer norm means */
+#define RSTD20                4533904L /* layer norm 1/std */
+#define Y21                   4535952L /* heads' outputs */
+#define V22                   4798096L /* residual_end */
+#define MEAN24                5060240L /* layer norm means */
+#define RSTD24                5062288L /* layer norm 1/std */
+#define H25                   5064336L /* hidden, before the activation, then its derivative */
+#define ACTV25                5588624L /* hidden, after the activation */
+#define V26                   6112912L /* residual_end */
+#define MEAN28                6375056L /* layer norm means */
+#define RSTD28                6377104L /* layer norm 1/std */
+#define Y29                   6379152L /* heads' outputs */
+#define V30                   6641296L /* residual_end */
+#define V32                   6903440L /* layernorm blocks.3.norm2 */
+#define MEAN32                7165584L /* layer norm means */
+#define RSTD32                7167632L /* layer norm 1/std */
+#define LOGITS33              7169680L /* router logits */
+#define PROBS33               7175824L /* router probabilities */
+#define LSE33                 7181968L /* log-sum-exp of the logits */
+#define TOPP33                7184016L /* top-k probabilities */
+#define GATE33                7186064L /* gates */
+#define PRIO33                7188112L /* routing priority */
+#define PRIOS33               7190160L /* routing priority, sorted */
+#define ENT33                 7192208L /* router entropy per token */
+#define AE33                  7194256L /* expert hidden, activated */
+#define YE33                  7849360L /* expert outputs [E, cap, D] */
+#define AUX33                 8176912L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                  15408L /* int32 chosen experts */
 #define SLOT33                  17456L /* int32 slot of each choice */
 #define COUNT33                 19504L /* int32 tokens per expert */
@@ -102,27 +98,31 @@
 #define TARGET33                28736L /* int32 mapped expert */
 #define BLKC33                  30784L /* int32 choices per block and expert */
 #define BLKB33                  30800L /* int32 first slot per block and expert */
-#define V34                   8701216L /* residual_end */
-#define V35                   8963360L /* layernorm norm */
-#define MEAN35                9225504L /* layer norm means */
-#define RSTD35                9227552L /* layer norm 1/std */
-#define V36                   9229600L /* pool */
-#define V37                   9245984L /* logits */
-#define XENT                  9247264L /* cross-entropy per sample */
-#define V4               LAY16(9247392L, 9247392L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(9509536L, 9378464L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define V8               LAY16(10295968L, 9771680L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V12              LAY16(10558112L, 9902752L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(10820256L, 10033824L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE17             LAY16(11606688L, 10427040L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(11934240L, 10590816L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(12589344L, 10918368L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(12851488L, 11049440L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define V24              LAY16(13637920L, 11442656L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V28              LAY16(13900064L, 11573728L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(14162208L, 11704800L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE33             LAY16(14948640L, 12098016L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(15276192L, 12261792L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V34                   8176928L /* residual_end */
+#define V35                   8439072L /* layernorm norm */
+#define MEAN35                8701216L /* layer norm means */
+#define RSTD35                8703264L /* layer norm 1/std */
+#define V36                   8705312L /* pool */
+#define V37                   8721696L /* logits */
+#define XENT                  8722976L /* cross-entropy per sample */
+#define V4               LAY16(8723104L, 8723104L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(8985248L, 8854176L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(9771680L, 9247392L) /* attention weights; none in bf16 precision */
+#define V8               LAY16(9902752L, 9247392L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V12              LAY16(10164896L, 9378464L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(10427040L, 9509536L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(11213472L, 9902752L) /* attention weights; none in bf16 precision */
+#define XE17             LAY16(11344544L, 9902752L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(11672096L, 10066528L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(12327200L, 10394080L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(12589344L, 10525152L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(13375776L, 10918368L) /* attention weights; none in bf16 precision */
+#define V24              LAY16(13506848L, 10918368L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V28              LAY16(13768992L, 11049440L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(14031136L, 11180512L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(14817568L, 11573728L) /* attention weights; none in bf16 precision */
+#define XE33             LAY16(14948640L, 11573728L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(15276192L, 11737504L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -285,7 +285,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */
     15931296L, /* act_floats */
-    12589344L, /* act_floats16: in bf16 precision */
+    12065056L, /* act_floats16: in bf16 precision */
     4219648L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */

@@ -25,33 +25,31 @@
 #define V2                    3948544L /* pos_embed */
 #define MEAN4                 7094272L /* layer norm means */
 #define RSTD4                 7110656L /* layer norm 1/std */
-#define ATT5                  7127040L /* attention weights */
-#define Y5                    8699904L /* heads' outputs */
-#define V6                   11845632L /* residual_end */
-#define MEAN8                14991360L /* layer norm means */
-#define RSTD8                15007744L /* layer norm 1/std */
-#define H9                   15024128L /* hidden, before the activation, then its derivative */
-#define ACTV9                27607040L /* hidden, after the activation */
-#define V10                  40189952L /* residual_end */
-#define MEAN12               43335680L /* layer norm means */
-#define RSTD12               43352064L /* layer norm 1/std */
-#define ATT13                43368448L /* attention weights */
-#define Y13                  44941312L /* heads' outputs */
-#define V14                  48087040L /* residual_end */
-#define V16                  51232768L /* layernorm blocks.1.norm2 */
-#define MEAN16               54378496L /* layer norm means */
-#define RSTD16               54394880L /* layer norm 1/std */
-#define LOGITS17             54411264L /* router logits */
-#define PROBS17              54460416L /* router probabilities */
-#define LSE17                54509568L /* log-sum-exp of the logits */
-#define TOPP17               54525952L /* top-k probabilities */
-#define GATE17               54542336L /* gates */
-#define PRIO17               54558720L /* routing priority */
-#define PRIOS17              54575104L /* routing priority, sorted */
-#define ENT17                54591488L /* router entropy per token */
-#define AE17                 54607872L /* expert hidden, activated */
-#define YE17                 79776768L /* expert outputs [E, cap, D] */
-#define AUX17                86068992L /* auxiliary losses: balance, z, dataset, importance */
+#define Y5                    7127040L /* heads' outputs */
+#define V6                   10272768L /* residual_end */
+#define MEAN8                13418496L /* layer norm means */
+#define RSTD8                13434880L /* layer norm 1/std */
+#define H9                   13451264L /* hidden, before the activation, then its derivative */
+#define ACTV9                26034176L /* hidden, after the activation */
+#define V10                  38617088L /* residual_end */
+#define MEAN12               41762816L /* layer norm means */
+#define RSTD12               41779200L /* layer norm 1/std */
+#define Y13                  41795584L /* heads' outputs */
+#define V14                  44941312L /* residual_end */
+#define V16                  48087040L /* layernorm blocks.1.norm2 */
+#define MEAN16               51232768L /* layer norm means */
+#define RSTD16               51249152L /* layer norm 1/std */
+#define LOGITS17             51265536L /* router logits */
+#define PROBS17              51314688L /* router probabilities */
+#define LSE17                51363840L /* log-sum-exp of the logits */
+#define TOPP17               51380224L /* top-k probabilities */
+#define GATE17               51396608L /* gates */
+#define PRIO17               51412992L /* routing priority */
+#define PRIOS17              51429376L /* routing priority, sorted */
+#define ENT17                51445760L /* router entropy per token */
+#define AE17                 51462144L /* expert hidden, activated */
+#define YE17                 76631040L /* expert outputs [E, cap, D] */
+#define AUX17                82923264L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                  16384L /* int32 slot of each choice */
 #define COUNT17                 32768L /* int32 tokens per expert */
@@ -62,36 +60,34 @@
 #define TARGET17               131120L /* int32 mapped expert */
 #define BLKC17                 147504L /* int32 choices per block and expert */
 #define BLKB17                 147552L /* int32 first slot per block and expert */
-#define V18                  86069008L /* residual_end */
-#define MEAN20               89214736L /* layer norm means */
-#define RSTD20               89231120L /* layer norm 1/std */
-#define ATT21                89247504L /* attention weights */
-#define Y21                  90820368L /* heads' outputs */
-#define V22                  93966096L /* residual_end */
-#define MEAN24               97111824L /* layer norm means */
-#define RSTD24               97128208L /* layer norm 1/std */
-#define H25                  97144592L /* hidden, before the activation, then its derivative */
-#define ACTV25              109727504L /* hidden, after the activation */
-#define V26                 122310416L /* residual_end */
-#define MEAN28              125456144L /* layer norm means */
-#define RSTD28              125472528L /* layer norm 1/std */
-#define ATT29               125488912L /* attention weights */
-#define Y29                 127061776L /* heads' outputs */
-#define V30                 130207504L /* residual_end */
-#define V32                 133353232L /* layernorm blocks.3.norm2 */
-#define MEAN32              136498960L /* layer norm means */
-#define RSTD32              136515344L /* layer norm 1/std */
-#define LOGITS33            136531728L /* router logits */
-#define PROBS33             136580880L /* router probabilities */
-#define LSE33               136630032L /* log-sum-exp of the logits */
-#define TOPP33              136646416L /* top-k probabilities */
-#define GATE33              136662800L /* gates */
-#define PRIO33              136679184L /* routing priority */
-#define PRIOS33             136695568L /* routing priority, sorted */
-#define ENT33               136711952L /* router entropy per token */
-#define AE33                136728336L /* expert hidden, activated */
-#define YE33                161897232L /* expert outputs [E, cap, D] */
-#define AUX33               168189456L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                  82923280L /* residual_end */
+#define MEAN20               86069008L /* layer norm means */
+#define RSTD20               86085392L /* layer norm 1/std */
+#define Y21                  86101776L /* heads' outputs */
+#define V22                  89247504L /* residual_end */
+#define MEAN24               92393232L /* layer norm means */
+#define RSTD24               92409616L /* layer norm 1/std */
+#define H25                  92426000L /* hidden, before the activation, then its derivative */
+#define ACTV25              105008912L /* hidden, after the activation */
+#define V26                 117591824L /* residual_end */
+#define MEAN28              120737552L /* layer norm means */
+#define RSTD28              120753936L /* layer norm 1/std */
+#define Y29                 120770320L /* heads' outputs */
+#define V30                 123916048L /* residual_end */
+#define V32                 127061776L /* layernorm blocks.3.norm2 */
+#define MEAN32              130207504L /* layer norm means */
+#define RSTD32              130223888L /* layer norm 1/std */
+#define LOGITS33            130240272L /* router logits */
+#define PROBS33             130289424L /* router probabilities */
+#define LSE33               130338576L /* log-sum-exp of the logits */
+#define TOPP33              130354960L /* top-k probabilities */
+#define GATE33              130371344L /* gates */
+#define PRIO33              130387728L /* routing priority */
+#define PRIOS33             130404112L /* routing priority, sorted */
+#define ENT33               130420496L /* router entropy per token */
+#define AE33                130436880L /* expert hidden, activated */
+#define YE33                155605776L /* expert outputs [E, cap, D] */
+#define AUX33               161898000L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                 147600L /* int32 chosen experts */
 #define SLOT33                 163984L /* int32 slot of each choice */
 #define COUNT33                180368L /* int32 tokens per expert */
@@ -102,36 +98,34 @@
 #define TARGET33               278720L /* int32 mapped expert */
 #define BLKC33                 295104L /* int32 choices per block and expert */
 #define BLKB33                 295152L /* int32 first slot per block and expert */
-#define V34                 168189472L /* residual_end */
-#define MEAN36              171335200L /* layer norm means */
-#define RSTD36              171351584L /* layer norm 1/std */
-#define ATT37               171367968L /* attention weights */
-#define Y37                 172940832L /* heads' outputs */
-#define V38                 176086560L /* residual_end */
-#define MEAN40              179232288L /* layer norm means */
-#define RSTD40              179248672L /* layer norm 1/std */
-#define H41                 179265056L /* hidden, before the activation, then its derivative */
-#define ACTV41              191847968L /* hidden, after the activation */
-#define V42                 204430880L /* residual_end */
-#define MEAN44              207576608L /* layer norm means */
-#define RSTD44              207592992L /* layer norm 1/std */
-#define ATT45               207609376L /* attention weights */
-#define Y45                 209182240L /* heads' outputs */
-#define V46                 212327968L /* residual_end */
-#define V48                 215473696L /* layernorm blocks.5.norm2 */
-#define MEAN48              218619424L /* layer norm means */
-#define RSTD48              218635808L /* layer norm 1/std */
-#define LOGITS49            218652192L /* router logits */
-#define PROBS49             218701344L /* router probabilities */
-#define LSE49               218750496L /* log-sum-exp of the logits */
-#define TOPP49              218766880L /* top-k probabilities */
-#define GATE49              218783264L /* gates */
-#define PRIO49              218799648L /* routing priority */
-#define PRIOS49             218816032L /* routing priority, sorted */
-#define ENT49               218832416L /* router entropy per token */
-#define AE49                218848800L /* expert hidden, activated */
-#define YE49                244017696L /* expert outputs [E, cap, D] */
-#define AUX49               250309920L /* auxiliary losses: balance, z, dataset, importance */
+#define V34                 161898016L /* residual_end */
+#define MEAN36              165043744L /* layer norm means */
+#define RSTD36              165060128L /* layer norm 1/std */
+#define Y37                 165076512L /* heads' outputs */
+#define V38                 168222240L /* residual_end */
+#define MEAN40              171367968L /* layer norm means */
+#define RSTD40              171384352L /* layer norm 1/std */
+#define H41                 171400736L /* hidden, before the activation, then its derivative */
+#define ACTV41              183983648L /* hidden, after the activation */
+#define V42                 196566560L /* residual_end */
+#define MEAN44              199712288L /* layer norm means */
+#define RSTD44              199728672L /* layer norm 1/std */
+#define Y45                 199745056L /* heads' outputs */
+#define V46                 202890784L /* residual_end */
+#define V48                 206036512L /* layernorm blocks.5.norm2 */
+#define MEAN48              209182240L /* layer norm means */
+#define RSTD48              209198624L /* layer norm 1/std */
+#define LOGITS49            209215008L /* router logits */
+#define PROBS49             209264160L /* router probabilities */
+#define LSE49               209313312L /* log-sum-exp of the logits */
+#define TOPP49              209329696L /* top-k probabilities */
+#define GATE49              209346080L /* gates */
+#define PRIO49              209362464L /* routing priority */
+#define PRIOS49             209378848L /* routing priority, sorted */
+#define ENT49               209395232L /* router entropy per token */
+#define AE49                209411616L /* expert hidden, activated */
+#define YE49                234580512L /* expert outputs [E, cap, D] */
+#define AUX49               240872736L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK49                 295200L /* int32 chosen experts */
 #define SLOT49                 311584L /* int32 slot of each choice */
 #define COUNT49                327968L /* int32 tokens per expert */
@@ -142,34 +136,40 @@
 #define TARGET49               426320L /* int32 mapped expert */
 #define BLKC49                 442704L /* int32 choices per block and expert */
 #define BLKB49                 442752L /* int32 first slot per block and expert */
-#define V50                 250309936L /* residual_end */
-#define V51                 253455664L /* layernorm norm */
-#define MEAN51              256601392L /* layer norm means */
-#define RSTD51              256617776L /* layer norm 1/std */
-#define V52                 256634160L /* pool */
-#define V53                 256830768L /* logits */
-#define XENT                256841008L /* cross-entropy per sample */
-#define V4               LAY16(256842032L, 256842032L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(259987760L, 258414896L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define V8               LAY16(269424944L, 263133488L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V12              LAY16(272570672L, 264706352L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(275716400L, 266279216L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE17             LAY16(285153584L, 270997808L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(291445808L, 274143920L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(316614704L, 286728368L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(319760432L, 288301232L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define V24              LAY16(329197616L, 293019824L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V28              LAY16(332343344L, 294592688L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(335489072L, 296165552L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE33             LAY16(344926256L, 300884144L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(351218480L, 304030256L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V36              LAY16(376387376L, 316614704L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV37            LAY16(379533104L, 318187568L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define V40              LAY16(388970288L, 322906160L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define V44              LAY16(392116016L, 324479024L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV45            LAY16(395261744L, 326051888L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE49             LAY16(404698928L, 330770480L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE49             LAY16(410991152L, 333916592L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V50                 240872752L /* residual_end */
+#define V51                 244018480L /* layernorm norm */
+#define MEAN51              247164208L /* layer norm means */
+#define RSTD51              247180592L /* layer norm 1/std */
+#define V52                 247196976L /* pool */
+#define V53                 247393584L /* logits */
+#define XENT                247403824L /* cross-entropy per sample */
+#define V4               LAY16(247404848L, 247404848L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(250550576L, 248977712L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(259987760L, 253696304L) /* attention weights; none in bf16 precision */
+#define V8               LAY16(261560624L, 253696304L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V12              LAY16(264706352L, 255269168L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(267852080L, 256842032L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(277289264L, 261560624L) /* attention weights; none in bf16 precision */
+#define XE17             LAY16(278862128L, 261560624L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(285154352L, 264706736L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(310323248L, 277291184L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(313468976L, 278864048L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(322906160L, 283582640L) /* attention weights; none in bf16 precision */
+#define V24              LAY16(324479024L, 283582640L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V28              LAY16(327624752L, 285155504L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(330770480L, 286728368L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(340207664L, 291446960L) /* attention weights; none in bf16 precision */
+#define XE33             LAY16(341780528L, 291446960L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(348072752L, 294593072L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V36              LAY16(373241648L, 307177520L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV37            LAY16(376387376L, 308750384L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT37            LAY16(385824560L, 313468976L) /* attention weights; none in bf16 precision */
+#define V40              LAY16(387397424L, 313468976L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define V44              LAY16(390543152L, 315041840L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV45            LAY16(393688880L, 316614704L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT45            LAY16(403126064L, 321333296L) /* attention weights; none in bf16 precision */
+#define XE49             LAY16(404698928L, 321333296L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE49             LAY16(410991152L, 324479408L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -386,7 +386,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
     436160048L, /* act_floats */
-    346501040L, /* act_floats16: in bf16 precision */
+    337063856L, /* act_floats16: in bf16 precision */
     85211648L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */

@@ -2593,23 +2593,22 @@ __device__ static inline void attn_frag_store(O *dst, int64_t ld, const float (&
     }
 }
 
-template <int T, int HD, int NH, typename O, typename Q>
-static __global__ void __launch_bounds__(2 * attn_tp<T>()) attention_fwd_frag_kernel(O *out, float *att,
-                                                                                          const Q *qkv)
+/* A warp's 16 rows (from r0) of the weights, in the accumulator's layout:
+ * the scores q k^T of the staged q and k ([TP, L] each), scaled, masked
+ * past T columns, and through the softmax. The forward and, where the
+ * weights are not kept (frag16), the backward compute them with this
+ * same code on the same staged values: the same bits. Rows from T on hold
+ * a softmax of zero scores (the staged rows there are zero), which
+ * nothing reads. */
+template <int T, int HD>
+__device__ static inline void attn_frag_probs(float (&s)[attn_tp<T>() / 8][4], const __nv_bfloat16 *q,
+                                              const __nv_bfloat16 *kk, int r0, int g, int t)
 {
-    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
-                  NT = TP / 8, NO = HD / 8;
-    extern __shared__ __align__(16) __nv_bfloat16 smfr[];
-    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *vt = kk + TP * L;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const Q *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_frag_stage<T, HD>(q, nullptr, base, D3);
-    attn_frag_stage<T, HD>(kk, nullptr, base + D, D3);
-    attn_frag_stage<T, HD>(nullptr, vt, base + 2 * D, D3);
-    __syncthreads();
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
+    constexpr int TP = attn_tp<T>(), L = attn_frag_lq<HD>(), NT = TP / 8;
     /* scores s = q k^T, this warp's 16 rows by TP columns */
-    float s[NT][4] = {};
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
 #pragma unroll
     for (int k0 = 0; k0 < HD; k0 += 16) {
         uint32_t a[4];
@@ -2647,15 +2646,41 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>()) attention_fwd_frag_ke
         sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
         sum[i] = 1.0f / sum[i];
     }
-    float *a_out = att + (int64_t)bh * T * T;
 #pragma unroll
     for (int j = 0; j < NT; j++) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
+        for (int e = 0; e < 4; e++)
             s[j][e] *= sum[e / 2];
-            const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
-            if (r < T && u < T)
-                a_out[r * T + u] = s[j][e];
+    }
+}
+
+template <int T, int HD, int NH, typename O, typename Q>
+static __global__ void __launch_bounds__(2 * attn_tp<T>()) attention_fwd_frag_kernel(O *out, float *att,
+                                                                                          const Q *qkv)
+{
+    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
+                  NT = TP / 8, NO = HD / 8;
+    extern __shared__ __align__(16) __nv_bfloat16 smfr[];
+    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *vt = kk + TP * L;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const Q *base = qkv + (int64_t)b * T * D3 + h * HD;
+    attn_frag_stage<T, HD>(q, nullptr, base, D3);
+    attn_frag_stage<T, HD>(kk, nullptr, base + D, D3);
+    attn_frag_stage<T, HD>(nullptr, vt, base + 2 * D, D3);
+    __syncthreads();
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
+    float s[NT][4];
+    attn_frag_probs<T, HD>(s, q, kk, r0, g, t);
+    if (att) { /* NULL: the backward recomputes them (frag16) */
+        float *a_out = att + (int64_t)bh * T * T;
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
+                if (r < T && u < T)
+                    a_out[r * T + u] = s[j][e];
+            }
         }
     }
     /* out = att v: the weights' tiles two by two as the a tiles, v's
@@ -2687,18 +2712,31 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
     attn_frag_stage<T, HD>(go, got, dout + (int64_t)b * T * D + h * HD, D);
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
     /* this warp's rows of the weights, in the accumulator's layout (zero
-     * past T), while the staging completes */
-    const float *a_in = att + (int64_t)bh * T * T;
+     * past T): loaded while the staging completes, or (att NULL: frag16)
+     * computed again from the staged q and k, as the forward did */
     float p[NT][4];
+    if (att) {
+        const float *a_in = att + (int64_t)bh * T * T;
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
+        for (int j = 0; j < NT; j++) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
-            p[j][e] = r < T && u < T ? a_in[r * T + u] : 0.0f;
+            for (int e = 0; e < 4; e++) {
+                const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
+                p[j][e] = r < T && u < T ? a_in[r * T + u] : 0.0f;
+            }
         }
     }
     __syncthreads();
+    if (!att) {
+        attn_frag_probs<T, HD>(p, q, kk, r0, g, t);
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (r0 + frag_row(g, e) >= T)
+                    p[j][e] = 0.0f;
+        }
+    }
     /* the weights' gradient dp = dout v^T, then through the softmax and the
      * scale: ds = p (dp - p . dp) scale, row by row */
     float ds[NT][4] = {};
@@ -3361,8 +3399,9 @@ template <int T, int HD> static inline mm_in attn_mm(const kctx *k, float *p)
  * there (linear_forward's out16) and the kernels stage it without
  * rounding it again: the same values as rounding fp32 qkv. NULL where
  * qkv is fp32 (other precisions, other kernels). The caller that passes
- * attention_forward and attention_backward qkv16 = true makes qkv through
- * this. */
+ * attention_forward and attention_backward frag16 = true makes qkv
+ * through this, and gives the weights no room where it is not NULL: the
+ * backward computes them again. */
 template <int T, int HD> constexpr bool attn_qkv16_ok()
 {
     return attn_whole_ok<T, HD>() && attn_frag_ok<T, HD>(); /* attention_whole_forward's fragment path */
@@ -3405,12 +3444,13 @@ static inline void attn_frag_backward(const kctx *k, float *dqkv, const float *d
 
 template <int T, int HD, int NH>
 static inline void attention_whole_forward(const kctx *k, float *out, float *att, const float *qkv, int B, bool half,
-                                           bool qkv16)
+                                           bool frag16)
 {
     if constexpr (attn_frag_ok<T, HD>()) {
         if (k->cast) { /* bf16 precision */
-            if (qkv16)
-                attn_frag_forward<T, HD, NH>(k, out, att, attn_qkv16<T, HD>(k, const_cast<float *>(qkv)), B, half);
+            if (frag16)
+                attn_frag_forward<T, HD, NH>(k, out, nullptr, attn_qkv16<T, HD>(k, const_cast<float *>(qkv)), B,
+                                             half);
             else
                 attn_frag_forward<T, HD, NH>(k, out, att, qkv, B, half);
             return;
@@ -3435,13 +3475,13 @@ static inline void attention_whole_forward(const kctx *k, float *out, float *att
 
 template <int T, int HD, int NH>
 static inline void attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
-                                            const float *att, int B, bool half, bool qkv16)
+                                            const float *att, int B, bool half, bool frag16)
 {
     if constexpr (attn_frag_ok<T, HD>()) {
         if (k->cast) { /* bf16 precision */
-            if (qkv16)
-                attn_frag_backward<T, HD, NH>(k, dqkv, dout, attn_qkv16<T, HD>(k, const_cast<float *>(qkv)), att, B,
-                                              half);
+            if (frag16)
+                attn_frag_backward<T, HD, NH>(k, dqkv, dout, attn_qkv16<T, HD>(k, const_cast<float *>(qkv)), nullptr,
+                                              B, half);
             else
                 attn_frag_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half);
             return;
@@ -3476,27 +3516,28 @@ template <int T, int HD, int NH> static inline void attention_setup()
 }
 
 /* qkv[B, T, 3D] -> att[B, NH, T, T] (the softmax weights, kept for the
- * backward), out[B, T, D] (in bf16 where half and attn_half). qkv16: qkv
- * was made through attn_qkv16 (in bf16 where it says so) */
+ * backward), out[B, T, D] (in bf16 where half and attn_half). frag16:
+ * qkv was made through attn_qkv16, and where that is bf16 the weights are
+ * neither written nor read (the backward computes them again) */
 template <int T, int HD, int NH>
 static inline void attention_forward(const kctx *k, float *out, float *att, const float *qkv, int B,
-                                     bool half = false, bool qkv16 = false)
+                                     bool half = false, bool frag16 = false)
 {
     if constexpr (attn_whole_ok<T, HD>())
-        attention_whole_forward<T, HD, NH>(k, out, att, qkv, B, half, qkv16);
+        attention_whole_forward<T, HD, NH>(k, out, att, qkv, B, half, frag16);
     else
         attention_tiled_forward<T, HD, NH>(k, out, att, qkv, B);
 }
 
 /* dqkv[B, T, 3D] (written whole; in bf16 where half and attn_half) from
  * dout[B, T, D]; att: the forward's weights, which sequences that take the
- * row tiles overwrite with their gradient; qkv16 as attention_forward's */
+ * row tiles overwrite with their gradient; frag16 as attention_forward's */
 template <int T, int HD, int NH>
 static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att, int B,
-                                      bool half = false, bool qkv16 = false)
+                                      bool half = false, bool frag16 = false)
 {
     if constexpr (attn_whole_ok<T, HD>())
-        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, qkv16);
+        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, frag16);
     else
         attention_tiled_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
 }

@@ -27,42 +27,40 @@
 #define MEAN5                10321920L /* layer norm means */
 #define RSTD5                10338560L /* layer norm 1/std */
 #define V6                   10355200L /* attention blocks.0.attn */
-#define ATT6                 13550080L /* attention weights */
-#define Y6                   16794880L /* heads' outputs */
-#define V7                   19989760L /* drop_path */
-#define KEEP7                23184640L /* stochastic depth: kept samples */
-#define V8                   23184896L /* residual_end */
-#define MEAN10               26379776L /* layer norm means */
-#define RSTD10               26396416L /* layer norm 1/std */
-#define V11                  26413056L /* mlp blocks.0.mlp */
-#define H11                  29607936L /* hidden, before the activation, then its derivative */
-#define ACTV11               42387456L /* hidden, after the activation */
-#define V12                  55166976L /* drop_path */
-#define KEEP12               58361856L /* stochastic depth: kept samples */
-#define V13                  58362112L /* residual_end */
-#define MEAN15               61556992L /* layer norm means */
-#define RSTD15               61573632L /* layer norm 1/std */
-#define V16                  61590272L /* attention blocks.1.attn */
-#define ATT16                64785152L /* attention weights */
-#define Y16                  68029952L /* heads' outputs */
-#define V17                  71224832L /* drop_path */
-#define KEEP17               74419712L /* stochastic depth: kept samples */
-#define V18                  74419968L /* residual_end */
-#define V20                  77614848L /* layernorm blocks.1.norm2 */
-#define MEAN20               80809728L /* layer norm means */
-#define RSTD20               80826368L /* layer norm 1/std */
-#define V21                  80843008L /* moe blocks.1.moe */
-#define LOGITS21             84037888L /* router logits */
-#define PROBS21              84171008L /* router probabilities */
-#define LSE21                84304128L /* log-sum-exp of the logits */
-#define TOPP21               84320768L /* top-k probabilities */
-#define GATE21               84337408L /* gates */
-#define PRIO21               84354048L /* routing priority */
-#define PRIOS21              84370688L /* routing priority, sorted */
-#define ENT21                84387328L /* router entropy per token */
-#define AE21                 84403968L /* expert hidden, activated */
-#define YE21                100378368L /* expert outputs [E, cap, D] */
-#define AUX21               104371968L /* auxiliary losses: balance, z, dataset, importance */
+#define Y6                   13550080L /* heads' outputs */
+#define V7                   16744960L /* drop_path */
+#define KEEP7                19939840L /* stochastic depth: kept samples */
+#define V8                   19940096L /* residual_end */
+#define MEAN10               23134976L /* layer norm means */
+#define RSTD10               23151616L /* layer norm 1/std */
+#define V11                  23168256L /* mlp blocks.0.mlp */
+#define H11                  26363136L /* hidden, before the activation, then its derivative */
+#define ACTV11               39142656L /* hidden, after the activation */
+#define V12                  51922176L /* drop_path */
+#define KEEP12               55117056L /* stochastic depth: kept samples */
+#define V13                  55117312L /* residual_end */
+#define MEAN15               58312192L /* layer norm means */
+#define RSTD15               58328832L /* layer norm 1/std */
+#define V16                  58345472L /* attention blocks.1.attn */
+#define Y16                  61540352L /* heads' outputs */
+#define V17                  64735232L /* drop_path */
+#define KEEP17               67930112L /* stochastic depth: kept samples */
+#define V18                  67930368L /* residual_end */
+#define V20                  71125248L /* layernorm blocks.1.norm2 */
+#define MEAN20               74320128L /* layer norm means */
+#define RSTD20               74336768L /* layer norm 1/std */
+#define V21                  74353408L /* moe blocks.1.moe */
+#define LOGITS21             77548288L /* router logits */
+#define PROBS21              77681408L /* router probabilities */
+#define LSE21                77814528L /* log-sum-exp of the logits */
+#define TOPP21               77831168L /* top-k probabilities */
+#define GATE21               77847808L /* gates */
+#define PRIO21               77864448L /* routing priority */
+#define PRIOS21              77881088L /* routing priority, sorted */
+#define ENT21                77897728L /* router entropy per token */
+#define AE21                 77914368L /* expert hidden, activated */
+#define YE21                 93888768L /* expert outputs [E, cap, D] */
+#define AUX21                97882368L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                      0L /* int32 chosen experts */
 #define SLOT21                  16640L /* int32 slot of each choice */
 #define COUNT21                 33280L /* int32 tokens per expert */
@@ -73,48 +71,46 @@
 #define TARGET21               108176L /* int32 mapped expert */
 #define BLKC21                 124816L /* int32 choices per block and expert */
 #define BLKB21                 124960L /* int32 first slot per block and expert */
-#define V22                 104371984L /* drop_path */
-#define KEEP22              107566864L /* stochastic depth: kept samples */
-#define V23                 107567120L /* residual_end */
-#define MEAN25              110762000L /* layer norm means */
-#define RSTD25              110778640L /* layer norm 1/std */
-#define V26                 110795280L /* attention blocks.2.attn */
-#define ATT26               113990160L /* attention weights */
-#define Y26                 117234960L /* heads' outputs */
-#define V27                 120429840L /* drop_path */
-#define KEEP27              123624720L /* stochastic depth: kept samples */
-#define V28                 123624976L /* residual_end */
-#define MEAN30              126819856L /* layer norm means */
-#define RSTD30              126836496L /* layer norm 1/std */
-#define V31                 126853136L /* mlp blocks.2.mlp */
-#define H31                 130048016L /* hidden, before the activation, then its derivative */
-#define ACTV31              142827536L /* hidden, after the activation */
-#define V32                 155607056L /* drop_path */
-#define KEEP32              158801936L /* stochastic depth: kept samples */
-#define V33                 158802192L /* residual_end */
-#define MEAN35              161997072L /* layer norm means */
-#define RSTD35              162013712L /* layer norm 1/std */
-#define V36                 162030352L /* attention blocks.3.attn */
-#define ATT36               165225232L /* attention weights */
-#define Y36                 168470032L /* heads' outputs */
-#define V37                 171664912L /* drop_path */
-#define KEEP37              174859792L /* stochastic depth: kept samples */
-#define V38                 174860048L /* residual_end */
-#define V40                 178054928L /* layernorm blocks.3.norm2 */
-#define MEAN40              181249808L /* layer norm means */
-#define RSTD40              181266448L /* layer norm 1/std */
-#define V41                 181283088L /* moe blocks.3.moe */
-#define LOGITS41            184477968L /* router logits */
-#define PROBS41             184611088L /* router probabilities */
-#define LSE41               184744208L /* log-sum-exp of the logits */
-#define TOPP41              184760848L /* top-k probabilities */
-#define GATE41              184777488L /* gates */
-#define PRIO41              184794128L /* routing priority */
-#define PRIOS41             184810768L /* routing priority, sorted */
-#define ENT41               184827408L /* router entropy per token */
-#define AE41                184844048L /* expert hidden, activated */
-#define YE41                200818448L /* expert outputs [E, cap, D] */
-#define AUX41               204812048L /* auxiliary losses: balance, z, dataset, importance */
+#define V22                  97882384L /* drop_path */
+#define KEEP22              101077264L /* stochastic depth: kept samples */
+#define V23                 101077520L /* residual_end */
+#define MEAN25              104272400L /* layer norm means */
+#define RSTD25              104289040L /* layer norm 1/std */
+#define V26                 104305680L /* attention blocks.2.attn */
+#define Y26                 107500560L /* heads' outputs */
+#define V27                 110695440L /* drop_path */
+#define KEEP27              113890320L /* stochastic depth: kept samples */
+#define V28                 113890576L /* residual_end */
+#define MEAN30              117085456L /* layer norm means */
+#define RSTD30              117102096L /* layer norm 1/std */
+#define V31                 117118736L /* mlp blocks.2.mlp */
+#define H31                 120313616L /* hidden, before the activation, then its derivative */
+#define ACTV31              133093136L /* hidden, after the activation */
+#define V32                 145872656L /* drop_path */
+#define KEEP32              149067536L /* stochastic depth: kept samples */
+#define V33                 149067792L /* residual_end */
+#define MEAN35              152262672L /* layer norm means */
+#define RSTD35              152279312L /* layer norm 1/std */
+#define V36                 152295952L /* attention blocks.3.attn */
+#define Y36                 155490832L /* heads' outputs */
+#define V37                 158685712L /* drop_path */
+#define KEEP37              161880592L /* stochastic depth: kept samples */
+#define V38                 161880848L /* residual_end */
+#define V40                 165075728L /* layernorm blocks.3.norm2 */
+#define MEAN40              168270608L /* layer norm means */
+#define RSTD40              168287248L /* layer norm 1/std */
+#define V41                 168303888L /* moe blocks.3.moe */
+#define LOGITS41            171498768L /* router logits */
+#define PROBS41             171631888L /* router probabilities */
+#define LSE41               171765008L /* log-sum-exp of the logits */
+#define TOPP41              171781648L /* top-k probabilities */
+#define GATE41              171798288L /* gates */
+#define PRIO41              171814928L /* routing priority */
+#define PRIOS41             171831568L /* routing priority, sorted */
+#define ENT41               171848208L /* router entropy per token */
+#define AE41                171864848L /* expert hidden, activated */
+#define YE41                187839248L /* expert outputs [E, cap, D] */
+#define AUX41               191832848L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 125104L /* int32 chosen experts */
 #define SLOT41                 141744L /* int32 slot of each choice */
 #define COUNT41                158384L /* int32 tokens per expert */
@@ -125,48 +121,46 @@
 #define TARGET41               233280L /* int32 mapped expert */
 #define BLKC41                 249920L /* int32 choices per block and expert */
 #define BLKB41                 250064L /* int32 first slot per block and expert */
-#define V42                 204812064L /* drop_path */
-#define KEEP42              208006944L /* stochastic depth: kept samples */
-#define V43                 208007200L /* residual_end */
-#define MEAN45              211202080L /* layer norm means */
-#define RSTD45              211218720L /* layer norm 1/std */
-#define V46                 211235360L /* attention blocks.4.attn */
-#define ATT46               214430240L /* attention weights */
-#define Y46                 217675040L /* heads' outputs */
-#define V47                 220869920L /* drop_path */
-#define KEEP47              224064800L /* stochastic depth: kept samples */
-#define V48                 224065056L /* residual_end */
-#define MEAN50              227259936L /* layer norm means */
-#define RSTD50              227276576L /* layer norm 1/std */
-#define V51                 227293216L /* mlp blocks.4.mlp */
-#define H51                 230488096L /* hidden, before the activation, then its derivative */
-#define ACTV51              243267616L /* hidden, after the activation */
-#define V52                 256047136L /* drop_path */
-#define KEEP52              259242016L /* stochastic depth: kept samples */
-#define V53                 259242272L /* residual_end */
-#define MEAN55              262437152L /* layer norm means */
-#define RSTD55              262453792L /* layer norm 1/std */
-#define V56                 262470432L /* attention blocks.5.attn */
-#define ATT56               265665312L /* attention weights */
-#define Y56                 268910112L /* heads' outputs */
-#define V57                 272104992L /* drop_path */
-#define KEEP57              275299872L /* stochastic depth: kept samples */
-#define V58                 275300128L /* residual_end */
-#define V60                 278495008L /* layernorm blocks.5.norm2 */
-#define MEAN60              281689888L /* layer norm means */
-#define RSTD60              281706528L /* layer norm 1/std */
-#define V61                 281723168L /* moe blocks.5.moe */
-#define LOGITS61            284918048L /* router logits */
-#define PROBS61             285051168L /* router probabilities */
-#define LSE61               285184288L /* log-sum-exp of the logits */
-#define TOPP61              285200928L /* top-k probabilities */
-#define GATE61              285217568L /* gates */
-#define PRIO61              285234208L /* routing priority */
-#define PRIOS61             285250848L /* routing priority, sorted */
-#define ENT61               285267488L /* router entropy per token */
-#define AE61                285284128L /* expert hidden, activated */
-#define YE61                301258528L /* expert outputs [E, cap, D] */
-#define AUX61               305252128L /* auxiliary losses: balance, z, dataset, importance */
+#define V42                 191832864L /* drop_path */
+#define KEEP42              195027744L /* stochastic depth: kept samples */
+#define V43                 195028000L /* residual_end */
+#define MEAN45              198222880L /* layer norm means */
+#define RSTD45              198239520L /* layer norm 1/std */
+#define V46                 198256160L /* attention blocks.4.attn */
+#define Y46                 201451040L /* heads' outputs */
+#define V47                 204645920L /* drop_path */
+#define KEEP47              207840800L /* stochastic depth: kept samples */
+#define V48                 207841056L /* residual_end */
+#define MEAN50              211035936L /* layer norm means */
+#define RSTD50              211052576L /* layer norm 1/std */
+#define V51                 211069216L /* mlp blocks.4.mlp */
+#define H51                 214264096L /* hidden, before the activation, then its derivative */
+#define ACTV51              227043616L /* hidden, after the activation */
+#define V52                 239823136L /* drop_path */
+#define KEEP52              243018016L /* stochastic depth: kept samples */
+#define V53                 243018272L /* residual_end */
+#define MEAN55              246213152L /* layer norm means */
+#define RSTD55              246229792L /* layer norm 1/std */
+#define V56                 246246432L /* attention blocks.5.attn */
+#define Y56                 249441312L /* heads' outputs */
+#define V57                 252636192L /* drop_path */
+#define KEEP57              255831072L /* stochastic depth: kept samples */
+#define V58                 255831328L /* residual_end */
+#define V60                 259026208L /* layernorm blocks.5.norm2 */
+#define MEAN60              262221088L /* layer norm means */
+#define RSTD60              262237728L /* layer norm 1/std */
+#define V61                 262254368L /* moe blocks.5.moe */
+#define LOGITS61            265449248L /* router logits */
+#define PROBS61             265582368L /* router probabilities */
+#define LSE61               265715488L /* log-sum-exp of the logits */
+#define TOPP61              265732128L /* top-k probabilities */
+#define GATE61              265748768L /* gates */
+#define PRIO61              265765408L /* routing priority */
+#define PRIOS61             265782048L /* routing priority, sorted */
+#define ENT61               265798688L /* router entropy per token */
+#define AE61                265815328L /* expert hidden, activated */
+#define YE61                281789728L /* expert outputs [E, cap, D] */
+#define AUX61               285783328L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 250208L /* int32 chosen experts */
 #define SLOT61                 266848L /* int32 slot of each choice */
 #define COUNT61                283488L /* int32 tokens per expert */
@@ -177,48 +171,46 @@
 #define TARGET61               358384L /* int32 mapped expert */
 #define BLKC61                 375024L /* int32 choices per block and expert */
 #define BLKB61                 375168L /* int32 first slot per block and expert */
-#define V62                 305252144L /* drop_path */
-#define KEEP62              308447024L /* stochastic depth: kept samples */
-#define V63                 308447280L /* residual_end */
-#define MEAN65              311642160L /* layer norm means */
-#define RSTD65              311658800L /* layer norm 1/std */
-#define V66                 311675440L /* attention blocks.6.attn */
-#define ATT66               314870320L /* attention weights */
-#define Y66                 318115120L /* heads' outputs */
-#define V67                 321310000L /* drop_path */
-#define KEEP67              324504880L /* stochastic depth: kept samples */
-#define V68                 324505136L /* residual_end */
-#define MEAN70              327700016L /* layer norm means */
-#define RSTD70              327716656L /* layer norm 1/std */
-#define V71                 327733296L /* mlp blocks.6.mlp */
-#define H71                 330928176L /* hidden, before the activation, then its derivative */
-#define ACTV71              343707696L /* hidden, after the activation */
-#define V72                 356487216L /* drop_path */
-#define KEEP72              359682096L /* stochastic depth: kept samples */
-#define V73                 359682352L /* residual_end */
-#define MEAN75              362877232L /* layer norm means */
-#define RSTD75              362893872L /* layer norm 1/std */
-#define V76                 362910512L /* attention blocks.7.attn */
-#define ATT76               366105392L /* attention weights */
-#define Y76                 369350192L /* heads' outputs */
-#define V77                 372545072L /* drop_path */
-#define KEEP77              375739952L /* stochastic depth: kept samples */
-#define V78                 375740208L /* residual_end */
-#define V80                 378935088L /* layernorm blocks.7.norm2 */
-#define MEAN80              382129968L /* layer norm means */
-#define RSTD80              382146608L /* layer norm 1/std */
-#define V81                 382163248L /* moe blocks.7.moe */
-#define LOGITS81            385358128L /* router logits */
-#define PROBS81             385491248L /* router probabilities */
-#define LSE81               385624368L /* log-sum-exp of the logits */
-#define TOPP81              385641008L /* top-k probabilities */
-#define GATE81              385657648L /* gates */
-#define PRIO81              385674288L /* routing priority */
-#define PRIOS81             385690928L /* routing priority, sorted */
-#define ENT81               385707568L /* router entropy per token */
-#define AE81                385724208L /* expert hidden, activated */
-#define YE81                401698608L /* expert outputs [E, cap, D] */
-#define AUX81               405692208L /* auxiliary losses: balance, z, dataset, importance */
+#define V62                 285783344L /* drop_path */
+#define KEEP62              288978224L /* stochastic depth: kept samples */
+#define V63                 288978480L /* residual_end */
+#define MEAN65              292173360L /* layer norm means */
+#define RSTD65              292190000L /* layer norm 1/std */
+#define V66                 292206640L /* attention blocks.6.attn */
+#define Y66                 295401520L /* heads' outputs */
+#define V67                 298596400L /* drop_path */
+#define KEEP67              301791280L /* stochastic depth: kept samples */
+#define V68                 301791536L /* residual_end */
+#define MEAN70              304986416L /* layer norm means */
+#define RSTD70              305003056L /* layer norm 1/std */
+#define V71                 305019696L /* mlp blocks.6.mlp */
+#define H71                 308214576L /* hidden, before the activation, then its derivative */
+#define ACTV71              320994096L /* hidden, after the activation */
+#define V72                 333773616L /* drop_path */
+#define KEEP72              336968496L /* stochastic depth: kept samples */
+#define V73                 336968752L /* residual_end */
+#define MEAN75              340163632L /* layer norm means */
+#define RSTD75              340180272L /* layer norm 1/std */
+#define V76                 340196912L /* attention blocks.7.attn */
+#define Y76                 343391792L /* heads' outputs */
+#define V77                 346586672L /* drop_path */
+#define KEEP77              349781552L /* stochastic depth: kept samples */
+#define V78                 349781808L /* residual_end */
+#define V80                 352976688L /* layernorm blocks.7.norm2 */
+#define MEAN80              356171568L /* layer norm means */
+#define RSTD80              356188208L /* layer norm 1/std */
+#define V81                 356204848L /* moe blocks.7.moe */
+#define LOGITS81            359399728L /* router logits */
+#define PROBS81             359532848L /* router probabilities */
+#define LSE81               359665968L /* log-sum-exp of the logits */
+#define TOPP81              359682608L /* top-k probabilities */
+#define GATE81              359699248L /* gates */
+#define PRIO81              359715888L /* routing priority */
+#define PRIOS81             359732528L /* routing priority, sorted */
+#define ENT81               359749168L /* router entropy per token */
+#define AE81                359765808L /* expert hidden, activated */
+#define YE81                375740208L /* expert outputs [E, cap, D] */
+#define AUX81               379733808L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 375312L /* int32 chosen experts */
 #define SLOT81                 391952L /* int32 slot of each choice */
 #define COUNT81                408592L /* int32 tokens per expert */
@@ -229,43 +221,51 @@
 #define TARGET81               483488L /* int32 mapped expert */
 #define BLKC81                 500128L /* int32 choices per block and expert */
 #define BLKB81                 500272L /* int32 first slot per block and expert */
-#define V82                 405692224L /* drop_path */
-#define KEEP82              408887104L /* stochastic depth: kept samples */
-#define V83                 408887360L /* residual_end */
-#define V84                 412082240L /* layernorm norm */
-#define MEAN84              415277120L /* layer norm means */
-#define RSTD84              415293760L /* layer norm 1/std */
-#define V85                 415310400L /* pool */
-#define V86                 415359552L /* logits */
-#define XENT                415362112L /* cross-entropy per sample */
-#define V5               LAY16(415362368L, 415362368L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV6             LAY16(418557248L, 416959808L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define V10              LAY16(428141888L, 421752128L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V15              LAY16(431336768L, 423349568L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV16            LAY16(434531648L, 424947008L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE21             LAY16(444116288L, 429739328L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(448109888L, 431736128L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V25              LAY16(464084288L, 439723328L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV26            LAY16(467279168L, 441320768L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define V30              LAY16(476863808L, 446113088L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V35              LAY16(480058688L, 447710528L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV36            LAY16(483253568L, 449307968L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE41             LAY16(492838208L, 454100288L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(496831808L, 456097088L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V45              LAY16(512806208L, 464084288L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV46            LAY16(516001088L, 465681728L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define V50              LAY16(525585728L, 470474048L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define V55              LAY16(528780608L, 472071488L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV56            LAY16(531975488L, 473668928L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE61             LAY16(541560128L, 478461248L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(545553728L, 480458048L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V65              LAY16(561528128L, 488445248L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define QKV66            LAY16(564723008L, 490042688L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define V70              LAY16(574307648L, 494835008L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
-#define V75              LAY16(577502528L, 496432448L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define QKV76            LAY16(580697408L, 498029888L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE81             LAY16(590282048L, 502822208L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(594275648L, 504819008L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V82                 379733824L /* drop_path */
+#define KEEP82              382928704L /* stochastic depth: kept samples */
+#define V83                 382928960L /* residual_end */
+#define V84                 386123840L /* layernorm norm */
+#define MEAN84              389318720L /* layer norm means */
+#define RSTD84              389335360L /* layer norm 1/std */
+#define V85                 389352000L /* pool */
+#define V86                 389401152L /* logits */
+#define XENT                389403712L /* cross-entropy per sample */
+#define V5               LAY16(389403968L, 389403968L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(392598848L, 391001408L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT6             LAY16(402183488L, 395793728L) /* attention weights; none in bf16 precision */
+#define V10              LAY16(405428288L, 395793728L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define V15              LAY16(408623168L, 397391168L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(411818048L, 398988608L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT16            LAY16(421402688L, 403780928L) /* attention weights; none in bf16 precision */
+#define XE21             LAY16(424647488L, 403780928L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(428641088L, 405777728L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V25              LAY16(444615488L, 413764928L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(447810368L, 415362368L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT26            LAY16(457395008L, 420154688L) /* attention weights; none in bf16 precision */
+#define V30              LAY16(460639808L, 420154688L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define V35              LAY16(463834688L, 421752128L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(467029568L, 423349568L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT36            LAY16(476614208L, 428141888L) /* attention weights; none in bf16 precision */
+#define XE41             LAY16(479859008L, 428141888L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(483852608L, 430138688L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V45              LAY16(499827008L, 438125888L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(503021888L, 439723328L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT46            LAY16(512606528L, 444515648L) /* attention weights; none in bf16 precision */
+#define V50              LAY16(515851328L, 444515648L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define V55              LAY16(519046208L, 446113088L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(522241088L, 447710528L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT56            LAY16(531825728L, 452502848L) /* attention weights; none in bf16 precision */
+#define XE61             LAY16(535070528L, 452502848L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(539064128L, 454499648L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V65              LAY16(555038528L, 462486848L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(558233408L, 464084288L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT66            LAY16(567818048L, 468876608L) /* attention weights; none in bf16 precision */
+#define V70              LAY16(571062848L, 468876608L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
+#define V75              LAY16(574257728L, 470474048L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(577452608L, 472071488L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT76            LAY16(587037248L, 476863808L) /* attention weights; none in bf16 precision */
+#define XE81             LAY16(590282048L, 476863808L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(594275648L, 478860608L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -533,7 +533,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     11873866L, /* params */
     610250048L, /* act_floats */
-    512806208L, /* act_floats16: in bf16 precision */
+    486847808L, /* act_floats16: in bf16 precision */
     140577280L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */

@@ -27,26 +27,25 @@
 #define MEAN5                 6750208L /* layer norm means */
 #define RSTD5                 6758528L /* layer norm 1/std */
 #define V6                    6766848L /* attention blocks.0.attn */
-#define ATT6                  8896768L /* attention weights */
-#define Y6                   13223168L /* heads' outputs */
-#define V7                   15353088L /* drop_path */
-#define KEEP7                17483008L /* stochastic depth: kept samples */
-#define V8                   17483136L /* residual_end */
-#define V10                  19613056L /* layernorm blocks.0.norm2 */
-#define MEAN10               21742976L /* layer norm means */
-#define RSTD10               21751296L /* layer norm 1/std */
-#define V11                  21759616L /* moe blocks.0.moe */
-#define LOGITS11             23889536L /* router logits */
-#define PROBS11              23947776L /* router probabilities */
-#define LSE11                24006016L /* log-sum-exp of the logits */
-#define TOPP11               24014336L /* top-k probabilities */
-#define GATE11               24039296L /* gates */
-#define PRIO11               24064256L /* routing priority */
-#define PRIOS11              24072576L /* routing priority, sorted */
-#define ENT11                24080896L /* router entropy per token */
-#define AE11                 24089216L /* expert hidden, activated */
-#define YE11                 40066688L /* expert outputs [E, cap, D] */
-#define AUX11                48055424L /* auxiliary losses: balance, z, dataset, importance */
+#define Y6                    8896768L /* heads' outputs */
+#define V7                   11026688L /* drop_path */
+#define KEEP7                13156608L /* stochastic depth: kept samples */
+#define V8                   13156736L /* residual_end */
+#define V10                  15286656L /* layernorm blocks.0.norm2 */
+#define MEAN10               17416576L /* layer norm means */
+#define RSTD10               17424896L /* layer norm 1/std */
+#define V11                  17433216L /* moe blocks.0.moe */
+#define LOGITS11             19563136L /* router logits */
+#define PROBS11              19621376L /* router probabilities */
+#define LSE11                19679616L /* log-sum-exp of the logits */
+#define TOPP11               19687936L /* top-k probabilities */
+#define GATE11               19712896L /* gates */
+#define PRIO11               19737856L /* routing priority */
+#define PRIOS11              19746176L /* routing priority, sorted */
+#define ENT11                19754496L /* router entropy per token */
+#define AE11                 19762816L /* expert hidden, activated */
+#define YE11                 35740288L /* expert outputs [E, cap, D] */
+#define AUX11                43729024L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK11                      0L /* int32 chosen experts */
 #define SLOT11                  24960L /* int32 slot of each choice */
 #define COUNT11                 49920L /* int32 tokens per expert */
@@ -57,33 +56,32 @@
 #define TARGET11               129008L /* int32 mapped expert */
 #define BLKC11                 137328L /* int32 choices per block and expert */
 #define BLKB11                 137504L /* int32 first slot per block and expert */
-#define QUERY11              48055440L /* attention router queries [N, R] */
-#define V12                  48587920L /* drop_path */
-#define KEEP12               50717840L /* stochastic depth: kept samples */
-#define V13                  50717968L /* residual_end */
-#define MEAN15               52847888L /* layer norm means */
-#define RSTD15               52856208L /* layer norm 1/std */
-#define V16                  52864528L /* attention blocks.1.attn */
-#define ATT16                54994448L /* attention weights */
-#define Y16                  59320848L /* heads' outputs */
-#define V17                  61450768L /* drop_path */
-#define KEEP17               63580688L /* stochastic depth: kept samples */
-#define V18                  63580816L /* residual_end */
-#define V20                  65710736L /* layernorm blocks.1.norm2 */
-#define MEAN20               67840656L /* layer norm means */
-#define RSTD20               67848976L /* layer norm 1/std */
-#define V21                  67857296L /* moe blocks.1.moe */
-#define LOGITS21             69987216L /* router logits */
-#define PROBS21              70045456L /* router probabilities */
-#define LSE21                70103696L /* log-sum-exp of the logits */
-#define TOPP21               70112016L /* top-k probabilities */
-#define GATE21               70136976L /* gates */
-#define PRIO21               70161936L /* routing priority */
-#define PRIOS21              70170256L /* routing priority, sorted */
-#define ENT21                70178576L /* router entropy per token */
-#define AE21                 70186896L /* expert hidden, activated */
-#define YE21                 86164368L /* expert outputs [E, cap, D] */
-#define AUX21                94153104L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY11              43729040L /* attention router queries [N, R] */
+#define V12                  44261520L /* drop_path */
+#define KEEP12               46391440L /* stochastic depth: kept samples */
+#define V13                  46391568L /* residual_end */
+#define MEAN15               48521488L /* layer norm means */
+#define RSTD15               48529808L /* layer norm 1/std */
+#define V16                  48538128L /* attention blocks.1.attn */
+#define Y16                  50668048L /* heads' outputs */
+#define V17                  52797968L /* drop_path */
+#define KEEP17               54927888L /* stochastic depth: kept samples */
+#define V18                  54928016L /* residual_end */
+#define V20                  57057936L /* layernorm blocks.1.norm2 */
+#define MEAN20               59187856L /* layer norm means */
+#define RSTD20               59196176L /* layer norm 1/std */
+#define V21                  59204496L /* moe blocks.1.moe */
+#define LOGITS21             61334416L /* router logits */
+#define PROBS21              61392656L /* router probabilities */
+#define LSE21                61450896L /* log-sum-exp of the logits */
+#define TOPP21               61459216L /* top-k probabilities */
+#define GATE21               61484176L /* gates */
+#define PRIO21               61509136L /* routing priority */
+#define PRIOS21              61517456L /* routing priority, sorted */
+#define ENT21                61525776L /* router entropy per token */
+#define AE21                 61534096L /* expert hidden, activated */
+#define YE21                 77511568L /* expert outputs [E, cap, D] */
+#define AUX21                85500304L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                 137680L /* int32 chosen experts */
 #define SLOT21                 162640L /* int32 slot of each choice */
 #define COUNT21                187600L /* int32 tokens per expert */
@@ -94,33 +92,32 @@
 #define TARGET21               266688L /* int32 mapped expert */
 #define BLKC21                 275008L /* int32 choices per block and expert */
 #define BLKB21                 275184L /* int32 first slot per block and expert */
-#define QUERY21              94153120L /* attention router queries [N, R] */
-#define V22                  94685600L /* drop_path */
-#define KEEP22               96815520L /* stochastic depth: kept samples */
-#define V23                  96815648L /* residual_end */
-#define MEAN25               98945568L /* layer norm means */
-#define RSTD25               98953888L /* layer norm 1/std */
-#define V26                  98962208L /* attention blocks.2.attn */
-#define ATT26               101092128L /* attention weights */
-#define Y26                 105418528L /* heads' outputs */
-#define V27                 107548448L /* drop_path */
-#define KEEP27              109678368L /* stochastic depth: kept samples */
-#define V28                 109678496L /* residual_end */
-#define V30                 111808416L /* layernorm blocks.2.norm2 */
-#define MEAN30              113938336L /* layer norm means */
-#define RSTD30              113946656L /* layer norm 1/std */
-#define V31                 113954976L /* moe blocks.2.moe */
-#define LOGITS31            116084896L /* router logits */
-#define PROBS31             116143136L /* router probabilities */
-#define LSE31               116201376L /* log-sum-exp of the logits */
-#define TOPP31              116209696L /* top-k probabilities */
-#define GATE31              116234656L /* gates */
-#define PRIO31              116259616L /* routing priority */
-#define PRIOS31             116267936L /* routing priority, sorted */
-#define ENT31               116276256L /* router entropy per token */
-#define AE31                116284576L /* expert hidden, activated */
-#define YE31                132262048L /* expert outputs [E, cap, D] */
-#define AUX31               140250784L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY21              85500320L /* attention router queries [N, R] */
+#define V22                  86032800L /* drop_path */
+#define KEEP22               88162720L /* stochastic depth: kept samples */
+#define V23                  88162848L /* residual_end */
+#define MEAN25               90292768L /* layer norm means */
+#define RSTD25               90301088L /* layer norm 1/std */
+#define V26                  90309408L /* attention blocks.2.attn */
+#define Y26                  92439328L /* heads' outputs */
+#define V27                  94569248L /* drop_path */
+#define KEEP27               96699168L /* stochastic depth: kept samples */
+#define V28                  96699296L /* residual_end */
+#define V30                  98829216L /* layernorm blocks.2.norm2 */
+#define MEAN30              100959136L /* layer norm means */
+#define RSTD30              100967456L /* layer norm 1/std */
+#define V31                 100975776L /* moe blocks.2.moe */
+#define LOGITS31            103105696L /* router logits */
+#define PROBS31             103163936L /* router probabilities */
+#define LSE31               103222176L /* log-sum-exp of the logits */
+#define TOPP31              103230496L /* top-k probabilities */
+#define GATE31              103255456L /* gates */
+#define PRIO31              103280416L /* routing priority */
+#define PRIOS31             103288736L /* routing priority, sorted */
+#define ENT31               103297056L /* router entropy per token */
+#define AE31                103305376L /* expert hidden, activated */
+#define YE31                119282848L /* expert outputs [E, cap, D] */
+#define AUX31               127271584L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK31                 275360L /* int32 chosen experts */
 #define SLOT31                 300320L /* int32 slot of each choice */
 #define COUNT31                325280L /* int32 tokens per expert */
@@ -131,33 +128,32 @@
 #define TARGET31               404368L /* int32 mapped expert */
 #define BLKC31                 412688L /* int32 choices per block and expert */
 #define BLKB31                 412864L /* int32 first slot per block and expert */
-#define QUERY31             140250800L /* attention router queries [N, R] */
-#define V32                 140783280L /* drop_path */
-#define KEEP32              142913200L /* stochastic depth: kept samples */
-#define V33                 142913328L /* residual_end */
-#define MEAN35              145043248L /* layer norm means */
-#define RSTD35              145051568L /* layer norm 1/std */
-#define V36                 145059888L /* attention blocks.3.attn */
-#define ATT36               147189808L /* attention weights */
-#define Y36                 151516208L /* heads' outputs */
-#define V37                 153646128L /* drop_path */
-#define KEEP37              155776048L /* stochastic depth: kept samples */
-#define V38                 155776176L /* residual_end */
-#define V40                 157906096L /* layernorm blocks.3.norm2 */
-#define MEAN40              160036016L /* layer norm means */
-#define RSTD40              160044336L /* layer norm 1/std */
-#define V41                 160052656L /* moe blocks.3.moe */
-#define LOGITS41            162182576L /* router logits */
-#define PROBS41             162240816L /* router probabilities */
-#define LSE41               162299056L /* log-sum-exp of the logits */
-#define TOPP41              162307376L /* top-k probabilities */
-#define GATE41              162332336L /* gates */
-#define PRIO41              162357296L /* routing priority */
-#define PRIOS41             162365616L /* routing priority, sorted */
-#define ENT41               162373936L /* router entropy per token */
-#define AE41                162382256L /* expert hidden, activated */
-#define YE41                178359728L /* expert outputs [E, cap, D] */
-#define AUX41               186348464L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY31             127271600L /* attention router queries [N, R] */
+#define V32                 127804080L /* drop_path */
+#define KEEP32              129934000L /* stochastic depth: kept samples */
+#define V33                 129934128L /* residual_end */
+#define MEAN35              132064048L /* layer norm means */
+#define RSTD35              132072368L /* layer norm 1/std */
+#define V36                 132080688L /* attention blocks.3.attn */
+#define Y36                 134210608L /* heads' outputs */
+#define V37                 136340528L /* drop_path */
+#define KEEP37              138470448L /* stochastic depth: kept samples */
+#define V38                 138470576L /* residual_end */
+#define V40                 140600496L /* layernorm blocks.3.norm2 */
+#define MEAN40              142730416L /* layer norm means */
+#define RSTD40              142738736L /* layer norm 1/std */
+#define V41                 142747056L /* moe blocks.3.moe */
+#define LOGITS41            144876976L /* router logits */
+#define PROBS41             144935216L /* router probabilities */
+#define LSE41               144993456L /* log-sum-exp of the logits */
+#define TOPP41              145001776L /* top-k probabilities */
+#define GATE41              145026736L /* gates */
+#define PRIO41              145051696L /* routing priority */
+#define PRIOS41             145060016L /* routing priority, sorted */
+#define ENT41               145068336L /* router entropy per token */
+#define AE41                145076656L /* expert hidden, activated */
+#define YE41                161054128L /* expert outputs [E, cap, D] */
+#define AUX41               169042864L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 413040L /* int32 chosen experts */
 #define SLOT41                 438000L /* int32 slot of each choice */
 #define COUNT41                462960L /* int32 tokens per expert */
@@ -168,33 +164,32 @@
 #define TARGET41               542048L /* int32 mapped expert */
 #define BLKC41                 550368L /* int32 choices per block and expert */
 #define BLKB41                 550544L /* int32 first slot per block and expert */
-#define QUERY41             186348480L /* attention router queries [N, R] */
-#define V42                 186880960L /* drop_path */
-#define KEEP42              189010880L /* stochastic depth: kept samples */
-#define V43                 189011008L /* residual_end */
-#define MEAN45              191140928L /* layer norm means */
-#define RSTD45              191149248L /* layer norm 1/std */
-#define V46                 191157568L /* attention blocks.4.attn */
-#define ATT46               193287488L /* attention weights */
-#define Y46                 197613888L /* heads' outputs */
-#define V47                 199743808L /* drop_path */
-#define KEEP47              201873728L /* stochastic depth: kept samples */
-#define V48                 201873856L /* residual_end */
-#define V50                 204003776L /* layernorm blocks.4.norm2 */
-#define MEAN50              206133696L /* layer norm means */
-#define RSTD50              206142016L /* layer norm 1/std */
-#define V51                 206150336L /* moe blocks.4.moe */
-#define LOGITS51            208280256L /* router logits */
-#define PROBS51             208338496L /* router probabilities */
-#define LSE51               208396736L /* log-sum-exp of the logits */
-#define TOPP51              208405056L /* top-k probabilities */
-#define GATE51              208430016L /* gates */
-#define PRIO51              208454976L /* routing priority */
-#define PRIOS51             208463296L /* routing priority, sorted */
-#define ENT51               208471616L /* router entropy per token */
-#define AE51                208479936L /* expert hidden, activated */
-#define YE51                224457408L /* expert outputs [E, cap, D] */
-#define AUX51               232446144L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY41             169042880L /* attention router queries [N, R] */
+#define V42                 169575360L /* drop_path */
+#define KEEP42              171705280L /* stochastic depth: kept samples */
+#define V43                 171705408L /* residual_end */
+#define MEAN45              173835328L /* layer norm means */
+#define RSTD45              173843648L /* layer norm 1/std */
+#define V46                 173851968L /* attention blocks.4.attn */
+#define Y46                 175981888L /* heads' outputs */
+#define V47                 178111808L /* drop_path */
+#define KEEP47              180241728L /* stochastic depth: kept samples */
+#define V48                 180241856L /* residual_end */
+#define V50                 182371776L /* layernorm blocks.4.norm2 */
+#define MEAN50              184501696L /* layer norm means */
+#define RSTD50              184510016L /* layer norm 1/std */
+#define V51                 184518336L /* moe blocks.4.moe */
+#define LOGITS51            186648256L /* router logits */
+#define PROBS51             186706496L /* router probabilities */
+#define LSE51               186764736L /* log-sum-exp of the logits */
+#define TOPP51              186773056L /* top-k probabilities */
+#define GATE51              186798016L /* gates */
+#define PRIO51              186822976L /* routing priority */
+#define PRIOS51             186831296L /* routing priority, sorted */
+#define ENT51               186839616L /* router entropy per token */
+#define AE51                186847936L /* expert hidden, activated */
+#define YE51                202825408L /* expert outputs [E, cap, D] */
+#define AUX51               210814144L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK51                 550720L /* int32 chosen experts */
 #define SLOT51                 575680L /* int32 slot of each choice */
 #define COUNT51                600640L /* int32 tokens per expert */
@@ -205,33 +200,32 @@
 #define TARGET51               679728L /* int32 mapped expert */
 #define BLKC51                 688048L /* int32 choices per block and expert */
 #define BLKB51                 688224L /* int32 first slot per block and expert */
-#define QUERY51             232446160L /* attention router queries [N, R] */
-#define V52                 232978640L /* drop_path */
-#define KEEP52              235108560L /* stochastic depth: kept samples */
-#define V53                 235108688L /* residual_end */
-#define MEAN55              237238608L /* layer norm means */
-#define RSTD55              237246928L /* layer norm 1/std */
-#define V56                 237255248L /* attention blocks.5.attn */
-#define ATT56               239385168L /* attention weights */
-#define Y56                 243711568L /* heads' outputs */
-#define V57                 245841488L /* drop_path */
-#define KEEP57              247971408L /* stochastic depth: kept samples */
-#define V58                 247971536L /* residual_end */
-#define V60                 250101456L /* layernorm blocks.5.norm2 */
-#define MEAN60              252231376L /* layer norm means */
-#define RSTD60              252239696L /* layer norm 1/std */
-#define V61                 252248016L /* moe blocks.5.moe */
-#define LOGITS61            254377936L /* router logits */
-#define PROBS61             254436176L /* router probabilities */
-#define LSE61               254494416L /* log-sum-exp of the logits */
-#define TOPP61              254502736L /* top-k probabilities */
-#define GATE61              254527696L /* gates */
-#define PRIO61              254552656L /* routing priority */
-#define PRIOS61             254560976L /* routing priority, sorted */
-#define ENT61               254569296L /* router entropy per token */
-#define AE61                254577616L /* expert hidden, activated */
-#define YE61                270555088L /* expert outputs [E, cap, D] */
-#define AUX61               278543824L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY51             210814160L /* attention router queries [N, R] */
+#define V52                 211346640L /* drop_path */
+#define KEEP52              213476560L /* stochastic depth: kept samples */
+#define V53                 213476688L /* residual_end */
+#define MEAN55              215606608L /* layer norm means */
+#define RSTD55              215614928L /* layer norm 1/std */
+#define V56                 215623248L /* attention blocks.5.attn */
+#define Y56                 217753168L /* heads' outputs */
+#define V57                 219883088L /* drop_path */
+#define KEEP57              222013008L /* stochastic depth: kept samples */
+#define V58                 222013136L /* residual_end */
+#define V60                 224143056L /* layernorm blocks.5.norm2 */
+#define MEAN60              226272976L /* layer norm means */
+#define RSTD60              226281296L /* layer norm 1/std */
+#define V61                 226289616L /* moe blocks.5.moe */
+#define LOGITS61            228419536L /* router logits */
+#define PROBS61             228477776L /* router probabilities */
+#define LSE61               228536016L /* log-sum-exp of the logits */
+#define TOPP61              228544336L /* top-k probabilities */
+#define GATE61              228569296L /* gates */
+#define PRIO61              228594256L /* routing priority */
+#define PRIOS61             228602576L /* routing priority, sorted */
+#define ENT61               228610896L /* router entropy per token */
+#define AE61                228619216L /* expert hidden, activated */
+#define YE61                244596688L /* expert outputs [E, cap, D] */
+#define AUX61               252585424L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 688400L /* int32 chosen experts */
 #define SLOT61                 713360L /* int32 slot of each choice */
 #define COUNT61                738320L /* int32 tokens per expert */
@@ -242,33 +236,32 @@
 #define TARGET61               817408L /* int32 mapped expert */
 #define BLKC61                 825728L /* int32 choices per block and expert */
 #define BLKB61                 825904L /* int32 first slot per block and expert */
-#define QUERY61             278543840L /* attention router queries [N, R] */
-#define V62                 279076320L /* drop_path */
-#define KEEP62              281206240L /* stochastic depth: kept samples */
-#define V63                 281206368L /* residual_end */
-#define MEAN65              283336288L /* layer norm means */
-#define RSTD65              283344608L /* layer norm 1/std */
-#define V66                 283352928L /* attention blocks.6.attn */
-#define ATT66               285482848L /* attention weights */
-#define Y66                 289809248L /* heads' outputs */
-#define V67                 291939168L /* drop_path */
-#define KEEP67              294069088L /* stochastic depth: kept samples */
-#define V68                 294069216L /* residual_end */
-#define V70                 296199136L /* layernorm blocks.6.norm2 */
-#define MEAN70              298329056L /* layer norm means */
-#define RSTD70              298337376L /* layer norm 1/std */
-#define V71                 298345696L /* moe blocks.6.moe */
-#define LOGITS71            300475616L /* router logits */
-#define PROBS71             300533856L /* router probabilities */
-#define LSE71               300592096L /* log-sum-exp of the logits */
-#define TOPP71              300600416L /* top-k probabilities */
-#define GATE71              300625376L /* gates */
-#define PRIO71              300650336L /* routing priority */
-#define PRIOS71             300658656L /* routing priority, sorted */
-#define ENT71               300666976L /* router entropy per token */
-#define AE71                300675296L /* expert hidden, activated */
-#define YE71                316652768L /* expert outputs [E, cap, D] */
-#define AUX71               324641504L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY61             252585440L /* attention router queries [N, R] */
+#define V62                 253117920L /* drop_path */
+#define KEEP62              255247840L /* stochastic depth: kept samples */
+#define V63                 255247968L /* residual_end */
+#define MEAN65              257377888L /* layer norm means */
+#define RSTD65              257386208L /* layer norm 1/std */
+#define V66                 257394528L /* attention blocks.6.attn */
+#define Y66                 259524448L /* heads' outputs */
+#define V67                 261654368L /* drop_path */
+#define KEEP67              263784288L /* stochastic depth: kept samples */
+#define V68                 263784416L /* residual_end */
+#define V70                 265914336L /* layernorm blocks.6.norm2 */
+#define MEAN70              268044256L /* layer norm means */
+#define RSTD70              268052576L /* layer norm 1/std */
+#define V71                 268060896L /* moe blocks.6.moe */
+#define LOGITS71            270190816L /* router logits */
+#define PROBS71             270249056L /* router probabilities */
+#define LSE71               270307296L /* log-sum-exp of the logits */
+#define TOPP71              270315616L /* top-k probabilities */
+#define GATE71              270340576L /* gates */
+#define PRIO71              270365536L /* routing priority */
+#define PRIOS71             270373856L /* routing priority, sorted */
+#define ENT71               270382176L /* router entropy per token */
+#define AE71                270390496L /* expert hidden, activated */
+#define YE71                286367968L /* expert outputs [E, cap, D] */
+#define AUX71               294356704L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK71                 826080L /* int32 chosen experts */
 #define SLOT71                 851040L /* int32 slot of each choice */
 #define COUNT71                876000L /* int32 tokens per expert */
@@ -279,33 +272,32 @@
 #define TARGET71               955088L /* int32 mapped expert */
 #define BLKC71                 963408L /* int32 choices per block and expert */
 #define BLKB71                 963584L /* int32 first slot per block and expert */
-#define QUERY71             324641520L /* attention router queries [N, R] */
-#define V72                 325174000L /* drop_path */
-#define KEEP72              327303920L /* stochastic depth: kept samples */
-#define V73                 327304048L /* residual_end */
-#define MEAN75              329433968L /* layer norm means */
-#define RSTD75              329442288L /* layer norm 1/std */
-#define V76                 329450608L /* attention blocks.7.attn */
-#define ATT76               331580528L /* attention weights */
-#define Y76                 335906928L /* heads' outputs */
-#define V77                 338036848L /* drop_path */
-#define KEEP77              340166768L /* stochastic depth: kept samples */
-#define V78                 340166896L /* residual_end */
-#define V80                 342296816L /* layernorm blocks.7.norm2 */
-#define MEAN80              344426736L /* layer norm means */
-#define RSTD80              344435056L /* layer norm 1/std */
-#define V81                 344443376L /* moe blocks.7.moe */
-#define LOGITS81            346573296L /* router logits */
-#define PROBS81             346631536L /* router probabilities */
-#define LSE81               346689776L /* log-sum-exp of the logits */
-#define TOPP81              346698096L /* top-k probabilities */
-#define GATE81              346723056L /* gates */
-#define PRIO81              346748016L /* routing priority */
-#define PRIOS81             346756336L /* routing priority, sorted */
-#define ENT81               346764656L /* router entropy per token */
-#define AE81                346772976L /* expert hidden, activated */
-#define YE81                362750448L /* expert outputs [E, cap, D] */
-#define AUX81               370739184L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY71             294356720L /* attention router queries [N, R] */
+#define V72                 294889200L /* drop_path */
+#define KEEP72              297019120L /* stochastic depth: kept samples */
+#define V73                 297019248L /* residual_end */
+#define MEAN75              299149168L /* layer norm means */
+#define RSTD75              299157488L /* layer norm 1/std */
+#define V76                 299165808L /* attention blocks.7.attn */
+#define Y76                 301295728L /* heads' outputs */
+#define V77                 303425648L /* drop_path */
+#define KEEP77              305555568L /* stochastic depth: kept samples */
+#define V78                 305555696L /* residual_end */
+#define V80                 307685616L /* layernorm blocks.7.norm2 */
+#define MEAN80              309815536L /* layer norm means */
+#define RSTD80              309823856L /* layer norm 1/std */
+#define V81                 309832176L /* moe blocks.7.moe */
+#define LOGITS81            311962096L /* router logits */
+#define PROBS81             312020336L /* router probabilities */
+#define LSE81               312078576L /* log-sum-exp of the logits */
+#define TOPP81              312086896L /* top-k probabilities */
+#define GATE81              312111856L /* gates */
+#define PRIO81              312136816L /* routing priority */
+#define PRIOS81             312145136L /* routing priority, sorted */
+#define ENT81               312153456L /* router entropy per token */
+#define AE81                312161776L /* expert hidden, activated */
+#define YE81                328139248L /* expert outputs [E, cap, D] */
+#define AUX81               336127984L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 963760L /* int32 chosen experts */
 #define SLOT81                 988720L /* int32 slot of each choice */
 #define COUNT81               1013680L /* int32 tokens per expert */
@@ -316,33 +308,32 @@
 #define TARGET81              1092768L /* int32 mapped expert */
 #define BLKC81                1101088L /* int32 choices per block and expert */
 #define BLKB81                1101264L /* int32 first slot per block and expert */
-#define QUERY81             370739200L /* attention router queries [N, R] */
-#define V82                 371271680L /* drop_path */
-#define KEEP82              373401600L /* stochastic depth: kept samples */
-#define V83                 373401728L /* residual_end */
-#define MEAN85              375531648L /* layer norm means */
-#define RSTD85              375539968L /* layer norm 1/std */
-#define V86                 375548288L /* attention blocks.8.attn */
-#define ATT86               377678208L /* attention weights */
-#define Y86                 382004608L /* heads' outputs */
-#define V87                 384134528L /* drop_path */
-#define KEEP87              386264448L /* stochastic depth: kept samples */
-#define V88                 386264576L /* residual_end */
-#define V90                 388394496L /* layernorm blocks.8.norm2 */
-#define MEAN90              390524416L /* layer norm means */
-#define RSTD90              390532736L /* layer norm 1/std */
-#define V91                 390541056L /* moe blocks.8.moe */
-#define LOGITS91            392670976L /* router logits */
-#define PROBS91             392729216L /* router probabilities */
-#define LSE91               392787456L /* log-sum-exp of the logits */
-#define TOPP91              392795776L /* top-k probabilities */
-#define GATE91              392820736L /* gates */
-#define PRIO91              392845696L /* routing priority */
-#define PRIOS91             392854016L /* routing priority, sorted */
-#define ENT91               392862336L /* router entropy per token */
-#define AE91                392870656L /* expert hidden, activated */
-#define YE91                408848128L /* expert outputs [E, cap, D] */
-#define AUX91               416836864L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY81             336128000L /* attention router queries [N, R] */
+#define V82                 336660480L /* drop_path */
+#define KEEP82              338790400L /* stochastic depth: kept samples */
+#define V83                 338790528L /* residual_end */
+#define MEAN85              340920448L /* layer norm means */
+#define RSTD85              340928768L /* layer norm 1/std */
+#define V86                 340937088L /* attention blocks.8.attn */
+#define Y86                 343067008L /* heads' outputs */
+#define V87                 345196928L /* drop_path */
+#define KEEP87              347326848L /* stochastic depth: kept samples */
+#define V88                 347326976L /* residual_end */
+#define V90                 349456896L /* layernorm blocks.8.norm2 */
+#define MEAN90              351586816L /* layer norm means */
+#define RSTD90              351595136L /* layer norm 1/std */
+#define V91                 351603456L /* moe blocks.8.moe */
+#define LOGITS91            353733376L /* router logits */
+#define PROBS91             353791616L /* router probabilities */
+#define LSE91               353849856L /* log-sum-exp of the logits */
+#define TOPP91              353858176L /* top-k probabilities */
+#define GATE91              353883136L /* gates */
+#define PRIO91              353908096L /* routing priority */
+#define PRIOS91             353916416L /* routing priority, sorted */
+#define ENT91               353924736L /* router entropy per token */
+#define AE91                353933056L /* expert hidden, activated */
+#define YE91                369910528L /* expert outputs [E, cap, D] */
+#define AUX91               377899264L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK91                1101440L /* int32 chosen experts */
 #define SLOT91                1126400L /* int32 slot of each choice */
 #define COUNT91               1151360L /* int32 tokens per expert */
@@ -353,52 +344,61 @@
 #define TARGET91              1230448L /* int32 mapped expert */
 #define BLKC91                1238768L /* int32 choices per block and expert */
 #define BLKB91                1238944L /* int32 first slot per block and expert */
-#define QUERY91             416836880L /* attention router queries [N, R] */
-#define V92                 417369360L /* drop_path */
-#define KEEP92              419499280L /* stochastic depth: kept samples */
-#define V93                 419499408L /* residual_end */
-#define V94                 421629328L /* layernorm norm */
-#define MEAN94              423759248L /* layer norm means */
-#define RSTD94              423767568L /* layer norm 1/std */
-#define V95                 423775888L /* pool */
-#define V96                 423808656L /* logits */
-#define XENT                423814160L /* cross-entropy per sample */
-#define V5               LAY16(423814288L, 423814288L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV6             LAY16(425944208L, 424879248L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE11             LAY16(432333968L, 428074128L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE11             LAY16(440322704L, 432068496L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V15              LAY16(456300176L, 440057232L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV16            LAY16(458430096L, 441122192L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE21             LAY16(464819856L, 444317072L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(472808592L, 448311440L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V25              LAY16(488786064L, 456300176L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV26            LAY16(490915984L, 457365136L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE31             LAY16(497305744L, 460560016L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE31             LAY16(505294480L, 464554384L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V35              LAY16(521271952L, 472543120L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV36            LAY16(523401872L, 473608080L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE41             LAY16(529791632L, 476802960L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(537780368L, 480797328L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V45              LAY16(553757840L, 488786064L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV46            LAY16(555887760L, 489851024L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE51             LAY16(562277520L, 493045904L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE51             LAY16(570266256L, 497040272L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V55              LAY16(586243728L, 505029008L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV56            LAY16(588373648L, 506093968L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE61             LAY16(594763408L, 509288848L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(602752144L, 513283216L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V65              LAY16(618729616L, 521271952L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define QKV66            LAY16(620859536L, 522336912L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE71             LAY16(627249296L, 525531792L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE71             LAY16(635238032L, 529526160L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V75              LAY16(651215504L, 537514896L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define QKV76            LAY16(653345424L, 538579856L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE81             LAY16(659735184L, 541774736L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(667723920L, 545769104L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V85              LAY16(683701392L, 553757840L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
-#define QKV86            LAY16(685831312L, 554822800L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define XE91             LAY16(692221072L, 558017680L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE91             LAY16(700209808L, 562012048L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define QUERY91             377899280L /* attention router queries [N, R] */
+#define V92                 378431760L /* drop_path */
+#define KEEP92              380561680L /* stochastic depth: kept samples */
+#define V93                 380561808L /* residual_end */
+#define V94                 382691728L /* layernorm norm */
+#define MEAN94              384821648L /* layer norm means */
+#define RSTD94              384829968L /* layer norm 1/std */
+#define V95                 384838288L /* pool */
+#define V96                 384871056L /* logits */
+#define XENT                384876560L /* cross-entropy per sample */
+#define V5               LAY16(384876688L, 384876688L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(387006608L, 385941648L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT6             LAY16(393396368L, 389136528L) /* attention weights; none in bf16 precision */
+#define XE11             LAY16(397722768L, 389136528L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE11             LAY16(405711504L, 393130896L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V15              LAY16(421688976L, 401119632L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(423818896L, 402184592L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT16            LAY16(430208656L, 405379472L) /* attention weights; none in bf16 precision */
+#define XE21             LAY16(434535056L, 405379472L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(442523792L, 409373840L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V25              LAY16(458501264L, 417362576L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(460631184L, 418427536L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT26            LAY16(467020944L, 421622416L) /* attention weights; none in bf16 precision */
+#define XE31             LAY16(471347344L, 421622416L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE31             LAY16(479336080L, 425616784L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V35              LAY16(495313552L, 433605520L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(497443472L, 434670480L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT36            LAY16(503833232L, 437865360L) /* attention weights; none in bf16 precision */
+#define XE41             LAY16(508159632L, 437865360L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(516148368L, 441859728L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V45              LAY16(532125840L, 449848464L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(534255760L, 450913424L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT46            LAY16(540645520L, 454108304L) /* attention weights; none in bf16 precision */
+#define XE51             LAY16(544971920L, 454108304L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE51             LAY16(552960656L, 458102672L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V55              LAY16(568938128L, 466091408L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(571068048L, 467156368L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT56            LAY16(577457808L, 470351248L) /* attention weights; none in bf16 precision */
+#define XE61             LAY16(581784208L, 470351248L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(589772944L, 474345616L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V65              LAY16(605750416L, 482334352L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(607880336L, 483399312L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT66            LAY16(614270096L, 486594192L) /* attention weights; none in bf16 precision */
+#define XE71             LAY16(618596496L, 486594192L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE71             LAY16(626585232L, 490588560L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V75              LAY16(642562704L, 498577296L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(644692624L, 499642256L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT76            LAY16(651082384L, 502837136L) /* attention weights; none in bf16 precision */
+#define XE81             LAY16(655408784L, 502837136L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(663397520L, 506831504L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V85              LAY16(679374992L, 514820240L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
+#define QKV86            LAY16(681504912L, 515885200L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT86            LAY16(687894672L, 519080080L) /* attention weights; none in bf16 precision */
+#define XE91             LAY16(692221072L, 519080080L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE91             LAY16(700209808L, 523074448L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -735,7 +735,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     19133675L, /* params */
     716187280L, /* act_floats */
-    570000784L, /* act_floats16: in bf16 precision */
+    531063184L, /* act_floats16: in bf16 precision */
     117772928L, /* grad_floats */
     1239120L, /* int_slots */
     138L, /* dacc: doubles */
