@@ -301,9 +301,10 @@ static void alloc_room16(cuda_plan *p, const char *name, int64_t floats, int64_t
 }
 
 /* A buffer whose producer, in bf16 precision, writes bf16 values alone,
- * into the first half of its room (moe_x16, moe_h16, a layer norm's output
- * that feeds a product: ln_feeds_product, attention's qkv on bf16
- * fragments: attn_qkv16), and whose readers take them there: in that
+ * into the first half of its room (moe_x16, moe_h16, a dense MLP's
+ * activations, a layer norm's output that feeds a product:
+ * ln_feeds_product, attention's qkv on bf16 fragments: attn_qkv16), and
+ * whose readers take them there: in that
  * precision the arena gives it half the room. */
 static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
 {
@@ -710,7 +711,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(hh, sizeof hh, "H%d", i);
         snprintf(aa, sizeof aa, "ACTV%d", i);
         alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation, then its derivative");
-        alloc_inside(g, p, aa, BATCH * T * H, "hidden, after the activation");
+        /* in bf16 precision bias_act writes the activations in bf16 alone
+         * (bf16_half), which the products take there: the room halves */
+        alloc_inside_half(p, aa, BATCH * T * H, "hidden, after the activation");
         need_red(p, (int64_t)p->red_chunks * (H > D ? H : D)); /* the two biases' gradients */
         const char *act = act_code(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values,

@@ -30,26 +30,25 @@
 #define MEAN8                 1153024L /* layer norm means */
 #define RSTD8                 1155072L /* layer norm 1/std */
 #define H9                    1157120L /* hidden, before the activation, then its derivative */
-#define ACTV9                 1681408L /* hidden, after the activation */
-#define V10                   2205696L /* residual_end */
-#define MEAN12                2467840L /* layer norm means */
-#define RSTD12                2469888L /* layer norm 1/std */
-#define Y13                   2471936L /* heads' outputs */
-#define V14                   2734080L /* residual_end */
-#define V16                   2996224L /* layernorm blocks.1.norm2 */
-#define MEAN16                3258368L /* layer norm means */
-#define RSTD16                3260416L /* layer norm 1/std */
-#define LOGITS17              3262464L /* router logits */
-#define PROBS17               3268608L /* router probabilities */
-#define LSE17                 3274752L /* log-sum-exp of the logits */
-#define TOPP17                3276800L /* top-k probabilities */
-#define GATE17                3278848L /* gates */
-#define PRIO17                3280896L /* routing priority */
-#define PRIOS17               3282944L /* routing priority, sorted */
-#define ENT17                 3284992L /* router entropy per token */
-#define AE17                  3287040L /* expert hidden, activated */
-#define YE17                  3942144L /* expert outputs [E, cap, D] */
-#define AUX17                 4269696L /* auxiliary losses: balance, z, dataset, importance */
+#define V10                   1681408L /* residual_end */
+#define MEAN12                1943552L /* layer norm means */
+#define RSTD12                1945600L /* layer norm 1/std */
+#define Y13                   1947648L /* heads' outputs */
+#define V14                   2209792L /* residual_end */
+#define V16                   2471936L /* layernorm blocks.1.norm2 */
+#define MEAN16                2734080L /* layer norm means */
+#define RSTD16                2736128L /* layer norm 1/std */
+#define LOGITS17              2738176L /* router logits */
+#define PROBS17               2744320L /* router probabilities */
+#define LSE17                 2750464L /* log-sum-exp of the logits */
+#define TOPP17                2752512L /* top-k probabilities */
+#define GATE17                2754560L /* gates */
+#define PRIO17                2756608L /* routing priority */
+#define PRIOS17               2758656L /* routing priority, sorted */
+#define ENT17                 2760704L /* router entropy per token */
+#define AE17                  2762752L /* expert hidden, activated */
+#define YE17                  3417856L /* expert outputs [E, cap, D] */
+#define AUX17                 3745408L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                   2048L /* int32 slot of each choice */
 #define COUNT17                  4096L /* int32 tokens per expert */
@@ -60,34 +59,33 @@
 #define TARGET17                13328L /* int32 mapped expert */
 #define BLKC17                  15376L /* int32 choices per block and expert */
 #define BLKB17                  15392L /* int32 first slot per block and expert */
-#define V18                   4269712L /* residual_end */
-#define MEAN20                4531856L /* layer norm means */
-#define RSTD20                4533904L /* layer norm 1/std */
-#define Y21                   4535952L /* heads' outputs */
-#define V22                   4798096L /* residual_end */
-#define MEAN24                5060240L /* layer norm means */
-#define RSTD24                5062288L /* layer norm 1/std */
-#define H25                   5064336L /* hidden, before the activation, then its derivative */
-#define ACTV25                5588624L /* hidden, after the activation */
-#define V26                   6112912L /* residual_end */
-#define MEAN28                6375056L /* layer norm means */
-#define RSTD28                6377104L /* layer norm 1/std */
-#define Y29                   6379152L /* heads' outputs */
-#define V30                   6641296L /* residual_end */
-#define V32                   6903440L /* layernorm blocks.3.norm2 */
-#define MEAN32                7165584L /* layer norm means */
-#define RSTD32                7167632L /* layer norm 1/std */
-#define LOGITS33              7169680L /* router logits */
-#define PROBS33               7175824L /* router probabilities */
-#define LSE33                 7181968L /* log-sum-exp of the logits */
-#define TOPP33                7184016L /* top-k probabilities */
-#define GATE33                7186064L /* gates */
-#define PRIO33                7188112L /* routing priority */
-#define PRIOS33               7190160L /* routing priority, sorted */
-#define ENT33                 7192208L /* router entropy per token */
-#define AE33                  7194256L /* expert hidden, activated */
-#define YE33                  7849360L /* expert outputs [E, cap, D] */
-#define AUX33                 8176912L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                   3745424L /* residual_end */
+#define MEAN20                4007568L /* layer norm means */
+#define RSTD20                4009616L /* layer norm 1/std */
+#define Y21                   4011664L /* heads' outputs */
+#define V22                   4273808L /* residual_end */
+#define MEAN24                4535952L /* layer norm means */
+#define RSTD24                4538000L /* layer norm 1/std */
+#define H25                   4540048L /* hidden, before the activation, then its derivative */
+#define V26                   5064336L /* residual_end */
+#define MEAN28                5326480L /* layer norm means */
+#define RSTD28                5328528L /* layer norm 1/std */
+#define Y29                   5330576L /* heads' outputs */
+#define V30                   5592720L /* residual_end */
+#define V32                   5854864L /* layernorm blocks.3.norm2 */
+#define MEAN32                6117008L /* layer norm means */
+#define RSTD32                6119056L /* layer norm 1/std */
+#define LOGITS33              6121104L /* router logits */
+#define PROBS33               6127248L /* router probabilities */
+#define LSE33                 6133392L /* log-sum-exp of the logits */
+#define TOPP33                6135440L /* top-k probabilities */
+#define GATE33                6137488L /* gates */
+#define PRIO33                6139536L /* routing priority */
+#define PRIOS33               6141584L /* routing priority, sorted */
+#define ENT33                 6143632L /* router entropy per token */
+#define AE33                  6145680L /* expert hidden, activated */
+#define YE33                  6800784L /* expert outputs [E, cap, D] */
+#define AUX33                 7128336L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                  15408L /* int32 chosen experts */
 #define SLOT33                  17456L /* int32 slot of each choice */
 #define COUNT33                 19504L /* int32 tokens per expert */
@@ -98,31 +96,33 @@
 #define TARGET33                28736L /* int32 mapped expert */
 #define BLKC33                  30784L /* int32 choices per block and expert */
 #define BLKB33                  30800L /* int32 first slot per block and expert */
-#define V34                   8176928L /* residual_end */
-#define V35                   8439072L /* layernorm norm */
-#define MEAN35                8701216L /* layer norm means */
-#define RSTD35                8703264L /* layer norm 1/std */
-#define V36                   8705312L /* pool */
-#define V37                   8721696L /* logits */
-#define XENT                  8722976L /* cross-entropy per sample */
-#define V4               LAY16(8723104L, 8723104L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(8985248L, 8854176L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT5             LAY16(9771680L, 9247392L) /* attention weights; none in bf16 precision */
-#define V8               LAY16(9902752L, 9247392L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V12              LAY16(10164896L, 9378464L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(10427040L, 9509536L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT13            LAY16(11213472L, 9902752L) /* attention weights; none in bf16 precision */
-#define XE17             LAY16(11344544L, 9902752L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(11672096L, 10066528L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(12327200L, 10394080L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(12589344L, 10525152L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT21            LAY16(13375776L, 10918368L) /* attention weights; none in bf16 precision */
-#define V24              LAY16(13506848L, 10918368L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V28              LAY16(13768992L, 11049440L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(14031136L, 11180512L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT29            LAY16(14817568L, 11573728L) /* attention weights; none in bf16 precision */
-#define XE33             LAY16(14948640L, 11573728L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(15276192L, 11737504L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V34                   7128352L /* residual_end */
+#define V35                   7390496L /* layernorm norm */
+#define MEAN35                7652640L /* layer norm means */
+#define RSTD35                7654688L /* layer norm 1/std */
+#define V36                   7656736L /* pool */
+#define V37                   7673120L /* logits */
+#define XENT                  7674400L /* cross-entropy per sample */
+#define V4               LAY16(7674528L, 7674528L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(7936672L, 7805600L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(8723104L, 8198816L) /* attention weights; none in bf16 precision */
+#define V8               LAY16(8854176L, 8198816L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV9            LAY16(9116320L, 8329888L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V12              LAY16(9640608L, 8592032L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(9902752L, 8723104L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(10689184L, 9116320L) /* attention weights; none in bf16 precision */
+#define XE17             LAY16(10820256L, 9116320L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(11147808L, 9280096L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(11802912L, 9607648L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(12065056L, 9738720L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(12851488L, 10131936L) /* attention weights; none in bf16 precision */
+#define V24              LAY16(12982560L, 10131936L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV25           LAY16(13244704L, 10263008L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V28              LAY16(13768992L, 10525152L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(14031136L, 10656224L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(14817568L, 11049440L) /* attention weights; none in bf16 precision */
+#define XE33             LAY16(14948640L, 11049440L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(15276192L, 11213216L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -285,7 +285,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */
     15931296L, /* act_floats */
-    12065056L, /* act_floats16: in bf16 precision */
+    11540768L, /* act_floats16: in bf16 precision */
     4219648L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */

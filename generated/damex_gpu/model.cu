@@ -30,26 +30,25 @@
 #define MEAN8                13418496L /* layer norm means */
 #define RSTD8                13434880L /* layer norm 1/std */
 #define H9                   13451264L /* hidden, before the activation, then its derivative */
-#define ACTV9                26034176L /* hidden, after the activation */
-#define V10                  38617088L /* residual_end */
-#define MEAN12               41762816L /* layer norm means */
-#define RSTD12               41779200L /* layer norm 1/std */
-#define Y13                  41795584L /* heads' outputs */
-#define V14                  44941312L /* residual_end */
-#define V16                  48087040L /* layernorm blocks.1.norm2 */
-#define MEAN16               51232768L /* layer norm means */
-#define RSTD16               51249152L /* layer norm 1/std */
-#define LOGITS17             51265536L /* router logits */
-#define PROBS17              51314688L /* router probabilities */
-#define LSE17                51363840L /* log-sum-exp of the logits */
-#define TOPP17               51380224L /* top-k probabilities */
-#define GATE17               51396608L /* gates */
-#define PRIO17               51412992L /* routing priority */
-#define PRIOS17              51429376L /* routing priority, sorted */
-#define ENT17                51445760L /* router entropy per token */
-#define AE17                 51462144L /* expert hidden, activated */
-#define YE17                 76631040L /* expert outputs [E, cap, D] */
-#define AUX17                82923264L /* auxiliary losses: balance, z, dataset, importance */
+#define V10                  26034176L /* residual_end */
+#define MEAN12               29179904L /* layer norm means */
+#define RSTD12               29196288L /* layer norm 1/std */
+#define Y13                  29212672L /* heads' outputs */
+#define V14                  32358400L /* residual_end */
+#define V16                  35504128L /* layernorm blocks.1.norm2 */
+#define MEAN16               38649856L /* layer norm means */
+#define RSTD16               38666240L /* layer norm 1/std */
+#define LOGITS17             38682624L /* router logits */
+#define PROBS17              38731776L /* router probabilities */
+#define LSE17                38780928L /* log-sum-exp of the logits */
+#define TOPP17               38797312L /* top-k probabilities */
+#define GATE17               38813696L /* gates */
+#define PRIO17               38830080L /* routing priority */
+#define PRIOS17              38846464L /* routing priority, sorted */
+#define ENT17                38862848L /* router entropy per token */
+#define AE17                 38879232L /* expert hidden, activated */
+#define YE17                 64048128L /* expert outputs [E, cap, D] */
+#define AUX17                70340352L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                  16384L /* int32 slot of each choice */
 #define COUNT17                 32768L /* int32 tokens per expert */
@@ -60,34 +59,33 @@
 #define TARGET17               131120L /* int32 mapped expert */
 #define BLKC17                 147504L /* int32 choices per block and expert */
 #define BLKB17                 147552L /* int32 first slot per block and expert */
-#define V18                  82923280L /* residual_end */
-#define MEAN20               86069008L /* layer norm means */
-#define RSTD20               86085392L /* layer norm 1/std */
-#define Y21                  86101776L /* heads' outputs */
-#define V22                  89247504L /* residual_end */
-#define MEAN24               92393232L /* layer norm means */
-#define RSTD24               92409616L /* layer norm 1/std */
-#define H25                  92426000L /* hidden, before the activation, then its derivative */
-#define ACTV25              105008912L /* hidden, after the activation */
-#define V26                 117591824L /* residual_end */
-#define MEAN28              120737552L /* layer norm means */
-#define RSTD28              120753936L /* layer norm 1/std */
-#define Y29                 120770320L /* heads' outputs */
-#define V30                 123916048L /* residual_end */
-#define V32                 127061776L /* layernorm blocks.3.norm2 */
-#define MEAN32              130207504L /* layer norm means */
-#define RSTD32              130223888L /* layer norm 1/std */
-#define LOGITS33            130240272L /* router logits */
-#define PROBS33             130289424L /* router probabilities */
-#define LSE33               130338576L /* log-sum-exp of the logits */
-#define TOPP33              130354960L /* top-k probabilities */
-#define GATE33              130371344L /* gates */
-#define PRIO33              130387728L /* routing priority */
-#define PRIOS33             130404112L /* routing priority, sorted */
-#define ENT33               130420496L /* router entropy per token */
-#define AE33                130436880L /* expert hidden, activated */
-#define YE33                155605776L /* expert outputs [E, cap, D] */
-#define AUX33               161898000L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                  70340368L /* residual_end */
+#define MEAN20               73486096L /* layer norm means */
+#define RSTD20               73502480L /* layer norm 1/std */
+#define Y21                  73518864L /* heads' outputs */
+#define V22                  76664592L /* residual_end */
+#define MEAN24               79810320L /* layer norm means */
+#define RSTD24               79826704L /* layer norm 1/std */
+#define H25                  79843088L /* hidden, before the activation, then its derivative */
+#define V26                  92426000L /* residual_end */
+#define MEAN28               95571728L /* layer norm means */
+#define RSTD28               95588112L /* layer norm 1/std */
+#define Y29                  95604496L /* heads' outputs */
+#define V30                  98750224L /* residual_end */
+#define V32                 101895952L /* layernorm blocks.3.norm2 */
+#define MEAN32              105041680L /* layer norm means */
+#define RSTD32              105058064L /* layer norm 1/std */
+#define LOGITS33            105074448L /* router logits */
+#define PROBS33             105123600L /* router probabilities */
+#define LSE33               105172752L /* log-sum-exp of the logits */
+#define TOPP33              105189136L /* top-k probabilities */
+#define GATE33              105205520L /* gates */
+#define PRIO33              105221904L /* routing priority */
+#define PRIOS33             105238288L /* routing priority, sorted */
+#define ENT33               105254672L /* router entropy per token */
+#define AE33                105271056L /* expert hidden, activated */
+#define YE33                130439952L /* expert outputs [E, cap, D] */
+#define AUX33               136732176L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                 147600L /* int32 chosen experts */
 #define SLOT33                 163984L /* int32 slot of each choice */
 #define COUNT33                180368L /* int32 tokens per expert */
@@ -98,34 +96,33 @@
 #define TARGET33               278720L /* int32 mapped expert */
 #define BLKC33                 295104L /* int32 choices per block and expert */
 #define BLKB33                 295152L /* int32 first slot per block and expert */
-#define V34                 161898016L /* residual_end */
-#define MEAN36              165043744L /* layer norm means */
-#define RSTD36              165060128L /* layer norm 1/std */
-#define Y37                 165076512L /* heads' outputs */
-#define V38                 168222240L /* residual_end */
-#define MEAN40              171367968L /* layer norm means */
-#define RSTD40              171384352L /* layer norm 1/std */
-#define H41                 171400736L /* hidden, before the activation, then its derivative */
-#define ACTV41              183983648L /* hidden, after the activation */
-#define V42                 196566560L /* residual_end */
-#define MEAN44              199712288L /* layer norm means */
-#define RSTD44              199728672L /* layer norm 1/std */
-#define Y45                 199745056L /* heads' outputs */
-#define V46                 202890784L /* residual_end */
-#define V48                 206036512L /* layernorm blocks.5.norm2 */
-#define MEAN48              209182240L /* layer norm means */
-#define RSTD48              209198624L /* layer norm 1/std */
-#define LOGITS49            209215008L /* router logits */
-#define PROBS49             209264160L /* router probabilities */
-#define LSE49               209313312L /* log-sum-exp of the logits */
-#define TOPP49              209329696L /* top-k probabilities */
-#define GATE49              209346080L /* gates */
-#define PRIO49              209362464L /* routing priority */
-#define PRIOS49             209378848L /* routing priority, sorted */
-#define ENT49               209395232L /* router entropy per token */
-#define AE49                209411616L /* expert hidden, activated */
-#define YE49                234580512L /* expert outputs [E, cap, D] */
-#define AUX49               240872736L /* auxiliary losses: balance, z, dataset, importance */
+#define V34                 136732192L /* residual_end */
+#define MEAN36              139877920L /* layer norm means */
+#define RSTD36              139894304L /* layer norm 1/std */
+#define Y37                 139910688L /* heads' outputs */
+#define V38                 143056416L /* residual_end */
+#define MEAN40              146202144L /* layer norm means */
+#define RSTD40              146218528L /* layer norm 1/std */
+#define H41                 146234912L /* hidden, before the activation, then its derivative */
+#define V42                 158817824L /* residual_end */
+#define MEAN44              161963552L /* layer norm means */
+#define RSTD44              161979936L /* layer norm 1/std */
+#define Y45                 161996320L /* heads' outputs */
+#define V46                 165142048L /* residual_end */
+#define V48                 168287776L /* layernorm blocks.5.norm2 */
+#define MEAN48              171433504L /* layer norm means */
+#define RSTD48              171449888L /* layer norm 1/std */
+#define LOGITS49            171466272L /* router logits */
+#define PROBS49             171515424L /* router probabilities */
+#define LSE49               171564576L /* log-sum-exp of the logits */
+#define TOPP49              171580960L /* top-k probabilities */
+#define GATE49              171597344L /* gates */
+#define PRIO49              171613728L /* routing priority */
+#define PRIOS49             171630112L /* routing priority, sorted */
+#define ENT49               171646496L /* router entropy per token */
+#define AE49                171662880L /* expert hidden, activated */
+#define YE49                196831776L /* expert outputs [E, cap, D] */
+#define AUX49               203124000L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK49                 295200L /* int32 chosen experts */
 #define SLOT49                 311584L /* int32 slot of each choice */
 #define COUNT49                327968L /* int32 tokens per expert */
@@ -136,40 +133,43 @@
 #define TARGET49               426320L /* int32 mapped expert */
 #define BLKC49                 442704L /* int32 choices per block and expert */
 #define BLKB49                 442752L /* int32 first slot per block and expert */
-#define V50                 240872752L /* residual_end */
-#define V51                 244018480L /* layernorm norm */
-#define MEAN51              247164208L /* layer norm means */
-#define RSTD51              247180592L /* layer norm 1/std */
-#define V52                 247196976L /* pool */
-#define V53                 247393584L /* logits */
-#define XENT                247403824L /* cross-entropy per sample */
-#define V4               LAY16(247404848L, 247404848L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(250550576L, 248977712L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT5             LAY16(259987760L, 253696304L) /* attention weights; none in bf16 precision */
-#define V8               LAY16(261560624L, 253696304L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V12              LAY16(264706352L, 255269168L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(267852080L, 256842032L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT13            LAY16(277289264L, 261560624L) /* attention weights; none in bf16 precision */
-#define XE17             LAY16(278862128L, 261560624L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(285154352L, 264706736L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(310323248L, 277291184L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(313468976L, 278864048L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT21            LAY16(322906160L, 283582640L) /* attention weights; none in bf16 precision */
-#define V24              LAY16(324479024L, 283582640L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V28              LAY16(327624752L, 285155504L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(330770480L, 286728368L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT29            LAY16(340207664L, 291446960L) /* attention weights; none in bf16 precision */
-#define XE33             LAY16(341780528L, 291446960L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(348072752L, 294593072L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V36              LAY16(373241648L, 307177520L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV37            LAY16(376387376L, 308750384L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT37            LAY16(385824560L, 313468976L) /* attention weights; none in bf16 precision */
-#define V40              LAY16(387397424L, 313468976L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define V44              LAY16(390543152L, 315041840L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV45            LAY16(393688880L, 316614704L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT45            LAY16(403126064L, 321333296L) /* attention weights; none in bf16 precision */
-#define XE49             LAY16(404698928L, 321333296L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE49             LAY16(410991152L, 324479408L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V50                 203124016L /* residual_end */
+#define V51                 206269744L /* layernorm norm */
+#define MEAN51              209415472L /* layer norm means */
+#define RSTD51              209431856L /* layer norm 1/std */
+#define V52                 209448240L /* pool */
+#define V53                 209644848L /* logits */
+#define XENT                209655088L /* cross-entropy per sample */
+#define V4               LAY16(209656112L, 209656112L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(212801840L, 211228976L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(222239024L, 215947568L) /* attention weights; none in bf16 precision */
+#define V8               LAY16(223811888L, 215947568L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV9            LAY16(226957616L, 217520432L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V12              LAY16(239540528L, 223811888L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(242686256L, 225384752L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(252123440L, 230103344L) /* attention weights; none in bf16 precision */
+#define XE17             LAY16(253696304L, 230103344L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(259988528L, 233249456L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(285157424L, 245833904L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(288303152L, 247406768L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(297740336L, 252125360L) /* attention weights; none in bf16 precision */
+#define V24              LAY16(299313200L, 252125360L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV25           LAY16(302458928L, 253698224L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V28              LAY16(315041840L, 259989680L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(318187568L, 261562544L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(327624752L, 266281136L) /* attention weights; none in bf16 precision */
+#define XE33             LAY16(329197616L, 266281136L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(335489840L, 269427248L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V36              LAY16(360658736L, 282011696L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV37            LAY16(363804464L, 283584560L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT37            LAY16(373241648L, 288303152L) /* attention weights; none in bf16 precision */
+#define V40              LAY16(374814512L, 288303152L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV41           LAY16(377960240L, 289876016L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V44              LAY16(390543152L, 296167472L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV45            LAY16(393688880L, 297740336L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT45            LAY16(403126064L, 302458928L) /* attention weights; none in bf16 precision */
+#define XE49             LAY16(404698928L, 302458928L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE49             LAY16(410991152L, 305605040L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -386,7 +386,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
     436160048L, /* act_floats */
-    337063856L, /* act_floats16: in bf16 precision */
+    318189488L, /* act_floats16: in bf16 precision */
     85211648L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */

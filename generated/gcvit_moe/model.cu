@@ -45,173 +45,166 @@
 #define RSTD9               803217536L /* layer norm 1/std */
 #define V10                 803618944L /* mlp blocks.0.mlp */
 #define H10                 829309056L /* hidden, before the activation, then its derivative */
-#define ACTV10              906379392L /* hidden, after the activation */
-#define V11                 983449728L /* drop_path */
-#define KEEP11             1009139840L /* stochastic depth: kept samples */
-#define V12                1009139968L /* residual_end */
-#define V14                1034830080L /* layernorm blocks.0.norm3 */
-#define MEAN14             1060520192L /* layer norm means */
-#define RSTD14             1060921600L /* layer norm 1/std */
-#define V15                1061323008L /* window_attention blocks.0.attn2 */
-#define KV15               1087013120L /* keys, values (grid order) */
-#define QKVW15             1138393344L /* queries, keys, values (window order) */
-#define ATT15              1215463680L /* attention weights */
-#define YW15               1254801664L /* heads' outputs (window order) */
-#define Y15                1280491776L /* heads' outputs (grid order) */
-#define GTOK15             1306181888L /* global tokens (the grid pooled to a window) */
-#define GQ15               1306583296L /* global queries */
-#define V16                1306984704L /* drop_path */
-#define KEEP16             1332674816L /* stochastic depth: kept samples */
-#define V17                1332674944L /* residual_end */
-#define MEAN19             1358365056L /* layer norm means */
-#define RSTD19             1358766464L /* layer norm 1/std */
-#define V20                1359167872L /* mlp blocks.0.mlp2 */
-#define H20                1384857984L /* hidden, before the activation, then its derivative */
-#define ACTV20             1461928320L /* hidden, after the activation */
-#define V21                1538998656L /* drop_path */
-#define KEEP21             1564688768L /* stochastic depth: kept samples */
-#define V22                1564688896L /* residual_end */
-#define V23                1590379008L /* downsample downsample1 */
-#define MERGE23            1603224064L /* 2x2 neighbourhoods, concatenated */
-#define MNORM23            1628914176L /* normalised */
-#define MEAN23             1654604288L /* layer norm means */
-#define RSTD23             1654704640L /* layer norm 1/std */
-#define MEAN25             1654804992L /* layer norm means */
-#define RSTD25             1654905344L /* layer norm 1/std */
-#define V26                1655005696L /* window_attention blocks.1.attn */
-#define QKV26              1667850752L /* queries, keys, values (grid order) */
-#define QKVW26             1706385920L /* queries, keys, values (window order) */
-#define ATT26              1744921088L /* attention weights */
-#define YW26               1764590080L /* heads' outputs (window order) */
-#define Y26                1777435136L /* heads' outputs (grid order) */
-#define V27                1790280192L /* drop_path */
-#define KEEP27             1803125248L /* stochastic depth: kept samples */
-#define V28                1803125376L /* residual_end */
-#define MEAN30             1815970432L /* layer norm means */
-#define RSTD30             1816070784L /* layer norm 1/std */
-#define V31                1816171136L /* mlp blocks.1.mlp */
-#define H31                1829016192L /* hidden, before the activation, then its derivative */
-#define ACTV31             1867551360L /* hidden, after the activation */
-#define V32                1906086528L /* drop_path */
-#define KEEP32             1918931584L /* stochastic depth: kept samples */
-#define V33                1918931712L /* residual_end */
-#define V35                1931776768L /* layernorm blocks.1.norm3 */
-#define MEAN35             1944621824L /* layer norm means */
-#define RSTD35             1944722176L /* layer norm 1/std */
-#define V36                1944822528L /* window_attention blocks.1.attn2 */
-#define KV36               1957667584L /* keys, values (grid order) */
-#define QKVW36             1983357696L /* queries, keys, values (window order) */
-#define ATT36              2021892864L /* attention weights */
-#define YW36               2041561856L /* heads' outputs (window order) */
-#define Y36                2054406912L /* heads' outputs (grid order) */
-#define GTOK36             2067251968L /* global tokens (the grid pooled to a window) */
-#define GQ36               2068054784L /* global queries */
-#define V37                2068857600L /* drop_path */
-#define KEEP37             2081702656L /* stochastic depth: kept samples */
-#define V38                2081702784L /* residual_end */
-#define MEAN40             2094547840L /* layer norm means */
-#define RSTD40             2094648192L /* layer norm 1/std */
-#define V41                2094748544L /* mlp blocks.1.mlp2 */
-#define H41                2107593600L /* hidden, before the activation, then its derivative */
-#define ACTV41             2146128768L /* hidden, after the activation */
-#define V42                2184663936L /* drop_path */
-#define KEEP42             2197508992L /* stochastic depth: kept samples */
-#define V43                2197509120L /* residual_end */
-#define V44                2210354176L /* downsample downsample2 */
-#define MERGE44            2216776704L /* 2x2 neighbourhoods, concatenated */
-#define MNORM44            2229621760L /* normalised */
-#define MEAN44             2242466816L /* layer norm means */
-#define RSTD44             2242491904L /* layer norm 1/std */
-#define MEAN46             2242516992L /* layer norm means */
-#define RSTD46             2242542080L /* layer norm 1/std */
-#define V47                2242567168L /* window_attention blocks.2.attn */
-#define QKV47              2248989696L /* queries, keys, values (grid order) */
-#define QKVW47             2268257280L /* queries, keys, values (window order) */
-#define ATT47              2287524864L /* attention weights */
-#define YW47               2326862848L /* heads' outputs (window order) */
-#define Y47                2333285376L /* heads' outputs (grid order) */
-#define V48                2339707904L /* drop_path */
-#define KEEP48             2346130432L /* stochastic depth: kept samples */
-#define V49                2346130560L /* residual_end */
-#define MEAN51             2352553088L /* layer norm means */
-#define RSTD51             2352578176L /* layer norm 1/std */
-#define V52                2352603264L /* mlp blocks.2.mlp */
-#define H52                2359025792L /* hidden, before the activation, then its derivative */
-#define ACTV52             2378293376L /* hidden, after the activation */
-#define V53                2397560960L /* drop_path */
-#define KEEP53             2403983488L /* stochastic depth: kept samples */
-#define V54                2403983616L /* residual_end */
-#define V56                2410406144L /* layernorm blocks.2.norm3 */
-#define MEAN56             2416828672L /* layer norm means */
-#define RSTD56             2416853760L /* layer norm 1/std */
-#define V57                2416878848L /* window_attention blocks.2.attn2 */
-#define KV57               2423301376L /* keys, values (grid order) */
-#define QKVW57             2436146432L /* queries, keys, values (window order) */
-#define ATT57              2455414016L /* attention weights */
-#define YW57               2494752000L /* heads' outputs (window order) */
-#define Y57                2501174528L /* heads' outputs (grid order) */
-#define GTOK57             2507597056L /* global tokens (the grid pooled to a window) */
-#define GQ57               2514019584L /* global queries */
-#define V58                2520442112L /* drop_path */
-#define KEEP58             2526864640L /* stochastic depth: kept samples */
-#define V59                2526864768L /* residual_end */
-#define MEAN61             2533287296L /* layer norm means */
-#define RSTD61             2533312384L /* layer norm 1/std */
-#define V62                2533337472L /* mlp blocks.2.mlp2 */
-#define H62                2539760000L /* hidden, before the activation, then its derivative */
-#define ACTV62             2559027584L /* hidden, after the activation */
-#define V63                2578295168L /* drop_path */
-#define KEEP63             2584717696L /* stochastic depth: kept samples */
-#define V64                2584717824L /* residual_end */
-#define MEAN66             2591140352L /* layer norm means */
-#define RSTD66             2591165440L /* layer norm 1/std */
-#define V67                2591190528L /* window_attention blocks.3.attn */
-#define QKV67              2597613056L /* queries, keys, values (grid order) */
-#define QKVW67             2616880640L /* queries, keys, values (window order) */
-#define ATT67              2636148224L /* attention weights */
-#define YW67               2675486208L /* heads' outputs (window order) */
-#define Y67                2681908736L /* heads' outputs (grid order) */
-#define V68                2688331264L /* drop_path */
-#define KEEP68             2694753792L /* stochastic depth: kept samples */
-#define V69                2694753920L /* residual_end */
-#define MEAN71             2701176448L /* layer norm means */
-#define RSTD71             2701201536L /* layer norm 1/std */
-#define V72                2701226624L /* mlp blocks.3.mlp */
-#define H72                2707649152L /* hidden, before the activation, then its derivative */
-#define ACTV72             2726916736L /* hidden, after the activation */
-#define V73                2746184320L /* drop_path */
-#define KEEP73             2752606848L /* stochastic depth: kept samples */
-#define V74                2752606976L /* residual_end */
-#define V76                2759029504L /* layernorm blocks.3.norm3 */
-#define MEAN76             2765452032L /* layer norm means */
-#define RSTD76             2765477120L /* layer norm 1/std */
-#define V77                2765502208L /* window_attention blocks.3.attn2 */
-#define KV77               2771924736L /* keys, values (grid order) */
-#define QKVW77             2784769792L /* queries, keys, values (window order) */
-#define ATT77              2804037376L /* attention weights */
-#define YW77               2843375360L /* heads' outputs (window order) */
-#define Y77                2849797888L /* heads' outputs (grid order) */
-#define GTOK77             2856220416L /* global tokens (the grid pooled to a window) */
-#define GQ77               2862642944L /* global queries */
-#define V78                2869065472L /* drop_path */
-#define KEEP78             2875488000L /* stochastic depth: kept samples */
-#define V79                2875488128L /* residual_end */
-#define V81                2881910656L /* layernorm blocks.3.norm4 */
-#define MEAN81             2888333184L /* layer norm means */
-#define RSTD81             2888358272L /* layer norm 1/std */
-#define V82                2888383360L /* moe blocks.3.moe */
-#define LOGITS82           2894805888L /* router logits */
-#define PROBS82            2895006592L /* router probabilities */
-#define LSE82              2895207296L /* log-sum-exp of the logits */
-#define TOPP82             2895232384L /* top-k probabilities */
-#define GATE82             2895257472L /* gates */
-#define PRIO82             2895282560L /* routing priority */
-#define PRIOS82            2895307648L /* routing priority, sorted */
-#define ENT82              2895332736L /* router entropy per token */
-#define XE82               2895357824L /* expert inputs [E, cap, D] */
-#define AE82               2903385984L /* expert hidden, activated */
-#define YE82               2927470464L /* expert outputs [E, cap, D] */
-#define AUX82              2935498624L /* auxiliary losses: balance, z, dataset, importance */
+#define V11                 906379392L /* drop_path */
+#define KEEP11              932069504L /* stochastic depth: kept samples */
+#define V12                 932069632L /* residual_end */
+#define V14                 957759744L /* layernorm blocks.0.norm3 */
+#define MEAN14              983449856L /* layer norm means */
+#define RSTD14              983851264L /* layer norm 1/std */
+#define V15                 984252672L /* window_attention blocks.0.attn2 */
+#define KV15               1009942784L /* keys, values (grid order) */
+#define QKVW15             1061323008L /* queries, keys, values (window order) */
+#define ATT15              1138393344L /* attention weights */
+#define YW15               1177731328L /* heads' outputs (window order) */
+#define Y15                1203421440L /* heads' outputs (grid order) */
+#define GTOK15             1229111552L /* global tokens (the grid pooled to a window) */
+#define GQ15               1229512960L /* global queries */
+#define V16                1229914368L /* drop_path */
+#define KEEP16             1255604480L /* stochastic depth: kept samples */
+#define V17                1255604608L /* residual_end */
+#define MEAN19             1281294720L /* layer norm means */
+#define RSTD19             1281696128L /* layer norm 1/std */
+#define V20                1282097536L /* mlp blocks.0.mlp2 */
+#define H20                1307787648L /* hidden, before the activation, then its derivative */
+#define V21                1384857984L /* drop_path */
+#define KEEP21             1410548096L /* stochastic depth: kept samples */
+#define V22                1410548224L /* residual_end */
+#define V23                1436238336L /* downsample downsample1 */
+#define MERGE23            1449083392L /* 2x2 neighbourhoods, concatenated */
+#define MNORM23            1474773504L /* normalised */
+#define MEAN23             1500463616L /* layer norm means */
+#define RSTD23             1500563968L /* layer norm 1/std */
+#define MEAN25             1500664320L /* layer norm means */
+#define RSTD25             1500764672L /* layer norm 1/std */
+#define V26                1500865024L /* window_attention blocks.1.attn */
+#define QKV26              1513710080L /* queries, keys, values (grid order) */
+#define QKVW26             1552245248L /* queries, keys, values (window order) */
+#define ATT26              1590780416L /* attention weights */
+#define YW26               1610449408L /* heads' outputs (window order) */
+#define Y26                1623294464L /* heads' outputs (grid order) */
+#define V27                1636139520L /* drop_path */
+#define KEEP27             1648984576L /* stochastic depth: kept samples */
+#define V28                1648984704L /* residual_end */
+#define MEAN30             1661829760L /* layer norm means */
+#define RSTD30             1661930112L /* layer norm 1/std */
+#define V31                1662030464L /* mlp blocks.1.mlp */
+#define H31                1674875520L /* hidden, before the activation, then its derivative */
+#define V32                1713410688L /* drop_path */
+#define KEEP32             1726255744L /* stochastic depth: kept samples */
+#define V33                1726255872L /* residual_end */
+#define V35                1739100928L /* layernorm blocks.1.norm3 */
+#define MEAN35             1751945984L /* layer norm means */
+#define RSTD35             1752046336L /* layer norm 1/std */
+#define V36                1752146688L /* window_attention blocks.1.attn2 */
+#define KV36               1764991744L /* keys, values (grid order) */
+#define QKVW36             1790681856L /* queries, keys, values (window order) */
+#define ATT36              1829217024L /* attention weights */
+#define YW36               1848886016L /* heads' outputs (window order) */
+#define Y36                1861731072L /* heads' outputs (grid order) */
+#define GTOK36             1874576128L /* global tokens (the grid pooled to a window) */
+#define GQ36               1875378944L /* global queries */
+#define V37                1876181760L /* drop_path */
+#define KEEP37             1889026816L /* stochastic depth: kept samples */
+#define V38                1889026944L /* residual_end */
+#define MEAN40             1901872000L /* layer norm means */
+#define RSTD40             1901972352L /* layer norm 1/std */
+#define V41                1902072704L /* mlp blocks.1.mlp2 */
+#define H41                1914917760L /* hidden, before the activation, then its derivative */
+#define V42                1953452928L /* drop_path */
+#define KEEP42             1966297984L /* stochastic depth: kept samples */
+#define V43                1966298112L /* residual_end */
+#define V44                1979143168L /* downsample downsample2 */
+#define MERGE44            1985565696L /* 2x2 neighbourhoods, concatenated */
+#define MNORM44            1998410752L /* normalised */
+#define MEAN44             2011255808L /* layer norm means */
+#define RSTD44             2011280896L /* layer norm 1/std */
+#define MEAN46             2011305984L /* layer norm means */
+#define RSTD46             2011331072L /* layer norm 1/std */
+#define V47                2011356160L /* window_attention blocks.2.attn */
+#define QKV47              2017778688L /* queries, keys, values (grid order) */
+#define QKVW47             2037046272L /* queries, keys, values (window order) */
+#define ATT47              2056313856L /* attention weights */
+#define YW47               2095651840L /* heads' outputs (window order) */
+#define Y47                2102074368L /* heads' outputs (grid order) */
+#define V48                2108496896L /* drop_path */
+#define KEEP48             2114919424L /* stochastic depth: kept samples */
+#define V49                2114919552L /* residual_end */
+#define MEAN51             2121342080L /* layer norm means */
+#define RSTD51             2121367168L /* layer norm 1/std */
+#define V52                2121392256L /* mlp blocks.2.mlp */
+#define H52                2127814784L /* hidden, before the activation, then its derivative */
+#define V53                2147082368L /* drop_path */
+#define KEEP53             2153504896L /* stochastic depth: kept samples */
+#define V54                2153505024L /* residual_end */
+#define V56                2159927552L /* layernorm blocks.2.norm3 */
+#define MEAN56             2166350080L /* layer norm means */
+#define RSTD56             2166375168L /* layer norm 1/std */
+#define V57                2166400256L /* window_attention blocks.2.attn2 */
+#define KV57               2172822784L /* keys, values (grid order) */
+#define QKVW57             2185667840L /* queries, keys, values (window order) */
+#define ATT57              2204935424L /* attention weights */
+#define YW57               2244273408L /* heads' outputs (window order) */
+#define Y57                2250695936L /* heads' outputs (grid order) */
+#define GTOK57             2257118464L /* global tokens (the grid pooled to a window) */
+#define GQ57               2263540992L /* global queries */
+#define V58                2269963520L /* drop_path */
+#define KEEP58             2276386048L /* stochastic depth: kept samples */
+#define V59                2276386176L /* residual_end */
+#define MEAN61             2282808704L /* layer norm means */
+#define RSTD61             2282833792L /* layer norm 1/std */
+#define V62                2282858880L /* mlp blocks.2.mlp2 */
+#define H62                2289281408L /* hidden, before the activation, then its derivative */
+#define V63                2308548992L /* drop_path */
+#define KEEP63             2314971520L /* stochastic depth: kept samples */
+#define V64                2314971648L /* residual_end */
+#define MEAN66             2321394176L /* layer norm means */
+#define RSTD66             2321419264L /* layer norm 1/std */
+#define V67                2321444352L /* window_attention blocks.3.attn */
+#define QKV67              2327866880L /* queries, keys, values (grid order) */
+#define QKVW67             2347134464L /* queries, keys, values (window order) */
+#define ATT67              2366402048L /* attention weights */
+#define YW67               2405740032L /* heads' outputs (window order) */
+#define Y67                2412162560L /* heads' outputs (grid order) */
+#define V68                2418585088L /* drop_path */
+#define KEEP68             2425007616L /* stochastic depth: kept samples */
+#define V69                2425007744L /* residual_end */
+#define MEAN71             2431430272L /* layer norm means */
+#define RSTD71             2431455360L /* layer norm 1/std */
+#define V72                2431480448L /* mlp blocks.3.mlp */
+#define H72                2437902976L /* hidden, before the activation, then its derivative */
+#define V73                2457170560L /* drop_path */
+#define KEEP73             2463593088L /* stochastic depth: kept samples */
+#define V74                2463593216L /* residual_end */
+#define V76                2470015744L /* layernorm blocks.3.norm3 */
+#define MEAN76             2476438272L /* layer norm means */
+#define RSTD76             2476463360L /* layer norm 1/std */
+#define V77                2476488448L /* window_attention blocks.3.attn2 */
+#define KV77               2482910976L /* keys, values (grid order) */
+#define QKVW77             2495756032L /* queries, keys, values (window order) */
+#define ATT77              2515023616L /* attention weights */
+#define YW77               2554361600L /* heads' outputs (window order) */
+#define Y77                2560784128L /* heads' outputs (grid order) */
+#define GTOK77             2567206656L /* global tokens (the grid pooled to a window) */
+#define GQ77               2573629184L /* global queries */
+#define V78                2580051712L /* drop_path */
+#define KEEP78             2586474240L /* stochastic depth: kept samples */
+#define V79                2586474368L /* residual_end */
+#define V81                2592896896L /* layernorm blocks.3.norm4 */
+#define MEAN81             2599319424L /* layer norm means */
+#define RSTD81             2599344512L /* layer norm 1/std */
+#define V82                2599369600L /* moe blocks.3.moe */
+#define LOGITS82           2605792128L /* router logits */
+#define PROBS82            2605992832L /* router probabilities */
+#define LSE82              2606193536L /* log-sum-exp of the logits */
+#define TOPP82             2606218624L /* top-k probabilities */
+#define GATE82             2606243712L /* gates */
+#define PRIO82             2606268800L /* routing priority */
+#define PRIOS82            2606293888L /* routing priority, sorted */
+#define ENT82              2606318976L /* router entropy per token */
+#define XE82               2606344064L /* expert inputs [E, cap, D] */
+#define AE82               2614372224L /* expert hidden, activated */
+#define YE82               2638456704L /* expert outputs [E, cap, D] */
+#define AUX82              2646484864L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK82                      0L /* int32 chosen experts */
 #define SLOT82                  25088L /* int32 slot of each choice */
 #define COUNT82                 50176L /* int32 tokens per expert */
@@ -222,60 +215,59 @@
 #define TARGET82               163088L /* int32 mapped expert */
 #define BLKC82                 188176L /* int32 choices per block and expert */
 #define BLKB82                 188384L /* int32 first slot per block and expert */
-#define XR82               2935498640L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR82               2943526800L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V83                2951554960L /* drop_path */
-#define KEEP83             2957977488L /* stochastic depth: kept samples */
-#define V84                2957977616L /* residual_end */
-#define MEAN86             2964400144L /* layer norm means */
-#define RSTD86             2964425232L /* layer norm 1/std */
-#define V87                2964450320L /* window_attention blocks.4.attn */
-#define QKV87              2970872848L /* queries, keys, values (grid order) */
-#define QKVW87             2990140432L /* queries, keys, values (window order) */
-#define ATT87              3009408016L /* attention weights */
-#define YW87               3048746000L /* heads' outputs (window order) */
-#define Y87                3055168528L /* heads' outputs (grid order) */
-#define V88                3061591056L /* drop_path */
-#define KEEP88             3068013584L /* stochastic depth: kept samples */
-#define V89                3068013712L /* residual_end */
-#define MEAN91             3074436240L /* layer norm means */
-#define RSTD91             3074461328L /* layer norm 1/std */
-#define V92                3074486416L /* mlp blocks.4.mlp */
-#define H92                3080908944L /* hidden, before the activation, then its derivative */
-#define ACTV92             3100176528L /* hidden, after the activation */
-#define V93                3119444112L /* drop_path */
-#define KEEP93             3125866640L /* stochastic depth: kept samples */
-#define V94                3125866768L /* residual_end */
-#define V96                3132289296L /* layernorm blocks.4.norm3 */
-#define MEAN96             3138711824L /* layer norm means */
-#define RSTD96             3138736912L /* layer norm 1/std */
-#define V97                3138762000L /* window_attention blocks.4.attn2 */
-#define KV97               3145184528L /* keys, values (grid order) */
-#define QKVW97             3158029584L /* queries, keys, values (window order) */
-#define ATT97              3177297168L /* attention weights */
-#define YW97               3216635152L /* heads' outputs (window order) */
-#define Y97                3223057680L /* heads' outputs (grid order) */
-#define GTOK97             3229480208L /* global tokens (the grid pooled to a window) */
-#define GQ97               3235902736L /* global queries */
-#define V98                3242325264L /* drop_path */
-#define KEEP98             3248747792L /* stochastic depth: kept samples */
-#define V99                3248747920L /* residual_end */
-#define V101               3255170448L /* layernorm blocks.4.norm4 */
-#define MEAN101            3261592976L /* layer norm means */
-#define RSTD101            3261618064L /* layer norm 1/std */
-#define V102               3261643152L /* moe blocks.4.moe */
-#define LOGITS102          3268065680L /* router logits */
-#define PROBS102           3268266384L /* router probabilities */
-#define LSE102             3268467088L /* log-sum-exp of the logits */
-#define TOPP102            3268492176L /* top-k probabilities */
-#define GATE102            3268517264L /* gates */
-#define PRIO102            3268542352L /* routing priority */
-#define PRIOS102           3268567440L /* routing priority, sorted */
-#define ENT102             3268592528L /* router entropy per token */
-#define XE102              3268617616L /* expert inputs [E, cap, D] */
-#define AE102              3276645776L /* expert hidden, activated */
-#define YE102              3300730256L /* expert outputs [E, cap, D] */
-#define AUX102             3308758416L /* auxiliary losses: balance, z, dataset, importance */
+#define XR82               2646484880L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR82               2654513040L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V83                2662541200L /* drop_path */
+#define KEEP83             2668963728L /* stochastic depth: kept samples */
+#define V84                2668963856L /* residual_end */
+#define MEAN86             2675386384L /* layer norm means */
+#define RSTD86             2675411472L /* layer norm 1/std */
+#define V87                2675436560L /* window_attention blocks.4.attn */
+#define QKV87              2681859088L /* queries, keys, values (grid order) */
+#define QKVW87             2701126672L /* queries, keys, values (window order) */
+#define ATT87              2720394256L /* attention weights */
+#define YW87               2759732240L /* heads' outputs (window order) */
+#define Y87                2766154768L /* heads' outputs (grid order) */
+#define V88                2772577296L /* drop_path */
+#define KEEP88             2778999824L /* stochastic depth: kept samples */
+#define V89                2778999952L /* residual_end */
+#define MEAN91             2785422480L /* layer norm means */
+#define RSTD91             2785447568L /* layer norm 1/std */
+#define V92                2785472656L /* mlp blocks.4.mlp */
+#define H92                2791895184L /* hidden, before the activation, then its derivative */
+#define V93                2811162768L /* drop_path */
+#define KEEP93             2817585296L /* stochastic depth: kept samples */
+#define V94                2817585424L /* residual_end */
+#define V96                2824007952L /* layernorm blocks.4.norm3 */
+#define MEAN96             2830430480L /* layer norm means */
+#define RSTD96             2830455568L /* layer norm 1/std */
+#define V97                2830480656L /* window_attention blocks.4.attn2 */
+#define KV97               2836903184L /* keys, values (grid order) */
+#define QKVW97             2849748240L /* queries, keys, values (window order) */
+#define ATT97              2869015824L /* attention weights */
+#define YW97               2908353808L /* heads' outputs (window order) */
+#define Y97                2914776336L /* heads' outputs (grid order) */
+#define GTOK97             2921198864L /* global tokens (the grid pooled to a window) */
+#define GQ97               2927621392L /* global queries */
+#define V98                2934043920L /* drop_path */
+#define KEEP98             2940466448L /* stochastic depth: kept samples */
+#define V99                2940466576L /* residual_end */
+#define V101               2946889104L /* layernorm blocks.4.norm4 */
+#define MEAN101            2953311632L /* layer norm means */
+#define RSTD101            2953336720L /* layer norm 1/std */
+#define V102               2953361808L /* moe blocks.4.moe */
+#define LOGITS102          2959784336L /* router logits */
+#define PROBS102           2959985040L /* router probabilities */
+#define LSE102             2960185744L /* log-sum-exp of the logits */
+#define TOPP102            2960210832L /* top-k probabilities */
+#define GATE102            2960235920L /* gates */
+#define PRIO102            2960261008L /* routing priority */
+#define PRIOS102           2960286096L /* routing priority, sorted */
+#define ENT102             2960311184L /* router entropy per token */
+#define XE102              2960336272L /* expert inputs [E, cap, D] */
+#define AE102              2968364432L /* expert hidden, activated */
+#define YE102              2992448912L /* expert outputs [E, cap, D] */
+#define AUX102             3000477072L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK102                188592L /* int32 chosen experts */
 #define SLOT102                213680L /* int32 slot of each choice */
 #define COUNT102               238768L /* int32 tokens per expert */
@@ -286,65 +278,64 @@
 #define TARGET102              351680L /* int32 mapped expert */
 #define BLKC102                376768L /* int32 choices per block and expert */
 #define BLKB102                376976L /* int32 first slot per block and expert */
-#define XR102              3308758432L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR102              3316786592L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V103               3324814752L /* drop_path */
-#define KEEP103            3331237280L /* stochastic depth: kept samples */
-#define V104               3331237408L /* residual_end */
-#define V105               3337659936L /* downsample downsample3 */
-#define MERGE105           3340871200L /* 2x2 neighbourhoods, concatenated */
-#define MNORM105           3347293728L /* normalised */
-#define MEAN105            3353716256L /* layer norm means */
-#define RSTD105            3353722528L /* layer norm 1/std */
-#define MEAN107            3353728800L /* layer norm means */
-#define RSTD107            3353735072L /* layer norm 1/std */
-#define V108               3353741344L /* window_attention blocks.5.attn */
-#define QKV108             3356952608L /* queries, keys, values (grid order) */
-#define QKVW108            3366586400L /* queries, keys, values (window order) */
-#define ATT108             3376220192L /* attention weights */
-#define YW108              3381137440L /* heads' outputs (window order) */
-#define Y108               3384348704L /* heads' outputs (grid order) */
-#define V109               3387559968L /* drop_path */
-#define KEEP109            3390771232L /* stochastic depth: kept samples */
-#define V110               3390771360L /* residual_end */
-#define MEAN112            3393982624L /* layer norm means */
-#define RSTD112            3393988896L /* layer norm 1/std */
-#define V113               3393995168L /* mlp blocks.5.mlp */
-#define H113               3397206432L /* hidden, before the activation, then its derivative */
-#define ACTV113            3406840224L /* hidden, after the activation */
-#define V114               3416474016L /* drop_path */
-#define KEEP114            3419685280L /* stochastic depth: kept samples */
-#define V115               3419685408L /* residual_end */
-#define V117               3422896672L /* layernorm blocks.5.norm3 */
-#define MEAN117            3426107936L /* layer norm means */
-#define RSTD117            3426114208L /* layer norm 1/std */
-#define V118               3426120480L /* window_attention blocks.5.attn2 */
-#define KV118              3429331744L /* keys, values (grid order) */
-#define QKVW118            3435754272L /* queries, keys, values (window order) */
-#define ATT118             3445388064L /* attention weights */
-#define YW118              3450305312L /* heads' outputs (window order) */
-#define Y118               3453516576L /* heads' outputs (grid order) */
-#define GTOK118            3456727840L /* global tokens (the grid pooled to a window) */
-#define GQ118              3459939104L /* global queries */
-#define V119               3463150368L /* drop_path */
-#define KEEP119            3466361632L /* stochastic depth: kept samples */
-#define V120               3466361760L /* residual_end */
-#define V122               3469573024L /* layernorm blocks.5.norm4 */
-#define MEAN122            3472784288L /* layer norm means */
-#define RSTD122            3472790560L /* layer norm 1/std */
-#define V123               3472796832L /* moe blocks.5.moe */
-#define LOGITS123          3476008096L /* router logits */
-#define PROBS123           3476058272L /* router probabilities */
-#define LSE123             3476108448L /* log-sum-exp of the logits */
-#define TOPP123            3476114720L /* top-k probabilities */
-#define GATE123            3476120992L /* gates */
-#define PRIO123            3476127264L /* routing priority */
-#define PRIOS123           3476133536L /* routing priority, sorted */
-#define ENT123             3476139808L /* router entropy per token */
-#define XE123              3476146080L /* expert inputs [E, cap, D] */
-#define AE123              3480160160L /* expert hidden, activated */
-#define YE123              3492202400L /* expert outputs [E, cap, D] */
-#define AUX123             3496216480L /* auxiliary losses: balance, z, dataset, importance */
+#define XR102              3000477088L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR102              3008505248L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V103               3016533408L /* drop_path */
+#define KEEP103            3022955936L /* stochastic depth: kept samples */
+#define V104               3022956064L /* residual_end */
+#define V105               3029378592L /* downsample downsample3 */
+#define MERGE105           3032589856L /* 2x2 neighbourhoods, concatenated */
+#define MNORM105           3039012384L /* normalised */
+#define MEAN105            3045434912L /* layer norm means */
+#define RSTD105            3045441184L /* layer norm 1/std */
+#define MEAN107            3045447456L /* layer norm means */
+#define RSTD107            3045453728L /* layer norm 1/std */
+#define V108               3045460000L /* window_attention blocks.5.attn */
+#define QKV108             3048671264L /* queries, keys, values (grid order) */
+#define QKVW108            3058305056L /* queries, keys, values (window order) */
+#define ATT108             3067938848L /* attention weights */
+#define YW108              3072856096L /* heads' outputs (window order) */
+#define Y108               3076067360L /* heads' outputs (grid order) */
+#define V109               3079278624L /* drop_path */
+#define KEEP109            3082489888L /* stochastic depth: kept samples */
+#define V110               3082490016L /* residual_end */
+#define MEAN112            3085701280L /* layer norm means */
+#define RSTD112            3085707552L /* layer norm 1/std */
+#define V113               3085713824L /* mlp blocks.5.mlp */
+#define H113               3088925088L /* hidden, before the activation, then its derivative */
+#define V114               3098558880L /* drop_path */
+#define KEEP114            3101770144L /* stochastic depth: kept samples */
+#define V115               3101770272L /* residual_end */
+#define V117               3104981536L /* layernorm blocks.5.norm3 */
+#define MEAN117            3108192800L /* layer norm means */
+#define RSTD117            3108199072L /* layer norm 1/std */
+#define V118               3108205344L /* window_attention blocks.5.attn2 */
+#define KV118              3111416608L /* keys, values (grid order) */
+#define QKVW118            3117839136L /* queries, keys, values (window order) */
+#define ATT118             3127472928L /* attention weights */
+#define YW118              3132390176L /* heads' outputs (window order) */
+#define Y118               3135601440L /* heads' outputs (grid order) */
+#define GTOK118            3138812704L /* global tokens (the grid pooled to a window) */
+#define GQ118              3142023968L /* global queries */
+#define V119               3145235232L /* drop_path */
+#define KEEP119            3148446496L /* stochastic depth: kept samples */
+#define V120               3148446624L /* residual_end */
+#define V122               3151657888L /* layernorm blocks.5.norm4 */
+#define MEAN122            3154869152L /* layer norm means */
+#define RSTD122            3154875424L /* layer norm 1/std */
+#define V123               3154881696L /* moe blocks.5.moe */
+#define LOGITS123          3158092960L /* router logits */
+#define PROBS123           3158143136L /* router probabilities */
+#define LSE123             3158193312L /* log-sum-exp of the logits */
+#define TOPP123            3158199584L /* top-k probabilities */
+#define GATE123            3158205856L /* gates */
+#define PRIO123            3158212128L /* routing priority */
+#define PRIOS123           3158218400L /* routing priority, sorted */
+#define ENT123             3158224672L /* router entropy per token */
+#define XE123              3158230944L /* expert inputs [E, cap, D] */
+#define AE123              3162245024L /* expert hidden, activated */
+#define YE123              3174287264L /* expert outputs [E, cap, D] */
+#define AUX123             3178301344L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK123                377184L /* int32 chosen experts */
 #define SLOT123                383456L /* int32 slot of each choice */
 #define COUNT123               389728L /* int32 tokens per expert */
@@ -355,35 +346,44 @@
 #define TARGET123              417968L /* int32 mapped expert */
 #define BLKC123                424240L /* int32 choices per block and expert */
 #define BLKB123                424304L /* int32 first slot per block and expert */
-#define XR123              3496216496L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR123              3500230576L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V124               3504244656L /* drop_path */
-#define KEEP124            3507455920L /* stochastic depth: kept samples */
-#define V125               3507456048L /* residual_end */
-#define V126               3510667312L /* layernorm norm */
-#define MEAN126            3513878576L /* layer norm means */
-#define RSTD126            3513884848L /* layer norm 1/std */
-#define V127               3513891120L /* pool */
-#define V128               3513956656L /* logits */
-#define XENT               3514084656L /* cross-entropy per sample */
-#define V4               LAY16(3514084784L, 3514084784L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define V9               LAY16(3539774896L, 3526929840L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V19              LAY16(3565465008L, 3539774896L) /* layernorm blocks.0.norm4; bf16 alone in bf16 precision */
-#define V25              LAY16(3591155120L, 3552619952L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define V30              LAY16(3604000176L, 3559042480L) /* layernorm blocks.1.norm2; bf16 alone in bf16 precision */
-#define V40              LAY16(3616845232L, 3565465008L) /* layernorm blocks.1.norm4; bf16 alone in bf16 precision */
-#define V46              LAY16(3629690288L, 3571887536L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define V51              LAY16(3636112816L, 3575098800L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V61              LAY16(3642535344L, 3578310064L) /* layernorm blocks.2.norm4; bf16 alone in bf16 precision */
-#define V66              LAY16(3648957872L, 3581521328L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define V71              LAY16(3655380400L, 3584732592L) /* layernorm blocks.3.norm2; bf16 alone in bf16 precision */
-#define HE82             LAY16(3661802928L, 3587943856L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V86              LAY16(3685887408L, 3599986096L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define V91              LAY16(3692309936L, 3603197360L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define HE102            LAY16(3698732464L, 3606408624L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V107             LAY16(3722816944L, 3618450864L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define V112             LAY16(3726028208L, 3620056496L) /* layernorm blocks.5.norm2; bf16 alone in bf16 precision */
-#define HE123            LAY16(3729239472L, 3621662128L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define XR123              3178301360L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR123              3182315440L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V124               3186329520L /* drop_path */
+#define KEEP124            3189540784L /* stochastic depth: kept samples */
+#define V125               3189540912L /* residual_end */
+#define V126               3192752176L /* layernorm norm */
+#define MEAN126            3195963440L /* layer norm means */
+#define RSTD126            3195969712L /* layer norm 1/std */
+#define V127               3195975984L /* pool */
+#define V128               3196041520L /* logits */
+#define XENT               3196169520L /* cross-entropy per sample */
+#define V4               LAY16(3196169648L, 3196169648L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define V9               LAY16(3221859760L, 3209014704L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV10           LAY16(3247549872L, 3221859760L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V19              LAY16(3324620208L, 3260394928L) /* layernorm blocks.0.norm4; bf16 alone in bf16 precision */
+#define ACTV20           LAY16(3350310320L, 3273239984L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V25              LAY16(3427380656L, 3311775152L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define V30              LAY16(3440225712L, 3318197680L) /* layernorm blocks.1.norm2; bf16 alone in bf16 precision */
+#define ACTV31           LAY16(3453070768L, 3324620208L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V40              LAY16(3491605936L, 3343887792L) /* layernorm blocks.1.norm4; bf16 alone in bf16 precision */
+#define ACTV41           LAY16(3504450992L, 3350310320L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V46              LAY16(3542986160L, 3369577904L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define V51              LAY16(3549408688L, 3372789168L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV52           LAY16(3555831216L, 3376000432L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V61              LAY16(3575098800L, 3385634224L) /* layernorm blocks.2.norm4; bf16 alone in bf16 precision */
+#define ACTV62           LAY16(3581521328L, 3388845488L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V66              LAY16(3600788912L, 3398479280L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define V71              LAY16(3607211440L, 3401690544L) /* layernorm blocks.3.norm2; bf16 alone in bf16 precision */
+#define ACTV72           LAY16(3613633968L, 3404901808L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define HE82             LAY16(3632901552L, 3414535600L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V86              LAY16(3656986032L, 3426577840L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define V91              LAY16(3663408560L, 3429789104L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV92           LAY16(3669831088L, 3433000368L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define HE102            LAY16(3689098672L, 3442634160L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V107             LAY16(3713183152L, 3454676400L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define V112             LAY16(3716394416L, 3456282032L) /* layernorm blocks.5.norm2; bf16 alone in bf16 precision */
+#define ACTV113          LAY16(3719605680L, 3457887664L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define HE123            LAY16(3729239472L, 3462704560L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -824,7 +824,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     13215528L, /* params */
     3741281712L, /* act_floats */
-    3627683248L, /* act_floats16: in bf16 precision */
+    3468725680L, /* act_floats16: in bf16 precision */
     891319296L, /* grad_floats */
     424368L, /* int_slots */
     54L, /* dacc: doubles */

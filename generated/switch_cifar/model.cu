@@ -35,32 +35,31 @@
 #define RSTD10               23151616L /* layer norm 1/std */
 #define V11                  23168256L /* mlp blocks.0.mlp */
 #define H11                  26363136L /* hidden, before the activation, then its derivative */
-#define ACTV11               39142656L /* hidden, after the activation */
-#define V12                  51922176L /* drop_path */
-#define KEEP12               55117056L /* stochastic depth: kept samples */
-#define V13                  55117312L /* residual_end */
-#define MEAN15               58312192L /* layer norm means */
-#define RSTD15               58328832L /* layer norm 1/std */
-#define V16                  58345472L /* attention blocks.1.attn */
-#define Y16                  61540352L /* heads' outputs */
-#define V17                  64735232L /* drop_path */
-#define KEEP17               67930112L /* stochastic depth: kept samples */
-#define V18                  67930368L /* residual_end */
-#define V20                  71125248L /* layernorm blocks.1.norm2 */
-#define MEAN20               74320128L /* layer norm means */
-#define RSTD20               74336768L /* layer norm 1/std */
-#define V21                  74353408L /* moe blocks.1.moe */
-#define LOGITS21             77548288L /* router logits */
-#define PROBS21              77681408L /* router probabilities */
-#define LSE21                77814528L /* log-sum-exp of the logits */
-#define TOPP21               77831168L /* top-k probabilities */
-#define GATE21               77847808L /* gates */
-#define PRIO21               77864448L /* routing priority */
-#define PRIOS21              77881088L /* routing priority, sorted */
-#define ENT21                77897728L /* router entropy per token */
-#define AE21                 77914368L /* expert hidden, activated */
-#define YE21                 93888768L /* expert outputs [E, cap, D] */
-#define AUX21                97882368L /* auxiliary losses: balance, z, dataset, importance */
+#define V12                  39142656L /* drop_path */
+#define KEEP12               42337536L /* stochastic depth: kept samples */
+#define V13                  42337792L /* residual_end */
+#define MEAN15               45532672L /* layer norm means */
+#define RSTD15               45549312L /* layer norm 1/std */
+#define V16                  45565952L /* attention blocks.1.attn */
+#define Y16                  48760832L /* heads' outputs */
+#define V17                  51955712L /* drop_path */
+#define KEEP17               55150592L /* stochastic depth: kept samples */
+#define V18                  55150848L /* residual_end */
+#define V20                  58345728L /* layernorm blocks.1.norm2 */
+#define MEAN20               61540608L /* layer norm means */
+#define RSTD20               61557248L /* layer norm 1/std */
+#define V21                  61573888L /* moe blocks.1.moe */
+#define LOGITS21             64768768L /* router logits */
+#define PROBS21              64901888L /* router probabilities */
+#define LSE21                65035008L /* log-sum-exp of the logits */
+#define TOPP21               65051648L /* top-k probabilities */
+#define GATE21               65068288L /* gates */
+#define PRIO21               65084928L /* routing priority */
+#define PRIOS21              65101568L /* routing priority, sorted */
+#define ENT21                65118208L /* router entropy per token */
+#define AE21                 65134848L /* expert hidden, activated */
+#define YE21                 81109248L /* expert outputs [E, cap, D] */
+#define AUX21                85102848L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                      0L /* int32 chosen experts */
 #define SLOT21                  16640L /* int32 slot of each choice */
 #define COUNT21                 33280L /* int32 tokens per expert */
@@ -71,46 +70,45 @@
 #define TARGET21               108176L /* int32 mapped expert */
 #define BLKC21                 124816L /* int32 choices per block and expert */
 #define BLKB21                 124960L /* int32 first slot per block and expert */
-#define V22                  97882384L /* drop_path */
-#define KEEP22              101077264L /* stochastic depth: kept samples */
-#define V23                 101077520L /* residual_end */
-#define MEAN25              104272400L /* layer norm means */
-#define RSTD25              104289040L /* layer norm 1/std */
-#define V26                 104305680L /* attention blocks.2.attn */
-#define Y26                 107500560L /* heads' outputs */
-#define V27                 110695440L /* drop_path */
-#define KEEP27              113890320L /* stochastic depth: kept samples */
-#define V28                 113890576L /* residual_end */
-#define MEAN30              117085456L /* layer norm means */
-#define RSTD30              117102096L /* layer norm 1/std */
-#define V31                 117118736L /* mlp blocks.2.mlp */
-#define H31                 120313616L /* hidden, before the activation, then its derivative */
-#define ACTV31              133093136L /* hidden, after the activation */
-#define V32                 145872656L /* drop_path */
-#define KEEP32              149067536L /* stochastic depth: kept samples */
-#define V33                 149067792L /* residual_end */
-#define MEAN35              152262672L /* layer norm means */
-#define RSTD35              152279312L /* layer norm 1/std */
-#define V36                 152295952L /* attention blocks.3.attn */
-#define Y36                 155490832L /* heads' outputs */
-#define V37                 158685712L /* drop_path */
-#define KEEP37              161880592L /* stochastic depth: kept samples */
-#define V38                 161880848L /* residual_end */
-#define V40                 165075728L /* layernorm blocks.3.norm2 */
-#define MEAN40              168270608L /* layer norm means */
-#define RSTD40              168287248L /* layer norm 1/std */
-#define V41                 168303888L /* moe blocks.3.moe */
-#define LOGITS41            171498768L /* router logits */
-#define PROBS41             171631888L /* router probabilities */
-#define LSE41               171765008L /* log-sum-exp of the logits */
-#define TOPP41              171781648L /* top-k probabilities */
-#define GATE41              171798288L /* gates */
-#define PRIO41              171814928L /* routing priority */
-#define PRIOS41             171831568L /* routing priority, sorted */
-#define ENT41               171848208L /* router entropy per token */
-#define AE41                171864848L /* expert hidden, activated */
-#define YE41                187839248L /* expert outputs [E, cap, D] */
-#define AUX41               191832848L /* auxiliary losses: balance, z, dataset, importance */
+#define V22                  85102864L /* drop_path */
+#define KEEP22               88297744L /* stochastic depth: kept samples */
+#define V23                  88298000L /* residual_end */
+#define MEAN25               91492880L /* layer norm means */
+#define RSTD25               91509520L /* layer norm 1/std */
+#define V26                  91526160L /* attention blocks.2.attn */
+#define Y26                  94721040L /* heads' outputs */
+#define V27                  97915920L /* drop_path */
+#define KEEP27              101110800L /* stochastic depth: kept samples */
+#define V28                 101111056L /* residual_end */
+#define MEAN30              104305936L /* layer norm means */
+#define RSTD30              104322576L /* layer norm 1/std */
+#define V31                 104339216L /* mlp blocks.2.mlp */
+#define H31                 107534096L /* hidden, before the activation, then its derivative */
+#define V32                 120313616L /* drop_path */
+#define KEEP32              123508496L /* stochastic depth: kept samples */
+#define V33                 123508752L /* residual_end */
+#define MEAN35              126703632L /* layer norm means */
+#define RSTD35              126720272L /* layer norm 1/std */
+#define V36                 126736912L /* attention blocks.3.attn */
+#define Y36                 129931792L /* heads' outputs */
+#define V37                 133126672L /* drop_path */
+#define KEEP37              136321552L /* stochastic depth: kept samples */
+#define V38                 136321808L /* residual_end */
+#define V40                 139516688L /* layernorm blocks.3.norm2 */
+#define MEAN40              142711568L /* layer norm means */
+#define RSTD40              142728208L /* layer norm 1/std */
+#define V41                 142744848L /* moe blocks.3.moe */
+#define LOGITS41            145939728L /* router logits */
+#define PROBS41             146072848L /* router probabilities */
+#define LSE41               146205968L /* log-sum-exp of the logits */
+#define TOPP41              146222608L /* top-k probabilities */
+#define GATE41              146239248L /* gates */
+#define PRIO41              146255888L /* routing priority */
+#define PRIOS41             146272528L /* routing priority, sorted */
+#define ENT41               146289168L /* router entropy per token */
+#define AE41                146305808L /* expert hidden, activated */
+#define YE41                162280208L /* expert outputs [E, cap, D] */
+#define AUX41               166273808L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 125104L /* int32 chosen experts */
 #define SLOT41                 141744L /* int32 slot of each choice */
 #define COUNT41                158384L /* int32 tokens per expert */
@@ -121,46 +119,45 @@
 #define TARGET41               233280L /* int32 mapped expert */
 #define BLKC41                 249920L /* int32 choices per block and expert */
 #define BLKB41                 250064L /* int32 first slot per block and expert */
-#define V42                 191832864L /* drop_path */
-#define KEEP42              195027744L /* stochastic depth: kept samples */
-#define V43                 195028000L /* residual_end */
-#define MEAN45              198222880L /* layer norm means */
-#define RSTD45              198239520L /* layer norm 1/std */
-#define V46                 198256160L /* attention blocks.4.attn */
-#define Y46                 201451040L /* heads' outputs */
-#define V47                 204645920L /* drop_path */
-#define KEEP47              207840800L /* stochastic depth: kept samples */
-#define V48                 207841056L /* residual_end */
-#define MEAN50              211035936L /* layer norm means */
-#define RSTD50              211052576L /* layer norm 1/std */
-#define V51                 211069216L /* mlp blocks.4.mlp */
-#define H51                 214264096L /* hidden, before the activation, then its derivative */
-#define ACTV51              227043616L /* hidden, after the activation */
-#define V52                 239823136L /* drop_path */
-#define KEEP52              243018016L /* stochastic depth: kept samples */
-#define V53                 243018272L /* residual_end */
-#define MEAN55              246213152L /* layer norm means */
-#define RSTD55              246229792L /* layer norm 1/std */
-#define V56                 246246432L /* attention blocks.5.attn */
-#define Y56                 249441312L /* heads' outputs */
-#define V57                 252636192L /* drop_path */
-#define KEEP57              255831072L /* stochastic depth: kept samples */
-#define V58                 255831328L /* residual_end */
-#define V60                 259026208L /* layernorm blocks.5.norm2 */
-#define MEAN60              262221088L /* layer norm means */
-#define RSTD60              262237728L /* layer norm 1/std */
-#define V61                 262254368L /* moe blocks.5.moe */
-#define LOGITS61            265449248L /* router logits */
-#define PROBS61             265582368L /* router probabilities */
-#define LSE61               265715488L /* log-sum-exp of the logits */
-#define TOPP61              265732128L /* top-k probabilities */
-#define GATE61              265748768L /* gates */
-#define PRIO61              265765408L /* routing priority */
-#define PRIOS61             265782048L /* routing priority, sorted */
-#define ENT61               265798688L /* router entropy per token */
-#define AE61                265815328L /* expert hidden, activated */
-#define YE61                281789728L /* expert outputs [E, cap, D] */
-#define AUX61               285783328L /* auxiliary losses: balance, z, dataset, importance */
+#define V42                 166273824L /* drop_path */
+#define KEEP42              169468704L /* stochastic depth: kept samples */
+#define V43                 169468960L /* residual_end */
+#define MEAN45              172663840L /* layer norm means */
+#define RSTD45              172680480L /* layer norm 1/std */
+#define V46                 172697120L /* attention blocks.4.attn */
+#define Y46                 175892000L /* heads' outputs */
+#define V47                 179086880L /* drop_path */
+#define KEEP47              182281760L /* stochastic depth: kept samples */
+#define V48                 182282016L /* residual_end */
+#define MEAN50              185476896L /* layer norm means */
+#define RSTD50              185493536L /* layer norm 1/std */
+#define V51                 185510176L /* mlp blocks.4.mlp */
+#define H51                 188705056L /* hidden, before the activation, then its derivative */
+#define V52                 201484576L /* drop_path */
+#define KEEP52              204679456L /* stochastic depth: kept samples */
+#define V53                 204679712L /* residual_end */
+#define MEAN55              207874592L /* layer norm means */
+#define RSTD55              207891232L /* layer norm 1/std */
+#define V56                 207907872L /* attention blocks.5.attn */
+#define Y56                 211102752L /* heads' outputs */
+#define V57                 214297632L /* drop_path */
+#define KEEP57              217492512L /* stochastic depth: kept samples */
+#define V58                 217492768L /* residual_end */
+#define V60                 220687648L /* layernorm blocks.5.norm2 */
+#define MEAN60              223882528L /* layer norm means */
+#define RSTD60              223899168L /* layer norm 1/std */
+#define V61                 223915808L /* moe blocks.5.moe */
+#define LOGITS61            227110688L /* router logits */
+#define PROBS61             227243808L /* router probabilities */
+#define LSE61               227376928L /* log-sum-exp of the logits */
+#define TOPP61              227393568L /* top-k probabilities */
+#define GATE61              227410208L /* gates */
+#define PRIO61              227426848L /* routing priority */
+#define PRIOS61             227443488L /* routing priority, sorted */
+#define ENT61               227460128L /* router entropy per token */
+#define AE61                227476768L /* expert hidden, activated */
+#define YE61                243451168L /* expert outputs [E, cap, D] */
+#define AUX61               247444768L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 250208L /* int32 chosen experts */
 #define SLOT61                 266848L /* int32 slot of each choice */
 #define COUNT61                283488L /* int32 tokens per expert */
@@ -171,46 +168,45 @@
 #define TARGET61               358384L /* int32 mapped expert */
 #define BLKC61                 375024L /* int32 choices per block and expert */
 #define BLKB61                 375168L /* int32 first slot per block and expert */
-#define V62                 285783344L /* drop_path */
-#define KEEP62              288978224L /* stochastic depth: kept samples */
-#define V63                 288978480L /* residual_end */
-#define MEAN65              292173360L /* layer norm means */
-#define RSTD65              292190000L /* layer norm 1/std */
-#define V66                 292206640L /* attention blocks.6.attn */
-#define Y66                 295401520L /* heads' outputs */
-#define V67                 298596400L /* drop_path */
-#define KEEP67              301791280L /* stochastic depth: kept samples */
-#define V68                 301791536L /* residual_end */
-#define MEAN70              304986416L /* layer norm means */
-#define RSTD70              305003056L /* layer norm 1/std */
-#define V71                 305019696L /* mlp blocks.6.mlp */
-#define H71                 308214576L /* hidden, before the activation, then its derivative */
-#define ACTV71              320994096L /* hidden, after the activation */
-#define V72                 333773616L /* drop_path */
-#define KEEP72              336968496L /* stochastic depth: kept samples */
-#define V73                 336968752L /* residual_end */
-#define MEAN75              340163632L /* layer norm means */
-#define RSTD75              340180272L /* layer norm 1/std */
-#define V76                 340196912L /* attention blocks.7.attn */
-#define Y76                 343391792L /* heads' outputs */
-#define V77                 346586672L /* drop_path */
-#define KEEP77              349781552L /* stochastic depth: kept samples */
-#define V78                 349781808L /* residual_end */
-#define V80                 352976688L /* layernorm blocks.7.norm2 */
-#define MEAN80              356171568L /* layer norm means */
-#define RSTD80              356188208L /* layer norm 1/std */
-#define V81                 356204848L /* moe blocks.7.moe */
-#define LOGITS81            359399728L /* router logits */
-#define PROBS81             359532848L /* router probabilities */
-#define LSE81               359665968L /* log-sum-exp of the logits */
-#define TOPP81              359682608L /* top-k probabilities */
-#define GATE81              359699248L /* gates */
-#define PRIO81              359715888L /* routing priority */
-#define PRIOS81             359732528L /* routing priority, sorted */
-#define ENT81               359749168L /* router entropy per token */
-#define AE81                359765808L /* expert hidden, activated */
-#define YE81                375740208L /* expert outputs [E, cap, D] */
-#define AUX81               379733808L /* auxiliary losses: balance, z, dataset, importance */
+#define V62                 247444784L /* drop_path */
+#define KEEP62              250639664L /* stochastic depth: kept samples */
+#define V63                 250639920L /* residual_end */
+#define MEAN65              253834800L /* layer norm means */
+#define RSTD65              253851440L /* layer norm 1/std */
+#define V66                 253868080L /* attention blocks.6.attn */
+#define Y66                 257062960L /* heads' outputs */
+#define V67                 260257840L /* drop_path */
+#define KEEP67              263452720L /* stochastic depth: kept samples */
+#define V68                 263452976L /* residual_end */
+#define MEAN70              266647856L /* layer norm means */
+#define RSTD70              266664496L /* layer norm 1/std */
+#define V71                 266681136L /* mlp blocks.6.mlp */
+#define H71                 269876016L /* hidden, before the activation, then its derivative */
+#define V72                 282655536L /* drop_path */
+#define KEEP72              285850416L /* stochastic depth: kept samples */
+#define V73                 285850672L /* residual_end */
+#define MEAN75              289045552L /* layer norm means */
+#define RSTD75              289062192L /* layer norm 1/std */
+#define V76                 289078832L /* attention blocks.7.attn */
+#define Y76                 292273712L /* heads' outputs */
+#define V77                 295468592L /* drop_path */
+#define KEEP77              298663472L /* stochastic depth: kept samples */
+#define V78                 298663728L /* residual_end */
+#define V80                 301858608L /* layernorm blocks.7.norm2 */
+#define MEAN80              305053488L /* layer norm means */
+#define RSTD80              305070128L /* layer norm 1/std */
+#define V81                 305086768L /* moe blocks.7.moe */
+#define LOGITS81            308281648L /* router logits */
+#define PROBS81             308414768L /* router probabilities */
+#define LSE81               308547888L /* log-sum-exp of the logits */
+#define TOPP81              308564528L /* top-k probabilities */
+#define GATE81              308581168L /* gates */
+#define PRIO81              308597808L /* routing priority */
+#define PRIOS81             308614448L /* routing priority, sorted */
+#define ENT81               308631088L /* router entropy per token */
+#define AE81                308647728L /* expert hidden, activated */
+#define YE81                324622128L /* expert outputs [E, cap, D] */
+#define AUX81               328615728L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 375312L /* int32 chosen experts */
 #define SLOT81                 391952L /* int32 slot of each choice */
 #define COUNT81                408592L /* int32 tokens per expert */
@@ -221,51 +217,55 @@
 #define TARGET81               483488L /* int32 mapped expert */
 #define BLKC81                 500128L /* int32 choices per block and expert */
 #define BLKB81                 500272L /* int32 first slot per block and expert */
-#define V82                 379733824L /* drop_path */
-#define KEEP82              382928704L /* stochastic depth: kept samples */
-#define V83                 382928960L /* residual_end */
-#define V84                 386123840L /* layernorm norm */
-#define MEAN84              389318720L /* layer norm means */
-#define RSTD84              389335360L /* layer norm 1/std */
-#define V85                 389352000L /* pool */
-#define V86                 389401152L /* logits */
-#define XENT                389403712L /* cross-entropy per sample */
-#define V5               LAY16(389403968L, 389403968L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV6             LAY16(392598848L, 391001408L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT6             LAY16(402183488L, 395793728L) /* attention weights; none in bf16 precision */
-#define V10              LAY16(405428288L, 395793728L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define V15              LAY16(408623168L, 397391168L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV16            LAY16(411818048L, 398988608L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT16            LAY16(421402688L, 403780928L) /* attention weights; none in bf16 precision */
-#define XE21             LAY16(424647488L, 403780928L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(428641088L, 405777728L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V25              LAY16(444615488L, 413764928L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV26            LAY16(447810368L, 415362368L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT26            LAY16(457395008L, 420154688L) /* attention weights; none in bf16 precision */
-#define V30              LAY16(460639808L, 420154688L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define V35              LAY16(463834688L, 421752128L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV36            LAY16(467029568L, 423349568L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT36            LAY16(476614208L, 428141888L) /* attention weights; none in bf16 precision */
-#define XE41             LAY16(479859008L, 428141888L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(483852608L, 430138688L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V45              LAY16(499827008L, 438125888L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV46            LAY16(503021888L, 439723328L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT46            LAY16(512606528L, 444515648L) /* attention weights; none in bf16 precision */
-#define V50              LAY16(515851328L, 444515648L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define V55              LAY16(519046208L, 446113088L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV56            LAY16(522241088L, 447710528L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT56            LAY16(531825728L, 452502848L) /* attention weights; none in bf16 precision */
-#define XE61             LAY16(535070528L, 452502848L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(539064128L, 454499648L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V65              LAY16(555038528L, 462486848L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define QKV66            LAY16(558233408L, 464084288L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT66            LAY16(567818048L, 468876608L) /* attention weights; none in bf16 precision */
-#define V70              LAY16(571062848L, 468876608L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
-#define V75              LAY16(574257728L, 470474048L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define QKV76            LAY16(577452608L, 472071488L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT76            LAY16(587037248L, 476863808L) /* attention weights; none in bf16 precision */
-#define XE81             LAY16(590282048L, 476863808L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(594275648L, 478860608L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V82                 328615744L /* drop_path */
+#define KEEP82              331810624L /* stochastic depth: kept samples */
+#define V83                 331810880L /* residual_end */
+#define V84                 335005760L /* layernorm norm */
+#define MEAN84              338200640L /* layer norm means */
+#define RSTD84              338217280L /* layer norm 1/std */
+#define V85                 338233920L /* pool */
+#define V86                 338283072L /* logits */
+#define XENT                338285632L /* cross-entropy per sample */
+#define V5               LAY16(338285888L, 338285888L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(341480768L, 339883328L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT6             LAY16(351065408L, 344675648L) /* attention weights; none in bf16 precision */
+#define V10              LAY16(354310208L, 344675648L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV11           LAY16(357505088L, 346273088L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V15              LAY16(370284608L, 352662848L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(373479488L, 354260288L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT16            LAY16(383064128L, 359052608L) /* attention weights; none in bf16 precision */
+#define XE21             LAY16(386308928L, 359052608L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(390302528L, 361049408L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V25              LAY16(406276928L, 369036608L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(409471808L, 370634048L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT26            LAY16(419056448L, 375426368L) /* attention weights; none in bf16 precision */
+#define V30              LAY16(422301248L, 375426368L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV31           LAY16(425496128L, 377023808L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V35              LAY16(438275648L, 383413568L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(441470528L, 385011008L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT36            LAY16(451055168L, 389803328L) /* attention weights; none in bf16 precision */
+#define XE41             LAY16(454299968L, 389803328L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(458293568L, 391800128L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V45              LAY16(474267968L, 399787328L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(477462848L, 401384768L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT46            LAY16(487047488L, 406177088L) /* attention weights; none in bf16 precision */
+#define V50              LAY16(490292288L, 406177088L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV51           LAY16(493487168L, 407774528L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V55              LAY16(506266688L, 414164288L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(509461568L, 415761728L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT56            LAY16(519046208L, 420554048L) /* attention weights; none in bf16 precision */
+#define XE61             LAY16(522291008L, 420554048L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(526284608L, 422550848L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V65              LAY16(542259008L, 430538048L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(545453888L, 432135488L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT66            LAY16(555038528L, 436927808L) /* attention weights; none in bf16 precision */
+#define V70              LAY16(558283328L, 436927808L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
+#define ACTV71           LAY16(561478208L, 438525248L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V75              LAY16(574257728L, 444915008L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(577452608L, 446512448L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT76            LAY16(587037248L, 451304768L) /* attention weights; none in bf16 precision */
+#define XE81             LAY16(590282048L, 451304768L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(594275648L, 453301568L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -533,7 +533,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     11873866L, /* params */
     610250048L, /* act_floats */
-    486847808L, /* act_floats16: in bf16 precision */
+    461288768L, /* act_floats16: in bf16 precision */
     140577280L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */
