@@ -56,6 +56,18 @@ static bool attn_qkv16_ok(int T, int HD)
            2 * (4 * TP * L + 3 * HD * LT + 2 * TP * LT) <= CUDA_MAX_ATTN_SMEM;
 }
 
+/* kernels.cuh: attn_half_ok, whether attention over a (sample, head) of
+ * T tokens in heads of HD writes its output in bf16 alone in bf16
+ * precision (attn_half): a whole (sample, head) a block, on tensor cores
+ * (heads a multiple of 16, attn_tc_bwd_smem). model.cu asserts the same
+ * where it relies on it. */
+static bool attn_half_ok(int T, int HD)
+{
+    const int TP = (T + 15) / 16 * 16, ld = HD + 4, lds = TP + 4;
+    const int tc_bwd = 4 * (2 * TP * ld + TP * (lds > ld ? lds : ld) + TP * lds);
+    return attn_bwd_smem(T, HD) <= CUDA_MAX_ATTN_SMEM && HD % 16 == 0 && tc_bwd <= CUDA_MAX_ATTN_SMEM;
+}
+
 /* whether the CUDA attention kernels take sequences of T tokens in heads
  * of HD: 0, or 1 with the error reported at op */
 static int check_attention(mc_diag *d, const mc_op *op, int T, int HD)
@@ -303,7 +315,8 @@ static void alloc_room16(cuda_plan *p, const char *name, int64_t floats, int64_t
 /* A buffer whose producer, in bf16 precision, writes bf16 values alone,
  * into the first half of its room (moe_x16, moe_h16, a dense MLP's
  * activations, a layer norm's output that feeds a product:
- * ln_feeds_product, attention's qkv on bf16 fragments: attn_qkv16), and
+ * ln_feeds_product, attention's qkv on bf16 fragments: attn_qkv16, and
+ * its heads' outputs: attn_half), and
  * whose readers take them there: in that
  * precision the arena gives it half the room. */
 static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
@@ -664,7 +677,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             alloc_room16(p, att, BATCH * NH * T * T, 0, "attention weights; none in bf16 precision");
         else
             alloc_act(g, att, BATCH * NH * T * T, "attention weights");
-        alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
+        /* the heads' outputs, in bf16 alone in bf16 precision where the
+         * kernels write them so (attn_half): the room halves */
+        const bool y16 = attn_half_ok(T, HD);
+        if (y16)
+            alloc_inside_half(p, y, BATCH * T * D, "heads' outputs");
+        else
+            alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
         need_red(p, (int64_t)p->red_chunks * 3 * D);
         int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;
         int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = toff(g, i, qb ? 3 : 2);
@@ -678,6 +697,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         }
         char pin[48];
         product_input(g, i, in, pin, sizeof pin);
+        if (y16)
+            sb_printf(f, "    static_assert(attn_half_ok<%d, %d>(), \"moecc: %s's bf16 room needs attention's bf16 output\");\n",
+                      T, HD, y);
         if (q16) {
             sb_printf(f, "    static_assert(attn_qkv16_ok<%d, %d>(), \"moecc: %s's bf16 room needs the fragment kernels\");\n",
                       T, HD, qkv);

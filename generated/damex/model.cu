@@ -25,30 +25,28 @@
 #define V2                     362496L /* pos_embed */
 #define MEAN4                  624640L /* layer norm means */
 #define RSTD4                  626688L /* layer norm 1/std */
-#define Y5                     628736L /* heads' outputs */
-#define V6                     890880L /* residual_end */
-#define MEAN8                 1153024L /* layer norm means */
-#define RSTD8                 1155072L /* layer norm 1/std */
-#define H9                    1157120L /* hidden, before the activation, then its derivative */
-#define V10                   1681408L /* residual_end */
-#define MEAN12                1943552L /* layer norm means */
-#define RSTD12                1945600L /* layer norm 1/std */
-#define Y13                   1947648L /* heads' outputs */
-#define V14                   2209792L /* residual_end */
-#define V16                   2471936L /* layernorm blocks.1.norm2 */
-#define MEAN16                2734080L /* layer norm means */
-#define RSTD16                2736128L /* layer norm 1/std */
-#define LOGITS17              2738176L /* router logits */
-#define PROBS17               2744320L /* router probabilities */
-#define LSE17                 2750464L /* log-sum-exp of the logits */
-#define TOPP17                2752512L /* top-k probabilities */
-#define GATE17                2754560L /* gates */
-#define PRIO17                2756608L /* routing priority */
-#define PRIOS17               2758656L /* routing priority, sorted */
-#define ENT17                 2760704L /* router entropy per token */
-#define AE17                  2762752L /* expert hidden, activated */
-#define YE17                  3417856L /* expert outputs [E, cap, D] */
-#define AUX17                 3745408L /* auxiliary losses: balance, z, dataset, importance */
+#define V6                     628736L /* residual_end */
+#define MEAN8                  890880L /* layer norm means */
+#define RSTD8                  892928L /* layer norm 1/std */
+#define H9                     894976L /* hidden, before the activation, then its derivative */
+#define V10                   1419264L /* residual_end */
+#define MEAN12                1681408L /* layer norm means */
+#define RSTD12                1683456L /* layer norm 1/std */
+#define V14                   1685504L /* residual_end */
+#define V16                   1947648L /* layernorm blocks.1.norm2 */
+#define MEAN16                2209792L /* layer norm means */
+#define RSTD16                2211840L /* layer norm 1/std */
+#define LOGITS17              2213888L /* router logits */
+#define PROBS17               2220032L /* router probabilities */
+#define LSE17                 2226176L /* log-sum-exp of the logits */
+#define TOPP17                2228224L /* top-k probabilities */
+#define GATE17                2230272L /* gates */
+#define PRIO17                2232320L /* routing priority */
+#define PRIOS17               2234368L /* routing priority, sorted */
+#define ENT17                 2236416L /* router entropy per token */
+#define AE17                  2238464L /* expert hidden, activated */
+#define YE17                  2893568L /* expert outputs [E, cap, D] */
+#define AUX17                 3221120L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                   2048L /* int32 slot of each choice */
 #define COUNT17                  4096L /* int32 tokens per expert */
@@ -59,33 +57,31 @@
 #define TARGET17                13328L /* int32 mapped expert */
 #define BLKC17                  15376L /* int32 choices per block and expert */
 #define BLKB17                  15392L /* int32 first slot per block and expert */
-#define V18                   3745424L /* residual_end */
-#define MEAN20                4007568L /* layer norm means */
-#define RSTD20                4009616L /* layer norm 1/std */
-#define Y21                   4011664L /* heads' outputs */
-#define V22                   4273808L /* residual_end */
-#define MEAN24                4535952L /* layer norm means */
-#define RSTD24                4538000L /* layer norm 1/std */
-#define H25                   4540048L /* hidden, before the activation, then its derivative */
-#define V26                   5064336L /* residual_end */
-#define MEAN28                5326480L /* layer norm means */
-#define RSTD28                5328528L /* layer norm 1/std */
-#define Y29                   5330576L /* heads' outputs */
-#define V30                   5592720L /* residual_end */
-#define V32                   5854864L /* layernorm blocks.3.norm2 */
-#define MEAN32                6117008L /* layer norm means */
-#define RSTD32                6119056L /* layer norm 1/std */
-#define LOGITS33              6121104L /* router logits */
-#define PROBS33               6127248L /* router probabilities */
-#define LSE33                 6133392L /* log-sum-exp of the logits */
-#define TOPP33                6135440L /* top-k probabilities */
-#define GATE33                6137488L /* gates */
-#define PRIO33                6139536L /* routing priority */
-#define PRIOS33               6141584L /* routing priority, sorted */
-#define ENT33                 6143632L /* router entropy per token */
-#define AE33                  6145680L /* expert hidden, activated */
-#define YE33                  6800784L /* expert outputs [E, cap, D] */
-#define AUX33                 7128336L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                   3221136L /* residual_end */
+#define MEAN20                3483280L /* layer norm means */
+#define RSTD20                3485328L /* layer norm 1/std */
+#define V22                   3487376L /* residual_end */
+#define MEAN24                3749520L /* layer norm means */
+#define RSTD24                3751568L /* layer norm 1/std */
+#define H25                   3753616L /* hidden, before the activation, then its derivative */
+#define V26                   4277904L /* residual_end */
+#define MEAN28                4540048L /* layer norm means */
+#define RSTD28                4542096L /* layer norm 1/std */
+#define V30                   4544144L /* residual_end */
+#define V32                   4806288L /* layernorm blocks.3.norm2 */
+#define MEAN32                5068432L /* layer norm means */
+#define RSTD32                5070480L /* layer norm 1/std */
+#define LOGITS33              5072528L /* router logits */
+#define PROBS33               5078672L /* router probabilities */
+#define LSE33                 5084816L /* log-sum-exp of the logits */
+#define TOPP33                5086864L /* top-k probabilities */
+#define GATE33                5088912L /* gates */
+#define PRIO33                5090960L /* routing priority */
+#define PRIOS33               5093008L /* routing priority, sorted */
+#define ENT33                 5095056L /* router entropy per token */
+#define AE33                  5097104L /* expert hidden, activated */
+#define YE33                  5752208L /* expert outputs [E, cap, D] */
+#define AUX33                 6079760L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                  15408L /* int32 chosen experts */
 #define SLOT33                  17456L /* int32 slot of each choice */
 #define COUNT33                 19504L /* int32 tokens per expert */
@@ -96,33 +92,37 @@
 #define TARGET33                28736L /* int32 mapped expert */
 #define BLKC33                  30784L /* int32 choices per block and expert */
 #define BLKB33                  30800L /* int32 first slot per block and expert */
-#define V34                   7128352L /* residual_end */
-#define V35                   7390496L /* layernorm norm */
-#define MEAN35                7652640L /* layer norm means */
-#define RSTD35                7654688L /* layer norm 1/std */
-#define V36                   7656736L /* pool */
-#define V37                   7673120L /* logits */
-#define XENT                  7674400L /* cross-entropy per sample */
-#define V4               LAY16(7674528L, 7674528L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(7936672L, 7805600L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT5             LAY16(8723104L, 8198816L) /* attention weights; none in bf16 precision */
-#define V8               LAY16(8854176L, 8198816L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV9            LAY16(9116320L, 8329888L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V12              LAY16(9640608L, 8592032L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(9902752L, 8723104L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT13            LAY16(10689184L, 9116320L) /* attention weights; none in bf16 precision */
-#define XE17             LAY16(10820256L, 9116320L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(11147808L, 9280096L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(11802912L, 9607648L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(12065056L, 9738720L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT21            LAY16(12851488L, 10131936L) /* attention weights; none in bf16 precision */
-#define V24              LAY16(12982560L, 10131936L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV25           LAY16(13244704L, 10263008L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V28              LAY16(13768992L, 10525152L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(14031136L, 10656224L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT29            LAY16(14817568L, 11049440L) /* attention weights; none in bf16 precision */
-#define XE33             LAY16(14948640L, 11049440L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(15276192L, 11213216L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V34                   6079776L /* residual_end */
+#define V35                   6341920L /* layernorm norm */
+#define MEAN35                6604064L /* layer norm means */
+#define RSTD35                6606112L /* layer norm 1/std */
+#define V36                   6608160L /* pool */
+#define V37                   6624544L /* logits */
+#define XENT                  6625824L /* cross-entropy per sample */
+#define V4               LAY16(6625952L, 6625952L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(6888096L, 6757024L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(7674528L, 7150240L) /* attention weights; none in bf16 precision */
+#define Y5               LAY16(7805600L, 7150240L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V8               LAY16(8067744L, 7281312L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV9            LAY16(8329888L, 7412384L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V12              LAY16(8854176L, 7674528L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(9116320L, 7805600L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(9902752L, 8198816L) /* attention weights; none in bf16 precision */
+#define Y13              LAY16(10033824L, 8198816L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE17             LAY16(10295968L, 8329888L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(10623520L, 8493664L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(11278624L, 8821216L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(11540768L, 8952288L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(12327200L, 9345504L) /* attention weights; none in bf16 precision */
+#define Y21              LAY16(12458272L, 9345504L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V24              LAY16(12720416L, 9476576L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV25           LAY16(12982560L, 9607648L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V28              LAY16(13506848L, 9869792L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(13768992L, 10000864L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(14555424L, 10394080L) /* attention weights; none in bf16 precision */
+#define Y29              LAY16(14686496L, 10394080L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE33             LAY16(14948640L, 10525152L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(15276192L, 10688928L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -285,7 +285,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */
     15931296L, /* act_floats */
-    11540768L, /* act_floats16: in bf16 precision */
+    11016480L, /* act_floats16: in bf16 precision */
     4219648L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */
@@ -325,6 +325,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 4: layernorm blocks.0.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V4), A(MEAN4), A(RSTD4), A(V2), P(8448L), P(8576L), B * 16, 1e-05f, bf16_half(k, A(V4)));
     /* 5: attention blocks.0.attn -> [B, 16, 128] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y5's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV5's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(8704L), P(57856L), B * 16, 128, 384, nullptr, attn_qkv16<16, 32>(k, A(QKV5)));
     attention_forward<16, 32, 4>(k, A(Y5), A(ATT5), A(QKV5), B, true, true);
@@ -342,6 +343,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 12: layernorm blocks.1.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(140928L), P(141056L), B * 16, 1e-05f, bf16_half(k, A(V12)));
     /* 13: attention blocks.1.attn -> [B, 16, 128] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y13's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV13's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(141184L), P(190336L), B * 16, 128, 384, nullptr, attn_qkv16<16, 32>(k, A(QKV13)));
     attention_forward<16, 32, 4>(k, A(Y13), A(ATT13), A(QKV13), B, true, true);
@@ -373,6 +375,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 20: layernorm blocks.2.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(405632L), P(405760L), B * 16, 1e-05f, bf16_half(k, A(V20)));
     /* 21: attention blocks.2.attn -> [B, 16, 128] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y21's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV21's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(405888L), P(455040L), B * 16, 128, 384, nullptr, attn_qkv16<16, 32>(k, A(QKV21)));
     attention_forward<16, 32, 4>(k, A(Y21), A(ATT21), A(QKV21), B, true, true);
@@ -390,6 +393,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 28: layernorm blocks.3.norm1 -> [B, 16, 128] */
     layernorm_forward<128>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(538112L), P(538240L), B * 16, 1e-05f, bf16_half(k, A(V28)));
     /* 29: attention blocks.3.attn -> [B, 16, 128] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y29's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV29's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(538368L), P(587520L), B * 16, 128, 384, nullptr, attn_qkv16<16, 32>(k, A(QKV29)));
     attention_forward<16, 32, 4>(k, A(Y29), A(ATT29), A(QKV29), B, true, true);

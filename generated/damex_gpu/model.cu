@@ -25,30 +25,28 @@
 #define V2                    3948544L /* pos_embed */
 #define MEAN4                 7094272L /* layer norm means */
 #define RSTD4                 7110656L /* layer norm 1/std */
-#define Y5                    7127040L /* heads' outputs */
-#define V6                   10272768L /* residual_end */
-#define MEAN8                13418496L /* layer norm means */
-#define RSTD8                13434880L /* layer norm 1/std */
-#define H9                   13451264L /* hidden, before the activation, then its derivative */
-#define V10                  26034176L /* residual_end */
-#define MEAN12               29179904L /* layer norm means */
-#define RSTD12               29196288L /* layer norm 1/std */
-#define Y13                  29212672L /* heads' outputs */
-#define V14                  32358400L /* residual_end */
-#define V16                  35504128L /* layernorm blocks.1.norm2 */
-#define MEAN16               38649856L /* layer norm means */
-#define RSTD16               38666240L /* layer norm 1/std */
-#define LOGITS17             38682624L /* router logits */
-#define PROBS17              38731776L /* router probabilities */
-#define LSE17                38780928L /* log-sum-exp of the logits */
-#define TOPP17               38797312L /* top-k probabilities */
-#define GATE17               38813696L /* gates */
-#define PRIO17               38830080L /* routing priority */
-#define PRIOS17              38846464L /* routing priority, sorted */
-#define ENT17                38862848L /* router entropy per token */
-#define AE17                 38879232L /* expert hidden, activated */
-#define YE17                 64048128L /* expert outputs [E, cap, D] */
-#define AUX17                70340352L /* auxiliary losses: balance, z, dataset, importance */
+#define V6                    7127040L /* residual_end */
+#define MEAN8                10272768L /* layer norm means */
+#define RSTD8                10289152L /* layer norm 1/std */
+#define H9                   10305536L /* hidden, before the activation, then its derivative */
+#define V10                  22888448L /* residual_end */
+#define MEAN12               26034176L /* layer norm means */
+#define RSTD12               26050560L /* layer norm 1/std */
+#define V14                  26066944L /* residual_end */
+#define V16                  29212672L /* layernorm blocks.1.norm2 */
+#define MEAN16               32358400L /* layer norm means */
+#define RSTD16               32374784L /* layer norm 1/std */
+#define LOGITS17             32391168L /* router logits */
+#define PROBS17              32440320L /* router probabilities */
+#define LSE17                32489472L /* log-sum-exp of the logits */
+#define TOPP17               32505856L /* top-k probabilities */
+#define GATE17               32522240L /* gates */
+#define PRIO17               32538624L /* routing priority */
+#define PRIOS17              32555008L /* routing priority, sorted */
+#define ENT17                32571392L /* router entropy per token */
+#define AE17                 32587776L /* expert hidden, activated */
+#define YE17                 57756672L /* expert outputs [E, cap, D] */
+#define AUX17                64048896L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                  16384L /* int32 slot of each choice */
 #define COUNT17                 32768L /* int32 tokens per expert */
@@ -59,33 +57,31 @@
 #define TARGET17               131120L /* int32 mapped expert */
 #define BLKC17                 147504L /* int32 choices per block and expert */
 #define BLKB17                 147552L /* int32 first slot per block and expert */
-#define V18                  70340368L /* residual_end */
-#define MEAN20               73486096L /* layer norm means */
-#define RSTD20               73502480L /* layer norm 1/std */
-#define Y21                  73518864L /* heads' outputs */
-#define V22                  76664592L /* residual_end */
-#define MEAN24               79810320L /* layer norm means */
-#define RSTD24               79826704L /* layer norm 1/std */
-#define H25                  79843088L /* hidden, before the activation, then its derivative */
-#define V26                  92426000L /* residual_end */
-#define MEAN28               95571728L /* layer norm means */
-#define RSTD28               95588112L /* layer norm 1/std */
-#define Y29                  95604496L /* heads' outputs */
-#define V30                  98750224L /* residual_end */
-#define V32                 101895952L /* layernorm blocks.3.norm2 */
-#define MEAN32              105041680L /* layer norm means */
-#define RSTD32              105058064L /* layer norm 1/std */
-#define LOGITS33            105074448L /* router logits */
-#define PROBS33             105123600L /* router probabilities */
-#define LSE33               105172752L /* log-sum-exp of the logits */
-#define TOPP33              105189136L /* top-k probabilities */
-#define GATE33              105205520L /* gates */
-#define PRIO33              105221904L /* routing priority */
-#define PRIOS33             105238288L /* routing priority, sorted */
-#define ENT33               105254672L /* router entropy per token */
-#define AE33                105271056L /* expert hidden, activated */
-#define YE33                130439952L /* expert outputs [E, cap, D] */
-#define AUX33               136732176L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                  64048912L /* residual_end */
+#define MEAN20               67194640L /* layer norm means */
+#define RSTD20               67211024L /* layer norm 1/std */
+#define V22                  67227408L /* residual_end */
+#define MEAN24               70373136L /* layer norm means */
+#define RSTD24               70389520L /* layer norm 1/std */
+#define H25                  70405904L /* hidden, before the activation, then its derivative */
+#define V26                  82988816L /* residual_end */
+#define MEAN28               86134544L /* layer norm means */
+#define RSTD28               86150928L /* layer norm 1/std */
+#define V30                  86167312L /* residual_end */
+#define V32                  89313040L /* layernorm blocks.3.norm2 */
+#define MEAN32               92458768L /* layer norm means */
+#define RSTD32               92475152L /* layer norm 1/std */
+#define LOGITS33             92491536L /* router logits */
+#define PROBS33              92540688L /* router probabilities */
+#define LSE33                92589840L /* log-sum-exp of the logits */
+#define TOPP33               92606224L /* top-k probabilities */
+#define GATE33               92622608L /* gates */
+#define PRIO33               92638992L /* routing priority */
+#define PRIOS33              92655376L /* routing priority, sorted */
+#define ENT33                92671760L /* router entropy per token */
+#define AE33                 92688144L /* expert hidden, activated */
+#define YE33                117857040L /* expert outputs [E, cap, D] */
+#define AUX33               124149264L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                 147600L /* int32 chosen experts */
 #define SLOT33                 163984L /* int32 slot of each choice */
 #define COUNT33                180368L /* int32 tokens per expert */
@@ -96,33 +92,31 @@
 #define TARGET33               278720L /* int32 mapped expert */
 #define BLKC33                 295104L /* int32 choices per block and expert */
 #define BLKB33                 295152L /* int32 first slot per block and expert */
-#define V34                 136732192L /* residual_end */
-#define MEAN36              139877920L /* layer norm means */
-#define RSTD36              139894304L /* layer norm 1/std */
-#define Y37                 139910688L /* heads' outputs */
-#define V38                 143056416L /* residual_end */
-#define MEAN40              146202144L /* layer norm means */
-#define RSTD40              146218528L /* layer norm 1/std */
-#define H41                 146234912L /* hidden, before the activation, then its derivative */
-#define V42                 158817824L /* residual_end */
-#define MEAN44              161963552L /* layer norm means */
-#define RSTD44              161979936L /* layer norm 1/std */
-#define Y45                 161996320L /* heads' outputs */
-#define V46                 165142048L /* residual_end */
-#define V48                 168287776L /* layernorm blocks.5.norm2 */
-#define MEAN48              171433504L /* layer norm means */
-#define RSTD48              171449888L /* layer norm 1/std */
-#define LOGITS49            171466272L /* router logits */
-#define PROBS49             171515424L /* router probabilities */
-#define LSE49               171564576L /* log-sum-exp of the logits */
-#define TOPP49              171580960L /* top-k probabilities */
-#define GATE49              171597344L /* gates */
-#define PRIO49              171613728L /* routing priority */
-#define PRIOS49             171630112L /* routing priority, sorted */
-#define ENT49               171646496L /* router entropy per token */
-#define AE49                171662880L /* expert hidden, activated */
-#define YE49                196831776L /* expert outputs [E, cap, D] */
-#define AUX49               203124000L /* auxiliary losses: balance, z, dataset, importance */
+#define V34                 124149280L /* residual_end */
+#define MEAN36              127295008L /* layer norm means */
+#define RSTD36              127311392L /* layer norm 1/std */
+#define V38                 127327776L /* residual_end */
+#define MEAN40              130473504L /* layer norm means */
+#define RSTD40              130489888L /* layer norm 1/std */
+#define H41                 130506272L /* hidden, before the activation, then its derivative */
+#define V42                 143089184L /* residual_end */
+#define MEAN44              146234912L /* layer norm means */
+#define RSTD44              146251296L /* layer norm 1/std */
+#define V46                 146267680L /* residual_end */
+#define V48                 149413408L /* layernorm blocks.5.norm2 */
+#define MEAN48              152559136L /* layer norm means */
+#define RSTD48              152575520L /* layer norm 1/std */
+#define LOGITS49            152591904L /* router logits */
+#define PROBS49             152641056L /* router probabilities */
+#define LSE49               152690208L /* log-sum-exp of the logits */
+#define TOPP49              152706592L /* top-k probabilities */
+#define GATE49              152722976L /* gates */
+#define PRIO49              152739360L /* routing priority */
+#define PRIOS49             152755744L /* routing priority, sorted */
+#define ENT49               152772128L /* router entropy per token */
+#define AE49                152788512L /* expert hidden, activated */
+#define YE49                177957408L /* expert outputs [E, cap, D] */
+#define AUX49               184249632L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK49                 295200L /* int32 chosen experts */
 #define SLOT49                 311584L /* int32 slot of each choice */
 #define COUNT49                327968L /* int32 tokens per expert */
@@ -133,43 +127,49 @@
 #define TARGET49               426320L /* int32 mapped expert */
 #define BLKC49                 442704L /* int32 choices per block and expert */
 #define BLKB49                 442752L /* int32 first slot per block and expert */
-#define V50                 203124016L /* residual_end */
-#define V51                 206269744L /* layernorm norm */
-#define MEAN51              209415472L /* layer norm means */
-#define RSTD51              209431856L /* layer norm 1/std */
-#define V52                 209448240L /* pool */
-#define V53                 209644848L /* logits */
-#define XENT                209655088L /* cross-entropy per sample */
-#define V4               LAY16(209656112L, 209656112L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(212801840L, 211228976L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT5             LAY16(222239024L, 215947568L) /* attention weights; none in bf16 precision */
-#define V8               LAY16(223811888L, 215947568L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV9            LAY16(226957616L, 217520432L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V12              LAY16(239540528L, 223811888L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(242686256L, 225384752L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT13            LAY16(252123440L, 230103344L) /* attention weights; none in bf16 precision */
-#define XE17             LAY16(253696304L, 230103344L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(259988528L, 233249456L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(285157424L, 245833904L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(288303152L, 247406768L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT21            LAY16(297740336L, 252125360L) /* attention weights; none in bf16 precision */
-#define V24              LAY16(299313200L, 252125360L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV25           LAY16(302458928L, 253698224L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V28              LAY16(315041840L, 259989680L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(318187568L, 261562544L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT29            LAY16(327624752L, 266281136L) /* attention weights; none in bf16 precision */
-#define XE33             LAY16(329197616L, 266281136L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(335489840L, 269427248L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V36              LAY16(360658736L, 282011696L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV37            LAY16(363804464L, 283584560L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT37            LAY16(373241648L, 288303152L) /* attention weights; none in bf16 precision */
-#define V40              LAY16(374814512L, 288303152L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define ACTV41           LAY16(377960240L, 289876016L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V44              LAY16(390543152L, 296167472L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV45            LAY16(393688880L, 297740336L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT45            LAY16(403126064L, 302458928L) /* attention weights; none in bf16 precision */
-#define XE49             LAY16(404698928L, 302458928L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE49             LAY16(410991152L, 305605040L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V50                 184249648L /* residual_end */
+#define V51                 187395376L /* layernorm norm */
+#define MEAN51              190541104L /* layer norm means */
+#define RSTD51              190557488L /* layer norm 1/std */
+#define V52                 190573872L /* pool */
+#define V53                 190770480L /* logits */
+#define XENT                190780720L /* cross-entropy per sample */
+#define V4               LAY16(190781744L, 190781744L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(193927472L, 192354608L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(203364656L, 197073200L) /* attention weights; none in bf16 precision */
+#define Y5               LAY16(204937520L, 197073200L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V8               LAY16(208083248L, 198646064L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV9            LAY16(211228976L, 200218928L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V12              LAY16(223811888L, 206510384L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(226957616L, 208083248L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(236394800L, 212801840L) /* attention weights; none in bf16 precision */
+#define Y13              LAY16(237967664L, 212801840L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE17             LAY16(241113392L, 214374704L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(247405616L, 217520816L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V20              LAY16(272574512L, 230105264L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(275720240L, 231678128L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(285157424L, 236396720L) /* attention weights; none in bf16 precision */
+#define Y21              LAY16(286730288L, 236396720L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V24              LAY16(289876016L, 237969584L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV25           LAY16(293021744L, 239542448L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V28              LAY16(305604656L, 245833904L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(308750384L, 247406768L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(318187568L, 252125360L) /* attention weights; none in bf16 precision */
+#define Y29              LAY16(319760432L, 252125360L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE33             LAY16(322906160L, 253698224L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(329198384L, 256844336L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V36              LAY16(354367280L, 269428784L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV37            LAY16(357513008L, 271001648L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT37            LAY16(366950192L, 275720240L) /* attention weights; none in bf16 precision */
+#define Y37              LAY16(368523056L, 275720240L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V40              LAY16(371668784L, 277293104L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV41           LAY16(374814512L, 278865968L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V44              LAY16(387397424L, 285157424L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV45            LAY16(390543152L, 286730288L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT45            LAY16(399980336L, 291448880L) /* attention weights; none in bf16 precision */
+#define Y45              LAY16(401553200L, 291448880L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE49             LAY16(404698928L, 293021744L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE49             LAY16(410991152L, 296167856L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -386,7 +386,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
     436160048L, /* act_floats */
-    318189488L, /* act_floats16: in bf16 precision */
+    308752304L, /* act_floats16: in bf16 precision */
     85211648L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */
@@ -427,6 +427,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 4: layernorm blocks.0.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V4), A(MEAN4), A(RSTD4), A(V2), P(12672L), P(12864L), B * 16, 1e-05f, bf16_half(k, A(V4)));
     /* 5: attention blocks.0.attn -> [B, 16, 192] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y5's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV5's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV5), mm_half(k, A(V4)), P(13056L), P(123648L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV5)));
     attention_forward<16, 32, 6>(k, A(Y5), A(ATT5), A(QKV5), B, true, true);
@@ -444,6 +445,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 12: layernorm blocks.1.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V12), A(MEAN12), A(RSTD12), A(V10), P(457536L), P(457728L), B * 16, 1e-05f, bf16_half(k, A(V12)));
     /* 13: attention blocks.1.attn -> [B, 16, 192] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y13's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV13's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV13), mm_half(k, A(V12)), P(457920L), P(568512L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV13)));
     attention_forward<16, 32, 6>(k, A(Y13), A(ATT13), A(QKV13), B, true, true);
@@ -475,6 +477,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 20: layernorm blocks.2.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V20), A(MEAN20), A(RSTD20), A(V18), P(1494720L), P(1494912L), B * 16, 1e-05f, bf16_half(k, A(V20)));
     /* 21: attention blocks.2.attn -> [B, 16, 192] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y21's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV21's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV21), mm_half(k, A(V20)), P(1495104L), P(1605696L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV21)));
     attention_forward<16, 32, 6>(k, A(Y21), A(ATT21), A(QKV21), B, true, true);
@@ -492,6 +495,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 28: layernorm blocks.3.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V28), A(MEAN28), A(RSTD28), A(V26), P(1939584L), P(1939776L), B * 16, 1e-05f, bf16_half(k, A(V28)));
     /* 29: attention blocks.3.attn -> [B, 16, 192] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y29's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV29's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV29), mm_half(k, A(V28)), P(1939968L), P(2050560L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV29)));
     attention_forward<16, 32, 6>(k, A(Y29), A(ATT29), A(QKV29), B, true, true);
@@ -523,6 +527,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 36: layernorm blocks.4.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V36), A(MEAN36), A(RSTD36), A(V34), P(2976768L), P(2976960L), B * 16, 1e-05f, bf16_half(k, A(V36)));
     /* 37: attention blocks.4.attn -> [B, 16, 192] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y37's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV37's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV37), mm_half(k, A(V36)), P(2977152L), P(3087744L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV37)));
     attention_forward<16, 32, 6>(k, A(Y37), A(ATT37), A(QKV37), B, true, true);
@@ -540,6 +545,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 44: layernorm blocks.5.norm1 -> [B, 16, 192] */
     layernorm_forward<192>(k, A(V44), A(MEAN44), A(RSTD44), A(V42), P(3421632L), P(3421824L), B * 16, 1e-05f, bf16_half(k, A(V44)));
     /* 45: attention blocks.5.attn -> [B, 16, 192] */
+    static_assert(attn_half_ok<16, 32>(), "moecc: Y45's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<16, 32>(), "moecc: QKV45's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV45), mm_half(k, A(V44)), P(3422016L), P(3532608L), B * 16, 192, 576, nullptr, attn_qkv16<16, 32>(k, A(QKV45)));
     attention_forward<16, 32, 6>(k, A(Y45), A(ATT45), A(QKV45), B, true, true);

@@ -3381,9 +3381,14 @@ template <int T, int HD, int NH> static inline void attention_whole_setup()
  * (attention_backward) in bf16, into the first half of their fp32 room
  * (bf16_half), when the caller's only use of them is as a product's
  * operand (half = true); attn_mm is then that operand */
+template <int T, int HD> constexpr bool attn_half_ok()
+{
+    return attn_whole_ok<T, HD>() && attn_tc_ok<T, HD>();
+}
+
 template <int T, int HD> static inline bool attn_half(const kctx *k)
 {
-    if constexpr (attn_whole_ok<T, HD>() && attn_tc_ok<T, HD>())
+    if constexpr (attn_half_ok<T, HD>())
         return k->cast != nullptr;
     else
         return false;

@@ -27,39 +27,37 @@
 #define MEAN5                10321920L /* layer norm means */
 #define RSTD5                10338560L /* layer norm 1/std */
 #define V6                   10355200L /* attention blocks.0.attn */
-#define Y6                   13550080L /* heads' outputs */
-#define V7                   16744960L /* drop_path */
-#define KEEP7                19939840L /* stochastic depth: kept samples */
-#define V8                   19940096L /* residual_end */
-#define MEAN10               23134976L /* layer norm means */
-#define RSTD10               23151616L /* layer norm 1/std */
-#define V11                  23168256L /* mlp blocks.0.mlp */
-#define H11                  26363136L /* hidden, before the activation, then its derivative */
-#define V12                  39142656L /* drop_path */
-#define KEEP12               42337536L /* stochastic depth: kept samples */
-#define V13                  42337792L /* residual_end */
-#define MEAN15               45532672L /* layer norm means */
-#define RSTD15               45549312L /* layer norm 1/std */
-#define V16                  45565952L /* attention blocks.1.attn */
-#define Y16                  48760832L /* heads' outputs */
-#define V17                  51955712L /* drop_path */
-#define KEEP17               55150592L /* stochastic depth: kept samples */
-#define V18                  55150848L /* residual_end */
-#define V20                  58345728L /* layernorm blocks.1.norm2 */
-#define MEAN20               61540608L /* layer norm means */
-#define RSTD20               61557248L /* layer norm 1/std */
-#define V21                  61573888L /* moe blocks.1.moe */
-#define LOGITS21             64768768L /* router logits */
-#define PROBS21              64901888L /* router probabilities */
-#define LSE21                65035008L /* log-sum-exp of the logits */
-#define TOPP21               65051648L /* top-k probabilities */
-#define GATE21               65068288L /* gates */
-#define PRIO21               65084928L /* routing priority */
-#define PRIOS21              65101568L /* routing priority, sorted */
-#define ENT21                65118208L /* router entropy per token */
-#define AE21                 65134848L /* expert hidden, activated */
-#define YE21                 81109248L /* expert outputs [E, cap, D] */
-#define AUX21                85102848L /* auxiliary losses: balance, z, dataset, importance */
+#define V7                   13550080L /* drop_path */
+#define KEEP7                16744960L /* stochastic depth: kept samples */
+#define V8                   16745216L /* residual_end */
+#define MEAN10               19940096L /* layer norm means */
+#define RSTD10               19956736L /* layer norm 1/std */
+#define V11                  19973376L /* mlp blocks.0.mlp */
+#define H11                  23168256L /* hidden, before the activation, then its derivative */
+#define V12                  35947776L /* drop_path */
+#define KEEP12               39142656L /* stochastic depth: kept samples */
+#define V13                  39142912L /* residual_end */
+#define MEAN15               42337792L /* layer norm means */
+#define RSTD15               42354432L /* layer norm 1/std */
+#define V16                  42371072L /* attention blocks.1.attn */
+#define V17                  45565952L /* drop_path */
+#define KEEP17               48760832L /* stochastic depth: kept samples */
+#define V18                  48761088L /* residual_end */
+#define V20                  51955968L /* layernorm blocks.1.norm2 */
+#define MEAN20               55150848L /* layer norm means */
+#define RSTD20               55167488L /* layer norm 1/std */
+#define V21                  55184128L /* moe blocks.1.moe */
+#define LOGITS21             58379008L /* router logits */
+#define PROBS21              58512128L /* router probabilities */
+#define LSE21                58645248L /* log-sum-exp of the logits */
+#define TOPP21               58661888L /* top-k probabilities */
+#define GATE21               58678528L /* gates */
+#define PRIO21               58695168L /* routing priority */
+#define PRIOS21              58711808L /* routing priority, sorted */
+#define ENT21                58728448L /* router entropy per token */
+#define AE21                 58745088L /* expert hidden, activated */
+#define YE21                 74719488L /* expert outputs [E, cap, D] */
+#define AUX21                78713088L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                      0L /* int32 chosen experts */
 #define SLOT21                  16640L /* int32 slot of each choice */
 #define COUNT21                 33280L /* int32 tokens per expert */
@@ -70,45 +68,43 @@
 #define TARGET21               108176L /* int32 mapped expert */
 #define BLKC21                 124816L /* int32 choices per block and expert */
 #define BLKB21                 124960L /* int32 first slot per block and expert */
-#define V22                  85102864L /* drop_path */
-#define KEEP22               88297744L /* stochastic depth: kept samples */
-#define V23                  88298000L /* residual_end */
-#define MEAN25               91492880L /* layer norm means */
-#define RSTD25               91509520L /* layer norm 1/std */
-#define V26                  91526160L /* attention blocks.2.attn */
-#define Y26                  94721040L /* heads' outputs */
-#define V27                  97915920L /* drop_path */
-#define KEEP27              101110800L /* stochastic depth: kept samples */
-#define V28                 101111056L /* residual_end */
-#define MEAN30              104305936L /* layer norm means */
-#define RSTD30              104322576L /* layer norm 1/std */
-#define V31                 104339216L /* mlp blocks.2.mlp */
-#define H31                 107534096L /* hidden, before the activation, then its derivative */
-#define V32                 120313616L /* drop_path */
-#define KEEP32              123508496L /* stochastic depth: kept samples */
-#define V33                 123508752L /* residual_end */
-#define MEAN35              126703632L /* layer norm means */
-#define RSTD35              126720272L /* layer norm 1/std */
-#define V36                 126736912L /* attention blocks.3.attn */
-#define Y36                 129931792L /* heads' outputs */
-#define V37                 133126672L /* drop_path */
-#define KEEP37              136321552L /* stochastic depth: kept samples */
-#define V38                 136321808L /* residual_end */
-#define V40                 139516688L /* layernorm blocks.3.norm2 */
-#define MEAN40              142711568L /* layer norm means */
-#define RSTD40              142728208L /* layer norm 1/std */
-#define V41                 142744848L /* moe blocks.3.moe */
-#define LOGITS41            145939728L /* router logits */
-#define PROBS41             146072848L /* router probabilities */
-#define LSE41               146205968L /* log-sum-exp of the logits */
-#define TOPP41              146222608L /* top-k probabilities */
-#define GATE41              146239248L /* gates */
-#define PRIO41              146255888L /* routing priority */
-#define PRIOS41             146272528L /* routing priority, sorted */
-#define ENT41               146289168L /* router entropy per token */
-#define AE41                146305808L /* expert hidden, activated */
-#define YE41                162280208L /* expert outputs [E, cap, D] */
-#define AUX41               166273808L /* auxiliary losses: balance, z, dataset, importance */
+#define V22                  78713104L /* drop_path */
+#define KEEP22               81907984L /* stochastic depth: kept samples */
+#define V23                  81908240L /* residual_end */
+#define MEAN25               85103120L /* layer norm means */
+#define RSTD25               85119760L /* layer norm 1/std */
+#define V26                  85136400L /* attention blocks.2.attn */
+#define V27                  88331280L /* drop_path */
+#define KEEP27               91526160L /* stochastic depth: kept samples */
+#define V28                  91526416L /* residual_end */
+#define MEAN30               94721296L /* layer norm means */
+#define RSTD30               94737936L /* layer norm 1/std */
+#define V31                  94754576L /* mlp blocks.2.mlp */
+#define H31                  97949456L /* hidden, before the activation, then its derivative */
+#define V32                 110728976L /* drop_path */
+#define KEEP32              113923856L /* stochastic depth: kept samples */
+#define V33                 113924112L /* residual_end */
+#define MEAN35              117118992L /* layer norm means */
+#define RSTD35              117135632L /* layer norm 1/std */
+#define V36                 117152272L /* attention blocks.3.attn */
+#define V37                 120347152L /* drop_path */
+#define KEEP37              123542032L /* stochastic depth: kept samples */
+#define V38                 123542288L /* residual_end */
+#define V40                 126737168L /* layernorm blocks.3.norm2 */
+#define MEAN40              129932048L /* layer norm means */
+#define RSTD40              129948688L /* layer norm 1/std */
+#define V41                 129965328L /* moe blocks.3.moe */
+#define LOGITS41            133160208L /* router logits */
+#define PROBS41             133293328L /* router probabilities */
+#define LSE41               133426448L /* log-sum-exp of the logits */
+#define TOPP41              133443088L /* top-k probabilities */
+#define GATE41              133459728L /* gates */
+#define PRIO41              133476368L /* routing priority */
+#define PRIOS41             133493008L /* routing priority, sorted */
+#define ENT41               133509648L /* router entropy per token */
+#define AE41                133526288L /* expert hidden, activated */
+#define YE41                149500688L /* expert outputs [E, cap, D] */
+#define AUX41               153494288L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 125104L /* int32 chosen experts */
 #define SLOT41                 141744L /* int32 slot of each choice */
 #define COUNT41                158384L /* int32 tokens per expert */
@@ -119,45 +115,43 @@
 #define TARGET41               233280L /* int32 mapped expert */
 #define BLKC41                 249920L /* int32 choices per block and expert */
 #define BLKB41                 250064L /* int32 first slot per block and expert */
-#define V42                 166273824L /* drop_path */
-#define KEEP42              169468704L /* stochastic depth: kept samples */
-#define V43                 169468960L /* residual_end */
-#define MEAN45              172663840L /* layer norm means */
-#define RSTD45              172680480L /* layer norm 1/std */
-#define V46                 172697120L /* attention blocks.4.attn */
-#define Y46                 175892000L /* heads' outputs */
-#define V47                 179086880L /* drop_path */
-#define KEEP47              182281760L /* stochastic depth: kept samples */
-#define V48                 182282016L /* residual_end */
-#define MEAN50              185476896L /* layer norm means */
-#define RSTD50              185493536L /* layer norm 1/std */
-#define V51                 185510176L /* mlp blocks.4.mlp */
-#define H51                 188705056L /* hidden, before the activation, then its derivative */
-#define V52                 201484576L /* drop_path */
-#define KEEP52              204679456L /* stochastic depth: kept samples */
-#define V53                 204679712L /* residual_end */
-#define MEAN55              207874592L /* layer norm means */
-#define RSTD55              207891232L /* layer norm 1/std */
-#define V56                 207907872L /* attention blocks.5.attn */
-#define Y56                 211102752L /* heads' outputs */
-#define V57                 214297632L /* drop_path */
-#define KEEP57              217492512L /* stochastic depth: kept samples */
-#define V58                 217492768L /* residual_end */
-#define V60                 220687648L /* layernorm blocks.5.norm2 */
-#define MEAN60              223882528L /* layer norm means */
-#define RSTD60              223899168L /* layer norm 1/std */
-#define V61                 223915808L /* moe blocks.5.moe */
-#define LOGITS61            227110688L /* router logits */
-#define PROBS61             227243808L /* router probabilities */
-#define LSE61               227376928L /* log-sum-exp of the logits */
-#define TOPP61              227393568L /* top-k probabilities */
-#define GATE61              227410208L /* gates */
-#define PRIO61              227426848L /* routing priority */
-#define PRIOS61             227443488L /* routing priority, sorted */
-#define ENT61               227460128L /* router entropy per token */
-#define AE61                227476768L /* expert hidden, activated */
-#define YE61                243451168L /* expert outputs [E, cap, D] */
-#define AUX61               247444768L /* auxiliary losses: balance, z, dataset, importance */
+#define V42                 153494304L /* drop_path */
+#define KEEP42              156689184L /* stochastic depth: kept samples */
+#define V43                 156689440L /* residual_end */
+#define MEAN45              159884320L /* layer norm means */
+#define RSTD45              159900960L /* layer norm 1/std */
+#define V46                 159917600L /* attention blocks.4.attn */
+#define V47                 163112480L /* drop_path */
+#define KEEP47              166307360L /* stochastic depth: kept samples */
+#define V48                 166307616L /* residual_end */
+#define MEAN50              169502496L /* layer norm means */
+#define RSTD50              169519136L /* layer norm 1/std */
+#define V51                 169535776L /* mlp blocks.4.mlp */
+#define H51                 172730656L /* hidden, before the activation, then its derivative */
+#define V52                 185510176L /* drop_path */
+#define KEEP52              188705056L /* stochastic depth: kept samples */
+#define V53                 188705312L /* residual_end */
+#define MEAN55              191900192L /* layer norm means */
+#define RSTD55              191916832L /* layer norm 1/std */
+#define V56                 191933472L /* attention blocks.5.attn */
+#define V57                 195128352L /* drop_path */
+#define KEEP57              198323232L /* stochastic depth: kept samples */
+#define V58                 198323488L /* residual_end */
+#define V60                 201518368L /* layernorm blocks.5.norm2 */
+#define MEAN60              204713248L /* layer norm means */
+#define RSTD60              204729888L /* layer norm 1/std */
+#define V61                 204746528L /* moe blocks.5.moe */
+#define LOGITS61            207941408L /* router logits */
+#define PROBS61             208074528L /* router probabilities */
+#define LSE61               208207648L /* log-sum-exp of the logits */
+#define TOPP61              208224288L /* top-k probabilities */
+#define GATE61              208240928L /* gates */
+#define PRIO61              208257568L /* routing priority */
+#define PRIOS61             208274208L /* routing priority, sorted */
+#define ENT61               208290848L /* router entropy per token */
+#define AE61                208307488L /* expert hidden, activated */
+#define YE61                224281888L /* expert outputs [E, cap, D] */
+#define AUX61               228275488L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 250208L /* int32 chosen experts */
 #define SLOT61                 266848L /* int32 slot of each choice */
 #define COUNT61                283488L /* int32 tokens per expert */
@@ -168,45 +162,43 @@
 #define TARGET61               358384L /* int32 mapped expert */
 #define BLKC61                 375024L /* int32 choices per block and expert */
 #define BLKB61                 375168L /* int32 first slot per block and expert */
-#define V62                 247444784L /* drop_path */
-#define KEEP62              250639664L /* stochastic depth: kept samples */
-#define V63                 250639920L /* residual_end */
-#define MEAN65              253834800L /* layer norm means */
-#define RSTD65              253851440L /* layer norm 1/std */
-#define V66                 253868080L /* attention blocks.6.attn */
-#define Y66                 257062960L /* heads' outputs */
-#define V67                 260257840L /* drop_path */
-#define KEEP67              263452720L /* stochastic depth: kept samples */
-#define V68                 263452976L /* residual_end */
-#define MEAN70              266647856L /* layer norm means */
-#define RSTD70              266664496L /* layer norm 1/std */
-#define V71                 266681136L /* mlp blocks.6.mlp */
-#define H71                 269876016L /* hidden, before the activation, then its derivative */
-#define V72                 282655536L /* drop_path */
-#define KEEP72              285850416L /* stochastic depth: kept samples */
-#define V73                 285850672L /* residual_end */
-#define MEAN75              289045552L /* layer norm means */
-#define RSTD75              289062192L /* layer norm 1/std */
-#define V76                 289078832L /* attention blocks.7.attn */
-#define Y76                 292273712L /* heads' outputs */
-#define V77                 295468592L /* drop_path */
-#define KEEP77              298663472L /* stochastic depth: kept samples */
-#define V78                 298663728L /* residual_end */
-#define V80                 301858608L /* layernorm blocks.7.norm2 */
-#define MEAN80              305053488L /* layer norm means */
-#define RSTD80              305070128L /* layer norm 1/std */
-#define V81                 305086768L /* moe blocks.7.moe */
-#define LOGITS81            308281648L /* router logits */
-#define PROBS81             308414768L /* router probabilities */
-#define LSE81               308547888L /* log-sum-exp of the logits */
-#define TOPP81              308564528L /* top-k probabilities */
-#define GATE81              308581168L /* gates */
-#define PRIO81              308597808L /* routing priority */
-#define PRIOS81             308614448L /* routing priority, sorted */
-#define ENT81               308631088L /* router entropy per token */
-#define AE81                308647728L /* expert hidden, activated */
-#define YE81                324622128L /* expert outputs [E, cap, D] */
-#define AUX81               328615728L /* auxiliary losses: balance, z, dataset, importance */
+#define V62                 228275504L /* drop_path */
+#define KEEP62              231470384L /* stochastic depth: kept samples */
+#define V63                 231470640L /* residual_end */
+#define MEAN65              234665520L /* layer norm means */
+#define RSTD65              234682160L /* layer norm 1/std */
+#define V66                 234698800L /* attention blocks.6.attn */
+#define V67                 237893680L /* drop_path */
+#define KEEP67              241088560L /* stochastic depth: kept samples */
+#define V68                 241088816L /* residual_end */
+#define MEAN70              244283696L /* layer norm means */
+#define RSTD70              244300336L /* layer norm 1/std */
+#define V71                 244316976L /* mlp blocks.6.mlp */
+#define H71                 247511856L /* hidden, before the activation, then its derivative */
+#define V72                 260291376L /* drop_path */
+#define KEEP72              263486256L /* stochastic depth: kept samples */
+#define V73                 263486512L /* residual_end */
+#define MEAN75              266681392L /* layer norm means */
+#define RSTD75              266698032L /* layer norm 1/std */
+#define V76                 266714672L /* attention blocks.7.attn */
+#define V77                 269909552L /* drop_path */
+#define KEEP77              273104432L /* stochastic depth: kept samples */
+#define V78                 273104688L /* residual_end */
+#define V80                 276299568L /* layernorm blocks.7.norm2 */
+#define MEAN80              279494448L /* layer norm means */
+#define RSTD80              279511088L /* layer norm 1/std */
+#define V81                 279527728L /* moe blocks.7.moe */
+#define LOGITS81            282722608L /* router logits */
+#define PROBS81             282855728L /* router probabilities */
+#define LSE81               282988848L /* log-sum-exp of the logits */
+#define TOPP81              283005488L /* top-k probabilities */
+#define GATE81              283022128L /* gates */
+#define PRIO81              283038768L /* routing priority */
+#define PRIOS81             283055408L /* routing priority, sorted */
+#define ENT81               283072048L /* router entropy per token */
+#define AE81                283088688L /* expert hidden, activated */
+#define YE81                299063088L /* expert outputs [E, cap, D] */
+#define AUX81               303056688L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 375312L /* int32 chosen experts */
 #define SLOT81                 391952L /* int32 slot of each choice */
 #define COUNT81                408592L /* int32 tokens per expert */
@@ -217,55 +209,63 @@
 #define TARGET81               483488L /* int32 mapped expert */
 #define BLKC81                 500128L /* int32 choices per block and expert */
 #define BLKB81                 500272L /* int32 first slot per block and expert */
-#define V82                 328615744L /* drop_path */
-#define KEEP82              331810624L /* stochastic depth: kept samples */
-#define V83                 331810880L /* residual_end */
-#define V84                 335005760L /* layernorm norm */
-#define MEAN84              338200640L /* layer norm means */
-#define RSTD84              338217280L /* layer norm 1/std */
-#define V85                 338233920L /* pool */
-#define V86                 338283072L /* logits */
-#define XENT                338285632L /* cross-entropy per sample */
-#define V5               LAY16(338285888L, 338285888L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV6             LAY16(341480768L, 339883328L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT6             LAY16(351065408L, 344675648L) /* attention weights; none in bf16 precision */
-#define V10              LAY16(354310208L, 344675648L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV11           LAY16(357505088L, 346273088L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V15              LAY16(370284608L, 352662848L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV16            LAY16(373479488L, 354260288L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT16            LAY16(383064128L, 359052608L) /* attention weights; none in bf16 precision */
-#define XE21             LAY16(386308928L, 359052608L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(390302528L, 361049408L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V25              LAY16(406276928L, 369036608L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV26            LAY16(409471808L, 370634048L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT26            LAY16(419056448L, 375426368L) /* attention weights; none in bf16 precision */
-#define V30              LAY16(422301248L, 375426368L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV31           LAY16(425496128L, 377023808L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V35              LAY16(438275648L, 383413568L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV36            LAY16(441470528L, 385011008L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT36            LAY16(451055168L, 389803328L) /* attention weights; none in bf16 precision */
-#define XE41             LAY16(454299968L, 389803328L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(458293568L, 391800128L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V45              LAY16(474267968L, 399787328L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV46            LAY16(477462848L, 401384768L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT46            LAY16(487047488L, 406177088L) /* attention weights; none in bf16 precision */
-#define V50              LAY16(490292288L, 406177088L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define ACTV51           LAY16(493487168L, 407774528L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V55              LAY16(506266688L, 414164288L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV56            LAY16(509461568L, 415761728L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT56            LAY16(519046208L, 420554048L) /* attention weights; none in bf16 precision */
-#define XE61             LAY16(522291008L, 420554048L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(526284608L, 422550848L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V65              LAY16(542259008L, 430538048L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define QKV66            LAY16(545453888L, 432135488L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT66            LAY16(555038528L, 436927808L) /* attention weights; none in bf16 precision */
-#define V70              LAY16(558283328L, 436927808L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
-#define ACTV71           LAY16(561478208L, 438525248L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V75              LAY16(574257728L, 444915008L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define QKV76            LAY16(577452608L, 446512448L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT76            LAY16(587037248L, 451304768L) /* attention weights; none in bf16 precision */
-#define XE81             LAY16(590282048L, 451304768L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(594275648L, 453301568L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V82                 303056704L /* drop_path */
+#define KEEP82              306251584L /* stochastic depth: kept samples */
+#define V83                 306251840L /* residual_end */
+#define V84                 309446720L /* layernorm norm */
+#define MEAN84              312641600L /* layer norm means */
+#define RSTD84              312658240L /* layer norm 1/std */
+#define V85                 312674880L /* pool */
+#define V86                 312724032L /* logits */
+#define XENT                312726592L /* cross-entropy per sample */
+#define V5               LAY16(312726848L, 312726848L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(315921728L, 314324288L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT6             LAY16(325506368L, 319116608L) /* attention weights; none in bf16 precision */
+#define Y6               LAY16(328751168L, 319116608L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V10              LAY16(331946048L, 320714048L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV11           LAY16(335140928L, 322311488L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V15              LAY16(347920448L, 328701248L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(351115328L, 330298688L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT16            LAY16(360699968L, 335091008L) /* attention weights; none in bf16 precision */
+#define Y16              LAY16(363944768L, 335091008L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE21             LAY16(367139648L, 336688448L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(371133248L, 338685248L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V25              LAY16(387107648L, 346672448L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(390302528L, 348269888L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT26            LAY16(399887168L, 353062208L) /* attention weights; none in bf16 precision */
+#define Y26              LAY16(403131968L, 353062208L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V30              LAY16(406326848L, 354659648L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV31           LAY16(409521728L, 356257088L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V35              LAY16(422301248L, 362646848L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(425496128L, 364244288L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT36            LAY16(435080768L, 369036608L) /* attention weights; none in bf16 precision */
+#define Y36              LAY16(438325568L, 369036608L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE41             LAY16(441520448L, 370634048L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(445514048L, 372630848L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V45              LAY16(461488448L, 380618048L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(464683328L, 382215488L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT46            LAY16(474267968L, 387007808L) /* attention weights; none in bf16 precision */
+#define Y46              LAY16(477512768L, 387007808L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V50              LAY16(480707648L, 388605248L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV51           LAY16(483902528L, 390202688L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V55              LAY16(496682048L, 396592448L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(499876928L, 398189888L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT56            LAY16(509461568L, 402982208L) /* attention weights; none in bf16 precision */
+#define Y56              LAY16(512706368L, 402982208L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE61             LAY16(515901248L, 404579648L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(519894848L, 406576448L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V65              LAY16(535869248L, 414563648L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(539064128L, 416161088L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT66            LAY16(548648768L, 420953408L) /* attention weights; none in bf16 precision */
+#define Y66              LAY16(551893568L, 420953408L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V70              LAY16(555088448L, 422550848L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
+#define ACTV71           LAY16(558283328L, 424148288L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V75              LAY16(571062848L, 430538048L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(574257728L, 432135488L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT76            LAY16(583842368L, 436927808L) /* attention weights; none in bf16 precision */
+#define Y76              LAY16(587087168L, 436927808L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE81             LAY16(590282048L, 438525248L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(594275648L, 440522048L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -533,7 +533,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     11873866L, /* params */
     610250048L, /* act_floats */
-    461288768L, /* act_floats16: in bf16 precision */
+    448509248L, /* act_floats16: in bf16 precision */
     140577280L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */
@@ -571,6 +571,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 5: layernorm blocks.0.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V5), A(MEAN5), A(RSTD5), A(V3), P(22080L), P(22272L), B * 65, 1e-05f, bf16_half(k, A(V5)));
     /* 6: attention blocks.0.attn -> [B, 65, 192] */
+    static_assert(attn_half_ok<65, 64>(), "moecc: Y6's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV6's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV6), mm_half(k, A(V5)), P(22464L), P(133056L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV6)));
     attention_forward<65, 64, 3>(k, A(Y6), A(ATT6), A(QKV6), B, true, true);
@@ -594,6 +595,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 15: layernorm blocks.1.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V15), A(MEAN15), A(RSTD15), A(V13), P(466944L), P(467136L), B * 65, 1e-05f, bf16_half(k, A(V15)));
     /* 16: attention blocks.1.attn -> [B, 65, 192] */
+    static_assert(attn_half_ok<65, 64>(), "moecc: Y16's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV16's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV16), mm_half(k, A(V15)), P(467328L), P(577920L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV16)));
     attention_forward<65, 64, 3>(k, A(Y16), A(ATT16), A(QKV16), B, true, true);
@@ -628,6 +630,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 25: layernorm blocks.2.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V25), A(MEAN25), A(RSTD25), A(V23), P(2984448L), P(2984640L), B * 65, 1e-05f, bf16_half(k, A(V25)));
     /* 26: attention blocks.2.attn -> [B, 65, 192] */
+    static_assert(attn_half_ok<65, 64>(), "moecc: Y26's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV26's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV26), mm_half(k, A(V25)), P(2984832L), P(3095424L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV26)));
     attention_forward<65, 64, 3>(k, A(Y26), A(ATT26), A(QKV26), B, true, true);
@@ -651,6 +654,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 35: layernorm blocks.3.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V35), A(MEAN35), A(RSTD35), A(V33), P(3429312L), P(3429504L), B * 65, 1e-05f, bf16_half(k, A(V35)));
     /* 36: attention blocks.3.attn -> [B, 65, 192] */
+    static_assert(attn_half_ok<65, 64>(), "moecc: Y36's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV36's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV36), mm_half(k, A(V35)), P(3429696L), P(3540288L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV36)));
     attention_forward<65, 64, 3>(k, A(Y36), A(ATT36), A(QKV36), B, true, true);
@@ -685,6 +689,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 45: layernorm blocks.4.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V45), A(MEAN45), A(RSTD45), A(V43), P(5946816L), P(5947008L), B * 65, 1e-05f, bf16_half(k, A(V45)));
     /* 46: attention blocks.4.attn -> [B, 65, 192] */
+    static_assert(attn_half_ok<65, 64>(), "moecc: Y46's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV46's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV46), mm_half(k, A(V45)), P(5947200L), P(6057792L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV46)));
     attention_forward<65, 64, 3>(k, A(Y46), A(ATT46), A(QKV46), B, true, true);
@@ -708,6 +713,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 55: layernorm blocks.5.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V55), A(MEAN55), A(RSTD55), A(V53), P(6391680L), P(6391872L), B * 65, 1e-05f, bf16_half(k, A(V55)));
     /* 56: attention blocks.5.attn -> [B, 65, 192] */
+    static_assert(attn_half_ok<65, 64>(), "moecc: Y56's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV56's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV56), mm_half(k, A(V55)), P(6392064L), P(6502656L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV56)));
     attention_forward<65, 64, 3>(k, A(Y56), A(ATT56), A(QKV56), B, true, true);
@@ -742,6 +748,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 65: layernorm blocks.6.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V65), A(MEAN65), A(RSTD65), A(V63), P(8909184L), P(8909376L), B * 65, 1e-05f, bf16_half(k, A(V65)));
     /* 66: attention blocks.6.attn -> [B, 65, 192] */
+    static_assert(attn_half_ok<65, 64>(), "moecc: Y66's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV66's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV66), mm_half(k, A(V65)), P(8909568L), P(9020160L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV66)));
     attention_forward<65, 64, 3>(k, A(Y66), A(ATT66), A(QKV66), B, true, true);
@@ -765,6 +772,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 75: layernorm blocks.7.norm1 -> [B, 65, 192] */
     layernorm_forward<192>(k, A(V75), A(MEAN75), A(RSTD75), A(V73), P(9354048L), P(9354240L), B * 65, 1e-05f, bf16_half(k, A(V75)));
     /* 76: attention blocks.7.attn -> [B, 65, 192] */
+    static_assert(attn_half_ok<65, 64>(), "moecc: Y76's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 64>(), "moecc: QKV76's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV76), mm_half(k, A(V75)), P(9354432L), P(9465024L), B * 65, 192, 576, nullptr, attn_qkv16<65, 64>(k, A(QKV76)));
     attention_forward<65, 64, 3>(k, A(Y76), A(ATT76), A(QKV76), B, true, true);

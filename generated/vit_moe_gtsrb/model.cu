@@ -27,25 +27,24 @@
 #define MEAN5                 6750208L /* layer norm means */
 #define RSTD5                 6758528L /* layer norm 1/std */
 #define V6                    6766848L /* attention blocks.0.attn */
-#define Y6                    8896768L /* heads' outputs */
-#define V7                   11026688L /* drop_path */
-#define KEEP7                13156608L /* stochastic depth: kept samples */
-#define V8                   13156736L /* residual_end */
-#define V10                  15286656L /* layernorm blocks.0.norm2 */
-#define MEAN10               17416576L /* layer norm means */
-#define RSTD10               17424896L /* layer norm 1/std */
-#define V11                  17433216L /* moe blocks.0.moe */
-#define LOGITS11             19563136L /* router logits */
-#define PROBS11              19621376L /* router probabilities */
-#define LSE11                19679616L /* log-sum-exp of the logits */
-#define TOPP11               19687936L /* top-k probabilities */
-#define GATE11               19712896L /* gates */
-#define PRIO11               19737856L /* routing priority */
-#define PRIOS11              19746176L /* routing priority, sorted */
-#define ENT11                19754496L /* router entropy per token */
-#define AE11                 19762816L /* expert hidden, activated */
-#define YE11                 35740288L /* expert outputs [E, cap, D] */
-#define AUX11                43729024L /* auxiliary losses: balance, z, dataset, importance */
+#define V7                    8896768L /* drop_path */
+#define KEEP7                11026688L /* stochastic depth: kept samples */
+#define V8                   11026816L /* residual_end */
+#define V10                  13156736L /* layernorm blocks.0.norm2 */
+#define MEAN10               15286656L /* layer norm means */
+#define RSTD10               15294976L /* layer norm 1/std */
+#define V11                  15303296L /* moe blocks.0.moe */
+#define LOGITS11             17433216L /* router logits */
+#define PROBS11              17491456L /* router probabilities */
+#define LSE11                17549696L /* log-sum-exp of the logits */
+#define TOPP11               17558016L /* top-k probabilities */
+#define GATE11               17582976L /* gates */
+#define PRIO11               17607936L /* routing priority */
+#define PRIOS11              17616256L /* routing priority, sorted */
+#define ENT11                17624576L /* router entropy per token */
+#define AE11                 17632896L /* expert hidden, activated */
+#define YE11                 33610368L /* expert outputs [E, cap, D] */
+#define AUX11                41599104L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK11                      0L /* int32 chosen experts */
 #define SLOT11                  24960L /* int32 slot of each choice */
 #define COUNT11                 49920L /* int32 tokens per expert */
@@ -56,32 +55,31 @@
 #define TARGET11               129008L /* int32 mapped expert */
 #define BLKC11                 137328L /* int32 choices per block and expert */
 #define BLKB11                 137504L /* int32 first slot per block and expert */
-#define QUERY11              43729040L /* attention router queries [N, R] */
-#define V12                  44261520L /* drop_path */
-#define KEEP12               46391440L /* stochastic depth: kept samples */
-#define V13                  46391568L /* residual_end */
-#define MEAN15               48521488L /* layer norm means */
-#define RSTD15               48529808L /* layer norm 1/std */
-#define V16                  48538128L /* attention blocks.1.attn */
-#define Y16                  50668048L /* heads' outputs */
-#define V17                  52797968L /* drop_path */
-#define KEEP17               54927888L /* stochastic depth: kept samples */
-#define V18                  54928016L /* residual_end */
-#define V20                  57057936L /* layernorm blocks.1.norm2 */
-#define MEAN20               59187856L /* layer norm means */
-#define RSTD20               59196176L /* layer norm 1/std */
-#define V21                  59204496L /* moe blocks.1.moe */
-#define LOGITS21             61334416L /* router logits */
-#define PROBS21              61392656L /* router probabilities */
-#define LSE21                61450896L /* log-sum-exp of the logits */
-#define TOPP21               61459216L /* top-k probabilities */
-#define GATE21               61484176L /* gates */
-#define PRIO21               61509136L /* routing priority */
-#define PRIOS21              61517456L /* routing priority, sorted */
-#define ENT21                61525776L /* router entropy per token */
-#define AE21                 61534096L /* expert hidden, activated */
-#define YE21                 77511568L /* expert outputs [E, cap, D] */
-#define AUX21                85500304L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY11              41599120L /* attention router queries [N, R] */
+#define V12                  42131600L /* drop_path */
+#define KEEP12               44261520L /* stochastic depth: kept samples */
+#define V13                  44261648L /* residual_end */
+#define MEAN15               46391568L /* layer norm means */
+#define RSTD15               46399888L /* layer norm 1/std */
+#define V16                  46408208L /* attention blocks.1.attn */
+#define V17                  48538128L /* drop_path */
+#define KEEP17               50668048L /* stochastic depth: kept samples */
+#define V18                  50668176L /* residual_end */
+#define V20                  52798096L /* layernorm blocks.1.norm2 */
+#define MEAN20               54928016L /* layer norm means */
+#define RSTD20               54936336L /* layer norm 1/std */
+#define V21                  54944656L /* moe blocks.1.moe */
+#define LOGITS21             57074576L /* router logits */
+#define PROBS21              57132816L /* router probabilities */
+#define LSE21                57191056L /* log-sum-exp of the logits */
+#define TOPP21               57199376L /* top-k probabilities */
+#define GATE21               57224336L /* gates */
+#define PRIO21               57249296L /* routing priority */
+#define PRIOS21              57257616L /* routing priority, sorted */
+#define ENT21                57265936L /* router entropy per token */
+#define AE21                 57274256L /* expert hidden, activated */
+#define YE21                 73251728L /* expert outputs [E, cap, D] */
+#define AUX21                81240464L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                 137680L /* int32 chosen experts */
 #define SLOT21                 162640L /* int32 slot of each choice */
 #define COUNT21                187600L /* int32 tokens per expert */
@@ -92,32 +90,31 @@
 #define TARGET21               266688L /* int32 mapped expert */
 #define BLKC21                 275008L /* int32 choices per block and expert */
 #define BLKB21                 275184L /* int32 first slot per block and expert */
-#define QUERY21              85500320L /* attention router queries [N, R] */
-#define V22                  86032800L /* drop_path */
-#define KEEP22               88162720L /* stochastic depth: kept samples */
-#define V23                  88162848L /* residual_end */
-#define MEAN25               90292768L /* layer norm means */
-#define RSTD25               90301088L /* layer norm 1/std */
-#define V26                  90309408L /* attention blocks.2.attn */
-#define Y26                  92439328L /* heads' outputs */
-#define V27                  94569248L /* drop_path */
-#define KEEP27               96699168L /* stochastic depth: kept samples */
-#define V28                  96699296L /* residual_end */
-#define V30                  98829216L /* layernorm blocks.2.norm2 */
-#define MEAN30              100959136L /* layer norm means */
-#define RSTD30              100967456L /* layer norm 1/std */
-#define V31                 100975776L /* moe blocks.2.moe */
-#define LOGITS31            103105696L /* router logits */
-#define PROBS31             103163936L /* router probabilities */
-#define LSE31               103222176L /* log-sum-exp of the logits */
-#define TOPP31              103230496L /* top-k probabilities */
-#define GATE31              103255456L /* gates */
-#define PRIO31              103280416L /* routing priority */
-#define PRIOS31             103288736L /* routing priority, sorted */
-#define ENT31               103297056L /* router entropy per token */
-#define AE31                103305376L /* expert hidden, activated */
-#define YE31                119282848L /* expert outputs [E, cap, D] */
-#define AUX31               127271584L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY21              81240480L /* attention router queries [N, R] */
+#define V22                  81772960L /* drop_path */
+#define KEEP22               83902880L /* stochastic depth: kept samples */
+#define V23                  83903008L /* residual_end */
+#define MEAN25               86032928L /* layer norm means */
+#define RSTD25               86041248L /* layer norm 1/std */
+#define V26                  86049568L /* attention blocks.2.attn */
+#define V27                  88179488L /* drop_path */
+#define KEEP27               90309408L /* stochastic depth: kept samples */
+#define V28                  90309536L /* residual_end */
+#define V30                  92439456L /* layernorm blocks.2.norm2 */
+#define MEAN30               94569376L /* layer norm means */
+#define RSTD30               94577696L /* layer norm 1/std */
+#define V31                  94586016L /* moe blocks.2.moe */
+#define LOGITS31             96715936L /* router logits */
+#define PROBS31              96774176L /* router probabilities */
+#define LSE31                96832416L /* log-sum-exp of the logits */
+#define TOPP31               96840736L /* top-k probabilities */
+#define GATE31               96865696L /* gates */
+#define PRIO31               96890656L /* routing priority */
+#define PRIOS31              96898976L /* routing priority, sorted */
+#define ENT31                96907296L /* router entropy per token */
+#define AE31                 96915616L /* expert hidden, activated */
+#define YE31                112893088L /* expert outputs [E, cap, D] */
+#define AUX31               120881824L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK31                 275360L /* int32 chosen experts */
 #define SLOT31                 300320L /* int32 slot of each choice */
 #define COUNT31                325280L /* int32 tokens per expert */
@@ -128,32 +125,31 @@
 #define TARGET31               404368L /* int32 mapped expert */
 #define BLKC31                 412688L /* int32 choices per block and expert */
 #define BLKB31                 412864L /* int32 first slot per block and expert */
-#define QUERY31             127271600L /* attention router queries [N, R] */
-#define V32                 127804080L /* drop_path */
-#define KEEP32              129934000L /* stochastic depth: kept samples */
-#define V33                 129934128L /* residual_end */
-#define MEAN35              132064048L /* layer norm means */
-#define RSTD35              132072368L /* layer norm 1/std */
-#define V36                 132080688L /* attention blocks.3.attn */
-#define Y36                 134210608L /* heads' outputs */
-#define V37                 136340528L /* drop_path */
-#define KEEP37              138470448L /* stochastic depth: kept samples */
-#define V38                 138470576L /* residual_end */
-#define V40                 140600496L /* layernorm blocks.3.norm2 */
-#define MEAN40              142730416L /* layer norm means */
-#define RSTD40              142738736L /* layer norm 1/std */
-#define V41                 142747056L /* moe blocks.3.moe */
-#define LOGITS41            144876976L /* router logits */
-#define PROBS41             144935216L /* router probabilities */
-#define LSE41               144993456L /* log-sum-exp of the logits */
-#define TOPP41              145001776L /* top-k probabilities */
-#define GATE41              145026736L /* gates */
-#define PRIO41              145051696L /* routing priority */
-#define PRIOS41             145060016L /* routing priority, sorted */
-#define ENT41               145068336L /* router entropy per token */
-#define AE41                145076656L /* expert hidden, activated */
-#define YE41                161054128L /* expert outputs [E, cap, D] */
-#define AUX41               169042864L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY31             120881840L /* attention router queries [N, R] */
+#define V32                 121414320L /* drop_path */
+#define KEEP32              123544240L /* stochastic depth: kept samples */
+#define V33                 123544368L /* residual_end */
+#define MEAN35              125674288L /* layer norm means */
+#define RSTD35              125682608L /* layer norm 1/std */
+#define V36                 125690928L /* attention blocks.3.attn */
+#define V37                 127820848L /* drop_path */
+#define KEEP37              129950768L /* stochastic depth: kept samples */
+#define V38                 129950896L /* residual_end */
+#define V40                 132080816L /* layernorm blocks.3.norm2 */
+#define MEAN40              134210736L /* layer norm means */
+#define RSTD40              134219056L /* layer norm 1/std */
+#define V41                 134227376L /* moe blocks.3.moe */
+#define LOGITS41            136357296L /* router logits */
+#define PROBS41             136415536L /* router probabilities */
+#define LSE41               136473776L /* log-sum-exp of the logits */
+#define TOPP41              136482096L /* top-k probabilities */
+#define GATE41              136507056L /* gates */
+#define PRIO41              136532016L /* routing priority */
+#define PRIOS41             136540336L /* routing priority, sorted */
+#define ENT41               136548656L /* router entropy per token */
+#define AE41                136556976L /* expert hidden, activated */
+#define YE41                152534448L /* expert outputs [E, cap, D] */
+#define AUX41               160523184L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 413040L /* int32 chosen experts */
 #define SLOT41                 438000L /* int32 slot of each choice */
 #define COUNT41                462960L /* int32 tokens per expert */
@@ -164,32 +160,31 @@
 #define TARGET41               542048L /* int32 mapped expert */
 #define BLKC41                 550368L /* int32 choices per block and expert */
 #define BLKB41                 550544L /* int32 first slot per block and expert */
-#define QUERY41             169042880L /* attention router queries [N, R] */
-#define V42                 169575360L /* drop_path */
-#define KEEP42              171705280L /* stochastic depth: kept samples */
-#define V43                 171705408L /* residual_end */
-#define MEAN45              173835328L /* layer norm means */
-#define RSTD45              173843648L /* layer norm 1/std */
-#define V46                 173851968L /* attention blocks.4.attn */
-#define Y46                 175981888L /* heads' outputs */
-#define V47                 178111808L /* drop_path */
-#define KEEP47              180241728L /* stochastic depth: kept samples */
-#define V48                 180241856L /* residual_end */
-#define V50                 182371776L /* layernorm blocks.4.norm2 */
-#define MEAN50              184501696L /* layer norm means */
-#define RSTD50              184510016L /* layer norm 1/std */
-#define V51                 184518336L /* moe blocks.4.moe */
-#define LOGITS51            186648256L /* router logits */
-#define PROBS51             186706496L /* router probabilities */
-#define LSE51               186764736L /* log-sum-exp of the logits */
-#define TOPP51              186773056L /* top-k probabilities */
-#define GATE51              186798016L /* gates */
-#define PRIO51              186822976L /* routing priority */
-#define PRIOS51             186831296L /* routing priority, sorted */
-#define ENT51               186839616L /* router entropy per token */
-#define AE51                186847936L /* expert hidden, activated */
-#define YE51                202825408L /* expert outputs [E, cap, D] */
-#define AUX51               210814144L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY41             160523200L /* attention router queries [N, R] */
+#define V42                 161055680L /* drop_path */
+#define KEEP42              163185600L /* stochastic depth: kept samples */
+#define V43                 163185728L /* residual_end */
+#define MEAN45              165315648L /* layer norm means */
+#define RSTD45              165323968L /* layer norm 1/std */
+#define V46                 165332288L /* attention blocks.4.attn */
+#define V47                 167462208L /* drop_path */
+#define KEEP47              169592128L /* stochastic depth: kept samples */
+#define V48                 169592256L /* residual_end */
+#define V50                 171722176L /* layernorm blocks.4.norm2 */
+#define MEAN50              173852096L /* layer norm means */
+#define RSTD50              173860416L /* layer norm 1/std */
+#define V51                 173868736L /* moe blocks.4.moe */
+#define LOGITS51            175998656L /* router logits */
+#define PROBS51             176056896L /* router probabilities */
+#define LSE51               176115136L /* log-sum-exp of the logits */
+#define TOPP51              176123456L /* top-k probabilities */
+#define GATE51              176148416L /* gates */
+#define PRIO51              176173376L /* routing priority */
+#define PRIOS51             176181696L /* routing priority, sorted */
+#define ENT51               176190016L /* router entropy per token */
+#define AE51                176198336L /* expert hidden, activated */
+#define YE51                192175808L /* expert outputs [E, cap, D] */
+#define AUX51               200164544L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK51                 550720L /* int32 chosen experts */
 #define SLOT51                 575680L /* int32 slot of each choice */
 #define COUNT51                600640L /* int32 tokens per expert */
@@ -200,32 +195,31 @@
 #define TARGET51               679728L /* int32 mapped expert */
 #define BLKC51                 688048L /* int32 choices per block and expert */
 #define BLKB51                 688224L /* int32 first slot per block and expert */
-#define QUERY51             210814160L /* attention router queries [N, R] */
-#define V52                 211346640L /* drop_path */
-#define KEEP52              213476560L /* stochastic depth: kept samples */
-#define V53                 213476688L /* residual_end */
-#define MEAN55              215606608L /* layer norm means */
-#define RSTD55              215614928L /* layer norm 1/std */
-#define V56                 215623248L /* attention blocks.5.attn */
-#define Y56                 217753168L /* heads' outputs */
-#define V57                 219883088L /* drop_path */
-#define KEEP57              222013008L /* stochastic depth: kept samples */
-#define V58                 222013136L /* residual_end */
-#define V60                 224143056L /* layernorm blocks.5.norm2 */
-#define MEAN60              226272976L /* layer norm means */
-#define RSTD60              226281296L /* layer norm 1/std */
-#define V61                 226289616L /* moe blocks.5.moe */
-#define LOGITS61            228419536L /* router logits */
-#define PROBS61             228477776L /* router probabilities */
-#define LSE61               228536016L /* log-sum-exp of the logits */
-#define TOPP61              228544336L /* top-k probabilities */
-#define GATE61              228569296L /* gates */
-#define PRIO61              228594256L /* routing priority */
-#define PRIOS61             228602576L /* routing priority, sorted */
-#define ENT61               228610896L /* router entropy per token */
-#define AE61                228619216L /* expert hidden, activated */
-#define YE61                244596688L /* expert outputs [E, cap, D] */
-#define AUX61               252585424L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY51             200164560L /* attention router queries [N, R] */
+#define V52                 200697040L /* drop_path */
+#define KEEP52              202826960L /* stochastic depth: kept samples */
+#define V53                 202827088L /* residual_end */
+#define MEAN55              204957008L /* layer norm means */
+#define RSTD55              204965328L /* layer norm 1/std */
+#define V56                 204973648L /* attention blocks.5.attn */
+#define V57                 207103568L /* drop_path */
+#define KEEP57              209233488L /* stochastic depth: kept samples */
+#define V58                 209233616L /* residual_end */
+#define V60                 211363536L /* layernorm blocks.5.norm2 */
+#define MEAN60              213493456L /* layer norm means */
+#define RSTD60              213501776L /* layer norm 1/std */
+#define V61                 213510096L /* moe blocks.5.moe */
+#define LOGITS61            215640016L /* router logits */
+#define PROBS61             215698256L /* router probabilities */
+#define LSE61               215756496L /* log-sum-exp of the logits */
+#define TOPP61              215764816L /* top-k probabilities */
+#define GATE61              215789776L /* gates */
+#define PRIO61              215814736L /* routing priority */
+#define PRIOS61             215823056L /* routing priority, sorted */
+#define ENT61               215831376L /* router entropy per token */
+#define AE61                215839696L /* expert hidden, activated */
+#define YE61                231817168L /* expert outputs [E, cap, D] */
+#define AUX61               239805904L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 688400L /* int32 chosen experts */
 #define SLOT61                 713360L /* int32 slot of each choice */
 #define COUNT61                738320L /* int32 tokens per expert */
@@ -236,32 +230,31 @@
 #define TARGET61               817408L /* int32 mapped expert */
 #define BLKC61                 825728L /* int32 choices per block and expert */
 #define BLKB61                 825904L /* int32 first slot per block and expert */
-#define QUERY61             252585440L /* attention router queries [N, R] */
-#define V62                 253117920L /* drop_path */
-#define KEEP62              255247840L /* stochastic depth: kept samples */
-#define V63                 255247968L /* residual_end */
-#define MEAN65              257377888L /* layer norm means */
-#define RSTD65              257386208L /* layer norm 1/std */
-#define V66                 257394528L /* attention blocks.6.attn */
-#define Y66                 259524448L /* heads' outputs */
-#define V67                 261654368L /* drop_path */
-#define KEEP67              263784288L /* stochastic depth: kept samples */
-#define V68                 263784416L /* residual_end */
-#define V70                 265914336L /* layernorm blocks.6.norm2 */
-#define MEAN70              268044256L /* layer norm means */
-#define RSTD70              268052576L /* layer norm 1/std */
-#define V71                 268060896L /* moe blocks.6.moe */
-#define LOGITS71            270190816L /* router logits */
-#define PROBS71             270249056L /* router probabilities */
-#define LSE71               270307296L /* log-sum-exp of the logits */
-#define TOPP71              270315616L /* top-k probabilities */
-#define GATE71              270340576L /* gates */
-#define PRIO71              270365536L /* routing priority */
-#define PRIOS71             270373856L /* routing priority, sorted */
-#define ENT71               270382176L /* router entropy per token */
-#define AE71                270390496L /* expert hidden, activated */
-#define YE71                286367968L /* expert outputs [E, cap, D] */
-#define AUX71               294356704L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY61             239805920L /* attention router queries [N, R] */
+#define V62                 240338400L /* drop_path */
+#define KEEP62              242468320L /* stochastic depth: kept samples */
+#define V63                 242468448L /* residual_end */
+#define MEAN65              244598368L /* layer norm means */
+#define RSTD65              244606688L /* layer norm 1/std */
+#define V66                 244615008L /* attention blocks.6.attn */
+#define V67                 246744928L /* drop_path */
+#define KEEP67              248874848L /* stochastic depth: kept samples */
+#define V68                 248874976L /* residual_end */
+#define V70                 251004896L /* layernorm blocks.6.norm2 */
+#define MEAN70              253134816L /* layer norm means */
+#define RSTD70              253143136L /* layer norm 1/std */
+#define V71                 253151456L /* moe blocks.6.moe */
+#define LOGITS71            255281376L /* router logits */
+#define PROBS71             255339616L /* router probabilities */
+#define LSE71               255397856L /* log-sum-exp of the logits */
+#define TOPP71              255406176L /* top-k probabilities */
+#define GATE71              255431136L /* gates */
+#define PRIO71              255456096L /* routing priority */
+#define PRIOS71             255464416L /* routing priority, sorted */
+#define ENT71               255472736L /* router entropy per token */
+#define AE71                255481056L /* expert hidden, activated */
+#define YE71                271458528L /* expert outputs [E, cap, D] */
+#define AUX71               279447264L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK71                 826080L /* int32 chosen experts */
 #define SLOT71                 851040L /* int32 slot of each choice */
 #define COUNT71                876000L /* int32 tokens per expert */
@@ -272,32 +265,31 @@
 #define TARGET71               955088L /* int32 mapped expert */
 #define BLKC71                 963408L /* int32 choices per block and expert */
 #define BLKB71                 963584L /* int32 first slot per block and expert */
-#define QUERY71             294356720L /* attention router queries [N, R] */
-#define V72                 294889200L /* drop_path */
-#define KEEP72              297019120L /* stochastic depth: kept samples */
-#define V73                 297019248L /* residual_end */
-#define MEAN75              299149168L /* layer norm means */
-#define RSTD75              299157488L /* layer norm 1/std */
-#define V76                 299165808L /* attention blocks.7.attn */
-#define Y76                 301295728L /* heads' outputs */
-#define V77                 303425648L /* drop_path */
-#define KEEP77              305555568L /* stochastic depth: kept samples */
-#define V78                 305555696L /* residual_end */
-#define V80                 307685616L /* layernorm blocks.7.norm2 */
-#define MEAN80              309815536L /* layer norm means */
-#define RSTD80              309823856L /* layer norm 1/std */
-#define V81                 309832176L /* moe blocks.7.moe */
-#define LOGITS81            311962096L /* router logits */
-#define PROBS81             312020336L /* router probabilities */
-#define LSE81               312078576L /* log-sum-exp of the logits */
-#define TOPP81              312086896L /* top-k probabilities */
-#define GATE81              312111856L /* gates */
-#define PRIO81              312136816L /* routing priority */
-#define PRIOS81             312145136L /* routing priority, sorted */
-#define ENT81               312153456L /* router entropy per token */
-#define AE81                312161776L /* expert hidden, activated */
-#define YE81                328139248L /* expert outputs [E, cap, D] */
-#define AUX81               336127984L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY71             279447280L /* attention router queries [N, R] */
+#define V72                 279979760L /* drop_path */
+#define KEEP72              282109680L /* stochastic depth: kept samples */
+#define V73                 282109808L /* residual_end */
+#define MEAN75              284239728L /* layer norm means */
+#define RSTD75              284248048L /* layer norm 1/std */
+#define V76                 284256368L /* attention blocks.7.attn */
+#define V77                 286386288L /* drop_path */
+#define KEEP77              288516208L /* stochastic depth: kept samples */
+#define V78                 288516336L /* residual_end */
+#define V80                 290646256L /* layernorm blocks.7.norm2 */
+#define MEAN80              292776176L /* layer norm means */
+#define RSTD80              292784496L /* layer norm 1/std */
+#define V81                 292792816L /* moe blocks.7.moe */
+#define LOGITS81            294922736L /* router logits */
+#define PROBS81             294980976L /* router probabilities */
+#define LSE81               295039216L /* log-sum-exp of the logits */
+#define TOPP81              295047536L /* top-k probabilities */
+#define GATE81              295072496L /* gates */
+#define PRIO81              295097456L /* routing priority */
+#define PRIOS81             295105776L /* routing priority, sorted */
+#define ENT81               295114096L /* router entropy per token */
+#define AE81                295122416L /* expert hidden, activated */
+#define YE81                311099888L /* expert outputs [E, cap, D] */
+#define AUX81               319088624L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 963760L /* int32 chosen experts */
 #define SLOT81                 988720L /* int32 slot of each choice */
 #define COUNT81               1013680L /* int32 tokens per expert */
@@ -308,32 +300,31 @@
 #define TARGET81              1092768L /* int32 mapped expert */
 #define BLKC81                1101088L /* int32 choices per block and expert */
 #define BLKB81                1101264L /* int32 first slot per block and expert */
-#define QUERY81             336128000L /* attention router queries [N, R] */
-#define V82                 336660480L /* drop_path */
-#define KEEP82              338790400L /* stochastic depth: kept samples */
-#define V83                 338790528L /* residual_end */
-#define MEAN85              340920448L /* layer norm means */
-#define RSTD85              340928768L /* layer norm 1/std */
-#define V86                 340937088L /* attention blocks.8.attn */
-#define Y86                 343067008L /* heads' outputs */
-#define V87                 345196928L /* drop_path */
-#define KEEP87              347326848L /* stochastic depth: kept samples */
-#define V88                 347326976L /* residual_end */
-#define V90                 349456896L /* layernorm blocks.8.norm2 */
-#define MEAN90              351586816L /* layer norm means */
-#define RSTD90              351595136L /* layer norm 1/std */
-#define V91                 351603456L /* moe blocks.8.moe */
-#define LOGITS91            353733376L /* router logits */
-#define PROBS91             353791616L /* router probabilities */
-#define LSE91               353849856L /* log-sum-exp of the logits */
-#define TOPP91              353858176L /* top-k probabilities */
-#define GATE91              353883136L /* gates */
-#define PRIO91              353908096L /* routing priority */
-#define PRIOS91             353916416L /* routing priority, sorted */
-#define ENT91               353924736L /* router entropy per token */
-#define AE91                353933056L /* expert hidden, activated */
-#define YE91                369910528L /* expert outputs [E, cap, D] */
-#define AUX91               377899264L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY81             319088640L /* attention router queries [N, R] */
+#define V82                 319621120L /* drop_path */
+#define KEEP82              321751040L /* stochastic depth: kept samples */
+#define V83                 321751168L /* residual_end */
+#define MEAN85              323881088L /* layer norm means */
+#define RSTD85              323889408L /* layer norm 1/std */
+#define V86                 323897728L /* attention blocks.8.attn */
+#define V87                 326027648L /* drop_path */
+#define KEEP87              328157568L /* stochastic depth: kept samples */
+#define V88                 328157696L /* residual_end */
+#define V90                 330287616L /* layernorm blocks.8.norm2 */
+#define MEAN90              332417536L /* layer norm means */
+#define RSTD90              332425856L /* layer norm 1/std */
+#define V91                 332434176L /* moe blocks.8.moe */
+#define LOGITS91            334564096L /* router logits */
+#define PROBS91             334622336L /* router probabilities */
+#define LSE91               334680576L /* log-sum-exp of the logits */
+#define TOPP91              334688896L /* top-k probabilities */
+#define GATE91              334713856L /* gates */
+#define PRIO91              334738816L /* routing priority */
+#define PRIOS91             334747136L /* routing priority, sorted */
+#define ENT91               334755456L /* router entropy per token */
+#define AE91                334763776L /* expert hidden, activated */
+#define YE91                350741248L /* expert outputs [E, cap, D] */
+#define AUX91               358729984L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK91                1101440L /* int32 chosen experts */
 #define SLOT91                1126400L /* int32 slot of each choice */
 #define COUNT91               1151360L /* int32 tokens per expert */
@@ -344,61 +335,70 @@
 #define TARGET91              1230448L /* int32 mapped expert */
 #define BLKC91                1238768L /* int32 choices per block and expert */
 #define BLKB91                1238944L /* int32 first slot per block and expert */
-#define QUERY91             377899280L /* attention router queries [N, R] */
-#define V92                 378431760L /* drop_path */
-#define KEEP92              380561680L /* stochastic depth: kept samples */
-#define V93                 380561808L /* residual_end */
-#define V94                 382691728L /* layernorm norm */
-#define MEAN94              384821648L /* layer norm means */
-#define RSTD94              384829968L /* layer norm 1/std */
-#define V95                 384838288L /* pool */
-#define V96                 384871056L /* logits */
-#define XENT                384876560L /* cross-entropy per sample */
-#define V5               LAY16(384876688L, 384876688L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV6             LAY16(387006608L, 385941648L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT6             LAY16(393396368L, 389136528L) /* attention weights; none in bf16 precision */
-#define XE11             LAY16(397722768L, 389136528L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE11             LAY16(405711504L, 393130896L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V15              LAY16(421688976L, 401119632L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV16            LAY16(423818896L, 402184592L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT16            LAY16(430208656L, 405379472L) /* attention weights; none in bf16 precision */
-#define XE21             LAY16(434535056L, 405379472L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(442523792L, 409373840L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V25              LAY16(458501264L, 417362576L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV26            LAY16(460631184L, 418427536L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT26            LAY16(467020944L, 421622416L) /* attention weights; none in bf16 precision */
-#define XE31             LAY16(471347344L, 421622416L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE31             LAY16(479336080L, 425616784L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V35              LAY16(495313552L, 433605520L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV36            LAY16(497443472L, 434670480L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT36            LAY16(503833232L, 437865360L) /* attention weights; none in bf16 precision */
-#define XE41             LAY16(508159632L, 437865360L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(516148368L, 441859728L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V45              LAY16(532125840L, 449848464L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV46            LAY16(534255760L, 450913424L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT46            LAY16(540645520L, 454108304L) /* attention weights; none in bf16 precision */
-#define XE51             LAY16(544971920L, 454108304L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE51             LAY16(552960656L, 458102672L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V55              LAY16(568938128L, 466091408L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV56            LAY16(571068048L, 467156368L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT56            LAY16(577457808L, 470351248L) /* attention weights; none in bf16 precision */
-#define XE61             LAY16(581784208L, 470351248L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(589772944L, 474345616L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V65              LAY16(605750416L, 482334352L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define QKV66            LAY16(607880336L, 483399312L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT66            LAY16(614270096L, 486594192L) /* attention weights; none in bf16 precision */
-#define XE71             LAY16(618596496L, 486594192L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE71             LAY16(626585232L, 490588560L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V75              LAY16(642562704L, 498577296L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define QKV76            LAY16(644692624L, 499642256L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT76            LAY16(651082384L, 502837136L) /* attention weights; none in bf16 precision */
-#define XE81             LAY16(655408784L, 502837136L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(663397520L, 506831504L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V85              LAY16(679374992L, 514820240L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
-#define QKV86            LAY16(681504912L, 515885200L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT86            LAY16(687894672L, 519080080L) /* attention weights; none in bf16 precision */
-#define XE91             LAY16(692221072L, 519080080L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE91             LAY16(700209808L, 523074448L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define QUERY91             358730000L /* attention router queries [N, R] */
+#define V92                 359262480L /* drop_path */
+#define KEEP92              361392400L /* stochastic depth: kept samples */
+#define V93                 361392528L /* residual_end */
+#define V94                 363522448L /* layernorm norm */
+#define MEAN94              365652368L /* layer norm means */
+#define RSTD94              365660688L /* layer norm 1/std */
+#define V95                 365669008L /* pool */
+#define V96                 365701776L /* logits */
+#define XENT                365707280L /* cross-entropy per sample */
+#define V5               LAY16(365707408L, 365707408L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(367837328L, 366772368L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT6             LAY16(374227088L, 369967248L) /* attention weights; none in bf16 precision */
+#define Y6               LAY16(378553488L, 369967248L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE11             LAY16(380683408L, 371032208L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE11             LAY16(388672144L, 375026576L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V15              LAY16(404649616L, 383015312L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(406779536L, 384080272L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT16            LAY16(413169296L, 387275152L) /* attention weights; none in bf16 precision */
+#define Y16              LAY16(417495696L, 387275152L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE21             LAY16(419625616L, 388340112L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(427614352L, 392334480L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V25              LAY16(443591824L, 400323216L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(445721744L, 401388176L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT26            LAY16(452111504L, 404583056L) /* attention weights; none in bf16 precision */
+#define Y26              LAY16(456437904L, 404583056L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE31             LAY16(458567824L, 405648016L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE31             LAY16(466556560L, 409642384L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V35              LAY16(482534032L, 417631120L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(484663952L, 418696080L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT36            LAY16(491053712L, 421890960L) /* attention weights; none in bf16 precision */
+#define Y36              LAY16(495380112L, 421890960L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE41             LAY16(497510032L, 422955920L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(505498768L, 426950288L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V45              LAY16(521476240L, 434939024L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(523606160L, 436003984L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT46            LAY16(529995920L, 439198864L) /* attention weights; none in bf16 precision */
+#define Y46              LAY16(534322320L, 439198864L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE51             LAY16(536452240L, 440263824L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE51             LAY16(544440976L, 444258192L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V55              LAY16(560418448L, 452246928L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(562548368L, 453311888L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT56            LAY16(568938128L, 456506768L) /* attention weights; none in bf16 precision */
+#define Y56              LAY16(573264528L, 456506768L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE61             LAY16(575394448L, 457571728L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(583383184L, 461566096L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V65              LAY16(599360656L, 469554832L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(601490576L, 470619792L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT66            LAY16(607880336L, 473814672L) /* attention weights; none in bf16 precision */
+#define Y66              LAY16(612206736L, 473814672L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE71             LAY16(614336656L, 474879632L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE71             LAY16(622325392L, 478874000L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V75              LAY16(638302864L, 486862736L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(640432784L, 487927696L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT76            LAY16(646822544L, 491122576L) /* attention weights; none in bf16 precision */
+#define Y76              LAY16(651148944L, 491122576L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE81             LAY16(653278864L, 492187536L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(661267600L, 496181904L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V85              LAY16(677245072L, 504170640L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
+#define QKV86            LAY16(679374992L, 505235600L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT86            LAY16(685764752L, 508430480L) /* attention weights; none in bf16 precision */
+#define Y86              LAY16(690091152L, 508430480L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE91             LAY16(692221072L, 509495440L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE91             LAY16(700209808L, 513489808L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -735,7 +735,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     19133675L, /* params */
     716187280L, /* act_floats */
-    531063184L, /* act_floats16: in bf16 precision */
+    521478544L, /* act_floats16: in bf16 precision */
     117772928L, /* grad_floats */
     1239120L, /* int_slots */
     138L, /* dacc: doubles */
@@ -773,6 +773,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 5: layernorm blocks.0.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V5), A(MEAN5), A(RSTD5), A(V3), P(29440L), P(29696L), B * 65, 1e-05f, bf16_half(k, A(V5)));
     /* 6: attention blocks.0.attn -> [B, 65, 256] */
+    static_assert(attn_half_ok<65, 32>(), "moecc: Y6's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV6's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV6), mm_half(k, A(V5)), P(29952L), P(226560L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV6)));
     attention_forward<65, 32, 8>(k, A(Y6), A(ATT6), A(QKV6), B, true, true);
@@ -809,6 +810,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 15: layernorm blocks.1.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V15), A(MEAN15), A(RSTD15), A(V13), P(2150848L), P(2151104L), B * 65, 1e-05f, bf16_half(k, A(V15)));
     /* 16: attention blocks.1.attn -> [B, 65, 256] */
+    static_assert(attn_half_ok<65, 32>(), "moecc: Y16's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV16's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV16), mm_half(k, A(V15)), P(2151360L), P(2347968L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV16)));
     attention_forward<65, 32, 8>(k, A(Y16), A(ATT16), A(QKV16), B, true, true);
@@ -845,6 +847,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 25: layernorm blocks.2.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V25), A(MEAN25), A(RSTD25), A(V23), P(4272256L), P(4272512L), B * 65, 1e-05f, bf16_half(k, A(V25)));
     /* 26: attention blocks.2.attn -> [B, 65, 256] */
+    static_assert(attn_half_ok<65, 32>(), "moecc: Y26's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV26's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV26), mm_half(k, A(V25)), P(4272768L), P(4469376L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV26)));
     attention_forward<65, 32, 8>(k, A(Y26), A(ATT26), A(QKV26), B, true, true);
@@ -881,6 +884,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 35: layernorm blocks.3.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V35), A(MEAN35), A(RSTD35), A(V33), P(6393664L), P(6393920L), B * 65, 1e-05f, bf16_half(k, A(V35)));
     /* 36: attention blocks.3.attn -> [B, 65, 256] */
+    static_assert(attn_half_ok<65, 32>(), "moecc: Y36's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV36's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV36), mm_half(k, A(V35)), P(6394176L), P(6590784L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV36)));
     attention_forward<65, 32, 8>(k, A(Y36), A(ATT36), A(QKV36), B, true, true);
@@ -917,6 +921,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 45: layernorm blocks.4.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V45), A(MEAN45), A(RSTD45), A(V43), P(8515072L), P(8515328L), B * 65, 1e-05f, bf16_half(k, A(V45)));
     /* 46: attention blocks.4.attn -> [B, 65, 256] */
+    static_assert(attn_half_ok<65, 32>(), "moecc: Y46's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV46's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV46), mm_half(k, A(V45)), P(8515584L), P(8712192L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV46)));
     attention_forward<65, 32, 8>(k, A(Y46), A(ATT46), A(QKV46), B, true, true);
@@ -953,6 +958,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 55: layernorm blocks.5.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V55), A(MEAN55), A(RSTD55), A(V53), P(10636480L), P(10636736L), B * 65, 1e-05f, bf16_half(k, A(V55)));
     /* 56: attention blocks.5.attn -> [B, 65, 256] */
+    static_assert(attn_half_ok<65, 32>(), "moecc: Y56's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV56's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV56), mm_half(k, A(V55)), P(10636992L), P(10833600L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV56)));
     attention_forward<65, 32, 8>(k, A(Y56), A(ATT56), A(QKV56), B, true, true);
@@ -989,6 +995,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 65: layernorm blocks.6.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V65), A(MEAN65), A(RSTD65), A(V63), P(12757888L), P(12758144L), B * 65, 1e-05f, bf16_half(k, A(V65)));
     /* 66: attention blocks.6.attn -> [B, 65, 256] */
+    static_assert(attn_half_ok<65, 32>(), "moecc: Y66's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV66's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV66), mm_half(k, A(V65)), P(12758400L), P(12955008L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV66)));
     attention_forward<65, 32, 8>(k, A(Y66), A(ATT66), A(QKV66), B, true, true);
@@ -1025,6 +1032,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 75: layernorm blocks.7.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V75), A(MEAN75), A(RSTD75), A(V73), P(14879296L), P(14879552L), B * 65, 1e-05f, bf16_half(k, A(V75)));
     /* 76: attention blocks.7.attn -> [B, 65, 256] */
+    static_assert(attn_half_ok<65, 32>(), "moecc: Y76's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV76's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV76), mm_half(k, A(V75)), P(14879808L), P(15076416L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV76)));
     attention_forward<65, 32, 8>(k, A(Y76), A(ATT76), A(QKV76), B, true, true);
@@ -1061,6 +1069,7 @@ void dev_forward(const kctx *k, dev_model *d, int B, int train)
     /* 85: layernorm blocks.8.norm1 -> [B, 65, 256] */
     layernorm_forward<256>(k, A(V85), A(MEAN85), A(RSTD85), A(V83), P(17000704L), P(17000960L), B * 65, 1e-05f, bf16_half(k, A(V85)));
     /* 86: attention blocks.8.attn -> [B, 65, 256] */
+    static_assert(attn_half_ok<65, 32>(), "moecc: Y86's bf16 room needs attention's bf16 output");
     static_assert(attn_qkv16_ok<65, 32>(), "moecc: QKV86's bf16 room needs the fragment kernels");
     linear_forward(k, A(QKV86), mm_half(k, A(V85)), P(17001216L), P(17197824L), B * 65, 256, 768, nullptr, attn_qkv16<65, 32>(k, A(QKV86)));
     attention_forward<65, 32, 8>(k, A(Y86), A(ATT86), A(QKV86), B, true, true);
