@@ -313,12 +313,12 @@ static void alloc_room16(cuda_plan *p, const char *name, int64_t floats, int64_t
 }
 
 /* A buffer whose producer, in bf16 precision, writes bf16 values alone,
- * into the first half of its room (moe_x16, moe_h16, a dense MLP's
- * activations, a layer norm's output that feeds a product:
- * ln_feeds_product, attention's qkv on bf16 fragments: attn_qkv16, and
- * its heads' outputs: attn_half), and
- * whose readers take them there: in that
- * precision the arena gives it half the room. */
+ * into the first half of its room (the experts' inputs, hidden values and
+ * activations: moe_x16, moe_h16, moe_a16; a dense MLP's activations; a
+ * layer norm's output that feeds a product: ln_feeds_product; attention's
+ * qkv on bf16 fragments: attn_qkv16, and its heads' outputs: attn_half),
+ * and whose readers take them there: in that precision the arena gives it
+ * half the room. */
 static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
 {
     char w[224]; /* what: an op_ctx's, 160 bytes at most */
@@ -795,10 +795,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         for (int k = 0; k < 13; k++) {
             snprintf(nm[k], sizeof nm[k], "%s%d", fl[k], i);
             /* the backward needs the gradients of the logits, gates, and the experts' rows */
-            /* bf16 precision keeps h in bf16 alone (moe_h16), and xe too on
-             * one GPU (moe_x16: expert parallelism sends fp32 rows) */
-            if (k == 9 || (k == 8 && m->parallel.expert == 1))
+            /* bf16 precision keeps h and a in bf16 alone (moe_h16,
+             * moe_a16), and xe and ye too on one GPU (moe_x16: expert
+             * parallelism sends fp32 rows) */
+            if (k == 9 || ((k == 8 || k == 11) && m->parallel.expert == 1))
                 alloc_inside_half(p, nm[k], fsz[k], fwhat[k]);
+            else if (k == 10)
+                alloc_half(p, nm[k], fsz[k], fwhat[k]);
             else if (k == 0 || k == 4 || k == 8 || k == 11)
                 alloc_inside(g, p, nm[k], fsz[k], fwhat[k]);
             else

@@ -44,9 +44,7 @@
 #define PRIO17                2232320L /* routing priority */
 #define PRIOS17               2234368L /* routing priority, sorted */
 #define ENT17                 2236416L /* router entropy per token */
-#define AE17                  2238464L /* expert hidden, activated */
-#define YE17                  2893568L /* expert outputs [E, cap, D] */
-#define AUX17                 3221120L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX17                 2238464L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                   2048L /* int32 slot of each choice */
 #define COUNT17                  4096L /* int32 tokens per expert */
@@ -57,31 +55,29 @@
 #define TARGET17                13328L /* int32 mapped expert */
 #define BLKC17                  15376L /* int32 choices per block and expert */
 #define BLKB17                  15392L /* int32 first slot per block and expert */
-#define V18                   3221136L /* residual_end */
-#define MEAN20                3483280L /* layer norm means */
-#define RSTD20                3485328L /* layer norm 1/std */
-#define V22                   3487376L /* residual_end */
-#define MEAN24                3749520L /* layer norm means */
-#define RSTD24                3751568L /* layer norm 1/std */
-#define H25                   3753616L /* hidden, before the activation, then its derivative */
-#define V26                   4277904L /* residual_end */
-#define MEAN28                4540048L /* layer norm means */
-#define RSTD28                4542096L /* layer norm 1/std */
-#define V30                   4544144L /* residual_end */
-#define V32                   4806288L /* layernorm blocks.3.norm2 */
-#define MEAN32                5068432L /* layer norm means */
-#define RSTD32                5070480L /* layer norm 1/std */
-#define LOGITS33              5072528L /* router logits */
-#define PROBS33               5078672L /* router probabilities */
-#define LSE33                 5084816L /* log-sum-exp of the logits */
-#define TOPP33                5086864L /* top-k probabilities */
-#define GATE33                5088912L /* gates */
-#define PRIO33                5090960L /* routing priority */
-#define PRIOS33               5093008L /* routing priority, sorted */
-#define ENT33                 5095056L /* router entropy per token */
-#define AE33                  5097104L /* expert hidden, activated */
-#define YE33                  5752208L /* expert outputs [E, cap, D] */
-#define AUX33                 6079760L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                   2238480L /* residual_end */
+#define MEAN20                2500624L /* layer norm means */
+#define RSTD20                2502672L /* layer norm 1/std */
+#define V22                   2504720L /* residual_end */
+#define MEAN24                2766864L /* layer norm means */
+#define RSTD24                2768912L /* layer norm 1/std */
+#define H25                   2770960L /* hidden, before the activation, then its derivative */
+#define V26                   3295248L /* residual_end */
+#define MEAN28                3557392L /* layer norm means */
+#define RSTD28                3559440L /* layer norm 1/std */
+#define V30                   3561488L /* residual_end */
+#define V32                   3823632L /* layernorm blocks.3.norm2 */
+#define MEAN32                4085776L /* layer norm means */
+#define RSTD32                4087824L /* layer norm 1/std */
+#define LOGITS33              4089872L /* router logits */
+#define PROBS33               4096016L /* router probabilities */
+#define LSE33                 4102160L /* log-sum-exp of the logits */
+#define TOPP33                4104208L /* top-k probabilities */
+#define GATE33                4106256L /* gates */
+#define PRIO33                4108304L /* routing priority */
+#define PRIOS33               4110352L /* routing priority, sorted */
+#define ENT33                 4112400L /* router entropy per token */
+#define AUX33                 4114448L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                  15408L /* int32 chosen experts */
 #define SLOT33                  17456L /* int32 slot of each choice */
 #define COUNT33                 19504L /* int32 tokens per expert */
@@ -92,37 +88,41 @@
 #define TARGET33                28736L /* int32 mapped expert */
 #define BLKC33                  30784L /* int32 choices per block and expert */
 #define BLKB33                  30800L /* int32 first slot per block and expert */
-#define V34                   6079776L /* residual_end */
-#define V35                   6341920L /* layernorm norm */
-#define MEAN35                6604064L /* layer norm means */
-#define RSTD35                6606112L /* layer norm 1/std */
-#define V36                   6608160L /* pool */
-#define V37                   6624544L /* logits */
-#define XENT                  6625824L /* cross-entropy per sample */
-#define V4               LAY16(6625952L, 6625952L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(6888096L, 6757024L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT5             LAY16(7674528L, 7150240L) /* attention weights; none in bf16 precision */
-#define Y5               LAY16(7805600L, 7150240L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V8               LAY16(8067744L, 7281312L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV9            LAY16(8329888L, 7412384L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V12              LAY16(8854176L, 7674528L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(9116320L, 7805600L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT13            LAY16(9902752L, 8198816L) /* attention weights; none in bf16 precision */
-#define Y13              LAY16(10033824L, 8198816L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE17             LAY16(10295968L, 8329888L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(10623520L, 8493664L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(11278624L, 8821216L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(11540768L, 8952288L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT21            LAY16(12327200L, 9345504L) /* attention weights; none in bf16 precision */
-#define Y21              LAY16(12458272L, 9345504L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V24              LAY16(12720416L, 9476576L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV25           LAY16(12982560L, 9607648L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V28              LAY16(13506848L, 9869792L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(13768992L, 10000864L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT29            LAY16(14555424L, 10394080L) /* attention weights; none in bf16 precision */
-#define Y29              LAY16(14686496L, 10394080L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE33             LAY16(14948640L, 10525152L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(15276192L, 10688928L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V34                   4114464L /* residual_end */
+#define V35                   4376608L /* layernorm norm */
+#define MEAN35                4638752L /* layer norm means */
+#define RSTD35                4640800L /* layer norm 1/std */
+#define V36                   4642848L /* pool */
+#define V37                   4659232L /* logits */
+#define XENT                  4660512L /* cross-entropy per sample */
+#define V4               LAY16(4660640L, 4660640L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(4922784L, 4791712L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(5709216L, 5184928L) /* attention weights; none in bf16 precision */
+#define Y5               LAY16(5840288L, 5184928L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V8               LAY16(6102432L, 5316000L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV9            LAY16(6364576L, 5447072L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V12              LAY16(6888864L, 5709216L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(7151008L, 5840288L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(7937440L, 6233504L) /* attention weights; none in bf16 precision */
+#define Y13              LAY16(8068512L, 6233504L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE17             LAY16(8330656L, 6364576L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(8658208L, 6528352L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE17             LAY16(9313312L, 6855904L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE17             LAY16(9968416L, 7183456L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V20              LAY16(10295968L, 7347232L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(10558112L, 7478304L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(11344544L, 7871520L) /* attention weights; none in bf16 precision */
+#define Y21              LAY16(11475616L, 7871520L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V24              LAY16(11737760L, 8002592L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV25           LAY16(11999904L, 8133664L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V28              LAY16(12524192L, 8395808L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(12786336L, 8526880L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(13572768L, 8920096L) /* attention weights; none in bf16 precision */
+#define Y29              LAY16(13703840L, 8920096L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE33             LAY16(13965984L, 9051168L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(14293536L, 9214944L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE33             LAY16(14948640L, 9542496L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE33             LAY16(15603744L, 9870048L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -285,7 +285,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */
     15931296L, /* act_floats */
-    11016480L, /* act_floats16: in bf16 precision */
+    10033824L, /* act_floats16: in bf16 precision */
     4219648L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */

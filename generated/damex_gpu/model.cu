@@ -44,9 +44,7 @@
 #define PRIO17               32538624L /* routing priority */
 #define PRIOS17              32555008L /* routing priority, sorted */
 #define ENT17                32571392L /* router entropy per token */
-#define AE17                 32587776L /* expert hidden, activated */
-#define YE17                 57756672L /* expert outputs [E, cap, D] */
-#define AUX17                64048896L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX17                32587776L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                  16384L /* int32 slot of each choice */
 #define COUNT17                 32768L /* int32 tokens per expert */
@@ -57,31 +55,29 @@
 #define TARGET17               131120L /* int32 mapped expert */
 #define BLKC17                 147504L /* int32 choices per block and expert */
 #define BLKB17                 147552L /* int32 first slot per block and expert */
-#define V18                  64048912L /* residual_end */
-#define MEAN20               67194640L /* layer norm means */
-#define RSTD20               67211024L /* layer norm 1/std */
-#define V22                  67227408L /* residual_end */
-#define MEAN24               70373136L /* layer norm means */
-#define RSTD24               70389520L /* layer norm 1/std */
-#define H25                  70405904L /* hidden, before the activation, then its derivative */
-#define V26                  82988816L /* residual_end */
-#define MEAN28               86134544L /* layer norm means */
-#define RSTD28               86150928L /* layer norm 1/std */
-#define V30                  86167312L /* residual_end */
-#define V32                  89313040L /* layernorm blocks.3.norm2 */
-#define MEAN32               92458768L /* layer norm means */
-#define RSTD32               92475152L /* layer norm 1/std */
-#define LOGITS33             92491536L /* router logits */
-#define PROBS33              92540688L /* router probabilities */
-#define LSE33                92589840L /* log-sum-exp of the logits */
-#define TOPP33               92606224L /* top-k probabilities */
-#define GATE33               92622608L /* gates */
-#define PRIO33               92638992L /* routing priority */
-#define PRIOS33              92655376L /* routing priority, sorted */
-#define ENT33                92671760L /* router entropy per token */
-#define AE33                 92688144L /* expert hidden, activated */
-#define YE33                117857040L /* expert outputs [E, cap, D] */
-#define AUX33               124149264L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                  32587792L /* residual_end */
+#define MEAN20               35733520L /* layer norm means */
+#define RSTD20               35749904L /* layer norm 1/std */
+#define V22                  35766288L /* residual_end */
+#define MEAN24               38912016L /* layer norm means */
+#define RSTD24               38928400L /* layer norm 1/std */
+#define H25                  38944784L /* hidden, before the activation, then its derivative */
+#define V26                  51527696L /* residual_end */
+#define MEAN28               54673424L /* layer norm means */
+#define RSTD28               54689808L /* layer norm 1/std */
+#define V30                  54706192L /* residual_end */
+#define V32                  57851920L /* layernorm blocks.3.norm2 */
+#define MEAN32               60997648L /* layer norm means */
+#define RSTD32               61014032L /* layer norm 1/std */
+#define LOGITS33             61030416L /* router logits */
+#define PROBS33              61079568L /* router probabilities */
+#define LSE33                61128720L /* log-sum-exp of the logits */
+#define TOPP33               61145104L /* top-k probabilities */
+#define GATE33               61161488L /* gates */
+#define PRIO33               61177872L /* routing priority */
+#define PRIOS33              61194256L /* routing priority, sorted */
+#define ENT33                61210640L /* router entropy per token */
+#define AUX33                61227024L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                 147600L /* int32 chosen experts */
 #define SLOT33                 163984L /* int32 slot of each choice */
 #define COUNT33                180368L /* int32 tokens per expert */
@@ -92,31 +88,29 @@
 #define TARGET33               278720L /* int32 mapped expert */
 #define BLKC33                 295104L /* int32 choices per block and expert */
 #define BLKB33                 295152L /* int32 first slot per block and expert */
-#define V34                 124149280L /* residual_end */
-#define MEAN36              127295008L /* layer norm means */
-#define RSTD36              127311392L /* layer norm 1/std */
-#define V38                 127327776L /* residual_end */
-#define MEAN40              130473504L /* layer norm means */
-#define RSTD40              130489888L /* layer norm 1/std */
-#define H41                 130506272L /* hidden, before the activation, then its derivative */
-#define V42                 143089184L /* residual_end */
-#define MEAN44              146234912L /* layer norm means */
-#define RSTD44              146251296L /* layer norm 1/std */
-#define V46                 146267680L /* residual_end */
-#define V48                 149413408L /* layernorm blocks.5.norm2 */
-#define MEAN48              152559136L /* layer norm means */
-#define RSTD48              152575520L /* layer norm 1/std */
-#define LOGITS49            152591904L /* router logits */
-#define PROBS49             152641056L /* router probabilities */
-#define LSE49               152690208L /* log-sum-exp of the logits */
-#define TOPP49              152706592L /* top-k probabilities */
-#define GATE49              152722976L /* gates */
-#define PRIO49              152739360L /* routing priority */
-#define PRIOS49             152755744L /* routing priority, sorted */
-#define ENT49               152772128L /* router entropy per token */
-#define AE49                152788512L /* expert hidden, activated */
-#define YE49                177957408L /* expert outputs [E, cap, D] */
-#define AUX49               184249632L /* auxiliary losses: balance, z, dataset, importance */
+#define V34                  61227040L /* residual_end */
+#define MEAN36               64372768L /* layer norm means */
+#define RSTD36               64389152L /* layer norm 1/std */
+#define V38                  64405536L /* residual_end */
+#define MEAN40               67551264L /* layer norm means */
+#define RSTD40               67567648L /* layer norm 1/std */
+#define H41                  67584032L /* hidden, before the activation, then its derivative */
+#define V42                  80166944L /* residual_end */
+#define MEAN44               83312672L /* layer norm means */
+#define RSTD44               83329056L /* layer norm 1/std */
+#define V46                  83345440L /* residual_end */
+#define V48                  86491168L /* layernorm blocks.5.norm2 */
+#define MEAN48               89636896L /* layer norm means */
+#define RSTD48               89653280L /* layer norm 1/std */
+#define LOGITS49             89669664L /* router logits */
+#define PROBS49              89718816L /* router probabilities */
+#define LSE49                89767968L /* log-sum-exp of the logits */
+#define TOPP49               89784352L /* top-k probabilities */
+#define GATE49               89800736L /* gates */
+#define PRIO49               89817120L /* routing priority */
+#define PRIOS49              89833504L /* routing priority, sorted */
+#define ENT49                89849888L /* router entropy per token */
+#define AUX49                89866272L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK49                 295200L /* int32 chosen experts */
 #define SLOT49                 311584L /* int32 slot of each choice */
 #define COUNT49                327968L /* int32 tokens per expert */
@@ -127,49 +121,55 @@
 #define TARGET49               426320L /* int32 mapped expert */
 #define BLKC49                 442704L /* int32 choices per block and expert */
 #define BLKB49                 442752L /* int32 first slot per block and expert */
-#define V50                 184249648L /* residual_end */
-#define V51                 187395376L /* layernorm norm */
-#define MEAN51              190541104L /* layer norm means */
-#define RSTD51              190557488L /* layer norm 1/std */
-#define V52                 190573872L /* pool */
-#define V53                 190770480L /* logits */
-#define XENT                190780720L /* cross-entropy per sample */
-#define V4               LAY16(190781744L, 190781744L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(193927472L, 192354608L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT5             LAY16(203364656L, 197073200L) /* attention weights; none in bf16 precision */
-#define Y5               LAY16(204937520L, 197073200L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V8               LAY16(208083248L, 198646064L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV9            LAY16(211228976L, 200218928L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V12              LAY16(223811888L, 206510384L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(226957616L, 208083248L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT13            LAY16(236394800L, 212801840L) /* attention weights; none in bf16 precision */
-#define Y13              LAY16(237967664L, 212801840L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE17             LAY16(241113392L, 214374704L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(247405616L, 217520816L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V20              LAY16(272574512L, 230105264L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(275720240L, 231678128L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT21            LAY16(285157424L, 236396720L) /* attention weights; none in bf16 precision */
-#define Y21              LAY16(286730288L, 236396720L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V24              LAY16(289876016L, 237969584L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV25           LAY16(293021744L, 239542448L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V28              LAY16(305604656L, 245833904L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(308750384L, 247406768L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT29            LAY16(318187568L, 252125360L) /* attention weights; none in bf16 precision */
-#define Y29              LAY16(319760432L, 252125360L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE33             LAY16(322906160L, 253698224L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(329198384L, 256844336L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V36              LAY16(354367280L, 269428784L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV37            LAY16(357513008L, 271001648L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT37            LAY16(366950192L, 275720240L) /* attention weights; none in bf16 precision */
-#define Y37              LAY16(368523056L, 275720240L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V40              LAY16(371668784L, 277293104L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define ACTV41           LAY16(374814512L, 278865968L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V44              LAY16(387397424L, 285157424L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV45            LAY16(390543152L, 286730288L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT45            LAY16(399980336L, 291448880L) /* attention weights; none in bf16 precision */
-#define Y45              LAY16(401553200L, 291448880L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE49             LAY16(404698928L, 293021744L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE49             LAY16(410991152L, 296167856L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V50                  89866288L /* residual_end */
+#define V51                  93012016L /* layernorm norm */
+#define MEAN51               96157744L /* layer norm means */
+#define RSTD51               96174128L /* layer norm 1/std */
+#define V52                  96190512L /* pool */
+#define V53                  96387120L /* logits */
+#define XENT                 96397360L /* cross-entropy per sample */
+#define V4               LAY16(96398384L, 96398384L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(99544112L, 97971248L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(108981296L, 102689840L) /* attention weights; none in bf16 precision */
+#define Y5               LAY16(110554160L, 102689840L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V8               LAY16(113699888L, 104262704L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV9            LAY16(116845616L, 105835568L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V12              LAY16(129428528L, 112127024L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(132574256L, 113699888L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(142011440L, 118418480L) /* attention weights; none in bf16 precision */
+#define Y13              LAY16(143584304L, 118418480L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE17             LAY16(146730032L, 119991344L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(153022256L, 123137456L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE17             LAY16(178191152L, 135721904L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE17             LAY16(203360048L, 148306352L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V20              LAY16(209652272L, 151452464L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(212798000L, 153025328L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(222235184L, 157743920L) /* attention weights; none in bf16 precision */
+#define Y21              LAY16(223808048L, 157743920L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V24              LAY16(226953776L, 159316784L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV25           LAY16(230099504L, 160889648L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V28              LAY16(242682416L, 167181104L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(245828144L, 168753968L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(255265328L, 173472560L) /* attention weights; none in bf16 precision */
+#define Y29              LAY16(256838192L, 173472560L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE33             LAY16(259983920L, 175045424L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(266276144L, 178191536L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE33             LAY16(291445040L, 190775984L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE33             LAY16(316613936L, 203360432L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V36              LAY16(322906160L, 206506544L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV37            LAY16(326051888L, 208079408L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT37            LAY16(335489072L, 212798000L) /* attention weights; none in bf16 precision */
+#define Y37              LAY16(337061936L, 212798000L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V40              LAY16(340207664L, 214370864L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV41           LAY16(343353392L, 215943728L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V44              LAY16(355936304L, 222235184L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV45            LAY16(359082032L, 223808048L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT45            LAY16(368519216L, 228526640L) /* attention weights; none in bf16 precision */
+#define Y45              LAY16(370092080L, 228526640L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE49             LAY16(373237808L, 230099504L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE49             LAY16(379530032L, 233245616L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE49             LAY16(404698928L, 245830064L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE49             LAY16(429867824L, 258414512L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -386,7 +386,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
     436160048L, /* act_floats */
-    308752304L, /* act_floats16: in bf16 precision */
+    261560624L, /* act_floats16: in bf16 precision */
     85211648L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */

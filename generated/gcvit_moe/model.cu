@@ -202,9 +202,8 @@
 #define PRIOS82            2606293888L /* routing priority, sorted */
 #define ENT82              2606318976L /* router entropy per token */
 #define XE82               2606344064L /* expert inputs [E, cap, D] */
-#define AE82               2614372224L /* expert hidden, activated */
-#define YE82               2638456704L /* expert outputs [E, cap, D] */
-#define AUX82              2646484864L /* auxiliary losses: balance, z, dataset, importance */
+#define YE82               2614372224L /* expert outputs [E, cap, D] */
+#define AUX82              2622400384L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK82                      0L /* int32 chosen experts */
 #define SLOT82                  25088L /* int32 slot of each choice */
 #define COUNT82                 50176L /* int32 tokens per expert */
@@ -215,59 +214,58 @@
 #define TARGET82               163088L /* int32 mapped expert */
 #define BLKC82                 188176L /* int32 choices per block and expert */
 #define BLKB82                 188384L /* int32 first slot per block and expert */
-#define XR82               2646484880L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR82               2654513040L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V83                2662541200L /* drop_path */
-#define KEEP83             2668963728L /* stochastic depth: kept samples */
-#define V84                2668963856L /* residual_end */
-#define MEAN86             2675386384L /* layer norm means */
-#define RSTD86             2675411472L /* layer norm 1/std */
-#define V87                2675436560L /* window_attention blocks.4.attn */
-#define QKV87              2681859088L /* queries, keys, values (grid order) */
-#define QKVW87             2701126672L /* queries, keys, values (window order) */
-#define ATT87              2720394256L /* attention weights */
-#define YW87               2759732240L /* heads' outputs (window order) */
-#define Y87                2766154768L /* heads' outputs (grid order) */
-#define V88                2772577296L /* drop_path */
-#define KEEP88             2778999824L /* stochastic depth: kept samples */
-#define V89                2778999952L /* residual_end */
-#define MEAN91             2785422480L /* layer norm means */
-#define RSTD91             2785447568L /* layer norm 1/std */
-#define V92                2785472656L /* mlp blocks.4.mlp */
-#define H92                2791895184L /* hidden, before the activation, then its derivative */
-#define V93                2811162768L /* drop_path */
-#define KEEP93             2817585296L /* stochastic depth: kept samples */
-#define V94                2817585424L /* residual_end */
-#define V96                2824007952L /* layernorm blocks.4.norm3 */
-#define MEAN96             2830430480L /* layer norm means */
-#define RSTD96             2830455568L /* layer norm 1/std */
-#define V97                2830480656L /* window_attention blocks.4.attn2 */
-#define KV97               2836903184L /* keys, values (grid order) */
-#define QKVW97             2849748240L /* queries, keys, values (window order) */
-#define ATT97              2869015824L /* attention weights */
-#define YW97               2908353808L /* heads' outputs (window order) */
-#define Y97                2914776336L /* heads' outputs (grid order) */
-#define GTOK97             2921198864L /* global tokens (the grid pooled to a window) */
-#define GQ97               2927621392L /* global queries */
-#define V98                2934043920L /* drop_path */
-#define KEEP98             2940466448L /* stochastic depth: kept samples */
-#define V99                2940466576L /* residual_end */
-#define V101               2946889104L /* layernorm blocks.4.norm4 */
-#define MEAN101            2953311632L /* layer norm means */
-#define RSTD101            2953336720L /* layer norm 1/std */
-#define V102               2953361808L /* moe blocks.4.moe */
-#define LOGITS102          2959784336L /* router logits */
-#define PROBS102           2959985040L /* router probabilities */
-#define LSE102             2960185744L /* log-sum-exp of the logits */
-#define TOPP102            2960210832L /* top-k probabilities */
-#define GATE102            2960235920L /* gates */
-#define PRIO102            2960261008L /* routing priority */
-#define PRIOS102           2960286096L /* routing priority, sorted */
-#define ENT102             2960311184L /* router entropy per token */
-#define XE102              2960336272L /* expert inputs [E, cap, D] */
-#define AE102              2968364432L /* expert hidden, activated */
-#define YE102              2992448912L /* expert outputs [E, cap, D] */
-#define AUX102             3000477072L /* auxiliary losses: balance, z, dataset, importance */
+#define XR82               2622400400L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR82               2630428560L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V83                2638456720L /* drop_path */
+#define KEEP83             2644879248L /* stochastic depth: kept samples */
+#define V84                2644879376L /* residual_end */
+#define MEAN86             2651301904L /* layer norm means */
+#define RSTD86             2651326992L /* layer norm 1/std */
+#define V87                2651352080L /* window_attention blocks.4.attn */
+#define QKV87              2657774608L /* queries, keys, values (grid order) */
+#define QKVW87             2677042192L /* queries, keys, values (window order) */
+#define ATT87              2696309776L /* attention weights */
+#define YW87               2735647760L /* heads' outputs (window order) */
+#define Y87                2742070288L /* heads' outputs (grid order) */
+#define V88                2748492816L /* drop_path */
+#define KEEP88             2754915344L /* stochastic depth: kept samples */
+#define V89                2754915472L /* residual_end */
+#define MEAN91             2761338000L /* layer norm means */
+#define RSTD91             2761363088L /* layer norm 1/std */
+#define V92                2761388176L /* mlp blocks.4.mlp */
+#define H92                2767810704L /* hidden, before the activation, then its derivative */
+#define V93                2787078288L /* drop_path */
+#define KEEP93             2793500816L /* stochastic depth: kept samples */
+#define V94                2793500944L /* residual_end */
+#define V96                2799923472L /* layernorm blocks.4.norm3 */
+#define MEAN96             2806346000L /* layer norm means */
+#define RSTD96             2806371088L /* layer norm 1/std */
+#define V97                2806396176L /* window_attention blocks.4.attn2 */
+#define KV97               2812818704L /* keys, values (grid order) */
+#define QKVW97             2825663760L /* queries, keys, values (window order) */
+#define ATT97              2844931344L /* attention weights */
+#define YW97               2884269328L /* heads' outputs (window order) */
+#define Y97                2890691856L /* heads' outputs (grid order) */
+#define GTOK97             2897114384L /* global tokens (the grid pooled to a window) */
+#define GQ97               2903536912L /* global queries */
+#define V98                2909959440L /* drop_path */
+#define KEEP98             2916381968L /* stochastic depth: kept samples */
+#define V99                2916382096L /* residual_end */
+#define V101               2922804624L /* layernorm blocks.4.norm4 */
+#define MEAN101            2929227152L /* layer norm means */
+#define RSTD101            2929252240L /* layer norm 1/std */
+#define V102               2929277328L /* moe blocks.4.moe */
+#define LOGITS102          2935699856L /* router logits */
+#define PROBS102           2935900560L /* router probabilities */
+#define LSE102             2936101264L /* log-sum-exp of the logits */
+#define TOPP102            2936126352L /* top-k probabilities */
+#define GATE102            2936151440L /* gates */
+#define PRIO102            2936176528L /* routing priority */
+#define PRIOS102           2936201616L /* routing priority, sorted */
+#define ENT102             2936226704L /* router entropy per token */
+#define XE102              2936251792L /* expert inputs [E, cap, D] */
+#define YE102              2944279952L /* expert outputs [E, cap, D] */
+#define AUX102             2952308112L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK102                188592L /* int32 chosen experts */
 #define SLOT102                213680L /* int32 slot of each choice */
 #define COUNT102               238768L /* int32 tokens per expert */
@@ -278,64 +276,63 @@
 #define TARGET102              351680L /* int32 mapped expert */
 #define BLKC102                376768L /* int32 choices per block and expert */
 #define BLKB102                376976L /* int32 first slot per block and expert */
-#define XR102              3000477088L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR102              3008505248L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V103               3016533408L /* drop_path */
-#define KEEP103            3022955936L /* stochastic depth: kept samples */
-#define V104               3022956064L /* residual_end */
-#define V105               3029378592L /* downsample downsample3 */
-#define MERGE105           3032589856L /* 2x2 neighbourhoods, concatenated */
-#define MNORM105           3039012384L /* normalised */
-#define MEAN105            3045434912L /* layer norm means */
-#define RSTD105            3045441184L /* layer norm 1/std */
-#define MEAN107            3045447456L /* layer norm means */
-#define RSTD107            3045453728L /* layer norm 1/std */
-#define V108               3045460000L /* window_attention blocks.5.attn */
-#define QKV108             3048671264L /* queries, keys, values (grid order) */
-#define QKVW108            3058305056L /* queries, keys, values (window order) */
-#define ATT108             3067938848L /* attention weights */
-#define YW108              3072856096L /* heads' outputs (window order) */
-#define Y108               3076067360L /* heads' outputs (grid order) */
-#define V109               3079278624L /* drop_path */
-#define KEEP109            3082489888L /* stochastic depth: kept samples */
-#define V110               3082490016L /* residual_end */
-#define MEAN112            3085701280L /* layer norm means */
-#define RSTD112            3085707552L /* layer norm 1/std */
-#define V113               3085713824L /* mlp blocks.5.mlp */
-#define H113               3088925088L /* hidden, before the activation, then its derivative */
-#define V114               3098558880L /* drop_path */
-#define KEEP114            3101770144L /* stochastic depth: kept samples */
-#define V115               3101770272L /* residual_end */
-#define V117               3104981536L /* layernorm blocks.5.norm3 */
-#define MEAN117            3108192800L /* layer norm means */
-#define RSTD117            3108199072L /* layer norm 1/std */
-#define V118               3108205344L /* window_attention blocks.5.attn2 */
-#define KV118              3111416608L /* keys, values (grid order) */
-#define QKVW118            3117839136L /* queries, keys, values (window order) */
-#define ATT118             3127472928L /* attention weights */
-#define YW118              3132390176L /* heads' outputs (window order) */
-#define Y118               3135601440L /* heads' outputs (grid order) */
-#define GTOK118            3138812704L /* global tokens (the grid pooled to a window) */
-#define GQ118              3142023968L /* global queries */
-#define V119               3145235232L /* drop_path */
-#define KEEP119            3148446496L /* stochastic depth: kept samples */
-#define V120               3148446624L /* residual_end */
-#define V122               3151657888L /* layernorm blocks.5.norm4 */
-#define MEAN122            3154869152L /* layer norm means */
-#define RSTD122            3154875424L /* layer norm 1/std */
-#define V123               3154881696L /* moe blocks.5.moe */
-#define LOGITS123          3158092960L /* router logits */
-#define PROBS123           3158143136L /* router probabilities */
-#define LSE123             3158193312L /* log-sum-exp of the logits */
-#define TOPP123            3158199584L /* top-k probabilities */
-#define GATE123            3158205856L /* gates */
-#define PRIO123            3158212128L /* routing priority */
-#define PRIOS123           3158218400L /* routing priority, sorted */
-#define ENT123             3158224672L /* router entropy per token */
-#define XE123              3158230944L /* expert inputs [E, cap, D] */
-#define AE123              3162245024L /* expert hidden, activated */
-#define YE123              3174287264L /* expert outputs [E, cap, D] */
-#define AUX123             3178301344L /* auxiliary losses: balance, z, dataset, importance */
+#define XR102              2952308128L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR102              2960336288L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V103               2968364448L /* drop_path */
+#define KEEP103            2974786976L /* stochastic depth: kept samples */
+#define V104               2974787104L /* residual_end */
+#define V105               2981209632L /* downsample downsample3 */
+#define MERGE105           2984420896L /* 2x2 neighbourhoods, concatenated */
+#define MNORM105           2990843424L /* normalised */
+#define MEAN105            2997265952L /* layer norm means */
+#define RSTD105            2997272224L /* layer norm 1/std */
+#define MEAN107            2997278496L /* layer norm means */
+#define RSTD107            2997284768L /* layer norm 1/std */
+#define V108               2997291040L /* window_attention blocks.5.attn */
+#define QKV108             3000502304L /* queries, keys, values (grid order) */
+#define QKVW108            3010136096L /* queries, keys, values (window order) */
+#define ATT108             3019769888L /* attention weights */
+#define YW108              3024687136L /* heads' outputs (window order) */
+#define Y108               3027898400L /* heads' outputs (grid order) */
+#define V109               3031109664L /* drop_path */
+#define KEEP109            3034320928L /* stochastic depth: kept samples */
+#define V110               3034321056L /* residual_end */
+#define MEAN112            3037532320L /* layer norm means */
+#define RSTD112            3037538592L /* layer norm 1/std */
+#define V113               3037544864L /* mlp blocks.5.mlp */
+#define H113               3040756128L /* hidden, before the activation, then its derivative */
+#define V114               3050389920L /* drop_path */
+#define KEEP114            3053601184L /* stochastic depth: kept samples */
+#define V115               3053601312L /* residual_end */
+#define V117               3056812576L /* layernorm blocks.5.norm3 */
+#define MEAN117            3060023840L /* layer norm means */
+#define RSTD117            3060030112L /* layer norm 1/std */
+#define V118               3060036384L /* window_attention blocks.5.attn2 */
+#define KV118              3063247648L /* keys, values (grid order) */
+#define QKVW118            3069670176L /* queries, keys, values (window order) */
+#define ATT118             3079303968L /* attention weights */
+#define YW118              3084221216L /* heads' outputs (window order) */
+#define Y118               3087432480L /* heads' outputs (grid order) */
+#define GTOK118            3090643744L /* global tokens (the grid pooled to a window) */
+#define GQ118              3093855008L /* global queries */
+#define V119               3097066272L /* drop_path */
+#define KEEP119            3100277536L /* stochastic depth: kept samples */
+#define V120               3100277664L /* residual_end */
+#define V122               3103488928L /* layernorm blocks.5.norm4 */
+#define MEAN122            3106700192L /* layer norm means */
+#define RSTD122            3106706464L /* layer norm 1/std */
+#define V123               3106712736L /* moe blocks.5.moe */
+#define LOGITS123          3109924000L /* router logits */
+#define PROBS123           3109974176L /* router probabilities */
+#define LSE123             3110024352L /* log-sum-exp of the logits */
+#define TOPP123            3110030624L /* top-k probabilities */
+#define GATE123            3110036896L /* gates */
+#define PRIO123            3110043168L /* routing priority */
+#define PRIOS123           3110049440L /* routing priority, sorted */
+#define ENT123             3110055712L /* router entropy per token */
+#define XE123              3110061984L /* expert inputs [E, cap, D] */
+#define YE123              3114076064L /* expert outputs [E, cap, D] */
+#define AUX123             3118090144L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK123                377184L /* int32 chosen experts */
 #define SLOT123                383456L /* int32 slot of each choice */
 #define COUNT123               389728L /* int32 tokens per expert */
@@ -346,44 +343,47 @@
 #define TARGET123              417968L /* int32 mapped expert */
 #define BLKC123                424240L /* int32 choices per block and expert */
 #define BLKB123                424304L /* int32 first slot per block and expert */
-#define XR123              3178301360L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR123              3182315440L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V124               3186329520L /* drop_path */
-#define KEEP124            3189540784L /* stochastic depth: kept samples */
-#define V125               3189540912L /* residual_end */
-#define V126               3192752176L /* layernorm norm */
-#define MEAN126            3195963440L /* layer norm means */
-#define RSTD126            3195969712L /* layer norm 1/std */
-#define V127               3195975984L /* pool */
-#define V128               3196041520L /* logits */
-#define XENT               3196169520L /* cross-entropy per sample */
-#define V4               LAY16(3196169648L, 3196169648L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define V9               LAY16(3221859760L, 3209014704L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV10           LAY16(3247549872L, 3221859760L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V19              LAY16(3324620208L, 3260394928L) /* layernorm blocks.0.norm4; bf16 alone in bf16 precision */
-#define ACTV20           LAY16(3350310320L, 3273239984L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V25              LAY16(3427380656L, 3311775152L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define V30              LAY16(3440225712L, 3318197680L) /* layernorm blocks.1.norm2; bf16 alone in bf16 precision */
-#define ACTV31           LAY16(3453070768L, 3324620208L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V40              LAY16(3491605936L, 3343887792L) /* layernorm blocks.1.norm4; bf16 alone in bf16 precision */
-#define ACTV41           LAY16(3504450992L, 3350310320L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V46              LAY16(3542986160L, 3369577904L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define V51              LAY16(3549408688L, 3372789168L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV52           LAY16(3555831216L, 3376000432L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V61              LAY16(3575098800L, 3385634224L) /* layernorm blocks.2.norm4; bf16 alone in bf16 precision */
-#define ACTV62           LAY16(3581521328L, 3388845488L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V66              LAY16(3600788912L, 3398479280L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define V71              LAY16(3607211440L, 3401690544L) /* layernorm blocks.3.norm2; bf16 alone in bf16 precision */
-#define ACTV72           LAY16(3613633968L, 3404901808L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define HE82             LAY16(3632901552L, 3414535600L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V86              LAY16(3656986032L, 3426577840L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define V91              LAY16(3663408560L, 3429789104L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define ACTV92           LAY16(3669831088L, 3433000368L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define HE102            LAY16(3689098672L, 3442634160L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V107             LAY16(3713183152L, 3454676400L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define V112             LAY16(3716394416L, 3456282032L) /* layernorm blocks.5.norm2; bf16 alone in bf16 precision */
-#define ACTV113          LAY16(3719605680L, 3457887664L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define HE123            LAY16(3729239472L, 3462704560L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define XR123              3118090160L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR123              3122104240L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V124               3126118320L /* drop_path */
+#define KEEP124            3129329584L /* stochastic depth: kept samples */
+#define V125               3129329712L /* residual_end */
+#define V126               3132540976L /* layernorm norm */
+#define MEAN126            3135752240L /* layer norm means */
+#define RSTD126            3135758512L /* layer norm 1/std */
+#define V127               3135764784L /* pool */
+#define V128               3135830320L /* logits */
+#define XENT               3135958320L /* cross-entropy per sample */
+#define V4               LAY16(3135958448L, 3135958448L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define V9               LAY16(3161648560L, 3148803504L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV10           LAY16(3187338672L, 3161648560L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V19              LAY16(3264409008L, 3200183728L) /* layernorm blocks.0.norm4; bf16 alone in bf16 precision */
+#define ACTV20           LAY16(3290099120L, 3213028784L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V25              LAY16(3367169456L, 3251563952L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define V30              LAY16(3380014512L, 3257986480L) /* layernorm blocks.1.norm2; bf16 alone in bf16 precision */
+#define ACTV31           LAY16(3392859568L, 3264409008L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V40              LAY16(3431394736L, 3283676592L) /* layernorm blocks.1.norm4; bf16 alone in bf16 precision */
+#define ACTV41           LAY16(3444239792L, 3290099120L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V46              LAY16(3482774960L, 3309366704L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define V51              LAY16(3489197488L, 3312577968L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV52           LAY16(3495620016L, 3315789232L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V61              LAY16(3514887600L, 3325423024L) /* layernorm blocks.2.norm4; bf16 alone in bf16 precision */
+#define ACTV62           LAY16(3521310128L, 3328634288L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V66              LAY16(3540577712L, 3338268080L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define V71              LAY16(3547000240L, 3341479344L) /* layernorm blocks.3.norm2; bf16 alone in bf16 precision */
+#define ACTV72           LAY16(3553422768L, 3344690608L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define HE82             LAY16(3572690352L, 3354324400L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE82             LAY16(3596774832L, 3366366640L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define V86              LAY16(3620859312L, 3378408880L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define V91              LAY16(3627281840L, 3381620144L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV92           LAY16(3633704368L, 3384831408L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define HE102            LAY16(3652971952L, 3394465200L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE102            LAY16(3677056432L, 3406507440L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define V107             LAY16(3701140912L, 3418549680L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define V112             LAY16(3704352176L, 3420155312L) /* layernorm blocks.5.norm2; bf16 alone in bf16 precision */
+#define ACTV113          LAY16(3707563440L, 3421760944L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define HE123            LAY16(3717197232L, 3426577840L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE123            LAY16(3729239472L, 3432598960L) /* expert hidden, activated; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -824,7 +824,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     13215528L, /* params */
     3741281712L, /* act_floats */
-    3468725680L, /* act_floats16: in bf16 precision */
+    3438620080L, /* act_floats16: in bf16 precision */
     891319296L, /* grad_floats */
     424368L, /* int_slots */
     54L, /* dacc: doubles */

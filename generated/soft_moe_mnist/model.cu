@@ -31,9 +31,7 @@
 #define PRIO2                   67648L /* routing priority */
 #define PRIOS2                  67712L /* routing priority, sorted */
 #define ENT2                    67776L /* router entropy per token */
-#define AE2                     67840L /* expert hidden, activated */
-#define YE2                    133376L /* expert outputs [E, cap, D] */
-#define AUX2                   166144L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX2                    67840L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK2                       0L /* int32 chosen experts */
 #define SLOT2                     256L /* int32 slot of each choice */
 #define COUNT2                    512L /* int32 tokens per expert */
@@ -44,11 +42,13 @@
 #define TARGET2                  1168L /* int32 mapped expert */
 #define BLKC2                    1232L /* int32 choices per block and expert */
 #define BLKB2                    1248L /* int32 first slot per block and expert */
-#define V3                     166160L /* pool */
-#define V4                     174352L /* logits */
-#define XENT                   174992L /* cross-entropy per sample */
-#define XE2              LAY16(175056L, 175056L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE2              LAY16(207824L, 191440L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V3                      67856L /* pool */
+#define V4                      76048L /* logits */
+#define XENT                    76688L /* cross-entropy per sample */
+#define XE2              LAY16(76752L, 76752L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE2              LAY16(109520L, 93136L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE2              LAY16(175056L, 125904L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE2              LAY16(240592L, 158672L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -96,7 +96,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     365962L, /* params */
     273360L, /* act_floats */
-    224208L, /* act_floats16: in bf16 precision */
+    175056L, /* act_floats16: in bf16 precision */
     156800L, /* grad_floats */
     1264L, /* int_slots */
     12L, /* dacc: doubles */

@@ -55,9 +55,7 @@
 #define PRIO21               58695168L /* routing priority */
 #define PRIOS21              58711808L /* routing priority, sorted */
 #define ENT21                58728448L /* router entropy per token */
-#define AE21                 58745088L /* expert hidden, activated */
-#define YE21                 74719488L /* expert outputs [E, cap, D] */
-#define AUX21                78713088L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX21                58745088L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                      0L /* int32 chosen experts */
 #define SLOT21                  16640L /* int32 slot of each choice */
 #define COUNT21                 33280L /* int32 tokens per expert */
@@ -68,43 +66,41 @@
 #define TARGET21               108176L /* int32 mapped expert */
 #define BLKC21                 124816L /* int32 choices per block and expert */
 #define BLKB21                 124960L /* int32 first slot per block and expert */
-#define V22                  78713104L /* drop_path */
-#define KEEP22               81907984L /* stochastic depth: kept samples */
-#define V23                  81908240L /* residual_end */
-#define MEAN25               85103120L /* layer norm means */
-#define RSTD25               85119760L /* layer norm 1/std */
-#define V26                  85136400L /* attention blocks.2.attn */
-#define V27                  88331280L /* drop_path */
-#define KEEP27               91526160L /* stochastic depth: kept samples */
-#define V28                  91526416L /* residual_end */
-#define MEAN30               94721296L /* layer norm means */
-#define RSTD30               94737936L /* layer norm 1/std */
-#define V31                  94754576L /* mlp blocks.2.mlp */
-#define H31                  97949456L /* hidden, before the activation, then its derivative */
-#define V32                 110728976L /* drop_path */
-#define KEEP32              113923856L /* stochastic depth: kept samples */
-#define V33                 113924112L /* residual_end */
-#define MEAN35              117118992L /* layer norm means */
-#define RSTD35              117135632L /* layer norm 1/std */
-#define V36                 117152272L /* attention blocks.3.attn */
-#define V37                 120347152L /* drop_path */
-#define KEEP37              123542032L /* stochastic depth: kept samples */
-#define V38                 123542288L /* residual_end */
-#define V40                 126737168L /* layernorm blocks.3.norm2 */
-#define MEAN40              129932048L /* layer norm means */
-#define RSTD40              129948688L /* layer norm 1/std */
-#define V41                 129965328L /* moe blocks.3.moe */
-#define LOGITS41            133160208L /* router logits */
-#define PROBS41             133293328L /* router probabilities */
-#define LSE41               133426448L /* log-sum-exp of the logits */
-#define TOPP41              133443088L /* top-k probabilities */
-#define GATE41              133459728L /* gates */
-#define PRIO41              133476368L /* routing priority */
-#define PRIOS41             133493008L /* routing priority, sorted */
-#define ENT41               133509648L /* router entropy per token */
-#define AE41                133526288L /* expert hidden, activated */
-#define YE41                149500688L /* expert outputs [E, cap, D] */
-#define AUX41               153494288L /* auxiliary losses: balance, z, dataset, importance */
+#define V22                  58745104L /* drop_path */
+#define KEEP22               61939984L /* stochastic depth: kept samples */
+#define V23                  61940240L /* residual_end */
+#define MEAN25               65135120L /* layer norm means */
+#define RSTD25               65151760L /* layer norm 1/std */
+#define V26                  65168400L /* attention blocks.2.attn */
+#define V27                  68363280L /* drop_path */
+#define KEEP27               71558160L /* stochastic depth: kept samples */
+#define V28                  71558416L /* residual_end */
+#define MEAN30               74753296L /* layer norm means */
+#define RSTD30               74769936L /* layer norm 1/std */
+#define V31                  74786576L /* mlp blocks.2.mlp */
+#define H31                  77981456L /* hidden, before the activation, then its derivative */
+#define V32                  90760976L /* drop_path */
+#define KEEP32               93955856L /* stochastic depth: kept samples */
+#define V33                  93956112L /* residual_end */
+#define MEAN35               97150992L /* layer norm means */
+#define RSTD35               97167632L /* layer norm 1/std */
+#define V36                  97184272L /* attention blocks.3.attn */
+#define V37                 100379152L /* drop_path */
+#define KEEP37              103574032L /* stochastic depth: kept samples */
+#define V38                 103574288L /* residual_end */
+#define V40                 106769168L /* layernorm blocks.3.norm2 */
+#define MEAN40              109964048L /* layer norm means */
+#define RSTD40              109980688L /* layer norm 1/std */
+#define V41                 109997328L /* moe blocks.3.moe */
+#define LOGITS41            113192208L /* router logits */
+#define PROBS41             113325328L /* router probabilities */
+#define LSE41               113458448L /* log-sum-exp of the logits */
+#define TOPP41              113475088L /* top-k probabilities */
+#define GATE41              113491728L /* gates */
+#define PRIO41              113508368L /* routing priority */
+#define PRIOS41             113525008L /* routing priority, sorted */
+#define ENT41               113541648L /* router entropy per token */
+#define AUX41               113558288L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 125104L /* int32 chosen experts */
 #define SLOT41                 141744L /* int32 slot of each choice */
 #define COUNT41                158384L /* int32 tokens per expert */
@@ -115,43 +111,41 @@
 #define TARGET41               233280L /* int32 mapped expert */
 #define BLKC41                 249920L /* int32 choices per block and expert */
 #define BLKB41                 250064L /* int32 first slot per block and expert */
-#define V42                 153494304L /* drop_path */
-#define KEEP42              156689184L /* stochastic depth: kept samples */
-#define V43                 156689440L /* residual_end */
-#define MEAN45              159884320L /* layer norm means */
-#define RSTD45              159900960L /* layer norm 1/std */
-#define V46                 159917600L /* attention blocks.4.attn */
-#define V47                 163112480L /* drop_path */
-#define KEEP47              166307360L /* stochastic depth: kept samples */
-#define V48                 166307616L /* residual_end */
-#define MEAN50              169502496L /* layer norm means */
-#define RSTD50              169519136L /* layer norm 1/std */
-#define V51                 169535776L /* mlp blocks.4.mlp */
-#define H51                 172730656L /* hidden, before the activation, then its derivative */
-#define V52                 185510176L /* drop_path */
-#define KEEP52              188705056L /* stochastic depth: kept samples */
-#define V53                 188705312L /* residual_end */
-#define MEAN55              191900192L /* layer norm means */
-#define RSTD55              191916832L /* layer norm 1/std */
-#define V56                 191933472L /* attention blocks.5.attn */
-#define V57                 195128352L /* drop_path */
-#define KEEP57              198323232L /* stochastic depth: kept samples */
-#define V58                 198323488L /* residual_end */
-#define V60                 201518368L /* layernorm blocks.5.norm2 */
-#define MEAN60              204713248L /* layer norm means */
-#define RSTD60              204729888L /* layer norm 1/std */
-#define V61                 204746528L /* moe blocks.5.moe */
-#define LOGITS61            207941408L /* router logits */
-#define PROBS61             208074528L /* router probabilities */
-#define LSE61               208207648L /* log-sum-exp of the logits */
-#define TOPP61              208224288L /* top-k probabilities */
-#define GATE61              208240928L /* gates */
-#define PRIO61              208257568L /* routing priority */
-#define PRIOS61             208274208L /* routing priority, sorted */
-#define ENT61               208290848L /* router entropy per token */
-#define AE61                208307488L /* expert hidden, activated */
-#define YE61                224281888L /* expert outputs [E, cap, D] */
-#define AUX61               228275488L /* auxiliary losses: balance, z, dataset, importance */
+#define V42                 113558304L /* drop_path */
+#define KEEP42              116753184L /* stochastic depth: kept samples */
+#define V43                 116753440L /* residual_end */
+#define MEAN45              119948320L /* layer norm means */
+#define RSTD45              119964960L /* layer norm 1/std */
+#define V46                 119981600L /* attention blocks.4.attn */
+#define V47                 123176480L /* drop_path */
+#define KEEP47              126371360L /* stochastic depth: kept samples */
+#define V48                 126371616L /* residual_end */
+#define MEAN50              129566496L /* layer norm means */
+#define RSTD50              129583136L /* layer norm 1/std */
+#define V51                 129599776L /* mlp blocks.4.mlp */
+#define H51                 132794656L /* hidden, before the activation, then its derivative */
+#define V52                 145574176L /* drop_path */
+#define KEEP52              148769056L /* stochastic depth: kept samples */
+#define V53                 148769312L /* residual_end */
+#define MEAN55              151964192L /* layer norm means */
+#define RSTD55              151980832L /* layer norm 1/std */
+#define V56                 151997472L /* attention blocks.5.attn */
+#define V57                 155192352L /* drop_path */
+#define KEEP57              158387232L /* stochastic depth: kept samples */
+#define V58                 158387488L /* residual_end */
+#define V60                 161582368L /* layernorm blocks.5.norm2 */
+#define MEAN60              164777248L /* layer norm means */
+#define RSTD60              164793888L /* layer norm 1/std */
+#define V61                 164810528L /* moe blocks.5.moe */
+#define LOGITS61            168005408L /* router logits */
+#define PROBS61             168138528L /* router probabilities */
+#define LSE61               168271648L /* log-sum-exp of the logits */
+#define TOPP61              168288288L /* top-k probabilities */
+#define GATE61              168304928L /* gates */
+#define PRIO61              168321568L /* routing priority */
+#define PRIOS61             168338208L /* routing priority, sorted */
+#define ENT61               168354848L /* router entropy per token */
+#define AUX61               168371488L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 250208L /* int32 chosen experts */
 #define SLOT61                 266848L /* int32 slot of each choice */
 #define COUNT61                283488L /* int32 tokens per expert */
@@ -162,43 +156,41 @@
 #define TARGET61               358384L /* int32 mapped expert */
 #define BLKC61                 375024L /* int32 choices per block and expert */
 #define BLKB61                 375168L /* int32 first slot per block and expert */
-#define V62                 228275504L /* drop_path */
-#define KEEP62              231470384L /* stochastic depth: kept samples */
-#define V63                 231470640L /* residual_end */
-#define MEAN65              234665520L /* layer norm means */
-#define RSTD65              234682160L /* layer norm 1/std */
-#define V66                 234698800L /* attention blocks.6.attn */
-#define V67                 237893680L /* drop_path */
-#define KEEP67              241088560L /* stochastic depth: kept samples */
-#define V68                 241088816L /* residual_end */
-#define MEAN70              244283696L /* layer norm means */
-#define RSTD70              244300336L /* layer norm 1/std */
-#define V71                 244316976L /* mlp blocks.6.mlp */
-#define H71                 247511856L /* hidden, before the activation, then its derivative */
-#define V72                 260291376L /* drop_path */
-#define KEEP72              263486256L /* stochastic depth: kept samples */
-#define V73                 263486512L /* residual_end */
-#define MEAN75              266681392L /* layer norm means */
-#define RSTD75              266698032L /* layer norm 1/std */
-#define V76                 266714672L /* attention blocks.7.attn */
-#define V77                 269909552L /* drop_path */
-#define KEEP77              273104432L /* stochastic depth: kept samples */
-#define V78                 273104688L /* residual_end */
-#define V80                 276299568L /* layernorm blocks.7.norm2 */
-#define MEAN80              279494448L /* layer norm means */
-#define RSTD80              279511088L /* layer norm 1/std */
-#define V81                 279527728L /* moe blocks.7.moe */
-#define LOGITS81            282722608L /* router logits */
-#define PROBS81             282855728L /* router probabilities */
-#define LSE81               282988848L /* log-sum-exp of the logits */
-#define TOPP81              283005488L /* top-k probabilities */
-#define GATE81              283022128L /* gates */
-#define PRIO81              283038768L /* routing priority */
-#define PRIOS81             283055408L /* routing priority, sorted */
-#define ENT81               283072048L /* router entropy per token */
-#define AE81                283088688L /* expert hidden, activated */
-#define YE81                299063088L /* expert outputs [E, cap, D] */
-#define AUX81               303056688L /* auxiliary losses: balance, z, dataset, importance */
+#define V62                 168371504L /* drop_path */
+#define KEEP62              171566384L /* stochastic depth: kept samples */
+#define V63                 171566640L /* residual_end */
+#define MEAN65              174761520L /* layer norm means */
+#define RSTD65              174778160L /* layer norm 1/std */
+#define V66                 174794800L /* attention blocks.6.attn */
+#define V67                 177989680L /* drop_path */
+#define KEEP67              181184560L /* stochastic depth: kept samples */
+#define V68                 181184816L /* residual_end */
+#define MEAN70              184379696L /* layer norm means */
+#define RSTD70              184396336L /* layer norm 1/std */
+#define V71                 184412976L /* mlp blocks.6.mlp */
+#define H71                 187607856L /* hidden, before the activation, then its derivative */
+#define V72                 200387376L /* drop_path */
+#define KEEP72              203582256L /* stochastic depth: kept samples */
+#define V73                 203582512L /* residual_end */
+#define MEAN75              206777392L /* layer norm means */
+#define RSTD75              206794032L /* layer norm 1/std */
+#define V76                 206810672L /* attention blocks.7.attn */
+#define V77                 210005552L /* drop_path */
+#define KEEP77              213200432L /* stochastic depth: kept samples */
+#define V78                 213200688L /* residual_end */
+#define V80                 216395568L /* layernorm blocks.7.norm2 */
+#define MEAN80              219590448L /* layer norm means */
+#define RSTD80              219607088L /* layer norm 1/std */
+#define V81                 219623728L /* moe blocks.7.moe */
+#define LOGITS81            222818608L /* router logits */
+#define PROBS81             222951728L /* router probabilities */
+#define LSE81               223084848L /* log-sum-exp of the logits */
+#define TOPP81              223101488L /* top-k probabilities */
+#define GATE81              223118128L /* gates */
+#define PRIO81              223134768L /* routing priority */
+#define PRIOS81             223151408L /* routing priority, sorted */
+#define ENT81               223168048L /* router entropy per token */
+#define AUX81               223184688L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 375312L /* int32 chosen experts */
 #define SLOT81                 391952L /* int32 slot of each choice */
 #define COUNT81                408592L /* int32 tokens per expert */
@@ -209,63 +201,71 @@
 #define TARGET81               483488L /* int32 mapped expert */
 #define BLKC81                 500128L /* int32 choices per block and expert */
 #define BLKB81                 500272L /* int32 first slot per block and expert */
-#define V82                 303056704L /* drop_path */
-#define KEEP82              306251584L /* stochastic depth: kept samples */
-#define V83                 306251840L /* residual_end */
-#define V84                 309446720L /* layernorm norm */
-#define MEAN84              312641600L /* layer norm means */
-#define RSTD84              312658240L /* layer norm 1/std */
-#define V85                 312674880L /* pool */
-#define V86                 312724032L /* logits */
-#define XENT                312726592L /* cross-entropy per sample */
-#define V5               LAY16(312726848L, 312726848L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV6             LAY16(315921728L, 314324288L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT6             LAY16(325506368L, 319116608L) /* attention weights; none in bf16 precision */
-#define Y6               LAY16(328751168L, 319116608L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V10              LAY16(331946048L, 320714048L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV11           LAY16(335140928L, 322311488L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V15              LAY16(347920448L, 328701248L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV16            LAY16(351115328L, 330298688L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT16            LAY16(360699968L, 335091008L) /* attention weights; none in bf16 precision */
-#define Y16              LAY16(363944768L, 335091008L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE21             LAY16(367139648L, 336688448L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(371133248L, 338685248L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V25              LAY16(387107648L, 346672448L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV26            LAY16(390302528L, 348269888L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT26            LAY16(399887168L, 353062208L) /* attention weights; none in bf16 precision */
-#define Y26              LAY16(403131968L, 353062208L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V30              LAY16(406326848L, 354659648L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV31           LAY16(409521728L, 356257088L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V35              LAY16(422301248L, 362646848L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV36            LAY16(425496128L, 364244288L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT36            LAY16(435080768L, 369036608L) /* attention weights; none in bf16 precision */
-#define Y36              LAY16(438325568L, 369036608L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE41             LAY16(441520448L, 370634048L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(445514048L, 372630848L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V45              LAY16(461488448L, 380618048L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV46            LAY16(464683328L, 382215488L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT46            LAY16(474267968L, 387007808L) /* attention weights; none in bf16 precision */
-#define Y46              LAY16(477512768L, 387007808L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V50              LAY16(480707648L, 388605248L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define ACTV51           LAY16(483902528L, 390202688L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V55              LAY16(496682048L, 396592448L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV56            LAY16(499876928L, 398189888L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT56            LAY16(509461568L, 402982208L) /* attention weights; none in bf16 precision */
-#define Y56              LAY16(512706368L, 402982208L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE61             LAY16(515901248L, 404579648L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(519894848L, 406576448L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V65              LAY16(535869248L, 414563648L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define QKV66            LAY16(539064128L, 416161088L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT66            LAY16(548648768L, 420953408L) /* attention weights; none in bf16 precision */
-#define Y66              LAY16(551893568L, 420953408L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V70              LAY16(555088448L, 422550848L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
-#define ACTV71           LAY16(558283328L, 424148288L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V75              LAY16(571062848L, 430538048L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define QKV76            LAY16(574257728L, 432135488L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT76            LAY16(583842368L, 436927808L) /* attention weights; none in bf16 precision */
-#define Y76              LAY16(587087168L, 436927808L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE81             LAY16(590282048L, 438525248L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(594275648L, 440522048L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define V82                 223184704L /* drop_path */
+#define KEEP82              226379584L /* stochastic depth: kept samples */
+#define V83                 226379840L /* residual_end */
+#define V84                 229574720L /* layernorm norm */
+#define MEAN84              232769600L /* layer norm means */
+#define RSTD84              232786240L /* layer norm 1/std */
+#define V85                 232802880L /* pool */
+#define V86                 232852032L /* logits */
+#define XENT                232854592L /* cross-entropy per sample */
+#define V5               LAY16(232854848L, 232854848L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(236049728L, 234452288L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT6             LAY16(245634368L, 239244608L) /* attention weights; none in bf16 precision */
+#define Y6               LAY16(248879168L, 239244608L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V10              LAY16(252074048L, 240842048L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV11           LAY16(255268928L, 242439488L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V15              LAY16(268048448L, 248829248L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(271243328L, 250426688L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT16            LAY16(280827968L, 255219008L) /* attention weights; none in bf16 precision */
+#define Y16              LAY16(284072768L, 255219008L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE21             LAY16(287267648L, 256816448L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(291261248L, 258813248L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE21             LAY16(307235648L, 266800448L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE21             LAY16(323210048L, 274787648L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V25              LAY16(327203648L, 276784448L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(330398528L, 278381888L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT26            LAY16(339983168L, 283174208L) /* attention weights; none in bf16 precision */
+#define Y26              LAY16(343227968L, 283174208L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V30              LAY16(346422848L, 284771648L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV31           LAY16(349617728L, 286369088L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V35              LAY16(362397248L, 292758848L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(365592128L, 294356288L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT36            LAY16(375176768L, 299148608L) /* attention weights; none in bf16 precision */
+#define Y36              LAY16(378421568L, 299148608L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE41             LAY16(381616448L, 300746048L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(385610048L, 302742848L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE41             LAY16(401584448L, 310730048L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE41             LAY16(417558848L, 318717248L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V45              LAY16(421552448L, 320714048L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(424747328L, 322311488L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT46            LAY16(434331968L, 327103808L) /* attention weights; none in bf16 precision */
+#define Y46              LAY16(437576768L, 327103808L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V50              LAY16(440771648L, 328701248L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV51           LAY16(443966528L, 330298688L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V55              LAY16(456746048L, 336688448L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(459940928L, 338285888L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT56            LAY16(469525568L, 343078208L) /* attention weights; none in bf16 precision */
+#define Y56              LAY16(472770368L, 343078208L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE61             LAY16(475965248L, 344675648L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(479958848L, 346672448L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE61             LAY16(495933248L, 354659648L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE61             LAY16(511907648L, 362646848L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V65              LAY16(515901248L, 364643648L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(519096128L, 366241088L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT66            LAY16(528680768L, 371033408L) /* attention weights; none in bf16 precision */
+#define Y66              LAY16(531925568L, 371033408L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V70              LAY16(535120448L, 372630848L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
+#define ACTV71           LAY16(538315328L, 374228288L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V75              LAY16(551094848L, 380618048L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(554289728L, 382215488L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT76            LAY16(563874368L, 387007808L) /* attention weights; none in bf16 precision */
+#define Y76              LAY16(567119168L, 387007808L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE81             LAY16(570314048L, 388605248L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(574307648L, 390602048L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE81             LAY16(590282048L, 398589248L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE81             LAY16(606256448L, 406576448L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -533,7 +533,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     11873866L, /* params */
     610250048L, /* act_floats */
-    448509248L, /* act_floats16: in bf16 precision */
+    408573248L, /* act_floats16: in bf16 precision */
     140577280L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */

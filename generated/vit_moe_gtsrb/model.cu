@@ -42,9 +42,7 @@
 #define PRIO11               17607936L /* routing priority */
 #define PRIOS11              17616256L /* routing priority, sorted */
 #define ENT11                17624576L /* router entropy per token */
-#define AE11                 17632896L /* expert hidden, activated */
-#define YE11                 33610368L /* expert outputs [E, cap, D] */
-#define AUX11                41599104L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX11                17632896L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK11                      0L /* int32 chosen experts */
 #define SLOT11                  24960L /* int32 slot of each choice */
 #define COUNT11                 49920L /* int32 tokens per expert */
@@ -55,31 +53,29 @@
 #define TARGET11               129008L /* int32 mapped expert */
 #define BLKC11                 137328L /* int32 choices per block and expert */
 #define BLKB11                 137504L /* int32 first slot per block and expert */
-#define QUERY11              41599120L /* attention router queries [N, R] */
-#define V12                  42131600L /* drop_path */
-#define KEEP12               44261520L /* stochastic depth: kept samples */
-#define V13                  44261648L /* residual_end */
-#define MEAN15               46391568L /* layer norm means */
-#define RSTD15               46399888L /* layer norm 1/std */
-#define V16                  46408208L /* attention blocks.1.attn */
-#define V17                  48538128L /* drop_path */
-#define KEEP17               50668048L /* stochastic depth: kept samples */
-#define V18                  50668176L /* residual_end */
-#define V20                  52798096L /* layernorm blocks.1.norm2 */
-#define MEAN20               54928016L /* layer norm means */
-#define RSTD20               54936336L /* layer norm 1/std */
-#define V21                  54944656L /* moe blocks.1.moe */
-#define LOGITS21             57074576L /* router logits */
-#define PROBS21              57132816L /* router probabilities */
-#define LSE21                57191056L /* log-sum-exp of the logits */
-#define TOPP21               57199376L /* top-k probabilities */
-#define GATE21               57224336L /* gates */
-#define PRIO21               57249296L /* routing priority */
-#define PRIOS21              57257616L /* routing priority, sorted */
-#define ENT21                57265936L /* router entropy per token */
-#define AE21                 57274256L /* expert hidden, activated */
-#define YE21                 73251728L /* expert outputs [E, cap, D] */
-#define AUX21                81240464L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY11              17632912L /* attention router queries [N, R] */
+#define V12                  18165392L /* drop_path */
+#define KEEP12               20295312L /* stochastic depth: kept samples */
+#define V13                  20295440L /* residual_end */
+#define MEAN15               22425360L /* layer norm means */
+#define RSTD15               22433680L /* layer norm 1/std */
+#define V16                  22442000L /* attention blocks.1.attn */
+#define V17                  24571920L /* drop_path */
+#define KEEP17               26701840L /* stochastic depth: kept samples */
+#define V18                  26701968L /* residual_end */
+#define V20                  28831888L /* layernorm blocks.1.norm2 */
+#define MEAN20               30961808L /* layer norm means */
+#define RSTD20               30970128L /* layer norm 1/std */
+#define V21                  30978448L /* moe blocks.1.moe */
+#define LOGITS21             33108368L /* router logits */
+#define PROBS21              33166608L /* router probabilities */
+#define LSE21                33224848L /* log-sum-exp of the logits */
+#define TOPP21               33233168L /* top-k probabilities */
+#define GATE21               33258128L /* gates */
+#define PRIO21               33283088L /* routing priority */
+#define PRIOS21              33291408L /* routing priority, sorted */
+#define ENT21                33299728L /* router entropy per token */
+#define AUX21                33308048L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                 137680L /* int32 chosen experts */
 #define SLOT21                 162640L /* int32 slot of each choice */
 #define COUNT21                187600L /* int32 tokens per expert */
@@ -90,31 +86,29 @@
 #define TARGET21               266688L /* int32 mapped expert */
 #define BLKC21                 275008L /* int32 choices per block and expert */
 #define BLKB21                 275184L /* int32 first slot per block and expert */
-#define QUERY21              81240480L /* attention router queries [N, R] */
-#define V22                  81772960L /* drop_path */
-#define KEEP22               83902880L /* stochastic depth: kept samples */
-#define V23                  83903008L /* residual_end */
-#define MEAN25               86032928L /* layer norm means */
-#define RSTD25               86041248L /* layer norm 1/std */
-#define V26                  86049568L /* attention blocks.2.attn */
-#define V27                  88179488L /* drop_path */
-#define KEEP27               90309408L /* stochastic depth: kept samples */
-#define V28                  90309536L /* residual_end */
-#define V30                  92439456L /* layernorm blocks.2.norm2 */
-#define MEAN30               94569376L /* layer norm means */
-#define RSTD30               94577696L /* layer norm 1/std */
-#define V31                  94586016L /* moe blocks.2.moe */
-#define LOGITS31             96715936L /* router logits */
-#define PROBS31              96774176L /* router probabilities */
-#define LSE31                96832416L /* log-sum-exp of the logits */
-#define TOPP31               96840736L /* top-k probabilities */
-#define GATE31               96865696L /* gates */
-#define PRIO31               96890656L /* routing priority */
-#define PRIOS31              96898976L /* routing priority, sorted */
-#define ENT31                96907296L /* router entropy per token */
-#define AE31                 96915616L /* expert hidden, activated */
-#define YE31                112893088L /* expert outputs [E, cap, D] */
-#define AUX31               120881824L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY21              33308064L /* attention router queries [N, R] */
+#define V22                  33840544L /* drop_path */
+#define KEEP22               35970464L /* stochastic depth: kept samples */
+#define V23                  35970592L /* residual_end */
+#define MEAN25               38100512L /* layer norm means */
+#define RSTD25               38108832L /* layer norm 1/std */
+#define V26                  38117152L /* attention blocks.2.attn */
+#define V27                  40247072L /* drop_path */
+#define KEEP27               42376992L /* stochastic depth: kept samples */
+#define V28                  42377120L /* residual_end */
+#define V30                  44507040L /* layernorm blocks.2.norm2 */
+#define MEAN30               46636960L /* layer norm means */
+#define RSTD30               46645280L /* layer norm 1/std */
+#define V31                  46653600L /* moe blocks.2.moe */
+#define LOGITS31             48783520L /* router logits */
+#define PROBS31              48841760L /* router probabilities */
+#define LSE31                48900000L /* log-sum-exp of the logits */
+#define TOPP31               48908320L /* top-k probabilities */
+#define GATE31               48933280L /* gates */
+#define PRIO31               48958240L /* routing priority */
+#define PRIOS31              48966560L /* routing priority, sorted */
+#define ENT31                48974880L /* router entropy per token */
+#define AUX31                48983200L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK31                 275360L /* int32 chosen experts */
 #define SLOT31                 300320L /* int32 slot of each choice */
 #define COUNT31                325280L /* int32 tokens per expert */
@@ -125,31 +119,29 @@
 #define TARGET31               404368L /* int32 mapped expert */
 #define BLKC31                 412688L /* int32 choices per block and expert */
 #define BLKB31                 412864L /* int32 first slot per block and expert */
-#define QUERY31             120881840L /* attention router queries [N, R] */
-#define V32                 121414320L /* drop_path */
-#define KEEP32              123544240L /* stochastic depth: kept samples */
-#define V33                 123544368L /* residual_end */
-#define MEAN35              125674288L /* layer norm means */
-#define RSTD35              125682608L /* layer norm 1/std */
-#define V36                 125690928L /* attention blocks.3.attn */
-#define V37                 127820848L /* drop_path */
-#define KEEP37              129950768L /* stochastic depth: kept samples */
-#define V38                 129950896L /* residual_end */
-#define V40                 132080816L /* layernorm blocks.3.norm2 */
-#define MEAN40              134210736L /* layer norm means */
-#define RSTD40              134219056L /* layer norm 1/std */
-#define V41                 134227376L /* moe blocks.3.moe */
-#define LOGITS41            136357296L /* router logits */
-#define PROBS41             136415536L /* router probabilities */
-#define LSE41               136473776L /* log-sum-exp of the logits */
-#define TOPP41              136482096L /* top-k probabilities */
-#define GATE41              136507056L /* gates */
-#define PRIO41              136532016L /* routing priority */
-#define PRIOS41             136540336L /* routing priority, sorted */
-#define ENT41               136548656L /* router entropy per token */
-#define AE41                136556976L /* expert hidden, activated */
-#define YE41                152534448L /* expert outputs [E, cap, D] */
-#define AUX41               160523184L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY31              48983216L /* attention router queries [N, R] */
+#define V32                  49515696L /* drop_path */
+#define KEEP32               51645616L /* stochastic depth: kept samples */
+#define V33                  51645744L /* residual_end */
+#define MEAN35               53775664L /* layer norm means */
+#define RSTD35               53783984L /* layer norm 1/std */
+#define V36                  53792304L /* attention blocks.3.attn */
+#define V37                  55922224L /* drop_path */
+#define KEEP37               58052144L /* stochastic depth: kept samples */
+#define V38                  58052272L /* residual_end */
+#define V40                  60182192L /* layernorm blocks.3.norm2 */
+#define MEAN40               62312112L /* layer norm means */
+#define RSTD40               62320432L /* layer norm 1/std */
+#define V41                  62328752L /* moe blocks.3.moe */
+#define LOGITS41             64458672L /* router logits */
+#define PROBS41              64516912L /* router probabilities */
+#define LSE41                64575152L /* log-sum-exp of the logits */
+#define TOPP41               64583472L /* top-k probabilities */
+#define GATE41               64608432L /* gates */
+#define PRIO41               64633392L /* routing priority */
+#define PRIOS41              64641712L /* routing priority, sorted */
+#define ENT41                64650032L /* router entropy per token */
+#define AUX41                64658352L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 413040L /* int32 chosen experts */
 #define SLOT41                 438000L /* int32 slot of each choice */
 #define COUNT41                462960L /* int32 tokens per expert */
@@ -160,31 +152,29 @@
 #define TARGET41               542048L /* int32 mapped expert */
 #define BLKC41                 550368L /* int32 choices per block and expert */
 #define BLKB41                 550544L /* int32 first slot per block and expert */
-#define QUERY41             160523200L /* attention router queries [N, R] */
-#define V42                 161055680L /* drop_path */
-#define KEEP42              163185600L /* stochastic depth: kept samples */
-#define V43                 163185728L /* residual_end */
-#define MEAN45              165315648L /* layer norm means */
-#define RSTD45              165323968L /* layer norm 1/std */
-#define V46                 165332288L /* attention blocks.4.attn */
-#define V47                 167462208L /* drop_path */
-#define KEEP47              169592128L /* stochastic depth: kept samples */
-#define V48                 169592256L /* residual_end */
-#define V50                 171722176L /* layernorm blocks.4.norm2 */
-#define MEAN50              173852096L /* layer norm means */
-#define RSTD50              173860416L /* layer norm 1/std */
-#define V51                 173868736L /* moe blocks.4.moe */
-#define LOGITS51            175998656L /* router logits */
-#define PROBS51             176056896L /* router probabilities */
-#define LSE51               176115136L /* log-sum-exp of the logits */
-#define TOPP51              176123456L /* top-k probabilities */
-#define GATE51              176148416L /* gates */
-#define PRIO51              176173376L /* routing priority */
-#define PRIOS51             176181696L /* routing priority, sorted */
-#define ENT51               176190016L /* router entropy per token */
-#define AE51                176198336L /* expert hidden, activated */
-#define YE51                192175808L /* expert outputs [E, cap, D] */
-#define AUX51               200164544L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY41              64658368L /* attention router queries [N, R] */
+#define V42                  65190848L /* drop_path */
+#define KEEP42               67320768L /* stochastic depth: kept samples */
+#define V43                  67320896L /* residual_end */
+#define MEAN45               69450816L /* layer norm means */
+#define RSTD45               69459136L /* layer norm 1/std */
+#define V46                  69467456L /* attention blocks.4.attn */
+#define V47                  71597376L /* drop_path */
+#define KEEP47               73727296L /* stochastic depth: kept samples */
+#define V48                  73727424L /* residual_end */
+#define V50                  75857344L /* layernorm blocks.4.norm2 */
+#define MEAN50               77987264L /* layer norm means */
+#define RSTD50               77995584L /* layer norm 1/std */
+#define V51                  78003904L /* moe blocks.4.moe */
+#define LOGITS51             80133824L /* router logits */
+#define PROBS51              80192064L /* router probabilities */
+#define LSE51                80250304L /* log-sum-exp of the logits */
+#define TOPP51               80258624L /* top-k probabilities */
+#define GATE51               80283584L /* gates */
+#define PRIO51               80308544L /* routing priority */
+#define PRIOS51              80316864L /* routing priority, sorted */
+#define ENT51                80325184L /* router entropy per token */
+#define AUX51                80333504L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK51                 550720L /* int32 chosen experts */
 #define SLOT51                 575680L /* int32 slot of each choice */
 #define COUNT51                600640L /* int32 tokens per expert */
@@ -195,31 +185,29 @@
 #define TARGET51               679728L /* int32 mapped expert */
 #define BLKC51                 688048L /* int32 choices per block and expert */
 #define BLKB51                 688224L /* int32 first slot per block and expert */
-#define QUERY51             200164560L /* attention router queries [N, R] */
-#define V52                 200697040L /* drop_path */
-#define KEEP52              202826960L /* stochastic depth: kept samples */
-#define V53                 202827088L /* residual_end */
-#define MEAN55              204957008L /* layer norm means */
-#define RSTD55              204965328L /* layer norm 1/std */
-#define V56                 204973648L /* attention blocks.5.attn */
-#define V57                 207103568L /* drop_path */
-#define KEEP57              209233488L /* stochastic depth: kept samples */
-#define V58                 209233616L /* residual_end */
-#define V60                 211363536L /* layernorm blocks.5.norm2 */
-#define MEAN60              213493456L /* layer norm means */
-#define RSTD60              213501776L /* layer norm 1/std */
-#define V61                 213510096L /* moe blocks.5.moe */
-#define LOGITS61            215640016L /* router logits */
-#define PROBS61             215698256L /* router probabilities */
-#define LSE61               215756496L /* log-sum-exp of the logits */
-#define TOPP61              215764816L /* top-k probabilities */
-#define GATE61              215789776L /* gates */
-#define PRIO61              215814736L /* routing priority */
-#define PRIOS61             215823056L /* routing priority, sorted */
-#define ENT61               215831376L /* router entropy per token */
-#define AE61                215839696L /* expert hidden, activated */
-#define YE61                231817168L /* expert outputs [E, cap, D] */
-#define AUX61               239805904L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY51              80333520L /* attention router queries [N, R] */
+#define V52                  80866000L /* drop_path */
+#define KEEP52               82995920L /* stochastic depth: kept samples */
+#define V53                  82996048L /* residual_end */
+#define MEAN55               85125968L /* layer norm means */
+#define RSTD55               85134288L /* layer norm 1/std */
+#define V56                  85142608L /* attention blocks.5.attn */
+#define V57                  87272528L /* drop_path */
+#define KEEP57               89402448L /* stochastic depth: kept samples */
+#define V58                  89402576L /* residual_end */
+#define V60                  91532496L /* layernorm blocks.5.norm2 */
+#define MEAN60               93662416L /* layer norm means */
+#define RSTD60               93670736L /* layer norm 1/std */
+#define V61                  93679056L /* moe blocks.5.moe */
+#define LOGITS61             95808976L /* router logits */
+#define PROBS61              95867216L /* router probabilities */
+#define LSE61                95925456L /* log-sum-exp of the logits */
+#define TOPP61               95933776L /* top-k probabilities */
+#define GATE61               95958736L /* gates */
+#define PRIO61               95983696L /* routing priority */
+#define PRIOS61              95992016L /* routing priority, sorted */
+#define ENT61                96000336L /* router entropy per token */
+#define AUX61                96008656L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 688400L /* int32 chosen experts */
 #define SLOT61                 713360L /* int32 slot of each choice */
 #define COUNT61                738320L /* int32 tokens per expert */
@@ -230,31 +218,29 @@
 #define TARGET61               817408L /* int32 mapped expert */
 #define BLKC61                 825728L /* int32 choices per block and expert */
 #define BLKB61                 825904L /* int32 first slot per block and expert */
-#define QUERY61             239805920L /* attention router queries [N, R] */
-#define V62                 240338400L /* drop_path */
-#define KEEP62              242468320L /* stochastic depth: kept samples */
-#define V63                 242468448L /* residual_end */
-#define MEAN65              244598368L /* layer norm means */
-#define RSTD65              244606688L /* layer norm 1/std */
-#define V66                 244615008L /* attention blocks.6.attn */
-#define V67                 246744928L /* drop_path */
-#define KEEP67              248874848L /* stochastic depth: kept samples */
-#define V68                 248874976L /* residual_end */
-#define V70                 251004896L /* layernorm blocks.6.norm2 */
-#define MEAN70              253134816L /* layer norm means */
-#define RSTD70              253143136L /* layer norm 1/std */
-#define V71                 253151456L /* moe blocks.6.moe */
-#define LOGITS71            255281376L /* router logits */
-#define PROBS71             255339616L /* router probabilities */
-#define LSE71               255397856L /* log-sum-exp of the logits */
-#define TOPP71              255406176L /* top-k probabilities */
-#define GATE71              255431136L /* gates */
-#define PRIO71              255456096L /* routing priority */
-#define PRIOS71             255464416L /* routing priority, sorted */
-#define ENT71               255472736L /* router entropy per token */
-#define AE71                255481056L /* expert hidden, activated */
-#define YE71                271458528L /* expert outputs [E, cap, D] */
-#define AUX71               279447264L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY61              96008672L /* attention router queries [N, R] */
+#define V62                  96541152L /* drop_path */
+#define KEEP62               98671072L /* stochastic depth: kept samples */
+#define V63                  98671200L /* residual_end */
+#define MEAN65              100801120L /* layer norm means */
+#define RSTD65              100809440L /* layer norm 1/std */
+#define V66                 100817760L /* attention blocks.6.attn */
+#define V67                 102947680L /* drop_path */
+#define KEEP67              105077600L /* stochastic depth: kept samples */
+#define V68                 105077728L /* residual_end */
+#define V70                 107207648L /* layernorm blocks.6.norm2 */
+#define MEAN70              109337568L /* layer norm means */
+#define RSTD70              109345888L /* layer norm 1/std */
+#define V71                 109354208L /* moe blocks.6.moe */
+#define LOGITS71            111484128L /* router logits */
+#define PROBS71             111542368L /* router probabilities */
+#define LSE71               111600608L /* log-sum-exp of the logits */
+#define TOPP71              111608928L /* top-k probabilities */
+#define GATE71              111633888L /* gates */
+#define PRIO71              111658848L /* routing priority */
+#define PRIOS71             111667168L /* routing priority, sorted */
+#define ENT71               111675488L /* router entropy per token */
+#define AUX71               111683808L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK71                 826080L /* int32 chosen experts */
 #define SLOT71                 851040L /* int32 slot of each choice */
 #define COUNT71                876000L /* int32 tokens per expert */
@@ -265,31 +251,29 @@
 #define TARGET71               955088L /* int32 mapped expert */
 #define BLKC71                 963408L /* int32 choices per block and expert */
 #define BLKB71                 963584L /* int32 first slot per block and expert */
-#define QUERY71             279447280L /* attention router queries [N, R] */
-#define V72                 279979760L /* drop_path */
-#define KEEP72              282109680L /* stochastic depth: kept samples */
-#define V73                 282109808L /* residual_end */
-#define MEAN75              284239728L /* layer norm means */
-#define RSTD75              284248048L /* layer norm 1/std */
-#define V76                 284256368L /* attention blocks.7.attn */
-#define V77                 286386288L /* drop_path */
-#define KEEP77              288516208L /* stochastic depth: kept samples */
-#define V78                 288516336L /* residual_end */
-#define V80                 290646256L /* layernorm blocks.7.norm2 */
-#define MEAN80              292776176L /* layer norm means */
-#define RSTD80              292784496L /* layer norm 1/std */
-#define V81                 292792816L /* moe blocks.7.moe */
-#define LOGITS81            294922736L /* router logits */
-#define PROBS81             294980976L /* router probabilities */
-#define LSE81               295039216L /* log-sum-exp of the logits */
-#define TOPP81              295047536L /* top-k probabilities */
-#define GATE81              295072496L /* gates */
-#define PRIO81              295097456L /* routing priority */
-#define PRIOS81             295105776L /* routing priority, sorted */
-#define ENT81               295114096L /* router entropy per token */
-#define AE81                295122416L /* expert hidden, activated */
-#define YE81                311099888L /* expert outputs [E, cap, D] */
-#define AUX81               319088624L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY71             111683824L /* attention router queries [N, R] */
+#define V72                 112216304L /* drop_path */
+#define KEEP72              114346224L /* stochastic depth: kept samples */
+#define V73                 114346352L /* residual_end */
+#define MEAN75              116476272L /* layer norm means */
+#define RSTD75              116484592L /* layer norm 1/std */
+#define V76                 116492912L /* attention blocks.7.attn */
+#define V77                 118622832L /* drop_path */
+#define KEEP77              120752752L /* stochastic depth: kept samples */
+#define V78                 120752880L /* residual_end */
+#define V80                 122882800L /* layernorm blocks.7.norm2 */
+#define MEAN80              125012720L /* layer norm means */
+#define RSTD80              125021040L /* layer norm 1/std */
+#define V81                 125029360L /* moe blocks.7.moe */
+#define LOGITS81            127159280L /* router logits */
+#define PROBS81             127217520L /* router probabilities */
+#define LSE81               127275760L /* log-sum-exp of the logits */
+#define TOPP81              127284080L /* top-k probabilities */
+#define GATE81              127309040L /* gates */
+#define PRIO81              127334000L /* routing priority */
+#define PRIOS81             127342320L /* routing priority, sorted */
+#define ENT81               127350640L /* router entropy per token */
+#define AUX81               127358960L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 963760L /* int32 chosen experts */
 #define SLOT81                 988720L /* int32 slot of each choice */
 #define COUNT81               1013680L /* int32 tokens per expert */
@@ -300,31 +284,29 @@
 #define TARGET81              1092768L /* int32 mapped expert */
 #define BLKC81                1101088L /* int32 choices per block and expert */
 #define BLKB81                1101264L /* int32 first slot per block and expert */
-#define QUERY81             319088640L /* attention router queries [N, R] */
-#define V82                 319621120L /* drop_path */
-#define KEEP82              321751040L /* stochastic depth: kept samples */
-#define V83                 321751168L /* residual_end */
-#define MEAN85              323881088L /* layer norm means */
-#define RSTD85              323889408L /* layer norm 1/std */
-#define V86                 323897728L /* attention blocks.8.attn */
-#define V87                 326027648L /* drop_path */
-#define KEEP87              328157568L /* stochastic depth: kept samples */
-#define V88                 328157696L /* residual_end */
-#define V90                 330287616L /* layernorm blocks.8.norm2 */
-#define MEAN90              332417536L /* layer norm means */
-#define RSTD90              332425856L /* layer norm 1/std */
-#define V91                 332434176L /* moe blocks.8.moe */
-#define LOGITS91            334564096L /* router logits */
-#define PROBS91             334622336L /* router probabilities */
-#define LSE91               334680576L /* log-sum-exp of the logits */
-#define TOPP91              334688896L /* top-k probabilities */
-#define GATE91              334713856L /* gates */
-#define PRIO91              334738816L /* routing priority */
-#define PRIOS91             334747136L /* routing priority, sorted */
-#define ENT91               334755456L /* router entropy per token */
-#define AE91                334763776L /* expert hidden, activated */
-#define YE91                350741248L /* expert outputs [E, cap, D] */
-#define AUX91               358729984L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY81             127358976L /* attention router queries [N, R] */
+#define V82                 127891456L /* drop_path */
+#define KEEP82              130021376L /* stochastic depth: kept samples */
+#define V83                 130021504L /* residual_end */
+#define MEAN85              132151424L /* layer norm means */
+#define RSTD85              132159744L /* layer norm 1/std */
+#define V86                 132168064L /* attention blocks.8.attn */
+#define V87                 134297984L /* drop_path */
+#define KEEP87              136427904L /* stochastic depth: kept samples */
+#define V88                 136428032L /* residual_end */
+#define V90                 138557952L /* layernorm blocks.8.norm2 */
+#define MEAN90              140687872L /* layer norm means */
+#define RSTD90              140696192L /* layer norm 1/std */
+#define V91                 140704512L /* moe blocks.8.moe */
+#define LOGITS91            142834432L /* router logits */
+#define PROBS91             142892672L /* router probabilities */
+#define LSE91               142950912L /* log-sum-exp of the logits */
+#define TOPP91              142959232L /* top-k probabilities */
+#define GATE91              142984192L /* gates */
+#define PRIO91              143009152L /* routing priority */
+#define PRIOS91             143017472L /* routing priority, sorted */
+#define ENT91               143025792L /* router entropy per token */
+#define AUX91               143034112L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK91                1101440L /* int32 chosen experts */
 #define SLOT91                1126400L /* int32 slot of each choice */
 #define COUNT91               1151360L /* int32 tokens per expert */
@@ -335,70 +317,88 @@
 #define TARGET91              1230448L /* int32 mapped expert */
 #define BLKC91                1238768L /* int32 choices per block and expert */
 #define BLKB91                1238944L /* int32 first slot per block and expert */
-#define QUERY91             358730000L /* attention router queries [N, R] */
-#define V92                 359262480L /* drop_path */
-#define KEEP92              361392400L /* stochastic depth: kept samples */
-#define V93                 361392528L /* residual_end */
-#define V94                 363522448L /* layernorm norm */
-#define MEAN94              365652368L /* layer norm means */
-#define RSTD94              365660688L /* layer norm 1/std */
-#define V95                 365669008L /* pool */
-#define V96                 365701776L /* logits */
-#define XENT                365707280L /* cross-entropy per sample */
-#define V5               LAY16(365707408L, 365707408L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV6             LAY16(367837328L, 366772368L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT6             LAY16(374227088L, 369967248L) /* attention weights; none in bf16 precision */
-#define Y6               LAY16(378553488L, 369967248L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE11             LAY16(380683408L, 371032208L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE11             LAY16(388672144L, 375026576L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V15              LAY16(404649616L, 383015312L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV16            LAY16(406779536L, 384080272L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT16            LAY16(413169296L, 387275152L) /* attention weights; none in bf16 precision */
-#define Y16              LAY16(417495696L, 387275152L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE21             LAY16(419625616L, 388340112L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(427614352L, 392334480L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V25              LAY16(443591824L, 400323216L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV26            LAY16(445721744L, 401388176L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT26            LAY16(452111504L, 404583056L) /* attention weights; none in bf16 precision */
-#define Y26              LAY16(456437904L, 404583056L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE31             LAY16(458567824L, 405648016L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE31             LAY16(466556560L, 409642384L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V35              LAY16(482534032L, 417631120L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV36            LAY16(484663952L, 418696080L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT36            LAY16(491053712L, 421890960L) /* attention weights; none in bf16 precision */
-#define Y36              LAY16(495380112L, 421890960L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE41             LAY16(497510032L, 422955920L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(505498768L, 426950288L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V45              LAY16(521476240L, 434939024L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV46            LAY16(523606160L, 436003984L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT46            LAY16(529995920L, 439198864L) /* attention weights; none in bf16 precision */
-#define Y46              LAY16(534322320L, 439198864L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE51             LAY16(536452240L, 440263824L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE51             LAY16(544440976L, 444258192L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V55              LAY16(560418448L, 452246928L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV56            LAY16(562548368L, 453311888L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT56            LAY16(568938128L, 456506768L) /* attention weights; none in bf16 precision */
-#define Y56              LAY16(573264528L, 456506768L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE61             LAY16(575394448L, 457571728L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(583383184L, 461566096L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V65              LAY16(599360656L, 469554832L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define QKV66            LAY16(601490576L, 470619792L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT66            LAY16(607880336L, 473814672L) /* attention weights; none in bf16 precision */
-#define Y66              LAY16(612206736L, 473814672L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE71             LAY16(614336656L, 474879632L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE71             LAY16(622325392L, 478874000L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V75              LAY16(638302864L, 486862736L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define QKV76            LAY16(640432784L, 487927696L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT76            LAY16(646822544L, 491122576L) /* attention weights; none in bf16 precision */
-#define Y76              LAY16(651148944L, 491122576L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE81             LAY16(653278864L, 492187536L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(661267600L, 496181904L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define V85              LAY16(677245072L, 504170640L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
-#define QKV86            LAY16(679374992L, 505235600L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT86            LAY16(685764752L, 508430480L) /* attention weights; none in bf16 precision */
-#define Y86              LAY16(690091152L, 508430480L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE91             LAY16(692221072L, 509495440L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE91             LAY16(700209808L, 513489808L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define QUERY91             143034128L /* attention router queries [N, R] */
+#define V92                 143566608L /* drop_path */
+#define KEEP92              145696528L /* stochastic depth: kept samples */
+#define V93                 145696656L /* residual_end */
+#define V94                 147826576L /* layernorm norm */
+#define MEAN94              149956496L /* layer norm means */
+#define RSTD94              149964816L /* layer norm 1/std */
+#define V95                 149973136L /* pool */
+#define V96                 150005904L /* logits */
+#define XENT                150011408L /* cross-entropy per sample */
+#define V5               LAY16(150011536L, 150011536L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(152141456L, 151076496L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT6             LAY16(158531216L, 154271376L) /* attention weights; none in bf16 precision */
+#define Y6               LAY16(162857616L, 154271376L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE11             LAY16(164987536L, 155336336L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE11             LAY16(172976272L, 159330704L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE11             LAY16(188953744L, 167319440L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE11             LAY16(204931216L, 175308176L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V15              LAY16(212919952L, 179302544L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(215049872L, 180367504L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT16            LAY16(221439632L, 183562384L) /* attention weights; none in bf16 precision */
+#define Y16              LAY16(225766032L, 183562384L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE21             LAY16(227895952L, 184627344L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(235884688L, 188621712L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE21             LAY16(251862160L, 196610448L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE21             LAY16(267839632L, 204599184L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V25              LAY16(275828368L, 208593552L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(277958288L, 209658512L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT26            LAY16(284348048L, 212853392L) /* attention weights; none in bf16 precision */
+#define Y26              LAY16(288674448L, 212853392L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE31             LAY16(290804368L, 213918352L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE31             LAY16(298793104L, 217912720L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE31             LAY16(314770576L, 225901456L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE31             LAY16(330748048L, 233890192L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V35              LAY16(338736784L, 237884560L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(340866704L, 238949520L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT36            LAY16(347256464L, 242144400L) /* attention weights; none in bf16 precision */
+#define Y36              LAY16(351582864L, 242144400L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE41             LAY16(353712784L, 243209360L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(361701520L, 247203728L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE41             LAY16(377678992L, 255192464L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE41             LAY16(393656464L, 263181200L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V45              LAY16(401645200L, 267175568L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(403775120L, 268240528L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT46            LAY16(410164880L, 271435408L) /* attention weights; none in bf16 precision */
+#define Y46              LAY16(414491280L, 271435408L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE51             LAY16(416621200L, 272500368L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE51             LAY16(424609936L, 276494736L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE51             LAY16(440587408L, 284483472L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE51             LAY16(456564880L, 292472208L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V55              LAY16(464553616L, 296466576L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(466683536L, 297531536L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT56            LAY16(473073296L, 300726416L) /* attention weights; none in bf16 precision */
+#define Y56              LAY16(477399696L, 300726416L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE61             LAY16(479529616L, 301791376L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(487518352L, 305785744L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE61             LAY16(503495824L, 313774480L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE61             LAY16(519473296L, 321763216L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V65              LAY16(527462032L, 325757584L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(529591952L, 326822544L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT66            LAY16(535981712L, 330017424L) /* attention weights; none in bf16 precision */
+#define Y66              LAY16(540308112L, 330017424L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE71             LAY16(542438032L, 331082384L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE71             LAY16(550426768L, 335076752L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE71             LAY16(566404240L, 343065488L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE71             LAY16(582381712L, 351054224L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V75              LAY16(590370448L, 355048592L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(592500368L, 356113552L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT76            LAY16(598890128L, 359308432L) /* attention weights; none in bf16 precision */
+#define Y76              LAY16(603216528L, 359308432L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE81             LAY16(605346448L, 360373392L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(613335184L, 364367760L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE81             LAY16(629312656L, 372356496L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE81             LAY16(645290128L, 380345232L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V85              LAY16(653278864L, 384339600L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
+#define QKV86            LAY16(655408784L, 385404560L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT86            LAY16(661798544L, 388599440L) /* attention weights; none in bf16 precision */
+#define Y86              LAY16(666124944L, 388599440L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE91             LAY16(668254864L, 389664400L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE91             LAY16(676243600L, 393658768L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE91             LAY16(692221072L, 401647504L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE91             LAY16(708198544L, 409636240L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -735,7 +735,7 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 const dev_layout DEV_LAYOUT = {
     19133675L, /* params */
     716187280L, /* act_floats */
-    521478544L, /* act_floats16: in bf16 precision */
+    413630608L, /* act_floats16: in bf16 precision */
     117772928L, /* grad_floats */
     1239120L, /* int_slots */
     138L, /* dacc: doubles */

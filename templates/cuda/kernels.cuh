@@ -4229,16 +4229,19 @@ static __global__ void moe_gather_kernel(T *__restrict__ xe, const float *__rest
 
 /* out[n] = sum over kept choices of gate * (ye[row] + b2[expert]) (a
  * token's own rows, in choice order: no atomics); b2 NULL: ye has the
- * bias already (expert parallelism, where b2 lives on the expert's GPU) */
-template <int K, int V>
-static __global__ void moe_combine_kernel(float *__restrict__ out, const float *__restrict__ ye,
+ * bias already (expert parallelism, where b2 lives on the expert's GPU).
+ * YT: float, or bf16 (the rows as the second product wrote them in bf16
+ * precision on one GPU: moe_x16) */
+template <int K, int V, typename YT>
+static __global__ void moe_combine_kernel(float *__restrict__ out, const YT *__restrict__ ye,
                                           const float *__restrict__ b2, const int *__restrict__ topk,
                                           const int *__restrict__ slot, const float *__restrict__ gate,
                                           const float *__restrict__ res, int N, int cap, int D)
 {
     const int lane = threadIdx.x % 32;
     for (int64_t n = row_warp(); n < N; n += row_warps()) {
-        const float *src[K], *bias[K];
+        const YT *src[K];
+        const float *bias[K];
         float g[K];
 #pragma unroll
         for (int k = 0; k < K; k++) {
@@ -4301,24 +4304,29 @@ static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
 
 /* bf16 precision keeps the experts' activations a [EL, rows, H] in bf16,
  * in the first half of a's own memory (their only uses are as product
- * operands: the second layer's input and its weight gradient), and the
- * backward's gradient dh in bf16 in the second half (for the products
- * that take it), so that neither is rounded again for each product.
- * moe_a16(k, a, 0, r, H): row r's activations; moe_a16(k, a, EL * rows,
- * r, H): its dh. NULL in the other precisions (a holds fp32). */
+ * operands: the second layer's input and its weight gradient), so that
+ * they are not rounded again for each product; the arena gives a half its
+ * room in that precision. The backward's gradient dh takes the same form
+ * in the second half of dh's own room (the first holds da: moe_h16), for
+ * the products that take it. moe_a16(k, a, 0, r, H): row r's
+ * activations; moe_a16(k, dh, EL * rows, r, H): its dh. NULL in the other
+ * precisions (a holds fp32). */
 static inline __nv_bfloat16 *moe_a16(const kctx *k, float *a, int64_t half_rows, int64_t r, int H)
 {
     return k->cast ? reinterpret_cast<__nv_bfloat16 *>(a) + (half_rows + r) * H : nullptr;
 }
 
-/* The same for the experts' inputs xe [E, cap, D] on one GPU (P = 1): in
- * bf16 precision the gather writes them in bf16 into the first half of
- * xe's memory, as their only uses are product operands (the first
- * layer's input and its weight gradient). With expert parallelism the
- * rows travel as fp32 first, and NULL here: they are rounded per product. */
-template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float *xe)
+/* The same for the experts' rows [E, cap, D] on one GPU (P = 1): in bf16
+ * precision the gather writes their inputs xe in bf16 into the first half
+ * of xe's memory, as their only uses are product operands (the first
+ * layer's input and its weight gradient), and the second product writes
+ * their outputs ye so into ye's, as the combine and its backward alone
+ * read them (PyTorch's autocast keeps them so too). With expert
+ * parallelism the rows travel as fp32, and NULL here: they are rounded
+ * per product. */
+template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float *rows)
 {
-    return P == 1 && k->cast ? reinterpret_cast<__nv_bfloat16 *>(const_cast<float *>(xe)) : nullptr;
+    return P == 1 && k->cast ? reinterpret_cast<__nv_bfloat16 *>(const_cast<float *>(rows)) : nullptr;
 }
 
 /* bf16 precision: the experts' hidden values h [EL, rows, H], and in the
@@ -4336,11 +4344,12 @@ static inline __nv_bfloat16 *moe_h16(const kctx *k, const float *h, int64_t r, i
  * out [expert, rows, *]): h = x w1^T, a = act(h + b1), then h holds
  * act'(h + b1) for the backward (bias_act's grad_h), y = a w2^T (+ b2 when
  * given; else the combine adds it).
- * x16: the rows in bf16 (moe_x16), or NULL. count: the experts' counts of
+ * x16: the rows in bf16 (moe_x16), or NULL; y16: where y goes in bf16
+ * instead of yr (moe_x16; b2 NULL then), or NULL. count: the experts' counts of
  * rows (on one GPU, where an expert's rows past its count are zeros: the
  * activations skip them, bias_act's live), or NULL. */
 template <int D, int H, int ACT>
-static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a, const float *xr,
+static inline void moe_ffn_forward(const kctx *k, float *yr, __nv_bfloat16 *y16, float *h, float *a, const float *xr,
                                    const __nv_bfloat16 *x16, const float *w1, const float *b1, const float *w2,
                                    const float *b2, const int *count, int rows, int e, int n)
 {
@@ -4357,9 +4366,23 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
         mm_nt(k, h, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
         bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true, live);
     }
+    if (y16) {
+        mm_nt(k, y16 + r * D, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H,
+              (int64_t)rows * D);
+        return;
+    }
     mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
     if (b2)
         bias_add(k, yr, b2 + (int64_t)e * D, rows, D, n);
+}
+
+/* moe_combine_kernel's launch: ye in fp32 or bf16 (YT) */
+template <int K, typename YT>
+static inline void moe_combine(const kctx *k, float *out, const YT *ye, const float *b2, const moe_route_buf *r,
+                               const float *res, int N, int cap, int D)
+{
+    launch_rows(k, vec4_ok(D, out, b2, res) && vec4_ok_as(D, ye), N, moe_combine_kernel<K, 4, YT>,
+                moe_combine_kernel<K, 1, YT>, out, ye, b2, r->topk, r->slot, r->gate, res, N, cap, D);
 }
 
 /* The experts' FFN and the combine: h = xe w1^T + b1, a = act(h),
@@ -4368,8 +4391,8 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, float *h, float *a,
  * parallelism (P > 1): xe is dispatched to xr, this GPU's E/P experts (w1
  * ... b2: theirs alone) run on xr's P * cap rows per expert into yr, which
  * comes back to ye; with P = 1, xr = xe and yr = ye (in bf16 precision xe
- * then holds the rows in bf16: moe_x16), and ye is kept without b2, which
- * the combine adds (and its backward). h is left holding act'(h + b1)
+ * and ye then hold the rows in bf16: moe_x16), and ye is kept without b2,
+ * which the combine adds (and its backward). h is left holding act'(h + b1)
  * (bias_act's grad_h). With k->overlap, the rows travel expert by expert:
  * an expert's products start when its rows have come and its results
  * leave while the next one's products run. */
@@ -4383,7 +4406,7 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
     constexpr int EL = E / P;
     const int rows = P * cap; /* per expert of this GPU */
     const int64_t chunk = (int64_t)cap * D;
-    __nv_bfloat16 *x16 = moe_x16<P>(k, xe);
+    __nv_bfloat16 *x16 = moe_x16<P>(k, xe), *y16 = moe_x16<P>(k, ye);
     const int64_t erows = (int64_t)E * cap;
     if (x16)
         launch_rows(k, vec4_ok(D, x) && bf16_ok(x16), erows, moe_gather_kernel<__nv_bfloat16, 4>,
@@ -4397,27 +4420,29 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
             in[e] = moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH, e);
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
-            moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, nullptr, w1, b1, w2, b2, nullptr, rows, e, 1); /* P > 1 */
+            moe_ffn_forward<D, H, ACT>(k, yr, nullptr, h, a, xr, nullptr, w1, b1, w2, b2, nullptr, rows, e, 1); /* P > 1 */
             done = moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE, e);
         }
         moe_exchange_wait(k, done); /* the exchange stream runs in order */
     } else {
         moe_exchange<P>(k, xr, xe, chunk, EL, EXCHANGE_DISPATCH);
-        moe_ffn_forward<D, H, ACT>(k, yr, h, a, xr, x16, w1, b1, w2, P > 1 ? b2 : nullptr,
+        moe_ffn_forward<D, H, ACT>(k, yr, y16, h, a, xr, x16, w1, b1, w2, P > 1 ? b2 : nullptr,
                                    P > 1 ? nullptr : r->count, rows, 0, EL);
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
-    launch_rows(k, vec4_ok(D, out, ye, b2) && vec4_ok(D, res), N, moe_combine_kernel<K, 4>, moe_combine_kernel<K, 1>,
-                out, ye, P > 1 ? nullptr : b2, r->topk, r->slot, r->gate, res, N, cap, D);
+    if (y16)
+        moe_combine<K>(k, out, (const __nv_bfloat16 *)y16, b2, r, res, N, cap, D);
+    else
+        moe_combine<K>(k, out, (const float *)ye, P > 1 ? nullptr : b2, r, res, N, cap, D);
 }
 
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
  * count; O: float, or bf16 where only products and the bias's sum read it),
  * and the kept choice's dgate = dout[token] . (ye[row] + b2[e]) (b2 NULL:
- * ye has it, as moe_combine_kernel). */
-template <typename O, int V>
+ * ye has it, as moe_combine_kernel; YT: as there). */
+template <typename O, int V, typename YT>
 static __global__ void moe_combine_bwd_kernel(O *__restrict__ dye, float *__restrict__ dgate,
-                                              const float *__restrict__ dout, const float *__restrict__ ye,
+                                              const float *__restrict__ dout, const YT *__restrict__ ye,
                                               const float *__restrict__ b2, const int *__restrict__ row_token,
                                               const int *__restrict__ row_k, const int *__restrict__ count,
                                               const float *__restrict__ gate, int E, int cap, int D, int K)
@@ -4435,7 +4460,8 @@ static __global__ void moe_combine_bwd_kernel(O *__restrict__ dye, float *__rest
         }
         const int n = row_token[row], kk = row_k[row];
         const float g = gate[(int64_t)n * K + kk];
-        const float *go = dout + (int64_t)n * D, *y = ye + row * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
+        const float *go = dout + (int64_t)n * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
+        const YT *y = ye + row * D;
         float dot = 0.0f;
         for (int d = lane * V; d < D; d += 32 * V) {
             float o[V], yv[V], b[V] = {}, t[V];
@@ -4456,14 +4482,14 @@ static __global__ void moe_combine_bwd_kernel(O *__restrict__ dye, float *__rest
     }
 }
 
-/* its launch: dye in fp32 or bf16 (O) */
-template <typename O>
-static inline void moe_combine_bwd(const kctx *k, O *dye, float *dgate, const float *dout, const float *ye,
+/* its launch: dye and ye in fp32 or bf16 (O, YT) */
+template <typename O, typename YT>
+static inline void moe_combine_bwd(const kctx *k, O *dye, float *dgate, const float *dout, const YT *ye,
                                    const float *b2, const moe_route_buf *r, int E, int cap, int D, int K)
 {
-    const bool v4 = vec4_ok(D, dout, ye, b2) && vec4_ok_as(D, dye);
-    launch_rows(k, v4, (int64_t)E * cap, moe_combine_bwd_kernel<O, 4>, moe_combine_bwd_kernel<O, 1>, dye, dgate,
-                dout, ye, b2, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
+    const bool v4 = vec4_ok(D, dout, b2) && vec4_ok_as(D, ye) && vec4_ok_as(D, dye);
+    launch_rows(k, v4, (int64_t)E * cap, moe_combine_bwd_kernel<O, 4, YT>, moe_combine_bwd_kernel<O, 1, YT>, dye,
+                dgate, dout, ye, b2, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
 }
 
 /* dx[n] (+)= sum over the token's kept choices of dxe[row]; dgate of the
@@ -4521,15 +4547,16 @@ static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const
  * w1), which the combine waits for, then the parameters' (dw2 += dy^T a,
  * db2 += colsum(dy), dw1 += dh^T x), which it need not. Both take dy of experts [e, e + n): in
  * bf16 precision dy16 has it rounded already (cast_keep), and k's scratch
- * starts after it; dh is then written in bf16 alone (moe_a16), as only
- * products take it. count: as moe_ffn_forward's. */
+ * starts after it; dh is then written in bf16 alone (moe_a16, in the
+ * second half of dh's room), as only products take it. count: as
+ * moe_ffn_forward's. */
 template <int D, int H>
 static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, float *db1, const float *dyr,
-                                         const __nv_bfloat16 *dy16, const float *h, float *a, const float *w1,
+                                         const __nv_bfloat16 *dy16, const float *h, const float *w1,
                                          const float *w2, const int *count, int rows, int el, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
-    __nv_bfloat16 *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H), *da16 = moe_h16(k, dh, r, H);
+    __nv_bfloat16 *dh16 = moe_a16(k, dh, (int64_t)el * rows, r, H), *da16 = moe_h16(k, dh, r, H);
     const __nv_bfloat16 *h16 = moe_h16(k, h, r, H);
     const int *live = count ? count + e : nullptr;
     dxr += r * D, dh += r * H, h += r * H;
@@ -4553,7 +4580,8 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2
                                            const __nv_bfloat16 *x16, float *a, int rows, int el, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
-    const __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *dh16 = moe_a16(k, a, (int64_t)el * rows, r, H);
+    const __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H);
+    const __nv_bfloat16 *dh16 = moe_a16(k, const_cast<float *>(dh), (int64_t)el * rows, r, H);
     dyr = dyr ? dyr + r * D : nullptr;
     dh += r * H, xr += r * D, a += r * H;
     dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
@@ -4572,9 +4600,9 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2
  * dye, dxe: [E, cap, *] scratch; with expert parallelism dyr, dh, dxr:
  * [E/P, P, cap, *] (else dyr = dye, dxr = dxe); xr, h, a: the forward's
  * rows of this GPU's experts, as moe_experts_forward left them (h: the
- * activation's derivative, bias_act's grad_h; in bf16
- * precision a's second half takes dh in bf16: moe_a16). k->overlap: as in
- * the forward. */
+ * activation's derivative, bias_act's grad_h). In bf16 precision dh's
+ * room holds da in its first half and dh in its second, both in bf16
+ * (moe_h16, moe_a16). k->overlap: as in the forward. */
 template <int D, int H, int E, int K, int P>
 static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
                                         float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
@@ -4591,8 +4619,9 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
      * alone, so the combine writes it in bf16 into the first half of its
      * room (the fp32 values are never made) */
     const bool dy_half = P == 1 && k->cast;
-    if (dy_half)
-        moe_combine_bwd(k, bf16_half(k, dye), dgate, dout, ye, b2, r, E, cap, D, K);
+    if (dy_half) /* ye too is in bf16 (moe_x16) */
+        moe_combine_bwd(k, bf16_half(k, dye), dgate, dout, (const __nv_bfloat16 *)moe_x16<P>(k, ye), b2, r, E, cap,
+                        D, K);
     else
         moe_combine_bwd(k, dye, dgate, dout, ye, P > 1 ? nullptr : b2, r, E, cap, D, K);
     if (P > 1 && k->overlap) {
@@ -4602,7 +4631,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
             const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr + (int64_t)e * rows * D, (int64_t)rows * D);
-            moe_ffn_backward_rows<D, H>(&kr, dxr, dh, db1, dyr, dy16, h, a, w1, w2, nullptr, rows, EL, e, 1);
+            moe_ffn_backward_rows<D, H>(&kr, dxr, dh, db1, dyr, dy16, h, w1, w2, nullptr, rows, EL, e, 1);
             done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
             moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, e, 1);
         }
@@ -4611,8 +4640,8 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
         const __nv_bfloat16 *dy16 = dy_half ? bf16_half(k, dye) : cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
         const float *dyf = dy_half ? nullptr : dyr; /* NULL: dy in bf16 alone */
-        moe_ffn_backward_rows<D, H>(&kr, dxr, dh, db1, dyf, dy16, h, a, w1, w2, P > 1 ? nullptr : r->count, rows,
-                                    EL, 0, EL);
+        moe_ffn_backward_rows<D, H>(&kr, dxr, dh, db1, dyf, dy16, h, w1, w2, P > 1 ? nullptr : r->count, rows, EL,
+                                    0, EL);
         moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
