@@ -1043,17 +1043,37 @@ static inline uint32_t ptr_alignment(const void *p)
  * among its preferences: a bias not 16-byte aligned is not taken). Returns
  * false where cuBLASLt is not set up, the bias is not 16-byte aligned, or
  * it offers no algorithm (the operands may have been rounded into the
- * scratch by then); the caller then takes cuBLAS and the pass. */
+ * scratch by then); the caller then takes cuBLAS and the pass. With a
+ * bf16 output (out16), where cuBLASLt offers nothing for an fp32 bias, the
+ * weights' bf16 copy of the bias is tried: the bias rounded to bf16, as
+ * PyTorch's autocast rounds it. */
+static inline bool lt_linear_bias_as(const kctx *k, void *d, cudaDataType_t dtype, const __nv_bfloat16 *x16,
+                                     const __nv_bfloat16 *w16, const void *b, cudaDataType_t bias_type, int M, int K,
+                                     int N, const float *res);
+
 static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
                                   int N, const float *res = nullptr, __nv_bfloat16 *out16 = nullptr)
 {
     if (!k->lt || !k->cast || ((uintptr_t)b & 15) != 0 || (out16 && res))
         return false;
-    void *d = out16 ? (void *)out16 : (void *)out;
-    const cudaDataType_t dtype = out16 ? CUDA_R_16BF : CUDA_R_32F;
     int64_t used = 0;
     const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w), (int64_t)N * K, &used);
     const __nv_bfloat16 *x16 = bf16_operand(k, inp, (int64_t)M * K, &used);
+    if (!out16)
+        return lt_linear_bias_as(k, out, CUDA_R_32F, x16, w16, b, CUDA_R_32F, M, K, N, res);
+    if (lt_linear_bias_as(k, out16, CUDA_R_16BF, x16, w16, b, CUDA_R_32F, M, K, N, nullptr))
+        return true;
+    const __nv_bfloat16 *b16 = bf16_operand(k, mm_in(b), N, &used);
+    return ((uintptr_t)b16 & 15) == 0 &&
+           lt_linear_bias_as(k, out16, CUDA_R_16BF, x16, w16, b16, CUDA_R_16BF, M, K, N, nullptr);
+}
+
+/* lt_linear_bias's product of the bf16 operands into d (dtype), with the
+ * bias b of bias_type */
+static inline bool lt_linear_bias_as(const kctx *k, void *d, cudaDataType_t dtype, const __nv_bfloat16 *x16,
+                                     const __nv_bfloat16 *w16, const void *b, cudaDataType_t bias_type, int M, int K,
+                                     int N, const float *res)
+{
     const uint32_t align_a = ptr_alignment(w16), align_b = ptr_alignment(x16),
                    align_c = ptr_alignment(res ? (const void *)res : d), align_d = ptr_alignment(d);
     cublasLtMatmulDesc_t op = nullptr;
@@ -1063,7 +1083,6 @@ static inline bool lt_linear_bias(const kctx *k, float *out, mm_in inp, const fl
     int found = 0;
     const cublasOperation_t tw = CUBLAS_OP_T, tx = CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    const cudaDataType_t bias_type = CUDA_R_32F;
     /* column-major: out^T [N, M] = w (K x N stored, transposed) times inp^T (K x M) */
     bool ok = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &tw, sizeof tw) == CUBLAS_STATUS_SUCCESS &&
@@ -1112,8 +1131,9 @@ static inline void add_forward(const kctx *k, float *out, const float *a, const 
  * skip, when the product makes the block's output; cuBLASLt takes it as
  * its C, else a pass adds it). out16 (bf16 precision; not with res): the
  * output in bf16 alone there instead (attn_qkv16), the fp32 sum and bias
- * rounded once by cuBLASLt's epilogue (else the product's bf16 output
- * plus the bias, rounded again) */
+ * rounded once by cuBLASLt's epilogue (the bias itself in bf16 where
+ * cuBLASLt takes no fp32 one; else the product's bf16 output plus the
+ * bias, rounded again) */
 static inline void linear_forward(const kctx *k, float *out, mm_in inp, const float *w, const float *b, int M, int K,
                                   int N, const float *res = nullptr, __nv_bfloat16 *out16 = nullptr)
 {
@@ -1175,17 +1195,7 @@ static inline void linear_backward(const kctx *k, float *dinp, float *dw, float 
 enum { ACT_GELU = 0, ACT_RELU = 1, ACT_SILU = 2 };
 #endif
 
-template <int ACT> __device__ static inline float act_f(float x)
-{
-    if (ACT == ACT_RELU)
-        return x > 0.0f ? x : 0.0f;
-    if (ACT == ACT_SILU)
-        return x / (1.0f + expf(-x));
-    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-}
-
-/* act(x), the same bits as act_f, and act'(x) into *grad, with the erf
- * or exp shared */
+/* act(x), and act'(x) into *grad, with the erf or exp shared */
 template <int ACT> __device__ static inline float act_f_grad(float x, float *grad)
 {
     if (ACT == ACT_RELU) {
@@ -1202,6 +1212,14 @@ template <int ACT> __device__ static inline float act_f_grad(float x, float *gra
     const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
     *grad = cdf + x * pdf;
     return 0.5f * x * (1.0f + e);
+}
+
+/* act(x) alone: act_f_grad's formula, so the same bits (the compiler
+ * drops the derivative's work, whose result is not used) */
+template <int ACT> __device__ static inline float act_f(float x)
+{
+    float unused;
+    return act_f_grad<ACT>(x, &unused);
 }
 
 /* dh[g][m, n] = da[g][m, n] * gh[g][m, n] (in bf16 into dh16 instead when
@@ -2655,8 +2673,8 @@ __device__ static inline void attn_frag_probs(float (&s)[attn_tp<T>() / 8][4], c
 }
 
 template <int T, int HD, int NH, typename O, typename Q>
-static __global__ void __launch_bounds__(2 * attn_tp<T>()) attention_fwd_frag_kernel(O *out, float *att,
-                                                                                          const Q *qkv)
+static __global__ void __launch_bounds__(2 * attn_tp<T>())
+    attention_fwd_frag_kernel(O *out, float *att, const Q *qkv)
 {
     constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
                   NT = TP / 8, NO = HD / 8;
