@@ -4339,7 +4339,8 @@ static inline __nv_bfloat16 *moe_a16(const kctx *k, float *a, int64_t half_rows,
  * of xe's memory, as their only uses are product operands (the first
  * layer's input and its weight gradient), and the second product writes
  * their outputs ye so into ye's, as the combine and its backward alone
- * read them (PyTorch's autocast keeps them so too). With expert
+ * read them (PyTorch's autocast keeps them so too); in the backward, the
+ * rows' dx so into dxe's, which the scatter alone reads. With expert
  * parallelism the rows travel as fp32, and NULL here: they are rounded
  * per product. */
 template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float *rows)
@@ -4511,15 +4512,17 @@ static inline void moe_combine_bwd(const kctx *k, O *dye, float *dgate, const fl
 }
 
 /* dx[n] (+)= sum over the token's kept choices of dxe[row]; dgate of the
- * dropped choices = 0 */
-template <int K, int V>
+ * dropped choices = 0. XT: float, or bf16 (the rows as the experts'
+ * first product's backward wrote them in bf16 precision on one GPU:
+ * moe_x16) */
+template <int K, int V, typename XT>
 static __global__ void moe_scatter_bwd_kernel(float *__restrict__ dx, float *__restrict__ dgate,
-                                              const float *__restrict__ dxe, const int *__restrict__ topk,
+                                              const XT *__restrict__ dxe, const int *__restrict__ topk,
                                               const int *__restrict__ slot, int N, int cap, int D, int acc)
 {
     const int lane = threadIdx.x % 32;
     for (int64_t n = row_warp(); n < N; n += row_warps()) {
-        const float *src[K];
+        const XT *src[K];
 #pragma unroll
         for (int k = 0; k < K; k++) {
             const int sl = slot[n * K + k];
@@ -4550,13 +4553,14 @@ static __global__ void moe_scatter_bwd_kernel(float *__restrict__ dx, float *__r
     }
 }
 
-/* dx[n] (+)= the token's kept rows of dxe, a warp a token */
-template <int K>
-static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const float *dxe, const moe_route_buf *r,
+/* dx[n] (+)= the token's kept rows of dxe (fp32 or bf16: XT), a warp a
+ * token */
+template <int K, typename XT>
+static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const XT *dxe, const moe_route_buf *r,
                                    int N, int cap, int D, int acc)
 {
-    launch_rows(k, vec4_ok(D, dx, dxe), N, moe_scatter_bwd_kernel<K, 4>, moe_scatter_bwd_kernel<K, 1>, dx, dgate,
-                dxe, r->topk, r->slot, N, cap, D, acc);
+    launch_rows(k, vec4_ok(D, dx) && vec4_ok_as(D, dxe), N, moe_scatter_bwd_kernel<K, 4, XT>,
+                moe_scatter_bwd_kernel<K, 1, XT>, dx, dgate, dxe, r->topk, r->slot, N, cap, D, acc);
 }
 
 /* The FFN's backward for this GPU's experts [e, e + n), in two halves:
@@ -4566,10 +4570,12 @@ static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const
  * db2 += colsum(dy), dw1 += dh^T x), which it need not. Both take dy of experts [e, e + n): in
  * bf16 precision dy16 has it rounded already (cast_keep), and k's scratch
  * starts after it; dh is then written in bf16 alone (moe_a16, in the
- * second half of dh's room), as only products take it. count: as
+ * second half of dh's room), as only products take it. dx16: where dx
+ * goes in bf16 instead of dxr (moe_x16), or NULL. count: as
  * moe_ffn_forward's. */
 template <int D, int H>
-static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, float *db1, const float *dyr,
+static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, __nv_bfloat16 *dx16, float *dh, float *db1,
+                                         const float *dyr,
                                          const __nv_bfloat16 *dy16, const float *h, const float *w1,
                                          const float *w2, const int *count, int rows, int el, int e, int n)
 {
@@ -4589,7 +4595,12 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, float *dh, f
               (int64_t)rows * H);
         act_bias_backward(k, dh, dh16, db1, dh, h, rows, H, n, live);
     }
-    mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
+    if (dx16)
+        mm_nn(k, dx16 + r * D, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D,
+              (int64_t)rows * D);
+    else
+        mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D,
+              (int64_t)rows * D);
 }
 
 template <int D, int H>
@@ -4620,7 +4631,8 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2
  * rows of this GPU's experts, as moe_experts_forward left them (h: the
  * activation's derivative, bias_act's grad_h). In bf16 precision dh's
  * room holds da in its first half and dh in its second, both in bf16
- * (moe_h16, moe_a16). k->overlap: as in the forward. */
+ * (moe_h16, moe_a16), and on one GPU dxe the rows' dx in bf16 (moe_x16:
+ * the scatter alone reads them). k->overlap: as in the forward. */
 template <int D, int H, int E, int K, int P>
 static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
                                         float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
@@ -4630,6 +4642,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
 {
     constexpr int EL = E / P;
     const __nv_bfloat16 *x16 = moe_x16<P>(k, xr);
+    __nv_bfloat16 *dx16 = moe_x16<P>(k, dxe); /* the rows' dx in bf16 on one GPU, which the scatter sums */
     const int rows = P * cap;
     const int64_t chunk = (int64_t)cap * D;
     kctx kr = *k; /* k with the scratch after the rounded dy (cast_keep) */
@@ -4649,7 +4662,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
             const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr + (int64_t)e * rows * D, (int64_t)rows * D);
-            moe_ffn_backward_rows<D, H>(&kr, dxr, dh, db1, dyr, dy16, h, w1, w2, nullptr, rows, EL, e, 1);
+            moe_ffn_backward_rows<D, H>(&kr, dxr, nullptr, dh, db1, dyr, dy16, h, w1, w2, nullptr, rows, EL, e, 1);
             done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
             moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, e, 1);
         }
@@ -4658,12 +4671,15 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
         const __nv_bfloat16 *dy16 = dy_half ? bf16_half(k, dye) : cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
         const float *dyf = dy_half ? nullptr : dyr; /* NULL: dy in bf16 alone */
-        moe_ffn_backward_rows<D, H>(&kr, dxr, dh, db1, dyf, dy16, h, w1, w2, P > 1 ? nullptr : r->count, rows, EL,
-                                    0, EL);
+        moe_ffn_backward_rows<D, H>(&kr, dxr, dx16, dh, db1, dyf, dy16, h, w1, w2, P > 1 ? nullptr : r->count, rows,
+                                    EL, 0, EL);
         moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
-    moe_scatter_bwd<K>(k, dx, dgate, dxe, r, N, cap, D, acc);
+    if (dx16)
+        moe_scatter_bwd<K>(k, dx, dgate, (const __nv_bfloat16 *)dx16, r, N, cap, D, acc);
+    else
+        moe_scatter_bwd<K>(k, dx, dgate, (const float *)dxe, r, N, cap, D, acc);
 }
 
 #define AUX_BLOCKS 64
