@@ -3433,7 +3433,7 @@ template <int T, int HD> constexpr bool attn_qkv16_ok()
 template <int T, int HD> static inline __nv_bfloat16 *attn_qkv16(const kctx *k, float *qkv)
 {
     if constexpr (attn_qkv16_ok<T, HD>())
-        return k->cast ? reinterpret_cast<__nv_bfloat16 *>(qkv) : nullptr;
+        return bf16_half(k, qkv);
     else
         return nullptr;
 }
@@ -4345,7 +4345,7 @@ static inline __nv_bfloat16 *moe_a16(const kctx *k, float *a, int64_t half_rows,
  * per product. */
 template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float *rows)
 {
-    return P == 1 && k->cast ? reinterpret_cast<__nv_bfloat16 *>(const_cast<float *>(rows)) : nullptr;
+    return P == 1 ? bf16_half(k, const_cast<float *>(rows)) : nullptr;
 }
 
 /* bf16 precision: the experts' hidden values h [EL, rows, H], and in the
@@ -4450,9 +4450,9 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
     if (y16)
-        moe_combine<K>(k, out, (const __nv_bfloat16 *)y16, b2, r, res, N, cap, D);
+        moe_combine<K>(k, out, y16, b2, r, res, N, cap, D);
     else
-        moe_combine<K>(k, out, (const float *)ye, P > 1 ? nullptr : b2, r, res, N, cap, D);
+        moe_combine<K>(k, out, ye, P > 1 ? nullptr : b2, r, res, N, cap, D);
 }
 
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
@@ -4651,8 +4651,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
      * room (the fp32 values are never made) */
     const bool dy_half = P == 1 && k->cast;
     if (dy_half) /* ye too is in bf16 (moe_x16) */
-        moe_combine_bwd(k, bf16_half(k, dye), dgate, dout, (const __nv_bfloat16 *)moe_x16<P>(k, ye), b2, r, E, cap,
-                        D, K);
+        moe_combine_bwd(k, bf16_half(k, dye), dgate, dout, moe_x16<P>(k, ye), b2, r, E, cap, D, K);
     else
         moe_combine_bwd(k, dye, dgate, dout, ye, P > 1 ? nullptr : b2, r, E, cap, D, K);
     if (P > 1 && k->overlap) {
@@ -4677,9 +4676,9 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
     if (dx16)
-        moe_scatter_bwd<K>(k, dx, dgate, (const __nv_bfloat16 *)dx16, r, N, cap, D, acc);
+        moe_scatter_bwd<K>(k, dx, dgate, dx16, r, N, cap, D, acc);
     else
-        moe_scatter_bwd<K>(k, dx, dgate, (const float *)dxe, r, N, cap, D, acc);
+        moe_scatter_bwd<K>(k, dx, dgate, dxe, r, N, cap, D, acc);
 }
 
 #define AUX_BLOCKS 64

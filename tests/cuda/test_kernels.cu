@@ -293,6 +293,15 @@ static fvec widen16(const __nv_bfloat16 *d16, size_t n)
     return f;
 }
 
+/* how many of a poisoned (NaN) output's values a kernel wrote */
+static size_t written_count(const fvec &v)
+{
+    size_t n = 0;
+    for (float x : v)
+        n += !std::isnan(x);
+    return n;
+}
+
 /* a bf16 copy the kernel wrote: each value the fp32 one it wrote, rounded
  * to bf16 exactly (a NaN from the poison never passes) */
 static void check_copy16(const std::string &kernel, const std::string &what, const __nv_bfloat16 *d16, const float *d32,
@@ -342,10 +351,7 @@ static void test_linear()
             linear_forward(&g_k, d_room, d_inp, d_w, bias ? d_b : nullptr, M, K, N, nullptr, d_out16);
             check("linear_forward", fmt("out in bf16 alone (out16), %s [%s]", bias ? "bias" : "no bias", mode()),
                   widen16(d_out16, out.size()), out, tol + 4e-3);
-            const fvec room = down(d_room, out.size());
-            size_t written = 0;
-            for (float v : room)
-                written += !std::isnan(v);
+            const size_t written = written_count(down(d_room, out.size()));
             report(written == 0, "linear_forward", fmt("out16: the fp32 output not written, %s", bias ? "bias" : "no bias"),
                    (double)written, 0.0);
         }
@@ -369,9 +375,7 @@ static void test_linear()
             if (took) {
                 check("linear_forward", fmt("cuBLASLt, bf16 bias into bf16 out [%s]", mode()), got, out, tol + 8e-3);
             } else {
-                size_t written = 0;
-                for (float v : got)
-                    written += !std::isnan(v);
+                const size_t written = written_count(got);
                 report(written == 0, "linear_forward",
                        "cuBLASLt offers no bf16 bias into bf16 out: nothing written", (double)written, 0.0);
             }
@@ -1007,9 +1011,7 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
         attention_forward<T, HD, NH>(&g_k, d_outq, d_attq, d_qkv16, B, false, true);
         check("attention_forward", "out from qkv in bf16 (frag16), the same bits, " + c, down(d_outq, out.size()),
               down(d_out, out.size()), 0.0);
-        size_t written = 0;
-        for (float a : down(d_attq, att.size()))
-            written += !std::isnan(a);
+        const size_t written = written_count(down(d_attq, att.size()));
         report(written == 0, "attention_forward", "frag16: the weights not written, " + c, (double)written, 0.0);
     }
     /* the backward pass from the CPU's weights */
