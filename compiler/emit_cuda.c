@@ -175,9 +175,11 @@ typedef struct cuda_plan {
     int64_t red;             /* floats of reduction scratch */
     int64_t eval_batch;      /* the largest evaluation batch the arenas hold */
     int64_t *ent, *sums, *st; /* per MoE layer: offsets */
-    /* the gradient arena: each value's gradient, then one scratch region
-     * that every op's backward reuses for the gradients of its insides */
+    /* the gradient arena: the values' gradients (plan_grad_rooms), then one
+     * scratch region that every op's backward reuses for the gradients of
+     * its insides */
     int64_t grad, scr, scr_max;
+    int64_t *goff, *gsize;   /* per op: its value's gradient room (-1: none) */
     int64_t xchg;            /* the most floats a MoE layer's exchange buffer holds */
     int *galias;             /* per value: the value whose gradient buffer it shares, or -1 */
     sbuf gdefs;
@@ -197,21 +199,112 @@ typedef struct cuda_plan {
     int64_t act16;
 } cuda_plan;
 
-/* NAME_G: the gradient of buffer NAME: its own place for a value, a place
- * in the op's scratch for an op's inside (dead once the op's backward is
- * done) */
-static void grad_of(cuda_plan *p, const char *name, int64_t floats, bool scratch)
+/* The floats of op i's value's gradient room, as gen_op_cuda asks for it
+ * (op_begin's c.floats; the classifier's logits): 0 for none */
+static int64_t grad_floats_of(const gen *g, int i)
 {
-    const int64_t n = (floats + 15) & ~(int64_t)15;
-    if (scratch) {
-        sb_printf(&p->gdefs, "#define %-16s (GSCRATCH + %lldL)\n", name, (long long)p->scr);
-        p->scr += n;
-        if (p->scr > p->scr_max)
-            p->scr_max = p->scr;
-    } else {
-        sb_printf(&p->gdefs, "#define %-16s %12lldL\n", name, (long long)p->grad);
-        p->grad += n;
+    const mc_op *op = &g->m->ops[i];
+    const mc_shape *so = &op->out;
+    if (op->kind == OP_INPUT || op->kind == OP_RESIDUAL_BEGIN)
+        return 0;
+    if (op->kind == OP_CLASSIFIER)
+        return g->m->train.batch * op->u.cls.classes;
+    return g->m->train.batch * tokens_of(so) * (so->kind == SHAPE_IMAGE ? so->c * so->h * so->w : so->dim);
+}
+
+/* The values' gradient rooms, reused as their lives allow. The backward
+ * runs the ops in reverse; value v's gradient is first written by the
+ * backward of its last reader (the loss, for the logits) and last read by
+ * the backward of v's own op. A room shared by plan_grad_alias lives from
+ * the first write of any of its values to the last read. Two rooms whose
+ * lives meet at an op (one op's dout, the next one's din) never overlap;
+ * first fit in the order of their first writes, 64-byte aligned. As every
+ * first writer overwrites (acc_flag), a reused room needs no zeroing.
+ * p->grad: the floats of the region. */
+static void plan_grad_rooms(const gen *g, cuda_plan *p)
+{
+    const mc_model *m = g->m;
+    const int n = m->nops;
+    int *first = mc_xcalloc((size_t)n, sizeof *first), *last = mc_xcalloc((size_t)n, sizeof *last);
+    int *order = mc_xcalloc((size_t)n, sizeof *order), nroot = 0;
+    p->goff = mc_xcalloc((size_t)n, sizeof *p->goff);
+    p->gsize = mc_xcalloc((size_t)n, sizeof *p->gsize);
+    for (int i = 0; i < n; i++) {
+        p->goff[i] = -1;
+        first[i] = -1;
+        last[i] = n;
     }
+    /* each room's life: [last, first] in op indices (first >= last) */
+    for (int v = 0; v < n; v++) {
+        if (!grad_floats_of(g, v))
+            continue;
+        int r = v;
+        while (p->galias[r] >= 0)
+            r = p->galias[r];
+        const int w = g->last_use[v] >= 0 ? g->last_use[v] : n; /* n: the loss */
+        if (w > first[r])
+            first[r] = w;
+        if (v < last[r])
+            last[r] = v;
+        if (r == v)
+            p->gsize[r] = (grad_floats_of(g, r) + 15) & ~(int64_t)15;
+    }
+    for (int r = 0; r < n; r++)
+        if (p->gsize[r] > 0)
+            order[nroot++] = r;
+    /* by first write, latest first (insertion sort: a few hundred ops) */
+    for (int a = 1; a < nroot; a++)
+        for (int b = a; b > 0 && first[order[b]] > first[order[b - 1]]; b--) {
+            int t = order[b];
+            order[b] = order[b - 1];
+            order[b - 1] = t;
+        }
+    p->grad = 0;
+    for (int a = 0; a < nroot; a++) {
+        const int r = order[a];
+        /* the rooms placed so far that are still live at r's first write,
+         * ordered by offset; r takes the lowest gap that holds it */
+        int64_t off = 0;
+        for (bool moved = true; moved;) {
+            moved = false;
+            for (int b = 0; b < a; b++) {
+                const int q = order[b];
+                if (last[q] <= first[r] && off < p->goff[q] + p->gsize[q] && p->goff[q] < off + p->gsize[r]) {
+                    off = p->goff[q] + p->gsize[q];
+                    moved = true;
+                }
+            }
+        }
+        p->goff[r] = off;
+        if (off + p->gsize[r] > p->grad)
+            p->grad = off + p->gsize[r];
+    }
+    free(first);
+    free(last);
+    free(order);
+}
+
+/* NAME_G: the gradient of an op's inside buffer NAME, a place in the op's
+ * scratch (dead once the op's backward is done) */
+static void grad_scratch(cuda_plan *p, const char *name, int64_t floats)
+{
+    sb_printf(&p->gdefs, "#define %-16s (GSCRATCH + %lldL)\n", name, (long long)p->scr);
+    p->scr += (floats + 15) & ~(int64_t)15;
+    if (p->scr > p->scr_max)
+        p->scr_max = p->scr;
+}
+
+/* V<i>_G: the gradient of op i's value, in the room plan_grad_rooms gave it */
+static void grad_value(cuda_plan *p, int i, int64_t floats)
+{
+    if (p->goff[i] < 0 || floats > p->gsize[i]) {
+        fprintf(stderr, "moecc: internal error: op %d's gradient (%lld floats) has no room planned\n", i,
+                (long long)floats);
+        abort();
+    }
+    char name[32];
+    snprintf(name, sizeof name, "V%d_G", i);
+    sb_printf(&p->gdefs, "#define %-16s %12lldL\n", name, (long long)p->goff[i]);
 }
 
 /* The forward's residual adds folded into the ops that make the branch's
@@ -288,7 +381,7 @@ static void grad_inside(cuda_plan *p, const char *name, int64_t floats)
 {
     char gname[48];
     snprintf(gname, sizeof gname, "%s_G", name);
-    grad_of(p, gname, floats, true);
+    grad_scratch(p, gname, floats);
 }
 
 /* an inside buffer of the op, and its gradient in the scratch */
@@ -509,7 +602,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
     if (c.floats && p->galias[i] >= 0)
         sb_printf(&p->gdefs, "#define %-16s V%d_G /* shared: plan_grad_alias */\n", gname, p->galias[i]);
     else if (c.floats)
-        grad_of(p, gname, c.floats, false);
+        grad_value(p, i, c.floats);
     const int64_t n_tok = (int64_t)T * D; /* values per sample */
 
     switch (op->kind) {
@@ -526,7 +619,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (g->input[i] >= 0) { /* the image a convolution stem made has a gradient */
             char gcols[48];
             snprintf(gcols, sizeof gcols, "%s_G", cols);
-            grad_of(p, gcols, BATCH * TT * CPP, true);
+            grad_scratch(p, gcols, BATCH * TT * CPP);
             sb_printf(&b, "    patch_embed_input_backward(k, %s, G(%s), %s, P(%lldL), B, %d, %d, %d, %d, %d, %d);\n", din,
                       cols, dout, (long long)toff(g, i, 0), si->c, si->h, si->w, P, so->dim, acc);
         }
@@ -1066,7 +1159,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
     case OP_CLASSIFIER: {
         const int C = op->u.cls.classes;
         alloc_act(g, name, BATCH * C, "logits");
-        grad_of(p, gname, BATCH * C, false);
+        grad_value(p, i, BATCH * C);
         need_red(p, (int64_t)p->red_chunks * C);
         if (op->u.cls.heads == HEADS_SHARED) {
             sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B, %d, %d);\n", out, in,
@@ -1168,6 +1261,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     p.galias = mc_xcalloc((size_t)m->nops, sizeof *p.galias);
     plan_grad_alias(g, p.galias);
     plan_fused_adds(g, p.galias);
+    plan_grad_rooms(g, &p);
     /* the layer norms whose output is bf16 alone in bf16 precision: their
      * values are placed by alloc_half (gen_op_cuda) */
     free(g->own_value);
@@ -1320,5 +1414,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     free(p.sums);
     free(p.st);
     free(p.galias);
+    free(p.goff);
+    free(p.gsize);
     free(p.halves);
 }

@@ -128,22 +128,22 @@
  * each op's backward reuses for the gradients of its insides ---- */
 #define V1_G                        0L
 #define V2_G             V6_G /* shared: plan_grad_alias */
-#define V4_G                   262144L
+#define V4_G                        0L
 #define V5_G             V6_G /* shared: plan_grad_alias */
 #define QKV5_G           (GSCRATCH + 0L)
 #define Y5_G             (GSCRATCH + 786432L)
 #define V6_G             V10_G /* shared: plan_grad_alias */
-#define V8_G                   524288L
+#define V8_G                        0L
 #define V9_G             V10_G /* shared: plan_grad_alias */
 #define H9_G             (GSCRATCH + 0L)
 #define ACTV9_G          (GSCRATCH + 524288L)
 #define V10_G            V14_G /* shared: plan_grad_alias */
-#define V12_G                  786432L
+#define V12_G                       0L
 #define V13_G            V14_G /* shared: plan_grad_alias */
 #define QKV13_G          (GSCRATCH + 0L)
 #define Y13_G            (GSCRATCH + 786432L)
 #define V14_G            V18_G /* shared: plan_grad_alias */
-#define V16_G                 1048576L
+#define V16_G                       0L
 #define V17_G            V18_G /* shared: plan_grad_alias */
 #define LOGITS17_G       (GSCRATCH + 0L)
 #define GATE17_G         (GSCRATCH + 6144L)
@@ -151,33 +151,33 @@
 #define HE17_G           (GSCRATCH + 335744L)
 #define YE17_G           (GSCRATCH + 990848L)
 #define V18_G            V22_G /* shared: plan_grad_alias */
-#define V20_G                 1310720L
+#define V20_G                       0L
 #define V21_G            V22_G /* shared: plan_grad_alias */
 #define QKV21_G          (GSCRATCH + 0L)
 #define Y21_G            (GSCRATCH + 786432L)
 #define V22_G            V26_G /* shared: plan_grad_alias */
-#define V24_G                 1572864L
+#define V24_G                       0L
 #define V25_G            V26_G /* shared: plan_grad_alias */
 #define H25_G            (GSCRATCH + 0L)
 #define ACTV25_G         (GSCRATCH + 524288L)
 #define V26_G            V30_G /* shared: plan_grad_alias */
-#define V28_G                 1835008L
+#define V28_G                       0L
 #define V29_G            V30_G /* shared: plan_grad_alias */
 #define QKV29_G          (GSCRATCH + 0L)
 #define Y29_G            (GSCRATCH + 786432L)
 #define V30_G            V34_G /* shared: plan_grad_alias */
-#define V32_G                 2097152L
+#define V32_G                       0L
 #define V33_G            V34_G /* shared: plan_grad_alias */
 #define LOGITS33_G       (GSCRATCH + 0L)
 #define GATE33_G         (GSCRATCH + 6144L)
 #define XE33_G           (GSCRATCH + 8192L)
 #define HE33_G           (GSCRATCH + 335744L)
 #define YE33_G           (GSCRATCH + 990848L)
-#define V34_G                 2359296L
-#define V35_G                 2621440L
-#define V36_G                 2883584L
-#define V37_G                 2899968L
-#define GSCRATCH 2901248L
+#define V34_G                  279808L
+#define V35_G                   17664L
+#define V36_G                    1280L
+#define V37_G                       0L
+#define GSCRATCH 541952L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 6272L, 4, { 128, 1, 7, 7 }, 2, 0.02f, 1, 0 },
@@ -286,7 +286,7 @@ const dev_layout DEV_LAYOUT = {
     806942L, /* params */
     15931296L, /* act_floats */
     10033824L, /* act_floats16: in bf16 precision */
-    4219648L, /* grad_floats */
+    1860352L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */
     30L, /* stats: u64 */

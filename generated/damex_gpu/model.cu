@@ -175,22 +175,22 @@
  * each op's backward reuses for the gradients of its insides ---- */
 #define V1_G                        0L
 #define V2_G             V6_G /* shared: plan_grad_alias */
-#define V4_G                  3145728L
+#define V4_G                        0L
 #define V5_G             V6_G /* shared: plan_grad_alias */
 #define QKV5_G           (GSCRATCH + 0L)
 #define Y5_G             (GSCRATCH + 9437184L)
 #define V6_G             V10_G /* shared: plan_grad_alias */
-#define V8_G                  6291456L
+#define V8_G                        0L
 #define V9_G             V10_G /* shared: plan_grad_alias */
 #define H9_G             (GSCRATCH + 0L)
 #define ACTV9_G          (GSCRATCH + 12582912L)
 #define V10_G            V14_G /* shared: plan_grad_alias */
-#define V12_G                 9437184L
+#define V12_G                       0L
 #define V13_G            V14_G /* shared: plan_grad_alias */
 #define QKV13_G          (GSCRATCH + 0L)
 #define Y13_G            (GSCRATCH + 9437184L)
 #define V14_G            V18_G /* shared: plan_grad_alias */
-#define V16_G                12582912L
+#define V16_G                       0L
 #define V17_G            V18_G /* shared: plan_grad_alias */
 #define LOGITS17_G       (GSCRATCH + 0L)
 #define GATE17_G         (GSCRATCH + 49152L)
@@ -198,22 +198,22 @@
 #define HE17_G           (GSCRATCH + 6357760L)
 #define YE17_G           (GSCRATCH + 31526656L)
 #define V18_G            V22_G /* shared: plan_grad_alias */
-#define V20_G                15728640L
+#define V20_G                       0L
 #define V21_G            V22_G /* shared: plan_grad_alias */
 #define QKV21_G          (GSCRATCH + 0L)
 #define Y21_G            (GSCRATCH + 9437184L)
 #define V22_G            V26_G /* shared: plan_grad_alias */
-#define V24_G                18874368L
+#define V24_G                       0L
 #define V25_G            V26_G /* shared: plan_grad_alias */
 #define H25_G            (GSCRATCH + 0L)
 #define ACTV25_G         (GSCRATCH + 12582912L)
 #define V26_G            V30_G /* shared: plan_grad_alias */
-#define V28_G                22020096L
+#define V28_G                       0L
 #define V29_G            V30_G /* shared: plan_grad_alias */
 #define QKV29_G          (GSCRATCH + 0L)
 #define Y29_G            (GSCRATCH + 9437184L)
 #define V30_G            V34_G /* shared: plan_grad_alias */
-#define V32_G                25165824L
+#define V32_G                       0L
 #define V33_G            V34_G /* shared: plan_grad_alias */
 #define LOGITS33_G       (GSCRATCH + 0L)
 #define GATE33_G         (GSCRATCH + 49152L)
@@ -221,33 +221,33 @@
 #define HE33_G           (GSCRATCH + 6357760L)
 #define YE33_G           (GSCRATCH + 31526656L)
 #define V34_G            V38_G /* shared: plan_grad_alias */
-#define V36_G                28311552L
+#define V36_G                       0L
 #define V37_G            V38_G /* shared: plan_grad_alias */
 #define QKV37_G          (GSCRATCH + 0L)
 #define Y37_G            (GSCRATCH + 9437184L)
 #define V38_G            V42_G /* shared: plan_grad_alias */
-#define V40_G                31457280L
+#define V40_G                       0L
 #define V41_G            V42_G /* shared: plan_grad_alias */
 #define H41_G            (GSCRATCH + 0L)
 #define ACTV41_G         (GSCRATCH + 12582912L)
 #define V42_G            V46_G /* shared: plan_grad_alias */
-#define V44_G                34603008L
+#define V44_G                       0L
 #define V45_G            V46_G /* shared: plan_grad_alias */
 #define QKV45_G          (GSCRATCH + 0L)
 #define Y45_G            (GSCRATCH + 9437184L)
 #define V46_G            V50_G /* shared: plan_grad_alias */
-#define V48_G                37748736L
+#define V48_G                       0L
 #define V49_G            V50_G /* shared: plan_grad_alias */
 #define LOGITS49_G       (GSCRATCH + 0L)
 #define GATE49_G         (GSCRATCH + 49152L)
 #define XE49_G           (GSCRATCH + 65536L)
 #define HE49_G           (GSCRATCH + 6357760L)
 #define YE49_G           (GSCRATCH + 31526656L)
-#define V50_G                40894464L
-#define V51_G                44040192L
-#define V52_G                47185920L
-#define V53_G                47382528L
-#define GSCRATCH 47392768L
+#define V50_G                 3352576L
+#define V51_G                  206848L
+#define V52_G                   10240L
+#define V53_G                       0L
+#define GSCRATCH 6498304L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 9408L, 4, { 192, 1, 7, 7 }, 2, 0.02f, 1, 0 },
@@ -387,7 +387,7 @@ const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
     436160048L, /* act_floats */
     261560624L, /* act_floats16: in bf16 precision */
-    85211648L, /* grad_floats */
+    44317184L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */
     45L, /* stats: u64 */

@@ -387,28 +387,28 @@
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
-#define V1_G                        0L
+#define V1_G                 51573760L
 #define COLS1_1_G        (GSCRATCH + 0L)
 #define CONV1_1_G        (GSCRATCH + 43352064L)
 #define GELU1_1_G        (GSCRATCH + 146112512L)
 #define V2_G             V7_G /* shared: plan_grad_alias */
 #define COLS2_G          (GSCRATCH + 0L)
-#define V4_G                102760448L
-#define V5_G                128450560L
+#define V4_G                 51573760L
+#define V5_G                        0L
 #define QKV5_G           (GSCRATCH + 0L)
 #define QKVW5_G          (GSCRATCH + 77070336L)
 #define YW5_G            (GSCRATCH + 154140672L)
 #define Y5_G             (GSCRATCH + 179830784L)
 #define V6_G             V7_G /* shared: plan_grad_alias */
 #define V7_G             V12_G /* shared: plan_grad_alias */
-#define V9_G                154140672L
-#define V10_G               179830784L
+#define V9_G                 51573760L
+#define V10_G                       0L
 #define H10_G            (GSCRATCH + 0L)
 #define ACTV10_G         (GSCRATCH + 77070336L)
 #define V11_G            V12_G /* shared: plan_grad_alias */
 #define V12_G            V17_G /* shared: plan_grad_alias */
-#define V14_G               205520896L
-#define V15_G               231211008L
+#define V14_G                51573760L
+#define V15_G                       0L
 #define KV15_G           (GSCRATCH + 0L)
 #define QKVW15_G         (GSCRATCH + 51380224L)
 #define YW15_G           (GSCRATCH + 128450560L)
@@ -417,31 +417,31 @@
 #define GQ15_G           (GSCRATCH + 180232192L)
 #define V16_G            V17_G /* shared: plan_grad_alias */
 #define V17_G            V22_G /* shared: plan_grad_alias */
-#define V19_G               256901120L
-#define V20_G               282591232L
+#define V19_G                51573760L
+#define V20_G                       0L
 #define H20_G            (GSCRATCH + 0L)
 #define ACTV20_G         (GSCRATCH + 77070336L)
 #define V21_G            V22_G /* shared: plan_grad_alias */
-#define V22_G               308281344L
+#define V22_G                25883648L
 #define V23_G            V28_G /* shared: plan_grad_alias */
 #define MERGE23_G        (GSCRATCH + 0L)
 #define MNORM23_G        (GSCRATCH + 25690112L)
-#define V25_G               333971456L
-#define V26_G               346816512L
+#define V25_G                25883648L
+#define V26_G                       0L
 #define QKV26_G          (GSCRATCH + 0L)
 #define QKVW26_G         (GSCRATCH + 38535168L)
 #define YW26_G           (GSCRATCH + 77070336L)
 #define Y26_G            (GSCRATCH + 89915392L)
 #define V27_G            V28_G /* shared: plan_grad_alias */
 #define V28_G            V33_G /* shared: plan_grad_alias */
-#define V30_G               359661568L
-#define V31_G               372506624L
+#define V30_G                25883648L
+#define V31_G                       0L
 #define H31_G            (GSCRATCH + 0L)
 #define ACTV31_G         (GSCRATCH + 38535168L)
 #define V32_G            V33_G /* shared: plan_grad_alias */
 #define V33_G            V38_G /* shared: plan_grad_alias */
-#define V35_G               385351680L
-#define V36_G               398196736L
+#define V35_G                25883648L
+#define V36_G                       0L
 #define KV36_G           (GSCRATCH + 0L)
 #define QKVW36_G         (GSCRATCH + 25690112L)
 #define YW36_G           (GSCRATCH + 64225280L)
@@ -450,31 +450,31 @@
 #define GQ36_G           (GSCRATCH + 90718208L)
 #define V37_G            V38_G /* shared: plan_grad_alias */
 #define V38_G            V43_G /* shared: plan_grad_alias */
-#define V40_G               411041792L
-#define V41_G               423886848L
+#define V40_G                25883648L
+#define V41_G                       0L
 #define H41_G            (GSCRATCH + 0L)
 #define ACTV41_G         (GSCRATCH + 38535168L)
 #define V42_G            V43_G /* shared: plan_grad_alias */
-#define V43_G               436731904L
+#define V43_G                13038592L
 #define V44_G            V49_G /* shared: plan_grad_alias */
 #define MERGE44_G        (GSCRATCH + 0L)
 #define MNORM44_G        (GSCRATCH + 12845056L)
-#define V46_G               449576960L
-#define V47_G               455999488L
+#define V46_G                13038592L
+#define V47_G                       0L
 #define QKV47_G          (GSCRATCH + 0L)
 #define QKVW47_G         (GSCRATCH + 19267584L)
 #define YW47_G           (GSCRATCH + 38535168L)
 #define Y47_G            (GSCRATCH + 44957696L)
 #define V48_G            V49_G /* shared: plan_grad_alias */
 #define V49_G            V54_G /* shared: plan_grad_alias */
-#define V51_G               462422016L
-#define V52_G               468844544L
+#define V51_G                13038592L
+#define V52_G                       0L
 #define H52_G            (GSCRATCH + 0L)
 #define ACTV52_G         (GSCRATCH + 19267584L)
 #define V53_G            V54_G /* shared: plan_grad_alias */
 #define V54_G            V59_G /* shared: plan_grad_alias */
-#define V56_G               475267072L
-#define V57_G               481689600L
+#define V56_G                13038592L
+#define V57_G                       0L
 #define KV57_G           (GSCRATCH + 0L)
 #define QKVW57_G         (GSCRATCH + 12845056L)
 #define YW57_G           (GSCRATCH + 32112640L)
@@ -483,28 +483,28 @@
 #define GQ57_G           (GSCRATCH + 51380224L)
 #define V58_G            V59_G /* shared: plan_grad_alias */
 #define V59_G            V64_G /* shared: plan_grad_alias */
-#define V61_G               488112128L
-#define V62_G               494534656L
+#define V61_G                13038592L
+#define V62_G                       0L
 #define H62_G            (GSCRATCH + 0L)
 #define ACTV62_G         (GSCRATCH + 19267584L)
 #define V63_G            V64_G /* shared: plan_grad_alias */
 #define V64_G            V69_G /* shared: plan_grad_alias */
-#define V66_G               500957184L
-#define V67_G               507379712L
+#define V66_G                13038592L
+#define V67_G                       0L
 #define QKV67_G          (GSCRATCH + 0L)
 #define QKVW67_G         (GSCRATCH + 19267584L)
 #define YW67_G           (GSCRATCH + 38535168L)
 #define Y67_G            (GSCRATCH + 44957696L)
 #define V68_G            V69_G /* shared: plan_grad_alias */
 #define V69_G            V74_G /* shared: plan_grad_alias */
-#define V71_G               513802240L
-#define V72_G               520224768L
+#define V71_G                13038592L
+#define V72_G                       0L
 #define H72_G            (GSCRATCH + 0L)
 #define ACTV72_G         (GSCRATCH + 19267584L)
 #define V73_G            V74_G /* shared: plan_grad_alias */
 #define V74_G            V79_G /* shared: plan_grad_alias */
-#define V76_G               526647296L
-#define V77_G               533069824L
+#define V76_G                13038592L
+#define V77_G                       0L
 #define KV77_G           (GSCRATCH + 0L)
 #define QKVW77_G         (GSCRATCH + 12845056L)
 #define YW77_G           (GSCRATCH + 32112640L)
@@ -513,8 +513,8 @@
 #define GQ77_G           (GSCRATCH + 51380224L)
 #define V78_G            V79_G /* shared: plan_grad_alias */
 #define V79_G            V84_G /* shared: plan_grad_alias */
-#define V81_G               539492352L
-#define V82_G               545914880L
+#define V81_G                13038592L
+#define V82_G                       0L
 #define LOGITS82_G       (GSCRATCH + 0L)
 #define GATE82_G         (GSCRATCH + 200704L)
 #define XE82_G           (GSCRATCH + 225792L)
@@ -524,22 +524,22 @@
 #define YR82_G           (GSCRATCH + 48394752L)
 #define V83_G            V84_G /* shared: plan_grad_alias */
 #define V84_G            V89_G /* shared: plan_grad_alias */
-#define V86_G               552337408L
-#define V87_G               558759936L
+#define V86_G                13038592L
+#define V87_G                       0L
 #define QKV87_G          (GSCRATCH + 0L)
 #define QKVW87_G         (GSCRATCH + 19267584L)
 #define YW87_G           (GSCRATCH + 38535168L)
 #define Y87_G            (GSCRATCH + 44957696L)
 #define V88_G            V89_G /* shared: plan_grad_alias */
 #define V89_G            V94_G /* shared: plan_grad_alias */
-#define V91_G               565182464L
-#define V92_G               571604992L
+#define V91_G                13038592L
+#define V92_G                       0L
 #define H92_G            (GSCRATCH + 0L)
 #define ACTV92_G         (GSCRATCH + 19267584L)
 #define V93_G            V94_G /* shared: plan_grad_alias */
 #define V94_G            V99_G /* shared: plan_grad_alias */
-#define V96_G               578027520L
-#define V97_G               584450048L
+#define V96_G                13038592L
+#define V97_G                       0L
 #define KV97_G           (GSCRATCH + 0L)
 #define QKVW97_G         (GSCRATCH + 12845056L)
 #define YW97_G           (GSCRATCH + 32112640L)
@@ -548,8 +548,8 @@
 #define GQ97_G           (GSCRATCH + 51380224L)
 #define V98_G            V99_G /* shared: plan_grad_alias */
 #define V99_G            V104_G /* shared: plan_grad_alias */
-#define V101_G              590872576L
-#define V102_G              597295104L
+#define V101_G               13038592L
+#define V102_G                      0L
 #define LOGITS102_G      (GSCRATCH + 0L)
 #define GATE102_G        (GSCRATCH + 200704L)
 #define XE102_G          (GSCRATCH + 225792L)
@@ -558,26 +558,26 @@
 #define XR102_G          (GSCRATCH + 40366592L)
 #define YR102_G          (GSCRATCH + 48394752L)
 #define V103_G           V104_G /* shared: plan_grad_alias */
-#define V104_G              603717632L
+#define V104_G                6616064L
 #define V105_G           V110_G /* shared: plan_grad_alias */
 #define MERGE105_G       (GSCRATCH + 0L)
 #define MNORM105_G       (GSCRATCH + 6422528L)
-#define V107_G              610140160L
-#define V108_G              613351424L
+#define V107_G                6616064L
+#define V108_G                      0L
 #define QKV108_G         (GSCRATCH + 0L)
 #define QKVW108_G        (GSCRATCH + 9633792L)
 #define YW108_G          (GSCRATCH + 19267584L)
 #define Y108_G           (GSCRATCH + 22478848L)
 #define V109_G           V110_G /* shared: plan_grad_alias */
 #define V110_G           V115_G /* shared: plan_grad_alias */
-#define V112_G              616562688L
-#define V113_G              619773952L
+#define V112_G                6616064L
+#define V113_G                      0L
 #define H113_G           (GSCRATCH + 0L)
 #define ACTV113_G        (GSCRATCH + 9633792L)
 #define V114_G           V115_G /* shared: plan_grad_alias */
 #define V115_G           V120_G /* shared: plan_grad_alias */
-#define V117_G              622985216L
-#define V118_G              626196480L
+#define V117_G                6616064L
+#define V118_G                      0L
 #define KV118_G          (GSCRATCH + 0L)
 #define QKVW118_G        (GSCRATCH + 6422528L)
 #define YW118_G          (GSCRATCH + 16056320L)
@@ -586,8 +586,8 @@
 #define GQ118_G          (GSCRATCH + 25690112L)
 #define V119_G           V120_G /* shared: plan_grad_alias */
 #define V120_G           V125_G /* shared: plan_grad_alias */
-#define V122_G              629407744L
-#define V123_G              632619008L
+#define V122_G                6616064L
+#define V123_G                      0L
 #define LOGITS123_G      (GSCRATCH + 0L)
 #define GATE123_G        (GSCRATCH + 50176L)
 #define XE123_G          (GSCRATCH + 56448L)
@@ -596,11 +596,11 @@
 #define XR123_G          (GSCRATCH + 20126848L)
 #define YR123_G          (GSCRATCH + 24140928L)
 #define V124_G           V125_G /* shared: plan_grad_alias */
-#define V125_G              635830272L
-#define V126_G              639041536L
-#define V127_G              642252800L
-#define V128_G              642318336L
-#define GSCRATCH 642446336L
+#define V125_G                3404800L
+#define V126_G                 193536L
+#define V127_G                 128000L
+#define V128_G                      0L
+#define GSCRATCH 154334208L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "stem.conv1.weight", 0L, 1728L, 4, { 64, 3, 3, 3 }, 2, 0.27216554f, 1, 0 },
@@ -825,7 +825,7 @@ const dev_layout DEV_LAYOUT = {
     13215528L, /* params */
     3741281712L, /* act_floats */
     3438620080L, /* act_floats16: in bf16 precision */
-    891319296L, /* grad_floats */
+    403207168L, /* grad_floats */
     424368L, /* int_slots */
     54L, /* dacc: doubles */
     57L, /* stats: u64 */

@@ -53,15 +53,15 @@
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
 #define V1_G                        0L
-#define V2_G                     8192L
+#define V2_G                     8832L
 #define LOGITS2_G        (GSCRATCH + 0L)
 #define GATE2_G          (GSCRATCH + 256L)
 #define XE2_G            (GSCRATCH + 512L)
 #define HE2_G            (GSCRATCH + 33280L)
 #define YE2_G            (GSCRATCH + 98816L)
-#define V3_G                    16384L
-#define V4_G                    24576L
-#define GSCRATCH 25216L
+#define V3_G                      640L
+#define V4_G                        0L
+#define GSCRATCH 17024L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 100352L, 4, { 128, 1, 28, 28 }, 2, 0.02f, 1, 0 },
@@ -97,7 +97,7 @@ const dev_layout DEV_LAYOUT = {
     365962L, /* params */
     273360L, /* act_floats */
     175056L, /* act_floats16: in bf16 precision */
-    156800L, /* grad_floats */
+    148608L, /* grad_floats */
     1264L, /* int_slots */
     12L, /* dacc: doubles */
     11L, /* stats: u64 */

@@ -269,29 +269,29 @@
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
-#define V1_G                        0L
-#define V2_G                  3145728L
+#define V1_G                  3194880L
+#define V2_G                        0L
 #define V3_G             V8_G /* shared: plan_grad_alias */
-#define V5_G                  6340608L
-#define V6_G                  9535488L
+#define V5_G                  6441472L
+#define V6_G                        0L
 #define QKV6_G           (GSCRATCH + 0L)
 #define Y6_G             (GSCRATCH + 9584640L)
 #define V7_G             V8_G /* shared: plan_grad_alias */
 #define V8_G             V13_G /* shared: plan_grad_alias */
-#define V10_G                12730368L
-#define V11_G                15925248L
+#define V10_G                 6441472L
+#define V11_G                       0L
 #define H11_G            (GSCRATCH + 0L)
 #define ACTV11_G         (GSCRATCH + 12779520L)
 #define V12_G            V13_G /* shared: plan_grad_alias */
 #define V13_G            V18_G /* shared: plan_grad_alias */
-#define V15_G                19120128L
-#define V16_G                22315008L
+#define V15_G                 6441472L
+#define V16_G                       0L
 #define QKV16_G          (GSCRATCH + 0L)
 #define Y16_G            (GSCRATCH + 9584640L)
 #define V17_G            V18_G /* shared: plan_grad_alias */
 #define V18_G            V23_G /* shared: plan_grad_alias */
-#define V20_G                25509888L
-#define V21_G                28704768L
+#define V20_G                 6441472L
+#define V21_G                       0L
 #define LOGITS21_G       (GSCRATCH + 0L)
 #define GATE21_G         (GSCRATCH + 133120L)
 #define XE21_G           (GSCRATCH + 149760L)
@@ -299,26 +299,26 @@
 #define YE21_G           (GSCRATCH + 20117760L)
 #define V22_G            V23_G /* shared: plan_grad_alias */
 #define V23_G            V28_G /* shared: plan_grad_alias */
-#define V25_G                31899648L
-#define V26_G                35094528L
+#define V25_G                 6441472L
+#define V26_G                       0L
 #define QKV26_G          (GSCRATCH + 0L)
 #define Y26_G            (GSCRATCH + 9584640L)
 #define V27_G            V28_G /* shared: plan_grad_alias */
 #define V28_G            V33_G /* shared: plan_grad_alias */
-#define V30_G                38289408L
-#define V31_G                41484288L
+#define V30_G                 6441472L
+#define V31_G                       0L
 #define H31_G            (GSCRATCH + 0L)
 #define ACTV31_G         (GSCRATCH + 12779520L)
 #define V32_G            V33_G /* shared: plan_grad_alias */
 #define V33_G            V38_G /* shared: plan_grad_alias */
-#define V35_G                44679168L
-#define V36_G                47874048L
+#define V35_G                 6441472L
+#define V36_G                       0L
 #define QKV36_G          (GSCRATCH + 0L)
 #define Y36_G            (GSCRATCH + 9584640L)
 #define V37_G            V38_G /* shared: plan_grad_alias */
 #define V38_G            V43_G /* shared: plan_grad_alias */
-#define V40_G                51068928L
-#define V41_G                54263808L
+#define V40_G                 6441472L
+#define V41_G                       0L
 #define LOGITS41_G       (GSCRATCH + 0L)
 #define GATE41_G         (GSCRATCH + 133120L)
 #define XE41_G           (GSCRATCH + 149760L)
@@ -326,26 +326,26 @@
 #define YE41_G           (GSCRATCH + 20117760L)
 #define V42_G            V43_G /* shared: plan_grad_alias */
 #define V43_G            V48_G /* shared: plan_grad_alias */
-#define V45_G                57458688L
-#define V46_G                60653568L
+#define V45_G                 6441472L
+#define V46_G                       0L
 #define QKV46_G          (GSCRATCH + 0L)
 #define Y46_G            (GSCRATCH + 9584640L)
 #define V47_G            V48_G /* shared: plan_grad_alias */
 #define V48_G            V53_G /* shared: plan_grad_alias */
-#define V50_G                63848448L
-#define V51_G                67043328L
+#define V50_G                 6441472L
+#define V51_G                       0L
 #define H51_G            (GSCRATCH + 0L)
 #define ACTV51_G         (GSCRATCH + 12779520L)
 #define V52_G            V53_G /* shared: plan_grad_alias */
 #define V53_G            V58_G /* shared: plan_grad_alias */
-#define V55_G                70238208L
-#define V56_G                73433088L
+#define V55_G                 6441472L
+#define V56_G                       0L
 #define QKV56_G          (GSCRATCH + 0L)
 #define Y56_G            (GSCRATCH + 9584640L)
 #define V57_G            V58_G /* shared: plan_grad_alias */
 #define V58_G            V63_G /* shared: plan_grad_alias */
-#define V60_G                76627968L
-#define V61_G                79822848L
+#define V60_G                 6441472L
+#define V61_G                       0L
 #define LOGITS61_G       (GSCRATCH + 0L)
 #define GATE61_G         (GSCRATCH + 133120L)
 #define XE61_G           (GSCRATCH + 149760L)
@@ -353,37 +353,37 @@
 #define YE61_G           (GSCRATCH + 20117760L)
 #define V62_G            V63_G /* shared: plan_grad_alias */
 #define V63_G            V68_G /* shared: plan_grad_alias */
-#define V65_G                83017728L
-#define V66_G                86212608L
+#define V65_G                 6441472L
+#define V66_G                       0L
 #define QKV66_G          (GSCRATCH + 0L)
 #define Y66_G            (GSCRATCH + 9584640L)
 #define V67_G            V68_G /* shared: plan_grad_alias */
 #define V68_G            V73_G /* shared: plan_grad_alias */
-#define V70_G                89407488L
-#define V71_G                92602368L
+#define V70_G                 6441472L
+#define V71_G                       0L
 #define H71_G            (GSCRATCH + 0L)
 #define ACTV71_G         (GSCRATCH + 12779520L)
 #define V72_G            V73_G /* shared: plan_grad_alias */
 #define V73_G            V78_G /* shared: plan_grad_alias */
-#define V75_G                95797248L
-#define V76_G                98992128L
+#define V75_G                 6441472L
+#define V76_G                       0L
 #define QKV76_G          (GSCRATCH + 0L)
 #define Y76_G            (GSCRATCH + 9584640L)
 #define V77_G            V78_G /* shared: plan_grad_alias */
 #define V78_G            V83_G /* shared: plan_grad_alias */
-#define V80_G               102187008L
-#define V81_G               105381888L
+#define V80_G                 6441472L
+#define V81_G                       0L
 #define LOGITS81_G       (GSCRATCH + 0L)
 #define GATE81_G         (GSCRATCH + 133120L)
 #define XE81_G           (GSCRATCH + 149760L)
 #define HE81_G           (GSCRATCH + 4143360L)
 #define YE81_G           (GSCRATCH + 20117760L)
 #define V82_G            V83_G /* shared: plan_grad_alias */
-#define V83_G               108576768L
-#define V84_G               111771648L
-#define V85_G               114966528L
-#define V86_G               115015680L
-#define GSCRATCH 115018240L
+#define V83_G                 3246592L
+#define V84_G                   51712L
+#define V85_G                    2560L
+#define V86_G                       0L
+#define GSCRATCH 9636352L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 9216L, 4, { 192, 3, 4, 4 }, 2, 0.02f, 1, 0 },
@@ -534,7 +534,7 @@ const dev_layout DEV_LAYOUT = {
     11873866L, /* params */
     610250048L, /* act_floats */
     408573248L, /* act_floats16: in bf16 precision */
-    140577280L, /* grad_floats */
+    35195392L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */
     76L, /* stats: u64 */

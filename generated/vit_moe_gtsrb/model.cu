@@ -402,17 +402,17 @@
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
-#define V1_G                        0L
-#define V2_G                  2097152L
+#define V1_G                  2129920L
+#define V2_G                        0L
 #define V3_G             V8_G /* shared: plan_grad_alias */
-#define V5_G                  4227072L
-#define V6_G                  6356992L
+#define V5_G                  4298112L
+#define V6_G                        0L
 #define QKV6_G           (GSCRATCH + 0L)
 #define Y6_G             (GSCRATCH + 6389760L)
 #define V7_G             V8_G /* shared: plan_grad_alias */
 #define V8_G             V13_G /* shared: plan_grad_alias */
-#define V10_G                 8486912L
-#define V11_G                10616832L
+#define V10_G                 4298112L
+#define V11_G                       0L
 #define LOGITS11_G       (GSCRATCH + 0L)
 #define GATE11_G         (GSCRATCH + 58240L)
 #define XE11_G           (GSCRATCH + 83200L)
@@ -421,14 +421,14 @@
 #define QUERY11_G        (GSCRATCH + 32038144L)
 #define V12_G            V13_G /* shared: plan_grad_alias */
 #define V13_G            V18_G /* shared: plan_grad_alias */
-#define V15_G                12746752L
-#define V16_G                14876672L
+#define V15_G                 4298112L
+#define V16_G                       0L
 #define QKV16_G          (GSCRATCH + 0L)
 #define Y16_G            (GSCRATCH + 6389760L)
 #define V17_G            V18_G /* shared: plan_grad_alias */
 #define V18_G            V23_G /* shared: plan_grad_alias */
-#define V20_G                17006592L
-#define V21_G                19136512L
+#define V20_G                 4298112L
+#define V21_G                       0L
 #define LOGITS21_G       (GSCRATCH + 0L)
 #define GATE21_G         (GSCRATCH + 58240L)
 #define XE21_G           (GSCRATCH + 83200L)
@@ -437,14 +437,14 @@
 #define QUERY21_G        (GSCRATCH + 32038144L)
 #define V22_G            V23_G /* shared: plan_grad_alias */
 #define V23_G            V28_G /* shared: plan_grad_alias */
-#define V25_G                21266432L
-#define V26_G                23396352L
+#define V25_G                 4298112L
+#define V26_G                       0L
 #define QKV26_G          (GSCRATCH + 0L)
 #define Y26_G            (GSCRATCH + 6389760L)
 #define V27_G            V28_G /* shared: plan_grad_alias */
 #define V28_G            V33_G /* shared: plan_grad_alias */
-#define V30_G                25526272L
-#define V31_G                27656192L
+#define V30_G                 4298112L
+#define V31_G                       0L
 #define LOGITS31_G       (GSCRATCH + 0L)
 #define GATE31_G         (GSCRATCH + 58240L)
 #define XE31_G           (GSCRATCH + 83200L)
@@ -453,14 +453,14 @@
 #define QUERY31_G        (GSCRATCH + 32038144L)
 #define V32_G            V33_G /* shared: plan_grad_alias */
 #define V33_G            V38_G /* shared: plan_grad_alias */
-#define V35_G                29786112L
-#define V36_G                31916032L
+#define V35_G                 4298112L
+#define V36_G                       0L
 #define QKV36_G          (GSCRATCH + 0L)
 #define Y36_G            (GSCRATCH + 6389760L)
 #define V37_G            V38_G /* shared: plan_grad_alias */
 #define V38_G            V43_G /* shared: plan_grad_alias */
-#define V40_G                34045952L
-#define V41_G                36175872L
+#define V40_G                 4298112L
+#define V41_G                       0L
 #define LOGITS41_G       (GSCRATCH + 0L)
 #define GATE41_G         (GSCRATCH + 58240L)
 #define XE41_G           (GSCRATCH + 83200L)
@@ -469,14 +469,14 @@
 #define QUERY41_G        (GSCRATCH + 32038144L)
 #define V42_G            V43_G /* shared: plan_grad_alias */
 #define V43_G            V48_G /* shared: plan_grad_alias */
-#define V45_G                38305792L
-#define V46_G                40435712L
+#define V45_G                 4298112L
+#define V46_G                       0L
 #define QKV46_G          (GSCRATCH + 0L)
 #define Y46_G            (GSCRATCH + 6389760L)
 #define V47_G            V48_G /* shared: plan_grad_alias */
 #define V48_G            V53_G /* shared: plan_grad_alias */
-#define V50_G                42565632L
-#define V51_G                44695552L
+#define V50_G                 4298112L
+#define V51_G                       0L
 #define LOGITS51_G       (GSCRATCH + 0L)
 #define GATE51_G         (GSCRATCH + 58240L)
 #define XE51_G           (GSCRATCH + 83200L)
@@ -485,14 +485,14 @@
 #define QUERY51_G        (GSCRATCH + 32038144L)
 #define V52_G            V53_G /* shared: plan_grad_alias */
 #define V53_G            V58_G /* shared: plan_grad_alias */
-#define V55_G                46825472L
-#define V56_G                48955392L
+#define V55_G                 4298112L
+#define V56_G                       0L
 #define QKV56_G          (GSCRATCH + 0L)
 #define Y56_G            (GSCRATCH + 6389760L)
 #define V57_G            V58_G /* shared: plan_grad_alias */
 #define V58_G            V63_G /* shared: plan_grad_alias */
-#define V60_G                51085312L
-#define V61_G                53215232L
+#define V60_G                 4298112L
+#define V61_G                       0L
 #define LOGITS61_G       (GSCRATCH + 0L)
 #define GATE61_G         (GSCRATCH + 58240L)
 #define XE61_G           (GSCRATCH + 83200L)
@@ -501,14 +501,14 @@
 #define QUERY61_G        (GSCRATCH + 32038144L)
 #define V62_G            V63_G /* shared: plan_grad_alias */
 #define V63_G            V68_G /* shared: plan_grad_alias */
-#define V65_G                55345152L
-#define V66_G                57475072L
+#define V65_G                 4298112L
+#define V66_G                       0L
 #define QKV66_G          (GSCRATCH + 0L)
 #define Y66_G            (GSCRATCH + 6389760L)
 #define V67_G            V68_G /* shared: plan_grad_alias */
 #define V68_G            V73_G /* shared: plan_grad_alias */
-#define V70_G                59604992L
-#define V71_G                61734912L
+#define V70_G                 4298112L
+#define V71_G                       0L
 #define LOGITS71_G       (GSCRATCH + 0L)
 #define GATE71_G         (GSCRATCH + 58240L)
 #define XE71_G           (GSCRATCH + 83200L)
@@ -517,14 +517,14 @@
 #define QUERY71_G        (GSCRATCH + 32038144L)
 #define V72_G            V73_G /* shared: plan_grad_alias */
 #define V73_G            V78_G /* shared: plan_grad_alias */
-#define V75_G                63864832L
-#define V76_G                65994752L
+#define V75_G                 4298112L
+#define V76_G                       0L
 #define QKV76_G          (GSCRATCH + 0L)
 #define Y76_G            (GSCRATCH + 6389760L)
 #define V77_G            V78_G /* shared: plan_grad_alias */
 #define V78_G            V83_G /* shared: plan_grad_alias */
-#define V80_G                68124672L
-#define V81_G                70254592L
+#define V80_G                 4298112L
+#define V81_G                       0L
 #define LOGITS81_G       (GSCRATCH + 0L)
 #define GATE81_G         (GSCRATCH + 58240L)
 #define XE81_G           (GSCRATCH + 83200L)
@@ -533,14 +533,14 @@
 #define QUERY81_G        (GSCRATCH + 32038144L)
 #define V82_G            V83_G /* shared: plan_grad_alias */
 #define V83_G            V88_G /* shared: plan_grad_alias */
-#define V85_G                72384512L
-#define V86_G                74514432L
+#define V85_G                 4298112L
+#define V86_G                       0L
 #define QKV86_G          (GSCRATCH + 0L)
 #define Y86_G            (GSCRATCH + 6389760L)
 #define V87_G            V88_G /* shared: plan_grad_alias */
 #define V88_G            V93_G /* shared: plan_grad_alias */
-#define V90_G                76644352L
-#define V91_G                78774272L
+#define V90_G                 4298112L
+#define V91_G                       0L
 #define LOGITS91_G       (GSCRATCH + 0L)
 #define GATE91_G         (GSCRATCH + 58240L)
 #define XE91_G           (GSCRATCH + 83200L)
@@ -548,11 +548,11 @@
 #define YE91_G           (GSCRATCH + 24049408L)
 #define QUERY91_G        (GSCRATCH + 32038144L)
 #define V92_G            V93_G /* shared: plan_grad_alias */
-#define V93_G                80904192L
-#define V94_G                83034112L
-#define V95_G                85164032L
-#define V96_G                85196800L
-#define GSCRATCH 85202304L
+#define V93_G                 2168192L
+#define V94_G                   38272L
+#define V95_G                    5504L
+#define V96_G                       0L
+#define GSCRATCH 6428032L
 
 const tensor_info TENSORS[N_TENSORS] = {
     { "patch_embed.proj.weight", 0L, 12288L, 4, { 256, 3, 4, 4 }, 2, 0.02f, 1, 0 },
@@ -736,7 +736,7 @@ const dev_layout DEV_LAYOUT = {
     19133675L, /* params */
     716187280L, /* act_floats */
     413630608L, /* act_floats16: in bf16 precision */
-    117772928L, /* grad_floats */
+    38998656L, /* grad_floats */
     1239120L, /* int_slots */
     138L, /* dacc: doubles */
     153L, /* stats: u64 */

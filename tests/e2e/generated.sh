@@ -29,4 +29,23 @@ for f in "$top_srcdir"/examples/*.moe; do
     fi
 done
 [ $n -gt 0 ] && ok "$n generated directories checked"
+# the CUDA gradient arena's reused rooms never overlap while both are live
+# (grad_rooms.py derives their lives from the backward code itself), for
+# every generated model and the benchmark configs
+for f in "$top_srcdir"/generated/*/model.cu "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe; do
+    case $f in
+    *.moe)
+        name=$(basename "$f" .moe)
+        "$MOECC" --target cuda "$f" -o "$WORK/rooms-$name" > /dev/null 2>&1 || { not_ok "$name: moecc failed"; continue; }
+        dir=$WORK/rooms-$name ;;
+    *)
+        dir=$(dirname "$f"); name=$(basename "$dir") ;;
+    esac
+    if python3 "$top_srcdir/tests/e2e/grad_rooms.py" "$dir/model.cu" "$dir/model.h" > "$WORK/rooms-$name.log" 2>&1; then
+        ok "$name: $(tail -n 1 "$WORK/rooms-$name.log")"
+    else
+        cat "$WORK/rooms-$name.log"
+        not_ok "$name: gradient rooms overlap while both are live"
+    fi
+done
 finish
