@@ -194,6 +194,8 @@ typedef struct cuda_plan {
         char name[32];
         int64_t floats, floats16; /* in the fp32 layout, in the bf16 one */
         char what[224];
+        char key[8];              /* alloc_half_shared's kind of room, or "" */
+        int root;                 /* the room it shares (index in halves), or -1 */
     } *halves;
     int nhalves;
     int64_t act16;
@@ -403,6 +405,8 @@ static void alloc_room16(cuda_plan *p, const char *name, int64_t floats, int64_t
     h->floats = floats;
     h->floats16 = floats16;
     snprintf(h->what, sizeof h->what, "%s", what);
+    h->key[0] = '\0';
+    h->root = -1;
 }
 
 /* A buffer whose producer, in bf16 precision, writes bf16 values alone,
@@ -417,6 +421,28 @@ static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const cha
     char w[224]; /* what: an op_ctx's, 160 bytes at most */
     snprintf(w, sizeof w, "%.190s; bf16 alone in bf16 precision", what);
     alloc_room16(p, name, floats, (floats + 1) / 2, w);
+}
+
+/* alloc_half's buffer, but one room for every buffer of kind key (the
+ * largest's size): recompute = experts, whose backward makes each MoE
+ * layer's rows again before reading them */
+static void alloc_half_shared(cuda_plan *p, const char *name, int64_t floats, const char *what, const char *key)
+{
+    int root = -1;
+    for (int j = 0; j < p->nhalves && root < 0; j++)
+        if (p->halves[j].root < 0 && strcmp(p->halves[j].key, key) == 0)
+            root = j;
+    alloc_half(p, name, floats, what);
+    struct half_room *h = &p->halves[p->nhalves - 1];
+    snprintf(h->key, sizeof h->key, "%s", key);
+    if (root < 0)
+        return;
+    h->root = root;
+    struct half_room *r = &p->halves[root];
+    if (h->floats > r->floats)
+        r->floats = h->floats;
+    if (h->floats16 > r->floats16)
+        r->floats16 = h->floats16;
 }
 
 /* an inside buffer of the op as alloc_half's, and its gradient (fp32) in
@@ -434,6 +460,11 @@ static void place_halves(gen *g, cuda_plan *p)
     int64_t off = g->act_floats, off16 = g->act_floats;
     for (int j = 0; j < p->nhalves; j++) {
         const struct half_room *h = &p->halves[j];
+        if (h->root >= 0) {
+            sb_printf(&g->defs, "#define %-16s %s /* %s; the room of %s: recompute = experts */\n", h->name,
+                      p->halves[h->root].name, h->what, p->halves[h->root].name);
+            continue;
+        }
         sb_printf(&g->defs, "#define %-16s LAY16(%lldL, %lldL) /* %s */\n", h->name, (long long)off, (long long)off16,
                   h->what);
         off += (h->floats + 15) & ~(int64_t)15;
@@ -885,13 +916,25 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                                              "expert hidden [E, cap, H], then the activation's derivative",
                                              "expert hidden, activated", "expert outputs [E, cap, D]",
                                              "auxiliary losses: balance, z, dataset, importance" };
+        /* recompute = experts (one GPU's experts: sema.c): the experts'
+         * rows, hidden values, activations and outputs share one room per
+         * kind with every MoE layer's, and the backward makes them again;
+         * the last MoE layer's are still there */
+        const bool rc = m->train.recompute == RECOMPUTE_EXPERTS && m->parallel.expert == 1;
+        bool last_moe = true;
+        for (int q = i + 1; q < m->nops; q++)
+            last_moe = last_moe && m->ops[q].kind != OP_MOE;
         for (int k = 0; k < 13; k++) {
             snprintf(nm[k], sizeof nm[k], "%s%d", fl[k], i);
             /* the backward needs the gradients of the logits, gates, and the experts' rows */
             /* bf16 precision keeps h and a in bf16 alone (moe_h16,
              * moe_a16), and xe and ye too on one GPU (moe_x16: expert
              * parallelism sends fp32 rows) */
-            if (k == 9 || ((k == 8 || k == 11) && m->parallel.expert == 1))
+            if (rc && k >= 8 && k <= 11) { /* one room for every layer's */
+                alloc_half_shared(p, nm[k], fsz[k], fwhat[k], fl[k]);
+                if (k != 10)
+                    grad_inside(p, nm[k], fsz[k]);
+            } else if (k == 9 || ((k == 8 || k == 11) && m->parallel.expert == 1))
                 alloc_inside_half(p, nm[k], fsz[k], fwhat[k]);
             else if (k == 10)
                 alloc_half(p, nm[k], fsz[k], fwhat[k]);
@@ -1061,6 +1104,15 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&b, "%s", routing);
         if (x->fp32_gate)
             sb_printf(&b, "        kctx kg = fp32_ctx(k); /* fp32_gate */\n");
+        if (rc && !last_moe)
+            sb_printf(&b,
+                      "        /* recompute = experts: this layer's rows, hidden values, activations and outputs\n"
+                      "         * again (later layers wrote their shared rooms), the combine left out */\n"
+                      "        moe_experts_forward<%d, %d, %d, %d, %s, 1>(k, nullptr, A(%s), A(%s), A(%s), A(%s), A(%s), "
+                      "A(%s), %s, &r,\n                                              P(%lldL), P(%lldL), P(%lldL), "
+                      "P(%lldL), N, cap, nullptr, false);\n",
+                      D, H, E, K, act_code(x->act), nm[8], nm[8], nm[9], nm[10], nm[11], nm[11], in, (long long)w1,
+                      (long long)b1, (long long)w2, (long long)b2);
         sb_printf(&b,
                   "        moe_experts_backward<%d, %d, %d, %d, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
                   "%s,\n                                          A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "

@@ -61,6 +61,7 @@ typedef struct sema {
     /* per-block naming */
     int n_norm, n_attn, n_mlp, n_moe;
     int parallel_expert;
+    mc_loc recompute_loc;  /* train { recompute = ... }, when given */
     mc_loc parallel_loc;
     bool parallel_given;
     mc_loc batch_loc;
@@ -968,6 +969,8 @@ static void do_train(sema *s, const mc_stmt *st)
     t->label_smoothing = get_float(s, &b, "label_smoothing", 0);
     t->clip_grad = get_float(s, &b, "clip_grad", 0);
     t->precision = (mc_precision)get_word(s, &b, "precision", PREC_BF16);
+    t->recompute = (mc_recompute)get_word(s, &b, "recompute", RECOMPUTE_NONE);
+    s->recompute_loc = where(&b, "recompute");
     t->eval_every = get_int(s, &b, "eval_every", 500);
     t->checkpoint_every = get_int(s, &b, "checkpoint_every", 0);
     t->log_every = get_int(s, &b, "log_every", 50);
@@ -2121,6 +2124,17 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
                 model->train.batch, p->data);
             mc_hint(s->d, "set train { batch = ... } to a multiple of %d", p->data);
         }
+    }
+    if (model->train.recompute == RECOMPUTE_EXPERTS && p->expert > 1) {
+        err(s, s->recompute_loc, "recompute = experts does not work with expert parallelism (expert = %d) yet",
+            p->expert);
+        mc_hint(s->d, "leave recompute out, or set parallel(expert = 1): data parallelism alone works with it");
+    } else if (model->train.recompute == RECOMPUTE_EXPERTS && model_st) {
+        bool any = false;
+        for (int i = 0; i < model->nops; i++)
+            any = any || model->ops[i].kind == OP_MOE;
+        if (!any)
+            warn(s, s->recompute_loc, "recompute = experts: the model has no moe() layer, so nothing is recomputed");
     }
     bool too_many = false;
     for (int i = 0; i < model->nops; i++) {

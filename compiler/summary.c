@@ -198,8 +198,9 @@ void mc_model_summary(const mc_model *m, void *outp)
     fprintf(out, ", %s schedule", scheds[t->schedule]);
     if (t->warmup)
         fprintf(out, " after %lld warmup steps", (long long)t->warmup);
-    fprintf(out, "\n       precision %s, label smoothing %g, clip %g, seed %llu\n",
-            precision_name(t->precision), t->label_smoothing,
+    fprintf(out, "\n       precision %s%s, label smoothing %g, clip %g, seed %llu\n",
+            precision_name(t->precision), t->recompute == RECOMPUTE_EXPERTS ? ", recompute experts" : "",
+            t->label_smoothing,
             t->clip_grad,
             (unsigned long long)t->seed);
     fputs("       augment:", out);

@@ -108,6 +108,8 @@ GOLDEN_CASES = \
 	tests/golden/sema_dataset_augment_batch.err \
 	tests/golden/sema_dataset_augment_batch.moe \
 	tests/golden/sema_augment_twice.moe \
+	tests/golden/sema_recompute_expert_parallel.err \
+	tests/golden/sema_recompute_expert_parallel.moe \
 	tests/golden/sema_batch_split.err \
 	tests/golden/sema_batch_split.moe \
 	tests/golden/sema_below_range.err \
@@ -268,6 +270,8 @@ GOLDEN_CASES = \
 	tests/golden/warn_dataset_weight_zero.moe \
 	tests/golden/warn_expert_unmapped.err \
 	tests/golden/warn_expert_unmapped.moe \
+	tests/golden/warn_recompute_no_moe.err \
+	tests/golden/warn_recompute_no_moe.moe \
 	tests/golden/warn_one_expert.err \
 	tests/golden/warn_one_expert.moe \
 	tests/golden/warn_unused_constant.err \

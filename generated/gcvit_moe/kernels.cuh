@@ -4414,12 +4414,14 @@ static inline void moe_combine(const kctx *k, float *out, const YT *ye, const fl
  * which the combine adds (and its backward). h is left holding act'(h + b1)
  * (bias_act's grad_h). With k->overlap, the rows travel expert by expert:
  * an expert's products start when its rows have come and its results
- * leave while the next one's products run. */
+ * leave while the next one's products run. combine false: the rows alone,
+ * out untouched (the backward of recompute = experts, which makes a
+ * layer's rows again). */
 template <int D, int H, int E, int K, int ACT, int P>
 static inline void moe_experts_forward(const kctx *k, float *out, float *xe, float *xr, float *h, float *a, float *yr,
                                        float *ye, const float *x, const moe_route_buf *r, const float *w1,
                                        const float *b1, const float *w2, const float *b2, int N, int cap,
-                                       const float *res = nullptr)
+                                       const float *res = nullptr, bool combine = true)
 {
     static_assert(E % P == 0, "moe_experts_forward: the group's GPUs share the experts evenly");
     constexpr int EL = E / P;
@@ -4449,6 +4451,8 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
                                    P > 1 ? nullptr : r->count, rows, 0, EL);
         moe_exchange<P>(k, ye, yr, chunk, EL, EXCHANGE_COMBINE);
     }
+    if (!combine)
+        return;
     if (y16)
         moe_combine<K>(k, out, y16, b2, r, res, N, cap, D);
     else

@@ -13,9 +13,10 @@
 #     gradient, whose tensor is small);
 #     NaN or Inf never passes;
 #   - a short fp32 run's logged training losses (within 1e-2);
-# two runs of damex giving the same bits (determinism);
+# two runs of damex giving the same bits (determinism), and damex with
+# recompute = experts (damex_rc) the same bits as damex;
 # and compute-sanitizer's memcheck over a few CUDA training steps of damex,
-# routers, hier and hier14 (hier.moe with 196-token windows).
+# routers, hier, hier14 (hier.moe with 196-token windows) and damex_rc.
 # CHECK_CUDA_MODELS="routers hier" limits the models to those named.
 # and, first, every kernel of kernels.cuh alone against its ops.h
 # reference (tests/cuda/test_kernels.cu, kernel_ref.c; CHECK_CUDA_KERNELS=0
@@ -39,8 +40,12 @@ STEPS=${CHECK_CUDA_STEPS:-40}
 hier14_moe "$WORK/hier14.moe"
 with_cutmix "$top_srcdir/examples/soft_moe_mnist.moe" "$WORK/soft_cm.moe"
 with_cutmix "$top_srcdir/examples/damex.moe" "$WORK/damex_cm.moe"
+# damex_rc: recompute = experts (the backward makes each MoE layer's expert
+# rows again, their rooms shared)
+with_recompute "$top_srcdir/examples/damex.moe" "$WORK/damex_rc.moe" || not_ok "with_recompute edits damex.moe"
 SPECS="damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe routers:tests/e2e/routers.moe
-    hier:tests/e2e/hier.moe hier14:$WORK/hier14.moe soft_cm:$WORK/soft_cm.moe damex_cm:$WORK/damex_cm.moe"
+    hier:tests/e2e/hier.moe hier14:$WORK/hier14.moe soft_cm:$WORK/soft_cm.moe damex_cm:$WORK/damex_cm.moe
+    damex_rc:$WORK/damex_rc.moe"
 selected() {
     case " ${CHECK_CUDA_MODELS:-$1} " in *" $1 "*) return 0 ;; esac
     return 1
@@ -128,7 +133,7 @@ done
 
 # moecc --summary's GPU memory is what the trainer allocates (its own
 # count, which --bench prints), in the .moe file's precision
-for spec in damex:examples/damex.moe routers:tests/e2e/routers.moe; do
+for spec in damex:examples/damex.moe routers:tests/e2e/routers.moe damex_rc:$WORK/damex_rc.moe; do
     model=${spec%%:*}
     [ -x "$WORK/$model/train" ] || continue
     want=$(cd "$top_srcdir" && "$MOECC" --summary "${spec#*:}" | sed -n 's/^gpu memory: \([0-9,]*\) MiB.*/\1/p' | tr -d ,)
@@ -154,6 +159,17 @@ if [ -x "$WORK/damex/train" ]; then
         cat "$WORK/damex/det1.log" "$WORK/damex/det2.log" "$WORK/damex.det" 2>/dev/null
         not_ok "damex: two runs of 20 bf16 steps end on the same bits"
     fi
+    # recompute = experts changes where values live, not what they are:
+    # the same 20 steps end on damex's bits
+    if [ -x "$WORK/damex_rc/train" ]; then
+        if (cd "$WORK/damex_rc" && ./train $det --checkpoint rc.safetensors > rc.log 2>&1) &&
+            $CMP weights "$WORK/damex/det1.safetensors" "$WORK/damex_rc/rc.safetensors" 0 > "$WORK/damex_rc.det" 2>&1; then
+            ok "damex_rc: 20 bf16 steps with recompute = experts end on damex's bits: $(tail -n 1 "$WORK/damex_rc.det")"
+        else
+            cat "$WORK/damex_rc/rc.log" "$WORK/damex_rc.det" 2>/dev/null
+            not_ok "damex_rc: 20 bf16 steps with recompute = experts end on damex's bits"
+        fi
+    fi
 fi
 
 SAN=$(command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
@@ -164,7 +180,7 @@ else
     # other routers, expert choice's sort among them; hier: the
     # convolution stem, window attention and the 2x2 merge; hier14: the
     # attention's row tiles
-    for model in damex routers hier hier14; do
+    for model in damex routers hier hier14 damex_rc; do
         [ -x "$WORK/$model/train" ] || continue
         if (cd "$WORK/$model" && "$SAN" --tool memcheck --error-exitcode 3 ./train --synthetic --steps 3 --batch 32 \
             --metrics san.jsonl --checkpoint san.safetensors -q > san.log 2>&1) &&

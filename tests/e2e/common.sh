@@ -137,6 +137,13 @@ with_cutmix() {
     sed 's/^\(    batch = [0-9]*\) *$/\1\n    augment = [cutmix(alpha = 1.0, prob = 1.0)]/' "$1" > "$2"
 }
 
+# with_recompute SRC OUT: the .moe file SRC with recompute = experts (after
+# its train section's batch line), written to OUT
+with_recompute() {
+    sed 's/^\(    batch = [0-9]*\) *$/\1\n    recompute = experts/' "$1" > "$2"
+    grep -q '^    recompute = experts$' "$2"
+}
+
 need_data() {
     for d in fashion-mnist mnist digits; do
         if [ ! -e "$DATA/$d" ]; then

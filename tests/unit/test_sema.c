@@ -755,6 +755,12 @@ static void test_train_settings(void **state)
     assert_float_equal(t->min_lr, 1e-5, 1e-20);
     assert_int_equal(t->steps, 500);
     assert_int_equal(t->precision, PREC_BF16); /* the default */
+    assert_int_equal(t->recompute, RECOMPUTE_NONE); /* the default */
+    checked_free(&c);
+
+    snprintf(text, sizeof text, "%strain {\n    recompute = experts\n}\n", tiny_vit_moe);
+    check_ok(&c, text);
+    assert_int_equal(c.m.train.recompute, RECOMPUTE_EXPERTS);
     checked_free(&c);
 
     /* the three precisions by name */
@@ -782,6 +788,9 @@ static void test_parallel_checks(void **state)
         { "train { batch = 100 }\nparallel(data = 8)", 1, "error: batch 100 does not split evenly over data = 8 GPUs" },
         { "parallel(data = 3)", 1, "s.moe:21:17: error: the default batch of 128 does not split evenly over data = 3" },
         { "parallel(data = 0)", 1, "error: 'data' must be at least 1, found 0" },
+        /* recompute = experts: data parallelism alone */
+        { "train { recompute = experts }\nparallel(data = 2, expert = 2)", 1,
+          "s.moe:21:21: error: recompute = experts does not work with expert parallelism (expert = 2) yet" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char text[4096];
