@@ -469,8 +469,6 @@ static void place_halves(gen *g, cuda_plan *p)
                   h->what);
         off += (h->floats + 15) & ~(int64_t)15;
         off16 += (h->floats16 + 15) & ~(int64_t)15;
-        if (h->floats > g->max_act)
-            g->max_act = h->floats;
     }
     g->act_floats = off;
     p->act16 = off16;
@@ -1357,15 +1355,24 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
             sb_printf(c, "%s%s%lldL", nt ? "," : "", nt % 8 == 0 ? "\n    " : " ", (long long)toff(g, i, t));
     sb_printf(c, "\n};\n");
 
-    /* the layout backend.cu allocates. Both operands of a product lie each
-     * in one buffer: an activation, a gradient (as large as its value) or a
-     * parameter tensor (whole, in evaluation under expert parallelism); the
-     * second starts 8-aligned. */
+    /* the layout backend.cu allocates. The operand scratch (bf16
+     * precision) holds a product's fp32 operands rounded to bf16: each lies
+     * in one buffer, the second 8-aligned. Such an operand is an fp32
+     * activation (alloc_act's: g->max_act), a value's gradient (its room:
+     * plan_grad_rooms), an inside buffer's gradient (as large as the
+     * buffer), or a parameter tensor (whole, in evaluation under expert
+     * parallelism). The values alloc_half places are bf16 in that
+     * precision, and so are their insides' gradients where a product reads
+     * them (moe_x16, moe_h16, moe_a16, bf16_half: the products take them as
+     * they are); bf16_operand stops the trainer should one not fit. */
     int64_t largest = g->max_act;
-    for (int i = 0; i < m->nops; i++)
+    for (int i = 0; i < m->nops; i++) {
+        if (p.gsize[i] > largest)
+            largest = p.gsize[i];
         for (int t = 0; t < m->ops[i].ntensors; t++)
             if (m->ops[i].tensors[t].numel > largest)
                 largest = m->ops[i].tensors[t].numel;
+    }
     const dev_sizes z = { g->params, g->act_floats, p.act16, p.grad + p.scr_max, g->int_slots ? g->int_slots : 16,
                           p.dacc, p.stats ? p.stats : 1, p.red, 2 * largest + 8, p.xchg ? p.xchg : 1 };
     sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n    %lldL, /* params */\n", (long long)z.params);

@@ -291,7 +291,7 @@ const dev_layout DEV_LAYOUT = {
     17L, /* dacc: doubles */
     30L, /* stats: u64 */
     262144L, /* red_floats */
-    1572872L, /* cast_elems */
+    1048584L, /* cast_elems */
     1L, /* xchg_elems */
     53, /* eval_batch */
     V37, /* logits */

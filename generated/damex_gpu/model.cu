@@ -392,7 +392,7 @@ const dev_layout DEV_LAYOUT = {
     24L, /* dacc: doubles */
     45L, /* stats: u64 */
     393216L, /* red_floats */
-    50337800L, /* cast_elems */
+    25165832L, /* cast_elems */
     1L, /* xchg_elems */
     682, /* eval_batch */
     V53, /* logits */

@@ -539,7 +539,7 @@ const dev_layout DEV_LAYOUT = {
     71L, /* dacc: doubles */
     76L, /* stats: u64 */
     798720L, /* red_floats */
-    31948808L, /* cast_elems */
+    25559048L, /* cast_elems */
     1L, /* xchg_elems */
     40, /* eval_batch */
     V86, /* logits */

@@ -741,7 +741,7 @@ const dev_layout DEV_LAYOUT = {
     138L, /* dacc: doubles */
     153L, /* stats: u64 */
     1064960L, /* red_floats */
-    31954952L, /* cast_elems */
+    4259848L, /* cast_elems */
     1L, /* xchg_elems */
     68, /* eval_batch */
     V96, /* logits */
