@@ -8,7 +8,7 @@
 #
 # The trainer's figures: compute (--bench: one random batch sent every
 # step, the mean of STEPS steps after 2 warm-up steps) in bf16, tf32 and fp32,
-# then in bf16 with recompute = experts (a trainer of its own),
+# then in bf16 with recompute = experts and = all (a trainer each),
 # and with the data loader on files in CIFAR-10's binary format (random
 # pixels, written here: the machine has no network), the images/s of the
 # last metrics record of a 200-step run.
@@ -68,16 +68,18 @@ for cfg in $configs; do
         ./train --bench --steps $((STEPS + 2)) --precision $prec | grep '^moecc' | sed "s/^/[$prec] /" |
             tee "$work/$cfg.$prec.txt" | tee -a "$out"
     done
-    # bf16 again with recompute = experts: the memory it saves, the time it costs
-    if [ "${BENCH_QUICK:-0}" != 1 ]; then
-        sed 's/^\(    precision = bf16\)$/\1\n    recompute = experts/' "$top_srcdir/bench/$cfg.moe" > "$work/${cfg}_rc.moe"
-        (cd "$top_srcdir" && "$MOECC" --target cuda "$work/${cfg}_rc.moe" -o "$work/${cfg}_rc" > /dev/null) &&
-            env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$work/${cfg}_rc" MOERT="$top_builddir" \
-                MOERT_SRC="$top_srcdir" BACKEND=cuda > "$work/${cfg}_rc.build.log" 2>&1 ||
-            { cat "$work/${cfg}_rc.build.log"; exit 1; }
-        (cd "$work/${cfg}_rc" && ./train --bench --steps $((STEPS + 2)) --precision bf16) | grep '^moecc' |
-            sed "s/^/[bf16, recompute = experts] /" | tee -a "$out"
-    fi
+    # bf16 again with recompute = experts and = all: the memory each
+    # saves, the time each costs
+    for rc in experts all; do
+        [ "${BENCH_QUICK:-0}" = 1 ] && break
+        sed "s/^\\(    precision = bf16\\)\$/\\1\\n    recompute = $rc/" "$top_srcdir/bench/$cfg.moe" > "$work/${cfg}_$rc.moe"
+        (cd "$top_srcdir" && "$MOECC" --target cuda "$work/${cfg}_$rc.moe" -o "$work/${cfg}_$rc" > /dev/null) &&
+            env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$work/${cfg}_$rc" MOERT="$top_builddir" \
+                MOERT_SRC="$top_srcdir" BACKEND=cuda > "$work/${cfg}_$rc.build.log" 2>&1 ||
+            { cat "$work/${cfg}_$rc.build.log"; exit 1; }
+        (cd "$work/${cfg}_$rc" && ./train --bench --steps $((STEPS + 2)) --precision bf16) | grep '^moecc' |
+            sed "s/^/[bf16, recompute = $rc] /" | tee -a "$out"
+    done
     if [ "${BENCH_PROFILE:-0}" = 1 ]; then
         if command -v ncu > /dev/null 2>&1; then
             ncu --graph-profiling node --cache-control none --clock-control none --metrics gpu__time_duration.sum \

@@ -423,16 +423,17 @@ static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const cha
     alloc_room16(p, name, floats, (floats + 1) / 2, w);
 }
 
-/* alloc_half's buffer, but one room for every buffer of kind key (the
- * largest's size): recompute = experts, whose backward makes each MoE
- * layer's rows again before reading them */
-static void alloc_half_shared(cuda_plan *p, const char *name, int64_t floats, const char *what, const char *key)
+/* alloc_room16's buffer, but one room for every buffer of kind key (the
+ * largest's size): recompute, whose backward makes each layer's again
+ * before reading them */
+static void alloc_room16_shared(cuda_plan *p, const char *name, int64_t floats, int64_t floats16, const char *what,
+                                const char *key)
 {
     int root = -1;
     for (int j = 0; j < p->nhalves && root < 0; j++)
         if (p->halves[j].root < 0 && strcmp(p->halves[j].key, key) == 0)
             root = j;
-    alloc_half(p, name, floats, what);
+    alloc_room16(p, name, floats, floats16, what);
     struct half_room *h = &p->halves[p->nhalves - 1];
     snprintf(h->key, sizeof h->key, "%s", key);
     if (root < 0)
@@ -443,6 +444,14 @@ static void alloc_half_shared(cuda_plan *p, const char *name, int64_t floats, co
         r->floats = h->floats;
     if (h->floats16 > r->floats16)
         r->floats16 = h->floats16;
+}
+
+/* alloc_half's buffer in a room of kind key (alloc_room16_shared) */
+static void alloc_half_shared(cuda_plan *p, const char *name, int64_t floats, const char *what, const char *key)
+{
+    char w[224];
+    snprintf(w, sizeof w, "%.190s; bf16 alone in bf16 precision", what);
+    alloc_room16_shared(p, name, floats, (floats + 1) / 2, w, key);
 }
 
 /* an inside buffer of the op as alloc_half's, and its gradient (fp32) in
@@ -461,7 +470,7 @@ static void place_halves(gen *g, cuda_plan *p)
     for (int j = 0; j < p->nhalves; j++) {
         const struct half_room *h = &p->halves[j];
         if (h->root >= 0) {
-            sb_printf(&g->defs, "#define %-16s %s /* %s; the room of %s: recompute = experts */\n", h->name,
+            sb_printf(&g->defs, "#define %-16s %s /* %s; the room of %s: recompute */\n", h->name,
                       p->halves[h->root].name, h->what, p->halves[h->root].name);
             continue;
         }
@@ -790,22 +799,42 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
          * stage it in bf16: in bf16 precision its product writes it in
          * bf16 alone (attn_qkv16), and its room halves; the weights get no
          * room there (frag16: the backward computes them again) */
-        const bool q16 = attn_qkv16_ok(T, HD);
-        if (q16)
-            alloc_inside_half(p, qkv, BATCH * T * 3 * D, "queries, keys, values");
-        else
-            alloc_inside(g, p, qkv, BATCH * T * 3 * D, "queries, keys, values");
-        if (q16) /* the fragment kernels compute them again in the backward (frag16) */
-            alloc_room16(p, att, BATCH * NH * T * T, 0, "attention weights; none in bf16 precision");
-        else
-            alloc_act(g, att, BATCH * NH * T * T, "attention weights");
-        /* the heads' outputs, in bf16 alone in bf16 precision where the
-         * kernels write them so (attn_half): the room halves */
-        const bool y16 = attn_half_ok(T, HD);
-        if (y16)
-            alloc_inside_half(p, y, BATCH * T * D, "heads' outputs");
-        else
-            alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
+        const bool q16 = attn_qkv16_ok(T, HD), y16 = attn_half_ok(T, HD);
+        /* recompute = all: on the fragment kernels, q, k, v, the weights
+         * (fp32 precision's) and the heads' outputs share one room per kind
+         * with every such attention layer's, and the backward makes them
+         * again from the layer's input (its layer norm's output, kept);
+         * the last such layer's are still there */
+        const bool ra = m->train.recompute == RECOMPUTE_ALL && q16 && y16;
+        bool last_attn = true;
+        for (int q = i + 1; q < m->nops; q++) {
+            int T2, HD2, NH2;
+            if (attn_shape(&m->ops[q], &T2, &HD2, &NH2) && m->ops[q].kind == OP_ATTENTION && attn_qkv16_ok(T2, HD2) &&
+                attn_half_ok(T2, HD2))
+                last_attn = false;
+        }
+        if (ra) {
+            alloc_half_shared(p, qkv, BATCH * T * 3 * D, "queries, keys, values", "QKV");
+            grad_inside(p, qkv, BATCH * T * 3 * D);
+            alloc_room16_shared(p, att, BATCH * NH * T * T, 0, "attention weights; none in bf16 precision", "ATT");
+            alloc_half_shared(p, y, BATCH * T * D, "heads' outputs", "Y");
+            grad_inside(p, y, BATCH * T * D);
+        } else {
+            if (q16)
+                alloc_inside_half(p, qkv, BATCH * T * 3 * D, "queries, keys, values");
+            else
+                alloc_inside(g, p, qkv, BATCH * T * 3 * D, "queries, keys, values");
+            if (q16) /* the fragment kernels compute them again in the backward (frag16) */
+                alloc_room16(p, att, BATCH * NH * T * T, 0, "attention weights; none in bf16 precision");
+            else
+                alloc_act(g, att, BATCH * NH * T * T, "attention weights");
+            /* the heads' outputs, in bf16 alone in bf16 precision where the
+             * kernels write them so (attn_half): the room halves */
+            if (y16)
+                alloc_inside_half(p, y, BATCH * T * D, "heads' outputs");
+            else
+                alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
+        }
         need_red(p, (int64_t)p->red_chunks * 3 * D);
         int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;
         int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = toff(g, i, qb ? 3 : 2);
@@ -822,14 +851,17 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (y16)
             sb_printf(f, "    static_assert(attn_half_ok<%d, %d>(), \"moecc: %s's bf16 room needs attention's bf16 output\");\n",
                       T, HD, y);
+        /* q, k, v and the heads' outputs (the backward of recompute = all
+         * makes them again the same way) */
+        sbuf qy = { 0 };
         if (q16) {
             sb_printf(f, "    static_assert(attn_qkv16_ok<%d, %d>(), \"moecc: %s's bf16 room needs the fragment kernels\");\n",
                       T, HD, qkv);
-            sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d, nullptr, attn_qkv16<%d, %d>(k, A(%s)));\n",
+            sb_printf(&qy, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d, nullptr, attn_qkv16<%d, %d>(k, A(%s)));\n",
                       qkv, pin, (long long)w_qkv, bq, T, D, 3 * D, T, HD, qkv);
         } else {
-            sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, pin, (long long)w_qkv,
-                      bq, T, D, 3 * D);
+            sb_printf(&qy, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", qkv, pin,
+                      (long long)w_qkv, bq, T, D, 3 * D);
         }
         /* the heads' outputs and dqkv feed products alone: in bf16
          * precision the tensor-core kernels write them in bf16 (attn_mm) */
@@ -837,10 +869,16 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(ym, sizeof ym, "attn_mm<%d, %d>(k, A(%s))", T, HD, y);
         snprintf(dqm, sizeof dqm, "attn_mm<%d, %d>(k, G(%s))", T, HD, qkv);
         const char *q16s = q16 ? ", true" : "";
-        sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B, true%s);\n", T, HD, NH, y, att, qkv,
-                  q16s);
+        sb_printf(&qy, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B, true%s);\n", T, HD, NH, y, att,
+                  qkv, q16s);
+        sb_printf(f, "%s", qy.s);
         sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out, ym,
                   (long long)w_proj, (long long)b_proj, T, D, D, res);
+        if (ra && !last_attn)
+            sb_printf(&b, "    /* recompute = all: this layer's q, k, v and heads' outputs again (later layers wrote\n"
+                          "     * their shared rooms) */\n%s",
+                      qy.s);
+        sb_free(&qy);
         sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, %s, P(%lldL), B * %d, %d, %d, 0);\n",
                   y, (long long)w_proj, (long long)b_proj, dout, ym, (long long)w_proj, T, D, D);
         sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true%s);\n", T, HD, NH,
@@ -918,7 +956,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
          * rows, hidden values, activations and outputs share one room per
          * kind with every MoE layer's, and the backward makes them again;
          * the last MoE layer's are still there */
-        const bool rc = m->train.recompute == RECOMPUTE_EXPERTS && m->parallel.expert == 1;
+        const bool rc = m->train.recompute != RECOMPUTE_NONE && m->parallel.expert == 1;
         bool last_moe = true;
         for (int q = i + 1; q < m->nops; q++)
             last_moe = last_moe && m->ops[q].kind != OP_MOE;
@@ -1104,7 +1142,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             sb_printf(&b, "        kctx kg = fp32_ctx(k); /* fp32_gate */\n");
         if (rc && !last_moe)
             sb_printf(&b,
-                      "        /* recompute = experts: this layer's rows, hidden values, activations and outputs\n"
+                      "        /* recompute: this layer's rows, hidden values, activations and outputs\n"
                       "         * again (later layers wrote their shared rooms), the combine left out */\n"
                       "        moe_experts_forward<%d, %d, %d, %d, %s, 1>(k, nullptr, A(%s), A(%s), A(%s), A(%s), A(%s), "
                       "A(%s), %s, &r,\n                                              P(%lldL), P(%lldL), P(%lldL), "

@@ -159,7 +159,7 @@ typedef struct mc_op {
 typedef enum { OPT_ADAMW, OPT_SGD } mc_optimizer;
 typedef enum { SCHED_CONSTANT, SCHED_COSINE, SCHED_STEP } mc_schedule;
 typedef enum { PREC_FP32, PREC_BF16, PREC_TF32 } mc_precision; /* the order of the schema's words */
-typedef enum { RECOMPUTE_NONE, RECOMPUTE_EXPERTS } mc_recompute; /* the same */
+typedef enum { RECOMPUTE_NONE, RECOMPUTE_EXPERTS, RECOMPUTE_ALL } mc_recompute; /* the same */
 
 typedef struct mc_train {
     int batch;

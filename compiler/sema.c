@@ -2125,16 +2125,19 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
             mc_hint(s->d, "set train { batch = ... } to a multiple of %d", p->data);
         }
     }
-    if (model->train.recompute == RECOMPUTE_EXPERTS && p->expert > 1) {
-        err(s, s->recompute_loc, "recompute = experts does not work with expert parallelism (expert = %d) yet",
-            p->expert);
+    static const char *const recompute_word[] = { "none", "experts", "all" };
+    if (model->train.recompute != RECOMPUTE_NONE && p->expert > 1) {
+        err(s, s->recompute_loc, "recompute = %s does not work with expert parallelism (expert = %d) yet",
+            recompute_word[model->train.recompute], p->expert);
         mc_hint(s->d, "leave recompute out, or set parallel(expert = 1): data parallelism alone works with it");
-    } else if (model->train.recompute == RECOMPUTE_EXPERTS && model_st) {
+    } else if (model->train.recompute != RECOMPUTE_NONE && model_st) {
+        const bool all = model->train.recompute == RECOMPUTE_ALL;
         bool any = false;
         for (int i = 0; i < model->nops; i++)
-            any = any || model->ops[i].kind == OP_MOE;
+            any = any || model->ops[i].kind == OP_MOE || (all && model->ops[i].kind == OP_ATTENTION);
         if (!any)
-            warn(s, s->recompute_loc, "recompute = experts: the model has no moe() layer, so nothing is recomputed");
+            warn(s, s->recompute_loc, "recompute = %s: the model has no moe()%s layer, so nothing is recomputed",
+                 recompute_word[model->train.recompute], all ? " or attention()" : "");
     }
     bool too_many = false;
     for (int i = 0; i < model->nops; i++) {

@@ -199,7 +199,8 @@ void mc_model_summary(const mc_model *m, void *outp)
     if (t->warmup)
         fprintf(out, " after %lld warmup steps", (long long)t->warmup);
     fprintf(out, "\n       precision %s%s, label smoothing %g, clip %g, seed %llu\n",
-            precision_name(t->precision), t->recompute == RECOMPUTE_EXPERTS ? ", recompute experts" : "",
+            precision_name(t->precision),
+            t->recompute == RECOMPUTE_EXPERTS ? ", recompute experts" : t->recompute == RECOMPUTE_ALL ? ", recompute all" : "",
             t->label_smoothing,
             t->clip_grad,
             (unsigned long long)t->seed);

@@ -14,7 +14,7 @@
 #     NaN or Inf never passes;
 #   - a short fp32 run's logged training losses (within 1e-2);
 # two runs of damex giving the same bits (determinism), and damex with
-# recompute = experts (damex_rc) the same bits as damex;
+# recompute = all (damex_rc) the same bits as damex;
 # and compute-sanitizer's memcheck over a few CUDA training steps of damex,
 # routers, hier, hier14 (hier.moe with 196-token windows) and damex_rc.
 # CHECK_CUDA_MODELS="routers hier" limits the models to those named.
@@ -40,8 +40,9 @@ STEPS=${CHECK_CUDA_STEPS:-40}
 hier14_moe "$WORK/hier14.moe"
 with_cutmix "$top_srcdir/examples/soft_moe_mnist.moe" "$WORK/soft_cm.moe"
 with_cutmix "$top_srcdir/examples/damex.moe" "$WORK/damex_cm.moe"
-# damex_rc: recompute = experts (the backward makes each MoE layer's expert
-# rows again, their rooms shared)
+# damex_rc: recompute = all (the backward makes each MoE layer's expert
+# rows and each attention layer's q, k, v and heads' outputs again, their
+# rooms shared)
 with_recompute "$top_srcdir/examples/damex.moe" "$WORK/damex_rc.moe" || not_ok "with_recompute edits damex.moe"
 SPECS="damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe routers:tests/e2e/routers.moe
     hier:tests/e2e/hier.moe hier14:$WORK/hier14.moe soft_cm:$WORK/soft_cm.moe damex_cm:$WORK/damex_cm.moe
@@ -159,15 +160,15 @@ if [ -x "$WORK/damex/train" ]; then
         cat "$WORK/damex/det1.log" "$WORK/damex/det2.log" "$WORK/damex.det" 2>/dev/null
         not_ok "damex: two runs of 20 bf16 steps end on the same bits"
     fi
-    # recompute = experts changes where values live, not what they are:
-    # the same 20 steps end on damex's bits
+    # recompute = all changes where values live, not what they are: the
+    # same 20 steps end on damex's bits
     if [ -x "$WORK/damex_rc/train" ]; then
         if (cd "$WORK/damex_rc" && ./train $det --checkpoint rc.safetensors > rc.log 2>&1) &&
             $CMP weights "$WORK/damex/det1.safetensors" "$WORK/damex_rc/rc.safetensors" 0 > "$WORK/damex_rc.det" 2>&1; then
-            ok "damex_rc: 20 bf16 steps with recompute = experts end on damex's bits: $(tail -n 1 "$WORK/damex_rc.det")"
+            ok "damex_rc: 20 bf16 steps with recompute = all end on damex's bits: $(tail -n 1 "$WORK/damex_rc.det")"
         else
             cat "$WORK/damex_rc/rc.log" "$WORK/damex_rc.det" 2>/dev/null
-            not_ok "damex_rc: 20 bf16 steps with recompute = experts end on damex's bits"
+            not_ok "damex_rc: 20 bf16 steps with recompute = all end on damex's bits"
         fi
     fi
 fi

@@ -137,11 +137,12 @@ with_cutmix() {
     sed 's/^\(    batch = [0-9]*\) *$/\1\n    augment = [cutmix(alpha = 1.0, prob = 1.0)]/' "$1" > "$2"
 }
 
-# with_recompute SRC OUT: the .moe file SRC with recompute = experts (after
-# its train section's batch line), written to OUT
+# with_recompute SRC OUT [WORD]: the .moe file SRC with recompute = WORD
+# (default all: the experts' rows and attention's q, k, v and heads'
+# outputs) after its train section's batch line, written to OUT
 with_recompute() {
-    sed 's/^\(    batch = [0-9]*\) *$/\1\n    recompute = experts/' "$1" > "$2"
-    grep -q '^    recompute = experts$' "$2"
+    sed "s/^\\(    batch = [0-9]*\\) *\$/\\1\\n    recompute = ${3:-all}/" "$1" > "$2"
+    grep -q "^    recompute = ${3:-all}\$" "$2"
 }
 
 need_data() {

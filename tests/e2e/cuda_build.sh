@@ -1,6 +1,6 @@
 #!/bin/sh
 # cuda_build.sh: the CUDA trainer of every example that has one, and of the
-# GPU benchmark configs (P also with recompute = experts), of tests/e2e/hier.moe (the hierarchical layers),
+# GPU benchmark configs (P also with recompute = all), of tests/e2e/hier.moe (the hierarchical layers),
 # and of tests/cuda/dp.moe data parallel and expert
 # parallel, and of config S on 8 GPUs with one expert each and with 4
 # groups of 2 (NCCL, as GCViT-MoE's 8 GPUs; skipped where nccl.h is not
@@ -35,8 +35,8 @@ else
     echo "# SKIP the multi-GPU trainers: nccl.h not found (NCCL_HOME=DIR)"
 fi
 
-# config P with recompute = experts (the backward makes each MoE layer's
-# expert rows again)
+# config P with recompute = all (the backward makes each MoE layer's
+# expert rows and each attention layer's q, k, v and heads' outputs again)
 with_recompute "$top_srcdir/bench/gpu_p.moe" "$WORK/gpu_p_rc.moe" || not_ok "with_recompute edits gpu_p.moe"
 for f in "$top_srcdir"/examples/*.moe "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe \
     "$WORK/gpu_p_rc.moe" "$top_srcdir"/tests/e2e/hier.moe "$top_srcdir"/tests/e2e/routers.moe $parallel; do

@@ -32,7 +32,7 @@ done
 # the CUDA gradient arena's reused rooms never overlap while both are live
 # (grad_rooms.py derives their lives from the backward code itself), for
 # every generated model and the benchmark configs (P also with recompute =
-# experts: every MoE layer's expert rooms shared)
+# all: every MoE layer's expert rooms and attention layer's rooms shared)
 with_recompute "$top_srcdir/bench/gpu_p.moe" "$WORK/gpu_p_rc.moe" || not_ok "with_recompute edits gpu_p.moe"
 for f in "$top_srcdir"/generated/*/model.cu "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe \
     "$WORK/gpu_p_rc.moe"; do

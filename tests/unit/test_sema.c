@@ -762,6 +762,10 @@ static void test_train_settings(void **state)
     check_ok(&c, text);
     assert_int_equal(c.m.train.recompute, RECOMPUTE_EXPERTS);
     checked_free(&c);
+    snprintf(text, sizeof text, "%strain {\n    recompute = all\n}\n", tiny_vit_moe);
+    check_ok(&c, text);
+    assert_int_equal(c.m.train.recompute, RECOMPUTE_ALL);
+    checked_free(&c);
 
     /* the three precisions by name */
     const struct {
