@@ -952,10 +952,10 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                                              "expert hidden [E, cap, H], then the activation's derivative",
                                              "expert hidden, activated", "expert outputs [E, cap, D]",
                                              "auxiliary losses: balance, z, dataset, importance" };
-        /* recompute = experts (one GPU's experts: sema.c): the experts'
-         * rows, hidden values, activations and outputs share one room per
-         * kind with every MoE layer's, and the backward makes them again;
-         * the last MoE layer's are still there */
+        /* recompute = experts or all (one GPU's experts: sema.c): the
+         * experts' rows, hidden values, activations and outputs share one
+         * room per kind with every MoE layer's, and the backward makes
+         * them again; the last MoE layer's are still there */
         const bool rc = m->train.recompute != RECOMPUTE_NONE && m->parallel.expert == 1;
         bool last_moe = true;
         for (int q = i + 1; q < m->nops; q++)

@@ -198,10 +198,9 @@ void mc_model_summary(const mc_model *m, void *outp)
     fprintf(out, ", %s schedule", scheds[t->schedule]);
     if (t->warmup)
         fprintf(out, " after %lld warmup steps", (long long)t->warmup);
+    static const char *const recompute[] = { "", ", recompute experts", ", recompute all" };
     fprintf(out, "\n       precision %s%s, label smoothing %g, clip %g, seed %llu\n",
-            precision_name(t->precision),
-            t->recompute == RECOMPUTE_EXPERTS ? ", recompute experts" : t->recompute == RECOMPUTE_ALL ? ", recompute all" : "",
-            t->label_smoothing,
+            precision_name(t->precision), recompute[t->recompute], t->label_smoothing,
             t->clip_grad,
             (unsigned long long)t->seed);
     fputs("       augment:", out);
