@@ -446,6 +446,28 @@ static void alloc_room16_shared(cuda_plan *p, const char *name, int64_t floats, 
         r->floats16 = h->floats16;
 }
 
+/* An fp32 buffer (as large in both layouts) in a room of kind key
+ * (alloc_room16_shared), which products may take as an operand (g->max_act
+ * sizes their scratch), and its gradient in the scratch */
+static void alloc_inside_shared(gen *g, cuda_plan *p, const char *name, int64_t floats, const char *what,
+                                const char *key)
+{
+    alloc_room16_shared(p, name, floats, floats, what, key);
+    if (floats > g->max_act)
+        g->max_act = floats;
+    grad_inside(p, name, floats);
+}
+
+/* whether an op of kind after op i exists: the last op of a kind keeps
+ * its shared rooms (recompute) as its forward left them */
+static bool later_op(const mc_model *m, int i, mc_op_kind kind)
+{
+    for (int q = i + 1; q < m->nops; q++)
+        if (m->ops[q].kind == kind)
+            return true;
+    return false;
+}
+
 /* alloc_half's buffer in a room of kind key (alloc_room16_shared) */
 static void alloc_half_shared(cuda_plan *p, const char *name, int64_t floats, const char *what, const char *key)
 {
@@ -558,35 +580,63 @@ static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx 
     wattn_plan w;
     wattn_plan_init(g, i, &w, "nullptr");
     const int GH = w.GH, GW = w.GW, WS = w.WS, NW = w.NW, WT = w.WT, NH = w.NH, HD = w.HD;
-    alloc_inside(g, p, w.kv, BATCH * T * w.proj,
-                 w.gq ? "keys, values (grid order)" : "queries, keys, values (grid order)");
-    alloc_inside(g, p, w.qkvw, BATCH * T * 3 * D, "queries, keys, values (window order)");
-    alloc_act(g, w.att, BATCH * NW * NH * WT * WT, "attention weights");
-    alloc_inside(g, p, w.yw, BATCH * T * D, "heads' outputs (window order)");
-    alloc_inside(g, p, w.y, BATCH * T * D, "heads' outputs (grid order)");
+    /* recompute = all: every window attention layer's insides share one
+     * room per kind, and the backward makes them again (all but the output
+     * product, from the layer's input, kept); the last layer's are still
+     * there */
+    const bool ra = g->m->train.recompute == RECOMPUTE_ALL;
+    const int64_t fkv = BATCH * T * w.proj, fqkv = BATCH * T * 3 * D, fatt = BATCH * NW * NH * WT * WT,
+                  fy = BATCH * T * D, fg = BATCH * WT * D;
+    const char *wkv = w.gq ? "keys, values (grid order)" : "queries, keys, values (grid order)";
+    if (ra) {
+        alloc_inside_shared(g, p, w.kv, fkv, wkv, "WKV");
+        alloc_inside_shared(g, p, w.qkvw, fqkv, "queries, keys, values (window order)", "WQKV");
+        alloc_room16_shared(p, w.att, fatt, fatt, "attention weights", "WATT");
+        if (fatt > g->max_act)
+            g->max_act = fatt;
+        alloc_inside_shared(g, p, w.yw, fy, "heads' outputs (window order)", "WYW");
+        alloc_inside_shared(g, p, w.y, fy, "heads' outputs (grid order)", "WY");
+    } else {
+        alloc_inside(g, p, w.kv, fkv, wkv);
+        alloc_inside(g, p, w.qkvw, fqkv, "queries, keys, values (window order)");
+        alloc_act(g, w.att, fatt, "attention weights");
+        alloc_inside(g, p, w.yw, fy, "heads' outputs (window order)");
+        alloc_inside(g, p, w.y, fy, "heads' outputs (grid order)");
+    }
     need_red(p, (int64_t)p->red_chunks * 3 * D);
 
     char pin[48];
     product_input(g, i, c->in, pin, sizeof pin);
-    sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", w.kv, pin, w.w_in, w.bi, T, D,
+    sbuf fw = { 0 }; /* the forward up to the output product */
+    sb_printf(&fw, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", w.kv, pin, w.w_in, w.bi, T, D,
               w.proj);
     if (w.gq) {
-        alloc_inside(g, p, w.gt, BATCH * WT * D, "global tokens (the grid pooled to a window)");
-        alloc_inside(g, p, w.q, BATCH * WT * D, "global queries");
-        sb_printf(f, "    grid_pool_forward(k, A(%s), %s, B, %d, %d, %d, %d);\n", w.gt, c->in, GH, GW, WS, D);
-        sb_printf(f, "    linear_forward(k, A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", w.q, w.gt, w.w_gq,
+        if (ra) {
+            alloc_inside_shared(g, p, w.gt, fg, "global tokens (the grid pooled to a window)", "WGT");
+            alloc_inside_shared(g, p, w.q, fg, "global queries", "WQ");
+        } else {
+            alloc_inside(g, p, w.gt, fg, "global tokens (the grid pooled to a window)");
+            alloc_inside(g, p, w.q, fg, "global queries");
+        }
+        sb_printf(&fw, "    grid_pool_forward(k, A(%s), %s, B, %d, %d, %d, %d);\n", w.gt, c->in, GH, GW, WS, D);
+        sb_printf(&fw, "    linear_forward(k, A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", w.q, w.gt, w.w_gq,
                   w.b_gq, WT, D, D);
-        sb_printf(f, "    global_window_qkv(k, A(%s), A(%s), A(%s), B, %d, %d, %d, %d);\n", w.qkvw, w.q, w.kv, GH, GW,
-                  WS, D);
+        sb_printf(&fw, "    global_window_qkv(k, A(%s), A(%s), A(%s), B, %d, %d, %d, %d);\n", w.qkvw, w.q, w.kv, GH,
+                  GW, WS, D);
     } else {
-        sb_printf(f, "    window_permute(k, A(%s), A(%s), B, %d, %d, %d, %d, 1, 0);\n", w.qkvw, w.kv, GH, GW, WS,
+        sb_printf(&fw, "    window_permute(k, A(%s), A(%s), B, %d, %d, %d, %d, 1, 0);\n", w.qkvw, w.kv, GH, GW, WS,
                   3 * D);
     }
-    sb_printf(f, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B * %d);\n", WT, HD, NH, w.yw, w.att,
+    sb_printf(&fw, "    attention_forward<%d, %d, %d>(k, A(%s), A(%s), A(%s), B * %d);\n", WT, HD, NH, w.yw, w.att,
               w.qkvw, NW);
-    sb_printf(f, "    window_permute(k, A(%s), A(%s), B, %d, %d, %d, %d, 0, 0);\n", w.y, w.yw, GH, GW, WS, D);
+    sb_printf(&fw, "    window_permute(k, A(%s), A(%s), B, %d, %d, %d, %d, 0, 0);\n", w.y, w.yw, GH, GW, WS, D);
+    sb_printf(f, "%s", fw.s);
     sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", c->out, w.y, w.w_p, w.b_p,
               T, D, D);
+    if (ra && later_op(g->m, i, OP_WINDOW_ATTENTION))
+        sb_printf(b, "    /* recompute = all: this layer's insides again (later layers wrote their shared rooms) */\n%s",
+                  fw.s);
+    sb_free(&fw);
 
     sb_printf(b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", w.y,
               w.w_p, w.b_p, c->dout, w.y, w.w_p, T, D, D);
@@ -892,10 +942,22 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         char hh[32], aa[32];
         snprintf(hh, sizeof hh, "H%d", i);
         snprintf(aa, sizeof aa, "ACTV%d", i);
-        alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation, then its derivative");
-        /* in bf16 precision bias_act writes the activations in bf16 alone
-         * (bf16_half), which the products take there: the room halves */
-        alloc_inside_half(p, aa, BATCH * T * H, "hidden, after the activation");
+        /* recompute = all: every dense MLP's hidden values and activations
+         * share one room per kind, and the backward makes them again (the
+         * first product and the activation, from the kept input); the last
+         * MLP's are still there */
+        const bool ra = m->train.recompute == RECOMPUTE_ALL;
+        if (ra) {
+            alloc_inside_shared(g, p, hh, BATCH * T * H, "hidden, before the activation, then its derivative", "MH");
+            alloc_half_shared(p, aa, BATCH * T * H, "hidden, after the activation", "MACTV");
+            grad_inside(p, aa, BATCH * T * H);
+        } else {
+            alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation, then its derivative");
+            /* in bf16 precision bias_act writes the activations in bf16
+             * alone (bf16_half), which the products take there: the room
+             * halves */
+            alloc_inside_half(p, aa, BATCH * T * H, "hidden, after the activation");
+        }
         need_red(p, (int64_t)p->red_chunks * (H > D ? H : D)); /* the two biases' gradients */
         const char *act = act_code(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values,
@@ -905,10 +967,17 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
          * written in bf16 (bf16_half), not rounded again for each product */
         char pin[48];
         product_input(g, i, in, pin, sizeof pin);
-        sb_printf(f, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, pin,
+        sbuf fh = { 0 }; /* the hidden values and activations */
+        sb_printf(&fh, "    linear_forward(k, A(%s), %s, P(%lldL), nullptr, B * %d, %d, %d);\n", hh, pin,
                   (long long)toff(g, i, 0), T, D, H);
-        sb_printf(f, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, bf16_half(k, A(%s)), true);\n",
+        sb_printf(&fh, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, bf16_half(k, A(%s)), true);\n",
                   act, aa, hh, (long long)toff(g, i, 1), T, H, aa);
+        sb_printf(f, "%s", fh.s);
+        if (ra && later_op(m, i, OP_MLP))
+            sb_printf(&b, "    /* recompute = all: this layer's hidden values and activations again (later layers\n"
+                          "     * wrote their shared rooms) */\n%s",
+                      fh.s);
+        sb_free(&fh);
         sb_printf(f, "    linear_forward(k, %s, mm_half(k, A(%s)), P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out,
                   aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D, res);
         sb_printf(&b,
@@ -957,9 +1026,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
          * room per kind with every MoE layer's, and the backward makes
          * them again; the last MoE layer's are still there */
         const bool rc = m->train.recompute != RECOMPUTE_NONE && m->parallel.expert == 1;
-        bool last_moe = true;
-        for (int q = i + 1; q < m->nops; q++)
-            last_moe = last_moe && m->ops[q].kind != OP_MOE;
+        const bool last_moe = !later_op(m, i, OP_MOE);
         for (int k = 0; k < 13; k++) {
             snprintf(nm[k], sizeof nm[k], "%s%d", fl[k], i);
             /* the backward needs the gradients of the logits, gates, and the experts' rows */

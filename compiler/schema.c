@@ -62,8 +62,8 @@ static const mc_param_spec train_params[] = {
       "GPU compute precision (fp32 master weights either way); the CPU backend computes in fp32" },
     { "recompute", PT_WORD, "none", 0, 0, "none|experts|all",
       "GPU memory: experts: the MoE layers' expert rows, hidden values, activations and outputs share one room, "
-      "and the backward makes each layer's again; all: attention's q, k, v and heads' outputs too; the CPU "
-      "backend keeps every value" },
+      "and the backward makes each layer's again; all: attention's and window attention's insides and dense MLPs' "
+      "hidden values too; the CPU backend keeps every value" },
     { "augment", PT_CALLS, "[]", 0, 0, "augment", "training augmentations, applied in order" },
     { "eval_every", PT_INT, "500", 0, 1e12, NULL, "evaluate every N steps; 0: at the end only" },
     { "checkpoint_every", PT_INT, "0", 0, 1e12, NULL, "checkpoint every N steps; 0: at the end only" },

@@ -2134,10 +2134,13 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
         const bool all = model->train.recompute == RECOMPUTE_ALL;
         bool any = false;
         for (int i = 0; i < model->nops; i++)
-            any = any || model->ops[i].kind == OP_MOE || (all && model->ops[i].kind == OP_ATTENTION);
+            any = any || model->ops[i].kind == OP_MOE ||
+                  (all && (model->ops[i].kind == OP_ATTENTION || model->ops[i].kind == OP_WINDOW_ATTENTION ||
+                           model->ops[i].kind == OP_MLP));
         if (!any)
             warn(s, s->recompute_loc, "recompute = %s: the model has no moe()%s layer, so nothing is recomputed",
-                 recompute_word[model->train.recompute], all ? " or attention()" : "");
+                 recompute_word[model->train.recompute],
+                 all ? ", attention(), window_attention() or mlp()" : "");
     }
     bool too_many = false;
     for (int i = 0; i < model->nops; i++) {

@@ -13,8 +13,8 @@
 #     gradient, whose tensor is small);
 #     NaN or Inf never passes;
 #   - a short fp32 run's logged training losses (within 1e-2);
-# two runs of damex giving the same bits (determinism), and damex with
-# recompute = all (damex_rc) the same bits as damex;
+# two runs of damex giving the same bits (determinism), and damex and hier
+# with recompute = all (damex_rc, hier_rc) the same bits as without;
 # and compute-sanitizer's memcheck over a few CUDA training steps of damex,
 # routers, hier, hier14 (hier.moe with 196-token windows) and damex_rc.
 # CHECK_CUDA_MODELS="routers hier" limits the models to those named.
@@ -40,13 +40,15 @@ STEPS=${CHECK_CUDA_STEPS:-40}
 hier14_moe "$WORK/hier14.moe"
 with_cutmix "$top_srcdir/examples/soft_moe_mnist.moe" "$WORK/soft_cm.moe"
 with_cutmix "$top_srcdir/examples/damex.moe" "$WORK/damex_cm.moe"
-# damex_rc: recompute = all (the backward makes each MoE layer's expert
-# rows and each attention layer's q, k, v and heads' outputs again, their
-# rooms shared)
+# damex_rc and hier_rc: recompute = all (the backward makes each MoE
+# layer's expert rows, each attention layer's q, k, v and heads' outputs,
+# each window attention layer's insides and each dense MLP's hidden values
+# again, their rooms shared)
 with_recompute "$top_srcdir/examples/damex.moe" "$WORK/damex_rc.moe" || not_ok "with_recompute edits damex.moe"
+with_recompute "$top_srcdir/tests/e2e/hier.moe" "$WORK/hier_rc.moe" || not_ok "with_recompute edits hier.moe"
 SPECS="damex:examples/damex.moe soft_moe_mnist:examples/soft_moe_mnist.moe routers:tests/e2e/routers.moe
     hier:tests/e2e/hier.moe hier14:$WORK/hier14.moe soft_cm:$WORK/soft_cm.moe damex_cm:$WORK/damex_cm.moe
-    damex_rc:$WORK/damex_rc.moe"
+    damex_rc:$WORK/damex_rc.moe hier_rc:$WORK/hier_rc.moe"
 selected() {
     case " ${CHECK_CUDA_MODELS:-$1} " in *" $1 "*) return 0 ;; esac
     return 1
@@ -134,7 +136,7 @@ done
 
 # moecc --summary's GPU memory is what the trainer allocates (its own
 # count, which --bench prints), in the .moe file's precision
-for spec in damex:examples/damex.moe routers:tests/e2e/routers.moe damex_rc:$WORK/damex_rc.moe; do
+for spec in damex:examples/damex.moe routers:tests/e2e/routers.moe damex_rc:$WORK/damex_rc.moe hier_rc:$WORK/hier_rc.moe; do
     model=${spec%%:*}
     [ -x "$WORK/$model/train" ] || continue
     want=$(cd "$top_srcdir" && "$MOECC" --summary "${spec#*:}" | sed -n 's/^gpu memory: \([0-9,]*\) MiB.*/\1/p' | tr -d ,)
@@ -160,18 +162,21 @@ if [ -x "$WORK/damex/train" ]; then
         cat "$WORK/damex/det1.log" "$WORK/damex/det2.log" "$WORK/damex.det" 2>/dev/null
         not_ok "damex: two runs of 20 bf16 steps end on the same bits"
     fi
-    # recompute = all changes where values live, not what they are: the
-    # same 20 steps end on damex's bits
-    if [ -x "$WORK/damex_rc/train" ]; then
-        if (cd "$WORK/damex_rc" && ./train $det --checkpoint rc.safetensors > rc.log 2>&1) &&
-            $CMP weights "$WORK/damex/det1.safetensors" "$WORK/damex_rc/rc.safetensors" 0 > "$WORK/damex_rc.det" 2>&1; then
-            ok "damex_rc: 20 bf16 steps with recompute = all end on damex's bits: $(tail -n 1 "$WORK/damex_rc.det")"
-        else
-            cat "$WORK/damex_rc/rc.log" "$WORK/damex_rc.det" 2>/dev/null
-            not_ok "damex_rc: 20 bf16 steps with recompute = all end on damex's bits"
-        fi
-    fi
 fi
+# recompute = all changes where values live, not what they are: the same
+# 20 bf16 steps end on the bits of the model without it
+for model in damex hier; do
+    [ -x "$WORK/$model/train" ] && [ -x "$WORK/${model}_rc/train" ] || continue
+    det="--data $DATA --steps 20 --log-every 10 --eval-every 0 --max-eval 100 -q"
+    if (cd "$WORK/$model" && { [ -f det1.safetensors ] || ./train $det --checkpoint det1.safetensors > det1.log 2>&1; }) &&
+        (cd "$WORK/${model}_rc" && ./train $det --checkpoint rc.safetensors > rc.log 2>&1) &&
+        $CMP weights "$WORK/$model/det1.safetensors" "$WORK/${model}_rc/rc.safetensors" 0 > "$WORK/${model}_rc.det" 2>&1; then
+        ok "${model}_rc: 20 bf16 steps with recompute = all end on $model's bits: $(tail -n 1 "$WORK/${model}_rc.det")"
+    else
+        cat "$WORK/${model}_rc/rc.log" "$WORK/${model}_rc.det" 2>/dev/null
+        not_ok "${model}_rc: 20 bf16 steps with recompute = all end on $model's bits"
+    fi
+done
 
 SAN=$(command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 if [ -z "$SAN" ]; then
