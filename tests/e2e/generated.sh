@@ -31,11 +31,19 @@ done
 [ $n -gt 0 ] && ok "$n generated directories checked"
 # the CUDA gradient arena's reused rooms never overlap while both are live
 # (grad_rooms.py derives their lives from the backward code itself), for
-# every generated model and the benchmark configs (P also with recompute =
-# all: every MoE layer's expert rooms and attention layer's rooms shared)
+# every generated model and the benchmark configs; and with recompute =
+# all (P, S, GCViT-MoE on one GPU, hier.moe, damex: MoE, attention, window
+# attention and MLP rooms shared by their layers) the backward reads a
+# shared room only while it holds that layer's values (recompute_rooms.py
+# follows the step's code)
 with_recompute "$top_srcdir/bench/gpu_p.moe" "$WORK/gpu_p_rc.moe" || not_ok "with_recompute edits gpu_p.moe"
+with_recompute "$top_srcdir/bench/gpu_s.moe" "$WORK/gpu_s_rc.moe" || not_ok "with_recompute edits gpu_s.moe"
+sed -e 's/^    batch = 1024$/    batch = 128/' -e '/^parallel(/d' "$top_srcdir/examples/gcvit_moe.moe" > "$WORK/gcvit1.moe"
+with_recompute "$WORK/gcvit1.moe" "$WORK/gcvit1_rc.moe" || not_ok "with_recompute edits gcvit_moe.moe"
+with_recompute "$top_srcdir/tests/e2e/hier.moe" "$WORK/hier_rc.moe" || not_ok "with_recompute edits hier.moe"
+with_recompute "$top_srcdir/examples/damex.moe" "$WORK/damex_rc.moe" || not_ok "with_recompute edits damex.moe"
 for f in "$top_srcdir"/generated/*/model.cu "$top_srcdir"/bench/gpu_p.moe "$top_srcdir"/bench/gpu_s.moe \
-    "$WORK/gpu_p_rc.moe"; do
+    "$WORK/gpu_p_rc.moe" "$WORK/gpu_s_rc.moe" "$WORK/gcvit1_rc.moe" "$WORK/hier_rc.moe" "$WORK/damex_rc.moe"; do
     case $f in
     *.moe)
         name=$(basename "$f" .moe)
@@ -50,5 +58,14 @@ for f in "$top_srcdir"/generated/*/model.cu "$top_srcdir"/bench/gpu_p.moe "$top_
         cat "$WORK/rooms-$name.log"
         not_ok "$name: gradient rooms overlap while both are live"
     fi
+    case $name in
+    *_rc)
+        if python3 "$top_srcdir/tests/e2e/recompute_rooms.py" "$dir/model.cu" > "$WORK/shared-$name.log" 2>&1; then
+            ok "$name: $(tail -n 1 "$WORK/shared-$name.log")"
+        else
+            cat "$WORK/shared-$name.log"
+            not_ok "$name: the backward reads a shared room while another layer's values are there"
+        fi ;;
+    esac
 done
 finish
