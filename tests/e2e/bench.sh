@@ -4,7 +4,9 @@
 # and its arithmetic are checked where its real runs cannot be: every
 # config and GPU count is reached (a bug once stopped it after the first
 # config), each efficiency and exchange figure is the one the stand-in's
-# known throughputs give, and a failed variant is reported, not skipped.
+# known throughputs give, a failed variant is reported, not skipped, and
+# each config's recompute variants are compiled with the setting (the
+# stand-in trainer counts its model.cu's shared rooms).
 #
 # The stand-ins (written below): nvidia-smi lists STUB_GPUS GPUs; make -C
 # DIR puts the stand-in trainer in DIR (moecc itself is the real one, so
@@ -71,6 +73,9 @@ if [ $bench = 1 ]; then
     awk -v nm="$name" -v b="$batch" -v i="$ips" 'BEGIN {
         printf "moecc %s: batch %d, %.2f ms per step, %s images/s, 1.00 GFLOP/s (mean of 30 steps after 2), on stand-in", nm, b, 1000 * b / i, i }'
     [ "${expert:-1}" -gt 1 ] && printf ", expert exchange 1000.0 MB sent per step per GPU"
+    # recompute: how many buffers moecc gave shared rooms
+    shared=$(grep -c ': recompute \*/' "$dir/model.cu" 2> /dev/null)
+    [ "${shared:-0}" -gt 0 ] && printf ", %d buffers in shared rooms" "$shared"
     echo
 elif [ -n "$metrics" ]; then
     loss=$(awk -v n="$n" 'BEGIN { printf "%.10f", 2.5 * (n > 1 ? 1 + 1e-6 * n : 1) }')
@@ -117,6 +122,15 @@ for cfg in gpu_p gpu_s; do
     has "[bf16] moecc $cfg: batch" "$cfg: one GPU, default precision"
     has "[fp32] moecc $cfg: batch" "$cfg: one GPU, fp32"
     has "[tf32] moecc $cfg: batch" "$cfg: one GPU, tf32"
+    # the recompute variants, compiled by moecc with the setting
+    for rc in experts all; do
+        if grep -F "[bf16, recompute = $rc] moecc $cfg: batch" "$out" | grep -q 'buffers in shared rooms'; then
+            ok "$cfg: one GPU, bf16 with recompute = $rc"
+        else
+            sed 's/^/# | /' "$out"
+            not_ok "$cfg: one GPU, bf16 with recompute = $rc (its trainer with shared rooms)"
+        fi
+    done
     has "moecc $cfg with the data loader (CIFAR-10 format files, bf16): 1000 images/s" "$cfg: the data loader's images/s"
     for n in 2 4; do
         has "[$n GPUs, parallel(data = $n), weak scaling, global batch" "$cfg: $n GPUs, data parallel, weak"
