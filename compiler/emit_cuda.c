@@ -194,7 +194,7 @@ typedef struct cuda_plan {
         char name[32];
         int64_t floats, floats16; /* in the fp32 layout, in the bf16 one */
         char what[224];
-        char key[8];              /* alloc_half_shared's kind of room, or "" */
+        char key[8];              /* alloc_room16's kind of shared room, or "" */
         int root;                 /* the room it shares (index in halves), or -1 */
     } *halves;
     int nhalves;
@@ -386,78 +386,6 @@ static void grad_inside(cuda_plan *p, const char *name, int64_t floats)
     grad_scratch(p, gname, floats);
 }
 
-/* an inside buffer of the op, and its gradient in the scratch */
-static void alloc_inside(gen *g, cuda_plan *p, const char *name, int64_t floats, const char *what)
-{
-    alloc_act(g, name, floats, what);
-    grad_inside(p, name, floats);
-}
-
-/* A buffer whose room in bf16 precision is floats16 floats, not floats:
- * such buffers lie after every other one (place_halves), so that the
- * others keep one offset in both layouts; each of them has two,
- * LAY16(fp32 layout, bf16 layout), which model.cu picks by d->lay16. */
-static void alloc_room16(cuda_plan *p, const char *name, int64_t floats, int64_t floats16, const char *what)
-{
-    p->halves = mc_xrealloc(p->halves, (size_t)(p->nhalves + 1) * sizeof *p->halves);
-    struct half_room *h = &p->halves[p->nhalves++];
-    snprintf(h->name, sizeof h->name, "%s", name);
-    h->floats = floats;
-    h->floats16 = floats16;
-    snprintf(h->what, sizeof h->what, "%s", what);
-    h->key[0] = '\0';
-    h->root = -1;
-}
-
-/* A buffer whose producer, in bf16 precision, writes bf16 values alone,
- * into the first half of its room (the experts' inputs, hidden values and
- * activations: moe_x16, moe_h16, moe_a16; a dense MLP's activations; a
- * layer norm's output that feeds a product: ln_feeds_product; attention's
- * qkv on bf16 fragments: attn_qkv16, and its heads' outputs: attn_half),
- * and whose readers take them there: in that precision the arena gives it
- * half the room. */
-static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
-{
-    char w[224]; /* what: an op_ctx's, 160 bytes at most */
-    snprintf(w, sizeof w, "%.190s; bf16 alone in bf16 precision", what);
-    alloc_room16(p, name, floats, (floats + 1) / 2, w);
-}
-
-/* alloc_room16's buffer, but one room for every buffer of kind key (the
- * largest's size): recompute, whose backward makes each layer's again
- * before reading them */
-static void alloc_room16_shared(cuda_plan *p, const char *name, int64_t floats, int64_t floats16, const char *what,
-                                const char *key)
-{
-    int root = -1;
-    for (int j = 0; j < p->nhalves && root < 0; j++)
-        if (p->halves[j].root < 0 && strcmp(p->halves[j].key, key) == 0)
-            root = j;
-    alloc_room16(p, name, floats, floats16, what);
-    struct half_room *h = &p->halves[p->nhalves - 1];
-    snprintf(h->key, sizeof h->key, "%s", key);
-    if (root < 0)
-        return;
-    h->root = root;
-    struct half_room *r = &p->halves[root];
-    if (h->floats > r->floats)
-        r->floats = h->floats;
-    if (h->floats16 > r->floats16)
-        r->floats16 = h->floats16;
-}
-
-/* An fp32 buffer (as large in both layouts) in a room of kind key
- * (alloc_room16_shared), which products may take as an operand (g->max_act
- * sizes their scratch), and its gradient in the scratch */
-static void alloc_inside_shared(gen *g, cuda_plan *p, const char *name, int64_t floats, const char *what,
-                                const char *key)
-{
-    alloc_room16_shared(p, name, floats, floats, what, key);
-    if (floats > g->max_act)
-        g->max_act = floats;
-    grad_inside(p, name, floats);
-}
-
 /* whether an op of kind after op i exists: the last op of a kind keeps
  * its shared rooms (recompute) as its forward left them */
 static bool later_op(const mc_model *m, int i, mc_op_kind kind)
@@ -468,19 +396,93 @@ static bool later_op(const mc_model *m, int i, mc_op_kind kind)
     return false;
 }
 
-/* alloc_half's buffer in a room of kind key (alloc_room16_shared) */
-static void alloc_half_shared(cuda_plan *p, const char *name, int64_t floats, const char *what, const char *key)
+/* whether attention op op keeps q, k, v and its heads' outputs in bf16
+ * rooms (the fragment kernels: attn_qkv16_ok, attn_half_ok), which
+ * recompute = all shares */
+static bool attn_bf16_rooms(const mc_op *op)
 {
-    char w[224];
+    int T, HD, NH;
+    return op->kind == OP_ATTENTION && attn_shape(op, &T, &HD, &NH) && attn_qkv16_ok(T, HD) && attn_half_ok(T, HD);
+}
+
+/* A buffer whose room in bf16 precision is floats16 floats, not floats:
+ * such buffers lie after every other one (place_halves), so that the
+ * others keep one offset in both layouts; each of them has two,
+ * LAY16(fp32 layout, bf16 layout), which model.cu picks by d->lay16.
+ * key (recompute; NULL: none): one room for every buffer of that kind,
+ * the largest's size, as the backward makes each layer's again before
+ * reading them. */
+static void alloc_room16(cuda_plan *p, const char *name, int64_t floats, int64_t floats16, const char *what,
+                         const char *key)
+{
+    int root = -1;
+    for (int j = 0; key && j < p->nhalves && root < 0; j++)
+        if (p->halves[j].root < 0 && strcmp(p->halves[j].key, key) == 0)
+            root = j;
+    p->halves = mc_xrealloc(p->halves, (size_t)(p->nhalves + 1) * sizeof *p->halves);
+    struct half_room *h = &p->halves[p->nhalves++];
+    snprintf(h->name, sizeof h->name, "%s", name);
+    h->floats = floats;
+    h->floats16 = floats16;
+    snprintf(h->what, sizeof h->what, "%s", what);
+    snprintf(h->key, sizeof h->key, "%s", key ? key : "");
+    h->root = root;
+    if (root < 0)
+        return;
+    struct half_room *r = &p->halves[root];
+    if (h->floats > r->floats)
+        r->floats = h->floats;
+    if (h->floats16 > r->floats16)
+        r->floats16 = h->floats16;
+}
+
+/* alloc_act's buffer, or with key (recompute; NULL: none) one in a room
+ * shared by its kind (alloc_room16): fp32, as large in both layouts, which
+ * products may take as an operand (g->max_act sizes their scratch) */
+static void alloc_act_in(gen *g, cuda_plan *p, const char *name, int64_t floats, const char *what, const char *key)
+{
+    if (!key) {
+        alloc_act(g, name, floats, what);
+        return;
+    }
+    alloc_room16(p, name, floats, floats, what, key);
+    if (floats > g->max_act)
+        g->max_act = floats;
+}
+
+/* an inside buffer of the op (alloc_act_in's), and its gradient in the
+ * scratch */
+static void alloc_inside_in(gen *g, cuda_plan *p, const char *name, int64_t floats, const char *what, const char *key)
+{
+    alloc_act_in(g, p, name, floats, what, key);
+    grad_inside(p, name, floats);
+}
+
+/* an inside buffer of the op, and its gradient in the scratch */
+static void alloc_inside(gen *g, cuda_plan *p, const char *name, int64_t floats, const char *what)
+{
+    alloc_inside_in(g, p, name, floats, what, NULL);
+}
+
+/* A buffer whose producer, in bf16 precision, writes bf16 values alone,
+ * into the first half of its room (the experts' inputs, hidden values and
+ * activations: moe_x16, moe_h16, moe_a16; a dense MLP's activations; a
+ * layer norm's output that feeds a product: ln_feeds_product; attention's
+ * qkv on bf16 fragments: attn_qkv16, and its heads' outputs: attn_half),
+ * and whose readers take them there: in that precision the arena gives it
+ * half the room. key: as alloc_room16's. */
+static void alloc_half(cuda_plan *p, const char *name, int64_t floats, const char *what, const char *key)
+{
+    char w[224]; /* what: an op_ctx's, 160 bytes at most */
     snprintf(w, sizeof w, "%.190s; bf16 alone in bf16 precision", what);
-    alloc_room16_shared(p, name, floats, (floats + 1) / 2, w, key);
+    alloc_room16(p, name, floats, (floats + 1) / 2, w, key);
 }
 
 /* an inside buffer of the op as alloc_half's, and its gradient (fp32) in
  * the scratch */
-static void alloc_inside_half(cuda_plan *p, const char *name, int64_t floats, const char *what)
+static void alloc_inside_half(cuda_plan *p, const char *name, int64_t floats, const char *what, const char *key)
 {
-    alloc_half(p, name, floats, what);
+    alloc_half(p, name, floats, what, key);
     grad_inside(p, name, floats);
 }
 
@@ -585,24 +587,12 @@ static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx 
      * product, from the layer's input, kept); the last layer's are still
      * there */
     const bool ra = g->m->train.recompute == RECOMPUTE_ALL;
-    const int64_t fkv = BATCH * T * w.proj, fqkv = BATCH * T * 3 * D, fatt = BATCH * NW * NH * WT * WT,
-                  fy = BATCH * T * D, fg = BATCH * WT * D;
-    const char *wkv = w.gq ? "keys, values (grid order)" : "queries, keys, values (grid order)";
-    if (ra) {
-        alloc_inside_shared(g, p, w.kv, fkv, wkv, "WKV");
-        alloc_inside_shared(g, p, w.qkvw, fqkv, "queries, keys, values (window order)", "WQKV");
-        alloc_room16_shared(p, w.att, fatt, fatt, "attention weights", "WATT");
-        if (fatt > g->max_act)
-            g->max_act = fatt;
-        alloc_inside_shared(g, p, w.yw, fy, "heads' outputs (window order)", "WYW");
-        alloc_inside_shared(g, p, w.y, fy, "heads' outputs (grid order)", "WY");
-    } else {
-        alloc_inside(g, p, w.kv, fkv, wkv);
-        alloc_inside(g, p, w.qkvw, fqkv, "queries, keys, values (window order)");
-        alloc_act(g, w.att, fatt, "attention weights");
-        alloc_inside(g, p, w.yw, fy, "heads' outputs (window order)");
-        alloc_inside(g, p, w.y, fy, "heads' outputs (grid order)");
-    }
+    alloc_inside_in(g, p, w.kv, BATCH * T * w.proj,
+                    w.gq ? "keys, values (grid order)" : "queries, keys, values (grid order)", ra ? "WKV" : NULL);
+    alloc_inside_in(g, p, w.qkvw, BATCH * T * 3 * D, "queries, keys, values (window order)", ra ? "WQKV" : NULL);
+    alloc_act_in(g, p, w.att, BATCH * NW * NH * WT * WT, "attention weights", ra ? "WATT" : NULL);
+    alloc_inside_in(g, p, w.yw, BATCH * T * D, "heads' outputs (window order)", ra ? "WYW" : NULL);
+    alloc_inside_in(g, p, w.y, BATCH * T * D, "heads' outputs (grid order)", ra ? "WY" : NULL);
     need_red(p, (int64_t)p->red_chunks * 3 * D);
 
     char pin[48];
@@ -611,13 +601,8 @@ static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx 
     sb_printf(&fw, "    linear_forward(k, A(%s), %s, P(%lldL), %s, B * %d, %d, %d);\n", w.kv, pin, w.w_in, w.bi, T, D,
               w.proj);
     if (w.gq) {
-        if (ra) {
-            alloc_inside_shared(g, p, w.gt, fg, "global tokens (the grid pooled to a window)", "WGT");
-            alloc_inside_shared(g, p, w.q, fg, "global queries", "WQ");
-        } else {
-            alloc_inside(g, p, w.gt, fg, "global tokens (the grid pooled to a window)");
-            alloc_inside(g, p, w.q, fg, "global queries");
-        }
+        alloc_inside_in(g, p, w.gt, BATCH * WT * D, "global tokens (the grid pooled to a window)", ra ? "WGT" : NULL);
+        alloc_inside_in(g, p, w.q, BATCH * WT * D, "global queries", ra ? "WQ" : NULL);
         sb_printf(&fw, "    grid_pool_forward(k, A(%s), %s, B, %d, %d, %d, %d);\n", w.gt, c->in, GH, GW, WS, D);
         sb_printf(&fw, "    linear_forward(k, A(%s), A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", w.q, w.gt, w.w_gq,
                   w.b_gq, WT, D, D);
@@ -828,7 +813,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         char o16[48] = "";
         if (g->own_value[i]) { /* ln_feeds_product: bf16 alone in bf16 precision, its room halves */
             snprintf(o16, sizeof o16, ", bf16_half(k, %s)", out);
-            alloc_half(p, name, c.floats, c.what);
+            alloc_half(p, name, c.floats, c.what, NULL);
         }
         sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s%s);\n", D, out,
                   mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s, o16);
@@ -855,36 +840,24 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
          * with every such attention layer's, and the backward makes them
          * again from the layer's input (its layer norm's output, kept);
          * the last such layer's are still there */
-        const bool ra = m->train.recompute == RECOMPUTE_ALL && q16 && y16;
+        const bool ra = m->train.recompute == RECOMPUTE_ALL && attn_bf16_rooms(op);
         bool last_attn = true;
-        for (int q = i + 1; q < m->nops; q++) {
-            int T2, HD2, NH2;
-            if (attn_shape(&m->ops[q], &T2, &HD2, &NH2) && m->ops[q].kind == OP_ATTENTION && attn_qkv16_ok(T2, HD2) &&
-                attn_half_ok(T2, HD2))
-                last_attn = false;
-        }
-        if (ra) {
-            alloc_half_shared(p, qkv, BATCH * T * 3 * D, "queries, keys, values", "QKV");
-            grad_inside(p, qkv, BATCH * T * 3 * D);
-            alloc_room16_shared(p, att, BATCH * NH * T * T, 0, "attention weights; none in bf16 precision", "ATT");
-            alloc_half_shared(p, y, BATCH * T * D, "heads' outputs", "Y");
-            grad_inside(p, y, BATCH * T * D);
-        } else {
-            if (q16)
-                alloc_inside_half(p, qkv, BATCH * T * 3 * D, "queries, keys, values");
-            else
-                alloc_inside(g, p, qkv, BATCH * T * 3 * D, "queries, keys, values");
-            if (q16) /* the fragment kernels compute them again in the backward (frag16) */
-                alloc_room16(p, att, BATCH * NH * T * T, 0, "attention weights; none in bf16 precision");
-            else
-                alloc_act(g, att, BATCH * NH * T * T, "attention weights");
-            /* the heads' outputs, in bf16 alone in bf16 precision where the
-             * kernels write them so (attn_half): the room halves */
-            if (y16)
-                alloc_inside_half(p, y, BATCH * T * D, "heads' outputs");
-            else
-                alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
-        }
+        for (int q = i + 1; q < m->nops; q++)
+            last_attn = last_attn && !attn_bf16_rooms(&m->ops[q]);
+        if (q16)
+            alloc_inside_half(p, qkv, BATCH * T * 3 * D, "queries, keys, values", ra ? "QKV" : NULL);
+        else
+            alloc_inside(g, p, qkv, BATCH * T * 3 * D, "queries, keys, values");
+        if (q16) /* the fragment kernels compute them again in the backward (frag16) */
+            alloc_room16(p, att, BATCH * NH * T * T, 0, "attention weights; none in bf16 precision", ra ? "ATT" : NULL);
+        else
+            alloc_act(g, att, BATCH * NH * T * T, "attention weights");
+        /* the heads' outputs, in bf16 alone in bf16 precision where the
+         * kernels write them so (attn_half): the room halves */
+        if (y16)
+            alloc_inside_half(p, y, BATCH * T * D, "heads' outputs", ra ? "Y" : NULL);
+        else
+            alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
         need_red(p, (int64_t)p->red_chunks * 3 * D);
         int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;
         int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = toff(g, i, qb ? 3 : 2);
@@ -947,17 +920,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
          * first product and the activation, from the kept input); the last
          * MLP's are still there */
         const bool ra = m->train.recompute == RECOMPUTE_ALL;
-        if (ra) {
-            alloc_inside_shared(g, p, hh, BATCH * T * H, "hidden, before the activation, then its derivative", "MH");
-            alloc_half_shared(p, aa, BATCH * T * H, "hidden, after the activation", "MACTV");
-            grad_inside(p, aa, BATCH * T * H);
-        } else {
-            alloc_inside(g, p, hh, BATCH * T * H, "hidden, before the activation, then its derivative");
-            /* in bf16 precision bias_act writes the activations in bf16
-             * alone (bf16_half), which the products take there: the room
-             * halves */
-            alloc_inside_half(p, aa, BATCH * T * H, "hidden, after the activation");
-        }
+        alloc_inside_in(g, p, hh, BATCH * T * H, "hidden, before the activation, then its derivative",
+                        ra ? "MH" : NULL);
+        /* in bf16 precision bias_act writes the activations in bf16 alone
+         * (bf16_half), which the products take there: the room halves */
+        alloc_inside_half(p, aa, BATCH * T * H, "hidden, after the activation", ra ? "MACTV" : NULL);
         need_red(p, (int64_t)p->red_chunks * (H > D ? H : D)); /* the two biases' gradients */
         const char *act = act_code(op->u.mlp.act);
         /* the bias and the activation in one pass over the hidden values,
@@ -1033,14 +1000,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             /* bf16 precision keeps h and a in bf16 alone (moe_h16,
              * moe_a16), and xe and ye too on one GPU (moe_x16: expert
              * parallelism sends fp32 rows) */
-            if (rc && k >= 8 && k <= 11) { /* one room for every layer's */
-                alloc_half_shared(p, nm[k], fsz[k], fwhat[k], fl[k]);
-                if (k != 10)
-                    grad_inside(p, nm[k], fsz[k]);
-            } else if (k == 9 || ((k == 8 || k == 11) && m->parallel.expert == 1))
-                alloc_inside_half(p, nm[k], fsz[k], fwhat[k]);
+            const char *room = rc && k >= 8 && k <= 11 ? fl[k] : NULL; /* one for every layer's */
+            if (k == 9 || ((k == 8 || k == 11) && m->parallel.expert == 1))
+                alloc_inside_half(p, nm[k], fsz[k], fwhat[k], room);
             else if (k == 10)
-                alloc_half(p, nm[k], fsz[k], fwhat[k]);
+                alloc_half(p, nm[k], fsz[k], fwhat[k], room);
             else if (k == 0 || k == 4 || k == 8 || k == 11)
                 alloc_inside(g, p, nm[k], fsz[k], fwhat[k]);
             else
