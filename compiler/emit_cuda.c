@@ -238,7 +238,8 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
     }
     /* each room's life: [last, first] in op indices (first >= last) */
     for (int v = 0; v < n; v++) {
-        if (!grad_floats_of(g, v))
+        const int64_t floats = grad_floats_of(g, v);
+        if (!floats)
             continue;
         int r = v;
         while (p->galias[r] >= 0)
@@ -249,7 +250,7 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
         if (v < last[r])
             last[r] = v;
         if (r == v)
-            p->gsize[r] = (grad_floats_of(g, r) + 15) & ~(int64_t)15;
+            p->gsize[r] = (floats + 15) & ~(int64_t)15;
     }
     for (int r = 0; r < n; r++)
         if (p->gsize[r] > 0)

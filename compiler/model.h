@@ -224,5 +224,6 @@ const char *mc_op_name(mc_op_kind k);
 const char *mc_router_name(mc_router_kind k);
 const char *mc_format_name(mc_format f);
 const char *mc_act_name(mc_act a);
+const char *mc_recompute_name(mc_recompute r);
 
 #endif /* MOECC_MODEL_H */

@@ -2125,10 +2125,9 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
             mc_hint(s->d, "set train { batch = ... } to a multiple of %d", p->data);
         }
     }
-    static const char *const recompute_word[] = { "none", "experts", "all" };
     if (model->train.recompute != RECOMPUTE_NONE && p->expert > 1) {
         err(s, s->recompute_loc, "recompute = %s does not work with expert parallelism (expert = %d) yet",
-            recompute_word[model->train.recompute], p->expert);
+            mc_recompute_name(model->train.recompute), p->expert);
         mc_hint(s->d, "leave recompute out, or set parallel(expert = 1): data parallelism alone works with it");
     } else if (model->train.recompute != RECOMPUTE_NONE && model_st) {
         const bool all = model->train.recompute == RECOMPUTE_ALL;
@@ -2139,7 +2138,7 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
                            model->ops[i].kind == OP_MLP));
         if (!any)
             warn(s, s->recompute_loc, "recompute = %s: the model has no moe()%s layer, so nothing is recomputed",
-                 recompute_word[model->train.recompute],
+                 mc_recompute_name(model->train.recompute),
                  all ? ", attention(), window_attention() or mlp()" : "");
     }
     bool too_many = false;
@@ -2248,4 +2247,10 @@ const char *mc_act_name(mc_act a)
 {
     static const char *const names[] = { "gelu", "relu", "silu" };
     return (unsigned)a < sizeof names / sizeof names[0] ? names[a] : "?";
+}
+
+const char *mc_recompute_name(mc_recompute r)
+{
+    static const char *const names[] = { "none", "experts", "all" };
+    return (unsigned)r < sizeof names / sizeof names[0] ? names[r] : "?";
 }

@@ -198,9 +198,9 @@ void mc_model_summary(const mc_model *m, void *outp)
     fprintf(out, ", %s schedule", scheds[t->schedule]);
     if (t->warmup)
         fprintf(out, " after %lld warmup steps", (long long)t->warmup);
-    static const char *const recompute[] = { "", ", recompute experts", ", recompute all" };
-    fprintf(out, "\n       precision %s%s, label smoothing %g, clip %g, seed %llu\n",
-            precision_name(t->precision), recompute[t->recompute], t->label_smoothing,
+    fprintf(out, "\n       precision %s%s%s, label smoothing %g, clip %g, seed %llu\n",
+            precision_name(t->precision), t->recompute != RECOMPUTE_NONE ? ", recompute " : "",
+            t->recompute != RECOMPUTE_NONE ? mc_recompute_name(t->recompute) : "", t->label_smoothing,
             t->clip_grad,
             (unsigned long long)t->seed);
     fputs("       augment:", out);

@@ -152,8 +152,8 @@ done
 # fixed-order sums; the loader's threads do not change the batches): 20
 # steps of damex in its own precision (bf16), every weight and the
 # optimizer state of the two checkpoints equal
+det="--data $DATA --steps 20 --log-every 10 --eval-every 0 --max-eval 100 -q"
 if [ -x "$WORK/damex/train" ]; then
-    det="--data $DATA --steps 20 --log-every 10 --eval-every 0 --max-eval 100 -q"
     if (cd "$WORK/damex" && ./train $det --checkpoint det1.safetensors > det1.log 2>&1 &&
         ./train $det --checkpoint det2.safetensors > det2.log 2>&1) &&
         $CMP weights "$WORK/damex/det1.safetensors" "$WORK/damex/det2.safetensors" 0 > "$WORK/damex.det" 2>&1; then
@@ -167,7 +167,6 @@ fi
 # 20 bf16 steps end on the bits of the model without it
 for model in damex hier; do
     [ -x "$WORK/$model/train" ] && [ -x "$WORK/${model}_rc/train" ] || continue
-    det="--data $DATA --steps 20 --log-every 10 --eval-every 0 --max-eval 100 -q"
     if (cd "$WORK/$model" && { [ -f det1.safetensors ] || ./train $det --checkpoint det1.safetensors > det1.log 2>&1; }) &&
         (cd "$WORK/${model}_rc" && ./train $det --checkpoint rc.safetensors > rc.log 2>&1) &&
         $CMP weights "$WORK/$model/det1.safetensors" "$WORK/${model}_rc/rc.safetensors" 0 > "$WORK/${model}_rc.det" 2>&1; then

@@ -103,8 +103,7 @@ def main():
             fail("%s_G: op %d has no heading with its shape in dev_forward" % (v, i))
         n = size[i]
         off = int(define[r][:-1])
-        o, s = rooms.get(r, (off, 0))
-        rooms[r] = (off, max(s, n))
+        rooms[r] = (off, max(rooms.get(r, (off, 0))[1], n))
 
     bad = 0
     for r, (off, n) in rooms.items():
