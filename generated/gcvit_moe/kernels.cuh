@@ -46,6 +46,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
@@ -4359,6 +4360,406 @@ static inline __nv_bfloat16 *moe_h16(const kctx *k, const float *h, int64_t r, i
     return moe_a16(k, const_cast<float *>(h), 0, r, H);
 }
 
+/* ---- the experts' first product with its bias and activation (bf16 precision, one GPU) ---------- */
+
+/* cp.async of 16 bytes into shared memory, zeros where !valid (src is then
+ * not read, but must be a mapped address) */
+__device__ static inline void cp_async16(void *dst, const void *src, bool valid)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0));
+}
+
+__device__ static inline void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+/* wait until at most N of this thread's groups are in flight */
+template <int N> __device__ static inline void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* four 8 x 8 bf16 matrices from shared memory: lanes 8i..8i+7 give the
+ * addresses of matrix i's rows, r[i] its fragment (lane 4g + t: row g,
+ * columns 2t and 2t + 1) */
+__device__ static inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16 *p)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+/* the same, each matrix transposed: lane 4g + t gets column g, rows 2t and
+ * 2t + 1 (a column-major b fragment from a row-major tile) */
+__device__ static inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16 *p)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+/* The tiles of moe_up_kernel: UP_BM rows by UP_BN hidden columns a block of
+ * 8 warps (2 x 4, each 64 x 32), the width taken UP_BK at a time through
+ * UP_STAGES buffers of shared memory (48 KiB in all: no opt-in needed).
+ * A buffer's rows are UP_BK bf16 = four 16-byte chunks; chunk c of row r
+ * lies at c ^ ((r >> 1) & 3), so that the 8 rows of an ldmatrix fall in
+ * different banks. */
+#define UP_BM 128
+#define UP_BN 128
+#define UP_BK 32
+#define UP_STAGES 3
+
+__device__ static inline int up_swz(int r, int c)
+{
+    return r * UP_BK + ((c ^ ((r >> 1) & 3)) << 3);
+}
+
+/* h = x w1^T for each of the n experts' `rows` rows (x16 [n, rows, D],
+ * w16 [n, H, D], both bf16, fp32 accumulation), rounded to bf16 as the
+ * product's output would be, then bias_act's grad_h pass in the epilogue:
+ * a16 = act(h + b1), gh16 = act'(h + b1), both bf16 (gh16: h's room). The
+ * hidden values never go to memory; the pass that read them back is gone.
+ * live (or NULL): expert e's rows from live[e] on are padding: a gets
+ * zeros there and gh is not written, as in bias_act_kernel; blocks wholly
+ * in the padding only write those zeros, and the products skip the rows
+ * (x is not read there). */
+template <int D, int H, int ACT>
+static __global__ void __launch_bounds__(256, 2)
+    moe_up_kernel(__nv_bfloat16 *__restrict__ a16, __nv_bfloat16 *__restrict__ gh16,
+                  const __nv_bfloat16 *__restrict__ x16, const __nv_bfloat16 *__restrict__ w16,
+                  const float *__restrict__ b1, const int *__restrict__ live, int rows)
+{
+    static_assert(D % UP_BK == 0 && H % 8 == 0, "moe_up_kernel: whole chunks of the width, pairs of hidden columns");
+    __shared__ __align__(128) __nv_bfloat16 sa[UP_STAGES][UP_BM * UP_BK], sb[UP_STAGES][UP_BN * UP_BK];
+    const int e = blockIdx.z, m0 = blockIdx.y * UP_BM, n0 = blockIdx.x * UP_BN;
+    const int end = live ? min(rows, live[e]) : rows;
+    const int64_t at = (int64_t)e * rows; /* the expert's first row */
+    const int tid = (int)threadIdx.x;
+    if (m0 >= end) { /* all padding: zeros into a */
+        for (int i = tid; i < UP_BM * (UP_BN / 8); i += 256) {
+            const int m = m0 + i / (UP_BN / 8), c = n0 + i % (UP_BN / 8) * 8;
+            if (m < rows && c < H)
+                *reinterpret_cast<uint4 *>(a16 + (at + m) * H + c) = make_uint4(0, 0, 0, 0);
+        }
+        return;
+    }
+    const __nv_bfloat16 *xa = x16 + at * D, *wb = w16 + (int64_t)e * H * D;
+    /* k-tile kt into buffer s: 512 chunks of each operand, 2 a thread */
+    const auto load = [&](int s, int kt) {
+        const int k0 = kt * UP_BK;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int i = tid + 256 * j, r = i / 4, c = i % 4;
+            const bool in_x = m0 + r < end, in_w = n0 + r < H;
+            cp_async16(&sa[s][up_swz(r, c)], xa + (int64_t)(in_x ? m0 + r : 0) * D + k0 + 8 * c, in_x);
+            cp_async16(&sb[s][up_swz(r, c)], wb + (int64_t)(in_w ? n0 + r : 0) * D + k0 + 8 * c, in_w);
+        }
+    };
+    constexpr int KT = D / UP_BK;
+    const int warp = tid / 32, lane = tid % 32, wm = warp / 4 * 64, wn = warp % 4 * 32;
+    float acc[4][4][4] = {};
+#pragma unroll
+    for (int s = 0; s < UP_STAGES - 1; s++) {
+        if (s < KT)
+            load(s, s);
+        cp_async_commit();
+    }
+#pragma unroll 1
+    for (int kt = 0; kt < KT; kt++) {
+        cp_async_wait<UP_STAGES - 2>();
+        __syncthreads(); /* k-tile kt is in; every warp is done with kt - 1's buffer, refilled next */
+        if (kt + UP_STAGES - 1 < KT)
+            load((kt + UP_STAGES - 1) % UP_STAGES, kt + UP_STAGES - 1);
+        cp_async_commit();
+        const __nv_bfloat16 *A = sa[kt % UP_STAGES], *B = sb[kt % UP_STAGES];
+#pragma unroll
+        for (int kk = 0; kk < UP_BK / 16; kk++) {
+            uint32_t af[4][4], bf[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) /* rows 0-7, 8-15 at chunk 2kk, then at 2kk + 1 */
+                ldmatrix_x4(af[mi], A + up_swz(wm + 16 * mi + lane % 16, 2 * kk + lane / 16));
+#pragma unroll
+            for (int nj = 0; nj < 2; nj++) { /* columns 0-7 at chunks 2kk, 2kk + 1, then columns 8-15 */
+                uint32_t q[4];
+                ldmatrix_x4(q, B + up_swz(wn + 16 * nj + lane / 16 * 8 + lane % 8, 2 * kk + lane / 8 % 2));
+                bf[2 * nj][0] = q[0];
+                bf[2 * nj][1] = q[1];
+                bf[2 * nj + 1][0] = q[2];
+                bf[2 * nj + 1][1] = q[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++)
+                    mma_bf16_16816(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+        }
+    }
+    /* the epilogue: lane 4g + t holds rows g, g + 8 and columns 2t, 2t + 1
+     * of each 16 x 8 tile */
+    const int g = lane / 4, t = lane % 4;
+    float bias[4][2];
+#pragma unroll
+    for (int ni = 0; ni < 4; ni++) {
+        const int c = n0 + wn + 8 * ni + 2 * t;
+        bias[ni][0] = c < H ? b1[(int64_t)e * H + c] : 0.0f;
+        bias[ni][1] = c < H ? b1[(int64_t)e * H + c + 1] : 0.0f;
+    }
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int m = m0 + wm + 16 * mi + g + 8 * half;
+            if (m >= rows)
+                continue;
+            uint32_t *pa = reinterpret_cast<uint32_t *>(a16 + (at + m) * H);
+            uint32_t *pg = reinterpret_cast<uint32_t *>(gh16 + (at + m) * H);
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                const int c = n0 + wn + 8 * ni + 2 * t; /* H even: c + 1 < H with c */
+                if (c >= H)
+                    continue;
+                if (m >= end) {
+                    pa[c / 2] = 0u;
+                    continue;
+                }
+                float x[2], d[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    x[j] = __bfloat162float(__float2bfloat16_rn(acc[mi][ni][2 * half + j])) + bias[ni][j];
+                    x[j] = act_f_grad<ACT>(x[j], &d[j]);
+                }
+                pa[c / 2] = bf16x2_bits(x[0], x[1]);
+                pg[c / 2] = bf16x2_bits(d[0], d[1]);
+            }
+        }
+}
+
+/* true where the environment sets name to 0 (the fused kernels' switches,
+ * to measure what each gives) */
+static inline bool env_off(const char *name)
+{
+    const char *s = getenv(name);
+    return s && strcmp(s, "0") == 0;
+}
+
+/* moe_up_kernel's launch over n experts, where it applies: bf16 precision
+ * with the rows, the activations and h's room in bf16 (x16, a16, gh16),
+ * whole 32-column chunks of the width and pairs of hidden columns, 16-byte
+ * aligned rows. Returns false, having launched nothing, elsewhere (the
+ * caller then runs the product and bias_act). MOECC_FUSED_UP=0 in the
+ * environment turns it off (to measure what it gives). */
+template <int D, int H, int ACT>
+static inline bool moe_up(const kctx *k, __nv_bfloat16 *a16, __nv_bfloat16 *gh16, const __nv_bfloat16 *x16,
+                          const float *w1, const float *b1, const int *live, int rows, int n)
+{
+    static const bool off = env_off("MOECC_FUSED_UP");
+    if constexpr (D % UP_BK != 0 || H % 8 != 0) {
+        return false;
+    } else {
+        if (off || !k->cast || !a16 || !gh16 || !x16 || !aligned16(a16, gh16, x16) || rows <= 0)
+            return false;
+        int64_t used = 0;
+        const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w1), (int64_t)n * H * D, &used);
+        if (!aligned16(w16))
+            return false;
+        const dim3 grid((H + UP_BN - 1) / UP_BN, (unsigned)((rows + UP_BM - 1) / UP_BM), (unsigned)n);
+        moe_up_kernel<D, H, ACT><<<grid, 256, 0, k->stream>>>(a16, gh16, x16, w16, b1, live, rows);
+        LAUNCH_CHECK();
+        return true;
+    }
+}
+
+/* B tiles of moe_dh_kernel: UP_BK rows of the width by UP_BN hidden
+ * columns, 16 chunks of 16 bytes a row; chunk c of row r lies at
+ * c ^ (r & 7), so that the 8 rows of a transposing ldmatrix fall in
+ * different banks */
+__device__ static inline int dh_swz(int r, int c)
+{
+    return r * UP_BN + ((c ^ (r & 7)) << 3);
+}
+
+/* The experts' rows' gradient through their second product and the
+ * activation, for each of the n experts' `rows` rows: da = dy w2 (dy16
+ * [n, rows, D], w16 = w2's bf16 copy [n, D, H], fp32 accumulation) rounded
+ * to bf16 as the product's output would be, then act_bias_backward in the
+ * epilogue: dh16 = da * gh16 (gh: act'(h + b1), which the forward left in
+ * h's room) in bf16, and the column sums of dh (fp32, before rounding) as
+ * partial sums part[e][c][H] of RED_CHUNKS chunks of rows (colsum_final
+ * adds them into db1). da never goes to memory. A block takes chunk c's
+ * tiles of rows in order, so the sums are the same bits on every run.
+ * live (or NULL): rows from live[e] on are padding: dh gets zeros there,
+ * dy and gh are not read, and the sums skip them. */
+template <int D, int H>
+static __global__ void __launch_bounds__(256, 2)
+    moe_dh_kernel(__nv_bfloat16 *__restrict__ dh16, float *__restrict__ part, const __nv_bfloat16 *__restrict__ dy16,
+                  const __nv_bfloat16 *__restrict__ w16, const __nv_bfloat16 *__restrict__ gh16,
+                  const int *__restrict__ live, int rows)
+{
+    static_assert(D % UP_BK == 0 && H % 8 == 0, "moe_dh_kernel: whole chunks of the width, of the hidden columns");
+    __shared__ __align__(128) __nv_bfloat16 sa[UP_STAGES][UP_BM * UP_BK], sb[UP_STAGES][UP_BK * UP_BN];
+    __shared__ float red[4][4][2][4]; /* the second row of warps' column sums */
+    const int e = blockIdx.z, chunk = blockIdx.y, n0 = blockIdx.x * UP_BN;
+    const int end = live ? min(rows, live[e]) : rows;
+    const int64_t at = (int64_t)e * rows;
+    const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32, wm = warp / 4 * 64, wn = warp % 4 * 32;
+    const int g = lane / 4, t = lane % 4;
+    const int tiles = (rows + UP_BM - 1) / UP_BM, per = (tiles + RED_CHUNKS - 1) / RED_CHUNKS;
+    const int tlo = chunk * per, thi = min(tiles, tlo + per);
+    const __nv_bfloat16 *ya = dy16 + at * D, *wb = w16 + (int64_t)e * D * H;
+    float sum[4][2] = {};
+    for (int tile = tlo; tile < thi; tile++) {
+        const int m0 = tile * UP_BM;
+        if (m0 >= end) { /* all padding: zeros into dh */
+            for (int i = tid; i < UP_BM * (UP_BN / 8); i += 256) {
+                const int m = m0 + i / (UP_BN / 8), c = n0 + i % (UP_BN / 8) * 8;
+                if (m < rows && c < H)
+                    *reinterpret_cast<uint4 *>(dh16 + (at + m) * H + c) = make_uint4(0, 0, 0, 0);
+            }
+            continue;
+        }
+        /* k-tile kt into buffer s: a's 512 chunks and b's 512, 2 each a thread */
+        const auto load = [&](int s, int kt) {
+            const int k0 = kt * UP_BK;
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int i = tid + 256 * j;
+                const int r = i / 4, c = i % 4;
+                const bool in_y = m0 + r < end;
+                cp_async16(&sa[s][up_swz(r, c)], ya + (int64_t)(in_y ? m0 + r : 0) * D + k0 + 8 * c, in_y);
+                const int rb = i / (UP_BN / 8), cb = i % (UP_BN / 8);
+                const bool in_w = n0 + 8 * cb < H;
+                cp_async16(&sb[s][dh_swz(rb, cb)], wb + (int64_t)(k0 + rb) * H + (in_w ? n0 + 8 * cb : 0), in_w);
+            }
+        };
+        constexpr int KT = D / UP_BK;
+        float acc[4][4][4] = {};
+        __syncthreads(); /* the previous tile's last buffers are read */
+#pragma unroll
+        for (int s = 0; s < UP_STAGES - 1; s++) {
+            if (s < KT)
+                load(s, s);
+            cp_async_commit();
+        }
+#pragma unroll 1
+        for (int kt = 0; kt < KT; kt++) {
+            cp_async_wait<UP_STAGES - 2>();
+            __syncthreads();
+            if (kt + UP_STAGES - 1 < KT)
+                load((kt + UP_STAGES - 1) % UP_STAGES, kt + UP_STAGES - 1);
+            cp_async_commit();
+            const __nv_bfloat16 *A = sa[kt % UP_STAGES], *B = sb[kt % UP_STAGES];
+#pragma unroll
+            for (int kk = 0; kk < UP_BK / 16; kk++) {
+                uint32_t af[4][4], bf[4][2];
+#pragma unroll
+                for (int mi = 0; mi < 4; mi++)
+                    ldmatrix_x4(af[mi], A + up_swz(wm + 16 * mi + lane % 16, 2 * kk + lane / 16));
+#pragma unroll
+                for (int nj = 0; nj < 2; nj++) { /* (k 0-7, 8-15) x columns 0-7, then 8-15, transposed */
+                    uint32_t q[4];
+                    ldmatrix_x4_trans(q, B + dh_swz(16 * kk + lane % 8 + lane / 8 % 2 * 8, (wn + 16 * nj) / 8 + lane / 16));
+                    bf[2 * nj][0] = q[0];
+                    bf[2 * nj][1] = q[1];
+                    bf[2 * nj + 1][0] = q[2];
+                    bf[2 * nj + 1][1] = q[3];
+                }
+#pragma unroll
+                for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                    for (int ni = 0; ni < 4; ni++)
+                        mma_bf16_16816(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+            }
+        }
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int m = m0 + wm + 16 * mi + g + 8 * half;
+                if (m >= rows)
+                    continue;
+                uint32_t *pd = reinterpret_cast<uint32_t *>(dh16 + (at + m) * H);
+                const uint32_t *pg = reinterpret_cast<const uint32_t *>(gh16 + (at + m) * H);
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) {
+                    const int c = n0 + wn + 8 * ni + 2 * t;
+                    if (c >= H)
+                        continue;
+                    if (m >= end) {
+                        pd[c / 2] = 0u;
+                        continue;
+                    }
+                    const uint32_t gw = pg[c / 2];
+                    const float f[2] = { __uint_as_float(gw << 16), __uint_as_float(gw & 0xFFFF0000u) };
+                    float d[2];
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        d[j] = __bfloat162float(__float2bfloat16_rn(acc[mi][ni][2 * half + j])) * f[j];
+                        sum[ni][j] += d[j];
+                    }
+                    pd[c / 2] = bf16x2_bits(d[0], d[1]);
+                }
+            }
+    }
+    /* the column sums: the 8 lanes of a column pair (g), then the two rows
+     * of warps, in a fixed order */
+#pragma unroll
+    for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1)
+                sum[ni][j] += __shfl_xor_sync(0xffffffffu, sum[ni][j], o);
+    if (wm && g == 0)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                red[warp % 4][t][j][ni] = sum[ni][j];
+    __syncthreads();
+    if (!wm && g == 0)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) {
+            const int c = n0 + wn + 8 * ni + 2 * t;
+            if (c >= H)
+                continue;
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                part[((int64_t)e * RED_CHUNKS + chunk) * H + c + j] = sum[ni][j] + red[warp % 4][t][j][ni];
+        }
+}
+
+/* moe_dh_kernel's launch over n experts and the sums' addition into db1
+ * (db1 += colsum(dh)), where it applies: bf16 precision on one GPU (dy,
+ * gh and dh in bf16), as moe_up. Returns false, having launched nothing,
+ * elsewhere (the caller then runs the product and act_bias_backward).
+ * MOECC_FUSED_DH=0 turns it off. */
+template <int D, int H>
+static inline bool moe_dh(const kctx *k, __nv_bfloat16 *dh16, float *db1, const __nv_bfloat16 *dy16, const float *w2,
+                          const __nv_bfloat16 *gh16, const int *live, int rows, int n)
+{
+    static const bool off = env_off("MOECC_FUSED_DH");
+    if constexpr (D % UP_BK != 0 || H % 8 != 0) {
+        return false;
+    } else {
+        if (off || !k->cast || !dh16 || !dy16 || !gh16 || !aligned16(dh16, dy16, gh16) || rows <= 0)
+            return false;
+        int64_t used = 0;
+        const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w2), (int64_t)n * D * H, &used);
+        if (!aligned16(w16))
+            return false;
+        red_need(k, (int64_t)n * RED_CHUNKS * H);
+        const dim3 grid((H + UP_BN - 1) / UP_BN, RED_CHUNKS, (unsigned)n);
+        moe_dh_kernel<D, H><<<grid, 256, 0, k->stream>>>(dh16, k->red, dy16, w16, gh16, live, rows);
+        LAUNCH_CHECK();
+        colsum_final(k, db1, H, n, H);
+        return true;
+    }
+}
+
 /* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
  * out [expert, rows, *]): h = x w1^T, a = act(h + b1), then h holds
  * act'(h + b1) for the backward (bias_act's grad_h), y = a w2^T (+ b2 when
@@ -4378,7 +4779,9 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, __nv_bfloat16 *y16,
     xr += r * D, h += r * H, a += r * H, yr += r * D;
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     const mm_in xin = mm_pick(x16 ? x16 + r * D : nullptr, xr);
-    if (h16) {
+    if (moe_up<D, H, ACT>(k, a16, h16, x16 ? x16 + r * D : nullptr, w1, b1, live, rows, n)) {
+        /* the product, bias and activation in one kernel */
+    } else if (h16) {
         mm_nt(k, h16, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
         bias_act<ACT>(k, a, h16, b1, rows, H, n, a16, true, live);
     } else {
@@ -4590,7 +4993,9 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, __nv_bfloat1
     dxr += r * D, dh += r * H, h += r * H;
     dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
     w1 += (int64_t)e * H * D, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
-    if (da16) { /* bf16 precision: da and h in bf16 (moe_h16), dh into dh16 */
+    if (moe_dh<D, H>(k, dh16, db1, dy16, w2, h16, live, rows, n)) {
+        /* the product, the activation's backward and db1's sums in one kernel */
+    } else if (da16) { /* bf16 precision: da and h in bf16 (moe_h16), dh into dh16 */
         mm_nn(k, da16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
               (int64_t)rows * H);
         act_bias_backward(k, nullptr, dh16, db1, da16, h16, rows, H, n, live);
