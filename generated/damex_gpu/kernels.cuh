@@ -4402,12 +4402,16 @@ __device__ static inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfl
                  : "r"(s));
 }
 
-/* The tiles of moe_up_kernel: UP_BM rows by UP_BN hidden columns a block of
- * 8 warps (2 x 4, each 64 x 32), the width taken UP_BK at a time through
- * UP_STAGES buffers of shared memory (48 KiB in all: no opt-in needed).
- * A buffer's rows are UP_BK bf16 = four 16-byte chunks; chunk c of row r
- * lies at c ^ ((r >> 1) & 3), so that the 8 rows of an ldmatrix fall in
- * different banks. */
+/* The tiles of the experts' fused products (moe_up_kernel, moe_dh_kernel):
+ * UP_BM rows by UP_BN hidden columns a block of 8 warps (2 x 4, each
+ * 64 x 32), the width taken UP_BK at a time through UP_STAGES buffers of
+ * shared memory (48 KiB in all: no opt-in needed). The rows' buffers hold
+ * UP_BK bf16 a row, four 16-byte chunks: chunk c of row r lies at
+ * c ^ ((r >> 1) & 3) (up_swz), so that the 8 rows of an ldmatrix fall in
+ * different banks. The weights' buffers hold the same for moe_up (w1
+ * [H, D]: a row per hidden column), and UP_BK rows of the width by UP_BN
+ * hidden columns for moe_dh (w2 [D, H]), 16 chunks a row, chunk c of row r
+ * at c ^ (r & 7) (dh_swz), read by transposing ldmatrix. */
 #define UP_BM 128
 #define UP_BN 128
 #define UP_BK 32
@@ -4418,50 +4422,53 @@ __device__ static inline int up_swz(int r, int c)
     return r * UP_BK + ((c ^ ((r >> 1) & 3)) << 3);
 }
 
-/* h = x w1^T for each of the n experts' `rows` rows (x16 [n, rows, D],
- * w16 [n, H, D], both bf16, fp32 accumulation), rounded to bf16 as the
- * product's output would be, then bias_act's grad_h pass in the epilogue:
- * a16 = act(h + b1), gh16 = act'(h + b1), both bf16 (gh16: h's room). The
- * hidden values never go to memory; the pass that read them back is gone.
- * live (or NULL): expert e's rows from live[e] on are padding: a gets
- * zeros there and gh is not written, as in bias_act_kernel; blocks wholly
- * in the padding only write those zeros, and the products skip the rows
- * (x is not read there). */
-template <int D, int H, int ACT>
-static __global__ void __launch_bounds__(256, 2)
-    moe_up_kernel(__nv_bfloat16 *__restrict__ a16, __nv_bfloat16 *__restrict__ gh16,
-                  const __nv_bfloat16 *__restrict__ x16, const __nv_bfloat16 *__restrict__ w16,
-                  const float *__restrict__ b1, const int *__restrict__ live, int rows)
+__device__ static inline int dh_swz(int r, int c)
 {
-    static_assert(D % UP_BK == 0 && H % 8 == 0, "moe_up_kernel: whole chunks of the width, pairs of hidden columns");
-    __shared__ __align__(128) __nv_bfloat16 sa[UP_STAGES][UP_BM * UP_BK], sb[UP_STAGES][UP_BN * UP_BK];
-    const int e = blockIdx.z, m0 = blockIdx.y * UP_BM, n0 = blockIdx.x * UP_BN;
-    const int end = live ? min(rows, live[e]) : rows;
-    const int64_t at = (int64_t)e * rows; /* the expert's first row */
-    const int tid = (int)threadIdx.x;
-    if (m0 >= end) { /* all padding: zeros into a */
-        for (int i = tid; i < UP_BM * (UP_BN / 8); i += 256) {
-            const int m = m0 + i / (UP_BN / 8), c = n0 + i % (UP_BN / 8) * 8;
-            if (m < rows && c < H)
-                *reinterpret_cast<uint4 *>(a16 + (at + m) * H + c) = make_uint4(0, 0, 0, 0);
-        }
-        return;
-    }
-    const __nv_bfloat16 *xa = x16 + at * D, *wb = w16 + (int64_t)e * H * D;
+    return r * UP_BN + ((c ^ (r & 7)) << 3);
+}
+
+typedef __nv_bfloat16 up_buf[UP_STAGES][UP_BM * UP_BK]; /* UP_BN * UP_BK = UP_BK * UP_BN too */
+
+/* acc = rows m0.. of x [*, D] times hidden columns n0.. of the weights w
+ * (WT false: w [H, D]; true: w [D, H]), bf16 in, fp32 accumulated, over
+ * the whole width; rows from `end` on and columns from H on are zeros (not
+ * read). Lane 4g + t of warp w holds rows 64 (w / 4) + 16 mi + g (+ 8) and
+ * columns 32 (w % 4) + 8 ni + 2t (+ 1) in acc[mi][ni] (the m16n8k16
+ * accumulator layout). Every thread of the block calls it. */
+template <int D, int H, bool WT>
+__device__ static inline void up_tile(float (&acc)[4][4][4], up_buf &sa, up_buf &sb, const __nv_bfloat16 *x,
+                                      const __nv_bfloat16 *w, int m0, int end, int n0)
+{
+    static_assert(D % UP_BK == 0 && H % 8 == 0, "the experts' fused products: whole chunks of the width and of the "
+                                                "hidden columns");
+    const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32, wm = warp / 4 * 64, wn = warp % 4 * 32;
     /* k-tile kt into buffer s: 512 chunks of each operand, 2 a thread */
     const auto load = [&](int s, int kt) {
         const int k0 = kt * UP_BK;
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             const int i = tid + 256 * j, r = i / 4, c = i % 4;
-            const bool in_x = m0 + r < end, in_w = n0 + r < H;
-            cp_async16(&sa[s][up_swz(r, c)], xa + (int64_t)(in_x ? m0 + r : 0) * D + k0 + 8 * c, in_x);
-            cp_async16(&sb[s][up_swz(r, c)], wb + (int64_t)(in_w ? n0 + r : 0) * D + k0 + 8 * c, in_w);
+            const bool in_x = m0 + r < end;
+            cp_async16(&sa[s][up_swz(r, c)], x + (int64_t)(in_x ? m0 + r : 0) * D + k0 + 8 * c, in_x);
+            if constexpr (WT) {
+                const int rb = i / (UP_BN / 8), cb = i % (UP_BN / 8);
+                const bool in_w = n0 + 8 * cb < H;
+                cp_async16(&sb[s][dh_swz(rb, cb)], w + (int64_t)(k0 + rb) * H + (in_w ? n0 + 8 * cb : 0), in_w);
+            } else {
+                const bool in_w = n0 + r < H;
+                cp_async16(&sb[s][up_swz(r, c)], w + (int64_t)(in_w ? n0 + r : 0) * D + k0 + 8 * c, in_w);
+            }
         }
     };
     constexpr int KT = D / UP_BK;
-    const int warp = tid / 32, lane = tid % 32, wm = warp / 4 * 64, wn = warp % 4 * 32;
-    float acc[4][4][4] = {};
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[mi][ni][e] = 0.0f;
+    __syncthreads(); /* the buffers' last readers (a previous tile) are done */
 #pragma unroll
     for (int s = 0; s < UP_STAGES - 1; s++) {
         if (s < KT)
@@ -4483,9 +4490,12 @@ static __global__ void __launch_bounds__(256, 2)
             for (int mi = 0; mi < 4; mi++) /* rows 0-7, 8-15 at chunk 2kk, then at 2kk + 1 */
                 ldmatrix_x4(af[mi], A + up_swz(wm + 16 * mi + lane % 16, 2 * kk + lane / 16));
 #pragma unroll
-            for (int nj = 0; nj < 2; nj++) { /* columns 0-7 at chunks 2kk, 2kk + 1, then columns 8-15 */
+            for (int nj = 0; nj < 2; nj++) { /* columns 0-7 at k 0-7, 8-15, then columns 8-15 */
                 uint32_t q[4];
-                ldmatrix_x4(q, B + up_swz(wn + 16 * nj + lane / 16 * 8 + lane % 8, 2 * kk + lane / 8 % 2));
+                if constexpr (WT)
+                    ldmatrix_x4_trans(q, B + dh_swz(16 * kk + lane % 8 + lane / 8 % 2 * 8, (wn + 16 * nj) / 8 + lane / 16));
+                else
+                    ldmatrix_x4(q, B + up_swz(wn + 16 * nj + lane / 16 * 8 + lane % 8, 2 * kk + lane / 8 % 2));
                 bf[2 * nj][0] = q[0];
                 bf[2 * nj][1] = q[1];
                 bf[2 * nj + 1][0] = q[2];
@@ -4498,9 +4508,46 @@ static __global__ void __launch_bounds__(256, 2)
                     mma_bf16_16816(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
         }
     }
-    /* the epilogue: lane 4g + t holds rows g, g + 8 and columns 2t, 2t + 1
-     * of each 16 x 8 tile */
-    const int g = lane / 4, t = lane % 4;
+}
+
+/* zeros into rows m0.. (< rows) and columns n0.. (< H) of one tile of
+ * out [*, H] (a tile of padding rows) */
+template <int H> __device__ static inline void up_zero_tile(__nv_bfloat16 *out, int m0, int n0, int rows)
+{
+    for (int i = (int)threadIdx.x; i < UP_BM * (UP_BN / 8); i += (int)blockDim.x) {
+        const int m = m0 + i / (UP_BN / 8), c = n0 + i % (UP_BN / 8) * 8;
+        if (m < rows && c < H)
+            *reinterpret_cast<uint4 *>(out + (int64_t)m * H + c) = make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* h = x w1^T for each of the n experts' `rows` rows (x16 [n, rows, D],
+ * w16 [n, H, D], both bf16, fp32 accumulation), rounded to bf16 as the
+ * product's output would be, then bias_act's grad_h pass in the epilogue:
+ * a16 = act(h + b1), gh16 = act'(h + b1), both bf16 (gh16: h's room). The
+ * hidden values never go to memory; the pass that read them back is gone.
+ * live (or NULL): expert e's rows from live[e] on are padding: a gets
+ * zeros there and gh is not written, as in bias_act_kernel; blocks wholly
+ * in the padding only write those zeros, and the products skip the rows
+ * (x is not read there). */
+template <int D, int H, int ACT>
+static __global__ void __launch_bounds__(256, 2)
+    moe_up_kernel(__nv_bfloat16 *__restrict__ a16, __nv_bfloat16 *__restrict__ gh16,
+                  const __nv_bfloat16 *__restrict__ x16, const __nv_bfloat16 *__restrict__ w16,
+                  const float *__restrict__ b1, const int *__restrict__ live, int rows)
+{
+    __shared__ __align__(128) up_buf sa, sb;
+    const int e = blockIdx.z, m0 = blockIdx.y * UP_BM, n0 = blockIdx.x * UP_BN;
+    const int end = live ? min(rows, live[e]) : rows;
+    const int64_t at = (int64_t)e * rows; /* the expert's first row */
+    if (m0 >= end) {
+        up_zero_tile<H>(a16 + at * H, m0, n0, rows);
+        return;
+    }
+    float acc[4][4][4];
+    up_tile<D, H, false>(acc, sa, sb, x16 + at * D, w16 + (int64_t)e * H * D, m0, end, n0);
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int wm = warp / 4 * 64, wn = warp % 4 * 32;
     float bias[4][2];
 #pragma unroll
     for (int ni = 0; ni < 4; ni++) {
@@ -4538,50 +4585,6 @@ static __global__ void __launch_bounds__(256, 2)
         }
 }
 
-/* true where the environment sets name to 0 (the fused kernels' switches,
- * to measure what each gives) */
-static inline bool env_off(const char *name)
-{
-    const char *s = getenv(name);
-    return s && strcmp(s, "0") == 0;
-}
-
-/* moe_up_kernel's launch over n experts, where it applies: bf16 precision
- * with the rows, the activations and h's room in bf16 (x16, a16, gh16),
- * whole 32-column chunks of the width and pairs of hidden columns, 16-byte
- * aligned rows. Returns false, having launched nothing, elsewhere (the
- * caller then runs the product and bias_act). MOECC_FUSED_UP=0 in the
- * environment turns it off (to measure what it gives). */
-template <int D, int H, int ACT>
-static inline bool moe_up(const kctx *k, __nv_bfloat16 *a16, __nv_bfloat16 *gh16, const __nv_bfloat16 *x16,
-                          const float *w1, const float *b1, const int *live, int rows, int n)
-{
-    static const bool off = env_off("MOECC_FUSED_UP");
-    if constexpr (D % UP_BK != 0 || H % 8 != 0) {
-        return false;
-    } else {
-        if (off || !k->cast || !a16 || !gh16 || !x16 || !aligned16(a16, gh16, x16) || rows <= 0)
-            return false;
-        int64_t used = 0;
-        const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w1), (int64_t)n * H * D, &used);
-        if (!aligned16(w16))
-            return false;
-        const dim3 grid((H + UP_BN - 1) / UP_BN, (unsigned)((rows + UP_BM - 1) / UP_BM), (unsigned)n);
-        moe_up_kernel<D, H, ACT><<<grid, 256, 0, k->stream>>>(a16, gh16, x16, w16, b1, live, rows);
-        LAUNCH_CHECK();
-        return true;
-    }
-}
-
-/* B tiles of moe_dh_kernel: UP_BK rows of the width by UP_BN hidden
- * columns, 16 chunks of 16 bytes a row; chunk c of row r lies at
- * c ^ (r & 7), so that the 8 rows of a transposing ldmatrix fall in
- * different banks */
-__device__ static inline int dh_swz(int r, int c)
-{
-    return r * UP_BN + ((c ^ (r & 7)) << 3);
-}
-
 /* The experts' rows' gradient through their second product and the
  * activation, for each of the n experts' `rows` rows: da = dy w2 (dy16
  * [n, rows, D], w16 = w2's bf16 copy [n, D, H], fp32 accumulation) rounded
@@ -4599,81 +4602,24 @@ static __global__ void __launch_bounds__(256, 2)
                   const __nv_bfloat16 *__restrict__ w16, const __nv_bfloat16 *__restrict__ gh16,
                   const int *__restrict__ live, int rows)
 {
-    static_assert(D % UP_BK == 0 && H % 8 == 0, "moe_dh_kernel: whole chunks of the width, of the hidden columns");
-    __shared__ __align__(128) __nv_bfloat16 sa[UP_STAGES][UP_BM * UP_BK], sb[UP_STAGES][UP_BK * UP_BN];
+    __shared__ __align__(128) up_buf sa, sb;
     __shared__ float red[4][4][2][4]; /* the second row of warps' column sums */
     const int e = blockIdx.z, chunk = blockIdx.y, n0 = blockIdx.x * UP_BN;
     const int end = live ? min(rows, live[e]) : rows;
     const int64_t at = (int64_t)e * rows;
-    const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32, wm = warp / 4 * 64, wn = warp % 4 * 32;
-    const int g = lane / 4, t = lane % 4;
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int wm = warp / 4 * 64, wn = warp % 4 * 32;
     const int tiles = (rows + UP_BM - 1) / UP_BM, per = (tiles + RED_CHUNKS - 1) / RED_CHUNKS;
     const int tlo = chunk * per, thi = min(tiles, tlo + per);
-    const __nv_bfloat16 *ya = dy16 + at * D, *wb = w16 + (int64_t)e * D * H;
     float sum[4][2] = {};
     for (int tile = tlo; tile < thi; tile++) {
         const int m0 = tile * UP_BM;
-        if (m0 >= end) { /* all padding: zeros into dh */
-            for (int i = tid; i < UP_BM * (UP_BN / 8); i += 256) {
-                const int m = m0 + i / (UP_BN / 8), c = n0 + i % (UP_BN / 8) * 8;
-                if (m < rows && c < H)
-                    *reinterpret_cast<uint4 *>(dh16 + (at + m) * H + c) = make_uint4(0, 0, 0, 0);
-            }
+        if (m0 >= end) {
+            up_zero_tile<H>(dh16 + at * H, m0, n0, rows);
             continue;
         }
-        /* k-tile kt into buffer s: a's 512 chunks and b's 512, 2 each a thread */
-        const auto load = [&](int s, int kt) {
-            const int k0 = kt * UP_BK;
-#pragma unroll
-            for (int j = 0; j < 2; j++) {
-                const int i = tid + 256 * j;
-                const int r = i / 4, c = i % 4;
-                const bool in_y = m0 + r < end;
-                cp_async16(&sa[s][up_swz(r, c)], ya + (int64_t)(in_y ? m0 + r : 0) * D + k0 + 8 * c, in_y);
-                const int rb = i / (UP_BN / 8), cb = i % (UP_BN / 8);
-                const bool in_w = n0 + 8 * cb < H;
-                cp_async16(&sb[s][dh_swz(rb, cb)], wb + (int64_t)(k0 + rb) * H + (in_w ? n0 + 8 * cb : 0), in_w);
-            }
-        };
-        constexpr int KT = D / UP_BK;
-        float acc[4][4][4] = {};
-        __syncthreads(); /* the previous tile's last buffers are read */
-#pragma unroll
-        for (int s = 0; s < UP_STAGES - 1; s++) {
-            if (s < KT)
-                load(s, s);
-            cp_async_commit();
-        }
-#pragma unroll 1
-        for (int kt = 0; kt < KT; kt++) {
-            cp_async_wait<UP_STAGES - 2>();
-            __syncthreads();
-            if (kt + UP_STAGES - 1 < KT)
-                load((kt + UP_STAGES - 1) % UP_STAGES, kt + UP_STAGES - 1);
-            cp_async_commit();
-            const __nv_bfloat16 *A = sa[kt % UP_STAGES], *B = sb[kt % UP_STAGES];
-#pragma unroll
-            for (int kk = 0; kk < UP_BK / 16; kk++) {
-                uint32_t af[4][4], bf[4][2];
-#pragma unroll
-                for (int mi = 0; mi < 4; mi++)
-                    ldmatrix_x4(af[mi], A + up_swz(wm + 16 * mi + lane % 16, 2 * kk + lane / 16));
-#pragma unroll
-                for (int nj = 0; nj < 2; nj++) { /* (k 0-7, 8-15) x columns 0-7, then 8-15, transposed */
-                    uint32_t q[4];
-                    ldmatrix_x4_trans(q, B + dh_swz(16 * kk + lane % 8 + lane / 8 % 2 * 8, (wn + 16 * nj) / 8 + lane / 16));
-                    bf[2 * nj][0] = q[0];
-                    bf[2 * nj][1] = q[1];
-                    bf[2 * nj + 1][0] = q[2];
-                    bf[2 * nj + 1][1] = q[3];
-                }
-#pragma unroll
-                for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-                    for (int ni = 0; ni < 4; ni++)
-                        mma_bf16_16816(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
-            }
-        }
+        float acc[4][4][4];
+        up_tile<D, H, true>(acc, sa, sb, dy16 + at * D, w16 + (int64_t)e * D * H, m0, end, n0);
 #pragma unroll
         for (int mi = 0; mi < 4; mi++)
 #pragma unroll
@@ -4692,7 +4638,7 @@ static __global__ void __launch_bounds__(256, 2)
                         pd[c / 2] = 0u;
                         continue;
                     }
-                    const uint32_t gw = pg[c / 2];
+                    const uint32_t gw = pg[c / 2]; /* two bf16: the first in the low half */
                     const float f[2] = { __uint_as_float(gw << 16), __uint_as_float(gw & 0xFFFF0000u) };
                     float d[2];
 #pragma unroll
@@ -4732,10 +4678,54 @@ static __global__ void __launch_bounds__(256, 2)
         }
 }
 
+/* true where the environment sets name to 0 (the fused kernels' switches,
+ * to measure what each gives) */
+static inline bool env_off(const char *name)
+{
+    const char *s = getenv(name);
+    return s && strcmp(s, "0") == 0;
+}
+
+/* Where the experts' fused products apply: bf16 precision, the rows'
+ * operands in bf16 (p, q, r: given and 16-byte aligned), some rows, and
+ * the weights (n_w elements at w) with a 16-byte aligned bf16 copy, which
+ * it returns; NULL elsewhere (or when the switch `off` is set): the caller
+ * then runs the product and the pass. */
+static inline const __nv_bfloat16 *fused_weights(const kctx *k, bool off, const float *w, int64_t n_w, int rows,
+                                                 const void *p, const void *q, const void *r)
+{
+    if (off || !k->cast || !p || !q || !r || !aligned16(p, q, r) || rows <= 0)
+        return nullptr;
+    int64_t used = 0;
+    const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w), n_w, &used);
+    return aligned16(w16) ? w16 : nullptr;
+}
+
+/* moe_up_kernel's launch over n experts, where it applies (fused_weights;
+ * one GPU in practice: with expert parallelism the rows are fp32).
+ * Returns false, having launched nothing, elsewhere. MOECC_FUSED_UP=0 in
+ * the environment turns it off. */
+template <int D, int H, int ACT>
+static inline bool moe_up(const kctx *k, __nv_bfloat16 *a16, __nv_bfloat16 *gh16, const __nv_bfloat16 *x16,
+                          const float *w1, const float *b1, const int *live, int rows, int n)
+{
+    static const bool off = env_off("MOECC_FUSED_UP");
+    if constexpr (D % UP_BK != 0 || H % 8 != 0) {
+        return false;
+    } else {
+        const __nv_bfloat16 *w16 = fused_weights(k, off, w1, (int64_t)n * H * D, rows, a16, gh16, x16);
+        if (!w16)
+            return false;
+        const dim3 grid((H + UP_BN - 1) / UP_BN, (unsigned)((rows + UP_BM - 1) / UP_BM), (unsigned)n);
+        moe_up_kernel<D, H, ACT><<<grid, 256, 0, k->stream>>>(a16, gh16, x16, w16, b1, live, rows);
+        LAUNCH_CHECK();
+        return true;
+    }
+}
+
 /* moe_dh_kernel's launch over n experts and the sums' addition into db1
- * (db1 += colsum(dh)), where it applies: bf16 precision on one GPU (dy,
- * gh and dh in bf16), as moe_up. Returns false, having launched nothing,
- * elsewhere (the caller then runs the product and act_bias_backward).
+ * (db1 += colsum(dh)), where it applies (fused_weights: dy, gh and dh in
+ * bf16). Returns false, having launched nothing, elsewhere.
  * MOECC_FUSED_DH=0 turns it off. */
 template <int D, int H>
 static inline bool moe_dh(const kctx *k, __nv_bfloat16 *dh16, float *db1, const __nv_bfloat16 *dy16, const float *w2,
@@ -4745,11 +4735,8 @@ static inline bool moe_dh(const kctx *k, __nv_bfloat16 *dh16, float *db1, const 
     if constexpr (D % UP_BK != 0 || H % 8 != 0) {
         return false;
     } else {
-        if (off || !k->cast || !dh16 || !dy16 || !gh16 || !aligned16(dh16, dy16, gh16) || rows <= 0)
-            return false;
-        int64_t used = 0;
-        const __nv_bfloat16 *w16 = bf16_operand(k, mm_in(w2), (int64_t)n * D * H, &used);
-        if (!aligned16(w16))
+        const __nv_bfloat16 *w16 = fused_weights(k, off, w2, (int64_t)n * D * H, rows, dh16, dy16, gh16);
+        if (!w16)
             return false;
         red_need(k, (int64_t)n * RED_CHUNKS * H);
         const dim3 grid((H + UP_BN - 1) / UP_BN, RED_CHUNKS, (unsigned)n);

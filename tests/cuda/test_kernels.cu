@@ -686,6 +686,43 @@ template <int ACT> static void test_act(const char *name, int N)
 
 /* ---- the experts' fused first product (bf16 precision) ------------------------------------------- */
 
+/* The experts' fused products' tests: G experts of `rows` rows each, live
+ * rows given (rows from live[g] on are padding). v [G * rows * width]
+ * rounded to bf16 in place, NaN in the padding rows (which the kernels
+ * must not read), and its bf16 copy */
+static std::vector<__nv_bfloat16> round_rows16(fvec &v, int rows, int width, const std::vector<int> &live)
+{
+    std::vector<__nv_bfloat16> v16(v.size());
+    for (size_t i = 0; i < v.size(); i++) {
+        const size_t row = i / width;
+        v[i] = (int)(row % rows) >= live[row / rows] ? NAN : round_bf16(v[i]);
+        v16[i] = __float2bfloat16_rn(v[i]);
+    }
+    return v16;
+}
+
+/* the product of each live row of x [G, rows, D] with the weights of its
+ * expert, in double on the weights rounded to bf16, then rounded to bf16
+ * (a product's bf16 output): [G, rows, H], zeros in the padding rows; w
+ * [G, H, D] (wt false) or [G, D, H] */
+static fvec ref_rows_product(const fvec &x, const fvec &w, int G, int rows, int D, int H, bool wt,
+                             const std::vector<int> &live)
+{
+    fvec h((size_t)G * rows * H, 0.0f);
+    for (size_t row = 0; row < (size_t)G * rows; row++) {
+        const size_t g = row / rows;
+        if ((int)(row % rows) >= live[g])
+            continue;
+        for (int n = 0; n < H; n++) {
+            double s = 0.0;
+            for (int k = 0; k < D; k++)
+                s += (double)x[row * D + k] * round_bf16(wt ? w[(g * D + k) * H + n] : w[(g * H + n) * D + k]);
+            h[row * H + n] = round_bf16((float)s);
+        }
+    }
+    return h;
+}
+
 /* moe_up (the product h = x w1^T rounded to bf16, then bias_act's grad_h
  * pass in the epilogue) on 3 experts of ROWS rows, live rows ROWS, 130 and
  * 0: tiles of rows partly and wholly padding, hidden columns past the last
@@ -705,23 +742,8 @@ template <int D, int H, int ACT> static void test_moe_up(const char *name)
     fvec x = rnd(r, nx, -1, 1), w = rnd(r, nw, -0.25f, 0.25f);
     const fvec bias = rnd(r, (size_t)G * H, -0.5f, 0.5f);
     const auto pad = [&](size_t row) { return (int)(row % ROWS) >= live[row / ROWS]; };
-    std::vector<__nv_bfloat16> x16(nx);
-    for (size_t i = 0; i < nx; i++) {
-        x[i] = pad(i / D) ? NAN : round_bf16(x[i]); /* padding: never read */
-        x16[i] = __float2bfloat16_rn(x[i]);
-    }
-    fvec h(nh, 0.0f), a(nh), gh(nh);
-    for (size_t row = 0; row < (size_t)G * ROWS; row++) {
-        if (pad(row))
-            continue;
-        const size_t g = row / ROWS;
-        for (int n = 0; n < H; n++) {
-            double s = 0.0;
-            for (int k = 0; k < D; k++)
-                s += (double)x[row * D + k] * round_bf16(w[(g * H + n) * D + k]);
-            h[row * H + n] = round_bf16((float)s);
-        }
-    }
+    const std::vector<__nv_bfloat16> x16 = round_rows16(x, ROWS, D, live);
+    fvec h = ref_rows_product(x, w, G, ROWS, D, H, false, live), a(nh), gh(nh);
     const fvec ones(nh, 1.0f);
     ref_bias_act(a.data(), h.data(), bias.data(), ROWS, H, G, ACT); /* h becomes h + bias */
     ref_act_backward(gh.data(), ones.data(), h.data(), nh, ACT, 0);
@@ -776,27 +798,13 @@ template <int D, int H, int ROWS = 300> static void test_moe_dh()
     Rng r(seed_of("moe_dh", D * 1000 + H));
     fvec dy = rnd(r, ny, -1, 1), w = rnd(r, nw, -0.25f, 0.25f), gh = rnd(r, nh, -0.2f, 1.2f);
     const fvec db0 = rnd(r, (size_t)G * H, -1, 1);
-    const auto pad = [&](size_t row) { return (int)(row % ROWS) >= live[row / ROWS]; };
-    std::vector<__nv_bfloat16> dy16(ny), gh16(nh);
-    for (size_t i = 0; i < ny; i++) {
-        dy[i] = pad(i / D) ? NAN : round_bf16(dy[i]);
-        dy16[i] = __float2bfloat16_rn(dy[i]);
-    }
+    const std::vector<__nv_bfloat16> dy16 = round_rows16(dy, ROWS, D, live), gh16 = round_rows16(gh, ROWS, H, live);
+    fvec dh = ref_rows_product(dy, w, G, ROWS, D, H, true, live), db = db0;
     for (size_t i = 0; i < nh; i++) {
-        gh[i] = pad(i / H) ? NAN : round_bf16(gh[i]);
-        gh16[i] = __float2bfloat16_rn(gh[i]);
-    }
-    fvec dh(nh, 0.0f), db = db0;
-    for (size_t row = 0; row < (size_t)G * ROWS; row++) {
-        if (pad(row))
-            continue;
-        const size_t g = row / ROWS;
-        for (int n = 0; n < H; n++) {
-            double s = 0.0;
-            for (int k = 0; k < D; k++)
-                s += (double)dy[row * D + k] * round_bf16(w[(g * D + k) * H + n]);
-            dh[row * H + n] = round_bf16((float)s) * gh[row * H + n];
-            db[g * H + n] += dh[row * H + n];
+        const size_t row = i / H;
+        if ((int)(row % ROWS) < live[row / ROWS]) {
+            dh[i] *= gh[i];
+            db[row / ROWS * H + i % H] += dh[i];
         }
     }
     const __nv_bfloat16 *d_dy16 = dup(dy16), *d_gh16 = dup(gh16);
