@@ -4678,12 +4678,17 @@ static __global__ void __launch_bounds__(256, 2)
         }
 }
 
-/* true where the environment sets name to 0 (the fused kernels' switches,
- * to measure what each gives) */
-static inline bool env_off(const char *name)
+/* The fused kernels' switches: on where the environment sets name to 1,
+ * off where it sets 0 (to measure what each gives), and elsewhere as
+ * MOE_FUSED_DEFAULT says: off until they have run on a GPU (written in a
+ * session that got no GPU time for it; bench/notes-gpu.md items 59, 60) */
+#ifndef MOE_FUSED_DEFAULT
+#define MOE_FUSED_DEFAULT 0
+#endif
+static inline bool fused_on(const char *name)
 {
     const char *s = getenv(name);
-    return s && strcmp(s, "0") == 0;
+    return s && *s ? strcmp(s, "0") != 0 : MOE_FUSED_DEFAULT != 0;
 }
 
 /* Where the experts' fused products apply: bf16 precision, the rows'
@@ -4703,13 +4708,13 @@ static inline const __nv_bfloat16 *fused_weights(const kctx *k, bool off, const 
 
 /* moe_up_kernel's launch over n experts, where it applies (fused_weights;
  * one GPU in practice: with expert parallelism the rows are fp32).
- * Returns false, having launched nothing, elsewhere. MOECC_FUSED_UP=0 in
- * the environment turns it off. */
+ * Returns false, having launched nothing, elsewhere, or when
+ * MOECC_FUSED_UP (fused_on) turns it off. */
 template <int D, int H, int ACT>
 static inline bool moe_up(const kctx *k, __nv_bfloat16 *a16, __nv_bfloat16 *gh16, const __nv_bfloat16 *x16,
                           const float *w1, const float *b1, const int *live, int rows, int n)
 {
-    static const bool off = env_off("MOECC_FUSED_UP");
+    static const bool off = !fused_on("MOECC_FUSED_UP");
     if constexpr (D % UP_BK != 0 || H % 8 != 0) {
         return false;
     } else {
@@ -4726,12 +4731,12 @@ static inline bool moe_up(const kctx *k, __nv_bfloat16 *a16, __nv_bfloat16 *gh16
 /* moe_dh_kernel's launch over n experts and the sums' addition into db1
  * (db1 += colsum(dh)), where it applies (fused_weights: dy, gh and dh in
  * bf16). Returns false, having launched nothing, elsewhere.
- * MOECC_FUSED_DH=0 turns it off. */
+ * MOECC_FUSED_DH is its switch (fused_on). */
 template <int D, int H>
 static inline bool moe_dh(const kctx *k, __nv_bfloat16 *dh16, float *db1, const __nv_bfloat16 *dy16, const float *w2,
                           const __nv_bfloat16 *gh16, const int *live, int rows, int n)
 {
-    static const bool off = env_off("MOECC_FUSED_DH");
+    static const bool off = !fused_on("MOECC_FUSED_DH");
     if constexpr (D % UP_BK != 0 || H % 8 != 0) {
         return false;
     } else {

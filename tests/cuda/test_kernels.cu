@@ -1831,6 +1831,9 @@ int main(void)
         printf("1..0 # SKIP no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
         return 77;
     }
+    /* the experts' fused products, whatever their default (fused_on) */
+    setenv("MOECC_FUSED_UP", "1", 1);
+    setenv("MOECC_FUSED_DH", "1", 1);
     CUDA_CHECK(cudaSetDevice(0));
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
