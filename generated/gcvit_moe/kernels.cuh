@@ -4521,6 +4521,52 @@ template <int H> __device__ static inline void up_zero_tile(__nv_bfloat16 *out, 
     }
 }
 
+/* this lane's column of accumulator tile ni of a tile at column n0, the
+ * first of a pair (up_tile's layout) */
+__device__ static inline int up_col(int n0, int ni)
+{
+    return n0 + (int)threadIdx.x / 32 % 4 * 32 + 8 * ni + 2 * ((int)threadIdx.x % 4);
+}
+
+/* The epilogue's walk over this lane's pairs of a tile's accumulators
+ * (rows m0.. below `rows`, columns n0.. below H; H even, so c + 1 < H
+ * with c): live(m, c, ni, v) for rows before `end`, v the pair rounded to
+ * bf16 as a product's output would be; pad(m, c) for the padding rows from
+ * `end` on. */
+template <int H, typename Live, typename Pad>
+__device__ static inline void up_pairs(const float (&acc)[4][4][4], int m0, int n0, int rows, int end, Live live,
+                                       Pad pad)
+{
+    const int warp = (int)threadIdx.x / 32, g = (int)threadIdx.x % 32 / 4;
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int m = m0 + warp / 4 * 64 + 16 * mi + g + 8 * half;
+            if (m >= rows)
+                continue;
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                const int c = up_col(n0, ni);
+                if (c >= H)
+                    continue;
+                if (m >= end) {
+                    pad(m, c);
+                    continue;
+                }
+                const float v[2] = { __bfloat162float(__float2bfloat16_rn(acc[mi][ni][2 * half])),
+                                     __bfloat162float(__float2bfloat16_rn(acc[mi][ni][2 * half + 1])) };
+                live(m, c, ni, v);
+            }
+        }
+}
+
+/* two bf16 (a, b rounded to nearest even) at p, 4-byte aligned */
+__device__ static inline void put_bf16x2(__nv_bfloat16 *p, float a, float b)
+{
+    *reinterpret_cast<uint32_t *>(p) = bf16x2_bits(a, b);
+}
+
 /* h = x w1^T for each of the n experts' `rows` rows (x16 [n, rows, D],
  * w16 [n, H, D], both bf16, fp32 accumulation), rounded to bf16 as the
  * product's output would be, then bias_act's grad_h pass in the epilogue:
@@ -4546,43 +4592,24 @@ static __global__ void __launch_bounds__(256, 2)
     }
     float acc[4][4][4];
     up_tile<D, H, false>(acc, sa, sb, x16 + at * D, w16 + (int64_t)e * H * D, m0, end, n0);
-    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int wm = warp / 4 * 64, wn = warp % 4 * 32;
     float bias[4][2];
 #pragma unroll
     for (int ni = 0; ni < 4; ni++) {
-        const int c = n0 + wn + 8 * ni + 2 * t;
+        const int c = up_col(n0, ni);
         bias[ni][0] = c < H ? b1[(int64_t)e * H + c] : 0.0f;
         bias[ni][1] = c < H ? b1[(int64_t)e * H + c + 1] : 0.0f;
     }
+    up_pairs<H>(
+        acc, m0, n0, rows, end,
+        [&](int m, int c, int ni, const float (&h)[2]) {
+            float x[2], d[2];
 #pragma unroll
-    for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int m = m0 + wm + 16 * mi + g + 8 * half;
-            if (m >= rows)
-                continue;
-            uint32_t *pa = reinterpret_cast<uint32_t *>(a16 + (at + m) * H);
-            uint32_t *pg = reinterpret_cast<uint32_t *>(gh16 + (at + m) * H);
-#pragma unroll
-            for (int ni = 0; ni < 4; ni++) {
-                const int c = n0 + wn + 8 * ni + 2 * t; /* H even: c + 1 < H with c */
-                if (c >= H)
-                    continue;
-                if (m >= end) {
-                    pa[c / 2] = 0u;
-                    continue;
-                }
-                float x[2], d[2];
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-                    x[j] = __bfloat162float(__float2bfloat16_rn(acc[mi][ni][2 * half + j])) + bias[ni][j];
-                    x[j] = act_f_grad<ACT>(x[j], &d[j]);
-                }
-                pa[c / 2] = bf16x2_bits(x[0], x[1]);
-                pg[c / 2] = bf16x2_bits(d[0], d[1]);
-            }
-        }
+            for (int j = 0; j < 2; j++)
+                x[j] = act_f_grad<ACT>(h[j] + bias[ni][j], &d[j]);
+            put_bf16x2(a16 + (at + m) * H + c, x[0], x[1]);
+            put_bf16x2(gh16 + (at + m) * H + c, d[0], d[1]);
+        },
+        [&](int m, int c) { put_bf16x2(a16 + (at + m) * H + c, 0.0f, 0.0f); });
 }
 
 /* The experts' rows' gradient through their second product and the
@@ -4608,7 +4635,7 @@ static __global__ void __launch_bounds__(256, 2)
     const int end = live ? min(rows, live[e]) : rows;
     const int64_t at = (int64_t)e * rows;
     const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int wm = warp / 4 * 64, wn = warp % 4 * 32;
+    const int wm = warp / 4 * 64;
     const int tiles = (rows + UP_BM - 1) / UP_BM, per = (tiles + RED_CHUNKS - 1) / RED_CHUNKS;
     const int tlo = chunk * per, thi = min(tiles, tlo + per);
     float sum[4][2] = {};
@@ -4620,35 +4647,21 @@ static __global__ void __launch_bounds__(256, 2)
         }
         float acc[4][4][4];
         up_tile<D, H, true>(acc, sa, sb, dy16 + at * D, w16 + (int64_t)e * D * H, m0, end, n0);
+        up_pairs<H>(
+            acc, m0, n0, rows, end,
+            [&](int m, int c, int ni, const float (&da)[2]) {
+                /* two bf16 of gh: the first in the low half */
+                const uint32_t gw = *reinterpret_cast<const uint32_t *>(gh16 + (at + m) * H + c);
+                const float f[2] = { __uint_as_float(gw << 16), __uint_as_float(gw & 0xFFFF0000u) };
+                float d[2];
 #pragma unroll
-        for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const int m = m0 + wm + 16 * mi + g + 8 * half;
-                if (m >= rows)
-                    continue;
-                uint32_t *pd = reinterpret_cast<uint32_t *>(dh16 + (at + m) * H);
-                const uint32_t *pg = reinterpret_cast<const uint32_t *>(gh16 + (at + m) * H);
-#pragma unroll
-                for (int ni = 0; ni < 4; ni++) {
-                    const int c = n0 + wn + 8 * ni + 2 * t;
-                    if (c >= H)
-                        continue;
-                    if (m >= end) {
-                        pd[c / 2] = 0u;
-                        continue;
-                    }
-                    const uint32_t gw = pg[c / 2]; /* two bf16: the first in the low half */
-                    const float f[2] = { __uint_as_float(gw << 16), __uint_as_float(gw & 0xFFFF0000u) };
-                    float d[2];
-#pragma unroll
-                    for (int j = 0; j < 2; j++) {
-                        d[j] = __bfloat162float(__float2bfloat16_rn(acc[mi][ni][2 * half + j])) * f[j];
-                        sum[ni][j] += d[j];
-                    }
-                    pd[c / 2] = bf16x2_bits(d[0], d[1]);
+                for (int j = 0; j < 2; j++) {
+                    d[j] = da[j] * f[j];
+                    sum[ni][j] += d[j];
                 }
-            }
+                put_bf16x2(dh16 + (at + m) * H + c, d[0], d[1]);
+            },
+            [&](int m, int c) { put_bf16x2(dh16 + (at + m) * H + c, 0.0f, 0.0f); });
     }
     /* the column sums: the 8 lanes of a column pair (g), then the two rows
      * of warps, in a fixed order */
@@ -4669,7 +4682,7 @@ static __global__ void __launch_bounds__(256, 2)
     if (!wm && g == 0)
 #pragma unroll
         for (int ni = 0; ni < 4; ni++) {
-            const int c = n0 + wn + 8 * ni + 2 * t;
+            const int c = up_col(n0, ni);
             if (c >= H)
                 continue;
 #pragma unroll
