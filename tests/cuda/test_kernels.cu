@@ -5,7 +5,7 @@
  * - Each test draws its own data from a fixed seed (xorshift64*, seeded by
  *   the test's name and variant): reproducible, and different per test.
  * - Every output the GPU should write is poisoned first (NaN bytes 0xFF for
- *   floats and doubles, 0x80808080 for ints), so a kernel that leaves an
+ *   floats, doubles and bf16, 0x80808080 for ints), so a kernel that leaves an
  *   element unwritten fails. Outputs that accumulate (parameter gradients,
  *   acc = 1 inputs) start from the same random values on both sides.
  * - The error of one output tensor is max |gpu - cpu| / max(max |cpu|, 1e-6);
@@ -157,11 +157,13 @@ template <class T> static std::vector<T> down(const T *d, size_t n)
     return h;
 }
 
-/* n values that fail any comparison: NaN floats and doubles, 0x80808080 ints */
+/* n values that fail any comparison: NaN floats, doubles and bf16 (which
+ * std::is_floating_point does not count: its 0x8080 would be -1.2e-38, a
+ * finite value), 0x80808080 ints */
 template <class T> static T *dpoison(size_t n)
 {
     T *d = dalloc<T>(n);
-    const int byte = std::is_floating_point<T>::value ? 0xFF : 0x80;
+    const int byte = std::is_floating_point<T>::value || std::is_same<T, __nv_bfloat16>::value ? 0xFF : 0x80;
     CUDA_CHECK(cudaMemsetAsync(d, byte, (n ? n : 1) * sizeof(T), g_k.stream));
     return d;
 }
