@@ -1208,9 +1208,13 @@ template <int ACT> __device__ static inline float act_f_grad(float x, float *gra
         *grad = s * (1.0f + x * (1.0f - s));
         return x / den;
     }
-    const float e = erff(x * 0.70710678118654752f);
+    const float z = x * 0.70710678118654752f, e = erff(z);
     const float cdf = 0.5f * (1.0f + e);
-    const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    /* exp(-x^2 / 2) = 2^(-z^2 log2(e)), z^2 shared with erff: exp2f is one
+     * MUFU.EX2 (2 ulp), where expf's range reduction is about ten
+     * instructions more a value, and the passes that call this are bound
+     * by their instructions (P's bias + GELU pass: 80% issue slots) */
+    const float pdf = 0.39894228040143268f * exp2f(-1.44269504088896341f * (z * z));
     *grad = cdf + x * pdf;
     return 0.5f * x * (1.0f + e);
 }
@@ -4693,8 +4697,12 @@ static __global__ void __launch_bounds__(256, 2)
 
 /* The fused kernels' switches: on where the environment sets name to 1,
  * off where it sets 0 (to measure what each gives), and elsewhere as
- * MOE_FUSED_DEFAULT says: off until they have run on a GPU (written in a
- * session that got no GPU time for it; bench/notes-gpu.md items 59, 60) */
+ * MOE_FUSED_DEFAULT says: off, because they are slower than cuBLAS's
+ * product and the separate pass on the benchmark configs (one H200, P:
+ * moe_up 4.20 ms a step against 1.13 + 2.09, moe_dh 3.58 against 1.07 +
+ * 1.92; their mma.sync main loop is bound by L2 traffic where cuBLAS's
+ * wgmma kernels share their tiles' loads: bench/notes-gpu.md items 59,
+ * 60). They pass the kernel tests and the models' with the switches on. */
 #ifndef MOE_FUSED_DEFAULT
 #define MOE_FUSED_DEFAULT 0
 #endif
