@@ -4435,12 +4435,120 @@ __device__ static inline int dh_swz(int r, int c)
 
 typedef __nv_bfloat16 up_buf[UP_STAGES][UP_BM * UP_BK]; /* UP_BN * UP_BK = UP_BK * UP_BN too */
 
+/* Hopper's warpgroup products (wgmma) take the fused kernels' main loop
+ * where the code is compiled for sm_90a; the PTX target (newer GPUs) keeps
+ * mma.sync. up_tile's buffers of the rows and of w1 are already in the
+ * layout wgmma reads: K-major rows of 64 bytes, chunk c of row r at
+ * c ^ ((r >> 1) & 3) is the 64-byte swizzle (address bits 4-5 xor bits
+ * 7-8), in atoms of 8 rows (512 bytes). moe_dh's w2 tile (UP_BK rows of
+ * the width by UP_BN hidden columns, N-major) goes into the N-major form
+ * of the same swizzle (dh_wg_swz): atoms of 8 rows by 32 columns (64
+ * bytes), the UP_BN / 32 atoms of a group of 8 rows side by side. */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define UP_WGMMA 1
+#else
+#define UP_WGMMA 0
+#endif
+
+/* the descriptor of an operand at p in the 64-byte swizzle (layout 2):
+ * K-major (up_swz; p 512-byte aligned, or 32 bytes times k16 steps on)
+ * with 8-row atoms 512 bytes apart (the stride field) and the leading
+ * offset unused (1); N-major (MN, dh_wg_swz; p at a group of 8 rows) with
+ * the atoms of a group 512 bytes apart along N (the leading offset) and
+ * groups of 8 rows UP_BN / 32 atoms apart (the stride) */
+template <bool MN> __device__ static inline uint64_t wg_desc(const __nv_bfloat16 *p)
+{
+    const uint64_t a = (uint64_t)__cvta_generic_to_shared(p);
+    const uint64_t lead = MN ? 512 : 16, stride = MN ? 512 * (UP_BN / 32) : 512;
+    return ((a & 0x3FFFFu) >> 4) | ((lead >> 4) << 16) | ((stride >> 4) << 32) | (2ull << 62);
+}
+
+/* element (r, 8c) of moe_dh's w2 tile in the N-major swizzle (r < UP_BK,
+ * c < UP_BN / 8: the 16-byte chunks of a row) */
+__device__ static inline int dh_wg_swz(int r, int c)
+{
+    return (r / 8 * (UP_BN / 32) + c / 4) * 256 + r % 8 * 32 + (((c & 3) ^ ((r >> 1) & 3)) << 3);
+}
+
+/* d (64 x 128, fp32, the m64n128 accumulator layout) += a (64 x 16) b^T
+ * (b: 128 x 16; TB: b's descriptor N-major), both bf16 from shared memory
+ * by descriptors, for the 4 warps of a warpgroup; asynchronous until
+ * wg_wait */
+template <bool TB> __device__ static inline void wg_mma_128(float (&d)[64], uint64_t a, uint64_t b)
+{
+#if UP_WGMMA
+#define WG_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+                 "+f"(d[i + 6]), "+f"(d[i + 7])
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "%64, %65, p, 1, 1, 0, %66;\n}\n"
+                 : WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24), WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
+                 : "l"(a), "l"(b), "n"(TB ? 1 : 0));
+#undef WG_D8
+#else
+    (void)d, (void)a, (void)b;
+#endif
+}
+
+/* wgmma's ordering: wg_fence before the products (after the accumulators
+ * or the shared operands were written), wg_commit after them, wg_wait<N>
+ * until at most N groups are in flight; wg_keep(d) stops the compiler from
+ * moving d's uses across the wait; proxy_fence makes this thread's writes
+ * to shared memory (cp.async's) visible to wgmma's reads */
+__device__ static inline void wg_fence()
+{
+#if UP_WGMMA
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ static inline void wg_commit()
+{
+#if UP_WGMMA
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+template <int N> __device__ static inline void wg_wait()
+{
+#if UP_WGMMA
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+__device__ static inline void wg_keep(float (&d)[64])
+{
+#pragma unroll
+    for (int i = 0; i < 64; i++)
+        asm volatile("" : "+f"(d[i])::"memory");
+}
+
+__device__ static inline void proxy_fence()
+{
+#if UP_WGMMA
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+/* whether up_tile runs on wgmma */
+__device__ constexpr bool up_wg()
+{
+    return UP_WGMMA;
+}
+
 /* acc = rows m0.. of x [*, D] times hidden columns n0.. of the weights w
  * (WT false: w [H, D]; true: w [D, H]), bf16 in, fp32 accumulated, over
  * the whole width; rows from `end` on and columns from H on are zeros (not
  * read). Lane 4g + t of warp w holds rows 64 (w / 4) + 16 mi + g (+ 8) and
  * columns 32 (w % 4) + 8 ni + 2t (+ 1) in acc[mi][ni] (the m16n8k16
- * accumulator layout). Every thread of the block calls it. */
+ * accumulator layout); on wgmma (up_wg) rows 64 (w / 4) + 16 (w % 4) + g
+ * (+ 8) and columns 32 mi + 8 ni + 2t (+ 1), warpgroup w / 4 taking 64
+ * rows by all 128 columns (up_row, up_col). Every thread of the block calls
+ * it. */
 template <int D, int H, bool WT>
 __device__ static inline void up_tile(float (&acc)[4][4][4], up_buf &sa, up_buf &sb, const __nv_bfloat16 *x,
                                       const __nv_bfloat16 *w, int m0, int end, int n0)
@@ -4459,7 +4567,8 @@ __device__ static inline void up_tile(float (&acc)[4][4][4], up_buf &sa, up_buf 
             if constexpr (WT) {
                 const int rb = i / (UP_BN / 8), cb = i % (UP_BN / 8);
                 const bool in_w = n0 + 8 * cb < H;
-                cp_async16(&sb[s][dh_swz(rb, cb)], w + (int64_t)(k0 + rb) * H + (in_w ? n0 + 8 * cb : 0), in_w);
+                cp_async16(&sb[s][up_wg() ? dh_wg_swz(rb, cb) : dh_swz(rb, cb)],
+                           w + (int64_t)(k0 + rb) * H + (in_w ? n0 + 8 * cb : 0), in_w);
             } else {
                 const bool in_w = n0 + r < H;
                 cp_async16(&sb[s][up_swz(r, c)], w + (int64_t)(in_w ? n0 + r : 0) * D + k0 + 8 * c, in_w);
@@ -4484,34 +4593,52 @@ __device__ static inline void up_tile(float (&acc)[4][4][4], up_buf &sa, up_buf 
 #pragma unroll 1
     for (int kt = 0; kt < KT; kt++) {
         cp_async_wait<UP_STAGES - 2>();
+        if constexpr (up_wg())
+            proxy_fence();
         __syncthreads(); /* k-tile kt is in; every warp is done with kt - 1's buffer, refilled next */
         if (kt + UP_STAGES - 1 < KT)
             load((kt + UP_STAGES - 1) % UP_STAGES, kt + UP_STAGES - 1);
         cp_async_commit();
         const __nv_bfloat16 *A = sa[kt % UP_STAGES], *B = sb[kt % UP_STAGES];
+        if constexpr (up_wg()) {
+            /* the warpgroup's 64 rows by the 128 columns, k16 at a time
+             * (32 bytes along the swizzled rows; for w2, two groups of 8
+             * rows); done before the next k-tile's barrier lets its buffer
+             * be refilled */
+            float(&d)[64] = reinterpret_cast<float(&)[64]>(acc);
+            wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < UP_BK / 16; kk++) {
-            uint32_t af[4][4], bf[4][2];
+            for (int kk = 0; kk < UP_BK / 16; kk++)
+                wg_mma_128<WT>(d, wg_desc<false>(A + wm * UP_BK + 16 * kk),
+                               WT ? wg_desc<true>(B + 16 * kk * UP_BN) : wg_desc<false>(B + 16 * kk));
+            wg_commit();
+            wg_wait<0>();
+            wg_keep(d);
+        } else {
 #pragma unroll
-            for (int mi = 0; mi < 4; mi++) /* rows 0-7, 8-15 at chunk 2kk, then at 2kk + 1 */
-                ldmatrix_x4(af[mi], A + up_swz(wm + 16 * mi + lane % 16, 2 * kk + lane / 16));
+            for (int kk = 0; kk < UP_BK / 16; kk++) {
+                uint32_t af[4][4], bf[4][2];
 #pragma unroll
-            for (int nj = 0; nj < 2; nj++) { /* columns 0-7 at k 0-7, 8-15, then columns 8-15 */
-                uint32_t q[4];
-                if constexpr (WT)
-                    ldmatrix_x4_trans(q, B + dh_swz(16 * kk + lane % 8 + lane / 8 % 2 * 8, (wn + 16 * nj) / 8 + lane / 16));
-                else
-                    ldmatrix_x4(q, B + up_swz(wn + 16 * nj + lane / 16 * 8 + lane % 8, 2 * kk + lane / 8 % 2));
-                bf[2 * nj][0] = q[0];
-                bf[2 * nj][1] = q[1];
-                bf[2 * nj + 1][0] = q[2];
-                bf[2 * nj + 1][1] = q[3];
+                for (int mi = 0; mi < 4; mi++) /* rows 0-7, 8-15 at chunk 2kk, then at 2kk + 1 */
+                    ldmatrix_x4(af[mi], A + up_swz(wm + 16 * mi + lane % 16, 2 * kk + lane / 16));
+#pragma unroll
+                for (int nj = 0; nj < 2; nj++) { /* columns 0-7 at k 0-7, 8-15, then columns 8-15 */
+                    uint32_t q[4];
+                    if constexpr (WT)
+                        ldmatrix_x4_trans(q, B + dh_swz(16 * kk + lane % 8 + lane / 8 % 2 * 8, (wn + 16 * nj) / 8 + lane / 16));
+                    else
+                        ldmatrix_x4(q, B + up_swz(wn + 16 * nj + lane / 16 * 8 + lane % 8, 2 * kk + lane / 8 % 2));
+                    bf[2 * nj][0] = q[0];
+                    bf[2 * nj][1] = q[1];
+                    bf[2 * nj + 1][0] = q[2];
+                    bf[2 * nj + 1][1] = q[3];
+                }
+#pragma unroll
+                for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                    for (int ni = 0; ni < 4; ni++)
+                        mma_bf16_16816(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
             }
-#pragma unroll
-            for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-                for (int ni = 0; ni < 4; ni++)
-                    mma_bf16_16816(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
         }
     }
 }
@@ -4527,33 +4654,39 @@ template <int H> __device__ static inline void up_zero_tile(__nv_bfloat16 *out, 
     }
 }
 
-/* this lane's column of accumulator tile ni of a tile at column n0, the
- * first of a pair (up_tile's layout) */
-__device__ static inline int up_col(int n0, int ni)
+/* this lane's column of accumulator tile [mi][ni] of a tile, the first of
+ * a pair, and its row of the tile's [mi] (+ 8 for the second half), in
+ * up_tile's layout */
+__device__ static inline int up_col(int mi, int ni)
 {
-    return n0 + (int)threadIdx.x / 32 % 4 * 32 + 8 * ni + 2 * ((int)threadIdx.x % 4);
+    return (up_wg() ? 32 * mi : (int)threadIdx.x / 32 % 4 * 32) + 8 * ni + 2 * ((int)threadIdx.x % 4);
+}
+
+__device__ static inline int up_row(int mi)
+{
+    const int warp = (int)threadIdx.x / 32;
+    return warp / 4 * 64 + 16 * (up_wg() ? warp % 4 : mi) + (int)threadIdx.x % 32 / 4;
 }
 
 /* The epilogue's walk over this lane's pairs of a tile's accumulators
  * (rows m0.. below `rows`, columns n0.. below H; H even, so c + 1 < H
- * with c): live(m, c, ni, v) for rows before `end`, v the pair rounded to
- * bf16 as a product's output would be; pad(m, c) for the padding rows from
- * `end` on. */
+ * with c): live(m, c, mi, ni, v) for rows before `end`, v the pair rounded
+ * to bf16 as a product's output would be; pad(m, c) for the padding rows
+ * from `end` on. */
 template <int H, typename Live, typename Pad>
 __device__ static inline void up_pairs(const float (&acc)[4][4][4], int m0, int n0, int rows, int end, Live live,
                                        Pad pad)
 {
-    const int warp = (int)threadIdx.x / 32, g = (int)threadIdx.x % 32 / 4;
 #pragma unroll
     for (int mi = 0; mi < 4; mi++)
 #pragma unroll
         for (int half = 0; half < 2; half++) {
-            const int m = m0 + warp / 4 * 64 + 16 * mi + g + 8 * half;
+            const int m = m0 + up_row(mi) + 8 * half;
             if (m >= rows)
                 continue;
 #pragma unroll
             for (int ni = 0; ni < 4; ni++) {
-                const int c = up_col(n0, ni);
+                const int c = n0 + up_col(mi, ni);
                 if (c >= H)
                     continue;
                 if (m >= end) {
@@ -4562,7 +4695,7 @@ __device__ static inline void up_pairs(const float (&acc)[4][4][4], int m0, int 
                 }
                 const float v[2] = { __bfloat162float(__float2bfloat16_rn(acc[mi][ni][2 * half])),
                                      __bfloat162float(__float2bfloat16_rn(acc[mi][ni][2 * half + 1])) };
-                live(m, c, ni, v);
+                live(m, c, mi, ni, v);
             }
         }
 }
@@ -4588,7 +4721,7 @@ static __global__ void __launch_bounds__(256, 2)
                   const __nv_bfloat16 *__restrict__ x16, const __nv_bfloat16 *__restrict__ w16,
                   const float *__restrict__ b1, const int *__restrict__ live, int rows)
 {
-    __shared__ __align__(128) up_buf sa, sb;
+    __shared__ __align__(1024) up_buf sa, sb; /* wgmma's swizzle atoms (512 bytes) aligned */
     const int e = blockIdx.z, m0 = blockIdx.y * UP_BM, n0 = blockIdx.x * UP_BN;
     const int end = live ? min(rows, live[e]) : rows;
     const int64_t at = (int64_t)e * rows; /* the expert's first row */
@@ -4598,20 +4731,14 @@ static __global__ void __launch_bounds__(256, 2)
     }
     float acc[4][4][4];
     up_tile<D, H, false>(acc, sa, sb, x16 + at * D, w16 + (int64_t)e * H * D, m0, end, n0);
-    float bias[4][2];
-#pragma unroll
-    for (int ni = 0; ni < 4; ni++) {
-        const int c = up_col(n0, ni);
-        bias[ni][0] = c < H ? b1[(int64_t)e * H + c] : 0.0f;
-        bias[ni][1] = c < H ? b1[(int64_t)e * H + c + 1] : 0.0f;
-    }
+    const float *bias = b1 + (int64_t)e * H;
     up_pairs<H>(
         acc, m0, n0, rows, end,
-        [&](int m, int c, int ni, const float (&h)[2]) {
+        [&](int m, int c, int, int, const float (&h)[2]) {
             float x[2], d[2];
 #pragma unroll
             for (int j = 0; j < 2; j++)
-                x[j] = act_f_grad<ACT>(h[j] + bias[ni][j], &d[j]);
+                x[j] = act_f_grad<ACT>(h[j] + bias[c + j], &d[j]);
             put_bf16x2(a16 + (at + m) * H + c, x[0], x[1]);
             put_bf16x2(gh16 + (at + m) * H + c, d[0], d[1]);
         },
@@ -4635,16 +4762,17 @@ static __global__ void __launch_bounds__(256, 2)
                   const __nv_bfloat16 *__restrict__ w16, const __nv_bfloat16 *__restrict__ gh16,
                   const int *__restrict__ live, int rows)
 {
-    __shared__ __align__(128) up_buf sa, sb;
-    __shared__ float red[4][4][2][4]; /* the second row of warps' column sums */
+    __shared__ __align__(1024) up_buf sa, sb; /* sa holds the column sums at the end */
     const int e = blockIdx.z, chunk = blockIdx.y, n0 = blockIdx.x * UP_BN;
     const int end = live ? min(rows, live[e]) : rows;
     const int64_t at = (int64_t)e * rows;
-    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int wm = warp / 4 * 64;
+    const int warp = (int)threadIdx.x / 32, g = (int)threadIdx.x % 32 / 4;
     const int tiles = (rows + UP_BM - 1) / UP_BM, per = (tiles + RED_CHUNKS - 1) / RED_CHUNKS;
     const int tlo = chunk * per, thi = min(tiles, tlo + per);
-    float sum[4][2] = {};
+    /* this lane's sums of its columns (up_col(mi, ni) + j; on mma.sync
+     * they do not depend on mi) */
+    constexpr int MI = up_wg() ? 4 : 1;
+    float sum[MI][4][2] = {};
     for (int tile = tlo; tile < thi; tile++) {
         const int m0 = tile * UP_BM;
         if (m0 >= end) {
@@ -4655,7 +4783,7 @@ static __global__ void __launch_bounds__(256, 2)
         up_tile<D, H, true>(acc, sa, sb, dy16 + at * D, w16 + (int64_t)e * D * H, m0, end, n0);
         up_pairs<H>(
             acc, m0, n0, rows, end,
-            [&](int m, int c, int ni, const float (&da)[2]) {
+            [&](int m, int c, int mi, int ni, const float (&da)[2]) {
                 /* two bf16 of gh: the first in the low half */
                 const uint32_t gw = *reinterpret_cast<const uint32_t *>(gh16 + (at + m) * H + c);
                 const float f[2] = { __uint_as_float(gw << 16), __uint_as_float(gw & 0xFFFF0000u) };
@@ -4663,38 +4791,43 @@ static __global__ void __launch_bounds__(256, 2)
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
                     d[j] = da[j] * f[j];
-                    sum[ni][j] += d[j];
+                    sum[MI > 1 ? mi : 0][ni][j] += d[j];
                 }
                 put_bf16x2(dh16 + (at + m) * H + c, d[0], d[1]);
             },
             [&](int m, int c) { put_bf16x2(dh16 + (at + m) * H + c, 0.0f, 0.0f); });
     }
-    /* the column sums: the 8 lanes of a column pair (g), then the two rows
-     * of warps, in a fixed order */
+    /* the column sums: the 8 lanes of a column pair (g), then the warps
+     * that hold the column (all 8 on wgmma, w and w + 4 on mma.sync) in a
+     * fixed order, through red [8][UP_BN] in sa once every warp is done
+     * with it */
+    float(*red)[UP_BN] = reinterpret_cast<float(*)[UP_BN]>(&sa[0][0]);
+    __syncthreads();
 #pragma unroll
-    for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-#pragma unroll
-            for (int o = 4; o < 32; o <<= 1)
-                sum[ni][j] += __shfl_xor_sync(0xffffffffu, sum[ni][j], o);
-    if (wm && g == 0)
+    for (int mi = 0; mi < MI; mi++)
 #pragma unroll
         for (int ni = 0; ni < 4; ni++)
 #pragma unroll
-            for (int j = 0; j < 2; j++)
-                red[warp % 4][t][j][ni] = sum[ni][j];
+            for (int j = 0; j < 2; j++) {
+                float v = sum[mi][ni][j];
+#pragma unroll
+                for (int o = 4; o < 32; o <<= 1)
+                    v += __shfl_xor_sync(0xffffffffu, v, o);
+                if (g == 0)
+                    red[warp][up_col(mi, ni) + j] = v;
+            }
     __syncthreads();
-    if (!wm && g == 0)
+    const int c = (int)threadIdx.x;
+    if (c < UP_BN && n0 + c < H) {
+        float v = 0.0f;
+        if constexpr (up_wg())
 #pragma unroll
-        for (int ni = 0; ni < 4; ni++) {
-            const int c = up_col(n0, ni);
-            if (c >= H)
-                continue;
-#pragma unroll
-            for (int j = 0; j < 2; j++)
-                part[((int64_t)e * RED_CHUNKS + chunk) * H + c + j] = sum[ni][j] + red[warp % 4][t][j][ni];
-        }
+            for (int w = 0; w < 8; w++)
+                v += red[w][c];
+        else
+            v = red[c / 32][c] + red[c / 32 + 4][c];
+        part[((int64_t)e * RED_CHUNKS + chunk) * H + n0 + c] = v;
+    }
 }
 
 /* The fused kernels' switches: on where the environment sets name to 1,
