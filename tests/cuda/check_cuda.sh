@@ -181,7 +181,7 @@ SAN=$(command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute
 if [ -z "$SAN" ]; then
     echo "# SKIP memcheck: compute-sanitizer not found"
 else
-    # damex: routing, capacity and the fused expert kernels; routers: the
+    # damex: routing and capacity; routers: the
     # other routers, expert choice's sort among them; hier: the
     # convolution stem, window attention and the 2x2 merge; hier14: the
     # attention's row tiles

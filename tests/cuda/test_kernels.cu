@@ -686,153 +686,6 @@ template <int ACT> static void test_act(const char *name, int N)
     dfree_all();
 }
 
-/* ---- the experts' fused first product (bf16 precision) ------------------------------------------- */
-
-/* The experts' fused products' tests: G experts of `rows` rows each, live
- * rows given (rows from live[g] on are padding). v [G * rows * width]
- * rounded to bf16 in place, NaN in the padding rows (which the kernels
- * must not read), and its bf16 copy */
-static std::vector<__nv_bfloat16> round_rows16(fvec &v, int rows, int width, const std::vector<int> &live)
-{
-    std::vector<__nv_bfloat16> v16(v.size());
-    for (size_t i = 0; i < v.size(); i++) {
-        const size_t row = i / width;
-        v[i] = (int)(row % rows) >= live[row / rows] ? NAN : round_bf16(v[i]);
-        v16[i] = __float2bfloat16_rn(v[i]);
-    }
-    return v16;
-}
-
-/* the product of each live row of x [G, rows, D] with the weights of its
- * expert, in double on the weights rounded to bf16, then rounded to bf16
- * (a product's bf16 output): [G, rows, H], zeros in the padding rows; w
- * [G, H, D] (wt false) or [G, D, H] */
-static fvec ref_rows_product(const fvec &x, const fvec &w, int G, int rows, int D, int H, bool wt,
-                             const std::vector<int> &live)
-{
-    fvec h((size_t)G * rows * H, 0.0f);
-    for (size_t row = 0; row < (size_t)G * rows; row++) {
-        const size_t g = row / rows;
-        if ((int)(row % rows) >= live[g])
-            continue;
-        for (int n = 0; n < H; n++) {
-            double s = 0.0;
-            for (int k = 0; k < D; k++)
-                s += (double)x[row * D + k] * round_bf16(wt ? w[(g * D + k) * H + n] : w[(g * H + n) * D + k]);
-            h[row * H + n] = round_bf16((float)s);
-        }
-    }
-    return h;
-}
-
-/* moe_up (the product h = x w1^T rounded to bf16, then bias_act's grad_h
- * pass in the epilogue) on 3 experts of ROWS rows, live rows ROWS, 130 and
- * 0: tiles of rows partly and wholly padding, hidden columns past the last
- * whole tile where H is not a multiple of 128. a and h's factor act'(h + b)
- * against the CPU (the products in double on the rounded operands, h
- * rounded to bf16 as the product's output), and against the unfused path
- * (cuBLAS into bf16, then bias_act); a's padding rows zeros, gh's left as
- * they were (NaN) */
-template <int D, int H, int ACT> static void test_moe_up(const char *name)
-{
-    constexpr int G = 3, ROWS = 300;
-    const std::vector<int> live = { ROWS, 130, 0 };
-    const size_t nx = (size_t)G * ROWS * D, nw = (size_t)G * H * D, nh = (size_t)G * ROWS * H;
-    const std::string c = fmt("%s D=%d H=%d, live rows %d/130/0 of %d", name, D, H, ROWS, ROWS);
-    note("moe_up " + c);
-    Rng r(seed_of("moe_up", D * 1000 + H + ACT));
-    fvec x = rnd(r, nx, -1, 1), w = rnd(r, nw, -0.25f, 0.25f);
-    const fvec bias = rnd(r, (size_t)G * H, -0.5f, 0.5f);
-    const auto pad = [&](size_t row) { return (int)(row % ROWS) >= live[row / ROWS]; };
-    const std::vector<__nv_bfloat16> x16 = round_rows16(x, ROWS, D, live);
-    fvec h = ref_rows_product(x, w, G, ROWS, D, H, false, live), a(nh), gh(nh);
-    const fvec ones(nh, 1.0f);
-    ref_bias_act(a.data(), h.data(), bias.data(), ROWS, H, G, ACT); /* h becomes h + bias */
-    ref_act_backward(gh.data(), ones.data(), h.data(), nh, ACT, 0);
-    for (size_t i = 0; i < nh; i++)
-        if (pad(i / H))
-            a[i] = gh[i] = 0.0f;
-
-    const __nv_bfloat16 *d_x16 = dup(x16);
-    const float *d_w = dup(w), *d_bias = dup(bias);
-    const int *d_live = dup(live);
-    __nv_bfloat16 *d_a16 = dpoison<__nv_bfloat16>(nh), *d_gh16 = dpoison<__nv_bfloat16>(nh);
-    const bool ran = moe_up<D, H, ACT>(&g_k, d_a16, d_gh16, d_x16, d_w, d_bias, d_live, ROWS, G);
-    report(ran, "moe_up", c + ": taken", ran ? 0.0 : 1.0, 0.0);
-    if (!ran) {
-        dfree_all();
-        return;
-    }
-    /* the unfused path on the same inputs */
-    __nv_bfloat16 *d_a16u = dpoison<__nv_bfloat16>(nh), *d_h16u = dpoison<__nv_bfloat16>(nh);
-    mm_nt(&g_k, d_h16u, d_x16, d_w, ROWS, H, D, 0.0f, G, (int64_t)ROWS * D, (int64_t)H * D, (int64_t)ROWS * H);
-    bias_act<ACT>(&g_k, nullptr, d_h16u, d_bias, ROWS, H, G, d_a16u, true, d_live);
-
-    const fvec ga = widen16(d_a16, nh), ggh = widen16(d_gh16, nh);
-    fvec ua = widen16(d_a16u, nh), ugh = widen16(d_h16u, nh), gh_live = ggh;
-    size_t touched = 0; /* gh's padding values the kernel wrote */
-    for (size_t i = 0; i < nh; i++)
-        if (pad(i / H)) {
-            touched += !std::isnan(ggh[i]);
-            gh_live[i] = ugh[i] = 0.0f;
-        }
-    check("moe_up", c + " a", ga, a, TOL16);
-    check("moe_up", c + " h's factor act'(h + bias)", gh_live, gh, TOL16);
-    report(touched == 0, "moe_up", c + ": the padding rows of gh left as they were", (double)touched, 0.0);
-    check("moe_up", c + " a against the product and bias_act", ga, ua, TOL16);
-    check("moe_up", c + " act'(h + bias) against the product and bias_act", gh_live, ugh, TOL16);
-    dfree_all();
-}
-
-/* moe_dh (the product da = dy w2 rounded to bf16, then act_bias_backward
- * in the epilogue: dh = da * gh in bf16, db1 += colsum(dh)) on 3 experts
- * of ROWS rows, live ROWS, 13/30 of them and 0: NaN in dy and gh past the live rows,
- * which it must not read. dh and db1 against the CPU and against the
- * unfused path (cuBLAS into bf16, then act_bias_backward); dh's padding
- * rows zeros */
-template <int D, int H, int ROWS = 300> static void test_moe_dh()
-{
-    constexpr int G = 3;
-    const std::vector<int> live = { ROWS, ROWS * 13 / 30, 0 };
-    const size_t ny = (size_t)G * ROWS * D, nw = (size_t)G * D * H, nh = (size_t)G * ROWS * H;
-    const std::string c = fmt("D=%d H=%d, live rows %d/%d/0 of %d", D, H, ROWS, live[1], ROWS);
-    note("moe_dh " + c);
-    Rng r(seed_of("moe_dh", D * 1000 + H));
-    fvec dy = rnd(r, ny, -1, 1), w = rnd(r, nw, -0.25f, 0.25f), gh = rnd(r, nh, -0.2f, 1.2f);
-    const fvec db0 = rnd(r, (size_t)G * H, -1, 1);
-    const std::vector<__nv_bfloat16> dy16 = round_rows16(dy, ROWS, D, live), gh16 = round_rows16(gh, ROWS, H, live);
-    fvec dh = ref_rows_product(dy, w, G, ROWS, D, H, true, live), db = db0;
-    for (size_t i = 0; i < nh; i++) {
-        const size_t row = i / H;
-        if ((int)(row % ROWS) < live[row / ROWS]) {
-            dh[i] *= gh[i];
-            db[row / ROWS * H + i % H] += dh[i];
-        }
-    }
-    const __nv_bfloat16 *d_dy16 = dup(dy16), *d_gh16 = dup(gh16);
-    const float *d_w = dup(w);
-    const int *d_live = dup(live);
-    float *d_db = dup(db0);
-    __nv_bfloat16 *d_dh16 = dpoison<__nv_bfloat16>(nh);
-    const bool ran = moe_dh<D, H>(&g_k, d_dh16, d_db, d_dy16, d_w, d_gh16, d_live, ROWS, G);
-    report(ran, "moe_dh", c + ": taken", ran ? 0.0 : 1.0, 0.0);
-    if (!ran) {
-        dfree_all();
-        return;
-    }
-    /* the unfused path on the same inputs */
-    __nv_bfloat16 *d_da16u = dpoison<__nv_bfloat16>(nh), *d_dh16u = dpoison<__nv_bfloat16>(nh);
-    float *d_dbu = dup(db0);
-    mm_nn(&g_k, d_da16u, d_dy16, d_w, ROWS, H, D, 0.0f, G, (int64_t)ROWS * D, (int64_t)D * H, (int64_t)ROWS * H);
-    act_bias_backward(&g_k, nullptr, d_dh16u, d_dbu, d_da16u, d_gh16, ROWS, H, G, d_live);
-    const fvec got = widen16(d_dh16, nh), gdb = down(d_db, db.size());
-    check("moe_dh", c + " dh", got, dh, TOL16);
-    check("moe_dh", c + " db1", gdb, db, TOL16);
-    check("moe_dh", c + " dh against the product and act_bias_backward", got, widen16(d_dh16u, nh), TOL16);
-    check("moe_dh", c + " db1 against the product and act_bias_backward", gdb, down(d_dbu, db.size()), TOL16);
-    dfree_all();
-}
-
 /* ---- element-wise, masks ------------------------------------------------------------------------------ */
 
 /* to_bf16 then from_bf16 (the products' operand casts, the exchange's
@@ -1833,9 +1686,6 @@ int main(void)
         printf("1..0 # SKIP no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
         return 77;
     }
-    /* the experts' fused products, whatever their default (fused_on) */
-    setenv("MOECC_FUSED_UP", "1", 1);
-    setenv("MOECC_FUSED_DH", "1", 1);
     CUDA_CHECK(cudaSetDevice(0));
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -1886,12 +1736,6 @@ int main(void)
         if (g_k.cast) {
             test_fp32_ctx();
             test_weight_copy();
-            test_moe_up<96, 200, ACT_GELU>("gelu");  /* a partial tile of hidden columns */
-            test_moe_up<256, 512, ACT_GELU>("gelu"); /* config P's experts */
-            test_moe_up<64, 128, ACT_SILU>("silu");
-            test_moe_dh<96, 200>();
-            test_moe_dh<256, 512>(); /* config P's experts */
-            test_moe_dh<64, 40, 20000>(); /* more tiles of rows than chunks of the sums */
         }
         if (m != 1) { /* fp32 and bf16: the narrow kernels (fp32_ctx); tf32's context is the same */
             test_narrow(4160, 256, 7, true);   /* config P's router: 65 tokens x 64 samples, width 256, 7 experts */
