@@ -2478,8 +2478,9 @@ static __global__ void __launch_bounds__(ATTN_THREADS)
  * kernels keep them. */
 
 /* bf16 elements a row of the staged [TP, HD] operands (q, k, v, dout) and
- * of the [HD, TP] and [TP, TP] transposed ones: 8 more than the row, so
- * that the 8 rows a fragment load touches fall in different banks */
+ * of the backward's [TP, TP] weights and their gradient: 8 more than the
+ * row, so that the 8 rows a fragment load touches fall in different banks
+ * (and rows stay 16-byte aligned for ldmatrix) */
 template <int HD> __host__ __device__ constexpr int attn_frag_lq()
 {
     return HD + 8;
@@ -2490,18 +2491,17 @@ template <int T> __host__ __device__ constexpr int attn_frag_lt()
     return attn_tp<T>() + 8;
 }
 
-/* shared memory: the forward's q, k and v transposed; the backward's q,
- * k, v, dout, q, k and dout transposed, the weights' gradient and the
- * weights transposed */
+/* shared memory: the forward's q, k and v; the backward's q, k, v, dout,
+ * the weights and their gradient. All row-major: the products that take
+ * an operand by its columns load it transposed (ldmatrix .trans) */
 template <int T, int HD> constexpr int attn_frag_fwd_smem()
 {
-    return 2 * (2 * attn_tp<T>() * attn_frag_lq<HD>() + HD * attn_frag_lt<T>());
+    return 2 * 3 * attn_tp<T>() * attn_frag_lq<HD>();
 }
 
 template <int T, int HD> constexpr int attn_frag_bwd_smem()
 {
-    return 2 * (4 * attn_tp<T>() * attn_frag_lq<HD>() + 3 * HD * attn_frag_lt<T>() +
-                2 * attn_tp<T>() * attn_frag_lt<T>());
+    return 2 * (4 * attn_tp<T>() * attn_frag_lq<HD>() + 2 * attn_tp<T>() * attn_frag_lt<T>());
 }
 
 /* whether the shape takes these kernels: heads a multiple of 16 (the
@@ -2555,6 +2555,43 @@ __device__ static inline void frag_times_rows(float (&d)[N][4], const uint32_t (
     }
 }
 
+/* four 8 x 8 bf16 matrices from shared memory, each transposed: lanes
+ * 8i..8i+7 give the addresses of matrix i's rows (16-byte aligned), and
+ * lane 4g + t gets r[i] = column g, rows 2t and 2t + 1 of matrix i */
+__device__ static inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16 *p)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+/* d[n] += a x for the 8-column tiles n < N (N even) of x's rows k0..k0 + 15
+ * (x row-major, rows L apart: b's columns are x's columns), two tiles a
+ * transposing load */
+template <int N, int L>
+__device__ static inline void frag_times_cols(float (&d)[N][4], const uint32_t (&a)[4], const __nv_bfloat16 *x, int k0,
+                                              int lane)
+{
+    static_assert(N % 2 == 0, "frag_times_cols: tiles two by two");
+    const int mi = lane / 8, r = lane % 8;
+#pragma unroll
+    for (int n = 0; n < N; n += 2) {
+        uint32_t b[4]; /* tile n's rows 0-7, 8-15, then tile n + 1's */
+        ldmatrix_x4_trans(b, x + (k0 + (mi & 1) * 8 + r) * L + 8 * n + (mi >> 1) * 8);
+        mma_bf16_16816(d[n], a, b[0], b[1]);
+        mma_bf16_16816(d[n + 1], a, b[2], b[3]);
+    }
+}
+
+/* the a tile at rows m0.., columns k0.. of x^T, x row-major (rows L
+ * apart): x's rows k0.. and columns m0.., by a transposing load */
+template <int L> __device__ static inline void frag_a_cols(uint32_t (&a)[4], const __nv_bfloat16 *x, int m0, int k0, int lane)
+{
+    const int mi = lane / 8, r = lane % 8;
+    ldmatrix_x4_trans(a, x + (k0 + (mi >> 1) * 8 + r) * L + m0 + (mi & 1) * 8);
+}
+
 /* the a tile of columns 16 kk.. of a warp's 16 x 8 NT accumulator tiles s,
  * rounded to bf16: tiles 2 kk and 2 kk + 1 are its two halves */
 template <int NT>
@@ -2567,24 +2604,18 @@ __device__ static inline void frag_a_acc(uint32_t (&a)[4], const float (&s)[NT][
 }
 
 /* rows t < T of src (fp32, or bf16: attn_qkv16; rows ld apart, HD wide)
- * rounded to bf16 into dst [TP, L] and, when given, transposed into dstt
- * [HD, LT]; rows from T on zero. Every thread of the block calls it. */
+ * rounded to bf16 into dst [TP, L]; rows from T on zero. Every thread of
+ * the block calls it. */
 template <int T, int HD, typename S>
-__device__ static inline void attn_frag_stage(__nv_bfloat16 *dst, __nv_bfloat16 *dstt, const S *src, int64_t ld)
+__device__ static inline void attn_frag_stage(__nv_bfloat16 *dst, const S *src, int64_t ld)
 {
-    constexpr int TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(), C4 = HD / 4;
+    constexpr int TP = attn_tp<T>(), L = attn_frag_lq<HD>(), C4 = HD / 4;
     for (int i = threadIdx.x; i < TP * C4; i += blockDim.x) {
         const int r = i / C4, c = 4 * (i % C4);
         float x[4] = {};
         if (r < T)
             vload<4>(x, src + (int64_t)r * ld + c);
-        if (dst)
-            *reinterpret_cast<uint2 *>(dst + r * L + c) = make_uint2(bf16x2_bits(x[0], x[1]), bf16x2_bits(x[2], x[3]));
-        if (dstt) {
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-                dstt[(c + j) * LT + r] = __float2bfloat16_rn(x[j]);
-        }
+        *reinterpret_cast<uint2 *>(dst + r * L + c) = make_uint2(bf16x2_bits(x[0], x[1]), bf16x2_bits(x[2], x[3]));
     }
 }
 
@@ -2681,15 +2712,14 @@ template <int T, int HD, int NH, typename O, typename Q>
 static __global__ void __launch_bounds__(2 * attn_tp<T>())
     attention_fwd_frag_kernel(O *out, float *att, const Q *qkv)
 {
-    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
-                  NT = TP / 8, NO = HD / 8;
+    constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), NT = TP / 8, NO = HD / 8;
     extern __shared__ __align__(16) __nv_bfloat16 smfr[];
-    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *vt = kk + TP * L;
+    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *v = kk + TP * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const Q *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_frag_stage<T, HD>(q, nullptr, base, D3);
-    attn_frag_stage<T, HD>(kk, nullptr, base + D, D3);
-    attn_frag_stage<T, HD>(nullptr, vt, base + 2 * D, D3);
+    attn_frag_stage<T, HD>(q, base, D3);
+    attn_frag_stage<T, HD>(kk, base + D, D3);
+    attn_frag_stage<T, HD>(v, base + 2 * D, D3);
     __syncthreads();
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
     float s[NT][4];
@@ -2707,13 +2737,13 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
         }
     }
     /* out = att v: the weights' tiles two by two as the a tiles, v's
-     * columns (vt's rows) as b's */
+     * columns as b's */
     float o[NO][4] = {};
 #pragma unroll
     for (int k = 0; k < TP / 16; k++) {
         uint32_t a[4];
         frag_a_acc<NT>(a, s, k);
-        frag_times_rows<NO, LT>(o, a, vt, 16 * k, g, t);
+        frag_times_cols<NO, L>(o, a, v, 16 * k, lane);
     }
     attn_frag_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, o, r0, g, t);
 }
@@ -2725,14 +2755,14 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
     constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
                   NT = TP / 8, NO = HD / 8;
     extern __shared__ __align__(16) __nv_bfloat16 smfr[];
-    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *v = kk + TP * L, *go = v + TP * L, *qt = go + TP * L,
-                  *kt = qt + HD * LT, *got = kt + HD * LT, *dst = got + HD * LT, *pt = dst + TP * LT;
+    __nv_bfloat16 *q = smfr, *kk = q + TP * L, *v = kk + TP * L, *go = v + TP * L, *dsm = go + TP * L,
+                  *pm = dsm + TP * LT;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const Q *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_frag_stage<T, HD>(q, qt, base, D3);
-    attn_frag_stage<T, HD>(kk, kt, base + D, D3);
-    attn_frag_stage<T, HD>(v, nullptr, base + 2 * D, D3);
-    attn_frag_stage<T, HD>(go, got, dout + (int64_t)b * T * D + h * HD, D);
+    attn_frag_stage<T, HD>(q, base, D3);
+    attn_frag_stage<T, HD>(kk, base + D, D3);
+    attn_frag_stage<T, HD>(v, base + 2 * D, D3);
+    attn_frag_stage<T, HD>(go, dout + (int64_t)b * T * D + h * HD, D);
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
     /* this warp's rows of the weights, in the accumulator's layout (zero
      * past T): loaded while the staging completes, or (att NULL: frag16)
@@ -2785,15 +2815,17 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
 #pragma unroll
     for (int j = 0; j < NT; j++) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
+        for (int e = 0; e < 4; e++)
             ds[j][e] = p[j][e] * (ds[j][e] - dot[e / 2]) * scale;
-            /* transposed for dk and dv, which sum over queries */
-            const int r = r0 + frag_row(g, e), u = 8 * j + frag_col(t, e);
-            dst[u * LT + r] = __float2bfloat16_rn(ds[j][e]);
-            pt[u * LT + r] = __float2bfloat16_rn(p[j][e]);
+        /* into shared memory for dk and dv, which sum over queries */
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int at = (r0 + g + 8 * half) * LT + 8 * j + 2 * t;
+            *reinterpret_cast<uint32_t *>(dsm + at) = bf16x2_bits(ds[j][2 * half], ds[j][2 * half + 1]);
+            *reinterpret_cast<uint32_t *>(pm + at) = bf16x2_bits(p[j][2 * half], p[j][2 * half + 1]);
         }
     }
-    /* dq = ds k (k's columns: kt's rows) */
+    /* dq = ds k (b: k's columns) */
     O *dq = dqkv + (int64_t)b * T * D3 + h * HD;
     {
         float acc[NO][4] = {};
@@ -2801,21 +2833,21 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
         for (int k = 0; k < TP / 16; k++) {
             uint32_t a[4];
             frag_a_acc<NT>(a, ds, k);
-            frag_times_rows<NO, LT>(acc, a, kt, 16 * k, g, t);
+            frag_times_cols<NO, L>(acc, a, kk, 16 * k, lane);
         }
         attn_frag_store<T, HD>(dq, D3, acc, r0, g, t);
     }
     __syncthreads();
     /* this warp's 16 keys now: dk = ds^T q and dv = att^T dout, summed over
-     * the queries (q's and dout's columns: qt's and got's rows) */
+     * the queries (a: ds's and the weights' columns; b: q's and dout's) */
     float dk[NO][4] = {}, dv[NO][4] = {};
 #pragma unroll
     for (int k = 0; k < TP / 16; k++) {
         uint32_t a[4];
-        frag_a_rows<LT>(a, dst, r0, 16 * k, g, t);
-        frag_times_rows<NO, LT>(dk, a, qt, 16 * k, g, t);
-        frag_a_rows<LT>(a, pt, r0, 16 * k, g, t);
-        frag_times_rows<NO, LT>(dv, a, got, 16 * k, g, t);
+        frag_a_cols<LT>(a, dsm, r0, 16 * k, lane);
+        frag_times_cols<NO, L>(dk, a, q, 16 * k, lane);
+        frag_a_cols<LT>(a, pm, r0, 16 * k, lane);
+        frag_times_cols<NO, L>(dv, a, go, 16 * k, lane);
     }
     attn_frag_store<T, HD>(dq + D, D3, dk, r0, g, t);
     attn_frag_store<T, HD>(dq + 2 * D, D3, dv, r0, g, t);

@@ -1,5 +1,6 @@
 # frag_emu.py: attention_fwd_frag_kernel and attention_bwd_frag_kernel (kernels.cuh)
-# emulated on the CPU lane by lane (the PTX ISA m16n8k16 fragment layouts), against
+# emulated on the CPU lane by lane (the PTX ISA m16n8k16 fragment layouts and
+# ldmatrix .trans), against
 # float64 references: a check of their fragment bookkeeping without a GPU.
 # /usr/bin/python3 tests/cuda/frag_emu.py (numpy); prints the relative errors.
 import numpy as np
@@ -27,6 +28,23 @@ def frag_times_rows(d, a, y, k0, N):
         b0 = [pair(y, 8*n+l//4, k0+2*(l%4)) for l in range(32)]
         b1 = [pair(y, 8*n+l//4, k0+2*(l%4)+8) for l in range(32)]
         mma(d[n], a, b0, b1)
+def ldsm_x4_trans(x, at):
+    # ldmatrix .x4 .trans: at[l] = (row, col) of the 8-element row lane l addresses (matrix l // 8,
+    # its row l % 8); lane 4g + t gets, of each matrix i, its column g, rows 2t and 2t + 1
+    regs = [[None]*4 for _ in range(32)]
+    for l in range(32):
+        g, t = l // 4, l % 4
+        for i in range(4):
+            (r0, c0), (r1, c1) = at[8*i + 2*t], at[8*i + 2*t + 1]
+            regs[l][i] = (x[r0, c0 + g], x[r1, c1 + g])
+    return regs
+def frag_times_cols(d, a, x, k0, N):  # kernels.cuh frag_times_cols: b = x's rows k0.., columns 8n..
+    for n in range(0, N, 2):
+        b = ldsm_x4_trans(x, [(k0 + (l//8 & 1)*8 + l % 8, 8*n + (l//8 >> 1)*8) for l in range(32)])
+        mma(d[n], a, [b[l][0] for l in range(32)], [b[l][1] for l in range(32)])
+        mma(d[n+1], a, [b[l][2] for l in range(32)], [b[l][3] for l in range(32)])
+def frag_a_cols(x, m0, k0):  # kernels.cuh frag_a_cols: the a tile of x^T at (m0, k0)
+    return ldsm_x4_trans(x, [(k0 + (l//8 >> 1)*8 + l % 8, m0 + (l//8 & 1)*8) for l in range(32)])
 def frag_a_acc(s, kk):
     return [[tuple(bf([s[2*kk][l][0], s[2*kk][l][1]])), tuple(bf([s[2*kk][l][2], s[2*kk][l][3]])),
              tuple(bf([s[2*kk+1][l][0], s[2*kk+1][l][1]])), tuple(bf([s[2*kk+1][l][2], s[2*kk+1][l][3]]))] for l in range(32)]
@@ -41,7 +59,7 @@ def stage(x, T, TP):  # [T, HD] fp32 -> [TP, HD] bf16, zero rows past T
     o = np.zeros((TP, x.shape[1]), np.float32); o[:T] = bf(x.ravel()).reshape(x.shape); return o
 def fwd(q, k, v, T, HD):
     TP = (T + 15)//16*16; NT = TP//8; NO = HD//8
-    Q, K, Vt = stage(q, T, TP), stage(k, T, TP), stage(v, T, TP).T.copy()
+    Q, K, V = stage(q, T, TP), stage(k, T, TP), stage(v, T, TP)
     out = np.full((T, HD), np.nan); att = np.full((T, T), np.nan); scale = 1/np.sqrt(HD)
     for w in range(TP//16):
         r0 = 16*w
@@ -68,14 +86,13 @@ def fwd(q, k, v, T, HD):
                     if r < T and u < T: att[r, u] = s[j][l][e]
         o = [[[0.0]*4 for _ in range(32)] for _ in range(NO)]
         for kk in range(TP//16):
-            frag_times_rows(o, frag_a_acc(s, kk), Vt, 16*kk, NO)
+            frag_times_cols(o, frag_a_acc(s, kk), V, 16*kk, NO)
         store(out, o, r0, T, NO)
     return out, att
 def bwd(q, k, v, go, att, T, HD):
     TP = (T + 15)//16*16; NT = TP//8; NO = HD//8
     Q, K, V, G = stage(q, T, TP), stage(k, T, TP), stage(v, T, TP), stage(go, T, TP)
-    Qt, Kt, Gt = Q.T.copy(), K.T.copy(), G.T.copy()
-    dSt = np.zeros((TP, TP), np.float32); Pt = np.zeros((TP, TP), np.float32)
+    dS = np.zeros((TP, TP), np.float32); P = np.zeros((TP, TP), np.float32)
     dq = np.full((T, HD), np.nan); dk = np.full((T, HD), np.nan); dv = np.full((T, HD), np.nan); scale = 1/np.sqrt(HD)
     for w in range(TP//16):
         r0 = 16*w
@@ -96,17 +113,17 @@ def bwd(q, k, v, go, att, T, HD):
                 for e in range(4):
                     ds[j][l][e] = p[j][l][e]*(ds[j][l][e]-dot[e//2][l])*scale
                     r, u = r0+row(g, e), 8*j+col(t, e)
-                    dSt[u, r] = bf(ds[j][l][e])[0]; Pt[u, r] = bf(p[j][l][e])[0]
+                    dS[r, u] = bf(ds[j][l][e])[0]; P[r, u] = bf(p[j][l][e])[0]
         acc = [[[0.0]*4 for _ in range(32)] for _ in range(NO)]
         for kk in range(TP//16):
-            frag_times_rows(acc, frag_a_acc(ds, kk), Kt, 16*kk, NO)
+            frag_times_cols(acc, frag_a_acc(ds, kk), K, 16*kk, NO)
         store(dq, acc, r0, T, NO)
     for w in range(TP//16):
         r0 = 16*w
         a1 = [[[0.0]*4 for _ in range(32)] for _ in range(NO)]; a2 = [[[0.0]*4 for _ in range(32)] for _ in range(NO)]
         for kk in range(TP//16):
-            frag_times_rows(a1, frag_a_rows(dSt, r0, 16*kk), Qt, 16*kk, NO)
-            frag_times_rows(a2, frag_a_rows(Pt, r0, 16*kk), Gt, 16*kk, NO)
+            frag_times_cols(a1, frag_a_cols(dS, r0, 16*kk), Q, 16*kk, NO)
+            frag_times_cols(a2, frag_a_cols(P, r0, 16*kk), G, 16*kk, NO)
         store(dk, a1, r0, T, NO); store(dv, a2, r0, T, NO)
     return dq, dk, dv
 def store(dst, o, r0, T, NO):
