@@ -2603,20 +2603,61 @@ __device__ static inline void frag_a_acc(uint32_t (&a)[4], const float (&s)[NT][
     a[3] = bf16x2_bits(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
-/* rows t < T of src (fp32, or bf16: attn_qkv16; rows ld apart, HD wide)
- * rounded to bf16 into dst [TP, L]; rows from T on zero. Every thread of
- * the block calls it. */
+/* Staging an operand: rows t < T of src (fp32, or bf16: attn_qkv16; rows
+ * ld apart, HD wide) rounded to bf16 into dst [TP, L], rows from T on
+ * zero, by a block of 2 TP threads (the fragment kernels'), 4 values a
+ * chunk, chunk i = threadIdx.x + 2 TP j of thread j. The loads and the
+ * stores are apart (attn_frag_load, attn_frag_put) so that a thread has
+ * all its loads of two operands in flight before it waits for them. */
+template <int T, int HD> __host__ __device__ constexpr int attn_frag_chunks()
+{
+    return (attn_tp<T>() * (HD / 4) + 2 * attn_tp<T>() - 1) / (2 * attn_tp<T>());
+}
+
 template <int T, int HD, typename S>
-__device__ static inline void attn_frag_stage(__nv_bfloat16 *dst, const S *src, int64_t ld)
+__device__ static inline void attn_frag_load(float (&x)[attn_frag_chunks<T, HD>()][4], const S *src, int64_t ld)
+{
+    constexpr int TP = attn_tp<T>(), C4 = HD / 4;
+#pragma unroll
+    for (int j = 0; j < attn_frag_chunks<T, HD>(); j++) {
+        const int i = (int)threadIdx.x + 2 * TP * j, r = i / C4, c = 4 * (i % C4);
+        x[j][0] = x[j][1] = x[j][2] = x[j][3] = 0.0f;
+        if (i < TP * C4 && r < T)
+            vload<4>(x[j], src + (int64_t)r * ld + c);
+    }
+}
+
+template <int T, int HD>
+__device__ static inline void attn_frag_put(__nv_bfloat16 *dst, const float (&x)[attn_frag_chunks<T, HD>()][4])
 {
     constexpr int TP = attn_tp<T>(), L = attn_frag_lq<HD>(), C4 = HD / 4;
-    for (int i = threadIdx.x; i < TP * C4; i += blockDim.x) {
-        const int r = i / C4, c = 4 * (i % C4);
-        float x[4] = {};
-        if (r < T)
-            vload<4>(x, src + (int64_t)r * ld + c);
-        *reinterpret_cast<uint2 *>(dst + r * L + c) = make_uint2(bf16x2_bits(x[0], x[1]), bf16x2_bits(x[2], x[3]));
+#pragma unroll
+    for (int j = 0; j < attn_frag_chunks<T, HD>(); j++) {
+        const int i = (int)threadIdx.x + 2 * TP * j, r = i / C4, c = 4 * (i % C4);
+        if (i < TP * C4)
+            *reinterpret_cast<uint2 *>(dst + r * L + c) =
+                make_uint2(bf16x2_bits(x[j][0], x[j][1]), bf16x2_bits(x[j][2], x[j][3]));
     }
+}
+
+/* one operand staged */
+template <int T, int HD, typename S> __device__ static inline void attn_frag_stage(__nv_bfloat16 *dst, const S *src, int64_t ld)
+{
+    float x[attn_frag_chunks<T, HD>()][4];
+    attn_frag_load<T, HD>(x, src, ld);
+    attn_frag_put<T, HD>(dst, x);
+}
+
+/* two operands staged, their loads together */
+template <int T, int HD, typename S1, typename S2>
+__device__ static inline void attn_frag_stage2(__nv_bfloat16 *d1, const S1 *s1, int64_t ld1, __nv_bfloat16 *d2,
+                                               const S2 *s2, int64_t ld2)
+{
+    float x1[attn_frag_chunks<T, HD>()][4], x2[attn_frag_chunks<T, HD>()][4];
+    attn_frag_load<T, HD>(x1, s1, ld1);
+    attn_frag_load<T, HD>(x2, s2, ld2);
+    attn_frag_put<T, HD>(d1, x1);
+    attn_frag_put<T, HD>(d2, x2);
 }
 
 /* lane (g, t)'s column of element e of an accumulator tile's, and its row
@@ -2717,8 +2758,14 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
     __nv_bfloat16 *q = smfr, *kk = q + TP * L, *v = kk + TP * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const Q *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_frag_stage<T, HD>(q, base, D3);
-    attn_frag_stage<T, HD>(kk, base + D, D3);
+    /* q and k's loads together where they take at most 32 registers (more
+     * would cost blocks an SM: this kernel's registers are its limit) */
+    if constexpr (attn_frag_chunks<T, HD>() <= 4) {
+        attn_frag_stage2<T, HD>(q, base, D3, kk, base + D, D3);
+    } else {
+        attn_frag_stage<T, HD>(q, base, D3);
+        attn_frag_stage<T, HD>(kk, base + D, D3);
+    }
     attn_frag_stage<T, HD>(v, base + 2 * D, D3);
     __syncthreads();
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
@@ -2759,10 +2806,8 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
                   *pm = dsm + TP * LT;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const Q *base = qkv + (int64_t)b * T * D3 + h * HD;
-    attn_frag_stage<T, HD>(q, base, D3);
-    attn_frag_stage<T, HD>(kk, base + D, D3);
-    attn_frag_stage<T, HD>(v, base + 2 * D, D3);
-    attn_frag_stage<T, HD>(go, dout + (int64_t)b * T * D + h * HD, D);
+    attn_frag_stage2<T, HD>(q, base, D3, kk, base + D, D3);
+    attn_frag_stage2<T, HD>(v, base + 2 * D, D3, go, dout + (int64_t)b * T * D + h * HD, D);
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = 16 * (threadIdx.x / 32);
     /* this warp's rows of the weights, in the accumulator's layout (zero
      * past T): loaded while the staging completes, or (att NULL: frag16)
