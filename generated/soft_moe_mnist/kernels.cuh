@@ -2606,9 +2606,10 @@ __device__ static inline void frag_a_acc(uint32_t (&a)[4], const float (&s)[NT][
 /* Staging an operand: rows t < T of src (fp32, or bf16: attn_qkv16; rows
  * ld apart, HD wide) rounded to bf16 into dst [TP, L], rows from T on
  * zero, by a block of 2 TP threads (the fragment kernels'), 4 values a
- * chunk, chunk i = threadIdx.x + 2 TP j of thread j. The loads and the
- * stores are apart (attn_frag_load, attn_frag_put) so that a thread has
- * all its loads of two operands in flight before it waits for them. */
+ * chunk: a thread's j-th chunk is chunk threadIdx.x + 2 TP j. The loads
+ * and the stores are apart (attn_frag_load, attn_frag_put) so that a
+ * thread has all its loads of two operands in flight before it waits for
+ * them. */
 template <int T, int HD> __host__ __device__ constexpr int attn_frag_chunks()
 {
     return (attn_tp<T>() * (HD / 4) + 2 * attn_tp<T>() - 1) / (2 * attn_tp<T>());
