@@ -46,7 +46,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
@@ -2759,8 +2758,9 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
     __nv_bfloat16 *q = smfr, *kk = q + TP * L, *v = kk + TP * L;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
     const Q *base = qkv + (int64_t)b * T * D3 + h * HD;
-    /* q and k's loads together where they take at most 32 registers (more
-     * would cost blocks an SM: this kernel's registers are its limit) */
+    /* q and k's loads together where they take at most 32 registers: with
+     * more (S's heads of 64: 61 -> 91 registers) the registers, not the
+     * shared memory, would cap the blocks an SM */
     if constexpr (attn_frag_chunks<T, HD>() <= 4) {
         attn_frag_stage2<T, HD>(q, base, D3, kk, base + D, D3);
     } else {

@@ -181,10 +181,9 @@ SAN=$(command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute
 if [ -z "$SAN" ]; then
     echo "# SKIP memcheck: compute-sanitizer not found"
 else
-    # damex: routing and capacity; routers: the
-    # other routers, expert choice's sort among them; hier: the
-    # convolution stem, window attention and the 2x2 merge; hier14: the
-    # attention's row tiles
+    # damex: routing and capacity; routers: the other routers, expert
+    # choice's sort among them; hier: the convolution stem, window
+    # attention and the 2x2 merge; hier14: the attention's row tiles
     for model in damex routers hier hier14 damex_rc; do
         [ -x "$WORK/$model/train" ] || continue
         if (cd "$WORK/$model" && "$SAN" --tool memcheck --error-exitcode 3 ./train --synthetic --steps 3 --batch 32 \

@@ -1,7 +1,7 @@
 # frag_emu.py: attention_fwd_frag_kernel and attention_bwd_frag_kernel (kernels.cuh)
 # emulated on the CPU lane by lane (the PTX ISA m16n8k16 fragment layouts and
-# ldmatrix .trans), against
-# float64 references: a check of their fragment bookkeeping without a GPU.
+# ldmatrix .trans), against float64 references: a check of their fragment
+# bookkeeping without a GPU.
 # /usr/bin/python3 tests/cuda/frag_emu.py (numpy); prints the relative errors.
 import numpy as np
 def bf(x):  # round to bf16 (nearest even) as float32
