@@ -430,18 +430,6 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     CUBLAS_CHECK(cublasSetStream(k->blas, k->stream));
     s->blas_workspace = dev_alloc(BLAS_WORKSPACE_BYTES);
     CUBLAS_CHECK(cublasSetWorkspace(k->blas, s->blas_workspace, BLAS_WORKSPACE_BYTES));
-    /* the experts' products over their live rows in the step's graph
-     * (live_rows): the side stream that captures the switch's cases, and a
-     * handle on it with the same workspace (the graph runs them in order).
-     * MOECC_LIVE_ROWS=0: every product over all the rows (to measure what
-     * the switch gives) */
-    const char *live = getenv("MOECC_LIVE_ROWS");
-    if (!(live && strcmp(live, "0") == 0)) {
-        CUDA_CHECK(cudaStreamCreateWithFlags(&k->side, cudaStreamNonBlocking));
-        CUBLAS_CHECK(cublasCreate(&k->blas_side));
-        CUBLAS_CHECK(cublasSetStream(k->blas_side, k->side));
-        CUBLAS_CHECK(cublasSetWorkspace(k->blas_side, s->blas_workspace, BLAS_WORKSPACE_BYTES));
-    }
     k->compute = precision == PRECISION_FP32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_16BF;
     if (precision == PRECISION_BF16) {
         /* the products' operands, rounded to bf16 before each product */
@@ -620,10 +608,6 @@ void model_close(model *m)
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
         CUDA_CHECK(cudaFreeHost(host[i]));
     CUBLAS_CHECK(cublasDestroy(s->k.blas));
-    if (s->k.side) {
-        CUBLAS_CHECK(cublasDestroy(s->k.blas_side));
-        CUDA_CHECK(cudaStreamDestroy(s->k.side));
-    }
     if (s->k.lt)
         CUBLAS_CHECK(cublasLtDestroy(s->k.lt));
     CUDA_CHECK(cudaStreamDestroy(s->k.stream));

@@ -126,12 +126,6 @@ typedef struct kctx {
     cublasLtHandle_t lt;
     void *lt_ws;
     size_t lt_ws_bytes;
-    /* the experts' products over their live rows alone (live_rows): a
-     * stream and a cuBLAS handle on it (with the same workspace as blas:
-     * the graph runs both in order) that capture the products' versions
-     * for the step's graph; NULL: every product over all the rows */
-    cudaStream_t side;
-    cublasHandle_t blas_side;
 } kctx;
 
 /* The element-wise passes' launch over n elements, in blocks of 256: kern4
@@ -408,88 +402,6 @@ static inline void mm_tn(const kctx *k, mm_out out, mm_in a, mm_in b, int M, int
 {
     if (K > 0)
         mm_rows(k, CUBLAS_OP_T, CUBLAS_OP_N, out, a, M, b, N, M, N, K, beta, count, sa, sb, so);
-}
-
-/* ---- products over the experts' live rows --------------------------------------------- */
-
-/* An expert's rows [rows] hold its count's choices first and zeros after
- * (the gather writes them); the products over them (the FFN's, their
- * input gradients, and the weights' gradients, whose sums run over the
- * rows) need only the rows before the largest count. In the step's graph
- * live_rows makes a switch over LIVE_STEPS cases: case i runs the
- * products over the first (i + 1) * step rows, and a kernel ahead of it
- * picks the case from the counts on the device. Outside a capture (the
- * evaluation's forward, the first step's gradients) they run over all
- * the rows. */
-#define LIVE_STEPS 16
-#define LIVE_ALIGN 32 /* a case's rows: a multiple of this, or all */
-
-/* the case for n experts' counts: the one whose rows cover the largest
- * count (clamped to rows), or none (no body runs) when every count is 0 */
-static __global__ void live_case_kernel(cudaGraphConditionalHandle h, const int *__restrict__ count, int n, int rows,
-                                        int step, unsigned none)
-{
-    int m = 0;
-    for (int e = threadIdx.x; e < n; e += 32)
-        m = max(m, min(count[e], rows));
-    for (int o = 16; o > 0; o >>= 1)
-        m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (threadIdx.x == 0)
-        cudaGraphSetConditional(h, m > 0 ? (unsigned)((m + step - 1) / step - 1) : none);
-}
-
-/* the rows of live_rows' cases: step a case, cases in all */
-static inline int live_step(int rows, int *cases)
-{
-    const int per = (rows + LIVE_STEPS - 1) / LIVE_STEPS;
-    const int step = (per + LIVE_ALIGN - 1) / LIVE_ALIGN * LIVE_ALIGN;
-    *cases = (rows + step - 1) / step;
-    return step;
-}
-
-/* product(kc, m): the products over the first m of each expert's rows, on
- * kc's stream and handle. count: n experts' counts of rows, or NULL (all
- * rows live). Under a capture with k->side set: the switch above, each
- * case's products captured into its body through k->side; else
- * product(k, rows). */
-template <typename F> static inline void live_rows(const kctx *k, const int *count, int n, int rows, F product)
-{
-    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-    cudaGraph_t graph = nullptr;
-    if (count && k->side && rows > 0)
-        CUDA_CHECK(cudaStreamGetCaptureInfo(k->stream, &st, nullptr, &graph));
-    if (st != cudaStreamCaptureStatusActive) {
-        product(k, rows);
-        return;
-    }
-    int cases;
-    const int step = live_step(rows, &cases);
-    cudaGraphConditionalHandle h;
-    CUDA_CHECK(cudaGraphConditionalHandleCreate(&h, graph, (unsigned)cases, cudaGraphCondAssignDefault));
-    live_case_kernel<<<1, 32, 0, k->stream>>>(h, count, n, rows, step, (unsigned)cases);
-    LAUNCH_CHECK();
-    const cudaGraphNode_t *deps = nullptr;
-    size_t ndeps = 0;
-    CUDA_CHECK(cudaStreamGetCaptureInfo(k->stream, &st, nullptr, &graph, &deps, nullptr, &ndeps));
-    cudaGraphNodeParams params = {};
-    params.type = cudaGraphNodeTypeConditional;
-    params.conditional.handle = h;
-    params.conditional.type = cudaGraphCondTypeSwitch;
-    params.conditional.size = (unsigned)cases;
-    cudaGraphNode_t node;
-    CUDA_CHECK(cudaGraphAddNode(&node, graph, deps, nullptr, ndeps, &params));
-    CUDA_CHECK(cudaStreamUpdateCaptureDependencies(k->stream, &node, nullptr, 1, cudaStreamSetCaptureDependencies));
-    kctx kc = *k;
-    kc.stream = k->side;
-    kc.blas = k->blas_side;
-    kc.side = nullptr;
-    for (int i = 0; i < cases; i++) {
-        CUDA_CHECK(cudaStreamBeginCaptureToGraph(k->side, params.conditional.phGraph_out[i], nullptr, nullptr, 0,
-                                                 cudaStreamCaptureModeThreadLocal));
-        product(&kc, (i + 1) * step < rows ? (i + 1) * step : rows);
-        cudaGraph_t body;
-        CUDA_CHECK(cudaStreamEndCapture(k->side, &body));
-    }
 }
 
 /* one value read as float, from float or bf16 */
@@ -4551,28 +4463,19 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, __nv_bfloat16 *y16,
     xr += r * D, h += r * H, a += r * H, yr += r * D;
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     const mm_in xin = mm_pick(x16 ? x16 + r * D : nullptr, xr);
-    /* rows past the live ones: h is never read there (bias_act writes
-     * zeros into a without it), nor y (the combine reads kept rows) */
-    live_rows(k, live, n, rows, [&](const kctx *kc, int m) {
-        if (h16)
-            mm_nt(kc, h16, xin, w1, m, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-        else
-            mm_nt(kc, h, xin, w1, m, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-    });
-    if (h16)
+    if (h16) {
+        mm_nt(k, h16, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
         bias_act<ACT>(k, a, h16, b1, rows, H, n, a16, true, live);
-    else
+    } else {
+        mm_nt(k, h, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
         bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true, live);
-    const mm_in ain = mm_pick(a16, a);
+    }
     if (y16) {
-        live_rows(k, live, n, rows, [&](const kctx *kc, int m) {
-            mm_nt(kc, y16 + r * D, ain, w2, m, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
-        });
+        mm_nt(k, y16 + r * D, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H,
+              (int64_t)rows * D);
         return;
     }
-    live_rows(k, live, n, rows, [&](const kctx *kc, int m) {
-        mm_nt(kc, yr, ain, w2, m, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
-    });
+    mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
     if (b2)
         bias_add(k, yr, b2 + (int64_t)e * D, rows, D, n);
 }
@@ -4774,33 +4677,27 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, __nv_bfloat1
     dxr += r * D, dh += r * H, h += r * H;
     dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
     w1 += (int64_t)e * H * D, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
-    /* rows past the live ones: the activation's backward writes zeros
-     * into dh without reading da, and the scatter reads kept rows' dx */
-    const mm_in dyin = mm_pick(dy16, dyr);
-    live_rows(k, live, n, rows, [&](const kctx *kc, int m) {
-        if (da16) /* bf16 precision: da and h in bf16 (moe_h16), dh into dh16 */
-            mm_nn(kc, da16, dyin, w2, m, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
-        else
-            mm_nn(kc, dh, dyin, w2, m, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H, (int64_t)rows * H);
-    });
-    if (da16)
+    if (da16) { /* bf16 precision: da and h in bf16 (moe_h16), dh into dh16 */
+        mm_nn(k, da16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
+              (int64_t)rows * H);
         act_bias_backward(k, nullptr, dh16, db1, da16, h16, rows, H, n, live);
-    else
+    } else {
+        mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
+              (int64_t)rows * H);
         act_bias_backward(k, dh, dh16, db1, dh, h, rows, H, n, live);
-    const mm_in dhin = mm_pick(dh16, dh);
-    live_rows(k, live, n, rows, [&](const kctx *kc, int m) {
-        if (dx16)
-            mm_nn(kc, dx16 + r * D, dhin, w1, m, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
-        else
-            mm_nn(kc, dxr, dhin, w1, m, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D, (int64_t)rows * D);
-    });
+    }
+    if (dx16)
+        mm_nn(k, dx16 + r * D, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D,
+              (int64_t)rows * D);
+    else
+        mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D,
+              (int64_t)rows * D);
 }
 
 template <int D, int H>
 static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2, float *db2, const float *dyr,
                                            const __nv_bfloat16 *dy16, const float *dh, const float *xr,
-                                           const __nv_bfloat16 *x16, float *a, const int *count, int rows, int el,
-                                           int e, int n)
+                                           const __nv_bfloat16 *x16, float *a, int rows, int el, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
     const __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H);
@@ -4808,20 +4705,14 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2
     dyr = dyr ? dyr + r * D : nullptr;
     dh += r * H, xr += r * D, a += r * H;
     dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
-    /* the sums over rows stop at the live ones: the rest are zeros */
-    const int *live = count ? count + e : nullptr;
-    const mm_in dyin = mm_pick(dy16, dyr), ain = mm_pick(a16, a), dhin = mm_pick(dh16, dh);
-    const mm_in xin = mm_pick(x16 ? x16 + r * D : nullptr, xr);
-    live_rows(k, live, n, rows, [&](const kctx *kc, int m) {
-        mm_tn(kc, dw2, dyin, ain, D, H, m, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H, (int64_t)D * H);
-    });
+    mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
+          (int64_t)D * H);
     if (dyr)
         colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
     else /* dy in bf16 alone (moe_experts_backward) */
         colsum_add(k, db2, dy16, rows, D, n, (int64_t)rows * D, D);
-    live_rows(k, live, n, rows, [&](const kctx *kc, int m) {
-        mm_tn(kc, dw1, dhin, xin, H, D, m, 1.0f, n, (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
-    });
+    mm_tn(k, dw1, mm_pick(dh16, dh), mm_pick(x16 ? x16 + r * D : nullptr, xr), H, D, rows, 1.0f, n,
+          (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
 }
 
 /* Backward of the experts and the combine: dgate[N, K] written, dx (+)=,
@@ -4863,7 +4754,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
             const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr + (int64_t)e * rows * D, (int64_t)rows * D);
             moe_ffn_backward_rows<D, H>(&kr, dxr, nullptr, dh, db1, dyr, dy16, h, w1, w2, nullptr, rows, EL, e, 1);
             done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
-            moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, nullptr, rows, EL, e, 1);
+            moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, e, 1);
         }
         moe_exchange_wait(k, done);
     } else {
@@ -4872,8 +4763,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         const float *dyf = dy_half ? nullptr : dyr; /* NULL: dy in bf16 alone */
         moe_ffn_backward_rows<D, H>(&kr, dxr, dx16, dh, db1, dyf, dy16, h, w1, w2, P > 1 ? nullptr : r->count, rows,
                                     EL, 0, EL);
-        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyf, dy16, dh, xr, x16, a, P > 1 ? nullptr : r->count,
-                                      rows, EL, 0, EL);
+        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
     if (dx16)

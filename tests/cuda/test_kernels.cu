@@ -53,10 +53,6 @@ static const double TOL_ATTN_TC = 3e-3;
 static const double TOL_ATTN_FRAG = TOL16;
 
 static kctx g_k;
-/* the MoE tests' graphs (live_rows): the side stream and cuBLAS handles
- * with workspaces of their own (main), for the stream and the side */
-static cudaStream_t g_side;
-static cublasHandle_t g_blas_main, g_blas_side;
 static bool g_bf16; /* a reduced-precision mode: tf32 or bf16 */
 static const char *g_mode = "fp32";
 static int g_pass, g_fail;
@@ -1436,51 +1432,6 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
         check("moe_experts_backward", "dgate, " + c, down(d_dgate, dgate.size()), dgate, TOL32);
         check("moe_router_backward", "dlogits, " + c, down(d_dlogits, dlogits.size()), dlogits, TOL32);
     }
-
-    /* ---- the same layer in a graph, as the training step runs it: the
-     * products over the live rows alone (live_rows' switch, whose case the
-     * counts above pick on the device), into fresh poisoned buffers ---- */
-    {
-        int cases = 0;
-        const int step = live_step(cap, &cases);
-        int most = 0;
-        for (int e = 0; e < E; e++)
-            most = std::max(most, std::min(g_count[e], cap));
-        const int m = most ? std::min(cap, (most + step - 1) / step * step) : 0;
-        const std::string cg = fmt("graph, the products over %d of %d rows (%d cases), ", m, cap, cases) + c;
-        note("moe " + cg);
-        float *g_out = dpoison<float>((size_t)N * D), *g_xe = dpoison<float>(rows * D);
-        float *g_h = dpoison<float>(rows * H), *g_a = dpoison<float>(rows * H), *g_ye = dpoison<float>(rows * D);
-        float *g_dx = acc ? dup(dx0) : dpoison<float>(dx0.size()), *g_dgate = dpoison<float>((size_t)N * K);
-        float *g_dye = dpoison<float>(rows * D), *g_dh = dpoison<float>(rows * H), *g_dxe = dpoison<float>(rows * D);
-        float *g_dw1 = dup(dw1_0), *g_db1 = dup(db1_0), *g_dw2 = dup(dw2_0), *g_db2 = dup(db2_0);
-        kctx saved = g_k;
-        g_k.side = g_side;
-        g_k.blas = g_blas_main;
-        g_k.blas_side = g_blas_side;
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        CUDA_CHECK(cudaStreamBeginCapture(g_k.stream, cudaStreamCaptureModeThreadLocal));
-        moe_experts_forward<D, H, E, K, ACT, 1>(&g_k, g_out, g_xe, g_xe, g_h, g_a, g_ye, g_ye, d_x, &rb, d_w1, d_b1,
-                                                d_w2, d_b2, N, cap);
-        moe_experts_backward<D, H, E, K, 1>(&g_k, g_dx, g_dgate, g_dye, g_dye, g_dh, g_dxe, g_dxe, d_dout, g_xe, g_h,
-                                            g_a, g_ye, &rb, d_w1, d_w2, d_b2, g_dw1, g_db1, g_dw2, g_db2, N, cap, acc);
-        CUDA_CHECK(cudaStreamEndCapture(g_k.stream, &graph));
-        g_k = saved;
-        CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-        CUDA_CHECK(cudaGraphLaunch(exec, g_k.stream));
-        CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
-        CUDA_CHECK(cudaGraphExecDestroy(exec));
-        CUDA_CHECK(cudaGraphDestroy(graph));
-        check("moe_experts_forward", "out, " + cg, down(g_out, out.size()), out, tolb);
-        check("moe_experts_backward", "dx, " + cg, down(g_dx, dx.size()), dx, tolb);
-        check("moe_experts_backward", "dw1, " + cg, down(g_dw1, dw1.size()), dw1, tolb);
-        check("moe_experts_backward", "db1, " + cg, down(g_db1, db1.size()), db1, tolb);
-        check("moe_experts_backward", "dw2, " + cg, down(g_dw2, dw2.size()), dw2, tolb);
-        check("moe_experts_backward", "db2, " + cg, down(g_db2, db2.size()), db2, tolb);
-        if (!g_bf16)
-            check("moe_experts_backward", "dgate, " + cg, down(g_dgate, dgate.size()), dgate, TOL32);
-    }
     dfree_all();
 }
 
@@ -1742,20 +1693,6 @@ int main(void)
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_k.stream, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&g_k.blas));
     CUBLAS_CHECK(cublasSetStream(g_k.blas, g_k.stream));
-    /* the MoE layer's graph (live_rows): cuBLAS handles on the stream and
-     * on the side stream that captures the switch's cases, with a
-     * workspace of their own each (cuBLAS allocates nothing in a capture) */
-    const size_t graph_ws_bytes = (size_t)32 << 20;
-    void *graph_ws[2] = { nullptr, nullptr };
-    CUDA_CHECK(cudaStreamCreateWithFlags(&g_side, cudaStreamNonBlocking));
-    CUBLAS_CHECK(cublasCreate(&g_blas_main));
-    CUBLAS_CHECK(cublasCreate(&g_blas_side));
-    CUBLAS_CHECK(cublasSetStream(g_blas_main, g_k.stream));
-    CUBLAS_CHECK(cublasSetStream(g_blas_side, g_side));
-    for (int i = 0; i < 2; i++)
-        CUDA_CHECK(cudaMalloc(&graph_ws[i], graph_ws_bytes));
-    CUBLAS_CHECK(cublasSetWorkspace(g_blas_main, graph_ws[0], graph_ws_bytes));
-    CUBLAS_CHECK(cublasSetWorkspace(g_blas_side, graph_ws[1], graph_ws_bytes));
     g_k.red_floats = (int64_t)4 << 20;
     CUDA_CHECK(cudaMalloc(&g_k.red, sizeof(float) * (size_t)g_k.red_floats));
 
@@ -1864,11 +1801,6 @@ int main(void)
     CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
     CUDA_CHECK(cudaFree(g_k.red));
     CUBLAS_CHECK(cublasDestroy(g_k.blas));
-    CUBLAS_CHECK(cublasDestroy(g_blas_main));
-    CUBLAS_CHECK(cublasDestroy(g_blas_side));
-    for (int i = 0; i < 2; i++)
-        CUDA_CHECK(cudaFree(graph_ws[i]));
-    CUDA_CHECK(cudaStreamDestroy(g_side));
     CUDA_CHECK(cudaStreamDestroy(g_k.stream));
     printf("1..%d\n", g_pass + g_fail);
     printf("%d passed, %d failed\n", g_pass, g_fail);
