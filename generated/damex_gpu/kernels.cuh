@@ -852,10 +852,9 @@ static inline mm_in mm_half(const kctx *k, float *p)
  * a row per warp; the weights' gradient dw += dout^T x by chunks of rows,
  * RED_CHUNKS partial sums added in order (the same bits every run). The
  * kernels take NP accumulators (8, 16 or 32), the outputs past N zero.
- * Measured on config P (notes-gpu.md item 37): 1.26 ms a step, no faster
- * than cuBLAS's 1.18 yet; the dW pass loads dout[m, n] one value at a
- * time, and the forward and dX are the first half of folding the router's
- * product into router_kernel and its backward. */
+ * Measured on config P: 1.26 ms a step at first, against cuBLAS's 1.18
+ * (notes-gpu.md item 37); the seventeenth session's dW pass (V columns a
+ * thread) and the forward's reduce-scatter of the sums are item 68. */
 #define NARROW_MAX 32
 #define NARROW_SMEM (48 * 1024) /* the weights' room: what a launch gets unasked */
 
@@ -4703,6 +4702,25 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
         moe_combine<K>(k, out, ye, P > 1 ? nullptr : b2, r, res, N, cap, D);
 }
 
+/* V values of an expert row's backward through the combine: dy = t = g
+ * dout (stored as O), and *dot += dout . (ye + b2) (bias NULL: ye has b2) */
+template <int V, typename O, typename YT>
+__device__ static inline void combine_bwd_values(O *dy, float (&t)[V], float *dot, const float *go, const YT *y,
+                                                 const float *bias, float g)
+{
+    float o[V], yv[V], b[V] = {};
+    vload<V>(o, go);
+    vload<V>(yv, y);
+    if (bias)
+        vload<V>(b, bias);
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        *dot += o[j] * (bias ? yv[j] + b[j] : yv[j]);
+        t[j] = g * o[j];
+    }
+    vstore<V>(dy, t);
+}
+
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
  * count; O: float, or bf16 where only products and the bias's sum read it),
  * and the kept choice's dgate = dout[token] . (ye[row] + b2[e]) (b2 NULL:
@@ -4733,21 +4751,83 @@ static __global__ void moe_combine_bwd_kernel(O *__restrict__ dye, float *__rest
         /* two chunks' loads in flight at once (P: 1.14 -> 1.06 ms a step) */
 #pragma unroll 2
         for (int d = lane * V; d < D; d += 32 * V) {
-            float o[V], yv[V], b[V] = {}, t[V];
-            vload<V>(o, go + d);
-            vload<V>(yv, y + d);
-            if (bias)
-                vload<V>(b, bias + d);
-#pragma unroll
-            for (int j = 0; j < V; j++) {
-                dot += o[j] * (bias ? yv[j] + b[j] : yv[j]);
-                t[j] = g * o[j];
-            }
-            vstore<V>(dy + d, t);
+            float t[V];
+            combine_bwd_values<V>(dy + d, t, &dot, go + d, y + d, bias ? bias + d : nullptr, g);
         }
         dot = warp_sum(dot);
         if (lane == 0)
             dgate[(int64_t)n * K + kk] = dot;
+    }
+}
+
+/* moe_combine_bwd_kernel on one GPU with the bias gradient's partial sums
+ * (db2 = the column sums of dy per expert, which a pass over dy read
+ * again: 128 MB a layer on config P): block (c, e) takes chunk c of
+ * expert e's rows, as colsum_partial_kernel's chunks, COMBINE_SUM_WARPS
+ * warps a row in turn; each lane sums the fp32 values it stores (before
+ * any rounding to O), and the warps' sums are added in warp order into
+ * part[e, c, D] for colsum_final (the same bits every run). */
+#define COMBINE_SUM_WARPS 16
+#define COMBINE_SUM_MAX_D 768 /* the warps' sums in the 48 KiB of shared memory a launch gets unasked */
+template <typename O, int V, typename YT, int D>
+static __global__ void __launch_bounds__(32 * COMBINE_SUM_WARPS)
+    moe_combine_bwd_sum_kernel(O *__restrict__ dye, float *__restrict__ dgate, float *__restrict__ part,
+                               const float *__restrict__ dout, const YT *__restrict__ ye,
+                               const float *__restrict__ b2, const int *__restrict__ row_token,
+                               const int *__restrict__ row_k, const int *__restrict__ count,
+                               const float *__restrict__ gate, int cap, int K)
+{
+    constexpr int DC = (D + 32 * V - 1) / (32 * V); /* a lane's chunks of V columns */
+    extern __shared__ float csum[];                 /* [COMBINE_SUM_WARPS][D] */
+    const int lane = threadIdx.x % 32, wid = threadIdx.x / 32, e = blockIdx.y, c = blockIdx.x;
+    const int per = (cap + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(cap, lo + per);
+    const int live = min(count[e], hi);
+    float cs[DC][V] = {};
+    for (int s = lo + wid; s < hi; s += COMBINE_SUM_WARPS) {
+        const int64_t row = (int64_t)e * cap + s;
+        O *dy = dye + row * D;
+        if (s >= live) {
+            const float z[V] = {};
+#pragma unroll
+            for (int i = 0; i < DC; i++)
+                if (lane * V + i * 32 * V < D)
+                    vstore<V>(dy + lane * V + i * 32 * V, z);
+            continue;
+        }
+        const int n = row_token[row], kk = row_k[row];
+        const float g = gate[(int64_t)n * K + kk];
+        const float *go = dout + (int64_t)n * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
+        const YT *y = ye + row * D;
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DC; i++) {
+            const int d = lane * V + i * 32 * V;
+            if (d >= D)
+                continue;
+            float t[V];
+            combine_bwd_values<V>(dy + d, t, &dot, go + d, y + d, bias ? bias + d : nullptr, g);
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                cs[i][j] += t[j];
+        }
+        dot = warp_sum(dot);
+        if (lane == 0)
+            dgate[(int64_t)n * K + kk] = dot;
+    }
+#pragma unroll
+    for (int i = 0; i < DC; i++)
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            const int d = lane * V + i * 32 * V + j;
+            if (d < D)
+                csum[wid * D + d] = cs[i][j];
+        }
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float t = 0.0f;
+        for (int w = 0; w < COMBINE_SUM_WARPS; w++)
+            t += csum[w * D + d];
+        part[((int64_t)e * RED_CHUNKS + c) * D + d] = t;
     }
 }
 
@@ -4759,6 +4839,26 @@ static inline void moe_combine_bwd(const kctx *k, O *dye, float *dgate, const fl
     const bool v4 = vec4_ok(D, dout, b2) && vec4_ok_as(D, ye) && vec4_ok_as(D, dye);
     launch_rows(k, v4, (int64_t)E * cap, moe_combine_bwd_kernel<O, 4, YT>, moe_combine_bwd_kernel<O, 1, YT>, dye,
                 dgate, dout, ye, b2, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
+}
+
+/* moe_combine_bwd_sum_kernel's launch, then db2 += its partial sums */
+template <int D, typename O, typename YT>
+static inline void moe_combine_bwd_sum(const kctx *k, O *dye, float *dgate, float *db2, const float *dout,
+                                       const YT *ye, const float *b2, const moe_route_buf *r, int E, int cap, int K)
+{
+    static_assert(D <= COMBINE_SUM_MAX_D, "moe_combine_bwd_sum: the warps' sums in shared memory");
+    red_need(k, (int64_t)E * RED_CHUNKS * D);
+    const bool v4 = vec4_ok(D, dout, b2) && vec4_ok_as(D, ye) && vec4_ok_as(D, dye);
+    const dim3 grid(RED_CHUNKS, (unsigned)E);
+    const size_t sm = sizeof(float) * COMBINE_SUM_WARPS * D;
+    if (v4)
+        moe_combine_bwd_sum_kernel<O, 4, YT, D><<<grid, 32 * COMBINE_SUM_WARPS, sm, k->stream>>>(
+            dye, dgate, k->red, dout, ye, b2, r->row_token, r->row_k, r->count, r->gate, cap, K);
+    else
+        moe_combine_bwd_sum_kernel<O, 1, YT, D><<<grid, 32 * COMBINE_SUM_WARPS, sm, k->stream>>>(
+            dye, dgate, k->red, dout, ye, b2, r->row_token, r->row_k, r->count, r->gate, cap, K);
+    LAUNCH_CHECK();
+    colsum_final(k, db2, D, E, D);
 }
 
 /* dx[n] (+)= sum over the token's kept choices of dxe[row]; dgate of the
@@ -4866,7 +4966,9 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2
     dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
     mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
           (int64_t)D * H);
-    if (dyr)
+    if (!db2) /* summed by the combine's backward (moe_combine_bwd_sum) */
+        ;
+    else if (dyr)
         colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
     else /* dy in bf16 alone (moe_experts_backward) */
         colsum_add(k, db2, dy16, rows, D, n, (int64_t)rows * D, D);
@@ -4900,10 +5002,18 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
      * alone, so the combine writes it in bf16 into the first half of its
      * room (the fp32 values are never made) */
     const bool dy_half = P == 1 && k->cast;
-    if (dy_half) /* ye too is in bf16 (moe_x16) */
+    float *db2_rows = db2; /* what the parameters' pass still sums: NULL when the combine's backward did */
+    if constexpr (P == 1 && D <= COMBINE_SUM_MAX_D) {
+        db2_rows = nullptr;
+        if (dy_half) /* ye too is in bf16 (moe_x16) */
+            moe_combine_bwd_sum<D>(k, bf16_half(k, dye), dgate, db2, dout, moe_x16<P>(k, ye), b2, r, E, cap, K);
+        else
+            moe_combine_bwd_sum<D>(k, dye, dgate, db2, dout, ye, b2, r, E, cap, K);
+    } else if (dy_half) {
         moe_combine_bwd(k, bf16_half(k, dye), dgate, dout, moe_x16<P>(k, ye), b2, r, E, cap, D, K);
-    else
+    } else {
         moe_combine_bwd(k, dye, dgate, dout, ye, P > 1 ? nullptr : b2, r, E, cap, D, K);
+    }
     if (P > 1 && k->overlap) {
         cudaEvent_t in[EL], done = nullptr;
         for (int e = 0; e < EL; e++)
@@ -4922,7 +5032,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         const float *dyf = dy_half ? nullptr : dyr; /* NULL: dy in bf16 alone */
         moe_ffn_backward_rows<D, H>(&kr, dxr, dx16, dh, db1, dyf, dy16, h, w1, w2, P > 1 ? nullptr : r->count, rows,
                                     EL, 0, EL);
-        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
+        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2_rows, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
     if (dx16)
