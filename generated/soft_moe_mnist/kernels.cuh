@@ -852,13 +852,11 @@ static inline mm_in mm_half(const kctx *k, float *p)
  * a row per warp; the weights' gradient dw += dout^T x by chunks of rows,
  * RED_CHUNKS partial sums added in order (the same bits every run). The
  * kernels take NP accumulators (8, 16 or 32), the outputs past N zero.
- * Measured on config P (notes-gpu.md item 37): 1.26 ms a step, no faster
- * than cuBLAS's 1.18 yet; the dW pass loads dout[m, n] one value at a
- * time, and the forward and dX are the first half of folding the router's
- * product into router_kernel and its backward. */
+ * Measured on config P: 1.26 ms a step at first, against cuBLAS's 1.18
+ * (notes-gpu.md item 37); the seventeenth session's dW pass (V columns a
+ * thread) and the forward's reduce-scatter of the sums are item 68. */
 #define NARROW_MAX 32
 #define NARROW_SMEM (48 * 1024) /* the weights' room: what a launch gets unasked */
-#define NARROW_LANES 8          /* rows summed side by side in the weights' gradient */
 
 /* whether out[M,N] = inp[M,K] w[N,K]^T takes the narrow kernels: plain
  * fp32, fp32 operands 16-byte aligned, rows a multiple of 4 wide, the
@@ -887,6 +885,34 @@ static inline unsigned narrow_blocks(int64_t M)
     return (unsigned)(b < 2048 ? (b > 0 ? b : 1) : 2048);
 }
 
+/* The warp's sums of v[0, NP) for NP = 8, 16 or 32, returned to lane l
+ * for value l / (32 / NP): each round a lane keeps half of its values and
+ * adds the other half of the lane o apart's (o = 16, 8, ...), then plain
+ * butterfly rounds; 9 shuffles for NP = 8, where a warp sum of each
+ * value took 40. */
+template <int NP, int H = NP / 2, int O = 16> __device__ static inline void warp_halve(float (&v)[NP], int lane)
+{
+    if constexpr (H >= 1) {
+        const bool upper = (lane & O) != 0;
+#pragma unroll
+        for (int j = 0; j < H; j++) {
+            const float send = upper ? v[j] : v[j + H], keep = upper ? v[j + H] : v[j];
+            v[j] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+        }
+        warp_halve<NP, H / 2, O / 2>(v, lane);
+    }
+}
+
+template <int NP> __device__ static inline float warp_sums_scatter(float (&v)[NP])
+{
+    static_assert(NP == 8 || NP == 16 || NP == 32, "warp_sums_scatter: 8, 16 or 32 values");
+    warp_halve<NP>(v, (int)threadIdx.x % 32);
+#pragma unroll
+    for (int o = 16 / NP; o >= 1; o >>= 1)
+        v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+    return v[0];
+}
+
 template <int NP>
 static __global__ void __launch_bounds__(256)
     narrow_fwd_kernel(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ w,
@@ -910,15 +936,10 @@ static __global__ void __launch_bounds__(256)
                     acc[n] += xv.x * wv.x + xv.y * wv.y + xv.z * wv.z + xv.w * wv.w;
                 }
         }
-        float mine = 0.0f;
-#pragma unroll
-        for (int n = 0; n < NP; n++) {
-            const float t = warp_sum(acc[n]);
-            if (n == lane)
-                mine = t;
-        }
-        if (lane < N)
-            out[m * N + lane] = b ? mine + b[lane] : mine;
+        const float t = warp_sums_scatter<NP>(acc);
+        const int n = lane / (32 / NP);
+        if (lane % (32 / NP) == 0 && n < N)
+            out[m * N + n] = b ? t + b[n] : t;
     }
 }
 
@@ -954,31 +975,69 @@ static __global__ void __launch_bounds__(256)
 }
 
 /* part[c, n * K + col] = sum over the rows m of chunk c of dout[m, n] x[m, col]:
- * a block of 32 columns x NARROW_LANES lanes of rows (lanes_sum) */
+ * a block of 32 threads of V columns each (V = 4, 2, 1 for NP = 8, 16,
+ * 32: at most 32 sums a thread) x NARROW_DW_LANES lanes of rows, the
+ * lanes' sums added in lane order. V columns a thread loaded at once
+ * share each row's loads of dout (one column a thread issued a load of
+ * dout per multiply-add: 65 us a layer on config P). */
+#define NARROW_DW_LANES 32
+template <int NP> __host__ __device__ constexpr int narrow_dw_cols()
+{
+    return NP <= 8 ? 4 : NP <= 16 ? 2 : 1;
+}
+
 template <int NP>
-static __global__ void __launch_bounds__(32 * NARROW_LANES)
+static __global__ void __launch_bounds__(32 * NARROW_DW_LANES)
     narrow_dw_partial_kernel(float *__restrict__ part, const float *__restrict__ dout, const float *__restrict__ x,
                              int M, int N, int K)
 {
-    const int col = blockIdx.x * 32 + (int)threadIdx.x % 32, c = blockIdx.y;
+    constexpr int V = narrow_dw_cols<NP>();
+    __shared__ float red[NARROW_DW_LANES][V][33];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+    const int col = (blockIdx.x * 32 + tx) * V, c = blockIdx.y; /* K is a multiple of 4 (narrow_ok) */
     const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
-    float acc[NP];
+    float acc[NP][V];
 #pragma unroll
     for (int n = 0; n < NP; n++)
-        acc[n] = 0.0f;
-    if (col < K)
-        for (int m = lo + (int)threadIdx.x / 32; m < hi; m += NARROW_LANES) {
-            const float xv = x[(int64_t)m * K + col];
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            acc[n][j] = 0.0f;
+    if (col < K) {
+#pragma unroll 4
+        for (int m = lo + ty; m < hi; m += NARROW_DW_LANES) {
+            float xv[V];
+            vload<V>(xv, x + (int64_t)m * K + col);
             const float *g = dout + (int64_t)m * N;
 #pragma unroll
             for (int n = 0; n < NP; n++)
-                if (n < N)
-                    acc[n] += g[n] * xv;
+                if (n < N) {
+                    const float gn = g[n];
+#pragma unroll
+                    for (int j = 0; j < V; j++)
+                        acc[n][j] += gn * xv[j];
+                }
         }
-    lanes_sum<NARROW_LANES, NP>(acc);
-    if (threadIdx.x / 32 == 0 && col < K)
-        for (int n = 0; n < N; n++)
-            part[(int64_t)c * N * K + (int64_t)n * K + col] = acc[n];
+    }
+#pragma unroll
+    for (int n = 0; n < NP; n++) {
+        if (n >= N) /* the same for the whole block */
+            break;
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            red[ty][j][tx] = acc[n][j];
+        __syncthreads();
+        if (ty == 0 && col < K) {
+            float t[V];
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                t[j] = 0.0f;
+                for (int y = 0; y < NARROW_DW_LANES; y++)
+                    t[j] += red[y][j][tx];
+            }
+            vstore<V>(part + (int64_t)c * N * K + (int64_t)n * K + col, t);
+        }
+        __syncthreads();
+    }
 }
 
 /* f(np) with np a std::integral_constant of the accumulators for N
@@ -1016,10 +1075,11 @@ static inline void narrow_backward(const kctx *k, float *dx, float *dw, const fl
         LAUNCH_CHECK();
     }
     red_need(k, (int64_t)RED_CHUNKS * N * K);
-    const dim3 pg((unsigned)((K + 31) / 32), RED_CHUNKS);
     narrow_pick(N, [&](auto np) {
+        constexpr int cols = 32 * narrow_dw_cols<decltype(np)::value>();
+        const dim3 pg((unsigned)((K + cols - 1) / cols), RED_CHUNKS);
         narrow_dw_partial_kernel<decltype(np)::value>
-            <<<pg, 32 * NARROW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K);
+            <<<pg, 32 * NARROW_DW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K);
     });
     LAUNCH_CHECK();
     colsum_final(k, dw, N * K, 1, 0);
@@ -4076,6 +4136,74 @@ static __global__ void router_kernel(float *probs, float *lse, int *topk, float 
     }
 }
 
+/* router_kernel for at most ROUTER_THREAD_E experts: a thread per token,
+ * each sum in expert order as the CPU's (router_softmax, moe_topk_row).
+ * A warp per token left most lanes idle at these widths (7 of 32 on
+ * config P) and spent its issue on shuffles: 46 us a layer on P. */
+#define ROUTER_THREAD_E 16
+template <int E, int K>
+static __global__ void router_thread_kernel(float *probs, float *lse, int *topk, float *topp, float *gate,
+                                            float *prio, float *entropy, int *iota, const float *logits, int N,
+                                            int normalize)
+{
+    static_assert(E <= ROUTER_THREAD_E && K <= E, "router_thread_kernel: a token's experts in registers");
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N)
+        return;
+    const float *l = logits + (int64_t)n * E;
+    float v[E];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        v[e] = l[e];
+        mx = fmaxf(mx, v[e]);
+    }
+    double ex[E], sum = 0.0;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        ex[e] = exp((double)(v[e] - mx));
+        sum += ex[e];
+    }
+    double h = 0.0;
+    float *p = probs + (int64_t)n * E;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        const float pe = (float)(ex[e] / sum);
+        v[e] = pe;
+        p[e] = pe;
+        if (pe > 0.0f)
+            h -= (double)pe * log((double)pe);
+    }
+    /* top K, ties to the lower expert (a strict > in expert order) */
+    float val[K], denom = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        float best = -2.0f;
+        int be = 0x7fffffff;
+#pragma unroll
+        for (int e = 0; e < E; e++)
+            if (v[e] > best) {
+                best = v[e];
+                be = e;
+            }
+#pragma unroll
+        for (int e = 0; e < E; e++)
+            if (e == be)
+                v[e] = -1.0f; /* taken */
+        topk[(int64_t)n * K + k] = be;
+        topp[(int64_t)n * K + k] = best;
+        val[k] = best;
+        denom += best;
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        gate[(int64_t)n * K + k] = (normalize && K > 1) ? val[k] / denom : val[k];
+    prio[n] = val[0];
+    lse[n] = (float)(mx + log(sum));
+    entropy[n] = (float)h;
+    iota[n] = n;
+}
+
 #define ROUTE_BLOCK 1024 /* choices per block of the slot assignment */
 
 /* The choices in routing order: position p = k * N + i is token order[i]'s
@@ -4097,17 +4225,43 @@ static __global__ void route_count_kernel(int *blk_count, const int *topk, const
         blk_count[(int64_t)blockIdx.x * E + e] = cnt[e];
 }
 
-/* Pass 2 (one block): each block's first rank per expert, and the kept
- * count of each expert, min(total, cap). */
-template <int E> static __global__ void route_scan_kernel(int *blk_base, int *count, const int *blk_count, int nblk, int cap)
+/* Pass 2 (one block, a warp per expert): each block's first rank per
+ * expert, and the kept count of each expert, min(total, cap). A warp
+ * loads ROUTE_SCAN_RUN blocks' counts a lane before it sums any (one
+ * thread walking them in turn waited a load's latency per block: 30 us a
+ * layer on config P's 195 blocks), then scans them 32 at a time. */
+#define ROUTE_SCAN_WARPS 32
+#define ROUTE_SCAN_RUN 8
+template <int E>
+static __global__ void __launch_bounds__(32 * ROUTE_SCAN_WARPS)
+    route_scan_kernel(int *blk_base, int *count, const int *blk_count, int nblk, int cap)
 {
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    const int lane = threadIdx.x % 32;
+    for (int e = threadIdx.x / 32; e < E; e += ROUTE_SCAN_WARPS) {
         int run = 0;
-        for (int q = 0; q < nblk; q++) {
-            blk_base[(int64_t)q * E + e] = run;
-            run += blk_count[(int64_t)q * E + e];
+        for (int q0 = 0; q0 < nblk; q0 += 32 * ROUTE_SCAN_RUN) {
+            int c[ROUTE_SCAN_RUN];
+#pragma unroll
+            for (int j = 0; j < ROUTE_SCAN_RUN; j++) {
+                const int q = q0 + 32 * j + lane;
+                c[j] = q < nblk ? blk_count[(int64_t)q * E + e] : 0;
+            }
+#pragma unroll
+            for (int j = 0; j < ROUTE_SCAN_RUN; j++) {
+                int incl = c[j]; /* the inclusive sum over this run's lanes */
+                for (int o = 1; o < 32; o <<= 1) {
+                    const int t = __shfl_up_sync(0xffffffffu, incl, o);
+                    if (lane >= o)
+                        incl += t;
+                }
+                const int q = q0 + 32 * j + lane;
+                if (q < nblk)
+                    blk_base[(int64_t)q * E + e] = run + incl - c[j];
+                run += __shfl_sync(0xffffffffu, incl, 31);
+            }
         }
-        count[e] = run < cap ? run : cap;
+        if (lane == 0)
+            count[e] = run < cap ? run : cap;
     }
 }
 
@@ -4175,9 +4329,13 @@ template <int E, int K>
 static inline void moe_router_softmax(const kctx *k, moe_route_buf *r, const float *logits, int N, int normalize)
 {
     static_assert(E <= 256, "the CUDA backend routes to at most 256 experts");
-    router_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(r->probs, r->lse, r->topk, r->topp, r->gate,
-                                                                       r->prio, r->entropy, r->iota, logits, N,
-                                                                       normalize);
+    if constexpr (E <= ROUTER_THREAD_E && K <= E)
+        router_thread_kernel<E, K><<<(unsigned)((N + 255) / 256), 256, 0, k->stream>>>(
+            r->probs, r->lse, r->topk, r->topp, r->gate, r->prio, r->entropy, r->iota, logits, N, normalize);
+    else
+        router_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(r->probs, r->lse, r->topk, r->topp,
+                                                                           r->gate, r->prio, r->entropy, r->iota,
+                                                                           logits, N, normalize);
     LAUNCH_CHECK();
 }
 
@@ -4201,8 +4359,8 @@ static inline void moe_route(const kctx *k, moe_route_buf *r, const float *logit
     const int nblk = (int)(((int64_t)N * K + ROUTE_BLOCK - 1) / ROUTE_BLOCK);
     route_count_kernel<E, K><<<(unsigned)nblk, ROUTE_BLOCK, 0, k->stream>>>(r->blk_count, r->topk, order, N);
     LAUNCH_CHECK();
-    route_scan_kernel<E><<<1, E < 1024 ? ((E + 31) / 32) * 32 : 1024, 0, k->stream>>>(r->blk_base, r->count,
-                                                                                      r->blk_count, nblk, cap);
+    route_scan_kernel<E><<<1, 32 * (E < ROUTE_SCAN_WARPS ? E : ROUTE_SCAN_WARPS), 0, k->stream>>>(
+        r->blk_base, r->count, r->blk_count, nblk, cap);
     LAUNCH_CHECK();
     route_assign_kernel<E, K><<<(unsigned)nblk, ROUTE_BLOCK, 0, k->stream>>>(r->slot, r->row_token, r->row_k,
                                                                              r->blk_base, r->topk, order, N, cap);
@@ -4544,6 +4702,25 @@ static inline void moe_experts_forward(const kctx *k, float *out, float *xe, flo
         moe_combine<K>(k, out, ye, P > 1 ? nullptr : b2, r, res, N, cap, D);
 }
 
+/* V values of an expert row's backward through the combine: dy = t = g
+ * dout (stored as O), and *dot += dout . (ye + b2) (bias NULL: ye has b2) */
+template <int V, typename O, typename YT>
+__device__ static inline void combine_bwd_values(O *dy, float (&t)[V], float *dot, const float *go, const YT *y,
+                                                 const float *bias, float g)
+{
+    float o[V], yv[V], b[V] = {};
+    vload<V>(o, go);
+    vload<V>(yv, y);
+    if (bias)
+        vload<V>(b, bias);
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        *dot += o[j] * (bias ? yv[j] + b[j] : yv[j]);
+        t[j] = g * o[j];
+    }
+    vstore<V>(dy, t);
+}
+
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
  * count; O: float, or bf16 where only products and the bias's sum read it),
  * and the kept choice's dgate = dout[token] . (ye[row] + b2[e]) (b2 NULL:
@@ -4574,21 +4751,83 @@ static __global__ void moe_combine_bwd_kernel(O *__restrict__ dye, float *__rest
         /* two chunks' loads in flight at once (P: 1.14 -> 1.06 ms a step) */
 #pragma unroll 2
         for (int d = lane * V; d < D; d += 32 * V) {
-            float o[V], yv[V], b[V] = {}, t[V];
-            vload<V>(o, go + d);
-            vload<V>(yv, y + d);
-            if (bias)
-                vload<V>(b, bias + d);
-#pragma unroll
-            for (int j = 0; j < V; j++) {
-                dot += o[j] * (bias ? yv[j] + b[j] : yv[j]);
-                t[j] = g * o[j];
-            }
-            vstore<V>(dy + d, t);
+            float t[V];
+            combine_bwd_values<V>(dy + d, t, &dot, go + d, y + d, bias ? bias + d : nullptr, g);
         }
         dot = warp_sum(dot);
         if (lane == 0)
             dgate[(int64_t)n * K + kk] = dot;
+    }
+}
+
+/* moe_combine_bwd_kernel on one GPU with the bias gradient's partial sums
+ * (db2 = the column sums of dy per expert, which a pass over dy read
+ * again: 128 MB a layer on config P): block (c, e) takes chunk c of
+ * expert e's rows, as colsum_partial_kernel's chunks, COMBINE_SUM_WARPS
+ * warps a row in turn; each lane sums the fp32 values it stores (before
+ * any rounding to O), and the warps' sums are added in warp order into
+ * part[e, c, D] for colsum_final (the same bits every run). */
+#define COMBINE_SUM_WARPS 16
+#define COMBINE_SUM_MAX_D 768 /* the warps' sums in the 48 KiB of shared memory a launch gets unasked */
+template <typename O, int V, typename YT, int D>
+static __global__ void __launch_bounds__(32 * COMBINE_SUM_WARPS)
+    moe_combine_bwd_sum_kernel(O *__restrict__ dye, float *__restrict__ dgate, float *__restrict__ part,
+                               const float *__restrict__ dout, const YT *__restrict__ ye,
+                               const float *__restrict__ b2, const int *__restrict__ row_token,
+                               const int *__restrict__ row_k, const int *__restrict__ count,
+                               const float *__restrict__ gate, int cap, int K)
+{
+    constexpr int DC = (D + 32 * V - 1) / (32 * V); /* a lane's chunks of V columns */
+    extern __shared__ float csum[];                 /* [COMBINE_SUM_WARPS][D] */
+    const int lane = threadIdx.x % 32, wid = threadIdx.x / 32, e = blockIdx.y, c = blockIdx.x;
+    const int per = (cap + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(cap, lo + per);
+    const int live = min(count[e], hi);
+    float cs[DC][V] = {};
+    for (int s = lo + wid; s < hi; s += COMBINE_SUM_WARPS) {
+        const int64_t row = (int64_t)e * cap + s;
+        O *dy = dye + row * D;
+        if (s >= live) {
+            const float z[V] = {};
+#pragma unroll
+            for (int i = 0; i < DC; i++)
+                if (lane * V + i * 32 * V < D)
+                    vstore<V>(dy + lane * V + i * 32 * V, z);
+            continue;
+        }
+        const int n = row_token[row], kk = row_k[row];
+        const float g = gate[(int64_t)n * K + kk];
+        const float *go = dout + (int64_t)n * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
+        const YT *y = ye + row * D;
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DC; i++) {
+            const int d = lane * V + i * 32 * V;
+            if (d >= D)
+                continue;
+            float t[V];
+            combine_bwd_values<V>(dy + d, t, &dot, go + d, y + d, bias ? bias + d : nullptr, g);
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                cs[i][j] += t[j];
+        }
+        dot = warp_sum(dot);
+        if (lane == 0)
+            dgate[(int64_t)n * K + kk] = dot;
+    }
+#pragma unroll
+    for (int i = 0; i < DC; i++)
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            const int d = lane * V + i * 32 * V + j;
+            if (d < D)
+                csum[wid * D + d] = cs[i][j];
+        }
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float t = 0.0f;
+        for (int w = 0; w < COMBINE_SUM_WARPS; w++)
+            t += csum[w * D + d];
+        part[((int64_t)e * RED_CHUNKS + c) * D + d] = t;
     }
 }
 
@@ -4600,6 +4839,26 @@ static inline void moe_combine_bwd(const kctx *k, O *dye, float *dgate, const fl
     const bool v4 = vec4_ok(D, dout, b2) && vec4_ok_as(D, ye) && vec4_ok_as(D, dye);
     launch_rows(k, v4, (int64_t)E * cap, moe_combine_bwd_kernel<O, 4, YT>, moe_combine_bwd_kernel<O, 1, YT>, dye,
                 dgate, dout, ye, b2, r->row_token, r->row_k, r->count, r->gate, E, cap, D, K);
+}
+
+/* moe_combine_bwd_sum_kernel's launch, then db2 += its partial sums */
+template <int D, typename O, typename YT>
+static inline void moe_combine_bwd_sum(const kctx *k, O *dye, float *dgate, float *db2, const float *dout,
+                                       const YT *ye, const float *b2, const moe_route_buf *r, int E, int cap, int K)
+{
+    static_assert(D <= COMBINE_SUM_MAX_D, "moe_combine_bwd_sum: the warps' sums in shared memory");
+    red_need(k, (int64_t)E * RED_CHUNKS * D);
+    const bool v4 = vec4_ok(D, dout, b2) && vec4_ok_as(D, ye) && vec4_ok_as(D, dye);
+    const dim3 grid(RED_CHUNKS, (unsigned)E);
+    const size_t sm = sizeof(float) * COMBINE_SUM_WARPS * D;
+    if (v4)
+        moe_combine_bwd_sum_kernel<O, 4, YT, D><<<grid, 32 * COMBINE_SUM_WARPS, sm, k->stream>>>(
+            dye, dgate, k->red, dout, ye, b2, r->row_token, r->row_k, r->count, r->gate, cap, K);
+    else
+        moe_combine_bwd_sum_kernel<O, 1, YT, D><<<grid, 32 * COMBINE_SUM_WARPS, sm, k->stream>>>(
+            dye, dgate, k->red, dout, ye, b2, r->row_token, r->row_k, r->count, r->gate, cap, K);
+    LAUNCH_CHECK();
+    colsum_final(k, db2, D, E, D);
 }
 
 /* dx[n] (+)= sum over the token's kept choices of dxe[row]; dgate of the
@@ -4707,7 +4966,9 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2
     dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
     mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
           (int64_t)D * H);
-    if (dyr)
+    if (!db2) /* summed by the combine's backward (moe_combine_bwd_sum) */
+        ;
+    else if (dyr)
         colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
     else /* dy in bf16 alone (moe_experts_backward) */
         colsum_add(k, db2, dy16, rows, D, n, (int64_t)rows * D, D);
@@ -4741,10 +5002,18 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
      * alone, so the combine writes it in bf16 into the first half of its
      * room (the fp32 values are never made) */
     const bool dy_half = P == 1 && k->cast;
-    if (dy_half) /* ye too is in bf16 (moe_x16) */
+    float *db2_rows = db2; /* what the parameters' pass still sums: NULL when the combine's backward did */
+    if constexpr (P == 1 && D <= COMBINE_SUM_MAX_D) {
+        db2_rows = nullptr;
+        if (dy_half) /* ye too is in bf16 (moe_x16) */
+            moe_combine_bwd_sum<D>(k, bf16_half(k, dye), dgate, db2, dout, moe_x16<P>(k, ye), b2, r, E, cap, K);
+        else
+            moe_combine_bwd_sum<D>(k, dye, dgate, db2, dout, ye, b2, r, E, cap, K);
+    } else if (dy_half) {
         moe_combine_bwd(k, bf16_half(k, dye), dgate, dout, moe_x16<P>(k, ye), b2, r, E, cap, D, K);
-    else
+    } else {
         moe_combine_bwd(k, dye, dgate, dout, ye, P > 1 ? nullptr : b2, r, E, cap, D, K);
+    }
     if (P > 1 && k->overlap) {
         cudaEvent_t in[EL], done = nullptr;
         for (int e = 0; e < EL; e++)
@@ -4763,7 +5032,7 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         const float *dyf = dy_half ? nullptr : dyr; /* NULL: dy in bf16 alone */
         moe_ffn_backward_rows<D, H>(&kr, dxr, dx16, dh, db1, dyf, dy16, h, w1, w2, P > 1 ? nullptr : r->count, rows,
                                     EL, 0, EL);
-        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
+        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2_rows, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
     if (dx16)
@@ -4906,14 +5175,37 @@ static __global__ void moe_aux_final_kernel(float *aux, double *sums, double *lo
     st[E + ND * E + 2] += (unsigned long long)N;
 }
 
-/* top-1 choices per (dataset, expert): integer atomics, exact */
+/* top-1 choices per (dataset, expert): integer counts, exact in any
+ * order. A block counts its tokens' choices that fall in its window of
+ * DS_SMEM (dataset, expert) cells (blockIdx.y) in shared memory, a warp's
+ * equal keys added once by their first lane, then adds its nonzero
+ * counts to st: every token's atomic on the same few counters in global
+ * memory took 27 us a layer on config P. */
+#define DS_SMEM 4096
+#define DS_BLOCKS 256
 template <int K>
 static __global__ void moe_ds_expert_kernel(unsigned long long *st, const int *topk, const int32_t *dataset, int N,
-                                            int T, int E)
+                                            int T, int E, int ND)
 {
-    const int n = blockIdx.x * blockDim.x + threadIdx.x;
-    if (n < N)
-        atomicAdd(&st[E + (int64_t)dataset[n / T] * E + topk[(int64_t)n * K]], 1ull);
+    __shared__ unsigned cnt[DS_SMEM];
+    const int lo = blockIdx.y * DS_SMEM, cells = min(DS_SMEM, ND * E - lo);
+    for (int i = threadIdx.x; i < cells; i += blockDim.x)
+        cnt[i] = 0;
+    __syncthreads();
+    const int lane = threadIdx.x % 32;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t base = (int64_t)blockIdx.x * blockDim.x; base < N; base += stride) {
+        const int64_t n = base + threadIdx.x;
+        int key = n < N ? dataset[n / T] * E + topk[n * K] - lo : -1;
+        key = key < cells ? key : -1;
+        const unsigned same = __match_any_sync(0xffffffffu, key);
+        if (key >= 0 && lane == __ffs(same) - 1)
+            atomicAdd(&cnt[key], (unsigned)__popc(same));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < cells; i += blockDim.x)
+        if (cnt[i])
+            atomicAdd(&st[E + lo + i], (unsigned long long)cnt[i]);
 }
 
 /* target[n] = the expert of token n's dataset (dataset-aware routing) */
@@ -4950,7 +5242,9 @@ static inline void moe_aux_losses(const kctx *k, float *aux, double *sums, doubl
     moe_aux_final_kernel<E, K><<<1, 32, 0, k->stream>>>(aux, sums, loss_acc, st, tot, r->count, w_bal, w_z, w_ds,
                                                         w_imp, N, ND, train);
     LAUNCH_CHECK();
-    moe_ds_expert_kernel<K><<<blocks_for(N, 256), 256, 0, k->stream>>>(st, r->topk, dataset, N, T, E);
+    const dim3 ds_grid(blocks_for(N, 256) < DS_BLOCKS ? blocks_for(N, 256) : DS_BLOCKS,
+                       (unsigned)((ND * E + DS_SMEM - 1) / DS_SMEM));
+    moe_ds_expert_kernel<K><<<ds_grid, 256, 0, k->stream>>>(st, r->topk, dataset, N, T, E, ND);
     LAUNCH_CHECK();
 }
 
@@ -5018,13 +5312,91 @@ static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate,
     }
 }
 
+/* moe_router_bwd_kernel for at most ROUTER_THREAD_E experts: a thread per
+ * token (as router_thread_kernel), the sum over experts in their order,
+ * and the per-expert terms of the auxiliary losses, the same for every
+ * token, made once a block */
+template <int E, int K>
+static __global__ void moe_router_bwd_thread_kernel(float *dlogits, const float *dgate, const float *probs,
+                                                    const float *lse, const int *topk, const float *topp,
+                                                    const int *target, const double *sums, int N, int normalize,
+                                                    float w_bal, float w_z, float w_ds, float w_imp)
+{
+    static_assert(E <= ROUTER_THREAD_E, "moe_router_bwd_thread_kernel: a token's experts in registers");
+    __shared__ float imp[E], bal[E];
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        double mu = 0.0, var = 0.0; /* importance loss: d/dimp[e] of CV^2 */
+        if (w_imp != 0.0f) {
+            for (int i = 0; i < E; i++)
+                mu += sums[i] / E;
+            for (int i = 0; i < E; i++)
+                var += (sums[i] - mu) * (sums[i] - mu) / E;
+        }
+        imp[e] = w_imp != 0.0f
+                     ? (float)(w_imp * (2.0 * (sums[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)))
+                     : 0.0f;
+        bal[e] = (float)(w_bal * E * sums[E + e] / N);
+    }
+    __syncthreads();
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N)
+        return;
+    int idx[K];
+    float val[K], dg[K];
+    float S = 0.0f, gs = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        idx[k] = topk[(int64_t)n * K + k];
+        val[k] = topp[(int64_t)n * K + k];
+        dg[k] = dgate[(int64_t)n * K + k];
+    }
+    if (normalize && K > 1)
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            S += val[k];
+            gs += dg[k] * val[k];
+        }
+    const float *p = probs + (int64_t)n * E;
+    float dp[E], pv[E];
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        pv[e] = p[e];
+        dp[e] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < K; k++)
+            if (idx[k] == e)
+                dp[e] += (normalize && K > 1) ? dg[k] / S - gs / (S * S) : dg[k];
+        if (w_imp != 0.0f)
+            dp[e] += imp[e];
+        dp[e] += bal[e];
+        s += pv[e] * dp[e];
+    }
+    const float zl = w_z != 0.0f ? lse[n] : 0.0f;
+    const int tn = target && w_ds != 0.0f ? target[n] : -1;
+    float *dl = dlogits + (int64_t)n * E;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        float v = pv[e] * (dp[e] - s);
+        if (w_z != 0.0f)
+            v += w_z * 2.0f * zl * pv[e] / N;
+        if (target && w_ds != 0.0f)
+            v += w_ds * (pv[e] - (e == tn ? 1.0f : 0.0f)) / N;
+        dl[e] = v;
+    }
+}
+
 template <int E, int K>
 static inline void moe_router_backward(const kctx *k, float *dlogits, const float *dgate, const moe_route_buf *r,
                                        const int *target, const double *sums, int N, int normalize, float w_bal,
                                        float w_z, float w_ds, float w_imp)
 {
-    moe_router_bwd_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(
-        dlogits, dgate, r->probs, r->lse, r->topk, r->topp, target, sums, N, normalize, w_bal, w_z, w_ds, w_imp);
+    if constexpr (E <= ROUTER_THREAD_E)
+        moe_router_bwd_thread_kernel<E, K><<<(unsigned)((N + 255) / 256), 256, 0, k->stream>>>(
+            dlogits, dgate, r->probs, r->lse, r->topk, r->topp, target, sums, N, normalize, w_bal, w_z, w_ds, w_imp);
+    else
+        moe_router_bwd_kernel<E, K><<<(unsigned)((N + 7) / 8), 256, 0, k->stream>>>(
+            dlogits, dgate, r->probs, r->lse, r->topk, r->topp, target, sums, N, normalize, w_bal, w_z, w_ds, w_imp);
     LAUNCH_CHECK();
 }
 

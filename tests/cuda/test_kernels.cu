@@ -1733,6 +1733,9 @@ int main(void)
         test_moe<4, 4, ACT_GELU, 48, true>(8, 0, 0, 0, 0); /* expert choice */
         test_moe<3, 3, ACT_GELU, 48, true>(9, 0, 0, 0, 1);
         test_moe<4, 2, ACT_GELU, 48, false, 30>(10, 0, 1, 1, 1); /* rows not a multiple of 4 wide */
+        test_moe<20, 2, ACT_GELU>(11, 0, 1, 1, 0); /* more experts than router_thread_kernel takes */
+        /* wider than moe_combine_bwd_sum takes: the combine's backward, then db2 by colsum_add */
+        test_moe<4, 2, ACT_GELU, 48, false, 800>(12, 0, 1, 1, 1);
         if (g_k.cast) {
             test_fp32_ctx();
             test_weight_copy();
