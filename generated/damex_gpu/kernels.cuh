@@ -713,6 +713,38 @@ template <int V> __device__ static inline void vstore(__nv_bfloat16 *p, const fl
     }
 }
 
+/* d[0, V) (+)= x[0, V) */
+template <int V> __device__ static inline void vput(float *d, float (&x)[V], int acc)
+{
+    if (acc) {
+        float o[V];
+        vload<V>(o, d);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = o[j] + x[j];
+    }
+    vstore<V>(d, x);
+}
+
+/* d[0, V) (+)= s[0, V) */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc)
+{
+    float x[V];
+    vload<V>(x, s);
+    vput<V>(d, x, acc);
+}
+
+/* d[0, V) (+)= s[0, V) * a */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc, float a)
+{
+    float x[V];
+    vload<V>(x, s);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] *= a;
+    vput<V>(d, x, acc);
+}
+
 /* a bf16 operand's alignment for the 4-wide passes */
 static inline bool bf16_ok(const __nv_bfloat16 *p)
 {
@@ -1490,56 +1522,69 @@ static inline void patch_embed_backward(const kctx *k, float *dw, float *db, con
 }
 
 /* out[B, T+1, D]: the class token, then inp[B, T, D] */
+/* out[b] = the class token, then inp[b]'s T rows; V values a thread (D a
+ * multiple of V: launch_vec) */
+template <int V>
 static __global__ void cls_token_kernel(float *out, const float *inp, const float *cls, int B, int T, int D)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * (T + 1) * D)
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V, TD1 = (int64_t)(T + 1) * D;
+    if (i >= (int64_t)B * TD1)
         return;
-    const int64_t b = i / ((int64_t)(T + 1) * D);
-    const int r = (int)(i % ((int64_t)(T + 1) * D));
-    out[i] = r < D ? cls[r] : inp[b * T * D + r - D];
+    const int64_t b = i / TD1, r = i - b * TD1;
+    float x[V];
+    vload<V>(x, r < D ? cls + r : inp + b * T * D + r - D);
+    vstore<V>(out + i, x);
 }
 
+template <int V>
 static __global__ void cls_token_back_kernel(float *dinp, const float *dout, int B, int T, int D, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * T * D)
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V, TD = (int64_t)T * D;
+    if (i >= (int64_t)B * TD)
         return;
-    const int64_t b = i / ((int64_t)T * D);
-    const float v = dout[b * (T + 1) * D + D + i % ((int64_t)T * D)];
-    dinp[i] = acc ? dinp[i] + v : v;
+    const int64_t b = i / TD;
+    vcopy<V>(dinp + i, dout + b * (TD + D) + D + (i - b * TD), acc);
 }
 
 static inline void cls_token_forward(const kctx *k, float *out, const float *inp, const float *cls, int B, int T,
                                      int D)
 {
-    cls_token_kernel<<<blocks_for((int64_t)B * (T + 1) * D, 256), 256, 0, k->stream>>>(out, inp, cls, B, T, D);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, out, inp, cls), (int64_t)B * (T + 1) * D, cls_token_kernel<4>, cls_token_kernel<1>, out,
+               inp, cls, B, T, D);
 }
 
 /* dcls += the class-token rows summed over the batch */
 static inline void cls_token_backward(const kctx *k, float *dinp, float *dcls, const float *dout, int B, int T, int D,
                                       int acc)
 {
-    cls_token_back_kernel<<<blocks_for((int64_t)B * T * D, 256), 256, 0, k->stream>>>(dinp, dout, B, T, D, acc);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, dinp, dout), (int64_t)B * T * D, cls_token_back_kernel<4>, cls_token_back_kernel<1>,
+               dinp, dout, B, T, D, acc);
     /* the first D of each sample's (T+1)*D values are the class token's */
     colsum_add(k, dcls, dout, B, D, 1, 0, 0, (int64_t)(T + 1) * D);
 }
 
+/* out = inp + pos, pos repeated every TD values (a multiple of V) */
+template <int V>
 static __global__ void pos_add_kernel(float *out, const float *inp, const float *pos, int64_t n, int64_t TD)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        out[i] = inp[i] + pos[i % TD];
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    float x[V], p[V];
+    vload<V>(x, inp + i);
+    vload<V>(p, pos + i % TD);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] += p[j];
+    vstore<V>(out + i, x);
 }
 
 static inline void pos_embed_forward(const kctx *k, float *out, const float *inp, const float *pos, int B, int T,
                                      int D)
 {
     const int64_t n = (int64_t)B * T * D;
-    pos_add_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, pos, n, (int64_t)T * D);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, out, inp, pos), n, pos_add_kernel<4>, pos_add_kernel<1>, out, inp, pos, n,
+               (int64_t)T * D);
 }
 
 /* dpos may be NULL (a fixed table) */
@@ -1713,38 +1758,6 @@ __device__ static inline int64_t window_row(int b, int y, int x, int GH, int GW,
     const int NWX = GW / WS;
     return ((int64_t)b * (GH / WS) * NWX + (int64_t)(y / WS) * NWX + x / WS) * WS * WS + (int64_t)(y % WS) * WS +
            x % WS;
-}
-
-/* d[0, V) (+)= x[0, V) */
-template <int V> __device__ static inline void vput(float *d, float (&x)[V], int acc)
-{
-    if (acc) {
-        float o[V];
-        vload<V>(o, d);
-#pragma unroll
-        for (int j = 0; j < V; j++)
-            x[j] = o[j] + x[j];
-    }
-    vstore<V>(d, x);
-}
-
-/* d[0, V) (+)= s[0, V) */
-template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc)
-{
-    float x[V];
-    vload<V>(x, s);
-    vput<V>(d, x, acc);
-}
-
-/* d[0, V) (+)= s[0, V) * a */
-template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc, float a)
-{
-    float x[V];
-    vload<V>(x, s);
-#pragma unroll
-    for (int j = 0; j < V; j++)
-        x[j] *= a;
-    vput<V>(d, x, acc);
 }
 
 /* the passes below move rows of C floats V at a time (V = 4 where C is a
@@ -3859,16 +3872,28 @@ static __global__ void pool_fwd_kernel(float *out, const float *inp, int B, int 
     out[i] = s / T;
 }
 
+template <int V>
 static __global__ void pool_bwd_kernel(float *dinp, const float *dout, int B, int T, int D, int cls, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * T * D)
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V, TD = (int64_t)T * D;
+    if (i >= (int64_t)B * TD)
         return;
-    const int64_t b = i / ((int64_t)T * D);
-    const int t = (int)(i / D % T), d = (int)(i % D);
-    const float g = dout[b * D + d];
-    const float v = cls ? (t == 0 ? g : 0.0f) : g / T;
-    dinp[i] = acc ? dinp[i] + v : v;
+    const int64_t b = i / TD;
+    const int r = (int)(i - b * TD), t = r / D, d = r % D;
+    float x[V];
+    if (cls && t != 0) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = 0.0f;
+    } else {
+        vload<V>(x, dout + b * D + d);
+        if (!cls) {
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                x[j] /= T;
+        }
+    }
+    vput<V>(dinp + i, x, acc);
 }
 
 static inline void pool_forward(const kctx *k, float *out, const float *inp, int B, int T, int D, int cls)
@@ -3879,8 +3904,8 @@ static inline void pool_forward(const kctx *k, float *out, const float *inp, int
 
 static inline void pool_backward(const kctx *k, float *dinp, const float *dout, int B, int T, int D, int cls, int acc)
 {
-    pool_bwd_kernel<<<blocks_for((int64_t)B * T * D, 256), 256, 0, k->stream>>>(dinp, dout, B, T, D, cls, acc);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, dinp, dout), (int64_t)B * T * D, pool_bwd_kernel<4>, pool_bwd_kernel<1>, dinp, dout, B, T,
+               D, cls, acc);
 }
 
 /* mask[i] = 0 with probability p, else 1/(1-p), from (seed, stream, step, i0 + i): i0 is the

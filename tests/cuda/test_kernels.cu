@@ -789,11 +789,12 @@ static void test_elementwise()
 
 /* ---- class token, positions, pooling, sine-cosine table ---------------------------------------------- */
 
-static void test_tokens()
+/* D = 48: the passes 4 values a thread; 30: one */
+static void test_tokens(int D)
 {
-    const int B = 5, T = 16, D = 48;
-    note("class token, positions, pooling, sine-cosine table");
-    Rng r(seed_of("tokens", 0));
+    const int B = 5, T = 16;
+    note(fmt("class token, positions, pooling, sine-cosine table, D=%d", D));
+    Rng r(seed_of("tokens", D));
     /* class token: [B, T, D] -> [B, T+1, D] */
     {
         const fvec inp = rnd(r, (size_t)B * T * D, -1, 1), cls = rnd(r, D, -1, 1);
@@ -801,7 +802,7 @@ static void test_tokens()
         cls_token_forward(&g_k, d_out, d_inp, d_cls, B, T, D);
         fvec out((size_t)B * (T + 1) * D);
         ref_cls_token_forward(out.data(), inp.data(), cls.data(), B, T, D);
-        check("cls_token_forward", "out", down(d_out, out.size()), out, TOL32);
+        check("cls_token_forward", fmt("out, D=%d", D), down(d_out, out.size()), out, TOL32);
         const fvec dout = rnd(r, out.size(), -1, 1);
         float *d_dout = dup(dout);
         for (int acc = 0; acc <= 1; acc++) {
@@ -809,8 +810,8 @@ static void test_tokens()
             float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dcls = dup(dcls);
             cls_token_backward(&g_k, d_dinp, d_dcls, d_dout, B, T, D, acc);
             ref_cls_token_backward(dinp.data(), dcls.data(), dout.data(), B, T, D, acc);
-            check("cls_token_backward", fmt("dinp, acc=%d", acc), down(d_dinp, dinp.size()), dinp, TOL32);
-            check("cls_token_backward", fmt("dcls, acc=%d", acc), down(d_dcls, dcls.size()), dcls, TOL32);
+            check("cls_token_backward", fmt("dinp, acc=%d, D=%d", acc, D), down(d_dinp, dinp.size()), dinp, TOL32);
+            check("cls_token_backward", fmt("dcls, acc=%d, D=%d", acc, D), down(d_dcls, dcls.size()), dcls, TOL32);
         }
     }
     /* learned positions: [B, T+1, D] + pos[T+1, D] */
@@ -821,7 +822,7 @@ static void test_tokens()
         pos_embed_forward(&g_k, d_out, d_inp, d_pos, B, TT, D);
         fvec out(inp.size());
         ref_pos_embed_forward(out.data(), inp.data(), pos.data(), B, TT, D);
-        check("pos_embed_forward", "out", down(d_out, out.size()), out, TOL32);
+        check("pos_embed_forward", fmt("out, D=%d", D), down(d_out, out.size()), out, TOL32);
         const fvec dout = rnd(r, out.size(), -1, 1);
         float *d_dout = dup(dout);
         for (int v = 0; v < 3; v++) {
@@ -830,7 +831,7 @@ static void test_tokens()
             float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dpos = dup(dpos);
             pos_embed_backward(&g_k, d_dinp, learned ? d_dpos : nullptr, d_dout, B, TT, D, acc);
             ref_pos_embed_backward(dinp.data(), learned ? dpos.data() : nullptr, dout.data(), B, TT, D, acc);
-            const std::string c = fmt("acc=%d, %s", acc, learned ? "learned" : "dpos NULL");
+            const std::string c = fmt("acc=%d, %s, D=%d", acc, learned ? "learned" : "dpos NULL", D);
             check("pos_embed_backward", "dinp, " + c, down(d_dinp, dinp.size()), dinp, TOL32);
             check("pos_embed_backward", "dpos, " + c, down(d_dpos, dpos.size()), dpos, TOL32);
         }
@@ -844,7 +845,7 @@ static void test_tokens()
             pool_forward(&g_k, d_out, d_inp, B, T, D, cls);
             fvec out((size_t)B * D);
             ref_pool_forward(out.data(), inp.data(), B, T, D, cls);
-            check("pool_forward", fmt("out, cls=%d", cls), down(d_out, out.size()), out, TOL32);
+            check("pool_forward", fmt("out, cls=%d, D=%d", cls, D), down(d_out, out.size()), out, TOL32);
             const fvec dout = rnd(r, out.size(), -1, 1);
             float *d_dout = dup(dout);
             for (int acc = 0; acc <= 1; acc++) {
@@ -852,13 +853,13 @@ static void test_tokens()
                 float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size());
                 pool_backward(&g_k, d_dinp, d_dout, B, T, D, cls, acc);
                 ref_pool_backward(dinp.data(), dout.data(), B, T, D, cls, acc);
-                check("pool_backward", fmt("dinp, cls=%d, acc=%d", cls, acc), down(d_dinp, dinp.size()), dinp,
+                check("pool_backward", fmt("dinp, cls=%d, acc=%d, D=%d", cls, acc, D), down(d_dinp, dinp.size()), dinp,
                       TOL32);
             }
         }
     }
-    /* the fixed sine-cosine table */
-    {
+    /* the fixed sine-cosine table (its own widths) */
+    if (D == 48) {
         const int shapes[3][4] = { { 8, 8, 64, 1 }, { 4, 7, 66, 0 }, { 14, 14, 192, 1 } }; /* GH, GW, D, cls */
         for (const auto &s : shapes) {
             const size_t n = (size_t)(s[0] * s[1] + s[3]) * s[2];
@@ -1819,7 +1820,8 @@ int main(void)
     }
     test_elementwise();
     test_bf16_convert();
-    test_tokens();
+    test_tokens(48);
+    test_tokens(30);
     test_hier();
     test_layernorm<96>();
     test_layernorm<256>();
