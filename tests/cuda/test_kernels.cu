@@ -1058,8 +1058,10 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
     }
     if (!TILED) {
         check("attention_backward", "the qkv bias's gradient (dbias), " + c, down(d_db, db.size()), db, tol);
-        float *d_dqkv0 = dpoison<float>(qkv.size());
-        attention_backward<T, HD, NH>(&g_k, d_dqkv0, d_dout, d_qkv, d_att_ref, B);
+        /* the row tiles write the weights' gradient over att: the CPU's
+         * weights again, and d_att_ref's gradient kept for its check below */
+        float *d_dqkv0 = dpoison<float>(qkv.size()), *d_att0 = dup(att);
+        attention_backward<T, HD, NH>(&g_k, d_dqkv0, d_dout, d_qkv, d_att0, B);
         check("attention_backward", "dqkv without dbias: the same bits, " + c, down(d_dqkv0, dqkv.size()),
               down(d_dqkv, dqkv.size()), 0.0);
     }
