@@ -22,7 +22,7 @@
  * here with a located error instead). */
 #define CUDA_MAX_EXPERTS 256
 #define CUDA_MAX_LN_WIDTH 1024          /* layernorm backward: a warp per row, 32 values a lane */
-#define CUDA_LN_DEFAULT_WIDTH 768       /* up to here its 8 rows of 2*D floats fit in 48 KiB; wider
+#define CUDA_LN_DEFAULT_WIDTH 512       /* up to here its 8 rows of 3*D floats fit in 48 KiB; wider
                                          * widths ask for more (layernorm_setup) */
 #define CUDA_MAX_ATTN_SMEM (227 * 1024) /* one block's shared memory on a Hopper SM */
 
@@ -182,6 +182,8 @@ typedef struct cuda_plan {
     int64_t *goff, *gsize;   /* per op: its value's gradient room (-1: none) */
     int64_t xchg;            /* the most floats a MoE layer's exchange buffer holds */
     int *galias;             /* per value: the value whose gradient buffer it shares, or -1 */
+    int *ln_sum;             /* per op: for a layer norm, the op whose output bias's gradient its
+                              * backward sums (plan_ln_sums), or -1 */
     sbuf gdefs;
     /* kernels.cuh's launch constants that size the scratch (kernel_const) */
     int red_chunks;  /* RED_CHUNKS: partial sums per column */
@@ -377,6 +379,64 @@ static void plan_grad_alias(const gen *g, int *galias)
             galias[s] = i;
     }
     free(readers);
+}
+
+/* the parameter offset of the bias of op i's last product, whose gradient
+ * is the column sums of its output's gradient (attention's output
+ * projection, a dense MLP's second product), or -1 */
+static int64_t out_bias_off(const gen *g, int i)
+{
+    const mc_op *op = &g->m->ops[i];
+    if (op->kind == OP_ATTENTION)
+        return toff(g, i, op->u.attn.qkv_bias ? 3 : 2);
+    if (op->kind == OP_MLP)
+        return toff(g, i, 3);
+    return -1;
+}
+
+/* the value whose buffer v's gradient finally is (plan_grad_alias) */
+static int grad_root(const int *galias, int v)
+{
+    while (galias[v] >= 0)
+        v = galias[v];
+    return v;
+}
+
+/* Output biases whose gradient a layer norm's backward sums. Op j's
+ * output bias gradient is the column sums of dL/d(its output), which its
+ * backward read again after the op before it in the backward had written
+ * them (P: 68 MB a layer). When that op is a layer norm reading j's output
+ * (through the residual ends between them, whose gradients all share one
+ * buffer: nothing between them writes it), the layer norm's backward sums
+ * the values as it writes them (layernorm_backward's dsum), and j's
+ * backward skips the sums. ln_sum[i] = j for such a layer norm i. */
+static void plan_ln_sums(const gen *g, const int *galias, int *ln_sum)
+{
+    const mc_model *m = g->m;
+    for (int i = 0; i < m->nops; i++)
+        ln_sum[i] = -1;
+    for (int j = 0; j < m->nops; j++) {
+        if (out_bias_off(g, j) < 0)
+            continue;
+        int i = j + 1;
+        while (i < m->nops &&
+               (m->ops[i].kind == OP_RESIDUAL_BEGIN ||
+                (m->ops[i].kind == OP_RESIDUAL_END && g->input[i] >= 0 && galias[g->input[i]] == i &&
+                 g->skip[i] >= 0 && galias[g->skip[i]] == i)))
+            i++;
+        if (i < m->nops && m->ops[i].kind == OP_LAYERNORM && g->input[i] >= 0 &&
+            grad_root(galias, g->input[i]) == grad_root(galias, j))
+            ln_sum[i] = j;
+    }
+}
+
+/* whether a layer norm's backward sums op j's output bias's gradient */
+static bool bias_summed_by_ln(const gen *g, const cuda_plan *p, int j)
+{
+    for (int i = j + 1; i < g->m->nops; i++)
+        if (p->ln_sum[i] == j)
+            return true;
+    return false;
 }
 
 /* NAME_G: the gradient of an op's inside buffer NAME, in the scratch */
@@ -810,7 +870,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(rstd, sizeof rstd, "RSTD%d", i);
         alloc_act(g, mean, BATCH * T, "layer norm means");
         alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
-        need_red(p, (int64_t)p->ln_blocks * 2 * D);
+        need_red(p, (int64_t)p->ln_blocks * 3 * D); /* dw, db and, with dsum, dinp's sums */
         char o16[48] = "";
         if (g->own_value[i]) { /* ln_feeds_product: bf16 alone in bf16 precision, its room halves */
             snprintf(o16, sizeof o16, ", bf16_half(k, %s)", out);
@@ -818,10 +878,16 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         }
         sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s%s);\n", D, out,
                   mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s, o16);
+        char dsum[48] = "";
+        if (p->ln_sum[i] >= 0) /* plan_ln_sums */
+            snprintf(dsum, sizeof dsum, ", DP(%lldL)", (long long)out_bias_off(g, p->ln_sum[i]));
+        if (dsum[0])
+            sb_printf(&b, "    /* and op %d's output bias's gradient, the sums of %s (plan_ln_sums) */\n",
+                      p->ln_sum[i], din);
         sb_printf(&b,
-                  "    layernorm_backward<%d>(k, %s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d);\n",
+                  "    layernorm_backward<%d>(k, %s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d%s);\n",
                   D, din, (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), mean,
-                  rstd, T, acc);
+                  rstd, T, acc, dsum);
         break;
     }
     case OP_ATTENTION: {
@@ -860,6 +926,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         else
             alloc_inside(g, p, y, BATCH * T * D, "heads' outputs");
         need_red(p, (int64_t)p->red_chunks * 3 * D);
+        need_red(p, BATCH * 3 * D); /* attention_backward's per-sample sums of the qkv bias's gradient */
         int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;
         int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = toff(g, i, qb ? 3 : 2);
         char bq[40], dbq[40];
@@ -903,12 +970,22 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                           "     * their shared rooms) */\n%s",
                       qy.s);
         sb_free(&qy);
-        sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, %s, P(%lldL), B * %d, %d, %d, 0);\n",
-                  y, (long long)w_proj, (long long)b_proj, dout, ym, (long long)w_proj, T, D, D);
-        sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true%s);\n", T, HD, NH,
-                  qkv, y, qkv, att, q16s);
-        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), %s, %s, %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
-                  (long long)w_qkv, dbq, dqm, pin, (long long)w_qkv, T, D, 3 * D, acc);
+        char dbp[40] = "nullptr"; /* summed by a layer norm's backward (plan_ln_sums), or here */
+        if (!bias_summed_by_ln(g, p, i))
+            snprintf(dbp, sizeof dbp, "DP(%lldL)", (long long)b_proj);
+        sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), %s, %s, %s, P(%lldL), B * %d, %d, %d, 0);\n", y,
+                  (long long)w_proj, dbp, dout, ym, (long long)w_proj, T, D, D);
+        /* the qkv bias's gradient summed by attention's backward (on bf16
+         * fragments in the kernel, from dqkv before its rounding), not by
+         * a pass over dqkv in linear_backward */
+        if (qb)
+            sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true, %s, %s);\n", T,
+                      HD, NH, qkv, y, qkv, att, q16 ? "true" : "false", dbq);
+        else
+            sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true%s);\n", T, HD,
+                      NH, qkv, y, qkv, att, q16s);
+        sb_printf(&b, "    linear_backward(k, %s, DP(%lldL), nullptr, %s, %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
+                  (long long)w_qkv, dqm, pin, (long long)w_qkv, T, D, 3 * D, acc);
         break;
     }
     case OP_MLP: {
@@ -948,10 +1025,12 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_free(&fh);
         sb_printf(f, "    linear_forward(k, %s, mm_half(k, A(%s)), P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out,
                   aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D, res);
+        char db2[40] = "nullptr"; /* summed by a layer norm's backward (plan_ln_sums), or here */
+        if (!bias_summed_by_ln(g, p, i))
+            snprintf(db2, sizeof db2, "DP(%lldL)", (long long)toff(g, i, 3));
         sb_printf(&b,
-                  "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, mm_half(k, A(%s)), P(%lldL), B * %d, %d, %d, "
-                  "0);\n",
-                  aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), dout, aa, (long long)toff(g, i, 2), T, H, D);
+                  "    linear_backward(k, G(%s), DP(%lldL), %s, %s, mm_half(k, A(%s)), P(%lldL), B * %d, %d, %d, 0);\n",
+                  aa, (long long)toff(g, i, 2), db2, dout, aa, (long long)toff(g, i, 2), T, H, D);
         /* the activation's backward and the first bias's gradient in one pass */
         sb_printf(&b,
                   "    act_bias_backward(k, G(%s), bf16_half(k, G(%s)), DP(%lldL), G(%s), A(%s), B * %d, %d);\n", hh, hh,
@@ -1381,6 +1460,8 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     p.galias = mc_xcalloc((size_t)m->nops, sizeof *p.galias);
     plan_grad_alias(g, p.galias);
     plan_fused_adds(g, p.galias);
+    p.ln_sum = mc_xcalloc((size_t)m->nops, sizeof *p.ln_sum);
+    plan_ln_sums(g, p.galias, p.ln_sum);
     plan_grad_rooms(g, &p);
     /* the layer norms whose output is bf16 alone in bf16 precision: their
      * values are placed by alloc_half (gen_op_cuda) */
@@ -1543,6 +1624,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     free(p.sums);
     free(p.st);
     free(p.galias);
+    free(p.ln_sum);
     free(p.goff);
     free(p.gsize);
     free(p.halves);

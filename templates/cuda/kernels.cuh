@@ -536,6 +536,25 @@ static inline void colsum_final(const kctx *k, float *dst, int N, int G, int64_t
     LAUNCH_CHECK();
 }
 
+/* dst[n] += the sum of part[r * N + n] over the rows r < rows, on
+ * ROWS_SUM_LANES lanes of rows added in lane order (the same bits every
+ * run): partial sums a kernel wrote one row per block (attention's bias
+ * gradient, attention_bwd_frag_kernel's part) */
+#define ROWS_SUM_LANES 32
+static __global__ void rows_sum_kernel(float *dst, const float *part, int N, int rows)
+{
+    const int n = blockIdx.x * 32 + (int)threadIdx.x % 32;
+    const float t = lanes_col_sum<ROWS_SUM_LANES>(part + n, N, 0, rows, n < N);
+    if (threadIdx.x / 32 == 0 && n < N)
+        dst[n] += t;
+}
+
+static inline void rows_sum(const kctx *k, float *dst, const float *part, int N, int rows)
+{
+    rows_sum_kernel<<<(unsigned)((N + 31) / 32), 32 * ROWS_SUM_LANES, 0, k->stream>>>(dst, part, N, rows);
+    LAUNCH_CHECK();
+}
+
 /* dst[g][N] += the column sums of src[g][M, N] (rows ld apart; 0: N), for
  * g < G (bias gradients; G experts with strides). The sums are the same
  * bits on every run. */
@@ -692,6 +711,38 @@ template <int V> __device__ static inline void vstore(__nv_bfloat16 *p, const fl
         for (int j = 0; j < V; j++)
             p[j] = __float2bfloat16_rn(x[j]);
     }
+}
+
+/* d[0, V) (+)= x[0, V) */
+template <int V> __device__ static inline void vput(float *d, float (&x)[V], int acc)
+{
+    if (acc) {
+        float o[V];
+        vload<V>(o, d);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = o[j] + x[j];
+    }
+    vstore<V>(d, x);
+}
+
+/* d[0, V) (+)= s[0, V) */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc)
+{
+    float x[V];
+    vload<V>(x, s);
+    vput<V>(d, x, acc);
+}
+
+/* d[0, V) (+)= s[0, V) * a */
+template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc, float a)
+{
+    float x[V];
+    vload<V>(x, s);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] *= a;
+    vput<V>(d, x, acc);
 }
 
 /* a bf16 operand's alignment for the 4-wide passes */
@@ -1471,56 +1522,69 @@ static inline void patch_embed_backward(const kctx *k, float *dw, float *db, con
 }
 
 /* out[B, T+1, D]: the class token, then inp[B, T, D] */
+/* out[b] = the class token, then inp[b]'s T rows; V values a thread (D a
+ * multiple of V: launch_vec) */
+template <int V>
 static __global__ void cls_token_kernel(float *out, const float *inp, const float *cls, int B, int T, int D)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * (T + 1) * D)
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V, TD1 = (int64_t)(T + 1) * D;
+    if (i >= (int64_t)B * TD1)
         return;
-    const int64_t b = i / ((int64_t)(T + 1) * D);
-    const int r = (int)(i % ((int64_t)(T + 1) * D));
-    out[i] = r < D ? cls[r] : inp[b * T * D + r - D];
+    const int64_t b = i / TD1, r = i - b * TD1;
+    float x[V];
+    vload<V>(x, r < D ? cls + r : inp + b * T * D + r - D);
+    vstore<V>(out + i, x);
 }
 
+template <int V>
 static __global__ void cls_token_back_kernel(float *dinp, const float *dout, int B, int T, int D, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * T * D)
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V, TD = (int64_t)T * D;
+    if (i >= (int64_t)B * TD)
         return;
-    const int64_t b = i / ((int64_t)T * D);
-    const float v = dout[b * (T + 1) * D + D + i % ((int64_t)T * D)];
-    dinp[i] = acc ? dinp[i] + v : v;
+    const int64_t b = i / TD;
+    vcopy<V>(dinp + i, dout + b * (TD + D) + D + (i - b * TD), acc);
 }
 
 static inline void cls_token_forward(const kctx *k, float *out, const float *inp, const float *cls, int B, int T,
                                      int D)
 {
-    cls_token_kernel<<<blocks_for((int64_t)B * (T + 1) * D, 256), 256, 0, k->stream>>>(out, inp, cls, B, T, D);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, out, inp, cls), (int64_t)B * (T + 1) * D, cls_token_kernel<4>, cls_token_kernel<1>, out,
+               inp, cls, B, T, D);
 }
 
 /* dcls += the class-token rows summed over the batch */
 static inline void cls_token_backward(const kctx *k, float *dinp, float *dcls, const float *dout, int B, int T, int D,
                                       int acc)
 {
-    cls_token_back_kernel<<<blocks_for((int64_t)B * T * D, 256), 256, 0, k->stream>>>(dinp, dout, B, T, D, acc);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, dinp, dout), (int64_t)B * T * D, cls_token_back_kernel<4>, cls_token_back_kernel<1>,
+               dinp, dout, B, T, D, acc);
     /* the first D of each sample's (T+1)*D values are the class token's */
     colsum_add(k, dcls, dout, B, D, 1, 0, 0, (int64_t)(T + 1) * D);
 }
 
+/* out = inp + pos, pos repeated every TD values (a multiple of V) */
+template <int V>
 static __global__ void pos_add_kernel(float *out, const float *inp, const float *pos, int64_t n, int64_t TD)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        out[i] = inp[i] + pos[i % TD];
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (i >= n)
+        return;
+    float x[V], p[V];
+    vload<V>(x, inp + i);
+    vload<V>(p, pos + i % TD);
+#pragma unroll
+    for (int j = 0; j < V; j++)
+        x[j] += p[j];
+    vstore<V>(out + i, x);
 }
 
 static inline void pos_embed_forward(const kctx *k, float *out, const float *inp, const float *pos, int B, int T,
                                      int D)
 {
     const int64_t n = (int64_t)B * T * D;
-    pos_add_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(out, inp, pos, n, (int64_t)T * D);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, out, inp, pos), n, pos_add_kernel<4>, pos_add_kernel<1>, out, inp, pos, n,
+               (int64_t)T * D);
 }
 
 /* dpos may be NULL (a fixed table) */
@@ -1694,38 +1758,6 @@ __device__ static inline int64_t window_row(int b, int y, int x, int GH, int GW,
     const int NWX = GW / WS;
     return ((int64_t)b * (GH / WS) * NWX + (int64_t)(y / WS) * NWX + x / WS) * WS * WS + (int64_t)(y % WS) * WS +
            x % WS;
-}
-
-/* d[0, V) (+)= x[0, V) */
-template <int V> __device__ static inline void vput(float *d, float (&x)[V], int acc)
-{
-    if (acc) {
-        float o[V];
-        vload<V>(o, d);
-#pragma unroll
-        for (int j = 0; j < V; j++)
-            x[j] = o[j] + x[j];
-    }
-    vstore<V>(d, x);
-}
-
-/* d[0, V) (+)= s[0, V) */
-template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc)
-{
-    float x[V];
-    vload<V>(x, s);
-    vput<V>(d, x, acc);
-}
-
-/* d[0, V) (+)= s[0, V) * a */
-template <int V> __device__ static inline void vcopy(float *d, const float *s, int acc, float a)
-{
-    float x[V];
-    vload<V>(x, s);
-#pragma unroll
-    for (int j = 0; j < V; j++)
-        x[j] *= a;
-    vput<V>(d, x, acc);
 }
 
 /* the passes below move rows of C floats V at a time (V = 4 where C is a
@@ -1966,18 +1998,21 @@ static __global__ void layernorm_fwd_kernel(float *out, __nv_bfloat16 *out16, fl
 #define LN_BLOCKS 1024 /* blocks of the backward pass (8 a Hopper SM): partial sums of dw, db */
 
 /* dx per row (a warp each); the block's partial sums of dw and db go to
- * part[block][2D] and are added up in block order afterwards */
+ * part[block][NS D] and are added up in block order afterwards. NS 3:
+ * also the column sums of dinp as written (after acc), the bias gradient
+ * of the op whose output gradient dinp is (layernorm_backward's dsum) */
 template <int D>
 static __global__ void layernorm_bwd_kernel(float *dinp, float *part, const float *dout, const float *inp,
-                                            const float *w, const float *mean, const float *rstd, int N, int acc)
+                                            const float *w, const float *mean, const float *rstd, int N, int acc,
+                                            int NS)
 {
     constexpr int PER = (D + 31) / 32;
-    extern __shared__ float sm[]; /* [warps][2D] */
+    extern __shared__ float sm[]; /* [warps][NS D] */
     const int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float dw[PER], db[PER];
+    float dw[PER], db[PER], ds[PER];
 #pragma unroll
     for (int j = 0; j < PER; j++)
-        dw[j] = db[j] = 0.0f;
+        dw[j] = db[j] = ds[j] = 0.0f;
     for (int row = blockIdx.x * warps + wid; row < N; row += gridDim.x * warps) {
         const float *g = dout + (int64_t)row * D, *x = inp + (int64_t)row * D;
         const float m = mean[row], s = rstd[row];
@@ -2004,42 +2039,49 @@ static __global__ void layernorm_bwd_kernel(float *dinp, float *part, const floa
         for (int j = 0; j < PER; j++) {
             const int i = lane + 32 * j;
             if (i < D) {
-                const float v = (gw[j] - sg - xh[j] * sgx) * s;
-                dx[i] = acc ? dx[i] + v : v;
+                const float v = (gw[j] - sg - xh[j] * sgx) * s, y = acc ? dx[i] + v : v;
+                dx[i] = y;
+                ds[j] += y;
             }
         }
     }
+    const int W = NS * D;
 #pragma unroll
     for (int j = 0; j < PER; j++) {
         const int i = lane + 32 * j;
         if (i < D) {
-            sm[wid * 2 * D + i] = dw[j];
-            sm[wid * 2 * D + D + i] = db[j];
+            sm[wid * W + i] = dw[j];
+            sm[wid * W + D + i] = db[j];
+            if (NS == 3)
+                sm[wid * W + 2 * D + i] = ds[j];
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < 2 * D; i += blockDim.x) {
+    for (int i = threadIdx.x; i < W; i += blockDim.x) {
         float a = 0.0f;
         for (int q = 0; q < warps; q++)
-            a += sm[q * 2 * D + i];
-        part[(int64_t)blockIdx.x * 2 * D + i] = a;
+            a += sm[q * W + i];
+        part[(int64_t)blockIdx.x * W + i] = a;
     }
 }
 
-/* dw, db += the sums of the partials part[nblocks, 2D], on LN_FINAL_LANES
- * lanes of partials (one thread per column, summing all 1024 partials,
- * took 28 us on config S) */
+/* dw, db (and dsum where NS is 3) += the sums of the partials
+ * part[nblocks, NS D], on LN_FINAL_LANES lanes of partials (one thread
+ * per column, summing all 1024 partials, took 28 us on config S) */
 #define LN_FINAL_LANES 32
-static __global__ void layernorm_bwd_final_kernel(float *dw, float *db, const float *part, int D, int nblocks)
+static __global__ void layernorm_bwd_final_kernel(float *dw, float *db, float *dsum, const float *part, int D,
+                                                  int nblocks, int NS)
 {
     const int i = blockIdx.x * 32 + (int)threadIdx.x % 32;
-    const float t = lanes_col_sum<LN_FINAL_LANES>(part + i, 2 * D, 0, nblocks, i < 2 * D);
-    if (threadIdx.x / 32 != 0 || i >= 2 * D)
+    const float t = lanes_col_sum<LN_FINAL_LANES>(part + i, NS * D, 0, nblocks, i < NS * D);
+    if (threadIdx.x / 32 != 0 || i >= NS * D)
         return;
     if (i < D)
         dw[i] += t;
-    else
+    else if (i < 2 * D)
         db[i - D] += t;
+    else
+        dsum[i - 2 * D] += t;
 }
 
 template <int D>
@@ -2050,34 +2092,49 @@ static inline void layernorm_forward(const kctx *k, float *out, float *mean, flo
     LAUNCH_CHECK();
 }
 
-/* the backward's shared memory: 8 warps' partial sums of dw and db */
-template <int D> constexpr int ln_bwd_smem()
+/* the backward's shared memory: 8 warps' NS partial sums a column (dw,
+ * db, and dinp's where it sums them: ln_sum_ok) */
+template <int D> constexpr int ln_bwd_smem(int NS = 2)
 {
-    return 8 * 2 * D * (int)sizeof(float);
+    return 8 * NS * D * (int)sizeof(float);
 }
 
-/* Widths above 768 need more than the 48 KiB of shared memory a launch
- * gets by default (1024: 64 KiB): model.cu's dev_init_tables asks for it
- * once per width, before any step is captured. */
+template <int D> constexpr bool ln_sum_ok()
+{
+    return ln_bwd_smem<D>(3) <= 227 * 1024;
+}
+
+/* Widths above 512 with dinp's sums, above 768 without, need more than the
+ * 48 KiB of shared memory a launch gets by default: model.cu's
+ * dev_init_tables asks for it once per width, before any step is
+ * captured. */
 template <int D> static inline void layernorm_setup()
 {
     static_assert(ln_bwd_smem<D>() <= 227 * 1024, "layer norm width too large for the backward kernel");
     CUDA_CHECK(cudaFuncSetAttribute(layernorm_bwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    ln_bwd_smem<D>()));
+                                    ln_bwd_smem<D>(ln_sum_ok<D>() ? 3 : 2)));
 }
 
+/* dsum (NULL: none) += the column sums of dinp as written (after acc): the
+ * bias gradient of the op whose output's gradient dinp is, when nothing
+ * writes dinp after this (emit_cuda.c's plan_ln_sums), in the same pass,
+ * instead of a pass of that op's backward over dinp */
 template <int D>
 static inline void layernorm_backward(const kctx *k, float *dinp, float *dw, float *db, const float *dout,
                                       const float *inp, const float *w, const float *mean, const float *rstd, int N,
-                                      int acc)
+                                      int acc, float *dsum = nullptr)
 {
     static_assert(ln_bwd_smem<D>() <= 227 * 1024, "layer norm width too large for the backward kernel");
-    layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, ln_bwd_smem<D>(), k->stream>>>(dinp, k->red, dout, inp, w, mean, rstd,
-                                                                              N, acc);
+    const int NS = dsum && ln_sum_ok<D>() ? 3 : 2;
+    red_need(k, (int64_t)LN_BLOCKS * NS * D);
+    layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, ln_bwd_smem<D>(NS), k->stream>>>(dinp, k->red, dout, inp, w, mean, rstd,
+                                                                                N, acc, NS);
     LAUNCH_CHECK();
-    layernorm_bwd_final_kernel<<<(unsigned)((2 * D + 31) / 32), 32 * LN_FINAL_LANES, 0, k->stream>>>(dw, db, k->red, D,
-                                                                                                   LN_BLOCKS);
+    layernorm_bwd_final_kernel<<<(unsigned)((NS * D + 31) / 32), 32 * LN_FINAL_LANES, 0, k->stream>>>(
+        dw, db, dsum, k->red, D, LN_BLOCKS, NS);
     LAUNCH_CHECK();
+    if (dsum && NS == 2)
+        colsum_add(k, dsum, static_cast<const float *>(dinp), N, D);
 }
 
 /* ---- attention: one block per (sample, head), everything in shared memory ------------------------ */
@@ -2748,6 +2805,41 @@ __device__ static inline void attn_frag_store(O *dst, int64_t ld, const float (&
     }
 }
 
+/* The column sums of a warp's accumulator tiles o over its rows r0..
+ * below T (rows past T may hold anything): every lane gets the sums of
+ * its columns 8 n + 2 t and 8 n + 2 t + 1, added in the same order
+ * every run */
+template <int T, int NO>
+__device__ static inline void frag_col_sums(float (&cs)[NO][2], const float (&o)[NO][4], int r0, int g)
+{
+    const bool lo = r0 + g < T, hi = r0 + g + 8 < T;
+#pragma unroll
+    for (int n = 0; n < NO; n++) {
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            float v = (lo ? o[n][c] : 0.0f) + (hi ? o[n][2 + c] : 0.0f);
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            v += __shfl_xor_sync(0xffffffffu, v, 8);
+            v += __shfl_xor_sync(0xffffffffu, v, 16);
+            cs[n][c] = v;
+        }
+    }
+}
+
+/* a warp's column sums (frag_col_sums) into row w of sums[., HD], by the
+ * lanes of g 0 */
+template <int NO>
+__device__ static inline void frag_col_sums_put(float *sums, const float (&cs)[NO][2], int w, int g, int t)
+{
+    if (g != 0)
+        return;
+#pragma unroll
+    for (int n = 0; n < NO; n++) {
+        sums[w * 8 * NO + 8 * n + 2 * t] = cs[n][0];
+        sums[w * 8 * NO + 8 * n + 2 * t + 1] = cs[n][1];
+    }
+}
+
 /* A warp's 16 rows (from r0) of the weights, in the accumulator's layout:
  * the scores q k^T of the staged q and k ([TP, L] each), scaled, masked
  * past T columns, and through the softmax. The forward and, where the
@@ -2858,7 +2950,7 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
 
 template <int T, int HD, int NH, typename O, typename Q>
 static __global__ void __launch_bounds__(2 * attn_tp<T>())
-    attention_bwd_frag_kernel(O *dqkv, const float *dout, const Q *qkv, const float *att)
+    attention_bwd_frag_kernel(O *dqkv, const float *dout, const Q *qkv, const float *att, float *part)
 {
     constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
                   NT = TP / 8, NO = HD / 8;
@@ -2933,6 +3025,7 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
     }
     /* dq = ds k (b: k's columns) */
     O *dq = dqkv + (int64_t)b * T * D3 + h * HD;
+    float cs[NO][2]; /* part: the warp's column sums of dq, then dk, dv */
     {
         float acc[NO][4] = {};
 #pragma unroll
@@ -2942,8 +3035,18 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
             frag_times_cols<NO, L>(acc, a, kk, 16 * k, lane);
         }
         attn_frag_store<T, HD>(dq, D3, acc, r0, g, t);
+        if (part)
+            frag_col_sums<T>(cs, acc, r0, g);
     }
     __syncthreads();
+    /* part: the warps' column sums of dq, dk and dv, [3][warps][HD], in
+     * k's and v's rooms, which nothing reads from here on */
+    constexpr int NW = TP / 16;
+    float *sums = reinterpret_cast<float *>(kk);
+    static_assert(3 * NW * HD * sizeof(float) <= 2 * TP * L * sizeof(__nv_bfloat16), "attention: bias sums' room");
+    const int w = threadIdx.x / 32;
+    if (part)
+        frag_col_sums_put(sums, cs, w, g, t);
     /* this warp's 16 keys now: dk = ds^T q and dv = att^T dout, summed over
      * the queries (a: ds's and the weights' columns; b: q's and dout's) */
     float dk[NO][4] = {}, dv[NO][4] = {};
@@ -2957,6 +3060,23 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
     }
     attn_frag_store<T, HD>(dq + D, D3, dk, r0, g, t);
     attn_frag_store<T, HD>(dq + 2 * D, D3, dv, r0, g, t);
+    if (!part)
+        return;
+    /* the qkv bias's gradient: this (sample, head)'s sums of dq, dk and dv
+     * over its tokens, the warps' added in warp order, into part[b, 3D]
+     * (rows_sum adds the samples' up) */
+    frag_col_sums<T>(cs, dk, r0, g);
+    frag_col_sums_put(sums + NW * HD, cs, w, g, t);
+    frag_col_sums<T>(cs, dv, r0, g);
+    frag_col_sums_put(sums + 2 * NW * HD, cs, w, g, t);
+    __syncthreads();
+    for (int i = threadIdx.x; i < 3 * HD; i += blockDim.x) {
+        const int sec = i / HD, col = i % HD;
+        float sum = 0.0f;
+        for (int y = 0; y < NW; y++)
+            sum += sums[(sec * NW + y) * HD + col];
+        part[(int64_t)b * D3 + sec * D + h * HD + col] = sum;
+    }
 }
 
 /* ---- attention by tiles of rows (sequences too long for one block) -------------------------------------
@@ -3595,17 +3715,26 @@ static inline void attn_frag_forward(const kctx *k, float *out, float *att, cons
     LAUNCH_CHECK();
 }
 
+/* dbias (NULL: none) += the qkv bias's gradient, the column sums of
+ * dqkv: the kernel's per-sample sums, then rows_sum over the samples */
 template <int T, int HD, int NH, typename Q>
 static inline void attn_frag_backward(const kctx *k, float *dqkv, const float *dout, const Q *qkv, const float *att,
-                                      int B, bool half)
+                                      int B, bool half, float *dbias)
 {
     const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_tp<T>();
     const int smem = attn_frag_bwd_smem<T, HD>();
+    constexpr int D3 = 3 * NH * HD;
+    if (dbias)
+        red_need(k, (int64_t)B * D3);
+    float *part = dbias ? k->red : nullptr;
     if (half && attn_half<T, HD>(k))
-        attention_bwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(bf16_half(k, dqkv), dout, qkv, att);
+        attention_bwd_frag_kernel<T, HD, NH>
+            <<<grid, threads, smem, k->stream>>>(bf16_half(k, dqkv), dout, qkv, att, part);
     else
-        attention_bwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(dqkv, dout, qkv, att);
+        attention_bwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(dqkv, dout, qkv, att, part);
     LAUNCH_CHECK();
+    if (dbias)
+        rows_sum(k, dbias, part, D3, B);
 }
 
 template <int T, int HD, int NH>
@@ -3639,18 +3768,20 @@ static inline void attention_whole_forward(const kctx *k, float *out, float *att
     LAUNCH_CHECK();
 }
 
+/* true where it summed dqkv's columns into dbias too (the fragment
+ * kernel; dbias NULL: none asked) */
 template <int T, int HD, int NH>
-static inline void attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
-                                            const float *att, int B, bool half, bool frag16)
+static inline bool attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
+                                            const float *att, int B, bool half, bool frag16, float *dbias)
 {
     if constexpr (attn_frag_ok<T, HD>()) {
         if (k->cast) { /* bf16 precision */
             if (frag16)
                 attn_frag_backward<T, HD, NH>(k, dqkv, dout, attn_qkv16<T, HD>(k, const_cast<float *>(qkv)), nullptr,
-                                              B, half);
+                                              B, half, dbias);
             else
-                attn_frag_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half);
-            return;
+                attn_frag_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, dbias);
+            return true;
         }
     }
     if constexpr (attn_tc_ok<T, HD>()) {
@@ -3663,12 +3794,13 @@ static inline void attention_whole_backward(const kctx *k, float *dqkv, const fl
                 attention_bwd_tc_kernel<T, HD, NH>
                     <<<grid, ATTN_THREADS, attn_tc_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv, att);
             LAUNCH_CHECK();
-            return;
+            return false;
         }
     }
     attention_bwd_kernel<T, HD, NH><<<(unsigned)(B * NH), ATTN_THREADS, attn_bwd_smem<T, HD>(), k->stream>>>(dqkv, dout, qkv,
                                                                                                    att);
     LAUNCH_CHECK();
+    return false;
 }
 
 /* Once per shape before the first launch: the kernels' shared memory above
@@ -3697,15 +3829,27 @@ static inline void attention_forward(const kctx *k, float *out, float *att, cons
 
 /* dqkv[B, T, 3D] (written whole; in bf16 where half and attn_half) from
  * dout[B, T, D]; att: the forward's weights, which sequences that take the
- * row tiles overwrite with their gradient; frag16 as attention_forward's */
+ * row tiles overwrite with their gradient; frag16 as attention_forward's.
+ * dbias (NULL: none) += the qkv bias's gradient, dqkv's column sums: on
+ * bf16 fragments summed by the kernel in fp32 before dqkv is rounded (no
+ * second pass over dqkv), else by colsum_add over dqkv as written */
 template <int T, int HD, int NH>
 static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att, int B,
-                                      bool half = false, bool frag16 = false)
+                                      bool half = false, bool frag16 = false, float *dbias = nullptr)
 {
-    if constexpr (attn_whole_ok<T, HD>())
-        attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, frag16);
-    else
+    constexpr int D3 = 3 * NH * HD;
+    if constexpr (attn_whole_ok<T, HD>()) {
+        if (attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, frag16, dbias) || !dbias)
+            return;
+        if (half && attn_half<T, HD>(k))
+            colsum_add(k, dbias, static_cast<const __nv_bfloat16 *>(bf16_half(k, dqkv)), B * T, D3);
+        else
+            colsum_add(k, dbias, static_cast<const float *>(dqkv), B * T, D3);
+    } else {
         attention_tiled_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B);
+        if (dbias)
+            colsum_add(k, dbias, static_cast<const float *>(dqkv), B * T, D3);
+    }
 }
 
 /* ---- pooling, dropout ---------------------------------------------------------------------------- */
@@ -3728,16 +3872,28 @@ static __global__ void pool_fwd_kernel(float *out, const float *inp, int B, int 
     out[i] = s / T;
 }
 
+template <int V>
 static __global__ void pool_bwd_kernel(float *dinp, const float *dout, int B, int T, int D, int cls, int acc)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)B * T * D)
+    const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V, TD = (int64_t)T * D;
+    if (i >= (int64_t)B * TD)
         return;
-    const int64_t b = i / ((int64_t)T * D);
-    const int t = (int)(i / D % T), d = (int)(i % D);
-    const float g = dout[b * D + d];
-    const float v = cls ? (t == 0 ? g : 0.0f) : g / T;
-    dinp[i] = acc ? dinp[i] + v : v;
+    const int64_t b = i / TD;
+    const int r = (int)(i - b * TD), t = r / D, d = r % D;
+    float x[V];
+    if (cls && t != 0) {
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            x[j] = 0.0f;
+    } else {
+        vload<V>(x, dout + b * D + d);
+        if (!cls) {
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                x[j] /= T;
+        }
+    }
+    vput<V>(dinp + i, x, acc);
 }
 
 static inline void pool_forward(const kctx *k, float *out, const float *inp, int B, int T, int D, int cls)
@@ -3748,8 +3904,8 @@ static inline void pool_forward(const kctx *k, float *out, const float *inp, int
 
 static inline void pool_backward(const kctx *k, float *dinp, const float *dout, int B, int T, int D, int cls, int acc)
 {
-    pool_bwd_kernel<<<blocks_for((int64_t)B * T * D, 256), 256, 0, k->stream>>>(dinp, dout, B, T, D, cls, acc);
-    LAUNCH_CHECK();
+    launch_vec(k, vec4_ok(D, dinp, dout), (int64_t)B * T * D, pool_bwd_kernel<4>, pool_bwd_kernel<1>, dinp, dout, B, T,
+               D, cls, acc);
 }
 
 /* mask[i] = 0 with probability p, else 1/(1-p), from (seed, stream, step, i0 + i): i0 is the

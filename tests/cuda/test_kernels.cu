@@ -789,11 +789,12 @@ static void test_elementwise()
 
 /* ---- class token, positions, pooling, sine-cosine table ---------------------------------------------- */
 
-static void test_tokens()
+/* D = 48: the passes 4 values a thread; 30: one */
+static void test_tokens(int D)
 {
-    const int B = 5, T = 16, D = 48;
-    note("class token, positions, pooling, sine-cosine table");
-    Rng r(seed_of("tokens", 0));
+    const int B = 5, T = 16;
+    note(fmt("class token, positions, pooling, sine-cosine table, D=%d", D));
+    Rng r(seed_of("tokens", D));
     /* class token: [B, T, D] -> [B, T+1, D] */
     {
         const fvec inp = rnd(r, (size_t)B * T * D, -1, 1), cls = rnd(r, D, -1, 1);
@@ -801,7 +802,7 @@ static void test_tokens()
         cls_token_forward(&g_k, d_out, d_inp, d_cls, B, T, D);
         fvec out((size_t)B * (T + 1) * D);
         ref_cls_token_forward(out.data(), inp.data(), cls.data(), B, T, D);
-        check("cls_token_forward", "out", down(d_out, out.size()), out, TOL32);
+        check("cls_token_forward", fmt("out, D=%d", D), down(d_out, out.size()), out, TOL32);
         const fvec dout = rnd(r, out.size(), -1, 1);
         float *d_dout = dup(dout);
         for (int acc = 0; acc <= 1; acc++) {
@@ -809,8 +810,8 @@ static void test_tokens()
             float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dcls = dup(dcls);
             cls_token_backward(&g_k, d_dinp, d_dcls, d_dout, B, T, D, acc);
             ref_cls_token_backward(dinp.data(), dcls.data(), dout.data(), B, T, D, acc);
-            check("cls_token_backward", fmt("dinp, acc=%d", acc), down(d_dinp, dinp.size()), dinp, TOL32);
-            check("cls_token_backward", fmt("dcls, acc=%d", acc), down(d_dcls, dcls.size()), dcls, TOL32);
+            check("cls_token_backward", fmt("dinp, acc=%d, D=%d", acc, D), down(d_dinp, dinp.size()), dinp, TOL32);
+            check("cls_token_backward", fmt("dcls, acc=%d, D=%d", acc, D), down(d_dcls, dcls.size()), dcls, TOL32);
         }
     }
     /* learned positions: [B, T+1, D] + pos[T+1, D] */
@@ -821,7 +822,7 @@ static void test_tokens()
         pos_embed_forward(&g_k, d_out, d_inp, d_pos, B, TT, D);
         fvec out(inp.size());
         ref_pos_embed_forward(out.data(), inp.data(), pos.data(), B, TT, D);
-        check("pos_embed_forward", "out", down(d_out, out.size()), out, TOL32);
+        check("pos_embed_forward", fmt("out, D=%d", D), down(d_out, out.size()), out, TOL32);
         const fvec dout = rnd(r, out.size(), -1, 1);
         float *d_dout = dup(dout);
         for (int v = 0; v < 3; v++) {
@@ -830,7 +831,7 @@ static void test_tokens()
             float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dpos = dup(dpos);
             pos_embed_backward(&g_k, d_dinp, learned ? d_dpos : nullptr, d_dout, B, TT, D, acc);
             ref_pos_embed_backward(dinp.data(), learned ? dpos.data() : nullptr, dout.data(), B, TT, D, acc);
-            const std::string c = fmt("acc=%d, %s", acc, learned ? "learned" : "dpos NULL");
+            const std::string c = fmt("acc=%d, %s, D=%d", acc, learned ? "learned" : "dpos NULL", D);
             check("pos_embed_backward", "dinp, " + c, down(d_dinp, dinp.size()), dinp, TOL32);
             check("pos_embed_backward", "dpos, " + c, down(d_dpos, dpos.size()), dpos, TOL32);
         }
@@ -844,7 +845,7 @@ static void test_tokens()
             pool_forward(&g_k, d_out, d_inp, B, T, D, cls);
             fvec out((size_t)B * D);
             ref_pool_forward(out.data(), inp.data(), B, T, D, cls);
-            check("pool_forward", fmt("out, cls=%d", cls), down(d_out, out.size()), out, TOL32);
+            check("pool_forward", fmt("out, cls=%d, D=%d", cls, D), down(d_out, out.size()), out, TOL32);
             const fvec dout = rnd(r, out.size(), -1, 1);
             float *d_dout = dup(dout);
             for (int acc = 0; acc <= 1; acc++) {
@@ -852,13 +853,13 @@ static void test_tokens()
                 float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size());
                 pool_backward(&g_k, d_dinp, d_dout, B, T, D, cls, acc);
                 ref_pool_backward(dinp.data(), dout.data(), B, T, D, cls, acc);
-                check("pool_backward", fmt("dinp, cls=%d, acc=%d", cls, acc), down(d_dinp, dinp.size()), dinp,
+                check("pool_backward", fmt("dinp, cls=%d, acc=%d, D=%d", cls, acc, D), down(d_dinp, dinp.size()), dinp,
                       TOL32);
             }
         }
     }
-    /* the fixed sine-cosine table */
-    {
+    /* the fixed sine-cosine table (its own widths) */
+    if (D == 48) {
         const int shapes[3][4] = { { 8, 8, 64, 1 }, { 4, 7, 66, 0 }, { 14, 14, 192, 1 } }; /* GH, GW, D, cls */
         for (const auto &s : shapes) {
             const size_t n = (size_t)(s[0] * s[1] + s[3]) * s[2];
@@ -919,13 +920,30 @@ template <int D> static void test_layernorm()
     for (int acc = 0; acc <= 1; acc++) {
         fvec dinp = rnd(r, inp.size(), -1, 1), dw = rnd(r, D, -1, 1), db = rnd(r, D, -1, 1);
         float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dw = dup(dw), *d_db = dup(db);
+        /* and the sums of dinp as written (dsum: an output bias's gradient) */
+        const fvec ds0 = rnd(r, D, -1, 1);
+        float *d_ds = dup(ds0);
+        float *d_dinp2 = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dw2 = dup(dw), *d_db2 = dup(db);
         layernorm_backward<D>(&g_k, d_dinp, d_dw, d_db, d_dout, d_inp, d_w, d_mean_ref, d_rstd_ref, N, acc);
+        layernorm_backward<D>(&g_k, d_dinp2, d_dw2, d_db2, d_dout, d_inp, d_w, d_mean_ref, d_rstd_ref, N, acc, d_ds);
         ref_layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), mean.data(),
                                rstd.data(), N, D, acc);
+        fvec ds = ds0;
+        for (int n = 0; n < D; n++) {
+            double sum = ds0[n];
+            for (int row = 0; row < N; row++)
+                sum += dinp[(size_t)row * D + n];
+            ds[n] = (float)sum;
+        }
         const std::string c = fmt("D=%d, acc=%d", D, acc);
         check("layernorm_backward", "dinp, " + c, down(d_dinp, dinp.size()), dinp, TOL32);
         check("layernorm_backward", "dw, " + c, down(d_dw, D), dw, TOL32);
         check("layernorm_backward", "db, " + c, down(d_db, D), db, TOL32);
+        check("layernorm_backward", "dsum (dinp's column sums), " + c, down(d_ds, D), ds, TOL32);
+        check("layernorm_backward", "dinp with dsum: the same bits, " + c, down(d_dinp2, dinp.size()),
+              down(d_dinp, dinp.size()), 0.0);
+        check("layernorm_backward", "dw with dsum: the same bits, " + c, down(d_dw2, D), down(d_dw, D), 0.0);
+        check("layernorm_backward", "db with dsum: the same bits, " + c, down(d_db2, D), down(d_db, D), 0.0);
     }
     dfree_all();
 }
@@ -1019,13 +1037,34 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
     /* the backward pass from the CPU's weights */
     const fvec dout = rnd(r, out.size(), -1, 1);
     float *d_dout = dup(dout), *d_att_ref = dup(att), *d_dqkv = dpoison<float>(qkv.size());
+    /* with the qkv bias's gradient (dbias += dqkv's column sums): the
+     * fragment kernel's own sums, or colsum_add over dqkv */
+    const fvec db0 = rnd(r, (size_t)3 * D, -1, 1);
+    float *d_db = dup(db0);
     if constexpr (TILED)
         attention_tiled_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B);
     else
-        attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B);
+        attention_backward<T, HD, NH>(&g_k, d_dqkv, d_dout, d_qkv, d_att_ref, B, false, false, d_db);
     fvec dqkv(qkv.size()), datt(att.size());
     ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, D, NH);
     check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, tol);
+    /* the CPU's dqkv summed in double */
+    fvec db = db0;
+    for (int n = 0; n < 3 * D; n++) {
+        double sum = db0[n];
+        for (int64_t row = 0; row < (int64_t)B * T; row++)
+            sum += dqkv[(size_t)row * 3 * D + n];
+        db[n] = (float)sum;
+    }
+    if (!TILED) {
+        check("attention_backward", "the qkv bias's gradient (dbias), " + c, down(d_db, db.size()), db, tol);
+        /* the row tiles write the weights' gradient over att: the CPU's
+         * weights again, and d_att_ref's gradient kept for its check below */
+        float *d_dqkv0 = dpoison<float>(qkv.size()), *d_att0 = dup(att);
+        attention_backward<T, HD, NH>(&g_k, d_dqkv0, d_dout, d_qkv, d_att0, B);
+        check("attention_backward", "dqkv without dbias: the same bits, " + c, down(d_dqkv0, dqkv.size()),
+              down(d_dqkv, dqkv.size()), 0.0);
+    }
     if (q16) { /* frag16: the weights computed again, the bits of the forward's own */
         float *d_dqkvg = dpoison<float>(qkv.size()), *d_dqkvq = dpoison<float>(qkv.size());
         attention_backward<T, HD, NH>(&g_k, d_dqkvg, d_dout, d_qkv, d_att, B);
@@ -1034,11 +1073,12 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
               "dqkv from qkv in bf16, the weights computed again (frag16): the same bits as from the forward's, " + c,
               down(d_dqkvq, dqkv.size()), down(d_dqkvg, dqkv.size()), 0.0);
     }
-    if (half) {
-        float *d_dqkv16 = dpoison<float>(qkv.size());
-        attention_backward<T, HD, NH>(&g_k, d_dqkv16, d_dout, d_qkv, d_att_ref, B, true);
+    if (half) { /* with dbias, as the generated code calls it */
+        float *d_dqkv16 = dpoison<float>(qkv.size()), *d_db16 = dup(db0);
+        attention_backward<T, HD, NH>(&g_k, d_dqkv16, d_dout, d_qkv, d_att_ref, B, true, false, d_db16);
         check_copy16("attention_backward", "dqkv in bf16 (half), " + c, reinterpret_cast<__nv_bfloat16 *>(d_dqkv16),
                      d_dqkv, qkv.size());
+        check("attention_backward", "dbias with dqkv in bf16 (half), " + c, down(d_db16, db.size()), db, tol);
     }
     /* the row tiles leave the weights' gradient (through the softmax and
      * the scale) where the weights were */
@@ -1782,7 +1822,8 @@ int main(void)
     }
     test_elementwise();
     test_bf16_convert();
-    test_tokens();
+    test_tokens(48);
+    test_tokens(30);
     test_hier();
     test_layernorm<96>();
     test_layernorm<256>();
