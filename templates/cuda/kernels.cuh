@@ -33,10 +33,10 @@
  *
  * Determinism: no kernel adds floats with atomics (only integer counts).
  * Sums over rows go through fixed-size partial sums (colsum_add, the
- * layer norm's and the gradient norm's partials) added up in a fixed
- * order, so that the same step gives the same bits every time (make
- * check-cuda compares two runs of 20 steps, from the session after
- * 2026-12-01's ninth).
+ * layer norm's and the gradient norm's partials, attention's per-sample
+ * sums of the qkv bias's gradient) added up in a fixed order, so that
+ * the same step gives the same bits every time (make check-cuda compares
+ * two runs of 20 steps, from the session after 2026-12-01's ninth).
  *
  * Nothing here allocates or synchronises with the host: the training step
  * is captured as one CUDA graph (backend.cu). */
