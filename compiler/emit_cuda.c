@@ -973,14 +973,19 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         char dbp[40] = "nullptr"; /* summed by a layer norm's backward (plan_ln_sums), or here */
         if (!bias_summed_by_ln(g, p, i))
             snprintf(dbp, sizeof dbp, "DP(%lldL)", (long long)b_proj);
-        sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), %s, %s, %s, P(%lldL), B * %d, %d, %d, 0);\n", y,
-                  (long long)w_proj, dbp, dout, ym, (long long)w_proj, T, D, D);
+        /* on the fragment kernels the heads' output gradient is written in
+         * bf16 alone in bf16 precision (dinp16), which attention's backward
+         * stages without rounding it again (dout16): half its bytes */
+        const bool g16 = q16 && y16;
+        sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), %s, %s, %s, P(%lldL), B * %d, %d, %d, 0%s);\n", y,
+                  (long long)w_proj, dbp, dout, ym, (long long)w_proj, T, D, D, g16 ? ", true" : "");
         /* the qkv bias's gradient summed by attention's backward (on bf16
          * fragments in the kernel, from dqkv before its rounding), not by
          * a pass over dqkv in linear_backward */
-        if (qb)
-            sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true, %s, %s);\n", T,
-                      HD, NH, qkv, y, qkv, att, q16 ? "true" : "false", dbq);
+        if (qb || g16)
+            sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true, %s, %s%s);\n",
+                      T, HD, NH, qkv, y, qkv, att, q16 ? "true" : "false", qb ? dbq : "nullptr",
+                      g16 ? ", true" : "");
         else
             sb_printf(&b, "    attention_backward<%d, %d, %d>(k, G(%s), G(%s), A(%s), A(%s), B, true%s);\n", T, HD,
                       NH, qkv, y, qkv, att, q16s);

@@ -464,8 +464,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 30: residual_end */
     /* the gradients of G(V29) and G(V26) are G(V30)'s (plan_grad_alias) */
     /* 29: attention blocks.3.attn */
-    linear_backward(k, G(Y29), DP(587904L), nullptr, G(V29), attn_mm<16, 32>(k, A(Y29)), P(587904L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true, true, DP(587520L));
+    linear_backward(k, G(Y29), DP(587904L), nullptr, G(V29), attn_mm<16, 32>(k, A(Y29)), P(587904L), B * 16, 128, 128, 0, true);
+    attention_backward<16, 32, 4>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true, true, DP(587520L), true);
     linear_backward(k, G(V28), DP(538368L), nullptr, attn_mm<16, 32>(k, G(QKV29)), mm_half(k, A(V28)), P(538368L), B * 16, 128, 384, 0);
     /* 28: layernorm blocks.3.norm1 */
     /* and op 25's output bias's gradient, the sums of G(V26) (plan_ln_sums) */
@@ -482,8 +482,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 22: residual_end */
     /* the gradients of G(V21) and G(V18) are G(V22)'s (plan_grad_alias) */
     /* 21: attention blocks.2.attn */
-    linear_backward(k, G(Y21), DP(455424L), nullptr, G(V21), attn_mm<16, 32>(k, A(Y21)), P(455424L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true, true, DP(455040L));
+    linear_backward(k, G(Y21), DP(455424L), nullptr, G(V21), attn_mm<16, 32>(k, A(Y21)), P(455424L), B * 16, 128, 128, 0, true);
+    attention_backward<16, 32, 4>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true, true, DP(455040L), true);
     linear_backward(k, G(V20), DP(405888L), nullptr, attn_mm<16, 32>(k, G(QKV21)), mm_half(k, A(V20)), P(405888L), B * 16, 128, 384, 0);
     /* 20: layernorm blocks.2.norm1 */
     layernorm_backward<128>(k, G(V18), DP(405632L), DP(405760L), G(V20), A(V18), P(405632L), A(MEAN20), A(RSTD20), B * 16, 1);
@@ -509,8 +509,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 14: residual_end */
     /* the gradients of G(V13) and G(V10) are G(V14)'s (plan_grad_alias) */
     /* 13: attention blocks.1.attn */
-    linear_backward(k, G(Y13), DP(190720L), nullptr, G(V13), attn_mm<16, 32>(k, A(Y13)), P(190720L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true, true, DP(190336L));
+    linear_backward(k, G(Y13), DP(190720L), nullptr, G(V13), attn_mm<16, 32>(k, A(Y13)), P(190720L), B * 16, 128, 128, 0, true);
+    attention_backward<16, 32, 4>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true, true, DP(190336L), true);
     linear_backward(k, G(V12), DP(141184L), nullptr, attn_mm<16, 32>(k, G(QKV13)), mm_half(k, A(V12)), P(141184L), B * 16, 128, 384, 0);
     /* 12: layernorm blocks.1.norm1 */
     /* and op 9's output bias's gradient, the sums of G(V10) (plan_ln_sums) */
@@ -527,8 +527,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 6: residual_end */
     /* the gradients of G(V5) and G(V2) are G(V6)'s (plan_grad_alias) */
     /* 5: attention blocks.0.attn */
-    linear_backward(k, G(Y5), DP(58240L), nullptr, G(V5), attn_mm<16, 32>(k, A(Y5)), P(58240L), B * 16, 128, 128, 0);
-    attention_backward<16, 32, 4>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true, true, DP(57856L));
+    linear_backward(k, G(Y5), DP(58240L), nullptr, G(V5), attn_mm<16, 32>(k, A(Y5)), P(58240L), B * 16, 128, 128, 0, true);
+    attention_backward<16, 32, 4>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true, true, DP(57856L), true);
     linear_backward(k, G(V4), DP(8704L), nullptr, attn_mm<16, 32>(k, G(QKV5)), mm_half(k, A(V4)), P(8704L), B * 16, 128, 384, 0);
     /* 4: layernorm blocks.0.norm1 */
     layernorm_backward<128>(k, G(V2), DP(8448L), DP(8576L), G(V4), A(V2), P(8448L), A(MEAN4), A(RSTD4), B * 16, 1);

@@ -616,8 +616,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 46: residual_end */
     /* the gradients of G(V45) and G(V42) are G(V46)'s (plan_grad_alias) */
     /* 45: attention blocks.5.attn */
-    linear_backward(k, G(Y45), DP(3533184L), nullptr, G(V45), attn_mm<16, 32>(k, A(Y45)), P(3533184L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV45), G(Y45), A(QKV45), A(ATT45), B, true, true, DP(3532608L));
+    linear_backward(k, G(Y45), DP(3533184L), nullptr, G(V45), attn_mm<16, 32>(k, A(Y45)), P(3533184L), B * 16, 192, 192, 0, true);
+    attention_backward<16, 32, 6>(k, G(QKV45), G(Y45), A(QKV45), A(ATT45), B, true, true, DP(3532608L), true);
     linear_backward(k, G(V44), DP(3422016L), nullptr, attn_mm<16, 32>(k, G(QKV45)), mm_half(k, A(V44)), P(3422016L), B * 16, 192, 576, 0);
     /* 44: layernorm blocks.5.norm1 */
     /* and op 41's output bias's gradient, the sums of G(V42) (plan_ln_sums) */
@@ -634,8 +634,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 38: residual_end */
     /* the gradients of G(V37) and G(V34) are G(V38)'s (plan_grad_alias) */
     /* 37: attention blocks.4.attn */
-    linear_backward(k, G(Y37), DP(3088320L), nullptr, G(V37), attn_mm<16, 32>(k, A(Y37)), P(3088320L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV37), G(Y37), A(QKV37), A(ATT37), B, true, true, DP(3087744L));
+    linear_backward(k, G(Y37), DP(3088320L), nullptr, G(V37), attn_mm<16, 32>(k, A(Y37)), P(3088320L), B * 16, 192, 192, 0, true);
+    attention_backward<16, 32, 6>(k, G(QKV37), G(Y37), A(QKV37), A(ATT37), B, true, true, DP(3087744L), true);
     linear_backward(k, G(V36), DP(2977152L), nullptr, attn_mm<16, 32>(k, G(QKV37)), mm_half(k, A(V36)), P(2977152L), B * 16, 192, 576, 0);
     /* 36: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V34), DP(2976768L), DP(2976960L), G(V36), A(V34), P(2976768L), A(MEAN36), A(RSTD36), B * 16, 1);
@@ -661,8 +661,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 30: residual_end */
     /* the gradients of G(V29) and G(V26) are G(V30)'s (plan_grad_alias) */
     /* 29: attention blocks.3.attn */
-    linear_backward(k, G(Y29), DP(2051136L), nullptr, G(V29), attn_mm<16, 32>(k, A(Y29)), P(2051136L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true, true, DP(2050560L));
+    linear_backward(k, G(Y29), DP(2051136L), nullptr, G(V29), attn_mm<16, 32>(k, A(Y29)), P(2051136L), B * 16, 192, 192, 0, true);
+    attention_backward<16, 32, 6>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true, true, DP(2050560L), true);
     linear_backward(k, G(V28), DP(1939968L), nullptr, attn_mm<16, 32>(k, G(QKV29)), mm_half(k, A(V28)), P(1939968L), B * 16, 192, 576, 0);
     /* 28: layernorm blocks.3.norm1 */
     /* and op 25's output bias's gradient, the sums of G(V26) (plan_ln_sums) */
@@ -679,8 +679,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 22: residual_end */
     /* the gradients of G(V21) and G(V18) are G(V22)'s (plan_grad_alias) */
     /* 21: attention blocks.2.attn */
-    linear_backward(k, G(Y21), DP(1606272L), nullptr, G(V21), attn_mm<16, 32>(k, A(Y21)), P(1606272L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true, true, DP(1605696L));
+    linear_backward(k, G(Y21), DP(1606272L), nullptr, G(V21), attn_mm<16, 32>(k, A(Y21)), P(1606272L), B * 16, 192, 192, 0, true);
+    attention_backward<16, 32, 6>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true, true, DP(1605696L), true);
     linear_backward(k, G(V20), DP(1495104L), nullptr, attn_mm<16, 32>(k, G(QKV21)), mm_half(k, A(V20)), P(1495104L), B * 16, 192, 576, 0);
     /* 20: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V18), DP(1494720L), DP(1494912L), G(V20), A(V18), P(1494720L), A(MEAN20), A(RSTD20), B * 16, 1);
@@ -706,8 +706,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 14: residual_end */
     /* the gradients of G(V13) and G(V10) are G(V14)'s (plan_grad_alias) */
     /* 13: attention blocks.1.attn */
-    linear_backward(k, G(Y13), DP(569088L), nullptr, G(V13), attn_mm<16, 32>(k, A(Y13)), P(569088L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true, true, DP(568512L));
+    linear_backward(k, G(Y13), DP(569088L), nullptr, G(V13), attn_mm<16, 32>(k, A(Y13)), P(569088L), B * 16, 192, 192, 0, true);
+    attention_backward<16, 32, 6>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true, true, DP(568512L), true);
     linear_backward(k, G(V12), DP(457920L), nullptr, attn_mm<16, 32>(k, G(QKV13)), mm_half(k, A(V12)), P(457920L), B * 16, 192, 576, 0);
     /* 12: layernorm blocks.1.norm1 */
     /* and op 9's output bias's gradient, the sums of G(V10) (plan_ln_sums) */
@@ -724,8 +724,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 6: residual_end */
     /* the gradients of G(V5) and G(V2) are G(V6)'s (plan_grad_alias) */
     /* 5: attention blocks.0.attn */
-    linear_backward(k, G(Y5), DP(124224L), nullptr, G(V5), attn_mm<16, 32>(k, A(Y5)), P(124224L), B * 16, 192, 192, 0);
-    attention_backward<16, 32, 6>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true, true, DP(123648L));
+    linear_backward(k, G(Y5), DP(124224L), nullptr, G(V5), attn_mm<16, 32>(k, A(Y5)), P(124224L), B * 16, 192, 192, 0, true);
+    attention_backward<16, 32, 6>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true, true, DP(123648L), true);
     linear_backward(k, G(V4), DP(13056L), nullptr, attn_mm<16, 32>(k, G(QKV5)), mm_half(k, A(V4)), P(13056L), B * 16, 192, 576, 0);
     /* 4: layernorm blocks.0.norm1 */
     layernorm_backward<192>(k, G(V2), DP(12672L), DP(12864L), G(V4), A(V2), P(12672L), A(MEAN4), A(RSTD4), B * 16, 1);

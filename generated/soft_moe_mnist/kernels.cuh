@@ -1278,9 +1278,13 @@ static inline void linear_forward(const kctx *k, float *out, mm_in inp, const fl
  * (from the bf16 values where the producer wrote dout in bf16 alone: the
  * bias's gradient then sums rounded values, as under PyTorch's autocast) */
 static inline void linear_backward(const kctx *k, float *dinp, float *dw, float *db, mm_in dout, mm_in inp,
-                                   const float *w, int M, int K, int N, int acc)
+                                   const float *w, int M, int K, int N, int acc, bool dinp16 = false)
 {
-    if (M > 0 && dout.f && narrow_ok(k, inp, w, N, K) && ((uintptr_t)dout.f & 15) == 0 &&
+    /* dinp16: in bf16 precision dinp is written in bf16 alone, into the
+     * first half of its room (bf16_half), for a consumer that reads it so
+     * (attention_backward's dout16); acc 0 only */
+    dinp16 = dinp16 && dinp && k->cast;
+    if (M > 0 && dout.f && !dinp16 && narrow_ok(k, inp, w, N, K) && ((uintptr_t)dout.f & 15) == 0 &&
         (!dinp || ((uintptr_t)dinp & 15) == 0)) {
         narrow_backward(k, dinp, dw, dout.f, inp.f, w, M, K, N, acc);
         if (db)
@@ -1289,7 +1293,9 @@ static inline void linear_backward(const kctx *k, float *dinp, float *dw, float 
     }
     kctx kr = *k; /* with dinp two products take dout: rounded once */
     const __nv_bfloat16 *g16 = dout.h ? dout.h : dinp ? cast_keep(k, &kr, dout.f, (int64_t)M * N) : nullptr;
-    if (dinp)
+    if (dinp16)
+        mm_nn(&kr, mm_out(bf16_half(k, dinp)), mm_pick(g16, dout.f), w, M, K, N, acc ? 1.0f : 0.0f);
+    else if (dinp)
         mm_nn(&kr, dinp, mm_pick(g16, dout.f), w, M, K, N, acc ? 1.0f : 0.0f);
     mm_tn(&kr, dw, mm_pick(g16, dout.f), inp, N, K, M, 1.0f);
     if (db) {
@@ -2948,9 +2954,9 @@ static __global__ void __launch_bounds__(2 * attn_tp<T>())
     attn_frag_store<T, HD>(out + (int64_t)b * T * D + h * HD, D, o, r0, g, t);
 }
 
-template <int T, int HD, int NH, typename O, typename Q>
+template <int T, int HD, int NH, typename O, typename Q, typename GO = float>
 static __global__ void __launch_bounds__(2 * attn_tp<T>())
-    attention_bwd_frag_kernel(O *dqkv, const float *dout, const Q *qkv, const float *att, float *part)
+    attention_bwd_frag_kernel(O *dqkv, const GO *dout, const Q *qkv, const float *att, float *part)
 {
     constexpr int D = NH * HD, D3 = 3 * D, TP = attn_tp<T>(), L = attn_frag_lq<HD>(), LT = attn_frag_lt<T>(),
                   NT = TP / 8, NO = HD / 8;
@@ -3654,6 +3660,9 @@ template <int T, int HD, int NH> static inline void attention_whole_setup()
         CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, float, bf>, dyn, bs));
         CUDA_CHECK(cudaFuncSetAttribute(attention_fwd_frag_kernel<T, HD, NH, bf, bf>, dyn, fs));
         CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, bf, bf>, dyn, bs));
+        /* dout in bf16 (dout16) */
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, bf, float, bf>, dyn, bs));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_bwd_frag_kernel<T, HD, NH, bf, bf, bf>, dyn, bs));
     }
 }
 
@@ -3716,10 +3725,12 @@ static inline void attn_frag_forward(const kctx *k, float *out, float *att, cons
 }
 
 /* dbias (NULL: none) += the qkv bias's gradient, the column sums of
- * dqkv: the kernel's per-sample sums, then rows_sum over the samples */
+ * dqkv: the kernel's per-sample sums, then rows_sum over the samples.
+ * dout16: dout is bf16 alone in the first half of its room (with half
+ * only) */
 template <int T, int HD, int NH, typename Q>
 static inline void attn_frag_backward(const kctx *k, float *dqkv, const float *dout, const Q *qkv, const float *att,
-                                      int B, bool half, float *dbias)
+                                      int B, bool half, float *dbias, bool dout16)
 {
     const unsigned grid = (unsigned)(B * NH), threads = 2 * attn_tp<T>();
     const int smem = attn_frag_bwd_smem<T, HD>();
@@ -3727,7 +3738,15 @@ static inline void attn_frag_backward(const kctx *k, float *dqkv, const float *d
     if (dbias)
         red_need(k, (int64_t)B * D3);
     float *part = dbias ? k->red : nullptr;
-    if (half && attn_half<T, HD>(k))
+    const bool h16 = half && attn_half<T, HD>(k);
+    if (dout16 && !h16) {
+        fprintf(stderr, "train: internal error: attention's output gradient in bf16 without its dqkv in bf16\n");
+        exit(1);
+    }
+    if (dout16)
+        attention_bwd_frag_kernel<T, HD, NH><<<grid, threads, smem, k->stream>>>(
+            bf16_half(k, dqkv), reinterpret_cast<const __nv_bfloat16 *>(dout), qkv, att, part);
+    else if (h16)
         attention_bwd_frag_kernel<T, HD, NH>
             <<<grid, threads, smem, k->stream>>>(bf16_half(k, dqkv), dout, qkv, att, part);
     else
@@ -3769,18 +3788,19 @@ static inline void attention_whole_forward(const kctx *k, float *out, float *att
 }
 
 /* true where it summed dqkv's columns into dbias too (the fragment
- * kernel; dbias NULL: none asked) */
+ * kernel; dbias NULL: none asked); dout16 as attention_backward's */
 template <int T, int HD, int NH>
 static inline bool attention_whole_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv,
-                                            const float *att, int B, bool half, bool frag16, float *dbias)
+                                            const float *att, int B, bool half, bool frag16, float *dbias,
+                                            bool dout16)
 {
     if constexpr (attn_frag_ok<T, HD>()) {
         if (k->cast) { /* bf16 precision */
             if (frag16)
                 attn_frag_backward<T, HD, NH>(k, dqkv, dout, attn_qkv16<T, HD>(k, const_cast<float *>(qkv)), nullptr,
-                                              B, half, dbias);
+                                              B, half, dbias, dout16);
             else
-                attn_frag_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, dbias);
+                attn_frag_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, dbias, dout16);
             return true;
         }
     }
@@ -3832,14 +3852,24 @@ static inline void attention_forward(const kctx *k, float *out, float *att, cons
  * row tiles overwrite with their gradient; frag16 as attention_forward's.
  * dbias (NULL: none) += the qkv bias's gradient, dqkv's column sums: on
  * bf16 fragments summed by the kernel in fp32 before dqkv is rounded (no
- * second pass over dqkv), else by colsum_add over dqkv as written */
+ * second pass over dqkv), else by colsum_add over dqkv as written.
+ * dout16: in bf16 precision dout is bf16 alone in the first half of its
+ * room, as linear_backward's dinp16 writes it (the kernel rounds it to
+ * bf16 when it stages it anyway: the same values at half the bytes);
+ * only with half, where the fragment kernels run (attn_qkv16_ok). */
 template <int T, int HD, int NH>
 static inline void attention_backward(const kctx *k, float *dqkv, const float *dout, const float *qkv, float *att, int B,
-                                      bool half = false, bool frag16 = false, float *dbias = nullptr)
+                                      bool half = false, bool frag16 = false, float *dbias = nullptr,
+                                      bool dout16 = false)
 {
     constexpr int D3 = 3 * NH * HD;
+    dout16 = dout16 && k->cast;
+    if (dout16 && !attn_qkv16_ok<T, HD>()) {
+        fprintf(stderr, "train: internal error: attention's output gradient in bf16 outside the fragment kernels\n");
+        exit(1);
+    }
     if constexpr (attn_whole_ok<T, HD>()) {
-        if (attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, frag16, dbias) || !dbias)
+        if (attention_whole_backward<T, HD, NH>(k, dqkv, dout, qkv, att, B, half, frag16, dbias, dout16) || !dbias)
             return;
         if (half && attn_half<T, HD>(k))
             colsum_add(k, dbias, static_cast<const __nv_bfloat16 *>(bf16_half(k, dqkv)), B * T, D3);

@@ -849,8 +849,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 77: drop_path */
     mask_backward(k, G(V76), G(V77), A(KEEP77), (int64_t)B * 12480, 0, 12480);
     /* 76: attention blocks.7.attn */
-    linear_backward(k, G(Y76), DP(9465600L), DP(9502464L), G(V76), attn_mm<65, 64>(k, A(Y76)), P(9465600L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B, true, true, DP(9465024L));
+    linear_backward(k, G(Y76), DP(9465600L), DP(9502464L), G(V76), attn_mm<65, 64>(k, A(Y76)), P(9465600L), B * 65, 192, 192, 0, true);
+    attention_backward<65, 64, 3>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B, true, true, DP(9465024L), true);
     linear_backward(k, G(V75), DP(9354432L), nullptr, attn_mm<65, 64>(k, G(QKV76)), mm_half(k, A(V75)), P(9354432L), B * 65, 192, 576, 0);
     /* 75: layernorm blocks.7.norm1 */
     layernorm_backward<192>(k, G(V73), DP(9354048L), DP(9354240L), G(V75), A(V73), P(9354048L), A(MEAN75), A(RSTD75), B * 65, 1);
@@ -869,8 +869,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 67: drop_path */
     mask_backward(k, G(V66), G(V67), A(KEEP67), (int64_t)B * 12480, 0, 12480);
     /* 66: attention blocks.6.attn */
-    linear_backward(k, G(Y66), DP(9020736L), DP(9057600L), G(V66), attn_mm<65, 64>(k, A(Y66)), P(9020736L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B, true, true, DP(9020160L));
+    linear_backward(k, G(Y66), DP(9020736L), DP(9057600L), G(V66), attn_mm<65, 64>(k, A(Y66)), P(9020736L), B * 65, 192, 192, 0, true);
+    attention_backward<65, 64, 3>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B, true, true, DP(9020160L), true);
     linear_backward(k, G(V65), DP(8909568L), nullptr, attn_mm<65, 64>(k, G(QKV66)), mm_half(k, A(V65)), P(8909568L), B * 65, 192, 576, 0);
     /* 65: layernorm blocks.6.norm1 */
     layernorm_backward<192>(k, G(V63), DP(8909184L), DP(8909376L), G(V65), A(V63), P(8909184L), A(MEAN65), A(RSTD65), B * 65, 1);
@@ -899,8 +899,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 57: drop_path */
     mask_backward(k, G(V56), G(V57), A(KEEP57), (int64_t)B * 12480, 0, 12480);
     /* 56: attention blocks.5.attn */
-    linear_backward(k, G(Y56), DP(6503232L), DP(6540096L), G(V56), attn_mm<65, 64>(k, A(Y56)), P(6503232L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B, true, true, DP(6502656L));
+    linear_backward(k, G(Y56), DP(6503232L), DP(6540096L), G(V56), attn_mm<65, 64>(k, A(Y56)), P(6503232L), B * 65, 192, 192, 0, true);
+    attention_backward<65, 64, 3>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B, true, true, DP(6502656L), true);
     linear_backward(k, G(V55), DP(6392064L), nullptr, attn_mm<65, 64>(k, G(QKV56)), mm_half(k, A(V55)), P(6392064L), B * 65, 192, 576, 0);
     /* 55: layernorm blocks.5.norm1 */
     layernorm_backward<192>(k, G(V53), DP(6391680L), DP(6391872L), G(V55), A(V53), P(6391680L), A(MEAN55), A(RSTD55), B * 65, 1);
@@ -919,8 +919,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 47: drop_path */
     mask_backward(k, G(V46), G(V47), A(KEEP47), (int64_t)B * 12480, 0, 12480);
     /* 46: attention blocks.4.attn */
-    linear_backward(k, G(Y46), DP(6058368L), DP(6095232L), G(V46), attn_mm<65, 64>(k, A(Y46)), P(6058368L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B, true, true, DP(6057792L));
+    linear_backward(k, G(Y46), DP(6058368L), DP(6095232L), G(V46), attn_mm<65, 64>(k, A(Y46)), P(6058368L), B * 65, 192, 192, 0, true);
+    attention_backward<65, 64, 3>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B, true, true, DP(6057792L), true);
     linear_backward(k, G(V45), DP(5947200L), nullptr, attn_mm<65, 64>(k, G(QKV46)), mm_half(k, A(V45)), P(5947200L), B * 65, 192, 576, 0);
     /* 45: layernorm blocks.4.norm1 */
     layernorm_backward<192>(k, G(V43), DP(5946816L), DP(5947008L), G(V45), A(V43), P(5946816L), A(MEAN45), A(RSTD45), B * 65, 1);
@@ -949,8 +949,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 37: drop_path */
     mask_backward(k, G(V36), G(V37), A(KEEP37), (int64_t)B * 12480, 0, 12480);
     /* 36: attention blocks.3.attn */
-    linear_backward(k, G(Y36), DP(3540864L), DP(3577728L), G(V36), attn_mm<65, 64>(k, A(Y36)), P(3540864L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B, true, true, DP(3540288L));
+    linear_backward(k, G(Y36), DP(3540864L), DP(3577728L), G(V36), attn_mm<65, 64>(k, A(Y36)), P(3540864L), B * 65, 192, 192, 0, true);
+    attention_backward<65, 64, 3>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B, true, true, DP(3540288L), true);
     linear_backward(k, G(V35), DP(3429696L), nullptr, attn_mm<65, 64>(k, G(QKV36)), mm_half(k, A(V35)), P(3429696L), B * 65, 192, 576, 0);
     /* 35: layernorm blocks.3.norm1 */
     layernorm_backward<192>(k, G(V33), DP(3429312L), DP(3429504L), G(V35), A(V33), P(3429312L), A(MEAN35), A(RSTD35), B * 65, 1);
@@ -969,8 +969,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 27: drop_path */
     mask_backward(k, G(V26), G(V27), A(KEEP27), (int64_t)B * 12480, 0, 12480);
     /* 26: attention blocks.2.attn */
-    linear_backward(k, G(Y26), DP(3096000L), DP(3132864L), G(V26), attn_mm<65, 64>(k, A(Y26)), P(3096000L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B, true, true, DP(3095424L));
+    linear_backward(k, G(Y26), DP(3096000L), DP(3132864L), G(V26), attn_mm<65, 64>(k, A(Y26)), P(3096000L), B * 65, 192, 192, 0, true);
+    attention_backward<65, 64, 3>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B, true, true, DP(3095424L), true);
     linear_backward(k, G(V25), DP(2984832L), nullptr, attn_mm<65, 64>(k, G(QKV26)), mm_half(k, A(V25)), P(2984832L), B * 65, 192, 576, 0);
     /* 25: layernorm blocks.2.norm1 */
     layernorm_backward<192>(k, G(V23), DP(2984448L), DP(2984640L), G(V25), A(V23), P(2984448L), A(MEAN25), A(RSTD25), B * 65, 1);
@@ -999,8 +999,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 17: drop_path */
     mask_backward(k, G(V16), G(V17), A(KEEP17), (int64_t)B * 12480, 0, 12480);
     /* 16: attention blocks.1.attn */
-    linear_backward(k, G(Y16), DP(578496L), DP(615360L), G(V16), attn_mm<65, 64>(k, A(Y16)), P(578496L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B, true, true, DP(577920L));
+    linear_backward(k, G(Y16), DP(578496L), DP(615360L), G(V16), attn_mm<65, 64>(k, A(Y16)), P(578496L), B * 65, 192, 192, 0, true);
+    attention_backward<65, 64, 3>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B, true, true, DP(577920L), true);
     linear_backward(k, G(V15), DP(467328L), nullptr, attn_mm<65, 64>(k, G(QKV16)), mm_half(k, A(V15)), P(467328L), B * 65, 192, 576, 0);
     /* 15: layernorm blocks.1.norm1 */
     layernorm_backward<192>(k, G(V13), DP(466944L), DP(467136L), G(V15), A(V13), P(466944L), A(MEAN15), A(RSTD15), B * 65, 1);
@@ -1019,8 +1019,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 7: drop_path */
     mask_backward(k, G(V6), G(V7), A(KEEP7), (int64_t)B * 12480, 0, 12480);
     /* 6: attention blocks.0.attn */
-    linear_backward(k, G(Y6), DP(133632L), DP(170496L), G(V6), attn_mm<65, 64>(k, A(Y6)), P(133632L), B * 65, 192, 192, 0);
-    attention_backward<65, 64, 3>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B, true, true, DP(133056L));
+    linear_backward(k, G(Y6), DP(133632L), DP(170496L), G(V6), attn_mm<65, 64>(k, A(Y6)), P(133632L), B * 65, 192, 192, 0, true);
+    attention_backward<65, 64, 3>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B, true, true, DP(133056L), true);
     linear_backward(k, G(V5), DP(22464L), nullptr, attn_mm<65, 64>(k, G(QKV6)), mm_half(k, A(V5)), P(22464L), B * 65, 192, 576, 0);
     /* 5: layernorm blocks.0.norm1 */
     layernorm_backward<192>(k, G(V3), DP(22080L), DP(22272L), G(V5), A(V3), P(22080L), A(MEAN5), A(RSTD5), B * 65, 1);

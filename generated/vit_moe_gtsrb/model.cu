@@ -1150,8 +1150,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 87: drop_path */
     mask_backward(k, G(V86), G(V87), A(KEEP87), (int64_t)B * 16640, 0, 16640);
     /* 86: attention blocks.8.attn */
-    linear_backward(k, G(Y86), DP(17198592L), DP(17264128L), G(V86), attn_mm<65, 32>(k, A(Y86)), P(17198592L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV86), G(Y86), A(QKV86), A(ATT86), B, true, true, DP(17197824L));
+    linear_backward(k, G(Y86), DP(17198592L), DP(17264128L), G(V86), attn_mm<65, 32>(k, A(Y86)), P(17198592L), B * 65, 256, 256, 0, true);
+    attention_backward<65, 32, 8>(k, G(QKV86), G(Y86), A(QKV86), A(ATT86), B, true, true, DP(17197824L), true);
     linear_backward(k, G(V85), DP(17001216L), nullptr, attn_mm<65, 32>(k, G(QKV86)), mm_half(k, A(V85)), P(17001216L), B * 65, 256, 768, 0);
     /* 85: layernorm blocks.8.norm1 */
     layernorm_backward<256>(k, G(V83), DP(17000704L), DP(17000960L), G(V85), A(V83), P(17000704L), A(MEAN85), A(RSTD85), B * 65, 1);
@@ -1182,8 +1182,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 77: drop_path */
     mask_backward(k, G(V76), G(V77), A(KEEP77), (int64_t)B * 16640, 0, 16640);
     /* 76: attention blocks.7.attn */
-    linear_backward(k, G(Y76), DP(15077184L), DP(15142720L), G(V76), attn_mm<65, 32>(k, A(Y76)), P(15077184L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B, true, true, DP(15076416L));
+    linear_backward(k, G(Y76), DP(15077184L), DP(15142720L), G(V76), attn_mm<65, 32>(k, A(Y76)), P(15077184L), B * 65, 256, 256, 0, true);
+    attention_backward<65, 32, 8>(k, G(QKV76), G(Y76), A(QKV76), A(ATT76), B, true, true, DP(15076416L), true);
     linear_backward(k, G(V75), DP(14879808L), nullptr, attn_mm<65, 32>(k, G(QKV76)), mm_half(k, A(V75)), P(14879808L), B * 65, 256, 768, 0);
     /* 75: layernorm blocks.7.norm1 */
     layernorm_backward<256>(k, G(V73), DP(14879296L), DP(14879552L), G(V75), A(V73), P(14879296L), A(MEAN75), A(RSTD75), B * 65, 1);
@@ -1214,8 +1214,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 67: drop_path */
     mask_backward(k, G(V66), G(V67), A(KEEP67), (int64_t)B * 16640, 0, 16640);
     /* 66: attention blocks.6.attn */
-    linear_backward(k, G(Y66), DP(12955776L), DP(13021312L), G(V66), attn_mm<65, 32>(k, A(Y66)), P(12955776L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B, true, true, DP(12955008L));
+    linear_backward(k, G(Y66), DP(12955776L), DP(13021312L), G(V66), attn_mm<65, 32>(k, A(Y66)), P(12955776L), B * 65, 256, 256, 0, true);
+    attention_backward<65, 32, 8>(k, G(QKV66), G(Y66), A(QKV66), A(ATT66), B, true, true, DP(12955008L), true);
     linear_backward(k, G(V65), DP(12758400L), nullptr, attn_mm<65, 32>(k, G(QKV66)), mm_half(k, A(V65)), P(12758400L), B * 65, 256, 768, 0);
     /* 65: layernorm blocks.6.norm1 */
     layernorm_backward<256>(k, G(V63), DP(12757888L), DP(12758144L), G(V65), A(V63), P(12757888L), A(MEAN65), A(RSTD65), B * 65, 1);
@@ -1246,8 +1246,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 57: drop_path */
     mask_backward(k, G(V56), G(V57), A(KEEP57), (int64_t)B * 16640, 0, 16640);
     /* 56: attention blocks.5.attn */
-    linear_backward(k, G(Y56), DP(10834368L), DP(10899904L), G(V56), attn_mm<65, 32>(k, A(Y56)), P(10834368L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B, true, true, DP(10833600L));
+    linear_backward(k, G(Y56), DP(10834368L), DP(10899904L), G(V56), attn_mm<65, 32>(k, A(Y56)), P(10834368L), B * 65, 256, 256, 0, true);
+    attention_backward<65, 32, 8>(k, G(QKV56), G(Y56), A(QKV56), A(ATT56), B, true, true, DP(10833600L), true);
     linear_backward(k, G(V55), DP(10636992L), nullptr, attn_mm<65, 32>(k, G(QKV56)), mm_half(k, A(V55)), P(10636992L), B * 65, 256, 768, 0);
     /* 55: layernorm blocks.5.norm1 */
     layernorm_backward<256>(k, G(V53), DP(10636480L), DP(10636736L), G(V55), A(V53), P(10636480L), A(MEAN55), A(RSTD55), B * 65, 1);
@@ -1278,8 +1278,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 47: drop_path */
     mask_backward(k, G(V46), G(V47), A(KEEP47), (int64_t)B * 16640, 0, 16640);
     /* 46: attention blocks.4.attn */
-    linear_backward(k, G(Y46), DP(8712960L), DP(8778496L), G(V46), attn_mm<65, 32>(k, A(Y46)), P(8712960L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B, true, true, DP(8712192L));
+    linear_backward(k, G(Y46), DP(8712960L), DP(8778496L), G(V46), attn_mm<65, 32>(k, A(Y46)), P(8712960L), B * 65, 256, 256, 0, true);
+    attention_backward<65, 32, 8>(k, G(QKV46), G(Y46), A(QKV46), A(ATT46), B, true, true, DP(8712192L), true);
     linear_backward(k, G(V45), DP(8515584L), nullptr, attn_mm<65, 32>(k, G(QKV46)), mm_half(k, A(V45)), P(8515584L), B * 65, 256, 768, 0);
     /* 45: layernorm blocks.4.norm1 */
     layernorm_backward<256>(k, G(V43), DP(8515072L), DP(8515328L), G(V45), A(V43), P(8515072L), A(MEAN45), A(RSTD45), B * 65, 1);
@@ -1310,8 +1310,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 37: drop_path */
     mask_backward(k, G(V36), G(V37), A(KEEP37), (int64_t)B * 16640, 0, 16640);
     /* 36: attention blocks.3.attn */
-    linear_backward(k, G(Y36), DP(6591552L), DP(6657088L), G(V36), attn_mm<65, 32>(k, A(Y36)), P(6591552L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B, true, true, DP(6590784L));
+    linear_backward(k, G(Y36), DP(6591552L), DP(6657088L), G(V36), attn_mm<65, 32>(k, A(Y36)), P(6591552L), B * 65, 256, 256, 0, true);
+    attention_backward<65, 32, 8>(k, G(QKV36), G(Y36), A(QKV36), A(ATT36), B, true, true, DP(6590784L), true);
     linear_backward(k, G(V35), DP(6394176L), nullptr, attn_mm<65, 32>(k, G(QKV36)), mm_half(k, A(V35)), P(6394176L), B * 65, 256, 768, 0);
     /* 35: layernorm blocks.3.norm1 */
     layernorm_backward<256>(k, G(V33), DP(6393664L), DP(6393920L), G(V35), A(V33), P(6393664L), A(MEAN35), A(RSTD35), B * 65, 1);
@@ -1342,8 +1342,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 27: drop_path */
     mask_backward(k, G(V26), G(V27), A(KEEP27), (int64_t)B * 16640, 0, 16640);
     /* 26: attention blocks.2.attn */
-    linear_backward(k, G(Y26), DP(4470144L), DP(4535680L), G(V26), attn_mm<65, 32>(k, A(Y26)), P(4470144L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B, true, true, DP(4469376L));
+    linear_backward(k, G(Y26), DP(4470144L), DP(4535680L), G(V26), attn_mm<65, 32>(k, A(Y26)), P(4470144L), B * 65, 256, 256, 0, true);
+    attention_backward<65, 32, 8>(k, G(QKV26), G(Y26), A(QKV26), A(ATT26), B, true, true, DP(4469376L), true);
     linear_backward(k, G(V25), DP(4272768L), nullptr, attn_mm<65, 32>(k, G(QKV26)), mm_half(k, A(V25)), P(4272768L), B * 65, 256, 768, 0);
     /* 25: layernorm blocks.2.norm1 */
     layernorm_backward<256>(k, G(V23), DP(4272256L), DP(4272512L), G(V25), A(V23), P(4272256L), A(MEAN25), A(RSTD25), B * 65, 1);
@@ -1374,8 +1374,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 17: drop_path */
     mask_backward(k, G(V16), G(V17), A(KEEP17), (int64_t)B * 16640, 0, 16640);
     /* 16: attention blocks.1.attn */
-    linear_backward(k, G(Y16), DP(2348736L), DP(2414272L), G(V16), attn_mm<65, 32>(k, A(Y16)), P(2348736L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B, true, true, DP(2347968L));
+    linear_backward(k, G(Y16), DP(2348736L), DP(2414272L), G(V16), attn_mm<65, 32>(k, A(Y16)), P(2348736L), B * 65, 256, 256, 0, true);
+    attention_backward<65, 32, 8>(k, G(QKV16), G(Y16), A(QKV16), A(ATT16), B, true, true, DP(2347968L), true);
     linear_backward(k, G(V15), DP(2151360L), nullptr, attn_mm<65, 32>(k, G(QKV16)), mm_half(k, A(V15)), P(2151360L), B * 65, 256, 768, 0);
     /* 15: layernorm blocks.1.norm1 */
     layernorm_backward<256>(k, G(V13), DP(2150848L), DP(2151104L), G(V15), A(V13), P(2150848L), A(MEAN15), A(RSTD15), B * 65, 1);
@@ -1406,8 +1406,8 @@ void dev_backward(const kctx *k, dev_model *d, int B)
     /* 7: drop_path */
     mask_backward(k, G(V6), G(V7), A(KEEP7), (int64_t)B * 16640, 0, 16640);
     /* 6: attention blocks.0.attn */
-    linear_backward(k, G(Y6), DP(227328L), DP(292864L), G(V6), attn_mm<65, 32>(k, A(Y6)), P(227328L), B * 65, 256, 256, 0);
-    attention_backward<65, 32, 8>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B, true, true, DP(226560L));
+    linear_backward(k, G(Y6), DP(227328L), DP(292864L), G(V6), attn_mm<65, 32>(k, A(Y6)), P(227328L), B * 65, 256, 256, 0, true);
+    attention_backward<65, 32, 8>(k, G(QKV6), G(Y6), A(QKV6), A(ATT6), B, true, true, DP(226560L), true);
     linear_backward(k, G(V5), DP(29952L), nullptr, attn_mm<65, 32>(k, G(QKV6)), mm_half(k, A(V5)), P(29952L), B * 65, 256, 768, 0);
     /* 5: layernorm blocks.0.norm1 */
     layernorm_backward<256>(k, G(V3), DP(29440L), DP(29696L), G(V5), A(V3), P(29440L), A(MEAN5), A(RSTD5), B * 65, 1);

@@ -418,6 +418,23 @@ static void test_linear()
               down(d_di32, (size_t)M * K), 0.0);
         check("linear_backward", "dw from bf16 operands, against rounding them [bf16]", down(d_dw16, (size_t)N * K),
               down(d_dw32, (size_t)N * K), 0.0);
+        /* dinp in bf16 alone (dinp16, attention's output gradient): within
+         * a bf16 rounding of the product's tolerance, dw the same bits,
+         * the rest of the room (its second half) not written */
+        {
+            float *d_dih = dpoison<float>((size_t)M * K), *d_dwh = dup(fvec((size_t)N * K, 0.0f));
+            linear_backward(&g_k, d_dih, d_dwh, nullptr, d_dout, d_inp, d_w, M, K, N, 0, true);
+            fvec want((size_t)M * K), dwr((size_t)N * K), dbr(N);
+            ref_linear_backward(want.data(), dwr.data(), dbr.data(), dout.data(), inp.data(), w.data(), M, K, N, 0);
+            check("linear_backward", "dinp in bf16 alone (dinp16) [bf16]",
+                  widen16(bf16_half(&g_k, d_dih), (size_t)M * K), want, tol + 4e-3);
+            check("linear_backward", "dw with dinp16: the same bits [bf16]", down(d_dwh, (size_t)N * K),
+                  down(d_dw32, (size_t)N * K), 0.0);
+            const fvec room = down(d_dih, (size_t)M * K);
+            const size_t written = written_count(fvec(room.begin() + ((size_t)M * K + 1) / 2, room.end()));
+            report(written == 0, "linear_backward", "dinp16: the room's second half not written [bf16]",
+                   (double)written, 0.0);
+        }
         /* cuBLASLt's bias epilogue (linear_forward with a bias in bf16
          * precision): taken, and the sums of the product and a pass */
         float *d_lt = dpoison<float>((size_t)M * N), *d_pass = dpoison<float>((size_t)M * N);
@@ -1079,6 +1096,19 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
         check_copy16("attention_backward", "dqkv in bf16 (half), " + c, reinterpret_cast<__nv_bfloat16 *>(d_dqkv16),
                      d_dqkv, qkv.size());
         check("attention_backward", "dbias with dqkv in bf16 (half), " + c, down(d_db16, db.size()), db, tol);
+        if (q16) { /* dout in bf16 alone (dout16): the kernel stages the same values */
+            std::vector<__nv_bfloat16> g16(dout.size());
+            for (size_t i = 0; i < dout.size(); i++)
+                g16[i] = __float2bfloat16_rn(dout[i]);
+            float *d_dout16 = reinterpret_cast<float *>(dup(g16)), *d_dqkvg = dpoison<float>(qkv.size());
+            float *d_dbg = dup(db0);
+            attention_backward<T, HD, NH>(&g_k, d_dqkvg, d_dout16, d_qkv, d_att_ref, B, true, false, d_dbg, true);
+            check("attention_backward", "dqkv from dout in bf16 (dout16): the same bits, " + c,
+                  widen16(reinterpret_cast<__nv_bfloat16 *>(d_dqkvg), qkv.size()),
+                  widen16(reinterpret_cast<__nv_bfloat16 *>(d_dqkv16), qkv.size()), 0.0);
+            check("attention_backward", "dbias from dout in bf16 (dout16): the same bits, " + c,
+                  down(d_dbg, db.size()), down(d_db16, db.size()), 0.0);
+        }
     }
     /* the row tiles leave the weights' gradient (through the softmax and
      * the scale) where the weights were */
