@@ -928,7 +928,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         need_red(p, (int64_t)p->red_chunks * 3 * D);
         need_red(p, BATCH * 3 * D); /* attention_backward's per-sample sums of the qkv bias's gradient */
         int64_t w_qkv = toff(g, i, 0), b_qkv = qb ? toff(g, i, 1) : -1;
-        int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = toff(g, i, qb ? 3 : 2);
+        int64_t w_proj = toff(g, i, qb ? 2 : 1), b_proj = out_bias_off(g, i);
         char bq[40], dbq[40];
         if (qb) {
             snprintf(bq, sizeof bq, "P(%lldL)", (long long)b_qkv);
@@ -1032,7 +1032,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D, res);
         char db2[40] = "nullptr"; /* summed by a layer norm's backward (plan_ln_sums), or here */
         if (!bias_summed_by_ln(g, p, i))
-            snprintf(db2, sizeof db2, "DP(%lldL)", (long long)toff(g, i, 3));
+            snprintf(db2, sizeof db2, "DP(%lldL)", (long long)out_bias_off(g, i));
         sb_printf(&b,
                   "    linear_backward(k, G(%s), DP(%lldL), %s, %s, mm_half(k, A(%s)), P(%lldL), B * %d, %d, %d, 0);\n",
                   aa, (long long)toff(g, i, 2), db2, dout, aa, (long long)toff(g, i, 2), T, H, D);
