@@ -1527,7 +1527,6 @@ static inline void patch_embed_backward(const kctx *k, float *dw, float *db, con
     linear_backward(k, nullptr, dw, db, dout, cols, nullptr, B * T, C * P * P, D, 0);
 }
 
-/* out[B, T+1, D]: the class token, then inp[B, T, D] */
 /* out[b] = the class token, then inp[b]'s T rows; V values a thread (D a
  * multiple of V: launch_vec) */
 template <int V>
