@@ -304,6 +304,20 @@ static size_t written_count(const fvec &v)
     return n;
 }
 
+/* init[n] + the sum over the rows of x[row * cols + n], in double: the
+ * CPU's side of a bias gradient summed from its output's gradient */
+static fvec ref_col_sums(const fvec &init, const fvec &x, size_t cols)
+{
+    fvec out(cols);
+    for (size_t n = 0; n < cols; n++) {
+        double sum = init[n];
+        for (size_t at = n; at < x.size(); at += cols)
+            sum += x[at];
+        out[n] = (float)sum;
+    }
+    return out;
+}
+
 /* a bf16 copy the kernel wrote: each value the fp32 one it wrote, rounded
  * to bf16 exactly (a NaN from the poison never passes) */
 static void check_copy16(const std::string &kernel, const std::string &what, const __nv_bfloat16 *d16, const float *d32,
@@ -945,13 +959,7 @@ template <int D> static void test_layernorm()
         layernorm_backward<D>(&g_k, d_dinp2, d_dw2, d_db2, d_dout, d_inp, d_w, d_mean_ref, d_rstd_ref, N, acc, d_ds);
         ref_layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), mean.data(),
                                rstd.data(), N, D, acc);
-        fvec ds = ds0;
-        for (int n = 0; n < D; n++) {
-            double sum = ds0[n];
-            for (int row = 0; row < N; row++)
-                sum += dinp[(size_t)row * D + n];
-            ds[n] = (float)sum;
-        }
+        const fvec ds = ref_col_sums(ds0, dinp, D);
         const std::string c = fmt("D=%d, acc=%d", D, acc);
         check("layernorm_backward", "dinp, " + c, down(d_dinp, dinp.size()), dinp, TOL32);
         check("layernorm_backward", "dw, " + c, down(d_dw, D), dw, TOL32);
@@ -1065,14 +1073,7 @@ template <int T, int HD, int NH, bool TILED = false> static void test_attention(
     fvec dqkv(qkv.size()), datt(att.size());
     ref_attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, D, NH);
     check("attention_backward", "dqkv, " + c, down(d_dqkv, dqkv.size()), dqkv, tol);
-    /* the CPU's dqkv summed in double */
-    fvec db = db0;
-    for (int n = 0; n < 3 * D; n++) {
-        double sum = db0[n];
-        for (int64_t row = 0; row < (int64_t)B * T; row++)
-            sum += dqkv[(size_t)row * 3 * D + n];
-        db[n] = (float)sum;
-    }
+    const fvec db = ref_col_sums(db0, dqkv, (size_t)3 * D); /* the CPU's dqkv summed */
     if (!TILED) {
         check("attention_backward", "the qkv bias's gradient (dbias), " + c, down(d_db, db.size()), db, tol);
         /* the row tiles write the weights' gradient over att: the CPU's
