@@ -4906,6 +4906,26 @@ __device__ static inline void combine_bwd_values(O *dy, float (&t)[V], float *do
     vstore<V>(dy, t);
 }
 
+/* A kept expert row's place in the combine: where its choice's gate and
+ * dgate live (token n's choice kk), the gate, the token's output gradient,
+ * expert e's b2 (NULL: none, or ye has it) and the row's ye */
+template <typename YT> struct combine_bwd_row {
+    int64_t gk; /* n * K + kk */
+    float g;
+    const float *go, *bias;
+    const YT *y;
+};
+
+template <typename YT>
+__device__ static inline combine_bwd_row<YT> combine_bwd_at(int64_t row, int e, const int *row_token, const int *row_k,
+                                                            const float *gate, const float *dout, const YT *ye,
+                                                            const float *b2, int D, int K)
+{
+    const int n = row_token[row];
+    const int64_t gk = (int64_t)n * K + row_k[row];
+    return {gk, gate[gk], dout + (int64_t)n * D, b2 ? b2 + (int64_t)e * D : nullptr, ye + row * D};
+}
+
 /* One warp per expert row: dye[row] = gate * dout[token] (zeros past the
  * count; O: float, or bf16 where only products and the bias's sum read it),
  * and the kept choice's dgate = dout[token] . (ye[row] + b2[e]) (b2 NULL:
@@ -4928,20 +4948,17 @@ static __global__ void moe_combine_bwd_kernel(O *__restrict__ dye, float *__rest
                 vstore<V>(dy + d, z);
             continue;
         }
-        const int n = row_token[row], kk = row_k[row];
-        const float g = gate[(int64_t)n * K + kk];
-        const float *go = dout + (int64_t)n * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
-        const YT *y = ye + row * D;
+        const combine_bwd_row<YT> w = combine_bwd_at(row, e, row_token, row_k, gate, dout, ye, b2, D, K);
         float dot = 0.0f;
         /* two chunks' loads in flight at once (P: 1.14 -> 1.06 ms a step) */
 #pragma unroll 2
         for (int d = lane * V; d < D; d += 32 * V) {
             float t[V];
-            combine_bwd_values<V>(dy + d, t, &dot, go + d, y + d, bias ? bias + d : nullptr, g);
+            combine_bwd_values<V>(dy + d, t, &dot, w.go + d, w.y + d, w.bias ? w.bias + d : nullptr, w.g);
         }
         dot = warp_sum(dot);
         if (lane == 0)
-            dgate[(int64_t)n * K + kk] = dot;
+            dgate[w.gk] = dot;
     }
 }
 
@@ -4979,10 +4996,7 @@ static __global__ void __launch_bounds__(32 * COMBINE_SUM_WARPS)
                     vstore<V>(dy + lane * V + i * 32 * V, z);
             continue;
         }
-        const int n = row_token[row], kk = row_k[row];
-        const float g = gate[(int64_t)n * K + kk];
-        const float *go = dout + (int64_t)n * D, *bias = b2 ? b2 + (int64_t)e * D : nullptr;
-        const YT *y = ye + row * D;
+        const combine_bwd_row<YT> w = combine_bwd_at(row, e, row_token, row_k, gate, dout, ye, b2, D, K);
         float dot = 0.0f;
 #pragma unroll
         for (int i = 0; i < DC; i++) {
@@ -4990,14 +5004,14 @@ static __global__ void __launch_bounds__(32 * COMBINE_SUM_WARPS)
             if (d >= D)
                 continue;
             float t[V];
-            combine_bwd_values<V>(dy + d, t, &dot, go + d, y + d, bias ? bias + d : nullptr, g);
+            combine_bwd_values<V>(dy + d, t, &dot, w.go + d, w.y + d, w.bias ? w.bias + d : nullptr, w.g);
 #pragma unroll
             for (int j = 0; j < V; j++)
                 cs[i][j] += t[j];
         }
         dot = warp_sum(dot);
         if (lane == 0)
-            dgate[(int64_t)n * K + kk] = dot;
+            dgate[w.gk] = dot;
     }
 #pragma unroll
     for (int i = 0; i < DC; i++)
@@ -5148,15 +5162,14 @@ static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2
     const __nv_bfloat16 *dh16 = moe_a16(k, const_cast<float *>(dh), (int64_t)el * rows, r, H);
     dyr = dyr ? dyr + r * D : nullptr;
     dh += r * H, xr += r * D, a += r * H;
-    dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H, db2 += (int64_t)e * D;
+    dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H;
     mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
           (int64_t)D * H);
-    if (!db2) /* summed by the combine's backward (moe_combine_bwd_sum) */
-        ;
-    else if (dyr)
-        colsum_add(k, db2, dyr, rows, D, n, (int64_t)rows * D, D);
-    else /* dy in bf16 alone (moe_experts_backward) */
-        colsum_add(k, db2, dy16, rows, D, n, (int64_t)rows * D, D);
+    /* db2 NULL: summed by the combine's backward (moe_combine_bwd_sum) */
+    if (db2 && dyr)
+        colsum_add(k, db2 + (int64_t)e * D, dyr, rows, D, n, (int64_t)rows * D, D);
+    else if (db2) /* dy in bf16 alone (moe_experts_backward) */
+        colsum_add(k, db2 + (int64_t)e * D, dy16, rows, D, n, (int64_t)rows * D, D);
     mm_tn(k, dw1, mm_pick(dh16, dh), mm_pick(x16 ? x16 + r * D : nullptr, xr), H, D, rows, 1.0f, n,
           (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
 }
@@ -5437,6 +5450,60 @@ static inline void moe_aux_losses(const kctx *k, float *aux, double *sums, doubl
  * token): the gates (renormalised if asked), GShard's balance loss, the
  * importance loss, the softmax Jacobian, the z-loss and DAMEX's routing
  * loss. sums: the summed probabilities and top-1 fractions of the forward. */
+/* The router's backward, per expert e, shared by its two kernels (a warp
+ * per token, a thread per token). The importance loss's statistics: the
+ * mean and variance of the summed probabilities sums[0, E) */
+template <int E> static __device__ __forceinline__ void router_imp_stats(const double *sums, double *mu, double *var)
+{
+    for (int e = 0; e < E; e++)
+        *mu += sums[e] / E;
+    for (int e = 0; e < E; e++)
+        *var += (sums[e] - *mu) * (sums[e] - *mu) / E;
+}
+
+/* d/dimp[e] of the importance loss w_imp CV^2, the same for every token */
+template <int E>
+static __device__ __forceinline__ float router_imp_grad(const double *sums, int e, double mu, double var, float w_imp)
+{
+    return (float)(w_imp * (2.0 * (sums[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
+}
+
+/* d/dp[e] of the balance loss (sums[E + e]: expert e's top-1 count) */
+template <int E> static __device__ __forceinline__ float router_bal_grad(const double *sums, int e, float w_bal, int N)
+{
+    return (float)(w_bal * E * sums[E + e] / N);
+}
+
+/* a token's dL/dp[e] through its gates: dg[k] for the choices k of e,
+ * through the renormalisation when normalize (S, gs: the sums of the
+ * token's kept probabilities and of dg times them) */
+template <int K>
+static __device__ __forceinline__ float router_gate_grad(const int *idx, const float *dg, int e, int normalize,
+                                                         float S, float gs)
+{
+    float d = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        if (idx[k] == e)
+            d += (normalize && K > 1) ? dg[k] / S - gs / (S * S) : dg[k];
+    return d;
+}
+
+/* dL/dlogit[e] through the softmax (s: the sum over experts of p dp),
+ * with the z-loss (lse: the token's log-sum-exp) and the dataset loss
+ * (w_ds: 0 where the batch has no dataset targets; is_target: e is the
+ * token's dataset's expert) */
+static __device__ __forceinline__ float router_dlogit(float p, float dp, float s, float lse, float w_z, float w_ds,
+                                                      bool is_target, int N)
+{
+    float v = p * (dp - s);
+    if (w_z != 0.0f)
+        v += w_z * 2.0f * lse * p / N;
+    if (w_ds != 0.0f)
+        v += w_ds * (p - (is_target ? 1.0f : 0.0f)) / N;
+    return v;
+}
+
 template <int E, int K>
 static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate, const float *probs, const float *lse,
                                              const int *topk, const float *topp, const int *target, const double *sums,
@@ -5446,14 +5513,9 @@ static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate,
     const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N)
         return;
-    /* importance loss: d/dimp[e] of CV^2, the same for every token */
     double mu = 0.0, var = 0.0;
-    if (w_imp != 0.0f) {
-        for (int e = 0; e < E; e++)
-            mu += sums[e] / E;
-        for (int e = 0; e < E; e++)
-            var += (sums[e] - mu) * (sums[e] - mu) / E;
-    }
+    if (w_imp != 0.0f)
+        router_imp_stats<E>(sums, &mu, &var);
     const int *idx = topk + (int64_t)n * K;
     const float *val = topp + (int64_t)n * K, *dg = dgate + (int64_t)n * K;
     float S = 0.0f, gs = 0.0f;
@@ -5473,12 +5535,10 @@ static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate,
         if (e >= E)
             continue;
         pv[j] = p[e];
-        for (int k = 0; k < K; k++)
-            if (idx[k] == e)
-                dp[j] += (normalize && K > 1) ? dg[k] / S - gs / (S * S) : dg[k];
+        dp[j] = router_gate_grad<K>(idx, dg, e, normalize, S, gs);
         if (w_imp != 0.0f)
-            dp[j] += (float)(w_imp * (2.0 * (sums[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
-        dp[j] += (float)(w_bal * E * sums[E + e] / N);
+            dp[j] += router_imp_grad<E>(sums, e, mu, var, w_imp);
+        dp[j] += router_bal_grad<E>(sums, e, w_bal, N);
         s += pv[j] * dp[j];
     }
     s = warp_sum(s);
@@ -5488,12 +5548,8 @@ static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate,
         const int e = lane + 32 * j;
         if (e >= E)
             continue;
-        float v = pv[j] * (dp[j] - s);
-        if (w_z != 0.0f)
-            v += w_z * 2.0f * lse[n] * pv[j] / N;
-        if (target && w_ds != 0.0f)
-            v += w_ds * (pv[j] - (e == target[n] ? 1.0f : 0.0f)) / N;
-        dl[e] = v;
+        dl[e] = router_dlogit(pv[j], dp[j], s, w_z != 0.0f ? lse[n] : 0.0f, w_z, target ? w_ds : 0.0f,
+                              target && e == target[n], N);
     }
 }
 
@@ -5510,17 +5566,11 @@ static __global__ void moe_router_bwd_thread_kernel(float *dlogits, const float 
     static_assert(E <= ROUTER_THREAD_E, "moe_router_bwd_thread_kernel: a token's experts in registers");
     __shared__ float imp[E], bal[E];
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        double mu = 0.0, var = 0.0; /* importance loss: d/dimp[e] of CV^2 */
-        if (w_imp != 0.0f) {
-            for (int i = 0; i < E; i++)
-                mu += sums[i] / E;
-            for (int i = 0; i < E; i++)
-                var += (sums[i] - mu) * (sums[i] - mu) / E;
-        }
-        imp[e] = w_imp != 0.0f
-                     ? (float)(w_imp * (2.0 * (sums[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)))
-                     : 0.0f;
-        bal[e] = (float)(w_bal * E * sums[E + e] / N);
+        double mu = 0.0, var = 0.0;
+        if (w_imp != 0.0f)
+            router_imp_stats<E>(sums, &mu, &var);
+        imp[e] = w_imp != 0.0f ? router_imp_grad<E>(sums, e, mu, var, w_imp) : 0.0f;
+        bal[e] = router_bal_grad<E>(sums, e, w_bal, N);
     }
     __syncthreads();
     const int n = blockIdx.x * blockDim.x + threadIdx.x;
@@ -5547,11 +5597,7 @@ static __global__ void moe_router_bwd_thread_kernel(float *dlogits, const float 
 #pragma unroll
     for (int e = 0; e < E; e++) {
         pv[e] = p[e];
-        dp[e] = 0.0f;
-#pragma unroll
-        for (int k = 0; k < K; k++)
-            if (idx[k] == e)
-                dp[e] += (normalize && K > 1) ? dg[k] / S - gs / (S * S) : dg[k];
+        dp[e] = router_gate_grad<K>(idx, dg, e, normalize, S, gs);
         if (w_imp != 0.0f)
             dp[e] += imp[e];
         dp[e] += bal[e];
@@ -5561,14 +5607,8 @@ static __global__ void moe_router_bwd_thread_kernel(float *dlogits, const float 
     const int tn = target && w_ds != 0.0f ? target[n] : -1;
     float *dl = dlogits + (int64_t)n * E;
 #pragma unroll
-    for (int e = 0; e < E; e++) {
-        float v = pv[e] * (dp[e] - s);
-        if (w_z != 0.0f)
-            v += w_z * 2.0f * zl * pv[e] / N;
-        if (target && w_ds != 0.0f)
-            v += w_ds * (pv[e] - (e == tn ? 1.0f : 0.0f)) / N;
-        dl[e] = v;
-    }
+    for (int e = 0; e < E; e++)
+        dl[e] = router_dlogit(pv[e], dp[e], s, zl, w_z, target ? w_ds : 0.0f, e == tn, N);
 }
 
 template <int E, int K>
