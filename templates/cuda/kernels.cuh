@@ -370,6 +370,19 @@ static inline const __nv_bfloat16 *cast_keep(const kctx *k, kctx *rest, const fl
     return k->cast;
 }
 
+/* cast_keep's scratch for an operand whose bf16 copy is there already
+ * (layernorm_backward's copy16 wrote it): *rest past it */
+static inline const __nv_bfloat16 *cast_kept(const kctx *k, kctx *rest, int64_t n)
+{
+    *rest = *k;
+    if (!k->cast)
+        return nullptr;
+    const int64_t used = (n + 7) & ~(int64_t)7;
+    rest->cast = k->cast + used;
+    rest->cast_elems = k->cast_elems - used;
+    return k->cast;
+}
+
 /* a copy of k whose products are plain fp32 whatever the precision (a
  * router with fp32_gate) */
 static inline kctx fp32_ctx(const kctx *k)
@@ -1278,11 +1291,15 @@ static inline void linear_forward(const kctx *k, float *out, mm_in inp, const fl
  * (from the bf16 values where the producer wrote dout in bf16 alone: the
  * bias's gradient then sums rounded values, as under PyTorch's autocast) */
 static inline void linear_backward(const kctx *k, float *dinp, float *dw, float *db, mm_in dout, mm_in inp,
-                                   const float *w, int M, int K, int N, int acc, bool dinp16 = false)
+                                   const float *w, int M, int K, int N, int acc, bool dinp16 = false,
+                                   bool dout_kept = false)
 {
     /* dinp16: in bf16 precision dinp is written in bf16 alone, into the
      * first half of its room (bf16_half), for a consumer that reads it so
-     * (attention_backward's dout16); acc 0 only */
+     * (attention_backward's dout16); acc 0 only. dout_kept: dout's bf16
+     * copy is at the start of the operand scratch already (the layer
+     * norm's backward that wrote dout made it: layernorm_backward's
+     * copy16) */
     dinp16 = dinp16 && dinp && k->cast;
     if (M > 0 && dout.f && !dinp16 && narrow_ok(k, inp, w, N, K) && ((uintptr_t)dout.f & 15) == 0 &&
         (!dinp || ((uintptr_t)dinp & 15) == 0)) {
@@ -1292,7 +1309,10 @@ static inline void linear_backward(const kctx *k, float *dinp, float *dw, float 
         return;
     }
     kctx kr = *k; /* with dinp two products take dout: rounded once */
-    const __nv_bfloat16 *g16 = dout.h ? dout.h : dinp ? cast_keep(k, &kr, dout.f, (int64_t)M * N) : nullptr;
+    const __nv_bfloat16 *g16 = dout.h  ? dout.h
+                               : !dinp ? nullptr
+                               : dout_kept ? cast_kept(k, &kr, (int64_t)M * N)
+                                           : cast_keep(k, &kr, dout.f, (int64_t)M * N);
     if (dinp16)
         mm_nn(&kr, mm_out(bf16_half(k, dinp)), mm_pick(g16, dout.f), w, M, K, N, acc ? 1.0f : 0.0f);
     else if (dinp)
@@ -2009,7 +2029,7 @@ static __global__ void layernorm_fwd_kernel(float *out, __nv_bfloat16 *out16, fl
 template <int D>
 static __global__ void layernorm_bwd_kernel(float *dinp, float *part, const float *dout, const float *inp,
                                             const float *w, const float *mean, const float *rstd, int N, int acc,
-                                            int NS)
+                                            int NS, __nv_bfloat16 *dinp16)
 {
     constexpr int PER = (D + 31) / 32;
     extern __shared__ float sm[]; /* [warps][NS D] */
@@ -2047,6 +2067,8 @@ static __global__ void layernorm_bwd_kernel(float *dinp, float *part, const floa
                 const float v = (gw[j] - sg - xh[j] * sgx) * s, y = acc ? dx[i] + v : v;
                 dx[i] = y;
                 ds[j] += y;
+                if (dinp16)
+                    dinp16[(int64_t)row * D + i] = __float2bfloat16_rn(y);
             }
         }
     }
@@ -2123,17 +2145,26 @@ template <int D> static inline void layernorm_setup()
 /* dsum (NULL: none) += the column sums of dinp as written (after acc): the
  * bias gradient of the op whose output's gradient dinp is, when nothing
  * writes dinp after this (emit_cuda.c's plan_ln_sums), in the same pass,
- * instead of a pass of that op's backward over dinp */
+ * instead of a pass of that op's backward over dinp. copy16: in bf16
+ * precision, dinp as written is also rounded to bf16 at the start of the
+ * operand scratch (k->cast), for that op's linear_backward (dout_kept),
+ * which would otherwise read dinp again to round it (cast_keep) */
 template <int D>
 static inline void layernorm_backward(const kctx *k, float *dinp, float *dw, float *db, const float *dout,
                                       const float *inp, const float *w, const float *mean, const float *rstd, int N,
-                                      int acc, float *dsum = nullptr)
+                                      int acc, float *dsum = nullptr, bool copy16 = false)
 {
     static_assert(ln_bwd_smem<D>() <= 227 * 1024, "layer norm width too large for the backward kernel");
     const int NS = dsum && ln_sum_ok<D>() ? 3 : 2;
     red_need(k, (int64_t)LN_BLOCKS * NS * D);
+    __nv_bfloat16 *dinp16 = copy16 ? k->cast : nullptr;
+    if (dinp16 && (int64_t)N * D > k->cast_elems) {
+        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
+                (long long)k->cast_elems, (long long)N * D);
+        exit(1);
+    }
     layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, ln_bwd_smem<D>(NS), k->stream>>>(dinp, k->red, dout, inp, w, mean, rstd,
-                                                                                N, acc, NS);
+                                                                                N, acc, NS, dinp16);
     LAUNCH_CHECK();
     layernorm_bwd_final_kernel<<<(unsigned)((NS * D + 31) / 32), 32 * LN_FINAL_LANES, 0, k->stream>>>(
         dw, db, dsum, k->red, D, LN_BLOCKS, NS);

@@ -449,6 +449,17 @@ static void test_linear()
             report(written == 0, "linear_backward", "dinp16: the room's second half not written [bf16]",
                    (double)written, 0.0);
         }
+        /* dout's bf16 copy at the operand scratch's start already (dout_kept:
+         * a layer norm's copy16 made it): the bits of rounding it here */
+        {
+            to_bf16(&g_k, g_k.cast, d_dout, (int64_t)dout.size());
+            float *d_dik = dpoison<float>((size_t)M * K), *d_dwk = dup(fvec((size_t)N * K, 0.0f));
+            linear_backward(&g_k, d_dik, d_dwk, nullptr, d_dout, d_inp, d_w, M, K, N, 0, false, true);
+            check("linear_backward", "dinp from dout's kept bf16 copy (dout_kept): the same bits [bf16]",
+                  down(d_dik, (size_t)M * K), down(d_di32, (size_t)M * K), 0.0);
+            check("linear_backward", "dw from dout's kept bf16 copy (dout_kept): the same bits [bf16]",
+                  down(d_dwk, (size_t)N * K), down(d_dw32, (size_t)N * K), 0.0);
+        }
         /* cuBLASLt's bias epilogue (linear_forward with a bias in bf16
          * precision): taken, and the sums of the product and a pass */
         float *d_lt = dpoison<float>((size_t)M * N), *d_pass = dpoison<float>((size_t)M * N);
@@ -950,6 +961,7 @@ template <int D> static void test_layernorm()
     float *d_dout = dup(dout), *d_mean_ref = dup(mean), *d_rstd_ref = dup(rstd);
     for (int acc = 0; acc <= 1; acc++) {
         fvec dinp = rnd(r, inp.size(), -1, 1), dw = rnd(r, D, -1, 1), db = rnd(r, D, -1, 1);
+        const fvec dinp0 = dinp, dw0 = dw, db0 = db; /* the CPU reference overwrites them */
         float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dw = dup(dw), *d_db = dup(db);
         /* and the sums of dinp as written (dsum: an output bias's gradient) */
         const fvec ds0 = rnd(r, D, -1, 1);
@@ -969,6 +981,19 @@ template <int D> static void test_layernorm()
               down(d_dinp, dinp.size()), 0.0);
         check("layernorm_backward", "dw with dsum: the same bits, " + c, down(d_dw2, D), down(d_dw, D), 0.0);
         check("layernorm_backward", "db with dsum: the same bits, " + c, down(d_db2, D), down(d_db, D), 0.0);
+        { /* bf16 precision: dinp's bf16 copy at the operand scratch's start (copy16) */
+            kctx kb = g_k;
+            kb.cast = dpoison<__nv_bfloat16>(dinp.size());
+            kb.cast_elems = (int64_t)dinp.size();
+            float *d_dinp3 = acc ? dup(dinp0) : dpoison<float>(dinp.size()), *d_dw3 = dup(dw0), *d_db3 = dup(db0);
+            float *d_ds3 = dup(ds0);
+            layernorm_backward<D>(&kb, d_dinp3, d_dw3, d_db3, d_dout, d_inp, d_w, d_mean_ref, d_rstd_ref, N, acc, d_ds3,
+                                  true);
+            check_copy16("layernorm_backward", "dinp's bf16 copy (copy16), " + c, kb.cast, d_dinp3, dinp.size());
+            check("layernorm_backward", "dinp with copy16: the same bits, " + c, down(d_dinp3, dinp.size()),
+                  down(d_dinp, dinp.size()), 0.0);
+            check("layernorm_backward", "dsum with copy16: the same bits, " + c, down(d_ds3, D), down(d_ds, D), 0.0);
+        }
     }
     dfree_all();
 }
@@ -1858,7 +1883,7 @@ int main(void)
     test_hier();
     test_layernorm<96>();
     test_layernorm<256>();
-    layernorm_setup<1024>(); /* 64 KiB of shared memory: more than a launch gets unasked */
+    layernorm_setup<1024>(); /* 96 KiB of shared memory with dsum: more than a launch gets unasked */
     test_layernorm<1024>();
     test_l2norm();
     test_moe_aux_sums<7, 3>(66560); /* config P's layers */
