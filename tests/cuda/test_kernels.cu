@@ -1568,6 +1568,22 @@ static void test_optimizer()
     check_scalar("grad_norm", fmt("|g| of %lld floats (vs a double sum)", (long long)n), down(d_gn, 1)[0], gn, 1e-10);
     printf("# |g| = %.6g\n", gn);
     {
+        /* the 4-wide kernel's unrolled loop (n / 4 above the grid's
+         * 65,536 threads), and the scalar kernel where g is not 16-byte
+         * aligned (from its second float) */
+        const int64_t nb = 1234567;
+        const fvec gb = rnd(r, (size_t)nb, -1, 1);
+        float *d_gb = dup(gb);
+        double *d_n = dpoison<double>(2);
+        grad_norm(&g_k, d_n, d_gb, nb);
+        grad_norm(&g_k, d_n + 1, d_gb + 1, nb - 1);
+        const std::vector<double> got = down(d_n, 2);
+        check_scalar("grad_norm", fmt("|g| of %lld floats, 4 a load", (long long)nb), got[0],
+                     ref_grad_norm(gb.data(), (size_t)nb), 1e-10);
+        check_scalar("grad_norm", fmt("|g| of %lld floats not 16-byte aligned", (long long)nb - 1), got[1],
+                     ref_grad_norm(gb.data() + 1, (size_t)nb - 1), 1e-10);
+    }
+    {
         /* the pieces of a sharded arena: two runs and the rest, which add
          * up to the whole; sqrt_sum_kernel joins two sums */
         const std::vector<int64_t> runs = { 100, 2600, 7001, 9000 }, rest = { 0, 100, 2600, 7001, 9000, n };
