@@ -466,6 +466,33 @@ static bool attn_bf16_rooms(const mc_op *op)
     return op->kind == OP_ATTENTION && attn_shape(op, &T, &HD, &NH) && attn_qkv16_ok(T, HD) && attn_half_ok(T, HD);
 }
 
+/* whether op j's backward makes its insides again before its last
+ * product's backward (recompute = all, but for the last layer of its
+ * kind): that code may round operands into the operand scratch */
+static bool recomputes_in_backward(const mc_model *m, int j)
+{
+    const mc_op *op = &m->ops[j];
+    if (m->train.recompute != RECOMPUTE_ALL)
+        return false;
+    if (op->kind == OP_MLP)
+        return later_op(m, j, OP_MLP);
+    if (op->kind != OP_ATTENTION || !attn_bf16_rooms(op))
+        return false;
+    for (int q = j + 1; q < m->nops; q++)
+        if (attn_bf16_rooms(&m->ops[q]))
+            return true;
+    return false;
+}
+
+/* whether op j's output product takes its output gradient's bf16 copy
+ * from the layer norm's backward that sums its bias (layernorm_backward's
+ * copy16, linear_backward's dout_kept): the copy waits at the start of
+ * the operand scratch, which nothing between them may use */
+static bool dout_kept(const gen *g, const cuda_plan *p, int j)
+{
+    return bias_summed_by_ln(g, p, j) && !recomputes_in_backward(g->m, j);
+}
+
 /* A buffer whose room in bf16 precision is floats16 floats, not floats:
  * such buffers lie after every other one (place_halves), so that the
  * others keep one offset in both layouts; each of them has two,
@@ -878,12 +905,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         }
         sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s%s);\n", D, out,
                   mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s, o16);
-        char dsum[48] = "";
-        if (p->ln_sum[i] >= 0) /* plan_ln_sums */
-            snprintf(dsum, sizeof dsum, ", DP(%lldL)", (long long)out_bias_off(g, p->ln_sum[i]));
+        char dsum[64] = "";
+        if (p->ln_sum[i] >= 0) /* plan_ln_sums; copy16 where dout_kept */
+            snprintf(dsum, sizeof dsum, ", DP(%lldL)%s", (long long)out_bias_off(g, p->ln_sum[i]),
+                     dout_kept(g, p, p->ln_sum[i]) ? ", true" : "");
         if (dsum[0])
-            sb_printf(&b, "    /* and op %d's output bias's gradient, the sums of %s (plan_ln_sums) */\n",
-                      p->ln_sum[i], din);
+            sb_printf(&b, "    /* and op %d's output bias's gradient, the sums of %s (plan_ln_sums)%s */\n",
+                      p->ln_sum[i], din, dout_kept(g, p, p->ln_sum[i]) ? ", and its bf16 copy (dout_kept)" : "");
         sb_printf(&b,
                   "    layernorm_backward<%d>(k, %s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d%s);\n",
                   D, din, (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), mean,
@@ -977,8 +1005,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
          * bf16 alone in bf16 precision (dinp16), which attention's backward
          * stages without rounding it again (dout16): half its bytes */
         const bool g16 = q16 && y16;
+        char lbx[32] = ""; /* dinp16 (g16), dout_kept */
+        if (dout_kept(g, p, i))
+            snprintf(lbx, sizeof lbx, ", %s, true", g16 ? "true" : "false");
+        else if (g16)
+            snprintf(lbx, sizeof lbx, ", true");
         sb_printf(&b, "    linear_backward(k, G(%s), DP(%lldL), %s, %s, %s, P(%lldL), B * %d, %d, %d, 0%s);\n", y,
-                  (long long)w_proj, dbp, dout, ym, (long long)w_proj, T, D, D, g16 ? ", true" : "");
+                  (long long)w_proj, dbp, dout, ym, (long long)w_proj, T, D, D, lbx);
         /* the qkv bias's gradient summed by attention's backward (on bf16
          * fragments in the kernel, from dqkv before its rounding), not by
          * a pass over dqkv in linear_backward */
@@ -1034,8 +1067,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (!bias_summed_by_ln(g, p, i))
             snprintf(db2, sizeof db2, "DP(%lldL)", (long long)out_bias_off(g, i));
         sb_printf(&b,
-                  "    linear_backward(k, G(%s), DP(%lldL), %s, %s, mm_half(k, A(%s)), P(%lldL), B * %d, %d, %d, 0);\n",
-                  aa, (long long)toff(g, i, 2), db2, dout, aa, (long long)toff(g, i, 2), T, H, D);
+                  "    linear_backward(k, G(%s), DP(%lldL), %s, %s, mm_half(k, A(%s)), P(%lldL), B * %d, %d, %d, 0%s);\n",
+                  aa, (long long)toff(g, i, 2), db2, dout, aa, (long long)toff(g, i, 2), T, H, D,
+                  dout_kept(g, p, i) ? ", false, true" : "");
         /* the activation's backward and the first bias's gradient in one pass */
         sb_printf(&b,
                   "    act_bias_backward(k, G(%s), bf16_half(k, G(%s)), DP(%lldL), G(%s), A(%s), B * %d, %d);\n", hh, hh,

@@ -459,30 +459,30 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         linear_backward(&kg, G(V32), DP(604672L), nullptr, G(LOGITS33), A(V32), P(604672L), N, 128, 3, 1);
     }
     /* 32: layernorm blocks.3.norm2 */
-    /* and op 29's output bias's gradient, the sums of G(V30) (plan_ln_sums) */
-    layernorm_backward<128>(k, G(V30), DP(604416L), DP(604544L), G(V32), A(V30), P(604416L), A(MEAN32), A(RSTD32), B * 16, 1, DP(604288L));
+    /* and op 29's output bias's gradient, the sums of G(V30) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<128>(k, G(V30), DP(604416L), DP(604544L), G(V32), A(V30), P(604416L), A(MEAN32), A(RSTD32), B * 16, 1, DP(604288L), true);
     /* 30: residual_end */
     /* the gradients of G(V29) and G(V26) are G(V30)'s (plan_grad_alias) */
     /* 29: attention blocks.3.attn */
-    linear_backward(k, G(Y29), DP(587904L), nullptr, G(V29), attn_mm<16, 32>(k, A(Y29)), P(587904L), B * 16, 128, 128, 0, true);
+    linear_backward(k, G(Y29), DP(587904L), nullptr, G(V29), attn_mm<16, 32>(k, A(Y29)), P(587904L), B * 16, 128, 128, 0, true, true);
     attention_backward<16, 32, 4>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true, true, DP(587520L), true);
     linear_backward(k, G(V28), DP(538368L), nullptr, attn_mm<16, 32>(k, G(QKV29)), mm_half(k, A(V28)), P(538368L), B * 16, 128, 384, 0);
     /* 28: layernorm blocks.3.norm1 */
-    /* and op 25's output bias's gradient, the sums of G(V26) (plan_ln_sums) */
-    layernorm_backward<128>(k, G(V26), DP(538112L), DP(538240L), G(V28), A(V26), P(538112L), A(MEAN28), A(RSTD28), B * 16, 1, DP(537984L));
+    /* and op 25's output bias's gradient, the sums of G(V26) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<128>(k, G(V26), DP(538112L), DP(538240L), G(V28), A(V26), P(538112L), A(MEAN28), A(RSTD28), B * 16, 1, DP(537984L), true);
     /* 26: residual_end */
     /* the gradients of G(V25) and G(V22) are G(V26)'s (plan_grad_alias) */
     /* 25: mlp blocks.2.mlp */
-    linear_backward(k, G(ACTV25), DP(505216L), nullptr, G(V25), mm_half(k, A(ACTV25)), P(505216L), B * 16, 256, 128, 0);
+    linear_backward(k, G(ACTV25), DP(505216L), nullptr, G(V25), mm_half(k, A(ACTV25)), P(505216L), B * 16, 256, 128, 0, false, true);
     act_bias_backward(k, G(H25), bf16_half(k, G(H25)), DP(504960L), G(ACTV25), A(H25), B * 16, 256);
     linear_backward(k, G(V24), DP(472192L), nullptr, mm_half(k, G(H25)), mm_half(k, A(V24)), P(472192L), B * 16, 128, 256, 0);
     /* 24: layernorm blocks.2.norm2 */
-    /* and op 21's output bias's gradient, the sums of G(V22) (plan_ln_sums) */
-    layernorm_backward<128>(k, G(V22), DP(471936L), DP(472064L), G(V24), A(V22), P(471936L), A(MEAN24), A(RSTD24), B * 16, 1, DP(471808L));
+    /* and op 21's output bias's gradient, the sums of G(V22) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<128>(k, G(V22), DP(471936L), DP(472064L), G(V24), A(V22), P(471936L), A(MEAN24), A(RSTD24), B * 16, 1, DP(471808L), true);
     /* 22: residual_end */
     /* the gradients of G(V21) and G(V18) are G(V22)'s (plan_grad_alias) */
     /* 21: attention blocks.2.attn */
-    linear_backward(k, G(Y21), DP(455424L), nullptr, G(V21), attn_mm<16, 32>(k, A(Y21)), P(455424L), B * 16, 128, 128, 0, true);
+    linear_backward(k, G(Y21), DP(455424L), nullptr, G(V21), attn_mm<16, 32>(k, A(Y21)), P(455424L), B * 16, 128, 128, 0, true, true);
     attention_backward<16, 32, 4>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true, true, DP(455040L), true);
     linear_backward(k, G(V20), DP(405888L), nullptr, attn_mm<16, 32>(k, G(QKV21)), mm_half(k, A(V20)), P(405888L), B * 16, 128, 384, 0);
     /* 20: layernorm blocks.2.norm1 */
@@ -504,30 +504,30 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         linear_backward(&kg, G(V16), DP(207488L), nullptr, G(LOGITS17), A(V16), P(207488L), N, 128, 3, 1);
     }
     /* 16: layernorm blocks.1.norm2 */
-    /* and op 13's output bias's gradient, the sums of G(V14) (plan_ln_sums) */
-    layernorm_backward<128>(k, G(V14), DP(207232L), DP(207360L), G(V16), A(V14), P(207232L), A(MEAN16), A(RSTD16), B * 16, 1, DP(207104L));
+    /* and op 13's output bias's gradient, the sums of G(V14) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<128>(k, G(V14), DP(207232L), DP(207360L), G(V16), A(V14), P(207232L), A(MEAN16), A(RSTD16), B * 16, 1, DP(207104L), true);
     /* 14: residual_end */
     /* the gradients of G(V13) and G(V10) are G(V14)'s (plan_grad_alias) */
     /* 13: attention blocks.1.attn */
-    linear_backward(k, G(Y13), DP(190720L), nullptr, G(V13), attn_mm<16, 32>(k, A(Y13)), P(190720L), B * 16, 128, 128, 0, true);
+    linear_backward(k, G(Y13), DP(190720L), nullptr, G(V13), attn_mm<16, 32>(k, A(Y13)), P(190720L), B * 16, 128, 128, 0, true, true);
     attention_backward<16, 32, 4>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true, true, DP(190336L), true);
     linear_backward(k, G(V12), DP(141184L), nullptr, attn_mm<16, 32>(k, G(QKV13)), mm_half(k, A(V12)), P(141184L), B * 16, 128, 384, 0);
     /* 12: layernorm blocks.1.norm1 */
-    /* and op 9's output bias's gradient, the sums of G(V10) (plan_ln_sums) */
-    layernorm_backward<128>(k, G(V10), DP(140928L), DP(141056L), G(V12), A(V10), P(140928L), A(MEAN12), A(RSTD12), B * 16, 1, DP(140800L));
+    /* and op 9's output bias's gradient, the sums of G(V10) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<128>(k, G(V10), DP(140928L), DP(141056L), G(V12), A(V10), P(140928L), A(MEAN12), A(RSTD12), B * 16, 1, DP(140800L), true);
     /* 10: residual_end */
     /* the gradients of G(V9) and G(V6) are G(V10)'s (plan_grad_alias) */
     /* 9: mlp blocks.0.mlp */
-    linear_backward(k, G(ACTV9), DP(108032L), nullptr, G(V9), mm_half(k, A(ACTV9)), P(108032L), B * 16, 256, 128, 0);
+    linear_backward(k, G(ACTV9), DP(108032L), nullptr, G(V9), mm_half(k, A(ACTV9)), P(108032L), B * 16, 256, 128, 0, false, true);
     act_bias_backward(k, G(H9), bf16_half(k, G(H9)), DP(107776L), G(ACTV9), A(H9), B * 16, 256);
     linear_backward(k, G(V8), DP(75008L), nullptr, mm_half(k, G(H9)), mm_half(k, A(V8)), P(75008L), B * 16, 128, 256, 0);
     /* 8: layernorm blocks.0.norm2 */
-    /* and op 5's output bias's gradient, the sums of G(V6) (plan_ln_sums) */
-    layernorm_backward<128>(k, G(V6), DP(74752L), DP(74880L), G(V8), A(V6), P(74752L), A(MEAN8), A(RSTD8), B * 16, 1, DP(74624L));
+    /* and op 5's output bias's gradient, the sums of G(V6) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<128>(k, G(V6), DP(74752L), DP(74880L), G(V8), A(V6), P(74752L), A(MEAN8), A(RSTD8), B * 16, 1, DP(74624L), true);
     /* 6: residual_end */
     /* the gradients of G(V5) and G(V2) are G(V6)'s (plan_grad_alias) */
     /* 5: attention blocks.0.attn */
-    linear_backward(k, G(Y5), DP(58240L), nullptr, G(V5), attn_mm<16, 32>(k, A(Y5)), P(58240L), B * 16, 128, 128, 0, true);
+    linear_backward(k, G(Y5), DP(58240L), nullptr, G(V5), attn_mm<16, 32>(k, A(Y5)), P(58240L), B * 16, 128, 128, 0, true, true);
     attention_backward<16, 32, 4>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true, true, DP(57856L), true);
     linear_backward(k, G(V4), DP(8704L), nullptr, attn_mm<16, 32>(k, G(QKV5)), mm_half(k, A(V4)), P(8704L), B * 16, 128, 384, 0);
     /* 4: layernorm blocks.0.norm1 */

@@ -611,30 +611,30 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         linear_backward(&kg, G(V48), DP(3570624L), nullptr, G(LOGITS49), A(V48), P(3570624L), N, 192, 3, 1);
     }
     /* 48: layernorm blocks.5.norm2 */
-    /* and op 45's output bias's gradient, the sums of G(V46) (plan_ln_sums) */
-    layernorm_backward<192>(k, G(V46), DP(3570240L), DP(3570432L), G(V48), A(V46), P(3570240L), A(MEAN48), A(RSTD48), B * 16, 1, DP(3570048L));
+    /* and op 45's output bias's gradient, the sums of G(V46) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<192>(k, G(V46), DP(3570240L), DP(3570432L), G(V48), A(V46), P(3570240L), A(MEAN48), A(RSTD48), B * 16, 1, DP(3570048L), true);
     /* 46: residual_end */
     /* the gradients of G(V45) and G(V42) are G(V46)'s (plan_grad_alias) */
     /* 45: attention blocks.5.attn */
-    linear_backward(k, G(Y45), DP(3533184L), nullptr, G(V45), attn_mm<16, 32>(k, A(Y45)), P(3533184L), B * 16, 192, 192, 0, true);
+    linear_backward(k, G(Y45), DP(3533184L), nullptr, G(V45), attn_mm<16, 32>(k, A(Y45)), P(3533184L), B * 16, 192, 192, 0, true, true);
     attention_backward<16, 32, 6>(k, G(QKV45), G(Y45), A(QKV45), A(ATT45), B, true, true, DP(3532608L), true);
     linear_backward(k, G(V44), DP(3422016L), nullptr, attn_mm<16, 32>(k, G(QKV45)), mm_half(k, A(V44)), P(3422016L), B * 16, 192, 576, 0);
     /* 44: layernorm blocks.5.norm1 */
-    /* and op 41's output bias's gradient, the sums of G(V42) (plan_ln_sums) */
-    layernorm_backward<192>(k, G(V42), DP(3421632L), DP(3421824L), G(V44), A(V42), P(3421632L), A(MEAN44), A(RSTD44), B * 16, 1, DP(3421440L));
+    /* and op 41's output bias's gradient, the sums of G(V42) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<192>(k, G(V42), DP(3421632L), DP(3421824L), G(V44), A(V42), P(3421632L), A(MEAN44), A(RSTD44), B * 16, 1, DP(3421440L), true);
     /* 42: residual_end */
     /* the gradients of G(V41) and G(V38) are G(V42)'s (plan_grad_alias) */
     /* 41: mlp blocks.4.mlp */
-    linear_backward(k, G(ACTV41), DP(3273984L), nullptr, G(V41), mm_half(k, A(ACTV41)), P(3273984L), B * 16, 768, 192, 0);
+    linear_backward(k, G(ACTV41), DP(3273984L), nullptr, G(V41), mm_half(k, A(ACTV41)), P(3273984L), B * 16, 768, 192, 0, false, true);
     act_bias_backward(k, G(H41), bf16_half(k, G(H41)), DP(3273216L), G(ACTV41), A(H41), B * 16, 768);
     linear_backward(k, G(V40), DP(3125760L), nullptr, mm_half(k, G(H41)), mm_half(k, A(V40)), P(3125760L), B * 16, 192, 768, 0);
     /* 40: layernorm blocks.4.norm2 */
-    /* and op 37's output bias's gradient, the sums of G(V38) (plan_ln_sums) */
-    layernorm_backward<192>(k, G(V38), DP(3125376L), DP(3125568L), G(V40), A(V38), P(3125376L), A(MEAN40), A(RSTD40), B * 16, 1, DP(3125184L));
+    /* and op 37's output bias's gradient, the sums of G(V38) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<192>(k, G(V38), DP(3125376L), DP(3125568L), G(V40), A(V38), P(3125376L), A(MEAN40), A(RSTD40), B * 16, 1, DP(3125184L), true);
     /* 38: residual_end */
     /* the gradients of G(V37) and G(V34) are G(V38)'s (plan_grad_alias) */
     /* 37: attention blocks.4.attn */
-    linear_backward(k, G(Y37), DP(3088320L), nullptr, G(V37), attn_mm<16, 32>(k, A(Y37)), P(3088320L), B * 16, 192, 192, 0, true);
+    linear_backward(k, G(Y37), DP(3088320L), nullptr, G(V37), attn_mm<16, 32>(k, A(Y37)), P(3088320L), B * 16, 192, 192, 0, true, true);
     attention_backward<16, 32, 6>(k, G(QKV37), G(Y37), A(QKV37), A(ATT37), B, true, true, DP(3087744L), true);
     linear_backward(k, G(V36), DP(2977152L), nullptr, attn_mm<16, 32>(k, G(QKV37)), mm_half(k, A(V36)), P(2977152L), B * 16, 192, 576, 0);
     /* 36: layernorm blocks.4.norm1 */
@@ -656,30 +656,30 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         linear_backward(&kg, G(V32), DP(2088576L), nullptr, G(LOGITS33), A(V32), P(2088576L), N, 192, 3, 1);
     }
     /* 32: layernorm blocks.3.norm2 */
-    /* and op 29's output bias's gradient, the sums of G(V30) (plan_ln_sums) */
-    layernorm_backward<192>(k, G(V30), DP(2088192L), DP(2088384L), G(V32), A(V30), P(2088192L), A(MEAN32), A(RSTD32), B * 16, 1, DP(2088000L));
+    /* and op 29's output bias's gradient, the sums of G(V30) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<192>(k, G(V30), DP(2088192L), DP(2088384L), G(V32), A(V30), P(2088192L), A(MEAN32), A(RSTD32), B * 16, 1, DP(2088000L), true);
     /* 30: residual_end */
     /* the gradients of G(V29) and G(V26) are G(V30)'s (plan_grad_alias) */
     /* 29: attention blocks.3.attn */
-    linear_backward(k, G(Y29), DP(2051136L), nullptr, G(V29), attn_mm<16, 32>(k, A(Y29)), P(2051136L), B * 16, 192, 192, 0, true);
+    linear_backward(k, G(Y29), DP(2051136L), nullptr, G(V29), attn_mm<16, 32>(k, A(Y29)), P(2051136L), B * 16, 192, 192, 0, true, true);
     attention_backward<16, 32, 6>(k, G(QKV29), G(Y29), A(QKV29), A(ATT29), B, true, true, DP(2050560L), true);
     linear_backward(k, G(V28), DP(1939968L), nullptr, attn_mm<16, 32>(k, G(QKV29)), mm_half(k, A(V28)), P(1939968L), B * 16, 192, 576, 0);
     /* 28: layernorm blocks.3.norm1 */
-    /* and op 25's output bias's gradient, the sums of G(V26) (plan_ln_sums) */
-    layernorm_backward<192>(k, G(V26), DP(1939584L), DP(1939776L), G(V28), A(V26), P(1939584L), A(MEAN28), A(RSTD28), B * 16, 1, DP(1939392L));
+    /* and op 25's output bias's gradient, the sums of G(V26) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<192>(k, G(V26), DP(1939584L), DP(1939776L), G(V28), A(V26), P(1939584L), A(MEAN28), A(RSTD28), B * 16, 1, DP(1939392L), true);
     /* 26: residual_end */
     /* the gradients of G(V25) and G(V22) are G(V26)'s (plan_grad_alias) */
     /* 25: mlp blocks.2.mlp */
-    linear_backward(k, G(ACTV25), DP(1791936L), nullptr, G(V25), mm_half(k, A(ACTV25)), P(1791936L), B * 16, 768, 192, 0);
+    linear_backward(k, G(ACTV25), DP(1791936L), nullptr, G(V25), mm_half(k, A(ACTV25)), P(1791936L), B * 16, 768, 192, 0, false, true);
     act_bias_backward(k, G(H25), bf16_half(k, G(H25)), DP(1791168L), G(ACTV25), A(H25), B * 16, 768);
     linear_backward(k, G(V24), DP(1643712L), nullptr, mm_half(k, G(H25)), mm_half(k, A(V24)), P(1643712L), B * 16, 192, 768, 0);
     /* 24: layernorm blocks.2.norm2 */
-    /* and op 21's output bias's gradient, the sums of G(V22) (plan_ln_sums) */
-    layernorm_backward<192>(k, G(V22), DP(1643328L), DP(1643520L), G(V24), A(V22), P(1643328L), A(MEAN24), A(RSTD24), B * 16, 1, DP(1643136L));
+    /* and op 21's output bias's gradient, the sums of G(V22) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<192>(k, G(V22), DP(1643328L), DP(1643520L), G(V24), A(V22), P(1643328L), A(MEAN24), A(RSTD24), B * 16, 1, DP(1643136L), true);
     /* 22: residual_end */
     /* the gradients of G(V21) and G(V18) are G(V22)'s (plan_grad_alias) */
     /* 21: attention blocks.2.attn */
-    linear_backward(k, G(Y21), DP(1606272L), nullptr, G(V21), attn_mm<16, 32>(k, A(Y21)), P(1606272L), B * 16, 192, 192, 0, true);
+    linear_backward(k, G(Y21), DP(1606272L), nullptr, G(V21), attn_mm<16, 32>(k, A(Y21)), P(1606272L), B * 16, 192, 192, 0, true, true);
     attention_backward<16, 32, 6>(k, G(QKV21), G(Y21), A(QKV21), A(ATT21), B, true, true, DP(1605696L), true);
     linear_backward(k, G(V20), DP(1495104L), nullptr, attn_mm<16, 32>(k, G(QKV21)), mm_half(k, A(V20)), P(1495104L), B * 16, 192, 576, 0);
     /* 20: layernorm blocks.2.norm1 */
@@ -701,30 +701,30 @@ void dev_backward(const kctx *k, dev_model *d, int B)
         linear_backward(&kg, G(V16), DP(606528L), nullptr, G(LOGITS17), A(V16), P(606528L), N, 192, 3, 1);
     }
     /* 16: layernorm blocks.1.norm2 */
-    /* and op 13's output bias's gradient, the sums of G(V14) (plan_ln_sums) */
-    layernorm_backward<192>(k, G(V14), DP(606144L), DP(606336L), G(V16), A(V14), P(606144L), A(MEAN16), A(RSTD16), B * 16, 1, DP(605952L));
+    /* and op 13's output bias's gradient, the sums of G(V14) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<192>(k, G(V14), DP(606144L), DP(606336L), G(V16), A(V14), P(606144L), A(MEAN16), A(RSTD16), B * 16, 1, DP(605952L), true);
     /* 14: residual_end */
     /* the gradients of G(V13) and G(V10) are G(V14)'s (plan_grad_alias) */
     /* 13: attention blocks.1.attn */
-    linear_backward(k, G(Y13), DP(569088L), nullptr, G(V13), attn_mm<16, 32>(k, A(Y13)), P(569088L), B * 16, 192, 192, 0, true);
+    linear_backward(k, G(Y13), DP(569088L), nullptr, G(V13), attn_mm<16, 32>(k, A(Y13)), P(569088L), B * 16, 192, 192, 0, true, true);
     attention_backward<16, 32, 6>(k, G(QKV13), G(Y13), A(QKV13), A(ATT13), B, true, true, DP(568512L), true);
     linear_backward(k, G(V12), DP(457920L), nullptr, attn_mm<16, 32>(k, G(QKV13)), mm_half(k, A(V12)), P(457920L), B * 16, 192, 576, 0);
     /* 12: layernorm blocks.1.norm1 */
-    /* and op 9's output bias's gradient, the sums of G(V10) (plan_ln_sums) */
-    layernorm_backward<192>(k, G(V10), DP(457536L), DP(457728L), G(V12), A(V10), P(457536L), A(MEAN12), A(RSTD12), B * 16, 1, DP(457344L));
+    /* and op 9's output bias's gradient, the sums of G(V10) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<192>(k, G(V10), DP(457536L), DP(457728L), G(V12), A(V10), P(457536L), A(MEAN12), A(RSTD12), B * 16, 1, DP(457344L), true);
     /* 10: residual_end */
     /* the gradients of G(V9) and G(V6) are G(V10)'s (plan_grad_alias) */
     /* 9: mlp blocks.0.mlp */
-    linear_backward(k, G(ACTV9), DP(309888L), nullptr, G(V9), mm_half(k, A(ACTV9)), P(309888L), B * 16, 768, 192, 0);
+    linear_backward(k, G(ACTV9), DP(309888L), nullptr, G(V9), mm_half(k, A(ACTV9)), P(309888L), B * 16, 768, 192, 0, false, true);
     act_bias_backward(k, G(H9), bf16_half(k, G(H9)), DP(309120L), G(ACTV9), A(H9), B * 16, 768);
     linear_backward(k, G(V8), DP(161664L), nullptr, mm_half(k, G(H9)), mm_half(k, A(V8)), P(161664L), B * 16, 192, 768, 0);
     /* 8: layernorm blocks.0.norm2 */
-    /* and op 5's output bias's gradient, the sums of G(V6) (plan_ln_sums) */
-    layernorm_backward<192>(k, G(V6), DP(161280L), DP(161472L), G(V8), A(V6), P(161280L), A(MEAN8), A(RSTD8), B * 16, 1, DP(161088L));
+    /* and op 5's output bias's gradient, the sums of G(V6) (plan_ln_sums), and its bf16 copy (dout_kept) */
+    layernorm_backward<192>(k, G(V6), DP(161280L), DP(161472L), G(V8), A(V6), P(161280L), A(MEAN8), A(RSTD8), B * 16, 1, DP(161088L), true);
     /* 6: residual_end */
     /* the gradients of G(V5) and G(V2) are G(V6)'s (plan_grad_alias) */
     /* 5: attention blocks.0.attn */
-    linear_backward(k, G(Y5), DP(124224L), nullptr, G(V5), attn_mm<16, 32>(k, A(Y5)), P(124224L), B * 16, 192, 192, 0, true);
+    linear_backward(k, G(Y5), DP(124224L), nullptr, G(V5), attn_mm<16, 32>(k, A(Y5)), P(124224L), B * 16, 192, 192, 0, true, true);
     attention_backward<16, 32, 6>(k, G(QKV5), G(Y5), A(QKV5), A(ATT5), B, true, true, DP(123648L), true);
     linear_backward(k, G(V4), DP(13056L), nullptr, attn_mm<16, 32>(k, G(QKV5)), mm_half(k, A(V4)), P(13056L), B * 16, 192, 576, 0);
     /* 4: layernorm blocks.0.norm1 */

@@ -449,6 +449,17 @@ static void test_linear()
             report(written == 0, "linear_backward", "dinp16: the room's second half not written [bf16]",
                    (double)written, 0.0);
         }
+        /* dout's bf16 copy at the operand scratch's start already (dout_kept:
+         * a layer norm's copy16 made it): the bits of rounding it here */
+        {
+            to_bf16(&g_k, g_k.cast, d_dout, (int64_t)dout.size());
+            float *d_dik = dpoison<float>((size_t)M * K), *d_dwk = dup(fvec((size_t)N * K, 0.0f));
+            linear_backward(&g_k, d_dik, d_dwk, nullptr, d_dout, d_inp, d_w, M, K, N, 0, false, true);
+            check("linear_backward", "dinp from dout's kept bf16 copy (dout_kept): the same bits [bf16]",
+                  down(d_dik, (size_t)M * K), down(d_di32, (size_t)M * K), 0.0);
+            check("linear_backward", "dw from dout's kept bf16 copy (dout_kept): the same bits [bf16]",
+                  down(d_dwk, (size_t)N * K), down(d_dw32, (size_t)N * K), 0.0);
+        }
         /* cuBLASLt's bias epilogue (linear_forward with a bias in bf16
          * precision): taken, and the sums of the product and a pass */
         float *d_lt = dpoison<float>((size_t)M * N), *d_pass = dpoison<float>((size_t)M * N);
@@ -950,6 +961,7 @@ template <int D> static void test_layernorm()
     float *d_dout = dup(dout), *d_mean_ref = dup(mean), *d_rstd_ref = dup(rstd);
     for (int acc = 0; acc <= 1; acc++) {
         fvec dinp = rnd(r, inp.size(), -1, 1), dw = rnd(r, D, -1, 1), db = rnd(r, D, -1, 1);
+        const fvec dinp0 = dinp, dw0 = dw, db0 = db; /* the CPU reference overwrites them */
         float *d_dinp = acc ? dup(dinp) : dpoison<float>(dinp.size()), *d_dw = dup(dw), *d_db = dup(db);
         /* and the sums of dinp as written (dsum: an output bias's gradient) */
         const fvec ds0 = rnd(r, D, -1, 1);
@@ -969,6 +981,19 @@ template <int D> static void test_layernorm()
               down(d_dinp, dinp.size()), 0.0);
         check("layernorm_backward", "dw with dsum: the same bits, " + c, down(d_dw2, D), down(d_dw, D), 0.0);
         check("layernorm_backward", "db with dsum: the same bits, " + c, down(d_db2, D), down(d_db, D), 0.0);
+        { /* bf16 precision: dinp's bf16 copy at the operand scratch's start (copy16) */
+            kctx kb = g_k;
+            kb.cast = dpoison<__nv_bfloat16>(dinp.size());
+            kb.cast_elems = (int64_t)dinp.size();
+            float *d_dinp3 = acc ? dup(dinp0) : dpoison<float>(dinp.size()), *d_dw3 = dup(dw0), *d_db3 = dup(db0);
+            float *d_ds3 = dup(ds0);
+            layernorm_backward<D>(&kb, d_dinp3, d_dw3, d_db3, d_dout, d_inp, d_w, d_mean_ref, d_rstd_ref, N, acc, d_ds3,
+                                  true);
+            check_copy16("layernorm_backward", "dinp's bf16 copy (copy16), " + c, kb.cast, d_dinp3, dinp.size());
+            check("layernorm_backward", "dinp with copy16: the same bits, " + c, down(d_dinp3, dinp.size()),
+                  down(d_dinp, dinp.size()), 0.0);
+            check("layernorm_backward", "dsum with copy16: the same bits, " + c, down(d_ds3, D), down(d_ds, D), 0.0);
+        }
     }
     dfree_all();
 }
@@ -1543,6 +1568,22 @@ static void test_optimizer()
     check_scalar("grad_norm", fmt("|g| of %lld floats (vs a double sum)", (long long)n), down(d_gn, 1)[0], gn, 1e-10);
     printf("# |g| = %.6g\n", gn);
     {
+        /* the 4-wide kernel's unrolled loop (n / 4 above the grid's
+         * 65,536 threads), and the scalar kernel where g is not 16-byte
+         * aligned (from its second float) */
+        const int64_t nb = 1234567;
+        const fvec gb = rnd(r, (size_t)nb, -1, 1);
+        float *d_gb = dup(gb);
+        double *d_n = dpoison<double>(2);
+        grad_norm(&g_k, d_n, d_gb, nb);
+        grad_norm(&g_k, d_n + 1, d_gb + 1, nb - 1);
+        const std::vector<double> got = down(d_n, 2);
+        check_scalar("grad_norm", fmt("|g| of %lld floats, 4 a load", (long long)nb), got[0],
+                     ref_grad_norm(gb.data(), (size_t)nb), 1e-10);
+        check_scalar("grad_norm", fmt("|g| of %lld floats not 16-byte aligned", (long long)nb - 1), got[1],
+                     ref_grad_norm(gb.data() + 1, (size_t)nb - 1), 1e-10);
+    }
+    {
         /* the pieces of a sharded arena: two runs and the rest, which add
          * up to the whole; sqrt_sum_kernel joins two sums */
         const std::vector<int64_t> runs = { 100, 2600, 7001, 9000 }, rest = { 0, 100, 2600, 7001, 9000, n };
@@ -1858,7 +1899,7 @@ int main(void)
     test_hier();
     test_layernorm<96>();
     test_layernorm<256>();
-    layernorm_setup<1024>(); /* 64 KiB of shared memory: more than a launch gets unasked */
+    layernorm_setup<1024>(); /* 96 KiB of shared memory with dsum: more than a launch gets unasked */
     test_layernorm<1024>();
     test_l2norm();
     test_moe_aux_sums<7, 3>(66560); /* config P's layers */
