@@ -5487,10 +5487,6 @@ static inline void moe_aux_losses(const kctx *k, float *aux, double *sums, doubl
     LAUNCH_CHECK();
 }
 
-/* The gradient of everything that reaches the router logits (one warp per
- * token): the gates (renormalised if asked), GShard's balance loss, the
- * importance loss, the softmax Jacobian, the z-loss and DAMEX's routing
- * loss. sums: the summed probabilities and top-1 fractions of the forward. */
 /* The router's backward, per expert e, shared by its two kernels (a warp
  * per token, a thread per token). The importance loss's statistics: the
  * mean and variance of the summed probabilities sums[0, E) */
@@ -5545,6 +5541,10 @@ static __device__ __forceinline__ float router_dlogit(float p, float dp, float s
     return v;
 }
 
+/* The gradient of everything that reaches the router logits (one warp per
+ * token): the gates (renormalised if asked), GShard's balance loss, the
+ * importance loss, the softmax Jacobian, the z-loss and DAMEX's routing
+ * loss. sums: the summed probabilities and top-1 fractions of the forward. */
 template <int E, int K>
 static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate, const float *probs, const float *lse,
                                              const int *topk, const float *topp, const int *target, const double *sums,
