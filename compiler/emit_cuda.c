@@ -468,7 +468,9 @@ static bool attn_bf16_rooms(const mc_op *op)
 
 /* whether op j's backward makes its insides again before its last
  * product's backward (recompute = all, but for the last layer of its
- * kind): that code may round operands into the operand scratch */
+ * kind, whose shared rooms still hold them): gen_op_cuda emits that code
+ * where this says so, and it may round operands into the operand
+ * scratch */
 static bool recomputes_in_backward(const mc_model *m, int j)
 {
     const mc_op *op = &m->ops[j];
@@ -906,12 +908,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s%s);\n", D, out,
                   mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s, o16);
         char dsum[64] = "";
+        const bool copy16 = p->ln_sum[i] >= 0 && dout_kept(g, p, p->ln_sum[i]);
         if (p->ln_sum[i] >= 0) /* plan_ln_sums; copy16 where dout_kept */
             snprintf(dsum, sizeof dsum, ", DP(%lldL)%s", (long long)out_bias_off(g, p->ln_sum[i]),
-                     dout_kept(g, p, p->ln_sum[i]) ? ", true" : "");
+                     copy16 ? ", true" : "");
         if (dsum[0])
             sb_printf(&b, "    /* and op %d's output bias's gradient, the sums of %s (plan_ln_sums)%s */\n",
-                      p->ln_sum[i], din, dout_kept(g, p, p->ln_sum[i]) ? ", and its bf16 copy (dout_kept)" : "");
+                      p->ln_sum[i], din, copy16 ? ", and its bf16 copy (dout_kept)" : "");
         sb_printf(&b,
                   "    layernorm_backward<%d>(k, %s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d%s);\n",
                   D, din, (long long)toff(g, i, 0), (long long)toff(g, i, 1), dout, in, (long long)toff(g, i, 0), mean,
@@ -936,9 +939,6 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
          * again from the layer's input (its layer norm's output, kept);
          * the last such layer's are still there */
         const bool ra = m->train.recompute == RECOMPUTE_ALL && attn_bf16_rooms(op);
-        bool last_attn = true;
-        for (int q = i + 1; q < m->nops; q++)
-            last_attn = last_attn && !attn_bf16_rooms(&m->ops[q]);
         if (q16)
             alloc_inside_half(p, qkv, BATCH * T * 3 * D, "queries, keys, values", ra ? "QKV" : NULL);
         else
@@ -993,7 +993,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(f, "%s", qy.s);
         sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out, ym,
                   (long long)w_proj, (long long)b_proj, T, D, D, res);
-        if (ra && !last_attn)
+        if (recomputes_in_backward(m, i))
             sb_printf(&b, "    /* recompute = all: this layer's q, k, v and heads' outputs again (later layers wrote\n"
                           "     * their shared rooms) */\n%s",
                       qy.s);
@@ -1056,7 +1056,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&fh, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, bf16_half(k, A(%s)), true);\n",
                   act, aa, hh, (long long)toff(g, i, 1), T, H, aa);
         sb_printf(f, "%s", fh.s);
-        if (ra && later_op(m, i, OP_MLP))
+        if (recomputes_in_backward(m, i))
             sb_printf(&b, "    /* recompute = all: this layer's hidden values and activations again (later layers\n"
                           "     * wrote their shared rooms) */\n%s",
                       fh.s);
