@@ -288,6 +288,16 @@ static inline mm_in mm_pick(const __nv_bfloat16 *h, const float *f)
     return h ? mm_in(h) : mm_in(f);
 }
 
+/* that the bf16 operand scratch holds elems elements, or a clear stop */
+static inline void cast_need(const kctx *k, int64_t elems)
+{
+    if (elems > k->cast_elems) {
+        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
+                (long long)k->cast_elems, (long long)elems);
+        exit(1);
+    }
+}
+
 /* bf16 precision: a product's operand of n elements in bf16: as given (x.h),
  * the weights' copy for an operand inside the weights (addresses compared
  * as integers: x.f may lie in another allocation), else rounded into the
@@ -299,11 +309,7 @@ static inline const __nv_bfloat16 *bf16_operand(const kctx *k, mm_in x, int64_t 
     const uintptr_t at = (uintptr_t)x.f, lo = (uintptr_t)k->w32;
     if (k->w16 && at >= lo && at + sizeof(float) * (size_t)n <= lo + sizeof(float) * (size_t)k->w_elems)
         return k->w16 + (at - lo) / sizeof(float);
-    if (*used + n > k->cast_elems) {
-        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
-                (long long)k->cast_elems, (long long)(*used + n));
-        exit(1);
-    }
+    cast_need(k, *used + n);
     __nv_bfloat16 *dst = k->cast + *used;
     to_bf16(k, dst, x.f, n);
     *used += (n + 7) & ~(int64_t)7;
@@ -347,6 +353,21 @@ static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_
                                             CUBLAS_GEMM_DEFAULT));
 }
 
+/* cast_keep's scratch for an operand of n elements whose bf16 copy is
+ * there already (layernorm_backward's copy16 wrote it), or is about to be
+ * (cast_keep): *rest past it */
+static inline const __nv_bfloat16 *cast_kept(const kctx *k, kctx *rest, int64_t n)
+{
+    *rest = *k;
+    if (!k->cast)
+        return nullptr;
+    const int64_t used = (n + 7) & ~(int64_t)7;
+    cast_need(k, used);
+    rest->cast = k->cast + used;
+    rest->cast_elems = k->cast_elems - used;
+    return k->cast;
+}
+
 /* An operand that several products take (a gradient: the input's
  * product and the weights'), in bf16 precision rounded once, at the start
  * of the scratch; *rest is k with the scratch after it, for those
@@ -355,32 +376,10 @@ static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_
  * with *rest = *k, in the other precisions. */
 static inline const __nv_bfloat16 *cast_keep(const kctx *k, kctx *rest, const float *src, int64_t n)
 {
-    *rest = *k;
-    if (!k->cast)
-        return nullptr;
-    const int64_t used = (n + 7) & ~(int64_t)7;
-    if (used > k->cast_elems) {
-        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
-                (long long)k->cast_elems, (long long)used);
-        exit(1);
-    }
-    to_bf16(k, k->cast, src, n);
-    rest->cast = k->cast + used;
-    rest->cast_elems = k->cast_elems - used;
-    return k->cast;
-}
-
-/* cast_keep's scratch for an operand whose bf16 copy is there already
- * (layernorm_backward's copy16 wrote it): *rest past it */
-static inline const __nv_bfloat16 *cast_kept(const kctx *k, kctx *rest, int64_t n)
-{
-    *rest = *k;
-    if (!k->cast)
-        return nullptr;
-    const int64_t used = (n + 7) & ~(int64_t)7;
-    rest->cast = k->cast + used;
-    rest->cast_elems = k->cast_elems - used;
-    return k->cast;
+    const __nv_bfloat16 *h = cast_kept(k, rest, n);
+    if (h)
+        to_bf16(k, k->cast, src, n);
+    return h;
 }
 
 /* a copy of k whose products are plain fp32 whatever the precision (a
@@ -2168,11 +2167,8 @@ static inline void layernorm_backward(const kctx *k, float *dinp, float *dw, flo
     const int NS = dsum && ln_sum_ok<D>() ? 3 : 2;
     red_need(k, (int64_t)LN_BLOCKS * NS * D);
     __nv_bfloat16 *dinp16 = copy16 ? k->cast : nullptr;
-    if (dinp16 && (int64_t)N * D > k->cast_elems) {
-        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
-                (long long)k->cast_elems, (long long)N * D);
-        exit(1);
-    }
+    if (dinp16)
+        cast_need(k, (int64_t)N * D);
     layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, ln_bwd_smem<D>(NS), k->stream>>>(dinp, k->red, dout, inp, w, mean, rstd,
                                                                                 N, acc, NS, dinp16);
     LAUNCH_CHECK();
