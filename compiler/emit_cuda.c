@@ -1120,9 +1120,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
              * moe_a16), and xe and ye too on one GPU (moe_x16: expert
              * parallelism sends fp32 rows) */
             const char *room = rc && k >= 8 && k <= 11 ? fl[k] : NULL; /* one for every layer's */
-            if (k == 9 || ((k == 8 || k == 11) && m->parallel.expert == 1))
+            /* h and a have no gradient rooms: the backward writes da and
+             * dh where a was (moe_ffn_backward_rows) */
+            if ((k == 8 || k == 11) && m->parallel.expert == 1)
                 alloc_inside_half(p, nm[k], fsz[k], fwhat[k], room);
-            else if (k == 10)
+            else if (k == 9 || k == 10)
                 alloc_half(p, nm[k], fsz[k], fwhat[k], room);
             else if (k == 0 || k == 4 || k == 8 || k == 11)
                 alloc_inside(g, p, nm[k], fsz[k], fwhat[k]);
@@ -1300,11 +1302,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                       D, H, E, K, act_code(x->act), nm[8], nm[8], nm[9], nm[10], nm[11], nm[11], in, (long long)w1,
                       (long long)b1, (long long)w2, (long long)b2);
         sb_printf(&b,
-                  "        moe_experts_backward<%d, %d, %d, %d, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
+                  "        moe_experts_backward<%d, %d, %d, %d, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), "
                   "%s,\n                                          A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "
                   "P(%lldL), P(%lldL),\n                                          DP(%lldL), "
                   "DP(%lldL), DP(%lldL), DP(%lldL), N, cap, %d);\n",
-                  D, H, E, K, EP, din, nm[4], nm[11], yr, nm[9], xr, nm[8], dout, xr, nm[9], nm[10], nm[11],
+                  D, H, E, K, EP, din, nm[4], nm[11], yr, xr, nm[8], dout, xr, nm[9], nm[10], nm[11],
                   (long long)w1, (long long)w2, (long long)b2, (long long)w1, (long long)b1, (long long)w2,
                   (long long)b2, acc);
         sb_printf(&b,

@@ -148,8 +148,7 @@
 #define LOGITS17_G       (GSCRATCH + 0L)
 #define GATE17_G         (GSCRATCH + 6144L)
 #define XE17_G           (GSCRATCH + 8192L)
-#define HE17_G           (GSCRATCH + 335744L)
-#define YE17_G           (GSCRATCH + 990848L)
+#define YE17_G           (GSCRATCH + 335744L)
 #define V18_G            V22_G /* shared: plan_grad_alias */
 #define V20_G                       0L
 #define V21_G            V22_G /* shared: plan_grad_alias */
@@ -171,8 +170,7 @@
 #define LOGITS33_G       (GSCRATCH + 0L)
 #define GATE33_G         (GSCRATCH + 6144L)
 #define XE33_G           (GSCRATCH + 8192L)
-#define HE33_G           (GSCRATCH + 335744L)
-#define YE33_G           (GSCRATCH + 990848L)
+#define YE33_G           (GSCRATCH + 335744L)
 #define V34_G                  279808L
 #define V35_G                   17664L
 #define V36_G                    1280L
@@ -286,7 +284,7 @@ const dev_layout DEV_LAYOUT = {
     806942L, /* params */
     15931296L, /* act_floats */
     10033824L, /* act_floats16: in bf16 precision */
-    1860352L, /* grad_floats */
+    1590528L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */
     30L, /* stats: u64 */
@@ -452,7 +450,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
+        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(XE33), G(XE33), G(V33),
                                           A(XE33), A(HE33), A(AE33), A(YE33), &r, P(605056L), P(704128L), P(802432L),
                                           DP(605056L), DP(703360L), DP(704128L), DP(802432L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
@@ -497,7 +495,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
+        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(XE17), G(XE17), G(V17),
                                           A(XE17), A(HE17), A(AE17), A(YE17), &r, P(207872L), P(306944L), P(405248L),
                                           DP(207872L), DP(306176L), DP(306944L), DP(405248L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);

@@ -195,8 +195,7 @@
 #define LOGITS17_G       (GSCRATCH + 0L)
 #define GATE17_G         (GSCRATCH + 49152L)
 #define XE17_G           (GSCRATCH + 65536L)
-#define HE17_G           (GSCRATCH + 6357760L)
-#define YE17_G           (GSCRATCH + 31526656L)
+#define YE17_G           (GSCRATCH + 6357760L)
 #define V18_G            V22_G /* shared: plan_grad_alias */
 #define V20_G                       0L
 #define V21_G            V22_G /* shared: plan_grad_alias */
@@ -218,8 +217,7 @@
 #define LOGITS33_G       (GSCRATCH + 0L)
 #define GATE33_G         (GSCRATCH + 49152L)
 #define XE33_G           (GSCRATCH + 65536L)
-#define HE33_G           (GSCRATCH + 6357760L)
-#define YE33_G           (GSCRATCH + 31526656L)
+#define YE33_G           (GSCRATCH + 6357760L)
 #define V34_G            V38_G /* shared: plan_grad_alias */
 #define V36_G                       0L
 #define V37_G            V38_G /* shared: plan_grad_alias */
@@ -241,8 +239,7 @@
 #define LOGITS49_G       (GSCRATCH + 0L)
 #define GATE49_G         (GSCRATCH + 49152L)
 #define XE49_G           (GSCRATCH + 65536L)
-#define HE49_G           (GSCRATCH + 6357760L)
-#define YE49_G           (GSCRATCH + 31526656L)
+#define YE49_G           (GSCRATCH + 6357760L)
 #define V50_G                 3352576L
 #define V51_G                  206848L
 #define V52_G                   10240L
@@ -387,7 +384,7 @@ const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
     436160048L, /* act_floats */
     261560624L, /* act_floats16: in bf16 precision */
-    44317184L, /* grad_floats */
+    31664128L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */
     45L, /* stats: u64 */
@@ -604,7 +601,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK49), IA(SLOT49), IA(COUNT49), IA(TOKEN49), IA(ROWK49), IA(ORDER49), IA(IOTA49), IA(BLKC49), IA(BLKB49),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V48), G(GATE49), G(YE49), G(YE49), G(HE49), G(XE49), G(XE49), G(V49),
+        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V48), G(GATE49), G(YE49), G(YE49), G(XE49), G(XE49), G(V49),
                                           A(XE49), A(HE49), A(AE49), A(YE49), &r, P(3571200L), P(4015872L), P(4458240L),
                                           DP(3571200L), DP(4013568L), DP(4015872L), DP(4458240L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS49), G(GATE49), &r, IA(TARGET49), d->dacc + 18, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
@@ -649,7 +646,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
+        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(XE33), G(XE33), G(V33),
                                           A(XE33), A(HE33), A(AE33), A(YE33), &r, P(2089152L), P(2533824L), P(2976192L),
                                           DP(2089152L), DP(2531520L), DP(2533824L), DP(2976192L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
@@ -694,7 +691,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
+        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(XE17), G(XE17), G(V17),
                                           A(XE17), A(HE17), A(AE17), A(YE17), &r, P(607104L), P(1051776L), P(1494144L),
                                           DP(607104L), DP(1049472L), DP(1051776L), DP(1494144L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);

@@ -518,10 +518,9 @@
 #define LOGITS82_G       (GSCRATCH + 0L)
 #define GATE82_G         (GSCRATCH + 200704L)
 #define XE82_G           (GSCRATCH + 225792L)
-#define HE82_G           (GSCRATCH + 8253952L)
-#define YE82_G           (GSCRATCH + 32338432L)
-#define XR82_G           (GSCRATCH + 40366592L)
-#define YR82_G           (GSCRATCH + 48394752L)
+#define YE82_G           (GSCRATCH + 8253952L)
+#define XR82_G           (GSCRATCH + 16282112L)
+#define YR82_G           (GSCRATCH + 24310272L)
 #define V83_G            V84_G /* shared: plan_grad_alias */
 #define V84_G            V89_G /* shared: plan_grad_alias */
 #define V86_G                13038592L
@@ -553,10 +552,9 @@
 #define LOGITS102_G      (GSCRATCH + 0L)
 #define GATE102_G        (GSCRATCH + 200704L)
 #define XE102_G          (GSCRATCH + 225792L)
-#define HE102_G          (GSCRATCH + 8253952L)
-#define YE102_G          (GSCRATCH + 32338432L)
-#define XR102_G          (GSCRATCH + 40366592L)
-#define YR102_G          (GSCRATCH + 48394752L)
+#define YE102_G          (GSCRATCH + 8253952L)
+#define XR102_G          (GSCRATCH + 16282112L)
+#define YR102_G          (GSCRATCH + 24310272L)
 #define V103_G           V104_G /* shared: plan_grad_alias */
 #define V104_G                6616064L
 #define V105_G           V110_G /* shared: plan_grad_alias */
@@ -591,10 +589,9 @@
 #define LOGITS123_G      (GSCRATCH + 0L)
 #define GATE123_G        (GSCRATCH + 50176L)
 #define XE123_G          (GSCRATCH + 56448L)
-#define HE123_G          (GSCRATCH + 4070528L)
-#define YE123_G          (GSCRATCH + 16112768L)
-#define XR123_G          (GSCRATCH + 20126848L)
-#define YR123_G          (GSCRATCH + 24140928L)
+#define YE123_G          (GSCRATCH + 4070528L)
+#define XR123_G          (GSCRATCH + 8084608L)
+#define YR123_G          (GSCRATCH + 12098688L)
 #define V124_G           V125_G /* shared: plan_grad_alias */
 #define V125_G                3404800L
 #define V126_G                 193536L
@@ -1259,7 +1256,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK123), IA(SLOT123), IA(COUNT123), IA(TOKEN123), IA(ROWK123), IA(ORDER123), IA(IOTA123), IA(BLKC123), IA(BLKB123),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<512, 1536, 8, 1, 4>(k, G(V122), G(GATE123), G(YE123), G(YR123), G(HE123), G(XR123), G(XE123), G(V123),
+        moe_experts_backward<512, 1536, 8, 1, 4>(k, G(V122), G(GATE123), G(YE123), G(YR123), G(XR123), G(XE123), G(V123),
                                           A(XR123), A(HE123), A(AE123), A(YE123), &r, P(9551680L), P(11127616L), P(12700480L),
                                           DP(9551680L), DP(11124544L), DP(11127616L), DP(12700480L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS123), G(GATE123), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1320,7 +1317,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK102), IA(SLOT102), IA(COUNT102), IA(TOKEN102), IA(ROWK102), IA(ORDER102), IA(IOTA102), IA(BLKC102), IA(BLKB102),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V101), G(GATE102), G(YE102), G(YR102), G(HE102), G(XR102), G(XE102), G(V102),
+        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V101), G(GATE102), G(YE102), G(YR102), G(XR102), G(XE102), G(V102),
                                           A(XR102), A(HE102), A(AE102), A(YE102), &r, P(4552512L), P(4947264L), P(5340480L),
                                           DP(4552512L), DP(4945728L), DP(4947264L), DP(5340480L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS102), G(GATE102), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1377,7 +1374,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK82), IA(SLOT82), IA(COUNT82), IA(TOKEN82), IA(ROWK82), IA(ORDER82), IA(IOTA82), IA(BLKC82), IA(BLKB82),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V81), G(GATE82), G(YE82), G(YR82), G(HE82), G(XR82), G(XE82), G(V82),
+        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V81), G(GATE82), G(YE82), G(YR82), G(XR82), G(XE82), G(V82),
                                           A(XR82), A(HE82), A(AE82), A(YE82), &r, P(2839360L), P(3234112L), P(3627328L),
                                           DP(2839360L), DP(3232576L), DP(3234112L), DP(3627328L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS82), G(GATE82), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);

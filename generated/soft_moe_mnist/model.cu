@@ -57,8 +57,7 @@
 #define LOGITS2_G        (GSCRATCH + 0L)
 #define GATE2_G          (GSCRATCH + 256L)
 #define XE2_G            (GSCRATCH + 512L)
-#define HE2_G            (GSCRATCH + 33280L)
-#define YE2_G            (GSCRATCH + 98816L)
+#define YE2_G            (GSCRATCH + 33280L)
 #define V3_G                      640L
 #define V4_G                        0L
 #define GSCRATCH 17024L
@@ -97,7 +96,7 @@ const dev_layout DEV_LAYOUT = {
     365962L, /* params */
     273360L, /* act_floats */
     175056L, /* act_floats16: in bf16 precision */
-    148608L, /* grad_floats */
+    83072L, /* grad_floats */
     1264L, /* int_slots */
     12L, /* dacc: doubles */
     11L, /* stats: u64 */
@@ -165,7 +164,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK2), IA(SLOT2), IA(COUNT2), IA(TOKEN2), IA(ROWK2), IA(ORDER2), IA(IOTA2), IA(BLKC2), IA(BLKB2),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<128, 256, 4, 4, 1>(k, G(V1), G(GATE2), G(YE2), G(YE2), G(HE2), G(XE2), G(XE2), G(V2),
+        moe_experts_backward<128, 256, 4, 4, 1>(k, G(V1), G(GATE2), G(YE2), G(YE2), G(XE2), G(XE2), G(V2),
                                           A(XE2), A(HE2), A(AE2), A(YE2), &r, P(100992L), P(233088L), P(364160L),
                                           DP(100992L), DP(232064L), DP(233088L), DP(364160L), N, cap, 0);
         moe_router_backward<4, 4>(k, G(LOGITS2), G(GATE2), &r, nullptr, d->dacc + 4, N, 1, 0.0f, 0.0f, 0.0f, 0.01f);

@@ -295,8 +295,7 @@
 #define LOGITS21_G       (GSCRATCH + 0L)
 #define GATE21_G         (GSCRATCH + 133120L)
 #define XE21_G           (GSCRATCH + 149760L)
-#define HE21_G           (GSCRATCH + 4143360L)
-#define YE21_G           (GSCRATCH + 20117760L)
+#define YE21_G           (GSCRATCH + 4143360L)
 #define V22_G            V23_G /* shared: plan_grad_alias */
 #define V23_G            V28_G /* shared: plan_grad_alias */
 #define V25_G                 6441472L
@@ -322,8 +321,7 @@
 #define LOGITS41_G       (GSCRATCH + 0L)
 #define GATE41_G         (GSCRATCH + 133120L)
 #define XE41_G           (GSCRATCH + 149760L)
-#define HE41_G           (GSCRATCH + 4143360L)
-#define YE41_G           (GSCRATCH + 20117760L)
+#define YE41_G           (GSCRATCH + 4143360L)
 #define V42_G            V43_G /* shared: plan_grad_alias */
 #define V43_G            V48_G /* shared: plan_grad_alias */
 #define V45_G                 6441472L
@@ -349,8 +347,7 @@
 #define LOGITS61_G       (GSCRATCH + 0L)
 #define GATE61_G         (GSCRATCH + 133120L)
 #define XE61_G           (GSCRATCH + 149760L)
-#define HE61_G           (GSCRATCH + 4143360L)
-#define YE61_G           (GSCRATCH + 20117760L)
+#define YE61_G           (GSCRATCH + 4143360L)
 #define V62_G            V63_G /* shared: plan_grad_alias */
 #define V63_G            V68_G /* shared: plan_grad_alias */
 #define V65_G                 6441472L
@@ -376,8 +373,7 @@
 #define LOGITS81_G       (GSCRATCH + 0L)
 #define GATE81_G         (GSCRATCH + 133120L)
 #define XE81_G           (GSCRATCH + 149760L)
-#define HE81_G           (GSCRATCH + 4143360L)
-#define YE81_G           (GSCRATCH + 20117760L)
+#define YE81_G           (GSCRATCH + 4143360L)
 #define V82_G            V83_G /* shared: plan_grad_alias */
 #define V83_G                 3246592L
 #define V84_G                   51712L
@@ -836,7 +832,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(XE81), G(XE81), G(V81),
                                           A(XE81), A(HE81), A(AE81), A(YE81), &r, P(9504576L), P(10690368L), P(11870016L),
                                           DP(9504576L), DP(10684224L), DP(10690368L), DP(11870016L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 55, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
@@ -886,7 +882,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(XE61), G(XE61), G(V61),
                                           A(XE61), A(HE61), A(AE61), A(YE61), &r, P(6542208L), P(7728000L), P(8907648L),
                                           DP(6542208L), DP(7721856L), DP(7728000L), DP(8907648L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
@@ -936,7 +932,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(XE41), G(XE41), G(V41),
                                           A(XE41), A(HE41), A(AE41), A(YE41), &r, P(3579840L), P(4765632L), P(5945280L),
                                           DP(3579840L), DP(4759488L), DP(4765632L), DP(5945280L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
@@ -986,7 +982,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(XE21), G(XE21), G(V21),
                                           A(XE21), A(HE21), A(AE21), A(YE21), &r, P(617472L), P(1803264L), P(2982912L),
                                           DP(617472L), DP(1797120L), DP(1803264L), DP(2982912L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);

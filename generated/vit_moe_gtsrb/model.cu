@@ -416,9 +416,8 @@
 #define LOGITS11_G       (GSCRATCH + 0L)
 #define GATE11_G         (GSCRATCH + 58240L)
 #define XE11_G           (GSCRATCH + 83200L)
-#define HE11_G           (GSCRATCH + 8071936L)
-#define YE11_G           (GSCRATCH + 24049408L)
-#define QUERY11_G        (GSCRATCH + 32038144L)
+#define YE11_G           (GSCRATCH + 8071936L)
+#define QUERY11_G        (GSCRATCH + 16060672L)
 #define V12_G            V13_G /* shared: plan_grad_alias */
 #define V13_G            V18_G /* shared: plan_grad_alias */
 #define V15_G                 4298112L
@@ -432,9 +431,8 @@
 #define LOGITS21_G       (GSCRATCH + 0L)
 #define GATE21_G         (GSCRATCH + 58240L)
 #define XE21_G           (GSCRATCH + 83200L)
-#define HE21_G           (GSCRATCH + 8071936L)
-#define YE21_G           (GSCRATCH + 24049408L)
-#define QUERY21_G        (GSCRATCH + 32038144L)
+#define YE21_G           (GSCRATCH + 8071936L)
+#define QUERY21_G        (GSCRATCH + 16060672L)
 #define V22_G            V23_G /* shared: plan_grad_alias */
 #define V23_G            V28_G /* shared: plan_grad_alias */
 #define V25_G                 4298112L
@@ -448,9 +446,8 @@
 #define LOGITS31_G       (GSCRATCH + 0L)
 #define GATE31_G         (GSCRATCH + 58240L)
 #define XE31_G           (GSCRATCH + 83200L)
-#define HE31_G           (GSCRATCH + 8071936L)
-#define YE31_G           (GSCRATCH + 24049408L)
-#define QUERY31_G        (GSCRATCH + 32038144L)
+#define YE31_G           (GSCRATCH + 8071936L)
+#define QUERY31_G        (GSCRATCH + 16060672L)
 #define V32_G            V33_G /* shared: plan_grad_alias */
 #define V33_G            V38_G /* shared: plan_grad_alias */
 #define V35_G                 4298112L
@@ -464,9 +461,8 @@
 #define LOGITS41_G       (GSCRATCH + 0L)
 #define GATE41_G         (GSCRATCH + 58240L)
 #define XE41_G           (GSCRATCH + 83200L)
-#define HE41_G           (GSCRATCH + 8071936L)
-#define YE41_G           (GSCRATCH + 24049408L)
-#define QUERY41_G        (GSCRATCH + 32038144L)
+#define YE41_G           (GSCRATCH + 8071936L)
+#define QUERY41_G        (GSCRATCH + 16060672L)
 #define V42_G            V43_G /* shared: plan_grad_alias */
 #define V43_G            V48_G /* shared: plan_grad_alias */
 #define V45_G                 4298112L
@@ -480,9 +476,8 @@
 #define LOGITS51_G       (GSCRATCH + 0L)
 #define GATE51_G         (GSCRATCH + 58240L)
 #define XE51_G           (GSCRATCH + 83200L)
-#define HE51_G           (GSCRATCH + 8071936L)
-#define YE51_G           (GSCRATCH + 24049408L)
-#define QUERY51_G        (GSCRATCH + 32038144L)
+#define YE51_G           (GSCRATCH + 8071936L)
+#define QUERY51_G        (GSCRATCH + 16060672L)
 #define V52_G            V53_G /* shared: plan_grad_alias */
 #define V53_G            V58_G /* shared: plan_grad_alias */
 #define V55_G                 4298112L
@@ -496,9 +491,8 @@
 #define LOGITS61_G       (GSCRATCH + 0L)
 #define GATE61_G         (GSCRATCH + 58240L)
 #define XE61_G           (GSCRATCH + 83200L)
-#define HE61_G           (GSCRATCH + 8071936L)
-#define YE61_G           (GSCRATCH + 24049408L)
-#define QUERY61_G        (GSCRATCH + 32038144L)
+#define YE61_G           (GSCRATCH + 8071936L)
+#define QUERY61_G        (GSCRATCH + 16060672L)
 #define V62_G            V63_G /* shared: plan_grad_alias */
 #define V63_G            V68_G /* shared: plan_grad_alias */
 #define V65_G                 4298112L
@@ -512,9 +506,8 @@
 #define LOGITS71_G       (GSCRATCH + 0L)
 #define GATE71_G         (GSCRATCH + 58240L)
 #define XE71_G           (GSCRATCH + 83200L)
-#define HE71_G           (GSCRATCH + 8071936L)
-#define YE71_G           (GSCRATCH + 24049408L)
-#define QUERY71_G        (GSCRATCH + 32038144L)
+#define YE71_G           (GSCRATCH + 8071936L)
+#define QUERY71_G        (GSCRATCH + 16060672L)
 #define V72_G            V73_G /* shared: plan_grad_alias */
 #define V73_G            V78_G /* shared: plan_grad_alias */
 #define V75_G                 4298112L
@@ -528,9 +521,8 @@
 #define LOGITS81_G       (GSCRATCH + 0L)
 #define GATE81_G         (GSCRATCH + 58240L)
 #define XE81_G           (GSCRATCH + 83200L)
-#define HE81_G           (GSCRATCH + 8071936L)
-#define YE81_G           (GSCRATCH + 24049408L)
-#define QUERY81_G        (GSCRATCH + 32038144L)
+#define YE81_G           (GSCRATCH + 8071936L)
+#define QUERY81_G        (GSCRATCH + 16060672L)
 #define V82_G            V83_G /* shared: plan_grad_alias */
 #define V83_G            V88_G /* shared: plan_grad_alias */
 #define V85_G                 4298112L
@@ -544,9 +536,8 @@
 #define LOGITS91_G       (GSCRATCH + 0L)
 #define GATE91_G         (GSCRATCH + 58240L)
 #define XE91_G           (GSCRATCH + 83200L)
-#define HE91_G           (GSCRATCH + 8071936L)
-#define YE91_G           (GSCRATCH + 24049408L)
-#define QUERY91_G        (GSCRATCH + 32038144L)
+#define YE91_G           (GSCRATCH + 8071936L)
+#define QUERY91_G        (GSCRATCH + 16060672L)
 #define V92_G            V93_G /* shared: plan_grad_alias */
 #define V93_G                 2168192L
 #define V94_G                   38272L
@@ -736,7 +727,7 @@ const dev_layout DEV_LAYOUT = {
     19133675L, /* params */
     716187280L, /* act_floats */
     413630608L, /* act_floats16: in bf16 precision */
-    38998656L, /* grad_floats */
+    23021184L, /* grad_floats */
     1239120L, /* int_slots */
     138L, /* dacc: doubles */
     153L, /* stats: u64 */
@@ -1135,7 +1126,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK91), IA(SLOT91), IA(COUNT91), IA(TOKEN91), IA(ROWK91), IA(ORDER91), IA(IOTA91), IA(BLKC91), IA(BLKB91),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V90), G(GATE91), G(YE91), G(YE91), G(HE91), G(XE91), G(XE91), G(V91),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V90), G(GATE91), G(YE91), G(YE91), G(XE91), G(XE91), G(V91),
                                           A(XE91), A(HE91), A(AE91), A(YE91), &r, P(17281728L), P(18202816L), P(19120320L),
                                           DP(17281728L), DP(18199232L), DP(18202816L), DP(19120320L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS91), G(GATE91), &r, nullptr, d->dacc + 124, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1167,7 +1158,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(XE81), G(XE81), G(V81),
                                           A(XE81), A(HE81), A(AE81), A(YE81), &r, P(15160320L), P(16081408L), P(16998912L),
                                           DP(15160320L), DP(16077824L), DP(16081408L), DP(16998912L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 109, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1199,7 +1190,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK71), IA(SLOT71), IA(COUNT71), IA(TOKEN71), IA(ROWK71), IA(ORDER71), IA(IOTA71), IA(BLKC71), IA(BLKB71),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V70), G(GATE71), G(YE71), G(YE71), G(HE71), G(XE71), G(XE71), G(V71),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V70), G(GATE71), G(YE71), G(YE71), G(XE71), G(XE71), G(V71),
                                           A(XE71), A(HE71), A(AE71), A(YE71), &r, P(13038912L), P(13960000L), P(14877504L),
                                           DP(13038912L), DP(13956416L), DP(13960000L), DP(14877504L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS71), G(GATE71), &r, nullptr, d->dacc + 94, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1231,7 +1222,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(XE61), G(XE61), G(V61),
                                           A(XE61), A(HE61), A(AE61), A(YE61), &r, P(10917504L), P(11838592L), P(12756096L),
                                           DP(10917504L), DP(11835008L), DP(11838592L), DP(12756096L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 79, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1263,7 +1254,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK51), IA(SLOT51), IA(COUNT51), IA(TOKEN51), IA(ROWK51), IA(ORDER51), IA(IOTA51), IA(BLKC51), IA(BLKB51),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V50), G(GATE51), G(YE51), G(YE51), G(HE51), G(XE51), G(XE51), G(V51),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V50), G(GATE51), G(YE51), G(YE51), G(XE51), G(XE51), G(V51),
                                           A(XE51), A(HE51), A(AE51), A(YE51), &r, P(8796096L), P(9717184L), P(10634688L),
                                           DP(8796096L), DP(9713600L), DP(9717184L), DP(10634688L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS51), G(GATE51), &r, nullptr, d->dacc + 64, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1295,7 +1286,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(XE41), G(XE41), G(V41),
                                           A(XE41), A(HE41), A(AE41), A(YE41), &r, P(6674688L), P(7595776L), P(8513280L),
                                           DP(6674688L), DP(7592192L), DP(7595776L), DP(8513280L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 49, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1327,7 +1318,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK31), IA(SLOT31), IA(COUNT31), IA(TOKEN31), IA(ROWK31), IA(ORDER31), IA(IOTA31), IA(BLKC31), IA(BLKB31),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V30), G(GATE31), G(YE31), G(YE31), G(HE31), G(XE31), G(XE31), G(V31),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V30), G(GATE31), G(YE31), G(YE31), G(XE31), G(XE31), G(V31),
                                           A(XE31), A(HE31), A(AE31), A(YE31), &r, P(4553280L), P(5474368L), P(6391872L),
                                           DP(4553280L), DP(5470784L), DP(5474368L), DP(6391872L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS31), G(GATE31), &r, nullptr, d->dacc + 34, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1359,7 +1350,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(XE21), G(XE21), G(V21),
                                           A(XE21), A(HE21), A(AE21), A(YE21), &r, P(2431872L), P(3352960L), P(4270464L),
                                           DP(2431872L), DP(3349376L), DP(3352960L), DP(4270464L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 19, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1391,7 +1382,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK11), IA(SLOT11), IA(COUNT11), IA(TOKEN11), IA(ROWK11), IA(ORDER11), IA(IOTA11), IA(BLKC11), IA(BLKB11),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V10), G(GATE11), G(YE11), G(YE11), G(HE11), G(XE11), G(XE11), G(V11),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V10), G(GATE11), G(YE11), G(YE11), G(XE11), G(XE11), G(V11),
                                           A(XE11), A(HE11), A(AE11), A(YE11), &r, P(310464L), P(1231552L), P(2149056L),
                                           DP(310464L), DP(1227968L), DP(1231552L), DP(2149056L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS11), G(GATE11), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
