@@ -222,7 +222,7 @@ static int64_t grad_floats_of(const gen *g, int i)
  * the backward of v's own op. A room shared by plan_grad_alias lives from
  * the first write of any of its values to the last read. Two rooms whose
  * lives meet at an op (one op's dout, the next one's din) never overlap;
- * first fit in the order of their first writes, 64-byte aligned. As every
+ * first fit in the order of their first writes, 256-byte aligned. As every
  * first writer overwrites (acc_flag), a reused room needs no zeroing.
  * p->grad: the floats of the region. */
 static void plan_grad_rooms(const gen *g, cuda_plan *p)
@@ -252,7 +252,7 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
         if (v < last[r])
             last[r] = v;
         if (r == v)
-            p->gsize[r] = (floats + 15) & ~(int64_t)15;
+            p->gsize[r] = ROOM_FLOATS(floats);
     }
     for (int r = 0; r < n; r++)
         if (p->gsize[r] > 0)
@@ -294,7 +294,7 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
 static void grad_scratch(cuda_plan *p, const char *name, int64_t floats)
 {
     sb_printf(&p->gdefs, "#define %-16s (GSCRATCH + %lldL)\n", name, (long long)p->scr);
-    p->scr += (floats + 15) & ~(int64_t)15;
+    p->scr += ROOM_FLOATS(floats);
     if (p->scr > p->scr_max)
         p->scr_max = p->scr;
 }
@@ -577,7 +577,7 @@ static void alloc_inside_half(cuda_plan *p, const char *name, int64_t floats, co
 }
 
 /* alloc_room16's buffers at the end of the arena, in both layouts: each
- * 64-byte aligned, as alloc_act's; p->act16: the arena in bf16 precision */
+ * 256-byte aligned, as alloc_act's; p->act16: the arena in bf16 precision */
 static void place_halves(gen *g, cuda_plan *p)
 {
     int64_t off = g->act_floats, off16 = g->act_floats;
@@ -590,8 +590,8 @@ static void place_halves(gen *g, cuda_plan *p)
         }
         sb_printf(&g->defs, "#define %-16s LAY16(%lldL, %lldL) /* %s */\n", h->name, (long long)off, (long long)off16,
                   h->what);
-        off += (h->floats + 15) & ~(int64_t)15;
-        off16 += (h->floats16 + 15) & ~(int64_t)15;
+        off += ROOM_FLOATS(h->floats);
+        off16 += ROOM_FLOATS(h->floats16);
     }
     g->act_floats = off;
     p->act16 = off16;
