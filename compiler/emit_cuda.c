@@ -1549,8 +1549,8 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
 
     /* the layout backend.cu allocates. The operand scratch (bf16
      * precision) holds a product's fp32 operands rounded to bf16: each lies
-     * in one buffer, the second 8-aligned. Such an operand is an fp32
-     * activation (alloc_act's: g->max_act), a value's gradient (its room:
+     * in one buffer, each 256-byte aligned (kernels.cuh: CAST_ROUND). Such
+     * an operand is an fp32 activation (alloc_act's: g->max_act), a value's gradient (its room:
      * plan_grad_rooms), an inside buffer's gradient (as large as the
      * buffer), or a parameter tensor (whole, in evaluation under expert
      * parallelism). The values alloc_half places are bf16 in that
@@ -1566,7 +1566,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
                 largest = m->ops[i].tensors[t].numel;
     }
     const dev_sizes z = { g->params, g->act_floats, p.act16, p.grad + p.scr_max, g->int_slots ? g->int_slots : 16,
-                          p.dacc, p.stats ? p.stats : 1, p.red, 2 * largest + 8, p.xchg ? p.xchg : 1 };
+                          p.dacc, p.stats ? p.stats : 1, p.red, 2 * largest + 128, p.xchg ? p.xchg : 1 };
     sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n    %lldL, /* params */\n", (long long)z.params);
     sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* act_floats16: in bf16 precision */\n", (long long)z.act,
               (long long)z.act16);

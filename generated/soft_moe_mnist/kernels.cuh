@@ -298,6 +298,11 @@ static inline void cast_need(const kctx *k, int64_t elems)
     }
 }
 
+/* an operand's place in the bf16 operand scratch: n elements rounded up to
+ * 256 bytes, so that the next operand too starts as cuBLAS prefers (the
+ * scratch, from cudaMalloc, holds two: emit_cuda.c sizes it so) */
+#define CAST_ROUND(n) (((int64_t)(n) + 127) & ~(int64_t)127)
+
 /* bf16 precision: a product's operand of n elements in bf16: as given (x.h),
  * the weights' copy for an operand inside the weights (addresses compared
  * as integers: x.f may lie in another allocation), else rounded into the
@@ -312,7 +317,7 @@ static inline const __nv_bfloat16 *bf16_operand(const kctx *k, mm_in x, int64_t 
     cast_need(k, *used + n);
     __nv_bfloat16 *dst = k->cast + *used;
     to_bf16(k, dst, x.f, n);
-    *used += (n + 7) & ~(int64_t)7;
+    *used += CAST_ROUND(n);
     return dst;
 }
 
@@ -361,7 +366,7 @@ static inline const __nv_bfloat16 *cast_kept(const kctx *k, kctx *rest, int64_t 
     *rest = *k;
     if (!k->cast)
         return nullptr;
-    const int64_t used = (n + 7) & ~(int64_t)7;
+    const int64_t used = CAST_ROUND(n);
     cast_need(k, used);
     rest->cast = k->cast + used;
     rest->cast_elems = k->cast_elems - used;

@@ -42,13 +42,13 @@
 #define TARGET2                  1168L /* int32 mapped expert */
 #define BLKC2                    1232L /* int32 choices per block and expert */
 #define BLKB2                    1248L /* int32 first slot per block and expert */
-#define V3                      67856L /* pool */
-#define V4                      76048L /* logits */
-#define XENT                    76688L /* cross-entropy per sample */
-#define XE2              LAY16(76752L, 76752L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE2              LAY16(109520L, 93136L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE2              LAY16(175056L, 125904L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE2              LAY16(240592L, 158672L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V3                      67904L /* pool */
+#define V4                      76096L /* logits */
+#define XENT                    76736L /* cross-entropy per sample */
+#define XE2              LAY16(76800L, 76800L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE2              LAY16(109568L, 93184L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE2              LAY16(175104L, 125952L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE2              LAY16(240640L, 158720L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -94,14 +94,14 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 
 const dev_layout DEV_LAYOUT = {
     365962L, /* params */
-    273360L, /* act_floats */
-    175056L, /* act_floats16: in bf16 precision */
+    273408L, /* act_floats */
+    175104L, /* act_floats16: in bf16 precision */
     83072L, /* grad_floats */
     1264L, /* int_slots */
     12L, /* dacc: doubles */
     11L, /* stats: u64 */
     65536L, /* red_floats */
-    262152L, /* cast_elems */
+    262272L, /* cast_elems */
     1L, /* xchg_elems */
     64, /* eval_batch */
     V4, /* logits */
