@@ -192,6 +192,16 @@ typedef struct cuda_plan {
     int route_block; /* ROUTE_BLOCK: routing choices per block */
     /* the values bf16 precision keeps in bf16 alone (alloc_half), and the
      * activation arena's floats in that layout */
+    /* recompute = all (plan_remake): per op, the shared room its value
+     * takes, as the backward makes it again before reading it (a layer
+     * norm's output, the residual stream before a MoE layer), or NULL;
+     * per attention op, the MoE op whose backward makes it again (its
+     * input's layer norm, q, k, v, heads' outputs and output), or -1, and
+     * per MoE op that attention op, or -1; per op, its forward code, which
+     * those backwards repeat */
+    const char **vkey;
+    int *remade_by, *remake_of;
+    char **fwd_text;
     struct half_room {
         char name[32];
         int64_t floats, floats16; /* in the fp32 layout, in the bf16 one */
@@ -222,7 +232,7 @@ static int64_t grad_floats_of(const gen *g, int i)
  * the backward of v's own op. A room shared by plan_grad_alias lives from
  * the first write of any of its values to the last read. Two rooms whose
  * lives meet at an op (one op's dout, the next one's din) never overlap;
- * first fit in the order of their first writes, 64-byte aligned. As every
+ * first fit in the order of their first writes, 256-byte aligned. As every
  * first writer overwrites (acc_flag), a reused room needs no zeroing.
  * p->grad: the floats of the region. */
 static void plan_grad_rooms(const gen *g, cuda_plan *p)
@@ -252,7 +262,7 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
         if (v < last[r])
             last[r] = v;
         if (r == v)
-            p->gsize[r] = (floats + 15) & ~(int64_t)15;
+            p->gsize[r] = ROOM_FLOATS(floats);
     }
     for (int r = 0; r < n; r++)
         if (p->gsize[r] > 0)
@@ -294,7 +304,7 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
 static void grad_scratch(cuda_plan *p, const char *name, int64_t floats)
 {
     sb_printf(&p->gdefs, "#define %-16s (GSCRATCH + %lldL)\n", name, (long long)p->scr);
-    p->scr += (floats + 15) & ~(int64_t)15;
+    p->scr += ROOM_FLOATS(floats);
     if (p->scr > p->scr_max)
         p->scr_max = p->scr;
 }
@@ -495,6 +505,145 @@ static bool dout_kept(const gen *g, const cuda_plan *p, int j)
     return bias_summed_by_ln(g, p, j) && !recomputes_in_backward(g->m, j);
 }
 
+/* the ops that read value v, as their input or as a residual's skip */
+static int value_uses(const gen *g, int v)
+{
+    int uses = 0;
+    for (int i = 0; i < g->m->nops; i++)
+        if (g->m->ops[i].kind != OP_RESIDUAL_BEGIN && g->m->ops[i].kind != OP_INPUT)
+            uses += (g->input[i] == v) + (g->skip[i] == v);
+    return uses;
+}
+
+/* whether op u's backward makes its insides again from its input, which
+ * it reads (recompute): attention on the fragment kernels, and a MoE
+ * layer on one GPU's experts, but for the last of their kind */
+static bool remakes_from_input(const gen *g, int u)
+{
+    const mc_model *m = g->m;
+    if (m->ops[u].kind == OP_ATTENTION)
+        return recomputes_in_backward(m, u);
+    return m->ops[u].kind == OP_MOE && m->train.recompute != RECOMPUTE_NONE && m->parallel.expert == 1 &&
+           later_op(m, u, OP_MOE);
+}
+
+/* recompute = all: the room kind of layer norm l's output when the op
+ * right after it alone reads it, and that op makes its insides again
+ * from it: attention on the fragment kernels ("LNA"; bf16 in bf16
+ * precision, ln_feeds_product) or a MoE layer on one GPU ("LNM"; fp32,
+ * as the router reads it); else NULL */
+static const char *ln_room_kind(const gen *g, int l)
+{
+    const mc_model *m = g->m;
+    if (m->train.recompute != RECOMPUTE_ALL || m->ops[l].kind != OP_LAYERNORM || l + 1 >= m->nops ||
+        g->input[l + 1] != l || value_uses(g, l) != 1)
+        return NULL;
+    const mc_op *u = &m->ops[l + 1];
+    if (u->kind == OP_ATTENTION && attn_bf16_rooms(u))
+        return "LNA";
+    if (u->kind == OP_MOE && m->parallel.expert == 1)
+        return "LNM";
+    return NULL;
+}
+
+/* Layer norms' outputs and the residual stream before a MoE layer,
+ * made again in the backward (recompute = all), so that one room holds
+ * every layer's:
+ * - a layer norm's output whose reader (ln_room_kind) makes its insides
+ *   again: that backward first runs the norm's forward again, from its
+ *   input, kept (the same bits: the same kernel on the same values). The
+ *   last such norm of each kind keeps its room as its forward left it,
+ *   as its reader does not make anything again, and no later layer
+ *   writes the room before that reader's backward.
+ * - in a block `norm, attention (its output product adding the block's
+ *   input: plan_fused_adds), norm, MoE', the stream value between the
+ *   two halves, which the second norm alone reads (its backward too):
+ *   the MoE layer's backward runs the first half's forward again (the
+ *   norm, q, k, v, attention, the output product with the add) and then
+ *   the second norm's, and the attention's backward makes nothing again
+ *   (remade_by). Again the last such block keeps its room.
+ * The rooms' kinds and the rule that the last keeps its room are
+ * alloc_room16's. */
+static void plan_remake(const gen *g, cuda_plan *p)
+{
+    const mc_model *m = g->m;
+    const int n = m->nops;
+    p->vkey = mc_xcalloc((size_t)n, sizeof *p->vkey);
+    p->remade_by = mc_xcalloc((size_t)n, sizeof *p->remade_by);
+    p->remake_of = mc_xcalloc((size_t)n, sizeof *p->remake_of);
+    p->fwd_text = mc_xcalloc((size_t)n, sizeof *p->fwd_text);
+    for (int i = 0; i < n; i++)
+        p->remade_by[i] = p->remake_of[i] = -1;
+    /* the norms: each whose reader makes its insides again, and the last of each kind */
+    for (int l = n - 1; l >= 0; l--) {
+        const char *kind = ln_room_kind(g, l);
+        if (!kind)
+            continue;
+        bool last = true;
+        for (int q = l + 1; q < n && last; q++)
+            if (p->vkey[q] && strcmp(p->vkey[q], kind) == 0)
+                last = false;
+        if (last || remakes_from_input(g, l + 1))
+            p->vkey[l] = kind;
+    }
+    /* the blocks' stream values, first to last: the last (its MoE layer
+     * makes nothing again) joins the room of those before it */
+    for (int u = 0; u < n; u++) {
+        if (m->ops[u].kind != OP_MOE || u < 4)
+            continue;
+        const int l2 = u - 1, r = g->input[l2 >= 0 ? l2 : 0], a = r - 1, l1 = a - 1;
+        if (!p->vkey[l2] || strcmp(p->vkey[l2], "LNM") != 0 || g->input[u] != l2 || r < 2 ||
+            m->ops[r].kind != OP_RESIDUAL_END || g->fuse_into[a] != r || m->ops[a].kind != OP_ATTENTION ||
+            !p->vkey[l1] || strcmp(p->vkey[l1], "LNA") != 0 || g->input[a] != l1 || g->fuse_into[u] < 0 ||
+            g->skip[g->fuse_into[u]] != r || value_uses(g, r) != 2)
+            continue;
+        if (remakes_from_input(g, u) && remakes_from_input(g, a)) {
+            p->remade_by[a] = u;
+            p->remake_of[u] = a;
+            p->vkey[r] = "RESM";
+        } else if (!later_op(m, u, OP_MOE)) {
+            p->vkey[r] = "RESM";
+        }
+    }
+    /* the stem's values that no backward reads (a patch embedding's or a
+     * class token's output read by a class token or positions' add, whose
+     * backwards take the gradient alone): the same two rooms, which hold
+     * nothing yet; one after the other alternate, as each op reads the
+     * one before while it writes its own */
+    if (m->train.recompute != RECOMPUTE_ALL)
+        return;
+    bool alt = false;
+    for (int v = 0; v < n; v++) {
+        const mc_op_kind kv = m->ops[v].kind;
+        if ((kv != OP_PATCH_EMBED && kv != OP_CLS_TOKEN && kv != OP_POS_EMBED) || g->fuse_into[v] >= 0 || p->vkey[v])
+            continue;
+        int readers = 0, others = 0;
+        for (int i = 0; i < n; i++) {
+            if (m->ops[i].kind == OP_RESIDUAL_BEGIN || m->ops[i].kind == OP_INPUT)
+                continue;
+            if (g->input[i] == v && (m->ops[i].kind == OP_CLS_TOKEN || m->ops[i].kind == OP_POS_EMBED))
+                readers++;
+            else if (g->input[i] == v || g->skip[i] == v)
+                others++;
+        }
+        if (readers > 0 && others == 0) {
+            p->vkey[v] = alt ? "LNM" : "RESM";
+            alt = !alt;
+        }
+    }
+}
+
+/* text, each line indented by pad more */
+static void put_indented(sbuf *b, const char *text, const char *pad)
+{
+    for (const char *q = text; q && *q;) {
+        const char *e = strchr(q, '\n');
+        const int len = e ? (int)(e - q) : (int)strlen(q);
+        sb_printf(b, "%s%.*s\n", len ? pad : "", len, q);
+        q = e ? e + 1 : q + len;
+    }
+}
+
 /* A buffer whose room in bf16 precision is floats16 floats, not floats:
  * such buffers lie after every other one (place_halves), so that the
  * others keep one offset in both layouts; each of them has two,
@@ -577,7 +726,7 @@ static void alloc_inside_half(cuda_plan *p, const char *name, int64_t floats, co
 }
 
 /* alloc_room16's buffers at the end of the arena, in both layouts: each
- * 64-byte aligned, as alloc_act's; p->act16: the arena in bf16 precision */
+ * 256-byte aligned, as alloc_act's; p->act16: the arena in bf16 precision */
 static void place_halves(gen *g, cuda_plan *p)
 {
     int64_t off = g->act_floats, off16 = g->act_floats;
@@ -590,8 +739,8 @@ static void place_halves(gen *g, cuda_plan *p)
         }
         sb_printf(&g->defs, "#define %-16s LAY16(%lldL, %lldL) /* %s */\n", h->name, (long long)off, (long long)off16,
                   h->what);
-        off += (h->floats + 15) & ~(int64_t)15;
-        off16 += (h->floats16 + 15) & ~(int64_t)15;
+        off += ROOM_FLOATS(h->floats);
+        off16 += ROOM_FLOATS(h->floats16);
     }
     g->act_floats = off;
     p->act16 = off16;
@@ -757,6 +906,10 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         snprintf(res, sizeof res, ", %s", skip);
         out = fout;
     }
+    /* a value in a room recompute = all shares (plan_remake; a layer
+     * norm's bf16 one: alloc_half, below) */
+    if (p->vkey[i] && !ln_feeds_product(g, i))
+        alloc_act_in(g, p, name, c.floats, c.what, p->vkey[i]);
     const mc_shape *si = &op->in, *so = &op->out;
     const int T = c.T, D = c.D, acc = c.acc;
     const int64_t BATCH = m->train.batch;
@@ -901,9 +1054,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         alloc_act(g, rstd, BATCH * T, "layer norm 1/std");
         need_red(p, (int64_t)p->ln_blocks * 3 * D); /* dw, db and, with dsum, dinp's sums */
         char o16[48] = "";
-        if (g->own_value[i]) { /* ln_feeds_product: bf16 alone in bf16 precision, its room halves */
+        if (ln_feeds_product(g, i)) { /* bf16 alone in bf16 precision, its room halves */
             snprintf(o16, sizeof o16, ", bf16_half(k, %s)", out);
-            alloc_half(p, name, c.floats, c.what, NULL);
+            alloc_half(p, name, c.floats, c.what, p->vkey[i]);
         }
         sb_printf(f, "    layernorm_forward<%d>(k, %s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %s%s);\n", D, out,
                   mean, rstd, in, (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, flit(op->u.ln.eps).s, o16);
@@ -993,10 +1146,18 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(f, "%s", qy.s);
         sb_printf(f, "    linear_forward(k, %s, %s, P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out, ym,
                   (long long)w_proj, (long long)b_proj, T, D, D, res);
-        if (recomputes_in_backward(m, i))
+        if (p->remade_by[i] >= 0) {
+            sb_printf(&b, "    /* recompute = all: op %d's backward made this layer's q, k, v and heads' outputs\n"
+                          "     * again (plan_remake) */\n", p->remade_by[i]);
+        } else if (recomputes_in_backward(m, i)) {
+            if (p->vkey[g->input[i]]) {
+                sb_printf(&b, "    /* recompute = all: the layer norm's output again (plan_remake) */\n");
+                put_indented(&b, p->fwd_text[g->input[i]], "");
+            }
             sb_printf(&b, "    /* recompute = all: this layer's q, k, v and heads' outputs again (later layers wrote\n"
                           "     * their shared rooms) */\n%s",
                       qy.s);
+        }
         sb_free(&qy);
         char dbp[40] = "nullptr"; /* summed by a layer norm's backward (plan_ln_sums), or here */
         if (!bias_summed_by_ln(g, p, i))
@@ -1120,9 +1281,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
              * moe_a16), and xe and ye too on one GPU (moe_x16: expert
              * parallelism sends fp32 rows) */
             const char *room = rc && k >= 8 && k <= 11 ? fl[k] : NULL; /* one for every layer's */
-            if (k == 9 || ((k == 8 || k == 11) && m->parallel.expert == 1))
+            /* h and a have no gradient rooms: the backward writes da and
+             * dh where a was (moe_ffn_backward_rows) */
+            if ((k == 8 || k == 11) && m->parallel.expert == 1)
                 alloc_inside_half(p, nm[k], fsz[k], fwhat[k], room);
-            else if (k == 10)
+            else if (k == 9 || k == 10)
                 alloc_half(p, nm[k], fsz[k], fwhat[k], room);
             else if (k == 0 || k == 4 || k == 8 || k == 11)
                 alloc_inside(g, p, nm[k], fsz[k], fwhat[k]);
@@ -1290,6 +1453,18 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&b, "%s", routing);
         if (x->fp32_gate)
             sb_printf(&b, "        kctx kg = fp32_ctx(k); /* fp32_gate */\n");
+        const int ra_att = p->remake_of[i], ra_ln = g->input[i];
+        if (rc && !last_moe && ra_att >= 0) {
+            sb_printf(&b, "        /* recompute = all: the block's first half again, and this layer's input\n"
+                          "         * (plan_remake) */\n");
+            put_indented(&b, p->fwd_text[g->input[ra_att]], "    ");
+            put_indented(&b, p->fwd_text[ra_att], "    ");
+            put_indented(&b, p->fwd_text[ra_ln], "    ");
+        } else if (rc && !last_moe && p->vkey[ra_ln]) {
+            sb_printf(&b, "        /* recompute = all: this layer's input, the layer norm's output, again\n"
+                          "         * (plan_remake) */\n");
+            put_indented(&b, p->fwd_text[ra_ln], "    ");
+        }
         if (rc && !last_moe)
             sb_printf(&b,
                       "        /* recompute: this layer's rows, hidden values, activations and outputs\n"
@@ -1300,11 +1475,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                       D, H, E, K, act_code(x->act), nm[8], nm[8], nm[9], nm[10], nm[11], nm[11], in, (long long)w1,
                       (long long)b1, (long long)w2, (long long)b2);
         sb_printf(&b,
-                  "        moe_experts_backward<%d, %d, %d, %d, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), G(%s), "
+                  "        moe_experts_backward<%d, %d, %d, %d, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), "
                   "%s,\n                                          A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "
                   "P(%lldL), P(%lldL),\n                                          DP(%lldL), "
                   "DP(%lldL), DP(%lldL), DP(%lldL), N, cap, %d);\n",
-                  D, H, E, K, EP, din, nm[4], nm[11], yr, nm[9], xr, nm[8], dout, xr, nm[9], nm[10], nm[11],
+                  D, H, E, K, EP, din, nm[4], nm[11], yr, xr, nm[8], dout, xr, nm[9], nm[10], nm[11],
                   (long long)w1, (long long)w2, (long long)b2, (long long)w1, (long long)b1, (long long)w2,
                   (long long)b2, acc);
         sb_printf(&b,
@@ -1502,14 +1677,19 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     p.ln_sum = mc_xcalloc((size_t)m->nops, sizeof *p.ln_sum);
     plan_ln_sums(g, p.galias, p.ln_sum);
     plan_grad_rooms(g, &p);
-    /* the layer norms whose output is bf16 alone in bf16 precision: their
-     * values are placed by alloc_half (gen_op_cuda) */
+    plan_remake(g, &p);
+    /* the layer norms whose output is bf16 alone in bf16 precision, and
+     * the values recompute = all shares a room for (plan_remake): placed by
+     * alloc_half or alloc_act_in (gen_op_cuda) */
     free(g->own_value);
     g->own_value = mc_xcalloc((size_t)m->nops, sizeof *g->own_value);
     for (int i = 0; i < m->nops; i++)
-        g->own_value[i] = ln_feeds_product(g, i);
-    for (int i = 0; i < m->nops; i++)
+        g->own_value[i] = ln_feeds_product(g, i) || p.vkey[i];
+    for (int i = 0; i < m->nops; i++) {
+        const size_t at = g->fwd.len;
         gen_op_cuda(g, &p, i);
+        p.fwd_text[i] = mc_xstrdup(g->fwd.s ? g->fwd.s + at : "");
+    }
     /* the loss's scratch: one float per sample */
     alloc_act(g, "XENT", m->train.batch, "cross-entropy per sample");
     place_halves(g, &p);
@@ -1547,8 +1727,8 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
 
     /* the layout backend.cu allocates. The operand scratch (bf16
      * precision) holds a product's fp32 operands rounded to bf16: each lies
-     * in one buffer, the second 8-aligned. Such an operand is an fp32
-     * activation (alloc_act's: g->max_act), a value's gradient (its room:
+     * in one buffer, each 256-byte aligned (kernels.cuh: CAST_ROUND). Such
+     * an operand is an fp32 activation (alloc_act's: g->max_act), a value's gradient (its room:
      * plan_grad_rooms), an inside buffer's gradient (as large as the
      * buffer), or a parameter tensor (whole, in evaluation under expert
      * parallelism). The values alloc_half places are bf16 in that
@@ -1564,7 +1744,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
                 largest = m->ops[i].tensors[t].numel;
     }
     const dev_sizes z = { g->params, g->act_floats, p.act16, p.grad + p.scr_max, g->int_slots ? g->int_slots : 16,
-                          p.dacc, p.stats ? p.stats : 1, p.red, 2 * largest + 8, p.xchg ? p.xchg : 1 };
+                          p.dacc, p.stats ? p.stats : 1, p.red, 2 * largest + 128, p.xchg ? p.xchg : 1 };
     sb_printf(c, "\nconst dev_layout DEV_LAYOUT = {\n    %lldL, /* params */\n", (long long)z.params);
     sb_printf(c, "    %lldL, /* act_floats */\n    %lldL, /* act_floats16: in bf16 precision */\n", (long long)z.act,
               (long long)z.act16);
@@ -1664,6 +1844,12 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     free(p.st);
     free(p.galias);
     free(p.ln_sum);
+    for (int i = 0; i < m->nops; i++)
+        free(p.fwd_text[i]);
+    free(p.fwd_text);
+    free(p.vkey);
+    free(p.remade_by);
+    free(p.remake_of);
     free(p.goff);
     free(p.gsize);
     free(p.halves);

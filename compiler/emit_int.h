@@ -17,6 +17,11 @@ void sb_printf(sbuf *b, const char *fmt, ...) MC_PRINTF(2, 3);
 void sb_free(sbuf *b);
 char *sb_take(sbuf *b);   /* the text, owned by the caller; b is emptied */
 
+/* A room of n floats in an arena, rounded up so that every room starts
+ * a multiple of 256 bytes from the arena's start (cudaMalloc's
+ * alignment), which cuBLAS's products prefer in their operands */
+#define ROOM_FLOATS(n) (((int64_t)(n) + 63) & ~(int64_t)63)
+
 /* The plan of one backend: every value flowing between ops gets a buffer
  * in the activation arena, its gradient the same offset of a second one. */
 typedef struct gen {

@@ -39,7 +39,7 @@ void sb_free(sbuf *b)
 int64_t alloc_act(gen *g, const char *name, int64_t floats, const char *what)
 {
     int64_t off = g->act_floats;
-    g->act_floats += (floats + 15) & ~(int64_t)15; /* 64-byte aligned */
+    g->act_floats += ROOM_FLOATS(floats);
     if (floats > g->max_act)
         g->max_act = floats;
     sb_printf(&g->defs, "#define %-16s %12lldL /* %s */\n", name, (long long)off, what);

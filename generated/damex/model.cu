@@ -55,29 +55,29 @@
 #define TARGET17                13328L /* int32 mapped expert */
 #define BLKC17                  15376L /* int32 choices per block and expert */
 #define BLKB17                  15392L /* int32 first slot per block and expert */
-#define V18                   2238480L /* residual_end */
-#define MEAN20                2500624L /* layer norm means */
-#define RSTD20                2502672L /* layer norm 1/std */
-#define V22                   2504720L /* residual_end */
-#define MEAN24                2766864L /* layer norm means */
-#define RSTD24                2768912L /* layer norm 1/std */
-#define H25                   2770960L /* hidden, before the activation, then its derivative */
-#define V26                   3295248L /* residual_end */
-#define MEAN28                3557392L /* layer norm means */
-#define RSTD28                3559440L /* layer norm 1/std */
-#define V30                   3561488L /* residual_end */
-#define V32                   3823632L /* layernorm blocks.3.norm2 */
-#define MEAN32                4085776L /* layer norm means */
-#define RSTD32                4087824L /* layer norm 1/std */
-#define LOGITS33              4089872L /* router logits */
-#define PROBS33               4096016L /* router probabilities */
-#define LSE33                 4102160L /* log-sum-exp of the logits */
-#define TOPP33                4104208L /* top-k probabilities */
-#define GATE33                4106256L /* gates */
-#define PRIO33                4108304L /* routing priority */
-#define PRIOS33               4110352L /* routing priority, sorted */
-#define ENT33                 4112400L /* router entropy per token */
-#define AUX33                 4114448L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                   2238528L /* residual_end */
+#define MEAN20                2500672L /* layer norm means */
+#define RSTD20                2502720L /* layer norm 1/std */
+#define V22                   2504768L /* residual_end */
+#define MEAN24                2766912L /* layer norm means */
+#define RSTD24                2768960L /* layer norm 1/std */
+#define H25                   2771008L /* hidden, before the activation, then its derivative */
+#define V26                   3295296L /* residual_end */
+#define MEAN28                3557440L /* layer norm means */
+#define RSTD28                3559488L /* layer norm 1/std */
+#define V30                   3561536L /* residual_end */
+#define V32                   3823680L /* layernorm blocks.3.norm2 */
+#define MEAN32                4085824L /* layer norm means */
+#define RSTD32                4087872L /* layer norm 1/std */
+#define LOGITS33              4089920L /* router logits */
+#define PROBS33               4096064L /* router probabilities */
+#define LSE33                 4102208L /* log-sum-exp of the logits */
+#define TOPP33                4104256L /* top-k probabilities */
+#define GATE33                4106304L /* gates */
+#define PRIO33                4108352L /* routing priority */
+#define PRIOS33               4110400L /* routing priority, sorted */
+#define ENT33                 4112448L /* router entropy per token */
+#define AUX33                 4114496L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                  15408L /* int32 chosen experts */
 #define SLOT33                  17456L /* int32 slot of each choice */
 #define COUNT33                 19504L /* int32 tokens per expert */
@@ -88,41 +88,41 @@
 #define TARGET33                28736L /* int32 mapped expert */
 #define BLKC33                  30784L /* int32 choices per block and expert */
 #define BLKB33                  30800L /* int32 first slot per block and expert */
-#define V34                   4114464L /* residual_end */
-#define V35                   4376608L /* layernorm norm */
-#define MEAN35                4638752L /* layer norm means */
-#define RSTD35                4640800L /* layer norm 1/std */
-#define V36                   4642848L /* pool */
-#define V37                   4659232L /* logits */
-#define XENT                  4660512L /* cross-entropy per sample */
-#define V4               LAY16(4660640L, 4660640L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(4922784L, 4791712L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT5             LAY16(5709216L, 5184928L) /* attention weights; none in bf16 precision */
-#define Y5               LAY16(5840288L, 5184928L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V8               LAY16(6102432L, 5316000L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV9            LAY16(6364576L, 5447072L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V12              LAY16(6888864L, 5709216L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(7151008L, 5840288L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT13            LAY16(7937440L, 6233504L) /* attention weights; none in bf16 precision */
-#define Y13              LAY16(8068512L, 6233504L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE17             LAY16(8330656L, 6364576L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(8658208L, 6528352L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE17             LAY16(9313312L, 6855904L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE17             LAY16(9968416L, 7183456L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V20              LAY16(10295968L, 7347232L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(10558112L, 7478304L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT21            LAY16(11344544L, 7871520L) /* attention weights; none in bf16 precision */
-#define Y21              LAY16(11475616L, 7871520L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V24              LAY16(11737760L, 8002592L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV25           LAY16(11999904L, 8133664L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V28              LAY16(12524192L, 8395808L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(12786336L, 8526880L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT29            LAY16(13572768L, 8920096L) /* attention weights; none in bf16 precision */
-#define Y29              LAY16(13703840L, 8920096L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE33             LAY16(13965984L, 9051168L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(14293536L, 9214944L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE33             LAY16(14948640L, 9542496L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE33             LAY16(15603744L, 9870048L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V34                   4114560L /* residual_end */
+#define V35                   4376704L /* layernorm norm */
+#define MEAN35                4638848L /* layer norm means */
+#define RSTD35                4640896L /* layer norm 1/std */
+#define V36                   4642944L /* pool */
+#define V37                   4659328L /* logits */
+#define XENT                  4660608L /* cross-entropy per sample */
+#define V4               LAY16(4660736L, 4660736L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(4922880L, 4791808L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(5709312L, 5185024L) /* attention weights; none in bf16 precision */
+#define Y5               LAY16(5840384L, 5185024L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V8               LAY16(6102528L, 5316096L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV9            LAY16(6364672L, 5447168L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V12              LAY16(6888960L, 5709312L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(7151104L, 5840384L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(7937536L, 6233600L) /* attention weights; none in bf16 precision */
+#define Y13              LAY16(8068608L, 6233600L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE17             LAY16(8330752L, 6364672L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(8658304L, 6528448L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE17             LAY16(9313408L, 6856000L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE17             LAY16(9968512L, 7183552L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V20              LAY16(10296064L, 7347328L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(10558208L, 7478400L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(11344640L, 7871616L) /* attention weights; none in bf16 precision */
+#define Y21              LAY16(11475712L, 7871616L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V24              LAY16(11737856L, 8002688L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV25           LAY16(12000000L, 8133760L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V28              LAY16(12524288L, 8395904L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(12786432L, 8526976L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(13572864L, 8920192L) /* attention weights; none in bf16 precision */
+#define Y29              LAY16(13703936L, 8920192L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE33             LAY16(13966080L, 9051264L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(14293632L, 9215040L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE33             LAY16(14948736L, 9542592L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE33             LAY16(15603840L, 9870144L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -148,8 +148,7 @@
 #define LOGITS17_G       (GSCRATCH + 0L)
 #define GATE17_G         (GSCRATCH + 6144L)
 #define XE17_G           (GSCRATCH + 8192L)
-#define HE17_G           (GSCRATCH + 335744L)
-#define YE17_G           (GSCRATCH + 990848L)
+#define YE17_G           (GSCRATCH + 335744L)
 #define V18_G            V22_G /* shared: plan_grad_alias */
 #define V20_G                       0L
 #define V21_G            V22_G /* shared: plan_grad_alias */
@@ -171,8 +170,7 @@
 #define LOGITS33_G       (GSCRATCH + 0L)
 #define GATE33_G         (GSCRATCH + 6144L)
 #define XE33_G           (GSCRATCH + 8192L)
-#define HE33_G           (GSCRATCH + 335744L)
-#define YE33_G           (GSCRATCH + 990848L)
+#define YE33_G           (GSCRATCH + 335744L)
 #define V34_G                  279808L
 #define V35_G                   17664L
 #define V36_G                    1280L
@@ -284,14 +282,14 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */
-    15931296L, /* act_floats */
-    10033824L, /* act_floats16: in bf16 precision */
-    1860352L, /* grad_floats */
+    15931392L, /* act_floats */
+    10033920L, /* act_floats16: in bf16 precision */
+    1590528L, /* grad_floats */
     30816L, /* int_slots */
     17L, /* dacc: doubles */
     30L, /* stats: u64 */
     393216L, /* red_floats */
-    1048584L, /* cast_elems */
+    1048704L, /* cast_elems */
     1L, /* xchg_elems */
     53, /* eval_batch */
     V37, /* logits */
@@ -452,7 +450,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
+        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(XE33), G(XE33), G(V33),
                                           A(XE33), A(HE33), A(AE33), A(YE33), &r, P(605056L), P(704128L), P(802432L),
                                           DP(605056L), DP(703360L), DP(704128L), DP(802432L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
@@ -497,7 +495,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
+        moe_experts_backward<128, 256, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(XE17), G(XE17), G(V17),
                                           A(XE17), A(HE17), A(AE17), A(YE17), &r, P(207872L), P(306944L), P(405248L),
                                           DP(207872L), DP(306176L), DP(306944L), DP(405248L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);

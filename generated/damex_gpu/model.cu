@@ -55,29 +55,29 @@
 #define TARGET17               131120L /* int32 mapped expert */
 #define BLKC17                 147504L /* int32 choices per block and expert */
 #define BLKB17                 147552L /* int32 first slot per block and expert */
-#define V18                  32587792L /* residual_end */
-#define MEAN20               35733520L /* layer norm means */
-#define RSTD20               35749904L /* layer norm 1/std */
-#define V22                  35766288L /* residual_end */
-#define MEAN24               38912016L /* layer norm means */
-#define RSTD24               38928400L /* layer norm 1/std */
-#define H25                  38944784L /* hidden, before the activation, then its derivative */
-#define V26                  51527696L /* residual_end */
-#define MEAN28               54673424L /* layer norm means */
-#define RSTD28               54689808L /* layer norm 1/std */
-#define V30                  54706192L /* residual_end */
-#define V32                  57851920L /* layernorm blocks.3.norm2 */
-#define MEAN32               60997648L /* layer norm means */
-#define RSTD32               61014032L /* layer norm 1/std */
-#define LOGITS33             61030416L /* router logits */
-#define PROBS33              61079568L /* router probabilities */
-#define LSE33                61128720L /* log-sum-exp of the logits */
-#define TOPP33               61145104L /* top-k probabilities */
-#define GATE33               61161488L /* gates */
-#define PRIO33               61177872L /* routing priority */
-#define PRIOS33              61194256L /* routing priority, sorted */
-#define ENT33                61210640L /* router entropy per token */
-#define AUX33                61227024L /* auxiliary losses: balance, z, dataset, importance */
+#define V18                  32587840L /* residual_end */
+#define MEAN20               35733568L /* layer norm means */
+#define RSTD20               35749952L /* layer norm 1/std */
+#define V22                  35766336L /* residual_end */
+#define MEAN24               38912064L /* layer norm means */
+#define RSTD24               38928448L /* layer norm 1/std */
+#define H25                  38944832L /* hidden, before the activation, then its derivative */
+#define V26                  51527744L /* residual_end */
+#define MEAN28               54673472L /* layer norm means */
+#define RSTD28               54689856L /* layer norm 1/std */
+#define V30                  54706240L /* residual_end */
+#define V32                  57851968L /* layernorm blocks.3.norm2 */
+#define MEAN32               60997696L /* layer norm means */
+#define RSTD32               61014080L /* layer norm 1/std */
+#define LOGITS33             61030464L /* router logits */
+#define PROBS33              61079616L /* router probabilities */
+#define LSE33                61128768L /* log-sum-exp of the logits */
+#define TOPP33               61145152L /* top-k probabilities */
+#define GATE33               61161536L /* gates */
+#define PRIO33               61177920L /* routing priority */
+#define PRIOS33              61194304L /* routing priority, sorted */
+#define ENT33                61210688L /* router entropy per token */
+#define AUX33                61227072L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK33                 147600L /* int32 chosen experts */
 #define SLOT33                 163984L /* int32 slot of each choice */
 #define COUNT33                180368L /* int32 tokens per expert */
@@ -88,29 +88,29 @@
 #define TARGET33               278720L /* int32 mapped expert */
 #define BLKC33                 295104L /* int32 choices per block and expert */
 #define BLKB33                 295152L /* int32 first slot per block and expert */
-#define V34                  61227040L /* residual_end */
-#define MEAN36               64372768L /* layer norm means */
-#define RSTD36               64389152L /* layer norm 1/std */
-#define V38                  64405536L /* residual_end */
-#define MEAN40               67551264L /* layer norm means */
-#define RSTD40               67567648L /* layer norm 1/std */
-#define H41                  67584032L /* hidden, before the activation, then its derivative */
-#define V42                  80166944L /* residual_end */
-#define MEAN44               83312672L /* layer norm means */
-#define RSTD44               83329056L /* layer norm 1/std */
-#define V46                  83345440L /* residual_end */
-#define V48                  86491168L /* layernorm blocks.5.norm2 */
-#define MEAN48               89636896L /* layer norm means */
-#define RSTD48               89653280L /* layer norm 1/std */
-#define LOGITS49             89669664L /* router logits */
-#define PROBS49              89718816L /* router probabilities */
-#define LSE49                89767968L /* log-sum-exp of the logits */
-#define TOPP49               89784352L /* top-k probabilities */
-#define GATE49               89800736L /* gates */
-#define PRIO49               89817120L /* routing priority */
-#define PRIOS49              89833504L /* routing priority, sorted */
-#define ENT49                89849888L /* router entropy per token */
-#define AUX49                89866272L /* auxiliary losses: balance, z, dataset, importance */
+#define V34                  61227136L /* residual_end */
+#define MEAN36               64372864L /* layer norm means */
+#define RSTD36               64389248L /* layer norm 1/std */
+#define V38                  64405632L /* residual_end */
+#define MEAN40               67551360L /* layer norm means */
+#define RSTD40               67567744L /* layer norm 1/std */
+#define H41                  67584128L /* hidden, before the activation, then its derivative */
+#define V42                  80167040L /* residual_end */
+#define MEAN44               83312768L /* layer norm means */
+#define RSTD44               83329152L /* layer norm 1/std */
+#define V46                  83345536L /* residual_end */
+#define V48                  86491264L /* layernorm blocks.5.norm2 */
+#define MEAN48               89636992L /* layer norm means */
+#define RSTD48               89653376L /* layer norm 1/std */
+#define LOGITS49             89669760L /* router logits */
+#define PROBS49              89718912L /* router probabilities */
+#define LSE49                89768064L /* log-sum-exp of the logits */
+#define TOPP49               89784448L /* top-k probabilities */
+#define GATE49               89800832L /* gates */
+#define PRIO49               89817216L /* routing priority */
+#define PRIOS49              89833600L /* routing priority, sorted */
+#define ENT49                89849984L /* router entropy per token */
+#define AUX49                89866368L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK49                 295200L /* int32 chosen experts */
 #define SLOT49                 311584L /* int32 slot of each choice */
 #define COUNT49                327968L /* int32 tokens per expert */
@@ -121,55 +121,55 @@
 #define TARGET49               426320L /* int32 mapped expert */
 #define BLKC49                 442704L /* int32 choices per block and expert */
 #define BLKB49                 442752L /* int32 first slot per block and expert */
-#define V50                  89866288L /* residual_end */
-#define V51                  93012016L /* layernorm norm */
-#define MEAN51               96157744L /* layer norm means */
-#define RSTD51               96174128L /* layer norm 1/std */
-#define V52                  96190512L /* pool */
-#define V53                  96387120L /* logits */
-#define XENT                 96397360L /* cross-entropy per sample */
-#define V4               LAY16(96398384L, 96398384L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV5             LAY16(99544112L, 97971248L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT5             LAY16(108981296L, 102689840L) /* attention weights; none in bf16 precision */
-#define Y5               LAY16(110554160L, 102689840L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V8               LAY16(113699888L, 104262704L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV9            LAY16(116845616L, 105835568L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V12              LAY16(129428528L, 112127024L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV13            LAY16(132574256L, 113699888L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT13            LAY16(142011440L, 118418480L) /* attention weights; none in bf16 precision */
-#define Y13              LAY16(143584304L, 118418480L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE17             LAY16(146730032L, 119991344L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE17             LAY16(153022256L, 123137456L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE17             LAY16(178191152L, 135721904L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE17             LAY16(203360048L, 148306352L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V20              LAY16(209652272L, 151452464L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV21            LAY16(212798000L, 153025328L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT21            LAY16(222235184L, 157743920L) /* attention weights; none in bf16 precision */
-#define Y21              LAY16(223808048L, 157743920L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V24              LAY16(226953776L, 159316784L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV25           LAY16(230099504L, 160889648L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V28              LAY16(242682416L, 167181104L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV29            LAY16(245828144L, 168753968L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT29            LAY16(255265328L, 173472560L) /* attention weights; none in bf16 precision */
-#define Y29              LAY16(256838192L, 173472560L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE33             LAY16(259983920L, 175045424L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE33             LAY16(266276144L, 178191536L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE33             LAY16(291445040L, 190775984L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE33             LAY16(316613936L, 203360432L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V36              LAY16(322906160L, 206506544L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV37            LAY16(326051888L, 208079408L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT37            LAY16(335489072L, 212798000L) /* attention weights; none in bf16 precision */
-#define Y37              LAY16(337061936L, 212798000L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V40              LAY16(340207664L, 214370864L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define ACTV41           LAY16(343353392L, 215943728L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V44              LAY16(355936304L, 222235184L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV45            LAY16(359082032L, 223808048L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT45            LAY16(368519216L, 228526640L) /* attention weights; none in bf16 precision */
-#define Y45              LAY16(370092080L, 228526640L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE49             LAY16(373237808L, 230099504L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE49             LAY16(379530032L, 233245616L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE49             LAY16(404698928L, 245830064L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE49             LAY16(429867824L, 258414512L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V50                  89866432L /* residual_end */
+#define V51                  93012160L /* layernorm norm */
+#define MEAN51               96157888L /* layer norm means */
+#define RSTD51               96174272L /* layer norm 1/std */
+#define V52                  96190656L /* pool */
+#define V53                  96387264L /* logits */
+#define XENT                 96397504L /* cross-entropy per sample */
+#define V4               LAY16(96398528L, 96398528L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV5             LAY16(99544256L, 97971392L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT5             LAY16(108981440L, 102689984L) /* attention weights; none in bf16 precision */
+#define Y5               LAY16(110554304L, 102689984L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V8               LAY16(113700032L, 104262848L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV9            LAY16(116845760L, 105835712L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V12              LAY16(129428672L, 112127168L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV13            LAY16(132574400L, 113700032L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT13            LAY16(142011584L, 118418624L) /* attention weights; none in bf16 precision */
+#define Y13              LAY16(143584448L, 118418624L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE17             LAY16(146730176L, 119991488L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE17             LAY16(153022400L, 123137600L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE17             LAY16(178191296L, 135722048L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE17             LAY16(203360192L, 148306496L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V20              LAY16(209652416L, 151452608L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV21            LAY16(212798144L, 153025472L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT21            LAY16(222235328L, 157744064L) /* attention weights; none in bf16 precision */
+#define Y21              LAY16(223808192L, 157744064L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V24              LAY16(226953920L, 159316928L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV25           LAY16(230099648L, 160889792L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V28              LAY16(242682560L, 167181248L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV29            LAY16(245828288L, 168754112L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT29            LAY16(255265472L, 173472704L) /* attention weights; none in bf16 precision */
+#define Y29              LAY16(256838336L, 173472704L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE33             LAY16(259984064L, 175045568L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE33             LAY16(266276288L, 178191680L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE33             LAY16(291445184L, 190776128L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE33             LAY16(316614080L, 203360576L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V36              LAY16(322906304L, 206506688L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV37            LAY16(326052032L, 208079552L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT37            LAY16(335489216L, 212798144L) /* attention weights; none in bf16 precision */
+#define Y37              LAY16(337062080L, 212798144L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V40              LAY16(340207808L, 214371008L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV41           LAY16(343353536L, 215943872L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V44              LAY16(355936448L, 222235328L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV45            LAY16(359082176L, 223808192L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT45            LAY16(368519360L, 228526784L) /* attention weights; none in bf16 precision */
+#define Y45              LAY16(370092224L, 228526784L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE49             LAY16(373237952L, 230099648L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE49             LAY16(379530176L, 233245760L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE49             LAY16(404699072L, 245830208L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE49             LAY16(429867968L, 258414656L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -195,8 +195,7 @@
 #define LOGITS17_G       (GSCRATCH + 0L)
 #define GATE17_G         (GSCRATCH + 49152L)
 #define XE17_G           (GSCRATCH + 65536L)
-#define HE17_G           (GSCRATCH + 6357760L)
-#define YE17_G           (GSCRATCH + 31526656L)
+#define YE17_G           (GSCRATCH + 6357760L)
 #define V18_G            V22_G /* shared: plan_grad_alias */
 #define V20_G                       0L
 #define V21_G            V22_G /* shared: plan_grad_alias */
@@ -218,8 +217,7 @@
 #define LOGITS33_G       (GSCRATCH + 0L)
 #define GATE33_G         (GSCRATCH + 49152L)
 #define XE33_G           (GSCRATCH + 65536L)
-#define HE33_G           (GSCRATCH + 6357760L)
-#define YE33_G           (GSCRATCH + 31526656L)
+#define YE33_G           (GSCRATCH + 6357760L)
 #define V34_G            V38_G /* shared: plan_grad_alias */
 #define V36_G                       0L
 #define V37_G            V38_G /* shared: plan_grad_alias */
@@ -241,8 +239,7 @@
 #define LOGITS49_G       (GSCRATCH + 0L)
 #define GATE49_G         (GSCRATCH + 49152L)
 #define XE49_G           (GSCRATCH + 65536L)
-#define HE49_G           (GSCRATCH + 6357760L)
-#define YE49_G           (GSCRATCH + 31526656L)
+#define YE49_G           (GSCRATCH + 6357760L)
 #define V50_G                 3352576L
 #define V51_G                  206848L
 #define V52_G                   10240L
@@ -385,14 +382,14 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */
-    436160048L, /* act_floats */
-    261560624L, /* act_floats16: in bf16 precision */
-    44317184L, /* grad_floats */
+    436160192L, /* act_floats */
+    261560768L, /* act_floats16: in bf16 precision */
+    31664128L, /* grad_floats */
     442800L, /* int_slots */
     24L, /* dacc: doubles */
     45L, /* stats: u64 */
     589824L, /* red_floats */
-    25165832L, /* cast_elems */
+    25165952L, /* cast_elems */
     1L, /* xchg_elems */
     682, /* eval_batch */
     V53, /* logits */
@@ -604,7 +601,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK49), IA(SLOT49), IA(COUNT49), IA(TOKEN49), IA(ROWK49), IA(ORDER49), IA(IOTA49), IA(BLKC49), IA(BLKB49),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V48), G(GATE49), G(YE49), G(YE49), G(HE49), G(XE49), G(XE49), G(V49),
+        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V48), G(GATE49), G(YE49), G(YE49), G(XE49), G(XE49), G(V49),
                                           A(XE49), A(HE49), A(AE49), A(YE49), &r, P(3571200L), P(4015872L), P(4458240L),
                                           DP(3571200L), DP(4013568L), DP(4015872L), DP(4458240L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS49), G(GATE49), &r, IA(TARGET49), d->dacc + 18, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
@@ -649,7 +646,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK33), IA(SLOT33), IA(COUNT33), IA(TOKEN33), IA(ROWK33), IA(ORDER33), IA(IOTA33), IA(BLKC33), IA(BLKB33),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(HE33), G(XE33), G(XE33), G(V33),
+        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V32), G(GATE33), G(YE33), G(YE33), G(XE33), G(XE33), G(V33),
                                           A(XE33), A(HE33), A(AE33), A(YE33), &r, P(2089152L), P(2533824L), P(2976192L),
                                           DP(2089152L), DP(2531520L), DP(2533824L), DP(2976192L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS33), G(GATE33), &r, IA(TARGET33), d->dacc + 11, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);
@@ -694,7 +691,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK17), IA(SLOT17), IA(COUNT17), IA(TOKEN17), IA(ROWK17), IA(ORDER17), IA(IOTA17), IA(BLKC17), IA(BLKB17),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(HE17), G(XE17), G(XE17), G(V17),
+        moe_experts_backward<192, 768, 3, 1, 1>(k, G(V16), G(GATE17), G(YE17), G(YE17), G(XE17), G(XE17), G(V17),
                                           A(XE17), A(HE17), A(AE17), A(YE17), &r, P(607104L), P(1051776L), P(1494144L),
                                           DP(607104L), DP(1049472L), DP(1051776L), DP(1494144L), N, cap, 0);
         moe_router_backward<3, 1>(k, G(LOGITS17), G(GATE17), &r, IA(TARGET17), d->dacc + 4, N, 1, 0.01f, 0.0f, 0.1f, 0.0f);

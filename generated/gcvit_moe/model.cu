@@ -214,58 +214,58 @@
 #define TARGET82               163088L /* int32 mapped expert */
 #define BLKC82                 188176L /* int32 choices per block and expert */
 #define BLKB82                 188384L /* int32 first slot per block and expert */
-#define XR82               2622400400L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR82               2630428560L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V83                2638456720L /* drop_path */
-#define KEEP83             2644879248L /* stochastic depth: kept samples */
-#define V84                2644879376L /* residual_end */
-#define MEAN86             2651301904L /* layer norm means */
-#define RSTD86             2651326992L /* layer norm 1/std */
-#define V87                2651352080L /* window_attention blocks.4.attn */
-#define QKV87              2657774608L /* queries, keys, values (grid order) */
-#define QKVW87             2677042192L /* queries, keys, values (window order) */
-#define ATT87              2696309776L /* attention weights */
-#define YW87               2735647760L /* heads' outputs (window order) */
-#define Y87                2742070288L /* heads' outputs (grid order) */
-#define V88                2748492816L /* drop_path */
-#define KEEP88             2754915344L /* stochastic depth: kept samples */
-#define V89                2754915472L /* residual_end */
-#define MEAN91             2761338000L /* layer norm means */
-#define RSTD91             2761363088L /* layer norm 1/std */
-#define V92                2761388176L /* mlp blocks.4.mlp */
-#define H92                2767810704L /* hidden, before the activation, then its derivative */
-#define V93                2787078288L /* drop_path */
-#define KEEP93             2793500816L /* stochastic depth: kept samples */
-#define V94                2793500944L /* residual_end */
-#define V96                2799923472L /* layernorm blocks.4.norm3 */
-#define MEAN96             2806346000L /* layer norm means */
-#define RSTD96             2806371088L /* layer norm 1/std */
-#define V97                2806396176L /* window_attention blocks.4.attn2 */
-#define KV97               2812818704L /* keys, values (grid order) */
-#define QKVW97             2825663760L /* queries, keys, values (window order) */
-#define ATT97              2844931344L /* attention weights */
-#define YW97               2884269328L /* heads' outputs (window order) */
-#define Y97                2890691856L /* heads' outputs (grid order) */
-#define GTOK97             2897114384L /* global tokens (the grid pooled to a window) */
-#define GQ97               2903536912L /* global queries */
-#define V98                2909959440L /* drop_path */
-#define KEEP98             2916381968L /* stochastic depth: kept samples */
-#define V99                2916382096L /* residual_end */
-#define V101               2922804624L /* layernorm blocks.4.norm4 */
-#define MEAN101            2929227152L /* layer norm means */
-#define RSTD101            2929252240L /* layer norm 1/std */
-#define V102               2929277328L /* moe blocks.4.moe */
-#define LOGITS102          2935699856L /* router logits */
-#define PROBS102           2935900560L /* router probabilities */
-#define LSE102             2936101264L /* log-sum-exp of the logits */
-#define TOPP102            2936126352L /* top-k probabilities */
-#define GATE102            2936151440L /* gates */
-#define PRIO102            2936176528L /* routing priority */
-#define PRIOS102           2936201616L /* routing priority, sorted */
-#define ENT102             2936226704L /* router entropy per token */
-#define XE102              2936251792L /* expert inputs [E, cap, D] */
-#define YE102              2944279952L /* expert outputs [E, cap, D] */
-#define AUX102             2952308112L /* auxiliary losses: balance, z, dataset, importance */
+#define XR82               2622400448L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR82               2630428608L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V83                2638456768L /* drop_path */
+#define KEEP83             2644879296L /* stochastic depth: kept samples */
+#define V84                2644879424L /* residual_end */
+#define MEAN86             2651301952L /* layer norm means */
+#define RSTD86             2651327040L /* layer norm 1/std */
+#define V87                2651352128L /* window_attention blocks.4.attn */
+#define QKV87              2657774656L /* queries, keys, values (grid order) */
+#define QKVW87             2677042240L /* queries, keys, values (window order) */
+#define ATT87              2696309824L /* attention weights */
+#define YW87               2735647808L /* heads' outputs (window order) */
+#define Y87                2742070336L /* heads' outputs (grid order) */
+#define V88                2748492864L /* drop_path */
+#define KEEP88             2754915392L /* stochastic depth: kept samples */
+#define V89                2754915520L /* residual_end */
+#define MEAN91             2761338048L /* layer norm means */
+#define RSTD91             2761363136L /* layer norm 1/std */
+#define V92                2761388224L /* mlp blocks.4.mlp */
+#define H92                2767810752L /* hidden, before the activation, then its derivative */
+#define V93                2787078336L /* drop_path */
+#define KEEP93             2793500864L /* stochastic depth: kept samples */
+#define V94                2793500992L /* residual_end */
+#define V96                2799923520L /* layernorm blocks.4.norm3 */
+#define MEAN96             2806346048L /* layer norm means */
+#define RSTD96             2806371136L /* layer norm 1/std */
+#define V97                2806396224L /* window_attention blocks.4.attn2 */
+#define KV97               2812818752L /* keys, values (grid order) */
+#define QKVW97             2825663808L /* queries, keys, values (window order) */
+#define ATT97              2844931392L /* attention weights */
+#define YW97               2884269376L /* heads' outputs (window order) */
+#define Y97                2890691904L /* heads' outputs (grid order) */
+#define GTOK97             2897114432L /* global tokens (the grid pooled to a window) */
+#define GQ97               2903536960L /* global queries */
+#define V98                2909959488L /* drop_path */
+#define KEEP98             2916382016L /* stochastic depth: kept samples */
+#define V99                2916382144L /* residual_end */
+#define V101               2922804672L /* layernorm blocks.4.norm4 */
+#define MEAN101            2929227200L /* layer norm means */
+#define RSTD101            2929252288L /* layer norm 1/std */
+#define V102               2929277376L /* moe blocks.4.moe */
+#define LOGITS102          2935699904L /* router logits */
+#define PROBS102           2935900608L /* router probabilities */
+#define LSE102             2936101312L /* log-sum-exp of the logits */
+#define TOPP102            2936126400L /* top-k probabilities */
+#define GATE102            2936151488L /* gates */
+#define PRIO102            2936176576L /* routing priority */
+#define PRIOS102           2936201664L /* routing priority, sorted */
+#define ENT102             2936226752L /* router entropy per token */
+#define XE102              2936251840L /* expert inputs [E, cap, D] */
+#define YE102              2944280000L /* expert outputs [E, cap, D] */
+#define AUX102             2952308160L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK102                188592L /* int32 chosen experts */
 #define SLOT102                213680L /* int32 slot of each choice */
 #define COUNT102               238768L /* int32 tokens per expert */
@@ -276,63 +276,63 @@
 #define TARGET102              351680L /* int32 mapped expert */
 #define BLKC102                376768L /* int32 choices per block and expert */
 #define BLKB102                376976L /* int32 first slot per block and expert */
-#define XR102              2952308128L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR102              2960336288L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V103               2968364448L /* drop_path */
-#define KEEP103            2974786976L /* stochastic depth: kept samples */
-#define V104               2974787104L /* residual_end */
-#define V105               2981209632L /* downsample downsample3 */
-#define MERGE105           2984420896L /* 2x2 neighbourhoods, concatenated */
-#define MNORM105           2990843424L /* normalised */
-#define MEAN105            2997265952L /* layer norm means */
-#define RSTD105            2997272224L /* layer norm 1/std */
-#define MEAN107            2997278496L /* layer norm means */
-#define RSTD107            2997284768L /* layer norm 1/std */
-#define V108               2997291040L /* window_attention blocks.5.attn */
-#define QKV108             3000502304L /* queries, keys, values (grid order) */
-#define QKVW108            3010136096L /* queries, keys, values (window order) */
-#define ATT108             3019769888L /* attention weights */
-#define YW108              3024687136L /* heads' outputs (window order) */
-#define Y108               3027898400L /* heads' outputs (grid order) */
-#define V109               3031109664L /* drop_path */
-#define KEEP109            3034320928L /* stochastic depth: kept samples */
-#define V110               3034321056L /* residual_end */
-#define MEAN112            3037532320L /* layer norm means */
-#define RSTD112            3037538592L /* layer norm 1/std */
-#define V113               3037544864L /* mlp blocks.5.mlp */
-#define H113               3040756128L /* hidden, before the activation, then its derivative */
-#define V114               3050389920L /* drop_path */
-#define KEEP114            3053601184L /* stochastic depth: kept samples */
-#define V115               3053601312L /* residual_end */
-#define V117               3056812576L /* layernorm blocks.5.norm3 */
-#define MEAN117            3060023840L /* layer norm means */
-#define RSTD117            3060030112L /* layer norm 1/std */
-#define V118               3060036384L /* window_attention blocks.5.attn2 */
-#define KV118              3063247648L /* keys, values (grid order) */
-#define QKVW118            3069670176L /* queries, keys, values (window order) */
-#define ATT118             3079303968L /* attention weights */
-#define YW118              3084221216L /* heads' outputs (window order) */
-#define Y118               3087432480L /* heads' outputs (grid order) */
-#define GTOK118            3090643744L /* global tokens (the grid pooled to a window) */
-#define GQ118              3093855008L /* global queries */
-#define V119               3097066272L /* drop_path */
-#define KEEP119            3100277536L /* stochastic depth: kept samples */
-#define V120               3100277664L /* residual_end */
-#define V122               3103488928L /* layernorm blocks.5.norm4 */
-#define MEAN122            3106700192L /* layer norm means */
-#define RSTD122            3106706464L /* layer norm 1/std */
-#define V123               3106712736L /* moe blocks.5.moe */
-#define LOGITS123          3109924000L /* router logits */
-#define PROBS123           3109974176L /* router probabilities */
-#define LSE123             3110024352L /* log-sum-exp of the logits */
-#define TOPP123            3110030624L /* top-k probabilities */
-#define GATE123            3110036896L /* gates */
-#define PRIO123            3110043168L /* routing priority */
-#define PRIOS123           3110049440L /* routing priority, sorted */
-#define ENT123             3110055712L /* router entropy per token */
-#define XE123              3110061984L /* expert inputs [E, cap, D] */
-#define YE123              3114076064L /* expert outputs [E, cap, D] */
-#define AUX123             3118090144L /* auxiliary losses: balance, z, dataset, importance */
+#define XR102              2952308224L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR102              2960336384L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V103               2968364544L /* drop_path */
+#define KEEP103            2974787072L /* stochastic depth: kept samples */
+#define V104               2974787200L /* residual_end */
+#define V105               2981209728L /* downsample downsample3 */
+#define MERGE105           2984420992L /* 2x2 neighbourhoods, concatenated */
+#define MNORM105           2990843520L /* normalised */
+#define MEAN105            2997266048L /* layer norm means */
+#define RSTD105            2997272320L /* layer norm 1/std */
+#define MEAN107            2997278592L /* layer norm means */
+#define RSTD107            2997284864L /* layer norm 1/std */
+#define V108               2997291136L /* window_attention blocks.5.attn */
+#define QKV108             3000502400L /* queries, keys, values (grid order) */
+#define QKVW108            3010136192L /* queries, keys, values (window order) */
+#define ATT108             3019769984L /* attention weights */
+#define YW108              3024687232L /* heads' outputs (window order) */
+#define Y108               3027898496L /* heads' outputs (grid order) */
+#define V109               3031109760L /* drop_path */
+#define KEEP109            3034321024L /* stochastic depth: kept samples */
+#define V110               3034321152L /* residual_end */
+#define MEAN112            3037532416L /* layer norm means */
+#define RSTD112            3037538688L /* layer norm 1/std */
+#define V113               3037544960L /* mlp blocks.5.mlp */
+#define H113               3040756224L /* hidden, before the activation, then its derivative */
+#define V114               3050390016L /* drop_path */
+#define KEEP114            3053601280L /* stochastic depth: kept samples */
+#define V115               3053601408L /* residual_end */
+#define V117               3056812672L /* layernorm blocks.5.norm3 */
+#define MEAN117            3060023936L /* layer norm means */
+#define RSTD117            3060030208L /* layer norm 1/std */
+#define V118               3060036480L /* window_attention blocks.5.attn2 */
+#define KV118              3063247744L /* keys, values (grid order) */
+#define QKVW118            3069670272L /* queries, keys, values (window order) */
+#define ATT118             3079304064L /* attention weights */
+#define YW118              3084221312L /* heads' outputs (window order) */
+#define Y118               3087432576L /* heads' outputs (grid order) */
+#define GTOK118            3090643840L /* global tokens (the grid pooled to a window) */
+#define GQ118              3093855104L /* global queries */
+#define V119               3097066368L /* drop_path */
+#define KEEP119            3100277632L /* stochastic depth: kept samples */
+#define V120               3100277760L /* residual_end */
+#define V122               3103489024L /* layernorm blocks.5.norm4 */
+#define MEAN122            3106700288L /* layer norm means */
+#define RSTD122            3106706560L /* layer norm 1/std */
+#define V123               3106712832L /* moe blocks.5.moe */
+#define LOGITS123          3109924096L /* router logits */
+#define PROBS123           3109974272L /* router probabilities */
+#define LSE123             3110024448L /* log-sum-exp of the logits */
+#define TOPP123            3110030720L /* top-k probabilities */
+#define GATE123            3110036992L /* gates */
+#define PRIO123            3110043264L /* routing priority */
+#define PRIOS123           3110049536L /* routing priority, sorted */
+#define ENT123             3110055808L /* router entropy per token */
+#define XE123              3110062080L /* expert inputs [E, cap, D] */
+#define YE123              3114076160L /* expert outputs [E, cap, D] */
+#define AUX123             3118090240L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK123                377184L /* int32 chosen experts */
 #define SLOT123                383456L /* int32 slot of each choice */
 #define COUNT123               389728L /* int32 tokens per expert */
@@ -343,47 +343,47 @@
 #define TARGET123              417968L /* int32 mapped expert */
 #define BLKC123                424240L /* int32 choices per block and expert */
 #define BLKB123                424304L /* int32 first slot per block and expert */
-#define XR123              3118090160L /* this GPU's experts' inputs [E/P, P, cap, D] */
-#define YR123              3122104240L /* this GPU's experts' outputs [E/P, P, cap, D] */
-#define V124               3126118320L /* drop_path */
-#define KEEP124            3129329584L /* stochastic depth: kept samples */
-#define V125               3129329712L /* residual_end */
-#define V126               3132540976L /* layernorm norm */
-#define MEAN126            3135752240L /* layer norm means */
-#define RSTD126            3135758512L /* layer norm 1/std */
-#define V127               3135764784L /* pool */
-#define V128               3135830320L /* logits */
-#define XENT               3135958320L /* cross-entropy per sample */
-#define V4               LAY16(3135958448L, 3135958448L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define V9               LAY16(3161648560L, 3148803504L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV10           LAY16(3187338672L, 3161648560L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V19              LAY16(3264409008L, 3200183728L) /* layernorm blocks.0.norm4; bf16 alone in bf16 precision */
-#define ACTV20           LAY16(3290099120L, 3213028784L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V25              LAY16(3367169456L, 3251563952L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define V30              LAY16(3380014512L, 3257986480L) /* layernorm blocks.1.norm2; bf16 alone in bf16 precision */
-#define ACTV31           LAY16(3392859568L, 3264409008L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V40              LAY16(3431394736L, 3283676592L) /* layernorm blocks.1.norm4; bf16 alone in bf16 precision */
-#define ACTV41           LAY16(3444239792L, 3290099120L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V46              LAY16(3482774960L, 3309366704L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define V51              LAY16(3489197488L, 3312577968L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV52           LAY16(3495620016L, 3315789232L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V61              LAY16(3514887600L, 3325423024L) /* layernorm blocks.2.norm4; bf16 alone in bf16 precision */
-#define ACTV62           LAY16(3521310128L, 3328634288L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V66              LAY16(3540577712L, 3338268080L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define V71              LAY16(3547000240L, 3341479344L) /* layernorm blocks.3.norm2; bf16 alone in bf16 precision */
-#define ACTV72           LAY16(3553422768L, 3344690608L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define HE82             LAY16(3572690352L, 3354324400L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE82             LAY16(3596774832L, 3366366640L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define V86              LAY16(3620859312L, 3378408880L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define V91              LAY16(3627281840L, 3381620144L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define ACTV92           LAY16(3633704368L, 3384831408L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define HE102            LAY16(3652971952L, 3394465200L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE102            LAY16(3677056432L, 3406507440L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define V107             LAY16(3701140912L, 3418549680L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define V112             LAY16(3704352176L, 3420155312L) /* layernorm blocks.5.norm2; bf16 alone in bf16 precision */
-#define ACTV113          LAY16(3707563440L, 3421760944L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define HE123            LAY16(3717197232L, 3426577840L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE123            LAY16(3729239472L, 3432598960L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define XR123              3118090304L /* this GPU's experts' inputs [E/P, P, cap, D] */
+#define YR123              3122104384L /* this GPU's experts' outputs [E/P, P, cap, D] */
+#define V124               3126118464L /* drop_path */
+#define KEEP124            3129329728L /* stochastic depth: kept samples */
+#define V125               3129329856L /* residual_end */
+#define V126               3132541120L /* layernorm norm */
+#define MEAN126            3135752384L /* layer norm means */
+#define RSTD126            3135758656L /* layer norm 1/std */
+#define V127               3135764928L /* pool */
+#define V128               3135830464L /* logits */
+#define XENT               3135958464L /* cross-entropy per sample */
+#define V4               LAY16(3135958592L, 3135958592L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define V9               LAY16(3161648704L, 3148803648L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV10           LAY16(3187338816L, 3161648704L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V19              LAY16(3264409152L, 3200183872L) /* layernorm blocks.0.norm4; bf16 alone in bf16 precision */
+#define ACTV20           LAY16(3290099264L, 3213028928L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V25              LAY16(3367169600L, 3251564096L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define V30              LAY16(3380014656L, 3257986624L) /* layernorm blocks.1.norm2; bf16 alone in bf16 precision */
+#define ACTV31           LAY16(3392859712L, 3264409152L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V40              LAY16(3431394880L, 3283676736L) /* layernorm blocks.1.norm4; bf16 alone in bf16 precision */
+#define ACTV41           LAY16(3444239936L, 3290099264L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V46              LAY16(3482775104L, 3309366848L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define V51              LAY16(3489197632L, 3312578112L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV52           LAY16(3495620160L, 3315789376L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V61              LAY16(3514887744L, 3325423168L) /* layernorm blocks.2.norm4; bf16 alone in bf16 precision */
+#define ACTV62           LAY16(3521310272L, 3328634432L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V66              LAY16(3540577856L, 3338268224L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define V71              LAY16(3547000384L, 3341479488L) /* layernorm blocks.3.norm2; bf16 alone in bf16 precision */
+#define ACTV72           LAY16(3553422912L, 3344690752L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define HE82             LAY16(3572690496L, 3354324544L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE82             LAY16(3596774976L, 3366366784L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define V86              LAY16(3620859456L, 3378409024L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define V91              LAY16(3627281984L, 3381620288L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV92           LAY16(3633704512L, 3384831552L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define HE102            LAY16(3652972096L, 3394465344L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE102            LAY16(3677056576L, 3406507584L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define V107             LAY16(3701141056L, 3418549824L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define V112             LAY16(3704352320L, 3420155456L) /* layernorm blocks.5.norm2; bf16 alone in bf16 precision */
+#define ACTV113          LAY16(3707563584L, 3421761088L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define HE123            LAY16(3717197376L, 3426577984L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE123            LAY16(3729239616L, 3432599104L) /* expert hidden, activated; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -518,10 +518,9 @@
 #define LOGITS82_G       (GSCRATCH + 0L)
 #define GATE82_G         (GSCRATCH + 200704L)
 #define XE82_G           (GSCRATCH + 225792L)
-#define HE82_G           (GSCRATCH + 8253952L)
-#define YE82_G           (GSCRATCH + 32338432L)
-#define XR82_G           (GSCRATCH + 40366592L)
-#define YR82_G           (GSCRATCH + 48394752L)
+#define YE82_G           (GSCRATCH + 8253952L)
+#define XR82_G           (GSCRATCH + 16282112L)
+#define YR82_G           (GSCRATCH + 24310272L)
 #define V83_G            V84_G /* shared: plan_grad_alias */
 #define V84_G            V89_G /* shared: plan_grad_alias */
 #define V86_G                13038592L
@@ -553,10 +552,9 @@
 #define LOGITS102_G      (GSCRATCH + 0L)
 #define GATE102_G        (GSCRATCH + 200704L)
 #define XE102_G          (GSCRATCH + 225792L)
-#define HE102_G          (GSCRATCH + 8253952L)
-#define YE102_G          (GSCRATCH + 32338432L)
-#define XR102_G          (GSCRATCH + 40366592L)
-#define YR102_G          (GSCRATCH + 48394752L)
+#define YE102_G          (GSCRATCH + 8253952L)
+#define XR102_G          (GSCRATCH + 16282112L)
+#define YR102_G          (GSCRATCH + 24310272L)
 #define V103_G           V104_G /* shared: plan_grad_alias */
 #define V104_G                6616064L
 #define V105_G           V110_G /* shared: plan_grad_alias */
@@ -591,10 +589,9 @@
 #define LOGITS123_G      (GSCRATCH + 0L)
 #define GATE123_G        (GSCRATCH + 50176L)
 #define XE123_G          (GSCRATCH + 56448L)
-#define HE123_G          (GSCRATCH + 4070528L)
-#define YE123_G          (GSCRATCH + 16112768L)
-#define XR123_G          (GSCRATCH + 20126848L)
-#define YR123_G          (GSCRATCH + 24140928L)
+#define YE123_G          (GSCRATCH + 4070528L)
+#define XR123_G          (GSCRATCH + 8084608L)
+#define YR123_G          (GSCRATCH + 12098688L)
 #define V124_G           V125_G /* shared: plan_grad_alias */
 #define V125_G                3404800L
 #define V126_G                 193536L
@@ -823,14 +820,14 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 
 const dev_layout DEV_LAYOUT = {
     13215528L, /* params */
-    3741281712L, /* act_floats */
-    3438620080L, /* act_floats16: in bf16 precision */
+    3741281856L, /* act_floats */
+    3438620224L, /* act_floats16: in bf16 precision */
     403207168L, /* grad_floats */
     424368L, /* int_slots */
     54L, /* dacc: doubles */
     57L, /* stats: u64 */
     2097152L, /* red_floats */
-    205520904L, /* cast_elems */
+    205521024L, /* cast_elems */
     8028160L, /* xchg_elems */
     20, /* eval_batch */
     V128, /* logits */
@@ -1259,7 +1256,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK123), IA(SLOT123), IA(COUNT123), IA(TOKEN123), IA(ROWK123), IA(ORDER123), IA(IOTA123), IA(BLKC123), IA(BLKB123),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<512, 1536, 8, 1, 4>(k, G(V122), G(GATE123), G(YE123), G(YR123), G(HE123), G(XR123), G(XE123), G(V123),
+        moe_experts_backward<512, 1536, 8, 1, 4>(k, G(V122), G(GATE123), G(YE123), G(YR123), G(XR123), G(XE123), G(V123),
                                           A(XR123), A(HE123), A(AE123), A(YE123), &r, P(9551680L), P(11127616L), P(12700480L),
                                           DP(9551680L), DP(11124544L), DP(11127616L), DP(12700480L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS123), G(GATE123), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1320,7 +1317,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK102), IA(SLOT102), IA(COUNT102), IA(TOKEN102), IA(ROWK102), IA(ORDER102), IA(IOTA102), IA(BLKC102), IA(BLKB102),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V101), G(GATE102), G(YE102), G(YR102), G(HE102), G(XR102), G(XE102), G(V102),
+        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V101), G(GATE102), G(YE102), G(YR102), G(XR102), G(XE102), G(V102),
                                           A(XR102), A(HE102), A(AE102), A(YE102), &r, P(4552512L), P(4947264L), P(5340480L),
                                           DP(4552512L), DP(4945728L), DP(4947264L), DP(5340480L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS102), G(GATE102), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1377,7 +1374,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK82), IA(SLOT82), IA(COUNT82), IA(TOKEN82), IA(ROWK82), IA(ORDER82), IA(IOTA82), IA(BLKC82), IA(BLKB82),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V81), G(GATE82), G(YE82), G(YR82), G(HE82), G(XR82), G(XE82), G(V82),
+        moe_experts_backward<256, 768, 8, 1, 4>(k, G(V81), G(GATE82), G(YE82), G(YR82), G(XR82), G(XE82), G(V82),
                                           A(XR82), A(HE82), A(AE82), A(YE82), &r, P(2839360L), P(3234112L), P(3627328L),
                                           DP(2839360L), DP(3232576L), DP(3234112L), DP(3627328L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS82), G(GATE82), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);

@@ -42,13 +42,13 @@
 #define TARGET2                  1168L /* int32 mapped expert */
 #define BLKC2                    1232L /* int32 choices per block and expert */
 #define BLKB2                    1248L /* int32 first slot per block and expert */
-#define V3                      67856L /* pool */
-#define V4                      76048L /* logits */
-#define XENT                    76688L /* cross-entropy per sample */
-#define XE2              LAY16(76752L, 76752L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE2              LAY16(109520L, 93136L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE2              LAY16(175056L, 125904L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE2              LAY16(240592L, 158672L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V3                      67904L /* pool */
+#define V4                      76096L /* logits */
+#define XENT                    76736L /* cross-entropy per sample */
+#define XE2              LAY16(76800L, 76800L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE2              LAY16(109568L, 93184L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE2              LAY16(175104L, 125952L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE2              LAY16(240640L, 158720L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -57,8 +57,7 @@
 #define LOGITS2_G        (GSCRATCH + 0L)
 #define GATE2_G          (GSCRATCH + 256L)
 #define XE2_G            (GSCRATCH + 512L)
-#define HE2_G            (GSCRATCH + 33280L)
-#define YE2_G            (GSCRATCH + 98816L)
+#define YE2_G            (GSCRATCH + 33280L)
 #define V3_G                      640L
 #define V4_G                        0L
 #define GSCRATCH 17024L
@@ -95,14 +94,14 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 
 const dev_layout DEV_LAYOUT = {
     365962L, /* params */
-    273360L, /* act_floats */
-    175056L, /* act_floats16: in bf16 precision */
-    148608L, /* grad_floats */
+    273408L, /* act_floats */
+    175104L, /* act_floats16: in bf16 precision */
+    83072L, /* grad_floats */
     1264L, /* int_slots */
     12L, /* dacc: doubles */
     11L, /* stats: u64 */
     65536L, /* red_floats */
-    262152L, /* cast_elems */
+    262272L, /* cast_elems */
     1L, /* xchg_elems */
     64, /* eval_batch */
     V4, /* logits */
@@ -165,7 +164,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK2), IA(SLOT2), IA(COUNT2), IA(TOKEN2), IA(ROWK2), IA(ORDER2), IA(IOTA2), IA(BLKC2), IA(BLKB2),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<128, 256, 4, 4, 1>(k, G(V1), G(GATE2), G(YE2), G(YE2), G(HE2), G(XE2), G(XE2), G(V2),
+        moe_experts_backward<128, 256, 4, 4, 1>(k, G(V1), G(GATE2), G(YE2), G(YE2), G(XE2), G(XE2), G(V2),
                                           A(XE2), A(HE2), A(AE2), A(YE2), &r, P(100992L), P(233088L), P(364160L),
                                           DP(100992L), DP(232064L), DP(233088L), DP(364160L), N, cap, 0);
         moe_router_backward<4, 4>(k, G(LOGITS2), G(GATE2), &r, nullptr, d->dacc + 4, N, 1, 0.0f, 0.0f, 0.0f, 0.01f);

@@ -288,6 +288,21 @@ static inline mm_in mm_pick(const __nv_bfloat16 *h, const float *f)
     return h ? mm_in(h) : mm_in(f);
 }
 
+/* that the bf16 operand scratch holds elems elements, or a clear stop */
+static inline void cast_need(const kctx *k, int64_t elems)
+{
+    if (elems > k->cast_elems) {
+        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
+                (long long)k->cast_elems, (long long)elems);
+        exit(1);
+    }
+}
+
+/* an operand's place in the bf16 operand scratch: n elements rounded up to
+ * 256 bytes, so that the next operand too starts as cuBLAS prefers (the
+ * scratch, from cudaMalloc, holds two: emit_cuda.c sizes it so) */
+#define CAST_ROUND(n) (((int64_t)(n) + 127) & ~(int64_t)127)
+
 /* bf16 precision: a product's operand of n elements in bf16: as given (x.h),
  * the weights' copy for an operand inside the weights (addresses compared
  * as integers: x.f may lie in another allocation), else rounded into the
@@ -299,14 +314,10 @@ static inline const __nv_bfloat16 *bf16_operand(const kctx *k, mm_in x, int64_t 
     const uintptr_t at = (uintptr_t)x.f, lo = (uintptr_t)k->w32;
     if (k->w16 && at >= lo && at + sizeof(float) * (size_t)n <= lo + sizeof(float) * (size_t)k->w_elems)
         return k->w16 + (at - lo) / sizeof(float);
-    if (*used + n > k->cast_elems) {
-        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
-                (long long)k->cast_elems, (long long)(*used + n));
-        exit(1);
-    }
+    cast_need(k, *used + n);
     __nv_bfloat16 *dst = k->cast + *used;
     to_bf16(k, dst, x.f, n);
-    *used += (n + 7) & ~(int64_t)7;
+    *used += CAST_ROUND(n);
     return dst;
 }
 
@@ -347,6 +358,21 @@ static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_
                                             CUBLAS_GEMM_DEFAULT));
 }
 
+/* cast_keep's scratch for an operand of n elements whose bf16 copy is
+ * there already (layernorm_backward's copy16 wrote it), or is about to be
+ * (cast_keep): *rest past it */
+static inline const __nv_bfloat16 *cast_kept(const kctx *k, kctx *rest, int64_t n)
+{
+    *rest = *k;
+    if (!k->cast)
+        return nullptr;
+    const int64_t used = CAST_ROUND(n);
+    cast_need(k, used);
+    rest->cast = k->cast + used;
+    rest->cast_elems = k->cast_elems - used;
+    return k->cast;
+}
+
 /* An operand that several products take (a gradient: the input's
  * product and the weights'), in bf16 precision rounded once, at the start
  * of the scratch; *rest is k with the scratch after it, for those
@@ -355,32 +381,10 @@ static inline void mm_rows(const kctx *k, cublasOperation_t ta, cublasOperation_
  * with *rest = *k, in the other precisions. */
 static inline const __nv_bfloat16 *cast_keep(const kctx *k, kctx *rest, const float *src, int64_t n)
 {
-    *rest = *k;
-    if (!k->cast)
-        return nullptr;
-    const int64_t used = (n + 7) & ~(int64_t)7;
-    if (used > k->cast_elems) {
-        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
-                (long long)k->cast_elems, (long long)used);
-        exit(1);
-    }
-    to_bf16(k, k->cast, src, n);
-    rest->cast = k->cast + used;
-    rest->cast_elems = k->cast_elems - used;
-    return k->cast;
-}
-
-/* cast_keep's scratch for an operand whose bf16 copy is there already
- * (layernorm_backward's copy16 wrote it): *rest past it */
-static inline const __nv_bfloat16 *cast_kept(const kctx *k, kctx *rest, int64_t n)
-{
-    *rest = *k;
-    if (!k->cast)
-        return nullptr;
-    const int64_t used = (n + 7) & ~(int64_t)7;
-    rest->cast = k->cast + used;
-    rest->cast_elems = k->cast_elems - used;
-    return k->cast;
+    const __nv_bfloat16 *h = cast_kept(k, rest, n);
+    if (h)
+        to_bf16(k, k->cast, src, n);
+    return h;
 }
 
 /* a copy of k whose products are plain fp32 whatever the precision (a
@@ -1364,7 +1368,7 @@ template <int ACT> __device__ static inline float act_f(float x)
 }
 
 /* dh[g][m, n] = da[g][m, n] * gh[g][m, n] (in bf16 into dh16 instead when
- * given; dh may be da), gh the activation's derivative that bias_act's
+ * given; dh or dh16 may be da), gh the activation's derivative that bias_act's
  * grad_h wrote, and db[g][n] += its column sums, for g < G groups of M
  * rows: a linear layer's activation backward and its bias gradient in one
  * pass over the hidden values, instead of a pass that writes dh and one
@@ -1376,7 +1380,7 @@ template <int ACT> __device__ static inline float act_f(float x)
  * zeros da holds there, as the combine's backward leaves dy, would give
  * the same dh and sums; gh holds nothing there). */
 template <int V, typename DT, typename HT>
-static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__restrict__ dh16, float *__restrict__ part,
+static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *dh16, float *__restrict__ part,
                                                 const DT *da, const HT *__restrict__ gh,
                                                 const int *__restrict__ live, int M, int N)
 {
@@ -1395,7 +1399,7 @@ static __global__ void act_bias_backward_kernel(float *dh, __nv_bfloat16 *__rest
                 vstore<V>(dh + at + (int64_t)m * N, v);
         };
         /* ROWS of this lane's rows at a time, all loaded before any is
-         * stored: dh may be da, so the compiler cannot move the next
+         * stored: dh (dh16) may be da, so the compiler cannot move the next
          * row's loads above this one's store, and one row's loads at a
          * time left the pass waiting on memory; the rows are still added
          * in order */
@@ -2168,11 +2172,8 @@ static inline void layernorm_backward(const kctx *k, float *dinp, float *dw, flo
     const int NS = dsum && ln_sum_ok<D>() ? 3 : 2;
     red_need(k, (int64_t)LN_BLOCKS * NS * D);
     __nv_bfloat16 *dinp16 = copy16 ? k->cast : nullptr;
-    if (dinp16 && (int64_t)N * D > k->cast_elems) {
-        fprintf(stderr, "train: internal error: bf16 operand scratch too small (%lld < %lld)\n",
-                (long long)k->cast_elems, (long long)N * D);
-        exit(1);
-    }
+    if (dinp16)
+        cast_need(k, (int64_t)N * D);
     layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, ln_bwd_smem<D>(NS), k->stream>>>(dinp, k->red, dout, inp, w, mean, rstd,
                                                                                 N, acc, NS, dinp16);
     LAUNCH_CHECK();
@@ -4793,14 +4794,12 @@ static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
  * in the first half of a's own memory (their only uses are as product
  * operands: the second layer's input and its weight gradient), so that
  * they are not rounded again for each product; the arena gives a half its
- * room in that precision. The backward's gradient dh takes the same form
- * in the second half of dh's own room (the first holds da: moe_h16), for
- * the products that take it. moe_a16(k, a, 0, r, H): row r's
- * activations; moe_a16(k, dh, EL * rows, r, H): its dh. NULL in the other
- * precisions (a holds fp32). */
-static inline __nv_bfloat16 *moe_a16(const kctx *k, float *a, int64_t half_rows, int64_t r, int H)
+ * room in that precision. The backward puts da and then dh there in the
+ * same form, once dw2 has read a (moe_ffn_backward_rows). moe_a16(k, a,
+ * r, H): row r's. NULL in the other precisions (a holds fp32). */
+static inline __nv_bfloat16 *moe_a16(const kctx *k, const float *a, int64_t r, int H)
 {
-    return k->cast ? reinterpret_cast<__nv_bfloat16 *>(a) + (half_rows + r) * H : nullptr;
+    return k->cast ? reinterpret_cast<__nv_bfloat16 *>(const_cast<float *>(a)) + r * H : nullptr;
 }
 
 /* The same for the experts' rows [E, cap, D] on one GPU (P = 1): in bf16
@@ -4817,15 +4816,15 @@ template <int P> static inline __nv_bfloat16 *moe_x16(const kctx *k, const float
     return P == 1 ? bf16_half(k, const_cast<float *>(rows)) : nullptr;
 }
 
-/* bf16 precision: the experts' hidden values h [EL, rows, H], and in the
- * backward the gradient of their activations (written into dh's room),
- * as their products write them: in bf16, in the first half of their fp32
- * memory, as only the element-wise passes read them (bias_act,
- * act_bias_backward: half the bytes of the two longest passes of the MoE
- * layer). moe_h16(k, h, r, H): row r's. NULL in the other precisions. */
+/* bf16 precision: the experts' hidden values h [EL, rows, H] as their
+ * product writes them, and then the activation's derivative (bias_act's
+ * grad_h): in bf16, in the first half of their fp32 memory, as only the
+ * element-wise passes read them (bias_act, act_bias_backward: half the
+ * bytes of the two longest passes of the MoE layer). moe_h16(k, h, r, H):
+ * row r's. NULL in the other precisions. */
 static inline __nv_bfloat16 *moe_h16(const kctx *k, const float *h, int64_t r, int H)
 {
-    return moe_a16(k, const_cast<float *>(h), 0, r, H);
+    return moe_a16(k, h, r, H);
 }
 
 /* The FFN of this GPU's experts [e, e + n) on their rows (rows each, laid
@@ -4842,7 +4841,7 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, __nv_bfloat16 *y16,
                                    const float *b2, const int *count, int rows, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
-    __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H), *h16 = moe_h16(k, h, r, H);
+    __nv_bfloat16 *a16 = moe_a16(k, a, r, H), *h16 = moe_h16(k, h, r, H);
     const int *live = count ? count + e : nullptr;
     xr += r * D, h += r * H, a += r * H, yr += r * D;
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
@@ -5153,37 +5152,56 @@ static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const
                 moe_scatter_bwd_kernel<K, 1, XT>, dx, dgate, dxe, r->topk, r->slot, N, cap, D, acc);
 }
 
-/* The FFN's backward for this GPU's experts [e, e + n), in two halves:
- * the rows' gradients (da = dy w2 into dh, dh = da * act'(h + b1), which
- * the forward left in h, with db1 += colsum(dh) in the same pass, dx = dh
- * w1), which the combine waits for, then the parameters' (dw2 += dy^T a,
- * db2 += colsum(dy), dw1 += dh^T x), which it need not. Both take dy of experts [e, e + n): in
- * bf16 precision dy16 has it rounded already (cast_keep), and k's scratch
- * starts after it; dh is then written in bf16 alone (moe_a16, in the
- * second half of dh's room), as only products take it. dx16: where dx
- * goes in bf16 instead of dxr (moe_x16), or NULL. count: as
- * moe_ffn_forward's. */
+/* The FFN's backward for this GPU's experts [e, e + n), in three parts:
+ * moe_ffn_backward_dw2 (dw2 += dy^T a, db2 += colsum(dy)), the last
+ * reader of the activations a; then moe_ffn_backward_rows, the rows'
+ * gradients (da = dy w2 into a's room, dh = da * act'(h + b1) in place,
+ * where the forward left act' in h, with db1 += colsum(dh) in the same
+ * pass, dx = dh w1), which the combine waits for; then
+ * moe_ffn_backward_dw1 (dw1 += dh^T x), which it need not. dh needs no
+ * room of its own: it lives where a did (in bf16 precision in bf16, as
+ * a: moe_a16). All take dy of experts [e, e + n): in bf16 precision dy16
+ * has it rounded already (cast_keep), and k's scratch starts after it.
+ * dx16: where dx goes in bf16 instead of dxr (moe_x16), or NULL. count:
+ * as moe_ffn_forward's. */
 template <int D, int H>
-static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, __nv_bfloat16 *dx16, float *dh, float *db1,
-                                         const float *dyr,
-                                         const __nv_bfloat16 *dy16, const float *h, const float *w1,
-                                         const float *w2, const int *count, int rows, int el, int e, int n)
+static inline void moe_ffn_backward_dw2(const kctx *k, float *dw2, float *db2, const float *dyr,
+                                        const __nv_bfloat16 *dy16, const float *a, int rows, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
-    __nv_bfloat16 *dh16 = moe_a16(k, dh, (int64_t)el * rows, r, H), *da16 = moe_h16(k, dh, r, H);
+    const __nv_bfloat16 *a16 = moe_a16(k, a, r, H);
+    dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
+    a += r * H, dw2 += (int64_t)e * D * H;
+    mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
+          (int64_t)D * H);
+    /* db2 NULL: summed by the combine's backward (moe_combine_bwd_sum) */
+    if (db2 && dyr)
+        colsum_add(k, db2 + (int64_t)e * D, dyr, rows, D, n, (int64_t)rows * D, D);
+    else if (db2) /* dy in bf16 alone (moe_experts_backward) */
+        colsum_add(k, db2 + (int64_t)e * D, dy16, rows, D, n, (int64_t)rows * D, D);
+}
+
+template <int D, int H>
+static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, __nv_bfloat16 *dx16, float *a, float *db1,
+                                         const float *dyr, const __nv_bfloat16 *dy16, const float *h,
+                                         const float *w1, const float *w2, const int *count, int rows, int e, int n)
+{
+    const int64_t r = (int64_t)e * rows;
+    __nv_bfloat16 *dh16 = moe_a16(k, a, r, H); /* da, then dh, in bf16 precision */
     const __nv_bfloat16 *h16 = moe_h16(k, h, r, H);
     const int *live = count ? count + e : nullptr;
-    dxr += r * D, dh += r * H, h += r * H;
+    float *dh = a + r * H; /* da, then dh, in the other precisions */
+    dxr += r * D, h += r * H;
     dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
     w1 += (int64_t)e * H * D, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
-    if (da16) { /* bf16 precision: da and h in bf16 (moe_h16), dh into dh16 */
-        mm_nn(k, da16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
+    if (dh16) { /* bf16 precision: da and h in bf16 (moe_h16), dh over da */
+        mm_nn(k, dh16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
               (int64_t)rows * H);
-        act_bias_backward(k, nullptr, dh16, db1, da16, h16, rows, H, n, live);
+        act_bias_backward(k, nullptr, dh16, db1, dh16, h16, rows, H, n, live);
     } else {
         mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
               (int64_t)rows * H);
-        act_bias_backward(k, dh, dh16, db1, dh, h, rows, H, n, live);
+        act_bias_backward(k, dh, nullptr, db1, dh, h, rows, H, n, live);
     }
     if (dx16)
         mm_nn(k, dx16 + r * D, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D,
@@ -5193,39 +5211,31 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, __nv_bfloat1
               (int64_t)rows * D);
 }
 
+/* dh: in a's room, as moe_ffn_backward_rows left it */
 template <int D, int H>
-static inline void moe_ffn_backward_params(const kctx *k, float *dw1, float *dw2, float *db2, const float *dyr,
-                                           const __nv_bfloat16 *dy16, const float *dh, const float *xr,
-                                           const __nv_bfloat16 *x16, float *a, int rows, int el, int e, int n)
+static inline void moe_ffn_backward_dw1(const kctx *k, float *dw1, const float *dh, const float *xr,
+                                        const __nv_bfloat16 *x16, int rows, int e, int n)
 {
     const int64_t r = (int64_t)e * rows;
-    const __nv_bfloat16 *a16 = moe_a16(k, a, 0, r, H);
-    const __nv_bfloat16 *dh16 = moe_a16(k, const_cast<float *>(dh), (int64_t)el * rows, r, H);
-    dyr = dyr ? dyr + r * D : nullptr;
-    dh += r * H, xr += r * D, a += r * H;
-    dw1 += (int64_t)e * H * D, dw2 += (int64_t)e * D * H;
-    mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
-          (int64_t)D * H);
-    /* db2 NULL: summed by the combine's backward (moe_combine_bwd_sum) */
-    if (db2 && dyr)
-        colsum_add(k, db2 + (int64_t)e * D, dyr, rows, D, n, (int64_t)rows * D, D);
-    else if (db2) /* dy in bf16 alone (moe_experts_backward) */
-        colsum_add(k, db2 + (int64_t)e * D, dy16, rows, D, n, (int64_t)rows * D, D);
+    const __nv_bfloat16 *dh16 = moe_a16(k, dh, r, H);
+    dh += r * H, xr += r * D, dw1 += (int64_t)e * H * D;
     mm_tn(k, dw1, mm_pick(dh16, dh), mm_pick(x16 ? x16 + r * D : nullptr, xr), H, D, rows, 1.0f, n,
           (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
 }
 
 /* Backward of the experts and the combine: dgate[N, K] written, dx (+)=,
  * parameter gradients accumulated (w1 ... db2: this GPU's experts alone).
- * dye, dxe: [E, cap, *] scratch; with expert parallelism dyr, dh, dxr:
+ * dye, dxe: [E, cap, *] scratch; with expert parallelism dyr, dxr:
  * [E/P, P, cap, *] (else dyr = dye, dxr = dxe); xr, h, a: the forward's
  * rows of this GPU's experts, as moe_experts_forward left them (h: the
- * activation's derivative, bias_act's grad_h). In bf16 precision dh's
- * room holds da in its first half and dh in its second, both in bf16
- * (moe_h16, moe_a16), and on one GPU dxe the rows' dx in bf16 (moe_x16:
- * the scatter alone reads them). k->overlap: as in the forward. */
+ * activation's derivative, bias_act's grad_h). a is overwritten: once
+ * dw2 has read it, its room takes da and then dh (moe_ffn_backward_rows;
+ * in bf16 precision in bf16, moe_a16), so the activations' gradient
+ * needs no room of its own. On one GPU in bf16 precision dxe takes the
+ * rows' dx in bf16 (moe_x16: the scatter alone reads them). k->overlap:
+ * as in the forward. */
 template <int D, int H, int E, int K, int P>
-static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr, float *dh,
+static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, float *dye, float *dyr,
                                         float *dxr, float *dxe, const float *dout, const float *xr, const float *h,
                                         float *a, const float *ye, const moe_route_buf *r, const float *w1,
                                         const float *w2, const float *b2, float *dw1, float *db1, float *dw2,
@@ -5260,18 +5270,20 @@ static inline void moe_experts_backward(const kctx *k, float *dx, float *dgate, 
         for (int e = 0; e < EL; e++) {
             moe_exchange_wait(k, in[e]);
             const __nv_bfloat16 *dy16 = cast_keep(k, &kr, dyr + (int64_t)e * rows * D, (int64_t)rows * D);
-            moe_ffn_backward_rows<D, H>(&kr, dxr, nullptr, dh, db1, dyr, dy16, h, w1, w2, nullptr, rows, EL, e, 1);
+            moe_ffn_backward_dw2<D, H>(&kr, dw2, db2, dyr, dy16, a, rows, e, 1);
+            moe_ffn_backward_rows<D, H>(&kr, dxr, nullptr, a, db1, dyr, dy16, h, w1, w2, nullptr, rows, e, 1);
             done = moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE, e);
-            moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2, dyr, dy16, dh, xr, x16, a, rows, EL, e, 1);
+            moe_ffn_backward_dw1<D, H>(&kr, dw1, a, xr, x16, rows, e, 1);
         }
         moe_exchange_wait(k, done);
     } else {
         moe_exchange<P>(k, dyr, dye, chunk, EL, EXCHANGE_DISPATCH);
         const __nv_bfloat16 *dy16 = dy_half ? bf16_half(k, dye) : cast_keep(k, &kr, dyr, (int64_t)EL * rows * D);
         const float *dyf = dy_half ? nullptr : dyr; /* NULL: dy in bf16 alone */
-        moe_ffn_backward_rows<D, H>(&kr, dxr, dx16, dh, db1, dyf, dy16, h, w1, w2, P > 1 ? nullptr : r->count, rows,
-                                    EL, 0, EL);
-        moe_ffn_backward_params<D, H>(&kr, dw1, dw2, db2_rows, dyf, dy16, dh, xr, x16, a, rows, EL, 0, EL);
+        moe_ffn_backward_dw2<D, H>(&kr, dw2, db2_rows, dyf, dy16, a, rows, 0, EL);
+        moe_ffn_backward_rows<D, H>(&kr, dxr, dx16, a, db1, dyf, dy16, h, w1, w2, P > 1 ? nullptr : r->count, rows, 0,
+                                    EL);
+        moe_ffn_backward_dw1<D, H>(&kr, dw1, a, xr, x16, rows, 0, EL);
         moe_exchange<P>(k, dxe, dxr, chunk, EL, EXCHANGE_COMBINE);
     }
     if (dx16)

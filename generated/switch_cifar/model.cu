@@ -66,41 +66,41 @@
 #define TARGET21               108176L /* int32 mapped expert */
 #define BLKC21                 124816L /* int32 choices per block and expert */
 #define BLKB21                 124960L /* int32 first slot per block and expert */
-#define V22                  58745104L /* drop_path */
-#define KEEP22               61939984L /* stochastic depth: kept samples */
-#define V23                  61940240L /* residual_end */
-#define MEAN25               65135120L /* layer norm means */
-#define RSTD25               65151760L /* layer norm 1/std */
-#define V26                  65168400L /* attention blocks.2.attn */
-#define V27                  68363280L /* drop_path */
-#define KEEP27               71558160L /* stochastic depth: kept samples */
-#define V28                  71558416L /* residual_end */
-#define MEAN30               74753296L /* layer norm means */
-#define RSTD30               74769936L /* layer norm 1/std */
-#define V31                  74786576L /* mlp blocks.2.mlp */
-#define H31                  77981456L /* hidden, before the activation, then its derivative */
-#define V32                  90760976L /* drop_path */
-#define KEEP32               93955856L /* stochastic depth: kept samples */
-#define V33                  93956112L /* residual_end */
-#define MEAN35               97150992L /* layer norm means */
-#define RSTD35               97167632L /* layer norm 1/std */
-#define V36                  97184272L /* attention blocks.3.attn */
-#define V37                 100379152L /* drop_path */
-#define KEEP37              103574032L /* stochastic depth: kept samples */
-#define V38                 103574288L /* residual_end */
-#define V40                 106769168L /* layernorm blocks.3.norm2 */
-#define MEAN40              109964048L /* layer norm means */
-#define RSTD40              109980688L /* layer norm 1/std */
-#define V41                 109997328L /* moe blocks.3.moe */
-#define LOGITS41            113192208L /* router logits */
-#define PROBS41             113325328L /* router probabilities */
-#define LSE41               113458448L /* log-sum-exp of the logits */
-#define TOPP41              113475088L /* top-k probabilities */
-#define GATE41              113491728L /* gates */
-#define PRIO41              113508368L /* routing priority */
-#define PRIOS41             113525008L /* routing priority, sorted */
-#define ENT41               113541648L /* router entropy per token */
-#define AUX41               113558288L /* auxiliary losses: balance, z, dataset, importance */
+#define V22                  58745152L /* drop_path */
+#define KEEP22               61940032L /* stochastic depth: kept samples */
+#define V23                  61940288L /* residual_end */
+#define MEAN25               65135168L /* layer norm means */
+#define RSTD25               65151808L /* layer norm 1/std */
+#define V26                  65168448L /* attention blocks.2.attn */
+#define V27                  68363328L /* drop_path */
+#define KEEP27               71558208L /* stochastic depth: kept samples */
+#define V28                  71558464L /* residual_end */
+#define MEAN30               74753344L /* layer norm means */
+#define RSTD30               74769984L /* layer norm 1/std */
+#define V31                  74786624L /* mlp blocks.2.mlp */
+#define H31                  77981504L /* hidden, before the activation, then its derivative */
+#define V32                  90761024L /* drop_path */
+#define KEEP32               93955904L /* stochastic depth: kept samples */
+#define V33                  93956160L /* residual_end */
+#define MEAN35               97151040L /* layer norm means */
+#define RSTD35               97167680L /* layer norm 1/std */
+#define V36                  97184320L /* attention blocks.3.attn */
+#define V37                 100379200L /* drop_path */
+#define KEEP37              103574080L /* stochastic depth: kept samples */
+#define V38                 103574336L /* residual_end */
+#define V40                 106769216L /* layernorm blocks.3.norm2 */
+#define MEAN40              109964096L /* layer norm means */
+#define RSTD40              109980736L /* layer norm 1/std */
+#define V41                 109997376L /* moe blocks.3.moe */
+#define LOGITS41            113192256L /* router logits */
+#define PROBS41             113325376L /* router probabilities */
+#define LSE41               113458496L /* log-sum-exp of the logits */
+#define TOPP41              113475136L /* top-k probabilities */
+#define GATE41              113491776L /* gates */
+#define PRIO41              113508416L /* routing priority */
+#define PRIOS41             113525056L /* routing priority, sorted */
+#define ENT41               113541696L /* router entropy per token */
+#define AUX41               113558336L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 125104L /* int32 chosen experts */
 #define SLOT41                 141744L /* int32 slot of each choice */
 #define COUNT41                158384L /* int32 tokens per expert */
@@ -111,41 +111,41 @@
 #define TARGET41               233280L /* int32 mapped expert */
 #define BLKC41                 249920L /* int32 choices per block and expert */
 #define BLKB41                 250064L /* int32 first slot per block and expert */
-#define V42                 113558304L /* drop_path */
-#define KEEP42              116753184L /* stochastic depth: kept samples */
-#define V43                 116753440L /* residual_end */
-#define MEAN45              119948320L /* layer norm means */
-#define RSTD45              119964960L /* layer norm 1/std */
-#define V46                 119981600L /* attention blocks.4.attn */
-#define V47                 123176480L /* drop_path */
-#define KEEP47              126371360L /* stochastic depth: kept samples */
-#define V48                 126371616L /* residual_end */
-#define MEAN50              129566496L /* layer norm means */
-#define RSTD50              129583136L /* layer norm 1/std */
-#define V51                 129599776L /* mlp blocks.4.mlp */
-#define H51                 132794656L /* hidden, before the activation, then its derivative */
-#define V52                 145574176L /* drop_path */
-#define KEEP52              148769056L /* stochastic depth: kept samples */
-#define V53                 148769312L /* residual_end */
-#define MEAN55              151964192L /* layer norm means */
-#define RSTD55              151980832L /* layer norm 1/std */
-#define V56                 151997472L /* attention blocks.5.attn */
-#define V57                 155192352L /* drop_path */
-#define KEEP57              158387232L /* stochastic depth: kept samples */
-#define V58                 158387488L /* residual_end */
-#define V60                 161582368L /* layernorm blocks.5.norm2 */
-#define MEAN60              164777248L /* layer norm means */
-#define RSTD60              164793888L /* layer norm 1/std */
-#define V61                 164810528L /* moe blocks.5.moe */
-#define LOGITS61            168005408L /* router logits */
-#define PROBS61             168138528L /* router probabilities */
-#define LSE61               168271648L /* log-sum-exp of the logits */
-#define TOPP61              168288288L /* top-k probabilities */
-#define GATE61              168304928L /* gates */
-#define PRIO61              168321568L /* routing priority */
-#define PRIOS61             168338208L /* routing priority, sorted */
-#define ENT61               168354848L /* router entropy per token */
-#define AUX61               168371488L /* auxiliary losses: balance, z, dataset, importance */
+#define V42                 113558400L /* drop_path */
+#define KEEP42              116753280L /* stochastic depth: kept samples */
+#define V43                 116753536L /* residual_end */
+#define MEAN45              119948416L /* layer norm means */
+#define RSTD45              119965056L /* layer norm 1/std */
+#define V46                 119981696L /* attention blocks.4.attn */
+#define V47                 123176576L /* drop_path */
+#define KEEP47              126371456L /* stochastic depth: kept samples */
+#define V48                 126371712L /* residual_end */
+#define MEAN50              129566592L /* layer norm means */
+#define RSTD50              129583232L /* layer norm 1/std */
+#define V51                 129599872L /* mlp blocks.4.mlp */
+#define H51                 132794752L /* hidden, before the activation, then its derivative */
+#define V52                 145574272L /* drop_path */
+#define KEEP52              148769152L /* stochastic depth: kept samples */
+#define V53                 148769408L /* residual_end */
+#define MEAN55              151964288L /* layer norm means */
+#define RSTD55              151980928L /* layer norm 1/std */
+#define V56                 151997568L /* attention blocks.5.attn */
+#define V57                 155192448L /* drop_path */
+#define KEEP57              158387328L /* stochastic depth: kept samples */
+#define V58                 158387584L /* residual_end */
+#define V60                 161582464L /* layernorm blocks.5.norm2 */
+#define MEAN60              164777344L /* layer norm means */
+#define RSTD60              164793984L /* layer norm 1/std */
+#define V61                 164810624L /* moe blocks.5.moe */
+#define LOGITS61            168005504L /* router logits */
+#define PROBS61             168138624L /* router probabilities */
+#define LSE61               168271744L /* log-sum-exp of the logits */
+#define TOPP61              168288384L /* top-k probabilities */
+#define GATE61              168305024L /* gates */
+#define PRIO61              168321664L /* routing priority */
+#define PRIOS61             168338304L /* routing priority, sorted */
+#define ENT61               168354944L /* router entropy per token */
+#define AUX61               168371584L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 250208L /* int32 chosen experts */
 #define SLOT61                 266848L /* int32 slot of each choice */
 #define COUNT61                283488L /* int32 tokens per expert */
@@ -156,41 +156,41 @@
 #define TARGET61               358384L /* int32 mapped expert */
 #define BLKC61                 375024L /* int32 choices per block and expert */
 #define BLKB61                 375168L /* int32 first slot per block and expert */
-#define V62                 168371504L /* drop_path */
-#define KEEP62              171566384L /* stochastic depth: kept samples */
-#define V63                 171566640L /* residual_end */
-#define MEAN65              174761520L /* layer norm means */
-#define RSTD65              174778160L /* layer norm 1/std */
-#define V66                 174794800L /* attention blocks.6.attn */
-#define V67                 177989680L /* drop_path */
-#define KEEP67              181184560L /* stochastic depth: kept samples */
-#define V68                 181184816L /* residual_end */
-#define MEAN70              184379696L /* layer norm means */
-#define RSTD70              184396336L /* layer norm 1/std */
-#define V71                 184412976L /* mlp blocks.6.mlp */
-#define H71                 187607856L /* hidden, before the activation, then its derivative */
-#define V72                 200387376L /* drop_path */
-#define KEEP72              203582256L /* stochastic depth: kept samples */
-#define V73                 203582512L /* residual_end */
-#define MEAN75              206777392L /* layer norm means */
-#define RSTD75              206794032L /* layer norm 1/std */
-#define V76                 206810672L /* attention blocks.7.attn */
-#define V77                 210005552L /* drop_path */
-#define KEEP77              213200432L /* stochastic depth: kept samples */
-#define V78                 213200688L /* residual_end */
-#define V80                 216395568L /* layernorm blocks.7.norm2 */
-#define MEAN80              219590448L /* layer norm means */
-#define RSTD80              219607088L /* layer norm 1/std */
-#define V81                 219623728L /* moe blocks.7.moe */
-#define LOGITS81            222818608L /* router logits */
-#define PROBS81             222951728L /* router probabilities */
-#define LSE81               223084848L /* log-sum-exp of the logits */
-#define TOPP81              223101488L /* top-k probabilities */
-#define GATE81              223118128L /* gates */
-#define PRIO81              223134768L /* routing priority */
-#define PRIOS81             223151408L /* routing priority, sorted */
-#define ENT81               223168048L /* router entropy per token */
-#define AUX81               223184688L /* auxiliary losses: balance, z, dataset, importance */
+#define V62                 168371648L /* drop_path */
+#define KEEP62              171566528L /* stochastic depth: kept samples */
+#define V63                 171566784L /* residual_end */
+#define MEAN65              174761664L /* layer norm means */
+#define RSTD65              174778304L /* layer norm 1/std */
+#define V66                 174794944L /* attention blocks.6.attn */
+#define V67                 177989824L /* drop_path */
+#define KEEP67              181184704L /* stochastic depth: kept samples */
+#define V68                 181184960L /* residual_end */
+#define MEAN70              184379840L /* layer norm means */
+#define RSTD70              184396480L /* layer norm 1/std */
+#define V71                 184413120L /* mlp blocks.6.mlp */
+#define H71                 187608000L /* hidden, before the activation, then its derivative */
+#define V72                 200387520L /* drop_path */
+#define KEEP72              203582400L /* stochastic depth: kept samples */
+#define V73                 203582656L /* residual_end */
+#define MEAN75              206777536L /* layer norm means */
+#define RSTD75              206794176L /* layer norm 1/std */
+#define V76                 206810816L /* attention blocks.7.attn */
+#define V77                 210005696L /* drop_path */
+#define KEEP77              213200576L /* stochastic depth: kept samples */
+#define V78                 213200832L /* residual_end */
+#define V80                 216395712L /* layernorm blocks.7.norm2 */
+#define MEAN80              219590592L /* layer norm means */
+#define RSTD80              219607232L /* layer norm 1/std */
+#define V81                 219623872L /* moe blocks.7.moe */
+#define LOGITS81            222818752L /* router logits */
+#define PROBS81             222951872L /* router probabilities */
+#define LSE81               223084992L /* log-sum-exp of the logits */
+#define TOPP81              223101632L /* top-k probabilities */
+#define GATE81              223118272L /* gates */
+#define PRIO81              223134912L /* routing priority */
+#define PRIOS81             223151552L /* routing priority, sorted */
+#define ENT81               223168192L /* router entropy per token */
+#define AUX81               223184832L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 375312L /* int32 chosen experts */
 #define SLOT81                 391952L /* int32 slot of each choice */
 #define COUNT81                408592L /* int32 tokens per expert */
@@ -201,71 +201,71 @@
 #define TARGET81               483488L /* int32 mapped expert */
 #define BLKC81                 500128L /* int32 choices per block and expert */
 #define BLKB81                 500272L /* int32 first slot per block and expert */
-#define V82                 223184704L /* drop_path */
-#define KEEP82              226379584L /* stochastic depth: kept samples */
-#define V83                 226379840L /* residual_end */
-#define V84                 229574720L /* layernorm norm */
-#define MEAN84              232769600L /* layer norm means */
-#define RSTD84              232786240L /* layer norm 1/std */
-#define V85                 232802880L /* pool */
-#define V86                 232852032L /* logits */
-#define XENT                232854592L /* cross-entropy per sample */
-#define V5               LAY16(232854848L, 232854848L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV6             LAY16(236049728L, 234452288L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT6             LAY16(245634368L, 239244608L) /* attention weights; none in bf16 precision */
-#define Y6               LAY16(248879168L, 239244608L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V10              LAY16(252074048L, 240842048L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
-#define ACTV11           LAY16(255268928L, 242439488L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V15              LAY16(268048448L, 248829248L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV16            LAY16(271243328L, 250426688L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT16            LAY16(280827968L, 255219008L) /* attention weights; none in bf16 precision */
-#define Y16              LAY16(284072768L, 255219008L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE21             LAY16(287267648L, 256816448L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(291261248L, 258813248L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE21             LAY16(307235648L, 266800448L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE21             LAY16(323210048L, 274787648L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V25              LAY16(327203648L, 276784448L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV26            LAY16(330398528L, 278381888L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT26            LAY16(339983168L, 283174208L) /* attention weights; none in bf16 precision */
-#define Y26              LAY16(343227968L, 283174208L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V30              LAY16(346422848L, 284771648L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
-#define ACTV31           LAY16(349617728L, 286369088L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V35              LAY16(362397248L, 292758848L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV36            LAY16(365592128L, 294356288L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT36            LAY16(375176768L, 299148608L) /* attention weights; none in bf16 precision */
-#define Y36              LAY16(378421568L, 299148608L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE41             LAY16(381616448L, 300746048L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(385610048L, 302742848L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE41             LAY16(401584448L, 310730048L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE41             LAY16(417558848L, 318717248L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V45              LAY16(421552448L, 320714048L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV46            LAY16(424747328L, 322311488L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT46            LAY16(434331968L, 327103808L) /* attention weights; none in bf16 precision */
-#define Y46              LAY16(437576768L, 327103808L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V50              LAY16(440771648L, 328701248L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
-#define ACTV51           LAY16(443966528L, 330298688L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V55              LAY16(456746048L, 336688448L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV56            LAY16(459940928L, 338285888L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT56            LAY16(469525568L, 343078208L) /* attention weights; none in bf16 precision */
-#define Y56              LAY16(472770368L, 343078208L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE61             LAY16(475965248L, 344675648L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(479958848L, 346672448L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE61             LAY16(495933248L, 354659648L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE61             LAY16(511907648L, 362646848L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V65              LAY16(515901248L, 364643648L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define QKV66            LAY16(519096128L, 366241088L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT66            LAY16(528680768L, 371033408L) /* attention weights; none in bf16 precision */
-#define Y66              LAY16(531925568L, 371033408L) /* heads' outputs; bf16 alone in bf16 precision */
-#define V70              LAY16(535120448L, 372630848L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
-#define ACTV71           LAY16(538315328L, 374228288L) /* hidden, after the activation; bf16 alone in bf16 precision */
-#define V75              LAY16(551094848L, 380618048L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define QKV76            LAY16(554289728L, 382215488L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT76            LAY16(563874368L, 387007808L) /* attention weights; none in bf16 precision */
-#define Y76              LAY16(567119168L, 387007808L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE81             LAY16(570314048L, 388605248L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(574307648L, 390602048L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE81             LAY16(590282048L, 398589248L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE81             LAY16(606256448L, 406576448L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V82                 223184896L /* drop_path */
+#define KEEP82              226379776L /* stochastic depth: kept samples */
+#define V83                 226380032L /* residual_end */
+#define V84                 229574912L /* layernorm norm */
+#define MEAN84              232769792L /* layer norm means */
+#define RSTD84              232786432L /* layer norm 1/std */
+#define V85                 232803072L /* pool */
+#define V86                 232852224L /* logits */
+#define XENT                232854784L /* cross-entropy per sample */
+#define V5               LAY16(232855040L, 232855040L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(236049920L, 234452480L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT6             LAY16(245634560L, 239244800L) /* attention weights; none in bf16 precision */
+#define Y6               LAY16(248879360L, 239244800L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V10              LAY16(252074240L, 240842240L) /* layernorm blocks.0.norm2; bf16 alone in bf16 precision */
+#define ACTV11           LAY16(255269120L, 242439680L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V15              LAY16(268048640L, 248829440L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(271243520L, 250426880L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT16            LAY16(280828160L, 255219200L) /* attention weights; none in bf16 precision */
+#define Y16              LAY16(284072960L, 255219200L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE21             LAY16(287267840L, 256816640L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(291261440L, 258813440L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE21             LAY16(307235840L, 266800640L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE21             LAY16(323210240L, 274787840L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V25              LAY16(327203840L, 276784640L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(330398720L, 278382080L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT26            LAY16(339983360L, 283174400L) /* attention weights; none in bf16 precision */
+#define Y26              LAY16(343228160L, 283174400L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V30              LAY16(346423040L, 284771840L) /* layernorm blocks.2.norm2; bf16 alone in bf16 precision */
+#define ACTV31           LAY16(349617920L, 286369280L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V35              LAY16(362397440L, 292759040L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(365592320L, 294356480L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT36            LAY16(375176960L, 299148800L) /* attention weights; none in bf16 precision */
+#define Y36              LAY16(378421760L, 299148800L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE41             LAY16(381616640L, 300746240L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(385610240L, 302743040L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE41             LAY16(401584640L, 310730240L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE41             LAY16(417559040L, 318717440L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V45              LAY16(421552640L, 320714240L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(424747520L, 322311680L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT46            LAY16(434332160L, 327104000L) /* attention weights; none in bf16 precision */
+#define Y46              LAY16(437576960L, 327104000L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V50              LAY16(440771840L, 328701440L) /* layernorm blocks.4.norm2; bf16 alone in bf16 precision */
+#define ACTV51           LAY16(443966720L, 330298880L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V55              LAY16(456746240L, 336688640L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(459941120L, 338286080L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT56            LAY16(469525760L, 343078400L) /* attention weights; none in bf16 precision */
+#define Y56              LAY16(472770560L, 343078400L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE61             LAY16(475965440L, 344675840L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(479959040L, 346672640L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE61             LAY16(495933440L, 354659840L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE61             LAY16(511907840L, 362647040L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V65              LAY16(515901440L, 364643840L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(519096320L, 366241280L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT66            LAY16(528680960L, 371033600L) /* attention weights; none in bf16 precision */
+#define Y66              LAY16(531925760L, 371033600L) /* heads' outputs; bf16 alone in bf16 precision */
+#define V70              LAY16(535120640L, 372631040L) /* layernorm blocks.6.norm2; bf16 alone in bf16 precision */
+#define ACTV71           LAY16(538315520L, 374228480L) /* hidden, after the activation; bf16 alone in bf16 precision */
+#define V75              LAY16(551095040L, 380618240L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(554289920L, 382215680L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT76            LAY16(563874560L, 387008000L) /* attention weights; none in bf16 precision */
+#define Y76              LAY16(567119360L, 387008000L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE81             LAY16(570314240L, 388605440L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(574307840L, 390602240L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE81             LAY16(590282240L, 398589440L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE81             LAY16(606256640L, 406576640L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -295,8 +295,7 @@
 #define LOGITS21_G       (GSCRATCH + 0L)
 #define GATE21_G         (GSCRATCH + 133120L)
 #define XE21_G           (GSCRATCH + 149760L)
-#define HE21_G           (GSCRATCH + 4143360L)
-#define YE21_G           (GSCRATCH + 20117760L)
+#define YE21_G           (GSCRATCH + 4143360L)
 #define V22_G            V23_G /* shared: plan_grad_alias */
 #define V23_G            V28_G /* shared: plan_grad_alias */
 #define V25_G                 6441472L
@@ -322,8 +321,7 @@
 #define LOGITS41_G       (GSCRATCH + 0L)
 #define GATE41_G         (GSCRATCH + 133120L)
 #define XE41_G           (GSCRATCH + 149760L)
-#define HE41_G           (GSCRATCH + 4143360L)
-#define YE41_G           (GSCRATCH + 20117760L)
+#define YE41_G           (GSCRATCH + 4143360L)
 #define V42_G            V43_G /* shared: plan_grad_alias */
 #define V43_G            V48_G /* shared: plan_grad_alias */
 #define V45_G                 6441472L
@@ -349,8 +347,7 @@
 #define LOGITS61_G       (GSCRATCH + 0L)
 #define GATE61_G         (GSCRATCH + 133120L)
 #define XE61_G           (GSCRATCH + 149760L)
-#define HE61_G           (GSCRATCH + 4143360L)
-#define YE61_G           (GSCRATCH + 20117760L)
+#define YE61_G           (GSCRATCH + 4143360L)
 #define V62_G            V63_G /* shared: plan_grad_alias */
 #define V63_G            V68_G /* shared: plan_grad_alias */
 #define V65_G                 6441472L
@@ -376,8 +373,7 @@
 #define LOGITS81_G       (GSCRATCH + 0L)
 #define GATE81_G         (GSCRATCH + 133120L)
 #define XE81_G           (GSCRATCH + 149760L)
-#define HE81_G           (GSCRATCH + 4143360L)
-#define YE81_G           (GSCRATCH + 20117760L)
+#define YE81_G           (GSCRATCH + 4143360L)
 #define V82_G            V83_G /* shared: plan_grad_alias */
 #define V83_G                 3246592L
 #define V84_G                   51712L
@@ -532,14 +528,14 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 
 const dev_layout DEV_LAYOUT = {
     11873866L, /* params */
-    610250048L, /* act_floats */
-    408573248L, /* act_floats16: in bf16 precision */
+    610250240L, /* act_floats */
+    408573440L, /* act_floats16: in bf16 precision */
     35195392L, /* grad_floats */
     500416L, /* int_slots */
     71L, /* dacc: doubles */
     76L, /* stats: u64 */
     798720L, /* red_floats */
-    25559048L, /* cast_elems */
+    25559168L, /* cast_elems */
     1L, /* xchg_elems */
     40, /* eval_batch */
     V86, /* logits */
@@ -836,7 +832,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(XE81), G(XE81), G(V81),
                                           A(XE81), A(HE81), A(AE81), A(YE81), &r, P(9504576L), P(10690368L), P(11870016L),
                                           DP(9504576L), DP(10684224L), DP(10690368L), DP(11870016L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 55, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
@@ -886,7 +882,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(XE61), G(XE61), G(V61),
                                           A(XE61), A(HE61), A(AE61), A(YE61), &r, P(6542208L), P(7728000L), P(8907648L),
                                           DP(6542208L), DP(7721856L), DP(7728000L), DP(8907648L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 38, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
@@ -936,7 +932,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(XE41), G(XE41), G(V41),
                                           A(XE41), A(HE41), A(AE41), A(YE41), &r, P(3579840L), P(4765632L), P(5945280L),
                                           DP(3579840L), DP(4759488L), DP(4765632L), DP(5945280L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 21, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);
@@ -986,7 +982,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
+        moe_experts_backward<192, 768, 8, 1, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(XE21), G(XE21), G(V21),
                                           A(XE21), A(HE21), A(AE21), A(YE21), &r, P(617472L), P(1803264L), P(2982912L),
                                           DP(617472L), DP(1797120L), DP(1803264L), DP(2982912L), N, cap, 0);
         moe_router_backward<8, 1>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.001f, 0.0f, 0.0f);

@@ -53,29 +53,29 @@
 #define TARGET11               129008L /* int32 mapped expert */
 #define BLKC11                 137328L /* int32 choices per block and expert */
 #define BLKB11                 137504L /* int32 first slot per block and expert */
-#define QUERY11              17632912L /* attention router queries [N, R] */
-#define V12                  18165392L /* drop_path */
-#define KEEP12               20295312L /* stochastic depth: kept samples */
-#define V13                  20295440L /* residual_end */
-#define MEAN15               22425360L /* layer norm means */
-#define RSTD15               22433680L /* layer norm 1/std */
-#define V16                  22442000L /* attention blocks.1.attn */
-#define V17                  24571920L /* drop_path */
-#define KEEP17               26701840L /* stochastic depth: kept samples */
-#define V18                  26701968L /* residual_end */
-#define V20                  28831888L /* layernorm blocks.1.norm2 */
-#define MEAN20               30961808L /* layer norm means */
-#define RSTD20               30970128L /* layer norm 1/std */
-#define V21                  30978448L /* moe blocks.1.moe */
-#define LOGITS21             33108368L /* router logits */
-#define PROBS21              33166608L /* router probabilities */
-#define LSE21                33224848L /* log-sum-exp of the logits */
-#define TOPP21               33233168L /* top-k probabilities */
-#define GATE21               33258128L /* gates */
-#define PRIO21               33283088L /* routing priority */
-#define PRIOS21              33291408L /* routing priority, sorted */
-#define ENT21                33299728L /* router entropy per token */
-#define AUX21                33308048L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY11              17632960L /* attention router queries [N, R] */
+#define V12                  18165440L /* drop_path */
+#define KEEP12               20295360L /* stochastic depth: kept samples */
+#define V13                  20295488L /* residual_end */
+#define MEAN15               22425408L /* layer norm means */
+#define RSTD15               22433728L /* layer norm 1/std */
+#define V16                  22442048L /* attention blocks.1.attn */
+#define V17                  24571968L /* drop_path */
+#define KEEP17               26701888L /* stochastic depth: kept samples */
+#define V18                  26702016L /* residual_end */
+#define V20                  28831936L /* layernorm blocks.1.norm2 */
+#define MEAN20               30961856L /* layer norm means */
+#define RSTD20               30970176L /* layer norm 1/std */
+#define V21                  30978496L /* moe blocks.1.moe */
+#define LOGITS21             33108416L /* router logits */
+#define PROBS21              33166656L /* router probabilities */
+#define LSE21                33224896L /* log-sum-exp of the logits */
+#define TOPP21               33233216L /* top-k probabilities */
+#define GATE21               33258176L /* gates */
+#define PRIO21               33283136L /* routing priority */
+#define PRIOS21              33291456L /* routing priority, sorted */
+#define ENT21                33299776L /* router entropy per token */
+#define AUX21                33308096L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK21                 137680L /* int32 chosen experts */
 #define SLOT21                 162640L /* int32 slot of each choice */
 #define COUNT21                187600L /* int32 tokens per expert */
@@ -86,29 +86,29 @@
 #define TARGET21               266688L /* int32 mapped expert */
 #define BLKC21                 275008L /* int32 choices per block and expert */
 #define BLKB21                 275184L /* int32 first slot per block and expert */
-#define QUERY21              33308064L /* attention router queries [N, R] */
-#define V22                  33840544L /* drop_path */
-#define KEEP22               35970464L /* stochastic depth: kept samples */
-#define V23                  35970592L /* residual_end */
-#define MEAN25               38100512L /* layer norm means */
-#define RSTD25               38108832L /* layer norm 1/std */
-#define V26                  38117152L /* attention blocks.2.attn */
-#define V27                  40247072L /* drop_path */
-#define KEEP27               42376992L /* stochastic depth: kept samples */
-#define V28                  42377120L /* residual_end */
-#define V30                  44507040L /* layernorm blocks.2.norm2 */
-#define MEAN30               46636960L /* layer norm means */
-#define RSTD30               46645280L /* layer norm 1/std */
-#define V31                  46653600L /* moe blocks.2.moe */
-#define LOGITS31             48783520L /* router logits */
-#define PROBS31              48841760L /* router probabilities */
-#define LSE31                48900000L /* log-sum-exp of the logits */
-#define TOPP31               48908320L /* top-k probabilities */
-#define GATE31               48933280L /* gates */
-#define PRIO31               48958240L /* routing priority */
-#define PRIOS31              48966560L /* routing priority, sorted */
-#define ENT31                48974880L /* router entropy per token */
-#define AUX31                48983200L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY21              33308160L /* attention router queries [N, R] */
+#define V22                  33840640L /* drop_path */
+#define KEEP22               35970560L /* stochastic depth: kept samples */
+#define V23                  35970688L /* residual_end */
+#define MEAN25               38100608L /* layer norm means */
+#define RSTD25               38108928L /* layer norm 1/std */
+#define V26                  38117248L /* attention blocks.2.attn */
+#define V27                  40247168L /* drop_path */
+#define KEEP27               42377088L /* stochastic depth: kept samples */
+#define V28                  42377216L /* residual_end */
+#define V30                  44507136L /* layernorm blocks.2.norm2 */
+#define MEAN30               46637056L /* layer norm means */
+#define RSTD30               46645376L /* layer norm 1/std */
+#define V31                  46653696L /* moe blocks.2.moe */
+#define LOGITS31             48783616L /* router logits */
+#define PROBS31              48841856L /* router probabilities */
+#define LSE31                48900096L /* log-sum-exp of the logits */
+#define TOPP31               48908416L /* top-k probabilities */
+#define GATE31               48933376L /* gates */
+#define PRIO31               48958336L /* routing priority */
+#define PRIOS31              48966656L /* routing priority, sorted */
+#define ENT31                48974976L /* router entropy per token */
+#define AUX31                48983296L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK31                 275360L /* int32 chosen experts */
 #define SLOT31                 300320L /* int32 slot of each choice */
 #define COUNT31                325280L /* int32 tokens per expert */
@@ -119,29 +119,29 @@
 #define TARGET31               404368L /* int32 mapped expert */
 #define BLKC31                 412688L /* int32 choices per block and expert */
 #define BLKB31                 412864L /* int32 first slot per block and expert */
-#define QUERY31              48983216L /* attention router queries [N, R] */
-#define V32                  49515696L /* drop_path */
-#define KEEP32               51645616L /* stochastic depth: kept samples */
-#define V33                  51645744L /* residual_end */
-#define MEAN35               53775664L /* layer norm means */
-#define RSTD35               53783984L /* layer norm 1/std */
-#define V36                  53792304L /* attention blocks.3.attn */
-#define V37                  55922224L /* drop_path */
-#define KEEP37               58052144L /* stochastic depth: kept samples */
-#define V38                  58052272L /* residual_end */
-#define V40                  60182192L /* layernorm blocks.3.norm2 */
-#define MEAN40               62312112L /* layer norm means */
-#define RSTD40               62320432L /* layer norm 1/std */
-#define V41                  62328752L /* moe blocks.3.moe */
-#define LOGITS41             64458672L /* router logits */
-#define PROBS41              64516912L /* router probabilities */
-#define LSE41                64575152L /* log-sum-exp of the logits */
-#define TOPP41               64583472L /* top-k probabilities */
-#define GATE41               64608432L /* gates */
-#define PRIO41               64633392L /* routing priority */
-#define PRIOS41              64641712L /* routing priority, sorted */
-#define ENT41                64650032L /* router entropy per token */
-#define AUX41                64658352L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY31              48983360L /* attention router queries [N, R] */
+#define V32                  49515840L /* drop_path */
+#define KEEP32               51645760L /* stochastic depth: kept samples */
+#define V33                  51645888L /* residual_end */
+#define MEAN35               53775808L /* layer norm means */
+#define RSTD35               53784128L /* layer norm 1/std */
+#define V36                  53792448L /* attention blocks.3.attn */
+#define V37                  55922368L /* drop_path */
+#define KEEP37               58052288L /* stochastic depth: kept samples */
+#define V38                  58052416L /* residual_end */
+#define V40                  60182336L /* layernorm blocks.3.norm2 */
+#define MEAN40               62312256L /* layer norm means */
+#define RSTD40               62320576L /* layer norm 1/std */
+#define V41                  62328896L /* moe blocks.3.moe */
+#define LOGITS41             64458816L /* router logits */
+#define PROBS41              64517056L /* router probabilities */
+#define LSE41                64575296L /* log-sum-exp of the logits */
+#define TOPP41               64583616L /* top-k probabilities */
+#define GATE41               64608576L /* gates */
+#define PRIO41               64633536L /* routing priority */
+#define PRIOS41              64641856L /* routing priority, sorted */
+#define ENT41                64650176L /* router entropy per token */
+#define AUX41                64658496L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK41                 413040L /* int32 chosen experts */
 #define SLOT41                 438000L /* int32 slot of each choice */
 #define COUNT41                462960L /* int32 tokens per expert */
@@ -152,29 +152,29 @@
 #define TARGET41               542048L /* int32 mapped expert */
 #define BLKC41                 550368L /* int32 choices per block and expert */
 #define BLKB41                 550544L /* int32 first slot per block and expert */
-#define QUERY41              64658368L /* attention router queries [N, R] */
-#define V42                  65190848L /* drop_path */
-#define KEEP42               67320768L /* stochastic depth: kept samples */
-#define V43                  67320896L /* residual_end */
-#define MEAN45               69450816L /* layer norm means */
-#define RSTD45               69459136L /* layer norm 1/std */
-#define V46                  69467456L /* attention blocks.4.attn */
-#define V47                  71597376L /* drop_path */
-#define KEEP47               73727296L /* stochastic depth: kept samples */
-#define V48                  73727424L /* residual_end */
-#define V50                  75857344L /* layernorm blocks.4.norm2 */
-#define MEAN50               77987264L /* layer norm means */
-#define RSTD50               77995584L /* layer norm 1/std */
-#define V51                  78003904L /* moe blocks.4.moe */
-#define LOGITS51             80133824L /* router logits */
-#define PROBS51              80192064L /* router probabilities */
-#define LSE51                80250304L /* log-sum-exp of the logits */
-#define TOPP51               80258624L /* top-k probabilities */
-#define GATE51               80283584L /* gates */
-#define PRIO51               80308544L /* routing priority */
-#define PRIOS51              80316864L /* routing priority, sorted */
-#define ENT51                80325184L /* router entropy per token */
-#define AUX51                80333504L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY41              64658560L /* attention router queries [N, R] */
+#define V42                  65191040L /* drop_path */
+#define KEEP42               67320960L /* stochastic depth: kept samples */
+#define V43                  67321088L /* residual_end */
+#define MEAN45               69451008L /* layer norm means */
+#define RSTD45               69459328L /* layer norm 1/std */
+#define V46                  69467648L /* attention blocks.4.attn */
+#define V47                  71597568L /* drop_path */
+#define KEEP47               73727488L /* stochastic depth: kept samples */
+#define V48                  73727616L /* residual_end */
+#define V50                  75857536L /* layernorm blocks.4.norm2 */
+#define MEAN50               77987456L /* layer norm means */
+#define RSTD50               77995776L /* layer norm 1/std */
+#define V51                  78004096L /* moe blocks.4.moe */
+#define LOGITS51             80134016L /* router logits */
+#define PROBS51              80192256L /* router probabilities */
+#define LSE51                80250496L /* log-sum-exp of the logits */
+#define TOPP51               80258816L /* top-k probabilities */
+#define GATE51               80283776L /* gates */
+#define PRIO51               80308736L /* routing priority */
+#define PRIOS51              80317056L /* routing priority, sorted */
+#define ENT51                80325376L /* router entropy per token */
+#define AUX51                80333696L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK51                 550720L /* int32 chosen experts */
 #define SLOT51                 575680L /* int32 slot of each choice */
 #define COUNT51                600640L /* int32 tokens per expert */
@@ -185,29 +185,29 @@
 #define TARGET51               679728L /* int32 mapped expert */
 #define BLKC51                 688048L /* int32 choices per block and expert */
 #define BLKB51                 688224L /* int32 first slot per block and expert */
-#define QUERY51              80333520L /* attention router queries [N, R] */
-#define V52                  80866000L /* drop_path */
-#define KEEP52               82995920L /* stochastic depth: kept samples */
-#define V53                  82996048L /* residual_end */
-#define MEAN55               85125968L /* layer norm means */
-#define RSTD55               85134288L /* layer norm 1/std */
-#define V56                  85142608L /* attention blocks.5.attn */
-#define V57                  87272528L /* drop_path */
-#define KEEP57               89402448L /* stochastic depth: kept samples */
-#define V58                  89402576L /* residual_end */
-#define V60                  91532496L /* layernorm blocks.5.norm2 */
-#define MEAN60               93662416L /* layer norm means */
-#define RSTD60               93670736L /* layer norm 1/std */
-#define V61                  93679056L /* moe blocks.5.moe */
-#define LOGITS61             95808976L /* router logits */
-#define PROBS61              95867216L /* router probabilities */
-#define LSE61                95925456L /* log-sum-exp of the logits */
-#define TOPP61               95933776L /* top-k probabilities */
-#define GATE61               95958736L /* gates */
-#define PRIO61               95983696L /* routing priority */
-#define PRIOS61              95992016L /* routing priority, sorted */
-#define ENT61                96000336L /* router entropy per token */
-#define AUX61                96008656L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY51              80333760L /* attention router queries [N, R] */
+#define V52                  80866240L /* drop_path */
+#define KEEP52               82996160L /* stochastic depth: kept samples */
+#define V53                  82996288L /* residual_end */
+#define MEAN55               85126208L /* layer norm means */
+#define RSTD55               85134528L /* layer norm 1/std */
+#define V56                  85142848L /* attention blocks.5.attn */
+#define V57                  87272768L /* drop_path */
+#define KEEP57               89402688L /* stochastic depth: kept samples */
+#define V58                  89402816L /* residual_end */
+#define V60                  91532736L /* layernorm blocks.5.norm2 */
+#define MEAN60               93662656L /* layer norm means */
+#define RSTD60               93670976L /* layer norm 1/std */
+#define V61                  93679296L /* moe blocks.5.moe */
+#define LOGITS61             95809216L /* router logits */
+#define PROBS61              95867456L /* router probabilities */
+#define LSE61                95925696L /* log-sum-exp of the logits */
+#define TOPP61               95934016L /* top-k probabilities */
+#define GATE61               95958976L /* gates */
+#define PRIO61               95983936L /* routing priority */
+#define PRIOS61              95992256L /* routing priority, sorted */
+#define ENT61                96000576L /* router entropy per token */
+#define AUX61                96008896L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK61                 688400L /* int32 chosen experts */
 #define SLOT61                 713360L /* int32 slot of each choice */
 #define COUNT61                738320L /* int32 tokens per expert */
@@ -218,29 +218,29 @@
 #define TARGET61               817408L /* int32 mapped expert */
 #define BLKC61                 825728L /* int32 choices per block and expert */
 #define BLKB61                 825904L /* int32 first slot per block and expert */
-#define QUERY61              96008672L /* attention router queries [N, R] */
-#define V62                  96541152L /* drop_path */
-#define KEEP62               98671072L /* stochastic depth: kept samples */
-#define V63                  98671200L /* residual_end */
-#define MEAN65              100801120L /* layer norm means */
-#define RSTD65              100809440L /* layer norm 1/std */
-#define V66                 100817760L /* attention blocks.6.attn */
-#define V67                 102947680L /* drop_path */
-#define KEEP67              105077600L /* stochastic depth: kept samples */
-#define V68                 105077728L /* residual_end */
-#define V70                 107207648L /* layernorm blocks.6.norm2 */
-#define MEAN70              109337568L /* layer norm means */
-#define RSTD70              109345888L /* layer norm 1/std */
-#define V71                 109354208L /* moe blocks.6.moe */
-#define LOGITS71            111484128L /* router logits */
-#define PROBS71             111542368L /* router probabilities */
-#define LSE71               111600608L /* log-sum-exp of the logits */
-#define TOPP71              111608928L /* top-k probabilities */
-#define GATE71              111633888L /* gates */
-#define PRIO71              111658848L /* routing priority */
-#define PRIOS71             111667168L /* routing priority, sorted */
-#define ENT71               111675488L /* router entropy per token */
-#define AUX71               111683808L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY61              96008960L /* attention router queries [N, R] */
+#define V62                  96541440L /* drop_path */
+#define KEEP62               98671360L /* stochastic depth: kept samples */
+#define V63                  98671488L /* residual_end */
+#define MEAN65              100801408L /* layer norm means */
+#define RSTD65              100809728L /* layer norm 1/std */
+#define V66                 100818048L /* attention blocks.6.attn */
+#define V67                 102947968L /* drop_path */
+#define KEEP67              105077888L /* stochastic depth: kept samples */
+#define V68                 105078016L /* residual_end */
+#define V70                 107207936L /* layernorm blocks.6.norm2 */
+#define MEAN70              109337856L /* layer norm means */
+#define RSTD70              109346176L /* layer norm 1/std */
+#define V71                 109354496L /* moe blocks.6.moe */
+#define LOGITS71            111484416L /* router logits */
+#define PROBS71             111542656L /* router probabilities */
+#define LSE71               111600896L /* log-sum-exp of the logits */
+#define TOPP71              111609216L /* top-k probabilities */
+#define GATE71              111634176L /* gates */
+#define PRIO71              111659136L /* routing priority */
+#define PRIOS71             111667456L /* routing priority, sorted */
+#define ENT71               111675776L /* router entropy per token */
+#define AUX71               111684096L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK71                 826080L /* int32 chosen experts */
 #define SLOT71                 851040L /* int32 slot of each choice */
 #define COUNT71                876000L /* int32 tokens per expert */
@@ -251,29 +251,29 @@
 #define TARGET71               955088L /* int32 mapped expert */
 #define BLKC71                 963408L /* int32 choices per block and expert */
 #define BLKB71                 963584L /* int32 first slot per block and expert */
-#define QUERY71             111683824L /* attention router queries [N, R] */
-#define V72                 112216304L /* drop_path */
-#define KEEP72              114346224L /* stochastic depth: kept samples */
-#define V73                 114346352L /* residual_end */
-#define MEAN75              116476272L /* layer norm means */
-#define RSTD75              116484592L /* layer norm 1/std */
-#define V76                 116492912L /* attention blocks.7.attn */
-#define V77                 118622832L /* drop_path */
-#define KEEP77              120752752L /* stochastic depth: kept samples */
-#define V78                 120752880L /* residual_end */
-#define V80                 122882800L /* layernorm blocks.7.norm2 */
-#define MEAN80              125012720L /* layer norm means */
-#define RSTD80              125021040L /* layer norm 1/std */
-#define V81                 125029360L /* moe blocks.7.moe */
-#define LOGITS81            127159280L /* router logits */
-#define PROBS81             127217520L /* router probabilities */
-#define LSE81               127275760L /* log-sum-exp of the logits */
-#define TOPP81              127284080L /* top-k probabilities */
-#define GATE81              127309040L /* gates */
-#define PRIO81              127334000L /* routing priority */
-#define PRIOS81             127342320L /* routing priority, sorted */
-#define ENT81               127350640L /* router entropy per token */
-#define AUX81               127358960L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY71             111684160L /* attention router queries [N, R] */
+#define V72                 112216640L /* drop_path */
+#define KEEP72              114346560L /* stochastic depth: kept samples */
+#define V73                 114346688L /* residual_end */
+#define MEAN75              116476608L /* layer norm means */
+#define RSTD75              116484928L /* layer norm 1/std */
+#define V76                 116493248L /* attention blocks.7.attn */
+#define V77                 118623168L /* drop_path */
+#define KEEP77              120753088L /* stochastic depth: kept samples */
+#define V78                 120753216L /* residual_end */
+#define V80                 122883136L /* layernorm blocks.7.norm2 */
+#define MEAN80              125013056L /* layer norm means */
+#define RSTD80              125021376L /* layer norm 1/std */
+#define V81                 125029696L /* moe blocks.7.moe */
+#define LOGITS81            127159616L /* router logits */
+#define PROBS81             127217856L /* router probabilities */
+#define LSE81               127276096L /* log-sum-exp of the logits */
+#define TOPP81              127284416L /* top-k probabilities */
+#define GATE81              127309376L /* gates */
+#define PRIO81              127334336L /* routing priority */
+#define PRIOS81             127342656L /* routing priority, sorted */
+#define ENT81               127350976L /* router entropy per token */
+#define AUX81               127359296L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK81                 963760L /* int32 chosen experts */
 #define SLOT81                 988720L /* int32 slot of each choice */
 #define COUNT81               1013680L /* int32 tokens per expert */
@@ -284,29 +284,29 @@
 #define TARGET81              1092768L /* int32 mapped expert */
 #define BLKC81                1101088L /* int32 choices per block and expert */
 #define BLKB81                1101264L /* int32 first slot per block and expert */
-#define QUERY81             127358976L /* attention router queries [N, R] */
-#define V82                 127891456L /* drop_path */
-#define KEEP82              130021376L /* stochastic depth: kept samples */
-#define V83                 130021504L /* residual_end */
-#define MEAN85              132151424L /* layer norm means */
-#define RSTD85              132159744L /* layer norm 1/std */
-#define V86                 132168064L /* attention blocks.8.attn */
-#define V87                 134297984L /* drop_path */
-#define KEEP87              136427904L /* stochastic depth: kept samples */
-#define V88                 136428032L /* residual_end */
-#define V90                 138557952L /* layernorm blocks.8.norm2 */
-#define MEAN90              140687872L /* layer norm means */
-#define RSTD90              140696192L /* layer norm 1/std */
-#define V91                 140704512L /* moe blocks.8.moe */
-#define LOGITS91            142834432L /* router logits */
-#define PROBS91             142892672L /* router probabilities */
-#define LSE91               142950912L /* log-sum-exp of the logits */
-#define TOPP91              142959232L /* top-k probabilities */
-#define GATE91              142984192L /* gates */
-#define PRIO91              143009152L /* routing priority */
-#define PRIOS91             143017472L /* routing priority, sorted */
-#define ENT91               143025792L /* router entropy per token */
-#define AUX91               143034112L /* auxiliary losses: balance, z, dataset, importance */
+#define QUERY81             127359360L /* attention router queries [N, R] */
+#define V82                 127891840L /* drop_path */
+#define KEEP82              130021760L /* stochastic depth: kept samples */
+#define V83                 130021888L /* residual_end */
+#define MEAN85              132151808L /* layer norm means */
+#define RSTD85              132160128L /* layer norm 1/std */
+#define V86                 132168448L /* attention blocks.8.attn */
+#define V87                 134298368L /* drop_path */
+#define KEEP87              136428288L /* stochastic depth: kept samples */
+#define V88                 136428416L /* residual_end */
+#define V90                 138558336L /* layernorm blocks.8.norm2 */
+#define MEAN90              140688256L /* layer norm means */
+#define RSTD90              140696576L /* layer norm 1/std */
+#define V91                 140704896L /* moe blocks.8.moe */
+#define LOGITS91            142834816L /* router logits */
+#define PROBS91             142893056L /* router probabilities */
+#define LSE91               142951296L /* log-sum-exp of the logits */
+#define TOPP91              142959616L /* top-k probabilities */
+#define GATE91              142984576L /* gates */
+#define PRIO91              143009536L /* routing priority */
+#define PRIOS91             143017856L /* routing priority, sorted */
+#define ENT91               143026176L /* router entropy per token */
+#define AUX91               143034496L /* auxiliary losses: balance, z, dataset, importance */
 #define TOPK91                1101440L /* int32 chosen experts */
 #define SLOT91                1126400L /* int32 slot of each choice */
 #define COUNT91               1151360L /* int32 tokens per expert */
@@ -317,88 +317,88 @@
 #define TARGET91              1230448L /* int32 mapped expert */
 #define BLKC91                1238768L /* int32 choices per block and expert */
 #define BLKB91                1238944L /* int32 first slot per block and expert */
-#define QUERY91             143034128L /* attention router queries [N, R] */
-#define V92                 143566608L /* drop_path */
-#define KEEP92              145696528L /* stochastic depth: kept samples */
-#define V93                 145696656L /* residual_end */
-#define V94                 147826576L /* layernorm norm */
-#define MEAN94              149956496L /* layer norm means */
-#define RSTD94              149964816L /* layer norm 1/std */
-#define V95                 149973136L /* pool */
-#define V96                 150005904L /* logits */
-#define XENT                150011408L /* cross-entropy per sample */
-#define V5               LAY16(150011536L, 150011536L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
-#define QKV6             LAY16(152141456L, 151076496L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT6             LAY16(158531216L, 154271376L) /* attention weights; none in bf16 precision */
-#define Y6               LAY16(162857616L, 154271376L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE11             LAY16(164987536L, 155336336L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE11             LAY16(172976272L, 159330704L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE11             LAY16(188953744L, 167319440L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE11             LAY16(204931216L, 175308176L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V15              LAY16(212919952L, 179302544L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
-#define QKV16            LAY16(215049872L, 180367504L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT16            LAY16(221439632L, 183562384L) /* attention weights; none in bf16 precision */
-#define Y16              LAY16(225766032L, 183562384L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE21             LAY16(227895952L, 184627344L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE21             LAY16(235884688L, 188621712L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE21             LAY16(251862160L, 196610448L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE21             LAY16(267839632L, 204599184L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V25              LAY16(275828368L, 208593552L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
-#define QKV26            LAY16(277958288L, 209658512L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT26            LAY16(284348048L, 212853392L) /* attention weights; none in bf16 precision */
-#define Y26              LAY16(288674448L, 212853392L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE31             LAY16(290804368L, 213918352L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE31             LAY16(298793104L, 217912720L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE31             LAY16(314770576L, 225901456L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE31             LAY16(330748048L, 233890192L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V35              LAY16(338736784L, 237884560L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
-#define QKV36            LAY16(340866704L, 238949520L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT36            LAY16(347256464L, 242144400L) /* attention weights; none in bf16 precision */
-#define Y36              LAY16(351582864L, 242144400L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE41             LAY16(353712784L, 243209360L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE41             LAY16(361701520L, 247203728L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE41             LAY16(377678992L, 255192464L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE41             LAY16(393656464L, 263181200L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V45              LAY16(401645200L, 267175568L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
-#define QKV46            LAY16(403775120L, 268240528L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT46            LAY16(410164880L, 271435408L) /* attention weights; none in bf16 precision */
-#define Y46              LAY16(414491280L, 271435408L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE51             LAY16(416621200L, 272500368L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE51             LAY16(424609936L, 276494736L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE51             LAY16(440587408L, 284483472L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE51             LAY16(456564880L, 292472208L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V55              LAY16(464553616L, 296466576L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
-#define QKV56            LAY16(466683536L, 297531536L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT56            LAY16(473073296L, 300726416L) /* attention weights; none in bf16 precision */
-#define Y56              LAY16(477399696L, 300726416L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE61             LAY16(479529616L, 301791376L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE61             LAY16(487518352L, 305785744L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE61             LAY16(503495824L, 313774480L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE61             LAY16(519473296L, 321763216L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V65              LAY16(527462032L, 325757584L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
-#define QKV66            LAY16(529591952L, 326822544L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT66            LAY16(535981712L, 330017424L) /* attention weights; none in bf16 precision */
-#define Y66              LAY16(540308112L, 330017424L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE71             LAY16(542438032L, 331082384L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE71             LAY16(550426768L, 335076752L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE71             LAY16(566404240L, 343065488L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE71             LAY16(582381712L, 351054224L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V75              LAY16(590370448L, 355048592L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
-#define QKV76            LAY16(592500368L, 356113552L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT76            LAY16(598890128L, 359308432L) /* attention weights; none in bf16 precision */
-#define Y76              LAY16(603216528L, 359308432L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE81             LAY16(605346448L, 360373392L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE81             LAY16(613335184L, 364367760L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE81             LAY16(629312656L, 372356496L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE81             LAY16(645290128L, 380345232L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
-#define V85              LAY16(653278864L, 384339600L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
-#define QKV86            LAY16(655408784L, 385404560L) /* queries, keys, values; bf16 alone in bf16 precision */
-#define ATT86            LAY16(661798544L, 388599440L) /* attention weights; none in bf16 precision */
-#define Y86              LAY16(666124944L, 388599440L) /* heads' outputs; bf16 alone in bf16 precision */
-#define XE91             LAY16(668254864L, 389664400L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
-#define HE91             LAY16(676243600L, 393658768L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
-#define AE91             LAY16(692221072L, 401647504L) /* expert hidden, activated; bf16 alone in bf16 precision */
-#define YE91             LAY16(708198544L, 409636240L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define QUERY91             143034560L /* attention router queries [N, R] */
+#define V92                 143567040L /* drop_path */
+#define KEEP92              145696960L /* stochastic depth: kept samples */
+#define V93                 145697088L /* residual_end */
+#define V94                 147827008L /* layernorm norm */
+#define MEAN94              149956928L /* layer norm means */
+#define RSTD94              149965248L /* layer norm 1/std */
+#define V95                 149973568L /* pool */
+#define V96                 150006336L /* logits */
+#define XENT                150011840L /* cross-entropy per sample */
+#define V5               LAY16(150011968L, 150011968L) /* layernorm blocks.0.norm1; bf16 alone in bf16 precision */
+#define QKV6             LAY16(152141888L, 151076928L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT6             LAY16(158531648L, 154271808L) /* attention weights; none in bf16 precision */
+#define Y6               LAY16(162858048L, 154271808L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE11             LAY16(164987968L, 155336768L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE11             LAY16(172976704L, 159331136L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE11             LAY16(188954176L, 167319872L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE11             LAY16(204931648L, 175308608L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V15              LAY16(212920384L, 179302976L) /* layernorm blocks.1.norm1; bf16 alone in bf16 precision */
+#define QKV16            LAY16(215050304L, 180367936L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT16            LAY16(221440064L, 183562816L) /* attention weights; none in bf16 precision */
+#define Y16              LAY16(225766464L, 183562816L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE21             LAY16(227896384L, 184627776L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE21             LAY16(235885120L, 188622144L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE21             LAY16(251862592L, 196610880L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE21             LAY16(267840064L, 204599616L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V25              LAY16(275828800L, 208593984L) /* layernorm blocks.2.norm1; bf16 alone in bf16 precision */
+#define QKV26            LAY16(277958720L, 209658944L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT26            LAY16(284348480L, 212853824L) /* attention weights; none in bf16 precision */
+#define Y26              LAY16(288674880L, 212853824L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE31             LAY16(290804800L, 213918784L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE31             LAY16(298793536L, 217913152L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE31             LAY16(314771008L, 225901888L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE31             LAY16(330748480L, 233890624L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V35              LAY16(338737216L, 237884992L) /* layernorm blocks.3.norm1; bf16 alone in bf16 precision */
+#define QKV36            LAY16(340867136L, 238949952L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT36            LAY16(347256896L, 242144832L) /* attention weights; none in bf16 precision */
+#define Y36              LAY16(351583296L, 242144832L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE41             LAY16(353713216L, 243209792L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE41             LAY16(361701952L, 247204160L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE41             LAY16(377679424L, 255192896L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE41             LAY16(393656896L, 263181632L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V45              LAY16(401645632L, 267176000L) /* layernorm blocks.4.norm1; bf16 alone in bf16 precision */
+#define QKV46            LAY16(403775552L, 268240960L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT46            LAY16(410165312L, 271435840L) /* attention weights; none in bf16 precision */
+#define Y46              LAY16(414491712L, 271435840L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE51             LAY16(416621632L, 272500800L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE51             LAY16(424610368L, 276495168L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE51             LAY16(440587840L, 284483904L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE51             LAY16(456565312L, 292472640L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V55              LAY16(464554048L, 296467008L) /* layernorm blocks.5.norm1; bf16 alone in bf16 precision */
+#define QKV56            LAY16(466683968L, 297531968L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT56            LAY16(473073728L, 300726848L) /* attention weights; none in bf16 precision */
+#define Y56              LAY16(477400128L, 300726848L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE61             LAY16(479530048L, 301791808L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE61             LAY16(487518784L, 305786176L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE61             LAY16(503496256L, 313774912L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE61             LAY16(519473728L, 321763648L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V65              LAY16(527462464L, 325758016L) /* layernorm blocks.6.norm1; bf16 alone in bf16 precision */
+#define QKV66            LAY16(529592384L, 326822976L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT66            LAY16(535982144L, 330017856L) /* attention weights; none in bf16 precision */
+#define Y66              LAY16(540308544L, 330017856L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE71             LAY16(542438464L, 331082816L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE71             LAY16(550427200L, 335077184L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE71             LAY16(566404672L, 343065920L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE71             LAY16(582382144L, 351054656L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V75              LAY16(590370880L, 355049024L) /* layernorm blocks.7.norm1; bf16 alone in bf16 precision */
+#define QKV76            LAY16(592500800L, 356113984L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT76            LAY16(598890560L, 359308864L) /* attention weights; none in bf16 precision */
+#define Y76              LAY16(603216960L, 359308864L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE81             LAY16(605346880L, 360373824L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE81             LAY16(613335616L, 364368192L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE81             LAY16(629313088L, 372356928L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE81             LAY16(645290560L, 380345664L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
+#define V85              LAY16(653279296L, 384340032L) /* layernorm blocks.8.norm1; bf16 alone in bf16 precision */
+#define QKV86            LAY16(655409216L, 385404992L) /* queries, keys, values; bf16 alone in bf16 precision */
+#define ATT86            LAY16(661798976L, 388599872L) /* attention weights; none in bf16 precision */
+#define Y86              LAY16(666125376L, 388599872L) /* heads' outputs; bf16 alone in bf16 precision */
+#define XE91             LAY16(668255296L, 389664832L) /* expert inputs [E, cap, D]; bf16 alone in bf16 precision */
+#define HE91             LAY16(676244032L, 393659200L) /* expert hidden [E, cap, H], then the activation's derivative; bf16 alone in bf16 precision */
+#define AE91             LAY16(692221504L, 401647936L) /* expert hidden, activated; bf16 alone in bf16 precision */
+#define YE91             LAY16(708198976L, 409636672L) /* expert outputs [E, cap, D]; bf16 alone in bf16 precision */
 
 /* ---- the gradient arena: each value's gradient, then the scratch that
  * each op's backward reuses for the gradients of its insides ---- */
@@ -416,9 +416,8 @@
 #define LOGITS11_G       (GSCRATCH + 0L)
 #define GATE11_G         (GSCRATCH + 58240L)
 #define XE11_G           (GSCRATCH + 83200L)
-#define HE11_G           (GSCRATCH + 8071936L)
-#define YE11_G           (GSCRATCH + 24049408L)
-#define QUERY11_G        (GSCRATCH + 32038144L)
+#define YE11_G           (GSCRATCH + 8071936L)
+#define QUERY11_G        (GSCRATCH + 16060672L)
 #define V12_G            V13_G /* shared: plan_grad_alias */
 #define V13_G            V18_G /* shared: plan_grad_alias */
 #define V15_G                 4298112L
@@ -432,9 +431,8 @@
 #define LOGITS21_G       (GSCRATCH + 0L)
 #define GATE21_G         (GSCRATCH + 58240L)
 #define XE21_G           (GSCRATCH + 83200L)
-#define HE21_G           (GSCRATCH + 8071936L)
-#define YE21_G           (GSCRATCH + 24049408L)
-#define QUERY21_G        (GSCRATCH + 32038144L)
+#define YE21_G           (GSCRATCH + 8071936L)
+#define QUERY21_G        (GSCRATCH + 16060672L)
 #define V22_G            V23_G /* shared: plan_grad_alias */
 #define V23_G            V28_G /* shared: plan_grad_alias */
 #define V25_G                 4298112L
@@ -448,9 +446,8 @@
 #define LOGITS31_G       (GSCRATCH + 0L)
 #define GATE31_G         (GSCRATCH + 58240L)
 #define XE31_G           (GSCRATCH + 83200L)
-#define HE31_G           (GSCRATCH + 8071936L)
-#define YE31_G           (GSCRATCH + 24049408L)
-#define QUERY31_G        (GSCRATCH + 32038144L)
+#define YE31_G           (GSCRATCH + 8071936L)
+#define QUERY31_G        (GSCRATCH + 16060672L)
 #define V32_G            V33_G /* shared: plan_grad_alias */
 #define V33_G            V38_G /* shared: plan_grad_alias */
 #define V35_G                 4298112L
@@ -464,9 +461,8 @@
 #define LOGITS41_G       (GSCRATCH + 0L)
 #define GATE41_G         (GSCRATCH + 58240L)
 #define XE41_G           (GSCRATCH + 83200L)
-#define HE41_G           (GSCRATCH + 8071936L)
-#define YE41_G           (GSCRATCH + 24049408L)
-#define QUERY41_G        (GSCRATCH + 32038144L)
+#define YE41_G           (GSCRATCH + 8071936L)
+#define QUERY41_G        (GSCRATCH + 16060672L)
 #define V42_G            V43_G /* shared: plan_grad_alias */
 #define V43_G            V48_G /* shared: plan_grad_alias */
 #define V45_G                 4298112L
@@ -480,9 +476,8 @@
 #define LOGITS51_G       (GSCRATCH + 0L)
 #define GATE51_G         (GSCRATCH + 58240L)
 #define XE51_G           (GSCRATCH + 83200L)
-#define HE51_G           (GSCRATCH + 8071936L)
-#define YE51_G           (GSCRATCH + 24049408L)
-#define QUERY51_G        (GSCRATCH + 32038144L)
+#define YE51_G           (GSCRATCH + 8071936L)
+#define QUERY51_G        (GSCRATCH + 16060672L)
 #define V52_G            V53_G /* shared: plan_grad_alias */
 #define V53_G            V58_G /* shared: plan_grad_alias */
 #define V55_G                 4298112L
@@ -496,9 +491,8 @@
 #define LOGITS61_G       (GSCRATCH + 0L)
 #define GATE61_G         (GSCRATCH + 58240L)
 #define XE61_G           (GSCRATCH + 83200L)
-#define HE61_G           (GSCRATCH + 8071936L)
-#define YE61_G           (GSCRATCH + 24049408L)
-#define QUERY61_G        (GSCRATCH + 32038144L)
+#define YE61_G           (GSCRATCH + 8071936L)
+#define QUERY61_G        (GSCRATCH + 16060672L)
 #define V62_G            V63_G /* shared: plan_grad_alias */
 #define V63_G            V68_G /* shared: plan_grad_alias */
 #define V65_G                 4298112L
@@ -512,9 +506,8 @@
 #define LOGITS71_G       (GSCRATCH + 0L)
 #define GATE71_G         (GSCRATCH + 58240L)
 #define XE71_G           (GSCRATCH + 83200L)
-#define HE71_G           (GSCRATCH + 8071936L)
-#define YE71_G           (GSCRATCH + 24049408L)
-#define QUERY71_G        (GSCRATCH + 32038144L)
+#define YE71_G           (GSCRATCH + 8071936L)
+#define QUERY71_G        (GSCRATCH + 16060672L)
 #define V72_G            V73_G /* shared: plan_grad_alias */
 #define V73_G            V78_G /* shared: plan_grad_alias */
 #define V75_G                 4298112L
@@ -528,9 +521,8 @@
 #define LOGITS81_G       (GSCRATCH + 0L)
 #define GATE81_G         (GSCRATCH + 58240L)
 #define XE81_G           (GSCRATCH + 83200L)
-#define HE81_G           (GSCRATCH + 8071936L)
-#define YE81_G           (GSCRATCH + 24049408L)
-#define QUERY81_G        (GSCRATCH + 32038144L)
+#define YE81_G           (GSCRATCH + 8071936L)
+#define QUERY81_G        (GSCRATCH + 16060672L)
 #define V82_G            V83_G /* shared: plan_grad_alias */
 #define V83_G            V88_G /* shared: plan_grad_alias */
 #define V85_G                 4298112L
@@ -544,9 +536,8 @@
 #define LOGITS91_G       (GSCRATCH + 0L)
 #define GATE91_G         (GSCRATCH + 58240L)
 #define XE91_G           (GSCRATCH + 83200L)
-#define HE91_G           (GSCRATCH + 8071936L)
-#define YE91_G           (GSCRATCH + 24049408L)
-#define QUERY91_G        (GSCRATCH + 32038144L)
+#define YE91_G           (GSCRATCH + 8071936L)
+#define QUERY91_G        (GSCRATCH + 16060672L)
 #define V92_G            V93_G /* shared: plan_grad_alias */
 #define V93_G                 2168192L
 #define V94_G                   38272L
@@ -734,14 +725,14 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
 
 const dev_layout DEV_LAYOUT = {
     19133675L, /* params */
-    716187280L, /* act_floats */
-    413630608L, /* act_floats16: in bf16 precision */
-    38998656L, /* grad_floats */
+    716187712L, /* act_floats */
+    413631040L, /* act_floats16: in bf16 precision */
+    23021184L, /* grad_floats */
     1239120L, /* int_slots */
     138L, /* dacc: doubles */
     153L, /* stats: u64 */
     1064960L, /* red_floats */
-    4259848L, /* cast_elems */
+    4259968L, /* cast_elems */
     1L, /* xchg_elems */
     68, /* eval_batch */
     V96, /* logits */
@@ -1135,7 +1126,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK91), IA(SLOT91), IA(COUNT91), IA(TOKEN91), IA(ROWK91), IA(ORDER91), IA(IOTA91), IA(BLKC91), IA(BLKB91),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V90), G(GATE91), G(YE91), G(YE91), G(HE91), G(XE91), G(XE91), G(V91),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V90), G(GATE91), G(YE91), G(YE91), G(XE91), G(XE91), G(V91),
                                           A(XE91), A(HE91), A(AE91), A(YE91), &r, P(17281728L), P(18202816L), P(19120320L),
                                           DP(17281728L), DP(18199232L), DP(18202816L), DP(19120320L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS91), G(GATE91), &r, nullptr, d->dacc + 124, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1167,7 +1158,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK81), IA(SLOT81), IA(COUNT81), IA(TOKEN81), IA(ROWK81), IA(ORDER81), IA(IOTA81), IA(BLKC81), IA(BLKB81),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(HE81), G(XE81), G(XE81), G(V81),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V80), G(GATE81), G(YE81), G(YE81), G(XE81), G(XE81), G(V81),
                                           A(XE81), A(HE81), A(AE81), A(YE81), &r, P(15160320L), P(16081408L), P(16998912L),
                                           DP(15160320L), DP(16077824L), DP(16081408L), DP(16998912L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS81), G(GATE81), &r, nullptr, d->dacc + 109, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1199,7 +1190,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK71), IA(SLOT71), IA(COUNT71), IA(TOKEN71), IA(ROWK71), IA(ORDER71), IA(IOTA71), IA(BLKC71), IA(BLKB71),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V70), G(GATE71), G(YE71), G(YE71), G(HE71), G(XE71), G(XE71), G(V71),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V70), G(GATE71), G(YE71), G(YE71), G(XE71), G(XE71), G(V71),
                                           A(XE71), A(HE71), A(AE71), A(YE71), &r, P(13038912L), P(13960000L), P(14877504L),
                                           DP(13038912L), DP(13956416L), DP(13960000L), DP(14877504L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS71), G(GATE71), &r, nullptr, d->dacc + 94, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1231,7 +1222,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK61), IA(SLOT61), IA(COUNT61), IA(TOKEN61), IA(ROWK61), IA(ORDER61), IA(IOTA61), IA(BLKC61), IA(BLKB61),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(HE61), G(XE61), G(XE61), G(V61),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V60), G(GATE61), G(YE61), G(YE61), G(XE61), G(XE61), G(V61),
                                           A(XE61), A(HE61), A(AE61), A(YE61), &r, P(10917504L), P(11838592L), P(12756096L),
                                           DP(10917504L), DP(11835008L), DP(11838592L), DP(12756096L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS61), G(GATE61), &r, nullptr, d->dacc + 79, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1263,7 +1254,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK51), IA(SLOT51), IA(COUNT51), IA(TOKEN51), IA(ROWK51), IA(ORDER51), IA(IOTA51), IA(BLKC51), IA(BLKB51),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V50), G(GATE51), G(YE51), G(YE51), G(HE51), G(XE51), G(XE51), G(V51),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V50), G(GATE51), G(YE51), G(YE51), G(XE51), G(XE51), G(V51),
                                           A(XE51), A(HE51), A(AE51), A(YE51), &r, P(8796096L), P(9717184L), P(10634688L),
                                           DP(8796096L), DP(9713600L), DP(9717184L), DP(10634688L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS51), G(GATE51), &r, nullptr, d->dacc + 64, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1295,7 +1286,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK41), IA(SLOT41), IA(COUNT41), IA(TOKEN41), IA(ROWK41), IA(ORDER41), IA(IOTA41), IA(BLKC41), IA(BLKB41),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(HE41), G(XE41), G(XE41), G(V41),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V40), G(GATE41), G(YE41), G(YE41), G(XE41), G(XE41), G(V41),
                                           A(XE41), A(HE41), A(AE41), A(YE41), &r, P(6674688L), P(7595776L), P(8513280L),
                                           DP(6674688L), DP(7592192L), DP(7595776L), DP(8513280L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS41), G(GATE41), &r, nullptr, d->dacc + 49, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1327,7 +1318,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK31), IA(SLOT31), IA(COUNT31), IA(TOKEN31), IA(ROWK31), IA(ORDER31), IA(IOTA31), IA(BLKC31), IA(BLKB31),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V30), G(GATE31), G(YE31), G(YE31), G(HE31), G(XE31), G(XE31), G(V31),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V30), G(GATE31), G(YE31), G(YE31), G(XE31), G(XE31), G(V31),
                                           A(XE31), A(HE31), A(AE31), A(YE31), &r, P(4553280L), P(5474368L), P(6391872L),
                                           DP(4553280L), DP(5470784L), DP(5474368L), DP(6391872L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS31), G(GATE31), &r, nullptr, d->dacc + 34, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1359,7 +1350,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK21), IA(SLOT21), IA(COUNT21), IA(TOKEN21), IA(ROWK21), IA(ORDER21), IA(IOTA21), IA(BLKC21), IA(BLKB21),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(HE21), G(XE21), G(XE21), G(V21),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V20), G(GATE21), G(YE21), G(YE21), G(XE21), G(XE21), G(V21),
                                           A(XE21), A(HE21), A(AE21), A(YE21), &r, P(2431872L), P(3352960L), P(4270464L),
                                           DP(2431872L), DP(3349376L), DP(3352960L), DP(4270464L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS21), G(GATE21), &r, nullptr, d->dacc + 19, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);
@@ -1391,7 +1382,7 @@ void dev_backward(const kctx *k, dev_model *d, int B)
                             IA(TOPK11), IA(SLOT11), IA(COUNT11), IA(TOKEN11), IA(ROWK11), IA(ORDER11), IA(IOTA11), IA(BLKC11), IA(BLKB11),
                             d->sort_tmp, d->sort_bytes };
         kctx kg = fp32_ctx(k); /* fp32_gate */
-        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V10), G(GATE11), G(YE11), G(YE11), G(HE11), G(XE11), G(XE11), G(V11),
+        moe_experts_backward<256, 512, 7, 3, 1>(k, G(V10), G(GATE11), G(YE11), G(YE11), G(XE11), G(XE11), G(V11),
                                           A(XE11), A(HE11), A(AE11), A(YE11), &r, P(310464L), P(1231552L), P(2149056L),
                                           DP(310464L), DP(1227968L), DP(1231552L), DP(2149056L), N, cap, 0);
         moe_router_backward<7, 3>(k, G(LOGITS11), G(GATE11), &r, nullptr, d->dacc + 4, N, 1, 0.01f, 0.0f, 0.0f, 0.0f);

@@ -1417,11 +1417,11 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
                          w_imp, N, T, ND, 1);
 
     float *d_dx = acc ? dup(dx0) : dpoison<float>(dx0.size());
-    float *d_dgate = dpoison<float>((size_t)N * K), *d_dye = dpoison<float>(rows * D), *d_dh = dpoison<float>(rows * H);
+    float *d_dgate = dpoison<float>((size_t)N * K), *d_dye = dpoison<float>(rows * D);
     float *d_dxe = dpoison<float>(rows * D);
     float *d_dw1 = dup(dw1_0), *d_db1 = dup(db1_0), *d_dw2 = dup(dw2_0), *d_db2 = dup(db2_0);
     float *d_dlogits = dpoison<float>((size_t)N * E);
-    moe_experts_backward<D, H, E, K, 1>(&g_k, d_dx, d_dgate, d_dye, d_dye, d_dh, d_dxe, d_dxe, d_dout, d_xe, d_h, d_a,
+    moe_experts_backward<D, H, E, K, 1>(&g_k, d_dx, d_dgate, d_dye, d_dye, d_dxe, d_dxe, d_dout, d_xe, d_h, d_a,
                                         d_ye, &rb, d_w1, d_w2, d_b2, d_dw1, d_db1, d_dw2, d_db2, N, cap, acc);
     moe_router_backward<E, K>(&g_k, d_dlogits, d_dgate, &rb, d_target, d_sums, N, normalize, w_bal, w_z, w_ds, w_imp);
     CUDA_CHECK(cudaStreamSynchronize(g_k.stream));
