@@ -589,9 +589,9 @@ static void plan_remake(const gen *g, cuda_plan *p)
     /* the blocks' stream values, first to last: the last (its MoE layer
      * makes nothing again) joins the room of those before it */
     for (int u = 0; u < n; u++) {
-        if (m->ops[u].kind != OP_MOE || u < 4)
+        if (m->ops[u].kind != OP_MOE || u < 1)
             continue;
-        const int l2 = u - 1, r = g->input[l2 >= 0 ? l2 : 0], a = r - 1, l1 = a - 1;
+        const int l2 = u - 1, r = g->input[l2], a = r - 1, l1 = a - 1; /* r < 2: no such block */
         if (!p->vkey[l2] || strcmp(p->vkey[l2], "LNM") != 0 || g->input[u] != l2 || r < 2 ||
             m->ops[r].kind != OP_RESIDUAL_END || g->fuse_into[a] != r || m->ops[a].kind != OP_ATTENTION ||
             !p->vkey[l1] || strcmp(p->vkey[l1], "LNA") != 0 || g->input[a] != l1 || g->fuse_into[u] < 0 ||
@@ -1150,7 +1150,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             sb_printf(&b, "    /* recompute = all: op %d's backward made this layer's q, k, v and heads' outputs\n"
                           "     * again (plan_remake) */\n", p->remade_by[i]);
         } else if (recomputes_in_backward(m, i)) {
-            if (p->vkey[g->input[i]]) {
+            if (g->input[i] >= 0 && p->vkey[g->input[i]]) { /* ln_room_kind's "LNA" */
                 sb_printf(&b, "    /* recompute = all: the layer norm's output again (plan_remake) */\n");
                 put_indented(&b, p->fwd_text[g->input[i]], "");
             }
@@ -1728,13 +1728,14 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     /* the layout backend.cu allocates. The operand scratch (bf16
      * precision) holds a product's fp32 operands rounded to bf16: each lies
      * in one buffer, each 256-byte aligned (kernels.cuh: CAST_ROUND). Such
-     * an operand is an fp32 activation (alloc_act's: g->max_act), a value's gradient (its room:
-     * plan_grad_rooms), an inside buffer's gradient (as large as the
-     * buffer), or a parameter tensor (whole, in evaluation under expert
-     * parallelism). The values alloc_half places are bf16 in that
-     * precision, and so are their insides' gradients where a product reads
-     * them (moe_x16, moe_h16, moe_a16, bf16_half: the products take them as
-     * they are); bf16_operand stops the trainer should one not fit. */
+     * an operand is an fp32 activation (alloc_act's: g->max_act), a
+     * value's gradient (its room: plan_grad_rooms), an inside buffer's
+     * gradient (as large as the buffer), or a parameter tensor (whole, in
+     * evaluation under expert parallelism). The values alloc_half places
+     * are bf16 in that precision, and so are their insides' gradients
+     * where a product reads them (moe_x16, moe_a16, bf16_half: the
+     * products take them as they are); bf16_operand stops the trainer
+     * should one not fit. */
     int64_t largest = g->max_act;
     for (int i = 0; i < m->nops; i++) {
         if (p.gsize[i] > largest)

@@ -12,7 +12,10 @@ layer i (A(XE18)) leaves layer i's values there; at every such line of
 dev_backward outside a recomputation (the calls of forward functions
 after a "/* recompute" comment, up to the next backward function), the
 room must hold layer i's values, else the line reads what another layer
-left.
+left. Within a recomputation, a call's first buffer and the ops' insides
+(QKV, Y, XE, ...) are what it writes, and another value (V<op>) is its
+input, which must be there in the same way (a layer norm's
+output, or the stream within a block, made again before it).
 
 Usage: recompute_rooms.py model.cu. Exit status 1 on a failure; prints the
 number of rooms and checked reads otherwise.
@@ -53,15 +56,24 @@ def main():
             call = re.match(r"\s*(\w+)\s*(<[^>]*>)?\(", code)
             if call and "backward" in call.group(1):
                 remake = False  # the block's calls are the forward's functions
-            names = [n for n in re.findall(r"\bA\((\w+)\)", code) if n in room_of]
-            if part == "backward" and not remake:
-                for n in names:
-                    r, i = room_of[n], layer(n)
-                    reads += 1
-                    if last.get(r) != i:
-                        print("%s: the backward reads %s (layer %d) while its room %s holds layer %s's values:\n    %s"
-                              % (sys.argv[1], n, i, r, last.get(r), line.strip()))
-                        bad += 1
+            args = re.findall(r"\bA\((\w+)\)", code)
+            names = [n for n in args if n in room_of]
+            if part == "backward" and remake:
+                # a forward call made again: its first buffer (named again
+                # for its bf16 copy), and the op's insides (QKV, Y, XE,
+                # ...), are what it writes; another value (V<op>) is its
+                # input, which must be there (made again before it)
+                checked = [n for n in args[1:] if n in room_of and n != args[0] and re.match(r"V\d+$", n)]
+                names = [n for n in names if n not in checked]
+            else:
+                checked = names if part == "backward" else []
+            for n in checked:
+                r, i = room_of[n], layer(n)
+                reads += 1
+                if last.get(r) != i:
+                    print("%s: the backward reads %s (layer %d) while its room %s holds layer %s's values:\n    %s"
+                          % (sys.argv[1], n, i, r, last.get(r), line.strip()))
+                    bad += 1
             for n in names:
                 last[room_of[n]] = layer(n)
     if bad:
