@@ -516,22 +516,29 @@ static int value_uses(const gen *g, int v)
 }
 
 /* whether op u's backward makes its insides again from its input, which
- * it reads (recompute): attention on the fragment kernels, and a MoE
- * layer on one GPU's experts, but for the last of their kind */
+ * it reads (recompute): attention on the fragment kernels, window
+ * attention, a dense MLP, and a MoE layer on one GPU's experts, but for
+ * the last of their kind */
 static bool remakes_from_input(const gen *g, int u)
 {
     const mc_model *m = g->m;
-    if (m->ops[u].kind == OP_ATTENTION)
-        return recomputes_in_backward(m, u);
-    return m->ops[u].kind == OP_MOE && m->train.recompute != RECOMPUTE_NONE && m->parallel.expert == 1 &&
-           later_op(m, u, OP_MOE);
+    switch (m->ops[u].kind) {
+    case OP_ATTENTION:
+    case OP_MLP: return recomputes_in_backward(m, u);
+    case OP_WINDOW_ATTENTION: return m->train.recompute == RECOMPUTE_ALL && later_op(m, u, OP_WINDOW_ATTENTION);
+    case OP_MOE:
+        return m->train.recompute != RECOMPUTE_NONE && m->parallel.expert == 1 && later_op(m, u, OP_MOE);
+    default: return false;
+    }
 }
 
 /* recompute = all: the room kind of layer norm l's output when the op
  * right after it alone reads it, and that op makes its insides again
  * from it: attention on the fragment kernels ("LNA"; bf16 in bf16
- * precision, ln_feeds_product) or a MoE layer on one GPU ("LNM"; fp32,
- * as the router reads it); else NULL */
+ * precision, ln_feeds_product), a MoE layer on one GPU ("LNM"; fp32, as
+ * the router reads it), window attention ("LNW") or a dense MLP ("LNF";
+ * both bf16 or fp32 as ln_feeds_product says: a room takes the larger);
+ * else NULL */
 static const char *ln_room_kind(const gen *g, int l)
 {
     const mc_model *m = g->m;
@@ -543,6 +550,10 @@ static const char *ln_room_kind(const gen *g, int l)
         return "LNA";
     if (u->kind == OP_MOE && m->parallel.expert == 1)
         return "LNM";
+    if (u->kind == OP_WINDOW_ATTENTION)
+        return "LNW";
+    if (u->kind == OP_MLP)
+        return "LNF";
     return NULL;
 }
 
@@ -631,6 +642,16 @@ static void plan_remake(const gen *g, cuda_plan *p)
             alt = !alt;
         }
     }
+}
+
+/* op i's backward, before it makes its insides again: its input's layer
+ * norm's output again, where that shares a room (plan_remake) */
+static void remake_input_norm(const gen *g, const cuda_plan *p, int i, sbuf *b)
+{
+    const int l = g->input[i];
+    if (l < 0 || !p->vkey[l] || g->m->ops[l].kind != OP_LAYERNORM)
+        return;
+    sb_printf(b, "    /* recompute = all: the layer norm's output again (plan_remake) */\n%s", p->fwd_text[l]);
 }
 
 /* text, each line indented by pad more */
@@ -857,9 +878,11 @@ static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx 
     sb_printf(f, "%s", fw.s);
     sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", c->out, w.y, w.w_p, w.b_p,
               T, D, D);
-    if (ra && later_op(g->m, i, OP_WINDOW_ATTENTION))
+    if (ra && later_op(g->m, i, OP_WINDOW_ATTENTION)) {
+        remake_input_norm(g, p, i, b);
         sb_printf(b, "    /* recompute = all: this layer's insides again (later layers wrote their shared rooms) */\n%s",
                   fw.s);
+    }
     sb_free(&fw);
 
     sb_printf(b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", w.y,
@@ -1150,10 +1173,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             sb_printf(&b, "    /* recompute = all: op %d's backward made this layer's q, k, v and heads' outputs\n"
                           "     * again (plan_remake) */\n", p->remade_by[i]);
         } else if (recomputes_in_backward(m, i)) {
-            if (g->input[i] >= 0 && p->vkey[g->input[i]]) { /* ln_room_kind's "LNA" */
-                sb_printf(&b, "    /* recompute = all: the layer norm's output again (plan_remake) */\n");
-                put_indented(&b, p->fwd_text[g->input[i]], "");
-            }
+            remake_input_norm(g, p, i, &b);
             sb_printf(&b, "    /* recompute = all: this layer's q, k, v and heads' outputs again (later layers wrote\n"
                           "     * their shared rooms) */\n%s",
                       qy.s);
@@ -1217,10 +1237,12 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&fh, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, bf16_half(k, A(%s)), true);\n",
                   act, aa, hh, (long long)toff(g, i, 1), T, H, aa);
         sb_printf(f, "%s", fh.s);
-        if (recomputes_in_backward(m, i))
+        if (recomputes_in_backward(m, i)) {
+            remake_input_norm(g, p, i, &b);
             sb_printf(&b, "    /* recompute = all: this layer's hidden values and activations again (later layers\n"
                           "     * wrote their shared rooms) */\n%s",
                       fh.s);
+        }
         sb_free(&fh);
         sb_printf(f, "    linear_forward(k, %s, mm_half(k, A(%s)), P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out,
                   aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D, res);
