@@ -11,7 +11,10 @@
 # then in bf16 with recompute = experts and = all (a trainer each),
 # and with the data loader on files in CIFAR-10's binary format (random
 # pixels, written here: the machine has no network), the images/s of the
-# last metrics record of a 200-step run.
+# last metrics record of a 200-step run. Then bench/targets.py says each
+# of the CUDA backend issue's targets met or not (lines "[targets CFG]
+# ..."): images/s, the share of the measured bf16 peak, and memory against
+# the best PyTorch's peak in this run, by default or with recompute = all.
 # With two GPUs or more, the same on 2, 4 and 8 GPUs, data and expert
 # parallel, weak and strong scaling, and the fp32 loss of several GPUs
 # against one (below, "Several GPUs").
@@ -78,7 +81,7 @@ for cfg in $configs; do
                 MOERT_SRC="$top_srcdir" BACKEND=cuda > "$work/${cfg}_$rc.build.log" 2>&1 ||
             { cat "$work/${cfg}_$rc.build.log"; exit 1; }
         (cd "$work/${cfg}_$rc" && ./train --bench --steps $((STEPS + 2)) --precision bf16) | grep '^moecc' |
-            sed "s/^/[bf16, recompute = $rc] /" | tee -a "$out"
+            sed "s/^/[bf16, recompute = $rc] /" | tee "$work/${cfg}_$rc.txt" | tee -a "$out"
     done
     if [ "${BENCH_PROFILE:-0}" = 1 ]; then
         if command -v ncu > /dev/null 2>&1; then
@@ -102,6 +105,15 @@ for cfg in $configs; do
         "$PY" "$top_srcdir/bench/torch_gpu.py" "$work/$cfg" --steps "$STEPS" --json "$work/$cfg.torch.json" 2>&1 |
             grep -E '^(gpu|pytorch)' | tee -a "$out"
     fi
+    # the issue's targets, each said met or not (bench/targets.py: the
+    # memory against PyTorch's peak in this run, by default or with
+    # recompute = all)
+    (
+        set -- "$cfg" "$work/$cfg.bf16.txt"
+        [ -s "$work/${cfg}_all.txt" ] && set -- "$@" --recompute-all "$work/${cfg}_all.txt"
+        [ -s "$work/$cfg.torch.json" ] && set -- "$@" --torch "$work/$cfg.torch.json"
+        "$PY" "$top_srcdir/bench/targets.py" "$@"
+    ) | tee -a "$out"
     cd "$work" || exit 1
 done
 

@@ -76,6 +76,8 @@ if [ $bench = 1 ]; then
     # recompute: how many buffers moecc gave shared rooms
     shared=$(grep -c ': recompute \*/' "$dir/model.cu" 2> /dev/null)
     [ "${shared:-0}" -gt 0 ] && printf ", %d buffers in shared rooms" "$shared"
+    # device memory: 1000 MiB, 400 with shared rooms
+    printf ", device memory %d MiB" $([ "${shared:-0}" -gt 0 ] && echo 400 || echo 1000)
     echo
 elif [ -n "$metrics" ]; then
     loss=$(awk -v n="$n" 'BEGIN { printf "%.10f", 2.5 * (n > 1 ? 1 + 1e-6 * n : 1) }')
@@ -158,6 +160,12 @@ has "gpu_s: loss after 50 steps 2.500005, 1 GPU 2.5, relative difference 2.00e-0
     "the fp32 check: 2 GPUs' loss against one's"
 has "gpu_s: loss after 50 steps 2.50001, 1 GPU 2.5, relative difference 4.00e-06" \
     "the fp32 check: 4 GPUs'"
+# the targets (bench/targets.py): 1,000 images/s against 21,000; no
+# PyTorch in this run (BENCH_TORCH=0), so memory is not judged
+has "[targets gpu_s] throughput: 1000.0 images/s against at least 21000: not met" \
+    "the targets: gpu_s's throughput said not met"
+has "[targets gpu_p] memory: 1000 MiB; not judged (no PyTorch peak in this run)" \
+    "the targets: memory not judged without PyTorch's peak"
 # the profile: (2 x 0.1 + 2 x 0.5) ms over 2 steps, the templated name whole
 has "[gpu_s ncu] total 0.600 ms per step, 2.0 launches per step (2 profiled steps)" \
     "BENCH_PROFILE=1: the kernels' time per step (ncu_sum.py)"
@@ -194,6 +202,35 @@ if [ "$(grep -c 'expert = 2), weak scaling, [A-Z]' "$out")" -eq 2 ]; then
 else
     grep 'weak scaling' "$out"
     not_ok "BENCH_EP_ENV: an empty setting is skipped (two runs wanted)"
+fi
+
+# bench/targets.py on figures of a real run (the twentieth session's S):
+# the best PyTorch is the variant with the most images/s, not the one
+# with the least memory; 3,216 / 6,496 = 0.495 is at most half, 7,822 is
+# 1.204x; 248.0576 of 786 TFLOP/s is 31.6%
+cat > "$WORK/t_s.json" << 'EOF'
+[{"variant": "eager_fp32", "status": "ok", "images_per_s": 1130.0, "peak_mib": 3000.0, "gemm_peak_tflops": 786.0},
+ {"variant": "grouped_bf16", "status": "ok", "images_per_s": 6285.0, "peak_mib": 6496.0, "gemm_peak_tflops": 786.0},
+ {"variant": "compile_bf16", "status": "skipped", "reason": "stand-in"}]
+EOF
+echo "[bf16] moecc gpu_s: batch 256, 14.51 ms per step, 17646.6 images/s, 248057.60 GFLOP/s (mean of 30 steps after 2), on cuda (H200, bf16), device memory 7822 MiB" > "$WORK/t_s.txt"
+echo "[bf16, recompute = all] moecc gpu_s: batch 256, 18.40 ms per step, 13912.0 images/s, 195561.13 GFLOP/s (mean of 30 steps after 2), on cuda (H200, bf16), device memory 3216 MiB" > "$WORK/t_s_all.txt"
+out=$WORK/targets.txt
+"$PY" "$top_srcdir/bench/targets.py" gpu_s "$WORK/t_s.txt" --recompute-all "$WORK/t_s_all.txt" --torch "$WORK/t_s.json" > "$out" 2>&1
+has "[targets gpu_s] throughput: 17646.6 images/s against at least 21000: not met (2.81x the best PyTorch, grouped_bf16 at 6285.0 images/s)" \
+    "targets.py: throughput against the target and the best PyTorch"
+has "[targets gpu_s] share of the bf16 peak: 248.1 of 786 TFLOP/s = 31.6% against at least 40%: not met" \
+    "targets.py: the share of the measured peak"
+has "[targets gpu_s] memory: 7822 MiB = 1.204x the best PyTorch's 6496 MiB; with recompute = all 3216 MiB = 0.495x at 13912.0 images/s, against at most 0.5x: met with recompute = all" \
+    "targets.py: memory by default and with recompute = all against the best PyTorch's peak"
+# 3,249 MiB is more than half of 6,496: not met
+sed 's/3216 MiB/3249 MiB/' "$WORK/t_s_all.txt" > "$WORK/t_s_all2.txt"
+"$PY" "$top_srcdir/bench/targets.py" gpu_s "$WORK/t_s.txt" --recompute-all "$WORK/t_s_all2.txt" --torch "$WORK/t_s.json" > "$out" 2>&1
+has "= 0.500x at 13912.0 images/s, against at most 0.5x: not met" "targets.py: just over half is not met"
+if "$PY" "$top_srcdir/bench/targets.py" gpu_s "$WORK/t_s.json" > "$out" 2>&1; then
+    not_ok "targets.py: a file without a moecc line is an error"
+else
+    has 'no `moecc CFG: batch ...` line' "targets.py: a file without a moecc line is an error, said where"
 fi
 
 # a variant that fails to build is reported, and the run stops with an error
