@@ -505,13 +505,20 @@ static bool dout_kept(const gen *g, const cuda_plan *p, int j)
     return bias_summed_by_ln(g, p, j) && !recomputes_in_backward(g->m, j);
 }
 
-/* the ops that read value v, as their input or as a residual's skip */
-static int value_uses(const gen *g, int v)
+/* the reads of value v, as an op's input or as a residual's skip; *user
+ * (or NULL): the last op that takes it as its input, or -1 */
+static int value_uses(const gen *g, int v, int *user)
 {
     int uses = 0;
-    for (int i = 0; i < g->m->nops; i++)
-        if (g->m->ops[i].kind != OP_RESIDUAL_BEGIN && g->m->ops[i].kind != OP_INPUT)
-            uses += (g->input[i] == v) + (g->skip[i] == v);
+    if (user)
+        *user = -1;
+    for (int i = 0; i < g->m->nops; i++) {
+        if (g->m->ops[i].kind == OP_RESIDUAL_BEGIN || g->m->ops[i].kind == OP_INPUT)
+            continue;
+        uses += (g->input[i] == v) + (g->skip[i] == v);
+        if (user && g->input[i] == v)
+            *user = i;
+    }
     return uses;
 }
 
@@ -543,7 +550,7 @@ static const char *ln_room_kind(const gen *g, int l)
 {
     const mc_model *m = g->m;
     if (m->train.recompute != RECOMPUTE_ALL || m->ops[l].kind != OP_LAYERNORM || l + 1 >= m->nops ||
-        g->input[l + 1] != l || value_uses(g, l) != 1)
+        g->input[l + 1] != l || value_uses(g, l, NULL) != 1)
         return NULL;
     const mc_op *u = &m->ops[l + 1];
     if (u->kind == OP_ATTENTION && attn_bf16_rooms(u))
@@ -610,7 +617,7 @@ static void plan_remake(const gen *g, cuda_plan *p)
         const char *k2 = ku == OP_MOE ? "LNM" : "LNF";
         if (!p->vkey[l2] || strcmp(p->vkey[l2], k2) != 0 || g->input[u] != l2 || r < 2 ||
             m->ops[r].kind != OP_RESIDUAL_END || g->fuse_into[a] != r || !p->vkey[l1] || g->input[a] != l1 ||
-            g->fuse_into[u] < 0 || g->skip[g->fuse_into[u]] != r || value_uses(g, r) != 2)
+            g->fuse_into[u] < 0 || g->skip[g->fuse_into[u]] != r || value_uses(g, r, NULL) != 2)
             continue;
         if (!(m->ops[a].kind == OP_ATTENTION && strcmp(p->vkey[l1], "LNA") == 0) &&
             !(m->ops[a].kind == OP_WINDOW_ATTENTION && strcmp(p->vkey[l1], "LNW") == 0))
@@ -636,16 +643,9 @@ static void plan_remake(const gen *g, cuda_plan *p)
         const mc_op_kind kv = m->ops[v].kind;
         if ((kv != OP_PATCH_EMBED && kv != OP_CLS_TOKEN && kv != OP_POS_EMBED) || g->fuse_into[v] >= 0 || p->vkey[v])
             continue;
-        int readers = 0, others = 0;
-        for (int i = 0; i < n; i++) {
-            if (m->ops[i].kind == OP_RESIDUAL_BEGIN || m->ops[i].kind == OP_INPUT)
-                continue;
-            if (g->input[i] == v && (m->ops[i].kind == OP_CLS_TOKEN || m->ops[i].kind == OP_POS_EMBED))
-                readers++;
-            else if (g->input[i] == v || g->skip[i] == v)
-                others++;
-        }
-        if (readers > 0 && others == 0) {
+        int user;
+        if (value_uses(g, v, &user) == 1 && user >= 0 &&
+            (m->ops[user].kind == OP_CLS_TOKEN || m->ops[user].kind == OP_POS_EMBED)) {
             p->vkey[v] = alt ? "LNM" : "RESM";
             alt = !alt;
         }
@@ -827,15 +827,8 @@ static bool ln_feeds_product(const gen *g, int v)
     const mc_model *m = g->m;
     if (v < 0 || m->ops[v].kind != OP_LAYERNORM)
         return false;
-    int uses = 0, user = -1;
-    for (int i = 0; i < m->nops; i++) {
-        if (m->ops[i].kind == OP_RESIDUAL_BEGIN || m->ops[i].kind == OP_INPUT)
-            continue;
-        uses += (g->input[i] == v) + (g->skip[i] == v);
-        if (g->input[i] == v)
-            user = i;
-    }
-    if (uses != 1 || user < 0)
+    int user;
+    if (value_uses(g, v, &user) != 1 || user < 0)
         return false;
     const mc_op *op = &m->ops[user];
     return op->kind == OP_ATTENTION || op->kind == OP_MLP ||
@@ -1321,9 +1314,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         /* recompute = experts or all (one GPU's experts: sema.c): the
          * experts' rows, hidden values, activations and outputs share one
          * room per kind with every MoE layer's, and the backward makes
-         * them again; the last MoE layer's are still there */
+         * them again (remakes_from_input); the last MoE layer's are still
+         * there */
         const bool rc = m->train.recompute != RECOMPUTE_NONE && m->parallel.expert == 1;
-        const bool last_moe = !later_op(m, i, OP_MOE);
         for (int k = 0; k < 13; k++) {
             snprintf(nm[k], sizeof nm[k], "%s%d", fl[k], i);
             /* the backward needs the gradients of the logits, gates, and the experts' rows */
@@ -1504,14 +1497,15 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (x->fp32_gate)
             sb_printf(&b, "        kctx kg = fp32_ctx(k); /* fp32_gate */\n");
         const int ra_ln = g->input[i];
-        if (rc && !last_moe && p->remake_of[i] >= 0) {
+        const bool remake = remakes_from_input(g, i);
+        if (remake && p->remake_of[i] >= 0) {
             remake_block_half(g, p, i, &b, "    ");
-        } else if (rc && !last_moe && p->vkey[ra_ln]) {
+        } else if (remake && p->vkey[ra_ln]) {
             sb_printf(&b, "        /* recompute = all: this layer's input, the layer norm's output, again\n"
                           "         * (plan_remake) */\n");
             put_indented(&b, p->fwd_text[ra_ln], "    ");
         }
-        if (rc && !last_moe)
+        if (remake)
             sb_printf(&b,
                       "        /* recompute: this layer's rows, hidden values, activations and outputs\n"
                       "         * again (later layers wrote their shared rooms), the combine left out */\n"

@@ -14,8 +14,8 @@ after a "/* recompute" comment, up to the next backward function), the
 room must hold layer i's values, else the line reads what another layer
 left. Within a recomputation, a call's first buffer and the ops' insides
 (QKV, Y, XE, ...) are what it writes, and another value (V<op>) is its
-input, which must be there in the same way (a layer norm's
-output, or the stream within a block, made again before it).
+input, which must be there in the same way (a layer norm's output, or
+the stream within a block, made again before it).
 
 Usage: recompute_rooms.py model.cu. Exit status 1 on a failure; prints the
 number of rooms and checked reads otherwise.
