@@ -323,11 +323,11 @@ static void grad_value(cuda_plan *p, int i, int64_t floats)
 }
 
 /* The forward's residual adds folded into the ops that make the branch's
- * output: attention and a dense MLP (their last product: cuBLASLt adds the
- * skip as its C) and a MoE layer (its combine adds it), when the residual
- * end is the only reader of that output, which is then never made: the
- * op writes the block's output, and the add's pass over three values is
- * gone (g->fuse_into). */
+ * output: attention, window attention and a dense MLP (their last
+ * product: cuBLASLt adds the skip as its C) and a MoE layer (its combine
+ * adds it), when the residual end is the only reader of that output,
+ * which is then never made: the op writes the block's output, and the
+ * add's pass over three values is gone (g->fuse_into). */
 static void plan_fused_adds(gen *g, const int *galias)
 {
     const mc_model *m = g->m;
@@ -340,7 +340,7 @@ static void plan_fused_adds(gen *g, const int *galias)
         if (m->ops[i].kind != OP_RESIDUAL_END || x < 0 || galias[x] != i || g->skip[i] < 0)
             continue;
         const mc_op_kind kind = m->ops[x].kind;
-        if (kind == OP_ATTENTION || kind == OP_MLP || kind == OP_MOE)
+        if (kind == OP_ATTENTION || kind == OP_WINDOW_ATTENTION || kind == OP_MLP || kind == OP_MOE)
             g->fuse_into[x] = i;
     }
 }
@@ -523,22 +523,29 @@ static int value_uses(const gen *g, int v, int *user)
 }
 
 /* whether op u's backward makes its insides again from its input, which
- * it reads (recompute): attention on the fragment kernels, and a MoE
- * layer on one GPU's experts, but for the last of their kind */
+ * it reads (recompute): attention on the fragment kernels, window
+ * attention, a dense MLP, and a MoE layer on one GPU's experts, but for
+ * the last of their kind */
 static bool remakes_from_input(const gen *g, int u)
 {
     const mc_model *m = g->m;
-    if (m->ops[u].kind == OP_ATTENTION)
-        return recomputes_in_backward(m, u);
-    return m->ops[u].kind == OP_MOE && m->train.recompute != RECOMPUTE_NONE && m->parallel.expert == 1 &&
-           later_op(m, u, OP_MOE);
+    switch (m->ops[u].kind) {
+    case OP_ATTENTION:
+    case OP_MLP: return recomputes_in_backward(m, u);
+    case OP_WINDOW_ATTENTION: return m->train.recompute == RECOMPUTE_ALL && later_op(m, u, OP_WINDOW_ATTENTION);
+    case OP_MOE:
+        return m->train.recompute != RECOMPUTE_NONE && m->parallel.expert == 1 && later_op(m, u, OP_MOE);
+    default: return false;
+    }
 }
 
 /* recompute = all: the room kind of layer norm l's output when the op
  * right after it alone reads it, and that op makes its insides again
  * from it: attention on the fragment kernels ("LNA"; bf16 in bf16
- * precision, ln_feeds_product) or a MoE layer on one GPU ("LNM"; fp32,
- * as the router reads it); else NULL */
+ * precision, ln_feeds_product), a MoE layer on one GPU ("LNM"; fp32, as
+ * the router reads it), window attention ("LNW") or a dense MLP ("LNF";
+ * both bf16 or fp32 as ln_feeds_product says: a room takes the larger);
+ * else NULL */
 static const char *ln_room_kind(const gen *g, int l)
 {
     const mc_model *m = g->m;
@@ -550,6 +557,10 @@ static const char *ln_room_kind(const gen *g, int l)
         return "LNA";
     if (u->kind == OP_MOE && m->parallel.expert == 1)
         return "LNM";
+    if (u->kind == OP_WINDOW_ATTENTION)
+        return "LNW";
+    if (u->kind == OP_MLP)
+        return "LNF";
     return NULL;
 }
 
@@ -562,13 +573,14 @@ static const char *ln_room_kind(const gen *g, int l)
  *   last such norm of each kind keeps its room as its forward left it,
  *   as its reader does not make anything again, and no later layer
  *   writes the room before that reader's backward.
- * - in a block `norm, attention (its output product adding the block's
- *   input: plan_fused_adds), norm, MoE', the stream value between the
- *   two halves, which the second norm alone reads (its backward too):
- *   the MoE layer's backward runs the first half's forward again (the
- *   norm, q, k, v, attention, the output product with the add) and then
- *   the second norm's, and the attention's backward makes nothing again
- *   (remade_by). Again the last such block keeps its room.
+ * - in a block `norm, attention or window attention (its output product
+ *   adding the block's input: plan_fused_adds), norm, MoE or dense MLP',
+ *   the stream value between the two halves, which the second norm
+ *   alone reads (its backward too): the second half's backward runs the
+ *   first half's forward again (the norm, the attention's insides, the
+ *   output product with the add) and then the second norm's, and the
+ *   attention's backward makes nothing again (remade_by). Again the last
+ *   such block keeps its room.
  * The rooms' kinds and the rule that the last keeps its room are
  * alloc_room16's. */
 static void plan_remake(const gen *g, cuda_plan *p)
@@ -593,23 +605,30 @@ static void plan_remake(const gen *g, cuda_plan *p)
         if (last || remakes_from_input(g, l + 1))
             p->vkey[l] = kind;
     }
-    /* the blocks' stream values, first to last: the last (its MoE layer
-     * makes nothing again) joins the room of those before it */
-    for (int u = 0; u < n; u++) {
-        if (m->ops[u].kind != OP_MOE || u < 1)
+    /* the blocks' stream values, first to last: the last (its second
+     * half makes nothing again) joins the room of those before it. A
+     * block's first half is attention or window attention, its second a
+     * MoE layer (room "RESM") or a dense MLP ("RESF") */
+    for (int u = 1; u < n; u++) {
+        const mc_op_kind ku = m->ops[u].kind;
+        if (ku != OP_MOE && ku != OP_MLP)
             continue;
         const int l2 = u - 1, r = g->input[l2], a = r - 1, l1 = a - 1; /* r < 2: no such block */
-        if (!p->vkey[l2] || strcmp(p->vkey[l2], "LNM") != 0 || g->input[u] != l2 || r < 2 ||
-            m->ops[r].kind != OP_RESIDUAL_END || g->fuse_into[a] != r || m->ops[a].kind != OP_ATTENTION ||
-            !p->vkey[l1] || strcmp(p->vkey[l1], "LNA") != 0 || g->input[a] != l1 || g->fuse_into[u] < 0 ||
-            g->skip[g->fuse_into[u]] != r || value_uses(g, r, NULL) != 2)
+        const char *k2 = ku == OP_MOE ? "LNM" : "LNF";
+        if (!p->vkey[l2] || strcmp(p->vkey[l2], k2) != 0 || g->input[u] != l2 || r < 2 ||
+            m->ops[r].kind != OP_RESIDUAL_END || g->fuse_into[a] != r || !p->vkey[l1] || g->input[a] != l1 ||
+            g->fuse_into[u] < 0 || g->skip[g->fuse_into[u]] != r || value_uses(g, r, NULL) != 2)
             continue;
+        if (!(m->ops[a].kind == OP_ATTENTION && strcmp(p->vkey[l1], "LNA") == 0) &&
+            !(m->ops[a].kind == OP_WINDOW_ATTENTION && strcmp(p->vkey[l1], "LNW") == 0))
+            continue;
+        const char *room = ku == OP_MOE ? "RESM" : "RESF";
         if (remakes_from_input(g, u) && remakes_from_input(g, a)) {
             p->remade_by[a] = u;
             p->remake_of[u] = a;
-            p->vkey[r] = "RESM";
-        } else if (!later_op(m, u, OP_MOE)) {
-            p->vkey[r] = "RESM";
+            p->vkey[r] = room;
+        } else if (!later_op(m, u, ku)) {
+            p->vkey[r] = room;
         }
     }
     /* the stem's values that no backward reads (a patch embedding's or a
@@ -633,6 +652,16 @@ static void plan_remake(const gen *g, cuda_plan *p)
     }
 }
 
+/* op i's backward, before it makes its insides again: its input's layer
+ * norm's output again, where that shares a room (plan_remake) */
+static void remake_input_norm(const gen *g, const cuda_plan *p, int i, sbuf *b)
+{
+    const int l = g->input[i];
+    if (l < 0 || !p->vkey[l] || g->m->ops[l].kind != OP_LAYERNORM)
+        return;
+    sb_printf(b, "    /* recompute = all: the layer norm's output again (plan_remake) */\n%s", p->fwd_text[l]);
+}
+
 /* text, each line indented by pad more */
 static void put_indented(sbuf *b, const char *text, const char *pad)
 {
@@ -642,6 +671,19 @@ static void put_indented(sbuf *b, const char *text, const char *pad)
         sb_printf(b, "%s%.*s\n", len ? pad : "", len, q);
         q = e ? e + 1 : q + len;
     }
+}
+
+/* op u's backward (plan_remake's remake_of[u] = a): its block's first
+ * half again (the norm, op a with its residual add) and then u's input,
+ * the second norm's output */
+static void remake_block_half(const gen *g, const cuda_plan *p, int u, sbuf *b, const char *pad)
+{
+    const int a = p->remake_of[u];
+    sb_printf(b, "%s    /* recompute = all: the block's first half again, and this layer's input\n"
+                 "%s     * (plan_remake) */\n", pad, pad);
+    put_indented(b, p->fwd_text[g->input[a]], pad);
+    put_indented(b, p->fwd_text[a], pad);
+    put_indented(b, p->fwd_text[g->input[u]], pad);
 }
 
 /* A buffer whose room in bf16 precision is floats16 floats, not floats:
@@ -806,7 +848,8 @@ static void product_input(const gen *g, int i, const char *in, char *buf, size_t
 /* Window attention (local, or GCViT's global form) as emit.c's
  * gen_window_attention lays it out, with the CUDA kernels: the windows are
  * B * nW sequences of WS * WS tokens for attention_forward. */
-static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx *c, sbuf *b)
+static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx *c, const char *out, const char *res,
+                                      sbuf *b)
 {
     sbuf *f = &g->fwd;
     const int64_t BATCH = g->m->train.batch;
@@ -848,11 +891,16 @@ static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx 
               w.qkvw, NW);
     sb_printf(&fw, "    window_permute(k, A(%s), A(%s), B, %d, %d, %d, %d, 0, 0);\n", w.y, w.yw, GH, GW, WS, D);
     sb_printf(f, "%s", fw.s);
-    sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", c->out, w.y, w.w_p, w.b_p,
-              T, D, D);
-    if (ra && later_op(g->m, i, OP_WINDOW_ATTENTION))
+    sb_printf(f, "    linear_forward(k, %s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out, w.y, w.w_p, w.b_p,
+              T, D, D, res);
+    if (p->remade_by[i] >= 0) {
+        sb_printf(b, "    /* recompute = all: op %d's backward made this layer's insides again (plan_remake) */\n",
+                  p->remade_by[i]);
+    } else if (ra && later_op(g->m, i, OP_WINDOW_ATTENTION)) {
+        remake_input_norm(g, p, i, b);
         sb_printf(b, "    /* recompute = all: this layer's insides again (later layers wrote their shared rooms) */\n%s",
                   fw.s);
+    }
     sb_free(&fw);
 
     sb_printf(b, "    linear_backward(k, G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", w.y,
@@ -1015,7 +1063,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         break;
     }
     case OP_WINDOW_ATTENTION:
-        gen_window_attention_cuda(g, p, i, &c, &b);
+        gen_window_attention_cuda(g, p, i, &c, out, res, &b);
         break;
     case OP_CLS_TOKEN:
         need_red(p, (int64_t)p->red_chunks * D);
@@ -1143,10 +1191,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             sb_printf(&b, "    /* recompute = all: op %d's backward made this layer's q, k, v and heads' outputs\n"
                           "     * again (plan_remake) */\n", p->remade_by[i]);
         } else if (recomputes_in_backward(m, i)) {
-            if (g->input[i] >= 0 && p->vkey[g->input[i]]) { /* ln_room_kind's "LNA" */
-                sb_printf(&b, "    /* recompute = all: the layer norm's output again (plan_remake) */\n");
-                put_indented(&b, p->fwd_text[g->input[i]], "");
-            }
+            remake_input_norm(g, p, i, &b);
             sb_printf(&b, "    /* recompute = all: this layer's q, k, v and heads' outputs again (later layers wrote\n"
                           "     * their shared rooms) */\n%s",
                       qy.s);
@@ -1210,10 +1255,15 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&fh, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, bf16_half(k, A(%s)), true);\n",
                   act, aa, hh, (long long)toff(g, i, 1), T, H, aa);
         sb_printf(f, "%s", fh.s);
-        if (recomputes_in_backward(m, i))
+        if (recomputes_in_backward(m, i)) {
+            if (p->remake_of[i] >= 0)
+                remake_block_half(g, p, i, &b, "");
+            else
+                remake_input_norm(g, p, i, &b);
             sb_printf(&b, "    /* recompute = all: this layer's hidden values and activations again (later layers\n"
                           "     * wrote their shared rooms) */\n%s",
                       fh.s);
+        }
         sb_free(&fh);
         sb_printf(f, "    linear_forward(k, %s, mm_half(k, A(%s)), P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out,
                   aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D, res);
@@ -1446,14 +1496,10 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&b, "%s", routing);
         if (x->fp32_gate)
             sb_printf(&b, "        kctx kg = fp32_ctx(k); /* fp32_gate */\n");
-        const int ra_att = p->remake_of[i], ra_ln = g->input[i];
+        const int ra_ln = g->input[i];
         const bool remake = remakes_from_input(g, i);
-        if (remake && ra_att >= 0) {
-            sb_printf(&b, "        /* recompute = all: the block's first half again, and this layer's input\n"
-                          "         * (plan_remake) */\n");
-            put_indented(&b, p->fwd_text[g->input[ra_att]], "    ");
-            put_indented(&b, p->fwd_text[ra_att], "    ");
-            put_indented(&b, p->fwd_text[ra_ln], "    ");
+        if (remake && p->remake_of[i] >= 0) {
+            remake_block_half(g, p, i, &b, "    ");
         } else if (remake && p->vkey[ra_ln]) {
             sb_printf(&b, "        /* recompute = all: this layer's input, the layer norm's output, again\n"
                           "         * (plan_remake) */\n");
