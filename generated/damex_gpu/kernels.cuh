@@ -46,11 +46,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
@@ -126,6 +129,9 @@ typedef struct kctx {
     cublasLtHandle_t lt;
     void *lt_ws;
     size_t lt_ws_bytes;
+    /* the experts' products over their live rows by gg_kernel (Hopper, bf16
+     * precision, one GPU: gg_device) instead of cuBLAS's over the capacity */
+    int gg;
 } kctx;
 
 /* The element-wise passes' launch over n elements, in blocks of 256: kern4
@@ -4790,6 +4796,428 @@ static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
         CUDA_CHECK(cudaStreamWaitEvent(k->stream, done, 0));
 }
 
+/* ---- The experts' grouped product on Hopper (bf16 precision, one GPU) ----
+ *
+ * out[e][m, :] = a[e][m, :] b[e]^T (b [n][N][K], a layer's weight as
+ * stored: the forward's two products) or a[e][m, :] b[e] (NM: b [n][K][N],
+ * the backward's da and dx) for the rows m < count[e] of experts e < n,
+ * bf16 in, fp32 accumulation, bf16 out. cuBLAS's strided batched product
+ * takes every expert's capacity of rows, padding and all, as the counts
+ * live on the device; this product reads them there and skips each
+ * expert's row tiles past its count (a fifth of P's and S's rows). Rows
+ * past the count in the last live tile get the padding rows' products;
+ * tiles past it are not written: the passes after read the live rows
+ * alone (bias_act's and act_bias_backward's live, the combine's slots,
+ * the scatter's backward).
+ *
+ * The kernel (bench/gg/gg_proto.cu measured it and its variants, notes-
+ * gpu.md item 80): a persistent grid, a block an SM, walking the live
+ * tiles of GG_BM x BN; three warpgroups: a producer, one thread of which
+ * issues the bulk tensor copies (TMA) of each 64-wide k-tile of a and b
+ * into a ring of stages in the 128-byte swizzle, completing on the
+ * stage's "full" mbarrier, and two consumers, each multiplying 64 of the
+ * tile's rows by the BN columns with wgmma m64nBNk16 from shared memory
+ * and freeing the stage on its "empty" mbarrier; each consumer's epilogue
+ * rounds its rows to bf16 in shared memory (the same swizzle) and one
+ * thread stores them by bulk tensor copies, which clip at the capacity.
+ * sm_90a only: elsewhere (the PTX target) gg_mm is not called (kctx.gg).
+ */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GG_SM90 1
+#else
+#define GG_SM90 0
+#endif
+
+#define GG_BM 128
+#define GG_BK 64
+
+/* the widest tile of columns that divides N (0: none; cuBLAS then) */
+template <int N> __host__ __device__ constexpr int gg_bn()
+{
+    return N % 256 == 0 ? 256 : N % 192 == 0 ? 192 : N % 128 == 0 ? 128 : 0;
+}
+
+/* stages: as many as fit beside the epilogue's buffers (227 KB a block) */
+template <int BN> __host__ __device__ constexpr int gg_stages()
+{
+    return BN == 256 ? 3 : 4;
+}
+
+template <int BN> struct gg_smem {
+    __nv_bfloat16 a[gg_stages<BN>()][GG_BM * GG_BK]; /* 16 KB a stage, K-major rows of 128 bytes */
+    __nv_bfloat16 b[gg_stages<BN>()][GG_BK * BN];    /* K-major: BN rows; N-major: BN / 64 boxes of 64 x 64 */
+    __nv_bfloat16 c[2][64 * BN];                     /* each consumer's rows, BN / 64 boxes of 64 x 64 */
+    uint64_t full[gg_stages<BN>()], empty[gg_stages<BN>()];
+};
+
+__device__ static inline uint32_t gg_smem_at(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ static inline void gg_bar_init(uint64_t *bar, int count)
+{
+#if GG_SM90
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(gg_smem_at(bar)), "r"(count));
+#else
+    (void)bar, (void)count;
+#endif
+}
+
+__device__ static inline void gg_bar_expect(uint64_t *bar, uint32_t bytes)
+{
+#if GG_SM90
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(gg_smem_at(bar)), "r"(bytes)
+                 : "memory");
+#else
+    (void)bar, (void)bytes;
+#endif
+}
+
+__device__ static inline void gg_bar_arrive(uint64_t *bar)
+{
+#if GG_SM90
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(gg_smem_at(bar)) : "memory");
+#else
+    (void)bar;
+#endif
+}
+
+/* until the barrier's phase of this parity has completed */
+__device__ static inline void gg_bar_wait(uint64_t *bar, uint32_t parity)
+{
+#if GG_SM90
+    asm volatile("{\n"
+                 ".reg .pred done;\n"
+                 "GG_WAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra GG_WAIT_%=;\n"
+                 "}\n" ::"r"(gg_smem_at(bar)),
+                 "r"(parity)
+                 : "memory");
+#else
+    (void)bar, (void)parity;
+#endif
+}
+
+/* the box of a 2-D tensor map at (inner c0, outer c1) into dst */
+__device__ static inline void gg_load(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1)
+{
+#if GG_SM90
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], "
+                 "[%2];\n" ::"r"(gg_smem_at(dst)),
+                 "l"((uint64_t)map), "r"(gg_smem_at(bar)), "r"(c0), "r"(c1)
+                 : "memory");
+#else
+    (void)dst, (void)map, (void)bar, (void)c0, (void)c1;
+#endif
+}
+
+/* src to the box of a 3-D tensor map at (c0, c1, c2) */
+__device__ static inline void gg_store(const CUtensorMap *map, const void *src, int c0, int c1, int c2)
+{
+#if GG_SM90
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+                     (uint64_t)map),
+                 "r"(gg_smem_at(src)), "r"(c0), "r"(c1), "r"(c2)
+                 : "memory");
+#else
+    (void)map, (void)src, (void)c0, (void)c1, (void)c2;
+#endif
+}
+
+/* wgmma's descriptor of an operand in the 128-byte swizzle (layout 1):
+ * start, leading and stride offsets in bytes. K-major: 8-row atoms 1024
+ * bytes apart (the leading offset unused); N-major: the 64-column boxes
+ * `lead` apart, groups of 8 rows 1024 */
+__device__ static inline uint64_t gg_desc(const void *p, uint32_t lead, uint32_t stride)
+{
+    const uint64_t a = gg_smem_at(p);
+    return ((a & 0x3FFFFu) >> 4) | ((uint64_t)(lead >> 4) << 16) | ((uint64_t)(stride >> 4) << 32) | (1ull << 62);
+}
+
+/* d (64 x BN, fp32, wgmma's accumulator layout) (+)= a (64 x 16) b (16 x
+ * BN; NM: N-major, wgmma's transposed b), asynchronous until committed and
+ * waited for; acc 0: d = a b */
+template <int BN, bool NM> struct gg_mma;
+
+#define GG_R8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+                 "+f"(d[i + 6]), "+f"(d[i + 7])
+
+template <bool NM> struct gg_mma<128, NM> {
+    __device__ static inline void run(float (&d)[64], uint64_t a, uint64_t b, int acc)
+    {
+#if GG_SM90
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                     "%64, %65, p, 1, 1, 0, %67;\n}\n"
+                     : GG_R8(0), GG_R8(8), GG_R8(16), GG_R8(24), GG_R8(32), GG_R8(40), GG_R8(48), GG_R8(56)
+                     : "l"(a), "l"(b), "r"(acc), "n"(NM ? 1 : 0));
+#else
+        (void)d, (void)a, (void)b, (void)acc;
+#endif
+    }
+};
+
+template <bool NM> struct gg_mma<192, NM> {
+    __device__ static inline void run(float (&d)[96], uint64_t a, uint64_t b, int acc)
+    {
+#if GG_SM90
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+                     "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+                     "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}, "
+                     "%96, %97, p, 1, 1, 0, %99;\n}\n"
+                     : GG_R8(0), GG_R8(8), GG_R8(16), GG_R8(24), GG_R8(32), GG_R8(40), GG_R8(48), GG_R8(56),
+                       GG_R8(64), GG_R8(72), GG_R8(80), GG_R8(88)
+                     : "l"(a), "l"(b), "r"(acc), "n"(NM ? 1 : 0));
+#else
+        (void)d, (void)a, (void)b, (void)acc;
+#endif
+    }
+};
+
+template <bool NM> struct gg_mma<256, NM> {
+    __device__ static inline void run(float (&d)[128], uint64_t a, uint64_t b, int acc)
+    {
+#if GG_SM90
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+                     "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+                     "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+                     "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+                     "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+                     "%128, %129, p, 1, 1, 0, %131;\n}\n"
+                     : GG_R8(0), GG_R8(8), GG_R8(16), GG_R8(24), GG_R8(32), GG_R8(40), GG_R8(48), GG_R8(56),
+                       GG_R8(64), GG_R8(72), GG_R8(80), GG_R8(88), GG_R8(96), GG_R8(104), GG_R8(112), GG_R8(120)
+                     : "l"(a), "l"(b), "r"(acc), "n"(NM ? 1 : 0));
+#else
+        (void)d, (void)a, (void)b, (void)acc;
+#endif
+    }
+};
+#undef GG_R8
+
+/* the live tiles in order: expert e's row tiles below its count (GG_BM
+ * rows each) by NT column tiles; tile t's expert, first row and column
+ * tile, or false past the last */
+__device__ static inline bool gg_tile(int t, const int *count, int n, int rows, int NT, int *e, int *m0, int *nt)
+{
+    for (int g = 0; g < n; g++) {
+        const int tiles = (min(count[g], rows) + GG_BM - 1) / GG_BM * NT;
+        if (t < tiles) {
+            *e = g;
+            *m0 = t / NT * GG_BM;
+            *nt = t % NT;
+            return true;
+        }
+        t -= tiles;
+    }
+    return false;
+}
+
+template <int BN, bool NM>
+static __global__ void __launch_bounds__(384, 1)
+    gg_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+              const __grid_constant__ CUtensorMap map_c, const int *__restrict__ count, int n, int rows, int K, int N)
+{
+#if GG_SM90
+    constexpr int S = gg_stages<BN>();
+    extern __shared__ __align__(1024) unsigned char gg_raw[];
+    /* the 128-byte swizzle's boxes want 1024-byte alignment */
+    gg_smem<BN> &s =
+        *reinterpret_cast<gg_smem<BN> *>((reinterpret_cast<uintptr_t>(gg_raw) + 1023) & ~(uintptr_t)1023);
+    const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+    const int NT = N / BN, KT = K / GG_BK;
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < S; i++) {
+            gg_bar_init(&s.full[i], 1);
+            gg_bar_init(&s.empty[i], 8); /* a lane of each consumer warp */
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    int stage = 0, e, m0, nt;
+    uint32_t phase = 0;
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (tid == 0)
+            for (int t = blockIdx.x; gg_tile(t, count, n, rows, NT, &e, &m0, &nt); t += gridDim.x)
+                for (int kt = 0; kt < KT; kt++) {
+                    gg_bar_wait(&s.empty[stage], phase ^ 1);
+                    gg_bar_expect(&s.full[stage], (GG_BM * GG_BK + GG_BK * BN) * 2);
+                    gg_load(s.a[stage], &map_a, &s.full[stage], kt * GG_BK, e * rows + m0);
+                    if (NM)
+                        for (int j = 0; j < BN / 64; j++)
+                            gg_load(s.b[stage] + j * GG_BK * 64, &map_b, &s.full[stage], nt * BN + 64 * j,
+                                    e * K + kt * GG_BK);
+                    else
+                        gg_load(s.b[stage], &map_b, &s.full[stage], kt * GG_BK, e * N + nt * BN);
+                    if (++stage == S) {
+                        stage = 0;
+                        phase ^= 1;
+                    }
+                }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int half = wg - 1, warp = tid / 32, lane = tid % 32;
+    const int r = warp * 16 + lane / 4, col = (lane % 4) * 2;
+    __nv_bfloat16 *out = s.c[half];
+    float d[BN / 2];
+    for (int t = blockIdx.x; gg_tile(t, count, n, rows, NT, &e, &m0, &nt); t += gridDim.x) {
+        int prev = -1;
+        for (int kt = 0; kt < KT; kt++) {
+            gg_bar_wait(&s.full[stage], phase);
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+            const __nv_bfloat16 *a = s.a[stage] + half * 64 * GG_BK, *b = s.b[stage];
+#pragma unroll
+            for (int kk = 0; kk < GG_BK / 16; kk++)
+                gg_mma<BN, NM>::run(d, gg_desc(a + 16 * kk, 16, 1024),
+                                    NM ? gg_desc(b + 16 * kk * 64, 64 * GG_BK * 2, 1024)
+                                       : gg_desc(b + 16 * kk, 16, 1024),
+                                    kt > 0 || kk > 0);
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            /* the previous k-tile's products are done: its stage is free */
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            if (prev >= 0 && lane == 0)
+                gg_bar_arrive(&s.empty[prev]);
+            prev = stage;
+            if (++stage == S) {
+                stage = 0;
+                phase ^= 1;
+            }
+        }
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        if (lane == 0)
+            gg_bar_arrive(&s.empty[prev]);
+        /* the epilogue: this consumer's 64 rows in bf16, boxes of 64 x 64
+         * in the 128-byte swizzle (chunk q of row r at q ^ r % 8: a warp's
+         * stores meet 32 banks), once the last tile's copies have read the
+         * buffer; then one thread's bulk copies */
+        if (tid == 0)
+            asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+            __nv_bfloat16 *box = out + j / 8 * 64 * 64;
+            const int q = j % 8;
+            *reinterpret_cast<__nv_bfloat162 *>(box + r * 64 + (q ^ (r % 8)) * 8 + col) =
+                __floats2bfloat162_rn(d[4 * j], d[4 * j + 1]);
+            *reinterpret_cast<__nv_bfloat162 *>(box + (r + 8) * 64 + (q ^ ((r + 8) % 8)) * 8 + col) =
+                __floats2bfloat162_rn(d[4 * j + 2], d[4 * j + 3]);
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
+        if (tid == 0) {
+            for (int j = 0; j < BN / 64; j++)
+                gg_store(&map_c, out + j * 64 * 64, nt * BN + 64 * j, m0 + 64 * half, e);
+            asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+        }
+    }
+    if (tid == 0)
+        asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#else
+    (void)map_a, (void)map_b, (void)map_c, (void)count, (void)n, (void)rows, (void)K, (void)N;
+#endif
+}
+
+/* the driver's tensor-map encoder, through the runtime (no -lcuda) */
+static inline PFN_cuTensorMapEncodeTiled_v12000 gg_encoder()
+{
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+    if (!fn) {
+        void *p = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
+        if (!p || q != cudaDriverEntryPointSuccess) {
+            fprintf(stderr, "train: the CUDA driver has no cuTensorMapEncodeTiled\n");
+            exit(1);
+        }
+        fn = (PFN_cuTensorMapEncodeTiled_v12000)p;
+    }
+    return fn;
+}
+
+/* a bf16 tensor of `rank` dimensions (dim[0] innermost, strides in bytes
+ * of dims 1..) in boxes of box[], 128-byte swizzle */
+static inline CUtensorMap gg_map(const void *p, int rank, const cuuint64_t *dim, const cuuint64_t *stride,
+                                 const cuuint32_t *box)
+{
+    CUtensorMap m;
+    const cuuint32_t unit[3] = { 1, 1, 1 };
+    const CUresult r = gg_encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, (cuuint32_t)rank, const_cast<void *>(p),
+                                    dim, stride, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        fprintf(stderr, "train: internal error: cuTensorMapEncodeTiled failed (%d)\n", (int)r);
+        exit(1);
+    }
+    return m;
+}
+
+/* whether this device runs gg_kernel (Hopper: sm_90a's wgmma), unless
+ * MOECC_GG=0 (cuBLAS's products instead, to compare) */
+static inline int gg_device(const cudaDeviceProp *prop)
+{
+    const char *v = getenv("MOECC_GG");
+    return prop->major == 9 && prop->minor == 0 && !(v && strcmp(v, "0") == 0);
+}
+
+/* The grouped product above: out [n][rows][N] from a [n][rows][K] and the
+ * weights w ([n][N][K], or [n][K][N] with NM; in bf16 from their copy,
+ * bf16_operand), rows below count[e] alone. False (nothing done) where it
+ * does not apply: no counts, not Hopper, not bf16 precision, a width not
+ * in whole tiles, an operand not 16-byte aligned; the caller multiplies
+ * by cuBLAS then. */
+template <int K, int N, bool NM>
+static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 *a, mm_in w, const int *count, int rows,
+                         int n)
+{
+    constexpr int BN = gg_bn<N>();
+    if (BN == 0 || K % GG_BK != 0 || !k->gg || !k->cast || !count || !a || !out ||
+        ((uintptr_t)a | (uintptr_t)out) % 16 != 0)
+        return false;
+    int64_t used = 0;
+    const __nv_bfloat16 *b = bf16_operand(k, w, (int64_t)n * K * N, &used); /* the weights' copy (k->w16) */
+    if ((uintptr_t)b % 16 != 0)
+        return false;
+    if constexpr (BN != 0) {
+        static int sms = 0;
+        const size_t smem = sizeof(gg_smem<BN>) + 1024;
+        if (!sms) {
+            int dev = 0;
+            CUDA_CHECK(cudaGetDevice(&dev));
+            CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+            CUDA_CHECK(cudaFuncSetAttribute(gg_kernel<BN, NM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        }
+        const cuuint64_t adim[2] = { (cuuint64_t)K, (cuuint64_t)n * rows }, astr[1] = { (cuuint64_t)K * 2 };
+        const cuuint32_t abox[2] = { GG_BK, GG_BM };
+        const cuuint64_t bdim[2] = { NM ? (cuuint64_t)N : (cuuint64_t)K, (cuuint64_t)n * (NM ? K : N) },
+                         bstr[1] = { (NM ? (cuuint64_t)N : (cuuint64_t)K) * 2 };
+        const cuuint32_t bbox[2] = { 64, NM ? (cuuint32_t)GG_BK : (cuuint32_t)BN };
+        const cuuint64_t cdim[3] = { (cuuint64_t)N, (cuuint64_t)rows, (cuuint64_t)n },
+                         cstr[2] = { (cuuint64_t)N * 2, (cuuint64_t)rows * N * 2 };
+        const cuuint32_t cbox[3] = { 64, 64, 1 };
+        gg_kernel<BN, NM><<<sms, 384, smem, k->stream>>>(gg_map(a, 2, adim, astr, abox), gg_map(b, 2, bdim, bstr, bbox),
+                                                          gg_map(out, 3, cdim, cstr, cbox), count, n, rows, K, N);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    return true;
+}
+
 /* bf16 precision keeps the experts' activations a [EL, rows, H] in bf16,
  * in the first half of a's own memory (their only uses are as product
  * operands: the second layer's input and its weight gradient), so that
@@ -4847,15 +5275,17 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, __nv_bfloat16 *y16,
     w1 += (int64_t)e * H * D, b1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     const mm_in xin = mm_pick(x16 ? x16 + r * D : nullptr, xr);
     if (h16) {
-        mm_nt(k, h16, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
+        if (!gg_mm<D, H, false>(k, h16, xin.h, mm_pick(nullptr, w1), live, rows, n))
+            mm_nt(k, h16, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
         bias_act<ACT>(k, a, h16, b1, rows, H, n, a16, true, live);
     } else {
         mm_nt(k, h, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
         bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true, live);
     }
     if (y16) {
-        mm_nt(k, y16 + r * D, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H,
-              (int64_t)rows * D);
+        if (!gg_mm<H, D, false>(k, y16 + r * D, a16, mm_pick(nullptr, w2), live, rows, n))
+            mm_nt(k, y16 + r * D, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H,
+                  (int64_t)rows * D);
         return;
     }
     mm_nt(k, yr, mm_pick(a16, a), w2, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)D * H, (int64_t)rows * D);
@@ -5195,17 +5625,20 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, __nv_bfloat1
     dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
     w1 += (int64_t)e * H * D, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     if (dh16) { /* bf16 precision: da and h in bf16 (moe_h16), dh over da */
-        mm_nn(k, dh16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
-              (int64_t)rows * H);
+        if (!gg_mm<D, H, true>(k, dh16, dy16, mm_pick(nullptr, w2), live, rows, n))
+            mm_nn(k, dh16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
+                  (int64_t)rows * H);
         act_bias_backward(k, nullptr, dh16, db1, dh16, h16, rows, H, n, live);
     } else {
         mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
               (int64_t)rows * H);
         act_bias_backward(k, dh, nullptr, db1, dh, h, rows, H, n, live);
     }
-    if (dx16)
-        mm_nn(k, dx16 + r * D, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D,
-              (int64_t)rows * D);
+    if (dx16) {
+        if (!gg_mm<H, D, true>(k, dx16 + r * D, dh16, mm_pick(nullptr, w1), live, rows, n))
+            mm_nn(k, dx16 + r * D, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D,
+                  (int64_t)rows * D);
+    }
     else
         mm_nn(k, dxr, mm_pick(dh16, dh), w1, rows, D, H, 0.0f, n, (int64_t)rows * H, (int64_t)H * D,
               (int64_t)rows * D);

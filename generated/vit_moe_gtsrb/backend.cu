@@ -410,6 +410,7 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     m->seed = seed;
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, env.local_rank));
+    s->k.gg = gg_device(&prop); /* the experts' products over their live rows (kernels.cuh: gg_mm) */
     if (world_size > 1)
         snprintf(backend_name, sizeof backend_name, "cuda (%d x %s, %s, data parallel%s)", world_size, prop.name,
                  PRECISION_NAME(precision), PARALLEL_EXPERT > 1 ? ", experts over groups of " STR(PARALLEL_EXPERT) : "");

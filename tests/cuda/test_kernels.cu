@@ -1318,8 +1318,12 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     const char *act = ACT == ACT_GELU ? "gelu" : ACT == ACT_RELU ? "relu" : "silu";
     const int cap = EC ? moe_capacity(N, E, 1, 1.25, 0) : moe_capacity(N, E, K, 1.25, dropless);
     const int cap_ref = EC ? ref_moe_capacity(N, E, 1, 1.25, 0) : ref_moe_capacity(N, E, K, 1.25, dropless);
-    const std::string c = fmt("E=%d K=%d D=%d H=%d cap=%d normalize=%d batch_priority=%d acc=%d %s%s [%s]", E, K, D, H,
-                              cap, normalize, batch_priority, acc, act, EC ? " expert_choice" : "", mode());
+    /* bf16 precision on Hopper with widths in whole tiles: the experts'
+     * four row products by gg_mm (the grouped product over the live rows) */
+    const bool gg = g_k.cast && g_k.gg && gg_bn<H>() && gg_bn<D>() && D % GG_BK == 0 && H % GG_BK == 0;
+    const std::string c = fmt("E=%d K=%d D=%d H=%d cap=%d normalize=%d batch_priority=%d acc=%d %s%s%s [%s]", E, K, D,
+                              H, cap, normalize, batch_priority, acc, act, EC ? " expert_choice" : "",
+                              gg ? " grouped product" : "", mode());
     note("moe " + c);
     check_exact("moe_capacity", c, &cap, &cap_ref, 1);
     if (cap != cap_ref)
@@ -1802,6 +1806,7 @@ int main(void)
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("# %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    g_k.gg = gg_device(&prop); /* the experts' grouped product (bf16 precision) */
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_k.stream, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&g_k.blas));
     CUBLAS_CHECK(cublasSetStream(g_k.blas, g_k.stream));
@@ -1848,6 +1853,10 @@ int main(void)
         test_moe<20, 2, ACT_GELU>(11, 0, 1, 1, 0); /* more experts than router_thread_kernel takes */
         /* wider than moe_combine_bwd_sum takes: the combine's backward, then db2 by colsum_add */
         test_moe<4, 2, ACT_GELU, 48, false, 800>(12, 0, 1, 1, 1);
+        /* widths in whole tiles of the grouped product (bf16 on Hopper):
+         * columns of 128 and 192 a tile, then 256; row tiles partly live */
+        test_moe<4, 2, ACT_GELU, 384, false, 128>(13, 0, 1, 1, 1);
+        test_moe<3, 2, ACT_GELU, 512, false, 256>(14, 1, 0, 0, 0);
         if (g_k.cast) {
             test_fp32_ctx();
             test_weight_copy();
