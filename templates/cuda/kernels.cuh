@@ -4810,16 +4810,16 @@ static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
  * alone (bias_act's and act_bias_backward's live, the combine's slots,
  * the scatter's backward).
  *
- * The kernel (bench/gg/gg_proto.cu measured it and its variants, notes-
- * gpu.md item 80): a persistent grid, a block an SM, walking the live
- * tiles of GG_BM x BN; three warpgroups: a producer, one thread of which
- * issues the bulk tensor copies (TMA) of each 64-wide k-tile of a and b
- * into a ring of stages in the 128-byte swizzle, completing on the
- * stage's "full" mbarrier, and two consumers, each multiplying 64 of the
- * tile's rows by the BN columns with wgmma m64nBNk16 from shared memory
- * and freeing the stage on its "empty" mbarrier; each consumer's epilogue
- * rounds its rows to bf16 in shared memory (the same swizzle) and one
- * thread stores them by bulk tensor copies, which clip at the capacity.
+ * The kernel (notes-gpu.md item 80: what it and its variants measured):
+ * a persistent grid, a block an SM, walking the live tiles of GG_BM x
+ * BN; three warpgroups: a producer, one thread of which issues the bulk
+ * tensor copies (TMA) of each 64-wide k-tile of a and b into a ring of
+ * stages in the 128-byte swizzle, completing on the stage's "full"
+ * mbarrier, and two consumers, each multiplying 64 of the tile's rows by
+ * the BN columns with wgmma m64nBNk16 from shared memory and freeing the
+ * stage on its "empty" mbarrier; each consumer's epilogue rounds its
+ * rows to bf16 in shared memory (the same swizzle) and one thread stores
+ * them by bulk tensor copies, which clip at the capacity.
  * sm_90a only: elsewhere (the PTX target) gg_mm is not called (kctx.gg).
  */
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
