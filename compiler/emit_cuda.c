@@ -652,16 +652,6 @@ static void plan_remake(const gen *g, cuda_plan *p)
     }
 }
 
-/* op i's backward, before it makes its insides again: its input's layer
- * norm's output again, where that shares a room (plan_remake) */
-static void remake_input_norm(const gen *g, const cuda_plan *p, int i, sbuf *b)
-{
-    const int l = g->input[i];
-    if (l < 0 || !p->vkey[l] || g->m->ops[l].kind != OP_LAYERNORM)
-        return;
-    sb_printf(b, "    /* recompute = all: the layer norm's output again (plan_remake) */\n%s", p->fwd_text[l]);
-}
-
 /* text, each line indented by pad more */
 static void put_indented(sbuf *b, const char *text, const char *pad)
 {
@@ -671,6 +661,18 @@ static void put_indented(sbuf *b, const char *text, const char *pad)
         sb_printf(b, "%s%.*s\n", len ? pad : "", len, q);
         q = e ? e + 1 : q + len;
     }
+}
+
+/* op i's backward, before it makes its insides again: its input's layer
+ * norm's output again, where that shares a room (plan_remake); pad: the
+ * backward's indent past the function body's */
+static void remake_input_norm(const gen *g, const cuda_plan *p, int i, sbuf *b, const char *pad)
+{
+    const int l = g->input[i];
+    if (l < 0 || !p->vkey[l] || g->m->ops[l].kind != OP_LAYERNORM)
+        return;
+    sb_printf(b, "%s    /* recompute = all: the layer norm's output, this layer's input, again (plan_remake) */\n", pad);
+    put_indented(b, p->fwd_text[l], pad);
 }
 
 /* op u's backward (plan_remake's remake_of[u] = a): its block's first
@@ -897,7 +899,7 @@ static void gen_window_attention_cuda(gen *g, cuda_plan *p, int i, const op_ctx 
         sb_printf(b, "    /* recompute = all: op %d's backward made this layer's insides again (plan_remake) */\n",
                   p->remade_by[i]);
     } else if (ra && later_op(g->m, i, OP_WINDOW_ATTENTION)) {
-        remake_input_norm(g, p, i, b);
+        remake_input_norm(g, p, i, b, "");
         sb_printf(b, "    /* recompute = all: this layer's insides again (later layers wrote their shared rooms) */\n%s",
                   fw.s);
     }
@@ -1191,7 +1193,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             sb_printf(&b, "    /* recompute = all: op %d's backward made this layer's q, k, v and heads' outputs\n"
                           "     * again (plan_remake) */\n", p->remade_by[i]);
         } else if (recomputes_in_backward(m, i)) {
-            remake_input_norm(g, p, i, &b);
+            remake_input_norm(g, p, i, &b, "");
             sb_printf(&b, "    /* recompute = all: this layer's q, k, v and heads' outputs again (later layers wrote\n"
                           "     * their shared rooms) */\n%s",
                       qy.s);
@@ -1259,7 +1261,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             if (p->remake_of[i] >= 0)
                 remake_block_half(g, p, i, &b, "");
             else
-                remake_input_norm(g, p, i, &b);
+                remake_input_norm(g, p, i, &b, "");
             sb_printf(&b, "    /* recompute = all: this layer's hidden values and activations again (later layers\n"
                           "     * wrote their shared rooms) */\n%s",
                       fh.s);
@@ -1496,15 +1498,11 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(&b, "%s", routing);
         if (x->fp32_gate)
             sb_printf(&b, "        kctx kg = fp32_ctx(k); /* fp32_gate */\n");
-        const int ra_ln = g->input[i];
         const bool remake = remakes_from_input(g, i);
-        if (remake && p->remake_of[i] >= 0) {
+        if (remake && p->remake_of[i] >= 0)
             remake_block_half(g, p, i, &b, "    ");
-        } else if (remake && p->vkey[ra_ln]) {
-            sb_printf(&b, "        /* recompute = all: this layer's input, the layer norm's output, again\n"
-                          "         * (plan_remake) */\n");
-            put_indented(&b, p->fwd_text[ra_ln], "    ");
-        }
+        else if (remake)
+            remake_input_norm(g, p, i, &b, "    ");
         if (remake)
             sb_printf(&b,
                       "        /* recompute: this layer's rows, hidden values, activations and outputs\n"
