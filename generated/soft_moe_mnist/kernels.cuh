@@ -4837,6 +4837,12 @@ template <int N> __host__ __device__ constexpr int gg_bn()
     return N % 256 == 0 ? 256 : N % 192 == 0 ? 192 : N % 128 == 0 ? 128 : 0;
 }
 
+/* whether a product summing K terms into N columns comes in whole tiles */
+template <int K, int N> __host__ __device__ constexpr bool gg_fits()
+{
+    return gg_bn<N>() != 0 && K % GG_BK == 0;
+}
+
 /* stages: as many as fit beside the epilogue's buffers (227 KB a block) */
 template <int BN> __host__ __device__ constexpr int gg_stages()
 {
@@ -5187,7 +5193,7 @@ static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 
                          int n)
 {
     constexpr int BN = gg_bn<N>();
-    if (BN == 0 || K % GG_BK != 0 || !k->gg || !k->cast || !count || !a || !out ||
+    if (!gg_fits<K, N>() || !k->gg || !k->cast || !count || !a || !out ||
         ((uintptr_t)a | (uintptr_t)out) % 16 != 0)
         return false;
     int64_t used = 0;

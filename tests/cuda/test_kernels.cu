@@ -1320,7 +1320,7 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     const int cap_ref = EC ? ref_moe_capacity(N, E, 1, 1.25, 0) : ref_moe_capacity(N, E, K, 1.25, dropless);
     /* bf16 precision on Hopper with widths in whole tiles: the experts'
      * four row products by gg_mm (the grouped product over the live rows) */
-    const bool gg = g_k.cast && g_k.gg && gg_bn<H>() && gg_bn<D>() && D % GG_BK == 0 && H % GG_BK == 0;
+    const bool gg = g_k.cast && g_k.gg && gg_fits<D, H>() && gg_fits<H, D>();
     const std::string c = fmt("E=%d K=%d D=%d H=%d cap=%d normalize=%d batch_priority=%d acc=%d %s%s%s [%s]", E, K, D,
                               H, cap, normalize, batch_priority, acc, act, EC ? " expert_choice" : "",
                               gg ? " grouped product" : "", mode());
