@@ -34,7 +34,8 @@ def moecc_line(path):
     try:
         text = open(path).read()
     except OSError as e:
-        raise SystemExit("targets.py: %s: %s" % (path, e.strerror))
+        print("targets.py: %s: %s" % (path, e.strerror), file=sys.stderr)
+        sys.exit(2)
     m = re.search(r"moecc \S+: batch \d+, [\d.]+ ms per step, ([\d.]+) images/s, ([\d.]+) GFLOP/s.*?"
                   r"device memory (\d+) MiB", text)
     if not m:
