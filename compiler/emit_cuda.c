@@ -1362,6 +1362,13 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         p->st[j] = p->stats;
         p->stats += E + (int64_t)ND * E + 3;
         need_red(p, (int64_t)p->red_chunks * E * (H > D ? H : D));
+        /* one GPU's experts in widths of whole 64-column tiles: the grouped
+         * product's backward epilogue may sum db1, a partial sum per 64 rows
+         * of each 128-row tile (kernels.cuh: gg_halves) */
+        if (m->parallel.expert == 1 && D % 64 == 0 && H % 64 == 0) {
+            const int bm = kernel_const("GG_BM");
+            need_red(p, (int64_t)E * ((cap + bm - 1) / bm * 2) * H);
+        }
         need_red(p, (int64_t)2 * ((p->aux_blocks + 1) * (2 * E + 3) + 1)); /* partials, then the totals */
         const bool attn = x->router == ROUTER_ATTENTION, cosine = x->router == ROUTER_COSINE;
         const int nr = attn || cosine ? 2 : 1, R = x->router_dim;

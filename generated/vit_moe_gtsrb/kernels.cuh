@@ -4820,6 +4820,21 @@ static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
  * stage on its "empty" mbarrier; each consumer's epilogue rounds its
  * rows to bf16 in shared memory (the same swizzle) and one thread stores
  * them by bulk tensor copies, which clip at the capacity.
+ *
+ * EPI (gg_mm's gh and db: the da product of moe_ffn_backward_rows) puts
+ * the activation's backward in the epilogue, in place of
+ * act_bias_backward's pass over the hidden values: out = (a b) * gh, gh
+ * [n][rows][N] the activation's derivative as bias_act's grad_h left it
+ * in bf16, and db += out's column sums. Each consumer's thread 0 copies
+ * its 64 rows of gh's tile into its epilogue buffer halfway through the
+ * tile's products; the epilogue multiplies in place (each thread its own
+ * accumulators' elements), writes zeros in the rows past the count (gh
+ * holds nothing there), stores the rows, and sums its 64 rows' columns of
+ * out as rounded to bf16 (what the products after read) into a partial
+ * sum of k->red a consumer and tile; gg_colsum_kernel then adds those in
+ * row order (deterministic). The producer warpgroup's three idle warps
+ * write zeros over the row tiles past each count meanwhile, as the pass
+ * did (the weight gradient's product after reads every row).
  * sm_90a only: elsewhere (the PTX target) gg_mm is not called (kctx.gg).
  */
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -4854,7 +4869,15 @@ template <int BN> struct gg_smem {
     __nv_bfloat16 b[gg_stages<BN>()][GG_BK * BN];    /* K-major: BN rows; N-major: BN / 64 boxes of 64 x 64 */
     __nv_bfloat16 c[2][64 * BN];                     /* each consumer's rows, BN / 64 boxes of 64 x 64 */
     uint64_t full[gg_stages<BN>()], empty[gg_stages<BN>()];
+    uint64_t gfull[2]; /* EPI: each consumer's tile of gh, copied into its c */
 };
+
+/* EPI's partial column sums: two an output row tile (a consumer's 64
+ * rows each), [n][gg_halves(rows)][N] */
+__host__ __device__ constexpr int gg_halves(int rows)
+{
+    return (rows + GG_BM - 1) / GG_BM * 2;
+}
 
 __device__ static inline uint32_t gg_smem_at(const void *p)
 {
@@ -4916,6 +4939,19 @@ __device__ static inline void gg_load(void *dst, const CUtensorMap *map, uint64_
                  : "memory");
 #else
     (void)dst, (void)map, (void)bar, (void)c0, (void)c1;
+#endif
+}
+
+/* the box of a 3-D tensor map at (c0, c1, c2) into dst */
+__device__ static inline void gg_load3(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1, int c2)
+{
+#if GG_SM90
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, "
+                 "%5}], [%2];\n" ::"r"(gg_smem_at(dst)),
+                 "l"((uint64_t)map), "r"(gg_smem_at(bar)), "r"(c0), "r"(c1), "r"(c2)
+                 : "memory");
+#else
+    (void)dst, (void)map, (void)bar, (void)c0, (void)c1, (void)c2;
 #endif
 }
 
@@ -5034,10 +5070,26 @@ __device__ static inline bool gg_tile(int t, const int *count, int n, int rows, 
     return false;
 }
 
-template <int BN, bool NM>
+/* EPI: zeros over expert g's rows from its last live row tile on, for g <
+ * n (out [n][rows][N]), by `all` threads, this one the me-th */
+__device__ static inline void gg_zero_dead(__nv_bfloat16 *out, const int *count, int n, int rows, int N, int me,
+                                           int all)
+{
+    for (int g = 0; g < n; g++) {
+        const int from = min((min(count[g], rows) + GG_BM - 1) / GG_BM * GG_BM, rows);
+        uint4 *p = reinterpret_cast<uint4 *>(out + ((int64_t)g * rows + from) * N);
+        const int64_t n16 = (int64_t)(rows - from) * N / 8; /* N: whole tiles, so 8 | N */
+        for (int64_t i = me; i < n16; i += all)
+            p[i] = make_uint4(0, 0, 0, 0);
+    }
+}
+
+template <int BN, bool NM, bool EPI>
 static __global__ void __launch_bounds__(384, 1)
     gg_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-              const __grid_constant__ CUtensorMap map_c, const int *__restrict__ count, int n, int rows, int K, int N)
+              const __grid_constant__ CUtensorMap map_c, const __grid_constant__ CUtensorMap map_g,
+              __nv_bfloat16 *__restrict__ dst, float *__restrict__ part, const int *__restrict__ count, int n,
+              int rows, int K, int N)
 {
 #if GG_SM90
     constexpr int S = gg_stages<BN>();
@@ -5052,6 +5104,8 @@ static __global__ void __launch_bounds__(384, 1)
             gg_bar_init(&s.full[i], 1);
             gg_bar_init(&s.empty[i], 8); /* a lane of each consumer warp */
         }
+        gg_bar_init(&s.gfull[0], 1);
+        gg_bar_init(&s.gfull[1], 1);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -5076,6 +5130,8 @@ static __global__ void __launch_bounds__(384, 1)
                         phase ^= 1;
                     }
                 }
+        else if (EPI && tid >= 32) /* the other three warps */
+            gg_zero_dead(dst, count, n, rows, N, (int)blockIdx.x * 96 + tid - 32, (int)gridDim.x * 96);
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
@@ -5083,9 +5139,19 @@ static __global__ void __launch_bounds__(384, 1)
     const int r = warp * 16 + lane / 4, col = (lane % 4) * 2;
     __nv_bfloat16 *out = s.c[half];
     float d[BN / 2];
+    uint32_t gphase = 0;
     for (int t = blockIdx.x; gg_tile(t, count, n, rows, NT, &e, &m0, &nt); t += gridDim.x) {
         int prev = -1;
         for (int kt = 0; kt < KT; kt++) {
+            /* EPI: this tile's gh into c, halfway through its products, once
+             * the last tile's stores have read c (its sums had, by the
+             * barrier that ended its epilogue) */
+            if (EPI && kt == KT / 2 && tid == 0) {
+                asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+                gg_bar_expect(&s.gfull[half], 64 * BN * 2);
+                for (int j = 0; j < BN / 64; j++)
+                    gg_load3(out + j * 64 * 64, &map_g, &s.gfull[half], nt * BN + 64 * j, m0 + 64 * half, e);
+            }
             gg_bar_wait(&s.full[stage], phase);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
             const __nv_bfloat16 *a = s.a[stage] + half * 64 * GG_BK, *b = s.b[stage];
@@ -5113,17 +5179,38 @@ static __global__ void __launch_bounds__(384, 1)
          * in the 128-byte swizzle (chunk q of row r at q ^ r % 8: a warp's
          * stores meet 32 banks), once the last tile's copies have read the
          * buffer; then one thread's bulk copies */
-        if (tid == 0)
-            asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
+        if (EPI) {
+            /* out = acc * gh, in place over gh, each thread on its own
+             * elements; zeros from the count on (gh holds nothing there) */
+            gg_bar_wait(&s.gfull[half], gphase);
+            gphase ^= 1;
+            const int live = min(count[e], rows) - m0 - 64 * half; /* this consumer's rows below the count */
 #pragma unroll
-        for (int j = 0; j < BN / 8; j++) {
-            __nv_bfloat16 *box = out + j / 8 * 64 * 64;
-            const int q = j % 8;
-            *reinterpret_cast<__nv_bfloat162 *>(box + r * 64 + (q ^ (r % 8)) * 8 + col) =
-                __floats2bfloat162_rn(d[4 * j], d[4 * j + 1]);
-            *reinterpret_cast<__nv_bfloat162 *>(box + (r + 8) * 64 + (q ^ ((r + 8) % 8)) * 8 + col) =
-                __floats2bfloat162_rn(d[4 * j + 2], d[4 * j + 3]);
+            for (int j = 0; j < BN / 8; j++) {
+                __nv_bfloat16 *box = out + j / 8 * 64 * 64;
+                const int q = j % 8;
+                __nv_bfloat162 *p0 = reinterpret_cast<__nv_bfloat162 *>(box + r * 64 + (q ^ (r % 8)) * 8 + col),
+                               *p1 = reinterpret_cast<__nv_bfloat162 *>(box + (r + 8) * 64 +
+                                                                         (q ^ ((r + 8) % 8)) * 8 + col);
+                const float2 g0 = __bfloat1622float2(*p0), g1 = __bfloat1622float2(*p1);
+                *p0 = r < live ? __floats2bfloat162_rn(d[4 * j] * g0.x, d[4 * j + 1] * g0.y)
+                               : __floats2bfloat162_rn(0.0f, 0.0f);
+                *p1 = r + 8 < live ? __floats2bfloat162_rn(d[4 * j + 2] * g1.x, d[4 * j + 3] * g1.y)
+                                   : __floats2bfloat162_rn(0.0f, 0.0f);
+            }
+        } else {
+            if (tid == 0)
+                asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+            asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) {
+                __nv_bfloat16 *box = out + j / 8 * 64 * 64;
+                const int q = j % 8;
+                *reinterpret_cast<__nv_bfloat162 *>(box + r * 64 + (q ^ (r % 8)) * 8 + col) =
+                    __floats2bfloat162_rn(d[4 * j], d[4 * j + 1]);
+                *reinterpret_cast<__nv_bfloat162 *>(box + (r + 8) * 64 + (q ^ ((r + 8) % 8)) * 8 + col) =
+                    __floats2bfloat162_rn(d[4 * j + 2], d[4 * j + 3]);
+            }
         }
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
@@ -5132,12 +5219,50 @@ static __global__ void __launch_bounds__(384, 1)
                 gg_store(&map_c, out + j * 64 * 64, nt * BN + 64 * j, m0 + 64 * half, e);
             asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
         }
+        if (EPI) {
+            /* the column sums of this consumer's 64 rows of out as rounded
+             * (what the products after read), row by row: a thread a pair
+             * of columns; a warp's 32 pairs are a row of a box, 32 banks */
+            const int64_t at = ((int64_t)e * gg_halves(rows) + m0 / 64 + half) * N + nt * BN;
+            for (int pr = tid; pr < BN / 2; pr += 128) {
+                const int c0 = 2 * pr, q = c0 % 64 / 8;
+                const __nv_bfloat16 *src = out + c0 / 64 * 64 * 64 + c0 % 8;
+                float sx = 0.0f, sy = 0.0f;
+#pragma unroll 8
+                for (int rr = 0; rr < 64; rr++) {
+                    const float2 v =
+                        __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(src + rr * 64 + (q ^ (rr % 8)) * 8));
+                    sx += v.x;
+                    sy += v.y;
+                }
+                *reinterpret_cast<float2 *>(part + at + c0) = make_float2(sx, sy);
+            }
+            asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
+        }
     }
     if (tid == 0)
         asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #else
-    (void)map_a, (void)map_b, (void)map_c, (void)count, (void)n, (void)rows, (void)K, (void)N;
+    (void)map_a, (void)map_b, (void)map_c, (void)map_g, (void)dst, (void)part, (void)count, (void)n, (void)rows,
+        (void)K, (void)N;
 #endif
+}
+
+/* db[g][c] += the EPI kernel's partial sums of column c over expert g's
+ * live row tiles, in row order (deterministic) */
+static __global__ void gg_colsum_kernel(float *__restrict__ db, const float *__restrict__ part,
+                                        const int *__restrict__ count, int n, int rows, int N)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)n * N)
+        return;
+    const int g = (int)(i / N), c = (int)(i % N);
+    const int halves = (min(count[g], rows) + GG_BM - 1) / GG_BM * 2;
+    const float *p = part + (int64_t)g * gg_halves(rows) * N + c;
+    float acc = 0.0f;
+    for (int h = 0; h < halves; h++)
+        acc += p[(int64_t)h * N];
+    db[i] += acc;
 }
 
 /* the driver's tensor-map encoder, through the runtime (no -lcuda) */
@@ -5184,17 +5309,19 @@ static inline int gg_device(const cudaDeviceProp *prop)
 
 /* The grouped product above: out [n][rows][N] from a [n][rows][K] and the
  * weights w ([n][N][K], or [n][K][N] with NM; in bf16 from their copy,
- * bf16_operand), rows below count[e] alone. False (nothing done) where it
- * does not apply: no counts, not Hopper, not bf16 precision, a width not
- * in whole tiles, an operand not 16-byte aligned; the caller multiplies
- * by cuBLAS then. */
+ * bf16_operand), rows below count[e] alone. With gh and db (the EPI
+ * kernel): out = (a w) * gh, zeros in every row past the count, and
+ * db [n][N] += out's column sums (act_bias_backward's work). False
+ * (nothing done) where it does not apply: no counts, not Hopper, not bf16
+ * precision, a width not in whole tiles, an operand not 16-byte aligned;
+ * the caller multiplies by cuBLAS then (and runs act_bias_backward). */
 template <int K, int N, bool NM>
 static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 *a, mm_in w, const int *count, int rows,
-                         int n)
+                         int n, const __nv_bfloat16 *gh = nullptr, float *db = nullptr)
 {
     constexpr int BN = gg_bn<N>();
     if (!gg_fits<K, N>() || !k->gg || !k->cast || !count || !a || !out ||
-        ((uintptr_t)a | (uintptr_t)out) % 16 != 0)
+        ((uintptr_t)a | (uintptr_t)out | (uintptr_t)gh) % 16 != 0 || (gh && (!db || !NM)))
         return false;
     int64_t used = 0;
     const __nv_bfloat16 *b = bf16_operand(k, w, (int64_t)n * K * N, &used); /* the weights' copy (k->w16) */
@@ -5207,7 +5334,11 @@ static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 
             int dev = 0;
             CUDA_CHECK(cudaGetDevice(&dev));
             CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-            CUDA_CHECK(cudaFuncSetAttribute(gg_kernel<BN, NM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            CUDA_CHECK(cudaFuncSetAttribute(gg_kernel<BN, NM, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)smem));
+            if constexpr (NM) /* EPI: the backward's da product alone */
+                CUDA_CHECK(cudaFuncSetAttribute(gg_kernel<BN, NM, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                (int)smem));
         }
         const cuuint64_t adim[2] = { (cuuint64_t)K, (cuuint64_t)n * rows }, astr[1] = { (cuuint64_t)K * 2 };
         const cuuint32_t abox[2] = { GG_BK, GG_BM };
@@ -5217,8 +5348,20 @@ static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 
         const cuuint64_t cdim[3] = { (cuuint64_t)N, (cuuint64_t)rows, (cuuint64_t)n },
                          cstr[2] = { (cuuint64_t)N * 2, (cuuint64_t)rows * N * 2 };
         const cuuint32_t cbox[3] = { 64, 64, 1 };
-        gg_kernel<BN, NM><<<sms, 384, smem, k->stream>>>(gg_map(a, 2, adim, astr, abox), gg_map(b, 2, bdim, bstr, bbox),
-                                                          gg_map(out, 3, cdim, cstr, cbox), count, n, rows, K, N);
+        const CUtensorMap ma = gg_map(a, 2, adim, astr, abox), mb = gg_map(b, 2, bdim, bstr, bbox),
+                          mc = gg_map(out, 3, cdim, cstr, cbox);
+        if (gh) {
+            if constexpr (NM) {
+                red_need(k, (int64_t)n * gg_halves(rows) * N);
+                gg_kernel<BN, NM, true><<<sms, 384, smem, k->stream>>>(ma, mb, mc, gg_map(gh, 3, cdim, cstr, cbox),
+                                                                        out, k->red, count, n, rows, K, N);
+                CUDA_CHECK(cudaGetLastError());
+                gg_colsum_kernel<<<blocks_for((int64_t)n * N, 256), 256, 0, k->stream>>>(db, k->red, count, n, rows,
+                                                                                          N);
+            }
+        } else {
+            gg_kernel<BN, NM, false><<<sms, 384, smem, k->stream>>>(ma, mb, mc, mc, out, nullptr, count, n, rows, K, N);
+        }
         CUDA_CHECK(cudaGetLastError());
     }
     return true;
@@ -5631,10 +5774,13 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, __nv_bfloat1
     dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
     w1 += (int64_t)e * H * D, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     if (dh16) { /* bf16 precision: da and h in bf16 (moe_h16), dh over da */
-        if (!gg_mm<D, H, true>(k, dh16, dy16, mm_pick(nullptr, w2), live, rows, n))
+        /* the grouped product makes dh and db1 in its epilogue; else
+         * cuBLAS's da, then the pass */
+        if (!gg_mm<D, H, true>(k, dh16, dy16, mm_pick(nullptr, w2), live, rows, n, h16, db1)) {
             mm_nn(k, dh16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
                   (int64_t)rows * H);
-        act_bias_backward(k, nullptr, dh16, db1, dh16, h16, rows, H, n, live);
+            act_bias_backward(k, nullptr, dh16, db1, dh16, h16, rows, H, n, live);
+        }
     } else {
         mm_nn(k, dh, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
               (int64_t)rows * H);
