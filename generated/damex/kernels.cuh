@@ -5249,20 +5249,33 @@ static __global__ void __launch_bounds__(384, 1)
 }
 
 /* db[g][c] += the EPI kernel's partial sums of column c over expert g's
- * live row tiles, in row order (deterministic) */
-static __global__ void gg_colsum_kernel(float *__restrict__ db, const float *__restrict__ part,
-                                        const int *__restrict__ count, int n, int rows, int N)
+ * live row tiles. A block: 32 columns of one expert by GG_COLSUM_LANES
+ * lanes, lane y adding the partials y, y + LANES, ... in row order, then
+ * lane 0 the lanes' sums in lane order (deterministic); one thread a
+ * column, adding its 60 or so partials alone, kept few blocks busy and
+ * waited on each load (8.8 us a layer on config S) */
+#define GG_COLSUM_LANES 8
+static __global__ void __launch_bounds__(32 * GG_COLSUM_LANES)
+    gg_colsum_kernel(float *__restrict__ db, const float *__restrict__ part, const int *__restrict__ count, int rows,
+                     int N)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)n * N)
-        return;
-    const int g = (int)(i / N), c = (int)(i % N);
+    __shared__ float sums[GG_COLSUM_LANES][33];
+    const int x = (int)threadIdx.x % 32, y = (int)threadIdx.x / 32, g = (int)blockIdx.y;
+    const int c = (int)blockIdx.x * 32 + x;
     const int halves = (min(count[g], rows) + GG_BM - 1) / GG_BM * 2;
-    const float *p = part + (int64_t)g * gg_halves(rows) * N + c;
     float acc = 0.0f;
-    for (int h = 0; h < halves; h++)
-        acc += p[(int64_t)h * N];
-    db[i] += acc;
+    if (c < N) {
+        const float *p = part + (int64_t)g * gg_halves(rows) * N + c;
+        for (int h = y; h < halves; h += GG_COLSUM_LANES)
+            acc += p[(int64_t)h * N];
+    }
+    sums[y][x] = acc;
+    __syncthreads();
+    if (y == 0 && c < N) {
+        for (int l = 1; l < GG_COLSUM_LANES; l++)
+            acc += sums[l][x];
+        db[(int64_t)g * N + c] += acc;
+    }
 }
 
 /* the driver's tensor-map encoder, through the runtime (no -lcuda) */
@@ -5356,8 +5369,8 @@ static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 
                 gg_kernel<BN, NM, true><<<sms, 384, smem, k->stream>>>(ma, mb, mc, gg_map(gh, 3, cdim, cstr, cbox),
                                                                         out, k->red, count, n, rows, K, N);
                 CUDA_CHECK(cudaGetLastError());
-                gg_colsum_kernel<<<blocks_for((int64_t)n * N, 256), 256, 0, k->stream>>>(db, k->red, count, n, rows,
-                                                                                          N);
+                gg_colsum_kernel<<<dim3((unsigned)((N + 31) / 32), (unsigned)n), 32 * GG_COLSUM_LANES, 0,
+                                   k->stream>>>(db, k->red, count, rows, N);
             }
         } else {
             gg_kernel<BN, NM, false><<<sms, 384, smem, k->stream>>>(ma, mb, mc, mc, out, nullptr, count, n, rows, K, N);
