@@ -791,12 +791,16 @@ template <int ACT> __device__ static inline float act_f_grad(float x, float *gra
  * bits and all; where h is bf16 (moe_h16) it is rounded to bf16. live
  * (with grad_h, or NULL): group g's rows from live[g] on are padding (an
  * expert's rows past its count): h is not read there (nor written) and a
- * gets zeros, so that the products that take a see finite values. */
-template <int ACT, int V, typename HT>
+ * gets zeros, so that the products that take a see finite values.
+ * NC > 0: the rows are NC wide (N == NC, known when compiled: the
+ * division by it a multiply) and bias 16-byte aligned (vector loads):
+ * fewer instructions a value in a pass bound by them. */
+template <int ACT, int V, typename HT, int NC = 0>
 static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__restrict__ a16, HT *__restrict__ h,
                                        const float *__restrict__ bias, const int *__restrict__ live, int64_t M,
-                                       int N, int64_t n, bool grad_h)
+                                       int N_, int64_t n, bool grad_h)
 {
+    const int N = NC > 0 ? NC : N_;
     const int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i >= n)
         return;
@@ -828,10 +832,16 @@ static __global__ void bias_act_kernel(float *__restrict__ a, __nv_bfloat16 *__r
         return;
     }
     const float *b = bias + g * N + col;
+    float bb[V];
+    if constexpr (NC > 0)
+        vload<V>(bb, b);
+    else
+        for (int j = 0; j < V; j++)
+            bb[j] = b[j];
     vload<V>(x, h + i);
 #pragma unroll
     for (int j = 0; j < V; j++)
-        x[j] += b[j];
+        x[j] += bb[j];
     if constexpr (ACT != ACT_NONE) {
         if (grad_h) {
             float d[V];
@@ -874,8 +884,9 @@ static inline bool vec8_ok(int64_t cols, const void *p, const void *q = nullptr,
  * them in bf16 precision: moe_h16). 8 values a thread where the rows and
  * pointers allow (16-byte loads of bf16; the pass is bound by its
  * instructions, and 8 values share a thread's index arithmetic), else 4,
- * else 1. */
-template <int ACT, typename HT = float>
+ * else 1. NC > 0: N is NC (asserted), and the 8-wide pass with bias
+ * aligned takes the kernel compiled for that width. */
+template <int ACT, typename HT = float, int NC = 0>
 static inline void bias_act(const kctx *k, float *a, HT *h, const float *bias, int64_t M, int N, int G = 1,
                             __nv_bfloat16 *a16 = nullptr, bool grad_h = false, const int *live = nullptr)
 {
@@ -886,6 +897,18 @@ static inline void bias_act(const kctx *k, float *a, HT *h, const float *bias, i
     }
     const int64_t n = G * M * N;
     const float *out = ACT == ACT_NONE ? nullptr : a16 ? nullptr : a;
+    if (NC > 0 && N != NC) {
+        fprintf(stderr, "train: internal error: bias_act compiled for rows %d wide, given %d\n", NC, N);
+        exit(1);
+    }
+    if constexpr (NC > 0 && NC % 8 == 0) {
+        if (vec8_ok(N, h, out, a16) && aligned16(bias)) {
+            bias_act_kernel<ACT, 8, HT, NC><<<blocks_for(n / 8, 256), 256, 0, k->stream>>>(a, a16, h, bias, live, M, N,
+                                                                                          n, grad_h);
+            LAUNCH_CHECK();
+            return;
+        }
+    }
     if (vec8_ok(N, h, out, a16)) {
         bias_act_kernel<ACT, 8, HT><<<blocks_for(n / 8, 256), 256, 0, k->stream>>>(a, a16, h, bias, live, M, N, n,
                                                                                   grad_h);
@@ -5439,7 +5462,7 @@ static inline void moe_ffn_forward(const kctx *k, float *yr, __nv_bfloat16 *y16,
     if (h16) {
         if (!gg_mm<D, H, false>(k, h16, xin.h, mm_pick(nullptr, w1), live, rows, n))
             mm_nt(k, h16, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
-        bias_act<ACT>(k, a, h16, b1, rows, H, n, a16, true, live);
+        bias_act<ACT, __nv_bfloat16, H>(k, a, h16, b1, rows, H, n, a16, true, live);
     } else {
         mm_nt(k, h, xin, w1, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)H * D, (int64_t)rows * H);
         bias_act<ACT>(k, a, h, b1, rows, H, n, a16, true, live);
