@@ -728,6 +728,62 @@ template <int ACT> static void test_act(const char *name, int N)
     dfree_all();
 }
 
+/* act_f_grad's GELU, exact (erff) and FAST (gelu_grad_fast: the bf16
+ * experts' bias_act), at every x of a grid over [-14, 14] (8 per 1e-3)
+ * and at zeros, +-40 and +-3.4e38, against erfc in double: GELU and its
+ * derivative within 1e-6 max(1, |x|) (fp32 keeps 6e-8 |x|), and the fast
+ * form's GELU within 4e-5 relative where it is tiny, x < 0 (erff's form
+ * loses it there: 1 + erff cancels); a NaN gives NaNs. A coefficient
+ * wrong in its third digit moves them by 1e-4. */
+template <bool FAST> static __global__ void gelu_grid_kernel(float *g, float *d, const float *x, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        g[i] = act_f_grad<ACT_GELU, FAST>(x[i], &d[i]);
+}
+
+static void test_gelu_forms()
+{
+    note("GELU: erff's form and the fast one against erfc in double");
+    fvec x;
+    for (int i = -112000; i <= 112000; i++)
+        x.push_back((float)i / 8000.0f);
+    for (const float v : { -0.0f, 1e-30f, -1e-30f, 40.0f, -40.0f, 3.4e38f, -3.4e38f })
+        x.push_back(v);
+    const size_t n = x.size();
+    x.push_back(NAN);
+    const float *d_x = dup(x);
+    for (const bool fast : { false, true }) {
+        float *d_g = dpoison<float>(x.size()), *d_d = dpoison<float>(x.size());
+        const unsigned blocks = (unsigned)((x.size() + 255) / 256);
+        if (fast)
+            gelu_grid_kernel<true><<<blocks, 256, 0, g_k.stream>>>(d_g, d_d, d_x, (int)x.size());
+        else
+            gelu_grid_kernel<false><<<blocks, 256, 0, g_k.stream>>>(d_g, d_d, d_x, (int)x.size());
+        CUDA_CHECK(cudaGetLastError());
+        const fvec g = down(d_g, x.size()), d = down(d_d, x.size());
+        double eg = 0, ed = 0, rg = 0; /* NaN or Inf: Inf */
+        const auto worse = [](double e, double m) { return std::isfinite(e) ? std::max(e, m) : INFINITY; };
+        for (size_t i = 0; i < n; i++) {
+            const double X = x[i], cdf = 0.5 * std::erfc(-X / std::sqrt(2.0));
+            const double gr = X * cdf, dr = cdf + X * std::exp(-0.5 * X * X) / std::sqrt(2.0 * M_PI);
+            const double scale = std::max(1.0, std::fabs(X));
+            eg = worse(std::fabs(g[i] - gr) / scale, eg);
+            ed = worse(std::fabs(d[i] - dr) / scale, ed);
+            if (X < 0 && std::fabs(gr) > 1e-30)
+                rg = worse(std::fabs(g[i] - gr) / std::fabs(gr), rg);
+        }
+        const char *form = fast ? "fast" : "erff";
+        report(eg <= 1e-6, "act_f_grad", fmt("gelu (%s): error / max(1, |x|)", form), eg, 1e-6);
+        report(ed <= 1e-6, "act_f_grad", fmt("gelu' (%s): error / max(1, |x|)", form), ed, 1e-6);
+        if (fast)
+            report(rg <= 4e-5, "act_f_grad", "gelu (fast): relative error at x < 0", rg, 4e-5);
+        report(std::isnan(g[n]) && std::isnan(d[n]), "act_f_grad", fmt("gelu (%s): a NaN gives NaNs", form), 0.0,
+               0.0);
+    }
+    dfree_all();
+}
+
 /* ---- element-wise, masks ------------------------------------------------------------------------------ */
 
 /* to_bf16 then from_bf16 (the products' operand casts, the exchange's
@@ -1901,6 +1957,7 @@ int main(void)
         test_act<ACT_RELU>("relu", N);
         test_act<ACT_SILU>("silu", N);
     }
+    test_gelu_forms();
     test_elementwise();
     test_bf16_convert();
     test_tokens(48);
