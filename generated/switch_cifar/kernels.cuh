@@ -792,7 +792,7 @@ template <int ACT, bool FAST = false> __device__ static inline float act_f_grad(
  * per value), and the backward's erf and exp cost more than this store.
  * In fp32 the factor is the one the backward computed from h + bias,
  * bits and all; where h is bf16 (moe_h16) it is rounded to bf16, as a
- * is, and GELU is gelu_grad_fast's (within 4e-7 of erff's). live
+ * is, and GELU is gelu_grad_fast's (within 4e-7 of the exact). live
  * (with grad_h, or NULL): group g's rows from live[g] on are padding (an
  * expert's rows past its count): h is not read there (nor written) and a
  * gets zeros, so that the products that take a see finite values.
@@ -1376,10 +1376,10 @@ enum { ACT_GELU = 0, ACT_RELU = 1, ACT_SILU = 2 };
  * erfc(u) = t e^(-u^2) P(t), u = |x| / sqrt(2), t = 1 / (1 + 0.46 u), P
  * of degree 7 fitted (Lawson's algorithm) to erfc's relative error over
  * u >= 0: 6.8e-7 in exact arithmetic, 1.8e-5 in fp32 at the far tail
- * (where u^2 rounded moves e^(-u^2)), GELU within 3.9e-7 of the exact
+ * (where u^2 rounded moves e^(-u^2)), GELU within 3.8e-7 of the exact
  * value everywhere (erff's form: 4.5e-7), and bf16 keeps 2^-9. The
  * factor e^(-u^2) = e^(-x^2 / 2) is the normal density's too: two MUFU
- * instructions (EX2, RCP) and eight FMAs a value, where erff takes about
+ * instructions (EX2, RCP) and nine FMAs a value, where erff takes about
  * twenty instructions and a branch besides the density's EX2, in passes
  * bound by their instructions. */
 __device__ static inline float gelu_grad_fast(float x, float *grad)
