@@ -288,7 +288,7 @@ const dev_layout DEV_LAYOUT = {
     30816L, /* int_slots */
     17L, /* dacc: doubles */
     30L, /* stats: u64 */
-    393216L, /* red_floats */
+    196608L, /* red_floats */
     1048704L, /* cast_elems */
     1L, /* xchg_elems */
     53, /* eval_batch */

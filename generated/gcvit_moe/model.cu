@@ -826,7 +826,7 @@ const dev_layout DEV_LAYOUT = {
     424368L, /* int_slots */
     54L, /* dacc: doubles */
     57L, /* stats: u64 */
-    2097152L, /* red_floats */
+    1048576L, /* red_floats */
     205521024L, /* cast_elems */
     8028160L, /* xchg_elems */
     20, /* eval_batch */

@@ -478,8 +478,8 @@ __device__ static inline float lanes_col_sum(const S *col, int64_t ld, int lo, i
     float acc[1] = { 0.0f };
     if (valid) {
         /* 8 loads in flight a thread (the adds stay in order): the layer
-         * norm's 1024 partials a column are 32 a lane (S: its final
-         * kernel 5.8 -> 4.7 us) */
+         * norm's 1024 partials a column (LN_BLOCKS was 1024) were 32 a
+         * lane (S: its final kernel 5.8 -> 4.7 us) */
 #pragma unroll 8
         for (int m = lo + (int)threadIdx.x / 32; m < hi; m += LANES)
             acc[0] += get(col + (int64_t)m * ld);
@@ -2097,7 +2097,11 @@ static __global__ void layernorm_fwd_kernel(float *out, __nv_bfloat16 *out16, fl
     }
 }
 
-#define LN_BLOCKS 1024 /* blocks of the backward pass (8 a Hopper SM): partial sums of dw, db */
+/* blocks of the backward pass (about 4 a Hopper SM, 16 rows each on S):
+ * partial sums of dw, db. 512 against 1024: S 12.29 -> 12.22 ms a step
+ * (H200; half the partials to write and to add, and each block's sums of
+ * its rows in registers amortized over twice the rows) */
+#define LN_BLOCKS 512
 
 /* dx per row (a warp each); the block's partial sums of dw and db go to
  * part[block][NS D] and are added up in block order afterwards. NS 3:
@@ -2181,7 +2185,8 @@ static __global__ void layernorm_bwd_kernel(float *dinp, float *part, const floa
 
 /* dw, db (and dsum where NS is 3) += the sums of the partials
  * part[nblocks, NS D], on LN_FINAL_LANES lanes of partials (one thread
- * per column, summing all 1024 partials, took 28 us on config S) */
+ * per column, summing all 1024 partials of LN_BLOCKS 1024, took 28 us
+ * on config S) */
 #define LN_FINAL_LANES 32
 static __global__ void layernorm_bwd_final_kernel(float *dw, float *db, float *dsum, const float *part, int D,
                                                   int nblocks, int NS)
