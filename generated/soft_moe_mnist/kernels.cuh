@@ -132,6 +132,9 @@ typedef struct kctx {
     /* the experts' products over their live rows by gg_kernel (Hopper, bf16
      * precision, one GPU: gg_device) instead of cuBLAS's over the capacity */
     int gg;
+    /* gg_kernel's grid: 0, a block an SM; the kernel tests ask for fewer,
+     * so that each block takes several tiles (as on a model's shapes) */
+    int gg_grid;
 } kctx;
 
 /* The element-wise passes' launch over n elements, in blocks of 256: kern4
@@ -5156,6 +5159,26 @@ __device__ static inline void gg_zero_dead(__nv_bfloat16 *out, const int *count,
     }
 }
 
+/* EPI: the column sums of a consumer's 64 rows of out as rounded (what
+ * the products after read) to dst[0, BN), row by row: a thread a pair of
+ * columns; a warp's 32 pairs are a row of a box, 32 banks */
+template <int BN> __device__ static inline void gg_col_sums(float *dst, const __nv_bfloat16 *out, int tid)
+{
+    for (int pr = tid; pr < BN / 2; pr += 128) {
+        const int c0 = 2 * pr, q = c0 % 64 / 8;
+        const __nv_bfloat16 *src = out + c0 / 64 * 64 * 64 + c0 % 8;
+        float sx = 0.0f, sy = 0.0f;
+#pragma unroll 8
+        for (int rr = 0; rr < 64; rr++) {
+            const float2 v =
+                __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(src + rr * 64 + (q ^ (rr % 8)) * 8));
+            sx += v.x;
+            sy += v.y;
+        }
+        *reinterpret_cast<float2 *>(dst + c0) = make_float2(sx, sy);
+    }
+}
+
 template <int BN, bool NM, bool EPI>
 static __global__ void __launch_bounds__(384, 1)
     gg_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
@@ -5212,18 +5235,11 @@ static __global__ void __launch_bounds__(384, 1)
     __nv_bfloat16 *out = s.c[half];
     float d[BN / 2];
     uint32_t gphase = 0;
+    /* EPI: where the last tile's column sums go in part (-1: none pending) */
+    int64_t done_at = -1;
     for (int t = blockIdx.x; gg_tile(t, count, n, rows, NT, &e, &m0, &nt); t += gridDim.x) {
         int prev = -1;
         for (int kt = 0; kt < KT; kt++) {
-            /* EPI: this tile's gh into c, halfway through its products, once
-             * the last tile's stores have read c (its sums had, by the
-             * barrier that ended its epilogue) */
-            if (EPI && kt == KT / 2 && tid == 0) {
-                asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-                gg_bar_expect(&s.gfull[half], 64 * BN * 2);
-                for (int j = 0; j < BN / 64; j++)
-                    gg_load3(out + j * 64 * 64, &map_g, &s.gfull[half], nt * BN + 64 * j, m0 + 64 * half, e);
-            }
             gg_bar_wait(&s.full[stage], phase);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
             const __nv_bfloat16 *a = s.a[stage] + half * 64 * GG_BK, *b = s.b[stage];
@@ -5234,6 +5250,29 @@ static __global__ void __launch_bounds__(384, 1)
                                        : gg_desc(b + 16 * kk, 16, 1024),
                                     kt > 0 || kk > 0);
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            if (EPI) {
+                /* the last tile's column sums from c while this k-tile's
+                 * products run (they read registers and shared memory
+                 * the products do not touch): in the epilogue they kept
+                 * the tensor cores idle */
+                if (kt == 0 && done_at >= 0) {
+                    gg_col_sums<BN>(part + done_at, out, tid);
+                    done_at = -1;
+                }
+                /* this tile's gh into c, halfway through its products,
+                 * once every thread's sums and the last tile's stores
+                 * have read c */
+                if (kt == KT / 2) {
+                    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
+                    if (tid == 0) {
+                        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+                        gg_bar_expect(&s.gfull[half], 64 * BN * 2);
+                        for (int j = 0; j < BN / 64; j++)
+                            gg_load3(out + j * 64 * 64, &map_g, &s.gfull[half], nt * BN + 64 * j,
+                                     m0 + 64 * half, e);
+                    }
+                }
+            }
             /* the previous k-tile's products are done: its stage is free */
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
             if (prev >= 0 && lane == 0)
@@ -5291,27 +5330,11 @@ static __global__ void __launch_bounds__(384, 1)
                 gg_store(&map_c, out + j * 64 * 64, nt * BN + 64 * j, m0 + 64 * half, e);
             asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
         }
-        if (EPI) {
-            /* the column sums of this consumer's 64 rows of out as rounded
-             * (what the products after read), row by row: a thread a pair
-             * of columns; a warp's 32 pairs are a row of a box, 32 banks */
-            const int64_t at = ((int64_t)e * gg_halves(rows) + m0 / 64 + half) * N + nt * BN;
-            for (int pr = tid; pr < BN / 2; pr += 128) {
-                const int c0 = 2 * pr, q = c0 % 64 / 8;
-                const __nv_bfloat16 *src = out + c0 / 64 * 64 * 64 + c0 % 8;
-                float sx = 0.0f, sy = 0.0f;
-#pragma unroll 8
-                for (int rr = 0; rr < 64; rr++) {
-                    const float2 v =
-                        __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(src + rr * 64 + (q ^ (rr % 8)) * 8));
-                    sx += v.x;
-                    sy += v.y;
-                }
-                *reinterpret_cast<float2 *>(part + at + c0) = make_float2(sx, sy);
-            }
-            asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
-        }
+        if (EPI)
+            done_at = ((int64_t)e * gg_halves(rows) + m0 / 64 + half) * N + nt * BN;
     }
+    if (EPI && done_at >= 0)
+        gg_col_sums<BN>(part + done_at, out, tid);
     if (tid == 0)
         asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #else
@@ -5435,17 +5458,18 @@ static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 
         const cuuint32_t cbox[3] = { 64, 64, 1 };
         const CUtensorMap ma = gg_map(a, 2, adim, astr, abox), mb = gg_map(b, 2, bdim, bstr, bbox),
                           mc = gg_map(out, 3, cdim, cstr, cbox);
+        const int grid = k->gg_grid > 0 && k->gg_grid < sms ? k->gg_grid : sms;
         if (gh) {
             if constexpr (NM) {
                 red_need(k, (int64_t)n * gg_halves(rows) * N);
-                gg_kernel<BN, NM, true><<<sms, 384, smem, k->stream>>>(ma, mb, mc, gg_map(gh, 3, cdim, cstr, cbox),
+                gg_kernel<BN, NM, true><<<grid, 384, smem, k->stream>>>(ma, mb, mc, gg_map(gh, 3, cdim, cstr, cbox),
                                                                         out, k->red, count, n, rows, K, N);
                 CUDA_CHECK(cudaGetLastError());
                 gg_colsum_kernel<<<dim3((unsigned)((N + 31) / 32), (unsigned)n), 32 * GG_COLSUM_LANES, 0,
                                    k->stream>>>(db, k->red, count, rows, N);
             }
         } else {
-            gg_kernel<BN, NM, false><<<sms, 384, smem, k->stream>>>(ma, mb, mc, mc, out, nullptr, count, n, rows, K, N);
+            gg_kernel<BN, NM, false><<<grid, 384, smem, k->stream>>>(ma, mb, mc, mc, out, nullptr, count, n, rows, K, N);
         }
         CUDA_CHECK(cudaGetLastError());
     }

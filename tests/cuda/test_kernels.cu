@@ -1377,9 +1377,10 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     /* bf16 precision on Hopper with widths in whole tiles: the experts'
      * four row products by gg_mm (the grouped product over the live rows) */
     const bool gg = g_k.cast && g_k.gg && gg_fits<D, H>() && gg_fits<H, D>();
+    const std::string ggs = !gg ? "" : g_k.gg_grid ? fmt(" grouped product, %d blocks", g_k.gg_grid) : " grouped product";
     const std::string c = fmt("E=%d K=%d D=%d H=%d cap=%d normalize=%d batch_priority=%d acc=%d %s%s%s [%s]", E, K, D,
-                              H, cap, normalize, batch_priority, acc, act, EC ? " expert_choice" : "",
-                              gg ? " grouped product" : "", mode());
+                              H, cap, normalize, batch_priority, acc, act, EC ? " expert_choice" : "", ggs.c_str(),
+                              mode());
     note("moe " + c);
     check_exact("moe_capacity", c, &cap, &cap_ref, 1);
     if (cap != cap_ref)
@@ -1913,6 +1914,15 @@ int main(void)
          * columns of 128 and 192 a tile, then 256; row tiles partly live */
         test_moe<4, 2, ACT_GELU, 384, false, 128>(13, 0, 1, 1, 1);
         test_moe<3, 2, ACT_GELU, 512, false, 256>(14, 1, 0, 0, 0);
+        if (g_k.cast && g_k.gg) {
+            /* the same on 3 blocks, each taking several tiles in turn (a
+             * model's shapes give each SM's block about 12): the stages'
+             * phases and the epilogue's work carried into the next tile */
+            g_k.gg_grid = 3;
+            test_moe<4, 2, ACT_GELU, 384, false, 128>(13, 0, 1, 1, 1);
+            test_moe<3, 2, ACT_GELU, 512, false, 256>(14, 1, 0, 0, 0);
+            g_k.gg_grid = 0;
+        }
         if (g_k.cast) {
             test_fp32_ctx();
             test_weight_copy();
