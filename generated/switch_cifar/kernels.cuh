@@ -91,6 +91,18 @@ static inline unsigned blocks_for(int64_t n, int threads)
     return (unsigned)(b < 1 ? 1 : (b > 65535 * 16 ? 65535 * 16 : b));
 }
 
+/* the current device's SMs (asked once: a process keeps its device) */
+static inline int device_sms()
+{
+    static int sms = 0;
+    if (!sms) {
+        int dev = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    }
+    return sms;
+}
+
 /* ---- the context every launch gets ------------------------------------------------- */
 
 typedef struct kctx {
@@ -2100,11 +2112,22 @@ static __global__ void layernorm_fwd_kernel(float *out, __nv_bfloat16 *out16, fl
     }
 }
 
-/* blocks of the backward pass (about 4 a Hopper SM, 16 rows each on S):
- * partial sums of dw, db. 512 against 1024: S 12.29 -> 12.22 ms a step
- * (H200; half the partials to write and to add, and each block's sums of
- * its rows in registers amortized over twice the rows) */
+/* The backward pass's blocks (ln_blocks): 8 rows a warp, at least two
+ * blocks an SM, at most LN_BLOCKS (the partials' room); each block keeps
+ * its sums of its rows in registers and writes them once. Fewer blocks
+ * write and add fewer partials, more keep more loads in flight. On an
+ * H200, ms a step: S (16,640 rows) 1024 blocks 12.29, 512 12.22 (one
+ * call); 512 12.18, 264 (two an SM) 12.11, 528 12.11 (another); 512
+ * 12.13, 264 12.07 (a third, where P (66,560 rows) took 18.60 with 512
+ * and 18.77 with 264: this rule gives S 264 and P 512) */
 #define LN_BLOCKS 512
+
+static inline int ln_blocks(int N)
+{
+    const int want = (N + 63) / 64; /* 8 rows a warp */
+    const int nb = want > device_sms() * 2 ? want : device_sms() * 2;
+    return nb < LN_BLOCKS ? nb : LN_BLOCKS;
+}
 
 /* dx per row (a warp each); the block's partial sums of dw and db go to
  * part[block][NS D] and are added up in block order afterwards. NS 3:
@@ -2251,15 +2274,16 @@ static inline void layernorm_backward(const kctx *k, float *dinp, float *dw, flo
 {
     static_assert(ln_bwd_smem<D>() <= 227 * 1024, "layer norm width too large for the backward kernel");
     const int NS = dsum && ln_sum_ok<D>() ? 3 : 2;
-    red_need(k, (int64_t)LN_BLOCKS * NS * D);
+    const int nb = ln_blocks(N);
+    red_need(k, (int64_t)nb * NS * D);
     __nv_bfloat16 *dinp16 = copy16 ? k->cast : nullptr;
     if (dinp16)
         cast_need(k, (int64_t)N * D);
-    layernorm_bwd_kernel<D><<<LN_BLOCKS, 256, ln_bwd_smem<D>(NS), k->stream>>>(dinp, k->red, dout, inp, w, mean, rstd,
-                                                                                N, acc, NS, dinp16);
+    layernorm_bwd_kernel<D><<<nb, 256, ln_bwd_smem<D>(NS), k->stream>>>(dinp, k->red, dout, inp, w, mean, rstd, N,
+                                                                         acc, NS, dinp16);
     LAUNCH_CHECK();
     layernorm_bwd_final_kernel<<<(unsigned)((NS * D + 31) / 32), 32 * LN_FINAL_LANES, 0, k->stream>>>(
-        dw, db, dsum, k->red, D, LN_BLOCKS, NS);
+        dw, db, dsum, k->red, D, nb, NS);
     LAUNCH_CHECK();
     if (dsum && NS == 2)
         colsum_add(k, dsum, static_cast<const float *>(dinp), N, D);
@@ -5439,9 +5463,7 @@ static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 
         static int sms = 0;
         const size_t smem = sizeof(gg_smem<BN>) + 1024;
         if (!sms) {
-            int dev = 0;
-            CUDA_CHECK(cudaGetDevice(&dev));
-            CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+            sms = device_sms();
             CUDA_CHECK(cudaFuncSetAttribute(gg_kernel<BN, NM, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             (int)smem));
             if constexpr (NM) /* EPI: the backward's da product alone */
