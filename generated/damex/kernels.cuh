@@ -4928,7 +4928,8 @@ static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
  * its 64 rows of gh's tile into its epilogue buffer halfway through the
  * tile's products; the epilogue multiplies in place (each thread its own
  * accumulators' elements), writes zeros in the rows past the count (gh
- * holds nothing there), stores the rows, and sums its 64 rows' columns of
+ * holds nothing there) and stores the rows; during the next tile's
+ * first k-step (or after its last tile) it sums its 64 rows' columns of
  * out as rounded to bf16 (what the products after read) into a partial
  * sum of k->red a consumer and tile; gg_colsum_kernel then adds those in
  * row order (deterministic). The producer warpgroup's three idle warps
