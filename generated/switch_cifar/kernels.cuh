@@ -5486,7 +5486,7 @@ static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 
             if constexpr (NM) {
                 red_need(k, (int64_t)n * gg_halves(rows) * N);
                 gg_kernel<BN, NM, true><<<grid, 384, smem, k->stream>>>(ma, mb, mc, gg_map(gh, 3, cdim, cstr, cbox),
-                                                                        out, k->red, count, n, rows, K, N);
+                                                                         out, k->red, count, n, rows, K, N);
                 CUDA_CHECK(cudaGetLastError());
                 gg_colsum_kernel<<<dim3((unsigned)((N + 31) / 32), (unsigned)n), 32 * GG_COLSUM_LANES, 0,
                                    k->stream>>>(db, k->red, count, rows, N);
