@@ -4932,9 +4932,10 @@ static inline void moe_exchange_wait(const kctx *k, cudaEvent_t done)
  * first k-step (or after its last tile) it sums its 64 rows' columns of
  * out as rounded to bf16 (what the products after read) into a partial
  * sum of k->red a consumer and tile; gg_colsum_kernel then adds those in
- * row order (deterministic). The producer warpgroup's three idle warps
- * write zeros over the row tiles past each count meanwhile, as the pass
- * did (the weight gradient's product after reads every row).
+ * row order (deterministic). The row tiles past each count are not
+ * written: out is a's room there (moe_ffn_backward_rows), where bias_act
+ * wrote zeros past the count, which the weight gradient's product after
+ * reads (every row). Writing them again took 9 us a layer on S.
  * sm_90a only: elsewhere (the PTX target) gg_mm is not called (kctx.gg).
  */
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -5170,20 +5171,6 @@ __device__ static inline bool gg_tile(int t, const int *count, int n, int rows, 
     return false;
 }
 
-/* EPI: zeros over expert g's rows from its last live row tile on, for g <
- * n (out [n][rows][N]), by `all` threads, this one the me-th */
-__device__ static inline void gg_zero_dead(__nv_bfloat16 *out, const int *count, int n, int rows, int N, int me,
-                                           int all)
-{
-    for (int g = 0; g < n; g++) {
-        const int from = min((min(count[g], rows) + GG_BM - 1) / GG_BM * GG_BM, rows);
-        uint4 *p = reinterpret_cast<uint4 *>(out + ((int64_t)g * rows + from) * N);
-        const int64_t n16 = (int64_t)(rows - from) * N / 8; /* N: whole tiles, so 8 | N */
-        for (int64_t i = me; i < n16; i += all)
-            p[i] = make_uint4(0, 0, 0, 0);
-    }
-}
-
 /* EPI: the column sums of a consumer's 64 rows of out as rounded (what
  * the products after read) to dst[0, BN), row by row: a thread a pair of
  * columns; a warp's 32 pairs are a row of a box, 32 banks */
@@ -5208,7 +5195,7 @@ template <int BN, bool NM, bool EPI>
 static __global__ void __launch_bounds__(384, 1)
     gg_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
               const __grid_constant__ CUtensorMap map_c, const __grid_constant__ CUtensorMap map_g,
-              __nv_bfloat16 *__restrict__ dst, float *__restrict__ part, const int *__restrict__ count, int n,
+              float *__restrict__ part, const int *__restrict__ count, int n,
               int rows, int K, int N)
 {
 #if GG_SM90
@@ -5250,8 +5237,6 @@ static __global__ void __launch_bounds__(384, 1)
                         phase ^= 1;
                     }
                 }
-        else if (EPI && tid >= 32) /* the other three warps */
-            gg_zero_dead(dst, count, n, rows, N, (int)blockIdx.x * 96 + tid - 32, (int)gridDim.x * 96);
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
@@ -5363,7 +5348,7 @@ static __global__ void __launch_bounds__(384, 1)
     if (tid == 0)
         asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #else
-    (void)map_a, (void)map_b, (void)map_c, (void)map_g, (void)dst, (void)part, (void)count, (void)n, (void)rows,
+    (void)map_a, (void)map_b, (void)map_c, (void)map_g, (void)part, (void)count, (void)n, (void)rows,
         (void)K, (void)N;
 #endif
 }
@@ -5443,8 +5428,9 @@ static inline int gg_device(const cudaDeviceProp *prop)
 /* The grouped product above: out [n][rows][N] from a [n][rows][K] and the
  * weights w ([n][N][K], or [n][K][N] with NM; in bf16 from their copy,
  * bf16_operand), rows below count[e] alone. With gh and db (the EPI
- * kernel): out = (a w) * gh, zeros in every row past the count, and
- * db [n][N] += out's column sums (act_bias_backward's work). False
+ * kernel): out = (a w) * gh in the row tiles below each count (zeros in
+ * their rows past it; the tiles after are left as they are: zeros where
+ * out is a's room, see gg_kernel), and db [n][N] += out's column sums (act_bias_backward's work). False
  * (nothing done) where it does not apply: no counts, not Hopper, not bf16
  * precision, a width not in whole tiles, an operand not 16-byte aligned;
  * the caller multiplies by cuBLAS then (and runs act_bias_backward). */
@@ -5486,13 +5472,13 @@ static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 
             if constexpr (NM) {
                 red_need(k, (int64_t)n * gg_halves(rows) * N);
                 gg_kernel<BN, NM, true><<<grid, 384, smem, k->stream>>>(ma, mb, mc, gg_map(gh, 3, cdim, cstr, cbox),
-                                                                         out, k->red, count, n, rows, K, N);
+                                                                         k->red, count, n, rows, K, N);
                 CUDA_CHECK(cudaGetLastError());
                 gg_colsum_kernel<<<dim3((unsigned)((N + 31) / 32), (unsigned)n), 32 * GG_COLSUM_LANES, 0,
                                    k->stream>>>(db, k->red, count, rows, N);
             }
         } else {
-            gg_kernel<BN, NM, false><<<grid, 384, smem, k->stream>>>(ma, mb, mc, mc, out, nullptr, count, n, rows, K, N);
+            gg_kernel<BN, NM, false><<<grid, 384, smem, k->stream>>>(ma, mb, mc, mc, nullptr, count, n, rows, K, N);
         }
         CUDA_CHECK(cudaGetLastError());
     }
@@ -5906,8 +5892,9 @@ static inline void moe_ffn_backward_rows(const kctx *k, float *dxr, __nv_bfloat1
     dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
     w1 += (int64_t)e * H * D, db1 += (int64_t)e * H, w2 += (int64_t)e * D * H;
     if (dh16) { /* bf16 precision: da and h in bf16 (moe_h16), dh over da */
-        /* the grouped product makes dh and db1 in its epilogue; else
-         * cuBLAS's da, then the pass */
+        /* the grouped product makes dh and db1 in its epilogue (the
+         * rows past each count it leaves as the forward's bias_act left
+         * a there: zeros); else cuBLAS's da, then the pass */
         if (!gg_mm<D, H, true>(k, dh16, dy16, mm_pick(nullptr, w2), live, rows, n, h16, db1)) {
             mm_nn(k, dh16, mm_pick(dy16, dyr), w2, rows, H, D, 0.0f, n, (int64_t)rows * D, (int64_t)D * H,
                   (int64_t)rows * H);
