@@ -5195,8 +5195,7 @@ template <int BN, bool NM, bool EPI>
 static __global__ void __launch_bounds__(384, 1)
     gg_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
               const __grid_constant__ CUtensorMap map_c, const __grid_constant__ CUtensorMap map_g,
-              float *__restrict__ part, const int *__restrict__ count, int n,
-              int rows, int K, int N)
+              float *__restrict__ part, const int *__restrict__ count, int n, int rows, int K, int N)
 {
 #if GG_SM90
     constexpr int S = gg_stages<BN>();
@@ -5430,10 +5429,11 @@ static inline int gg_device(const cudaDeviceProp *prop)
  * bf16_operand), rows below count[e] alone. With gh and db (the EPI
  * kernel): out = (a w) * gh in the row tiles below each count (zeros in
  * their rows past it; the tiles after are left as they are: zeros where
- * out is a's room, see gg_kernel), and db [n][N] += out's column sums (act_bias_backward's work). False
- * (nothing done) where it does not apply: no counts, not Hopper, not bf16
- * precision, a width not in whole tiles, an operand not 16-byte aligned;
- * the caller multiplies by cuBLAS then (and runs act_bias_backward). */
+ * out is a's room, see gg_kernel), and db [n][N] += out's column sums
+ * (act_bias_backward's work). False (nothing done) where it does not
+ * apply: no counts, not Hopper, not bf16 precision, a width not in whole
+ * tiles, an operand not 16-byte aligned; the caller multiplies by cuBLAS
+ * then (and runs act_bias_backward). */
 template <int K, int N, bool NM>
 static inline bool gg_mm(const kctx *k, __nv_bfloat16 *out, const __nv_bfloat16 *a, mm_in w, const int *count, int rows,
                          int n, const __nv_bfloat16 *gh = nullptr, float *db = nullptr)
