@@ -734,6 +734,7 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "aux[N_MOE_SLOTS];\n} dev_layout;\n");
     sb_printf(h, "extern const dev_layout DEV_LAYOUT;\n");
     sb_printf(h, "extern const int64_t DEV_TENSOR_OFF[N_TENSORS];\n");
+    sb_printf(h, "extern const unsigned char GRAD_STORED[N_TENSORS];\n");
     sb_printf(h, "void dev_init_tables(const struct kctx *k, dev_model *d);\n");
     sb_printf(h, "void dev_forward(const struct kctx *k, dev_model *d, int B, int train);\n");
     sb_printf(h, "void dev_backward(const struct kctx *k, dev_model *d, int B);\n#endif\n");

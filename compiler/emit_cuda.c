@@ -211,6 +211,10 @@ typedef struct cuda_plan {
     } *halves;
     int nhalves;
     int64_t act16;
+    /* per op: bit t set where the backward's one writer of tensor t's
+     * gradient stores it whole (the experts' w1 and w2: moe_experts_backward),
+     * so that the step need not zero it first (GRAD_STORED) */
+    unsigned *grad_stored;
 } cuda_plan;
 
 /* The floats of op i's value's gradient room, as gen_op_cuda asks for it
@@ -1519,6 +1523,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                       "P(%lldL), N, cap, nullptr, false);\n",
                       D, H, E, K, act_code(x->act), nm[8], nm[8], nm[9], nm[10], nm[11], nm[11], in, (long long)w1,
                       (long long)b1, (long long)w2, (long long)b2);
+        /* it stores dw1 and dw2 (every expert's, once a step), adds to db1, db2 */
+        p->grad_stored[i] |= 1u << nr | 1u << (nr + 2);
         sb_printf(&b,
                   "        moe_experts_backward<%d, %d, %d, %d, %d>(k, %s, G(%s), G(%s), G(%s), G(%s), G(%s), "
                   "%s,\n                                          A(%s), A(%s), A(%s), A(%s), &r, P(%lldL), "
@@ -1717,6 +1723,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     p.sums = mc_xcalloc((size_t)nmoe, sizeof *p.sums);
     p.st = mc_xcalloc((size_t)nmoe, sizeof *p.st);
     p.galias = mc_xcalloc((size_t)m->nops, sizeof *p.galias);
+    p.grad_stored = mc_xcalloc((size_t)m->nops, sizeof *p.grad_stored);
     plan_grad_alias(g, p.galias);
     plan_fused_adds(g, p.galias);
     p.ln_sum = mc_xcalloc((size_t)m->nops, sizeof *p.ln_sum);
@@ -1768,6 +1775,14 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     for (int i = 0; i < m->nops; i++)
         for (int t = 0; t < m->ops[i].ntensors; t++, nt++)
             sb_printf(c, "%s%s%lldL", nt ? "," : "", nt % 8 == 0 ? "\n    " : " ", (long long)toff(g, i, t));
+    sb_printf(c, "\n};\n");
+    sb_printf(c, "/* 1 where the backward's one writer of the tensor's gradient stores it whole\n"
+                 " * (moe_experts_backward's dw1, dw2): the step zeroes the others' alone */\n"
+                 "const unsigned char GRAD_STORED[N_TENSORS] = {");
+    nt = 0;
+    for (int i = 0; i < m->nops; i++)
+        for (int t = 0; t < m->ops[i].ntensors; t++, nt++)
+            sb_printf(c, "%s%s%d", nt ? "," : "", nt % 16 == 0 ? "\n    " : " ", (p.grad_stored[i] >> t) & 1u);
     sb_printf(c, "\n};\n");
 
     /* the layout backend.cu allocates. The operand scratch (bf16
@@ -1889,6 +1904,7 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     free(p.sums);
     free(p.st);
     free(p.galias);
+    free(p.grad_stored);
     free(p.ln_sum);
     for (int i = 0; i < m->nops; i++)
         free(p.fwd_text[i]);

@@ -279,6 +279,14 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
     604672L, 605056L, 703360L, 704128L, 802432L, 802816L, 802944L, 803072L,
     804352L, 804362L, 805642L, 805652L, 806932L
 };
+/* 1 where the backward's one writer of the tensor's gradient stores it whole
+ * (moe_experts_backward's dw1, dw2): the step zeroes the others' alone */
+const unsigned char GRAD_STORED[N_TENSORS] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0
+};
 
 const dev_layout DEV_LAYOUT = {
     806942L, /* params */

@@ -379,6 +379,16 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
     3570432L, 3570624L, 3571200L, 4013568L, 4015872L, 4458240L, 4458816L, 4459008L,
     4459200L, 4461120L, 4461130L, 4463050L, 4463060L, 4464980L
 };
+/* 1 where the backward's one writer of the tensor's gradient stores it whole
+ * (moe_experts_backward's dw1, dw2): the step zeroes the others' alone */
+const unsigned char GRAD_STORED[N_TENSORS] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0
+};
 
 const dev_layout DEV_LAYOUT = {
     4464990L, /* params */

@@ -434,12 +434,16 @@ static inline void mm_nn(const kctx *k, mm_out out, mm_in a, mm_in b, int M, int
         mm_rows(k, CUBLAS_OP_N, CUBLAS_OP_N, out, a, K, b, N, M, N, K, beta, count, sa, sb, so);
 }
 
-/* out[M,N] = beta * out + a[K,M]^T @ b[K,N] (weight gradients) */
+/* out[M,N] = beta * out + a[K,M]^T @ b[K,N] (weight gradients); K = 0
+ * with beta 0 stores zeros */
 static inline void mm_tn(const kctx *k, mm_out out, mm_in a, mm_in b, int M, int N, int K, float beta,
                          int count = 1, int64_t sa = 0, int64_t sb = 0, int64_t so = 0)
 {
     if (K > 0)
         mm_rows(k, CUBLAS_OP_T, CUBLAS_OP_N, out, a, M, b, N, M, N, K, beta, count, sa, sb, so);
+    else if (beta == 0.0f && out.f)
+        for (int i = 0; i < count; i++)
+            CUDA_CHECK(cudaMemsetAsync(out.f + i * so, 0, sizeof(float) * (size_t)M * N, k->stream));
 }
 
 /* one value read as float, from float or bf16 */
@@ -5850,17 +5854,20 @@ static inline void moe_scatter_bwd(const kctx *k, float *dx, float *dgate, const
 }
 
 /* The FFN's backward for this GPU's experts [e, e + n), in three parts:
- * moe_ffn_backward_dw2 (dw2 += dy^T a, db2 += colsum(dy)), the last
+ * moe_ffn_backward_dw2 (dw2 = dy^T a, db2 += colsum(dy)), the last
  * reader of the activations a; then moe_ffn_backward_rows, the rows'
  * gradients (da = dy w2 into a's room, dh = da * act'(h + b1) in place,
  * where the forward left act' in h, with db1 += colsum(dh) in the same
  * pass, dx = dh w1), which the combine waits for; then
- * moe_ffn_backward_dw1 (dw1 += dh^T x), which it need not. dh needs no
+ * moe_ffn_backward_dw1 (dw1 = dh^T x), which it need not. dh needs no
  * room of its own: it lives where a did (in bf16 precision in bf16, as
  * a: moe_a16). All take dy of experts [e, e + n): in bf16 precision dy16
  * has it rounded already (cast_keep), and k's scratch starts after it.
  * dx16: where dx goes in bf16 instead of dxr (moe_x16), or NULL. count:
- * as moe_ffn_forward's. */
+ * as moe_ffn_forward's. dw1 and dw2 are stored, not added to: their
+ * products are the step's one writer of them (GRAD_STORED: the step does
+ * not zero them first, which took a pass over 94% of S's gradients, and
+ * the products do not read them back), where the biases' sums add. */
 template <int D, int H>
 static inline void moe_ffn_backward_dw2(const kctx *k, float *dw2, float *db2, const float *dyr,
                                         const __nv_bfloat16 *dy16, const float *a, int rows, int e, int n)
@@ -5869,7 +5876,7 @@ static inline void moe_ffn_backward_dw2(const kctx *k, float *dw2, float *db2, c
     const __nv_bfloat16 *a16 = moe_a16(k, a, r, H);
     dyr = dyr ? dyr + r * D : nullptr; /* NULL: dy in bf16 alone (dy16) */
     a += r * H, dw2 += (int64_t)e * D * H;
-    mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 1.0f, n, (int64_t)rows * D, (int64_t)rows * H,
+    mm_tn(k, dw2, mm_pick(dy16, dyr), mm_pick(a16, a), D, H, rows, 0.0f, n, (int64_t)rows * D, (int64_t)rows * H,
           (int64_t)D * H);
     /* db2 NULL: summed by the combine's backward (moe_combine_bwd_sum) */
     if (db2 && dyr)
@@ -5923,12 +5930,12 @@ static inline void moe_ffn_backward_dw1(const kctx *k, float *dw1, const float *
     const int64_t r = (int64_t)e * rows;
     const __nv_bfloat16 *dh16 = moe_a16(k, dh, r, H);
     dh += r * H, xr += r * D, dw1 += (int64_t)e * H * D;
-    mm_tn(k, dw1, mm_pick(dh16, dh), mm_pick(x16 ? x16 + r * D : nullptr, xr), H, D, rows, 1.0f, n,
+    mm_tn(k, dw1, mm_pick(dh16, dh), mm_pick(x16 ? x16 + r * D : nullptr, xr), H, D, rows, 0.0f, n,
           (int64_t)rows * H, (int64_t)rows * D, (int64_t)H * D);
 }
 
 /* Backward of the experts and the combine: dgate[N, K] written, dx (+)=,
- * parameter gradients accumulated (w1 ... db2: this GPU's experts alone).
+ * dw1 and dw2 stored, db1 and db2 added to (this GPU's experts alone).
  * dye, dxe: [E, cap, *] scratch; with expert parallelism dyr, dxr:
  * [E/P, P, cap, *] (else dyr = dye, dxr = dxe); xr, h, a: the forward's
  * rows of this GPU's experts, as moe_experts_forward left them (h: the
@@ -6435,6 +6442,25 @@ static inline void l2norm_backward(const kctx *k, float *din, const float *dout,
 /* ---- the optimizer, over the whole parameter arena in one launch -------------------------------------------- */
 
 #define NORM_BLOCKS 256
+
+/* g = 0 over the ranges runs[2 r] to runs[2 r + 1], r < nruns: the
+ * gradients the backward adds to (GRAD_STORED's others), blockIdx.y a run */
+static __global__ void zero_runs_kernel(float *g, const int64_t *runs)
+{
+    const int64_t lo = runs[2 * blockIdx.y], hi = runs[2 * blockIdx.y + 1];
+    for (int64_t i = lo + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < hi; i += (int64_t)gridDim.x * blockDim.x)
+        g[i] = 0.0f;
+}
+
+/* runs: [lo, hi) pairs on the device; blocks: a run's blocks (its longest
+ * run's floats / 256, at most a wave's worth) */
+static inline void zero_runs(const kctx *k, float *g, const int64_t *runs, int nruns, unsigned blocks)
+{
+    if (nruns <= 0)
+        return;
+    zero_runs_kernel<<<dim3(blocks, (unsigned)nruns), 256, 0, k->stream>>>(g, runs);
+    LAUNCH_CHECK();
+}
 
 /* part[blockIdx.x] = the sum of every thread's s in the block */
 __device__ static inline void block_sum_store(double *part, double s)

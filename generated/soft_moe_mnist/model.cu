@@ -91,6 +91,11 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
     0L, 100352L, 100480L, 100992L, 232064L, 233088L, 364160L, 364672L,
     365952L
 };
+/* 1 where the backward's one writer of the tensor's gradient stores it whole
+ * (moe_experts_backward's dw1, dw2): the step zeroes the others' alone */
+const unsigned char GRAD_STORED[N_TENSORS] = {
+    0, 0, 0, 1, 0, 1, 0, 0, 0
+};
 
 const dev_layout DEV_LAYOUT = {
     365962L, /* params */

@@ -78,6 +78,9 @@ typedef struct cuda_state {
     dev_model d;
     void *blas_workspace;
     uint8_t *decay;          /* [DEV_LAYOUT.params] 1 where weight decay applies */
+    int64_t *zero_runs_dev;  /* [lo, hi) pairs of the gradients a step zeroes (grad_zero_runs) */
+    int n_zero;
+    unsigned zero_blocks;    /* zero_runs' blocks a run */
     __nv_bfloat16 *param16;  /* bf16 precision: the weights rounded (kctx.w16), written
                               * by the optimizer and model_to_device; else NULL */
     float *logits_host;      /* pinned, evaluation */
@@ -311,6 +314,44 @@ static void shard_runs(cuda_state *s)
     s->norm_sq = (double *)dev_alloc(2 * sizeof(double));
 }
 #endif
+
+/* The gradient arena's runs that each step zeroes before the backward,
+ * which adds to them: every tensor's but those whose one writer stores
+ * them whole (GRAD_STORED: the experts' dw1 and dw2, 94% of config S's
+ * gradients); neighbours joined. The arena's gaps, if any, are zero from
+ * dev_alloc on and never written. */
+static void grad_zero_runs(cuda_state *s)
+{
+    int64_t(*run)[2] = (int64_t(*)[2])calloc((size_t)N_TENSORS + 1, sizeof *run);
+    if (!run) {
+        fprintf(stderr, "train: out of memory\n");
+        exit(1);
+    }
+    int n = 0;
+    int64_t longest = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        if (GRAD_STORED[t])
+            continue;
+        const int64_t lo = DEV_TENSOR_OFF[t], hi = lo + shard_floats(t);
+        if (n > 0 && run[n - 1][1] == lo)
+            run[n - 1][1] = hi;
+        else {
+            run[n][0] = lo;
+            run[n][1] = hi;
+            n++;
+        }
+    }
+    for (int r = 0; r < n; r++)
+        if (run[r][1] - run[r][0] > longest)
+            longest = run[r][1] - run[r][0];
+    s->n_zero = n;
+    /* 8 floats a thread in the longest run, at most 1024 blocks a run */
+    const int64_t blocks = (longest + 8 * 256 - 1) / (8 * 256);
+    s->zero_blocks = (unsigned)(blocks < 1 ? 1 : blocks > 1024 ? 1024 : blocks);
+    s->zero_runs_dev = (int64_t *)dev_alloc(sizeof(int64_t) * 2 * (size_t)(n > 0 ? n : 1));
+    CUDA_CHECK(cudaMemcpy(s->zero_runs_dev, run, sizeof(int64_t) * 2 * (size_t)n, cudaMemcpyHostToDevice));
+    free(run);
+}
 
 static void *dev_alloc(size_t bytes)
 {
@@ -555,6 +596,7 @@ void model_open(model *m, uint64_t seed, int threads, int precision)
     s->decay = (uint8_t *)dev_alloc(params);
     CUDA_CHECK(cudaMemcpy(s->decay, decay, params, cudaMemcpyHostToDevice));
     free(decay);
+    grad_zero_runs(s);
 
     for (int i = 0; i < 2; i++) {
         input_slot *sl = &s->slot[i];
@@ -602,7 +644,7 @@ void model_close(model *m)
     dev_model *d = &s->d;
     void *dev[] = { d->param, d->grad,    d->opt_m,    d->opt_v,   d->act,     d->dact,   d->iact,
                     d->dacc,  d->stats,   d->maps,     d->head_off, d->classes, d->sort_tmp, s->decay,
-                    s->k.red, s->blas_workspace, s->k.cast, s->param16 };
+                    s->zero_runs_dev, s->k.red, s->blas_workspace, s->k.cast, s->param16 };
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         CUDA_CHECK(cudaFree(dev[i]));
     float *host[] = { m->param, m->grad, m->opt_m, m->opt_v, s->logits_host };
@@ -828,7 +870,7 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
     const kctx *k = &s->k;
     dev_model *d = &s->d;
     const int64_t params = DEV_LAYOUT.params;
-    CUDA_CHECK(cudaMemsetAsync(d->grad, 0, sizeof(float) * (size_t)params, k->stream));
+    zero_runs(k, d->grad, s->zero_runs_dev, s->n_zero, s->zero_blocks);
     dev_forward(k, d, B, 1);
     float *logits = d->act + DEV_LAYOUT.logits, *dlogits = d->dact + DEV_LAYOUT.dlogits;
     float *xent = d->act + DEV_LAYOUT.xent;

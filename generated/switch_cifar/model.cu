@@ -525,6 +525,17 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
     9502464L, 9502656L, 9502848L, 9503040L, 9504576L, 10684224L, 10690368L, 11870016L,
     11871552L, 11871744L, 11871936L, 11873856L
 };
+/* 1 where the backward's one writer of the tensor's gradient stores it whole
+ * (moe_experts_backward's dw1, dw2): the step zeroes the others' alone */
+const unsigned char GRAD_STORED[N_TENSORS] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0
+};
 
 const dev_layout DEV_LAYOUT = {
     11873866L, /* params */

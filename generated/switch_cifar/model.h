@@ -233,6 +233,7 @@ typedef struct dev_layout {
 } dev_layout;
 extern const dev_layout DEV_LAYOUT;
 extern const int64_t DEV_TENSOR_OFF[N_TENSORS];
+extern const unsigned char GRAD_STORED[N_TENSORS];
 void dev_init_tables(const struct kctx *k, dev_model *d);
 void dev_forward(const struct kctx *k, dev_model *d, int B, int train);
 void dev_backward(const struct kctx *k, dev_model *d, int B);

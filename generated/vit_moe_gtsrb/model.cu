@@ -722,6 +722,19 @@ const int64_t DEV_TENSOR_OFF[N_TENSORS] = {
     17198592L, 17264128L, 17264384L, 17264640L, 17264896L, 17281280L, 17281728L, 18199232L,
     18202816L, 19120320L, 19122112L, 19122368L, 19122624L, 19133632L
 };
+/* 1 where the backward's one writer of the tensor's gradient stores it whole
+ * (moe_experts_backward's dw1, dw2): the step zeroes the others' alone */
+const unsigned char GRAD_STORED[N_TENSORS] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0,
+    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0,
+    1, 0, 0, 0, 0, 0
+};
 
 const dev_layout DEV_LAYOUT = {
     19133675L, /* params */

@@ -1403,8 +1403,10 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     for (int n = 0; n < N; n++)
         target[n] = map[dataset[n / T]];
     const fvec dx0 = rnd(r, (size_t)N * D, -1, 1);
-    const fvec dw1_0 = rnd(r, w1.size(), -0.5f, 0.5f), db1_0 = rnd(r, b1.size(), -0.5f, 0.5f);
-    const fvec dw2_0 = rnd(r, w2.size(), -0.5f, 0.5f), db2_0 = rnd(r, b2.size(), -0.5f, 0.5f);
+    /* the biases' gradients are added to; dw1 and dw2 are stored (the
+     * step's one writer of them: GRAD_STORED), so they start poisoned
+     * here and from zeros on the CPU, which adds */
+    const fvec db1_0 = rnd(r, b1.size(), -0.5f, 0.5f), db2_0 = rnd(r, b2.size(), -0.5f, 0.5f);
 
     /* ---- the GPU, in model.cu's order ---- */
     float *d_x = dup(x), *d_logits = dup(logits), *d_w1 = dup(w1), *d_b1 = dup(b1), *d_w2 = dup(w2), *d_b2 = dup(b2);
@@ -1480,7 +1482,8 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     float *d_dx = acc ? dup(dx0) : dpoison<float>(dx0.size());
     float *d_dgate = dpoison<float>((size_t)N * K), *d_dye = dpoison<float>(rows * D);
     float *d_dxe = dpoison<float>(rows * D);
-    float *d_dw1 = dup(dw1_0), *d_db1 = dup(db1_0), *d_dw2 = dup(dw2_0), *d_db2 = dup(db2_0);
+    float *d_dw1 = dpoison<float>(w1.size()), *d_db1 = dup(db1_0), *d_dw2 = dpoison<float>(w2.size());
+    float *d_db2 = dup(db2_0);
     float *d_dlogits = dpoison<float>((size_t)N * E);
     moe_experts_backward<D, H, E, K, 1>(&g_k, d_dx, d_dgate, d_dye, d_dye, d_dxe, d_dxe, d_dout, d_xe, d_h, d_a,
                                         d_ye, &rb, d_w1, d_w2, d_b2, d_dw1, d_db1, d_dw2, d_db2, N, cap, acc);
@@ -1490,7 +1493,7 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     /* ---- the CPU, in model.c's order ---- */
     fvec probs((size_t)N * E), lse(N), topp((size_t)N * K), gate((size_t)N * K), out((size_t)N * D);
     ivec topk((size_t)N * K), slot((size_t)N * K), count(E);
-    fvec dx = dx0, dgate((size_t)N * K), dw1 = dw1_0, db1 = db1_0, dw2 = dw2_0, db2 = db2_0, dlogits((size_t)N * E);
+    fvec dx = dx0, dgate((size_t)N * K), dw1(w1.size()), db1 = db1_0, dw2(w2.size()), db2 = db2_0, dlogits((size_t)N * E);
     std::vector<int64_t> load(E), ds_expert((size_t)ND * E);
     ref_moe_io io;
     memset(&io, 0, sizeof io);

@@ -35,7 +35,8 @@ done
 # all (P, S, GCViT-MoE on one GPU, hier.moe, damex: MoE, attention, window
 # attention and MLP rooms shared by their layers) the backward reads a
 # shared room only while it holds that layer's values (recompute_rooms.py
-# follows the step's code)
+# follows the step's code); and GRAD_STORED matches the backward
+# (grad_stored.py)
 with_recompute "$top_srcdir/bench/gpu_p.moe" "$WORK/gpu_p_rc.moe" || not_ok "with_recompute edits gpu_p.moe"
 with_recompute "$top_srcdir/bench/gpu_s.moe" "$WORK/gpu_s_rc.moe" || not_ok "with_recompute edits gpu_s.moe"
 sed -e 's/^    batch = 1024$/    batch = 128/' -e '/^parallel(/d' "$top_srcdir/examples/gcvit_moe.moe" > "$WORK/gcvit1.moe"
@@ -57,6 +58,14 @@ for f in "$top_srcdir"/generated/*/model.cu "$top_srcdir"/bench/gpu_p.moe "$top_
     else
         cat "$WORK/rooms-$name.log"
         not_ok "$name: gradient rooms overlap while both are live"
+    fi
+    # the gradients the step does not zero (GRAD_STORED) are each stored
+    # by their one writer, and every such writer's are marked
+    if python3 "$top_srcdir/tests/e2e/grad_stored.py" "$dir/model.cu" > "$WORK/stored-$name.log" 2>&1; then
+        ok "$name: $(tail -n 1 "$WORK/stored-$name.log")"
+    else
+        cat "$WORK/stored-$name.log"
+        not_ok "$name: GRAD_STORED does not match the backward's writers"
     fi
     # recompute = all's whole-block remake (plan_remake): every MoE layer
     # but the last of S (11), and of damex the MoE layer and the dense MLP
