@@ -5175,6 +5175,50 @@ __device__ static inline bool gg_tile(int t, const int *count, int n, int rows, 
     return false;
 }
 
+/* The epilogue's accumulators in 8 x 8 blocks: wgmma's layout gives lane
+ * l of warp w rows 16 w + l / 4 and that + 8, columns 2 (l % 4) and + 1 of
+ * each 8-column block j, as d[4 j .. 4 j + 3]: the layout of ldmatrix's and
+ * stmatrix's blocks. Four blocks an instruction (columns j and j + 1 by the
+ * warp's rows 0-7 and 8-15, in that order), lane l giving the address of
+ * row l % 8 of block l / 8 in c's boxes of 64 x 64 (the 128-byte swizzle):
+ * a quarter of the stores of four bytes a lane */
+__device__ static inline uint32_t gg_frag_at(const __nv_bfloat16 *out, int j, int warp, int lane)
+{
+    const int jj = j + lane / 16, row = warp * 16 + lane / 8 % 2 * 8 + lane % 8;
+    return gg_smem_at(out + jj / 8 * 64 * 64 + row * 64 + (jj % 8 ^ row % 8) * 8);
+}
+
+/* two values rounded to bf16, as one register of a block */
+__device__ static inline uint32_t gg_pack(float x, float y)
+{
+    const __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
+__device__ static inline void gg_stmatrix(uint32_t at, const uint32_t (&v)[4])
+{
+#if GG_SM90
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(at), "r"(v[0]), "r"(v[1]),
+                 "r"(v[2]), "r"(v[3])
+                 : "memory");
+#else
+    (void)at, (void)v;
+#endif
+}
+
+__device__ static inline void gg_ldmatrix(uint32_t (&v)[4], uint32_t at)
+{
+#if GG_SM90
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+                 : "r"(at)
+                 : "memory");
+#else
+    (void)at;
+    v[0] = v[1] = v[2] = v[3] = 0;
+#endif
+}
+
 /* EPI: the column sums of a consumer's 64 rows of out as rounded (what
  * the products after read) to dst[0, BN), row by row: a thread a pair of
  * columns; a warp's 32 pairs are a row of a box, 32 banks */
@@ -5244,7 +5288,7 @@ static __global__ void __launch_bounds__(384, 1)
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int half = wg - 1, warp = tid / 32, lane = tid % 32;
-    const int r = warp * 16 + lane / 4, col = (lane % 4) * 2;
+    const int r = warp * 16 + lane / 4;
     __nv_bfloat16 *out = s.c[half];
     float d[BN / 2];
     uint32_t gphase = 0;
@@ -5301,39 +5345,38 @@ static __global__ void __launch_bounds__(384, 1)
             gg_bar_arrive(&s.empty[prev]);
         /* the epilogue: this consumer's 64 rows in bf16, boxes of 64 x 64
          * in the 128-byte swizzle (chunk q of row r at q ^ r % 8: a warp's
-         * stores meet 32 banks), once the last tile's copies have read the
-         * buffer; then one thread's bulk copies */
+         * stores meet 32 banks) by stmatrix (gg_frag_at), once the last
+         * tile's copies have read the buffer; then one thread's bulk
+         * copies */
         if (EPI) {
-            /* out = acc * gh, in place over gh, each thread on its own
-             * elements; zeros from the count on (gh holds nothing there) */
+            /* out = acc * gh, in place over gh (ldmatrix, then stmatrix
+             * to the same blocks), each thread on its own elements; zeros
+             * from the count on (gh holds nothing there) */
             gg_bar_wait(&s.gfull[half], gphase);
             gphase ^= 1;
             const int live = min(count[e], rows) - m0 - 64 * half; /* this consumer's rows below the count */
 #pragma unroll
-            for (int j = 0; j < BN / 8; j++) {
-                __nv_bfloat16 *box = out + j / 8 * 64 * 64;
-                const int q = j % 8;
-                __nv_bfloat162 *p0 = reinterpret_cast<__nv_bfloat162 *>(box + r * 64 + (q ^ (r % 8)) * 8 + col),
-                               *p1 = reinterpret_cast<__nv_bfloat162 *>(box + (r + 8) * 64 +
-                                                                         (q ^ ((r + 8) % 8)) * 8 + col);
-                const float2 g0 = __bfloat1622float2(*p0), g1 = __bfloat1622float2(*p1);
-                *p0 = r < live ? __floats2bfloat162_rn(d[4 * j] * g0.x, d[4 * j + 1] * g0.y)
-                               : __floats2bfloat162_rn(0.0f, 0.0f);
-                *p1 = r + 8 < live ? __floats2bfloat162_rn(d[4 * j + 2] * g1.x, d[4 * j + 3] * g1.y)
-                                   : __floats2bfloat162_rn(0.0f, 0.0f);
+            for (int j = 0; j < BN / 8; j += 2) {
+                const uint32_t at = gg_frag_at(out, j, warp, lane);
+                uint32_t g[4], v[4];
+                gg_ldmatrix(g, at);
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const float2 gv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&g[u]));
+                    v[u] = (u % 2 ? r + 8 : r) < live ? gg_pack(d[4 * j + 2 * u] * gv.x, d[4 * j + 2 * u + 1] * gv.y)
+                                                      : 0u;
+                }
+                gg_stmatrix(at, v);
             }
         } else {
             if (tid == 0)
                 asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
             asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
 #pragma unroll
-            for (int j = 0; j < BN / 8; j++) {
-                __nv_bfloat16 *box = out + j / 8 * 64 * 64;
-                const int q = j % 8;
-                *reinterpret_cast<__nv_bfloat162 *>(box + r * 64 + (q ^ (r % 8)) * 8 + col) =
-                    __floats2bfloat162_rn(d[4 * j], d[4 * j + 1]);
-                *reinterpret_cast<__nv_bfloat162 *>(box + (r + 8) * 64 + (q ^ ((r + 8) % 8)) * 8 + col) =
-                    __floats2bfloat162_rn(d[4 * j + 2], d[4 * j + 3]);
+            for (int j = 0; j < BN / 8; j += 2) {
+                const uint32_t v[4] = { gg_pack(d[4 * j], d[4 * j + 1]), gg_pack(d[4 * j + 2], d[4 * j + 3]),
+                                        gg_pack(d[4 * j + 4], d[4 * j + 5]), gg_pack(d[4 * j + 6], d[4 * j + 7]) };
+                gg_stmatrix(gg_frag_at(out, j, warp, lane), v);
             }
         }
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
