@@ -279,6 +279,19 @@ int64_t model_exchange_bytes(void)
 
 static void *dev_alloc(size_t bytes);
 
+/* [lo, hi) appended to the *n runs of list, or joined to the last one
+ * where it ends at lo */
+static void run_add(int64_t (*list)[2], int *n, int64_t lo, int64_t hi)
+{
+    if (*n > 0 && list[*n - 1][1] == lo) {
+        list[*n - 1][1] = hi;
+        return;
+    }
+    list[*n][0] = lo;
+    list[*n][1] = hi;
+    (*n)++;
+}
+
 #if PARALLEL_EXPERT > 1
 /* The arena's pieces: the expert tensors' runs [lo, hi), which grad_ready
  * and the gradient norm treat apart, and the rest; on the host and the
@@ -296,13 +309,7 @@ static void shard_runs(cuda_state *s)
         const int64_t lo = DEV_TENSOR_OFF[t], hi = lo + shard_floats(t);
         int64_t(*list)[2] = TENSORS[t].expert ? run : dense;
         int *n = TENSORS[t].expert ? &ne : &nd;
-        if (*n > 0 && list[*n - 1][1] == lo)
-            list[*n - 1][1] = hi;
-        else {
-            list[*n][0] = lo;
-            list[*n][1] = hi;
-            (*n)++;
-        }
+        run_add(list, n, lo, hi);
     }
     s->expert_run = run;
     s->n_expert = ne;
@@ -329,18 +336,9 @@ static void grad_zero_runs(cuda_state *s)
     }
     int n = 0;
     int64_t longest = 0;
-    for (int t = 0; t < N_TENSORS; t++) {
-        if (GRAD_STORED[t])
-            continue;
-        const int64_t lo = DEV_TENSOR_OFF[t], hi = lo + shard_floats(t);
-        if (n > 0 && run[n - 1][1] == lo)
-            run[n - 1][1] = hi;
-        else {
-            run[n][0] = lo;
-            run[n][1] = hi;
-            n++;
-        }
-    }
+    for (int t = 0; t < N_TENSORS; t++)
+        if (!GRAD_STORED[t])
+            run_add(run, &n, DEV_TENSOR_OFF[t], DEV_TENSOR_OFF[t] + shard_floats(t));
     for (int r = 0; r < n; r++)
         if (run[r][1] - run[r][0] > longest)
             longest = run[r][1] - run[r][0];
