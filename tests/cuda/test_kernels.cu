@@ -1493,7 +1493,8 @@ static void test_moe(int variant, int dropless, int normalize, int batch_priorit
     /* ---- the CPU, in model.c's order ---- */
     fvec probs((size_t)N * E), lse(N), topp((size_t)N * K), gate((size_t)N * K), out((size_t)N * D);
     ivec topk((size_t)N * K), slot((size_t)N * K), count(E);
-    fvec dx = dx0, dgate((size_t)N * K), dw1(w1.size()), db1 = db1_0, dw2(w2.size()), db2 = db2_0, dlogits((size_t)N * E);
+    fvec dx = dx0, dgate((size_t)N * K), dw1(w1.size()), db1 = db1_0, dw2(w2.size()), db2 = db2_0;
+    fvec dlogits((size_t)N * E);
     std::vector<int64_t> load(E), ds_expert((size_t)ND * E);
     ref_moe_io io;
     memset(&io, 0, sizeof io);
