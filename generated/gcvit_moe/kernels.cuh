@@ -6495,8 +6495,8 @@ static __global__ void zero_runs_kernel(float *g, const int64_t *runs)
         g[i] = 0.0f;
 }
 
-/* runs: [lo, hi) pairs on the device; blocks: a run's blocks (its longest
- * run's floats / 256, at most a wave's worth) */
+/* runs: [lo, hi) pairs on the device; blocks: each run's blocks
+ * (grad_zero_runs: 8 floats a thread of the longest run, at most 1024) */
 static inline void zero_runs(const kctx *k, float *g, const int64_t *runs, int nruns, unsigned blocks)
 {
     if (nruns <= 0)
