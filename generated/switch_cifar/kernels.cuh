@@ -1035,6 +1035,15 @@ template <int NP> __device__ static inline float warp_sums_scatter(float (&v)[NP
     return v[0];
 }
 
+/* out[m] = x[m] w^T (+ b): a warp takes two rows at a time (rows m and m
+ * + 1: x's loads of both in flight together, each read of w from shared
+ * memory serving both), a lane 4 columns every 128; a block takes
+ * NARROW_FWD_ROWS rows, half as many where that would leave fewer than
+ * NARROW_FWD_BLOCKS blocks. A block of a row a warp (8 rows for each
+ * copy of w into shared memory) took 14.7 us on config S's router
+ * where this takes 12.4 (notes-gpu.md item 96). */
+#define NARROW_FWD_ROWS 32
+#define NARROW_FWD_BLOCKS 256
 template <int NP>
 static __global__ void __launch_bounds__(256)
     narrow_fwd_kernel(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ w,
@@ -1043,25 +1052,31 @@ static __global__ void __launch_bounds__(256)
     extern __shared__ float4 nws[];
     narrow_load_w(nws, w, N, K);
     const int K4 = K / 4, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    for (int64_t m = (int64_t)blockIdx.x * warps + threadIdx.x / 32; m < M; m += (int64_t)gridDim.x * warps) {
+    for (int64_t m = 2 * ((int64_t)blockIdx.x * warps + threadIdx.x / 32); m < M;
+         m += 2 * (int64_t)gridDim.x * warps) {
+        const bool two = m + 1 < M;
         const float4 *x4 = reinterpret_cast<const float4 *>(x + m * K);
-        float acc[NP];
+        float acc[2][NP];
 #pragma unroll
         for (int n = 0; n < NP; n++)
-            acc[n] = 0.0f;
+            acc[0][n] = acc[1][n] = 0.0f;
         for (int c = lane; c < K4; c += 32) {
-            const float4 xv = x4[c];
+            const float4 xa = x4[c], xb = two ? x4[K4 + c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
             for (int n = 0; n < NP; n++)
                 if (n < N) {
                     const float4 wv = nws[n * K4 + c];
-                    acc[n] += xv.x * wv.x + xv.y * wv.y + xv.z * wv.z + xv.w * wv.w;
+                    acc[0][n] += xa.x * wv.x + xa.y * wv.y + xa.z * wv.z + xa.w * wv.w;
+                    acc[1][n] += xb.x * wv.x + xb.y * wv.y + xb.z * wv.z + xb.w * wv.w;
                 }
         }
-        const float t = warp_sums_scatter<NP>(acc);
         const int n = lane / (32 / NP);
-        if (lane % (32 / NP) == 0 && n < N)
-            out[m * N + n] = b ? t + b[n] : t;
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const float t = warp_sums_scatter<NP>(acc[u]);
+            if (lane % (32 / NP) == 0 && n < N && (u == 0 || two))
+                out[(m + u) * N + n] = b ? t + b[n] : t;
+        }
     }
 }
 
@@ -1096,69 +1111,83 @@ static __global__ void __launch_bounds__(256)
     }
 }
 
-/* part[c, n * K + col] = sum over the rows m of chunk c of dout[m, n] x[m, col]:
- * a block of 32 threads of V columns each (V = 4, 2, 1 for NP = 8, 16,
- * 32: at most 32 sums a thread) x NARROW_DW_LANES lanes of rows, the
- * lanes' sums added in lane order. V columns a thread loaded at once
- * share each row's loads of dout (one column a thread issued a load of
- * dout per multiply-add: 65 us a layer on config P). */
-#define NARROW_DW_LANES 32
+/* part[c, n * K + col] = sum over the rows m of chunk c (RED_CHUNKS chunks
+ * of the M rows) of dout[m, n] x[m, col]: a block of 32 threads of V
+ * columns each (V = 4, 2, 1 for NP = 8, 16, 32: NP x V = 32 sums a
+ * thread) x L lanes of rows. The block first copies dout's rows of a
+ * piece of its chunk (NARROW_DW_PIECE rows) into shared memory, so that
+ * a thread holds only x's loads in flight, eight rows at a time; the
+ * lanes' sums are added in lane order at the end (the same bits every
+ * run). L is 8 (blocks of 256 threads, two an SM) where the grid has
+ * NARROW_DW_WIDE blocks or more, else 16 (a block an SM): by the shapes
+ * alone, so that the bits do not depend on the GPU. Where a thread loaded
+ * dout's row beside x's and 32 lanes (one block an SM) took about 8 rows
+ * each, config S's router's weight gradient took 25.5 us with the sum of
+ * the chunks, 16.3 now (notes-gpu.md item 96). */
+#define NARROW_DW_PIECE 256
+#define NARROW_DW_WIDE 160
 template <int NP> __host__ __device__ constexpr int narrow_dw_cols()
 {
     return NP <= 8 ? 4 : NP <= 16 ? 2 : 1;
 }
 
-template <int NP>
-static __global__ void __launch_bounds__(32 * NARROW_DW_LANES)
+template <int NP, int L>
+static __global__ void __launch_bounds__(32 * L, 16 / L)
     narrow_dw_partial_kernel(float *__restrict__ part, const float *__restrict__ dout, const float *__restrict__ x,
                              int M, int N, int K)
 {
-    constexpr int V = narrow_dw_cols<NP>();
-    __shared__ float red[NARROW_DW_LANES][V][33];
+    constexpr int V = narrow_dw_cols<NP>(), H = NP / 2, W = 32 * V, GS = NARROW_DW_PIECE * NP, RS = L * H * W;
+    __shared__ __align__(16) float sh[GS > RS ? GS : RS]; /* dout's piece, then the lanes' sums */
     const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-    const int col = (blockIdx.x * 32 + tx) * V, c = blockIdx.y; /* K is a multiple of 4 (narrow_ok) */
-    const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = c * per, hi = min(M, lo + per);
+    const int col0 = blockIdx.x * W, col = col0 + tx * V, c = blockIdx.y; /* K: a multiple of 4 (narrow_ok) */
+    const int per = (M + RED_CHUNKS - 1) / RED_CHUNKS, lo = min(M, c * per), hi = min(M, lo + per);
     float acc[NP][V];
 #pragma unroll
     for (int n = 0; n < NP; n++)
 #pragma unroll
         for (int j = 0; j < V; j++)
             acc[n][j] = 0.0f;
-    if (col < K) {
-#pragma unroll 4
-        for (int m = lo + ty; m < hi; m += NARROW_DW_LANES) {
-            float xv[V];
-            vload<V>(xv, x + (int64_t)m * K + col);
-            const float *g = dout + (int64_t)m * N;
+    for (int p0 = lo; p0 < hi; p0 += NARROW_DW_PIECE) {
+        const int rows = min(NARROW_DW_PIECE, hi - p0);
+        __syncthreads(); /* the last piece has been read */
+        for (int i = threadIdx.x; i < rows * N; i += 32 * L)
+            sh[i / N * NP + i % N] = dout[(int64_t)p0 * N + i];
+        __syncthreads();
+        if (col < K) {
+            const float *xp = x + (int64_t)p0 * K + col;
+#pragma unroll 8
+            for (int r = ty; r < rows; r += L) {
+                float xv[V], gv[NP];
+                vload<V>(xv, xp + (int64_t)r * K);
+                vload<NP>(gv, sh + r * NP);
 #pragma unroll
-            for (int n = 0; n < NP; n++)
-                if (n < N) {
-                    const float gn = g[n];
+                for (int n = 0; n < NP; n++)
+                    if (n < N) /* sh holds nothing past N */
 #pragma unroll
-                    for (int j = 0; j < V; j++)
-                        acc[n][j] += gn * xv[j];
-                }
+                        for (int j = 0; j < V; j++)
+                            acc[n][j] += gv[n] * xv[j];
+            }
         }
     }
+    /* the lanes' sums, NP / 2 outputs at a time */
 #pragma unroll
-    for (int n = 0; n < NP; n++) {
-        if (n >= N) /* the same for the whole block */
+    for (int h = 0; h < 2; h++) {
+        if (h * H >= N) /* the same for the whole block */
             break;
+        __syncthreads(); /* sh has been read */
 #pragma unroll
-        for (int j = 0; j < V; j++)
-            red[ty][j][tx] = acc[n][j];
+        for (int n = 0; n < H; n++)
+            vstore<V>(sh + (ty * H + n) * W + tx * V, acc[h * H + n]);
         __syncthreads();
-        if (ty == 0 && col < K) {
-            float t[V];
+        for (int o = threadIdx.x; o < H * W; o += 32 * L) {
+            const int n = o / W, q = o % W;
+            float t = 0.0f;
 #pragma unroll
-            for (int j = 0; j < V; j++) {
-                t[j] = 0.0f;
-                for (int y = 0; y < NARROW_DW_LANES; y++)
-                    t[j] += red[y][j][tx];
-            }
-            vstore<V>(part + (int64_t)c * N * K + (int64_t)n * K + col, t);
+            for (int y = 0; y < L; y++)
+                t += sh[(y * H + n) * W + q];
+            if (h * H + n < N && col0 + q < K)
+                part[(int64_t)c * N * K + (int64_t)(h * H + n) * K + col0 + q] = t;
         }
-        __syncthreads();
     }
 }
 
@@ -1178,7 +1207,8 @@ static inline void narrow_forward(const kctx *k, float *out, const float *x, con
                                   int K, int N)
 {
     const size_t sm = sizeof(float) * (size_t)N * K;
-    const unsigned grid = narrow_blocks(M);
+    const int rows = M >= (int64_t)NARROW_FWD_ROWS * NARROW_FWD_BLOCKS ? NARROW_FWD_ROWS : NARROW_FWD_ROWS / 2;
+    const unsigned grid = (unsigned)((M + rows - 1) / rows);
     narrow_pick(N, [&](auto np) {
         narrow_fwd_kernel<decltype(np)::value><<<grid, 256, sm, k->stream>>>(out, x, w, b, M, N, K);
     });
@@ -1198,10 +1228,12 @@ static inline void narrow_backward(const kctx *k, float *dx, float *dw, const fl
     }
     red_need(k, (int64_t)RED_CHUNKS * N * K);
     narrow_pick(N, [&](auto np) {
-        constexpr int cols = 32 * narrow_dw_cols<decltype(np)::value>();
+        constexpr int P = decltype(np)::value, cols = 32 * narrow_dw_cols<P>();
         const dim3 pg((unsigned)((K + cols - 1) / cols), RED_CHUNKS);
-        narrow_dw_partial_kernel<decltype(np)::value>
-            <<<pg, 32 * NARROW_DW_LANES, 0, k->stream>>>(k->red, dout, x, M, N, K);
+        if (pg.x * pg.y >= NARROW_DW_WIDE)
+            narrow_dw_partial_kernel<P, 8><<<pg, 32 * 8, 0, k->stream>>>(k->red, dout, x, M, N, K);
+        else
+            narrow_dw_partial_kernel<P, 16><<<pg, 32 * 16, 0, k->stream>>>(k->red, dout, x, M, N, K);
     });
     LAUNCH_CHECK();
     colsum_final(k, dw, N * K, 1, 0);
