@@ -1934,7 +1934,7 @@ int main(void)
         if (m != 1) { /* fp32 and bf16: the narrow kernels (fp32_ctx); tf32's context is the same */
             test_narrow(4160, 256, 7, true);   /* config P's router: 65 tokens x 64 samples, width 256, 7 experts */
             test_narrow(1000, 384, 8, true);   /* config S's */
-            test_narrow(20000, 1024, 7, true); /* many stages a block: the rings of stages go round */
+            test_narrow(20000, 1024, 7, true); /* two pieces of dout a chunk, 32-row blocks of two warp rounds */
             test_narrow(333, 100, 1, true);    /* rows of 25 float4, one output */
             test_narrow(517, 64, 13, true);    /* 16 accumulators */
             test_narrow(290, 132, 32, true);   /* 32 */
