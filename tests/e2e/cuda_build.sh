@@ -6,7 +6,7 @@
 # groups of 2 (NCCL, as GCViT-MoE's 8 GPUs; skipped where nccl.h is not
 # found), compiles and links
 # with nvcc, every warning an error (nvcc's own and the host compiler's
-# -Wall -Wextra). No GPU needed;
+# -Wall -Wextra), and so does bench/narrow.cu. No GPU needed;
 # skipped where nvcc is not found. An example whose model the CUDA backend
 # does not generate must be refused by --target cuda with a located reason.
 . "${top_srcdir:-.}/tests/e2e/common.sh"
@@ -85,6 +85,16 @@ if [ -f "$WORK/damex/train.o" ]; then
         cat "$WORK/wrapper.log"
         not_ok "damex: the CUDA trainer links where nvcc is a wrapper script outside its toolkit"
     fi
+fi
+
+# bench/narrow.cu, the routers' kernels timed alone (notes-gpu.md item 96),
+# compiles against kernels.cuh without a warning
+if "$NVCC" -std=c++17 -O1 $STRICT -gencode=arch=compute_90a,code=sm_90a -I "$top_srcdir/templates/cuda" \
+    -c "$top_srcdir/bench/narrow.cu" -o "$WORK/narrow.o" > "$WORK/narrow.log" 2>&1; then
+    ok "bench/narrow.cu compiles without a warning"
+else
+    cat "$WORK/narrow.log"
+    not_ok "bench/narrow.cu compiles without a warning"
 fi
 
 # the default target: both backends where the model has a CUDA form, the
