@@ -5220,13 +5220,6 @@ __device__ static inline uint32_t gg_frag_at(const __nv_bfloat16 *out, int j, in
     return gg_smem_at(out + jj / 8 * 64 * 64 + row * 64 + (jj % 8 ^ row % 8) * 8);
 }
 
-/* two values rounded to bf16, as one register of a block */
-__device__ static inline uint32_t gg_pack(float x, float y)
-{
-    const __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
-    return *reinterpret_cast<const uint32_t *>(&v);
-}
-
 __device__ static inline void gg_stmatrix(uint32_t at, const uint32_t (&v)[4])
 {
 #if GG_SM90
@@ -5395,8 +5388,9 @@ static __global__ void __launch_bounds__(384, 1)
 #pragma unroll
                 for (int u = 0; u < 4; u++) {
                     const float2 gv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&g[u]));
-                    v[u] = (u % 2 ? r + 8 : r) < live ? gg_pack(d[4 * j + 2 * u] * gv.x, d[4 * j + 2 * u + 1] * gv.y)
-                                                      : 0u;
+                    v[u] = (u % 2 ? r + 8 : r) < live
+                               ? bf16x2_bits(d[4 * j + 2 * u] * gv.x, d[4 * j + 2 * u + 1] * gv.y)
+                               : 0u;
                 }
                 gg_stmatrix(at, v);
             }
@@ -5406,8 +5400,9 @@ static __global__ void __launch_bounds__(384, 1)
             asm volatile("bar.sync %0, 128;\n" ::"r"(1 + half) : "memory");
 #pragma unroll
             for (int j = 0; j < BN / 8; j += 2) {
-                const uint32_t v[4] = { gg_pack(d[4 * j], d[4 * j + 1]), gg_pack(d[4 * j + 2], d[4 * j + 3]),
-                                        gg_pack(d[4 * j + 4], d[4 * j + 5]), gg_pack(d[4 * j + 6], d[4 * j + 7]) };
+                const uint32_t v[4] = { bf16x2_bits(d[4 * j], d[4 * j + 1]), bf16x2_bits(d[4 * j + 2], d[4 * j + 3]),
+                                        bf16x2_bits(d[4 * j + 4], d[4 * j + 5]),
+                                        bf16x2_bits(d[4 * j + 6], d[4 * j + 7]) };
                 gg_stmatrix(gg_frag_at(out, j, warp, lane), v);
             }
         }
