@@ -1717,6 +1717,14 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     p.aux_blocks = kernel_const("AUX_BLOCKS");
     p.route_block = kernel_const("ROUTE_BLOCK");
     p.red = (int64_t)kernel_const("NORM_BLOCKS") * 2; /* the gradient norm's partials */
+    {
+        /* kernels.cuh: adamw_norm_blocks, AdamW's partial sums of |g| (as
+         * doubles, one a block of 256 groups of 4) where it sums them itself */
+        int64_t blocks = ((g->params + 3) / 4 + 255) / 256;
+        blocks = blocks < 1 ? 1 : blocks > 65535 * 16 ? 65535 * 16 : blocks;
+        if (2 * blocks > p.red)
+            p.red = 2 * blocks;
+    }
     p.eval_batch = m->train.batch;
     const int nmoe = g->nmoe > 0 ? g->nmoe : 1;
     p.ent = mc_xcalloc((size_t)nmoe, sizeof *p.ent);

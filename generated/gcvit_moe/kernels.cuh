@@ -6599,15 +6599,37 @@ static __global__ void sumsq_runs_partial_kernel(double *part, const float *g, c
     block_sum_store(part, s);
 }
 
-/* out[0] = the partial sums' total, or its square root */
-static __global__ void sumsq_final_kernel(double *out, const double *part, int root)
+/* out[0] = the total of part[0..nparts), or its square root, by one block
+ * of SUMSQ_FINAL_THREADS: thread t adds part[t], part[t + threads], ...
+ * in order (unrolled: the loads go out together, the adds stay in
+ * order), then the warps' shuffles and thread 0 the warps' sums in order
+ * (the same bits every run). AdamW's partial sums are one a block of its
+ * grid (117,000 on config S): one thread alone took 52 us over them. */
+#define SUMSQ_FINAL_THREADS 1024
+static __global__ void __launch_bounds__(SUMSQ_FINAL_THREADS)
+    sumsq_final_kernel(double *out, const double *part, int nparts, int root)
 {
+    double t = 0.0;
+#pragma unroll 8
+    for (int q = threadIdx.x; q < nparts; q += SUMSQ_FINAL_THREADS)
+        t += part[q];
+    t = warp_sum_d(t);
+    __shared__ double warps[SUMSQ_FINAL_THREADS / 32];
+    if (threadIdx.x % 32 == 0)
+        warps[threadIdx.x / 32] = t;
+    __syncthreads();
     if (threadIdx.x != 0)
         return;
-    double t = 0.0;
-    for (int q = 0; q < NORM_BLOCKS; q++)
-        t += part[q];
+    t = 0.0;
+    for (int w = 0; w < SUMSQ_FINAL_THREADS / 32; w++)
+        t += warps[w];
     out[0] = root ? sqrt(t) : t;
+}
+
+static inline void sumsq_final(const kctx *k, double *out, const double *part, int nparts, bool root)
+{
+    sumsq_final_kernel<<<1, SUMSQ_FINAL_THREADS, 0, k->stream>>>(out, part, nparts, root ? 1 : 0);
+    LAUNCH_CHECK();
 }
 
 /* norm[0] = sqrt(a[0] + b[0]) */
@@ -6624,8 +6646,7 @@ static inline void sumsq_runs(const kctx *k, double *sum, const float *g, const 
     double *part = (double *)k->red;
     sumsq_runs_partial_kernel<<<NORM_BLOCKS, 256, 0, k->stream>>>(part, g, runs, nruns);
     LAUNCH_CHECK();
-    sumsq_final_kernel<<<1, 32, 0, k->stream>>>(sum, part, 0);
-    LAUNCH_CHECK();
+    sumsq_final(k, sum, part, NORM_BLOCKS, false);
 }
 
 /* norm[0] = |g| over n values (deterministic) */
@@ -6637,8 +6658,7 @@ static inline void grad_norm(const kctx *k, double *norm, const float *g, int64_
     else
         sumsq_partial_kernel<<<NORM_BLOCKS, 256, 0, k->stream>>>(part, g, n);
     LAUNCH_CHECK();
-    sumsq_final_kernel<<<1, 32, 0, k->stream>>>(norm, part, 1);
-    LAUNCH_CHECK();
+    sumsq_final(k, norm, part, NORM_BLOCKS, true);
 }
 
 /* The step's scalars, read on the device so that the captured graph serves
@@ -6671,12 +6691,19 @@ __device__ static inline void adamw_one(float &p, float &m, float &v, float g, u
  * first n4 groups of 4 parameters go by 16-byte loads and stores (the
  * arrays 16-byte aligned, decay 4-byte; n4 = 0 otherwise), the rest one by
  * one. The arrays never overlap (__restrict__): each thread's loads go out
- * together, where the load of p had waited for the stores of m and v. */
+ * together, where the load of p had waited for the stores of m and v.
+ *
+ * NORM (clip = 0 alone: nothing waits for |g| before the update): the
+ * kernel also sums g's squares, in double as grad_norm does, into
+ * part[blockIdx.x], which spares grad_norm's separate read of the
+ * gradient arena (482 MB a step on config S). The grid (blocks_for of the
+ * groups of 4) depends on n alone, so the sum's order, and its bits, do
+ * not depend on the GPU. */
+template <bool NORM>
 static __global__ void adamw_kernel(float *__restrict__ p, __nv_bfloat16 *__restrict__ p16, const float *__restrict__ g,
                                     float *__restrict__ m, float *__restrict__ v, const uint8_t *__restrict__ decay,
-                                    int64_t n, int64_t n4,
-                                    const step_scalars *sc, const double *gnorm, float clip, float b1, float b2,
-                                    float eps, float wd)
+                                    int64_t n, int64_t n4, const step_scalars *sc, const double *gnorm, double *part,
+                                    float clip, float b1, float b2, float eps, float wd)
 {
     adamw_c c;
     c.lr = sc->lr;
@@ -6684,12 +6711,15 @@ static __global__ void adamw_kernel(float *__restrict__ p, __nv_bfloat16 *__rest
     c.c2 = 1.0f - powf(b2, (float)sc->t);
     c.gs = clip > 0.0f && gnorm[0] > clip ? (float)(clip / gnorm[0]) : 1.0f;
     c.b1 = b1, c.b2 = b2, c.eps = eps, c.wd = wd;
+    double s = 0.0;
     const int64_t stride = (int64_t)gridDim.x * blockDim.x, first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     for (int64_t i = first; i < n4; i += stride) {
         float4 P = reinterpret_cast<float4 *>(p)[i], M = reinterpret_cast<float4 *>(m)[i];
         float4 V = reinterpret_cast<float4 *>(v)[i];
         const float4 G = reinterpret_cast<const float4 *>(g)[i];
         const uchar4 d = reinterpret_cast<const uchar4 *>(decay)[i];
+        if (NORM)
+            s += sumsq4(G);
         adamw_one(P.x, M.x, V.x, G.x, d.x, c);
         adamw_one(P.y, M.y, V.y, G.y, d.y, c);
         adamw_one(P.z, M.z, V.z, G.z, d.z, c);
@@ -6704,20 +6734,45 @@ static __global__ void adamw_kernel(float *__restrict__ p, __nv_bfloat16 *__rest
         }
     }
     for (int64_t i = 4 * n4 + first; i < n; i += stride) {
+        if (NORM)
+            s += (double)g[i] * g[i];
         adamw_one(p[i], m[i], v[i], g[i], decay[i], c);
         if (p16)
             p16[i] = __float2bfloat16_rn(p[i]);
     }
+    if (NORM)
+        block_sum_store(part, s);
 }
 
+/* adamw_kernel<true>'s blocks over n parameters (a group of 4 a thread;
+ * model.cu sizes kctx.red for as many doubles) */
+static inline unsigned adamw_norm_blocks(int64_t n)
+{
+    return blocks_for((n + 3) / 4, 256);
+}
+
+/* norm: NULL, or (clip = 0 alone) where |g| goes, summed by the update
+ * itself when kctx.red holds adamw_norm_blocks(n) doubles (else by
+ * grad_norm first) */
 static inline void adamw(const kctx *k, float *p, __nv_bfloat16 *p16, const float *g, float *m, float *v,
                          const uint8_t *decay, int64_t n, const step_scalars *sc, const double *gnorm, float clip,
-                         float b1, float b2, float eps, float wd)
+                         float b1, float b2, float eps, float wd, double *norm = nullptr)
 {
     const bool al = aligned16(p, g, m) && aligned16(v) && ((uintptr_t)decay & 3) == 0 && ((uintptr_t)p16 & 7) == 0;
     const int64_t n4 = al ? n / 4 : 0;
-    adamw_kernel<<<blocks_for(n4 > 0 ? n4 : n, 256), 256, 0, k->stream>>>(p, p16, g, m, v, decay, n, n4, sc, gnorm,
-                                                                          clip, b1, b2, eps, wd);
+    const unsigned nb = adamw_norm_blocks(n);
+    if (norm && clip == 0.0f && 2 * (int64_t)nb <= k->red_floats) {
+        double *part = (double *)k->red;
+        adamw_kernel<true><<<nb, 256, 0, k->stream>>>(p, p16, g, m, v, decay, n, n4, sc, gnorm, part, clip, b1, b2,
+                                                      eps, wd);
+        LAUNCH_CHECK();
+        sumsq_final(k, norm, part, (int)nb, true);
+        return;
+    }
+    if (norm)
+        grad_norm(k, norm, g, n);
+    adamw_kernel<false><<<blocks_for(n4 > 0 ? n4 : n, 256), 256, 0, k->stream>>>(
+        p, p16, g, m, v, decay, n, n4, sc, gnorm, nullptr, clip, b1, b2, eps, wd);
     LAUNCH_CHECK();
 }
 

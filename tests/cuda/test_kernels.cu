@@ -1689,6 +1689,53 @@ static void test_optimizer()
         if (d_p16)
             check_copy16("adamw", "p16 (the new p rounded), " + c, d_p16, d_p, (size_t)n);
     }
+    {
+        /* without clipping, AdamW sums |g| itself (adamw_kernel<true>,
+         * a partial sum a block, sumsq_final over them): the same weights,
+         * moments and bf16 copy as the update alone, and |g| as a double
+         * sum has it; on 10,003 floats (10 blocks, the last 3 floats one
+         * by one), on 1,234,567 (1,206 partial sums: sumsq_final's
+         * threads take two or more) and on the same from their second
+         * float (not 16-byte aligned: every one one by one); then with
+         * kctx.red too small for the partial sums (grad_norm first) */
+        const int64_t nb = 1234567;
+        const fvec gb = rnd(r, (size_t)nb, -1, 1);
+        std::vector<uint8_t> decb((size_t)nb + 1);
+        for (auto &d : decb)
+            d = (uint8_t)r.below(2);
+        float *d_gb = dup(gb);
+        uint8_t *d_decb = dup(decb);
+        const std::vector<step_scalars> sc = { { lr, 4, 7, 1.0f } };
+        step_scalars *d_sc = dup(sc);
+        kctx small = g_k;
+        small.red_floats = 2;
+        struct {
+            int64_t n, off;
+            const kctx *k;
+            const char *what;
+        } const cases[4] = { { n, 0, &g_k, "" }, { nb, 0, &g_k, "" }, { nb - 1, 1, &g_k, ", not 16-byte aligned" },
+                             { nb, 0, &small, ", kctx.red too small" } };
+        for (const auto &cs : cases) {
+            const size_t sz = (size_t)cs.n + (size_t)cs.off;
+            const float *d_gc = cs.n == n ? d_g : d_gb + cs.off;
+            const uint8_t *d_dc = cs.n == n ? d_decay : d_decb + cs.off;
+            const fvec p = rnd(r, sz, -1, 1), m = rnd(r, sz, -0.1f, 0.1f), v = rnd(r, sz, 0.0f, 0.01f);
+            float *d_p[2] = { dup(p), dup(p) }, *d_m[2] = { dup(m), dup(m) }, *d_v[2] = { dup(v), dup(v) };
+            __nv_bfloat16 *d_p16[2] = { dpoison<__nv_bfloat16>(sz), dpoison<__nv_bfloat16>(sz) };
+            double *d_norm = dpoison<double>(1);
+            for (int fused = 0; fused <= 1; fused++)
+                adamw(cs.k, d_p[fused] + cs.off, d_p16[fused] + cs.off, d_gc, d_m[fused] + cs.off,
+                      d_v[fused] + cs.off, d_dc, cs.n, d_sc, d_gn, 0.0f, b1, b2, eps, wd, fused ? d_norm : nullptr);
+            const std::string c = fmt("%lld floats%s", (long long)cs.n, cs.what);
+            check_scalar("adamw", "|g| summed by the update, " + c, down(d_norm, 1)[0],
+                         ref_grad_norm(cs.n == n ? g.data() : gb.data() + cs.off, (size_t)cs.n), 1e-10);
+            check("adamw", "p with |g| summed: the same bits, " + c, down(d_p[1], sz), down(d_p[0], sz), 0.0);
+            check("adamw", "m with |g| summed: the same bits, " + c, down(d_m[1], sz), down(d_m[0], sz), 0.0);
+            check("adamw", "v with |g| summed: the same bits, " + c, down(d_v[1], sz), down(d_v[0], sz), 0.0);
+            check_copy16("adamw", "p16 with |g| summed (the new p rounded), " + c, d_p16[1] + cs.off,
+                         d_p[1] + cs.off, (size_t)cs.n);
+        }
+    }
     struct {
         float mu;
         int nesterov, t;
