@@ -6,7 +6,7 @@
 # groups of 2 (NCCL, as GCViT-MoE's 8 GPUs; skipped where nccl.h is not
 # found), compiles and links
 # with nvcc, every warning an error (nvcc's own and the host compiler's
-# -Wall -Wextra), and so does bench/narrow.cu. No GPU needed;
+# -Wall -Wextra), and so do bench/narrow.cu and bench/lt_algos.cu. No GPU needed;
 # skipped where nvcc is not found. An example whose model the CUDA backend
 # does not generate must be refused by --target cuda with a located reason.
 . "${top_srcdir:-.}/tests/e2e/common.sh"
@@ -87,15 +87,19 @@ if [ -f "$WORK/damex/train.o" ]; then
     fi
 fi
 
-# bench/narrow.cu, the routers' kernels timed alone (notes-gpu.md item 96),
-# compiles against kernels.cuh without a warning
-if "$NVCC" -std=c++17 -O1 $STRICT -gencode=arch=compute_90a,code=sm_90a -I "$top_srcdir/templates/cuda" \
-    -c "$top_srcdir/bench/narrow.cu" -o "$WORK/narrow.o" > "$WORK/narrow.log" 2>&1; then
-    ok "bench/narrow.cu compiles without a warning"
-else
-    cat "$WORK/narrow.log"
-    not_ok "bench/narrow.cu compiles without a warning"
-fi
+# the benchmarks of single kernels compile without a warning:
+# bench/narrow.cu, the routers' kernels timed alone against kernels.cuh
+# (notes-gpu.md item 96), and bench/lt_algos.cu, cuBLASLt's algorithms for
+# the dense products (item 101)
+for b in narrow lt_algos; do
+    if "$NVCC" -std=c++17 -O1 $STRICT -gencode=arch=compute_90a,code=sm_90a -I "$top_srcdir/templates/cuda" \
+        -c "$top_srcdir/bench/$b.cu" -o "$WORK/$b.o" > "$WORK/$b.log" 2>&1; then
+        ok "bench/$b.cu compiles without a warning"
+    else
+        cat "$WORK/$b.log"
+        not_ok "bench/$b.cu compiles without a warning"
+    fi
+done
 
 # the default target: both backends where the model has a CUDA form, the
 # CPU's alone (and no stale CUDA files) where it does not

@@ -53,7 +53,7 @@ clean-demo:
 EXTRA_DIST += tests/cuda/check_cuda.sh tests/cuda/compare.py tests/cuda/test_kernels.cu tests/cuda/kernel_ref.c \
 	tests/cuda/kernel_ref.h tests/cuda/check_dp.sh tests/cuda/dp.moe \
 	tests/cuda/frag_emu.py bench/torch_gpu.py bench/gpu.sh bench/ncu_sum.py bench/targets.py bench/ltprobe.cu \
-	bench/narrow.cu
+	bench/narrow.cu bench/lt_algos.cu
 check-cuda: moecc libmoert.la
 	@$(AM_TESTS_ENVIRONMENT) $(SHELL) $(srcdir)/tests/cuda/check_cuda.sh; a=$$?; \
 	$(AM_TESTS_ENVIRONMENT) $(SHELL) $(srcdir)/tests/cuda/check_dp.sh; b=$$?; \
