@@ -79,8 +79,8 @@ static void gen_layernorm(gen *g, int i, sbuf *b, const char *out, const char *i
     char mean[32], rstd[32];
     snprintf(mean, sizeof mean, "MEAN%d", i);
     snprintf(rstd, sizeof rstd, "RSTD%d", i);
-    alloc_act(g, mean, g->m->train.batch * rows, "layer norm means");
-    alloc_act(g, rstd, g->m->train.batch * rows, "layer norm 1/std");
+    alloc_act(g, mean, (int64_t)g->m->train.batch * rows, "layer norm means");
+    alloc_act(g, rstd, (int64_t)g->m->train.batch * rows, "layer norm 1/std");
     sb_printf(&g->fwd, "    layernorm_forward(%s, A(%s), A(%s), %s, P(%lldL), P(%lldL), B * %d, %d, %s);\n", out, mean,
               rstd, in, (long long)w, (long long)bias, rows, D, flit(eps).s);
     sb_printf(b, "    layernorm_backward(%s, DP(%lldL), DP(%lldL), %s, %s, P(%lldL), A(%s), A(%s), B * %d, %d, %d);\n",

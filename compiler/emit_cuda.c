@@ -28,9 +28,9 @@
 
 /* kernels.cuh: attn_bwd_smem (rows of HD + 4 floats): a (sample, head) in
  * one block */
-static int attn_bwd_smem(int T, int HD)
+static int64_t attn_bwd_smem(int T, int HD)
 {
-    return 4 * (4 * T * (HD + 4) + 2 * T * T);
+    return 4 * (4 * (int64_t)T * (HD + 4) + 2 * (int64_t)T * T);
 }
 
 static int kernel_const(const char *name);
@@ -38,10 +38,10 @@ static int kernel_const(const char *name);
 /* kernels.cuh: attn_tiled_smem, the row tiles' block for longer
  * sequences: R rows, their R rows of scores (attn_srow), a tile of ATTN_KT
  * rows */
-static int attn_tiled_smem(int T, int HD)
+static int64_t attn_tiled_smem(int T, int HD)
 {
     const int R = T <= 256 ? 32 : T <= 1024 ? 16 : 8, srow = T % 32 == 0 ? T + 1 : T;
-    return 4 * (R * (HD + 4) + R * srow + kernel_const("ATTN_KT") * (HD + 4));
+    return 4 * ((int64_t)R * (HD + 4) + (int64_t)R * srow + (int64_t)kernel_const("ATTN_KT") * (HD + 4));
 }
 
 /* kernels.cuh: attn_qkv16_ok, whether attention over a (sample, head) of
@@ -51,7 +51,7 @@ static int attn_tiled_smem(int T, int HD)
  * asserts the same where it relies on it (gen_op_cuda, OP_ATTENTION). */
 static bool attn_qkv16_ok(int T, int HD)
 {
-    const int TP = (T + 15) / 16 * 16, L = HD + 8, LT = TP + 8;
+    const int64_t TP = (T + 15) / 16 * 16, L = HD + 8, LT = TP + 8;
     return attn_bwd_smem(T, HD) <= CUDA_MAX_ATTN_SMEM && HD % 16 == 0 && T <= 128 &&
            2 * (4 * TP * L + 3 * HD * LT + 2 * TP * LT) <= CUDA_MAX_ATTN_SMEM;
 }
@@ -63,8 +63,8 @@ static bool attn_qkv16_ok(int T, int HD)
  * where it relies on it. */
 static bool attn_half_ok(int T, int HD)
 {
-    const int TP = (T + 15) / 16 * 16, ld = HD + 4, lds = TP + 4;
-    const int tc_bwd = 4 * (2 * TP * ld + TP * (lds > ld ? lds : ld) + TP * lds);
+    const int64_t TP = (T + 15) / 16 * 16, ld = HD + 4, lds = TP + 4;
+    const int64_t tc_bwd = 4 * (2 * TP * ld + TP * (lds > ld ? lds : ld) + TP * lds);
     return attn_bwd_smem(T, HD) <= CUDA_MAX_ATTN_SMEM && HD % 16 == 0 && tc_bwd <= CUDA_MAX_ATTN_SMEM;
 }
 
@@ -82,8 +82,8 @@ static int check_attention(mc_diag *d, const mc_op *op, int T, int HD)
     if (attn_bwd_smem(T, HD) > CUDA_MAX_ATTN_SMEM && attn_tiled_smem(T, HD) > CUDA_MAX_ATTN_SMEM) {
         mc_report(d, MC_ERROR, op->loc,
                   "the CUDA backend's attention keeps rows of a (sample, head)'s scores in shared memory: %d tokens "
-                  "of head width %d need %d KiB, more than the %d KiB of a Hopper SM",
-                  T, HD, attn_tiled_smem(T, HD) / 1024, CUDA_MAX_ATTN_SMEM / 1024);
+                  "of head width %d need %lld KiB, more than the %d KiB of a Hopper SM",
+                  T, HD, (long long)(attn_tiled_smem(T, HD) / 1024), CUDA_MAX_ATTN_SMEM / 1024);
         mc_hint(d, op->kind == OP_WINDOW_ATTENTION
                        ? "use smaller windows; --target cpu has no such limit"
                        : "use fewer tokens (a larger patch); --target cpu has no such limit");
@@ -182,8 +182,11 @@ typedef struct cuda_plan {
     int64_t *goff, *gsize;   /* per op: its value's gradient room (-1: none) */
     int64_t xchg;            /* the most floats a MoE layer's exchange buffer holds */
     int *galias;             /* per value: the value whose gradient buffer it shares, or -1 */
+    int *groot;              /* per value: the value whose buffer its gradient finally is (galias
+                              * followed to its end: grad_roots) */
     int *ln_sum;             /* per op: for a layer norm, the op whose output bias's gradient its
                               * backward sums (plan_ln_sums), or -1 */
+    int *sum_by_ln;          /* per op: the layer norm i with ln_sum[i] = this op, or -1 */
     sbuf gdefs;
     /* kernels.cuh's launch constants that size the scratch (kernel_const) */
     int red_chunks;  /* RED_CHUNKS: partial sums per column */
@@ -209,7 +212,7 @@ typedef struct cuda_plan {
         char key[8];              /* alloc_room16's kind of shared room, or "" */
         int root;                 /* the room it shares (index in halves), or -1 */
     } *halves;
-    int nhalves;
+    int nhalves, halves_cap;
     int64_t act16;
     /* per op: bit t set where the backward's one writer of tensor t's
      * gradient stores it whole (the experts' w1 and w2: moe_experts_backward),
@@ -226,8 +229,22 @@ static int64_t grad_floats_of(const gen *g, int i)
     if (op->kind == OP_INPUT || op->kind == OP_RESIDUAL_BEGIN)
         return 0;
     if (op->kind == OP_CLASSIFIER)
-        return g->m->train.batch * op->u.cls.classes;
-    return g->m->train.batch * tokens_of(so) * (so->kind == SHAPE_IMAGE ? so->c * so->h * so->w : so->dim);
+        return (int64_t)g->m->train.batch * op->u.cls.classes;
+    return (int64_t)g->m->train.batch * tokens_of(so) * (so->kind == SHAPE_IMAGE ? so->c * so->h * so->w : so->dim);
+}
+
+/* plan_grad_rooms' order of the rooms: by first write, latest first, then
+ * by value */
+typedef struct room_key {
+    int first, value;
+} room_key;
+
+static int room_key_cmp(const void *pa, const void *pb)
+{
+    const room_key *a = pa, *b = pb;
+    if (a->first != b->first)
+        return a->first > b->first ? -1 : 1;
+    return (a->value > b->value) - (a->value < b->value);
 }
 
 /* The values' gradient rooms, reused as their lives allow. The backward
@@ -257,9 +274,7 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
         const int64_t floats = grad_floats_of(g, v);
         if (!floats)
             continue;
-        int r = v;
-        while (p->galias[r] >= 0)
-            r = p->galias[r];
+        const int r = p->groot[v];
         const int w = g->last_use[v] >= 0 ? g->last_use[v] : n; /* n: the loss */
         if (w > first[r])
             first[r] = w;
@@ -268,16 +283,16 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
         if (r == v)
             p->gsize[r] = ROOM_FLOATS(floats);
     }
+    /* by first write, latest first; rooms written first by the same op in
+     * value order */
+    room_key *keys = mc_xcalloc((size_t)n, sizeof *keys);
     for (int r = 0; r < n; r++)
         if (p->gsize[r] > 0)
-            order[nroot++] = r;
-    /* by first write, latest first (insertion sort: a few hundred ops) */
-    for (int a = 1; a < nroot; a++)
-        for (int b = a; b > 0 && first[order[b]] > first[order[b - 1]]; b--) {
-            int t = order[b];
-            order[b] = order[b - 1];
-            order[b - 1] = t;
-        }
+            keys[nroot++] = (room_key){ first[r], r };
+    qsort(keys, (size_t)nroot, sizeof *keys, room_key_cmp);
+    for (int a = 0; a < nroot; a++)
+        order[a] = keys[a].value;
+    free(keys);
     p->grad = 0;
     for (int a = 0; a < nroot; a++) {
         const int r = order[a];
@@ -382,10 +397,8 @@ static void plan_grad_alias(const gen *g, int *galias)
         galias[x] = i;
         if (s < 0 || readers[s] != 2 || g->last_use[s] != i)
             continue;
-        int j = -1; /* s's other reader */
-        for (int q = 0; q < i; q++)
-            if (g->input[q] == s && m->ops[q].kind != OP_RESIDUAL_BEGIN && m->ops[q].kind != OP_INPUT)
-                j = q;
+        /* s's other reader: as s's last reader is i, which reads it as its skip */
+        const int j = g->last_reader[s];
         bool nested = false;
         for (int q = j + 1; q < i; q++)
             nested = nested || m->ops[q].kind == OP_RESIDUAL_END;
@@ -408,12 +421,12 @@ static int64_t out_bias_off(const gen *g, int i)
     return -1;
 }
 
-/* the value whose buffer v's gradient finally is (plan_grad_alias) */
-static int grad_root(const int *galias, int v)
+/* groot[v]: the value whose buffer v's gradient finally is, galias
+ * followed to its end (an alias is always a later op's) */
+static void grad_roots(const gen *g, const int *galias, int *groot)
 {
-    while (galias[v] >= 0)
-        v = galias[v];
-    return v;
+    for (int v = g->m->nops - 1; v >= 0; v--)
+        groot[v] = galias[v] > v ? groot[galias[v]] : v;
 }
 
 /* Output biases whose gradient a layer norm's backward sums. Op j's
@@ -424,11 +437,11 @@ static int grad_root(const int *galias, int v)
  * buffer: nothing between them writes it), the layer norm's backward sums
  * the values as it writes them (layernorm_backward's dsum), and j's
  * backward skips the sums. ln_sum[i] = j for such a layer norm i. */
-static void plan_ln_sums(const gen *g, const int *galias, int *ln_sum)
+static void plan_ln_sums(const gen *g, const int *galias, const int *groot, int *ln_sum, int *sum_by_ln)
 {
     const mc_model *m = g->m;
     for (int i = 0; i < m->nops; i++)
-        ln_sum[i] = -1;
+        ln_sum[i] = sum_by_ln[i] = -1;
     for (int j = 0; j < m->nops; j++) {
         if (out_bias_off(g, j) < 0)
             continue;
@@ -438,19 +451,17 @@ static void plan_ln_sums(const gen *g, const int *galias, int *ln_sum)
                 (m->ops[i].kind == OP_RESIDUAL_END && g->input[i] >= 0 && galias[g->input[i]] == i &&
                  g->skip[i] >= 0 && galias[g->skip[i]] == i)))
             i++;
-        if (i < m->nops && m->ops[i].kind == OP_LAYERNORM && g->input[i] >= 0 &&
-            grad_root(galias, g->input[i]) == grad_root(galias, j))
+        if (i < m->nops && m->ops[i].kind == OP_LAYERNORM && g->input[i] >= 0 && groot[g->input[i]] == groot[j]) {
             ln_sum[i] = j;
+            sum_by_ln[j] = i;
+        }
     }
 }
 
 /* whether a layer norm's backward sums op j's output bias's gradient */
-static bool bias_summed_by_ln(const gen *g, const cuda_plan *p, int j)
+static bool bias_summed_by_ln(const cuda_plan *p, int j)
 {
-    for (int i = j + 1; i < g->m->nops; i++)
-        if (p->ln_sum[i] == j)
-            return true;
-    return false;
+    return p->sum_by_ln[j] >= 0;
 }
 
 /* NAME_G: the gradient of an op's inside buffer NAME, in the scratch */
@@ -506,24 +517,17 @@ static bool recomputes_in_backward(const mc_model *m, int j)
  * the operand scratch, which nothing between them may use */
 static bool dout_kept(const gen *g, const cuda_plan *p, int j)
 {
-    return bias_summed_by_ln(g, p, j) && !recomputes_in_backward(g->m, j);
+    return bias_summed_by_ln(p, j) && !recomputes_in_backward(g->m, j);
 }
 
 /* the reads of value v, as an op's input or as a residual's skip; *user
- * (or NULL): the last op that takes it as its input, or -1 */
+ * (or NULL): the last op that takes it as its input, or -1 (plan_values
+ * counted them) */
 static int value_uses(const gen *g, int v, int *user)
 {
-    int uses = 0;
     if (user)
-        *user = -1;
-    for (int i = 0; i < g->m->nops; i++) {
-        if (g->m->ops[i].kind == OP_RESIDUAL_BEGIN || g->m->ops[i].kind == OP_INPUT)
-            continue;
-        uses += (g->input[i] == v) + (g->skip[i] == v);
-        if (user && g->input[i] == v)
-            *user = i;
-    }
-    return uses;
+        *user = g->last_reader[v];
+    return g->uses[v];
 }
 
 /* whether op u's backward makes its insides again from its input, which
@@ -706,7 +710,10 @@ static void alloc_room16(cuda_plan *p, const char *name, int64_t floats, int64_t
     for (int j = 0; key && j < p->nhalves && root < 0; j++)
         if (p->halves[j].root < 0 && strcmp(p->halves[j].key, key) == 0)
             root = j;
-    p->halves = mc_xrealloc(p->halves, (size_t)(p->nhalves + 1) * sizeof *p->halves);
+    if (p->nhalves == p->halves_cap) {
+        p->halves_cap = p->halves_cap ? 2 * p->halves_cap : 64;
+        p->halves = mc_xrealloc(p->halves, (size_t)p->halves_cap * sizeof *p->halves);
+    }
     struct half_room *h = &p->halves[p->nhalves++];
     snprintf(h->name, sizeof h->name, "%s", name);
     h->floats = floats;
@@ -1204,7 +1211,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         }
         sb_free(&qy);
         char dbp[40] = "nullptr"; /* summed by a layer norm's backward (plan_ln_sums), or here */
-        if (!bias_summed_by_ln(g, p, i))
+        if (!bias_summed_by_ln(p, i))
             snprintf(dbp, sizeof dbp, "DP(%lldL)", (long long)b_proj);
         /* on the fragment kernels the heads' output gradient is written in
          * bf16 alone in bf16 precision (dinp16), which attention's backward
@@ -1274,7 +1281,7 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         sb_printf(f, "    linear_forward(k, %s, mm_half(k, A(%s)), P(%lldL), P(%lldL), B * %d, %d, %d%s);\n", out,
                   aa, (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D, res);
         char db2[40] = "nullptr"; /* summed by a layer norm's backward (plan_ln_sums), or here */
-        if (!bias_summed_by_ln(g, p, i))
+        if (!bias_summed_by_ln(p, i))
             snprintf(db2, sizeof db2, "DP(%lldL)", (long long)out_bias_off(g, i));
         sb_printf(&b,
                   "    linear_backward(k, G(%s), DP(%lldL), %s, %s, mm_half(k, A(%s)), P(%lldL), B * %d, %d, %d, 0%s);\n",
@@ -1734,8 +1741,11 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     p.grad_stored = mc_xcalloc((size_t)m->nops, sizeof *p.grad_stored);
     plan_grad_alias(g, p.galias);
     plan_fused_adds(g, p.galias);
+    p.groot = mc_xcalloc((size_t)m->nops, sizeof *p.groot);
+    grad_roots(g, p.galias, p.groot);
     p.ln_sum = mc_xcalloc((size_t)m->nops, sizeof *p.ln_sum);
-    plan_ln_sums(g, p.galias, p.ln_sum);
+    p.sum_by_ln = mc_xcalloc((size_t)m->nops, sizeof *p.sum_by_ln);
+    plan_ln_sums(g, p.galias, p.groot, p.ln_sum, p.sum_by_ln);
     plan_grad_rooms(g, &p);
     plan_remake(g, &p);
     /* the layer norms whose output is bf16 alone in bf16 precision, and
@@ -1914,6 +1924,8 @@ void emit_model_cu(sbuf *c, gen *g, const mc_emit_opts *o, mc_gpu_memory *mem)
     free(p.galias);
     free(p.grad_stored);
     free(p.ln_sum);
+    free(p.sum_by_ln);
+    free(p.groot);
     for (int i = 0; i < m->nops; i++)
         free(p.fwd_text[i]);
     free(p.fwd_text);

@@ -37,6 +37,8 @@ typedef struct gen {
     int *input;           /* per op: the value of its (main) input; -1: the image */
     int *skip;            /* RESIDUAL_END: the value at its BEGIN */
     int *last_use;        /* per value: the last op (forward order) that reads it */
+    int *uses;            /* per value: its reads, as an op's input or a residual's skip */
+    int *last_reader;     /* per value: the last op that takes it as its input, or -1 */
     sbuf defs;            /* offsets of the buffers */
     sbuf fwd;             /* forward code */
     char **bwd;           /* backward code of each op */

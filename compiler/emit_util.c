@@ -137,14 +137,18 @@ static void plan_values(gen *g)
         cur = g->value[i];
     }
     for (int i = 0; i < m->nops; i++)
-        g->last_use[i] = -1;
+        g->last_use[i] = g->last_reader[i] = -1;
     for (int i = 0; i < m->nops; i++) {
         if (m->ops[i].kind == OP_RESIDUAL_BEGIN || m->ops[i].kind == OP_INPUT)
             continue;
-        if (g->input[i] >= 0)
-            g->last_use[g->input[i]] = i;
-        if (g->skip[i] >= 0)
+        if (g->input[i] >= 0) {
+            g->last_use[g->input[i]] = g->last_reader[g->input[i]] = i;
+            g->uses[g->input[i]]++;
+        }
+        if (g->skip[i] >= 0) {
             g->last_use[g->skip[i]] = i;
+            g->uses[g->skip[i]]++;
+        }
     }
 }
 
@@ -227,6 +231,8 @@ void gen_init(gen *g, const mc_model *m, int shard)
     g->input = mc_xcalloc(n, sizeof *g->input);
     g->skip = mc_xcalloc(n, sizeof *g->skip);
     g->last_use = mc_xcalloc(n, sizeof *g->last_use);
+    g->uses = mc_xcalloc(n, sizeof *g->uses);
+    g->last_reader = mc_xcalloc(n, sizeof *g->last_reader);
     g->bwd = mc_xcalloc(n, sizeof *g->bwd);
     g->moe_index = mc_xcalloc(n, sizeof *g->moe_index);
     int64_t off = 0;
@@ -252,6 +258,8 @@ void gen_free(gen *g)
     free(g->input);
     free(g->skip);
     free(g->last_use);
+    free(g->uses);
+    free(g->last_reader);
     free(g->moe_index);
     free(g->fuse_into);
     free(g->own_value);

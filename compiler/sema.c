@@ -2016,6 +2016,132 @@ static bool check_node_form(sema *s, const mc_stmt *st, const mc_kind_spec *k)
     return true;
 }
 
+/* ---- sizes the trainers can index --------------------------------------------
+ *
+ * The generated trainers count rows (samples x tokens, the MoE's choices
+ * and expert rows) and one sample's values in int, and everything past
+ * that in 64 bits: a layer whose rows or per-sample values pass INT_MAX
+ * is refused at its place, before code generation (which would overflow
+ * the same ints). Only absurd models reach these: ViT-L at a batch of
+ * 65,536 has 13 million rows a layer. */
+
+/* a value of one sample: its rows (tokens; the pixels of an image, which
+ * a convolution's products take as rows) and values */
+static int64_t shape_rows(const mc_shape *sh)
+{
+    switch (sh->kind) {
+    case SHAPE_IMAGE: return (int64_t)sh->h * sh->w;
+    case SHAPE_TOKENS: return sh->tokens;
+    default: return 1;
+    }
+}
+
+static int64_t shape_values(const mc_shape *sh)
+{
+    switch (sh->kind) {
+    case SHAPE_IMAGE: return (int64_t)sh->c * sh->h * sh->w;
+    case SHAPE_TOKENS: return (int64_t)sh->tokens * sh->dim;
+    default: return sh->dim;
+    }
+}
+
+/* a * b, or INT64_MAX where it overflows (the operands are >= 0) */
+static int64_t mul_sat(int64_t a, int64_t b)
+{
+    int64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? INT64_MAX : r;
+}
+
+/* Refuses op's size n of `what` where it passes INT_MAX (per_batch: it
+ * grows with the batch); returns whether it did. */
+static bool size_over(sema *s, const mc_op *op, const char *what, int64_t n, bool per_batch)
+{
+    if (n <= INT32_MAX)
+        return false;
+    if (n == INT64_MAX)
+        err(s, op->loc, "%s: %s %s more than 2^63, past the trainers' limit of %d", mc_op_name(op->kind),
+            per_batch ? "a batch's" : "a sample's", what, INT32_MAX);
+    else
+        err(s, op->loc, "%s: %s %s %lld, past the trainers' limit of %d", mc_op_name(op->kind),
+            per_batch ? "a batch's" : "a sample's", what, (long long)n, INT32_MAX);
+    const char *also = op->kind == OP_MOE ? "fewer experts, a smaller capacity, " : "";
+    if (per_batch && s->batch_loc.line > 0)
+        mc_hint(s->d, "%sa smaller batch (line %d), fewer tokens or a smaller image", also, s->batch_loc.line);
+    else if (per_batch)
+        mc_hint(s->d, "%sa smaller batch (train { batch = ... }), fewer tokens or a smaller image", also);
+    else
+        mc_hint(s->d, "fewer tokens, or a narrower layer");
+    return true;
+}
+
+/* The first op whose sizes pass the trainers' ints is refused (a repeat
+ * would say the same of every copy). */
+static void check_sizes(sema *s, const mc_model *m)
+{
+    const int64_t B = m->train.batch;
+    for (int i = 0; i < m->nops; i++) {
+        const mc_op *op = &m->ops[i];
+        /* rows: of tokens in and out, and of the pixels a convolution makes */
+        const int64_t T = shape_rows(&op->in);
+        const bool rows_in = op->in.kind == SHAPE_TOKENS, rows_out = op->out.kind == SHAPE_TOKENS ||
+                                                                   op->kind == OP_CONV_STEM;
+        bool over = (rows_out && size_over(s, op, op->kind == OP_CONV_STEM ? "rows (samples x pixels) are"
+                                                                          : "rows (samples x tokens) are",
+                                           mul_sat(B, shape_rows(&op->out)), true)) ||
+                    (rows_in && size_over(s, op, "rows (samples x tokens) going in are", mul_sat(B, T), true)) ||
+                    size_over(s, op, "values are", shape_values(&op->out), false) ||
+                    size_over(s, op, "values going in are", shape_values(&op->in), false);
+        switch (op->kind) {
+        case OP_CONV_STEM: { /* each layer's im2col columns: its input channels x kernel^2 a pixel out */
+            const int64_t cin = op->u.conv.layers > 1 && op->out.c > op->in.c ? op->out.c : op->in.c;
+            over = over || size_over(s, op, "convolution columns are",
+                                     mul_sat(cin * op->u.conv.kernel * op->u.conv.kernel, shape_rows(&op->out)), false);
+            break;
+        }
+        case OP_ATTENTION: /* the heads' scores, T x T each, and q, k and v */
+            over = over || size_over(s, op, "attention scores are", mul_sat((int64_t)op->u.attn.heads * T, T), false) ||
+                   size_over(s, op, "q, k and v values are", mul_sat(3 * T, op->in.dim), false) ||
+                   size_over(s, op, "attention rows (samples x heads x tokens) are",
+                             mul_sat(mul_sat(B, op->u.attn.heads), T), true);
+            break;
+        case OP_WINDOW_ATTENTION: { /* each window's scores, window^2 x window^2 a head */
+            const int64_t ww = (int64_t)op->u.wattn.window * op->u.wattn.window;
+            over = over || size_over(s, op, "window attention scores are", mul_sat((int64_t)op->u.wattn.heads * T, ww),
+                                     false) ||
+                   size_over(s, op, "q, k and v values are", mul_sat(3 * T, op->in.dim), false) ||
+                   size_over(s, op, "attention rows (samples x heads x tokens) are",
+                             mul_sat(mul_sat(B, op->u.wattn.heads), T), true);
+            break;
+        }
+        case OP_MLP:
+            over = over || size_over(s, op, "hidden values are", mul_sat(T, op->u.mlp.hidden), false);
+            break;
+        case OP_MOE: {
+            const mc_moe *x = &op->u.moe;
+            const bool ec = x->router == ROUTER_EXPERT_CHOICE;
+            const int64_t N = mul_sat(B, T), K = ec ? x->experts : x->top_k;
+            over = over || size_over(s, op, "routing choices (tokens x top_k) are", mul_sat(N, K), true);
+            if (!over) {
+                /* the expert rows [experts, capacity]: as the emitters' mc_moe_capacity; evaluation is
+                 * dropless, in batches the arenas hold */
+                int64_t cap = N;
+                if (!x->dropless || ec) {
+                    const int64_t per = (N + x->experts - 1) / x->experts;
+                    cap = (ec ? 1 : K) * (int64_t)floor(x->capacity_factor * (double)per);
+                    cap = cap < 1 ? 1 : cap > N ? N : cap;
+                }
+                over = size_over(s, op, "expert rows (experts x capacity) are", mul_sat(x->experts, cap), true);
+            }
+            break;
+        }
+        default:
+            break;
+        }
+        if (over)
+            return;
+    }
+}
+
 int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
 {
     memset(model, 0, sizeof *model);
@@ -2156,6 +2282,9 @@ int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model)
                     s->parallel_loc.line);
         }
     }
+    /* sizes, of a model whose every other part checked */
+    if (model_st && s->have_input && s->done && d->errors == errors_before)
+        check_sizes(s, model);
     for (int i = 0; i < model->ndatasets; i++) {
         mc_dataset *ds = &model->datasets[i];
         if (!ds->own_augment) {

@@ -6,8 +6,9 @@
 ##       the diagnostics in its .err file; the examples check clean; the
 ##       command line's options and exit codes
 ##   tests/fuzz/robust.sh  moecc --check on a few thousand hostile inputs
-##       (written by tests/fuzz/fuzz_gen): never a crash, a hang, a
-##       sanitizer report or exit code 2
+##       (written by tests/fuzz/fuzz_gen), and --summary and -o on those
+##       that are valid models: never a crash, a hang, a sanitizer report
+##       or exit code 2
 ##   make fuzz             the libFuzzer target tests/fuzz/fuzz_moecc.c, built
 ##       with clang and run for FUZZ_SECONDS (default 60) on a copy of the
 ##       seed corpus tests/fuzz/corpus/; findings go to
@@ -220,6 +221,14 @@ GOLDEN_CASES = \
 	tests/golden/sema_setting_top_level.moe \
 	tests/golden/sema_shared_head_small.err \
 	tests/golden/sema_shared_head_small.moe \
+	tests/golden/sema_size_attention.err \
+	tests/golden/sema_size_attention.moe \
+	tests/golden/sema_size_batch_rows.err \
+	tests/golden/sema_size_batch_rows.moe \
+	tests/golden/sema_size_expert_rows.err \
+	tests/golden/sema_size_expert_rows.moe \
+	tests/golden/sema_size_sample_values.err \
+	tests/golden/sema_size_sample_values.moe \
 	tests/golden/sema_soft_capacity.err \
 	tests/golden/sema_soft_capacity.moe \
 	tests/golden/sema_steps_and_epochs.err \
@@ -299,10 +308,12 @@ FUZZ_SECONDS = 60
 FUZZ_CC = clang
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_OPTIONS = -max_len=8192 -timeout=10 -rss_limit_mb=2048
-## The front end, as moecc --check runs it (the generated parser and lexer
-## are in the build tree, or in the source tree of a tarball).
+## The front end and the code generation, as moecc --check, --summary and -o
+## run them (the generated parser and lexer, and compiler/templates.c, are in
+## the build tree, or the first two in the source tree of a tarball).
 FUZZ_FRONT_END = tests/fuzz/fuzz_moecc.c dsl/parser.c dsl/lexer.c dsl/ast.c dsl/source.c \
-	compiler/schema.c compiler/sema.c compiler/summary.c
+	compiler/schema.c compiler/sema.c compiler/summary.c compiler/emit.c compiler/emit_util.c \
+	compiler/emit_cuda.c compiler/templates.c
 
 tests/fuzz/fuzz_moecc$(EXEEXT): $(FUZZ_FRONT_END) dsl/parser.h
 	$(AM_V_CCLD)$(MKDIR_P) tests/fuzz && \

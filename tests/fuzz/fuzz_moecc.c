@@ -2,8 +2,10 @@
  *
  * Each input is a .moe file. It goes through what `moecc --check` and
  * `moecc --summary` do - lex, parse, check, build the model, print the
- * summary - and through --dump-tokens and --dump-ast, with every message
- * and printout sent to /dev/null. Sanitizers (address, undefined) and
+ * summary, plan the CUDA trainer's memory - and through --dump-tokens and
+ * --dump-ast, with every message and printout sent to /dev/null; one
+ * valid model in four is also generated, both backends, into a scratch
+ * directory (moecc -o). Sanitizers (address, undefined) and
  * libFuzzer's own checks (leaks, timeouts, memory) find the faults.
  *
  *   make fuzz                      build and run it for FUZZ_SECONDS (60)
@@ -19,11 +21,13 @@
 #include <stdlib.h>
 
 #include "ast.h"
+#include "emit.h"
 #include "model.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static FILE *devnull;
+static char scratch[] = "/tmp/moecc-fuzz.XXXXXX"; /* moecc -o's directory */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -31,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0; /* moecc refuses such files before reading them */
     if (!devnull) {
         devnull = fopen("/dev/null", "w");
-        if (!devnull)
+        if (!devnull || !mkdtemp(scratch))
             abort();
     }
     mc_source *src = mc_source_from_string("fuzz.moe", (const char *)data, size);
@@ -53,8 +57,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         mc_model model;
         mc_sema(&prog, &d, &model);
         mc_diag_flush(&d);
-        if (d.errors == 0)
+        if (d.errors == 0) {
             mc_model_summary(&model, devnull);
+            /* --summary's GPU memory, where the CUDA backend generates the model */
+            d.quiet++;
+            const int cpu_errors = mc_emit_check(&model, &d);
+            const bool cuda = cpu_errors == 0 && mc_emit_check_cuda(&model, &d) == 0;
+            d.quiet--;
+            if (cuda) {
+                mc_gpu_memory mem;
+                mc_gpu_memory_plan(&model, &mem);
+                mc_gpu_memory_print(&mem, &model, devnull);
+            }
+            /* moecc -o, both backends (or the CPU's alone), for one input in four */
+            if (cpu_errors == 0 && (data[size - 1] & 3) == 0) {
+                mc_emit_opts eo = { .outdir = scratch, .moecc_version = "fuzz",
+                                    .target = cuda ? MC_TARGET_BOTH : MC_TARGET_CPU };
+                char emit_err[1024];
+                if (mc_emit(&model, &eo, emit_err, sizeof emit_err) != 0)
+                    abort(); /* the scratch directory is writable: no I/O error is expected */
+            }
+        }
         mc_model_free(&model);
     }
     mc_program_free(&prog);

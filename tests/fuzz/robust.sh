@@ -7,8 +7,9 @@
 # files, garbage bytes, a 1 MB line, 100k nested brackets, 100k unary
 # minus, a 100k-term sum, enormous numbers, a 10 KB identifier, NUL bytes,
 # everything unterminated, huge models, random token soup, and mutations of
-# every examples/*.moe and tests/golden/*.moe. moecc --check runs on each,
-# and must
+# every examples/*.moe and tests/golden/*.moe. moecc --check runs on each
+# (and, where it passes, moecc --summary and moecc -o, the code generation
+# of both backends), and must
 #   - exit 0 (no errors) or 1 (errors in the input): never 2 (usage or
 #     I/O), never killed by a signal, never a sanitizer report;
 #   - say why when it exits 1: a line "... error: ..." and the count;
@@ -64,12 +65,9 @@ n=$("$FUZZ_GEN" "$tmp/in" "$top_srcdir"/examples/*.moe "$top_srcdir"/tests/golde
 echo "robust.sh: $n inputs"
 ls "$tmp/in" >"$tmp/list"
 
-# check FILE: run moecc on one input; on failure, say why on stdout.
-check() {
-    f=$1
-    # shellcheck disable=SC2086 # limit is a command and its argument
-    $limit "$MOECC" --check "$tmp/in/$f" >/dev/null 2>"$tmp/err.$2"
-    rc=$?
+# verdict FILE JOB WHAT: whether moecc's run on FILE (exit status $rc, its
+# messages in err.JOB) was a good one; if not, say why on stdout
+verdict() {
     why=
     case $rc in
     0) grep -q ': error: ' "$tmp/err.$2" && why="exit status 0 after an error" ;;
@@ -83,8 +81,35 @@ check() {
         why="sanitizer report"
     fi
     if test -n "$why"; then
-        echo "FAIL $f: $why"
+        echo "FAIL $1 ($3): $why"
         grep -E 'ERROR|runtime error|SUMMARY|#[0-9] ' "$tmp/err.$2" | head -n 12
+        return 1
+    fi
+    return 0
+}
+
+# check FILE JOB: moecc --check on one input; where it passes, the
+# summary and the code of both backends too (moecc -o: exit 0, or 1 with
+# the errors counted). On failure, say why on stdout.
+check() {
+    f=$1
+    # shellcheck disable=SC2086 # limit is a command and its argument
+    $limit "$MOECC" --check "$tmp/in/$f" >/dev/null 2>"$tmp/err.$2"
+    rc=$?
+    verdict "$f" "$2" "moecc --check" || return 1
+    test $rc -eq 0 || return 0
+    echo "$f" >>"$tmp/valid.$2"
+    # shellcheck disable=SC2086
+    $limit "$MOECC" --summary "$tmp/in/$f" >/dev/null 2>"$tmp/err.$2"
+    rc=$?
+    verdict "$f" "$2" "moecc --summary" || return 1
+    rm -rf "$tmp/gen.$2"
+    # shellcheck disable=SC2086
+    $limit "$MOECC" "$tmp/in/$f" -o "$tmp/gen.$2" >/dev/null 2>"$tmp/err.$2"
+    rc=$?
+    verdict "$f" "$2" "moecc -o" || return 1
+    if test $rc -eq 0 && ! test -f "$tmp/gen.$2/model.c"; then
+        echo "FAIL $f (moecc -o): exit status 0, but no model.c"
         return 1
     fi
     return 0
@@ -121,5 +146,6 @@ if test "$failed" -gt 0; then
     done
     echo "robust.sh: the failing inputs are in $keep/"
 fi
-echo "$((n - failed)) passed, $failed failed"
+valid=$(cat "$tmp"/valid.* 2>/dev/null | wc -l)
+echo "$((n - failed)) passed, $failed failed ($((valid + 0)) valid models also through --summary and -o)"
 test "$failed" -eq 0

@@ -170,7 +170,10 @@ fi
 cp "$top_srcdir/bench/gpu_s.moe" "$tmp/gpu_s.moe"
 { cat "$top_srcdir/bench/gpu_s.moe"; echo "parallel(data = 2, expert = 2)"; } > "$tmp/gpu_s_ep2.moe"
 cp "$top_srcdir/examples/gcvit_moe.moe" "$tmp/gcvit_moe.moe"
-for name in gpu_s gpu_s_ep2 gcvit_moe; do
+# config S at a batch of 131,072: 3.3 billion values a layer, past a
+# 32-bit int (the arenas' sizes and offsets are 64-bit; rows stay below)
+sed 's/^\( *batch = \)[0-9]*/\1131072/' "$top_srcdir/bench/gpu_s.moe" > "$tmp/gpu_s_big.moe"
+for name in gpu_s gpu_s_ep2 gcvit_moe gpu_s_big; do
     "$MOECC" --summary "$tmp/$name.moe" >"$tmp/out" 2>"$tmp/err" &&
         "$MOECC" --target cuda "$tmp/$name.moe" -o "$tmp/$name" >/dev/null 2>&1
     rc=$?
@@ -190,6 +193,15 @@ for name in gpu_s gpu_s_ep2 gcvit_moe; do
         head -n 5 "$tmp/err"
     fi
 done
+# the CPU backend's code of the big batch too
+rm -rf "$tmp/gpu_s_big"
+if "$MOECC" --target cpu "$tmp/gpu_s_big.moe" -o "$tmp/gpu_s_big" >/dev/null 2>"$tmp/err" &&
+    grep -q '^#define BATCH 131072 ' "$tmp/gpu_s_big/model.h"; then
+    pass "gpu_s_big.moe: the CPU backend's code for a batch of 131072"
+else
+    fail "gpu_s_big.moe: the CPU backend's code for a batch of 131072" "in:"
+    head -n 5 "$tmp/err"
+fi
 # no GPU line where the CUDA trainer is not made
 for args in "--target cpu examples/damex.moe"; do
     # shellcheck disable=SC2086 # two words on purpose
