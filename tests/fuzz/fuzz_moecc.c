@@ -15,6 +15,7 @@
  * The seed corpus is tests/fuzz/corpus/ (the examples and a few small
  * programs); `make fuzz` copies it to a scratch corpus that libFuzzer
  * grows, so the checked-in one stays small. */
+#include <ftw.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,13 +30,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static FILE *devnull;
 static char scratch[] = "/tmp/moecc-fuzz.XXXXXX"; /* moecc -o's directory */
 
+/* the scratch directory and what mc_emit wrote there, at exit */
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void remove_scratch(void)
+{
+    nftw(scratch, remove_one, 8, FTW_DEPTH | FTW_PHYS);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > MC_MAX_FILE)
         return 0; /* moecc refuses such files before reading them */
     if (!devnull) {
         devnull = fopen("/dev/null", "w");
-        if (!devnull || !mkdtemp(scratch))
+        if (!devnull || !mkdtemp(scratch) || atexit(remove_scratch) != 0)
             abort();
     }
     mc_source *src = mc_source_from_string("fuzz.moe", (const char *)data, size);
