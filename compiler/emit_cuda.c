@@ -261,7 +261,8 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
     const mc_model *m = g->m;
     const int n = m->nops;
     int *first = mc_xcalloc((size_t)n, sizeof *first), *last = mc_xcalloc((size_t)n, sizeof *last);
-    int *order = mc_xcalloc((size_t)n, sizeof *order), nroot = 0;
+    room_key *order = mc_xcalloc((size_t)n, sizeof *order);
+    int nroot = 0;
     p->goff = mc_xcalloc((size_t)n, sizeof *p->goff);
     p->gsize = mc_xcalloc((size_t)n, sizeof *p->gsize);
     for (int i = 0; i < n; i++) {
@@ -285,24 +286,20 @@ static void plan_grad_rooms(const gen *g, cuda_plan *p)
     }
     /* by first write, latest first; rooms written first by the same op in
      * value order */
-    room_key *keys = mc_xcalloc((size_t)n, sizeof *keys);
     for (int r = 0; r < n; r++)
         if (p->gsize[r] > 0)
-            keys[nroot++] = (room_key){ first[r], r };
-    qsort(keys, (size_t)nroot, sizeof *keys, room_key_cmp);
-    for (int a = 0; a < nroot; a++)
-        order[a] = keys[a].value;
-    free(keys);
+            order[nroot++] = (room_key){ first[r], r };
+    qsort(order, (size_t)nroot, sizeof *order, room_key_cmp);
     p->grad = 0;
     for (int a = 0; a < nroot; a++) {
-        const int r = order[a];
+        const int r = order[a].value;
         /* the rooms placed so far that are still live at r's first write,
          * ordered by offset; r takes the lowest gap that holds it */
         int64_t off = 0;
         for (bool moved = true; moved;) {
             moved = false;
             for (int b = 0; b < a; b++) {
-                const int q = order[b];
+                const int q = order[b].value;
                 if (last[q] <= first[r] && off < p->goff[q] + p->gsize[q] && p->goff[q] < off + p->gsize[r]) {
                     off = p->goff[q] + p->gsize[q];
                     moved = true;
@@ -380,16 +377,9 @@ static void plan_fused_adds(gen *g, const int *galias)
 static void plan_grad_alias(const gen *g, int *galias)
 {
     const mc_model *m = g->m;
-    int *readers = mc_xcalloc((size_t)m->nops, sizeof *readers);
-    for (int i = 0; i < m->nops; i++) {
+    const int *readers = g->uses; /* plan_values */
+    for (int i = 0; i < m->nops; i++)
         galias[i] = -1;
-        if (m->ops[i].kind == OP_RESIDUAL_BEGIN || m->ops[i].kind == OP_INPUT)
-            continue;
-        if (g->input[i] >= 0)
-            readers[g->input[i]]++;
-        if (g->skip[i] >= 0)
-            readers[g->skip[i]]++;
-    }
     for (int i = 0; i < m->nops; i++) {
         const int s = g->skip[i], x = g->input[i];
         if (m->ops[i].kind != OP_RESIDUAL_END || x < 0 || x == s || readers[x] != 1)
@@ -405,7 +395,6 @@ static void plan_grad_alias(const gen *g, int *galias)
         if (j >= 0 && j < x && !nested)
             galias[s] = i;
     }
-    free(readers);
 }
 
 /* the parameter offset of the bias of op i's last product, whose gradient
