@@ -88,28 +88,30 @@ verdict() {
     return 0
 }
 
+# moecc_on FILE JOB WHAT ARG...: moecc ARG... (exit status in $rc, its
+# messages in err.JOB), then its verdict
+# (sh has no local variables: its own names start with on_)
+moecc_on() {
+    on_file=$1 on_job=$2 on_what=$3
+    shift 3
+    # shellcheck disable=SC2086 # limit is a command and its argument
+    $limit "$MOECC" "$@" >/dev/null 2>"$tmp/err.$on_job"
+    rc=$?
+    verdict "$on_file" "$on_job" "$on_what"
+}
+
 # check FILE JOB: moecc --check on one input; where it passes, the
 # summary and the code of both backends too (moecc -o: exit 0, or 1 with
 # the errors counted). On failure, say why on stdout.
 check() {
-    f=$1
-    # shellcheck disable=SC2086 # limit is a command and its argument
-    $limit "$MOECC" --check "$tmp/in/$f" >/dev/null 2>"$tmp/err.$2"
-    rc=$?
-    verdict "$f" "$2" "moecc --check" || return 1
+    moecc_on "$1" "$2" "moecc --check" --check "$tmp/in/$1" || return 1
     test $rc -eq 0 || return 0
-    echo "$f" >>"$tmp/valid.$2"
-    # shellcheck disable=SC2086
-    $limit "$MOECC" --summary "$tmp/in/$f" >/dev/null 2>"$tmp/err.$2"
-    rc=$?
-    verdict "$f" "$2" "moecc --summary" || return 1
+    echo "$1" >>"$tmp/valid.$2"
+    moecc_on "$1" "$2" "moecc --summary" --summary "$tmp/in/$1" || return 1
     rm -rf "$tmp/gen.$2"
-    # shellcheck disable=SC2086
-    $limit "$MOECC" "$tmp/in/$f" -o "$tmp/gen.$2" >/dev/null 2>"$tmp/err.$2"
-    rc=$?
-    verdict "$f" "$2" "moecc -o" || return 1
+    moecc_on "$1" "$2" "moecc -o" "$tmp/in/$1" -o "$tmp/gen.$2" || return 1
     if test $rc -eq 0 && ! test -f "$tmp/gen.$2/model.c"; then
-        echo "FAIL $f (moecc -o): exit status 0, but no model.c"
+        echo "FAIL $1 (moecc -o): exit status 0, but no model.c"
         return 1
     fi
     return 0
