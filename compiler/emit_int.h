@@ -63,10 +63,6 @@ int64_t toff(const gen *g, int i, int j);       /* tensor j of op i in this para
 int64_t toff_whole(const gen *g, int i, int j); /* ... in the whole one, as in checkpoints */
 int tokens_of(const mc_shape *s);
 const char *act_code(mc_act a);
-/* Tutel's capacity at compile time: moe_capacity of templates/cpu/ops.h
- * and kernels.cuh, which the generated code calls (test_gradcheck holds
- * the three to the same numbers) */
-int mc_moe_capacity(int N, int E, int K, double cf, bool dropless);
 void val_ref(char *buf, size_t n, int v, bool grad);  /* "A(V3)", "G(V3)" or "x" */
 int acc_flag(const gen *g, int i, int v);
 

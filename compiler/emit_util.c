@@ -265,17 +265,6 @@ void gen_free(gen *g)
     free(g->own_value);
 }
 
-int mc_moe_capacity(int N, int E, int K, double cf, bool dropless)
-{
-    if (dropless)
-        return N;
-    long per = (N + E - 1) / E;
-    long cap = (long)K * (long)floor(cf * (double)per);
-    if (cap < 1)
-        cap = 1;
-    return cap > N ? N : (int)cap;
-}
-
 void wattn_plan_init(const gen *g, int i, wattn_plan *w, const char *null_word)
 {
     const mc_op *op = &g->m->ops[i];

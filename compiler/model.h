@@ -217,6 +217,11 @@ typedef struct mc_model {
 int mc_sema(const mc_program *prog, mc_diag *d, mc_model *model);
 void mc_model_free(mc_model *m);
 
+/* Tutel's capacity of an expert over N tokens (sema.c): moe_capacity of
+ * templates/cpu/ops.h and kernels.cuh, which the generated code calls
+ * (test_gradcheck holds the three to the same numbers) */
+int mc_moe_capacity(int N, int E, int K, double cf, bool dropless);
+
 /* `moecc --summary`: every op with its shapes, tensors and counts. */
 void mc_model_summary(const mc_model *m, void *out);
 

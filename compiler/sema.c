@@ -2052,6 +2052,19 @@ static int64_t mul_sat(int64_t a, int64_t b)
     return __builtin_mul_overflow(a, b, &r) ? INT64_MAX : r;
 }
 
+/* model.h: K * floor(cf * ceil(N / E)) rows an expert, at least 1, at
+ * most N; N when dropless */
+int mc_moe_capacity(int N, int E, int K, double cf, bool dropless)
+{
+    if (dropless)
+        return N;
+    long per = ((long)N + E - 1) / E;
+    long cap = (long)K * (long)floor(cf * (double)per);
+    if (cap < 1)
+        cap = 1;
+    return cap > N ? N : (int)cap;
+}
+
 /* Refuses op's size n of `what` where it passes INT_MAX (per_batch: it
  * grows with the batch); returns whether it did. */
 static bool size_over(sema *s, const mc_op *op, const char *what, int64_t n, bool per_batch)
@@ -2122,14 +2135,10 @@ static void check_sizes(sema *s, const mc_model *m)
             const int64_t N = mul_sat(B, T), K = ec ? x->experts : x->top_k;
             over = over || size_over(s, op, "routing choices (tokens x top_k) are", mul_sat(N, K), true);
             if (!over) {
-                /* the expert rows [experts, capacity]: as the emitters' mc_moe_capacity; evaluation is
-                 * dropless, in batches the arenas hold */
-                int64_t cap = N;
-                if (!x->dropless || ec) {
-                    const int64_t per = (N + x->experts - 1) / x->experts;
-                    cap = (ec ? 1 : K) * (int64_t)floor(x->capacity_factor * (double)per);
-                    cap = cap < 1 ? 1 : cap > N ? N : cap;
-                }
+                /* the expert rows [experts, capacity], as the emitters size them (N fits an int now);
+                 * evaluation is dropless, in batches the arenas hold */
+                const int cap = ec ? mc_moe_capacity((int)N, x->experts, 1, x->capacity_factor, false)
+                                   : mc_moe_capacity((int)N, x->experts, (int)K, x->capacity_factor, x->dropless);
                 over = size_over(s, op, "expert rows (experts x capacity) are", mul_sat(x->experts, cap), true);
             }
             break;

@@ -64,8 +64,8 @@
 #include <moert.h>
 
 #include <stdbool.h>
-/* the compiler's capacity (compiler/emit_util.c; declared in emit_int.h,
- * whose ACT_ names are the compiler's own and clash with ops.h's) */
+/* the compiler's capacity (compiler/sema.c; declared in model.h, whose
+ * ACT_ names are the compiler's own and clash with ops.h's) */
 int mc_moe_capacity(int N, int E, int K, double cf, bool dropless);
 #ifdef _OPENMP
 #include <omp.h>
@@ -2375,8 +2375,8 @@ static void test_optimizers(void **state)
 _Static_assert(sizeof moe_cfgs / sizeof moe_cfgs[0] == 10, "a MOE_TEST line per configuration in main");
 #define MOE_TEST(i) { moe_cfgs[i].name, test_moe, NULL, NULL, (void *)&moe_cfgs[i] }
 
-/* moecc sizes the CUDA arenas with its own copy of the capacity formula
- * (compiler/emit_util.c); the generated code computes it with ops.h's (and
+/* moecc sizes the CUDA arenas, and checks their rows, with its own copy
+ * of the capacity formula (compiler/sema.c); the generated code computes it with ops.h's (and
  * kernels.cuh's, held to ops.h's by make check-cuda): every shape agrees. */
 static void test_moe_capacity_compiler(void **state)
 {
