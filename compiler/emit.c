@@ -49,11 +49,6 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
                 mc_hint(d, "every other router is generated; loss_based is checked but not compiled yet");
                 errors++;
             }
-            if (x->load_loss > 0) {
-                mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate the load loss yet");
-                mc_hint(d, "use balance_loss (GShard) or importance_loss for now");
-                errors++;
-            }
             break;
         }
         default:
@@ -352,6 +347,20 @@ static void gen_op(gen *g, int i)
             snprintf(in_[k], sizeof in_[k], "%s%d", il[k], i);
             alloc_int(g, in_[k], isz[k], iwhat[k]);
         }
+        /* the load loss (sema: a top-k router with gate noise): the logits
+         * before the noise, and what its backward reads */
+        const bool load = x->load_loss > 0;
+        char clean[32], ldens[32], lsum[32], lthr[32];
+        snprintf(clean, sizeof clean, "CLEAN%d", i);
+        snprintf(ldens, sizeof ldens, "LDENS%d", i);
+        snprintf(lsum, sizeof lsum, "LOAD%d", i);
+        snprintf(lthr, sizeof lthr, "LTHR%d", i);
+        if (load) {
+            alloc_act(g, clean, NB * E, "router logits before the gate noise");
+            alloc_act(g, ldens, NB * E, "load loss: each choice's density at its threshold");
+            alloc_act(g, lsum, E, "load loss: each expert's smooth load");
+            alloc_int(g, lthr, NB * 2, "load loss: the experts at each token's two thresholds");
+        }
         /* the router's tensors come first: gate.weight [E, D], or for the
          * attention router gate.query.weight [R, D] and gate.expert_tokens [E, R] */
         const bool attn = x->router == ROUTER_ATTENTION, cosine = x->router == ROUTER_COSINE;
@@ -412,6 +421,9 @@ static void gen_op(gen *g, int i)
         if (temper)
             sb_printf(f, "        scale_inplace(A(%s), (size_t)N * %d, %s); /* 1 / temperature */\n", nm[0], E,
                       flit(1.0 / x->temperature).s);
+        if (load)
+            sb_printf(f, "        memcpy(A(%s), A(%s), sizeof(float) * N * %d); /* the load loss's clean logits */\n", clean,
+                      nm[0], E);
         if (x->gate_noise > 0)
             sb_printf(f, "        if (train)\n            gate_noise(A(%s), (size_t)N * %d, %s, m->seed, %d, m->step);\n",
                       nm[0], E, flit(x->gate_noise / E).s, 1000 + i);
@@ -436,6 +448,9 @@ static void gen_op(gen *g, int i)
             snprintf(target, sizeof target, "NULL");
         sb_printf(f, "        moe_aux_losses(m->aux[%d], A(%s), A(%s), &r, %s, N, %d, %d);\n", j, nm[1], nm[2],
                   target, E, K);
+        if (load)
+            sb_printf(f, "        m->aux[%d][4] = moe_load_forward(A(%s), A(%s), IA(%s), A(%s), A(%s), IA(%s), N, %d, %d, %s);\n",
+                      j, lsum, ldens, lthr, clean, nm[0], in_[0], E, K, flit(x->gate_noise / E).s);
         sb_printf(f, "        moe_stats_add(&m->stats[%d], &r, A(%s), dataset, N, %d, %d, %d);\n", j, nm[1], T, E, K);
         sb_printf(f, "        m->cap[%d] = cap;\n    }\n", j);
         /* backward */
@@ -451,6 +466,9 @@ static void gen_op(gen *g, int i)
                   nm[0], nm[1], nm[4], nm[1], nm[2], target, E, K,
                   x->normalize_gates && !ec ? 1 : 0, flit(x->balance_loss).s, flit(x->z_loss).s,
                   flit(ds ? x->dataset_loss : 0.0).s, flit(x->importance_loss).s);
+        if (load)
+            sb_printf(&b, "        moe_load_backward(G(%s), A(%s), A(%s), IA(%s), IA(%s), N, %d, %d, %s);\n", nm[0], lsum,
+                      ldens, lthr, in_[0], E, K, flit(x->load_loss).s);
         if (temper)
             sb_printf(&b, "        scale_inplace(G(%s), (size_t)N * %d, %s);\n", nm[0], E, flit(1.0 / x->temperature).s);
         if (attn) {
@@ -640,7 +658,7 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "extern const dataset_info DATASETS[N_DATASETS];\n");
     sb_printf(h, "extern const int DATASET_CLASSES[N_DATASETS];\n\n");
     sb_printf(h, "typedef struct moe_info {\n    const char *name;\n    int experts, top_k, tokens;\n"
-                 "    float w_balance, w_z, w_dataset, w_importance;\n    float noise_std;   /* gate noise added in training */\n"
+                 "    float w_balance, w_z, w_dataset, w_importance, w_load;\n    float noise_std;   /* gate noise added in training */\n"
                  "    int stream;        /* random stream of the gate noise */\n} moe_info;\n");
     sb_printf(h, "extern const moe_info MOE_LAYERS[N_MOE_SLOTS];\n\n");
     sb_printf(h, "/* sums over training steps, kept by the backend (on the GPU: read only\n"
@@ -652,7 +670,7 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
                  "    int32_t *iact;          /* INT_SLOTS: routing */\n"
                  "    uint64_t seed;          /* random draws are a function of (seed, op, step, element) */\n"
                  "    int64_t step;\n    int cap[N_MOE_SLOTS];    /* capacity of each MoE layer in the last forward */\n"
-                 "    float aux[N_MOE_SLOTS][4]; /* balance, z, dataset and importance losses of each MoE layer */\n"
+                 "    float aux[N_MOE_SLOTS][5]; /* balance, z, dataset, importance and load losses of each MoE layer */\n"
                  "    moe_stats stats[N_MOE_SLOTS];\n    int64_t load[N_MOE_SLOTS][MAX_EXPERTS];\n"
                  "    int64_t ds_expert[N_MOE_SLOTS][N_DATASETS * MAX_EXPERTS];\n"
                  "    step_totals totals;     /* of the steps since model_totals */\n"
@@ -793,15 +811,15 @@ void emit_tables(sbuf *c, const gen *g)
     sb_printf(c, " };\n\n");
     sb_printf(c, "const moe_info MOE_LAYERS[N_MOE_SLOTS] = {\n");
     if (g->nmoe == 0)
-        sb_printf(c, "    { \"\", 0, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0 },\n");
+        sb_printf(c, "    { \"\", 0, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0 },\n");
     for (int i = 0; i < m->nops; i++) {
         if (m->ops[i].kind != OP_MOE)
             continue;
         const mc_moe *x = &m->ops[i].u.moe;
-        sb_printf(c, "    { %s, %d, %d, %d, %s, %s, %s, %s, %s, %d },\n", c_string(&tmp, m->ops[i].prefix), x->experts,
-                  x->top_k, m->ops[i].in.tokens, flit(x->balance_loss).s, flit(x->z_loss).s,
+        sb_printf(c, "    { %s, %d, %d, %d, %s, %s, %s, %s, %s, %s, %d },\n", c_string(&tmp, m->ops[i].prefix),
+                  x->experts, x->top_k, m->ops[i].in.tokens, flit(x->balance_loss).s, flit(x->z_loss).s,
                   flit(x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0).s, flit(x->importance_loss).s,
-                  flit(x->gate_noise / x->experts).s, 1000 + i);
+                  flit(x->load_loss).s, flit(x->gate_noise / x->experts).s, 1000 + i);
     }
     sb_printf(c, "};\n\n");
     for (int i = 0; i < m->nops; i++) {
@@ -846,7 +864,7 @@ static void emit_model_c(sbuf *c, gen *g, const mc_emit_opts *o)
     sb_printf(c, "float model_aux_loss(const model *m)\n{\n    float loss = 0.0f;\n");
     sb_printf(c, "    for (int j = 0; j < N_MOE; j++)\n        loss += MOE_LAYERS[j].w_balance * m->aux[j][0] + "
                  "MOE_LAYERS[j].w_z * m->aux[j][1] +\n                MOE_LAYERS[j].w_dataset * m->aux[j][2] + "
-                 "MOE_LAYERS[j].w_importance * m->aux[j][3];\n");
+                 "MOE_LAYERS[j].w_importance * m->aux[j][3] +\n                MOE_LAYERS[j].w_load * m->aux[j][4];\n");
     sb_printf(c, "    (void)m;\n    return loss;\n}\n\n");
     sb_printf(c, "void model_stats_reset(model *m)\n{\n    for (int j = 0; j < N_MOE_SLOTS; j++) {\n"
                  "        memset(m->load[j], 0, sizeof m->load[j]);\n        memset(m->ds_expert[j], 0, sizeof m->ds_expert[j]);\n"
@@ -934,13 +952,13 @@ static void emit_json(sbuf *j, const mc_model *m)
             sb_printf(j, ", \"experts\": %d, \"hidden\": %d, \"act\": \"%s\", \"top_k\": %d, \"capacity\": %.17g, "
                          "\"dropless\": %s, \"batch_priority\": %s, \"normalize_gates\": %s, \"gate_noise\": %.17g, "
                          "\"router\": \"%s\", \"router_dim\": %d, \"temperature\": %.17g, \"balance_loss\": %.17g, \"z_loss\": %.17g, "
-                         "\"dataset_loss\": %.17g, \"importance_loss\": %.17g",
+                         "\"dataset_loss\": %.17g, \"importance_loss\": %.17g, \"load_loss\": %.17g",
                       x->experts, x->hidden, mc_act_name(x->act), x->top_k, x->capacity_factor,
                       x->dropless ? "true" : "false", x->batch_priority ? "true" : "false",
                       x->normalize_gates ? "true" : "false", x->gate_noise, mc_router_name(x->router), x->router_dim,
                       x->temperature,
                       x->balance_loss, x->z_loss, x->router == ROUTER_DATASET_AWARE ? x->dataset_loss : 0.0,
-                      x->importance_loss);
+                      x->importance_loss, x->load_loss);
             if (x->dataset_expert) {
                 sb_printf(j, ", \"map\": [");
                 for (int d = 0; d < m->ndatasets; d++)

@@ -1305,14 +1305,14 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         static const char *const fl[] = { "LOGITS", "PROBS", "LSE", "TOPP", "GATE", "PRIO", "PRIOS", "ENT",
                                           "XE",     "HE",    "AE",  "YE",   "AUX" };
         const int64_t fsz[] = { (int64_t)NB * E, (int64_t)NB * E, NB, (int64_t)NB * K, (int64_t)NB * K, NB, NB, NB,
-                                ROWS * D, ROWS * H, ROWS * H, ROWS * D, 4 };
+                                ROWS * D, ROWS * H, ROWS * H, ROWS * D, 5 };
         static const char *const fwhat[] = { "router logits", "router probabilities", "log-sum-exp of the logits",
                                              "top-k probabilities", "gates", "routing priority",
                                              "routing priority, sorted", "router entropy per token",
                                              "expert inputs [E, cap, D]",
                                              "expert hidden [E, cap, H], then the activation's derivative",
                                              "expert hidden, activated", "expert outputs [E, cap, D]",
-                                             "auxiliary losses: balance, z, dataset, importance" };
+                                             "auxiliary losses: balance, z, dataset, importance, load" };
         /* recompute = experts or all (one GPU's experts: sema.c): the
          * experts' rows, hidden values, activations and outputs share one
          * room per kind with every MoE layer's, and the backward makes
@@ -1370,6 +1370,25 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             need_red(p, (int64_t)E * ((cap + bm - 1) / bm * 2) * H);
         }
         need_red(p, (int64_t)2 * ((p->aux_blocks + 1) * (2 * E + 3) + 1)); /* partials, then the totals */
+        /* the load loss (sema: a top-k router with gate noise): the logits
+         * before the noise, each choice's chance and density, the experts
+         * at each token's thresholds, and the loads (doubles) */
+        const bool load = x->load_loss > 0;
+        char clean[32], lprob[32], ldens[32], lthr[32];
+        snprintf(clean, sizeof clean, "CLEAN%d", i);
+        snprintf(lprob, sizeof lprob, "LPROB%d", i);
+        snprintf(ldens, sizeof ldens, "LDENS%d", i);
+        snprintf(lthr, sizeof lthr, "LTHR%d", i);
+        int64_t lsum = 0;
+        if (load) {
+            alloc_act(g, clean, (int64_t)NB * E, "router logits before the gate noise");
+            alloc_act(g, lprob, (int64_t)NB * E, "load loss: each choice's chance under the noise");
+            alloc_act(g, ldens, (int64_t)NB * E, "load loss: each choice's density at its threshold");
+            alloc_int(g, lthr, (int64_t)NB * 2, "load loss: the experts at each token's two thresholds");
+            lsum = p->dacc;
+            p->dacc += E;
+            need_red(p, (int64_t)2 * ((p->aux_blocks + 1) * E + 1));
+        }
         const bool attn = x->router == ROUTER_ATTENTION, cosine = x->router == ROUTER_COSINE;
         const int nr = attn || cosine ? 2 : 1, R = x->router_dim;
         const int64_t wg = toff(g, i, 0), tok = nr == 2 ? toff(g, i, 1) : 0, w1 = toff(g, i, nr),
@@ -1439,6 +1458,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         if (temper)
             sb_printf(f, "        scale_inplace(k, A(%s), (int64_t)N * %d, %s); /* 1 / temperature */\n", nm[0], E,
                       flit(1.0 / x->temperature).s);
+        if (load)
+            sb_printf(f, "        copy_floats(k, A(%s), A(%s), (int64_t)N * %d); /* the load loss's clean logits */\n",
+                      clean, nm[0], E);
         if (x->gate_noise > 0)
             sb_printf(f, "        if (train)\n            gate_noise(k, A(%s), (int64_t)N * %d, %s, d->seed, %d, "
                          "&d->sc->step, d->row0 * %d);\n",
@@ -1490,10 +1512,17 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
         }
         sb_printf(f,
                   "        moe_aux_losses<%d, %d>(k, A(%s), d->dacc + %lld, d->dacc + %d, d->stats + %lld, d->dacc + %lld, "
-                  "&r, %s,\n                              dataset, %s, %s, %s, %s, N, %d, %d, train);\n    }\n",
+                  "&r, %s,\n                              dataset, %s, %s, %s, %s, N, %d, %d, train);\n",
                   E, K, nm[12], (long long)p->sums[j], DACC_AUX, (long long)p->st[j], (long long)p->ent[j], target,
                   flit(x->balance_loss).s, flit(x->z_loss).s, flit(ds ? x->dataset_loss : 0.0).s,
                   flit(x->importance_loss).s, T, ND);
+        if (load)
+            sb_printf(f,
+                      "        moe_load_forward<%d, %d>(k, A(%s) + 4, d->dacc + %lld, d->dacc + %d, A(%s), IA(%s), A(%s), "
+                      "A(%s), A(%s),\n                                IA(%s), %s, %s, N, train);\n",
+                      E, K, nm[12], (long long)lsum, DACC_AUX, ldens, lthr, lprob, clean, nm[0], in_[0],
+                      flit(x->gate_noise / E).s, flit(x->load_loss).s);
+        sb_printf(f, "    }\n");
         /* backward (training only: the capacity of training) */
         sb_printf(&b, "    {\n        const int N = B * %d;\n", T);
         if (ec)
@@ -1534,6 +1563,9 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   E, K, nm[0], nm[4], target, (long long)p->sums[j], x->normalize_gates && !ec ? 1 : 0,
                   flit(x->balance_loss).s, flit(x->z_loss).s, flit(ds ? x->dataset_loss : 0.0).s,
                   flit(x->importance_loss).s);
+        if (load)
+            sb_printf(&b, "        moe_load_backward<%d, %d>(k, G(%s), d->dacc + %lld, A(%s), IA(%s), IA(%s), N, %s);\n", E,
+                      K, nm[0], (long long)lsum, ldens, lthr, in_[0], flit(x->load_loss).s);
         if (temper)
             sb_printf(&b, "        scale_inplace(k, G(%s), (int64_t)N * %d, %s);\n", nm[0], E,
                       flit(1.0 / x->temperature).s);

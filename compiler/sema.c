@@ -1887,6 +1887,21 @@ static void do_moe(sema *s, const mc_stmt *st, const bind *b)
         warn(s, where(b, "batch_priority"), "batch_priority has no effect with dropless = true");
     if (moe.experts == 1)
         warn(s, where(b, "experts"), "a mixture of one expert is a dense MLP with a router");
+    /* the load loss smooths each token's top-k choice by the gate noise's
+     * distribution: it needs the noise, and a top-k choice to smooth */
+    if (moe.load_loss > 0) {
+        if (moe.router == ROUTER_SOFT || moe.router == ROUTER_EXPERT_CHOICE)
+            err(s, where(b, "load_loss"), "load_loss needs a top-k router: with router = %s() %s",
+                mc_router_name(moe.router),
+                moe.router == ROUTER_SOFT ? "every token goes to every expert" : "the experts choose the tokens");
+        else if (moe.gate_noise <= 0) {
+            err(s, where(b, "load_loss"), "load_loss needs gate_noise > 0");
+            mc_hint(s->d, "the load loss is the chance of each choice under the gate noise; "
+                          "gate_noise = 1.0 is V-MoE's (a standard deviation of 1 / experts)");
+        } else if (moe.experts > 0 && moe.top_k >= moe.experts)
+            warn(s, where(b, "load_loss"), "load_loss has no effect with top_k = %d of %d experts: "
+                                           "every token goes to every expert", moe.top_k, moe.experts);
+    }
 
     mc_shape *sh = &s->shape;
     if (!need_tokens(s, st->loc, "moe", false)) {

@@ -186,6 +186,8 @@ GOLDEN_CASES = \
 	tests/golden/sema_layer_named.moe \
 	tests/golden/sema_layer_outside_model.err \
 	tests/golden/sema_layer_outside_model.moe \
+	tests/golden/sema_load_loss_noise.err \
+	tests/golden/sema_load_loss_noise.moe \
 	tests/golden/sema_map_expert_range.err \
 	tests/golden/sema_map_expert_range.moe \
 	tests/golden/sema_map_not_mapped.err \
@@ -294,6 +296,8 @@ GOLDEN_CASES = \
 	tests/golden/warn_recompute_no_moe.moe \
 	tests/golden/warn_one_expert.err \
 	tests/golden/warn_one_expert.moe \
+	tests/golden/warn_load_loss_all_experts.err \
+	tests/golden/warn_load_loss_all_experts.moe \
 	tests/golden/warn_unused_constant.err \
 	tests/golden/warn_unused_constant.moe \
 	tests/golden/warn_warmup.err \

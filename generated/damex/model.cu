@@ -44,7 +44,7 @@
 #define PRIO17                2232320L /* routing priority */
 #define PRIOS17               2234368L /* routing priority, sorted */
 #define ENT17                 2236416L /* router entropy per token */
-#define AUX17                 2238464L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX17                 2238464L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                   2048L /* int32 slot of each choice */
 #define COUNT17                  4096L /* int32 tokens per expert */
@@ -77,7 +77,7 @@
 #define PRIO33                4108352L /* routing priority */
 #define PRIOS33               4110400L /* routing priority, sorted */
 #define ENT33                 4112448L /* router entropy per token */
-#define AUX33                 4114496L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX33                 4114496L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK33                  15408L /* int32 chosen experts */
 #define SLOT33                  17456L /* int32 slot of each choice */
 #define COUNT33                 19504L /* int32 tokens per expert */
@@ -257,8 +257,8 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 10, 10, 10 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.1.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1017 },
-    { "blocks.3.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1033 },
+    { "blocks.1.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.0f, 0.33333334f, 1017 },
+    { "blocks.3.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.0f, 0.33333334f, 1033 },
 };
 
 /* blocks.1.moe: each dataset's expert */

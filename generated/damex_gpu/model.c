@@ -264,9 +264,9 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 10, 10, 10 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.1.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1017 },
-    { "blocks.3.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1033 },
-    { "blocks.5.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1049 },
+    { "blocks.1.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.0f, 0.33333334f, 1017 },
+    { "blocks.3.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.0f, 0.33333334f, 1033 },
+    { "blocks.5.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.0f, 0.33333334f, 1049 },
 };
 
 /* blocks.1.moe: each dataset's expert */
@@ -294,7 +294,8 @@ float model_aux_loss(const model *m)
     float loss = 0.0f;
     for (int j = 0; j < N_MOE; j++)
         loss += MOE_LAYERS[j].w_balance * m->aux[j][0] + MOE_LAYERS[j].w_z * m->aux[j][1] +
-                MOE_LAYERS[j].w_dataset * m->aux[j][2] + MOE_LAYERS[j].w_importance * m->aux[j][3];
+                MOE_LAYERS[j].w_dataset * m->aux[j][2] + MOE_LAYERS[j].w_importance * m->aux[j][3] +
+                MOE_LAYERS[j].w_load * m->aux[j][4];
     (void)m;
     return loss;
 }

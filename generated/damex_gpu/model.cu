@@ -44,7 +44,7 @@
 #define PRIO17               32538624L /* routing priority */
 #define PRIOS17              32555008L /* routing priority, sorted */
 #define ENT17                32571392L /* router entropy per token */
-#define AUX17                32587776L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX17                32587776L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK17                      0L /* int32 chosen experts */
 #define SLOT17                  16384L /* int32 slot of each choice */
 #define COUNT17                 32768L /* int32 tokens per expert */
@@ -77,7 +77,7 @@
 #define PRIO33               61177920L /* routing priority */
 #define PRIOS33              61194304L /* routing priority, sorted */
 #define ENT33                61210688L /* router entropy per token */
-#define AUX33                61227072L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX33                61227072L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK33                 147600L /* int32 chosen experts */
 #define SLOT33                 163984L /* int32 slot of each choice */
 #define COUNT33                180368L /* int32 tokens per expert */
@@ -110,7 +110,7 @@
 #define PRIO49               89817216L /* routing priority */
 #define PRIOS49              89833600L /* routing priority, sorted */
 #define ENT49                89849984L /* router entropy per token */
-#define AUX49                89866368L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX49                89866368L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK49                 295200L /* int32 chosen experts */
 #define SLOT49                 311584L /* int32 slot of each choice */
 #define COUNT49                327968L /* int32 tokens per expert */
@@ -351,9 +351,9 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 10, 10, 10 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.1.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1017 },
-    { "blocks.3.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1033 },
-    { "blocks.5.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.33333334f, 1049 },
+    { "blocks.1.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.0f, 0.33333334f, 1017 },
+    { "blocks.3.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.0f, 0.33333334f, 1033 },
+    { "blocks.5.moe", 3, 1, 16, 0.01f, 0.0f, 0.1f, 0.0f, 0.0f, 0.33333334f, 1049 },
 };
 
 /* blocks.1.moe: each dataset's expert */

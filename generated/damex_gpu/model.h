@@ -106,7 +106,7 @@ extern const int DATASET_CLASSES[N_DATASETS];
 typedef struct moe_info {
     const char *name;
     int experts, top_k, tokens;
-    float w_balance, w_z, w_dataset, w_importance;
+    float w_balance, w_z, w_dataset, w_importance, w_load;
     float noise_std;   /* gate noise added in training */
     int stream;        /* random stream of the gate noise */
 } moe_info;
@@ -127,7 +127,7 @@ typedef struct model {
     uint64_t seed;          /* random draws are a function of (seed, op, step, element) */
     int64_t step;
     int cap[N_MOE_SLOTS];    /* capacity of each MoE layer in the last forward */
-    float aux[N_MOE_SLOTS][4]; /* balance, z, dataset and importance losses of each MoE layer */
+    float aux[N_MOE_SLOTS][5]; /* balance, z, dataset, importance and load losses of each MoE layer */
     moe_stats stats[N_MOE_SLOTS];
     int64_t load[N_MOE_SLOTS][MAX_EXPERTS];
     int64_t ds_expert[N_MOE_SLOTS][N_DATASETS * MAX_EXPERTS];

@@ -539,9 +539,9 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 1000 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.3.moe", 8, 1, 196, 0.01f, 0.0f, 0.0f, 0.0f, 0.125f, 1082 },
-    { "blocks.4.moe", 8, 1, 196, 0.01f, 0.0f, 0.0f, 0.0f, 0.125f, 1102 },
-    { "blocks.5.moe", 8, 1, 49, 0.01f, 0.0f, 0.0f, 0.0f, 0.125f, 1123 },
+    { "blocks.3.moe", 8, 1, 196, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.125f, 1082 },
+    { "blocks.4.moe", 8, 1, 196, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.125f, 1102 },
+    { "blocks.5.moe", 8, 1, 49, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.125f, 1123 },
 };
 
 
@@ -560,7 +560,8 @@ float model_aux_loss(const model *m)
     float loss = 0.0f;
     for (int j = 0; j < N_MOE; j++)
         loss += MOE_LAYERS[j].w_balance * m->aux[j][0] + MOE_LAYERS[j].w_z * m->aux[j][1] +
-                MOE_LAYERS[j].w_dataset * m->aux[j][2] + MOE_LAYERS[j].w_importance * m->aux[j][3];
+                MOE_LAYERS[j].w_dataset * m->aux[j][2] + MOE_LAYERS[j].w_importance * m->aux[j][3] +
+                MOE_LAYERS[j].w_load * m->aux[j][4];
     (void)m;
     return loss;
 }

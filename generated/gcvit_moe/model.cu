@@ -203,7 +203,7 @@
 #define ENT82              2606318976L /* router entropy per token */
 #define XE82               2606344064L /* expert inputs [E, cap, D] */
 #define YE82               2614372224L /* expert outputs [E, cap, D] */
-#define AUX82              2622400384L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX82              2622400384L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK82                      0L /* int32 chosen experts */
 #define SLOT82                  25088L /* int32 slot of each choice */
 #define COUNT82                 50176L /* int32 tokens per expert */
@@ -265,7 +265,7 @@
 #define ENT102             2936226752L /* router entropy per token */
 #define XE102              2936251840L /* expert inputs [E, cap, D] */
 #define YE102              2944280000L /* expert outputs [E, cap, D] */
-#define AUX102             2952308160L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX102             2952308160L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK102                188592L /* int32 chosen experts */
 #define SLOT102                213680L /* int32 slot of each choice */
 #define COUNT102               238768L /* int32 tokens per expert */
@@ -332,7 +332,7 @@
 #define ENT123             3110055808L /* router entropy per token */
 #define XE123              3110062080L /* expert inputs [E, cap, D] */
 #define YE123              3114076160L /* expert outputs [E, cap, D] */
-#define AUX123             3118090240L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX123             3118090240L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK123                377184L /* int32 chosen experts */
 #define SLOT123                383456L /* int32 slot of each choice */
 #define COUNT123               389728L /* int32 tokens per expert */
@@ -787,9 +787,9 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 1000 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.3.moe", 8, 1, 196, 0.01f, 0.0f, 0.0f, 0.0f, 0.125f, 1082 },
-    { "blocks.4.moe", 8, 1, 196, 0.01f, 0.0f, 0.0f, 0.0f, 0.125f, 1102 },
-    { "blocks.5.moe", 8, 1, 49, 0.01f, 0.0f, 0.0f, 0.0f, 0.125f, 1123 },
+    { "blocks.3.moe", 8, 1, 196, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.125f, 1082 },
+    { "blocks.4.moe", 8, 1, 196, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.125f, 1102 },
+    { "blocks.5.moe", 8, 1, 49, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.125f, 1123 },
 };
 
 /* each tensor's offset in this GPU's parameter arena (of its experts alone, for the experts' tensors) */

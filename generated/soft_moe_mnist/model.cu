@@ -31,7 +31,7 @@
 #define PRIO2                   67648L /* routing priority */
 #define PRIOS2                  67712L /* routing priority, sorted */
 #define ENT2                    67776L /* router entropy per token */
-#define AUX2                    67840L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX2                    67840L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK2                       0L /* int32 chosen experts */
 #define SLOT2                     256L /* int32 slot of each choice */
 #define COUNT2                    512L /* int32 tokens per expert */
@@ -83,7 +83,7 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 10 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "moe", 4, 4, 1, 0.0f, 0.0f, 0.0f, 0.01f, 0.0f, 1002 },
+    { "moe", 4, 4, 1, 0.0f, 0.0f, 0.0f, 0.01f, 0.0f, 0.0f, 1002 },
 };
 
 /* each tensor's offset in this GPU's parameter arena (as in TENSORS) */

@@ -358,10 +358,10 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 10 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.1.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1021 },
-    { "blocks.3.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1041 },
-    { "blocks.5.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1061 },
-    { "blocks.7.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1081 },
+    { "blocks.1.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 0.0f, 1021 },
+    { "blocks.3.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 0.0f, 1041 },
+    { "blocks.5.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 0.0f, 1061 },
+    { "blocks.7.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 0.0f, 1081 },
 };
 
 
@@ -380,7 +380,8 @@ float model_aux_loss(const model *m)
     float loss = 0.0f;
     for (int j = 0; j < N_MOE; j++)
         loss += MOE_LAYERS[j].w_balance * m->aux[j][0] + MOE_LAYERS[j].w_z * m->aux[j][1] +
-                MOE_LAYERS[j].w_dataset * m->aux[j][2] + MOE_LAYERS[j].w_importance * m->aux[j][3];
+                MOE_LAYERS[j].w_dataset * m->aux[j][2] + MOE_LAYERS[j].w_importance * m->aux[j][3] +
+                MOE_LAYERS[j].w_load * m->aux[j][4];
     (void)m;
     return loss;
 }

@@ -55,7 +55,7 @@
 #define PRIO21               58695168L /* routing priority */
 #define PRIOS21              58711808L /* routing priority, sorted */
 #define ENT21                58728448L /* router entropy per token */
-#define AUX21                58745088L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX21                58745088L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK21                      0L /* int32 chosen experts */
 #define SLOT21                  16640L /* int32 slot of each choice */
 #define COUNT21                 33280L /* int32 tokens per expert */
@@ -100,7 +100,7 @@
 #define PRIO41              113508416L /* routing priority */
 #define PRIOS41             113525056L /* routing priority, sorted */
 #define ENT41               113541696L /* router entropy per token */
-#define AUX41               113558336L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX41               113558336L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK41                 125104L /* int32 chosen experts */
 #define SLOT41                 141744L /* int32 slot of each choice */
 #define COUNT41                158384L /* int32 tokens per expert */
@@ -145,7 +145,7 @@
 #define PRIO61              168321664L /* routing priority */
 #define PRIOS61             168338304L /* routing priority, sorted */
 #define ENT61               168354944L /* router entropy per token */
-#define AUX61               168371584L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX61               168371584L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK61                 250208L /* int32 chosen experts */
 #define SLOT61                 266848L /* int32 slot of each choice */
 #define COUNT61                283488L /* int32 tokens per expert */
@@ -190,7 +190,7 @@
 #define PRIO81              223134912L /* routing priority */
 #define PRIOS81             223151552L /* routing priority, sorted */
 #define ENT81               223168192L /* router entropy per token */
-#define AUX81               223184832L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX81               223184832L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK81                 375312L /* int32 chosen experts */
 #define SLOT81                 391952L /* int32 slot of each choice */
 #define COUNT81                408592L /* int32 tokens per expert */
@@ -502,10 +502,10 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 10 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.1.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1021 },
-    { "blocks.3.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1041 },
-    { "blocks.5.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1061 },
-    { "blocks.7.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 1081 },
+    { "blocks.1.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 0.0f, 1021 },
+    { "blocks.3.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 0.0f, 1041 },
+    { "blocks.5.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 0.0f, 1061 },
+    { "blocks.7.moe", 8, 1, 65, 0.01f, 0.001f, 0.0f, 0.0f, 0.0f, 0.0f, 1081 },
 };
 
 /* each tensor's offset in this GPU's parameter arena (as in TENSORS) */

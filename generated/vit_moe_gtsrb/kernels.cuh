@@ -6513,6 +6513,195 @@ static inline void moe_router_backward(const kctx *k, float *dlogits, const floa
     LAUNCH_CHECK();
 }
 
+/* ---- the load loss (Shazeer et al., 2017) --------------------------------------------------------------- */
+
+/* is expert e among a token's K choices? */
+template <int K> static __device__ __forceinline__ bool moe_load_chosen(const int (&idx)[K], int e)
+{
+    bool in = false;
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        in |= idx[k] == e;
+    return in;
+}
+
+/* One thread per token: the chance of each of its choices under the gate
+ * noise, as ops.h's moe_load_forward: P(n, e) = Phi((clean[n, e] - t) /
+ * std), t the K-th largest noisy logit of the other experts (the (K+1)-th
+ * of all for a chosen expert, the K-th for one not chosen). Writes prob
+ * (P, for the sums), dens (dP / dclean) and thr (the experts at the two
+ * thresholds; -1: none, when K = E). */
+template <int E, int K>
+static __global__ void moe_load_prob_kernel(float *prob, float *dens, int *thr, const float *clean, const float *noisy,
+                                            const int *topk, int N, float std)
+{
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N)
+        return;
+    int idx[K];
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        idx[k] = topk[(int64_t)n * K + k];
+    const float *z = clean + (int64_t)n * E, *h = noisy + (int64_t)n * E;
+    int in_at = -1; /* the best noisy logit outside the choices */
+    for (int j = 0; j < E; j++)
+        if (!moe_load_chosen<K>(idx, j) && (in_at < 0 || h[j] > h[in_at]))
+            in_at = j;
+    const int out_at = idx[K - 1];
+    thr[(int64_t)n * 2] = in_at;
+    thr[(int64_t)n * 2 + 1] = out_at;
+    const float hin = in_at >= 0 ? h[in_at] : 0.0f, hout = h[out_at];
+    for (int e = 0; e < E; e++) {
+        const bool in = moe_load_chosen<K>(idx, e);
+        double p = 1.0, dp = 0.0;
+        if (!in || in_at >= 0) {
+            const double u = ((double)z[e] - (double)(in ? hin : hout)) / std;
+            p = 0.5 * erfc(-u * 0.70710678118654752);
+            dp = exp(-0.5 * u * u) * 0.39894228040143268 / std;
+        }
+        prob[(int64_t)n * E + e] = (float)p;
+        dens[(int64_t)n * E + e] = (float)dp;
+    }
+}
+
+/* Per block of AUX_BLOCKS, each expert's P summed over the block's tokens,
+ * in a fixed order (moe_aux_partial_kernel's scheme) */
+template <int E>
+static __global__ void __launch_bounds__(AUX_THREADS) moe_load_partial_kernel(double *part, const float *prob, int N)
+{
+    constexpr int LANES = E < AUX_THREADS ? AUX_THREADS / E : 1, GROUP = AUX_THREADS / LANES;
+    __shared__ double red[AUX_THREADS];
+    const int per = (N + AUX_BLOCKS - 1) / AUX_BLOCKS, lo = blockIdx.x * per, hi = min(N, lo + per);
+    const int t = threadIdx.x, lane = t % LANES;
+    for (int e0 = 0; e0 < E; e0 += GROUP) {
+        const int e = e0 + t / LANES;
+        double s = 0.0;
+        if (e < E)
+            for (int n = lo + lane; n < hi; n += LANES)
+                s += prob[(int64_t)n * E + e];
+        red[t] = s;
+        __syncthreads();
+        if (lane == 0 && e < E) {
+            double b = 0.0;
+            for (int l = 0; l < LANES; l++)
+                b += red[t + l];
+            part[(int64_t)blockIdx.x * E + e] = b;
+        }
+        __syncthreads();
+    }
+}
+
+/* tot[0, E) the loads over this process's tokens, in block order; tot[E] = N */
+template <int E> static __global__ void moe_load_total_kernel(double *tot, const double *part, int N)
+{
+    const int e = threadIdx.x;
+    if (e > E)
+        return;
+    double t = 0.0;
+    if (e < E)
+        for (int q = 0; q < AUX_BLOCKS; q++)
+            t += part[(int64_t)q * E + e];
+    else
+        t = (double)N;
+    tot[e] = t;
+}
+
+/* From the loads of every process's tokens (Ng of them): aux = their CV^2,
+ * added to the step's loss with its weight in training; load[0, E) for the
+ * backward, scaled by N / Ng as the importance loss's sums are (the loss is
+ * scale-free: its gradient comes out as the gradient average wants) */
+template <int E>
+static __global__ void moe_load_final_kernel(float *aux, double *load, double *loss_acc, const double *tot, float w,
+                                             int N, int train)
+{
+    if (threadIdx.x != 0)
+        return;
+    const double Ng = tot[E];
+    double mu = 0.0, var = 0.0;
+    for (int e = 0; e < E; e++)
+        mu += tot[e] / E;
+    for (int e = 0; e < E; e++)
+        var += (tot[e] - mu) * (tot[e] - mu) / E;
+    aux[0] = mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
+    for (int e = 0; e < E; e++)
+        load[e] = tot[e] * ((double)N / Ng);
+    if (train)
+        loss_acc[0] += w * aux[0];
+}
+
+/* The load loss of one MoE layer after its routing: aux (the layer's
+ * aux[4]), load, dens and thr for the backward. prob: [N, E] scratch. The
+ * partial sums use the reduction scratch, which moe_aux_losses has done
+ * with on this stream. */
+template <int E, int K>
+static inline void moe_load_forward(const kctx *k, float *aux, double *load, double *loss_acc, float *dens, int *thr,
+                                    float *prob, const float *clean, const float *noisy, const int *topk, float std,
+                                    float w, int N, int train)
+{
+    static_assert(E + 1 <= 1024, "moe_load_total_kernel: one thread per expert");
+    double *part = (double *)k->red, *tot = part + (int64_t)AUX_BLOCKS * E;
+    moe_load_prob_kernel<E, K><<<blocks_for(N, 128), 128, 0, k->stream>>>(prob, dens, thr, clean, noisy, topk, N, std);
+    LAUNCH_CHECK();
+    moe_load_partial_kernel<E><<<AUX_BLOCKS, AUX_THREADS, 0, k->stream>>>(part, prob, N);
+    LAUNCH_CHECK();
+    moe_load_total_kernel<E><<<1, (E + 32) / 32 * 32, 0, k->stream>>>(tot, part, N);
+    LAUNCH_CHECK();
+    if (train && k->sum_across)
+        k->sum_across(k, tot, E + 1);
+    moe_load_final_kernel<E><<<1, 32, 0, k->stream>>>(aux, load, loss_acc, tot, w, N, train);
+    LAUNCH_CHECK();
+}
+
+/* dlogits (+)= the load loss's gradient, a thread per token (its row is
+ * its own): + c_e dens[n, e] to expert e, - the same to the expert at its
+ * threshold, c_e = dL/dload[e] made once a block */
+template <int E, int K>
+static __global__ void moe_load_backward_kernel(float *dlogits, const double *load, const float *dens, const int *thr,
+                                                const int *topk, int N, float w)
+{
+    __shared__ double c[E];
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        double mu = 0.0, var = 0.0;
+        for (int q = 0; q < E; q++)
+            mu += load[q] / E;
+        for (int q = 0; q < E; q++)
+            var += (load[q] - mu) * (load[q] - mu) / E;
+        c[e] = mu > 0.0 ? w * (2.0 * (load[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)) : 0.0;
+    }
+    __syncthreads();
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N)
+        return;
+    int idx[K];
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        idx[k] = topk[(int64_t)n * K + k];
+    const int in_at = thr[(int64_t)n * 2], out_at = thr[(int64_t)n * 2 + 1];
+    float *dl = dlogits + (int64_t)n * E;
+    for (int e = 0; e < E; e++) {
+        const int at = moe_load_chosen<K>(idx, e) ? in_at : out_at;
+        if (at < 0)
+            continue;
+        const float v = (float)(c[e] * dens[(int64_t)n * E + e]);
+        dl[e] += v;
+        dl[at] -= v;
+    }
+}
+
+template <int E, int K>
+static inline void moe_load_backward(const kctx *k, float *dlogits, const double *load, const float *dens,
+                                     const int *thr, const int *topk, int N, float w)
+{
+    moe_load_backward_kernel<E, K><<<blocks_for(N, 128), 128, 0, k->stream>>>(dlogits, load, dens, thr, topk, N, w);
+    LAUNCH_CHECK();
+}
+
+/* dst = src, n floats, on the stream (the load loss's clean logits) */
+static inline void copy_floats(const kctx *k, float *dst, const float *src, int64_t n)
+{
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, k->stream));
+}
+
 /* ---- l2 norm rows (the cosine router) ---------------------------------------------------------------- */
 
 /* one warp per row: out = in / max(|in|, 1e-6), norm = that divisor */

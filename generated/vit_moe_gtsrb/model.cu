@@ -42,7 +42,7 @@
 #define PRIO11               17607936L /* routing priority */
 #define PRIOS11              17616256L /* routing priority, sorted */
 #define ENT11                17624576L /* router entropy per token */
-#define AUX11                17632896L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX11                17632896L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK11                      0L /* int32 chosen experts */
 #define SLOT11                  24960L /* int32 slot of each choice */
 #define COUNT11                 49920L /* int32 tokens per expert */
@@ -75,7 +75,7 @@
 #define PRIO21               33283136L /* routing priority */
 #define PRIOS21              33291456L /* routing priority, sorted */
 #define ENT21                33299776L /* router entropy per token */
-#define AUX21                33308096L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX21                33308096L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK21                 137680L /* int32 chosen experts */
 #define SLOT21                 162640L /* int32 slot of each choice */
 #define COUNT21                187600L /* int32 tokens per expert */
@@ -108,7 +108,7 @@
 #define PRIO31               48958336L /* routing priority */
 #define PRIOS31              48966656L /* routing priority, sorted */
 #define ENT31                48974976L /* router entropy per token */
-#define AUX31                48983296L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX31                48983296L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK31                 275360L /* int32 chosen experts */
 #define SLOT31                 300320L /* int32 slot of each choice */
 #define COUNT31                325280L /* int32 tokens per expert */
@@ -141,7 +141,7 @@
 #define PRIO41               64633536L /* routing priority */
 #define PRIOS41              64641856L /* routing priority, sorted */
 #define ENT41                64650176L /* router entropy per token */
-#define AUX41                64658496L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX41                64658496L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK41                 413040L /* int32 chosen experts */
 #define SLOT41                 438000L /* int32 slot of each choice */
 #define COUNT41                462960L /* int32 tokens per expert */
@@ -174,7 +174,7 @@
 #define PRIO51               80308736L /* routing priority */
 #define PRIOS51              80317056L /* routing priority, sorted */
 #define ENT51                80325376L /* router entropy per token */
-#define AUX51                80333696L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX51                80333696L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK51                 550720L /* int32 chosen experts */
 #define SLOT51                 575680L /* int32 slot of each choice */
 #define COUNT51                600640L /* int32 tokens per expert */
@@ -207,7 +207,7 @@
 #define PRIO61               95983936L /* routing priority */
 #define PRIOS61              95992256L /* routing priority, sorted */
 #define ENT61                96000576L /* router entropy per token */
-#define AUX61                96008896L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX61                96008896L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK61                 688400L /* int32 chosen experts */
 #define SLOT61                 713360L /* int32 slot of each choice */
 #define COUNT61                738320L /* int32 tokens per expert */
@@ -240,7 +240,7 @@
 #define PRIO71              111659136L /* routing priority */
 #define PRIOS71             111667456L /* routing priority, sorted */
 #define ENT71               111675776L /* router entropy per token */
-#define AUX71               111684096L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX71               111684096L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK71                 826080L /* int32 chosen experts */
 #define SLOT71                 851040L /* int32 slot of each choice */
 #define COUNT71                876000L /* int32 tokens per expert */
@@ -273,7 +273,7 @@
 #define PRIO81              127334336L /* routing priority */
 #define PRIOS81             127342656L /* routing priority, sorted */
 #define ENT81               127350976L /* router entropy per token */
-#define AUX81               127359296L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX81               127359296L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK81                 963760L /* int32 chosen experts */
 #define SLOT81                 988720L /* int32 slot of each choice */
 #define COUNT81               1013680L /* int32 tokens per expert */
@@ -306,7 +306,7 @@
 #define PRIO91              143009536L /* routing priority */
 #define PRIOS91             143017856L /* routing priority, sorted */
 #define ENT91               143026176L /* router entropy per token */
-#define AUX91               143034496L /* auxiliary losses: balance, z, dataset, importance */
+#define AUX91               143034496L /* auxiliary losses: balance, z, dataset, importance, load */
 #define TOPK91                1101440L /* int32 chosen experts */
 #define SLOT91                1126400L /* int32 slot of each choice */
 #define COUNT91               1151360L /* int32 tokens per expert */
@@ -691,15 +691,15 @@ const dataset_info DATASETS[N_DATASETS] = {
 const int DATASET_CLASSES[N_DATASETS] = { 43 };
 
 const moe_info MOE_LAYERS[N_MOE_SLOTS] = {
-    { "blocks.0.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 1011 },
-    { "blocks.1.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 1021 },
-    { "blocks.2.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 1031 },
-    { "blocks.3.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 1041 },
-    { "blocks.4.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 1051 },
-    { "blocks.5.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 1061 },
-    { "blocks.6.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 1071 },
-    { "blocks.7.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 1081 },
-    { "blocks.8.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 1091 },
+    { "blocks.0.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1011 },
+    { "blocks.1.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1021 },
+    { "blocks.2.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1031 },
+    { "blocks.3.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1041 },
+    { "blocks.4.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1051 },
+    { "blocks.5.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1061 },
+    { "blocks.6.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1071 },
+    { "blocks.7.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1081 },
+    { "blocks.8.moe", 7, 3, 65, 0.01f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1091 },
 };
 
 /* each tensor's offset in this GPU's parameter arena (as in TENSORS) */

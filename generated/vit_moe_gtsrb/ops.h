@@ -1238,6 +1238,92 @@ static inline void moe_aux_losses(float aux[4], const float *probs, const float 
     aux[3] = mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
 }
 
+/* Is expert e among a token's K choices? */
+static inline int moe_chosen(const int *idx, int K, int e)
+{
+    for (int k = 0; k < K; k++)
+        if (idx[k] == e)
+            return 1;
+    return 0;
+}
+
+/* The load loss of Shazeer et al. (2017), unweighted: the squared
+ * coefficient of variation of the experts' smooth loads. With gate noise of
+ * standard deviation std on the logits (noisy = clean + noise), the chance
+ * that expert e is among token n's top K when e's own noise is drawn again
+ * is P(n, e) = Phi((clean[n, e] - t) / std), where the threshold t is the
+ * K-th largest noisy logit of the other experts: the (K+1)-th of all when e
+ * is chosen, the K-th when it is not. load[e] = sum_n P(n, e) (written, for
+ * the backward). Kept for the backward too: dens[n, e] = dP / dclean[n, e]
+ * = phi(u) / std, and thr[n, 0..1] the experts whose noisy logits are the
+ * threshold of a chosen expert and of one not chosen (-1: none, when K = E:
+ * a chosen expert then stays chosen, P = 1). topk: the token's choices,
+ * best first. */
+static inline float moe_load_forward(float *load, float *dens, int *thr, const float *clean, const float *noisy,
+                                     const int *topk, int N, int E, int K, float std)
+{
+    double sum[4096] = { 0 };
+    for (int n = 0; n < N; n++) {
+        const int *idx = topk + (size_t)n * K;
+        const float *z = clean + (size_t)n * E, *h = noisy + (size_t)n * E;
+        int in_at = -1; /* the best noisy logit outside the choices */
+        for (int j = 0; j < E; j++)
+            if (!moe_chosen(idx, K, j) && (in_at < 0 || h[j] > h[in_at]))
+                in_at = j;
+        const int out_at = idx[K - 1];
+        thr[(size_t)n * 2] = in_at;
+        thr[(size_t)n * 2 + 1] = out_at;
+        for (int e = 0; e < E; e++) {
+            const int at = moe_chosen(idx, K, e) ? in_at : out_at;
+            double p = 1.0, dp = 0.0;
+            if (at >= 0) {
+                const double u = ((double)z[e] - (double)h[at]) / std;
+                p = 0.5 * erfc(-u * 0.70710678118654752);
+                dp = exp(-0.5 * u * u) * 0.39894228040143268 / std;
+            }
+            dens[(size_t)n * E + e] = (float)dp;
+            sum[e] += p;
+        }
+    }
+    double mu = 0.0, var = 0.0;
+    for (int e = 0; e < E; e++) {
+        load[e] = (float)sum[e];
+        mu += sum[e] / E;
+    }
+    for (int e = 0; e < E; e++)
+        var += (sum[e] - mu) * (sum[e] - mu) / E;
+    return mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
+}
+
+/* dlogits[N, E] += the gradient of w times the load loss, through each
+ * P(n, e): + to expert e's clean logit, - to the logit of its threshold
+ * (the noise only shifts it). load, dens, thr: as moe_load_forward left them. */
+static inline void moe_load_backward(float *dlogits, const float *load, const float *dens, const int *thr,
+                                     const int *topk, int N, int E, int K, float w)
+{
+    double mu = 0.0, var = 0.0, c[4096];
+    for (int e = 0; e < E; e++)
+        mu += (double)load[e] / E;
+    for (int e = 0; e < E; e++)
+        var += ((double)load[e] - mu) * ((double)load[e] - mu) / E;
+    if (mu <= 0.0)
+        return;
+    for (int e = 0; e < E; e++)
+        c[e] = w * (2.0 * ((double)load[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu));
+    for (int n = 0; n < N; n++) {
+        const int *idx = topk + (size_t)n * K;
+        float *dl = dlogits + (size_t)n * E;
+        for (int e = 0; e < E; e++) {
+            const int at = thr[(size_t)n * 2 + (moe_chosen(idx, K, e) ? 0 : 1)];
+            if (at < 0)
+                continue;
+            const float v = (float)(c[e] * dens[(size_t)n * E + e]);
+            dl[e] += v;
+            dl[at] -= v;
+        }
+    }
+}
+
 /* out[rows, C] = in / |in| row by row; norm[rows] keeps |in| (at least
  * 1e-6, so that a zero row stays finite). The cosine router's inputs. */
 static inline void l2norm_forward(float *out, float *norm, const float *in, int rows, int C)

@@ -807,6 +807,8 @@ int main(int argc, char **argv)
                 moert_jw_double(j, "balance", m.aux[l][0]);
                 moert_jw_double(j, "z", m.aux[l][1]);
                 moert_jw_double(j, "dataset", m.aux[l][2]);
+                moert_jw_double(j, "importance", m.aux[l][3]);
+                moert_jw_double(j, "load", m.aux[l][4]);
                 moert_jw_object_end(j);
             }
             moert_jw_array_end(j);

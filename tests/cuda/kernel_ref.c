@@ -221,6 +221,18 @@ void ref_l2norm_backward(float *din, const float *dout, const float *out, const 
     l2norm_backward(din, dout, out, norm, rows, C, acc);
 }
 
+float ref_moe_load_forward(float *load, float *dens, int *thr, const float *clean, const float *noisy, const int *topk,
+                           int N, int E, int K, float std)
+{
+    return moe_load_forward(load, dens, thr, clean, noisy, topk, N, E, K, std);
+}
+
+void ref_moe_load_backward(float *dlogits, const float *load, const float *dens, const int *thr, const int *topk, int N,
+                           int E, int K, float w)
+{
+    moe_load_backward(dlogits, load, dens, thr, topk, N, E, K, w);
+}
+
 /* ---- heads and the loss ---- */
 
 float ref_softmax_xent(float *dlogits, const float *logits, int C, int label, float eps, float scale)

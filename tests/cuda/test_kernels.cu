@@ -1258,6 +1258,60 @@ static void test_moe_aux_sums(int N)
     dfree_all();
 }
 
+/* The load loss (moe_load_forward, moe_load_backward) against ops.h's: the
+ * loss, the loads, each choice's density and thresholds, and the logits'
+ * gradient added to what the router's backward wrote. The choices are the
+ * noisy logits' top K (ties to the lower expert), as moe_route makes them. */
+template <int E, int K>
+static void test_moe_load(int N)
+{
+    note(fmt("moe_load E=%d K=%d N=%d", E, K, N));
+    Rng r(seed_of("moe_load", E * 100 + K));
+    const float std = 1.0f / E, w = 0.3f;
+    fvec clean = rnd(r, (size_t)N * E, -1, 1), noisy((size_t)N * E);
+    std::vector<int> topk((size_t)N * K);
+    for (int n = 0; n < N; n++) {
+        for (int e = 0; e < E; e++)
+            noisy[(size_t)n * E + e] = clean[(size_t)n * E + e] + std * r.uni(-2, 2);
+        for (int k = 0; k < K; k++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int q = 0; q < k; q++)
+                    taken |= topk[(size_t)n * K + q] == e;
+                if (!taken && (best < 0 || noisy[(size_t)n * E + e] > noisy[(size_t)n * E + best]))
+                    best = e;
+            }
+            topk[(size_t)n * K + k] = best;
+        }
+    }
+    fvec load(E), dens((size_t)N * E);
+    std::vector<int> thr((size_t)N * 2);
+    const float aux = ref_moe_load_forward(load.data(), dens.data(), thr.data(), clean.data(), noisy.data(),
+                                           topk.data(), N, E, K, std);
+    float *d_clean = dup(clean), *d_noisy = dup(noisy), *d_aux = dpoison<float>(1);
+    float *d_dens = dpoison<float>(dens.size()), *d_prob = dpoison<float>(dens.size());
+    int *d_topk = dup(topk), *d_thr = dpoison<int>(thr.size());
+    double *d_load = dpoison<double>(E);
+    const std::vector<double> zero = { 0.0 };
+    double *d_loss = dup(zero);
+    moe_load_forward<E, K>(&g_k, d_aux, d_load, d_loss, d_dens, d_thr, d_prob, d_clean, d_noisy, d_topk, std, w, N, 1);
+    const std::string c = fmt("E=%d K=%d N=%d", E, K, N);
+    check_scalar("moe_load_forward", "loss, " + c, down(d_aux, 1)[0], aux, TOL32);
+    check_scalar("moe_load_forward", "weighted loss, " + c, down(d_loss, 1)[0], (double)w * aux, TOL32);
+    const std::vector<double> gl = down(d_load, E);
+    check("moe_load_forward", "loads, " + c, fvec(gl.begin(), gl.end()), load, TOL32);
+    check("moe_load_forward", "densities, " + c, down(d_dens, dens.size()), dens, TOL32);
+    check_exact("moe_load_forward", "thresholds, " + c, down(d_thr, thr.size()).data(), thr.data(), thr.size());
+    /* the backward adds to the logits' gradient */
+    fvec dl = rnd(r, (size_t)N * E, -1, 1);
+    float *d_dl = dup(dl);
+    moe_load_backward<E, K>(&g_k, d_dl, d_load, d_dens, d_thr, d_topk, N, w);
+    ref_moe_load_backward(dl.data(), load.data(), dens.data(), thr.data(), topk.data(), N, E, K, w);
+    check("moe_load_backward", "dlogits, " + c, down(d_dl, dl.size()), dl, TOL32);
+    dfree_all();
+}
+
 /* lam < 1: CutMix's targets, lam of labels and the rest of labels_mix (another
  * label of the sample's dataset); lam = 1: the plain loss, labels_mix = labels */
 static void test_softmax_xent(int B, int CMAX, int C0, int C1, float lam)
@@ -2033,6 +2087,10 @@ int main(void)
     test_moe_aux_sums<7, 3>(66560); /* config P's layers */
     test_moe_aux_sums<8, 2>(1000);
     test_moe_aux_sums<300, 2>(20000);
+    test_moe_load<3, 1>(1000);
+    test_moe_load<8, 2>(4160);
+    test_moe_load<4, 4>(500); /* every expert chosen: no thresholds */
+    test_moe_load<20, 3>(3000);
     test_softmax_xent(37, 10, 10, 7, 1.0f);
     test_softmax_xent(21, 100, 100, 37, 1.0f);
     test_softmax_xent(37, 10, 10, 7, 0.37f);

@@ -63,6 +63,23 @@ def moe_capacity(n, e, k, cf, dropless):
     return min(max(cap, 1), n)
 
 
+def load_loss(clean, noisy, k, std):
+    """Shazeer et al.'s load loss: CV^2 over the experts of the summed
+    chance of each being in a token's top k when its own noise is drawn
+    again (the threshold: the k-th largest noisy logit of the others)."""
+    n, e = noisy.shape
+    top = torch.topk(noisy.detach(), min(k + 1, e), dim=1).indices
+    chosen = torch.zeros(n, e, dtype=torch.bool).scatter(1, top[:, :k], True)
+    at_out = top[:, k - 1:k].expand(n, e)   # the threshold of an expert not chosen: the k-th
+    at_in = top[:, k:k + 1].expand(n, e) if k < e else at_out   # of a chosen one: the (k+1)-th
+    thr = noisy.gather(1, torch.where(chosen, at_in, at_out))
+    p = torch.special.ndtr((clean - thr) / std)
+    if k >= e:
+        p = torch.where(chosen, torch.ones_like(p), p)
+    load = p.sum(dim=0)
+    return load.var(unbiased=False) / load.mean() ** 2
+
+
 class Model:
     """The ops of model.json over a dict of parameter tensors."""
 
@@ -88,6 +105,7 @@ class Model:
             logits = xt @ self.p[pre + ".gate.weight"].t()
         if op["router"] == "soft":
             logits = logits / op["temperature"]
+        clean = logits
         if noise is not None:
             logits = logits + noise
         probs = torch.softmax(logits, dim=1)
@@ -135,6 +153,8 @@ class Model:
         if op.get("importance_loss", 0) > 0:
             imp = probs.sum(dim=0)   # CV^2 of the experts' summed probabilities
             loss = loss + op["importance_loss"] * imp.var(unbiased=False) / imp.mean() ** 2
+        if op.get("load_loss", 0) > 0:
+            loss = loss + op["load_loss"] * load_loss(clean, logits, K, op["gate_noise"] / E)
         if "map" in op and op["dataset_loss"] > 0:
             target = torch.tensor(op["map"], dtype=torch.long)[dataset].repeat_interleave(T)
             loss = loss + op["dataset_loss"] * F.cross_entropy(logits, target)

@@ -863,6 +863,124 @@ static void test_pool(void **state)
     }
 }
 
+/* The load loss (moe_load_forward, moe_load_backward): its value against
+ * the definition written out (each choice's threshold found by sorting the
+ * other experts' noisy logits), its gradient by central differences in the
+ * clean logits. The noise is drawn again until no two noisy logits of a
+ * token are within 1e-3, so that no perturbation changes a choice. */
+typedef struct load_ctx {
+    int N, E, K;
+    double std, w;
+    double *clean, *noise, *noisy, *dens, *load;
+    int *topk, *thr;
+} load_ctx;
+
+/* the token's K best noisy logits, best first */
+static void load_topk(load_ctx *c)
+{
+    for (int n = 0; n < c->N; n++)
+        for (int k = 0; k < c->K; k++) {
+            int best = -1;
+            for (int e = 0; e < c->E; e++) {
+                int taken = 0;
+                for (int q = 0; q < k; q++)
+                    taken |= c->topk[n * c->K + q] == e;
+                if (!taken && (best < 0 || c->noisy[n * c->E + e] > c->noisy[n * c->E + best]))
+                    best = e;
+            }
+            c->topk[n * c->K + k] = best;
+        }
+}
+
+static double load_loss(void *vc)
+{
+    load_ctx *c = vc;
+    for (int i = 0; i < c->N * c->E; i++)
+        c->noisy[i] = c->clean[i] + c->noise[i];
+    load_topk(c);
+    return c->w * moe_load_forward(c->load, c->dens, c->thr, c->clean, c->noisy, c->topk, c->N, c->E, c->K, c->std);
+}
+
+static void load_bwd(void *vc, double *const *g, int acc)
+{
+    load_ctx *c = vc;
+    (void)acc; /* it adds to the logits' gradient, as the router's backward wrote it */
+    moe_load_backward(g[0], c->load, c->dens, c->thr, c->topk, c->N, c->E, c->K, c->w);
+}
+
+/* the CV^2 of the loads by the definition */
+static double load_expected(const load_ctx *c)
+{
+    const int N = c->N, E = c->E, K = c->K;
+    double load[64] = { 0 }, mu = 0.0, var = 0.0;
+    for (int n = 0; n < N; n++)
+        for (int e = 0; e < E; e++) {
+            /* the other experts' noisy logits, sorted down: the K-th is the threshold */
+            double o[64];
+            int m = 0;
+            for (int j = 0; j < E; j++)
+                if (j != e)
+                    o[m++] = c->noisy[n * E + j];
+            for (int a = 0; a < m; a++)
+                for (int b = a + 1; b < m; b++)
+                    if (o[b] > o[a]) {
+                        const double t = o[a];
+                        o[a] = o[b], o[b] = t;
+                    }
+            load[e] += K > m ? 1.0 : 0.5 * erfc(-(c->clean[n * E + e] - o[K - 1]) / (c->std * sqrt(2.0)));
+        }
+    for (int e = 0; e < E; e++)
+        mu += load[e] / E;
+    for (int e = 0; e < E; e++)
+        var += (load[e] - mu) * (load[e] - mu) / E;
+    return var / (mu * mu);
+}
+
+static void test_moe_load(void **state)
+{
+    (void)state;
+    static const int shapes[][2] = { { 5, 1 }, { 5, 2 }, { 4, 3 }, { 3, 3 } }; /* E, K */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int N = 12, E = shapes[s][0], K = shapes[s][1];
+        load_ctx c = { N, E, K, 0.25, 0.7, vnew((size_t)N * E), vnew((size_t)N * E), vnew((size_t)N * E),
+                       vnew((size_t)N * E), vnew((size_t)E), inew((size_t)N * K), inew((size_t)N * 2) };
+        for (int attempt = 0;; attempt++) {
+            assert_true(attempt < 500);
+            rng_seed(700 + s * 1000 + (uint64_t)attempt);
+            for (int i = 0; i < N * E; i++) {
+                c.clean[i] = 0.5 * srand1();
+                c.noise[i] = c.std * nrand();
+            }
+            int close = 0;
+            for (int n = 0; n < N; n++)
+                for (int a = 0; a < E; a++)
+                    for (int b = a + 1; b < E; b++)
+                        close |= fabs(c.clean[n * E + a] + c.noise[n * E + a] - c.clean[n * E + b] -
+                                      c.noise[n * E + b]) < 1e-3;
+            if (!close)
+                break;
+        }
+        const double L = load_loss(&c);
+        assert_true(fabs(L - c.w * load_expected(&c)) < 1e-12 * (1.0 + L));
+        if (K == E) { /* every expert always chosen: no load to balance, no gradient */
+            assert_true(L == 0.0);
+            double *g = vnew((size_t)N * E);
+            load_bwd(&c, &g, 0);
+            for (int i = 0; i < N * E; i++)
+                assert_true(g[i] == 0.0);
+            free(g);
+        } else {
+            assert_true(L > 0.0);
+            char name[48];
+            snprintf(name, sizeof name, "moe load loss E%d K%d", E, K);
+            op_check oc = { name, load_loss, load_bwd, 0, 1, { "clean logits" }, { c.clean }, { (size_t)N * E },
+                            { G_PARAM }, 1 };
+            run_op_check(&oc, &c);
+        }
+        free(c.clean), free(c.noise), free(c.noisy), free(c.dens), free(c.load), free(c.topk), free(c.thr);
+    }
+}
+
 /* the cosine router's row normalisation: out = in / |in| */
 typedef struct l2_ctx {
     int rows, C;
@@ -2430,6 +2548,7 @@ int main(void)
         cmocka_unit_test(test_softmax_xent),
         cmocka_unit_test(test_moe_route_ties),
         cmocka_unit_test(test_moe_capacity_compiler),
+        cmocka_unit_test(test_moe_load),
         MOE_TEST(0),
         MOE_TEST(1),
         MOE_TEST(2),
