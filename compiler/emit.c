@@ -28,19 +28,14 @@ int mc_emit_check(const mc_model *m, mc_diag *d)
         const char *what = NULL;
         switch (op->kind) {
         case OP_ATTENTION:
-        case OP_MLP: {
             /* checked by sema, not generated: refused rather than dropped */
-            const bool attn = op->kind == OP_ATTENTION;
-            const double p = attn ? op->u.attn.dropout : op->u.mlp.dropout;
-            if (p > 0) {
-                mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate %s(dropout = ...) yet",
-                          attn ? "attention" : "mlp");
-                mc_hint(d, "a dropout(p = %g) layer after it is generated (%s)", p,
-                        attn ? "on the attention's output, not its weights" : "after fc2, not between fc1 and fc2");
+            if (op->u.attn.dropout > 0) {
+                mc_report(d, MC_ERROR, op->loc, "the CPU backend does not generate attention(dropout = ...) yet");
+                mc_hint(d, "a dropout(p = %g) layer after it is generated (on the attention's output, not its weights)",
+                        op->u.attn.dropout);
                 errors++;
             }
             break;
-        }
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
             if (x->router == ROUTER_LOSS_BASED) {
@@ -309,10 +304,23 @@ static void gen_op(gen *g, int i)
         sb_printf(f, "    linear_forward(A(%s), %s, P(%lldL), P(%lldL), B * %d, %d, %d);\n", hh, in,
                   (long long)toff(g, i, 0), (long long)toff(g, i, 1), T, D, H);
         sb_printf(f, "    act_forward(A(%s), A(%s), (size_t)B * %d, %s);\n", aa, hh, T * H, act_code(op->u.mlp.act));
+        /* dropout on the activations, in place: fc2 and its weights'
+         * gradient take the dropped values */
+        char mask[32];
+        snprintf(mask, sizeof mask, "MMASK%d", i);
+        const bool drop = op->u.mlp.dropout > 0;
+        if (drop) {
+            alloc_act(g, mask, BATCH * T * H, "dropout mask of the activations");
+            sb_printf(f, "    dropout_mask(A(%s), (size_t)B * %d, train ? %s : 0.0f, m->seed, %d, m->step);\n", mask,
+                      T * H, flit(op->u.mlp.dropout).s, 1000 + i);
+            sb_printf(f, "    mask_forward(A(%s), A(%s), A(%s), (size_t)B * %d);\n", aa, aa, mask, T * H);
+        }
         sb_printf(f, "    linear_forward(%s, A(%s), P(%lldL), P(%lldL), B * %d, %d, %d);\n", out, aa,
                   (long long)toff(g, i, 2), (long long)toff(g, i, 3), T, H, D);
         sb_printf(&b, "    linear_backward(G(%s), DP(%lldL), DP(%lldL), %s, A(%s), P(%lldL), B * %d, %d, %d, 0);\n", aa,
                   (long long)toff(g, i, 2), (long long)toff(g, i, 3), dout, aa, (long long)toff(g, i, 2), T, H, D);
+        if (drop)
+            sb_printf(&b, "    mask_backward(G(%s), G(%s), A(%s), (size_t)B * %d, 0);\n", aa, aa, mask, T * H);
         sb_printf(&b, "    act_backward(G(%s), G(%s), A(%s), (size_t)B * %d, %s, 0);\n", hh, aa, hh, T * H,
                   act_code(op->u.mlp.act));
         sb_printf(&b, "    linear_backward(%s, DP(%lldL), DP(%lldL), G(%s), %s, P(%lldL), B * %d, %d, %d, %d);\n", din,
@@ -946,7 +954,10 @@ static void emit_json(sbuf *j, const mc_model *m)
         case OP_ATTENTION:
             sb_printf(j, ", \"heads\": %d, \"qkv_bias\": %s", op->u.attn.heads, op->u.attn.qkv_bias ? "true" : "false");
             break;
-        case OP_MLP: sb_printf(j, ", \"hidden\": %d, \"act\": \"%s\"", op->u.mlp.hidden, mc_act_name(op->u.mlp.act)); break;
+        case OP_MLP:
+            sb_printf(j, ", \"hidden\": %d, \"act\": \"%s\", \"dropout\": %.17g", op->u.mlp.hidden,
+                      mc_act_name(op->u.mlp.act), op->u.mlp.dropout);
+            break;
         case OP_MOE: {
             const mc_moe *x = &op->u.moe;
             sb_printf(j, ", \"experts\": %d, \"hidden\": %d, \"act\": \"%s\", \"top_k\": %d, \"capacity\": %.17g, "

@@ -1256,6 +1256,19 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   (long long)toff(g, i, 0), T, D, H);
         sb_printf(&fh, "    bias_act<%s>(k, A(%s), A(%s), P(%lldL), (int64_t)B * %d, %d, 1, bf16_half(k, A(%s)), true);\n",
                   act, aa, hh, (long long)toff(g, i, 1), T, H, aa);
+        /* dropout on the activations, in place where fc2 reads them (a
+         * remake draws the same mask: the step's) */
+        char mask[32];
+        snprintf(mask, sizeof mask, "MMASK%d", i);
+        const bool drop = op->u.mlp.dropout > 0;
+        if (drop) {
+            alloc_act(g, mask, BATCH * T * H, "dropout mask of the activations");
+            sb_printf(&fh,
+                      "    dropout_mask(k, A(%s), (int64_t)B * %d, train ? %s : 0.0f, d->seed, %d, &d->sc->step, "
+                      "d->row0 * %d);\n",
+                      mask, T * H, flit(op->u.mlp.dropout).s, 1000 + i, T * H);
+            sb_printf(&fh, "    mask_activations(k, A(%s), A(%s), (int64_t)B * %d);\n", aa, mask, T * H);
+        }
         sb_printf(f, "%s", fh.s);
         if (recomputes_in_backward(m, i)) {
             if (p->remake_of[i] >= 0)
@@ -1276,6 +1289,8 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
                   "    linear_backward(k, G(%s), DP(%lldL), %s, %s, mm_half(k, A(%s)), P(%lldL), B * %d, %d, %d, 0%s);\n",
                   aa, (long long)toff(g, i, 2), db2, dout, aa, (long long)toff(g, i, 2), T, H, D,
                   dout_kept(g, p, i) ? ", false, true" : "");
+        if (drop)
+            sb_printf(&b, "    mask_backward(k, G(%s), G(%s), A(%s), (int64_t)B * %d, 0);\n", aa, aa, mask, T * H);
         /* the activation's backward and the first bias's gradient in one pass */
         sb_printf(&b,
                   "    act_bias_backward(k, G(%s), bf16_half(k, G(%s)), DP(%lldL), G(%s), A(%s), B * %d, %d);\n", hh, hh,

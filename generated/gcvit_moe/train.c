@@ -480,6 +480,12 @@ static void dump_step(model *m, const moert_batch *batch, int B, float loss, con
     static float loss_v;
     loss_v = loss;
     moert_ckpt_add(w, "loss", MOERT_DTYPE_F32, 1, &one, &loss_v);
+    /* the random draws' key and counter (dropout masks: (seed, 1000 + op, step << 32 | element)) */
+    static int64_t seed_v, step_v;
+    seed_v = (int64_t)m->seed;
+    step_v = m->step;
+    moert_ckpt_add(w, "seed", MOERT_DTYPE_I64, 1, &one, &seed_v);
+    moert_ckpt_add(w, "step", MOERT_DTYPE_I64, 1, &one, &step_v);
     if (moert_ckpt_finish(w, &err) != 0)
         die("%s", err.msg);
 }

@@ -4232,6 +4232,27 @@ static inline void mask_backward(const kctx *k, float *dinp, const float *dout, 
     mask_apply(k, dinp, dout, mask, n, R, acc);
 }
 
+/* x[i] *= mask[i] on bf16 values (rounded again to bf16) */
+static __global__ void mask_bf16_kernel(__nv_bfloat16 *x, const float *mask, int64_t n)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        x[i] = __float2bfloat16(__bfloat162float(x[i]) * mask[i]);
+}
+
+/* A dense MLP's dropout on its activations, in place, where its second
+ * product reads them: their bf16 half in bf16 precision (bias_act wrote
+ * them there alone: bf16_half), else the fp32 values */
+static inline void mask_activations(const kctx *k, float *a, const float *mask, int64_t n)
+{
+    if (__nv_bfloat16 *a16 = bf16_half(k, a)) {
+        mask_bf16_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(a16, mask, n);
+        LAUNCH_CHECK();
+    } else {
+        mask_forward(k, a, a, mask, n);
+    }
+}
+
 /* ---- classifier heads and the loss -------------------------------------------------------------- */
 
 /* one head per dataset: out[b, c] = inp[b] . w_d[c] + b_d[c] for c < C_d,

@@ -1282,7 +1282,7 @@ static inline float moe_load_forward(float *load, float *dens, int *thr, const f
                 dp = exp(-0.5 * u * u) * 0.39894228040143268 / std;
             }
             dens[(size_t)n * E + e] = (float)dp;
-            sum[e] += p;
+            sum[e] += (float)p; /* as the CUDA kernels keep it */
         }
     }
     double mu = 0.0, var = 0.0;

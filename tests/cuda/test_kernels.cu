@@ -863,6 +863,30 @@ static void test_elementwise()
         ref_mask_backward(dinp.data(), b.data(), mask.data(), n, acc);
         check("mask_backward", fmt("dinp, R=1, acc=%d", acc), down(d_dinp, n), dinp, TOL32);
     }
+    /* a dense MLP's dropout on its activations, in place where its second
+     * product reads them: fp32, or (a context with the cast scratch: bf16
+     * precision) their bf16 half, rounded again */
+    for (int half = 0; half <= 1; half++) {
+        kctx k = g_k;
+        k.cast = half ? dalloc<__nv_bfloat16>(n) : nullptr; /* bf16 precision's context */
+        k.cast_elems = half ? (int64_t)n : 0;
+        float *d_x = dup(a);
+        if (half)
+            to_bf16(&k, bf16_half(&k, d_x), d_a, (int64_t)n);
+        mask_activations(&k, d_x, d_mask, (int64_t)n);
+        fvec want(n), got(n);
+        if (half) {
+            const std::vector<__nv_bfloat16> g16 = down(bf16_half(&k, d_x), n);
+            for (size_t i = 0; i < n; i++) {
+                got[i] = __bfloat162float(g16[i]);
+                want[i] = __bfloat162float(__float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(a[i])) * mask[i]));
+            }
+        } else {
+            got = down(d_x, n);
+            ref_mask_forward(want.data(), a.data(), mask.data(), n);
+        }
+        check("mask_activations", half ? "bf16 half" : "fp32", got, want, half ? 0.0 : TOL32);
+    }
     /* drop path (R = a sample's T * D values): one keep value per sample */
     fvec kp(B);
     for (int i = 0; i < B; i++)
@@ -1303,12 +1327,16 @@ static void test_moe_load(int N)
     check("moe_load_forward", "loads, " + c, fvec(gl.begin(), gl.end()), load, TOL32);
     check("moe_load_forward", "densities, " + c, down(d_dens, dens.size()), dens, TOL32);
     check_exact("moe_load_forward", "thresholds, " + c, down(d_thr, thr.size()).data(), thr.data(), thr.size());
-    /* the backward adds to the logits' gradient */
-    fvec dl = rnd(r, (size_t)N * E, -1, 1);
-    float *d_dl = dup(dl);
-    moe_load_backward<E, K>(&g_k, d_dl, d_load, d_dens, d_thr, d_topk, N, w);
-    ref_moe_load_backward(dl.data(), load.data(), dens.data(), thr.data(), topk.data(), N, E, K, w);
-    check("moe_load_backward", "dlogits, " + c, down(d_dl, dl.size()), dl, TOL32);
+    /* the backward adds to the logits' gradient: from zeros (its own terms
+     * alone), then over what the router's backward wrote */
+    for (int from = 0; from < 2; from++) {
+        fvec dl = from ? rnd(r, (size_t)N * E, -1, 1) : fvec((size_t)N * E, 0.0f);
+        float *d_dl = dup(dl);
+        moe_load_backward<E, K>(&g_k, d_dl, d_load, d_dens, d_thr, d_topk, N, w);
+        ref_moe_load_backward(dl.data(), load.data(), dens.data(), thr.data(), topk.data(), N, E, K, w);
+        check("moe_load_backward", fmt("dlogits from %s, ", from ? "the router's" : "zeros") + c,
+              down(d_dl, dl.size()), dl, TOL32);
+    }
     dfree_all();
 }
 

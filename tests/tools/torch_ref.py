@@ -3,8 +3,10 @@
 model.json, for cross-checks and benchmarks.
 
     torch_ref.py check GEN_DIR STEP.safetensors
-        Load the weights, the batch and the gate noise that `./train
-        --dump-step` wrote, run one forward and backward pass in fp32, and
+        Load the weights, the batch, the gate noise and the random draws'
+        seed and step that `./train --dump-step` wrote (dropout masks are
+        drawn again from them, with libmoert's Philox), run one forward and
+        backward pass in fp32, and
         compare the loss and every gradient with the trainer's. Exit 0 when
         all agree within the tolerance, 1 otherwise, 77 without torch.
 
@@ -61,6 +63,36 @@ def moe_capacity(n, e, k, cf, dropless):
     per = (n + e - 1) // e
     cap = k * int(math.floor(cf * per))
     return min(max(cap, 1), n)
+
+
+def philox_uniform(seed, stream, counters):
+    """moert_rng_uniform (runtime/core_rng.c) at each counter: the first
+    word of Philox4x32-10 on (counter, stream) under the key seed, its top
+    24 bits over 2^24, in float32"""
+    import numpy as np
+    u32 = np.uint64(0xFFFFFFFF)
+    c = np.asarray(counters, dtype=np.uint64)
+    c0, c1 = c & u32, c >> np.uint64(32)
+    c2 = np.full_like(c0, np.uint64(stream & 0xFFFFFFFF))
+    c3 = np.full_like(c0, np.uint64(stream >> 32))
+    k0, k1 = seed & 0xFFFFFFFF, seed >> 32
+    for _ in range(10):
+        p0 = c0 * np.uint64(0xD2511F53)
+        p1 = c2 * np.uint64(0xCD9E8D57)
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & u32,
+                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & u32)
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return (c0 >> np.uint64(8)).astype(np.float32) * np.float32(2.0 ** -24)
+
+
+def dropout_mask(draws, p, n, index):
+    """ops.h's dropout_mask for op `index`: n values, 0 with probability p,
+    else 1 / (1 - p) (in float32), from draws = (seed, step)"""
+    import numpy as np
+    seed, step = draws
+    u = philox_uniform(seed, 1000 + index, (np.uint64(step) << np.uint64(32)) + np.arange(n, dtype=np.uint64))
+    keep = np.float32(1.0) / (np.float32(1.0) - np.float32(p))
+    return torch.from_numpy(np.where(u < np.float32(p), np.float32(0.0), keep).astype(np.float32))
 
 
 def load_loss(clean, noisy, k, std):
@@ -231,12 +263,19 @@ class Model:
         x = F.layer_norm(x, (4 * D,), p[pre + ".norm.weight"], p[pre + ".norm.bias"], 1e-5)
         return F.linear(x, p[pre + ".reduction.weight"])
 
-    def forward(self, x, dataset, noises):
+    def forward(self, x, dataset, noises, draws=None):
+        """draws: the trainer's (seed, step), for its dropout masks"""
         self.aux = []
         spec, p = self.spec, self.p
         stack = []
         h = x
-        for op in spec["ops"]:
+
+        def mask(rate, n, index):
+            if draws is None:
+                raise SystemExit("torch_ref.py: the dump has no seed and step to draw dropout masks from")
+            return dropout_mask(draws, rate, n, index)
+
+        for index, op in enumerate(spec["ops"]):
             kind, pre = op["op"], op["prefix"]
             if kind == "input":
                 continue
@@ -272,14 +311,19 @@ class Model:
             elif kind == "downsample":
                 h = self.downsample(op, h)
             elif kind == "mlp":
-                act = ACTS[op["act"]]
-                h = F.linear(act(F.linear(h, p[pre + ".fc1.weight"], p[pre + ".fc1.bias"])),
-                             p[pre + ".fc2.weight"], p[pre + ".fc2.bias"])
+                a = ACTS[op["act"]](F.linear(h, p[pre + ".fc1.weight"], p[pre + ".fc1.bias"]))
+                if op.get("dropout", 0) > 0:
+                    a = a * mask(op["dropout"], a.numel(), index).reshape(a.shape)
+                h = F.linear(a, p[pre + ".fc2.weight"], p[pre + ".fc2.bias"])
             elif kind == "moe":
                 h = self.moe(op, h, dataset, noises.get(pre))
             elif kind in ("dropout", "drop_path"):
-                if op["p"] > 0:
-                    raise SystemExit("torch_ref.py: dropout masks are not replayed; use p = 0")
+                if op["p"] > 0 and h.dim() != 3:
+                    raise SystemExit("torch_ref.py: dropout on images is not modelled")
+                if op["p"] > 0 and kind == "dropout":
+                    h = h * mask(op["p"], h.numel(), index).reshape(h.shape)
+                elif op["p"] > 0:            # stochastic depth: one draw a sample
+                    h = h * mask(op["p"], h.shape[0], index)[:, None, None]
             elif kind == "residual":
                 stack.append(h)
             elif kind == "residual_end":
@@ -340,7 +384,8 @@ def check(gen_dir, dump_path):
     noises = {k[len("noise."):]: v.reshape(-1, v.shape[-1]) for k, v in d.items() if k.startswith("noise.")}
     m = Model(spec, params)
     x, labels, dataset = d["batch.x"], d["batch.labels"].long(), d["batch.dataset"].long()
-    feats = m.forward(x, dataset, noises)
+    draws = (int(d["seed"][0]) & (2 ** 64 - 1), int(d["step"][0])) if "seed" in d else None
+    feats = m.forward(x, dataset, noises, draws)
     mix = None
     if "batch.lam" in d and float(d["batch.lam"][0]) != 1.0:
         mix = (d["batch.labels_mix"].long(), float(d["batch.lam"][0]))
@@ -393,7 +438,7 @@ def bench(gen_dir, batch, steps, threads):
     times = []
     for i in range(steps + 2):
         t0 = time.perf_counter()
-        feats = m.forward(x, dataset, {})
+        feats = m.forward(x, dataset, {}, (0, i))  # dropout masks of some step: timing alone
         loss, _ = m.loss(feats, labels, dataset)
         opt.zero_grad()
         loss.backward()

@@ -770,6 +770,7 @@ static void test_attention_op(void **state)
 typedef struct mlp_ctx {
     int N, D, H, act;
     double *inp, *w1, *b1, *w2, *b2, *r, *h, *a, *out, *da, *dh;
+    double *mask; /* mlp(dropout = p): a fixed mask of 0 and 1 / (1 - p), or NULL */
 } mlp_ctx;
 
 static double mlp_loss(void *vc)
@@ -777,6 +778,8 @@ static double mlp_loss(void *vc)
     mlp_ctx *c = vc;
     linear_forward(c->h, c->inp, c->w1, c->b1, c->N, c->D, c->H);
     act_forward(c->a, c->h, (size_t)c->N * c->H, c->act);
+    if (c->mask) /* in place, as gen_op's OP_MLP */
+        mask_forward(c->a, c->a, c->mask, (size_t)c->N * c->H);
     linear_forward(c->out, c->a, c->w2, c->b2, c->N, c->H, c->D);
     return dot(c->r, c->out, (size_t)c->N * c->D);
 }
@@ -787,6 +790,8 @@ static void mlp_bwd(void *vc, double *const *g, int acc)
     vfill(c->da, (size_t)c->N * c->H, NAN);
     vfill(c->dh, (size_t)c->N * c->H, NAN);
     linear_backward(c->da, g[3], g[4], c->r, c->a, c->w2, c->N, c->H, c->D, 0);
+    if (c->mask)
+        mask_backward(c->da, c->da, c->mask, (size_t)c->N * c->H, 0);
     act_backward(c->dh, c->da, c->h, (size_t)c->N * c->H, c->act, 0);
     linear_backward(g[0], g[1], g[2], c->dh, c->inp, c->w1, c->N, c->D, c->H, acc);
 }
@@ -794,9 +799,9 @@ static void mlp_bwd(void *vc, double *const *g, int acc)
 static void test_mlp_op(void **state)
 {
     (void)state;
-    static const char *const names[] = { "mlp op (gelu)", "mlp op (relu)", "mlp op (silu)" };
-    static const int acts[] = { ACT_GELU, ACT_RELU, ACT_SILU };
-    for (int k = 0; k < 3; k++) {
+    static const char *const names[] = { "mlp op (gelu)", "mlp op (relu)", "mlp op (silu)", "mlp op (gelu, dropout)" };
+    static const int acts[] = { ACT_GELU, ACT_RELU, ACT_SILU, ACT_GELU };
+    for (int k = 0; k < 4; k++) {
         const int N = 10, D = 8, H = 12;
         mlp_ctx c = { 0 };
         int ok = 0;
@@ -805,7 +810,7 @@ static void test_mlp_op(void **state)
             c = (mlp_ctx){ N, D, H, acts[k], vrand((size_t)N * D, 1.0), vrand((size_t)H * D, 0.5),
                            vrand((size_t)H, 0.3), vrand((size_t)D * H, 0.5), vrand((size_t)D, 0.3),
                            vrand((size_t)N * D, 1.0), vnew((size_t)N * H), vnew((size_t)N * H), vnew((size_t)N * D),
-                           vnew((size_t)N * H), vnew((size_t)N * H) };
+                           vnew((size_t)N * H), vnew((size_t)N * H), NULL };
             mlp_loss(&c);
             ok = 1;
             for (int i = 0; i < N * H; i++)
@@ -817,11 +822,21 @@ static void test_mlp_op(void **state)
             }
         }
         assert_true(ok);
+        if (k == 3) { /* p = 0.3: about a third of the activations dropped, the rest scaled */
+            c.mask = vnew((size_t)N * H);
+            int dropped = 0;
+            for (int i = 0; i < N * H; i++) {
+                c.mask[i] = urand() < 0.3 ? 0.0 : 1.0 / 0.7;
+                dropped += c.mask[i] == 0.0;
+            }
+            assert_true(dropped > 0 && dropped < N * H);
+        }
         op_check oc = { names[k], mlp_loss, mlp_bwd, 1, 5, { "inp", "w1", "b1", "w2", "b2" },
                         { c.inp, c.w1, c.b1, c.w2, c.b2 },
                         { (size_t)N * D, (size_t)H * D, (size_t)H, (size_t)D * H, (size_t)D },
                         { G_INPUT, G_PARAM, G_PARAM, G_PARAM, G_PARAM }, 1 };
         run_op_check(&oc, &c);
+        free(c.mask);
         free(c.inp), free(c.w1), free(c.b1), free(c.w2), free(c.b2), free(c.r);
         free(c.h), free(c.a), free(c.out), free(c.da), free(c.dh);
     }
