@@ -355,20 +355,14 @@ static void gen_op(gen *g, int i)
             snprintf(in_[k], sizeof in_[k], "%s%d", il[k], i);
             alloc_int(g, in_[k], isz[k], iwhat[k]);
         }
-        /* the load loss (sema: a top-k router with gate noise): the logits
-         * before the noise, and what its backward reads */
-        const bool load = x->load_loss > 0;
-        char clean[32], ldens[32], lsum[32], lthr[32];
-        snprintf(clean, sizeof clean, "CLEAN%d", i);
-        snprintf(ldens, sizeof ldens, "LDENS%d", i);
+        /* the load loss: its buffers, and here the loads for its backward */
+        load_plan lp;
+        const bool load = load_plan_init(g, i, NB, &lp);
+        const char *clean = lp.clean, *ldens = lp.dens, *lthr = lp.thr;
+        char lsum[32];
         snprintf(lsum, sizeof lsum, "LOAD%d", i);
-        snprintf(lthr, sizeof lthr, "LTHR%d", i);
-        if (load) {
-            alloc_act(g, clean, NB * E, "router logits before the gate noise");
-            alloc_act(g, ldens, NB * E, "load loss: each choice's density at its threshold");
+        if (load)
             alloc_act(g, lsum, E, "load loss: each expert's smooth load");
-            alloc_int(g, lthr, NB * 2, "load loss: the experts at each token's two thresholds");
-        }
         /* the router's tensors come first: gate.weight [E, D], or for the
          * attention router gate.query.weight [R, D] and gate.expert_tokens [E, R] */
         const bool attn = x->router == ROUTER_ATTENTION, cosine = x->router == ROUTER_COSINE;

@@ -1385,21 +1385,16 @@ static void gen_op_cuda(gen *g, cuda_plan *p, int i)
             need_red(p, (int64_t)E * ((cap + bm - 1) / bm * 2) * H);
         }
         need_red(p, (int64_t)2 * ((p->aux_blocks + 1) * (2 * E + 3) + 1)); /* partials, then the totals */
-        /* the load loss (sema: a top-k router with gate noise): the logits
-         * before the noise, each choice's chance and density, the experts
-         * at each token's thresholds, and the loads (doubles) */
-        const bool load = x->load_loss > 0;
-        char clean[32], lprob[32], ldens[32], lthr[32];
-        snprintf(clean, sizeof clean, "CLEAN%d", i);
+        /* the load loss: its buffers; here also each choice's chance (the
+         * sums' input) and the loads (doubles, for its backward) */
+        load_plan lp;
+        const bool load = load_plan_init(g, i, NB, &lp);
+        const char *clean = lp.clean, *ldens = lp.dens, *lthr = lp.thr;
+        char lprob[32];
         snprintf(lprob, sizeof lprob, "LPROB%d", i);
-        snprintf(ldens, sizeof ldens, "LDENS%d", i);
-        snprintf(lthr, sizeof lthr, "LTHR%d", i);
         int64_t lsum = 0;
         if (load) {
-            alloc_act(g, clean, (int64_t)NB * E, "router logits before the gate noise");
             alloc_act(g, lprob, (int64_t)NB * E, "load loss: each choice's chance under the noise");
-            alloc_act(g, ldens, (int64_t)NB * E, "load loss: each choice's density at its threshold");
-            alloc_int(g, lthr, (int64_t)NB * 2, "load loss: the experts at each token's two thresholds");
             lsum = p->dacc;
             p->dacc += E;
             need_red(p, (int64_t)2 * ((p->aux_blocks + 1) * E + 1));

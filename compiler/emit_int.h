@@ -92,6 +92,16 @@ typedef struct wattn_plan {
 } wattn_plan;
 void wattn_plan_init(const gen *g, int i, wattn_plan *w, const char *null_word);
 
+/* The load loss's buffers of MoE op i, for both emitters (sema: a top-k
+ * router with gate noise): the router logits before the noise (CLEAN<i>),
+ * each choice's density at its threshold (LDENS<i>) and the experts at
+ * each token's two thresholds (LTHR<i>), for NB tokens. Allocated only
+ * with load_loss > 0, which it returns. */
+typedef struct load_plan {
+    char clean[32], dens[32], thr[32];
+} load_plan;
+bool load_plan_init(gen *g, int i, int64_t NB, load_plan *l);
+
 /* A float literal for C: 0.02f, 1e-05f, 0.0f (shortest form that reads back). */
 typedef struct flit_buf {
     char s[48];

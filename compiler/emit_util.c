@@ -265,6 +265,21 @@ void gen_free(gen *g)
     free(g->own_value);
 }
 
+bool load_plan_init(gen *g, int i, int64_t NB, load_plan *l)
+{
+    const mc_moe *x = &g->m->ops[i].u.moe;
+    const int E = x->experts;
+    snprintf(l->clean, sizeof l->clean, "CLEAN%d", i);
+    snprintf(l->dens, sizeof l->dens, "LDENS%d", i);
+    snprintf(l->thr, sizeof l->thr, "LTHR%d", i);
+    if (!(x->load_loss > 0))
+        return false;
+    alloc_act(g, l->clean, NB * E, "router logits before the gate noise");
+    alloc_act(g, l->dens, NB * E, "load loss: each choice's density at its threshold");
+    alloc_int(g, l->thr, NB * 2, "load loss: the experts at each token's two thresholds");
+    return true;
+}
+
 void wattn_plan_init(const gen *g, int i, wattn_plan *w, const char *null_word)
 {
     const mc_op *op = &g->m->ops[i];
