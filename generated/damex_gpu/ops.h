@@ -1096,6 +1096,25 @@ static inline void moe_experts_backward(float *dx, float *dgate, float *dye, flo
     }
 }
 
+/* A squared coefficient of variation's statistics (the importance loss's
+ * over the summed probabilities, the load loss's over the loads): the mean
+ * and (population) variance of x[0, E) */
+static inline void moe_cv2_stats(const double *x, int E, double *mu, double *var)
+{
+    *mu = 0.0;
+    *var = 0.0;
+    for (int e = 0; e < E; e++)
+        *mu += x[e] / E;
+    for (int e = 0; e < E; e++)
+        *var += (x[e] - *mu) * (x[e] - *mu) / E;
+}
+
+/* d/dx[e] of w CV^2(x), from moe_cv2_stats's mu and var */
+static inline float moe_cv2_grad(const double *x, int E, int e, double mu, double var, double w)
+{
+    return (float)(w * (2.0 * (x[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
+}
+
 /* The gradient of everything that reaches the router logits: the gates,
  * and the auxiliary losses with their weights. dlogits[N, E] is written.
  * `target` is the expert each token's dataset maps to (dataset-aware
@@ -1133,16 +1152,13 @@ static inline void moe_router_backward(float *dlogits, float *dprobs, const floa
         ce[e] /= N;
     /* importance loss: CV^2 of the experts' summed probabilities */
     if (w_imp != 0.0f) {
-        double imp[4096] = { 0 }, mu = 0.0, var = 0.0;
+        double imp[4096] = { 0 }, mu, var;
         for (int n = 0; n < N; n++)
             for (int e = 0; e < E; e++)
                 imp[e] += probs[(size_t)n * E + e];
-        for (int e = 0; e < E; e++)
-            mu += imp[e] / E;
-        for (int e = 0; e < E; e++)
-            var += (imp[e] - mu) * (imp[e] - mu) / E;
+        moe_cv2_stats(imp, E, &mu, &var);
         for (int e = 0; e < E; e++) {
-            const float g = (float)(w_imp * (2.0 * (imp[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
+            const float g = moe_cv2_grad(imp, E, e, mu, var, w_imp);
             for (int n = 0; n < N; n++)
                 dprobs[(size_t)n * E + e] += g;
         }
@@ -1230,11 +1246,8 @@ static inline void moe_aux_losses(float aux[4], const float *probs, const float 
     aux[1] = (float)(z / N);
     aux[2] = (float)(ds / N);
     /* me[e] is the summed probability of expert e */
-    double mu = 0.0, var = 0.0;
-    for (int e = 0; e < E; e++)
-        mu += me[e] / E;
-    for (int e = 0; e < E; e++)
-        var += (me[e] - mu) * (me[e] - mu) / E;
+    double mu, var;
+    moe_cv2_stats(me, E, &mu, &var);
     aux[3] = mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
 }
 
@@ -1285,13 +1298,10 @@ static inline float moe_load_forward(float *load, float *dens, int *thr, const f
             sum[e] += (float)p; /* as the CUDA kernels keep it */
         }
     }
-    double mu = 0.0, var = 0.0;
-    for (int e = 0; e < E; e++) {
-        load[e] = (float)sum[e];
-        mu += sum[e] / E;
-    }
     for (int e = 0; e < E; e++)
-        var += (sum[e] - mu) * (sum[e] - mu) / E;
+        load[e] = (float)sum[e];
+    double mu, var;
+    moe_cv2_stats(sum, E, &mu, &var);
     return mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
 }
 
@@ -1301,15 +1311,15 @@ static inline float moe_load_forward(float *load, float *dens, int *thr, const f
 static inline void moe_load_backward(float *dlogits, const float *load, const float *dens, const int *thr,
                                      const int *topk, int N, int E, int K, float w)
 {
-    double mu = 0.0, var = 0.0, c[4096];
+    double x[4096], mu, var;
+    float c[4096];
     for (int e = 0; e < E; e++)
-        mu += (double)load[e] / E;
-    for (int e = 0; e < E; e++)
-        var += ((double)load[e] - mu) * ((double)load[e] - mu) / E;
+        x[e] = load[e];
+    moe_cv2_stats(x, E, &mu, &var);
     if (mu <= 0.0)
         return;
     for (int e = 0; e < E; e++)
-        c[e] = w * (2.0 * ((double)load[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu));
+        c[e] = moe_cv2_grad(x, E, e, mu, var, w);
     for (int n = 0; n < N; n++) {
         const int *idx = topk + (size_t)n * K;
         float *dl = dlogits + (size_t)n * E;
@@ -1317,7 +1327,7 @@ static inline void moe_load_backward(float *dlogits, const float *load, const fl
             const int at = thr[(size_t)n * 2 + (moe_chosen(idx, K, e) ? 0 : 1)];
             if (at < 0)
                 continue;
-            const float v = (float)(c[e] * dens[(size_t)n * E + e]);
+            const float v = c[e] * dens[(size_t)n * E + e];
             dl[e] += v;
             dl[at] -= v;
         }

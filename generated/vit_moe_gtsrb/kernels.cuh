@@ -1616,11 +1616,17 @@ static __global__ void accumulate_kernel(float *dst, const float *src, int64_t n
         dst[i] += src[i];
 }
 
+/* dst = src, n floats, on the stream */
+static inline void copy_floats(const kctx *k, float *dst, const float *src, int64_t n)
+{
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, k->stream));
+}
+
 /* dst (+)= src */
 static inline void grad_pass(const kctx *k, float *dst, const float *src, int64_t n, int acc)
 {
     if (!acc) {
-        CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, k->stream));
+        copy_floats(k, dst, src, n);
         return;
     }
     accumulate_kernel<<<blocks_for(n, 256), 256, 0, k->stream>>>(dst, src, n);
@@ -6356,21 +6362,23 @@ static inline void moe_aux_losses(const kctx *k, float *aux, double *sums, doubl
 }
 
 /* The router's backward, per expert e, shared by its two kernels (a warp
- * per token, a thread per token). The importance loss's statistics: the
- * mean and variance of the summed probabilities sums[0, E) */
-template <int E> static __device__ __forceinline__ void router_imp_stats(const double *sums, double *mu, double *var)
+ * per token, a thread per token), and the load loss's. A squared
+ * coefficient of variation's statistics (the importance loss's over the
+ * summed probabilities, the load loss's over the loads): the mean and
+ * (population) variance of x[0, E), added to *mu and *var (zeroed first) */
+template <int E> static __device__ __forceinline__ void cv2_stats(const double *x, double *mu, double *var)
 {
     for (int e = 0; e < E; e++)
-        *mu += sums[e] / E;
+        *mu += x[e] / E;
     for (int e = 0; e < E; e++)
-        *var += (sums[e] - *mu) * (sums[e] - *mu) / E;
+        *var += (x[e] - *mu) * (x[e] - *mu) / E;
 }
 
-/* d/dimp[e] of the importance loss w_imp CV^2, the same for every token */
+/* d/dx[e] of w CV^2(x), from cv2_stats's mu and var */
 template <int E>
-static __device__ __forceinline__ float router_imp_grad(const double *sums, int e, double mu, double var, float w_imp)
+static __device__ __forceinline__ float cv2_grad(const double *x, int e, double mu, double var, float w)
 {
-    return (float)(w_imp * (2.0 * (sums[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
+    return (float)(w * (2.0 * (x[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
 }
 
 /* d/dp[e] of the balance loss (sums[E + e]: expert e's top-1 count) */
@@ -6424,7 +6432,7 @@ static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate,
         return;
     double mu = 0.0, var = 0.0;
     if (w_imp != 0.0f)
-        router_imp_stats<E>(sums, &mu, &var);
+        cv2_stats<E>(sums, &mu, &var);
     const int *idx = topk + (int64_t)n * K;
     const float *val = topp + (int64_t)n * K, *dg = dgate + (int64_t)n * K;
     float S = 0.0f, gs = 0.0f;
@@ -6446,7 +6454,7 @@ static __global__ void moe_router_bwd_kernel(float *dlogits, const float *dgate,
         pv[j] = p[e];
         dp[j] = router_gate_grad<K>(idx, dg, e, normalize, S, gs);
         if (w_imp != 0.0f)
-            dp[j] += router_imp_grad<E>(sums, e, mu, var, w_imp);
+            dp[j] += cv2_grad<E>(sums, e, mu, var, w_imp);
         dp[j] += router_bal_grad<E>(sums, e, w_bal, N);
         s += pv[j] * dp[j];
     }
@@ -6477,8 +6485,8 @@ static __global__ void moe_router_bwd_thread_kernel(float *dlogits, const float 
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         double mu = 0.0, var = 0.0;
         if (w_imp != 0.0f)
-            router_imp_stats<E>(sums, &mu, &var);
-        imp[e] = w_imp != 0.0f ? router_imp_grad<E>(sums, e, mu, var, w_imp) : 0.0f;
+            cv2_stats<E>(sums, &mu, &var);
+        imp[e] = w_imp != 0.0f ? cv2_grad<E>(sums, e, mu, var, w_imp) : 0.0f;
         bal[e] = router_bal_grad<E>(sums, e, w_bal, N);
     }
     __syncthreads();
@@ -6639,10 +6647,7 @@ static __global__ void moe_load_final_kernel(float *aux, double *load, double *l
         return;
     const double Ng = tot[E];
     double mu = 0.0, var = 0.0;
-    for (int e = 0; e < E; e++)
-        mu += tot[e] / E;
-    for (int e = 0; e < E; e++)
-        var += (tot[e] - mu) * (tot[e] - mu) / E;
+    cv2_stats<E>(tot, &mu, &var);
     aux[0] = mu > 0.0 ? (float)(var / (mu * mu)) : 0.0f;
     for (int e = 0; e < E; e++)
         load[e] = tot[e] * ((double)N / Ng);
@@ -6680,14 +6685,11 @@ template <int E, int K>
 static __global__ void moe_load_backward_kernel(float *dlogits, const double *load, const float *dens, const int *thr,
                                                 const int *topk, int N, float w)
 {
-    __shared__ double c[E];
+    __shared__ float c[E];
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         double mu = 0.0, var = 0.0;
-        for (int q = 0; q < E; q++)
-            mu += load[q] / E;
-        for (int q = 0; q < E; q++)
-            var += (load[q] - mu) * (load[q] - mu) / E;
-        c[e] = mu > 0.0 ? w * (2.0 * (load[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)) : 0.0;
+        cv2_stats<E>(load, &mu, &var);
+        c[e] = mu > 0.0 ? cv2_grad<E>(load, e, mu, var, w) : 0.0f;
     }
     __syncthreads();
     const int n = blockIdx.x * blockDim.x + threadIdx.x;
@@ -6703,7 +6705,7 @@ static __global__ void moe_load_backward_kernel(float *dlogits, const double *lo
         const int at = moe_load_chosen<K>(idx, e) ? in_at : out_at;
         if (at < 0)
             continue;
-        const float v = (float)(c[e] * dens[(int64_t)n * E + e]);
+        const float v = c[e] * dens[(int64_t)n * E + e];
         dl[e] += v;
         dl[at] -= v;
     }
@@ -6715,12 +6717,6 @@ static inline void moe_load_backward(const kctx *k, float *dlogits, const double
 {
     moe_load_backward_kernel<E, K><<<blocks_for(N, 128), 128, 0, k->stream>>>(dlogits, load, dens, thr, topk, N, w);
     LAUNCH_CHECK();
-}
-
-/* dst = src, n floats, on the stream (the load loss's clean logits) */
-static inline void copy_floats(const kctx *k, float *dst, const float *src, int64_t n)
-{
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, k->stream));
 }
 
 /* ---- l2 norm rows (the cosine router) ---------------------------------------------------------------- */

@@ -221,6 +221,11 @@ void ref_l2norm_backward(float *din, const float *dout, const float *out, const 
     l2norm_backward(din, dout, out, norm, rows, C, acc);
 }
 
+void ref_moe_topk_row(int *idx, float *val, const float *p, int E, int K)
+{
+    moe_topk_row(idx, val, p, E, K);
+}
+
 float ref_moe_load_forward(float *load, float *dens, int *thr, const float *clean, const float *noisy, const int *topk,
                            int N, int E, int K, float std)
 {

@@ -67,6 +67,7 @@ void ref_pool_forward(float *out, const float *inp, int B, int T, int D, int cls
 void ref_pool_backward(float *dinp, const float *dout, int B, int T, int D, int cls, int acc);
 void ref_l2norm_forward(float *out, float *norm, const float *in, int rows, int C);
 void ref_l2norm_backward(float *din, const float *dout, const float *out, const float *norm, int rows, int C, int acc);
+void ref_moe_topk_row(int *idx, float *val, const float *p, int E, int K);
 float ref_moe_load_forward(float *load, float *dens, int *thr, const float *clean, const float *noisy, const int *topk,
                            int N, int E, int K, float std);
 void ref_moe_load_backward(float *dlogits, const float *load, const float *dens, const int *thr, const int *topk, int N,

@@ -1294,20 +1294,11 @@ static void test_moe_load(int N)
     const float std = 1.0f / E, w = 0.3f;
     fvec clean = rnd(r, (size_t)N * E, -1, 1), noisy((size_t)N * E);
     std::vector<int> topk((size_t)N * K);
+    fvec val(K);
     for (int n = 0; n < N; n++) {
         for (int e = 0; e < E; e++)
             noisy[(size_t)n * E + e] = clean[(size_t)n * E + e] + std * r.uni(-2, 2);
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int q = 0; q < k; q++)
-                    taken |= topk[(size_t)n * K + q] == e;
-                if (!taken && (best < 0 || noisy[(size_t)n * E + e] > noisy[(size_t)n * E + best]))
-                    best = e;
-            }
-            topk[(size_t)n * K + k] = best;
-        }
+        ref_moe_topk_row(topk.data() + (size_t)n * K, val.data(), noisy.data() + (size_t)n * E, E, K);
     }
     fvec load(E), dens((size_t)N * E);
     std::vector<int> thr((size_t)N * 2);

@@ -890,29 +890,16 @@ typedef struct load_ctx {
     int *topk, *thr;
 } load_ctx;
 
-/* the token's K best noisy logits, best first */
-static void load_topk(load_ctx *c)
-{
-    for (int n = 0; n < c->N; n++)
-        for (int k = 0; k < c->K; k++) {
-            int best = -1;
-            for (int e = 0; e < c->E; e++) {
-                int taken = 0;
-                for (int q = 0; q < k; q++)
-                    taken |= c->topk[n * c->K + q] == e;
-                if (!taken && (best < 0 || c->noisy[n * c->E + e] > c->noisy[n * c->E + best]))
-                    best = e;
-            }
-            c->topk[n * c->K + k] = best;
-        }
-}
-
 static double load_loss(void *vc)
 {
     load_ctx *c = vc;
     for (int i = 0; i < c->N * c->E; i++)
         c->noisy[i] = c->clean[i] + c->noise[i];
-    load_topk(c);
+    /* each token's K best noisy logits, best first: moe_route's choice
+     * (the softmax keeps their order) */
+    double val[64];
+    for (int n = 0; n < c->N; n++)
+        moe_topk_row(c->topk + n * c->K, val, c->noisy + n * c->E, c->E, c->K);
     return c->w * moe_load_forward(c->load, c->dens, c->thr, c->clean, c->noisy, c->topk, c->N, c->E, c->K, c->std);
 }
 
