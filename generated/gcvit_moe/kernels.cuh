@@ -6862,9 +6862,9 @@ static __global__ void sumsq_runs_partial_kernel(double *part, const float *g, c
 /* out[0] = the total of part[0..nparts), or its square root, by one block
  * of SUMSQ_FINAL_THREADS: thread t adds part[t], part[t + threads], ...
  * in order (unrolled: the loads go out together, the adds stay in
- * order), then the warps' shuffles and thread 0 the warps' sums in order
- * (the same bits every run). AdamW's partial sums are one a block of its
- * grid (117,000 on config S): one thread alone took 52 us over them. */
+ * order), then block_sum_store the threads' sums in a fixed order (the
+ * same bits every run). AdamW's partial sums are one a block of its grid
+ * (117,000 on config S): one thread alone took 52 us over them. */
 #define SUMSQ_FINAL_THREADS 1024
 static __global__ void __launch_bounds__(SUMSQ_FINAL_THREADS)
     sumsq_final_kernel(double *out, const double *part, int nparts, int root)
@@ -6873,17 +6873,10 @@ static __global__ void __launch_bounds__(SUMSQ_FINAL_THREADS)
 #pragma unroll 8
     for (int q = threadIdx.x; q < nparts; q += SUMSQ_FINAL_THREADS)
         t += part[q];
-    t = warp_sum_d(t);
-    __shared__ double warps[SUMSQ_FINAL_THREADS / 32];
-    if (threadIdx.x % 32 == 0)
-        warps[threadIdx.x / 32] = t;
-    __syncthreads();
-    if (threadIdx.x != 0)
-        return;
-    t = 0.0;
-    for (int w = 0; w < SUMSQ_FINAL_THREADS / 32; w++)
-        t += warps[w];
-    out[0] = root ? sqrt(t) : t;
+    block_sum_store(out, t);
+    /* thread 0 wrote out[0] */
+    if (root && threadIdx.x == 0)
+        out[0] = sqrt(out[0]);
 }
 
 static inline void sumsq_final(const kctx *k, double *out, const double *part, int nparts, bool root)

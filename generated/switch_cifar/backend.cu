@@ -884,6 +884,10 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
     CUDA_CHECK(cudaEventRecord(s->buckets_done, s->comm_stream));
     CUDA_CHECK(cudaStreamWaitEvent(k->stream, s->buckets_done, 0));
 #endif
+    /* where |g| goes when AdamW's update sums it as it reads g (without
+     * clipping, on one GPU or with data parallelism alone); else NULL and
+     * |g| is summed first */
+    double *norm_by_update = NULL;
 #if PARALLEL_EXPERT > 1
     /* |g|: the dense part is the same on every GPU, the experts' parts add
      * up over the group */
@@ -893,21 +897,17 @@ static void run_step(cuda_state *s, const int32_t *labels, int B, bool update)
     sqrt_sum_kernel<<<1, 32, 0, k->stream>>>(d->dacc + 2, s->norm_sq, s->norm_sq + 1);
     LAUNCH_CHECK();
 #else
-    /* without clipping, AdamW's update sums |g| as it reads g */
-    const bool norm_in_update = update && OPT_ADAMW && CLIP_GRAD == 0;
-    if (!norm_in_update)
+    if (update && OPT_ADAMW && CLIP_GRAD == 0)
+        norm_by_update = d->dacc + 2;
+    else
         grad_norm(k, d->dacc + 2, d->grad, params);
 #endif
     if (!update)
         return;
     if (OPT_ADAMW) {
-        double *norm = NULL;
-#if PARALLEL_EXPERT == 1
-        if (norm_in_update)
-            norm = d->dacc + 2;
-#endif
         adamw(k, d->param, s->param16, d->grad, d->opt_m, d->opt_v, s->decay, params, d->sc, d->dacc + 2,
-              (float)CLIP_GRAD, (float)ADAM_BETA1, (float)ADAM_BETA2, (float)ADAM_EPS, (float)WEIGHT_DECAY, norm);
+              (float)CLIP_GRAD, (float)ADAM_BETA1, (float)ADAM_BETA2, (float)ADAM_EPS, (float)WEIGHT_DECAY,
+              norm_by_update);
     } else {
         sgd_kernel<<<blocks_for(params, 256), 256, 0, k->stream>>>(
             d->param, s->param16, d->grad, d->opt_m, s->decay, params, d->sc, d->dacc + 2, (float)CLIP_GRAD,
