@@ -60,10 +60,30 @@ for name, n in [("data_batch_%d.bin" % k, 10000) for k in range(1, 6)] + [("test
 PYEOF
 
 configs=${BENCH_CONFIGS:-gpu_p gpu_s}
+# Every trainer is generated and built first, all at once (nvcc spends
+# most of its time in one translation unit per trainer, so building them
+# side by side is what shortens the run), and before anything is timed.
+# build_trainer NAME MOE: $work/NAME from MOE
+build_trainer() {
+    (cd "$top_srcdir" && "$MOECC" --target cuda "$2" -o "$work/$1" > "$work/$1.moecc.log" 2>&1) &&
+        env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$work/$1" MOERT="$top_builddir" \
+            MOERT_SRC="$top_srcdir" BACKEND=cuda > "$work/$1.build.log" 2>&1
+}
+pids=
 for cfg in $configs; do
-    (cd "$top_srcdir" && "$MOECC" --target cuda "bench/$cfg.moe" -o "$work/$cfg") || exit 1
-    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$work/$cfg" MOERT="$top_builddir" MOERT_SRC="$top_srcdir" \
-        BACKEND=cuda > "$work/$cfg.build.log" 2>&1 || { cat "$work/$cfg.build.log"; exit 1; }
+    build_trainer "$cfg" "bench/$cfg.moe" & pids="$pids $!:$cfg"
+    [ "${BENCH_QUICK:-0}" = 1 ] && continue
+    # bf16 again with recompute = experts and = all: the memory each
+    # saves, the time each costs
+    for rc in experts all; do
+        sed "s/^\\(    precision = bf16\\)\$/\\1\\n    recompute = $rc/" "$top_srcdir/bench/$cfg.moe" > "$work/${cfg}_$rc.moe"
+        build_trainer "${cfg}_$rc" "$work/${cfg}_$rc.moe" & pids="$pids $!:${cfg}_$rc"
+    done
+done
+for p in $pids; do
+    wait "${p%%:*}" || { cat "$work/${p#*:}.moecc.log" "$work/${p#*:}.build.log"; exit 1; }
+done
+for cfg in $configs; do
     cd "$work/$cfg" || exit 1
     precs="bf16 tf32 fp32"
     [ "${BENCH_QUICK:-0}" = 1 ] && precs=bf16
@@ -71,15 +91,8 @@ for cfg in $configs; do
         ./train --bench --steps $((STEPS + 2)) --precision $prec | grep '^moecc' | sed "s/^/[$prec] /" |
             tee "$work/$cfg.$prec.txt" | tee -a "$out"
     done
-    # bf16 again with recompute = experts and = all: the memory each
-    # saves, the time each costs
     for rc in experts all; do
         [ "${BENCH_QUICK:-0}" = 1 ] && break
-        sed "s/^\\(    precision = bf16\\)\$/\\1\\n    recompute = $rc/" "$top_srcdir/bench/$cfg.moe" > "$work/${cfg}_$rc.moe"
-        (cd "$top_srcdir" && "$MOECC" --target cuda "$work/${cfg}_$rc.moe" -o "$work/${cfg}_$rc" > /dev/null) &&
-            env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -j4 -C "$work/${cfg}_$rc" MOERT="$top_builddir" \
-                MOERT_SRC="$top_srcdir" BACKEND=cuda > "$work/${cfg}_$rc.build.log" 2>&1 ||
-            { cat "$work/${cfg}_$rc.build.log"; exit 1; }
         (cd "$work/${cfg}_$rc" && ./train --bench --steps $((STEPS + 2)) --precision bf16) | grep '^moecc' |
             sed "s/^/[bf16, recompute = $rc] /" | tee "$work/${cfg}_$rc.txt" | tee -a "$out"
     done
@@ -102,8 +115,10 @@ for cfg in $configs; do
     ips=$("$PY" -c 'import json,sys; print("%.0f" % [r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][-1]["images_per_s"])' real.jsonl)
     echo "moecc $cfg with the data loader (CIFAR-10 format files, bf16): $ips images/s" | tee -a "$out"
     if [ "${BENCH_TORCH:-1}" != 0 ]; then
-        "$PY" "$top_srcdir/bench/torch_gpu.py" "$work/$cfg" --steps "$STEPS" --json "$work/$cfg.torch.json" 2>&1 |
-            grep -E '^(gpu|pytorch)' | tee -a "$out"
+        # unbuffered, line by line: each variant's line is in $out as
+        # soon as it is measured
+        "$PY" -u "$top_srcdir/bench/torch_gpu.py" "$work/$cfg" --steps "$STEPS" --json "$work/$cfg.torch.json" 2>&1 |
+            grep --line-buffered -E '^(gpu|pytorch)' | tee -a "$out"
     fi
     # the issue's targets, each said met or not (bench/targets.py: the
     # memory against PyTorch's peak in this run, by default or with
