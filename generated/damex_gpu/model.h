@@ -47,7 +47,7 @@ extern "C" {
 #define FLOPS_PER_IMAGE 8.64745e+07 /* forward, routed experts only */
 
 /* training settings of the .moe file: the trainer's defaults */
-#define TRAIN_STEPS 11000L
+#define TRAIN_STEPS 18000L
 #define TRAIN_EPOCHS 0
 #define OPT_ADAMW 1
 #define TRAIN_LR 0.0040000000000000001
