@@ -562,10 +562,14 @@ static void gen_op(gen *g, int i)
 
 /* ---- the files -------------------------------------------------------------------- */
 
-/* s as a C string literal (quotes and escapes), in tmp */
+/* s as a C string literal (quotes and escapes), or NULL, in tmp */
 static const char *c_string(sbuf *tmp, const char *s)
 {
     tmp->len = 0;
+    if (!s) {
+        sb_printf(tmp, "NULL");
+        return tmp->s;
+    }
     sb_printf(tmp, "\"");
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -652,7 +656,8 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "extern const tensor_info TENSORS[N_TENSORS];\n\n");
     sb_printf(h, "enum { FMT_IDX, FMT_MNIST_JSON, FMT_CSV, FMT_CIFAR10, FMT_IMAGE_FOLDER, FMT_GTSRB };\n");
     sb_printf(h, "typedef struct dataset_info {\n    const char *name;\n    int format;\n    const char *path;\n"
-                 "    const char *train_images, *train_labels, *test_images, *test_labels;\n"
+                 "    const char *train_images, *train_labels, *test_images, *test_labels;   /* idx */\n"
+                 "    const char *train_folder, *test_folder;   /* image_folder, gtsrb: in path, or NULL */\n"
                  "    int channels, height, width;   /* as stored; 0: any */\n    int classes;\n"
                  "    double weight, test_split, max_value;\n    double mean[3], std[3];   /* per channel, pixels in [0, 1] */\n    int resize;    /* 0 none, 1 bilinear, "
                  "2 nearest */\n    int crop_padding, flip;   /* training augmentations: random crop padding (0: off), "
@@ -798,6 +803,8 @@ void emit_tables(sbuf *c, const gen *g)
         sb_printf(c, "%s, ", c_string(&tmp, ds->train_labels));
         sb_printf(c, "%s, ", c_string(&tmp, ds->test_images));
         sb_printf(c, "%s,\n      ", c_string(&tmp, ds->test_labels));
+        sb_printf(c, "%s, ", c_string(&tmp, ds->train_folder));
+        sb_printf(c, "%s, ", c_string(&tmp, ds->test_folder));
         sb_printf(c, "%d, %d, %d, %d, %.17g, %.17g, %.17g,\n      { %.9g, %.9g, %.9g }, { %.9g, %.9g, %.9g }, %d, %d, %d, ",
                   ds->channels, ds->height, ds->width, ds->classes, ds->weight, ds->test_split, ds->max_value,
                   ds->mean[0], ds->mean[1], ds->mean[2], ds->std[0], ds->std[1], ds->std[2], ds->resize,

@@ -30,6 +30,7 @@ typedef struct mc_dataset {
     mc_format format;
     char *path;                 /* directory or file, relative to --data */
     char *train_images, *train_labels, *test_images, *test_labels; /* IDX */
+    char *train_folder, *test_folder; /* image_folder, gtsrb: in path; NULL: none */
     int channels, height, width;   /* as stored; 0 x 0: any (image folders) */
     int classes;
     char **labels;              /* class names, or NULL */

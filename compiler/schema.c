@@ -39,6 +39,9 @@ static const mc_param_spec dataset_params[] = {
     { "train_labels", PT_STRING, "\"train-labels-idx1-ubyte.gz\"", 0, 0, NULL, "idx: training labels" },
     { "test_images", PT_STRING, "\"t10k-images-idx3-ubyte.gz\"", 0, 0, NULL, "idx: test images" },
     { "test_labels", PT_STRING, "\"t10k-labels-idx1-ubyte.gz\"", 0, 0, NULL, "idx: test labels" },
+    { "train_folder", PT_STRING, "\"train\"", 0, 0, NULL, "image_folder: the training class folders, in path" },
+    { "test_folder", PT_STRING, "by format", 0, 0, NULL,
+      "image_folder (\"test\") and gtsrb (none): the test set's folder, in path" },
     END_PARAMS
 };
 

@@ -807,9 +807,58 @@ static void do_const(sema *s, const mc_stmt *st)
         c->used = true;
 }
 
-static bool has_test_set(mc_format f)
+/* A string parameter naming a file or folder that the trainer joins to a
+ * directory (dir, for messages): not empty, and not absolute (it would be
+ * read inside the directory all the same). */
+static const char *get_relative(sema *s, const bind *b, const char *name, const char *fallback, const char *dir)
 {
-    return f == FMT_IDX || f == FMT_CIFAR10 || f == FMT_IMAGE_FOLDER;
+    const int errors = s->d->errors;
+    const char *v = get_string(s, b, name, fallback);
+    if (!given(b, name) || s->d->errors != errors)
+        return v;
+    if (!*v)
+        err(s, where(b, name), "'%s' is empty", name);
+    else if (*v == '/')
+        err(s, where(b, name), "'%s' must be relative to %s, which it is joined to; \"%s\" is absolute", name, dir,
+            v);
+    return v;
+}
+
+/* image_folder's train_folder and test_folder, gtsrb's test_folder */
+static void do_folders(sema *s, const bind *b, mc_dataset *ds)
+{
+    const bool folders = ds->format == FMT_IMAGE_FOLDER, gtsrb = ds->format == FMT_GTSRB;
+    static const char *const names[] = { "train_folder", "test_folder" };
+    char **slots[] = { &ds->train_folder, &ds->test_folder };
+    for (int k = 0; k < 2; k++) {
+        if (!given(b, names[k])) {
+            if (folders && ds->test_split <= 0)
+                *slots[k] = mc_xstrdup(k == 0 ? "train" : "test");
+            continue;
+        }
+        if (!folders && !(gtsrb && k == 1)) {
+            err(s, b->name_loc[pidx(b, names[k])], "'%s' applies to format = %s only", names[k],
+                k == 0 ? "image_folder" : "image_folder or gtsrb");
+            continue;
+        }
+        const char *v = get_relative(s, b, names[k], "", "the dataset's path");
+        if (ds->test_split > 0) {
+            err(s, b->name_loc[pidx(b, names[k])],
+                "'%s' names a folder of its own, but test_split holds the test set out of path's images",
+                names[k]);
+            mc_hint(s->d, folders ? "give test_split (path is then the folder of class folders itself) or the "
+                                    "folders, not both"
+                                  : "give test_split or test_folder, not both");
+        } else {
+            *slots[k] = mc_xstrdup(v);
+        }
+    }
+}
+
+static bool has_test_set(const mc_dataset *ds)
+{
+    return ds->format == FMT_IDX || ds->format == FMT_CIFAR10 || ds->format == FMT_IMAGE_FOLDER ||
+           ds->test_folder;
 }
 
 /* The augment list e: random_crop and flip into *crop and *flip; cutmix and
@@ -877,7 +926,7 @@ static void do_dataset(sema *s, const mc_stmt *st)
     ds->name = mc_xstrdup(st->name);
     ds->loc = st->name_loc;
     ds->format = (mc_format)get_word(s, &b, "format", FMT_IDX);
-    ds->path = mc_xstrdup(get_string(s, &b, "path", ""));
+    ds->path = mc_xstrdup(get_relative(s, &b, "path", "", "the trainer's --data directory"));
     bool small_gray = ds->format == FMT_IDX || ds->format == FMT_MNIST_JSON || ds->format == FMT_CSV;
     ds->channels = (int)get_int(s, &b, "channels", small_gray ? 1 : 3);
     ds->height = ds->width = ds->format == FMT_CIFAR10 ? 32 : 28;
@@ -935,12 +984,17 @@ static void do_dataset(sema *s, const mc_stmt *st)
         snprintf(def, sizeof def, "%.*s", (int)strlen(p->def) - 2, p->def + 1);
         if (given(&b, idx_files[k]) && ds->format != FMT_IDX)
             err(s, b.name_loc[pidx(&b, idx_files[k])], "'%s' applies to format = idx only", idx_files[k]);
-        *slots[k] = mc_xstrdup(get_string(s, &b, idx_files[k], def));
+        *slots[k] = mc_xstrdup(get_relative(s, &b, idx_files[k], def, "the dataset's path"));
     }
-    if (given(&b, "format") && !has_test_set(ds->format) && ds->test_split <= 0) {
+    do_folders(s, &b, ds);
+    if (given(&b, "format") && !has_test_set(ds) && ds->test_split <= 0) {
         err(s, st->name_loc, "dataset '%s' has no test set: give test_split", ds->name);
-        mc_hint(s->d, "format = %s files hold one set of samples; test_split = 0.2 holds out a fifth",
-                mc_format_name(ds->format));
+        if (ds->format == FMT_GTSRB)
+            mc_hint(s->d, "test_split = 0.2 holds out a fifth of the training images; test_folder = "
+                          "\"Final_Test/Images\" reads GTSRB's test images (with GT-final_test.csv)");
+        else
+            mc_hint(s->d, "format = %s files hold one set of samples; test_split = 0.2 holds out a fifth",
+                    mc_format_name(ds->format));
     }
     if (ds->weight == 0)
         warn(s, st->name_loc, "dataset '%s' has weight 0 and is never sampled for training", ds->name);
@@ -2351,6 +2405,8 @@ void mc_model_free(mc_model *m)
         free(ds->train_labels);
         free(ds->test_images);
         free(ds->test_labels);
+        free(ds->train_folder);
+        free(ds->test_folder);
         if (ds->labels)
             for (char **l = ds->labels; *l; l++)
                 free(*l);

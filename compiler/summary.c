@@ -127,13 +127,15 @@ void mc_model_summary(const mc_model *m, void *outp)
             "classes", "share", "test");
     for (int i = 0; i < m->ndatasets; i++) {
         const mc_dataset *ds = &m->datasets[i];
-        char size[32], test[32];
+        char size[32], test[160];
         if (ds->height > 0)
             snprintf(size, sizeof size, "%dx%d", ds->height, ds->width);
         else
             snprintf(size, sizeof size, "any");
         if (ds->test_split > 0)
             snprintf(test, sizeof test, "%.0f%% held out", ds->test_split * 100);
+        else if (ds->test_folder)
+            snprintf(test, sizeof test, "folder %s", ds->test_folder);
         else
             snprintf(test, sizeof test, "its test set");
         fprintf(out, "  %-12s %-12s %-28s %-9s %-3d %-7d %-7.3f %s%s", ds->name, mc_format_name(ds->format),

@@ -192,6 +192,21 @@ void moert_images_mean_std(const moert_images *set, float mean[MOERT_MAX_CHANNEL
     }
 }
 
+/* A copy of the n names (a NULL stays NULL), or NULL when out of memory. */
+static char **names_dup(const char *const *names, int n)
+{
+    char **v = calloc((size_t)n, sizeof *v);
+    for (int k = 0; v && k < n; k++) {
+        if (names[k] && !(v[k] = strdup(names[k]))) {
+            for (int j = 0; j < k; j++)
+                free(v[j]);
+            free(v);
+            v = NULL;
+        }
+    }
+    return v;
+}
+
 /* Copies the images of src listed in idx (ascending) into dst. */
 static int copy_subset(const moert_images *src, const int64_t *idx, int64_t n,
                        moert_images *dst, char *errbuf, size_t errlen)
@@ -208,15 +223,8 @@ static int copy_subset(const moert_images *src, const int64_t *idx, int64_t n,
     }
     dst->n = n;
     dst->num_classes = src->num_classes;
-    if (src->class_names) {
-        dst->class_names = calloc((size_t)src->num_classes, sizeof *dst->class_names);
-        if (!dst->class_names)
-            goto oom;
-        for (int k = 0; k < src->num_classes; k++) {
-            if (src->class_names[k] && !(dst->class_names[k] = strdup(src->class_names[k])))
-                goto oom;
-        }
-    }
+    if (src->class_names && !(dst->class_names = names_dup((const char *const *)src->class_names, src->num_classes)))
+        goto oom;
     data_images_finish(dst);
     return 0;
 oom:
@@ -281,6 +289,67 @@ int moert_images_split(const moert_images *src, double test_fraction, uint64_t s
     free(perm);
     free(in_test);
     free(idx);
+    return rc;
+}
+
+typedef struct name_pos {
+    const char *name;
+    int pos;
+} name_pos;
+
+static int name_pos_cmp(const void *a, const void *b)
+{
+    return strcmp(((const name_pos *)a)->name, ((const name_pos *)b)->name);
+}
+
+int moert_images_relabel(moert_images *set, const char *const *names, int n, const char *where,
+                         const char *among, char *errbuf, size_t errlen)
+{
+    if (!set->class_names) {
+        data_errf(errbuf, errlen, "%s: its classes have no names to match with %s", where, among);
+        return -1;
+    }
+    if (n <= 0) {
+        data_errf(errbuf, errlen, "%s: %s name no classes", where, among);
+        return -1;
+    }
+    name_pos *sorted = malloc((size_t)n * sizeof *sorted);
+    int32_t *map = malloc((size_t)(set->num_classes > 0 ? set->num_classes : 1) * sizeof *map);
+    char **copy = names_dup(names, n);
+    int rc = -1;
+    if (!sorted || !map || !copy) {
+        data_errf(errbuf, errlen, "%s: out of memory for %d class names", where, n);
+        goto done;
+    }
+    for (int k = 0; k < n; k++)
+        sorted[k] = (name_pos){names[k] ? names[k] : "", k};
+    qsort(sorted, (size_t)n, sizeof *sorted, name_pos_cmp);
+    for (int k = 0; k < set->num_classes; k++) {
+        const name_pos key = {set->class_names[k] ? set->class_names[k] : "", 0};
+        const name_pos *hit = bsearch(&key, sorted, (size_t)n, sizeof *sorted, name_pos_cmp);
+        if (!hit) {
+            data_errf(errbuf, errlen, "%s: class '%s' is not among %s", where, key.name, among);
+            goto done;
+        }
+        map[k] = hit->pos;
+    }
+    for (int64_t i = 0; i < set->n; i++)
+        set->labels[i] = map[set->labels[i]];
+    for (int k = 0; k < set->num_classes; k++)
+        free(set->class_names[k]);
+    free(set->class_names);
+    set->class_names = copy;
+    set->num_classes = n;
+    copy = NULL;
+    rc = 0;
+done:
+    if (copy) {
+        for (int k = 0; k < n; k++)
+            free(copy[k]);
+        free(copy);
+    }
+    free(sorted);
+    free(map);
     return rc;
 }
 

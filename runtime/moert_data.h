@@ -86,6 +86,18 @@ int moert_images_split(const moert_images *src, double test_fraction, uint64_t s
                        moert_images *train, moert_images *test,
                        char *errbuf, size_t errlen);
 
+/* Gives the classes of set the numbers their names have in names (n
+ * distinct names): a label k becomes the position of class_names[k] in
+ * names, class_names becomes a copy of names and num_classes n. A class of
+ * the set that names lacks (or a set without class names) is an error
+ * naming where (the set's folder) and among (what names are: "the 1000
+ * class folders of data/imagenet/train"); the set is then unchanged. So a
+ * test folder's classes take the training folder's numbers, whichever
+ * classes each holds, and a dataset's `labels` fix the numbers of its
+ * class folders. */
+int moert_images_relabel(moert_images *set, const char *const *names, int n, const char *where,
+                         const char *among, char *errbuf, size_t errlen);
+
 /* ------------------------------------------------------------------ */
 /* Loaders. Each fills *out (which it first zeroes) or fails with a     */
 /* message naming the file. Input is never trusted: every header field, */

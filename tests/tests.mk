@@ -144,6 +144,8 @@ GOLDEN_CASES = \
 	tests/golden/sema_const_in_model.moe \
 	tests/golden/sema_conv_kernel_even.err \
 	tests/golden/sema_conv_kernel_even.moe \
+	tests/golden/sema_dataset_folders.err \
+	tests/golden/sema_dataset_folders.moe \
 	tests/golden/sema_dataset_loss_router.err \
 	tests/golden/sema_dataset_loss_router.moe \
 	tests/golden/sema_dataset_size.err \

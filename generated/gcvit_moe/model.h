@@ -91,7 +91,8 @@ typedef struct dataset_info {
     const char *name;
     int format;
     const char *path;
-    const char *train_images, *train_labels, *test_images, *test_labels;
+    const char *train_images, *train_labels, *test_images, *test_labels;   /* idx */
+    const char *train_folder, *test_folder;   /* image_folder, gtsrb: in path, or NULL */
     int channels, height, width;   /* as stored; 0: any */
     int classes;
     double weight, test_split, max_value;

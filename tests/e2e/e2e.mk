@@ -1,10 +1,10 @@
 ## tests/e2e/e2e.mk: end-to-end tests, the example data, the demo, the CPU
 ## benchmark and generated/.
 TESTS += tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh tests/e2e/routers.sh tests/e2e/hier.sh \
-	tests/e2e/cuda_build.sh tests/e2e/parallel.sh tests/e2e/bench.sh
+	tests/e2e/cuda_build.sh tests/e2e/parallel.sh tests/e2e/bench.sh tests/e2e/folders.sh
 EXTRA_DIST += tests/e2e/common.sh tests/e2e/damex.sh tests/e2e/examples.sh tests/e2e/generated.sh tests/e2e/grad_rooms.py tests/e2e/grad_stored.py tests/e2e/recompute_rooms.py \
 	tests/e2e/routers.sh tests/e2e/routers.moe tests/e2e/hier.sh tests/e2e/hier.moe tests/e2e/cuda_build.sh tests/e2e/parallel.sh \
-	tests/e2e/bench.sh bench/gpu_p.moe bench/gpu_s.moe \
+	tests/e2e/bench.sh tests/e2e/folders.sh tests/e2e/folders.moe bench/gpu_p.moe bench/gpu_s.moe \
 	tests/tools/torch_ref.py scripts/data.sh scripts/ranks.sh scripts/quickstart \
 	bench/cpu.sh bench/cpu_small.moe bench/cpu_large.moe \
 	examples/damex.moe generated

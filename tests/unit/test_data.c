@@ -1114,6 +1114,68 @@ static void test_image_folder(void **state)
     free(big);
 }
 
+/* A test folder's classes take the training folder's numbers by name,
+ * whichever classes each holds; `labels` fix the numbers the same way. */
+static void test_images_relabel(void **state)
+{
+    (void)state;
+    uint8_t *a = pattern(5, 3, 3, 7);
+    const char *const tr[] = {"ant", "bee", "cow"};
+    for (int k = 0; k < 3; k++) {
+        mkdirs(tpath("rl_train/%s", tr[k]));
+        write_pnm(tpath("rl_train/%s/0.ppm", tr[k]), 5, 3, 3, a);
+    }
+    mkdirs(tpath("rl_test/ant"));
+    mkdirs(tpath("rl_test/cow"));
+    write_pnm(tpath("rl_test/ant/0.ppm"), 5, 3, 3, a);
+    write_pnm(tpath("rl_test/cow/0.ppm"), 5, 3, 3, a);
+    write_pnm(tpath("rl_test/cow/1.ppm"), 5, 3, 3, a);
+
+    moert_images train, test;
+    assert_int_equal(moert_load_image_folder(&train, tpath("rl_train"), (moert_shape){3, 3, 3}, err,
+                                             sizeof err), 0);
+    assert_int_equal(moert_load_image_folder(&test, tpath("rl_test"), (moert_shape){3, 3, 3}, err,
+                                             sizeof err), 0);
+    /* on their own, cow is class 1 of the test folder */
+    assert_int_equal(test.num_classes, 2);
+    assert_int_equal(test.labels[1], 1);
+    assert_int_equal(moert_images_relabel(&test, (const char *const *)train.class_names, train.num_classes,
+                                          "rl_test", "the class folders of rl_train", err, sizeof err), 0);
+    assert_int_equal(test.num_classes, 3);
+    assert_int_equal(test.labels[0], 0);
+    assert_int_equal(test.labels[1], 2);
+    assert_int_equal(test.labels[2], 2);
+    for (int k = 0; k < 3; k++)
+        assert_string_equal(test.class_names[k], tr[k]);
+
+    /* labels in another order than the folders' */
+    const char *const order[] = {"cow", "ant", "bee", "dog"};
+    assert_int_equal(moert_images_relabel(&train, order, 4, "rl_train", "the labels", err, sizeof err), 0);
+    assert_int_equal(train.num_classes, 4);
+    assert_int_equal(train.labels[0], 1);
+    assert_int_equal(train.labels[1], 2);
+    assert_int_equal(train.labels[2], 0);
+    assert_string_equal(train.class_names[3], "dog");
+
+    /* a class the names lack: an error, and the set is left as it was */
+    const char *const two[] = {"bee", "cow"};
+    assert_int_equal(moert_images_relabel(&test, two, 2, "rl_test", "the class folders of rl_train", err,
+                                          sizeof err), -1);
+    assert_err("rl_test: class 'ant' is not among the class folders of rl_train");
+    assert_int_equal(test.num_classes, 3);
+    assert_int_equal(test.labels[0], 0);
+    assert_int_equal(test.labels[1], 2);
+    assert_string_equal(test.class_names[0], "ant");
+    moert_images_free(&train);
+    moert_images_free(&test);
+
+    /* classes without names (IDX) cannot be matched */
+    moert_images unnamed = {0};
+    assert_int_equal(moert_images_relabel(&unnamed, two, 2, "x.idx", "the labels", err, sizeof err), -1);
+    assert_err("x.idx: its classes have no names to match with the labels");
+    free(a);
+}
+
 /* image w x h: 10 outside the ROI [x1, x2) x [y1, y2), 200 + channel inside */
 static void write_roi_ppm(const char *path, int w, int h, int x1, int y1, int x2, int y2)
 {
@@ -2524,6 +2586,7 @@ int main(void)
         cmocka_unit_test(test_image_errors),
         cmocka_unit_test(test_mutations),
         cmocka_unit_test(test_image_folder),
+        cmocka_unit_test(test_images_relabel),
         cmocka_unit_test(test_gtsrb),
         cmocka_unit_test(test_resize_known),
         cmocka_unit_test(test_split),

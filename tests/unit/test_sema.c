@@ -885,6 +885,36 @@ static void test_dataset_augment(void **state)
     checked_free(&c);
 }
 
+/* image_folder's train and test folders, gtsrb's test folder */
+static void test_dataset_folders(void **state)
+{
+    (void)state;
+    static const char text[] =
+        "dataset net(format = image_folder, path = \"imagenet\", classes = 1000, test_folder = \"val\")\n"
+        "dataset own(format = image_folder, path = \"o\", classes = 2)\n"
+        "dataset held(format = image_folder, path = \"h/train\", classes = 2, test_split = 0.1)\n"
+        "dataset signs(format = gtsrb, path = \"gtsrb\", classes = 43, test_folder = \"Final_Test/Images\")\n"
+        "dataset signs2(format = gtsrb, path = \"gtsrb\", classes = 43, test_split = 0.2)\n"
+        "dataset fm(format = idx, path = \"fm\", classes = 10, resize = bilinear)\n"
+        "model m {\n    input(channels = 3, height = 32, width = 32)\n    patch_embed(patch = 8, dim = 8)\n"
+        "    pool(kind = mean)\n    classifier(heads = per_dataset)\n}\n";
+    checked c;
+    check_ok(&c, text);
+    const mc_dataset *ds = c.m.datasets;
+    assert_string_equal(ds[0].train_folder, "train");
+    assert_string_equal(ds[0].test_folder, "val");
+    assert_string_equal(ds[1].train_folder, "train");
+    assert_string_equal(ds[1].test_folder, "test");
+    assert_null(ds[2].train_folder); /* path is the class folders' root */
+    assert_null(ds[2].test_folder);
+    assert_null(ds[3].train_folder);
+    assert_string_equal(ds[3].test_folder, "Final_Test/Images");
+    assert_null(ds[4].test_folder);
+    assert_null(ds[5].train_folder);
+    assert_null(ds[5].test_folder);
+    checked_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -898,6 +928,7 @@ int main(void)
         cmocka_unit_test(test_routers),
         cmocka_unit_test(test_train_settings),
         cmocka_unit_test(test_dataset_augment),
+        cmocka_unit_test(test_dataset_folders),
         cmocka_unit_test(test_parallel_checks),
         cmocka_unit_test(test_warnings_and_werror),
         cmocka_unit_test(test_suggestions),
