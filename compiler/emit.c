@@ -658,6 +658,7 @@ static void emit_model_h(sbuf *h, const gen *g, const mc_emit_opts *o)
     sb_printf(h, "typedef struct dataset_info {\n    const char *name;\n    int format;\n    const char *path;\n"
                  "    const char *train_images, *train_labels, *test_images, *test_labels;   /* idx */\n"
                  "    const char *train_folder, *test_folder;   /* image_folder, gtsrb: in path, or NULL */\n"
+                 "    int listed;    /* image_folder, gtsrb: 1 files decoded as they are drawn, 0 decoded at start-up */\n"
                  "    int channels, height, width;   /* as stored; 0: any */\n    int classes;\n"
                  "    double weight, test_split, max_value;\n    double mean[3], std[3];   /* per channel, pixels in [0, 1] */\n    int resize;    /* 0 none, 1 bilinear, "
                  "2 nearest */\n    int crop_padding, flip;   /* training augmentations: random crop padding (0: off), "
@@ -804,7 +805,7 @@ void emit_tables(sbuf *c, const gen *g)
         sb_printf(c, "%s, ", c_string(&tmp, ds->test_images));
         sb_printf(c, "%s,\n      ", c_string(&tmp, ds->test_labels));
         sb_printf(c, "%s, ", c_string(&tmp, ds->train_folder));
-        sb_printf(c, "%s, ", c_string(&tmp, ds->test_folder));
+        sb_printf(c, "%s, %d, ", c_string(&tmp, ds->test_folder), ds->listed);
         sb_printf(c, "%d, %d, %d, %d, %.17g, %.17g, %.17g,\n      { %.9g, %.9g, %.9g }, { %.9g, %.9g, %.9g }, %d, %d, %d, ",
                   ds->channels, ds->height, ds->width, ds->classes, ds->weight, ds->test_split, ds->max_value,
                   ds->mean[0], ds->mean[1], ds->mean[2], ds->std[0], ds->std[1], ds->std[2], ds->resize,

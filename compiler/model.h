@@ -31,6 +31,7 @@ typedef struct mc_dataset {
     char *path;                 /* directory or file, relative to --data */
     char *train_images, *train_labels, *test_images, *test_labels; /* IDX */
     char *train_folder, *test_folder; /* image_folder, gtsrb: in path; NULL: none */
+    bool listed;                /* image_folder, gtsrb: files decoded as drawn (in_memory = false) */
     int channels, height, width;   /* as stored; 0 x 0: any (image folders) */
     int classes;
     char **labels;              /* class names, or NULL */

@@ -42,6 +42,8 @@ static const mc_param_spec dataset_params[] = {
     { "train_folder", PT_STRING, "\"train\"", 0, 0, NULL, "image_folder: the training class folders, in path" },
     { "test_folder", PT_STRING, "by format", 0, 0, NULL,
       "image_folder (\"test\") and gtsrb (none): the test set's folder, in path" },
+    { "in_memory", PT_BOOL, "true", 0, 0, NULL,
+      "image_folder, gtsrb: decode every image at start-up and hold them; false: decode each as it is drawn" },
     END_PARAMS
 };
 

@@ -987,6 +987,10 @@ static void do_dataset(sema *s, const mc_stmt *st)
         *slots[k] = mc_xstrdup(get_relative(s, &b, idx_files[k], def, "the dataset's path"));
     }
     do_folders(s, &b, ds);
+    if (given(&b, "in_memory") && ds->format != FMT_IMAGE_FOLDER && ds->format != FMT_GTSRB)
+        err(s, b.name_loc[pidx(&b, "in_memory")], "'in_memory' applies to format = image_folder or gtsrb only");
+    else
+        ds->listed = !get_bool(s, &b, "in_memory", true);
     if (given(&b, "format") && !has_test_set(ds) && ds->test_split <= 0) {
         err(s, st->name_loc, "dataset '%s' has no test set: give test_split", ds->name);
         if (ds->format == FMT_GTSRB)

@@ -141,6 +141,8 @@ void mc_model_summary(const mc_model *m, void *outp)
         fprintf(out, "  %-12s %-12s %-28s %-9s %-3d %-7d %-7.3f %s%s", ds->name, mc_format_name(ds->format),
                 ds->path, size, ds->channels, ds->classes, wsum > 0 ? ds->weight / wsum : 0, test,
                 ds->resize ? (ds->resize == 1 ? ", resized bilinear" : ", resized nearest") : "");
+        if (ds->listed)
+            fputs(", decoded as drawn", out);
         if (ds->own_augment) {
             fputs(", its own augment:", out);
             if (!print_crop_flip(out, ds->crop_padding, ds->flip))

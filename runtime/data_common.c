@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 void data_errf(char *errbuf, size_t errlen, const char *fmt, ...)
 {
@@ -34,6 +35,12 @@ void moert_images_free(moert_images *set)
             free(set->class_names[i]);
         free(set->class_names);
     }
+    if (set->files) {
+        for (int64_t i = 0; i < set->n; i++)
+            free(set->files[i]);
+        free(set->files);
+    }
+    free(set->regions);
     free(set->pixels);
     free(set->labels);
     memset(set, 0, sizeof *set);
@@ -122,6 +129,21 @@ oom:
     return -1;
 }
 
+int data_check_memory(const moert_images *set, int64_t n, const char *path, char *errbuf, size_t errlen)
+{
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0 || n <= 0)
+        return 0;
+    const double need = (double)n * (double)moert_images_stride(set), have = (double)pages * (double)page;
+    if (need <= have)
+        return 0;
+    data_errf(errbuf, errlen,
+              "%s: %lld images of %dx%dx%d take %.1f GiB decoded, more than this machine's %.1f GiB of memory "
+              "(list the files instead, to decode each as it is drawn)",
+              path, (long long)n, set->c, set->h, set->w, need / 1073741824.0, have / 1073741824.0);
+    return -1;
+}
+
 void data_images_finish(moert_images *set)
 {
     if (set->n < set->capacity && set->n > 0) {
@@ -207,19 +229,37 @@ static char **names_dup(const char *const *names, int n)
     return v;
 }
 
-/* Copies the images of src listed in idx (ascending) into dst. */
+/* Copies the images of src listed in idx (ascending) into dst: their
+ * pixels, or a list's files and regions. */
 static int copy_subset(const moert_images *src, const int64_t *idx, int64_t n,
                        moert_images *dst, char *errbuf, size_t errlen)
 {
     moert_shape s = {src->c, src->h, src->w};
     if (data_images_begin(dst, s, src->c, src->h, src->w, "split", errbuf, errlen) != 0)
         return -1;
-    if (data_images_reserve(dst, n, "split", errbuf, errlen) != 0)
-        return -1;
-    size_t stride = moert_images_stride(src);
-    for (int64_t i = 0; i < n; i++) {
-        memcpy(dst->pixels + (size_t)i * stride, src->pixels + (size_t)idx[i] * stride, stride);
-        dst->labels[i] = src->labels[idx[i]];
+    if (src->files) {
+        dst->files = calloc((size_t)n, sizeof *dst->files);
+        dst->regions = malloc((size_t)n * MOERT_REGION_FIELDS * sizeof *dst->regions);
+        dst->labels = malloc((size_t)n * sizeof *dst->labels);
+        if (!dst->files || !dst->regions || !dst->labels)
+            goto oom;
+        for (int64_t i = 0; i < n; i++) {
+            dst->n = i + 1; /* what moert_images_free frees */
+            if (!(dst->files[i] = strdup(src->files[idx[i]])))
+                goto oom;
+            memcpy(dst->regions + i * MOERT_REGION_FIELDS, src->regions + idx[i] * MOERT_REGION_FIELDS,
+                   MOERT_REGION_FIELDS * sizeof *dst->regions);
+            dst->labels[i] = src->labels[idx[i]];
+        }
+        dst->capacity = n;
+    } else {
+        if (data_images_reserve(dst, n, "split", errbuf, errlen) != 0)
+            return -1;
+        size_t stride = moert_images_stride(src);
+        for (int64_t i = 0; i < n; i++) {
+            memcpy(dst->pixels + (size_t)i * stride, src->pixels + (size_t)idx[i] * stride, stride);
+            dst->labels[i] = src->labels[idx[i]];
+        }
     }
     dst->n = n;
     dst->num_classes = src->num_classes;

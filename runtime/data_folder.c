@@ -73,6 +73,42 @@ static int has_image_ext(const char *name)
     return 0;
 }
 
+/* Decodes e's file into raw (freeing what raw held) and makes v the view
+ * of its image, cropped to its ROI; checks the annotation's size. gt
+ * names the annotation for messages (NULL: the file alone). */
+static int decode_entry(const entry *e, data_raw *raw, data_view *v, char *errbuf, size_t errlen)
+{
+    free(raw->px);
+    raw->px = NULL;
+    if (data_decode_file(e->path, raw, errbuf, errlen) != 0)
+        return -1;
+    if (e->has_size && (raw->w != e->width || raw->h != e->height)) {
+        if (e->gt)
+            data_errf(errbuf, errlen, "%s:%ld: %s is %dx%d (width x height), the annotation says %dx%d", e->gt,
+                      e->line, e->path, raw->w, raw->h, e->width, e->height);
+        else
+            data_errf(errbuf, errlen, "%s: the image is %dx%d (width x height), its annotation says %dx%d",
+                      e->path, raw->w, raw->h, e->width, e->height);
+        return -1;
+    }
+    *v = (data_view){raw->px, raw->c, raw->h, raw->w, 1, (ptrdiff_t)raw->w * raw->c, raw->c};
+    if (e->has_roi) {
+        if (e->x1 < 0 || e->y1 < 0 || e->x2 <= e->x1 || e->y2 <= e->y1 || e->x2 > raw->w || e->y2 > raw->h) {
+            if (e->gt)
+                data_errf(errbuf, errlen, "%s:%ld: ROI (%d,%d)-(%d,%d) is empty or outside the %dx%d image %s",
+                          e->gt, e->line, e->x1, e->y1, e->x2, e->y2, raw->w, raw->h, e->path);
+            else
+                data_errf(errbuf, errlen, "%s: its annotation's ROI (%d,%d)-(%d,%d) is empty or outside the %dx%d image",
+                          e->path, e->x1, e->y1, e->x2, e->y2, raw->w, raw->h);
+            return -1;
+        }
+        v->px += (ptrdiff_t)e->y1 * v->ystride + (ptrdiff_t)e->x1 * v->xstride;
+        v->w = e->x2 - e->x1;
+        v->h = e->y2 - e->y1;
+    }
+    return 0;
+}
+
 /* Decodes every entry into out (see moert_shape for zero fields of want). */
 static int load_entries(moert_images *out, const entry_list *l, moert_shape want,
                         const char *root, char *errbuf, size_t errlen)
@@ -83,29 +119,12 @@ static int load_entries(moert_images *out, const entry_list *l, moert_shape want
     const char *first = NULL;
     for (size_t i = 0; i < l->n; i++) {
         const entry *e = &l->v[i];
-        free(raw.px);
-        if (data_decode_file(e->path, &raw, errbuf, errlen) != 0)
+        data_view v;
+        if (decode_entry(e, &raw, &v, errbuf, errlen) != 0)
             goto done;
-        if (e->has_size && (raw.w != e->width || raw.h != e->height)) {
-            data_errf(errbuf, errlen, "%s:%ld: %s is %dx%d (width x height), the annotation says %dx%d",
-                      e->gt, e->line, e->path, raw.w, raw.h, e->width, e->height);
-            goto done;
-        }
-        data_view v = {raw.px, raw.c, raw.h, raw.w, 1, (ptrdiff_t)raw.w * raw.c, raw.c};
-        if (e->has_roi) {
-            if (e->x1 < 0 || e->y1 < 0 || e->x2 <= e->x1 || e->y2 <= e->y1 || e->x2 > raw.w ||
-                e->y2 > raw.h) {
-                data_errf(errbuf, errlen,
-                          "%s:%ld: ROI (%d,%d)-(%d,%d) is empty or outside the %dx%d image %s",
-                          e->gt, e->line, e->x1, e->y1, e->x2, e->y2, raw.w, raw.h, e->path);
-                goto done;
-            }
-            v.px += (ptrdiff_t)e->y1 * v.ystride + (ptrdiff_t)e->x1 * v.xstride;
-            v.w = e->x2 - e->x1;
-            v.h = e->y2 - e->y1;
-        }
         if (i == 0) {
             if (data_images_begin(out, want, v.c, v.h, v.w, e->path, errbuf, errlen) != 0 ||
+                data_check_memory(out, (int64_t)l->n, root, errbuf, errlen) != 0 ||
                 data_images_reserve(out, (int64_t)l->n, root, errbuf, errlen) != 0)
                 goto done;
             first = e->path;
@@ -125,8 +144,93 @@ done:
     return rc;
 }
 
-int moert_load_image_folder(moert_images *out, const char *root, moert_shape want,
-                            char *errbuf, size_t errlen)
+/* Makes out the set of the entries' files, decoded as they are drawn
+ * (want fixed); takes the entries' paths. */
+static int list_entries(moert_images *out, entry_list *l, moert_shape want, const char *root, char *errbuf,
+                        size_t errlen)
+{
+    if (want.c == 0 || want.h == 0) {
+        data_errf(errbuf, errlen, "%s: images decoded as they are drawn need a fixed size and channels", root);
+        return -1;
+    }
+    if (data_images_begin(out, want, want.c, want.h, want.w, root, errbuf, errlen) != 0)
+        return -1;
+    if (l->n > (size_t)MOERT_IMAGES_MAX) {
+        data_errf(errbuf, errlen, "%s: more than %d images", root, MOERT_IMAGES_MAX);
+        return -1;
+    }
+    out->files = calloc(l->n, sizeof *out->files);
+    out->regions = calloc(l->n * MOERT_REGION_FIELDS, sizeof *out->regions);
+    out->labels = calloc(l->n, sizeof *out->labels);
+    if (!out->files || !out->regions || !out->labels) {
+        moert_images_free(out);
+        data_errf(errbuf, errlen, "%s: out of memory for a list of %zu files", root, l->n);
+        return -1;
+    }
+    for (size_t i = 0; i < l->n; i++) {
+        entry *e = &l->v[i];
+        int32_t *r = out->regions + i * MOERT_REGION_FIELDS;
+        if (e->has_roi) {
+            r[0] = e->x1;
+            r[1] = e->y1;
+            r[2] = e->x2;
+            r[3] = e->y2;
+        }
+        if (e->has_size) {
+            r[4] = e->width;
+            r[5] = e->height;
+        }
+        out->files[i] = e->path;
+        e->path = NULL;
+        out->labels[i] = e->label;
+    }
+    out->n = (int64_t)l->n;
+    out->capacity = out->n;
+    data_images_finish(out);
+    return 0;
+}
+
+int moert_images_read(const moert_images *set, int64_t i, uint8_t *out, char *errbuf, size_t errlen)
+{
+    if (i < 0 || i >= set->n) {
+        data_errf(errbuf, errlen, "image %lld of a set of %lld", (long long)i, (long long)set->n);
+        return -1;
+    }
+    const size_t per = moert_images_stride(set);
+    if (set->pixels) {
+        memcpy(out, set->pixels + (size_t)i * per, per);
+        return 0;
+    }
+    const int32_t *r = set->regions + (size_t)i * MOERT_REGION_FIELDS;
+    entry e = {0};
+    e.path = set->files[i];
+    e.has_roi = r[2] > 0;
+    e.x1 = r[0];
+    e.y1 = r[1];
+    e.x2 = r[2];
+    e.y2 = r[3];
+    e.has_size = r[4] > 0;
+    e.width = r[4];
+    e.height = r[5];
+    data_raw raw = {0};
+    data_work wk = {0};
+    data_view v;
+    int rc = decode_entry(&e, &raw, &v, errbuf, errlen);
+    if (rc == 0 && v.c != 1 && v.c != 3) {
+        data_errf(errbuf, errlen, "%s: %d-channel image (only gray or RGB)", e.path, v.c);
+        rc = -1;
+    }
+    if (rc == 0 && data_convert(&wk, &v, set->c, set->h, set->w, out) != 0) {
+        data_errf(errbuf, errlen, "%s: out of memory while resizing", e.path);
+        rc = -1;
+    }
+    free(raw.px);
+    data_work_free(&wk);
+    return rc;
+}
+
+static int image_folder(moert_images *out, const char *root, moert_shape want, int listed, char *errbuf,
+                        size_t errlen)
 {
     memset(out, 0, sizeof *out);
     if (data_check_shape(want, root, errbuf, errlen) != 0)
@@ -180,7 +284,8 @@ int moert_load_image_folder(moert_images *out, const char *root, moert_shape wan
         if (!ok)
             goto done;
     }
-    if (load_entries(out, &l, want, root, errbuf, errlen) != 0)
+    if ((listed ? list_entries(out, &l, want, root, errbuf, errlen) : load_entries(out, &l, want, root, errbuf,
+                                                                                    errlen)) != 0)
         goto done;
     out->num_classes = (int)nclasses;
     out->class_names = classes; /* the set takes the names */
@@ -194,6 +299,16 @@ done:
     data_free_names(classes, nclasses);
     entries_free(&l);
     return rc;
+}
+
+int moert_load_image_folder(moert_images *out, const char *root, moert_shape want, char *errbuf, size_t errlen)
+{
+    return image_folder(out, root, want, 0, errbuf, errlen);
+}
+
+int moert_list_image_folder(moert_images *out, const char *root, moert_shape want, char *errbuf, size_t errlen)
+{
+    return image_folder(out, root, want, 1, errbuf, errlen);
 }
 
 /* ------------------------------------------------------------------ */
@@ -396,8 +511,7 @@ static int gt_folder(const char *dir, entry_list *l, char ***gtpaths, size_t *ng
     return rc;
 }
 
-int moert_load_gtsrb(moert_images *out, const char *root, moert_shape want, char *errbuf,
-                     size_t errlen)
+static int gtsrb(moert_images *out, const char *root, moert_shape want, int listed, char *errbuf, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     if (data_check_shape(want, root, errbuf, errlen) != 0)
@@ -439,7 +553,8 @@ int moert_load_gtsrb(moert_images *out, const char *root, moert_shape want, char
         data_errf(errbuf, errlen, "%s: the annotations list no images", base);
         goto done;
     }
-    if (load_entries(out, &l, want, base, errbuf, errlen) != 0)
+    if ((listed ? list_entries(out, &l, want, base, errbuf, errlen) : load_entries(out, &l, want, base, errbuf,
+                                                                                    errlen)) != 0)
         goto done;
     data_images_finish(out);
     rc = 0;
@@ -451,4 +566,14 @@ done:
     data_free_names(classes, nclasses);
     free(base);
     return rc;
+}
+
+int moert_load_gtsrb(moert_images *out, const char *root, moert_shape want, char *errbuf, size_t errlen)
+{
+    return gtsrb(out, root, want, 0, errbuf, errlen);
+}
+
+int moert_list_gtsrb(moert_images *out, const char *root, moert_shape want, char *errbuf, size_t errlen)
+{
+    return gtsrb(out, root, want, 1, errbuf, errlen);
 }

@@ -49,6 +49,11 @@ DATA_HIDDEN int data_images_begin(moert_images *out, moert_shape want, int src_c
 DATA_HIDDEN int data_images_reserve(moert_images *set, int64_t n, const char *path,
                                     char *errbuf, size_t errlen);
 
+/* -1 with a message when n images of set's shape, decoded, would take
+ * more than the machine's physical memory. */
+DATA_HIDDEN int data_check_memory(const moert_images *set, int64_t n, const char *path, char *errbuf,
+                                  size_t errlen);
+
 /* Shrinks the allocation to n images and sets num_classes from the labels
  * when it is 0. */
 DATA_HIDDEN void data_images_finish(moert_images *set);

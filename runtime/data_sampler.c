@@ -38,6 +38,7 @@ typedef float norm_lut[MOERT_MAX_CHANNELS][256];
 typedef struct sampler_scratch {
     uint8_t *ra_img, *ra_tmp; /* RandAugment: an image's copy and its scratch (c*h*w each), or NULL */
     float *cm_img;            /* CutMix: a partner another shard owns (c*h*w), or NULL */
+    uint8_t *file_img;        /* an image decoded from a list's file (c*h*w), or NULL */
 } sampler_scratch;
 
 typedef struct sampler_worker {
@@ -87,6 +88,9 @@ struct moert_mixture {
     int job_first;
     moert_cutmix_box job_box;
     int job_next;
+    /* an image file that could not be read: the first message (under mu) */
+    int failed;
+    char error[512];
 };
 
 /* ------------------------------------------------------------------ */
@@ -225,16 +229,26 @@ static int need_randaug(const moert_mixture *m)
     return 0;
 }
 
+static int need_files(const moert_mixture *m)
+{
+    for (int j = 0; j < m->k; j++)
+        if (!m->src[j].images->pixels)
+            return 1;
+    return 0;
+}
+
 /* every thread's buffers, as the sources and CutMix need them */
 static int alloc_scratch(moert_mixture *m)
 {
     const size_t per = (size_t)m->c * (size_t)m->h * (size_t)m->w;
-    const int ra = need_randaug(m), cm = m->cm_prob > 0.0;
+    const int ra = need_randaug(m), cm = m->cm_prob > 0.0, files = need_files(m);
     for (int t = 0; t < m->scratch_n; t++) {
         sampler_scratch *sc = &m->scratch[t];
         if (ra && !sc->ra_img && (!(sc->ra_img = malloc(per)) || !(sc->ra_tmp = malloc(per))))
             return -1;
         if (cm && !sc->cm_img && !(sc->cm_img = malloc(per * sizeof *sc->cm_img)))
+            return -1;
+        if (files && !sc->file_img && !(sc->file_img = malloc(per)))
             return -1;
     }
     return 0;
@@ -248,6 +262,7 @@ static void free_scratch(moert_mixture *m)
         free(m->scratch[t].ra_img);
         free(m->scratch[t].ra_tmp);
         free(m->scratch[t].cm_img);
+        free(m->scratch[t].file_img);
     }
     free(m->scratch);
     m->scratch = NULL;
@@ -305,7 +320,7 @@ static int check_source(const moert_mix_source *s, int j, const moert_mix_source
                         char *errbuf, size_t errlen)
 {
     const moert_images *im = s->images;
-    if (!im || im->n < 1 || !im->pixels || !im->labels) {
+    if (!im || im->n < 1 || !(im->pixels || im->files) || !im->labels) {
         data_errf(errbuf, errlen, "mixture: source %d has no images", j);
         return -1;
     }
@@ -608,7 +623,7 @@ static void box_copy(float *dst, float *src, int c, int h, int w, const moert_cu
 
 /* Sample i of the step: image idx of source j, augmented, normalized, to
  * out, with the buffers sc. */
-static void render_sample(const moert_mixture *m, const sampler_scratch *sc, uint64_t step, int i,
+static void render_sample(moert_mixture *m, const sampler_scratch *sc, uint64_t step, int i,
                           int j, uint32_t idx, float *out)
 {
     const moert_mix_source *s = &m->src[j];
@@ -622,7 +637,23 @@ static void render_sample(const moert_mixture *m, const sampler_scratch *sc, uin
     }
     if (s->aug & MOERT_AUG_FLIP)
         flip = (int)(data_hash(m->seed, STREAM_FLIP, step, (uint64_t)i) >> 63);
-    const uint8_t *img = s->images->pixels + (size_t)idx * per;
+    const uint8_t *img;
+    if (s->images->pixels) {
+        img = s->images->pixels + (size_t)idx * per;
+    } else {
+        char err[sizeof m->error];
+        if (moert_images_read(s->images, idx, sc->file_img, err, sizeof err) != 0) {
+            /* the batch is not used: moert_mixture_next fails */
+            pthread_mutex_lock(&m->mu);
+            if (!m->failed) {
+                m->failed = 1;
+                memcpy(m->error, err, sizeof err);
+            }
+            pthread_mutex_unlock(&m->mu);
+            memset(sc->file_img, 0, per);
+        }
+        img = sc->file_img;
+    }
     if (s->randaug_n > 0) {
         memcpy(sc->ra_img, img, per);
         moert_randaugment(sc->ra_img, m->c, m->h, m->w, s->randaug_n, s->randaug_m,
@@ -818,10 +849,17 @@ int moert_mixture_next(moert_mixture *m, moert_batch *b)
     } else {
         moert_batch_unmix(b);
     }
+    if (m->failed)
+        return -1;
     b->count = b->capacity;
     b->step = m->step;
     m->step++;
     return b->count;
+}
+
+const char *moert_mixture_error(const moert_mixture *m)
+{
+    return m->failed ? m->error : "";
 }
 
 size_t moert_mixture_state_len(const moert_mixture *m)
@@ -915,6 +953,74 @@ void moert_eval_init(moert_eval_iter *it, const moert_mix_source *src, int datas
     memset(it, 0, sizeof *it);
     it->src = *src;
     it->dataset = dataset;
+    it->threads = 1;
+}
+
+/* One thread's rows of an evaluation batch from a list's files: rows t,
+ * t + nt, ... of count */
+typedef struct eval_rows {
+    const moert_eval_iter *it;
+    moert_batch *b;
+    const float (*lut)[256];
+    int count, t, nt;
+    int failed;
+    char error[sizeof ((moert_eval_iter *)0)->error];
+    pthread_t thread;
+} eval_rows;
+
+static void *eval_rows_run(void *arg)
+{
+    eval_rows *r = arg;
+    const moert_images *im = r->it->src.images;
+    const size_t per = moert_images_stride(im);
+    uint8_t *img = malloc(per);
+    if (!img) {
+        r->failed = 1;
+        data_errf(r->error, sizeof r->error, "evaluation: out of memory for an image of %zu bytes", per);
+        return NULL;
+    }
+    for (int i = r->t; i < r->count && !r->failed; i += r->nt) {
+        if (moert_images_read(im, r->it->next + i, img, r->error, sizeof r->error) != 0)
+            r->failed = 1;
+        else
+            write_sample(img, im->c, im->h, im->w, r->lut, 0, 0, 0, 0, r->b->x + (size_t)i * per);
+    }
+    free(img);
+    return NULL;
+}
+
+/* The count images of a list's files from it->next into b, decoded by
+ * it->threads threads (the caller's included) */
+static int eval_files(moert_eval_iter *it, moert_batch *b, const float (*lut)[256], int count)
+{
+    int nt = it->threads < 1 ? 1 : it->threads > count ? count : it->threads;
+    if (nt > MOERT_MAX_LOADER_THREADS)
+        nt = MOERT_MAX_LOADER_THREADS;
+    eval_rows *rows = calloc((size_t)nt, sizeof *rows);
+    if (!rows) {
+        data_errf(it->error, sizeof it->error, "evaluation: out of memory for %d threads", nt);
+        return -1;
+    }
+    int started = 1;
+    for (int t = 0; t < nt; t++)
+        rows[t] = (eval_rows){ .it = it, .b = b, .lut = lut, .count = count, .t = t, .nt = nt };
+    for (int t = 1; t < nt; t++, started++)
+        if (pthread_create(&rows[t].thread, NULL, eval_rows_run, &rows[t]) != 0)
+            break;
+    /* rows a thread that did not start would take: the caller's */
+    for (int t = started; t < nt; t++)
+        eval_rows_run(&rows[t]);
+    eval_rows_run(&rows[0]);
+    for (int t = 1; t < started; t++)
+        pthread_join(rows[t].thread, NULL);
+    int rc = 0;
+    for (int t = 0; t < nt && rc == 0; t++)
+        if (rows[t].failed) {
+            memcpy(it->error, rows[t].error, sizeof it->error);
+            rc = -1;
+        }
+    free(rows);
+    return rc;
 }
 
 int moert_eval_skip(moert_eval_iter *it, int n)
@@ -938,10 +1044,13 @@ int moert_eval_next(moert_eval_iter *it, moert_batch *b)
     norm_lut lut;
     build_lut(&it->src, im->c, lut);
     size_t per = moert_images_stride(im);
+    if (!im->pixels && count > 0 && eval_files(it, b, (const float(*)[256])lut, count) != 0)
+        return -1;
     for (int i = 0; i < count; i++) {
         int64_t idx = it->next + i;
-        write_sample(im->pixels + (size_t)idx * per, im->c, im->h, im->w,
-                     (const float(*)[256])lut, 0, 0, 0, 0, b->x + (size_t)i * per);
+        if (im->pixels)
+            write_sample(im->pixels + (size_t)idx * per, im->c, im->h, im->w, (const float(*)[256])lut, 0, 0, 0,
+                         0, b->x + (size_t)i * per);
         b->labels[i] = im->labels[idx] + it->src.label_offset;
         b->dataset[i] = it->dataset;
     }

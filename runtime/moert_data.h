@@ -55,16 +55,29 @@ typedef struct moert_shape {
     int c, h, w;
 } moert_shape;
 
-/* N images of C x H x W uint8 (CHW) with int32 labels in [0, num_classes). */
+/* N images of C x H x W uint8 (CHW) with int32 labels in [0, num_classes).
+ * A set is decoded (pixels holds every image) or a list of image files
+ * (moert_list_*: pixels is NULL, and image i is files[i], decoded,
+ * cropped to its region and converted to C x H x W each time
+ * moert_images_read, the sampler or the evaluation draws it), for sets
+ * larger than memory such as ImageNet. */
+#define MOERT_REGION_FIELDS 6 /* ROI x1, y1, x2, y2 (x2 = 0: none); the annotated width, height (0: none) */
 typedef struct moert_images {
     int64_t n;              /* number of images */
     int c, h, w;            /* shape of every image */
     int num_classes;        /* labels are in [0, num_classes) */
-    uint8_t *pixels;        /* (n, c, h, w) */
+    uint8_t *pixels;        /* (n, c, h, w), or NULL for a list of files */
     int32_t *labels;        /* (n) */
     char **class_names;     /* (num_classes) names, or NULL when unnamed */
     int64_t capacity;       /* images allocated (internal bookkeeping) */
+    char **files;           /* (n) a list's image files, or NULL */
+    int32_t *regions;       /* (n, MOERT_REGION_FIELDS) a list's crops and sizes, or NULL */
 } moert_images;
+
+/* Image i of set (c*h*w bytes, CHW) into out: copied from a decoded set,
+ * decoded from a list's file. Thread-safe; -1 with a message naming the
+ * file when it cannot be read or decoded. */
+int moert_images_read(const moert_images *set, int64_t i, uint8_t *out, char *errbuf, size_t errlen);
 
 /* Frees everything a set owns and zeroes it; NULL-safe, idempotent. */
 void moert_images_free(moert_images *set);
@@ -160,6 +173,13 @@ int moert_load_cifar10(moert_images *out, const char *dir, int train,
 int moert_load_image_folder(moert_images *out, const char *root, moert_shape want,
                             char *errbuf, size_t errlen);
 
+/* The same set as a list of files, decoded as they are drawn: the same
+ * images, labels and class names, bit for bit, without holding them. want
+ * must be fixed (all fields > 0). Files are listed, not read: a file that
+ * cannot be decoded is an error when it is drawn. */
+int moert_list_image_folder(moert_images *out, const char *root, moert_shape want,
+                            char *errbuf, size_t errlen);
+
 /* GTSRB: root/Final_Training/Images/<class>/GT-<class>.csv (or root itself
  * holding the <class> folders, or a folder with a GT-*.csv next to its
  * images, as in the test set). Each GT file is ';'-separated with a header
@@ -168,6 +188,11 @@ int moert_load_image_folder(moert_images *out, const char *root, moert_shape wan
  * as in PIL's crop) crop the image before it is resized. Label = ClassId;
  * num_classes = largest ClassId + 1. */
 int moert_load_gtsrb(moert_images *out, const char *root, moert_shape want,
+                     char *errbuf, size_t errlen);
+
+/* The same as a list of files (see moert_list_image_folder); the
+ * annotations are read, the images when drawn. */
+int moert_list_gtsrb(moert_images *out, const char *root, moert_shape want,
                      char *errbuf, size_t errlen);
 
 /* Decodes one image file (PNG via libpng, JPEG via libjpeg, PPM/PGM P2, P3,
@@ -254,6 +279,11 @@ void moert_mixture_free(moert_mixture *m);
  * bigger batch grows them, and no other call allocates; -1 if that fails.
  * Returns the number of samples, or -1 if b does not fit. */
 int moert_mixture_next(moert_mixture *m, moert_batch *b);
+
+/* Why moert_mixture_next last failed where a source's image file could
+ * not be read or decoded (the file and the problem; a mixture that failed
+ * so makes no more batches), or "" */
+const char *moert_mixture_error(const moert_mixture *m);
 
 /* Data-parallel sharding: from now on every step draws a global batch of
  * `global_batch` samples exactly as an unsharded sampler with batches of
@@ -368,12 +398,15 @@ typedef struct moert_eval_iter {
     moert_mix_source src;   /* images, normalization, label_offset (aug ignored) */
     int dataset;            /* written to every sample's dataset id */
     int64_t next;           /* index of the next image */
+    int threads;            /* threads that decode a list's files (1 at init; set it) */
+    char error[512];        /* why moert_eval_next failed on a list's file, or "" */
 } moert_eval_iter;
 
 void moert_eval_init(moert_eval_iter *it, const moert_mix_source *src, int dataset);
 
 /* Fills b with the next min(B, remaining) images; returns that count (the
- * last batch may be partial; 0 when done), or -1 if b does not fit. The
+ * last batch may be partial; 0 when done), or -1 if b does not fit or a
+ * list's image file cannot be read (it->error says which and why). The
  * unused slots of a partial batch get x = 0 and label = dataset = -1, so
  * a fixed-shape step can run on the whole batch and ignore label -1. */
 int moert_eval_next(moert_eval_iter *it, moert_batch *b);

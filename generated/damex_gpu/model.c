@@ -251,13 +251,13 @@ const tensor_info TENSORS[N_TENSORS] = {
 static const char *const LABELS_0[] = { "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot", NULL };
 const dataset_info DATASETS[N_DATASETS] = {
     { "fmnist", 0, "fashion-mnist", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-      NULL, NULL, 1, 28, 28, 10, 0.69999999999999996, 0, 255,
+      NULL, NULL, 0, 1, 28, 28, 10, 0.69999999999999996, 0, 255,
       { 0.286, 0.286, 0.286 }, { 0.353, 0.353, 0.353 }, 0, 2, 1, LABELS_0 },
     { "mnist", 1, "mnist", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-      NULL, NULL, 1, 28, 28, 10, 0.20000000000000001, 0.20000000000000001, 255,
+      NULL, NULL, 0, 1, 28, 28, 10, 0.20000000000000001, 0.20000000000000001, 255,
       { 0.131, 0.131, 0.131 }, { 0.308, 0.308, 0.308 }, 0, 2, 0, NULL },
     { "digits", 2, "digits/digits.csv.gz", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-      NULL, NULL, 1, 8, 8, 10, 0.10000000000000001, 0.20000000000000001, 16,
+      NULL, NULL, 0, 1, 8, 8, 10, 0.10000000000000001, 0.20000000000000001, 16,
       { 0.3, 0.3, 0.3 }, { 0.35, 0.35, 0.35 }, 1, 2, 0, NULL },
 };
 

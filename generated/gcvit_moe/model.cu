@@ -780,7 +780,7 @@ const tensor_info TENSORS[N_TENSORS] = {
 
 const dataset_info DATASETS[N_DATASETS] = {
     { "imagenet", 4, "imagenet", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-      "train", "val", 3, 0, 0, 1000, 1, 0, 255,
+      "train", "val", 1, 3, 0, 0, 1000, 1, 0, 255,
       { 0.449, 0.449, 0.449 }, { 0.226, 0.226, 0.226 }, 1, 0, 1, NULL },
 };
 

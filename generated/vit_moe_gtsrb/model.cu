@@ -684,7 +684,7 @@ const tensor_info TENSORS[N_TENSORS] = {
 
 const dataset_info DATASETS[N_DATASETS] = {
     { "gtsrb", 5, "gtsrb", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-      NULL, NULL, 3, 0, 0, 43, 1, 0.20000000000000001, 255,
+      NULL, NULL, 0, 3, 0, 0, 43, 1, 0.20000000000000001, 255,
       { 0.33, 0.33, 0.33 }, { 0.27, 0.27, 0.27 }, 1, 4, 0, NULL },
 };
 

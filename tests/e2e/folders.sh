@@ -3,7 +3,8 @@
 # (tests/e2e/folders.moe): class folders with a test folder beside the
 # training folder (ImageNet's train/ and val/), numbered by the .moe file's
 # labels or by the training folders' names, and GTSRB's test images with
-# GT-final_test.csv. The CPU trainer learns each; the test folders, which
+# GT-final_test.csv, decoded at start-up or as they are drawn
+# (in_memory = false). The CPU trainer learns each, the same either way; the test folders, which
 # lack a class, are numbered as the training folders are (numbered on their
 # own they score at most 50% here); a test class the training data lack and
 # a test label beyond the classes stop the trainer with a message.
@@ -70,6 +71,52 @@ if ./train --data "$WORK/data" --eval-every 0 > run.log 2>&1; then
 else
     cat run.log
     not_ok "the trainer runs on image folders and GTSRB files"
+fi
+
+# the same datasets with in_memory = false: the files are listed and each
+# image decoded as it is drawn (by 3 loader threads); the same batches, so
+# the same weights, bit for bit, and the same test accuracies
+sed 's/^\(dataset [a-z]*(format = [a-z_]*,\)/\1 in_memory = false,/' "$top_srcdir/tests/e2e/folders.moe" \
+    > "$WORK/folders_listed.moe"
+if [ "$(grep -c 'in_memory = false' "$WORK/folders_listed.moe")" -eq 3 ] &&
+    [ "$("$MOECC" --summary "$WORK/folders_listed.moe" | grep -c 'decoded as drawn')" -eq 3 ] &&
+    gen folders_listed "$WORK/folders_listed.moe"; then
+    ok "folders.moe with in_memory = false compiles and builds"
+    if (cd "$WORK/folders_listed" && ./train --data "$WORK/data" --eval-every 0 --loader-threads 3 \
+            --checkpoint "$WORK/listed.safetensors" > run.log 2>&1) &&
+        python3 - "$WORK/listed.safetensors" "$WORK/folders/folders.safetensors" <<'PY' &&
+import json, struct, sys
+def load(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    meta = json.loads(b[8:8 + n]).get("__metadata__", {})
+    meta.pop("source", None)  # the .moe file's path
+    return meta, b[8 + n:]
+sys.exit(load(sys.argv[1]) != load(sys.argv[2]))
+PY
+        [ "$(grep '%' "$WORK/folders_listed/run.log")" = "$(grep '%' "$WORK/folders/run.log")" ]; then
+        ok "images decoded as drawn train to the same weights, bit for bit, and the same accuracies"
+    else
+        cat "$WORK/folders_listed/run.log"
+        not_ok "images decoded as drawn train to the same weights and accuracies as decoded ones"
+    fi
+    # a file that cannot be decoded when it is drawn stops the trainer,
+    # which names it
+    bad=$WORK/data/signs/Final_Training/Images/00001/00003.ppm
+    cp "$bad" "$WORK/good.ppm"
+    printf 'P6\n10 10\n255\ncut short' > "$bad"
+    if (cd "$WORK/folders_listed" && ./train --data "$WORK/data" --eval-every 0 > bad.log 2>&1); then
+        not_ok "an image file that cannot be decoded stops the trainer (it ran)"
+    elif grep -q "train: the data loader stopped: .*signs/Final_Training/Images/00001/00003.ppm" \
+        "$WORK/folders_listed/bad.log"; then
+        ok "an image file that cannot be decoded stops the trainer: $(grep -m 1 'loader stopped' "$WORK/folders_listed/bad.log")"
+    else
+        cat "$WORK/folders_listed/bad.log"
+        not_ok "an image file that cannot be decoded stops the trainer with its name"
+    fi
+    cp "$WORK/good.ppm" "$bad"
+else
+    not_ok "folders.moe with in_memory = false compiles and builds"
 fi
 
 # a test class that the training data lack

@@ -1279,6 +1279,148 @@ static void test_gtsrb(void **state)
 /* Resize                                                              */
 /* ------------------------------------------------------------------ */
 
+/* Sets listed, decoded as they are drawn, give what the decoded sets give,
+ * bit for bit: their images, the sampler's batches (crops, flips,
+ * RandAugment, CutMix, any thread count), the evaluation's batches and
+ * splits; a file that goes bad is named when it is drawn. */
+static void test_listed_sets(void **state)
+{
+    (void)state;
+    uint8_t *img[6];
+    const char *const cls[] = {"ant", "bee"};
+    for (int i = 0; i < 6; i++) {
+        img[i] = pattern(7 + i, 5 + i % 3, 3, 20 + i);
+        mkdirs(tpath("ls/%s", cls[i % 2]));
+        if (i % 3 == 0)
+            write_jpeg(tpath("ls/%s/%d.jpg", cls[i % 2], i), 7 + i, 5 + i % 3, 3, img[i], 90);
+        else
+            write_pnm(tpath("ls/%s/%d.ppm", cls[i % 2], i), 7 + i, 5 + i % 3, 3, img[i]);
+    }
+    const moert_shape want = {3, 6, 8};
+    moert_images dec, lst;
+    assert_int_equal(moert_load_image_folder(&dec, tpath("ls"), want, err, sizeof err), 0);
+    assert_int_equal(moert_list_image_folder(&lst, tpath("ls"), want, err, sizeof err), 0);
+    assert_null(lst.pixels);
+    assert_int_equal(lst.n, 6);
+    assert_int_equal(lst.num_classes, 2);
+    assert_string_equal(lst.class_names[1], "bee");
+    const size_t per = moert_images_stride(&dec);
+    uint8_t *one = malloc(per);
+    for (int64_t i = 0; i < lst.n; i++) {
+        assert_int_equal(lst.labels[i], dec.labels[i]);
+        assert_int_equal(moert_images_read(&lst, i, one, err, sizeof err), 0);
+        assert_memory_equal(one, dec.pixels + (size_t)i * per, per);
+    }
+    assert_int_equal(moert_images_read(&lst, 6, one, err, sizeof err), -1);
+    /* a size must be asked for */
+    moert_images bad;
+    assert_int_equal(moert_list_image_folder(&bad, tpath("ls"), (moert_shape){3, 0, 0}, err, sizeof err), -1);
+    assert_err("need a fixed size");
+
+    /* the sampler: the same batches from both, on 1 and 3 threads */
+    moert_mix_source sd = plain_source(&dec, 1.0), sl = plain_source(&lst, 1.0);
+    sd.aug = sl.aug = MOERT_AUG_CROP | MOERT_AUG_FLIP;
+    sd.pad = sl.pad = 2;
+    sd.randaug_n = sl.randaug_n = 2;
+    sd.randaug_m = sl.randaug_m = 9;
+    moert_mixture *md = moert_mixture_create(&sd, 1, 11, err, sizeof err);
+    moert_mixture *ml = moert_mixture_create(&sl, 1, 11, err, sizeof err);
+    assert_non_null(md);
+    assert_non_null(ml);
+    assert_int_equal(moert_mixture_set_cutmix(md, 1.0, 1.0, 0, err, sizeof err), 0);
+    assert_int_equal(moert_mixture_set_cutmix(ml, 1.0, 1.0, 0, err, sizeof err), 0);
+    assert_int_equal(moert_mixture_set_workers(ml, 3, err, sizeof err), 0);
+    moert_batch bd, bl;
+    assert_int_equal(moert_batch_init(&bd, 5, want, err, sizeof err), 0);
+    assert_int_equal(moert_batch_init(&bl, 5, want, err, sizeof err), 0);
+    for (int step = 0; step < 4; step++) {
+        assert_int_equal(moert_mixture_next(md, &bd), 5);
+        assert_int_equal(moert_mixture_next(ml, &bl), 5);
+        assert_memory_equal(bd.x, bl.x, 5 * per * sizeof(float));
+        assert_memory_equal(bd.labels, bl.labels, 5 * sizeof(int32_t));
+        assert_memory_equal(bd.labels_mix, bl.labels_mix, 5 * sizeof(int32_t));
+    }
+    assert_string_equal(moert_mixture_error(ml), "");
+
+    /* evaluation, on 2 threads */
+    moert_eval_iter ed, el;
+    moert_eval_init(&ed, &sd, 0);
+    moert_eval_init(&el, &sl, 0);
+    el.threads = 2;
+    for (;;) {
+        int nd = moert_eval_next(&ed, &bd), nl = moert_eval_next(&el, &bl);
+        assert_int_equal(nd, nl);
+        if (nd <= 0)
+            break;
+        assert_memory_equal(bd.x, bl.x, (size_t)nd * per * sizeof(float));
+        assert_memory_equal(bd.labels, bl.labels, (size_t)nd * sizeof(int32_t));
+    }
+
+    /* a split of a list is a list of the same images */
+    moert_images dtr, dte, ltr, lte;
+    assert_int_equal(moert_images_split(&dec, 0.5, 3, &dtr, &dte, err, sizeof err), 0);
+    assert_int_equal(moert_images_split(&lst, 0.5, 3, &ltr, &lte, err, sizeof err), 0);
+    assert_int_equal(lte.n, dte.n);
+    assert_non_null(lte.files);
+    for (int64_t i = 0; i < lte.n; i++) {
+        assert_int_equal(lte.labels[i], dte.labels[i]);
+        assert_int_equal(moert_images_read(&lte, i, one, err, sizeof err), 0);
+        assert_memory_equal(one, dte.pixels + (size_t)i * per, per);
+    }
+    moert_images_free(&dtr);
+    moert_images_free(&dte);
+    moert_images_free(&ltr);
+    moert_images_free(&lte);
+
+    /* a file that goes bad: the sampler and the evaluation name it */
+    write_str(tpath("ls/bee/1.ppm"), "P6\n7 5\n255\ntruncated");
+    for (int step = 0; step < 6 && moert_mixture_next(ml, &bl) == 5; step++)
+        ;
+    assert_int_equal(moert_mixture_next(ml, &bl), -1);
+    strcpy(err, moert_mixture_error(ml));
+    assert_err("ls/bee/1.ppm");
+    moert_eval_init(&el, &sl, 0);
+    el.threads = 3;
+    assert_int_equal(moert_eval_next(&el, &bl), -1);
+    strcpy(err, el.error);
+    assert_err("ls/bee/1.ppm");
+
+    /* GTSRB's crops and annotated sizes, listed */
+    const char *hdr = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n";
+    mkdirs(tpath("lsg"));
+    write_roi_ppm(tpath("lsg/a.ppm"), 12, 11, 2, 1, 10, 9);
+    write_roi_ppm(tpath("lsg/b.ppm"), 9, 14, 1, 2, 8, 13);
+    char csv[256];
+    snprintf(csv, sizeof csv, "%sa.ppm;12;11;2;1;10;9;4\nb.ppm;9;14;1;2;8;13;1\n", hdr);
+    write_str(tpath("lsg/GT-final_test.csv"), csv);
+    moert_images gd, gl;
+    assert_int_equal(moert_load_gtsrb(&gd, tpath("lsg"), want, err, sizeof err), 0);
+    assert_int_equal(moert_list_gtsrb(&gl, tpath("lsg"), want, err, sizeof err), 0);
+    assert_int_equal(gl.n, 2);
+    assert_int_equal(gl.num_classes, 5);
+    for (int64_t i = 0; i < gl.n; i++) {
+        assert_int_equal(gl.labels[i], gd.labels[i]);
+        assert_int_equal(moert_images_read(&gl, i, one, err, sizeof err), 0);
+        assert_memory_equal(one, gd.pixels + (size_t)i * per, per);
+    }
+    /* an image of another size than its annotation's, named when drawn */
+    write_roi_ppm(tpath("lsg/b.ppm"), 9, 15, 1, 2, 8, 13);
+    assert_int_equal(moert_images_read(&gl, 1, one, err, sizeof err), -1);
+    assert_err("lsg/b.ppm", "9x15", "says 9x14");
+
+    moert_images_free(&gd);
+    moert_images_free(&gl);
+    moert_mixture_free(md);
+    moert_mixture_free(ml);
+    moert_batch_free(&bd);
+    moert_batch_free(&bl);
+    moert_images_free(&dec);
+    moert_images_free(&lst);
+    free(one);
+    for (int i = 0; i < 6; i++)
+        free(img[i]);
+}
+
 /* Expected values from Pillow 9.4: Image.fromarray(src).resize((w, h), Image.BILINEAR) */
 static void test_resize_known(void **state)
 {
@@ -2587,6 +2729,7 @@ int main(void)
         cmocka_unit_test(test_mutations),
         cmocka_unit_test(test_image_folder),
         cmocka_unit_test(test_images_relabel),
+        cmocka_unit_test(test_listed_sets),
         cmocka_unit_test(test_gtsrb),
         cmocka_unit_test(test_resize_known),
         cmocka_unit_test(test_split),
