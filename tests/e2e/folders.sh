@@ -6,8 +6,9 @@
 # GT-final_test.csv, decoded at start-up or as they are drawn
 # (in_memory = false). The CPU trainer learns each, the same either way; the test folders, which
 # lack a class, are numbered as the training folders are (numbered on their
-# own they score at most 50% here); a test class the training data lack and
-# a test label beyond the classes stop the trainer with a message.
+# own they score at most 50% here); a test class the training data lack, a
+# test label beyond the classes, and a training or test image that cannot
+# be decoded when it is drawn stop the trainer with a message naming it.
 . "${top_srcdir:-.}/tests/e2e/common.sh"
 
 gen_or_stop folders tests/e2e/folders.moe
@@ -52,6 +53,23 @@ open(f"{d}/GT-final_test.csv", "w").write(head + "".join(rows))
 # the file that comes with the test images has no ClassId: passed over
 open(f"{d}/GT-final_test.test.csv", "w").write(head.replace(";ClassId", "") + "00000.ppm;10;10;1;1;9;9\n")
 PY
+
+# stops WHAT PATTERN [ARGS...]: ./train ARGS... (default: --steps 1) in the
+# current directory fails with a message that matches PATTERN
+stops() {
+    s_what=$1
+    s_pattern=$2
+    shift 2
+    [ $# -gt 0 ] || set -- --steps 1
+    if ./train --data "$WORK/data" "$@" > bad.log 2>&1; then
+        not_ok "$s_what stops the trainer (it ran)"
+    elif grep -q "$s_pattern" bad.log; then
+        ok "$s_what stops the trainer: $(grep -m 1 '^train: ' bad.log)"
+    else
+        cat bad.log
+        not_ok "$s_what stops the trainer with a message"
+    fi
+}
 
 # accuracy NAME: the test accuracy of dataset NAME in run.log, in percent
 accuracy() {
@@ -105,40 +123,27 @@ PY
     bad=$WORK/data/signs/Final_Training/Images/00001/00003.ppm
     cp "$bad" "$WORK/good.ppm"
     printf 'P6\n10 10\n255\ncut short' > "$bad"
-    if (cd "$WORK/folders_listed" && ./train --data "$WORK/data" --eval-every 0 > bad.log 2>&1); then
-        not_ok "an image file that cannot be decoded stops the trainer (it ran)"
-    elif grep -q "train: the data loader stopped: .*signs/Final_Training/Images/00001/00003.ppm" \
-        "$WORK/folders_listed/bad.log"; then
-        ok "an image file that cannot be decoded stops the trainer: $(grep -m 1 'loader stopped' "$WORK/folders_listed/bad.log")"
-    else
-        cat "$WORK/folders_listed/bad.log"
-        not_ok "an image file that cannot be decoded stops the trainer with its name"
-    fi
+    cd "$WORK/folders_listed" || exit 1
+    stops "an image file that cannot be decoded" \
+        "train: the data loader stopped: .*signs/Final_Training/Images/00001/00003.ppm" --eval-every 0
     cp "$WORK/good.ppm" "$bad"
+    # and a test image, when the evaluation draws it
+    bad=$WORK/data/shapes/val/cow/03.ppm
+    cp "$bad" "$WORK/good.ppm"
+    printf 'not an image' > "$bad"
+    stops "a test image that cannot be decoded" "train: evaluation of dataset 'shapes': .*shapes/val/cow/03.ppm"
+    cp "$WORK/good.ppm" "$bad"
+    cd "$WORK/folders" || exit 1
 else
     not_ok "folders.moe with in_memory = false compiles and builds"
 fi
 
 # a test class that the training data lack
 mv "$WORK/data/shapes/val/cow" "$WORK/data/shapes/val/zebra"
-if ./train --data "$WORK/data" --steps 1 > bad.log 2>&1; then
-    not_ok "a test class without training images is refused (the trainer ran)"
-elif grep -q "dataset 'shapes': .*shapes/val: class 'zebra' is not among the dataset's labels" bad.log; then
-    ok "a test class without training images is refused: $(head -n 1 bad.log)"
-else
-    cat bad.log
-    not_ok "a test class without training images is refused with a message"
-fi
+stops "a test class without training images" "dataset 'shapes': .*shapes/val: class 'zebra' is not among the dataset's labels"
 mv "$WORK/data/shapes/val/zebra" "$WORK/data/shapes/val/cow"
 
 # a test label beyond the classes
 sed -i 's/^00011.ppm;10;10;1;1;9;9;2$/00011.ppm;10;10;1;1;9;9;7/' "$WORK/data/signs/Final_Test/Images/GT-final_test.csv"
-if ./train --data "$WORK/data" --steps 1 > bad.log 2>&1; then
-    not_ok "a test label beyond the classes is refused (the trainer ran)"
-elif grep -q "dataset 'signs': its test labels go up to 7, but the .moe file says 3 classes" bad.log; then
-    ok "a test label beyond the classes is refused: $(head -n 1 bad.log)"
-else
-    cat bad.log
-    not_ok "a test label beyond the classes is refused with a message"
-fi
+stops "a test label beyond the classes" "dataset 'signs': its test labels go up to 7, but the .moe file says 3 classes"
 finish
