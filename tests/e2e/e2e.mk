@@ -66,10 +66,12 @@ bench: moecc libmoert.la
 .PHONY: check-cuda bench
 
 ## `make bench-loader`: images/s the loader assembles by number of loader
-## threads, for GCViT-MoE's and DAMEX's augmentations (bench/loader.c).
+## threads, for GCViT-MoE's and DAMEX's augmentations, and GCViT-MoE's from
+## JPEG files decoded as drawn (bench/loader.c).
 EXTRA_PROGRAMS = bench/loader
 bench_loader_SOURCES = bench/loader.c
-bench_loader_LDADD = libmoert.la -lm
+bench_loader_CFLAGS = $(AM_CFLAGS) $(JPEG_CFLAGS)
+bench_loader_LDADD = libmoert.la $(JPEG_LIBS) -lm
 CLEANFILES += bench/loader$(EXEEXT)
 bench-loader: bench/loader$(EXEEXT)
 	./bench/loader$(EXEEXT)
