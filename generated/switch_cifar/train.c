@@ -538,9 +538,14 @@ static void dump_step(model *m, const moert_batch *batch, int B, float loss, con
 /* Loader threads by default: on the CPU the model wants every core, so
  * one; on a GPU, the cores of this process's share of the machine (the
  * node's processes from torchrun's or Open MPI's variables, else all of
- * them on one machine), one left for the training thread, at most 8. */
+ * them on one machine), one left for the training thread, at most 8
+ * where the datasets are decoded in memory (more do not help there) and
+ * all of them where a dataset's files are decoded as they are drawn. */
 static int loader_threads_auto(int world)
 {
+    bool listed = false;
+    for (int d = 0; d < N_DATASETS; d++)
+        listed |= DATASETS[d].listed != 0;
     if (strcmp(model_backend_name(), "cpu") == 0)
         return 1;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN), local = world;
@@ -555,7 +560,8 @@ static int loader_threads_auto(int world)
         }
     }
     long n = (cpus > 0 ? cpus : 1) / (local > 0 ? local : 1) - 1;
-    return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+    const long most = listed ? MOERT_MAX_LOADER_THREADS : 8;
+    return n < 1 ? 1 : n > most ? (int)most : (int)n;
 }
 
 /* ---- main ------------------------------------------------------------------------------------ */
@@ -586,7 +592,8 @@ int main(int argc, char **argv)
         { "seed", 0, MOERT_ARG_INT64, &o.seed, "seed of every random choice", NULL },
         { "threads", 't', MOERT_ARG_INT, &o.threads, "CPU threads (0: as the libraries choose)", NULL },
         { "loader-threads", 0, MOERT_ARG_INT, &o.loader_threads,
-          "threads that assemble the training batches (0: 1 on the CPU, on a GPU up to 8 of the cores)", NULL },
+          "threads that assemble the training batches (0: 1 on the CPU; on a GPU the cores less one, at most 8 "
+          "unless image files are decoded as drawn)", NULL },
         { "precision", 0, MOERT_ARG_STRING, &o.precision,
           "GPU compute: bf16 or tf32 products (fp32 master weights), or fp32 (default: the .moe file's)", "P" },
         { "metrics", 'm', MOERT_ARG_STRING, &o.metrics, "metrics file (JSON lines)", "PATH" },
