@@ -824,6 +824,16 @@ static const char *get_relative(sema *s, const bind *b, const char *name, const 
     return v;
 }
 
+/* Whether parameter name, where given, applies (ok); if not, an error at
+ * it says it applies to format = formats only. */
+static bool applies(sema *s, const bind *b, const char *name, bool ok, const char *formats)
+{
+    if (ok || !given(b, name))
+        return true;
+    err(s, b->name_loc[pidx(b, name)], "'%s' applies to format = %s only", name, formats);
+    return false;
+}
+
 /* image_folder's train_folder and test_folder, gtsrb's test_folder */
 static void do_folders(sema *s, const bind *b, mc_dataset *ds)
 {
@@ -836,11 +846,9 @@ static void do_folders(sema *s, const bind *b, mc_dataset *ds)
                 *slots[k] = mc_xstrdup(k == 0 ? "train" : "test");
             continue;
         }
-        if (!folders && !(gtsrb && k == 1)) {
-            err(s, b->name_loc[pidx(b, names[k])], "'%s' applies to format = %s only", names[k],
-                k == 0 ? "image_folder" : "image_folder or gtsrb");
+        if (!applies(s, b, names[k], folders || (gtsrb && k == 1),
+                     k == 0 ? "image_folder" : "image_folder or gtsrb"))
             continue;
-        }
         const char *v = get_relative(s, b, names[k], "", "the dataset's path");
         if (ds->test_split > 0) {
             err(s, b->name_loc[pidx(b, names[k])],
@@ -982,14 +990,12 @@ static void do_dataset(sema *s, const mc_stmt *st)
         const mc_param_spec *p = mc_param_find(b.kind, idx_files[k], NULL);
         char def[128];
         snprintf(def, sizeof def, "%.*s", (int)strlen(p->def) - 2, p->def + 1);
-        if (given(&b, idx_files[k]) && ds->format != FMT_IDX)
-            err(s, b.name_loc[pidx(&b, idx_files[k])], "'%s' applies to format = idx only", idx_files[k]);
+        applies(s, &b, idx_files[k], ds->format == FMT_IDX, "idx");
         *slots[k] = mc_xstrdup(get_relative(s, &b, idx_files[k], def, "the dataset's path"));
     }
     do_folders(s, &b, ds);
-    if (given(&b, "in_memory") && ds->format != FMT_IMAGE_FOLDER && ds->format != FMT_GTSRB)
-        err(s, b.name_loc[pidx(&b, "in_memory")], "'in_memory' applies to format = image_folder or gtsrb only");
-    else
+    if (applies(s, &b, "in_memory", ds->format == FMT_IMAGE_FOLDER || ds->format == FMT_GTSRB,
+                "image_folder or gtsrb"))
         ds->listed = !get_bool(s, &b, "in_memory", true);
     if (given(&b, "format") && !has_test_set(ds) && ds->test_split <= 0) {
         err(s, st->name_loc, "dataset '%s' has no test set: give test_split", ds->name);

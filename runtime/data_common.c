@@ -30,16 +30,8 @@ void moert_images_free(moert_images *set)
 {
     if (!set)
         return;
-    if (set->class_names) {
-        for (int i = 0; i < set->num_classes; i++)
-            free(set->class_names[i]);
-        free(set->class_names);
-    }
-    if (set->files) {
-        for (int64_t i = 0; i < set->n; i++)
-            free(set->files[i]);
-        free(set->files);
-    }
+    data_free_names(set->class_names, (size_t)(set->num_classes > 0 ? set->num_classes : 0));
+    data_free_names(set->files, (size_t)(set->n > 0 ? set->n : 0));
     free(set->regions);
     free(set->pixels);
     free(set->labels);
@@ -220,9 +212,7 @@ static char **names_dup(const char *const *names, int n)
     char **v = calloc((size_t)n, sizeof *v);
     for (int k = 0; v && k < n; k++) {
         if (names[k] && !(v[k] = strdup(names[k]))) {
-            for (int j = 0; j < k; j++)
-                free(v[j]);
-            free(v);
+            data_free_names(v, (size_t)k);
             v = NULL;
         }
     }
@@ -375,19 +365,13 @@ int moert_images_relabel(moert_images *set, const char *const *names, int n, con
     }
     for (int64_t i = 0; i < set->n; i++)
         set->labels[i] = map[set->labels[i]];
-    for (int k = 0; k < set->num_classes; k++)
-        free(set->class_names[k]);
-    free(set->class_names);
+    data_free_names(set->class_names, (size_t)set->num_classes);
     set->class_names = copy;
     set->num_classes = n;
     copy = NULL;
     rc = 0;
 done:
-    if (copy) {
-        for (int k = 0; k < n; k++)
-            free(copy[k]);
-        free(copy);
-    }
+    data_free_names(copy, (size_t)n);
     free(sorted);
     free(map);
     return rc;
