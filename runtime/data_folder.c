@@ -109,6 +109,16 @@ static int decode_entry(const entry *e, data_raw *raw, data_view *v, char *errbu
     return 0;
 }
 
+/* Where e's image comes from, for messages: its annotation's file and
+ * line with the image's path, or the path alone. */
+static const char *entry_where(const entry *e, char *buf, size_t len)
+{
+    if (!e->gt)
+        return e->path;
+    snprintf(buf, len, "%s:%ld (%s)", e->gt, e->line, e->path);
+    return buf;
+}
+
 /* Decodes every entry into out (see moert_shape for zero fields of want). */
 static int load_entries(moert_images *out, const entry_list *l, moert_shape want,
                         const char *root, char *errbuf, size_t errlen)
@@ -116,7 +126,6 @@ static int load_entries(moert_images *out, const entry_list *l, moert_shape want
     data_work wk = {0};
     data_raw raw = {0};
     int rc = -1;
-    const char *first = NULL;
     for (size_t i = 0; i < l->n; i++) {
         const entry *e = &l->v[i];
         data_view v;
@@ -127,11 +136,14 @@ static int load_entries(moert_images *out, const entry_list *l, moert_shape want
                 data_check_memory(out, (int64_t)l->n, root, errbuf, errlen) != 0 ||
                 data_images_reserve(out, (int64_t)l->n, root, errbuf, errlen) != 0)
                 goto done;
-            first = e->path;
         } else if (want.h == 0 && (v.h != out->h || v.w != out->w)) {
+            char a[1024], b[1024];
+            const char *what = e->has_roi ? "region" : "image";
             data_errf(errbuf, errlen,
-                      "%s: image is %dx%d but %s is %dx%d; ask for a fixed size to resize them",
-                      e->path, v.h, v.w, first, out->h, out->w);
+                      "%s: the %s is %dx%d (width x height), but that of %s is %dx%d; ask for a fixed size "
+                      "to resize them",
+                      entry_where(e, a, sizeof a), what, v.w, v.h, entry_where(&l->v[0], b, sizeof b), out->w,
+                      out->h);
             goto done;
         }
         if (data_images_append(out, &wk, &v, e->label, e->path, errbuf, errlen) != 0)

