@@ -6242,6 +6242,25 @@ static __global__ void moe_aux_total_kernel(double *tot, double *entropy_acc, co
         entropy_acc[0] += t;
 }
 
+/* A squared coefficient of variation's statistics (the importance loss's
+ * over the summed probabilities, the load loss's over the loads): the
+ * mean and (population) variance of x[0, E), added to *mu and *var
+ * (zeroed first) */
+template <int E> static __device__ __forceinline__ void cv2_stats(const double *x, double *mu, double *var)
+{
+    for (int e = 0; e < E; e++)
+        *mu += x[e] / E;
+    for (int e = 0; e < E; e++)
+        *var += (x[e] - *mu) * (x[e] - *mu) / E;
+}
+
+/* d/dx[e] of w CV^2(x), from cv2_stats's mu and var */
+template <int E>
+static __device__ __forceinline__ float cv2_grad(const double *x, int e, double mu, double var, float w)
+{
+    return (float)(w * (2.0 * (x[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
+}
+
 /* The losses of one MoE layer from tot (its sums over every process's
  * tokens, Ng of them: with data parallelism the losses are those of the
  * whole batch, as on one GPU), and its statistics on the device, summed
@@ -6257,12 +6276,9 @@ static __global__ void moe_aux_final_kernel(float *aux, double *sums, double *lo
         return;
     const double Ng = tot[2 * E + 3];
     double bal = 0.0, mu = 0.0, var = 0.0;
-    for (int e = 0; e < E; e++) {
-        bal += (tot[e] / Ng) * (tot[E + e] / Ng);
-        mu += tot[e] / E;
-    }
     for (int e = 0; e < E; e++)
-        var += (tot[e] - mu) * (tot[e] - mu) / E;
+        bal += (tot[e] / Ng) * (tot[E + e] / Ng);
+    cv2_stats<E>(tot, &mu, &var);
     aux[0] = (float)(bal * E);
     aux[1] = (float)(tot[2 * E] / Ng);
     aux[2] = (float)(tot[2 * E + 1] / Ng);
@@ -6362,26 +6378,9 @@ static inline void moe_aux_losses(const kctx *k, float *aux, double *sums, doubl
 }
 
 /* The router's backward, per expert e, shared by its two kernels (a warp
- * per token, a thread per token), and the load loss's. A squared
- * coefficient of variation's statistics (the importance loss's over the
- * summed probabilities, the load loss's over the loads): the mean and
- * (population) variance of x[0, E), added to *mu and *var (zeroed first) */
-template <int E> static __device__ __forceinline__ void cv2_stats(const double *x, double *mu, double *var)
-{
-    for (int e = 0; e < E; e++)
-        *mu += x[e] / E;
-    for (int e = 0; e < E; e++)
-        *var += (x[e] - *mu) * (x[e] - *mu) / E;
-}
-
-/* d/dx[e] of w CV^2(x), from cv2_stats's mu and var */
-template <int E>
-static __device__ __forceinline__ float cv2_grad(const double *x, int e, double mu, double var, float w)
-{
-    return (float)(w * (2.0 * (x[e] - mu) / (E * mu * mu) - 2.0 * var / (E * mu * mu * mu)));
-}
-
-/* d/dp[e] of the balance loss (sums[E + e]: expert e's top-1 count) */
+ * per token, a thread per token), and the load loss's. cv2_stats and
+ * cv2_grad (above moe_aux_final_kernel) give the importance loss's part.
+ * d/dp[e] of the balance loss (sums[E + e]: expert e's top-1 count) */
 template <int E> static __device__ __forceinline__ float router_bal_grad(const double *sums, int e, float w_bal, int N)
 {
     return (float)(w_bal * E * sums[E + e] / N);
