@@ -166,6 +166,8 @@ has "[targets gpu_s] throughput: 1000.0 images/s against at least 21000: not met
     "the targets: gpu_s's throughput said not met"
 has "[targets gpu_p] memory: 1000 MiB; not judged (no PyTorch peak in this run)" \
     "the targets: memory not judged without PyTorch's peak"
+has "[targets gpu_s] speed-up: not judged (no PyTorch in this run)" \
+    "the targets: the speed-up not judged without PyTorch"
 # the profile: (2 x 0.1 + 2 x 0.5) ms over 2 steps, the templated name whole
 has "[gpu_s ncu] total 0.600 ms per step, 2.0 launches per step (2 profiled steps)" \
     "BENCH_PROFILE=1: the kernels' time per step (ncu_sum.py)"
@@ -219,6 +221,8 @@ out=$WORK/targets.txt
 "$PY" "$top_srcdir/bench/targets.py" gpu_s "$WORK/t_s.txt" --recompute-all "$WORK/t_s_all.txt" --torch "$WORK/t_s.json" > "$out" 2>&1
 has "[targets gpu_s] throughput: 17646.6 images/s against at least 21000: not met (2.81x the best PyTorch, grouped_bf16 at 6285.0 images/s)" \
     "targets.py: throughput against the target and the best PyTorch"
+has "[targets gpu_s] speed-up: 2.81x the best PyTorch of this run (grouped_bf16 at 6285.0 images/s) against at least 5x (31425 images/s): not met" \
+    "targets.py: the speed-up over the same run's best PyTorch, not met"
 has "[targets gpu_s] share of the bf16 peak: 248.1 of 786 TFLOP/s = 31.6% against at least 40%: not met" \
     "targets.py: the share of the measured peak"
 has "[targets gpu_s] memory: 7822 MiB = 1.204x the best PyTorch's 6496 MiB; with recompute = all 3216 MiB = 0.495x at 13912.0 images/s, against at most 0.5x: met with recompute = all" \
@@ -227,6 +231,11 @@ has "[targets gpu_s] memory: 7822 MiB = 1.204x the best PyTorch's 6496 MiB; with
 sed 's/3216 MiB/3249 MiB/' "$WORK/t_s_all.txt" > "$WORK/t_s_all2.txt"
 "$PY" "$top_srcdir/bench/targets.py" gpu_s "$WORK/t_s.txt" --recompute-all "$WORK/t_s_all2.txt" --torch "$WORK/t_s.json" > "$out" 2>&1
 has "= 0.500x at 13912.0 images/s, against at most 0.5x: not met" "targets.py: just over half is not met"
+# 31,425 images/s is 5x PyTorch's 6,285: met at exactly 5x
+sed 's/17646.6 images/31425.0 images/' "$WORK/t_s.txt" > "$WORK/t_s5.txt"
+"$PY" "$top_srcdir/bench/targets.py" gpu_s "$WORK/t_s5.txt" --torch "$WORK/t_s.json" > "$out" 2>&1
+has "[targets gpu_s] speed-up: 5.00x the best PyTorch of this run (grouped_bf16 at 6285.0 images/s) against at least 5x (31425 images/s): met" \
+    "targets.py: the speed-up met at 5x"
 if "$PY" "$top_srcdir/bench/targets.py" gpu_s "$WORK/t_s.json" > "$out" 2>&1; then
     not_ok "targets.py: a file without a moecc line is an error"
 else
