@@ -27,6 +27,13 @@ tests_tools_randaug_tool_LDADD = libmoert.la
 TESTS += tests/data/randaug.sh
 EXTRA_DIST += tests/data/randaug.sh tests/data/randaug_check.py
 
+# image files decoded, converted and resized against Pillow's (tests/data/image_check.py)
+check_PROGRAMS += tests/tools/image_tool
+tests_tools_image_tool_SOURCES = tests/tools/image_tool.c
+tests_tools_image_tool_LDADD = libmoert.la
+TESTS += tests/data/image.sh
+EXTRA_DIST += tests/data/image.sh tests/data/image_check.py
+
 if HAVE_CMOCKA
 check_PROGRAMS += tests/unit/test_data
 TESTS += tests/unit/test_data
