@@ -70,13 +70,14 @@ typedef struct data_view {
 
 /* Reusable scratch space for data_convert (grows, never shrinks). */
 typedef struct data_work {
-    uint8_t *plane;     /* one source-sized plane */
+    uint8_t *plane;     /* one source-sized plane (a gray conversion's) */
     size_t plane_cap;
-    uint8_t *tmp;       /* the intermediate of the two resize passes */
+    uint8_t *tmp;       /* one channel's rows between the two resize passes */
     size_t tmp_cap;
     int32_t *kx, *ky;   /* fixed-point weights */
     int *bx, *by;       /* [first, count] per output column / row */
-    size_t kx_cap, ky_cap, bx_cap, by_cap;
+    int32_t *acc;       /* one output row's sums in the vertical pass */
+    size_t kx_cap, ky_cap, bx_cap, by_cap, acc_cap;
 } data_work;
 
 DATA_HIDDEN void data_work_free(data_work *wk);
@@ -85,10 +86,6 @@ DATA_HIDDEN void data_work_free(data_work *wk);
  * dc is 1 or 3; src->c is 1 or 3. Returns -1 only when out of memory. */
 DATA_HIDDEN int data_convert(data_work *wk, const data_view *src, int dc, int dh, int dw,
                              uint8_t *dst);
-
-/* Resizes one plane (PIL BILINEAR). */
-DATA_HIDDEN int data_resize_plane(data_work *wk, const uint8_t *src, int sh, int sw,
-                                  uint8_t *dst, int dh, int dw);
 
 /* Converts src to the set's shape and appends it with label. */
 DATA_HIDDEN int data_images_append(moert_images *set, data_work *wk, const data_view *src,
