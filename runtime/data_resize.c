@@ -130,11 +130,6 @@ static void resize_rows(const data_work *wk, int ksize, const uint8_t *base, ptr
     }
 }
 
-/* The vertical pass: dh rows of w bytes into out from the rows of in,
- * where in points at input row y0 (rows ystride bytes apart, pixels
- * xstride). Each output row sums its input rows whole, a weight at a
- * time, into wk->acc: the same integer sums as pixel by pixel, in an
- * order the compiler vectorizes. */
 /* acc[x] += row[x] * k for x < w; in blocks of a fixed count, which
  * gcc -O2 vectorizes (its cost model wants no scalar remainder), and the
  * pointers restrict-qualified parameters, so that it needs no alias check */
@@ -159,6 +154,11 @@ static void clip_row(const int32_t *restrict acc, uint8_t *restrict out, int w)
         out[x] = clip8(acc[x]);
 }
 
+/* The vertical pass: dh rows of w bytes into out from the rows of in,
+ * where in points at input row y0 (rows ystride bytes apart, pixels
+ * xstride). Each output row sums its input rows whole, a weight at a
+ * time, into wk->acc: the same integer sums as pixel by pixel, in an
+ * order the compiler vectorizes. */
 static void resize_columns(const data_work *wk, int ksize, const uint8_t *in, ptrdiff_t ystride,
                            ptrdiff_t xstride, int y0, int dh, int w, uint8_t *out)
 {
@@ -240,7 +240,8 @@ static int resize_channels(data_work *wk, const data_view *src, int n, int dh, i
         }
         resize_rows_rgb(wk, ksh, src->px, src->ystride, y0, y1, dw, wk->tmp, rows_bytes);
         for (int ch = 0; ch < 3; ch++)
-            resize_columns(wk, ksv, wk->tmp + (size_t)ch * rows_bytes, dw, 1, y0, dh, dw, dst + (size_t)ch * dplane);
+            resize_columns(wk, ksv, wk->tmp + (size_t)ch * rows_bytes, dw, 1, y0, dh, dw,
+                           dst + (size_t)ch * dplane);
         return 0;
     }
     for (int ch = 0; ch < n; ch++) {
