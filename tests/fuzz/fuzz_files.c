@@ -13,9 +13,10 @@
  * some, the shape asked for; the rest is the file's content (for IDX, two
  * files: a 16-bit little-endian length, the images file, then the labels
  * file; for GTSRB, the annotation file, whose rows may name a.ppm, a 6x5
- * PPM beside it, or any other file of the scratch directory). Each reader must return 0 or -1 with a message, never crash, leak
- * or read out of bounds (AddressSanitizer, UBSan and libFuzzer's leak and
- * memory checks find those). The seed corpus is tests/fuzz/files/, one
+ * PPM beside it, or any other file of the scratch directory). Each reader
+ * must return 0 or -1 with a message, never crash, leak or read out of
+ * bounds (AddressSanitizer, UBSan and libFuzzer's leak and memory checks
+ * find those). The seed corpus is tests/fuzz/files/, one
  * small valid file of each kind (written by tests/fuzz/file_seeds.py). */
 #include <stddef.h>
 #include <stdint.h>
