@@ -13,8 +13,8 @@ one with the most images/s; its peak memory and the measured bf16 GEMM
 peak come from there). The targets (the issue's): at least 5x the best
 PyTorch anchor measured on an H100 (47,000 images/s for gpu_p, 21,000 for
 gpu_s), at least 5x the best PyTorch variant of the same run (the same
-GPU: the speed-up), at least 40% of the measured bf16 peak for gpu_s, and peak memory
-at most half of PyTorch's in the same run (by default or with
+GPU: the speed-up), at least 40% of the measured bf16 peak for gpu_s,
+and peak memory at most half of PyTorch's in the same run (by default or with
 recompute = all, said which). A figure that is missing is said so, not
 guessed. Exit status 0 whatever is met; 2 on unreadable input.
 """

@@ -221,7 +221,8 @@ static int resize_channels(data_work *wk, const data_view *src, int n, int dh, i
         /* only the input rows the vertical pass reads */
         y0 = wk->by[0];
         y1 = wk->by[2 * (dh - 1)] + wk->by[2 * (dh - 1) + 1];
-        if (grow((void **)&wk->acc, &wk->acc_cap, (size_t)(need_h ? dw : sw) * sizeof(int32_t)) != 0)
+        /* a row of sums, dw wide (sw = dw where the width stays) */
+        if (grow((void **)&wk->acc, &wk->acc_cap, (size_t)dw * sizeof(int32_t)) != 0)
             return -1;
     }
     if (need_h && (ksh = coeffs(sw, dw, &wk->kx, &wk->kx_cap, &wk->bx, &wk->bx_cap)) < 0)
